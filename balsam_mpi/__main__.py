@@ -1,0 +1,13 @@
+"""`python -m balsam_mpi`: the launcher (one rank per node under mpiexec)."""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from .launch import main as launch_main
+
+    launch_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""`balsam-dbctl`: the project owner's commands (and `status` / `activate` for everyone)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import click
+
+from ..clibase import Group, echo_json, notices
+from ..errors import ProjectError
+from ..project import ENV_VAR, Project
+from . import lifecycle, status
+
+
+@dataclass
+class Ctx:
+    """The context object every subcommand receives: which project to act on."""
+
+    project_path: str | None
+
+    def project(self) -> Project:
+        return Project.from_env(self.project_path)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(cls=Group)
+@click.option("--project", "project_path", metavar="PATH", envvar=ENV_VAR,
+              help=f"The project directory (default: ${ENV_VAR}).")
+@click.version_option(package_name="balsam_mpi")
+@click.pass_context
+def cli(ctx: click.Context, project_path: str | None) -> None:
+    """Create and run a balsam project's PostgreSQL server, and manage who may use it."""
+    ctx.obj = Ctx(project_path)
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--group", help="UNIX group of collaborators (default: your primary group).")
+@click.option("--port", type=int, help="TCP port (default: a free one, kept from then on).")
+@click.option("--listen", default="localhost", show_default=True,
+              help="Addresses for TCP (comma-separated); loopback only unless you say so.")
+@click.option("--server-user", help="As root: the unprivileged account that runs Postgres "
+              "(default: balsam, created if missing).")
+def init(path: str, group: str | None, port: int | None, listen: str,
+         server_user: str | None) -> None:
+    """Create a project directory with its own PostgreSQL server, and start it."""
+    outcome = lifecycle.init_project(path, group=group, port=port, listen=listen,
+                                     server_user=server_user)
+    notices(outcome.notices)
+    info = outcome.info
+    click.echo(f"created {os.path.abspath(path)}: server running on {info.host}:{info.port} "
+               f"as {info.server_name}, group {info.group}")
+    click.echo("activate it with:")
+    click.echo(f"  source balsamactivate {os.path.abspath(path)}")
+
+
+@cli.command()
+@click.option("--takeover", is_flag=True,
+              help="Start here although the server was last started on another host "
+                   "(only when that host is gone).")
+@pass_ctx
+def start(ctx: Ctx, takeover: bool) -> None:
+    """Start the project's server (owner only)."""
+    outcome = lifecycle.start_server(ctx.project(), takeover=takeover)
+    notices(outcome.notices)
+    click.echo(f"running on {outcome.info.host}:{outcome.info.port}")
+
+
+@cli.command()
+@click.option("--fast", is_flag=True, help="Disconnect connected clients instead of refusing.")
+@pass_ctx
+def stop(ctx: Ctx, fast: bool) -> None:
+    """Stop the project's server (owner only)."""
+    outcome = lifecycle.stop_server(ctx.project(), fast=fast)
+    click.echo("\n".join(outcome.notices))
+
+
+@cli.command()
+@pass_ctx
+def restart(ctx: Ctx) -> None:
+    """Stop (disconnecting clients) and start the server (owner only)."""
+    outcome = lifecycle.restart_server(ctx.project())
+    notices(outcome.notices)
+    click.echo(f"running on {outcome.info.host}:{outcome.info.port}")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status_cmd(ctx: Ctx, as_json: bool) -> None:
+    """Is the server running, where, who owns it, and how big is it."""
+    facts = status.server_status(ctx.project())
+    if as_json:
+        echo_json(facts)
+    else:
+        click.echo(status.format_status(facts))
+
+
+@cli.command("fix-perms")
+@pass_ctx
+def fix_perms(ctx: Ctx) -> None:
+    """Re-apply the project's owners and modes (owner only)."""
+    changed = lifecycle.fix_perms(ctx.project())
+    click.echo("\n".join(changed) if changed else "all modes were already right")
+
+
+@cli.command()
+@pass_ctx
+def migrate(ctx: Ctx) -> None:
+    """Apply the schema migrations the database lacks (owner only)."""
+    applied = lifecycle.migrate(ctx.project())
+    click.echo(f"applied migrations {applied}" if applied else "the schema is up to date")
+
+
+@cli.command()
+@pass_ctx
+def verify(ctx: Ctx) -> None:
+    """Check the schema version, roles, instance record and the directory's modes."""
+    problems = lifecycle.verify(ctx.project())
+    if problems:
+        for line in problems:
+            click.echo(f"problem: {line}", err=True)
+        sys.exit(1)
+    click.echo("ok")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(), required=False)
+@pass_ctx
+def activate(ctx: Ctx, path: str | None) -> None:
+    """Print the shell code `source balsamactivate PATH` evaluates (for job scripts)."""
+    chosen = path or ctx.project_path
+    if not chosen:
+        raise ProjectError("usage: balsam-dbctl activate PROJECT")
+    code, messages = status.activation_code(chosen)
+    notices(messages)
+    click.echo(code, nl=False)
+
+
+def main() -> None:
+    cli(prog_name="balsam-dbctl")

@@ -1,0 +1,103 @@
+"""The server's configuration files, rendered from values (pure functions, no I/O).
+
+Our settings live in ``balsam.conf``, which ``postgresql.conf`` includes, so upgrading the
+distribution's defaults never clobbers ours. Every path in them is relative to the data
+directory, so a stopped project can be moved or copied (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import re
+
+CONF_NAME = "balsam.conf"
+INCLUDE_LINE = f"include = '{CONF_NAME}'"
+MEMBER_ROLE = "balsam_member"
+VIEWER_ROLE = "balsam_viewer"
+OBJECT_ROLE = "balsam_objects"
+OWNER_ROLE = "balsam_owner"
+
+_LISTEN = re.compile(r"^[A-Za-z0-9.:*_-]+$")
+
+
+def validate_listen(listen: str) -> str:
+    """``--listen`` as Postgres's listen_addresses: comma-separated hosts, no quoting games."""
+    parts = [p.strip() for p in listen.split(",") if p.strip()]
+    if not parts or not all(_LISTEN.match(p) for p in parts):
+        raise ValueError(
+            f"--listen {listen!r} is not a comma-separated list of host names or addresses"
+        )
+    return ",".join(parts)
+
+
+def render_conf(*, port: int, listen: str, group: str, max_connections: int = 400) -> str:
+    """balsam.conf: loopback TCP unless told otherwise, the socket in ../run, modest memory."""
+    if not re.match(r"^[A-Za-z0-9_.-]+$", group):
+        raise ValueError(f"group name {group!r} cannot be written to the server configuration")
+    return "\n".join(
+        [
+            "# Written by balsam-dbctl; `balsam-dbctl init/start` rewrite it. Paths are",
+            "# relative to the data directory so a stopped project can be moved or copied.",
+            f"port = {int(port)}",
+            f"listen_addresses = '{validate_listen(listen)}'",
+            "unix_socket_directories = '../run'",
+            f"unix_socket_group = '{group}'",
+            "unix_socket_permissions = 0770",
+            f"max_connections = {int(max_connections)}",
+            "superuser_reserved_connections = 5",
+            # A login node is shared: keep memory modest.
+            "shared_buffers = 128MB",
+            "work_mem = 8MB",
+            "maintenance_work_mem = 128MB",
+            "password_encryption = 'scram-sha-256'",
+            "authentication_timeout = 10s",
+            # Most of the claim's working set is cached; random reads are cheap (and a high
+            # value pushed the filtered claim off its index).
+            "random_page_cost = 1.1",
+            "logging_collector = on",
+            "log_directory = '../log/server'",
+            "log_filename = 'postgresql-%a.log'",
+            "log_truncate_on_rotation = on",
+            "log_rotation_age = 1d",
+            "log_file_mode = 0600",
+            # Statements may carry task data and role DDL: never log them.
+            "log_statement = 'none'",
+            "log_min_duration_statement = -1",
+            "log_min_error_statement = panic",
+            "log_connections = off",
+            "log_disconnections = off",
+            "",
+        ]
+    )
+
+
+def render_hba(superuser: str) -> str:
+    """pg_hba.conf of DESIGN.md §6: peer on the socket, scram on TCP, reject all else."""
+    if not re.match(r"^[A-Za-z0-9_.-]+$", superuser):
+        raise ValueError(f"account name {superuser!r} cannot be written to pg_hba.conf")
+    members = f"+{MEMBER_ROLE},+{VIEWER_ROLE}"
+    return "\n".join(
+        [
+            "# Written by balsam-dbctl. Never `trust`: see the README's security model.",
+            "# TYPE  DATABASE  USER            ADDRESS        METHOD",
+            f"local   all       {superuser:<15} peer",
+            f"local   balsam    {members:<15} peer",
+            f"host    balsam    {members:<15} 0.0.0.0/0      scram-sha-256",
+            f"host    balsam    {members:<15} ::/0           scram-sha-256",
+            "local   all       all                            reject",
+            "host    all       all             0.0.0.0/0      reject",
+            "host    all       all             ::/0           reject",
+            "",
+        ]
+    )
+
+
+def with_include(postgresql_conf: str) -> str:
+    """postgresql.conf with our include line appended once."""
+    if INCLUDE_LINE in postgresql_conf.splitlines():
+        return postgresql_conf
+    return postgresql_conf.rstrip("\n") + f"\n\n# balsam_mpi settings\n{INCLUDE_LINE}\n"
+
+
+def read_port(conf_text: str) -> int | None:
+    match = re.search(r"^port = (\d+)$", conf_text, re.MULTILINE)
+    return int(match.group(1)) if match else None

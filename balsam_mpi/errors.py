@@ -1,0 +1,47 @@
+"""One exception root, and the subclasses that callers must tell apart.
+
+Every message is written for the person at the terminal: it says what went wrong and what
+to do next. The CLIs print ``str(exc)`` as one line and exit non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+
+class BalsamError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BalsamError):
+    """Bad input from the user: a flag, a file, a value. Nothing was written."""
+
+    exit_code = 2
+
+
+class ProjectError(BalsamError):
+    """The project directory is missing, malformed or unsafe (modes, owner, paths)."""
+
+
+class PermissionDenied(BalsamError):
+    """The caller may not do this (not the owner, not in the group, not authorized)."""
+
+
+class ServerError(BalsamError):
+    """The project's PostgreSQL server is down, unreachable, or not the one we expect."""
+
+
+class ServerNotRunning(ServerError):
+    """The server is not running; the message says who can start it."""
+
+
+class DatabaseError(BalsamError):
+    """A database operation failed; translated from the driver at one boundary (db.py)."""
+
+
+class NotFound(BalsamError):
+    """A named object (task, app, user, batch job) does not exist."""
+
+
+class Conflict(BalsamError):
+    """The request contradicts the current state (illegal transition, cycle, duplicate)."""

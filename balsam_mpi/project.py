@@ -1,0 +1,257 @@
+"""The project directory: its paths, its control files, and the checks that keep it safe.
+
+Everyone reads this module's files; only ``balsam-dbctl`` (the owner) writes them. The
+layout and modes are those of DESIGN.md §3. Nothing here talks to Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ProjectError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_VAR = "BALSAM_DB_PATH"
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the terminating NUL
+SCHEMA_DB = "balsam"
+
+# Modes of DESIGN.md §3. Directories get setgid so new files inherit the project group;
+# the sticky bit stops members from renaming or replacing what others own.
+MODE_TOP = 0o3750
+MODE_DB = 0o700
+MODE_CONTROL = 0o640
+MODE_TEMPLATES = 0o2750
+MODE_ACCESS = 0o3770
+MODE_DATA = 0o2770
+MODE_LOG = 0o3770
+MODE_LOG_SERVER = 0o700
+MODE_RUN = 0o2750
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``server-info.json`` records about the project's server (owner-written)."""
+
+    host: str
+    port: int
+    owner_uid: int
+    owner_name: str
+    server_uid: int
+    server_name: str
+    group: str
+    pg_major: int
+    pg_bindir: str
+    superuser: str
+    listen: str = "localhost"
+    instance_nonce: str = ""
+    data_dev: int = 0
+    data_ino: int = 0
+    started_at: float = 0.0
+    schema_version: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path) -> ServerInfo:
+        try:
+            raw = json.loads(text)
+            known = {f for f in cls.__dataclass_fields__}
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (ValueError, TypeError) as exc:
+            raise ProjectError(
+                f"{source} is not a valid server-info file ({exc}); "
+                "the owner can rewrite it with `balsam-dbctl start`"
+            ) from exc
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def this_host() -> str:
+    """The name servers record as their host and clients compare against."""
+    return socket.gethostname()
+
+
+class Project:
+    """A project directory and the names of everything inside it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.abspath(os.fspath(root)))
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def db_dir(self) -> Path:
+        return self.root / "balsamdb"
+
+    @property
+    def server_info_path(self) -> Path:
+        return self.root / "server-info.json"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.toml"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "job-templates"
+
+    @property
+    def access_dir(self) -> Path:
+        return self.root / "access"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def server_log_dir(self) -> Path:
+        return self.log_dir / "server"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def socket_path(self, port: int) -> Path:
+        return self.run_dir / f".s.PGSQL.{port}"
+
+    def check_socket_length(self, port: int) -> None:
+        """Unix sockets have a 107-byte path limit; say so before Postgres fails obscurely."""
+        path = os.fsencode(self.socket_path(port))
+        if len(path) > SOCKET_PATH_MAX:
+            raise ProjectError(
+                f"the server socket path {self.socket_path(port)} is {len(path)} bytes; "
+                f"unix sockets allow at most {SOCKET_PATH_MAX}: use a shorter project path "
+                "(or a symlink with a short name to it)"
+            )
+
+    # -- discovery ---------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, path: str | os.PathLike[str] | None = None) -> Project:
+        """The project named by ``path`` or ``$BALSAM_DB_PATH``; clear error when neither."""
+        chosen = os.fspath(path) if path else os.environ.get(ENV_VAR, "")
+        if not chosen:
+            raise ProjectError(
+                f"no project given: pass --project PATH or `source balsamactivate PATH` "
+                f"(which sets {ENV_VAR})"
+            )
+        project = cls(chosen)
+        if not project.root.is_dir():
+            raise ProjectError(f"project directory {project.root} does not exist")
+        return project
+
+    def exists(self) -> bool:
+        return self.server_info_path.exists()
+
+    # -- control files -----------------------------------------------------------------
+    def read_server_info(self, check_owner: bool = True) -> ServerInfo:
+        path = self.server_info_path
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ProjectError(
+                f"{self.root} is not a balsam project (no server-info.json); "
+                "create one with `balsam-dbctl init PATH`"
+            ) from None
+        except PermissionError:
+            raise ProjectError(
+                f"cannot read {path}: you are not in the project's group; "
+                "ask the project owner to add you to it"
+            ) from None
+        info = ServerInfo.from_json(text, path)
+        if check_owner:
+            check_control_file(path, info.owner_uid)
+        return info
+
+    def write_server_info(self, info: ServerInfo, gid: int | None = None) -> None:
+        write_atomic(self.server_info_path, info.to_json(), MODE_CONTROL, gid=gid)
+
+    def read_settings(self) -> dict[str, Any]:
+        try:
+            with self.settings_path.open("rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError:
+            return {}
+        except tomllib.TOMLDecodeError as exc:
+            raise ProjectError(f"{self.settings_path} is not valid TOML: {exc}") from exc
+
+
+def check_control_file(path: Path, owner_uid: int) -> None:
+    """Refuse a control file that someone other than the owner could have written.
+
+    Clients trust ``server-info.json`` to tell them where the server is and which account
+    runs it; a group-writable or foreign-owned file could point them at an impostor.
+    """
+    st = path.stat()
+    if st.st_uid != owner_uid:
+        raise ProjectError(
+            f"refusing {path}: it is owned by uid {st.st_uid}, not the project owner "
+            f"(uid {owner_uid}); the owner should run `balsam-dbctl fix-perms`"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ProjectError(
+            f"refusing {path}: it is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); the owner should run `balsam-dbctl fix-perms`"
+        )
+
+
+def write_atomic(path: Path, text: str, mode: int, gid: int | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file and rename, with an exact mode.
+
+    Readers never see a half-written file, and the mode does not depend on the umask.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if gid is not None:
+            os.chown(tmp, -1, gid)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dump_toml(values: dict[str, Any]) -> str:
+    """Render a flat or one-level-nested dict of scalars as TOML (what settings.toml holds)."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        raise TypeError(f"cannot write {type(value).__name__} to settings.toml")
+
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {scalar(value)}")
+    for name, table in tables:
+        lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {scalar(value)}" for key, value in table.items())
+    return "\n".join(lines) + "\n"
