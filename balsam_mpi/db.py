@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOST_ENV = "BALSAM_DB_HOST"  # force TCP to this host (compute nodes without the socket)
+NAME_ENV = "BALSAM_DB_NAME"  # another database of the same cluster (the test suite's copies)
+
+
+def default_dbname() -> str:
+    return os.environ.get(NAME_ENV) or SCHEMA_DB
 
 
 def conninfo(project: Project, info: ServerInfo, *, dbname: str, user: str | None,
@@ -53,7 +58,7 @@ def conninfo(project: Project, info: ServerInfo, *, dbname: str, user: str | Non
 def connect(
     project: Project,
     *,
-    dbname: str = SCHEMA_DB,
+    dbname: str | None = None,
     user: str | None = None,
     autocommit: bool = False,
     check_instance: bool = True,
@@ -64,7 +69,7 @@ def connect(
     import psycopg
 
     info = project.read_server_info()
-    params = conninfo(project, info, dbname=dbname, user=user,
+    params = conninfo(project, info, dbname=dbname or default_dbname(), user=user,
                       application_name=application_name, force_tcp=force_tcp)
     try:
         conn = psycopg.connect(autocommit=autocommit, **params)

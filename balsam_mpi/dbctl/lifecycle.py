@@ -18,7 +18,14 @@ from typing import Any
 import psycopg
 
 from .. import sql
-from ..errors import BalsamError, PermissionDenied, ProjectError, ServerError, ServerNotRunning, UsageError
+from ..errors import (
+    BalsamError,
+    PermissionDenied,
+    ProjectError,
+    ServerError,
+    ServerNotRunning,
+    UsageError,
+)
 from ..project import SCHEMA_DB, Project, ServerInfo, dump_toml, this_host, write_atomic
 from . import cluster, layout, schema
 from .accounts import (
@@ -281,3 +288,11 @@ def verify(project: Project) -> list[str]:
     with admin_connect(project, info, autocommit=False) as conn:
         problems += schema.verify(conn)
     return problems
+
+
+def find_pg_bin_or_skip() -> None:
+    """For test suites: RuntimeError (a skip reason) when there are no server binaries."""
+    try:
+        cluster.find_pg_bin()
+    except ProjectError as exc:
+        raise RuntimeError(str(exc)) from None

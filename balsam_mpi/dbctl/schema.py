@@ -22,7 +22,7 @@ GROUP_ROLES = (OBJECT_ROLE, OWNER_ROLE, MEMBER_ROLE, VIEWER_ROLE)
 
 def _compose(name: str, **idents: str) -> pgsql.Composed:
     """A DDL statement from sql/, identifiers quoted by psycopg (DDL takes no parameters)."""
-    template = pgsql.SQL(sql.query(name))  # type: ignore[arg-type]
+    template = pgsql.SQL(sql.query(name))
     return template.format(**{k: pgsql.Identifier(v) for k, v in idents.items()})
 
 
@@ -49,10 +49,10 @@ def install(conn: Connection[Any]) -> list[int]:
         done = applied_versions(conn)
         pending = [m for m in sql.migrations() if m.version not in done]
         if not done:
-            conn.execute(sql.schema())  # type: ignore[arg-type]
+            conn.execute(sql.schema())
         else:
             for migration in pending:
-                conn.execute(migration.text)  # type: ignore[arg-type]
+                conn.execute(migration.text)
         for migration in pending:
             conn.execute(sql.query("migration_record"),
                          {"version": migration.version, "name": migration.name})
@@ -66,7 +66,7 @@ def apply_migrations_only(conn: Connection[Any]) -> None:
         conn.execute(_compose("set_role", role=OBJECT_ROLE))
         applied_versions(conn)
         for migration in sql.migrations():
-            conn.execute(migration.text)  # type: ignore[arg-type]
+            conn.execute(migration.text)
             conn.execute(sql.query("migration_record"),
                          {"version": migration.version, "name": migration.name})
         conn.execute(sql.query("reset_role"))
@@ -91,7 +91,7 @@ def verify(conn: Connection[Any]) -> list[str]:
     try:
         if conn.execute(sql.query("instance_check")).fetchone() is None:
             problems.append("no instance record (run `balsam-dbctl restart`)")
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         raise ServerError(f"cannot read the instance record: {exc}") from None
     conn.rollback()
     return problems

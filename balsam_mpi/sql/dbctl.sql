@@ -92,3 +92,9 @@ ORDER BY 1, 2, 3;
 -- name: server_status_connections
 SELECT count(*) FROM pg_stat_activity
  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();
+
+-- name: create_database_copy
+CREATE DATABASE {db} TEMPLATE {template} OWNER {owner} STRATEGY FILE_COPY;
+
+-- name: drop_database_force
+DROP DATABASE IF EXISTS {db} WITH (FORCE);

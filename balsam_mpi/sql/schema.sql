@@ -1,4 +1,8 @@
--- schema.sql: the schema of a fresh database; equal to applying migrations/ in order (tested).
+-- schema.sql: the schema of a fresh database. It must give the same catalog as
+-- migrations/ applied in order (tests/db/test_schema.py checks it).
+
+-- ==== 0001_initial.sql ====
+-- 0001_initial: the tables of DESIGN.md §4 and the indexes the claim and reports use.
 -- Objects are created while `SET ROLE balsam_objects` is in effect, so a NOLOGIN role owns
 -- them (DESIGN.md §6); grants and row-level security come in later migrations.
 
@@ -129,3 +133,52 @@ CREATE TABLE task_events (
 );
 CREATE INDEX task_events_task ON task_events (task_id, at);
 CREATE INDEX task_events_at ON task_events USING brin (at);
+
+-- Every change of a task's state writes one event, in bulk: statement-level triggers over
+-- transition tables turn a 4,096-row UPDATE into one INSERT … SELECT. An event's time is
+-- the node's own clock when the same statement records it (started_at for RUNNING,
+-- ended_at for the end of a run), so history keeps real timestamps even when reports are
+-- flushed late; otherwise it is the statement's clock.
+CREATE FUNCTION tasks_events_on_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, message)
+    SELECT n.id, NULL, n.state, clock_timestamp(), n.batch_job_id, n.state_message
+      FROM new_rows n;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION tasks_events_on_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, message)
+    SELECT n.id, o.state, n.state,
+           CASE
+             WHEN n.state = 'RUNNING' AND n.started_at IS DISTINCT FROM o.started_at
+                  AND n.started_at IS NOT NULL THEN n.started_at
+             WHEN n.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT')
+                  AND n.ended_at IS DISTINCT FROM o.ended_at
+                  AND n.ended_at IS NOT NULL THEN n.ended_at
+             ELSE clock_timestamp()
+           END,
+           coalesce(n.batch_job_id, o.batch_job_id), n.state_message
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.state IS DISTINCT FROM o.state;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER tasks_events_insert AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_events_on_insert();
+CREATE TRIGGER tasks_events_update AFTER UPDATE ON tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_events_on_update();
+
+-- ==== 0002_access.sql ====
+-- 0002_access: (reserved; filled by its issue's work)
+
+-- ==== 0003_tasks.sql ====
+-- 0003_tasks: (reserved; filled by its issue's work)
+
+-- ==== 0004_launcher.sql ====
+-- 0004_launcher: (reserved; filled by its issue's work)

@@ -1,0 +1,7 @@
+"""`balsam-mpi` tasks commands."""
+
+from __future__ import annotations
+
+import click
+
+commands: list[click.Command] = []

@@ -1,0 +1,1 @@
+-- 0002_access: (reserved; filled by its issue's work)

@@ -1,0 +1,1 @@
+-- 0003_tasks: (reserved; filled by its issue's work)

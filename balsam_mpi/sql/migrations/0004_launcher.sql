@@ -1,0 +1,1 @@
+-- 0004_launcher: (reserved; filled by its issue's work)

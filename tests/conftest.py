@@ -1,0 +1,72 @@
+"""Shared fixtures: one real Postgres cluster per test session, started by dbctl's own
+code, and a fresh database per test copied from the project's ``balsam`` database.
+
+As root the server runs as the unprivileged ``balsam`` account, which must be able to
+traverse the project's parents: pytest's tmp_path is 0700 under root, so the session
+directory is made under /tmp with mode 0755.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi.project import Project
+
+_counter = itertools.count()
+
+
+def _session_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    return root
+
+
+@pytest.fixture(scope="session")
+def session_root() -> Iterator[Path]:
+    root = _session_root()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_project(session_root: Path) -> Iterator[Project]:
+    """A running project (owner: the test runner). Tests use copies of its database."""
+    from balsam_mpi.dbctl import lifecycle
+
+    try:
+        lifecycle.find_pg_bin_or_skip()
+    except RuntimeError as exc:  # pragma: no cover - machines without Postgres
+        pytest.skip(str(exc))
+    lifecycle.init_project(session_root / "proj")
+    project = Project(session_root / "proj")
+    yield project
+    lifecycle.stop_server(project, fast=True)
+
+
+@pytest.fixture()
+def dbname(pg_project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database for one test, a copy of the project's; BALSAM_DB_NAME points at it."""
+    from balsam_mpi.dbctl import testing
+
+    name = f"t{os.getpid()}_{next(_counter)}"
+    testing.create_copy(pg_project, name)
+    monkeypatch.setenv("BALSAM_DB_PATH", str(pg_project.root))
+    monkeypatch.setenv("BALSAM_DB_NAME", name)
+    yield name
+    testing.drop_copy(pg_project, name)
+
+
+@pytest.fixture()
+def conn(pg_project: Project, dbname: str):  # type: ignore[no-untyped-def]
+    """A superuser connection to this test's database (autocommit)."""
+    from balsam_mpi import db
+
+    with db.connect(pg_project, dbname=dbname, autocommit=True) as connection:
+        yield connection
