@@ -35,8 +35,8 @@ else
     "${pip[@]}" install mpi4py mpich
 fi
 
-echo "installing balsam_mpi (editable) with its test extras"
-"${pip[@]}" install -e "$here[test]"
+echo "installing balsam_mpi (editable) with its test and plot extras"
+"${pip[@]}" install -e "$here[test,plot]"
 
 # --- PostgreSQL server binaries -----------------------------------------------------------
 pg_bin=""

@@ -125,6 +125,12 @@ class Project:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    def task_dir(self, workflow: str, task_id: int, name: str = "") -> Path:
+        """A task's working directory: data/<workflow>/<id // 1000>/<name>_<id>/ (sharded
+        so no directory holds more than ~1000 tasks; the id makes it unique)."""
+        leaf = f"{name}_{task_id}" if name else str(task_id)
+        return self.data_dir / _path_safe(workflow) / str(task_id // 1000) / _path_safe(leaf)
+
     def socket_path(self, port: int) -> Path:
         return self.run_dir / f".s.PGSQL.{port}"
 
@@ -187,6 +193,12 @@ class Project:
             return {}
         except tomllib.TOMLDecodeError as exc:
             raise ProjectError(f"{self.settings_path} is not valid TOML: {exc}") from exc
+
+
+def _path_safe(text: str) -> str:
+    """A name usable as one path component: no separators, no leading dots."""
+    cleaned = "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in text)
+    return cleaned.lstrip(".") or "_"
 
 
 def check_control_file(path: Path, owner_uid: int) -> None:
