@@ -21,8 +21,8 @@ _LISTEN = re.compile(r"^[A-Za-z0-9.:*_-]+$")
 
 def validate_listen(listen: str) -> str:
     """``--listen`` as Postgres's listen_addresses: comma-separated hosts, no quoting games."""
-    parts = [p.strip() for p in listen.split(",") if p.strip()]
-    if not parts or not all(_LISTEN.match(p) for p in parts):
+    parts = [p.strip(" ") for p in listen.split(",") if p.strip(" ")]
+    if not parts or not all(_LISTEN.fullmatch(p) for p in parts):
         raise ValueError(
             f"--listen {listen!r} is not a comma-separated list of host names or addresses"
         )
@@ -31,7 +31,7 @@ def validate_listen(listen: str) -> str:
 
 def render_conf(*, port: int, listen: str, group: str, max_connections: int = 400) -> str:
     """balsam.conf: loopback TCP unless told otherwise, the socket in ../run, modest memory."""
-    if not re.match(r"^[A-Za-z0-9_.-]+$", group):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", group):
         raise ValueError(f"group name {group!r} cannot be written to the server configuration")
     return "\n".join(
         [
@@ -72,7 +72,7 @@ def render_conf(*, port: int, listen: str, group: str, max_connections: int = 40
 
 def render_hba(superuser: str) -> str:
     """pg_hba.conf of DESIGN.md §6: peer on the socket, scram on TCP, reject all else."""
-    if not re.match(r"^[A-Za-z0-9_.-]+$", superuser):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", superuser):
         raise ValueError(f"account name {superuser!r} cannot be written to pg_hba.conf")
     members = f"+{MEMBER_ROLE},+{VIEWER_ROLE}"
     return "\n".join(

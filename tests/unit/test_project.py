@@ -1,0 +1,87 @@
+"""The project directory's pure parts: paths, control-file checks, TOML, server-info."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi.errors import ProjectError
+from balsam_mpi.project import (
+    Project,
+    ServerInfo,
+    check_control_file,
+    dump_toml,
+    tomllib,
+    write_atomic,
+)
+
+
+def _info(**kw: object) -> ServerInfo:
+    base = dict(host="h", port=5555, owner_uid=os.geteuid(), owner_name="o", server_uid=1,
+                server_name="s", group="g", pg_major=15, pg_bindir="/x", superuser="o")
+    base.update(kw)
+    return ServerInfo(**base)  # type: ignore[arg-type]
+
+
+def test_task_dir_is_sharded_and_path_safe(tmp_path: Path) -> None:
+    p = Project(tmp_path)
+    assert p.task_dir("demo", 12345, "t1") == tmp_path / "data/demo/12/t1_12345"
+    assert p.task_dir("../evil", 7, "a/b") == tmp_path / "data/_evil/0/a_b_7"
+    assert p.task_dir("w", 999, "") == tmp_path / "data/w/0/999"
+
+
+def test_socket_path_limit_is_checked(tmp_path: Path) -> None:
+    Project(tmp_path).check_socket_length(5432)
+    deep = tmp_path / ("x" * 120)
+    with pytest.raises(ProjectError, match="107"):
+        Project(deep).check_socket_length(5432)
+
+
+def test_server_info_round_trip_and_bad_json(tmp_path: Path) -> None:
+    info = _info(instance_nonce="abc")
+    assert ServerInfo.from_json(info.to_json(), tmp_path) == info
+    with pytest.raises(ProjectError, match="not a valid server-info"):
+        ServerInfo.from_json("{not json", tmp_path)
+
+
+def test_write_atomic_sets_exact_mode_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        target = tmp_path / "f.json"
+        write_atomic(target, "x", 0o640)
+    finally:
+        os.umask(old)
+    assert target.read_text() == "x"
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_control_file_refused_when_group_writable_or_foreign(tmp_path: Path) -> None:
+    target = tmp_path / "server-info.json"
+    target.write_text("{}")
+    os.chmod(target, 0o640)
+    check_control_file(target, os.geteuid())
+    os.chmod(target, 0o660)
+    with pytest.raises(ProjectError, match="writable by group"):
+        check_control_file(target, os.geteuid())
+    os.chmod(target, 0o640)
+    with pytest.raises(ProjectError, match="not the project owner"):
+        check_control_file(target, os.geteuid() + 1)
+
+
+def test_from_env_errors_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BALSAM_DB_PATH", raising=False)
+    with pytest.raises(ProjectError, match="balsamactivate"):
+        Project.from_env()
+    with pytest.raises(ProjectError, match="does not exist"):
+        Project.from_env(tmp_path / "nope")
+    with pytest.raises(ProjectError, match="balsam-dbctl init"):
+        Project(tmp_path).read_server_info()
+
+
+def test_dump_toml_round_trips() -> None:
+    values = {"group": "proj", "umask": "0007", "n": 3, "flag": True,
+              "launcher": {"lease_s": 60.0, "names": ["a", "b"]}}
+    assert tomllib.loads(dump_toml(values)) == values
