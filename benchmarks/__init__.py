@@ -1,0 +1,1 @@
+"""balsam_mpi's benchmark harness: `python -m benchmarks run SCENARIO… [--quick]`."""
