@@ -24,7 +24,13 @@ def _ceiling(quick: bool, out: Path) -> dict[str, Any]:
     return run(quick, out)
 
 
-SCENARIOS: dict[str, Scenario] = {"ceiling": _ceiling}
+def _dbctl(quick: bool, out: Path) -> dict[str, Any]:
+    from .scenarios_dbctl import run
+
+    return run(quick, out)
+
+
+SCENARIOS: dict[str, Scenario] = {"ceiling": _ceiling, "dbctl": _dbctl}
 
 
 def main(argv: list[str] | None = None) -> int:
