@@ -1,7 +1,123 @@
-"""`balsam-mpi` jobs commands."""
+"""`balsam-mpi job ls|show`: the batch jobs that ran (or run) against this project."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-commands: list[click.Command] = []
+from ..clibase import echo_json
+from ..errors import UsageError
+from .context import CliContext, pass_ctx
+from .report import connection
+
+_STATES = ("QUEUED", "RUNNING", "FINISHED", "LOST", "FAILED")
+
+
+@click.group("job")
+def job() -> None:
+    """List and inspect batch jobs."""
+
+
+@job.command("ls")
+@click.option("--state", metavar="STATE", help=f"Only jobs in this state ({', '.join(_STATES)}).")
+@click.option("--user", metavar="NAME", help="Only jobs run by this user.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+@pass_ctx
+def ls(ctx: CliContext, state: str | None, user: str | None, limit: int,
+       as_json: bool) -> None:
+    """Batch jobs, newest first, with the tasks each is running now."""
+    from ..analytics_render import table
+    from ..analytics_tables import list_jobs
+    from ..analytics_time import short_duration
+
+    if state is not None:
+        state = state.strip().upper()
+        if state not in _STATES:
+            raise UsageError(f"--state {state!r} is not a batch-job state: use one of "
+                             + ", ".join(_STATES))
+    with connection(ctx) as conn:
+        rows = list_jobs(conn, state=state, user=user, limit=limit)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no batch jobs")
+        return
+    click.echo(table(
+        ["id", "scheduler", "sched id", "user", "host", "nodes", "state", "started (UTC)",
+         "wall limit", "running", "end reason"],
+        [[r["id"], r["scheduler"], r["scheduler_job_id"] or "-", r["user"], r["host"] or "-",
+          r["nodes"], r["state"], _short_time(r["started_at"]),
+          short_duration(60.0 * r["wall_time_min"]) if r["wall_time_min"] else "-",
+          r["running_tasks"], r["end_reason"] or "-"] for r in rows]))
+
+
+@job.command("show")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+@pass_ctx
+def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
+    """One batch job: its record and its utilization, throughput and timings."""
+    from .. import analytics
+    from ..analytics_render import pct, sparkline
+    from ..analytics_time import short_duration
+    from .report import parse_filters
+
+    filters = parse_filters(None, None, job_id, None, None, None, None)
+    with connection(ctx) as conn:
+        h = analytics.history(conn, filters)
+        record = next(iter(h.jobs), None)
+        if record is None:  # queued, never started: nothing to measure yet
+            jobs = analytics.load_jobs(conn, filters)
+    if record is None:
+        fields: dict[str, Any] = {"id": jobs[0].id, "state": jobs[0].state,
+                                  "user": jobs[0].user, "nodes": jobs[0].nodes,
+                                  "scheduler": jobs[0].scheduler,
+                                  "scheduler_job_id": jobs[0].scheduler_job_id,
+                                  "started_at": None}
+    else:
+        fields = h.job_rows()[0]
+        fields["ranks"] = record.ranks
+        fields["wall_time_min"] = record.wall_time_min
+        fields["utilization_series"] = [
+            None if v != v else float(v) for v in h.utilization_series()]
+        fields["bin_seconds"] = h.window.width
+    if as_json:
+        echo_json(fields)
+        return
+    width = max(len(k) for k in _LABELS)
+    for key, label in _LABELS.items():
+        if key not in fields:
+            continue
+        value = fields[key]
+        if key == "utilization":
+            value = pct(value)
+        elif key.endswith("_seconds"):
+            value = short_duration(value)
+        elif isinstance(value, float):
+            value = f"{value:.3f}"
+        click.echo(f"{label.ljust(width)}  {'-' if value is None else value}")
+    if record is not None:
+        click.echo(f"{'over time'.ljust(width)}  |{sparkline(h.utilization_series(), top=1.0)}|")
+
+
+_LABELS = {
+    "id": "id", "state": "state", "user": "user", "scheduler": "scheduler",
+    "scheduler_job_id": "scheduler id", "host": "host", "nodes": "nodes", "ranks": "ranks",
+    "wall_time_min": "wall limit (min)", "started_at": "started", "ended_at": "ended",
+    "alive_until": "held nodes until", "end_reason": "end reason",
+    "queue_seconds": "queued", "wall_seconds": "wall time", "node_hours": "node-hours",
+    "busy_node_hours": "busy node-hours", "utilization": "utilization", "done": "runs done",
+    "failed": "runs failed", "first_task_seconds": "to first task",
+    "idle_tail_seconds": "idle tail",
+}
+
+
+def _short_time(text: str | None) -> str:
+    return "-" if not text else text.replace("T", " ").replace("Z", "")[:19]
+
+
+commands: list[click.Command] = [job]

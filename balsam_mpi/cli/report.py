@@ -1,7 +1,288 @@
-"""`balsam-mpi` report commands."""
+"""`balsam-mpi report utilization|throughput|jobs|failures|usage|latency`.
+
+Every report takes the same selection flags. ``--batch-job`` and ``--user`` select batch
+jobs (``--user`` is the batch job's user, whose allocation paid); ``--workflow`` and
+``--owner`` select tasks (whose work ran). Output is a table with a sparkline, or
+``--json`` / ``--csv`` for scripts, and ``--png FILE`` draws a plot besides.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
 import click
 
-commands: list[click.Command] = []
+from ..clibase import echo_json
+from ..errors import UsageError
+from .context import CliContext, pass_ctx
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ..analytics import Filters
+
+F = Callable[..., Any]
+
+
+def selection_options(func: F) -> F:
+    """The flags every report shares (values parsed by us, so errors are one line)."""
+    options = [
+        click.option("--since", metavar="TIME",
+                     help="Start: ISO 8601 (local unless Z/+HH:MM), 'today', or a duration "
+                          "back from now (2h)."),
+        click.option("--until", metavar="TIME", help="End, like --since (default: the end "
+                                                     "of the last selected batch job)."),
+        click.option("--batch-job", "batch_job", metavar="ID", help="One batch job."),
+        click.option("--user", metavar="NAME", help="Batch jobs run by this user."),
+        click.option("--workflow", metavar="NAME", help="Tasks of this workflow."),
+        click.option("--owner", metavar="NAME", help="Tasks created by this user."),
+        click.option("--bin", "bin_text", metavar="DURATION",
+                     help="Bin width: 10s, 5m, 1h … (default: about 60 bins)."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON."),
+        click.option("--csv", "as_csv", is_flag=True, help="CSV rows."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def png_option(func: F) -> F:
+    return click.option("--png", "png", metavar="FILE",
+                        help="Also draw a plot into FILE (needs matplotlib).")(func)
+
+
+def parse_filters(since: str | None, until: str | None, batch_job: str | None,
+                  user: str | None, workflow: str | None, owner: str | None,
+                  bin_text: str | None) -> Filters:
+    from ..analytics import Filters
+    from ..analytics_time import parse_duration, parse_time
+
+    job_id: int | None = None
+    if batch_job is not None:
+        try:
+            job_id = int(batch_job)
+        except ValueError:
+            raise UsageError(f"--batch-job {batch_job!r} is not a batch job id (a number; "
+                             "`balsam-mpi job ls` lists them)") from None
+    return Filters(
+        since=parse_time(since, "--since") if since is not None else None,
+        until=parse_time(until, "--until") if until is not None else None,
+        batch_job=job_id, user=user, workflow=workflow, owner=owner,
+        bin_seconds=parse_duration(bin_text) if bin_text is not None else None,
+    )
+
+
+@contextlib.contextmanager
+def connection(ctx: CliContext) -> Iterator[psycopg.Connection[Any]]:
+    from .. import db
+
+    conn = db.connect(ctx.project(), application_name="balsam_mpi report")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _one_format(as_json: bool, as_csv: bool) -> None:
+    if as_json and as_csv:
+        raise UsageError("choose one of --json and --csv")
+
+
+def _wrote(path: Any) -> None:
+    click.echo(f"wrote {path}", err=True)
+
+
+@click.group("report")
+def report() -> None:
+    """Utilization, throughput, per-job figures and failures, from the task history."""
+
+
+@report.command("utilization")
+@selection_options
+@png_option
+@pass_ctx
+def utilization(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
+                **selection: Any) -> None:
+    """Busy node-fraction over time, per batch job and in total."""
+    from .. import analytics
+    from .. import analytics_render as render
+
+    _one_format(as_json, as_csv)
+    filters = parse_filters(**selection)
+    with connection(ctx) as conn:
+        h = analytics.history(conn, filters)
+    _emit(as_json, as_csv, lambda: render.utilization_payload(h),
+          lambda: render.utilization_csv(h), lambda: render.utilization_text(h))
+    if png:
+        from ..analytics_plot import plot_utilization
+
+        _wrote(plot_utilization(h, png))
+
+
+@report.command("throughput")
+@selection_options
+@png_option
+@pass_ctx
+def throughput(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
+               **selection: Any) -> None:
+    """Runs done (and failed) per bin, and cumulative."""
+    from .. import analytics
+    from .. import analytics_render as render
+
+    _one_format(as_json, as_csv)
+    filters = parse_filters(**selection)
+    with connection(ctx) as conn:
+        h = analytics.history(conn, filters)
+    _emit(as_json, as_csv, lambda: render.throughput_payload(h),
+          lambda: render.throughput_csv(h), lambda: render.throughput_text(h))
+    if png:
+        from ..analytics_plot import plot_throughput
+
+        _wrote(plot_throughput(h, png))
+
+
+@report.command("jobs")
+@selection_options
+@png_option
+@pass_ctx
+def jobs(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
+         **selection: Any) -> None:
+    """Per batch job: nodes, wall time, busy node-hours, utilization, runs done and
+    failed, queue wait, time to first task, idle tail."""
+    from .. import analytics
+    from .. import analytics_render as render
+
+    _one_format(as_json, as_csv)
+    filters = parse_filters(**selection)
+    with connection(ctx) as conn:
+        h = analytics.history(conn, filters)
+    _emit(as_json, as_csv, lambda: render.jobs_payload(h),
+          lambda: render.dicts_csv(h.job_rows()), lambda: render.jobs_text(h))
+    if png:
+        from ..analytics_plot import plot_jobs
+
+        _wrote(plot_jobs(h, png))
+
+
+@report.command("failures")
+@selection_options
+@png_option
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many groups.")
+@pass_ctx
+def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None, limit: int,
+             **selection: Any) -> None:
+    """Failed tasks grouped by app, state, exit code, host and first line of output."""
+    from .. import analytics_render as render
+    from ..analytics_tables import failures as load_failures
+
+    _one_format(as_json, as_csv)
+    filters = parse_filters(**selection)
+    with connection(ctx) as conn:
+        result = load_failures(conn, filters, limit)
+    groups = result["groups"]
+    columns = ["tasks", "app", "state", "exit_code", "host", "first_line", "example_ids",
+               "last_at"]
+
+    def text() -> str:
+        if not groups:
+            return "no failed tasks"
+        rows = [[g["tasks"], g["app"], g["state"], g["exit_code"], g["host"] or "-",
+                 g["first_line"][:60], ",".join(map(str, g["example_ids"]))] for g in groups]
+        return (f"{result['failed_tasks']} failed task(s) in {len(groups)} group(s)\n"
+                + render.table(["tasks", "app", "state", "rc", "host", "first line of output",
+                                "e.g. tasks"], rows))
+
+    _emit(as_json, as_csv, lambda: result, lambda: render.dicts_csv(groups, columns), text)
+    if png:
+        from ..analytics_plot import plot_failures
+
+        _wrote(plot_failures(groups, png))
+
+
+@report.command("usage")
+@selection_options
+@pass_ctx
+def usage(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> None:
+    """Busy node-hours and runs by batch-job user (whose allocation), by task owner (whose
+    work), by workflow, and by the pair."""
+    from .. import analytics_render as render
+    from ..analytics_tables import usage as load_usage
+    from ..analytics_tables import usage_summary
+
+    _one_format(as_json, as_csv)
+    filters = parse_filters(**selection)
+    with connection(ctx) as conn:
+        window, rows = load_usage(conn, filters)
+    summary = usage_summary(rows)
+    flat = [{"batch_job": r.job_id, "job_user": r.job_user, "owner": r.owner,
+             "workflow": r.workflow, "busy_node_hours": r.node_seconds / 3600.0,
+             "done": r.done, "failed": r.failed} for r in rows]
+
+    def text() -> str:
+        if not rows:
+            return "no task ran in this range"
+        parts = []
+        for split, title in (("by_job_user", "job_user"), ("by_owner", "owner"),
+                             ("by_workflow", "workflow")):
+            items = summary[split]
+            parts.append(render.table(
+                [title, "busy node-h", "done", "failed"],
+                [[i[title], round(i["busy_node_hours"], 3), i["done"], i["failed"]]
+                 for i in items]))
+        pairs = summary["by_job_user_and_owner"]
+        parts.append(render.table(
+            ["job_user", "owner", "busy node-h", "done", "failed"],
+            [[i["job_user"], i["owner"], round(i["busy_node_hours"], 3), i["done"],
+              i["failed"]] for i in pairs]))
+        return "\n\n".join(parts)
+
+    from ..analytics_time import iso
+
+    _emit(as_json, as_csv,
+          lambda: {"report": "usage", "since": iso(window.t0), "until": iso(window.t1),
+                   **summary, "rows": flat},
+          lambda: render.dicts_csv(flat), text)
+
+
+@report.command("latency")
+@selection_options
+@pass_ctx
+def latency(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> None:
+    """Seconds from ready to claimed, claimed to running, running to done (each task's
+    latest run), and queued to started for submitted batch jobs."""
+    from .. import analytics_render as render
+    from ..analytics_tables import latency as load_latency
+
+    _one_format(as_json, as_csv)
+    filters = parse_filters(**selection)
+    with connection(ctx) as conn:
+        result = load_latency(conn, filters)
+    stages = result["stages"]
+
+    def text() -> str:
+        from ..analytics_time import short_duration as d
+
+        if not stages:
+            return "no task ran in this range"
+        return render.table(["stage", "count", "mean", "p50", "p90", "p99", "max"],
+                            [[s["stage"], s["count"], d(s["mean"]), d(s["p50"]),
+                              d(s["p90"]), d(s["p99"]), d(s["max"])] for s in stages])
+
+    _emit(as_json, as_csv, lambda: {"report": "latency", **result},
+          lambda: render.dicts_csv(stages), text)
+
+
+def _emit(as_json: bool, as_csv: bool, payload: Callable[[], Any],
+          csv_text: Callable[[], str], text: Callable[[], str]) -> None:
+    if as_json:
+        echo_json(payload())
+    elif as_csv:
+        click.echo(csv_text(), nl=False)
+    else:
+        click.echo(text())
+
+
+commands: list[click.Command] = [report]
