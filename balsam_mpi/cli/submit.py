@@ -1,7 +1,67 @@
-"""`balsam-mpi` submit commands."""
+"""`balsam-mpi submit`: a launcher batch job for PBS Pro, Slurm, Cobalt, or this machine."""
 
 from __future__ import annotations
 
 import click
 
-commands: list[click.Command] = []
+from ..clibase import echo_json
+from ..platform import SCHEDULERS
+from .context import CliContext, pass_ctx
+
+
+@click.command("submit")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), required=True,
+              help="pbs (PBS Pro, mpiexec), slurm (srun), cobalt (aprun; legacy), or local.")
+@click.option("-n", "--nodes", type=click.IntRange(min=1), required=True,
+              help="Nodes: one launcher rank each (local: ranks on this host).")
+@click.option("-t", "--wall-time-min", "wall_time_min", type=click.IntRange(min=1),
+              help="Wall time in minutes (required except for local).")
+@click.option("-q", "--queue", help="Queue (PBS, Cobalt) or QOS (Slurm).")
+@click.option("-A", "--account", help="Allocation to charge.")
+@click.option("--workflow", "workflows", multiple=True, metavar="W",
+              help="Run only tasks of this workflow (repeat for several).")
+@click.option("--directive", "directives", multiple=True, metavar="LINE",
+              help="Extra header line, e.g. '-l place=scatter' (prefixed with #PBS, "
+                   "#SBATCH or #COBALT unless it is).")
+@click.option("--filesystems", help="Filesystems the job needs (PBS -l filesystems=, "
+              "Slurm --licenses=, Cobalt --attrs filesystems=).")
+@click.option("--job-name", default="balsam", show_default=True)
+@click.option("--margin-min", type=float,
+              help="Minutes between the launcher's time limit and the wall time "
+                   "(default: 5% of it, 1 to 10).")
+@click.option("--dry-run", is_flag=True, help="Print the script; write and submit nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
+@pass_ctx
+def submit_command(ctx: CliContext, scheduler: str, nodes: int, wall_time_min: int | None,
+                   queue: str | None, account: str | None, workflows: tuple[str, ...],
+                   directives: tuple[str, ...], filesystems: str | None, job_name: str,
+                   margin_min: float | None, dry_run: bool, as_json: bool) -> None:
+    """Render a launcher job script into PROJECT/qsubmit/ and submit it.
+
+    Templates come from PROJECT/job-templates/, then ~/.balsam/job-templates/, then those
+    shipped with balsam_mpi. The batch job is recorded (QUEUED) and its launcher adopts
+    the record when it starts.
+    """
+    from .. import submit
+    from ..jobscript import JobRequest
+
+    req = JobRequest(scheduler=scheduler, nodes=nodes, wall_time_min=wall_time_min,
+                     queue=queue, account=account, workflows=workflows,
+                     directives=directives, filesystems=filesystems, job_name=job_name,
+                     margin_min=margin_min)
+    project = ctx.project()
+    if dry_run:
+        click.echo(submit.dry_run(project, req), nl=False)
+        return
+    done = submit.submit(project, req)
+    if as_json:
+        echo_json(done.as_dict())
+    elif done.scheduler == "local":
+        click.echo(f"started batch job {done.batch_job_id} on this host (pid {done.pid}); "
+                   f"output: {done.log}; stop it with `kill -TERM {done.pid}`")
+    else:
+        click.echo(f"submitted batch job {done.batch_job_id} as {done.scheduler} job "
+                   f"{done.scheduler_job_id}; script: {done.script}")
+
+
+commands: list[click.Command] = [submit_command]

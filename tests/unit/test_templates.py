@@ -1,0 +1,189 @@
+"""Job templates: every shipped one renders to valid bash; overrides; placeholders; quoting."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi import jobscript
+from balsam_mpi.errors import BalsamError, ProjectError, UsageError
+from balsam_mpi.jobscript import JobRequest, Template
+from balsam_mpi.project import Project
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTILE = "x'; touch /tmp/pwned-$$; echo '"
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "proj with space"
+    root.mkdir()
+    (root / "server-info.json").write_text(json.dumps({
+        "host": "h", "port": 1, "owner_uid": os.geteuid(), "owner_name": "me",
+        "server_uid": os.geteuid(), "server_name": "me", "group": "g", "pg_major": 16,
+        "pg_bindir": "/x", "superuser": "me"}))
+    os.chmod(root / "server-info.json", 0o640)
+    return Project(root)
+
+
+def _render(project: Project, req: JobRequest, home: Path, job_id: int | None = 7) -> str:
+    jobscript.validate(req)
+    template = jobscript.find_template(req.scheduler, project, home)
+    return jobscript.render(template, jobscript.values_for(
+        req, project, batch_job_id=job_id, venv="/opt/my venv", environ={}))
+
+
+def _bash_n(text: str) -> None:
+    done = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("scheduler", ["pbs", "slurm", "cobalt", "local"])
+def test_every_shipped_template_renders_to_valid_bash(project: Project, tmp_path: Path,
+                                                      scheduler: str) -> None:
+    full = JobRequest(scheduler, 4, 30 if scheduler != "local" else None,
+                      queue=None if scheduler == "local" else "debug",
+                      account=None if scheduler == "local" else "proj",
+                      workflows=("wf1", HOSTILE),
+                      directives=() if scheduler == "local" else ("-l x=y",))
+    for req in (full, JobRequest(scheduler, 1, 5)):
+        text = _render(project, req, tmp_path)
+        _bash_n(text)
+        assert "{{" not in text and "}}" not in text
+        assert "\numask g=rwx\n" in text
+        assert f"source \"$BALSAM_VENV/bin/balsamactivate\" {shlex.quote(str(project.root))}" \
+            in text
+        assert "export BALSAM_BATCH_JOB_ID=7" in text
+        assert "trap 'kill -TERM \"$launcher\" 2>/dev/null' TERM USR1 INT" in text
+
+
+def test_shipped_templates_are_the_repository_ones() -> None:
+    from importlib import resources
+
+    for name in ("pbs.sh", "slurm.sh", "cobalt.sh", "local.sh"):
+        shipped = resources.files("balsam_mpi").joinpath("templates", name).read_text()
+        assert shipped == (REPO / "job_templates" / name).read_text()
+
+
+def test_pbs_acceptance_script(project: Project, tmp_path: Path) -> None:
+    text = _render(project, JobRequest("pbs", 128, 90, queue="prod", account="myproj"),
+                   tmp_path)
+    assert "#PBS -l walltime=01:30:00\n" in text
+    assert "#PBS -q prod\n" in text and "#PBS -A myproj\n" in text
+    assert "mpiexec -n 128 --ppn 1" in text
+    assert "--time-limit-min 85" in text  # 90 minus 5% (rounded up)
+    assert "filesystems" not in text.split("umask")[0]  # no value: its header line is gone
+
+
+def test_slurm_and_cobalt_launch_lines(project: Project, tmp_path: Path) -> None:
+    slurm = _render(project, JobRequest("slurm", 3, 1500, queue="regular",
+                                        directives=("-C gpu", "#SBATCH --exclusive")), tmp_path)
+    assert "#SBATCH --time=25:00:00\n" in slurm and "#SBATCH --qos=regular\n" in slurm
+    assert "#SBATCH -C gpu\n#SBATCH --exclusive\n" in slurm
+    assert "srun -N 3 -n 3 --ntasks-per-node=1" in slurm
+    cobalt = _render(project, JobRequest("cobalt", 2, 60), tmp_path)
+    assert "#COBALT -t 60\n" in cobalt and "aprun -n 2 -N 1" in cobalt
+    assert "LEGACY" in cobalt
+
+
+def test_hostile_workflow_is_one_quoted_word(project: Project, tmp_path: Path) -> None:
+    text = _render(project, JobRequest("local", 2, workflows=(HOSTILE,)), tmp_path)
+    line = next(x for x in text.splitlines() if "-m balsam_mpi" in x)
+    argv = shlex.split(line.rstrip("&"))
+    assert argv[argv.index("--workflow") + 1] == HOSTILE
+
+
+def test_forwarded_environment_is_quoted(project: Project) -> None:
+    values = jobscript.values_for(JobRequest("local", 1), project, batch_job_id=3, venv="/v",
+                                  environ={"BALSAM_DB_NAME": "t 1;x", "BALSAM_DB_HOST": ""})
+    assert values["exports"] == "export BALSAM_BATCH_JOB_ID=3\nexport BALSAM_DB_NAME='t 1;x'"
+
+
+@pytest.mark.parametrize(("minutes", "text"), [(0, "00:00:00"), (1, "00:01:00"),
+                                               (90, "01:30:00"), (1500, "25:00:00"),
+                                               (6000, "100:00:00")])
+def test_format_walltime(minutes: int, text: str) -> None:
+    assert jobscript.format_walltime(minutes) == text
+
+
+@pytest.mark.parametrize(("wall", "margin", "limit"), [
+    (1, None, 0.5), (2, None, 1.0), (30, None, 28.0), (90, None, 85.0), (600, None, 590.0),
+    (60, 0.0, 60.0), (60, 15.0, 45.0), (None, None, None)])
+def test_launcher_time_limit(wall: int | None, margin: float | None,
+                             limit: float | None) -> None:
+    req = JobRequest("pbs" if wall else "local", 1, wall, margin_min=margin)
+    assert jobscript.launcher_time_limit(req) == limit
+
+
+@pytest.mark.parametrize(("req", "says"), [
+    (JobRequest("pbs", 4), "-t MINUTES"),
+    (JobRequest("lsf", 4, 10), "unknown scheduler"),
+    (JobRequest("pbs", 0, 10), "at least 1"),
+    (JobRequest("pbs", 1, 10, queue="prod; rm -rf ~"), "-q/--queue"),
+    (JobRequest("pbs", 1, 10, account="a b"), "-A/--account"),
+    (JobRequest("pbs", 1, 10, filesystems="home:eagle'"), "--filesystems"),
+    (JobRequest("pbs", 1, 10, workflows=("a\nb",)), "--workflow"),
+    (JobRequest("pbs", 1, 10, workflows=("",)), "--workflow"),
+    (JobRequest("pbs", 1, 10, directives=("-l a\n#PBS -l b",)), "one non-empty line"),
+    (JobRequest("pbs", 1, 10, directives=("#SBATCH -C gpu",)), "not a #PBS line"),
+    (JobRequest("local", 1, queue="debug"), "mean nothing to a local run"),
+    (JobRequest("local", 1, directives=("-x",)), "mean nothing to a local run"),
+    (JobRequest("pbs", 1, 10, job_name="my job"), "job name"),
+    (JobRequest("pbs", 1, 10, margin_min=10), "leaves no time"),
+    (JobRequest("pbs", 1, 10, margin_min=-1), "cannot be negative"),
+])
+def test_bad_requests_are_usage_errors(req: JobRequest, says: str) -> None:
+    with pytest.raises(UsageError, match=says.replace("-", r"\-").replace("+", r"\+")):
+        jobscript.validate(req)
+
+
+def test_override_order_project_then_user_then_shipped(project: Project,
+                                                       tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    user_dir = home / ".balsam" / "job-templates"
+    user_dir.mkdir(parents=True)
+    (user_dir / "pbs.sh").write_text("#!/bin/bash\n# user {{ nodes }}\n")
+    os.chmod(user_dir / "pbs.sh", 0o644)
+    assert jobscript.find_template("slurm", project, home).origin == "shipped"
+    found = jobscript.find_template("pbs", project, home)
+    assert (found.origin, found.text) == ("user", "#!/bin/bash\n# user {{ nodes }}\n")
+    project.templates_dir.mkdir()
+    (project.templates_dir / "pbs.sh").write_text("#!/bin/bash\n# project\n")
+    os.chmod(project.templates_dir / "pbs.sh", 0o640)
+    assert jobscript.find_template("pbs", project, home).origin == "project"
+
+
+def test_writable_templates_are_refused(project: Project, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    user_dir = home / ".balsam" / "job-templates"
+    user_dir.mkdir(parents=True)
+    (user_dir / "slurm.sh").write_text("#!/bin/bash\n")
+    os.chmod(user_dir / "slurm.sh", 0o666)
+    with pytest.raises(ProjectError, match="others may write it"):
+        jobscript.find_template("slurm", project, home)
+    project.templates_dir.mkdir()
+    (project.templates_dir / "pbs.sh").write_text("#!/bin/bash\n")
+    os.chmod(project.templates_dir / "pbs.sh", 0o660)
+    with pytest.raises(ProjectError, match="writable by group"):
+        jobscript.find_template("pbs", project, home)
+
+
+def test_unknown_placeholder_is_named() -> None:
+    template = Template("my.sh", "user", "#!/bin/bash\n#PBS -q {{ queue }}\necho {{ qeueu }}\n")
+    with pytest.raises(ProjectError, match=r"my.sh, line 3: unknown placeholder \{\{ qeueu \}\}"):
+        jobscript.check_placeholders(template)
+    with pytest.raises(BalsamError, match="unbalanced"):
+        jobscript.check_placeholders(Template("t.sh", "user", "echo {{ nodes }\n"))
+
+
+def test_empty_values_drop_header_and_bare_lines_only() -> None:
+    template = Template("t.sh", "user",
+                        "#PBS -q {{ queue }}\n{{ directives }}\necho q={{ queue }}\n")
+    values = dict.fromkeys(jobscript.PLACEHOLDERS, "")
+    assert jobscript.render(template, values) == "echo q=\n"
