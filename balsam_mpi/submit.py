@@ -125,9 +125,18 @@ def qsubmit_dir(project: Project) -> Path:
 
 
 def _write_script(qdir: Path, req: JobRequest, job_id: int, text: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = qdir / f"{req.scheduler}-{job_id}-{stamp}.sh"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    """A new file (never an existing one: O_EXCL, and a suffix when the name is taken —
+    ids repeat in a restored or copied database)."""
+    stem = f"{req.scheduler}-{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for attempt in range(100):
+        path = qdir / (f"{stem}.sh" if attempt == 0 else f"{stem}.{attempt}.sh")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise SubmitError(f"cannot find a free script name like {stem}.sh in {qdir}")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.chmod(path, MODE_SCRIPT)

@@ -1,0 +1,136 @@
+"""`balsam-mpi submit` against a real database, with fake qsub / sbatch on PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from balsam_mpi import submit
+from balsam_mpi.cli import cli
+from balsam_mpi.errors import UsageError
+from balsam_mpi.jobscript import JobRequest
+from balsam_mpi.project import Project
+
+
+def _fake(bindir: Path, name: str, body: str) -> Path:
+    """A fake scheduler command that records its argv and cwd, then runs ``body``."""
+    path = bindir / name
+    path.write_text("#!/bin/bash\n"
+                    f"printf '%s\\n' \"$PWD\" \"$@\" > {bindir}/{name}.argv\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture()
+def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return bindir
+
+
+def _count(conn: Any) -> int:
+    return int(conn.execute("SELECT count(*) FROM batch_jobs").fetchone()[0])
+
+
+def _scripts(project: Project) -> set[str]:
+    qdir = project.root / "qsubmit"
+    return {p.name for p in qdir.iterdir()} if qdir.is_dir() else set()
+
+
+def test_pbs_submission_is_recorded(pg_project: Project, conn: Any, dbname: str,
+                                    fakebin: Path) -> None:
+    _fake(fakebin, "qsub", "echo 4242.pbs01.example")
+    done = submit.submit(pg_project, JobRequest("pbs", 8, 90, queue="prod", account="proj",
+                                                workflows=("wf",)))
+    argv = (fakebin / "qsub.argv").read_text().splitlines()
+    assert argv == [str(pg_project.root / "qsubmit"), str(done.script)]
+    row = submit.get(pg_project, done.batch_job_id)
+    assert row is not None
+    assert (row["scheduler"], row["scheduler_job_id"], row["state"]) == (
+        "pbs", "4242.pbs01.example", "QUEUED")
+    assert (row["nodes"], row["ranks"], row["wall_time_min"]) == (8, 8, 90.0)
+    assert row["filters"] == {"workflows": ["wf"]}
+    assert row["submitted_at"] is not None and row["started_at"] is None
+    text = done.script.read_text()
+    assert f"export BALSAM_BATCH_JOB_ID={done.batch_job_id}\n" in text
+    assert f"export BALSAM_DB_NAME={dbname}\n" in text
+    assert "#PBS -l walltime=01:30:00" in text
+    assert stat.S_IMODE(done.script.stat().st_mode) == 0o750
+    assert stat.S_IMODE((pg_project.root / "qsubmit").stat().st_mode) == 0o3770
+
+
+def test_slurm_and_cobalt_ids(pg_project: Project, conn: Any, dbname: str,
+                              fakebin: Path) -> None:
+    _fake(fakebin, "sbatch", "echo '77;perlmutter'")
+    done = submit.submit(pg_project, JobRequest("slurm", 2, 30))
+    assert (fakebin / "sbatch.argv").read_text().splitlines()[1:] == [
+        "--parsable", str(done.script)]
+    assert done.scheduler_job_id == "77"
+    _fake(fakebin, "qsub", "echo 'Job routed to queue \"default\".'; echo 31337")
+    done = submit.submit(pg_project, JobRequest("cobalt", 2, 30))
+    row = submit.get(pg_project, done.batch_job_id)
+    assert row is not None and (row["scheduler"], row["scheduler_job_id"]) == ("cobalt",
+                                                                                "31337")
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ("echo 'qsub: Unknown queue' >&2; exit 38", "Unknown queue"),
+    ("echo 'all is well'", "cannot find a job id"),
+])
+def test_failed_submission_leaves_a_failed_row(pg_project: Project, conn: Any, dbname: str,
+                                               fakebin: Path, body: str, says: str) -> None:
+    _fake(fakebin, "qsub", body)
+    with pytest.raises(submit.SubmitError, match=says):
+        submit.submit(pg_project, JobRequest("pbs", 1, 10))
+    rows = conn.execute("SELECT state::text, end_reason, ended_at, scheduler_job_id "
+                        "FROM batch_jobs").fetchall()
+    assert len(rows) == 1
+    state, reason, ended_at, scheduler_job_id = rows[0]
+    assert state == "FAILED" and says in reason and ended_at is not None
+    assert scheduler_job_id is None
+
+
+def test_bad_input_and_dry_run_write_nothing(pg_project: Project, conn: Any, dbname: str,
+                                             fakebin: Path) -> None:
+    _fake(fakebin, "qsub", "echo 1")
+    before = _scripts(pg_project)
+    with pytest.raises(UsageError):
+        submit.submit(pg_project, JobRequest("pbs", 1, 10, queue="a;b"))
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "pbs", "-n", "128", "-t", "90",
+                                      "-q", "prod", "-A", "myproj", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "#PBS -l walltime=01:30:00" in result.output
+    assert "umask g=rwx" in result.output and "balsamactivate" in result.output
+    assert "mpiexec -n 128 --ppn 1" in result.output
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "2"])
+    assert result.exit_code == 2 and "-t MINUTES" in result.output
+    assert _count(conn) == 0
+    assert _scripts(pg_project) == before
+    assert not (fakebin / "qsub.argv").exists()
+
+
+def test_missing_scheduler_command_writes_nothing(pg_project: Project, conn: Any,
+                                                  dbname: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(submit.SubmitError, match="`sbatch` is not on PATH"):
+        submit.submit(pg_project, JobRequest("slurm", 1, 10))
+    assert _count(conn) == 0
+
+
+def test_cli_json(pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
+    _fake(fakebin, "sbatch", "echo 991")
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "2", "-t", "5",
+                                      "--workflow", "a", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["scheduler_job_id"] == "991" and Path(out["script"]).is_file()
+    row = submit.get(pg_project, out["batch_job_id"])
+    assert row is not None and row["filters"] == {"workflows": ["a"]}
