@@ -1,1 +1,130 @@
--- 0003_tasks: (reserved; filled by its issue's work)
+-- 0003_tasks: the DAG in the database. Parents finishing make children READY and parents
+-- failing fail their descendants in the same transaction as the UPDATE that moved them,
+-- whoever wrote it (the client, or a launcher's bulk report), so nobody has to remember a
+-- sweep. Statement-level triggers over transition tables: one set-based pass per UPDATE,
+-- never a per-row round trip, never a scan of all tasks.
+
+-- The ancestor whose FAILED / USER_KILLED state failed this task; `task retry` of that
+-- ancestor reinstates every task that names it (one indexed lookup, no graph walk).
+ALTER TABLE tasks ADD COLUMN failed_by bigint;
+CREATE INDEX tasks_failed_by ON tasks (failed_by) WHERE failed_by IS NOT NULL;
+-- `task ls` pages and `balsam-mpi ls` counts; owner filters and name globs stay on scans.
+CREATE INDEX tasks_workflow_id ON tasks (workflow, id);
+
+-- SECURITY DEFINER: a member's finished or killed task must move its descendants even
+-- when other members own them (row-level security would hide those rows from the caller).
+CREATE FUNCTION tasks_propagate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    -- Cheap exit for the launcher's common case (RUNNING, RUN_DONE, …): nothing to do.
+    IF NOT EXISTS (
+        SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
+           AND o.state IS DISTINCT FROM n.state
+    ) THEN
+        RETURN NULL;
+    END IF;
+
+    -- Parents that just finished: one decrement per (child, finished parents) pair; a
+    -- child whose count reaches 0 while it waits becomes READY.
+    WITH done AS (
+        SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state = 'JOB_FINISHED' AND o.state <> 'JOB_FINISHED'
+    ), counts AS (
+        SELECT d.child_id, count(*)::integer AS k
+          FROM public.task_deps d JOIN done ON d.parent_id = done.id
+         GROUP BY d.child_id
+    )
+    UPDATE public.tasks c
+       SET pending_parents = greatest(c.pending_parents - counts.k, 0),
+           state = CASE WHEN c.state = 'AWAITING_PARENTS' AND c.pending_parents <= counts.k
+                        THEN 'READY'::task_state ELSE c.state END,
+           state_message = CASE WHEN c.state = 'AWAITING_PARENTS'
+                                 AND c.pending_parents <= counts.k
+                                THEN 'parents finished' ELSE c.state_message END
+      FROM counts
+     WHERE c.id = counts.child_id;
+
+    -- Parents that just stopped (FAILED or USER_KILLED): every waiting descendant reached
+    -- through children that fail with their parents is FAILED, naming the ancestor.
+    -- Rows stopped by this same statement are already stopped here, so a bulk kill of a
+    -- whole workflow does not walk its graph again.
+    WITH RECURSIVE stopped AS (
+        SELECT n.id, n.state FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state IN ('FAILED', 'USER_KILLED')
+           AND o.state NOT IN ('FAILED', 'USER_KILLED')
+    ), down (id, root, root_state) AS (
+        SELECT d.child_id, s.id, s.state
+          FROM stopped s
+          JOIN public.task_deps d ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+        UNION
+        SELECT d.child_id, down.root, down.root_state
+          FROM down
+          JOIN public.task_deps d ON d.parent_id = down.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+    ), first_root AS (
+        SELECT DISTINCT ON (id) id, root, root_state FROM down ORDER BY id, root
+    )
+    UPDATE public.tasks c
+       SET state = 'FAILED',
+           failed_by = f.root,
+           state_message = format('upstream task %s is %s', f.root, f.root_state)
+      FROM first_root f
+     WHERE c.id = f.id;
+
+    -- Children that opt out (fail_with_parents = false) count a stopped parent as done.
+    WITH stopped AS (
+        SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state IN ('FAILED', 'USER_KILLED')
+           AND o.state NOT IN ('FAILED', 'USER_KILLED')
+    ), counts AS (
+        SELECT d.child_id, count(*)::integer AS k
+          FROM public.task_deps d JOIN stopped s ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE NOT c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+         GROUP BY d.child_id
+    )
+    UPDATE public.tasks c
+       SET pending_parents = greatest(c.pending_parents - counts.k, 0),
+           state = CASE WHEN c.state = 'AWAITING_PARENTS' AND c.pending_parents <= counts.k
+                        THEN 'READY'::task_state ELSE c.state END,
+           state_message = CASE WHEN c.state = 'AWAITING_PARENTS'
+                                 AND c.pending_parents <= counts.k
+                                THEN 'parents done (some did not finish)'
+                                ELSE c.state_message END
+      FROM counts
+     WHERE c.id = counts.child_id;
+    RETURN NULL;
+END $$;
+
+-- Named to sort after tasks_events_update: triggers of one event fire in name order, so
+-- a parent's JOB_FINISHED event is written before its children's READY events.
+CREATE TRIGGER tasks_propagate AFTER UPDATE ON tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_propagate();
+
+-- Task ids handed out before a bulk COPY, so the client knows every new task's id (and
+-- can resolve in-file parent references) without a RETURNING per row. SECURITY DEFINER:
+-- members need no privilege on the identity sequence itself.
+CREATE FUNCTION tasks_reserve_ids(n integer) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT nextval(pg_get_serial_sequence('public.tasks', 'id'))
+      FROM generate_series(1, n)
+$$;
+
+-- The states of would-be parents, locked FOR SHARE until the caller commits, so a parent
+-- cannot finish unseen between reading its state and the new dependency becoming
+-- visible (its trigger then waits and sees the dependency). SECURITY DEFINER because
+-- locking needs UPDATE rights that members lack on other members' tasks.
+CREATE FUNCTION tasks_lock_parents(ids bigint[])
+RETURNS TABLE (id bigint, state task_state, workflow text, name text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT t.id, t.state, t.workflow, t.name FROM public.tasks t
+     WHERE t.id = ANY (ids) ORDER BY t.id FOR SHARE
+$$;
+
+GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[])
+    TO balsam_member;

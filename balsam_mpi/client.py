@@ -1,0 +1,395 @@
+"""The Python API: ``Client`` adds apps and tasks in bulk, queries, kills, retries, deletes.
+
+Field names are the columns of DESIGN.md §4 (the CLI's flags, the JSON-lines keys, the
+``--json`` output). Every write is one transaction: a batch of 100,000 tasks goes in
+whole or not at all. The DAG's bookkeeping after a task finishes or fails is done by
+triggers in the database (migrations/0003_tasks.sql), so the launcher's bulk reports and
+this API's calls cannot disagree about it.
+
+    from balsam_mpi import Client
+    c = Client()                                   # the project of $BALSAM_DB_PATH
+    c.add_app("hello", "echo hello {who}")
+    [a] = c.add_tasks([{"app": "hello", "workflow": "demo", "name": "a",
+                        "params": {"who": "world"}, "key": "a"}])
+    c.add_tasks([{"app": "hello", "workflow": "demo", "params": {"who": "b"},
+                  "parents": [a]}])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import db, sql, taskadd, taskspec
+from .errors import Conflict, NotFound, UsageError
+from .models import TaskState, parse_state
+from .project import Project
+
+if TYPE_CHECKING:
+    import psycopg
+
+# `task ls --sort`: column -> ORDER BY (a leading '-' sorts descending); ties by id.
+SORTABLE = ("id", "workflow", "name", "state", "priority", "created_at", "started_at",
+            "ended_at", "wall_time_min", "num_nodes", "owner")
+PAGE = 2000  # rows per page of the lazy iterator
+CHUNK = 25000  # tasks per INSERT of a bulk add (all chunks in one transaction)
+
+
+class Client:
+    """One connection to a project's database (autocommit; each call its own transaction)."""
+
+    def __init__(self, project: Project | str | os.PathLike[str] | None = None) -> None:
+        self.project = project if isinstance(project, Project) else Project.from_env(project)
+        self._conn: psycopg.Connection[Any] = db.connect(self.project, autocommit=True)
+        # Filtered queries must be planned with their values (NULL filters fold away);
+        # a cached generic plan would scan.
+        self._conn.prepare_threshold = None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- apps ------------------------------------------------------------------------
+    def add_app(self, name: str, command: str, **fields: Any) -> int:
+        """Register an app: ``command`` is a template whose ``{placeholders}`` the tasks'
+        ``params`` fill. Fields: description, preprocess, postprocess, env_script, shell,
+        postprocess_on_error, postprocess_on_timeout, error_retry_limit."""
+        app = taskspec.check_app(name, command, fields)
+        values = {"description": "", "preprocess": "", "postprocess": "", "env_script": "",
+                  "shell": False, "postprocess_on_error": False,
+                  "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
+        with db.translated(), self._conn.transaction():
+            if self._fetch("apps_by_name", {"name": name}):
+                raise Conflict(f"an app named {name!r} exists; pick another name or "
+                               f"`balsam-mpi app rm {name}` first")
+            row = self._conn.execute(sql.query("apps_insert"), values).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def apps(self) -> list[dict[str, Any]]:
+        return self._fetch("apps_all", {})
+
+    def app(self, name: str) -> dict[str, Any]:
+        rows = self._fetch("apps_by_name", {"name": name})
+        if not rows:
+            raise NotFound(f"no app named {name!r}; see `balsam-mpi app ls`")
+        return rows[0]
+
+    def delete_app(self, name: str) -> None:
+        with db.translated(), self._conn.transaction():
+            self.app(name)
+            (n,) = self._conn.execute(sql.query("apps_task_count"), {"name": name}).fetchone() or (0,)
+            if n:
+                raise Conflict(f"app {name!r} still has {n} tasks; delete them first "
+                               f"(`balsam-mpi task rm --app {name}`)")
+            self._conn.execute(sql.query("apps_delete"), {"name": name})
+
+    def _app_infos(self) -> dict[str, taskspec.AppInfo]:
+        return {a["name"]: taskspec.AppInfo(a["id"], a["name"], a["command"],
+                                            taskspec.placeholders(a["command"]),
+                                            a["error_retry_limit"])
+                for a in self.apps()}
+
+    # -- adding tasks ----------------------------------------------------------------
+    def add_tasks(self, tasks: Iterable[Mapping[str, Any]], *,
+                  labels: Sequence[str] | None = None,
+                  progress: Callable[[int], None] | None = None) -> list[int]:
+        """Add tasks (dicts of column names) in one transaction; returns their ids in order.
+
+        ``parents``: ids of existing tasks, or the ``key`` of another task in the same
+        call. ``labels`` name the inputs in errors (e.g. "tasks.jsonl line 7").
+        """
+        raw = list(tasks)
+        if not raw:
+            return []
+
+        def label(i: int) -> str:
+            return labels[i] if labels is not None else taskadd.default_label(i)
+
+        apps = self._app_infos()
+        checked: list[dict[str, Any]] = []
+        for i, task in enumerate(raw):
+            try:
+                checked.append(taskspec.check_task(task, apps))
+            except taskspec.TaskSpecError as exc:
+                raise taskspec.TaskSpecError(f"{label(i)}: {exc}") from None
+        plan = taskadd.plan(checked, label)
+        conn = self._conn
+        with db.translated(), conn.transaction():
+            ids = [r[0] for r in conn.execute(sql.query("tasks_reserve_ids"),
+                                              {"n": len(checked)}).fetchall()]
+            states: dict[int, str] = {}
+            if plan.existing:
+                rows = conn.execute(sql.query("tasks_lock"), {"ids": plan.existing}).fetchall()
+                states = {r[0]: str(r[1]) for r in rows}
+                for i, theirs in enumerate(plan.outside):
+                    missing = [p for p in theirs if p not in states]
+                    if missing:
+                        raise taskspec.TaskSpecError(
+                            f"{label(i)}: parents: no task with id {missing[0]}")
+            first = taskadd.initial_states(checked, plan, ids, states)
+            insert = sql.query("tasks_insert_arrays")
+            for lo in range(0, len(checked), CHUNK):
+                hi = lo + CHUNK
+                conn.execute(insert, taskadd.column_arrays(checked[lo:hi], ids[lo:hi],
+                                                           first[lo:hi]))
+                if progress is not None:
+                    progress(min(hi, len(checked)))
+            children, parents = taskadd.dep_arrays(plan, ids)
+            if children:
+                conn.execute(sql.query("tasks_deps_insert"),
+                             {"children": children, "parents": parents})
+        return ids
+
+    def add_task(self, **fields: Any) -> int:
+        return self.add_tasks([fields])[0]
+
+    # -- reading ---------------------------------------------------------------------
+    def tasks(self, *, order: str = "id", limit: int | None = None,
+              **filters: Any) -> Iterator[dict[str, Any]]:
+        """Tasks matching the filters, lazily (pages of rows; nothing held open between).
+
+        Filters: id/ids, workflow (exact; a list means any of them), state, app, name (a
+        glob), tags (dict: containment), owner. ``order``: a column of SORTABLE, '-' for
+        descending."""
+        params = _filter_params(filters)
+        if order in ("id", "+id") and (limit is None or limit > PAGE):
+            yield from self._pages(params, limit)
+            return
+        yield from self._select(params, _order(order), limit)
+
+    def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
+        # Keyset paging by id: each page is one indexed query, no cursor left open.
+        left = limit
+        while left is None or left > 0:
+            n = PAGE if left is None else min(PAGE, left)
+            rows = self._select(params, _order("id"), n)
+            yield from rows
+            if len(rows) < n:
+                return
+            params = {**params, "after": rows[-1]["id"]}
+            if left is not None:
+                left -= len(rows)
+
+    def _select(self, params: dict[str, Any], order: Any, limit: int | None
+                ) -> list[dict[str, Any]]:
+        from psycopg import sql as pgsql
+        from psycopg.rows import dict_row
+
+        q = pgsql.SQL(sql.query("tasks_select")).format(where=_where(), order=order)
+        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q, {**params, "limit": limit}).fetchall()
+
+    def get(self, task_id: int) -> dict[str, Any]:
+        """One task with its ``parents``, ``children`` and ``history`` (its events)."""
+        rows = self._select(_filter_params({"id": task_id}), _order("id"), 1)
+        if not rows:
+            raise NotFound(f"no task with id {task_id}; see `balsam-mpi task ls`")
+        task = rows[0]
+        task["parents"] = [r["id"] for r in self._fetch("tasks_parents", {"ids": [task_id]})]
+        task["children"] = [r["child_id"] for r in
+                            self._fetch("tasks_children", {"ids": [task_id]})]
+        task["history"] = self._fetch("tasks_history", {"id": task_id})
+        return task
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{workflow: {state: count}} over all tasks."""
+        out: dict[str, dict[str, int]] = {}
+        with db.translated():
+            for wf, state, n in self._conn.execute(sql.query("tasks_counts")).fetchall():
+                out.setdefault(wf, {})[str(state)] = int(n)
+        return out
+
+    # -- changing --------------------------------------------------------------------
+    def update(self, ids: int | Sequence[int], **changes: Any) -> list[int]:
+        """Change fields of tasks (not their state); returns the ids changed. Running
+        tasks are skipped (their launcher holds the old values)."""
+        from psycopg.types.json import Jsonb
+
+        id_list = _ids(ids)
+        values = taskspec.check_changes(changes)
+        if not values:
+            raise UsageError("nothing to change: give at least one field")
+        params: dict[str, Any] = {f: None for f in taskspec.MODIFIABLE}
+        for f, v in values.items():
+            params[f] = Jsonb(v) if f in taskspec.DICT_FIELDS else v
+        params["ids"] = id_list
+        with db.translated(), self._conn.transaction():
+            rows = self._conn.execute(sql.query("tasks_update"), params).fetchall()
+        return [r[0] for r in rows]
+
+    def kill(self, ids: int | Sequence[int] | None = None, *,
+             message: str | None = None, **filters: Any) -> list[int]:
+        """Move matching tasks that are not finished or stopped to USER_KILLED; their
+        waiting descendants fail. Needs ids or at least one filter."""
+        params = self._bulk_params(ids, filters, "kill")
+        params["message"] = message or f"killed by {_me()}"
+        return self._write("tasks_kill", params)
+
+    def retry(self, ids: int | Sequence[int] | None = None, **filters: Any) -> list[int]:
+        """Return FAILED / USER_KILLED tasks (and the descendants they failed) to READY or
+        AWAITING_PARENTS, counters reset; returns the ids reinstated (descendants too)."""
+        from psycopg import sql as pgsql
+
+        params = self._bulk_params(ids, filters, "retry")
+        params["message"] = f"retried by {_me()}"
+        with db.translated(), self._conn.transaction():
+            q = pgsql.SQL(sql.query("tasks_retry")).format(where=_where())
+            back = [r[0] for r in self._conn.execute(q, params).fetchall()]
+            if back:
+                self._conn.execute(sql.query("tasks_refail"), {"ids": back})
+        return back
+
+    def delete(self, ids: int | Sequence[int] | None = None, **filters: Any) -> list[int]:
+        """Delete matching tasks (history stays in task_events); children that remain
+        stop waiting for them."""
+        from psycopg import sql as pgsql
+
+        params = self._bulk_params(ids, filters, "delete")
+        with db.translated(), self._conn.transaction():
+            q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=_where())
+            doomed = [r[0] for r in self._conn.execute(q, params).fetchall()]
+            if doomed:
+                self._conn.execute(sql.query("tasks_release_children"), {"ids": doomed})
+                self._conn.execute(sql.query("tasks_delete"), {"ids": doomed})
+        return doomed
+
+    def add_dependency(self, parent: int, child: int) -> bool:
+        """Make ``child`` wait for ``parent``; refuses cycles and children already
+        started. Returns False when the dependency existed."""
+        if parent == child:
+            raise Conflict(f"task {child} cannot depend on itself")
+        conn = self._conn
+        with db.translated(), conn.transaction():
+            rows = {r[0]: str(r[1]) for r in
+                    conn.execute(sql.query("tasks_lock"), {"ids": [parent, child]}).fetchall()}
+            for tid in (parent, child):
+                if tid not in rows:
+                    raise NotFound(f"no task with id {tid}; see `balsam-mpi task ls`")
+            waiting = {TaskState.CREATED.value, TaskState.AWAITING_PARENTS.value,
+                       TaskState.READY.value}
+            if rows[child] not in waiting:
+                raise Conflict(f"task {child} is {rows[child]}: a parent can only be added "
+                               "to a task that has not started")
+            row = conn.execute(sql.query("tasks_is_descendant"),
+                               {"start": child, "target": parent}).fetchone()
+            if row and row[0]:
+                raise Conflict(f"task {parent} already depends on task {child}: the "
+                               "dependency would make a cycle")
+            if conn.execute(sql.query("tasks_dep_insert"),
+                            {"child": child, "parent": parent}).fetchone() is None:
+                return False
+            args = {"child": child, "parent": parent, "parent_state": rows[parent]}
+            conn.execute(sql.query("tasks_dep_apply"), args)
+            conn.execute(sql.query("tasks_dep_fail"), args)
+        return True
+
+    def why(self, task_id: int) -> list[str]:
+        """Why the task is not running, one reason per line."""
+        from .taskwhy import explain
+
+        return explain(self, task_id)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _bulk_params(self, ids: int | Sequence[int] | None, filters: Mapping[str, Any],
+                     verb: str) -> dict[str, Any]:
+        if ids is None and not any(v not in (None, [], ()) for v in filters.values()):
+            raise UsageError(f"{verb}: give task ids or a filter (workflow, state, …)")
+        if ids is not None:
+            filters = {**filters, "ids": _ids(ids)}
+        return _filter_params(filters)
+
+    def _write(self, name: str, params: dict[str, Any]) -> list[int]:
+        from psycopg import sql as pgsql
+
+        with db.translated(), self._conn.transaction():
+            q = pgsql.SQL(sql.query(name)).format(where=_where())
+            return [r[0] for r in self._conn.execute(q, params).fetchall()]
+
+    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        from psycopg.rows import dict_row
+
+        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(sql.query(name), params).fetchall()
+
+
+def _me() -> str:
+    return os.environ.get("USER") or "user"
+
+
+def _ids(ids: int | Sequence[int]) -> list[int]:
+    out = [ids] if isinstance(ids, int) else list(ids)
+    for i in out:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise UsageError(f"id: {i!r} is not a task id")
+    return out
+
+
+def _listify(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, int, TaskState)):
+        return [value]
+    out = list(value)
+    return out or None
+
+
+FILTERS = ("id", "ids", "workflow", "state", "app", "name", "tags", "owner", "after")
+
+
+def _filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of the `tasks_filter` predicate from keyword filters."""
+    from psycopg.types.json import Jsonb
+
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise UsageError(f"{unknown[0]}: not a task filter (use {', '.join(FILTERS)})")
+    ids = _listify(filters.get("ids")) or _listify(filters.get("id"))
+    states = _listify(filters.get("state"))
+    tags = filters.get("tags")
+    if tags is not None and not isinstance(tags, Mapping):
+        raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
+    name = filters.get("name")
+    return {
+        "ids": None if ids is None else _ids(ids),
+        "workflows": _listify(filters.get("workflow")),
+        "states": None if states is None else [parse_state(str(s)).value for s in states],
+        "apps": _listify(filters.get("app")),
+        "name_like": None if name is None else glob_to_like(name),
+        "tags": None if not tags else Jsonb(dict(tags)),
+        "owners": _listify(filters.get("owner")),
+        "after": filters.get("after"),
+    }
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell glob (* and ?) as a LIKE pattern, LIKE's own wildcards escaped."""
+    out = []
+    for ch in pattern:
+        out.append({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(ch, ch))
+    return "".join(out)
+
+
+def _where() -> Any:
+    from psycopg import sql as pgsql
+
+    return pgsql.SQL(sql.query("tasks_filter"))
+
+
+def _order(spec: str) -> Any:
+    from psycopg import sql as pgsql
+
+    desc = spec.startswith("-")
+    col = spec.lstrip("+-")
+    if col not in SORTABLE:
+        raise UsageError(f"sort: {col!r} is not sortable (use {', '.join(SORTABLE)}, "
+                         "'-' in front for descending)")
+    direction = pgsql.SQL(" DESC" if desc else "")
+    tie = pgsql.SQL(", t.id") if col != "id" else pgsql.SQL("")
+    return pgsql.Composed([pgsql.Identifier("t", col), direction, tie])

@@ -1,0 +1,188 @@
+"""Planning a bulk add: parent references, cycles, initial states, the rows to COPY. Pure.
+
+Parents of a task are given in ``parents`` as ids of tasks already in the database, or
+as the ``key`` of another task of the same batch (any position: a file may list children
+before parents). Ids are reserved before the COPY, so the whole batch — tasks and
+dependencies — goes in as two bulk statements, and each task's first state (READY,
+AWAITING_PARENTS, or FAILED under a stopped parent) is decided here, in dependency order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models import STOPPED, TaskState
+from .taskspec import TaskSpecError
+
+# The columns a bulk add writes (the parameters of tasks.sql's tasks_insert_arrays).
+COLUMNS = (
+    "id", "workflow", "name", "app_id", "params", "args", "tags", "num_nodes",
+    "ranks_per_node", "threads_per_rank", "gpus_per_rank", "node_packing_count",
+    "wall_time_min", "env", "input_files", "priority", "state", "state_message",
+    "error_retry_limit", "timeout_retry_limit", "lost_retry_limit", "fail_with_parents",
+    "pending_parents", "failed_by", "data",
+)
+_JSON = ("params", "tags", "env", "data")
+_ARRAYS = ("args", "input_files")
+_PLAIN = ("workflow", "name", "app_id", "num_nodes", "ranks_per_node", "threads_per_rank",
+          "gpus_per_rank", "node_packing_count", "wall_time_min", "priority",
+          "error_retry_limit", "timeout_retry_limit", "lost_retry_limit", "fail_with_parents")
+
+Label = Callable[[int], str]
+
+
+def default_label(i: int) -> str:
+    return f"task #{i + 1}"
+
+
+@dataclass
+class Plan:
+    """Which task needs which parent, and an order in which parents come first."""
+
+    existing: list[int] = field(default_factory=list)  # ids of parents already stored
+    in_batch: list[list[int]] = field(default_factory=list)  # per task: parent positions
+    outside: list[list[int]] = field(default_factory=list)  # per task: existing parent ids
+    order: list[int] = field(default_factory=list)  # positions, parents before children
+
+
+def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Plan:
+    """Resolve ``parents`` and ``key`` and order the batch; refuse unknown keys and cycles."""
+    keys: dict[str, int] = {}
+    for i, task in enumerate(tasks):
+        key = task.get("key")
+        if key is not None:
+            if key in keys:
+                raise TaskSpecError(f"{label(i)}: key: {key!r} is also the key of "
+                                    f"{label(keys[key])}; keys must be unique in a batch")
+            keys[key] = i
+    p = Plan()
+    seen: set[int] = set()
+    for i, task in enumerate(tasks):
+        mine: list[int] = []
+        theirs: list[int] = []
+        for ref in task.get("parents", ()):
+            if isinstance(ref, str):
+                if ref not in keys:
+                    raise TaskSpecError(f"{label(i)}: parents: no task of this batch has "
+                                        f"key {ref!r}")
+                if keys[ref] == i:
+                    raise TaskSpecError(f"{label(i)}: parents: a task cannot be its own parent")
+                if keys[ref] not in mine:
+                    mine.append(keys[ref])
+            else:
+                if ref < 1:
+                    raise TaskSpecError(f"{label(i)}: parents: {ref} is not a task id")
+                if ref not in theirs:
+                    theirs.append(ref)
+                if ref not in seen:
+                    seen.add(ref)
+                    p.existing.append(ref)
+        p.in_batch.append(mine)
+        p.outside.append(theirs)
+    p.order = _topological(p.in_batch, tasks, label)
+    return p
+
+
+def _topological(parents: list[list[int]], tasks: Sequence[Mapping[str, Any]],
+                 label: Label) -> list[int]:
+    """Kahn's algorithm; a leftover task sits on a cycle and is named in the error."""
+    n = len(parents)
+    waiting = [len(ps) for ps in parents]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for child, ps in enumerate(parents):
+        for parent in ps:
+            children[parent].append(child)
+    ready = [i for i in range(n) if waiting[i] == 0]
+    order: list[int] = []
+    while ready:
+        i = ready.pop()
+        order.append(i)
+        for c in children[i]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                ready.append(c)
+    if len(order) < n:
+        stuck = next(i for i in range(n) if waiting[i] > 0)
+        key = tasks[stuck].get("key")
+        raise TaskSpecError(f"{label(stuck)}: parents: the dependencies of key {key!r} form a "
+                            "cycle; a task cannot (indirectly) depend on itself")
+    return order
+
+
+def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[int],
+                   parent_states: Mapping[int, str]) -> list[tuple[str, int, int | None, str]]:
+    """(state, pending_parents, failed_by, state_message) of each new task."""
+    out: list[tuple[str, int, int | None, str]] = [("", 0, None, "")] * len(tasks)
+    stopped = {s.value for s in STOPPED}
+    for i in p.order:
+        fails = tasks[i]["fail_with_parents"]
+        pending = 0
+        root: int | None = None
+        root_state = ""
+        for pid in p.outside[i]:
+            st = parent_states[pid]
+            if st == TaskState.JOB_FINISHED.value:
+                continue
+            if st in stopped:
+                if fails and root is None:
+                    root, root_state = pid, st
+                continue
+            pending += 1
+        for j in p.in_batch[i]:
+            st = out[j][0]
+            if st == TaskState.FAILED.value:
+                if fails and root is None:
+                    root, root_state = ids[j], st
+                continue
+            pending += 1
+        if root is not None:
+            out[i] = (TaskState.FAILED.value, pending, root,
+                      f"upstream task {root} is {root_state}")
+        elif pending:
+            out[i] = (TaskState.AWAITING_PARENTS.value, pending, None, "")
+        else:
+            out[i] = (TaskState.READY.value, 0, None, "")
+    return out
+
+
+def pg_array(items: Sequence[str]) -> str:
+    """A text[] literal: every element quoted, so commas, braces and quotes survive."""
+    if not items:
+        return "{}"
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in items)
+    return "{" + ",".join(quoted) + "}"
+
+
+def column_arrays(tasks: Sequence[Mapping[str, Any]], ids: Sequence[int],
+                  first: Sequence[tuple[str, int, int | None, str]]) -> dict[str, list[Any]]:
+    """The parameters of tasks_insert_arrays: one list per column, in task order."""
+    cols: dict[str, list[Any]] = {"id": list(ids)}
+    for f in _PLAIN:
+        cols[f] = [t[f] for t in tasks]
+    dumps = json.dumps
+    for f in _JSON:
+        cols[f] = [dumps(t[f]) for t in tasks]
+    for f in _ARRAYS:
+        cols[f] = [pg_array(t[f]) for t in tasks]
+    cols["state"] = [s[0] for s in first]
+    cols["pending_parents"] = [s[1] for s in first]
+    cols["failed_by"] = [s[2] for s in first]
+    cols["state_message"] = [s[3] for s in first]
+    return cols
+
+
+def dep_arrays(p: Plan, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(children, parents) id arrays of every new dependency."""
+    children: list[int] = []
+    parents: list[int] = []
+    for i, (mine, theirs) in enumerate(zip(p.in_batch, p.outside, strict=True)):
+        for j in mine:
+            children.append(ids[i])
+            parents.append(ids[j])
+        for pid in theirs:
+            children.append(ids[i])
+            parents.append(pid)
+    return children, parents

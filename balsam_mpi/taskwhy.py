@@ -1,0 +1,98 @@
+"""`task why ID`: why a task is not running, in sentences that say what to do."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .models import TaskState
+
+if TYPE_CHECKING:
+    from .client import Client
+
+S = TaskState
+
+
+def explain(client: Client, task_id: int) -> list[str]:
+    task = client.get(task_id)
+    state = S(task["state"])
+    tid = task["id"]
+    msg = f" ({task['state_message']})" if task["state_message"] else ""
+    if state is S.JOB_FINISHED:
+        return [f"task {tid} is finished (JOB_FINISHED at {task['ended_at'] or 'unknown'})"]
+    if state in (S.FAILED, S.USER_KILLED):
+        return [f"task {tid} is {state.value}{msg}; "
+                f"`balsam-mpi task retry {tid}` runs it again"]
+    if state in (S.PREPROCESSED, S.RUNNING, S.RUN_DONE, S.POSTPROCESSED, S.RUN_ERROR,
+                 S.RUN_TIMEOUT):
+        return [_claimed(client, task, state)]
+    if state in (S.CREATED, S.AWAITING_PARENTS):
+        return _waiting(client, task, state)
+    return _runnable(client, task, state)
+
+
+def _claimed(client: Client, task: dict[str, Any], state: TaskState) -> str:
+    where = ""
+    if task["batch_job_id"] is not None:
+        jobs = client._fetch("tasks_batch_job", {"id": task["batch_job_id"]})
+        if jobs:
+            j = jobs[0]
+            sched = f" ({j['scheduler']} {j['scheduler_job_id']})" if j["scheduler_job_id"] else ""
+            where = (f" by batch job {j['id']}{sched} on host {j['host'] or '?'} "
+                     f"(user {j['user']})")
+    since = task["started_at"] or task["claimed_at"]
+    when = f" since {since:%Y-%m-%d %H:%M:%S %Z}" if since else ""
+    return f"task {task['id']} is {state.value}: claimed{where}{when}"
+
+
+def _waiting(client: Client, task: dict[str, Any], state: TaskState) -> list[str]:
+    parents = client._fetch("tasks_parents", {"ids": [task["id"]]})
+    open_ = [p for p in parents if str(p["state"]) != S.JOB_FINISHED.value]
+    if not open_:
+        return [f"task {task['id']} is {state.value} with no unfinished parent; "
+                f"`balsam-mpi task retry {task['id']}` or a new `dep` re-evaluates it"]
+    lines = [f"task {task['id']} is waiting for {len(open_)} of its {len(parents)} parents:"]
+    for p in open_[:20]:
+        label = f" {p['workflow']}/{p['name']}" if p["name"] else f" {p['workflow']}"
+        lines.append(f"  parent {p['id']}{label} is {p['state']}")
+    if len(open_) > 20:
+        lines.append(f"  … and {len(open_) - 20} more")
+    return lines
+
+
+def _runnable(client: Client, task: dict[str, Any], state: TaskState) -> list[str]:
+    tid = task["id"]
+    jobs = client._fetch("tasks_why_jobs", {})
+    if not jobs:
+        return [f"task {tid} is {state.value} but no batch job is running: submit one "
+                "(`balsam-mpi submit …`) or start a launcher"]
+    fits: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    for j in jobs:
+        why_not = _misfit(task, j)
+        if why_not:
+            reasons.append(f"  batch job {j['id']} on {j['host'] or '?'}: {why_not}")
+        else:
+            fits.append(j)
+    if not fits:
+        return [f"task {tid} is {state.value} but no running batch job can take it:", *reasons]
+    ahead = client._fetch("tasks_ahead", {"id": tid, "priority": task["priority"]})
+    n = int(ahead[0]["count"]) if ahead else 0
+    names = ", ".join(str(j["id"]) for j in fits)
+    return [f"task {tid} is {state.value} and waits its turn: {n} runnable tasks come "
+            f"before it (priority, then id); batch jobs that can take it: {names}"]
+
+
+def _misfit(task: dict[str, Any], job: dict[str, Any]) -> str:
+    if task["num_nodes"] > job["nodes"]:
+        return f"the task asks for {task['num_nodes']} nodes, the job has {job['nodes']}"
+    left = job["left_min"]
+    if left is not None and task["wall_time_min"] and task["wall_time_min"] > float(left):
+        return (f"the task asks for {task['wall_time_min']:g} min, the job has "
+                f"{max(float(left), 0):.1f} min left")
+    filters = job["filters"] or {}
+    wf = filters.get("workflow") or filters.get("workflows")
+    if wf:
+        allowed = [wf] if isinstance(wf, str) else list(wf)
+        if task["workflow"] not in allowed:
+            return f"it runs only workflow {', '.join(allowed)}"
+    return ""

@@ -1,0 +1,128 @@
+"""Client: apps, bulk add (all-or-nothing), parents, listing, update, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from balsam_mpi import Client
+from balsam_mpi.errors import Conflict, NotFound, UsageError
+from balsam_mpi.taskspec import TaskSpecError
+
+
+@pytest.fixture()
+def client(dbname: str) -> Any:
+    with Client() as c:
+        c.add_app("hello", "echo hello {who}")
+        c.add_app("plain", "true")
+        yield c
+
+
+def _count(conn: psycopg.Connection, table: str = "tasks") -> int:
+    from psycopg import sql
+
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                        ).fetchone()[0]
+
+
+def test_add_app_and_duplicate(client: Client) -> None:
+    assert client.app("hello")["command"] == "echo hello {who}"
+    with pytest.raises(Conflict, match="exists"):
+        client.add_app("hello", "x")
+    with pytest.raises(TaskSpecError, match="placeholder"):
+        client.add_app("bad", "echo {a.b}")
+    with pytest.raises(NotFound):
+        client.app("nope")
+
+
+def test_add_tasks_returns_ids_in_order_with_events(client: Client,
+                                                   conn: psycopg.Connection) -> None:
+    ids = client.add_tasks([{"app": "hello", "workflow": "demo", "name": f"t{i}",
+                             "params": {"who": str(i)}, "node_packing_count": 16,
+                             "wall_time_min": 1} for i in range(50)])
+    assert len(ids) == 50 and ids == sorted(ids)
+    rows = conn.execute("SELECT id, name, state, node_packing_count, params FROM tasks "
+                        "ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ids
+    assert rows[7][1] == "t7" and str(rows[7][2]) == "READY" and rows[7][3] == 16
+    assert rows[7][4] == {"who": "7"}
+    assert _count(conn, "task_events") == 50
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"app": "nope"}, "app"),
+    ({"num_nodes": 0}, "num_nodes"),
+    ({"node_packing_count": 0}, "node_packing_count"),
+    ({"wall_time_min": -1}, "wall_time_min"),
+    ({"params": {"who": "x", "typo": 1}}, "params"),
+    ({"params": {}}, "params"),
+    ({"num_nodes": "two"}, "num_nodes"),
+    ({"args": "not-a-list"}, "args"),
+    ({"colour": "red"}, "colour"),
+    ({"parents": [999999]}, "parents"),
+    ({"parents": ["nokey"]}, "parents"),
+])
+def test_bad_task_writes_nothing(client: Client, conn: psycopg.Connection,
+                                 bad: dict[str, Any], field: str) -> None:
+    good = {"app": "hello", "workflow": "w", "params": {"who": "x"}}
+    with pytest.raises(TaskSpecError, match=rf"task #2: {field}"):
+        client.add_tasks([good, {**good, **bad}])
+    assert _count(conn) == 0 and _count(conn, "task_events") == 0
+
+
+def test_cycle_in_batch_refused(client: Client, conn: psycopg.Connection) -> None:
+    t = {"app": "plain", "workflow": "w"}
+    with pytest.raises(TaskSpecError, match="cycle"):
+        client.add_tasks([{**t, "key": "a", "parents": ["b"]}, {**t, "key": "b", "parents": ["a"]}])
+    assert _count(conn) == 0
+
+
+def test_parents_by_key_and_id(client: Client, conn: psycopg.Connection) -> None:
+    t = {"app": "plain", "workflow": "w"}
+    [root] = client.add_tasks([t])
+    ids = client.add_tasks([{**t, "key": "c", "parents": ["b", root]},  # child first
+                            {**t, "key": "b"}])
+    got = {r["id"]: r for r in client.tasks(workflow="w")}
+    assert got[ids[0]]["state"] == "AWAITING_PARENTS" and got[ids[0]]["pending_parents"] == 2
+    assert got[ids[1]]["state"] == "READY"
+    assert client.get(ids[0])["parents"] == sorted([root, ids[1]])
+    assert _count(conn, "task_deps") == 2
+
+
+def test_filters_are_exact_and_lazy(client: Client) -> None:
+    t = {"app": "plain"}
+    client.add_tasks([{**t, "workflow": "exp1", "name": "a1", "tags": {"k": "v"}},
+                      {**t, "workflow": "exp10", "name": "b1"},
+                      {**t, "workflow": "exp1", "name": "a2", "priority": 5}])
+    assert [r["name"] for r in client.tasks(workflow="exp1")] == ["a1", "a2"]
+    assert [r["name"] for r in client.tasks(name="a*")] == ["a1", "a2"]
+    assert [r["name"] for r in client.tasks(tags={"k": "v"})] == ["a1"]
+    assert [r["name"] for r in client.tasks(order="-priority", limit=1)] == ["a2"]
+    assert [r["workflow"] for r in client.tasks(workflow=["exp1", "exp10"], state="ready",
+                                                limit=5000)] == ["exp1", "exp10", "exp1"]
+    assert client.counts() == {"exp1": {"READY": 2}, "exp10": {"READY": 1}}
+    with pytest.raises(ValueError, match="unknown state"):
+        list(client.tasks(state="NOPE"))
+
+
+def test_many_pages(client: Client) -> None:
+    client.add_tasks([{"app": "plain", "workflow": "w"}] * 4500)
+    assert sum(1 for _ in client.tasks(workflow="w")) == 4500
+    assert sum(1 for _ in client.tasks(limit=2500)) == 2500
+
+
+def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
+    t = {"app": "plain", "workflow": "w"}
+    a, b = client.add_tasks([{**t, "key": "a"}, {**t, "parents": ["a"]}])
+    assert client.update([a], priority=7, tags={"x": "1"}) == [a]
+    assert client.get(a)["priority"] == 7 and client.get(a)["tags"] == {"x": "1"}
+    with pytest.raises(TaskSpecError, match="state"):
+        client.update(a, state="READY")
+    with pytest.raises(UsageError):
+        client.delete()
+    assert client.delete(a) == [a]
+    child = client.get(b)
+    assert child["state"] == "READY" and child["pending_parents"] == 0
+    assert _count(conn, "task_deps") == 0
