@@ -35,7 +35,8 @@ SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, state::text 
 -- Per (batch job, bin): the change of busy nodes across the bin (level_change), the
 -- node-seconds the steps inside the bin contribute before its end (partial_node_seconds),
 -- runs that ended well or badly, and the first run start / last run end (seconds from t0).
--- Times are clipped to the job's own life, then to the report window [t0, t1].
+-- Times are clipped to the job's own life, then to the report window [t0, t1]; a run
+-- that ends exactly at t1 (often: at its job's end) counts, in the last bin.
 WITH j AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(job_starts)s::timestamptz[],
                          %(job_ends)s::timestamptz[]) AS j(id, started_at, alive_until)
@@ -59,7 +60,7 @@ WITH j AS (
        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
 ), rel AS (
-    SELECT job_id, to_state, w, at >= %(t0)s AND at < %(t1)s AS inside,
+    SELECT job_id, to_state, w, at >= %(t0)s AND at <= %(t1)s AS inside,
            date_part('epoch', least(greatest(at, %(t0)s), %(t1)s) - %(t0)s::timestamptz) AS x
       FROM marks
 ), binned AS (
@@ -108,9 +109,9 @@ WITH j AS (
 SELECT job_id, workflow, owner,
        sum(w * date_part('epoch', least(greatest(at, %(t0)s), %(t1)s) - %(t0)s::timestamptz))
          AS node_seconds,
-       count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at < %(t1)s
+       count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at <= %(t1)s
                           AND to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')) AS done,
-       count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at < %(t1)s
+       count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at <= %(t1)s
                           AND to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')) AS failed
   FROM marks
  GROUP BY job_id, workflow, owner
