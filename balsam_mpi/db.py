@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,26 +33,42 @@ def default_dbname() -> str:
     return os.environ.get(NAME_ENV) or SCHEMA_DB
 
 
+def os_account() -> tuple[str, str]:
+    """(name, home) of the calling account, from the password database: the role a client
+    logs in as is always its own OS name, whatever $PGUSER or $HOME say."""
+    entry = pwd.getpwuid(os.geteuid())
+    return entry.pw_name, entry.pw_dir
+
+
 def conninfo(project: Project, info: ServerInfo, *, dbname: str, user: str | None,
-             application_name: str, force_tcp: bool = False) -> dict[str, Any]:
-    """libpq parameters for this project (pure apart from reading the socket's existence)."""
+             application_name: str, force_tcp: bool = False,
+             route: str = "auto") -> dict[str, Any]:
+    """libpq parameters for this project (pure apart from reading the socket's existence).
+
+    The role is ``user`` or the caller's OS name: the owner's is their everyday role (an
+    ordinary member with owner rights), never the superuser, which only dbctl asks for.
+    ``route``: "auto" (the socket on the server's host, else TCP), "socket" or "tcp".
+    """
+    name, home = os_account()
     params: dict[str, Any] = {
         "dbname": dbname,
         "port": info.port,
         "application_name": application_name,
         "connect_timeout": 10,
+        "user": user or name,
     }
-    if user:
-        params["user"] = user
     tcp_host = os.environ.get(HOST_ENV)
-    local = info.host == this_host() and project.socket_path(info.port).exists()
-    if local and not tcp_host and not force_tcp:
+    if route == "auto":
+        local = info.host == this_host() and project.socket_path(info.port).exists()
+        route = "socket" if local and not tcp_host and not force_tcp else "tcp"
+    if route == "socket":
         params["host"] = str(project.run_dir)
         params["requirepeer"] = info.server_name
     else:
         params["host"] = tcp_host or info.host
         params["require_auth"] = "scram-sha-256"
         params["sslmode"] = "prefer"
+        params["passfile"] = os.environ.get("PGPASSFILE") or os.path.join(home, ".pgpass")
     return params
 
 
@@ -64,13 +81,14 @@ def connect(
     check_instance: bool = True,
     application_name: str = "balsam_mpi",
     force_tcp: bool = False,
+    route: str = "auto",
 ) -> psycopg.Connection[Any]:
     """A connection to the project's server, checked to be this project's instance."""
     import psycopg
 
     info = project.read_server_info()
     params = conninfo(project, info, dbname=dbname or default_dbname(), user=user,
-                      application_name=application_name, force_tcp=force_tcp)
+                      application_name=application_name, force_tcp=force_tcp, route=route)
     try:
         conn = psycopg.connect(autocommit=autocommit, **params)
     except psycopg.OperationalError as exc:
@@ -118,7 +136,7 @@ def verify_instance(conn: psycopg.Connection[Any], project: Project, info: Serve
 def translate_connect_error(exc: Exception, project: Project, info: ServerInfo) -> Exception:
     text = str(exc)
     lowered = text.lower()
-    me = os.environ.get("USER") or "you"
+    me = os_account()[0]
     if any(s in lowered for s in ("no such file", "connection refused", "could not connect")):
         if "permission denied" in lowered:
             return PermissionDenied(
@@ -135,8 +153,8 @@ def translate_connect_error(exc: Exception, project: Project, info: ServerInfo) 
             f"cannot reach the server socket in {project.run_dir}: you are not in the project "
             f"group {info.group!r}; ask {info.owner_name} to add you to it"
         )
-    if any(s in lowered for s in ("pg_hba.conf", "peer authentication", "password authentication",
-                                  "role", "requirepeer", "require_auth", "authentication")):
+    if any(s in lowered for s in ("pg_hba.conf", "peer authentication", "password", "role",
+                                  "requirepeer", "require_auth", "authentication")):
         return PermissionDenied(
             f"the server refused {me}: not authorized for this project ({_first_line(text)}); "
             f"run `balsam-dbctl request-access`, then ask {info.owner_name} to run "

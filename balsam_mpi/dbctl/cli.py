@@ -11,7 +11,7 @@ import click
 from ..clibase import Group, echo_json, notices
 from ..errors import ProjectError
 from ..project import ENV_VAR, Project
-from . import lifecycle, status
+from . import access, lifecycle, status
 
 
 @dataclass
@@ -139,6 +139,59 @@ def activate(ctx: Ctx, path: str | None) -> None:
     code, messages = status.activation_code(chosen)
     notices(messages)
     click.echo(code, nl=False)
+
+
+@cli.command("add-user")
+@click.argument("user")
+@click.option("--read-only", is_flag=True, help="A viewer: reads everything, writes nothing.")
+@click.option("--app-admin", is_flag=True, help="May also add and change apps.")
+@pass_ctx
+def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
+    """Authorize USER (owner only; re-running is harmless) and apply their request."""
+    click.echo("\n".join(access.add_user(ctx.project(), user, read_only=read_only,
+                                         app_admin=app_admin)))
+
+
+@cli.command("drop-user")
+@click.argument("user")
+@pass_ctx
+def drop_user(ctx: Ctx, user: str) -> None:
+    """Revoke USER and end their sessions; their tasks stay (owner only)."""
+    click.echo("\n".join(access.drop_user(ctx.project(), user)))
+
+
+@cli.command("users")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def users(ctx: Ctx, as_json: bool) -> None:
+    """Who may use the database: role, kind, enrolled or pending (owner only)."""
+    found = access.list_users(ctx.project())
+    if as_json:
+        echo_json(access.users_as_dicts(found))
+    else:
+        click.echo(access.format_users(found))
+
+
+@cli.command("connections")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def connections(ctx: Ctx, as_json: bool) -> None:
+    """Live sessions: user, client address, application, since (owner only)."""
+    rows = access.connections(ctx.project())
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(access.format_connections(rows))
+
+
+@cli.command("request-access")
+@click.option("--if-needed", is_flag=True,
+              help="Do nothing when ~/.pgpass already holds a password for this project.")
+@pass_ctx
+def request_access(ctx: Ctx, if_needed: bool) -> None:
+    """Ask for access: keep a password in ~/.pgpass, hand over only its verifier."""
+    for line in access.request_access(ctx.project(), if_needed=if_needed):
+        click.echo(line, err=True)
 
 
 def main() -> None:

@@ -161,11 +161,13 @@ def initdb(project: Project, bindir: Path, server: Account, superuser: str) -> N
 
 
 def write_server_conf(project: Project, server: Account, *, port: int, listen: str,
-                      group: str, superuser: str) -> None:
-    """(Re)write balsam.conf, pg_hba.conf and the include line, as the server account."""
+                      group: str, superuser: str, owner: str | None = None) -> None:
+    """(Re)write balsam.conf, pg_hba.conf, pg_ident.conf and the include line, as the
+    server account."""
     files = {
         pgconf.CONF_NAME: pgconf.render_conf(port=port, listen=listen, group=group),
-        "pg_hba.conf": pgconf.render_hba(superuser),
+        "pg_hba.conf": pgconf.render_hba(superuser, owner),
+        "pg_ident.conf": pgconf.render_ident(superuser, owner),
     }
     main_conf = project.db_dir / "postgresql.conf"
     files["postgresql.conf"] = pgconf.with_include(main_conf.read_text())

@@ -27,7 +27,7 @@ from ..errors import (
     UsageError,
 )
 from ..project import SCHEMA_DB, Project, ServerInfo, dump_toml, this_host, write_atomic
-from . import cluster, layout, schema
+from . import access, cluster, layout, schema
 from .accounts import (
     DEFAULT_SERVER_USER,
     Account,
@@ -37,6 +37,7 @@ from .accounts import (
     group_name,
     owner_only,
 )
+from .pgconf import SUPERUSER_ROLE
 
 
 @dataclass
@@ -113,19 +114,21 @@ def init_project(path: str | os.PathLike[str], *, group: str | None = None,
         project.root.mkdir(mode=0o700)
     try:
         layout.create_tree(project, caller, server, gid)
-        cluster.initdb(project, bindir, server, caller.name)
+        cluster.initdb(project, bindir, server, SUPERUSER_ROLE)
         info = ServerInfo(
             host=this_host(), port=port, owner_uid=caller.uid, owner_name=caller.name,
             server_uid=server.uid, server_name=server.name, group=group_name(gid),
-            pg_major=major, pg_bindir=str(bindir), superuser=caller.name, listen=listen,
+            pg_major=major, pg_bindir=str(bindir), superuser=SUPERUSER_ROLE, listen=listen,
         )
         cluster.write_server_conf(project, server, port=port, listen=listen,
-                                  group=info.group, superuser=info.superuser)
+                                  group=info.group, superuser=info.superuser,
+                                  owner=info.owner_name)
         project.write_server_info(info, gid)
         write_atomic(project.settings_path, dump_toml(default_settings(info)), 0o640, gid=gid)
         cluster.pg_ctl_start(project, bindir, server)
         with admin_connect(project, info, dbname="postgres") as admin:
             schema.bootstrap(admin)
+            access.bootstrap_roles(admin, info.owner_name)
         with admin_connect(project, info, autocommit=False) as conn:
             schema.install(conn)
         info = _record_instance(project, info, gid)
@@ -216,7 +219,8 @@ def start_server(project: Project, *, takeover: bool = False) -> Outcome:
             notices.append(f"port {info.port} is busy; the server now uses port {port}")
         project.check_socket_length(port)
         cluster.write_server_conf(project, server, port=port, listen=info.listen,
-                                  group=info.group, superuser=info.superuser)
+                                  group=info.group, superuser=info.superuser,
+                                  owner=info.owner_name)
         info = replace(info, host=here, port=port, pg_bindir=str(bindir))
         project.write_server_info(info, gid)
         cluster.pg_ctl_start(project, bindir, server)
@@ -264,6 +268,7 @@ def migrate(project: Project) -> list[int]:
     owner_only(info.owner_uid, info.owner_name, "migrate")
     with admin_connect(project, info, dbname="postgres") as admin:
         schema.bootstrap(admin)
+        access.bootstrap_roles(admin, info.owner_name)
     with admin_connect(project, info, autocommit=False) as conn:
         return schema.install(conn)
 

@@ -15,6 +15,13 @@ MEMBER_ROLE = "balsam_member"
 VIEWER_ROLE = "balsam_viewer"
 OBJECT_ROLE = "balsam_objects"
 OWNER_ROLE = "balsam_owner"
+APP_ADMIN_ROLE = "balsam_app_admin"
+# The database superuser's role. It is not the owner's name: the owner's own name is their
+# everyday login role (an ordinary member with owner rights, what their launchers use over
+# TCP), and the owner's OS account reaches the superuser only over the socket through the
+# peer map below (DESIGN.md §6).
+SUPERUSER_ROLE = "balsam_superuser"
+SUPERUSER_MAP = "balsam_superuser"
 
 _LISTEN = re.compile(r"^[A-Za-z0-9.:*_-]+$")
 
@@ -70,17 +77,27 @@ def render_conf(*, port: int, listen: str, group: str, max_connections: int = 40
     )
 
 
-def render_hba(superuser: str) -> str:
-    """pg_hba.conf of DESIGN.md §6: peer on the socket, scram on TCP, reject all else."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", superuser):
-        raise ValueError(f"account name {superuser!r} cannot be written to pg_hba.conf")
+def render_hba(superuser: str, owner: str | None = None) -> str:
+    """pg_hba.conf of DESIGN.md §6: peer on the socket, scram on TCP, reject all else.
+
+    With ``owner`` (the owner's OS account, when it differs from the superuser role) the
+    superuser line uses the peer map of ``render_ident``. Members reach the project
+    database over TCP; over the socket also the cluster's other databases they hold
+    CONNECT on (only test copies: `init` revokes CONNECT on postgres and template1).
+    """
+    for name in (superuser, owner or superuser):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"account name {name!r} cannot be written to pg_hba.conf")
     members = f"+{MEMBER_ROLE},+{VIEWER_ROLE}"
+    mapped = owner is not None and owner != superuser
+    admin = f"peer map={SUPERUSER_MAP}" if mapped else "peer"
     return "\n".join(
         [
             "# Written by balsam-dbctl. Never `trust`: see the README's security model.",
             "# TYPE  DATABASE  USER            ADDRESS        METHOD",
-            f"local   all       {superuser:<15} peer",
+            f"local   all       {superuser:<15} {admin}",
             f"local   balsam    {members:<15} peer",
+            f"local   all       {members:<15} peer",
             f"host    balsam    {members:<15} 0.0.0.0/0      scram-sha-256",
             f"host    balsam    {members:<15} ::/0           scram-sha-256",
             "local   all       all                            reject",
@@ -89,6 +106,17 @@ def render_hba(superuser: str) -> str:
             "",
         ]
     )
+
+
+def render_ident(superuser: str, owner: str | None = None) -> str:
+    """pg_ident.conf: the owner's OS account, and only it, may log in as the superuser."""
+    lines = ["# Written by balsam-dbctl.", "# MAPNAME          SYSTEM-USERNAME  PG-USERNAME"]
+    if owner is not None and owner != superuser:
+        for name in (superuser, owner):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"account name {name!r} cannot be written to pg_ident.conf")
+        lines.append(f"{SUPERUSER_MAP:<17} {owner:<16} {superuser}")
+    return "\n".join(lines) + "\n"
 
 
 def with_include(postgresql_conf: str) -> str:

@@ -175,10 +175,266 @@ CREATE TRIGGER tasks_events_update AFTER UPDATE ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION tasks_events_on_update();
 
 -- ==== 0002_access.sql ====
--- 0002_access: (reserved; filled by its issue's work)
+-- 0002_access: least privilege inside the database (DESIGN.md §6, docs/security.md).
+--
+-- Roles are cluster-wide, so balsam-dbctl makes them as the superuser before any migration
+-- runs (dbctl/access.py): balsam_objects (NOLOGIN, owns every object; SECURITY DEFINER
+-- functions run as it), balsam_member (collaborators), balsam_viewer (read only),
+-- balsam_owner (the project owner's rights; a member of balsam_member) and balsam_app_admin
+-- (members given `--app-admin`). Login roles are only ever members of these.
+--
+-- Conventions for later migrations: a function is `SECURITY DEFINER SET search_path =
+-- pg_catalog, public`, owned by balsam_objects, and EXECUTE is granted explicitly to
+-- balsam_member in the migration that creates it. A new table is readable by members and
+-- viewers (default privileges below) and writable by nobody until its migration says so.
+
+-- Nothing is callable by accident: PUBLIC gets EXECUTE on no function made from here on.
+ALTER DEFAULT PRIVILEGES FOR ROLE balsam_objects REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES FOR ROLE balsam_objects
+    GRANT SELECT ON TABLES TO balsam_member, balsam_viewer;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC;
+-- Already so on PostgreSQL >= 15; said again for older servers. Nobody but
+-- balsam_objects creates anything: no DDL for members.
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO balsam_member, balsam_viewer;
+
+-- `balsam-dbctl init` revoked CONNECT from PUBLIC; the project's roles get it back. The
+-- database's name is not fixed (copies), hence the dynamic statement.
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO balsam_member, balsam_viewer',
+                   current_database());
+END $$;
+
+GRANT SELECT ON balsam_instance, balsam_migrations, apps, tasks, task_deps, task_events,
+                batch_jobs
+   TO balsam_member, balsam_viewer;
+
+-- Apps: written by the owner and by members given --app-admin; read by everyone.
+GRANT INSERT, UPDATE, DELETE ON apps TO balsam_owner, balsam_app_admin;
+
+-- Tasks: everyone reads every task; a member adds tasks as themselves and edits, kills,
+-- retries and deletes their own; the owner any. Launcher work on other members' tasks
+-- goes through SECURITY DEFINER functions, which run as the table's owner and so are not
+-- subject to these policies (RLS is enabled, not forced).
+GRANT INSERT, UPDATE, DELETE ON tasks TO balsam_member;
+ALTER TABLE tasks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tasks_read ON tasks FOR SELECT TO balsam_member, balsam_viewer USING (true);
+CREATE POLICY tasks_add ON tasks FOR INSERT TO balsam_member
+    WITH CHECK (owner = session_user);
+CREATE POLICY tasks_change_own ON tasks FOR UPDATE TO balsam_member
+    USING (owner = session_user) WITH CHECK (owner = session_user);
+CREATE POLICY tasks_change_any ON tasks FOR UPDATE TO balsam_owner
+    USING (true) WITH CHECK (true);
+CREATE POLICY tasks_delete_own ON tasks FOR DELETE TO balsam_member
+    USING (owner = session_user);
+CREATE POLICY tasks_delete_any ON tasks FOR DELETE TO balsam_owner USING (true);
+
+-- Who created a task (or opened a batch job) never changes, for anyone, the superuser
+-- included. `BEFORE UPDATE OF` with a WHEN clause costs nothing on the launcher's bulk
+-- updates, which never name these columns.
+CREATE FUNCTION refuse_owner_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    RAISE EXCEPTION 'who created % % cannot change', TG_TABLE_NAME, OLD.id
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER tasks_owner_immutable BEFORE UPDATE OF owner ON tasks
+    FOR EACH ROW WHEN (NEW.owner IS DISTINCT FROM OLD.owner)
+    EXECUTE FUNCTION refuse_owner_change();
+
+-- Dependencies: a member links parents to their own tasks only; the owner any.
+GRANT INSERT, DELETE ON task_deps TO balsam_member;
+ALTER TABLE task_deps ENABLE ROW LEVEL SECURITY;
+CREATE POLICY task_deps_read ON task_deps FOR SELECT TO balsam_member, balsam_viewer
+    USING (true);
+CREATE POLICY task_deps_own ON task_deps FOR ALL TO balsam_member
+    USING (EXISTS (SELECT 1 FROM tasks t WHERE t.id = child_id AND t.owner = session_user))
+    WITH CHECK (EXISTS (SELECT 1 FROM tasks t
+                         WHERE t.id = child_id AND t.owner = session_user));
+CREATE POLICY task_deps_any ON task_deps FOR ALL TO balsam_owner
+    USING (true) WITH CHECK (true);
+
+-- History is insert-only and written only by the triggers of 0001, which now run as
+-- balsam_objects: no member holds INSERT, UPDATE, DELETE or TRUNCATE on task_events.
+ALTER FUNCTION tasks_events_on_insert() SECURITY DEFINER SET search_path = pg_catalog, public;
+ALTER FUNCTION tasks_events_on_update() SECURITY DEFINER SET search_path = pg_catalog, public;
+
+-- Batch jobs: a member opens and updates their own; the owner may update any (e.g. to
+-- close a lost one). Heartbeats go through batch_job_heartbeat below.
+GRANT INSERT, UPDATE ON batch_jobs TO balsam_member;
+ALTER TABLE batch_jobs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY batch_jobs_read ON batch_jobs FOR SELECT TO balsam_member, balsam_viewer
+    USING (true);
+CREATE POLICY batch_jobs_add ON batch_jobs FOR INSERT TO balsam_member
+    WITH CHECK ("user" = session_user);
+CREATE POLICY batch_jobs_change_own ON batch_jobs FOR UPDATE TO balsam_member
+    USING ("user" = session_user) WITH CHECK ("user" = session_user);
+CREATE POLICY batch_jobs_change_any ON batch_jobs FOR UPDATE TO balsam_owner
+    USING (true) WITH CHECK (true);
+CREATE TRIGGER batch_jobs_user_immutable BEFORE UPDATE OF "user" ON batch_jobs
+    FOR EACH ROW WHEN (NEW."user" IS DISTINCT FROM OLD."user")
+    EXECUTE FUNCTION refuse_owner_change();
+
+-- The first launcher function, and the pattern for the rest: it runs as balsam_objects,
+-- so it checks by itself who is calling. session_user is the login role even inside a
+-- SECURITY DEFINER function (current_user is balsam_objects there). Only the batch job's
+-- own user may renew its lease: nobody can keep another's dead launcher looking alive.
+CREATE FUNCTION batch_job_heartbeat(job_id bigint) RETURNS timestamptz
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    job public.batch_jobs%ROWTYPE;
+BEGIN
+    SELECT * INTO job FROM public.batch_jobs b WHERE b.id = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch job % does not exist', job_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF job."user" <> session_user THEN
+        RAISE EXCEPTION 'batch job % belongs to %: only its own launcher can heartbeat it',
+            job_id, job."user" USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF job.state <> 'RUNNING' THEN
+        RAISE EXCEPTION 'batch job % is %, not RUNNING: it has no lease to renew',
+            job_id, job.state USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE public.batch_jobs SET heartbeat_at = now() WHERE id = job_id;
+    RETURN now();
+END $$;
+GRANT EXECUTE ON FUNCTION batch_job_heartbeat(bigint) TO balsam_member;
 
 -- ==== 0003_tasks.sql ====
--- 0003_tasks: (reserved; filled by its issue's work)
+-- 0003_tasks: the DAG in the database. Parents finishing make children READY and parents
+-- failing fail their descendants in the same transaction as the UPDATE that moved them,
+-- whoever wrote it (the client, or a launcher's bulk report), so nobody has to remember a
+-- sweep. Statement-level triggers over transition tables: one set-based pass per UPDATE,
+-- never a per-row round trip, never a scan of all tasks.
+
+-- The ancestor whose FAILED / USER_KILLED state failed this task; `task retry` of that
+-- ancestor reinstates every task that names it (one indexed lookup, no graph walk).
+ALTER TABLE tasks ADD COLUMN failed_by bigint;
+CREATE INDEX tasks_failed_by ON tasks (failed_by) WHERE failed_by IS NOT NULL;
+-- `task ls` pages and `balsam-mpi ls` counts; owner filters and name globs stay on scans.
+CREATE INDEX tasks_workflow_id ON tasks (workflow, id);
+
+-- SECURITY DEFINER: a member's finished or killed task must move its descendants even
+-- when other members own them (row-level security would hide those rows from the caller).
+CREATE FUNCTION tasks_propagate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    -- Cheap exit for the launcher's common case (RUNNING, RUN_DONE, …): nothing to do.
+    IF NOT EXISTS (
+        SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
+           AND o.state IS DISTINCT FROM n.state
+    ) THEN
+        RETURN NULL;
+    END IF;
+
+    -- Parents that just finished: one decrement per (child, finished parents) pair; a
+    -- child whose count reaches 0 while it waits becomes READY.
+    WITH done AS (
+        SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state = 'JOB_FINISHED' AND o.state <> 'JOB_FINISHED'
+    ), counts AS (
+        SELECT d.child_id, count(*)::integer AS k
+          FROM public.task_deps d JOIN done ON d.parent_id = done.id
+         GROUP BY d.child_id
+    )
+    UPDATE public.tasks c
+       SET pending_parents = greatest(c.pending_parents - counts.k, 0),
+           state = CASE WHEN c.state = 'AWAITING_PARENTS' AND c.pending_parents <= counts.k
+                        THEN 'READY'::task_state ELSE c.state END,
+           state_message = CASE WHEN c.state = 'AWAITING_PARENTS'
+                                 AND c.pending_parents <= counts.k
+                                THEN 'parents finished' ELSE c.state_message END
+      FROM counts
+     WHERE c.id = counts.child_id;
+
+    -- Parents that just stopped (FAILED or USER_KILLED): every waiting descendant reached
+    -- through children that fail with their parents is FAILED, naming the ancestor.
+    -- Rows stopped by this same statement are already stopped here, so a bulk kill of a
+    -- whole workflow does not walk its graph again.
+    WITH RECURSIVE stopped AS (
+        SELECT n.id, n.state FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state IN ('FAILED', 'USER_KILLED')
+           AND o.state NOT IN ('FAILED', 'USER_KILLED')
+    ), down (id, root, root_state) AS (
+        SELECT d.child_id, s.id, s.state
+          FROM stopped s
+          JOIN public.task_deps d ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+        UNION
+        SELECT d.child_id, down.root, down.root_state
+          FROM down
+          JOIN public.task_deps d ON d.parent_id = down.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+    ), first_root AS (
+        SELECT DISTINCT ON (id) id, root, root_state FROM down ORDER BY id, root
+    )
+    UPDATE public.tasks c
+       SET state = 'FAILED',
+           failed_by = f.root,
+           state_message = format('upstream task %s is %s', f.root, f.root_state)
+      FROM first_root f
+     WHERE c.id = f.id;
+
+    -- Children that opt out (fail_with_parents = false) count a stopped parent as done.
+    WITH stopped AS (
+        SELECT n.id FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state IN ('FAILED', 'USER_KILLED')
+           AND o.state NOT IN ('FAILED', 'USER_KILLED')
+    ), counts AS (
+        SELECT d.child_id, count(*)::integer AS k
+          FROM public.task_deps d JOIN stopped s ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE NOT c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+         GROUP BY d.child_id
+    )
+    UPDATE public.tasks c
+       SET pending_parents = greatest(c.pending_parents - counts.k, 0),
+           state = CASE WHEN c.state = 'AWAITING_PARENTS' AND c.pending_parents <= counts.k
+                        THEN 'READY'::task_state ELSE c.state END,
+           state_message = CASE WHEN c.state = 'AWAITING_PARENTS'
+                                 AND c.pending_parents <= counts.k
+                                THEN 'parents done (some did not finish)'
+                                ELSE c.state_message END
+      FROM counts
+     WHERE c.id = counts.child_id;
+    RETURN NULL;
+END $$;
+
+-- Named to sort after tasks_events_update: triggers of one event fire in name order, so
+-- a parent's JOB_FINISHED event is written before its children's READY events.
+CREATE TRIGGER tasks_propagate AFTER UPDATE ON tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_propagate();
+
+-- Task ids handed out before a bulk COPY, so the client knows every new task's id (and
+-- can resolve in-file parent references) without a RETURNING per row. SECURITY DEFINER:
+-- members need no privilege on the identity sequence itself.
+CREATE FUNCTION tasks_reserve_ids(n integer) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT nextval(pg_get_serial_sequence('public.tasks', 'id'))
+      FROM generate_series(1, n)
+$$;
+
+-- The states of would-be parents, locked FOR SHARE until the caller commits, so a parent
+-- cannot finish unseen between reading its state and the new dependency becoming
+-- visible (its trigger then waits and sees the dependency). SECURITY DEFINER because
+-- locking needs UPDATE rights that members lack on other members' tasks.
+CREATE FUNCTION tasks_lock_parents(ids bigint[])
+RETURNS TABLE (id bigint, state task_state, workflow text, name text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT t.id, t.state, t.workflow, t.name FROM public.tasks t
+     WHERE t.id = ANY (ids) ORDER BY t.id FOR SHARE
+$$;
+
+GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[])
+    TO balsam_member;
 
 -- ==== 0004_launcher.sql ====
 -- 0004_launcher: (reserved; filled by its issue's work)

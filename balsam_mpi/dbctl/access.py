@@ -1,0 +1,257 @@
+"""Who may use the project's database: roles, collaborators, sessions (DESIGN.md §6).
+
+The owner (``add-user``, ``drop-user``, ``users``, ``connections``) works as the database
+superuser over the socket; a collaborator (``request-access``) works as themselves. Role
+statements are DDL, which takes no parameters, so they are composed from the text in
+``sql/access.sql`` with ``psycopg.sql.Identifier`` / ``Literal``, never with f-strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from psycopg import Connection
+from psycopg import sql as pgsql
+
+from .. import db, sql
+from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
+from ..project import SCHEMA_DB, Project, ServerInfo, this_host
+from . import enroll
+from .accounts import Account
+from .pgconf import (
+    APP_ADMIN_ROLE,
+    MEMBER_ROLE,
+    OBJECT_ROLE,
+    OWNER_ROLE,
+    SUPERUSER_ROLE,
+    VIEWER_ROLE,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_GROUPS = (OWNER_ROLE, MEMBER_ROLE, VIEWER_ROLE, APP_ADMIN_ROLE)
+_RESERVED = {SUPERUSER_ROLE, OBJECT_ROLE, *PROJECT_GROUPS, "public", "postgres"}
+
+
+def _ddl(name: str, **parts: str) -> pgsql.Composed:
+    """Statement ``name`` from sql/ with identifiers quoted (``verifier`` as a literal)."""
+    values: dict[str, pgsql.Composable] = {
+        k: (pgsql.Literal(v) if k == "verifier" else pgsql.Identifier(v))
+        for k, v in parts.items()
+    }
+    return pgsql.SQL(sql.query(name)).format(**values)
+
+
+# -- at init / migrate ------------------------------------------------------------------
+def bootstrap_roles(admin: Connection[Any], owner: str) -> None:
+    """As the superuser: the app-admin group, owner rights within member rights, the owner's
+    everyday login role (their OS name), and no CONNECT on the maintenance databases."""
+    if admin.execute(sql.query("role_exists"), {"name": APP_ADMIN_ROLE}).fetchone() is None:
+        admin.execute(_ddl("create_nologin_role", role=APP_ADMIN_ROLE))
+    admin.execute(_ddl("access_grant_role", group=MEMBER_ROLE, role=OWNER_ROLE))
+    row = admin.execute(sql.query("access_role"), {"name": owner}).fetchone()
+    if row is None:
+        admin.execute(_ddl("access_create_login_role", role=owner))
+    if row is None or not row[1]:  # never demote an old-style superuser of the same name
+        admin.execute(_ddl("access_allow_login", role=owner))
+        admin.execute(_ddl("access_grant_role", group=OWNER_ROLE, role=owner))
+    for maintenance in ("postgres", "template1"):
+        admin.execute(_ddl("access_lock_database", db=maintenance))
+
+
+# -- the owner's commands ---------------------------------------------------------------
+def _owner_only(info: ServerInfo, action: str) -> None:
+    if os.geteuid() != info.owner_uid:
+        me = Account.current().name
+        raise PermissionDenied(f"only the project owner, {info.owner_name}, can {action}; "
+                               f"ask {info.owner_name} (you are {me})")
+
+
+def _admin(project: Project, info: ServerInfo) -> Connection[Any]:
+    from .lifecycle import admin_connect
+
+    return admin_connect(project, info, dbname="postgres")
+
+
+def _check_collaborator(info: ServerInfo, name: str) -> Account:
+    enroll.check_role_name(name)
+    if name == info.owner_name:
+        raise UsageError(f"{name} is the project owner: their role is made by `init` "
+                         "(run `balsam-dbctl request-access` for TCP access)")
+    if name in _RESERVED or name.startswith(("pg_", "balsam_")):
+        raise UsageError(f"{name!r} is a reserved role name; it cannot be a collaborator")
+    return Account.by_name(name)
+
+
+def add_user(project: Project, name: str, *, read_only: bool = False,
+             app_admin: bool = False) -> list[str]:
+    """Authorize ``name`` (idempotent) and apply their request if one waits."""
+    info = project.read_server_info()
+    _owner_only(info, "add users")
+    account = _check_collaborator(info, name)
+    if read_only and app_admin:
+        raise UsageError("--read-only and --app-admin exclude each other")
+    kind = "viewer" if read_only else "member"
+    wanted = {VIEWER_ROLE} if read_only else {MEMBER_ROLE}
+    if app_admin:
+        wanted.add(APP_ADMIN_ROLE)
+    # Check the request before changing anything, so a refused one leaves no half-state.
+    request = enroll.read_request(project, name, account.uid)
+    with _admin(project, info) as admin, admin.transaction():
+        row = admin.execute(sql.query("access_role"), {"name": name}).fetchone()
+        if row is not None and row[1]:
+            raise UsageError(f"{name} is a database superuser; refusing to change it")
+        if row is None:
+            admin.execute(_ddl("access_create_login_role", role=name))
+        else:
+            admin.execute(_ddl("access_allow_login", role=name))
+        current = set(row[3]) if row is not None else set()
+        for group in sorted(wanted - current):
+            admin.execute(_ddl("access_grant_role", group=group, role=name))
+        for group in sorted((current & {MEMBER_ROLE, VIEWER_ROLE, APP_ADMIN_ROLE}) - wanted):
+            admin.execute(_ddl("access_revoke_role", group=group, role=name))
+        # The role exists now (checked above): an ALTER ROLE that fails would log it.
+        if request is not None:
+            admin.execute(_ddl("access_set_verifier", role=name, verifier=request.verifier))
+        enrolled = request is not None or (row is not None and bool(row[2]))
+    if request is not None:
+        enroll.unlink_request(project, name)
+    label = kind + (" with app admin" if app_admin else "")
+    log.info("authorized %s as %s", name, label)
+    if enrolled:
+        return [f"{name} is enrolled as a {label}: they can connect over the socket on "
+                f"{info.host} and over TCP from other hosts"]
+    return [f"{name} is authorized as a {label}; next, {name} runs `source balsamactivate "
+            f"{project.root}` (on {info.host} that completes enrollment; elsewhere it "
+            f"leaves a request and you run `balsam-dbctl add-user {name}` once more)"]
+
+
+def drop_user(project: Project, name: str) -> list[str]:
+    """Revoke ``name``: no login, no groups, no password, live sessions ended. Their tasks,
+    batch jobs and history stay, still naming them."""
+    info = project.read_server_info()
+    _owner_only(info, "drop users")
+    enroll.check_role_name(name)
+    if name in _RESERVED or name == info.owner_name or name.startswith(("pg_", "balsam_")):
+        raise UsageError(f"{name!r} is not a collaborator; it cannot be dropped")
+    with _admin(project, info) as admin:
+        with admin.transaction():
+            row = admin.execute(sql.query("access_role"), {"name": name}).fetchone()
+            if row is None:
+                raise UsageError(f"{name} has no role in this project; nothing to drop")
+            if row[1]:
+                raise UsageError(f"{name} is a database superuser; refusing to change it")
+            for group in sorted(set(row[3]) & set(PROJECT_GROUPS)):
+                admin.execute(_ddl("access_revoke_role", group=group, role=name))
+            admin.execute(_ddl("access_disable_role", role=name))
+        ended_row = admin.execute(sql.query("access_terminate_sessions"),
+                                  {"name": name}).fetchone()
+    ended = int(ended_row[0]) if ended_row else 0
+    enroll.unlink_request(project, name)
+    log.info("revoked %s (%d sessions ended)", name, ended)
+    return [f"revoked {name}: {ended} live session(s) ended; their tasks stay, "
+            "still owned by them"]
+
+
+@dataclass(frozen=True)
+class User:
+    role: str
+    kind: str  # owner | member | viewer
+    app_admin: bool
+    state: str  # enrolled (password: TCP too) | socket-only | requested (file waiting)
+
+
+def list_users(project: Project) -> list[User]:
+    info = project.read_server_info()
+    _owner_only(info, "list users")
+    with _admin(project, info) as admin:
+        rows = admin.execute(sql.query("access_users"),
+                             {"groups": list(PROJECT_GROUPS)}).fetchall()
+    waiting = set(enroll.pending_requests(project))
+    users: list[User] = []
+    for role, has_password, groups in rows:
+        kind = ("owner" if OWNER_ROLE in groups else
+                "member" if MEMBER_ROLE in groups else "viewer")
+        state = ("enrolled" if has_password else
+                 "requested" if role in waiting else "socket-only")
+        users.append(User(role, kind, APP_ADMIN_ROLE in groups, state))
+    known = {u.role for u in users}
+    users += [User(name, "-", False, "requested (not authorized)")
+              for name in sorted(waiting - known)]
+    return users
+
+
+def users_as_dicts(users: list[User]) -> list[dict[str, Any]]:
+    return [asdict(u) for u in users]
+
+
+def format_users(users: list[User]) -> str:
+    lines = [f"{'ROLE':<20} {'KIND':<8} {'APP-ADMIN':<9} STATE"]
+    lines += [f"{u.role:<20} {u.kind:<8} {'yes' if u.app_admin else 'no':<9} {u.state}"
+              for u in users]
+    return "\n".join(lines)
+
+
+def connections(project: Project) -> list[dict[str, Any]]:
+    info = project.read_server_info()
+    _owner_only(info, "list connections")
+    with _admin(project, info) as admin, admin.cursor() as cur:
+        cur.execute(sql.query("access_connections"))
+        names = [d.name for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def format_connections(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'USER':<16} {'DATABASE':<12} {'CLIENT':<16} {'APPLICATION':<24} SINCE"]
+    for r in rows:
+        since = r["since"].strftime("%Y-%m-%d %H:%M:%S") if r["since"] else "-"
+        lines.append(f"{r['user'] or '-':<16} {r['database'] or '-':<12} {r['client']:<16} "
+                     f"{(r['application'] or '-')[:24]:<24} {since}")
+    return "\n".join(lines)
+
+
+# -- the collaborator's command ---------------------------------------------------------
+def request_access(project: Project, *, if_needed: bool = False) -> list[str]:
+    """Keep a password in ~/.pgpass and hand its verifier to the server (socket, when our
+    role exists and we are on the server's host) or to the owner (a request file)."""
+    info = project.read_server_info()
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    enroll.check_role_name(me)
+    hosts = [info.host]
+    extra = os.environ.get(db.HOST_ENV)
+    if extra and extra not in hosts:
+        hosts.append(extra)
+    password = enroll.pgpass_password(hosts, me)
+    if if_needed and password is not None and all(enroll.pgpass_has(h, me) for h in hosts):
+        return []
+    if password is None:
+        password = enroll.new_password()
+    enroll.pgpass_store(hosts, me, password)
+    verifier = enroll.scram_verifier(password)
+    if _enroll_over_socket(project, info, verifier):
+        enroll.remove_own_request(project, me)
+        return [f"enrolled {me}: you can connect over the socket on {info.host} and over "
+                "TCP from other hosts (password kept in your ~/.pgpass)"]
+    path = enroll.write_request(project, me, verifier, this_host())
+    return [f"requested access (wrote {path}, no password in it); next, {info.owner_name} "
+            f"runs `balsam-dbctl --project {project.root} add-user {me}`"]
+
+
+def _enroll_over_socket(project: Project, info: ServerInfo, verifier: str) -> bool:
+    """On the server's host, once the owner made our role, peer lets us set it ourselves."""
+    if info.host != this_host() or not project.socket_path(info.port).exists():
+        return False
+    try:
+        with db.connect(project, autocommit=True, route="socket", dbname=SCHEMA_DB,
+                        application_name="balsam-dbctl request-access") as conn, \
+                db.translated():
+            conn.execute(_ddl("access_set_own_verifier", verifier=verifier))
+    except BalsamError:
+        return False  # not authorized yet (or the server is down): the request file will do
+    except OSError as exc:
+        raise ProjectError(f"cannot reach the server socket: {exc.strerror}") from None
+    return True

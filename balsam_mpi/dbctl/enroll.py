@@ -1,0 +1,306 @@
+"""Enrollment without sending a secret anywhere (DESIGN.md §6).
+
+The collaborator's side (``request-access``) keeps a random password in their own
+``~/.pgpass`` and hands over only its SCRAM-SHA-256 verifier, either straight to the server
+over the socket (peer; on the server's host, once their role exists) or as a request file
+``access/USER.json`` that the owner's ``add-user`` checks and applies. A verifier lets the
+server check a password; it does not let anyone log in. Neither the password nor the
+verifier is ever logged or printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import pwd
+import re
+import secrets
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ProjectError, UsageError
+from ..project import Project
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
+MAX_REQUEST_BYTES = 4096
+_B64 = r"[A-Za-z0-9+/]+={0,2}"
+_VERIFIER = re.compile(rf"SCRAM-SHA-256\$(\d{{1,8}}):({_B64})\$({_B64}):({_B64})")
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
+
+
+def check_role_name(name: str) -> str:
+    """A name usable as a role and a request file name (no paths, no quoting games)."""
+    if not _ROLE_NAME.fullmatch(name):
+        raise UsageError(f"{name!r} is not a usable user name (letters, digits, _ . -; "
+                         "at most 63 characters, not starting with a digit or dot)")
+    return name
+
+
+# -- SCRAM-SHA-256 (RFC 5802 / RFC 7677) ---------------------------------------------------
+def scram_verifier(password: str, *, salt: bytes | None = None,
+                   iterations: int = SCRAM_ITERATIONS) -> str:
+    """The verifier PostgreSQL stores for ``password``:
+    ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`` (base64).
+
+    Our passwords are ASCII (``secrets.token_urlsafe``), which SASLprep leaves unchanged.
+    """
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def is_well_formed_verifier(text: str) -> bool:
+    """Would PostgreSQL take ``text`` as a verifier? (If not, ALTER ROLE … PASSWORD would
+    store it as a plaintext password: never apply one that fails this.)"""
+    match = _VERIFIER.fullmatch(text)
+    if not match:
+        return False
+    iterations = int(match.group(1))
+    try:
+        salt, stored, server = (base64.b64decode(match.group(i), validate=True)
+                                for i in (2, 3, 4))
+    except ValueError:
+        return False
+    return 1024 <= iterations <= 10_000_000 and len(salt) >= 8 and len(stored) == 32 \
+        and len(server) == 32
+
+
+# -- ~/.pgpass --------------------------------------------------------------------------
+def _me() -> pwd.struct_passwd:
+    return pwd.getpwuid(os.geteuid())
+
+
+def pgpass_path() -> Path:
+    """$PGPASSFILE, else ~/.pgpass of the account (not $HOME: `runuser` may keep root's)."""
+    return Path(os.environ.get("PGPASSFILE") or Path(_me().pw_dir) / ".pgpass")
+
+
+def _fields(line: str) -> list[str]:
+    """Split a .pgpass line on unescaped colons, unescaping \\: and \\\\."""
+    out, cur, escaped = [], [], False
+    for ch in line:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return out
+
+
+def pgpass_password(hosts: list[str], role: str, path: Path | None = None) -> str | None:
+    """The password our own lines keep for ``role`` on one of ``hosts`` (any port, any db)."""
+    path = path or pgpass_path()
+    try:
+        lines = path.read_text().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return None
+    for line in lines:
+        parts = _fields(line)
+        if len(parts) == 5 and parts[0] in hosts and parts[1] == "*" and parts[3] == role:
+            return parts[4]
+    return None
+
+
+def pgpass_has(host: str, role: str, path: Path | None = None) -> bool:
+    return pgpass_password([host], role, path) is not None
+
+
+def pgpass_store(hosts: list[str], role: str, password: str, path: Path | None = None) -> None:
+    """Add ``host:*:*:role:password`` lines for hosts that lack one; keep every other line.
+
+    Port ``*`` because `start` may move the server to another port; database ``*`` because
+    a role's password belongs to the whole cluster. Written through a temporary file,
+    0600 (libpq ignores a .pgpass that others can read).
+    """
+    path = path or pgpass_path()
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    have = {(p[0], p[3]) for p in map(_fields, lines) if len(p) == 5 and p[1] == "*"}
+    for host in hosts:
+        if (host, role) not in have:
+            lines.append(f"{host}:*:*:{role}:{password}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- request files ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Request:
+    user: str
+    verifier: str
+    host: str
+    requested_at: float
+
+
+def request_name(user: str) -> str:
+    return f"{check_role_name(user)}.json"
+
+
+def _open_access_dir(project: Project) -> int:
+    try:
+        return os.open(project.access_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ProjectError(f"cannot open {project.access_dir} ({exc.strerror}); the owner "
+                           "should run `balsam-dbctl fix-perms`") from None
+
+
+def write_request(project: Project, user: str, verifier: str, host: str) -> Path:
+    """Create access/USER.json (0640, O_EXCL, never through a symlink).
+
+    A stale request of our own is replaced; one owned by anyone else is left alone and
+    reported (the sticky directory stops us from removing it anyway).
+    """
+    name = request_name(user)
+    body = json.dumps({"user": user, "verifier": verifier, "host": host,
+                       "requested_at": time.time()}) + "\n"
+    dfd = _open_access_dir(project)
+    try:
+        for attempt in (1, 2):
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640,
+                             dir_fd=dfd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if st.st_uid != os.geteuid() or attempt == 2:
+                    raise ProjectError(
+                        f"{project.access_dir / name} already exists and belongs to uid "
+                        f"{st.st_uid}, not you: ask the project owner to remove it"
+                    ) from None
+                os.unlink(name, dir_fd=dfd)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                os.fchmod(fh.fileno(), 0o640)  # exact, whatever the umask
+                fh.write(body)
+            return project.access_dir / name
+    finally:
+        os.close(dfd)
+    raise AssertionError("unreachable")
+
+
+def remove_own_request(project: Project, user: str) -> None:
+    with contextlib.suppress(OSError):
+        dfd = _open_access_dir(project)
+        try:
+            st = os.stat(request_name(user), dir_fd=dfd, follow_symlinks=False)
+            if st.st_uid == os.geteuid():
+                os.unlink(request_name(user), dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_request(project: Project, user: str, uid: int) -> Request | None:
+    """The owner's side: the request of ``user`` (uid ``uid``), checked, or None if none.
+
+    Opened with O_NOFOLLOW (a symlink is refused, not followed) and O_NONBLOCK (a FIFO
+    cannot hang us); then fstat on the open file: a regular file with one link, owned by
+    that user's uid, not writable by group or others, holding a well-formed verifier.
+    """
+    name = request_name(user)
+    path = project.access_dir / name
+    dfd = _open_access_dir(project)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if os.path.islink(path):
+                raise ProjectError(f"refusing {path}: it is a symlink; remove it and ask "
+                                   f"{user} to run `balsam-dbctl request-access` again") from None
+            raise ProjectError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            _check_request_stat(path, st, user, uid)
+            raw = os.read(fd, MAX_REQUEST_BYTES + 1)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+    return _parse_request(path, raw, user)
+
+
+def _check_request_stat(path: Path, st: os.stat_result, user: str, uid: int) -> None:
+    again = f"remove it and ask {user} to run `balsam-dbctl request-access` again"
+    if not stat.S_ISREG(st.st_mode):
+        raise ProjectError(f"refusing {path}: it is not a regular file; {again}")
+    if st.st_nlink != 1:
+        raise ProjectError(f"refusing {path}: it has {st.st_nlink} hard links; {again}")
+    if st.st_uid != uid:
+        raise ProjectError(f"refusing {path}: it belongs to uid {st.st_uid}, not {user} "
+                           f"(uid {uid}); {again}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ProjectError(f"refusing {path}: others could have written it (mode "
+                           f"{stat.S_IMODE(st.st_mode):04o}); {again}")
+
+
+def _parse_request(path: Path, raw: bytes, user: str) -> Request:
+    again = f"remove it and ask {user} to run `balsam-dbctl request-access` again"
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ProjectError(f"refusing {path}: it is too large to be a request; {again}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        verifier = str(data["verifier"])
+        named = str(data["user"])
+        host = str(data.get("host", ""))
+        at = float(data.get("requested_at", 0.0))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ProjectError(f"refusing {path}: it is not a request file; {again}") from None
+    if named != user:
+        raise ProjectError(f"refusing {path}: it asks for {named!r}, not {user!r}; {again}")
+    if not is_well_formed_verifier(verifier):
+        raise ProjectError(f"refusing {path}: it does not hold a SCRAM-SHA-256 verifier; "
+                           f"{again}")
+    return Request(user=named, verifier=verifier, host=host, requested_at=at)
+
+
+def unlink_request(project: Project, user: str) -> None:
+    """The owner removes a request once applied (or when revoking the user)."""
+    with contextlib.suppress(FileNotFoundError):
+        dfd = _open_access_dir(project)
+        try:
+            os.unlink(request_name(user), dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+
+def pending_requests(project: Project) -> list[str]:
+    """User names with a request file waiting (names only; nothing is read)."""
+    try:
+        names = sorted(p.name for p in project.access_dir.iterdir())
+    except OSError:
+        return []
+    return [n[:-5] for n in names if n.endswith(".json") and _ROLE_NAME.fullmatch(n[:-5])]
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(32)
