@@ -82,7 +82,8 @@ SELECT job_id, bin,
 
 -- name: analytics_usage
 -- Busy node-seconds and runs per (batch job, workflow, task owner) inside [t0, t1]:
--- the sum of w * t over a run's two steps is w * (end - start), so no pairing is needed.
+-- over a run's two steps, -sum(w * t) = -(w * start - w * end) = w * (end - start), so no
+-- pairing is needed.
 WITH j AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(job_starts)s::timestamptz[],
                          %(job_ends)s::timestamptz[]) AS j(id, started_at, alive_until)
@@ -107,7 +108,7 @@ WITH j AS (
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
 )
 SELECT job_id, workflow, owner,
-       sum(w * date_part('epoch', least(greatest(at, %(t0)s), %(t1)s) - %(t0)s::timestamptz))
+       -sum(w * date_part('epoch', least(greatest(at, %(t0)s), %(t1)s) - %(t0)s::timestamptz))
          AS node_seconds,
        count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at <= %(t1)s
                           AND to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')) AS done,

@@ -1,0 +1,152 @@
+"""`balsam-mpi report …` and `balsam-mpi job ls|show` through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+from balsam_mpi.cli import cli
+
+from . import test_analytics_build as build
+from .test_analytics_build import Builder
+
+Conn = psycopg.Connection[Any]
+admin = build.admin  # the fixture that writes histories as the database superuser
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture()
+def history(admin: Conn, dbname: str) -> dict[str, int]:
+    """The 75% history: 2 nodes for 100 s, busy 150 node-seconds; one failed task."""
+    b = Builder(admin)
+    job = b.job(2, 0, 100, submitted=-30)
+    b.finished_task(job, 0, 100)
+    b.finished_task(job, 0, 60, packing=2)
+    b.finished_task(job, 0, 40, packing=2)
+    b.task(state="RUN_ERROR", job=job, exit_code=3, tail="boom\nmore", ended=99)
+    return {"job": job}
+
+
+def test_utilization_json_carries_the_overall_fraction(history: dict[str, int]) -> None:
+    result = _run("report", "utilization", "--bin", "10s", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["utilization"] == pytest.approx(0.75)
+    assert data["bin_seconds"] == 10
+    assert [s["utilization"] for s in data["series"]] == pytest.approx(
+        [1.0] * 4 + [0.75] * 2 + [0.5] * 4)
+    assert data["series"][0]["batch_jobs"] == {str(history["job"]): pytest.approx(1.0)}
+    assert data["batch_jobs"][0]["utilization"] == pytest.approx(0.75)
+
+
+def test_utilization_text_csv_and_png(history: dict[str, int], tmp_path: Path) -> None:
+    text = _run("report", "utilization", "--bin", "10s")
+    assert text.exit_code == 0
+    assert "utilization 75.0%" in text.output and "█" in text.output
+    rows = list(csv.DictReader(io.StringIO(_run("report", "utilization", "--bin", "10s",
+                                                "--csv").output)))
+    assert len(rows) == 10 and float(rows[-1]["utilization"]) == pytest.approx(0.5)
+    assert f"batch_job_{history['job']}" in rows[0]
+    png = tmp_path / "util.png"
+    result = _run("report", "utilization", "--png", str(png))
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_throughput_json_csv_png(history: dict[str, int], tmp_path: Path) -> None:
+    data = json.loads(_run("report", "throughput", "--bin", "50s", "--json").output)
+    assert [s["done"] for s in data["series"]] == [1, 2]  # ends at 40; 60 and 100
+    assert data["series"][-1]["cumulative_done"] == 3
+    assert data["utilization"] == pytest.approx(0.75)
+    rows = list(csv.reader(io.StringIO(_run("report", "throughput", "--bin", "50s",
+                                            "--csv").output)))
+    assert rows[0][:3] == ["start", "seconds", "done"] and len(rows) == 3
+    png = tmp_path / "tp.png"
+    assert _run("report", "throughput", "--png", str(png)).exit_code == 0
+    assert png.stat().st_size > 5000
+
+
+def test_jobs_and_failures_reports(history: dict[str, int], tmp_path: Path) -> None:
+    text = _run("report", "jobs")
+    assert text.exit_code == 0 and "75.0%" in text.output
+    (row,) = json.loads(_run("report", "jobs", "--json").output)["batch_jobs"]
+    assert row["id"] == history["job"] and row["queue_seconds"] == pytest.approx(30)
+    assert _run("report", "jobs", "--csv").output.startswith("id,")
+    png = tmp_path / "jobs.png"
+    assert _run("report", "jobs", "--png", str(png)).exit_code == 0
+    assert png.stat().st_size > 5000
+    failures = json.loads(_run("report", "failures", "--json").output)
+    assert failures["groups"][0]["first_line"] == "boom"
+    assert "boom" in _run("report", "failures").output
+    fpng = tmp_path / "fail.png"
+    assert _run("report", "failures", "--png", str(fpng)).exit_code == 0
+    assert fpng.stat().st_size > 5000
+
+
+def test_usage_and_latency_reports(history: dict[str, int]) -> None:
+    usage = json.loads(_run("report", "usage", "--json").output)
+    assert usage["by_job_user"][0]["busy_node_hours"] == pytest.approx(150 / 3600)
+    assert "busy node-h" in _run("report", "usage").output
+    latency = json.loads(_run("report", "latency", "--json").output)
+    names = [s["stage"] for s in latency["stages"]]
+    assert "running_to_done" in names and "batch_job_queued_to_started" in names
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "utilization", "--bin", "ten"], "--bin 'ten' is not a duration"),
+    (["report", "utilization", "--bin", "0s"], "must be longer than zero"),
+    (["report", "throughput", "--since", "yesterday-ish"], "is not a time"),
+    (["report", "jobs", "--batch-job", "x1"], "is not a batch job id"),
+    (["report", "jobs", "--batch-job", "9999"], "no batch job 9999"),
+    (["report", "utilization", "--json", "--csv"], "choose one of --json and --csv"),
+    (["report", "utilization", "--since", "2026-01-01T00:01:00Z",
+      "--until", "2026-01-01T00:00:30Z"], "not after its start"),
+    (["job", "show", "9999"], "no batch job 9999"),
+    (["job", "ls", "--state", "sleeping"], "not a batch-job state"),
+])
+def test_bad_input_is_one_line_and_non_zero(history: dict[str, int], args: list[str],
+                                            message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_png_without_matplotlib_says_so(history: dict[str, int], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    result = CliRunner().invoke(cli, ["report", "utilization", "--png",
+                                      str(tmp_path / "x.png")])
+    assert result.exit_code != 0
+    assert "needs matplotlib" in result.output and "balsam_mpi[plot]" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_job_ls_and_show(history: dict[str, int]) -> None:
+    listing = _run("job", "ls")
+    assert listing.exit_code == 0 and "FINISHED" in listing.output
+    (row,) = json.loads(_run("job", "ls", "--json").output)
+    assert row["id"] == history["job"] and row["nodes"] == 2
+    shown = _run("job", "show", str(history["job"]))
+    assert shown.exit_code == 0 and "75.0%" in shown.output and "idle tail" in shown.output
+    data = json.loads(_run("job", "show", str(history["job"]), "--json").output)
+    assert data["utilization"] == pytest.approx(0.75) and data["done"] == 3
+
+
+def test_job_show_of_a_queued_job(admin: Conn, dbname: str) -> None:
+    job = Builder(admin).job(8, None, state="QUEUED", submitted=0)
+    shown = _run("job", "show", str(job), "--json")
+    assert shown.exit_code == 0
+    assert json.loads(shown.output)["state"] == "QUEUED"
