@@ -1,0 +1,122 @@
+"""The launcher's settings: CLI flag > ``BALSAM_*`` env > ``settings.toml [launcher]`` > default.
+
+One frozen :class:`Settings`; every field can come from each layer under the same name
+(``idle_timeout_s`` ↔ ``BALSAM_IDLE_TIMEOUT_S`` ↔ ``[launcher] idle_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str | None = None
+    workflows: tuple[str, ...] = ()  # exact names; empty = all
+    tags: tuple[tuple[str, str], ...] = ()  # containment filter on tasks.tags
+    owners: tuple[str, ...] = ()  # empty = everyone's tasks
+    idle_timeout_s: float = 10.0  # 0 = exit as soon as idle
+    persistent: bool = False  # never exit for idleness
+    gpus_per_node: int = 0
+    max_tasks: int = 0  # 0 = no limit
+    time_limit_min: float = 0.0  # 0 = the scheduler's, else none
+    heartbeat_s: float = 10.0
+    lease_s: float = 60.0
+    drain_grace_s: float = 30.0
+    kill_grace_s: float = 10.0
+    flush_interval_s: float = 0.1  # buffered reports wait at most this long
+    flush_size: int = 4096  # … or until this many are buffered
+    claim_margin: float = 0.5  # node shares a worker may hold beyond its free capacity
+    claim_limit: int = 4096  # rows per claim statement at most
+    claim_idle_s: float = 0.5  # wait between claims that found nothing
+    report_interval_s: float = 1.0  # a worker reports at least this often
+    poll_cap_s: float = 0.05  # longest idle sleep of a worker between probes
+    leader_poll_cap_s: float = 0.01  # the same for the leader
+    die_with_parent: bool = True  # tasks get a parent-death signal
+    null_runner: bool = False  # benchmarks: tasks "finish" at once, no process
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def tag_filter(self) -> dict[str, str]:
+        return dict(self.tags)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+ENV_PREFIX = "BALSAM_"
+_NOT_FROM_ENV = {"project"}  # BALSAM_DB_PATH names the project (project.py)
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    default = getattr(Settings(), name)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                items = list(value)
+            if name == "tags":
+                return tuple(_tag(str(v)) for v in items)
+            return tuple(str(v) for v in items)
+        return value if value is None else str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{source}: {name} = {value!r} is not a valid "
+                         f"{type(default).__name__}") from None
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--tag {text!r}: write it as key=value")
+    return key, value
+
+
+def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+            project_settings: Mapping[str, Any] | None = None) -> Settings:
+    """Merge the layers; ``cli`` holds only the flags the user gave (None = not given)."""
+    values: dict[str, Any] = {}
+    launcher = dict((project_settings or {}).get("launcher", {}))
+    for name in _FIELDS:
+        if name in launcher:
+            values[name] = _convert(name, launcher[name], "settings.toml [launcher]")
+        env_name = ENV_PREFIX + name.upper()
+        if name not in _NOT_FROM_ENV and env_name in environ:
+            values[name] = _convert(name, environ[env_name], env_name)
+        given = cli.get(name)
+        if given is not None and given != () and given != []:
+            values[name] = _convert(name, given, "--" + name.replace("_", "-"))
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    for name in ("idle_timeout_s", "max_tasks", "gpus_per_node", "time_limit_min",
+                 "claim_margin"):
+        if getattr(s, name) < 0:
+            raise UsageError(f"{name} must not be negative, got {getattr(s, name)}")
+    for name in ("heartbeat_s", "lease_s", "flush_interval_s", "report_interval_s",
+                 "poll_cap_s", "leader_poll_cap_s"):
+        if getattr(s, name) <= 0:
+            raise UsageError(f"{name} must be positive, got {getattr(s, name)}")
+    if s.flush_size < 1 or s.claim_limit < 1:
+        raise UsageError("flush_size and claim_limit must be at least 1")

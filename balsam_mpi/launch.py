@@ -1,0 +1,134 @@
+"""`python -m balsam_mpi`: split the ranks — 0 leads (and runs a local node), others work.
+
+Any unhandled exception on any rank is logged with the rank, host and traceback; a worker
+tells the leader (ERROR), the leader writes what it holds and closes its batch job as
+FAILED, and the rank aborts COMM_WORLD, so nothing hangs until the wall time. Without
+mpiexec the launcher runs as one rank: a single node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from . import logs
+from .config import Settings, resolve
+from .errors import BalsamError
+from .project import Project
+
+log = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m balsam_mpi",
+        description="Run tasks from the project's database: one MPI rank per node, "
+                    "rank 0 leads.")
+    p.add_argument("--project", help="project directory (default: $BALSAM_DB_PATH)")
+    p.add_argument("--workflow", dest="workflows", action="append", default=[],
+                   metavar="W", help="only this workflow (exact; repeatable; default all)")
+    p.add_argument("--tag", dest="tags", action="append", default=[], metavar="K=V",
+                   help="only tasks with this tag (repeatable)")
+    p.add_argument("--owner", dest="owners", action="append", default=[], metavar="ROLE",
+                   help="only tasks created by this role (repeatable; default all)")
+    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, metavar="S",
+                   help="exit after S seconds with nothing to run (default 10; 0 = at once)")
+    p.add_argument("--persistent", action="store_true", default=None,
+                   help="never exit for lack of work")
+    p.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, metavar="N")
+    p.add_argument("--max-tasks", dest="max_tasks", type=int, metavar="N",
+                   help="claim at most N tasks, then exit when they are done")
+    p.add_argument("--time-limit-min", dest="time_limit_min", type=float, metavar="M",
+                   help="minutes this launcher may run (default: the scheduler's)")
+    p.add_argument("--null-runner", dest="null_runner", action="store_true", default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--log-level", dest="log_level", metavar="LEVEL")
+    return p
+
+
+def settings_from(argv: Sequence[str] | None) -> tuple[Settings, Project]:
+    args = vars(parser().parse_args(argv))
+    project = Project.from_env(args.get("project"))
+    settings = resolve(args, os.environ, project.read_settings())
+    return settings, project
+
+
+def _run_name() -> str:
+    from .platform import detect
+
+    job = detect().job_id
+    return (job or f"{socket.gethostname()}-{os.getppid()}").replace("/", "_")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import mpi4py
+
+    mpi4py.rc.threads = False  # one thread per rank; no MPI thread support to pay for
+    from mpi4py import MPI
+
+    t_init = time.time()
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    host = socket.gethostname()
+    try:
+        settings, project = settings_from(argv)
+        logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
+    except BalsamError as exc:
+        if rank == 0:
+            print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        world.Abort(exc.exit_code)
+        return
+    runner: Any = None
+    try:
+        from .comm import Comm
+
+        comm = Comm(world)
+        if rank == 0:
+            from .session import LeaderSession
+
+            runner = LeaderSession(settings, comm, project, t_init)
+        else:
+            from .session import WorkerSession
+
+            runner = WorkerSession(settings, comm, project)
+        _install_signals(runner)
+        runner.run()
+    except BalsamError as exc:
+        log.error("%s", exc)
+        if rank == 0:
+            print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        _abort(world, runner, rank, host, exc.exit_code, traceback.format_exc())
+    except BaseException:
+        text = traceback.format_exc()
+        log.critical("unhandled error on rank %s (%s):\n%s", rank, host, text)
+        _abort(world, runner, rank, host, 1, text)
+
+
+def _abort(world: Any, runner: Any, rank: int, host: str, code: int, text: str) -> None:
+    """Stop this rank's tasks, let the leader write what it holds, abort COMM_WORLD."""
+    try:
+        if runner is not None:
+            runner.crashed(text)
+    except BaseException:  # aborting anyway: say why stopping did not go well
+        log.critical("while stopping after the error:\n%s", traceback.format_exc())
+    logging.shutdown()
+    world.Abort(code)
+
+
+def _install_signals(runner: Any) -> None:
+    """SIGTERM / SIGINT / SIGUSR1 (the scheduler's end, a user's ^C): drain and stop."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        runner.stop(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, handler)

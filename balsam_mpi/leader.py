@@ -1,0 +1,302 @@
+"""Rank 0: the only process that talks to Postgres.
+
+One loop, never blocking: serve worker messages (every REPORT is answered at once with an
+ASSIGN, maybe empty), run the in-process local node, claim what the nodes can start soon
+(free capacity plus a small margin per node), push claimed tasks to nodes with room,
+flush buffered reports in bulk (on size or age), heartbeat, and notice idleness. When
+nothing is left for this launcher's filters it drains the workers, writes what it holds
+and closes its batch job. Waiting sleeps in ``epoll`` on the local tasks with a capped
+backoff, so an idle leader costs a fraction of a percent of a core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from . import specs
+from .buffer import ReportBuffer
+from .comm import Backoff, Comm
+from .config import Settings
+from .errors import BalsamError
+from .node import Node
+from .project import Project
+from .protocol import (
+    PROTOCOL_VERSION,
+    Assign,
+    Bye,
+    Drain,
+    EndKind,
+    ErrorMsg,
+    Finished,
+    Hello,
+    Report,
+    Started,
+    TaskSpec,
+)
+from .resources import EPS, NODE_CAPACITY, WorkerView, room
+from .store import ClaimFilter, Lease, Store
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailed(BalsamError):
+    """A worker rank reported an unhandled error; the launcher aborts."""
+
+
+class Leader:
+    def __init__(self, settings: Settings, comm: Comm | None, project: Project,
+                 store: Store, lease: Lease, local: Node,
+                 deadline: float | None = None) -> None:
+        self.s = settings
+        self.comm = comm
+        self.project = project
+        self.store = store
+        self.lease = lease
+        self.local = local
+        self.deadline = deadline  # wall-clock end of this launcher's time, if any
+        self.filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
+        self.workers: dict[int, WorkerView] = {}
+        self.expected = (comm.size - 1) if comm else 0
+        self.pool: deque[TaskSpec] = deque()
+        self.buffer = ReportBuffer(store, lease, settings.flush_size,
+                                   settings.flush_interval_s)
+        self.seq = 0
+        self.next_claim = 0.0
+        self.claimed_since_flush = False
+        self.claimed_total = 0
+        self.max_packing = 16
+        self.idle_since: float | None = None
+        self.draining: str | None = None
+        self.byes: set[int] = set()
+        self.next_heartbeat = time.monotonic() + settings.heartbeat_s
+        self.first_start: float | None = None
+        self.stop_reason: str | None = None  # set by a signal handler
+
+    # -- messages ---------------------------------------------------------------------
+    def handle(self, source: int, msg: object) -> None:
+        if isinstance(msg, Report):
+            self.on_report(source, msg)
+        elif isinstance(msg, Hello):
+            if msg.version != PROTOCOL_VERSION:
+                raise WorkerFailed(f"rank {source} on {msg.host} speaks protocol "
+                                   f"{msg.version}, this leader {PROTOCOL_VERSION}: install "
+                                   "the same balsam_mpi on every node")
+            self.workers[source] = WorkerView(source)
+            log.debug("rank %s on %s (pid %s) joined", source, msg.host, msg.pid)
+            if self.draining:
+                self._send(source, Drain(self.draining, self.s.drain_grace_s))
+                self.workers[source].draining = True
+        elif isinstance(msg, Bye):
+            self._absorb(msg.report.started, msg.report.finished)
+            view = self.workers.setdefault(source, WorkerView(source))
+            view.alive = False
+            self.byes.add(source)
+        elif isinstance(msg, ErrorMsg):
+            if msg.report is not None:
+                self._absorb(msg.report.started, msg.report.finished)
+            log.critical("rank %s on %s failed:\n%s", msg.rank, msg.host, msg.traceback)
+            raise WorkerFailed(f"rank {msg.rank} on {msg.host} failed (traceback in the log)")
+        else:
+            raise TypeError(f"unexpected {type(msg).__name__} from rank {source}")
+
+    def on_report(self, source: int, msg: Report) -> None:
+        self._absorb(msg.started, msg.finished)
+        view = self.workers.setdefault(source, WorkerView(source))
+        view.update(msg.free, msg.acked, msg.running, msg.queued)
+        self._refill()
+        self._assign_to(view, always=True)
+
+    def _absorb(self, started: tuple[Started, ...], finished: tuple[Finished, ...]) -> None:
+        if started and self.first_start is None:
+            self.first_start = min(s.at for s in started)
+        self.buffer.add(started, finished)
+        if finished:
+            self.idle_since = None
+
+    def _send(self, rank: int, msg: Assign | Drain) -> None:
+        assert self.comm is not None
+        self.comm.send(rank, msg)
+
+    # -- assignment -------------------------------------------------------------------
+    def _take(self, space: float) -> list[TaskSpec]:
+        out: list[TaskSpec] = []
+        while self.pool and self.pool[0].need <= space + EPS:
+            spec = self.pool.popleft()
+            space -= spec.need
+            out.append(spec)
+        return out
+
+    def _assign_to(self, view: WorkerView, always: bool = False) -> None:
+        tasks = self._take(room(view, self.s.claim_margin))
+        if not tasks and not always:
+            return
+        self.seq += 1
+        view.sent(self.seq, sum(t.need for t in tasks))
+        self._send(view.rank, Assign(self.seq, tuple(tasks)))
+
+    def _fill_local(self) -> None:
+        if self.draining:
+            return
+        space = self.local.free() + self.s.claim_margin
+        if self.pool and self.pool[0].need <= space + EPS:
+            self.local.queue.extend(self._take(space))
+            self.local.start_ready()
+
+    def _push(self) -> None:
+        """Unprompted ASSIGNs to workers with room (after a claim found new work)."""
+        for view in self.workers.values():
+            if not self.pool:
+                return
+            if view.alive and room(view, self.s.claim_margin) >= self.pool[0].need - EPS:
+                self._assign_to(view)
+
+    # -- claims -----------------------------------------------------------------------
+    def demand(self) -> float:
+        margin = self.s.claim_margin
+        total = max(0.0, self.local.free() + margin) if not self.draining else 0.0
+        total += sum(room(v, margin) for v in self.workers.values())
+        return total - sum(t.need for t in self.pool)
+
+    def remaining_min(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - time.time()) / 60.0)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if self.draining or now < self.next_claim:
+            return
+        if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
+            return
+        want = self.demand()
+        if want < 1.0 / self.max_packing - EPS:
+            return
+        limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
+        if self.s.max_tasks:
+            limit = min(limit, self.s.max_tasks - self.claimed_total)
+        rows = self.store.claim(self.lease, limit=limit, capacity=want,
+                                max_need=NODE_CAPACITY, filters=self.filters,
+                                remaining_min=self.remaining_min())
+        self.claimed_since_flush = True
+        if not rows:
+            self.next_claim = now + self.s.claim_idle_s
+            return
+        self.next_claim = now
+        self.claimed_total += len(rows)
+        self.max_packing = max(self.max_packing, max(r.node_packing_count for r in rows))
+        for row in rows:
+            try:
+                self.pool.append(specs.to_spec(row, self.lease.epoch, self.project))
+            except (ValueError, BalsamError) as exc:  # a command that cannot be rendered
+                t = time.time()
+                self.buffer.add((Started(row.id, self.lease.epoch, t),),
+                                (Finished(row.id, self.lease.epoch, EndKind.ERROR, 127, t, t,
+                                          f"cannot build the command line: {exc}"),))
+        self.idle_since = None
+
+    # -- the loop ---------------------------------------------------------------------
+    def everything_idle(self) -> bool:
+        return (not self.pool and not self.local.busy() and not self.buffer
+                and all(v.idle() or not v.alive for v in self.workers.values()))
+
+    def run(self) -> str:
+        """Serve until idle (or stopped); returns the reason the launcher ended."""
+        backoff = Backoff(first=0.001, cap=self.s.leader_poll_cap_s)
+        while True:
+            did = self._poll_messages()
+            if self.local.step():
+                did = True
+            if self.local.changes:
+                self._absorb(*self.local.changes.take())
+            self._fill_local()
+            if not self.draining:
+                before = len(self.pool)
+                self._refill()
+                if self.pool:
+                    self._fill_local()
+                    self._push()
+                did = did or len(self.pool) != before
+            if self.buffer.due():
+                if self.buffer.flush_safely():
+                    self.next_claim = 0.0  # children may have become READY
+                    self.claimed_since_flush = False
+            self._heartbeat()
+            if self._check_end():
+                return self.draining or "done"
+            if did:
+                backoff.reset()
+            else:
+                if self.comm is not None:
+                    self.comm.progress()
+                self.local.wait(backoff.next())
+
+    def _poll_messages(self) -> bool:
+        if self.comm is None:
+            return False
+        did = False
+        for _ in range(512):
+            got = self.comm.poll()
+            if got is None:
+                break
+            self.handle(*got)
+            did = True
+        return did
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.s.heartbeat_s
+        try:
+            if not self.store.heartbeat(self.lease):
+                log.error("batch job %s lost its lease; stopping its tasks", self.lease.job_id)
+                self.start_drain("lease lost", cut=True)
+        except BalsamError as exc:
+            log.warning("heartbeat failed (%s); will retry", exc)
+
+    def start_drain(self, reason: str, cut: bool = False) -> None:
+        if self.draining:
+            return
+        self.draining = reason
+        log.info("draining: %s", reason)
+        for view in self.workers.values():
+            if view.alive:
+                view.draining = True
+                self._send(view.rank, Drain(reason, self.s.drain_grace_s, cut))
+        if cut:
+            self.local.cut_all()
+            # Claimed but never assigned: give them back (the close releases them too).
+            self.pool.clear()
+
+    def _check_end(self) -> bool:
+        if self.stop_reason and not self.draining:
+            self.start_drain(self.stop_reason, cut=True)
+        if self.draining:
+            workers_done = all(not v.alive for v in self.workers.values()) and (
+                len(self.byes) >= self.expected)
+            return workers_done and not self.local.busy() and not self.local.changes
+        if self.deadline is not None and time.time() >= self.deadline - self.s.drain_grace_s:
+            self.start_drain("wall time", cut=True)
+            return False
+        if not self.everything_idle() or not self.claimed_since_flush:
+            self.idle_since = None
+            return False
+        if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
+            self.start_drain("max tasks")
+            return False
+        if time.monotonic() < self.next_claim:  # the last claim found nothing
+            now = time.monotonic()
+            if self.idle_since is None:
+                self.idle_since = now
+            if not self.s.persistent and now - self.idle_since >= self.s.idle_timeout_s:
+                self.start_drain("idle")
+        return False
+
+    def finish(self, reason: str) -> None:
+        """Write everything held and close the batch job (normal end)."""
+        self.buffer.flush_until_written()
+        released, requeued = self.store.close_job(self.lease, "FINISHED", reason)
+        log.info("batch job %s closed (%s): %s claims released, %s tasks requeued",
+                 self.lease.job_id, reason, released, requeued)

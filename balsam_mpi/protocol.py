@@ -1,0 +1,162 @@
+"""The leader–worker protocol (DESIGN.md §5): one tag per message, one frozen dataclass each.
+
+Messages travel pickled through mpi4py; the tag on the wire is the class's ``TAG`` so a
+receiver can dispatch without unpickling first. Times are the node's own clock (epoch
+seconds). Every report of a task carries the lease epoch of the claim it ran under, so the
+database can refuse one from a superseded claim (fencing).
+
+Adding a message: give it a new ``Tag`` and bump ``PROTOCOL_VERSION``; HELLO carries the
+version and the leader aborts on a mismatch (mixed installs across nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+PROTOCOL_VERSION = 1
+
+
+class Tag(IntEnum):
+    HELLO = 11
+    REPORT = 12
+    ASSIGN = 13
+    DRAIN = 14
+    BYE = 15
+    ERROR = 16
+    ADD_TASKS = 17  # reserved: tasks that add tasks (issue 7)
+
+
+class EndKind(IntEnum):
+    """How a run ended; the values are what the database's report function expects."""
+
+    DONE = 0  # exit code 0
+    ERROR = 1  # non-zero exit, or could not start
+    TIMEOUT = 2  # ran over its own wall_time_min
+    CUT = 3  # stopped by the launcher (drain, wall time): requeued, no retry spent
+    KILLED = 4  # stopped on request (USER_KILLED is already in the database)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything a node needs to run one task (built by the leader from its claim)."""
+
+    id: int
+    epoch: int
+    argv: tuple[str, ...]
+    cwd: str
+    env: tuple[tuple[str, str], ...] = ()
+    need: float = 1.0  # share of one node: 1 / node_packing_count
+    wall_time_s: float = 0.0  # 0 = no limit of its own
+    threads: int = 1
+    gpus: int = 0  # GPUs this task needs on its node
+    env_script: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    id: int
+    epoch: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    id: int
+    epoch: int
+    kind: EndKind
+    rc: int
+    started_at: float
+    ended_at: float
+    tail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    TAG = Tag.HELLO
+    rank: int
+    host: str
+    pid: int
+    cores: int
+    gpus: int
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A node's changes since its last report, and its state now.
+
+    ``acked`` is the sequence number of the last ASSIGN the node had applied when it
+    wrote this report, so the leader can tell which of its assignments the reported
+    ``free`` already accounts for.
+    """
+
+    TAG = Tag.REPORT
+    rank: int
+    acked: int
+    free: float
+    running: int
+    queued: int
+    started: tuple[Started, ...] = ()
+    finished: tuple[Finished, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Tasks to start (may be empty: the answer to every REPORT) and task ids to kill."""
+
+    TAG = Tag.ASSIGN
+    seq: int
+    tasks: tuple[TaskSpec, ...] = ()
+    kill: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Stop asking for work; finish (or cut off after ``grace_s``) what runs, then BYE."""
+
+    TAG = Tag.DRAIN
+    reason: str
+    grace_s: float
+    cut: bool = False  # True: cut running tasks off now (SIGTERM, SIGKILL after grace)
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    TAG = Tag.BYE
+    rank: int
+    report: Report
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMsg:
+    TAG = Tag.ERROR
+    rank: int
+    host: str
+    traceback: str
+    report: Report | None = None
+
+
+Message = Hello | Report | Assign | Drain | Bye | ErrorMsg
+
+TAG_TYPES: dict[Tag, type] = {
+    Tag.HELLO: Hello, Tag.REPORT: Report, Tag.ASSIGN: Assign, Tag.DRAIN: Drain,
+    Tag.BYE: Bye, Tag.ERROR: ErrorMsg,
+}
+
+
+@dataclass(slots=True)
+class Changes:
+    """What a node accumulated between two reports (mutable, node-local)."""
+
+    started: list[Started] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.finished)
+
+    def take(self) -> tuple[tuple[Started, ...], tuple[Finished, ...]]:
+        started, finished = tuple(self.started), tuple(self.finished)
+        self.started.clear()
+        self.finished.clear()
+        return started, finished

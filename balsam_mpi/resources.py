@@ -1,0 +1,109 @@
+"""A node's capacity and how tasks pack onto it (pure: no MPI, no database).
+
+One worker rank is one node of capacity 1.0; a task takes ``1 / node_packing_count`` of
+it, as in Balsam. GPUs are whole devices: a task gets its own ids, never shared. Shares
+are floats (1/3 + 1/3 + 1/3 must fit in 1.0), so every comparison allows ``EPS``, and the
+sum is recomputed from scratch when the node empties so rounding never accumulates.
+Multi-node reservations (issue 7) will live here as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EPS = 1e-9
+NODE_CAPACITY = 1.0
+
+
+def need_of(node_packing_count: int) -> float:
+    """The share of one node a task takes."""
+    return 1.0 / max(1, int(node_packing_count))
+
+
+@dataclass
+class NodeResources:
+    """The free share and GPU ids of one node, and which task holds what."""
+
+    capacity: float = NODE_CAPACITY
+    gpus: int = 0
+    used: float = 0.0
+    _held: dict[int, tuple[float, tuple[int, ...]]] = field(default_factory=dict)
+    _free_gpus: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._free_gpus = list(range(self.gpus))
+
+    @property
+    def free(self) -> float:
+        return self.capacity - self.used
+
+    @property
+    def count(self) -> int:
+        return len(self._held)
+
+    def fits(self, need: float, gpus: int = 0) -> bool:
+        return need <= self.free + EPS and gpus <= len(self._free_gpus)
+
+    def take(self, task_id: int, need: float, gpus: int = 0) -> tuple[int, ...]:
+        """Reserve ``need`` and ``gpus`` devices for a task; returns its GPU ids."""
+        if task_id in self._held:
+            raise ValueError(f"task {task_id} already holds resources here")
+        if not self.fits(need, gpus):
+            raise ValueError(f"task {task_id} needs {need:.3f} of the node and {gpus} GPUs; "
+                             f"{self.free:.3f} and {len(self._free_gpus)} are free")
+        ids = tuple(self._free_gpus[:gpus])
+        del self._free_gpus[:gpus]
+        self._held[task_id] = (need, ids)
+        self.used += need
+        return ids
+
+    def release(self, task_id: int) -> None:
+        need, ids = self._held.pop(task_id)
+        self._free_gpus.extend(ids)
+        self._free_gpus.sort()
+        self.used = self.used - need if self._held else 0.0
+
+
+@dataclass
+class WorkerView:
+    """The leader's picture of one worker: what it reported, minus what was sent since.
+
+    A REPORT says how much was free when the worker wrote it and which ASSIGN it had
+    applied by then (``acked``); assignments after that are subtracted, so the leader never
+    overcommits a node by more than the margin, however the messages cross.
+    """
+
+    rank: int
+    reported_free: float = NODE_CAPACITY
+    acked: int = 0
+    running: int = 0
+    queued: int = 0
+    in_flight: dict[int, float] = field(default_factory=dict)  # ASSIGN seq -> shares sent
+    alive: bool = True
+    draining: bool = False
+
+    def free(self) -> float:
+        return self.reported_free - sum(self.in_flight.values())
+
+    def update(self, reported_free: float, acked: int, running: int, queued: int) -> None:
+        self.reported_free = reported_free
+        self.acked = acked
+        self.running = running
+        self.queued = queued
+        for seq in [s for s in self.in_flight if s <= acked]:
+            del self.in_flight[seq]
+
+    def sent(self, seq: int, shares: float) -> None:
+        if shares > 0:
+            self.in_flight[seq] = shares
+
+    def idle(self) -> bool:
+        """Nothing running or queued there, and nothing on its way."""
+        return self.running == 0 and self.queued == 0 and not self.in_flight
+
+
+def room(view: WorkerView, margin: float) -> float:
+    """How much more the leader may send this worker: its free share plus the margin."""
+    if not view.alive or view.draining:
+        return 0.0
+    return max(0.0, view.free() + margin)

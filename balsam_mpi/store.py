@@ -1,0 +1,146 @@
+"""The launcher's database operations: open/adopt the batch job, claim, report, heartbeat,
+close. Only the leader calls these, over one autocommit connection; each is one statement
+calling a SECURITY DEFINER function of ``migrations/0004_launcher.sql``. Driver errors are
+translated here (through ``db.translated``) and nowhere else in the launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from . import db, sql
+from .project import Project
+from .protocol import EndKind, Finished, Started
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The batch job this leader runs under, and the epoch that fences its reports."""
+
+    job_id: int
+    epoch: int
+    adopted: bool
+
+
+class Claimed(NamedTuple):
+    """One claimed task, as the claim statement returns it."""
+
+    id: int
+    workflow: str
+    name: str
+    state: str
+    app: str
+    command: str
+    shell: bool
+    env_script: str
+    params: dict[str, Any]
+    args: list[str]
+    env: dict[str, Any]
+    num_nodes: int
+    ranks_per_node: int
+    threads_per_rank: int
+    gpus_per_rank: int
+    node_packing_count: int
+    wall_time_min: float
+
+
+@dataclass(frozen=True)
+class ClaimFilter:
+    workflows: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    owners: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"workflows": list(self.workflows), "tags": dict(self.tags),
+                "owners": list(self.owners)}
+
+
+def _connect(project: Project) -> psycopg.Connection[Any]:
+    return db.connect(project, autocommit=True, application_name="balsam-launcher")
+
+
+class Store:
+    def __init__(self, conn: psycopg.Connection[Any], project: Project | None = None) -> None:
+        self.conn = conn
+        self.project = project
+
+    @classmethod
+    def connect(cls, project: Project) -> Store:
+        return cls(_connect(project), project)
+
+    def reconnect(self) -> None:
+        """A fresh connection after the server went away (raises while it is still away)."""
+        if self.project is None:
+            raise RuntimeError("this store was made without a project; cannot reconnect")
+        try:
+            self.conn.close()
+        finally:
+            self.conn = _connect(self.project)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.conn.closed or self.conn.broken)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with db.translated():
+            return self.conn.execute(sql.query(name), params, prepare=True).fetchall()
+
+    def open_job(self, *, job_id: int | None, scheduler: str, scheduler_job_id: str | None,
+                 host: str, nodes: int, ranks: int, filters: ClaimFilter,
+                 wall_time_min: float | None, lease_sec: float) -> Lease:
+        from psycopg.types.json import Jsonb
+
+        row = self._rows("launcher_open_job", {
+            "job_id": job_id, "scheduler": scheduler, "scheduler_job_id": scheduler_job_id,
+            "host": host, "nodes": nodes, "ranks": ranks,
+            "filters": Jsonb(filters.as_json()), "wall_time_min": wall_time_min,
+            "lease_sec": lease_sec})[0]
+        return Lease(int(row[0]), int(row[1]), bool(row[2]))
+
+    def claim(self, lease: Lease, *, limit: int, capacity: float, max_need: float,
+              filters: ClaimFilter, remaining_min: float | None = None,
+              max_nodes: int = 1) -> list[Claimed]:
+        from psycopg.types.json import Jsonb
+
+        rows = self._rows("launcher_claim", {
+            "job": lease.job_id, "epoch": lease.epoch, "limit": limit,
+            "capacity": capacity, "max_need": max_need,
+            "workflows": list(filters.workflows) or None,
+            "tags": Jsonb(dict(filters.tags)) if filters.tags else None,
+            "owners": list(filters.owners) or None,
+            "remaining_min": remaining_min, "max_nodes": max_nodes})
+        claimed = [Claimed(*r) for r in rows]
+        claimed.sort(key=lambda c: c.id)  # RETURNING order is not guaranteed
+        return claimed
+
+    def report(self, lease: Lease, started: Sequence[Started],
+               finished: Sequence[Finished]) -> dict[str, int]:
+        """Write a batch of node reports; returns rows changed per step."""
+        ends = [f for f in finished if f.kind != EndKind.KILLED]  # already USER_KILLED
+        rows = self._rows("launcher_report", {
+            "job": lease.job_id, "epoch": lease.epoch,
+            "s_ids": [s.id for s in started], "s_at": [s.at for s in started],
+            "f_ids": [f.id for f in ends], "f_kind": [int(f.kind) for f in ends],
+            "f_rc": [f.rc for f in ends], "f_started": [f.started_at for f in ends],
+            "f_ended": [f.ended_at for f in ends], "f_tail": [f.tail for f in ends]})
+        return {str(step): int(n) for step, n in rows}
+
+    def heartbeat(self, lease: Lease) -> bool:
+        rows = self._rows("launcher_heartbeat", {"job": lease.job_id, "epoch": lease.epoch})
+        return bool(rows[0][0])
+
+    def close_job(self, lease: Lease, state: str, reason: str) -> tuple[int, int]:
+        row = self._rows("launcher_close_job", {"job": lease.job_id, "epoch": lease.epoch,
+                                                "state": state, "reason": reason})[0]
+        return int(row[0]), int(row[1])
