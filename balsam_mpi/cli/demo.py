@@ -1,7 +1,53 @@
-"""`balsam-mpi` demo commands."""
+"""`balsam-mpi demo`: make a fresh project, run a small mixed workload, summarize, stop."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-commands: list[click.Command] = []
+from ..errors import BalsamError, UsageError
+
+
+@click.command("demo")
+@click.option("--tasks", "n_tasks", type=int, default=200, show_default=True,
+              help="How many tasks (a three-task DAG, the rest no-ops and short sleeps).")
+@click.option("--ranks", type=int, default=4, show_default=True,
+              help="MPI ranks of the launcher (one node each; rank 0 also leads).")
+@click.option("--project", "project_path", metavar="P",
+              help="Where to create the project (default: a fresh directory in /tmp).")
+def demo(n_tasks: int, ranks: int, project_path: str | None) -> None:
+    """Create a project, add tasks, run `mpiexec -n R python -m balsam_mpi`, report."""
+    from .. import demo as d
+    from ..dbctl import lifecycle
+
+    if n_tasks < 3:
+        raise UsageError("--tasks must be at least 3 (the DAG alone has three)")
+    if ranks < 1:
+        raise UsageError("--ranks must be at least 1")
+    tty = sys.stdout.isatty()
+
+    def progress(line: str) -> None:
+        if tty:
+            click.echo("\r" + line.ljust(72), nl=not line)
+
+    project = d.make_project(project_path, click.echo)
+    try:
+        total = d.populate(project, n_tasks)
+        click.echo(f"added {total} tasks in workflows 'ensemble' and 'pipeline'")
+        rc = d.run_launcher(project, ranks, total, click.echo, progress)
+        if rc != 0:
+            click.echo(f"the launcher exited with status {rc}; its logs are in "
+                       f"{project.log_dir}", err=True)
+        d.report(d.summarize(project), click.echo)
+    finally:
+        try:
+            lifecycle.stop_server(project, fast=True)
+        except BalsamError as exc:
+            click.echo(f"could not stop the server: {exc}", err=True)
+    d.next_steps(project, click.echo)
+    if rc != 0:
+        sys.exit(1)
+
+
+commands: list[click.Command] = [demo]

@@ -27,3 +27,25 @@ SELECT launcher_heartbeat(%(job)s, %(epoch)s);
 -- name: launcher_close_job
 SELECT released, requeued
   FROM launcher_close_job(%(job)s, %(epoch)s, %(state)s, %(reason)s);
+
+-- name: launcher_run_summary
+-- What a run did, from the tasks' own start and end times: finished count, the span
+-- from the first start to the last end, and busy node-seconds (a task holds
+-- 1/node_packing_count of a node while it runs).
+SELECT count(*) FILTER (WHERE state = 'JOB_FINISHED') AS finished,
+       extract(epoch FROM min(started_at))::float8 AS first_start,
+       extract(epoch FROM max(ended_at))::float8 AS last_end,
+       coalesce(sum(extract(epoch FROM ended_at - started_at)::float8
+                    / node_packing_count), 0) AS busy_node_s
+  FROM tasks
+ WHERE started_at IS NOT NULL AND ended_at IS NOT NULL
+   AND (%(job)s::bigint IS NULL OR batch_job_id = %(job)s::bigint);
+
+-- name: launcher_state_counts
+SELECT workflow, state::text, count(*) FROM tasks GROUP BY workflow, state
+ ORDER BY workflow, state;
+
+-- name: launcher_last_job
+SELECT id, state::text, nodes, end_reason,
+       extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8
+  FROM batch_jobs ORDER BY id DESC LIMIT 1;
