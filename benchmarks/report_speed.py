@@ -1,0 +1,201 @@
+"""Scale benchmark for the reports: 1M tasks (about 3M events), each report timed.
+
+    .venv/bin/python benchmarks/report_speed.py [--tasks 1000000] [--jobs 10]
+        [--nodes 128] [--repeat 3] [--project PATH] [--json FILE]
+
+Without --project it makes a throwaway project under /tmp (its server is stopped and the
+directory removed afterwards); with --project it uses a database copy in that running
+project, dropped afterwards. The history is generated in SQL with generate_series, as the
+database superuser with the event triggers off, so every timestamp is chosen here:
+
+- `--jobs` batch jobs of `--nodes` nodes start 10 minutes apart; task i runs in job
+  i % jobs, on node (i / jobs) % nodes, as that node's k-th task, k = i / (jobs * nodes);
+- each task takes 20 s plus up to 4 s (a fixed pseudo-random spread), one run apiece;
+  1 in 50 ends RUN_ERROR, 1 in 100 is retried once after a first RUN_ERROR run;
+- events per task: READY, RUNNING, RUN_DONE / RUN_ERROR (+ 2 for a retry): about 3M.
+
+The target (issue 8) is each report in at most 5 s on this machine. The printed times are
+medians of --repeat runs of the same call the CLI makes, plus the end-to-end CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Benchmark data generation (not package code: the package keeps its SQL in balsam_mpi/sql).
+GENERATE = [
+    "SET session_replication_role = replica",
+    "INSERT INTO apps (name, command) VALUES ('bench', 'true'), ('post', 'true')",
+    """INSERT INTO batch_jobs ("user", host, nodes, ranks, state, started_at, heartbeat_at,
+                               ended_at, submitted_at, wall_time_min, scheduler_job_id)
+       SELECT CASE WHEN j %% 2 = 0 THEN 'alice' ELSE 'bob' END, 'nid' || lpad(j::text, 5, '0'),
+              %(nodes)s, %(nodes)s, 'FINISHED',
+              %(t0)s::timestamptz + (j * 600) * interval '1 s',
+              %(t0)s::timestamptz + (j * 600 + %(job_len)s) * interval '1 s',
+              %(t0)s::timestamptz + (j * 600 + %(job_len)s) * interval '1 s',
+              %(t0)s::timestamptz + (j * 600 - 300) * interval '1 s',
+              %(job_len)s / 60.0 + 10, 'bench.' || j
+         FROM generate_series(0, %(jobs)s - 1) AS j""",
+    """CREATE TEMP TABLE plan AS
+       SELECT i,
+              (SELECT min(id) FROM batch_jobs) + i %% %(jobs)s AS job,
+              (i / %(jobs)s) / %(nodes)s AS k,
+              20 + (hashint4(i::int) & 4095) / 1024.0 AS dur,
+              (i %% 50 = 0) AS failed, (i %% 100 = 1) AS retried
+         FROM generate_series(0, %(tasks)s - 1) AS i""",
+    """INSERT INTO tasks (workflow, name, app_id, state, owner, num_nodes, node_packing_count,
+                          batch_job_id, started_at, ended_at, exit_code, output_tail,
+                          claimed_at, created_at)
+       SELECT 'wf' || (p.i %% 4), 't' || p.i,
+              (SELECT min(id) FROM apps) + (p.i %% 2),
+              (CASE WHEN p.failed THEN 'RUN_ERROR' ELSE 'JOB_FINISHED' END)::task_state,
+              CASE WHEN p.i %% 3 = 0 THEN 'bob' ELSE 'alice' END, 1, 1, p.job,
+              b.started_at + (p.k * 25) * interval '1 s',
+              b.started_at + (p.k * 25 + p.dur) * interval '1 s',
+              CASE WHEN p.failed THEN 1 + p.i %% 3 ELSE 0 END,
+              CASE WHEN p.failed THEN 'error ' || (p.i %% 3) || E'\\ntraceback' ELSE '' END,
+              b.started_at + (p.k * 25 - 1) * interval '1 s', %(t0)s
+         FROM plan p JOIN batch_jobs b ON b.id = p.job ORDER BY p.i""",
+    # events: READY at creation; the run; a retried task ran once before, failing
+    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id)
+       SELECT t.id, NULL::task_state, 'READY'::task_state, t.created_at, NULL::bigint
+         FROM tasks t
+       UNION ALL
+       SELECT t.id, 'READY', 'RUNNING', t.started_at, t.batch_job_id FROM tasks t
+       UNION ALL
+       SELECT t.id, 'RUNNING'::task_state, CASE WHEN t.state = 'RUN_ERROR' THEN 'RUN_ERROR'::task_state
+                                    ELSE 'RUN_DONE'::task_state END,
+              t.ended_at, t.batch_job_id FROM tasks t""",
+    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id)
+       SELECT t.id, x.f::task_state, x.s::task_state, t.started_at - x.back * interval '1 s',
+              t.batch_job_id
+         FROM tasks t
+        CROSS JOIN LATERAL (VALUES ('READY', 'RUNNING', 12.0), ('RUNNING', 'RUN_ERROR', 2.0))
+              AS x(f, s, back)
+        WHERE t.id %% 100 = 1""",
+]
+
+
+@contextlib.contextmanager
+def _database(project_path: str | None) -> Iterator[tuple[Any, str]]:
+    from balsam_mpi.dbctl import testing
+    from balsam_mpi.project import Project
+
+    name = f"bench_report_{os.getpid()}"
+    if project_path:
+        project = Project(Path(project_path))
+        testing.create_copy(project, name)
+        try:
+            yield project, name
+        finally:
+            testing.drop_copy(project, name)
+        return
+    from benchmarks.projects import bench_project
+
+    with bench_project() as project:
+        testing.create_copy(project, name)
+        yield project, name
+
+
+def _generate(project: Any, dbname: str, args: argparse.Namespace) -> dict[str, Any]:
+    from balsam_mpi.dbctl import lifecycle
+
+    per_node = -(-args.tasks // (args.jobs * args.nodes))
+    params = {"tasks": args.tasks, "jobs": args.jobs, "nodes": args.nodes,
+              "t0": "2026-01-01T00:00:00Z", "job_len": per_node * 25 + 30}
+    started = time.perf_counter()
+    info = project.read_server_info()
+    with lifecycle.admin_connect(project, info, dbname, autocommit=True) as admin:
+        for statement in GENERATE:
+            admin.execute(statement, params)
+        admin.execute("VACUUM ANALYZE")
+        counts = admin.execute("SELECT (SELECT count(*) FROM tasks), "
+                               "(SELECT count(*) FROM task_events), "
+                               "pg_size_pretty(pg_database_size(current_database()))"
+                               ).fetchone()
+    return {"tasks": counts[0], "events": counts[1], "db_size": counts[2],
+            "generate_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _time(call: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--project", help="use a copy of this running project's database")
+    parser.add_argument("--json", dest="json_out", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    from click.testing import CliRunner
+
+    from balsam_mpi import analytics, analytics_tables, db
+    from balsam_mpi.analytics import Filters
+    from balsam_mpi.cli import cli
+
+    with _database(args.project) as (project, dbname):
+        facts = _generate(project, dbname, args)
+        print(f"generated {facts['tasks']:,} tasks, {facts['events']:,} events "
+              f"({facts['db_size']}) in {facts['generate_seconds']} s", flush=True)
+        os.environ["BALSAM_DB_PATH"] = str(project.root)
+        os.environ["BALSAM_DB_NAME"] = dbname
+        timings: dict[str, float] = {}
+        with db.connect(project, dbname=dbname, autocommit=True) as conn:
+            calls: dict[str, Callable[[], Any]] = {
+                "utilization / throughput / jobs (history)":
+                    lambda: analytics.history(conn, Filters()),
+                "utilization, one batch job": lambda: analytics.history(
+                    conn, Filters(batch_job=analytics.load_jobs(conn, Filters())[0].id)),
+                "utilization, one workflow, 1m bins":
+                    lambda: analytics.history(conn, Filters(workflow="wf1", bin_seconds=60)),
+                "usage": lambda: analytics_tables.usage(conn, Filters()),
+                "latency": lambda: analytics_tables.latency(conn, Filters()),
+                "failures": lambda: analytics_tables.failures(conn, Filters()),
+            }
+            for label, call in calls.items():
+                seconds, result = _time(call, args.repeat)
+                timings[label] = round(seconds, 3)
+                extra = ""
+                if isinstance(result, analytics.History):
+                    extra = f"  (utilization {100 * (result.utilization() or 0):.1f}%)"
+                print(f"{seconds:7.3f} s  {label}{extra}", flush=True)
+        for report in ("utilization", "jobs"):
+            started = time.perf_counter()
+            out = CliRunner().invoke(cli, ["report", report, "--json"])
+            seconds = time.perf_counter() - started
+            if out.exit_code != 0:
+                print(out.output, file=sys.stderr)
+                return 1
+            timings[f"CLI report {report} --json"] = round(seconds, 3)
+            print(f"{seconds:7.3f} s  CLI: balsam-mpi report {report} --json", flush=True)
+    worst = max(timings.values())
+    print(f"slowest: {worst:.3f} s (target: 5 s) -> {'OK' if worst <= 5.0 else 'SLOW'}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(
+            {"args": vars(args), "data": facts, "seconds": timings, "loadavg": os.getloadavg()},
+            indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
