@@ -21,7 +21,7 @@ from .. import db, sql
 from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
 from ..project import SCHEMA_DB, Project, ServerInfo, this_host
 from . import enroll
-from .accounts import Account
+from .accounts import Account, group_gid
 from .pgconf import (
     APP_ADMIN_ROLE,
     MEMBER_ROLE,
@@ -84,7 +84,13 @@ def _check_collaborator(info: ServerInfo, name: str) -> Account:
                          "(run `balsam-dbctl request-access` for TCP access)")
     if name in _RESERVED or name.startswith(("pg_", "balsam_")):
         raise UsageError(f"{name!r} is a reserved role name; it cannot be a collaborator")
-    return Account.by_name(name)
+    account = Account.by_name(name)
+    gid = group_gid(info.group)
+    if gid not in account.groups:
+        raise UsageError(f"{name} is not in the project group {info.group!r}: outsiders get "
+                         f"nothing; ask your admin to add them (`usermod -aG {info.group} "
+                         f"{name}`), then run this again")
+    return account
 
 
 def add_user(project: Project, name: str, *, read_only: bool = False,
@@ -236,6 +242,11 @@ def request_access(project: Project, *, if_needed: bool = False) -> list[str]:
         enroll.remove_own_request(project, me)
         return [f"enrolled {me}: you can connect over the socket on {info.host} and over "
                 "TCP from other hosts (password kept in your ~/.pgpass)"]
+    if os.geteuid() == info.owner_uid:
+        # The owner's role exists from `init`: only the socket is missing.
+        return [f"kept a password in your ~/.pgpass; the server must be running: run "
+                f"`balsam-dbctl --project {project.root} request-access` again on {info.host} "
+                "once it is"]
     path = enroll.write_request(project, me, verifier, this_host())
     return [f"requested access (wrote {path}, no password in it); next, {info.owner_name} "
             f"runs `balsam-dbctl --project {project.root} add-user {me}`"]

@@ -1,0 +1,241 @@
+"""Real UNIX users and a real group, a package install they can all run, one project.
+
+Needs root (to create the accounts); otherwise every test here is skipped with the reason.
+pyenv's Python lives under /root (0700), so the other users get a venv built from the
+system's /usr/bin/python3 under /opt/balsam-mpi-test (0755), with a non-editable install
+of a copy of the sources. It is cached by a hash of the sources, so later runs reuse it.
+
+The project is owned by the unprivileged ``proj_owner`` (the server then runs as
+proj_owner), in group ``proj``, under a 0755 directory in /tmp.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP = "proj"
+OWNER, MEMBER, MEMBER2, VIEWER, LEAVER, OUTSIDER = (
+    "proj_owner", "proj_member", "proj_member2", "proj_viewer", "proj_leaver", "outsider")
+IN_GROUP = (OWNER, MEMBER, MEMBER2, VIEWER, LEAVER)
+VENV_BASE = Path("/opt/balsam-mpi-test")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "multiuser tests create real UNIX users and a group: run them as root (CI does)"
+    for tool in ("useradd", "groupadd", "usermod"):
+        if shutil.which(tool) is None:
+            return f"multiuser tests need {tool} (package passwd)"
+    if not Path(SYSTEM_PYTHON).exists():
+        return f"multiuser tests need {SYSTEM_PYTHON} to build a venv all users can run"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _needs_root() -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def _admin(argv: list[str]) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def accounts() -> dict[str, pwd.struct_passwd]:
+    """The accounts, created when missing; their ~/.pgpass cleared (a fresh start)."""
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        _admin(["groupadd", GROUP])
+    found: dict[str, pwd.struct_passwd] = {}
+    for name in (*IN_GROUP, OUTSIDER):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            _admin(["useradd", "--create-home", "--shell", "/bin/bash", name])
+        if name in IN_GROUP and name not in grp.getgrnam(GROUP).gr_mem:
+            _admin(["usermod", "--append", "--groups", GROUP, name])
+        entry = pwd.getpwnam(name)
+        Path(entry.pw_dir, ".pgpass").unlink(missing_ok=True)
+        found[name] = entry
+    return found
+
+
+# -- the shared venv --------------------------------------------------------------------
+def _source_hash() -> str:
+    digest = hashlib.sha256()
+    files = [REPO / "pyproject.toml", REPO / "README.md"]
+    files += sorted(p for p in (REPO / "balsam_mpi").rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build_venv(venv: Path, tag: str) -> None:
+    src = VENV_BASE / f"src-{tag}"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir()
+    shutil.copytree(REPO / "balsam_mpi", src / "balsam_mpi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, capture_output=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    # No mpi4py/numpy: these tests drive dbctl and the database, not the launcher.
+    subprocess.run([*pip, "--no-deps", str(src)], check=True, capture_output=True)
+    subprocess.run([*pip, "psycopg[binary]", "click"], check=True, capture_output=True)
+    shutil.rmtree(src, ignore_errors=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+
+
+@pytest.fixture(scope="session")
+def shared_venv() -> Path:
+    VENV_BASE.mkdir(exist_ok=True)
+    os.chmod(VENV_BASE, 0o755)
+    tag = _source_hash()
+    venv = VENV_BASE / f"venv-{tag}"
+    with open(VENV_BASE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".ready").exists():
+            try:
+                _build_venv(venv, tag)
+            except subprocess.CalledProcessError as exc:
+                pytest.fail(f"could not build the shared venv: {exc.stderr!r}")
+            (venv / ".ready").touch()
+            for old in VENV_BASE.glob("venv-*"):
+                if old != venv:
+                    shutil.rmtree(old, ignore_errors=True)
+    return venv
+
+
+# -- running as another user ------------------------------------------------------------
+@dataclass
+class Runner:
+    venv: Path
+    accounts: dict[str, pwd.struct_passwd]
+    project: Path | None = None
+
+    def env(self, user: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        entry = self.accounts[user]
+        env = {"PATH": f"{self.venv}/bin:/usr/bin:/bin", "HOME": entry.pw_dir, "USER": user,
+               "LOGNAME": user, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        if self.project is not None:
+            env["BALSAM_DB_PATH"] = str(self.project)
+        env.update(extra or {})
+        return env
+
+    def run(self, user: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
+            timeout: float = 90, input_text: str | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+        entry = self.accounts[user]
+        return subprocess.run(
+            list(argv), user=entry.pw_uid, group=entry.pw_gid,
+            extra_groups=os.getgrouplist(user, entry.pw_gid), env=self.env(user, env),
+            cwd=cwd or entry.pw_dir, capture_output=True, text=True, timeout=timeout,
+            input=input_text, check=False)
+
+    def popen(self, user: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+        entry = self.accounts[user]
+        return subprocess.Popen(
+            list(argv), user=entry.pw_uid, group=entry.pw_gid,
+            extra_groups=os.getgrouplist(user, entry.pw_gid), env=self.env(user),
+            cwd=entry.pw_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+
+    def dbctl(self, user: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run(user, [str(self.venv / "bin" / "balsam-dbctl"), *args], **kw)
+
+    def bash(self, user: str, script: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run(user, ["/bin/bash", "--noprofile", "--norc", "-c", script], **kw)
+
+    def probe(self, user: str, statements: Sequence[tuple[str, Sequence[Any]] | str],
+              route: str = "auto", env: dict[str, str] | None = None) -> dict[str, Any]:
+        assert self.project is not None
+        pairs = [[s, []] if isinstance(s, str) else [s[0], list(s[1])] for s in statements]
+        proc = self.run(user, [str(self.venv / "bin" / "python"),
+                               str(self.project.parent / "probe.py"),
+                               json.dumps({"route": route, "statements": pairs})], env=env)
+        assert proc.returncode == 0, proc.stderr
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    def psql(self, user: str, *args: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
+        return self.run(user, ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", *args], env=env)
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """A refusal must be one clear line on stderr, and a non-zero exit."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0, proc.stdout
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def mu(accounts: dict[str, pwd.struct_passwd], shared_venv: Path) -> Iterator[Runner]:
+    """A project owned by proj_owner in group proj, running; nobody authorized yet."""
+    base = Path(tempfile.mkdtemp(prefix="bmu-", dir="/tmp"))
+    owner = accounts[OWNER]
+    os.chown(base, owner.pw_uid, owner.pw_gid)
+    os.chmod(base, 0o755)
+    shutil.copy(Path(__file__).with_name("probe.py"), base / "probe.py")
+    os.chmod(base / "probe.py", 0o644)
+    runner = Runner(shared_venv, accounts)
+    project = base / "p"
+    proc = runner.dbctl(OWNER, "init", str(project), "--group", GROUP, env={})
+    if proc.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"init as {OWNER} failed: {proc.stderr}")
+    runner.project = project
+    yield runner
+    runner.dbctl(OWNER, "stop", "--fast")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def port_of(runner: Runner) -> int:
+    assert runner.project is not None
+    return int(json.loads((runner.project / "server-info.json").read_text())["port"])
+
+
+@pytest.fixture(scope="session")
+def enrolled(mu: Runner) -> dict[str, subprocess.CompletedProcess[str]]:
+    """The README's flow, both orders: owner first for the member (then the member's
+    activation finishes over the socket), collaborator first for the viewer (a request
+    file, then the owner's add-user applies it). Returns each step's output."""
+    steps: dict[str, subprocess.CompletedProcess[str]] = {}
+    assert mu.project is not None
+    steps["add_member"] = mu.dbctl(OWNER, "add-user", MEMBER)
+    steps["activate_member"] = mu.bash(MEMBER, f"source balsamactivate {mu.project} && umask")
+    steps["add_member2"] = mu.dbctl(OWNER, "add-user", MEMBER2)
+    steps["activate_member2"] = mu.bash(MEMBER2, f"source balsamactivate {mu.project}")
+    steps["request_viewer"] = mu.dbctl(VIEWER, "request-access")
+    steps["add_viewer"] = mu.dbctl(OWNER, "add-user", VIEWER, "--read-only")
+    steps["owner_request"] = mu.dbctl(OWNER, "request-access")
+    for name, proc in steps.items():
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+    return steps
