@@ -225,8 +225,8 @@ def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
         raise UsageError("the project or venv path contains control characters; rename it")
     limit = launcher_time_limit(req)
     args: list[str] = []
-    for workflow in req.workflows:
-        args += ["--workflow", workflow]
+    # One word per workflow, so a name starting with '-' cannot pass for an option.
+    args += [f"--workflow={workflow}" for workflow in req.workflows]
     if limit is not None:
         args += ["--time-limit-min", f"{limit:g}"]
     exports = [f"export {BATCH_JOB_ID_ENV}={batch_job_id}" if batch_job_id is not None

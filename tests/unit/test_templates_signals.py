@@ -89,7 +89,7 @@ def test_signal_reaches_the_launcher(setup: tuple[Project, Path, Path], tmp_path
     argv = (out / "argv").read_text().splitlines()
     assert [Path(argv[0]).name, *argv[1:len(prefix)]] == prefix
     assert argv[len(prefix):] == [str(venv / "bin" / "python"), "-m", "balsam_mpi",
-                                  "--workflow", "w 1", "--time-limit-min", "57"]
+                                  "--workflow=w 1", "--time-limit-min", "57"]
     assert (out / "umask").read_text() == "0007\n"  # 077 from the caller → group rwx
     assert (out / "activated").read_text() == f"{project.root}\n"
 
