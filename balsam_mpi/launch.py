@@ -72,7 +72,8 @@ def _run_name() -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     import mpi4py
 
-    mpi4py.rc.threads = False  # one thread per rank; no MPI thread support to pay for
+    # The leader writes to the database from a second thread that never calls MPI.
+    mpi4py.rc.thread_level = "funneled"
     from mpi4py import MPI
 
     t_init = time.time()
@@ -101,7 +102,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             runner = WorkerSession(settings, comm, project)
         _install_signals(runner)
-        runner.run()
+        profile = os.environ.get("BALSAM_PROFILE_DIR")  # benchmarks: per-rank cProfile
+        if profile:
+            import cProfile
+
+            cProfile.runctx("runner.run()", globals(), {"runner": runner},
+                            os.path.join(profile, f"rank{rank}.prof"))
+        else:
+            runner.run()
     except BalsamError as exc:
         log.error("%s", exc)
         if rank == 0:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import Future
 
-from . import specs
-from .buffer import ReportBuffer
+from .buffer import Batch, DbThread, ReportBuffer
 from .comm import Backoff, Comm
 from .config import Settings
 from .errors import BalsamError
@@ -36,7 +36,8 @@ from .protocol import (
     TaskSpec,
 )
 from .resources import EPS, NODE_CAPACITY, WorkerView, room
-from .store import ClaimFilter, Lease, Store
+from .specs import SpecBuilder
+from .store import Claimed, ClaimFilter, Lease
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,30 @@ class WorkerFailed(BalsamError):
 
 class Leader:
     def __init__(self, settings: Settings, comm: Comm | None, project: Project,
-                 store: Store, lease: Lease, local: Node,
+                 db: DbThread, lease: Lease, local: Node,
                  deadline: float | None = None) -> None:
         self.s = settings
         self.comm = comm
         self.project = project
-        self.store = store
+        self.db = db
+        self.store = db.store
         self.lease = lease
         self.local = local
+        local.wake_on(db.wake_fd)
         self.deadline = deadline  # wall-clock end of this launcher's time, if any
         self.filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
         self.workers: dict[int, WorkerView] = {}
         self.expected = (comm.size - 1) if comm else 0
         self.pool: deque[TaskSpec] = deque()
-        self.buffer = ReportBuffer(store, lease, settings.flush_size,
-                                   settings.flush_interval_s)
+        self.buffer = ReportBuffer(lease, settings.flush_size, settings.flush_interval_s)
+        self.flushing: tuple[Batch, Future[dict[str, int]]] | None = None
+        self.claiming: tuple[int, Future[list[Claimed]]] | None = None
+        self.beating: Future[bool] | None = None
+        self.flushes = 0  # flushes submitted that carried ends (children may be READY)
+        self.claim_covers = -1  # the value of `flushes` when the last claim was sent
+        self.last_claim_empty = False
         self.seq = 0
         self.next_claim = 0.0
-        self.claimed_since_flush = False
         self.claimed_total = 0
         self.max_packing = 16
         self.idle_since: float | None = None
@@ -73,6 +80,7 @@ class Leader:
         self.next_heartbeat = time.monotonic() + settings.heartbeat_s
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
+        self.specs = SpecBuilder(project, lease.epoch)
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, source: int, msg: object) -> None:
@@ -165,8 +173,9 @@ class Leader:
         return max(0.0, (self.deadline - time.time()) / 60.0)
 
     def _refill(self) -> None:
+        """Send a claim for what the nodes can start soon (one claim in flight at most)."""
         now = time.monotonic()
-        if self.draining or now < self.next_claim:
+        if self.draining or self.claiming is not None or now < self.next_claim:
             return
         if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
             return
@@ -176,10 +185,21 @@ class Leader:
         limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
         if self.s.max_tasks:
             limit = min(limit, self.s.max_tasks - self.claimed_total)
-        rows = self.store.claim(self.lease, limit=limit, capacity=want,
+        future = self.db.submit(self.store.claim, self.lease, limit=limit, capacity=want,
                                 max_need=NODE_CAPACITY, filters=self.filters,
                                 remaining_min=self.remaining_min())
-        self.claimed_since_flush = True
+        self.claiming = (self.flushes, future)
+
+    def _claimed(self, covers: int, future: Future[list[Claimed]]) -> None:
+        now = time.monotonic()
+        try:
+            rows = future.result()
+        except BalsamError as exc:
+            log.warning("claim failed (%s); retrying in %.1f s", exc, self.s.claim_idle_s)
+            self.next_claim = now + self.s.claim_idle_s
+            return
+        self.claim_covers = covers
+        self.last_claim_empty = not rows
         if not rows:
             self.next_claim = now + self.s.claim_idle_s
             return
@@ -188,17 +208,60 @@ class Leader:
         self.max_packing = max(self.max_packing, max(r.node_packing_count for r in rows))
         for row in rows:
             try:
-                self.pool.append(specs.to_spec(row, self.lease.epoch, self.project))
+                self.pool.append(self.specs.build(row))
             except (ValueError, BalsamError) as exc:  # a command that cannot be rendered
                 t = time.time()
                 self.buffer.add((Started(row.id, self.lease.epoch, t),),
-                                (Finished(row.id, self.lease.epoch, EndKind.ERROR, 127, t, t,
-                                          f"cannot build the command line: {exc}"),))
+                                (Finished(row.id, self.lease.epoch, int(EndKind.ERROR), 127,
+                                          t, t, f"cannot build the command line: {exc}"),))
         self.idle_since = None
+        self._fill_local()
+        self._push()
+
+    # -- database results -------------------------------------------------------------
+    def _flush(self) -> None:
+        if self.flushing is None and self.buffer.due():
+            batch = self.buffer.take()
+            if batch.finished:
+                self.flushes += 1
+            self.flushing = (batch, self.db.submit(self.buffer.write, self.store, batch))
+
+    def _collect(self) -> bool:
+        """Take in finished database calls; True if any."""
+        did = False
+        if self.flushing is not None and self.flushing[1].done():
+            batch, future = self.flushing
+            self.flushing = None
+            did = True
+            try:
+                self.buffer.written(batch, future.result())
+            except BalsamError as exc:
+                self.buffer.failed(batch, exc)
+            else:
+                if batch.finished:
+                    self.next_claim = 0.0  # children may have become READY
+        if self.claiming is not None and self.claiming[1].done():
+            covers, future = self.claiming
+            self.claiming = None
+            did = True
+            self._claimed(covers, future)
+        if self.beating is not None and self.beating.done():
+            future, self.beating = self.beating, None
+            try:
+                alive = future.result()
+            except BalsamError as exc:
+                log.warning("heartbeat failed (%s); will retry", exc)
+            else:
+                if not alive:
+                    log.error("batch job %s lost its lease; stopping its tasks",
+                              self.lease.job_id)
+                    self.start_drain("lease lost", cut=True)
+        return did
 
     # -- the loop ---------------------------------------------------------------------
     def everything_idle(self) -> bool:
         return (not self.pool and not self.local.busy() and not self.buffer
+                and self.flushing is None and self.claiming is None
                 and all(v.idle() or not v.alive for v in self.workers.values()))
 
     def run(self) -> str:
@@ -210,18 +273,11 @@ class Leader:
                 did = True
             if self.local.changes:
                 self._absorb(*self.local.changes.take())
+            if self._collect():
+                did = True
             self._fill_local()
-            if not self.draining:
-                before = len(self.pool)
-                self._refill()
-                if self.pool:
-                    self._fill_local()
-                    self._push()
-                did = did or len(self.pool) != before
-            if self.buffer.due():
-                if self.buffer.flush_safely():
-                    self.next_claim = 0.0  # children may have become READY
-                    self.claimed_since_flush = False
+            self._refill()
+            self._flush()
             self._heartbeat()
             if self._check_end():
                 return self.draining or "done"
@@ -249,12 +305,8 @@ class Leader:
         if now < self.next_heartbeat:
             return
         self.next_heartbeat = now + self.s.heartbeat_s
-        try:
-            if not self.store.heartbeat(self.lease):
-                log.error("batch job %s lost its lease; stopping its tasks", self.lease.job_id)
-                self.start_drain("lease lost", cut=True)
-        except BalsamError as exc:
-            log.warning("heartbeat failed (%s); will retry", exc)
+        if self.beating is None:
+            self.beating = self.db.submit(self.store.heartbeat, self.lease)
 
     def start_drain(self, reason: str, cut: bool = False) -> None:
         if self.draining:
@@ -280,13 +332,15 @@ class Leader:
         if self.deadline is not None and time.time() >= self.deadline - self.s.drain_grace_s:
             self.start_drain("wall time", cut=True)
             return False
-        if not self.everything_idle() or not self.claimed_since_flush:
+        if not self.everything_idle():
             self.idle_since = None
             return False
         if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
             self.start_drain("max tasks")
             return False
-        if time.monotonic() < self.next_claim:  # the last claim found nothing
+        # Idle: the last claim, sent after the last flush of ended tasks (whose children
+        # may have become runnable), found nothing.
+        if self.last_claim_empty and self.claim_covers == self.flushes:
             now = time.monotonic()
             if self.idle_since is None:
                 self.idle_since = now
@@ -294,9 +348,20 @@ class Leader:
                 self.start_drain("idle")
         return False
 
+    def settle(self) -> None:
+        """Wait for the database calls in flight and take in their results."""
+        for pending in (self.flushing, self.claiming):
+            if pending is not None:
+                pending[1].exception()
+        if self.beating is not None:
+            self.beating.exception()
+        self._collect()
+
     def finish(self, reason: str) -> None:
         """Write everything held and close the batch job (normal end)."""
-        self.buffer.flush_until_written()
-        released, requeued = self.store.close_job(self.lease, "FINISHED", reason)
+        self.settle()
+        self.buffer.flush_now(self.db)
+        released, requeued = self.db.submit(self.store.close_job, self.lease, "FINISHED",
+                                            reason).result()
         log.info("batch job %s closed (%s): %s claims released, %s tasks requeued",
                  self.lease.job_id, reason, released, requeued)

@@ -40,6 +40,7 @@ class Node:
         self._env = runner.base_environment(os.environ if environ is None else environ)
         self._epoll = select.epoll()
         self._by_fd: dict[int, int] = {}
+        self._wake_fd = -1
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
         self.started_total = 0
         self.finished_total = 0
@@ -122,7 +123,7 @@ class Node:
             now = time.time()
             self.changes.started.append(Started(spec.id, spec.epoch, now))
             self.changes.finished.append(
-                Finished(spec.id, spec.epoch, EndKind.ERROR, 127, now, now, str(exc)))
+                Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now, str(exc)))
             self.started_total += 1
             self.finished_total += 1
             return
@@ -138,10 +139,16 @@ class Node:
         """Sleep up to ``timeout`` s, waking when a task ends; True if one did."""
         return self.reap(timeout)
 
+    def wake_on(self, fd: int) -> None:
+        """Also wake from :meth:`wait` when ``fd`` (an eventfd) is signalled: the leader's
+        database thread uses it to say a result is ready."""
+        self._wake_fd = fd
+        self._epoll.register(fd, select.EPOLLIN)
+
     def reap(self, timeout: float) -> bool:
         # epoll's resolution is 1 ms; round up so a short wait still sleeps, never spins.
         ms = 0 if timeout <= 0 else max(1, int(timeout * 1000 + 0.999))
-        if not self._by_fd:
+        if not self._by_fd and self._wake_fd < 0:
             if ms:
                 time.sleep(ms / 1000.0)
             return False
@@ -150,6 +157,11 @@ class Node:
             task_id = self._by_fd.get(fd)
             if task_id is not None:
                 self._finish(self.running[task_id])
+            elif fd == self._wake_fd:
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    pass
         return bool(events)
 
     def _finish(self, proc: runner.TaskProcess) -> None:
@@ -168,7 +180,7 @@ class Node:
             EndKind.DONE if rc == 0 else EndKind.ERROR)
         tail = "" if kind == EndKind.DONE else runner.output_tail(spec.cwd)
         self.changes.finished.append(
-            Finished(spec.id, spec.epoch, kind, rc, proc.started_at, ended, tail))
+            Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended, tail))
         self.finished_total += 1
 
     def _check_deadlines(self) -> None:
@@ -204,6 +216,6 @@ class NullNode(Node):
         now = time.time()
         self.changes.started.append(Started(spec.id, spec.epoch, now))
         self.changes.finished.append(
-            Finished(spec.id, spec.epoch, EndKind.DONE, 0, now, now))
+            Finished(spec.id, spec.epoch, int(EndKind.DONE), 0, now, now))
         self.started_total += 1
         self.finished_total += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 PROTOCOL_VERSION = 1
 
@@ -37,8 +38,9 @@ class EndKind(IntEnum):
     KILLED = 4  # stopped on request (USER_KILLED is already in the database)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
+# The per-task records are NamedTuples, not dataclasses: thousands travel in one message,
+# and unpickling a slotted dataclass costs several times more than a tuple.
+class TaskSpec(NamedTuple):
     """Everything a node needs to run one task (built by the leader from its claim)."""
 
     id: int
@@ -53,18 +55,16 @@ class TaskSpec:
     env_script: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Started:
+class Started(NamedTuple):
     id: int
     epoch: int
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(NamedTuple):
     id: int
     epoch: int
-    kind: EndKind
+    kind: int  # an EndKind value
     rc: int
     started_at: float
     ended_at: float

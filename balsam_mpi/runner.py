@@ -4,7 +4,9 @@ Tasks run from argv lists, never through a shell (``sh -c`` halved the spawn rat
 only an app with an ``env_script`` gets ``/bin/sh`` to source it and ``exec`` the task.
 Each task leads its own session (so a kill reaches its whole process group) and, unless
 disabled, gets a parent-death signal so it dies with its worker: a launcher killed with
-``kill -9`` must leave nothing running that a requeue would start a second time.
+``kill -9`` must leave nothing running that a requeue would start a second time. The
+signal is set by a tiny exec trampoline (``pdeath.py``) started with ``posix_spawn``;
+``preexec_fn`` is the fallback, as it makes every spawn several times slower.
 
 The process's exit is watched through a pidfd, so a node can sleep in ``epoll`` and still
 wake the moment a task ends.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,12 +26,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import pdeath
 from .protocol import EndKind, TaskSpec
+
+log = logging.getLogger(__name__)
 
 STDOUT_NAME = "task.out"
 STDERR_NAME = "task.err"
 TAIL_BYTES = 2048
 PR_SET_PDEATHSIG = 1
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+# Python ignores these; a task must start with the default dispositions (as Popen does).
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 # Variables of the launcher's own MPI job: a task that inherited them would try to join
 # the launcher's MPI world instead of starting its own.
@@ -98,29 +108,65 @@ def make_dir(path: Path) -> None:
 @dataclass(slots=True)
 class TaskProcess:
     spec: TaskSpec
-    popen: subprocess.Popen[bytes] | None
+    pid: int
     pidfd: int
     started_at: float
     deadline: float  # monotonic; 0 = none
+    popen: subprocess.Popen[bytes] | None = None  # only on the preexec_fn fallback
+    rc: int | None = None
     end_kind: EndKind | None = None  # set when the launcher stops it, and why
     kill_at: float = 0.0  # monotonic time to escalate to SIGKILL
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid if self.popen is not None else -1
 
 
 class StartError(Exception):
     """The task could not be started (no such program, no permission, bad directory)."""
 
 
+_warned_fallback = False
+_which: dict[tuple[str, str], str | None] = {}
+
+
+def _resolve(name: str, env: Mapping[str, str]) -> str:
+    """A program name as execve needs it (the trampoline does not search PATH)."""
+    if "/" in name:
+        return name  # relative names resolve against the task's directory, as exec does
+    key = (name, env.get("PATH", os.defpath))
+    if key not in _which:
+        _which[key] = shutil.which(name, path=key[1])
+    found = _which[key]
+    if found is None:
+        raise StartError(f"cannot start {name!r}: not found on the task's PATH")
+    return found
+
+
 def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = True
           ) -> TaskProcess:
     """Start one task; its stdout and stderr go to files in its working directory."""
+    global _warned_fallback
     cwd = Path(spec.cwd)
     make_dir(cwd)
     argv = task_argv(spec)
+    tramp = pdeath.trampoline() if die_with_parent else None
+    deadline = time.monotonic() + spec.wall_time_s if spec.wall_time_s > 0 else 0.0
     started = time.time()
+    if tramp is not None:
+        prog = _resolve(argv[0], env)
+        try:
+            pid = os.posix_spawn(
+                tramp, [tramp, str(os.getpid()), str(cwd), prog, *argv[1:]], env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, str(cwd / STDOUT_NAME), _OUT_FLAGS, 0o660),
+                    (os.POSIX_SPAWN_OPEN, 2, str(cwd / STDERR_NAME), _OUT_FLAGS, 0o660),
+                ],
+                setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+        except OSError as exc:
+            raise StartError(f"cannot start {argv[0]!r}: {exc}") from None
+        return TaskProcess(spec, pid, os.pidfd_open(pid), started, deadline)
+    if die_with_parent and not _warned_fallback:
+        _warned_fallback = True
+        log.warning("no task trampoline (no C compiler?): using preexec_fn for the "
+                    "parent-death signal, which makes starting tasks several times slower")
     try:
         with open(cwd / STDOUT_NAME, "ab") as out, open(cwd / STDERR_NAME, "ab") as err:
             popen = subprocess.Popen(
@@ -130,24 +176,33 @@ def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = Tru
             )
     except (OSError, subprocess.SubprocessError) as exc:
         raise StartError(f"cannot start {argv[0]!r}: {exc}") from None
-    pidfd = os.pidfd_open(popen.pid)
-    deadline = time.monotonic() + spec.wall_time_s if spec.wall_time_s > 0 else 0.0
-    return TaskProcess(spec, popen, pidfd, started, deadline)
+    return TaskProcess(spec, popen.pid, os.pidfd_open(popen.pid), started, deadline, popen)
 
 
 def signal_group(proc: TaskProcess, sig: int) -> None:
     """Signal the task's whole process group (it leads its own session)."""
-    if proc.popen is None or proc.popen.returncode is not None:
+    if proc.rc is not None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.popen.pid, sig)
+        os.killpg(proc.pid, sig)
 
 
 def reap(proc: TaskProcess) -> int | None:
     """The exit code once the process is gone (negative: killed by that signal)."""
-    if proc.popen is None:
-        return 1
-    return proc.popen.poll()
+    if proc.rc is not None:
+        return proc.rc
+    if proc.popen is not None:
+        proc.rc = proc.popen.poll()
+        return proc.rc
+    try:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        proc.rc = 255  # reaped elsewhere; the exit status is lost
+        return proc.rc
+    if pid == 0:
+        return None
+    proc.rc = os.waitstatus_to_exitcode(status)
+    return proc.rc
 
 
 def close(proc: TaskProcess) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import time
 
+from .buffer import DbThread
 from .comm import Comm
 from .config import Settings
 from .errors import BalsamError
@@ -24,6 +26,15 @@ from .store import ClaimFilter, Store
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+def log_usage(node: Node) -> None:
+    """This rank's CPU time and its tasks' (benchmarks read these lines)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log.info("usage: rank cpu %.3f s (user %.3f, sys %.3f), tasks cpu %.3f s, %s tasks "
+             "started here", me.ru_utime + me.ru_stime, me.ru_utime, me.ru_stime,
+             kids.ru_utime + kids.ru_stime, node.started_total)
 
 
 def make_node(settings: Settings, project: Project | None) -> Node:
@@ -65,8 +76,8 @@ class LeaderSession:
                  "adopted" if lease.adopted else "opened", lease.epoch, comm.size,
                  filters.as_json())
         self.node = make_node(settings, project)
-        self.leader = Leader(settings, comm, project, self.store, lease, self.node,
-                             deadline)
+        self.db = DbThread(self.store)
+        self.leader = Leader(settings, comm, project, self.db, lease, self.node, deadline)
 
     def run(self) -> None:
         assert self.leader is not None
@@ -76,11 +87,13 @@ class LeaderSession:
             leader.finish(reason)
         finally:
             self.node.close()
+        log_usage(self.node)
         done = leader.buffer.written_finished
         first = leader.first_start
         log.info("done (%s): %s tasks claimed, %s ended; first start %.3f s after MPI init",
                  reason, leader.claimed_total, done,
                  (first - self.t_init) if first else float("nan"))
+        self.db.close()
         self.store.close()
 
     def stop(self, reason: str) -> None:
@@ -93,12 +106,14 @@ class LeaderSession:
             return
         leader = self.leader
         try:
-            leader.buffer.flush_until_written(patience_s=10.0)
+            leader.settle()
+            leader.buffer.flush_now(self.db, patience_s=10.0)
         except BalsamError as exc:
             log.error("could not write the last reports: %s", exc)
         first_line = text.strip().splitlines()[-1] if text.strip() else "error"
         try:
-            self.store.close_job(leader.lease, "FAILED", f"launcher error: {first_line}"[:500])
+            self.db.submit(self.store.close_job, leader.lease, "FAILED",
+                           f"launcher error: {first_line}"[:500]).result(timeout=30)
         except BalsamError as exc:
             log.error("could not close the batch job: %s", exc)
 
@@ -114,6 +129,7 @@ class WorkerSession:
             self.worker.run()
         finally:
             self.node.close()
+        log_usage(self.node)
 
     def stop(self, reason: str) -> None:
         self.worker.stop_reason = reason

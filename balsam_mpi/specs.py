@@ -8,6 +8,7 @@ the rest of a task's handling in the leader.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -42,13 +43,49 @@ def render(command: str, params: dict[str, Any], args: list[str], shell: bool
     return _render(command, params, args, shell)
 
 
-def to_spec(row: Claimed, epoch: int, project: Project) -> TaskSpec:
-    """Raises ValueError (a subclass of it) when the command cannot be rendered."""
-    argv = render(row.command, row.params, list(row.args), row.shell)
-    env = tuple((str(k), v if isinstance(v, str) else str(v)) for k, v in row.env.items())
-    return TaskSpec(
-        id=row.id, epoch=epoch, argv=argv,
-        cwd=str(project.task_dir(row.workflow, row.id, row.name)), env=env,
-        need=need_of(row.node_packing_count), wall_time_s=float(row.wall_time_min) * 60.0,
-        threads=row.threads_per_rank, gpus=row.gpus_per_rank * row.ranks_per_node,
-        env_script=row.env_script)
+class SpecBuilder:
+    """Builds specs for one leader; caches the per-workflow and per-name path parts.
+
+    The directory is exactly ``Project.task_dir`` (data/<workflow>/<id // 1000>/<name>_<id>),
+    computed through it once per (workflow, name) and then by string joins: pathlib cost
+    more per task than everything else the leader does.
+    """
+
+    def __init__(self, project: Project, epoch: int) -> None:
+        self.project = project
+        self.epoch = epoch
+        self._wf: dict[str, str] = {}
+        self._leaf: dict[str, str] = {}
+
+    def cwd(self, workflow: str, task_id: int, name: str) -> str:
+        wf = self._wf.get(workflow)
+        if wf is None:
+            wf = self._wf[workflow] = str(self.project.task_dir(workflow, 0, "x").parent.parent)
+        prefix = self._leaf.get(name)
+        if prefix is None:
+            # task_dir's leaf is the path-safe form of f"{name}_{id}" (or of the id alone);
+            # digits are safe, so it is the safe form of the name's part plus the id.
+            prefix = self._leaf[name] = (
+                self.project.task_dir(workflow, 0, name).name[:-1] if name else "")
+        return f"{wf}/{task_id // 1000}/{prefix}{task_id}"
+
+    def build(self, row: Claimed) -> TaskSpec:
+        """Raises TaskSpecError / ValueError when the command cannot be rendered."""
+        params = _json(row.params)
+        env_map = _json(row.env)
+        argv = render(row.command, params, list(row.args), row.shell)
+        env = tuple((str(k), v if isinstance(v, str) else str(v)) for k, v in env_map.items())
+        return TaskSpec(
+            row.id, self.epoch, argv, self.cwd(row.workflow, row.id, row.name), env,
+            need_of(row.node_packing_count), float(row.wall_time_min) * 60.0,
+            row.threads_per_rank, row.gpus_per_rank * row.ranks_per_node, row.env_script)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    """The claim returns params and env as text: most are '{}', not worth parsing."""
+    if isinstance(value, dict):
+        return value
+    if not value or value == "{}":
+        return {}
+    parsed = json.loads(value)
+    return parsed if isinstance(parsed, dict) else {}

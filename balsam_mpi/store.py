@@ -7,7 +7,7 @@ translated here (through ``db.translated``) and nowhere else in the launcher.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -41,9 +41,9 @@ class Claimed(NamedTuple):
     command: str
     shell: bool
     env_script: str
-    params: dict[str, Any]
+    params: str  # jsonb as text ('{}' mostly: parsed only when needed)
     args: list[str]
-    env: dict[str, Any]
+    env: str
     num_nodes: int
     ranks_per_node: int
     threads_per_rank: int
@@ -61,6 +61,17 @@ class ClaimFilter:
     def as_json(self) -> dict[str, Any]:
         return {"workflows": list(self.workflows), "tags": dict(self.tags),
                 "owners": list(self.owners)}
+
+
+# Numeric arrays go as array literals ('{1,2,3}', cast in the SQL): adapting Python lists
+# element by element cost the leader more than the rest of a flush. Only ints and floats
+# ever go this way, so the text cannot carry anything but numbers.
+def _ints(values: Iterable[int]) -> str:
+    return "{" + ",".join([str(int(v)) for v in values]) + "}"
+
+
+def _floats(values: Iterable[float]) -> str:
+    return "{" + ",".join([repr(float(v)) for v in values]) + "}"
 
 
 def _connect(project: Project) -> psycopg.Connection[Any]:
@@ -130,10 +141,10 @@ class Store:
         ends = [f for f in finished if f.kind != EndKind.KILLED]  # already USER_KILLED
         rows = self._rows("launcher_report", {
             "job": lease.job_id, "epoch": lease.epoch,
-            "s_ids": [s.id for s in started], "s_at": [s.at for s in started],
-            "f_ids": [f.id for f in ends], "f_kind": [int(f.kind) for f in ends],
-            "f_rc": [f.rc for f in ends], "f_started": [f.started_at for f in ends],
-            "f_ended": [f.ended_at for f in ends], "f_tail": [f.tail for f in ends]})
+            "s_ids": _ints(s.id for s in started), "s_at": _floats(s.at for s in started),
+            "f_ids": _ints(f.id for f in ends), "f_kind": _ints(f.kind for f in ends),
+            "f_rc": _ints(f.rc for f in ends), "f_started": _floats(f.started_at for f in ends),
+            "f_ended": _floats(f.ended_at for f in ends), "f_tail": [f.tail for f in ends]})
         return {str(step): int(n) for step, n in rows}
 
     def heartbeat(self, lease: Lease) -> bool:

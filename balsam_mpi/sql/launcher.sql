@@ -8,8 +8,8 @@ SELECT job_id, lease_epoch, adopted
                          %(lease_sec)s);
 
 -- name: launcher_claim
-SELECT id, workflow, name, state, app, command, shell, env_script, params, args, env,
-       num_nodes, ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
+SELECT id, workflow, name, state, app, command, shell, env_script, params::text,
+       args, env::text, num_nodes, ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
        wall_time_min
   FROM launcher_claim(%(job)s, %(epoch)s, %(limit)s, %(capacity)s, %(max_need)s,
                       %(workflows)s, %(tags)s, %(owners)s, %(remaining_min)s,
@@ -17,9 +17,9 @@ SELECT id, workflow, name, state, app, command, shell, env_script, params, args,
 
 -- name: launcher_report
 SELECT step, changed
-  FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s, %(s_at)s, %(f_ids)s,
-                       %(f_kind)s::smallint[], %(f_rc)s, %(f_started)s, %(f_ended)s,
-                       %(f_tail)s);
+  FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s::bigint[], %(s_at)s::float8[],
+                       %(f_ids)s::bigint[], %(f_kind)s::smallint[], %(f_rc)s::integer[],
+                       %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[]);
 
 -- name: launcher_heartbeat
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);
