@@ -45,6 +45,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("log", MODE_LOG, by_server=False),
     Entry("log/server", MODE_LOG_SERVER, by_server=True),
     Entry("run", MODE_RUN, by_server=True),
+    # Rendered batch scripts; sticky so nobody replaces a script another member submitted.
+    Entry("qsubmit", MODE_ACCESS, by_server=False),
     Entry("server-info.json", MODE_CONTROL, by_server=False, is_dir=False),
     Entry("settings.toml", MODE_CONTROL, by_server=False, is_dir=False),
 )
@@ -67,8 +69,13 @@ def fix_perms(project: Project, owner: Account, server: Account, gid: int) -> li
     for entry in ENTRIES:
         path = project.root / entry.relpath if entry.relpath else project.root
         if not path.exists() and not path.is_symlink():
-            if entry.is_dir:
+            if not entry.is_dir:
+                continue
+            if entry.relpath in ("", "balsamdb"):
                 raise ProjectError(f"{path} is missing; this is not a complete project")
+            path.mkdir(mode=0o700)  # a directory added to the layout after this project
+            _own_and_mode(path, entry, owner, server, gid)
+            changed.append(f"{path}: created ({entry.mode:04o})")
             continue
         if path.is_symlink():
             raise ProjectError(f"{path} is a symlink; refusing to follow it (remove it first)")
