@@ -45,6 +45,8 @@ class Client:
         # Filtered queries must be planned with their values (NULL filters fold away);
         # a cached generic plan would scan.
         self._conn.prepare_threshold = None
+        with db.translated():
+            self._conn.execute(sql.query("client_session"))
 
     def close(self) -> None:
         self._conn.close()
@@ -112,13 +114,14 @@ class Client:
         def label(i: int) -> str:
             return labels[i] if labels is not None else taskadd.default_label(i)
 
+
         apps = self._app_infos()
         checked: list[dict[str, Any]] = []
         for i, task in enumerate(raw):
             try:
                 checked.append(taskspec.check_task(task, apps))
             except taskspec.TaskSpecError as exc:
-                raise taskspec.TaskSpecError(f"{label(i)}: {exc}") from None
+                raise taskspec.TaskSpecError(taskadd.at(label(i)) + str(exc)) from None
         plan = taskadd.plan(checked, label)
         conn = self._conn
         with db.translated(), conn.transaction():
@@ -126,19 +129,20 @@ class Client:
                                               {"n": len(checked)}).fetchall()]
             states: dict[int, str] = {}
             if plan.existing:
-                rows = conn.execute(sql.query("tasks_lock"), {"ids": plan.existing}).fetchall()
-                states = {r[0]: str(r[1]) for r in rows}
+                locked = conn.execute(sql.query("tasks_lock"),
+                                      {"ids": plan.existing}).fetchall()
+                states = {r[0]: str(r[1]) for r in locked}
                 for i, theirs in enumerate(plan.outside):
                     missing = [p for p in theirs if p not in states]
                     if missing:
                         raise taskspec.TaskSpecError(
-                            f"{label(i)}: parents: no task with id {missing[0]}")
+                            taskadd.at(label(i)) + f"parents: no task with id {missing[0]}")
             first = taskadd.initial_states(checked, plan, ids, states)
-            insert = sql.query("tasks_insert_arrays")
+            insert = sql.query("tasks_insert_json")
             for lo in range(0, len(checked), CHUNK):
                 hi = lo + CHUNK
-                conn.execute(insert, taskadd.column_arrays(checked[lo:hi], ids[lo:hi],
-                                                           first[lo:hi]))
+                rows = taskadd.json_rows(checked[lo:hi], ids[lo:hi], first[lo:hi])
+                conn.execute(insert, {"rows": rows})
                 if progress is not None:
                     progress(min(hi, len(checked)))
             children, parents = taskadd.dep_arrays(plan, ids)
@@ -229,7 +233,7 @@ class Client:
         """Move matching tasks that are not finished or stopped to USER_KILLED; their
         waiting descendants fail. Needs ids or at least one filter."""
         params = self._bulk_params(ids, filters, "kill")
-        params["message"] = message or f"killed by {_me()}"
+        params["message"] = message
         return self._write("tasks_kill", params)
 
     def retry(self, ids: int | Sequence[int] | None = None, **filters: Any) -> list[int]:
@@ -238,13 +242,15 @@ class Client:
         from psycopg import sql as pgsql
 
         params = self._bulk_params(ids, filters, "retry")
-        params["message"] = f"retried by {_me()}"
         with db.translated(), self._conn.transaction():
             q = pgsql.SQL(sql.query("tasks_retry")).format(where=_where())
             back = [r[0] for r in self._conn.execute(q, params).fetchall()]
-            if back:
-                self._conn.execute(sql.query("tasks_refail"), {"ids": back})
-        return back
+            if not back:
+                return []
+            again = {r[0] for r in self._conn.execute(sql.query("tasks_refail"),
+                                                       {"ids": back}).fetchall()}
+        # Tasks that failed again at once (another parent is still stopped) are not back.
+        return [i for i in back if i not in again]
 
     def delete(self, ids: int | Sequence[int] | None = None, **filters: Any) -> list[int]:
         """Delete matching tasks (history stays in task_events); children that remain
@@ -317,10 +323,6 @@ class Client:
 
         with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(sql.query(name), params).fetchall()
-
-
-def _me() -> str:
-    return os.environ.get("USER") or "user"
 
 
 def _ids(ids: int | Sequence[int]) -> list[int]:

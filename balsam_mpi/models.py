@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from .errors import UsageError
+
 
 class TaskState(str, Enum):
     CREATED = "CREATED"
@@ -63,10 +65,14 @@ def can_move(src: TaskState, dst: TaskState) -> bool:
     return dst in TRANSITIONS[src]
 
 
+class UnknownState(UsageError, ValueError):
+    """A state name that is not one of TaskState's."""
+
+
 def parse_state(text: str) -> TaskState:
     """A state from user input, case-insensitive; the error lists the valid names."""
     try:
         return TaskState(text.strip().upper())
     except ValueError:
         names = ", ".join(s.value for s in TaskState)
-        raise ValueError(f"unknown state {text!r}: use one of {names}") from None
+        raise UnknownState(f"state: unknown state {text!r}; use one of {names}") from None

@@ -17,25 +17,16 @@ from typing import Any
 from .models import STOPPED, TaskState
 from .taskspec import TaskSpecError
 
-# The columns a bulk add writes (the parameters of tasks.sql's tasks_insert_arrays).
-COLUMNS = (
-    "id", "workflow", "name", "app_id", "params", "args", "tags", "num_nodes",
-    "ranks_per_node", "threads_per_rank", "gpus_per_rank", "node_packing_count",
-    "wall_time_min", "env", "input_files", "priority", "state", "state_message",
-    "error_retry_limit", "timeout_retry_limit", "lost_retry_limit", "fail_with_parents",
-    "pending_parents", "failed_by", "data",
-)
-_JSON = ("params", "tags", "env", "data")
-_ARRAYS = ("args", "input_files")
-_PLAIN = ("workflow", "name", "app_id", "num_nodes", "ranks_per_node", "threads_per_rank",
-          "gpus_per_rank", "node_packing_count", "wall_time_min", "priority",
-          "error_retry_limit", "timeout_retry_limit", "lost_retry_limit", "fail_with_parents")
-
 Label = Callable[[int], str]
 
 
 def default_label(i: int) -> str:
     return f"task #{i + 1}"
+
+
+def at(label: str) -> str:
+    """The prefix of an error about one input ("tasks.jsonl line 7: "), if it has a name."""
+    return f"{label}: " if label else ""
 
 
 @dataclass
@@ -50,12 +41,15 @@ class Plan:
 
 def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Plan:
     """Resolve ``parents`` and ``key`` and order the batch; refuse unknown keys and cycles."""
+    if not any(t.get("parents") for t in tasks):  # the common case: independent tasks
+        n = len(tasks)
+        return Plan([], [[] for _ in range(n)], [[] for _ in range(n)], list(range(n)))
     keys: dict[str, int] = {}
     for i, task in enumerate(tasks):
         key = task.get("key")
         if key is not None:
             if key in keys:
-                raise TaskSpecError(f"{label(i)}: key: {key!r} is also the key of "
+                raise TaskSpecError(at(label(i)) + f"key: {key!r} is also the key of "
                                     f"{label(keys[key])}; keys must be unique in a batch")
             keys[key] = i
     p = Plan()
@@ -66,15 +60,15 @@ def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Pl
         for ref in task.get("parents", ()):
             if isinstance(ref, str):
                 if ref not in keys:
-                    raise TaskSpecError(f"{label(i)}: parents: no task of this batch has "
+                    raise TaskSpecError(at(label(i)) + f"parents: no task of this batch has "
                                         f"key {ref!r}")
                 if keys[ref] == i:
-                    raise TaskSpecError(f"{label(i)}: parents: a task cannot be its own parent")
+                    raise TaskSpecError(at(label(i)) + "parents: a task cannot be its own parent")
                 if keys[ref] not in mine:
                     mine.append(keys[ref])
             else:
                 if ref < 1:
-                    raise TaskSpecError(f"{label(i)}: parents: {ref} is not a task id")
+                    raise TaskSpecError(at(label(i)) + f"parents: {ref} is not a task id")
                 if ref not in theirs:
                     theirs.append(ref)
                 if ref not in seen:
@@ -107,7 +101,7 @@ def _topological(parents: list[list[int]], tasks: Sequence[Mapping[str, Any]],
     if len(order) < n:
         stuck = next(i for i in range(n) if waiting[i] > 0)
         key = tasks[stuck].get("key")
-        raise TaskSpecError(f"{label(stuck)}: parents: the dependencies of key {key!r} form a "
+        raise TaskSpecError(at(label(stuck)) + f"parents: the dependencies of key {key!r} form a "
                             "cycle; a task cannot (indirectly) depend on itself")
     return order
 
@@ -115,7 +109,10 @@ def _topological(parents: list[list[int]], tasks: Sequence[Mapping[str, Any]],
 def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[int],
                    parent_states: Mapping[int, str]) -> list[tuple[str, int, int | None, str]]:
     """(state, pending_parents, failed_by, state_message) of each new task."""
-    out: list[tuple[str, int, int | None, str]] = [("", 0, None, "")] * len(tasks)
+    ready = (TaskState.READY.value, 0, None, "")
+    if not p.existing and not any(p.in_batch):
+        return [ready] * len(tasks)
+    out: list[tuple[str, int, int | None, str]] = [ready] * len(tasks)
     stopped = {s.value for s in STOPPED}
     for i in p.order:
         fails = tasks[i]["fail_with_parents"]
@@ -148,30 +145,19 @@ def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[in
     return out
 
 
-def pg_array(items: Sequence[str]) -> str:
-    """A text[] literal: every element quoted, so commas, braces and quotes survive."""
-    if not items:
-        return "{}"
-    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in items)
-    return "{" + ",".join(quoted) + "}"
-
-
-def column_arrays(tasks: Sequence[Mapping[str, Any]], ids: Sequence[int],
-                  first: Sequence[tuple[str, int, int | None, str]]) -> dict[str, list[Any]]:
-    """The parameters of tasks_insert_arrays: one list per column, in task order."""
-    cols: dict[str, list[Any]] = {"id": list(ids)}
-    for f in _PLAIN:
-        cols[f] = [t[f] for t in tasks]
-    dumps = json.dumps
-    for f in _JSON:
-        cols[f] = [dumps(t[f]) for t in tasks]
-    for f in _ARRAYS:
-        cols[f] = [pg_array(t[f]) for t in tasks]
-    cols["state"] = [s[0] for s in first]
-    cols["pending_parents"] = [s[1] for s in first]
-    cols["failed_by"] = [s[2] for s in first]
-    cols["state_message"] = [s[3] for s in first]
-    return cols
+def json_rows(tasks: Sequence[dict[str, Any]], ids: Sequence[int],
+              first: Sequence[tuple[str, int, int | None, str]]) -> str:
+    """The parameter of tasks.sql's tasks_insert_json: the checked tasks (their keys are
+    the column names) with id and first state added, as one JSON array. Extra keys
+    (``parents``, ``key``) are ignored by the server."""
+    for task, task_id, (state, pending, failed_by, message) in zip(tasks, ids, first,
+                                                                   strict=True):
+        task["id"] = task_id
+        task["state"] = state
+        task["pending_parents"] = pending
+        task["failed_by"] = failed_by
+        task["state_message"] = message
+    return json.dumps(tasks, separators=(",", ":"))
 
 
 def dep_arrays(p: Plan, ids: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -213,44 +213,59 @@ def _parents(value: Any) -> list[int | str]:
     return out
 
 
+def _checker(field: str) -> Any:
+    if field in INT_FIELDS:
+        minimum = INT_FIELDS[field]
+        return lambda v: v if type(v) is int and (minimum is None or v >= minimum) \
+            and -(2**31) <= v < 2**31 else _int(field, v, minimum)
+    if field in FLOAT_FIELDS:
+        return lambda v: _float(field, v)
+    if field in DICT_FIELDS:
+        return lambda v: _dict(field, v)
+    if field in LIST_FIELDS:
+        return lambda v: _list(field, v)
+    if field in BOOL_FIELDS:
+        return lambda v: _bool(field, v)
+    if field == "parents":
+        return _parents
+    return lambda v: _text(field, v)
+
+
+# field -> validator; check_task visits only the fields a task gives (speed: 100k tasks).
+_CHECKERS = {f: _checker(f) for f in TASK_FIELDS}
+_DEFAULTS: dict[str, Any] = {**INT_DEFAULTS, "name": "", "wall_time_min": 0.0,
+                             "fail_with_parents": True, "key": None}
+
+
 def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str, Any]:
     """One validated task: every column with its value (defaults filled), plus ``app_id``,
     ``parents`` (list) and ``key`` (or None). Raises TaskSpecError naming the field."""
     if not isinstance(raw, Mapping):
         raise TaskSpecError(f"a task must be an object of field: value, got {raw!r}")
-    unknown = [k for k in raw if k not in TASK_FIELDS]
-    if unknown:
-        raise TaskSpecError(f"{unknown[0]}: unknown field (fields are the column names, "
-                            "e.g. app, workflow, name, params, num_nodes, parents)")
-    task: dict[str, Any] = {}
     for f in ("app", "workflow"):
-        if f not in raw or raw[f] in (None, ""):
+        if raw.get(f) in (None, ""):
             raise TaskSpecError(f"{f}: missing (every task needs an app and a workflow)")
-    app_name = _text("app", raw["app"])
-    app = apps.get(app_name)
+    app_name = raw["app"]
+    app = apps.get(app_name) if isinstance(app_name, str) else None
     if app is None:
+        _text("app", app_name)
         raise TaskSpecError(f"app: no app named {app_name!r}; add it with "
                             f"`balsam-mpi app add {app_name} --command '…'`")
+    task: dict[str, Any] = {**_DEFAULTS, "error_retry_limit": app.error_retry_limit,
+                            "params": {}, "tags": {}, "env": {}, "data": {}, "args": [],
+                            "input_files": [], "parents": []}
+    checkers = _CHECKERS
+    for k, v in raw.items():
+        check = checkers.get(k)
+        if check is None:
+            raise TaskSpecError(f"{k}: unknown field (fields are the column names, "
+                                "e.g. app, workflow, name, params, num_nodes, parents)")
+        if v is not None:
+            task[k] = check(v)
+    del task["app"]
     task["app_id"] = app.id
-    task["workflow"] = _text("workflow", raw["workflow"])
-    task["name"] = _text("name", raw.get("name", ""))
-    for f, minimum in INT_FIELDS.items():
-        if f in raw and raw[f] is not None:
-            task[f] = _int(f, raw[f], minimum)
-        else:
-            task[f] = INT_DEFAULTS.get(f, app.error_retry_limit)
-    task["wall_time_min"] = (_float("wall_time_min", raw["wall_time_min"])
-                             if raw.get("wall_time_min") is not None else 0.0)
-    for f in DICT_FIELDS:
-        task[f] = _dict(f, raw[f]) if raw.get(f) is not None else {}
-    for f in LIST_FIELDS:
-        task[f] = _list(f, raw[f]) if raw.get(f) is not None else []
-    task["fail_with_parents"] = (_bool("fail_with_parents", raw["fail_with_parents"])
-                                 if raw.get("fail_with_parents") is not None else True)
-    check_params(task["params"], app)
-    task["parents"] = _parents(raw["parents"]) if raw.get("parents") is not None else []
-    key = raw.get("key")
-    task["key"] = None if key is None else _text("key", key)
+    if task["params"] or app.placeholders:
+        check_params(task["params"], app)
     return task
 
 

@@ -1,7 +1,87 @@
-"""`balsam-mpi` apps commands."""
+"""`balsam-mpi app add|ls|show|rm`: the commands tasks run, as templates."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-commands: list[click.Command] = []
+from ..clibase import Group, echo_json
+from .context import CliContext, pass_ctx
+from .table import echo_table
+
+
+@click.group("app", cls=Group)
+def app() -> None:
+    """Apps: named command templates whose {placeholders} tasks fill."""
+
+
+@app.command("add")
+@click.argument("name")
+@click.option("--command", "command", required=True, metavar="TEMPLATE",
+              help="Command line template, e.g. 'echo hello {who}' (run as argv).")
+@click.option("--description", default="", help="What the app does.")
+@click.option("--preprocess", default="", metavar="CMD", help="Run before each task.")
+@click.option("--postprocess", default="", metavar="CMD", help="Run after each task.")
+@click.option("--env-script", default="", metavar="PATH", help="Sourced before each task.")
+@click.option("--shell", is_flag=True, help="Run the command through /bin/sh -c (values quoted).")
+@click.option("--postprocess-on-error", is_flag=True, help="Postprocess failed runs too.")
+@click.option("--postprocess-on-timeout", is_flag=True, help="Postprocess timed-out runs too.")
+@click.option("--error-retry-limit", default="0", metavar="N",
+              help="Automatic retries of a non-zero exit (default 0: none).")
+@pass_ctx
+def app_add(ctx: CliContext, name: str, command: str, description: str, preprocess: str,
+            postprocess: str, env_script: str, shell: bool, postprocess_on_error: bool,
+            postprocess_on_timeout: bool, error_retry_limit: str) -> None:
+    """Register app NAME."""
+    app_id = ctx.client().add_app(
+        name, command, description=description, preprocess=preprocess,
+        postprocess=postprocess, env_script=env_script, shell=shell,
+        postprocess_on_error=postprocess_on_error,
+        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=error_retry_limit)
+    click.echo(f"added app {name} (id {app_id})")
+
+
+@app.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def app_ls(ctx: CliContext, as_json: bool) -> None:
+    """List the apps."""
+    apps = ctx.client().apps()
+    if as_json:
+        echo_json(apps)
+        return
+    echo_table(["NAME", "COMMAND", "DESCRIPTION", "OWNER"],
+               [[a["name"], a["command"], a["description"], a["owner"]] for a in apps],
+               empty="no apps yet: add one with `balsam-mpi app add NAME --command '…'`")
+
+
+@app.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def app_show(ctx: CliContext, name: str, as_json: bool) -> None:
+    """Every field of app NAME."""
+    row: dict[str, Any] = ctx.client().app(name)
+    if as_json:
+        echo_json(row)
+        return
+    for key, value in row.items():
+        click.echo(f"{key:>24}: {value}")
+
+
+@app.command("rm")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@pass_ctx
+def app_rm(ctx: CliContext, name: str, yes: bool) -> None:
+    """Delete app NAME (refused while it has tasks)."""
+    client = ctx.client()
+    client.app(name)
+    if not yes:
+        click.confirm(f"delete app {name}?", abort=True, err=True)
+    client.delete_app(name)
+    click.echo(f"deleted app {name}")
+
+
+commands: list[click.Command] = [app]

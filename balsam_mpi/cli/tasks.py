@@ -1,7 +1,191 @@
-"""`balsam-mpi` tasks commands."""
+"""`balsam-mpi task add|ls|show|…`, `dep` and `ls`: tasks from the shell.
+
+Values arrive as text and are checked by taskspec, so a bad one is one line naming the
+field (not click's usage block). Changing commands live in taskops.py.
+"""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
-commands: list[click.Command] = []
+from ..clibase import Group, echo_json
+from .context import CliContext, pass_ctx
+from .table import echo_table
+from .taskargs import filter_options, filters_from, task_id
+from .taskops import dep, register
+
+# flag name -> field, for the resource and retry flags shared by `task add`.
+_SCALARS = ("num_nodes", "ranks_per_node", "threads_per_rank", "gpus_per_rank",
+            "node_packing_count", "wall_time_min", "priority", "error_retry_limit",
+            "timeout_retry_limit", "lost_retry_limit")
+
+
+@click.group("task", cls=Group)
+def task() -> None:
+    """Tasks: add, list, show, modify, kill, retry, delete, explain."""
+
+
+def _scalar_options(fn: Any) -> Any:
+    for field in reversed(_SCALARS):
+        fn = click.option(f"--{field.replace('_', '-')}", field, default=None,
+                          metavar="N", help=f"The task's {field}.")(fn)
+    return fn
+
+
+@task.command("add")
+@click.option("--app", default=None, help="The app to run.")
+@click.option("--workflow", default=None, help="The workflow tag (exact).")
+@click.option("--name", default=None, help="The task's name.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Fill the app's {KEY} placeholder (repeatable).")
+@click.option("--arg", "args", multiple=True, help="Append an argument (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="A tag (repeatable).")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="An environment variable (repeatable).")
+@click.option("--input-file", "input_files", multiple=True, metavar="GLOB",
+              help="Link files matching GLOB from the parents' directories (repeatable).")
+@click.option("--parent", "parents", multiple=True, metavar="ID",
+              help="Wait for task ID to finish (repeatable).")
+@click.option("--fail-with-parents/--no-fail-with-parents", default=None,
+              help="Fail when a parent fails (default) or run anyway.")
+@_scalar_options
+@click.option("--from-file", "from_file", type=click.File("r"), default=None, metavar="PATH",
+              help="Many tasks: JSON lines or CSV ('-' for stdin); flags fill missing fields.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
+              help="Format of --from-file (default: by suffix; stdin: jsonl).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new ids as JSON.")
+@pass_ctx
+def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
+             **flags: Any) -> None:
+    """Add one task from flags, or many from a file (all or nothing)."""
+    from .. import taskio
+
+    fields = _fields_from_flags(flags)
+    if from_file is None:
+        records, labels = [fields], [""]
+    else:
+        source = "stdin" if from_file.name == "<stdin>" else from_file.name
+        pairs = list(taskio.read_tasks(from_file, source, fmt))
+        records = [taskio.with_defaults(t, fields) for _, t in pairs]
+        labels = [label for label, _ in pairs]
+    ids = ctx.client().add_tasks(records, labels=labels, progress=_progress(len(records)))
+    if as_json:
+        echo_json(ids)
+    elif len(ids) == 1:
+        click.echo(f"added task {ids[0]}")
+    else:
+        click.echo(f"added {len(ids)} tasks" + (f" ({ids[0]}…{ids[-1]})" if ids else ""))
+
+
+def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    from .. import taskio
+
+    out: dict[str, Any] = {k: v for k, v in flags.items()
+                           if k in ("app", "workflow", "name", "fail_with_parents", *_SCALARS)
+                           and v is not None}
+    if flags["params"]:
+        out["params"] = taskio.parse_pairs(flags["params"], "params")
+    if flags["tags"]:
+        out["tags"] = taskio.parse_pairs(flags["tags"], "tags")
+    if flags["env"]:
+        out["env"] = taskio.parse_pairs(flags["env"], "env")
+    for name in ("args", "input_files"):
+        if flags[name]:
+            out[name] = list(flags[name])
+    if flags["parents"]:
+        out["parents"] = [task_id(p, "parents") for p in flags["parents"]]
+    return out
+
+
+def _progress(total: int) -> Any:
+    if total < 20000 or not sys.stderr.isatty():
+        return None
+    bar = click.progressbar(length=total, label="adding tasks", file=sys.stderr)
+    done = [0]
+
+    def update(n: int) -> None:
+        bar.update(n - done[0])
+        done[0] = n
+        if n >= total:
+            bar.render_finish()
+
+    return update
+
+
+LS_COLUMNS = ["ID", "WORKFLOW", "NAME", "APP", "STATE", "NODES", "WALL", "PRIO", "OWNER"]
+
+
+@task.command("ls")
+@filter_options
+@click.option("--limit", default="1000", metavar="N", help="At most N tasks (default 1000).")
+@click.option("--sort", "sort", default="id", metavar="FIELD",
+              help="Sort by FIELD ('-FIELD' descending): id, priority, state, created_at…")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: Any) -> None:
+    """List tasks (filters combine; repeated ones mean any of them)."""
+    n = task_id(limit, "limit")
+    rows = list(ctx.client().tasks(order=sort, limit=n + 1, **filters_from(opts)))
+    more = len(rows) > n
+    rows = rows[:n]
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(LS_COLUMNS, [[r["id"], r["workflow"], r["name"], r["app"], r["state"],
+                                 r["num_nodes"] if r["node_packing_count"] == 1
+                                 else f"1/{r['node_packing_count']}",
+                                 f"{r['wall_time_min']:g}", r["priority"], r["owner"]]
+                                for r in rows], empty="no tasks match")
+    if more:
+        click.echo(f"(first {n} shown; use --limit for more)", err=True)
+
+
+@task.command("show")
+@click.argument("tid", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def task_show(ctx: CliContext, /, tid: str, as_json: bool) -> None:
+    """Every field of a task, its parents, children and history."""
+    row = ctx.client().get(task_id(tid))
+    if as_json:
+        echo_json(row)
+        return
+    history = row.pop("history")
+    for key, value in row.items():
+        click.echo(f"{key:>20}: {value}")
+    click.echo("history:")
+    for ev in history:
+        frm = ev["from_state"] or "-"
+        msg = f"  {ev['message']}" if ev["message"] else ""
+        job = f" (batch job {ev['batch_job_id']})" if ev["batch_job_id"] else ""
+        click.echo(f"  {ev['at']:%Y-%m-%d %H:%M:%S.%f}  {frm} -> {ev['to_state']}"
+                   f"  by {ev['actor']}{job}{msg}")
+
+
+@click.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def counts(ctx: CliContext, as_json: bool) -> None:
+    """Task counts by workflow and state."""
+    by_wf = ctx.client().counts()
+    if as_json:
+        echo_json(by_wf)
+        return
+    from ..models import TaskState
+
+    present = {s for states in by_wf.values() for s in states}
+    cols = [s.value for s in TaskState if s.value in present]
+    rows = [[wf, *(states.get(c, "") for c in cols), sum(states.values())]
+            for wf, states in by_wf.items()]
+    if len(rows) > 1:
+        rows.append(["(all)", *(sum(s.get(c, 0) for s in by_wf.values()) for c in cols),
+                     sum(sum(s.values()) for s in by_wf.values())])
+    echo_table(["WORKFLOW", *cols, "TOTAL"], rows, empty="no tasks yet")
+
+
+register(task)  # modify, kill, retry, rm, why
+
+commands: list[click.Command] = [task, dep, counts]

@@ -2,6 +2,11 @@
 -- commands. `{placeholders}` are composed with psycopg.sql (identifiers and the shared
 -- filter predicate only); values are always parameters.
 
+-- name: client_session
+-- Every statement here is short; JIT compilation (seconds, on bulk statements whose row
+-- estimates are stale right after a bulk add) never pays for itself.
+SET jit = off
+
 -- name: apps_insert
 INSERT INTO apps (name, command, description, preprocess, postprocess, env_script, shell,
                   postprocess_on_error, postprocess_on_timeout, error_retry_limit)
@@ -32,38 +37,29 @@ SELECT tasks_reserve_ids(%(n)s)
 -- name: tasks_lock
 SELECT id, state, workflow, name FROM tasks_lock_parents(%(ids)s)
 
--- name: tasks_insert_arrays
--- One chunk of a bulk add as column arrays: one statement, no temporary table (members
--- may not create those) and, unlike COPY, allowed under row-level security. Ids were
--- reserved first (tasks_reserve_ids), so nothing needs RETURNING. jsonb travels as JSON
--- text and text[] as array literals, because arrays of arrays must be rectangular.
+-- name: tasks_insert_json
+-- One chunk of a bulk add, sent as one JSON array of task objects and unpacked by the
+-- server: one statement, no temporary table (members may not create those), allowed
+-- under row-level security (COPY FROM is not), and no per-value adaptation in Python.
+-- Ids were reserved first (tasks_reserve_ids), so nothing needs RETURNING.
 INSERT INTO tasks (id, workflow, name, app_id, params, args, tags, num_nodes,
                    ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
                    wall_time_min, env, input_files, priority, state, state_message,
                    error_retry_limit, timeout_retry_limit, lost_retry_limit,
                    fail_with_parents, pending_parents, failed_by, data)
 OVERRIDING SYSTEM VALUE
-SELECT u.id, u.workflow, u.name, u.app_id, u.params::jsonb, u.args::text[], u.tags::jsonb,
-       u.num_nodes, u.ranks_per_node, u.threads_per_rank, u.gpus_per_rank,
-       u.node_packing_count, u.wall_time_min, u.env::jsonb, u.input_files::text[],
-       u.priority, u.state, u.state_message, u.error_retry_limit, u.timeout_retry_limit,
-       u.lost_retry_limit, u.fail_with_parents, u.pending_parents, u.failed_by,
-       u.data::jsonb
-  FROM unnest(%(id)s::bigint[], %(workflow)s::text[], %(name)s::text[],
-              %(app_id)s::bigint[], %(params)s::text[], %(args)s::text[], %(tags)s::text[],
-              %(num_nodes)s::integer[], %(ranks_per_node)s::integer[],
-              %(threads_per_rank)s::integer[], %(gpus_per_rank)s::integer[],
-              %(node_packing_count)s::integer[], %(wall_time_min)s::float8[],
-              %(env)s::text[], %(input_files)s::text[], %(priority)s::integer[],
-              %(state)s::task_state[], %(state_message)s::text[],
-              %(error_retry_limit)s::integer[], %(timeout_retry_limit)s::integer[],
-              %(lost_retry_limit)s::integer[], %(fail_with_parents)s::boolean[],
-              %(pending_parents)s::integer[], %(failed_by)s::bigint[], %(data)s::text[])
-       AS u (id, workflow, name, app_id, params, args, tags, num_nodes, ranks_per_node,
-             threads_per_rank, gpus_per_rank, node_packing_count, wall_time_min, env,
-             input_files, priority, state, state_message, error_retry_limit,
-             timeout_retry_limit, lost_retry_limit, fail_with_parents, pending_parents,
-             failed_by, data)
+SELECT u.id, u.workflow, u.name, u.app_id, u.params, u.args, u.tags, u.num_nodes,
+       u.ranks_per_node, u.threads_per_rank, u.gpus_per_rank, u.node_packing_count,
+       u.wall_time_min, u.env, u.input_files, u.priority, u.state, u.state_message,
+       u.error_retry_limit, u.timeout_retry_limit, u.lost_retry_limit,
+       u.fail_with_parents, u.pending_parents, u.failed_by, u.data
+  FROM json_to_recordset(%(rows)s::json) AS u (
+       id bigint, workflow text, name text, app_id bigint, params jsonb, args text[],
+       tags jsonb, num_nodes integer, ranks_per_node integer, threads_per_rank integer,
+       gpus_per_rank integer, node_packing_count integer, wall_time_min float8, env jsonb,
+       input_files text[], priority integer, state task_state, state_message text,
+       error_retry_limit integer, timeout_retry_limit integer, lost_retry_limit integer,
+       fail_with_parents boolean, pending_parents integer, failed_by bigint, data jsonb)
 
 -- name: tasks_deps_insert
 INSERT INTO task_deps (child_id, parent_id)
@@ -143,7 +139,8 @@ RETURNING t.id
 -- A kill is final until a retry: the launcher's late reports must not overwrite it
 -- (its report statements only move tasks it still holds in RUNNING). The DAG trigger
 -- fails the waiting descendants.
-UPDATE tasks t SET state = 'USER_KILLED', state_message = %(message)s
+UPDATE tasks t SET state = 'USER_KILLED',
+       state_message = coalesce(%(message)s, 'killed by ' || session_user)
   FROM apps a
  WHERE a.id = t.app_id AND ({where})
    AND t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
@@ -158,11 +155,11 @@ WITH RECURSIVE target AS (
     SELECT t.id FROM tasks t JOIN apps a ON a.id = t.app_id
      WHERE ({where}) AND t.state IN ('FAILED', 'USER_KILLED')
 ), followers (id) AS (
+    -- failed_by is set only on FAILED tasks and cleared by retry, so its partial index
+    -- alone finds them (no state test to lure the planner onto tasks_state).
     SELECT c.id FROM tasks c JOIN target ON c.failed_by = target.id
-     WHERE c.state = 'FAILED'
     UNION
     SELECT c.id FROM tasks c JOIN followers f ON c.failed_by = f.id
-     WHERE c.state = 'FAILED'
 ), todo AS (
     SELECT id, true AS direct FROM target
     UNION
@@ -179,7 +176,8 @@ UPDATE tasks t SET
     state = CASE WHEN pend.k > 0 THEN 'AWAITING_PARENTS' ELSE 'READY' END::task_state,
     pending_parents = pend.k,
     failed_by = NULL,
-    state_message = CASE WHEN pend.direct THEN %(message)s ELSE 'upstream task retried' END,
+    state_message = CASE WHEN pend.direct THEN 'retried by ' || session_user
+                         ELSE 'upstream task retried' END,
     error_retries = CASE WHEN pend.direct THEN 0 ELSE t.error_retries END,
     timeout_retries = CASE WHEN pend.direct THEN 0 ELSE t.timeout_retries END,
     lost_retries = CASE WHEN pend.direct THEN 0 ELSE t.lost_retries END,

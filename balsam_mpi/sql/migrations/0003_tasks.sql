@@ -8,8 +8,60 @@
 -- ancestor reinstates every task that names it (one indexed lookup, no graph walk).
 ALTER TABLE tasks ADD COLUMN failed_by bigint;
 CREATE INDEX tasks_failed_by ON tasks (failed_by) WHERE failed_by IS NOT NULL;
--- `task ls` pages and `balsam-mpi ls` counts; owner filters and name globs stay on scans.
-CREATE INDEX tasks_workflow_id ON tasks (workflow, id);
+
+-- The foreign key tasks.app_id → apps checked once per statement instead of once per row:
+-- the row-level RI trigger was the largest single cost of a 100k-task insert. The apps
+-- named by the new rows are locked (KEY SHARE, as the foreign key did) before their
+-- existence is checked, so a concurrent `app rm` either waits or is seen.
+ALTER TABLE tasks DROP CONSTRAINT tasks_app_id_fkey;
+
+CREATE FUNCTION tasks_check_apps() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    missing bigint;
+BEGIN
+    PERFORM 1 FROM public.apps a
+     WHERE a.id IN (SELECT DISTINCT n.app_id FROM new_rows n) FOR KEY SHARE;
+    SELECT n.app_id INTO missing
+      FROM (SELECT DISTINCT app_id FROM new_rows) n
+     WHERE NOT EXISTS (SELECT 1 FROM public.apps a WHERE a.id = n.app_id)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'no app with id %', missing USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tasks_apps_exist AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_check_apps();
+
+-- Changing a task's app (nobody's API does; raw SQL could) is checked row by row: the
+-- WHEN clause keeps it free for every other UPDATE.
+CREATE FUNCTION tasks_check_app_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    PERFORM 1 FROM public.apps a WHERE a.id = NEW.app_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no app with id %', NEW.app_id USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER tasks_app_change BEFORE UPDATE OF app_id ON tasks
+    FOR EACH ROW WHEN (NEW.app_id IS DISTINCT FROM OLD.app_id)
+    EXECUTE FUNCTION tasks_check_app_change();
+
+-- ON DELETE RESTRICT, kept: an app with tasks cannot go.
+CREATE FUNCTION apps_refuse_delete_used() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM public.tasks t WHERE t.app_id = OLD.id) THEN
+        RAISE EXCEPTION 'app % still has tasks; delete them first', OLD.name
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER apps_delete_restrict BEFORE DELETE ON apps
+    FOR EACH ROW EXECUTE FUNCTION apps_refuse_delete_used();
 
 -- SECURITY DEFINER: a member's finished or killed task must move its descendants even
 -- when other members own them (row-level security would hide those rows from the caller).

@@ -1,0 +1,87 @@
+"""Speed of the tasks API and CLI (issue 4): a standalone script, not a test.
+
+    .venv/bin/python -m benchmarks.tasks_api [--tasks 100000] [--total 1000000]
+
+Creates a throwaway project, then measures: adding N tasks through Client.add_tasks
+(tasks/s), a bulk kill and retry of a workflow, and the wall time of `balsam-mpi ls` and
+`balsam-mpi task ls --limit 20` (start-up included) once the database holds --total tasks.
+Targets (issue 4): ≥ 50k tasks/s; `ls` over 1M ≤ 1 s; `task ls --limit 20` ≤ 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from balsam_mpi.client import Client
+
+from .projects import bench_project
+
+CLI = str(Path(sys.executable).with_name("balsam-mpi"))
+
+
+def _tasks(n: int, workflow: str) -> list[dict[str, object]]:
+    return [{"app": "hello", "workflow": workflow, "name": f"t{i}", "params": {"who": str(i)},
+             "node_packing_count": 16, "wall_time_min": 1} for i in range(n)]
+
+
+def _wall(argv: list[str], env: dict[str, str], repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=100_000)
+    ap.add_argument("--total", type=int, default=1_000_000)
+    opts = ap.parse_args()
+    with bench_project() as project:
+        env = {**os.environ, "BALSAM_DB_PATH": str(project.root)}
+        with Client(project) as c:
+            c.add_app("hello", "echo hello {who}")
+            batch = _tasks(opts.tasks, "bench")
+            t0 = time.perf_counter()
+            ids = c.add_tasks(batch)
+            dt = time.perf_counter() - t0
+            print(f"add_tasks: {len(ids)} tasks in {dt:.2f} s = {len(ids) / dt:,.0f} tasks/s")
+            dag = [{"app": "hello", "workflow": "dag", "params": {"who": "x"},
+                    "parents": [ids[i]]} for i in range(0, 20_000)]
+            t0 = time.perf_counter()
+            c.add_tasks(dag)
+            print(f"add_tasks with one parent each: 20000 in {time.perf_counter() - t0:.2f} s")
+            t0 = time.perf_counter()
+            killed = c.kill(workflow="bench")
+            print(f"kill --workflow: {len(killed)} killed (+20000 children failed) in "
+                  f"{time.perf_counter() - t0:.2f} s")
+            t0 = time.perf_counter()
+            back = c.retry(workflow="bench")
+            print(f"retry --workflow: {len(back)} reinstated in {time.perf_counter() - t0:.2f} s")
+            done = len(ids) + len(dag)
+            w = 0
+            while done < opts.total:
+                n = min(opts.tasks, opts.total - done)
+                c.add_tasks(_tasks(n, f"wf{w % 20}"))
+                done += n
+                w += 1
+        with Client(project) as c:
+            c._conn.execute("VACUUM ANALYZE tasks")
+        print(f"database holds {done:,} tasks")
+        t = _wall([CLI, "ls"], env)
+        print(f"balsam-mpi ls: {t:.2f} s wall (best of 3)")
+        t = _wall([CLI, "task", "ls", "--limit", "20"], env)
+        print(f"balsam-mpi task ls --limit 20: {t:.2f} s wall (best of 3)")
+        t = _wall([CLI, "task", "ls", "--workflow", "wf3", "--state", "READY", "--limit", "20",
+                   "--json"], env)
+        print(f"balsam-mpi task ls --workflow wf3 --state READY --limit 20 --json: {t:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
