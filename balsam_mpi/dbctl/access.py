@@ -231,17 +231,22 @@ def request_access(project: Project, *, if_needed: bool = False) -> list[str]:
     extra = os.environ.get(db.HOST_ENV)
     if extra and extra not in hosts:
         hosts.append(extra)
-    password = enroll.pgpass_password(hosts, me)
-    if if_needed and password is not None and all(enroll.pgpass_has(h, me) for h in hosts):
-        return []
-    if password is None:
-        password = enroll.new_password()
-    enroll.pgpass_store(hosts, me, password)
+    existing = enroll.pgpass_password(hosts, me)
+    complete = existing is not None and all(enroll.pgpass_has(h, me) for h in hosts)
+    password = existing if existing is not None else enroll.new_password()
+    if not complete:
+        enroll.pgpass_store(hosts, me, password)
     verifier = enroll.scram_verifier(password)
+    # Over the socket the server learns the verifier of the password we keep, even when
+    # that password was made for another project on this host: cheap, so always done.
     if _enroll_over_socket(project, info, verifier):
         enroll.remove_own_request(project, me)
+        if if_needed and complete:
+            return []
         return [f"enrolled {me}: you can connect over the socket on {info.host} and over "
                 "TCP from other hosts (password kept in your ~/.pgpass)"]
+    if if_needed and complete:
+        return []
     if os.geteuid() == info.owner_uid:
         # The owner's role exists from `init`: only the socket is missing.
         return [f"kept a password in your ~/.pgpass; the server must be running: run "

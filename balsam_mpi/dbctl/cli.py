@@ -130,13 +130,16 @@ def verify(ctx: Ctx) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(), required=False)
+@click.option("--enroll", is_flag=True,
+              help="Without credentials for this project, request access first "
+                   "(what `source balsamactivate` does; job scripts leave it off).")
 @pass_ctx
-def activate(ctx: Ctx, path: str | None) -> None:
+def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
     """Print the shell code `source balsamactivate PATH` evaluates (for job scripts)."""
     chosen = path or ctx.project_path
     if not chosen:
         raise ProjectError("usage: balsam-dbctl activate PROJECT")
-    code, messages = status.activation_code(chosen)
+    code, messages = status.activation_code(chosen, enroll=enroll)
     notices(messages)
     click.echo(code, nl=False)
 

@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 from .. import db, sql
-from ..errors import BalsamError, ProjectError, ServerNotRunning
+from ..errors import BalsamError, PermissionDenied, ProjectError
 from ..project import ENV_VAR, Project, this_host
 from . import cluster
+from .access import request_access
 from .accounts import Account
 
 
@@ -81,8 +82,13 @@ def _duration(seconds: float) -> str:
 _SAFE_PATH = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
-def activation_code(path: str, *, start_if_owner: bool = True) -> tuple[str, list[str]]:
+def activation_code(path: str, *, start_if_owner: bool = True,
+                    enroll: bool = False) -> tuple[str, list[str]]:
     """Shell code for `eval` (exports, umask) and messages for stderr.
+
+    With ``enroll`` (what `source balsamactivate` asks for), a caller without credentials
+    for this project requests access first (`request-access`), so the one message they
+    see is the next step.
 
     The path is made absolute, checked for control characters and quoted with
     shlex.quote, so nothing in it can be executed by the eval.
@@ -110,13 +116,21 @@ def activation_code(path: str, *, start_if_owner: bool = True) -> tuple[str, lis
                 f"warning: the server is not running; {info.owner_name} can start it with "
                 f"`balsam-dbctl --project {project.root} start` on {info.host}"
             )
+    requested: list[str] = []
+    if running and enroll:
+        try:
+            requested = request_access(project, if_needed=True)
+        except BalsamError as exc:
+            requested = [f"warning: could not request access: {exc}"]
+        messages.extend(requested)
     if running:
         try:
             with db.connect(project, autocommit=True):
                 pass
             messages.append(f"connected to the balsam project at {project.root}")
-        except ServerNotRunning as exc:
-            messages.append(f"warning: {exc}")
+        except PermissionDenied as exc:
+            if not any("requested access" in line for line in requested):
+                messages.append(f"warning: {exc}")
         except BalsamError as exc:
             messages.append(f"warning: {exc}")
     old_umask = os.umask(0)

@@ -233,8 +233,9 @@ def enrolled(mu: Runner) -> dict[str, subprocess.CompletedProcess[str]]:
     steps["activate_member"] = mu.bash(MEMBER, f"source balsamactivate {mu.project} && umask")
     steps["add_member2"] = mu.dbctl(OWNER, "add-user", MEMBER2)
     steps["activate_member2"] = mu.bash(MEMBER2, f"source balsamactivate {mu.project}")
-    steps["request_viewer"] = mu.dbctl(VIEWER, "request-access")
+    steps["request_viewer"] = mu.bash(VIEWER, f"source balsamactivate {mu.project}")
     steps["add_viewer"] = mu.dbctl(OWNER, "add-user", VIEWER, "--read-only")
+    steps["activate_viewer"] = mu.bash(VIEWER, f"source balsamactivate {mu.project}")
     steps["owner_request"] = mu.dbctl(OWNER, "request-access")
     for name, proc in steps.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr}"

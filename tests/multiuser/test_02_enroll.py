@@ -31,6 +31,8 @@ def test_collaborator_first_leaves_only_a_verifier_for_the_owner(
     assert "enrolled as a viewer" in enrolled["add_viewer"].stdout
     assert mu.project is not None
     assert not (mu.project / "access" / f"{VIEWER}.json").exists()  # applied, then deleted
+    assert enrolled["activate_viewer"].stderr.strip() == (
+        f"connected to the balsam project at {mu.project}")
 
 
 def test_request_file_holds_a_verifier_and_never_the_password(mu: Runner) -> None:
