@@ -13,8 +13,9 @@ numpy turns those into series. Nothing here holds one Python object per event.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,25 @@ def scalar_ratio(num: float, den: float) -> float | None:
 # ---- loading ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def report_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One transaction (a savepoint inside the caller's) with the planner settings the
+    big scans need; SET LOCAL ends with it, and a failed block rolls them back too."""
+    with db.translated(), conn.transaction():
+        conn.execute(sql.query("analytics_planner_settings"))
+        yield
+        conn.execute(sql.query("analytics_planner_reset"))
+
+
+def job_params(jobs: Sequence[BatchJob]) -> dict[str, Any]:
+    """The selected batch jobs as arrays: ids and their lives in epoch seconds."""
+    return {
+        "job_ids": [j.id for j in jobs],
+        "job_s": [_known(j.started_at).timestamp() for j in jobs],
+        "job_e": [_known(j.alive_until).timestamp() for j in jobs],
+    }
+
+
 def load_jobs(conn: psycopg.Connection[Any], filters: Filters) -> list[BatchJob]:
     with db.translated():
         rows = conn.execute(sql.query("analytics_batch_jobs"), filters.job_params()).fetchall()
@@ -250,14 +270,11 @@ def history(conn: psycopg.Connection[Any], filters: Filters) -> History:
     last = np.full(nj, np.nan)
     if jobs:
         params = {
-            **filters.task_params(),
-            "job_ids": [j.id for j in jobs],
-            "job_starts": [j.started_at for j in jobs],
-            "job_ends": [j.alive_until for j in jobs],
-            "t0": window.t0, "t1": window.t1, "width": window.width,
-            "nbins": nb, "span": window.span,
+            **filters.task_params(), **job_params(jobs),
+            "e0": window.t0.timestamp(), "e1": window.t1.timestamp(),
+            "width": window.width, "nbins": nb, "span": window.span,
         }
-        with db.translated():
+        with report_transaction(conn):
             rows = conn.execute(sql.query("analytics_run_bins"), params).fetchall()
         if rows:
             index = {j.id: i for i, j in enumerate(jobs)}

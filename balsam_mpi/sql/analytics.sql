@@ -31,37 +31,48 @@ SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, state::text 
    AND (%(user)s::text IS NULL OR "user" = %(user)s::text)
  ORDER BY id
 
+-- name: analytics_planner_settings
+-- For the report's own transaction: a JIT compile costs seconds on these one-off scans
+-- and buys nothing; a hash join of all tasks needs more than the default work_mem; and
+-- the planner cannot know that (batch job, bin) has a few hundred values, so it would
+-- sort two million rows to group them. Reset by analytics_planner_reset.
+SELECT set_config('jit', 'off', true), set_config('work_mem', '128MB', true),
+       set_config('enable_sort', 'off', true)
+
+-- name: analytics_planner_reset
+SELECT set_config('enable_sort', 'on', true)
+
 -- name: analytics_run_bins
 -- Per (batch job, bin): the change of busy nodes across the bin (level_change), the
 -- node-seconds the steps inside the bin contribute before its end (partial_node_seconds),
 -- runs that ended well or badly, and the first run start / last run end (seconds from t0).
--- Times are clipped to the job's own life, then to the report window [t0, t1]; a run
--- that ends exactly at t1 (often: at its job's end) counts, in the last bin.
-WITH j AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(job_starts)s::timestamptz[],
-                         %(job_ends)s::timestamptz[]) AS j(id, started_at, alive_until)
-), marks AS (
+-- Times are epoch seconds (float8: cheaper than interval arithmetic, microsecond-exact at
+-- today's epochs), clipped to the job's own life, then to the report window [e0, e1]; a
+-- run that ends exactly at e1 (often: at its job's end) counts, in the last bin.
+WITH marks AS (
     SELECT e.batch_job_id AS job_id, e.to_state,
            CASE WHEN e.to_state = 'RUNNING' THEN 1.0::float8 ELSE -1.0::float8 END
              * t.num_nodes / t.node_packing_count AS w,
-           least(greatest(e.at, j.started_at), j.alive_until) AS at
+           least(greatest(date_part('epoch', e.at), j.s), j.e) AS at
       FROM task_events e
-      JOIN j ON j.id = e.batch_job_id
+      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
+           AS j(id, s, e) ON j.id = e.batch_job_id
       JOIN tasks t ON t.id = e.task_id
      WHERE (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING')
        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
     UNION ALL
     -- runs still open: their task is RUNNING now; they end when the job stops
-    SELECT t.batch_job_id, NULL, -1.0::float8 * t.num_nodes / t.node_packing_count, j.alive_until
+    SELECT t.batch_job_id, NULL, -1.0::float8 * t.num_nodes / t.node_packing_count, j.e
       FROM tasks t
-      JOIN j ON j.id = t.batch_job_id
+      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
+           AS j(id, s, e) ON j.id = t.batch_job_id
      WHERE t.state = 'RUNNING'
        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
 ), rel AS (
-    SELECT job_id, to_state, w, at >= %(t0)s AND at <= %(t1)s AS inside,
-           date_part('epoch', least(greatest(at, %(t0)s), %(t1)s) - %(t0)s::timestamptz) AS x
+    SELECT job_id, to_state, w, at >= %(e0)s::float8 AND at <= %(e1)s::float8 AS inside,
+           least(greatest(at, %(e0)s::float8), %(e1)s::float8) - %(e0)s::float8 AS x
       FROM marks
 ), binned AS (
     SELECT *, least(floor(x / %(width)s::float8)::int, %(nbins)s::int - 1) AS bin FROM rel
@@ -78,84 +89,83 @@ SELECT job_id, bin,
        max(x) FILTER (WHERE w < 0 AND x > 0) AS last_end
   FROM binned
  GROUP BY job_id, bin
- ORDER BY job_id, bin
 
 -- name: analytics_usage
--- Busy node-seconds and runs per (batch job, workflow, task owner) inside [t0, t1]:
+-- Busy node-seconds and runs per (batch job, workflow, task owner) inside [e0, e1]:
 -- over a run's two steps, -sum(w * t) = -(w * start - w * end) = w * (end - start), so no
--- pairing is needed.
-WITH j AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(job_starts)s::timestamptz[],
-                         %(job_ends)s::timestamptz[]) AS j(id, started_at, alive_until)
-), marks AS (
+-- pairing is needed. Times as in analytics_run_bins.
+WITH marks AS (
     SELECT e.batch_job_id AS job_id, t.workflow, t.owner, e.to_state,
            CASE WHEN e.to_state = 'RUNNING' THEN 1.0::float8 ELSE -1.0::float8 END
              * t.num_nodes / t.node_packing_count AS w,
-           least(greatest(e.at, j.started_at), j.alive_until) AS at
+           least(greatest(date_part('epoch', e.at), j.s), j.e) AS at
       FROM task_events e
-      JOIN j ON j.id = e.batch_job_id
+      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
+           AS j(id, s, e) ON j.id = e.batch_job_id
       JOIN tasks t ON t.id = e.task_id
      WHERE (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING')
        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
     UNION ALL
     SELECT t.batch_job_id, t.workflow, t.owner, NULL,
-           -1.0::float8 * t.num_nodes / t.node_packing_count, j.alive_until
+           -1.0::float8 * t.num_nodes / t.node_packing_count, j.e
       FROM tasks t
-      JOIN j ON j.id = t.batch_job_id
+      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
+           AS j(id, s, e) ON j.id = t.batch_job_id
      WHERE t.state = 'RUNNING'
        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
 )
 SELECT job_id, workflow, owner,
-       -sum(w * date_part('epoch', least(greatest(at, %(t0)s), %(t1)s) - %(t0)s::timestamptz))
+       -sum(w * (least(greatest(at, %(e0)s::float8), %(e1)s::float8) - %(e0)s::float8))
          AS node_seconds,
-       count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at <= %(t1)s
+       count(*) FILTER (WHERE w < 0 AND at >= %(e0)s::float8 AND at <= %(e1)s::float8
                           AND to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')) AS done,
-       count(*) FILTER (WHERE w < 0 AND at >= %(t0)s AND at <= %(t1)s
+       count(*) FILTER (WHERE w < 0 AND at >= %(e0)s::float8 AND at <= %(e1)s::float8
                           AND to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')) AS failed
   FROM marks
  GROUP BY job_id, workflow, owner
- ORDER BY job_id, workflow, owner
 
 -- name: analytics_latency
--- Each task's latest pass through the pipeline: when it last became runnable, was claimed,
--- started running and finished well. A stage counts only when its two ends are in order
--- (a task requeued after its last run has no fresh claim yet). Seconds, per stage.
-WITH per_task AS (
-    SELECT e.task_id,
-           max(e.at) FILTER (WHERE e.to_state IN ('READY', 'RESTART_READY')) AS ready_at,
-           max(e.at) FILTER (WHERE e.to_state = 'RUNNING') AS running_at,
-           max(e.at) FILTER (WHERE e.from_state = 'RUNNING'
-                               AND e.to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED'))
-             AS done_at
+-- Each task's latest pass: when it last became runnable (its latest READY or RESTART_READY
+-- event), was claimed, started, and ended well (tasks.claimed_at / started_at / ended_at
+-- hold the latest run). A stage counts only when its ends are in order (a requeued task
+-- has no fresh claim yet; a running one has no end). Tasks that started inside [t0, t1).
+-- Returned as a histogram per stage — 20 log-spaced buckets per decade from 1 ms, with
+-- each bucket's exact count, sum, min and max — so percentiles need no sort of a million
+-- values; numpy interpolates inside a bucket between its own min and max.
+WITH ready AS (
+    SELECT e.task_id, max(e.at) AS ready_at
       FROM task_events e
-     WHERE e.to_state IN ('READY', 'RESTART_READY', 'RUNNING', 'RUN_DONE', 'POSTPROCESSED',
-                          'JOB_FINISHED')
+     WHERE e.to_state IN ('READY', 'RESTART_READY')
      GROUP BY e.task_id
-), stages AS (
-    SELECT s.stage, s.ord, date_part('epoch', s.b - s.a) AS seconds
-      FROM per_task p
-      JOIN tasks t ON t.id = p.task_id
+), per_task AS (
+    SELECT date_part('epoch', t.claimed_at - r.ready_at) AS a,
+           date_part('epoch', t.started_at - t.claimed_at) AS b,
+           CASE WHEN t.state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')
+                THEN date_part('epoch', t.ended_at - t.started_at) END AS c,
+           CASE WHEN t.state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')
+                THEN date_part('epoch', t.ended_at - r.ready_at) END AS d
+      FROM tasks t
+      LEFT JOIN ready r ON r.task_id = t.id
       LEFT JOIN batch_jobs bj ON bj.id = t.batch_job_id
-     CROSS JOIN LATERAL (VALUES
-         (1, 'ready_to_claimed', p.ready_at, t.claimed_at),
-         (2, 'claimed_to_running', t.claimed_at, p.running_at),
-         (3, 'running_to_done', p.running_at, p.done_at),
-         (4, 'ready_to_done', p.ready_at, p.done_at)) AS s(ord, stage, a, b)
-     WHERE s.a IS NOT NULL AND s.b IS NOT NULL AND s.b >= s.a
-       AND p.running_at >= %(t0)s AND p.running_at < %(t1)s
+     WHERE t.started_at >= %(t0)s AND t.started_at < %(t1)s
        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
        AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
        AND (%(batch_job)s::bigint IS NULL OR t.batch_job_id = %(batch_job)s::bigint)
        AND (%(user)s::text IS NULL OR bj."user" = %(user)s::text)
+), stages AS (
+    SELECT s.stage, s.seconds
+      FROM per_task p
+     CROSS JOIN LATERAL (VALUES (1, p.a), (2, p.b), (3, p.c), (4, p.d)) AS s(stage, seconds)
+     WHERE s.seconds >= 0
 )
-SELECT stage, count(*) AS n, avg(seconds) AS mean,
-       percentile_cont(ARRAY[0.5, 0.9, 0.99]::float8[]) WITHIN GROUP (ORDER BY seconds) AS pct,
-       max(seconds) AS max
+SELECT stage,
+       CASE WHEN seconds < 0.001 THEN 0 ELSE 1 + floor(20 * log(seconds * 1000))::int END
+         AS bucket,
+       count(*) AS n, sum(seconds) AS total, min(seconds) AS lo, max(seconds) AS hi
   FROM stages
- GROUP BY stage, ord
- ORDER BY ord
+ GROUP BY 1, 2
 
 -- name: analytics_failures
 -- Tasks whose latest run failed, grouped by what they have in common. The host is the

@@ -68,13 +68,13 @@ class Builder:
     def task(self, *, state: str = "JOB_FINISHED", workflow: str = "w", owner: str = "alice",
              num_nodes: int = 1, packing: int = 1, app: str = "sim", job: int | None = None,
              exit_code: int | None = None, tail: str = "", ended: float | None = None,
-             claimed: float | None = None) -> int:
+             claimed: float | None = None, started: float | None = None) -> int:
         return self.conn.execute(
             "INSERT INTO tasks (workflow, app_id, state, owner, num_nodes, node_packing_count, "
-            "batch_job_id, exit_code, output_tail, ended_at, claimed_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            "batch_job_id, exit_code, output_tail, ended_at, claimed_at, started_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (workflow, self.app(app), state, owner, num_nodes, packing, job, exit_code, tail,
-             _t(ended), _t(claimed)),
+             _t(ended), _t(claimed), _t(started)),
         ).fetchone()[0]
 
     def event(self, task: int, src: str | None, dst: str, when: float,
@@ -93,7 +93,7 @@ class Builder:
                 self.event(task, "RUN_DONE", "JOB_FINISHED", end + 0.5, job)
 
     def finished_task(self, job: int, start: float, end: float, **kw: Any) -> int:
-        tid = self.task(job=job, ended=end, exit_code=0, **kw)
+        tid = self.task(job=job, started=start, ended=end, exit_code=0, **kw)
         self.event(tid, None, "READY", min(start, 0.0) - 1.0)
         self.run(tid, job, start, end)
         return tid

@@ -47,7 +47,8 @@ def test_latency_stages(conn: Conn, admin: Conn) -> None:
     b = Builder(admin)
     job = b.job(1, 0, 100, submitted=-40)
     for i, (ready, claimed, start, end) in enumerate([(0, 2, 3, 13), (0, 4, 6, 26)]):
-        tid = b.task(state="JOB_FINISHED", job=job, claimed=claimed, workflow=f"w{i}")
+        tid = b.task(state="JOB_FINISHED", job=job, claimed=claimed, started=start,
+                     ended=end, workflow=f"w{i}")
         b.event(tid, "CREATED", "READY", ready)
         b.run(tid, job, start, end)
     result = tables.latency(conn, Filters())

@@ -125,3 +125,22 @@ def test_payloads_and_csv_from_a_history() -> None:
     assert render.throughput_csv(h).splitlines()[0].endswith("batch_job_7")
     assert "75.0%" in render.utilization_text(h) and "75.0%" in render.jobs_text(h)
     assert "3 run(s) done, 1 failed" in render.throughput_text(h)
+
+
+def test_stage_stats_from_a_histogram() -> None:
+    from balsam_mpi.analytics_tables import stage_stats
+
+    # two values in buckets of their own: exact, like percentile_cont
+    exact = stage_stats(np.array([[60.0, 1, 13.0, 13.0, 13.0], [74.0, 1, 26.0, 26.0, 26.0]]))
+    assert exact["p50"] == pytest.approx(19.5) and exact["mean"] == pytest.approx(19.5)
+    assert (exact["count"], exact["max"]) == (2, 26.0)
+    # many values: percentiles within a bucket's width (12%) of the exact ones
+    rng = np.random.default_rng(8)
+    values = rng.lognormal(mean=2.0, sigma=1.0, size=20_000)
+    buckets = 1 + np.floor(20 * np.log10(values * 1000)).astype(int)
+    rows = [[b, (buckets == b).sum(), values[buckets == b].sum(), values[buckets == b].min(),
+             values[buckets == b].max()] for b in np.unique(buckets)]
+    approx = stage_stats(np.array(rows, dtype=np.float64))
+    assert approx["mean"] == pytest.approx(values.mean())
+    for q, key in ((50, "p50"), (90, "p90"), (99, "p99")):
+        assert approx[key] == pytest.approx(np.percentile(values, q), rel=0.12)
