@@ -41,7 +41,8 @@ class Plan:
 
 def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Plan:
     """Resolve ``parents`` and ``key`` and order the batch; refuse unknown keys and cycles."""
-    if not any(t.get("parents") for t in tasks):  # the common case: independent tasks
+    if not any(t.get("parents") or t.get("key") is not None for t in tasks):
+        # the common case: independent tasks
         n = len(tasks)
         return Plan([], [[] for _ in range(n)], [[] for _ in range(n)], list(range(n)))
     keys: dict[str, int] = {}

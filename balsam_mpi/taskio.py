@@ -87,7 +87,10 @@ def _put(task: dict[str, Any], name: str, cell: str) -> None:
         task.setdefault(base, {})[key] = cell
     elif name in DICT_FIELDS or name in LIST_FIELDS or name == "parents":
         try:
-            task[name] = json.loads(cell)
+            value = json.loads(cell)
+            # a bare number or string is one element of a list field
+            task[name] = [value] if name not in DICT_FIELDS and not isinstance(
+                value, (list, dict)) else value
         except ValueError:
             if name in LIST_FIELDS or name == "parents":
                 # a bare value: one element (parents: an id or a key)

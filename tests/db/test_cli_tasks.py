@@ -1,0 +1,169 @@
+"""`balsam-mpi app|task|dep|ls` through click's CliRunner, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+from balsam_mpi.cli import cli
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False,
+                              prog_name="balsam-mpi")
+
+
+def ok(*args: str, input: str | None = None) -> Result:
+    result = run(*args, input=input)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture()
+def hello(dbname: str) -> None:
+    ok("app", "add", "hello", "--command", "echo hello {who}")
+
+
+def _state(conn: psycopg.Connection) -> Any:
+    return conn.execute("SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM task_deps),"
+                        " (SELECT count(*) FROM task_events), (SELECT count(*) FROM apps)"
+                        ).fetchone()
+
+
+def test_acceptance_flow(hello: None, conn: psycopg.Connection) -> None:
+    assert ok("task", "add", "--app", "hello", "--workflow", "demo", "--name", "t1",
+              "--param", "who=world").output.strip() == "added task 1"
+    ok("task", "add", "--app", "hello", "--workflow", "demo10", "--param", "who=x")
+    rows = json.loads(ok("task", "ls", "--workflow", "demo", "--state", "READY",
+                         "--json").stdout)
+    assert [r["name"] for r in rows] == ["t1"]  # exact: demo10 is not demo
+    assert "demo10" in ok("ls").output
+    assert json.loads(ok("ls", "--json").stdout) == {"demo": {"READY": 1},
+                                                     "demo10": {"READY": 1}}
+    assert "now depends" in ok("dep", "1", "2").output
+    why = ok("task", "why", "2").output
+    assert "waiting for 1 of its 1 parents" in why and "parent 1 demo/t1 is READY" in why
+    assert "no batch job is running" in ok("task", "why", "1").output
+    assert ok("task", "kill", "1").output.strip() == "killed 1 tasks"
+    assert "FAILED" in ok("task", "show", "2").output
+    assert "retried 2 tasks" in ok("task", "retry", "1").output
+    show = json.loads(ok("task", "show", "2", "--json").stdout)
+    assert show["state"] == "AWAITING_PARENTS" and show["parents"] == [1]
+    assert [h["to_state"] for h in show["history"]][-2:] == ["FAILED", "AWAITING_PARENTS"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["task", "add", "--app", "nope", "--workflow", "w"], "app"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x", "--num-nodes",
+      "0"], "num_nodes"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x",
+      "--node-packing-count", "0"], "node_packing_count"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x",
+      "--wall-time-min", "-1"], "wall_time_min"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "whom=x"], "params"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x", "--num-nodes",
+      "two"], "num_nodes"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x", "--parent",
+      "99"], "parents"),
+    (["task", "ls", "--state", "DONE"], "state"),
+    (["task", "ls", "--sort", "colour"], "sort"),
+    (["app", "add", "bad", "--command", "echo {a.b}"], "command"),
+    (["dep", "1", "1"], "itself"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(hello: None, conn: psycopg.Connection,
+                                                   args: list[str], field: str) -> None:
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    before = _state(conn)
+    result = run(*args)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("balsam-mpi: error: ") and field in lines[0]
+    assert _state(conn) == before
+
+
+def test_files_all_or_nothing_with_line_numbers(hello: None, conn: psycopg.Connection,
+                                                tmp_path: Path) -> None:
+    good = tmp_path / "tasks.jsonl"
+    good.write_text('{"params": {"who": "a"}, "key": "a"}\n'
+                    '{"params": {"who": "b"}, "parents": ["a"], "name": "b"}\n')
+    out = ok("task", "add", "--from-file", str(good), "--app", "hello", "--workflow", "f")
+    assert out.output.strip() == "added 2 tasks (1…2)"
+    before = _state(conn)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("app,workflow,params.who,num_nodes\nhello,c,x,2\nhello,c,y,0\n")
+    result = run("task", "add", "--from-file", str(bad))
+    assert result.exit_code == 2 and f"{bad} line 3: num_nodes" in result.output
+    cyc = tmp_path / "cycle.jsonl"
+    cyc.write_text('{"key": "a", "parents": ["b"]}\n{"key": "b", "parents": ["a"]}\n')
+    result = run("task", "add", "--from-file", str(cyc), "--app", "hello", "--workflow", "f",
+                 "--param", "who=x")
+    assert result.exit_code == 2 and "cycle" in result.output
+    assert _state(conn) == before
+    stdin = '{"app": "hello", "workflow": "s", "params": {"who": "z"}}\n'
+    assert json.loads(ok("task", "add", "--from-file", "-", "--json", input=stdin).stdout) == [3]
+
+
+def test_rm_asks_first(hello: None, conn: psycopg.Connection) -> None:
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    result = run("task", "rm", "--workflow", "w", input="n\n")
+    assert result.exit_code == 1 and _state(conn)[0] == 1
+    assert "deleted 1 tasks" in ok("task", "rm", "--workflow", "w", "--yes").output
+    assert _state(conn)[0] == 0
+    assert run("task", "kill").exit_code == 2  # no ids, no filter: refused
+
+
+def test_modify_and_listing_options(hello: None) -> None:
+    for i in range(3):
+        ok("task", "add", "--app", "hello", "--workflow", "w", "--param", f"who={i}",
+           "--name", f"n{i}", "--tag", f"k={i % 2}")
+    assert "modified 2 tasks" in ok("task", "modify", "1", "3", "--priority", "9",
+                                    "--set", "wall_time_min=2").output
+    top = json.loads(ok("task", "ls", "--sort", "-priority", "--limit", "1", "--json").stdout)
+    assert top[0]["priority"] == 9 and top[0]["wall_time_min"] == 2
+    assert [r["id"] for r in json.loads(ok("task", "ls", "--tag", "k=1", "--json").stdout)] == [2]
+    assert [r["id"] for r in json.loads(ok("task", "ls", "--name", "n[12]", "--json").stdout)] == []
+    assert len(json.loads(ok("task", "ls", "--name", "n?", "--json").stdout)) == 3
+    assert "hello" in ok("app", "ls").output
+    assert json.loads(ok("app", "show", "hello", "--json").stdout)["command"] == \
+        "echo hello {who}"
+    result = run("app", "rm", "hello", "--yes")
+    assert result.exit_code == 1 and "still has 3 tasks" in result.output
+
+
+def test_why_reads_batch_jobs(hello: None, conn: psycopg.Connection) -> None:
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x",
+       "--num-nodes", "4")
+    conn.execute("INSERT INTO batch_jobs (host, nodes, wall_time_min, state, started_at, "
+                 "heartbeat_at) VALUES ('nid01', 2, 60, 'RUNNING', now(), now())")
+    out = ok("task", "why", "1").output
+    assert "asks for 4 nodes, the job has 2" in out
+    conn.execute("UPDATE batch_jobs SET nodes = 8")
+    assert "waits its turn: 0 runnable tasks" in ok("task", "why", "1").output
+    conn.execute("UPDATE tasks SET state = 'RUNNING', batch_job_id = 1, started_at = now()")
+    assert "claimed by batch job 1 on host nid01" in ok("task", "why", "1").output
+
+
+def test_real_subprocess(dbname: str) -> None:
+    exe = [str(Path(sys.executable).with_name("balsam-mpi"))]
+    env = dict(os.environ)
+
+    def sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*exe, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    assert sh("app", "add", "hello", "--command", "echo {who}").returncode == 0
+    assert sh("task", "add", "--app", "hello", "--workflow", "demo", "--param",
+              "who=w").stdout.strip() == "added task 1"
+    bad = sh("task", "add", "--app", "hello", "--workflow", "demo", "--num-nodes", "0",
+             "--param", "who=w")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "num_nodes" in bad.stderr
+    listing = sh("task", "ls", "--workflow", "demo", "--state", "READY", "--json")
+    assert [t["id"] for t in json.loads(listing.stdout)] == [1]

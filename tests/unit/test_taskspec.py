@@ -1,0 +1,147 @@
+"""Task input checks, argv rendering, file parsing and bulk-add planning (no database)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from balsam_mpi import taskadd, taskio
+from balsam_mpi.taskspec import (
+    AppInfo,
+    TaskSpecError,
+    check_app,
+    check_changes,
+    check_task,
+    placeholders,
+    render_argv,
+)
+
+APPS = {"hello": AppInfo(1, "hello", "echo hello {who}", frozenset({"who"}), 2),
+        "plain": AppInfo(2, "plain", "true", frozenset())}
+
+
+def _task(**kw: Any) -> dict[str, Any]:
+    return check_task({"app": "hello", "workflow": "w", "params": {"who": "x"}, **kw}, APPS)
+
+
+def test_defaults_and_app_retry_limit() -> None:
+    t = _task()
+    assert t["app_id"] == 1 and t["num_nodes"] == 1 and t["node_packing_count"] == 1
+    assert t["timeout_retry_limit"] == 3 and t["lost_retry_limit"] == 3
+    assert t["error_retry_limit"] == 2  # the app asks for retries; the task may override
+    assert _task(error_retry_limit=0)["error_retry_limit"] == 0
+    assert t["fail_with_parents"] is True and t["parents"] == [] and "app" not in t
+
+
+def test_strings_from_flags_and_csv_are_converted() -> None:
+    t = _task(num_nodes="4", wall_time_min="2.5", fail_with_parents="false")
+    assert (t["num_nodes"], t["wall_time_min"], t["fail_with_parents"]) == (4, 2.5, False)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"num_nodes": 0}, "num_nodes: must be ≥ 1"),
+    ({"node_packing_count": 0}, "node_packing_count: must be ≥ 1"),
+    ({"wall_time_min": -1}, "wall_time_min: must be a number ≥ 0"),
+    ({"wall_time_min": "soon"}, "wall_time_min: must be a number"),
+    ({"num_nodes": True}, "num_nodes: must be an integer"),
+    ({"num_nodes": 2.5}, "num_nodes: must be an integer"),
+    ({"priority": 2**40}, "priority: .* out of range"),
+    ({"params": {"who": "x", "whom": "y"}}, "params: 'whom' is not a placeholder"),
+    ({"params": {}}, r"params: app 'hello' needs a value for \{who\}"),
+    ({"params": ["x"]}, "params: must be an object"),
+    ({"args": "a b"}, "args: must be a list of text"),
+    ({"env": {"A": 1}}, "env: 'A' must name a variable"),
+    ({"app": "nope"}, "app: no app named 'nope'"),
+    ({"app": 3}, "app: must be text"),
+    ({"workflow": ""}, "workflow: missing"),
+    ({"bogus": 1}, "bogus: unknown field"),
+    ({"parents": [True]}, "parents: True is neither"),
+    ({"state": "READY"}, "state: unknown field"),
+])
+def test_bad_fields_are_named(bad: dict[str, Any], message: str) -> None:
+    with pytest.raises(TaskSpecError, match=message):
+        _task(**bad)
+
+
+def test_placeholders_and_app_checks() -> None:
+    assert placeholders("run {a} --x={b:>3} {{literal}}") == {"a", "b"}
+    for bad in ("echo {}", "echo {a.b}", "echo {a[0]}", "echo {"):
+        with pytest.raises(TaskSpecError, match="command"):
+            placeholders(bad)
+    assert check_app("x", "true", {"shell": "yes"})["shell"] is True
+    with pytest.raises(TaskSpecError, match="name"):
+        check_app("bad name", "true", {})
+    with pytest.raises(TaskSpecError, match="colour: not an app field"):
+        check_app("x", "true", {"colour": "red"})
+
+
+def test_render_argv_keeps_values_whole_and_never_uses_a_shell() -> None:
+    argv = render_argv("python sim.py --in={inp} {n}", {"inp": "a b; rm -rf /", "n": 3},
+                       ["--v", "x y"])
+    assert argv == ["python", "sim.py", "--in=a b; rm -rf /", "3", "--v", "x y"]
+    sh = render_argv("echo {who} | wc -c", {"who": "$(id)"}, ["a b"], shell=True)
+    assert sh == ["/bin/sh", "-c", "echo '$(id)' | wc -c 'a b'"]
+    with pytest.raises(TaskSpecError, match=r"params: no value for placeholder \{who\}"):
+        render_argv("echo {who}", {})
+
+
+def test_changes_are_checked() -> None:
+    assert check_changes({"priority": "5", "tags": {"a": "b"}}) == {"priority": 5,
+                                                                   "tags": {"a": "b"}}
+    with pytest.raises(TaskSpecError, match="state: cannot be modified"):
+        check_changes({"state": "READY"})
+
+
+def test_jsonl_and_csv_readers_name_lines() -> None:
+    text = '{"app": "hello"}\n\n# comment\n{"app": \n'
+    rows = taskio.read_tasks(io.StringIO(text), "t.jsonl")
+    assert next(rows) == ("t.jsonl line 1", {"app": "hello"})
+    with pytest.raises(TaskSpecError, match="t.jsonl line 4: malformed JSON"):
+        next(rows)
+    with pytest.raises(TaskSpecError, match="line 1: expected a JSON object"):
+        list(taskio.read_jsonl(["[1]"], "x"))
+    csv_text = 'app,workflow,params.who,args,parents,tags\nhello,w,x,"[""-v""]",7,{"a":"b"}\n'
+    [(label, task)] = list(taskio.read_tasks(io.StringIO(csv_text), "t.csv"))
+    assert label == "t.csv line 2"
+    assert task == {"app": "hello", "workflow": "w", "params": {"who": "x"}, "args": ["-v"],
+                    "parents": [7], "tags": {"a": "b"}}
+    with pytest.raises(TaskSpecError, match="t.csv line 2: 1 cells"):
+        list(taskio.read_csv(io.StringIO("a,b\nx\n"), "t.csv"))
+    with pytest.raises(TaskSpecError, match="line 2: params: expected JSON"):
+        list(taskio.read_csv(io.StringIO("app,params\nhello,{bad\n"), "t.csv"))
+    assert taskio.parse_pairs(["a=1", "b=x=y"], "tags") == {"a": "1", "b": "x=y"}
+    with pytest.raises(TaskSpecError, match="params: expected KEY=VALUE"):
+        taskio.parse_pairs(["novalue"], "params")
+
+
+def test_plan_orders_parents_first_and_refuses_cycles() -> None:
+    tasks = [_task(key="c", parents=["b", 99]), _task(key="b", parents=["a"]), _task(key="a")]
+    p = taskadd.plan(tasks)
+    assert p.order.index(2) < p.order.index(1) < p.order.index(0)
+    assert p.existing == [99] and p.outside[0] == [99]
+    ids = [10, 11, 12]
+    first = taskadd.initial_states(tasks, p, ids, {99: "FAILED"})
+    assert first[2] == ("READY", 0, None, "")
+    assert first[1] == ("AWAITING_PARENTS", 1, None, "")
+    assert first[0][0] == "FAILED" and first[0][2] == 99
+    assert taskadd.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
+    with pytest.raises(TaskSpecError, match="task #1: parents: the dependencies"):
+        taskadd.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
+    with pytest.raises(TaskSpecError, match="task #2: key: 'x' is also the key of task #1"):
+        taskadd.plan([_task(key="x"), _task(key="x")])
+    with pytest.raises(TaskSpecError, match="no task of this batch has key 'z'"):
+        taskadd.plan([_task(parents=["z"])])
+
+
+def test_pg_free_import() -> None:
+    import subprocess
+    import sys
+
+    code = ("import balsam_mpi, balsam_mpi.taskspec, balsam_mpi.taskio, balsam_mpi.taskadd, "
+            "balsam_mpi.cli, sys; "
+            "print(any(m.startswith(('psycopg', 'mpi4py')) for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
