@@ -16,3 +16,26 @@ WITH picked AS (
 )
 UPDATE ceiling_rows c SET claimed_by = %(who)s FROM picked WHERE c.id = picked.id
 RETURNING c.id;
+
+-- name: task_times
+-- Start and end of every finished task (epoch seconds), for the raw per-task record.
+SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8
+  FROM tasks
+ WHERE state = 'JOB_FINISHED' AND started_at IS NOT NULL AND ended_at IS NOT NULL
+ ORDER BY started_at LIMIT %(limit)s;
+
+-- name: exactly_once
+-- The exactly-once check: tasks, finished ones, RUNNING events, and tasks that entered
+-- RUNNING other than once (0 is the pass).
+SELECT (SELECT count(*) FROM tasks) AS tasks,
+       (SELECT count(*) FROM tasks WHERE state = 'JOB_FINISHED') AS finished,
+       (SELECT count(*) FROM task_events WHERE to_state = 'RUNNING') AS running_events,
+       (SELECT count(*) FROM (
+            SELECT t.id FROM tasks t
+              LEFT JOIN task_events e ON e.task_id = t.id AND e.to_state = 'RUNNING'
+             GROUP BY t.id HAVING count(e.id) <> 1) AS odd) AS not_once;
+
+-- name: per_launcher_tasks
+-- Tasks each batch job ran, by workflow (who consumed what under the mixed filters).
+SELECT batch_job_id, workflow, count(*) FROM tasks
+ WHERE state = 'JOB_FINISHED' GROUP BY batch_job_id, workflow ORDER BY 1, 2;

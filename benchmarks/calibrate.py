@@ -1,0 +1,72 @@
+"""The database costs the scale model needs, measured with the launcher's own statements.
+
+The launcher does not log how long each claim or flush took (its database calls run on a
+thread the profiler does not see), so these are timed here, outside a launcher, through
+the same :class:`balsam_mpi.store.Store` calls the leader makes: a claim of k rows, and a
+report of k starts and of k ends, for several k. A straight line a + b·k is fitted to
+each (the fixed cost of a round trip and statement, and the cost per row).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from balsam_mpi.project import Project
+from balsam_mpi.protocol import EndKind, Finished, Started
+from balsam_mpi.store import ClaimFilter, Store
+
+from . import launcher_common as lc
+
+SIZES = (16, 64, 256, 1024, 4096)
+
+
+def fit_line(xs: list[float], ys: list[float]) -> dict[str, float]:
+    """Least squares y = a + b·x (a: fixed seconds, b: seconds per row)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return {"fixed_s": my - b * mx, "per_row_s": b}
+
+
+def db_costs(proj: Project, conn: Any, reps: int = 3,
+             sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
+    """Median latency (s) of claim, start report and end report by batch size, and fits."""
+    lc.reset(conn)
+    lc.add_tasks(conn, sum(sizes) * reps, "/bin/true", 64)
+    store = Store.connect(proj)
+    try:
+        lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None,
+                               host="calibrate", nodes=1, ranks=1, filters=ClaimFilter(),
+                               wall_time_min=None, lease_sec=600)
+        samples: dict[str, dict[int, list[float]]] = {"claim": {}, "report_started": {},
+                                                      "report_finished": {}}
+        for _ in range(reps):
+            for k in sizes:
+                t0 = time.perf_counter()
+                rows = store.claim(lease, limit=k, capacity=float(k), max_need=1.0,
+                                   filters=ClaimFilter())
+                t1 = time.perf_counter()
+                now = time.time()
+                started = [Started(r.id, lease.epoch, now) for r in rows]
+                store.report(lease, started, [])
+                t2 = time.perf_counter()
+                ended = [Finished(r.id, lease.epoch, int(EndKind.DONE), 0, now, now + 1e-3)
+                         for r in rows]
+                store.report(lease, [], ended)
+                t3 = time.perf_counter()
+                if len(rows) != k:
+                    raise RuntimeError(f"claimed {len(rows)} of {k} rows while calibrating")
+                samples["claim"].setdefault(k, []).append(t1 - t0)
+                samples["report_started"].setdefault(k, []).append(t2 - t1)
+                samples["report_finished"].setdefault(k, []).append(t3 - t2)
+        store.close_job(lease, "FINISHED", "calibration")
+    finally:
+        store.close()
+    out: dict[str, Any] = {"sizes": list(sizes), "reps": reps}
+    for name, by_k in samples.items():
+        med = [statistics.median(by_k[k]) for k in sizes]
+        out[name] = {"median_s": med, "fit": fit_line([float(k) for k in sizes], med)}
+    return out

@@ -1,0 +1,69 @@
+"""Scenario `noop`: N no-op tasks (/bin/true) through the whole path — claim, MPI, spawn,
+report, database — sweeping the number of ranks.
+
+The throughput is finished tasks / (first start → last end), from the tasks' own times.
+The ceiling is the bare sequential spawn rate of /bin/true from one Python process,
+measured before and after the launcher runs of this same scenario (their mean is the
+denominator): the machine is shared, so a ratio measured in one run is the figure that
+travels. The issue's target is ≥ 80% of it with 4 and 16 ranks.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from . import ceiling
+from . import launcher_common as lc
+from .harness import write_result
+from .measure import one_run, task_times
+from .plots import plot_sweep, png_path
+
+RUNS = 3
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    ranks_list = [2, 4, 8] if quick else [2, 4, 8, 16]
+    n_tasks = 2000 if quick else 4000
+    packing = 16
+    n_spawn = 1000 if quick else 3000
+    per_ranks: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    with lc.project(None) as proj, lc.connect(proj) as conn:
+        spawn_before = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
+        for ranks in ranks_list:
+            runs = []
+            for _ in range(RUNS):
+                lc.reset(conn)
+                lc.add_tasks(conn, n_tasks, "/bin/true", packing)
+                runs.append(one_run(proj, conn, ranks))
+            raw[str(ranks)] = task_times(conn)  # the last run's tasks
+            per_ranks[str(ranks)] = {
+                "median": {k: statistics.median(r[k] for r in runs)
+                           for k in ("rate_per_s", "span_s", "launcher_wall_s",
+                                     "leader_cpu_us_per_task", "first_start_after_init_s",
+                                     "utilization")},
+                "runs": runs,
+            }
+        spawn_after = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
+    ceiling_rate = (spawn_before + spawn_after) / 2
+    for res in per_ranks.values():
+        res["median"]["ratio_to_spawn"] = res["median"]["rate_per_s"] / ceiling_rate
+    results = {"spawn_ceiling_per_s": {"before": spawn_before, "after": spawn_after,
+                                       "used": ceiling_rate},
+               "by_ranks": per_ranks}
+    params = {"ranks": ranks_list, "tasks": n_tasks, "node_packing_count": packing,
+              "runs": RUNS, "command": "/bin/true", "n_spawn": n_spawn}
+    path = write_result(out, "noop", params, results, {"task_times_last_run": raw})
+    xs = [int(r) for r in per_ranks]
+    plot_sweep(png_path(out, "noop"), "no-op throughput (median of 3)", "ranks", xs,
+               {"launcher tasks/s": [per_ranks[str(x)]["median"]["rate_per_s"] for x in xs]},
+               ceiling_rate, "bare spawn /s (same run)")
+    summary: dict[str, Any] = {"spawn ceiling /s": round(ceiling_rate)}
+    for r, res in per_ranks.items():
+        m = res["median"]
+        summary[f"ranks={r}"] = (f"{m['rate_per_s']:.0f} tasks/s = {m['ratio_to_spawn']:.2f}"
+                                 f" x spawn; leader {m['leader_cpu_us_per_task']:.0f} us/task")
+    summary["written"] = str(path)
+    return summary
