@@ -315,8 +315,60 @@ GRANT EXECUTE ON FUNCTION batch_job_heartbeat(bigint) TO balsam_member;
 -- ancestor reinstates every task that names it (one indexed lookup, no graph walk).
 ALTER TABLE tasks ADD COLUMN failed_by bigint;
 CREATE INDEX tasks_failed_by ON tasks (failed_by) WHERE failed_by IS NOT NULL;
--- `task ls` pages and `balsam-mpi ls` counts; owner filters and name globs stay on scans.
-CREATE INDEX tasks_workflow_id ON tasks (workflow, id);
+
+-- The foreign key tasks.app_id → apps checked once per statement instead of once per row:
+-- the row-level RI trigger was the largest single cost of a 100k-task insert. The apps
+-- named by the new rows are locked (KEY SHARE, as the foreign key did) before their
+-- existence is checked, so a concurrent `app rm` either waits or is seen.
+ALTER TABLE tasks DROP CONSTRAINT tasks_app_id_fkey;
+
+CREATE FUNCTION tasks_check_apps() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    missing bigint;
+BEGIN
+    PERFORM 1 FROM public.apps a
+     WHERE a.id IN (SELECT DISTINCT n.app_id FROM new_rows n) FOR KEY SHARE;
+    SELECT n.app_id INTO missing
+      FROM (SELECT DISTINCT app_id FROM new_rows) n
+     WHERE NOT EXISTS (SELECT 1 FROM public.apps a WHERE a.id = n.app_id)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'no app with id %', missing USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tasks_apps_exist AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_check_apps();
+
+-- Changing a task's app (nobody's API does; raw SQL could) is checked row by row: the
+-- WHEN clause keeps it free for every other UPDATE.
+CREATE FUNCTION tasks_check_app_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    PERFORM 1 FROM public.apps a WHERE a.id = NEW.app_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no app with id %', NEW.app_id USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER tasks_app_change BEFORE UPDATE OF app_id ON tasks
+    FOR EACH ROW WHEN (NEW.app_id IS DISTINCT FROM OLD.app_id)
+    EXECUTE FUNCTION tasks_check_app_change();
+
+-- ON DELETE RESTRICT, kept: an app with tasks cannot go.
+CREATE FUNCTION apps_refuse_delete_used() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM public.tasks t WHERE t.app_id = OLD.id) THEN
+        RAISE EXCEPTION 'app % still has tasks; delete them first', OLD.name
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER apps_delete_restrict BEFORE DELETE ON apps
+    FOR EACH ROW EXECUTE FUNCTION apps_refuse_delete_used();
 
 -- SECURITY DEFINER: a member's finished or killed task must move its descendants even
 -- when other members own them (row-level security would hide those rows from the caller).
@@ -521,7 +573,8 @@ END $$;
 -- Locked rows outside the prefix are free again at commit.
 -- Two shapes, so each stays on its partial index (tasks_runnable, and
 -- tasks_runnable_workflow through one index probe per workflow): a filter on workflow
--- with the plain index made the planner discard up to 60k rows per claim.
+-- with the plain index made the planner discard up to 60k rows per claim. An EXPLAIN
+-- test (tests/db/test_claim.py) keeps it so.
 CREATE FUNCTION launcher_claim(
     p_job bigint, p_epoch bigint, p_limit integer, p_capacity double precision,
     p_max_need double precision, p_workflows text[], p_tags jsonb, p_owners text[],
@@ -531,7 +584,12 @@ RETURNS TABLE (id bigint, workflow text, name text, state task_state, app text,
                env jsonb, num_nodes integer, ranks_per_node integer,
                threads_per_rank integer, gpus_per_rank integer,
                node_packing_count integer, wall_time_min double precision)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+-- Pinned to the ordered index scan whatever the statistics say: right after a bulk add
+-- they are stale, and the planner then chose a bitmap scan plus a sort of every runnable
+-- row to return 16 of them.
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off SET jit = off
+AS $$
 BEGIN
     -- A leader whose row is no longer RUNNING at this epoch (marked lost, adopted again
     -- by a newer leader, closed) claims nothing.
@@ -578,14 +636,18 @@ BEGIN
              CROSS JOIN LATERAL (
                 SELECT t.id, t.priority, 1.0::float8 / t.node_packing_count AS need
                   FROM public.tasks t
-                 WHERE t.workflow = w.name
+                 -- A range, not `=`: with `=` the planner treats the workflow as a
+                 -- constant, drops it from the ORDER BY, and may walk tasks_runnable
+                 -- filtering by workflow (the pitfall). As a range the ORDER BY below is
+                 -- one only tasks_runnable_workflow yields without a sort (sorts are off).
+                 WHERE t.workflow >= w.name AND t.workflow <= w.name
                    AND t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
                    AND t.num_nodes <= p_max_nodes
                    AND 1.0::float8 / t.node_packing_count <= p_max_need + 1e-9
                    AND (p_remaining_min IS NULL OR t.wall_time_min <= p_remaining_min)
                    AND (p_tags IS NULL OR t.tags @> p_tags)
                    AND (p_owners IS NULL OR t.owner = ANY (p_owners))
-                 ORDER BY t.priority DESC, t.id
+                 ORDER BY t.workflow, t.priority DESC, t.id
                  LIMIT p_limit
                    FOR UPDATE OF t SKIP LOCKED) c
         ), fitting AS (

@@ -82,7 +82,8 @@ END $$;
 -- Locked rows outside the prefix are free again at commit.
 -- Two shapes, so each stays on its partial index (tasks_runnable, and
 -- tasks_runnable_workflow through one index probe per workflow): a filter on workflow
--- with the plain index made the planner discard up to 60k rows per claim.
+-- with the plain index made the planner discard up to 60k rows per claim. An EXPLAIN
+-- test (tests/db/test_claim.py) keeps it so.
 CREATE FUNCTION launcher_claim(
     p_job bigint, p_epoch bigint, p_limit integer, p_capacity double precision,
     p_max_need double precision, p_workflows text[], p_tags jsonb, p_owners text[],
@@ -92,7 +93,12 @@ RETURNS TABLE (id bigint, workflow text, name text, state task_state, app text,
                env jsonb, num_nodes integer, ranks_per_node integer,
                threads_per_rank integer, gpus_per_rank integer,
                node_packing_count integer, wall_time_min double precision)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+-- Pinned to the ordered index scan whatever the statistics say: right after a bulk add
+-- they are stale, and the planner then chose a bitmap scan plus a sort of every runnable
+-- row to return 16 of them.
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off SET jit = off
+AS $$
 BEGIN
     -- A leader whose row is no longer RUNNING at this epoch (marked lost, adopted again
     -- by a newer leader, closed) claims nothing.
@@ -139,14 +145,18 @@ BEGIN
              CROSS JOIN LATERAL (
                 SELECT t.id, t.priority, 1.0::float8 / t.node_packing_count AS need
                   FROM public.tasks t
-                 WHERE t.workflow = w.name
+                 -- A range, not `=`: with `=` the planner treats the workflow as a
+                 -- constant, drops it from the ORDER BY, and may walk tasks_runnable
+                 -- filtering by workflow (the pitfall). As a range the ORDER BY below is
+                 -- one only tasks_runnable_workflow yields without a sort (sorts are off).
+                 WHERE t.workflow >= w.name AND t.workflow <= w.name
                    AND t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
                    AND t.num_nodes <= p_max_nodes
                    AND 1.0::float8 / t.node_packing_count <= p_max_need + 1e-9
                    AND (p_remaining_min IS NULL OR t.wall_time_min <= p_remaining_min)
                    AND (p_tags IS NULL OR t.tags @> p_tags)
                    AND (p_owners IS NULL OR t.owner = ANY (p_owners))
-                 ORDER BY t.priority DESC, t.id
+                 ORDER BY t.workflow, t.priority DESC, t.id
                  LIMIT p_limit
                    FOR UPDATE OF t SKIP LOCKED) c
         ), fitting AS (
