@@ -82,52 +82,60 @@ def accounts() -> dict[str, pwd.struct_passwd]:
 
 
 # -- the shared venv --------------------------------------------------------------------
-def _source_hash() -> str:
+def _hash(files: list[Path]) -> str:
     digest = hashlib.sha256()
-    files = [REPO / "pyproject.toml", REPO / "README.md"]
-    files += sorted(p for p in (REPO / "balsam_mpi").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _build_venv(venv: Path, tag: str) -> None:
-    src = VENV_BASE / f"src-{tag}"
-    shutil.rmtree(src, ignore_errors=True)
-    src.mkdir()
-    shutil.copytree(REPO / "balsam_mpi", src / "balsam_mpi",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, capture_output=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    # No mpi4py/numpy: these tests drive dbctl and the database, not the launcher.
-    subprocess.run([*pip, "--no-deps", str(src)], check=True, capture_output=True)
-    subprocess.run([*pip, "psycopg[binary]", "click"], check=True, capture_output=True)
-    shutil.rmtree(src, ignore_errors=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+def _source_files() -> list[Path]:
+    return [REPO / "pyproject.toml", REPO / "README.md", *sorted(
+        p for p in (REPO / "balsam_mpi").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts)]
+
+
+def _pip(venv: Path, *args: str) -> None:
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *args],
+                   check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
 def shared_venv() -> Path:
+    """Dependencies installed once (keyed by pyproject.toml); the package reinstalled, from
+    a copy of the sources, whenever they change (keyed by their hash)."""
     VENV_BASE.mkdir(exist_ok=True)
     os.chmod(VENV_BASE, 0o755)
-    tag = _source_hash()
-    venv = VENV_BASE / f"venv-{tag}"
+    venv = VENV_BASE / "venv"
+    deps_mark = venv / f".deps-{_hash([REPO / 'pyproject.toml'])}"
+    src_tag = _hash(_source_files())
+    src_mark = venv / f".src-{src_tag}"
     with open(VENV_BASE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (venv / ".ready").exists():
-            try:
-                _build_venv(venv, tag)
-            except subprocess.CalledProcessError as exc:
-                pytest.fail(f"could not build the shared venv: {exc.stderr!r}")
-            (venv / ".ready").touch()
-            for old in VENV_BASE.glob("venv-*"):
-                if old != venv:
-                    shutil.rmtree(old, ignore_errors=True)
+        try:
+            if not deps_mark.exists():
+                shutil.rmtree(venv, ignore_errors=True)
+                subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True,
+                               capture_output=True)
+                # No mpi4py/numpy: these tests drive dbctl and the database, not launchers.
+                _pip(venv, "setuptools>=68", "wheel", "psycopg[binary]", "click")
+                deps_mark.touch()
+            if not src_mark.exists():
+                src = VENV_BASE / f"src-{src_tag}"
+                shutil.rmtree(src, ignore_errors=True)
+                shutil.copytree(REPO / "balsam_mpi", src / "balsam_mpi",
+                                ignore=shutil.ignore_patterns("__pycache__"))
+                for name in ("pyproject.toml", "README.md"):
+                    shutil.copy(REPO / name, src / name)
+                _pip(venv, "--no-deps", "--no-build-isolation", "--force-reinstall", str(src))
+                shutil.rmtree(src, ignore_errors=True)
+                for old in venv.glob(".src-*"):
+                    old.unlink()
+                subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+                src_mark.touch()
+        except subprocess.CalledProcessError as exc:
+            pytest.fail(f"could not build the shared venv: {exc.stderr!r}")
     return venv
 
 

@@ -116,6 +116,15 @@ def test_member_cannot_forge_another_launchers_heartbeat(mu: Runner,
                                 [job])])
     assert direct["results"][0]["rowcount"] == 0
     assert _ok(mu.probe(MEMBER2, [("SELECT batch_job_heartbeat(%s)", [job])]))
+    # The launcher's own functions (0004) follow the same rule.
+    before = _ok(mu.probe(VIEWER, [("SELECT heartbeat_at::text, lease_epoch FROM batch_jobs "
+                                    "WHERE id = %s", [job])]))[0]
+    forged = mu.probe(MEMBER, [("SELECT launcher_heartbeat(%s, %s)", [job, before[1]])])
+    entry = forged["results"][0]
+    assert (not entry["ok"] and entry["sqlstate"] == "42501") or entry["rows"] == [[False]]
+    after = _ok(mu.probe(VIEWER, [("SELECT heartbeat_at::text, lease_epoch FROM batch_jobs "
+                                   "WHERE id = %s", [job])]))[0]
+    assert after == before
 
 
 def test_member_cannot_rewrite_history(mu: Runner, tasks: dict[str, int]) -> None:
