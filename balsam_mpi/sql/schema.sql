@@ -739,17 +739,23 @@ BEGIN
         step := 'finished'; changed := n; RETURN NEXT;
     END IF;
 
-    -- Errors and timeouts: retry while the task's own counter allows, else FAILED.
+    -- Errors and timeouts: retry while the task's own counter allows, else FAILED. The
+    -- counters count the retries granted, so a FAILED task shows its limit reached.
     IF bad_ids IS NOT NULL THEN
         UPDATE public.tasks t
-           SET state = CASE
-                 WHEN t.state = 'RUN_ERROR' AND t.error_retries < t.error_retry_limit
-                   OR t.state = 'RUN_TIMEOUT' AND t.timeout_retries < t.timeout_retry_limit
-                 THEN 'RESTART_READY'::public.task_state ELSE 'FAILED'::public.task_state END,
-               error_retries = t.error_retries + (t.state = 'RUN_ERROR')::integer,
-               timeout_retries = t.timeout_retries + (t.state = 'RUN_TIMEOUT')::integer,
+           SET state = CASE WHEN r.retry THEN 'RESTART_READY'::public.task_state
+                            ELSE 'FAILED'::public.task_state END,
+               error_retries = t.error_retries
+                               + (r.retry AND t.state = 'RUN_ERROR')::integer,
+               timeout_retries = t.timeout_retries
+                                 + (r.retry AND t.state = 'RUN_TIMEOUT')::integer,
                batch_job_id = NULL
-         WHERE t.id = ANY (bad_ids) AND t.batch_job_id = p_job
+          FROM (SELECT x.id,
+                       x.state = 'RUN_ERROR' AND x.error_retries < x.error_retry_limit
+                       OR x.state = 'RUN_TIMEOUT'
+                          AND x.timeout_retries < x.timeout_retry_limit AS retry
+                  FROM public.tasks x WHERE x.id = ANY (bad_ids)) r
+         WHERE t.id = r.id AND t.batch_job_id = p_job
            AND t.lease_epoch = p_epoch AND t.state IN ('RUN_ERROR', 'RUN_TIMEOUT');
         GET DIAGNOSTICS n = ROW_COUNT;
         step := 'retried_or_failed'; changed := n; RETURN NEXT;
