@@ -1,0 +1,349 @@
+"""A discrete-event model of the launcher: leaders, their database thread, worker nodes.
+
+It follows the launcher's own rules (leader.py): a node holds up to its capacity plus
+``claim_margin`` of a node in tasks (running + queued + assigned on the way); the leader
+answers every REPORT at once with an ASSIGN from its pool; it keeps one claim in flight,
+asking for what the nodes can take (capped by ``claim_limit``); it flushes buffered
+starts and ends when ``flush_size`` wait or the oldest is ``flush_interval_s`` old; claims
+and flushes run in order on one database thread per leader. A node starts its queued
+tasks one after another (each costs ``spawn_s`` of the node's one worker process) and
+reports every change at once. Every cost is a :class:`Costs` field measured elsewhere
+(scenarios `leader`, `noop`, `utilization`, `ceiling`); see ``ASSUMPTIONS``.
+
+Scale: a node is simulated per task slot, but with ``reps`` < nodes only ``reps``
+representative nodes per launcher are simulated, each standing for ``nodes / reps``
+identical nodes: its reports cost the leader that many times over, and its claims take
+that many tasks. With fixed task durations the nodes of a launcher behave alike, so this
+keeps the events per task slot, not per node; the error it adds is measured in tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ASSUMPTIONS = (
+    "Tasks have one fixed duration; every node of a launcher is alike (one worker "
+    "process per node, its spawns one after another at the measured spawn cost).",
+    "Each leader is one core: per REPORT it pays the measured message cost plus a cost per "
+    "item, per task the measured leader CPU per task of the null-runner runs; idle "
+    "nodes' periodic reports (one a second) take a fixed share of that core.",
+    "Each leader has one database thread (claims and flushes in order), and their cost is "
+    "the measured fixed + per-row latency; the database host runs the launchers' "
+    "statements side by side and their cost does not grow with the number of launchers "
+    "or the size of the task table (the claim index keeps it flat).",
+    "Messages take the measured one-way latency whatever the number of nodes (no network "
+    "contention); MPI start-up on thousands of nodes is not modelled: the batch job's "
+    "life starts when its leader is up, as in `balsam-mpi report`.",
+    "The launcher's start (job open → first claim) and end (last task end → job closed) "
+    "take the times measured on this machine.",
+)
+
+
+@dataclass(frozen=True)
+class Costs:
+    claim_fixed_s: float = 0.0
+    claim_row_s: float = 0.0
+    flush_fixed_s: float = 0.0
+    flush_start_row_s: float = 0.0
+    flush_end_row_s: float = 0.0
+    leader_task_s: float = 0.0  # leader CPU per task (spec, buffering, bookkeeping)
+    leader_msg_s: float = 0.0  # leader CPU per REPORT received (and its ASSIGN)
+    leader_item_s: float = 0.0  # … per started/finished item it carries
+    spawn_s: float = 0.0  # a node's cost to start one task process
+    msg_latency_s: float = 0.0  # one-way message time
+    startup_s: float = 0.0  # job open → leader's first claim
+    close_s: float = 0.0  # last task end → job closed
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The launcher's settings that shape the pipeline (defaults of config.Settings)."""
+
+    claim_limit: int = 4096
+    claim_margin: float = 0.5
+    flush_size: int = 4096
+    flush_interval_s: float = 0.1
+    report_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Case:
+    launchers: int
+    nodes: int  # per launcher
+    packing: int  # tasks per node (node_packing_count)
+    duration_s: float
+    tasks: int  # in total, in one table every launcher claims from
+    reps: int | None = None  # simulated nodes per launcher (None: all of them)
+
+
+@dataclass
+class _Node:
+    free: int
+    queued: int = 0
+    inflight: int = 0
+    spawn_free_at: float = 0.0
+    held: int = 0  # what the leader believes the node holds: assigned less reported ends
+
+
+@dataclass
+class _Leader:
+    nodes: list[_Node]
+    weight: float
+    pool: float = 0.0
+    cpu_free_at: float = 0.0
+    db_free_at: float = 0.0
+    claiming: bool = False
+    exhausted: bool = False
+    flushing: bool = False
+    buffered: float = 0.0
+    buffered_ends: float = 0.0
+    oldest: float | None = None
+    timer_at: float | None = None
+    cpu_busy: float = 0.0
+    db_busy: float = 0.0
+    first_start: float = math.inf
+    last_end: float = 0.0
+    busy_slot_s: float = 0.0
+    done: float = 0.0
+    closed_at: float | None = None
+    claims: int = 0
+    flushes: int = 0
+
+
+@dataclass
+class Result:
+    per_launcher: list[dict[str, float]] = field(default_factory=list)
+    events: int = 0
+
+    def summary(self) -> dict[str, float]:
+        pl = self.per_launcher
+        busy = sum(p["busy_slot_s"] for p in pl)
+        held = sum(p["slots"] * p["wall_s"] for p in pl)
+        first = min(p["first_start_s"] for p in pl)
+        last = max(p["last_end_s"] for p in pl)
+        done = sum(p["done"] for p in pl)
+        return {
+            "utilization": busy / held if held else math.nan,
+            "throughput_per_s": done / (last - first) if last > first else math.nan,
+            "done": done,
+            "wall_s": max(p["wall_s"] for p in pl),
+            "first_task_s": first,
+            "tail_idle_s": max(p["tail_idle_s"] for p in pl),
+            "leader_cpu_busy": max(p["leader_cpu_busy"] for p in pl),
+            "db_thread_busy": max(p["db_thread_busy"] for p in pl),
+        }
+
+
+class Model:
+    def __init__(self, case: Case, costs: Costs, policy: Policy | None = None,
+                 trace: bool = False) -> None:
+        self.case, self.c, self.p = case, costs, policy or Policy()
+        self.starts: list[float] | None = [] if trace else None  # for tests
+        reps = min(case.nodes, case.reps or case.nodes)
+        self.remaining = float(case.tasks)
+        self.leaders = [_Leader([_Node(case.packing) for _ in range(reps)], case.nodes / reps)
+                        for _ in range(case.launchers)]
+        # Idle nodes report once per report_interval_s: a standing share of the leader's
+        # core, so every other leader cost is stretched by 1 / (1 - share).
+        share = case.nodes * costs.leader_msg_s / self.p.report_interval_s
+        self.stretch = 1.0 / max(1e-3, 1.0 - share)
+        self.cap = case.packing + int(self.p.claim_margin * case.packing + 1e-9)
+        self.heap: list[tuple[float, int, str, tuple[Any, ...]]] = []
+        self.seq = 0
+        self.now = 0.0
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _at(self, t: float, kind: str, *data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, data))
+
+    def _cpu(self, ld: _Leader, li: int, cost: float, kind: str, *data: Any) -> None:
+        """Queue leader CPU work (FIFO, one core); its effect happens when it is done."""
+        cost *= self.stretch
+        start = max(self.now, ld.cpu_free_at)
+        ld.cpu_free_at = start + cost
+        ld.cpu_busy += cost
+        self._at(ld.cpu_free_at, kind, li, *data)
+
+    def _db(self, ld: _Leader, li: int, cost: float, kind: str, *data: Any) -> None:
+        start = max(self.now, ld.db_free_at)
+        ld.db_free_at = start + cost
+        ld.db_busy += cost
+        self._at(ld.db_free_at, kind, li, *data)
+
+    def run(self, max_events: int = 20_000_000) -> Result:
+        for li, _ in enumerate(self.leaders):
+            self._at(self.c.startup_s, "ready", li)
+        events = 0
+        handlers = {"ready": self._ready, "claimed": self._claimed, "pushed": self._pushed,
+                    "report": self._report_arrives, "served": self._served,
+                    "assign": self._assign_arrives, "end": self._end,
+                    "flushed": self._flushed, "timer": self._timer}
+        while self.heap and events < max_events:
+            self.now, _, kind, data = heapq.heappop(self.heap)
+            handlers[kind](*data)
+            events += 1
+        return self._result(events)
+
+    # -- leader -----------------------------------------------------------------------
+    def _room(self, node: _Node) -> int:
+        """Tasks the leader may still send this node, as far as its reports tell it."""
+        return self.cap - node.held
+
+    def _ready(self, li: int) -> None:
+        self._try_claim(self.leaders[li], li)
+
+    def _try_claim(self, ld: _Leader, li: int) -> None:
+        if ld.claiming or ld.exhausted:
+            return
+        want = sum(self._room(n) for n in ld.nodes) * ld.weight - ld.pool
+        if want < 1:
+            return
+        limit = min(self.p.claim_limit, max(8, math.ceil(want)))
+        ld.claiming = True
+        ld.claims += 1
+        rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
+        self._db(ld, li, self.c.claim_fixed_s + self.c.claim_row_s * rows, "claimed", limit)
+
+    def _claimed(self, li: int, limit: float) -> None:
+        ld = self.leaders[li]
+        got = min(limit, self.remaining)
+        if got >= ld.weight:  # whole tasks of the representative nodes
+            got = math.floor(got / ld.weight + 1e-9) * ld.weight
+        self.remaining -= got
+        ld.claiming = False
+        if got <= 0:
+            ld.exhausted = True
+            self._maybe_close(ld)
+            return
+        ld.pool += got
+        # The leader builds each claimed task's spec now, then pushes to nodes with room.
+        pushes = sum(1 for n in ld.nodes if self._room(n) > 0) * ld.weight
+        self._cpu(ld, li, got * self.c.leader_task_s + pushes * self.c.leader_msg_s,
+                  "pushed")
+
+    def _pushed(self, li: int) -> None:
+        ld = self.leaders[li]
+        for ri, node in enumerate(ld.nodes):
+            self._give(ld, li, ri, node)
+        self._try_claim(ld, li)
+
+    def _give(self, ld: _Leader, li: int, ri: int, node: _Node) -> None:
+        k = min(self._room(node), int(ld.pool / ld.weight + 1e-9))
+        if k > 0:
+            ld.pool -= k * ld.weight
+            node.inflight += k
+            node.held += k
+            self._at(self.now + self.c.msg_latency_s, "assign", li, ri, k)
+
+    def _report_arrives(self, li: int, ri: int, started: int, ended: int) -> None:
+        ld = self.leaders[li]
+        cost = ld.weight * (self.c.leader_msg_s + self.c.leader_item_s * (started + ended))
+        self._cpu(ld, li, cost, "served", ri, started, ended)
+
+    def _served(self, li: int, ri: int, started: int, ended: int) -> None:
+        ld = self.leaders[li]
+        if ld.oldest is None and (started or ended):
+            ld.oldest = self.now
+        ld.buffered += (started + ended) * ld.weight
+        ld.buffered_ends += ended * ld.weight
+        ld.nodes[ri].held -= ended
+        self._give(ld, li, ri, ld.nodes[ri])
+        self._try_claim(ld, li)
+        self._try_flush(ld, li)
+        self._maybe_close(ld)
+
+    def _try_flush(self, ld: _Leader, li: int) -> None:
+        if ld.flushing or not ld.buffered or ld.oldest is None:
+            return
+        due = ld.oldest + self.p.flush_interval_s
+        if ld.buffered < self.p.flush_size and self.now < due:
+            if ld.timer_at is None or ld.timer_at > due:
+                ld.timer_at = due
+                self._at(due, "timer", li)
+            return
+        ends, starts = ld.buffered_ends, ld.buffered - ld.buffered_ends
+        ld.buffered = ld.buffered_ends = 0.0
+        ld.oldest = None
+        ld.flushing = True
+        ld.flushes += 1
+        cost = (self.c.flush_fixed_s + self.c.flush_start_row_s * starts
+                + self.c.flush_end_row_s * ends)
+        self._db(ld, li, cost, "flushed")
+
+    def _timer(self, li: int) -> None:
+        ld = self.leaders[li]
+        ld.timer_at = None
+        self._try_flush(ld, li)
+
+    def _flushed(self, li: int) -> None:
+        ld = self.leaders[li]
+        ld.flushing = False
+        self._try_flush(ld, li)
+        self._maybe_close(ld)
+
+    def _maybe_close(self, ld: _Leader) -> None:
+        if ld.closed_at is not None or not ld.exhausted or ld.pool >= ld.weight - 1e-9 or ld.flushing:
+            return
+        if ld.buffered or any(n.free < self.case.packing or n.queued or n.inflight
+                              for n in ld.nodes):
+            return
+        ld.closed_at = max(self.now, ld.cpu_free_at) + self.c.close_s
+
+    # -- nodes ------------------------------------------------------------------------
+    def _assign_arrives(self, li: int, ri: int, k: int) -> None:
+        node = self.leaders[li].nodes[ri]
+        node.inflight -= k
+        node.queued += k
+        self._start(li, ri, node, ended=0)
+
+    def _end(self, li: int, ri: int) -> None:
+        node = self.leaders[li].nodes[ri]
+        node.free += 1
+        self._start(li, ri, node, ended=1)
+
+    def _start(self, li: int, ri: int, node: _Node, ended: int) -> None:
+        """Start what fits, one spawn after another, then report the changes."""
+        ld = self.leaders[li]
+        started = 0
+        t = max(self.now, node.spawn_free_at)
+        while node.free > 0 and node.queued > 0:
+            t += self.c.spawn_s
+            node.free -= 1
+            node.queued -= 1
+            started += 1
+            ld.first_start = min(ld.first_start, t)
+            if self.starts is not None:
+                self.starts.append(t)
+            end = t + self.case.duration_s
+            ld.last_end = max(ld.last_end, end)
+            ld.busy_slot_s += self.case.duration_s * ld.weight
+            ld.done += ld.weight
+            self._at(end, "end", li, ri)
+        node.spawn_free_at = t
+        if started or ended:
+            self._at(t + self.c.msg_latency_s, "report", li, ri, started, ended)
+
+    def _result(self, events: int) -> Result:
+        out = Result(events=events)
+        for ld in self.leaders:
+            closed = ld.closed_at if ld.closed_at is not None else self.now
+            slots = self.case.nodes * self.case.packing
+            out.per_launcher.append({
+                "slots": slots, "wall_s": closed, "busy_slot_s": ld.busy_slot_s,
+                "utilization": ld.busy_slot_s / (slots * closed) if closed else math.nan,
+                "done": ld.done, "first_start_s": ld.first_start,
+                "last_end_s": ld.last_end, "tail_idle_s": max(0.0, closed - ld.last_end),
+                "leader_cpu_busy": ld.cpu_busy / closed if closed else math.nan,
+                "db_thread_busy": ld.db_busy / closed if closed else math.nan,
+                "claims": ld.claims, "flushes": ld.flushes,
+            })
+        return out
+
+
+def simulate(case: Case, costs: Costs, policy: Policy | None = None) -> dict[str, float]:
+    result = Model(case, costs, policy).run()
+    return {**result.summary(), "events": float(result.events)}

@@ -1,0 +1,90 @@
+"""The scale model's mechanics on cases small enough to work out by hand (no timings)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.calibrate import fit_line
+from benchmarks.model import Case, Costs, Model, Policy, simulate
+
+
+def test_one_slot_three_tasks_by_hand() -> None:
+    # One node with one slot, 1 s tasks, a spawn costs 0.1 s, nothing else costs anything.
+    # A packing of 1 leaves no room for a queued task (margin 0.5 < one task's 1.0), so
+    # each task starts after the previous one ends and its report comes back:
+    # starts 0.1, 1.2, 2.3; the last ends at 3.3; the end flush waits its interval (0.1 s),
+    # then the job closes at 3.4. Utilization = 3 busy s / 3.4 s.
+    r = simulate(Case(1, 1, 1, 1.0, 3), Costs(spawn_s=0.1))
+    assert r["done"] == 3
+    assert r["first_task_s"] == pytest.approx(0.1)
+    assert r["wall_s"] == pytest.approx(3.4)
+    assert r["tail_idle_s"] == pytest.approx(0.1)
+    assert r["utilization"] == pytest.approx(3 / 3.4)
+    assert r["throughput_per_s"] == pytest.approx(3 / 3.2)
+
+
+def test_free_pipeline_is_fully_busy_but_for_start_and_end() -> None:
+    # Costs all zero: 8 tasks on 4 slots run in exactly 2 waves; only the start-up, the
+    # flush interval and the close count against utilization.
+    r = simulate(Case(1, 1, 4, 1.0, 8), Costs(startup_s=0.5, close_s=0.4))
+    assert r["wall_s"] == pytest.approx(0.5 + 2.0 + 0.1 + 0.4)
+    assert r["utilization"] == pytest.approx(8 / (4 * 3.0))
+
+
+def test_margin_queues_work_so_refills_need_no_round_trip() -> None:
+    # Packing 2 plus half a node of margin: a node holds 3 tasks (2 running, 1 queued).
+    # Messages take 0.25 s each way. The first ASSIGN (3 tasks) arrives at 0.25: two
+    # start. At 1.25 they end; the queued one starts at once, no round trip. The 4th task
+    # goes out when the leader hears of those ends (1.5) and starts at 1.75, ends at 2.75;
+    # the leader hears of it at 3.0, flushes after its 0.1 s interval, closes at 3.1.
+    model = Model(Case(1, 1, 2, 1.0, 4), Costs(msg_latency_s=0.25), trace=True)
+    r = model.run().summary()
+    assert model.starts == pytest.approx([0.25, 0.25, 1.25, 1.75])
+    assert r["wall_s"] == pytest.approx(3.1)
+    assert r["utilization"] == pytest.approx(4 / (2 * 3.1))
+
+
+def test_leader_cpu_bounds_throughput() -> None:
+    # Instant tasks, a leader that needs 10 ms per claimed task: about 100 tasks/s.
+    r = simulate(Case(1, 4, 8, 0.0, 4000), Costs(leader_task_s=0.01))
+    assert 90.0 < r["throughput_per_s"] < 110.0
+    assert r["leader_cpu_busy"] > 0.8
+
+
+def test_database_thread_bounds_throughput() -> None:
+    # Claims cost 1 ms per row on the leader's one database thread: ≤ 1000 tasks/s.
+    r = simulate(Case(1, 4, 16, 0.0, 4000), Costs(claim_row_s=1e-3))
+    # (the span starts after the first claim: a little over 1000/s)
+    assert 950.0 < r["throughput_per_s"] < 1050.0
+    assert r["db_thread_busy"] > 0.8
+
+
+def test_every_task_runs_once_across_launchers() -> None:
+    r = simulate(Case(5, 3, 4, 0.5, 997), Costs(spawn_s=1e-3, claim_fixed_s=1e-3))
+    assert r["done"] == 997
+
+
+def test_representative_nodes_match_the_full_simulation() -> None:
+    costs = Costs(spawn_s=1e-3, leader_task_s=2e-5, leader_msg_s=3e-5, claim_fixed_s=1e-3,
+                  claim_row_s=2e-5, flush_fixed_s=1e-3, flush_end_row_s=2e-5,
+                  msg_latency_s=1e-4)
+    full = simulate(Case(1, 32, 16, 1.0, 32 * 16 * 5), costs)
+    reps = simulate(Case(1, 32, 16, 1.0, 32 * 16 * 5, reps=4), costs)
+    assert reps["done"] == full["done"]
+    assert reps["utilization"] == pytest.approx(full["utilization"], rel=0.01)
+    assert reps["events"] < full["events"] / 4
+
+
+def test_periodic_reports_stretch_the_leader() -> None:
+    base = Model(Case(1, 100, 1, 1.0, 100), Costs(leader_msg_s=1e-3))
+    assert base.stretch == pytest.approx(1 / (1 - 0.1))
+    assert Model(Case(1, 100, 1, 1.0, 100), Costs(), Policy()).stretch == 1.0
+
+
+def test_fit_line() -> None:
+    fit = fit_line([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
+    assert fit["fixed_s"] == pytest.approx(1.0)
+    assert fit["per_row_s"] == pytest.approx(2.0)
+    assert not math.isnan(fit_line([2.0, 2.0], [1.0, 1.0])["fixed_s"])
