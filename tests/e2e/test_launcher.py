@@ -1,0 +1,190 @@
+"""The launcher end to end: real `mpiexec -n N python -m balsam_mpi` processes against a
+fresh database copy, real task processes, a watchdog on every run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam_mpi.project import Project
+
+pytestmark = pytest.mark.timeout(240)
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+
+
+def launcher(ranks: int, *args: str, timeout: float = 150) -> subprocess.Popen[str]:
+    argv = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "balsam_mpi",
+            "--idle-timeout", "0", *args]
+    env = dict(os.environ, BALSAM_FLUSH_INTERVAL_S="0.05", BALSAM_HEARTBEAT_S="2")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    proc.timeout = timeout  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen[str]) -> None:
+    try:
+        out, _ = proc.communicate(timeout=proc.timeout)  # type: ignore[attr-defined]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"the launcher did not end in time:\n{out}") from None
+    assert proc.returncode == 0, out
+
+
+def run(ranks: int, *args: str) -> None:
+    finish(launcher(ranks, *args))
+
+
+def add(conn: Any, n: int, *, command: str = "true", workflow: str = "w", packing: int = 1,
+        app: str | None = None) -> list[int]:
+    name = app or f"app_{abs(hash(command)) % 10**8}"
+    conn.execute("INSERT INTO apps (name, command) VALUES (%s, %s) ON CONFLICT (name) "
+                 "DO NOTHING", (name, command))
+    rows = conn.execute(
+        "INSERT INTO tasks (workflow, name, app_id, state, node_packing_count) "
+        "SELECT %s, 't', (SELECT id FROM apps WHERE name = %s), 'READY', %s "
+        "FROM generate_series(1, %s) RETURNING id", (workflow, name, packing, n)).fetchall()
+    return [r[0] for r in rows]
+
+
+def states(conn: Any) -> dict[str, int]:
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT state::text, count(*) FROM tasks GROUP BY 1")}
+
+
+def running_events(conn: Any) -> dict[int, int]:
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT task_id, count(*) FROM task_events WHERE to_state = 'RUNNING' GROUP BY 1")}
+
+
+def strays(dbname: str) -> list[str]:
+    """Processes (launcher ranks or tasks) still carrying this test's database name."""
+    marker = f"BALSAM_DB_NAME={dbname}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            found.append(f"{entry}: {cmd.decode(errors='replace')}")
+    return found
+
+
+def no_strays(dbname: str) -> None:
+    deadline = time.monotonic() + 10
+    while strays(dbname):
+        assert time.monotonic() < deadline, strays(dbname)
+        time.sleep(0.1)
+
+
+def test_two_thousand_no_ops_with_four_ranks(conn: Any, dbname: str) -> None:
+    ids = add(conn, 2000, packing=16)
+    run(4)
+    assert states(conn) == {"JOB_FINISHED": 2000}
+    events = running_events(conn)
+    assert sorted(events) == ids and set(events.values()) == {1}  # exactly once each
+    job = conn.execute("SELECT state::text, ended_at IS NOT NULL, end_reason, ranks "
+                       "FROM batch_jobs").fetchall()
+    assert job == [("FINISHED", True, "idle", 4)]
+    where = conn.execute("SELECT count(DISTINCT batch_job_id), min(started_at) IS NOT NULL "
+                         "FROM tasks").fetchone()
+    assert where == (1, True)
+    no_strays(dbname)
+
+
+def test_two_launchers_disjoint_then_both_on_all(conn: Any, dbname: str) -> None:
+    a = add(conn, 300, workflow="a", packing=8)
+    b = add(conn, 300, workflow="b", packing=8)
+    first = [launcher(2, "--workflow", "a"), launcher(2, "--workflow", "b")]
+    for proc in first:
+        finish(proc)
+    jobs = {r[0]: r[1] for r in conn.execute(
+        "SELECT id, filters->'workflows' FROM batch_jobs ORDER BY id")}
+    ran = {r[0]: set(r[1]) for r in conn.execute(
+        "SELECT batch_job_id, array_agg(DISTINCT workflow) FROM tasks GROUP BY 1")}
+    for job, wfs in jobs.items():
+        assert ran[job] == set(wfs)  # each stayed within its filter
+    more = add(conn, 400, workflow="a", packing=8) + add(conn, 400, workflow="b", packing=8)
+    second = [launcher(2), launcher(2)]
+    for proc in second:
+        finish(proc)
+    assert states(conn) == {"JOB_FINISHED": 1400}
+    events = running_events(conn)
+    assert sorted(events) == sorted(a + b + more) and set(events.values()) == {1}
+    per_job = conn.execute("SELECT count(DISTINCT batch_job_id) FROM tasks "
+                           "WHERE id = ANY(%s)", (more,)).fetchone()
+    assert per_job is not None and per_job[0] >= 1
+    no_strays(dbname)
+
+
+def test_dag_runs_in_order(pg_project: Project, conn: Any, dbname: str) -> None:
+    from balsam_mpi.client import Client
+
+    with Client(pg_project) as client:
+        client.add_app("step", "sleep 0.2")
+        ids = client.add_tasks([
+            {"app": "step", "workflow": "dag", "name": "a", "key": "a"},
+            {"app": "step", "workflow": "dag", "name": "b", "key": "b", "parents": ["a"]},
+            {"app": "step", "workflow": "dag", "name": "c", "key": "c", "parents": ["a"]},
+            {"app": "step", "workflow": "dag", "name": "d", "parents": ["b", "c"]},
+        ])
+    run(3)
+    rows = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "SELECT name, state::text, started_at, ended_at FROM tasks")}
+    assert {v[0] for v in rows.values()} == {"JOB_FINISHED"}
+    assert rows["b"][1] >= rows["a"][2] and rows["c"][1] >= rows["a"][2]
+    assert rows["d"][1] >= max(rows["b"][2], rows["c"][2])
+    assert len(ids) == 4
+    no_strays(dbname)
+
+
+def test_a_whole_node_task_waits_for_a_free_node(conn: Any, dbname: str) -> None:
+    small = add(conn, 6, command="sleep 0.4", packing=2, app="half")
+    big = add(conn, 1, command="sleep 0.4", packing=1, app="whole")
+    run(2)  # two nodes: the leader's and one worker
+    assert states(conn) == {"JOB_FINISHED": 7}
+    spans = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "SELECT id, started_at, ended_at, node_packing_count FROM tasks")}
+    b0, b1, _ = spans[big[0]]
+    # While the big task ran, the others together never used more than the other node.
+    for t in (b0, b1 - (b1 - b0) / 2):
+        load = sum(1 / p for i, (s, e, p) in spans.items() if i != big[0] and s <= t < e)
+        assert load <= 1.0 + 1e-9, (t, load)
+    assert len(small) == 6
+    no_strays(dbname)
+
+
+def test_workflow_filter_leaves_others_alone(conn: Any, dbname: str) -> None:
+    mine = add(conn, 50, workflow="mine", packing=4)
+    theirs = add(conn, 50, workflow="theirs", packing=4)
+    run(2, "--workflow", "mine")
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, batch_job_id FROM tasks")}
+    assert {rows[i][0] for i in mine} == {"JOB_FINISHED"}
+    assert {rows[i] for i in theirs} == {("READY", None)}
+    untouched = conn.execute("SELECT count(*) FROM task_events WHERE task_id = ANY(%s) "
+                             "AND to_state <> 'READY'", (theirs,)).fetchone()
+    assert untouched == (0,)
+    no_strays(dbname)
+
+
+def test_failures_are_recorded_with_their_output(conn: Any, dbname: str) -> None:
+    [bad] = add(conn, 1, command="sh -c 'echo broken >&2; exit 7'", app="bad")
+    [missing] = add(conn, 1, command="no-such-program-xyz", app="missing")
+    run(1)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, exit_code, output_tail FROM tasks")}
+    assert rows[bad] == ("FAILED", 7, "broken\n")
+    assert rows[missing][0] == "FAILED" and "no-such-program-xyz" in rows[missing][2]
+    no_strays(dbname)
