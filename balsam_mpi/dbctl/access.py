@@ -125,7 +125,7 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
             admin.execute(_ddl("access_set_verifier", role=name, verifier=request.verifier))
         enrolled = request is not None or (row is not None and bool(row[2]))
     if request is not None:
-        enroll.unlink_request(project, name)
+        enroll.unlink_request(project, name, request.file_id)
     label = kind + (" with app admin" if app_admin else "")
     log.info("authorized %s as %s", name, label)
     if enrolled:

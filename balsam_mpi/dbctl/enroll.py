@@ -159,6 +159,7 @@ class Request:
     verifier: str
     host: str
     requested_at: float
+    file_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file it was read from
 
 
 def request_name(user: str) -> str:
@@ -246,7 +247,9 @@ def read_request(project: Project, user: str, uid: int) -> Request | None:
             os.close(fd)
     finally:
         os.close(dfd)
-    return _parse_request(path, raw, user)
+    request = _parse_request(path, raw, user)
+    return Request(request.user, request.verifier, request.host, request.requested_at,
+                   (st.st_dev, st.st_ino))
 
 
 def _check_request_stat(path: Path, st: os.stat_result, user: str, uid: int) -> None:
@@ -283,12 +286,16 @@ def _parse_request(path: Path, raw: bytes, user: str) -> Request:
     return Request(user=named, verifier=verifier, host=host, requested_at=at)
 
 
-def unlink_request(project: Project, user: str) -> None:
-    """The owner removes a request once applied (or when revoking the user)."""
+def unlink_request(project: Project, user: str,
+                   file_id: tuple[int, int] | None = None) -> None:
+    """The owner removes a request once applied (or when revoking the user); with
+    ``file_id``, only if it is still the file that was read (not a newer request)."""
     with contextlib.suppress(FileNotFoundError):
         dfd = _open_access_dir(project)
         try:
-            os.unlink(request_name(user), dir_fd=dfd)
+            st = os.stat(request_name(user), dir_fd=dfd, follow_symlinks=False)
+            if file_id is None or (st.st_dev, st.st_ino) == file_id:
+                os.unlink(request_name(user), dir_fd=dfd)
         finally:
             os.close(dfd)
 
