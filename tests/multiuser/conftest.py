@@ -215,7 +215,8 @@ def mu(accounts: dict[str, pwd.struct_passwd], shared_venv: Path) -> Iterator[Ru
     os.chmod(base / "probe.py", 0o644)
     runner = Runner(shared_venv, accounts)
     project = base / "p"
-    proc = runner.dbctl(OWNER, "init", str(project), "--group", GROUP, env={})
+    # Under umask 077: the modes must not depend on it.
+    proc = runner.bash(OWNER, f"umask 077 && balsam-dbctl init {project} --group {GROUP}")
     if proc.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"init as {OWNER} failed: {proc.stderr}")
