@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .protocol import TAG_TYPES, Message, Tag
 
@@ -91,7 +91,7 @@ class Comm:
                 expected = TAG_TYPES.get(Tag(tag))
                 if expected is None or not isinstance(obj, expected):
                     raise TypeError(f"rank {sender} sent tag {tag} with a {type(obj).__name__}")
-                return sender, obj
+                return sender, cast(Message, obj)
         return None
 
     def flush_sends(self, timeout: float = 5.0) -> bool:

@@ -241,14 +241,14 @@ class Leader:
                 if batch.finished:
                     self.next_claim = 0.0  # children may have become READY
         if self.claiming is not None and self.claiming[1].done():
-            covers, future = self.claiming
+            covers, claim = self.claiming
             self.claiming = None
             did = True
-            self._claimed(covers, future)
+            self._claimed(covers, claim)
         if self.beating is not None and self.beating.done():
-            future, self.beating = self.beating, None
+            beat, self.beating = self.beating, None
             try:
-                alive = future.result()
+                alive = beat.result()
             except BalsamError as exc:
                 log.warning("heartbeat failed (%s); will retry", exc)
             else:
