@@ -139,10 +139,11 @@ class Client:
                             taskadd.at(label(i)) + f"parents: no task with id {missing[0]}")
             first = taskadd.initial_states(checked, plan, ids, states)
             insert = sql.query("tasks_insert_json")
+            base = taskadd.json_defaults()
             for lo in range(0, len(checked), CHUNK):
                 hi = lo + CHUNK
                 rows = taskadd.json_rows(checked[lo:hi], ids[lo:hi], first[lo:hi])
-                conn.execute(insert, {"rows": rows})
+                conn.execute(insert, {"rows": rows, "base": base})
                 if progress is not None:
                     progress(min(hi, len(checked)))
             children, parents = taskadd.dep_arrays(plan, ids)

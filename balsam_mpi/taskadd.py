@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .models import STOPPED, TaskState
-from .taskspec import TaskSpecError
+from .taskspec import TASK_DEFAULTS, TaskSpecError
 
 Label = Callable[[int], str]
 
@@ -116,7 +116,7 @@ def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[in
     out: list[tuple[str, int, int | None, str]] = [ready] * len(tasks)
     stopped = {s.value for s in STOPPED}
     for i in p.order:
-        fails = tasks[i]["fail_with_parents"]
+        fails = tasks[i].get("fail_with_parents", True)
         pending = 0
         root: int | None = None
         root_state = ""
@@ -148,17 +148,25 @@ def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[in
 
 def json_rows(tasks: Sequence[dict[str, Any]], ids: Sequence[int],
               first: Sequence[tuple[str, int, int | None, str]]) -> str:
-    """The parameter of tasks.sql's tasks_insert_json: the checked tasks (their keys are
-    the column names) with id and first state added, as one JSON array. Extra keys
-    (``parents``, ``key``) are ignored by the server."""
+    """The rows parameter of tasks.sql's tasks_insert_json: the checked tasks (keys are
+    column names; a missing key takes TASK_DEFAULTS on the server) with their id and, when
+    not READY, their first state, as one JSON array. ``parents`` and ``key`` are ignored
+    by the server."""
+    ready = TaskState.READY.value
     for task, task_id, (state, pending, failed_by, message) in zip(tasks, ids, first,
                                                                    strict=True):
         task["id"] = task_id
-        task["state"] = state
-        task["pending_parents"] = pending
-        task["failed_by"] = failed_by
-        task["state_message"] = message
+        if state != ready:
+            task["state"] = state
+            task["pending_parents"] = pending
+            task["failed_by"] = failed_by
+            task["state_message"] = message
     return json.dumps(tasks, separators=(",", ":"))
+
+
+def json_defaults() -> str:
+    """The base parameter of tasks_insert_json."""
+    return json.dumps(TASK_DEFAULTS, separators=(",", ":"))
 
 
 def dep_arrays(p: Plan, ids: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -114,10 +114,12 @@ def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (
     """The argv a task runs as. Without ``shell`` the template is split like a shell would
     split it *before* substitution, so a parameter value is always one argument and never
     interpreted; with ``shell`` values are quoted and the line runs under ``/bin/sh -c``."""
-    values = {k: _as_text(v) for k, v in params.items()}
+    # Numbers stay numbers so a format spec ({n:04d}) works; everything else is text.
+    values = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else _as_text(v)
+              for k, v in params.items()}
     try:
         if shell:
-            quoted = {k: shlex.quote(v) for k, v in values.items()}
+            quoted = {k: shlex.quote(_as_text(v)) for k, v in values.items()}
             line = " ".join([command.format_map(quoted), *map(shlex.quote, args)])
             return ["/bin/sh", "-c", line]
         return [tok.format_map(values) for tok in shlex.split(command)] + list(args)
@@ -200,6 +202,19 @@ def _list(field: str, value: Any) -> list[str]:
     return list(value)
 
 
+def check_pattern(pattern: str) -> str:
+    """An input_files glob must stay inside the parent's directory: relative, no '..'."""
+    parts = pattern.replace("\\", "/").split("/")
+    if not pattern or pattern.startswith("/") or ".." in parts:
+        raise TaskSpecError(f"input_files: {pattern!r} must be a relative glob inside the "
+                            "parent's directory (no leading '/', no '..')")
+    return pattern
+
+
+def _patterns(value: Any) -> list[str]:
+    return [check_pattern(p) for p in _list("input_files", value)]
+
+
 def _parents(value: Any) -> list[int | str]:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
@@ -214,6 +229,8 @@ def _parents(value: Any) -> list[int | str]:
 
 
 def _checker(field: str) -> Any:
+    if field == "input_files":
+        return _patterns
     if field in INT_FIELDS:
         minimum = INT_FIELDS[field]
         return lambda v: v if type(v) is int and (minimum is None or v >= minimum) \
@@ -233,13 +250,21 @@ def _checker(field: str) -> Any:
 
 # field -> validator; check_task visits only the fields a task gives (speed: 100k tasks).
 _CHECKERS = {f: _checker(f) for f in TASK_FIELDS}
-_DEFAULTS: dict[str, Any] = {**INT_DEFAULTS, "name": "", "wall_time_min": 0.0,
-                             "fail_with_parents": True, "key": None}
+
+# The value of every column a bulk add writes when the task does not give it (the
+# database's defaults, 0001_initial.sql); sent once per batch, not once per task.
+TASK_DEFAULTS: dict[str, Any] = {
+    **INT_DEFAULTS, "error_retry_limit": 0, "name": "", "wall_time_min": 0.0,
+    "fail_with_parents": True, "params": {}, "tags": {}, "env": {}, "data": {}, "args": [],
+    "input_files": [], "state": "READY", "state_message": "", "pending_parents": 0,
+    "failed_by": None,
+}
 
 
 def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str, Any]:
-    """One validated task: every column with its value (defaults filled), plus ``app_id``,
-    ``parents`` (list) and ``key`` (or None). Raises TaskSpecError naming the field."""
+    """One validated task: the fields it gives (checked and converted), ``app_id`` for
+    ``app``, and the app's error_retry_limit unless the task sets its own. Fields it does
+    not give take TASK_DEFAULTS. Raises TaskSpecError naming the field."""
     if not isinstance(raw, Mapping):
         raise TaskSpecError(f"a task must be an object of field: value, got {raw!r}")
     for f in ("app", "workflow"):
@@ -251,9 +276,7 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
         _text("app", app_name)
         raise TaskSpecError(f"app: no app named {app_name!r}; add it with "
                             f"`balsam-mpi app add {app_name} --command '…'`")
-    task: dict[str, Any] = {**_DEFAULTS, "error_retry_limit": app.error_retry_limit,
-                            "params": {}, "tags": {}, "env": {}, "data": {}, "args": [],
-                            "input_files": [], "parents": []}
+    task: dict[str, Any] = {}
     checkers = _CHECKERS
     for k, v in raw.items():
         check = checkers.get(k)
@@ -264,8 +287,11 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
             task[k] = check(v)
     del task["app"]
     task["app_id"] = app.id
-    if task["params"] or app.placeholders:
-        check_params(task["params"], app)
+    if app.error_retry_limit and "error_retry_limit" not in task:
+        task["error_retry_limit"] = app.error_retry_limit
+    params = task.get("params")
+    if params or app.placeholders:
+        check_params(params or {}, app)
     return task
 
 
@@ -294,6 +320,8 @@ def check_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
             out[f] = _float(f, value)
         elif f in DICT_FIELDS:
             out[f] = _dict(f, value)
+        elif f == "input_files":
+            out[f] = _patterns(value)
         elif f in LIST_FIELDS:
             out[f] = _list(f, value)
         elif f in BOOL_FIELDS:

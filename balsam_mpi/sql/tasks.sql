@@ -41,7 +41,8 @@ SELECT id, state, workflow, name FROM tasks_lock_parents(%(ids)s)
 -- One chunk of a bulk add, sent as one JSON array of task objects and unpacked by the
 -- server: one statement, no temporary table (members may not create those), allowed
 -- under row-level security (COPY FROM is not), and no per-value adaptation in Python.
--- Ids were reserved first (tasks_reserve_ids), so nothing needs RETURNING.
+-- A task object holds only the fields it gives; the base parameter (the defaults, sent once) fills the
+-- rest. Ids were reserved first (tasks_reserve_ids), so nothing needs RETURNING.
 INSERT INTO tasks (id, workflow, name, app_id, params, args, tags, num_nodes,
                    ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
                    wall_time_min, env, input_files, priority, state, state_message,
@@ -53,13 +54,8 @@ SELECT u.id, u.workflow, u.name, u.app_id, u.params, u.args, u.tags, u.num_nodes
        u.wall_time_min, u.env, u.input_files, u.priority, u.state, u.state_message,
        u.error_retry_limit, u.timeout_retry_limit, u.lost_retry_limit,
        u.fail_with_parents, u.pending_parents, u.failed_by, u.data
-  FROM json_to_recordset(%(rows)s::json) AS u (
-       id bigint, workflow text, name text, app_id bigint, params jsonb, args text[],
-       tags jsonb, num_nodes integer, ranks_per_node integer, threads_per_rank integer,
-       gpus_per_rank integer, node_packing_count integer, wall_time_min float8, env jsonb,
-       input_files text[], priority integer, state task_state, state_message text,
-       error_retry_limit integer, timeout_retry_limit integer, lost_retry_limit integer,
-       fail_with_parents boolean, pending_parents integer, failed_by bigint, data jsonb)
+  FROM json_populate_recordset(json_populate_record(NULL::tasks, %(base)s::json),
+                               %(rows)s::json) AS u
 
 -- name: tasks_deps_insert
 INSERT INTO task_deps (child_id, parent_id)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
 
 from balsam_mpi import taskadd, taskio
 from balsam_mpi.taskspec import (
+    TASK_DEFAULTS,
     AppInfo,
     TaskSpecError,
     check_app,
@@ -28,11 +30,15 @@ def _task(**kw: Any) -> dict[str, Any]:
 
 def test_defaults_and_app_retry_limit() -> None:
     t = _task()
-    assert t["app_id"] == 1 and t["num_nodes"] == 1 and t["node_packing_count"] == 1
-    assert t["timeout_retry_limit"] == 3 and t["lost_retry_limit"] == 3
-    assert t["error_retry_limit"] == 2  # the app asks for retries; the task may override
+    assert t == {"workflow": "w", "params": {"who": "x"}, "app_id": 1,
+                 "error_retry_limit": 2}  # the app asks for retries; the task may override
     assert _task(error_retry_limit=0)["error_retry_limit"] == 0
-    assert t["fail_with_parents"] is True and t["parents"] == [] and "app" not in t
+    assert TASK_DEFAULTS["num_nodes"] == 1 and TASK_DEFAULTS["timeout_retry_limit"] == 3
+    assert TASK_DEFAULTS["lost_retry_limit"] == 3 and TASK_DEFAULTS["fail_with_parents"]
+    rows = json.loads(taskadd.json_rows([t, _task(name="b")], [5, 6],
+                                        [("READY", 0, None, ""), ("FAILED", 0, 5, "m")]))
+    assert rows[0] == {**t, "id": 5}
+    assert rows[1]["state"] == "FAILED" and rows[1]["failed_by"] == 5
 
 
 def test_strings_from_flags_and_csv_are_converted() -> None:
@@ -59,6 +65,7 @@ def test_strings_from_flags_and_csv_are_converted() -> None:
     ({"bogus": 1}, "bogus: unknown field"),
     ({"parents": [True]}, "parents: True is neither"),
     ({"state": "READY"}, "state: unknown field"),
+    ({"input_files": ["../secret/*"]}, "input_files: '../secret/\\*' must be a relative"),
 ])
 def test_bad_fields_are_named(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(TaskSpecError, match=message):
@@ -83,6 +90,7 @@ def test_render_argv_keeps_values_whole_and_never_uses_a_shell() -> None:
     assert argv == ["python", "sim.py", "--in=a b; rm -rf /", "3", "--v", "x y"]
     sh = render_argv("echo {who} | wc -c", {"who": "$(id)"}, ["a b"], shell=True)
     assert sh == ["/bin/sh", "-c", "echo '$(id)' | wc -c 'a b'"]
+    assert render_argv("run {n:04d} {x}", {"n": 7, "x": True}) == ["run", "0007", "true"]
     with pytest.raises(TaskSpecError, match=r"params: no value for placeholder \{who\}"):
         render_argv("echo {who}", {})
 
