@@ -267,7 +267,10 @@ def latency(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -
 
         if not stages:
             return "no task ran in this range"
-        return render.table(["stage", "count", "mean", "p50", "p90", "p99", "max"],
+        every = result["sample_every"]
+        note = (f"tasks: one in {every} by id (counts are of that sample)\n"
+                if every > 1 else "")
+        return note + render.table(["stage", "count", "mean", "p50", "p90", "p99", "max"],
                             [[s["stage"], s["count"], d(s["mean"]), d(s["p50"]),
                               d(s["p90"]), d(s["p99"]), d(s["max"])] for s in stages])
 
