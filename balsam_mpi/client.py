@@ -263,8 +263,11 @@ class Client:
             q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=_where())
             doomed = [r[0] for r in self._conn.execute(q, params).fetchall()]
             if doomed:
-                self._conn.execute(sql.query("tasks_release_children"), {"ids": doomed})
+                kids = [r[0] for r in self._conn.execute(sql.query("tasks_children_outside"),
+                                                         {"ids": doomed}).fetchall()]
                 self._conn.execute(sql.query("tasks_delete"), {"ids": doomed})
+                if kids:  # they stop waiting for what was deleted
+                    self._conn.execute(sql.query("tasks_recount"), {"ids": kids})
         return doomed
 
     def add_dependency(self, parent: int, child: int) -> bool:

@@ -186,43 +186,31 @@ RETURNING t.id
 -- name: tasks_refail
 -- After a retry: a reinstated task that still has a stopped parent (one not retried)
 -- fails again at once, naming the root of that failure; the trigger fails its followers.
+-- Driven from the id array through primary keys only: right after a bulk retry the
+-- planner's idea of how many tasks are in which state is stale, and a plan trusting it
+-- (a nested loop over "the few AWAITING_PARENTS tasks") took minutes.
 WITH blocked AS (
-    SELECT DISTINCT ON (d.child_id) d.child_id, coalesce(p.failed_by, p.id) AS root,
+    SELECT DISTINCT ON (r.id) r.id AS child_id, coalesce(p.failed_by, p.id) AS root,
            p.state
-      FROM task_deps d
+      FROM unnest(%(ids)s::bigint[]) AS r (id)
+      JOIN task_deps d ON d.child_id = r.id
       JOIN tasks p ON p.id = d.parent_id
-      JOIN tasks c ON c.id = d.child_id
-     WHERE d.child_id = ANY (%(ids)s) AND c.fail_with_parents
-       AND c.state = 'AWAITING_PARENTS' AND p.state IN ('FAILED', 'USER_KILLED')
-     ORDER BY d.child_id, p.id
+     WHERE p.state IN ('FAILED', 'USER_KILLED')
+     ORDER BY r.id, p.id
 )
 UPDATE tasks c SET state = 'FAILED', failed_by = b.root,
        state_message = format('upstream task %%s is %%s', b.root, b.state)
   FROM blocked b
- WHERE c.id = b.child_id
+ WHERE c.id = b.child_id AND c.fail_with_parents AND c.state = 'AWAITING_PARENTS'
 RETURNING c.id
 
--- name: tasks_release_children
--- Before deleting tasks: their children that stay lose those parents; a waiting child
--- with no unfinished parent left becomes READY.
-WITH kids AS (
-    SELECT DISTINCT d.child_id FROM task_deps d
-     WHERE d.parent_id = ANY (%(ids)s) AND NOT d.child_id = ANY (%(ids)s)
-), pend AS (
-    SELECT kids.child_id AS id,
-           (SELECT count(*) FROM task_deps d JOIN tasks p ON p.id = d.parent_id
-             WHERE d.child_id = kids.child_id AND NOT p.id = ANY (%(ids)s)
-               AND p.state <> 'JOB_FINISHED'
-               AND (c.fail_with_parents OR p.state NOT IN ('FAILED', 'USER_KILLED'))
-           )::integer AS k
-      FROM kids JOIN tasks c ON c.id = kids.child_id
-)
-UPDATE tasks t SET
-    pending_parents = pend.k,
-    state = CASE WHEN t.state = 'AWAITING_PARENTS' AND pend.k = 0 THEN 'READY'
-                 ELSE t.state END::task_state
-  FROM pend
- WHERE t.id = pend.id
+-- name: tasks_children_outside
+-- Children of tasks about to be deleted that are not deleted with them.
+SELECT DISTINCT d.child_id FROM task_deps d
+ WHERE d.parent_id = ANY (%(ids)s) AND NOT d.child_id = ANY (%(ids)s)
+
+-- name: tasks_recount
+SELECT tasks_recount(%(ids)s)
 
 -- name: tasks_delete
 DELETE FROM tasks WHERE id = ANY (%(ids)s) RETURNING id

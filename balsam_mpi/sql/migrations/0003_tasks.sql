@@ -178,5 +178,34 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
      WHERE t.id = ANY (ids) ORDER BY t.id FOR SHARE
 $$;
 
-GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[])
-    TO balsam_member;
+-- Recount the unfinished parents of the given tasks from task_deps (the truth), and make
+-- those left waiting for nothing READY. Called after tasks are deleted, for their
+-- children: those may belong to other members, whose rows the caller cannot update.
+-- Safe to offer to every member: it only ever sets the true count.
+CREATE FUNCTION tasks_recount(ids bigint[]) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH pend AS (
+        SELECT c.id,
+               (SELECT count(*) FROM public.task_deps d
+                  JOIN public.tasks p ON p.id = d.parent_id
+                 WHERE d.child_id = c.id AND p.state <> 'JOB_FINISHED'
+                   AND (c.fail_with_parents OR p.state NOT IN ('FAILED', 'USER_KILLED'))
+               )::integer AS k
+          FROM public.tasks c
+         WHERE c.id = ANY (ids) AND c.state IN ('CREATED', 'AWAITING_PARENTS', 'READY')
+    ), changed AS (
+        UPDATE public.tasks t SET
+            pending_parents = pend.k,
+            state = CASE WHEN t.state = 'AWAITING_PARENTS' AND pend.k = 0
+                         THEN 'READY'::task_state ELSE t.state END,
+            state_message = CASE WHEN t.state = 'AWAITING_PARENTS' AND pend.k = 0
+                                 THEN 'parents finished or removed' ELSE t.state_message END
+          FROM pend
+         WHERE t.id = pend.id AND t.pending_parents <> pend.k
+        RETURNING t.id
+    )
+    SELECT count(*)::integer FROM changed
+$$;
+
+GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[]),
+    tasks_recount(bigint[]) TO balsam_member;
