@@ -39,3 +39,6 @@ SELECT (SELECT count(*) FROM tasks) AS tasks,
 -- Tasks each batch job ran, by workflow (who consumed what under the mixed filters).
 SELECT batch_job_id, workflow, count(*) FROM tasks
  WHERE state = 'JOB_FINISHED' GROUP BY batch_job_id, workflow ORDER BY 1, 2;
+
+-- name: state_counts
+SELECT state::text, count(*) FROM tasks GROUP BY state ORDER BY state;

@@ -113,6 +113,10 @@ def one_run(proj: Project, conn: Any, ranks: int, *args: str,
         "first_start_after_init_s": first_start_after_init(logs),
         "worker_cpu_s": [cpu[r] for r in sorted(cpu) if r > 0],
         "busy_node_s": s["busy_node_s"],
+        # Issue 5's definition (first start → last end, no start-up or close), beside
+        # the report's (the batch job's whole life) that job_utilization adds.
+        "utilization_span": (s["busy_node_s"] / (ranks * s["span_s"]) if s["span_s"] > 0
+                             else float("nan")),
     }
     out.update(job_utilization(conn))
     return out

@@ -7,7 +7,10 @@ asking for what the nodes can take (capped by ``claim_limit``); it flushes buffe
 starts and ends when ``flush_size`` wait or the oldest is ``flush_interval_s`` old; claims
 and flushes run in order on one database thread per leader. A node starts its queued
 tasks one after another (each costs ``spawn_s`` of the node's one worker process) and
-reports every change at once. Every cost is a :class:`Costs` field measured elsewhere
+reports its changes at once, one REPORT per pass of its loop (tasks ending together are
+reported together, so the first node to report gets first pick of the leader's pool —
+which is how a node's queue can hold tasks while another node idles, at the end of a
+run, as measured). Every cost is a :class:`Costs` field measured elsewhere
 (scenarios `leader`, `noop`, `utilization`, `ceiling`); see ``ASSUMPTIONS``.
 
 Scale: a node is simulated per task slot, but with ``reps`` < nodes only ``reps``
@@ -86,6 +89,9 @@ class _Node:
     inflight: int = 0
     spawn_free_at: float = 0.0
     held: int = 0  # what the leader believes the node holds: assigned less reported ends
+    report_started: int = 0  # changes waiting for the node's next REPORT
+    report_ended: int = 0
+    report_due: bool = False
 
 
 @dataclass
@@ -181,7 +187,8 @@ class Model:
         handlers = {"ready": self._ready, "claimed": self._claimed, "pushed": self._pushed,
                     "report": self._report_arrives, "served": self._served,
                     "assign": self._assign_arrives, "end": self._end,
-                    "flushed": self._flushed, "timer": self._timer}
+                    "flushed": self._flushed, "timer": self._timer,
+                    "send": self._send_report}
         while self.heap and events < max_events:
             self.now, _, kind, data = heapq.heappop(self.heap)
             handlers[kind](*data)
@@ -306,7 +313,8 @@ class Model:
         self._start(li, ri, node, ended=1)
 
     def _start(self, li: int, ri: int, node: _Node, ended: int) -> None:
-        """Start what fits, one spawn after another, then report the changes."""
+        """Start what fits, one spawn after another, then report the changes: one REPORT
+        per pass of the worker's loop, so tasks ending together are reported together."""
         ld = self.leaders[li]
         started = 0
         t = max(self.now, node.spawn_free_at)
@@ -324,8 +332,21 @@ class Model:
             ld.done += ld.weight
             self._at(end, "end", li, ri)
         node.spawn_free_at = t
-        if started or ended:
-            self._at(t + self.c.msg_latency_s, "report", li, ri, started, ended)
+        node.report_started += started
+        node.report_ended += ended
+        if (started or ended) and not node.report_due:
+            node.report_due = True  # after every event of this instant (heap order)
+            self._at(t, "send", li, ri)
+
+    def _send_report(self, li: int, ri: int) -> None:
+        node = self.leaders[li].nodes[ri]
+        if node.spawn_free_at > self.now:  # still spawning what later events queued
+            self._at(node.spawn_free_at, "send", li, ri)
+            return
+        started, ended = node.report_started, node.report_ended
+        node.report_started = node.report_ended = 0
+        node.report_due = False
+        self._at(self.now + self.c.msg_latency_s, "report", li, ri, started, ended)
 
     def _result(self, events: int) -> Result:
         out = Result(events=events)

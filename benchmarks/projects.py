@@ -27,14 +27,15 @@ def bench_query(name: str) -> Any:
 
 
 @contextlib.contextmanager
-def bench_project() -> Iterator[Project]:
-    """A fresh running project; stopped and removed afterwards."""
+def bench_project(group: str | None = None) -> Iterator[Project]:
+    """A fresh running project (of ``group``, if given, so its members can be
+    authorized); stopped and removed afterwards."""
     from balsam_mpi.dbctl import lifecycle
 
     base = Path(tempfile.mkdtemp(prefix="bb-", dir="/tmp"))
     os.chmod(base, 0o755)
     try:
-        lifecycle.init_project(base / "p")
+        lifecycle.init_project(base / "p", group=group)
         project = Project(base / "p")
         try:
             yield project

@@ -14,6 +14,7 @@ the ideal rate of the slots (slots / duration) of this run.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from . import multiuser as mu
 from .harness import write_result
 from .measure import job_utilization, per_job, task_times
 from .plots import plot_timelines, png_path
-from .projects import bench_query
+from .projects import bench_project, bench_query
 
 FILTERS: tuple[tuple[str, ...], ...] = (("wf_a",), ("wf_b",), ("wf_a", "wf_c"), (), ())
 SHARES = {"wf_a": 0.3, "wf_b": 0.2, "wf_c": 0.2, "wf_d": 0.3}
@@ -79,6 +80,11 @@ def _wait(procs: list[subprocess.Popen[str]], timeout: float) -> None:
 def _one(proj: Any, conn: Any, ranks: int, packing: int, duration: float, waves: int,
          users: dict[str, Any] | None, venv: Path | None) -> dict[str, Any]:
     lc.reset(conn)
+    # Task ids restart with the reset: the last run's task directories (owned by whichever
+    # user ran them) must go, or a task of the same id under another user could not
+    # write its output there.
+    for entry in proj.data_dir.iterdir() if proj.data_dir.exists() else ():
+        shutil.rmtree(entry, ignore_errors=True)
     slots = len(FILTERS) * ranks * packing
     total = slots * waves
     for wf, share in SHARES.items():
@@ -92,6 +98,7 @@ def _one(proj: Any, conn: Any, ranks: int, packing: int, duration: float, waves:
     agg = job_utilization(conn)
     jobs = per_job(conn)
     consumed = conn.execute(bench_query("per_launcher_tasks")).fetchall()
+    states = dict(conn.execute(bench_query("state_counts")).fetchall())
     return {
         "tasks": float(tasks), "finished": float(finished),
         "running_events": float(running_events), "not_exactly_once": float(not_once),
@@ -101,6 +108,7 @@ def _one(proj: Any, conn: Any, ranks: int, packing: int, duration: float, waves:
         "wall_s": wall,
         "per_launcher": jobs,
         "consumed": [[int(j), w, int(n)] for j, w, n in consumed],
+        "states": {k: int(v) for k, v in states.items()},
     }
 
 
@@ -112,13 +120,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     users: dict[str, Any] | None = None
     venv: Path | None = None
     runs: list[dict[str, Any]] = []
-    with lc.project(None) as proj, lc.connect(proj) as conn:
-        if reason is None:
+    if reason is None:
+        try:
+            users, venv = mu.accounts(), mu.shared_venv()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            reason = f"could not set up the users or their venv: {exc}"[:1000]
+    with bench_project(mu.GROUP if users else None) as proj, lc.connect(proj) as conn:
+        if users is not None and venv is not None:
             try:
-                users = mu.accounts()
-                venv = mu.shared_venv()
-                # The project's group, so add-user accepts the accounts.
-                subprocess.run(["chgrp", "-R", mu.GROUP, str(proj.root)], check=True)
                 mu.enroll(proj.root, venv, users)
                 runs.append(_one(proj, conn, ranks, packing, duration, waves, users, venv))
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

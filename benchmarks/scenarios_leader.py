@@ -29,7 +29,7 @@ from .calibrate import db_costs
 from .harness import write_result
 from .measure import one_run
 from .plots import plot_sweep, png_path
-from .projects import admin_dsn
+from .projects import admin_dsn, bench_project
 
 KEYS = ("rate_per_s", "leader_cpu_us_per_task", "span_s", "launcher_wall_s")
 
@@ -43,40 +43,49 @@ def message_cost(n_msgs: int = 2000) -> dict[str, float]:
 
 
 def run(quick: bool, out: Path) -> dict[str, Any]:
-    ranks_list = [2, 4] if quick else [2, 4, 8, 16]
-    claims = [256, 4096] if quick else [64, 512, 4096]
-    n_tasks = 20_000 if quick else 50_000
+    # (ranks, claim limit): quick keeps the claim sweep at 4 ranks and one point at 2.
+    if quick:
+        grid_points = [(2, 4096), (4, 256), (4, 4096)]
+    else:
+        grid_points = [(r, c) for r in (2, 4, 8, 16) for c in (64, 512, 4096)]
+    ranks_list = sorted({r for r, _ in grid_points})
+    claims = sorted({c for _, c in grid_points})
+    n_tasks = 5_000 if quick else 20_000
     packing = 64
     runs_each = 3
     grid: dict[str, Any] = {}
-    with lc.project(None) as proj, lc.connect(proj) as conn:
+    with bench_project() as proj, lc.connect(proj) as conn:
         claim_ceiling = statistics.median(
             ceiling.claim_rate(admin_dsn(proj), batch=4096, claimers=1, total=n_tasks)[
                 "rows_per_s"] for _ in range(3))
         costs = db_costs(proj, conn)
-        for ranks in ranks_list:
-            for limit in claims:
-                runs = []
-                for _ in range(runs_each):
-                    lc.reset(conn)
-                    lc.add_tasks(conn, n_tasks, "/bin/true", packing)
-                    runs.append(one_run(proj, conn, ranks, "--null-runner",
-                                        env={"BALSAM_CLAIM_LIMIT": str(limit)}))
-                med = {k: statistics.median(r[k] for r in runs) for k in KEYS}
-                med["capacity_per_s"] = 1e6 / med["leader_cpu_us_per_task"]
-                med["ratio_to_claim_ceiling"] = med["rate_per_s"] / claim_ceiling
-                grid[f"ranks={ranks},claim={limit}"] = {"ranks": ranks, "claim_limit": limit,
-                                                        "median": med, "runs": runs}
+        for ranks, limit in grid_points:
+            runs = []
+            for _ in range(runs_each):
+                lc.reset(conn)
+                lc.add_tasks(conn, n_tasks, "/bin/true", packing)
+                runs.append(one_run(proj, conn, ranks, "--null-runner",
+                                    env={"BALSAM_CLAIM_LIMIT": str(limit)}))
+            med = {k: statistics.median(r[k] for r in runs) for k in KEYS}
+            med["capacity_per_s"] = 1e6 / med["leader_cpu_us_per_task"]
+            med["ratio_to_claim_ceiling"] = med["rate_per_s"] / claim_ceiling
+            grid[f"ranks={ranks},claim={limit}"] = {"ranks": ranks, "claim_limit": limit,
+                                                    "median": med, "runs": runs}
     msg = message_cost()
     results = {"claim_ceiling_rows_per_s": claim_ceiling, "db_costs": costs,
                "message_cost": msg, "grid": grid}
     params = {"ranks": ranks_list, "claim_limits": claims, "tasks": n_tasks,
               "node_packing_count": packing, "runs": runs_each}
     path = write_result(out, "leader", params, results)
-    series = {f"claim {c}": [grid[f"ranks={r},claim={c}"]["median"]["rate_per_s"]
-                             for r in ranks_list] for c in claims}
-    series.update({f"capacity, claim {c}": [grid[f"ranks={r},claim={c}"]["median"][
-        "capacity_per_s"] for r in ranks_list] for c in claims})
+    nan = float("nan")
+
+    def line(c: int, key: str) -> list[float]:
+        return [grid[f"ranks={r},claim={c}"]["median"][key] if (r, c) in grid_points
+                else nan for r in ranks_list]
+
+    series = {f"tasks/s, claim {c}": line(c, "rate_per_s") for c in claims}
+    series.update({f"capacity (1/leader CPU), claim {c}": line(c, "capacity_per_s")
+                   for c in claims})
     plot_sweep(png_path(out, "leader"), "leader with the null runner (median of 3)", "ranks",
                ranks_list, series, claim_ceiling, "bare claim rows/s, k=4096 (same run)")
     summary: dict[str, Any] = {"claim ceiling rows/s": round(claim_ceiling)}

@@ -19,6 +19,7 @@ from . import launcher_common as lc
 from .harness import write_result
 from .measure import one_run, task_times
 from .plots import plot_sweep, png_path
+from .projects import bench_project
 
 RUNS = 3
 
@@ -30,7 +31,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     n_spawn = 1000 if quick else 3000
     per_ranks: dict[str, Any] = {}
     raw: dict[str, Any] = {}
-    with lc.project(None) as proj, lc.connect(proj) as conn:
+    with bench_project() as proj, lc.connect(proj) as conn:
         spawn_before = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
         for ranks in ranks_list:
             runs = []
