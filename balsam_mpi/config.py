@@ -32,7 +32,9 @@ class Settings:
     kill_grace_s: float = 10.0
     flush_interval_s: float = 0.1  # buffered reports wait at most this long
     flush_size: int = 4096  # … or until this many are buffered
-    claim_margin: float = 0.5  # node shares a worker may hold beyond its free capacity
+    claim_margin: float = 0.5  # node shares a node may hold queued, until its pace is known
+    claim_margin_max: float = 1.0  # … and at most, once it is (see resources.Pace)
+    claim_horizon_s: float = 2.0  # queue what a node finishes in this long
     claim_limit: int = 4096  # rows per claim statement at most
     claim_idle_s: float = 0.5  # wait between claims that found nothing
     report_interval_s: float = 1.0  # a worker reports at least this often

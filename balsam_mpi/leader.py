@@ -35,7 +35,7 @@ from .protocol import (
     Started,
     TaskSpec,
 )
-from .resources import EPS, NODE_CAPACITY, WorkerView, room
+from .resources import EPS, NODE_CAPACITY, Pace, WorkerView, room
 from .specs import SpecBuilder
 from .store import Claimed, ClaimFilter, Lease
 
@@ -81,6 +81,7 @@ class Leader:
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.specs = SpecBuilder(project, lease.epoch)
+        self.local_pace = Pace()
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, source: int, msg: object) -> None:
@@ -112,7 +113,8 @@ class Leader:
     def on_report(self, source: int, msg: Report) -> None:
         self._absorb(msg.started, msg.finished)
         view = self.workers.setdefault(source, WorkerView(source))
-        view.update(msg.free, msg.acked, msg.running, msg.queued)
+        view.update(msg.free, msg.acked, msg.running, msg.queued, msg.done_share,
+                    time.monotonic())
         self._refill()
         self._assign_to(view, always=True)
 
@@ -137,7 +139,7 @@ class Leader:
         return out
 
     def _assign_to(self, view: WorkerView, always: bool = False) -> None:
-        tasks = self._take(room(view, self.s.claim_margin))
+        tasks = self._take(room(view, self.margin(view.pace)))
         if not tasks and not always:
             return
         self.seq += 1
@@ -147,7 +149,7 @@ class Leader:
     def _fill_local(self) -> None:
         if self.draining:
             return
-        space = self.local.free() + self.s.claim_margin
+        space = self.local.free() + self.margin(self.local_pace)
         if self.pool and self.pool[0].need <= space + EPS:
             self.local.queue.extend(self._take(space))
             self.local.start_ready()
@@ -157,14 +159,22 @@ class Leader:
         for view in self.workers.values():
             if not self.pool:
                 return
-            if view.alive and room(view, self.s.claim_margin) >= self.pool[0].need - EPS:
+            if view.alive and room(view, self.margin(view.pace)) >= self.pool[0].need - EPS:
                 self._assign_to(view)
 
     # -- claims -----------------------------------------------------------------------
+    def margin(self, pace: Pace) -> float:
+        """The share a node may hold beyond its free capacity (see resources.Pace)."""
+        return pace.margin(time.monotonic(), initial=self.s.claim_margin,
+                           horizon_s=self.s.claim_horizon_s,
+                           cap=max(self.s.claim_margin, self.s.claim_margin_max))
+
     def demand(self) -> float:
-        margin = self.s.claim_margin
-        total = max(0.0, self.local.free() + margin) if not self.draining else 0.0
-        total += sum(room(v, margin) for v in self.workers.values())
+        self.local_pace.record(self.local.done_share, time.monotonic())
+        total = 0.0
+        if not self.draining:
+            total = max(0.0, self.local.free() + self.margin(self.local_pace))
+        total += sum(room(v, self.margin(v.pace)) for v in self.workers.values())
         return total - sum(t.need for t in self.pool)
 
     def remaining_min(self) -> float | None:
@@ -185,6 +195,9 @@ class Leader:
         limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
         if self.s.max_tasks:
             limit = min(limit, self.s.max_tasks - self.claimed_total)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("claim: want %.3f (margins %s)", want,
+                      [round(self.margin(v.pace), 3) for v in self.workers.values()])
         future = self.db.submit(self.store.claim, self.lease, limit=limit, capacity=want,
                                 max_need=NODE_CAPACITY, filters=self.filters,
                                 remaining_min=self.remaining_min())

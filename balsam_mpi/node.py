@@ -44,6 +44,7 @@ class Node:
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
         self.started_total = 0
         self.finished_total = 0
+        self.done_share = 0.0  # node shares finished so far: the node's pace
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -61,7 +62,7 @@ class Node:
         started, finished = self.changes.take()
         return Report(rank=rank, acked=self.acked, free=self.free(),
                       running=len(self.running), queued=len(self.queue),
-                      started=started, finished=finished)
+                      started=started, finished=finished, done_share=self.done_share)
 
     # -- orders -----------------------------------------------------------------------
     def apply(self, msg: Assign) -> None:
@@ -175,6 +176,7 @@ class Node:
         runner.close(proc)
         del self.running[spec.id]
         self.res.release(spec.id)
+        self.done_share += spec.need
         self._watch.discard(spec.id)
         kind = proc.end_kind if proc.end_kind is not None else (
             EndKind.DONE if rc == 0 else EndKind.ERROR)
@@ -217,5 +219,6 @@ class NullNode(Node):
         self.changes.started.append(Started(spec.id, spec.epoch, now))
         self.changes.finished.append(
             Finished(spec.id, spec.epoch, int(EndKind.DONE), 0, now, now))
+        self.done_share += spec.need
         self.started_total += 1
         self.finished_total += 1

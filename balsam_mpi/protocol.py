@@ -99,6 +99,7 @@ class Report:
     queued: int
     started: tuple[Started, ...] = ()
     finished: tuple[Finished, ...] = ()
+    done_share: float = 0.0  # node shares finished since the node started (its pace)
 
 
 @dataclass(frozen=True, slots=True)

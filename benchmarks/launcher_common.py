@@ -68,6 +68,8 @@ def add_tasks(conn: Any, n: int, command: str, packing: int, workflow: str = "be
 def launch(proj: Project, ranks: int, *args: str, timeout: float = 600) -> float:
     """Run the launcher to the end; returns its wall time (s)."""
     env = dict(os.environ, BALSAM_DB_PATH=str(proj.root))
+    for path in proj.log_dir.glob("launcher_*.log"):
+        path.unlink()
     env.pop("BALSAM_DB_NAME", None)
     argv = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "balsam_mpi",
             "--idle-timeout", "0", *args]
