@@ -250,6 +250,10 @@ def choose_window(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob],
         t1 = t0 + timedelta(seconds=1)  # nothing ran yet: an empty one-second window
     span = (t1 - t0).total_seconds()
     width = filters.bin_seconds or auto_bin(span)
+    if filters.since is None:
+        # bins on round times (10:20:00, not 10:19:47.3) when the range is ours to choose
+        start = t0.timestamp()
+        t0 = datetime.fromtimestamp(start - math.fmod(start, width), tz=timezone.utc)
     window = Window(t0, t1, width)
     if window.nbins > MAX_BINS or window.nbins * max(1, len(jobs)) > MAX_CELLS:
         raise UsageError(f"--bin {width:g}s cuts {span:.0f} s into {window.nbins} bins; "

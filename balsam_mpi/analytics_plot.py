@@ -74,17 +74,17 @@ def plot_utilization(h: History, path: str | Path) -> Path:
     edges = _edges(h)
     per_job = h.job_utilization_series() * 100.0
     for i, job in enumerate(h.jobs):
-        _steps(ax, edges, per_job[i], linewidth=1.0, alpha=0.8,
+        _steps(ax, edges, per_job[i], linewidth=1.5, alpha=0.9,
                label=f"batch job {job.id} ({job.user}, {job.nodes} nodes)")
-    _steps(ax, edges, h.utilization_series() * 100.0, linewidth=2.5, color="black",
-           label="total")
+    _steps(ax, edges, h.utilization_series() * 100.0, linewidth=2.0, color="black",
+           linestyle="--", label="total")
     overall = h.utilization()
     ax.set_title(f"Node utilization: {'-' if overall is None else f'{100 * overall:.1f}%'} "
                  f"overall, bin {bin_label(h.window.width)}")
     ax.set_ylabel("busy nodes (% of nodes held)")
     ax.set_ylim(0, 105)
     _time_axis(ax, h)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small", framealpha=0.8)
     return _save(fig, path)
 
 
@@ -93,9 +93,10 @@ def plot_throughput(h: History, path: str | Path) -> Path:
     edges = _edges(h)
     minutes = h.window.lengths() / 60.0
     for i, job in enumerate(h.jobs):
-        _steps(ax, edges, h.done[i] / minutes, linewidth=1.0, alpha=0.8,
+        _steps(ax, edges, h.done[i] / minutes, linewidth=1.5, alpha=0.9,
                label=f"batch job {job.id} ({job.user})")
-    _steps(ax, edges, h.total_done() / minutes, linewidth=2.5, color="black", label="total")
+    _steps(ax, edges, h.total_done() / minutes, linewidth=2.0, color="black",
+           linestyle="--", label="total")
     ax.set_ylabel("runs done per minute")
     ax.set_ylim(bottom=0)
     cumulative = ax.twinx()
@@ -109,7 +110,8 @@ def plot_throughput(h: History, path: str | Path) -> Path:
     _time_axis(ax, h)
     lines, labels = ax.get_legend_handles_labels()
     more, more_labels = cumulative.get_legend_handles_labels()
-    ax.legend(lines + more, labels + more_labels, loc="upper left", fontsize="small")
+    ax.legend(lines + more, labels + more_labels, loc="best", fontsize="small",
+              framealpha=0.8)
     return _save(fig, path)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .analytics import FloatArray, History
-from .analytics_time import bin_label, iso, short_duration
+from .analytics_time import bin_label, iso, short_duration, short_time
 
 _BARS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 60
@@ -164,8 +164,7 @@ def utilization_text(h: History) -> str:
     held_h = float(h.alive.sum()) / 3600.0
     lines = [
         f"utilization {pct(overall)}: {busy_h:.3g} of {held_h:.3g} node-hours busy, "
-        f"{len(h.jobs)} batch job(s), {iso(h.window.t0)} to {iso(h.window.t1)}, "
-        f"bin {bin_label(h.window.width)}",
+        f"{len(h.jobs)} batch job(s), {_range(h)}, bin {bin_label(h.window.width)}",
     ]
     if not h.jobs:
         return lines[0] + "\n(no batch job ran in this range)"
@@ -181,6 +180,10 @@ def utilization_text(h: History) -> str:
     return "\n".join(lines)
 
 
+def _range(h: History) -> str:
+    return f"{short_time(h.window.t0)} to {short_time(h.window.t1)} UTC"
+
+
 def _max_nodes(h: History) -> int:
     lengths = h.window.lengths()
     held = h.total_alive() / np.where(lengths > 0, lengths, 1.0)
@@ -191,8 +194,8 @@ def throughput_text(h: History) -> str:
     p = throughput_payload(h)
     rate = p["done_per_minute"]
     lines = [f"{p['done']} run(s) done, {p['failed']} failed, "
-             f"{rate:.3g}/min overall, {iso(h.window.t0)} to {iso(h.window.t1)}, "
-             f"bin {bin_label(h.window.width)}" if rate is not None else "nothing ran"]
+             f"{rate:.3g}/min overall, {_range(h)}, bin {bin_label(h.window.width)}"
+             if rate is not None else "nothing ran"]
     if not h.jobs:
         return lines[0]
     rows: list[list[Any]] = []

@@ -78,6 +78,13 @@ def iso(when: datetime | None) -> str | None:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def short_time(when: datetime | None) -> str:
+    """UTC to the second, for tables: '2026-11-28 00:04:30'."""
+    if when is None:
+        return "-"
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def short_duration(seconds: float | None) -> str:
     """'3.2s', '4m05s', '2h10m', '3d4h' — for tables."""
     if seconds is None or seconds != seconds:  # None or NaN
