@@ -30,6 +30,7 @@ class Settings:
     lease_s: float = 60.0
     drain_grace_s: float = 30.0
     kill_grace_s: float = 10.0
+    kill_poll_s: float = 1.5  # how often the leader looks for killed tasks
     flush_interval_s: float = 0.1  # buffered reports wait at most this long
     flush_size: int = 4096  # … or until this many are buffered
     claim_margin: float = 0.5  # node shares a node may hold queued, until its pace is known

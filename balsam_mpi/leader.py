@@ -20,6 +20,7 @@ from .buffer import Batch, DbThread, ReportBuffer
 from .comm import Backoff, Comm
 from .config import Settings
 from .errors import BalsamError
+from .kills import LOCAL, KillTracker
 from .node import Node
 from .project import Project
 from .protocol import (
@@ -82,6 +83,8 @@ class Leader:
         self.stop_reason: str | None = None  # set by a signal handler
         self.specs = SpecBuilder(project, lease.epoch)
         self.local_pace = Pace()
+        self.kills = KillTracker(settings.kill_poll_s)
+        self.killing: Future[list[int]] | None = None
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, source: int, msg: object) -> None:
@@ -124,6 +127,7 @@ class Leader:
         self.buffer.add(started, finished)
         if finished:
             self.idle_since = None
+            self.kills.ended(f.id for f in finished)
 
     def _send(self, rank: int, msg: Assign | Drain) -> None:
         assert self.comm is not None
@@ -144,6 +148,7 @@ class Leader:
             return
         self.seq += 1
         view.sent(self.seq, sum(t.need for t in tasks))
+        self.kills.placed((t.id for t in tasks), view.rank)
         self._send(view.rank, Assign(self.seq, tuple(tasks)))
 
     def _fill_local(self) -> None:
@@ -151,7 +156,9 @@ class Leader:
             return
         space = self.local.free() + self.margin(self.local_pace)
         if self.pool and self.pool[0].need <= space + EPS:
-            self.local.queue.extend(self._take(space))
+            tasks = self._take(space)
+            self.kills.placed((t.id for t in tasks), LOCAL)
+            self.local.queue.extend(tasks)
             self.local.start_ready()
 
     def _push(self) -> None:
@@ -258,6 +265,12 @@ class Leader:
             self.claiming = None
             did = True
             self._claimed(covers, claim)
+        if self.killing is not None and self.killing.done():
+            poll, self.killing = self.killing, None
+            try:
+                self._send_kills(poll.result())
+            except BalsamError as exc:
+                log.warning("could not look for killed tasks (%s); will retry", exc)
         if self.beating is not None and self.beating.done():
             beat, self.beating = self.beating, None
             try:
@@ -291,6 +304,7 @@ class Leader:
             self._fill_local()
             self._refill()
             self._flush()
+            self._poll_kills()
             self._heartbeat()
             if self._check_end():
                 return self.draining or "done"
@@ -312,6 +326,24 @@ class Leader:
             self.handle(*got)
             did = True
         return did
+
+    def _poll_kills(self) -> None:
+        if self.killing is None and self.kills.due():
+            self.killing = self.db.submit(self.store.kills, self.lease,
+                                          self.kills.candidates())
+
+    def _send_kills(self, killed: list[int]) -> None:
+        if not killed:
+            return
+        log.info("stopping %s killed task(s)", len(killed))
+        gone = set(killed)
+        self.pool = deque(t for t in self.pool if t.id not in gone)
+        for rank, ids in self.kills.by_rank(killed).items():
+            if rank == LOCAL:
+                self.local.kill(ids, EndKind.KILLED)
+            elif rank in self.workers and self.workers[rank].alive:
+                self.seq += 1
+                self._send(rank, Assign(self.seq, (), tuple(ids)))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -366,8 +398,9 @@ class Leader:
         for pending in (self.flushing, self.claiming):
             if pending is not None:
                 pending[1].exception()
-        if self.beating is not None:
-            self.beating.exception()
+        for other in (self.beating, self.killing):
+            if other is not None:
+                other.exception()
         self._collect()
 
     def finish(self, reason: str) -> None:

@@ -151,6 +151,11 @@ class Store:
         rows = self._rows("launcher_heartbeat", {"job": lease.job_id, "epoch": lease.epoch})
         return bool(rows[0][0])
 
+    def kills(self, lease: Lease, ids: Iterable[int]) -> list[int]:
+        """Which of these tasks (claimed by this batch job) were killed meanwhile."""
+        rows = self._rows("launcher_kills", {"job": lease.job_id, "ids": _ints(ids)})
+        return [int(r[0]) for r in rows]
+
     def close_job(self, lease: Lease, state: str, reason: str) -> tuple[int, int]:
         row = self._rows("launcher_close_job", {"job": lease.job_id, "epoch": lease.epoch,
                                                 "state": state, "reason": reason})[0]

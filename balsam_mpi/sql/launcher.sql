@@ -24,6 +24,9 @@ SELECT step, changed
 -- name: launcher_heartbeat
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);
 
+-- name: launcher_kills
+SELECT launcher_kills FROM launcher_kills(%(job)s, %(ids)s::bigint[]);
+
 -- name: launcher_close_job
 SELECT released, requeued
   FROM launcher_close_job(%(job)s, %(epoch)s, %(state)s, %(reason)s);

@@ -485,8 +485,37 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
      WHERE t.id = ANY (ids) ORDER BY t.id FOR SHARE
 $$;
 
-GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[])
-    TO balsam_member;
+-- Recount the unfinished parents of the given tasks from task_deps (the truth), and make
+-- those left waiting for nothing READY. Called after tasks are deleted, for their
+-- children: those may belong to other members, whose rows the caller cannot update.
+-- Safe to offer to every member: it only ever sets the true count.
+CREATE FUNCTION tasks_recount(ids bigint[]) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH pend AS (
+        SELECT c.id,
+               (SELECT count(*) FROM public.task_deps d
+                  JOIN public.tasks p ON p.id = d.parent_id
+                 WHERE d.child_id = c.id AND p.state <> 'JOB_FINISHED'
+                   AND (c.fail_with_parents OR p.state NOT IN ('FAILED', 'USER_KILLED'))
+               )::integer AS k
+          FROM public.tasks c
+         WHERE c.id = ANY (ids) AND c.state IN ('CREATED', 'AWAITING_PARENTS', 'READY')
+    ), changed AS (
+        UPDATE public.tasks t SET
+            pending_parents = pend.k,
+            state = CASE WHEN t.state = 'AWAITING_PARENTS' AND pend.k = 0
+                         THEN 'READY'::task_state ELSE t.state END,
+            state_message = CASE WHEN t.state = 'AWAITING_PARENTS' AND pend.k = 0
+                                 THEN 'parents finished or removed' ELSE t.state_message END
+          FROM pend
+         WHERE t.id = pend.id AND t.pending_parents <> pend.k
+        RETURNING t.id
+    )
+    SELECT count(*)::integer FROM changed
+$$;
+
+GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[]),
+    tasks_recount(bigint[]) TO balsam_member;
 
 -- ==== 0004_launcher.sql ====
 -- 0004_launcher: the launcher's work as SECURITY DEFINER functions (DESIGN.md §5, §6).
@@ -774,6 +803,18 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     SELECT EXISTS (SELECT 1 FROM beat);
 $$;
 
+-- Which of this leader's tasks were killed meanwhile (USER_KILLED keeps the claim's
+-- batch_job_id): the leader polls every second or two and sends the kills to the nodes.
+CREATE FUNCTION launcher_kills(p_job bigint, p_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    PERFORM launcher_check_user(p_job);
+    RETURN QUERY
+    SELECT t.id FROM public.tasks t
+     WHERE t.id = ANY (p_ids) AND t.batch_job_id = p_job AND t.state = 'USER_KILLED';
+END $$;
+
 -- Give back claims that never started (and, when the leader stops them, runs it cut
 -- off: requeued without spending a retry), then close the row with its reason.
 CREATE FUNCTION launcher_close_job(p_job bigint, p_epoch bigint, p_state batch_job_state,
@@ -806,5 +847,6 @@ GRANT EXECUTE ON FUNCTION
     launcher_report(bigint, bigint, bigint[], double precision[], bigint[], smallint[],
                     integer[], double precision[], double precision[], text[]),
     launcher_heartbeat(bigint, bigint),
+    launcher_kills(bigint, bigint[]),
     launcher_close_job(bigint, bigint, batch_job_state, text)
 TO balsam_member;

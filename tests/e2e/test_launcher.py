@@ -188,3 +188,22 @@ def test_failures_are_recorded_with_their_output(conn: Any, dbname: str) -> None
     assert rows[bad] == ("FAILED", 7, "broken\n")
     assert rows[missing][0] == "FAILED" and "no-such-program-xyz" in rows[missing][2]
     no_strays(dbname)
+
+
+def test_a_kill_reaches_a_running_task(pg_project: Project, conn: Any, dbname: str) -> None:
+    from balsam_mpi.client import Client
+
+    [long] = add(conn, 1, command="sleep 600", app="long")
+    proc = launcher(2)
+    deadline = time.monotonic() + 60
+    while conn.execute("SELECT state::text FROM tasks").fetchone() != ("RUNNING",):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    with Client(pg_project) as client:
+        assert client.kill([long]) == [long]
+    finish(proc)  # the launcher ends once the killed task is gone (idle timeout 0)
+    assert time.monotonic() - t0 < 15
+    row = conn.execute("SELECT state::text, batch_job_id IS NOT NULL FROM tasks").fetchone()
+    assert row == ("USER_KILLED", True)  # the task's own end did not overwrite the kill
+    no_strays(dbname)

@@ -283,6 +283,18 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     SELECT EXISTS (SELECT 1 FROM beat);
 $$;
 
+-- Which of this leader's tasks were killed meanwhile (USER_KILLED keeps the claim's
+-- batch_job_id): the leader polls every second or two and sends the kills to the nodes.
+CREATE FUNCTION launcher_kills(p_job bigint, p_ids bigint[])
+RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    PERFORM launcher_check_user(p_job);
+    RETURN QUERY
+    SELECT t.id FROM public.tasks t
+     WHERE t.id = ANY (p_ids) AND t.batch_job_id = p_job AND t.state = 'USER_KILLED';
+END $$;
+
 -- Give back claims that never started (and, when the leader stops them, runs it cut
 -- off: requeued without spending a retry), then close the row with its reason.
 CREATE FUNCTION launcher_close_job(p_job bigint, p_epoch bigint, p_state batch_job_state,
@@ -315,5 +327,6 @@ GRANT EXECUTE ON FUNCTION
     launcher_report(bigint, bigint, bigint[], double precision[], bigint[], smallint[],
                     integer[], double precision[], double precision[], text[]),
     launcher_heartbeat(bigint, bigint),
+    launcher_kills(bigint, bigint[]),
     launcher_close_job(bigint, bigint, batch_job_state, text)
 TO balsam_member;
