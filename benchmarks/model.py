@@ -56,6 +56,9 @@ class Costs:
     leader_msg_s: float = 0.0  # leader CPU per REPORT received (and its ASSIGN)
     leader_item_s: float = 0.0  # … per started/finished item it carries
     spawn_s: float = 0.0  # a node's cost to start one task process
+    # > 0: every node shares one host, which starts one process at a time at this cost
+    # (how this 2-core machine runs its "nodes"; 0 for real nodes, each with its cores)
+    host_spawn_s: float = 0.0
     msg_latency_s: float = 0.0  # one-way message time
     startup_s: float = 0.0  # job open → leader's first claim
     close_s: float = 0.0  # last task end → job closed
@@ -160,6 +163,7 @@ class Model:
         self.heap: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self.seq = 0
         self.now = 0.0
+        self.host_free_at = 0.0
 
     # -- plumbing ---------------------------------------------------------------------
     def _at(self, t: float, kind: str, *data: Any) -> None:
@@ -318,8 +322,13 @@ class Model:
         ld = self.leaders[li]
         started = 0
         t = max(self.now, node.spawn_free_at)
+        host = self.c.host_spawn_s
         while node.free > 0 and node.queued > 0:
-            t += self.c.spawn_s
+            if host > 0:
+                t = max(t + self.c.spawn_s, self.host_free_at + host)
+                self.host_free_at = t
+            else:
+                t += self.c.spawn_s
             node.free -= 1
             node.queued -= 1
             started += 1

@@ -3,7 +3,7 @@
 pyenv's Python lives under /root (0700), so the users get a venv built from the system's
 /usr/bin/python3 under /opt/balsam-mpi-bench (0755) with the package (copied sources,
 non-editable) and the launcher's dependencies (mpi4py and the mpich wheel's mpiexec
-included). It is cached by a hash of the sources. Accounts ``bbench1..5`` join the group
+included), cached (see :func:`shared_venv`). Accounts ``bbench1..5`` join the group
 ``bbench``; the project's owner (root) authorizes them with `balsam-dbctl add-user` and
 each activates with `source balsamactivate PROJECT`, as a collaborator would.
 """
@@ -64,47 +64,64 @@ def accounts() -> dict[str, pwd.struct_passwd]:
     return found
 
 
-def _source_hash() -> str:
+def _hash(files: list[Path]) -> str:
     digest = hashlib.sha256()
-    files = [REPO / "pyproject.toml", REPO / "README.md"]
-    files += sorted(p for p in (REPO / "balsam_mpi").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts)
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
+def _sources() -> list[Path]:
+    return sorted(p for p in (REPO / "balsam_mpi").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts)
+
+
 def shared_venv() -> Path:
-    """The venv every user can run (built once per source version)."""
+    """The venv every user can run.
+
+    Built once per pyproject (dependencies and entry points: slow, a pip install), then
+    refreshed per source version by copying the package into site-packages (fast): the
+    package code changes far more often than its dependencies.
+    """
     VENV_BASE.mkdir(exist_ok=True)
     os.chmod(VENV_BASE, 0o755)
-    tag = _source_hash()
-    venv = VENV_BASE / f"venv-{tag}"
+    venv = VENV_BASE / "venv"
+    deps_mark = venv / f".deps-{_hash([REPO / 'pyproject.toml'])}"
+    src_mark = venv / f".src-{_hash(_sources())}"
     with open(VENV_BASE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (venv / ".ready").exists():
-            return venv
-        src = VENV_BASE / f"src-{tag}"
-        shutil.rmtree(src, ignore_errors=True)
-        src.mkdir()
-        shutil.copytree(REPO / "balsam_mpi", src / "balsam_mpi",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy(REPO / name, src / name)
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True,
-                       capture_output=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, str(src), "mpich"], check=True, capture_output=True,
-                       timeout=900)
-        shutil.rmtree(src, ignore_errors=True)
-        subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
-        (venv / ".ready").touch()
-        for old in VENV_BASE.glob("venv-*"):
-            if old != venv:
-                shutil.rmtree(old, ignore_errors=True)
+        if not deps_mark.exists():
+            _build(venv)
+            deps_mark.touch()
+        if not src_mark.exists():
+            site = next((venv / "lib").glob("python3*/site-packages"))
+            shutil.rmtree(site / "balsam_mpi", ignore_errors=True)
+            shutil.copytree(REPO / "balsam_mpi", site / "balsam_mpi",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            subprocess.run(["chmod", "-R", "a+rX", str(site / "balsam_mpi")], check=True)
+            for old in venv.glob(".src-*"):
+                old.unlink()
+            src_mark.touch()
     return venv
+
+
+def _build(venv: Path) -> None:
+    src = VENV_BASE / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir()
+    shutil.copytree(REPO / "balsam_mpi", src / "balsam_mpi",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, capture_output=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, str(src), "mpich"], check=True, capture_output=True, timeout=900)
+    shutil.rmtree(src, ignore_errors=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+    for old in VENV_BASE.glob("venv-*"):  # earlier layouts
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def user_env(venv: Path, entry: pwd.struct_passwd, project: Path) -> dict[str, str]:

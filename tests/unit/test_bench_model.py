@@ -88,3 +88,14 @@ def test_fit_line() -> None:
     assert fit["fixed_s"] == pytest.approx(1.0)
     assert fit["per_row_s"] == pytest.approx(2.0)
     assert not math.isnan(fit_line([2.0, 2.0], [1.0, 1.0])["fixed_s"])
+
+
+def test_a_shared_host_serializes_spawns_across_nodes() -> None:
+    # Two nodes, one task each, instant otherwise: on their own cores both start at 0.1;
+    # on one shared host spawning at 0.25 s each, they start at 0.25 and 0.5.
+    own = Model(Case(1, 2, 1, 1.0, 2), Costs(spawn_s=0.1), trace=True)
+    own.run()
+    assert own.starts == pytest.approx([0.1, 0.1])
+    shared = Model(Case(1, 2, 1, 1.0, 2), Costs(spawn_s=0.1, host_spawn_s=0.25), trace=True)
+    shared.run()
+    assert sorted(shared.starts or []) == pytest.approx([0.25, 0.5])
