@@ -65,7 +65,8 @@ def dbname(pg_project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 @pytest.fixture()
 def conn(pg_project: Project, dbname: str):  # type: ignore[no-untyped-def]
-    """A superuser connection to this test's database (autocommit)."""
+    """The owner's everyday role on this test's database (autocommit): owner rights over
+    tasks and apps, but not the database superuser (use ``lifecycle.admin_connect`` for that)."""
     from balsam_mpi import db
 
     with db.connect(pg_project, dbname=dbname, autocommit=True) as connection:
