@@ -74,8 +74,10 @@ WITH marks AS (
     SELECT job_id, to_state, w, at >= %(e0)s::float8 AND at <= %(e1)s::float8 AS inside,
            least(greatest(at, %(e0)s::float8), %(e1)s::float8) - %(e0)s::float8 AS x
       FROM marks
+    OFFSET 0  -- a fence: x is computed once per row, not once per use below
 ), binned AS (
     SELECT *, least(floor(x / %(width)s::float8)::int, %(nbins)s::int - 1) AS bin FROM rel
+    OFFSET 0
 )
 SELECT job_id, bin,
        sum(w) AS level_change,
