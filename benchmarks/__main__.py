@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -51,17 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("scenarios", nargs="+", help=f"{', '.join(SCENARIOS)} or all")
     run.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     run.add_argument("--out", type=Path, default=RESULTS, help="where result files go")
+    table = sub.add_parser("table", help="print the results table of the latest runs")
+    table.add_argument("--out", type=Path, default=RESULTS, help="where result files are")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        from .table import render
+
+        print(render(args.out), end="")
+        return 0
     names = list(SCENARIOS) if args.scenarios == ["all"] else args.scenarios
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}: choose from {', '.join(SCENARIOS)}, all")
+    start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
         summary = SCENARIOS[name](args.quick, args.out)
-        print(f"== {name} ({time.perf_counter() - t0:.0f} s)")
+        print(f"== {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
         for key, value in summary.items():
-            print(f"   {key}: {value}")
+            print(f"   {key}: {value}", flush=True)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"== {len(names)} scenario(s) in {time.perf_counter() - start:.0f} s; "
+          f"load average now {load}")
     return 0
 
 

@@ -2,10 +2,12 @@
 report, database — sweeping the number of ranks.
 
 The throughput is finished tasks / (first start → last end), from the tasks' own times.
-The ceiling is the bare sequential spawn rate of /bin/true from one Python process,
-measured before and after the launcher runs of this same scenario (their mean is the
-denominator): the machine is shared, so a ratio measured in one run is the figure that
-travels. The issue's target is ≥ 80% of it with 4 and 16 ranks.
+The ceiling is the bare sequential spawn rate of /bin/true from one Python process (the
+issue's "bare spawn rate"), measured before and after the launcher runs of this same
+scenario (their mean is the denominator): the machine is shared, so a ratio measured in
+one run is the figure that travels. The issue's target is ≥ 80% of it with 4 and 16
+ranks. Several ranks spawn side by side on this 2-core machine and can pass the
+sequential rate, so the ratio to the concurrent spawn rate (8 in flight) is given too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ RUNS = 3
 
 
 def run(quick: bool, out: Path) -> dict[str, Any]:
-    ranks_list = [2, 4, 8] if quick else [2, 4, 8, 16]
+    ranks_list = [2, 4, 16] if quick else [2, 4, 8, 16]
     n_tasks = 2000 if quick else 4000
     packing = 16
     n_spawn = 1000 if quick else 3000
@@ -33,6 +35,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     with bench_project() as proj, lc.connect(proj) as conn:
         spawn_before = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
+        conc_before = statistics.median(ceiling.spawn_concurrent(n_spawn) for _ in range(3))
         for ranks in ranks_list:
             runs = []
             for _ in range(RUNS):
@@ -48,11 +51,16 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 "runs": runs,
             }
         spawn_after = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
+        conc_after = statistics.median(ceiling.spawn_concurrent(n_spawn) for _ in range(3))
     ceiling_rate = (spawn_before + spawn_after) / 2
+    conc_rate = (conc_before + conc_after) / 2
     for res in per_ranks.values():
         res["median"]["ratio_to_spawn"] = res["median"]["rate_per_s"] / ceiling_rate
+        res["median"]["ratio_to_concurrent_spawn"] = res["median"]["rate_per_s"] / conc_rate
     results = {"spawn_ceiling_per_s": {"before": spawn_before, "after": spawn_after,
                                        "used": ceiling_rate},
+               "spawn_concurrent_per_s": {"before": conc_before, "after": conc_after,
+                                          "used": conc_rate},
                "by_ranks": per_ranks}
     params = {"ranks": ranks_list, "tasks": n_tasks, "node_packing_count": packing,
               "runs": RUNS, "command": "/bin/true", "n_spawn": n_spawn}
@@ -60,11 +68,13 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     xs = [int(r) for r in per_ranks]
     plot_sweep(png_path(out, "noop"), "no-op throughput (median of 3)", "ranks", xs,
                {"launcher tasks/s": [per_ranks[str(x)]["median"]["rate_per_s"] for x in xs]},
-               ceiling_rate, "bare spawn /s (same run)")
-    summary: dict[str, Any] = {"spawn ceiling /s": round(ceiling_rate)}
+               ceiling_rate, "bare sequential spawn /s (same run)")
+    summary: dict[str, Any] = {"spawn ceiling /s": round(ceiling_rate),
+                               "concurrent spawn /s": round(conc_rate)}
     for r, res in per_ranks.items():
         m = res["median"]
         summary[f"ranks={r}"] = (f"{m['rate_per_s']:.0f} tasks/s = {m['ratio_to_spawn']:.2f}"
-                                 f" x spawn; leader {m['leader_cpu_us_per_task']:.0f} us/task")
+                                 f" x spawn ({m['ratio_to_concurrent_spawn']:.2f} x concurrent"
+                                 f"); leader {m['leader_cpu_us_per_task']:.0f} us/task")
     summary["written"] = str(path)
     return summary

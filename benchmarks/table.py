@@ -1,0 +1,158 @@
+"""`python -m benchmarks table [--out DIR]`: the README's results table, from the latest
+result files. Each figure is a median of its runs; "spread" is (max − min) / median over
+those runs — the noise a fresh run should be compared with."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str]  # figure, median, ratio to the same-run ceiling, spread
+
+
+def _spread(values: list[float]) -> str:
+    vals = [v for v in values if v == v]  # drop NaN
+    if len(vals) < 2:
+        return "1 run"
+    med = statistics.median(vals)
+    return f"±{(max(vals) - min(vals)) / med / 2:.0%}" if med else "-"
+
+
+def _load(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / f"{name}-latest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ceiling(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    rows = [(f"bare spawn /bin/true, {k.split('_')[0]}", f"{v:,.0f}/s", "1 (ceiling)",
+             _spread([run[k] for run in r["spawn"]["runs"]]))
+            for k, v in r["spawn"]["median"].items()]
+    for k, res in r["claim"].items():
+        rows.append((f"bare SKIP LOCKED claim, k={k}, 5 claimers",
+                     f"{res['median']['rows_per_s']:,.0f} rows/s", "1 (ceiling)",
+                     _spread([x["rows_per_s"] for x in res["runs"]])))
+    return rows
+
+
+def _noop(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    ceiling = r["spawn_ceiling_per_s"]["used"]
+    rows = [("noop: bare spawn in the same run", f"{ceiling:,.0f}/s", "1 (ceiling)",
+             f"before {r['spawn_ceiling_per_s']['before']:.0f}, "
+             f"after {r['spawn_ceiling_per_s']['after']:.0f}")]
+    for ranks, res in r["by_ranks"].items():
+        m = res["median"]
+        rows.append((f"noop {doc['params']['tasks']} tasks, {ranks} ranks",
+                     f"{m['rate_per_s']:,.0f} tasks/s",
+                     f"{m['ratio_to_spawn']:.2f} × spawn, "
+                     f"{m.get('ratio_to_concurrent_spawn', float('nan')):.2f} × concurrent",
+                     _spread([x["rate_per_s"] for x in res["runs"]])))
+        rows.append((f"noop {ranks} ranks: leader CPU per task",
+                     f"{m['leader_cpu_us_per_task']:.0f} µs", "-",
+                     _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
+    return rows
+
+
+def _utilization(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    p = doc["params"]
+    rows: list[Row] = []
+    for d, res in r["by_duration"].items():
+        m = res["median"]
+        label = f"{d} s tasks, {p['nodes']}×{p['node_packing_count']}, {res['waves']} waves"
+        demand = f"asks {m['demand_over_spawn_ceiling']:.2f} × spawn"
+        rows.append((f"utilization (report), {label}", f"{m['utilization']:.3f}", demand,
+                     _spread([x["utilization"] for x in res["runs"]])))
+        rows.append((f"utilization (first start → last end), {label}",
+                     f"{m['utilization_span']:.3f}", "-",
+                     _spread([x["utilization_span"] for x in res["runs"]])))
+        rows.append((f"{d} s: first task after job start / after MPI init; tail idle",
+                     f"{m['first_task_s']:.2f} s / {m['first_start_after_init_s']:.2f} s; "
+                     f"{m['tail_idle_s']:.2f} s", "-",
+                     _spread([x["first_start_after_init_s"] for x in res["runs"]])))
+        rows.append((f"{d} s: leader CPU per task; worker rank CPU share",
+                     f"{m['leader_cpu_us_per_task']:.0f} µs; "
+                     f"{m['worker_rank_cpu_fraction']:.1%}", "-",
+                     _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
+    return rows
+
+
+def _leader(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    ceiling = r["claim_ceiling_rows_per_s"]
+    rows: list[Row] = [("leader: bare claim, k=4096, 1 claimer (same run)",
+                        f"{ceiling:,.0f} rows/s", "1 (ceiling)", "-")]
+    for key, res in r["grid"].items():
+        m = res["median"]
+        rows.append((f"null runner {doc['params']['tasks']} tasks, {key}",
+                     f"{m['rate_per_s']:,.0f} tasks/s",
+                     f"{m['ratio_to_claim_ceiling']:.2f} × claim",
+                     _spread([x["rate_per_s"] for x in res["runs"]])))
+        rows.append((f"leader capacity (1 / CPU per task), {key}",
+                     f"{m['capacity_per_s']:,.0f} tasks/s",
+                     f"{m['capacity_per_s'] / ceiling:.2f} × claim",
+                     _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
+    for name in ("claim", "report_started", "report_finished"):
+        fit = r["db_costs"][name]["fit"]
+        med = r["db_costs"][name]["median_s"]
+        rows.append((f"{name} latency (Store call), k=16…4096",
+                     f"{fit['fixed_s'] * 1e3:.1f} ms + {fit['per_row_s'] * 1e6:.0f} µs/row",
+                     "-", f"{med[0] * 1e3:.0f}…{med[-1] * 1e3:.0f} ms"))
+    msg = r["message_cost"]
+    rows.append(("leader CPU per REPORT + ASSIGN (0 / 64 items)",
+                 f"{msg['cpu_s_per_msg_items_0'] * 1e6:.0f} / "
+                 f"{msg['cpu_s_per_msg_items_64'] * 1e6:.0f} µs", "-", "1 run"))
+    return rows
+
+
+def _concurrent(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    runs = r["runs"]
+    per = [u for run in r["per_launcher_utilization"] for u in run if u is not None]
+    return [
+        (f"5 launchers ({r['mode']}): exactly once", str(r["exactly_once_ok"]), "-",
+         f"{len(runs)} runs"),
+        ("5 launchers: aggregate utilization (report)", f"{r['median']['utilization']:.3f}",
+         f"{r['median']['ratio_to_ideal_rate']:.2f} × ideal rate",
+         _spread([x["utilization"] for x in runs])),
+        ("5 launchers: per-launcher utilization, min…max over runs",
+         f"{min(per):.3f}…{max(per):.3f}" if per else "-", "-", "-"),
+    ]
+
+
+def _model(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    rows: list[Row] = []
+    for layout, points in r["projections"].items():
+        for p in points:
+            rows.append((f"model: {layout}, {p['duration_s']:g} s tasks",
+                         f"utilization {p['utilization']:.3f}",
+                         f"{p['throughput_per_s']:,.0f} tasks/s", "model"))
+    errors = [abs(c.get("utilization_error", c.get("throughput_error", float("nan"))))
+              for c in r["check"]]
+    rows.append(("model vs measured small runs, |relative error|",
+                 f"median {statistics.median(errors):.0%}, max {max(errors):.0%}", "-",
+                 f"{len(errors)} runs"))
+    return rows
+
+
+SECTIONS = {"ceiling": _ceiling, "noop": _noop, "utilization": _utilization,
+            "leader": _leader, "concurrent": _concurrent, "scale-model": _model}
+
+
+def render(out: Path) -> str:
+    lines = ["| figure | median | ratio / context | spread of runs |",
+             "|---|---|---|---|"]
+    loads = []
+    for name, fn in SECTIONS.items():
+        doc = _load(out, name)
+        if doc is None:
+            continue
+        m = doc["machine"]
+        loads.append(f"{name} {m['when']} load {m['loadavg_at_start'][0]:.2f}")
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in fn(doc)]
+    return "\n".join(lines) + "\n\nRuns (start, 1-minute load average): " + "; ".join(
+        loads) + "\n"
