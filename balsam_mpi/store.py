@@ -67,11 +67,11 @@ class ClaimFilter:
 # element by element cost the leader more than the rest of a flush. Only ints and floats
 # ever go this way, so the text cannot carry anything but numbers.
 def _ints(values: Iterable[int]) -> str:
-    return "{" + ",".join([str(int(v)) for v in values]) + "}"
+    return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
 def _floats(values: Iterable[float]) -> str:
-    return "{" + ",".join([repr(float(v)) for v in values]) + "}"
+    return "{" + ",".join(map(repr, map(float, values))) + "}"
 
 
 def _connect(project: Project) -> psycopg.Connection[Any]:
@@ -139,12 +139,16 @@ class Store:
                finished: Sequence[Finished]) -> dict[str, int]:
         """Write a batch of node reports; returns rows changed per step."""
         ends = [f for f in finished if f.kind != EndKind.KILLED]  # already USER_KILLED
+        # Transposed with zip (in C): one pass per column instead of a Python loop each.
+        s_ids, _s_epochs, s_at = zip(*started, strict=True) if started else ((), (), ())
+        f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail = (
+            zip(*ends, strict=True) if ends else ((),) * 7)
         rows = self._rows("launcher_report", {
             "job": lease.job_id, "epoch": lease.epoch,
-            "s_ids": _ints(s.id for s in started), "s_at": _floats(s.at for s in started),
-            "f_ids": _ints(f.id for f in ends), "f_kind": _ints(f.kind for f in ends),
-            "f_rc": _ints(f.rc for f in ends), "f_started": _floats(f.started_at for f in ends),
-            "f_ended": _floats(f.ended_at for f in ends), "f_tail": [f.tail for f in ends]})
+            "s_ids": _ints(s_ids), "s_at": _floats(s_at),
+            "f_ids": _ints(f_ids), "f_kind": _ints(f_kind), "f_rc": _ints(f_rc),
+            "f_started": _floats(f_started), "f_ended": _floats(f_ended),
+            "f_tail": list(f_tail)})
         return {str(step): int(n) for step, n in rows}
 
     def heartbeat(self, lease: Lease) -> bool:

@@ -25,7 +25,7 @@ SELECT step, changed
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);
 
 -- name: launcher_kills
-SELECT launcher_kills FROM launcher_kills(%(job)s, %(ids)s::bigint[]);
+SELECT launcher_kills FROM launcher_kills(%(job)s::bigint, %(ids)s::bigint[]);
 
 -- name: launcher_close_job
 SELECT released, requeued

@@ -33,9 +33,10 @@ def add_tasks(conn: psycopg.Connection[Any], app_id: int, n: int, *, workflow: s
     return [int(r[0]) for r in rows]
 
 
-def open_lease(store: Store, filters: ClaimFilter = ClaimFilter()) -> Lease:
+def open_lease(store: Store) -> Lease:
     return store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",
-                          nodes=1, ranks=1, filters=filters, wall_time_min=None, lease_sec=60)
+                          nodes=1, ranks=1, filters=ClaimFilter(), wall_time_min=None,
+                          lease_sec=60)
 
 
 @pytest.fixture()

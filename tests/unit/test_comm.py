@@ -9,7 +9,7 @@ def test_backoff_grows_to_its_cap_and_resets() -> None:
     b = Backoff(first=0.001, cap=0.05)
     waits = [b.next() for _ in range(10)]
     assert waits[0] == 0.001
-    assert all(x <= y for x, y in zip(waits, waits[1:]))
+    assert all(x <= y for x, y in zip(waits, waits[1:], strict=False))
     assert max(waits) == 0.05
     b.reset()
     assert b.next() == 0.001
