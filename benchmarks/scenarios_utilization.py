@@ -26,7 +26,8 @@ from .plots import plot_timelines, png_path
 from .projects import bench_project
 
 KEYS = ("utilization", "utilization_span", "first_task_s", "first_start_after_init_s", "tail_idle_s",
-        "job_wall_s", "leader_cpu_us_per_task", "rate_per_s")
+        "job_wall_s", "leader_cpu_us_per_task", "rate_per_s", "worker_rank_cpu_fraction",
+        "leader_cpu_fraction")
 
 
 def plan(quick: bool) -> list[dict[str, Any]]:
@@ -58,10 +59,10 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 m["worker_rank_cpu_fraction"] = (
                     max(m["worker_cpu_s"]) / m["launcher_wall_s"] if m["worker_cpu_s"]
                     else float("nan"))
+                m["leader_cpu_fraction"] = m["leader_cpu_s"] / m["launcher_wall_s"]
                 runs.append(m)
             raw[f"{d:g}"] = task_times(conn)
-            med = {k: statistics.median(r[k] for r in runs) for k in (*KEYS,
-                                                                       "worker_rank_cpu_fraction")}
+            med = {k: statistics.median(r[k] for r in runs) for k in KEYS}
             med["demand_over_spawn_ceiling"] = slots / d / spawn
             results[f"{d:g}"] = {"duration_s": d, "waves": waves, "tasks": slots * waves,
                                  "median": med, "runs": runs}

@@ -73,8 +73,9 @@ def _utilization(doc: dict[str, Any]) -> list[Row]:
                      f"{m['first_task_s']:.2f} s / {m['first_start_after_init_s']:.2f} s; "
                      f"{m['tail_idle_s']:.2f} s", "-",
                      _spread([x["first_start_after_init_s"] for x in res["runs"]])))
-        rows.append((f"{d} s: leader CPU per task; worker rank CPU share",
-                     f"{m['leader_cpu_us_per_task']:.0f} µs; "
+        rows.append((f"{d} s: leader CPU per task (share of a core); busiest worker rank",
+                     f"{m['leader_cpu_us_per_task']:.0f} µs "
+                     f"({m.get('leader_cpu_fraction', float('nan')):.1%}); "
                      f"{m['worker_rank_cpu_fraction']:.1%}", "-",
                      _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
     return rows
