@@ -134,7 +134,7 @@ def sparkline(values: FloatArray, *, top: float | None = None, width: int = SPAR
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Columns padded to width; numbers right-aligned."""
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[cell(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     right = [bool(rows) and all(isinstance(r[i], int | float) or r[i] is None for r in rows)
              for i in range(len(headers))]
@@ -146,11 +146,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(list(headers)), *[line(r) for r in cells]])
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        # small figures (a short run's node-hours) keep two significant digits
+        return f"{value:.2g}" if 0 < abs(value) < 0.01 else f"{value:.2f}"
     return str(value)
 
 
@@ -171,9 +172,9 @@ def utilization_text(h: History) -> str:
     per_job = h.job_utilization_series()
     rows: list[list[Any]] = []
     for i, job in zip(range(len(h.jobs)), h.job_rows(), strict=True):
-        rows.append([job["id"], job["user"], job["nodes"], round(job["busy_node_hours"], 3),
+        rows.append([job["id"], job["user"], job["nodes"], job["busy_node_hours"],
                      pct(job["utilization"]), "|" + sparkline(per_job[i], top=1.0) + "|"])
-    rows.append(["total", "", _max_nodes(h), round(busy_h, 3), pct(overall),
+    rows.append(["total", "", _max_nodes(h), busy_h, pct(overall),
                  "|" + sparkline(h.utilization_series(), top=1.0) + "|"])
     lines.append(table(["job", "user", "nodes", "busy node-h", "util", "over time (0-100%)"],
                        rows))
@@ -213,7 +214,7 @@ def throughput_text(h: History) -> str:
 
 def jobs_text(h: History) -> str:
     rows = [[r["id"], r["user"], r["state"], r["nodes"], short_duration(r["wall_seconds"]),
-             round(r["busy_node_hours"], 3), pct(r["utilization"]), r["done"], r["failed"],
+             r["busy_node_hours"], pct(r["utilization"]), r["done"], r["failed"],
              short_duration(r["queue_seconds"]), short_duration(r["first_task_seconds"]),
              short_duration(r["idle_tail_seconds"]), r["host"] or "-"]
             for r in h.job_rows()]

@@ -62,7 +62,7 @@ def ls(ctx: CliContext, state: str | None, user: str | None, limit: int,
 def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
     """One batch job: its record and its utilization, throughput and timings."""
     from .. import analytics
-    from ..analytics_render import pct, sparkline
+    from ..analytics_render import cell, pct, sparkline
     from ..analytics_time import short_duration
     from .report import parse_filters
 
@@ -95,10 +95,12 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
         value = fields[key]
         if key == "utilization":
             value = pct(value)
+        elif key in _TIMES:
+            value = _short_time(value)
         elif key.endswith("_seconds"):
             value = short_duration(value)
         elif isinstance(value, float):
-            value = f"{value:.3f}"
+            value = cell(value)
         click.echo(f"{label.ljust(width)}  {'-' if value is None else value}")
     if record is not None:
         click.echo(f"{'over time'.ljust(width)}  |{sparkline(h.utilization_series(), top=1.0)}|")
@@ -107,13 +109,16 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
 _LABELS = {
     "id": "id", "state": "state", "user": "user", "scheduler": "scheduler",
     "scheduler_job_id": "scheduler id", "host": "host", "nodes": "nodes", "ranks": "ranks",
-    "wall_time_min": "wall limit (min)", "started_at": "started", "ended_at": "ended",
-    "alive_until": "held nodes until", "end_reason": "end reason",
+    "wall_time_min": "wall limit (min)", "started_at": "started (UTC)",
+    "ended_at": "ended (UTC)", "alive_until": "held nodes until", "end_reason": "end reason",
     "queue_seconds": "queued", "wall_seconds": "wall time", "node_hours": "node-hours",
     "busy_node_hours": "busy node-hours", "utilization": "utilization", "done": "runs done",
     "failed": "runs failed", "first_task_seconds": "to first task",
     "idle_tail_seconds": "idle tail",
 }
+
+
+_TIMES = {"started_at", "ended_at", "alive_until"}
 
 
 def _short_time(text: str | None) -> str:

@@ -230,12 +230,12 @@ def usage(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> 
             items = summary[split]
             parts.append(render.table(
                 [title, "busy node-h", "done", "failed"],
-                [[i[title], round(i["busy_node_hours"], 3), i["done"], i["failed"]]
+                [[i[title], i["busy_node_hours"], i["done"], i["failed"]]
                  for i in items]))
         pairs = summary["by_job_user_and_owner"]
         parts.append(render.table(
             ["job_user", "owner", "busy node-h", "done", "failed"],
-            [[i["job_user"], i["owner"], round(i["busy_node_hours"], 3), i["done"],
+            [[i["job_user"], i["owner"], i["busy_node_hours"], i["done"],
               i["failed"]] for i in pairs]))
         return "\n\n".join(parts)
 
