@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from concurrent.futures import Future
 
 from .buffer import Batch, DbThread, ReportBuffer
 from .comm import Backoff, Comm
 from .config import Settings
+from .dispatch import Dispatcher
 from .errors import BalsamError
-from .kills import LOCAL, KillTracker
 from .node import Node
 from .project import Project
 from .protocol import (
@@ -34,9 +33,8 @@ from .protocol import (
     Hello,
     Report,
     Started,
-    TaskSpec,
 )
-from .resources import EPS, NODE_CAPACITY, Pace, WorkerView, room
+from .resources import EPS, NODE_CAPACITY, WorkerView
 from .specs import SpecBuilder
 from .store import Claimed, ClaimFilter, Lease
 
@@ -61,9 +59,10 @@ class Leader:
         local.wake_on(db.wake_fd)
         self.deadline = deadline  # wall-clock end of this launcher's time, if any
         self.filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
-        self.workers: dict[int, WorkerView] = {}
         self.expected = (comm.size - 1) if comm else 0
-        self.pool: deque[TaskSpec] = deque()
+        self.nodes = Dispatcher(settings, local, self._send)
+        self.workers = self.nodes.workers
+        self.kills = self.nodes.kills
         self.buffer = ReportBuffer(lease, settings.flush_size, settings.flush_interval_s)
         self.flushing: tuple[Batch, Future[dict[str, int]]] | None = None
         self.claiming: tuple[int, Future[list[Claimed]]] | None = None
@@ -71,7 +70,6 @@ class Leader:
         self.flushes = 0  # flushes submitted that carried ends (children may be READY)
         self.claim_covers = -1  # the value of `flushes` when the last claim was sent
         self.last_claim_empty = False
-        self.seq = 0
         self.next_claim = 0.0
         self.claimed_total = 0
         self.max_packing = 16
@@ -82,8 +80,6 @@ class Leader:
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.specs = SpecBuilder(project, lease.epoch)
-        self.local_pace = Pace()
-        self.kills = KillTracker(settings.kill_poll_s)
         self.killing: Future[list[int]] | None = None
 
     # -- messages ---------------------------------------------------------------------
@@ -115,11 +111,9 @@ class Leader:
 
     def on_report(self, source: int, msg: Report) -> None:
         self._absorb(msg.started, msg.finished)
-        view = self.workers.setdefault(source, WorkerView(source))
-        view.update(msg.free, msg.acked, msg.running, msg.queued, msg.done_share,
-                    time.monotonic())
+        view = self.nodes.reported(source, msg)
         self._refill()
-        self._assign_to(view, always=True)
+        self.nodes.assign_to(view, always=True)
 
     def _absorb(self, started: tuple[Started, ...], finished: tuple[Finished, ...]) -> None:
         if started and self.first_start is None:
@@ -133,57 +127,7 @@ class Leader:
         assert self.comm is not None
         self.comm.send(rank, msg)
 
-    # -- assignment -------------------------------------------------------------------
-    def _take(self, space: float) -> list[TaskSpec]:
-        out: list[TaskSpec] = []
-        while self.pool and self.pool[0].need <= space + EPS:
-            spec = self.pool.popleft()
-            space -= spec.need
-            out.append(spec)
-        return out
-
-    def _assign_to(self, view: WorkerView, always: bool = False) -> None:
-        tasks = self._take(room(view, self.margin(view.pace)))
-        if not tasks and not always:
-            return
-        self.seq += 1
-        view.sent(self.seq, sum(t.need for t in tasks))
-        self.kills.placed((t.id for t in tasks), view.rank)
-        self._send(view.rank, Assign(self.seq, tuple(tasks)))
-
-    def _fill_local(self) -> None:
-        if self.draining:
-            return
-        space = self.local.free() + self.margin(self.local_pace)
-        if self.pool and self.pool[0].need <= space + EPS:
-            tasks = self._take(space)
-            self.kills.placed((t.id for t in tasks), LOCAL)
-            self.local.queue.extend(tasks)
-            self.local.start_ready()
-
-    def _push(self) -> None:
-        """Unprompted ASSIGNs to workers with room (after a claim found new work)."""
-        for view in self.workers.values():
-            if not self.pool:
-                return
-            if view.alive and room(view, self.margin(view.pace)) >= self.pool[0].need - EPS:
-                self._assign_to(view)
-
     # -- claims -----------------------------------------------------------------------
-    def margin(self, pace: Pace) -> float:
-        """The share a node may hold beyond its free capacity (see resources.Pace)."""
-        return pace.margin(time.monotonic(), initial=self.s.claim_margin,
-                           horizon_s=self.s.claim_horizon_s,
-                           cap=max(self.s.claim_margin, self.s.claim_margin_max))
-
-    def demand(self) -> float:
-        self.local_pace.record(self.local.done_share, time.monotonic())
-        total = 0.0
-        if not self.draining:
-            total = max(0.0, self.local.free() + self.margin(self.local_pace))
-        total += sum(room(v, self.margin(v.pace)) for v in self.workers.values())
-        return total - sum(t.need for t in self.pool)
-
     def remaining_min(self) -> float | None:
         if self.deadline is None:
             return None
@@ -196,15 +140,12 @@ class Leader:
             return
         if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
             return
-        want = self.demand()
+        want = self.nodes.demand()
         if want < 1.0 / self.max_packing - EPS:
             return
         limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
         if self.s.max_tasks:
             limit = min(limit, self.s.max_tasks - self.claimed_total)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("claim: want %.3f (margins %s)", want,
-                      [round(self.margin(v.pace), 3) for v in self.workers.values()])
         future = self.db.submit(self.store.claim, self.lease, limit=limit, capacity=want,
                                 max_need=NODE_CAPACITY, filters=self.filters,
                                 remaining_min=self.remaining_min())
@@ -228,15 +169,15 @@ class Leader:
         self.max_packing = max(self.max_packing, max(r.node_packing_count for r in rows))
         for row in rows:
             try:
-                self.pool.append(self.specs.build(row))
+                self.nodes.pool.append(self.specs.build(row))
             except (ValueError, BalsamError) as exc:  # a command that cannot be rendered
                 t = time.time()
                 self.buffer.add((Started(row.id, self.lease.epoch, t),),
                                 (Finished(row.id, self.lease.epoch, int(EndKind.ERROR), 127,
                                           t, t, f"cannot build the command line: {exc}"),))
         self.idle_since = None
-        self._fill_local()
-        self._push()
+        self.nodes.fill_local()
+        self.nodes.push()
 
     # -- database results -------------------------------------------------------------
     def _flush(self) -> None:
@@ -286,9 +227,8 @@ class Leader:
 
     # -- the loop ---------------------------------------------------------------------
     def everything_idle(self) -> bool:
-        return (not self.pool and not self.local.busy() and not self.buffer
-                and self.flushing is None and self.claiming is None
-                and all(v.idle() or not v.alive for v in self.workers.values()))
+        return (self.nodes.all_idle() and not self.buffer
+                and self.flushing is None and self.claiming is None)
 
     def run(self) -> str:
         """Serve until idle (or stopped); returns the reason the launcher ended."""
@@ -301,7 +241,7 @@ class Leader:
                 self._absorb(*self.local.changes.take())
             if self._collect():
                 did = True
-            self._fill_local()
+            self.nodes.fill_local()
             self._refill()
             self._flush()
             self._poll_kills()
@@ -333,17 +273,8 @@ class Leader:
                                           self.kills.candidates())
 
     def _send_kills(self, killed: list[int]) -> None:
-        if not killed:
-            return
-        log.info("stopping %s killed task(s)", len(killed))
-        gone = set(killed)
-        self.pool = deque(t for t in self.pool if t.id not in gone)
-        for rank, ids in self.kills.by_rank(killed).items():
-            if rank == LOCAL:
-                self.local.kill(ids, EndKind.KILLED)
-            elif rank in self.workers and self.workers[rank].alive:
-                self.seq += 1
-                self._send(rank, Assign(self.seq, (), tuple(ids)))
+        if killed:
+            log.info("stopping %s killed task(s)", self.nodes.kill(killed))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -357,6 +288,7 @@ class Leader:
         if self.draining:
             return
         self.draining = reason
+        self.nodes.local_open = False
         log.info("draining: %s", reason)
         for view in self.workers.values():
             if view.alive:
@@ -365,7 +297,7 @@ class Leader:
         if cut:
             self.local.cut_all()
             # Claimed but never assigned: give them back (the close releases them too).
-            self.pool.clear()
+            self.nodes.pool.clear()
 
     def _check_end(self) -> bool:
         if self.stop_reason and not self.draining:

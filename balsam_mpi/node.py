@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from . import runner
+from . import pdeath, runner
 from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
 from .resources import EPS, NodeResources
 
@@ -45,6 +45,8 @@ class Node:
         self.started_total = 0
         self.finished_total = 0
         self.done_share = 0.0  # node shares finished so far: the node's pace
+        if die_with_parent:
+            pdeath.trampoline()  # built (once per user) now, not at the first task
 
     # -- state ------------------------------------------------------------------------
     @property
