@@ -114,43 +114,62 @@ class Client:
         def label(i: int) -> str:
             return labels[i] if labels is not None else taskadd.default_label(i)
 
-
         apps = self._app_infos()
-        checked: list[dict[str, Any]] = []
-        for i, task in enumerate(raw):
-            try:
-                checked.append(taskspec.check_task(task, apps))
-            except taskspec.TaskSpecError as exc:
-                raise taskspec.TaskSpecError(taskadd.at(label(i)) + str(exc)) from None
-        plan = taskadd.plan(checked, label)
+
+        def check(lo: int, hi: int) -> list[dict[str, Any]]:
+            out = []
+            for i in range(lo, min(hi, len(raw))):
+                try:
+                    out.append(taskspec.check_task(raw[i], apps))
+                except taskspec.TaskSpecError as exc:
+                    raise taskspec.TaskSpecError(taskadd.at(label(i)) + str(exc)) from None
+            return out
+
+        # With parents or keys the whole batch is checked and planned first; without,
+        # each chunk is checked while the server inserts the previous one (pipeline).
+        dag = any(isinstance(t, Mapping) and (t.get("parents") or t.get("key") is not None)
+                  for t in raw)
+        checked = check(0, len(raw)) if dag else []
+        plan = taskadd.plan(checked, label) if dag else None
         conn = self._conn
         with db.translated(), conn.transaction():
-            ids = [r[0] for r in conn.execute(sql.query("tasks_reserve_ids"),
-                                              {"n": len(checked)}).fetchall()]
-            states: dict[int, str] = {}
-            if plan.existing:
-                locked = conn.execute(sql.query("tasks_lock"),
-                                      {"ids": plan.existing}).fetchall()
-                states = {r[0]: str(r[1]) for r in locked}
-                for i, theirs in enumerate(plan.outside):
-                    missing = [p for p in theirs if p not in states]
-                    if missing:
-                        raise taskspec.TaskSpecError(
-                            taskadd.at(label(i)) + f"parents: no task with id {missing[0]}")
-            first = taskadd.initial_states(checked, plan, ids, states)
+            row = conn.execute(sql.query("tasks_reserve_ids"), {"n": len(raw)}).fetchone()
+            assert row is not None
+            ids = list(range(row[0], row[0] + len(raw)))
+            first = self._first_states(checked, plan, ids, label) if plan else None
             insert = sql.query("tasks_insert_json")
-            base = taskadd.json_defaults()
-            for lo in range(0, len(checked), CHUNK):
-                hi = lo + CHUNK
-                rows = taskadd.json_rows(checked[lo:hi], ids[lo:hi], first[lo:hi])
-                conn.execute(insert, {"rows": rows, "base": base})
-                if progress is not None:
-                    progress(min(hi, len(checked)))
-            children, parents = taskadd.dep_arrays(plan, ids)
-            if children:
-                conn.execute(sql.query("tasks_deps_insert"),
-                             {"children": children, "parents": parents})
+            with conn.pipeline():
+                for lo in range(0, len(raw), CHUNK):
+                    hi = min(lo + CHUNK, len(raw))
+                    chunk = checked[lo:hi] if dag else check(lo, hi)
+                    base, rows = taskadd.json_chunk(chunk, ids[lo:hi],
+                                                    first[lo:hi] if first else None)
+                    conn.execute(insert, {"rows": rows, "base": base})
+                    if progress is not None:
+                        progress(hi)
+                if plan is not None:
+                    children, parents = taskadd.dep_arrays(plan, ids)
+                    if children:
+                        conn.execute(sql.query("tasks_deps_insert"),
+                                     {"children": children, "parents": parents})
         return ids
+
+    def _first_states(self, checked: list[dict[str, Any]], plan: taskadd.Plan,
+                      ids: list[int], label: Callable[[int], str]
+                      ) -> list[tuple[str, int, int | None, str]]:
+        """Lock the stored parents (see tasks_lock_parents) and decide each new task's
+        first state from theirs."""
+        states: dict[int, str] = {}
+        if plan.existing:
+            locked = self._conn.execute(sql.query("tasks_lock"),
+                                        {"ids": plan.existing}).fetchall()
+            states = {r[0]: str(r[1]) for r in locked}
+            for i, theirs in enumerate(plan.outside):
+                missing = [p for p in theirs if p not in states]
+                if missing:
+                    raise taskspec.TaskSpecError(
+                        taskadd.at(label(i)) + f"parents: no task with id {missing[0]}")
+        return taskadd.initial_states(checked, plan, ids, states)
 
     def add_task(self, **fields: Any) -> int:
         return self.add_tasks([fields])[0]

@@ -146,27 +146,38 @@ def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[in
     return out
 
 
-def json_rows(tasks: Sequence[dict[str, Any]], ids: Sequence[int],
-              first: Sequence[tuple[str, int, int | None, str]]) -> str:
-    """The rows parameter of tasks.sql's tasks_insert_json: the checked tasks (keys are
-    column names; a missing key takes TASK_DEFAULTS on the server) with their id and, when
-    not READY, their first state, as one JSON array. ``parents`` and ``key`` are ignored
-    by the server."""
+def json_chunk(tasks: Sequence[dict[str, Any]], ids: Sequence[int],
+               first: Sequence[tuple[str, int, int | None, str]] | None
+               ) -> tuple[str, str]:
+    """The (base, rows) parameters of tasks.sql's tasks_insert_json for one chunk.
+
+    Rows are the checked tasks (keys are column names) with their id and, when not
+    READY, their first state. A value every task of the chunk shares (the workflow, the
+    app, the packing of a typical ensemble) moves into the base record next to the
+    defaults, so each row carries only what differs: less JSON to write and to parse.
+    ``parents`` and ``key`` are not columns; the server ignores them."""
     ready = TaskState.READY.value
-    for task, task_id, (state, pending, failed_by, message) in zip(tasks, ids, first,
-                                                                   strict=True):
+    for task, task_id in zip(tasks, ids, strict=True):
         task["id"] = task_id
-        if state != ready:
-            task["state"] = state
-            task["pending_parents"] = pending
-            task["failed_by"] = failed_by
-            task["state_message"] = message
-    return json.dumps(tasks, separators=(",", ":"))
-
-
-def json_defaults() -> str:
-    """The base parameter of tasks_insert_json."""
-    return json.dumps(TASK_DEFAULTS, separators=(",", ":"))
+    if first is not None:
+        for task, (state, pending, failed_by, message) in zip(tasks, first, strict=True):
+            if state != ready:
+                task["state"] = state
+                task["pending_parents"] = pending
+                task["failed_by"] = failed_by
+                task["state_message"] = message
+    base = dict(TASK_DEFAULTS)
+    if len(tasks) > 1:
+        head = tasks[0]
+        missing = object()
+        for key in [k for k in head if k not in ("id", "parents", "key")]:
+            value = head[key]
+            if all(t.get(key, missing) == value for t in tasks):
+                base[key] = value
+                for t in tasks:
+                    del t[key]
+    dumps = json.dumps
+    return dumps(base, separators=(",", ":")), dumps(tasks, separators=(",", ":"))
 
 
 def dep_arrays(p: Plan, ids: Sequence[int]) -> tuple[list[int], list[int]]:

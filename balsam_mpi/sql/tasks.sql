@@ -41,8 +41,9 @@ SELECT id, state, workflow, name FROM tasks_lock_parents(%(ids)s)
 -- One chunk of a bulk add, sent as one JSON array of task objects and unpacked by the
 -- server: one statement, no temporary table (members may not create those), allowed
 -- under row-level security (COPY FROM is not), and no per-value adaptation in Python.
--- A task object holds only the fields it gives; the base parameter (the defaults, sent once) fills the
--- rest. Ids were reserved first (tasks_reserve_ids), so nothing needs RETURNING.
+-- A task object holds only what it does not share with the chunk; the base parameter
+-- (defaults and shared values, sent once) fills the rest. Ids were reserved first
+-- (tasks_reserve_ids), so nothing needs RETURNING.
 INSERT INTO tasks (id, workflow, name, app_id, params, args, tags, num_nodes,
                    ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
                    wall_time_min, env, input_files, priority, state, state_message,

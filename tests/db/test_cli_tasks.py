@@ -108,7 +108,8 @@ def test_files_all_or_nothing_with_line_numbers(hello: None, conn: psycopg.Conne
     assert result.exit_code == 2 and "cycle" in result.output
     assert _state(conn) == before
     stdin = '{"app": "hello", "workflow": "s", "params": {"who": "z"}}\n'
-    assert json.loads(ok("task", "add", "--from-file", "-", "--json", input=stdin).stdout) == [3]
+    [new] = json.loads(ok("task", "add", "--from-file", "-", "--json", input=stdin).stdout)
+    assert conn.execute("SELECT workflow FROM tasks WHERE id = %s", (new,)).fetchone() == ("s",)
 
 
 def test_rm_asks_first(hello: None, conn: psycopg.Connection) -> None:

@@ -35,10 +35,14 @@ def test_defaults_and_app_retry_limit() -> None:
     assert _task(error_retry_limit=0)["error_retry_limit"] == 0
     assert TASK_DEFAULTS["num_nodes"] == 1 and TASK_DEFAULTS["timeout_retry_limit"] == 3
     assert TASK_DEFAULTS["lost_retry_limit"] == 3 and TASK_DEFAULTS["fail_with_parents"]
-    rows = json.loads(taskadd.json_rows([t, _task(name="b")], [5, 6],
-                                        [("READY", 0, None, ""), ("FAILED", 0, 5, "m")]))
-    assert rows[0] == {**t, "id": 5}
-    assert rows[1]["state"] == "FAILED" and rows[1]["failed_by"] == 5
+    base, rows = map(json.loads, taskadd.json_chunk(
+        [dict(t), _task(name="b")], [5, 6], [("READY", 0, None, ""), ("FAILED", 0, 5, "m")]))
+    # what both share moves to the base record; the rest stays per row
+    assert base == {**TASK_DEFAULTS, "workflow": "w", "params": {"who": "x"}, "app_id": 1,
+                    "error_retry_limit": 2}
+    assert rows[0] == {"id": 5}
+    assert rows[1] == {"id": 6, "name": "b", "state": "FAILED", "failed_by": 5,
+                       "pending_parents": 0, "state_message": "m"}
 
 
 def test_strings_from_flags_and_csv_are_converted() -> None:
