@@ -126,3 +126,20 @@ def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
     child = client.get(b)
     assert child["state"] == "READY" and child["pending_parents"] == 0
     assert _count(conn, "task_deps") == 0
+
+
+def test_bad_task_in_a_later_chunk_rolls_back_the_earlier_ones(
+        client: Client, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam_mpi import client as client_module
+
+    monkeypatch.setattr(client_module, "CHUNK", 10)
+    tasks: list[dict[str, Any]] = [{"app": "plain", "workflow": "w", "name": f"t{i}"}
+                                   for i in range(25)]
+    tasks[22]["num_nodes"] = 0
+    with pytest.raises(TaskSpecError, match="task #23: num_nodes"):
+        client.add_tasks(tasks)
+    assert _count(conn) == 0 and _count(conn, "task_events") == 0
+    tasks[22]["num_nodes"] = 2
+    ids = client.add_tasks(tasks)
+    rows = conn.execute("SELECT id, name, num_nodes, workflow FROM tasks ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ids and rows[22][1:] == ("t22", 2, "w")
