@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .harness import RESULTS
+from .harness import RESULTS, mark_start
 
 Scenario = Callable[[bool, Path], dict[str, Any]]
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
+        mark_start()
         summary = SCENARIOS[name](args.quick, args.out)
         print(f"== {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
         for key, value in summary.items():

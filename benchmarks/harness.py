@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_started: dict[str, Any] = {}  # when and under what load the current scenario began
+
+
+def mark_start() -> None:
+    """Called before each scenario: its result records the load it started under."""
+    _started["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _started["loadavg"] = [round(x, 2) for x in os.getloadavg()]
 
 
 def machine() -> dict[str, Any]:
@@ -37,7 +44,9 @@ def machine() -> dict[str, Any]:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
-        "loadavg_at_start": [round(x, 2) for x in load],
+        "loadavg_at_start": _started.get("loadavg", [round(x, 2) for x in load]),
+        "loadavg_at_end": [round(x, 2) for x in load],
+        "started": _started.get("when"),
         "versions": versions,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "argv": sys.argv,

@@ -46,7 +46,9 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
     item_s = max(0.0, (msg["cpu_s_per_msg_items_64"] - msg["cpu_s_per_msg_items_0"]) / 64)
     # The null-runner leader's CPU per task, at the most ranks and the largest claim.
     best = max(lead["grid"].values(), key=lambda g: (g["ranks"], g["claim_limit"]))
-    task_s = max(0.0, best["median"]["leader_cpu_us_per_task"] * 1e-6 - 2 * item_s)
+    per_task = best["median"].get("leader_marginal_us_per_task",
+                                  best["median"]["leader_cpu_us_per_task"])
+    task_s = max(0.0, per_task * 1e-6 - 2 * item_s)
     noop = docs["noop"]["results"]["spawn_ceiling_per_s"]["used"]
     util = docs["utilization"]["results"]["by_duration"]
     one = util.get("1") or next(iter(util.values()))
@@ -70,7 +72,8 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
     sources = {
         "claim_*": "leader: Store.claim latency by batch size, line fit",
         "flush_*": "leader: Store.report latency (starts, ends) by batch size, line fit",
-        "leader_task_s": f"leader: null-runner leader CPU/task at {best['ranks']} ranks, "
+        "leader_task_s": f"leader: null-runner marginal leader CPU/task at {best['ranks']} "
+                         "ranks, "
                          f"claim {best['claim_limit']}, less 2 items' message cost",
         "leader_msg_s, leader_item_s": "leader: msgcost (REPORT + ASSIGN, leader CPU)",
         "spawn_s": "noop: 1 / bare sequential spawn rate, same run",
@@ -135,6 +138,12 @@ def project(costs: Costs, quick: bool) -> dict[str, list[dict[str, Any]]]:
         for d in DURATIONS:
             case = Case(launchers, nodes, 64, d, launchers * nodes * 64 * WAVES, reps)
             out[label].append({"duration_s": d, **simulate(case, costs)})
+    # What if nodes queued nothing beyond their free slots (claim_margin 0)? Then no node
+    # holds work another could start, at the price of a round trip per refill.
+    what_if = "4010 nodes = 5 launchers x 802, claim_margin 0 (what-if)"
+    out[what_if] = [{"duration_s": d, **simulate(
+        Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs, Policy(claim_margin=0.0))}
+        for d in DURATIONS]
     return out
 
 

@@ -92,7 +92,12 @@ def _leader(doc: dict[str, Any]) -> list[Row]:
                      f"{m['rate_per_s']:,.0f} tasks/s",
                      f"{m['ratio_to_claim_ceiling']:.2f} × claim",
                      _spread([x["rate_per_s"] for x in res["runs"]])))
-        rows.append((f"leader capacity (1 / CPU per task), {key}",
+        rows.append((f"leader CPU per task, all / marginal, {key}",
+                     f"{m['leader_cpu_us_per_task']:.0f} / "
+                     f"{m.get('leader_marginal_us_per_task', float('nan')):.0f} µs", "-",
+                     _spread([x.get("leader_marginal_us_per_task", float("nan"))
+                              for x in res["runs"]])))
+        rows.append((f"leader capacity (1 / marginal CPU per task), {key}",
                      f"{m['capacity_per_s']:,.0f} tasks/s",
                      f"{m['capacity_per_s'] / ceiling:.2f} × claim",
                      _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
@@ -153,7 +158,9 @@ def render(out: Path) -> str:
         if doc is None:
             continue
         m = doc["machine"]
-        loads.append(f"{name} {m['when']} load {m['loadavg_at_start'][0]:.2f}")
+        end = m.get("loadavg_at_end", m["loadavg_at_start"])[0]
+        loads.append(f"{name} {m.get('started') or m['when']}, load "
+                     f"{m['loadavg_at_start'][0]:.2f} → {end:.2f}")
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in fn(doc)]
-    return "\n".join(lines) + "\n\nRuns (start, 1-minute load average): " + "; ".join(
+    return "\n".join(lines) + "\n\nRuns (start, 1-minute load average at start → end): " + "; ".join(
         loads) + "\n"
