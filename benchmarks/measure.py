@@ -83,6 +83,13 @@ def per_job(conn: Any) -> list[dict[str, Any]]:
     return [{k: r[k] for k in keep} for r in history(conn, Filters()).job_rows()]
 
 
+def empty_run_leader_cpu(proj: Project, ranks: int, *args: str) -> float:
+    """The leader's CPU seconds in a run with nothing to do (start-up and close only)."""
+    clear_logs(proj)
+    lc.launch(proj, ranks, *args, timeout=120)
+    return rank_cpu(rank_logs(proj)).get(0, float("nan"))
+
+
 def one_run(proj: Project, conn: Any, ranks: int, *args: str,
             env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
     """Run the launcher once over what the project holds; returns figures and raw times."""

@@ -28,7 +28,7 @@ from . import ceiling
 from . import launcher_common as lc
 from .calibrate import db_costs
 from .harness import write_result
-from .measure import one_run
+from .measure import empty_run_leader_cpu, one_run
 from .plots import plot_sweep, png_path
 from .projects import admin_dsn, bench_project
 
@@ -67,7 +67,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             samples = []
             for _ in range(runs_each):
                 lc.reset(conn)
-                samples.append(one_run(proj, conn, ranks, "--null-runner")["leader_cpu_s"])
+                samples.append(empty_run_leader_cpu(proj, ranks, "--null-runner"))
             empty[ranks] = statistics.median(samples)
         for ranks, limit in grid_points:
             runs = []
