@@ -150,3 +150,24 @@ def test_job_show_of_a_queued_job(admin: Conn, dbname: str) -> None:
     shown = _run("job", "show", str(job), "--json")
     assert shown.exit_code == 0
     assert json.loads(shown.output)["state"] == "QUEUED"
+
+
+def test_selection_flags_reach_the_report(admin: Conn, dbname: str) -> None:
+    b = Builder(admin)
+    alice = b.job(2, 0, 100, user="alice")
+    b.job(1, 0, 100, user="bob")
+    b.finished_task(alice, 0, 100, workflow="big", owner="carol")
+    b.finished_task(alice, 0, 50, workflow="small", owner="dave")
+
+    def util(*flags: str) -> Any:
+        result = _run("report", "utilization", "--json", *flags)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["utilization"]
+
+    assert util() == pytest.approx(150 / 300)
+    assert util("--user", "alice") == pytest.approx(150 / 200)
+    assert util("--user", "bob") == pytest.approx(0.0)
+    assert util("--workflow", "small") == pytest.approx(50 / 300)
+    assert util("--owner", "carol", "--user", "alice") == pytest.approx(100 / 200)
+    assert util("--since", "2026-01-01T00:00:50Z") == pytest.approx(50 / 150)
+    assert util("--until", "2026-01-01T00:00:50Z", "--bin", "5s") == pytest.approx(1.0 * 2 / 3)
