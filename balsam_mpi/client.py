@@ -262,13 +262,16 @@ class Client:
         from psycopg import sql as pgsql
 
         params = self._bulk_params(ids, filters, "retry")
-        with db.translated(), self._conn.transaction():
+        conn = self._conn
+        with db.translated(), conn.transaction():
             q = pgsql.SQL(sql.query("tasks_retry")).format(where=_where())
-            back = [r[0] for r in self._conn.execute(q, params).fetchall()]
+            back = [r[0] for r in conn.execute(q, params).fetchall()]
             if not back:
                 return []
-            again = {r[0] for r in self._conn.execute(sql.query("tasks_refail"),
-                                                       {"ids": back}).fetchall()}
+            back += [r[0] for r in conn.execute(sql.query("tasks_reinstate_followers"),
+                                                {"ids": back}).fetchall()]
+            again = {r[0] for r in conn.execute(sql.query("tasks_refail"),
+                                                 {"ids": back}).fetchall()}
         # Tasks that failed again at once (another parent is still stopped) are not back.
         return [i for i in back if i not in again]
 

@@ -144,66 +144,38 @@ UPDATE tasks t SET state = 'USER_KILLED',
 RETURNING t.id
 
 -- name: tasks_retry
--- Stopped tasks matching the filter, plus every task failed because of them (followed
--- through failed_by, so the whole failed subgraph comes back), return to READY or
--- AWAITING_PARENTS with their unfinished parents counted again. Counters reset on the
--- tasks retried directly; their descendants never ran, so theirs are untouched.
-WITH RECURSIVE target AS (
+-- Stopped tasks matching the filter (and, under row-level security, the caller's own)
+-- return to READY or AWAITING_PARENTS with their unfinished parents counted again and
+-- their counters reset. The tasks they failed come back through
+-- tasks_reinstate_followers, whoever owns them.
+WITH target AS (
     SELECT t.id FROM tasks t JOIN apps a ON a.id = t.app_id
      WHERE ({where}) AND t.state IN ('FAILED', 'USER_KILLED')
-), followers (id) AS (
-    -- failed_by is set only on FAILED tasks and cleared by retry, so its partial index
-    -- alone finds them (no state test to lure the planner onto tasks_state).
-    SELECT c.id FROM tasks c JOIN target ON c.failed_by = target.id
-    UNION
-    SELECT c.id FROM tasks c JOIN followers f ON c.failed_by = f.id
-), todo AS (
-    SELECT id, true AS direct FROM target
-    UNION
-    SELECT id, false FROM followers WHERE id NOT IN (SELECT id FROM target)
 ), pend AS (
-    SELECT todo.id, todo.direct,
+    SELECT c.id,
            (SELECT count(*) FROM task_deps d JOIN tasks p ON p.id = d.parent_id
-             WHERE d.child_id = todo.id AND p.state <> 'JOB_FINISHED'
+             WHERE d.child_id = c.id AND p.state <> 'JOB_FINISHED'
                AND (c.fail_with_parents OR p.state NOT IN ('FAILED', 'USER_KILLED'))
            )::integer AS k
-      FROM todo JOIN tasks c ON c.id = todo.id
+      FROM target JOIN tasks c ON c.id = target.id
 )
 UPDATE tasks t SET
     state = CASE WHEN pend.k > 0 THEN 'AWAITING_PARENTS' ELSE 'READY' END::task_state,
     pending_parents = pend.k,
     failed_by = NULL,
-    state_message = CASE WHEN pend.direct THEN 'retried by ' || session_user
-                         ELSE 'upstream task retried' END,
-    error_retries = CASE WHEN pend.direct THEN 0 ELSE t.error_retries END,
-    timeout_retries = CASE WHEN pend.direct THEN 0 ELSE t.timeout_retries END,
-    lost_retries = CASE WHEN pend.direct THEN 0 ELSE t.lost_retries END,
+    state_message = 'retried by ' || session_user,
+    error_retries = 0, timeout_retries = 0, lost_retries = 0,
     batch_job_id = NULL, claimed_at = NULL, started_at = NULL, ended_at = NULL,
     exit_code = NULL
   FROM pend
  WHERE t.id = pend.id
 RETURNING t.id
 
+-- name: tasks_reinstate_followers
+SELECT tasks_reinstate_followers(%(ids)s)
+
 -- name: tasks_refail
--- After a retry: a reinstated task that still has a stopped parent (one not retried)
--- fails again at once, naming the root of that failure; the trigger fails its followers.
--- Driven from the id array through primary keys only: right after a bulk retry the
--- planner's idea of how many tasks are in which state is stale, and a plan trusting it
--- (a nested loop over "the few AWAITING_PARENTS tasks") took minutes.
-WITH blocked AS (
-    SELECT DISTINCT ON (r.id) r.id AS child_id, coalesce(p.failed_by, p.id) AS root,
-           p.state
-      FROM unnest(%(ids)s::bigint[]) AS r (id)
-      JOIN task_deps d ON d.child_id = r.id
-      JOIN tasks p ON p.id = d.parent_id
-     WHERE p.state IN ('FAILED', 'USER_KILLED')
-     ORDER BY r.id, p.id
-)
-UPDATE tasks c SET state = 'FAILED', failed_by = b.root,
-       state_message = format('upstream task %%s is %%s', b.root, b.state)
-  FROM blocked b
- WHERE c.id = b.child_id AND c.fail_with_parents AND c.state = 'AWAITING_PARENTS'
-RETURNING c.id
+SELECT tasks_refail(%(ids)s)
 
 -- name: tasks_children_outside
 -- Children of tasks about to be deleted that are not deleted with them.

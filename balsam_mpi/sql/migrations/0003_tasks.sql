@@ -224,5 +224,66 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     SELECT count(*)::integer FROM changed
 $$;
 
+-- After a retry of the given tasks: every task they failed (followed through failed_by,
+-- so the whole failed subgraph) returns to AWAITING_PARENTS / READY with its parents
+-- recounted. Only roots that are no longer stopped count, so calling it can only undo
+-- failures whose cause is gone; hence SECURITY DEFINER is safe, and a member's retry
+-- brings back descendants other members own. Their counters are untouched: they never ran.
+CREATE FUNCTION tasks_reinstate_followers(roots bigint[]) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH RECURSIVE live AS (
+        SELECT t.id FROM unnest(roots) AS r (id) JOIN public.tasks t ON t.id = r.id
+         WHERE t.state NOT IN ('FAILED', 'USER_KILLED')
+    ), followers (id) AS (
+        -- failed_by is set only on FAILED tasks and cleared by retry, so its partial
+        -- index alone finds them (no state test to lure the planner onto tasks_state)
+        SELECT c.id FROM public.tasks c JOIN live ON c.failed_by = live.id
+        UNION
+        SELECT c.id FROM public.tasks c JOIN followers f ON c.failed_by = f.id
+    ), pend AS (
+        SELECT c.id,
+               (SELECT count(*) FROM public.task_deps d
+                  JOIN public.tasks p ON p.id = d.parent_id
+                 WHERE d.child_id = c.id AND p.state <> 'JOB_FINISHED'
+                   AND (c.fail_with_parents OR p.state NOT IN ('FAILED', 'USER_KILLED'))
+               )::integer AS k
+          FROM followers JOIN public.tasks c ON c.id = followers.id
+         WHERE c.state = 'FAILED'
+    )
+    UPDATE public.tasks t SET
+        state = CASE WHEN pend.k > 0 THEN 'AWAITING_PARENTS' ELSE 'READY' END::task_state,
+        pending_parents = pend.k,
+        failed_by = NULL,
+        state_message = 'upstream task retried'
+      FROM pend
+     WHERE t.id = pend.id
+    RETURNING t.id
+$$;
+
+-- After a retry: a reinstated task that still has a stopped parent (one not retried)
+-- fails again at once, naming the root of that failure; the trigger fails its followers.
+-- Truth-based like the one above (it fails only tasks whose parent is stopped), so safe
+-- as SECURITY DEFINER. Driven from the id array through primary keys only: right after a
+-- bulk retry the planner's idea of how many tasks are in which state is stale, and a plan
+-- trusting it (a nested loop over "the few AWAITING_PARENTS tasks") took minutes.
+CREATE FUNCTION tasks_refail(ids bigint[]) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH blocked AS (
+        SELECT DISTINCT ON (r.id) r.id AS child_id, coalesce(p.failed_by, p.id) AS root,
+               p.state
+          FROM unnest(ids) AS r (id)
+          JOIN public.task_deps d ON d.child_id = r.id
+          JOIN public.tasks p ON p.id = d.parent_id
+         WHERE p.state IN ('FAILED', 'USER_KILLED')
+         ORDER BY r.id, p.id
+    )
+    UPDATE public.tasks c SET state = 'FAILED', failed_by = b.root,
+           state_message = format('upstream task %s is %s', b.root, b.state)
+      FROM blocked b
+     WHERE c.id = b.child_id AND c.fail_with_parents AND c.state = 'AWAITING_PARENTS'
+    RETURNING c.id
+$$;
+
 GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[]),
-    tasks_recount(bigint[]) TO balsam_member;
+    tasks_recount(bigint[]), tasks_reinstate_followers(bigint[]), tasks_refail(bigint[])
+    TO balsam_member;
