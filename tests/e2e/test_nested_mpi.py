@@ -1,0 +1,149 @@
+"""Nested MPI for real: a task's own ``mpiexec`` started from inside a launcher rank.
+
+Exactly what a worker rank does for a 2-node × 2-rank task: ``mpiexec -n 2 python
+worker.py`` stands for the launcher (each rank initialises MPI, as a worker has), and each
+rank starts ``launch_prefix("mpich", hosts=[localhost, localhost], ranks_per_node=2)``
+plus an mpi4py hello with :func:`task_mpi_env`. Descriptors ≥ 3 are closed in the child,
+as the runner's trampoline closes them. Every run has a watchdog that kills the whole
+process group; the jobs are small (the machine has 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+WATCHDOG_S = 90
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec beside this Python"),
+]
+
+HELLO = textwrap.dedent("""\
+    import os, socket, sys
+    from mpi4py import MPI
+    c = MPI.COMM_WORLD
+    # One write per rank: hydra forwards output in chunks, so lines are built whole.
+    sys.stdout.write(f"HELLO rank={c.Get_rank()} size={c.Get_size()} "
+                     f"host={socket.gethostname()} cpus={sorted(os.sched_getaffinity(0))}\\n")
+    sys.stdout.flush()
+""")
+
+# The stand-in for a worker rank: MPI is initialised first, as in a real launcher rank.
+WORKER = textwrap.dedent("""\
+    import json, os, subprocess, sys
+    from mpi4py import MPI
+    from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
+    mode, hello, out_dir, mpiexec = sys.argv[1:5]
+    rank = MPI.COMM_WORLD.Get_rank()
+    env = task_mpi_env(os.environ) if mode.startswith("scrubbed") else dict(os.environ)
+    if mode.endswith("nested"):
+        argv = launch_prefix("mpich", hosts=["localhost", "localhost"], ranks_per_node=2,
+                             program=mpiexec) + [sys.executable, hello]
+    else:  # a single-rank MPI task started without a prefix
+        argv = [sys.executable, hello]
+    try:
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                           close_fds=True)
+        result = {"rc": p.returncode, "out": p.stdout, "err": p.stderr[-2000:]}
+    except subprocess.TimeoutExpired:
+        result = {"rc": None, "out": "", "err": "timed out"}
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    MPI.COMM_WORLD.Barrier()
+""")
+
+_HELLO_LINE = re.compile(r"HELLO rank=(\d+) size=(\d+) host=(\S+) cpus=(\[[^\]]*\])")
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run with a watchdog that kills the whole process group (mpiexec and its ranks)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=WATCHDOG_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{argv[:4]} still running after {WATCHDOG_S} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _hellos(text: str) -> list[tuple[int, int, str, list[int]]]:
+    return [(int(r), int(s), h, json.loads(c)) for r, s, h, c in _HELLO_LINE.findall(text)]
+
+
+def _launcher_run(tmp_path: Path, mode: str) -> dict[int, dict[str, object]]:
+    (tmp_path / "hello.py").write_text(HELLO)
+    (tmp_path / "worker.py").write_text(WORKER)
+    outer = _run([str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "worker.py"),
+                  mode, str(tmp_path / "hello.py"), str(tmp_path), str(MPIEXEC)], tmp_path)
+    assert outer.returncode == 0, f"the outer job failed:\n{outer.stdout}\n{outer.stderr}"
+    results = {}
+    for rank in (0, 1):
+        results[rank] = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    return results
+
+
+def test_nested_two_node_two_rank_task_from_each_worker_rank(tmp_path: Path) -> None:
+    results = _launcher_run(tmp_path, "scrubbed-nested")
+    for rank, res in results.items():
+        assert res["rc"] == 0, f"outer rank {rank}: {res}"
+        hellos = _hellos(str(res["out"]))
+        assert sorted(r for r, *_ in hellos) == [0, 1, 2, 3], f"outer rank {rank}: {res}"
+        assert {s for _, s, *_ in hellos} == {4}  # one fresh job of 4, not the launcher's
+
+
+def test_single_rank_mpi_task_needs_the_scrubbed_environment(tmp_path: Path) -> None:
+    """Without scrubbing, an mpi4py task started without mpiexec inherits the launcher
+    rank's PMI_FD/PMI_RANK/PMI_SIZE and fails in MPI_Init; scrubbed, it is a singleton."""
+    raw = _launcher_run(tmp_path, "raw-single")
+    for rank, res in raw.items():
+        assert res["rc"] != 0, f"outer rank {rank}: unscrubbed task ran: {res}"
+        assert "PMI" in str(res["err"]), res
+    for name in ("rank0.json", "rank1.json"):
+        (tmp_path / name).unlink()
+    scrubbed = _launcher_run(tmp_path, "scrubbed-single")
+    for rank, res in scrubbed.items():
+        assert res["rc"] == 0, f"outer rank {rank}: {res}"
+        assert [(r, s) for r, s, *_ in _hellos(str(res["out"]))] == [(0, 1)]
+
+
+def test_hydra_nested_launch_works_even_unscrubbed(tmp_path: Path) -> None:
+    """Recorded behaviour, not a reason to skip scrubbing: hydra sets PMI_* afresh for the
+    ranks it starts, so the prefix alone survives the launcher's variables (docs)."""
+    for rank, res in _launcher_run(tmp_path, "raw-nested").items():
+        assert res["rc"] == 0, f"outer rank {rank}: {res}"
+        assert sorted(r for r, *_ in _hellos(str(res["out"]))) == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="binding needs two cores")
+def test_mpich_binding_reaches_the_ranks(tmp_path: Path) -> None:
+    from balsam_mpi.mpilaunch import launch_prefix
+
+    (tmp_path / "hello.py").write_text(HELLO)
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = {}
+    for bind in ("none", "core"):
+        argv = launch_prefix("mpich", hosts=["localhost"], ranks_per_node=2, cpu_bind=bind,
+                             program=str(MPIEXEC)) + [sys.executable, str(tmp_path / "hello.py")]
+        done = _run(argv, tmp_path)
+        assert done.returncode == 0, done.stderr
+        cpus[bind] = [c for *_, c in sorted(_hellos(done.stdout))]
+        assert len(cpus[bind]) == 2
+    assert cpus["none"] == [allowed, allowed]
+    assert all(len(c) == 1 for c in cpus["core"])  # one core each …
+    assert cpus["core"][0] != cpus["core"][1]  # … and not the same one
