@@ -6,7 +6,9 @@ a laptop. The launcher uses it to adopt the ``batch_jobs`` row that ``balsam-mpi
 inserted — by ``(scheduler, job_id)``, or by ``BALSAM_BATCH_JOB_ID`` — and to default its
 ``--time-limit-min``.
 
-Multi-node MPI launch prefixes per platform (issue 7) will live here as well.
+Multi-node MPI tasks (issue 7) build on it in ``mpilaunch.py``: ``choose_launcher`` picks
+the launch prefix from this scheduler (srun, PALS ``mpiexec``, aprun; MPICH's hydra
+without one), and ``task_mpi_env`` keeps the launcher's own PMI variables out of tasks.
 """
 
 from __future__ import annotations
