@@ -18,10 +18,13 @@ import time
 from pathlib import Path
 
 from balsam_mpi.client import Client
+from balsam_mpi.sql import parse_queries
 
-from .projects import bench_project
+from .projects import admin_dsn, bench_project
 
 CLI = str(Path(sys.executable).with_name("balsam-mpi"))
+_SQL = Path(__file__).with_suffix(".sql")
+_QUERIES = parse_queries(_SQL.read_text(), _SQL.name)
 
 
 def _tasks(n: int, workflow: str) -> list[dict[str, object]]:
@@ -33,7 +36,8 @@ def _wall(argv: list[str], env: dict[str, str], repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -71,16 +75,28 @@ def main() -> None:
                 c.add_tasks(_tasks(n, f"wf{w % 20}"))
                 done += n
                 w += 1
-        with Client(project) as c:
-            c._conn.execute("VACUUM ANALYZE tasks")
         print(f"database holds {done:,} tasks")
-        t = _wall([CLI, "ls"], env)
-        print(f"balsam-mpi ls: {t:.2f} s wall (best of 3)")
-        t = _wall([CLI, "task", "ls", "--limit", "20"], env)
-        print(f"balsam-mpi task ls --limit 20: {t:.2f} s wall (best of 3)")
-        t = _wall([CLI, "task", "ls", "--workflow", "wf3", "--state", "READY", "--limit", "20",
-                   "--json"], env)
-        print(f"balsam-mpi task ls --workflow wf3 --state READY --limit 20 --json: {t:.2f} s")
+        _cli_times(env, "right after the bulk add")
+        # What autovacuum does within a minute of a bulk load (and only the table's owner
+        # may do by hand): statistics, and the visibility map for index-only scans.
+        import psycopg
+
+        with psycopg.connect(**admin_dsn(project), autocommit=True) as admin:
+            admin.execute(_QUERIES["tasks_api_vacuum"])
+        _cli_times(env, "after VACUUM ANALYZE")
+
+
+def _cli_times(env: dict[str, str], when: str) -> None:
+    print(f"-- {when}")
+    t = _wall([CLI, "--help"], env)
+    print(f"balsam-mpi --help (start-up alone): {t:.2f} s wall (best of 3)")
+    t = _wall([CLI, "ls"], env)
+    print(f"balsam-mpi ls: {t:.2f} s wall (best of 3)")
+    t = _wall([CLI, "task", "ls", "--limit", "20"], env)
+    print(f"balsam-mpi task ls --limit 20: {t:.2f} s wall (best of 3)")
+    t = _wall([CLI, "task", "ls", "--workflow", "wf3", "--state", "READY", "--limit", "20",
+               "--json"], env)
+    print(f"balsam-mpi task ls --workflow wf3 --state READY --limit 20 --json: {t:.2f} s")
 
 
 if __name__ == "__main__":

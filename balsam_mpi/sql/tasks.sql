@@ -63,18 +63,22 @@ INSERT INTO task_deps (child_id, parent_id)
 SELECT * FROM unnest(%(children)s::bigint[], %(parents)s::bigint[])
 
 -- name: tasks_filter
--- The one predicate every listing, kill, retry and delete shares (alias t: tasks,
--- a: apps). A NULL parameter means "no filter"; the planner folds those away.
+-- The one predicate every listing, kill, retry and delete shares (alias t: tasks; apps
+-- only through a subquery, so ORDER BY … LIMIT stays on one table's index). A NULL
+-- parameter means "no filter"; the planner folds those away.
     (%(ids)s::bigint[] IS NULL OR t.id = ANY (%(ids)s))
 AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s))
 AND (%(states)s::task_state[] IS NULL OR t.state = ANY (%(states)s))
-AND (%(apps)s::text[] IS NULL OR a.name = ANY (%(apps)s))
+AND (%(apps)s::text[] IS NULL
+     OR t.app_id IN (SELECT ap.id FROM apps ap WHERE ap.name = ANY (%(apps)s)))
 AND (%(name_like)s::text IS NULL OR t.name LIKE %(name_like)s)
 AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s)
 AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s))
 AND (%(after)s::bigint IS NULL OR t.id > %(after)s)
 
 -- name: tasks_select
+-- The page is chosen on tasks alone (ORDER BY … LIMIT on its index, whatever the
+-- statistics say right after a bulk add), then joined to apps for their names.
 SELECT t.id, t.workflow, t.name, a.name AS app, t.params, t.args, t.tags, t.num_nodes,
        t.ranks_per_node, t.threads_per_rank, t.gpus_per_rank, t.node_packing_count,
        t.wall_time_min, t.env, t.input_files, t.priority, t.state, t.state_message, t.owner,
@@ -82,13 +86,12 @@ SELECT t.id, t.workflow, t.name, a.name AS app, t.params, t.args, t.tags, t.num_
        t.lost_retries, t.lost_retry_limit, t.fail_with_parents, t.pending_parents,
        t.failed_by, t.batch_job_id, t.lease_epoch, t.created_at, t.claimed_at, t.started_at,
        t.ended_at, t.exit_code, t.output_tail, t.data
-  FROM tasks t JOIN apps a ON a.id = t.app_id
- WHERE {where}
+  FROM (SELECT * FROM tasks t WHERE {where} ORDER BY {order} LIMIT %(limit)s) t
+  JOIN apps a ON a.id = t.app_id
  ORDER BY {order}
- LIMIT %(limit)s
 
 -- name: tasks_select_ids
-SELECT t.id FROM tasks t JOIN apps a ON a.id = t.app_id WHERE {where} ORDER BY t.id
+SELECT t.id FROM tasks t WHERE {where} ORDER BY t.id
 
 -- name: tasks_counts
 SELECT workflow, state, count(*) FROM tasks GROUP BY workflow, state ORDER BY workflow, state
@@ -138,8 +141,7 @@ RETURNING t.id
 -- fails the waiting descendants.
 UPDATE tasks t SET state = 'USER_KILLED',
        state_message = coalesce(%(message)s, 'killed by ' || session_user)
-  FROM apps a
- WHERE a.id = t.app_id AND ({where})
+ WHERE ({where})
    AND t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
 RETURNING t.id
 
@@ -149,7 +151,7 @@ RETURNING t.id
 -- their counters reset. The tasks they failed come back through
 -- tasks_reinstate_followers, whoever owns them.
 WITH target AS (
-    SELECT t.id FROM tasks t JOIN apps a ON a.id = t.app_id
+    SELECT t.id FROM tasks t
      WHERE ({where}) AND t.state IN ('FAILED', 'USER_KILLED')
 ), pend AS (
     SELECT c.id,

@@ -1,0 +1,4 @@
+-- Queries of benchmarks/tasks_api.py (run as the database superuser).
+
+-- name: tasks_api_vacuum
+VACUUM ANALYZE tasks
