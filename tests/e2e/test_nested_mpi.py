@@ -147,3 +147,62 @@ def test_mpich_binding_reaches_the_ranks(tmp_path: Path) -> None:
     assert cpus["none"] == [allowed, allowed]
     assert all(len(c) == 1 for c in cpus["core"])  # one core each …
     assert cpus["core"][0] != cpus["core"][1]  # … and not the same one
+
+
+SLEEPER = textwrap.dedent("""\
+    import os, sys, time
+    from mpi4py import MPI
+    with open(os.path.join(sys.argv[1], f"{os.getpid()}.pid"), "w") as fh:
+        fh.write(str(MPI.COMM_WORLD.Get_rank()))
+    time.sleep(120)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_signalling_the_prefix_group_ends_every_rank(tmp_path: Path, sig: int) -> None:
+    """How a worker stops a multi-rank task: the runner signals the process group of what
+    it started (here hydra's mpiexec, in its own session as the runner starts tasks).
+    Hydra puts each rank in a group of its own, so this checks the ranks still end."""
+    import time
+
+    from balsam_mpi.mpilaunch import launch_prefix
+
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    argv = launch_prefix("mpich", hosts=["localhost", "localhost"], ranks_per_node=2,
+                         program=str(MPIEXEC)) + [sys.executable, str(tmp_path / "sleeper.py"),
+                                                  str(tmp_path)]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + WATCHDOG_S
+        while len(pids) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+        assert len(pids) == 4, f"only {len(pids)} ranks started"
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in pids if _alive(p)] == []
+    finally:  # the watchdog: nothing of this test outlives it
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids:  # only our own ranks: their command line names tmp_path
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    ours = str(tmp_path).encode() in fh.read()
+                if ours:
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+        proc.wait(timeout=30)
