@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--out", type=Path, default=RESULTS, help="where result files are")
     args = parser.parse_args(argv)
     if args.command == "table":
-        from .table import render
+        from .table import check_table, render
 
-        print(render(args.out), end="")
+        print(render(args.out))
+        print(check_table(args.out), end="")
         return 0
     names = list(SCENARIOS) if args.scenarios == ["all"] else args.scenarios
     unknown = [n for n in names if n not in SCENARIOS]

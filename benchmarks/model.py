@@ -1,7 +1,10 @@
 """A discrete-event model of the launcher: leaders, their database thread, worker nodes.
 
-It follows the launcher's own rules (leader.py): a node holds up to its capacity plus
-``claim_margin`` of a node in tasks (running + queued + assigned on the way); the leader
+It follows the launcher's own rules (leader.py, dispatch.py): a node holds up to its
+capacity plus a margin in tasks (running + queued + assigned on the way), the margin
+following the node's pace (:class:`balsam_mpi.resources.Pace`, used as is: what the node
+finishes in ``claim_horizon_s``, between 0.05 and ``claim_margin_max`` of a node,
+``claim_margin`` until two completions are seen); the leader
 answers every REPORT at once with an ASSIGN from its pool; it keeps one claim in flight,
 asking for what the nodes can take (capped by ``claim_limit``); it flushes buffered
 starts and ends when ``flush_size`` wait or the oldest is ``flush_interval_s`` old; claims
@@ -24,8 +27,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
+
+from balsam_mpi.resources import Pace
 
 ASSUMPTIONS = (
     "Tasks have one fixed duration; every node of a launcher is alike (one worker "
@@ -70,6 +76,8 @@ class Policy:
 
     claim_limit: int = 4096
     claim_margin: float = 0.5
+    claim_margin_max: float = 1.0
+    claim_horizon_s: float = 2.0
     flush_size: int = 4096
     flush_interval_s: float = 0.1
     report_interval_s: float = 1.0
@@ -83,6 +91,7 @@ class Case:
     duration_s: float
     tasks: int  # in total, in one table every launcher claims from
     reps: int | None = None  # simulated nodes per launcher (None: all of them)
+    jitter: float = 0.0  # durations uniform in duration_s × (1 ± jitter), seeded
 
 
 @dataclass
@@ -92,6 +101,8 @@ class _Node:
     inflight: int = 0
     spawn_free_at: float = 0.0
     held: int = 0  # what the leader believes the node holds: assigned less reported ends
+    done: int = 0  # ends the leader has heard of
+    pace: Pace = field(default_factory=Pace)
     report_started: int = 0  # changes waiting for the node's next REPORT
     report_ended: int = 0
     report_due: bool = False
@@ -159,11 +170,12 @@ class Model:
         # core, so every other leader cost is stretched by 1 / (1 - share).
         share = case.nodes * costs.leader_msg_s / self.p.report_interval_s
         self.stretch = 1.0 / max(1e-3, 1.0 - share)
-        self.cap = case.packing + int(self.p.claim_margin * case.packing + 1e-9)
+        self.margin_cap = max(self.p.claim_margin, self.p.claim_margin_max)
         self.heap: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self.seq = 0
         self.now = 0.0
         self.host_free_at = 0.0
+        self.rng = random.Random(1)  # the same draws every run: results are repeatable
 
     # -- plumbing ---------------------------------------------------------------------
     def _at(self, t: float, kind: str, *data: Any) -> None:
@@ -202,7 +214,10 @@ class Model:
     # -- leader -----------------------------------------------------------------------
     def _room(self, node: _Node) -> int:
         """Tasks the leader may still send this node, as far as its reports tell it."""
-        return self.cap - node.held
+        margin = node.pace.margin(self.now, initial=self.p.claim_margin,
+                                  horizon_s=self.p.claim_horizon_s, cap=self.margin_cap)
+        packing = self.case.packing
+        return packing + int(margin * packing + 1e-9) - node.held
 
     def _ready(self, li: int) -> None:
         self._try_claim(self.leaders[li], li)
@@ -261,7 +276,11 @@ class Model:
             ld.oldest = self.now
         ld.buffered += (started + ended) * ld.weight
         ld.buffered_ends += ended * ld.weight
-        ld.nodes[ri].held -= ended
+        node = ld.nodes[ri]
+        node.held -= ended
+        if ended:
+            node.done += ended
+            node.pace.record(node.done / self.case.packing, self.now)
         self._give(ld, li, ri, ld.nodes[ri])
         self._try_claim(ld, li)
         self._try_flush(ld, li)
@@ -335,9 +354,12 @@ class Model:
             ld.first_start = min(ld.first_start, t)
             if self.starts is not None:
                 self.starts.append(t)
-            end = t + self.case.duration_s
+            d = self.case.duration_s
+            if self.case.jitter:
+                d *= 1.0 + self.case.jitter * (2.0 * self.rng.random() - 1.0)
+            end = t + d
             ld.last_end = max(ld.last_end, end)
-            ld.busy_slot_s += self.case.duration_s * ld.weight
+            ld.busy_slot_s += d * ld.weight
             ld.done += ld.weight
             self._at(end, "end", li, ri)
         node.spawn_free_at = t

@@ -164,3 +164,19 @@ def render(out: Path) -> str:
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in fn(doc)]
     return "\n".join(lines) + "\n\nRuns (start, 1-minute load average at start → end): " + "; ".join(
         loads) + "\n"
+
+
+def check_table(out: Path) -> str:
+    """The model's replay of the measured runs, one row per run."""
+    doc = _load(out, "scale-model")
+    if doc is None:
+        return ""
+    lines = ["| run | measured | model | error |", "|---|---|---|---|"]
+    for c in doc["results"]["check"]:
+        if "utilization_error" in c:
+            lines.append(f"| {c['run']} | utilization {c['measured_utilization']:.3f} | "
+                         f"{c['model_utilization']:.3f} | {c['utilization_error']:+.0%} |")
+        else:
+            lines.append(f"| {c['run']} | {c['measured_tasks_per_s']:,.0f} tasks/s | "
+                         f"{c['model_tasks_per_s']:,.0f} | {c['throughput_error']:+.0%} |")
+    return "\n".join(lines) + "\n"

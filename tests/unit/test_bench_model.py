@@ -99,3 +99,12 @@ def test_a_shared_host_serializes_spawns_across_nodes() -> None:
     shared = Model(Case(1, 2, 1, 1.0, 2), Costs(spawn_s=0.1, host_spawn_s=0.25), trace=True)
     shared.run()
     assert sorted(shared.starts or []) == pytest.approx([0.25, 0.5])
+
+
+def test_jitter_keeps_durations_within_bounds_and_runs_repeat() -> None:
+    case = Case(1, 2, 4, 1.0, 40, jitter=0.2)
+    a, b = simulate(case, Costs()), simulate(case, Costs())
+    assert a == b
+    # busy time is the sum of durations: 40 tasks of 0.8…1.2 s
+    busy = a["utilization"] * 8 * a["wall_s"]
+    assert 40 * 0.8 < busy < 40 * 1.2
