@@ -41,6 +41,33 @@ HELLO = textwrap.dedent("""\
     sys.stdout.flush()
 """)
 
+# Through the runner, as a worker starts any task: the exec trampoline (which closes the
+# worker's descriptors and sets the parent-death signal), its own session, output files.
+RUNNER_WORKER = textwrap.dedent("""\
+    import json, os, sys, time
+    from mpi4py import MPI
+    from balsam_mpi import runner
+    from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
+    from balsam_mpi.protocol import TaskSpec
+    hello, out_dir, mpiexec = sys.argv[1:4]
+    rank = MPI.COMM_WORLD.Get_rank()
+    argv = launch_prefix("mpich", hosts=["localhost", "localhost"], ranks_per_node=2,
+                         program=mpiexec) + [sys.executable, hello]
+    cwd = os.path.join(out_dir, f"task{rank}")
+    spec = TaskSpec(rank + 1, 1, tuple(argv), cwd)
+    proc = runner.start(spec, task_mpi_env(os.environ))
+    deadline = time.monotonic() + 60
+    while runner.reap(proc) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.rc is None:
+        runner.signal_group(proc, 9)
+    out = open(os.path.join(cwd, runner.STDOUT_NAME)).read()
+    err = open(os.path.join(cwd, runner.STDERR_NAME)).read()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump({"rc": proc.rc, "out": out, "err": err[-2000:]}, fh)
+    MPI.COMM_WORLD.Barrier()
+""")
+
 # The stand-in for a worker rank: MPI is initialised first, as in a real launcher rank.
 WORKER = textwrap.dedent("""\
     import json, os, subprocess, sys
@@ -105,6 +132,20 @@ def test_nested_two_node_two_rank_task_from_each_worker_rank(tmp_path: Path) -> 
         hellos = _hellos(str(res["out"]))
         assert sorted(r for r, *_ in hellos) == [0, 1, 2, 3], f"outer rank {rank}: {res}"
         assert {s for _, s, *_ in hellos} == {4}  # one fresh job of 4, not the launcher's
+
+
+def test_nested_task_started_through_the_runner(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(HELLO)
+    (tmp_path / "worker.py").write_text(RUNNER_WORKER)
+    outer = _run([str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "worker.py"),
+                  str(tmp_path / "hello.py"), str(tmp_path), str(MPIEXEC)], tmp_path)
+    assert outer.returncode == 0, f"the outer job failed:\n{outer.stdout}\n{outer.stderr}"
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert res["rc"] == 0, f"outer rank {rank}: {res}"
+        hellos = _hellos(str(res["out"]))
+        assert sorted(r for r, *_ in hellos) == [0, 1, 2, 3], f"outer rank {rank}: {res}"
+        assert {s for _, s, *_ in hellos} == {4}
 
 
 def test_single_rank_mpi_task_needs_the_scrubbed_environment(tmp_path: Path) -> None:
