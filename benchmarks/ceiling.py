@@ -72,3 +72,26 @@ def claim_rate(dsn: dict[str, Any], batch: int, claimers: int, total: int) -> di
     ids = [i for chunk in claimed for i in chunk]
     return {"rows_per_s": len(ids) / elapsed, "claimed": float(len(ids)),
             "duplicates": float(len(ids) - len(set(ids)))}
+
+
+_SPAWNER = """
+import subprocess, sys, time
+end = time.perf_counter() + float(sys.argv[1])
+n = 0
+while time.perf_counter() < end:
+    subprocess.Popen(["/bin/true"]).wait()
+    n += 1
+print(n)
+"""
+
+
+def spawn_parallel(procs: int, seconds: float = 2.0) -> float:
+    """Processes per second from ``procs`` Python processes spawning side by side (what
+    ``procs`` launcher ranks could do with nothing else to do): each counts its spawns
+    over the same ``seconds``; the sum over ``seconds`` is the rate."""
+    import sys
+
+    children = [subprocess.Popen([sys.executable, "-c", _SPAWNER, str(seconds)],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+    total = sum(int(c.communicate()[0].strip() or 0) for c in children)
+    return total / seconds

@@ -48,7 +48,9 @@ def _noop(doc: dict[str, Any]) -> list[Row]:
         rows.append((f"noop {doc['params']['tasks']} tasks, {ranks} ranks",
                      f"{m['rate_per_s']:,.0f} tasks/s",
                      f"{m['ratio_to_spawn']:.2f} × spawn, "
-                     f"{m.get('ratio_to_concurrent_spawn', float('nan')):.2f} × concurrent",
+                     f"{m.get('ratio_to_concurrent_spawn', float('nan')):.2f} × concurrent, "
+                     f"{m.get('ratio_to_parallel_spawn', float('nan')):.2f} × {ranks} "
+                     f"spawners ({m.get('parallel_spawn_per_s', float('nan')):,.0f}/s)",
                      _spread([x["rate_per_s"] for x in res["runs"]])))
         rows.append((f"noop {ranks} ranks: leader CPU per task",
                      f"{m['leader_cpu_us_per_task']:.0f} µs", "-",
