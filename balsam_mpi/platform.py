@@ -7,8 +7,9 @@ inserted — by ``(scheduler, job_id)``, or by ``BALSAM_BATCH_JOB_ID`` — and t
 ``--time-limit-min``.
 
 Multi-node MPI tasks (issue 7) build on it in ``mpilaunch.py``: ``choose_launcher`` picks
-the launch prefix from this scheduler (srun, PALS ``mpiexec``, aprun; MPICH's hydra
-without one), and ``task_mpi_env`` keeps the launcher's own PMI variables out of tasks.
+the launch prefix from this scheduler (srun, PALS ``mpiexec``, aprun — all three UNTESTED
+on a live system, see docs/mpi-tasks.md; MPICH's hydra without a scheduler, tested
+here), and ``task_mpi_env`` keeps the launcher's own PMI variables out of tasks.
 """
 
 from __future__ import annotations
