@@ -4,7 +4,8 @@ The launcher does not log how long each claim or flush took (its database calls 
 thread the profiler does not see), so these are timed here, outside a launcher, through
 the same :class:`balsam_mpi.store.Store` calls the leader makes: a claim of k rows, and a
 report of k starts and of k ends, for several k. A straight line a + b·k is fitted to
-each (the fixed cost of a round trip and statement, and the cost per row).
+each (the fixed cost of a round trip and statement, and the cost per row), on relative
+errors.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ SIZES = (16, 64, 256, 1024, 4096)
 
 
 def fit_line(xs: list[float], ys: list[float]) -> dict[str, float]:
-    """Least squares y = a + b·x (a: fixed seconds, b: seconds per row)."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    """Least squares y = a + b·x on relative errors (weights 1/y²), so the small batches
+    (a few ms, where the fixed cost shows) count as much as the large ones (hundreds
+    of ms, where the per-row cost shows). a: fixed seconds, b: seconds per row."""
+    ws = [1.0 / (y * y) if y else 1.0 for y in ys]
+    sw = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs, strict=True)) / sw
+    my = sum(w * y for w, y in zip(ws, ys, strict=True)) / sw
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs, strict=True))
+    sxy = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys, strict=True))
+    b = sxy / sxx if sxx else 0.0
     return {"fixed_s": my - b * mx, "per_row_s": b}
 
 
