@@ -58,6 +58,12 @@ class Costs:
     flush_fixed_s: float = 0.0
     flush_start_row_s: float = 0.0
     flush_end_row_s: float = 0.0
+    # Measured latency by batch size, ((rows, seconds), …) ascending; when given, these
+    # replace the lines above (interpolated between points, the last segment's slope
+    # beyond them): the measured cost is not quite linear in the batch size.
+    claim_table: tuple[tuple[float, float], ...] = ()
+    start_table: tuple[tuple[float, float], ...] = ()
+    end_table: tuple[tuple[float, float], ...] = ()
     leader_task_s: float = 0.0  # leader CPU per task (spec, buffering, bookkeeping)
     leader_msg_s: float = 0.0  # leader CPU per REPORT received (and its ASSIGN)
     leader_item_s: float = 0.0  # … per started/finished item it carries
@@ -232,7 +238,7 @@ class Model:
         ld.claiming = True
         ld.claims += 1
         rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
-        self._db(ld, li, self.c.claim_fixed_s + self.c.claim_row_s * rows, "claimed", limit)
+        self._db(ld, li, self.claim_cost(rows), "claimed", limit)
 
     def _claimed(self, li: int, limit: float) -> None:
         ld = self.leaders[li]
@@ -300,9 +306,26 @@ class Model:
         ld.oldest = None
         ld.flushing = True
         ld.flushes += 1
-        cost = (self.c.flush_fixed_s + self.c.flush_start_row_s * starts
-                + self.c.flush_end_row_s * ends)
+        cost = self.flush_cost(starts, ends)
         self._db(ld, li, cost, "flushed")
+
+    def claim_cost(self, rows: float) -> float:
+        if self.c.claim_table:
+            return interpolate(self.c.claim_table, rows)
+        return self.c.claim_fixed_s + self.c.claim_row_s * rows
+
+    def flush_cost(self, starts: float, ends: float) -> float:
+        c = self.c
+        if not (c.start_table and c.end_table):
+            return c.flush_fixed_s + c.flush_start_row_s * starts + c.flush_end_row_s * ends
+        if not ends:
+            return interpolate(c.start_table, starts)
+        if not starts:
+            return interpolate(c.end_table, ends)
+        # One statement carries both: count its round trip once (the smaller first point).
+        once = min(c.start_table[0][1], c.end_table[0][1])
+        return max(once, interpolate(c.start_table, starts) + interpolate(c.end_table, ends)
+                   - once)
 
     def _timer(self, li: int) -> None:
         ld = self.leaders[li]
@@ -394,6 +417,18 @@ class Model:
                 "claims": ld.claims, "flushes": ld.flushes,
             })
         return out
+
+
+def interpolate(table: tuple[tuple[float, float], ...], x: float) -> float:
+    """Piecewise-linear through the points; the first point's value below it, the last
+    segment's slope beyond the last point."""
+    if x <= table[0][0] or len(table) == 1:
+        return table[0][1]
+    for (x0, y0), (x1, y1) in zip(table, table[1:], strict=False):  # neighbours
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    (x0, y0), (x1, y1) = table[-2], table[-1]
+    return y1 + (y1 - y0) / (x1 - x0) * (x - x1)
 
 
 def simulate(case: Case, costs: Costs, policy: Policy | None = None) -> dict[str, float]:

@@ -38,6 +38,17 @@ def _latest(out: Path, name: str) -> dict[str, Any]:
                             f"`python -m benchmarks run {name}` first")
 
 
+def _table(sizes: list[int], medians: list[float]) -> tuple[tuple[float, float], ...]:
+    """Measured (rows, latency) points, made non-decreasing (noise at small sizes can
+    put a smaller batch above a larger one)."""
+    out: list[tuple[float, float]] = []
+    top = 0.0
+    for k, y in zip(sizes, medians, strict=True):
+        top = max(top, y)
+        out.append((float(k), top))
+    return tuple(out)
+
+
 def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]]:
     """Costs from the measured results, and where each came from."""
     lead = docs["leader"]["results"]
@@ -66,12 +77,18 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
         leader_item_s=item_s,
         spawn_s=1.0 / noop,
         msg_latency_s=msg["wall_s_per_msg_items_0"] / 2,
+        claim_table=_table(db["sizes"], db["claim"]["median_s"]),
+        start_table=_table(db["sizes"], db["report_started"]["median_s"]),
+        end_table=_table(db["sizes"], db["report_finished"]["median_s"]),
         startup_s=max(0.0, one["median"]["first_task_s"] - first_claim - 1.0 / noop),
         close_s=max(0.0, one["median"]["tail_idle_s"] - Policy().flush_interval_s),
     )
     sources = {
-        "claim_*": "leader: Store.claim latency by batch size, line fit",
-        "flush_*": "leader: Store.report latency (starts, ends) by batch size, line fit",
+        "claim_table": "leader: Store.claim median latency by batch size (interpolated)",
+        "start_table, end_table": "leader: Store.report median latency of k starts, of k "
+                                  "ends, by batch size (interpolated; a flush carrying "
+                                  "both counts one round trip)",
+        "claim_*, flush_* lines": "leader: fits of the same (reported, not used)",
         "leader_task_s": f"leader: null-runner marginal leader CPU/task at {best['ranks']} "
                          "ranks, "
                          f"claim {best['claim_limit']}, less 2 items' message cost",

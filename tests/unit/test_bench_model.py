@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmarks.calibrate import fit_line
-from benchmarks.model import Case, Costs, Model, Policy, simulate
+from benchmarks.model import Case, Costs, Model, Policy, interpolate, simulate
 
 
 def test_one_slot_three_tasks_by_hand() -> None:
@@ -108,3 +108,13 @@ def test_jitter_keeps_durations_within_bounds_and_runs_repeat() -> None:
     # busy time is the sum of durations: 40 tasks of 0.8…1.2 s
     busy = a["utilization"] * 8 * a["wall_s"]
     assert 40 * 0.8 < busy < 40 * 1.2
+
+
+def test_interpolated_database_costs() -> None:
+    table = ((16.0, 0.01), (64.0, 0.02), (256.0, 0.06))
+    assert interpolate(table, 1) == pytest.approx(0.01)
+    assert interpolate(table, 40) == pytest.approx(0.015)
+    assert interpolate(table, 448) == pytest.approx(0.10)  # last slope: 0.04 per 192
+    m = Model(Case(1, 1, 1, 1.0, 1), Costs(start_table=table, end_table=table))
+    assert m.flush_cost(64, 0) == pytest.approx(0.02)
+    assert m.flush_cost(64, 64) == pytest.approx(0.03)  # one round trip (0.01) counted once
