@@ -23,15 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import db, sql, taskadd, taskspec
 from .errors import Conflict, NotFound, UsageError
-from .models import TaskState, parse_state
+from .models import TaskState
 from .project import Project
+from .taskfilter import as_ids, filter_params, order_by, where
 
 if TYPE_CHECKING:
     import psycopg
 
-# `task ls --sort`: column -> ORDER BY (a leading '-' sorts descending); ties by id.
-SORTABLE = ("id", "workflow", "name", "state", "priority", "created_at", "started_at",
-            "ended_at", "wall_time_min", "num_nodes", "owner")
 PAGE = 2000  # rows per page of the lazy iterator
 CHUNK = 25000  # tasks per INSERT of a bulk add (all chunks in one transaction)
 
@@ -182,18 +180,18 @@ class Client:
         Filters: id/ids, workflow (exact; a list means any of them), state, app, name (a
         glob), tags (dict: containment), owner. ``order``: a column of SORTABLE, '-' for
         descending."""
-        params = _filter_params(filters)
+        params = filter_params(filters)
         if order in ("id", "+id") and (limit is None or limit > PAGE):
             yield from self._pages(params, limit)
             return
-        yield from self._select(params, _order(order), limit)
+        yield from self._select(params, order_by(order), limit)
 
     def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
         # Keyset paging by id: each page is one indexed query, no cursor left open.
         left = limit
         while left is None or left > 0:
             n = PAGE if left is None else min(PAGE, left)
-            rows = self._select(params, _order("id"), n)
+            rows = self._select(params, order_by("id"), n)
             yield from rows
             if len(rows) < n:
                 return
@@ -206,13 +204,13 @@ class Client:
         from psycopg import sql as pgsql
         from psycopg.rows import dict_row
 
-        q = pgsql.SQL(sql.query("tasks_select")).format(where=_where(), order=order)
+        q = pgsql.SQL(sql.query("tasks_select")).format(where=where(), order=order)
         with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(q, {**params, "limit": limit}).fetchall()
 
     def get(self, task_id: int) -> dict[str, Any]:
         """One task with its ``parents``, ``children`` and ``history`` (its events)."""
-        rows = self._select(_filter_params({"id": task_id}), _order("id"), 1)
+        rows = self._select(filter_params({"id": task_id}), order_by("id"), 1)
         if not rows:
             raise NotFound(f"no task with id {task_id}; see `balsam-mpi task ls`")
         task = rows[0]
@@ -236,10 +234,17 @@ class Client:
         tasks are skipped (their launcher holds the old values)."""
         from psycopg.types.json import Jsonb
 
-        id_list = _ids(ids)
+        id_list = as_ids(ids)
         values = taskspec.check_changes(changes)
         if not values:
             raise UsageError("nothing to change: give at least one field")
+        if "params" in values:  # new params must still fill each task's app template
+            apps = self._app_infos()
+            for task in self.tasks(ids=id_list):
+                try:
+                    taskspec.check_params(values["params"], apps[task["app"]])
+                except taskspec.TaskSpecError as exc:
+                    raise taskspec.TaskSpecError(f"task {task['id']}: {exc}") from None
         params: dict[str, Any] = {f: None for f in taskspec.MODIFIABLE}
         for f, v in values.items():
             params[f] = Jsonb(v) if f in taskspec.DICT_FIELDS else v
@@ -264,7 +269,7 @@ class Client:
         params = self._bulk_params(ids, filters, "retry")
         conn = self._conn
         with db.translated(), conn.transaction():
-            q = pgsql.SQL(sql.query("tasks_retry")).format(where=_where())
+            q = pgsql.SQL(sql.query("tasks_retry")).format(where=where())
             back = [r[0] for r in conn.execute(q, params).fetchall()]
             if not back:
                 return []
@@ -282,7 +287,7 @@ class Client:
 
         params = self._bulk_params(ids, filters, "delete")
         with db.translated(), self._conn.transaction():
-            q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=_where())
+            q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=where())
             doomed = [r[0] for r in self._conn.execute(q, params).fetchall()]
             if doomed:
                 kids = [r[0] for r in self._conn.execute(sql.query("tasks_children_outside"),
@@ -334,14 +339,14 @@ class Client:
         if ids is None and not any(v not in (None, [], ()) for v in filters.values()):
             raise UsageError(f"{verb}: give task ids or a filter (workflow, state, …)")
         if ids is not None:
-            filters = {**filters, "ids": _ids(ids)}
-        return _filter_params(filters)
+            filters = {**filters, "ids": as_ids(ids)}
+        return filter_params(filters)
 
     def _write(self, name: str, params: dict[str, Any]) -> list[int]:
         from psycopg import sql as pgsql
 
         with db.translated(), self._conn.transaction():
-            q = pgsql.SQL(sql.query(name)).format(where=_where())
+            q = pgsql.SQL(sql.query(name)).format(where=where())
             return [r[0] for r in self._conn.execute(q, params).fetchall()]
 
     def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -349,75 +354,3 @@ class Client:
 
         with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(sql.query(name), params).fetchall()
-
-
-def _ids(ids: int | Sequence[int]) -> list[int]:
-    out = [ids] if isinstance(ids, int) else list(ids)
-    for i in out:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise UsageError(f"id: {i!r} is not a task id")
-    return out
-
-
-def _listify(value: Any) -> list[Any] | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, int, TaskState)):
-        return [value]
-    out = list(value)
-    return out or None
-
-
-FILTERS = ("id", "ids", "workflow", "state", "app", "name", "tags", "owner", "after")
-
-
-def _filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of the `tasks_filter` predicate from keyword filters."""
-    from psycopg.types.json import Jsonb
-
-    unknown = sorted(set(filters) - set(FILTERS))
-    if unknown:
-        raise UsageError(f"{unknown[0]}: not a task filter (use {', '.join(FILTERS)})")
-    ids = _listify(filters.get("ids")) or _listify(filters.get("id"))
-    states = _listify(filters.get("state"))
-    tags = filters.get("tags")
-    if tags is not None and not isinstance(tags, Mapping):
-        raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
-    name = filters.get("name")
-    return {
-        "ids": None if ids is None else _ids(ids),
-        "workflows": _listify(filters.get("workflow")),
-        "states": None if states is None else [parse_state(str(s)).value for s in states],
-        "apps": _listify(filters.get("app")),
-        "name_like": None if name is None else glob_to_like(name),
-        "tags": None if not tags else Jsonb(dict(tags)),
-        "owners": _listify(filters.get("owner")),
-        "after": filters.get("after"),
-    }
-
-
-def glob_to_like(pattern: str) -> str:
-    """A shell glob (* and ?) as a LIKE pattern, LIKE's own wildcards escaped."""
-    out = []
-    for ch in pattern:
-        out.append({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(ch, ch))
-    return "".join(out)
-
-
-def _where() -> Any:
-    from psycopg import sql as pgsql
-
-    return pgsql.SQL(sql.query("tasks_filter"))
-
-
-def _order(spec: str) -> Any:
-    from psycopg import sql as pgsql
-
-    desc = spec.startswith("-")
-    col = spec.lstrip("+-")
-    if col not in SORTABLE:
-        raise UsageError(f"sort: {col!r} is not sortable (use {', '.join(SORTABLE)}, "
-                         "'-' in front for descending)")
-    direction = pgsql.SQL(" DESC" if desc else "")
-    tie = pgsql.SQL(", t.id") if col != "id" else pgsql.SQL("")
-    return pgsql.Composed([pgsql.Identifier("t", col), direction, tie])

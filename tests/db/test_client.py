@@ -120,6 +120,8 @@ def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
     assert client.get(a)["priority"] == 7 and client.get(a)["tags"] == {"x": "1"}
     with pytest.raises(TaskSpecError, match="state"):
         client.update(a, state="READY")
+    with pytest.raises(TaskSpecError, match=f"task {a}: params: 'who' is not a placeholder"):
+        client.update(a, params={"who": "x"})
     with pytest.raises(UsageError):
         client.delete()
     assert client.delete(a) == [a]

@@ -1,0 +1,87 @@
+"""Task filters and sort orders: keyword filters → the parameters of tasks.sql's shared
+`tasks_filter` predicate, and `--sort` → an ORDER BY composed from identifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import sql
+from .errors import UsageError
+from .models import TaskState, parse_state
+
+# `task ls --sort`: column -> ORDER BY (a leading '-' sorts descending); ties by id.
+SORTABLE = ("id", "workflow", "name", "state", "priority", "created_at", "started_at",
+            "ended_at", "wall_time_min", "num_nodes", "owner")
+
+
+def as_ids(ids: int | Sequence[int]) -> list[int]:
+    out = [ids] if isinstance(ids, int) else list(ids)
+    for i in out:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise UsageError(f"id: {i!r} is not a task id")
+    return out
+
+
+def listify(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, int, TaskState)):
+        return [value]
+    out = list(value)
+    return out or None
+
+
+FILTERS = ("id", "ids", "workflow", "state", "app", "name", "tags", "owner", "after")
+
+
+def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of the `tasks_filter` predicate from keyword filters."""
+    from psycopg.types.json import Jsonb
+
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise UsageError(f"{unknown[0]}: not a task filter (use {', '.join(FILTERS)})")
+    ids = listify(filters.get("ids")) or listify(filters.get("id"))
+    states = listify(filters.get("state"))
+    tags = filters.get("tags")
+    if tags is not None and not isinstance(tags, Mapping):
+        raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
+    name = filters.get("name")
+    return {
+        "ids": None if ids is None else as_ids(ids),
+        "workflows": listify(filters.get("workflow")),
+        "states": None if states is None else [parse_state(str(s)).value for s in states],
+        "apps": listify(filters.get("app")),
+        "name_like": None if name is None else glob_to_like(name),
+        "tags": None if not tags else Jsonb(dict(tags)),
+        "owners": listify(filters.get("owner")),
+        "after": filters.get("after"),
+    }
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell glob (* and ?) as a LIKE pattern, LIKE's own wildcards escaped."""
+    out = []
+    for ch in pattern:
+        out.append({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(ch, ch))
+    return "".join(out)
+
+
+def where() -> Any:
+    from psycopg import sql as pgsql
+
+    return pgsql.SQL(sql.query("tasks_filter"))
+
+
+def order_by(spec: str) -> Any:
+    from psycopg import sql as pgsql
+
+    desc = spec.startswith("-")
+    col = spec.lstrip("+-")
+    if col not in SORTABLE:
+        raise UsageError(f"sort: {col!r} is not sortable (use {', '.join(SORTABLE)}, "
+                         "'-' in front for descending)")
+    direction = pgsql.SQL(" DESC" if desc else "")
+    tie = pgsql.SQL(", t.id") if col != "id" else pgsql.SQL("")
+    return pgsql.Composed([pgsql.Identifier("t", col), direction, tie])
