@@ -34,15 +34,18 @@ from typing import Any
 from balsam_mpi.resources import Pace
 
 ASSUMPTIONS = (
-    "Tasks have one fixed duration; every node of a launcher is alike (one worker "
-    "process per node, its spawns one after another at the measured spawn cost).",
-    "Each leader is one core: per REPORT it pays the measured message cost plus a cost per "
-    "item, per task the measured leader CPU per task of the null-runner runs; idle "
-    "nodes' periodic reports (one a second) take a fixed share of that core.",
-    "Each leader has one database thread (claims and flushes in order), and their cost is "
-    "the measured fixed + per-row latency; the database host runs the launchers' "
-    "statements side by side and their cost does not grow with the number of launchers "
-    "or the size of the task table (the claim index keeps it flat).",
+    "Tasks have one fixed duration (or a seeded ±spread where stated); every node of a "
+    "launcher is alike: one worker process per node with its own cores, starting its "
+    "tasks one after another at the spawn cost measured here.",
+    "Each leader is one core: per claimed task it pays the measured marginal leader CPU "
+    "of the null-runner runs, per REPORT the measured message cost plus a cost per item; "
+    "idle nodes' periodic reports (one a second) take a fixed share of that core.",
+    "Each leader has one database thread (claims and flushes in order) and each call "
+    "costs the latency measured here for its batch size; the database host runs the "
+    "launchers' statements side by side, and their cost grows neither with the number of "
+    "launchers nor with the size of the task table (the claim index keeps it flat).",
+    "A node's queue depth follows the launcher's own Pace rule; the leader serves reports "
+    "first come, first served, as the launcher does.",
     "Messages take the measured one-way latency whatever the number of nodes (no network "
     "contention); MPI start-up on thousands of nodes is not modelled: the batch job's "
     "life starts when its leader is up, as in `balsam-mpi report`.",
