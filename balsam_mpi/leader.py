@@ -309,9 +309,11 @@ class Leader:
         if self.deadline is not None and time.time() >= self.deadline - self.s.drain_grace_s:
             self.start_drain("wall time", cut=True)
             return False
-        if not self.everything_idle():
+        if not self.nodes.all_idle() or self.buffer or self.flushing is not None:
             self.idle_since = None
             return False
+        if self.claiming is not None:
+            return False  # wait for its answer (it does not end the idle time)
         if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
             self.start_drain("max tasks")
             return False

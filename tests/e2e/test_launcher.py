@@ -165,6 +165,18 @@ def test_a_whole_node_task_waits_for_a_free_node(conn: Any, dbname: str) -> None
     no_strays(dbname)
 
 
+def test_idle_timeout_ends_a_launcher_that_keeps_looking(conn: Any, dbname: str) -> None:
+    """Idle for --idle-timeout s while claims keep finding nothing: exit, not hang."""
+    add(conn, 20, packing=4)
+    t0 = time.monotonic()
+    run(2, "--idle-timeout", "1.5")
+    assert states(conn) == {"JOB_FINISHED": 20}
+    assert time.monotonic() - t0 < 60
+    job = conn.execute("SELECT end_reason FROM batch_jobs").fetchone()
+    assert job == ("idle",)
+    no_strays(dbname)
+
+
 def test_workflow_filter_leaves_others_alone(conn: Any, dbname: str) -> None:
     mine = add(conn, 50, workflow="mine", packing=4)
     theirs = add(conn, 50, workflow="theirs", packing=4)
