@@ -165,11 +165,16 @@ def report(summary: Summary, echo: Echo) -> None:
 
 def next_steps(project: Project, echo: Echo) -> None:
     p = project.root
+    steps = [
+        (f"balsam-dbctl --project {p} start", "start its server again"),
+        (f"export BALSAM_DB_PATH={p}", "(or: source balsamactivate PROJECT)"),
+        ("balsam-mpi job ls", "the batch job you just ran"),
+        ("balsam-mpi report utilization", "utilization over time"),
+        ("mpiexec -n 4 python -m balsam_mpi --workflow ensemble", "run the launcher again"),
+        (f"balsam-dbctl --project {p} stop", "when you are done"),
+    ]
+    width = max(len(cmd) for cmd, _ in steps)
     echo("")
     echo(f"The project is in {p} (its server is stopped). Try next:")
-    echo(f"  balsam-dbctl --project {p} start          # start its server again")
-    echo(f"  export BALSAM_DB_PATH={p}")
-    echo("  balsam-mpi job ls                          # the batch job you just ran")
-    echo("  balsam-mpi report utilization              # utilization over time")
-    echo("  mpiexec -n 4 python -m balsam_mpi --workflow ensemble   # run it again")
-    echo(f"  balsam-dbctl --project {p} stop")
+    for cmd, why in steps:
+        echo(f"  {cmd:<{width}}  # {why}")
