@@ -66,3 +66,18 @@ def test_no_room_on_draining_or_dead_workers() -> None:
     view = WorkerView(rank=1)
     view.draining = True
     assert room(view, 0.5) == 0.0
+
+
+def test_pace_sets_the_queue_depth_from_what_a_node_finishes() -> None:
+    from balsam_mpi.resources import Pace
+
+    pace = Pace()
+    assert pace.margin(0.0, initial=0.5) == 0.5  # nothing known yet
+    for k in range(1, 6):  # one node's worth finished every second (1 s tasks × 16)
+        pace.record(float(k), float(k))
+    assert pace.rate(5.0) == pytest.approx(1.0)
+    assert pace.margin(5.0, initial=0.5, horizon_s=2.0, cap=1.0) == 1.0
+    # Then nothing finishes for a minute (long tasks now): the margin decays to the floor.
+    # 4 shares over the 60 s since the last one, times the 2 s horizon:
+    assert pace.margin(65.0, initial=0.5, horizon_s=2.0, floor=0.05) == pytest.approx(4 / 30)
+    assert pace.margin(600.0, initial=0.5, horizon_s=2.0, floor=0.05) == 0.05

@@ -1,0 +1,76 @@
+"""The leader's dispatching and kill tracking (pure: a null node, no MPI, no database),
+and the launcher's command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from balsam_mpi.config import resolve
+from balsam_mpi.dispatch import Dispatcher
+from balsam_mpi.kills import LOCAL, KillTracker
+from balsam_mpi.launch import parser
+from balsam_mpi.node import NullNode
+from balsam_mpi.protocol import Assign, Report, TaskSpec
+
+
+def spec(i: int, need: float = 0.25) -> TaskSpec:
+    return TaskSpec(i, 1, ("true",), f"/tmp/{i}", need=need)
+
+
+def dispatcher() -> tuple[Dispatcher, list[tuple[int, Assign]]]:
+    sent: list[tuple[int, Assign]] = []
+    settings = resolve({"claim_margin": 0.5}, {}, {})
+    return Dispatcher(settings, NullNode(die_with_parent=False),
+                      lambda r, m: sent.append((r, m))), sent
+
+
+def test_a_report_is_answered_within_free_share_plus_margin() -> None:
+    d, sent = dispatcher()
+    d.pool.extend(spec(i) for i in range(20))
+    view = d.reported(1, Report(rank=1, acked=0, free=1.0, running=0, queued=0))
+    d.assign_to(view, always=True)
+    [(rank, msg)] = sent
+    assert rank == 1 and len(msg.tasks) == 6  # 1.0 free + 0.5 margin, at 0.25 each
+    d.assign_to(view, always=True)  # not acknowledged yet: counted as taken
+    assert sent[-1][1].tasks == ()
+    view = d.reported(1, Report(rank=1, acked=msg.seq, free=-0.5, running=4, queued=2))
+    d.assign_to(view)
+    assert len(sent) == 2  # still full: nothing unprompted
+    assert d.demand() == pytest.approx(1.5 - sum(t.need for t in d.pool))
+
+
+def test_the_local_node_is_fed_directly_and_kills_reach_every_rank() -> None:
+    d, sent = dispatcher()
+    d.pool.extend(spec(i) for i in range(10))
+    d.fill_local()  # a null node ends its tasks at once
+    local_ids = [s.id for s in d.local.changes.take()[0]]
+    assert local_ids == [0, 1, 2, 3, 4, 5]
+    view = d.reported(2, Report(rank=2, acked=0, free=1.0, running=0, queued=0))
+    d.push()
+    assert [t.id for t in sent[-1][1].tasks] == [6, 7, 8, 9] and sent[-1][0] == view.rank
+    d.pool.append(spec(10))
+    assert d.kill([7, 10, 99]) == 1  # 7 is on rank 2; 10 was still in the pool
+    assert sent[-1] == (2, Assign(sent[-1][1].seq, (), (7,)))
+    assert not d.pool
+
+
+def test_kill_tracker_sends_each_kill_once_and_forgets_ended_tasks() -> None:
+    k = KillTracker(interval_s=0.0)
+    assert not k.due()  # nothing out
+    k.placed([1, 2], 3)
+    k.placed([4], LOCAL)
+    assert k.due() and sorted(k.candidates()) == [1, 2, 4]
+    assert k.by_rank([2, 4]) == {3: [2], LOCAL: [4]}
+    assert k.by_rank([2]) == {} and sorted(k.candidates()) == [1]
+    k.ended([1, 2, 4])
+    assert not k.where and not k.due()
+
+
+def test_command_line_flags() -> None:
+    args = vars(parser().parse_args(["--workflow", "a", "--workflow", "b", "--tag", "k=v",
+                                     "--idle-timeout", "0", "--max-tasks", "5"]))
+    s = resolve(args, {}, {})
+    assert s.workflows == ("a", "b") and s.tag_filter == {"k": "v"}
+    assert s.idle_timeout_s == 0.0 and s.max_tasks == 5 and not s.persistent
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--idle-timeout", "soon"])
