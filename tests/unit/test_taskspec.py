@@ -157,3 +157,15 @@ def test_pg_free_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_query_files_use_only_named_placeholders() -> None:
+    # psycopg reads every '%' of a statement, comments included: a stray one breaks it.
+    import re
+    from pathlib import Path
+
+    import balsam_mpi
+
+    text = (Path(balsam_mpi.__file__).parent / "sql" / "tasks.sql").read_text()
+    stray = re.findall(r"%(?!\(\w+\)s|%)", text.replace("%%", ""))
+    assert stray == []
