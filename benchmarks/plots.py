@@ -88,7 +88,7 @@ def plot_projection(path: Path, title: str, durations: Sequence[float],
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
