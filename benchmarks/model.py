@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,7 +210,7 @@ class Model:
         for li, _ in enumerate(self.leaders):
             self._at(self.c.startup_s, "ready", li)
         events = 0
-        handlers = {"ready": self._ready, "claimed": self._claimed, "pushed": self._pushed,
+        handlers: dict[str, Callable[..., None]] = {"ready": self._ready, "claimed": self._claimed, "pushed": self._pushed,
                     "report": self._report_arrives, "served": self._served,
                     "assign": self._assign_arrives, "end": self._end,
                     "flushed": self._flushed, "timer": self._timer,

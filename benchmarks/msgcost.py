@@ -36,13 +36,13 @@ def main() -> None:
             for _ in range(n_msgs // burst):
                 for _ in range(burst):
                     comm.send(0, report)
-                got = 0
-                while got < burst:
+                answered = 0
+                while answered < burst:
                     if comm.poll(0) is None:
                         comm.progress()
                         backoff.sleep()
                     else:
-                        got += 1
+                        answered += 1
                         backoff.reset()
             comm.flush_sends()
         else:

@@ -3,7 +3,7 @@ beside its JSON as ``<scenario>-latest.png`` (a timestamped PNG per run would pi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ def png_path(out: Path, scenario: str) -> Path:
 
 
 def plot_sweep(path: Path, title: str, xlabel: str, xs: Sequence[float],
-               series: dict[str, Sequence[float]], ceiling: float | None = None,
+               series: Mapping[str, Sequence[float]], ceiling: float | None = None,
                ceiling_label: str = "", ylabel: str = "tasks/s", logx: bool = False) -> Path:
     """Lines of medians against a swept parameter, with the same-run ceiling dashed."""
     plt = _pyplot()
@@ -72,7 +72,7 @@ def plot_timelines(path: Path, title: str, panels: dict[str, list[list[float]]],
 
 
 def plot_projection(path: Path, title: str, durations: Sequence[float],
-                    series: dict[str, Sequence[float]], measured: dict[str, Any] | None = None
+                    series: Mapping[str, Sequence[float]], measured: dict[str, Any] | None = None
                     ) -> Path:
     """Projected utilization against task duration (log x), measured points overlaid."""
     plt = _pyplot()

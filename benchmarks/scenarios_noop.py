@@ -62,9 +62,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     for res in per_ranks.values():
         res["median"]["ratio_to_spawn"] = res["median"]["rate_per_s"] / ceiling_rate
         res["median"]["ratio_to_concurrent_spawn"] = res["median"]["rate_per_s"] / conc_rate
-    for ranks, res in per_ranks.items():
-        res["median"]["parallel_spawn_per_s"] = parallel[ranks]
-        res["median"]["ratio_to_parallel_spawn"] = res["median"]["rate_per_s"] / parallel[ranks]
+    for key, res in per_ranks.items():
+        res["median"]["parallel_spawn_per_s"] = parallel[key]
+        res["median"]["ratio_to_parallel_spawn"] = res["median"]["rate_per_s"] / parallel[key]
     results = {"spawn_ceiling_per_s": {"before": spawn_before, "after": spawn_after,
                                        "used": ceiling_rate},
                "spawn_concurrent_per_s": {"before": conc_before, "after": conc_after,
