@@ -24,20 +24,23 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     with lc.project(args.project) as proj, lc.connect(proj) as conn:
-        bare = lc.spawn_rate()
+        before = lc.spawn_rate()
         for ranks in args.ranks or [4, 16]:
             lc.reset(conn)
             lc.add_tasks(conn, args.tasks, "/bin/true", args.packing)
             wall = lc.launch(proj, ranks, *args.launcher_arg)
             s = lc.summary(conn)
+            after = lc.spawn_rate()
+            # The machine is shared: the ceiling is the better of the bare rates measured
+            # just before and just after this run (the conservative choice).
+            bare = max(before, after)
             rate = s["finished"] / s["span_s"]
             results.append({"ranks": ranks, "tasks": int(s["finished"]),
-                            "rate_per_s": round(rate, 1), "bare_spawn_per_s": round(bare, 1),
+                            "rate_per_s": round(rate, 1),
+                            "bare_spawn_per_s": [round(before, 1), round(after, 1)],
                             "ratio": round(rate / bare, 3), "launcher_wall_s": round(wall, 2)})
             print(json.dumps(results[-1]), flush=True)
-        after = lc.spawn_rate()
-        print(json.dumps({"bare_spawn_per_s_before": round(bare, 1),
-                          "bare_spawn_per_s_after": round(after, 1)}))
+            before = after
 
 
 if __name__ == "__main__":
