@@ -219,3 +219,36 @@ def test_a_kill_reaches_a_running_task(pg_project: Project, conn: Any, dbname: s
     row = conn.execute("SELECT state::text, batch_job_id IS NOT NULL FROM tasks").fetchone()
     assert row == ("USER_KILLED", True)  # the task's own end did not overwrite the kill
     no_strays(dbname)
+
+
+CRASHING_WORKER = """
+import sys
+from mpi4py import MPI
+from balsam_mpi import node
+if MPI.COMM_WORLD.Get_rank() == 1:
+    started = node.Node._start
+    def _start(self, spec):
+        if self.started_total >= 2:
+            raise RuntimeError("injected failure on rank 1")
+        started(self, spec)
+    node.Node._start = _start
+from balsam_mpi.launch import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_crashing_worker_aborts_the_run_cleanly(conn: Any, dbname: str) -> None:
+    """An unhandled error on a worker: the leader writes what it holds, closes its batch
+    job as FAILED (running tasks requeued), and the whole world aborts; nothing hangs."""
+    add(conn, 40, command="sleep 0.5", packing=4)
+    argv = [MPIEXEC, "-n", "2", sys.executable, "-c", CRASHING_WORKER, "--idle-timeout", "0"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in proc.stderr + proc.stdout
+    job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
+    assert job is not None and job[0] == "FAILED" and "rank 1" in job[1]
+    left = conn.execute("SELECT count(*) FROM tasks WHERE state = 'RUNNING' "
+                        "OR batch_job_id IS NOT NULL AND state IN ('READY', 'RESTART_READY')"
+                        ).fetchone()
+    assert left == (0,)  # nothing left claimed or marked running by the dead job
+    no_strays(dbname)
