@@ -54,10 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=RESULTS, help="where result files go")
     table = sub.add_parser("table", help="print the results table of the latest runs")
     table.add_argument("--out", type=Path, default=RESULTS, help="where result files are")
+    table.add_argument("--readme", action="store_true",
+                       help="rewrite the generated tables of benchmarks/README.md instead")
     args = parser.parse_args(argv)
     if args.command == "table":
-        from .table import check_table, render
+        from .table import check_table, render, update_readme
 
+        if args.readme:
+            update_readme(args.out, Path(__file__).with_name("README.md"))
+            return 0
         print(render(args.out))
         print(check_table(args.out), end="")
         return 0

@@ -5,6 +5,7 @@ those runs — the noise a fresh run should be compared with."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,18 @@ def check_table(out: Path) -> str:
             lines.append(f"| {c['run']} | {c['measured_tasks_per_s']:,.0f} tasks/s | "
                          f"{c['model_tasks_per_s']:,.0f} | {c['throughput_error']:+.0%} |")
     return "\n".join(lines) + "\n"
+
+
+def update_readme(out: Path, readme: Path) -> None:
+    """Rewrite the generated parts of the README (between ``<!-- NAME -->`` markers)."""
+    from .model import ASSUMPTIONS
+
+    parts = {"RESULTS_TABLE": render(out), "CHECK_TABLE": check_table(out),
+             "ASSUMPTIONS": "\n".join(f"{i}. {a}" for i, a in enumerate(ASSUMPTIONS, 1))}
+    text = readme.read_text()
+    for name, body in parts.items():
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        block = f"{start}\n{body.rstrip()}\n{end}"
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: block, text,
+                      flags=re.S)
+    readme.write_text(text)
