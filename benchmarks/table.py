@@ -5,7 +5,6 @@ those runs — the noise a fresh run should be compared with."""
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -194,7 +193,7 @@ def update_readme(out: Path, readme: Path) -> None:
     text = readme.read_text()
     for name, body in parts.items():
         start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-        block = f"{start}\n{body.rstrip()}\n{end}"
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: block, text,
-                      flags=re.S)
+        i, j = text.find(start), text.find(end)
+        if i >= 0 and j > i:
+            text = f"{text[:i]}{start}\n{body.rstrip()}\n{text[j:]}"
     readme.write_text(text)
