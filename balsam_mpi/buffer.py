@@ -123,7 +123,7 @@ class ReportBuffer:
         self.held = Batch(batch.started + self.held.started,
                           batch.finished + self.held.finished)
         self.oldest = time.monotonic()
-        self.retry_pause = min(30.0, max(0.5, self.retry_pause * 2))
+        self.retry_pause = min(10.0, max(0.5, self.retry_pause * 2))
         self.retry_at = time.monotonic() + self.retry_pause
         level = logging.WARNING if isinstance(exc, ServerError) else logging.ERROR
         log.log(level, "could not write %s reports (%s); holding them, retry in %.1f s",

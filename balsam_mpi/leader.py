@@ -71,6 +71,7 @@ class Leader:
         self.claim_covers = -1  # the value of `flushes` when the last claim was sent
         self.last_claim_empty = False
         self.next_claim = 0.0
+        self.claim_pause = 0.0  # grows while claims fail
         self.claimed_total = 0
         self.max_packing = 16
         self.idle_since: float | None = None
@@ -156,9 +157,15 @@ class Leader:
         try:
             rows = future.result()
         except BalsamError as exc:
-            log.warning("claim failed (%s); retrying in %.1f s", exc, self.s.claim_idle_s)
-            self.next_claim = now + self.s.claim_idle_s
+            # The database may be away for a while: pause longer each time (the nodes
+            # keep running what they have; reports wait in the buffer).
+            self.claim_pause = min(10.0, max(self.s.claim_idle_s, self.claim_pause * 2))
+            log.warning("claim failed (%s); retrying in %.1f s", exc, self.claim_pause)
+            self.next_claim = now + self.claim_pause
             return
+        if self.claim_pause:
+            log.info("claims work again")
+            self.claim_pause = 0.0
         self.claim_covers = covers
         self.last_claim_empty = not rows
         if not rows:
