@@ -74,3 +74,26 @@ def test_command_line_flags() -> None:
     assert s.idle_timeout_s == 0.0 and s.max_tasks == 5 and not s.persistent
     with pytest.raises(SystemExit):
         parser().parse_args(["--idle-timeout", "soon"])
+
+
+@pytest.mark.parametrize(("workflow", "name"), [
+    ("demo", "t1"), ("a/b", "../x"), ("w", ""), ("w", ".."), ("wf.1", "name with spaces"),
+    ("ünï", "ça=va+1"),
+])
+def test_spec_directories_are_exactly_project_task_dir(workflow: str, name: str) -> None:
+    from balsam_mpi.project import Project
+    from balsam_mpi.specs import SpecBuilder
+
+    project = Project("/p")
+    builder = SpecBuilder(project, epoch=1)
+    for task_id in (1, 999, 1000, 123456):
+        assert builder.cwd(workflow, task_id, name) == str(
+            project.task_dir(workflow, task_id, name))
+
+
+def test_specs_render_argv_without_a_shell() -> None:
+    from balsam_mpi.specs import render
+
+    assert render("echo {who}", {"who": "a b; rm -rf /"}, ["x y"], False) == (
+        "echo", "a b; rm -rf /", "x y")
+    assert render("/bin/true", {}, [], False) == ("/bin/true",)
