@@ -48,10 +48,16 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
     if tags is not None and not isinstance(tags, Mapping):
         raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
     name = filters.get("name")
+    workflows = listify(filters.get("workflow"))
+    state_names = None if states is None else sorted({parse_state(str(s)).value
+                                                      for s in states})
     return {
         "ids": None if ids is None else as_ids(ids),
-        "workflows": listify(filters.get("workflow")),
-        "states": None if states is None else [parse_state(str(s)).value for s in states],
+        # one value goes as equality (see tasks_filter), several as "= ANY"
+        "workflow": workflows[0] if workflows and len(set(workflows)) == 1 else None,
+        "workflows": workflows if workflows and len(set(workflows)) > 1 else None,
+        "state": state_names[0] if state_names and len(state_names) == 1 else None,
+        "states": state_names if state_names and len(state_names) > 1 else None,
         "apps": listify(filters.get("app")),
         "name_like": None if name is None else glob_to_like(name),
         "tags": None if not tags else Jsonb(dict(tags)),

@@ -70,6 +70,10 @@ SELECT * FROM unnest(%(children)s::bigint[], %(parents)s::bigint[])
     (%(ids)s::bigint[] IS NULL OR t.id = ANY (%(ids)s))
 AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s))
 AND (%(states)s::task_state[] IS NULL OR t.state = ANY (%(states)s))
+-- One workflow / one state as plain equality: an index scan returns rows in id order
+-- (the LIMIT stops after a page) only for equality, never for "= ANY (array)".
+AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s)
+AND (%(state)s::task_state IS NULL OR t.state = %(state)s)
 AND (%(apps)s::text[] IS NULL
      OR t.app_id IN (SELECT ap.id FROM apps ap WHERE ap.name = ANY (%(apps)s)))
 AND (%(name_like)s::text IS NULL OR t.name LIKE %(name_like)s)
