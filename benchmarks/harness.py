@@ -50,6 +50,9 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "argv": sys.argv,
+        # The package changes under these benchmarks: which code was measured.
+        "git": git_revision(),
+        "package_uncommitted": package_dirty(),
     }
 
 
@@ -89,3 +92,14 @@ def git_revision() -> str:
                               text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         return "unknown"
+
+
+def package_dirty() -> bool | None:
+    """True if balsam_mpi/ had uncommitted changes when measured (None: unknown)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "balsam_mpi"],
+                             capture_output=True, text=True, check=False,
+                             cwd=Path(__file__).resolve().parents[1]).stdout
+    except OSError:
+        return None
+    return bool(out.strip())
