@@ -183,8 +183,9 @@ class Leader:
                                 (Finished(row.id, self.lease.epoch, int(EndKind.ERROR), 127,
                                           t, t, f"cannot build the command line: {exc}"),))
         self.idle_since = None
-        self.nodes.fill_local()
+        # Workers first: they spawn in parallel while this rank spawns its own share.
         self.nodes.push()
+        self.nodes.fill_local()
 
     # -- database results -------------------------------------------------------------
     def _flush(self) -> None:
