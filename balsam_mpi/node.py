@@ -45,6 +45,9 @@ class Node:
         self.started_total = 0
         self.finished_total = 0
         self.done_share = 0.0  # node shares finished so far: the node's pace
+        # Starts per call, 0 = all that fit: the leader's own node starts a few at a time
+        # so that answering the other ranks never waits for a burst of spawns.
+        self.max_starts = 0
         if die_with_parent:
             pdeath.trampoline()  # built (once per user) now, not at the first task
 
@@ -106,7 +109,9 @@ class Node:
 
     def start_ready(self) -> bool:
         did = False
-        while self.queue:
+        budget = self.max_starts or len(self.queue)
+        while self.queue and budget > 0:
+            budget -= 1
             spec = self.queue[0]
             if not self.res.fits(min(spec.need, self.res.capacity), spec.gpus):
                 break

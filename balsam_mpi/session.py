@@ -76,6 +76,7 @@ class LeaderSession:
                  "adopted" if lease.adopted else "opened", lease.epoch, comm.size,
                  filters.as_json())
         self.node = make_node(settings, project)
+        self.node.max_starts = 4
         self.db = DbThread(self.store)
         self.leader = Leader(settings, comm, project, self.db, lease, self.node, deadline)
 
