@@ -80,10 +80,9 @@ CREATE FUNCTION tasks_propagate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
     -- Cheap exit for the launcher's common case (RUNNING, RUN_DONE, …): nothing to do.
+    -- new_rows alone decides it (no join): the CTEs below compare with old_rows.
     IF NOT EXISTS (
-        SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
-         WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
-           AND o.state IS DISTINCT FROM n.state
+        SELECT 1 FROM new_rows n WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
     ) THEN
         RETURN NULL;
     END IF;
