@@ -316,6 +316,17 @@ GRANT EXECUTE ON FUNCTION batch_job_heartbeat(bigint) TO balsam_member;
 ALTER TABLE tasks ADD COLUMN failed_by bigint;
 CREATE INDEX tasks_failed_by ON tasks (failed_by) WHERE failed_by IS NOT NULL;
 
+-- Listings filter by workflow and/or state and page by id (`task ls --workflow w --state
+-- READY --limit 20`): with id as the last column the page is read in order from the
+-- index instead of sorting every match (or scanning the primary key past other
+-- workflows' tasks, which took half a second over 1M tasks). They replace 0001's
+-- (workflow, state) and (state) indexes, which they serve as well (`balsam-mpi ls` stays
+-- an index-only scan), so a bulk insert maintains no more indexes than before.
+DROP INDEX tasks_workflow_state;
+DROP INDEX tasks_state;
+CREATE INDEX tasks_workflow_state_id ON tasks (workflow, state, id);
+CREATE INDEX tasks_state_id ON tasks (state, id);
+
 -- The foreign key tasks.app_id → apps checked once per statement instead of once per row:
 -- the row-level RI trigger was the largest single cost of a 100k-task insert. The apps
 -- named by the new rows are locked (KEY SHARE, as the foreign key did) before their
@@ -376,10 +387,9 @@ CREATE FUNCTION tasks_propagate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
     -- Cheap exit for the launcher's common case (RUNNING, RUN_DONE, …): nothing to do.
+    -- new_rows alone decides it (no join): the CTEs below compare with old_rows.
     IF NOT EXISTS (
-        SELECT 1 FROM new_rows n JOIN old_rows o ON o.id = n.id
-         WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
-           AND o.state IS DISTINCT FROM n.state
+        SELECT 1 FROM new_rows n WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
     ) THEN
         RETURN NULL;
     END IF;
@@ -465,14 +475,31 @@ CREATE TRIGGER tasks_propagate AFTER UPDATE ON tasks
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tasks_propagate();
 
--- Task ids handed out before a bulk COPY, so the client knows every new task's id (and
--- can resolve in-file parent references) without a RETURNING per row. SECURITY DEFINER:
--- members need no privilege on the identity sequence itself.
-CREATE FUNCTION tasks_reserve_ids(n integer) RETURNS SETOF bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-    SELECT nextval(pg_get_serial_sequence('public.tasks', 'id'))
-      FROM generate_series(1, n)
-$$;
+-- A block of n consecutive task ids handed out before a bulk add (returns the first), so
+-- the client knows every new task's id (and can resolve in-batch parent references)
+-- without a RETURNING per row, and the sequence is advanced once instead of n times
+-- (100k nextval calls cost more than a second). Reservations take an advisory lock so two
+-- of them never overlap; an INSERT that takes the identity default without it could only
+-- collide inside the microseconds between nextval and setval, and would then fail on the
+-- primary key, never duplicate a task. SECURITY DEFINER: members need no privilege on the
+-- sequence itself.
+CREATE FUNCTION tasks_reserve_ids(n integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    seq text := pg_get_serial_sequence('public.tasks', 'id');
+    first bigint;
+BEGIN
+    IF n < 1 THEN
+        RAISE EXCEPTION 'reserve at least one id, not %', n;
+    END IF;
+    PERFORM pg_advisory_lock(hashtext('balsam_mpi.tasks_reserve_ids'));
+    first := nextval(seq);
+    IF n > 1 THEN
+        PERFORM setval(seq, first + n - 1);
+    END IF;
+    PERFORM pg_advisory_unlock(hashtext('balsam_mpi.tasks_reserve_ids'));
+    RETURN first;
+END $$;
 
 -- The states of would-be parents, locked FOR SHARE until the caller commits, so a parent
 -- cannot finish unseen between reading its state and the new dependency becoming
@@ -514,8 +541,69 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
     SELECT count(*)::integer FROM changed
 $$;
 
+-- After a retry of the given tasks: every task they failed (followed through failed_by,
+-- so the whole failed subgraph) returns to AWAITING_PARENTS / READY with its parents
+-- recounted. Only roots that are no longer stopped count, so calling it can only undo
+-- failures whose cause is gone; hence SECURITY DEFINER is safe, and a member's retry
+-- brings back descendants other members own. Their counters are untouched: they never ran.
+CREATE FUNCTION tasks_reinstate_followers(roots bigint[]) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH RECURSIVE live AS (
+        SELECT t.id FROM unnest(roots) AS r (id) JOIN public.tasks t ON t.id = r.id
+         WHERE t.state NOT IN ('FAILED', 'USER_KILLED')
+    ), followers (id) AS (
+        -- failed_by is set only on FAILED tasks and cleared by retry, so its partial
+        -- index alone finds them (no state test to lure the planner onto tasks_state)
+        SELECT c.id FROM public.tasks c JOIN live ON c.failed_by = live.id
+        UNION
+        SELECT c.id FROM public.tasks c JOIN followers f ON c.failed_by = f.id
+    ), pend AS (
+        SELECT c.id,
+               (SELECT count(*) FROM public.task_deps d
+                  JOIN public.tasks p ON p.id = d.parent_id
+                 WHERE d.child_id = c.id AND p.state <> 'JOB_FINISHED'
+                   AND (c.fail_with_parents OR p.state NOT IN ('FAILED', 'USER_KILLED'))
+               )::integer AS k
+          FROM followers JOIN public.tasks c ON c.id = followers.id
+         WHERE c.state = 'FAILED'
+    )
+    UPDATE public.tasks t SET
+        state = CASE WHEN pend.k > 0 THEN 'AWAITING_PARENTS' ELSE 'READY' END::task_state,
+        pending_parents = pend.k,
+        failed_by = NULL,
+        state_message = 'upstream task retried'
+      FROM pend
+     WHERE t.id = pend.id
+    RETURNING t.id
+$$;
+
+-- After a retry: a reinstated task that still has a stopped parent (one not retried)
+-- fails again at once, naming the root of that failure; the trigger fails its followers.
+-- Truth-based like the one above (it fails only tasks whose parent is stopped), so safe
+-- as SECURITY DEFINER. Driven from the id array through primary keys only: right after a
+-- bulk retry the planner's idea of how many tasks are in which state is stale, and a plan
+-- trusting it (a nested loop over "the few AWAITING_PARENTS tasks") took minutes.
+CREATE FUNCTION tasks_refail(ids bigint[]) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    WITH blocked AS (
+        SELECT DISTINCT ON (r.id) r.id AS child_id, coalesce(p.failed_by, p.id) AS root,
+               p.state
+          FROM unnest(ids) AS r (id)
+          JOIN public.task_deps d ON d.child_id = r.id
+          JOIN public.tasks p ON p.id = d.parent_id
+         WHERE p.state IN ('FAILED', 'USER_KILLED')
+         ORDER BY r.id, p.id
+    )
+    UPDATE public.tasks c SET state = 'FAILED', failed_by = b.root,
+           state_message = format('upstream task %s is %s', b.root, b.state)
+      FROM blocked b
+     WHERE c.id = b.child_id AND c.fail_with_parents AND c.state = 'AWAITING_PARENTS'
+    RETURNING c.id
+$$;
+
 GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[]),
-    tasks_recount(bigint[]) TO balsam_member;
+    tasks_recount(bigint[]), tasks_reinstate_followers(bigint[]), tasks_refail(bigint[])
+    TO balsam_member;
 
 -- ==== 0004_launcher.sql ====
 -- 0004_launcher: the launcher's work as SECURITY DEFINER functions (DESIGN.md §5, §6).
@@ -815,8 +903,8 @@ BEGIN
      WHERE t.id = ANY (p_ids) AND t.batch_job_id = p_job AND t.state = 'USER_KILLED';
 END $$;
 
--- Give back claims that never started (and, when the leader stops them, runs it cut
--- off: requeued without spending a retry), then close the row with its reason.
+-- Give back claims that never started, requeue what still runs (see below), then close
+-- the row with its state and reason.
 CREATE FUNCTION launcher_close_job(p_job bigint, p_epoch bigint, p_state batch_job_state,
                                    p_reason text)
 RETURNS TABLE (released bigint, requeued bigint)
@@ -830,8 +918,17 @@ BEGIN
      WHERE t.batch_job_id = p_job AND t.lease_epoch = p_epoch
        AND t.state IN ('READY', 'RESTART_READY');
     GET DIAGNOSTICS r = ROW_COUNT;
-    UPDATE public.tasks t SET state = 'RESTART_READY', batch_job_id = NULL, claimed_at = NULL,
-                       state_message = 'requeued: ' || p_reason
+    -- A launcher that failed lost its tasks (the lost counter, FAILED past its limit); one
+    -- that stopped them on purpose (drain, wall time, signal) requeues them for free.
+    UPDATE public.tasks t
+       SET state = CASE WHEN p_state = 'FAILED' AND t.lost_retries >= t.lost_retry_limit
+                        THEN 'FAILED'::public.task_state
+                        ELSE 'RESTART_READY'::public.task_state END,
+           lost_retries = t.lost_retries
+                          + (p_state = 'FAILED' AND t.lost_retries < t.lost_retry_limit)::integer,
+           batch_job_id = NULL, claimed_at = NULL,
+           state_message = CASE WHEN p_state = 'FAILED' THEN 'lost: ' ELSE 'requeued: ' END
+                           || p_reason
      WHERE t.batch_job_id = p_job AND t.lease_epoch = p_epoch AND t.state = 'RUNNING';
     GET DIAGNOSTICS q = ROW_COUNT;
     UPDATE public.batch_jobs b SET state = p_state, ended_at = now(), end_reason = p_reason

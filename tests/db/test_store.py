@@ -136,6 +136,18 @@ def test_close_releases_claims_and_requeues_running(store: Store, conn: Any) -> 
     assert not store.heartbeat(lease)  # a closed job has no lease to renew
 
 
+def test_a_failed_launcher_counts_its_running_tasks_as_lost(store: Store, conn: Any) -> None:
+    a, b = setup_tasks(conn, 2)
+    conn.execute("UPDATE tasks SET lost_retries = lost_retry_limit WHERE id = %s", (b,))
+    lease, _ = lease_and_claim(store)
+    store.report(lease, [Started(a, lease.epoch, T0), Started(b, lease.epoch, T0)], [])
+    assert store.close_job(lease, "FAILED", "launcher error") == (0, 2)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, lost_retries, state_message FROM tasks")}
+    assert rows[a] == ("RESTART_READY", 1, "lost: launcher error")
+    assert rows[b] == ("FAILED", 3, "lost: launcher error")
+
+
 def test_adopts_a_submitted_row_by_id_or_scheduler_id(store: Store, conn: Any) -> None:
     me = conn.execute("SELECT session_user").fetchone()[0]
     by_id = conn.execute("INSERT INTO batch_jobs (scheduler, scheduler_job_id, \"user\") "

@@ -251,4 +251,7 @@ def test_a_crashing_worker_aborts_the_run_cleanly(conn: Any, dbname: str) -> Non
                         "OR batch_job_id IS NOT NULL AND state IN ('READY', 'RESTART_READY')"
                         ).fetchone()
     assert left == (0,)  # nothing left claimed or marked running by the dead job
+    lost = conn.execute("SELECT count(*) FROM tasks WHERE state = 'RESTART_READY' "
+                        "AND lost_retries = 1 AND state_message LIKE 'lost:%'").fetchone()
+    assert lost is not None and lost[0] >= 1  # what ran when it failed counts as lost
     no_strays(dbname)

@@ -295,8 +295,8 @@ BEGIN
      WHERE t.id = ANY (p_ids) AND t.batch_job_id = p_job AND t.state = 'USER_KILLED';
 END $$;
 
--- Give back claims that never started (and, when the leader stops them, runs it cut
--- off: requeued without spending a retry), then close the row with its reason.
+-- Give back claims that never started, requeue what still runs (see below), then close
+-- the row with its state and reason.
 CREATE FUNCTION launcher_close_job(p_job bigint, p_epoch bigint, p_state batch_job_state,
                                    p_reason text)
 RETURNS TABLE (released bigint, requeued bigint)
@@ -310,8 +310,17 @@ BEGIN
      WHERE t.batch_job_id = p_job AND t.lease_epoch = p_epoch
        AND t.state IN ('READY', 'RESTART_READY');
     GET DIAGNOSTICS r = ROW_COUNT;
-    UPDATE public.tasks t SET state = 'RESTART_READY', batch_job_id = NULL, claimed_at = NULL,
-                       state_message = 'requeued: ' || p_reason
+    -- A launcher that failed lost its tasks (the lost counter, FAILED past its limit); one
+    -- that stopped them on purpose (drain, wall time, signal) requeues them for free.
+    UPDATE public.tasks t
+       SET state = CASE WHEN p_state = 'FAILED' AND t.lost_retries >= t.lost_retry_limit
+                        THEN 'FAILED'::public.task_state
+                        ELSE 'RESTART_READY'::public.task_state END,
+           lost_retries = t.lost_retries
+                          + (p_state = 'FAILED' AND t.lost_retries < t.lost_retry_limit)::integer,
+           batch_job_id = NULL, claimed_at = NULL,
+           state_message = CASE WHEN p_state = 'FAILED' THEN 'lost: ' ELSE 'requeued: ' END
+                           || p_reason
      WHERE t.batch_job_id = p_job AND t.lease_epoch = p_epoch AND t.state = 'RUNNING';
     GET DIAGNOSTICS q = ROW_COUNT;
     UPDATE public.batch_jobs b SET state = p_state, ended_at = now(), end_reason = p_reason
