@@ -34,75 +34,10 @@ from typing import Any
 
 from balsam_mpi.resources import Pace
 
-ASSUMPTIONS = (
-    "Tasks have one fixed duration (or a seeded ±spread where stated); every node of a "
-    "launcher is alike: one worker process per node with its own cores, starting its "
-    "tasks one after another at the spawn cost measured here.",
-    "Each leader is one core: per claimed task it pays the measured marginal leader CPU "
-    "of the null-runner runs, per REPORT the measured message cost plus a cost per item; "
-    "idle nodes' periodic reports (one a second) take a fixed share of that core.",
-    "Each leader has one database thread (claims and flushes in order) and each call "
-    "costs the latency measured here for its batch size; the database host runs the "
-    "launchers' statements side by side, and their cost grows neither with the number of "
-    "launchers nor with the size of the task table (the claim index keeps it flat).",
-    "A node's queue depth follows the launcher's own Pace rule; the leader serves reports "
-    "first come, first served, as the launcher does.",
-    "Messages take the measured one-way latency whatever the number of nodes (no network "
-    "contention); MPI start-up on thousands of nodes is not modelled: the batch job's "
-    "life starts when its leader is up, as in `balsam-mpi report`.",
-    "The launcher's start (job open → first claim) and end (last task end → job closed) "
-    "take the times measured on this machine.",
-)
+from .model_params import ASSUMPTIONS, Case, Costs, Policy, interpolate
 
-
-@dataclass(frozen=True)
-class Costs:
-    claim_fixed_s: float = 0.0
-    claim_row_s: float = 0.0
-    flush_fixed_s: float = 0.0
-    flush_start_row_s: float = 0.0
-    flush_end_row_s: float = 0.0
-    # Measured latency by batch size, ((rows, seconds), …) ascending; when given, these
-    # replace the lines above (interpolated between points, the last segment's slope
-    # beyond them): the measured cost is not quite linear in the batch size.
-    claim_table: tuple[tuple[float, float], ...] = ()
-    start_table: tuple[tuple[float, float], ...] = ()
-    end_table: tuple[tuple[float, float], ...] = ()
-    leader_task_s: float = 0.0  # leader CPU per task (spec, buffering, bookkeeping)
-    leader_msg_s: float = 0.0  # leader CPU per REPORT received (and its ASSIGN)
-    leader_item_s: float = 0.0  # … per started/finished item it carries
-    spawn_s: float = 0.0  # a node's cost to start one task process
-    # > 0: every node shares one host, which starts one process at a time at this cost
-    # (how this 2-core machine runs its "nodes"; 0 for real nodes, each with its cores)
-    host_spawn_s: float = 0.0
-    msg_latency_s: float = 0.0  # one-way message time
-    startup_s: float = 0.0  # job open → leader's first claim
-    close_s: float = 0.0  # last task end → job closed
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The launcher's settings that shape the pipeline (defaults of config.Settings)."""
-
-    claim_limit: int = 4096
-    claim_margin: float = 0.5
-    claim_margin_max: float = 1.0
-    claim_horizon_s: float = 2.0
-    flush_size: int = 4096
-    flush_interval_s: float = 0.1
-    report_interval_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class Case:
-    launchers: int
-    nodes: int  # per launcher
-    packing: int  # tasks per node (node_packing_count)
-    duration_s: float
-    tasks: int  # in total, in one table every launcher claims from
-    reps: int | None = None  # simulated nodes per launcher (None: all of them)
-    jitter: float = 0.0  # durations uniform in duration_s × (1 ± jitter), seeded
-
+__all__ = ["ASSUMPTIONS", "Case", "Costs", "Model", "Policy", "Result", "interpolate",
+           "simulate"]
 
 @dataclass
 class _Node:
@@ -421,18 +356,6 @@ class Model:
                 "claims": ld.claims, "flushes": ld.flushes,
             })
         return out
-
-
-def interpolate(table: tuple[tuple[float, float], ...], x: float) -> float:
-    """Piecewise-linear through the points; the first point's value below it, the last
-    segment's slope beyond the last point."""
-    if x <= table[0][0] or len(table) == 1:
-        return table[0][1]
-    for (x0, y0), (x1, y1) in zip(table, table[1:], strict=False):  # neighbours
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    (x0, y0), (x1, y1) = table[-2], table[-1]
-    return y1 + (y1 - y0) / (x1 - x0) * (x - x1)
 
 
 def simulate(case: Case, costs: Costs, policy: Policy | None = None) -> dict[str, float]:
