@@ -255,3 +255,26 @@ def test_a_crashing_worker_aborts_the_run_cleanly(conn: Any, dbname: str) -> Non
                         "AND lost_retries = 1 AND state_message LIKE 'lost:%'").fetchone()
     assert lost is not None and lost[0] >= 1  # what ran when it failed counts as lost
     no_strays(dbname)
+
+
+def test_sigterm_drains_and_requeues_for_free(conn: Any, dbname: str) -> None:
+    """The scheduler's SIGTERM: running tasks are cut off and requeued without spending a
+    retry, unstarted claims released, the batch job closed with the signal as reason."""
+    import signal
+
+    add(conn, 6, command="sleep 60", packing=4, app="sixty")
+    proc = launcher(2)
+    deadline = time.monotonic() + 60
+    while conn.execute("SELECT count(*) FROM tasks WHERE state = 'RUNNING'").fetchone() < (2,):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    rows = conn.execute("SELECT state::text, batch_job_id, error_retries, timeout_retries, "
+                        "lost_retries FROM tasks").fetchall()
+    assert {r[0] for r in rows} <= {"READY", "RESTART_READY"}
+    assert all(r[1:] == (None, 0, 0, 0) for r in rows)
+    job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
+    assert job == ("FINISHED", "SIGTERM")
+    no_strays(dbname)
