@@ -278,3 +278,27 @@ def test_sigterm_drains_and_requeues_for_free(conn: Any, dbname: str) -> None:
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
     assert job == ("FINISHED", "SIGTERM")
     no_strays(dbname)
+
+
+def test_wall_time_is_respected_by_claims_and_the_drain(conn: Any, dbname: str) -> None:
+    """--time-limit-min: a task that cannot fit is never claimed; near the end the
+    launcher drains (drain_grace_s before it) and requeues what runs, uncounted."""
+    [fits] = add(conn, 1, command="sleep 60", app="cut")
+    [too_long] = add(conn, 1, command="true", app="long")
+    conn.execute("UPDATE tasks SET wall_time_min = 5 WHERE id = %s", (too_long,))
+    argv = [MPIEXEC, "-n", "1", sys.executable, "-m", "balsam_mpi", "--idle-timeout", "0",
+            "--time-limit-min", "0.6"]
+    env = dict(os.environ, BALSAM_DRAIN_GRACE_S="33", BALSAM_KILL_GRACE_S="2")
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 30  # drained 33 s before the 36 s limit, not at its end
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, batch_job_id, timeout_retries, lost_retries FROM tasks")}
+    assert rows[too_long] == ("READY", None, 0, 0)
+    assert rows[fits] == ("RESTART_READY", None, 0, 0)
+    job = conn.execute("SELECT state::text, end_reason, wall_time_min FROM batch_jobs"
+                       ).fetchone()
+    assert job is not None and job[:2] == ("FINISHED", "wall time")
+    assert abs(job[2] - 0.6) < 0.05
+    no_strays(dbname)
