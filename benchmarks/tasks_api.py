@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from balsam_mpi.client import Client
+from balsam_mpi.project import Project
 from balsam_mpi.sql import parse_queries
 
 from .projects import admin_dsn, bench_project
@@ -94,18 +95,32 @@ def main() -> None:
                 done += n
                 w += 1
         print(f"database holds {done:,} tasks")
-        _cli_times(env, "right after the bulk add")
+        _cli_times(env, project, "right after the bulk add")
         # What autovacuum does within a minute of a bulk load (and only the table's owner
         # may do by hand): statistics, and the visibility map for index-only scans.
         import psycopg
 
         with psycopg.connect(**admin_dsn(project), autocommit=True) as admin:
             admin.execute(_QUERIES["tasks_api_vacuum"])
-        _cli_times(env, "after VACUUM ANALYZE")
+        _cli_times(env, project, "after VACUUM ANALYZE")
 
 
-def _cli_times(env: dict[str, str], when: str) -> None:
+def _cli_times(env: dict[str, str], project: Project, when: str) -> None:
     print(f"-- {when}")
+    # The same work in-process (connection open): what the database itself costs,
+    # apart from Python start-up and the machine's other load.
+    with Client(project) as c:
+        for label, work in (
+                ("counts() [ls]", c.counts),
+                ("tasks(limit=21) [task ls --limit 20]", lambda: list(c.tasks(limit=21))),
+                ("tasks(workflow='wf3', state='READY', limit=21)",
+                 lambda: list(c.tasks(workflow="wf3", state="READY", limit=21)))):
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                work()
+                best = min(best, time.perf_counter() - t0)
+            print(f"in-process {label}: {best * 1000:.1f} ms (best of 5)")
     t = _wall([CLI, "--help"], env)
     print(f"balsam-mpi --help (start-up alone): {t:.2f} s wall (best of 3)")
     t = _wall([CLI, "ls"], env)
