@@ -947,3 +947,9 @@ GRANT EXECUTE ON FUNCTION
     launcher_kills(bigint, bigint[]),
     launcher_close_job(bigint, bigint, batch_job_state, text)
 TO balsam_member;
+
+-- ==== 0005_leases.sql ====
+-- 0005_leases: (reserved; filled by its issue's work)
+
+-- ==== 0006_mpi_tasks.sql ====
+-- 0006_mpi_tasks: (reserved; filled by its issue's work)

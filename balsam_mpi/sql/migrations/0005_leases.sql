@@ -1,0 +1,1 @@
+-- 0005_leases: (reserved; filled by its issue's work)

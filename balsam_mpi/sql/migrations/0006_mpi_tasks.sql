@@ -1,0 +1,1 @@
+-- 0006_mpi_tasks: (reserved; filled by its issue's work)
