@@ -184,14 +184,14 @@ class Client:
         if order in ("id", "+id") and (limit is None or limit > PAGE):
             yield from self._pages(params, limit)
             return
-        yield from self._select(params, order_by(order), limit)
+        yield from self._select(params, order_by(order, params), limit)
 
     def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
         # Keyset paging by id: each page is one indexed query, no cursor left open.
         left = limit
         while left is None or left > 0:
             n = PAGE if left is None else min(PAGE, left)
-            rows = self._select(params, order_by("id"), n)
+            rows = self._select(params, order_by("id", params), n)
             yield from rows
             if len(rows) < n:
                 return

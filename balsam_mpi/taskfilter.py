@@ -80,7 +80,12 @@ def where() -> Any:
     return pgsql.SQL(sql.query("tasks_filter"))
 
 
-def order_by(spec: str) -> Any:
+def order_by(spec: str, params: Mapping[str, Any] | None = None) -> Any:
+    """ORDER BY for a sort spec ('-' = descending; ties by id). Sorting by id under a
+    single-state (and single-workflow) filter names the equal columns first: the order is
+    the same, but then the planner sees that the (workflow, state, id) / (state, id) index
+    yields it, instead of walking the primary key past every other workflow's tasks (a
+    LIMIT plan that statistics cannot price when a workflow's ids are contiguous)."""
     from psycopg import sql as pgsql
 
     desc = spec.startswith("-")
@@ -89,5 +94,13 @@ def order_by(spec: str) -> Any:
         raise UsageError(f"sort: {col!r} is not sortable (use {', '.join(SORTABLE)}, "
                          "'-' in front for descending)")
     direction = pgsql.SQL(" DESC" if desc else "")
-    tie = pgsql.SQL(", t.id") if col != "id" else pgsql.SQL("")
-    return pgsql.Composed([pgsql.Identifier("t", col), direction, tie])
+    if col != "id":
+        return pgsql.Composed([pgsql.Identifier("t", col), direction, pgsql.SQL(", t.id")])
+    fixed: list[str] = []
+    if params is not None and params.get("state") is not None:
+        if params.get("workflow") is not None:
+            fixed = ["workflow", "state"]
+        elif params.get("workflows") is None:
+            fixed = ["state"]
+    return pgsql.SQL(", ").join(
+        [pgsql.Composed([pgsql.Identifier("t", c), direction]) for c in [*fixed, "id"]])

@@ -169,3 +169,20 @@ def test_query_files_use_only_named_placeholders() -> None:
     text = (Path(balsam_mpi.__file__).parent / "sql" / "tasks.sql").read_text()
     stray = re.findall(r"%(?!\(\w+\)s|%)", text.replace("%%", ""))
     assert stray == []
+
+
+def test_order_by_names_equal_columns_for_the_index() -> None:
+    from psycopg import sql as pgsql
+
+    from balsam_mpi.taskfilter import filter_params, order_by
+
+    def text(spec: str, **filters: Any) -> str:
+        return order_by(spec, filter_params(filters)).as_string(None)
+
+    assert text("id") == '"t"."id"'
+    assert text("-id", workflow="w", state="READY") == \
+        '"t"."workflow" DESC, "t"."state" DESC, "t"."id" DESC'
+    assert text("id", state=["READY"]) == '"t"."state", "t"."id"'
+    assert text("id", state="READY", workflow=["a", "b"]) == '"t"."id"'
+    assert text("-priority", state="READY") == '"t"."priority" DESC, t.id'
+    assert isinstance(order_by("id"), pgsql.Composable)
