@@ -1,7 +1,8 @@
 """The launcher's database operations: open/adopt the batch job, claim, report, heartbeat,
-close. Only the leader calls these, over one autocommit connection; each is one statement
-calling a SECURITY DEFINER function of ``migrations/0004_launcher.sql``. Driver errors are
-translated here (through ``db.translated``) and nowhere else in the launcher.
+close, and lease expiry (also `balsam-dbctl recover`). Only the leader calls these, over one
+autocommit connection; each is one statement calling a SECURITY DEFINER function of
+``migrations/0004_launcher.sql`` / ``0005_leases.sql``. Driver errors are translated here
+(through ``db.translated``) and nowhere else in the launcher.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ class Claimed(NamedTuple):
     gpus_per_rank: int
     node_packing_count: int
     wall_time_min: float
+
+
+class Expired(NamedTuple):
+    """A batch job whose lease ran out, marked LOST, and what happened to its tasks."""
+
+    job_id: int
+    user: str
+    requeued: int  # were running: lost counter +1, runnable again
+    failed: int  # were running with the lost counter at its limit
+    released: int  # claimed but never started: free again, nothing counted
 
 
 @dataclass(frozen=True)
@@ -164,3 +175,9 @@ class Store:
         row = self._rows("launcher_close_job", {"job": lease.job_id, "epoch": lease.epoch,
                                                 "state": state, "reason": reason})[0]
         return int(row[0]), int(row[1])
+
+    def expire_leases(self, job_id: int | None = None) -> list[Expired]:
+        """Mark batch jobs whose lease ran out LOST and requeue their tasks (any member
+        may: only expired leases are touched). ``job_id`` limits it to that job."""
+        rows = self._rows("launcher_expire_leases", {"job": job_id})
+        return [Expired(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]

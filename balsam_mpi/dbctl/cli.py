@@ -11,7 +11,7 @@ import click
 from ..clibase import Group, echo_json, notices
 from ..errors import ProjectError
 from ..project import ENV_VAR, Project
-from . import access, lifecycle, status
+from . import access, lifecycle, recover, status
 
 
 @dataclass
@@ -185,6 +185,20 @@ def connections(ctx: Ctx, as_json: bool) -> None:
         echo_json(rows)
     else:
         click.echo(access.format_connections(rows))
+
+
+@cli.command("recover")
+@click.option("--job", "job_id", type=int, metavar="ID", help="Only this batch job.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def recover_cmd(ctx: Ctx, job_id: int | None, as_json: bool) -> None:
+    """Requeue the tasks of batch jobs whose lease expired, and mark those jobs LOST
+    (any member; live launchers do this every few seconds anyway)."""
+    found = recover.recover(ctx.project(), job_id)
+    if as_json:
+        echo_json(recover.as_dicts(found))
+    else:
+        click.echo(recover.format_recovered(found))
 
 
 @cli.command("request-access")

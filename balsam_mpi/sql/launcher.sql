@@ -1,5 +1,6 @@
 -- The launcher's statements (store.py). Each calls one SECURITY DEFINER function of
--- migrations/0004_launcher.sql, so a leader needs no table privileges of its own.
+-- migrations/0004_launcher.sql (0005_leases.sql for lease expiry), so a leader needs no
+-- table privileges of its own.
 
 -- name: launcher_open_job
 SELECT job_id, lease_epoch, adopted
@@ -52,3 +53,8 @@ SELECT workflow, state::text, count(*) FROM tasks GROUP BY workflow, state
 SELECT id, state::text, nodes, end_reason,
        extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8
   FROM batch_jobs ORDER BY id DESC LIMIT 1;
+
+-- name: launcher_expire_leases
+-- Batch jobs whose lease ran out: marked LOST, their tasks requeued (migrations/0005).
+SELECT job_id, job_user, requeued, failed, released
+  FROM launcher_expire_leases(%(job)s::bigint);
