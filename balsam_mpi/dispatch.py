@@ -5,19 +5,26 @@ A node is sent at most its free share plus a margin that follows its pace
 (``resources.Pace``); assignments it had not yet acknowledged when it wrote its last
 report are counted as taken, so crossing messages never overcommit it. The leader's own
 local node is fed the same way, directly.
+
+Multi-node tasks (``num_nodes > 1``) go to worker nodes only, whole and idle: the first
+reserved node is the head (it starts the task with the launch prefix over every reserved
+node's HELLO host), the others hold their node until the head's task ends. While the
+oldest such task waits, the workers closest to idle are reserved for it and get no new
+small tasks, so a stream of small tasks cannot starve it; the leader's own node keeps
+running small ones.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from .config import Settings
 from .kills import LOCAL, KillTracker
 from .node import Node
-from .protocol import Assign, EndKind, Report, TaskSpec
-from .resources import EPS, Pace, WorkerView, room
+from .protocol import Assign, EndKind, Finished, Report, TaskSpec
+from .resources import EPS, NODE_CAPACITY, Pace, WorkerView, room
 
 
 class Dispatcher:
@@ -32,6 +39,9 @@ class Dispatcher:
         self.seq = 0
         self.kills = KillTracker(settings.kill_poll_s)
         self.local_open = True  # False once draining
+        self.big: deque[TaskSpec] = deque()  # multi-node tasks waiting for whole nodes
+        self.reserved: set[int] = set()  # ranks kept free for big[0]
+        self.holders: dict[int, list[int]] = {}  # multi-node task -> its holding ranks
 
     def margin(self, pace: Pace) -> float:
         """The share a node may hold beyond its free capacity (see resources.Pace)."""
@@ -45,8 +55,16 @@ class Dispatcher:
         total = 0.0
         if self.local_open:
             total = max(0.0, self.local.free() + self.margin(self.local_pace))
-        total += sum(room(v, self.margin(v.pace)) for v in self.workers.values())
+        total += sum(room(v, self.margin(v.pace)) for v in self.workers.values()
+                     if v.rank not in self.reserved)
         return total - sum(t.need for t in self.pool)
+
+    def max_nodes(self) -> int:
+        """The largest num_nodes worth claiming now: the live workers, or 1 while a
+        multi-node task already waits (big tasks are not hoarded)."""
+        if self.big:
+            return 1
+        return max(1, sum(1 for v in self.workers.values() if v.alive and not v.draining))
 
     def reported(self, rank: int, msg: Report) -> WorkerView:
         view = self.workers.setdefault(rank, WorkerView(rank))
@@ -58,12 +76,70 @@ class Dispatcher:
         out: list[TaskSpec] = []
         while self.pool and self.pool[0].need <= space + EPS:
             spec = self.pool.popleft()
+            if spec.num_nodes > 1:
+                self.big.append(spec)  # placed on whole worker nodes (place_big)
+                continue
             space -= spec.need
             out.append(spec)
         return out
 
+    def _sift(self) -> None:
+        """Move multi-node tasks at the head of the pool to the big queue."""
+        while self.pool and self.pool[0].num_nodes > 1:
+            self.big.append(self.pool.popleft())
+
+    def _room(self, view: WorkerView) -> float:
+        if view.rank in self.reserved:
+            return 0.0
+        return room(view, self.margin(view.pace))
+
+    def place_big(self) -> None:
+        """Start the oldest multi-node tasks whose nodes are free; reserve nodes for the
+        first one that has to wait."""
+        self._sift()
+        self.reserved = set()
+        while self.big:
+            spec = self.big[0]
+            usable = [v for v in self.workers.values() if v.alive and not v.draining]
+            if len(usable) < spec.num_nodes:
+                return  # workers still joining (the claim never asks for more than live)
+            # Closest to idle first; ties by rank, so the head is stable.
+            usable.sort(key=lambda v: (not v.idle(), v.running + v.queued, v.rank))
+            chosen = usable[:spec.num_nodes]
+            if not all(v.idle() and v.reported_free >= NODE_CAPACITY - EPS for v in chosen):
+                self.reserved = {v.rank for v in chosen}
+                return
+            self.big.popleft()
+            self._start_big(spec, chosen)
+
+    def _start_big(self, spec: TaskSpec, nodes: Sequence[WorkerView]) -> None:
+        head, rest = nodes[0], nodes[1:]
+        spec = spec._replace(hosts=tuple(v.host for v in nodes))
+        self.seq += 1
+        head.sent(self.seq, NODE_CAPACITY)
+        self.kills.placed((spec.id,), head.rank)
+        self.send(head.rank, Assign(self.seq, (spec,)))
+        for view in rest:
+            self.seq += 1
+            view.sent(self.seq, NODE_CAPACITY)
+            self.send(view.rank, Assign(self.seq, hold=(spec,)))
+        self.holders[spec.id] = [v.rank for v in rest]
+
+    def ended(self, finished: Sequence[Finished]) -> None:
+        """Release the nodes that held for multi-node tasks that ended."""
+        if not self.holders:
+            return
+        for fin in finished:
+            for rank in self.holders.pop(fin.id, ()):
+                view = self.workers.get(rank)
+                if view is not None and view.alive:
+                    self.seq += 1
+                    self.send(rank, Assign(self.seq, release=(fin.id,)))
+
     def assign_to(self, view: WorkerView, always: bool = False) -> None:
-        tasks = self._take(room(view, self.margin(view.pace)))
+        if self.big or (self.pool and self.pool[0].num_nodes > 1):
+            self.place_big()
+        tasks = self._take(self._room(view))
         if not tasks and not always:
             return
         self.seq += 1
@@ -83,16 +159,19 @@ class Dispatcher:
 
     def push(self) -> None:
         """Unprompted ASSIGNs to workers with room (after a claim found new work)."""
+        self.place_big()
         for view in self.workers.values():
             if not self.pool:
                 return
-            if view.alive and room(view, self.margin(view.pace)) >= self.pool[0].need - EPS:
+            if view.alive and self._room(view) >= self.pool[0].need - EPS:
                 self.assign_to(view)
 
     def kill(self, killed: Iterable[int]) -> int:
         """Stop these tasks wherever they are; returns how many were out."""
         gone = set(killed)
         self.pool = deque(t for t in self.pool if t.id not in gone)
+        if self.big:
+            self.big = deque(t for t in self.big if t.id not in gone)
         n = 0
         for rank, ids in self.kills.by_rank(gone).items():
             n += len(ids)
@@ -104,5 +183,5 @@ class Dispatcher:
         return n
 
     def all_idle(self) -> bool:
-        return (not self.pool and not self.local.busy()
+        return (not self.pool and not self.big and not self.local.busy()
                 and all(v.idle() or not v.alive for v in self.workers.values()))

@@ -6,6 +6,11 @@ not starved by a stream of small ones), notices exits through pidfds in ``epoll`
 can sleep and still wake the instant a task ends), enforces each task's own wall time,
 and kills on request: SIGTERM to the task's process group, SIGKILL after the grace.
 Everything that happened is collected in :attr:`changes` for the next report.
+
+A multi-rank task runs under the platform's launch prefix (``mpilaunch``) on the head
+node; the other nodes of a multi-node task *hold* a whole node for it and run nothing
+until the leader releases them. An app's preprocess and postprocess run in the task's
+slot, before and after the run (``prepost``).
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import logging
 import os
 import select
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from . import pdeath, runner
+from . import gpus as gpumod
+from . import mpilaunch, pdeath, prepost, runner
 from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
 from .resources import EPS, NodeResources
 
@@ -29,7 +36,16 @@ class Node:
     def __init__(self, *, environ: Mapping[str, str] | None = None, db_path: str = "",
                  gpus: int = 0, die_with_parent: bool = True, kill_grace_s: float = 10.0
                  ) -> None:
-        self.res = NodeResources(gpus=gpus)
+        env = os.environ if environ is None else environ
+        self.vendor = gpumod.detect_vendor(env) if gpus else None
+        self.res = NodeResources(devices=gpumod.node_devices(
+            gpus, None, gpumod.inherited_ids(self.vendor, env)))
+        self.host = socket.gethostname()
+        self.holding: dict[int, TaskSpec] = {}  # multi-node tasks headed elsewhere
+        self.poked = False  # something changed that is not a start or an end (a release)
+        self.extra_env: dict[str, str] = {}  # set by the worker: the task_api channel
+        self._launcher: mpilaunch.MpiLauncher | None = None
+        self._launch_error = ""
         self.queue: deque[TaskSpec] = deque()
         self.running: dict[int, runner.TaskProcess] = {}
         self.changes = Changes()
@@ -37,7 +53,7 @@ class Node:
         self.db_path = db_path
         self.die_with_parent = die_with_parent
         self.kill_grace_s = kill_grace_s
-        self._env = runner.base_environment(os.environ if environ is None else environ)
+        self._env = runner.base_environment(env)
         self._epoll = select.epoll()
         self._by_fd: dict[int, int] = {}
         self._wake_fd = -1
@@ -61,20 +77,39 @@ class Node:
         return self.res.free - self.queued_share
 
     def busy(self) -> bool:
-        return bool(self.running or self.queue)
+        return bool(self.running or self.queue or self.holding)
 
     def report(self, rank: int) -> Report:
         started, finished = self.changes.take()
+        self.poked = False
         return Report(rank=rank, acked=self.acked, free=self.free(),
-                      running=len(self.running), queued=len(self.queue),
+                      running=len(self.running) + len(self.holding), queued=len(self.queue),
                       started=started, finished=finished, done_share=self.done_share)
 
     # -- orders -----------------------------------------------------------------------
     def apply(self, msg: Assign) -> None:
         self.queue.extend(msg.tasks)
         self.acked = max(self.acked, msg.seq)
+        for spec in msg.hold:
+            self._hold(spec)
+        for task_id in msg.release:
+            self._unhold(task_id)
         if msg.kill:
             self.kill(msg.kill, EndKind.KILLED)
+
+    def _hold(self, spec: TaskSpec) -> None:
+        """Keep this whole node (and the task's GPUs here) for a task headed elsewhere."""
+        self.holding[spec.id] = spec
+        if self.res.fits(self.res.capacity, spec.gpus):
+            self.res.take(spec.id, self.res.capacity, spec.gpus)
+        else:  # the leader places holds on idle nodes only; never expected
+            log.warning("task %s: asked to hold a node that is not free", spec.id)
+
+    def _unhold(self, task_id: int) -> None:
+        if self.holding.pop(task_id, None) is not None:
+            self.poked = True
+            if self.res.holds(task_id):
+                self.res.release(task_id)
 
     def kill(self, ids: Iterable[int], kind: EndKind) -> None:
         """Stop these tasks. Queued ones are dropped without a report: they never started,
@@ -123,25 +158,65 @@ class Node:
     def _start(self, spec: TaskSpec) -> None:
         need = min(spec.need, self.res.capacity)  # a task never needs more than a node
         gpu_ids = self.res.take(spec.id, need, spec.gpus)
-        env = runner.task_environment(self._env, spec, self.db_path, gpu_ids)
+        env = runner.task_environment(self._env, spec, self.db_path, gpu_ids, self.vendor,
+                                      self.extra_env)
         try:
-            proc = runner.start(spec, env, die_with_parent=self.die_with_parent)
-        except (runner.StartError, OSError) as exc:
-            self.res.release(spec.id)
+            if spec.preprocess:
+                proc = runner.start(
+                    spec, env, die_with_parent=self.die_with_parent, timed=False,
+                    argv=runner.script_argv(spec.preprocess, spec.env_script),
+                    out_name=prepost.PRE_OUT[0], err_name=prepost.PRE_OUT[1])
+                proc.phase = "pre"
+            else:
+                proc = self._start_run(spec, env)
+        except (runner.StartError, OSError, mpilaunch.LaunchError) as exc:
             now = time.time()
             self.changes.started.append(Started(spec.id, spec.epoch, now))
-            self.changes.finished.append(
-                Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now, str(exc)))
             self.started_total += 1
-            self.finished_total += 1
+            self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
+                                     str(exc)), count=False)
             return
+        proc.env = env
+        self._register(proc)
+
+    def _start_run(self, spec: TaskSpec, env: dict[str, str]) -> runner.TaskProcess:
+        proc = runner.start(spec, env, die_with_parent=self.die_with_parent,
+                            argv=runner.task_argv(spec, self._prefix(spec)))
+        self.changes.started.append(Started(spec.id, spec.epoch, proc.started_at))
+        self.started_total += 1
+        return proc
+
+    def _prefix(self, spec: TaskSpec) -> list[str]:
+        """The launch prefix of a multi-rank task (none for a plain one)."""
+        if not mpilaunch.needs_prefix(spec.num_nodes, spec.ranks_per_node):
+            return []
+        if self._launcher is None and not self._launch_error:
+            try:
+                self._launcher = mpilaunch.choose_launcher(os.environ)
+            except mpilaunch.LaunchError as exc:
+                # Single-rank work still runs; only multi-rank tasks fail, with the reason.
+                self._launch_error = str(exc)
+                log.error("multi-rank tasks cannot start here: %s", exc)
+            else:
+                if not self._launcher.tested:
+                    log.warning("launch prefix %r is untested (docs/mpi-tasks.md)",
+                                self._launcher.kind)
+        if self._launcher is None:
+            raise runner.StartError(self._launch_error)
+        hosts = spec.hosts or (self.host,) * max(1, spec.num_nodes)
+        layout = dict(hosts=hosts, ranks_per_node=spec.ranks_per_node,
+                      threads_per_rank=spec.threads, gpus_per_rank=spec.gpus_per_rank)
+        if spec.env_script:  # the bare name, looked up on the PATH the script sets
+            return mpilaunch.launch_prefix(self._launcher.kind, **layout)  # type: ignore[arg-type]
+        return self._launcher.prefix(**layout)  # type: ignore[arg-type]
+
+    def _register(self, proc: runner.TaskProcess) -> None:
+        spec = proc.spec
         self.running[spec.id] = proc
         self._by_fd[proc.pidfd] = spec.id
         self._epoll.register(proc.pidfd, select.EPOLLIN)
         if proc.deadline:
             self._watch.add(spec.id)
-        self.changes.started.append(Started(spec.id, spec.epoch, proc.started_at))
-        self.started_total += 1
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking when a task ends; True if one did."""
@@ -182,14 +257,71 @@ class Node:
         del self._by_fd[proc.pidfd]
         runner.close(proc)
         del self.running[spec.id]
-        self.res.release(spec.id)
-        self.done_share += spec.need
         self._watch.discard(spec.id)
+        if proc.phase == "pre":
+            self._after_pre(proc, rc, ended)
+            return
+        if proc.phase == "post":
+            kind = proc.end_kind if proc.end_kind is not None else prepost.outcome(
+                proc.run_kind, rc)
+            tail = "" if kind == EndKind.DONE_POST else runner.output_tail(
+                spec.cwd, names=prepost.POST_OUT[::-1])
+            self._end(spec, Finished(spec.id, spec.epoch, int(kind), proc.run_rc,
+                                     proc.run_started, ended, tail))
+            return
         kind = proc.end_kind if proc.end_kind is not None else (
             EndKind.DONE if rc == 0 else EndKind.ERROR)
+        if kind in (EndKind.DONE, EndKind.ERROR, EndKind.TIMEOUT) and prepost.wants_post(
+                spec, kind):
+            self._start_post(proc, kind, rc, ended)
+            return
         tail = "" if kind == EndKind.DONE else runner.output_tail(spec.cwd)
-        self.changes.finished.append(
-            Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended, tail))
+        self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended,
+                                 tail))
+
+    def _after_pre(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
+        spec = proc.spec
+        if proc.end_kind is not None or rc != 0:
+            # Stopped, or the preprocess failed: the task never ran (stopped: the report
+            # changes nothing in the database, and it tells the leader the slot is free).
+            kind = proc.end_kind if proc.end_kind is not None else EndKind.PRE_FAILED
+            self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, ended, ended,
+                                     runner.output_tail(spec.cwd, names=prepost.PRE_OUT[::-1])))
+            return
+        try:
+            run = self._start_run(spec, proc.env or {})
+        except (runner.StartError, OSError, mpilaunch.LaunchError) as exc:
+            self.changes.started.append(Started(spec.id, spec.epoch, ended))
+            self.started_total += 1
+            self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, ended,
+                                     ended, str(exc)))
+            return
+        run.env = proc.env
+        self._register(run)
+
+    def _start_post(self, proc: runner.TaskProcess, kind: EndKind, rc: int,
+                    ended: float) -> None:
+        spec = proc.spec
+        env = dict(proc.env or {})
+        env.update(prepost.post_env(kind))
+        try:
+            post = runner.start(spec, env, die_with_parent=self.die_with_parent, timed=False,
+                                argv=runner.script_argv(spec.postprocess, spec.env_script),
+                                out_name=prepost.POST_OUT[0], err_name=prepost.POST_OUT[1])
+        except (runner.StartError, OSError) as exc:
+            self._end(spec, Finished(spec.id, spec.epoch, int(prepost.outcome(kind, 127)), rc,
+                                     proc.started_at, ended, f"postprocess: {exc}"))
+            return
+        post.phase, post.run_kind, post.run_rc = "post", kind, rc
+        post.run_started, post.env = proc.started_at, proc.env
+        self._register(post)
+
+    def _end(self, spec: TaskSpec, fin: Finished, count: bool = True) -> None:
+        """The task is over on this node: free its slot and report how it ended."""
+        self.res.release(spec.id)
+        if count:
+            self.done_share += spec.need
+        self.changes.finished.append(fin)
         self.finished_total += 1
 
     def _check_deadlines(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Tag(IntEnum):
@@ -25,7 +25,7 @@ class Tag(IntEnum):
     DRAIN = 14
     BYE = 15
     ERROR = 16
-    ADD_TASKS = 17  # reserved: tasks that add tasks (issue 7)
+    ADD_TASKS = 17  # a running task adds tasks (task_api), worker -> leader
 
 
 class EndKind(IntEnum):
@@ -36,6 +36,17 @@ class EndKind(IntEnum):
     TIMEOUT = 2  # ran over its own wall_time_min
     CUT = 3  # stopped by the launcher (drain, wall time): requeued, no retry spent
     KILLED = 4  # stopped on request (USER_KILLED is already in the database)
+    # With the app's postprocess (run after the task, on its node): the run's outcome and
+    # the script's. The database moves the states as legacy Balsam did (0006_mpi_tasks).
+    DONE_POST = 5  # RUN_DONE -> POSTPROCESSED -> JOB_FINISHED
+    DONE_POST_FAILED = 6  # RUN_DONE -> FAILED (the postprocess exited non-zero)
+    ERROR_HANDLED = 7  # RUN_ERROR -> POSTPROCESSED -> JOB_FINISHED (handler exit 0)
+    ERROR_RETRY = 8  # RUN_ERROR -> RESTART_READY while retries last (handler exit 75)
+    ERROR_HANDLER_FAILED = 9  # RUN_ERROR -> FAILED (handler exit anything else)
+    TIMEOUT_HANDLED = 10
+    TIMEOUT_RETRY = 11
+    TIMEOUT_HANDLER_FAILED = 12
+    PRE_FAILED = 13  # the preprocess exited non-zero: READY -> FAILED, the task never ran
 
 
 # The per-task records are NamedTuples, not dataclasses: thousands travel in one message,
@@ -53,6 +64,16 @@ class TaskSpec(NamedTuple):
     threads: int = 1
     gpus: int = 0  # GPUs this task needs on its node
     env_script: str = ""
+    # A multi-rank task (mpilaunch.needs_prefix) runs under the platform's launch prefix
+    # on whole nodes; ``hosts`` are the reserved nodes' HELLO hosts, the head's first.
+    num_nodes: int = 1
+    ranks_per_node: int = 1
+    gpus_per_rank: int = 0
+    hosts: tuple[str, ...] = ()
+    preprocess: str = ""  # the app's, only when this is the task's first run
+    postprocess: str = ""
+    post_on_error: bool = False
+    post_on_timeout: bool = False
 
 
 class Started(NamedTuple):
@@ -110,6 +131,10 @@ class Assign:
     seq: int
     tasks: tuple[TaskSpec, ...] = ()
     kill: tuple[int, ...] = ()
+    # Multi-node tasks: the other reserved nodes hold a whole node (and its GPUs) for the
+    # head's task and run nothing; ``release`` ends the hold when the head's task ended.
+    hold: tuple[TaskSpec, ...] = ()
+    release: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +163,25 @@ class ErrorMsg:
     report: Report | None = None
 
 
-Message = Hello | Report | Assign | Drain | Bye | ErrorMsg
+@dataclass(frozen=True, slots=True)
+class AddTasks:
+    """Tasks a running task asked to add (``task_api``), as JSON-able dicts.
+
+    ``parent`` is the asking task: ``parents`` may name it, and its own report cannot be
+    written before these are (the leader writes them in its next flush, first).
+    """
+
+    TAG = Tag.ADD_TASKS
+    rank: int
+    parent: int
+    tasks: tuple[dict[str, object], ...]
+
+
+Message = Hello | Report | Assign | Drain | Bye | ErrorMsg | AddTasks
 
 TAG_TYPES: dict[Tag, type] = {
     Tag.HELLO: Hello, Tag.REPORT: Report, Tag.ASSIGN: Assign, Tag.DRAIN: Drain,
-    Tag.BYE: Bye, Tag.ERROR: ErrorMsg,
+    Tag.BYE: Bye, Tag.ERROR: ErrorMsg, Tag.ADD_TASKS: AddTasks,
 }
 
 

@@ -4,12 +4,15 @@ One worker rank is one node of capacity 1.0; a task takes ``1 / node_packing_cou
 it, as in Balsam. GPUs are whole devices: a task gets its own ids, never shared. Shares
 are floats (1/3 + 1/3 + 1/3 must fit in 1.0), so every comparison allows ``EPS``, and the
 sum is recomputed from scratch when the node empties so rounding never accumulates.
-Multi-node reservations (issue 7) will live here as well.
+GPU ids come from a :class:`~balsam_mpi.gpus.GpuPool` (strings: numbers, UUIDs, tiles).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from .gpus import GpuPool
 
 EPS = 1e-9
 NODE_CAPACITY = 1.0
@@ -27,11 +30,14 @@ class NodeResources:
     capacity: float = NODE_CAPACITY
     gpus: int = 0
     used: float = 0.0
-    _held: dict[int, tuple[float, tuple[int, ...]]] = field(default_factory=dict)
-    _free_gpus: list[int] = field(default_factory=list)
+    devices: Sequence[str] | None = None  # the node's GPU ids (default 0..gpus-1)
+    _held: dict[int, tuple[float, tuple[str, ...]]] = field(default_factory=dict)
+    pool: GpuPool = field(default_factory=lambda: GpuPool([]))
 
     def __post_init__(self) -> None:
-        self._free_gpus = list(range(self.gpus))
+        self.pool = GpuPool(self.devices if self.devices is not None
+                            else [str(i) for i in range(self.gpus)])
+        self.gpus = self.pool.total
 
     @property
     def free(self) -> float:
@@ -42,25 +48,27 @@ class NodeResources:
         return len(self._held)
 
     def fits(self, need: float, gpus: int = 0) -> bool:
-        return need <= self.free + EPS and gpus <= len(self._free_gpus)
+        return need <= self.free + EPS and gpus <= self.pool.free
 
-    def take(self, task_id: int, need: float, gpus: int = 0) -> tuple[int, ...]:
+    def take(self, task_id: int, need: float, gpus: int = 0) -> tuple[str, ...]:
         """Reserve ``need`` and ``gpus`` devices for a task; returns its GPU ids."""
         if task_id in self._held:
             raise ValueError(f"task {task_id} already holds resources here")
         if not self.fits(need, gpus):
             raise ValueError(f"task {task_id} needs {need:.3f} of the node and {gpus} GPUs; "
-                             f"{self.free:.3f} and {len(self._free_gpus)} are free")
-        ids = tuple(self._free_gpus[:gpus])
-        del self._free_gpus[:gpus]
+                             f"{self.free:.3f} and {self.pool.free} are free")
+        ids = tuple(self.pool.allocate(gpus) or ())
         self._held[task_id] = (need, ids)
         self.used += need
         return ids
 
+    def holds(self, task_id: int) -> bool:
+        return task_id in self._held
+
     def release(self, task_id: int) -> None:
         need, ids = self._held.pop(task_id)
-        self._free_gpus.extend(ids)
-        self._free_gpus.sort()
+        if ids:
+            self.pool.release(ids)
         self.used = self.used - need if self._held else 0.0
 
 
@@ -74,6 +82,7 @@ class WorkerView:
     """
 
     rank: int
+    host: str = ""  # from its HELLO: the name a launch prefix gives this node
     reported_free: float = NODE_CAPACITY
     acked: int = 0
     running: int = 0

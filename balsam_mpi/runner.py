@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import pdeath
+from . import gpus, mpilaunch, pdeath
 from .protocol import EndKind, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -39,37 +39,45 @@ _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 # Python ignores these; a task must start with the default dispositions (as Popen does).
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
-# Variables of the launcher's own MPI job: a task that inherited them would try to join
-# the launcher's MPI world instead of starting its own.
-_LAUNCHER_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPIR_", "OMPI_", "PALS_",
-                          "MPI_LOCAL")
-
-
 def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment minus its MPI launcher variables (computed once)."""
-    return {k: v for k, v in environ.items() if not k.startswith(_LAUNCHER_ENV_PREFIXES)}
+    """The worker's environment minus its own MPI job's variables (computed once): a
+    task that inherited them would try to join the launcher's MPI world instead of
+    starting its own (mpilaunch.task_mpi_env; docs/mpi-tasks.md has the measurements)."""
+    return mpilaunch.task_mpi_env(environ)
 
 
 def task_environment(base: Mapping[str, str], spec: TaskSpec, db_path: str,
-                     gpu_ids: tuple[int, ...] = ()) -> dict[str, str]:
+                     gpu_ids: tuple[str, ...] = (), vendor: str | None = None,
+                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(base)
     env.update(spec.env)
     env["BALSAM_TASK_ID"] = str(spec.id)
     if db_path:
         env["BALSAM_DB_PATH"] = db_path
     env["OMP_NUM_THREADS"] = str(spec.threads)
-    if gpu_ids:
-        visible = ",".join(map(str, gpu_ids))
-        for name in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK"):
-            env[name] = visible
+    if extra:
+        env.update(extra)
+    # After the task's own env: a task cannot name another task's devices.
+    env.update(gpus.visibility_env(vendor, [str(i) for i in gpu_ids]))
     return env
 
 
-def task_argv(spec: TaskSpec) -> list[str]:
+def task_argv(spec: TaskSpec, prefix: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The task's argv, under a launch prefix for multi-rank tasks. The env_script goes
+    outside the prefix: it often loads the module that provides the right ``mpiexec``."""
     if spec.env_script:
         # Source the app's environment script, then become the task (no extra process).
-        return ["/bin/sh", "-c", '. "$0" && exec "$@"', spec.env_script, *spec.argv]
-    return list(spec.argv)
+        return ["/bin/sh", "-c", '. "$0" && exec "$@"', spec.env_script, *prefix,
+                *spec.argv]
+    return [*prefix, *spec.argv]
+
+
+def script_argv(script: str, env_script: str = "") -> list[str]:
+    """An app's preprocess or postprocess line: a shell command line the app's owner
+    wrote (as legacy Balsam ran them), after the env_script when the app has one."""
+    if env_script:
+        return ["/bin/sh", "-c", '. "$0" && eval "$1"', env_script, script]
+    return ["/bin/sh", "-c", script]
 
 
 _libc: ctypes.CDLL | None = None
@@ -116,6 +124,11 @@ class TaskProcess:
     rc: int | None = None
     end_kind: EndKind | None = None  # set when the launcher stops it, and why
     kill_at: float = 0.0  # monotonic time to escalate to SIGKILL
+    phase: str = "run"  # "pre" (the app's preprocess), "run", "post" (postprocess)
+    run_kind: EndKind = EndKind.DONE  # in the post phase: how the run itself ended
+    run_rc: int = 0
+    run_started: float = 0.0
+    env: dict[str, str] | None = None  # kept for the next phase (run after pre, post)
 
 
 class StartError(Exception):
@@ -139,15 +152,19 @@ def _resolve(name: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = True
-          ) -> TaskProcess:
-    """Start one task; its stdout and stderr go to files in its working directory."""
+def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = True,
+          argv: list[str] | None = None, out_name: str = STDOUT_NAME,
+          err_name: str = STDERR_NAME, timed: bool = True) -> TaskProcess:
+    """Start one task (or, given ``argv``, its pre/postprocess); stdout and stderr go to
+    files in its working directory."""
     global _warned_fallback
     cwd = Path(spec.cwd)
     make_dir(cwd)
-    argv = task_argv(spec)
+    if argv is None:
+        argv = task_argv(spec)
     tramp = pdeath.trampoline() if die_with_parent else None
-    deadline = time.monotonic() + spec.wall_time_s if spec.wall_time_s > 0 else 0.0
+    deadline = (time.monotonic() + spec.wall_time_s
+                if timed and spec.wall_time_s > 0 else 0.0)
     started = time.time()
     if tramp is not None:
         prog = _resolve(argv[0], env)
@@ -156,8 +173,8 @@ def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = Tru
                 tramp, [tramp, str(os.getpid()), str(cwd), prog, *argv[1:]], env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, str(cwd / STDOUT_NAME), _OUT_FLAGS, 0o660),
-                    (os.POSIX_SPAWN_OPEN, 2, str(cwd / STDERR_NAME), _OUT_FLAGS, 0o660),
+                    (os.POSIX_SPAWN_OPEN, 1, str(cwd / out_name), _OUT_FLAGS, 0o660),
+                    (os.POSIX_SPAWN_OPEN, 2, str(cwd / err_name), _OUT_FLAGS, 0o660),
                 ],
                 setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
         except OSError as exc:
@@ -168,7 +185,7 @@ def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = Tru
         log.warning("no task trampoline (no C compiler?): using preexec_fn for the "
                     "parent-death signal, which makes starting tasks several times slower")
     try:
-        with open(cwd / STDOUT_NAME, "ab") as out, open(cwd / STDERR_NAME, "ab") as err:
+        with open(cwd / out_name, "ab") as out, open(cwd / err_name, "ab") as err:
             popen = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, close_fds=True,
@@ -211,9 +228,10 @@ def close(proc: TaskProcess) -> None:
         proc.pidfd = -1
 
 
-def output_tail(cwd: str, limit: int = TAIL_BYTES) -> str:
+def output_tail(cwd: str, limit: int = TAIL_BYTES,
+                names: tuple[str, str] = (STDERR_NAME, STDOUT_NAME)) -> str:
     """The last bytes of the task's stderr, else its stdout (for a failed task's record)."""
-    for name in (STDERR_NAME, STDOUT_NAME):
+    for name in names:
         path = os.path.join(cwd, name)
         try:
             with open(path, "rb") as fh:

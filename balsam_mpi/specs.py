@@ -12,9 +12,11 @@ import json
 from functools import lru_cache
 from typing import Any
 
+from .appinfo import AppCache
+from .mpilaunch import needs_prefix
 from .project import Project
 from .protocol import TaskSpec
-from .resources import need_of
+from .resources import NODE_CAPACITY, need_of
 from .store import Claimed
 
 
@@ -56,6 +58,7 @@ class SpecBuilder:
         self.epoch = epoch
         self._wf: dict[str, str] = {}
         self._leaf: dict[str, str] = {}
+        self.apps = AppCache()  # filled after each claim, on the database thread
 
     def cwd(self, workflow: str, task_id: int, name: str) -> str:
         wf = self._wf.get(workflow)
@@ -75,10 +78,18 @@ class SpecBuilder:
         env_map = _json(row.env)
         argv = render(row.command, params, list(row.args), row.shell)
         env = tuple((str(k), v if isinstance(v, str) else str(v)) for k, v in env_map.items())
+        # A multi-rank task is its own MPI job on whole nodes (DESIGN.md §5).
+        multi = needs_prefix(row.num_nodes, row.ranks_per_node)
+        pp = self.apps.get(row.app)
         return TaskSpec(
             row.id, self.epoch, argv, self.cwd(row.workflow, row.id, row.name), env,
-            need_of(row.node_packing_count), float(row.wall_time_min) * 60.0,
-            row.threads_per_rank, row.gpus_per_rank * row.ranks_per_node, row.env_script)
+            NODE_CAPACITY if multi else need_of(row.node_packing_count),
+            float(row.wall_time_min) * 60.0,
+            row.threads_per_rank, row.gpus_per_rank * row.ranks_per_node, row.env_script,
+            row.num_nodes, row.ranks_per_node, row.gpus_per_rank, (),
+            # The preprocess runs once, before the first run: not on a retry.
+            pp.preprocess if row.state == "READY" else "", pp.postprocess,
+            pp.on_error, pp.on_timeout)
 
 
 def _json(value: Any) -> dict[str, Any]:

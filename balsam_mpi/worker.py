@@ -49,7 +49,7 @@ class Worker:
                 comm.send(0, Bye(self.rank, node.report(self.rank)))
                 comm.flush_sends()
                 return
-            if node.changes or now - last_report >= self.s.report_interval_s:
+            if node.changes or node.poked or now - last_report >= self.s.report_interval_s:
                 comm.send(0, node.report(self.rank))
                 last_report = now
                 did = True

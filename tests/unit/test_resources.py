@@ -35,7 +35,7 @@ def test_gpus_are_never_shared() -> None:
     assert set(a).isdisjoint(b) and len(a) == 1 and len(b) == 2
     assert not node.fits(0.25, gpus=2)
     node.release(2)
-    assert node.take(3, 0.25, gpus=3) == (1, 2, 3)
+    assert node.take(3, 0.25, gpus=3) == ("1", "2", "3")
 
 
 def test_taking_too_much_or_twice_is_an_error() -> None:
