@@ -28,6 +28,7 @@ class Settings:
     time_limit_min: float = 0.0  # 0 = the scheduler's, else none
     heartbeat_s: float = 10.0
     lease_s: float = 60.0
+    expire_check_s: float = 5.0  # how often the leader looks for other jobs' expired leases
     drain_grace_s: float = 30.0
     kill_grace_s: float = 10.0
     kill_poll_s: float = 1.5  # how often the leader looks for killed tasks
@@ -117,9 +118,14 @@ def _check(s: Settings) -> None:
                  "claim_margin"):
         if getattr(s, name) < 0:
             raise UsageError(f"{name} must not be negative, got {getattr(s, name)}")
-    for name in ("heartbeat_s", "lease_s", "flush_interval_s", "report_interval_s",
-                 "poll_cap_s", "leader_poll_cap_s"):
+    for name in ("heartbeat_s", "lease_s", "expire_check_s", "flush_interval_s",
+                 "report_interval_s", "poll_cap_s", "leader_poll_cap_s"):
         if getattr(s, name) <= 0:
             raise UsageError(f"{name} must be positive, got {getattr(s, name)}")
+    # A leader stops its tasks after half its lease without a heartbeat (lease.py): beating
+    # less often than that would stop them with the database perfectly well.
+    if s.heartbeat_s * 2 >= s.lease_s:
+        raise UsageError(f"heartbeat_s ({s.heartbeat_s:g}) must be less than half of "
+                         f"lease_s ({s.lease_s:g})")
     if s.flush_size < 1 or s.claim_limit < 1:
         raise UsageError("flush_size and claim_limit must be at least 1")

@@ -20,6 +20,7 @@ from .comm import Backoff, Comm
 from .config import Settings
 from .dispatch import Dispatcher
 from .errors import BalsamError
+from .lease import LeaseWatch
 from .node import Node
 from .project import Project
 from .protocol import (
@@ -82,6 +83,7 @@ class Leader:
         self.stop_reason: str | None = None  # set by a signal handler
         self.specs = SpecBuilder(project, lease.epoch)
         self.killing: Future[list[int]] | None = None
+        self.lease_watch = LeaseWatch(settings, db)  # its own lease, others' expiry
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, source: int, msg: object) -> None:
@@ -254,6 +256,7 @@ class Leader:
             self._flush()
             self._poll_kills()
             self._heartbeat()
+            self._watch_lease()
             if self._check_end():
                 return self.draining or "done"
             if did:
@@ -290,7 +293,21 @@ class Leader:
             return
         self.next_heartbeat = now + self.s.heartbeat_s
         if self.beating is None:
-            self.beating = self.db.submit(self.store.heartbeat, self.lease)
+            self.beating = self.db.submit(self.lease_watch.heartbeat, self.lease)
+
+    def _watch_lease(self) -> None:
+        """Requeue other jobs' expired leases now and then; stop this leader's tasks
+        once it has gone half its lease without renewing it (lease.py)."""
+        if self.draining:
+            return
+        silent = self.lease_watch.silent_for()
+        if silent is not None:
+            log.error("no heartbeat for %.0f s, half the %g s lease: stopping this "
+                      "launcher's tasks before others may requeue them", silent,
+                      self.s.lease_s)
+            self.start_drain(f"no heartbeat for {silent:.0f} s", cut=True)
+            return
+        self.lease_watch.sweep()
 
     def start_drain(self, reason: str, cut: bool = False) -> None:
         if self.draining:
@@ -343,6 +360,7 @@ class Leader:
         for other in (self.beating, self.killing):
             if other is not None:
                 other.exception()
+        self.lease_watch.settle()
         self._collect()
 
     def finish(self, reason: str) -> None:

@@ -1,6 +1,8 @@
 """One rank's life around its loop: set up, run, and what to do on a signal or a crash.
 
-The leader's session opens (or adopts) the batch job, builds the local node and the
+The leader's session first requeues the tasks of batch jobs whose lease ran out (so a
+launcher started after a crash picks them up at once, and a row it adopts is swept
+first if it expired), then opens (or adopts) the batch job, builds the local node and the
 leader, and closes the batch job at the end; on a crash it writes what it holds and
 closes the row as FAILED before the abort. A worker's session tells the leader about its
 crash (ERROR, with its last report) before the abort.
@@ -17,8 +19,9 @@ import time
 from .buffer import DbThread
 from .comm import Comm
 from .config import Settings
-from .errors import BalsamError
+from .errors import BalsamError, DatabaseError
 from .leader import Leader
+from .lease import log_expired
 from .node import Node, NullNode
 from .project import Project
 from .protocol import ErrorMsg
@@ -66,6 +69,10 @@ class LeaderSession:
         deadline = launcher_deadline(settings, t_init)
         self.store = Store.connect(project)
         filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
+        try:
+            log_expired(self.store.expire_leases())
+        except DatabaseError as exc:  # e.g. a schema without 0005: the rest still works
+            log.warning("could not look for expired leases: %s (balsam-dbctl migrate?)", exc)
         lease = self.store.open_job(
             job_id=batch_job_id(), scheduler=sched.scheduler,
             scheduler_job_id=sched.job_id, host=socket.gethostname(), nodes=comm.size,
