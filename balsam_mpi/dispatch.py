@@ -136,6 +136,12 @@ class Dispatcher:
                     self.seq += 1
                     self.send(rank, Assign(self.seq, release=(fin.id,)))
 
+    def answer_adds(self, rank: int, added: tuple[tuple[int, tuple[int, ...], str], ...]
+                    ) -> None:
+        """The ids of the tasks a worker's tasks added (task_api)."""
+        self.seq += 1
+        self.send(rank, Assign(self.seq, added=added))
+
     def assign_to(self, view: WorkerView, always: bool = False) -> None:
         if self.big or (self.pool and self.pool[0].num_nodes > 1):
             self.place_big()

@@ -15,6 +15,7 @@ import logging
 import time
 from concurrent.futures import Future
 
+from .adds import AddService
 from .buffer import Batch, DbThread, ReportBuffer
 from .comm import Backoff, Comm
 from .config import Settings
@@ -25,6 +26,7 @@ from .node import Node
 from .project import Project
 from .protocol import (
     PROTOCOL_VERSION,
+    AddTasks,
     Assign,
     Bye,
     Drain,
@@ -82,6 +84,8 @@ class Leader:
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.specs = SpecBuilder(project, lease.epoch)
+        # Tasks that running tasks add (task_api), written through this connection.
+        self.adds = AddService(db, project, self.nodes, local, not settings.null_runner)
         self.killing: Future[list[int]] | None = None
         self.lease_watch = LeaseWatch(settings, db)  # its own lease, others' expiry
 
@@ -94,7 +98,7 @@ class Leader:
                 raise WorkerFailed(f"rank {source} on {msg.host} speaks protocol "
                                    f"{msg.version}, this leader {PROTOCOL_VERSION}: install "
                                    "the same balsam_mpi on every node")
-            self.workers[source] = WorkerView(source)
+            self.workers[source] = WorkerView(source, host=msg.host)
             log.debug("rank %s on %s (pid %s) joined", source, msg.host, msg.pid)
             if self.draining:
                 self._send(source, Drain(self.draining, self.s.drain_grace_s))
@@ -104,6 +108,8 @@ class Leader:
             view = self.workers.setdefault(source, WorkerView(source))
             view.alive = False
             self.byes.add(source)
+        elif isinstance(msg, AddTasks):
+            self.adds.received(msg)
         elif isinstance(msg, ErrorMsg):
             if msg.report is not None:
                 self._absorb(msg.report.started, msg.report.finished)
@@ -125,6 +131,7 @@ class Leader:
         if finished:
             self.idle_since = None
             self.kills.ended(f.id for f in finished)
+            self.nodes.ended(finished)  # multi-node tasks: free their other nodes
 
     def _send(self, rank: int, msg: Assign | Drain) -> None:
         assert self.comm is not None
@@ -149,9 +156,12 @@ class Leader:
         limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
         if self.s.max_tasks:
             limit = min(limit, self.s.max_tasks - self.claimed_total)
-        future = self.db.submit(self.store.claim, self.lease, limit=limit, capacity=want,
-                                max_need=NODE_CAPACITY, filters=self.filters,
-                                remaining_min=self.remaining_min())
+        # Through the app cache: the scripts of apps new to this leader are read after
+        # the claim, in the same database-thread call (appinfo.py).
+        future = self.db.submit(self.specs.apps.claim, self.store, self.lease, limit=limit,
+                                capacity=want, max_need=NODE_CAPACITY, filters=self.filters,
+                                remaining_min=self.remaining_min(),
+                                max_nodes=self.nodes.max_nodes())
         self.claiming = (self.flushes, future)
 
     def _claimed(self, covers: int, future: Future[list[Claimed]]) -> None:
@@ -249,6 +259,8 @@ class Leader:
                 did = True
             if self.local.changes:
                 self._absorb(*self.local.changes.take())
+            if self.adds.step():
+                did = True
             if self._collect():
                 did = True
             self.nodes.fill_local()
@@ -366,6 +378,7 @@ class Leader:
     def finish(self, reason: str) -> None:
         """Write everything held and close the batch job (normal end)."""
         self.settle()
+        self.adds.close()  # the task_api socket (its tasks have ended)
         self.buffer.flush_now(self.db)
         released, requeued = self.db.submit(self.store.close_job, self.lease, "FINISHED",
                                             reason).result()

@@ -57,6 +57,7 @@ class Node:
         self._epoll = select.epoll()
         self._by_fd: dict[int, int] = {}
         self._wake_fd = -1
+        self._watched_fds: set[int] = set()
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
         self.started_total = 0
         self.finished_total = 0
@@ -222,6 +223,11 @@ class Node:
         """Sleep up to ``timeout`` s, waking when a task ends; True if one did."""
         return self.reap(timeout)
 
+    def watch(self, fd: int) -> None:
+        """Also wake from :meth:`wait` when ``fd`` is readable (the task_api socket)."""
+        self._watched_fds.add(fd)
+        self._epoll.register(fd, select.EPOLLIN)
+
     def wake_on(self, fd: int) -> None:
         """Also wake from :meth:`wait` when ``fd`` (an eventfd) is signalled: the leader's
         database thread uses it to say a result is ready."""
@@ -231,7 +237,7 @@ class Node:
     def reap(self, timeout: float) -> bool:
         # epoll's resolution is 1 ms; round up so a short wait still sleeps, never spins.
         ms = 0 if timeout <= 0 else max(1, int(timeout * 1000 + 0.999))
-        if not self._by_fd and self._wake_fd < 0:
+        if not self._by_fd and self._wake_fd < 0 and not self._watched_fds:
             if ms:
                 time.sleep(ms / 1000.0)
             return False

@@ -135,6 +135,8 @@ class Assign:
     # head's task and run nothing; ``release`` ends the hold when the head's task ended.
     hold: tuple[TaskSpec, ...] = ()
     release: tuple[int, ...] = ()
+    # Answers to ADD_TASKS: (request id, the new tasks' ids, error message or "").
+    added: tuple[tuple[int, tuple[int, ...], str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ class AddTasks:
     rank: int
     parent: int
     tasks: tuple[dict[str, object], ...]
+    req: int  # the worker's request id, echoed in Assign.added
 
 
 Message = Hello | Report | Assign | Drain | Bye | ErrorMsg | AddTasks

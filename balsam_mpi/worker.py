@@ -16,7 +16,8 @@ import time
 from .comm import Backoff, Comm
 from .config import Settings
 from .node import Node
-from .protocol import Assign, Bye, Drain, EndKind, Hello
+from .protocol import AddTasks, Assign, Bye, Drain, EndKind, Hello
+from .taskchan import TaskChannel
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,20 @@ class Worker:
         self.draining: Drain | None = None
         self.cut_deadline = 0.0
         self.stop_reason: str | None = None  # set by a signal handler
+        self.chan: TaskChannel | None = None  # task_api requests of this node's tasks
 
     def run(self) -> None:
+        if not self.s.null_runner:
+            self.chan = TaskChannel(self.rank)
+            self.node.extra_env.update(self.chan.env())
+            self.node.watch(self.chan.fileno())
+        try:
+            self._run()
+        finally:
+            if self.chan is not None:
+                self.chan.close()
+
+    def _run(self) -> None:
         comm, node = self.comm, self.node
         comm.send(0, Hello(rank=self.rank, host=socket.gethostname(), pid=os.getpid(),
                            cores=os.cpu_count() or 1, gpus=self.s.gpus_per_node))
@@ -39,6 +52,10 @@ class Worker:
         last_report = time.monotonic()
         while True:
             did = self._receive()
+            if self.chan is not None:
+                for req in self.chan.poll():  # to the leader, which writes them
+                    comm.send(0, AddTasks(self.rank, req.parent, req.tasks, req.id))
+                    did = True
             if self.stop_reason and self.draining is None:
                 self.draining = Drain(self.stop_reason, self.s.drain_grace_s, cut=True)
                 node.cut_all()
@@ -69,6 +86,9 @@ class Worker:
             msg = got[1]
             if isinstance(msg, Assign):
                 self.node.apply(msg)
+                if msg.added and self.chan is not None:
+                    for req, ids, error in msg.added:
+                        self.chan.reply(req, ids, error)
             elif isinstance(msg, Drain):
                 self.draining = msg
                 if msg.cut:

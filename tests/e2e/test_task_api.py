@@ -1,0 +1,86 @@
+"""Tasks that add tasks (``balsam_mpi.task_api``) under the real launcher: a running task
+adds 100 children that depend on it; all run; the database saw the launcher's one
+connection and none from tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_launcher import MPIEXEC, finish, no_strays, states
+from tests.e2e.test_mpi_tasks import add_app, add_tasks, launcher, task_dir
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not Path(MPIEXEC).exists(), reason="no mpiexec beside this Python"),
+]
+
+SPAWNER = textwrap.dedent("""\
+    import json, os
+    from balsam_mpi import task_api
+    me = task_api.task_id()
+    wf = os.environ["BALSAM_DB_NAME"]
+    kids = [{"app": "child", "workflow": wf, "name": "kid", "params": {"n": i},
+             "parents": [me]} for i in range(60)]
+    ids = task_api.add_tasks(kids)
+    ids += task_api.add_tasks([dict(k, params={"n": 60 + i}) for i, k in enumerate(kids[:40])])
+    try:
+        task_api.add_tasks([{"app": "no_such_app", "workflow": wf}])
+    except task_api.TaskApiError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    with open("added.json", "w") as fh:
+        json.dump({"ids": ids, "refused": refused}, fh)
+""")
+
+
+def sessions(conn: Any, dbname: str) -> int:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s",
+                       (dbname,)).fetchone()
+    return int(row[0])
+
+
+def test_a_task_adds_a_hundred_children(conn: Any, dbname: str, pg_project: Any,
+                                        tmp_path: Path) -> None:
+    spawner = tmp_path / "spawner.py"
+    spawner.write_text(SPAWNER)
+    add_app(conn, "spawner", f"{sys.executable} {spawner}")
+    add_app(conn, "child", "sh -c 'echo {n} $BALSAM_TASK_ID'")
+    [parent] = add_tasks(conn, "spawner")
+    before = sessions(conn, dbname)
+    proc = launcher(2)
+    seen: dict[int, str] = {}  # every backend on this database but the test's own
+    while proc.poll() is None:
+        for pid, app in conn.execute(
+                "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s "
+                "AND pid <> pg_backend_pid()", (dbname,)):
+            seen[pid] = app
+        conn.execute("SELECT pg_sleep(0.02)")
+    finish(proc)
+    added = json.loads((task_dir(pg_project, parent) / "added.json").read_text())
+    ids = added["ids"]
+    assert len(ids) == 100 and len(set(ids)) == 100
+    assert "no_such_app" in added["refused"]  # a refused request answers with the reason
+    assert states(conn) == {"JOB_FINISHED": 101}
+    deps = conn.execute("SELECT count(*) FROM task_deps WHERE parent_id = %s",
+                        (parent,)).fetchone()
+    assert deps == (100,)
+    # The children ran after their parent finished (they waited for it).
+    order = conn.execute(
+        "SELECT bool_and(c.started_at >= p.ended_at) FROM tasks c, tasks p "
+        "WHERE p.id = %s AND c.id = ANY (%s)", (parent, ids)).fetchone()
+    assert order == (True,)
+    outs = {(task_dir(pg_project, i).parent / f"kid_{i}" / "task.out").read_text().split()[1]
+            for i in ids}
+    assert outs == {str(i) for i in ids}
+    # One connection: the launcher's. Tasks (the spawner included) opened none.
+    assert set(seen.values()) <= {"balsam-launcher"} and len(seen) == 1, seen
+    assert sessions(conn, dbname) - before == 1
+    no_strays(dbname)
