@@ -1,4 +1,5 @@
-"""`balsam-dbctl`: the project owner's commands (and `status` / `activate` for everyone)."""
+"""`balsam-dbctl`: the project owner's commands (`status` / `activate` for everyone,
+`recover` for members)."""
 
 from __future__ import annotations
 
