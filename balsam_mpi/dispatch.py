@@ -41,7 +41,8 @@ class Dispatcher:
         self.local_open = True  # False once draining
         self.big: deque[TaskSpec] = deque()  # multi-node tasks waiting for whole nodes
         self.reserved: set[int] = set()  # ranks kept free for big[0]
-        self.holders: dict[int, list[int]] = {}  # multi-node task -> its holding ranks
+        self.spans: dict[int, list[int]] = {}  # running multi-node task -> ranks, head 1st
+        self.in_big: set[int] = set()  # ranks of those: no small tasks queued behind them
 
     def margin(self, pace: Pace) -> float:
         """The share a node may hold beyond its free capacity (see resources.Pace)."""
@@ -56,7 +57,7 @@ class Dispatcher:
         if self.local_open:
             total = max(0.0, self.local.free() + self.margin(self.local_pace))
         total += sum(room(v, self.margin(v.pace)) for v in self.workers.values()
-                     if v.rank not in self.reserved)
+                     if v.rank not in self.reserved and v.rank not in self.in_big)
         return total - sum(t.need for t in self.pool)
 
     def max_nodes(self) -> int:
@@ -89,7 +90,7 @@ class Dispatcher:
             self.big.append(self.pool.popleft())
 
     def _room(self, view: WorkerView) -> float:
-        if view.rank in self.reserved:
+        if view.rank in self.reserved or view.rank in self.in_big:
             return 0.0
         return room(view, self.margin(view.pace))
 
@@ -123,14 +124,19 @@ class Dispatcher:
             self.seq += 1
             view.sent(self.seq, NODE_CAPACITY)
             self.send(view.rank, Assign(self.seq, hold=(spec,)))
-        self.holders[spec.id] = [v.rank for v in rest]
+        self.spans[spec.id] = [v.rank for v in nodes]
+        self.in_big.update(v.rank for v in nodes)
 
     def ended(self, finished: Sequence[Finished]) -> None:
         """Release the nodes that held for multi-node tasks that ended."""
-        if not self.holders:
+        if not self.spans:
             return
         for fin in finished:
-            for rank in self.holders.pop(fin.id, ()):
+            ranks = self.spans.pop(fin.id, None)
+            if ranks is None:
+                continue
+            self.in_big.difference_update(ranks)
+            for rank in ranks[1:]:
                 view = self.workers.get(rank)
                 if view is not None and view.alive:
                     self.seq += 1
