@@ -112,7 +112,7 @@ def test_kill_9_then_the_next_launcher_recovers_after_the_lease(
     # death signal reaches the task's own process, not children it forks (docs/launcher.md).
     ids = add(conn, 2, command="sh -c 'if [ -e started ]; then echo ok >> runs; "
               "else touch started; exec sleep 600; fi'", app="once")
-    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="6")
+    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="8")
     wait_for("2 running tasks", lambda: count(
         conn, "SELECT count(*) FROM tasks WHERE state = 'RUNNING'") == 2, first)
     [job1] = conn.execute("SELECT DISTINCT batch_job_id FROM tasks").fetchone()
@@ -174,6 +174,29 @@ def test_overrunning_its_own_wall_time_is_retried_then_fails(conn: Any,
         "SELECT to_state::text FROM task_events WHERE task_id = %s ORDER BY id", (task,))]
     assert path == ["READY", "RUNNING", "RUN_TIMEOUT", "RESTART_READY", "RUNNING",
                     "RUN_TIMEOUT", "FAILED"]
+    no_strays(dbname)
+
+
+def test_a_one_minute_launcher_over_two_minute_tasks(conn: Any, dbname: str) -> None:
+    """`--time-limit-min 1` over `sleep 120`: a task whose wall_time_min cannot fit is
+    never started; the running ones are cut off before the end (drain_grace_s before it)
+    and are runnable again with no counter spent; the batch job ends within its time."""
+    long_tasks = add(conn, 2, command="sleep 120", app="two_minutes")
+    [too_long] = add(conn, 1, command="true", app="never")
+    conn.execute("UPDATE tasks SET wall_time_min = 2 WHERE id = %s", (too_long,))
+    wait_end(start(2, "--idle-timeout", "0", "--time-limit-min", "1",
+                   BALSAM_DRAIN_GRACE_S="50", BALSAM_KILL_GRACE_S="2"), timeout=120)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, batch_job_id, error_retries, timeout_retries, lost_retries "
+        "FROM tasks")}
+    assert rows[too_long] == ("READY", None, 0, 0, 0)
+    assert [rows[i] for i in long_tasks] == [("RESTART_READY", None, 0, 0, 0)] * 2
+    assert running_events(conn) == {i: 1 for i in long_tasks}  # too_long never started
+    job = conn.execute("SELECT state::text, end_reason, wall_time_min, "
+                       "ended_at <= started_at + make_interval(secs => 60) FROM batch_jobs"
+                       ).fetchone()
+    assert job is not None and job[:2] == ("FINISHED", "wall time") and job[3]
+    assert abs(job[2] - 1.0) < 0.05
     no_strays(dbname)
 
 
