@@ -8,6 +8,7 @@ the project's parents, so the default project goes under a fresh 0755 directory 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,9 +76,11 @@ def make_project(path: str | None, echo: Echo) -> Project:
     return Project(root)
 
 
-def workload(n: int) -> list[dict[str, Any]]:
-    """n tasks: a three-task DAG (workflow `pipeline`), the rest no-ops and short sleeps
-    (workflow `ensemble`), packed several to a node."""
+def workload(n: int, ranks: int = 4) -> list[dict[str, Any]]:
+    """n tasks: a three-task DAG (workflow `pipeline`); with three ranks or more (two
+    worker nodes) a 2-node MPI hello (workflow `mpi`); a task that adds two children as
+    it runs (workflow `dynamic`); the rest no-ops and short sleeps (workflow `ensemble`),
+    packed several to a node."""
     tasks: list[dict[str, Any]] = [
         {"app": "say", "workflow": "pipeline", "name": "prepare", "key": "prepare",
          "params": {"text": "prepare"}},
@@ -86,6 +89,11 @@ def workload(n: int) -> list[dict[str, Any]]:
         {"app": "say", "workflow": "pipeline", "name": "analyze",
          "params": {"text": "analyze"}, "parents": ["simulate"]},
     ]
+    if ranks >= 3 and n >= len(tasks) + 2:
+        tasks.append({"app": "hello_mpi", "workflow": "mpi", "name": "hello",
+                      "num_nodes": 2, "ranks_per_node": 1, "wall_time_min": 2})
+    if n >= len(tasks) + 1:
+        tasks.append({"app": "spawner", "workflow": "dynamic", "name": "spawner"})
     rest = max(0, n - len(tasks))
     sleeps = rest // 4
     for i in range(rest - sleeps):
@@ -98,14 +106,19 @@ def workload(n: int) -> list[dict[str, Any]]:
     return tasks
 
 
-def populate(project: Project, n: int) -> int:
+def populate(project: Project, n: int, ranks: int = 4) -> int:
     from .client import Client
 
+    here = shlex.quote(sys.executable)  # a command line, split like a shell's
     with Client(project) as client:
+        client.add_app("hello_mpi", f"{here} -m balsam_mpi.demo_tasks hello",
+                       description="an mpi4py hello, one line per rank")
+        client.add_app("spawner", f"{here} -m balsam_mpi.demo_tasks spawn",
+                       description="adds two children while it runs (task_api)")
         client.add_app("noop", "/bin/true", description="does nothing, fast")
         client.add_app("nap", "sleep {seconds}", description="sleeps a little")
         client.add_app("say", "echo {text}", description="writes one line")
-        return len(client.add_tasks(workload(n)))
+        return len(client.add_tasks(workload(n, ranks)))
 
 
 def run_launcher(project: Project, ranks: int, total: int, echo: Echo,
