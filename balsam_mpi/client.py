@@ -179,12 +179,12 @@ class Client:
 
         Filters: id/ids, workflow (exact; a list means any of them), state, app, name (a
         glob), tags (dict: containment), owner. ``order``: a column of SORTABLE, '-' for
-        descending."""
+        descending. Bad filters raise here, not at the first row."""
         params = filter_params(filters)
+        ordering = order_by(order, params)
         if order in ("id", "+id") and (limit is None or limit > PAGE):
-            yield from self._pages(params, limit)
-            return
-        yield from self._select(params, order_by(order, params), limit)
+            return self._pages(params, limit)
+        return iter(self._select(params, ordering, limit))
 
     def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
         # Keyset paging by id: each page is one indexed query, no cursor left open.

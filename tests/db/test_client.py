@@ -104,7 +104,9 @@ def test_filters_are_exact_and_lazy(client: Client) -> None:
                                                 limit=5000)] == ["exp1", "exp10", "exp1"]
     assert client.counts() == {"exp1": {"READY": 2}, "exp10": {"READY": 1}}
     with pytest.raises(ValueError, match="unknown state"):
-        list(client.tasks(state="NOPE"))
+        client.tasks(state="NOPE")  # at the call, not at the first row
+    with pytest.raises(UsageError, match="colour: not a task filter"):
+        client.tasks(colour="red")
 
 
 def test_many_pages(client: Client) -> None:
