@@ -141,7 +141,7 @@ def _model(doc: dict[str, Any]) -> list[Row]:
                          f"{p['throughput_per_s']:,.0f} tasks/s", "model"))
     errors = [abs(c.get("utilization_error", c.get("throughput_error", float("nan"))))
               for c in r["check"]]
-    rows.append(("model vs measured small runs, |relative error|",
+    rows.append(("model vs measured small runs, size of the relative error",
                  f"median {statistics.median(errors):.0%}, max {max(errors):.0%}", "-",
                  f"{len(errors)} runs"))
     return rows
