@@ -181,8 +181,9 @@ class Node:
         self._register(proc)
 
     def _start_run(self, spec: TaskSpec, env: dict[str, str]) -> runner.TaskProcess:
+        multi = spec.num_nodes > 1 or spec.ranks_per_node > 1  # mpilaunch.needs_prefix
         proc = runner.start(spec, env, die_with_parent=self.die_with_parent,
-                            argv=runner.task_argv(spec, self._prefix(spec)))
+                            argv=runner.task_argv(spec, self._prefix(spec)) if multi else None)
         self.changes.started.append(Started(spec.id, spec.epoch, proc.started_at))
         self.started_total += 1
         return proc

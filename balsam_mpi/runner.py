@@ -58,7 +58,8 @@ def task_environment(base: Mapping[str, str], spec: TaskSpec, db_path: str,
     if extra:
         env.update(extra)
     # After the task's own env: a task cannot name another task's devices.
-    env.update(gpus.visibility_env(vendor, [str(i) for i in gpu_ids]))
+    if gpu_ids:
+        env.update(gpus.visibility_env(vendor, [str(i) for i in gpu_ids]))
     return env
 
 
