@@ -256,7 +256,7 @@ def restart(project: Project) -> None:
 
 
 def test_postgres_away_for_20_s_mid_run(own_project: Project, own_conn: Any) -> None:
-    ids = add(own_conn, 6, command="sleep 3", packing=2, app="three")
+    ids = add(own_conn, 6, command="sleep 5", packing=2, app="five")
     marker = f"BALSAM_DB_PATH={own_project.root}"
     # Half the lease (45 s) is well beyond the outage: the leader keeps its tasks.
     proc = start(2, "--idle-timeout", "0", env=own_env(own_project), BALSAM_LEASE_S="90",
