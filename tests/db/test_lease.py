@@ -186,3 +186,21 @@ def test_only_a_renewed_lease_resets_the_leaders_clock() -> None:
     time.sleep(0.12)
     assert not watch.heartbeat(lease)  # refused (row no longer ours): not renewed
     assert watch.silent_for() is not None
+
+
+def test_a_job_row_held_by_another_transaction_is_skipped(store: Store, conn: Any,
+                                                          pg_project: Project,
+                                                          dbname: str) -> None:
+    """Two sweeps at once never requeue a job twice, and a sweep never waits: a row
+    locked elsewhere (another sweep, the job's own heartbeat) is left for the next one."""
+    [task] = add_tasks(conn, 1)
+    lease = open_lease(store)
+    claim(store, lease, 1)
+    store.report(lease, [Started(task, lease.epoch, T0)], [])
+    go_silent(conn, lease)
+    with db.connect(pg_project, dbname=dbname) as other:  # a transaction of its own
+        other.execute("SELECT 1 FROM batch_jobs WHERE id = %s FOR UPDATE", (lease.job_id,))
+        assert store.expire_leases() == []
+        other.rollback()
+    assert [e.requeued for e in store.expire_leases()] == [1]
+    assert store.expire_leases() == []
