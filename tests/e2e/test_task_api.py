@@ -84,3 +84,33 @@ def test_a_task_adds_a_hundred_children(conn: Any, dbname: str, pg_project: Any,
     assert set(seen.values()) <= {"balsam-launcher"} and len(seen) == 1, seen
     assert sessions(conn, dbname) - before == 1
     no_strays(dbname)
+
+
+# Each spawner adds one child and says which launcher rank's node it ran on (its parent
+# is the rank, whose environment still has PMI_RANK).
+ONE = textwrap.dedent("""\
+    import os
+    from balsam_mpi import task_api
+    me = task_api.task_id()
+    [kid] = task_api.add_tasks([{"app": "child", "workflow": os.environ["BALSAM_DB_NAME"],
+                                 "name": "kid", "params": {"n": me}, "parents": [me]}])
+    env = open(f"/proc/{os.getppid()}/environ", "rb").read().split(b"\\0")
+    rank = [v for v in env if v.startswith(b"PMI_RANK=")][0].decode()
+    print(rank, kid)
+""")
+
+
+def test_adds_from_the_leaders_node_and_a_workers(conn: Any, dbname: str, pg_project: Any,
+                                                  tmp_path: Path) -> None:
+    one = tmp_path / "one.py"
+    one.write_text(ONE)
+    add_app(conn, "one", f"{sys.executable} {one}")
+    add_app(conn, "child", "sh -c 'echo {n}'")
+    parents = add_tasks(conn, "one", 4)
+    finish(launcher(2))
+    assert states(conn) == {"JOB_FINISHED": 8}
+    lines = [(task_dir(pg_project, t) / "task.out").read_text().split() for t in parents]
+    assert {rank for rank, _kid in lines} == {"PMI_RANK=0", "PMI_RANK=1"}  # both paths
+    kids = conn.execute("SELECT child_id, parent_id FROM task_deps ORDER BY parent_id")
+    assert [(int(kid), p) for (_r, kid), p in zip(lines, parents, strict=True)] == list(kids)
+    no_strays(dbname)
