@@ -150,7 +150,19 @@ class Node:
             budget -= 1
             spec = self.queue[0]
             if not self.res.fits(min(spec.need, self.res.capacity), spec.gpus):
-                break
+                if spec.gpus <= self.res.gpus:
+                    break
+                # More GPUs than this node has: it would wait forever, holding the queue.
+                self.queue.popleft()
+                now = time.time()
+                self.changes.started.append(Started(spec.id, spec.epoch, now))
+                self.started_total += 1
+                self.changes.finished.append(Finished(
+                    spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
+                    f"needs {spec.gpus} GPUs on a node; this launcher's nodes have "
+                    f"{self.res.gpus} (--gpus-per-node)"))
+                self.finished_total += 1
+                continue
             self.queue.popleft()
             self._start(spec)
             did = True

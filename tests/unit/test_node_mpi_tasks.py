@@ -97,3 +97,12 @@ def test_outcome_rules() -> None:
     assert prepost.outcome(EndKind.DONE, 75) == EndKind.DONE_POST_FAILED  # no retry of a success
     assert prepost.outcome(EndKind.TIMEOUT, 75) == EndKind.TIMEOUT_RETRY
     assert prepost.outcome(EndKind.ERROR, 9) == EndKind.ERROR_HANDLER_FAILED
+
+
+def test_a_task_wanting_more_gpus_than_the_node_has_fails_at_once(tmp_path: Path) -> None:
+    node = Node(environ=ENV, gpus=1, die_with_parent=False)
+    node.apply(Assign(1, (spec(tmp_path, 1, ("true",), gpus=2), spec(tmp_path, 2, ("true",)))))
+    done = {f.id: f for f in run_until(node, 2)}
+    assert done[1].kind == EndKind.ERROR and "--gpus-per-node" in done[1].tail
+    assert done[2].kind == EndKind.DONE  # the queue behind it was not held up
+    node.close()
