@@ -285,8 +285,9 @@ class Node:
                 proc.run_kind, rc)
             tail = "" if kind == EndKind.DONE_POST else runner.output_tail(
                 spec.cwd, names=prepost.POST_OUT[::-1])
+            # The run's own times: ended_at and the RUN_* event are the run's end.
             self._end(spec, Finished(spec.id, spec.epoch, int(kind), proc.run_rc,
-                                     proc.run_started, ended, tail))
+                                     proc.run_started, proc.run_ended, tail))
             return
         kind = proc.end_kind if proc.end_kind is not None else (
             EndKind.DONE if rc == 0 else EndKind.ERROR)
@@ -332,7 +333,7 @@ class Node:
                                      proc.started_at, ended, f"postprocess: {exc}"))
             return
         post.phase, post.run_kind, post.run_rc = "post", kind, rc
-        post.run_started, post.env = proc.started_at, proc.env
+        post.run_started, post.run_ended, post.env = proc.started_at, ended, proc.env
         self._register(post)
 
     def _end(self, spec: TaskSpec, fin: Finished, count: bool = True) -> None:

@@ -129,6 +129,7 @@ class TaskProcess:
     run_kind: EndKind = EndKind.DONE  # in the post phase: how the run itself ended
     run_rc: int = 0
     run_started: float = 0.0
+    run_ended: float = 0.0
     env: dict[str, str] | None = None  # kept for the next phase (run after pre, post)
 
 
