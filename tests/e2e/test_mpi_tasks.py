@@ -128,3 +128,17 @@ def test_gpus_are_handed_out_distinct(conn: Any, dbname: str, pg_project: Any) -
     running = [sum(d for _, d in edges[:i + 1]) for i in range(len(edges))]
     assert max(running) <= 2
     no_strays(dbname)
+
+
+def test_one_node_multi_rank_task_on_the_leaders_node(conn: Any, dbname: str,
+                                                      pg_project: Any, tmp_path: Path) -> None:
+    hello = tmp_path / "hello.py"
+    hello.write_text(HELLO.replace("time.sleep(2.0)", "pass"))
+    add_app(conn, "hello", f"{sys.executable} {hello}")
+    [task] = add_tasks(conn, "hello", ranks_per_node=2, packing=4)
+    finish(launcher(1, env={"BALSAM_MPI_LAUNCHER": "mpich"}))
+    assert states(conn) == {"JOB_FINISHED": 1}
+    out = (task_dir(pg_project, task) / "task.out").read_text()
+    assert sorted(line.split()[1] for line in out.splitlines()) == ["rank=0", "rank=1"], out
+    assert out.count("size=2") == 2
+    no_strays(dbname)
