@@ -71,7 +71,15 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
         pairs = list(taskio.read_tasks(from_file, source, fmt))
         records = [taskio.with_defaults(t, fields) for _, t in pairs]
         labels = [label for label, _ in pairs]
-    ids = ctx.client().add_tasks(records, labels=labels, progress=_progress(len(records)))
+    from .. import task_api
+
+    if task_api.inside_task():
+        # Inside a launcher's task: through the launcher, which writes them with its own
+        # connection (docs/mpi-tasks.md), not one connection per task.
+        ids = task_api.add_tasks(records)
+    else:
+        ids = ctx.client().add_tasks(records, labels=labels,
+                                     progress=_progress(len(records)))
     if as_json:
         echo_json(ids)
     elif len(ids) == 1:

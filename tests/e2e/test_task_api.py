@@ -114,3 +114,21 @@ def test_adds_from_the_leaders_node_and_a_workers(conn: Any, dbname: str, pg_pro
     kids = conn.execute("SELECT child_id, parent_id FROM task_deps ORDER BY parent_id")
     assert [(int(kid), p) for (_r, kid), p in zip(lines, parents, strict=True)] == list(kids)
     no_strays(dbname)
+
+
+def test_task_add_on_the_command_line_inside_a_task(conn: Any, dbname: str, pg_project: Any
+                                                   ) -> None:
+    cli = Path(sys.executable).parent / "balsam-mpi"
+    add_app(conn, "cli_spawner",
+            f"sh -c '{cli} task add --app child --workflow \"$BALSAM_DB_NAME\" --name kid "
+            "--param n=7 --parent \"$BALSAM_TASK_ID\" --json > added.json'")
+    add_app(conn, "child", "sh -c 'echo {n}'")
+    [parent] = add_tasks(conn, "cli_spawner")
+    before = sessions(conn, dbname)
+    finish(launcher(1))
+    [kid] = json.loads((task_dir(pg_project, parent) / "added.json").read_text())
+    assert states(conn) == {"JOB_FINISHED": 2}
+    assert conn.execute("SELECT parent_id FROM task_deps WHERE child_id = %s",
+                        (kid,)).fetchall() == [(parent,)]
+    assert sessions(conn, dbname) - before == 1  # the launcher's only: the CLI used none
+    no_strays(dbname)
