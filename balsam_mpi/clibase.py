@@ -9,6 +9,12 @@ from typing import Any
 import click
 
 from .errors import BalsamError
+from .project import ENV_VAR
+
+# Both tools name the project the same way: a flag, else $BALSAM_DB_PATH.
+project_option = click.option(
+    "--project", "project_path", metavar="PATH", envvar=ENV_VAR,
+    help=f"The project directory (default: ${ENV_VAR}).")
 
 
 class Group(click.Group):

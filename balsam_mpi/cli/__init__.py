@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import click
 
-from ..clibase import Group
-from ..project import ENV_VAR
+from ..clibase import Group, project_option
 from .context import CliContext
 
 _FAMILIES = ("apps", "tasks", "demo", "jobs", "report", "submit")
 
 
 @click.group(cls=Group)
-@click.option("--project", "project_path", metavar="PATH", envvar=ENV_VAR,
-              help=f"The project directory (default: ${ENV_VAR}).")
+@project_option
 @click.version_option(package_name="balsam_mpi")
 @click.pass_context
 def cli(ctx: click.Context, project_path: str | None) -> None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import click
 
-from ..clibase import Group, echo_json, notices
+from ..clibase import Group, echo_json, notices, project_option
 from ..errors import ProjectError
-from ..project import ENV_VAR, Project
+from ..project import Project
 from . import access, lifecycle, recover, status
 
 
@@ -29,8 +29,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 
 @click.group(cls=Group)
-@click.option("--project", "project_path", metavar="PATH", envvar=ENV_VAR,
-              help=f"The project directory (default: ${ENV_VAR}).")
+@project_option
 @click.version_option(package_name="balsam_mpi")
 @click.pass_context
 def cli(ctx: click.Context, project_path: str | None) -> None:
