@@ -28,11 +28,18 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-GROUP = "proj"
-OWNER, MEMBER, MEMBER2, VIEWER, LEAVER, OUTSIDER = (
-    "proj_owner", "proj_member", "proj_member2", "proj_viewer", "proj_leaver", "outsider")
+# BALSAM_MU_PREFIX gives a checkout its own group, accounts and venv, so two checkouts on
+# one machine can run this tier at the same time without touching each other's users.
+PREFIX = os.environ.get("BALSAM_MU_PREFIX", "proj")
+if not PREFIX.isidentifier() or not PREFIX.islower() or len(PREFIX) > 16:
+    raise RuntimeError(f"BALSAM_MU_PREFIX={PREFIX!r}: use up to 16 lower-case letters")
+GROUP = PREFIX
+OWNER, MEMBER, MEMBER2, VIEWER, LEAVER = (
+    f"{PREFIX}_owner", f"{PREFIX}_member", f"{PREFIX}_member2", f"{PREFIX}_viewer",
+    f"{PREFIX}_leaver")
+OUTSIDER = "outsider" if PREFIX == "proj" else f"{PREFIX}_outsider"
 IN_GROUP = (OWNER, MEMBER, MEMBER2, VIEWER, LEAVER)
-VENV_BASE = Path("/opt/balsam-mpi-test")
+VENV_BASE = Path("/opt/balsam-mpi-test" if PREFIX == "proj" else f"/opt/balsam-mpi-test-{PREFIX}")
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 

@@ -9,7 +9,7 @@ import json
 from balsam_mpi.dbctl import layout
 from balsam_mpi.project import Project
 
-from .conftest import MEMBER, OUTSIDER, OWNER, Runner, one_line, port_of
+from .conftest import GROUP, MEMBER, OUTSIDER, OWNER, Runner, one_line, port_of
 
 
 def test_init_as_unprivileged_owner_gives_the_modes_of_the_design(mu: Runner) -> None:
@@ -17,7 +17,7 @@ def test_init_as_unprivileged_owner_gives_the_modes_of_the_design(mu: Runner) ->
     info = json.loads((mu.project / "server-info.json").read_text())
     assert info["owner_name"] == OWNER and info["server_name"] == OWNER
     problems = layout.mode_problems(Project(mu.project), info["owner_uid"],
-                                    grp.getgrnam("proj").gr_gid)
+                                    grp.getgrnam(GROUP).gr_gid)
     assert problems == []
     status = json.loads(mu.dbctl(MEMBER, "status", "--json").stdout)
     assert status["owner"] == OWNER and status["port"] == port_of(mu) and status["running"]

@@ -7,13 +7,13 @@ import stat
 import subprocess
 from pathlib import Path
 
-from .conftest import MEMBER, OUTSIDER, OWNER, VIEWER, Runner, one_line
+from .conftest import LEAVER, MEMBER, OUTSIDER, OWNER, VIEWER, Runner, one_line
 
 
 def test_owner_first_then_activation_enrolls_over_the_socket(
         mu: Runner, enrolled: dict[str, subprocess.CompletedProcess[str]]) -> None:
     added = enrolled["add_member"].stdout.strip().splitlines()
-    assert len(added) == 1 and "authorized as a member; next, proj_member runs" in added[0]
+    assert len(added) == 1 and f"authorized as a member; next, {MEMBER} runs" in added[0]
     activation = enrolled["activate_member"]
     assert f"enrolled {MEMBER}" in activation.stderr
     assert int(activation.stdout.strip(), 8) & 0o070 == 0  # umask: the group gets rwx
@@ -38,16 +38,16 @@ def test_collaborator_first_leaves_only_a_verifier_for_the_owner(
 def test_request_file_holds_a_verifier_and_never_the_password(mu: Runner) -> None:
     assert mu.project is not None
     # A fresh request by someone not yet authorized: inspect it before the owner acts.
-    proc = mu.dbctl("proj_leaver", "request-access")
+    proc = mu.dbctl(LEAVER, "request-access")
     assert proc.returncode == 0, proc.stderr
-    path = mu.project / "access" / "proj_leaver.json"
+    path = mu.project / "access" / f"{LEAVER}.json"
     try:
         st = path.stat()
         assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_uid == mu.accounts[
-            "proj_leaver"].pw_uid
+            LEAVER].pw_uid
         body = json.loads(path.read_text())
         assert body["verifier"].startswith("SCRAM-SHA-256$4096:")
-        password = Path(mu.accounts["proj_leaver"].pw_dir, ".pgpass").read_text().split(":")[-1]
+        password = Path(mu.accounts[LEAVER].pw_dir, ".pgpass").read_text().split(":")[-1]
         assert password.strip() and password.strip() not in path.read_text()
     finally:
         path.unlink(missing_ok=True)
@@ -69,7 +69,7 @@ def test_users_and_who_may_ask(mu: Runner,
     assert rows[OWNER]["kind"] == "owner" and rows[OWNER]["state"] == "enrolled"
     assert rows[MEMBER]["kind"] == "member" and rows[MEMBER]["state"] == "enrolled"
     assert rows[VIEWER]["kind"] == "viewer" and rows[VIEWER]["state"] == "enrolled"
-    assert "only the project owner, proj_owner, can list users" in one_line(
+    assert f"only the project owner, {OWNER}, can list users" in one_line(
         mu.dbctl(MEMBER, "users"))
     assert "outsiders get nothing" in one_line(mu.dbctl(OWNER, "add-user", OUTSIDER))
     again = mu.dbctl(OWNER, "add-user", MEMBER)  # harmless to repeat

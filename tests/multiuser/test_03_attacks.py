@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import MEMBER, MEMBER2, OWNER, VIEWER, Runner, one_line, port_of
+from .conftest import LEAVER, MEMBER, MEMBER2, OWNER, VIEWER, Runner, one_line, port_of
 
 Steps = dict[str, subprocess.CompletedProcess[str]]
 
@@ -34,7 +34,7 @@ def _refused(result: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tasks(mu: Runner, enrolled: Steps) -> dict[str, int]:
-    """An app (by the owner), a task of proj_member2 and a running batch job of theirs."""
+    """An app (by the owner), a task of MEMBER2 and a running batch job of theirs."""
     _ok(mu.probe(OWNER, ["INSERT INTO apps (name, command) VALUES ('hello', 'echo') "
                          "ON CONFLICT (name) DO NOTHING"]))
     made = mu.probe(MEMBER2, [
@@ -76,12 +76,12 @@ def test_member_cannot_run_ddl_grant_themselves_or_run_programs(mu: Runner,
         "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
         "DROP TABLE task_events",
         "ALTER TABLE tasks DISABLE ROW LEVEL SECURITY",
-        "GRANT balsam_owner TO proj_member",
-        "GRANT balsam_app_admin TO proj_member",
-        "ALTER ROLE proj_member SUPERUSER",
-        "ALTER ROLE proj_member2 PASSWORD NULL",
+        f"GRANT balsam_owner TO {MEMBER}",
+        f"GRANT balsam_app_admin TO {MEMBER}",
+        f"ALTER ROLE {MEMBER} SUPERUSER",
+        f"ALTER ROLE {MEMBER2} PASSWORD NULL",
         "SET ROLE balsam_objects",
-        "SET SESSION AUTHORIZATION proj_owner",
+        f"SET SESSION AUTHORIZATION {OWNER}",
         "COPY (SELECT 1) TO PROGRAM 'touch /tmp/balsam-pwned'",
         "SELECT pg_read_file('/etc/shadow')",
         "INSERT INTO apps (name, command) VALUES ('evil', 'rm -rf ~')",
@@ -100,8 +100,8 @@ def test_member_cannot_touch_another_members_task(mu: Runner, tasks: dict[str, i
     ])
     assert [r["rowcount"] for r in result["results"][:3]] == [0, 0, 0]  # "UPDATE 0"
     assert _ok(result, 3) == [["READY", []]]  # readable, untouched
-    assert _refused(mu.probe(MEMBER2, [("UPDATE tasks SET owner = 'proj_member' WHERE id = %s",
-                                        [task])]))
+    assert _refused(mu.probe(MEMBER2, [("UPDATE tasks SET owner = %s WHERE id = %s",
+                                        [MEMBER, task])]))
     # The owner may change any task.
     assert mu.probe(OWNER, [("UPDATE tasks SET priority = 7 WHERE id = %s", [task])]
                     )["results"][0]["rowcount"] == 1
@@ -151,18 +151,18 @@ def test_viewer_reads_and_cannot_write(mu: Runner, tasks: dict[str, int]) -> Non
 
 def test_planted_or_symlinked_requests_are_refused(mu: Runner, enrolled: Steps) -> None:
     assert mu.project is not None
-    target = mu.project / "access" / "proj_leaver.json"
+    target = mu.project / "access" / f"{LEAVER}.json"
     target.unlink(missing_ok=True)
     plant = mu.bash(MEMBER2, f"umask 027; printf '%s' '{{}}' > {target}")
     assert plant.returncode == 0, plant.stderr
     try:
-        assert "belongs to uid" in one_line(mu.dbctl(OWNER, "add-user", "proj_leaver"))
+        assert "belongs to uid" in one_line(mu.dbctl(OWNER, "add-user", LEAVER))
     finally:
         target.unlink()
     link = mu.bash(MEMBER2, f"ln -s /home/{MEMBER2}/x {target}")
     assert link.returncode == 0, link.stderr
     try:
-        assert "symlink" in one_line(mu.dbctl(OWNER, "add-user", "proj_leaver"))
+        assert "symlink" in one_line(mu.dbctl(OWNER, "add-user", LEAVER))
     finally:
         target.unlink()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from .conftest import LEAVER, OWNER, Runner, one_line
+from .conftest import LEAVER, OWNER, PREFIX, Runner, one_line
 
 HOLD = """
 import sys
@@ -60,4 +60,4 @@ def test_drop_user_ends_live_sessions_and_keeps_their_tasks(
     assert kept["results"][0]["rows"] == [[LEAVER]]
     users = {u["role"] for u in json.loads(mu.dbctl(OWNER, "users", "--json").stdout)}
     assert LEAVER not in users
-    assert "has no role" in one_line(mu.dbctl(OWNER, "drop-user", "proj_nobody_x"))
+    assert "has no role" in one_line(mu.dbctl(OWNER, "drop-user", f"{PREFIX}_nobody_x"))
