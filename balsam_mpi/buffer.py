@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import results
 from .errors import BalsamError, ServerError
 from .protocol import EndKind, Finished, Started
 from .store import Lease, Store
@@ -104,6 +105,9 @@ class ReportBuffer:
 
     def write(self, store: Store, batch: Batch) -> dict[str, int]:
         """The database call (runs on the database thread)."""
+        if results.carried(batch.finished):  # Python tasks' return values, same transaction
+            return results.report_with_results(store, self.lease, batch.started,
+                                               batch.finished)
         return store.report(self.lease, batch.started, batch.finished)
 
     def written(self, batch: Batch, counts: dict[str, int]) -> None:

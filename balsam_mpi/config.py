@@ -46,6 +46,9 @@ class Settings:
     leader_poll_cap_s: float = 0.01  # the same for the leader
     die_with_parent: bool = True  # tasks get a parent-death signal
     null_runner: bool = False  # benchmarks: tasks "finish" at once, no process
+    # Python tasks' warm interpreters (pypool.py, docs/python-tasks.md).
+    python_max_calls: int = 1000  # replace an interpreter after this many calls (0: never)
+    python_memory_mb: float = 0.0  # per interpreter; 0 = the task's share of the node's RAM
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -117,7 +120,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
 
 def _check(s: Settings) -> None:
     for name in ("idle_timeout_s", "max_tasks", "gpus_per_node", "time_limit_min",
-                 "claim_margin"):
+                 "claim_margin", "python_max_calls", "python_memory_mb"):
         if getattr(s, name) < 0:
             raise UsageError(f"{name} must not be negative, got {getattr(s, name)}")
     for name in ("heartbeat_s", "lease_s", "expire_check_s", "flush_interval_s",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Tag(IntEnum):
@@ -74,6 +74,10 @@ class TaskSpec(NamedTuple):
     postprocess: str = ""
     post_on_error: bool = False
     post_on_timeout: bool = False
+    # A Python task (docs/python-tasks.md): ("package.module:function", the keyword
+    # arguments as JSON text), called in one of the node's warm interpreters (pypool);
+    # empty for a process task. Only the app's import path and JSON travel, never code.
+    python: tuple[str, ...] = ()
 
 
 class Started(NamedTuple):
@@ -90,6 +94,7 @@ class Finished(NamedTuple):
     started_at: float
     ended_at: float
     tail: str = ""
+    result: str | None = None  # a Python task's return value as JSON text (DONE only)
 
 
 @dataclass(frozen=True, slots=True)

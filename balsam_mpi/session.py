@@ -25,6 +25,7 @@ from .lease import log_expired
 from .node import Node, NullNode
 from .project import Project
 from .protocol import ErrorMsg
+from .pypool import PoolConfig
 from .store import ClaimFilter, Store
 from .worker import Worker
 
@@ -43,9 +44,11 @@ def log_usage(node: Node) -> None:
 def make_node(settings: Settings, project: Project | None) -> Node:
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
-    return cls(db_path=db_path, gpus=settings.gpus_per_node,
+    node = cls(db_path=db_path, gpus=settings.gpus_per_node,
                die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s,
                signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s)
+    node.python = PoolConfig.from_settings(settings)  # Python tasks' interpreters
+    return node
 
 
 def launcher_deadline(settings: Settings, started: float) -> float | None:

@@ -74,13 +74,15 @@ class SpecBuilder:
 
     def build(self, row: Claimed) -> TaskSpec:
         """Raises TaskSpecError / ValueError when the command cannot be rendered."""
+        pp = self.apps.get(row.app)
+        if pp.python:
+            return self._python(row, pp.python)
         params = _json(row.params)
         env_map = _json(row.env)
         argv = render(row.command, params, list(row.args), row.shell)
         env = tuple((str(k), v if isinstance(v, str) else str(v)) for k, v in env_map.items())
         # A multi-rank task is its own MPI job on whole nodes (DESIGN.md §5).
         multi = needs_prefix(row.num_nodes, row.ranks_per_node)
-        pp = self.apps.get(row.app)
         return TaskSpec(
             row.id, self.epoch, argv, self.cwd(row.workflow, row.id, row.name), env,
             NODE_CAPACITY if multi else need_of(row.node_packing_count),
@@ -90,6 +92,20 @@ class SpecBuilder:
             # The preprocess runs once, before the first run: not on a retry.
             pp.preprocess if row.state == "READY" else "", pp.postprocess,
             pp.on_error, pp.on_timeout)
+
+
+    def _python(self, row: Claimed, path: str) -> TaskSpec:
+        """A call in one of the node's warm interpreters: the app's import path and the
+        task's params as keyword arguments, passed on as the JSON text the claim read."""
+        if needs_prefix(row.num_nodes, row.ranks_per_node):
+            raise ValueError("a Python task runs in one interpreter: num_nodes and "
+                             "ranks_per_node must be 1")
+        env_map = _json(row.env)
+        env = tuple((str(k), v if isinstance(v, str) else str(v)) for k, v in env_map.items())
+        return TaskSpec(
+            row.id, self.epoch, (), self.cwd(row.workflow, row.id, row.name), env,
+            need_of(row.node_packing_count), float(row.wall_time_min) * 60.0,
+            row.threads_per_rank, row.gpus_per_rank, python=(path, row.params or "{}"))
 
 
 def _json(value: Any) -> dict[str, Any]:

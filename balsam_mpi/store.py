@@ -152,7 +152,7 @@ class Store:
         ends = [f for f in finished if f.kind != EndKind.KILLED]  # already USER_KILLED
         # Transposed with zip (in C): one pass per column instead of a Python loop each.
         s_ids, _s_epochs, s_at = zip(*started, strict=True) if started else ((), (), ())
-        f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail = (
+        f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail, *_results = (
             zip(*ends, strict=True) if ends else ((),) * 7)
         rows = self._rows("launcher_report", {
             "job": lease.job_id, "epoch": lease.epoch,

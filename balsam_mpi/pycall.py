@@ -1,0 +1,278 @@
+"""A warm interpreter: ``python -m balsam_mpi.pycall FD PARENT_PID DIE_WITH_PARENT``.
+
+A node's pool (``pypool``) starts this program fresh — ``posix_spawn`` and exec, never a
+fork of an MPI rank, so no MPI state is inherited — with one end of a socket pair as FD.
+It then takes calls one at a time and answers each:
+
+    call    node → here: a frame (the function, the task's directory and environment,
+            the memory caps, and the keyword arguments)
+    answer  here → node: a frame (exit code, whether to replace this interpreter, and
+            the return value)
+
+A frame is a 4-byte big-endian length and that many bytes: a JSON header, a NUL, and a
+JSON document (the keyword arguments; the return value, or nothing for None). JSON text
+never holds a raw NUL, so the split is unambiguous.
+
+A call: make and enter the task's directory (as for a process task: ``runner.make_dir``),
+point fd 1 and 2 at its task.out and task.err (opened without following a symlink planted
+at either name), add the task's environment, cap the address space, import the module
+(once per interpreter) and call the function. Doing the file work here, not in the node,
+keeps it off the node's loop: many interpreters make their directories side by side. The return value goes back as JSON, within
+``limits.RESULT_MAX_BYTES``; an exception's traceback goes to task.err, as a script's
+would, and the answer says exit code 1. Then everything is put back — directory,
+descriptors, environment, ``sys.stdout``/``sys.stderr``, SIGTERM/SIGINT, the cap — for
+the next call. What a warm interpreter cannot undo is the point of one: imported modules
+stay, and so does whatever a function leaves in them or in threads it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .limits import RESULT_MAX_BYTES
+from .pyapps import PATH
+
+LENGTH = struct.Struct("!I")
+MAX_FRAME = 64 << 20  # the pool never sends more (params are capped far below)
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+PR_SET_PDEATHSIG = 1
+
+_functions: dict[str, Any] = {}
+
+
+def resolve(path: str) -> Any:
+    """The function an import path names; the module is imported once per interpreter."""
+    fn = _functions.get(path)
+    if fn is None:
+        if not PATH.fullmatch(path):  # the database and the client check it too
+            raise ValueError(f"{path!r} is not an import path (package.module:function)")
+        module, _, attr = path.partition(":")
+        fn = importlib.import_module(module)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        if not callable(fn):
+            raise TypeError(f"{path} is not callable")
+        _functions[path] = fn
+    return fn
+
+
+def encode_frame(header: dict[str, Any], doc: bytes = b"") -> bytes:
+    body = json.dumps(header).encode() + b"\0" + doc
+    return LENGTH.pack(len(body)) + body
+
+
+def split_frame(body: bytes) -> tuple[dict[str, Any], bytes]:
+    head, sep, doc = body.partition(b"\0")
+    if not sep:
+        raise ValueError("a frame without its separator")
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("a frame whose header is not an object")
+    return header, doc
+
+
+def _recv_call(sock: socket.socket) -> bytes | None:
+    """The next call; None when the node has closed its end."""
+    buf = bytearray()
+    while len(buf) < LENGTH.size:
+        more = sock.recv(1 << 16)
+        if not more:
+            return None
+        buf += more
+    (n,) = LENGTH.unpack_from(buf)
+    if n > MAX_FRAME:
+        raise ValueError(f"a call of {n} bytes")
+    while len(buf) < LENGTH.size + n:
+        more = sock.recv(min(1 << 20, LENGTH.size + n - len(buf)))
+        if not more:
+            return None
+        buf += more
+    return bytes(buf[LENGTH.size:])
+
+
+def _enter(cwd: str) -> None:
+    """Make and enter the task's directory; fd 1 and 2 to its task.out / task.err."""
+    from . import runner  # the same directory rules as a process task
+
+    runner.make_dir(Path(cwd))
+    dir_fd = os.open(cwd, _DIR_FLAGS)
+    try:
+        os.fchdir(dir_fd)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for target, name in ((1, runner.STDOUT_NAME), (2, runner.STDERR_NAME)):
+            fd = os.open(name, _OUT_FLAGS, 0o660, dir_fd=dir_fd)
+            os.dup2(fd, target)
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+class _Saved:
+    """What a call may change and the interpreter puts back afterwards."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        self.rlimit = resource.getrlimit(resource.RLIMIT_AS)
+
+    def restore(self, out_fd: int, err_fd: int) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, self.rlimit)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.chdir("/")  # hold no task's directory between calls
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if os.environ != self.environ:
+            for key in [k for k in os.environ if k not in self.environ]:
+                del os.environ[key]
+            for key, value in self.environ.items():
+                if os.environ.get(key) != value:
+                    os.environ[key] = value
+
+
+def _memory() -> tuple[int, int]:
+    """(address space, resident set) of this process, in bytes."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            size, rss = fh.read().split()[:2]
+    except (OSError, ValueError):
+        return 0, 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(size) * page, int(rss) * page
+
+
+def _say(text: str) -> None:
+    """A line in task.err, after whatever the function wrote there."""
+    with contextlib.suppress(Exception):
+        sys.__stderr__.write(f"balsam_mpi: {text}\n")  # type: ignore[union-attr]
+        sys.__stderr__.flush()  # type: ignore[union-attr]
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """What ``sys.exit(x)`` would have made the exit status of a script."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    _say(str(exc.code))
+    return 1
+
+
+def run_call(header: dict[str, Any], doc: bytes,
+             between: tuple[int, int]) -> tuple[dict[str, Any], bytes]:
+    """One call, start to end; returns the answer (header, result document)."""
+    saved = _Saved()
+    rc, result, recycle = 1, b"", False
+    try:
+        _enter(str(header["cwd"]))
+    except OSError as exc:
+        saved.restore(*between)
+        # As the trampoline of a process task says it (pdeath.py): 126, unusable directory.
+        _say(f"task {header.get('id')}: cannot use its directory {header.get('cwd')}: {exc}")
+        return {"rc": 126, "recycle": False, "error": str(exc)}, b""
+    try:
+        os.environ.update({str(k): str(v) for k, v in dict(header.get("env", {})).items()})
+        cap = int(header.get("as_cap", 0))
+        if cap > 0:
+            hard = saved.rlimit[1]
+            soft = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        fn = resolve(str(header["fn"]))
+        kwargs = json.loads(doc) if doc else {}
+        value = fn(**kwargs)
+        if value is not None:
+            try:
+                text = json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"the return value is not JSON: {exc}") from None
+            result = text.encode("utf-8", "surrogatepass")
+            if len(result) > RESULT_MAX_BYTES:
+                size, result = len(result), b""
+                raise ValueError(f"the return value is {size} bytes of JSON; a result may "
+                                 f"have at most {RESULT_MAX_BYTES} "
+                                 "(limits.RESULT_MAX_BYTES): return less, or write it to "
+                                 "a file in the task's directory")
+        rc = 0
+    except SystemExit as exc:
+        rc, result = _exit_code(exc), b""
+    except BaseException as exc:  # the task's failure, never the interpreter's
+        result = b""
+        recycle = isinstance(exc, MemoryError)
+        with contextlib.suppress(Exception):
+            traceback.print_exc(file=sys.__stderr__)
+    finally:
+        saved.restore(*between)
+    size, rss = _memory()
+    rss_cap = int(header.get("rss_cap", 0))
+    cap = int(header.get("as_cap", 0))
+    if (rss_cap and rss > rss_cap) or (cap and size > cap):
+        recycle = True  # over the cap after the call: the next call gets a fresh one
+    return {"rc": rc, "recycle": recycle, "rss": rss}, result
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL when the node's rank dies (as its process tasks get, pdeath.py)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the rank died before prctl took effect
+        os._exit(137)
+
+
+def _setup(parent: int, die_with_parent: bool) -> None:
+    if die_with_parent:
+        _die_with(parent)
+    # Should memory run out, the kernel's OOM killer takes an interpreter, not its rank.
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")
+    # Imports resolve as at start-up whatever directory a call runs in: a relative entry
+    # would otherwise search each task's (group-writable) directory.
+    sys.path[:] = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m balsam_mpi.pycall FD PARENT_PID DIE_WITH_PARENT (0|1); "
+              "started by the launcher's nodes only", file=sys.stderr)
+        return 2
+    fd, parent, die = int(argv[0]), int(argv[1]), argv[2] == "1"
+    _setup(parent, die)
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    # A child the function forks must not hold the node's socket: the node notices this
+    # interpreter's death by the socket closing.
+    os.register_at_fork(after_in_child=lambda: os.close(sock.detach()))
+    between = (os.dup(1), os.dup(2))
+    while True:
+        got = _recv_call(sock)
+        if got is None:
+            return 0  # the node closed its end: retired, or the node is gone
+        header, doc = split_frame(got)
+        answer, result = run_call(header, doc, between)
+        sock.sendall(encode_frame(answer, result))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
