@@ -11,15 +11,13 @@ is called in a warm interpreter (``pypool``), with no process of its own around 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import limits, taskspec
+from .pycall import PATH
 from .taskspec import TaskSpecError
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
 # App fields that only make sense around a process (the database refuses them too).
 NOT_FOR_PYTHON = ("shell", "env_script", "preprocess", "postprocess",
                   "postprocess_on_error", "postprocess_on_timeout")

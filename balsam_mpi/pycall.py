@@ -13,11 +13,12 @@ A frame is a 4-byte big-endian length and that many bytes: a JSON header, a NUL,
 JSON document (the keyword arguments; the return value, or nothing for None). JSON text
 never holds a raw NUL, so the split is unambiguous.
 
-A call: make and enter the task's directory (as for a process task: ``runner.make_dir``),
-point fd 1 and 2 at its task.out and task.err (opened without following a symlink planted
-at either name), add the task's environment, cap the address space, import the module
-(once per interpreter) and call the function. Doing the file work here, not in the node,
-keeps it off the node's loop: many interpreters make their directories side by side. The return value goes back as JSON, within
+A call: enter the task's directory (which the node made, as for a process task), point
+fd 1 and 2 at its task.out and task.err (created here, inside that directory, without
+following a symlink planted at either name: many interpreters creating files in their own
+directories do not contend, as they did creating directories side by side in one shard),
+add the task's environment, cap the address space, import the module (once per
+interpreter) and call the function. The return value goes back as JSON, within
 ``limits.RESULT_MAX_BYTES``; an exception's traceback goes to task.err, as a script's
 would, and the answer says exit code 1. Then everything is put back — directory,
 descriptors, environment, ``sys.stdout``/``sys.stderr``, SIGTERM/SIGINT, the cap — for
@@ -31,20 +32,27 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import resource
 import signal
 import socket
 import struct
 import sys
-import traceback
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .limits import RESULT_MAX_BYTES
-from .pyapps import PATH
+
+if TYPE_CHECKING:
+    from typing import Any
+
+# An interpreter imports only what it needs before its first call (each node starts one
+# per slot): the shape of an import path is defined here, and pyapps uses it from here.
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
 
 LENGTH = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # the pool never sends more (params are capped far below)
+STDOUT_NAME, STDERR_NAME = "task.out", "task.err"  # as runner's (tests check they agree)
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 PR_SET_PDEATHSIG = 1
@@ -103,16 +111,13 @@ def _recv_call(sock: socket.socket) -> bytes | None:
 
 
 def _enter(cwd: str) -> None:
-    """Make and enter the task's directory; fd 1 and 2 to its task.out / task.err."""
-    from . import runner  # the same directory rules as a process task
-
-    runner.make_dir(Path(cwd))
+    """Enter the task's directory; fd 1 and 2 to its task.out / task.err."""
     dir_fd = os.open(cwd, _DIR_FLAGS)
     try:
         os.fchdir(dir_fd)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        for target, name in ((1, runner.STDOUT_NAME), (2, runner.STDERR_NAME)):
+        for target, name in ((1, STDOUT_NAME), (2, STDERR_NAME)):
             fd = os.open(name, _OUT_FLAGS, 0o660, dir_fd=dir_fd)
             os.dup2(fd, target)
             os.close(fd)
@@ -124,7 +129,9 @@ class _Saved:
     """What a call may change and the interpreter puts back afterwards."""
 
     def __init__(self) -> None:
-        self.environ = dict(os.environ)
+        # os.environ's own store (bytes): copied and compared at C speed; going through
+        # the Mapping decodes every entry and cost more than all the rest of a call.
+        self.environ: dict[bytes, bytes] = dict(os.environ._data)  # type: ignore[attr-defined]
         self.stdout, self.stderr = sys.stdout, sys.stderr
         self.rlimit = resource.getrlimit(resource.RLIMIT_AS)
 
@@ -141,23 +148,30 @@ class _Saved:
         os.chdir("/")  # hold no task's directory between calls
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if os.environ != self.environ:
-            for key in [k for k in os.environ if k not in self.environ]:
-                del os.environ[key]
+        now: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+        if now != self.environ:
+            for key in [k for k in now if k not in self.environ]:
+                del os.environ[os.fsdecode(key)]
             for key, value in self.environ.items():
-                if os.environ.get(key) != value:
-                    os.environ[key] = value
+                if now.get(key) != value:
+                    os.environ[os.fsdecode(key)] = os.fsdecode(value)
 
 
-def _memory() -> tuple[int, int]:
-    """(address space, resident set) of this process, in bytes."""
+def _resident() -> int:
+    """This process's resident set now, in bytes."""
     try:
         with open("/proc/self/statm", "rb") as fh:
-            size, rss = fh.read().split()[:2]
-    except (OSError, ValueError):
-        return 0, 0
-    page = os.sysconf("SC_PAGE_SIZE")
-    return int(size) * page, int(rss) * page
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _over(cap: int) -> bool:
+    """Whether the resident set is over ``cap``: the peak (one syscall) rules it out in
+    the usual case; only a peak over the cap makes it read the current size."""
+    if not cap or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 <= cap:
+        return False
+    return _resident() > cap
 
 
 def _say(text: str) -> None:
@@ -218,15 +232,16 @@ def run_call(header: dict[str, Any], doc: bytes,
         result = b""
         recycle = isinstance(exc, MemoryError)
         with contextlib.suppress(Exception):
+            import traceback
+
             traceback.print_exc(file=sys.__stderr__)
     finally:
         saved.restore(*between)
-    size, rss = _memory()
-    rss_cap = int(header.get("rss_cap", 0))
-    cap = int(header.get("as_cap", 0))
-    if (rss_cap and rss > rss_cap) or (cap and size > cap):
-        recycle = True  # over the cap after the call: the next call gets a fresh one
-    return {"rc": rc, "recycle": recycle, "rss": rss}, result
+    # Over the cap after the call (what it allocated stays with the interpreter): the
+    # next call gets a fresh one. The address space cannot pass the cap during a call.
+    if _over(int(header.get("rss_cap", 0))):
+        recycle = True
+    return {"rc": rc, "recycle": recycle}, result
 
 
 def _die_with(parent: int) -> None:

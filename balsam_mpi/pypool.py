@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import gpus, runner
@@ -151,6 +152,14 @@ class PyPool:
         key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
         frame = encode_frame({"fn": path, "cwd": spec.cwd, "env": extra, "as_cap": as_cap,
                               "rss_cap": cap, "id": spec.id}, kwargs.encode())
+        try:
+            # The directory is made here, one task after another as for a process task
+            # (runner's rules): many interpreters creating entries in one shard
+            # directory at once spent milliseconds each on its lock.
+            runner.make_dir(Path(spec.cwd))
+        except OSError as exc:
+            raise runner.StartError(f"cannot make the task's directory {spec.cwd}: {exc}"
+                                    ) from None
         try:
             interp = self._take(key, spawn_env)
             try:

@@ -94,3 +94,11 @@ def setenv(value: str) -> str | None:
     os.chdir("/tmp")
     sys.stdout = open(os.devnull, "w")  # the interpreter restores it after the call
     return before
+
+
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def missing_module() -> None:
+    import no_such_module_anywhere  # type: ignore[import-not-found]  # noqa: F401
