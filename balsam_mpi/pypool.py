@@ -10,7 +10,8 @@ and whenever it was signalled or died. A call looks like a task process to the n
 kill, a wall-time overrun or the end of the job signals the interpreter's process group
 as it would a task's; its ``pidfd`` is an fd that becomes readable when the answer
 arrives *or* the interpreter dies (an epoll of the interpreter's socket and pidfd), which
-the node watches in its own epoll like a task's pidfd.
+the node watches in its own epoll like a task's pidfd. The node makes the task's
+directory (as for a process task); the interpreter creates task.out and task.err in it.
 
 Nothing a call does can take the node down: a raise is an answer (exit code 1, the
 traceback in task.err), and ``os._exit``, a crash, the OOM killer (interpreters volunteer
