@@ -3,9 +3,11 @@ the same run's exec no-ops and bare spawn ceiling.
 
 1. Throughput, 4 ranks, node_packing_count 16: N Python no-ops (return None: no result
    to write), N Python calls returning a small dict (results written with the reports),
-   N exec no-ops (`/bin/true`), in alternating rounds, with the bare sequential spawn
-   rate (the issue's ceiling) measured before and after. Ratios: Python ÷ spawn ceiling
-   (target ≥ 5) and Python ÷ exec no-ops.
+   N exec no-ops (`/bin/true`) and N tasks of the null runner (no process at all: the
+   launcher's and the database's own ceiling), in alternating rounds, with the bare
+   sequential spawn rate (the issue's ceiling) measured before and after. Ratios:
+   Python ÷ spawn ceiling (target ≥ 5), ÷ exec no-ops, ÷ null runner; over the whole
+   run and in the steady state (the middle half of the ends: every interpreter started).
 2. Utilization, 4 nodes × 16: Python calls sleeping 0.1 s and 0.01 s (target for 0.1 s:
    ≥ 0.97), `balsam-mpi report`'s definition and first start → last end.
 3. End → `wait` returns: one task at a time on a launcher that stays up, the time from
@@ -51,31 +53,51 @@ def add_python(conn: Any, n: int, fn: str, *, indexed: bool = False,
     return [r[0] for r in rows]
 
 
+def steady_rate(conn: Any) -> float:
+    """Tasks/s over the middle half of the ends (the 25th to the 75th percentile): the
+    rate once every interpreter has started, without the ramp or the tail."""
+    ends = sorted(e for _s, e in task_times(conn))
+    if len(ends) < 8:
+        return float("nan")
+    lo, hi = len(ends) // 4, (3 * len(ends)) // 4
+    return (hi - lo) / (ends[hi] - ends[lo]) if ends[hi] > ends[lo] else float("nan")
+
+
+KINDS = ("null_runner", "exec_noop", "python_noop", "python_result")
+
+
 def _throughput(proj: Project, conn: Any, quick: bool) -> dict[str, Any]:
-    n, rounds, n_spawn = (2000, 2, 1000) if quick else (4000, 3, 3000)
+    n, rounds, n_spawn = (6000, 2, 1000) if quick else (20000, 3, 3000)
     spawn_before = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
-    kinds: dict[str, list[dict[str, Any]]] = {"python_noop": [], "python_result": [],
-                                             "exec_noop": []}
+    kinds: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
     for _ in range(rounds):
-        for kind in kinds:
+        for kind in KINDS:
             lc.reset(conn)
-            if kind == "exec_noop":
+            args: tuple[str, ...] = ()
+            if kind in ("exec_noop", "null_runner"):
                 lc.add_tasks(conn, n, "/bin/true", PACKING)
+                args = ("--null-runner",) if kind == "null_runner" else ()
             else:
                 add_python(conn, n, "noop" if kind == "python_noop" else "small",
                            indexed=kind == "python_result")
-            kinds[kind].append(one_run(proj, conn, NODES, env=ENV))
+            run = one_run(proj, conn, NODES, *args, env=ENV)
+            run["steady_rate_per_s"] = steady_rate(conn)
+            kinds[kind].append(run)
     spawn_after = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
     spawn = (spawn_before + spawn_after) / 2
-    med = {k: statistics.median(r["rate_per_s"] for r in runs) for k, runs in kinds.items()}
+
+    def med(key: str) -> dict[str, float]:
+        return {k: statistics.median(r[key] for r in runs) for k, runs in kinds.items()}
+
+    rate, steady = med("rate_per_s"), med("steady_rate_per_s")
     return {"tasks": n, "rounds": rounds, "spawn_ceiling_per_s": {
         "before": spawn_before, "after": spawn_after, "used": spawn},
-        "rate_per_s": med,
-        "leader_cpu_us_per_task": {k: statistics.median(r["leader_cpu_us_per_task"]
-                                                        for r in runs)
-                                   for k, runs in kinds.items()},
-        "ratio_to_spawn": {k: v / spawn for k, v in med.items()},
-        "ratio_to_exec": {k: v / med["exec_noop"] for k, v in med.items()},
+        "rate_per_s": rate, "steady_rate_per_s": steady,
+        "leader_cpu_us_per_task": med("leader_cpu_us_per_task"),
+        "ratio_to_spawn": {k: v / spawn for k, v in rate.items()},
+        "steady_ratio_to_spawn": {k: v / spawn for k, v in steady.items()},
+        "ratio_to_exec": {k: v / rate["exec_noop"] for k, v in rate.items()},
+        "ratio_to_null_runner": {k: v / rate["null_runner"] for k, v in rate.items()},
         "runs": kinds}
 
 
@@ -145,17 +167,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
               "functions": "benchmarks/pyfuncs.py", "exec": "/bin/true"}
     path = write_result(out, "python", params,
                         {"throughput": thr, "utilization": util, "wait": lat})
-    r, s = thr["rate_per_s"], thr["ratio_to_spawn"]
+    r, s, st = thr["rate_per_s"], thr["ratio_to_spawn"], thr["steady_ratio_to_spawn"]
     summary: dict[str, Any] = {
-        "spawn ceiling /s": round(thr["spawn_ceiling_per_s"]["used"]),
-        "python no-op (4 ranks)": f"{r['python_noop']:.0f} tasks/s = "
-        f"{s['python_noop']:.2f} x spawn (target >= 5), "
-        f"{thr['ratio_to_exec']['python_noop']:.2f} x exec no-ops",
-        "python with result": f"{r['python_result']:.0f} tasks/s = "
-        f"{s['python_result']:.2f} x spawn, {thr['ratio_to_exec']['python_result']:.2f}"
-        " x exec no-ops",
-        "exec no-op": f"{r['exec_noop']:.0f} tasks/s = {s['exec_noop']:.2f} x spawn",
-    }
+        "spawn ceiling /s": round(thr["spawn_ceiling_per_s"]["used"])}
+    for kind in KINDS:
+        summary[f"{kind} ({NODES} ranks, {thr['tasks']} tasks)"] = (
+            f"{r[kind]:.0f}/s = {s[kind]:.2f} x spawn, steady state {st[kind]:.2f} x spawn;"
+            f" {thr['ratio_to_exec'][kind]:.2f} x exec, "
+            f"{thr['ratio_to_null_runner'][kind]:.2f} x null runner")
     for key, res in util.items():
         m = res["median"]
         summary[f"utilization {key} s python, {NODES}x{PACKING}"] = (

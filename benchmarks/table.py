@@ -153,11 +153,14 @@ def _python(doc: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     names = {"python_noop": "Python no-op (returns None)",
              "python_result": "Python call returning a small dict",
-             "exec_noop": "exec no-op (/bin/true)"}
+             "exec_noop": "exec no-op (/bin/true)",
+             "null_runner": "null runner (no process)"}
     for key, label in names.items():
-        rows.append((f"{label}, 4 ranks × 16, {thr['tasks']} tasks",
-                     f"{thr['rate_per_s'][key]:,.0f} tasks/s",
-                     f"{thr['ratio_to_spawn'][key]:.2f} × spawn; "
+        rows.append((f"{label}, 4 ranks × 16, {thr['tasks']} tasks (steady state)",
+                     f"{thr['rate_per_s'][key]:,.0f} tasks/s "
+                     f"({thr['steady_rate_per_s'][key]:,.0f})",
+                     f"{thr['ratio_to_spawn'][key]:.2f} × spawn "
+                     f"({thr['steady_ratio_to_spawn'][key]:.2f}); "
                      f"{thr['ratio_to_exec'][key]:.2f} × exec",
                      _spread([x["rate_per_s"] for x in thr["runs"][key]])))
     for d, res in util.items():
