@@ -49,6 +49,7 @@ class Settings:
     # Python tasks' warm interpreters (pypool.py, docs/python-tasks.md).
     python_max_calls: int = 1000  # replace an interpreter after this many calls (0: never)
     python_memory_mb: float = 0.0  # per interpreter; 0 = the task's share of the node's RAM
+    python_address_cap: bool = True  # enforce it as RLIMIT_AS during calls (not GPU tasks)
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

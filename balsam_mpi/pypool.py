@@ -22,7 +22,8 @@ next call.
 Memory: each interpreter gets a cap, ``python_memory_mb`` or by default the task's share
 of the node's memory (``1 / node_packing_count`` of it). It is the address-space limit
 (``RLIMIT_AS``) during the call — a call that exhausts it gets ``MemoryError`` — except for
-tasks holding GPUs, whose runtimes reserve far more address space than they use; for all,
+tasks holding GPUs, whose runtimes reserve far more address space than they use, and when
+``python_address_cap`` is off (some CPU frameworks reserve large ranges too); for all,
 the resident size is checked after each call and an interpreter over the cap is replaced.
 """
 
@@ -62,12 +63,14 @@ Key = tuple[tuple[tuple[str, str], ...], int, int]
 class PoolConfig:
     max_calls: int = 1000  # 0: never replace for age
     memory_mb: float = 0.0  # 0: the task's share of the node's memory
+    address_cap: bool = True  # the cap is also RLIMIT_AS during a call (not GPU tasks)
     die_with_parent: bool = True
     python: str = sys.executable
 
     @classmethod
     def from_settings(cls, settings: Any) -> PoolConfig:
         return cls(max_calls=settings.python_max_calls, memory_mb=settings.python_memory_mb,
+                   address_cap=settings.python_address_cap,
                    die_with_parent=settings.die_with_parent)
 
 
@@ -149,7 +152,7 @@ class PyPool:
         spawn_env = {k: extra.pop(k) for k in SPAWN_KEYS if k in extra}
         cap = (int(self.config.memory_mb * 2**20) if self.config.memory_mb > 0
                else int(min(1.0, spec.need) * self.mem_total))
-        as_cap = 0 if spec.gpus > 0 else cap
+        as_cap = cap if self.config.address_cap and spec.gpus == 0 else 0
         key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
         frame = encode_frame({"fn": path, "cwd": spec.cwd, "env": extra, "as_cap": as_cap,
                               "rss_cap": cap, "id": spec.id}, kwargs.encode())

@@ -102,3 +102,21 @@ def getenv(name: str) -> str | None:
 
 def missing_module() -> None:
     import no_such_module_anywhere  # type: ignore[import-not-found]  # noqa: F401
+
+
+def reserve(mb: int) -> int:
+    """Reserve address space without touching it (as some frameworks do at import)."""
+    import mmap
+
+    m = mmap.mmap(-1, mb << 20)
+    size = len(m)
+    m.close()
+    return size
+
+
+def spawn_child(a: int) -> list[int]:
+    """Add a task (a child of this one) through the launcher, as a process task would."""
+    from balsam_mpi import task_api
+
+    return task_api.add_tasks([{"app": "add", "workflow": "py", "params": {"a": a, "b": 1},
+                                "parents": [task_api.task_id()]}])

@@ -16,6 +16,7 @@ import pytest
 from balsam_mpi import Client
 
 from .test_launcher import finish, launcher, no_strays
+from .test_lifecycle import kill_launcher_tree
 
 pytestmark = pytest.mark.timeout(240)
 REPO = str(Path(__file__).resolve().parents[2])
@@ -26,7 +27,7 @@ def client(dbname: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("PYTHONPATH", REPO)  # the interpreters import tests.pyfuncs
     with Client() as c:
         for name in ("add", "count", "boom", "forever", "hog", "exit_now", "kill_self",
-                     "sleep"):
+                     "sleep", "spawn_child"):
             c.add_app(name, python=f"tests.pyfuncs:{name}")
         yield c
 
@@ -129,7 +130,7 @@ def _interpreters_and_ranks(dbname: str) -> tuple[list[int], list[int]]:
 def test_the_end_of_the_job_cuts_calls_and_spends_no_retry(
         client: Client, conn: Any, dbname: str, interpreters_first: bool) -> None:
     client.add_tasks([_task("sleep", params={"s": 60}, node_packing_count=4)
-                      for _ in range(12)])
+                      for _ in range(20)])
     proc = launcher(2, "--idle-timeout", "30")
     deadline = time.monotonic() + 60
     while conn.execute("SELECT count(*) FROM tasks WHERE state = 'RUNNING'").fetchone()[0] < 8:
@@ -154,3 +155,28 @@ def test_the_end_of_the_job_cuts_calls_and_spends_no_retry(
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
     assert job == ("FINISHED", "SIGTERM")
     no_strays(dbname)
+
+
+def test_a_call_adds_tasks_through_its_launcher(client: Client, conn: Any) -> None:
+    parents = client.add_tasks([_task("spawn_child", params={"a": i}) for i in range(3)])
+    proc = launcher(2)
+    done = client.wait(parents, timeout=120)
+    children = [o.result[0] for o in done]
+    assert [client.result(c, timeout=120) for c in children] == [1, 2, 3]
+    finish(proc)
+    assert client.get(children[0])["parents"] == [parents[0]]
+
+
+def test_kill_9_of_the_launcher_takes_its_interpreters_with_it(
+        client: Client, conn: Any, dbname: str) -> None:
+    # More than the 8 slots: a node may hold a few queued (docs/launcher.md, "Not yet").
+    client.add_tasks([_task("forever", node_packing_count=4) for _ in range(20)])
+    proc = launcher(2, "--idle-timeout", "30")
+    deadline = time.monotonic() + 60
+    while conn.execute("SELECT count(*) FROM tasks WHERE state = 'RUNNING'").fetchone()[0] < 8:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    assert len(_interpreters_and_ranks(dbname)[1]) == 8
+    kill_launcher_tree(proc.pid)  # mpiexec, its proxy and the ranks; not the interpreters
+    proc.communicate(timeout=30)
+    no_strays(dbname)  # they died with their ranks (parent-death signal)

@@ -243,3 +243,31 @@ def test_the_interpreter_names_the_output_files_as_the_runner_does() -> None:
 
     assert (pycall.STDOUT_NAME, pycall.STDERR_NAME) == (runner.STDOUT_NAME,
                                                         runner.STDERR_NAME)
+
+
+def test_the_address_cap_can_be_left_to_the_resident_check(node: Node,
+                                                           tmp_path: Path) -> None:
+    big = 600 << 20  # over the fixture's 300 MB cap, never touched
+    out = run(node, call(tmp_path, 1, "reserve", mb=600))
+    assert "MemoryError" in failed(out[1]) or "Cannot allocate" in failed(out[1])
+    loose = Node(environ=ENV)
+    loose.python = pypool.PoolConfig(memory_mb=300, address_cap=False)
+    try:
+        assert ok(run(loose, call(tmp_path, 2, "reserve", mb=600))[2]) == big
+    finally:
+        loose.close()
+    gpu = Node(environ={**ENV, "BALSAM_GPU_VENDOR": "nvidia"}, gpus=1)
+    gpu.python = pypool.PoolConfig(memory_mb=300)
+    try:  # a GPU task's runtime reserves address space: no RLIMIT_AS for it
+        assert ok(run(gpu, call(tmp_path, 3, "reserve", mb=600, gpus=1))[3]) == big
+    finally:
+        gpu.close()
+
+
+def test_a_symlink_planted_as_the_task_directory_is_not_entered(
+        node: Node, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "t1").symlink_to(elsewhere)
+    assert run(node, call(tmp_path, 1, "say", text="x"))[1].rc == 126
+    assert list(elsewhere.iterdir()) == []
