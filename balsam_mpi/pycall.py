@@ -244,7 +244,7 @@ def run_call(header: dict[str, Any], doc: bytes,
     return {"rc": rc, "recycle": recycle}, result
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """SIGKILL when the node's rank dies (as its process tasks get, pdeath.py)."""
     import ctypes
 
@@ -254,9 +254,9 @@ def _die_with(parent: int) -> None:
         os._exit(137)
 
 
-def _setup(parent: int, die_with_parent: bool) -> None:
+def setup(parent: int, die_with_parent: bool) -> None:
     if die_with_parent:
-        _die_with(parent)
+        die_with(parent)
     # Should memory run out, the kernel's OOM killer takes an interpreter, not its rank.
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
         fh.write("1000")
@@ -267,13 +267,8 @@ def _setup(parent: int, die_with_parent: bool) -> None:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m balsam_mpi.pycall FD PARENT_PID DIE_WITH_PARENT (0|1); "
-              "started by the launcher's nodes only", file=sys.stderr)
-        return 2
-    fd, parent, die = int(argv[0]), int(argv[1]), argv[2] == "1"
-    _setup(parent, die)
+def serve(fd: int) -> int:
+    """Take calls on socket ``fd`` until the node closes it."""
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
     # A child the function forks must not hold the node's socket: the node notices this
@@ -287,6 +282,17 @@ def main(argv: list[str]) -> int:
         header, doc = split_frame(got)
         answer, result = run_call(header, doc, between)
         sock.sendall(encode_frame(answer, result))
+
+
+def main(argv: list[str]) -> int:
+    """One interpreter on its own (the node's interpreters come from ``pyzygote``)."""
+    if len(argv) != 3:
+        print("usage: python -m balsam_mpi.pycall FD PARENT_PID DIE_WITH_PARENT (0|1); "
+              "started by the launcher's nodes only", file=sys.stderr)
+        return 2
+    fd, parent, die = int(argv[0]), int(argv[1]), argv[2] == "1"
+    setup(parent, die)
+    return serve(fd)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A node's warm Python interpreters: how Python tasks run (docs/python-tasks.md).
 
-Each interpreter is ``python -m balsam_mpi.pycall`` (``pycall``), started fresh with
-``posix_spawn`` — never forked from the MPI rank — in a session of its own, and used for
-one call at a time; a node holds as many as it runs Python tasks at once (one per slot
+Each interpreter runs ``pycall``, forked from the node's zygote (``pyzygote``: a fresh
+interpreter started with ``posix_spawn``, never a fork of the MPI rank, so no interpreter
+holds anything of MPI) into a session of its own, and is used for one call at a time;
+a node holds as many as it runs Python tasks at once (one per slot
 its tasks pack), keeps them between calls, and replaces one after
 ``python_max_calls`` calls, when it ends over its memory cap, after a ``MemoryError``,
 and whenever it was signalled or died. A call looks like a task process to the node
@@ -37,7 +38,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 from . import gpus, runner
 from .protocol import EndKind, Finished, TaskSpec
 from .pycall import LENGTH, encode_frame, split_frame
+from .pyzygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,6 @@ SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.va
 SEND_TIMEOUT_S = 30.0  # a call waits this long for a busy-starting interpreter to read it
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT,
-                    signal.SIGHUP, signal.SIGUSR1)
 Key = tuple[tuple[tuple[str, str], ...], int, int]
 
 
@@ -77,8 +77,10 @@ class PoolConfig:
 class Interpreter:
     """One warm interpreter process and the node's end of its socket."""
 
-    def __init__(self, pid: int, sock: socket.socket, key: Key) -> None:
+    def __init__(self, pid: int, sock: socket.socket, key: Key,
+                 status: Callable[[int, float], int | None]) -> None:
         self.pid = pid
+        self._status = status  # from its parent, the zygote
         self.sock = sock
         self.key = key
         self.pidfd = os.pidfd_open(pid)
@@ -94,15 +96,11 @@ class Interpreter:
         """Nothing to read and not exited (an idle interpreter never speaks first)."""
         return not self.watch.poll(0)
 
-    def reap(self) -> int | None:
+    def reap(self, wait_s: float = 0.0) -> int | None:
+        """The exit status, once the process has exited (``wait_s``: it has, and the
+        zygote's word on it is a moment away)."""
         if self.status is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self.status = 255  # reaped elsewhere: the status is lost
-            else:
-                if pid:
-                    self.status = os.waitstatus_to_exitcode(status)
+            self.status = self._status(self.pid, wait_s)
         return self.status
 
     def kill(self) -> None:
@@ -140,6 +138,9 @@ class PyPool:
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
+        # the node's environment (the launcher's minus its MPI variables).
+        self.zygote = Zygote(config.python, self.base, config.die_with_parent)
         self.started = 0
         self.calls = 0
 
@@ -198,28 +199,11 @@ class PyPool:
         return self._spawn(key, spawn_env)
 
     def _spawn(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
-        env = dict(self.base)
-        env.update(spawn_env)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_fd = theirs.fileno()
-        spare = os.dup(child_fd) if child_fd == 3 else -1  # dup2(3, 3) keeps CLOEXEC
-        argv = [self.config.python, "-m", "balsam_mpi.pycall", "3", str(os.getpid()),
-                "1" if self.config.die_with_parent else "0"]
         try:
-            pid = os.posix_spawn(self.config.python, argv, env, file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_DUP2, spare if spare >= 0 else child_fd, 3),
-            ], setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+            pid, sock = self.zygote.fork(spawn_env)
         except OSError as exc:
-            ours.close()
-            raise runner.StartError(f"cannot start {self.config.python}: {exc}") from None
-        finally:
-            theirs.close()
-            if spare >= 0:
-                os.close(spare)
-        ours.setblocking(False)
-        interp = Interpreter(pid, ours, key)
+            raise runner.StartError(f"cannot start a Python interpreter: {exc}") from None
+        interp = Interpreter(pid, sock, key, self.zygote.status)
         self.procs[pid] = interp
         self.started += 1
         return interp
@@ -246,7 +230,8 @@ class PyPool:
             return rc
         if not interp.eof and interp.status is None and interp.idle_and_alive():
             return None  # woken by part of the answer
-        status = interp.reap()
+        exited = bool(select.select([interp.pidfd], [], [], 0)[0])
+        status = interp.reap(2.0 if exited else 0.0)
         if status is None:
             # The socket closed but the process lives (it closed the descriptor): end
             # it; its exit wakes the node through the pidfd alone.
@@ -297,17 +282,21 @@ class PyPool:
                 self._forget(interp)
 
     def kill_all(self) -> None:
-        """SIGKILL every interpreter's session (a crash, before MPI_Abort)."""
+        """SIGKILL every interpreter's session (a crash, before MPI_Abort). The zygote
+        stays to reap them; it dies with the rank (or at :meth:`close`)."""
         for interp in self.procs.values():
             interp.kill()
 
     def close(self) -> None:
-        self.kill_all()
-        for interp in list(self.procs.values()):
-            if interp.status is None:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(interp.pid, 0)
+        for interp in self.procs.values():
+            interp.kill()
+        deadline = time.monotonic() + 5.0
+        for interp in list(self.procs.values()):  # gone before the node reports its end
+            left = max(0.0, deadline - time.monotonic())
+            if interp.status is None and interp.pidfd >= 0:
+                select.select([interp.pidfd], [], [], left)
             self._forget(interp)
+        self.zygote.close()
         self.idle.clear()
         if self.started:
             log.info("python pool: %s interpreters started, %s calls", self.started,

@@ -106,22 +106,26 @@ def test_every_way_a_call_can_fail_is_recorded_and_the_node_keeps_serving(
 
 
 def _interpreters_and_ranks(dbname: str) -> tuple[list[int], list[int]]:
+    """(launcher ranks, interpreters) of this test's launcher: the interpreters are the
+    children of the ranks' zygotes (python -m balsam_mpi.pyzygote)."""
     marker = f"BALSAM_DB_NAME={dbname}".encode()
-    ranks, interps = [], []
+    ranks, zygotish = [], {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if marker not in env:
             continue
-        if b"balsam_mpi.pycall" in cmd:
-            interps.append(int(entry))
+        if b"balsam_mpi.pyzygote" in cmd:
+            zygotish[int(entry)] = ppid
         elif os.path.basename(cmd[0]).startswith(b"python") and b"balsam_mpi" in cmd:
             ranks.append(int(entry))
+    interps = [pid for pid, ppid in zygotish.items() if ppid in zygotish]
     return ranks, interps
 
 
