@@ -78,9 +78,10 @@ class Interpreter:
     """One warm interpreter process and the node's end of its socket."""
 
     def __init__(self, pid: int, sock: socket.socket, key: Key,
-                 status: Callable[[int, float], int | None]) -> None:
+                 status: Callable[[int, int, float], int | None], generation: int) -> None:
         self.pid = pid
         self._status = status  # from its parent, the zygote
+        self.generation = generation
         self.sock = sock
         self.key = key
         self.pidfd = os.pidfd_open(pid)
@@ -100,7 +101,7 @@ class Interpreter:
         """The exit status, once the process has exited (``wait_s``: it has, and the
         zygote's word on it is a moment away)."""
         if self.status is None:
-            self.status = self._status(self.pid, wait_s)
+            self.status = self._status(self.pid, self.generation, wait_s)
         return self.status
 
     def kill(self) -> None:
@@ -203,7 +204,7 @@ class PyPool:
             pid, sock = self.zygote.fork(spawn_env)
         except OSError as exc:
             raise runner.StartError(f"cannot start a Python interpreter: {exc}") from None
-        interp = Interpreter(pid, sock, key, self.zygote.status)
+        interp = Interpreter(pid, sock, key, self.zygote.status, self.zygote.started)
         self.procs[pid] = interp
         self.started += 1
         return interp
@@ -232,6 +233,8 @@ class PyPool:
             return None  # woken by part of the answer
         exited = bool(select.select([interp.pidfd], [], [], 0)[0])
         status = interp.reap(2.0 if exited else 0.0)
+        if status is None and exited:
+            status = interp.status = 255  # its zygote never said how: the status is lost
         if status is None:
             # The socket closed but the process lives (it closed the descriptor): end
             # it; its exit wakes the node through the pidfd alone.

@@ -83,7 +83,7 @@ class Zygote:
                 os.close(spare)
         self.pidfd = os.pidfd_open(self.pid)
         self.ctl = ours
-        self.started += 1
+        self.started += 1  # the zygote's generation: its interpreters carry it
 
     def close(self) -> None:
         """End the zygote (it ends its interpreters first) and reap it."""
@@ -106,9 +106,19 @@ class Zygote:
 
     # -- interpreters -------------------------------------------------------------------
     def fork(self, env: Mapping[str, str]) -> tuple[int, socket.socket]:
-        """A new interpreter with these variables added; (pid, the node's socket)."""
+        """A new interpreter with these variables added; (pid, the node's socket). Its
+        zygote's generation is :attr:`started` after the call."""
         if not self.alive():
             self._start()
+        try:
+            return self._fork(env)
+        except OSError:
+            if self.alive():
+                raise
+        self._start()  # it died (killed, OOM) while we asked: once more, a fresh one
+        return self._fork(env)
+
+    def _fork(self, env: Mapping[str, str]) -> tuple[int, socket.socket]:
         assert self.ctl is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -123,14 +133,15 @@ class Zygote:
         ours.setblocking(False)
         return pid, ours
 
-    def status(self, pid: int, wait_s: float = 0.0) -> int | None:
-        """The exit status of interpreter ``pid`` once the zygote has reaped it."""
+    def status(self, pid: int, generation: int, wait_s: float = 0.0) -> int | None:
+        """The exit status of interpreter ``pid`` (forked by zygote ``generation``) once
+        its zygote has reaped it."""
         deadline = time.monotonic() + wait_s
         while True:
             self._read(0.0)
             if pid in self.exits:
                 return self.exits.pop(pid)
-            if not self.alive():
+            if generation != self.started or not self.alive():
                 self._read(0.0)
                 # Gone with its zygote (parent-death signal), or reaped by a zygote that
                 # died before it could say: SIGKILL either way.

@@ -271,3 +271,21 @@ def test_a_symlink_planted_as_the_task_directory_is_not_entered(
     (tmp_path / "t1").symlink_to(elsewhere)
     assert run(node, call(tmp_path, 1, "say", text="x"))[1].rc == 126
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_killed_zygote_is_replaced_and_the_node_goes_on(node: Node, tmp_path: Path) -> None:
+    node.apply(Assign(1, (call(tmp_path, 1, "forever"),)))
+    node.step()
+    time.sleep(0.3)
+    assert node.pool is not None
+    old = node.pool.zygote.pid
+    os.kill(old, signal.SIGKILL)  # its interpreters die with it (parent-death signal)
+    out = run(node, call(tmp_path, 2, "add", a=1, b=2))
+    deadline = time.monotonic() + 10
+    while 1 not in out:
+        assert time.monotonic() < deadline
+        node.step()
+        out.update((f.id, f) for f in node.changes.take()[1])
+        node.wait(0.01)
+    assert out[1].rc == -signal.SIGKILL and "killed by SIGKILL" in failed(out[1])
+    assert ok(out[2]) == 3 and node.pool.zygote.pid != old
