@@ -144,6 +144,8 @@ class PyPool:
         self.zygote = Zygote(config.python, self.base, config.die_with_parent)
         self.started = 0
         self.calls = 0
+        self.busy = 0  # calls running now
+        self.most = 0  # the most calls that ran at once: how many interpreters to keep
 
     # -- a call's start -----------------------------------------------------------------
     def start(self, spec: TaskSpec, env: Mapping[str, str]) -> PyCall:
@@ -180,6 +182,8 @@ class PyPool:
                                     ) from None
         interp.calls += 1
         self.calls += 1
+        self.busy += 1
+        self.most = max(self.most, self.busy)
         deadline = time.monotonic() + spec.wall_time_s if spec.wall_time_s > 0 else 0.0
         return PyCall(spec, interp.pid, os.dup(interp.watch.fileno()), time.time(),
                       deadline, interp=interp, pool=self)
@@ -191,12 +195,14 @@ class PyPool:
             if interp.idle_and_alive():
                 return interp
             self._retire(interp)  # died while idle (killed, OOM): replaced, never blamed
-        # A new one; an idle interpreter of another kind makes room, so the node holds
-        # about as many interpreters as it runs calls at once.
-        for other in self.idle.values():
-            if other:
-                self._retire(other.pop())
-                break
+        # A new one. The node keeps as many as it ran calls at once: past that, an idle
+        # interpreter of another kind (other GPUs, threads, cap) makes room.
+        idle = sum(len(v) for v in self.idle.values())
+        if self.busy + idle + 1 > max(self.most, self.busy + 1):
+            for other in self.idle.values():
+                if other:
+                    self._retire(other.pop())
+                    break
         return self._spawn(key, spawn_env)
 
     def _spawn(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
@@ -252,6 +258,7 @@ class PyPool:
 
     def _after(self, call: PyCall, interp: Interpreter, recycle: bool) -> None:
         call.interp = None
+        self.busy -= 1
         signalled = call.end_kind is not None  # SIGTERM went to it: it may be dying
         if (recycle or signalled or interp.status is not None
                 or (self.config.max_calls and interp.calls >= self.config.max_calls)):

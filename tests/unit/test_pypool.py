@@ -289,3 +289,16 @@ def test_a_killed_zygote_is_replaced_and_the_node_goes_on(node: Node, tmp_path: 
         node.wait(0.01)
     assert out[1].rc == -signal.SIGKILL and "killed by SIGKILL" in failed(out[1])
     assert ok(out[2]) == 3 and node.pool.zygote.pid != old
+
+
+def test_interpreters_of_two_kinds_are_kept_while_both_are_needed(tmp_path: Path) -> None:
+    node = Node(environ={**ENV, "BALSAM_GPU_VENDOR": "nvidia"}, gpus=2)
+    try:
+        first = run(node, call(tmp_path, 1, "count", gpus=1, need=0.5),
+                    call(tmp_path, 2, "count", gpus=1, need=0.5))
+        pids = {ok(f)["pid"] for f in first.values()}
+        for i in range(3, 9):  # one at a time: device 0 each time, its interpreter again
+            assert ok(run(node, call(tmp_path, i, "count", gpus=1, need=0.5))[i])["pid"] in pids
+        assert node.pool is not None and node.pool.started == 2
+    finally:
+        node.close()
