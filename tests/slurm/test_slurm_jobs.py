@@ -286,3 +286,42 @@ def test_job_after_a_killed_one_finishes_its_tasks_once(slurm_env: LocalSlurm, c
     assert batch_job(conn, first["batch_job_id"])[0] == "LOST"
     assert batch_job(conn, second["batch_job_id"])[0] == "FINISHED"
     no_strays(dbname)
+
+
+# -- the end time, asked of Slurm ------------------------------------------------------------
+def test_a_launcher_started_by_hand_learns_the_end_of_its_job(
+        slurm_env: LocalSlurm, conn: Any, pg_project: Project, dbname: str,
+        tmp_path: Path) -> None:
+    """Slurm 22.05 gives the job neither SLURM_JOB_END_TIME nor SLURM_JOB_START_TIME; a
+    launcher started without --time-limit-min asks squeue, so it never claims a task
+    whose wall time cannot fit in what is left of a 3-minute job."""
+    add_app(conn, "quick", "sleep 1")
+    add_app(conn, "long", "sleep 20")  # its declared wall time is what matters
+    quick = add_tasks(conn, "quick", 1)
+    long = add_tasks(conn, "long", 1)
+    conn.execute("UPDATE tasks SET wall_time_min = 10 WHERE id = %s", long)
+    script = tmp_path / "by-hand.sh"
+    out = tmp_path / "by-hand.out"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        env > {tmp_path / 'env.txt'}
+        export PATH="{BIN}:$PATH"
+        source {BIN / 'balsamactivate'} {pg_project.root} || exit 1
+        srun -N 1 -n 1 {sys.executable} -m balsam_mpi --workflow={dbname}
+        """))
+    os.chmod(tmp_path, 0o755)
+    done = slurm_env.run("sbatch", "--parsable", "-N", "1", "-t", "3", f"--output={out}",
+                         str(script))
+    job = done.stdout.strip().split(";")[0]
+    sub = {"scheduler_job_id": job, "script": str(script)}
+    wait_job_end(slurm_env, sub)
+    log = "\n".join(p.read_text() for p in (pg_project.log_dir).glob(f"launcher_{job}_r*.log"))
+    detail = f"{out.read_text() if out.exists() else ''}\n{log}"
+    inside = (tmp_path / "env.txt").read_text()
+    if "SLURM_JOB_END_TIME=" not in inside:  # the case this covers (Slurm 22.05 here)
+        assert f"the scheduler says job {job} ends at" in log, detail
+    states = dict(conn.execute("SELECT id, state::text FROM tasks").fetchall())
+    assert states == {quick[0]: "JOB_FINISHED", long[0]: "READY"}, detail
+    row = conn.execute("SELECT wall_time_min FROM batch_jobs WHERE scheduler_job_id = %s",
+                       (job,)).fetchone()
+    assert row is not None and row[0] is not None and 0 < row[0] <= 3, (row, detail)
