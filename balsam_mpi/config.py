@@ -31,6 +31,8 @@ class Settings:
     expire_check_s: float = 5.0  # how often the leader looks for other jobs' expired leases
     drain_grace_s: float = 30.0
     kill_grace_s: float = 10.0
+    stop_grace_s: float = 3.0  # TERM to SIGKILL when the job ends (under PBS's kill_delay)
+    signal_hold_s: float = 2.0  # how long a task's death by a signal waits for the stop
     kill_poll_s: float = 1.5  # how often the leader looks for killed tasks
     flush_interval_s: float = 0.1  # buffered reports wait at most this long
     flush_size: int = 4096  # … or until this many are buffered

@@ -92,7 +92,7 @@ def connect(
     try:
         conn = psycopg.connect(autocommit=autocommit, **params)
     except psycopg.OperationalError as exc:
-        raise translate_connect_error(exc, project, info) from None
+        raise translate_connect_error(exc, project, info) from exc
     if check_instance:
         try:
             verify_instance(conn, project, info)
@@ -115,7 +115,7 @@ def verify_instance(conn: psycopg.Connection[Any], project: Project, info: Serve
         conn.rollback()
         return  # a database without our schema (e.g. `postgres`): nothing to check
     except psycopg.Error as exc:
-        raise translate(exc) from None
+        raise translate(exc) from exc
     if row is None:
         raise ServerError(f"the server for {project.root} has no instance record; the owner "
                           "should restart it with `balsam-dbctl restart`")
@@ -182,7 +182,7 @@ def translated() -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise translate(exc) from None
+        raise translate(exc) from exc
 
 
 def _first_line(text: str) -> str:

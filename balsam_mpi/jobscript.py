@@ -236,7 +236,7 @@ def find_template(scheduler: str, project: Project, home: Path | None = None) ->
     if user_file.is_file():
         _check_user_file(user_file)
         return Template(str(user_file), "user", _read(user_file))
-    shipped = resources.files("balsam_mpi").joinpath("templates", name)
+    shipped = resources.files("balsam_mpi").joinpath("templates").joinpath(name)
     if not shipped.is_file():
         raise ProjectError(f"the installed package has no {name} template; reinstall "
                            "balsam_mpi (or put one in ~/.balsam/job-templates/)")

@@ -254,6 +254,8 @@ class Leader:
         """Serve until idle (or stopped); returns the reason the launcher ended."""
         backoff = Backoff(first=0.001, cap=self.s.leader_poll_cap_s)
         while True:
+            if self.stop_reason and not self.draining:  # set by a signal handler
+                self.start_drain(self.stop_reason, cut=True)
             did = self._poll_messages()
             if self.local.step():
                 did = True
@@ -326,6 +328,7 @@ class Leader:
             return
         self.draining = reason
         self.nodes.local_open = False
+        self.local.begin_stop(cut=cut)
         log.info("draining: %s", reason)
         for view in self.workers.values():
             if view.alive:

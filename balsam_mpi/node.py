@@ -11,6 +11,13 @@ A multi-rank task runs under the platform's launch prefix (``mpilaunch``) on the
 node; the other nodes of a multi-node task *hold* a whole node for it and run nothing
 until the leader releases them. An app's preprocess and postprocess run in the task's
 slot, before and after the run (``prepost``).
+
+The end of a batch job (:meth:`Node.begin_stop`): from that instant the node starts
+nothing, and a task that dies of a signal is *cut* (requeued without spending a retry),
+not failed. A scheduler signals every process of the job at once and in any order, so a
+task may die before this rank's own signal arrives: a death by a signal is therefore held
+for ``signal_hold_s`` before it counts as an error, and becomes a cut if the stop comes
+within the hold.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from . import gpus as gpumod
 from . import mpilaunch, pdeath, prepost, runner
@@ -34,8 +42,8 @@ log = logging.getLogger(__name__)
 
 class Node:
     def __init__(self, *, environ: Mapping[str, str] | None = None, db_path: str = "",
-                 gpus: int = 0, die_with_parent: bool = True, kill_grace_s: float = 10.0
-                 ) -> None:
+                 gpus: int = 0, die_with_parent: bool = True, kill_grace_s: float = 10.0,
+                 signal_hold_s: float = 2.0, stop_grace_s: float = 3.0) -> None:
         env = os.environ if environ is None else environ
         self.vendor = gpumod.detect_vendor(env) if gpus else None
         self.res = NodeResources(devices=gpumod.node_devices(
@@ -53,6 +61,12 @@ class Node:
         self.db_path = db_path
         self.die_with_parent = die_with_parent
         self.kill_grace_s = kill_grace_s
+        self.signal_hold_s = signal_hold_s
+        self.stop_grace_s = min(stop_grace_s, kill_grace_s)
+        # Set by begin_stop, possibly from a signal handler: plain flags, read by step().
+        self.stopping = False  # start nothing more
+        self.cutting = False  # the job is ending: deaths are cut-offs, not failures
+        self._held: list[_Held] = []  # signal deaths waiting to see whether a stop comes
         self._env = runner.base_environment(env)
         self._epoll = select.epoll()
         self._by_fd: dict[int, int] = {}
@@ -78,7 +92,7 @@ class Node:
         return self.res.free - self.queued_share
 
     def busy(self) -> bool:
-        return bool(self.running or self.queue or self.holding)
+        return bool(self.running or self.queue or self.holding or self._held)
 
     def report(self, rank: int) -> Report:
         started, finished = self.changes.take()
@@ -89,10 +103,11 @@ class Node:
 
     # -- orders -----------------------------------------------------------------------
     def apply(self, msg: Assign) -> None:
-        self.queue.extend(msg.tasks)
         self.acked = max(self.acked, msg.seq)
-        for spec in msg.hold:
-            self._hold(spec)
+        if not self.stopping:  # after the stop, new work is dropped (claims released)
+            self.queue.extend(msg.tasks)
+            for spec in msg.hold:
+                self._hold(spec)
         for task_id in msg.release:
             self._unhold(task_id)
         if msg.kill:
@@ -128,22 +143,40 @@ class Node:
         """Stop everything (drain at the end of the batch job)."""
         self.kill([s.id for s in self.queue] + list(self.running), kind)
 
+    def begin_stop(self, cut: bool = True) -> None:
+        """The batch job is ending (``cut``) or this node is being drained: start nothing
+        from now on. Only sets flags, so a signal handler may call it; :meth:`step` drops
+        the queue and settles held deaths."""
+        self.stopping = True
+        if cut:
+            self.cutting = True
+
     def _stop(self, proc: runner.TaskProcess, kind: EndKind) -> None:
         if proc.end_kind is None:
             proc.end_kind = kind
-            proc.kill_at = time.monotonic() + self.kill_grace_s
+            # At the job's end the scheduler's own SIGKILL is near: a short grace leaves
+            # the launcher time to write what happened and close its batch job.
+            grace = self.stop_grace_s if self.cutting and kind == EndKind.CUT \
+                else self.kill_grace_s
+            proc.kill_at = time.monotonic() + grace
             self._watch.add(proc.spec.id)
             runner.signal_group(proc, signal.SIGTERM)
 
     # -- the work ---------------------------------------------------------------------
     def step(self) -> bool:
         """Reap what ended, enforce time limits, start what fits; True if anything did."""
+        if self.stopping and self.queue:
+            self.queue.clear()  # never started: their claims go back when the job closes
         did = self.reap(0.0)
+        if self._held:
+            did = self._settle_held() or did
         if self._watch:
             self._check_deadlines()
         return self.start_ready() or did
 
     def start_ready(self) -> bool:
+        if self.stopping:
+            return False
         did = False
         budget = self.max_starts or len(self.queue)
         while self.queue and budget > 0:
@@ -277,6 +310,35 @@ class Node:
         runner.close(proc)
         del self.running[spec.id]
         self._watch.discard(spec.id)
+        if proc.end_kind is None and rc != 0:
+            if self.cutting:
+                proc.end_kind = EndKind.CUT  # the job's end took it down
+            elif died_of_signal(rc):
+                # The scheduler may be ending the job and this rank's signal be on its
+                # way: decide in signal_hold_s (the slot stays taken meanwhile).
+                self._held.append(_Held(time.monotonic() + self.signal_hold_s, proc, rc,
+                                        ended))
+                return
+        self._conclude(proc, rc, ended)
+
+    def _settle_held(self) -> bool:
+        """Held signal deaths: cut if the stop came, errors once their hold is over."""
+        now = time.monotonic()
+        keep: list[_Held] = []
+        for held in self._held:
+            if self.cutting:
+                held.proc.end_kind = EndKind.CUT
+            elif now < held.until:
+                keep.append(held)
+                continue
+            self._conclude(held.proc, held.rc, held.ended)
+        settled = len(keep) < len(self._held)
+        self._held = keep
+        return settled
+
+    def _conclude(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
+        """What a phase's end means: the next phase, or the task's end on this node."""
+        spec = proc.spec
         if proc.phase == "pre":
             self._after_pre(proc, rc, ended)
             return
@@ -293,18 +355,22 @@ class Node:
             EndKind.DONE if rc == 0 else EndKind.ERROR)
         if kind in (EndKind.DONE, EndKind.ERROR, EndKind.TIMEOUT) and prepost.wants_post(
                 spec, kind):
-            self._start_post(proc, kind, rc, ended)
-            return
+            if not self.cutting:
+                self._start_post(proc, kind, rc, ended)
+                return
+            # No time left for the postprocess: the task runs again in a later job.
+            kind = EndKind.CUT
         tail = "" if kind == EndKind.DONE else runner.output_tail(spec.cwd)
         self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended,
                                  tail))
 
     def _after_pre(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
         spec = proc.spec
-        if proc.end_kind is not None or rc != 0:
+        if proc.end_kind is not None or rc != 0 or self.cutting:
             # Stopped, or the preprocess failed: the task never ran (stopped: the report
             # changes nothing in the database, and it tells the leader the slot is free).
-            kind = proc.end_kind if proc.end_kind is not None else EndKind.PRE_FAILED
+            kind = proc.end_kind if proc.end_kind is not None else (
+                EndKind.CUT if rc == 0 else EndKind.PRE_FAILED)
             self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, ended, ended,
                                      runner.output_tail(spec.cwd, names=prepost.PRE_OUT[::-1])))
             return
@@ -367,6 +433,19 @@ class Node:
 
     def has_room(self) -> bool:
         return self.free() > EPS
+
+
+def died_of_signal(rc: int) -> bool:
+    """A negative exit code is a death by that signal; 129-192 is how a shell reports
+    one of its children's (128 + the signal's number)."""
+    return rc < 0 or 128 < rc <= 192
+
+
+class _Held(NamedTuple):
+    until: float  # monotonic end of the hold
+    proc: runner.TaskProcess
+    rc: int
+    ended: float
 
 
 class NullNode(Node):

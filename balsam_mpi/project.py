@@ -188,7 +188,8 @@ class Project:
     def read_settings(self) -> dict[str, Any]:
         try:
             with self.settings_path.open("rb") as fh:
-                return tomllib.load(fh)
+                data: dict[str, Any] = tomllib.load(fh)
+                return data
         except FileNotFoundError:
             return {}
         except tomllib.TOMLDecodeError as exc:

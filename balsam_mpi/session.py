@@ -44,7 +44,8 @@ def make_node(settings: Settings, project: Project | None) -> Node:
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
     return cls(db_path=db_path, gpus=settings.gpus_per_node,
-               die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s)
+               die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s,
+               signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s)
 
 
 def launcher_deadline(settings: Settings, started: float) -> float | None:
@@ -105,6 +106,8 @@ class LeaderSession:
         self.store.close()
 
     def stop(self, reason: str) -> None:
+        # From a signal handler: flags only. The node starts nothing from this instant.
+        self.node.begin_stop()
         if self.leader is not None:
             self.leader.stop_reason = reason
 
@@ -140,6 +143,8 @@ class WorkerSession:
         log_usage(self.node)
 
     def stop(self, reason: str) -> None:
+        # From a signal handler: flags only. The node starts nothing from this instant.
+        self.node.begin_stop()
         self.worker.stop_reason = reason
 
     def crashed(self, text: str) -> None:

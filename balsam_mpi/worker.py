@@ -90,6 +90,7 @@ class Worker:
                         self.chan.reply(req, ids, error)
             elif isinstance(msg, Drain):
                 self.draining = msg
+                self.node.begin_stop(cut=msg.cut)
                 if msg.cut:
                     self.node.cut_all(EndKind.CUT)
                 else:  # finish what runs; what waits in the queue goes back
