@@ -28,7 +28,8 @@ from .context import CliContext, pass_ctx
 @click.option("--job-name", default="balsam", show_default=True)
 @click.option("--margin-min", type=float,
               help="Minutes between the launcher's time limit and the wall time "
-                   "(default: 5% of it, 1 to 10).")
+                   "(default: 5% of it, 1 to 10). Slurm's warning signal comes 60 s less "
+                   "before the end, if that leaves a drain.")
 @click.option("--shared-nodes", is_flag=True,
               help="Slurm: do not ask for whole nodes (#SBATCH --exclusive is left out); "
                    "the job then holds only the CPUs Slurm gives it.")
