@@ -28,7 +28,8 @@ from pathlib import Path
 
 NODES = ("n1", "n2", "n3")
 PACKAGES = ("slurm-wlm", "munge")
-DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "srun", "squeue", "scancel")
+DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "srun", "squeue", "scancel", "sinfo",
+           "scontrol")
 CPUS_PER_NODE = 2
 KILL_WAIT_S = 30  # Slurm's default, stated so the tests' expectations are explicit
 START_TIMEOUT_S = 90
