@@ -10,6 +10,7 @@ reason. A ``local`` run starts the script detached in the background instead.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, db, jobscript, sql
-from .errors import BalsamError, ProjectError
+from .errors import BalsamError, ProjectError, UsageError
 from .jobscript import JobRequest
 from .project import Project, this_host
 
@@ -77,7 +78,11 @@ def drain_grace_s(project: Project) -> float:
     """The launcher's drain grace as its job will see it (``BALSAM_DRAIN_GRACE_S``, then
     ``settings.toml [launcher]``, then the default): the Slurm warning time is derived
     from it. sbatch hands the submitting environment on to the job, so the two agree."""
-    return config.resolve({}, os.environ, project.read_settings()).drain_grace_s
+    grace = config.resolve({}, os.environ, project.read_settings()).drain_grace_s
+    if not math.isfinite(grace) or grace < 0:
+        raise UsageError(f"drain_grace_s = {grace!r} (BALSAM_DRAIN_GRACE_S, or settings.toml "
+                         "[launcher]): give a number of seconds, 0 or more")
+    return grace
 
 
 def dry_run(project: Project, req: JobRequest, home: Path | None = None) -> str:

@@ -164,10 +164,12 @@ def test_dry_run_warning_follows_the_launchers_drain_grace(
     assert result.exit_code == 0, result.output
     assert "#SBATCH --signal" not in result.output
     assert "no Slurm warning signal" in result.output
-    monkeypatch.setenv("BALSAM_DRAIN_GRACE_S", "soon")
-    result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "4", "-t", "60",
-                                      "--dry-run"])
-    assert result.exit_code == 2 and "BALSAM_DRAIN_GRACE_S" in result.output
+    for bad in ("soon", "nan", "-5", "inf"):
+        monkeypatch.setenv("BALSAM_DRAIN_GRACE_S", bad)
+        result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "4", "-t",
+                                          "60", "--dry-run"])
+        assert result.exit_code == 2 and "BALSAM_DRAIN_GRACE_S" in result.output, bad
+        assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_shared_nodes_is_for_slurm_only(pg_project: Project, conn: Any, dbname: str) -> None:
