@@ -17,11 +17,13 @@ import os
 import re
 import shlex
 import stat
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .config import Settings
 from .errors import ProjectError, UsageError
 from .platform import BATCH_JOB_ID_ENV, SCHEDULERS
 from .project import Project, check_control_file
@@ -29,12 +31,29 @@ from .project import Project, check_control_file
 PLACEHOLDERS = frozenset({
     "job_name", "nodes", "walltime", "wall_time_min", "queue", "account", "filesystems",
     "directives", "venv", "exports", "project", "launcher_args",
+    "exclusive", "warning_s", "end_of_job",
 })
 DIRECTIVE_PREFIX = {"pbs": "#PBS", "slurm": "#SBATCH", "cobalt": "#COBALT"}
 # Environment a script carries over from the submitting shell: PBS and Slurm do not pass
 # the environment on by default, and the test suite's databases are named by these.
 FORWARDED_ENV = ("BALSAM_DB_NAME", "BALSAM_DB_HOST")
 MAX_MARGIN_MIN = 10
+DEFAULT_DRAIN_GRACE_S = Settings().drain_grace_s
+# sbatch(1), --signal: "the signal may be sent up to 60 seconds earlier than specified",
+# and sig_time is at most 65535.
+SLURM_SIGNAL_EARLY_S = 60
+SLURM_SIGNAL_MAX_S = 65535
+# What each scheduler does at qdel/scancel and at the end of the wall time, for the
+# comment every rendered script carries (docs/schedulers.md has the sources).
+END_OF_JOB = {
+    "slurm": "scancel or the time limit: Slurm sends TERM to every process of every step, "
+             "the launcher's ranks included, and KILL after KillWait (30 s by default)",
+    "pbs": "qdel or the wall time: PBS sends TERM to every process of the job, the "
+           "launcher's ranks included, and KILL after the queue's kill_delay (10 s by "
+           "default)",
+    "cobalt": "qdel or the wall time: Cobalt sends TERM to this script, which passes it to "
+              "aprun; aprun forwards it to the launcher's ranks",
+}
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+\-]*")  # queue, account: no spaces, no quotes
@@ -57,6 +76,7 @@ class JobRequest:
     filesystems: str | None = None
     job_name: str = "balsam"
     margin_min: float | None = None  # None: the default margin (see launcher_time_limit)
+    whole_nodes: bool = True  # Slurm: #SBATCH --exclusive (--shared-nodes turns it off)
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,9 @@ def validate(req: JobRequest) -> None:
                              "control characters")
     for line in req.directives:
         directive_line(req.scheduler, line)  # raises on a bad one
+    if not req.whole_nodes and req.scheduler != "slurm":
+        raise UsageError(f"--shared-nodes is for Slurm jobs; a {req.scheduler} job's nodes "
+                         "are the scheduler's to share or not (leave it out)")
     if req.margin_min is not None and req.margin_min < 0:
         raise UsageError("--margin-min cannot be negative")
     launcher_time_limit(req)  # raises when the margin eats the whole wall time
@@ -147,6 +170,54 @@ def launcher_time_limit(req: JobRequest) -> float | None:
         raise UsageError(f"--margin-min {req.margin_min:g} leaves no time of the "
                          f"{wall}-minute job; use a smaller margin")
     return limit
+
+
+def slurm_warning_s(req: JobRequest, drain_grace_s: float) -> int | None:
+    """Seconds before the end for ``#SBATCH --signal=B:USR1@N``, or None for no warning.
+
+    The warning backs up the launcher's own time limit (wall time − margin, from which it
+    drains ``drain_grace_s`` early); it must never cut work that limit would have kept,
+    yet leave a whole drain before Slurm's end. So it comes no earlier than the launcher's
+    limit even when Slurm sends it 60 s early (N ≤ margin − 60 s), and no later than a
+    drain needs (N ≥ drain_grace_s); when the margin leaves no such N, none is asked for.
+    """
+    limit = launcher_time_limit(req)
+    if limit is None or req.wall_time_min is None:
+        return None
+    margin_s = (req.wall_time_min - limit) * 60.0
+    lead = math.floor(margin_s - SLURM_SIGNAL_EARLY_S)
+    if lead < math.ceil(drain_grace_s) or lead < 1:
+        return None
+    return min(lead, SLURM_SIGNAL_MAX_S)
+
+
+def end_of_job(req: JobRequest, drain_grace_s: float) -> list[str]:
+    """The comment lines a rendered script carries about how its job ends (what
+    ``--dry-run`` shows): the launcher's own limit, the scheduler's warning if any, and
+    what the scheduler does at the end."""
+    limit = launcher_time_limit(req)
+    items: list[str] = []
+    if limit is not None and req.wall_time_min is not None:
+        items.append(f"the launcher's own limit: {limit:g} of {req.wall_time_min} min (margin "
+                     f"{req.wall_time_min - limit:g} min); it drains from {drain_grace_s:g} s "
+                     "before that limit (drain_grace_s)")
+    if req.scheduler == "slurm":
+        lead = slurm_warning_s(req, drain_grace_s)
+        if lead is None:
+            items.append("no Slurm warning signal: the margin leaves no room for one (Slurm "
+                         f"may send it {SLURM_SIGNAL_EARLY_S} s early, and a drain needs "
+                         f"{drain_grace_s:g} s)")
+        else:
+            items.append(f"Slurm's warning: USR1 to this script {lead} s before the end (or up "
+                         f"to {SLURM_SIGNAL_EARLY_S} s earlier), passed on to the launcher's "
+                         "step through srun as USR1")
+    if req.scheduler in END_OF_JOB:
+        items.append(END_OF_JOB[req.scheduler])
+    lines = ["# How this job ends (balsam-mpi submit):"]
+    for item in items:
+        lines += textwrap.wrap(item, width=90, initial_indent="#  - ",
+                               subsequent_indent="#    ")
+    return lines
 
 
 # -- templates -------------------------------------------------------------------------------
@@ -219,8 +290,12 @@ def render(template: Template, values: Mapping[str, str]) -> str:
 
 
 def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
-               venv: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Every placeholder's text for a validated request, quoted where bash reads it."""
+               venv: str, environ: Mapping[str, str] = os.environ,
+               drain_grace_s: float = DEFAULT_DRAIN_GRACE_S) -> dict[str, str]:
+    """Every placeholder's text for a validated request, quoted where bash reads it.
+
+    ``drain_grace_s`` is the launcher's (settings: flag > env > settings.toml), from which
+    the Slurm warning time is derived."""
     if _CONTROL.search(str(project.root)) or _CONTROL.search(venv):
         raise UsageError("the project or venv path contains control characters; rename it")
     limit = launcher_time_limit(req)
@@ -234,6 +309,7 @@ def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
     exports += [f"export {name}={shlex.quote(environ[name])}"
                 for name in FORWARDED_ENV if environ.get(name)]
     wall = req.wall_time_min
+    lead = slurm_warning_s(req, drain_grace_s) if req.scheduler == "slurm" else None
     return {
         "job_name": req.job_name,
         "nodes": str(req.nodes),
@@ -247,6 +323,10 @@ def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
         "exports": "\n".join(exports),
         "project": shlex.quote(str(project.root)),
         "launcher_args": " ".join(shlex.quote(a) for a in args),
+        "exclusive": "--exclusive" if req.whole_nodes and req.scheduler == "slurm" else "",
+        "warning_s": str(lead) if lead is not None else "",
+        "end_of_job": "\n".join(end_of_job(req, drain_grace_s)) if req.scheduler != "local"
+        else "",
     }
 
 

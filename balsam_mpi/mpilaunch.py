@@ -88,7 +88,11 @@ def launch_prefix(kind: str, *, hosts: Sequence[str], ranks_per_node: int,
         return [prog, "-n", str(total), "--ppn", str(ppn), "-hosts", ",".join(hosts),
                 *_mpich_bind(cpu_bind, depth)]
     if kind == "srun":
-        return [prog, "--overlap", f"--nodes={nodes}", f"--ntasks={total}",
+        # --overlap: the launcher's own step holds every CPU of the job; --overcommit: the
+        # launcher, not Slurm, decides what fits on a node, so a step is never refused for
+        # CPUs Slurm counted to the job ("More processors requested than permitted" for
+        # 2 ranks per node in a job without --exclusive, measured on Slurm 22.05).
+        return [prog, "--overlap", "--overcommit", f"--nodes={nodes}", f"--ntasks={total}",
                 f"--ntasks-per-node={ppn}", f"--cpus-per-task={depth}",
                 f"--nodelist={','.join(hosts)}", *_srun_bind(cpu_bind),
                 *([f"--gpus-per-task={gpus_per_rank}"] if gpus_per_rank else [])]

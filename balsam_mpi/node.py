@@ -26,7 +26,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from typing import NamedTuple
 
 from . import gpus as gpumod
 from . import mpilaunch, pdeath, prepost, pypool, runner
+from .platform import node_name
 from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
 from .resources import EPS, NodeResources
 
@@ -48,7 +48,7 @@ class Node:
         self.vendor = gpumod.detect_vendor(env) if gpus else None
         self.res = NodeResources(devices=gpumod.node_devices(
             gpus, None, gpumod.inherited_ids(self.vendor, env)))
-        self.host = socket.gethostname()
+        self.host = node_name(env)  # as the scheduler names it: launch prefixes carry it
         self.holding: dict[int, TaskSpec] = {}  # multi-node tasks headed elsewhere
         self.poked = False  # something changed that is not a start or an end (a release)
         self.extra_env: dict[str, str] = {}  # set by the worker: the task_api channel

@@ -4,7 +4,10 @@
 file that environment names), so every scheduler can be tested with a fake environment on
 a laptop. The launcher uses it to adopt the ``batch_jobs`` row that ``balsam-mpi submit``
 inserted — by ``(scheduler, job_id)``, or by ``BALSAM_BATCH_JOB_ID`` — and to default its
-``--time-limit-min``.
+``--time-limit-min``. Where the environment does not say when the job ends (Slurm 22.05
+sets neither ``SLURM_JOB_END_TIME`` nor ``SLURM_JOB_START_TIME``), ``with_end_time`` asks
+the scheduler once (``squeue``, ``qstat -f``). ``node_name`` is this host as the scheduler
+names it, which is what every launch prefix must carry.
 
 Multi-node MPI tasks (issue 7) build on it in ``mpilaunch.py``: ``choose_launcher`` picks
 the launch prefix from this scheduler (srun, PALS ``mpiexec``, aprun — all three UNTESTED
@@ -15,17 +18,23 @@ here), and ``task_mpi_env`` keeps the launcher's own PMI variables out of tasks.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import socket
+import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BalsamError
 
+log = logging.getLogger(__name__)
+
 SCHEDULERS = ("pbs", "slurm", "cobalt", "local")
+QUERY_TIMEOUT_S = 10.0  # asking the scheduler for the end time must not stall a launcher
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\[\]\-]*")
 BATCH_JOB_ID_ENV = "BALSAM_BATCH_JOB_ID"  # the batch_jobs row id a submitted script carries
 
 
@@ -73,6 +82,126 @@ def time_limit_min(env: SchedulerEnv, margin_min: float = 0.0,
     else:
         return None
     return max(0.0, left - margin_min)
+
+
+def node_name(environ: Mapping[str, str] = os.environ) -> str:
+    """This host as the scheduler names it in its node lists.
+
+    Launch prefixes (``srun --nodelist``, PALS ``--hosts``) must carry these names: under
+    Slurm the slurmd's ``SLURMD_NODENAME``, which need not be the host name (a fully
+    qualified host name is enough to differ); under PBS this host's own entry of
+    ``PBS_NODEFILE`` (often fully qualified); otherwise, or when neither says, the host
+    name. The same order as :func:`detect`: a job id decides.
+    """
+    host = socket.gethostname()
+    if environ.get("PBS_JOBID"):
+        short = host.split(".")[0]
+        for entry in read_nodefile(environ.get("PBS_NODEFILE", "")):
+            if entry == host or entry.split(".")[0] == short:
+                return entry
+    elif environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"):
+        name = environ.get("SLURMD_NODENAME", "").strip()
+        if name:
+            return name
+    return host
+
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def with_end_time(env: SchedulerEnv, environ: Mapping[str, str] = os.environ,
+                  run: Runner = subprocess.run, now: float | None = None) -> SchedulerEnv:
+    """``env`` with the job's end time, asked of the scheduler when its environment did not
+    give it (Slurm: ``squeue -h -j ID -o %e``; PBS: ``qstat -f ID``, start time plus
+    wall time). Called once, when a launcher starts. On any failure — the command missing,
+    slow (``QUERY_TIMEOUT_S``), refusing, or an answer we cannot read — one warning says
+    so and ``env`` is returned unchanged (the launcher then has only what it was given).
+    """
+    if env.end_time is not None or env.job_id is None or env.scheduler not in ("slurm", "pbs"):
+        return env
+    if not _JOB_ID.fullmatch(env.job_id):  # it becomes an argument: no option look-alikes
+        log.warning("not asking the scheduler about job id %r: not a job id", env.job_id)
+        return env
+    if env.scheduler == "slurm":
+        # ISO local time (2025-01-31T12:00:00), whatever the user's SLURM_TIME_FORMAT says.
+        argv = ["squeue", "-h", "-j", env.job_id, "-o", "%e"]
+        child_env = {**environ, "SLURM_TIME_FORMAT": "standard"}
+    else:
+        argv = ["qstat", "-f", env.job_id]
+        child_env = dict(environ)
+    command = " ".join(argv)
+    why = ""
+    try:
+        done = run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S,
+                   env=child_env, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip().splitlines()
+            why = f"exit {done.returncode}: {said[0][:200] if said else 'no message'}"
+        elif env.scheduler == "slurm":
+            end = _squeue_end(done.stdout)
+        else:
+            end = _qstat_end(done.stdout, time.time() if now is None else now)
+    except FileNotFoundError:
+        why = f"{argv[0]} is not on PATH"
+    except subprocess.TimeoutExpired:
+        why = f"no answer in {QUERY_TIMEOUT_S:g} s"
+    except (OSError, PlatformError) as exc:
+        why = str(exc)
+    if why:
+        log.warning("could not learn when this job ends (%s: %s); the launcher has no time "
+                    "limit unless --time-limit-min gives one", command, why)
+        return env
+    log.info("the scheduler says job %s ends at %s (%s)", env.job_id,
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end)), command)
+    return SchedulerEnv(env.scheduler, env.job_id, env.nodes, env.wall_time_min, end)
+
+
+def _squeue_end(text: str) -> float:
+    value = text.strip()
+    try:
+        return time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        raise PlatformError(f"the end time {value[:60]!r} is not a time (no time "
+                            "limit?)") from None
+
+
+def _qstat_end(text: str, now: float) -> float:
+    """Start time + ``Resource_List.walltime``; without ``stime``, now + what is left of
+    the wall time by ``resources_used.walltime``."""
+    fields = _qstat_fields(text)
+    wall = fields.get("Resource_List.walltime")
+    if not wall:
+        raise PlatformError("qstat shows no Resource_List.walltime")
+    wall_s = (_duration_min(wall, "Resource_List.walltime") or 0.0) * 60.0
+    if not wall_s:
+        raise PlatformError(f"Resource_List.walltime = {wall!r} is no limit")
+    stime = fields.get("stime")
+    if stime:
+        try:
+            return time.mktime(time.strptime(" ".join(stime.split()), "%a %b %d %H:%M:%S %Y")
+                               ) + wall_s
+        except ValueError:
+            raise PlatformError(f"cannot read stime = {stime!r}") from None
+    used = fields.get("resources_used.walltime")
+    if used:
+        return now + wall_s - (_duration_min(used, "resources_used.walltime") or 0.0) * 60.0
+    raise PlatformError("qstat shows neither stime nor resources_used.walltime")
+
+
+def _qstat_fields(text: str) -> dict[str, str]:
+    """``name = value`` lines of ``qstat -f``; a long value continues on lines that start
+    with a tab."""
+    fields: dict[str, str] = {}
+    last = ""
+    for line in text.splitlines():
+        if line.startswith("\t") and last:
+            fields[last] += line.strip()
+            continue
+        name, sep, value = line.strip().partition(" = ")
+        if sep:
+            last = name
+            fields[name] = value.strip()
+    return fields
 
 
 def batch_job_id(environ: Mapping[str, str] = os.environ) -> int | None:

@@ -55,9 +55,9 @@ def launcher_deadline(settings: Settings, started: float) -> float | None:
     """Wall-clock end of this launcher: --time-limit-min, else the scheduler's, else none."""
     if settings.time_limit_min > 0:
         return started + settings.time_limit_min * 60.0
-    from .platform import detect, time_limit_min
+    from .platform import detect, time_limit_min, with_end_time
 
-    left = time_limit_min(detect())
+    left = time_limit_min(with_end_time(detect()))
     return None if left is None else time.time() + left * 60.0
 
 

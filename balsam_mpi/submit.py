@@ -10,6 +10,7 @@ reason. A ``local`` run starts the script detached in the background instead.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import subprocess
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import db, jobscript, sql
-from .errors import BalsamError, ProjectError
+from . import config, db, jobscript, sql
+from .errors import BalsamError, ProjectError, UsageError
 from .jobscript import JobRequest
 from .project import Project, this_host
 
@@ -73,27 +74,41 @@ def venv_prefix() -> str:
     return sys.prefix
 
 
+def drain_grace_s(project: Project) -> float:
+    """The launcher's drain grace as its job will see it (``BALSAM_DRAIN_GRACE_S``, then
+    ``settings.toml [launcher]``, then the default): the Slurm warning time is derived
+    from it. sbatch hands the submitting environment on to the job, so the two agree."""
+    grace = config.resolve({}, os.environ, project.read_settings()).drain_grace_s
+    if not math.isfinite(grace) or grace < 0:
+        raise UsageError(f"drain_grace_s = {grace!r} (BALSAM_DRAIN_GRACE_S, or settings.toml "
+                         "[launcher]): give a number of seconds, 0 or more")
+    return grace
+
+
 def dry_run(project: Project, req: JobRequest, home: Path | None = None) -> str:
     """The script a submission would write, with no batch job id; nothing is written."""
     jobscript.validate(req)
     template = jobscript.find_template(req.scheduler, project, home)
     return jobscript.render(template, jobscript.values_for(
-        req, project, batch_job_id=None, venv=venv_prefix()))
+        req, project, batch_job_id=None, venv=venv_prefix(),
+        drain_grace_s=drain_grace_s(project)))
 
 
 def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submission:
     jobscript.validate(req)
     template = jobscript.find_template(req.scheduler, project, home)
     venv = venv_prefix()
+    grace = drain_grace_s(project)
     # Render once before touching anything: a bad template or value fails here, unwritten.
-    jobscript.render(template, jobscript.values_for(req, project, batch_job_id=0, venv=venv))
+    jobscript.render(template, jobscript.values_for(req, project, batch_job_id=0, venv=venv,
+                                                    drain_grace_s=grace))
     if req.scheduler != "local":
         _require_tool(SUBMIT_ARGV[req.scheduler][0])
     qdir = qsubmit_dir(project)
     job_id = _insert(project, req)
     try:
         text = jobscript.render(template, jobscript.values_for(
-            req, project, batch_job_id=job_id, venv=venv))
+            req, project, batch_job_id=job_id, venv=venv, drain_grace_s=grace))
         script = _write_script(qdir, req, job_id, text)
         if req.scheduler == "local":
             return _start_local(project, qdir, script, job_id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 
 from .comm import Backoff, Comm
@@ -46,7 +45,7 @@ class Worker:
 
     def _run(self) -> None:
         comm, node = self.comm, self.node
-        comm.send(0, Hello(rank=self.rank, host=socket.gethostname(), pid=os.getpid(),
+        comm.send(0, Hello(rank=self.rank, host=node.host, pid=os.getpid(),
                            cores=os.cpu_count() or 1, gpus=self.s.gpus_per_node))
         backoff = Backoff(first=0.001, cap=self.s.poll_cap_s)
         last_report = time.monotonic()

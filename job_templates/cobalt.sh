@@ -10,6 +10,7 @@
 #COBALT -A {{ account }}
 #COBALT --attrs filesystems={{ filesystems }}
 {{ directives }}
+{{ end_of_job }}
 
 # Everything the launcher and its tasks create must be writable by the project group, or
 # collaborators get "Permission denied" (balsamactivate sets it too; this holds from here on).
@@ -28,8 +29,12 @@ source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 aprun -n {{ nodes }} -N 1 -cc none \
     "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
 launcher=$!
-# Cobalt sends SIGTERM at the end of the wall time and on qdel: pass it on so the launcher
-# drains (requeues its tasks uncounted, closes its batch job).
+
+# --- the end of the job -------------------------------------------------------------------
+# Cobalt sends TERM to this script at the end of the wall time and on qdel; the ranks run
+# on compute nodes, outside this script's reach. aprun forwards TERM, INT and USR1 to
+# every rank (it kills them only on signals it does not forward), so TERM is passed to it
+# and the launcher drains (tasks requeued uncounted, the batch job closed).
 trap 'kill -TERM "$launcher" 2>/dev/null' TERM USR1 INT
 while kill -0 "$launcher" 2>/dev/null; do wait "$launcher"; done
 wait "$launcher"

@@ -11,6 +11,7 @@
 #PBS -A {{ account }}
 #PBS -j oe
 {{ directives }}
+{{ end_of_job }}
 
 # Everything the launcher and its tasks create must be writable by the project group, or
 # collaborators get "Permission denied" (balsamactivate sets it too; this holds from here on).
@@ -29,8 +30,14 @@ source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 mpiexec -n {{ nodes }} --ppn 1 --cpu-bind none \
     "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
 launcher=$!
-# PBS sends SIGTERM at the end of the wall time and on qdel: pass it on so the launcher
-# drains (requeues its tasks uncounted, closes its batch job) instead of dying mid-write.
-trap 'kill -TERM "$launcher" 2>/dev/null' TERM USR1 INT
+
+# --- the end of the job -------------------------------------------------------------------
+# qdel and the wall time: PBS itself sends TERM to every process of the job on every node,
+# the launcher's ranks included (they drain: tasks requeued uncounted, the batch job
+# closed), and KILL after the queue's kill_delay (`qstat -Qf QUEUE`); qsig too signals
+# every process of the job. So nothing is passed on from here: a second signal could only
+# reach mpiexec, not the ranks. This shell only keeps waiting and returns the launcher's
+# status.
+trap ':' TERM USR1 INT
 while kill -0 "$launcher" 2>/dev/null; do wait "$launcher"; done
 wait "$launcher"

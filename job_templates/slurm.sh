@@ -10,8 +10,10 @@
 #SBATCH --account={{ account }}
 #SBATCH --licenses={{ filesystems }}
 #SBATCH --output={{ job_name }}-%j.out
-#SBATCH --signal=B:USR1@120
+#SBATCH {{ exclusive }}
+#SBATCH --signal=B:USR1@{{ warning_s }}
 {{ directives }}
+{{ end_of_job }}
 
 # Everything the launcher and its tasks create must be writable by the project group, or
 # collaborators get "Permission denied" (balsamactivate sets it too; this holds from here on).
@@ -31,8 +33,15 @@ srun -N {{ nodes }} -n {{ nodes }} --ntasks-per-node=1 \
     --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" --cpu-bind=none \
     "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
 launcher=$!
-# --signal=B:USR1@120 warns this shell two minutes before the end; scancel sends TERM.
-# Pass either on so the launcher drains (requeues its tasks uncounted, closes its job).
-trap 'kill -TERM "$launcher" 2>/dev/null' TERM USR1 INT
+
+# --- the end of the job -------------------------------------------------------------------
+# scancel and the time limit: Slurm itself sends TERM to every process of every step, the
+# launcher's ranks included (they drain: tasks requeued uncounted, the batch job closed),
+# and KILL after KillWait. This shell only keeps waiting. It never sends TERM to srun:
+# srun answers TERM (or HUP, QUIT) by killing its whole step at once.
+# USR1 (the --signal warning above, `scancel --batch --signal=USR1`) and INT reach this
+# shell alone: they go on as USR1, which srun forwards to every process of its step.
+trap 'kill -USR1 "$launcher" 2>/dev/null' USR1 INT
+trap ':' TERM
 while kill -0 "$launcher" 2>/dev/null; do wait "$launcher"; done
 wait "$launcher"

@@ -11,7 +11,7 @@ export PATH="$venv/bin:$PATH"
 reports="$(mktemp -d)"
 status=0
 "$py" -m pytest -p no:cacheprovider --junitxml="$reports/tiers.xml" \
-    tests/unit tests/db tests/e2e tests/multiuser "$@" || status=$?
+    tests/unit tests/db tests/e2e tests/multiuser tests/slurm "$@" || status=$?
 [ "$status" -eq 5 ] && status=0   # a tier with no tests collected is not a failure
 
 # The MPI tier: 3 ranks, only rank 0 reports, a watchdog so a stuck rank cannot hang CI.

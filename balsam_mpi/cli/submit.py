@@ -28,14 +28,19 @@ from .context import CliContext, pass_ctx
 @click.option("--job-name", default="balsam", show_default=True)
 @click.option("--margin-min", type=float,
               help="Minutes between the launcher's time limit and the wall time "
-                   "(default: 5% of it, 1 to 10).")
+                   "(default: 5% of it, 1 to 10). Slurm's warning signal comes 60 s less "
+                   "before the end, if that leaves a drain.")
+@click.option("--shared-nodes", is_flag=True,
+              help="Slurm: do not ask for whole nodes (#SBATCH --exclusive is left out); "
+                   "the job then holds only the CPUs Slurm gives it.")
 @click.option("--dry-run", is_flag=True, help="Print the script; write and submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @pass_ctx
 def submit_command(ctx: CliContext, scheduler: str, nodes: int, wall_time_min: int | None,
                    queue: str | None, account: str | None, workflows: tuple[str, ...],
                    directives: tuple[str, ...], filesystems: str | None, job_name: str,
-                   margin_min: float | None, dry_run: bool, as_json: bool) -> None:
+                   margin_min: float | None, shared_nodes: bool, dry_run: bool,
+                   as_json: bool) -> None:
     """Render a launcher job script into PROJECT/qsubmit/ and submit it.
 
     Templates come from PROJECT/job-templates/, then ~/.balsam/job-templates/, then those
@@ -48,7 +53,7 @@ def submit_command(ctx: CliContext, scheduler: str, nodes: int, wall_time_min: i
     req = JobRequest(scheduler=scheduler, nodes=nodes, wall_time_min=wall_time_min,
                      queue=queue, account=account, workflows=workflows,
                      directives=directives, filesystems=filesystems, job_name=job_name,
-                     margin_min=margin_min)
+                     margin_min=margin_min, whole_nodes=not shared_nodes)
     project = ctx.project()
     if dry_run:
         click.echo(submit.dry_run(project, req), nl=False)

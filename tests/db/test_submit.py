@@ -134,3 +134,49 @@ def test_cli_json(pg_project: Project, conn: Any, dbname: str, fakebin: Path) ->
     assert out["scheduler_job_id"] == "991" and Path(out["script"]).is_file()
     row = submit.get(pg_project, out["batch_job_id"])
     assert row is not None and row["filters"] == {"workflows": ["a"]}
+
+
+@pytest.mark.parametrize(("scheduler", "shows"), [
+    ("slurm", ["#SBATCH --exclusive", "#SBATCH --signal=B:USR1@120",
+               "trap 'kill -USR1 \"$launcher\" 2>/dev/null' USR1 INT", "trap ':' TERM",
+               "# How this job ends (balsam-mpi submit):", "Slurm's warning: USR1"]),
+    ("pbs", ["trap ':' TERM USR1 INT", "kill_delay"]),
+    ("cobalt", ["trap 'kill -TERM \"$launcher\" 2>/dev/null' TERM USR1 INT",
+                "passes it to aprun"]),
+])
+def test_dry_run_shows_how_the_end_of_the_job_is_forwarded(
+        pg_project: Project, conn: Any, dbname: str, scheduler: str,
+        shows: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", scheduler, "-n", "4", "-t",
+                                      "60", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for part in shows:
+        assert part in result.output, (part, result.output)
+    assert _count(conn) == 0
+
+
+def test_dry_run_warning_follows_the_launchers_drain_grace(
+        pg_project: Project, conn: Any, dbname: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning time comes from the drain grace the job's launcher will use."""
+    monkeypatch.setenv("BALSAM_DRAIN_GRACE_S", "150")
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "4", "-t", "60",
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "#SBATCH --signal" not in result.output
+    assert "no Slurm warning signal" in result.output
+    for bad in ("soon", "nan", "-5", "inf"):
+        monkeypatch.setenv("BALSAM_DRAIN_GRACE_S", bad)
+        result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "4", "-t",
+                                          "60", "--dry-run"])
+        assert result.exit_code == 2 and "BALSAM_DRAIN_GRACE_S" in result.output, bad
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_shared_nodes_is_for_slurm_only(pg_project: Project, conn: Any, dbname: str) -> None:
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "2", "-t", "30",
+                                      "--shared-nodes", "--dry-run"])
+    assert result.exit_code == 0 and "--exclusive" not in result.output
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "pbs", "-n", "2", "-t", "30",
+                                      "--shared-nodes"])
+    assert result.exit_code == 2 and "--shared-nodes is for Slurm" in result.output
+    assert _count(conn) == 0

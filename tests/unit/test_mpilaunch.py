@@ -44,14 +44,14 @@ def test_mpich_binding(bind: str, tail: list[str]) -> None:
 def test_srun_prefix() -> None:
     assert launch_prefix("srun", hosts=["nid001", "nid002", "nid004"], ranks_per_node=4,
                          threads_per_rank=8, cpu_bind="depth", gpus_per_rank=1) == [
-        "srun", "--overlap", "--nodes=3", "--ntasks=12", "--ntasks-per-node=4",
+        "srun", "--overlap", "--overcommit", "--nodes=3", "--ntasks=12", "--ntasks-per-node=4",
         "--cpus-per-task=8", "--nodelist=nid001,nid002,nid004", "--cpu-bind=cores",
         "--gpus-per-task=1"]
 
 
 def test_srun_defaults_leave_binding_and_gpus_alone() -> None:
     assert launch_prefix("srun", hosts=TWO, ranks_per_node=2) == [
-        "srun", "--overlap", "--nodes=2", "--ntasks=4", "--ntasks-per-node=2",
+        "srun", "--overlap", "--overcommit", "--nodes=2", "--ntasks=4", "--ntasks-per-node=2",
         "--cpus-per-task=1", "--nodelist=x1,x2"]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,104 @@ def test_batch_job_id() -> None:
     assert platform.batch_job_id({"BALSAM_BATCH_JOB_ID": " 17 "}) == 17
     with pytest.raises(BalsamError, match="BALSAM_BATCH_JOB_ID"):
         platform.batch_job_id({"BALSAM_BATCH_JOB_ID": "17; rm -rf"})
+
+
+# -- node names as the scheduler knows them ---------------------------------------------------
+def test_node_name_under_slurm_is_the_slurmd_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm.example.org")
+    assert platform.node_name({"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "n2"}) == "n2"
+    assert platform.node_name({"SLURM_JOB_ID": "5"}) == "vm.example.org"  # batch shell
+    assert platform.node_name({"SLURMD_NODENAME": "n2"}) == "vm.example.org"  # no job
+
+
+def test_node_name_under_pbs_is_this_hosts_nodefile_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("x3001c0s1b0n0.hsn.cm.example\nx3001c0s2b0n0.hsn.cm.example\n")
+    env = {"PBS_JOBID": "1.pbs", "PBS_NODEFILE": str(nodefile)}
+    monkeypatch.setattr(socket, "gethostname", lambda: "x3001c0s2b0n0")
+    assert platform.node_name(env) == "x3001c0s2b0n0.hsn.cm.example"
+    monkeypatch.setattr(socket, "gethostname", lambda: "elsewhere")
+    assert platform.node_name(env) == "elsewhere"  # not in the file: the host name
+    assert platform.node_name({}) == "elsewhere"
+
+
+def test_a_node_names_itself_as_the_scheduler_does() -> None:
+    from balsam_mpi.node import Node
+
+    node = Node(environ={"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "n3", "PATH": "/bin"})
+    try:
+        assert node.host == "n3"
+    finally:
+        node.close()
+
+
+# -- the end time, asked of the scheduler -----------------------------------------------------
+class FakeRun:
+    def __init__(self, stdout: str = "", returncode: int = 0, raises: BaseException | None = None
+                 ) -> None:
+        self.stdout, self.returncode, self.raises = stdout, returncode, raises
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def __call__(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        self.calls.append((argv, dict(kw["env"])))  # type: ignore[call-overload]
+        if self.raises is not None:
+            raise self.raises
+        return subprocess.CompletedProcess(argv, self.returncode, self.stdout, "denied\n")
+
+
+def test_slurm_end_time_from_squeue() -> None:
+    run = FakeRun("2030-01-02T03:04:05\n")
+    env = platform.with_end_time(SchedulerEnv("slurm", "42"), {"PATH": "/bin"}, run)
+    assert env.end_time == time.mktime((2030, 1, 2, 3, 4, 5, 0, 0, -1))
+    argv, child_env = run.calls[0]
+    assert argv == ["squeue", "-h", "-j", "42", "-o", "%e"]
+    assert child_env["SLURM_TIME_FORMAT"] == "standard"  # not the user's format
+
+
+PBS_QSTAT = """Job Id: 123.polaris-pbs-01
+    Job_Name = balsam
+    resources_used.walltime = 00:10:00
+    Resource_List.walltime = 01:00:00
+    Resource_List.select = 2:system=polaris
+    stime = Thu Jan  3 04:05:06 2030
+    Variable_List = PBS_O_HOME=/home/me,PBS_O_PATH=/usr/bin:/bin,
+\tPBS_O_WORKDIR=/home/me
+"""
+
+
+def test_pbs_end_time_from_qstat() -> None:
+    run = FakeRun(PBS_QSTAT)
+    env = platform.with_end_time(SchedulerEnv("pbs", "123.polaris-pbs-01"), {}, run)
+    assert env.end_time == time.mktime((2030, 1, 3, 4, 5, 6, 0, 0, -1)) + 3600
+    assert run.calls[0][0] == ["qstat", "-f", "123.polaris-pbs-01"]
+    no_stime = PBS_QSTAT.replace("    stime = Thu Jan  3 04:05:06 2030\n", "")
+    env = platform.with_end_time(SchedulerEnv("pbs", "123"), {}, FakeRun(no_stime),
+                                 now=1000.0)
+    assert env.end_time == 1000.0 + 3600 - 600  # what is left of the wall time
+
+
+@pytest.mark.parametrize("run", [
+    FakeRun(raises=FileNotFoundError("squeue")),
+    FakeRun(raises=subprocess.TimeoutExpired(["squeue"], 10)),
+    FakeRun(returncode=1),
+    FakeRun("N/A\n"),
+    FakeRun("Unknown\n"),
+], ids=["missing", "timeout", "refused", "no-limit", "unknown"])
+def test_end_time_query_failures_leave_env_and_say_why(
+        run: FakeRun, caplog: pytest.LogCaptureFixture) -> None:
+    before = SchedulerEnv("slurm", "42", ["n1"], None, None)
+    with caplog.at_level("WARNING", logger="balsam_mpi.platform"):
+        assert platform.with_end_time(before, {}, run) == before
+    assert len(caplog.records) == 1
+    assert "could not learn when this job ends (squeue -h -j 42 -o %e" in caplog.text
+
+
+def test_end_time_is_asked_only_when_missing() -> None:
+    run = FakeRun("2030-01-02T03:04:05\n")
+    known = SchedulerEnv("slurm", "42", [], 60.0, 5.0)
+    assert platform.with_end_time(known, {}, run) is known
+    assert platform.with_end_time(SchedulerEnv("local"), {}, run) == SchedulerEnv("local")
+    assert platform.with_end_time(SchedulerEnv("cobalt", "9"), {}, run).end_time is None
+    assert platform.with_end_time(SchedulerEnv("slurm", "-x"), {}, run).end_time is None
+    assert run.calls == []

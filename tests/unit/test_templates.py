@@ -60,7 +60,19 @@ def test_every_shipped_template_renders_to_valid_bash(project: Project, tmp_path
         assert f"source \"$BALSAM_VENV/bin/balsamactivate\" {shlex.quote(str(project.root))}" \
             in text
         assert "export BALSAM_BATCH_JOB_ID=7" in text
-        assert "trap 'kill -TERM \"$launcher\" 2>/dev/null' TERM USR1 INT" in text
+        assert TRAPS[scheduler] in text
+        if scheduler == "slurm":  # srun answers TERM by killing its step: never sent it
+            assert "kill -TERM" not in text
+        if scheduler != "local":
+            assert "# How this job ends (balsam-mpi submit):" in text
+
+
+TRAPS = {
+    "slurm": "trap 'kill -USR1 \"$launcher\" 2>/dev/null' USR1 INT\ntrap ':' TERM\n",
+    "pbs": "trap ':' TERM USR1 INT\n",
+    "cobalt": "trap 'kill -TERM \"$launcher\" 2>/dev/null' TERM USR1 INT\n",
+    "local": "trap 'kill -TERM \"$launcher\" 2>/dev/null' TERM USR1 INT\n",
+}
 
 
 def test_shipped_templates_are_the_repository_ones() -> None:
@@ -90,6 +102,67 @@ def test_slurm_and_cobalt_launch_lines(project: Project, tmp_path: Path) -> None
     cobalt = _render(project, JobRequest("cobalt", 2, 60), tmp_path)
     assert "#COBALT -t 60\n" in cobalt and "aprun -n 2 -N 1" in cobalt
     assert "LEGACY" in cobalt
+
+
+def test_slurm_whole_nodes_unless_shared(project: Project, tmp_path: Path) -> None:
+    assert "\n#SBATCH --exclusive\n" in _render(project, JobRequest("slurm", 2, 60), tmp_path)
+    shared = _render(project, JobRequest("slurm", 2, 60, whole_nodes=False), tmp_path)
+    assert "--exclusive" not in shared
+    with pytest.raises(UsageError, match="--shared-nodes is for Slurm"):
+        jobscript.validate(JobRequest("pbs", 2, 60, whole_nodes=False))
+
+
+@pytest.mark.parametrize(("wall", "margin", "grace", "lead"), [
+    (60, None, 30, 120),  # margin 3 min: 180 s − Slurm's 60 s early
+    (30, None, 30, 60),  # margin 2 min
+    (20, None, 30, None),  # margin 1 min: no room at all
+    (2, None, 10, None),
+    (240, None, 30, 540),  # margin 10 min (the cap)
+    (60, 1.5, 30, 30),  # exactly one drain
+    (60, 1.4, 30, None),  # 24 s: less than a drain
+    (60, 5.0, 300, None),
+    (3000, 1200.0, 30, 65535),  # sbatch's largest sig_time
+])
+def test_slurm_warning_time(wall: int, margin: float | None, grace: float,
+                            lead: int | None) -> None:
+    req = JobRequest("slurm", 1, wall, margin_min=margin)
+    assert jobscript.slurm_warning_s(req, grace) == lead
+
+
+def test_slurm_warning_never_before_the_launchers_limit_nor_too_late() -> None:
+    for wall in range(1, 400):
+        for margin in (None, 0.5, 1.0, 2.0, 5.0, wall / 3):
+            if margin is not None and margin >= wall:
+                continue  # refused by validate()
+            req = JobRequest("slurm", 1, wall, margin_min=margin)
+            limit = jobscript.launcher_time_limit(req)
+            assert limit is not None
+            for grace in (10.0, 30.0, 90.0):
+                lead = jobscript.slurm_warning_s(req, grace)
+                if lead is not None:
+                    # Even sent 60 s early, it comes after the launcher's own limit ...
+                    assert lead + 60 <= (wall - limit) * 60 + 1e-9
+                    assert lead >= grace  # ... and leaves a whole drain
+
+
+@pytest.mark.parametrize(("req", "grace", "has", "lacks"), [
+    (JobRequest("slurm", 2, 60), 30.0, ["#SBATCH --signal=B:USR1@120\n",
+                                        "USR1 to this script 120 s before the end"], []),
+    (JobRequest("slurm", 2, 20), 30.0, ["no Slurm warning signal"], ["#SBATCH --signal"]),
+    (JobRequest("slurm", 2, 60), 150.0, ["no Slurm warning signal"], ["#SBATCH --signal"]),
+    (JobRequest("pbs", 2, 60), 30.0, ["KILL after the queue's kill_delay"], []),
+    (JobRequest("cobalt", 2, 60), 30.0, ["passes it to aprun"], []),
+])
+def test_the_script_says_how_its_job_ends(project: Project, req: JobRequest, grace: float,
+                                          has: list[str], lacks: list[str]) -> None:
+    text = jobscript.render(jobscript.find_template(req.scheduler, project, Path("/nohome")),
+                            jobscript.values_for(req, project, batch_job_id=1, venv="/v",
+                                                 environ={}, drain_grace_s=grace))
+    _bash_n(text)
+    for part in has:
+        assert part in " ".join(text.replace("\n#    ", " ").split(" ")), (part, text)
+    for part in lacks:
+        assert part not in text
 
 
 def test_hostile_workflow_is_one_quoted_word(project: Project, tmp_path: Path) -> None:

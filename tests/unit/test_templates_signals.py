@@ -1,6 +1,16 @@
-"""Rendered scripts run for real with fake MPI launchers: the umask holds, the launch line's
-argv is right, the scheduler's signal reaches the launcher, and its exit status is the
-script's."""
+"""Rendered scripts run for real as batch jobs of a stand-in scheduler, with stand-in launch
+tools that behave as the real ones do at the end of a job (fake_hpc.py): the scheduler's
+end of job reaches every launcher rank, each rank finishes its drain before anything is
+killed, the script never sends the launch tool a signal it turns into a kill, and the
+script's status is the launcher's. Also: the umask holds, the launch line's argv is right.
+
+The scheduler stand-in ends a job as each scheduler documents it: Slurm (scancel, the time
+limit) sends CONT and TERM to every process of every step and of the batch script, and
+KILL after KillWait (30 s by default); its --signal=B: warning goes to the batch shell
+alone. PBS (qdel, the wall time) sends TERM to every process of the job and KILL after
+kill_delay (10 s by default); qsig signals every process. Cobalt's delivery is not
+documented where we looked: the stand-in signals the script alone, the weakest case.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,14 +28,10 @@ from balsam_mpi import jobscript
 from balsam_mpi.jobscript import JobRequest
 from balsam_mpi.project import Project
 
-FAKE_LAUNCHER = """#!/bin/bash
-printf '%s\\n' "$0" "$@" > "$OUT/argv"
-umask > "$OUT/umask"
-trap 'echo TERM > "$OUT/signal"; exit 42' TERM
-[ -n "$STAY" ] || exit 3
-touch "$OUT/started"
-while :; do sleep 0.05; done
-"""
+FAKE = Path(__file__).with_name("fake_hpc.py")
+KILL_WAIT_S = 30.0  # Slurm's default KillWait
+KILL_DELAY_S = 10.0  # PBS's default kill_delay
+RANKS = 3
 
 
 @pytest.fixture()
@@ -38,70 +45,211 @@ def setup(tmp_path: Path) -> tuple[Project, Path, Path]:
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "balsamactivate").write_text('echo "$1" > "$OUT/activated"\n')
-    site = tmp_path / "site"  # the site's MPI launchers, first on PATH
+    site = tmp_path / "site"  # the site's launch tools, first on PATH
     site.mkdir()
-    for name in ("mpiexec", "srun", "aprun"):
-        (site / name).write_text(FAKE_LAUNCHER)
-        (site / name).chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
+    source = f"#!{sys.executable}\n" + FAKE.read_text()
+    for path in (site / "srun", site / "mpiexec", site / "aprun", venv / "bin" / "python"):
+        path.write_text(source)
+        path.chmod(0o755)
+    (tmp_path / "out").mkdir()
     return Project(root), venv, site
 
 
-def _start(project: Project, venv: Path, site: Path, req: JobRequest, stay: bool,
-           tmp_path: Path) -> subprocess.Popen[bytes]:
-    template = jobscript.find_template(req.scheduler, project, tmp_path / "nohome")
-    text = jobscript.render(template, jobscript.values_for(
-        req, project, batch_job_id=5, venv=str(venv), environ={}))
-    script = tmp_path / "job.sh"
-    script.write_text(text)
-    env = {"PATH": f"{site}:/usr/bin:/bin", "OUT": str(tmp_path / "out"),
-           "STAY": "1" if stay else ""}
-    return subprocess.Popen(["bash", str(script)], env=env, preexec_fn=lambda: os.umask(0o077))
+class Job:
+    """A rendered script run as a batch job of the stand-in scheduler."""
+
+    def __init__(self, project: Project, venv: Path, site: Path, req: JobRequest,
+                 tmp_path: Path) -> None:
+        template = jobscript.find_template(req.scheduler, project, tmp_path / "nohome")
+        text = jobscript.render(template, jobscript.values_for(
+            req, project, batch_job_id=5, venv=str(venv), environ={}))
+        script = tmp_path / "job.sh"
+        script.write_text(text)
+        self.out = tmp_path / "out"
+        env = {"PATH": f"{site}:/usr/bin:/bin", "OUT": str(self.out)}
+        self.proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True,
+                                     preexec_fn=lambda: os.umask(0o077))
+        self.killed: list[int] = []
+
+    def rank_log(self, rank: int) -> str:
+        path = self.out / f"rank{rank}.log"
+        return path.read_text() if path.exists() else ""
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while not all("ready" in self.rank_log(r) for r in range(RANKS)):
+            assert self.proc.poll() is None, "the job script ended before its ranks started"
+            assert time.monotonic() < deadline, "the ranks never started"
+            time.sleep(0.05)
+
+    def step_pids(self) -> list[int]:
+        path = self.out / "step.pids"
+        return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+    def processes(self) -> list[int]:
+        """Every live process of the job: the script's session and the step."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.proc.pid and fields[0] != "Z":
+                found.append(int(entry))
+        return found + [p for p in self.step_pids() if _alive(p)]
+
+    def end(self, signals: list[signal.Signals], grace: float, whole_job: bool) -> int:
+        """Send ``signals`` to every process of the job (or to the script alone), then KILL
+        whatever is left after ``grace`` seconds; the script's exit status."""
+        targets = self.processes() if whole_job else [self.proc.pid]
+        for sig in signals:
+            for pid in targets:
+                _send(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (
+                self.proc.poll() is None or any(_alive(p) for p in self.step_pids())):
+            time.sleep(0.05)
+        for pid in self.processes():
+            self.killed.append(pid)
+            _send(pid, signal.SIGKILL)
+        return self.proc.wait(timeout=10)
+
+    def signals_from_script(self, tool: str) -> list[str]:
+        path = self.out / f"{tool}.signals"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [line for line in lines if line.endswith(f"from {self.proc.pid}")]
+
+    def assert_every_rank_drained(self, stop: str) -> None:
+        for rank in range(RANKS):
+            log = self.rank_log(rank)
+            assert f"stop {stop}" in log and "drained" in log, (rank, log)
+        assert not self.killed, f"still running after the grace: {self.killed}"
 
 
-REQUESTS = {
-    "pbs": (JobRequest("pbs", 4, 60, workflows=("w 1",)),
-            ["mpiexec", "-n", "4", "--ppn", "1", "--cpu-bind", "none"]),
-    "slurm": (JobRequest("slurm", 4, 60, workflows=("w 1",)),
-              ["srun", "-N", "4", "-n", "4", "--ntasks-per-node=1", "--cpus-per-task=1",
-               "--cpu-bind=none"]),
-    "cobalt": (JobRequest("cobalt", 4, 60, workflows=("w 1",)),
-               ["aprun", "-n", "4", "-N", "1", "-cc", "none"]),
+def _alive(pid: int) -> bool:
+    """Running (a zombie whose parent is gone may never be reaped here: not alive)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _send(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _job(setup: tuple[Project, Path, Path], tmp_path: Path, scheduler: str) -> Job:
+    project, venv, site = setup
+    job = Job(project, venv, site, JobRequest(scheduler, RANKS, 60, workflows=("w 1",)),
+              tmp_path)
+    job.wait_ready()
+    return job
+
+
+# -- Slurm -----------------------------------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_slurm_scancel_or_time_limit(setup: tuple[Project, Path, Path],
+                                     tmp_path: Path) -> None:
+    job = _job(setup, tmp_path, "slurm")
+    (job.out / "job-ending").touch()  # what srun learns from slurmctld when a job ends
+    job.end([signal.SIGCONT, signal.SIGTERM], KILL_WAIT_S, whole_job=True)
+    job.assert_every_rank_drained("SIGTERM")
+    assert not [s for s in job.signals_from_script("srun") if s.startswith("TERM")]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT], ids=["warning", "int"])
+def test_slurm_warning_reaches_the_ranks_through_srun(
+        setup: tuple[Project, Path, Path], tmp_path: Path, sig: signal.Signals) -> None:
+    """--signal=B:USR1@N (or scancel --batch) signals the batch shell alone."""
+    job = _job(setup, tmp_path, "slurm")
+    status = job.end([sig], KILL_WAIT_S, whole_job=False)
+    job.assert_every_rank_drained("SIGUSR1")  # srun forwarded it to every rank
+    assert status == 42  # the launcher's own status
+    assert job.signals_from_script("srun") == [f"SIGUSR1 from {job.proc.pid}"]
+
+
+def test_slurm_stand_in_kills_its_step_on_term(setup: tuple[Project, Path, Path],
+                                               tmp_path: Path) -> None:
+    """The stand-in does what real srun does in a live job when sent TERM (measured on
+    Slurm 22.05: every rank gone at once, none drained) — what the old template did."""
+    job = _job(setup, tmp_path, "slurm")
+    srun = next(p for p in job.processes()
+                if b"/site/srun\0" in Path(f"/proc/{p}/cmdline").read_bytes())
+    os.kill(srun, signal.SIGTERM)
+    job.proc.wait(timeout=30)
+    assert all("drained" not in job.rank_log(r) for r in range(RANKS))
+
+
+# -- PBS -------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["qdel", "qsig"])
+def test_pbs_qdel_or_wall_time(setup: tuple[Project, Path, Path], tmp_path: Path,
+                               sig: signal.Signals) -> None:
+    job = _job(setup, tmp_path, "pbs")
+    status = job.end([sig], KILL_DELAY_S, whole_job=True)
+    job.assert_every_rank_drained(sig.name)
+    assert status == 42
+    assert job.signals_from_script("mpiexec") == []  # nothing passed on: PBS did it
+
+
+# -- Cobalt ----------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_cobalt_qdel_or_wall_time(setup: tuple[Project, Path, Path], tmp_path: Path) -> None:
+    job = _job(setup, tmp_path, "cobalt")
+    status = job.end([signal.SIGTERM], KILL_DELAY_S, whole_job=False)
+    job.assert_every_rank_drained("SIGTERM")  # through aprun, which forwards TERM
+    assert status == 42
+
+
+# -- the launch lines and the script's environment ---------------------------------------------
+PREFIXES = {
+    "pbs": ["mpiexec", "-n", "3", "--ppn", "1", "--cpu-bind", "none"],
+    "slurm": ["srun", "-N", "3", "-n", "3", "--ntasks-per-node=1", "--cpus-per-task=1",
+              "--cpu-bind=none"],
+    "cobalt": ["aprun", "-n", "3", "-N", "1", "-cc", "none"],
 }
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("scheduler", sorted(REQUESTS))
-def test_signal_reaches_the_launcher(setup: tuple[Project, Path, Path], tmp_path: Path,
-                                     scheduler: str) -> None:
-    project, venv, site = setup
-    req, prefix = REQUESTS[scheduler]
-    proc = _start(project, venv, site, req, True, tmp_path)
-    out = tmp_path / "out"
-    deadline = time.monotonic() + 30
-    while not (out / "started").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "launcher never started"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1 if scheduler == "slurm" else signal.SIGTERM)
-    assert proc.wait(timeout=30) == 42  # the launcher's own status, after draining
-    assert (out / "signal").read_text() == "TERM\n"
-    argv = (out / "argv").read_text().splitlines()
-    assert [Path(argv[0]).name, *argv[1:len(prefix)]] == prefix
-    assert argv[len(prefix):] == [str(venv / "bin" / "python"), "-m", "balsam_mpi",
-                                  "--workflow=w 1", "--time-limit-min", "57"]
-    assert (out / "umask").read_text() == "0007\n"  # 077 from the caller → group rwx
-    assert (out / "activated").read_text() == f"{project.root}\n"
+@pytest.mark.parametrize("scheduler", sorted(PREFIXES))
+def test_launch_line_umask_and_activation(setup: tuple[Project, Path, Path], tmp_path: Path,
+                                          scheduler: str) -> None:
+    project, venv, _site = setup
+    job = _job(setup, tmp_path, scheduler)
+    job.end([signal.SIGTERM], KILL_DELAY_S, whole_job=True)
+    prefix = PREFIXES[scheduler]
+    argv = (job.out / f"{prefix[0]}.argv").read_text().splitlines()
+    assert [Path(argv[0]).name, *argv[1:]] == [*prefix, str(venv / "bin" / "python"), "-m",
+                                               "balsam_mpi", "--workflow=w 1",
+                                               "--time-limit-min", "57"]
+    assert (job.out / "argv").read_text().splitlines() == [
+        "-m", "balsam_mpi", "--workflow=w 1", "--time-limit-min", "57"]
+    assert (job.out / "umask").read_text() == "0007\n"  # 077 from the caller → group rwx
+    assert (job.out / "activated").read_text() == f"{project.root}\n"
 
 
 @pytest.mark.timeout(60)
 def test_local_uses_the_venv_mpiexec_and_returns_its_status(
         setup: tuple[Project, Path, Path], tmp_path: Path) -> None:
     project, venv, site = setup
-    (venv / "bin" / "mpiexec").write_text(FAKE_LAUNCHER)
+    (venv / "bin" / "mpiexec").write_text('#!/bin/bash\nprintf "%s\\n" "$0" "$@" > '
+                                          '"$OUT/local.argv"\nexit 3\n')
     (venv / "bin" / "mpiexec").chmod(0o755)
-    proc = _start(project, venv, site, JobRequest("local", 3), False, tmp_path)
-    assert proc.wait(timeout=30) == 3
-    argv = (tmp_path / "out" / "argv").read_text().splitlines()
+    template = jobscript.find_template("local", project, tmp_path / "nohome")
+    script = tmp_path / "local.sh"
+    script.write_text(jobscript.render(template, jobscript.values_for(
+        JobRequest("local", 3), project, batch_job_id=5, venv=str(venv), environ={})))
+    done = subprocess.run(["bash", str(script)], env={"PATH": f"{site}:/usr/bin:/bin",
+                                                      "OUT": str(tmp_path / "out")},
+                          timeout=30, check=False)
+    assert done.returncode == 3
+    argv = (tmp_path / "out" / "local.argv").read_text().splitlines()
     assert argv == [str(venv / "bin" / "mpiexec"), "-n", "3", str(venv / "bin" / "python"),
                     "-m", "balsam_mpi"]
