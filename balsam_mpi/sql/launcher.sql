@@ -1,6 +1,7 @@
 -- The launcher's statements (store.py). Each calls one SECURITY DEFINER function of
--- migrations/0004_launcher.sql (0005_leases.sql for lease expiry), so a leader needs no
--- table privileges of its own.
+-- migrations/0004_launcher.sql (0005_leases.sql for lease expiry, 0008_reliability.sql
+-- for journals), so a leader needs no table privileges of its own; the few plain reads
+-- need only what every member has (SELECT).
 
 -- name: launcher_open_job
 SELECT job_id, lease_epoch, adopted
@@ -11,16 +12,19 @@ SELECT job_id, lease_epoch, adopted
 -- name: launcher_claim
 SELECT id, workflow, name, state, app, command, shell, env_script, params::text,
        args, env::text, num_nodes, ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
-       wall_time_min
+       wall_time_min, priority, input_files, parents::text
   FROM launcher_claim(%(job)s, %(epoch)s, %(limit)s, %(capacity)s, %(max_need)s,
                       %(workflows)s, %(tags)s, %(owners)s, %(remaining_min)s,
                       %(max_nodes)s);
 
 -- name: launcher_report
+-- ``through``: the last report group of the leader's journal this batch completes (0 =
+-- none); recorded with the reports, so a replay skips them (0008).
 SELECT step, changed
   FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s::bigint[], %(s_at)s::float8[],
                        %(f_ids)s::bigint[], %(f_kind)s::smallint[], %(f_rc)s::integer[],
-                       %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[]);
+                       %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[],
+                       %(through)s::bigint);
 
 -- name: launcher_heartbeat
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);
@@ -58,3 +62,34 @@ SELECT id, state::text, nodes, end_reason,
 -- Batch jobs whose lease ran out: marked LOST, their tasks requeued (migrations/0005).
 SELECT job_id, job_user, requeued, failed, released
   FROM launcher_expire_leases(%(job)s::bigint);
+
+-- name: launcher_held_by_overdue
+-- Work this launcher's filters match that another batch job holds although its heartbeat
+-- is overdue (older than half its lease: a live leader beats at least that often). Such a
+-- job has probably died; its tasks come back when its lease runs out, so a launcher that
+-- sees this does not count itself idle yet. Starts from the few RUNNING jobs.
+SELECT b.id, count(*)::bigint,
+       extract(epoch FROM coalesce(b.heartbeat_at, b.started_at)
+                          + make_interval(secs => b.lease_sec) - now())::float8
+  FROM batch_jobs b JOIN tasks t ON t.batch_job_id = b.id
+ WHERE b.state = 'RUNNING' AND b.id <> %(job)s
+   AND coalesce(b.heartbeat_at, b.started_at) < now() - make_interval(secs => b.lease_sec / 2)
+   AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED', 'RUNNING')
+   AND t.num_nodes <= %(max_nodes)s
+   AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+   AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+   AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
+ GROUP BY b.id ORDER BY b.id;
+
+-- name: launcher_journal_key
+SELECT launcher_journal_key(%(job)s, %(epoch)s);
+
+-- name: launcher_journal_done
+SELECT launcher_journal_done(%(job)s, %(epoch)s);
+
+-- name: launcher_journals_due
+SELECT job_id, lease_epoch, job_user, replayed_seq FROM launcher_journals_due();
+
+-- name: launcher_replay
+SELECT step, changed
+  FROM launcher_replay(%(job)s, %(epoch)s, %(lines)s::text[], %(macs)s::text[]);
