@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from balsam_mpi import db
 from balsam_mpi.errors import BalsamError
 from balsam_mpi.journal import Journal, payload
 from balsam_mpi.lease import sweep_once
@@ -21,7 +22,15 @@ from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
 from balsam_mpi.replay import ReplayCache, replay_due
 from balsam_mpi.store import Lease, Store
-from tests.db.test_lease import add_tasks, claim, go_silent, open_lease, store  # noqa: F401
+from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
+
+
+@pytest.fixture()
+def store(pg_project: Project, dbname: str) -> Any:
+    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
+    yield s
+    s.close()
+
 
 T0 = 1_900_000_000.0
 

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from balsam_mpi import db
+from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
 from balsam_mpi.store import ClaimFilter, Store
-from tests.db.test_lease import add_tasks, claim, go_silent, open_lease, store  # noqa: F401
+from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
+
+
+@pytest.fixture()
+def store(pg_project: Project, dbname: str) -> Any:
+    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
+    yield s
+    s.close()
+
 
 T0 = 1_900_000_000.0
 
