@@ -3,11 +3,17 @@
 One claim in flight at most, for what the nodes can start soon (``Dispatcher.demand``).
 The claim call runs on the database thread and comes back as ready specs (``specs.py``);
 rows that cannot run are written as failures of their tasks, nothing else. While the
-database is away claims pause longer each time. When a claim finds nothing, the same call
-looks for work this launcher's filters match that a batch job with an overdue heartbeat
-still holds: such a job has probably died, its tasks come back when its lease runs out,
-and until then this launcher does not count itself idle (it would otherwise end and
-leave them for whoever comes next).
+database is away claims pause longer each time.
+
+**No early idle exit while a dead job holds work.** When a claim finds nothing, the same
+call lists the other running batch jobs that hold work these filters match, with their
+last heartbeat. A launcher started right after one that crashed must not end for lack of
+work while the crashed job's tasks wait for its lease to run out: so it counts itself
+idle only once every such job has shown it is alive by renewing its heartbeat since this
+launcher first saw it. One that does not is waited for: once its heartbeat is older than
+half its lease (a live leader beats at least that often) it is said to be overdue in the
+log, and when its lease has run out a sweep requeues its tasks and the next claim takes
+them. The cost is at most one heartbeat interval of waiting when the holders are alive.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ class Claims:
         self.future: tuple[int, Future[ClaimResult]] | None = None
         self.covers = -1  # the leader's flush count when the last claim was sent
         self.last_empty = False
-        self.held_jobs: frozenset[int] = frozenset()  # overdue jobs holding our work
+        self.first_beat: dict[int, float] = {}  # holder job -> heartbeat first seen
+        self.waiting_for: frozenset[int] = frozenset()  # holders not seen alive yet
+        self.overdue: frozenset[int] = frozenset()
         self.next_at = 0.0
         self.pause = 0.0  # grows while claims fail
         self.total = 0
@@ -90,7 +98,7 @@ class Claims:
             self.pause = 0.0
         self.covers = covers
         self._held(got)
-        self.last_empty = not got.claimed and not got.held
+        self.last_empty = not got.claimed and not self.waiting_for
         if not got.claimed:
             self.next_at = now + self.s.claim_idle_s
             return
@@ -108,14 +116,23 @@ class Claims:
         ld.nodes.push()
 
     def _held(self, got: ClaimResult) -> None:
-        jobs = frozenset(h.job_id for h in got.held)
-        if jobs - self.held_jobs:
-            for h in got.held:
-                left = (f"its lease runs out in {h.expires_in_s:.0f} s" if h.expires_in_s > 0
-                        else "its lease has run out")
-                log.warning("batch job %s holds %s task(s) for these filters but has not "
-                            "heartbeated in time (%s): waiting to take them over",
-                            h.job_id, h.tasks, left)
-        elif self.held_jobs and not jobs:
-            log.info("no dead batch job holds work for these filters any more")
-        self.held_jobs = jobs
+        """Which holders have not shown they are alive (see the module's docstring)."""
+        if got.claimed:
+            return
+        waiting: set[int] = set()
+        overdue: set[int] = set()
+        for h in got.held:
+            first = self.first_beat.setdefault(h.job_id, h.heartbeat_at)
+            if h.heartbeat_at > first:
+                continue  # it renewed: a live launcher, which will run its own tasks
+            waiting.add(h.job_id)
+            if h.overdue:
+                overdue.add(h.job_id)
+                if h.job_id not in self.overdue:
+                    left = h.lease_s - h.silent_s
+                    log.warning("batch job %s holds %s task(s) for these filters but has not "
+                                "heartbeated for %.0f s: waiting %s to take them over",
+                                h.job_id, h.tasks, h.silent_s,
+                                f"{left:.0f} s for its lease to run out" if left > 0
+                                else "for its lease to be swept")
+        self.waiting_for, self.overdue = frozenset(waiting), frozenset(overdue)

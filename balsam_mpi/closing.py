@@ -3,10 +3,11 @@
 This is a loop, like the leader's own, and it keeps heartbeating: the final write once
 blocked for two minutes in a retry sleep with no heartbeat, another leader declared the
 job lost meanwhile, and every task ran a second time. Now the write is retried with the
-buffer's pauses (and split around a report the server cannot store) for as long as this
-leader still holds its lease; once it has gone half the lease without renewing it — the
-database away — it gives up: everything it held is in the journal, which the next leader
-or ``balsam-dbctl recover`` replays before that lease is declared lost.
+buffer's pauses (and split around a report the server cannot store) while heartbeats go
+on; a database that comes back in time gets everything directly. Once the lease has gone
+unrenewed for :data:`PATIENCE_S` (or the whole lease, if longer) — the database away —
+it gives up: everything it held is in the journal, which the next leader or
+``balsam-dbctl recover`` replays before that lease is declared lost.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .leader import Leader
 
 log = logging.getLogger(__name__)
+
+PATIENCE_S = 30.0
 
 
 def close_out(ld: Leader, reason: str) -> bool:
@@ -48,8 +51,8 @@ def close_out(ld: Leader, reason: str) -> bool:
             closing = ld.db.submit(ld.store.close_job, ld.lease, "FINISHED", reason)
         ld._flush()
         ld._heartbeat()
-        silent = ld.lease_watch.silent_for()
-        if ld.lease_lost or silent is not None:
+        silent = ld.lease_watch.silence()
+        if ld.lease_lost or silent >= max(PATIENCE_S, ld.s.lease_s):
             held = len(ld.buffer) + (len(ld.flushing[0]) if ld.flushing else 0)
             where = ld.journal.path if ld.journal is not None else None
             log.error("giving up the final write: %s; %s report(s) not written%s",

@@ -73,6 +73,10 @@ class LeaseWatch:
             self.last_beat = max(self.last_beat, sent)
         return alive
 
+    def silence(self) -> float:
+        """Seconds since the lease was last renewed."""
+        return time.monotonic() - self.last_beat
+
     def silent_for(self) -> float | None:
         """Seconds without a renewed lease once that reaches half the lease, else None."""
         silent = time.monotonic() - self.last_beat

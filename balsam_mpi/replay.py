@@ -149,11 +149,12 @@ def replay_file(store: Store, path: Path, job_id: int, epoch: int, uid: int,
     return lines_done, finished
 
 
-def replay_due(store: Store, directory: Path, cache: ReplayCache | None = None
-               ) -> list[Replayed]:
-    """Replay the journals the database says may hold unwritten reports."""
+def replay_due(store: Store, directory: Path, cache: ReplayCache | None = None,
+               job_id: int | None = None) -> list[Replayed]:
+    """Replay the journals the database says may hold unwritten reports (of one batch
+    job only, given ``job_id``)."""
     cache = cache if cache is not None else ReplayCache()
-    due = store.journals_due()
+    due = [d for d in store.journals_due() if job_id is None or d[0] == job_id]
     if not due:
         return []
     files = _journals(directory)

@@ -41,7 +41,7 @@ class ClaimResult(NamedTuple):
     claimed: int
     specs: list[TaskSpec]  # in the claim's order (priority first)
     bad: list[tuple[int, str]]  # rows that cannot run: (id, why)
-    held: list[Held]  # when nothing was claimed: work a probably dead job still holds
+    held: list[Held]  # when nothing was claimed: work other running jobs hold
     max_packing: int
 
 
@@ -132,12 +132,12 @@ class SpecBuilder:
     def claim(self, store: Store, lease: Lease, *, filters: ClaimFilter,
               look_for_held: bool, **kwargs: Any) -> ClaimResult:
         """The claim call (database thread): claim, read new apps, build the specs; if
-        nothing was claimed, also look for work held by jobs whose heartbeat is overdue."""
+        nothing was claimed, also look at the work other running jobs hold."""
         rows = self.apps.claim(store, lease, filters=filters, **kwargs)
         specs, bad = self.build_all(rows)
         held: list[Held] = []
         if not rows and look_for_held:
-            held = store.held_by_overdue(lease, filters, int(kwargs.get("max_nodes", 1)))
+            held = store.held_elsewhere(lease, filters, int(kwargs.get("max_nodes", 1)))
         return ClaimResult(len(rows), specs, bad, held,
                            max((r.node_packing_count for r in rows), default=1))
 

@@ -65,11 +65,18 @@ class BadReport(DatabaseError):
 
 
 class Held(NamedTuple):
-    """Work another batch job holds although its heartbeat is overdue (probably dead)."""
+    """Work another running batch job holds that this launcher's filters match."""
 
     job_id: int
-    tasks: int
-    expires_in_s: float  # until its lease runs out (negative: already expired)
+    tasks: int  # counted up to 1000
+    heartbeat_at: float  # epoch seconds, the server's clock
+    silent_s: float  # since that heartbeat
+    lease_s: float
+
+    @property
+    def overdue(self) -> bool:
+        """A live leader beats at least every half lease: this one has probably died."""
+        return self.silent_s > self.lease_s / 2
 
 
 class Expired(NamedTuple):
@@ -222,18 +229,19 @@ class Store:
         return [Expired(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
     # -- overdue jobs and journals (0008) ------------------------------------------------
-    def held_by_overdue(self, lease: Lease, filters: ClaimFilter,
-                        max_nodes: int) -> list[Held]:
-        """Other batch jobs whose heartbeat is overdue and that hold work these filters
-        match (a plain read: members may read every task and batch job)."""
+    def held_elsewhere(self, lease: Lease, filters: ClaimFilter,
+                       max_nodes: int) -> list[Held]:
+        """Other running batch jobs holding work these filters match (a plain read:
+        members may read every task and batch job)."""
         from psycopg.types.json import Jsonb
 
-        rows = self._rows("launcher_held_by_overdue", {
+        rows = self._rows("launcher_held_elsewhere", {
             "job": lease.job_id, "max_nodes": max_nodes,
             "workflows": list(filters.workflows) or None,
             "tags": Jsonb(dict(filters.tags)) if filters.tags else None,
             "owners": list(filters.owners) or None})
-        return [Held(int(r[0]), int(r[1]), float(r[2])) for r in rows]
+        return [Held(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]))
+                for r in rows]
 
     def journal_key(self, lease: Lease) -> bytes:
         """The MAC key of this leader's journal (only the job's own user gets it)."""

@@ -63,23 +63,29 @@ SELECT id, state::text, nodes, end_reason,
 SELECT job_id, job_user, requeued, failed, released
   FROM launcher_expire_leases(%(job)s::bigint);
 
--- name: launcher_held_by_overdue
--- Work this launcher's filters match that another batch job holds although its heartbeat
--- is overdue (older than half its lease: a live leader beats at least that often). Such a
--- job has probably died; its tasks come back when its lease runs out, so a launcher that
--- sees this does not count itself idle yet. Starts from the few RUNNING jobs.
-SELECT b.id, count(*)::bigint,
-       extract(epoch FROM coalesce(b.heartbeat_at, b.started_at)
-                          + make_interval(secs => b.lease_sec) - now())::float8
-  FROM batch_jobs b JOIN tasks t ON t.batch_job_id = b.id
- WHERE b.state = 'RUNNING' AND b.id <> %(job)s
-   AND coalesce(b.heartbeat_at, b.started_at) < now() - make_interval(secs => b.lease_sec / 2)
-   AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED', 'RUNNING')
-   AND t.num_nodes <= %(max_nodes)s
-   AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
-   AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
-   AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
- GROUP BY b.id ORDER BY b.id;
+-- name: launcher_held_elsewhere
+-- Other running batch jobs that hold work this launcher's filters match (up to 1000
+-- tasks counted each), with their last heartbeat. A launcher with nothing to run does not
+-- count itself idle until it has seen each of them renew its heartbeat: one that does
+-- not may have died, and its tasks come back when its lease runs out (launcher.py).
+-- Starts from the few RUNNING jobs; each probe stops at 1000 tasks.
+SELECT b.id, h.n,
+       extract(epoch FROM coalesce(b.heartbeat_at, b.started_at))::float8,
+       extract(epoch FROM now() - coalesce(b.heartbeat_at, b.started_at))::float8,
+       b.lease_sec
+  FROM batch_jobs b
+ CROSS JOIN LATERAL (
+       SELECT count(*)::bigint AS n FROM (
+           SELECT 1 FROM tasks t
+            WHERE t.batch_job_id = b.id
+              AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED', 'RUNNING')
+              AND t.num_nodes <= %(max_nodes)s
+              AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+              AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+              AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
+            LIMIT 1000) x) h
+ WHERE b.state = 'RUNNING' AND b.id <> %(job)s AND h.n > 0
+ ORDER BY b.id;
 
 -- name: launcher_journal_key
 SELECT launcher_journal_key(%(job)s, %(epoch)s);

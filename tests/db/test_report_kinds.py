@@ -131,19 +131,20 @@ def test_the_claim_carries_priority_order_and_input_files(store: Store, conn: An
     assert rows[1].parents is None and rows[1].input_files == []
 
 
-def test_work_held_by_a_job_with_an_overdue_heartbeat_is_seen(store: Store,
-                                                              conn: Any) -> None:
+def test_work_other_running_jobs_hold_is_seen_with_their_heartbeat(store: Store,
+                                                                   conn: Any) -> None:
     a, b = add_tasks(conn, 2)
     conn.execute("UPDATE tasks SET workflow = 'other' WHERE id = %s", (b,))
     dead = open_lease(store, lease_sec=60)
     claim(store, dead, 2)
     store.report(dead, [Started(a, dead.epoch, T0)], [])
     me = open_lease(store)
-    assert store.held_by_overdue(me, ClaimFilter(), 1) == []  # it beat just now
+    [fresh] = store.held_elsewhere(me, ClaimFilter(), 1)
+    assert (fresh.job_id, fresh.tasks, fresh.overdue) == (dead.job_id, 2, False)
     go_silent(conn, dead, 40)  # more than half its lease: overdue, not yet expired
-    [held] = store.held_by_overdue(me, ClaimFilter(), 1)
-    assert (held.job_id, held.tasks) == (dead.job_id, 2) and 15 < held.expires_in_s < 25
-    [held] = store.held_by_overdue(me, ClaimFilter(("w",)), 1)
+    [held] = store.held_elsewhere(me, ClaimFilter(), 1)
+    assert held.overdue and 35 < held.silent_s < 45 and held.heartbeat_at < fresh.heartbeat_at
+    [held] = store.held_elsewhere(me, ClaimFilter(("w",)), 1)
     assert held.tasks == 1
-    assert store.held_by_overdue(me, ClaimFilter(("nothing",)), 1) == []
-    assert store.held_by_overdue(dead, ClaimFilter(), 1) == []  # never its own
+    assert store.held_elsewhere(me, ClaimFilter(("nothing",)), 1) == []
+    assert store.held_elsewhere(dead, ClaimFilter(), 1) == []  # never its own
