@@ -146,3 +146,29 @@ def test_groups_number_what_each_batch_completes() -> None:
     assert batch.through == 2
     first, second = batch.halves()
     assert (first.through, second.through) == (0, 2)  # only the last piece completes it
+
+
+def test_heartbeats_go_ahead_of_a_backlog_on_the_database_thread() -> None:
+    """A backlog of claims and flushes (or a flush retried in an outage) must not hold
+    a heartbeat back: it goes to the front of the queue."""
+    import threading
+
+    from balsam_mpi.buffer import DbThread
+
+    class Store:
+        broken = False
+
+    gate = threading.Event()
+    order: list[str] = []
+    db = DbThread(Store())  # type: ignore[arg-type]
+    try:
+        first = db.submit(gate.wait, 30)  # the thread is busy with this one
+        later = [db.submit(order.append, f"flush {i}") for i in range(3)]
+        beat = db.submit(order.append, "heartbeat", urgent=True)
+        gate.set()
+        for f in [first, *later, beat]:
+            f.result(timeout=30)
+        assert order == ["heartbeat", "flush 0", "flush 1", "flush 2"]
+    finally:
+        gate.set()
+        db.close()
