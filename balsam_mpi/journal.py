@@ -97,6 +97,8 @@ class Journal:
         self.min_gap_s = min_gap_s
         self.path = directory / file_name(job_id, epoch)
         self._fd = os.open(self.path, _FLAGS, 0o640)
+        # Whatever the umask: the group's replayers must be able to read it.
+        os.fchmod(self._fd, 0o640)
         self._cond = threading.Condition()
         self._groups: list[Group] = []
         self.added = 0  # report groups handed to the journal
