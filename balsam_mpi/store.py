@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import db, sql
+from .cleantext import one_line
 from .errors import DatabaseError
 from .project import Project
 from .protocol import Finished, Started
@@ -218,8 +219,9 @@ class Store:
         return [int(r[0]) for r in rows]
 
     def close_job(self, lease: Lease, state: str, reason: str) -> tuple[int, int]:
+        # A reason may quote a traceback: storable text, one line.
         row = self._rows("launcher_close_job", {"job": lease.job_id, "epoch": lease.epoch,
-                                                "state": state, "reason": reason})[0]
+                                                "state": state, "reason": one_line(reason)})[0]
         return int(row[0]), int(row[1])
 
     def expire_leases(self, job_id: int | None = None) -> list[Expired]:

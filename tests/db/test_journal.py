@@ -24,6 +24,8 @@ from balsam_mpi.replay import ReplayCache, replay_due
 from balsam_mpi.store import Lease, Store
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture()
 def store(pg_project: Project, dbname: str) -> Any:

@@ -15,6 +15,8 @@ from balsam_mpi.protocol import EndKind, Finished, Started
 from balsam_mpi.store import ClaimFilter, Store
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
+pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture()
 def store(pg_project: Project, dbname: str) -> Any:

@@ -10,8 +10,11 @@ import json
 import time
 from typing import Any
 
-from .conftest import MEMBER, MEMBER2, OWNER, VIEWER, Runner, port_of  # noqa: F401
+import pytest
 
+from .conftest import MEMBER, MEMBER2, OWNER, VIEWER, Runner
+
+pytestmark = pytest.mark.timeout(300)
 Steps = dict[str, Any]
 T0 = 1_900_000_000.0
 

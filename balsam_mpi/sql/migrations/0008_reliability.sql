@@ -222,7 +222,7 @@ BEGIN
         SELECT h.id, 'RUNNING',
                CASE WHEN h.kind IN (0, 5, 6) THEN 'RUN_DONE'::public.task_state
                     WHEN h.kind IN (2, 10, 11, 12) THEN 'RUN_TIMEOUT'::public.task_state
-                    WHEN h.kind = 4 THEN 'USER_KILLED'::public.task_state
+                    WHEN h.kind IN (3, 4) THEN 'USER_KILLED'::public.task_state
                     ELSE 'RUN_ERROR'::public.task_state END,
                h.ended_at, p_job,
                format('exit code %s; the task stays killed', h.rc)
