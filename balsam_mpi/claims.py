@@ -130,9 +130,9 @@ class Claims:
                 overdue.add(h.job_id)
                 if h.job_id not in self.overdue:
                     left = h.lease_s - h.silent_s
-                    log.warning("batch job %s holds %s task(s) for these filters but has not "
+                    log.warning("batch job %s holds tasks for these filters but has not "
                                 "heartbeated for %.0f s: waiting %s to take them over",
-                                h.job_id, h.tasks, h.silent_s,
+                                h.job_id, h.silent_s,
                                 f"{left:.0f} s for its lease to run out" if left > 0
                                 else "for its lease to be swept")
         self.waiting_for, self.overdue = frozenset(waiting), frozenset(overdue)

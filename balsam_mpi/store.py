@@ -69,7 +69,7 @@ class Held(NamedTuple):
     """Work another running batch job holds that this launcher's filters match."""
 
     job_id: int
-    tasks: int  # counted up to 1000
+    tasks: int  # 1: it holds some (not counted, to keep the question cheap)
     heartbeat_at: float  # epoch seconds, the server's clock
     silent_s: float  # since that heartbeat
     lease_s: float

@@ -64,11 +64,12 @@ SELECT job_id, job_user, requeued, failed, released
   FROM launcher_expire_leases(%(job)s::bigint);
 
 -- name: launcher_held_elsewhere
--- Other running batch jobs that hold work this launcher's filters match (up to 1000
--- tasks counted each), with their last heartbeat. A launcher with nothing to run does not
+-- Other running batch jobs that hold work this launcher's filters match, with their last
+-- heartbeat. A launcher with nothing to run does not
 -- count itself idle until it has seen each of them renew its heartbeat: one that does
 -- not may have died, and its tasks come back when its lease runs out (launcher.py).
--- Starts from the few RUNNING jobs; each probe stops at 1000 tasks.
+-- Starts from the few RUNNING jobs; each probe stops at the first task it finds (an
+-- idle launcher asks this every claim_idle_s).
 SELECT b.id, h.n,
        extract(epoch FROM coalesce(b.heartbeat_at, b.started_at))::float8,
        extract(epoch FROM now() - coalesce(b.heartbeat_at, b.started_at))::float8,
@@ -83,7 +84,7 @@ SELECT b.id, h.n,
               AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
               AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
               AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
-            LIMIT 1000) x) h
+            LIMIT 1) x) h
  WHERE b.state = 'RUNNING' AND b.id <> %(job)s AND h.n > 0
  ORDER BY b.id;
 
