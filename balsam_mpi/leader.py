@@ -93,6 +93,7 @@ class Leader:
         self.lease_watch = LeaseWatch(settings, db, project.log_dir)
         self.watch = WorkerWatch(self.expected, settings.worker_timeout_s)
         self.dead: set[int] = set()  # worker ranks declared dead
+        self.next_liveness = 0.0
 
     @property
     def claimed_total(self) -> int:
@@ -163,9 +164,13 @@ class Leader:
 
     # -- workers that stopped answering -------------------------------------------------
     def _check_workers(self) -> None:
-        if not self.expected:
+        # A few times a second is plenty (the timeout is several report intervals), and
+        # keeps a pass over thousands of ranks out of every turn of the loop.
+        now = time.monotonic()
+        if not self.expected or now < self.next_liveness:
             return
-        for rank, why in self.watch.check(self.byes):
+        self.next_liveness = now + min(0.25, self.s.report_interval_s / 2)
+        for rank, why in self.watch.check(self.byes, now):
             view = self.workers.get(rank)
             host = view.host if view is not None and view.host else "?"
             reason = f"worker rank {rank} on {host} stopped answering ({why})"
