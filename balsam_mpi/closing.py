@@ -33,7 +33,7 @@ def close_out(ld: Leader, reason: str) -> bool:
     closing: Future[tuple[int, int]] | None = None
     retry_at = 0.0
     while True:
-        ld._collect()
+        ld.collect()
         now = time.monotonic()
         if closing is not None and closing.done():
             try:
@@ -49,8 +49,8 @@ def close_out(ld: Leader, reason: str) -> bool:
         idle = not ld.buffer and ld.flushing is None and ld.claims.future is None
         if idle and closing is None and ld.killing is None and now >= retry_at:
             closing = ld.db.submit(ld.store.close_job, ld.lease, "FINISHED", reason)
-        ld._flush()
-        ld._heartbeat()
+        ld.flush()
+        ld.heartbeat()
         silent = ld.lease_watch.silence()
         if ld.lease_lost or silent >= max(PATIENCE_S, ld.s.lease_s):
             held = len(ld.buffer) + (len(ld.flushing[0]) if ld.flushing else 0)

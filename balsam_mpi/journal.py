@@ -4,7 +4,7 @@ A leader cut off from the database for longer than half its lease stops its task
 ends; whatever its nodes reported meanwhile used to exist only in its memory, so tasks
 that had finished were run again once their lease ran out. Now each report is appended to
 ``PROJECT/log/journal_<job>_<epoch>_<random>.jsonl`` by a thread of its own, a line per
-batch, fsync'd per line (a few times a second at most), and replayed into the database
+batch, fsync'd per line (at most 20 times a second), and replayed into the database
 by the next leader or `balsam-dbctl recover` (``replay.py``) — fenced by the lease epoch
 and idempotent, so a replay never changes what the live leader already wrote.
 

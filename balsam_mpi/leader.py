@@ -186,14 +186,14 @@ class Leader:
                       "one(s) handed to other nodes", reason, len(lost), requeued)
 
     # -- database results -------------------------------------------------------------
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self.flushing is None and self.buffer.due():
             batch = self.buffer.take()
             if batch.finished:
                 self.flushes += 1
             self.flushing = (batch, self.db.submit(self.buffer.write, self.store, batch))
 
-    def _collect(self) -> bool:
+    def collect(self) -> bool:
         """Take in finished database calls; True if any."""
         did = False
         if self.flushing is not None and self.flushing[1].done():
@@ -241,14 +241,14 @@ class Leader:
                 self._absorb(*self.local.changes.take())
             if self.adds.step():
                 did = True
-            if self._collect():
+            if self.collect():
                 did = True
             self._check_workers()
             self.nodes.fill_local()
             self.claims.refill()
-            self._flush()
+            self.flush()
             self._poll_kills()
-            self._heartbeat()
+            self.heartbeat()
             self._watch_lease()
             if self._check_end():
                 return self.draining or "done"
@@ -280,7 +280,7 @@ class Leader:
         if killed:
             log.info("stopping %s killed task(s)", self.nodes.kill(killed))
 
-    def _heartbeat(self) -> None:
+    def heartbeat(self) -> None:
         now = time.monotonic()
         if now < self.next_heartbeat:
             return
@@ -358,7 +358,7 @@ class Leader:
             if other is not None:
                 other.exception()
         self.lease_watch.settle()
-        self._collect()
+        self.collect()
 
     def finish(self, reason: str) -> bool:
         """Write everything held and close the batch job; True once it is closed. Runs as
