@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .protocol import TAG_TYPES, Message, Tag
+from .protocol import TAG_TYPES, Message, ProtocolError
 
 
 @dataclass
@@ -44,6 +44,19 @@ class Backoff:
 
     def sleep(self, sleeper: Callable[[float], Any] = time.sleep) -> None:
         sleeper(self.next())
+
+
+def decode(sender: int, tag: int, obj: object) -> Message:
+    """A received object as the message its tag says, or ProtocolError naming both."""
+    expected = TAG_TYPES.get(tag)  # type: ignore[call-overload]
+    if expected is None:
+        raise ProtocolError(f"rank {sender} sent a message with tag {tag}, which is not a "
+                            "balsam_mpi launcher message (known tags: "
+                            f"{', '.join(str(int(t)) for t in TAG_TYPES)})")
+    if not isinstance(obj, expected):
+        raise ProtocolError(f"rank {sender} sent tag {tag} ({expected.__name__}) with a "
+                            f"{type(obj).__name__}")
+    return cast(Message, obj)
 
 
 class Comm:
@@ -87,11 +100,7 @@ class Comm:
                     continue
                 sender = self._status.Get_source()
                 tag = self._status.Get_tag()
-                obj = message.recv()
-                expected = TAG_TYPES.get(Tag(tag))
-                if expected is None or not isinstance(obj, expected):
-                    raise TypeError(f"rank {sender} sent tag {tag} with a {type(obj).__name__}")
-                return sender, cast(Message, obj)
+                return sender, decode(sender, tag, message.recv())
         return None
 
     def flush_sends(self, timeout: float = 5.0) -> bool:

@@ -42,6 +42,7 @@ class Settings:
     claim_limit: int = 4096  # rows per claim statement at most
     claim_idle_s: float = 0.5  # wait between claims that found nothing
     report_interval_s: float = 1.0  # a worker reports at least this often
+    worker_timeout_s: float = 10.0  # a worker silent this long is declared dead
     poll_cap_s: float = 0.05  # longest idle sleep of a worker between probes
     leader_poll_cap_s: float = 0.01  # the same for the leader
     die_with_parent: bool = True  # tasks get a parent-death signal
@@ -133,5 +134,8 @@ def _check(s: Settings) -> None:
     if s.heartbeat_s * 2 >= s.lease_s:
         raise UsageError(f"heartbeat_s ({s.heartbeat_s:g}) must be less than half of "
                          f"lease_s ({s.lease_s:g})")
+    if s.worker_timeout_s < 3 * s.report_interval_s:
+        raise UsageError(f"worker_timeout_s ({s.worker_timeout_s:g}) must be at least 3 "
+                         f"report intervals ({3 * s.report_interval_s:g})")
     if s.flush_size < 1 or s.claim_limit < 1:
         raise UsageError("flush_size and claim_limit must be at least 1")

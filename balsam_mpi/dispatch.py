@@ -11,7 +11,11 @@ reserved node is the head (it starts the task with the launch prefix over every 
 node's HELLO host), the others hold their node until the head's task ends. While the
 oldest such task waits, the workers closest to idle are reserved for it and get no new
 small tasks, so a stream of small tasks cannot starve it; the leader's own node keeps
-running small ones.
+running small ones. A killed waiting task gives its reserved nodes back at once.
+
+Free capacity comes before queue depth: tasks go first to nodes with room to start them
+now (the leader's own node first), and only then into the queues of busy nodes (their
+margin), so no node idles while claimed tasks wait behind a long task elsewhere.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ from collections.abc import Callable, Iterable, Sequence
 from .config import Settings
 from .kills import LOCAL, KillTracker
 from .node import Node
-from .protocol import Assign, EndKind, Finished, Report, TaskSpec
+from .protocol import Assign, Drain, EndKind, Finished, Report, TaskSpec
 from .resources import EPS, NODE_CAPACITY, Pace, WorkerView, room
 
 
 class Dispatcher:
     def __init__(self, settings: Settings, local: Node,
-                 send: Callable[[int, Assign], None]) -> None:
+                 send: Callable[[int, Assign | Drain], None]) -> None:
         self.s = settings
         self.local = local
         self.local_pace = Pace()
@@ -89,10 +93,10 @@ class Dispatcher:
         while self.pool and self.pool[0].num_nodes > 1:
             self.big.append(self.pool.popleft())
 
-    def _room(self, view: WorkerView) -> float:
+    def _room(self, view: WorkerView, margin: bool = True) -> float:
         if view.rank in self.reserved or view.rank in self.in_big:
             return 0.0
-        return room(view, self.margin(view.pace))
+        return room(view, self.margin(view.pace) if margin else 0.0)
 
     def place_big(self) -> None:
         """Start the oldest multi-node tasks whose nodes are free; reserve nodes for the
@@ -118,7 +122,7 @@ class Dispatcher:
         spec = spec._replace(hosts=tuple(v.host for v in nodes))
         self.seq += 1
         head.sent(self.seq, NODE_CAPACITY)
-        self.kills.placed((spec.id,), head.rank)
+        self.kills.placed((spec,), head.rank)
         self.send(head.rank, Assign(self.seq, (spec,)))
         for view in rest:
             self.seq += 1
@@ -148,40 +152,48 @@ class Dispatcher:
         self.seq += 1
         self.send(rank, Assign(self.seq, added=added))
 
-    def assign_to(self, view: WorkerView, always: bool = False) -> None:
+    def assign_to(self, view: WorkerView, always: bool = False,
+                  margin: bool = True) -> None:
+        """Send ``view`` what fits its room, with its margin or without (an empty ASSIGN
+        too when ``always``: the answer to a REPORT)."""
         if self.big or (self.pool and self.pool[0].num_nodes > 1):
             self.place_big()
-        tasks = self._take(self._room(view))
+        tasks = self._take(self._room(view, margin))
         if not tasks and not always:
             return
         self.seq += 1
         view.sent(self.seq, sum(t.need for t in tasks))
-        self.kills.placed((t.id for t in tasks), view.rank)
+        self.kills.placed(tasks, view.rank)
         self.send(view.rank, Assign(self.seq, tuple(tasks)))
 
-    def fill_local(self) -> None:
+    def fill_local(self, margin: bool = True) -> None:
         if not self.local_open:
             return
-        space = self.local.free() + self.margin(self.local_pace)
+        space = self.local.free() + (self.margin(self.local_pace) if margin else 0.0)
         if self.pool and self.pool[0].need <= space + EPS:
             tasks = self._take(space)
-            self.kills.placed((t.id for t in tasks), LOCAL)
+            self.kills.placed(tasks, LOCAL)
             self.local.queue.extend(tasks)
             self.local.start_ready()
 
     def push(self) -> None:
-        """Unprompted ASSIGNs to workers with room (after a claim found new work)."""
+        """Unprompted ASSIGNs after a claim found new work: first what nodes can start
+        now (the leader's own node first), then the queues of busy ones."""
         self.place_big()
-        for view in self.workers.values():
-            if not self.pool:
-                return
-            if view.alive and self._room(view) >= self.pool[0].need - EPS:
-                self.assign_to(view)
+        self.fill_local(margin=False)
+        for margin in (False, True):
+            for view in self.workers.values():
+                if not self.pool:
+                    return
+                if view.alive and self._room(view, margin) >= self.pool[0].need - EPS:
+                    self.assign_to(view, margin=margin)
+        self.fill_local()
 
     def kill(self, killed: Iterable[int]) -> int:
         """Stop these tasks wherever they are; returns how many were out."""
         gone = set(killed)
         self.pool = deque(t for t in self.pool if t.id not in gone)
+        was_big = len(self.big)
         if self.big:
             self.big = deque(t for t in self.big if t.id not in gone)
         n = 0
@@ -192,7 +204,42 @@ class Dispatcher:
             elif rank in self.workers and self.workers[rank].alive:
                 self.seq += 1
                 self.send(rank, Assign(self.seq, (), tuple(ids)))
+        if len(self.big) != was_big:
+            # The nodes kept for a killed waiting task: free (or kept for the next one).
+            self.reserved = set()
+            self.push()
         return n
+
+    def bury(self, rank: int, reason: str) -> tuple[list[int], int]:
+        """A worker that stopped answering: nothing more goes to it (it is told to cut
+        everything, should it wake), the multi-node tasks it took part in give their
+        other nodes back, and what it had never started returns to the pool. Returns
+        (ids it had started, to be written as lost; how many went back to the pool)."""
+        view = self.workers.get(rank)
+        if view is not None:
+            if view.alive:
+                self.send(rank, Drain(reason, 0.0, True))
+            view.alive = False
+            view.draining = True
+        started, waiting = self.kills.on_rank(rank)
+        mine = set(started) | {t.id for t in waiting}
+        for task_id, ranks in list(self.spans.items()):
+            if rank not in ranks:
+                continue
+            ranks.remove(rank)
+            self.in_big.discard(rank)
+            if task_id in mine:  # it was the head: the other nodes stop holding
+                del self.spans[task_id]
+                self.in_big.difference_update(ranks)
+                for other in ranks:
+                    if other in self.workers and self.workers[other].alive:
+                        self.seq += 1
+                        self.send(other, Assign(self.seq, release=(task_id,)))
+        self.pool.extendleft(reversed([t for t in waiting if t.num_nodes == 1]))
+        self.big.extendleft(reversed([t for t in waiting if t.num_nodes > 1]))
+        self.reserved = set()
+        self.push()
+        return started, len(waiting)
 
     def all_idle(self) -> bool:
         return (not self.pool and not self.big and not self.local.busy()

@@ -1,16 +1,22 @@
-"""Kills reaching running tasks: where each of the leader's tasks is, and the poll.
+"""Where each of the leader's tasks is, and the kill poll.
 
 ``balsam-mpi task kill`` only writes USER_KILLED in the database (keeping the claim's
 batch_job_id). The leader asks every ``interval_s`` which of the tasks it has out are
 killed (one indexed lookup over their ids) and sends each node the ids to stop in its
-next ASSIGN; the node's SIGTERM → SIGKILL does the rest, and the task's own late report
-cannot overwrite the kill (the report function only moves tasks still RUNNING).
+next ASSIGN; the node's SIGTERM → SIGKILL does the rest. A kill sent is the last the
+leader needs to know about a task: it is forgotten then (a queued task is dropped by its
+node without a report, and must not be polled for the rest of the run).
+
+The same record answers "what did that rank have" when a worker stops answering
+(``liveness.py``): the spec of every task out on a worker, and whether it started.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+
+from .protocol import TaskSpec
 
 LOCAL = 0  # the leader's own node
 
@@ -19,17 +25,28 @@ class KillTracker:
     def __init__(self, interval_s: float = 1.5) -> None:
         self.interval_s = interval_s
         self.where: dict[int, int] = {}  # task id -> rank it was sent to
+        self.specs: dict[int, TaskSpec] = {}  # ... and what was sent (workers only)
+        self.started: set[int] = set()  # of those, the ones whose start was reported
         self.next_poll = time.monotonic() + interval_s
-        self.sent: set[int] = set()
 
-    def placed(self, ids: Iterable[int], rank: int) -> None:
-        for i in ids:
-            self.where[i] = rank
+    def placed(self, tasks: Iterable[TaskSpec], rank: int) -> None:
+        for t in tasks:
+            self.where[t.id] = rank
+            if rank != LOCAL:
+                self.specs[t.id] = t
+
+    def began(self, ids: Iterable[int]) -> None:
+        where = self.where
+        self.started.update(i for i in ids if i in where)
 
     def ended(self, ids: Iterable[int]) -> None:
         for i in ids:
-            self.where.pop(i, None)
-            self.sent.discard(i)
+            self.forget(i)
+
+    def forget(self, task_id: int) -> None:
+        self.where.pop(task_id, None)
+        self.specs.pop(task_id, None)
+        self.started.discard(task_id)
 
     def due(self) -> bool:
         now = time.monotonic()
@@ -39,14 +56,24 @@ class KillTracker:
         return True
 
     def candidates(self) -> list[int]:
-        return [i for i in self.where if i not in self.sent]
+        return list(self.where)
 
     def by_rank(self, killed: Iterable[int]) -> dict[int, list[int]]:
-        """Group newly killed ids by the rank that has them (each sent once)."""
+        """Group newly killed ids by the rank that has them; each is sent once and then
+        forgotten (its end, if it was running, is still reported and written)."""
         out: dict[int, list[int]] = {}
         for i in killed:
             rank = self.where.get(i)
-            if rank is not None and i not in self.sent:
-                self.sent.add(i)
+            if rank is not None:
                 out.setdefault(rank, []).append(i)
+                self.forget(i)
         return out
+
+    def on_rank(self, rank: int) -> tuple[list[int], list[TaskSpec]]:
+        """A rank's tasks: (started ids, specs never reported started); forgets them."""
+        ids = [i for i, r in self.where.items() if r == rank]
+        started = [i for i in ids if i in self.started]
+        waiting = [self.specs[i] for i in ids if i not in self.started and i in self.specs]
+        for i in ids:
+            self.forget(i)
+        return started, waiting

@@ -2,11 +2,13 @@
 
 One loop, never blocking: serve worker messages (every REPORT is answered at once with an
 ASSIGN, maybe empty), run the in-process local node, claim what the nodes can start soon
-(free capacity plus a small margin per node), push claimed tasks to nodes with room,
-flush buffered reports in bulk (on size or age), heartbeat, and notice idleness. When
-nothing is left for this launcher's filters it drains the workers, writes what it holds
-and closes its batch job. Waiting sleeps in ``epoll`` on the local tasks with a capped
-backoff, so an idle leader costs a fraction of a percent of a core.
+(``claims.py``), push claimed tasks to nodes with room, flush buffered reports in bulk (on
+size or age), heartbeat, watch that every worker still answers (``liveness.py``), and
+notice idleness. When nothing is left for this launcher's filters it drains the workers,
+writes what it holds and closes its batch job — still in a loop that heartbeats, so a
+slow or failing final write never lets the lease run out unnoticed. Waiting sleeps in
+``epoll`` on the local tasks with a capped backoff, so an idle leader costs a fraction of
+a percent of a core.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from concurrent.futures import Future
 
 from .adds import AddService
 from .buffer import Batch, DbThread, ReportBuffer
+from .claims import Claims
+from .cleantext import one_line
 from .comm import Backoff, Comm
 from .config import Settings
 from .dispatch import Dispatcher
 from .errors import BalsamError
+from .journal import Journal
 from .lease import LeaseWatch
+from .liveness import WorkerWatch
 from .node import Node
 from .project import Project
 from .protocol import (
@@ -37,9 +43,9 @@ from .protocol import (
     Report,
     Started,
 )
-from .resources import EPS, NODE_CAPACITY, WorkerView
+from .resources import WorkerView
 from .specs import SpecBuilder
-from .store import Claimed, ClaimFilter, Lease
+from .store import ClaimFilter, Lease
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ class WorkerFailed(BalsamError):
 class Leader:
     def __init__(self, settings: Settings, comm: Comm | None, project: Project,
                  db: DbThread, lease: Lease, local: Node,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, journal: Journal | None = None) -> None:
         self.s = settings
         self.comm = comm
         self.project = project
@@ -66,31 +72,42 @@ class Leader:
         self.nodes = Dispatcher(settings, local, self._send)
         self.workers = self.nodes.workers
         self.kills = self.nodes.kills
-        self.buffer = ReportBuffer(lease, settings.flush_size, settings.flush_interval_s)
+        self.journal = journal
+        self.buffer = ReportBuffer(lease, settings.flush_size, settings.flush_interval_s,
+                                   journal)
         self.flushing: tuple[Batch, Future[dict[str, int]]] | None = None
-        self.claiming: tuple[int, Future[list[Claimed]]] | None = None
         self.beating: Future[bool] | None = None
         self.flushes = 0  # flushes submitted that carried ends (children may be READY)
-        self.claim_covers = -1  # the value of `flushes` when the last claim was sent
-        self.last_claim_empty = False
-        self.next_claim = 0.0
-        self.claim_pause = 0.0  # grows while claims fail
-        self.claimed_total = 0
-        self.max_packing = 16
+        self.claims = Claims(self)
         self.idle_since: float | None = None
         self.draining: str | None = None
         self.byes: set[int] = set()
         self.next_heartbeat = time.monotonic() + settings.heartbeat_s
+        self.lease_lost = False
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.specs = SpecBuilder(project, lease.epoch)
         # Tasks that running tasks add (task_api), written through this connection.
         self.adds = AddService(db, project, self.nodes, local, not settings.null_runner)
         self.killing: Future[list[int]] | None = None
-        self.lease_watch = LeaseWatch(settings, db)  # its own lease, others' expiry
+        self.lease_watch = LeaseWatch(settings, db, project.log_dir)
+        self.watch = WorkerWatch(self.expected, settings.worker_timeout_s)
+        self.dead: set[int] = set()  # worker ranks declared dead
+        self.next_liveness = 0.0
+
+    @property
+    def claimed_total(self) -> int:
+        return self.claims.total
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, source: int, msg: object) -> None:
+        if source in self.dead:
+            # Declared dead, then woke up: what it says now is about tasks already
+            # written as lost or handed to other nodes; its DRAIN is on its way.
+            if isinstance(msg, (Bye, ErrorMsg)):
+                self.byes.add(source)
+            return
+        self.watch.heard_from(source)
         if isinstance(msg, Report):
             self.on_report(source, msg)
         elif isinstance(msg, Hello):
@@ -99,7 +116,7 @@ class Leader:
                                    f"{msg.version}, this leader {PROTOCOL_VERSION}: install "
                                    "the same balsam_mpi on every node")
             self.workers[source] = WorkerView(source, host=msg.host)
-            log.debug("rank %s on %s (pid %s) joined", source, msg.host, msg.pid)
+            log.info("rank %s on %s (pid %s) joined", source, msg.host, msg.pid)
             if self.draining:
                 self._send(source, Drain(self.draining, self.s.drain_grace_s))
                 self.workers[source].draining = True
@@ -121,12 +138,15 @@ class Leader:
     def on_report(self, source: int, msg: Report) -> None:
         self._absorb(msg.started, msg.finished)
         view = self.nodes.reported(source, msg)
-        self._refill()
+        self.claims.refill()
+        self.nodes.fill_local(margin=False)  # a free slot here before a queue there
         self.nodes.assign_to(view, always=True)
 
     def _absorb(self, started: tuple[Started, ...], finished: tuple[Finished, ...]) -> None:
-        if started and self.first_start is None:
-            self.first_start = min(s.at for s in started)
+        if started:
+            if self.first_start is None:
+                self.first_start = min(s.at for s in started)
+            self.kills.began(s.id for s in started)
         self.buffer.add(started, finished)
         if finished:
             self.idle_since = None
@@ -137,77 +157,43 @@ class Leader:
         assert self.comm is not None
         self.comm.send(rank, msg)
 
-    # -- claims -----------------------------------------------------------------------
     def remaining_min(self) -> float | None:
         if self.deadline is None:
             return None
         return max(0.0, (self.deadline - time.time()) / 60.0)
 
-    def _refill(self) -> None:
-        """Send a claim for what the nodes can start soon (one claim in flight at most)."""
+    # -- workers that stopped answering -------------------------------------------------
+    def _check_workers(self) -> None:
+        # A few times a second is plenty (the timeout is several report intervals), and
+        # keeps a pass over thousands of ranks out of every turn of the loop.
         now = time.monotonic()
-        if self.draining or self.claiming is not None or now < self.next_claim:
+        if not self.expected or now < self.next_liveness:
             return
-        if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
-            return
-        want = self.nodes.demand()
-        if want < 1.0 / self.max_packing - EPS:
-            return
-        limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
-        if self.s.max_tasks:
-            limit = min(limit, self.s.max_tasks - self.claimed_total)
-        # Through the app cache: the scripts of apps new to this leader are read after
-        # the claim, in the same database-thread call (appinfo.py).
-        future = self.db.submit(self.specs.apps.claim, self.store, self.lease, limit=limit,
-                                capacity=want, max_need=NODE_CAPACITY, filters=self.filters,
-                                remaining_min=self.remaining_min(),
-                                max_nodes=self.nodes.max_nodes())
-        self.claiming = (self.flushes, future)
-
-    def _claimed(self, covers: int, future: Future[list[Claimed]]) -> None:
-        now = time.monotonic()
-        try:
-            rows = future.result()
-        except BalsamError as exc:
-            # The database may be away for a while: pause longer each time (the nodes
-            # keep running what they have; reports wait in the buffer).
-            self.claim_pause = min(10.0, max(self.s.claim_idle_s, self.claim_pause * 2))
-            log.warning("claim failed (%s); retrying in %.1f s", exc, self.claim_pause)
-            self.next_claim = now + self.claim_pause
-            return
-        if self.claim_pause:
-            log.info("claims work again")
-            self.claim_pause = 0.0
-        self.claim_covers = covers
-        self.last_claim_empty = not rows
-        if not rows:
-            self.next_claim = now + self.s.claim_idle_s
-            return
-        self.next_claim = now
-        self.claimed_total += len(rows)
-        self.max_packing = max(self.max_packing, max(r.node_packing_count for r in rows))
-        for row in rows:
-            try:
-                self.nodes.pool.append(self.specs.build(row))
-            except (ValueError, BalsamError) as exc:  # a command that cannot be rendered
-                t = time.time()
-                self.buffer.add((Started(row.id, self.lease.epoch, t),),
-                                (Finished(row.id, self.lease.epoch, int(EndKind.ERROR), 127,
-                                          t, t, f"cannot build the command line: {exc}"),))
-        self.idle_since = None
-        # Workers first: they spawn in parallel while this rank spawns its own share.
-        self.nodes.push()
-        self.nodes.fill_local()
+        self.next_liveness = now + min(0.25, self.s.report_interval_s / 2)
+        for rank, why in self.watch.check(self.byes, now):
+            view = self.workers.get(rank)
+            host = view.host if view is not None and view.host else "?"
+            reason = f"worker rank {rank} on {host} stopped answering ({why})"
+            self.dead.add(rank)
+            self.byes.add(rank)
+            lost, requeued = self.nodes.bury(rank, reason)
+            t = time.time()
+            self.buffer.add((), [Finished(i, self.lease.epoch, int(EndKind.LOST), -1, t, t,
+                                          one_line(reason)) for i in lost])
+            if lost:
+                self.idle_since = None
+            log.error("%s: declared dead; %s running task(s) written as lost, %s queued "
+                      "one(s) handed to other nodes", reason, len(lost), requeued)
 
     # -- database results -------------------------------------------------------------
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self.flushing is None and self.buffer.due():
             batch = self.buffer.take()
             if batch.finished:
                 self.flushes += 1
             self.flushing = (batch, self.db.submit(self.buffer.write, self.store, batch))
 
-    def _collect(self) -> bool:
+    def collect(self) -> bool:
         """Take in finished database calls; True if any."""
         did = False
         if self.flushing is not None and self.flushing[1].done():
@@ -220,12 +206,9 @@ class Leader:
                 self.buffer.failed(batch, exc)
             else:
                 if batch.finished:
-                    self.next_claim = 0.0  # children may have become READY
-        if self.claiming is not None and self.claiming[1].done():
-            covers, claim = self.claiming
-            self.claiming = None
+                    self.claims.next_at = 0.0  # children may have become READY
+        if self.claims.collect():
             did = True
-            self._claimed(covers, claim)
         if self.killing is not None and self.killing.done():
             poll, self.killing = self.killing, None
             try:
@@ -239,17 +222,14 @@ class Leader:
             except BalsamError as exc:
                 log.warning("heartbeat failed (%s); will retry", exc)
             else:
-                if not alive:
+                if not alive and not self.lease_lost:
+                    self.lease_lost = True
                     log.error("batch job %s lost its lease; stopping its tasks",
                               self.lease.job_id)
                     self.start_drain("lease lost", cut=True)
         return did
 
     # -- the loop ---------------------------------------------------------------------
-    def everything_idle(self) -> bool:
-        return (self.nodes.all_idle() and not self.buffer
-                and self.flushing is None and self.claiming is None)
-
     def run(self) -> str:
         """Serve until idle (or stopped); returns the reason the launcher ended."""
         backoff = Backoff(first=0.001, cap=self.s.leader_poll_cap_s)
@@ -263,13 +243,14 @@ class Leader:
                 self._absorb(*self.local.changes.take())
             if self.adds.step():
                 did = True
-            if self._collect():
+            if self.collect():
                 did = True
+            self._check_workers()
             self.nodes.fill_local()
-            self._refill()
-            self._flush()
+            self.claims.refill()
+            self.flush()
             self._poll_kills()
-            self._heartbeat()
+            self.heartbeat()
             self._watch_lease()
             if self._check_end():
                 return self.draining or "done"
@@ -301,13 +282,14 @@ class Leader:
         if killed:
             log.info("stopping %s killed task(s)", self.nodes.kill(killed))
 
-    def _heartbeat(self) -> None:
+    def heartbeat(self) -> None:
         now = time.monotonic()
         if now < self.next_heartbeat:
             return
         self.next_heartbeat = now + self.s.heartbeat_s
         if self.beating is None:
-            self.beating = self.db.submit(self.lease_watch.heartbeat, self.lease)
+            self.beating = self.db.submit(self.lease_watch.heartbeat, self.lease,
+                                          urgent=True)
 
     def _watch_lease(self) -> None:
         """Requeue other jobs' expired leases now and then; stop this leader's tasks
@@ -335,6 +317,8 @@ class Leader:
                 view.draining = True
                 self._send(view.rank, Drain(reason, self.s.drain_grace_s, cut))
         if cut:
+            # Every rank cuts at once: SIGTERM, SIGKILL after the kill grace, then BYE.
+            self.watch.drain_started(self.s.kill_grace_s)
             self.local.cut_all()
             # Claimed but never assigned: give them back (the close releases them too).
             self.nodes.pool.clear()
@@ -352,14 +336,14 @@ class Leader:
         if not self.nodes.all_idle() or self.buffer or self.flushing is not None:
             self.idle_since = None
             return False
-        if self.claiming is not None:
+        if self.claims.in_flight:
             return False  # wait for its answer (it does not end the idle time)
-        if self.s.max_tasks and self.claimed_total >= self.s.max_tasks:
+        if self.s.max_tasks and self.claims.total >= self.s.max_tasks:
             self.start_drain("max tasks")
             return False
         # Idle: the last claim, sent after the last flush of ended tasks (whose children
-        # may have become runnable), found nothing.
-        if self.last_claim_empty and self.claim_covers == self.flushes:
+        # may have become runnable), found nothing, and no dead job holds work for us.
+        if self.claims.last_empty and self.claims.covers == self.flushes:
             now = time.monotonic()
             if self.idle_since is None:
                 self.idle_since = now
@@ -369,21 +353,20 @@ class Leader:
 
     def settle(self) -> None:
         """Wait for the database calls in flight and take in their results."""
-        for pending in (self.flushing, self.claiming):
-            if pending is not None:
-                pending[1].exception()
+        if self.flushing is not None:
+            self.flushing[1].exception()
+        if self.claims.future is not None:
+            self.claims.future[1].exception()
         for other in (self.beating, self.killing):
             if other is not None:
                 other.exception()
         self.lease_watch.settle()
-        self._collect()
+        self.collect()
 
-    def finish(self, reason: str) -> None:
-        """Write everything held and close the batch job (normal end)."""
-        self.settle()
-        self.adds.close()  # the task_api socket (its tasks have ended)
-        self.buffer.flush_now(self.db)
-        released, requeued = self.db.submit(self.store.close_job, self.lease, "FINISHED",
-                                            reason).result()
-        log.info("batch job %s closed (%s): %s claims released, %s tasks requeued",
-                 self.lease.job_id, reason, released, requeued)
+    def finish(self, reason: str) -> bool:
+        """Write everything held and close the batch job; True once it is closed. Runs as
+        a loop that keeps heartbeating: a write that fails (the database away) is retried
+        while the lease can be held, and given up (the journal keeps it) once it cannot."""
+        from .closing import close_out
+
+        return close_out(self, reason)

@@ -6,9 +6,14 @@
   answering — it stops its own tasks: by the time another leader may requeue them (the
   whole lease), they have been SIGTERMed and, after ``kill_grace_s``, SIGKILLed, so a
   requeued task is never also still running here.
-* **Other jobs'**: every ``expire_check_s`` one call of ``launcher_expire_leases`` marks
-  batch jobs past their lease LOST and requeues their tasks (migrations/0005). It runs on
-  the database thread like everything else, so the loop never waits for it.
+* **Other jobs'**: every ``expire_check_s`` one database-thread call first replays the
+  journals of jobs that ended without writing everything (``replay.py``: a task whose
+  success is in one is finished, not requeued), then ``launcher_expire_leases`` marks
+  batch jobs past their lease LOST and requeues their tasks (migrations/0005). The loop
+  never waits for it.
+
+Heartbeats go to the front of the database thread's queue: a backlog of claims and
+flushes (or a flush retried during an outage) never delays them.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 from .buffer import DbThread
 from .config import Settings
 from .errors import BalsamError
-from .store import Expired, Lease
+from .replay import ReplayCache, Replayed, log_replayed, replay_due
+from .store import Expired, Lease, Store
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +39,29 @@ def log_expired(found: list[Expired]) -> None:
                     e.job_id, e.user, e.requeued, e.failed, e.released)
 
 
+def sweep_once(store: Store, log_dir: Path | None, cache: ReplayCache | None = None
+               ) -> tuple[list[Replayed], list[Expired]]:
+    """Journals first, then expiry (the order keeps finished work finished)."""
+    replayed: list[Replayed] = []
+    if log_dir is not None:
+        try:
+            replayed = replay_due(store, log_dir, cache)
+        except BalsamError as exc:  # e.g. a schema without 0008: expiry still works
+            log.warning("could not replay journals (%s)", exc)
+    return replayed, store.expire_leases()
+
+
 class LeaseWatch:
-    def __init__(self, settings: Settings, db: DbThread) -> None:
+    def __init__(self, settings: Settings, db: DbThread, log_dir: Path | None = None
+                 ) -> None:
         self.db = db
+        self.log_dir = log_dir
+        self.cache = ReplayCache()
         self.lease_s = settings.lease_s
         self.interval_s = settings.expire_check_s
         self.last_beat = time.monotonic()  # the lease was opened (or adopted) just now
         self.next_sweep = time.monotonic() + settings.expire_check_s
-        self.sweeping: Future[list[Expired]] | None = None
+        self.sweeping: Future[tuple[list[Replayed], list[Expired]]] | None = None
         self.recovered = 0  # tasks of other jobs requeued or failed by this leader
 
     # -- its own lease ----------------------------------------------------------------
@@ -50,6 +72,10 @@ class LeaseWatch:
         if alive:
             self.last_beat = max(self.last_beat, sent)
         return alive
+
+    def silence(self) -> float:
+        """Seconds since the lease was last renewed."""
+        return time.monotonic() - self.last_beat
 
     def silent_for(self) -> float | None:
         """Seconds without a renewed lease once that reaches half the lease, else None."""
@@ -63,17 +89,18 @@ class LeaseWatch:
         if now < self.next_sweep or self.sweeping is not None:
             return
         self.next_sweep = now + self.interval_s
-        self.sweeping = self.db.submit(self.db.store.expire_leases)
+        self.sweeping = self.db.submit(sweep_once, self.db.store, self.log_dir, self.cache)
         self.sweeping.add_done_callback(self._swept)
 
-    def _swept(self, future: Future[list[Expired]]) -> None:
+    def _swept(self, future: Future[tuple[list[Replayed], list[Expired]]]) -> None:
         self.sweeping = None
         try:
-            found = future.result()
+            replayed, found = future.result()
         except BalsamError as exc:
             log.warning("could not look for expired leases (%s); will retry", exc)
             return
         self.recovered += sum(e.requeued + e.failed for e in found)
+        log_replayed(replayed)
         log_expired(found)
 
     def settle(self) -> None:

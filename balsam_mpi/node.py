@@ -29,10 +29,11 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 from . import gpus as gpumod
-from . import mpilaunch, pdeath, prepost, pypool, runner
+from . import mpilaunch, pdeath, prepost, pypool, runner, stagein
 from .platform import node_name
 from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
 from .resources import EPS, NodeResources
@@ -155,6 +156,10 @@ class Node:
             self.cutting = True
 
     def _stop(self, proc: runner.TaskProcess, kind: EndKind) -> None:
+        ended = (proc.ended() if isinstance(proc, pypool.PyCall)  # a call: not our child
+                 else runner.reap(proc) is not None)
+        if proc.end_kind is None and ended:
+            return  # it ended on its own before the stop came: its own outcome stands
         if proc.end_kind is None:
             proc.end_kind = kind
             # At the job's end the scheduler's own SIGKILL is near: a short grace leaves
@@ -207,9 +212,12 @@ class Node:
     def _start(self, spec: TaskSpec) -> None:
         need = min(spec.need, self.res.capacity)  # a task never needs more than a node
         gpu_ids = self.res.take(spec.id, need, spec.gpus)
-        env = runner.task_environment(self._env, spec, self.db_path, gpu_ids, self.vendor,
-                                      self.extra_env)
         try:
+            env = runner.task_environment(self._env, spec, self.db_path, gpu_ids,
+                                          self.vendor, self.extra_env)
+            if spec.inputs:
+                stagein.link_inputs(Path(spec.cwd), [Path(d) for d in spec.parent_dirs],
+                                    spec.inputs)
             if spec.preprocess:
                 proc = runner.start(
                     spec, env, die_with_parent=self.die_with_parent, timed=False,
@@ -225,8 +233,19 @@ class Node:
             self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
                                      str(exc)), count=False)
             return
+        except Exception as exc:  # anything one task's data provokes fails that task only
+            self._not_started(spec, f"cannot start the task: {exc}")
+            return
         proc.env = env
         self._register(proc)
+
+    def _not_started(self, spec: TaskSpec, why: str) -> None:
+        """Fail a task that could not be started, with one line saying why (14.7)."""
+        now = time.time()
+        self.changes.started.append(Started(spec.id, spec.epoch, now))
+        self.started_total += 1
+        self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.REFUSED), 127, now, now,
+                                 why.strip().split("\n", 1)[0][:500]), count=False)
 
     def _start_run(self, spec: TaskSpec, env: dict[str, str]) -> runner.TaskProcess:
         multi = spec.num_nodes > 1 or spec.ranks_per_node > 1  # mpilaunch.needs_prefix
@@ -390,6 +409,9 @@ class Node:
             self.started_total += 1
             self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, ended,
                                      ended, str(exc)))
+            return
+        except Exception as exc:  # that task's data, not this node: fail it alone
+            self._not_started(spec, f"cannot start the task: {exc}")
             return
         run.env = proc.env
         self._register(run)

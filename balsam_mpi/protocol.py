@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
-PROTOCOL_VERSION = 3
+from .errors import BalsamError
+
+PROTOCOL_VERSION = 4
+
+
+class ProtocolError(BalsamError):
+    """A rank sent something that is not this protocol (a foreign message, a mixed
+    install): the launcher stops with the sender and tag named."""
 
 
 class Tag(IntEnum):
@@ -47,6 +54,9 @@ class EndKind(IntEnum):
     TIMEOUT_RETRY = 11
     TIMEOUT_HANDLER_FAILED = 12
     PRE_FAILED = 13  # the preprocess exited non-zero: READY -> FAILED, the task never ran
+    # Decided by the leader, not a node (0008_reliability):
+    LOST = 14  # its worker rank stopped answering: requeued, lost counter +1
+    REFUSED = 15  # the launcher cannot run it or store its report: FAILED, tail = why
 
 
 # The per-task records are NamedTuples, not dataclasses: thousands travel in one message,
@@ -74,6 +84,10 @@ class TaskSpec(NamedTuple):
     postprocess: str = ""
     post_on_error: bool = False
     post_on_timeout: bool = False
+    # input_files: the node links what matches these patterns in the parents'
+    # directories into the task's before anything runs (stagein.link_inputs).
+    inputs: tuple[str, ...] = ()
+    parent_dirs: tuple[str, ...] = ()
     # A Python task (docs/python-tasks.md): ("package.module:function", the keyword
     # arguments as JSON text), called in one of the node's warm interpreters (pypool);
     # empty for a process task. Only the app's import path and JSON travel, never code.

@@ -130,6 +130,12 @@ class PyCall(runner.TaskProcess):
         assert self.pool is not None
         return self.pool.reap(self)
 
+    def ended(self) -> bool:
+        """Whether the call is over — answered, or its interpreter gone — without taking
+        the answer (the node's epoll wakes for it, and :meth:`reap` takes it then)."""
+        interp = self.interp
+        return interp is None or bool(interp.buf) or interp.eof or bool(interp.watch.poll(0))
+
 
 class PyPool:
     def __init__(self, base_env: Mapping[str, str], config: PoolConfig) -> None:

@@ -1,11 +1,15 @@
 """One rank's life around its loop: set up, run, and what to do on a signal or a crash.
 
-The leader's session first requeues the tasks of batch jobs whose lease ran out (so a
-launcher started after a crash picks them up at once, and a row it adopts is swept
-first if it expired), then opens (or adopts) the batch job, builds the local node and the
-leader, and closes the batch job at the end; on a crash it writes what it holds and
+The leader's session first replays the journals of batch jobs that ended without writing
+everything and requeues the tasks of those whose lease ran out (so a launcher started
+after a crash picks them up at once, and a row it adopts is swept first if it expired),
+then opens (or adopts) the batch job, opens its own journal, builds the local node and
+the leader, and closes the batch job at the end; on a crash it writes what it holds and
 closes the row as FAILED before the abort. A worker's session tells the leader about its
 crash (ERROR, with its last report) before the abort.
+
+If the leader declared a worker dead, it ends with an MPI abort once its batch job is
+closed: a frozen rank would otherwise hold ``mpiexec`` (and the allocation) forever.
 """
 
 from __future__ import annotations
@@ -20,16 +24,26 @@ from .buffer import DbThread
 from .comm import Comm
 from .config import Settings
 from .errors import BalsamError, DatabaseError
+from .journal import Journal, open_journal
 from .leader import Leader
-from .lease import log_expired
+from .lease import log_expired, sweep_once
 from .node import Node, NullNode
 from .project import Project
 from .protocol import ErrorMsg
 from .pypool import PoolConfig
-from .store import ClaimFilter, Store
+from .replay import log_replayed
+from .store import ClaimFilter, Lease, Store
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+class LauncherAborted(BalsamError):
+    """The leader ends with an MPI abort on purpose, with nothing left to write."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
 
 
 def log_usage(node: Node) -> None:
@@ -74,7 +88,9 @@ class LeaderSession:
         self.store = Store.connect(project)
         filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
         try:
-            log_expired(self.store.expire_leases())
+            replayed, expired = sweep_once(self.store, project.log_dir)
+            log_replayed(replayed)
+            log_expired(expired)
         except DatabaseError as exc:  # e.g. a schema without 0005: the rest still works
             log.warning("could not look for expired leases: %s (balsam-dbctl migrate?)", exc)
         lease = self.store.open_job(
@@ -86,17 +102,28 @@ class LeaderSession:
         log.info("batch job %s %s (epoch %s), %s ranks, filters %s", lease.job_id,
                  "adopted" if lease.adopted else "opened", lease.epoch, comm.size,
                  filters.as_json())
+        self.journal = self._journal(project, lease)
         self.node = make_node(settings, project)
         self.node.max_starts = 4
         self.db = DbThread(self.store)
-        self.leader = Leader(settings, comm, project, self.db, lease, self.node, deadline)
+        self.leader = Leader(settings, comm, project, self.db, lease, self.node, deadline,
+                             self.journal)
+
+    def _journal(self, project: Project, lease: Lease) -> Journal | None:
+        try:
+            key = self.store.journal_key(lease)
+        except DatabaseError as exc:  # a schema without 0008
+            log.warning("no journal for this batch job (%s): reports live in memory only",
+                        exc)
+            return None
+        return open_journal(project.log_dir, lease.job_id, lease.epoch, key)
 
     def run(self) -> None:
         assert self.leader is not None
         leader = self.leader
         try:
             reason = leader.run()
-            leader.finish(reason)
+            closed = leader.finish(reason)
         finally:
             self.node.close()
         log_usage(self.node)
@@ -107,6 +134,19 @@ class LeaderSession:
                  (first - self.t_init) if first else float("nan"))
         self.db.close()
         self.store.close()
+        if leader.dead or not closed:
+            # Nothing is left to write; a frozen rank must not hold mpiexec, and an
+            # unwritten end must show in the exit status.
+            self.leader = None  # the abort's crash handler has nothing to do
+            if not closed:
+                where = self.journal.path if self.journal is not None else "nowhere"
+                raise LauncherAborted(
+                    "the last reports could not be written to the database; they are in "
+                    f"the journal {where}, which the next launcher or `balsam-dbctl "
+                    "recover` writes", 1)
+            raise LauncherAborted(
+                f"worker rank(s) {sorted(leader.dead)} stopped answering (their tasks were "
+                "written as lost); ending with an MPI abort so that they stop too", 0)
 
     def stop(self, reason: str) -> None:
         # From a signal handler: flags only. The node starts nothing from this instant.
@@ -124,6 +164,8 @@ class LeaderSession:
             leader.buffer.flush_now(self.db, patience_s=10.0)
         except BalsamError as exc:
             log.error("could not write the last reports: %s", exc)
+        if self.journal is not None:  # whatever the flush could not write is there
+            self.journal.close(complete=True)
         first_line = text.strip().splitlines()[-1] if text.strip() else "error"
         try:
             self.db.submit(self.store.close_job, leader.lease, "FAILED",

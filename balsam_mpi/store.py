@@ -1,8 +1,10 @@
 """The launcher's database operations: open/adopt the batch job, claim, report, heartbeat,
-close, and lease expiry (also `balsam-dbctl recover`). Only the leader calls these, over one
-autocommit connection; each is one statement calling a SECURITY DEFINER function of
-``migrations/0004_launcher.sql`` / ``0005_leases.sql``. Driver errors are translated here
-(through ``db.translated``) and nowhere else in the launcher.
+close, lease expiry (also `balsam-dbctl recover`) and journals. Only the leader calls these,
+over one autocommit connection; each is one statement calling a SECURITY DEFINER function
+of ``migrations/0004_launcher.sql`` / ``0005_leases.sql`` / ``0008_reliability.sql``.
+Driver errors are translated here (through ``db.translated``) and nowhere else in the
+launcher; a report the server refuses for its *data* (not the connection) is a
+:class:`BadReport`, so the buffer can find the one bad row instead of retrying forever.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import db, sql
+from .cleantext import one_line
+from .errors import DatabaseError
 from .project import Project
-from .protocol import EndKind, Finished, Started
+from .protocol import Finished, Started
 
 if TYPE_CHECKING:
     import psycopg
@@ -51,6 +55,29 @@ class Claimed(NamedTuple):
     gpus_per_rank: int
     node_packing_count: int
     wall_time_min: float
+    priority: int = 0
+    input_files: list[str] | None = None
+    parents: str | None = None  # jsonb text: [[workflow, id, name], ...] (input_files only)
+
+
+class BadReport(DatabaseError):
+    """The server (or the driver) refused a report for what it carries: a value it cannot
+    store. Retrying the same rows fails the same way; connection trouble is not this."""
+
+
+class Held(NamedTuple):
+    """Work another running batch job holds that this launcher's filters match."""
+
+    job_id: int
+    tasks: int  # 1: it holds some (not counted, to keep the question cheap)
+    heartbeat_at: float  # epoch seconds, the server's clock
+    silent_s: float  # since that heartbeat
+    lease_s: float
+
+    @property
+    def overdue(self) -> bool:
+        """A live leader beats at least every half lease: this one has probably died."""
+        return self.silent_s > self.lease_s / 2
 
 
 class Expired(NamedTuple):
@@ -83,6 +110,11 @@ def _ints(values: Iterable[int]) -> str:
 
 def _floats(values: Iterable[float]) -> str:
     return "{" + ",".join(map(repr, map(float, values))) + "}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _connect(project: Project) -> psycopg.Connection[Any]:
@@ -143,23 +175,38 @@ class Store:
             "owners": list(filters.owners) or None,
             "remaining_min": remaining_min, "max_nodes": max_nodes})
         claimed = [Claimed(*r) for r in rows]
-        claimed.sort(key=lambda c: c.id)  # RETURNING order is not guaranteed
+        # RETURNING order is not guaranteed: back to the claim's own, priority first.
+        claimed.sort(key=lambda c: (-c.priority, c.id))
         return claimed
 
     def report(self, lease: Lease, started: Sequence[Started],
-               finished: Sequence[Finished]) -> dict[str, int]:
-        """Write a batch of node reports; returns rows changed per step."""
-        ends = [f for f in finished if f.kind != EndKind.KILLED]  # already USER_KILLED
+               finished: Sequence[Finished], through: int = 0) -> dict[str, int]:
+        """Write a batch of node reports; returns rows changed per step. Ends of killed
+        tasks go too: a run that raced its kill is kept in the history (0008).
+        ``through``: the journal's last report group this batch completes."""
+        import psycopg
+
         # Transposed with zip (in C): one pass per column instead of a Python loop each.
         s_ids, _s_epochs, s_at = zip(*started, strict=True) if started else ((), (), ())
         f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail, *_results = (
-            zip(*ends, strict=True) if ends else ((),) * 7)
-        rows = self._rows("launcher_report", {
+            zip(*finished, strict=True) if finished else ((),) * 7)
+        params = {
             "job": lease.job_id, "epoch": lease.epoch,
             "s_ids": _ints(s_ids), "s_at": _floats(s_at),
             "f_ids": _ints(f_ids), "f_kind": _ints(f_kind), "f_rc": _ints(f_rc),
             "f_started": _floats(f_started), "f_ended": _floats(f_ended),
-            "f_tail": list(f_tail)})
+            "f_tail": list(f_tail), "through": through}
+        try:
+            rows = self.conn.execute(sql.query("launcher_report"), params,
+                                     prepare=True).fetchall()
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # What the rows carry (a NUL, a number out of range): the same again would
+            # fail the same way. The driver raises these for its own encoding too.
+            raise BadReport(_first_line(exc)) from exc
+        except psycopg.Error as exc:
+            raise db.translate(exc) from exc
+        except ValueError as exc:  # UnicodeEncodeError: a lone surrogate
+            raise BadReport(_first_line(exc)) from exc
         return {str(step): int(n) for step, n in rows}
 
     def heartbeat(self, lease: Lease) -> bool:
@@ -172,8 +219,9 @@ class Store:
         return [int(r[0]) for r in rows]
 
     def close_job(self, lease: Lease, state: str, reason: str) -> tuple[int, int]:
+        # A reason may quote a traceback: storable text, one line.
         row = self._rows("launcher_close_job", {"job": lease.job_id, "epoch": lease.epoch,
-                                                "state": state, "reason": reason})[0]
+                                                "state": state, "reason": one_line(reason)})[0]
         return int(row[0]), int(row[1])
 
     def expire_leases(self, job_id: int | None = None) -> list[Expired]:
@@ -181,3 +229,38 @@ class Store:
         may: only expired leases are touched). ``job_id`` limits it to that job."""
         rows = self._rows("launcher_expire_leases", {"job": job_id})
         return [Expired(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    # -- overdue jobs and journals (0008) ------------------------------------------------
+    def held_elsewhere(self, lease: Lease, filters: ClaimFilter,
+                       max_nodes: int) -> list[Held]:
+        """Other running batch jobs holding work these filters match (a plain read:
+        members may read every task and batch job)."""
+        from psycopg.types.json import Jsonb
+
+        rows = self._rows("launcher_held_elsewhere", {
+            "job": lease.job_id, "max_nodes": max_nodes,
+            "workflows": list(filters.workflows) or None,
+            "tags": Jsonb(dict(filters.tags)) if filters.tags else None,
+            "owners": list(filters.owners) or None})
+        return [Held(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]))
+                for r in rows]
+
+    def journal_key(self, lease: Lease) -> bytes:
+        """The MAC key of this leader's journal (only the job's own user gets it)."""
+        return bytes(self._rows("launcher_journal_key",
+                                {"job": lease.job_id, "epoch": lease.epoch})[0][0])
+
+    def journal_done(self, lease: Lease) -> None:
+        self._rows("launcher_journal_done", {"job": lease.job_id, "epoch": lease.epoch})
+
+    def journals_due(self) -> list[tuple[int, int, str, int]]:
+        """(job, epoch, job's user, lines replayed so far) of journals worth replaying."""
+        return [(int(r[0]), int(r[1]), str(r[2]), int(r[3]))
+                for r in self._rows("launcher_journals_due", {})]
+
+    def replay(self, job_id: int, epoch: int, lines: Sequence[str],
+               macs: Sequence[str]) -> dict[str, int]:
+        """Apply journal lines (the database checks every MAC and the order)."""
+        rows = self._rows("launcher_replay", {"job": job_id, "epoch": epoch,
+                                              "lines": list(lines), "macs": list(macs)})
+        return {str(step): int(n) for step, n in rows}

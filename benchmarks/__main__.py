@@ -41,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "utilization": _module_runner("scenarios_utilization"),
     "leader": _module_runner("scenarios_leader"),
     "concurrent": _module_runner("scenarios_concurrent"),
+    "exactly-once": _module_runner("scenarios_exactly_once"),
     "python": _module_runner("scenarios_python"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }

@@ -131,6 +131,12 @@ def _concurrent(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _exactly_once(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    return [(f"{r['tasks']:,} no-ops, 5 launchers, overlapping filters: exactly once",
+             str(r["exactly_once_ok"]), f"{r['rate_per_s']:,.0f} tasks/s", "1 run")]
+
+
 def _model(doc: dict[str, Any]) -> list[Row]:
     r = doc["results"]
     rows: list[Row] = []
@@ -180,7 +186,8 @@ def _python(doc: dict[str, Any]) -> list[Row]:
 
 
 SECTIONS = {"ceiling": _ceiling, "noop": _noop, "utilization": _utilization,
-            "leader": _leader, "concurrent": _concurrent, "python": _python,
+            "leader": _leader, "concurrent": _concurrent, "exactly-once": _exactly_once,
+            "python": _python,
             "scale-model": _model}
 
 

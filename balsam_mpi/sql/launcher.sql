@@ -1,6 +1,7 @@
 -- The launcher's statements (store.py). Each calls one SECURITY DEFINER function of
--- migrations/0004_launcher.sql (0005_leases.sql for lease expiry), so a leader needs no
--- table privileges of its own.
+-- migrations/0004_launcher.sql (0005_leases.sql for lease expiry, 0008_reliability.sql
+-- for journals), so a leader needs no table privileges of its own; the few plain reads
+-- need only what every member has (SELECT).
 
 -- name: launcher_open_job
 SELECT job_id, lease_epoch, adopted
@@ -11,16 +12,19 @@ SELECT job_id, lease_epoch, adopted
 -- name: launcher_claim
 SELECT id, workflow, name, state, app, command, shell, env_script, params::text,
        args, env::text, num_nodes, ranks_per_node, threads_per_rank, gpus_per_rank, node_packing_count,
-       wall_time_min
+       wall_time_min, priority, input_files, parents::text
   FROM launcher_claim(%(job)s, %(epoch)s, %(limit)s, %(capacity)s, %(max_need)s,
                       %(workflows)s, %(tags)s, %(owners)s, %(remaining_min)s,
                       %(max_nodes)s);
 
 -- name: launcher_report
+-- ``through``: the last report group of the leader's journal this batch completes (0 =
+-- none); recorded with the reports, so a replay skips them (0008).
 SELECT step, changed
   FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s::bigint[], %(s_at)s::float8[],
                        %(f_ids)s::bigint[], %(f_kind)s::smallint[], %(f_rc)s::integer[],
-                       %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[]);
+                       %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[],
+                       %(through)s::bigint);
 
 -- name: launcher_heartbeat
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);
@@ -58,3 +62,41 @@ SELECT id, state::text, nodes, end_reason,
 -- Batch jobs whose lease ran out: marked LOST, their tasks requeued (migrations/0005).
 SELECT job_id, job_user, requeued, failed, released
   FROM launcher_expire_leases(%(job)s::bigint);
+
+-- name: launcher_held_elsewhere
+-- Other running batch jobs that hold work this launcher's filters match, with their last
+-- heartbeat. A launcher with nothing to run does not
+-- count itself idle until it has seen each of them renew its heartbeat: one that does
+-- not may have died, and its tasks come back when its lease runs out (launcher.py).
+-- Starts from the few RUNNING jobs; each probe stops at the first task it finds (an
+-- idle launcher asks this every claim_idle_s).
+SELECT b.id, h.n,
+       extract(epoch FROM coalesce(b.heartbeat_at, b.started_at))::float8,
+       extract(epoch FROM now() - coalesce(b.heartbeat_at, b.started_at))::float8,
+       b.lease_sec
+  FROM batch_jobs b
+ CROSS JOIN LATERAL (
+       SELECT count(*)::bigint AS n FROM (
+           SELECT 1 FROM tasks t
+            WHERE t.batch_job_id = b.id
+              AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED', 'RUNNING')
+              AND t.num_nodes <= %(max_nodes)s
+              AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+              AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+              AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
+            LIMIT 1) x) h
+ WHERE b.state = 'RUNNING' AND b.id <> %(job)s AND h.n > 0
+ ORDER BY b.id;
+
+-- name: launcher_journal_key
+SELECT launcher_journal_key(%(job)s, %(epoch)s);
+
+-- name: launcher_journal_done
+SELECT launcher_journal_done(%(job)s, %(epoch)s);
+
+-- name: launcher_journals_due
+SELECT job_id, lease_epoch, job_user, replayed_seq FROM launcher_journals_due();
+
+-- name: launcher_replay
+SELECT step, changed
+  FROM launcher_replay(%(job)s, %(epoch)s, %(lines)s::text[], %(macs)s::text[]);

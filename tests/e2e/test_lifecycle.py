@@ -321,3 +321,73 @@ def test_a_leader_without_heartbeat_for_half_its_lease_stops_its_tasks(
         assert rows == [(i, "RESTART_READY", None, 0, 0, 0) for i in ids]
         job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
         assert job is not None and job[1].startswith("no heartbeat for")
+
+
+def test_a_launcher_started_after_a_crash_waits_for_the_dead_jobs_work(
+        pg_project: Project, conn: Any, dbname: str) -> None:
+    """13.6: a launcher started right after a crashed one (a short --idle-timeout, the
+    crashed job's lease still running) found nothing runnable and quit, leaving the
+    crashed job's tasks for whoever came next."""
+    # A workflow of its own: task directories are named by id, and every test's
+    # database copy numbers its tasks from 1 again.
+    ids = add(conn, 2, command="sh -c 'if [ -e started ]; then echo ok >> runs; "
+              "else touch started; exec sleep 600; fi'", app="once", workflow="after")
+    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="8")
+    wait_for("2 running tasks", lambda: count(
+        conn, "SELECT count(*) FROM tasks WHERE state = 'RUNNING'") == 2, first)
+    kill_launcher_tree(first.pid)
+    first.communicate(timeout=30)
+    second = start(1, "--idle-timeout", "1")  # not --persistent: it may end when idle
+    out = wait_end(second, timeout=120)
+    assert "has not heartbeated" in out  # it said why it waited
+    assert states(conn) == {"JOB_FINISHED": 2}
+    runs = {i: (pg_project.task_dir("after", i, "t") / "runs").read_text() for i in ids}
+    assert set(runs.values()) == {"ok\n"}
+    jobs = [r[0] for r in conn.execute("SELECT state::text FROM batch_jobs ORDER BY id")]
+    assert jobs == ["LOST", "FINISHED"]
+    no_strays(dbname)
+
+
+def test_work_finished_during_a_long_outage_is_never_run_again(
+        own_project: Project, own_conn: Any) -> None:
+    """15.5: tasks that ended successfully while the database was down past the give-up
+    point stayed RUNNING and were rerun (lost +1): the leader held their reports in
+    memory only. Now they are in its journal, which the recovery writes first."""
+    from balsam_mpi.dbctl import recover
+
+    ids = add(own_conn, 4, command="sh -c 'sleep 2; echo ran >> runs'", packing=2,
+              app="two", workflow="outage")
+    marker = f"BALSAM_DB_PATH={own_project.root}"
+    proc = start(2, "--idle-timeout", "0", env=own_env(own_project), BALSAM_LEASE_S="8",
+                 BALSAM_KILL_GRACE_S="1")
+    wait_for("4 running tasks", lambda: count(
+        own_conn, "SELECT count(*) FROM tasks WHERE state = 'RUNNING'") == 4, proc)
+    own_conn.close()
+    stop_immediately(own_project)
+    try:
+        # The tasks end (exit 0) while the server is down; the leader gives up after half
+        # its lease, with no way to write: it must end, not hang, and say where they are.
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"the launcher did not end:\n{proc.communicate()[0]}"
+                                 ) from None
+        assert proc.returncode != 0 and "journal" in out, out
+        assert not task_pids(marker)
+    finally:
+        restart(own_project)
+    found: list[Any] = []
+    wait_for("the recovery to find the dead job",
+             lambda: bool(found.extend(recover.recover(own_project)) or found), timeout=60)
+    with db.connect(own_project, autocommit=True) as conn:
+        assert states(conn) == {"JOB_FINISHED": 4}
+        rows = conn.execute("SELECT lost_retries, exit_code FROM tasks").fetchall()
+        assert rows == [(0, 0)] * 4  # nothing counted as lost
+        assert running_events(conn) == {i: 1 for i in ids}
+        job = conn.execute("SELECT state::text FROM batch_jobs").fetchone()
+        assert job == ("LOST",)
+    runs = {i: (own_project.task_dir("outage", i, "t") / "runs").read_text() for i in ids}
+    assert set(runs.values()) == {"ran\n"}  # each ran once; a later launcher finds nothing
+    left = [p.name for p in own_project.log_dir.glob("journal_*")]
+    assert len(left) == 1  # the dead leader's journal stays (done in the database)

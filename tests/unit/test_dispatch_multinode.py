@@ -16,6 +16,7 @@ def setup(n_workers: int) -> tuple[Dispatcher, list[tuple[int, Assign]]]:
     sent: list[tuple[int, Assign]] = []
     local = Node(environ={"PATH": "/bin"}, die_with_parent=False)
     d = Dispatcher(Settings(), local, lambda rank, msg: sent.append((rank, msg)))
+    d.local_open = False  # workers only here (the leader's node would take small tasks first)
     for r in range(1, n_workers + 1):
         d.workers[r] = WorkerView(r, host=f"h{r}")
     return d, sent

@@ -46,6 +46,7 @@ def test_the_local_node_is_fed_directly_and_kills_reach_every_rank() -> None:
     local_ids = [s.id for s in d.local.changes.take()[0]]
     assert local_ids == [0, 1, 2, 3, 4, 5]
     view = d.reported(2, Report(rank=2, acked=0, free=1.0, running=0, queued=0))
+    d.local_open = False  # (open, the leader's node would take them first: it has room)
     d.push()
     assert [t.id for t in sent[-1][1].tasks] == [6, 7, 8, 9] and sent[-1][0] == view.rank
     d.pool.append(spec(10))
@@ -55,10 +56,12 @@ def test_the_local_node_is_fed_directly_and_kills_reach_every_rank() -> None:
 
 
 def test_kill_tracker_sends_each_kill_once_and_forgets_ended_tasks() -> None:
+    """A kill sent is forgotten at once: a queued task dropped by its node is never
+    polled again."""
     k = KillTracker(interval_s=0.0)
     assert not k.due()  # nothing out
-    k.placed([1, 2], 3)
-    k.placed([4], LOCAL)
+    k.placed([spec(1), spec(2)], 3)
+    k.placed([spec(4)], LOCAL)
     assert k.due() and sorted(k.candidates()) == [1, 2, 4]
     assert k.by_rank([2, 4]) == {3: [2], LOCAL: [4]}
     assert k.by_rank([2]) == {} and sorted(k.candidates()) == [1]

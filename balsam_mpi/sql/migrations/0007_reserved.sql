@@ -1,4 +1,4 @@
--- 0007_reserved: this number belongs to a migration of another line of work that is not
--- merged here yet; the empty file only keeps the sequence without gaps (sql.migrations
--- refuses gaps) so that 0010 can be applied. Delete it when the real 0007 is merged.
+-- 0007: reserved for the database-security migration, which is developed alongside
+-- 0008; this empty stand-in only keeps the numbering without gaps until it lands, and is
+-- replaced by it (it creates nothing).
 SELECT 1;

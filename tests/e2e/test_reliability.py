@@ -1,0 +1,221 @@
+"""Faults and hostile rows against a real launcher (issue 15, 14.7): real `mpiexec`, real
+task processes, a watchdog on every wait; nothing asserts how long anything took.
+
+* a NUL byte in a failing task's stderr, then SIGTERM: nothing else is held up, nothing
+  runs twice, the batch job closes;
+* a frozen worker rank (SIGSTOP): declared dead, the drain ends without it, its tasks are
+  lost (counted) — and a task that exited 0 while its rank was frozen stays finished;
+* a task that ran to exit 0 while it was being killed keeps its run in the history;
+* input_files are linked from the parents' directories;
+* rows that cannot run (an env name with '=', a 2 MB command) fail alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam_mpi.project import Project
+from tests.e2e.test_launcher import add, no_strays, running_events, states
+from tests.e2e.test_lifecycle import processes, start, wait_end, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+RANK_VARS = (b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK=", b"PMIX_RANK=", b"SLURM_PROCID=")
+
+
+def count(conn: Any, where: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM tasks WHERE {where}").fetchone()  # noqa: S608
+    return int(row[0]) if row else 0
+
+
+def rank_pids(dbname: str) -> dict[int, int]:
+    """rank -> pid of this test's launcher ranks (from the MPI launcher's variables)."""
+    marker = f"BALSAM_DB_NAME={dbname}".encode()
+    out: dict[int, int] = {}
+    for pid, (_ppid, env) in processes().items():
+        items = env.split(b"\0")
+        if marker not in items or b"BALSAM_TASK_ID=" in env:
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"balsam_mpi" not in cmd:
+            continue
+        for item in items:
+            for var in RANK_VARS:
+                if item.startswith(var):
+                    out[int(item[len(var):])] = pid
+    return out
+
+
+def ended(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The launcher's output once it ended by itself (any status), or fail and clean up."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+        raise AssertionError(f"the launcher did not end in time:\n{out}") from None
+
+
+def test_a_nul_in_a_failing_tasks_stderr_holds_nothing_up(conn: Any, dbname: str) -> None:
+    """15.1: Postgres refuses NUL in text; the whole batch was put back and retried
+    forever, and at SIGTERM the final flush blocked the loop (no heartbeats) until
+    another leader declared the job lost and everything ran again."""
+    fine = add(conn, 8, command="true", packing=4, app="fine")
+    [bad] = add(conn, 1, command=r"""sh -c 'printf "before\0after" >&2; exit 3'""",
+                packing=4, app="nul")
+    [long] = add(conn, 1, command="sleep 600", packing=4, app="long")
+    proc = start(2, "--idle-timeout", "0")
+    wait_for("the short tasks written and the long one running",
+             lambda: count(conn, "state IN ('JOB_FINISHED', 'FAILED')") == 9
+             and count(conn, "state = 'RUNNING'") == 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    wait_end(proc, timeout=90)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, output_tail, lost_retries, batch_job_id FROM tasks")}
+    assert {rows[i][0] for i in fine} == {"JOB_FINISHED"}
+    assert rows[bad][0] == "FAILED" and "\x00" not in rows[bad][1]
+    assert "before" in rows[bad][1] and "after" in rows[bad][1]
+    assert rows[long] == ("RESTART_READY", "", 0, None)  # cut by the drain, uncounted
+    assert set(running_events(conn).values()) == {1}  # nothing ran twice
+    job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
+    assert job == ("FINISHED", "SIGTERM")
+    no_strays(dbname)
+
+
+def test_a_frozen_worker_is_declared_dead_and_the_drain_ends(conn: Any,
+                                                             dbname: str) -> None:
+    """15.6: a worker rank stopped with SIGSTOP hung the drain until it woke."""
+    add(conn, 3, command="sleep 600", app="long")  # one whole-node task per rank
+    proc = start(3, "--idle-timeout", "0", BALSAM_WORKER_TIMEOUT_S="4",
+                 BALSAM_REPORT_INTERVAL_S="0.5", BALSAM_KILL_GRACE_S="1")
+    wait_for("three running tasks", lambda: count(conn, "state = 'RUNNING'") == 3, proc)
+    ranks = rank_pids(dbname)
+    assert sorted(ranks) == [0, 1, 2], ranks
+    os.kill(ranks[2], signal.SIGSTOP)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out = ended(proc, 90)
+    finally:
+        try:
+            os.kill(ranks[2], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, out
+    assert "worker rank 2" in out and "stopped answering" in out
+    rows = conn.execute("SELECT state::text, lost_retries, batch_job_id, state_message "
+                        "FROM tasks ORDER BY lost_retries").fetchall()
+    assert [r[:3] for r in rows] == [("RESTART_READY", 0, None)] * 2 + [
+        ("RESTART_READY", 1, None)]  # the frozen rank's task: lost, and counted
+    assert "worker rank 2" in rows[2][3]
+    job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
+    assert job == ("FINISHED", "SIGTERM")
+    no_strays(dbname)  # the frozen rank's task is gone with it (parent-death signal)
+
+
+def test_a_task_that_exited_0_while_its_rank_was_frozen_stays_finished(
+        conn: Any, dbname: str) -> None:
+    """15.6: tasks that had already exited 0 were requeued as cut when their rank woke
+    into the drain."""
+    add(conn, 3, command="sleep 3", app="three")  # one whole-node task per rank
+    proc = start(3, "--idle-timeout", "0", BALSAM_WORKER_TIMEOUT_S="60")
+    wait_for("three running tasks", lambda: count(conn, "state = 'RUNNING'") == 3, proc)
+    ranks = rank_pids(dbname)
+    os.kill(ranks[2], signal.SIGSTOP)
+    try:
+        wait_for("the other ranks' tasks to finish",
+                 lambda: count(conn, "state = 'JOB_FINISHED'") == 2, proc)
+        time.sleep(1)  # the frozen rank's task exits meanwhile (they are 3 s long)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+    finally:
+        os.kill(ranks[2], signal.SIGCONT)
+    out = ended(proc, 90)
+    assert proc.returncode == 0, out
+    assert states(conn) == {"JOB_FINISHED": 3}
+    assert set(running_events(conn).values()) == {1}
+    no_strays(dbname)
+
+
+def test_a_run_that_raced_its_kill_stays_in_the_history(pg_project: Project, conn: Any,
+                                                        dbname: str) -> None:
+    """15.8: tasks that ran to exit 0 while being killed ended USER_KILLED with no run
+    in their history. Here the run ends before the kill is written and its reports are
+    still in the leader's buffer (a long flush interval) when the kill lands."""
+    [task] = add(conn, 1, command="touch ran", app="quick", workflow="killrace")
+    proc = start(1, "--idle-timeout", "0", BALSAM_FLUSH_INTERVAL_S="8")
+    marker = pg_project.task_dir("killrace", task, "t") / "ran"
+    wait_for("the task to run", marker.exists, proc)
+    cli = Path(sys.executable).parent / "balsam-mpi"
+    killed = subprocess.run([str(cli), "task", "kill", str(task)], capture_output=True,
+                            text=True, timeout=60)
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    wait_end(proc)
+    row = conn.execute("SELECT state::text, exit_code, started_at IS NOT NULL, "
+                       "ended_at >= started_at FROM tasks").fetchone()
+    assert row == ("USER_KILLED", 0, True, True)  # decided: the kill stands, run recorded
+    path = [r[0] for r in conn.execute(
+        "SELECT to_state::text FROM task_events WHERE task_id = %s ORDER BY id", (task,))]
+    assert path == ["READY", "USER_KILLED", "RUNNING", "RUN_DONE"]
+    no_strays(dbname)
+
+
+def test_input_files_are_linked_from_the_parents(pg_project: Project, conn: Any,
+                                                 dbname: str) -> None:
+    """15.10: input_files were never linked into a task's directory."""
+    [parent] = add(conn, 1, command="sh -c 'echo from-parent > result.txt'", app="make",
+                   workflow="inputs")
+    [child] = add(conn, 1, command="cat result.txt", app="use", workflow="inputs")
+    conn.execute("UPDATE tasks SET state = 'AWAITING_PARENTS', pending_parents = 1, "
+                 "input_files = '{*.txt}', name = 'kid' WHERE id = %s", (child,))
+    conn.execute("INSERT INTO task_deps (child_id, parent_id) VALUES (%s, %s)",
+                 (child, parent))
+    wait_end(start(1, "--idle-timeout", "0"))
+    assert states(conn) == {"JOB_FINISHED": 2}
+    out = pg_project.task_dir("inputs", child, "kid") / "task.out"
+    assert out.read_text() == "from-parent\n"
+    assert (out.parent / "result.txt").is_symlink()
+    no_strays(dbname)
+
+
+def test_rows_that_cannot_run_fail_alone(conn: Any, dbname: str) -> None:
+    """14.7: a raw INSERT with env {"A=B": "x"} made the launcher die with a traceback
+    and left the task READY for the next victim; 15.12: a 2 MB command froze the loop."""
+    import psycopg
+
+    fine = add(conn, 4, command="true", packing=2, app="fine")
+    poison: dict[int, str] = {}
+    try:
+        [bad_env] = add(conn, 1, command="true", packing=2, app="env_app")
+        conn.execute("""UPDATE tasks SET env = '{"A=B": "x"}' WHERE id = %s""", (bad_env,))
+        poison[bad_env] = "env"
+    except psycopg.errors.CheckViolation:
+        pass  # the database refuses such a row at the door: nothing to run
+    try:
+        [huge] = add(conn, 1, command="echo " + "x" * (2 * 1024 * 1024), packing=2,
+                     app="huge")
+        poison[huge] = "command"
+    except psycopg.errors.CheckViolation:
+        pass
+    if not poison:
+        pytest.skip("the database refuses every poison row this test plants")
+    wait_end(start(2, "--idle-timeout", "0"), timeout=120)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT id, state::text, state_message, batch_job_id FROM tasks")}
+    assert {rows[i][0] for i in fine} == {"JOB_FINISHED"}
+    for task, field in poison.items():
+        state, message, job = rows[task]
+        assert state == "FAILED" and job is None
+        assert message.startswith("cannot prepare the task: ") and field in message
+        assert "\n" not in message and len(message) <= 500
+    no_strays(dbname)

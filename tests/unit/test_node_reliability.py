@@ -1,0 +1,65 @@
+"""One node keeps its promises (real processes, no MPI): a task that exited before the
+stop came keeps its own outcome, a task whose data cannot start fails alone, and a task's
+input_files are linked before it starts."""
+
+from __future__ import annotations
+
+import select
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi.node import Node
+from balsam_mpi.protocol import Assign, EndKind
+from tests.unit.test_node import run_until, spec
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_task_that_exited_0_before_the_cut_is_done_not_cut(tmp_path: Path) -> None:
+    """15.6: while a worker was frozen its tasks exited 0; when it woke, the drain's cut
+    marked them CUT (requeued, run again) although they had finished."""
+    node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=1.0)
+    node.apply(Assign(1, (spec(tmp_path, 1, ("true",), need=0.5),
+                          spec(tmp_path, 2, ("sleep", "30"), need=0.5))))
+    node.step()
+    proc = node.running[1]
+    # Wait until it has exited, without reaping it (what a frozen rank never did).
+    assert select.select([proc.pidfd], [], [], 10)[0]
+    node.cut_all()
+    ended = {f.id: f for f in run_until(node, 2)}
+    assert ended[1].kind == EndKind.DONE and ended[1].rc == 0
+    assert ended[2].kind == EndKind.CUT
+    node.close()
+
+
+def test_a_task_that_cannot_start_fails_alone(tmp_path: Path) -> None:
+    """14.7: an env name with '=' (a raw INSERT the client would have refused) crashed
+    the rank; the task stayed READY for the next launcher to crash on."""
+    node = Node(environ={"PATH": "/usr/bin:/bin"})
+    bad = spec(tmp_path, 1, ("true",), need=0.5)._replace(env=(("A=B", "x"),))
+    node.apply(Assign(1, (bad, spec(tmp_path, 2, ("true",), need=0.5))))
+    ended = {f.id: f for f in run_until(node, 2)}
+    assert ended[1].kind == EndKind.REFUSED and "cannot start the task" in ended[1].tail
+    assert "\n" not in ended[1].tail
+    assert ended[2].kind == EndKind.DONE
+    assert not node.running and node.res.free == pytest.approx(1.0)
+    node.close()
+
+
+def test_input_files_are_linked_before_the_task_starts(tmp_path: Path) -> None:
+    """15.10: input_files were never linked (stagein.link_inputs had no caller)."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "result.txt").write_text("from the parent\n")
+    (parent / "other.dat").write_text("not wanted\n")
+    child = spec(tmp_path, 7, ("cat", "result.txt"))._replace(
+        inputs=("*.txt",), parent_dirs=(str(parent),))
+    node = Node(environ={"PATH": "/usr/bin:/bin"})
+    node.apply(Assign(1, (child,)))
+    [f] = run_until(node, 1)
+    assert f.kind == EndKind.DONE, f.tail
+    task_dir = Path(child.cwd)
+    assert (task_dir / "task.out").read_text() == "from the parent\n"
+    assert (task_dir / "result.txt").is_symlink() and not (task_dir / "other.dat").exists()
+    node.close()
