@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 # Read once by the libraries that use them (OpenMP, the GPU runtimes): an interpreter is
 # started with a task's values of these and serves only tasks with the same values.
 SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.values())
-SEND_TIMEOUT_S = 30.0  # a call waits this long for a busy-starting interpreter to read it
+# A call waits this long for an interpreter to read it (only a call bigger than the
+# socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
+SEND_TIMEOUT_S = 5.0
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 Key = tuple[tuple[tuple[str, str], ...], int, int]

@@ -35,7 +35,10 @@ from typing import Any
 
 from . import pycall
 
-START_TIMEOUT_S = 30.0  # a new zygote's first answer (its own start-up) at most
+# A new zygote's first answer (its own start-up) at most. The node waits for it, so it
+# stays well under worker_timeout_s (10 s), after which the leader declares a silent
+# worker dead; a call that cannot get an interpreter in time fails with the reason.
+START_TIMEOUT_S = 5.0
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT,
                     signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
