@@ -56,6 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--total", type=int, default=1_000_000)
+    ap.add_argument("--chain", type=int, default=10_000,
+                    help="depth of the chain whose root is killed and retried")
     opts = ap.parse_args()
     with bench_project() as project:
         env = {**os.environ, "BALSAM_DB_PATH": str(project.root)}
@@ -87,7 +89,8 @@ def main() -> None:
             t0 = time.perf_counter()
             back = c.retry(workflow="bench")
             print(f"retry --workflow: {len(back)} reinstated in {time.perf_counter() - t0:.2f} s")
-            done = len(ids) + len(dag)
+            _chain(c, opts.chain)
+            done = len(ids) + len(dag) + opts.chain
             w = 0
             while done < opts.total:
                 n = min(opts.tasks, opts.total - done)
@@ -103,6 +106,29 @@ def main() -> None:
         with psycopg.connect(**admin_dsn(project), autocommit=True) as admin:
             admin.execute(_QUERIES["tasks_api_vacuum"])
         _cli_times(env, project, "after VACUUM ANALYZE")
+
+
+def _chain(c: Client, depth: int) -> None:
+    """Kill and retry the root of a chain ``depth`` deep (issue 15: 29-44 s and 15-17 s
+    before propagation was set-based)."""
+    if depth < 2:
+        return
+    chain = [{"app": "hello", "workflow": "chain", "params": {"who": "x"}, "key": "0"}]
+    chain += [{"app": "hello", "workflow": "chain", "params": {"who": "x"}, "key": str(i),
+               "parents": [str(i - 1)]} for i in range(1, depth)]
+    t0 = time.perf_counter()
+    ids = c.add_tasks(chain)
+    print(f"add_tasks: a chain {depth} deep in {time.perf_counter() - t0:.2f} s")
+    t0 = time.perf_counter()
+    killed = c.kill(ids[0])
+    dt = time.perf_counter() - t0
+    failed = c.counts().get("chain", {}).get("FAILED", 0)
+    print(f"kill of the chain's root: {len(killed)} killed, {failed} descendants failed, "
+          f"in {dt:.2f} s")
+    t0 = time.perf_counter()
+    back = c.retry(ids[0])
+    print(f"retry of the chain's root: {len(back)} reinstated in "
+          f"{time.perf_counter() - t0:.2f} s")
 
 
 def _cli_times(env: dict[str, str], project: Project, when: str) -> None:

@@ -2,6 +2,10 @@
 -- migrations/0004_launcher.sql (0005_leases.sql for lease expiry), so a leader needs no
 -- table privileges of its own.
 
+-- name: launcher_session
+-- The leader's connection: no statement_timeout (store.py says why).
+SET statement_timeout = 0;
+
 -- name: launcher_open_job
 SELECT job_id, lease_epoch, adopted
   FROM launcher_open_job(%(job_id)s, %(scheduler)s, %(scheduler_job_id)s, %(host)s,
