@@ -450,25 +450,26 @@ DECLARE
 BEGIN
     PERFORM tasks_check_ids(p_ids);
     RETURN QUERY
-    WITH want AS (SELECT DISTINCT w.id FROM unnest(p_ids) AS w (id)),
-    killed AS (
+    WITH killed AS (
         -- USER_KILLED keeps the claim's batch_job_id: its launcher polls for it and stops
         -- the process. The DAG trigger fails the waiting descendants.
         UPDATE public.tasks t
            SET state = 'USER_KILLED',
                state_message = left(coalesce(p_message, 'killed by ' || session_user), 4096)
-          FROM want
-         WHERE t.id = want.id AND (any_task OR t.owner = session_user)
+         WHERE t.id = ANY (p_ids) AND (any_task OR t.owner = session_user)
            AND t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
         RETURNING t.id
+    ), left_alone AS (  -- usually few: only these are looked up again
+        SELECT DISTINCT w.id FROM unnest(p_ids) AS w (id)
+         WHERE NOT EXISTS (SELECT 1 FROM killed k WHERE k.id = w.id)
     )
-    SELECT w.id, CASE WHEN k.id IS NOT NULL THEN 'killed'
-                      WHEN t.id IS NULL THEN 'no such task'
+    SELECT k.id, 'killed'::text FROM killed k
+    UNION ALL
+    SELECT l.id, CASE WHEN t.id IS NULL THEN 'no such task'
                       WHEN NOT (any_task OR t.owner = session_user)
                           THEN format('not yours (owner %s)', t.owner)
                       ELSE format('already %s', t.state) END
-      FROM want w LEFT JOIN killed k ON k.id = w.id LEFT JOIN public.tasks t ON t.id = w.id
-     ORDER BY w.id;
+      FROM left_alone l LEFT JOIN public.tasks t ON t.id = l.id;
 END $$;
 
 -- FAILED / USER_KILLED tasks back to READY or AWAITING_PARENTS, counters reset, then the
@@ -516,18 +517,28 @@ BEGIN
           FROM tasks_refail(back || coalesce(followers, '{}')) AS a;
     END IF;
     RETURN QUERY
-    SELECT w.id,
-           CASE WHEN w.id = ANY (coalesce(again, '{}')) THEN 'failed again'
-                WHEN w.id = ANY (coalesce(back, '{}')) THEN 'retried'
-                WHEN w.id = ANY (coalesce(followers, '{}')) THEN 'reinstated'
-                WHEN t.id IS NULL THEN 'no such task'
+    WITH a AS (SELECT DISTINCT x AS id FROM unnest(again) x),
+    b AS (SELECT x AS id FROM unnest(back) x WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.id = x)),
+    f AS (SELECT DISTINCT x AS id FROM unnest(followers) x
+           WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.id = x)
+             AND NOT EXISTS (SELECT 1 FROM b WHERE b.id = x)),
+    left_alone AS (
+        SELECT DISTINCT w.id FROM unnest(p_ids) AS w (id)
+         WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.id = w.id)
+           AND NOT EXISTS (SELECT 1 FROM b WHERE b.id = w.id)
+           AND NOT EXISTS (SELECT 1 FROM f WHERE f.id = w.id)
+    )
+    SELECT a.id, 'failed again'::text FROM a
+    UNION ALL SELECT b.id, 'retried' FROM b
+    UNION ALL SELECT f.id, 'reinstated' FROM f
+    UNION ALL
+    SELECT l.id,
+           CASE WHEN t.id IS NULL THEN 'no such task'
                 WHEN NOT (any_task OR t.owner = session_user)
                     THEN format('not yours (owner %s)', t.owner)
                 ELSE format('%s (only FAILED or USER_KILLED tasks are retried)', t.state)
            END
-      FROM (SELECT DISTINCT x AS id FROM unnest(p_ids || coalesce(followers, '{}')) x) w
-      LEFT JOIN public.tasks t ON t.id = w.id
-     ORDER BY w.id;
+      FROM left_alone l LEFT JOIN public.tasks t ON t.id = l.id;
 END $$;
 
 -- `task modify`: p_changes holds the fields to change (taskspec.MODIFIABLE). priority,
@@ -609,11 +620,15 @@ BEGIN
         PERFORM tasks_refail(changed);
     END IF;
     RETURN QUERY
-    SELECT w.id, CASE WHEN w.id = ANY (coalesce(changed, '{}')) THEN 'modified'
-                      ELSE tasks_why_not(t, any_task) END
-      FROM (SELECT DISTINCT x AS id FROM unnest(p_ids) x) w
-      LEFT JOIN public.tasks t ON t.id = w.id
-     ORDER BY w.id;
+    WITH done AS (SELECT x AS id FROM unnest(changed) x),
+    left_alone AS (
+        SELECT DISTINCT w.id FROM unnest(p_ids) AS w (id)
+         WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = w.id)
+    )
+    SELECT done.id, 'modified'::text FROM done
+    UNION ALL
+    SELECT l.id, tasks_why_not(t, any_task)
+      FROM left_alone l LEFT JOIN public.tasks t ON t.id = l.id;
 END $$;
 
 -- `task rm`: the caller's tasks (any, for the owner) go; history stays in task_events;
@@ -647,14 +662,18 @@ BEGIN
         END IF;
     END IF;
     RETURN QUERY
-    SELECT w.id,
-           CASE WHEN w.id = ANY (coalesce(held, '{}'))
-                    THEN 'deleted (its launcher stops it)'
-                WHEN w.id = ANY (coalesce(gone, '{}')) THEN 'deleted'
-                ELSE tasks_why_not(t, any_task) END
-      FROM (SELECT DISTINCT x AS id FROM unnest(p_ids) x) w
-      LEFT JOIN public.tasks t ON t.id = w.id
-     ORDER BY w.id;
+    WITH h AS (SELECT x AS id FROM unnest(held) x),
+    g AS (SELECT x AS id FROM unnest(gone) x WHERE NOT EXISTS (SELECT 1 FROM h WHERE h.id = x)),
+    left_alone AS (
+        SELECT DISTINCT w.id FROM unnest(p_ids) AS w (id)
+         WHERE NOT EXISTS (SELECT 1 FROM h WHERE h.id = w.id)
+           AND NOT EXISTS (SELECT 1 FROM g WHERE g.id = w.id)
+    )
+    SELECT h.id, 'deleted (its launcher stops it)'::text FROM h
+    UNION ALL SELECT g.id, 'deleted' FROM g
+    UNION ALL
+    SELECT l.id, tasks_why_not(t, any_task)
+      FROM left_alone l LEFT JOIN public.tasks t ON t.id = l.id;
 END $$;
 
 -- `balsam-mpi dep PARENT CHILD`. Every DAG edit takes the same transaction-level advisory
@@ -895,9 +914,10 @@ ALTER FUNCTION tasks_events_on_update() SET enable_nestloop = off;
 
 -- As 0003's, with the same rules. The rows that changed state are found by a statement
 -- planned for this call's transition tables (EXECUTE: never a cached nested loop); every
--- later step is driven from those ids through the indexes, and the walk down the DAG
--- looks children up one parent at a time (LATERAL … OFFSET 0), so a 10,000-deep chain
--- is 10,000 index probes whatever the planner thinks of the tables' sizes.
+-- later step starts from those ids. Each step of the walk down the DAG looks children up
+-- one parent at a time (LATERAL … OFFSET 0), so a 10,000-deep chain is 10,000 index
+-- probes whatever the planner thinks of the tables' sizes, while the first step (a bulk
+-- kill's 100,000 roots) is left to the planner (a hash join).
 CREATE OR REPLACE FUNCTION tasks_propagate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
@@ -946,12 +966,10 @@ BEGIN
     -- Rows stopped by this same statement are already stopped here, so a bulk kill of a
     -- whole workflow does not walk its graph again.
     WITH RECURSIVE down (id, root) AS (
-        SELECT x.child_id, s.id FROM unnest(stopped) AS s (id) CROSS JOIN LATERAL (
-            SELECT d.child_id FROM public.task_deps d
-              JOIN public.tasks c ON c.id = d.child_id
-             WHERE d.parent_id = s.id AND c.fail_with_parents
-               AND c.state IN ('CREATED', 'AWAITING_PARENTS')
-            OFFSET 0) x
+        SELECT d.child_id, s.id FROM unnest(stopped) AS s (id)
+          JOIN public.task_deps d ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
         UNION
         SELECT x.child_id, down.root FROM down CROSS JOIN LATERAL (
             SELECT d.child_id FROM public.task_deps d
