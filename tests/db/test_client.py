@@ -223,3 +223,19 @@ def test_rm_of_a_running_task_has_its_launcher_stop_it(client: Client, pg_projec
         assert client.delete([a]).refused == {a: "no such task"}  # what the db did: nothing
     finally:
         store.close()
+
+
+def test_modify_sets_every_modifiable_field(client: Client) -> None:
+    [a] = client.add_tasks([{"app": "hello", "workflow": "w", "params": {"who": "x"}}])
+    changes: dict[str, Any] = {
+        "workflow": "w2", "name": "n", "params": {"who": "y"}, "args": ["-v", "two words"],
+        "tags": {"k": "v"}, "env": {"OMP_NUM_THREADS": "4"}, "data": {"x": [1, 2]},
+        "input_files": ["*.dat"], "num_nodes": 2, "ranks_per_node": 4,
+        "threads_per_rank": 2, "gpus_per_rank": 1, "node_packing_count": 1,
+        "wall_time_min": 1.5, "priority": -3, "error_retry_limit": 2,
+        "timeout_retry_limit": 1, "lost_retry_limit": 0, "fail_with_parents": False}
+    assert client.update(a, **changes) == [a]
+    row = client.get(a)
+    assert {k: row[k] for k in changes} == changes
+    done = client.update([a, 999_999], priority=1)
+    assert done == [a] and done.refused == {999_999: "no such task"}
