@@ -1225,7 +1225,7 @@ TO balsam_member;
 --      with the same scheduler job id neither blocks nor is adopted.
 --   6. Propagation: the DAG and event triggers are planned for the rows they get (a plan
 --      cached from a one-row statement nested-looped 10,000 × 10,000 rows: a kill of the
---      root of a 10,000-deep chain took 16-44 s).
+--      root of a 10,000-deep chain took from 16 s to over a minute).
 
 -- ==== 1. Values =========================================================================
 -- Helpers for the CHECK constraints: IMMUTABLE SQL, callable by whoever writes a row.
