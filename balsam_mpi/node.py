@@ -283,8 +283,7 @@ class Node:
         if proc.phase == "post":
             kind = proc.end_kind if proc.end_kind is not None else prepost.outcome(
                 proc.run_kind, rc)
-            tail = "" if kind == EndKind.DONE_POST else runner.output_tail(
-                spec.cwd, names=prepost.POST_OUT[::-1])
+            tail = "" if kind == EndKind.DONE_POST else runner.output_tail(proc)
             # The run's own times: ended_at and the RUN_* event are the run's end.
             self._end(spec, Finished(spec.id, spec.epoch, int(kind), proc.run_rc,
                                      proc.run_started, proc.run_ended, tail))
@@ -295,7 +294,7 @@ class Node:
                 spec, kind):
             self._start_post(proc, kind, rc, ended)
             return
-        tail = "" if kind == EndKind.DONE else runner.output_tail(spec.cwd)
+        tail = "" if kind == EndKind.DONE else runner.output_tail(proc)
         self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended,
                                  tail))
 
@@ -306,7 +305,7 @@ class Node:
             # changes nothing in the database, and it tells the leader the slot is free).
             kind = proc.end_kind if proc.end_kind is not None else EndKind.PRE_FAILED
             self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, ended, ended,
-                                     runner.output_tail(spec.cwd, names=prepost.PRE_OUT[::-1])))
+                                     runner.output_tail(proc)))
             return
         try:
             run = self._start_run(spec, proc.env or {})
