@@ -103,15 +103,16 @@ _cgroups: TaskCgroups | None = None
 _cgroups_checked = False
 
 
-def configure(output_cap_bytes: int | None = None, cgroups: bool = True) -> None:
+def configure(output_cap_mb: float = DEFAULT_OUTPUT_CAP_MB, cgroups: bool = True) -> None:
     """This process's task settings (the launcher calls it once per rank from its
-    settings; no arguments = the defaults). ``output_cap_bytes`` 0 = no cap; a cap is at
+    settings; no arguments = the defaults). ``output_cap_mb`` 0 = no cap; a cap is at
     least 1 MiB. ``cgroups`` False: never a cgroup per task, only the trampoline."""
     global _cgroups, _cgroups_checked
-    cap = int(DEFAULT_OUTPUT_CAP_MB * (1 << 20)) if output_cap_bytes is None else output_cap_bytes
-    if not math.isfinite(cap) or cap < 0:
-        raise UsageError(f"output_cap_mb must be 0 (no cap) or positive, got {cap / (1 << 20)}")
-    _config.output_cap = 0 if cap == 0 else max(int(cap), pdeath.CAP_MIN)
+    if not math.isfinite(output_cap_mb) or output_cap_mb < 0:
+        raise UsageError(f"output_cap_mb must be 0 (no cap) or a positive number of MiB, "
+                         f"got {output_cap_mb}")
+    cap = int(output_cap_mb * (1 << 20))
+    _config.output_cap = 0 if cap == 0 else max(cap, pdeath.CAP_MIN)
     if _config.cgroups != cgroups:
         if _cgroups is not None:
             _cgroups.close()

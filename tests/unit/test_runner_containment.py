@@ -190,7 +190,7 @@ MIB = 1 << 20
 @pytest.fixture()
 def capped() -> Iterator[int]:
     cap = 2 * MIB
-    runner.configure(output_cap_bytes=cap, cgroups=runner._config.cgroups)
+    runner.configure(output_cap_mb=2, cgroups=runner._config.cgroups)
     yield cap
     runner.configure(cgroups=runner._config.cgroups)
 
@@ -230,7 +230,7 @@ def test_output_is_capped_while_the_task_runs(tmp_path: Path, capped: int) -> No
 
 
 def test_no_cap_when_disabled(tmp_path: Path) -> None:
-    runner.configure(output_cap_bytes=0, cgroups=runner._config.cgroups)
+    runner.configure(output_cap_mb=0, cgroups=runner._config.cgroups)
     try:
         proc = start(tmp_path, "head -c 3145728 /dev/zero")
         assert wait(proc) == 0
