@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 from .. import db, sql
 from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
 from ..project import SCHEMA_DB, Project, ServerInfo, this_host
-from . import enroll
+from . import acl, enroll
 from .accounts import Account, group_gid
 from .pgconf import (
     APP_ADMIN_ROLE,
@@ -107,6 +107,8 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
         wanted.add(APP_ADMIN_ROLE)
     # Check the request before changing anything, so a refused one leaves no half-state.
     request = enroll.read_request(project, name, account.uid)
+    if read_only:
+        acl.require_support(project.root, name)  # else the viewer could still write
     with _admin(project, info) as admin, admin.transaction():
         row = admin.execute(sql.query("access_role"), {"name": name}).fetchone()
         if row is not None and row[1]:
@@ -128,12 +130,13 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
         enroll.unlink_request(project, name, request.file_id)
     label = kind + (" with app admin" if app_admin else "")
     log.info("authorized %s as %s", name, label)
+    files = acl.on_add_user(project.root, name, read_only=read_only, enrolled=enrolled)
     if enrolled:
         return [f"{name} is enrolled as a {label}: they can connect over the socket on "
-                f"{info.host} and over TCP from other hosts"]
+                f"{info.host} and over TCP from other hosts", *files]
     return [f"{name} is authorized as a {label}; next, {name} runs `source balsamactivate "
             f"{project.root}` (on {info.host} that completes enrollment; elsewhere it "
-            f"leaves a request and you run `balsam-dbctl add-user {name}` once more)"]
+            f"leaves a request and you run `balsam-dbctl add-user {name}` once more)", *files]
 
 
 def drop_user(project: Project, name: str) -> list[str]:
@@ -160,7 +163,7 @@ def drop_user(project: Project, name: str) -> list[str]:
     enroll.unlink_request(project, name)
     log.info("revoked %s (%d sessions ended)", name, ended)
     return [f"revoked {name}: {ended} live session(s) ended; their tasks stay, "
-            "still owned by them"]
+            "still owned by them", *acl.on_drop_user(project.root, name)]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ProjectError
+from ..project import Project
 
 ACCESS = "system.posix_acl_access"
 DEFAULT = "system.posix_acl_default"
@@ -191,10 +192,10 @@ class Outcome:
 
 
 def apply(project_root: Path, bar: Iterable[int] = (), unbar: Iterable[int] = (),
-          access_dir: bool | None = None) -> Outcome:
+          access: tuple[Iterable[int], Iterable[int]] | None = None) -> Outcome:
     """Bar (or unbar) uids on the shared directories and on everything in ``data/`` the
-    caller owns. ``access_dir``: also bar on ``access/`` (True), unbar there (False), or
-    leave it as it is (None). Walks with file descriptors and never follows a symlink."""
+    caller owns; ``access`` = (bar, unbar) on ``access/``, or None to leave it. Walks with
+    file descriptors and never follows a symlink."""
     bar, unbar = frozenset(bar), frozenset(unbar)
     out = Outcome()
     me = os.geteuid()
@@ -208,14 +209,11 @@ def apply(project_root: Path, bar: Iterable[int] = (), unbar: Iterable[int] = ()
                 _apply_tree(fd, bar, unbar, me, out)
         finally:
             os.close(fd)
-    if access_dir is not None:
+    if access is not None:
         fd = _open_dir(project_root, ACCESS_DIR)
         if fd is not None:
             try:
-                if access_dir:
-                    out.changed += set_barred(fd, bar, unbar, default=False)
-                else:
-                    out.changed += set_barred(fd, (), bar | unbar, default=False)
+                out.changed += set_barred(fd, access[0], access[1], default=False)
             finally:
                 os.close(fd)
     return out
@@ -275,3 +273,90 @@ def init_defaults(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+# -- the owner's commands (add-user, drop-user, fix-perms) ------------------------------
+def _uid(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _has_acls(project_root: Path) -> bool:
+    try:
+        return supported(str(project_root / "data"))
+    except OSError:
+        return False
+
+
+def on_add_user(project_root: Path, name: str, *, read_only: bool, enrolled: bool
+                ) -> list[str]:
+    """After ``add-user``: a viewer is barred from the shared directories (and from
+    ``access/`` once enrolled: until then they must be able to leave a request there); a
+    member is unbarred everywhere (a former viewer or dropped user)."""
+    uid = _uid(name)
+    if uid is None or not _has_acls(project_root):
+        return []
+    if not read_only:
+        out = apply(project_root, unbar=[uid], access=((), [uid]))
+        return out.lines(f"{name} may write again")
+    out = apply(project_root, bar=[uid], access=([uid], ()) if enrolled else ((), [uid]))
+    lines = [f"{name} reads data/, log/ and qsubmit/ but cannot write there (ACL "
+             f"u:{name}:r-x)" + ("" if enrolled else
+                                 "; access/ stays writable for their enrollment request "
+                                 f"until `balsam-dbctl add-user {name} --read-only` or "
+                                 "`fix-perms` runs once they are enrolled")]
+    return lines + out.lines("read-only entries")
+
+
+def on_drop_user(project_root: Path, name: str) -> list[str]:
+    """After ``drop-user``: a dropped user who is still in the UNIX group reads the
+    project's files but writes nothing there any more, and the launchers refuse what they
+    made before."""
+    uid = _uid(name)
+    if uid is None:
+        return []
+    if not _has_acls(project_root):
+        return [f"this filesystem has no POSIX ACLs: remove {name} from the project's UNIX "
+                "group to stop them writing in data/"]
+    out = apply(project_root, bar=[uid], access=([uid], ()))
+    return [f"{name} can no longer write data/, log/, qsubmit/ or access/"] + out.lines(
+        "read-only entries")
+
+
+def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]]) -> list[str]:
+    """For ``fix-perms`` with the server up: ``users`` = (role, kind, state) as
+    ``balsam-dbctl users`` lists them. Viewers barred (enrolled ones from ``access/``
+    too); members and the owner unbarred."""
+    if not _has_acls(project_root):
+        return []
+    bar, bar_access, unbar = set(), set(), set()
+    for role, kind, state in users:
+        uid = _uid(role)
+        if uid is None:
+            continue
+        if kind == "viewer":
+            bar.add(uid)
+            if state == "enrolled":
+                bar_access.add(uid)
+        elif kind in ("member", "owner"):
+            unbar.add(uid)
+    changed = apply(project_root, bar=bar, unbar=unbar,
+                    access=(bar_access, unbar | (bar - bar_access))).changed
+    return [f"viewers' ACL entries: {changed} paths updated"] if changed else []
+
+
+def fix_viewers(project: Project) -> list[str]:
+    """``fix-perms``: bring the entries in line with the database's viewers and members
+    (when the owner can reach the server; the entries already there stay otherwise)."""
+    from ..errors import BalsamError
+    from .access import list_users
+
+    try:
+        users = list_users(project)
+    except BalsamError:
+        return []
+    return sync_viewers(project.root, ((u.role, u.kind, u.state) for u in users))
