@@ -301,8 +301,8 @@ def on_add_user(project_root: Path, name: str, *, read_only: bool, enrolled: boo
     if uid is None or not _has_acls(project_root):
         return []
     if not read_only:
-        out = apply(project_root, unbar=[uid], access=((), [uid]))
-        return out.lines(f"{name} may write again")
+        apply(project_root, unbar=[uid], access=((), [uid]))
+        return []  # a member writes like everyone in the group: nothing to say
     out = apply(project_root, bar=[uid], access=([uid], ()) if enrolled else ((), [uid]))
     lines = [f"{name} reads data/, log/ and qsubmit/ but cannot write there (ACL "
              f"u:{name}:r-x)" + ("" if enrolled else
@@ -327,13 +327,40 @@ def on_drop_user(project_root: Path, name: str) -> list[str]:
         "read-only entries")
 
 
-def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]]) -> list[str]:
-    """For ``fix-perms`` with the server up: ``users`` = (role, kind, state) as
-    ``balsam-dbctl users`` lists them. Viewers barred (enrolled ones from ``access/``
-    too); members and the owner unbarred."""
+def group_members(gid: int) -> set[str]:
+    """Who the group database lists in ``gid`` (supplementary members: what an HPC
+    project group is; a site that does not enumerate its groups lists nobody)."""
+    import grp
+
+    try:
+        return set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return set()
+
+
+def bar_unauthorized(project_root: Path, gid: int, authorized: Iterable[str]) -> list[str]:
+    """At ``init`` (nobody authorized yet but the owner): everyone else in the group reads
+    the project's files and writes none of them until ``add-user`` makes them a member."""
     if not _has_acls(project_root):
         return []
+    uids = {u for n in group_members(gid) - set(authorized) if (u := _uid(n)) is not None}
+    return apply(project_root, bar=uids).lines("group members not yet authorized") if uids \
+        else []
+
+
+def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]],
+                 gid: int | None = None) -> list[str]:
+    """For ``fix-perms`` with the server up: ``users`` = (role, kind, state) as
+    ``balsam-dbctl users`` lists them. Viewers barred (enrolled ones from ``access/``
+    too); members and the owner unbarred; with ``gid``, everyone else the group database
+    lists in the project's group barred too (in the group, not authorized)."""
+    if not _has_acls(project_root):
+        return []
+    users = list(users)
     bar, bar_access, unbar = set(), set(), set()
+    if gid is not None:
+        known = {role for role, kind, _state in users if kind in ("member", "owner", "viewer")}
+        bar.update(u for n in group_members(gid) - known if (u := _uid(n)) is not None)
     for role, kind, state in users:
         uid = _uid(role)
         if uid is None:
@@ -354,9 +381,13 @@ def fix_viewers(project: Project) -> list[str]:
     (when the owner can reach the server; the entries already there stay otherwise)."""
     from ..errors import BalsamError
     from .access import list_users
+    from .accounts import group_gid
 
     try:
         users = list_users(project)
+        gid = group_gid(project.read_server_info().group)
     except BalsamError:
         return []
-    return sync_viewers(project.root, ((u.role, u.kind, u.state) for u in users))
+    owner = project.read_server_info().owner_name
+    return sync_viewers(project.root, [(owner, "owner", "enrolled")] + [
+        (u.role, u.kind, u.state) for u in users], gid)
