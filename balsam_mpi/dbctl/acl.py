@@ -357,7 +357,9 @@ def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]],
     if not _has_acls(project_root):
         return []
     users = list(users)
-    bar, bar_access, unbar = set(), set(), set()
+    bar: set[int] = set()
+    bar_access: set[int] = set()
+    unbar: set[int] = set()
     if gid is not None:
         known = {role for role, kind, _state in users if kind in ("member", "owner", "viewer")}
         bar.update(u for n in group_members(gid) - known if (u := _uid(n)) is not None)
