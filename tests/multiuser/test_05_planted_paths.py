@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from balsam_mpi.dbctl import acl
+
 from .conftest import LEAVER, MEMBER, OWNER, VIEWER, Runner
 
 pytestmark = pytest.mark.timeout(600)
@@ -48,8 +50,9 @@ def fingerprint(path: Path) -> dict[str, str]:
     return out
 
 
-def add_task(mu: Runner, app: str, wf: str, name: str = "t") -> tuple[int, Path]:
-    proc = mu.run(OWNER, [str(mu.venv / "bin" / "balsam-mpi"), "task", "add", "--app", app,
+def add_task(mu: Runner, app: str, wf: str, name: str = "t", user: str = OWNER
+             ) -> tuple[int, Path]:
+    proc = mu.run(user, [str(mu.venv / "bin" / "balsam-mpi"), "task", "add", "--app", app,
                           "--workflow", wf, "--name", name, "--json"])
     assert proc.returncode == 0, proc.stderr
     [task_id] = json.loads(proc.stdout)
@@ -57,8 +60,9 @@ def add_task(mu: Runner, app: str, wf: str, name: str = "t") -> tuple[int, Path]
     return task_id, mu.project / "data" / wf / str(task_id // 1000) / f"{name}_{task_id}"
 
 
-def launch(mu: Runner, wf: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return mu.run(OWNER, [str(mu.venv / "bin" / "python"), "-m", "balsam_mpi",
+def launch(mu: Runner, wf: str, timeout: float = 120, user: str = OWNER
+           ) -> subprocess.CompletedProcess[str]:
+    return mu.run(user, [str(mu.venv / "bin" / "python"), "-m", "balsam_mpi",
                           "--workflow", wf, "--idle-timeout", "1"], timeout=timeout)
 
 
@@ -245,6 +249,51 @@ def test_a_directory_a_viewer_made_before_the_acl_is_refused(mu: Runner, apps: N
     assert launch(mu, task_dir.parts[-3]).returncode == 0
     refused_line(row(mu, task_id), task_dir.parent.name, f"owned by {VIEWER}")
     assert list(task_dir.parent.iterdir()) == []
+
+
+def test_directories_that_exist_when_a_viewer_is_added(mu: Runner, apps: None) -> None:
+    """add-user --read-only fixes what the owner owns at once; members' launchers fix their
+    own directories as they pass; what the new viewer made before is refused."""
+    assert mu.project is not None
+    (mu.project / "access" / f"{LEAVER}.json").unlink(missing_ok=True)
+    assert mu.dbctl(OWNER, "add-user", LEAVER).returncode == 0  # a member, for now
+    n = next(_names)
+    _t1, owners = add_task(mu, "ok", f"exist{n}")
+    assert launch(mu, f"exist{n}").returncode == 0
+    _t2, members = add_task(mu, "ok", f"existm{n}", user=MEMBER)
+    assert launch(mu, f"existm{n}", user=MEMBER).returncode == 0
+    theirs = mu.project / "data" / f"theirs{n}"
+    assert as_user(mu, LEAVER, f"mkdir {theirs} && mkdir {owners}/x1").returncode == 0
+    added = mu.dbctl(OWNER, "add-user", LEAVER, "--read-only")
+    assert added.returncode == 0, added.stderr
+    assert "belong to other members" in added.stdout, added.stdout
+    denied = as_user(mu, LEAVER, f"mkdir {owners}/x2")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    # A member's directory: still open to them until that member's launcher passes by.
+    assert as_user(mu, LEAVER, f"mkdir {members.parent}/x3").returncode == 0
+    _t3, again = add_task(mu, "ok", f"existm{n}", user=MEMBER)
+    assert launch(mu, f"existm{n}", user=MEMBER).returncode == 0
+    assert again.parent == members.parent
+    for target in (members.parent / "x4", again / "x4"):
+        proc = as_user(mu, LEAVER, f"mkdir {target}")
+        assert proc.returncode != 0 and "Permission denied" in proc.stderr, target
+    # What they made before they became a viewer is refused (a workflow directory here).
+    t4, _ = add_task(mu, "ok", f"theirs{n}")
+    assert launch(mu, f"theirs{n}").returncode == 0
+    refused_line(row(mu, t4), f"data/theirs{n}", f"owned by {LEAVER}")
+    # fix-perms puts back an entry someone removed (the record is data/'s ACL).
+    log_dir = str(mu.project / "log")
+    entries = acl.read(log_dir, acl.DEFAULT)
+    assert entries is not None
+    uid = mu.accounts[LEAVER].pw_uid
+    stripped = acl.with_barred(entries, unbar=[uid])
+    os.setxattr(log_dir, acl.ACCESS, acl.encode(stripped))
+    assert as_user(mu, LEAVER, f"mkdir {log_dir}/x5").returncode == 0
+    fixed = mu.dbctl(OWNER, "fix-perms")
+    assert fixed.returncode == 0, fixed.stderr
+    proc = as_user(mu, LEAVER, f"mkdir {log_dir}/x6")
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr
+    assert mu.dbctl(OWNER, "drop-user", LEAVER).returncode == 0
 
 
 # -- qsubmit/: the predictable local-*.log names ----------------------------------------
