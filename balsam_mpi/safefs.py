@@ -25,6 +25,7 @@ and what is wrong with it.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import pwd
 import stat
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 
 from .dbctl import acl
 from .errors import ProjectError
+
+log = logging.getLogger(__name__)
 
 DIR_MODE = 0o2770  # group rwx whatever the umask; setgid keeps the project group
 FILE_MODE = 0o660
@@ -132,6 +135,9 @@ class Root:
         try:
             pst = os.fstat(pfd)
             fd = _open_dir_at(pfd, name, label)
+        except FileNotFoundError:
+            raise UnsafePath(f"{path} does not exist (the project owner can make it with "
+                             "`balsam-dbctl fix-perms`)") from None
         finally:
             os.close(pfd)
         st = os.fstat(fd)
@@ -275,7 +281,9 @@ def open_output(dir_fd: int, name: str, trust: Trust, where: str,
                 mode: int = FILE_MODE) -> int:
     """``name`` in ``dir_fd`` for appending: a new file (O_EXCL: never through a link), or
     an existing one that is a regular file with one link, owned by someone trusted (a
-    retried task's earlier output). Never blocks: a FIFO is refused, not opened for good."""
+    retried task's earlier output; ``name.N.ext`` beside it if this user may not write
+    it). Never blocks: a FIFO is refused, not opened for good. Read-write, so the tail is
+    read back through the same descriptor."""
     for _attempt in range(3):
         try:
             fd = os.open(name, _OUT_FLAGS | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
@@ -297,6 +305,10 @@ def open_output(dir_fd: int, name: str, trust: Trust, where: str,
             fd = os.open(name, _OUT_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
         except FileNotFoundError:
             continue
+        except PermissionError:
+            # An earlier run's output this user may not write (made by another member's
+            # launcher without group write): the run goes on in a file of its own.
+            return _fresh_output(dir_fd, name, mode, where)
         except OSError as exc:
             raise UnsafePath(f"cannot append to {where}: {exc.strerror}") from None
         try:
@@ -307,6 +319,23 @@ def open_output(dir_fd: int, name: str, trust: Trust, where: str,
             raise
         return fd
     raise UnsafePath(f"cannot create {where}: it keeps changing (planted?)")
+
+
+def _fresh_output(dir_fd: int, name: str, mode: int, where: str) -> int:
+    stem, dot, ext = name.rpartition(".")
+    for n in range(1, 100):
+        candidate = f"{stem}.{n}.{ext}" if dot else f"{name}.{n}"
+        try:
+            fd = os.open(candidate, _OUT_FLAGS | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UnsafePath(f"cannot create {where}: {exc.strerror}") from None
+        os.fchmod(fd, mode)
+        log.warning("%s is not writable by this user; this run's output goes to %s",
+                    where, candidate)
+        return fd
+    raise UnsafePath(f"cannot append to {where}, nor find a free name beside it")
 
 
 def check_appendable(st: os.stat_result, trust: Trust, where: str,

@@ -251,6 +251,20 @@ def test_a_directory_a_viewer_made_before_the_acl_is_refused(mu: Runner, apps: N
     assert list(task_dir.parent.iterdir()) == []
 
 
+def test_an_earlier_output_this_user_may_not_write_is_kept_and_written_beside(
+        mu: Runner, apps: None) -> None:
+    """A retried task's task.out from another member's launcher, without group write: the
+    run goes on in task.1.out (O_EXCL), the earlier output is kept as it was."""
+    task_id, task_dir = add_task(mu, "ok", f"retry{next(_names)}")
+    proc = as_user(mu, MEMBER, f"mkdir -p {task_dir} && echo first run > {task_dir}/task.out "
+                               f"&& chmod 640 {task_dir}/task.out")
+    assert proc.returncode == 0, proc.stderr
+    assert launch(mu, task_dir.parts[-3]).returncode == 0
+    assert row(mu, task_id)["state"] == "JOB_FINISHED"
+    assert (task_dir / "task.out").read_text() == "first run\n"
+    assert (task_dir / "task.1.out").read_text() == "hello\n"
+
+
 def test_directories_that_exist_when_a_viewer_is_added(mu: Runner, apps: None) -> None:
     """add-user --read-only fixes what the owner owns at once; members' launchers fix their
     own directories as they pass; what the new viewer made before is refused."""
@@ -292,6 +306,30 @@ def test_directories_that_exist_when_a_viewer_is_added(mu: Runner, apps: None) -
     fixed = mu.dbctl(OWNER, "fix-perms")
     assert fixed.returncode == 0, fixed.stderr
     proc = as_user(mu, LEAVER, f"mkdir {log_dir}/x6")
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr
+    assert mu.dbctl(OWNER, "drop-user", LEAVER).returncode == 0
+
+
+def test_a_viewer_not_yet_enrolled_can_still_leave_a_request(mu: Runner, apps: None) -> None:
+    """Owner first, viewer elsewhere: access/ stays writable for the viewer until their
+    request is applied; then it is read-only for them too."""
+    assert mu.project is not None
+    (mu.project / "access" / f"{LEAVER}.json").unlink(missing_ok=True)
+    mu.dbctl(OWNER, "add-user", LEAVER)
+    assert mu.dbctl(OWNER, "drop-user", LEAVER).returncode == 0  # no password any more
+    added = mu.dbctl(OWNER, "add-user", LEAVER, "--read-only")
+    assert added.returncode == 0 and "access/ stays writable" in added.stdout, added
+    request = ("from balsam_mpi.project import Project\n"
+               "from balsam_mpi.dbctl import enroll\n"
+               "pw = enroll.new_password()\n"
+               "print(enroll.write_request(Project.from_env(), enroll._me().pw_name,\n"
+               "                           enroll.scram_verifier(pw), 'another-host'))\n")
+    made = mu.run(LEAVER, [str(mu.venv / "bin" / "python"), "-c", request])
+    assert made.returncode == 0, made.stderr
+    applied = mu.dbctl(OWNER, "add-user", LEAVER, "--read-only")
+    assert applied.returncode == 0 and "enrolled as a viewer" in applied.stdout, applied
+    assert not (mu.project / "access" / f"{LEAVER}.json").exists()
+    proc = as_user(mu, LEAVER, f"touch {mu.project}/access/{LEAVER}.json")
     assert proc.returncode != 0 and "Permission denied" in proc.stderr
     assert mu.dbctl(OWNER, "drop-user", LEAVER).returncode == 0
 
