@@ -24,7 +24,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,6 +292,22 @@ def _has_acls(project_root: Path) -> bool:
         return False
 
 
+def _reported(fn: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """The database change is done by then: an ACL that cannot be set is one line saying
+    so (and what to run), never a traceback."""
+
+    def wrapped(project_root: Path, name: str, **kw: bool) -> list[str]:
+        try:
+            return fn(project_root, name, **kw)
+        except (OSError, ProjectError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            return [f"could not update the ACL entries for {name} ({why}); run "
+                    "`balsam-dbctl fix-perms` once that is fixed"]
+
+    return wrapped
+
+
+@_reported
 def on_add_user(project_root: Path, name: str, *, read_only: bool, enrolled: bool
                 ) -> list[str]:
     """After ``add-user``: a viewer is barred from the shared directories (and from
@@ -312,6 +328,7 @@ def on_add_user(project_root: Path, name: str, *, read_only: bool, enrolled: boo
     return lines + out.lines("read-only entries")
 
 
+@_reported
 def on_drop_user(project_root: Path, name: str) -> list[str]:
     """After ``drop-user``: a dropped user who is still in the UNIX group reads the
     project's files but writes nothing there any more, and the launchers refuse what they
@@ -391,5 +408,8 @@ def fix_viewers(project: Project) -> list[str]:
     except BalsamError:
         return []
     owner = project.read_server_info().owner_name
-    return sync_viewers(project.root, [(owner, "owner", "enrolled")] + [
-        (u.role, u.kind, u.state) for u in users], gid)
+    try:
+        return sync_viewers(project.root, [(owner, "owner", "enrolled")] + [
+            (u.role, u.kind, u.state) for u in users], gid)
+    except OSError as exc:
+        return [f"could not update the viewers' ACL entries: {exc.strerror}"]
