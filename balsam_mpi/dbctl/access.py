@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 from .. import db, sql
 from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
 from ..project import SCHEMA_DB, Project, ServerInfo, this_host
-from . import enroll, rolelimits
+from . import acl, enroll, rolelimits
 from .accounts import Account, group_gid
 from .pgconf import (
     APP_ADMIN_ROLE,
@@ -122,6 +122,8 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
     # anything changes, so a refused one leaves no half-state.
     notes = [line for line in [enroll.clear_squat(project, name, account.uid)] if line]
     request = enroll.read_request(project, name, account.uid)
+    if read_only:
+        acl.require_support(project.root, name)  # else the viewer could still write
     with _admin(project, info) as admin, admin.transaction():
         row = admin.execute(sql.query("access_role"), {"name": name}).fetchone()
         if row is not None and row[1]:
@@ -144,13 +146,14 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
         enroll.unlink_request(project, name, request.file_id)
     label = kind + (" with app admin" if app_admin else "")
     log.info("authorized %s as %s", name, label)
+    files = acl.on_add_user(project.root, name, read_only=read_only, enrolled=enrolled)
     if enrolled:
         return [*notes, f"{name} is enrolled as a {label}: they can connect over the socket "
-                f"on {info.host} and over TCP from other hosts"]
+                f"on {info.host} and over TCP from other hosts", *files]
     return [*notes, f"{name} is authorized as a {label}; next, {name} runs `source "
             f"balsamactivate {project.root}` (on {info.host} that completes enrollment; "
             f"elsewhere it leaves a request and you run `balsam-dbctl add-user {name}` once "
-            "more)"]
+            "more)", *files]
 
 
 def drop_user(project: Project, name: str) -> list[str]:
@@ -177,7 +180,7 @@ def drop_user(project: Project, name: str) -> list[str]:
     enroll.unlink_request(project, name)
     log.info("revoked %s (%d sessions ended)", name, ended)
     return [f"revoked {name}: {ended} live session(s) ended; their tasks stay, "
-            "still owned by them"]
+            "still owned by them", *acl.on_drop_user(project.root, name)]
 
 
 @dataclass(frozen=True)
