@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import db, pyapps, sql, taskadd, taskspec, waiting
 from .errors import Conflict, NotFound, UsageError
-from .models import TaskState
+from .outcome import Outcome
 from .project import Project
+from .refusals import refusals
 from .taskfilter import as_ids, filter_params, order_by, where
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class Client:
                 "description": "", "preprocess": "", "postprocess": "", "env_script": "",
                 "shell": False, "postprocess_on_error": False,
                 "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
-        with db.translated(), self._conn.transaction():
+        with db.translated(), self._conn.transaction(), refusals():
             if self._fetch("apps_by_name", {"name": name}):
                 raise Conflict(f"an app named {name!r} exists; pick another name or "
                                f"`balsam-mpi app rm {name}` first")
@@ -149,7 +150,7 @@ class Client:
         checked = check(0, len(raw)) if dag else []
         plan = taskadd.plan(checked, label) if dag else None
         conn = self._conn
-        with db.translated(), conn.transaction():
+        with db.translated(), conn.transaction(), refusals():
             row = conn.execute(sql.query("tasks_reserve_ids"), {"n": len(raw)}).fetchone()
             assert row is not None
             ids = list(range(row[0], row[0] + len(raw)))
@@ -249,15 +250,19 @@ class Client:
         return out
 
     # -- changing --------------------------------------------------------------------
-    def update(self, ids: int | Sequence[int], **changes: Any) -> list[int]:
-        """Change fields of tasks (not their state); returns the ids changed. Running
-        tasks are skipped (their launcher holds the old values)."""
-        from psycopg.types.json import Jsonb
-
+    # Every change goes through a function of the database (migrations/0007) that checks
+    # who asks and what the task's state allows, and says per task what it did: the
+    # Outcome lists the ids changed, and ``refused`` the others with the reason.
+    def update(self, ids: int | Sequence[int], **changes: Any) -> Outcome:
+        """Change fields of tasks (not their state); returns the ids changed. priority,
+        tags and data change on any task; the rest only on tasks no launcher holds (a
+        claimed task would run with its old values): those are refused."""
         id_list = as_ids(ids)
         values = taskspec.check_changes(changes)
         if not values:
             raise UsageError("nothing to change: give at least one field")
+        if not id_list:
+            return Outcome()
         if "params" in values:  # new params must still fill each task's app template
             apps = self._app_infos()
             for task in self.tasks(ids=id_list):
@@ -265,87 +270,39 @@ class Client:
                     taskspec.check_params(values["params"], apps[task["app"]])
                 except taskspec.TaskSpecError as exc:
                     raise taskspec.TaskSpecError(f"task {task['id']}: {exc}") from None
-        params: dict[str, Any] = {f: None for f in taskspec.MODIFIABLE}
-        for f, v in values.items():
-            params[f] = Jsonb(v) if f in taskspec.DICT_FIELDS else v
-        params["ids"] = id_list
-        with db.translated(), self._conn.transaction():
-            rows = self._conn.execute(sql.query("tasks_update"), params).fetchall()
-        return [r[0] for r in rows]
+        from psycopg.types.json import Jsonb
+
+        return self._change("tasks_update", id_list, {"changes": Jsonb(values)},
+                            {"modified"})
 
     def kill(self, ids: int | Sequence[int] | None = None, *,
-             message: str | None = None, **filters: Any) -> list[int]:
+             message: str | None = None, **filters: Any) -> Outcome:
         """Move matching tasks that are not finished or stopped to USER_KILLED; their
-        waiting descendants fail. Needs ids or at least one filter."""
-        params = self._bulk_params(ids, filters, "kill")
-        params["message"] = message
-        return self._write("tasks_kill", params)
+        waiting descendants fail; a running one is stopped by its launcher. Needs ids or
+        at least one filter; an empty list of ids kills nothing."""
+        return self._change_matching("tasks_kill", ids, filters, {"message": message},
+                                     {"killed"})
 
-    def retry(self, ids: int | Sequence[int] | None = None, **filters: Any) -> list[int]:
+    def retry(self, ids: int | Sequence[int] | None = None, **filters: Any) -> Outcome:
         """Return FAILED / USER_KILLED tasks (and the descendants they failed) to READY or
         AWAITING_PARENTS, counters reset; returns the ids reinstated (descendants too)."""
-        from psycopg import sql as pgsql
+        return self._change_matching("tasks_retry", ids, filters, {},
+                                     {"retried", "reinstated"})
 
-        params = self._bulk_params(ids, filters, "retry")
-        conn = self._conn
-        with db.translated(), conn.transaction():
-            q = pgsql.SQL(sql.query("tasks_retry")).format(where=where())
-            back = [r[0] for r in conn.execute(q, params).fetchall()]
-            if not back:
-                return []
-            back += [r[0] for r in conn.execute(sql.query("tasks_reinstate_followers"),
-                                                {"ids": back}).fetchall()]
-            again = {r[0] for r in conn.execute(sql.query("tasks_refail"),
-                                                 {"ids": back}).fetchall()}
-        # Tasks that failed again at once (another parent is still stopped) are not back.
-        return [i for i in back if i not in again]
-
-    def delete(self, ids: int | Sequence[int] | None = None, **filters: Any) -> list[int]:
+    def delete(self, ids: int | Sequence[int] | None = None, **filters: Any) -> Outcome:
         """Delete matching tasks (history stays in task_events); children that remain
-        stop waiting for them."""
-        from psycopg import sql as pgsql
-
-        params = self._bulk_params(ids, filters, "delete")
-        with db.translated(), self._conn.transaction():
-            q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=where())
-            doomed = [r[0] for r in self._conn.execute(q, params).fetchall()]
-            if doomed:
-                kids = [r[0] for r in self._conn.execute(sql.query("tasks_children_outside"),
-                                                         {"ids": doomed}).fetchall()]
-                self._conn.execute(sql.query("tasks_delete"), {"ids": doomed})
-                if kids:  # they stop waiting for what was deleted
-                    self._conn.execute(sql.query("tasks_recount"), {"ids": kids})
-        return doomed
+        stop waiting for them; a claimed or running one is stopped by its launcher."""
+        return self._change_matching("tasks_delete", ids, filters, {},
+                                     {"deleted", "deleted (its launcher stops it)"})
 
     def add_dependency(self, parent: int, child: int) -> bool:
-        """Make ``child`` wait for ``parent``; refuses cycles and children already
-        started. Returns False when the dependency existed."""
-        if parent == child:
-            raise Conflict(f"task {child} cannot depend on itself")
-        conn = self._conn
-        with db.translated(), conn.transaction():
-            rows = {r[0]: str(r[1]) for r in
-                    conn.execute(sql.query("tasks_lock"), {"ids": [parent, child]}).fetchall()}
-            for tid in (parent, child):
-                if tid not in rows:
-                    raise NotFound(f"no task with id {tid}; see `balsam-mpi task ls`")
-            waiting = {TaskState.CREATED.value, TaskState.AWAITING_PARENTS.value,
-                       TaskState.READY.value}
-            if rows[child] not in waiting:
-                raise Conflict(f"task {child} is {rows[child]}: a parent can only be added "
-                               "to a task that has not started")
-            row = conn.execute(sql.query("tasks_is_descendant"),
-                               {"start": child, "target": parent}).fetchone()
-            if row and row[0]:
-                raise Conflict(f"task {parent} already depends on task {child}: the "
-                               "dependency would make a cycle")
-            if conn.execute(sql.query("tasks_dep_insert"),
-                            {"child": child, "parent": parent}).fetchone() is None:
-                return False
-            args = {"child": child, "parent": parent, "parent_state": rows[parent]}
-            conn.execute(sql.query("tasks_dep_apply"), args)
-            conn.execute(sql.query("tasks_dep_fail"), args)
-        return True
+        """Make ``child`` wait for ``parent``; refuses cycles, and children that started
+        or that a launcher holds. Returns False when the dependency existed."""
+        parent, child = as_ids([parent, child])
+        with db.translated(), self._conn.transaction(), refusals():
+            row = self._conn.execute(sql.query("tasks_dep_add"),
+                                     {"parent": parent, "child": child}).fetchone()
+        return bool(row and row[0])
 
     # -- waiting (LISTEN/NOTIFY, waiting.py) --------------------------------------------
     def wait(self, ids: int | Sequence[int], *, timeout: float | None = None
@@ -371,20 +328,38 @@ class Client:
         return explain(self, task_id)
 
     # -- helpers ---------------------------------------------------------------------
-    def _bulk_params(self, ids: int | Sequence[int] | None, filters: Mapping[str, Any],
-                     verb: str) -> dict[str, Any]:
-        if ids is None and not any(v not in (None, [], ()) for v in filters.values()):
-            raise UsageError(f"{verb}: give task ids or a filter (workflow, state, …)")
-        if ids is not None:
-            filters = {**filters, "ids": as_ids(ids)}
-        return filter_params(filters)
-
-    def _write(self, name: str, params: dict[str, Any]) -> list[int]:
+    def _change_matching(self, name: str, ids: int | Sequence[int] | None,
+                         filters: Mapping[str, Any], extra: dict[str, Any],
+                         done: set[str]) -> Outcome:
+        """Apply change ``name`` to the given ids (narrowed by the filters, if any), or to
+        every task the filters match; one transaction."""
+        given = {k: v for k, v in filters.items() if v is not None}
+        if ids is None and not given:
+            raise UsageError(f"{name.removeprefix('tasks_')}: give task ids or a filter "
+                             "(workflow, state, …)")
+        id_list = None if ids is None else as_ids(ids)
+        if id_list == []:
+            return Outcome()  # no ids: no task, never every task
+        if not given:
+            assert id_list is not None
+            return self._change(name, id_list, extra, done)
+        if id_list is not None:
+            given["ids"] = id_list
         from psycopg import sql as pgsql
 
+        params = filter_params(given)
         with db.translated(), self._conn.transaction():
-            q = pgsql.SQL(sql.query(name)).format(where=where())
-            return [r[0] for r in self._conn.execute(q, params).fetchall()]
+            q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=where())
+            chosen = [r[0] for r in self._conn.execute(q, params).fetchall()]
+            if not chosen:
+                return Outcome()
+            return self._change(name, chosen, extra, done)
+
+    def _change(self, name: str, ids: list[int], extra: dict[str, Any],
+                done: set[str]) -> Outcome:
+        with db.translated(), self._conn.transaction(), refusals():
+            rows = self._conn.execute(sql.query(name), {"ids": ids, **extra}).fetchall()
+        return Outcome.from_rows(rows, done)
 
     def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         from psycopg.rows import dict_row

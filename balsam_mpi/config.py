@@ -46,6 +46,8 @@ class Settings:
     poll_cap_s: float = 0.05  # longest idle sleep of a worker between probes
     leader_poll_cap_s: float = 0.01  # the same for the leader
     die_with_parent: bool = True  # tasks get a parent-death signal
+    output_cap_mb: float = 256.0  # per task.out/err: keep head + tail past this; 0 = none
+    task_cgroups: bool = True  # a cgroup per task where cgroup v2 is delegated to us
     null_runner: bool = False  # benchmarks: tasks "finish" at once, no process
     # Python tasks' warm interpreters (pypool.py, docs/python-tasks.md).
     python_max_calls: int = 1000  # replace an interpreter after this many calls (0: never)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .client import Client
 
 log = logging.getLogger(__name__)
+# How often an idle watcher looks at its stop flag. Members may not NOTIFY (0007), so a
+# shutdown cannot wake it through the database; a timeout reads nothing.
+STOP_CHECK_S = 0.5
 
 
 class TaskFuture(cf.Future[Any]):
@@ -169,7 +172,8 @@ class Executor(cf.Executor):
                 if new:  # each new task is read once; after that, only when notified
                     self._settle(listener, new, pending)
                 try:
-                    hinted = listener.sleep(None)
+                    # Bounded, to see a shutdown: a timeout reads nothing (no polling).
+                    hinted = listener.sleep(STOP_CHECK_S)
                     ask = (hinted or set()) & pending
                     if ask:
                         self._settle(listener, ask, pending)
@@ -210,11 +214,8 @@ class Executor(cf.Executor):
             cf.wait(futures)
         with self._lock:
             self._stopping = True
-        if self._watcher is not None:
-            with db.translated():
-                self.client._conn.execute(sql.query("tasks_final_wake"))
-            if wait:
-                self._watcher.join()
+        if self._watcher is not None and wait:
+            self._watcher.join()  # it sees the flag within STOP_CHECK_S
         if self._own and wait:
             self.client.close()
 

@@ -1,16 +1,25 @@
 """Logging for launcher ranks: rank and host on every record, one file per rank.
 
-Records go to ``PROJECT/log/launcher_<run>_r<rank>.log`` (the project's group-writable
-log directory) and warnings also to stderr, so a failing rank is visible in the job's
-output without drowning it when thousands of ranks run.
+Records go to ``PROJECT/log/launcher_<run>_r<rank>.log`` and warnings also to stderr, so
+a failing rank is visible in the job's output without drowning it when thousands of ranks
+run. ``log/`` is writable by the whole group, so the file is made the way ``safefs``
+makes files: in the directory's descriptor (a real directory of the project owner, never
+through a symlink), with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a fresh name
+(``….1.log``, ``….2.log``, …) when the name is taken — by a planted link or an earlier run
+— and mode 0640, so others in the group read it but cannot forge lines in it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
+
+from . import safefs
+
+LOG_MODE = 0o640
 
 FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s %(host)s] %(name)s: %(message)s"
 
@@ -44,12 +53,18 @@ def setup(rank: int, log_dir: Path | None, run_name: str, level: str = "INFO",
     root.addHandler(err)
     path: Path | None = None
     if log_dir is not None:
-        path = log_dir / f"launcher_{run_name}_r{rank}.log"
         try:
-            handler = logging.FileHandler(path)
-        except OSError:
-            path = None
+            dfd = safefs.open_project_dir(str(log_dir.parent), log_dir.name)
+            try:
+                fd, name = safefs.create_new(dfd, f"launcher_{run_name}_r{rank}.log",
+                                             LOG_MODE, str(log_dir))
+            finally:
+                os.close(dfd)
+        except (safefs.UnsafePath, OSError) as exc:
+            root.warning("no log file: %s", exc)
         else:
+            path = log_dir / name
+            handler = logging.StreamHandler(open(fd, "a", encoding="utf-8"))
             handler.setFormatter(fmt)
             handler.addFilter(rank_filter)
             root.addHandler(handler)

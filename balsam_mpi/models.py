@@ -47,8 +47,10 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     S.POSTPROCESSED: frozenset({S.JOB_FINISHED, S.FAILED, S.USER_KILLED}),
     S.RUN_ERROR: frozenset({S.RESTART_READY, S.POSTPROCESSED, S.FAILED, S.USER_KILLED}),
     S.RUN_TIMEOUT: frozenset({S.RESTART_READY, S.POSTPROCESSED, S.FAILED, S.USER_KILLED}),
+    # RESTART_READY -> RUN_*: a run that ended well while its batch job was cut off from
+    # the database, written from that job's journal after the lease sweep requeued it.
     S.RESTART_READY: frozenset({S.PREPROCESSED, S.RUNNING, S.READY, S.FAILED,
-                                S.USER_KILLED}),
+                                S.USER_KILLED, S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT}),
     S.JOB_FINISHED: frozenset(),
     S.FAILED: frozenset({S.READY, S.AWAITING_PARENTS}),  # retry only
     S.USER_KILLED: frozenset({S.READY, S.AWAITING_PARENTS}),  # retry only

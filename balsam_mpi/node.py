@@ -373,8 +373,7 @@ class Node:
         if proc.phase == "post":
             kind = proc.end_kind if proc.end_kind is not None else prepost.outcome(
                 proc.run_kind, rc)
-            tail = "" if kind == EndKind.DONE_POST else runner.output_tail(
-                spec.cwd, names=prepost.POST_OUT[::-1])
+            tail = "" if kind == EndKind.DONE_POST else runner.output_tail(proc)
             # The run's own times: ended_at and the RUN_* event are the run's end.
             self._end(spec, Finished(spec.id, spec.epoch, int(kind), proc.run_rc,
                                      proc.run_started, proc.run_ended, tail))
@@ -388,7 +387,7 @@ class Node:
                 return
             # No time left for the postprocess: the task runs again in a later job.
             kind = EndKind.CUT
-        tail = "" if kind == EndKind.DONE else runner.output_tail(spec.cwd)
+        tail = "" if kind == EndKind.DONE else runner.output_tail(proc)
         self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended,
                                  tail))
 
@@ -400,7 +399,7 @@ class Node:
             kind = proc.end_kind if proc.end_kind is not None else (
                 EndKind.CUT if rc == 0 else EndKind.PRE_FAILED)
             self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, ended, ended,
-                                     runner.output_tail(spec.cwd, names=prepost.PRE_OUT[::-1])))
+                                     runner.output_tail(proc)))
             return
         try:
             run = self._start_run(spec, proc.env or {})

@@ -1,21 +1,42 @@
-"""A tiny exec trampoline that gives a task a parent-death signal for almost nothing.
+"""The task trampoline: a task's first process, which contains it and caps its output.
 
 A task must die with its worker (a launcher killed with ``kill -9`` must leave nothing
-running that a requeue would start again): ``prctl(PR_SET_PDEATHSIG)`` in the child does
-it. Python can only run that through ``preexec_fn``, which forces a full ``fork()`` and
-Python's after-fork machinery in the child: measured here, spawning ``/bin/true`` became
-5× slower. This trampoline is the child's first program instead: it sets the signal,
-checks the worker did not die meanwhile, closes inherited descriptors, changes to the
-task's directory and ``execve``s the task — a 9 KB static binary without libc, about
-+10% CPU per spawn, started with ``posix_spawn`` (vfork) from the worker.
+running that a requeue would start again), and so must everything it forks: a shell
+script's background jobs, a double-forked daemon in a session of its own. Python can set a
+parent-death signal only through ``preexec_fn``, which forces a full ``fork()`` and
+Python's after-fork machinery in the child (spawning ``/bin/true`` became 5x slower). So a
+task's first program is this trampoline instead, a static binary without libc (a few KB,
+compiled once per user and machine into ``~/.cache/balsam_mpi`` or ``$BALSAM_CACHE_DIR``
+with the system C compiler; x86-64 tested, aarch64 written but untested) started with
+``posix_spawn`` (vfork) from the worker. It:
 
-It is compiled once per user and machine type into ``~/.cache/balsam_mpi`` (or
-``$BALSAM_CACHE_DIR``) with the system C compiler; x86-64 is tested here, aarch64 is
-written but untested. Without a compiler (or elsewhere) the runner falls back to
-``preexec_fn`` (correct, slower) and says so once in the log.
+* gets its working directory and output as descriptors, never paths (fd 3: the task's
+  directory, already checked by ``safefs``; fds 1 and 2: ``task.out``/``task.err``), and
+  ``fchdir``s there, so nothing is resolved by name after the checks;
+* asks for ``SIGHUP`` when the worker dies (``PR_SET_PDEATHSIG``), becomes a *child
+  subreaper* (``PR_SET_CHILD_SUBREAPER``: whatever the task forks and orphans, however
+  deep, is re-parented to it rather than to init), optionally joins the task's cgroup
+  (fd 4, ``taskcgroup``), then forks the task into a session of its own and waits;
+* forwards ``SIGTERM``/``SIGINT`` to the task's process group (the node's polite stop);
+  on ``SIGHUP`` (the worker died, or the node's SIGKILL escalation) and whenever the task
+  itself ends it SIGKILLs every process left under it — the task's group, then its
+  children list (``/proc/thread-self/children``) round by round until none is left
+  (at most ~5 s for processes stuck in the kernel);
+* keeps each output file under the cap, checking once a second and at the end: above the
+  cap it keeps the first half (ending with a line that says the middle was cut) and the
+  last quarter, with ``fallocate(FALLOC_FL_COLLAPSE_RANGE)`` where the filesystem has it
+  (ext4, XFS: atomic against the task's appends), else by copying the tail down and
+  truncating (a few bytes written during the copy may be lost with the middle);
+* exits with the task's own status (dying of the same signal, without a core dump), so the
+  node's pidfd and ``waitpid`` see what they always saw.
 
-Usage: ``pdeath PARENT_PID CWD PROGRAM [ARGS…]``; exit 137 if the parent is already gone,
-126 if CWD is unusable, 127 if PROGRAM cannot be executed (a message goes to stderr).
+Without a compiler (or elsewhere) the runner falls back to ``preexec_fn`` (correct for the
+task itself, slower, no containment of what it forks, no cap) and says so once in the log.
+
+Usage: ``pdeath PARENT_PID FLAGS CAP PROGRAM [ARGS…]``; FLAGS: 1 = die with PARENT_PID,
+2 = join the cgroup open on fd 4; CAP: bytes per output file, 0 = none. Exit 137 if the
+parent is already gone, 126 if the directory or fork fails, 127 if PROGRAM cannot be
+executed (with a message on stderr), else the task's status.
 """
 
 from __future__ import annotations
@@ -33,34 +54,74 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+FLAG_PDEATH = 1
+FLAG_CGROUP = 2
+CWD_FD = 3
+CGROUP_FD = 4
+CAP_MIN = 1 << 20  # below this the kept head and tail are too small to be useful
+
 SOURCE = r"""
 #if defined(__x86_64__)
-#define NR_chdir 80
+#define NR_read 0
+#define NR_write 1
+#define NR_close 3
+#define NR_lseek 8
+#define NR_rt_sigaction 13
+#define NR_rt_sigprocmask 14
+#define NR_pread64 17
+#define NR_pwrite64 18
+#define NR_getpid 39
+#define NR_clone 56
 #define NR_execve 59
 #define NR_exit 60
-#define NR_prctl 157
+#define NR_wait4 61
+#define NR_kill 62
+#define NR_ftruncate 77
+#define NR_fchdir 81
 #define NR_getppid 110
-#define NR_write 1
-static long sc(long n, long a, long b, long c) {
+#define NR_setsid 112
+#define NR_rt_sigtimedwait 128
+#define NR_prctl 157
+#define NR_openat 257
+#define NR_fallocate 285
+static long sc(long n, long a, long b, long c, long d) {
     long r;
-    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c)
+    register long r10 __asm__("r10") = d;
+    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
                       : "rcx", "r11", "memory");
     return r;
 }
 __asm__(".globl _start\n_start:\n mov %rsp, %rdi\n and $-16, %rsp\n call cmain\n hlt\n");
 #elif defined(__aarch64__)
-#define NR_chdir 49
+#define NR_read 63
+#define NR_write 64
+#define NR_close 57
+#define NR_lseek 62
+#define NR_rt_sigaction 134
+#define NR_rt_sigprocmask 135
+#define NR_pread64 67
+#define NR_pwrite64 68
+#define NR_getpid 172
+#define NR_clone 220
 #define NR_execve 221
 #define NR_exit 93
-#define NR_prctl 167
+#define NR_wait4 260
+#define NR_kill 129
+#define NR_ftruncate 46
+#define NR_fchdir 50
 #define NR_getppid 173
-#define NR_write 64
-static long sc(long n, long a, long b, long c) {
+#define NR_setsid 157
+#define NR_rt_sigtimedwait 137
+#define NR_prctl 167
+#define NR_openat 56
+#define NR_fallocate 47
+static long sc(long n, long a, long b, long c, long d) {
     register long x8 __asm__("x8") = n;
     register long x0 __asm__("x0") = a;
     register long x1 __asm__("x1") = b;
     register long x2 __asm__("x2") = c;
-    __asm__ volatile ("svc #0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory");
+    register long x3 __asm__("x3") = d;
+    __asm__ volatile ("svc #0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
     return x0;
 }
 __asm__(".globl _start\n_start:\n mov x0, sp\n bl cmain\n brk #0\n");
@@ -68,6 +129,29 @@ __asm__(".globl _start\n_start:\n mov x0, sp\n bl cmain\n brk #0\n");
 #error "no trampoline for this machine"
 #endif
 #define NR_close_range 436
+#define AT_FDCWD (-100)
+#define O_WRONLY 1
+#define O_RDWR 2
+#define O_CLOEXEC 02000000
+#define SIGHUP 1
+#define SIGINT 2
+#define SIGKILL 9
+#define SIGTERM 15
+#define SIGCHLD 17
+#define SIG(s) (1UL << ((s) - 1))
+#define WNOHANG 1
+#define ECHILD 10
+#define PR_SET_PDEATHSIG 1
+#define PR_SET_DUMPABLE 4
+#define PR_SET_CHILD_SUBREAPER 36
+#define COLLAPSE_RANGE 8
+#define ALIGN (~0xFFFFL)
+
+struct ts { long sec, nsec; };
+struct out { long fd, rw, marked; const char *proc; };
+static char buf[65536];
+static const char MARK[] =
+    "\n[balsam_mpi: this output passed its cap; the middle was cut here]\n";
 
 static long num(const char *s) {
     long v = 0;
@@ -76,23 +160,134 @@ static long num(const char *s) {
 }
 static long len(const char *s) { long n = 0; while (s[n]) n++; return n; }
 static void die(const char *what, const char *arg, long code) {
-    sc(NR_write, 2, (long)"balsam pdeath: ", 15);
-    sc(NR_write, 2, (long)what, len(what));
-    sc(NR_write, 2, (long)arg, len(arg));
-    sc(NR_write, 2, (long)"\n", 1);
-    sc(NR_exit, code, 0, 0);
+    sc(NR_write, 2, (long)"balsam trampoline: ", 19, 0);
+    sc(NR_write, 2, (long)what, len(what), 0);
+    sc(NR_write, 2, (long)arg, len(arg), 0);
+    sc(NR_write, 2, (long)"\n", 1, 0);
+    sc(NR_exit, code, 0, 0, 0);
 }
+
+/* Keep one output file under the cap: its first half and its last quarter. */
+static void cut(struct out *o, long cap) {
+    long size = sc(NR_lseek, o->fd, 0, 2 /* SEEK_END */, 0);
+    long head = (cap / 2) & ALIGN, keep = cap / 4, mark = sizeof MARK - 1;
+    if (size <= cap) return;
+    /* Our fd is O_APPEND, where pwrite appends: write through a second, plain open. */
+    if (o->rw < 0) o->rw = sc(NR_openat, AT_FDCWD, (long)o->proc, O_RDWR | O_CLOEXEC, 0);
+    if (o->rw < 0) return;
+    if (!o->marked) {
+        sc(NR_pwrite64, o->rw, (long)MARK, mark, head - mark);
+        o->marked = 1;
+    }
+    long span = (size - keep - head) & ALIGN;
+    if (span <= 0) return;
+    if (sc(NR_fallocate, o->rw, COLLAPSE_RANGE, head, span) == 0) return;
+    long src = size - keep, dst = head;
+    while (src < size) {
+        long n = size - src < (long)sizeof buf ? size - src : (long)sizeof buf;
+        n = sc(NR_pread64, o->rw, (long)buf, n, src);
+        if (n <= 0 || sc(NR_pwrite64, o->rw, (long)buf, n, dst) != n) break;
+        src += n;
+        dst += n;
+    }
+    sc(NR_ftruncate, o->rw, dst, 0, 0);
+}
+
+/* SIGKILL the task's group (while it lives) and every process re-parented to us. */
+static void kill_all(long task, long task_alive) {
+    if (task_alive) sc(NR_kill, -task, SIGKILL, 0, 0);
+    long fd = sc(NR_openat, AT_FDCWD, (long)"/proc/thread-self/children", O_CLOEXEC, 0);
+    if (fd < 0) return;
+    long n = sc(NR_read, fd, (long)buf, sizeof buf - 1, 0);
+    sc(NR_close, fd, 0, 0, 0);
+    long pid = 0, digits = 0;
+    for (long i = 0; i <= n; i++) {
+        char c = i < n ? buf[i] : ' ';
+        if (c >= '0' && c <= '9') {
+            pid = pid * 10 + (c - '0');
+            digits = 1;
+        } else if (digits) {
+            sc(NR_kill, -pid, SIGKILL, 0, 0);  /* its group, if it leads one */
+            sc(NR_kill, pid, SIGKILL, 0, 0);
+            pid = digits = 0;
+        }
+    }
+}
+
 __attribute__((used)) void cmain(long *sp) {
     long argc = sp[0];
     char **argv = (char **)(sp + 1);
     char **envp = argv + argc + 1;
-    if (argc < 4) die("usage: pdeath PARENT_PID CWD PROGRAM [ARGS...]", "", 127);
-    sc(NR_prctl, 1 /* PR_SET_PDEATHSIG */, 9 /* SIGKILL */, 0);
-    if (sc(NR_getppid, 0, 0, 0) != num(argv[1])) sc(NR_exit, 137, 0, 0);
-    sc(NR_close_range, 3, ~0UL, 0);  /* nothing of the worker's leaks into the task */
-    if (sc(NR_chdir, (long)argv[2], 0, 0) != 0) die("cannot enter ", argv[2], 126);
-    sc(NR_execve, (long)argv[3], (long)(argv + 3), (long)envp);
-    die("cannot execute ", argv[3], 127);
+    unsigned long set = SIG(SIGHUP) | SIG(SIGINT) | SIG(SIGTERM) | SIG(SIGCHLD), none = 0;
+    if (argc < 5) die("usage: pdeath PARENT_PID FLAGS CAP PROGRAM [ARGS...]", "", 127);
+    sc(NR_rt_sigprocmask, 0 /* SIG_BLOCK */, (long)&set, 0, 8);
+    long flags = num(argv[2]), cap = num(argv[3]);
+    if (flags & 1) {
+        sc(NR_prctl, PR_SET_PDEATHSIG, SIGHUP, 0, 0);
+        if (sc(NR_getppid, 0, 0, 0, 0) != num(argv[1])) sc(NR_exit, 137, 0, 0, 0);
+    }
+    sc(NR_prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0);
+    if (flags & 2) {
+        long fd = sc(NR_openat, 4, (long)"cgroup.procs", O_WRONLY | O_CLOEXEC, 0);
+        if (fd >= 0) {
+            sc(NR_write, fd, (long)"0", 1, 0);
+            sc(NR_close, fd, 0, 0, 0);
+        }
+    }
+    sc(NR_close_range, 4, ~0UL, 0, 0);  /* nothing of the worker's leaks further */
+    if (sc(NR_fchdir, 3, 0, 0, 0) != 0) die("cannot enter the task's directory", "", 126);
+    long me = sc(NR_getpid, 0, 0, 0, 0);
+    long task = sc(NR_clone, SIGCHLD, 0, 0, 0);
+    if (task < 0) die("cannot fork the task", "", 126);
+    if (task == 0) {
+        sc(NR_setsid, 0, 0, 0, 0);
+        sc(NR_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0);
+        if (sc(NR_getppid, 0, 0, 0, 0) != me) sc(NR_exit, 137, 0, 0, 0);
+        sc(NR_close_range, 3, ~0UL, 0, 0);
+        sc(NR_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&none, 0, 8);
+        sc(NR_execve, (long)argv[4], (long)(argv + 4), (long)envp, 0);
+        die("cannot execute ", argv[4], 127);
+    }
+    sc(NR_close, 3, 0, 0, 0);
+    struct out outs[2];
+    outs[0].fd = 1; outs[0].rw = -1; outs[0].marked = 0; outs[0].proc = "/proc/self/fd/1";
+    outs[1].fd = 2; outs[1].rw = -1; outs[1].marked = 0; outs[1].proc = "/proc/self/fd/2";
+    long status = 0, done = 0, killing = 0, rounds = 0;
+    for (;;) {
+        struct ts tick, brief;
+        tick.sec = 1; tick.nsec = 0; brief.sec = 0; brief.nsec = 20000000;
+        long sig = sc(NR_rt_sigtimedwait, (long)&set, 0,
+                      killing ? (long)&brief : cap ? (long)&tick : 0, 8);
+        if ((sig == SIGTERM || sig == SIGINT) && !done) sc(NR_kill, -task, sig, 0, 0);
+        if (sig == SIGHUP) killing = 1;
+        long left = 1;
+        for (;;) {
+            int st = 0;
+            long pid = sc(NR_wait4, -1, (long)&st, WNOHANG, 0);
+            if (pid == -ECHILD) left = 0;
+            if (pid <= 0) break;
+            if (pid == task) { status = st; done = 1; }
+        }
+        if (cap) { cut(&outs[0], cap); cut(&outs[1], cap); }
+        if (!left) break;
+        if (done || killing) {
+            kill_all(task, !done);
+            killing = 1;
+            if (++rounds > 250) break;  /* ~5 s: something will not die (stuck in the kernel) */
+        }
+    }
+    if (!done) status = SIGKILL;
+    if (status & 0x7f) {  /* killed by a signal: die of the same one, without a core file */
+        long s = status & 0x7f, act[4];
+        unsigned long one = SIG(s);
+        act[0] = act[1] = act[2] = act[3] = 0;  /* SIG_DFL */
+        sc(NR_prctl, PR_SET_DUMPABLE, 0, 0, 0);
+        sc(NR_rt_sigaction, s, (long)act, 0, 8);
+        sc(NR_rt_sigprocmask, 1 /* SIG_UNBLOCK */, (long)&one, 0, 8);
+        sc(NR_kill, me, s, 0, 0);
+        sc(NR_exit, 128 + s, 0, 0, 0);
+    }
+    sc(NR_exit, (status >> 8) & 0xff, 0, 0, 0);
 }
 """
 
@@ -145,8 +340,7 @@ def _build(target: Path) -> str | None:
         try:
             subprocess.run([compiler, *_FLAGS, "-o", str(out), str(src)], check=True,
                            capture_output=True, timeout=60)
-            ok = subprocess.run([str(out), str(os.getpid()), "/", "/bin/true"],
-                                timeout=10).returncode == 0
+            ok = _self_test(str(out))
         except (OSError, subprocess.SubprocessError) as exc:
             log.info("could not build the task trampoline (%s)", exc)
             return None
@@ -156,3 +350,18 @@ def _build(target: Path) -> str | None:
         os.chmod(out, 0o755)
         os.replace(out, target)
     return str(target)
+
+
+def _self_test(binary: str) -> bool:
+    """Run ``/bin/true`` and ``/bin/false`` through a new build, as the runner will."""
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        codes = []
+        for prog in ("/bin/true", "/bin/false"):
+            pid = os.posix_spawn(binary, [binary, str(os.getpid()), str(FLAG_PDEATH), "0",
+                                          prog], {},
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, root, CWD_FD)])
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    finally:
+        os.close(root)
+    return codes == [0, 1]

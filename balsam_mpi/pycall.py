@@ -4,8 +4,9 @@ A node's pool (``pypool``) starts this program fresh — ``posix_spawn`` and exe
 fork of an MPI rank, so no MPI state is inherited — with one end of a socket pair as FD.
 It then takes calls one at a time and answers each:
 
-    call    node → here: a frame (the function, the task's directory and environment,
-            the memory caps, and the keyword arguments)
+    call    node → here: a frame (the function, the task's environment, the memory
+            caps, and the keyword arguments) with three descriptors attached: the
+            task's directory, task.out, task.err
     answer  here → node: a frame (exit code, whether to replace this interpreter, and
             the return value)
 
@@ -13,12 +14,10 @@ A frame is a 4-byte big-endian length and that many bytes: a JSON header, a NUL,
 JSON document (the keyword arguments; the return value, or nothing for None). JSON text
 never holds a raw NUL, so the split is unambiguous.
 
-A call: enter the task's directory (which the node made, as for a process task), point
-fd 1 and 2 at its task.out and task.err (created here, inside that directory, without
-following a symlink planted at either name: many interpreters creating files in their own
-directories do not contend, as they did creating directories side by side in one shard),
-add the task's environment, cap the address space, import the module (once per
-interpreter) and call the function. The return value goes back as JSON, within
+A call: enter the task's directory and point fd 1 and 2 at its task.out and task.err —
+descriptors the node opened as for any task (``runner.open_task_dir``: no planted link is
+followed) and sent with the call — add the task's environment, cap the address space,
+import the module (once per interpreter) and call the function. The return value goes back as JSON, within
 ``limits.RESULT_MAX_BYTES``; an exception's traceback goes to task.err, as a script's
 would, and the answer says exit code 1. Then everything is put back — directory,
 descriptors, environment, ``sys.stdout``/``sys.stderr``, SIGTERM/SIGINT, the cap — for
@@ -52,9 +51,7 @@ PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
 
 LENGTH = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # the pool never sends more (params are capped far below)
-STDOUT_NAME, STDERR_NAME = "task.out", "task.err"  # as runner's (tests check they agree)
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+NUM_FDS = 3  # with a call: the task's directory, task.out, task.err
 PR_SET_PDEATHSIG = 1
 
 _functions: dict[str, Any] = {}
@@ -91,9 +88,13 @@ def split_frame(body: bytes) -> tuple[dict[str, Any], bytes]:
     return header, doc
 
 
-def _recv_call(sock: socket.socket) -> bytes | None:
-    """The next call; None when the node has closed its end."""
-    buf = bytearray()
+def _recv_call(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """The next call and its descriptors; None when the node has closed its end."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, NUM_FDS,
+                                               socket.MSG_CMSG_CLOEXEC)
+    if not data:
+        return None
+    buf = bytearray(data)
     while len(buf) < LENGTH.size:
         more = sock.recv(1 << 16)
         if not more:
@@ -107,22 +108,24 @@ def _recv_call(sock: socket.socket) -> bytes | None:
         if not more:
             return None
         buf += more
-    return bytes(buf[LENGTH.size:])
+    return bytes(buf[LENGTH.size:]), fds
 
 
-def _enter(cwd: str) -> None:
-    """Enter the task's directory; fd 1 and 2 to its task.out / task.err."""
-    dir_fd = os.open(cwd, _DIR_FLAGS)
+def _enter(fds: list[int]) -> None:
+    """Enter the task's directory; fd 1 and 2 to its task.out / task.err (the node's
+    descriptors: it opened them as for any task)."""
     try:
-        os.fchdir(dir_fd)
+        if len(fds) != NUM_FDS:
+            raise OSError(f"a call with {len(fds)} descriptors, not {NUM_FDS}")
+        os.fchdir(fds[0])
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        for target, name in ((1, STDOUT_NAME), (2, STDERR_NAME)):
-            fd = os.open(name, _OUT_FLAGS, 0o660, dir_fd=dir_fd)
-            os.dup2(fd, target)
-            os.close(fd)
+        os.dup2(fds[1], 1)
+        os.dup2(fds[2], 2)
     finally:
-        os.close(dir_fd)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class _Saved:
@@ -191,18 +194,16 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def run_call(header: dict[str, Any], doc: bytes,
+def run_call(header: dict[str, Any], doc: bytes, fds: list[int],
              between: tuple[int, int]) -> tuple[dict[str, Any], bytes]:
     """One call, start to end; returns the answer (header, result document)."""
     saved = _Saved()
     rc, result, recycle = 1, b"", False
     try:
-        _enter(str(header["cwd"]))
+        _enter(fds)
     except OSError as exc:
         saved.restore(*between)
-        # As the trampoline of a process task says it (pdeath.py): 126, unusable directory.
-        _say(f"task {header.get('id')}: cannot use its directory {header.get('cwd')}: {exc}")
-        return {"rc": 126, "recycle": False, "error": str(exc)}, b""
+        return {"rc": 126, "recycle": False, "error": f"cannot enter the task: {exc}"}, b""
     try:
         os.environ.update({str(k): str(v) for k, v in dict(header.get("env", {})).items()})
         cap = int(header.get("as_cap", 0))
@@ -279,8 +280,9 @@ def serve(fd: int) -> int:
         got = _recv_call(sock)
         if got is None:
             return 0  # the node closed its end: retired, or the node is gone
-        header, doc = split_frame(got)
-        answer, result = run_call(header, doc, between)
+        body, fds = got
+        header, doc = split_frame(body)
+        answer, result = run_call(header, doc, fds, between)
         sock.sendall(encode_frame(answer, result))
 
 

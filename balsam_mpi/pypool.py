@@ -30,6 +30,7 @@ the resident size is checked after each call and an interpreter over the cap is 
 
 from __future__ import annotations
 
+import array
 import contextlib
 import logging
 import os
@@ -40,7 +41,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import gpus, runner
@@ -56,8 +56,6 @@ SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.va
 # A call waits this long for an interpreter to read it (only a call bigger than the
 # socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
 SEND_TIMEOUT_S = 5.0
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 Key = tuple[tuple[tuple[str, str], ...], int, int]
 
 
@@ -166,35 +164,41 @@ class PyPool:
                else int(min(1.0, spec.need) * self.mem_total))
         as_cap = cap if self.config.address_cap and spec.gpus == 0 else 0
         key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
-        frame = encode_frame({"fn": path, "cwd": spec.cwd, "env": extra, "as_cap": as_cap,
-                              "rss_cap": cap, "id": spec.id}, kwargs.encode())
-        try:
-            # The directory is made here, one task after another as for a process task
-            # (runner's rules): many interpreters creating entries in one shard
-            # directory at once spent milliseconds each on its lock.
-            runner.make_dir(Path(spec.cwd))
-        except OSError as exc:
-            raise runner.StartError(f"cannot make the task's directory {spec.cwd}: {exc}"
-                                    ) from None
+        frame = encode_frame({"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap,
+                              "id": spec.id}, kwargs.encode())
+        # The task's directory and output files, opened here exactly as for a process task
+        # (runner: a walk from data/ that follows no planted link, outputs O_EXCL|
+        # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
+        # the call. The node keeps the outputs' to read the failure tail back, as for any
+        # task. (Interpreters making directories side by side in one shard contended.)
+        dir_fd, out_fd, err_fd = runner.open_task_dir(spec)
         try:
             interp = self._take(key, spawn_env)
             try:
-                _send(interp.sock, frame)
+                _send(interp.sock, frame, [dir_fd, out_fd, err_fd])
             except OSError:
                 # It died between the check and the call (never saw it): a fresh one.
                 self._retire(interp)
                 interp = self._spawn(key, spawn_env)
-                _send(interp.sock, frame)
+                _send(interp.sock, frame, [dir_fd, out_fd, err_fd])
         except (OSError, TimeoutError) as exc:
+            os.close(out_fd)
+            os.close(err_fd)
             raise runner.StartError(f"cannot call {path} in a Python interpreter: {exc}"
                                     ) from None
+        except BaseException:
+            os.close(out_fd)
+            os.close(err_fd)
+            raise
+        finally:
+            os.close(dir_fd)
         interp.calls += 1
         self.calls += 1
         self.busy += 1
         self.most = max(self.most, self.busy)
         deadline = time.monotonic() + spec.wall_time_s if spec.wall_time_s > 0 else 0.0
         return PyCall(spec, interp.pid, os.dup(interp.watch.fileno()), time.time(),
-                      deadline, interp=interp, pool=self)
+                      deadline, out_fd=out_fd, err_fd=err_fd, interp=interp, pool=self)
 
     def _take(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
         waiting = self.idle.get(key)
@@ -321,14 +325,22 @@ class PyPool:
                      self.calls)
 
 
-def _send(sock: socket.socket, data: bytes, timeout: float = SEND_TIMEOUT_S) -> None:
-    """The whole call (an interpreter still starting reads it when it is ready)."""
+def _send(sock: socket.socket, data: bytes, fds: list[int],
+          timeout: float = SEND_TIMEOUT_S) -> None:
+    """The whole call; the descriptors travel with its first bytes (SCM_RIGHTS)."""
     view = memoryview(data)
     deadline = time.monotonic() + timeout
+    first = True
     poller: select.poll | None = None
     while view:
         try:
-            view = view[sock.send(view):]
+            if first:
+                n = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", fds))])
+                first = False
+            else:
+                n = sock.send(view)
+            view = view[n:]
         except BlockingIOError:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -382,18 +394,8 @@ def _death(status: int) -> str:
 
 
 def _note(call: PyCall, text: str) -> None:
-    """A line in the task's task.err (where the traceback of a raise would be)."""
-    try:
-        dir_fd = os.open(call.spec.cwd, _DIR_FLAGS)
-    except OSError:
-        return
-    try:
-        fd = os.open(runner.STDERR_NAME, _OUT_FLAGS, 0o660, dir_fd=dir_fd)
-        try:
-            os.write(fd, f"balsam_mpi: {text}\n".encode())
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """A line in the task's task.err (where the traceback of a raise would be), through
+    the node's own descriptor of it."""
+    if call.err_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(call.err_fd, f"balsam_mpi: {text}\n".encode())

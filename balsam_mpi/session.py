@@ -20,6 +20,7 @@ import resource
 import socket
 import time
 
+from . import runner
 from .buffer import DbThread
 from .comm import Comm
 from .config import Settings
@@ -58,6 +59,7 @@ def log_usage(node: Node) -> None:
 def make_node(settings: Settings, project: Project | None) -> Node:
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
+    runner.configure(output_cap_mb=settings.output_cap_mb, cgroups=settings.task_cgroups)
     node = cls(db_path=db_path, gpus=settings.gpus_per_node,
                die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s,
                signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s)

@@ -118,7 +118,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _connect(project: Project) -> psycopg.Connection[Any]:
-    return db.connect(project, autocommit=True, application_name="balsam-launcher")
+    conn = db.connect(project, autocommit=True, application_name="balsam-launcher")
+    # A collaborator's role has a statement_timeout (dbctl/rolelimits.py); a lease sweep or
+    # a bulk report over a large DAG is the launcher's own long work, so its connection
+    # lifts it. Its lock_timeout stays: a lock held too long fails the flush, which retries.
+    with db.translated():
+        conn.execute(sql.query("launcher_session"))
+    return conn
 
 
 class Store:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config, db, jobscript, sql
+from . import config, db, jobscript, safefs, sql
 from .errors import BalsamError, ProjectError, UsageError
 from .jobscript import JobRequest
 from .project import Project, this_host
@@ -140,22 +140,26 @@ def qsubmit_dir(project: Project) -> Path:
 
 
 def _write_script(qdir: Path, req: JobRequest, job_id: int, text: str) -> Path:
-    """A new file (never an existing one: O_EXCL, and a suffix when the name is taken —
-    ids repeat in a restored or copied database)."""
+    """A new file (never an existing one, never through a link: O_EXCL|O_NOFOLLOW in the
+    directory's descriptor, and a suffix when the name is taken — ids repeat in a restored
+    or copied database, and others in the group can plant names in qsubmit/)."""
     stem = f"{req.scheduler}-{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for attempt in range(100):
-        path = qdir / (f"{stem}.sh" if attempt == 0 else f"{stem}.{attempt}.sh")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise SubmitError(f"cannot find a free script name like {stem}.sh in {qdir}")
+    fd, name = _create(qdir, f"{stem}.sh", 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.chmod(path, MODE_SCRIPT)
-    return path
+        os.fchmod(fh.fileno(), MODE_SCRIPT)
+    return qdir / name
+
+
+def _create(qdir: Path, name: str, mode: int) -> tuple[int, str]:
+    try:
+        dfd = safefs.open_project_dir(str(qdir.parent), qdir.name)
+        try:
+            return safefs.create_new(dfd, name, mode, str(qdir))
+        finally:
+            os.close(dfd)
+    except safefs.UnsafePath as exc:
+        raise SubmitError(str(exc)) from None
 
 
 # -- scheduler submission --------------------------------------------------------------------
@@ -205,9 +209,8 @@ def _first_line(text: str) -> str:
 def _start_local(project: Project, qdir: Path, script: Path, job_id: int) -> Submission:
     """Start the script detached: own session (a closed terminal does not kill it), stdin
     from /dev/null, output appended to a log beside the script."""
-    log_path = script.with_suffix(".log")
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.chmod(log_path, MODE_LOG)
+    fd, name = _create(qdir, f"{script.stem}.log", MODE_LOG)
+    log_path = qdir / name
     try:
         proc = subprocess.Popen(["bash", str(script)], cwd=qdir, stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,

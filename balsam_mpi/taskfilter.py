@@ -8,6 +8,7 @@ from typing import Any
 
 from . import sql
 from .errors import UsageError
+from .limits import ID_MAX
 from .models import TaskState, parse_state
 
 # `task ls --sort`: column -> ORDER BY (a leading '-' sorts descending); ties by id.
@@ -16,20 +17,23 @@ SORTABLE = ("id", "workflow", "name", "state", "priority", "created_at", "starte
 
 
 def as_ids(ids: int | Sequence[int]) -> list[int]:
+    """Task ids as a list (an empty one stays empty: it means no task, never every task)."""
+    if isinstance(ids, (str, bytes)) or ids is None:
+        raise UsageError(f"id: {ids!r} is not a task id")
     out = [ids] if isinstance(ids, int) else list(ids)
     for i in out:
-        if isinstance(i, bool) or not isinstance(i, int):
+        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= ID_MAX:
             raise UsageError(f"id: {i!r} is not a task id")
     return out
 
 
 def listify(value: Any) -> list[Any] | None:
+    """None (no filter), or the values as a list: an empty list stays empty."""
     if value is None:
         return None
     if isinstance(value, (str, int, TaskState)):
         return [value]
-    out = list(value)
-    return out or None
+    return list(value)
 
 
 FILTERS = ("id", "ids", "workflow", "state", "app", "name", "tags", "owner", "after")
@@ -42,13 +46,19 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(filters) - set(FILTERS))
     if unknown:
         raise UsageError(f"{unknown[0]}: not a task filter (use {', '.join(FILTERS)})")
-    ids = listify(filters.get("ids")) or listify(filters.get("id"))
-    states = listify(filters.get("state"))
+    lists = {k: listify(filters.get(k)) for k in ("ids", "id", "workflow", "state", "app",
+                                                   "owner")}
+    ids = lists["ids"] if lists["ids"] is not None else lists["id"]
+    if any(v == [] for v in lists.values()):
+        # An empty list of anything matches nothing, never everything: `kill(ids=[])`
+        # once killed every task in the project.
+        ids = []
+    states = lists["state"]
     tags = filters.get("tags")
     if tags is not None and not isinstance(tags, Mapping):
         raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
     name = filters.get("name")
-    workflows = listify(filters.get("workflow"))
+    workflows = lists["workflow"]
     state_names = None if states is None else sorted({parse_state(str(s)).value
                                                       for s in states})
     return {
@@ -58,10 +68,10 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
         "workflows": workflows if workflows and len(set(workflows)) > 1 else None,
         "state": state_names[0] if state_names and len(state_names) == 1 else None,
         "states": state_names if state_names and len(state_names) > 1 else None,
-        "apps": listify(filters.get("app")),
+        "apps": lists["app"] or None,
         "name_like": None if name is None else glob_to_like(name),
         "tags": None if not tags else Jsonb(dict(tags)),
-        "owners": listify(filters.get("owner")),
+        "owners": lists["owner"] or None,
         "after": filters.get("after"),
     }
 

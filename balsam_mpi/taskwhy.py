@@ -27,6 +27,8 @@ def explain(client: Client, task_id: int) -> list[str]:
         return [_claimed(client, task, state)]
     if state in (S.CREATED, S.AWAITING_PARENTS):
         return _waiting(client, task, state)
+    if task["batch_job_id"] is not None:  # claimed: its launcher starts it any moment
+        return [_claimed(client, task, state) + "; it has not started yet"]
     return _runnable(client, task, state)
 
 
@@ -83,16 +85,31 @@ def _runnable(client: Client, task: dict[str, Any], state: TaskState) -> list[st
 
 
 def _misfit(task: dict[str, Any], job: dict[str, Any]) -> str:
+    """Why this batch job's launcher would not claim the task ('' if it would). Mirrors
+    launcher_claim: nodes, time left, and the job's filters (workflows, tags, owners)."""
     if task["num_nodes"] > job["nodes"]:
         return f"the task asks for {task['num_nodes']} nodes, the job has {job['nodes']}"
     left = job["left_min"]
     if left is not None and task["wall_time_min"] and task["wall_time_min"] > float(left):
         return (f"the task asks for {task['wall_time_min']:g} min, the job has "
                 f"{max(float(left), 0):.1f} min left")
-    filters = job["filters"] or {}
-    wf = filters.get("workflow") or filters.get("workflows")
-    if wf:
-        allowed = [wf] if isinstance(wf, str) else list(wf)
-        if task["workflow"] not in allowed:
-            return f"it runs only workflow {', '.join(allowed)}"
+    filters = job["filters"] if isinstance(job["filters"], dict) else {}
+    allowed = _names(filters.get("workflows", filters.get("workflow")))
+    if allowed and task["workflow"] not in allowed:
+        return f"it runs only workflow {', '.join(allowed)}"
+    tags = filters.get("tags")
+    if isinstance(tags, dict) and tags:
+        have = task["tags"] or {}
+        missing = [f"{k}={v}" for k, v in sorted(tags.items()) if have.get(k) != v]
+        if missing:
+            return f"it runs only tasks tagged {', '.join(missing)}"
+    owners = _names(filters.get("owners", filters.get("owner")))
+    if owners and task["owner"] not in owners:
+        return f"it runs only tasks of {', '.join(owners)}"
     return ""
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]

@@ -42,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     "leader": _module_runner("scenarios_leader"),
     "concurrent": _module_runner("scenarios_concurrent"),
     "exactly-once": _module_runner("scenarios_exactly_once"),
+    "containment": _module_runner("scenarios_containment"),
     "python": _module_runner("scenarios_python"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }

@@ -2,3 +2,6 @@
 
 -- name: tasks_api_vacuum
 VACUUM ANALYZE tasks
+
+-- name: tasks_api_analyze
+ANALYZE tasks, task_deps

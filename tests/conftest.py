@@ -71,3 +71,14 @@ def conn(pg_project: Project, dbname: str):  # type: ignore[no-untyped-def]
 
     with db.connect(pg_project, dbname=dbname, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture()
+def su(pg_project: Project, dbname: str):  # type: ignore[no-untyped-def]
+    """The database superuser on this test's database (autocommit): for setting up rows
+    in states that members may only reach through the checked functions."""
+    from balsam_mpi.dbctl import lifecycle
+
+    with lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname
+                                 ) as connection:
+        yield connection

@@ -1,14 +1,34 @@
-"""`task modify|kill|retry|rm|why` and `dep`: the commands that change tasks."""
+"""`task modify|kill|retry|rm|why` and `dep`: the commands that change tasks.
+
+Each prints what the database did (its per-task outcome, migrations/0007), never how
+many ids were asked about: the count changed on stdout, one line per reason on stderr
+for the tasks left alone. When every task was left alone it is an error (exit 1).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..clibase import echo_json
 from .context import CliContext, pass_ctx
 from .taskargs import filter_options, filters_from, task_id
+
+if TYPE_CHECKING:
+    from ..outcome import Outcome
+
+
+def _report(outcome: Outcome, done_line: str) -> None:
+    """The count done (stdout) and why the rest were left alone (stderr)."""
+    from ..errors import BalsamError
+
+    lines = outcome.refusal_lines()
+    if not outcome and lines:
+        raise BalsamError("; ".join(lines))
+    click.echo(done_line)
+    for line in lines:
+        click.echo(line, err=True)
 
 
 @click.command("modify")
@@ -31,11 +51,7 @@ def task_modify(ctx: CliContext, /, ids: tuple[str, ...], sets: tuple[str, ...],
     changes.update({k: v for k, v in shortcuts.items() if v is not None})
     wanted = [task_id(i) for i in ids]
     done = ctx.client().update(wanted, **changes)
-    skipped = sorted(set(wanted) - set(done))
-    click.echo(f"modified {len(done)} tasks")
-    if skipped:
-        click.echo(f"not modified (running, or not yours, or missing): "
-                   f"{', '.join(map(str, skipped[:20]))}", err=True)
+    _report(done, f"modified {len(done)} tasks")
 
 
 @click.command("kill")
@@ -45,7 +61,7 @@ def task_modify(ctx: CliContext, /, ids: tuple[str, ...], sets: tuple[str, ...],
 def task_kill(ctx: CliContext, /, ids: tuple[str, ...], **opts: Any) -> None:
     """Kill tasks (by id or filter): USER_KILLED; waiting descendants fail."""
     killed = ctx.client().kill(**_ids_and_filters(ids, opts))
-    click.echo(f"killed {len(killed)} tasks")
+    _report(killed, f"killed {len(killed)} tasks")
 
 
 @click.command("retry")
@@ -58,7 +74,7 @@ def task_retry(ctx: CliContext, /, ids: tuple[str, ...], failed: bool, **opts: A
     if failed:
         opts["state"] = (*opts.get("state", ()), "FAILED")
     back = ctx.client().retry(**_ids_and_filters(ids, opts))
-    click.echo(f"retried {len(back)} tasks (descendants included)")
+    _report(back, f"retried {len(back)} tasks (descendants included)")
 
 
 @click.command("rm")
@@ -67,7 +83,8 @@ def task_retry(ctx: CliContext, /, ids: tuple[str, ...], failed: bool, **opts: A
 @click.option("--yes", is_flag=True, help="Do not ask.")
 @pass_ctx
 def task_rm(ctx: CliContext, /, ids: tuple[str, ...], yes: bool, **opts: Any) -> None:
-    """Delete tasks (by id or filter); asks first unless --yes."""
+    """Delete tasks (by id or filter); asks first unless --yes. A running or claimed task
+    is deleted too, and its launcher stops it within seconds."""
     client = ctx.client()
     chosen = _ids_and_filters(ids, opts)
     found = [r["id"] for r in client.tasks(**chosen)]
@@ -77,7 +94,10 @@ def task_rm(ctx: CliContext, /, ids: tuple[str, ...], yes: bool, **opts: Any) ->
     if not yes:
         click.confirm(f"delete {len(found)} tasks?", abort=True, err=True)
     gone = client.delete(found)
-    click.echo(f"deleted {len(gone)} tasks")
+    stopping = sum(1 for word in gone.how.values() if "launcher" in word)
+    note = f" ({stopping} were claimed or running: their launchers stop them)" \
+        if stopping else ""
+    _report(gone, f"deleted {len(gone)} tasks{note}")
 
 
 @click.command("why")

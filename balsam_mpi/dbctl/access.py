@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 from .. import db, sql
 from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
 from ..project import SCHEMA_DB, Project, ServerInfo, this_host
-from . import enroll
+from . import acl, enroll, rolelimits
 from .accounts import Account, group_gid
 from .pgconf import (
     APP_ADMIN_ROLE,
@@ -61,6 +61,18 @@ def bootstrap_roles(admin: Connection[Any], owner: str) -> None:
         admin.execute(_ddl("access_grant_role", group=OWNER_ROLE, role=owner))
     for maintenance in ("postgres", "template1"):
         admin.execute(_ddl("access_lock_database", db=maintenance))
+    apply_role_limits(admin)
+
+
+def apply_role_limits(admin: Connection[Any]) -> None:
+    """Every collaborator's login role gets the limits of its kind (dbctl/rolelimits.py):
+    roles enrolled before a project had limits get them at the next `migrate`."""
+    rows = admin.execute(sql.query("access_users"), {"groups": list(PROJECT_GROUPS)}).fetchall()
+    for role, _has_password, groups in rows:
+        if OWNER_ROLE in groups:
+            continue
+        kind = "member" if MEMBER_ROLE in groups else "viewer"
+        rolelimits.apply(admin, role, rolelimits.for_kind(kind))
 
 
 # -- the owner's commands ---------------------------------------------------------------
@@ -105,8 +117,13 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
     wanted = {VIEWER_ROLE} if read_only else {MEMBER_ROLE}
     if app_admin:
         wanted.add(APP_ADMIN_ROLE)
-    # Check the request before changing anything, so a refused one leaves no half-state.
+    # A request file under the user's name that someone else made (a squat: it blocked the
+    # user's own request) is reported and removed; then the user's own is checked before
+    # anything changes, so a refused one leaves no half-state.
+    notes = [line for line in [enroll.clear_squat(project, name, account.uid)] if line]
     request = enroll.read_request(project, name, account.uid)
+    if read_only:
+        acl.require_support(project.root, name)  # else the viewer could still write
     with _admin(project, info) as admin, admin.transaction():
         row = admin.execute(sql.query("access_role"), {"name": name}).fetchone()
         if row is not None and row[1]:
@@ -120,6 +137,7 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
             admin.execute(_ddl("access_grant_role", group=group, role=name))
         for group in sorted((current & {MEMBER_ROLE, VIEWER_ROLE, APP_ADMIN_ROLE}) - wanted):
             admin.execute(_ddl("access_revoke_role", group=group, role=name))
+        rolelimits.apply(admin, name, rolelimits.for_kind(kind))
         # The role exists now (checked above): an ALTER ROLE that fails would log it.
         if request is not None:
             admin.execute(_ddl("access_set_verifier", role=name, verifier=request.verifier))
@@ -128,12 +146,14 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
         enroll.unlink_request(project, name, request.file_id)
     label = kind + (" with app admin" if app_admin else "")
     log.info("authorized %s as %s", name, label)
+    files = acl.on_add_user(project.root, name, read_only=read_only, enrolled=enrolled)
     if enrolled:
-        return [f"{name} is enrolled as a {label}: they can connect over the socket on "
-                f"{info.host} and over TCP from other hosts"]
-    return [f"{name} is authorized as a {label}; next, {name} runs `source balsamactivate "
-            f"{project.root}` (on {info.host} that completes enrollment; elsewhere it "
-            f"leaves a request and you run `balsam-dbctl add-user {name}` once more)"]
+        return [*notes, f"{name} is enrolled as a {label}: they can connect over the socket "
+                f"on {info.host} and over TCP from other hosts", *files]
+    return [*notes, f"{name} is authorized as a {label}; next, {name} runs `source "
+            f"balsamactivate {project.root}` (on {info.host} that completes enrollment; "
+            f"elsewhere it leaves a request and you run `balsam-dbctl add-user {name}` once "
+            "more)", *files]
 
 
 def drop_user(project: Project, name: str) -> list[str]:
@@ -160,7 +180,7 @@ def drop_user(project: Project, name: str) -> list[str]:
     enroll.unlink_request(project, name)
     log.info("revoked %s (%d sessions ended)", name, ended)
     return [f"revoked {name}: {ended} live session(s) ended; their tasks stay, "
-            "still owned by them"]
+            "still owned by them", *acl.on_drop_user(project.root, name)]
 
 
 @dataclass(frozen=True)
@@ -177,18 +197,31 @@ def list_users(project: Project) -> list[User]:
     with _admin(project, info) as admin:
         rows = admin.execute(sql.query("access_users"),
                              {"groups": list(PROJECT_GROUPS)}).fetchall()
-    waiting = set(enroll.pending_requests(project))
+    waiting = enroll.request_uids(project)
+    planted = {name for name, uid in waiting.items() if uid != _uid_of(name)}
     users: list[User] = []
     for role, has_password, groups in rows:
         kind = ("owner" if OWNER_ROLE in groups else
                 "member" if MEMBER_ROLE in groups else "viewer")
         state = ("enrolled" if has_password else
-                 "requested" if role in waiting else "socket-only")
+                 "requested" if role in waiting and role not in planted else "socket-only")
+        if role in planted:
+            state += f"; a request under this name was planted by uid {waiting[role]} " \
+                     "(add-user removes it)"
         users.append(User(role, kind, APP_ADMIN_ROLE in groups, state))
     known = {u.role for u in users}
-    users += [User(name, "-", False, "requested (not authorized)")
-              for name in sorted(waiting - known)]
+    for name in sorted(set(waiting) - known):
+        state = (f"request planted by uid {waiting[name]} (add-user removes it)"
+                 if name in planted else "requested (not authorized)")
+        users.append(User(name, "-", False, state))
     return users
+
+
+def _uid_of(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
 
 
 def users_as_dicts(users: list[User]) -> list[dict[str, Any]]:

@@ -194,7 +194,8 @@ def write_request(project: Project, user: str, verifier: str, host: str) -> Path
                 if st.st_uid != os.geteuid() or attempt == 2:
                     raise ProjectError(
                         f"{project.access_dir / name} already exists and belongs to uid "
-                        f"{st.st_uid}, not you: ask the project owner to remove it"
+                        f"{st.st_uid}, not you: ask the project owner to run "
+                        f"`balsam-dbctl add-user {user}`, which removes it"
                     ) from None
                 os.unlink(name, dir_fd=dfd)
                 continue
@@ -298,6 +299,57 @@ def unlink_request(project: Project, user: str,
                 os.unlink(request_name(user), dir_fd=dfd)
         finally:
             os.close(dfd)
+
+
+def clear_squat(project: Project, user: str, uid: int) -> str | None:
+    """The owner's side: if access/USER.json exists but is not USER's (another uid made
+    it, whatever it is: file, symlink, FIFO, directory), remove it and return a line
+    saying who planted it. Such a file blocked USER's own request (O_EXCL), which the
+    sticky directory does not let USER remove."""
+    name = request_name(user)
+    path = project.access_dir / name
+    dfd = _open_access_dir(project)
+    try:
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if st.st_uid == uid:
+            return None
+        who = _account_name(st.st_uid)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=dfd)
+            else:
+                os.unlink(name, dir_fd=dfd)  # never follows a symlink
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProjectError(f"{path} was planted by {who}, not {user}, and cannot be "
+                               f"removed ({exc.strerror}); remove it by hand") from None
+    finally:
+        os.close(dfd)
+    return (f"removed {path}: it was made by {who}, not {user} (a request under another "
+            f"user's name blocks theirs); {user} can request access again")
+
+
+def _account_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def request_uids(project: Project) -> dict[str, int]:
+    """User names with a request file waiting, and the uid that made each (lstat: a
+    symlink counts as its maker's; nothing is opened)."""
+    found: dict[str, int] = {}
+    for name in pending_requests(project):
+        try:
+            found[name] = os.lstat(project.access_dir / request_name(name)).st_uid
+        except (OSError, UsageError):
+            continue
+    return found
 
 
 def pending_requests(project: Project) -> list[str]:

@@ -3,6 +3,11 @@
 ``init`` creates the tree with these modes and ``fix-perms`` re-applies them. Each entry
 is created with an explicit mode and then ``chmod``-ed, because ``mkdir`` honours the
 umask and a plain ``chmod 770`` would drop the setgid bit.
+
+Where the filesystem keeps POSIX ACLs, the group-writable directories also get a default
+ACL (``acl.py``): at ``init`` one equal to their mode, so what members make inside gets
+the group's rights whatever their umask; later the read-only entries of viewers and
+dropped users, which ``fix-perms`` re-applies from ``data/``'s ACL, the record of them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..project import (
     MODE_TOP,
     Project,
 )
+from . import acl
 from .accounts import Account
 
 
@@ -61,6 +67,9 @@ def create_tree(project: Project, owner: Account, server: Account, gid: int) -> 
         if entry.relpath:
             path.mkdir(mode=0o700, exist_ok=False)
         _own_and_mode(path, entry, owner, server, gid)
+        if entry.relpath in acl.SHARED:
+            acl.init_defaults(path)  # False without ACLs: add-user --read-only says so
+    acl.bar_unauthorized(project.root, gid, {owner.name, server.name})
 
 
 def fix_perms(project: Project, owner: Account, server: Account, gid: int) -> list[str]:
@@ -86,6 +95,11 @@ def fix_perms(project: Project, owner: Account, server: Account, gid: int) -> li
                                                                after.st_gid):
             changed.append(f"{path}: {stat.S_IMODE(before.st_mode):04o} -> "
                            f"{stat.S_IMODE(after.st_mode):04o}")
+    # Who is barred lives in data/'s ACL; give it again to the other shared directories
+    # and to whatever in data/ the owner owns (a restore, a copy, a hand-made directory).
+    barred = acl.barred_in(project.root)
+    if barred:
+        changed += acl.apply(project.root, bar=barred).lines("read-only entries")
     return changed
 
 

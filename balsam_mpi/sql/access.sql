@@ -59,3 +59,18 @@ SELECT usename::text AS "user", datname::text AS database,
   FROM pg_stat_activity
  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
  ORDER BY backend_start;
+
+-- name: access_connection_limit
+ALTER ROLE {role} CONNECTION LIMIT {limit};
+
+-- name: access_role_setting
+-- A default of every session of this login role (dbctl/rolelimits.py).
+ALTER ROLE {role} SET {setting} = {value};
+
+-- name: access_role_settings
+-- The limits a login role has now (what `balsam-dbctl users` shows and the tests read).
+SELECT r.rolconnlimit,
+       coalesce((SELECT s.setconfig FROM pg_db_role_setting s
+                  WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}') AS settings
+  FROM pg_roles r
+ WHERE r.rolname = %(name)s;

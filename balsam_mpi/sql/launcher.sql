@@ -3,6 +3,10 @@
 -- for journals), so a leader needs no table privileges of its own; the few plain reads
 -- need only what every member has (SELECT).
 
+-- name: launcher_session
+-- The leader's connection: no statement_timeout (store.py says why).
+SET statement_timeout = 0;
+
 -- name: launcher_open_job
 SELECT job_id, lease_epoch, adopted
   FROM launcher_open_job(%(job_id)s, %(scheduler)s, %(scheduler_job_id)s, %(host)s,

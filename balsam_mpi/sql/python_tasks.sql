@@ -25,11 +25,6 @@ LISTEN balsam_task_final
 -- name: tasks_final_unlisten
 UNLISTEN balsam_task_final
 
--- name: tasks_final_wake
--- Wakes the listeners of this database (an executor's watcher at shutdown): an empty
--- payload names no task.
-SELECT pg_notify('balsam_task_final', '')
-
 -- name: tasks_outcomes
 -- Where these tasks are; what they gave only for those that ended (a result can be big).
 SELECT t.id, t.state::text,

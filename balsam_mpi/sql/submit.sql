@@ -4,23 +4,18 @@
 -- not submitted: submit_fail closes the row with the reason.
 
 -- name: submit_insert
-INSERT INTO batch_jobs (scheduler, host, nodes, ranks, filters, wall_time_min, state,
-                        submitted_at)
-VALUES (%(scheduler)s, %(host)s, %(nodes)s, %(nodes)s, %(filters)s, %(wall_time_min)s,
-        'QUEUED', now())
-RETURNING id
+-- The caller's QUEUED row; members write batch jobs only through functions
+-- (migrations/0007).
+SELECT batch_job_submit(%(scheduler)s, %(host)s, %(nodes)s, %(filters)s,
+                        %(wall_time_min)s) AS id
 
 -- name: submit_set_scheduler_id
 -- Not limited to QUEUED: a fast scheduler (or a local run) may already have started the
--- launcher, which adopted the row by its id.
-UPDATE batch_jobs SET scheduler_job_id = %(scheduler_job_id)s
- WHERE id = %(id)s
-RETURNING id
+-- launcher, which adopted the row by its id. Set once; only on the caller's own row.
+SELECT batch_job_set_scheduler_id(%(id)s, %(scheduler_job_id)s) AS id
 
 -- name: submit_fail
-UPDATE batch_jobs SET state = 'FAILED', ended_at = now(), end_reason = %(reason)s
- WHERE id = %(id)s AND state = 'QUEUED'
-RETURNING id
+SELECT batch_job_submit_failed(%(id)s, %(reason)s) AS id
 
 -- name: submit_get
 SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, filters, wall_time_min,

@@ -92,18 +92,32 @@ def test_members_change_only_their_own_tasks(su: psycopg.Connection[Any],
             app_id, roles["bob"])
     with as_role(su, roles["bob"]) as c:
         theirs = _task(c, app_id)
-        # Another member's task: invisible to UPDATE and DELETE (0 rows), still readable.
-        assert c.execute("UPDATE tasks SET state = 'USER_KILLED' WHERE id = %s",
-                         (mine,)).rowcount == 0
-        assert c.execute("DELETE FROM tasks WHERE id = %s", (mine,)).rowcount == 0
+        # Another member's task: readable; its plain columns invisible to UPDATE (0 rows);
+        # the change functions leave it alone and say why.
         assert c.execute("SELECT count(*) FROM tasks").fetchone() == (2,)
-        assert c.execute("UPDATE tasks SET state = 'USER_KILLED' WHERE id = %s",
+        assert c.execute("UPDATE tasks SET priority = 5 WHERE id = %s", (mine,)).rowcount == 0
+        assert c.execute("SELECT * FROM tasks_kill(%s)", ([mine],)).fetchall() == [
+            (mine, f"not yours (owner {roles['alice']})")]
+        assert c.execute("SELECT * FROM tasks_delete(%s)", ([mine],)).fetchall() == [
+            (mine, f"not yours (owner {roles['alice']})")]
+        assert c.execute("SELECT * FROM tasks_modify(%s, '{\"params\": {\"x\": 1}}')",
+                         ([mine],)).fetchall()[0][1].startswith("not yours")
+        # Their own: plain columns directly, the rest through the functions.
+        assert c.execute("UPDATE tasks SET priority = 5 WHERE id = %s",
                          (theirs,)).rowcount == 1
-        assert "cannot change" in _denied(c, "UPDATE tasks SET owner = %s WHERE id = %s",
-                                          roles["alice"], theirs)
-    with as_role(su, roles["boss"]) as c:  # owner rights: any task
-        assert c.execute("UPDATE tasks SET priority = 5 WHERE id = %s", (mine,)).rowcount == 1
-        assert c.execute("DELETE FROM tasks WHERE id = %s", (theirs,)).rowcount == 1
+        assert c.execute("SELECT * FROM tasks_kill(%s)", ([theirs],)).fetchall() == [
+            (theirs, "killed")]
+        # No table-level UPDATE or DELETE, for anyone but the superuser.
+        for attack in ("UPDATE tasks SET state = 'READY'", "UPDATE tasks SET owner = 'x'",
+                       "UPDATE tasks SET batch_job_id = 1", "DELETE FROM tasks"):
+            assert "permission denied" in _denied(c, attack)
+    with as_role(su, roles["boss"]) as c:  # owner rights: any task, through the functions
+        assert c.execute("UPDATE tasks SET priority = 6 WHERE id = %s", (mine,)).rowcount == 1
+        assert c.execute("SELECT * FROM tasks_kill(%s)", ([mine],)).fetchall() == [
+            (mine, "killed")]
+        assert c.execute("SELECT * FROM tasks_delete(%s)", ([theirs],)).fetchall() == [
+            (theirs, "deleted")]
+        assert "permission denied" in _denied(c, "DELETE FROM tasks")
     # Immutable for everyone, the superuser included.
     assert "cannot change" in _denied(su, "UPDATE tasks SET owner = 'x' WHERE id = %s", mine)
 
@@ -113,7 +127,7 @@ def test_history_is_written_by_triggers_and_never_by_members(
     app_id = _app(su)
     with as_role(su, roles["alice"]) as c:
         task = _task(c, app_id)
-        c.execute("UPDATE tasks SET state = 'USER_KILLED' WHERE id = %s", (task,))
+        c.execute("SELECT * FROM tasks_kill(%s)", ([task],))
         events = c.execute("SELECT to_state::text, actor FROM task_events WHERE task_id = %s "
                            "ORDER BY id", (task,)).fetchall()
         assert events == [("READY", roles["alice"]), ("USER_KILLED", roles["alice"])]
@@ -135,8 +149,20 @@ def test_viewers_read_and_write_nothing(su: psycopg.Connection[Any],
                        "UPDATE tasks SET priority = 1",
                        "DELETE FROM tasks",
                        "INSERT INTO batch_jobs DEFAULT VALUES",
-                       "INSERT INTO apps (name, command) VALUES ('x', 'y')"):
-            assert "permission denied" in _denied(c, attack)
+                       "INSERT INTO apps (name, command) VALUES ('x', 'y')",
+                       "SELECT * FROM tasks_kill('{1}')",
+                       "SELECT * FROM tasks_modify('{1}', '{\"priority\": 1}')",
+                       "SELECT * FROM tasks_retry('{1}')",
+                       "SELECT * FROM tasks_delete('{1}')",
+                       "SELECT tasks_add_dependency(1, 2)",
+                       "SELECT tasks_reserve_ids(1)",
+                       "SELECT tasks_add('{}', '[]')",
+                       "SELECT batch_job_submit('local', 'h', 1, '{}', NULL)",
+                       "SELECT * FROM launcher_open_job(NULL, 'local', NULL, 'h', 1, 1, '{}', "
+                       "NULL, 60)",
+                       "SELECT * FROM launcher_expire_leases()"):
+            assert "permission denied" in _denied(c, attack), attack
+    assert su.execute("SELECT count(*) FROM tasks WHERE priority = 0").fetchone() == (1,)
 
 
 def test_apps_are_written_by_the_owner_and_app_admins_only(
@@ -166,21 +192,28 @@ def test_members_cannot_escalate(su: psycopg.Connection[Any], roles: dict[str, s
                 c.execute(statement)
 
 
+def _open_job(c: psycopg.Connection[Any]) -> int:
+    row = c.execute("SELECT job_id FROM launcher_open_job(NULL, 'local', NULL, 'h', 1, 1, "
+                    "'{}', NULL, 60)").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_heartbeat_only_by_the_batch_jobs_own_user(su: psycopg.Connection[Any],
                                                    roles: dict[str, str]) -> None:
     with as_role(su, roles["alice"]) as c:
-        row = c.execute("INSERT INTO batch_jobs (state) VALUES ('RUNNING') RETURNING id, "
-                        "\"user\"").fetchone()
-        assert row is not None and row[1] == roles["alice"]
-        job = int(row[0])
+        job = _open_job(c)
+        assert c.execute("SELECT \"user\" FROM batch_jobs WHERE id = %s", (job,)
+                         ).fetchone() == (roles["alice"],)
         assert c.execute("SELECT batch_job_heartbeat(%s)", (job,)).fetchone() is not None
-        assert "row-level security" in _denied(
-            c, "INSERT INTO batch_jobs (\"user\") VALUES (%s)", roles["bob"])
+        for attack in ("INSERT INTO batch_jobs (state) VALUES ('RUNNING')",
+                       "UPDATE batch_jobs SET heartbeat_at = now()"):
+            assert "permission denied" in _denied(c, attack)
     with as_role(su, roles["bob"]) as c:
         assert f"belongs to {roles['alice']}" in _denied(
             c, "SELECT batch_job_heartbeat(%s)", job)
-        assert c.execute("UPDATE batch_jobs SET heartbeat_at = now() WHERE id = %s",
-                         (job,)).rowcount == 0
+        assert "permission denied" in _denied(
+            c, "UPDATE batch_jobs SET heartbeat_at = now() WHERE id = %s", job)
     with as_role(su, roles["vera"]) as c:
         assert "permission denied" in _denied(c, "SELECT batch_job_heartbeat(%s)", job)
 

@@ -189,11 +189,13 @@ def test_claim_stays_on_its_index(pg_project: Project, dbname: str, conn: Any,
     app = add_app(conn)
     add_tasks(conn, app, 15000, workflow="other")
     drained = add_tasks(conn, app, 15000, workflow="drained")
-    conn.execute("UPDATE tasks SET state = 'JOB_FINISHED' WHERE id = ANY(%s)",
-                 (drained[:-5],))
-    if analyzed:
-        from balsam_mpi.dbctl import lifecycle
+    from balsam_mpi.dbctl import lifecycle
 
+    with lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname) as admin:
+        for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):  # as a launcher finishes them
+            admin.execute("UPDATE tasks SET state = %s WHERE id = ANY(%s)",
+                          (state, drained[:-5]))
+    if analyzed:
         info = pg_project.read_server_info()
         with lifecycle.admin_connect(pg_project, info, dbname) as admin:
             admin.execute("ANALYZE tasks")

@@ -139,17 +139,53 @@ def test_modify_and_listing_options(hello: None) -> None:
     assert result.exit_code == 1 and "still has 3 tasks" in result.output
 
 
+def _open_job(conn: psycopg.Connection, nodes: int, filters: str = "{}") -> int:
+    """A live batch job of the owner's, as its launcher opens it."""
+    row = conn.execute("SELECT job_id FROM launcher_open_job(NULL, 'local', NULL, 'nid01', "
+                       "%s, %s, %s::jsonb, 60, 60)", (nodes, nodes, filters)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_why_reads_batch_jobs(hello: None, conn: psycopg.Connection) -> None:
     ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x",
-       "--num-nodes", "4")
-    conn.execute("INSERT INTO batch_jobs (host, nodes, wall_time_min, state, started_at, "
-                 "heartbeat_at) VALUES ('nid01', 2, 60, 'RUNNING', now(), now())")
+       "--num-nodes", "4", "--tag", "k=v")
+    small = _open_job(conn, 2)
     out = ok("task", "why", "1").output
-    assert "asks for 4 nodes, the job has 2" in out
-    conn.execute("UPDATE batch_jobs SET nodes = 8")
-    assert "waits its turn: 0 runnable tasks" in ok("task", "why", "1").output
-    conn.execute("UPDATE tasks SET state = 'RUNNING', batch_job_id = 1, started_at = now()")
-    assert "claimed by batch job 1 on host nid01" in ok("task", "why", "1").output
+    assert f"batch job {small} on nid01: the task asks for 4 nodes, the job has 2" in out
+    # A launcher's tag and owner filters count too (`why` ignored them).
+    tagged = _open_job(conn, 8, '{"workflows": [], "tags": {"k": "other"}, "owners": []}')
+    theirs = _open_job(conn, 8, '{"workflows": [], "tags": {}, "owners": ["someone"]}')
+    out = ok("task", "why", "1").output
+    assert f"batch job {tagged} on nid01: it runs only tasks tagged k=other" in out
+    assert f"batch job {theirs} on nid01: it runs only tasks of someone" in out
+    assert "no running batch job can take it" in out
+    fits = _open_job(conn, 8, '{"workflows": ["w"], "tags": {"k": "v"}, "owners": []}')
+    assert f"batch jobs that can take it: {fits}" in ok("task", "why", "1").output
+    conn.execute("SELECT * FROM launcher_claim(%s, 1, 10, 100, 1, NULL, NULL, NULL, NULL, 8)",
+                 (fits,))
+    out = ok("task", "why", "1").output
+    assert f"claimed by batch job {fits} " in out and "has not started yet" in out
+
+
+def test_changes_print_what_the_database_did(hello: None, conn: psycopg.Connection) -> None:
+    for who in ("a", "b"):
+        ok("task", "add", "--app", "hello", "--workflow", "w", "--param", f"who={who}")
+    missing = run("task", "kill", "999")
+    assert missing.exit_code == 1
+    assert missing.output.strip() == "balsam-mpi: error: left alone (no such task): 999"
+    job = _open_job(conn, 1)
+    conn.execute("SELECT * FROM launcher_claim(%s, 1, 1, 100, 1, NULL, NULL, NULL, NULL, 1)",
+                 (job,))
+    refused = run("task", "modify", "1", "--set", "params={\"who\": \"c\"}")
+    assert refused.exit_code == 1 and "claimed by batch job" in refused.output
+    assert "modified 2 tasks" in ok("task", "modify", "1", "2", "--priority", "3").output
+    mixed = ok("task", "modify", "1", "2", "--wall-time-min", "5")
+    assert mixed.stdout.strip() == "modified 1 tasks"
+    assert f"left alone (claimed by batch job {job}" in mixed.stderr
+    gone = ok("task", "rm", "1", "2", "--yes")
+    assert gone.stdout.strip() == ("deleted 2 tasks (1 were claimed or running: their "
+                                   "launchers stop them)")
 
 
 def test_real_subprocess(dbname: str) -> None:

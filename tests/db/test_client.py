@@ -147,3 +147,95 @@ def test_bad_task_in_a_later_chunk_rolls_back_the_earlier_ones(
     ids = client.add_tasks(tasks)
     rows = conn.execute("SELECT id, name, num_nodes, workflow FROM tasks ORDER BY id").fetchall()
     assert [r[0] for r in rows] == ids and rows[22][1:] == ("t22", 2, "w")
+
+
+def test_an_empty_id_list_changes_nothing(client: Client, conn: psycopg.Connection) -> None:
+    """`Client().kill([])` once killed every task in the project and `delete([])`
+    deleted them all: an empty list of ids (or of any filter) means no task."""
+    ids = client.add_tasks([{"app": "plain", "workflow": "w"}] * 5)
+    before = conn.execute("SELECT id, state::text, priority FROM tasks ORDER BY id").fetchall()
+    assert client.kill([]) == [] and client.kill(ids=[], workflow="w") == []
+    assert client.kill(workflow=[]) == [] and client.kill(state=[], workflow="w") == []
+    assert client.delete([]) == [] and client.delete(ids=()) == []
+    assert client.retry([]) == [] and client.update([], priority=3) == []
+    assert list(client.tasks(ids=[])) == [] and list(client.tasks(owner=[])) == []
+    with pytest.raises(UsageError, match="give task ids or a filter"):
+        client.kill()
+    after = conn.execute("SELECT id, state::text, priority FROM tasks ORDER BY id").fetchall()
+    assert after == before and len(after) == len(ids)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**63, "1", True, 1.0])
+def test_ids_are_positive_int64(client: Client, bad: Any) -> None:
+    with pytest.raises(UsageError, match="is not a task id"):
+        client.kill([bad])
+
+
+def _claim(pg_project: Any, dbname: str, *, start: int | None = None) -> Any:
+    """A launcher of the owner's claims the READY tasks (and reports one started)."""
+    from balsam_mpi import db
+    from balsam_mpi.protocol import Started
+    from balsam_mpi.store import ClaimFilter, Store
+
+    store = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
+    lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",
+                           nodes=1, ranks=1, filters=ClaimFilter(), wall_time_min=None,
+                           lease_sec=60)
+    store.claim(lease, limit=100, capacity=100.0, max_need=1.0, filters=ClaimFilter())
+    if start is not None:
+        store.report(lease, [Started(start, lease.epoch, 1_900_000_000.0)], [])
+    return store, lease
+
+
+def test_a_claimed_task_is_treated_as_started(client: Client, pg_project: Any,
+                                              dbname: str) -> None:
+    """`modify` of a claimed task reported success but it ran with the old values; `dep`
+    onto one let it run before its new parent. Both are refused now, naming the job."""
+    a, b = client.add_tasks([{"app": "hello", "workflow": "w", "params": {"who": "x"}}] * 2)
+    store, lease = _claim(pg_project, dbname)
+    try:
+        done = client.update([a], params={"who": "y"})
+        assert done == [] and done.refused == {
+            a: f"claimed by batch job {lease.job_id} (it may start at any moment)"}
+        assert client.get(a)["params"] == {"who": "x"}
+        assert client.update([a], priority=4, tags={"k": "v"}) == [a]  # plain columns
+        [parent] = client.add_tasks([{"app": "plain", "workflow": "w"}])
+        with pytest.raises(Conflict, match=f"claimed by batch job {lease.job_id}"):
+            client.add_dependency(parent, b)
+        assert client.get(b)["parents"] == [] and client.get(b)["state"] == "READY"
+    finally:
+        store.close()
+
+
+def test_rm_of_a_running_task_has_its_launcher_stop_it(client: Client, pg_project: Any,
+                                                       dbname: str) -> None:
+    """`task rm` of a RUNNING task left its process running: the task is deleted and its
+    launcher's kill poll reports it, so the launcher stops the process."""
+    a, b, c = client.add_tasks([{"app": "plain", "workflow": "w"}] * 3)
+    store, lease = _claim(pg_project, dbname, start=a)
+    try:
+        assert store.kills(lease, [a, b, c]) == []
+        gone = client.delete([a, b])
+        assert sorted(gone) == [a, b]
+        assert gone.how == {a: "deleted (its launcher stops it)",
+                            b: "deleted (its launcher stops it)"}
+        assert sorted(store.kills(lease, [a, b, c])) == [a, b]
+        assert client.delete([a]).refused == {a: "no such task"}  # what the db did: nothing
+    finally:
+        store.close()
+
+
+def test_modify_sets_every_modifiable_field(client: Client) -> None:
+    [a] = client.add_tasks([{"app": "hello", "workflow": "w", "params": {"who": "x"}}])
+    changes: dict[str, Any] = {
+        "workflow": "w2", "name": "n", "params": {"who": "y"}, "args": ["-v", "two words"],
+        "tags": {"k": "v"}, "env": {"OMP_NUM_THREADS": "4"}, "data": {"x": [1, 2]},
+        "input_files": ["*.dat"], "num_nodes": 2, "ranks_per_node": 4,
+        "threads_per_rank": 2, "gpus_per_rank": 1, "node_packing_count": 1,
+        "wall_time_min": 1.5, "priority": -3, "error_retry_limit": 2,
+        "timeout_retry_limit": 1, "lost_retry_limit": 0, "fail_with_parents": False}
+    assert client.update(a, **changes) == [a]
+    row = client.get(a)
+    assert {k: row[k] for k in changes} == changes
+    done = client.update([a, 999_999], priority=1)
+    assert done == [a] and done.refused == {999_999: "no such task"}

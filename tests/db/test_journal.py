@@ -175,13 +175,13 @@ def test_replay_is_idempotent_and_resumes_where_it_stopped(
     assert events == (4,)
 
 
-def test_what_the_live_leader_wrote_is_not_applied_again(
+def test_what_the_live_leader_wrote_is_not_applied_again(su: Any,
         store: Store, conn: Any, tmp_path: Path) -> None:
     """An error, a retry under the same batch job and epoch, then a success that never
     reached the database: the replay must not apply the first run's reports to the
     second run (they were written live; their groups are skipped)."""
     [a] = add_tasks(conn, 1)
-    conn.execute("UPDATE tasks SET error_retry_limit = 1 WHERE id = %s", (a,))
+    su.execute("UPDATE tasks SET error_retry_limit = 1 WHERE id = %s", (a,))
     dead = open_lease(store)
     journal = Journal(tmp_path, dead.job_id, dead.epoch, store.journal_key(dead))
     claim(store, dead, 1)
@@ -203,12 +203,12 @@ def test_what_the_live_leader_wrote_is_not_applied_again(
     assert row == ("JOB_FINISHED", 1, T0 + 2)
 
 
-def test_a_task_twice_in_unwritten_groups_is_applied_group_by_group(
+def test_a_task_twice_in_unwritten_groups_is_applied_group_by_group(su: Any,
         store: Store, conn: Any) -> None:
     """Defensive: should one task appear in several unwritten groups, they go in order
     (all at once, one UPDATE would pick an arbitrary row per task)."""
     [a] = add_tasks(conn, 1)
-    conn.execute("UPDATE tasks SET error_retry_limit = 1 WHERE id = %s", (a,))
+    su.execute("UPDATE tasks SET error_retry_limit = 1 WHERE id = %s", (a,))
     dead = open_lease(store)
     key = store.journal_key(dead)
     claim(store, dead, 1)

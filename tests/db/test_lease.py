@@ -37,6 +37,14 @@ def add_tasks(conn: Any, n: int) -> list[int]:
     return [r[0] for r in rows]
 
 
+def as_superuser(conn: Any) -> Any:
+    """The database superuser on the same test database (the socket, peer)."""
+    import psycopg
+
+    return psycopg.connect(host=conn.info.host, port=conn.info.port, dbname=conn.info.dbname,
+                           user="balsam_superuser", autocommit=True)
+
+
 def open_lease(store: Store, lease_sec: float = 5.0) -> Lease:
     return store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",
                           nodes=1, ranks=1, filters=ClaimFilter(), wall_time_min=None,
@@ -49,15 +57,18 @@ def claim(store: Store, lease: Lease, limit: int) -> list[int]:
 
 
 def go_silent(conn: Any, lease: Lease, seconds: float = 3600) -> None:
-    """The leader stopped heartbeating `seconds` ago (by the server's clock)."""
-    conn.execute("UPDATE batch_jobs SET heartbeat_at = now() - make_interval(secs => %s) "
-                 "WHERE id = %s", (seconds, lease.job_id))
+    """The leader stopped heartbeating `seconds` ago (by the server's clock). Only the
+    launcher's functions write batch jobs (0007): forged here as the superuser."""
+    with as_superuser(conn) as su:
+        su.execute("UPDATE batch_jobs SET heartbeat_at = now() - make_interval(secs => %s) "
+                   "WHERE id = %s", (seconds, lease.job_id))
 
 
 def test_an_expired_lease_requeues_counts_and_marks_the_job_lost(store: Store,
                                                                 conn: Any) -> None:
     a, b, c = add_tasks(conn, 3)
-    conn.execute("UPDATE tasks SET lost_retries = lost_retry_limit WHERE id = %s", (b,))
+    with as_superuser(conn) as su:
+        su.execute("UPDATE tasks SET lost_retries = lost_retry_limit WHERE id = %s", (b,))
     dead = open_lease(store)
     assert claim(store, dead, 3) == [a, b, c]
     store.report(dead, [Started(a, dead.epoch, T0), Started(b, dead.epoch, T0)], [])
@@ -198,7 +209,10 @@ def test_a_job_row_held_by_another_transaction_is_skipped(store: Store, conn: An
     claim(store, lease, 1)
     store.report(lease, [Started(task, lease.epoch, T0)], [])
     go_silent(conn, lease)
-    with db.connect(pg_project, dbname=dbname) as other:  # a transaction of its own
+    from balsam_mpi.dbctl import lifecycle
+
+    info = pg_project.read_server_info()  # only the superuser may lock a batch job's row
+    with lifecycle.admin_connect(pg_project, info, dbname, autocommit=False) as other:
         other.execute("SELECT 1 FROM batch_jobs WHERE id = %s FOR UPDATE", (lease.job_id,))
         assert store.expire_leases() == []
         other.rollback()

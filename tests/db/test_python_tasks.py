@@ -179,10 +179,23 @@ def test_only_the_launcher_writes_results(client: Client, conn: Any) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("INSERT INTO tasks (workflow, app_id, result) VALUES ('w', %s, '2')",
                      (app,))
-    conn.execute("UPDATE tasks SET priority = 3 WHERE id = %s", (tid,))  # the rest is fine
     with pytest.raises(PermissionDenied):
         with db.translated():
             conn.execute("UPDATE tasks SET result = '1' WHERE id = %s", (tid,))
+
+
+def test_not_even_the_superuser_writes_a_result(client: Client, pg_project: Project,
+                                                dbname: str) -> None:
+    client.add_app("fit", python="pkg:fit")
+    [tid] = client.add_tasks([{"app": "fit", "workflow": "w"}])
+    admin = _admin(pg_project, dbname)  # no privilege stops it: only the trigger does
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="written only by"):
+            admin.execute("UPDATE tasks SET result = '1' WHERE id = %s", (tid,))
+        admin.execute("UPDATE tasks SET priority = 3 WHERE id = %s", (tid,))  # the rest is
+        assert client.get(tid)["priority"] == 3                             # fine
+    finally:
+        admin.close()
 
 
 # -- notifications -------------------------------------------------------------------
@@ -196,8 +209,16 @@ def _drain(listener: Any) -> list[str]:
     return [n.payload for n in listener.notifies(timeout=0.5)]
 
 
+def _admin(pg_project: Project, dbname: str) -> Any:
+    """The superuser: members may not write tasks directly (0007); triggers fire for all."""
+    from balsam_mpi.dbctl import lifecycle
+
+    return lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname)
+
+
 def test_final_states_are_notified_in_chunks_under_the_payload_limit(
-        conn: Any, pg_project: Project, dbname: str) -> None:
+        pg_project: Project, dbname: str) -> None:
+    conn = _admin(pg_project, dbname)
     app = conn.execute("INSERT INTO apps (name, command) VALUES ('a', 'true') RETURNING id"
                        ).fetchone()[0]
     ids = [r[0] for r in conn.execute(
@@ -208,6 +229,9 @@ def test_final_states_are_notified_in_chunks_under_the_payload_limit(
         conn.execute("UPDATE tasks SET priority = 1")  # nothing ends: nothing said
         conn.execute("UPDATE tasks SET state = 'RUNNING'")
         assert _drain(listener) == []
+        conn.execute("UPDATE tasks SET state = 'RUN_DONE' WHERE id <= %s", (ids[899],))
+        conn.execute("UPDATE tasks SET state = 'RUN_ERROR' WHERE id = %s", (ids[900],))
+        assert _drain(listener) == []  # not final yet
         conn.execute("UPDATE tasks SET state = 'JOB_FINISHED' WHERE id <= %s", (ids[899],))
         conn.execute("UPDATE tasks SET state = 'FAILED' WHERE id = %s", (ids[900],))
         conn.execute("UPDATE tasks SET state = 'USER_KILLED' WHERE id = %s", (ids[901],))
@@ -221,6 +245,7 @@ def test_final_states_are_notified_in_chunks_under_the_payload_limit(
         assert _drain(listener) == [str(ids[950])]  # only the one that had not ended
     finally:
         listener.close()
+        conn.close()
 
 
 def test_the_caps_in_the_database_are_those_of_limits(conn: Any) -> None:

@@ -40,15 +40,15 @@ def kill(conn: Any, task: int) -> None:
                  "WHERE id = %s", (task,))
 
 
-def test_a_task_killed_before_its_start_was_written_keeps_its_run(store: Store,
-                                                                    conn: Any) -> None:
+def test_a_task_killed_before_its_start_was_written_keeps_its_run(
+        store: Store, conn: Any, su: Any) -> None:
     """It ran to exit 0 on its node while the kill was being written: history shows the
     run (RUNNING and RUN_DONE at the node's times, exit code 0); it stays USER_KILLED."""
     a, b = add_tasks(conn, 2)
     lease = open_lease(store)
     claim(store, lease, 2)
-    kill(conn, a)
-    kill(conn, b)
+    kill(su, a)
+    kill(su, b)
     store.report(lease, [Started(a, lease.epoch, T0), Started(b, lease.epoch, T0)], [
         Finished(a, lease.epoch, int(EndKind.DONE), 0, T0, T0 + 2),
         Finished(b, lease.epoch, int(EndKind.KILLED), -15, T0, T0 + 3, "term")])
@@ -68,13 +68,13 @@ def test_a_task_killed_before_its_start_was_written_keeps_its_run(store: Store,
     assert len(history(conn, a)) == 4
 
 
-def test_a_task_killed_while_running_takes_its_end_time_and_exit_code(store: Store,
-                                                                      conn: Any) -> None:
+def test_a_task_killed_while_running_takes_its_end_time_and_exit_code(
+        store: Store, conn: Any, su: Any) -> None:
     [a] = add_tasks(conn, 1)
     lease = open_lease(store)
     claim(store, lease, 1)
     store.report(lease, [Started(a, lease.epoch, T0)], [])
-    kill(conn, a)
+    kill(su, a)
     store.report(lease, [], [Finished(a, lease.epoch, int(EndKind.DONE), 0, T0, T0 + 1)])
     # The kill's own event ends the run (no second end: utilization counts each run once).
     assert [h[:2] for h in history(conn, a)] == [
@@ -84,9 +84,9 @@ def test_a_task_killed_while_running_takes_its_end_time_and_exit_code(store: Sto
     assert row == ("USER_KILLED", 0, T0 + 1)
 
 
-def test_a_dead_workers_tasks_are_lost_and_counted(store: Store, conn: Any) -> None:
+def test_a_dead_workers_tasks_are_lost_and_counted(su: Any, store: Store, conn: Any) -> None:
     a, b = add_tasks(conn, 2)
-    conn.execute("UPDATE tasks SET lost_retries = lost_retry_limit WHERE id = %s", (b,))
+    su.execute("UPDATE tasks SET lost_retries = lost_retry_limit WHERE id = %s", (b,))
     lease = open_lease(store)
     claim(store, lease, 2)
     store.report(lease, [Started(a, lease.epoch, T0), Started(b, lease.epoch, T0)], [])
@@ -100,9 +100,9 @@ def test_a_dead_workers_tasks_are_lost_and_counted(store: Store, conn: Any) -> N
     assert got[b] == ("FAILED", 3, None, "lost: " + why)
 
 
-def test_a_task_the_launcher_refuses_fails_with_why(store: Store, conn: Any) -> None:
+def test_a_task_the_launcher_refuses_fails_with_why(su: Any, store: Store, conn: Any) -> None:
     [a] = add_tasks(conn, 1)
-    conn.execute("UPDATE tasks SET error_retry_limit = 5 WHERE id = %s", (a,))
+    su.execute("UPDATE tasks SET error_retry_limit = 5 WHERE id = %s", (a,))
     lease = open_lease(store)
     claim(store, lease, 1)
     why = "cannot prepare the task: env: 'A=B' is not a valid environment variable name"
@@ -114,13 +114,13 @@ def test_a_task_the_launcher_refuses_fails_with_why(store: Store, conn: Any) -> 
     assert history(conn, a)[-1][:2] == ("RUN_ERROR", "FAILED")
 
 
-def test_the_claim_carries_priority_order_and_input_files(store: Store, conn: Any) -> None:
+def test_the_claim_carries_priority_order_and_input_files(su: Any, store: Store, conn: Any) -> None:
     p1, p2, child, low = add_tasks(conn, 4)
-    conn.execute("UPDATE tasks SET name = 'par', workflow = 'up' WHERE id IN (%s, %s)",
+    su.execute("UPDATE tasks SET name = 'par', workflow = 'up' WHERE id IN (%s, %s)",
                  (p1, p2))
-    conn.execute("UPDATE tasks SET input_files = '{*.txt,x}', priority = 5 WHERE id = %s",
+    su.execute("UPDATE tasks SET input_files = '{*.txt,x}', priority = 5 WHERE id = %s",
                  (child,))
-    conn.execute("INSERT INTO task_deps VALUES (%s, %s), (%s, %s)", (child, p2, child, p1))
+    su.execute("INSERT INTO task_deps VALUES (%s, %s), (%s, %s)", (child, p2, child, p1))
     lease = open_lease(store)
     rows = store.claim(lease, limit=10, capacity=10.0, max_need=1.0, filters=ClaimFilter())
     assert [r.id for r in rows] == [child, p1, p2, low]  # priority, then id
@@ -133,10 +133,10 @@ def test_the_claim_carries_priority_order_and_input_files(store: Store, conn: An
     assert rows[1].parents is None and rows[1].input_files == []
 
 
-def test_work_other_running_jobs_hold_is_seen_with_their_heartbeat(store: Store,
+def test_work_other_running_jobs_hold_is_seen_with_their_heartbeat(su: Any, store: Store,
                                                                    conn: Any) -> None:
     a, b = add_tasks(conn, 2)
-    conn.execute("UPDATE tasks SET workflow = 'other' WHERE id = %s", (b,))
+    su.execute("UPDATE tasks SET workflow = 'other' WHERE id = %s", (b,))
     dead = open_lease(store, lease_sec=60)
     claim(store, dead, 2)
     store.report(dead, [Started(a, dead.epoch, T0)], [])

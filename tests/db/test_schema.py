@@ -44,12 +44,15 @@ def test_install_is_idempotent_and_versioned(pg_project: Project, dbname: str) -
         assert schema.verify(conn) == []
 
 
-def test_events_written_in_bulk_for_inserts_and_state_changes(conn: psycopg.Connection) -> None:
+def test_events_written_in_bulk_for_inserts_and_state_changes(
+        pg_project: Project, dbname: str, conn: psycopg.Connection) -> None:
     app_id = conn.execute("INSERT INTO apps (name, command) VALUES ('a', 'true') RETURNING id"
                           ).fetchone()[0]
     conn.execute("INSERT INTO tasks (workflow, app_id, state) SELECT 'w', %s, 'READY' "
                  "FROM generate_series(1, 50)", (app_id,))
-    conn.execute("UPDATE tasks SET state = 'RUNNING', started_at = '2026-01-01T00:00:00Z'")
+    info = pg_project.read_server_info()
+    with lifecycle.admin_connect(pg_project, info, dbname) as admin:  # as a launcher would
+        admin.execute("UPDATE tasks SET state = 'RUNNING', started_at = '2026-01-01T00:00:00Z'")
     conn.execute("UPDATE tasks SET data = '{\"x\": 1}'")  # no state change: no event
     rows = conn.execute("SELECT to_state, count(*), min(at) FROM task_events "
                         "GROUP BY to_state ORDER BY to_state").fetchall()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from balsam_mpi import Client, db, results, waiting
 from balsam_mpi.cli import cli
-from balsam_mpi.errors import NotFound, UsageError
+from balsam_mpi.errors import NotFound, PermissionDenied, UsageError
 from balsam_mpi.executor import Executor
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
@@ -149,14 +149,23 @@ def test_no_wake_up_is_lost_between_the_read_and_the_sleep(
     assert client.result(tid, timeout=20) == "caught"
 
 
-def test_a_notification_is_only_a_hint(client: Client, conn: Any,
-                                       launcher: FakeLauncher) -> None:
+def test_a_notification_is_only_a_hint(client: Client, conn: Any, pg_project: Project,
+                                       dbname: str, launcher: FakeLauncher) -> None:
+    from balsam_mpi.dbctl import lifecycle
+
     ids = add(client, 2)
-    for payload in (f"{ids[0]},{ids[1]}", "x,,-1,99999999999999999999999", ""):
-        launcher.later(0.1, lambda p=payload: conn.execute(  # type: ignore[misc]
-            "SELECT pg_notify('balsam_task_final', %s)", (p,)))
-    with pytest.raises(waiting.WaitTimeout):
-        client.wait(ids, timeout=1.0)  # woken, read them: still READY
+    with pytest.raises(PermissionDenied), db.translated():  # members may not NOTIFY (0007)
+        conn.execute("SELECT pg_notify('balsam_task_final', %s)", (str(ids[0]),))
+    # Whoever may (the superuser here) still only gives hints: the waiter reads the tasks.
+    admin = lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname)
+    try:
+        for payload in (f"{ids[0]},{ids[1]}", "x,,-1,99999999999999999999999", ""):
+            launcher.later(0.1, lambda p=payload: admin.execute(  # type: ignore[misc]
+                "SELECT pg_notify('balsam_task_final', %s)", (p,)))
+        with pytest.raises(waiting.WaitTimeout):
+            client.wait(ids, timeout=1.0)  # woken, read them: still READY
+    finally:
+        admin.close()
 
 
 def test_unknown_and_deleted_tasks_are_not_found(client: Client,

@@ -285,7 +285,7 @@ def test_wall_time_is_respected_by_claims_and_the_drain(conn: Any, dbname: str) 
     launcher drains (drain_grace_s before it) and requeues what runs, uncounted."""
     [fits] = add(conn, 1, command="sleep 60", app="cut")
     [too_long] = add(conn, 1, command="true", app="long")
-    conn.execute("UPDATE tasks SET wall_time_min = 5 WHERE id = %s", (too_long,))
+    conn.execute("SELECT * FROM tasks_modify(%s::bigint[], '{\"wall_time_min\": 5}')", ([too_long],))
     argv = [MPIEXEC, "-n", "1", sys.executable, "-m", "balsam_mpi", "--idle-timeout", "0",
             "--time-limit-min", "0.6"]
     env = dict(os.environ, BALSAM_DRAIN_GRACE_S="33", BALSAM_KILL_GRACE_S="2")

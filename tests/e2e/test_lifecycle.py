@@ -164,8 +164,9 @@ def test_task_kill_from_the_cli_stops_a_running_task(conn: Any, dbname: str) -> 
 def test_overrunning_its_own_wall_time_is_retried_then_fails(conn: Any,
                                                              dbname: str) -> None:
     [task] = add(conn, 1, command="sleep 60", app="slow")
-    conn.execute("UPDATE tasks SET wall_time_min = 0.02, timeout_retry_limit = 1 "
-                 "WHERE id = %s", (task,))  # 1.2 s, one retry
+    conn.execute("SELECT * FROM tasks_modify(%s::bigint[], "
+                 "'{\"wall_time_min\": 0.02, \"timeout_retry_limit\": 1}')",
+                 ([task],))  # 1.2 s, one retry
     wait_end(start(1, "--idle-timeout", "0", BALSAM_KILL_GRACE_S="2"))
     row = conn.execute("SELECT state::text, timeout_retries, error_retries, lost_retries, "
                        "batch_job_id FROM tasks").fetchone()
@@ -183,7 +184,7 @@ def test_a_one_minute_launcher_over_two_minute_tasks(conn: Any, dbname: str) -> 
     and are runnable again with no counter spent; the batch job ends within its time."""
     long_tasks = add(conn, 2, command="sleep 120", app="two_minutes")
     [too_long] = add(conn, 1, command="true", app="never")
-    conn.execute("UPDATE tasks SET wall_time_min = 2 WHERE id = %s", (too_long,))
+    conn.execute("SELECT * FROM tasks_modify(%s::bigint[], '{\"wall_time_min\": 2}')", ([too_long],))
     wait_end(start(2, "--idle-timeout", "0", "--time-limit-min", "1",
                    BALSAM_DRAIN_GRACE_S="50", BALSAM_KILL_GRACE_S="2"), timeout=120)
     rows = {r[0]: r[1:] for r in conn.execute(

@@ -29,9 +29,10 @@ HELLO = textwrap.dedent("""\
     sys.stdout.flush()
 """)
 
-# Which launcher rank started this task: its parent is the rank (the exec trampoline
-# becomes the task), whose environment still has the launcher's PMI_RANK.
-WHERE = "sh -c 'tr \"\\000\" \"\\n\" < /proc/$PPID/environ | grep ^PMI_RANK= ; sleep 0.3'"
+# Which launcher rank started this task: its parent is the task trampoline, whose parent
+# is the rank, whose environment still has the launcher's PMI_RANK.
+WHERE = ("sh -c 'rank=$(cut -d\" \" -f4 /proc/$PPID/stat); "
+         "tr \"\\000\" \"\\n\" < /proc/$rank/environ | grep ^PMI_RANK= ; sleep 0.3'")
 
 
 def launcher(ranks: int, *args: str, env: dict[str, str] | None = None,

@@ -89,14 +89,15 @@ def test_a_task_adds_a_hundred_children(conn: Any, dbname: str, pg_project: Any,
 
 
 # Each spawner adds one child and says which launcher rank's node it ran on (its parent
-# is the rank, whose environment still has PMI_RANK).
+# is the task trampoline, whose parent is the rank, whose environment still has PMI_RANK).
 ONE = textwrap.dedent("""\
     import os
     from balsam_mpi import task_api
     me = task_api.task_id()
     [kid] = task_api.add_tasks([{"app": "child", "workflow": os.environ["BALSAM_DB_NAME"],
                                  "name": "kid", "params": {"n": me}, "parents": [me]}])
-    env = open(f"/proc/{os.getppid()}/environ", "rb").read().split(b"\\0")
+    rank_pid = open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1]
+    env = open(f"/proc/{rank_pid}/environ", "rb").read().split(b"\\0")
     rank = [v for v in env if v.startswith(b"PMI_RANK=")][0].decode()
     print(rank, kid)
 """)

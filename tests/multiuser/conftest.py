@@ -41,6 +41,8 @@ OUTSIDER = "outsider" if PREFIX == "proj" else f"{PREFIX}_outsider"
 IN_GROUP = (OWNER, MEMBER, MEMBER2, VIEWER, LEAVER)
 VENV_BASE = Path("/opt/balsam-mpi-test" if PREFIX == "proj" else f"/opt/balsam-mpi-test-{PREFIX}")
 SYSTEM_PYTHON = "/usr/bin/python3"
+DEPS = ("setuptools>=68", "wheel", "psycopg[binary]", "click", "mpi4py", "mpich")
+DEPS_TAG = hashlib.sha256(" ".join(DEPS).encode()).hexdigest()[:8]
 
 
 def _skip_reason() -> str | None:
@@ -115,7 +117,7 @@ def shared_venv() -> Path:
     VENV_BASE.mkdir(exist_ok=True)
     os.chmod(VENV_BASE, 0o755)
     venv = VENV_BASE / "venv"
-    deps_mark = venv / f".deps-{_hash([REPO / 'pyproject.toml'])}"
+    deps_mark = venv / f".deps-{_hash([REPO / 'pyproject.toml'])}-{DEPS_TAG}"
     src_tag = _hash(_source_files())
     src_mark = venv / f".src-{src_tag}"
     with open(VENV_BASE / ".lock", "w") as lock:
@@ -125,8 +127,9 @@ def shared_venv() -> Path:
                 shutil.rmtree(venv, ignore_errors=True)
                 subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True,
                                capture_output=True)
-                # No mpi4py/numpy: these tests drive dbctl and the database, not launchers.
-                _pip(venv, "setuptools>=68", "wheel", "psycopg[binary]", "click")
+                # mpi4py with the mpich wheel: the planted-path tests run launchers as
+                # these users (single rank, no mpiexec). No numpy: no reports here.
+                _pip(venv, *DEPS)
                 deps_mark.touch()
             if not src_mark.exists():
                 src = VENV_BASE / f"src-{src_tag}"

@@ -3,6 +3,7 @@ clear line (a one-line CLI error, or the server's one-line refusal)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -34,13 +35,15 @@ def _refused(result: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tasks(mu: Runner, enrolled: Steps) -> dict[str, int]:
-    """An app (by the owner), a task of MEMBER2 and a running batch job of theirs."""
+    """An app (by the owner), a task of MEMBER2 and a running batch job of theirs (opened
+    as their launcher opens it: members write batch jobs only through functions)."""
     _ok(mu.probe(OWNER, ["INSERT INTO apps (name, command) VALUES ('hello', 'echo') "
                          "ON CONFLICT (name) DO NOTHING"]))
     made = mu.probe(MEMBER2, [
         "INSERT INTO tasks (workflow, app_id, state) SELECT 'w', id, 'READY' FROM apps "
         "WHERE name = 'hello' RETURNING id",
-        "INSERT INTO batch_jobs (state) VALUES ('RUNNING') RETURNING id"])
+        "SELECT job_id FROM launcher_open_job(NULL, 'local', NULL, 'h', 1, 1, '{}', NULL, "
+        "3600)"])
     return {"task": _ok(made, 0)[0][0], "job": _ok(made, 1)[0][0]}
 
 
@@ -92,19 +95,27 @@ def test_member_cannot_run_ddl_grant_themselves_or_run_programs(mu: Runner,
 
 def test_member_cannot_touch_another_members_task(mu: Runner, tasks: dict[str, int]) -> None:
     task = tasks["task"]
-    result = mu.probe(MEMBER, [
+    # No table-level UPDATE or DELETE on tasks (migrations/0007): refused outright.
+    _refused(mu.probe(MEMBER, [
         ("UPDATE tasks SET state = 'USER_KILLED' WHERE id = %s", [task]),
         ("UPDATE tasks SET args = '{rm,-rf}' WHERE id = %s", [task]),
         ("DELETE FROM tasks WHERE id = %s", [task]),
+    ]))
+    result = mu.probe(MEMBER, [
+        ("UPDATE tasks SET priority = 3 WHERE id = %s", [task]),  # a plain column: not theirs
+        ("SELECT outcome FROM tasks_kill(%s::bigint[])", [[task]]),
         ("SELECT state::text, args FROM tasks WHERE id = %s", [task]),
     ])
-    assert [r["rowcount"] for r in result["results"][:3]] == [0, 0, 0]  # "UPDATE 0"
-    assert _ok(result, 3) == [["READY", []]]  # readable, untouched
+    assert result["results"][0]["rowcount"] == 0  # "UPDATE 0"
+    assert _ok(result, 1) == [[f"not yours (owner {MEMBER2})"]]
+    assert _ok(result, 2) == [["READY", []]]  # readable, untouched
     assert _refused(mu.probe(MEMBER2, [("UPDATE tasks SET owner = %s WHERE id = %s",
                                         [MEMBER, task])]))
-    # The owner may change any task.
+    # The owner may change any task: plain columns directly, the rest through functions.
     assert mu.probe(OWNER, [("UPDATE tasks SET priority = 7 WHERE id = %s", [task])]
                     )["results"][0]["rowcount"] == 1
+    assert _ok(mu.probe(OWNER, [("SELECT outcome FROM tasks_modify(%s::bigint[], "
+                                 "'{\"args\": [\"-v\"]}')", [[task]])])) == [["modified"]]
 
 
 def test_member_cannot_forge_another_launchers_heartbeat(mu: Runner,
@@ -112,9 +123,8 @@ def test_member_cannot_forge_another_launchers_heartbeat(mu: Runner,
     job = tasks["job"]
     [line] = _refused(mu.probe(MEMBER, [("SELECT batch_job_heartbeat(%s)", [job])]))
     assert f"belongs to {MEMBER2}" in line
-    direct = mu.probe(MEMBER, [("UPDATE batch_jobs SET heartbeat_at = now() WHERE id = %s",
-                                [job])])
-    assert direct["results"][0]["rowcount"] == 0
+    _refused(mu.probe(MEMBER, [("UPDATE batch_jobs SET heartbeat_at = now() WHERE id = %s",
+                                [job])]))
     assert _ok(mu.probe(MEMBER2, [("SELECT batch_job_heartbeat(%s)", [job])]))
     # The launcher's own functions (0004) follow the same rule.
     before = _ok(mu.probe(VIEWER, [("SELECT heartbeat_at::text, lease_epoch FROM batch_jobs "
@@ -149,22 +159,32 @@ def test_viewer_reads_and_cannot_write(mu: Runner, tasks: dict[str, int]) -> Non
     ], route="tcp"))
 
 
-def test_planted_or_symlinked_requests_are_refused(mu: Runner, enrolled: Steps) -> None:
+@pytest.mark.parametrize("plant", [
+    "umask 027; printf '%s' '{{}}' > {target}",  # a file
+    "ln -s /home/{member2}/x {target}",  # a symlink
+    "mkfifo -m 0640 {target}",  # a FIFO (it must not hang the owner)
+    "mkdir {target}",  # a directory
+], ids=["file", "symlink", "fifo", "directory"])
+def test_a_request_planted_under_another_users_name_is_reported_and_cleared(
+        mu: Runner, enrolled: Steps, plant: str) -> None:
+    """A member's access/<user>.json blocked that user's own request until the owner
+    deleted it by hand: the owner is told who planted it, and add-user removes it."""
     assert mu.project is not None
     target = mu.project / "access" / f"{LEAVER}.json"
-    target.unlink(missing_ok=True)
-    plant = mu.bash(MEMBER2, f"umask 027; printf '%s' '{{}}' > {target}")
-    assert plant.returncode == 0, plant.stderr
-    try:
-        assert "belongs to uid" in one_line(mu.dbctl(OWNER, "add-user", LEAVER))
-    finally:
-        target.unlink()
-    link = mu.bash(MEMBER2, f"ln -s /home/{MEMBER2}/x {target}")
-    assert link.returncode == 0, link.stderr
-    try:
-        assert "symlink" in one_line(mu.dbctl(OWNER, "add-user", LEAVER))
-    finally:
-        target.unlink()
+    mu.dbctl(OWNER, "drop-user", LEAVER)  # not authorized: their request goes by file
+    made = mu.bash(MEMBER2, plant.format(target=target, member2=MEMBER2))
+    assert made.returncode == 0, made.stderr
+    blocked = one_line(mu.dbctl(LEAVER, "request-access"))
+    assert "already exists and belongs to uid" in blocked
+    assert f"`balsam-dbctl add-user {LEAVER}`, which removes it" in blocked
+    users = {u["role"]: u for u in json.loads(mu.dbctl(OWNER, "users", "--json").stdout)}
+    assert "planted by uid" in users[LEAVER]["state"]
+    added = mu.dbctl(OWNER, "add-user", LEAVER)
+    assert added.returncode == 0, added.stderr
+    assert f"it was made by {MEMBER2} (uid" in added.stdout and f"not {LEAVER}" in added.stdout
+    assert not os.path.lexists(target)
+    again = mu.dbctl(LEAVER, "request-access")  # on the server's host: over the socket
+    assert again.returncode == 0 and f"enrolled {LEAVER}" in again.stderr, again.stderr
 
 
 def test_member_cannot_rename_or_replace_control_files(mu: Runner, enrolled: Steps) -> None:

@@ -58,7 +58,7 @@ def test_argv_env_and_output_files(tmp_path: Path, die: bool) -> None:
 def test_exit_code_and_tail(tmp_path: Path, die: bool) -> None:
     proc = start(tmp_path, ("sh", "-c", "echo out; echo bad thing >&2; exit 3"), die)
     assert wait(proc) == 3
-    assert runner.output_tail(proc.spec.cwd) == "bad thing\n"
+    assert runner.output_tail(proc) == "bad thing\n"
 
 
 def test_a_missing_program_is_a_start_error(tmp_path: Path) -> None:

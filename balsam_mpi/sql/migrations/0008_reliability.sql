@@ -18,6 +18,13 @@
 -- recomputes it, so a group member who writes a file into the project cannot make a
 -- journal say that someone else's tasks finished. Nobody but balsam_objects reads this
 -- table: the definer functions below are the only way in.
+-- A run that ended well while its batch job was cut off from the database is written from
+-- that job's journal even after the lease sweep requeued the task (nobody claimed it
+-- since): RESTART_READY goes straight to the run's end state (models.TRANSITIONS).
+INSERT INTO task_transitions (from_state, to_state)
+VALUES ('RESTART_READY', 'RUN_DONE'), ('RESTART_READY', 'RUN_ERROR'),
+       ('RESTART_READY', 'RUN_TIMEOUT');
+
 CREATE TABLE launcher_journals (
     job_id        bigint NOT NULL REFERENCES batch_jobs (id) ON DELETE CASCADE,
     lease_epoch   bigint NOT NULL,

@@ -106,9 +106,15 @@ END $$;
 -- notifies their ids on one channel, whoever wrote it (a launcher's flush, a kill, the
 -- DAG failing descendants). Payloads are comma-separated ids, 350 to a notification, so
 -- each stays under Postgres' 8000-byte limit (ids are at most 19 digits). Listeners
--- treat them as hints and read the states themselves: anyone may NOTIFY any channel.
--- Notifications go out when the transaction commits, so a listener never reads a
--- state (or a result) that is not there yet.
+-- treat them as hints and read the states themselves. Notifications go out when the
+-- transaction commits, so a listener never reads a state (or a result) that is not
+-- there yet. pg_notify is nobody's since 0007 (members may not NOTIFY); these triggers
+-- run as balsam_objects, which gets it here. A catalog function belongs to the
+-- bootstrap superuser, so the grant runs as it (the migration's connection), as in 0007.
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION pg_notify(text, text) TO balsam_objects;
+SET ROLE balsam_objects;
+
 CREATE FUNCTION tasks_notify_final() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE

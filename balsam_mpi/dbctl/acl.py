@@ -1,0 +1,415 @@
+"""POSIX ACLs on the project's shared directories: who in the group may not write.
+
+A read-only viewer must be in the project's UNIX group (they need the socket and
+``server-info.json``), and users on HPC systems cannot make groups of their own, so group
+permissions cannot tell a viewer from a member. A named-user ACL entry can: ``u:VIEWER:r-x``
+on ``data/``, ``log/``, ``qsubmit/`` (and ``access/`` once they are enrolled) is checked
+before the group entry, so the viewer reads but cannot create, rename or delete anything
+there, and the same entry in the *default* ACL is inherited by every directory and file
+made inside afterwards. ``chmod`` (the runner's 2770, ``fix-perms``) only moves the ACL
+mask, which a named ``r-x`` entry never exceeds.
+
+The entries are also the record the launcher reads: a uid with a named entry lacking
+``w`` on ``data/`` is *barred*, and any path component it owns is refused (``safefs``).
+
+The kernel's xattr format (``linux/posix_acl_xattr.h``): a little-endian u32 version (2),
+then ``(u16 tag, u16 perm, u32 id)`` entries sorted by tag, then id. ``os.setxattr`` is
+all it takes; no ``acl`` package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ProjectError
+from ..project import Project
+
+ACCESS = "system.posix_acl_access"
+DEFAULT = "system.posix_acl_default"
+VERSION = 2
+USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+UNDEFINED = 0xFFFFFFFF
+R, W, X = 4, 2, 1
+READ_ONLY = R | X  # what a barred user keeps on a directory (masked to r-- on files)
+# The project's shared directories. access/ is handled apart: a viewer writes their own
+# enrollment request there until they are enrolled.
+SHARED = ("data", "log", "qsubmit")
+ACCESS_DIR = "access"
+_NO_SUPPORT = {errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+@dataclass(frozen=True, order=True)
+class Entry:
+    tag: int
+    id: int
+    perm: int
+
+
+def decode(blob: bytes) -> list[Entry]:
+    if len(blob) < 4 or (len(blob) - 4) % 8:
+        raise ValueError("not a POSIX ACL")
+    (version,) = struct.unpack_from("<I", blob)
+    if version != VERSION:
+        raise ValueError(f"POSIX ACL version {version}")
+    out = []
+    for off in range(4, len(blob), 8):
+        tag, perm, ident = struct.unpack_from("<HHI", blob, off)
+        out.append(Entry(tag, ident, perm))
+    return out
+
+
+def encode(entries: Iterable[Entry]) -> bytes:
+    return struct.pack("<I", VERSION) + b"".join(
+        struct.pack("<HHI", e.tag, e.perm, e.id) for e in sorted(entries))
+
+
+def from_mode(mode: int) -> list[Entry]:
+    """The three entries a mode stands for (an object without an ACL)."""
+    return [Entry(USER_OBJ, UNDEFINED, (mode >> 6) & 7),
+            Entry(GROUP_OBJ, UNDEFINED, (mode >> 3) & 7),
+            Entry(OTHER, UNDEFINED, mode & 7)]
+
+
+def _get(target: int | str, name: str) -> bytes:
+    if isinstance(target, int):
+        return os.getxattr(target, name)
+    return os.getxattr(target, name, follow_symlinks=False)
+
+
+def read(target: int | str, name: str = ACCESS) -> list[Entry] | None:
+    """The ACL ``name`` of an fd or path (not following a last symlink); None if unset."""
+    try:
+        return decode(_get(target, name))
+    except OSError as exc:
+        if exc.errno == errno.ENODATA or exc.errno in _NO_SUPPORT:
+            return None
+        raise
+
+
+def supported(target: int | str) -> bool:
+    """Whether the filesystem holding ``target`` keeps POSIX ACLs."""
+    try:
+        _get(target, ACCESS)
+    except OSError as exc:
+        return exc.errno not in _NO_SUPPORT
+    return True
+
+
+def barred(entries: Iterable[Entry] | None) -> frozenset[int]:
+    """uids with a named entry that does not allow writing."""
+    return frozenset(e.id for e in entries or () if e.tag == USER and not e.perm & W)
+
+
+def with_barred(entries: list[Entry], bar: Iterable[int] = (),
+                unbar: Iterable[int] = ()) -> list[Entry]:
+    """``entries`` with ``u:UID:r-x`` for every uid in ``bar`` and no named entry for any
+    uid in ``unbar``; the mask recomputed (the union of the group class, as setfacl does)
+    so a named entry is never cut below what it grants."""
+    bar, unbar = set(bar), set(unbar)
+    kept = [e for e in entries if e.tag != MASK and not (e.tag == USER and e.id in bar | unbar)]
+    kept += [Entry(USER, uid, READ_ONLY) for uid in bar]
+    named = [e for e in kept if e.tag in (USER, GROUP)]
+    if named:
+        group_class = 0
+        for e in kept:
+            if e.tag in (USER, GROUP, GROUP_OBJ):
+                group_class |= e.perm
+        kept.append(Entry(MASK, UNDEFINED, group_class))
+    return sorted(kept)
+
+
+def set_barred(fd: int, bar: Iterable[int] = (), unbar: Iterable[int] = (),
+               default: bool = True) -> bool:
+    """Apply :func:`with_barred` to the access ACL of ``fd`` (and its default ACL, for a
+    directory); True if anything changed."""
+    st = os.fstat(fd)
+    changed = False
+    names = [ACCESS] + ([DEFAULT] if default and stat.S_ISDIR(st.st_mode) else [])
+    for name in names:
+        existing = read(fd, name)
+        wanted = with_barred(existing or from_mode(stat.S_IMODE(st.st_mode)), bar, unbar)
+        if existing is None and name == ACCESS and len(wanted) == 3:
+            continue  # nothing named: the mode says it all
+        if existing is None or sorted(existing) != wanted:
+            os.setxattr(fd, name, encode(wanted))
+            changed = True
+    return changed
+
+
+def require_support(project_root: Path, who: str) -> None:
+    """Refuse a read-only viewer where the viewer could not be kept from writing."""
+    data = project_root / "data"
+    try:
+        ok = supported(str(data))
+    except OSError as exc:
+        raise ProjectError(f"cannot check ACL support on {data}: {exc.strerror}") from None
+    if not ok:
+        raise ProjectError(
+            f"refusing to add {who} read-only: the filesystem of {data} has no POSIX ACLs, "
+            "so a viewer in the project group could still write data/, log/ and qsubmit/ "
+            "(add them as a member, or move the project to a filesystem with ACLs)")
+
+
+def _open_dir(root: Path, name: str) -> int | None:
+    """A shared directory of the project, never through a symlink; None if missing."""
+    try:
+        rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProjectError(f"cannot open {root}: {exc.strerror}") from None
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=rfd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProjectError(f"refusing {root / name}: {exc.strerror} (a symlink? run "
+                           "`balsam-dbctl fix-perms`)") from None
+    finally:
+        os.close(rfd)
+
+
+@dataclass
+class Outcome:
+    changed: int = 0  # directories and files whose ACL changed
+    foreign: int = 0  # directories in data/ owned by someone else (left to their launchers)
+
+    def lines(self, what: str) -> list[str]:
+        if not self.changed and not self.foreign:
+            return []
+        line = f"{what}: ACL updated on {self.changed} paths"
+        if self.foreign:
+            line += (f"; {self.foreign} directories in data/ belong to other members, whose "
+                     "launchers update them as they pass, and refuse anything a barred "
+                     "user owns meanwhile")
+        return [line]
+
+
+def apply(project_root: Path, bar: Iterable[int] = (), unbar: Iterable[int] = (),
+          access: tuple[Iterable[int], Iterable[int]] | None = None) -> Outcome:
+    """Bar (or unbar) uids on the shared directories and on everything in ``data/`` the
+    caller owns; ``access`` = (bar, unbar) on ``access/``, or None to leave it. Walks with
+    file descriptors and never follows a symlink."""
+    bar, unbar = frozenset(bar), frozenset(unbar)
+    out = Outcome()
+    me = os.geteuid()
+    for name in SHARED:
+        fd = _open_dir(project_root, name)
+        if fd is None:
+            continue
+        try:
+            out.changed += set_barred(fd, bar, unbar)
+            if name == "data":
+                _apply_tree(fd, bar, unbar, me, out)
+        finally:
+            os.close(fd)
+    if access is not None:
+        fd = _open_dir(project_root, ACCESS_DIR)
+        if fd is not None:
+            try:
+                out.changed += set_barred(fd, access[0], access[1], default=False)
+            finally:
+                os.close(fd)
+    return out
+
+
+def _apply_tree(data_fd: int, bar: frozenset[int], unbar: frozenset[int], me: int,
+                out: Outcome) -> None:
+    """Everything below data/ that the caller owns: directories (access and default ACL)
+    and regular files (access ACL). Others' directories are counted, not entered for
+    writing (only their owner, or root, may change their ACL)."""
+    for _top, dirs, files, dfd in os.fwalk(".", dir_fd=data_fd, follow_symlinks=False):
+        for name in dirs:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_uid == me or me == 0:
+                    out.changed += set_barred(fd, bar, unbar)
+                else:
+                    out.foreign += 1
+            finally:
+                os.close(fd)
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dfd)
+                try:
+                    st = os.fstat(fd)
+                    if stat.S_ISREG(st.st_mode) and (st.st_uid == me or me == 0):
+                        out.changed += set_barred(fd, bar, unbar, default=False)
+                finally:
+                    os.close(fd)
+
+
+def barred_in(project_root: Path) -> frozenset[int]:
+    """The uids barred on ``data/`` (the record of who may not write)."""
+    fd = _open_dir(project_root, "data")
+    if fd is None:
+        return frozenset()
+    try:
+        return barred(read(fd))
+    finally:
+        os.close(fd)
+
+
+def init_defaults(path: Path) -> bool:
+    """At ``init``: a default ACL equal to the directory's mode, so what members create
+    inside gets the group's rights whatever their umask, and named entries added later are
+    inherited. False when the filesystem has no ACLs (nothing to do then)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not supported(fd):
+            return False
+        set_barred(fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+# -- the owner's commands (add-user, drop-user, fix-perms) ------------------------------
+def _uid(name: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def _has_acls(project_root: Path) -> bool:
+    try:
+        return supported(str(project_root / "data"))
+    except OSError:
+        return False
+
+
+def _reported(fn: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """The database change is done by then: an ACL that cannot be set is one line saying
+    so (and what to run), never a traceback."""
+
+    def wrapped(project_root: Path, name: str, **kw: bool) -> list[str]:
+        try:
+            return fn(project_root, name, **kw)
+        except (OSError, ProjectError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            return [f"could not update the ACL entries for {name} ({why}); run "
+                    "`balsam-dbctl fix-perms` once that is fixed"]
+
+    return wrapped
+
+
+@_reported
+def on_add_user(project_root: Path, name: str, *, read_only: bool, enrolled: bool
+                ) -> list[str]:
+    """After ``add-user``: a viewer is barred from the shared directories (and from
+    ``access/`` once enrolled: until then they must be able to leave a request there); a
+    member is unbarred everywhere (a former viewer or dropped user)."""
+    uid = _uid(name)
+    if uid is None or not _has_acls(project_root):
+        return []
+    if not read_only:
+        apply(project_root, unbar=[uid], access=((), [uid]))
+        return []  # a member writes like everyone in the group: nothing to say
+    out = apply(project_root, bar=[uid], access=([uid], ()) if enrolled else ((), [uid]))
+    lines = [f"{name} reads data/, log/ and qsubmit/ but cannot write there (ACL "
+             f"u:{name}:r-x)" + ("" if enrolled else
+                                 "; access/ stays writable for their enrollment request "
+                                 f"until `balsam-dbctl add-user {name} --read-only` or "
+                                 "`fix-perms` runs once they are enrolled")]
+    return lines + out.lines("read-only entries")
+
+
+@_reported
+def on_drop_user(project_root: Path, name: str) -> list[str]:
+    """After ``drop-user``: a dropped user who is still in the UNIX group reads the
+    project's files but writes nothing there any more, and the launchers refuse what they
+    made before."""
+    uid = _uid(name)
+    if uid is None:
+        return []
+    if not _has_acls(project_root):
+        return [f"this filesystem has no POSIX ACLs: remove {name} from the project's UNIX "
+                "group to stop them writing in data/"]
+    out = apply(project_root, bar=[uid], access=([uid], ()))
+    return [f"{name} can no longer write data/, log/, qsubmit/ or access/"] + out.lines(
+        "read-only entries")
+
+
+def group_members(gid: int) -> set[str]:
+    """Who the group database lists in ``gid`` (supplementary members: what an HPC
+    project group is; a site that does not enumerate its groups lists nobody)."""
+    import grp
+
+    try:
+        return set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return set()
+
+
+def bar_unauthorized(project_root: Path, gid: int, authorized: Iterable[str]) -> list[str]:
+    """At ``init`` (nobody authorized yet but the owner): everyone else in the group reads
+    the project's files and writes none of them until ``add-user`` makes them a member."""
+    if not _has_acls(project_root):
+        return []
+    uids = {u for n in group_members(gid) - set(authorized) if (u := _uid(n)) is not None}
+    return apply(project_root, bar=uids).lines("group members not yet authorized") if uids \
+        else []
+
+
+def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]],
+                 gid: int | None = None) -> list[str]:
+    """For ``fix-perms`` with the server up: ``users`` = (role, kind, state) as
+    ``balsam-dbctl users`` lists them. Viewers barred (enrolled ones from ``access/``
+    too); members and the owner unbarred; with ``gid``, everyone else the group database
+    lists in the project's group barred too (in the group, not authorized)."""
+    if not _has_acls(project_root):
+        return []
+    users = list(users)
+    bar: set[int] = set()
+    bar_access: set[int] = set()
+    unbar: set[int] = set()
+    if gid is not None:
+        known = {role for role, kind, _state in users if kind in ("member", "owner", "viewer")}
+        bar.update(u for n in group_members(gid) - known if (u := _uid(n)) is not None)
+    for role, kind, state in users:
+        uid = _uid(role)
+        if uid is None:
+            continue
+        if kind == "viewer":
+            bar.add(uid)
+            if state == "enrolled":
+                bar_access.add(uid)
+        elif kind in ("member", "owner"):
+            unbar.add(uid)
+    changed = apply(project_root, bar=bar, unbar=unbar,
+                    access=(bar_access, unbar | (bar - bar_access))).changed
+    return [f"viewers' ACL entries: {changed} paths updated"] if changed else []
+
+
+def fix_viewers(project: Project) -> list[str]:
+    """``fix-perms``: bring the entries in line with the database's viewers and members
+    (when the owner can reach the server; the entries already there stay otherwise)."""
+    from ..errors import BalsamError
+    from .access import list_users
+    from .accounts import group_gid
+
+    try:
+        users = list_users(project)
+        gid = group_gid(project.read_server_info().group)
+    except BalsamError:
+        return []
+    owner = project.read_server_info().owner_name
+    try:
+        return sync_viewers(project.root, [(owner, "owner", "enrolled")] + [
+            (u.role, u.kind, u.state) for u in users], gid)
+    except OSError as exc:
+        return [f"could not update the viewers' ACL entries: {exc.strerror}"]

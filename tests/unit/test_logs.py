@@ -1,0 +1,71 @@
+"""Launcher logs in the group-writable log/: never through a planted link, never reusing a
+name, 0640 so the group reads but cannot forge lines (issue 14.3)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi import logs
+
+
+@pytest.fixture()
+def log_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "p" / "log"
+    path.mkdir(parents=True)
+    os.chmod(path, 0o3770)
+    yield path
+    for handler in list(logging.getLogger().handlers):
+        handler.close()
+        logging.getLogger().removeHandler(handler)
+
+
+def test_a_planted_symlink_is_never_followed(log_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "home" / ".bashrc"
+    victim.parent.mkdir()
+    victim.write_text("keep\n")
+    (log_dir / "launcher_job1_r0.log").symlink_to(victim)
+    path = logs.setup(0, log_dir, "job1")
+    logging.getLogger("x").warning("hello from the launcher")
+    assert victim.read_text() == "keep\n"
+    assert path == log_dir / "launcher_job1_r0.1.log"
+    assert "hello from the launcher" in path.read_text()
+
+
+def test_a_fifo_or_an_earlier_file_gets_a_new_name(log_dir: Path) -> None:
+    os.mkfifo(log_dir / "launcher_job2_r1.log")
+    (log_dir / "launcher_job2_r1.1.log").write_text("an earlier run\n")
+    path = logs.setup(1, log_dir, "job2")
+    assert path == log_dir / "launcher_job2_r1.2.log"
+    assert (log_dir / "launcher_job2_r1.1.log").read_text() == "an earlier run\n"
+
+
+def test_mode_is_0640_whatever_the_umask(log_dir: Path) -> None:
+    old = os.umask(0)
+    try:
+        path = logs.setup(0, log_dir, "job3")
+    finally:
+        os.umask(old)
+    assert path is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_symlinked_log_dir_gives_no_log_file(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "log").symlink_to(elsewhere)
+    try:
+        assert logs.setup(0, tmp_path / "p" / "log", "job4") is None
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+    assert list(elsewhere.iterdir()) == []
+    err = capsys.readouterr().err
+    assert "no log file" in err and "symbolic link" in err
