@@ -22,6 +22,20 @@ from balsam_mpi.project import Project
 _counter = itertools.count()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-mpi skips every test whose keywords hold "mpi" unless --with-mpi, and a
+    node's keywords hold its own name: the session's and the top directory's are the
+    checkout directory's. In a checkout named ``mpi`` every test of every tier was
+    skipped; that name is not a marker, so it is taken out before pytest-mpi looks."""
+    for item in items:
+        for node in item.listchain():
+            if node.name == "mpi" and getattr(node, "path", None) == config.rootpath:
+                markers = getattr(node.keywords, "_markers", None)
+                if isinstance(markers, dict):
+                    markers.pop("mpi", None)
+
+
 def _session_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp"))
     os.chmod(root, 0o755)

@@ -92,16 +92,3 @@ def test_signal_reaches_the_launcher(setup: tuple[Project, Path, Path], tmp_path
                                   "--workflow=w 1", "--time-limit-min", "57"]
     assert (out / "umask").read_text() == "0007\n"  # 077 from the caller → group rwx
     assert (out / "activated").read_text() == f"{project.root}\n"
-
-
-@pytest.mark.timeout(60)
-def test_local_uses_the_venv_mpiexec_and_returns_its_status(
-        setup: tuple[Project, Path, Path], tmp_path: Path) -> None:
-    project, venv, site = setup
-    (venv / "bin" / "mpiexec").write_text(FAKE_LAUNCHER)
-    (venv / "bin" / "mpiexec").chmod(0o755)
-    proc = _start(project, venv, site, JobRequest("local", 3), False, tmp_path)
-    assert proc.wait(timeout=30) == 3
-    argv = (tmp_path / "out" / "argv").read_text().splitlines()
-    assert argv == [str(venv / "bin" / "mpiexec"), "-n", "3", str(venv / "bin" / "python"),
-                    "-m", "balsam_mpi"]
