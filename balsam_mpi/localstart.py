@@ -15,11 +15,16 @@ other users, so the start is chosen for that, per MPI (asked with ``mpidetect``)
   warning.
 - **Open MPI**: ``mpiexec --oversubscribe --bind-to none -n N``. mpirun refuses more ranks
   than cores without ``--oversubscribe``, and by default binds each rank to one core —
-  which every task the rank starts would inherit.
+  which every task the rank starts would inherit. mpirun answers TERM and INT by killing
+  its ranks a second or two later, before a launcher has drained (measured: Open MPI
+  4.1.4), and passes USR1 on; so this process stays, as mpirun's parent, and turns the
+  TERM, INT or USR1 it gets into one USR1 for mpirun (and mpirun's own parent-death
+  signal is USR1). Its TCP listeners stay open to local users (docs/security.md).
 - Anything else: ``mpiexec -n N``.
 
-The choice is printed on stderr (the local job's log, the demo's terminal) and the
-process becomes the starter (``exec``), so the pid the caller holds receives its signals.
+The choice is printed on stderr (the local job's log, the demo's terminal). Except for
+Open MPI the process becomes the starter (``exec``), so the pid the caller holds receives
+the signals, which hydra and gforker pass on to the ranks.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import ctypes
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +42,7 @@ from pathlib import Path
 
 from . import mpidetect
 from .errors import BalsamError, UsageError
-from .mpienv import START_VARS
+from .mpienv import START_VARS, task_mpi_env
 
 STARTER_PID_ENV = "BALSAM_STARTER_PID"  # set for the ranks: whose death stops them
 PR_SET_PDEATHSIG = 1
@@ -52,6 +58,7 @@ class LocalStart:
     env: dict[str, str]
     how: str  # one line: which MPI, which starter, and why
     forks: bool = False  # gforker: the ranks run through rank_main
+    drain_signal: int = 0  # non-zero: stay as the starter's parent and send it this one
 
 
 def find_mpiexec(python: str = sys.executable,
@@ -82,7 +89,10 @@ def plan(ranks: int, launcher_args: Sequence[str], environ: Mapping[str, str] = 
         raise UsageError(f"-n must be at least 1, not {ranks}")
     program = mpiexec or find_mpiexec(python)
     info = probe(program, environ)
-    env = dict(environ)
+    # A fresh MPI job: nothing of an MPI job this process may be part of (a task that
+    # submits, or a process that initialised MPI as a singleton — Open MPI then sets
+    # PMIX_*/OMPI_* in its own environment, and an mpirun started with them fails).
+    env = task_mpi_env(environ)
     launcher = [python, "-m", "balsam_mpi", *launcher_args]
     if info.kind in ("mpich", "unknown"):
         fork = mpidetect.fork_starter(program, exists)
@@ -103,20 +113,43 @@ def plan(ranks: int, launcher_args: Sequence[str], environ: Mapping[str, str] = 
             env[START_VARS] = ",".join(started)
         return LocalStart([program, *_OPENMPI_OPTIONS, "-n", str(ranks), *launcher], env,
                           f"Open MPI's {program} ({info.describe()}), oversubscribed and "
-                          "unbound: the ranks are virtual nodes of this host")
+                          "unbound: the ranks are virtual nodes of this host; TERM and INT "
+                          "reach them as USR1", drain_signal=signal.SIGUSR1)
     return LocalStart([program, "-n", str(ranks), *launcher], env,
                       f"{program} ({info.describe()})")
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+    except (OSError, AttributeError):  # not Linux: the process just lacks the safeguard
+        pass
+
+
+def supervise(start: LocalStart) -> int:
+    """Run the starter as a child in its own session (a terminal's ^C reaches this process
+    only) and turn TERM, INT and USR1 into ``start.drain_signal`` for it; its status."""
+    drain = start.drain_signal
+    child = subprocess.Popen(start.argv, env=start.env, start_new_session=True,
+                             preexec_fn=lambda: _set_parent_death_signal(drain))
+
+    def forward(_signum: int, _frame: object) -> None:
+        try:
+            os.kill(child.pid, drain)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    rc = child.wait()
+    return rc if rc >= 0 else 128 - rc
 
 
 # -- the ranks ------------------------------------------------------------------------------
 def rank_main(args: Sequence[str]) -> None:
     """One launcher rank under gforker: SIGTERM (drain) when the starter dies, then run."""
     starter = os.environ.pop(STARTER_PID_ENV, "")
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the rank just lacks the safeguard
-        pass
+    _set_parent_death_signal(signal.SIGTERM)
     if starter.isdigit() and os.getppid() != int(starter):
         print("balsam_mpi launcher: its starter (mpiexec.gforker) is already gone",
               file=sys.stderr)
@@ -161,6 +194,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("  " + " ".join(start.argv), file=sys.stderr, flush=True)
     if args.dry_run:
         return
+    if start.drain_signal:
+        try:
+            sys.exit(supervise(start))
+        except OSError as exc:
+            print(f"balsam_mpi.localstart: cannot run {start.argv[0]}: {exc}",
+                  file=sys.stderr)
+            sys.exit(127)
     env = dict(start.env)
     if start.forks:
         env[STARTER_PID_ENV] = str(os.getpid())  # exec keeps this pid: gforker's

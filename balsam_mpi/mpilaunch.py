@@ -67,10 +67,12 @@ class LaunchError(BalsamError):
 class MpiLauncher:
     """The launcher a worker uses for multi-rank tasks: its kind and the program to run.
 
-    ``fork_program`` (MPICH's ``mpiexec.gforker``) starts a task whose every host is
-    ``host`` — all ranks on this machine — without hydra's TCP control port, which any
-    local user could connect to (docs/security.md). Binding needs hydra, so a task that
-    asks for one still goes through ``program``.
+    A task whose every host is ``host`` runs on virtual nodes of this one machine, whose
+    cores it shares with the other virtual nodes' tasks. With MPICH, ``fork_program``
+    (``mpiexec.gforker``) starts it without hydra's TCP control port, which any local
+    user could connect to (docs/security.md); binding needs hydra, so a task that asks
+    for one still goes through ``program``. With Open MPI its ranks are left unbound:
+    mpirun's default binding refuses more ranks than the machine has cores.
     """
 
     kind: str
@@ -91,10 +93,12 @@ class MpiLauncher:
 
     def prefix(self, *, hosts: Sequence[str], ranks_per_node: int, threads_per_rank: int = 1,
                cpu_bind: str | None = None, gpus_per_rank: int = 0) -> list[str]:
-        if (self.fork_program and self.host and cpu_bind is None and hosts
-                and all(h == self.host for h in hosts)):
+        here = bool(self.host and hosts and all(h == self.host for h in hosts))
+        if here and cpu_bind is None and self.fork_program:
             _check_layout(hosts, ranks_per_node, threads_per_rank, cpu_bind, gpus_per_rank)
             return [self.fork_program, "-n", str(len(hosts) * ranks_per_node)]
+        if here and cpu_bind is None and self.kind == "openmpi":
+            cpu_bind = "none"
         return launch_prefix(self.kind, hosts=hosts, ranks_per_node=ranks_per_node,
                              threads_per_rank=threads_per_rank, cpu_bind=cpu_bind,
                              gpus_per_rank=gpus_per_rank, program=self.program)

@@ -143,7 +143,7 @@ def test_one_node_multi_rank_task_on_the_leaders_node(conn: Any, dbname: str,
     hello.write_text(HELLO.replace("time.sleep(2.0)", "pass"))
     add_app(conn, "hello", f"{sys.executable} {hello}")
     [task] = add_tasks(conn, "hello", ranks_per_node=2, packing=4)
-    finish(launcher(1, env={"BALSAM_MPI_LAUNCHER": "mpich"}))
+    finish(launcher(1))
     assert states(conn) == {"JOB_FINISHED": 1}
     out = (task_dir(pg_project, task) / "task.out").read_text()
     assert sorted(line.split()[1] for line in out.splitlines()) == ["rank=0", "rank=1"], out

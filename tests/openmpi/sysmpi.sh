@@ -11,17 +11,20 @@
 # the next run removes its packages before anything else (sysmpi_clean_stale).
 
 SYSMPI_STATE_DIR="${SYSMPI_STATE_DIR:-/var/tmp/balsam-sysmpi}"
+_SYSMPI_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # whatever PATH is
 SYSMPI_ADDED=""
 SYSMPI_STATE=""
 _sysmpi_apt=(apt-get -y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
 
 _sysmpi_installed() {
+    local PATH="$_SYSMPI_PATH"
     dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 2>/dev/null |
         awk '$1 == "ii" {print $2}' | sort -u
 }
 
 # Packages a run recorded but never removed (its shell was killed): remove them now.
 sysmpi_clean_stale() {
+    local PATH="$_SYSMPI_PATH"
     local file pid
     [ -d "$SYSMPI_STATE_DIR" ] || return 0
     for file in "$SYSMPI_STATE_DIR"/*.pkgs; do
@@ -37,6 +40,7 @@ sysmpi_clean_stale() {
 
 # Install the packages; SYSMPI_ADDED lists what this call added (nothing already there).
 sysmpi_install() {
+    local PATH="$_SYSMPI_PATH"
     local before after
     mkdir -p "$SYSMPI_STATE_DIR" && chmod 0700 "$SYSMPI_STATE_DIR"
     SYSMPI_STATE="$SYSMPI_STATE_DIR/$$.pkgs"
@@ -61,6 +65,7 @@ sysmpi_install() {
 
 # Purge exactly what sysmpi_install added (idempotent: safe from a trap and by hand).
 sysmpi_remove() {
+    local PATH="$_SYSMPI_PATH"
     local pkgs=""
     [ -n "$SYSMPI_STATE" ] && [ -e "$SYSMPI_STATE" ] && pkgs="$(tr '\n' ' ' < "$SYSMPI_STATE")"
     [ -n "$pkgs" ] || pkgs="$SYSMPI_ADDED"

@@ -77,6 +77,7 @@ printf '%s\\n' "$0" "$@" > "$OUT/argv"
 env > "$OUT/env"
 echo $$ > "$OUT/pid"
 trap 'echo TERM > "$OUT/signal"; exit 42' TERM
+trap 'echo USR1 > "$OUT/signal"; exit 43' USR1
 [ -n "$STAY" ] || exit 3
 touch "$OUT/started"
 while :; do sleep 0.05; done
@@ -136,18 +137,37 @@ def test_local_script_starts_the_fork_starter_and_returns_its_status(
 
 
 @pytest.mark.timeout(60)
-def test_local_script_speaks_open_mpi_and_forwards_term(fake: tuple[Project, Path],
-                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(("banner", "forwarded", "status"), [(HYDRA, "TERM", 42),
+                                                            (OMPI, "USR1", 43)])
+def test_local_script_forwards_the_drain_signal(fake: tuple[Project, Path], tmp_path: Path,
+                                                banner: str, forwarded: str, status: int
+                                                ) -> None:
+    """TERM to the job reaches the ranks as the signal their starter passes on for a
+    drain: gforker and hydra pass TERM on; Open MPI's mpirun kills its ranks a second
+    after TERM and passes USR1 on, so localstart turns TERM into USR1."""
     project, venv = fake
-    proc = _run_local(project, venv, tmp_path, OMPI, stay=True)
+    proc = _run_local(project, venv, tmp_path, banner, stay=True)
     out = tmp_path / "out"
     deadline = time.monotonic() + 30
     while not (out / "started").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "never started"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 42  # the starter got TERM (it is the pid local.sh holds)
-    assert (out / "signal").read_text() == "TERM\n"
+    assert proc.wait(timeout=30) == status  # the starter's own status
+    assert (out / "signal").read_text() == f"{forwarded}\n"
     argv = (out / "argv").read_text().splitlines()
-    assert argv == [str(venv / "bin" / "mpiexec"), "--oversubscribe", "--bind-to", "none",
-                    "-n", "3", sys.executable, "-m", "balsam_mpi", "--workflow=w 1"]
+    if banner == OMPI:
+        assert argv == [str(venv / "bin" / "mpiexec"), "--oversubscribe", "--bind-to", "none",
+                        "-n", "3", sys.executable, "-m", "balsam_mpi", "--workflow=w 1"]
+    else:
+        assert argv[:3] == [str(venv / "bin" / "mpiexec.gforker"), "-n", "3"]
+
+
+def test_the_starter_gets_no_mpi_job_identity() -> None:
+    """A process that initialised MPI as a singleton (Open MPI then writes PMIX_*/OMPI_*
+    into its own environment) or a task that submits: the launcher is a fresh job."""
+    start = _plan(OMPI, set(), {"PATH": "/bin", "PMIX_RANK": "0", "PMIX_SERVER_URI4": "x",
+                                "OMPI_MCA_orte_hnp_uri": "y", "OMPI_MCA_btl": "self,vader",
+                                "PMI_FD": "9"})
+    assert {k: v for k, v in start.env.items() if k != START_VARS} == {
+        "PATH": "/bin", "OMPI_MCA_btl": "self,vader"}

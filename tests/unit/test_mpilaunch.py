@@ -95,6 +95,18 @@ def test_tasks_on_this_host_alone_use_the_fork_starter() -> None:
     assert "mpiexec.gforker -n N (no TCP port)" in here.describe()
 
 
+def test_open_mpi_tasks_on_this_host_alone_are_unbound() -> None:
+    """4 ranks on virtual nodes of a 2-core host: mpirun's default binding refused them
+    ("binding more processes than cpus"); on other hosts the default stays."""
+    here = MpiLauncher("openmpi", "/usr/bin/mpiexec", host="vm")
+    assert here.prefix(hosts=["vm", "vm"], ranks_per_node=2, threads_per_rank=2) == [
+        "/usr/bin/mpiexec", "-n", "4", "--host", "vm:4", "--bind-to", "none"]
+    assert here.prefix(hosts=["vm", "n2"], ranks_per_node=2) == [
+        "/usr/bin/mpiexec", "-n", "4", "--host", "vm:2,n2:2"]
+    assert here.prefix(hosts=["vm"], ranks_per_node=2, cpu_bind="core")[-2:] == [
+        "--bind-to", "core"]
+
+
 def test_srun_prefix() -> None:
     assert launch_prefix("srun", hosts=["nid001", "nid002", "nid004"], ranks_per_node=4,
                          threads_per_rank=8, cpu_bind="depth", gpus_per_rank=1) == [
