@@ -3,13 +3,16 @@
 #
 #   bash tests/openmpi/run.sh [JUNIT_XML_PREFIX]      (tests/run_all.sh runs it)
 #
-# As root it installs openmpi-bin and libopenmpi-dev, builds mpi4py against them with
-# setup_env.sh in a venv of its own (the checkout's .venv keeps the mpich wheel), runs the
-# tests with that venv and that mpiexec, and removes exactly the packages it added — on
-# failure and on interruption too (a trap; a run killed with SIGKILL is cleaned up by the
-# next one). Anyone else on the machine sees the system MPI only for that window.
+# As root it installs openmpi-bin and libopenmpi-dev, builds mpi4py against them (with that
+# MPI's mpicc; the wheel is kept in ~/.cache/balsam_mpi, per MPI package and Python
+# version), runs setup_env.sh for a venv of its own (the checkout's .venv keeps the mpich
+# wheel), runs the tests with that venv and that mpiexec, and removes exactly the
+# packages it added — on failure and on interruption too (a trap; a run killed with
+# SIGKILL is cleaned up by the next one). Anyone else on the machine sees the system MPI
+# only for that window.
 # Skipped, with the reason, when not root, without apt-get, or with
 # BALSAM_OPENMPI_TIER=skip. Reports go to PREFIX.xml (tests) and PREFIX-mpi.xml (tests/mpi).
+# By hand, BALSAM_SYSMPI=mpich runs the same with Debian's MPICH (mpich, libmpich-dev).
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$here"
@@ -45,22 +48,28 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+flavour="${BALSAM_SYSMPI:-openmpi}"
+case "$flavour" in
+    openmpi) packages=(openmpi-bin libopenmpi-dev) ;;
+    mpich) packages=(mpich libmpich-dev) ;;
+    *) echo "BALSAM_SYSMPI=$flavour: use openmpi or mpich" >&2; exit 2 ;;
+esac
 sysmpi_clean_stale
-echo "Open MPI tier: installing openmpi-bin libopenmpi-dev"
+echo "Open MPI tier: installing ${packages[*]}"
 t0=$SECONDS
-if ! sysmpi_install openmpi-bin libopenmpi-dev; then
-    echo "Open MPI tier: FAILED: could not install Open MPI" >&2
+if ! sysmpi_install "${packages[@]}"; then
+    echo "Open MPI tier: FAILED: could not install ${packages[*]}" >&2
     exit 1
 fi
 for tool in mpicc mpiexec mpirun; do
-    [ -x "/usr/bin/$tool.openmpi" ] || { echo "no /usr/bin/$tool.openmpi" >&2; exit 1; }
+    [ -x "/usr/bin/$tool.$flavour" ] || { echo "no /usr/bin/$tool.$flavour" >&2; exit 1; }
 done
 
 # This MPI and no other: its programs under their plain names first on PATH (Debian's
 # alternatives may point elsewhere), and no directory that holds another mpiexec.
 mkdir -p "$work/bin"
-for tool in mpicc mpiexec mpirun; do ln -s "/usr/bin/$tool.openmpi" "$work/bin/$tool"; done
-ours="$(readlink -f /usr/bin/mpiexec.openmpi)"
+for tool in mpicc mpiexec mpirun; do ln -s "/usr/bin/$tool.$flavour" "$work/bin/$tool"; done
+ours="$(readlink -f "/usr/bin/mpiexec.$flavour")"
 clean_path=""
 IFS=: read -r -a dirs <<< "$PATH"
 for dir in "${dirs[@]}"; do
@@ -78,7 +87,36 @@ unset BALSAM_USE_MPICH_WHEEL BALSAM_MPI_LAUNCHER
 # settings: the launcher passes them on to its tasks' own mpirun.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-echo "Open MPI tier: setup_env.sh in $venv (mpi4py built against $(command -v mpicc))"
+# Its own session directory: a job killed with SIGKILL leaves its directory behind, and a
+# later mpirun that gets the same pid (pids wrap at 32768 on a busy machine) trips on it.
+export OMPI_MCA_orte_tmpdir_base="$work/ompi"
+mkdir -p "$OMPI_MCA_orte_tmpdir_base"
+
+python="${PYTHON:-}"  # as setup_env.sh picks it
+for candidate in python3.12 python3.11 python3.10 python3; do
+    [ -z "$python" ] || break
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+        python="$candidate"
+    fi
+done
+"$python" -m venv "$venv" || exit 1
+key="$flavour-$(dpkg-query -W -f='${Version}' "${packages[1]}")"
+key="$key-py$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/balsam_mpi/mpi4py-$key"
+if ! ls "$cache"/mpi4py-*.whl >/dev/null 2>&1; then
+    echo "Open MPI tier: building mpi4py against $(command -v mpicc) (kept in $cache)"
+    mkdir -p "$cache"
+    if ! MPICC="$work/bin/mpicc" "$venv/bin/python" -m pip --quiet wheel --no-deps \
+            --no-binary=mpi4py --no-cache-dir -w "$cache" mpi4py > "$work/build.log" 2>&1; then
+        tail -n 20 "$work/build.log" >&2
+        rm -rf "$cache"
+        echo "Open MPI tier: FAILED: building mpi4py" >&2
+        exit 1
+    fi
+fi
+"$venv/bin/python" -m pip --quiet install --no-deps "$cache"/mpi4py-*.whl 2>/dev/null
+echo "Open MPI tier: setup_env.sh in $venv"
 if ! BALSAM_VENV="$venv" bash "$here/setup_env.sh" > "$work/setup.log" 2>&1; then
     grep -v "WARNING: Location" "$work/setup.log" | tail -n 20 >&2
     echo "Open MPI tier: FAILED: setup_env.sh" >&2
@@ -91,8 +129,8 @@ status=0
 xml=()
 [ -n "$prefix" ] && xml=(--junitxml="$prefix.xml")
 "$venv/bin/python" -m pytest -p no:cacheprovider "${xml[@]}" tests/openmpi \
-    tests/e2e/test_mpi_tasks.py tests/e2e/test_nested_mpi.py tests/e2e/test_task_api.py \
-    tests/e2e/test_prepost.py tests/e2e/test_local_start.py tests/e2e/test_local_ports.py \
+    tests/e2e/test_demo.py tests/e2e/test_mpi_tasks.py tests/e2e/test_nested_mpi.py \
+    tests/e2e/test_task_api.py tests/e2e/test_local_start.py tests/e2e/test_local_ports.py \
     tests/e2e/test_submit_local.py || status=$?
 
 # The MPI tier too: the launcher's own messages over Open MPI (3 ranks, rank 0 reports).
