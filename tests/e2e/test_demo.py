@@ -16,7 +16,16 @@ import pytest
 from tests.conftest import FOUND_MPI, needs_mpiexec
 
 pytestmark = [pytest.mark.timeout(300), needs_mpiexec]
-STARTS = {"mpich": "MPICH's fork starter", "openmpi": "Open MPI's"}
+
+
+def _expected_start() -> str:
+    """How the demo says it started the ranks, for the found MPI (docs/mpi-tasks.md)."""
+    assert FOUND_MPI is not None
+    if FOUND_MPI.kind == "openmpi":
+        return "with Open MPI's"
+    if FOUND_MPI.fork_program:
+        return "with MPICH's fork starter"
+    return "no mpiexec.gforker beside it, so hydra's control port listens"
 
 
 def test_the_demo_runs_its_mpi_task() -> None:
@@ -27,8 +36,7 @@ def test_the_demo_runs_its_mpi_task() -> None:
     found = re.search(r"The project is in (\S+) ", out)
     try:
         assert done.returncode == 0, out
-        assert FOUND_MPI is not None
-        assert f"running 4 launcher ranks with {STARTS.get(FOUND_MPI.kind, '')}" in out, out
+        assert "running 4 launcher ranks with " in out and _expected_start() in out, out
         states = dict(re.findall(r"^  (\w+)\s+(.*)$", out.split("tasks by state:")[1], re.M))
         assert states.get("mpi") == "JOB_FINISHED 1", out
         assert all("FAILED" not in line for line in states.values()), out

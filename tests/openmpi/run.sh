@@ -69,6 +69,10 @@ done
 # alternatives may point elsewhere), and no directory that holds another mpiexec.
 mkdir -p "$work/bin"
 for tool in mpicc mpiexec mpirun; do ln -s "/usr/bin/$tool.$flavour" "$work/bin/$tool"; done
+# hydra looks for its proxy beside the mpiexec it was started as.
+for tool in hydra_pmi_proxy mpiexec.hydra; do
+    [ "$flavour" = mpich ] && [ -e "/usr/bin/$tool" ] && ln -s "/usr/bin/$tool" "$work/bin/$tool"
+done
 ours="$(readlink -f "/usr/bin/mpiexec.$flavour")"
 clean_path=""
 IFS=: read -r -a dirs <<< "$PATH"
