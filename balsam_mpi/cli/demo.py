@@ -11,7 +11,8 @@ from ..errors import BalsamError, UsageError
 
 @click.command("demo")
 @click.option("--tasks", "n_tasks", type=int, default=200, show_default=True,
-              help="How many tasks (a three-task DAG, the rest no-ops and short sleeps).")
+              help="How many tasks (a three-task DAG, a 2-node MPI task with 3 ranks or more, "
+                   "a task that adds tasks, the rest no-ops and short sleeps).")
 @click.option("--ranks", type=int, default=4, show_default=True,
               help="MPI ranks of the launcher (one node each; rank 0 also leads).")
 @click.option("--project", "project_path", metavar="P",
@@ -33,8 +34,9 @@ def demo(n_tasks: int, ranks: int, project_path: str | None) -> None:
 
     project = d.make_project(project_path, click.echo)
     try:
-        total = d.populate(project, n_tasks)
-        click.echo(f"added {total} tasks in workflows 'ensemble' and 'pipeline'")
+        total = d.populate(project, n_tasks, ranks)
+        workflows = sorted({t["workflow"] for t in d.workload(n_tasks, ranks)})
+        click.echo(f"added {total} tasks in workflows {', '.join(workflows)}")
         rc = d.run_launcher(project, ranks, total, click.echo, progress)
         if rc != 0:
             click.echo(f"the launcher exited with status {rc}; its logs are in "
