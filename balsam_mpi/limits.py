@@ -27,6 +27,9 @@ TAGS_MAX_BYTES = 16 * 1024
 ENV_MAX_BYTES = 128 * 1024
 DATA_MAX_BYTES = 256 * 1024
 ARGS_MAX_ITEMS = 4_096
+# args in all, in bytes of UTF-8: 4,096 items of 64 KiB would otherwise allow a 256 MiB row;
+# this is what one command line can carry anyway (ARG_MAX above, less the environment).
+ARGS_MAX_BYTES = 1024 * 1024
 INPUT_FILES_MAX_ITEMS = 256
 JSON_MAX_DEPTH = 64  # nesting of params / tags / data
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import sql
+from . import limits, sql, values
 from .errors import UsageError
 from .models import TaskState, parse_state
 
@@ -17,10 +17,7 @@ SORTABLE = ("id", "workflow", "name", "state", "priority", "created_at", "starte
 
 def as_ids(ids: int | Sequence[int]) -> list[int]:
     out = [ids] if isinstance(ids, int) else list(ids)
-    for i in out:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise UsageError(f"id: {i!r} is not a task id")
-    return out
+    return [values.task_id("id", i) for i in out]
 
 
 def listify(value: Any) -> list[Any] | None:
@@ -48,7 +45,11 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
     if tags is not None and not isinstance(tags, Mapping):
         raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
     name = filters.get("name")
-    workflows = listify(filters.get("workflow"))
+    workflows = _texts("workflow", listify(filters.get("workflow")))
+    if name is not None:
+        values.name("name", name)
+    if tags:
+        values.json_object("tags", tags, limits.TAGS_MAX_BYTES)
     state_names = None if states is None else sorted({parse_state(str(s)).value
                                                       for s in states})
     return {
@@ -58,12 +59,17 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
         "workflows": workflows if workflows and len(set(workflows)) > 1 else None,
         "state": state_names[0] if state_names and len(state_names) == 1 else None,
         "states": state_names if state_names and len(state_names) > 1 else None,
-        "apps": listify(filters.get("app")),
+        "apps": _texts("app", listify(filters.get("app"))),
         "name_like": None if name is None else glob_to_like(name),
         "tags": None if not tags else Jsonb(dict(tags)),
-        "owners": listify(filters.get("owner")),
+        "owners": _texts("owner", listify(filters.get("owner"))),
         "after": filters.get("after"),
     }
+
+
+def _texts(field: str, items: list[Any] | None) -> list[Any] | None:
+    """Filter values are text the database compares: no NUL, valid UTF-8, capped."""
+    return None if items is None else [values.name(field, v) for v in items]
 
 
 def glob_to_like(pattern: str) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
+from .. import values
 from ..clibase import Group, echo_json, notices, project_option
 from ..errors import ProjectError
 from ..project import Project
@@ -38,7 +41,7 @@ def cli(ctx: click.Context, project_path: str | None) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path())
+@click.argument("path")
 @click.option("--group", help="UNIX group of collaborators (default: your primary group).")
 @click.option("--port", type=int, help="TCP port (default: a free one, kept from then on).")
 @click.option("--listen", default="localhost", show_default=True,
@@ -48,6 +51,9 @@ def cli(ctx: click.Context, project_path: str | None) -> None:
 def init(path: str, group: str | None, port: int | None, listen: str,
          server_user: str | None) -> None:
     """Create a project directory with its own PostgreSQL server, and start it."""
+    _checked(("path", path, values.path), ("--group", group, values.unix_name),
+             ("--server-user", server_user, values.unix_name),
+             ("--listen", listen, lambda f, v: values.text(f, v, 1024)))
     outcome = lifecycle.init_project(path, group=group, port=port, listen=listen,
                                      server_user=server_user)
     notices(outcome.notices)
@@ -129,7 +135,7 @@ def verify(ctx: Ctx) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(), required=False)
+@click.argument("path", required=False)
 @click.option("--enroll", is_flag=True,
               help="Without credentials for this project, request access first "
                    "(what `source balsamactivate` does; job scripts leave it off).")
@@ -139,6 +145,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
     chosen = path or ctx.project_path
     if not chosen:
         raise ProjectError("usage: balsam-dbctl activate PROJECT")
+    chosen = str(Project.from_env(chosen).root)
     code, messages = status.activation_code(chosen, enroll=enroll)
     notices(messages)
     click.echo(code, nl=False)
@@ -151,6 +158,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
 @pass_ctx
 def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
     """Authorize USER (owner only; re-running is harmless) and apply their request."""
+    values.unix_name("user", user)
     click.echo("\n".join(access.add_user(ctx.project(), user, read_only=read_only,
                                          app_admin=app_admin)))
 
@@ -160,6 +168,7 @@ def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
 @pass_ctx
 def drop_user(ctx: Ctx, user: str) -> None:
     """Revoke USER and end their sessions; their tasks stay (owner only)."""
+    values.unix_name("user", user)
     click.echo("\n".join(access.drop_user(ctx.project(), user)))
 
 
@@ -188,12 +197,13 @@ def connections(ctx: Ctx, as_json: bool) -> None:
 
 
 @cli.command("recover")
-@click.option("--job", "job_id", type=int, metavar="ID", help="Only this batch job.")
+@click.option("--job", "job_text", metavar="ID", help="Only this batch job.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def recover_cmd(ctx: Ctx, job_id: int | None, as_json: bool) -> None:
+def recover_cmd(ctx: Ctx, job_text: str | None, as_json: bool) -> None:
     """Requeue the tasks of batch jobs whose lease expired, and mark those jobs LOST
     (any member; live launchers do this every few seconds anyway)."""
+    job_id = None if job_text is None else values.id_from_text("--job", job_text, "batch job")
     found = recover.recover(ctx.project(), job_id)
     if as_json:
         echo_json(recover.as_dicts(found))
@@ -209,6 +219,13 @@ def request_access(ctx: Ctx, if_needed: bool) -> None:
     """Ask for access: keep a password in ~/.pgpass, hand over only its verifier."""
     for line in access.request_access(ctx.project(), if_needed=if_needed):
         click.echo(line, err=True)
+
+
+def _checked(*given: tuple[str, Any, Callable[[str, Any], Any]]) -> None:
+    """Check the values given (None: not given) before anything runs."""
+    for field, value, check in given:
+        if value is not None:
+            check(field, value)
 
 
 def main() -> None:
