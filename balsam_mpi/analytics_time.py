@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -104,7 +105,7 @@ def short_time(when: datetime | None) -> str:
 
 def short_duration(seconds: float | None) -> str:
     """'3.2s', '4m05s', '2h10m', '3d4h' — for tables."""
-    if seconds is None or seconds != seconds:  # None or NaN
+    if seconds is None or not math.isfinite(seconds):  # None, NaN, or an infinite time
         return "-"
     sign = "-" if seconds < 0 else ""
     s = abs(seconds)
