@@ -221,19 +221,21 @@ def json_object(field: str, value: Any, max_bytes: int, *, key_max: int | None =
 
     The size is measured as ``octet_length(value::text)`` would measure the stored jsonb,
     so the client and the database's CHECK agree on where the cap is."""
+    doc: dict[str, Any]
     if type(value) is dict:  # the common case, first: no ABC check
-        size = _flat_size(value, key_max)
+        doc = value
+        size = _flat_size(doc, key_max)
         if size is None:
-            size = json_size(field, value, max_depth, key_max)
+            size = json_size(field, doc, max_depth, key_max)
     elif isinstance(value, Mapping):
         size = json_size(field, value, max_depth, key_max)
-        value = dict(value)
+        doc = dict(value)
     else:
         raise InputError(f"{field}: must be an object of key: value, got {_kind(value)} "
                          f"{show(value)}")
     if size > max_bytes:
         raise InputError(f"{field}: at most {max_bytes:,} bytes as JSON, got {size:,}")
-    return value
+    return doc
 
 
 def json_size(field: str, doc: Any, max_depth: int = limits.JSON_MAX_DEPTH,
