@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BalsamError as exc:
         if rank == 0:
             print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        if world.Get_size() == 1:  # nothing to take down: one line and the status only
+            sys.exit(exc.exit_code)
         world.Abort(exc.exit_code)
         return
     runner: Any = None

@@ -48,5 +48,11 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 WALL_TIME_MIN_MAX = 525_600.0  # one year, in minutes; finite and not negative
 ID_MAX = 2**63 - 1  # task and batch job ids are bigint
 
+# A batch job's lease, in seconds (config.lease_s, batch_jobs.lease_sec). At least a second
+# (a heartbeat must fit twice), at most a day: longer leases only delay recovery, and an
+# unbounded one (inf) made every sweep's "heartbeat + lease" overflow the interval type.
+LEASE_S_MIN = 1.0
+LEASE_S_MAX = 86_400.0
+
 # Output kept in the database for a failed task (the rest stays in task.out / task.err).
 OUTPUT_TAIL_MAX = 4_096
