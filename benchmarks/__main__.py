@@ -41,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "utilization": _module_runner("scenarios_utilization"),
     "leader": _module_runner("scenarios_leader"),
     "concurrent": _module_runner("scenarios_concurrent"),
+    "retention": _module_runner("scenarios_retention"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }
 

@@ -211,6 +211,45 @@ def recover_cmd(ctx: Ctx, job_text: str | None, as_json: bool) -> None:
         click.echo(recover.format_recovered(found))
 
 
+@cli.command("prune")
+@click.option("--workflow", "workflows", multiple=True, metavar="W",
+              help="A finished workflow to prune (repeatable; all must be prunable).")
+@click.option("--all-finished", is_flag=True,
+              help="Every workflow that may go; the others are kept and listed with why.")
+@click.option("--older-than", metavar="DURATION",
+              help="Only workflows unchanged for this long (12h, 7d).")
+@click.option("--dirs-only", is_flag=True,
+              help="Remove working directories only; keep tasks and history "
+                   "(any member, for workflows wholly theirs).")
+@click.option("--dry-run", is_flag=True, help="Say what would go; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def prune_cmd(ctx: Ctx, workflows: tuple[str, ...], all_finished: bool,
+              older_than: str | None, dirs_only: bool, dry_run: bool, yes: bool,
+              as_json: bool) -> None:
+    """Forget finished workflows: working directories, tasks, events and the batch jobs
+    that ran only them (the owner; see docs/retention.md)."""
+    from ..analytics_time import parse_duration
+    from .prune import format_outcome, prune
+
+    older = None if older_than is None else parse_duration(older_than, "--older-than")
+    args: dict[str, Any] = {"workflows": workflows, "all_finished": all_finished,
+                            "older_than_s": older, "dirs_only": dirs_only}
+    if not dry_run and not yes:
+        plan = prune(ctx.project(), dry_run=True, **args)
+        if not plan.workflows:
+            click.echo(format_outcome(plan))
+            return
+        click.echo(format_outcome(plan), err=True)
+        click.confirm("prune?", abort=True, err=True)
+    outcome = prune(ctx.project(), dry_run=dry_run, **args)
+    if as_json:
+        echo_json(outcome.as_dict())
+    else:
+        click.echo(format_outcome(outcome))
+
+
 @cli.command("request-access")
 @click.option("--if-needed", is_flag=True,
               help="Do nothing when ~/.pgpass already holds a password for this project.")
