@@ -60,6 +60,7 @@ def _refused(result: Result, field: str, prog: str, value: str = "") -> None:
 
 
 ADD = ["task", "add", "--app", "hello", "--workflow", "w"]
+SUBMIT = ["submit", "--scheduler", "pbs", "-n", "2", "-t", "30", "--dry-run"]
 ADD_P = [*ADD, "--param", "who=x"]
 
 # (argv with "{}" where the hostile value goes, the values, the name the error must carry)
@@ -139,6 +140,17 @@ MPI_DOORS: list[tuple[list[str], dict[str, str], str]] = [
     (["report", "utilization", "--owner", "{}"], TEXT, "owner"),
     (["report", "utilization", "--png", "{}"], TEXT, "png"),
     (["report", "failures", "--limit", "{}"], ID, "limit"),
+    (SUBMIT[:3] + ["-n", "{}"] + SUBMIT[5:], {**ID, "too_many": "100001"}, "nodes"),
+    (SUBMIT[:5] + ["-t", "{}"] + SUBMIT[7:], {**ID, "too_long": "600000"}, "wall-time"),
+    ([*SUBMIT, "-q", "{}"], TEXT, "queue"),
+    ([*SUBMIT, "-A", "{}"], TEXT, "account"),
+    ([*SUBMIT, "--workflow", "{}"], TEXT, "workflow"),
+    ([*SUBMIT, "--directive", "{}"], {**TEXT, "two_lines": "a\nb"}, "directive"),
+    ([*SUBMIT, "--filesystems", "{}"], TEXT, "filesystems"),
+    ([*SUBMIT, "--job-name", "{}"], {**TEXT, "shell": "a;b"}, "job"),
+    ([*SUBMIT, "--margin-min", "{}"], {**NUMBER, "negative": "-1"}, "margin-min"),
+    (["demo", "--tasks", "{}"], {**NUMBER, "too_few": "2", "too_many": "10000000"}, "tasks"),
+    (["demo", "--ranks", "{}"], {**NUMBER, "zero": "0", "too_many": "1000000"}, "ranks"),
 ]
 
 
@@ -154,7 +166,13 @@ def _cases(doors: list[tuple[list[str], dict[str, str], str]]) -> list[Any]:
 
 @pytest.mark.parametrize("args, field, value", _cases(MPI_DOORS))
 def test_balsam_mpi_doors(seeded: psycopg.Connection, args: list[str], field: str,
-                          value: str) -> None:
+                          value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam_mpi import demo
+
+    def no_demo(*_args: Any) -> None:  # a door test never creates a demo project
+        raise AssertionError("the demo would have started")
+
+    monkeypatch.setattr(demo, "make_project", no_demo)
     before = _state(seeded)
     _refused(_invoke(cli, args, "balsam-mpi"), field, "balsam-mpi", value)
     assert _state(seeded) == before
