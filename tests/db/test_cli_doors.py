@@ -275,6 +275,10 @@ def test_the_python_api_names_the_field(seeded: psycopg.Connection) -> None:
             c.add_app("big", "echo " + "a" * 2_000_000)
         with pytest.raises(InputError, match="priority: must be a whole number"):
             c.update([1], priority="5")
+        with pytest.raises(InputError, match="id: "):
+            c.add_dependency(2**64, 1)
+        with pytest.raises(InputError, match="limit: must be from 0"):
+            list(c.tasks(limit=-1))
     assert _state(seeded) == before
     assert json.loads(_invoke(cli, ["ls", "--json"], "balsam-mpi").output) == {
         "w": {"READY": 2}}
