@@ -116,6 +116,7 @@ def test_settings_that_are_fine_pass() -> None:
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--idle-timeout", "nan"], {}, "--idle-timeout: idle_timeout_s must be"),
+    (["--max-tasks", "many"], {}, "argument --max-tasks: invalid int value: 'many'"),
     ([], {"BALSAM_LEASE_S": "inf"}, "BALSAM_LEASE_S: lease_s must be"),
 ])
 def test_the_launcher_refuses_a_bad_setting_in_one_line_with_status_2(
