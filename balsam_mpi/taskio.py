@@ -27,10 +27,9 @@ from .taskspec import (
     LIST_FIELDS,
     MODIFIABLE,
     TaskSpecError,
-    _finite,
-    _no_constant,
     from_text,
     parse_json,
+    strict_json,
 )
 
 # Longer than any task the caps allow (limits.py: the JSON documents, args and patterns
@@ -72,15 +71,6 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
                                 f"modified (modifiable: {', '.join(sorted(MODIFIABLE))})")
         out[field] = from_text(field, raw)
     return out
-
-
-def parse_value(text: str) -> Any:
-    """JSON when it parses (numbers, lists, objects), else the text. Kept for callers that
-    have no field to go by; ``parse_sets`` is the strict form."""
-    try:
-        return parse_json("value", text)
-    except TaskSpecError:
-        return text
 
 
 def _numbered(stream: Lines, source: str) -> Iterator[tuple[int, str]]:
@@ -125,7 +115,7 @@ def read_jsonl(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]
         if not text or text.startswith("#"):
             continue
         try:
-            obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+            obj = strict_json(text)
         except RecursionError:
             raise TaskSpecError(f"{source} line {n}: nested deeper than "
                                 f"{limits.JSON_MAX_DEPTH} levels") from None

@@ -320,13 +320,18 @@ def parse_json(field: str, raw: str) -> Any:
     """JSON text of one field: one line naming it for malformed, deep or non-finite JSON."""
     values.text(field, raw, limits.PARAMS_MAX_BYTES + limits.DATA_MAX_BYTES)
     try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        return strict_json(raw)
     except RecursionError:
         raise TaskSpecError(f"{field}: nested deeper than {limits.JSON_MAX_DEPTH} "
                             "levels") from None
     except ValueError as exc:
         raise TaskSpecError(f"{field}: expected JSON, got {values.show(raw)} "
                             f"({str(exc).splitlines()[0][:80]})") from None
+
+
+def strict_json(text: str) -> Any:
+    """json.loads without NaN / Infinity and without numbers too large to be finite."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def _no_constant(name: str) -> Any:
