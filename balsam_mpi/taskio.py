@@ -151,6 +151,8 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
     header = [h.strip() for h in header]
     for i, h in enumerate(header):
         values.text(f"{source} line 1: column {i + 1}", h, limits.NAME_MAX)
+        if h in header[:i]:
+            raise TaskSpecError(f"{source} line 1: column {values.show(h, 40)} is named twice")
     first = 2
     while True:
         row = _next_row(reader, source, at)

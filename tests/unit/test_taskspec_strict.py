@@ -85,6 +85,11 @@ def test_csv_cells_are_parsed_strictly_by_field_type() -> None:
             list(taskio.read_tasks(io.BytesIO(bad), "t.csv"))
 
 
+def test_csv_columns_are_named_once() -> None:
+    with pytest.raises(TaskSpecError, match="t.csv line 1: column 'app' is named twice"):
+        list(taskio.read_tasks(io.BytesIO(b"app,workflow,app\nhello,w,other\n"), "t.csv"))
+
+
 def test_csv_nul_and_invalid_utf8_name_the_line() -> None:
     with pytest.raises(TaskSpecError, match="t.csv line 3: not valid UTF-8"):
         list(taskio.read_tasks(io.BytesIO(b"app,workflow\nhello,w\nhello,\xfe\n"), "t.csv"))
