@@ -34,11 +34,16 @@ def app_add(ctx: CliContext, name: str, command: str, description: str, preproce
             postprocess: str, env_script: str, shell: bool, postprocess_on_error: bool,
             postprocess_on_timeout: bool, error_retry_limit: str) -> None:
     """Register app NAME."""
+    from ..taskspec import check_app, from_text
+
+    retries = from_text("error_retry_limit", error_retry_limit)
+    check_app(name, command, {"description": description, "preprocess": preprocess,
+                              "postprocess": postprocess, "env_script": env_script})
     app_id = ctx.client().add_app(
         name, command, description=description, preprocess=preprocess,
         postprocess=postprocess, env_script=env_script, shell=shell,
         postprocess_on_error=postprocess_on_error,
-        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=error_retry_limit)
+        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=retries)
     click.echo(f"added app {name} (id {app_id})")
 
 
@@ -62,7 +67,7 @@ def app_ls(ctx: CliContext, as_json: bool) -> None:
 @pass_ctx
 def app_show(ctx: CliContext, name: str, as_json: bool) -> None:
     """Every field of app NAME."""
-    row: dict[str, Any] = ctx.client().app(name)
+    row: dict[str, Any] = ctx.client().app(_app_name(name))
     if as_json:
         echo_json(row)
         return
@@ -76,12 +81,19 @@ def app_show(ctx: CliContext, name: str, as_json: bool) -> None:
 @pass_ctx
 def app_rm(ctx: CliContext, name: str, yes: bool) -> None:
     """Delete app NAME (refused while it has tasks)."""
+    name = _app_name(name)
     client = ctx.client()
     client.app(name)
     if not yes:
         click.confirm(f"delete app {name}?", abort=True, err=True)
     client.delete_app(name)
     click.echo(f"deleted app {name}")
+
+
+def _app_name(name: str) -> str:
+    from ..values import name as checked
+
+    return checked("name", name)
 
 
 commands: list[click.Command] = [app]

@@ -115,7 +115,7 @@ def test_kill_9_then_the_next_launcher_recovers_after_the_lease(
     # death signal reaches the task's own process, not children it forks (docs/launcher.md).
     ids = add(conn, 2, command="sh -c 'if [ -e started ]; then echo ok >> runs; "
               "else touch started; exec sleep 600; fi'", app="once")
-    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="8")
+    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="8", BALSAM_KILL_GRACE_S="2")
     wait_for("2 running tasks", lambda: count(
         conn, "SELECT count(*) FROM tasks WHERE state = 'RUNNING'") == 2, first)
     [job1] = conn.execute("SELECT DISTINCT batch_job_id FROM tasks").fetchone()
