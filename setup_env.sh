@@ -24,15 +24,33 @@ fi
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 
 # --- MPI: the site's MPI if there is one, else the mpich wheel --------------------------
+# `import mpi4py` succeeds even when the MPI library it was built against is gone (a module
+# unloaded, a package removed); only loading mpi4py.MPI opens that library.
+mpi_check() { "$venv/bin/python" -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])' 2>&1; }
 site_mpicc="$(PATH="${PATH//$venv\/bin:/}" command -v mpicc 2>/dev/null || true)"
-if "$venv/bin/python" -c 'import mpi4py' 2>/dev/null; then
-    echo "mpi4py: already installed"
-elif [ -n "$site_mpicc" ] && [ -z "${BALSAM_USE_MPICH_WHEEL:-}" ]; then
-    echo "mpi4py: building against the site's MPI ($site_mpicc)"
-    MPICC="$site_mpicc" "${pip[@]}" install --no-binary=mpi4py --no-cache-dir mpi4py
+if mpi_line="$(mpi_check)"; then
+    echo "mpi4py: already installed, using ${mpi_line}"
 else
-    echo "mpi4py: no site MPI found (no mpicc on PATH); installing the mpich wheel"
-    "${pip[@]}" install mpi4py mpich
+    if "$venv/bin/python" -c 'import mpi4py' 2>/dev/null; then
+        echo "mpi4py: installed, but 'from mpi4py import MPI' fails:"
+        echo "  $(printf '%s\n' "$mpi_line" | grep -v '^ ' | tail -n 1)"
+        echo "  (the MPI it was built against is gone or changed); reinstalling it"
+        "${pip[@]}" uninstall --yes mpi4py >/dev/null
+    fi
+    if [ -n "$site_mpicc" ] && [ -z "${BALSAM_USE_MPICH_WHEEL:-}" ]; then
+        echo "mpi4py: building against the site's MPI ($site_mpicc)"
+        MPICC="$site_mpicc" "${pip[@]}" install --no-binary=mpi4py --no-cache-dir mpi4py
+    else
+        echo "mpi4py: no site MPI found (no mpicc on PATH); installing the mpich wheel"
+        # --force-reinstall: the wheel's own library may be the part that went missing.
+        "${pip[@]}" install --force-reinstall --no-cache-dir mpi4py mpich
+    fi
+    if ! mpi_line="$(mpi_check)"; then
+        echo "setup_env.sh: mpi4py still cannot load its MPI library:" >&2
+        printf '%s\n' "$mpi_line" | tail -n 3 >&2
+        exit 1
+    fi
+    echo "mpi4py: ${mpi_line}"
 fi
 
 echo "installing balsam_mpi (editable) with its test and plot extras"

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 
 from .errors import UsageError
+from .values import show
 
 _UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
           "hr": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)\s*$", re.IGNORECASE)
+# A duration is at least a millisecond (the smallest unit) and at most a century: beyond
+# that no bin, and no time back from now, means anything (and datetime overflows).
+DURATION_MIN_S = 0.001
+DURATION_MAX_S = 100 * 365.25 * 86400.0
+_TEXT_MAX = 100
 _AGO = re.compile(r"^\s*-?\s*(.+?)\s*(?:ago)?\s*$", re.IGNORECASE)
 
 # Bin widths a person reads easily; the automatic choice takes the first that gives at
@@ -20,15 +27,19 @@ TARGET_BINS = 60
 
 
 def parse_duration(text: str, what: str = "--bin") -> float:
-    """'10s', '5m', '1.5h', '2d', '250ms' or plain seconds '30' -> seconds (> 0)."""
+    """'10s', '5m', '1.5h', '2d', '250ms' or plain seconds '30' -> seconds, from 1 ms to a
+    century."""
+    _check_text(text, what)
     match = _DURATION.match(text or "")
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS and unit != "":
-        raise UsageError(f"{what} {text!r} is not a duration: use a number with a unit, "
-                         "like 10s, 5m, 1h or 2d")
+        raise UsageError(f"{what} {show(text)} is not a duration: use a number with a "
+                         "unit, like 10s, 5m, 1h or 2d")
     seconds = float(match.group(1)) * (_UNITS[unit] if unit else 1.0)
     if seconds <= 0:
-        raise UsageError(f"{what} {text!r} must be longer than zero")
+        raise UsageError(f"{what} {show(text)} must be longer than zero")
+    if not DURATION_MIN_S <= seconds <= DURATION_MAX_S:
+        raise UsageError(f"{what} {show(text)} is out of range: from 1ms to 100 years")
     return seconds
 
 
@@ -36,6 +47,7 @@ def parse_time(text: str, what: str, *, now: datetime | None = None) -> datetime
     """An instant: ISO 8601 ('2026-11-27T10:00', '2026-11-27 10:00:00+00:00'; without a
     zone it is local time), 'now', 'today', or a duration back from now ('2h', '-2h',
     '90m ago')."""
+    _check_text(text, what)
     now = now or datetime.now(timezone.utc)
     raw = (text or "").strip()
     lowered = raw.lower()
@@ -46,19 +58,25 @@ def parse_time(text: str, what: str, *, now: datetime | None = None) -> datetime
         return local.replace(hour=0, minute=0, second=0, microsecond=0)
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        pass
-    else:
         return when if when.tzinfo is not None else when.astimezone()
+    except (ValueError, OverflowError, OSError):
+        pass
     relative = _AGO.match(raw)
     if relative and _DURATION.match(relative.group(1)):
         try:
             return now - timedelta(seconds=parse_duration(relative.group(1), what))
-        except UsageError:
+        except (UsageError, OverflowError):
             pass
-    raise UsageError(f"{what} {text!r} is not a time: use ISO 8601 like 2026-11-27T10:00 "
+    raise UsageError(f"{what} {show(text)} is not a time: use ISO 8601 like 2026-11-27T10:00 "
                      "(local time unless it ends in Z or +HH:MM), 'today', or a duration "
-                     "back from now like 2h")
+                     "back from now like 2h (at most 100 years)")
+
+
+def _check_text(text: str, what: str) -> None:
+    if not isinstance(text, str) or len(text) > _TEXT_MAX or "\x00" in text \
+            or not text.isascii() and not text.isprintable():
+        raise UsageError(f"{what} {show(text, 40)} is not a time or duration (at most "
+                         f"{_TEXT_MAX} printable characters)")
 
 
 def auto_bin(span_seconds: float) -> float:
@@ -87,7 +105,7 @@ def short_time(when: datetime | None) -> str:
 
 def short_duration(seconds: float | None) -> str:
     """'3.2s', '4m05s', '2h10m', '3d4h' — for tables."""
-    if seconds is None or seconds != seconds:  # None or NaN
+    if seconds is None or not math.isfinite(seconds):  # None, NaN, or an infinite time
         return "-"
     sign = "-" if seconds < 0 else ""
     s = abs(seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -18,17 +18,39 @@ project_option = click.option(
 
 
 class Group(click.Group):
-    """A click group that prints our errors as one line (no traceback) and exits non-zero."""
+    """A click group that prints every error as one line (no traceback, no usage block)
+    and exits non-zero: 2 for bad input (click's own parsing included), else the error's
+    own status."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # the root's own options
+            _usage_line(exc, info_name or "")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's options, arguments or name
+            _usage_line(exc, ctx.find_root().info_name or "")
         except BalsamError as exc:
-            click.echo(f"{ctx.find_root().info_name}: error: {exc}", err=True)
+            click.echo(f"{ctx.find_root().info_name}: error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")) if "\n" in text else text
+
+
+def _usage_line(exc: click.UsageError, root: str) -> NoReturn:
+    where = exc.ctx.command_path if exc.ctx is not None else root
+    hint = f" (see `{where} --help`)" if where else ""
+    click.echo(f"{where or root}: error: {_one_line(exc.format_message())}{hint}", err=True)
+    raise click.exceptions.Exit(2)
 
 
 def echo_json(value: Any) -> None:

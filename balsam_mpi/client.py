@@ -21,8 +21,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, pyapps, sql, taskadd, taskspec, waiting
+from . import db, pyapps, sql, taskadd, taskspec, values, waiting
 from .errors import Conflict, NotFound, UsageError
+from .limits import ID_MAX
 from .outcome import Outcome
 from .project import Project
 from .refusals import refusals
@@ -202,6 +203,7 @@ class Client:
         descending. Bad filters raise here, not at the first row."""
         params = filter_params(filters)
         ordering = order_by(order, params)
+        limit = None if limit is None else values.integer("limit", limit, 0, ID_MAX - 1)
         if order in ("id", "+id") and (limit is None or limit > PAGE):
             return self._pages(params, limit)
         return iter(self._select(params, ordering, limit))

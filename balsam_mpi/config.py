@@ -2,17 +2,26 @@
 
 One frozen :class:`Settings`; every field can come from each layer under the same name
 (``idle_timeout_s`` ↔ ``BALSAM_IDLE_TIMEOUT_S`` ↔ ``[launcher] idle_timeout_s``).
+
+Every value is checked when it is read: typed (text from the environment by the strict
+grammar of ``values``; TOML and flags by their own types), finite, inside the range of
+``RANGES``, and the relations of ``_relations`` hold. A bad one is one line naming the
+setting and where it came from, exit status 2. Why so strict: a lease of ``inf`` once
+broke every lease sweep of a project ("interval out of range") after its launcher died,
+and ``--idle-timeout nan`` never exited.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from . import limits, values
+from .errors import InputError, UsageError
 
 
 @dataclass(frozen=True)
@@ -61,83 +70,187 @@ class Settings:
         return dict(self.tags)
 
 
+_DAY = 86_400.0
+# Inclusive ranges. Seconds unless the name ends in _min; counts for the integers. Wide
+# enough for any real machine, narrow enough that nonsense (inf, 1e308, 10^9 GPUs) is
+# refused where it is typed instead of deep inside a sweep or a sleep. The lease's range
+# is limits.py's, because the database checks batch_jobs.lease_sec against the same one.
+RANGES: dict[str, tuple[float, float]] = {
+    "idle_timeout_s": (0.0, 30 * _DAY),  # longer: --persistent
+    "gpus_per_node": (0, limits.INT_RANGES["gpus_per_rank"][1]),
+    "max_tasks": (0, limits.ID_MAX),
+    "time_limit_min": (0.0, limits.WALL_TIME_MIN_MAX),
+    "heartbeat_s": (0.05, 3600.0),
+    "lease_s": (limits.LEASE_S_MIN, limits.LEASE_S_MAX),
+    "expire_check_s": (0.05, 3600.0),
+    "drain_grace_s": (0.0, _DAY),
+    "kill_grace_s": (0.0, 3600.0),
+    "kill_poll_s": (0.01, 3600.0),
+    "flush_interval_s": (0.0, 60.0),
+    "flush_size": (1, 1_000_000),
+    "claim_margin": (0.0, 64.0),
+    "claim_margin_max": (0.0, 64.0),
+    "claim_horizon_s": (0.0, 3600.0),
+    "claim_limit": (1, 1_000_000),
+    "claim_idle_s": (0.0, 60.0),
+    "report_interval_s": (0.01, 3600.0),
+    "poll_cap_s": (0.0, 10.0),
+    "leader_poll_cap_s": (0.0, 10.0),
+    "stop_grace_s": (0.0, 600.0),
+    "signal_hold_s": (0.0, 60.0),
+    "worker_timeout_s": (0.1, _DAY),
+    "output_cap_mb": (0.0, 1e7),
+    "python_max_calls": (0, 1_000_000_000),
+    "python_memory_mb": (0.0, 1e9),
+}
+# A number not listed above (a setting added later) must still be finite and not negative.
+_ANY = (0.0, 1e12)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_DEFAULTS = Settings()
 ENV_PREFIX = "BALSAM_"
 _NOT_FROM_ENV = {"project"}  # BALSAM_DB_PATH names the project (project.py)
+FILE = "settings.toml [launcher]"
+# The launcher's flags where they are not "--" + the name with dashes (launch.py).
+FLAGS = {"idle_timeout_s": "--idle-timeout", "workflows": "--workflow", "tags": "--tag",
+         "owners": "--owner"}
 
 
-def _convert(name: str, value: Any, source: str) -> Any:
-    default = getattr(Settings(), name)
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off", ""):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                items = [v.strip() for v in value.split(",") if v.strip()]
-            else:
-                items = list(value)
-            if name == "tags":
-                return tuple(_tag(str(v)) for v in items)
-            return tuple(str(v) for v in items)
-        return value if value is None else str(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{source}: {name} = {value!r} is not a valid "
-                         f"{type(default).__name__}") from None
-
-
-def _tag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--tag {text!r}: write it as key=value")
-    return key, value
+def flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
             project_settings: Mapping[str, Any] | None = None) -> Settings:
     """Merge the layers; ``cli`` holds only the flags the user gave (None = not given)."""
-    values: dict[str, Any] = {}
-    launcher = dict((project_settings or {}).get("launcher", {}))
+    values_: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    launcher = (project_settings or {}).get("launcher", {})
+    if not isinstance(launcher, Mapping):
+        raise InputError(f"{FILE}: must be a table of settings, got "
+                         f"{values.show(launcher)}")
+    unknown = sorted(set(launcher) - set(_FIELDS))
+    if unknown:
+        raise InputError(f"{FILE}: unknown setting {values.show(unknown[0], 40)} (settings: "
+                         f"{', '.join(sorted(_FIELDS))})")
     for name in _FIELDS:
         if name in launcher:
-            values[name] = _convert(name, launcher[name], "settings.toml [launcher]")
+            where = f"{FILE} {name}"
+            values_[name], sources[name] = _convert(name, launcher[name], where), where
         env_name = ENV_PREFIX + name.upper()
         if name not in _NOT_FROM_ENV and env_name in environ:
-            values[name] = _convert(name, environ[env_name], env_name)
+            values_[name], sources[name] = _convert(name, environ[env_name], env_name), env_name
         given = cli.get(name)
         if given is not None and given != () and given != []:
-            values[name] = _convert(name, given, "--" + name.replace("_", "-"))
-    settings = Settings(**values)
-    _check(settings)
+            values_[name], sources[name] = _convert(name, given, flag(name)), flag(name)
+    settings = Settings(**values_)
+    _relations(settings, sources)
     return settings
 
 
-def _check(s: Settings) -> None:
-    for name in ("idle_timeout_s", "max_tasks", "gpus_per_node", "time_limit_min",
-                 "claim_margin", "python_max_calls", "python_memory_mb"):
-        if getattr(s, name) < 0:
-            raise UsageError(f"{name} must not be negative, got {getattr(s, name)}")
-    for name in ("heartbeat_s", "lease_s", "expire_check_s", "flush_interval_s",
-                 "report_interval_s", "poll_cap_s", "leader_poll_cap_s"):
-        if getattr(s, name) <= 0:
-            raise UsageError(f"{name} must be positive, got {getattr(s, name)}")
+def _convert(name: str, value: Any, source: str) -> Any:
+    """One setting's value from one layer: typed, finite, in range; errors name both."""
+    try:
+        return _typed(name, value, source)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+
+
+def _typed(name: str, value: Any, source: str) -> Any:
+    default = getattr(_DEFAULTS, name)
+    from_text = isinstance(value, str) and source.startswith(ENV_PREFIX)
+    if isinstance(default, bool):
+        if from_text:
+            return values.bool_from_text(name, value)
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be true or false, got {values.show(value)}")
+        return value
+    if isinstance(default, (int, float)):
+        return _number(name, value, isinstance(default, int), from_text)
+    if isinstance(default, tuple):
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) \
+            else value
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, (list, tuple)):
+            raise InputError(f"{name} must be a list of names, got {values.show(value)}")
+        if name == "tags":
+            return tuple(_tag(v) for v in items)
+        return tuple(values.name(name, v) for v in items)
+    if name == "log_level":
+        level = values.text(name, value, 20).strip().upper()
+        if level not in LOG_LEVELS:
+            raise InputError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got "
+                             f"{values.show(value)}")
+        return level
+    if name == "project":
+        return None if value is None else values.path(name, value)
+    return value if value is None else values.text(name, value, limits.NAME_MAX)
+
+
+def _number(name: str, value: Any, whole: bool, from_text: bool) -> int | float:
+    lo, hi = RANGES.get(name, _ANY)
+    if whole:
+        try:
+            if from_text:
+                return values.int_from_text(name, value, int(lo), int(hi))
+            return values.integer(name, value, int(lo), int(hi))
+        except InputError as exc:
+            raise InputError(str(exc).replace(f"{name}: ", f"{name} ", 1)) from None
+    unit = "minutes" if name.endswith("_min") else "seconds" if name.endswith("_s") else ""
+    span = f"from {_fmt(lo)} to {_fmt(hi)}"
+    what = f"a number of {unit} {span}" if unit else f"a number {span}"
+    try:
+        number = values.number_from_text(name, value, lo, hi) if from_text \
+            else values.number(name, value, lo, hi)
+    except InputError:
+        raise InputError(f"{name} must be {what}, got {values.show(value, 40)}") from None
+    return float(number)
+
+
+def _fmt(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def _tag(text: Any) -> tuple[str, str]:
+    if isinstance(text, (list, tuple)) and len(text) == 2:  # already a pair
+        key, value = text
+    else:
+        key, sep, value = values.text("tags", text, limits.NAME_MAX * 2).partition("=")
+        if not sep or not key:
+            raise InputError(f"tags: write each as key=value, got {values.show(text)}")
+    return values.name("tags", key), values.name(f"tags.{key}", value)
+
+
+def _relations(s: Settings, sources: Mapping[str, str]) -> None:
+    """What must hold between settings; the error names both and where each came from."""
+
+    def said(name: str) -> str:
+        where = sources.get(name)
+        return f"{getattr(s, name):g}, " + (f"from {where}" if where else "the default")
+
     # A leader stops its tasks after half its lease without a heartbeat (lease.py): beating
     # less often than that would stop them with the database perfectly well.
     if s.heartbeat_s * 2 >= s.lease_s:
-        raise UsageError(f"heartbeat_s ({s.heartbeat_s:g}) must be less than half of "
-                         f"lease_s ({s.lease_s:g})")
+        raise UsageError(f"heartbeat_s ({said('heartbeat_s')}) must be less than half of "
+                         f"lease_s ({said('lease_s')})")
+    # … and its tasks must be dead (SIGTERM, then SIGKILL after kill_grace_s) before the
+    # other half runs out and another leader may requeue them: never two runs at once.
+    if s.kill_grace_s * 2 >= s.lease_s:
+        raise UsageError(f"kill_grace_s ({said('kill_grace_s')}) must be less than half of "
+                         f"lease_s ({said('lease_s')})")
+    if s.claim_margin > s.claim_margin_max:
+        raise UsageError(f"claim_margin ({said('claim_margin')}) must not exceed "
+                         f"claim_margin_max ({said('claim_margin_max')})")
+    # The drain starts drain_grace_s before the end: longer than the whole run, and the
+    # launcher would drain before it ever ran a task.
+    if s.time_limit_min > 0 and s.drain_grace_s >= s.time_limit_min * 60.0:
+        limit = sources.get("time_limit_min")
+        raise UsageError(f"drain_grace_s ({said('drain_grace_s')}) must be less than "
+                         f"time_limit_min ({s.time_limit_min:g} min = "
+                         f"{s.time_limit_min * 60:g} s, from {limit})")
     if s.worker_timeout_s < 3 * s.report_interval_s:
-        raise UsageError(f"worker_timeout_s ({s.worker_timeout_s:g}) must be at least 3 "
-                         f"report intervals ({3 * s.report_interval_s:g})")
-    if s.flush_size < 1 or s.claim_limit < 1:
-        raise UsageError("flush_size and claim_limit must be at least 1")
+        raise UsageError(f"worker_timeout_s ({said('worker_timeout_s')}) must be at least 3 "
+                         f"report intervals (report_interval_s {said('report_interval_s')})")
+    for name in RANGES:  # Settings built in code skip _convert; a last guard
+        if not math.isfinite(getattr(s, name)):  # pragma: no cover - _convert refuses
+            raise UsageError(f"{name} must be finite")

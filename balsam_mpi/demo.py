@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import db, sql
-from .errors import BalsamError, UsageError
+from . import db, localstart, sql
+from .errors import UsageError
 from .project import Project
 
 Echo = Callable[[str], None]
@@ -46,15 +45,7 @@ class Summary:
 
 def find_mpiexec() -> str:
     """The mpiexec beside this Python (the venv's MPICH wheel) first, then PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    if here.exists():
-        return str(here)
-    found = shutil.which("mpiexec")
-    if not found:
-        raise BalsamError("no mpiexec found beside this Python or on PATH: run "
-                          "`bash setup_env.sh` (it installs the mpich wheel) or load your "
-                          "site's MPI module")
-    return found
+    return localstart.find_mpiexec()
 
 
 def make_project(path: str | None, echo: Echo) -> Project:
@@ -125,10 +116,13 @@ def run_launcher(project: Project, ranks: int, total: int, echo: Echo,
                  progress: Callable[[str], None]) -> int:
     env = dict(os.environ, BALSAM_DB_PATH=str(project.root))
     env.pop("BALSAM_DB_NAME", None)
-    argv = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "balsam_mpi",
-            "--idle-timeout", "1"]
-    echo("running: " + " ".join(argv[:3] + ["python", "-m", "balsam_mpi", "--idle-timeout",
-                                            "1"]))
+    args = ["--idle-timeout", "1"]
+    # The start that suits one shared host for this MPI (localstart: no TCP control port
+    # with MPICH, oversubscription with Open MPI); it execs the starter in place.
+    how = localstart.plan(ranks, args, env)
+    echo(f"running {ranks} launcher ranks with {how.how}")
+    argv = [sys.executable, "-m", "balsam_mpi.localstart", "--quiet", "-n", str(ranks), "--",
+            *args]
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env)
     conn = db.connect(project, autocommit=True)

@@ -19,8 +19,17 @@ class UsageError(BalsamError):
     exit_code = 2
 
 
+class InputError(UsageError):
+    """One bad value (a field, a flag, a setting, a line of a file); the message names it."""
+
+
 class ProjectError(BalsamError):
     """The project directory is missing, malformed or unsafe (modes, owner, paths)."""
+
+
+class BadProjectPath(ProjectError, UsageError):
+    """The project named by the user is not a usable project path: not given, not a
+    directory, not a balsam project. Bad input, so exit status 2 (UsageError's)."""
 
 
 class PermissionDenied(BalsamError):

@@ -18,18 +18,25 @@ import time
 import traceback
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from . import logs
 from .config import Settings, resolve
-from .errors import BalsamError
+from .errors import BalsamError, UsageError
 from .project import Project
 
 log = logging.getLogger(__name__)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is a UsageError like any bad setting: one line, on rank 0 only."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m balsam_mpi",
         description="Run tasks from the project's database: one MPI rank per node, "
                     "rank 0 leads.")
@@ -86,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BalsamError as exc:
         if rank == 0:
             print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        if world.Get_size() == 1:  # nothing to take down: one line and the status only
+            sys.exit(exc.exit_code)
         world.Abort(exc.exit_code)
         return
     runner: Any = None

@@ -27,6 +27,9 @@ TAGS_MAX_BYTES = 16 * 1024
 ENV_MAX_BYTES = 128 * 1024
 DATA_MAX_BYTES = 256 * 1024
 ARGS_MAX_ITEMS = 4_096
+# args in all, in bytes of UTF-8: 4,096 items of 64 KiB would otherwise allow a 256 MiB row;
+# this is what one command line can carry anyway (ARG_MAX above, less the environment).
+ARGS_MAX_BYTES = 1024 * 1024
 INPUT_FILES_MAX_ITEMS = 256
 JSON_MAX_DEPTH = 64  # nesting of params / tags / data
 
@@ -44,6 +47,12 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 WALL_TIME_MIN_MAX = 525_600.0  # one year, in minutes; finite and not negative
 ID_MAX = 2**63 - 1  # task and batch job ids are bigint
+
+# A batch job's lease, in seconds (config.lease_s, batch_jobs.lease_sec). At least a second
+# (a heartbeat must fit twice), at most a day: longer leases only delay recovery, and an
+# unbounded one (inf) made every sweep's "heartbeat + lease" overflow the interval type.
+LEASE_S_MIN = 1.0
+LEASE_S_MAX = 86_400.0
 
 # Output kept in the database for a failed task (the rest stays in task.out / task.err).
 OUTPUT_TAIL_MAX = 4_096

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .errors import UsageError
+from .errors import InputError
 
 
 class TaskState(str, Enum):
@@ -67,14 +67,18 @@ def can_move(src: TaskState, dst: TaskState) -> bool:
     return dst in TRANSITIONS[src]
 
 
-class UnknownState(UsageError, ValueError):
+class UnknownState(InputError, ValueError):
     """A state name that is not one of TaskState's."""
 
 
 def parse_state(text: str) -> TaskState:
     """A state from user input, case-insensitive; the error lists the valid names."""
+    if isinstance(text, TaskState):
+        return text
     try:
-        return TaskState(text.strip().upper())
+        return TaskState(text.strip().upper()) if isinstance(text, str) and len(text) < 40 \
+            else TaskState(None)
     except ValueError:
         names = ", ".join(s.value for s in TaskState)
-        raise UnknownState(f"state: unknown state {text!r}; use one of {names}") from None
+        shown = repr(text) if len(repr(text)) <= 60 else repr(text)[:59] + "…"
+        raise UnknownState(f"state: unknown state {shown}; use one of {names}") from None

@@ -1,41 +1,61 @@
-"""Multi-node MPI tasks: the launch prefix per platform, and the environment a task gets.
+"""Multi-node MPI tasks: the launch prefix per MPI, and which one this machine speaks.
 
 A task with ``num_nodes > 1`` or ``ranks_per_node > 1`` runs as its own MPI job: the head
-worker of its reserved nodes starts ``launch_prefix(...) + task argv``. Everything here is
-a pure function of its arguments (and of an environment passed in), so every platform can
-be checked on a laptop; only what ``choose_launcher`` finds on PATH touches the machine.
+worker of its reserved nodes starts ``launch_prefix(...) + task argv``. The prefixes are
+pure functions of their arguments, so every MPI can be checked on a laptop; only
+``choose_launcher`` touches the machine: it finds the ``mpiexec`` and asks it what it is
+(``mpidetect``). The task's environment is ``mpienv.task_mpi_env`` of the worker's.
 
 What was run for real on the development machine, and what was not (docs/mpi-tasks.md):
 
-- ``mpich`` (MPICH's hydra ``mpiexec``): TESTED — a nested ``mpiexec -n 4 --ppn 2 -hosts
-  localhost,localhost`` from inside each rank of ``mpiexec -n 2`` (tests/e2e), and the
-  ``-bind-to`` forms by reading each rank's CPU affinity.
+- ``mpich`` (MPICH's hydra ``mpiexec``, and its fork-only ``mpiexec.gforker`` for tasks
+  on this host alone): TESTED with the mpich wheel (MPICH 5.0.2) and Debian's MPICH 4.0.2.
+- ``openmpi`` (Open MPI's ``mpiexec``/``mpirun``): TESTED with Debian's Open MPI 4.1.4
+  (tests/openmpi, the demo and the MPI-task e2e tests). Open MPI 5 (PRRTE) is not.
 - ``srun`` (Slurm), ``pals`` (HPE Cray PALS ``mpiexec``, PBS Pro at ALCF), ``aprun``
-  (Cobalt/ALPS, legacy): UNTESTED — no such system here. Their flags follow the
-  schedulers' documentation (srun(1); ALCF's Polaris "Running Jobs" page; aprun(1) and
-  ALCF's Theta/XC40 guide), and the unit tests pin the exact argv so a site check
-  changes them knowingly.
+  (Cobalt/ALPS, legacy), ``intel`` (Intel MPI's hydra): their flags follow the vendors'
+  documentation, and the unit tests pin the exact argv so a site check changes them
+  knowingly.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from . import mpidetect
 from .errors import BalsamError
+from .mpienv import is_launcher_variable, task_mpi_env
 from .platform import SchedulerEnv, detect
 
-KINDS = ("mpich", "srun", "pals", "aprun")
-UNTESTED_KINDS = frozenset({"srun", "pals", "aprun"})
+__all__ = ["CPU_BINDS", "KINDS", "LAUNCHER_ENV", "UNTESTED_KINDS", "LaunchError",
+           "MpiLauncher", "choose_launcher", "is_launcher_variable", "launch_prefix",
+           "needs_prefix", "task_mpi_env"]
+
+log = logging.getLogger(__name__)
+
+KINDS = ("mpich", "openmpi", "intel", "srun", "pals", "aprun")
+UNTESTED_KINDS = frozenset({"srun", "pals", "aprun", "intel"})
 LAUNCHER_ENV = "BALSAM_MPI_LAUNCHER"  # explicit choice: one of KINDS
 # How ranks are bound to CPUs, in one vocabulary mapped onto each launcher's own:
 # "depth" binds each rank to threads_per_rank consecutive cores (ALCF's usual advice).
 CPU_BINDS = ("none", "core", "hwthread", "depth")
-_PROGRAM = {"mpich": "mpiexec", "srun": "srun", "pals": "mpiexec", "aprun": "aprun"}
+_PROGRAM = {"mpich": "mpiexec", "openmpi": "mpiexec", "intel": "mpiexec", "srun": "srun",
+            "pals": "mpiexec", "aprun": "aprun"}
+_SYNTAX = {  # for the log: which dialect the prefixes speak
+    "mpich": "MPICH hydra (mpiexec -n N --ppn P -hosts h1,h2)",
+    "openmpi": "Open MPI (mpiexec -n N --host h1:P,h2:P)",
+    "intel": "Intel MPI hydra (mpiexec -n N -ppn P -hosts h1,h2)",
+    "srun": "Slurm (srun --overlap --nodes … --ntasks-per-node=P --nodelist=h1,h2)",
+    "pals": "HPE Cray PALS (mpiexec -n N --ppn P --hosts h1,h2 --depth T)",
+    "aprun": "ALPS (aprun -n N -N P -d T -L nids)",
+}
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # no ',' (the separator), no leading '-'
 
 
@@ -45,17 +65,40 @@ class LaunchError(BalsamError):
 
 @dataclass(frozen=True)
 class MpiLauncher:
-    """The launcher a worker uses for multi-rank tasks: its kind and the program to run."""
+    """The launcher a worker uses for multi-rank tasks: its kind and the program to run.
+
+    A task whose every host is ``host`` runs on virtual nodes of this one machine, whose
+    cores it shares with the other virtual nodes' tasks. With MPICH, ``fork_program``
+    (``mpiexec.gforker``) starts it without hydra's TCP control port, which any local
+    user could connect to (docs/security.md); binding needs hydra, so a task that asks
+    for one still goes through ``program``. With Open MPI its ranks are left unbound:
+    mpirun's default binding refuses more ranks than the machine has cores.
+    """
 
     kind: str
     program: str
+    fork_program: str = ""
+    host: str = ""
+    why: str = field(default="", compare=False)  # how it was chosen, for the log
 
     @property
     def tested(self) -> bool:
         return self.kind not in UNTESTED_KINDS
 
+    def describe(self) -> str:
+        text = f"{_SYNTAX[self.kind]} through {self.program}"
+        if self.fork_program:
+            text += f"; tasks on this host only: {self.fork_program} -n N (no TCP port)"
+        return text + (f" [{self.why}]" if self.why else "")
+
     def prefix(self, *, hosts: Sequence[str], ranks_per_node: int, threads_per_rank: int = 1,
                cpu_bind: str | None = None, gpus_per_rank: int = 0) -> list[str]:
+        here = bool(self.host and hosts and all(h == self.host for h in hosts))
+        if here and cpu_bind is None and self.fork_program:
+            _check_layout(hosts, ranks_per_node, threads_per_rank, cpu_bind, gpus_per_rank)
+            return [self.fork_program, "-n", str(len(hosts) * ranks_per_node)]
+        if here and cpu_bind is None and self.kind == "openmpi":
+            cpu_bind = "none"
         return launch_prefix(self.kind, hosts=hosts, ranks_per_node=ranks_per_node,
                              threads_per_rank=threads_per_rank, cpu_bind=cpu_bind,
                              gpus_per_rank=gpus_per_rank, program=self.program)
@@ -74,9 +117,10 @@ def launch_prefix(kind: str, *, hosts: Sequence[str], ranks_per_node: int,
     ``hosts`` are the task's reserved nodes, one entry per node (the same name repeated
     when worker ranks are virtual nodes of one host). ``cpu_bind`` None leaves binding
     to the launcher's default; ``threads_per_rank`` always sets the CPUs reserved per
-    rank where the launcher has a flag for it (srun, PALS, aprun), since that is what
-    keeps OpenMP threads of different ranks apart. The task's ``OMP_NUM_THREADS`` comes
-    from its environment, which every one of these launchers forwards.
+    rank where the launcher has a flag for it (srun, PALS, aprun, Open MPI, Intel MPI),
+    since that is what keeps OpenMP threads of different ranks apart. The task's
+    ``OMP_NUM_THREADS`` comes from its environment, which every one of these launchers
+    forwards.
     """
     if kind not in KINDS:
         raise LaunchError(f"unknown MPI launcher {kind!r}; use one of {', '.join(KINDS)}")
@@ -87,6 +131,12 @@ def launch_prefix(kind: str, *, hosts: Sequence[str], ranks_per_node: int,
     if kind == "mpich":
         return [prog, "-n", str(total), "--ppn", str(ppn), "-hosts", ",".join(hosts),
                 *_mpich_bind(cpu_bind, depth)]
+    if kind == "openmpi":
+        return [prog, "-n", str(total), "--host", _slots(hosts, ppn),
+                *_openmpi_bind(cpu_bind, depth)]
+    if kind == "intel":
+        return [prog, "-n", str(total), "-ppn", str(ppn), "-hosts", ",".join(hosts),
+                *_intel_bind(cpu_bind, depth)]
     if kind == "srun":
         # --overlap: the launcher's own step holds every CPU of the job; --overcommit: the
         # launcher, not Slurm, decides what fits on a node, so a step is never refused for
@@ -133,6 +183,37 @@ def _mpich_bind(cpu_bind: str | None, depth: int) -> list[str]:
     return ["-bind-to", target]
 
 
+def _slots(hosts: Sequence[str], ppn: int) -> str:
+    """Open MPI's ``--host h1:P,h2:P``: a name given twice (virtual nodes of one host)
+    gets its slots summed, in first-seen order, which is what mpirun does with it too."""
+    slots: dict[str, int] = {}
+    for host in hosts:
+        slots[host] = slots.get(host, 0) + ppn
+    return ",".join(f"{h}:{n}" for h, n in slots.items())
+
+
+def _openmpi_bind(cpu_bind: str | None, depth: int) -> list[str]:
+    # mpirun(1) of Open MPI 4.1 (checked here by each rank's sched_getaffinity): ranks map
+    # by slot, so --host h1:P,h2:P puts P on each; "--map-by slot:PE=T" reserves and binds
+    # T cores per rank (it fails when a node has fewer cores than ranks × T).
+    if cpu_bind is None:
+        return ["--map-by", f"slot:PE={depth}"] if depth > 1 else []
+    if cpu_bind == "depth":
+        return ["--map-by", f"slot:PE={depth}", "--bind-to", "core"]
+    return ["--bind-to", {"none": "none", "core": "core", "hwthread": "hwthread"}[cpu_bind]]
+
+
+def _intel_bind(cpu_bind: str | None, depth: int) -> list[str]:
+    # UNTESTED. Intel MPI Developer Reference: pinning is set through I_MPI_PIN /
+    # I_MPI_PIN_DOMAIN (one rank per domain; "<size>:compact" = size logical CPUs).
+    if cpu_bind is None:
+        return ["-genv", "I_MPI_PIN_DOMAIN", f"{depth}:compact"] if depth > 1 else []
+    if cpu_bind == "none":
+        return ["-genv", "I_MPI_PIN", "0"]
+    domain = {"core": "core", "hwthread": "1", "depth": f"{depth}:compact"}[cpu_bind]
+    return ["-genv", "I_MPI_PIN_DOMAIN", domain]
+
+
 def _srun_bind(cpu_bind: str | None) -> list[str]:
     # UNTESTED. srun(1): --cpu-bind=none|cores|threads; with --cpus-per-task=N a task
     # bound to "cores" gets its N CPUs, which is what "depth" means here.
@@ -172,41 +253,66 @@ def _nids(hosts: Sequence[str]) -> list[str]:
 
 
 # -- which launcher ------------------------------------------------------------------------
+Probe = Callable[[str, Mapping[str, str]], mpidetect.MpiInfo]
+
+
 def choose_launcher(environ: Mapping[str, str] = os.environ, *, setting: str = "",
                     sched: SchedulerEnv | None = None,
                     which: Callable[[str], str | None] = shutil.which,
                     exists: Callable[[str], bool] = os.path.exists,
-                    python_bin: str = os.path.dirname(sys.executable)) -> MpiLauncher:
-    """The launcher for multi-rank tasks on this platform.
+                    python_bin: str = os.path.dirname(sys.executable),
+                    probe: Probe = mpidetect.probe, host: str | None = None) -> MpiLauncher:
+    """The launcher for multi-rank tasks on this platform (logged once by the caller).
 
     An explicit ``setting`` (the launcher's option) or ``$BALSAM_MPI_LAUNCHER`` wins.
-    Otherwise the scheduler decides: Slurm → srun, Cobalt → aprun, PBS → PALS's
-    ``mpiexec`` unless the ``mpiexec`` on PATH is MPICH's hydra (then mpich), no
-    scheduler → hydra, preferring the ``mpiexec`` beside this Python (the venv's, the
-    one the job templates start the launcher with).
+    Otherwise Slurm → srun and Cobalt → aprun. Else the ``mpiexec`` (PBS: on PATH; no
+    scheduler: the one beside this Python first, as the demo and ``local.sh`` use) is
+    asked what it is (``mpidetect``): MPICH hydra, Open MPI or Intel MPI get their own
+    syntax; anything else is PALS under PBS and hydra elsewhere, with a warning. Without
+    a scheduler, MPICH's ``mpiexec.gforker`` beside hydra starts tasks on this host alone.
     """
     name = (setting or environ.get(LAUNCHER_ENV, "")).strip().lower()
     if name:
         if name not in KINDS:
             raise LaunchError(f"{LAUNCHER_ENV}={name!r} is not a launcher; use one of "
                               f"{', '.join(KINDS)}")
-        return MpiLauncher(name, _find(name, which, exists, python_bin))
+        why = "the launcher setting" if setting else f"{LAUNCHER_ENV}={name}"
+        return _chosen(MpiLauncher(name, _find(name, which, exists, python_bin), why=why))
     scheduler = (sched or detect(environ)).scheduler
     if scheduler == "slurm":
-        return MpiLauncher("srun", _find("srun", which, exists, python_bin))
+        return _chosen(MpiLauncher("srun", _find("srun", which, exists, python_bin),
+                                   why="a Slurm job"))
     if scheduler == "cobalt":
-        return MpiLauncher("aprun", _find("aprun", which, exists, python_bin))
-    if scheduler == "pbs":
-        found = which("mpiexec")
-        if found is not None and _is_hydra(found, exists):
-            return MpiLauncher("mpich", found)
-        return MpiLauncher("pals", _find("pals", which, exists, python_bin))
-    return MpiLauncher("mpich", _find("mpich", which, exists, python_bin))
+        return _chosen(MpiLauncher("aprun", _find("aprun", which, exists, python_bin),
+                                   why="a Cobalt job"))
+    local = scheduler != "pbs"
+    program = _find("mpich" if local else "pals", which, exists, python_bin)
+    info = probe(program, environ)
+    kind = info.kind
+    why = info.describe()
+    if kind in ("unknown", "srun") or (local and kind == "pals"):
+        if not local and not _is_hydra(program, exists):
+            kind = "pals"
+            why += "; taken for PALS under PBS"
+        else:
+            log.warning("could not tell which MPI %s belongs to (%s); using MPICH hydra's "
+                        "syntax. Set %s to one of %s if that is wrong", program,
+                        info.banner or "no version banner", LAUNCHER_ENV, ", ".join(KINDS))
+            kind = "mpich"
+            why += "; assumed MPICH hydra"
+    fork = mpidetect.fork_starter(program, exists) if local and kind == "mpich" else None
+    return _chosen(MpiLauncher(kind, program, fork_program=fork or "",
+                               host=socket.gethostname() if host is None else host, why=why))
+
+
+def _chosen(launcher: MpiLauncher) -> MpiLauncher:
+    log.info("multi-rank tasks start with %s", launcher.describe())
+    return launcher
 
 
 def _find(kind: str, which: Callable[[str], str | None], exists: Callable[[str], bool],
           python_bin: str) -> str:
-    if kind == "mpich":
+    if kind in ("mpich", "openmpi", "intel"):
         beside = os.path.join(python_bin, "mpiexec")
         if exists(beside):
             return beside
@@ -221,53 +327,3 @@ def _is_hydra(path: str, exists: Callable[[str], bool]) -> bool:
     """MPICH installs ``mpiexec`` beside ``mpiexec.hydra`` (a copy or a link to it)."""
     return os.path.basename(path) == "mpiexec.hydra" or exists(
         os.path.join(os.path.dirname(path), "mpiexec.hydra"))
-
-
-# -- the task's environment ----------------------------------------------------------------
-# What the launcher's own process manager sets for each of ITS ranks: who the rank is and
-# how to reach the process manager. A task that inherits them is not a fresh job.
-# Measured here (MPICH 5 hydra): a single-rank mpi4py task started with the launcher's
-# PMI_FD/PMI_RANK/PMI_SIZE fails in MPI_Init ("PMI_Init returned -1") when the launcher's
-# descriptors are closed, as the runner closes them; with them left open it talked to the
-# launcher's own process manager and took the whole launcher job down. PMI_FD alone
-# decides it there; the rest go as well because they describe a rank the task is not.
-# A nested hydra mpiexec worked even unscrubbed (it sets PMI_* afresh for its ranks).
-_SCRUB_PREFIXES = (
-    "PMI_", "PMIX_",  # MPICH/hydra, Cray PMI, Slurm's PMI-2 and PMIx plugins
-    "HYDI_",  # hydra's internal control descriptor
-    "MPI_LOCALNRANKS", "MPI_LOCALRANKID",  # hydra: the launcher rank's node-local rank
-    "PALS_",  # UNTESTED: Cray PALS rank identity (PALS_RANKID, PALS_NODEID, PALS_APID …)
-    "OMPI_", "PRTE_",  # UNTESTED: Open MPI / PRRTE job identity (not a supported launcher)
-    "ALPS_APP_",  # UNTESTED: ALPS (aprun) application identity
-    "SLURM_STEP_", "SLURM_SRUN_COMM_",  # UNTESTED: the launcher's Slurm step …
-)
-# UNTESTED: Slurm's per-task and per-step variables (srun(1), OUTPUT ENVIRONMENT). The
-# step-layout ones are also srun INPUT variables: a task's own `srun` would otherwise
-# inherit the launcher step's one-task-per-node, all-CPUs layout. Job-level variables
-# (SLURM_JOB_ID, SLURM_JOB_NODELIST, …) stay: srun needs them to find the allocation.
-_SCRUB_NAMES = frozenset({
-    "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_TASK_PID", "SLURM_GTIDS",
-    "SLURM_STEPID", "SLURM_LAUNCH_NODE_IPADDR", "SLURM_NTASKS", "SLURM_NPROCS",
-    "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_CPUS_PER_TASK",
-    "SLURM_CPU_BIND", "SLURM_CPU_BIND_TYPE", "SLURM_CPU_BIND_LIST",
-    "SLURM_CPU_BIND_VERBOSE", "SLURM_DISTRIBUTION",
-})
-
-
-def is_launcher_variable(name: str) -> bool:
-    """True for a variable of the launcher's own MPI job that a task must not inherit.
-
-    Kept on purpose: MPICH_* and MPIR_CVAR_* (MPICH tuning, e.g. Cray's
-    MPICH_GPU_SUPPORT_ENABLED), HYDRA_* (hydra options a user set; hydra sets none in its
-    ranks), FI_*, UCX_*, OMP_*, CUDA_*/ROCR_*/ZE_* (replaced per task by the GPU share).
-    """
-    return name in _SCRUB_NAMES or name.startswith(_SCRUB_PREFIXES)
-
-
-def task_mpi_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment without its MPI job's identity (compute once per worker).
-
-    A task's own ``env`` is applied after this, so a variable a task sets on purpose
-    (an ``OMPI_MCA_*`` tuning, say) is never removed.
-    """
-    return {k: v for k, v in environ.items() if not is_launcher_variable(k)}

@@ -258,7 +258,12 @@ __attribute__((used)) void cmain(long *sp) {
         tick.sec = 1; tick.nsec = 0; brief.sec = 0; brief.nsec = 20000000;
         long sig = sc(NR_rt_sigtimedwait, (long)&set, 0,
                       killing ? (long)&brief : cap ? (long)&tick : 0, 8);
-        if ((sig == SIGTERM || sig == SIGINT) && !done) sc(NR_kill, -task, sig, 0, 0);
+        if ((sig == SIGTERM || sig == SIGINT) && !done) {
+            /* The group, and the task itself: until it has called setsid() the group does
+               not exist yet, and a signal sent to it alone would be lost. */
+            sc(NR_kill, -task, sig, 0, 0);
+            sc(NR_kill, task, sig, 0, 0);
+        }
         if (sig == SIGHUP) killing = 1;
         long left = 1;
         for (;;) {

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ProjectError
+from .errors import BadProjectPath, InputError, ProjectError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -147,16 +147,43 @@ class Project:
     # -- discovery ---------------------------------------------------------------------
     @classmethod
     def from_env(cls, path: str | os.PathLike[str] | None = None) -> Project:
-        """The project named by ``path`` or ``$BALSAM_DB_PATH``; clear error when neither."""
+        """The project named by ``path`` or ``$BALSAM_DB_PATH``; one line when it is not a
+        usable directory (BadProjectPath: bad input, exit status 2)."""
+        if isinstance(path, Project):
+            return path
+        if path is not None and not isinstance(path, (str, os.PathLike)) or isinstance(
+                path, bytes):
+            kind = {int: "the integer", float: "the number", bool: "a boolean"}.get(
+                type(path), f"a {type(path).__name__}")
+            raise BadProjectPath(f"project: expected a directory path, got {kind} "
+                                 f"{_show(path)}")
         chosen = os.fspath(path) if path else os.environ.get(ENV_VAR, "")
+        where = "project" if path else ENV_VAR
+        if not isinstance(chosen, str):
+            raise BadProjectPath(f"{where}: expected a directory path as text")
         if not chosen:
-            raise ProjectError(
+            raise BadProjectPath(
                 f"no project given: pass --project PATH or `source balsamactivate PATH` "
                 f"(which sets {ENV_VAR})"
             )
+        if "\x00" in chosen:
+            raise BadProjectPath(f"{where}: the path contains a NUL character")
+        try:
+            os.fsencode(chosen)
+        except UnicodeEncodeError:  # pragma: no cover - only with a non-UTF-8 locale
+            raise BadProjectPath(f"{where}: the path cannot be encoded") from None
         project = cls(chosen)
-        if not project.root.is_dir():
-            raise ProjectError(f"project directory {project.root} does not exist")
+        shown = str(project.root) if len(chosen) <= 200 and chosen.isprintable() \
+            else _show(str(project.root))
+        try:
+            st = os.stat(project.root)
+        except FileNotFoundError:
+            raise BadProjectPath(f"{where}: {shown} does not exist") from None
+        except OSError as exc:
+            raise BadProjectPath(f"{where}: cannot reach {shown} ({exc.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadProjectPath(f"{where}: {shown} is not a directory (a project "
+                                 "is the directory `balsam-dbctl init` made)")
         return project
 
     def exists(self) -> bool:
@@ -168,7 +195,7 @@ class Project:
         try:
             text = path.read_text()
         except FileNotFoundError:
-            raise ProjectError(
+            raise BadProjectPath(
                 f"{self.root} is not a balsam project (no server-info.json); "
                 "create one with `balsam-dbctl init PATH`"
             ) from None
@@ -192,8 +219,16 @@ class Project:
                 return data
         except FileNotFoundError:
             return {}
-        except tomllib.TOMLDecodeError as exc:
-            raise ProjectError(f"{self.settings_path} is not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ProjectError(f"cannot read {self.settings_path}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.settings_path}: not valid TOML ({exc})") from None
+
+
+def _show(value: Any) -> str:
+    from .values import show
+
+    return show(value, 80)
 
 
 def _path_safe(text: str) -> str:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import sql
+from . import limits, sql, values
 from .errors import UsageError
-from .limits import ID_MAX
 from .models import TaskState, parse_state
 
 # `task ls --sort`: column -> ORDER BY (a leading '-' sorts descending); ties by id.
@@ -21,10 +20,7 @@ def as_ids(ids: int | Sequence[int]) -> list[int]:
     if isinstance(ids, (str, bytes)) or ids is None:
         raise UsageError(f"id: {ids!r} is not a task id")
     out = [ids] if isinstance(ids, int) else list(ids)
-    for i in out:
-        if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= ID_MAX:
-            raise UsageError(f"id: {i!r} is not a task id")
-    return out
+    return [values.task_id("id", i) for i in out]
 
 
 def listify(value: Any) -> list[Any] | None:
@@ -58,7 +54,11 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
     if tags is not None and not isinstance(tags, Mapping):
         raise UsageError(f"tags: must be a dict of key: value, got {tags!r}")
     name = filters.get("name")
-    workflows = lists["workflow"]
+    workflows = _texts("workflow", lists["workflow"])
+    if name is not None:
+        values.name("name", name)
+    if tags:
+        values.json_object("tags", tags, limits.TAGS_MAX_BYTES)
     state_names = None if states is None else sorted({parse_state(str(s)).value
                                                       for s in states})
     return {
@@ -68,12 +68,17 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
         "workflows": workflows if workflows and len(set(workflows)) > 1 else None,
         "state": state_names[0] if state_names and len(state_names) == 1 else None,
         "states": state_names if state_names and len(state_names) > 1 else None,
-        "apps": lists["app"] or None,
+        "apps": _texts("app", lists["app"]) or None,
         "name_like": None if name is None else glob_to_like(name),
         "tags": None if not tags else Jsonb(dict(tags)),
-        "owners": lists["owner"] or None,
+        "owners": _texts("owner", lists["owner"]) or None,
         "after": filters.get("after"),
     }
+
+
+def _texts(field: str, items: list[Any] | None) -> list[Any] | None:
+    """Filter values are text the database compares: no NUL, valid UTF-8, capped."""
+    return None if items is None else [values.name(field, v) for v in items]
 
 
 def glob_to_like(pattern: str) -> str:

@@ -15,23 +15,21 @@ import math
 import re
 import shlex
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from .errors import UsageError
+from . import limits, values
+from .errors import InputError
+
+# One bad field of one task or app; the message names it. The same class as every other
+# bad value (values.py), so callers catch one thing.
+TaskSpecError = InputError
 
 
-class TaskSpecError(UsageError):
-    """One bad field of one task or app; the message names it."""
-
-
-# field -> minimum (None: any integer). Defaults are the database's (0001_initial.sql).
-INT_FIELDS: dict[str, int | None] = {
-    "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "gpus_per_rank": 0,
-    "node_packing_count": 1, "priority": None, "error_retry_limit": 0,
-    "timeout_retry_limit": 0, "lost_retry_limit": 0,
-}
+# field -> (minimum, maximum), limits.py's. Defaults are the database's (0001_initial.sql).
+INT_FIELDS: dict[str, tuple[int, int]] = dict(limits.INT_RANGES)
 INT_DEFAULTS = {
     "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "gpus_per_rank": 0,
     "node_packing_count": 1, "priority": 0, "timeout_retry_limit": 3, "lost_retry_limit": 3,
@@ -53,8 +51,12 @@ MODIFIABLE = frozenset((*INT_FIELDS, *FLOAT_FIELDS, "workflow", "name", *DICT_FI
 APP_FIELDS = frozenset({"description", "preprocess", "postprocess", "env_script", "shell",
                         "postprocess_on_error", "postprocess_on_timeout",
                         "error_retry_limit"})
+_APP_BOOLS = ("shell", "postprocess_on_error", "postprocess_on_timeout")
 _APP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A JSON object's byte cap (limits.py), and whether its keys are capped like names.
+_DICT_CAPS = {"params": limits.PARAMS_MAX_BYTES, "tags": limits.TAGS_MAX_BYTES,
+              "env": limits.ENV_MAX_BYTES, "data": limits.DATA_MAX_BYTES}
 
 
 @dataclass(frozen=True)
@@ -75,39 +77,56 @@ def placeholders(command: str) -> frozenset[str]:
     try:
         parsed = list(string.Formatter().parse(command))
     except ValueError as exc:
-        raise TaskSpecError(f"command: bad template {command!r} ({exc}); "
+        raise TaskSpecError(f"command: bad template {values.show(command)} ({exc}); "
                             "write a literal brace as {{ or }}") from None
     for _text, field, _spec, _conv in parsed:
         if field is None:
             continue
         if not _IDENT.match(field):
-            raise TaskSpecError(f"command: placeholder {{{field}}} must be a plain name "
-                                "like {input}; write a literal brace as {{ or }}")
+            raise TaskSpecError(f"command: placeholder {{{values.show(field, 40)[1:-1]}}} "
+                                "must be a plain name like {input}; write a literal brace "
+                                "as {{ or }}")
         names.add(field)
     return frozenset(names)
 
 
 def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """Validated app fields (the name, the template and the optional ones)."""
-    if not isinstance(name, str) or not _APP_NAME.match(name):
-        raise TaskSpecError(f"name: app names use letters, digits, '_', '.', '-'; got {name!r}")
-    if not isinstance(command, str) or not command.strip():
+    values.text("name", name, limits.NAME_MAX, empty=False)
+    if not _APP_NAME.match(name):
+        raise TaskSpecError(f"name: app names use letters, digits, '_', '.', '-'; "
+                            f"got {values.show(name)}")
+    values.text("command", command, limits.COMMAND_MAX)
+    if not command.strip():
         raise TaskSpecError("command: an app needs a non-empty command")
     placeholders(command)
     unknown = sorted(set(fields) - APP_FIELDS)
     if unknown:
-        raise TaskSpecError(f"{unknown[0]}: not an app field (use {', '.join(sorted(APP_FIELDS))})")
+        raise TaskSpecError(f"{values.label(unknown[0])}: not an app field "
+                            f"(use {', '.join(sorted(APP_FIELDS))})")
     out: dict[str, Any] = {"name": name, "command": command}
     for key, value in fields.items():
-        if key in ("shell", "postprocess_on_error", "postprocess_on_timeout"):
-            out[key] = _bool(key, value)
+        if key in _APP_BOOLS:
+            out[key] = values.boolean(key, value)
         elif key == "error_retry_limit":
-            out[key] = _int(key, value, 0)
+            out[key] = values.integer(key, value, *INT_FIELDS[key])
         else:
-            if not isinstance(value, str):
-                raise TaskSpecError(f"{key}: must be text, got {type(value).__name__}")
-            out[key] = value
+            cap = limits.DESCRIPTION_MAX if key == "description" else limits.COMMAND_MAX
+            out[key] = values.text(key, value, cap)
+    if not out.get("shell"):
+        try:  # an unclosed quote would fail every task of the app, at run time
+            _split(command)
+        except ValueError as exc:
+            raise TaskSpecError(f"command: cannot be split into arguments ({exc}); "
+                                "close the quotation or add the app with --shell") from None
     return out
+
+
+@lru_cache(maxsize=256)
+def _split(command: str) -> tuple[str, ...]:
+    """shlex.split, once per command: it costs O(n) per character with a large constant
+    (35 ms for a 64 KiB command here), and an ensemble renders one command many times."""
+    return tuple(shlex.split(command))
 
 
 def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (),
@@ -116,18 +135,19 @@ def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (
     split it *before* substitution, so a parameter value is always one argument and never
     interpreted; with ``shell`` values are quoted and the line runs under ``/bin/sh -c``."""
     # Numbers stay numbers so a format spec ({n:04d}) works; everything else is text.
-    values = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else _as_text(v)
+    filled = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else _as_text(v)
               for k, v in params.items()}
     try:
         if shell:
-            quoted = {k: shlex.quote(_as_text(v)) for k, v in values.items()}
+            quoted = {k: shlex.quote(_as_text(v)) for k, v in filled.items()}
             line = " ".join([command.format_map(quoted), *map(shlex.quote, args)])
             return ["/bin/sh", "-c", line]
-        return [tok.format_map(values) for tok in shlex.split(command)] + list(args)
+        return [tok.format_map(filled) for tok in _split(command)] + list(args)
     except KeyError as exc:
         raise TaskSpecError(f"params: no value for placeholder {{{exc.args[0]}}}") from None
     except ValueError as exc:
-        raise TaskSpecError(f"command: cannot split or fill {command!r} ({exc})") from None
+        raise TaskSpecError(f"command: cannot split or fill {values.show(command)} "
+                            f"({exc})") from None
 
 
 def _as_text(value: Any) -> str:
@@ -140,113 +160,74 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _int(field: str, value: Any, minimum: int | None) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise TaskSpecError(f"{field}: must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise TaskSpecError(f"{field}: must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise TaskSpecError(f"{field}: must be ≥ {minimum}, got {value}")
-    if not -(2**31) <= value < 2**31:
-        raise TaskSpecError(f"{field}: {value} is out of range")
-    return int(value)
-
-
-def _float(field: str, value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise TaskSpecError(f"{field}: must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TaskSpecError(f"{field}: must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise TaskSpecError(f"{field}: must be a number ≥ 0, got {value}")
-    return float(value)
-
-
-def _bool(field: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no",
-                                                            "0"):
-        return value.strip().lower() in ("true", "yes", "1")
-    raise TaskSpecError(f"{field}: must be true or false, got {value!r}")
-
-
-def _text(field: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise TaskSpecError(f"{field}: must be text, got {value!r}")
-    return value
-
-
 def _dict(field: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise TaskSpecError(f"{field}: must be an object of key: value, got {value!r}")
+    doc = values.json_object(field, value, _DICT_CAPS[field],
+                             key_max=limits.NAME_MAX if field in ("tags", "env") else None)
     if field == "env":
-        for k, v in value.items():
-            if not isinstance(v, str) or not k or "=" in k:
-                raise TaskSpecError(f"env: {k!r} must name a variable and map to text")
-    return value
+        for k, v in doc.items():
+            if not k or "=" in k:
+                raise TaskSpecError(f"env: {values.show(k, 40)} is not a variable name "
+                                    "(not empty, no '=')")
+            values.text(f"env.{k}" if k.isidentifier() else "env", v, limits.ENV_VALUE_MAX)
+    return doc
 
 
-def _list(field: str, value: Any) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, str) for v in value):
-        raise TaskSpecError(f"{field}: must be a list of text, got {value!r}")
-    return list(value)
+def _args(value: Any) -> list[str]:
+    return values.text_list("args", value, limits.ARG_MAX, limits.ARGS_MAX_ITEMS,
+                            limits.ARGS_MAX_BYTES)
 
 
-def check_pattern(pattern: str) -> str:
+def check_pattern(pattern: str, field: str = "input_files") -> str:
     """An input_files glob must stay inside the parent's directory: relative, no '..'."""
+    values.text(field, pattern, limits.PATTERN_MAX)
     parts = pattern.replace("\\", "/").split("/")
     if not pattern or pattern.startswith("/") or ".." in parts:
-        raise TaskSpecError(f"input_files: {pattern!r} must be a relative glob inside the "
-                            "parent's directory (no leading '/', no '..')")
+        raise TaskSpecError(f"{field}: {values.show(pattern)} must be a relative glob inside "
+                            "the parent's directory (no leading '/', no '..')")
     return pattern
 
 
 def _patterns(value: Any) -> list[str]:
-    return [check_pattern(p) for p in _list("input_files", value)]
+    patterns = values.text_list("input_files", value, limits.PATTERN_MAX,
+                                limits.INPUT_FILES_MAX_ITEMS)
+    return [check_pattern(p, f"input_files[{i}]") for i, p in enumerate(patterns)]
 
 
 def _parents(value: Any) -> list[int | str]:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise TaskSpecError(f"parents: must be a list of task ids or keys, got {value!r}")
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise TaskSpecError(f"parents: must be a list of task ids or keys, got "
+                            f"{values.show(value)}")
     out: list[int | str] = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise TaskSpecError(f"parents: {v!r} is neither a task id nor a key")
-        out.append(v)
+    for i, ref in enumerate(value):
+        if isinstance(ref, str):
+            out.append(values.name(f"parents[{i}]", ref))
+        else:
+            out.append(values.task_id(f"parents[{i}]", ref))
     return out
 
 
-def _checker(field: str) -> Any:
-    if field == "input_files":
-        return _patterns
+def _workflow(value: Any) -> str:
+    return values.text("workflow", value, limits.NAME_MAX, empty=False)
+
+
+def _checker(field: str) -> Callable[[Any], Any]:
     if field in INT_FIELDS:
-        minimum = INT_FIELDS[field]
-        return lambda v: v if type(v) is int and (minimum is None or v >= minimum) \
-            and -(2**31) <= v < 2**31 else _int(field, v, minimum)
+        lo, hi = INT_FIELDS[field]
+        # the common case first: a plain int in range (speed: 100k tasks per call)
+        return lambda v: v if type(v) is int and lo <= v <= hi \
+            else values.integer(field, v, lo, hi)
     if field in FLOAT_FIELDS:
-        return lambda v: _float(field, v)
+        return lambda v: values.number(field, v, 0.0, limits.WALL_TIME_MIN_MAX)
     if field in DICT_FIELDS:
         return lambda v: _dict(field, v)
-    if field in LIST_FIELDS:
-        return lambda v: _list(field, v)
     if field in BOOL_FIELDS:
-        return lambda v: _bool(field, v)
-    if field == "parents":
-        return _parents
-    return lambda v: _text(field, v)
+        return lambda v: values.boolean(field, v)
+    named: dict[str, Callable[[Any], Any]] = {
+        "args": _args, "input_files": _patterns, "parents": _parents,
+        "workflow": _workflow, "key": lambda v: values.name("key", v)}
+    return named.get(field, lambda v: values.name(field, v))
 
 
 # field -> validator; check_task visits only the fields a task gives (speed: 100k tasks).
@@ -267,23 +248,24 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
     ``app``, and the app's error_retry_limit unless the task sets its own. Fields it does
     not give take TASK_DEFAULTS. Raises TaskSpecError naming the field."""
     if not isinstance(raw, Mapping):
-        raise TaskSpecError(f"a task must be an object of field: value, got {raw!r}")
+        raise TaskSpecError(f"a task must be an object of field: value, got "
+                            f"{values.show(raw)}")
     for f in ("app", "workflow"):
         if raw.get(f) in (None, ""):
             raise TaskSpecError(f"{f}: missing (every task needs an app and a workflow)")
     app_name = raw["app"]
     app = apps.get(app_name) if isinstance(app_name, str) else None
     if app is None:
-        _text("app", app_name)
-        raise TaskSpecError(f"app: no app named {app_name!r}; add it with "
-                            f"`balsam-mpi app add {app_name} --command '…'`")
+        values.name("app", app_name)
+        raise TaskSpecError(f"app: no app named {values.show(app_name)}; add it with "
+                            f"`balsam-mpi app add NAME --command '…'`")
     task: dict[str, Any] = {}
     checkers = _CHECKERS
     for k, v in raw.items():
         check = checkers.get(k)
         if check is None:
-            raise TaskSpecError(f"{k}: unknown field (fields are the column names, "
-                                "e.g. app, workflow, name, params, num_nodes, parents)")
+            raise TaskSpecError(f"{values.label(k)}: unknown field (fields are the column "
+                                "names, e.g. app, workflow, name, params, num_nodes, parents)")
         if v is not None:
             task[k] = check(v)
     del task["app"]
@@ -312,34 +294,64 @@ def check_params(params: Mapping[str, Any], app: AppInfo) -> None:
     for k in params:
         if k not in app.placeholders:
             have = ", ".join(sorted(app.placeholders)) or "none"
-            raise TaskSpecError(f"params: {k!r} is not a placeholder of app {app.name!r} "
-                                f"(its placeholders: {have})")
+            raise TaskSpecError(f"params: {values.show(k, 40)} is not a placeholder of app "
+                                f"{app.name!r} (its placeholders: {have})")
     for k in sorted(app.placeholders):
         if k not in params:
             raise TaskSpecError(f"params: app {app.name!r} needs a value for {{{k}}}")
 
 
 def check_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated fields for `task modify` / Client.update."""
+    """Validated fields for `task modify` / Client.update: as strict as an add."""
     out: dict[str, Any] = {}
     for f, value in changes.items():
         if f not in MODIFIABLE:
-            raise TaskSpecError(f"{f}: cannot be modified (modifiable: "
-                                f"{', '.join(sorted(MODIFIABLE))})")
-        if f in INT_FIELDS:
-            out[f] = _int(f, value, INT_FIELDS[f])
-        elif f in FLOAT_FIELDS:
-            out[f] = _float(f, value)
-        elif f in DICT_FIELDS:
-            out[f] = _dict(f, value)
-        elif f == "input_files":
-            out[f] = _patterns(value)
-        elif f in LIST_FIELDS:
-            out[f] = _list(f, value)
-        elif f in BOOL_FIELDS:
-            out[f] = _bool(f, value)
-        else:
-            out[f] = _text(f, value)
-            if f == "workflow" and not value:
-                raise TaskSpecError("workflow: must not be empty")
+            raise TaskSpecError(f"{values.label(f)}: cannot be modified "
+                                f"(modifiable: {', '.join(sorted(MODIFIABLE))})")
+        if value is None:
+            raise TaskSpecError(f"{f}: cannot be set to null")
+        out[f] = _CHECKERS[f](value)
     return out
+
+
+def from_text(field: str, raw: str) -> Any:
+    """A field's value written as text (a flag, a CSV cell, ``--set``), parsed by the
+    field's type: numbers and booleans strictly, objects and lists as JSON, text as is."""
+    if field in INT_FIELDS:
+        return values.int_from_text(field, raw, *INT_FIELDS[field])
+    if field in FLOAT_FIELDS:
+        return values.number_from_text(field, raw, 0.0, limits.WALL_TIME_MIN_MAX)
+    if field in BOOL_FIELDS:
+        return values.bool_from_text(field, raw)
+    if field in DICT_FIELDS or field in LIST_FIELDS or field == "parents":
+        return parse_json(field, raw)
+    return raw
+
+
+def parse_json(field: str, raw: str) -> Any:
+    """JSON text of one field: one line naming it for malformed, deep or non-finite JSON."""
+    values.text(field, raw, limits.PARAMS_MAX_BYTES + limits.DATA_MAX_BYTES)
+    try:
+        return strict_json(raw)
+    except RecursionError:
+        raise TaskSpecError(f"{field}: nested deeper than {limits.JSON_MAX_DEPTH} "
+                            "levels") from None
+    except ValueError as exc:
+        raise TaskSpecError(f"{field}: expected JSON, got {values.show(raw)} "
+                            f"({str(exc).splitlines()[0][:80]})") from None
+
+
+def strict_json(text: str) -> Any:
+    """json.loads without NaN / Infinity and without numbers too large to be finite."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError(f"{literal[:40]} is too large for a number")
+    return value

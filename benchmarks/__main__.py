@@ -43,6 +43,7 @@ SCENARIOS: dict[str, Scenario] = {
     "concurrent": _module_runner("scenarios_concurrent"),
     "exactly-once": _module_runner("scenarios_exactly_once"),
     "containment": _module_runner("scenarios_containment"),
+    "retention": _module_runner("scenarios_retention"),
     "python": _module_runner("scenarios_python"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }

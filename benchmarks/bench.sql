@@ -43,6 +43,44 @@ SELECT batch_job_id, workflow, count(*) FROM tasks
 -- name: state_counts
 SELECT state::text, count(*) FROM tasks GROUP BY state ORDER BY state;
 
+-- name: alter_system_reset
+-- `retention`: back to the configuration files (balsam.conf) for every setting.
+ALTER SYSTEM RESET ALL;
+
+-- name: alter_system_set
+-- `retention`: one setting over balsam.conf (composed: name an identifier, value a literal).
+ALTER SYSTEM SET {name} = {value};
+
+-- name: wal_settings
+SELECT name, setting || coalesce(unit, '') FROM pg_settings
+ WHERE name IN ('wal_level', 'max_wal_senders', 'wal_compression', 'max_wal_size',
+                'min_wal_size', 'checkpoint_timeout', 'checkpoint_completion_target')
+ ORDER BY name;
+
+-- name: truncate_apps
+TRUNCATE apps RESTART IDENTITY CASCADE;
+
+-- name: checkpoint
+CHECKPOINT;
+
+-- name: wal_position
+-- Where the WAL is now, and checkpoints so far (timed and requested).
+SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter;
+
+-- name: wal_diff
+SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint;
+
+-- name: wal_dir_size
+-- Bytes in pg_wal now (segments kept for recovery and recycled ones).
+SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir();
+
+-- name: table_sizes
+SELECT relname::text, pg_total_relation_size(oid) FROM pg_class
+ WHERE relname IN ('tasks', 'task_events', 'task_deps', 'batch_jobs') ORDER BY relname;
+
+-- name: task_dirs
+SELECT id, workflow, name FROM tasks ORDER BY id;
+
 -- name: python_app
 -- A Python app of the `python` scenario (scenarios_python.py).
 INSERT INTO apps (name, python) VALUES (%(a)s, %(p)s)

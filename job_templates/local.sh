@@ -14,10 +14,13 @@ export PATH="$BALSAM_VENV/bin:$PATH"
 {{ exports }}
 source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 
-# --- launch: here the venv's mpiexec (the MPI mpi4py was built with) is the right one ----
+# --- launch: the venv's mpiexec (the MPI mpi4py was built with), else the one on PATH, ------
+# started the way that MPI needs on one shared host (no TCP control port with MPICH,
+# oversubscribed and unbound with Open MPI); the choice is written to this job's log.
+# localstart replaces itself with the MPI starter, so $launcher is the starter's pid.
 mpiexec="$BALSAM_VENV/bin/mpiexec"
-[ -x "$mpiexec" ] || mpiexec=mpiexec
-"$mpiexec" -n {{ nodes }} "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
+[ -x "$mpiexec" ] || mpiexec="$(command -v mpiexec || echo mpiexec)"
+"$BALSAM_VENV/bin/python" -m balsam_mpi.localstart --mpiexec "$mpiexec" -n {{ nodes }} -- {{ launcher_args }} &
 launcher=$!
 trap 'kill -TERM "$launcher" 2>/dev/null' TERM USR1 INT
 while kill -0 "$launcher" 2>/dev/null; do wait "$launcher"; done

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,65 @@ import pytest
 from balsam_mpi.project import Project
 
 _counter = itertools.count()
+
+
+# -- the MPI the set-up found ---------------------------------------------------------------
+@dataclass(frozen=True)
+class FoundMpi:
+    """The ``mpiexec`` found the way the demo finds it — beside this Python (the mpich
+    wheel's), else on PATH (a site MPI) — and what it is (``mpidetect``)."""
+
+    program: str
+    kind: str  # a launch_prefix kind: mpich, openmpi, intel, …
+    fork_program: str  # MPICH's mpiexec.gforker beside it, or ""
+
+    def run(self, ranks: int) -> list[str]:
+        """``mpiexec [options] -n RANKS``: ranks on this host, with the options this MPI
+        needs there (Open MPI: oversubscribed, unbound)."""
+        from balsam_mpi.localstart import mpiexec_options
+
+        return [self.program, *mpiexec_options(self.kind), "-n", str(ranks)]
+
+
+def _found_mpi() -> FoundMpi | None:
+    from balsam_mpi.errors import BalsamError
+    from balsam_mpi.mpilaunch import choose_launcher
+    from balsam_mpi.platform import SchedulerEnv
+
+    try:
+        chosen = choose_launcher({k: v for k, v in os.environ.items()
+                                  if k != "BALSAM_MPI_LAUNCHER"}, sched=SchedulerEnv("local"))
+    except BalsamError:
+        return None
+    return FoundMpi(chosen.program, chosen.kind, chosen.fork_program)
+
+
+FOUND_MPI = _found_mpi()
+needs_mpiexec = pytest.mark.skipif(
+    FOUND_MPI is None, reason="no mpiexec beside this Python or on PATH (bash setup_env.sh "
+                              "installs the mpich wheel, or load the site's MPI)")
+
+
+def mpirun(ranks: int) -> list[str]:
+    """The found MPI's start of ``ranks`` ranks on this host (skips without one)."""
+    if FOUND_MPI is None:
+        pytest.skip("no mpiexec found")
+    return FOUND_MPI.run(ranks)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-mpi skips every test whose keywords hold "mpi" unless --with-mpi, and a
+    node's keywords hold its own name: the session's and the top directory's are the
+    checkout directory's. In a checkout named ``mpi`` every test of every tier was
+    skipped; that name is not a marker, so it is taken out before pytest-mpi looks."""
+    for item in items:
+        for node in item.listchain():
+            if node.name == "mpi" and getattr(node, "path", None) == config.rootpath:
+                markers = getattr(node.keywords, "_markers", None)
+                if isinstance(markers, dict):
+                    markers.pop("mpi", None)
+
 
 
 def _session_root() -> Path:

@@ -37,11 +37,24 @@ def app_add(ctx: CliContext, name: str, command: str | None, python: str | None,
             shell: bool, postprocess_on_error: bool, postprocess_on_timeout: bool,
             error_retry_limit: str) -> None:
     """Register app NAME: a --command template, or a --python function."""
+    from ..pyapps import check_app as check_python_app
+    from ..taskspec import check_app, from_text
+
+    retries = from_text("error_retry_limit", error_retry_limit)
+    fields = {"description": description, "preprocess": preprocess,
+              "postprocess": postprocess, "env_script": env_script}
+    # Bad input is refused before connecting; giving both or neither: add_app says so.
+    if python is not None and command is None:
+        check_python_app(name, python, {**fields, "shell": shell,
+                                        "postprocess_on_error": postprocess_on_error,
+                                        "postprocess_on_timeout": postprocess_on_timeout})
+    elif command is not None and python is None:
+        check_app(name, command, fields)
     app_id = ctx.client().add_app(
         name, command, python=python, description=description, preprocess=preprocess,
         postprocess=postprocess, env_script=env_script, shell=shell,
         postprocess_on_error=postprocess_on_error,
-        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=error_retry_limit)
+        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=retries)
     click.echo(f"added app {name} (id {app_id})")
 
 
@@ -67,7 +80,7 @@ def app_ls(ctx: CliContext, as_json: bool) -> None:
 @pass_ctx
 def app_show(ctx: CliContext, name: str, as_json: bool) -> None:
     """Every field of app NAME."""
-    row: dict[str, Any] = ctx.client().app(name)
+    row: dict[str, Any] = ctx.client().app(_app_name(name))
     if as_json:
         echo_json(row)
         return
@@ -81,12 +94,19 @@ def app_show(ctx: CliContext, name: str, as_json: bool) -> None:
 @pass_ctx
 def app_rm(ctx: CliContext, name: str, yes: bool) -> None:
     """Delete app NAME (refused while it has tasks)."""
+    name = _app_name(name)
     client = ctx.client()
     client.app(name)
     if not yes:
         click.confirm(f"delete app {name}?", abort=True, err=True)
     client.delete_app(name)
     click.echo(f"deleted app {name}")
+
+
+def _app_name(name: str) -> str:
+    from ..values import name as checked
+
+    return checked("name", name)
 
 
 commands: list[click.Command] = [app]

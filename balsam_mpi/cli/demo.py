@@ -10,21 +10,23 @@ from ..errors import BalsamError, UsageError
 
 
 @click.command("demo")
-@click.option("--tasks", "n_tasks", type=int, default=200, show_default=True,
-              help="How many tasks (a three-task DAG, the rest no-ops and short sleeps).")
-@click.option("--ranks", type=int, default=4, show_default=True,
+@click.option("--tasks", "n_tasks", default="200", show_default=True, metavar="N",
+              help="How many tasks (a three-task DAG, a 2-node MPI task with 3 ranks or more, "
+                   "a task that adds tasks, the rest no-ops and short sleeps).")
+@click.option("--ranks", default="4", show_default=True, metavar="R",
               help="MPI ranks of the launcher (one node each; rank 0 also leads).")
 @click.option("--project", "project_path", metavar="P",
               help="Where to create the project (default: a fresh directory in /tmp).")
-def demo(n_tasks: int, ranks: int, project_path: str | None) -> None:
+def demo(n_tasks: str, ranks: str, project_path: str | None) -> None:
     """Create a project, add tasks, run `mpiexec -n R python -m balsam_mpi`, report."""
     from .. import demo as d
+    from .. import values
     from ..dbctl import lifecycle
 
-    if n_tasks < 3:
+    tasks = values.int_from_text("--tasks", n_tasks, -(2**63), 1_000_000)
+    if tasks < 3:
         raise UsageError("--tasks must be at least 3 (the DAG alone has three)")
-    if ranks < 1:
-        raise UsageError("--ranks must be at least 1")
+    n_ranks = values.int_from_text("--ranks", ranks, 1, 256)  # on this host
     tty = sys.stdout.isatty()
 
     def progress(line: str) -> None:
@@ -33,9 +35,10 @@ def demo(n_tasks: int, ranks: int, project_path: str | None) -> None:
 
     project = d.make_project(project_path, click.echo)
     try:
-        total = d.populate(project, n_tasks)
-        click.echo(f"added {total} tasks in workflows 'ensemble' and 'pipeline'")
-        rc = d.run_launcher(project, ranks, total, click.echo, progress)
+        total = d.populate(project, tasks, n_ranks)
+        workflows = sorted({t["workflow"] for t in d.workload(tasks, n_ranks)})
+        click.echo(f"added {total} tasks in workflows {', '.join(workflows)}")
+        rc = d.run_launcher(project, n_ranks, total, click.echo, progress)
         if rc != 0:
             click.echo(f"the launcher exited with status {rc}; its logs are in "
                        f"{project.log_dir}", err=True)

@@ -22,21 +22,25 @@ def job() -> None:
 @job.command("ls")
 @click.option("--state", metavar="STATE", help=f"Only jobs in this state ({', '.join(_STATES)}).")
 @click.option("--user", metavar="NAME", help="Only jobs run by this user.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", "limit_text", default="50", show_default=True, metavar="N",
               help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
 @pass_ctx
-def ls(ctx: CliContext, state: str | None, user: str | None, limit: int,
+def ls(ctx: CliContext, state: str | None, user: str | None, limit_text: str,
        as_json: bool) -> None:
     """Batch jobs, newest first, with the tasks each is running now."""
     from ..analytics_render import table
     from ..analytics_tables import list_jobs
     from ..analytics_time import short_duration
+    from ..values import count_from_text, name, show
 
+    limit = count_from_text("--limit", limit_text, 100_000)
+    if user is not None:
+        user = name("--user", user)
     if state is not None:
         state = state.strip().upper()
         if state not in _STATES:
-            raise UsageError(f"--state {state!r} is not a batch-job state: use one of "
+            raise UsageError(f"--state {show(state)} is not a batch-job state: use one of "
                              + ", ".join(_STATES))
     with connection(ctx) as conn:
         rows = list_jobs(conn, state=state, user=user, limit=limit)

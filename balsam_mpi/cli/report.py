@@ -58,20 +58,27 @@ def parse_filters(since: str | None, until: str | None, batch_job: str | None,
                   bin_text: str | None) -> Filters:
     from ..analytics import Filters
     from ..analytics_time import parse_duration, parse_time
+    from ..values import id_from_text, name
 
-    job_id: int | None = None
-    if batch_job is not None:
-        try:
-            job_id = int(batch_job)
-        except ValueError:
-            raise UsageError(f"--batch-job {batch_job!r} is not a batch job id (a number; "
-                             "`balsam-mpi job ls` lists them)") from None
+    job_id = None if batch_job is None else id_from_text("--batch-job", batch_job, "batch job")
     return Filters(
         since=parse_time(since, "--since") if since is not None else None,
         until=parse_time(until, "--until") if until is not None else None,
-        batch_job=job_id, user=user, workflow=workflow, owner=owner,
+        batch_job=job_id,
+        user=None if user is None else name("--user", user),
+        workflow=None if workflow is None else name("--workflow", workflow),
+        owner=None if owner is None else name("--owner", owner),
         bin_seconds=parse_duration(bin_text) if bin_text is not None else None,
     )
+
+
+def check_png(png: str | None) -> str | None:
+    """``--png FILE``: a path that can be written at all (checked before any query)."""
+    if png is None:
+        return None
+    from ..values import text
+
+    return text("--png", png, 4096, empty=False)
 
 
 @contextlib.contextmanager
@@ -111,6 +118,7 @@ def utilization(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
+    check_png(png)
     with connection(ctx) as conn:
         h = analytics.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.utilization_payload(h),
@@ -133,6 +141,7 @@ def throughput(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
+    check_png(png)
     with connection(ctx) as conn:
         h = analytics.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.throughput_payload(h),
@@ -156,6 +165,7 @@ def jobs(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
+    check_png(png)
     with connection(ctx) as conn:
         h = analytics.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.jobs_payload(h),
@@ -169,17 +179,21 @@ def jobs(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
 @report.command("failures")
 @selection_options
 @png_option
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", "limit_text", default="50", show_default=True, metavar="N",
               help="At most this many groups.")
 @pass_ctx
-def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None, limit: int,
-             **selection: Any) -> None:
+def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
+             limit_text: str, **selection: Any) -> None:
     """Failed tasks grouped by app, state, exit code, host and first line of output."""
+    from ..values import count_from_text
+
+    limit = count_from_text("--limit", limit_text, 100_000)
     from .. import analytics_render as render
     from ..analytics_tables import failures as load_failures
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
+    check_png(png)
     with connection(ctx) as conn:
         result = load_failures(conn, filters, limit)
     groups = result["groups"]

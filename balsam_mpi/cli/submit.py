@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import limits
 from ..clibase import echo_json
 from ..platform import SCHEDULERS
 from .context import CliContext, pass_ctx
@@ -12,9 +13,9 @@ from .context import CliContext, pass_ctx
 @click.command("submit")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), required=True,
               help="pbs (PBS Pro, mpiexec), slurm (srun), cobalt (aprun; legacy), or local.")
-@click.option("-n", "--nodes", type=click.IntRange(min=1), required=True,
+@click.option("-n", "--nodes", "nodes_text", required=True, metavar="N",
               help="Nodes: one launcher rank each (local: ranks on this host).")
-@click.option("-t", "--wall-time-min", "wall_time_min", type=click.IntRange(min=1),
+@click.option("-t", "--wall-time-min", "wall_text", metavar="MIN",
               help="Wall time in minutes (required except for local).")
 @click.option("-q", "--queue", help="Queue (PBS, Cobalt) or QOS (Slurm).")
 @click.option("-A", "--account", help="Allocation to charge.")
@@ -26,7 +27,7 @@ from .context import CliContext, pass_ctx
 @click.option("--filesystems", help="Filesystems the job needs (PBS -l filesystems=, "
               "Slurm --licenses=, Cobalt --attrs filesystems=).")
 @click.option("--job-name", default="balsam", show_default=True)
-@click.option("--margin-min", type=float,
+@click.option("--margin-min", "margin_text", metavar="MIN",
               help="Minutes between the launcher's time limit and the wall time "
                    "(default: 5% of it, 1 to 10). Slurm's warning signal comes 60 s less "
                    "before the end, if that leaves a drain.")
@@ -36,10 +37,10 @@ from .context import CliContext, pass_ctx
 @click.option("--dry-run", is_flag=True, help="Print the script; write and submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the submission as JSON.")
 @pass_ctx
-def submit_command(ctx: CliContext, scheduler: str, nodes: int, wall_time_min: int | None,
+def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: str | None,
                    queue: str | None, account: str | None, workflows: tuple[str, ...],
                    directives: tuple[str, ...], filesystems: str | None, job_name: str,
-                   margin_min: float | None, shared_nodes: bool, dry_run: bool,
+                   margin_text: str | None, shared_nodes: bool, dry_run: bool,
                    as_json: bool) -> None:
     """Render a launcher job script into PROJECT/qsubmit/ and submit it.
 
@@ -47,8 +48,24 @@ def submit_command(ctx: CliContext, scheduler: str, nodes: int, wall_time_min: i
     shipped with balsam_mpi. The batch job is recorded (QUEUED) and its launcher adopts
     the record when it starts.
     """
-    from .. import submit
+    from .. import submit, values
     from ..jobscript import JobRequest
+
+    nodes = values.int_from_text("--nodes", nodes_text, 1, limits.INT_RANGES["num_nodes"][1])
+    wall_time_min = None if wall_text is None else values.int_from_text(
+        "--wall-time-min", wall_text, 1, int(limits.WALL_TIME_MIN_MAX))
+    margin_min = None if margin_text is None else values.number_from_text(
+        "--margin-min", margin_text, 0.0, limits.WALL_TIME_MIN_MAX)
+    for flag, given, cap in (("--queue", queue, limits.NAME_MAX),
+                             ("--account", account, limits.NAME_MAX),
+                             ("--filesystems", filesystems, 4096),
+                             ("--job-name", job_name, limits.NAME_MAX)):
+        if given is not None:
+            values.text(flag, given, cap)
+    for w in workflows:
+        values.name("--workflow", w)
+    for line in directives:
+        values.text("--directive", line, 4096)
 
     req = JobRequest(scheduler=scheduler, nodes=nodes, wall_time_min=wall_time_min,
                      queue=queue, account=account, workflows=workflows,

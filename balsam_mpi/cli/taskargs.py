@@ -8,16 +8,17 @@ import click
 
 
 def task_id(text: str, field: str = "id") -> int:
-    from ..taskspec import TaskSpecError
+    """A task id from the command line: a whole number from 1 to 2^63-1."""
+    from ..values import id_from_text
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise TaskSpecError(f"{field}: {text!r} is not a task id") from None
-    if value < 1:
-        raise TaskSpecError(f"{field}: {text!r} is not a task id")
-    return value
+    return id_from_text(field, text)
 
+
+def count(text: str, field: str = "limit") -> int:
+    """A positive count from the command line (``--limit``)."""
+    from ..values import count_from_text
+
+    return count_from_text(field, text)
 
 
 def filter_options(fn: Any) -> Any:
@@ -37,16 +38,23 @@ def filter_options(fn: Any) -> Any:
 
 
 def filters_from(opts: dict[str, Any], ids: tuple[str, ...] = ()) -> dict[str, Any]:
-    from .. import taskio
+    """The API's filters from the shared options, each value checked where it was given."""
+    from .. import taskio, values
+    from ..models import parse_state
 
     out: dict[str, Any] = {}
-    for key in ("workflow", "state", "app", "owner"):
+    for key in ("workflow", "app", "owner"):
         if opts.get(key):
-            out[key] = list(opts[key])
+            out[key] = [values.name(key, v) for v in opts[key]]
+    if opts.get("state"):
+        out["state"] = [parse_state(values.name("state", v)).value for v in opts["state"]]
     if opts.get("name"):
-        out["name"] = opts["name"]
+        out["name"] = values.name("name", opts["name"])
     if opts.get("tags"):
         out["tags"] = taskio.parse_pairs(opts["tags"], "tags")
+        for k, v in out["tags"].items():
+            values.name("tags", k)
+            values.text(f"tags.{k}", v, 1024)
     if ids:
         out["ids"] = [task_id(i) for i in ids]
     return out

@@ -45,10 +45,10 @@ def task_modify(ctx: CliContext, /, ids: tuple[str, ...], sets: tuple[str, ...],
                 **shortcuts: Any) -> None:
     """Change fields of tasks that are not running (state: use kill / retry)."""
     from .. import taskio
+    from ..taskspec import from_text
 
-    changes = {k: taskio.parse_value(v) for k, v in
-               taskio.parse_pairs(sets, "set").items()}
-    changes.update({k: v for k, v in shortcuts.items() if v is not None})
+    changes = taskio.parse_sets(sets)
+    changes.update({k: from_text(k, v) for k, v in shortcuts.items() if v is not None})
     wanted = [task_id(i) for i in ids]
     done = ctx.client().update(wanted, **changes)
     _report(done, f"modified {len(done)} tasks")

@@ -15,7 +15,7 @@ from ..clibase import Group, echo_json
 from . import taskwait
 from .context import CliContext, pass_ctx
 from .table import echo_table
-from .taskargs import filter_options, filters_from, task_id
+from .taskargs import count, filter_options, filters_from, task_id
 from .taskops import dep, register
 
 # flag name -> field, for the resource and retry flags shared by `task add`.
@@ -53,7 +53,7 @@ def _scalar_options(fn: Any) -> Any:
 @click.option("--fail-with-parents/--no-fail-with-parents", default=None,
               help="Fail when a parent fails (default) or run anyway.")
 @_scalar_options
-@click.option("--from-file", "from_file", type=click.File("r"), default=None, metavar="PATH",
+@click.option("--from-file", "from_file", default=None, metavar="PATH",
               help="Many tasks: JSON lines or CSV ('-' for stdin); flags fill missing fields.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
               help="Format of --from-file (default: by suffix; stdin: jsonl).")
@@ -68,8 +68,12 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
     if from_file is None:
         records, labels = [fields], [""]
     else:
-        source = "stdin" if from_file.name == "<stdin>" else from_file.name
-        pairs = list(taskio.read_tasks(from_file, source, fmt))
+        source, stream = _open_tasks_file(from_file)
+        try:
+            pairs = list(taskio.read_tasks(stream, source, fmt))
+        finally:
+            if from_file != "-":
+                stream.close()
         records = [taskio.with_defaults(t, fields) for _, t in pairs]
         labels = [label for label, _ in pairs]
     from .. import task_api
@@ -89,12 +93,37 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
         click.echo(f"added {len(ids)} tasks" + (f" ({ids[0]}…{ids[-1]})" if ids else ""))
 
 
-def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
-    from .. import taskio
+def _open_tasks_file(path: str) -> tuple[str, Any]:
+    """(the name errors use, a binary stream): '-' is stdin; bytes are decoded per line
+    by taskio, so a bad byte is reported with its line."""
+    from ..values import show, text
 
-    out: dict[str, Any] = {k: v for k, v in flags.items()
-                           if k in ("app", "workflow", "name", "fail_with_parents", *_SCALARS)
-                           and v is not None}
+    text("--from-file", path, 4096, empty=False)
+    if path == "-":
+        return "stdin", sys.stdin.buffer
+    try:
+        return path, open(path, "rb")  # closed by the caller
+    except OSError as exc:
+        from ..errors import InputError
+
+        raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from None
+
+
+def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The task fields the flags give, each parsed by its field's type (taskspec.from_text):
+    the same text rules as a CSV cell."""
+    from .. import taskio
+    from ..taskspec import from_text
+
+    out: dict[str, Any] = {}
+    for key in ("app", "workflow", "name"):
+        if flags[key] is not None:
+            out[key] = flags[key]
+    for key in _SCALARS:
+        if flags[key] is not None:
+            out[key] = from_text(key, flags[key])
+    if flags["fail_with_parents"] is not None:
+        out["fail_with_parents"] = flags["fail_with_parents"]
     if flags["params"]:
         out["params"] = taskio.parse_pairs(flags["params"], "params")
     if flags["tags"]:
@@ -136,7 +165,10 @@ LS_COLUMNS = ["ID", "WORKFLOW", "NAME", "APP", "STATE", "NODES", "WALL", "PRIO",
 @pass_ctx
 def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: Any) -> None:
     """List tasks (filters combine; repeated ones mean any of them)."""
-    n = task_id(limit, "limit")
+    from ..values import name
+
+    n = count(limit, "limit")
+    sort = name("sort", sort)
     rows = list(ctx.client().tasks(order=sort, limit=n + 1, **filters_from(opts)))
     more = len(rows) > n
     rows = rows[:n]

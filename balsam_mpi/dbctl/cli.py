@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
+from .. import values
 from ..clibase import Group, echo_json, notices, project_option
 from ..errors import ProjectError
 from ..project import Project
@@ -38,7 +41,7 @@ def cli(ctx: click.Context, project_path: str | None) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path())
+@click.argument("path")
 @click.option("--group", help="UNIX group of collaborators (default: your primary group).")
 @click.option("--port", type=int, help="TCP port (default: a free one, kept from then on).")
 @click.option("--listen", default="localhost", show_default=True,
@@ -48,6 +51,9 @@ def cli(ctx: click.Context, project_path: str | None) -> None:
 def init(path: str, group: str | None, port: int | None, listen: str,
          server_user: str | None) -> None:
     """Create a project directory with its own PostgreSQL server, and start it."""
+    _checked(("path", path, values.path), ("--group", group, values.unix_name),
+             ("--server-user", server_user, values.unix_name),
+             ("--listen", listen, lambda f, v: values.text(f, v, 1024)))
     outcome = lifecycle.init_project(path, group=group, port=port, listen=listen,
                                      server_user=server_user)
     notices(outcome.notices)
@@ -129,7 +135,7 @@ def verify(ctx: Ctx) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(), required=False)
+@click.argument("path", required=False)
 @click.option("--enroll", is_flag=True,
               help="Without credentials for this project, request access first "
                    "(what `source balsamactivate` does; job scripts leave it off).")
@@ -139,6 +145,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
     chosen = path or ctx.project_path
     if not chosen:
         raise ProjectError("usage: balsam-dbctl activate PROJECT")
+    chosen = str(Project.from_env(chosen).root)
     code, messages = status.activation_code(chosen, enroll=enroll)
     notices(messages)
     click.echo(code, nl=False)
@@ -151,6 +158,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
 @pass_ctx
 def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
     """Authorize USER (owner only; re-running is harmless) and apply their request."""
+    values.unix_name("user", user)
     click.echo("\n".join(access.add_user(ctx.project(), user, read_only=read_only,
                                          app_admin=app_admin)))
 
@@ -160,6 +168,7 @@ def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
 @pass_ctx
 def drop_user(ctx: Ctx, user: str) -> None:
     """Revoke USER and end their sessions; their tasks stay (owner only)."""
+    values.unix_name("user", user)
     click.echo("\n".join(access.drop_user(ctx.project(), user)))
 
 
@@ -188,17 +197,57 @@ def connections(ctx: Ctx, as_json: bool) -> None:
 
 
 @cli.command("recover")
-@click.option("--job", "job_id", type=int, metavar="ID", help="Only this batch job.")
+@click.option("--job", "job_text", metavar="ID", help="Only this batch job.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def recover_cmd(ctx: Ctx, job_id: int | None, as_json: bool) -> None:
+def recover_cmd(ctx: Ctx, job_text: str | None, as_json: bool) -> None:
     """Requeue the tasks of batch jobs whose lease expired, and mark those jobs LOST
     (any member; live launchers do this every few seconds anyway)."""
+    job_id = None if job_text is None else values.id_from_text("--job", job_text, "batch job")
     found = recover.recover(ctx.project(), job_id)
     if as_json:
         echo_json(recover.as_dicts(found))
     else:
         click.echo(recover.format_recovered(found))
+
+
+@cli.command("prune")
+@click.option("--workflow", "workflows", multiple=True, metavar="W",
+              help="A finished workflow to prune (repeatable; all must be prunable).")
+@click.option("--all-finished", is_flag=True,
+              help="Every workflow that may go; the others are kept and listed with why.")
+@click.option("--older-than", metavar="DURATION",
+              help="Only workflows unchanged for this long (12h, 7d).")
+@click.option("--dirs-only", is_flag=True,
+              help="Remove working directories only; keep tasks and history "
+                   "(any member, for workflows wholly theirs).")
+@click.option("--dry-run", is_flag=True, help="Say what would go; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def prune_cmd(ctx: Ctx, workflows: tuple[str, ...], all_finished: bool,
+              older_than: str | None, dirs_only: bool, dry_run: bool, yes: bool,
+              as_json: bool) -> None:
+    """Forget finished workflows: working directories, tasks, events and the batch jobs
+    that ran only them (the owner; see docs/retention.md)."""
+    from ..analytics_time import parse_duration
+    from .prune import format_outcome, prune
+
+    older = None if older_than is None else parse_duration(older_than, "--older-than")
+    args: dict[str, Any] = {"workflows": workflows, "all_finished": all_finished,
+                            "older_than_s": older, "dirs_only": dirs_only}
+    if not dry_run and not yes:
+        plan = prune(ctx.project(), dry_run=True, **args)
+        if not plan.workflows:
+            click.echo(format_outcome(plan))
+            return
+        click.echo(format_outcome(plan), err=True)
+        click.confirm("prune?", abort=True, err=True)
+    outcome = prune(ctx.project(), dry_run=dry_run, **args)
+    if as_json:
+        echo_json(outcome.as_dict())
+    else:
+        click.echo(format_outcome(outcome))
 
 
 @cli.command("request-access")
@@ -209,6 +258,13 @@ def request_access(ctx: Ctx, if_needed: bool) -> None:
     """Ask for access: keep a password in ~/.pgpass, hand over only its verifier."""
     for line in access.request_access(ctx.project(), if_needed=if_needed):
         click.echo(line, err=True)
+
+
+def _checked(*given: tuple[str, Any, Callable[[str, Any], Any]]) -> None:
+    """Check the values given (None: not given) before anything runs."""
+    for field, value, check in given:
+        if value is not None:
+            check(field, value)
 
 
 def main() -> None:

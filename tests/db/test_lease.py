@@ -169,7 +169,7 @@ def test_settings_keep_the_heartbeat_under_half_the_lease() -> None:
     from balsam_mpi.errors import UsageError
 
     ok = resolve({}, {"BALSAM_HEARTBEAT_S": "1", "BALSAM_LEASE_S": "3",
-                      "BALSAM_EXPIRE_CHECK_S": "0.5"})
+                      "BALSAM_EXPIRE_CHECK_S": "0.5", "BALSAM_KILL_GRACE_S": "1"})
     assert (ok.heartbeat_s, ok.lease_s, ok.expire_check_s) == (1.0, 3.0, 0.5)
     with pytest.raises(UsageError, match="less than half"):
         resolve({}, {"BALSAM_HEARTBEAT_S": "30", "BALSAM_LEASE_S": "60"})

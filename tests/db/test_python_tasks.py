@@ -257,3 +257,25 @@ def test_the_caps_in_the_database_are_those_of_limits(conn: Any) -> None:
     text = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'launcher_results'"
                         ).fetchone()[0]
     assert text.count(str(limits.RESULT_MAX_BYTES)) >= 3
+
+
+def test_app_add_python_from_the_command_line(dbname: str) -> None:
+    from click.testing import CliRunner
+
+    from balsam_mpi.cli import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["app", "add", "fit", "--python", "pkg.models:fit"])
+    assert res.exit_code == 0 and res.output.startswith("added app fit"), res.output
+    res = runner.invoke(cli, ["app", "ls"])
+    assert "(python) pkg.models:fit" in res.output
+    for args, field in ((["--python", "pkg/models:fit"], "python"),
+                        (["--python", "pkg:f", "--command", "true"], "command"),
+                        ([], "command"),
+                        (["--python", "pkg:f", "--shell"], "shell")):
+        res = runner.invoke(cli, ["app", "add", "bad", *args])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1, res.output
+        assert f"error: {field}:" in lines[0], res.output
+    with Client() as c:
+        assert [a["name"] for a in c.apps()] == ["fit"]

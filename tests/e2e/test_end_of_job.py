@@ -18,10 +18,13 @@ from .test_launcher import add, launcher, no_strays
 pytestmark = pytest.mark.timeout(240)
 
 
-def _processes(dbname: str) -> tuple[list[int], list[int]]:
-    """(launcher ranks, task processes) of this test's launcher, by their environment."""
+def _processes(dbname: str) -> tuple[list[int], list[int], set[bytes]]:
+    """(launcher ranks, task processes, task ids) of this test's launcher, by their
+    environment. A task is two processes: its trampoline and the task's own program; the
+    scheduler signals both, as it signals every process of the step."""
     marker = f"BALSAM_DB_NAME={dbname}".encode()
     ranks, tasks = [], []
+    ids: set[bytes] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -34,9 +37,12 @@ def _processes(dbname: str) -> tuple[list[int], list[int]]:
             continue
         if os.path.basename(cmd[0]).startswith(b"python") and b"balsam_mpi" in cmd:
             ranks.append(int(entry))
-        elif any(b"BALSAM_TASK_ID=" in e for e in env):
-            tasks.append(int(entry))
-    return ranks, tasks
+        else:
+            found = [e for e in env if e.startswith(b"BALSAM_TASK_ID=")]
+            if found:
+                tasks.append(int(entry))
+                ids.update(found)
+    return ranks, tasks, ids
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -74,8 +80,8 @@ def test_the_step_signalled_whole_cuts_tasks_never_fails_them(
     add(conn, 20, command="sleep 60", packing=4, app="sixty")
     proc = launcher(2, "--idle-timeout", "30")
     _wait_running(conn, 8, proc)
-    ranks, tasks = _processes(dbname)
-    assert len(ranks) == 2 and len(tasks) == 8, (ranks, tasks)
+    ranks, tasks, ids = _processes(dbname)
+    assert len(ranks) == 2 and len(ids) == 8, (ranks, tasks, ids)
     first, then = (tasks, ranks) if tasks_first else (ranks, tasks)
     _signal_all(first, signal.SIGTERM)
     time.sleep(0.3)  # the order and the gap a busy node may show
@@ -92,7 +98,7 @@ def test_the_schedulers_warning_signal_reaches_the_tasks_too(conn: Any, dbname: 
     add(conn, 20, command="sleep 60", packing=4, app="sixty")
     proc = launcher(2, "--idle-timeout", "30")
     _wait_running(conn, 8, proc)
-    ranks, tasks = _processes(dbname)
+    ranks, tasks, _ids = _processes(dbname)
     _signal_all(tasks, signal.SIGUSR1)
     time.sleep(0.5)
     _signal_all(ranks, signal.SIGUSR1)

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from balsam_mpi.project import Project
+from tests.conftest import mpirun, needs_mpiexec
 
-pytestmark = pytest.mark.timeout(240)
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+pytestmark = [pytest.mark.timeout(240), needs_mpiexec]
 
 
 def launcher(ranks: int, *args: str, timeout: float = 150) -> subprocess.Popen[str]:
-    argv = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "balsam_mpi",
+    argv = [*mpirun(ranks), sys.executable, "-m", "balsam_mpi",
             "--idle-timeout", "0", *args]
     env = dict(os.environ, BALSAM_FLUSH_INTERVAL_S="0.05", BALSAM_HEARTBEAT_S="2")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -241,7 +241,7 @@ def test_a_crashing_worker_aborts_the_run_cleanly(conn: Any, dbname: str) -> Non
     """An unhandled error on a worker: the leader writes what it holds, closes its batch
     job as FAILED (running tasks requeued), and the whole world aborts; nothing hangs."""
     add(conn, 40, command="sleep 0.5", packing=4)
-    argv = [MPIEXEC, "-n", "2", sys.executable, "-c", CRASHING_WORKER, "--idle-timeout", "0"]
+    argv = [*mpirun(2), sys.executable, "-c", CRASHING_WORKER, "--idle-timeout", "0"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "injected failure on rank 1" in proc.stderr + proc.stdout
@@ -286,7 +286,7 @@ def test_wall_time_is_respected_by_claims_and_the_drain(conn: Any, dbname: str) 
     [fits] = add(conn, 1, command="sleep 60", app="cut")
     [too_long] = add(conn, 1, command="true", app="long")
     conn.execute("SELECT * FROM tasks_modify(%s::bigint[], '{\"wall_time_min\": 5}')", ([too_long],))
-    argv = [MPIEXEC, "-n", "1", sys.executable, "-m", "balsam_mpi", "--idle-timeout", "0",
+    argv = [*mpirun(1), sys.executable, "-m", "balsam_mpi", "--idle-timeout", "0",
             "--time-limit-min", "0.6"]
     env = dict(os.environ, BALSAM_DRAIN_GRACE_S="33", BALSAM_KILL_GRACE_S="2")
     t0 = time.monotonic()

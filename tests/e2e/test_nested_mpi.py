@@ -2,10 +2,11 @@
 
 Exactly what a worker rank does for a 2-node × 2-rank task: ``mpiexec -n 2 python
 worker.py`` stands for the launcher (each rank initialises MPI, as a worker has), and each
-rank starts ``launch_prefix("mpich", hosts=[localhost, localhost], ranks_per_node=2)``
-plus an mpi4py hello with :func:`task_mpi_env`. Descriptors ≥ 3 are closed in the child,
-as the runner's trampoline closes them. Every run has a watchdog that kills the whole
-process group; the jobs are small (the machine has 2 cores).
+rank starts ``launch_prefix(KIND, hosts=[localhost, localhost], ranks_per_node=2)`` plus an
+mpi4py hello with :func:`task_mpi_env`, KIND being what the found mpiexec is (the mpich
+wheel: hydra; tests/openmpi: Open MPI). Descriptors ≥ 3 are closed in the child, as the
+runner's trampoline closes them. Every run has a watchdog that kills the whole process
+group; the jobs are small (the machine has 2 cores).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FOUND_MPI, mpirun, needs_mpiexec
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-MPIEXEC = BIN / "mpiexec"
+MPIEXEC = FOUND_MPI.program if FOUND_MPI else "mpiexec"
+KIND = FOUND_MPI.kind if FOUND_MPI else "mpich"
 WATCHDOG_S = 90
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec beside this Python"),
-]
+pytestmark = [pytest.mark.timeout(240), needs_mpiexec]
+hydra_only = pytest.mark.skipif(KIND != "mpich", reason="records MPICH hydra's behaviour")
 
 HELLO = textwrap.dedent("""\
     import os, socket, sys
@@ -49,9 +50,9 @@ RUNNER_WORKER = textwrap.dedent("""\
     from balsam_mpi import runner
     from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
     from balsam_mpi.protocol import TaskSpec
-    hello, out_dir, mpiexec = sys.argv[1:4]
+    hello, out_dir, kind, mpiexec = sys.argv[1:5]
     rank = MPI.COMM_WORLD.Get_rank()
-    argv = launch_prefix("mpich", hosts=["localhost", "localhost"], ranks_per_node=2,
+    argv = launch_prefix(kind, hosts=["localhost", "localhost"], ranks_per_node=2,
                          program=mpiexec) + [sys.executable, hello]
     cwd = os.path.join(out_dir, f"task{rank}")
     spec = TaskSpec(rank + 1, 1, tuple(argv), cwd)
@@ -73,11 +74,13 @@ WORKER = textwrap.dedent("""\
     import json, os, subprocess, sys
     from mpi4py import MPI
     from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
-    mode, hello, out_dir, mpiexec = sys.argv[1:5]
+    mode, hello, out_dir, kind, mpiexec = sys.argv[1:6]
     rank = MPI.COMM_WORLD.Get_rank()
     env = task_mpi_env(os.environ) if mode.startswith("scrubbed") else dict(os.environ)
-    if mode.endswith("nested"):
-        argv = launch_prefix("mpich", hosts=["localhost", "localhost"], ranks_per_node=2,
+    if mode.endswith("fork-nested"):  # MPICH's gforker: what a local launcher uses
+        argv = [mpiexec, "-n", "4", sys.executable, hello]
+    elif mode.endswith("nested"):
+        argv = launch_prefix(kind, hosts=["localhost", "localhost"], ranks_per_node=2,
                              program=mpiexec) + [sys.executable, hello]
     else:  # a single-rank MPI task started without a prefix
         argv = [sys.executable, hello]
@@ -113,11 +116,12 @@ def _hellos(text: str) -> list[tuple[int, int, str, list[int]]]:
     return [(int(r), int(s), h, json.loads(c)) for r, s, h, c in _HELLO_LINE.findall(text)]
 
 
-def _launcher_run(tmp_path: Path, mode: str) -> dict[int, dict[str, object]]:
+def _launcher_run(tmp_path: Path, mode: str, program: str = MPIEXEC
+                  ) -> dict[int, dict[str, object]]:
     (tmp_path / "hello.py").write_text(HELLO)
     (tmp_path / "worker.py").write_text(WORKER)
-    outer = _run([str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "worker.py"),
-                  mode, str(tmp_path / "hello.py"), str(tmp_path), str(MPIEXEC)], tmp_path)
+    outer = _run([*mpirun(2), sys.executable, str(tmp_path / "worker.py"), mode,
+                  str(tmp_path / "hello.py"), str(tmp_path), KIND, program], tmp_path)
     assert outer.returncode == 0, f"the outer job failed:\n{outer.stdout}\n{outer.stderr}"
     results = {}
     for rank in (0, 1):
@@ -137,8 +141,8 @@ def test_nested_two_node_two_rank_task_from_each_worker_rank(tmp_path: Path) -> 
 def test_nested_task_started_through_the_runner(tmp_path: Path) -> None:
     (tmp_path / "hello.py").write_text(HELLO)
     (tmp_path / "worker.py").write_text(RUNNER_WORKER)
-    outer = _run([str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "worker.py"),
-                  str(tmp_path / "hello.py"), str(tmp_path), str(MPIEXEC)], tmp_path)
+    outer = _run([*mpirun(2), sys.executable, str(tmp_path / "worker.py"),
+                  str(tmp_path / "hello.py"), str(tmp_path), KIND, MPIEXEC], tmp_path)
     assert outer.returncode == 0, f"the outer job failed:\n{outer.stdout}\n{outer.stderr}"
     for rank in (0, 1):
         res = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -148,21 +152,37 @@ def test_nested_task_started_through_the_runner(tmp_path: Path) -> None:
         assert {s for _, s, *_ in hellos} == {4}
 
 
-def test_single_rank_mpi_task_needs_the_scrubbed_environment(tmp_path: Path) -> None:
+@pytest.mark.skipif(FOUND_MPI is None or not FOUND_MPI.fork_program,
+                    reason="no MPICH mpiexec.gforker beside the found mpiexec")
+def test_nested_task_through_the_fork_starter(tmp_path: Path) -> None:
+    """What a worker of a local launcher starts for a task on its own host: gforker."""
+    assert FOUND_MPI is not None
+    for rank, res in _launcher_run(tmp_path, "scrubbed-fork-nested",
+                                   FOUND_MPI.fork_program).items():
+        assert res["rc"] == 0, f"outer rank {rank}: {res}"
+        hellos = _hellos(str(res["out"]))
+        assert sorted(r for r, *_ in hellos) == [0, 1, 2, 3], f"outer rank {rank}: {res}"
+        assert {s for _, s, *_ in hellos} == {4}
+
+
+@hydra_only
+def test_single_rank_mpi_task_fails_unscrubbed(tmp_path: Path) -> None:
     """Without scrubbing, an mpi4py task started without mpiexec inherits the launcher
-    rank's PMI_FD/PMI_RANK/PMI_SIZE and fails in MPI_Init; scrubbed, it is a singleton."""
-    raw = _launcher_run(tmp_path, "raw-single")
-    for rank, res in raw.items():
+    rank's PMI_FD/PMI_RANK/PMI_SIZE and fails in MPI_Init."""
+    for rank, res in _launcher_run(tmp_path, "raw-single").items():
         assert res["rc"] != 0, f"outer rank {rank}: unscrubbed task ran: {res}"
         assert "PMI" in str(res["err"]), res
-    for name in ("rank0.json", "rank1.json"):
-        (tmp_path / name).unlink()
+
+
+def test_single_rank_mpi_task_with_the_scrubbed_environment(tmp_path: Path) -> None:
+    """Scrubbed, a single-rank mpi4py task is a singleton, whichever MPI ran the launcher."""
     scrubbed = _launcher_run(tmp_path, "scrubbed-single")
     for rank, res in scrubbed.items():
         assert res["rc"] == 0, f"outer rank {rank}: {res}"
         assert [(r, s) for r, s, *_ in _hellos(str(res["out"]))] == [(0, 1)]
 
 
+@hydra_only
 def test_hydra_nested_launch_works_even_unscrubbed(tmp_path: Path) -> None:
     """Recorded behaviour, not a reason to skip scrubbing: hydra sets PMI_* afresh for the
     ranks it starts, so the prefix alone survives the launcher's variables (docs)."""
@@ -171,16 +191,27 @@ def test_hydra_nested_launch_works_even_unscrubbed(tmp_path: Path) -> None:
         assert sorted(r for r, *_ in _hellos(str(res["out"]))) == [0, 1, 2, 3]
 
 
+@pytest.mark.skipif(KIND != "openmpi", reason="records Open MPI's behaviour")
+def test_open_mpi_nested_launch_needs_the_scrubbed_environment(tmp_path: Path) -> None:
+    """Open MPI 4.1's mpirun started with a rank's variables fails — "mpirun does not
+    support recursive calls", or, with a session directory base set, "A call to mkdir was
+    unable to create the desired directory" (both measured here) — and runs nothing; the
+    scrubbed one runs a fresh job (the tests above)."""
+    for rank, res in _launcher_run(tmp_path, "raw-nested").items():
+        assert res["rc"] != 0, f"outer rank {rank}: unscrubbed mpirun ran: {res}"
+        assert _hellos(str(res["out"])) == [], res
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="binding needs two cores")
-def test_mpich_binding_reaches_the_ranks(tmp_path: Path) -> None:
+def test_binding_reaches_the_ranks(tmp_path: Path) -> None:
     from balsam_mpi.mpilaunch import launch_prefix
 
     (tmp_path / "hello.py").write_text(HELLO)
     allowed = sorted(os.sched_getaffinity(0))
     cpus = {}
     for bind in ("none", "core"):
-        argv = launch_prefix("mpich", hosts=["localhost"], ranks_per_node=2, cpu_bind=bind,
-                             program=str(MPIEXEC)) + [sys.executable, str(tmp_path / "hello.py")]
+        argv = launch_prefix(KIND, hosts=["localhost"], ranks_per_node=2, cpu_bind=bind,
+                             program=MPIEXEC) + [sys.executable, str(tmp_path / "hello.py")]
         done = _run(argv, tmp_path)
         assert done.returncode == 0, done.stderr
         cpus[bind] = [c for *_, c in sorted(_hellos(done.stdout))]
@@ -210,16 +241,16 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_signalling_the_prefix_group_ends_every_rank(tmp_path: Path, sig: int) -> None:
     """How a worker stops a multi-rank task: the runner signals the process group of what
-    it started (here hydra's mpiexec, in its own session as the runner starts tasks).
+    it started (the found mpiexec, in its own session as the runner starts tasks).
     Hydra puts each rank in a group of its own, so this checks the ranks still end."""
     import time
 
     from balsam_mpi.mpilaunch import launch_prefix
 
     (tmp_path / "sleeper.py").write_text(SLEEPER)
-    argv = launch_prefix("mpich", hosts=["localhost", "localhost"], ranks_per_node=2,
-                         program=str(MPIEXEC)) + [sys.executable, str(tmp_path / "sleeper.py"),
-                                                  str(tmp_path)]
+    argv = launch_prefix(KIND, hosts=["localhost", "localhost"], ranks_per_node=2,
+                         program=MPIEXEC) + [sys.executable, str(tmp_path / "sleeper.py"),
+                                             str(tmp_path)]
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     pids: list[int] = []

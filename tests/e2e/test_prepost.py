@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_launcher import MPIEXEC, finish, no_strays
+from tests.conftest import needs_mpiexec
+from tests.e2e.test_launcher import finish, no_strays
 from tests.e2e.test_mpi_tasks import add_app, add_tasks, launcher, task_dir
 
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not Path(MPIEXEC).exists(), reason="no mpiexec beside this Python"),
+    needs_mpiexec,
 ]
 
 FAIL = "sh -c 'echo boom >&2; exit 3'"

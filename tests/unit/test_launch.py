@@ -75,7 +75,9 @@ def test_command_line_flags() -> None:
     s = resolve(args, {}, {})
     assert s.workflows == ("a", "b") and s.tag_filter == {"k": "v"}
     assert s.idle_timeout_s == 0.0 and s.max_tasks == 5 and not s.persistent
-    with pytest.raises(SystemExit):
+    from balsam_mpi.errors import UsageError
+
+    with pytest.raises(UsageError, match="--idle-timeout"):  # one line, exit 2 (launch.main)
         parser().parse_args(["--idle-timeout", "soon"])
 
 

@@ -1,8 +1,10 @@
-"""The states table: what may follow what."""
+"""The states table: what may follow what (examples, then properties with hypothesis)."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from balsam_mpi.errors import UsageError
 from balsam_mpi.models import (
@@ -48,3 +50,80 @@ def test_parse_state_is_case_insensitive_and_names_the_field() -> None:
         parse_state("nope")
     with pytest.raises(ValueError):
         parse_state("")
+
+
+# -- properties of the state machine (hypothesis) ---------------------------------------------
+FAST = settings(database=None, deadline=None, max_examples=300)
+# The states a task can be created in (taskadd.initial_states; CREATED is the column's
+# default for a raw INSERT).
+FIRST = frozenset({S.CREATED, S.READY, S.AWAITING_PARENTS, S.FAILED})
+
+
+def _reachable(start: TaskState) -> set[TaskState]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in TRANSITIONS[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_every_state_can_still_finish() -> None:
+    for s in TaskState:
+        assert S.JOB_FINISHED in _reachable(s), s
+
+
+def test_every_state_is_reachable_from_a_first_state() -> None:
+    assert set().union(*(_reachable(s) for s in FIRST)) == set(TaskState)
+
+
+def test_the_final_state_is_a_sink_and_the_only_one() -> None:
+    sinks = {s for s in TaskState if not TRANSITIONS[s]}
+    assert sinks == FINAL == {S.JOB_FINISHED}
+    assert all(s not in TRANSITIONS[s] for s in TaskState)  # no self-loops
+
+
+@FAST
+@given(st.sampled_from(sorted(FIRST)), st.lists(st.integers(0, 1000), max_size=40))
+def test_random_walks_never_get_stuck(first: TaskState, choices: list[int]) -> None:
+    """Any sequence of legal moves leaves a task from which it can still finish, and a
+    move out of JOB_FINISHED never exists."""
+    state = first
+    for c in choices:
+        options = sorted(TRANSITIONS[state])
+        if not options:
+            assert state is S.JOB_FINISHED
+            break
+        nxt = options[c % len(options)]
+        assert can_move(state, nxt)
+        if state in STOPPED:  # only a retry leaves a stopped task
+            assert nxt in (S.READY, S.AWAITING_PARENTS)
+        state = nxt
+        assert S.JOB_FINISHED in _reachable(state)
+
+
+@FAST
+@given(st.sampled_from(list(TaskState)), st.sampled_from(list(TaskState)))
+def test_can_move_is_the_table(a: TaskState, b: TaskState) -> None:
+    assert can_move(a, b) == (b in TRANSITIONS[a])
+    assert (a in KILLABLE) == (can_move(a, S.USER_KILLED) and a not in STOPPED)
+
+
+@FAST
+@given(st.sampled_from(list(TaskState)), st.lists(st.booleans(), min_size=20, max_size=20),
+       st.text(" \t", max_size=3))
+def test_parse_state_any_case_and_padding(s: TaskState, upper: list[bool], pad: str) -> None:
+    text = "".join(c.upper() if u else c.lower() for c, u in zip(s.value, upper, strict=False))
+    assert parse_state(pad + text + pad) is s
+
+
+@FAST
+@given(st.one_of(st.text(max_size=30), st.integers(), st.none(), st.binary(max_size=5)))
+def test_parse_state_refuses_anything_else_naming_the_field(text: object) -> None:
+    try:
+        state = parse_state(text)  # type: ignore[arg-type]
+    except UsageError as exc:
+        assert str(exc).startswith("state: unknown state ") and "\n" not in str(exc)
+    else:
+        assert isinstance(text, str) and text.strip().upper() == state.value

@@ -46,3 +46,14 @@ def test_include_added_once() -> None:
     once = pgconf.with_include("a = 1\n")
     assert pgconf.with_include(once) == once
     assert once.count(pgconf.INCLUDE_LINE) == 1
+
+
+def test_wal_settings_keep_pg_wal_bounded() -> None:
+    """Issue 15 case 13: no replication or archive (minimal WAL), compressed full pages,
+    and a checkpoint after at most max_wal_size of WAL (docs/retention.md)."""
+    conf = pgconf.render_conf(port=6000, listen="localhost", group="proj")
+    for line in ("wal_level = minimal", "max_wal_senders = 0", "archive_mode = off",
+                 "wal_compression = on", f"max_wal_size = {pgconf.WAL_MAX_MB}MB",
+                 f"min_wal_size = {pgconf.WAL_MIN_MB}MB"):
+        assert line in conf.splitlines(), line
+    assert pgconf.WAL_MIN_MB < pgconf.WAL_MAX_MB <= 256

@@ -45,31 +45,38 @@ def test_defaults_and_app_retry_limit() -> None:
                        "pending_parents": 0, "state_message": "m"}
 
 
-def test_strings_from_flags_and_csv_are_converted() -> None:
-    t = _task(num_nodes="4", wall_time_min="2.5", fail_with_parents="false")
+def test_text_from_flags_and_csv_is_converted_at_the_door() -> None:
+    from balsam_mpi.taskspec import from_text
+
+    t = _task(num_nodes=from_text("num_nodes", "4"),
+              wall_time_min=from_text("wall_time_min", "2.5"),
+              fail_with_parents=from_text("fail_with_parents", "false"))
     assert (t["num_nodes"], t["wall_time_min"], t["fail_with_parents"]) == (4, 2.5, False)
+    with pytest.raises(TaskSpecError, match="num_nodes: must be a whole number"):
+        _task(num_nodes="4")  # typed input stays typed
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"num_nodes": 0}, "num_nodes: must be ≥ 1"),
-    ({"node_packing_count": 0}, "node_packing_count: must be ≥ 1"),
-    ({"wall_time_min": -1}, "wall_time_min: must be a number ≥ 0"),
+    ({"num_nodes": 0}, "num_nodes: must be from 1 to"),
+    ({"node_packing_count": 0}, "node_packing_count: must be from 1 to"),
+    ({"wall_time_min": -1}, "wall_time_min: must be from 0 to"),
     ({"wall_time_min": "soon"}, "wall_time_min: must be a number"),
-    ({"num_nodes": True}, "num_nodes: must be an integer"),
-    ({"num_nodes": 2.5}, "num_nodes: must be an integer"),
-    ({"priority": 2**40}, "priority: .* out of range"),
+    ({"num_nodes": True}, "num_nodes: must be a whole number"),
+    ({"num_nodes": 2.5}, "num_nodes: must be a whole number"),
+    ({"priority": 2**40}, "priority: must be from -1,000,000 to 1,000,000"),
     ({"params": {"who": "x", "whom": "y"}}, "params: 'whom' is not a placeholder"),
     ({"params": {}}, r"params: app 'hello' needs a value for \{who\}"),
     ({"params": ["x"]}, "params: must be an object"),
     ({"args": "a b"}, "args: must be a list of text"),
-    ({"env": {"A": 1}}, "env: 'A' must name a variable"),
+    ({"env": {"A": 1}}, "env.A: must be text"),
+    ({"env": {"A=B": "1"}}, "env: 'A=B' is not a variable name"),
     ({"app": "nope"}, "app: no app named 'nope'"),
     ({"app": 3}, "app: must be text"),
     ({"workflow": ""}, "workflow: missing"),
     ({"bogus": 1}, "bogus: unknown field"),
-    ({"parents": [True]}, "parents: True is neither"),
+    ({"parents": [True]}, r"parents\[0\]: True is not a task id"),
     ({"state": "READY"}, "state: unknown field"),
-    ({"input_files": ["../secret/*"]}, "input_files: '../secret/\\*' must be a relative"),
+    ({"input_files": ["../secret/*"]}, r"input_files\[0\]: '../secret/\*' must be a relative"),
 ])
 def test_bad_fields_are_named(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(TaskSpecError, match=message):
@@ -81,7 +88,7 @@ def test_placeholders_and_app_checks() -> None:
     for bad in ("echo {}", "echo {a.b}", "echo {a[0]}", "echo {"):
         with pytest.raises(TaskSpecError, match="command"):
             placeholders(bad)
-    assert check_app("x", "true", {"shell": "yes"})["shell"] is True
+    assert check_app("x", "true", {"shell": True})["shell"] is True
     with pytest.raises(TaskSpecError, match="name"):
         check_app("bad name", "true", {})
     with pytest.raises(TaskSpecError, match="colour: not an app field"):
@@ -100,7 +107,7 @@ def test_render_argv_keeps_values_whole_and_never_uses_a_shell() -> None:
 
 
 def test_changes_are_checked() -> None:
-    assert check_changes({"priority": "5", "tags": {"a": "b"}}) == {"priority": 5,
+    assert check_changes({"priority": 5, "tags": {"a": "b"}}) == {"priority": 5,
                                                                    "tags": {"a": "b"}}
     with pytest.raises(TaskSpecError, match="state: cannot be modified"):
         check_changes({"state": "READY"})

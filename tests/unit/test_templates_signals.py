@@ -233,23 +233,3 @@ def test_launch_line_umask_and_activation(setup: tuple[Project, Path, Path], tmp
         "-m", "balsam_mpi", "--workflow=w 1", "--time-limit-min", "57"]
     assert (job.out / "umask").read_text() == "0007\n"  # 077 from the caller → group rwx
     assert (job.out / "activated").read_text() == f"{project.root}\n"
-
-
-@pytest.mark.timeout(60)
-def test_local_uses_the_venv_mpiexec_and_returns_its_status(
-        setup: tuple[Project, Path, Path], tmp_path: Path) -> None:
-    project, venv, site = setup
-    (venv / "bin" / "mpiexec").write_text('#!/bin/bash\nprintf "%s\\n" "$0" "$@" > '
-                                          '"$OUT/local.argv"\nexit 3\n')
-    (venv / "bin" / "mpiexec").chmod(0o755)
-    template = jobscript.find_template("local", project, tmp_path / "nohome")
-    script = tmp_path / "local.sh"
-    script.write_text(jobscript.render(template, jobscript.values_for(
-        JobRequest("local", 3), project, batch_job_id=5, venv=str(venv), environ={})))
-    done = subprocess.run(["bash", str(script)], env={"PATH": f"{site}:/usr/bin:/bin",
-                                                      "OUT": str(tmp_path / "out")},
-                          timeout=30, check=False)
-    assert done.returncode == 3
-    argv = (tmp_path / "out" / "local.argv").read_text().splitlines()
-    assert argv == [str(venv / "bin" / "mpiexec"), "-n", "3", str(venv / "bin" / "python"),
-                    "-m", "balsam_mpi"]
