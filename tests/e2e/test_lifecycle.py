@@ -336,7 +336,7 @@ def test_a_launcher_started_after_a_crash_waits_for_the_dead_jobs_work(
     # database copy numbers its tasks from 1 again.
     ids = add(conn, 2, command="sh -c 'if [ -e started ]; then echo ok >> runs; "
               "else touch started; exec sleep 600; fi'", app="once", workflow="after")
-    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="8")
+    first = start(2, "--idle-timeout", "0", BALSAM_LEASE_S="8", BALSAM_KILL_GRACE_S="2")
     wait_for("2 running tasks", lambda: count(
         conn, "SELECT count(*) FROM tasks WHERE state = 'RUNNING'") == 2, first)
     kill_launcher_tree(first.pid)
