@@ -299,7 +299,8 @@ def test_a_launcher_started_by_hand_learns_the_end_of_its_job(
     add_app(conn, "long", "sleep 20")  # its declared wall time is what matters
     quick = add_tasks(conn, "quick", 1)
     long = add_tasks(conn, "long", 1)
-    conn.execute("UPDATE tasks SET wall_time_min = 10 WHERE id = %s", long)
+    conn.execute("SELECT * FROM tasks_modify(%s::bigint[], '{\"wall_time_min\": 10}')",
+                 (long,))
     script = tmp_path / "by-hand.sh"
     out = tmp_path / "by-hand.out"
     script.write_text(textwrap.dedent(f"""\
