@@ -21,6 +21,7 @@ class PrePost(NamedTuple):
     postprocess: str = ""
     on_error: bool = False
     on_timeout: bool = False
+    python: str = ""  # a Python app's import path (docs/python-tasks.md)
 
 
 NONE = PrePost()
@@ -46,6 +47,11 @@ class AppCache:
         for name, pre, post, on_error, on_timeout in rows:
             self.apps[str(name)] = PrePost(str(pre), str(post), bool(on_error),
                                            bool(on_timeout))
+        with db.translated():
+            paths = store.conn.execute(sql.query("launcher_app_python"),
+                                       {"names": missing}).fetchall()
+        for name, path in paths:
+            self.apps[str(name)] = self.apps[str(name)]._replace(python=str(path))
 
     def claim(self, store: Store, lease: Lease, **kwargs: Any) -> list[Claimed]:
         """``Store.claim`` and then the scripts of apps new to this leader."""

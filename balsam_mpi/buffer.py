@@ -29,6 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import results
 from .cleantext import clean, one_line
 from .errors import BalsamError, ServerError
 from .journal import Journal
@@ -197,6 +198,9 @@ class ReportBuffer:
 
     def write(self, store: Store, batch: Batch) -> dict[str, int]:
         """The database call (runs on the database thread)."""
+        if results.carried(batch.finished):  # Python tasks' return values, same transaction
+            return results.report_with_results(store, self.lease, batch.started,
+                                               batch.finished, batch.through)
         return store.report(self.lease, batch.started, batch.finished, batch.through)
 
     def written(self, batch: Batch, counts: dict[str, int]) -> None:

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, sql, taskadd, taskspec, values
+from . import db, pyapps, sql, taskadd, taskspec, values, waiting
 from .errors import Conflict, NotFound, UsageError
 from .limits import ID_MAX
 from .outcome import Outcome
@@ -47,8 +47,13 @@ class Client:
         self._conn.prepare_threshold = None
         with db.translated():
             self._conn.execute(sql.query("client_session"))
+        # Connections that LISTEN while a wait lasts (waiting.py), opened on first use.
+        self._waiters = waiting.Waiters(
+            lambda: db.connect(self.project, autocommit=True,
+                               application_name="balsam_mpi-wait"))
 
     def close(self) -> None:
+        self._waiters.close()
         self._conn.close()
 
     def __enter__(self) -> Client:
@@ -58,19 +63,33 @@ class Client:
         self.close()
 
     # -- apps ------------------------------------------------------------------------
-    def add_app(self, name: str, command: str, **fields: Any) -> int:
+    def add_app(self, name: str, command: str | None = None, *, python: str | None = None,
+                **fields: Any) -> int:
         """Register an app: ``command`` is a template whose ``{placeholders}`` the tasks'
         ``params`` fill. Fields: description, preprocess, postprocess, env_script, shell,
-        postprocess_on_error, postprocess_on_timeout, error_retry_limit."""
-        app = taskspec.check_app(name, command, fields)
-        values = {"description": "", "preprocess": "", "postprocess": "", "env_script": "",
-                  "shell": False, "postprocess_on_error": False,
-                  "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
+        postprocess_on_error, postprocess_on_timeout, error_retry_limit.
+
+        Or ``python="package.module:function"``: the tasks' ``params`` are the keyword
+        arguments of a call in a warm interpreter, and its return value is the task's
+        result (docs/python-tasks.md). Fields: description, error_retry_limit."""
+        if (command is None) == (python is None):
+            raise taskspec.TaskSpecError("command: an app runs a command or calls a Python "
+                                         "function (python=...): give exactly one")
+        if python is not None:
+            app = pyapps.check_app(name, python, fields)
+            query, values = "apps_insert_python", {"description": "",
+                                                   "error_retry_limit": 0, **app}
+        else:
+            app = taskspec.check_app(name, command, fields)  # type: ignore[arg-type]
+            query, values = "apps_insert", {
+                "description": "", "preprocess": "", "postprocess": "", "env_script": "",
+                "shell": False, "postprocess_on_error": False,
+                "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
         with db.translated(), self._conn.transaction(), refusals():
             if self._fetch("apps_by_name", {"name": name}):
                 raise Conflict(f"an app named {name!r} exists; pick another name or "
                                f"`balsam-mpi app rm {name}` first")
-            row = self._conn.execute(sql.query("apps_insert"), values).fetchone()
+            row = self._conn.execute(sql.query(query), values).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -93,9 +112,9 @@ class Client:
             self._conn.execute(sql.query("apps_delete"), {"name": name})
 
     def _app_infos(self) -> dict[str, taskspec.AppInfo]:
-        return {a["name"]: taskspec.AppInfo(a["id"], a["name"], a["command"],
-                                            taskspec.placeholders(a["command"]),
-                                            a["error_retry_limit"])
+        return {a["name"]: taskspec.AppInfo(a["id"], a["name"], a["command"] or "",
+                                            taskspec.placeholders(a["command"] or ""),
+                                            a["error_retry_limit"], a.get("python") or "")
                 for a in self.apps()}
 
     # -- adding tasks ----------------------------------------------------------------
@@ -221,6 +240,7 @@ class Client:
         task["children"] = [r["child_id"] for r in
                             self._fetch("tasks_children", {"ids": [task_id]})]
         task["history"] = self._fetch("tasks_history", {"id": task_id})
+        task["result"] = self._fetch("task_result", {"id": task_id})[0]["result"]
         return task
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -285,6 +305,23 @@ class Client:
             row = self._conn.execute(sql.query("tasks_dep_add"),
                                      {"parent": parent, "child": child}).fetchone()
         return bool(row and row[0])
+
+    # -- waiting (LISTEN/NOTIFY, waiting.py) --------------------------------------------
+    def wait(self, ids: int | Sequence[int], *, timeout: float | None = None
+             ) -> list[waiting.Outcome]:
+        """Block until every task has ended (JOB_FINISHED, FAILED or USER_KILLED); their
+        outcomes in the given order. Raises WaitTimeout after ``timeout`` seconds."""
+        return waiting.wait(self._waiters, ids, timeout)
+
+    def as_completed(self, ids: int | Sequence[int], *, timeout: float | None = None
+                     ) -> Iterator[waiting.Outcome]:
+        """Each task's outcome as it ends (those already ended first); ``timeout`` is
+        for the whole iteration."""
+        return waiting.as_completed(self._waiters, ids, timeout)
+
+    def result(self, task_id: int, *, timeout: float | None = None) -> Any:
+        """Wait for one task: its return value (a Python task), or TaskFailed."""
+        return waiting.wait(self._waiters, [task_id], timeout)[0].value()
 
     def why(self, task_id: int) -> list[str]:
         """Why the task is not running, one reason per line."""

@@ -58,6 +58,10 @@ class Settings:
     output_cap_mb: float = 256.0  # per task.out/err: keep head + tail past this; 0 = none
     task_cgroups: bool = True  # a cgroup per task where cgroup v2 is delegated to us
     null_runner: bool = False  # benchmarks: tasks "finish" at once, no process
+    # Python tasks' warm interpreters (pypool.py, docs/python-tasks.md).
+    python_max_calls: int = 1000  # replace an interpreter after this many calls (0: never)
+    python_memory_mb: float = 0.0  # per interpreter; 0 = the task's share of the node's RAM
+    python_address_cap: bool = True  # enforce it as RLIMIT_AS during calls (not GPU tasks)
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -96,6 +100,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "signal_hold_s": (0.0, 60.0),
     "worker_timeout_s": (0.1, _DAY),
     "output_cap_mb": (0.0, 1e7),
+    "python_max_calls": (0, 1_000_000_000),
+    "python_memory_mb": (0.0, 1e9),
 }
 # A number not listed above (a setting added later) must still be finite and not negative.
 _ANY = (0.0, 1e12)

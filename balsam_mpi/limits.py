@@ -56,3 +56,9 @@ LEASE_S_MAX = 86_400.0
 
 # Output kept in the database for a failed task (the rest stays in task.out / task.err).
 OUTPUT_TAIL_MAX = 4_096
+
+# Python tasks (docs/python-tasks.md). A result is held by the leader until its flush, as
+# params are until the task runs: the same cap. A bigger one belongs in a file in the
+# task's directory.
+RESULT_MAX_BYTES = 256 * 1024  # a return value's JSON text, in bytes
+PYTHON_PATH_MAX = 1_024  # an app's "package.module:function", in characters

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import gpus as gpumod
-from . import mpilaunch, pdeath, prepost, runner, stagein
+from . import mpilaunch, pdeath, prepost, pypool, runner, stagein
 from .platform import node_name
 from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
 from .resources import EPS, NodeResources
@@ -54,6 +54,9 @@ class Node:
         self.poked = False  # something changed that is not a start or an end (a release)
         self.extra_env: dict[str, str] = {}  # set by the worker: the task_api channel
         self._launcher: mpilaunch.MpiLauncher | None = None
+        # Python tasks' warm interpreters (pypool), started with the first such task.
+        self.python = pypool.PoolConfig(die_with_parent=die_with_parent)
+        self.pool: pypool.PyPool | None = None
         self._launch_error = ""
         self.queue: deque[TaskSpec] = deque()
         self.running: dict[int, runner.TaskProcess] = {}
@@ -153,7 +156,9 @@ class Node:
             self.cutting = True
 
     def _stop(self, proc: runner.TaskProcess, kind: EndKind) -> None:
-        if proc.end_kind is None and runner.reap(proc) is not None:
+        ended = (proc.ended() if isinstance(proc, pypool.PyCall)  # a call: not our child
+                 else runner.reap(proc) is not None)
+        if proc.end_kind is None and ended:
             return  # it ended on its own before the stop came: its own outcome stands
         if proc.end_kind is None:
             proc.end_kind = kind
@@ -244,8 +249,14 @@ class Node:
 
     def _start_run(self, spec: TaskSpec, env: dict[str, str]) -> runner.TaskProcess:
         multi = spec.num_nodes > 1 or spec.ranks_per_node > 1  # mpilaunch.needs_prefix
-        proc = runner.start(spec, env, die_with_parent=self.die_with_parent,
-                            argv=runner.task_argv(spec, self._prefix(spec)) if multi else None)
+        if spec.python:  # a call in a warm interpreter, watched like a process
+            if self.pool is None:
+                self.pool = pypool.PyPool(self._env, self.python)
+            proc: runner.TaskProcess = self.pool.start(spec, env)
+        else:
+            proc = runner.start(spec, env, die_with_parent=self.die_with_parent,
+                                argv=runner.task_argv(spec, self._prefix(spec)) if multi
+                                else None)
         self.changes.started.append(Started(spec.id, spec.epoch, proc.started_at))
         self.started_total += 1
         return proc
@@ -317,7 +328,7 @@ class Node:
         return bool(events)
 
     def _finish(self, proc: runner.TaskProcess) -> None:
-        rc = runner.reap(proc)
+        rc = proc.reap() if isinstance(proc, pypool.PyCall) else runner.reap(proc)
         if rc is None:
             return
         ended = time.time()
@@ -426,6 +437,8 @@ class Node:
         self.res.release(spec.id)
         if count:
             self.done_share += spec.need
+        if spec.python and self.pool is not None:
+            fin = self.pool.finished(fin)  # with its return value, when it finished
         self.changes.finished.append(fin)
         self.finished_total += 1
 
@@ -443,11 +456,15 @@ class Node:
         """SIGKILL every task group (on a crash, before MPI_Abort)."""
         for proc in self.running.values():
             runner.signal_group(proc, signal.SIGKILL)
+        if self.pool is not None:
+            self.pool.kill_all()
 
     def close(self) -> None:
         self.kill_everything_now()
         for proc in list(self.running.values()):
             runner.close(proc)
+        if self.pool is not None:
+            self.pool.close()
         self._epoll.close()
 
     def has_room(self) -> bool:

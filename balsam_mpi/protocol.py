@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from .errors import BalsamError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class ProtocolError(BalsamError):
@@ -88,6 +88,10 @@ class TaskSpec(NamedTuple):
     # directories into the task's before anything runs (stagein.link_inputs).
     inputs: tuple[str, ...] = ()
     parent_dirs: tuple[str, ...] = ()
+    # A Python task (docs/python-tasks.md): ("package.module:function", the keyword
+    # arguments as JSON text), called in one of the node's warm interpreters (pypool);
+    # empty for a process task. Only the app's import path and JSON travel, never code.
+    python: tuple[str, ...] = ()
 
 
 class Started(NamedTuple):
@@ -104,6 +108,7 @@ class Finished(NamedTuple):
     started_at: float
     ended_at: float
     tail: str = ""
+    result: str | None = None  # a Python task's return value as JSON text (DONE only)
 
 
 @dataclass(frozen=True, slots=True)

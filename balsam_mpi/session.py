@@ -31,6 +31,7 @@ from .lease import log_expired, sweep_once
 from .node import Node, NullNode
 from .project import Project
 from .protocol import ErrorMsg
+from .pypool import PoolConfig
 from .replay import log_replayed
 from .store import ClaimFilter, Lease, Store
 from .worker import Worker
@@ -59,9 +60,11 @@ def make_node(settings: Settings, project: Project | None) -> Node:
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
     runner.configure(output_cap_mb=settings.output_cap_mb, cgroups=settings.task_cgroups)
-    return cls(db_path=db_path, gpus=settings.gpus_per_node,
+    node = cls(db_path=db_path, gpus=settings.gpus_per_node,
                die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s,
                signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s)
+    node.python = PoolConfig.from_settings(settings)  # Python tasks' interpreters
+    return node
 
 
 def launcher_deadline(settings: Settings, started: float) -> float | None:

@@ -99,6 +99,9 @@ class SpecBuilder:
 
     def build(self, row: Claimed) -> TaskSpec:
         """Raises BadTask / TaskSpecError / ValueError when the row cannot be run."""
+        pp = self.apps.get(row.app)
+        if pp.python:
+            return self._python(row, pp.python)
         if len(row.command) > COMMAND_MAX:
             raise BadTask(f"command: {len(row.command)} characters, more than "
                           f"{COMMAND_MAX}")
@@ -112,13 +115,7 @@ class SpecBuilder:
                           f"the {ARGV_MAX_BYTES} a process may be started with")
         # A multi-rank task is its own MPI job on whole nodes (DESIGN.md §5).
         multi = needs_prefix(row.num_nodes, row.ranks_per_node)
-        pp = self.apps.get(row.app)
-        inputs: tuple[str, ...] = ()
-        parent_dirs: tuple[str, ...] = ()
-        if row.input_files:
-            inputs = tuple(row.input_files)
-            parent_dirs = tuple(self.cwd(str(w), int(i), str(n))
-                                for w, i, n in json.loads(row.parents or "[]"))
+        inputs, parent_dirs = self._inputs(row)
         return TaskSpec(
             row.id, self.epoch, tuple(argv), self.cwd(row.workflow, row.id, row.name), env,
             NODE_CAPACITY if multi else need_of(row.node_packing_count),
@@ -152,6 +149,28 @@ class SpecBuilder:
             except Exception as exc:  # whatever a hostile row can provoke: that task fails
                 bad.append((row.id, one_line(f"cannot prepare the task: {exc}")))
         return specs, bad
+
+    def _inputs(self, row: Claimed) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """input_files and the parents' directories they are linked from."""
+        if not row.input_files:
+            return (), ()
+        return tuple(row.input_files), tuple(
+            self.cwd(str(w), int(i), str(n)) for w, i, n in json.loads(row.parents or "[]"))
+
+    def _python(self, row: Claimed, path: str) -> TaskSpec:
+        """A call in one of the node's warm interpreters: the app's import path and the
+        task's params as keyword arguments, passed on as the JSON text the claim read."""
+        if needs_prefix(row.num_nodes, row.ranks_per_node):
+            raise BadTask("num_nodes: a Python task runs in one interpreter: num_nodes and "
+                          "ranks_per_node must be 1")
+        env_map = _json(row.env, "env")
+        env = tuple((_env_name(k), _env_value(k, v)) for k, v in env_map.items())
+        inputs, parent_dirs = self._inputs(row)
+        return TaskSpec(
+            row.id, self.epoch, (), self.cwd(row.workflow, row.id, row.name), env,
+            need_of(row.node_packing_count), float(row.wall_time_min) * 60.0,
+            row.threads_per_rank, row.gpus_per_rank, inputs=inputs, parent_dirs=parent_dirs,
+            python=(path, row.params or "{}"))
 
 
 def _env_name(key: Any) -> str:

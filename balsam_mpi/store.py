@@ -194,7 +194,7 @@ class Store:
 
         # Transposed with zip (in C): one pass per column instead of a Python loop each.
         s_ids, _s_epochs, s_at = zip(*started, strict=True) if started else ((), (), ())
-        f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail = (
+        f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail, *_results = (
             zip(*finished, strict=True) if finished else ((),) * 7)
         params = {
             "job": lease.job_id, "epoch": lease.epoch,

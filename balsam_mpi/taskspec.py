@@ -68,6 +68,7 @@ class AppInfo:
     command: str
     placeholders: frozenset[str]
     error_retry_limit: int = 0
+    python: str = ""  # a Python app's import path: params are the call's keyword arguments
 
 
 def placeholders(command: str) -> frozenset[str]:
@@ -274,11 +275,22 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
     params = task.get("params")
     if params or app.placeholders:
         check_params(params or {}, app)
+    if app.python:
+        for f in ("num_nodes", "ranks_per_node"):
+            if task.get(f, 1) > 1:
+                raise TaskSpecError(f"{f}: app {app.name!r} calls a Python function, which "
+                                    "runs in one interpreter: num_nodes and ranks_per_node "
+                                    "must be 1")
+        if task.get("args"):
+            raise TaskSpecError(f"args: app {app.name!r} calls a Python function: give its "
+                                "keyword arguments as params")
     return task
 
 
 def check_params(params: Mapping[str, Any], app: AppInfo) -> None:
     """Every placeholder has a value and every value has a placeholder (catches typos)."""
+    if app.python:
+        return  # keyword arguments of a function (JSON), not placeholders of a template
     for k in params:
         if k not in app.placeholders:
             have = ", ".join(sorted(app.placeholders)) or "none"

@@ -44,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "exactly-once": _module_runner("scenarios_exactly_once"),
     "containment": _module_runner("scenarios_containment"),
     "retention": _module_runner("scenarios_retention"),
+    "python": _module_runner("scenarios_python"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }
 

@@ -80,3 +80,19 @@ SELECT relname::text, pg_total_relation_size(oid) FROM pg_class
 
 -- name: task_dirs
 SELECT id, workflow, name FROM tasks ORDER BY id;
+
+-- name: python_app
+-- A Python app of the `python` scenario (scenarios_python.py).
+INSERT INTO apps (name, python) VALUES (%(a)s, %(p)s)
+ON CONFLICT (name) DO UPDATE SET python = EXCLUDED.python;
+
+-- name: python_tasks
+-- n READY tasks of a Python app; with indexed, params {"i": n} (else the given params).
+INSERT INTO tasks (workflow, name, app_id, state, node_packing_count, params)
+SELECT %(w)s, 't', (SELECT id FROM apps WHERE name = %(a)s), 'READY', %(pack)s,
+       CASE WHEN %(indexed)s THEN jsonb_build_object('i', g) ELSE %(params)s::jsonb END
+  FROM generate_series(1, %(n)s) AS g
+RETURNING id;
+
+-- name: task_ended_at
+SELECT id, extract(epoch FROM ended_at)::float8 FROM tasks WHERE id = ANY (%(ids)s);

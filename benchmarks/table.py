@@ -153,8 +153,41 @@ def _model(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _python(doc: dict[str, Any]) -> list[Row]:
+    r = doc["results"]
+    thr, util, wait = r["throughput"], r["utilization"], r["wait"]
+    rows: list[Row] = []
+    names = {"python_noop": "Python no-op (returns None)",
+             "python_result": "Python call returning a small dict",
+             "exec_noop": "exec no-op (/bin/true)",
+             "null_runner": "null runner (no process)"}
+    for key, label in names.items():
+        rows.append((f"{label}, 4 ranks × 16, {thr['tasks']} tasks (steady state)",
+                     f"{thr['rate_per_s'][key]:,.0f} tasks/s "
+                     f"({thr['steady_rate_per_s'][key]:,.0f})",
+                     f"{thr['ratio_to_spawn'][key]:.2f} × spawn "
+                     f"({thr['steady_ratio_to_spawn'][key]:.2f}); "
+                     f"{thr['ratio_to_exec'][key]:.2f} × exec",
+                     _spread([x["rate_per_s"] for x in thr["runs"][key]])))
+    for d, res in util.items():
+        m = res["median"]
+        rows.append((f"utilization, {d} s Python tasks, 4×16, {res['waves']} waves",
+                     f"{m['utilization']:.3f} (span {m['utilization_span']:.3f})", "-",
+                     _spread([x["utilization"] for x in res["runs"]])))
+    one, many = wait["single"], wait["many"]
+    rows.append(("a task's end → `wait` returns, past the flush interval",
+                 f"median {one['past_flush_median_s']:.3f} s, max "
+                 f"{one['past_flush_max_s']:.3f} s", f"flush {wait['flush_interval_s']} s",
+                 f"{one['n']} waits"))
+    rows.append((f"a task's end → `as_completed` yields it, {many['n']} at full speed",
+                 f"median {many['median_s']:.3f} s, p95 {many['p95_s']:.3f} s", "-",
+                 "1 run"))
+    return rows
+
+
 SECTIONS = {"ceiling": _ceiling, "noop": _noop, "utilization": _utilization,
             "leader": _leader, "concurrent": _concurrent, "exactly-once": _exactly_once,
+            "python": _python,
             "scale-model": _model}
 
 

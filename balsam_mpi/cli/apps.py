@@ -18,8 +18,10 @@ def app() -> None:
 
 @app.command("add")
 @click.argument("name")
-@click.option("--command", "command", required=True, metavar="TEMPLATE",
+@click.option("--command", "command", default=None, metavar="TEMPLATE",
               help="Command line template, e.g. 'echo hello {who}' (run as argv).")
+@click.option("--python", "python", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+              help="Or call this function in a warm interpreter (docs/python-tasks.md).")
 @click.option("--description", default="", help="What the app does.")
 @click.option("--preprocess", default="", metavar="CMD", help="Run before each task.")
 @click.option("--postprocess", default="", metavar="CMD", help="Run after each task.")
@@ -30,17 +32,26 @@ def app() -> None:
 @click.option("--error-retry-limit", default="0", metavar="N",
               help="Automatic retries of a non-zero exit (default 0: none).")
 @pass_ctx
-def app_add(ctx: CliContext, name: str, command: str, description: str, preprocess: str,
-            postprocess: str, env_script: str, shell: bool, postprocess_on_error: bool,
-            postprocess_on_timeout: bool, error_retry_limit: str) -> None:
-    """Register app NAME."""
+def app_add(ctx: CliContext, name: str, command: str | None, python: str | None,
+            description: str, preprocess: str, postprocess: str, env_script: str,
+            shell: bool, postprocess_on_error: bool, postprocess_on_timeout: bool,
+            error_retry_limit: str) -> None:
+    """Register app NAME: a --command template, or a --python function."""
+    from ..pyapps import check_app as check_python_app
     from ..taskspec import check_app, from_text
 
     retries = from_text("error_retry_limit", error_retry_limit)
-    check_app(name, command, {"description": description, "preprocess": preprocess,
-                              "postprocess": postprocess, "env_script": env_script})
+    fields = {"description": description, "preprocess": preprocess,
+              "postprocess": postprocess, "env_script": env_script}
+    # Bad input is refused before connecting; giving both or neither: add_app says so.
+    if python is not None and command is None:
+        check_python_app(name, python, {**fields, "shell": shell,
+                                        "postprocess_on_error": postprocess_on_error,
+                                        "postprocess_on_timeout": postprocess_on_timeout})
+    elif command is not None and python is None:
+        check_app(name, command, fields)
     app_id = ctx.client().add_app(
-        name, command, description=description, preprocess=preprocess,
+        name, command, python=python, description=description, preprocess=preprocess,
         postprocess=postprocess, env_script=env_script, shell=shell,
         postprocess_on_error=postprocess_on_error,
         postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=retries)
@@ -57,7 +68,9 @@ def app_ls(ctx: CliContext, as_json: bool) -> None:
         echo_json(apps)
         return
     echo_table(["NAME", "COMMAND", "DESCRIPTION", "OWNER"],
-               [[a["name"], a["command"], a["description"], a["owner"]] for a in apps],
+               [[a["name"], a["command"] if a["command"] is not None
+                 else f"(python) {a['python']}", a["description"], a["owner"]]
+                for a in apps],
                empty="no apps yet: add one with `balsam-mpi app add NAME --command '…'`")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..clibase import Group, echo_json
+from . import taskwait
 from .context import CliContext, pass_ctx
 from .table import echo_table
 from .taskargs import count, filter_options, filters_from, task_id
@@ -227,5 +228,6 @@ def counts(ctx: CliContext, as_json: bool) -> None:
 
 
 register(task)  # modify, kill, retry, rm, why
+taskwait.register(task)  # wait
 
 commands: list[click.Command] = [task, dep, counts]

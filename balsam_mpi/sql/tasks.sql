@@ -16,12 +16,12 @@ VALUES (%(name)s, %(command)s, %(description)s, %(preprocess)s, %(postprocess)s,
 RETURNING id
 
 -- name: apps_all
-SELECT id, name, command, description, preprocess, postprocess, env_script, shell,
+SELECT id, name, command, python, description, preprocess, postprocess, env_script, shell,
        postprocess_on_error, postprocess_on_timeout, error_retry_limit, owner, created_at
   FROM apps ORDER BY name
 
 -- name: apps_by_name
-SELECT id, name, command, description, preprocess, postprocess, env_script, shell,
+SELECT id, name, command, python, description, preprocess, postprocess, env_script, shell,
        postprocess_on_error, postprocess_on_timeout, error_retry_limit, owner, created_at
   FROM apps WHERE name = %(name)s
 

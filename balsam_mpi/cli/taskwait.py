@@ -1,0 +1,59 @@
+"""`balsam-mpi task wait ID...`: block until tasks end, for shell scripts.
+
+Driven by LISTEN/NOTIFY (waiting.py): it reads the tasks' states once, then sleeps until
+the database says one of them ended. One line per task as it ends; the exit status says
+how they ended: 0 all JOB_FINISHED, 1 some FAILED or USER_KILLED, 3 the timeout passed
+first, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from ..clibase import echo_json
+from ..taskspec import TaskSpecError
+from ..waiting import describe
+from .context import CliContext, pass_ctx
+from .taskargs import task_id
+
+
+def _timeout(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise TaskSpecError(f"timeout: {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise TaskSpecError(f"timeout: must be a number of seconds ≥ 0, got {text!r}")
+    return value
+
+
+@click.command("wait")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--timeout", default=None, metavar="S",
+              help="Give up after S seconds (exit status 3).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print every outcome (with results) as JSON at the end.")
+@pass_ctx
+def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
+              as_json: bool) -> None:
+    """Wait until tasks end: exit 0 if all finished, 1 if any failed or was killed."""
+    wanted = [task_id(i) for i in ids]
+    limit = _timeout(timeout)
+    outcomes = []
+    for outcome in ctx.client().as_completed(wanted, timeout=limit):
+        outcomes.append(outcome)
+        if not as_json:
+            click.echo(describe(outcome))
+    if as_json:
+        by_id = {o.id: o for o in outcomes}
+        echo_json([by_id[i]._asdict() for i in dict.fromkeys(wanted)])
+    if not all(o.ok for o in outcomes):
+        click.get_current_context().exit(1)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(task_wait)

@@ -1,0 +1,37 @@
+-- Python tasks and waiting for tasks (migrations/0010_python_tasks.sql): apps by import
+-- path, results written by the leader, and the queries of waiting.py / executor.py.
+
+-- name: apps_insert_python
+INSERT INTO apps (name, python, description, error_retry_limit)
+VALUES (%(name)s, %(python)s, %(description)s, %(error_retry_limit)s)
+RETURNING id
+
+-- name: apps_by_python
+-- The app a submit(fn_path) goes to: the first by name when several share the path.
+SELECT name FROM apps WHERE python = %(python)s ORDER BY name LIMIT 1
+
+-- name: launcher_app_python
+-- The import paths of the apps a claim returned (read once per app per leader, with
+-- their pre/postprocessing: appinfo.py).
+SELECT a.name, a.python FROM apps a
+ WHERE a.name = ANY (%(names)s::text[]) AND a.python IS NOT NULL
+
+-- name: launcher_results
+SELECT launcher_results(%(job)s, %(epoch)s, %(ids)s::bigint[], %(results)s::text[])
+
+-- name: tasks_final_listen
+LISTEN balsam_task_final
+
+-- name: tasks_final_unlisten
+UNLISTEN balsam_task_final
+
+-- name: tasks_outcomes
+-- Where these tasks are; what they gave only for those that ended (a result can be big).
+SELECT t.id, t.state::text,
+       CASE WHEN t.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED') THEN t.result END,
+       t.exit_code, t.state_message, t.output_tail
+  FROM tasks t
+ WHERE t.id = ANY (%(ids)s::bigint[])
+
+-- name: task_result
+SELECT result FROM tasks WHERE id = %(id)s

@@ -1,0 +1,269 @@
+"""Waiting without polling (waiting.py, executor.py, `task wait`): LISTEN first, read the
+states, then sleep until a notification; a timeout is one clear error; a notification is
+only a hint. A thread plays the launcher, through the launcher's own database calls."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from balsam_mpi import Client, db, results, waiting
+from balsam_mpi.cli import cli
+from balsam_mpi.errors import NotFound, PermissionDenied, UsageError
+from balsam_mpi.executor import Executor
+from balsam_mpi.project import Project
+from balsam_mpi.protocol import EndKind, Finished, Started
+from balsam_mpi.store import ClaimFilter, Store
+
+pytestmark = pytest.mark.timeout(30)
+T0 = 1_900_000_000.0
+
+
+class FakeLauncher:
+    """Claims and ends tasks through the launcher's functions, as a leader would."""
+
+    def __init__(self, project: Project, dbname: str) -> None:
+        self.store = Store(db.connect(project, dbname=dbname, autocommit=True), project)
+        self.lease = self.store.open_job(
+            job_id=None, scheduler="local", scheduler_job_id=None, host="h", nodes=1,
+            ranks=1, filters=ClaimFilter(), wall_time_min=None, lease_sec=60)
+
+    def end(self, values: dict[int, Any], kind: EndKind = EndKind.DONE) -> None:
+        import json
+
+        self.store.claim(self.lease, limit=1000, capacity=1000.0, max_need=1.0,
+                         filters=ClaimFilter())
+        ep = self.lease.epoch
+        results.report_with_results(
+            self.store, self.lease, [Started(i, ep, T0) for i in values],
+            [Finished(i, ep, int(kind), 0 if kind == EndKind.DONE else 1, T0, T0 + 1,
+                      "" if kind == EndKind.DONE else "Traceback …\nValueError: bad x",
+                      None if v is None else json.dumps(v)) for i, v in values.items()])
+
+    def later(self, delay: float, fn: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            time.sleep(delay)
+            fn()
+
+        t = threading.Thread(target=run)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture()
+def launcher(pg_project: Project, dbname: str) -> Any:
+    fake = FakeLauncher(pg_project, dbname)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture()
+def client(dbname: str) -> Any:
+    with Client() as c:
+        c.add_app("fit", python="tests.pyfuncs:add")
+        yield c
+
+
+def add(client: Client, n: int) -> list[int]:
+    return client.add_tasks([{"app": "fit", "workflow": "w", "params": {"a": i, "b": 1}}
+                             for i in range(n)])
+
+
+def test_wait_returns_when_the_last_task_ends(client: Client, launcher: FakeLauncher) -> None:
+    ids = add(client, 3)
+    launcher.end({ids[0]: 10})
+    t = launcher.later(0.5, lambda: launcher.end({ids[1]: 11, ids[2]: None}))
+    out = client.wait(ids, timeout=30)
+    t.join()
+    assert [(o.id, o.state, o.result) for o in out] == [
+        (ids[0], "JOB_FINISHED", 10), (ids[1], "JOB_FINISHED", 11),
+        (ids[2], "JOB_FINISHED", None)]
+    assert client.result(ids[1]) == 11
+
+
+def test_as_completed_yields_the_ended_first_then_each_as_it_ends(
+        client: Client, launcher: FakeLauncher) -> None:
+    ids = add(client, 3)
+    launcher.end({ids[2]: "first"})
+    order = []
+    t = launcher.later(0.3, lambda: (launcher.end({ids[1]: "second"}), time.sleep(0.3),
+                                     launcher.end({ids[0]: "third"})))
+    for outcome in client.as_completed(ids, timeout=30):
+        order.append(outcome.result)
+    t.join()
+    assert order == ["first", "second", "third"]
+
+
+def test_a_timeout_is_one_error_saying_what_has_not_ended(
+        client: Client, launcher: FakeLauncher) -> None:
+    ids = add(client, 3)
+    launcher.end({ids[0]: 1})
+    t0 = time.monotonic()
+    with pytest.raises(waiting.WaitTimeout) as err:
+        client.wait(ids, timeout=0.5)
+    assert time.monotonic() - t0 >= 0.5
+    assert str(err.value).startswith("timed out after 0.5 s: 2 of 3 tasks have not ended")
+    assert [o.id for o in err.value.pending] == ids[1:] and err.value.exit_code == 3
+    assert [o.id for o in err.value.done] == ids[:1]
+
+
+def test_failures_and_kills_end_a_wait_and_result_raises_them(
+        client: Client, launcher: FakeLauncher) -> None:
+    ids = add(client, 2)
+    t = launcher.later(0.3, lambda: (launcher.end({ids[0]: None}, EndKind.ERROR),
+                                     client.kill([ids[1]])))
+    out = client.wait(ids, timeout=30)
+    t.join()
+    assert [o.state for o in out] == ["FAILED", "USER_KILLED"]
+    with pytest.raises(waiting.TaskFailed) as err:
+        client.result(ids[0])
+    assert str(err.value) == f"task {ids[0]} FAILED (exit code 1): ValueError: bad x"
+    assert err.value.outcome.exit_code == 1
+
+
+def test_no_wake_up_is_lost_between_the_read_and_the_sleep(
+        client: Client, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task ends right after the waiter read it as running: only the notification,
+    queued because the waiter LISTENed before reading, can wake it."""
+    [tid] = add(client, 1)
+    real = waiting.Listener.read
+    calls = []
+
+    def read_then_end(self: waiting.Listener, ids: Any) -> Any:
+        out = real(self, ids)
+        if not calls:
+            launcher.end({tid: "caught"})
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(waiting.Listener, "read", read_then_end)
+    assert client.result(tid, timeout=20) == "caught"
+
+
+def test_a_notification_is_only_a_hint(client: Client, conn: Any, pg_project: Project,
+                                       dbname: str, launcher: FakeLauncher) -> None:
+    from balsam_mpi.dbctl import lifecycle
+
+    ids = add(client, 2)
+    with pytest.raises(PermissionDenied), db.translated():  # members may not NOTIFY (0007)
+        conn.execute("SELECT pg_notify('balsam_task_final', %s)", (str(ids[0]),))
+    # Whoever may (the superuser here) still only gives hints: the waiter reads the tasks.
+    admin = lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname)
+    try:
+        for payload in (f"{ids[0]},{ids[1]}", "x,,-1,99999999999999999999999", ""):
+            launcher.later(0.1, lambda p=payload: admin.execute(  # type: ignore[misc]
+                "SELECT pg_notify('balsam_task_final', %s)", (p,)))
+        with pytest.raises(waiting.WaitTimeout):
+            client.wait(ids, timeout=1.0)  # woken, read them: still READY
+    finally:
+        admin.close()
+
+
+def test_unknown_and_deleted_tasks_are_not_found(client: Client,
+                                                 launcher: FakeLauncher) -> None:
+    ids = add(client, 2)
+    with pytest.raises(NotFound, match=f"no task with id {ids[1] + 100}"):
+        client.wait([ids[0], ids[1] + 100], timeout=5)
+    t = launcher.later(0.3, lambda: client.delete([ids[1]]))
+    with pytest.raises(NotFound, match="deleted while waiting"):
+        client.wait(ids, timeout=10)
+    t.join()
+
+
+def test_waits_nest_and_leave_nothing_listening(client: Client,
+                                                launcher: FakeLauncher) -> None:
+    ids = add(client, 4)
+    launcher.end({ids[0]: 0, ids[2]: 2})
+    t = launcher.later(0.3, lambda: launcher.end({ids[1]: 1, ids[3]: 3}))
+    outer = []
+    for o in client.as_completed(ids[:2], timeout=20):
+        outer.append(o.result)
+        assert [x.result for x in client.as_completed(ids[2:], timeout=20)] == [2, 3]
+    t.join()
+    assert outer == [0, 1]
+    for listener in client._waiters._idle:
+        assert listener.conn is not None
+        n = listener.conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchone()
+        assert n == (0,)
+
+
+# -- the executor ----------------------------------------------------------------------
+def test_executor_futures_resolve_when_their_tasks_end(client: Client,
+                                                       launcher: FakeLauncher) -> None:
+    with Executor(client, workflow="ex", node_packing_count=4) as ex:
+        f1 = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        f2 = ex.submit("tests.pyfuncs:add", a=3, b=4)
+        assert not f1.done()
+        row = client.get(f1.task_id)
+        assert (row["workflow"], row["node_packing_count"], row["params"]) == (
+            "ex", 4, {"a": 1, "b": 2})
+        launcher.later(0.3, lambda: launcher.end({f1.task_id: 3}))
+        assert f1.result(timeout=20) == 3
+        launcher.later(0.3, lambda: launcher.end({f2.task_id: None}, EndKind.ERROR))
+        with pytest.raises(waiting.TaskFailed, match="ValueError: bad x"):
+            f2.result(timeout=20)
+        it = ex.map("tests.pyfuncs:add", [{"a": i, "b": 0} for i in range(5)], timeout=20)
+        ids = [r["id"] for r in client.tasks(workflow="ex", state="READY")]
+        assert len(ids) == 5
+        launcher.later(0.3, lambda: launcher.end({i: n for n, i in enumerate(ids)}))
+        assert list(it) == [0, 1, 2, 3, 4]
+
+
+def test_executor_cancel_kills_and_shutdown_waits(client: Client,
+                                                  launcher: FakeLauncher) -> None:
+    ex = Executor(client)
+    f1 = ex.submit("tests.pyfuncs:add", a=1, b=2)
+    f2 = ex.submit("tests.pyfuncs:add", a=1, b=2)
+    assert f1.cancel() and f1.cancelled()
+    assert client.get(f1.task_id)["state"] == "USER_KILLED"
+    launcher.later(0.3, lambda: launcher.end({f2.task_id: 9}))
+    ex.shutdown(wait=True)
+    assert f2.result() == 9 and not f2.cancel()
+    assert ex._watcher is not None and not ex._watcher.is_alive()
+    with pytest.raises(RuntimeError):
+        ex.submit("tests.pyfuncs:add", a=1, b=2)
+    assert cf.wait([f1, f2]).not_done == set()
+
+
+def test_executor_names_the_app_the_owner_must_add(client: Client) -> None:
+    with Executor(client) as ex:
+        with pytest.raises(UsageError) as err:
+            ex.submit("tests.pyfuncs:noop")
+        assert str(err.value) == (
+            "fn_path: no app calls tests.pyfuncs:noop; the project owner (or an "
+            "--app-admin member) must add one: balsam-mpi app add NAME --python "
+            "tests.pyfuncs:noop")
+        with pytest.raises(UsageError, match="^fn_path: 'not a path'"):
+            ex.submit("not a path")
+        with pytest.raises(UsageError, match="^params: a Python task takes keyword"):
+            ex.submit("tests.pyfuncs:add", 1, 2)
+    assert client.counts() == {}
+
+
+# -- the command line ----------------------------------------------------------------
+def test_task_wait_exit_status_says_how_they_ended(client: Client,
+                                                   launcher: FakeLauncher) -> None:
+    ids = add(client, 3)
+    runner = CliRunner()
+    launcher.end({ids[0]: 1})
+    res = runner.invoke(cli, ["task", "wait", str(ids[0])])
+    assert (res.exit_code, res.output) == (0, f"task {ids[0]} JOB_FINISHED\n")
+    launcher.later(0.3, lambda: launcher.end({ids[1]: None}, EndKind.ERROR))
+    res = runner.invoke(cli, ["task", "wait", str(ids[0]), str(ids[1]), "--json"])
+    assert res.exit_code == 1, res.output
+    assert '"state": "FAILED"' in res.output and '"result": 1' in res.output
+    res = runner.invoke(cli, ["task", "wait", str(ids[2]), "--timeout", "0.3"])
+    assert res.exit_code == 3
+    assert "timed out after 0.3 s: 1 of 1 tasks have not ended" in res.output
+    for bad in (["x"], [str(ids[2]), "--timeout", "soon"], [str(ids[2]), "--timeout", "-1"]):
+        res = runner.invoke(cli, ["task", "wait", *bad])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
