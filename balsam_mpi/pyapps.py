@@ -2,7 +2,7 @@
 
 An app names its function as ``package.module:function`` — dotted identifiers on both
 sides of one colon, ASCII only (``pkg.mod:Class.method`` works too). The database checks
-the same shape (migration 0010), so a row written through psql cannot hold anything else.
+the same shape (migration 0009), so a row written through psql cannot hold anything else.
 The path is all that travels: a task gives only keyword arguments, as JSON.
 
 A Python app has no ``shell``, ``env_script``, preprocess or postprocess: its function

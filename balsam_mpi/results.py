@@ -3,7 +3,7 @@
 A node sends a finished call's return value with its end (``Finished.result``, JSON
 text). The leader writes a flush's values in the same transaction as the flush's reports,
 right after them: ``launcher_report`` makes the tasks JOB_FINISHED, then
-``launcher_results`` (migration 0010) stores the values, fenced like the reports on the
+``launcher_results`` (migration 0009) stores the values, fenced like the reports on the
 batch job and its lease epoch. Whoever waits for these tasks is notified at the commit,
 so a task is never seen JOB_FINISHED without its result. Flushes that carry no value
 (every process task, and functions that return None) stay one statement, as before.

@@ -1,4 +1,4 @@
-"""Waiting for tasks to end, without polling: Postgres LISTEN/NOTIFY (migration 0010).
+"""Waiting for tasks to end, without polling: Postgres LISTEN/NOTIFY (migration 0009).
 
 Every statement that brings tasks to a final state (JOB_FINISHED, FAILED, USER_KILLED) —
 a launcher's flush, a kill, the DAG failing descendants — notifies their ids on the

@@ -1,4 +1,4 @@
--- Python tasks and waiting for tasks (migrations/0010_python_tasks.sql): apps by import
+-- Python tasks and waiting for tasks (migrations/0009_python_tasks.sql): apps by import
 -- path, results written by the leader, and the queries of waiting.py / executor.py.
 
 -- name: apps_insert_python

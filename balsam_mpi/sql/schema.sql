@@ -2839,14 +2839,8 @@ GRANT EXECUTE ON FUNCTION
                     integer[], double precision[], double precision[], text[], bigint)
 TO balsam_member;
 
--- ==== 0009_reserved.sql ====
--- 0009_reserved: this number belongs to a migration of another line of work that is not
--- merged here yet; the empty file only keeps the sequence without gaps (sql.migrations
--- refuses gaps) so that 0010 can be applied. Delete it when the real 0009 is merged.
-SELECT 1;
-
--- ==== 0010_python_tasks.sql ====
--- 0010_python_tasks: Python apps by import path, their results, and a notification when
+-- ==== 0009_python_tasks.sql ====
+-- 0009_python_tasks: Python apps by import path, their results, and a notification when
 -- tasks reach a final state (docs/python-tasks.md).
 
 -- An app runs a command line or calls a Python function, exactly one of the two. The

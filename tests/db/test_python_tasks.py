@@ -1,4 +1,4 @@
-"""Python apps and results in the database (migration 0010): the app's import path and its
+"""Python apps and results in the database (migration 0009): the app's import path and its
 checks (client and database), the leader's results written with the reports and fenced
 like them, the guard that keeps anyone else from writing a result, and the notification
 a statement sends when tasks reach a final state."""

@@ -1,4 +1,4 @@
--- 0010_python_tasks: Python apps by import path, their results, and a notification when
+-- 0009_python_tasks: Python apps by import path, their results, and a notification when
 -- tasks reach a final state (docs/python-tasks.md).
 
 -- An app runs a command line or calls a Python function, exactly one of the two. The
