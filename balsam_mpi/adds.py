@@ -19,12 +19,11 @@ from .dispatch import Dispatcher
 from .errors import BalsamError
 from .node import Node
 from .project import Project
-from .protocol import AddTasks
+from .protocol import LOCAL, AddTasks
 from .store import Store
 from .taskchan import TaskChannel
 
 log = logging.getLogger(__name__)
-LOCAL = -1
 
 # (rank or LOCAL, request id, tasks) in; (rank, request id, ids, error) out.
 Pending = tuple[int, int, tuple[dict[str, Any], ...]]
@@ -68,9 +67,6 @@ class AddService:
 
     def received(self, msg: AddTasks) -> None:
         self.waiting.append((msg.rank, msg.req, msg.tasks))
-
-    def busy(self) -> bool:
-        return bool(self.waiting or self.writing is not None)
 
     def step(self) -> bool:
         """Take local requests, answer written ones, start the next write; True if any."""

@@ -1,7 +1,7 @@
 """The leader's claims: when to ask for work, how much, and what to do with the answer.
 
 One claim in flight at most, for what the nodes can start soon (``Dispatcher.demand``).
-The claim call runs on the database thread and comes back as ready specs (``specs.py``);
+The claim call runs on the database thread and comes back as ready orders (``orders.py``);
 rows that cannot run are written as failures of their tasks, nothing else. While the
 database is away claims pause longer each time.
 
@@ -24,9 +24,9 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from .errors import BalsamError
+from .orders import ClaimResult
 from .protocol import EndKind, Finished, Started
 from .resources import EPS, NODE_CAPACITY
-from .specs import ClaimResult
 
 if TYPE_CHECKING:
     from .leader import Leader
@@ -67,7 +67,7 @@ class Claims:
         limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
         if self.s.max_tasks:
             limit = min(limit, self.s.max_tasks - self.total)
-        future = ld.db.submit(ld.specs.claim, ld.store, ld.lease, filters=ld.filters,
+        future = ld.db.submit(ld.orders.claim, ld.store, ld.lease, filters=ld.filters,
                               look_for_held=not self.s.persistent, limit=limit,
                               capacity=want, max_need=NODE_CAPACITY,
                               remaining_min=ld.remaining_min(),
@@ -111,7 +111,7 @@ class Claims:
             ld.buffer.add((Started(task_id, ld.lease.epoch, t),),
                           (Finished(task_id, ld.lease.epoch, int(EndKind.REFUSED), 127, t, t,
                                     why),))
-        ld.nodes.pool.extend(got.specs)
+        ld.nodes.pool.extend(got.orders)
         ld.idle_since = None
         ld.nodes.push()
 

@@ -1,4 +1,4 @@
-"""The one mpi4py wrapper of the loops: send, poll without spinning, abort.
+"""The one mpi4py wrapper of the loops: send, poll without spinning.
 
 MPICH busy-waits inside every blocking call (recv, probe, barrier, wait): a rank waiting
 that way burns a whole core, which tasks on the same node need. So nothing here blocks:
@@ -112,6 +112,3 @@ class Comm:
             if self._pending:
                 backoff.sleep()
         return not self._pending
-
-    def abort(self, code: int = 1) -> None:
-        self.comm.Abort(code)

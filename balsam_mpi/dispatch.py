@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from .config import Settings
-from .kills import LOCAL, KillTracker
+from .kills import KillTracker
 from .node import Node
-from .protocol import Assign, Drain, EndKind, Finished, Report, TaskSpec
+from .protocol import LOCAL, Assign, Drain, EndKind, Finished, Report, RunOrder
 from .resources import EPS, NODE_CAPACITY, Pace, WorkerView, room
 
 
@@ -38,12 +38,12 @@ class Dispatcher:
         self.local = local
         self.local_pace = Pace()
         self.send = send
-        self.pool: deque[TaskSpec] = deque()
+        self.pool: deque[RunOrder] = deque()
         self.workers: dict[int, WorkerView] = {}
         self.seq = 0
         self.kills = KillTracker(settings.kill_poll_s)
         self.local_open = True  # False once draining
-        self.big: deque[TaskSpec] = deque()  # multi-node tasks waiting for whole nodes
+        self.big: deque[RunOrder] = deque()  # multi-node tasks waiting for whole nodes
         self.reserved: set[int] = set()  # ranks kept free for big[0]
         self.spans: dict[int, list[int]] = {}  # running multi-node task -> ranks, head 1st
         self.in_big: set[int] = set()  # ranks of those: no small tasks queued behind them
@@ -77,15 +77,15 @@ class Dispatcher:
                     time.monotonic())
         return view
 
-    def _take(self, space: float) -> list[TaskSpec]:
-        out: list[TaskSpec] = []
+    def _take(self, space: float) -> list[RunOrder]:
+        out: list[RunOrder] = []
         while self.pool and self.pool[0].need <= space + EPS:
-            spec = self.pool.popleft()
-            if spec.num_nodes > 1:
-                self.big.append(spec)  # placed on whole worker nodes (place_big)
+            order = self.pool.popleft()
+            if order.num_nodes > 1:
+                self.big.append(order)  # placed on whole worker nodes (place_big)
                 continue
-            space -= spec.need
-            out.append(spec)
+            space -= order.need
+            out.append(order)
         return out
 
     def _sift(self) -> None:
@@ -104,31 +104,31 @@ class Dispatcher:
         self._sift()
         self.reserved = set()
         while self.big:
-            spec = self.big[0]
+            order = self.big[0]
             usable = [v for v in self.workers.values() if v.alive and not v.draining]
-            if len(usable) < spec.num_nodes:
+            if len(usable) < order.num_nodes:
                 return  # workers still joining (the claim never asks for more than live)
             # Closest to idle first; ties by rank, so the head is stable.
             usable.sort(key=lambda v: (not v.idle(), v.running + v.queued, v.rank))
-            chosen = usable[:spec.num_nodes]
+            chosen = usable[:order.num_nodes]
             if not all(v.idle() and v.reported_free >= NODE_CAPACITY - EPS for v in chosen):
                 self.reserved = {v.rank for v in chosen}
                 return
             self.big.popleft()
-            self._start_big(spec, chosen)
+            self._start_big(order, chosen)
 
-    def _start_big(self, spec: TaskSpec, nodes: Sequence[WorkerView]) -> None:
+    def _start_big(self, order: RunOrder, nodes: Sequence[WorkerView]) -> None:
         head, rest = nodes[0], nodes[1:]
-        spec = spec._replace(hosts=tuple(v.host for v in nodes))
+        order = order._replace(hosts=tuple(v.host for v in nodes))
         self.seq += 1
         head.sent(self.seq, NODE_CAPACITY)
-        self.kills.placed((spec,), head.rank)
-        self.send(head.rank, Assign(self.seq, (spec,)))
+        self.kills.placed((order,), head.rank)
+        self.send(head.rank, Assign(self.seq, (order,)))
         for view in rest:
             self.seq += 1
             view.sent(self.seq, NODE_CAPACITY)
-            self.send(view.rank, Assign(self.seq, hold=(spec,)))
-        self.spans[spec.id] = [v.rank for v in nodes]
+            self.send(view.rank, Assign(self.seq, hold=(order,)))
+        self.spans[order.id] = [v.rank for v in nodes]
         self.in_big.update(v.rank for v in nodes)
 
     def ended(self, finished: Sequence[Finished]) -> None:

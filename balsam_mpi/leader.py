@@ -29,6 +29,7 @@ from .journal import Journal
 from .lease import LeaseWatch
 from .liveness import WorkerWatch
 from .node import Node
+from .orders import OrderBuilder
 from .project import Project
 from .protocol import (
     PROTOCOL_VERSION,
@@ -44,7 +45,6 @@ from .protocol import (
     Started,
 )
 from .resources import WorkerView
-from .specs import SpecBuilder
 from .store import ClaimFilter, Lease
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Leader:
         self.lease_lost = False
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
-        self.specs = SpecBuilder(project, lease.epoch)
+        self.orders = OrderBuilder(project, lease.epoch)
         # Tasks that running tasks add (task_api), written through this connection.
         self.adds = AddService(db, project, self.nodes, local, not settings.null_runner)
         self.killing: Future[list[int]] | None = None

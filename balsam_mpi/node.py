@@ -35,8 +35,8 @@ from typing import NamedTuple
 from . import gpus as gpumod
 from . import mpilaunch, pdeath, prepost, pypool, runner, stagein
 from .platform import node_name
-from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
-from .resources import EPS, NodeResources
+from .protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
+from .resources import NodeResources
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Node:
         self.res = NodeResources(devices=gpumod.node_devices(
             gpus, None, gpumod.inherited_ids(self.vendor, env)))
         self.host = node_name(env)  # as the scheduler names it: launch prefixes carry it
-        self.holding: dict[int, TaskSpec] = {}  # multi-node tasks headed elsewhere
+        self.holding: dict[int, RunOrder] = {}  # multi-node tasks headed elsewhere
         self.poked = False  # something changed that is not a start or an end (a release)
         self.extra_env: dict[str, str] = {}  # set by the worker: the task_api channel
         self._launcher: mpilaunch.MpiLauncher | None = None
@@ -58,7 +58,7 @@ class Node:
         self.python = pypool.PoolConfig(die_with_parent=die_with_parent)
         self.pool: pypool.PyPool | None = None
         self._launch_error = ""
-        self.queue: deque[TaskSpec] = deque()
+        self.queue: deque[RunOrder] = deque()
         self.running: dict[int, runner.TaskProcess] = {}
         self.changes = Changes()
         self.acked = 0
@@ -110,20 +110,20 @@ class Node:
         self.acked = max(self.acked, msg.seq)
         if not self.stopping:  # after the stop, new work is dropped (claims released)
             self.queue.extend(msg.tasks)
-            for spec in msg.hold:
-                self._hold(spec)
+            for order in msg.hold:
+                self._hold(order)
         for task_id in msg.release:
             self._unhold(task_id)
         if msg.kill:
             self.kill(msg.kill, EndKind.KILLED)
 
-    def _hold(self, spec: TaskSpec) -> None:
+    def _hold(self, order: RunOrder) -> None:
         """Keep this whole node (and the task's GPUs here) for a task headed elsewhere."""
-        self.holding[spec.id] = spec
-        if self.res.fits(self.res.capacity, spec.gpus):
-            self.res.take(spec.id, self.res.capacity, spec.gpus)
+        self.holding[order.id] = order
+        if self.res.fits(self.res.capacity, order.gpus):
+            self.res.take(order.id, self.res.capacity, order.gpus)
         else:  # the leader places holds on idle nodes only; never expected
-            log.warning("task %s: asked to hold a node that is not free", spec.id)
+            log.warning("task %s: asked to hold a node that is not free", order.id)
 
     def _unhold(self, task_id: int) -> None:
         if self.holding.pop(task_id, None) is not None:
@@ -167,7 +167,7 @@ class Node:
             grace = self.stop_grace_s if self.cutting and kind == EndKind.CUT \
                 else self.kill_grace_s
             proc.kill_at = time.monotonic() + grace
-            self._watch.add(proc.spec.id)
+            self._watch.add(proc.order.id)
             runner.signal_group(proc, signal.SIGTERM)
 
     # -- the work ---------------------------------------------------------------------
@@ -189,81 +189,81 @@ class Node:
         budget = self.max_starts or len(self.queue)
         while self.queue and budget > 0:
             budget -= 1
-            spec = self.queue[0]
-            if not self.res.fits(min(spec.need, self.res.capacity), spec.gpus):
-                if spec.gpus <= self.res.gpus:
+            order = self.queue[0]
+            if not self.res.fits(min(order.need, self.res.capacity), order.gpus):
+                if order.gpus <= self.res.gpus:
                     break
                 # More GPUs than this node has: it would wait forever, holding the queue.
                 self.queue.popleft()
                 now = time.time()
-                self.changes.started.append(Started(spec.id, spec.epoch, now))
+                self.changes.started.append(Started(order.id, order.epoch, now))
                 self.started_total += 1
                 self.changes.finished.append(Finished(
-                    spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
-                    f"needs {spec.gpus} GPUs on a node; this launcher's nodes have "
+                    order.id, order.epoch, int(EndKind.ERROR), 127, now, now,
+                    f"needs {order.gpus} GPUs on a node; this launcher's nodes have "
                     f"{self.res.gpus} (--gpus-per-node)"))
                 self.finished_total += 1
                 continue
             self.queue.popleft()
-            self._start(spec)
+            self._start(order)
             did = True
         return did
 
-    def _start(self, spec: TaskSpec) -> None:
-        need = min(spec.need, self.res.capacity)  # a task never needs more than a node
-        gpu_ids = self.res.take(spec.id, need, spec.gpus)
+    def _start(self, order: RunOrder) -> None:
+        need = min(order.need, self.res.capacity)  # a task never needs more than a node
+        gpu_ids = self.res.take(order.id, need, order.gpus)
         try:
-            env = runner.task_environment(self._env, spec, self.db_path, gpu_ids,
+            env = runner.task_environment(self._env, order, self.db_path, gpu_ids,
                                           self.vendor, self.extra_env)
-            if spec.inputs:
-                stagein.link_inputs(Path(spec.cwd), [Path(d) for d in spec.parent_dirs],
-                                    spec.inputs)
-            if spec.preprocess:
+            if order.inputs:
+                stagein.link_inputs(Path(order.cwd), [Path(d) for d in order.parent_dirs],
+                                    order.inputs)
+            if order.preprocess:
                 proc = runner.start(
-                    spec, env, die_with_parent=self.die_with_parent, timed=False,
-                    argv=runner.script_argv(spec.preprocess, spec.env_script),
+                    order, env, die_with_parent=self.die_with_parent, timed=False,
+                    argv=runner.script_argv(order.preprocess, order.env_script),
                     out_name=prepost.PRE_OUT[0], err_name=prepost.PRE_OUT[1])
                 proc.phase = "pre"
             else:
-                proc = self._start_run(spec, env)
+                proc = self._start_run(order, env)
         except (runner.StartError, OSError, mpilaunch.LaunchError) as exc:
             now = time.time()
-            self.changes.started.append(Started(spec.id, spec.epoch, now))
+            self.changes.started.append(Started(order.id, order.epoch, now))
             self.started_total += 1
-            self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
+            self._end(order, Finished(order.id, order.epoch, int(EndKind.ERROR), 127, now, now,
                                      str(exc)), count=False)
             return
         except Exception as exc:  # anything one task's data provokes fails that task only
-            self._not_started(spec, f"cannot start the task: {exc}")
+            self._not_started(order, f"cannot start the task: {exc}")
             return
         proc.env = env
         self._register(proc)
 
-    def _not_started(self, spec: TaskSpec, why: str) -> None:
+    def _not_started(self, order: RunOrder, why: str) -> None:
         """Fail a task that could not be started, with one line saying why (14.7)."""
         now = time.time()
-        self.changes.started.append(Started(spec.id, spec.epoch, now))
+        self.changes.started.append(Started(order.id, order.epoch, now))
         self.started_total += 1
-        self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.REFUSED), 127, now, now,
+        self._end(order, Finished(order.id, order.epoch, int(EndKind.REFUSED), 127, now, now,
                                  why.strip().split("\n", 1)[0][:500]), count=False)
 
-    def _start_run(self, spec: TaskSpec, env: dict[str, str]) -> runner.TaskProcess:
-        multi = spec.num_nodes > 1 or spec.ranks_per_node > 1  # mpilaunch.needs_prefix
-        if spec.python:  # a call in a warm interpreter, watched like a process
+    def _start_run(self, order: RunOrder, env: dict[str, str]) -> runner.TaskProcess:
+        multi = order.num_nodes > 1 or order.ranks_per_node > 1  # mpilaunch.needs_prefix
+        if order.python:  # a call in a warm interpreter, watched like a process
             if self.pool is None:
                 self.pool = pypool.PyPool(self._env, self.python)
-            proc: runner.TaskProcess = self.pool.start(spec, env)
+            proc: runner.TaskProcess = self.pool.start(order, env)
         else:
-            proc = runner.start(spec, env, die_with_parent=self.die_with_parent,
-                                argv=runner.task_argv(spec, self._prefix(spec)) if multi
+            proc = runner.start(order, env, die_with_parent=self.die_with_parent,
+                                argv=runner.task_argv(order, self._prefix(order)) if multi
                                 else None)
-        self.changes.started.append(Started(spec.id, spec.epoch, proc.started_at))
+        self.changes.started.append(Started(order.id, order.epoch, proc.started_at))
         self.started_total += 1
         return proc
 
-    def _prefix(self, spec: TaskSpec) -> list[str]:
+    def _prefix(self, order: RunOrder) -> list[str]:
         """The launch prefix of a multi-rank task (none for a plain one)."""
-        if not mpilaunch.needs_prefix(spec.num_nodes, spec.ranks_per_node):
+        if not mpilaunch.needs_prefix(order.num_nodes, order.ranks_per_node):
             return []
         if self._launcher is None and not self._launch_error:
             try:
@@ -278,20 +278,20 @@ class Node:
                                 self._launcher.kind)
         if self._launcher is None:
             raise runner.StartError(self._launch_error)
-        hosts = spec.hosts or (self.host,) * max(1, spec.num_nodes)
-        layout = dict(hosts=hosts, ranks_per_node=spec.ranks_per_node,
-                      threads_per_rank=spec.threads, gpus_per_rank=spec.gpus_per_rank)
-        if spec.env_script:  # the bare name, looked up on the PATH the script sets
+        hosts = order.hosts or (self.host,) * max(1, order.num_nodes)
+        layout = dict(hosts=hosts, ranks_per_node=order.ranks_per_node,
+                      threads_per_rank=order.threads, gpus_per_rank=order.gpus_per_rank)
+        if order.env_script:  # the bare name, looked up on the PATH the script sets
             return mpilaunch.launch_prefix(self._launcher.kind, **layout)  # type: ignore[arg-type]
         return self._launcher.prefix(**layout)  # type: ignore[arg-type]
 
     def _register(self, proc: runner.TaskProcess) -> None:
-        spec = proc.spec
-        self.running[spec.id] = proc
-        self._by_fd[proc.pidfd] = spec.id
+        order = proc.order
+        self.running[order.id] = proc
+        self._by_fd[proc.pidfd] = order.id
         self._epoll.register(proc.pidfd, select.EPOLLIN)
         if proc.deadline:
-            self._watch.add(spec.id)
+            self._watch.add(order.id)
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking when a task ends; True if one did."""
@@ -332,12 +332,12 @@ class Node:
         if rc is None:
             return
         ended = time.time()
-        spec = proc.spec
+        order = proc.order
         self._epoll.unregister(proc.pidfd)
         del self._by_fd[proc.pidfd]
         runner.close(proc)
-        del self.running[spec.id]
-        self._watch.discard(spec.id)
+        del self.running[order.id]
+        self._watch.discard(order.id)
         if proc.end_kind is None and rc != 0:
             if self.cutting:
                 proc.end_kind = EndKind.CUT  # the job's end took it down
@@ -366,7 +366,7 @@ class Node:
 
     def _conclude(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
         """What a phase's end means: the next phase, or the task's end on this node."""
-        spec = proc.spec
+        order = proc.order
         if proc.phase == "pre":
             self._after_pre(proc, rc, ended)
             return
@@ -375,69 +375,69 @@ class Node:
                 proc.run_kind, rc)
             tail = "" if kind == EndKind.DONE_POST else runner.output_tail(proc)
             # The run's own times: ended_at and the RUN_* event are the run's end.
-            self._end(spec, Finished(spec.id, spec.epoch, int(kind), proc.run_rc,
+            self._end(order, Finished(order.id, order.epoch, int(kind), proc.run_rc,
                                      proc.run_started, proc.run_ended, tail))
             return
         kind = proc.end_kind if proc.end_kind is not None else (
             EndKind.DONE if rc == 0 else EndKind.ERROR)
         if kind in (EndKind.DONE, EndKind.ERROR, EndKind.TIMEOUT) and prepost.wants_post(
-                spec, kind):
+                order, kind):
             if not self.cutting:
                 self._start_post(proc, kind, rc, ended)
                 return
             # No time left for the postprocess: the task runs again in a later job.
             kind = EndKind.CUT
         tail = "" if kind == EndKind.DONE else runner.output_tail(proc)
-        self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended,
+        self._end(order, Finished(order.id, order.epoch, int(kind), rc, proc.started_at, ended,
                                  tail))
 
     def _after_pre(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
-        spec = proc.spec
+        order = proc.order
         if proc.end_kind is not None or rc != 0 or self.cutting:
             # Stopped, or the preprocess failed: the task never ran (stopped: the report
             # changes nothing in the database, and it tells the leader the slot is free).
             kind = proc.end_kind if proc.end_kind is not None else (
                 EndKind.CUT if rc == 0 else EndKind.PRE_FAILED)
-            self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, ended, ended,
+            self._end(order, Finished(order.id, order.epoch, int(kind), rc, ended, ended,
                                      runner.output_tail(proc)))
             return
         try:
-            run = self._start_run(spec, proc.env or {})
+            run = self._start_run(order, proc.env or {})
         except (runner.StartError, OSError, mpilaunch.LaunchError) as exc:
-            self.changes.started.append(Started(spec.id, spec.epoch, ended))
+            self.changes.started.append(Started(order.id, order.epoch, ended))
             self.started_total += 1
-            self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, ended,
+            self._end(order, Finished(order.id, order.epoch, int(EndKind.ERROR), 127, ended,
                                      ended, str(exc)))
             return
         except Exception as exc:  # that task's data, not this node: fail it alone
-            self._not_started(spec, f"cannot start the task: {exc}")
+            self._not_started(order, f"cannot start the task: {exc}")
             return
         run.env = proc.env
         self._register(run)
 
     def _start_post(self, proc: runner.TaskProcess, kind: EndKind, rc: int,
                     ended: float) -> None:
-        spec = proc.spec
+        order = proc.order
         env = dict(proc.env or {})
         env.update(prepost.post_env(kind))
         try:
-            post = runner.start(spec, env, die_with_parent=self.die_with_parent, timed=False,
-                                argv=runner.script_argv(spec.postprocess, spec.env_script),
+            post = runner.start(order, env, die_with_parent=self.die_with_parent, timed=False,
+                                argv=runner.script_argv(order.postprocess, order.env_script),
                                 out_name=prepost.POST_OUT[0], err_name=prepost.POST_OUT[1])
         except (runner.StartError, OSError) as exc:
-            self._end(spec, Finished(spec.id, spec.epoch, int(prepost.outcome(kind, 127)), rc,
+            self._end(order, Finished(order.id, order.epoch, int(prepost.outcome(kind, 127)), rc,
                                      proc.started_at, ended, f"postprocess: {exc}"))
             return
         post.phase, post.run_kind, post.run_rc = "post", kind, rc
         post.run_started, post.run_ended, post.env = proc.started_at, ended, proc.env
         self._register(post)
 
-    def _end(self, spec: TaskSpec, fin: Finished, count: bool = True) -> None:
+    def _end(self, order: RunOrder, fin: Finished, count: bool = True) -> None:
         """The task is over on this node: free its slot and report how it ended."""
-        self.res.release(spec.id)
+        self.res.release(order.id)
         if count:
-            self.done_share += spec.need
-        if spec.python and self.pool is not None:
+            self.done_share += order.need
+        if order.python and self.pool is not None:
             fin = self.pool.finished(fin)  # with its return value, when it finished
         self.changes.finished.append(fin)
         self.finished_total += 1
@@ -467,9 +467,6 @@ class Node:
             self.pool.close()
         self._epoll.close()
 
-    def has_room(self) -> bool:
-        return self.free() > EPS
-
 
 def died_of_signal(rc: int) -> bool:
     """A negative exit code is a death by that signal; 129-192 is how a shell reports
@@ -488,11 +485,11 @@ class NullNode(Node):
     """A node whose tasks end the moment they start, without a process: measures the
     leader and the protocol alone (``--null-runner``, benchmarks)."""
 
-    def _start(self, spec: TaskSpec) -> None:
+    def _start(self, order: RunOrder) -> None:
         now = time.time()
-        self.changes.started.append(Started(spec.id, spec.epoch, now))
+        self.changes.started.append(Started(order.id, order.epoch, now))
         self.changes.finished.append(
-            Finished(spec.id, spec.epoch, int(EndKind.DONE), 0, now, now))
-        self.done_share += spec.need
+            Finished(order.id, order.epoch, int(EndKind.DONE), 0, now, now))
+        self.done_share += order.need
         self.started_total += 1
         self.finished_total += 1

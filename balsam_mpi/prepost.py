@@ -17,7 +17,7 @@ database connection of their own; docs/mpi-tasks.md, "Pre- and postprocessing").
 
 from __future__ import annotations
 
-from .protocol import EndKind, TaskSpec
+from .protocol import EndKind, RunOrder
 
 PRE_OUT = ("preprocess.out", "preprocess.err")
 POST_OUT = ("postprocess.out", "postprocess.err")
@@ -31,12 +31,12 @@ _FAILED = {EndKind.DONE: EndKind.DONE_POST_FAILED, EndKind.ERROR: EndKind.ERROR_
            EndKind.TIMEOUT: EndKind.TIMEOUT_HANDLER_FAILED}
 
 
-def wants_post(spec: TaskSpec, kind: EndKind) -> bool:
+def wants_post(order: RunOrder, kind: EndKind) -> bool:
     """Whether the app's postprocess runs after a run that ended this way."""
-    if not spec.postprocess:
+    if not order.postprocess:
         return False
-    return (kind == EndKind.DONE or (kind == EndKind.ERROR and spec.post_on_error)
-            or (kind == EndKind.TIMEOUT and spec.post_on_timeout))
+    return (kind == EndKind.DONE or (kind == EndKind.ERROR and order.post_on_error)
+            or (kind == EndKind.TIMEOUT and order.post_on_timeout))
 
 
 def post_env(kind: EndKind) -> dict[str, str]:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from .errors import BalsamError
 
 PROTOCOL_VERSION = 4
+LOCAL = 0  # the leader's rank: its own node runs in-process, without messages
 
 
 class ProtocolError(BalsamError):
@@ -61,7 +62,7 @@ class EndKind(IntEnum):
 
 # The per-task records are NamedTuples, not dataclasses: thousands travel in one message,
 # and unpickling a slotted dataclass costs several times more than a tuple.
-class TaskSpec(NamedTuple):
+class RunOrder(NamedTuple):
     """Everything a node needs to run one task (built by the leader from its claim)."""
 
     id: int
@@ -148,11 +149,11 @@ class Assign:
 
     TAG = Tag.ASSIGN
     seq: int
-    tasks: tuple[TaskSpec, ...] = ()
+    tasks: tuple[RunOrder, ...] = ()
     kill: tuple[int, ...] = ()
     # Multi-node tasks: the other reserved nodes hold a whole node (and its GPUs) for the
     # head's task and run nothing; ``release`` ends the hold when the head's task ended.
-    hold: tuple[TaskSpec, ...] = ()
+    hold: tuple[RunOrder, ...] = ()
     release: tuple[int, ...] = ()
     # Answers to ADD_TASKS: (request id, the new tasks' ids, error message or "").
     added: tuple[tuple[int, tuple[int, ...], str], ...] = ()

@@ -14,9 +14,9 @@ import pytest
 from balsam_mpi import Client, db, limits, results
 from balsam_mpi.appinfo import AppCache
 from balsam_mpi.errors import PermissionDenied, UsageError
+from balsam_mpi.orders import OrderBuilder
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.specs import SpecBuilder
 from balsam_mpi.store import ClaimFilter, Lease, Store
 
 T0 = 1_900_000_000.0
@@ -128,13 +128,13 @@ def test_the_spec_of_a_python_task_carries_the_path_and_the_json_kwargs(
                                "params": {"x": 1}, "env": {"FOO": "bar"},
                                "node_packing_count": 8, "wall_time_min": 0.5}])
     lease, rows = claim(store)
-    builder = SpecBuilder(pg_project, lease.epoch)
+    builder = OrderBuilder(pg_project, lease.epoch)
     builder.apps.fetch(store, [r.app for r in rows])
-    spec = builder.build(rows[0])
-    assert spec.python[0] == "pkg.mod:fit" and json.loads(spec.python[1]) == {"x": 1}
-    assert (spec.argv, spec.env, spec.need, spec.wall_time_s) == ((), (("FOO", "bar"),),
+    order = builder.build(rows[0])
+    assert order.python[0] == "pkg.mod:fit" and json.loads(order.python[1]) == {"x": 1}
+    assert (order.argv, order.env, order.need, order.wall_time_s) == ((), (("FOO", "bar"),),
                                                                   0.125, 30.0)
-    assert spec.cwd.endswith(f"/w/0/n_{tid}")
+    assert order.cwd.endswith(f"/w/0/n_{tid}")
 
 
 # -- results -------------------------------------------------------------------------

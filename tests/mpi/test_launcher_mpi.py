@@ -15,10 +15,10 @@ def test_typed_messages_large_and_small_round_trip() -> None:
     from mpi4py import MPI
 
     from balsam_mpi.comm import Backoff, Comm
-    from balsam_mpi.protocol import Assign, Report, TaskSpec
+    from balsam_mpi.protocol import Assign, Report, RunOrder
 
     comm = Comm(MPI.COMM_WORLD)
-    big = tuple(TaskSpec(i, 1, ("/bin/true", "x" * 50), f"/tmp/d/{i}") for i in range(20000))
+    big = tuple(RunOrder(i, 1, ("/bin/true", "x" * 50), f"/tmp/d/{i}") for i in range(20000))
     if comm.rank == 0:
         for dest in range(1, comm.size):
             comm.send(dest, Assign(seq=1, tasks=big))  # megabytes: improbe + Message.recv

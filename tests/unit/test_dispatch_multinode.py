@@ -8,7 +8,7 @@ from pathlib import Path
 from balsam_mpi.config import Settings
 from balsam_mpi.dispatch import Dispatcher
 from balsam_mpi.node import Node
-from balsam_mpi.protocol import Assign, EndKind, Finished, Report, TaskSpec
+from balsam_mpi.protocol import Assign, EndKind, Finished, Report, RunOrder
 from balsam_mpi.resources import WorkerView
 
 
@@ -22,8 +22,8 @@ def setup(n_workers: int) -> tuple[Dispatcher, list[tuple[int, Assign]]]:
     return d, sent
 
 
-def task(i: int, nodes: int = 1, need: float = 0.25) -> TaskSpec:
-    return TaskSpec(i, 1, ("true",), f"/tmp/none/{i}", need=1.0 if nodes > 1 else need,
+def task(i: int, nodes: int = 1, need: float = 0.25) -> RunOrder:
+    return RunOrder(i, 1, ("true",), f"/tmp/none/{i}", need=1.0 if nodes > 1 else need,
                     num_nodes=nodes, ranks_per_node=2 if nodes > 1 else 1)
 
 
