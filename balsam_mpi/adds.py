@@ -14,13 +14,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from .buffer import DbThread
-from .client import Client
 from .dispatch import Dispatcher
 from .errors import BalsamError
 from .node import Node
 from .project import Project
 from .protocol import LOCAL, AddTasks
 from .store import Store
+from .taskadd import TaskWriter
 from .taskchan import TaskChannel
 
 log = logging.getLogger(__name__)
@@ -30,21 +30,13 @@ Pending = tuple[int, int, tuple[dict[str, Any], ...]]
 Answer = tuple[int, int, tuple[int, ...], str]
 
 
-class _LeaderClient(Client):
-    """``Client.add_tasks`` over the leader's connection: no connection of its own."""
-
-    def __init__(self, project: Project, conn: Any) -> None:  # no super(): no connect
-        self.project = project
-        self._conn = conn
-
-
 def write(store: Store, project: Project, batch: list[Pending]) -> list[Answer]:
     """Add every request's tasks (database thread); one request's error is its own."""
-    client = _LeaderClient(project, store.conn)
+    writer = TaskWriter(store.conn)
     out: list[Answer] = []
     for rank, req, tasks in batch:
         try:
-            out.append((rank, req, tuple(client.add_tasks(tasks)), ""))
+            out.append((rank, req, tuple(writer.add(tasks)), ""))
         except BalsamError as exc:
             out.append((rank, req, (), str(exc)))
     return out

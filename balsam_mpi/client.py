@@ -21,19 +21,19 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, pyapps, sql, taskadd, taskspec, values, waiting
+from . import db, pyapps, sql, taskspec, values, waiting
 from .errors import Conflict, NotFound, UsageError
 from .limits import ID_MAX
 from .outcome import Outcome
 from .project import Project
 from .refusals import refusals
+from .taskadd import TaskWriter, app_infos
 from .taskfilter import as_ids, filter_params, order_by, where
 
 if TYPE_CHECKING:
     import psycopg
 
 PAGE = 2000  # rows per page of the lazy iterator
-CHUNK = 25000  # tasks per INSERT of a bulk add (all chunks in one transaction)
 
 
 class Client:
@@ -111,12 +111,6 @@ class Client:
                                f"(`balsam-mpi task rm --app {name}`)")
             self._conn.execute(sql.query("apps_delete"), {"name": name})
 
-    def _app_infos(self) -> dict[str, taskspec.AppInfo]:
-        return {a["name"]: taskspec.AppInfo(a["id"], a["name"], a["command"] or "",
-                                            taskspec.placeholders(a["command"] or ""),
-                                            a["error_retry_limit"], a.get("python") or "")
-                for a in self.apps()}
-
     # -- adding tasks ----------------------------------------------------------------
     def add_tasks(self, tasks: Iterable[Mapping[str, Any]], *,
                   labels: Sequence[str] | None = None,
@@ -126,69 +120,7 @@ class Client:
         ``parents``: ids of existing tasks, or the ``key`` of another task in the same
         call. ``labels`` name the inputs in errors (e.g. "tasks.jsonl line 7").
         """
-        raw = list(tasks)
-        if not raw:
-            return []
-
-        def label(i: int) -> str:
-            return labels[i] if labels is not None else taskadd.default_label(i)
-
-        apps = self._app_infos()
-
-        def check(lo: int, hi: int) -> list[dict[str, Any]]:
-            out = []
-            for i in range(lo, min(hi, len(raw))):
-                try:
-                    out.append(taskspec.check_task(raw[i], apps))
-                except taskspec.TaskSpecError as exc:
-                    raise taskspec.TaskSpecError(taskadd.at(label(i)) + str(exc)) from None
-            return out
-
-        # With parents or keys the whole batch is checked and planned first; without,
-        # each chunk is checked while the server inserts the previous one (pipeline).
-        dag = any(isinstance(t, Mapping) and (t.get("parents") or t.get("key") is not None)
-                  for t in raw)
-        checked = check(0, len(raw)) if dag else []
-        plan = taskadd.plan(checked, label) if dag else None
-        conn = self._conn
-        with db.translated(), conn.transaction(), refusals():
-            row = conn.execute(sql.query("tasks_reserve_ids"), {"n": len(raw)}).fetchone()
-            assert row is not None
-            ids = list(range(row[0], row[0] + len(raw)))
-            first = self._first_states(checked, plan, ids, label) if plan else None
-            insert = sql.query("tasks_insert_json")
-            with conn.pipeline():
-                for lo in range(0, len(raw), CHUNK):
-                    hi = min(lo + CHUNK, len(raw))
-                    chunk = checked[lo:hi] if dag else check(lo, hi)
-                    base, rows = taskadd.json_chunk(chunk, ids[lo:hi],
-                                                    first[lo:hi] if first else None)
-                    conn.execute(insert, {"rows": rows, "base": base})
-                    if progress is not None:
-                        progress(hi)
-                if plan is not None:
-                    children, parents = taskadd.dep_arrays(plan, ids)
-                    if children:
-                        conn.execute(sql.query("tasks_deps_insert"),
-                                     {"children": children, "parents": parents})
-        return ids
-
-    def _first_states(self, checked: list[dict[str, Any]], plan: taskadd.Plan,
-                      ids: list[int], label: Callable[[int], str]
-                      ) -> list[tuple[str, int, int | None, str]]:
-        """Lock the stored parents (see tasks_lock_parents) and decide each new task's
-        first state from theirs."""
-        states: dict[int, str] = {}
-        if plan.existing:
-            locked = self._conn.execute(sql.query("tasks_lock"),
-                                        {"ids": plan.existing}).fetchall()
-            states = {r[0]: str(r[1]) for r in locked}
-            for i, theirs in enumerate(plan.outside):
-                missing = [p for p in theirs if p not in states]
-                if missing:
-                    raise taskspec.TaskSpecError(
-                        taskadd.at(label(i)) + f"parents: no task with id {missing[0]}")
-        return taskadd.initial_states(checked, plan, ids, states)
+        return TaskWriter(self._conn).add(tasks, labels=labels, progress=progress)
 
     def add_task(self, **fields: Any) -> int:
         return self.add_tasks([fields])[0]
@@ -266,7 +198,7 @@ class Client:
         if not id_list:
             return Outcome()
         if "params" in values:  # new params must still fill each task's app template
-            apps = self._app_infos()
+            apps = app_infos(self._conn)
             for task in self.tasks(ids=id_list):
                 try:
                     taskspec.check_params(values["params"], apps[task["app"]])

@@ -134,9 +134,9 @@ def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
 
 def test_bad_task_in_a_later_chunk_rolls_back_the_earlier_ones(
         client: Client, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balsam_mpi import client as client_module
+    from balsam_mpi import taskadd
 
-    monkeypatch.setattr(client_module, "CHUNK", 10)
+    monkeypatch.setattr(taskadd, "CHUNK", 10)
     tasks: list[dict[str, Any]] = [{"app": "plain", "workflow": "w", "name": f"t{i}"}
                                    for i in range(25)]
     tasks[22]["num_nodes"] = 0

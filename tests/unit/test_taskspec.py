@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import taskadd, taskio
+from balsam_mpi import taskio, taskplan
 from balsam_mpi.taskspec import (
     TASK_DEFAULTS,
     AppInfo,
@@ -35,7 +35,7 @@ def test_defaults_and_app_retry_limit() -> None:
     assert _task(error_retry_limit=0)["error_retry_limit"] == 0
     assert TASK_DEFAULTS["num_nodes"] == 1 and TASK_DEFAULTS["timeout_retry_limit"] == 3
     assert TASK_DEFAULTS["lost_retry_limit"] == 3 and TASK_DEFAULTS["fail_with_parents"]
-    base, rows = map(json.loads, taskadd.json_chunk(
+    base, rows = map(json.loads, taskplan.json_chunk(
         [dict(t), _task(name="b")], [5, 6], [("READY", 0, None, ""), ("FAILED", 0, 5, "m")]))
     # what both share moves to the base record; the rest stays per row
     assert base == {**TASK_DEFAULTS, "workflow": "w", "params": {"who": "x"}, "app_id": 1,
@@ -137,21 +137,21 @@ def test_jsonl_and_csv_readers_name_lines() -> None:
 
 def test_plan_orders_parents_first_and_refuses_cycles() -> None:
     tasks = [_task(key="c", parents=["b", 99]), _task(key="b", parents=["a"]), _task(key="a")]
-    p = taskadd.plan(tasks)
+    p = taskplan.plan(tasks)
     assert p.order.index(2) < p.order.index(1) < p.order.index(0)
     assert p.existing == [99] and p.outside[0] == [99]
     ids = [10, 11, 12]
-    first = taskadd.initial_states(tasks, p, ids, {99: "FAILED"})
+    first = taskplan.initial_states(tasks, p, ids, {99: "FAILED"})
     assert first[2] == ("READY", 0, None, "")
     assert first[1] == ("AWAITING_PARENTS", 1, None, "")
     assert first[0][0] == "FAILED" and first[0][2] == 99
-    assert taskadd.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
+    assert taskplan.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
     with pytest.raises(TaskSpecError, match="task #1: parents: the dependencies"):
-        taskadd.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
+        taskplan.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
     with pytest.raises(TaskSpecError, match="task #2: key: 'x' is also the key of task #1"):
-        taskadd.plan([_task(key="x"), _task(key="x")])
+        taskplan.plan([_task(key="x"), _task(key="x")])
     with pytest.raises(TaskSpecError, match="no task of this batch has key 'z'"):
-        taskadd.plan([_task(parents=["z"])])
+        taskplan.plan([_task(parents=["z"])])
 
 
 def test_pg_free_import() -> None:
@@ -159,7 +159,7 @@ def test_pg_free_import() -> None:
     import sys
 
     code = ("import balsam_mpi, balsam_mpi.taskspec, balsam_mpi.taskio, balsam_mpi.taskadd, "
-            "balsam_mpi.cli, sys; "
+            "balsam_mpi.taskplan, balsam_mpi.cli, sys; "
             "print(any(m.startswith(('psycopg', 'mpi4py')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
