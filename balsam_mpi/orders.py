@@ -25,7 +25,8 @@ from .mpilaunch import needs_prefix
 from .project import Project
 from .protocol import RunOrder
 from .resources import NODE_CAPACITY, need_of
-from .store import Claimed, ClaimFilter, Held, Lease, Store
+from .storeport import Claimed, ClaimFilter, Held, Lease, StorePort
+from .taskspec import render_argv
 
 # What execve takes for argv and environment together on Linux (ARG_MAX, 2 MiB).
 ARGV_MAX_BYTES = 2 * 1024 * 1024
@@ -47,14 +48,6 @@ class ClaimResult(NamedTuple):
 
 def _render(command: str, params: dict[str, Any], args: list[str], shell: bool
             ) -> tuple[str, ...]:
-    try:
-        from .taskspec import render_argv
-    except ImportError:  # pragma: no cover - before the tasks module existed
-        import shlex
-
-        if shell:
-            return ("/bin/sh", "-c", " ".join([command, *map(shlex.quote, args)]))
-        return tuple(t.format_map(params) for t in shlex.split(command)) + tuple(args)
     return tuple(render_argv(command, params, args, shell))
 
 
@@ -126,7 +119,7 @@ class OrderBuilder:
             pp.preprocess if row.state == "READY" else "", pp.postprocess,
             pp.on_error, pp.on_timeout, inputs, parent_dirs)
 
-    def claim(self, store: Store, lease: Lease, *, filters: ClaimFilter,
+    def claim(self, store: StorePort, lease: Lease, *, filters: ClaimFilter,
               look_for_held: bool, **kwargs: Any) -> ClaimResult:
         """The claim call (database thread): claim, read new apps, build the orders; if
         nothing was claimed, also look at the work other running jobs hold."""

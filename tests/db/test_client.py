@@ -175,7 +175,8 @@ def _claim(pg_project: Any, dbname: str, *, start: int | None = None) -> Any:
     """A launcher of the owner's claims the READY tasks (and reports one started)."""
     from balsam_mpi import db
     from balsam_mpi.protocol import Started
-    from balsam_mpi.store import ClaimFilter, Store
+    from balsam_mpi.store import Store
+    from balsam_mpi.storeport import ClaimFilter
 
     store = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
     lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",

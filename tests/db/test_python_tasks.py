@@ -11,13 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi import Client, db, limits, results
+from balsam_mpi import Client, db, limits
 from balsam_mpi.appinfo import AppCache
 from balsam_mpi.errors import PermissionDenied, UsageError
 from balsam_mpi.orders import OrderBuilder
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter, Lease
 
 T0 = 1_900_000_000.0
 
@@ -50,7 +51,7 @@ def finish(store: Store, lease: Lease, ids: list[int], values: list[str | None],
     ended = [Finished(i, lease.epoch, int(kind), 0 if kind == EndKind.DONE else 1, T0,
                       T0 + 1, "" if kind == EndKind.DONE else "ValueError: no", v)
              for i, v in zip(ids, values, strict=True)]
-    return results.report_with_results(store, lease, started, ended)
+    return store.report(lease, started, ended)
 
 
 # -- apps ----------------------------------------------------------------------------

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.config import Settings
 from balsam_mpi.dispatch import Dispatcher
 from balsam_mpi.node import Node, NullNode
 from balsam_mpi.protocol import Assign, Drain, Report, RunOrder
-from balsam_mpi.resources import WorkerView
+from balsam_mpi.workerview import WorkerView
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,8 +21,8 @@ def order(i: int, need: float = 1.0, nodes: int = 1) -> RunOrder:
 
 def setup(n: int, local: Node | None = None) -> tuple[Dispatcher, list[tuple[int, object]]]:
     sent: list[tuple[int, object]] = []
-    d = Dispatcher(Settings(claim_margin=1.0, claim_margin_max=1.0),
-                   local or NullNode(die_with_parent=False), lambda r, m: sent.append((r, m)))
+    d = Dispatcher(local or NullNode(die_with_parent=False), lambda r, m: sent.append((r, m)),
+                   margin=1.0, margin_max=1.0)
     for r in range(1, n + 1):
         d.workers[r] = WorkerView(r, host=f"h{r}")
     return d, sent
@@ -50,6 +49,7 @@ def test_the_leaders_node_gets_work_before_a_busy_nodes_queue() -> None:
     busy = d.reported(1, Report(rank=1, acked=0, free=0.0, running=1, queued=0))
     d.pool.extend([order(1)])
     d.push()
+    local.step()  # as the leader's loop does after placing
     assert tasks_to(sent, 1) == [] and list(local.running) == [1]
     # Answering the busy worker's next report: the pool's next task still goes here
     # while this node has room, and only then into the worker's queue.
@@ -58,6 +58,7 @@ def test_the_leaders_node_gets_work_before_a_busy_nodes_queue() -> None:
     d.pool.extend([order(2), order(3)])
     d.fill_local(margin=False)
     d.assign_to(busy, always=True)
+    local.step()
     assert list(local.running) == [2] and tasks_to(sent, 1) == [3]
 
 

@@ -19,9 +19,8 @@ def order(i: int, need: float = 0.25) -> RunOrder:
 
 def dispatcher() -> tuple[Dispatcher, list[tuple[int, Assign]]]:
     sent: list[tuple[int, Assign]] = []
-    settings = resolve({"claim_margin": 0.5}, {}, {})
-    return Dispatcher(settings, NullNode(die_with_parent=False),
-                      lambda r, m: sent.append((r, m))), sent
+    return Dispatcher(NullNode(die_with_parent=False), lambda r, m: sent.append((r, m)),
+                      margin=0.5), sent
 
 
 def test_a_report_is_answered_within_free_share_plus_margin() -> None:
@@ -42,7 +41,9 @@ def test_a_report_is_answered_within_free_share_plus_margin() -> None:
 def test_the_local_node_is_fed_directly_and_kills_reach_every_rank() -> None:
     d, sent = dispatcher()
     d.pool.extend(order(i) for i in range(10))
-    d.fill_local()  # a null node ends its tasks at once
+    d.fill_local()  # queued on the leader's node, no message
+    assert [o.id for o in d.local.queue] == [0, 1, 2, 3, 4, 5]
+    d.local.step()  # as the leader's loop does; a null node ends its tasks at once
     local_ids = [s.id for s in d.local.changes.take()[0]]
     assert local_ids == [0, 1, 2, 3, 4, 5]
     view = d.reported(2, Report(rank=2, acked=0, free=1.0, running=0, queued=0))

@@ -11,7 +11,7 @@ import pytest
 from balsam_mpi.limits import COMMAND_MAX
 from balsam_mpi.orders import OrderBuilder
 from balsam_mpi.project import Project
-from balsam_mpi.store import Claimed
+from balsam_mpi.storeport import Claimed
 
 pytestmark = pytest.mark.timeout(60)
 
