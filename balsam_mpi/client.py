@@ -29,11 +29,12 @@ from .project import Project
 from .refusals import refusals
 from .taskadd import TaskWriter, app_infos
 from .taskfilter import as_ids, filter_params, order_by, where
+from .taskread import PAGE, TaskReader
+from .taskwhy import explain
 
 if TYPE_CHECKING:
     import psycopg
 
-PAGE = 2000  # rows per page of the lazy iterator
 
 
 class Client:
@@ -47,6 +48,7 @@ class Client:
         self._conn.prepare_threshold = None
         with db.translated():
             self._conn.execute(sql.query("client_session"))
+        self._read = TaskReader(self._conn)
         # Connections that LISTEN while a wait lasts (waiting.py), opened on first use.
         self._waiters = waiting.Waiters(
             lambda: db.connect(self.project, autocommit=True,
@@ -86,7 +88,7 @@ class Client:
                 "shell": False, "postprocess_on_error": False,
                 "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
         with db.translated(), self._conn.transaction(), refusals():
-            if self._fetch("apps_by_name", {"name": name}):
+            if self._read.fetch("apps_by_name", {"name": name}):
                 raise Conflict(f"an app named {name!r} exists; pick another name or "
                                f"`balsam-mpi app rm {name}` first")
             row = self._conn.execute(sql.query(query), values).fetchone()
@@ -94,13 +96,19 @@ class Client:
         return int(row[0])
 
     def apps(self) -> list[dict[str, Any]]:
-        return self._fetch("apps_all", {})
+        return self._read.fetch("apps_all")
 
     def app(self, name: str) -> dict[str, Any]:
-        rows = self._fetch("apps_by_name", {"name": name})
+        rows = self._read.fetch("apps_by_name", {"name": name})
         if not rows:
             raise NotFound(f"no app named {name!r}; see `balsam-mpi app ls`")
         return rows[0]
+
+    def app_calling(self, path: str) -> str | None:
+        """The name of an app that calls the Python function ``path`` (the first by name
+        when several do), or None."""
+        rows = self._read.fetch("apps_by_python", {"python": path})
+        return str(rows[0]["name"]) if rows else None
 
     def delete_app(self, name: str) -> None:
         with db.translated(), self._conn.transaction():
@@ -125,7 +133,7 @@ class Client:
     def add_task(self, **fields: Any) -> int:
         return self.add_tasks([fields])[0]
 
-    # -- reading ---------------------------------------------------------------------
+    # -- reading (taskread.py) -------------------------------------------------------
     def tasks(self, *, order: str = "id", limit: int | None = None,
               **filters: Any) -> Iterator[dict[str, Any]]:
         """Tasks matching the filters, lazily (pages of rows; nothing held open between).
@@ -137,51 +145,16 @@ class Client:
         ordering = order_by(order, params)
         limit = None if limit is None else values.integer("limit", limit, 0, ID_MAX - 1)
         if order in ("id", "+id") and (limit is None or limit > PAGE):
-            return self._pages(params, limit)
-        return iter(self._select(params, ordering, limit))
-
-    def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
-        # Keyset paging by id: each page is one indexed query, no cursor left open.
-        left = limit
-        while left is None or left > 0:
-            n = PAGE if left is None else min(PAGE, left)
-            rows = self._select(params, order_by("id", params), n)
-            yield from rows
-            if len(rows) < n:
-                return
-            params = {**params, "after": rows[-1]["id"]}
-            if left is not None:
-                left -= len(rows)
-
-    def _select(self, params: dict[str, Any], order: Any, limit: int | None
-                ) -> list[dict[str, Any]]:
-        from psycopg import sql as pgsql
-        from psycopg.rows import dict_row
-
-        q = pgsql.SQL(sql.query("tasks_select")).format(where=where(), order=order)
-        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(q, {**params, "limit": limit}).fetchall()
+            return self._read.pages(params, limit)
+        return iter(self._read.select(params, ordering, limit))
 
     def get(self, task_id: int) -> dict[str, Any]:
         """One task with its ``parents``, ``children`` and ``history`` (its events)."""
-        rows = self._select(filter_params({"id": task_id}), order_by("id"), 1)
-        if not rows:
-            raise NotFound(f"no task with id {task_id}; see `balsam-mpi task ls`")
-        task = rows[0]
-        task["parents"] = [r["id"] for r in self._fetch("tasks_parents", {"ids": [task_id]})]
-        task["children"] = [r["child_id"] for r in
-                            self._fetch("tasks_children", {"ids": [task_id]})]
-        task["history"] = self._fetch("tasks_history", {"id": task_id})
-        task["result"] = self._fetch("task_result", {"id": task_id})[0]["result"]
-        return task
+        return self._read.task(task_id)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{workflow: {state: count}} over all tasks."""
-        out: dict[str, dict[str, int]] = {}
-        with db.translated():
-            for wf, state, n in self._conn.execute(sql.query("tasks_counts")).fetchall():
-                out.setdefault(wf, {})[str(state)] = int(n)
-        return out
+        return self._read.counts()
 
     # -- changing --------------------------------------------------------------------
     # Every change goes through a function of the database (migrations/0007) that checks
@@ -257,9 +230,7 @@ class Client:
 
     def why(self, task_id: int) -> list[str]:
         """Why the task is not running, one reason per line."""
-        from .taskwhy import explain
-
-        return explain(self, task_id)
+        return explain(self._read, task_id)
 
     # -- helpers ---------------------------------------------------------------------
     def _change_matching(self, name: str, ids: int | Sequence[int] | None,
@@ -294,9 +265,3 @@ class Client:
         with db.translated(), self._conn.transaction(), refusals():
             rows = self._conn.execute(sql.query(name), {"ids": ids, **extra}).fetchall()
         return Outcome.from_rows(rows, done)
-
-    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row
-
-        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(sql.query(name), params).fetchall()
