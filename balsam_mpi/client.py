@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, pyapps, sql, taskspec, values, waiting
-from .errors import Conflict, NotFound, UsageError
+from . import db, pyapps, sql, validate, values, waiting
+from .errors import Conflict, InputError, NotFound, UsageError
 from .limits import ID_MAX
 from .outcome import Outcome
 from .project import Project
@@ -75,14 +75,14 @@ class Client:
         arguments of a call in a warm interpreter, and its return value is the task's
         result (docs/python-tasks.md). Fields: description, error_retry_limit."""
         if (command is None) == (python is None):
-            raise taskspec.TaskSpecError("command: an app runs a command or calls a Python "
-                                         "function (python=...): give exactly one")
+            raise InputError("command: an app runs a command or calls a Python "
+                             "function (python=...): give exactly one")
         if python is not None:
             app = pyapps.check_app(name, python, fields)
             query, values = "apps_insert_python", {"description": "",
                                                    "error_retry_limit": 0, **app}
         else:
-            app = taskspec.check_app(name, command, fields)  # type: ignore[arg-type]
+            app = validate.check_app(name, command, fields)  # type: ignore[arg-type]
             query, values = "apps_insert", {
                 "description": "", "preprocess": "", "postprocess": "", "env_script": "",
                 "shell": False, "postprocess_on_error": False,
@@ -165,7 +165,7 @@ class Client:
         tags and data change on any task; the rest only on tasks no launcher holds (a
         claimed task would run with its old values): those are refused."""
         id_list = as_ids(ids)
-        values = taskspec.check_changes(changes)
+        values = validate.check_changes(changes)
         if not values:
             raise UsageError("nothing to change: give at least one field")
         if not id_list:
@@ -174,9 +174,9 @@ class Client:
             apps = app_infos(self._conn)
             for task in self.tasks(ids=id_list):
                 try:
-                    taskspec.check_params(values["params"], apps[task["app"]])
-                except taskspec.TaskSpecError as exc:
-                    raise taskspec.TaskSpecError(f"task {task['id']}: {exc}") from None
+                    validate.check_params(values["params"], apps[task["app"]])
+                except InputError as exc:
+                    raise InputError(f"task {task['id']}: {exc}") from None
         from psycopg.types.json import Jsonb
 
         return self._change("tasks_update", id_list, {"changes": Jsonb(values)},

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import db
 from .errors import BalsamError, UsageError
 from .pyapps import check_path
-from .waiting import FINAL, Listener, Outcome, TaskFailed
+from .waiting import ENDED, Listener, Outcome, TaskFailed
 
 if TYPE_CHECKING:
     from .client import Client
@@ -194,7 +194,7 @@ class Executor(cf.Executor):
             if o is None:
                 _resolve_error(self._futures[i],
                                BalsamError(f"task {i} was deleted before it ended"))
-            elif o.state in FINAL:
+            elif o.state in ENDED:
                 _resolve(self._futures[i], o)
             else:
                 continue

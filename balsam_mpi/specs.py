@@ -48,7 +48,7 @@ class ClaimResult(NamedTuple):
 def _render(command: str, params: dict[str, Any], args: list[str], shell: bool
             ) -> tuple[str, ...]:
     try:
-        from .taskspec import render_argv
+        from .argv import render_argv
     except ImportError:  # pragma: no cover - before the tasks module existed
         import shlex
 
@@ -98,7 +98,7 @@ class SpecBuilder:
         return f"{wf}/{task_id // 1000}/{prefix}{task_id}"
 
     def build(self, row: Claimed) -> TaskSpec:
-        """Raises BadTask / TaskSpecError / ValueError when the row cannot be run."""
+        """Raises BadTask / InputError / ValueError when the row cannot be run."""
         pp = self.apps.get(row.app)
         if pp.python:
             return self._python(row, pp.python)

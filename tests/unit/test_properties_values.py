@@ -1,4 +1,4 @@
-"""Property-based tests of the validators (values, taskspec): what they accept is within
+"""Property-based tests of the validators (values, validate): what they accept is within
 the caps of limits.py and typed as the column is; what they refuse is named by field."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from balsam_mpi import limits, values
 from balsam_mpi.errors import InputError
-from balsam_mpi.taskspec import (
+from balsam_mpi.validate import (
     INT_FIELDS,
     TASK_FIELDS,
     AppInfo,
