@@ -246,7 +246,7 @@ def _set_scheduler_id(project: Project, job_id: int, scheduler_id: str) -> None:
         # launcher still adopts the row through BALSAM_BATCH_JOB_ID.
         raise SubmitError(f"job {scheduler_id} was submitted but recording its id on batch "
                           f"job {job_id} failed ({exc}); its launcher will still adopt the "
-                          "row") from None
+                          "row") from exc
 
 
 def _fail(project: Project, job_id: int, reason: str) -> None:

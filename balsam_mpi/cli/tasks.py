@@ -106,7 +106,7 @@ def _open_tasks_file(path: str) -> tuple[str, Any]:
     except OSError as exc:
         from ..errors import InputError
 
-        raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from None
+        raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from exc
 
 
 def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:

@@ -310,5 +310,5 @@ def _enroll_over_socket(project: Project, info: ServerInfo, verifier: str) -> bo
     except BalsamError:
         return False  # not authorized yet (or the server is down): the request file will do
     except OSError as exc:
-        raise ProjectError(f"cannot reach the server socket: {exc.strerror}") from None
+        raise ProjectError(f"cannot reach the server socket: {exc.strerror}") from exc
     return True

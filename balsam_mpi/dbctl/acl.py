@@ -147,7 +147,7 @@ def _open_dir(root: Path, name: str) -> int | None:
     try:
         rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ProjectError(f"cannot open {root}: {exc.strerror}") from None
+        raise ProjectError(f"cannot open {root}: {exc.strerror}") from exc
     try:
         return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                        dir_fd=rfd)
@@ -155,7 +155,7 @@ def _open_dir(root: Path, name: str) -> int | None:
         return None
     except OSError as exc:
         raise ProjectError(f"refusing {root / name}: {exc.strerror} (a symlink? run "
-                           "`balsam-dbctl fix-perms`)") from None
+                           "`balsam-dbctl fix-perms`)") from exc
     finally:
         os.close(rfd)
 

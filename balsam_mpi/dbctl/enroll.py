@@ -171,7 +171,7 @@ def _open_access_dir(project: Project) -> int:
         return os.open(project.access_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
         raise ProjectError(f"cannot open {project.access_dir} ({exc.strerror}); the owner "
-                           "should run `balsam-dbctl fix-perms`") from None
+                           "should run `balsam-dbctl fix-perms`") from exc
 
 
 def write_request(project: Project, user: str, verifier: str, host: str) -> Path:
@@ -238,8 +238,8 @@ def read_request(project: Project, user: str, uid: int) -> Request | None:
         except OSError as exc:
             if os.path.islink(path):
                 raise ProjectError(f"refusing {path}: it is a symlink; remove it and ask "
-                                   f"{user} to run `balsam-dbctl request-access` again") from None
-            raise ProjectError(f"cannot read {path}: {exc.strerror}") from None
+                                   f"{user} to run `balsam-dbctl request-access` again") from exc
+            raise ProjectError(f"cannot read {path}: {exc.strerror}") from exc
         try:
             st = os.fstat(fd)
             _check_request_stat(path, st, user, uid)
@@ -326,7 +326,7 @@ def clear_squat(project: Project, user: str, uid: int) -> str | None:
             return None
         except OSError as exc:
             raise ProjectError(f"{path} was planted by {who}, not {user}, and cannot be "
-                               f"removed ({exc.strerror}); remove it by hand") from None
+                               f"removed ({exc.strerror}); remove it by hand") from exc
     finally:
         os.close(dfd)
     return (f"removed {path}: it was made by {who}, not {user} (a request under another "
