@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import limits, values
+from . import jsondoc, limits, values
 from .argv import split_command
 from .errors import InputError
 
@@ -115,7 +115,7 @@ def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, A
 
 
 def _dict(field: str, value: Any) -> dict[str, Any]:
-    doc = values.json_object(field, value, _DICT_CAPS[field],
+    doc = jsondoc.json_object(field, value, _DICT_CAPS[field],
                              key_max=limits.NAME_MAX if field in ("tags", "env") else None)
     if field == "env":
         for k, v in doc.items():

@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 from .. import db, sql
 from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
 from ..project import SCHEMA_DB, Project, ServerInfo, this_host
-from . import enroll, rolelimits, viewers
+from . import credentials, enroll, rolelimits, viewers
 from .accounts import Account, group_gid, uid_of
 from .admin import admin_connect
 from .pgconf import (
@@ -272,12 +272,12 @@ def request_access(project: Project, *, if_needed: bool = False) -> list[str]:
     extra = os.environ.get(db.HOST_ENV)
     if extra and extra not in hosts:
         hosts.append(extra)
-    existing = enroll.pgpass_password(hosts, me)
-    complete = existing is not None and all(enroll.pgpass_has(h, me) for h in hosts)
-    password = existing if existing is not None else enroll.new_password()
+    existing = credentials.pgpass_password(hosts, me)
+    complete = existing is not None and all(credentials.pgpass_has(h, me) for h in hosts)
+    password = existing if existing is not None else credentials.new_password()
     if not complete:
-        enroll.pgpass_store(hosts, me, password)
-    verifier = enroll.scram_verifier(password)
+        credentials.pgpass_store(hosts, me, password)
+    verifier = credentials.scram_verifier(password)
     # Over the socket the server learns the verifier of the password we keep, even when
     # that password was made for another project on this host: cheap, so always done.
     if _enroll_over_socket(project, info, verifier):
