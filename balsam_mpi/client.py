@@ -6,6 +6,11 @@ whole or not at all. The DAG's bookkeeping after a task finishes or fails is don
 triggers in the database (migrations/0003_tasks.sql), so the launcher's bulk reports and
 this API's calls cannot disagree about it.
 
+The client is the front of four parts, each usable without it: adds go through
+``taskadd.TaskWriter`` (which the launcher uses too), reads through ``taskread.TaskReader``
+(which ``task why`` uses), changes through the database's checked functions (``_change``),
+waits through ``waiting.py``.
+
     from balsam_mpi import Client
     c = Client()                                   # the project of $BALSAM_DB_PATH
     c.add_app("hello", "echo hello {who}")
@@ -34,7 +39,6 @@ from .taskwhy import explain
 
 if TYPE_CHECKING:
     import psycopg
-
 
 
 class Client:
