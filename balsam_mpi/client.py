@@ -6,6 +6,11 @@ whole or not at all. The DAG's bookkeeping after a task finishes or fails is don
 triggers in the database (migrations/0003_tasks.sql), so the launcher's bulk reports and
 this API's calls cannot disagree about it.
 
+The client is the front of four parts, each usable without it: adds go through
+``taskadd.TaskWriter`` (which the launcher uses too), reads through ``taskread.TaskReader``
+(which ``task why`` uses), changes through the database's checked functions (``_change``),
+waits through ``waiting.py``.
+
     from balsam_mpi import Client
     c = Client()                                   # the project of $BALSAM_DB_PATH
     c.add_app("hello", "echo hello {who}")
@@ -21,19 +26,19 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, pyapps, sql, taskspec, values, waiting
-from .errors import Conflict, NotFound, UsageError
+from . import db, pyapps, sql, validate, values, waiting
+from .errors import Conflict, InputError, NotFound, UsageError
 from .limits import ID_MAX
 from .outcome import Outcome
 from .project import Project
 from .refusals import refusals
 from .taskadd import TaskWriter, app_infos
 from .taskfilter import as_ids, filter_params, order_by, where
+from .taskread import PAGE, TaskReader
+from .taskwhy import explain
 
 if TYPE_CHECKING:
     import psycopg
-
-PAGE = 2000  # rows per page of the lazy iterator
 
 
 class Client:
@@ -47,6 +52,7 @@ class Client:
         self._conn.prepare_threshold = None
         with db.translated():
             self._conn.execute(sql.query("client_session"))
+        self._read = TaskReader(self._conn)
         # Connections that LISTEN while a wait lasts (waiting.py), opened on first use.
         self._waiters = waiting.Waiters(
             lambda: db.connect(self.project, autocommit=True,
@@ -73,20 +79,20 @@ class Client:
         arguments of a call in a warm interpreter, and its return value is the task's
         result (docs/python-tasks.md). Fields: description, error_retry_limit."""
         if (command is None) == (python is None):
-            raise taskspec.TaskSpecError("command: an app runs a command or calls a Python "
-                                         "function (python=...): give exactly one")
+            raise InputError("command: an app runs a command or calls a Python "
+                             "function (python=...): give exactly one")
         if python is not None:
             app = pyapps.check_app(name, python, fields)
             query, values = "apps_insert_python", {"description": "",
                                                    "error_retry_limit": 0, **app}
         else:
-            app = taskspec.check_app(name, command, fields)  # type: ignore[arg-type]
+            app = validate.check_app(name, command, fields)  # type: ignore[arg-type]
             query, values = "apps_insert", {
                 "description": "", "preprocess": "", "postprocess": "", "env_script": "",
                 "shell": False, "postprocess_on_error": False,
                 "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
         with db.translated(), self._conn.transaction(), refusals():
-            if self._fetch("apps_by_name", {"name": name}):
+            if self._read.fetch("apps_by_name", {"name": name}):
                 raise Conflict(f"an app named {name!r} exists; pick another name or "
                                f"`balsam-mpi app rm {name}` first")
             row = self._conn.execute(sql.query(query), values).fetchone()
@@ -94,13 +100,19 @@ class Client:
         return int(row[0])
 
     def apps(self) -> list[dict[str, Any]]:
-        return self._fetch("apps_all", {})
+        return self._read.fetch("apps_all")
 
     def app(self, name: str) -> dict[str, Any]:
-        rows = self._fetch("apps_by_name", {"name": name})
+        rows = self._read.fetch("apps_by_name", {"name": name})
         if not rows:
             raise NotFound(f"no app named {name!r}; see `balsam-mpi app ls`")
         return rows[0]
+
+    def app_calling(self, path: str) -> str | None:
+        """The name of an app that calls the Python function ``path`` (the first by name
+        when several do), or None."""
+        rows = self._read.fetch("apps_by_python", {"python": path})
+        return str(rows[0]["name"]) if rows else None
 
     def delete_app(self, name: str) -> None:
         with db.translated(), self._conn.transaction():
@@ -125,7 +137,7 @@ class Client:
     def add_task(self, **fields: Any) -> int:
         return self.add_tasks([fields])[0]
 
-    # -- reading ---------------------------------------------------------------------
+    # -- reading (taskread.py) -------------------------------------------------------
     def tasks(self, *, order: str = "id", limit: int | None = None,
               **filters: Any) -> Iterator[dict[str, Any]]:
         """Tasks matching the filters, lazily (pages of rows; nothing held open between).
@@ -137,51 +149,16 @@ class Client:
         ordering = order_by(order, params)
         limit = None if limit is None else values.integer("limit", limit, 0, ID_MAX - 1)
         if order in ("id", "+id") and (limit is None or limit > PAGE):
-            return self._pages(params, limit)
-        return iter(self._select(params, ordering, limit))
-
-    def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
-        # Keyset paging by id: each page is one indexed query, no cursor left open.
-        left = limit
-        while left is None or left > 0:
-            n = PAGE if left is None else min(PAGE, left)
-            rows = self._select(params, order_by("id", params), n)
-            yield from rows
-            if len(rows) < n:
-                return
-            params = {**params, "after": rows[-1]["id"]}
-            if left is not None:
-                left -= len(rows)
-
-    def _select(self, params: dict[str, Any], order: Any, limit: int | None
-                ) -> list[dict[str, Any]]:
-        from psycopg import sql as pgsql
-        from psycopg.rows import dict_row
-
-        q = pgsql.SQL(sql.query("tasks_select")).format(where=where(), order=order)
-        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(q, {**params, "limit": limit}).fetchall()
+            return self._read.pages(params, limit)
+        return iter(self._read.select(params, ordering, limit))
 
     def get(self, task_id: int) -> dict[str, Any]:
         """One task with its ``parents``, ``children`` and ``history`` (its events)."""
-        rows = self._select(filter_params({"id": task_id}), order_by("id"), 1)
-        if not rows:
-            raise NotFound(f"no task with id {task_id}; see `balsam-mpi task ls`")
-        task = rows[0]
-        task["parents"] = [r["id"] for r in self._fetch("tasks_parents", {"ids": [task_id]})]
-        task["children"] = [r["child_id"] for r in
-                            self._fetch("tasks_children", {"ids": [task_id]})]
-        task["history"] = self._fetch("tasks_history", {"id": task_id})
-        task["result"] = self._fetch("task_result", {"id": task_id})[0]["result"]
-        return task
+        return self._read.task(task_id)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{workflow: {state: count}} over all tasks."""
-        out: dict[str, dict[str, int]] = {}
-        with db.translated():
-            for wf, state, n in self._conn.execute(sql.query("tasks_counts")).fetchall():
-                out.setdefault(wf, {})[str(state)] = int(n)
-        return out
+        return self._read.counts()
 
     # -- changing --------------------------------------------------------------------
     # Every change goes through a function of the database (migrations/0007) that checks
@@ -192,7 +169,7 @@ class Client:
         tags and data change on any task; the rest only on tasks no launcher holds (a
         claimed task would run with its old values): those are refused."""
         id_list = as_ids(ids)
-        values = taskspec.check_changes(changes)
+        values = validate.check_changes(changes)
         if not values:
             raise UsageError("nothing to change: give at least one field")
         if not id_list:
@@ -201,9 +178,9 @@ class Client:
             apps = app_infos(self._conn)
             for task in self.tasks(ids=id_list):
                 try:
-                    taskspec.check_params(values["params"], apps[task["app"]])
-                except taskspec.TaskSpecError as exc:
-                    raise taskspec.TaskSpecError(f"task {task['id']}: {exc}") from None
+                    validate.check_params(values["params"], apps[task["app"]])
+                except InputError as exc:
+                    raise InputError(f"task {task['id']}: {exc}") from None
         from psycopg.types.json import Jsonb
 
         return self._change("tasks_update", id_list, {"changes": Jsonb(values)},
@@ -257,9 +234,7 @@ class Client:
 
     def why(self, task_id: int) -> list[str]:
         """Why the task is not running, one reason per line."""
-        from .taskwhy import explain
-
-        return explain(self, task_id)
+        return explain(self._read, task_id)
 
     # -- helpers ---------------------------------------------------------------------
     def _change_matching(self, name: str, ids: int | Sequence[int] | None,
@@ -294,9 +269,3 @@ class Client:
         with db.translated(), self._conn.transaction(), refusals():
             rows = self._conn.execute(sql.query(name), {"ids": ids, **extra}).fetchall()
         return Outcome.from_rows(rows, done)
-
-    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row
-
-        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(sql.query(name), params).fetchall()

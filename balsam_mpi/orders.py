@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from .appinfo import AppCache
+from .argv import render_argv
 from .cleantext import one_line
 from .limits import COMMAND_MAX
 from .mpilaunch import needs_prefix
@@ -26,7 +27,6 @@ from .project import Project
 from .protocol import RunOrder
 from .resources import NODE_CAPACITY, need_of
 from .storeport import Claimed, ClaimFilter, Held, Lease, StorePort
-from .taskspec import render_argv
 
 # What execve takes for argv and environment together on Linux (ARG_MAX, 2 MiB).
 ARGV_MAX_BYTES = 2 * 1024 * 1024
@@ -91,7 +91,7 @@ class OrderBuilder:
         return f"{wf}/{task_id // 1000}/{prefix}{task_id}"
 
     def build(self, row: Claimed) -> RunOrder:
-        """Raises BadTask / TaskSpecError / ValueError when the row cannot be run."""
+        """Raises BadTask / InputError / ValueError when the row cannot be run."""
         pp = self.apps.get(row.app)
         if pp.python:
             return self._python(row, pp.python)

@@ -2,7 +2,7 @@
 
 An add reads top-down, over any connection (the client's own, or the leader's):
 
-1. **Validate** every input against the project's apps (``taskspec.check_task``): one line
+1. **Validate** every input against the project's apps (``validate.check_task``): one line
    naming the input and the field, before anything is written.
 2. **Plan** the batch (``taskplan.plan``): ``parents`` given as ids or as another input's
    ``key``, refused on an unknown key or a cycle, ordered parents first.
@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, sql, taskspec
+from . import db, sql, validate
+from .errors import InputError
 from .refusals import refusals
 from .taskplan import Label, Plan, at, default_label, dep_arrays, initial_states, json_chunk
 from .taskplan import plan as plan_batch
@@ -32,14 +33,14 @@ CHUNK = 25000  # tasks per INSERT of a bulk add (all chunks in one transaction)
 FirstStates = list[tuple[str, int, int | None, str]]
 
 
-def app_infos(conn: psycopg.Connection[Any]) -> dict[str, taskspec.AppInfo]:
+def app_infos(conn: psycopg.Connection[Any]) -> dict[str, validate.AppInfo]:
     """What validating a task needs to know about each app of the project, by name."""
     from psycopg.rows import dict_row
 
     with db.translated(), conn.cursor(row_factory=dict_row) as cur:
         apps = cur.execute(sql.query("apps_all")).fetchall()
-    return {a["name"]: taskspec.AppInfo(a["id"], a["name"], a["command"] or "",
-                                        taskspec.placeholders(a["command"] or ""),
+    return {a["name"]: validate.AppInfo(a["id"], a["name"], a["command"] or "",
+                                        validate.placeholders(a["command"] or ""),
                                         a["error_retry_limit"], a.get("python") or "")
             for a in apps}
 
@@ -97,7 +98,7 @@ class TaskWriter:
             for i, theirs in enumerate(plan.outside):
                 missing = [p for p in theirs if p not in states]
                 if missing:
-                    raise taskspec.TaskSpecError(
+                    raise InputError(
                         at(inputs.label(i)) + f"parents: no task with id {missing[0]}")
         return initial_states(inputs.checked(0, len(ids)), plan, ids, states)
 
@@ -114,7 +115,7 @@ class _Inputs:
     With parents or keys the whole batch is validated up front (planning needs every
     task); without, a chunk is validated when it is asked for."""
 
-    def __init__(self, raw: list[Mapping[str, Any]], apps: Mapping[str, taskspec.AppInfo],
+    def __init__(self, raw: list[Mapping[str, Any]], apps: Mapping[str, validate.AppInfo],
                  label: Label) -> None:
         self.raw = raw
         self.apps = apps
@@ -133,7 +134,7 @@ class _Inputs:
         out = []
         for i in range(lo, min(hi, len(self.raw))):
             try:
-                out.append(taskspec.check_task(self.raw[i], self.apps))
-            except taskspec.TaskSpecError as exc:
-                raise taskspec.TaskSpecError(at(self.label(i)) + str(exc)) from None
+                out.append(validate.check_task(self.raw[i], self.apps))
+            except InputError as exc:
+                raise InputError(at(self.label(i)) + str(exc)) from None
         return out

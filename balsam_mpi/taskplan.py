@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InputError
 from .models import STOPPED, TaskState
-from .taskspec import TASK_DEFAULTS, TaskSpecError
+from .validate import TASK_DEFAULTS
 
 Label = Callable[[int], str]
 
@@ -51,8 +52,8 @@ def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Pl
         key = task.get("key")
         if key is not None:
             if key in keys:
-                raise TaskSpecError(at(label(i)) + f"key: {key!r} is also the key of "
-                                    f"{label(keys[key])}; keys must be unique in a batch")
+                raise InputError(at(label(i)) + f"key: {key!r} is also the key of "
+                                 f"{label(keys[key])}; keys must be unique in a batch")
             keys[key] = i
     p = Plan()
     seen: set[int] = set()
@@ -62,15 +63,15 @@ def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Pl
         for ref in task.get("parents", ()):
             if isinstance(ref, str):
                 if ref not in keys:
-                    raise TaskSpecError(at(label(i)) + f"parents: no task of this batch has "
-                                        f"key {ref!r}")
+                    raise InputError(at(label(i)) + f"parents: no task of this batch has "
+                                     f"key {ref!r}")
                 if keys[ref] == i:
-                    raise TaskSpecError(at(label(i)) + "parents: a task cannot be its own parent")
+                    raise InputError(at(label(i)) + "parents: a task cannot be its own parent")
                 if keys[ref] not in mine:
                     mine.append(keys[ref])
             else:
                 if ref < 1:
-                    raise TaskSpecError(at(label(i)) + f"parents: {ref} is not a task id")
+                    raise InputError(at(label(i)) + f"parents: {ref} is not a task id")
                 if ref not in theirs:
                     theirs.append(ref)
                 if ref not in seen:
@@ -103,8 +104,8 @@ def _topological(parents: list[list[int]], tasks: Sequence[Mapping[str, Any]],
     if len(order) < n:
         stuck = next(i for i in range(n) if waiting[i] > 0)
         key = tasks[stuck].get("key")
-        raise TaskSpecError(at(label(stuck)) + f"parents: the dependencies of key {key!r} form a "
-                            "cycle; a task cannot (indirectly) depend on itself")
+        raise InputError(at(label(stuck)) + f"parents: the dependencies of key {key!r} form a "
+                         "cycle; a task cannot (indirectly) depend on itself")
     return order
 
 

@@ -119,9 +119,20 @@ def _one_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
     return component  # unreachable for a strongly connected component
 
 
+# Circles being cut on the launcher's side. An entry may only stay while its circle
+# exists (the test below fails once it is gone, so the entry is removed with the fix).
+KNOWN: set[frozenset[str]] = set()  # circles allowed for now: none
+
+
 def test_the_package_has_no_import_circle() -> None:
-    found = cycles(import_graph())
+    found = [c for c in cycles(import_graph()) if frozenset(c) not in KNOWN]
     assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_every_known_circle_still_exists() -> None:
+    found = {frozenset(c) for c in cycles(import_graph())}
+    gone = [sorted(k) for k in KNOWN if k not in found]
+    assert not gone, f"no longer circles, remove them from KNOWN: {gone}"
 
 
 @pytest.mark.parametrize("source, expected", [
