@@ -23,12 +23,14 @@ SELECT id, workflow, name, state, app, command, shell, env_script, params::text,
 
 -- name: launcher_report
 -- ``through``: the last report group of the leader's journal this batch completes (0 =
--- none); recorded with the reports, so a replay skips them (0008).
+-- none); recorded with the reports, so a replay skips them (0008). ``paired``: how many
+-- leading starts and ends are the start and plain success of the same task, each
+-- written once, READY → JOB_FINISHED (0011).
 SELECT step, changed
   FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s::bigint[], %(s_at)s::float8[],
                        %(f_ids)s::bigint[], %(f_kind)s::smallint[], %(f_rc)s::integer[],
                        %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[],
-                       %(through)s::bigint);
+                       %(through)s::bigint, %(paired)s::integer);
 
 -- name: launcher_app_extras
 -- What the claim does not return about the apps it returned: pre/postprocessing

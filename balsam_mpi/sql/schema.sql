@@ -3005,3 +3005,372 @@ CREATE TRIGGER tasks_notify_deleted AFTER DELETE ON tasks
 
 GRANT EXECUTE ON FUNCTION launcher_results(bigint, bigint, bigint[], text[])
 TO balsam_member;
+
+-- ==== 0011_one_write_per_short_task.sql ====
+-- 0011_one_write_per_short_task: a task whose start and plain success arrive in the same
+-- flush is written once, READY → JOB_FINISHED, instead of three times (→ RUNNING,
+-- → RUN_DONE, → JOB_FINISHED); its history is the same as when they come apart
+-- (docs/launcher.md, "Reports").
+--
+-- Each write of a task row is a new row version with an entry in each of its indexes,
+-- and it passes through every statement trigger; three writes per short task were most
+-- of the launcher's database time. The history is kept by the event trigger, which
+-- writes the three events the two-step path would have (the run's start at the node's
+-- start time, its end at the node's end time, then the finish), and the transition
+-- check, which lets a row skip from a startable state to JOB_FINISHED only when the
+-- same write records a new run (a new start and a new end time) through steps that are
+-- each allowed. Nothing but the report function writes such a row: members do not
+-- write states (0007), and the other definer functions never set JOB_FINISHED.
+--
+-- The leader puts the pairs first (store.py): a start and a plain success of the same
+-- task at the same index of the start and end arrays, ``p_paired`` of them. The server
+-- trusts nothing of that but its length: a pair whose ids differ, whose end is not a
+-- plain success, or whose row is not this claim's in a startable state is applied the
+-- usual way, as if it had not been paired.
+
+-- ---- the history ---------------------------------------------------------------------
+-- The events of one statement (0001's trigger), plus the three of a combined write.
+CREATE OR REPLACE FUNCTION tasks_events_on_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+SET enable_nestloop = off AS $$
+BEGIN
+    INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, message)
+    SELECT x.id, x.from_state, x.to_state,
+           CASE
+             WHEN x.to_state = 'RUNNING' AND x.started_at IS DISTINCT FROM x.old_started
+                  AND x.started_at IS NOT NULL THEN x.started_at
+             WHEN x.to_state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT')
+                  AND x.ended_at IS DISTINCT FROM x.old_ended
+                  AND x.ended_at IS NOT NULL THEN x.ended_at
+             ELSE clock_timestamp()
+           END,
+           x.batch_job_id, x.message
+      FROM (SELECT n.id, n.started_at, o.started_at AS old_started, n.ended_at,
+                   o.ended_at AS old_ended, n.state_message AS message,
+                   coalesce(n.batch_job_id, o.batch_job_id) AS batch_job_id,
+                   CASE WHEN NOT c.combined OR k.step = 1 THEN o.state
+                        WHEN k.step = 2 THEN 'RUNNING'::task_state
+                        ELSE 'RUN_DONE'::task_state END AS from_state,
+                   CASE WHEN NOT c.combined THEN n.state
+                        WHEN k.step = 1 THEN 'RUNNING'::task_state
+                        WHEN k.step = 2 THEN 'RUN_DONE'::task_state
+                        ELSE n.state END AS to_state
+              FROM new_rows n JOIN old_rows o ON o.id = n.id
+             CROSS JOIN LATERAL (
+                   SELECT n.state = 'JOB_FINISHED'
+                          AND o.state IN ('READY', 'RESTART_READY', 'PREPROCESSED')
+                          AS combined) c
+             CROSS JOIN (VALUES (1), (2), (3)) AS k (step)
+             WHERE n.state IS DISTINCT FROM o.state AND (k.step = 1 OR c.combined)
+             -- As the two-step path numbers them: every start, then every end, then
+             -- every finish (a task's own events in the order they happened).
+             ORDER BY k.step) x;
+    RETURN NULL;
+END $$;
+
+-- 0007's check, and the one skip a combined write makes.
+CREATE OR REPLACE FUNCTION tasks_check_transitions() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+SET enable_nestloop = off AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT n.id, o.state AS from_state, n.state AS to_state INTO bad
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.state <> o.state
+       AND NOT EXISTS (SELECT 1 FROM public.task_transitions x
+                        WHERE x.from_state = o.state AND x.to_state = n.state)
+       AND NOT (n.state = 'JOB_FINISHED'
+                AND o.state IN ('READY', 'RESTART_READY', 'PREPROCESSED')
+                AND n.started_at IS NOT NULL AND n.started_at IS DISTINCT FROM o.started_at
+                AND n.ended_at IS NOT NULL AND n.ended_at IS DISTINCT FROM o.ended_at
+                AND EXISTS (SELECT 1 FROM public.task_transitions x
+                             WHERE x.from_state = o.state AND x.to_state = 'RUNNING'))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'task %: % -> % is not a state change balsam allows', bad.id,
+            bad.from_state, bad.to_state USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- ---- the reports -----------------------------------------------------------------------
+-- 0008's launcher_apply_reports with the combined write first; the counts are those the
+-- two-step path returns (a combined task counts as started, ended and finished).
+CREATE FUNCTION launcher_apply_reports(
+    p_job bigint, p_epoch bigint,
+    s_ids bigint[], s_at double precision[],
+    f_ids bigint[], f_kind smallint[], f_rc integer[], f_started double precision[],
+    f_ended double precision[], f_tail text[], p_paired integer)
+RETURNS TABLE (step text, changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    had_starts boolean := cardinality(s_ids) > 0;
+    had_ends boolean := cardinality(f_ids) > 0;
+    paired integer := least(greatest(coalesce(p_paired, 0), 0), cardinality(s_ids),
+                            cardinality(f_ids));
+    c bigint := 0;
+    n bigint;
+    n_started bigint := 0;
+    m bigint := 0;
+    lost bigint := 0;
+    n_ends bigint;
+    ok_ids bigint[];
+    post_ids bigint[];
+    bad_ids bigint[];
+    failed_ids bigint[];
+BEGIN
+    IF had_starts AND EXISTS (SELECT 1 FROM public.apps a WHERE a.preprocess <> '') THEN
+        UPDATE public.tasks t SET state = 'PREPROCESSED'
+          FROM unnest(s_ids) AS s(id), public.apps a
+         WHERE t.id = s.id AND a.id = t.app_id AND a.preprocess <> ''
+           AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch AND t.state = 'READY';
+    END IF;
+
+    -- The pairs: one write each, READY (or RESTART_READY, PREPROCESSED) → JOB_FINISHED,
+    -- fenced like every other write. The arrays are zipped, not joined: no plan to go
+    -- wrong whatever the batch's size.
+    IF paired > 0 THEN
+        UPDATE public.tasks t
+           SET state = 'JOB_FINISHED', started_at = to_timestamp(p.at),
+               ended_at = to_timestamp(p.ended), exit_code = p.rc, output_tail = '',
+               state_message = ''
+          FROM unnest(s_ids[1:paired], s_at[1:paired], f_ids[1:paired],
+                      f_kind[1:paired], f_rc[1:paired], f_ended[1:paired])
+               AS p(id, at, f_id, kind, rc, ended)
+         WHERE p.f_id = p.id AND p.kind = 0
+           AND t.id = p.id AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
+           AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED')
+           AND t.started_at IS DISTINCT FROM to_timestamp(p.at)
+           AND t.ended_at IS DISTINCT FROM to_timestamp(p.ended);
+        GET DIAGNOSTICS c = ROW_COUNT;
+        IF c = paired THEN
+            -- All written: the rest of the batch is what follows the pairs. (Otherwise
+            -- every report goes on as usual; the rows written here no longer match.)
+            s_ids := s_ids[paired + 1:]; s_at := s_at[paired + 1:];
+            f_ids := f_ids[paired + 1:]; f_kind := f_kind[paired + 1:];
+            f_rc := f_rc[paired + 1:]; f_started := f_started[paired + 1:];
+            f_ended := f_ended[paired + 1:]; f_tail := f_tail[paired + 1:];
+        END IF;
+    END IF;
+
+    IF cardinality(s_ids) > 0 THEN
+        UPDATE public.tasks t SET state = 'RUNNING', started_at = to_timestamp(s.at),
+                                  state_message = ''
+          FROM unnest(s_ids, s_at) AS s(id, at)
+         WHERE t.id = s.id AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
+           AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED');
+        GET DIAGNOSTICS n_started = ROW_COUNT;
+        -- Some starts matched nothing: a task killed before its start was written keeps
+        -- the run it had (its RUNNING event at the node's time; the state stays killed).
+        IF n_started + (CASE WHEN c = paired THEN 0 ELSE c END) < cardinality(s_ids) THEN
+            WITH hit AS (
+                UPDATE public.tasks t SET started_at = to_timestamp(s.at)
+                  FROM unnest(s_ids, s_at) AS s(id, at),
+                       LATERAL (SELECT e.from_state, e.to_state, e.batch_job_id
+                                  FROM public.task_events e WHERE e.task_id = s.id
+                                 ORDER BY e.id DESC LIMIT 1) last
+                 WHERE t.id = s.id AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
+                   AND t.state = 'USER_KILLED' AND last.to_state = 'USER_KILLED'
+                   AND last.from_state IS DISTINCT FROM 'RUNNING'
+                   AND last.batch_job_id = p_job
+                RETURNING t.id, t.started_at, last.from_state
+            )
+            INSERT INTO public.task_events (task_id, from_state, to_state, at, batch_job_id,
+                                            message)
+            SELECT h.id, h.from_state, 'RUNNING', h.started_at, p_job,
+                   'started on its node before the kill reached it'
+              FROM hit h;
+        END IF;
+    END IF;
+    IF had_starts THEN
+        step := 'started'; changed := n_started + c; RETURN NEXT;
+    END IF;
+    IF NOT had_ends THEN
+        RETURN;
+    END IF;
+    IF cardinality(f_ids) = 0 THEN
+        step := 'ended'; changed := c; RETURN NEXT;
+        step := 'finished'; changed := c; RETURN NEXT;
+        RETURN;
+    END IF;
+
+    IF 13 = ANY (f_kind) THEN  -- the preprocess failed: the task never ran
+        UPDATE public.tasks t
+           SET state = 'FAILED', ended_at = to_timestamp(f.ended), exit_code = f.rc,
+               output_tail = f.tail, state_message = format('preprocess exit code %s', f.rc),
+               batch_job_id = NULL
+          FROM unnest(f_ids, f_kind, f_rc, f_ended, f_tail) AS f(id, kind, rc, ended, tail)
+         WHERE f.kind = 13 AND t.id = f.id AND t.batch_job_id = p_job
+           AND t.lease_epoch = p_epoch AND t.state = 'READY';
+        GET DIAGNOSTICS m = ROW_COUNT;
+    END IF;
+
+    IF 14 = ANY (f_kind) THEN  -- its worker rank stopped answering: lost, as with a lease
+        UPDATE public.tasks t
+           SET state = CASE WHEN t.lost_retries >= t.lost_retry_limit
+                            THEN 'FAILED'::public.task_state
+                            ELSE 'RESTART_READY'::public.task_state END,
+               lost_retries = t.lost_retries + (t.lost_retries < t.lost_retry_limit)::integer,
+               batch_job_id = NULL, claimed_at = NULL, state_message = 'lost: ' || f.tail
+          FROM unnest(f_ids, f_kind, f_tail) AS f(id, kind, tail)
+         WHERE f.kind = 14 AND t.id = f.id AND t.batch_job_id = p_job
+           AND t.lease_epoch = p_epoch AND t.state = 'RUNNING';
+        GET DIAGNOSTICS lost = ROW_COUNT;
+    END IF;
+
+    UPDATE public.tasks t
+       SET state = CASE WHEN f.kind IN (0, 5, 6) THEN 'RUN_DONE'::public.task_state
+                        WHEN f.kind IN (2, 10, 11, 12) THEN 'RUN_TIMEOUT'::public.task_state
+                        WHEN f.kind = 3 THEN 'RESTART_READY'::public.task_state
+                        ELSE 'RUN_ERROR'::public.task_state END,
+           started_at = coalesce(t.started_at, to_timestamp(f.started)),
+           ended_at = to_timestamp(f.ended),
+           exit_code = f.rc,
+           output_tail = CASE WHEN f.kind IN (0, 5, 15) THEN '' ELSE f.tail END,
+           state_message = CASE
+               WHEN f.kind IN (0, 5) THEN ''
+               WHEN f.kind = 6 THEN 'the postprocess failed'
+               WHEN f.kind IN (2, 11) THEN 'ran over its wall_time_min'
+               WHEN f.kind = 10 THEN 'ran over its wall_time_min; the timeout handler dealt with it'
+               WHEN f.kind = 12 THEN 'ran over its wall_time_min; the timeout handler failed'
+               WHEN f.kind = 3 THEN 'requeued: the batch job stopped it'
+               WHEN f.kind = 7 THEN format('exit code %s; the error handler dealt with it', f.rc)
+               WHEN f.kind = 9 THEN format('exit code %s; the error handler failed', f.rc)
+               WHEN f.kind = 15 THEN f.tail
+               ELSE format('exit code %s', f.rc) END,
+           batch_job_id = CASE WHEN f.kind = 3 THEN NULL ELSE t.batch_job_id END
+      FROM unnest(f_ids, f_kind, f_rc, f_started, f_ended, f_tail)
+           AS f(id, kind, rc, started, ended, tail)
+     WHERE f.kind NOT IN (4, 13, 14) AND t.id = f.id AND t.batch_job_id = p_job
+       AND t.lease_epoch = p_epoch AND t.state = 'RUNNING';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    step := 'ended'; changed := n + m + lost + c; RETURN NEXT;
+
+    -- Ends that matched nothing, of tasks killed under this claim: the run is kept (0008).
+    SELECT count(*) INTO n_ends FROM unnest(f_kind) AS k(kind) WHERE k.kind NOT IN (13, 14);
+    IF n + (CASE WHEN c = paired THEN 0 ELSE c END) < n_ends THEN
+        WITH hit AS (
+            UPDATE public.tasks t
+               SET started_at = coalesce(t.started_at, to_timestamp(f.started)),
+                   ended_at = to_timestamp(f.ended), exit_code = f.rc,
+                   output_tail = CASE WHEN f.kind IN (0, 5) THEN '' ELSE f.tail END
+              FROM unnest(f_ids, f_kind, f_rc, f_started, f_ended, f_tail)
+                   AS f(id, kind, rc, started, ended, tail),
+                   LATERAL (SELECT e.from_state, e.to_state, e.batch_job_id
+                              FROM public.task_events e WHERE e.task_id = f.id
+                             ORDER BY e.id DESC LIMIT 1) last
+             WHERE f.kind NOT IN (13, 14) AND t.id = f.id AND t.batch_job_id = p_job
+               AND t.lease_epoch = p_epoch AND t.state = 'USER_KILLED'
+               AND last.batch_job_id = p_job
+               AND (last.to_state = 'RUNNING'
+                    OR last.to_state = 'USER_KILLED' AND last.from_state = 'RUNNING')
+            RETURNING t.id, t.ended_at, f.kind, f.rc, last.to_state AS last_state
+        )
+        INSERT INTO public.task_events (task_id, from_state, to_state, at, batch_job_id,
+                                        message)
+        SELECT h.id, 'RUNNING',
+               CASE WHEN h.kind IN (0, 5, 6) THEN 'RUN_DONE'::public.task_state
+                    WHEN h.kind IN (2, 10, 11, 12) THEN 'RUN_TIMEOUT'::public.task_state
+                    WHEN h.kind IN (3, 4) THEN 'USER_KILLED'::public.task_state
+                    ELSE 'RUN_ERROR'::public.task_state END,
+               h.ended_at, p_job,
+               format('exit code %s; the task stays killed', h.rc)
+          FROM hit h WHERE h.last_state = 'RUNNING';
+    END IF;
+
+    SELECT array_agg(x.id) FILTER (WHERE x.kind = 0),
+           array_agg(x.id) FILTER (WHERE x.kind IN (5, 7, 10)),
+           array_agg(x.id) FILTER (WHERE x.kind IN (1, 2, 8, 11)),
+           array_agg(x.id) FILTER (WHERE x.kind IN (6, 9, 12, 15))
+      INTO ok_ids, post_ids, bad_ids, failed_ids
+      FROM unnest(f_ids, f_kind) AS x(id, kind);
+
+    IF ok_ids IS NOT NULL OR c > 0 THEN
+        n := 0;
+        IF ok_ids IS NOT NULL THEN
+            UPDATE public.tasks t SET state = 'JOB_FINISHED'
+             WHERE t.id = ANY (ok_ids) AND t.batch_job_id = p_job
+               AND t.lease_epoch = p_epoch AND t.state = 'RUN_DONE';
+            GET DIAGNOSTICS n = ROW_COUNT;
+        END IF;
+        step := 'finished'; changed := n + c; RETURN NEXT;
+    END IF;
+
+    IF post_ids IS NOT NULL THEN
+        UPDATE public.tasks t SET state = 'POSTPROCESSED'
+         WHERE t.id = ANY (post_ids) AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
+           AND t.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT');
+        UPDATE public.tasks t SET state = 'JOB_FINISHED'
+         WHERE t.id = ANY (post_ids) AND t.batch_job_id = p_job
+           AND t.lease_epoch = p_epoch AND t.state = 'POSTPROCESSED';
+        GET DIAGNOSTICS n = ROW_COUNT;
+        step := 'postprocessed'; changed := n; RETURN NEXT;
+    END IF;
+
+    IF failed_ids IS NOT NULL THEN
+        UPDATE public.tasks t SET state = 'FAILED', batch_job_id = NULL
+         WHERE t.id = ANY (failed_ids) AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
+           AND t.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT');
+        GET DIAGNOSTICS n = ROW_COUNT;
+        step := 'failed'; changed := n; RETURN NEXT;
+    END IF;
+
+    IF bad_ids IS NOT NULL THEN
+        UPDATE public.tasks t
+           SET state = CASE WHEN r.retry THEN 'RESTART_READY'::public.task_state
+                            ELSE 'FAILED'::public.task_state END,
+               error_retries = t.error_retries
+                               + (r.retry AND t.state = 'RUN_ERROR')::integer,
+               timeout_retries = t.timeout_retries
+                                 + (r.retry AND t.state = 'RUN_TIMEOUT')::integer,
+               batch_job_id = NULL
+          FROM (SELECT x.id,
+                       x.state = 'RUN_ERROR' AND x.error_retries < x.error_retry_limit
+                       OR x.state = 'RUN_TIMEOUT'
+                          AND x.timeout_retries < x.timeout_retry_limit AS retry
+                  FROM public.tasks x WHERE x.id = ANY (bad_ids)) r
+         WHERE t.id = r.id AND t.batch_job_id = p_job
+           AND t.lease_epoch = p_epoch AND t.state IN ('RUN_ERROR', 'RUN_TIMEOUT');
+        GET DIAGNOSTICS n = ROW_COUNT;
+        step := 'retried_or_failed'; changed := n; RETURN NEXT;
+    END IF;
+END $$;
+
+-- 0008's entry points keep their meaning: no pairs (a replay's lines come in groups).
+CREATE OR REPLACE FUNCTION launcher_apply_reports(
+    p_job bigint, p_epoch bigint,
+    s_ids bigint[], s_at double precision[],
+    f_ids bigint[], f_kind smallint[], f_rc integer[], f_started double precision[],
+    f_ended double precision[], f_tail text[])
+RETURNS TABLE (step text, changed bigint)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT * FROM public.launcher_apply_reports(p_job, p_epoch, s_ids, s_at, f_ids, f_kind,
+                                                f_rc, f_started, f_ended, f_tail, 0);
+$$;
+
+-- The leader's reports with their pairs: as 0008's journaled launcher_report.
+CREATE FUNCTION launcher_report(
+    p_job bigint, p_epoch bigint,
+    s_ids bigint[], s_at double precision[],
+    f_ids bigint[], f_kind smallint[], f_rc integer[], f_started double precision[],
+    f_ended double precision[], f_tail text[], p_through bigint, p_paired integer)
+RETURNS TABLE (step text, changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    PERFORM launcher_check_user(p_job);
+    IF p_through > 0 THEN
+        UPDATE public.launcher_journals j
+           SET applied_through = greatest(j.applied_through, p_through)
+         WHERE j.job_id = p_job AND j.lease_epoch = p_epoch;
+    END IF;
+    RETURN QUERY SELECT * FROM launcher_apply_reports(p_job, p_epoch, s_ids, s_at, f_ids,
+                                                      f_kind, f_rc, f_started, f_ended,
+                                                      f_tail, p_paired);
+END $$;
+
+GRANT EXECUTE ON FUNCTION
+    launcher_report(bigint, bigint, bigint[], double precision[], bigint[], smallint[],
+                    integer[], double precision[], double precision[], text[], bigint,
+                    integer)
+TO balsam_member;
