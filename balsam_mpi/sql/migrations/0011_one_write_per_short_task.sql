@@ -15,15 +15,18 @@
 --
 -- The leader puts the pairs first (store.py): a start and a plain success of the same
 -- task at the same index of the start and end arrays, ``p_paired`` of them. The server
--- trusts nothing of that but its length: a pair whose ids differ, whose end is not a
--- plain success, or whose row is not this claim's in a startable state is applied the
--- usual way, as if it had not been paired.
+-- checks them: if any pair is not one (ids that differ, an end that is not a plain
+-- success) the batch is applied the usual way; a pair whose row is not this claim's in
+-- a startable state is left to the usual statements, as if it had not been paired.
 
 -- ---- the history ---------------------------------------------------------------------
 -- The events of one statement (0001's trigger), plus the three of a combined write.
+-- The join of the transition tables stays a hash or merge join (0007); the step list
+-- can only be a nested loop, whose penalty cost would make the server compile the
+-- statement (jit: ≈ 0.2 s, more than the whole flush), hence jit = off.
 CREATE OR REPLACE FUNCTION tasks_events_on_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
-SET enable_nestloop = off AS $$
+SET enable_nestloop = off SET jit = off AS $$
 BEGIN
     INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, message)
     SELECT x.id, x.from_state, x.to_state,
@@ -120,17 +123,22 @@ BEGIN
 
     -- The pairs: one write each, READY (or RESTART_READY, PREPROCESSED) → JOB_FINISHED,
     -- fenced like every other write. The arrays are zipped, not joined: no plan to go
-    -- wrong whatever the batch's size.
+    -- wrong whatever the batch's size. A batch whose pairs are not pairs (a start and
+    -- an end of different tasks, an end that is not a plain success) has none.
+    IF paired > 0 AND EXISTS (
+        SELECT 1 FROM unnest(s_ids[1:paired], f_ids[1:paired], f_kind[1:paired])
+                      AS p(id, f_id, kind)
+         WHERE p.f_id IS DISTINCT FROM p.id OR p.kind IS DISTINCT FROM 0) THEN
+        paired := 0;
+    END IF;
     IF paired > 0 THEN
         UPDATE public.tasks t
            SET state = 'JOB_FINISHED', started_at = to_timestamp(p.at),
                ended_at = to_timestamp(p.ended), exit_code = p.rc, output_tail = '',
                state_message = ''
-          FROM unnest(s_ids[1:paired], s_at[1:paired], f_ids[1:paired],
-                      f_kind[1:paired], f_rc[1:paired], f_ended[1:paired])
-               AS p(id, at, f_id, kind, rc, ended)
-         WHERE p.f_id = p.id AND p.kind = 0
-           AND t.id = p.id AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
+          FROM unnest(s_ids[1:paired], s_at[1:paired], f_rc[1:paired], f_ended[1:paired])
+               AS p(id, at, rc, ended)
+         WHERE t.id = p.id AND t.batch_job_id = p_job AND t.lease_epoch = p_epoch
            AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED')
            AND t.started_at IS DISTINCT FROM to_timestamp(p.at)
            AND t.ended_at IS DISTINCT FROM to_timestamp(p.ended);
@@ -365,3 +373,113 @@ GRANT EXECUTE ON FUNCTION
                     integer[], double precision[], double precision[], text[], bigint,
                     integer)
 TO balsam_member;
+
+-- ---- the claim's indexes ---------------------------------------------------------------
+-- The runnable indexes (0001) leave out claimed rows: a claim's write (batch_job_id set)
+-- is then no entry in them, two index writes fewer per claimed task, and the next claim
+-- does not step over the rows claimed before it that have not started yet (it filtered
+-- them out one by one). The claim already asks for batch_job_id IS NULL, so its plan
+-- stays on these indexes (tests/db/test_claim.py, test_claim_index.py).
+DROP INDEX tasks_runnable;
+DROP INDEX tasks_runnable_workflow;
+CREATE INDEX tasks_runnable ON tasks (priority DESC, id)
+    WHERE state IN ('READY', 'RESTART_READY') AND batch_job_id IS NULL;
+CREATE INDEX tasks_runnable_workflow ON tasks (workflow, priority DESC, id)
+    WHERE state IN ('READY', 'RESTART_READY') AND batch_job_id IS NULL;
+
+-- ---- the DAG trigger -------------------------------------------------------------------
+-- As 0007's, but a statement that finished tasks with no children (most of a launcher's
+-- flushes) no longer runs the children's UPDATE for nothing: that empty statement still
+-- went through every statement trigger on tasks.
+CREATE OR REPLACE FUNCTION tasks_propagate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    done bigint[];
+    stopped bigint[];
+BEGIN
+    -- Cheap exit for the launcher's common case (RUNNING, RUN_DONE, …): nothing to do.
+    IF NOT EXISTS (
+        SELECT 1 FROM new_rows n WHERE n.state IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
+    ) THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE $q$
+        SELECT array_agg(n.id) FILTER (WHERE n.state = 'JOB_FINISHED'),
+               array_agg(n.id) FILTER (WHERE n.state <> 'JOB_FINISHED')
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.state = 'JOB_FINISHED' AND o.state <> 'JOB_FINISHED'
+            OR n.state IN ('FAILED', 'USER_KILLED')
+               AND o.state NOT IN ('FAILED', 'USER_KILLED')$q$
+      INTO done, stopped;
+
+    -- Parents that just finished: one decrement per (child, finished parents) pair; a
+    -- child whose count reaches 0 while it waits becomes READY.
+    IF done IS NOT NULL AND EXISTS (
+        SELECT 1 FROM unnest(done) AS p (id) JOIN public.task_deps d ON d.parent_id = p.id
+    ) THEN
+        WITH counts AS (
+            SELECT d.child_id, count(*)::integer AS k
+              FROM unnest(done) AS p (id) JOIN public.task_deps d ON d.parent_id = p.id
+             GROUP BY d.child_id
+        )
+        UPDATE public.tasks c
+           SET pending_parents = greatest(c.pending_parents - counts.k, 0),
+               state = CASE WHEN c.state = 'AWAITING_PARENTS' AND c.pending_parents <= counts.k
+                            THEN 'READY'::task_state ELSE c.state END,
+               state_message = CASE WHEN c.state = 'AWAITING_PARENTS'
+                                     AND c.pending_parents <= counts.k
+                                    THEN 'parents finished' ELSE c.state_message END
+          FROM counts
+         WHERE c.id = counts.child_id;
+    END IF;
+    IF stopped IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    -- Parents that just stopped (FAILED or USER_KILLED): every waiting descendant reached
+    -- through children that fail with their parents is FAILED, naming the ancestor.
+    -- Rows stopped by this same statement are already stopped here, so a bulk kill of a
+    -- whole workflow does not walk its graph again.
+    WITH RECURSIVE down (id, root) AS (
+        SELECT d.child_id, s.id FROM unnest(stopped) AS s (id)
+          JOIN public.task_deps d ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+        UNION
+        SELECT x.child_id, down.root FROM down CROSS JOIN LATERAL (
+            SELECT d.child_id FROM public.task_deps d
+              JOIN public.tasks c ON c.id = d.child_id
+             WHERE d.parent_id = down.id AND c.fail_with_parents
+               AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+            OFFSET 0) x
+    ), first_root AS (
+        SELECT DISTINCT ON (down.id) down.id, down.root FROM down ORDER BY down.id, down.root
+    )
+    UPDATE public.tasks c
+       SET state = 'FAILED',
+           failed_by = f.root,
+           state_message = format('upstream task %s is %s', f.root, r.state)
+      FROM first_root f JOIN public.tasks r ON r.id = f.root
+     WHERE c.id = f.id;
+
+    -- Children that opt out (fail_with_parents = false) count a stopped parent as done.
+    WITH counts AS (
+        SELECT d.child_id, count(*)::integer AS k
+          FROM unnest(stopped) AS s (id) JOIN public.task_deps d ON d.parent_id = s.id
+          JOIN public.tasks c ON c.id = d.child_id
+         WHERE NOT c.fail_with_parents AND c.state IN ('CREATED', 'AWAITING_PARENTS')
+         GROUP BY d.child_id
+    )
+    UPDATE public.tasks c
+       SET pending_parents = greatest(c.pending_parents - counts.k, 0),
+           state = CASE WHEN c.state = 'AWAITING_PARENTS' AND c.pending_parents <= counts.k
+                        THEN 'READY'::task_state ELSE c.state END,
+           state_message = CASE WHEN c.state = 'AWAITING_PARENTS'
+                                 AND c.pending_parents <= counts.k
+                                THEN 'parents done (some did not finish)'
+                                ELSE c.state_message END
+      FROM counts
+     WHERE c.id = counts.child_id;
+    RETURN NULL;
+END $$;
+
