@@ -3,9 +3,12 @@
 The launcher does not log how long each claim or flush took (its database calls run on a
 thread the profiler does not see), so these are timed here, outside a launcher, through
 the same :class:`balsam_mpi.store.Store` calls the leader makes: a claim of k rows, and a
-report of k starts and of k ends, for several k. A straight line a + b·k is fitted to
-each (the fixed cost of a round trip and statement, and the cost per row), on relative
-errors.
+report of k starts and of k ends, for several k; and a claim of k more whose starts and
+ends go in one report (what a flush carries for tasks shorter than the flush interval:
+one write per task, migration 0011). A straight line a + b·k is fitted to each (the fixed
+cost of a round trip and statement, and the cost per row), on relative errors. The
+database time per task is the sum of the per-row costs: claim + start + end when they
+are flushed apart, claim + the combined report when together.
 """
 
 from __future__ import annotations
@@ -42,14 +45,14 @@ def db_costs(proj: Project, conn: Any, reps: int = 3,
              sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     """Median latency (s) of claim, start report and end report by batch size, and fits."""
     lc.reset(conn)
-    lc.add_tasks(conn, sum(sizes) * reps, "/bin/true", 64)
+    lc.add_tasks(conn, 2 * sum(sizes) * reps, "/bin/true", 64)
     store = Store.connect(proj)
     try:
         lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None,
                                host="calibrate", nodes=1, ranks=1, filters=ClaimFilter(),
                                wall_time_min=None, lease_sec=600)
-        samples: dict[str, dict[int, list[float]]] = {"claim": {}, "report_started": {},
-                                                      "report_finished": {}}
+        samples: dict[str, dict[int, list[float]]] = {
+            "claim": {}, "report_started": {}, "report_finished": {}, "report_combined": {}}
         for _ in range(reps):
             for k in sizes:
                 t0 = time.perf_counter()
@@ -69,6 +72,17 @@ def db_costs(proj: Project, conn: Any, reps: int = 3,
                 samples["claim"].setdefault(k, []).append(t1 - t0)
                 samples["report_started"].setdefault(k, []).append(t2 - t1)
                 samples["report_finished"].setdefault(k, []).append(t3 - t2)
+                rows = store.claim(lease, limit=k, capacity=float(k), max_need=1.0,
+                                   filters=ClaimFilter())
+                now = time.time()
+                t4 = time.perf_counter()
+                store.report(lease, [Started(r.id, lease.epoch, now) for r in rows],
+                             [Finished(r.id, lease.epoch, int(EndKind.DONE), 0, now,
+                                       now + 1e-3) for r in rows])
+                t5 = time.perf_counter()
+                if len(rows) != k:
+                    raise RuntimeError(f"claimed {len(rows)} of {k} rows while calibrating")
+                samples["report_combined"].setdefault(k, []).append(t5 - t4)
         store.close_job(lease, "FINISHED", "calibration")
     finally:
         store.close()
@@ -76,4 +90,8 @@ def db_costs(proj: Project, conn: Any, reps: int = 3,
     for name, by_k in samples.items():
         med = [statistics.median(by_k[k]) for k in sizes]
         out[name] = {"median_s": med, "fit": fit_line([float(k) for k in sizes], med)}
+    row = {name: out[name]["fit"]["per_row_s"] for name in samples}
+    out["per_task_s"] = {
+        "two_step": row["claim"] + row["report_started"] + row["report_finished"],
+        "combined": row["claim"] + row["report_combined"]}
     return out

@@ -8,7 +8,7 @@ per task (from its log), the marginal CPU per task (less the leader's CPU in a r
 no tasks: start-up and close) and its capacity = 1 / marginal CPU per task, i.e. how
 many tasks/s one leader core could feed if the database and workers kept up. The same run
 measures, for the scale model, the database latency of a claim and of a report flush by
-batch size (``calibrate.py``) and the leader's CPU per message (``msgcost.py``); the
+batch size, and the database time per task (``calibrate.py``) and the leader's CPU per message (``msgcost.py``); the
 ceiling is the bare SKIP LOCKED claim rate of ``ceiling`` (k = 4096, one claimer),
 re-measured here.
 """
@@ -110,10 +110,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                         f"claim ceiling), leader {m['leader_cpu_us_per_task']:.1f} us/task, "
                         f"{m['leader_marginal_us_per_task']:.1f} marginal = capacity "
                         f"{m['capacity_per_s']:.0f}/s")
-    for name in ("claim", "report_started", "report_finished"):
+    for name in ("claim", "report_started", "report_finished", "report_combined"):
         fit = costs[name]["fit"]
         summary[f"{name} latency"] = (f"{fit['fixed_s'] * 1e3:.2f} ms + "
                                       f"{fit['per_row_s'] * 1e6:.1f} us/row")
+    per_task = costs["per_task_s"]
+    summary["database time per task"] = (
+        f"{per_task['combined'] * 1e6:.1f} us with start and end in one flush, "
+        f"{per_task['two_step'] * 1e6:.1f} us apart (target 25)")
     summary["leader cpu per REPORT"] = f"{msg['cpu_s_per_msg_items_1'] * 1e6:.0f} us"
     summary["written"] = str(path)
     return summary
