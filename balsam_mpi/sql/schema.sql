@@ -3396,6 +3396,126 @@ CREATE INDEX tasks_runnable ON tasks (priority DESC, id)
 CREATE INDEX tasks_runnable_workflow ON tasks (workflow, priority DESC, id)
     WHERE state IN ('READY', 'RESTART_READY') AND batch_job_id IS NULL;
 
+-- ---- the claim's foreign key ------------------------------------------------------------
+-- tasks.batch_job_id referenced batch_jobs (0001): Postgres checked it with a query per
+-- claimed row (a key-share lock on the job's row, for each of up to 4,096 rows). Only
+-- launcher_claim sets it, to the caller's own running job, which it now locks once per
+-- claim the same way; and what ON DELETE SET NULL did is done by a trigger on
+-- batch_jobs (`balsam-dbctl prune` deletes jobs whose tasks may be kept).
+ALTER TABLE tasks DROP CONSTRAINT tasks_batch_job_id_fkey;
+
+CREATE FUNCTION batch_jobs_release_tasks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    UPDATE public.tasks t SET batch_job_id = NULL
+      FROM old_rows o WHERE t.batch_job_id = o.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER batch_jobs_release_tasks AFTER DELETE ON batch_jobs
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION batch_jobs_release_tasks();
+
+-- 0008's claim, with the job's row locked once (above).
+CREATE OR REPLACE FUNCTION launcher_claim(
+    p_job bigint, p_epoch bigint, p_limit integer, p_capacity double precision,
+    p_max_need double precision, p_workflows text[], p_tags jsonb, p_owners text[],
+    p_remaining_min double precision, p_max_nodes integer)
+RETURNS TABLE (id bigint, workflow text, name text, state task_state, app text,
+               command text, shell boolean, env_script text, params jsonb, args text[],
+               env jsonb, num_nodes integer, ranks_per_node integer,
+               threads_per_rank integer, gpus_per_rank integer,
+               node_packing_count integer, wall_time_min double precision,
+               priority integer, input_files text[], parents jsonb)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off SET jit = off
+AS $$
+BEGIN
+    PERFORM launcher_check_user(p_job);
+    -- FOR KEY SHARE: the job cannot be deleted before this claim commits (what the
+    -- foreign key's check did for every row).
+    PERFORM 1 FROM public.batch_jobs b
+      WHERE b.id = p_job AND b.lease_epoch = p_epoch AND b.state = 'RUNNING'
+        FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batch job % (epoch %) no longer holds its lease', p_job, p_epoch
+            USING ERRCODE = 'lock_not_available';
+    END IF;
+    IF p_workflows IS NULL THEN
+        RETURN QUERY
+        WITH locked AS (
+            SELECT t.id, t.priority, 1.0::float8 / t.node_packing_count AS need
+              FROM public.tasks t
+             WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
+               AND t.num_nodes <= p_max_nodes
+               AND 1.0::float8 / t.node_packing_count <= p_max_need + 1e-9
+               AND (p_remaining_min IS NULL OR t.wall_time_min <= p_remaining_min)
+               AND (p_tags IS NULL OR t.tags @> p_tags)
+               AND (p_owners IS NULL OR t.owner = ANY (p_owners))
+             ORDER BY t.priority DESC, t.id
+             LIMIT p_limit
+               FOR UPDATE OF t SKIP LOCKED
+        ), fitting AS (
+            SELECT s.id FROM (
+                SELECT l.id, sum(l.need) OVER (ORDER BY l.priority DESC, l.id) AS used
+                  FROM locked l) s
+             WHERE s.used <= p_capacity + 1e-9
+        )
+        UPDATE public.tasks t
+           SET batch_job_id = p_job, lease_epoch = p_epoch, claimed_at = now()
+          FROM fitting f, public.apps a
+         WHERE t.id = f.id AND a.id = t.app_id
+        RETURNING t.id, t.workflow, t.name, t.state, a.name, a.command, a.shell,
+                  a.env_script, t.params, t.args, t.env, t.num_nodes, t.ranks_per_node,
+                  t.threads_per_rank, t.gpus_per_rank, t.node_packing_count,
+                  t.wall_time_min, t.priority, t.input_files,
+                  CASE WHEN cardinality(t.input_files) > 0 THEN
+                      (SELECT jsonb_agg(jsonb_build_array(p.workflow, p.id, p.name)
+                                        ORDER BY p.id)
+                         FROM public.task_deps d JOIN public.tasks p ON p.id = d.parent_id
+                        WHERE d.child_id = t.id) END;
+    ELSE
+        RETURN QUERY
+        WITH locked AS (
+            SELECT c.id, c.priority, c.need
+              FROM unnest(p_workflows) AS w(name)
+             CROSS JOIN LATERAL (
+                SELECT t.id, t.priority, 1.0::float8 / t.node_packing_count AS need
+                  FROM public.tasks t
+                 -- A range, not `=` (0004 says why: it keeps tasks_runnable_workflow).
+                 WHERE t.workflow >= w.name AND t.workflow <= w.name
+                   AND t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
+                   AND t.num_nodes <= p_max_nodes
+                   AND 1.0::float8 / t.node_packing_count <= p_max_need + 1e-9
+                   AND (p_remaining_min IS NULL OR t.wall_time_min <= p_remaining_min)
+                   AND (p_tags IS NULL OR t.tags @> p_tags)
+                   AND (p_owners IS NULL OR t.owner = ANY (p_owners))
+                 ORDER BY t.workflow, t.priority DESC, t.id
+                 LIMIT p_limit
+                   FOR UPDATE OF t SKIP LOCKED) c
+        ), fitting AS (
+            SELECT s.id FROM (
+                SELECT l.id, sum(l.need) OVER (ORDER BY l.priority DESC, l.id) AS used,
+                       row_number() OVER (ORDER BY l.priority DESC, l.id) AS n
+                  FROM locked l) s
+             WHERE s.used <= p_capacity + 1e-9 AND s.n <= p_limit
+        )
+        UPDATE public.tasks t
+           SET batch_job_id = p_job, lease_epoch = p_epoch, claimed_at = now()
+          FROM fitting f, public.apps a
+         WHERE t.id = f.id AND a.id = t.app_id
+        RETURNING t.id, t.workflow, t.name, t.state, a.name, a.command, a.shell,
+                  a.env_script, t.params, t.args, t.env, t.num_nodes, t.ranks_per_node,
+                  t.threads_per_rank, t.gpus_per_rank, t.node_packing_count,
+                  t.wall_time_min, t.priority, t.input_files,
+                  CASE WHEN cardinality(t.input_files) > 0 THEN
+                      (SELECT jsonb_agg(jsonb_build_array(p.workflow, p.id, p.name)
+                                        ORDER BY p.id)
+                         FROM public.task_deps d JOIN public.tasks p ON p.id = d.parent_id
+                        WHERE d.child_id = t.id) END;
+    END IF;
+END $$;
+
+
 -- ---- the DAG trigger -------------------------------------------------------------------
 -- As 0007's, but a statement that finished tasks with no children (most of a launcher's
 -- flushes) no longer runs the children's UPDATE for nothing: that empty statement still

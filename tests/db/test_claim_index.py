@@ -60,3 +60,54 @@ def test_a_claim_does_not_step_over_rows_already_claimed(pg_project: Project, db
     assert "rows=16 loops=1" in scan.group(0), scan.group(0)
     removed = re.search(r"Rows Removed by Filter: (\d+)", scan.group(0))
     assert removed is None, scan.group(0)
+
+
+def test_deleting_a_batch_job_releases_its_tasks(pg_project: Project, dbname: str,
+                                                 conn: Any) -> None:
+    """What the foreign key's ON DELETE SET NULL did (0011 checks the claim's job once per
+    claim instead of once per row): `prune` deletes jobs whose tasks may stay."""
+    from balsam_mpi.dbctl import lifecycle
+
+    app = add_app(conn)
+    ids = add_tasks(conn, app, 5)
+    info = pg_project.read_server_info()
+    with lifecycle.admin_connect(pg_project, info, dbname) as admin:
+        job, epoch = admin.execute("SELECT job_id, lease_epoch FROM launcher_open_job(NULL, "
+                                   "'local', NULL, 'h', 1, 1, '{}', NULL, 60)").fetchone()
+        admin.execute("SELECT count(*) FROM launcher_claim(%s, %s, 3, 3.0, 1.0, NULL, NULL, "
+                      "NULL, NULL, 1)", (job, epoch))
+        held = admin.execute("SELECT count(*) FROM tasks WHERE batch_job_id = %s",
+                             (job,)).fetchone()
+        assert held == (3,)
+        admin.execute("DELETE FROM batch_jobs WHERE id = %s", (job,))
+        left = admin.execute("SELECT count(*) FROM tasks WHERE batch_job_id IS NOT NULL"
+                             ).fetchone()
+        assert left == (0,)
+        assert admin.execute("SELECT count(*) FROM tasks WHERE id = ANY (%s)",
+                             (ids,)).fetchone() == (5,)
+
+
+def test_a_claims_job_cannot_be_deleted_under_it(pg_project: Project, dbname: str,
+                                                 conn: Any) -> None:
+    import psycopg
+
+    from balsam_mpi.dbctl import lifecycle
+
+    app = add_app(conn)
+    add_tasks(conn, app, 5)
+    info = pg_project.read_server_info()
+    with lifecycle.admin_connect(pg_project, info, dbname, autocommit=False) as claimer, \
+            lifecycle.admin_connect(pg_project, info, dbname) as other:
+        job, epoch = claimer.execute("SELECT job_id, lease_epoch FROM launcher_open_job("
+                                     "NULL, 'local', NULL, 'h', 1, 1, '{}', NULL, 60)"
+                                     ).fetchone()
+        claimer.commit()
+        claimer.execute("SELECT count(*) FROM launcher_claim(%s, %s, 3, 3.0, 1.0, NULL, "
+                        "NULL, NULL, NULL, 1)", (job, epoch))
+        other.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute("DELETE FROM batch_jobs WHERE id = %s", (job,))
+        claimer.commit()
+        held = other.execute("SELECT count(*) FROM tasks WHERE batch_job_id = %s",
+                             (job,)).fetchone()
+        assert held == (3,)
