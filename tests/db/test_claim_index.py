@@ -72,8 +72,10 @@ def test_deleting_a_batch_job_releases_its_tasks(pg_project: Project, dbname: st
     ids = add_tasks(conn, app, 5)
     info = pg_project.read_server_info()
     with lifecycle.admin_connect(pg_project, info, dbname) as admin:
-        job, epoch = admin.execute("SELECT job_id, lease_epoch FROM launcher_open_job(NULL, "
-                                   "'local', NULL, 'h', 1, 1, '{}', NULL, 60)").fetchone()
+        row = admin.execute("SELECT job_id, lease_epoch FROM launcher_open_job(NULL, 'local', "
+                            "NULL, 'h', 1, 1, '{}', NULL, 60)").fetchone()
+        assert row is not None
+        job, epoch = row
         admin.execute("SELECT count(*) FROM launcher_claim(%s, %s, 3, 3.0, 1.0, NULL, NULL, "
                       "NULL, NULL, 1)", (job, epoch))
         held = admin.execute("SELECT count(*) FROM tasks WHERE batch_job_id = %s",
@@ -98,9 +100,10 @@ def test_a_claims_job_cannot_be_deleted_under_it(pg_project: Project, dbname: st
     info = pg_project.read_server_info()
     with lifecycle.admin_connect(pg_project, info, dbname, autocommit=False) as claimer, \
             lifecycle.admin_connect(pg_project, info, dbname) as other:
-        job, epoch = claimer.execute("SELECT job_id, lease_epoch FROM launcher_open_job("
-                                     "NULL, 'local', NULL, 'h', 1, 1, '{}', NULL, 60)"
-                                     ).fetchone()
+        row = claimer.execute("SELECT job_id, lease_epoch FROM launcher_open_job(NULL, "
+                              "'local', NULL, 'h', 1, 1, '{}', NULL, 60)").fetchone()
+        assert row is not None
+        job, epoch = row
         claimer.commit()
         claimer.execute("SELECT count(*) FROM launcher_claim(%s, %s, 3, 3.0, 1.0, NULL, "
                         "NULL, NULL, NULL, 1)", (job, epoch))

@@ -53,6 +53,7 @@ def rows_written(store: Store, lease: Lease, s: list[Started], f: list[Finished]
         before = store.conn.execute(query).fetchone()
         counts = store.report(lease, s, f)
         after = store.conn.execute(query).fetchone()
+    assert after is not None
     return counts, int(after[0]) - (int(before[0]) if before else 0)
 
 
