@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 
 from .test_claim import add_app, add_tasks
 

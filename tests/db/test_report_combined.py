@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import Lease
 
 from .test_store import T0, as_superuser, lease_and_claim, setup_tasks, states, store
 
