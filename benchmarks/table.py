@@ -115,7 +115,7 @@ def _leader(doc: dict[str, Any]) -> list[Row]:
     if per_task:
         rows.append(("database time per task (claim + start + end), one flush / apart",
                      f"{per_task['combined'] * 1e6:.0f} / {per_task['two_step'] * 1e6:.0f} µs",
-                     "target ≤ 25 µs", "fit of 3 runs"))
+                     "target ≤ 25 µs", "fits of medians of 3"))
     msg = r["message_cost"]
     rows.append(("leader CPU per REPORT + ASSIGN (0 / 64 items)",
                  f"{msg['cpu_s_per_msg_items_0'] * 1e6:.0f} / "
