@@ -8,11 +8,14 @@ holds for the combined write as for the others."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
+from balsam_mpi.tasks.read import TaskReader
+from balsam_mpi.tasks.why import explain
 
 from .test_store import T0, as_superuser, lease_and_claim, setup_tasks, states, store
 
@@ -78,11 +81,15 @@ def test_combined_and_two_step_histories_are_equal(store: Store, conn: Any) -> N
     assert store.report(lease, sa, []) == {"started": 3}
     assert store.report(lease, [], fa) == {"ended": 3, "finished": 3}
     assert store.report(lease, sb, fb) == {"started": 3, "ended": 3, "finished": 3}
+    read = TaskReader(conn)
     for x, y in zip(a, b, strict=True):
         row_x, events_x = history(conn, x)
         row_y, events_y = history(conn, y)
         assert row_x == row_y
         assert events_x == events_y
+        # What `task why` says of each, but for the task's own id.
+        assert [re.sub(rf"\btask {x}\b", "task #", line) for line in explain(read, x)] == [
+            re.sub(rf"\btask {y}\b", "task #", line) for line in explain(read, y)]
         assert [e[1] for e in events_y] == ["READY", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
     # One flush's events come in the two-step order: every start, then every end.
     order = [r[0] for r in conn.execute(
