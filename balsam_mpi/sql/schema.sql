@@ -3020,13 +3020,20 @@ TO balsam_member;
 -- check, which lets a row skip from a startable state to JOB_FINISHED only when the
 -- same write records a new run (a new start and a new end time) through steps that are
 -- each allowed. Nothing but the report function writes such a row: members do not
--- write states (0007), and the other definer functions never set JOB_FINISHED.
+-- write states (0007), and no other definer function moves a row from a startable
+-- state to JOB_FINISHED.
 --
--- The leader puts the pairs first (store.py): a start and a plain success of the same
+-- The leader puts the pairs first (launcher/store.py): a start and a plain success of the same
 -- task at the same index of the start and end arrays, ``p_paired`` of them. The server
 -- checks them: if any pair is not one (ids that differ, an end that is not a plain
 -- success) the batch is applied the usual way; a pair whose row is not this claim's in
 -- a startable state is left to the usual statements, as if it had not been paired.
+--
+-- Also cheaper per claimed row (benchmarks/README.md, "The database path per task"): the
+-- runnable indexes leave out claimed rows, and the foreign key tasks.batch_job_id →
+-- batch_jobs, checked by a query per claimed row, gives way to one lock per claim and a
+-- trigger that releases a deleted job's tasks. The DAG trigger skips its children's
+-- UPDATE when the finished tasks have none.
 
 -- ---- the history ---------------------------------------------------------------------
 -- The events of one statement (0001's trigger), plus the three of a combined write.
