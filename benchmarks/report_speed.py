@@ -9,7 +9,8 @@ project, dropped afterwards unless --keep (then --reuse NAME times it again with
 generating anything). The history is generated in SQL with generate_series, as the
 database superuser with the event triggers off, so every timestamp is chosen here:
 
-- `--jobs` batch jobs of `--nodes` nodes start 10 minutes apart; task i runs in job
+- `--jobs` batch jobs of `--nodes` nodes start 10 minutes apart (plus a fraction of a
+  second: a job's life cuts the reports' 10 s buckets, as real ones do); task i runs in job
   i % jobs, on node (i / jobs) % nodes, as that node's k-th task, k = i / (jobs * nodes);
 - each task takes 20 s plus up to 4 s (a fixed pseudo-random spread), one run apiece;
   workflow wf3 (a quarter of the tasks) packs two tasks per node (half a node each);
@@ -46,9 +47,9 @@ GENERATE = [
                                ended_at, submitted_at, wall_time_min, scheduler_job_id)
        SELECT CASE WHEN j %% 2 = 0 THEN 'alice' ELSE 'bob' END, 'nid' || lpad(j::text, 5, '0'),
               %(nodes)s, %(nodes)s, 'FINISHED',
-              %(t0)s::timestamptz + (j * 600) * interval '1 s',
-              %(t0)s::timestamptz + (j * 600 + %(job_len)s) * interval '1 s',
-              %(t0)s::timestamptz + (j * 600 + %(job_len)s) * interval '1 s',
+              %(t0)s::timestamptz + (j * 600 + 0.123457 * (j + 1)) * interval '1 s',
+              %(t0)s::timestamptz + (j * 600 + %(job_len)s + 0.654321) * interval '1 s',
+              %(t0)s::timestamptz + (j * 600 + %(job_len)s + 0.654321) * interval '1 s',
               %(t0)s::timestamptz + (j * 600 - 300) * interval '1 s',
               %(job_len)s / 60.0 + 10, 'bench.' || j
          FROM generate_series(0, %(jobs)s - 1) AS j""",
@@ -73,23 +74,32 @@ GENERATE = [
               CASE WHEN p.failed THEN 'error ' || (p.i %% 3) || E'\\ntraceback' ELSE '' END,
               b.started_at + (p.k * 25 - 1) * interval '1 s', %(t0)s
          FROM plan p JOIN batch_jobs b ON b.id = p.job ORDER BY p.i""",
-    # events: READY at creation; the run; a retried task ran once before, failing
-    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id)
-       SELECT t.id, NULL::task_state, 'READY'::task_state, t.created_at, NULL::bigint
-         FROM tasks t
-       UNION ALL
-       SELECT t.id, 'READY', 'RUNNING', t.started_at, t.batch_job_id FROM tasks t
-       UNION ALL
-       SELECT t.id, 'RUNNING'::task_state, CASE WHEN t.state = 'RUN_ERROR' THEN 'RUN_ERROR'::task_state
-                                    ELSE 'RUN_DONE'::task_state END,
-              t.ended_at, t.batch_job_id FROM tasks t""",
-    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id)
-       SELECT t.id, x.f::task_state, x.s::task_state, t.started_at - x.back * interval '1 s',
-              t.batch_job_id
-         FROM tasks t
-        CROSS JOIN LATERAL (VALUES ('READY', 'RUNNING', 12.0), ('RUNNING', 'RUN_ERROR', 2.0))
-              AS x(f, s, back)
-        WHERE t.id %% 100 = 1""",
+    # events: READY at creation; the run; a retried task ran once before, failing. In time
+    # order, as a project appends them (ids, and so the run_steps id ranges, follow time);
+    # the run steps are marked rolled up, as the event trigger marks them.
+    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, rolled_up)
+       SELECT ev.task_id, ev.from_state, ev.to_state, ev.at, ev.job,
+              ev.job IS NOT NULL AND (ev.to_state = 'RUNNING' OR ev.from_state = 'RUNNING')
+         FROM (SELECT t.id AS task_id, NULL::task_state AS from_state,
+                      'READY'::task_state AS to_state, t.created_at AS at, NULL::bigint AS job
+                 FROM tasks t
+               UNION ALL
+               SELECT t.id, 'READY', 'RUNNING', t.started_at, t.batch_job_id FROM tasks t
+               UNION ALL
+               SELECT t.id, 'RUNNING',
+                      CASE WHEN t.state = 'RUN_ERROR' THEN 'RUN_ERROR'::task_state
+                           ELSE 'RUN_DONE'::task_state END,
+                      t.ended_at, t.batch_job_id FROM tasks t
+               UNION ALL
+               SELECT t.id, x.f::task_state, x.s::task_state,
+                      t.started_at - x.back * interval '1 s', t.batch_job_id
+                 FROM tasks t
+                CROSS JOIN LATERAL (VALUES ('READY', 'RUNNING', 12.0),
+                                           ('RUNNING', 'RUN_ERROR', 2.0)) AS x(f, s, back)
+                WHERE t.id %% 100 = 1) ev
+        ORDER BY ev.at, ev.task_id""",
+    # what the event trigger keeps as the flushes write the events (migration 0010)
+    "SELECT run_steps_rebuild()",
 ]
 
 
