@@ -1,102 +1,80 @@
 """The leader's side of ``task_api``: tasks that running tasks add, written in batches.
 
 Requests come from workers (ADD_TASKS over MPI) and from the tasks of the leader's own
-node (its :class:`~balsam_mpi.taskchan.TaskChannel`). Whatever waits is written in one
-database-thread call through the leader's own connection (each request its own
-transaction, with ``Client.add_tasks``' checks and DAG planning), then every request is
-answered with its ids: a worker gets them in an ASSIGN, a local task on its socket.
+node (its :class:`~balsam_mpi.taskchan.TaskChannel`). Whatever waits is written by one
+background call (``"adds"``) through the store (``StorePort.add_tasks``: each request its
+own transaction, through the task writer the client uses too, with its checks and DAG
+planning), then every request is answered with its ids: a worker gets them in an ASSIGN,
+a local task on its socket.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
+from collections.abc import Callable
 from typing import Any
 
-from .buffer import DbThread
-from .client import Client
-from .dispatch import Dispatcher
+from .calls import Calls
 from .errors import BalsamError
-from .node import Node
-from .project import Project
-from .protocol import AddTasks
-from .store import Store
+from .protocol import LOCAL, AddTasks
+from .storeport import StorePort
 from .taskchan import TaskChannel
 
 log = logging.getLogger(__name__)
-LOCAL = -1
 
 # (rank or LOCAL, request id, tasks) in; (rank, request id, ids, error) out.
 Pending = tuple[int, int, tuple[dict[str, Any], ...]]
 Answer = tuple[int, int, tuple[int, ...], str]
+# What a worker is sent: (request id, ids, error) per request (protocol.Assign.added).
+Added = tuple[tuple[int, tuple[int, ...], str], ...]
 
 
-class _LeaderClient(Client):
-    """``Client.add_tasks`` over the leader's connection: no connection of its own."""
-
-    def __init__(self, project: Project, conn: Any) -> None:  # no super(): no connect
-        self.project = project
-        self._conn = conn
-
-
-def write(store: Store, project: Project, batch: list[Pending]) -> list[Answer]:
+def write(store: StorePort, batch: list[Pending]) -> list[Answer]:
     """Add every request's tasks (database thread); one request's error is its own."""
-    client = _LeaderClient(project, store.conn)
     out: list[Answer] = []
     for rank, req, tasks in batch:
         try:
-            out.append((rank, req, tuple(client.add_tasks(tasks)), ""))
+            out.append((rank, req, tuple(store.add_tasks(tasks)), ""))
         except BalsamError as exc:
             out.append((rank, req, (), str(exc)))
     return out
 
 
 class AddService:
-    def __init__(self, db: DbThread, project: Project, nodes: Dispatcher, local: Node,
-                 enabled: bool = True) -> None:
-        self.db = db
-        self.project = project
-        self.nodes = nodes
+    def __init__(self, calls: Calls, store: StorePort,
+                 answer: Callable[[int, Added], object],
+                 chan: TaskChannel | None = None) -> None:
+        self.calls = calls
+        self.store = store
+        self.answer = answer  # to a worker rank (Dispatcher.answer_adds)
+        self.chan = chan  # the local node's tasks' requests, if they may make any
         self.waiting: list[Pending] = []
-        self.writing: tuple[list[Pending], Future[list[Answer]]] | None = None
         self.added = 0
-        self.chan: TaskChannel | None = None
-        if enabled:
-            self.chan = TaskChannel(0)
-            local.extra_env.update(self.chan.env())
-            local.watch(self.chan.fileno())
 
     def received(self, msg: AddTasks) -> None:
         self.waiting.append((msg.rank, msg.req, msg.tasks))
 
-    def busy(self) -> bool:
-        return bool(self.waiting or self.writing is not None)
-
     def step(self) -> bool:
-        """Take local requests, answer written ones, start the next write; True if any."""
+        """Take local requests and start the next write; True if any."""
         did = False
         if self.chan is not None:
             for req in self.chan.poll():
                 self.waiting.append((LOCAL, req.id, req.tasks))
                 did = True
-        if self.writing is not None and self.writing[1].done():
-            (batch, future), self.writing = self.writing, None
-            did = True
-            self._answer(batch, future)
-        if self.writing is None and self.waiting:
+        if self.waiting and not self.calls.busy("adds"):
             batch, self.waiting = self.waiting, []
-            self.writing = (batch, self.db.submit(write, self.db.store, self.project, batch))
+            self.calls.start("adds", write, self.store, batch, then=self._answer,
+                             failed=lambda exc: self._refuse(batch, exc))
             did = True
         return did
 
-    def _answer(self, batch: list[Pending], future: Future[list[Answer]]) -> None:
-        try:
-            answers = future.result()
-        except Exception as exc:
-            # Every waiting task must get an answer, even when the write itself failed.
-            log.error("could not add tasks for running tasks: %s", exc)
-            answers = [(rank, req, (), f"the launcher could not add them: {exc}")
-                       for rank, req, _tasks in batch]
+    def _refuse(self, batch: list[Pending], exc: BalsamError) -> None:
+        # Every waiting task must get an answer, even when the write itself failed.
+        log.error("could not add tasks for running tasks: %s", exc)
+        self._answer([(rank, req, (), f"the launcher could not add them: {exc}")
+                      for rank, req, _tasks in batch])
+
+    def _answer(self, answers: list[Answer]) -> None:
         by_rank: dict[int, list[tuple[int, tuple[int, ...], str]]] = {}
         for rank, req, ids, error in answers:
             self.added += len(ids)
@@ -108,8 +86,4 @@ class AddService:
             else:
                 by_rank.setdefault(rank, []).append((req, ids, error))
         for rank, added in by_rank.items():
-            self.nodes.answer_adds(rank, tuple(added))
-
-    def close(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
+            self.answer(rank, tuple(added))

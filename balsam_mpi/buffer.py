@@ -1,13 +1,13 @@
-"""The leader's buffer of node reports, and the thread that writes them (and claims).
+"""The leader's buffer of node reports, and how it gets them written.
 
 Reports are flushed when ``size`` of them wait or the oldest has waited ``interval_s``:
-one call per flush whatever the number of tasks. The calls run on one database thread
-(in submission order, heartbeats first), so the leader keeps answering its workers while
-Postgres works; a finished call wakes the leader through an eventfd in its epoll set.
+one store call per flush whatever the number of tasks, run as the leader's background
+call ``"flush"`` (``calls.py``: one in flight at a time, so starts always reach the store
+before the ends that follow them).
 
 * **Nothing is dropped for the database's absence**: a batch that fails for the
   connection goes back to the front of the buffer, and the next try waits a growing
-  pause and reconnects; the tasks' times were taken on their nodes, so a late write still
+  pause (``pacing.Backoff``) and reconnects; the tasks' times were taken on their nodes, so a late write still
   records when things happened. Every report also goes to the journal (``journal.py``)
   as it arrives, which outlives this process.
 * **One bad report never blocks the rest**: texts are cleaned on the way in
@@ -20,90 +20,27 @@ Postgres works; a finished call wakes the leader through an eventfd in its epoll
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
-from . import results
+from .calls import Calls
 from .cleantext import clean, one_line
 from .errors import BalsamError, ServerError
 from .journal import Journal
 from .limits import OUTPUT_TAIL_MAX
+from .pacing import Backoff
 from .protocol import EndKind, Finished, Started
-from .store import BadReport, Lease, Store
+from .storeport import BadReport, Lease, StorePort
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-_Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-class DbThread:
-    """One thread running store calls in order; each result wakes the leader's epoll.
-    ``submit(..., urgent=True)`` goes ahead of what waits (heartbeats: a backlog of
-    claims and flushes must not let the lease run out)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._queue: deque[_Call] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="balsam-db", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[..., T], *args: Any, urgent: bool = False,
-               **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
-        future.add_done_callback(self._wake)
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the database thread is closed")
-            item: _Call = (future, fn, args, kwargs)
-            if urgent:
-                self._queue.appendleft(item)
-            else:
-                self._queue.append(item)
-            self._cond.notify()
-        return future
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._closed or bool(self._queue))
-                if not self._queue:
-                    return
-                future, fn, args, kwargs = self._queue.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = self._call(fn, *args, **kwargs)
-            except BaseException as exc:  # handed to whoever waits on the future
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.store.broken:
-            self.store.reconnect()  # raises ServerError while the server is away
-        return fn(*args, **kwargs)
-
-    def _wake(self, _future: Future[Any]) -> None:
-        try:
-            os.eventfd_write(self.wake_fd, 1)
-        except OSError:
-            pass  # closed at shutdown
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
-        os.close(self.wake_fd)
+def retry_backoff(give_up_s: float | None = None) -> Backoff:
+    """The pause between tries of a write that failed for the connection: 0.5 s doubling
+    to 10 s (the reconnect comes with the next try)."""
+    return Backoff(0.5, 10.0, jitter=0.2, give_up_s=give_up_s)
 
 
 @dataclass
@@ -141,17 +78,22 @@ def _storable(tail: str) -> bool:
 
 
 class ReportBuffer:
-    def __init__(self, lease: Lease, size: int, interval_s: float,
-                 journal: Journal | None = None) -> None:
+    def __init__(self, lease: Lease, store: StorePort, calls: Calls, *, size: int,
+                 interval_s: float, journal: Journal | None = None,
+                 retry: Backoff | None = None) -> None:
         self.lease = lease
+        self.store = store
+        self.calls = calls
         self.size = size
         self.interval_s = interval_s
         self.journal = journal
+        self.retry = retry or retry_backoff()
         self.held = Batch()
         self.suspects: deque[Batch] = deque()  # halves of a refused batch, in order
+        self.writing: Batch | None = None  # the flush in flight
         self.oldest = 0.0
-        self.retry_at = 0.0
-        self.retry_pause = 0.0
+        self.flushes = 0  # flushes sent that carried ends (children may become READY)
+        self.on_ends_written: Callable[[], object] | None = None
         self.written_started = 0
         self.written_finished = 0
         self.refused = 0
@@ -164,6 +106,11 @@ class ReportBuffer:
 
     def __bool__(self) -> bool:
         return bool(self.held.started or self.held.finished or self.suspects)
+
+    @property
+    def pending(self) -> bool:
+        """Reports held or being written."""
+        return bool(self) or self.writing is not None
 
     def add(self, started: Iterable[Started], finished: Iterable[Finished]) -> None:
         started = list(started)
@@ -183,12 +130,9 @@ class ReportBuffer:
     def due(self) -> bool:
         if self.suspects:
             return True  # finding a bad report: no pause, the server answered at once
-        if not self:
+        if not self or not self.retry.ready():
             return False
-        now = time.monotonic()
-        if now < self.retry_at:
-            return False
-        return len(self) >= self.size or now - self.oldest >= self.interval_s
+        return len(self) >= self.size or time.monotonic() - self.oldest >= self.interval_s
 
     def take(self) -> Batch:
         if self.suspects:
@@ -196,12 +140,32 @@ class ReportBuffer:
         batch, self.held = self.held, Batch()
         return batch
 
-    def write(self, store: Store, batch: Batch) -> dict[str, int]:
-        """The database call (runs on the database thread)."""
-        if results.carried(batch.finished):  # Python tasks' return values, same transaction
-            return results.report_with_results(store, self.lease, batch.started,
-                                               batch.finished, batch.through)
-        return store.report(self.lease, batch.started, batch.finished, batch.through)
+    # -- writing ----------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Send the next batch when one is due and none is in flight; True if sent."""
+        if self.writing is not None or not self.due():
+            return False
+        batch = self.writing = self.take()
+        if batch.finished:
+            self.flushes += 1
+        self.calls.start("flush", self.write, batch,
+                         then=lambda counts: self._done(batch, counts),
+                         failed=lambda exc: self._undone(batch, exc))
+        return True
+
+    def write(self, batch: Batch) -> dict[str, int]:
+        """The store call (runs on the database thread)."""
+        return self.store.report(self.lease, batch.started, batch.finished, batch.through)
+
+    def _done(self, batch: Batch, counts: dict[str, int]) -> None:
+        self.writing = None
+        self.written(batch, counts)
+        if batch.finished and self.on_ends_written is not None:
+            self.on_ends_written()  # children may have become READY
+
+    def _undone(self, batch: Batch, exc: BalsamError) -> None:
+        self.writing = None
+        self.failed(batch, exc)
 
     def written(self, batch: Batch, counts: dict[str, int]) -> None:
         self.written_started += len(batch.started)
@@ -214,7 +178,7 @@ class ReportBuffer:
             log.warning("%s reports refused (killed meanwhile, or from a superseded claim)",
                         refused)
         if not batch.suspect:
-            self.retry_pause = 0.0
+            self.retry.reset()
 
     def failed(self, batch: Batch, exc: BaseException) -> None:
         """A batch the server refused for its data is split; one refused for any other
@@ -229,11 +193,10 @@ class ReportBuffer:
                               batch.finished + self.held.finished,
                               through=max(batch.through, self.held.through))
         self.oldest = time.monotonic()
-        self.retry_pause = min(10.0, max(0.5, self.retry_pause * 2))
-        self.retry_at = time.monotonic() + self.retry_pause
+        pause = self.retry.failed()
         level = logging.WARNING if isinstance(exc, ServerError) else logging.ERROR
         log.log(level, "could not write %s reports (%s); holding them, retry in %.1f s",
-                len(self), exc, self.retry_pause)
+                len(self), exc, pause)
 
     def _isolate(self, batch: Batch, exc: BadReport) -> None:
         if len(batch) > 1:
@@ -269,17 +232,25 @@ class ReportBuffer:
         self.suspects.appendleft(Batch([], [unstorable(item, str(exc))], True,
                                        batch.through))
 
-    def flush_now(self, db: DbThread, patience_s: float = 10.0) -> None:
-        """At a crash: write everything, retrying with pauses until patience runs out
-        (the journal keeps whatever is left)."""
-        give_up = time.monotonic() + patience_s
+    def flush_now(self, patience_s: float = 10.0) -> None:
+        """At a crash: write everything, waiting for each write and retrying with pauses
+        until ``patience_s`` of failing (the journal keeps whatever is left)."""
+        self.calls.settle(patience_s)
+        retry = retry_backoff(give_up_s=patience_s)
         while self:
             batch = self.take()
             try:
-                self.written(batch, db.submit(self.write, db.store, batch).result())
+                counts = self.calls.run(self.write, batch, timeout=patience_s)
+            except TimeoutError as exc:
+                self.failed(batch, ServerError("no answer"))
+                raise ServerError(f"the database did not answer within {patience_s:g} s"
+                                  ) from exc
             except BalsamError as exc:
                 self.failed(batch, exc)
-                if time.monotonic() >= give_up:
+                retry.failed()
+                if retry.exhausted():
                     raise
                 if not self.suspects:
-                    time.sleep(self.retry_pause)
+                    time.sleep(retry.pause)
+            else:
+                self.written(batch, counts)

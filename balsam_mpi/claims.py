@@ -1,7 +1,7 @@
 """The leader's claims: when to ask for work, how much, and what to do with the answer.
 
 One claim in flight at most, for what the nodes can start soon (``Dispatcher.demand``).
-The claim call runs on the database thread and comes back as ready specs (``specs.py``);
+The claim call runs on the database thread and comes back as ready orders (``orders.py``);
 rows that cannot run are written as failures of their tasks, nothing else. While the
 database is away claims pause longer each time.
 
@@ -20,101 +20,99 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from .buffer import ReportBuffer
+from .calls import Calls
+from .dispatch import Dispatcher
 from .errors import BalsamError
-from .protocol import EndKind, Finished, Started
+from .orders import ClaimResult, OrderBuilder
+from .pacing import Backoff
 from .resources import EPS, NODE_CAPACITY
-from .specs import ClaimResult
-
-if TYPE_CHECKING:
-    from .leader import Leader
+from .storeport import ClaimFilter, Lease, StorePort
 
 log = logging.getLogger(__name__)
 
 
 class Claims:
-    def __init__(self, leader: Leader) -> None:
-        self.leader = leader
-        self.s = leader.s
-        self.future: tuple[int, Future[ClaimResult]] | None = None
-        self.covers = -1  # the leader's flush count when the last claim was sent
+    def __init__(self, calls: Calls, store: StorePort, lease: Lease, builder: OrderBuilder,
+                 dispatch: Dispatcher, buffer: ReportBuffer,
+                 deliver: Callable[[ClaimResult], object], *, filters: ClaimFilter,
+                 limit: int, max_tasks: int, idle_s: float, look_for_held: bool,
+                 remaining_min: Callable[[], float | None]) -> None:
+        self.calls = calls
+        self.store = store
+        self.lease = lease
+        self.builder = builder
+        self.dispatch = dispatch
+        self.buffer = buffer
+        self.deliver = deliver  # the leader takes what a claim brought
+        self.filters = filters
+        self.limit = limit
+        self.max_tasks = max_tasks
+        self.idle_s = idle_s  # wait between claims that found nothing
+        self.look_for_held = look_for_held
+        self.remaining_min = remaining_min
+        self.covers = -1  # the buffer's flush count when the last claim was sent
         self.last_empty = False
         self.first_beat: dict[int, float] = {}  # holder job -> heartbeat first seen
         self.waiting_for: frozenset[int] = frozenset()  # holders not seen alive yet
         self.overdue: frozenset[int] = frozenset()
         self.next_at = 0.0
-        self.pause = 0.0  # grows while claims fail
+        # While the database is away claims pause longer each time (the nodes keep
+        # running what they have; reports wait in the buffer).
+        self.retry = Backoff(max(idle_s, 0.05), 10.0, jitter=0.2)
         self.total = 0
         self.max_packing = 16
 
     @property
     def in_flight(self) -> bool:
-        return self.future is not None
+        return self.calls.busy("claim")
+
+    def soon(self) -> None:
+        """Claim at the next chance (ended tasks were written: children may be READY)."""
+        self.next_at = 0.0
 
     def refill(self) -> None:
         """Send a claim for what the nodes can start soon."""
-        ld = self.leader
-        now = time.monotonic()
-        if ld.draining or self.future is not None or now < self.next_at:
+        if self.in_flight or time.monotonic() < self.next_at:
             return
-        if self.s.max_tasks and self.total >= self.s.max_tasks:
+        if self.max_tasks and self.total >= self.max_tasks:
             return
-        want = ld.nodes.demand()
+        want = self.dispatch.demand()
         if want < 1.0 / self.max_packing - EPS:
             return
-        limit = min(self.s.claim_limit, max(8, int(want * self.max_packing + 0.999)))
-        if self.s.max_tasks:
-            limit = min(limit, self.s.max_tasks - self.total)
-        future = ld.db.submit(ld.specs.claim, ld.store, ld.lease, filters=ld.filters,
-                              look_for_held=not self.s.persistent, limit=limit,
-                              capacity=want, max_need=NODE_CAPACITY,
-                              remaining_min=ld.remaining_min(),
-                              max_nodes=ld.nodes.max_nodes())
-        self.future = (ld.flushes, future)
+        limit = min(self.limit, max(8, int(want * self.max_packing + 0.999)))
+        if self.max_tasks:
+            limit = min(limit, self.max_tasks - self.total)
+        covers = self.buffer.flushes
+        self.calls.start("claim", self.builder.claim, self.store, self.lease,
+                         filters=self.filters, look_for_held=self.look_for_held,
+                         limit=limit, capacity=want, max_need=NODE_CAPACITY,
+                         remaining_min=self.remaining_min(),
+                         max_nodes=self.dispatch.max_nodes(),
+                         then=lambda got: self._claimed(covers, got), failed=self._failed)
 
-    def collect(self) -> bool:
-        if self.future is None or not self.future[1].done():
-            return False
-        (covers, future), self.future = self.future, None
-        self._claimed(covers, future)
-        return True
+    def _failed(self, exc: BalsamError) -> None:
+        pause = self.retry.failed()
+        log.warning("claim failed (%s); retrying in %.1f s", exc, pause)
+        self.next_at = time.monotonic() + pause
 
-    def _claimed(self, covers: int, future: Future[ClaimResult]) -> None:
-        ld = self.leader
+    def _claimed(self, covers: int, got: ClaimResult) -> None:
         now = time.monotonic()
-        try:
-            got = future.result()
-        except BalsamError as exc:
-            # The database may be away for a while: pause longer each time (the nodes
-            # keep running what they have; reports wait in the buffer).
-            self.pause = min(10.0, max(self.s.claim_idle_s, self.pause * 2))
-            log.warning("claim failed (%s); retrying in %.1f s", exc, self.pause)
-            self.next_at = now + self.pause
-            return
-        if self.pause:
+        if self.retry.failing:
             log.info("claims work again")
-            self.pause = 0.0
+            self.retry.reset()
         self.covers = covers
         self._held(got)
         self.last_empty = not got.claimed and not self.waiting_for
         if not got.claimed:
-            self.next_at = now + self.s.claim_idle_s
+            self.next_at = now + self.idle_s
             return
         self.next_at = now
         self.total += got.claimed
         self.max_packing = max(self.max_packing, got.max_packing)
-        t = time.time()
-        for task_id, why in got.bad:
-            log.error("task %s cannot run: %s", task_id, why)
-            ld.buffer.add((Started(task_id, ld.lease.epoch, t),),
-                          (Finished(task_id, ld.lease.epoch, int(EndKind.REFUSED), 127, t, t,
-                                    why),))
-        ld.nodes.pool.extend(got.specs)
-        ld.idle_since = None
-        ld.nodes.push()
-
+        self.deliver(got)
     def _held(self, got: ClaimResult) -> None:
         """Which holders have not shown they are alive (see the module's docstring)."""
         if got.claimed:

@@ -6,6 +6,11 @@ whole or not at all. The DAG's bookkeeping after a task finishes or fails is don
 triggers in the database (migrations/0003_tasks.sql), so the launcher's bulk reports and
 this API's calls cannot disagree about it.
 
+The client is the front of four parts, each usable without it: adds go through
+``taskadd.TaskWriter`` (which the launcher uses too), reads through ``taskread.TaskReader``
+(which ``task why`` uses), changes through the database's checked functions (``_change``),
+waits through ``waiting.py``.
+
     from balsam_mpi import Client
     c = Client()                                   # the project of $BALSAM_DB_PATH
     c.add_app("hello", "echo hello {who}")
@@ -21,19 +26,19 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import db, pyapps, sql, taskadd, taskspec, values, waiting
-from .errors import Conflict, NotFound, UsageError
+from . import db, pyapps, sql, validate, values, waiting
+from .errors import Conflict, InputError, NotFound, UsageError
 from .limits import ID_MAX
 from .outcome import Outcome
 from .project import Project
 from .refusals import refusals
+from .taskadd import TaskWriter, app_infos
 from .taskfilter import as_ids, filter_params, order_by, where
+from .taskread import PAGE, TaskReader
+from .taskwhy import explain
 
 if TYPE_CHECKING:
     import psycopg
-
-PAGE = 2000  # rows per page of the lazy iterator
-CHUNK = 25000  # tasks per INSERT of a bulk add (all chunks in one transaction)
 
 
 class Client:
@@ -47,6 +52,7 @@ class Client:
         self._conn.prepare_threshold = None
         with db.translated():
             self._conn.execute(sql.query("client_session"))
+        self._read = TaskReader(self._conn)
         # Connections that LISTEN while a wait lasts (waiting.py), opened on first use.
         self._waiters = waiting.Waiters(
             lambda: db.connect(self.project, autocommit=True,
@@ -73,20 +79,20 @@ class Client:
         arguments of a call in a warm interpreter, and its return value is the task's
         result (docs/python-tasks.md). Fields: description, error_retry_limit."""
         if (command is None) == (python is None):
-            raise taskspec.TaskSpecError("command: an app runs a command or calls a Python "
-                                         "function (python=...): give exactly one")
+            raise InputError("command: an app runs a command or calls a Python "
+                             "function (python=...): give exactly one")
         if python is not None:
             app = pyapps.check_app(name, python, fields)
             query, values = "apps_insert_python", {"description": "",
                                                    "error_retry_limit": 0, **app}
         else:
-            app = taskspec.check_app(name, command, fields)  # type: ignore[arg-type]
+            app = validate.check_app(name, command, fields)  # type: ignore[arg-type]
             query, values = "apps_insert", {
                 "description": "", "preprocess": "", "postprocess": "", "env_script": "",
                 "shell": False, "postprocess_on_error": False,
                 "postprocess_on_timeout": False, "error_retry_limit": 0, **app}
         with db.translated(), self._conn.transaction(), refusals():
-            if self._fetch("apps_by_name", {"name": name}):
+            if self._read.fetch("apps_by_name", {"name": name}):
                 raise Conflict(f"an app named {name!r} exists; pick another name or "
                                f"`balsam-mpi app rm {name}` first")
             row = self._conn.execute(sql.query(query), values).fetchone()
@@ -94,13 +100,19 @@ class Client:
         return int(row[0])
 
     def apps(self) -> list[dict[str, Any]]:
-        return self._fetch("apps_all", {})
+        return self._read.fetch("apps_all")
 
     def app(self, name: str) -> dict[str, Any]:
-        rows = self._fetch("apps_by_name", {"name": name})
+        rows = self._read.fetch("apps_by_name", {"name": name})
         if not rows:
             raise NotFound(f"no app named {name!r}; see `balsam-mpi app ls`")
         return rows[0]
+
+    def app_calling(self, path: str) -> str | None:
+        """The name of an app that calls the Python function ``path`` (the first by name
+        when several do), or None."""
+        rows = self._read.fetch("apps_by_python", {"python": path})
+        return str(rows[0]["name"]) if rows else None
 
     def delete_app(self, name: str) -> None:
         with db.translated(), self._conn.transaction():
@@ -111,12 +123,6 @@ class Client:
                                f"(`balsam-mpi task rm --app {name}`)")
             self._conn.execute(sql.query("apps_delete"), {"name": name})
 
-    def _app_infos(self) -> dict[str, taskspec.AppInfo]:
-        return {a["name"]: taskspec.AppInfo(a["id"], a["name"], a["command"] or "",
-                                            taskspec.placeholders(a["command"] or ""),
-                                            a["error_retry_limit"], a.get("python") or "")
-                for a in self.apps()}
-
     # -- adding tasks ----------------------------------------------------------------
     def add_tasks(self, tasks: Iterable[Mapping[str, Any]], *,
                   labels: Sequence[str] | None = None,
@@ -126,74 +132,12 @@ class Client:
         ``parents``: ids of existing tasks, or the ``key`` of another task in the same
         call. ``labels`` name the inputs in errors (e.g. "tasks.jsonl line 7").
         """
-        raw = list(tasks)
-        if not raw:
-            return []
-
-        def label(i: int) -> str:
-            return labels[i] if labels is not None else taskadd.default_label(i)
-
-        apps = self._app_infos()
-
-        def check(lo: int, hi: int) -> list[dict[str, Any]]:
-            out = []
-            for i in range(lo, min(hi, len(raw))):
-                try:
-                    out.append(taskspec.check_task(raw[i], apps))
-                except taskspec.TaskSpecError as exc:
-                    raise taskspec.TaskSpecError(taskadd.at(label(i)) + str(exc)) from None
-            return out
-
-        # With parents or keys the whole batch is checked and planned first; without,
-        # each chunk is checked while the server inserts the previous one (pipeline).
-        dag = any(isinstance(t, Mapping) and (t.get("parents") or t.get("key") is not None)
-                  for t in raw)
-        checked = check(0, len(raw)) if dag else []
-        plan = taskadd.plan(checked, label) if dag else None
-        conn = self._conn
-        with db.translated(), conn.transaction(), refusals():
-            row = conn.execute(sql.query("tasks_reserve_ids"), {"n": len(raw)}).fetchone()
-            assert row is not None
-            ids = list(range(row[0], row[0] + len(raw)))
-            first = self._first_states(checked, plan, ids, label) if plan else None
-            insert = sql.query("tasks_insert_json")
-            with conn.pipeline():
-                for lo in range(0, len(raw), CHUNK):
-                    hi = min(lo + CHUNK, len(raw))
-                    chunk = checked[lo:hi] if dag else check(lo, hi)
-                    base, rows = taskadd.json_chunk(chunk, ids[lo:hi],
-                                                    first[lo:hi] if first else None)
-                    conn.execute(insert, {"rows": rows, "base": base})
-                    if progress is not None:
-                        progress(hi)
-                if plan is not None:
-                    children, parents = taskadd.dep_arrays(plan, ids)
-                    if children:
-                        conn.execute(sql.query("tasks_deps_insert"),
-                                     {"children": children, "parents": parents})
-        return ids
-
-    def _first_states(self, checked: list[dict[str, Any]], plan: taskadd.Plan,
-                      ids: list[int], label: Callable[[int], str]
-                      ) -> list[tuple[str, int, int | None, str]]:
-        """Lock the stored parents (see tasks_lock_parents) and decide each new task's
-        first state from theirs."""
-        states: dict[int, str] = {}
-        if plan.existing:
-            locked = self._conn.execute(sql.query("tasks_lock"),
-                                        {"ids": plan.existing}).fetchall()
-            states = {r[0]: str(r[1]) for r in locked}
-            for i, theirs in enumerate(plan.outside):
-                missing = [p for p in theirs if p not in states]
-                if missing:
-                    raise taskspec.TaskSpecError(
-                        taskadd.at(label(i)) + f"parents: no task with id {missing[0]}")
-        return taskadd.initial_states(checked, plan, ids, states)
+        return TaskWriter(self._conn).add(tasks, labels=labels, progress=progress)
 
     def add_task(self, **fields: Any) -> int:
         return self.add_tasks([fields])[0]
 
-    # -- reading ---------------------------------------------------------------------
+    # -- reading (taskread.py) -------------------------------------------------------
     def tasks(self, *, order: str = "id", limit: int | None = None,
               **filters: Any) -> Iterator[dict[str, Any]]:
         """Tasks matching the filters, lazily (pages of rows; nothing held open between).
@@ -205,51 +149,16 @@ class Client:
         ordering = order_by(order, params)
         limit = None if limit is None else values.integer("limit", limit, 0, ID_MAX - 1)
         if order in ("id", "+id") and (limit is None or limit > PAGE):
-            return self._pages(params, limit)
-        return iter(self._select(params, ordering, limit))
-
-    def _pages(self, params: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
-        # Keyset paging by id: each page is one indexed query, no cursor left open.
-        left = limit
-        while left is None or left > 0:
-            n = PAGE if left is None else min(PAGE, left)
-            rows = self._select(params, order_by("id", params), n)
-            yield from rows
-            if len(rows) < n:
-                return
-            params = {**params, "after": rows[-1]["id"]}
-            if left is not None:
-                left -= len(rows)
-
-    def _select(self, params: dict[str, Any], order: Any, limit: int | None
-                ) -> list[dict[str, Any]]:
-        from psycopg import sql as pgsql
-        from psycopg.rows import dict_row
-
-        q = pgsql.SQL(sql.query("tasks_select")).format(where=where(), order=order)
-        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(q, {**params, "limit": limit}).fetchall()
+            return self._read.pages(params, limit)
+        return iter(self._read.select(params, ordering, limit))
 
     def get(self, task_id: int) -> dict[str, Any]:
         """One task with its ``parents``, ``children`` and ``history`` (its events)."""
-        rows = self._select(filter_params({"id": task_id}), order_by("id"), 1)
-        if not rows:
-            raise NotFound(f"no task with id {task_id}; see `balsam-mpi task ls`")
-        task = rows[0]
-        task["parents"] = [r["id"] for r in self._fetch("tasks_parents", {"ids": [task_id]})]
-        task["children"] = [r["child_id"] for r in
-                            self._fetch("tasks_children", {"ids": [task_id]})]
-        task["history"] = self._fetch("tasks_history", {"id": task_id})
-        task["result"] = self._fetch("task_result", {"id": task_id})[0]["result"]
-        return task
+        return self._read.task(task_id)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{workflow: {state: count}} over all tasks."""
-        out: dict[str, dict[str, int]] = {}
-        with db.translated():
-            for wf, state, n in self._conn.execute(sql.query("tasks_counts")).fetchall():
-                out.setdefault(wf, {})[str(state)] = int(n)
-        return out
+        return self._read.counts()
 
     # -- changing --------------------------------------------------------------------
     # Every change goes through a function of the database (migrations/0007) that checks
@@ -260,18 +169,18 @@ class Client:
         tags and data change on any task; the rest only on tasks no launcher holds (a
         claimed task would run with its old values): those are refused."""
         id_list = as_ids(ids)
-        values = taskspec.check_changes(changes)
+        values = validate.check_changes(changes)
         if not values:
             raise UsageError("nothing to change: give at least one field")
         if not id_list:
             return Outcome()
         if "params" in values:  # new params must still fill each task's app template
-            apps = self._app_infos()
+            apps = app_infos(self._conn)
             for task in self.tasks(ids=id_list):
                 try:
-                    taskspec.check_params(values["params"], apps[task["app"]])
-                except taskspec.TaskSpecError as exc:
-                    raise taskspec.TaskSpecError(f"task {task['id']}: {exc}") from None
+                    validate.check_params(values["params"], apps[task["app"]])
+                except InputError as exc:
+                    raise InputError(f"task {task['id']}: {exc}") from None
         from psycopg.types.json import Jsonb
 
         return self._change("tasks_update", id_list, {"changes": Jsonb(values)},
@@ -325,9 +234,7 @@ class Client:
 
     def why(self, task_id: int) -> list[str]:
         """Why the task is not running, one reason per line."""
-        from .taskwhy import explain
-
-        return explain(self, task_id)
+        return explain(self._read, task_id)
 
     # -- helpers ---------------------------------------------------------------------
     def _change_matching(self, name: str, ids: int | Sequence[int] | None,
@@ -362,9 +269,3 @@ class Client:
         with db.translated(), self._conn.transaction(), refusals():
             rows = self._conn.execute(sql.query(name), {"ids": ids, **extra}).fetchall()
         return Outcome.from_rows(rows, done)
-
-    def _fetch(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row
-
-        with db.translated(), self._conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(sql.query(name), params).fetchall()

@@ -13,70 +13,89 @@ it gives up: everything it held is in the journal, which the next leader or
 from __future__ import annotations
 
 import logging
-import time
-from concurrent.futures import Future
-from typing import TYPE_CHECKING
 
+from .buffer import ReportBuffer
+from .calls import Calls
 from .errors import BalsamError
-
-if TYPE_CHECKING:
-    from .leader import Leader
+from .journal import Journal
+from .lease import LeaseWatch
+from .node import Node
+from .pacing import Backoff
+from .storeport import Lease, StorePort
 
 log = logging.getLogger(__name__)
 
 PATIENCE_S = 30.0
 
 
-def close_out(ld: Leader, reason: str) -> bool:
-    """True once the batch job is closed with everything written."""
-    ld.adds.close()  # the task_api socket (its tasks have ended)
-    closing: Future[tuple[int, int]] | None = None
-    retry_at = 0.0
-    while True:
-        ld.collect()
-        now = time.monotonic()
-        if closing is not None and closing.done():
-            try:
-                released, requeued = closing.result()
-            except BalsamError as exc:
-                log.warning("could not close the batch job (%s); retrying", exc)
-                closing, retry_at = None, now + 1.0
-            else:
+class Closing:
+    def __init__(self, calls: Calls, store: StorePort, lease: Lease, buffer: ReportBuffer,
+                 lease_watch: LeaseWatch, local: Node, *, journal: Journal | None = None,
+                 lease_s: float = 60.0) -> None:
+        self.calls = calls
+        self.store = store
+        self.lease = lease
+        self.buffer = buffer
+        self.lease_watch = lease_watch
+        self.local = local  # only slept on: it wakes when a database call finishes
+        self.journal = journal
+        self.give_up_s = max(PATIENCE_S, lease_s)
+        self.retry = Backoff(1.0, 10.0, jitter=0.2)
+        self.closed: tuple[int, int] | None = None  # (claims released, tasks requeued)
+
+    def run(self, reason: str) -> bool:
+        """True once the batch job is closed with everything written."""
+        while True:
+            self.calls.collect()
+            if self.closed is not None:
+                released, requeued = self.closed
                 log.info("batch job %s closed (%s): %s claims released, %s tasks requeued",
-                         ld.lease.job_id, reason, released, requeued)
-                _settle_journal(ld, closed=True)
+                         self.lease.job_id, reason, released, requeued)
+                self._settle_journal(closed=True)
                 return True
-        idle = not ld.buffer and ld.flushing is None and ld.claims.future is None
-        if idle and closing is None and ld.killing is None and now >= retry_at:
-            closing = ld.db.submit(ld.store.close_job, ld.lease, "FINISHED", reason)
-        ld.flush()
-        ld.heartbeat()
-        silent = ld.lease_watch.silence()
-        if ld.lease_lost or silent >= max(PATIENCE_S, ld.s.lease_s):
-            held = len(ld.buffer) + (len(ld.flushing[0]) if ld.flushing else 0)
-            where = ld.journal.path if ld.journal is not None else None
-            log.error("giving up the final write: %s; %s report(s) not written%s",
-                      "the lease is lost" if ld.lease_lost
-                      else f"no heartbeat for {silent:.0f} s", held,
-                      f" (they are in the journal {where}: the next launcher or "
-                      "`balsam-dbctl recover` writes them)" if where else "")
-            _settle_journal(ld, closed=False)
-            return False
-        ld.local.wait(0.05)
+            # Close once nothing else is on its way: the reports first, then the close.
+            quiet = not self.buffer.pending and not self.calls.busy("claim") \
+                and not self.calls.busy("kills")
+            if quiet and self.retry.ready():
+                self.calls.start("close", self.store.close_job, self.lease, "FINISHED",
+                                 reason, then=self._closed, failed=self._not_closed)
+            self.buffer.flush()
+            self.lease_watch.heartbeat()
+            silent = self.lease_watch.silence()
+            if self.lease_watch.lost or silent >= self.give_up_s:
+                self._give_up(silent)
+                return False
+            self.local.wait(0.05)
 
+    def _closed(self, counts: tuple[int, int]) -> None:
+        self.closed = counts
 
-def _settle_journal(ld: Leader, *, closed: bool) -> None:
-    """A clean close makes the journal useless: marked done and removed. Otherwise it is
-    completed with an end line and left for a replay."""
-    journal = ld.journal
-    if journal is None:
-        return
-    journal.close(complete=True)
-    if not closed or journal.failed is not None:
-        return
-    try:
-        ld.db.submit(ld.store.journal_done, ld.lease).result(timeout=30)
-    except (BalsamError, TimeoutError) as exc:
-        log.warning("could not mark the journal done (%s); it stays for a replay", exc)
-        return
-    journal.remove()
+    def _not_closed(self, exc: BalsamError) -> None:
+        pause = self.retry.failed()
+        log.warning("could not close the batch job (%s); retrying in %.1f s", exc, pause)
+
+    def _give_up(self, silent: float) -> None:
+        held = len(self.buffer) + (len(self.buffer.writing) if self.buffer.writing else 0)
+        where = self.journal.path if self.journal is not None else None
+        log.error("giving up the final write: %s; %s report(s) not written%s",
+                  "the lease is lost" if self.lease_watch.lost
+                  else f"no heartbeat for {silent:.0f} s", held,
+                  f" (they are in the journal {where}: the next launcher or "
+                  "`balsam-dbctl recover` writes them)" if where else "")
+        self._settle_journal(closed=False)
+
+    def _settle_journal(self, *, closed: bool) -> None:
+        """A clean close makes the journal useless: marked done and removed. Otherwise it
+        is completed with an end line and left for a replay."""
+        journal = self.journal
+        if journal is None:
+            return
+        journal.close(complete=True)
+        if not closed or journal.failed is not None:
+            return
+        try:
+            self.calls.run(self.store.journal_done, self.lease, timeout=30)
+        except (BalsamError, TimeoutError) as exc:
+            log.warning("could not mark the journal done (%s); it stays for a replay", exc)
+            return
+        journal.remove()

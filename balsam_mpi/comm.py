@@ -1,10 +1,10 @@
-"""The one mpi4py wrapper of the loops: send, poll without spinning, abort.
+"""The one mpi4py wrapper of the loops: send, poll without spinning.
 
 MPICH busy-waits inside every blocking call (recv, probe, barrier, wait): a rank waiting
 that way burns a whole core, which tasks on the same node need. So nothing here blocks:
 receiving is ``iprobe`` + ``improbe`` + ``Message.recv`` (a plain ``irecv`` without a buffer
 truncates large messages), and sends are ``isend`` whose requests are tested later.
-Waiting is the caller's business, through :class:`Backoff`.
+Waiting is the caller's business, through ``pacing.Backoff``.
 
 With this MPICH the first ``iprobe`` after a message arrives often reports nothing and the
 second finds it, so :meth:`Comm.poll` probes twice before giving up.
@@ -13,37 +13,10 @@ second finds it, so :meth:`Comm.poll` probes twice before giving up.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
+from .pacing import Backoff
 from .protocol import TAG_TYPES, Message, ProtocolError
-
-
-@dataclass
-class Backoff:
-    """A capped, growing sleep for idle loops: short right after activity, long when idle.
-
-    ``reset()`` on any activity; ``next()`` gives the next wait and grows it. The cap
-    bounds both the idle CPU (a few wake-ups a second) and the latency of a message that
-    arrives while asleep.
-    """
-
-    first: float = 0.0002
-    cap: float = 0.05
-    factor: float = 2.0
-    current: float = 0.0
-
-    def reset(self) -> None:
-        self.current = 0.0
-
-    def next(self) -> float:
-        self.current = self.first if self.current <= 0 else min(self.cap,
-                                                                self.current * self.factor)
-        return self.current
-
-    def sleep(self, sleeper: Callable[[float], Any] = time.sleep) -> None:
-        sleeper(self.next())
 
 
 def decode(sender: int, tag: int, obj: object) -> Message:
@@ -106,12 +79,9 @@ class Comm:
     def flush_sends(self, timeout: float = 5.0) -> bool:
         """Wait (sleeping, not spinning) until queued sends completed; False on timeout."""
         deadline = time.monotonic() + timeout
-        backoff = Backoff(cap=0.01)
+        backoff = Backoff(0.0002, 0.01)
         while self._pending and time.monotonic() < deadline:
             self.progress()
             if self._pending:
                 backoff.sleep()
         return not self._pending
-
-    def abort(self, code: int = 1) -> None:
-        self.comm.Abort(code)

@@ -157,6 +157,16 @@ def summarize(project: Project) -> Summary:
                    int(job[2]) if job else 1, tuple(job) if job else None)
 
 
+def unfinished(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """{state: tasks} of every task that did not finish; empty when the demo worked."""
+    out: dict[str, int] = {}
+    for states in counts.values():
+        for state, n in states.items():
+            if state != "JOB_FINISHED" and n:
+                out[state] = out.get(state, 0) + n
+    return out
+
+
 def report(summary: Summary, echo: Echo) -> None:
     echo("tasks by state:")
     for wf, states in summary.counts.items():

@@ -2,7 +2,7 @@
 the ASSIGN messages (tasks to start, ids to kill).
 
 A node is sent at most its free share plus a margin that follows its pace
-(``resources.Pace``); assignments it had not yet acknowledged when it wrote its last
+(``workerview.Pace``); assignments it had not yet acknowledged when it wrote its last
 report are counted as taken, so crossing messages never overcommit it. The leader's own
 local node is fed the same way, directly.
 
@@ -16,6 +16,9 @@ running small ones. A killed waiting task gives its reserved nodes back at once.
 Free capacity comes before queue depth: tasks go first to nodes with room to start them
 now (the leader's own node first), and only then into the queues of busy nodes (their
 margin), so no node idles while claimed tasks wait behind a long task elsewhere.
+
+The local node gets its run orders and kills from here, as a worker gets them in an
+ASSIGN; it is stepped (tasks started, exits noticed) only by the leader's loop.
 """
 
 from __future__ import annotations
@@ -24,35 +27,39 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from .config import Settings
-from .kills import LOCAL, KillTracker
+from .kills import KillTracker
 from .node import Node
-from .protocol import Assign, Drain, EndKind, Finished, Report, TaskSpec
-from .resources import EPS, NODE_CAPACITY, Pace, WorkerView, room
+from .protocol import LOCAL, Assign, Drain, EndKind, Finished, Report, RunOrder
+from .resources import EPS, NODE_CAPACITY
+from .workerview import Pace, WorkerView, room
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, local: Node,
-                 send: Callable[[int, Assign | Drain], None]) -> None:
-        self.s = settings
+    def __init__(self, local: Node, send: Callable[[int, Assign | Drain], None], *,
+                 margin: float = 0.5, margin_max: float = 1.0, horizon_s: float = 2.0,
+                 kill_poll_s: float = 1.5) -> None:
         self.local = local
         self.local_pace = Pace()
         self.send = send
-        self.pool: deque[TaskSpec] = deque()
+        # A node's margin (resources.Pace): ``margin`` until its pace is known, then what
+        # it finishes in ``horizon_s``, at most ``margin_max``.
+        self.initial_margin = margin
+        self.margin_max = max(margin, margin_max)
+        self.horizon_s = horizon_s
+        self.pool: deque[RunOrder] = deque()
         self.workers: dict[int, WorkerView] = {}
         self.seq = 0
-        self.kills = KillTracker(settings.kill_poll_s)
+        self.kills = KillTracker(kill_poll_s)
         self.local_open = True  # False once draining
-        self.big: deque[TaskSpec] = deque()  # multi-node tasks waiting for whole nodes
+        self.big: deque[RunOrder] = deque()  # multi-node tasks waiting for whole nodes
         self.reserved: set[int] = set()  # ranks kept free for big[0]
         self.spans: dict[int, list[int]] = {}  # running multi-node task -> ranks, head 1st
         self.in_big: set[int] = set()  # ranks of those: no small tasks queued behind them
 
     def margin(self, pace: Pace) -> float:
-        """The share a node may hold beyond its free capacity (see resources.Pace)."""
-        return pace.margin(time.monotonic(), initial=self.s.claim_margin,
-                           horizon_s=self.s.claim_horizon_s,
-                           cap=max(self.s.claim_margin, self.s.claim_margin_max))
+        """The share a node may hold beyond its free capacity (see workerview.Pace)."""
+        return pace.margin(time.monotonic(), initial=self.initial_margin,
+                           horizon_s=self.horizon_s, cap=self.margin_max)
 
     def demand(self) -> float:
         """How much (in node shares) the nodes could take now beyond the pool."""
@@ -77,15 +84,15 @@ class Dispatcher:
                     time.monotonic())
         return view
 
-    def _take(self, space: float) -> list[TaskSpec]:
-        out: list[TaskSpec] = []
+    def _take(self, space: float) -> list[RunOrder]:
+        out: list[RunOrder] = []
         while self.pool and self.pool[0].need <= space + EPS:
-            spec = self.pool.popleft()
-            if spec.num_nodes > 1:
-                self.big.append(spec)  # placed on whole worker nodes (place_big)
+            order = self.pool.popleft()
+            if order.num_nodes > 1:
+                self.big.append(order)  # placed on whole worker nodes (place_big)
                 continue
-            space -= spec.need
-            out.append(spec)
+            space -= order.need
+            out.append(order)
         return out
 
     def _sift(self) -> None:
@@ -104,31 +111,31 @@ class Dispatcher:
         self._sift()
         self.reserved = set()
         while self.big:
-            spec = self.big[0]
+            order = self.big[0]
             usable = [v for v in self.workers.values() if v.alive and not v.draining]
-            if len(usable) < spec.num_nodes:
+            if len(usable) < order.num_nodes:
                 return  # workers still joining (the claim never asks for more than live)
             # Closest to idle first; ties by rank, so the head is stable.
             usable.sort(key=lambda v: (not v.idle(), v.running + v.queued, v.rank))
-            chosen = usable[:spec.num_nodes]
+            chosen = usable[:order.num_nodes]
             if not all(v.idle() and v.reported_free >= NODE_CAPACITY - EPS for v in chosen):
                 self.reserved = {v.rank for v in chosen}
                 return
             self.big.popleft()
-            self._start_big(spec, chosen)
+            self._start_big(order, chosen)
 
-    def _start_big(self, spec: TaskSpec, nodes: Sequence[WorkerView]) -> None:
+    def _start_big(self, order: RunOrder, nodes: Sequence[WorkerView]) -> None:
         head, rest = nodes[0], nodes[1:]
-        spec = spec._replace(hosts=tuple(v.host for v in nodes))
+        order = order._replace(hosts=tuple(v.host for v in nodes))
         self.seq += 1
         head.sent(self.seq, NODE_CAPACITY)
-        self.kills.placed((spec,), head.rank)
-        self.send(head.rank, Assign(self.seq, (spec,)))
+        self.kills.placed((order,), head.rank)
+        self.send(head.rank, Assign(self.seq, (order,)))
         for view in rest:
             self.seq += 1
             view.sent(self.seq, NODE_CAPACITY)
-            self.send(view.rank, Assign(self.seq, hold=(spec,)))
-        self.spans[spec.id] = [v.rank for v in nodes]
+            self.send(view.rank, Assign(self.seq, hold=(order,)))
+        self.spans[order.id] = [v.rank for v in nodes]
         self.in_big.update(v.rank for v in nodes)
 
     def ended(self, finished: Sequence[Finished]) -> None:
@@ -173,8 +180,7 @@ class Dispatcher:
         if self.pool and self.pool[0].need <= space + EPS:
             tasks = self._take(space)
             self.kills.placed(tasks, LOCAL)
-            self.local.queue.extend(tasks)
-            self.local.start_ready()
+            self.local.enqueue(tasks)  # started by the leader's next step of its node
 
     def push(self) -> None:
         """Unprompted ASSIGNs after a claim found new work: first what nodes can start

@@ -27,10 +27,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import db, sql
+from . import db
 from .errors import BalsamError, UsageError
 from .pyapps import check_path
-from .waiting import FINAL, Listener, Outcome, TaskFailed
+from .waiting import ENDED, Listener, Outcome, TaskFailed
 
 if TYPE_CHECKING:
     from .client import Client
@@ -126,14 +126,12 @@ class Executor(cf.Executor):
         path = check_path(fn, "fn_path")
         name = self._apps.get(path)
         if name is None:
-            with db.translated():
-                row = self.client._conn.execute(sql.query("apps_by_python"),
-                                                {"python": path}).fetchone()
-            if row is None:
+            found = self.client.app_calling(path)
+            if found is None:
                 raise UsageError(f"fn_path: no app calls {path}; the project owner (or an "
                                  f"--app-admin member) must add one: balsam-mpi app add "
                                  f"NAME --python {path}")
-            name = self._apps[path] = str(row[0])
+            name = self._apps[path] = found
         return name
 
     def _kill_one(self, task_id: int) -> bool:
@@ -196,7 +194,7 @@ class Executor(cf.Executor):
             if o is None:
                 _resolve_error(self._futures[i],
                                BalsamError(f"task {i} was deleted before it ended"))
-            elif o.state in FINAL:
+            elif o.state in ENDED:
                 _resolve(self._futures[i], o)
             else:
                 continue

@@ -256,7 +256,7 @@ def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"cannot read the template {path}: {exc}") from None
+        raise ProjectError(f"cannot read the template {path}: {exc}") from exc
 
 
 def check_placeholders(template: Template) -> None:

@@ -76,11 +76,37 @@ def _run_name() -> str:
     return (job or f"{socket.gethostname()}-{os.getppid()}").replace("/", "_")
 
 
+# The thread level the launcher asks MPI for: the leader writes to the database (and its
+# journal) from threads of its own that never call MPI, which is what FUNNELED promises.
+THREAD_LEVEL = "funneled"
+_LEVELS = ("single", "funneled", "serialized", "multiple")  # MPI_THREAD_*, in order
+
+
+def thread_level_note(provided: int, asked: str = THREAD_LEVEL) -> str | None:
+    """What the log should say about the thread level MPI gave (``MPI.Query_thread()``,
+    an index into single < funneled < serialized < multiple), or None when it is at
+    least the one asked.
+
+    Lower than asked (an MPI built without thread support gives SINGLE) is not refused:
+    no thread but the main one ever calls MPI (the database thread and the journal's
+    write to Postgres and to a file only), so MPI's state is never touched from two
+    threads, which is all FUNNELED would add. Strictly, SINGLE also says the process has
+    no other thread at all; an MPI that relied on that would misbehave, so the log names
+    the level and what to do about it."""
+    want = _LEVELS.index(asked)
+    if provided >= want:
+        return None
+    got = _LEVELS[provided] if 0 <= provided < len(_LEVELS) else str(provided)
+    return (f"MPI gave thread level {got.upper()}, less than the {asked.upper()} asked: "
+            "running anyway, since only the main thread of any rank calls MPI (the "
+            "leader's database and journal threads never do). If ranks misbehave, use an "
+            "MPI built with thread support")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import mpi4py
 
-    # The leader writes to the database from a second thread that never calls MPI.
-    mpi4py.rc.thread_level = "funneled"
+    mpi4py.rc.thread_level = THREAD_LEVEL
     from mpi4py import MPI
 
     t_init = time.time()
@@ -90,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings, project = settings_from(argv)
         logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
+        note = thread_level_note(_thread_index(MPI))
+        if note is not None:  # said once on stderr (rank 0), in every rank's log
+            log.log(logging.WARNING if rank == 0 else logging.INFO, "%s", note)
     except BalsamError as exc:
         if rank == 0:
             print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
@@ -123,18 +152,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.error("%s", exc)
         if rank == 0:
             print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
-        _abort(world, runner, rank, host, exc.exit_code, traceback.format_exc())
-    except BaseException:
+        _abort(world, runner, rank, host, exc.exit_code, traceback.format_exc(), exc)
+    except BaseException as exc:
         text = traceback.format_exc()
         log.critical("unhandled error on rank %s (%s):\n%s", rank, host, text)
-        _abort(world, runner, rank, host, 1, text)
+        _abort(world, runner, rank, host, 1, text, exc)
 
 
-def _abort(world: Any, runner: Any, rank: int, host: str, code: int, text: str) -> None:
+def _thread_index(mpi: Any) -> int:
+    """The level MPI gave, as an index into _LEVELS."""
+    provided = mpi.Query_thread()
+    order = [mpi.THREAD_SINGLE, mpi.THREAD_FUNNELED, mpi.THREAD_SERIALIZED,
+             mpi.THREAD_MULTIPLE]
+    return order.index(provided) if provided in order else -1
+
+
+def _abort(world: Any, runner: Any, rank: int, host: str, code: int, text: str,
+           exc: BaseException | None = None) -> None:
     """Stop this rank's tasks, let the leader write what it holds, abort COMM_WORLD."""
     try:
         if runner is not None:
-            runner.crashed(text)
+            runner.crashed(text, exc)
     except BaseException:  # aborting anyway: say why stopping did not go well
         log.critical("while stopping after the error:\n%s", traceback.format_exc())
     logging.shutdown()

@@ -33,9 +33,10 @@ from . import mpidetect
 from .errors import BalsamError
 from .mpienv import is_launcher_variable, task_mpi_env
 from .platform import SchedulerEnv, detect
+from .protocol import RunOrder
 
 __all__ = ["CPU_BINDS", "KINDS", "LAUNCHER_ENV", "UNTESTED_KINDS", "LaunchError",
-           "MpiLauncher", "choose_launcher", "is_launcher_variable", "launch_prefix",
+           "MpiLauncher", "Prefixes", "choose_launcher", "is_launcher_variable", "launch_prefix",
            "needs_prefix", "task_mpi_env"]
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,45 @@ def choose_launcher(environ: Mapping[str, str] = os.environ, *, setting: str = "
     fork = mpidetect.fork_starter(program, exists) if local and kind == "mpich" else None
     return _chosen(MpiLauncher(kind, program, fork_program=fork or "",
                                host=socket.gethostname() if host is None else host, why=why))
+
+
+class Prefixes:
+    """One node's launch prefixes. The launcher is chosen at the first multi-rank task,
+    once: if none fits, each multi-rank task fails with the reason while single-rank work
+    runs on."""
+
+    def __init__(self, host: str, environ: Mapping[str, str] = os.environ) -> None:
+        self.host = host  # the scheduler's name of this node (HELLO carries it)
+        self.environ = environ
+        self._launcher: MpiLauncher | None = None
+        self._error = ""
+
+    def of(self, order: RunOrder) -> list[str]:
+        """The prefix of ``order`` (none for a single-rank task); LaunchError if it has
+        none here."""
+        if not needs_prefix(order.num_nodes, order.ranks_per_node):
+            return []
+        if self._launcher is None and not self._error:
+            try:
+                self._launcher = choose_launcher(self.environ)
+            except LaunchError as exc:
+                self._error = str(exc)
+                log.error("multi-rank tasks cannot start here: %s", exc)
+            else:
+                if not self._launcher.tested:
+                    log.warning("launch prefix %r is untested (docs/mpi-tasks.md)",
+                                self._launcher.kind)
+        if self._launcher is None:
+            raise LaunchError(self._error)
+        hosts = order.hosts or (self.host,) * max(1, order.num_nodes)
+        if order.env_script:  # the bare name, looked up on the PATH the script sets
+            return launch_prefix(self._launcher.kind, hosts=hosts,
+                                 ranks_per_node=order.ranks_per_node,
+                                 threads_per_rank=order.threads,
+                                 gpus_per_rank=order.gpus_per_rank)
+        return self._launcher.prefix(hosts=hosts, ranks_per_node=order.ranks_per_node,
+                                     threads_per_rank=order.threads,
+                                     gpus_per_rank=order.gpus_per_rank)
 
 
 def _chosen(launcher: MpiLauncher) -> MpiLauncher:

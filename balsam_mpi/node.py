@@ -7,36 +7,37 @@ can sleep and still wake the instant a task ends), enforces each task's own wall
 and kills on request: SIGTERM to the task's process group, SIGKILL after the grace.
 Everything that happened is collected in :attr:`changes` for the next report.
 
-A multi-rank task runs under the platform's launch prefix (``mpilaunch``) on the head
-node; the other nodes of a multi-node task *hold* a whole node for it and run nothing
-until the leader releases them. An app's preprocess and postprocess run in the task's
-slot, before and after the run (``prepost``).
+A task's path, top-down in this file: an order arrives (:meth:`Node.apply` from a worker's
+ASSIGN, :meth:`Node.enqueue` on the leader), waits in the queue, starts when it fits
+(stage-in, then the app's preprocess or the run: ``prepost``, ``runner``, a warm
+interpreter for a Python task: ``pypool``, a launch prefix for a multi-rank task:
+``mpilaunch``), its exit is noticed (``procwatch``), then the next phase starts or the
+task's end goes into :attr:`changes` for the next report. The other nodes of a multi-node
+task *hold* a whole node for it and run nothing until the leader releases them.
 
 The end of a batch job (:meth:`Node.begin_stop`): from that instant the node starts
-nothing, and a task that dies of a signal is *cut* (requeued without spending a retry),
-not failed. A scheduler signals every process of the job at once and in any order, so a
-task may die before this rank's own signal arrives: a death by a signal is therefore held
-for ``signal_hold_s`` before it counts as an error, and becomes a cut if the stop comes
-within the hold.
+nothing, and a task that dies of a signal is *cut*, not failed (``deaths``: why such a
+death is held for ``signal_hold_s`` first).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from types import TracebackType
 
 from . import gpus as gpumod
 from . import mpilaunch, pdeath, prepost, pypool, runner, stagein
+from .deaths import Death, HeldDeaths, died_of_signal
 from .platform import node_name
-from .protocol import Assign, Changes, EndKind, Finished, Report, Started, TaskSpec
-from .resources import EPS, NodeResources
+from .procwatch import ProcWatch
+from .protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
+from .resources import NodeResources
 
 log = logging.getLogger(__name__)
 
@@ -44,38 +45,34 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, *, environ: Mapping[str, str] | None = None, db_path: str = "",
                  gpus: int = 0, die_with_parent: bool = True, kill_grace_s: float = 10.0,
-                 signal_hold_s: float = 2.0, stop_grace_s: float = 3.0) -> None:
+                 signal_hold_s: float = 2.0, stop_grace_s: float = 3.0,
+                 python: pypool.PoolConfig | None = None) -> None:
         env = os.environ if environ is None else environ
         self.vendor = gpumod.detect_vendor(env) if gpus else None
         self.res = NodeResources(devices=gpumod.node_devices(
             gpus, None, gpumod.inherited_ids(self.vendor, env)))
         self.host = node_name(env)  # as the scheduler names it: launch prefixes carry it
-        self.holding: dict[int, TaskSpec] = {}  # multi-node tasks headed elsewhere
+        self.prefixes = mpilaunch.Prefixes(self.host)  # for multi-rank tasks
+        self.holding: dict[int, RunOrder] = {}  # multi-node tasks headed elsewhere
         self.poked = False  # something changed that is not a start or an end (a release)
-        self.extra_env: dict[str, str] = {}  # set by the worker: the task_api channel
-        self._launcher: mpilaunch.MpiLauncher | None = None
+        self.extra_env: dict[str, str] = {}  # the task_api channel's (taskchan.py)
         # Python tasks' warm interpreters (pypool), started with the first such task.
-        self.python = pypool.PoolConfig(die_with_parent=die_with_parent)
+        self.python = python or pypool.PoolConfig(die_with_parent=die_with_parent)
         self.pool: pypool.PyPool | None = None
-        self._launch_error = ""
-        self.queue: deque[TaskSpec] = deque()
+        self.queue: deque[RunOrder] = deque()
         self.running: dict[int, runner.TaskProcess] = {}
         self.changes = Changes()
         self.acked = 0
         self.db_path = db_path
         self.die_with_parent = die_with_parent
         self.kill_grace_s = kill_grace_s
-        self.signal_hold_s = signal_hold_s
         self.stop_grace_s = min(stop_grace_s, kill_grace_s)
         # Set by begin_stop, possibly from a signal handler: plain flags, read by step().
         self.stopping = False  # start nothing more
         self.cutting = False  # the job is ending: deaths are cut-offs, not failures
-        self._held: list[_Held] = []  # signal deaths waiting to see whether a stop comes
+        self._held = HeldDeaths(signal_hold_s)  # deaths waiting to see whether a stop comes
         self._env = runner.base_environment(env)
-        self._epoll = select.epoll()
-        self._by_fd: dict[int, int] = {}
-        self._wake_fd = -1
-        self._watched_fds: set[int] = set()
+        self.procs = ProcWatch()  # what wait() sleeps on
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
         self.started_total = 0
         self.finished_total = 0
@@ -85,6 +82,13 @@ class Node:
         self.max_starts = 0
         if die_with_parent:
             pdeath.trampoline()  # built (once per user) now, not at the first task
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -107,23 +111,30 @@ class Node:
 
     # -- orders -----------------------------------------------------------------------
     def apply(self, msg: Assign) -> None:
+        """A worker's ASSIGN (the leader's own node gets the same through enqueue/kill)."""
         self.acked = max(self.acked, msg.seq)
+        self.enqueue(msg.tasks)
         if not self.stopping:  # after the stop, new work is dropped (claims released)
-            self.queue.extend(msg.tasks)
-            for spec in msg.hold:
-                self._hold(spec)
+            for order in msg.hold:
+                self._hold(order)
         for task_id in msg.release:
             self._unhold(task_id)
         if msg.kill:
             self.kill(msg.kill, EndKind.KILLED)
 
-    def _hold(self, spec: TaskSpec) -> None:
+    def enqueue(self, orders: Iterable[RunOrder]) -> None:
+        """Queue these tasks; the next :meth:`step` starts what fits. After the stop new
+        work is dropped (its claims are released when the batch job closes)."""
+        if not self.stopping:
+            self.queue.extend(orders)
+
+    def _hold(self, order: RunOrder) -> None:
         """Keep this whole node (and the task's GPUs here) for a task headed elsewhere."""
-        self.holding[spec.id] = spec
-        if self.res.fits(self.res.capacity, spec.gpus):
-            self.res.take(spec.id, self.res.capacity, spec.gpus)
+        self.holding[order.id] = order
+        if self.res.fits(self.res.capacity, order.gpus):
+            self.res.take(order.id, self.res.capacity, order.gpus)
         else:  # the leader places holds on idle nodes only; never expected
-            log.warning("task %s: asked to hold a node that is not free", spec.id)
+            log.warning("task %s: asked to hold a node that is not free", order.id)
 
     def _unhold(self, task_id: int) -> None:
         if self.holding.pop(task_id, None) is not None:
@@ -167,7 +178,7 @@ class Node:
             grace = self.stop_grace_s if self.cutting and kind == EndKind.CUT \
                 else self.kill_grace_s
             proc.kill_at = time.monotonic() + grace
-            self._watch.add(proc.spec.id)
+            self._watch.add(proc.order.id)
             runner.signal_group(proc, signal.SIGTERM)
 
     # -- the work ---------------------------------------------------------------------
@@ -177,7 +188,9 @@ class Node:
             self.queue.clear()  # never started: their claims go back when the job closes
         did = self.reap(0.0)
         if self._held:
-            did = self._settle_held() or did
+            for death in self._held.settle(self.cutting):
+                self._conclude(*death)
+                did = True
         if self._watch:
             self._check_deadlines()
         return self.start_ready() or did
@@ -189,255 +202,168 @@ class Node:
         budget = self.max_starts or len(self.queue)
         while self.queue and budget > 0:
             budget -= 1
-            spec = self.queue[0]
-            if not self.res.fits(min(spec.need, self.res.capacity), spec.gpus):
-                if spec.gpus <= self.res.gpus:
+            order = self.queue[0]
+            if not self.res.fits(min(order.need, self.res.capacity), order.gpus):
+                if order.gpus <= self.res.gpus:
                     break
                 # More GPUs than this node has: it would wait forever, holding the queue.
                 self.queue.popleft()
-                now = time.time()
-                self.changes.started.append(Started(spec.id, spec.epoch, now))
-                self.started_total += 1
-                self.changes.finished.append(Finished(
-                    spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
-                    f"needs {spec.gpus} GPUs on a node; this launcher's nodes have "
-                    f"{self.res.gpus} (--gpus-per-node)"))
-                self.finished_total += 1
+                self._not_started(order, EndKind.ERROR, f"needs {order.gpus} GPUs on a "
+                                  f"node; this launcher's nodes have {self.res.gpus} "
+                                  "(--gpus-per-node)", release=False)
                 continue
             self.queue.popleft()
-            self._start(spec)
+            self._start(order)
             did = True
         return did
 
-    def _start(self, spec: TaskSpec) -> None:
-        need = min(spec.need, self.res.capacity)  # a task never needs more than a node
-        gpu_ids = self.res.take(spec.id, need, spec.gpus)
+    def _start(self, order: RunOrder) -> None:
+        need = min(order.need, self.res.capacity)  # a task never needs more than a node
+        gpu_ids = self.res.take(order.id, need, order.gpus)
         try:
-            env = runner.task_environment(self._env, spec, self.db_path, gpu_ids,
+            env = runner.task_environment(self._env, order, self.db_path, gpu_ids,
                                           self.vendor, self.extra_env)
-            if spec.inputs:
-                stagein.link_inputs(Path(spec.cwd), [Path(d) for d in spec.parent_dirs],
-                                    spec.inputs)
-            if spec.preprocess:
-                proc = runner.start(
-                    spec, env, die_with_parent=self.die_with_parent, timed=False,
-                    argv=runner.script_argv(spec.preprocess, spec.env_script),
-                    out_name=prepost.PRE_OUT[0], err_name=prepost.PRE_OUT[1])
-                proc.phase = "pre"
+            if order.inputs:
+                stagein.link_inputs(Path(order.cwd), [Path(d) for d in order.parent_dirs],
+                                    order.inputs)
+            if order.preprocess:
+                proc = prepost.start_pre(order, env, self.die_with_parent)
             else:
-                proc = self._start_run(spec, env)
+                proc = self._start_run(order, env)
         except (runner.StartError, OSError, mpilaunch.LaunchError) as exc:
-            now = time.time()
-            self.changes.started.append(Started(spec.id, spec.epoch, now))
-            self.started_total += 1
-            self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, now, now,
-                                     str(exc)), count=False)
+            self._not_started(order, EndKind.ERROR, str(exc))
             return
         except Exception as exc:  # anything one task's data provokes fails that task only
-            self._not_started(spec, f"cannot start the task: {exc}")
+            self._not_started(order, EndKind.REFUSED, f"cannot start the task: {exc}")
             return
         proc.env = env
         self._register(proc)
 
-    def _not_started(self, spec: TaskSpec, why: str) -> None:
-        """Fail a task that could not be started, with one line saying why (14.7)."""
-        now = time.time()
-        self.changes.started.append(Started(spec.id, spec.epoch, now))
+    def _not_started(self, order: RunOrder, kind: EndKind, why: str, *,
+                     at: float | None = None, count: bool = False,
+                     release: bool = True) -> None:
+        """A task that could not start: its start and its end at once, with exit code 127
+        and one line saying why."""
+        now = time.time() if at is None else at
+        self.changes.started.append(Started(order.id, order.epoch, now))
         self.started_total += 1
-        self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.REFUSED), 127, now, now,
-                                 why.strip().split("\n", 1)[0][:500]), count=False)
+        if kind == EndKind.REFUSED:  # a hostile row's text: one line, bounded
+            why = why.strip().split("\n", 1)[0][:500]
+        fin = Finished(order.id, order.epoch, int(kind), 127, now, now, why)
+        if release:
+            self._end(order, fin, count=count)
+        else:  # it never took its share of the node
+            self.changes.finished.append(fin)
+            self.finished_total += 1
 
-    def _start_run(self, spec: TaskSpec, env: dict[str, str]) -> runner.TaskProcess:
-        multi = spec.num_nodes > 1 or spec.ranks_per_node > 1  # mpilaunch.needs_prefix
-        if spec.python:  # a call in a warm interpreter, watched like a process
+    def _start_run(self, order: RunOrder, env: dict[str, str]) -> runner.TaskProcess:
+        """The run itself: a call in a warm interpreter (watched like a process), a
+        process, or a multi-rank task under its launch prefix."""
+        if order.python:
             if self.pool is None:
                 self.pool = pypool.PyPool(self._env, self.python)
-            proc: runner.TaskProcess = self.pool.start(spec, env)
+            proc: runner.TaskProcess = self.pool.start(order, env)
         else:
-            proc = runner.start(spec, env, die_with_parent=self.die_with_parent,
-                                argv=runner.task_argv(spec, self._prefix(spec)) if multi
-                                else None)
-        self.changes.started.append(Started(spec.id, spec.epoch, proc.started_at))
+            prefix = self.prefixes.of(order)
+            proc = runner.start(order, env, die_with_parent=self.die_with_parent,
+                                argv=runner.task_argv(order, prefix) if prefix else None)
+        self.changes.started.append(Started(order.id, order.epoch, proc.started_at))
         self.started_total += 1
         return proc
 
-    def _prefix(self, spec: TaskSpec) -> list[str]:
-        """The launch prefix of a multi-rank task (none for a plain one)."""
-        if not mpilaunch.needs_prefix(spec.num_nodes, spec.ranks_per_node):
-            return []
-        if self._launcher is None and not self._launch_error:
-            try:
-                self._launcher = mpilaunch.choose_launcher(os.environ)
-            except mpilaunch.LaunchError as exc:
-                # Single-rank work still runs; only multi-rank tasks fail, with the reason.
-                self._launch_error = str(exc)
-                log.error("multi-rank tasks cannot start here: %s", exc)
-            else:
-                if not self._launcher.tested:
-                    log.warning("launch prefix %r is untested (docs/mpi-tasks.md)",
-                                self._launcher.kind)
-        if self._launcher is None:
-            raise runner.StartError(self._launch_error)
-        hosts = spec.hosts or (self.host,) * max(1, spec.num_nodes)
-        layout = dict(hosts=hosts, ranks_per_node=spec.ranks_per_node,
-                      threads_per_rank=spec.threads, gpus_per_rank=spec.gpus_per_rank)
-        if spec.env_script:  # the bare name, looked up on the PATH the script sets
-            return mpilaunch.launch_prefix(self._launcher.kind, **layout)  # type: ignore[arg-type]
-        return self._launcher.prefix(**layout)  # type: ignore[arg-type]
-
     def _register(self, proc: runner.TaskProcess) -> None:
-        spec = proc.spec
-        self.running[spec.id] = proc
-        self._by_fd[proc.pidfd] = spec.id
-        self._epoll.register(proc.pidfd, select.EPOLLIN)
+        order = proc.order
+        self.running[order.id] = proc
+        self.procs.add_task(proc.pidfd, order.id)
         if proc.deadline:
-            self._watch.add(spec.id)
+            self._watch.add(order.id)
 
     def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` s, waking when a task ends; True if one did."""
+        """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it."""
         return self.reap(timeout)
 
-    def watch(self, fd: int) -> None:
-        """Also wake from :meth:`wait` when ``fd`` is readable (the task_api socket)."""
-        self._watched_fds.add(fd)
-        self._epoll.register(fd, select.EPOLLIN)
-
-    def wake_on(self, fd: int) -> None:
-        """Also wake from :meth:`wait` when ``fd`` (an eventfd) is signalled: the leader's
-        database thread uses it to say a result is ready."""
-        self._wake_fd = fd
-        self._epoll.register(fd, select.EPOLLIN)
-
     def reap(self, timeout: float) -> bool:
-        # epoll's resolution is 1 ms; round up so a short wait still sleeps, never spins.
-        ms = 0 if timeout <= 0 else max(1, int(timeout * 1000 + 0.999))
-        if not self._by_fd and self._wake_fd < 0 and not self._watched_fds:
-            if ms:
-                time.sleep(ms / 1000.0)
-            return False
-        events = self._epoll.poll(ms / 1000.0 if ms else 0)
-        for fd, _mask in events:
-            task_id = self._by_fd.get(fd)
-            if task_id is not None:
-                self._finish(self.running[task_id])
-            elif fd == self._wake_fd:
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    pass
-        return bool(events)
+        ended, woke = self.procs.wait(timeout)
+        for task_id in ended:
+            self._finish(self.running[task_id])
+        return woke
 
     def _finish(self, proc: runner.TaskProcess) -> None:
         rc = proc.reap() if isinstance(proc, pypool.PyCall) else runner.reap(proc)
         if rc is None:
             return
         ended = time.time()
-        spec = proc.spec
-        self._epoll.unregister(proc.pidfd)
-        del self._by_fd[proc.pidfd]
+        order = proc.order
+        self.procs.remove_task(proc.pidfd)
         runner.close(proc)
-        del self.running[spec.id]
-        self._watch.discard(spec.id)
+        del self.running[order.id]
+        self._watch.discard(order.id)
         if proc.end_kind is None and rc != 0:
             if self.cutting:
                 proc.end_kind = EndKind.CUT  # the job's end took it down
             elif died_of_signal(rc):
                 # The scheduler may be ending the job and this rank's signal be on its
                 # way: decide in signal_hold_s (the slot stays taken meanwhile).
-                self._held.append(_Held(time.monotonic() + self.signal_hold_s, proc, rc,
-                                        ended))
+                self._held.hold(Death(proc, rc, ended))
                 return
         self._conclude(proc, rc, ended)
 
-    def _settle_held(self) -> bool:
-        """Held signal deaths: cut if the stop came, errors once their hold is over."""
-        now = time.monotonic()
-        keep: list[_Held] = []
-        for held in self._held:
-            if self.cutting:
-                held.proc.end_kind = EndKind.CUT
-            elif now < held.until:
-                keep.append(held)
-                continue
-            self._conclude(held.proc, held.rc, held.ended)
-        settled = len(keep) < len(self._held)
-        self._held = keep
-        return settled
-
     def _conclude(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
         """What a phase's end means: the next phase, or the task's end on this node."""
-        spec = proc.spec
+        order = proc.order
         if proc.phase == "pre":
-            self._after_pre(proc, rc, ended)
+            never_ran = prepost.pre_ended(proc, rc, ended, self.cutting)
+            if never_ran is not None:
+                self._end(order, never_ran)
+            else:
+                self._after_pre(proc, ended)
             return
         if proc.phase == "post":
-            kind = proc.end_kind if proc.end_kind is not None else prepost.outcome(
-                proc.run_kind, rc)
-            tail = "" if kind == EndKind.DONE_POST else runner.output_tail(proc)
-            # The run's own times: ended_at and the RUN_* event are the run's end.
-            self._end(spec, Finished(spec.id, spec.epoch, int(kind), proc.run_rc,
-                                     proc.run_started, proc.run_ended, tail))
+            self._end(order, prepost.post_ended(proc, rc))
             return
         kind = proc.end_kind if proc.end_kind is not None else (
             EndKind.DONE if rc == 0 else EndKind.ERROR)
         if kind in (EndKind.DONE, EndKind.ERROR, EndKind.TIMEOUT) and prepost.wants_post(
-                spec, kind):
+                order, kind):
             if not self.cutting:
                 self._start_post(proc, kind, rc, ended)
                 return
             # No time left for the postprocess: the task runs again in a later job.
             kind = EndKind.CUT
         tail = "" if kind == EndKind.DONE else runner.output_tail(proc)
-        self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, proc.started_at, ended,
-                                 tail))
+        self._end(order, Finished(order.id, order.epoch, int(kind), rc, proc.started_at,
+                                  ended, tail))
 
-    def _after_pre(self, proc: runner.TaskProcess, rc: int, ended: float) -> None:
-        spec = proc.spec
-        if proc.end_kind is not None or rc != 0 or self.cutting:
-            # Stopped, or the preprocess failed: the task never ran (stopped: the report
-            # changes nothing in the database, and it tells the leader the slot is free).
-            kind = proc.end_kind if proc.end_kind is not None else (
-                EndKind.CUT if rc == 0 else EndKind.PRE_FAILED)
-            self._end(spec, Finished(spec.id, spec.epoch, int(kind), rc, ended, ended,
-                                     runner.output_tail(proc)))
-            return
+    def _after_pre(self, pre: runner.TaskProcess, ended: float) -> None:
+        order = pre.order
         try:
-            run = self._start_run(spec, proc.env or {})
+            run = self._start_run(order, pre.env or {})
         except (runner.StartError, OSError, mpilaunch.LaunchError) as exc:
-            self.changes.started.append(Started(spec.id, spec.epoch, ended))
-            self.started_total += 1
-            self._end(spec, Finished(spec.id, spec.epoch, int(EndKind.ERROR), 127, ended,
-                                     ended, str(exc)))
+            self._not_started(order, EndKind.ERROR, str(exc), at=ended, count=True)
             return
         except Exception as exc:  # that task's data, not this node: fail it alone
-            self._not_started(spec, f"cannot start the task: {exc}")
+            self._not_started(order, EndKind.REFUSED, f"cannot start the task: {exc}")
             return
-        run.env = proc.env
+        run.env = pre.env
         self._register(run)
 
-    def _start_post(self, proc: runner.TaskProcess, kind: EndKind, rc: int,
+    def _start_post(self, run: runner.TaskProcess, kind: EndKind, rc: int,
                     ended: float) -> None:
-        spec = proc.spec
-        env = dict(proc.env or {})
-        env.update(prepost.post_env(kind))
+        order = run.order
         try:
-            post = runner.start(spec, env, die_with_parent=self.die_with_parent, timed=False,
-                                argv=runner.script_argv(spec.postprocess, spec.env_script),
-                                out_name=prepost.POST_OUT[0], err_name=prepost.POST_OUT[1])
+            post = prepost.start_post(run, kind, rc, ended, self.die_with_parent)
         except (runner.StartError, OSError) as exc:
-            self._end(spec, Finished(spec.id, spec.epoch, int(prepost.outcome(kind, 127)), rc,
-                                     proc.started_at, ended, f"postprocess: {exc}"))
+            self._end(order, Finished(order.id, order.epoch, int(prepost.outcome(kind, 127)),
+                                      rc, run.started_at, ended, f"postprocess: {exc}"))
             return
-        post.phase, post.run_kind, post.run_rc = "post", kind, rc
-        post.run_started, post.run_ended, post.env = proc.started_at, ended, proc.env
         self._register(post)
 
-    def _end(self, spec: TaskSpec, fin: Finished, count: bool = True) -> None:
+    def _end(self, order: RunOrder, fin: Finished, count: bool = True) -> None:
         """The task is over on this node: free its slot and report how it ended."""
-        self.res.release(spec.id)
+        self.res.release(order.id)
         if count:
-            self.done_share += spec.need
-        if spec.python and self.pool is not None:
+            self.done_share += order.need
+        if order.python and self.pool is not None:
             fin = self.pool.finished(fin)  # with its return value, when it finished
         self.changes.finished.append(fin)
         self.finished_total += 1
@@ -465,34 +391,18 @@ class Node:
             runner.close(proc)
         if self.pool is not None:
             self.pool.close()
-        self._epoll.close()
-
-    def has_room(self) -> bool:
-        return self.free() > EPS
-
-
-def died_of_signal(rc: int) -> bool:
-    """A negative exit code is a death by that signal; 129-192 is how a shell reports
-    one of its children's (128 + the signal's number)."""
-    return rc < 0 or 128 < rc <= 192
-
-
-class _Held(NamedTuple):
-    until: float  # monotonic end of the hold
-    proc: runner.TaskProcess
-    rc: int
-    ended: float
+        self.procs.close()
 
 
 class NullNode(Node):
     """A node whose tasks end the moment they start, without a process: measures the
     leader and the protocol alone (``--null-runner``, benchmarks)."""
 
-    def _start(self, spec: TaskSpec) -> None:
+    def _start(self, order: RunOrder) -> None:
         now = time.time()
-        self.changes.started.append(Started(spec.id, spec.epoch, now))
+        self.changes.started.append(Started(order.id, order.epoch, now))
         self.changes.finished.append(
-            Finished(spec.id, spec.epoch, int(EndKind.DONE), 0, now, now))
-        self.done_share += spec.need
+            Finished(order.id, order.epoch, int(EndKind.DONE), 0, now, now))
+        self.done_share += order.need
         self.started_total += 1
         self.finished_total += 1

@@ -180,7 +180,7 @@ class Project:
         except FileNotFoundError:
             raise BadProjectPath(f"{where}: {shown} does not exist") from None
         except OSError as exc:
-            raise BadProjectPath(f"{where}: cannot reach {shown} ({exc.strerror})") from None
+            raise BadProjectPath(f"{where}: cannot reach {shown} ({exc.strerror})") from exc
         if not stat.S_ISDIR(st.st_mode):
             raise BadProjectPath(f"{where}: {shown} is not a directory (a project "
                                  "is the directory `balsam-dbctl init` made)")
@@ -220,7 +220,7 @@ class Project:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise ProjectError(f"cannot read {self.settings_path}: {exc.strerror}") from None
+            raise ProjectError(f"cannot read {self.settings_path}: {exc.strerror}") from exc
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{self.settings_path}: not valid TOML ({exc})") from None
 

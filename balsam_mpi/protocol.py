@@ -17,12 +17,44 @@ from typing import NamedTuple
 
 from .errors import BalsamError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
+LOCAL = 0  # the leader's rank: its own node runs in-process, without messages
 
 
 class ProtocolError(BalsamError):
     """A rank sent something that is not this protocol (a foreign message, a mixed
     install): the launcher stops with the sender and tag named."""
+
+
+class RemoteTraceback(BalsamError):
+    """A traceback from another rank, as text: the ``__cause__`` of :class:`WorkerFailed`
+    (as mpi4py.futures does), so the leader's own traceback shows the worker's below it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def of(cls, msg: ErrorMsg) -> RemoteTraceback:
+        return cls(f'\n"""\nrank {msg.rank} on {msg.host}:\n{msg.traceback.rstrip()}\n"""')
+
+
+class WorkerFailed(BalsamError):
+    """A worker rank reported an unhandled error (or speaks another protocol); the
+    launcher writes what it holds, closes its batch job as FAILED and aborts. Raised
+    ``from`` the worker's :class:`RemoteTraceback`."""
+
+    @classmethod
+    def of(cls, msg: ErrorMsg) -> WorkerFailed:
+        """Names the rank, its host, the exception's type and the first line of its
+        message (the whole traceback is the cause)."""
+        text = msg.message.strip()
+        first = text.splitlines()[0] if text else ""
+        return cls(f"rank {msg.rank} on {msg.host} failed: {msg.exc_type}"
+                   + (f": {first}" if first else ""))
 
 
 class Tag(IntEnum):
@@ -61,7 +93,7 @@ class EndKind(IntEnum):
 
 # The per-task records are NamedTuples, not dataclasses: thousands travel in one message,
 # and unpickling a slotted dataclass costs several times more than a tuple.
-class TaskSpec(NamedTuple):
+class RunOrder(NamedTuple):
     """Everything a node needs to run one task (built by the leader from its claim)."""
 
     id: int
@@ -148,11 +180,11 @@ class Assign:
 
     TAG = Tag.ASSIGN
     seq: int
-    tasks: tuple[TaskSpec, ...] = ()
+    tasks: tuple[RunOrder, ...] = ()
     kill: tuple[int, ...] = ()
     # Multi-node tasks: the other reserved nodes hold a whole node (and its GPUs) for the
     # head's task and run nothing; ``release`` ends the hold when the head's task ended.
-    hold: tuple[TaskSpec, ...] = ()
+    hold: tuple[RunOrder, ...] = ()
     release: tuple[int, ...] = ()
     # Answers to ADD_TASKS: (request id, the new tasks' ids, error message or "").
     added: tuple[tuple[int, tuple[int, ...], str], ...] = ()
@@ -177,11 +209,16 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class ErrorMsg:
+    """A worker's unhandled error: where, what type, its message and the traceback text
+    (exceptions themselves do not travel: they may not unpickle on the leader)."""
+
     TAG = Tag.ERROR
     rank: int
     host: str
     traceback: str
     report: Report | None = None
+    exc_type: str = "Exception"  # the exception's qualified name
+    message: str = ""  # str() of the exception
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,32 +14,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import limits, taskspec
+from . import limits, validate
+from .errors import InputError
 from .pycall import PATH
-from .taskspec import TaskSpecError
 
 # App fields that only make sense around a process (the database refuses them too).
 NOT_FOR_PYTHON = ("shell", "env_script", "preprocess", "postprocess",
                   "postprocess_on_error", "postprocess_on_timeout")
-_FLAGS = ("shell", "postprocess_on_error", "postprocess_on_timeout")
 
 
 def check_path(path: Any, field: str = "python") -> str:
     """``package.module:function`` or one line saying what is wrong with it."""
     if not isinstance(path, str):
-        raise TaskSpecError(f"{field}: must be text like package.module:function, "
-                            f"got {path!r}")
+        raise InputError(f"{field}: must be text like package.module:function, "
+                         f"got {path!r}")
     if len(path) > limits.PYTHON_PATH_MAX:
-        raise TaskSpecError(f"{field}: {len(path)} characters; an import path has at most "
-                            f"{limits.PYTHON_PATH_MAX}")
+        raise InputError(f"{field}: {len(path)} characters; an import path has at most "
+                         f"{limits.PYTHON_PATH_MAX}")
     if not PATH.fullmatch(path):
-        raise TaskSpecError(f"{field}: {path!r} is not an import path; write "
-                            "package.module:function (dotted names, one colon, ASCII)")
+        raise InputError(f"{field}: {path!r} is not an import path; write "
+                         "package.module:function (dotted names, one colon, ASCII)")
     return path
 
 
 def _given(key: str, value: Any) -> bool:
-    if key in _FLAGS and isinstance(value, str):
+    if key in validate.APP_BOOLS and isinstance(value, str):
         return value.strip().lower() in ("true", "yes", "1")
     return value not in (None, "", False, 0)
 
@@ -49,13 +48,13 @@ def check_app(name: str, python: Any, fields: Mapping[str, Any]) -> dict[str, An
     path = check_path(python)
     for key in NOT_FOR_PYTHON:
         if _given(key, fields.get(key)):
-            raise TaskSpecError(f"{key}: a Python app has none: its function is called in "
-                                "a warm interpreter, with no process around the call "
-                                "(docs/python-tasks.md)")
+            raise InputError(f"{key}: a Python app has none: its function is called in "
+                             "a warm interpreter, with no process around the call "
+                             "(docs/python-tasks.md)")
     rest = {k: v for k, v in fields.items() if k not in NOT_FOR_PYTHON}
     # The name and the remaining fields are checked as for any app; the path stands in
     # for the command template, which it passes as one (it has no braces).
-    out = taskspec.check_app(name, path, rest)
+    out = validate.check_app(name, path, rest)
     del out["command"]
     out["python"] = path
     return out

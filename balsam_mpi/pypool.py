@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import gpus, runner
-from .protocol import EndKind, Finished, TaskSpec
+from .protocol import EndKind, Finished, RunOrder
 from .pycall import LENGTH, encode_frame, split_frame
 from .pyzygote import Zygote
 
@@ -154,24 +154,24 @@ class PyPool:
         self.most = 0  # the most calls that ran at once: how many interpreters to keep
 
     # -- a call's start -----------------------------------------------------------------
-    def start(self, spec: TaskSpec, env: Mapping[str, str]) -> PyCall:
+    def start(self, order: RunOrder, env: Mapping[str, str]) -> PyCall:
         """Send the call to an idle interpreter of the right kind (or a new one)."""
         self._reap_retired()
-        path, kwargs = spec.python
+        path, kwargs = order.python
         extra = {k: v for k, v in env.items() if self.base.get(k) != v}
         spawn_env = {k: extra.pop(k) for k in SPAWN_KEYS if k in extra}
         cap = (int(self.config.memory_mb * 2**20) if self.config.memory_mb > 0
-               else int(min(1.0, spec.need) * self.mem_total))
-        as_cap = cap if self.config.address_cap and spec.gpus == 0 else 0
+               else int(min(1.0, order.need) * self.mem_total))
+        as_cap = cap if self.config.address_cap and order.gpus == 0 else 0
         key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
         frame = encode_frame({"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap,
-                              "id": spec.id}, kwargs.encode())
+                              "id": order.id}, kwargs.encode())
         # The task's directory and output files, opened here exactly as for a process task
         # (runner: a walk from data/ that follows no planted link, outputs O_EXCL|
         # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
         # the call. The node keeps the outputs' to read the failure tail back, as for any
         # task. (Interpreters making directories side by side in one shard contended.)
-        dir_fd, out_fd, err_fd = runner.open_task_dir(spec)
+        dir_fd, out_fd, err_fd = runner.open_task_dir(order)
         try:
             interp = self._take(key, spawn_env)
             try:
@@ -196,8 +196,8 @@ class PyPool:
         self.calls += 1
         self.busy += 1
         self.most = max(self.most, self.busy)
-        deadline = time.monotonic() + spec.wall_time_s if spec.wall_time_s > 0 else 0.0
-        return PyCall(spec, interp.pid, os.dup(interp.watch.fileno()), time.time(),
+        deadline = time.monotonic() + order.wall_time_s if order.wall_time_s > 0 else 0.0
+        return PyCall(order, interp.pid, os.dup(interp.watch.fileno()), time.time(),
                       deadline, out_fd=out_fd, err_fd=err_fd, interp=interp, pool=self)
 
     def _take(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
@@ -237,10 +237,10 @@ class PyPool:
             header, doc = answer
             rc = int(header.get("rc", 1))
             if header.get("error"):
-                log.warning("task %s: %s", call.spec.id, header["error"])
+                log.warning("task %s: %s", call.order.id, header["error"])
             if rc == 0 and doc:
                 try:
-                    self.results[call.spec.id] = doc.decode("utf-8")
+                    self.results[call.order.id] = doc.decode("utf-8")
                 except UnicodeDecodeError:
                     rc = 1
                     _note(call, "the return value could not be read back (not UTF-8 JSON)")

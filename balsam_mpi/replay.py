@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from .errors import BalsamError
 from .journal import parse_name
-from .store import Store
+from .storeport import StorePort
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _chunks(fd: int, after: int) -> Generator[tuple[list[str], list[str]], None,
         yield lines, macs
 
 
-def replay_file(store: Store, path: Path, job_id: int, epoch: int, uid: int,
+def replay_file(store: StorePort, path: Path, job_id: int, epoch: int, uid: int,
                 after: int, cache: ReplayCache) -> tuple[int, int]:
     """Apply one journal file from line ``after`` + 1; returns (lines, tasks finished)."""
     opened = _open(path, uid)
@@ -149,7 +149,7 @@ def replay_file(store: Store, path: Path, job_id: int, epoch: int, uid: int,
     return lines_done, finished
 
 
-def replay_due(store: Store, directory: Path, cache: ReplayCache | None = None,
+def replay_due(store: StorePort, directory: Path, cache: ReplayCache | None = None,
                job_id: int | None = None) -> list[Replayed]:
     """Replay the journals the database says may hold unwritten reports (of one batch
     job only, given ``job_id``)."""

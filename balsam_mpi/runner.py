@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from . import gpus, mpilaunch, pdeath, safefs
 from .errors import UsageError
-from .protocol import EndKind, TaskSpec
+from .protocol import EndKind, RunOrder
 from .taskcgroup import TaskCgroups
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,15 @@ def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return mpilaunch.task_mpi_env(environ)
 
 
-def task_environment(base: Mapping[str, str], spec: TaskSpec, db_path: str,
+def task_environment(base: Mapping[str, str], order: RunOrder, db_path: str,
                      gpu_ids: tuple[str, ...] = (), vendor: str | None = None,
                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(base)
-    env.update(spec.env)
-    env["BALSAM_TASK_ID"] = str(spec.id)
+    env.update(order.env)
+    env["BALSAM_TASK_ID"] = str(order.id)
     if db_path:
         env["BALSAM_DB_PATH"] = db_path
-    env["OMP_NUM_THREADS"] = str(spec.threads)
+    env["OMP_NUM_THREADS"] = str(order.threads)
     if extra:
         env.update(extra)
     # After the task's own env: a task cannot name another task's devices.
@@ -74,14 +74,14 @@ def task_environment(base: Mapping[str, str], spec: TaskSpec, db_path: str,
     return env
 
 
-def task_argv(spec: TaskSpec, prefix: list[str] | tuple[str, ...] = ()) -> list[str]:
+def task_argv(order: RunOrder, prefix: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The task's argv, under a launch prefix for multi-rank tasks. The env_script goes
     outside the prefix: it often loads the module that provides the right ``mpiexec``."""
-    if spec.env_script:
+    if order.env_script:
         # Source the app's environment script, then become the task (no extra process).
-        return ["/bin/sh", "-c", '. "$0" && exec "$@"', spec.env_script, *prefix,
-                *spec.argv]
-    return [*prefix, *spec.argv]
+        return ["/bin/sh", "-c", '. "$0" && exec "$@"', order.env_script, *prefix,
+                *order.argv]
+    return [*prefix, *order.argv]
 
 
 def script_argv(script: str, env_script: str = "") -> list[str]:
@@ -155,7 +155,7 @@ def _preexec(dir_fd: int, die_with_parent: bool) -> Callable[[], None]:
 
 @dataclass(slots=True)
 class TaskProcess:
-    spec: TaskSpec
+    order: RunOrder
     pid: int
     pidfd: int
     started_at: float
@@ -198,11 +198,11 @@ def _resolve(name: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def open_task_dir(spec: TaskSpec, out_name: str = STDOUT_NAME, err_name: str = STDERR_NAME
+def open_task_dir(order: RunOrder, out_name: str = STDOUT_NAME, err_name: str = STDERR_NAME
                   ) -> tuple[int, int, int]:
     """The task's directory (walked from the project's data/, made where missing) and its
     two output files, as descriptors; StartError with one line if anything was planted."""
-    data, parts = safefs.split_task_dir(spec.cwd)
+    data, parts = safefs.split_task_dir(order.cwd)
     fds: list[int] = []
     try:
         root = safefs.root(data)
@@ -214,7 +214,7 @@ def open_task_dir(spec: TaskSpec, out_name: str = STDOUT_NAME, err_name: str = S
         for fd in fds:
             os.close(fd)
         raise StartError(str(exc) if isinstance(exc, safefs.UnsafePath)
-                         else f"cannot prepare {spec.cwd}: {exc.strerror}") from None
+                         else f"cannot prepare {order.cwd}: {exc.strerror}") from None
     return _high(fds[0]), _high(fds[1]), _high(fds[2])
 
 
@@ -243,7 +243,7 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = True,
+def start(order: RunOrder, env: Mapping[str, str], *, die_with_parent: bool = True,
           argv: list[str] | None = None, out_name: str = STDOUT_NAME,
           err_name: str = STDERR_NAME, timed: bool = True) -> TaskProcess:
     """Start one task (or, given ``argv``, its pre/postprocess); stdout and stderr go to
@@ -252,15 +252,15 @@ def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = Tru
     if not _nofile_raised:
         _raise_nofile()
     if argv is None:
-        argv = task_argv(spec)
+        argv = task_argv(order)
     tramp = pdeath.trampoline()
     prog = _resolve(argv[0], env) if tramp is not None else argv[0]
-    dir_fd, out, err = open_task_dir(spec, out_name, err_name)
-    deadline = (time.monotonic() + spec.wall_time_s
-                if timed and spec.wall_time_s > 0 else 0.0)
+    dir_fd, out, err = open_task_dir(order, out_name, err_name)
+    deadline = (time.monotonic() + order.wall_time_s
+                if timed and order.wall_time_s > 0 else 0.0)
     try:
         if tramp is not None:
-            return _spawn(tramp, spec, env, prog, argv, dir_fd, out, err, die_with_parent,
+            return _spawn(tramp, order, env, prog, argv, dir_fd, out, err, die_with_parent,
                           deadline)
         if not _warned_fallback:
             _warned_fallback = True
@@ -275,7 +275,7 @@ def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = Tru
                 preexec_fn=_preexec(dir_fd, die_with_parent))
         except (OSError, subprocess.SubprocessError) as exc:
             raise StartError(f"cannot start {argv[0]!r}: {exc}") from None
-        return TaskProcess(spec, popen.pid, os.pidfd_open(popen.pid), started, deadline,
+        return TaskProcess(order, popen.pid, os.pidfd_open(popen.pid), started, deadline,
                            popen, out_fd=out, err_fd=err)
     except BaseException:
         os.close(out)
@@ -285,17 +285,17 @@ def start(spec: TaskSpec, env: Mapping[str, str], *, die_with_parent: bool = Tru
         os.close(dir_fd)
 
 
-def _spawn(tramp: str, spec: TaskSpec, env: Mapping[str, str], prog: str, argv: list[str],
+def _spawn(tramp: str, order: RunOrder, env: Mapping[str, str], prog: str, argv: list[str],
            dir_fd: int, out: int, err: int, die_with_parent: bool, deadline: float
            ) -> TaskProcess:
     cgroups = _task_cgroups()
     cg_name, cg_fd = "", -1
     if cgroups is not None:
         try:
-            cg_name, cg_fd = cgroups.create(spec.id)
+            cg_name, cg_fd = cgroups.create(order.id)
             cg_fd = _high(cg_fd)
         except OSError as exc:  # the subreaper still contains the task
-            log.warning("task %s: no cgroup of its own (%s)", spec.id, exc.strerror)
+            log.warning("task %s: no cgroup of its own (%s)", order.id, exc.strerror)
             cg_name, cg_fd = "", -1
     flags = (pdeath.FLAG_PDEATH if die_with_parent else 0) | (
         pdeath.FLAG_CGROUP if cg_fd >= 0 else 0)
@@ -317,7 +317,7 @@ def _spawn(tramp: str, spec: TaskSpec, env: Mapping[str, str], prog: str, argv: 
     finally:
         if cg_fd >= 0:
             os.close(cg_fd)
-    return TaskProcess(spec, pid, os.pidfd_open(pid), started, deadline, out_fd=out,
+    return TaskProcess(order, pid, os.pidfd_open(pid), started, deadline, out_fd=out,
                        err_fd=err, contained=True, cgroup=cg_name)
 
 

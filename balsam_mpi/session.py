@@ -6,7 +6,9 @@ after a crash picks them up at once, and a row it adopts is swept first if it ex
 then opens (or adopts) the batch job, opens its own journal, builds the local node and
 the leader, and closes the batch job at the end; on a crash it writes what it holds and
 closes the row as FAILED before the abort. A worker's session tells the leader about its
-crash (ERROR, with its last report) before the abort.
+crash (ERROR: its host, the exception's type and message, the traceback and its last
+report) before the abort. What must be closed is entered as a context: the store, the
+database thread, the node (its epoll and task processes) and its task_api channel.
 
 If the leader declared a worker dead, it ends with an MPI abort once its batch job is
 closed: a frozen rank would otherwise hold ``mpiexec`` (and the allocation) forever.
@@ -19,21 +21,25 @@ import os
 import resource
 import socket
 import time
+from contextlib import ExitStack
 
 from . import runner
-from .buffer import DbThread
+from .calls import Calls
 from .comm import Comm
 from .config import Settings
+from .dbthread import DbThread
 from .errors import BalsamError, DatabaseError
 from .journal import Journal, open_journal
 from .leader import Leader
 from .lease import log_expired, sweep_once
 from .node import Node, NullNode
 from .project import Project
-from .protocol import ErrorMsg
+from .protocol import LOCAL, ErrorMsg
 from .pypool import PoolConfig
 from .replay import log_replayed
-from .store import ClaimFilter, Lease, Store
+from .store import Store
+from .storeport import ClaimFilter, Lease, StorePort
+from .taskchan import TaskChannel
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -60,11 +66,19 @@ def make_node(settings: Settings, project: Project | None) -> Node:
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
     runner.configure(output_cap_mb=settings.output_cap_mb, cgroups=settings.task_cgroups)
-    node = cls(db_path=db_path, gpus=settings.gpus_per_node,
+    return cls(db_path=db_path, gpus=settings.gpus_per_node,
                die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s,
-               signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s)
-    node.python = PoolConfig.from_settings(settings)  # Python tasks' interpreters
-    return node
+               signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s,
+               python=PoolConfig.from_settings(settings))  # Python tasks' interpreters
+
+
+def task_channel(settings: Settings, rank: int, node: Node) -> TaskChannel | None:
+    """The task_api socket of this rank's tasks (none for the null runner)."""
+    if settings.null_runner:
+        return None
+    chan = TaskChannel(rank)
+    chan.serve(node)
+    return chan
 
 
 def launcher_deadline(settings: Settings, started: float) -> float | None:
@@ -87,29 +101,40 @@ class LeaderSession:
         self.leader: Leader | None = None
         sched = detect()
         deadline = launcher_deadline(settings, t_init)
-        self.store = Store.connect(project)
-        filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
-        try:
-            replayed, expired = sweep_once(self.store, project.log_dir)
-            log_replayed(replayed)
-            log_expired(expired)
-        except DatabaseError as exc:  # e.g. a schema without 0005: the rest still works
-            log.warning("could not look for expired leases: %s (balsam-dbctl migrate?)", exc)
-        lease = self.store.open_job(
-            job_id=batch_job_id(), scheduler=sched.scheduler,
-            scheduler_job_id=sched.job_id, host=socket.gethostname(), nodes=comm.size,
-            ranks=comm.size, filters=filters,
-            wall_time_min=None if deadline is None else (deadline - t_init) / 60.0,
-            lease_sec=settings.lease_s)
-        log.info("batch job %s %s (epoch %s), %s ranks, filters %s", lease.job_id,
-                 "adopted" if lease.adopted else "opened", lease.epoch, comm.size,
-                 filters.as_json())
-        self.journal = self._journal(project, lease)
-        self.node = make_node(settings, project)
-        self.node.max_starts = 4
-        self.db = DbThread(self.store)
-        self.leader = Leader(settings, comm, project, self.db, lease, self.node, deadline,
-                             self.journal)
+        with ExitStack() as stack:  # closed here only if setting up fails
+            self.store: StorePort = stack.enter_context(Store.connect(project))
+            filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
+            try:
+                replayed, expired = sweep_once(self.store, project.log_dir)
+                log_replayed(replayed)
+                log_expired(expired)
+            except DatabaseError as exc:  # e.g. a schema without 0005: the rest works
+                log.warning("could not look for expired leases: %s (balsam-dbctl "
+                            "migrate?)", exc)
+            lease = self.store.open_job(
+                job_id=batch_job_id(), scheduler=sched.scheduler,
+                scheduler_job_id=sched.job_id, host=socket.gethostname(), nodes=comm.size,
+                ranks=comm.size, filters=filters,
+                wall_time_min=None if deadline is None else (deadline - t_init) / 60.0,
+                lease_sec=settings.lease_s)
+            log.info("batch job %s %s (epoch %s), %s ranks, filters %s", lease.job_id,
+                     "adopted" if lease.adopted else "opened", lease.epoch, comm.size,
+                     filters.as_json())
+            self.journal = self._journal(project, lease)
+            self.calls = Calls(stack.enter_context(DbThread(self.store)))
+            # The node and its task channel close first, the database thread and the
+            # store after the last write (run).
+            self.node_stack = ExitStack()
+            stack.enter_context(self.node_stack)
+            self.node = self.node_stack.enter_context(make_node(settings, project))
+            self.node.max_starts = 4
+            chan = task_channel(settings, LOCAL, self.node)
+            if chan is not None:
+                self.node_stack.enter_context(chan)
+            self.leader = Leader(settings, comm, project, self.store, self.calls, lease,
+                                 self.node, deadline=deadline, journal=self.journal,
+                                 chan=chan)
+            self.stack = stack.pop_all()
 
     def _journal(self, project: Project, lease: Lease) -> Journal | None:
         try:
@@ -127,15 +152,15 @@ class LeaderSession:
             reason = leader.run()
             closed = leader.finish(reason)
         finally:
-            self.node.close()
+            self.node_stack.close()
         log_usage(self.node)
         done = leader.buffer.written_finished
         first = leader.first_start
         log.info("done (%s): %s tasks claimed, %s ended; first start %.3f s after MPI init",
-                 reason, leader.claimed_total, done,
+                 reason, leader.claims.total, done,
                  (first - self.t_init) if first else float("nan"))
-        self.db.close()
-        self.store.close()
+        # The database thread and the store stay open on a crash: crashed() writes.
+        self.stack.close()
         if leader.dead or not closed:
             # Nothing is left to write; a frozen rank must not hold mpiexec, and an
             # unwritten end must show in the exit status.
@@ -156,37 +181,39 @@ class LeaderSession:
         if self.leader is not None:
             self.leader.stop_reason = reason
 
-    def crashed(self, text: str) -> None:
+    def crashed(self, text: str, exc: BaseException | None = None) -> None:
         self.node.kill_everything_now()
         if self.leader is None:
             return
         leader = self.leader
         try:
-            leader.settle()
-            leader.buffer.flush_now(self.db, patience_s=10.0)
-        except BalsamError as exc:
-            log.error("could not write the last reports: %s", exc)
+            leader.settle(timeout=10.0)
+            leader.buffer.flush_now(patience_s=10.0)
+        except BalsamError as err:
+            log.error("could not write the last reports: %s", err)
         if self.journal is not None:  # whatever the flush could not write is there
             self.journal.close(complete=True)
         first_line = text.strip().splitlines()[-1] if text.strip() else "error"
         try:
-            self.db.submit(self.store.close_job, leader.lease, "FAILED",
-                           f"launcher error: {first_line}"[:500]).result(timeout=30)
-        except BalsamError as exc:
-            log.error("could not close the batch job: %s", exc)
+            self.calls.run(self.store.close_job, leader.lease, "FAILED",
+                           f"launcher error: {first_line}"[:500], timeout=30)
+        except (BalsamError, TimeoutError) as err:
+            log.error("could not close the batch job: %s", err)
 
 
 class WorkerSession:
     def __init__(self, settings: Settings, comm: Comm, project: Project) -> None:
         self.comm = comm
         self.node = make_node(settings, project)
-        self.worker = Worker(settings, comm, self.node)
+        self.worker = Worker(comm, self.node, gpus=settings.gpus_per_node,
+                             report_interval_s=settings.report_interval_s,
+                             drain_grace_s=settings.drain_grace_s,
+                             poll_cap_s=settings.poll_cap_s,
+                             chan=task_channel(settings, comm.rank, self.node))
 
     def run(self) -> None:
-        try:
+        with self.node, self.worker.chan or ExitStack():
             self.worker.run()
-        finally:
-            self.node.close()
         log_usage(self.node)
 
     def stop(self, reason: str) -> None:
@@ -194,10 +221,14 @@ class WorkerSession:
         self.node.begin_stop()
         self.worker.stop_reason = reason
 
-    def crashed(self, text: str) -> None:
+    def crashed(self, text: str, exc: BaseException | None = None) -> None:
         self.node.kill_everything_now()
-        self.comm.send(0, ErrorMsg(self.comm.rank, socket.gethostname(), text,
-                                   self.node.report(self.comm.rank)))
+        kind = type(exc) if exc is not None else Exception
+        name = kind.__qualname__ if kind.__module__ == "builtins" \
+            else f"{kind.__module__}.{kind.__qualname__}"
+        self.comm.send(LOCAL, ErrorMsg(self.comm.rank, socket.gethostname(), text,
+                                       self.node.report(self.comm.rank), exc_type=name,
+                                       message=str(exc) if exc is not None else ""))
         self.comm.flush_sends(timeout=5.0)
         # Give the leader a moment to write what it holds before this rank aborts.
         time.sleep(3.0)

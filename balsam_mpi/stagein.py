@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from . import safefs
-from .taskspec import check_pattern
+from .validate import check_pattern
 
 log = logging.getLogger(__name__)
 

@@ -1,104 +1,43 @@
-"""The launcher's database operations: open/adopt the batch job, claim, report, heartbeat,
-close, lease expiry (also `balsam-dbctl recover`) and journals. Only the leader calls these,
-over one autocommit connection; each is one statement calling a SECURITY DEFINER function
-of ``migrations/0004_launcher.sql`` / ``0005_leases.sql`` / ``0008_reliability.sql``.
-Driver errors are translated here (through ``db.translated``) and nowhere else in the
-launcher; a report the server refuses for its *data* (not the connection) is a
-:class:`BadReport`, so the buffer can find the one bad row instead of retrying forever.
+"""The store port over PostgreSQL (``storeport.py``): every database call of the launcher.
+
+Open/adopt the batch job, claim, the apps' extras, report (with Python results), kills,
+task adds, heartbeat, close, lease expiry (also `balsam-dbctl recover`) and journals.
+Only the leader calls these, over one autocommit connection; each is one statement
+calling a SECURITY DEFINER function of ``migrations/0004_launcher.sql`` /
+``0005_leases.sql`` / ``0008_reliability.sql`` / ``0009_python_tasks.sql`` (the plain
+reads need only what every member has), except task adds, which go through the one task
+writer the client uses too (``taskadd.py``). Driver errors are translated here (through
+``db.translated``) and nowhere else in the launcher; a report the server refuses for its
+*data* (not the connection) is a :class:`BadReport`, so the buffer can find the one bad
+row instead of retrying forever.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from . import db, sql
 from .cleantext import one_line
-from .errors import DatabaseError
 from .project import Project
-from .protocol import Finished, Started
+from .protocol import EndKind, Finished, Started
+from .storeport import (
+    AppExtras,
+    BadReport,
+    Claimed,
+    ClaimFilter,
+    Expired,
+    Held,
+    Lease,
+    StorePort,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The batch job this leader runs under, and the epoch that fences its reports."""
-
-    job_id: int
-    epoch: int
-    adopted: bool
-
-
-class Claimed(NamedTuple):
-    """One claimed task, as the claim statement returns it."""
-
-    id: int
-    workflow: str
-    name: str
-    state: str
-    app: str
-    command: str
-    shell: bool
-    env_script: str
-    params: str  # jsonb as text ('{}' mostly: parsed only when needed)
-    args: list[str]
-    env: str
-    num_nodes: int
-    ranks_per_node: int
-    threads_per_rank: int
-    gpus_per_rank: int
-    node_packing_count: int
-    wall_time_min: float
-    priority: int = 0
-    input_files: list[str] | None = None
-    parents: str | None = None  # jsonb text: [[workflow, id, name], ...] (input_files only)
-
-
-class BadReport(DatabaseError):
-    """The server (or the driver) refused a report for what it carries: a value it cannot
-    store. Retrying the same rows fails the same way; connection trouble is not this."""
-
-
-class Held(NamedTuple):
-    """Work another running batch job holds that this launcher's filters match."""
-
-    job_id: int
-    tasks: int  # 1: it holds some (not counted, to keep the question cheap)
-    heartbeat_at: float  # epoch seconds, the server's clock
-    silent_s: float  # since that heartbeat
-    lease_s: float
-
-    @property
-    def overdue(self) -> bool:
-        """A live leader beats at least every half lease: this one has probably died."""
-        return self.silent_s > self.lease_s / 2
-
-
-class Expired(NamedTuple):
-    """A batch job whose lease ran out, marked LOST, and what happened to its tasks."""
-
-    job_id: int
-    user: str
-    requeued: int  # were running: lost counter +1, runnable again
-    failed: int  # were running with the lost counter at its limit
-    released: int  # claimed but never started: free again, nothing counted
-
-
-@dataclass(frozen=True)
-class ClaimFilter:
-    workflows: tuple[str, ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()
-    owners: tuple[str, ...] = ()
-
-    def as_json(self) -> dict[str, Any]:
-        return {"workflows": list(self.workflows), "tags": dict(self.tags),
-                "owners": list(self.owners)}
 
 
 # Numeric arrays go as array literals ('{1,2,3}', cast in the SQL): adapting Python lists
@@ -135,6 +74,13 @@ class Store:
     @classmethod
     def connect(cls, project: Project) -> Store:
         return cls(_connect(project), project)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     def reconnect(self) -> None:
         """A fresh connection after the server went away (raises while it is still away)."""
@@ -185,26 +131,55 @@ class Store:
         claimed.sort(key=lambda c: (-c.priority, c.id))
         return claimed
 
+    def app_extras(self, names: Iterable[str]) -> dict[str, AppExtras]:
+        rows = self._rows("launcher_app_extras", {"names": sorted(set(names))})
+        return {str(name): AppExtras(str(pre), str(post), bool(on_error), bool(on_timeout),
+                                     str(python))
+                for name, pre, post, on_error, on_timeout, python in rows}
+
     def report(self, lease: Lease, started: Sequence[Started],
                finished: Sequence[Finished], through: int = 0) -> dict[str, int]:
         """Write a batch of node reports; returns rows changed per step. Ends of killed
         tasks go too: a run that raced its kill is kept in the history (0008).
-        ``through``: the journal's last report group this batch completes."""
-        import psycopg
+        ``through``: the journal's last report group this batch completes.
 
+        Python tasks' return values (``Finished.result``) are written in the same
+        transaction, right after the reports that make their tasks JOB_FINISHED
+        (``launcher_results``, 0009, fenced like the reports), so whoever waits for a
+        task, notified at the commit, never sees it finished without its result. A
+        flush that carries no value stays one statement."""
+        done = [f for f in finished if f.result is not None and f.kind == EndKind.DONE]
+        if not done:
+            return self._report(lease, started, finished, through)
+        # translated() outermost: a connection lost mid-transaction fails its rollback too.
+        with db.translated(), self.conn.transaction():
+            counts = self._report(lease, started, finished, through)
+            row = self._checked("launcher_results", {
+                "job": lease.job_id, "epoch": lease.epoch, "ids": [f.id for f in done],
+                "results": [f.result for f in done]})
+            counts["results"] = int(row[0][0]) if row else 0
+        return counts
+
+    def _report(self, lease: Lease, started: Sequence[Started],
+                finished: Sequence[Finished], through: int) -> dict[str, int]:
         # Transposed with zip (in C): one pass per column instead of a Python loop each.
         s_ids, _s_epochs, s_at = zip(*started, strict=True) if started else ((), (), ())
         f_ids, _f_epochs, f_kind, f_rc, f_started, f_ended, f_tail, *_results = (
             zip(*finished, strict=True) if finished else ((),) * 7)
-        params = {
+        rows = self._checked("launcher_report", {
             "job": lease.job_id, "epoch": lease.epoch,
             "s_ids": _ints(s_ids), "s_at": _floats(s_at),
             "f_ids": _ints(f_ids), "f_kind": _ints(f_kind), "f_rc": _ints(f_rc),
             "f_started": _floats(f_started), "f_ended": _floats(f_ended),
-            "f_tail": list(f_tail), "through": through}
+            "f_tail": list(f_tail), "through": through})
+        return {str(step): int(n) for step, n in rows}
+
+    def _checked(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """A statement whose data the server may refuse: such a refusal is a BadReport."""
+        import psycopg
+
         try:
-            rows = self.conn.execute(sql.query("launcher_report"), params,
-                                     prepare=True).fetchall()
+            return self.conn.execute(sql.query(name), params, prepare=True).fetchall()
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             # What the rows carry (a NUL, a number out of range): the same again would
             # fail the same way. The driver raises these for its own encoding too.
@@ -213,7 +188,11 @@ class Store:
             raise db.translate(exc) from exc
         except ValueError as exc:  # UnicodeEncodeError: a lone surrogate
             raise BadReport(_first_line(exc)) from exc
-        return {str(step): int(n) for step, n in rows}
+
+    def add_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        from .taskadd import TaskWriter
+
+        return TaskWriter(self.conn).add(tasks)
 
     def heartbeat(self, lease: Lease) -> bool:
         rows = self._rows("launcher_heartbeat", {"job": lease.job_id, "epoch": lease.epoch})
@@ -270,3 +249,6 @@ class Store:
         rows = self._rows("launcher_replay", {"job": job_id, "epoch": epoch,
                                               "lines": list(lines), "macs": list(macs)})
         return {str(step): int(n) for step, n in rows}
+
+
+_ADAPTER: type[StorePort] = Store  # mypy holds the adapter to the port

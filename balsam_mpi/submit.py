@@ -32,7 +32,7 @@ QSUBMIT = "qsubmit"
 # between writing and submission (a local run's bash reads its script from disk).
 MODE_QSUBMIT = 0o3770
 MODE_SCRIPT = 0o750  # Cobalt runs only executable scripts
-MODE_LOG = 0o640
+MODE_SUBMIT_LOG = 0o640  # what the scheduler printed, beside the script
 SUBMIT_TIMEOUT_SEC = 120
 SUBMIT_ARGV = {
     "pbs": ["qsub"],
@@ -209,7 +209,7 @@ def _first_line(text: str) -> str:
 def _start_local(project: Project, qdir: Path, script: Path, job_id: int) -> Submission:
     """Start the script detached: own session (a closed terminal does not kill it), stdin
     from /dev/null, output appended to a log beside the script."""
-    fd, name = _create(qdir, f"{script.stem}.log", MODE_LOG)
+    fd, name = _create(qdir, f"{script.stem}.log", MODE_SUBMIT_LOG)
     log_path = qdir / name
     try:
         proc = subprocess.Popen(["bash", str(script)], cwd=qdir, stdin=subprocess.DEVNULL,
@@ -246,7 +246,7 @@ def _set_scheduler_id(project: Project, job_id: int, scheduler_id: str) -> None:
         # launcher still adopts the row through BALSAM_BATCH_JOB_ID.
         raise SubmitError(f"job {scheduler_id} was submitted but recording its id on batch "
                           f"job {job_id} failed ({exc}); its launcher will still adopt the "
-                          "row") from None
+                          "row") from exc
 
 
 def _fail(project: Project, job_id: int, reason: str) -> None:

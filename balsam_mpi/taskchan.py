@@ -17,9 +17,13 @@ import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from .task_api import MAX_REQUEST, SOCKET_ENV
+
+if TYPE_CHECKING:
+    from .node import Node
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,19 @@ class TaskChannel:
         self._reading: dict[int, _Conn] = {}
         self._waiting: dict[int, socket.socket] = {}  # request id -> its connection
         self._next = 0
+
+    def __enter__(self) -> TaskChannel:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def serve(self, node: Node) -> None:
+        """Make this the channel of ``node``'s tasks: they get its path, and the node
+        wakes when a request comes."""
+        node.extra_env.update(self.env())
+        node.procs.watch(self.fileno())
 
     def env(self) -> dict[str, str]:
         return {SOCKET_ENV: self.path}

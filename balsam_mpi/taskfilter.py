@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import limits, sql, values
+from . import jsondoc, limits, sql, values
 from .errors import UsageError
 from .models import TaskState, parse_state
 
@@ -58,7 +58,7 @@ def filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
     if name is not None:
         values.name("name", name)
     if tags:
-        values.json_object("tags", tags, limits.TAGS_MAX_BYTES)
+        jsondoc.json_object("tags", tags, limits.TAGS_MAX_BYTES)
     state_names = None if states is None else sorted({parse_state(str(s)).value
                                                       for s in states})
     return {

@@ -10,7 +10,7 @@ than ``LINE_MAX_BYTES`` is ever held whole.
 CSV: the header names the fields. ``params``, ``tags``, ``env``, ``data`` and the lists
 (``args``, ``input_files``, ``parents``) hold JSON, or a column ``params.who`` /
 ``tags.k`` / ``env.K`` fills one entry; empty cells mean "not given". Every other cell is
-text parsed by its field's type (``taskspec.from_text``): ``3`` is a number there, as on
+text parsed by its field's type (``validate.from_text``): ``3`` is a number there, as on
 the command line, while JSON lines and the Python API must give numbers as numbers.
 """
 
@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from . import limits, values
-from .taskspec import (
+from .errors import InputError
+from .validate import (
     DICT_FIELDS,
     LIST_FIELDS,
     MODIFIABLE,
-    TaskSpecError,
     from_text,
     parse_json,
     strict_json,
@@ -48,14 +48,14 @@ def parse_pairs(items: Iterable[str], field: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         if not isinstance(item, str):
-            raise TaskSpecError(f"{field}: expected KEY=VALUE, got {values.show(item)}")
+            raise InputError(f"{field}: expected KEY=VALUE, got {values.show(item)}")
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise TaskSpecError(f"{field}: expected KEY=VALUE, got {values.show(item)}")
+            raise InputError(f"{field}: expected KEY=VALUE, got {values.show(item)}")
         values.name(field, key)
         if key in out:
-            raise TaskSpecError(f"{field}: {values.show(key, 40)} given twice")
+            raise InputError(f"{field}: {values.show(key, 40)} given twice")
         values.text(key if field == "set" else f"{field}.{key}", value, _PAIR_MAX)
         out[key] = value
     return out
@@ -67,8 +67,8 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field, raw in parse_pairs(items, "set").items():
         if field not in MODIFIABLE:
-            raise TaskSpecError(f"{values.label(field)}: cannot be "
-                                f"modified (modifiable: {', '.join(sorted(MODIFIABLE))})")
+            raise InputError(f"{values.label(field)}: cannot be "
+                             f"modified (modifiable: {', '.join(sorted(MODIFIABLE))})")
         out[field] = from_text(field, raw)
     return out
 
@@ -78,21 +78,21 @@ def _numbered(stream: Lines, source: str) -> Iterator[tuple[int, str]]:
     for n, raw in enumerate(_raw_lines(stream), 1):
         if isinstance(raw, bytes):
             if len(raw) > LINE_MAX_BYTES:
-                raise TaskSpecError(f"{source} line {n}: longer than {LINE_MAX_BYTES:,} "
-                                    "bytes; no task is that large")
+                raise InputError(f"{source} line {n}: longer than {LINE_MAX_BYTES:,} "
+                                 "bytes; no task is that large")
             if n == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise TaskSpecError(f"{source} line {n}: not valid UTF-8 (byte "
-                                    f"0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
-                                    "save the file as UTF-8") from None
+                raise InputError(f"{source} line {n}: not valid UTF-8 (byte "
+                                 f"0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
+                                 "save the file as UTF-8") from None
         else:
             text = raw
             if len(text) > LINE_MAX_BYTES:
-                raise TaskSpecError(f"{source} line {n}: longer than {LINE_MAX_BYTES:,} "
-                                    "characters; no task is that large")
+                raise InputError(f"{source} line {n}: longer than {LINE_MAX_BYTES:,} "
+                                 "characters; no task is that large")
         yield n, text
 
 
@@ -117,17 +117,17 @@ def read_jsonl(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]
         try:
             obj = strict_json(text)
         except RecursionError:
-            raise TaskSpecError(f"{source} line {n}: nested deeper than "
-                                f"{limits.JSON_MAX_DEPTH} levels") from None
+            raise InputError(f"{source} line {n}: nested deeper than "
+                             f"{limits.JSON_MAX_DEPTH} levels") from None
         except json.JSONDecodeError as exc:
-            raise TaskSpecError(f"{source} line {n}: malformed JSON ({exc.msg} at column "
-                                f"{exc.colno})") from None
+            raise InputError(f"{source} line {n}: malformed JSON ({exc.msg} at column "
+                             f"{exc.colno})") from None
         except ValueError as exc:  # NaN, Infinity, an integer of over 4,300 digits
-            raise TaskSpecError(f"{source} line {n}: malformed JSON "
-                                f"({str(exc).splitlines()[0][:80]})") from None
+            raise InputError(f"{source} line {n}: malformed JSON "
+                             f"({str(exc).splitlines()[0][:80]})") from None
         if not isinstance(obj, dict):
-            raise TaskSpecError(f"{source} line {n}: expected a JSON object of "
-                                f"field: value, got {type(obj).__name__}")
+            raise InputError(f"{source} line {n}: expected a JSON object of "
+                             f"field: value, got {type(obj).__name__}")
         yield f"{source} line {n}", obj
 
 
@@ -152,7 +152,7 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
     for i, h in enumerate(header):
         values.text(f"{source} line 1: column {i + 1}", h, limits.NAME_MAX)
         if h in header[:i]:
-            raise TaskSpecError(f"{source} line 1: column {values.show(h, 40)} is named twice")
+            raise InputError(f"{source} line 1: column {values.show(h, 40)} is named twice")
     first = 2
     while True:
         row = _next_row(reader, source, at)
@@ -163,15 +163,15 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise TaskSpecError(f"{label}: {len(row)} cells, the header has {len(header)}")
+            raise InputError(f"{label}: {len(row)} cells, the header has {len(header)}")
         task: dict[str, Any] = {}
         for name, cell in zip(header, row, strict=True):
             if cell == "":
                 continue
             try:
                 _put(task, name, cell)
-            except TaskSpecError as exc:
-                raise TaskSpecError(f"{label}: {exc}") from None
+            except InputError as exc:
+                raise InputError(f"{label}: {exc}") from None
         yield label, task
 
 
@@ -180,7 +180,7 @@ def _next_row(reader: Any, source: str, at: list[int]) -> list[str] | None:
         row: list[str] | None = next(reader, None)
         return row
     except csv.Error as exc:
-        raise TaskSpecError(f"{source} line {at[0]}: bad CSV ({exc})") from None
+        raise InputError(f"{source} line {at[0]}: bad CSV ({exc})") from None
 
 
 def _put(task: dict[str, Any], name: str, cell: str) -> None:
@@ -188,13 +188,13 @@ def _put(task: dict[str, Any], name: str, cell: str) -> None:
     base, dot, key = name.partition(".")
     if dot:
         if base not in DICT_FIELDS:
-            raise TaskSpecError(f"{name}: only params., tags., env. and data. columns "
-                                "may name an entry")
+            raise InputError(f"{name}: only params., tags., env. and data. columns "
+                             "may name an entry")
         task.setdefault(base, {})[key] = cell
     elif name in DICT_FIELDS or name in LIST_FIELDS or name == "parents":
         try:
             value = parse_json(name, cell)
-        except TaskSpecError:
+        except InputError:
             if name in DICT_FIELDS:
                 raise
             value = cell  # a bare value: one element (parents: a key)
@@ -214,7 +214,7 @@ def read_tasks(stream: Lines, source: str,
         return read_csv(stream, source)
     if kind in ("jsonl", "json"):
         return read_jsonl(stream, source)
-    raise TaskSpecError(f"format: {values.show(fmt)} is not jsonl or csv")
+    raise InputError(f"format: {values.show(fmt)} is not jsonl or csv")
 
 
 def with_defaults(task: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 from .models import TaskState
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .taskread import TaskReader
 
 S = TaskState
 
 
-def explain(client: Client, task_id: int) -> list[str]:
-    task = client.get(task_id)
+def explain(read: TaskReader, task_id: int) -> list[str]:
+    task = read.task(task_id)
     state = S(task["state"])
     tid = task["id"]
     msg = f" ({task['state_message']})" if task["state_message"] else ""
@@ -24,18 +24,18 @@ def explain(client: Client, task_id: int) -> list[str]:
                 f"`balsam-mpi task retry {tid}` runs it again"]
     if state in (S.PREPROCESSED, S.RUNNING, S.RUN_DONE, S.POSTPROCESSED, S.RUN_ERROR,
                  S.RUN_TIMEOUT):
-        return [_claimed(client, task, state)]
+        return [_claimed(read, task, state)]
     if state in (S.CREATED, S.AWAITING_PARENTS):
-        return _waiting(client, task, state)
+        return _waiting(read, task, state)
     if task["batch_job_id"] is not None:  # claimed: its launcher starts it any moment
-        return [_claimed(client, task, state) + "; it has not started yet"]
-    return _runnable(client, task, state)
+        return [_claimed(read, task, state) + "; it has not started yet"]
+    return _runnable(read, task, state)
 
 
-def _claimed(client: Client, task: dict[str, Any], state: TaskState) -> str:
+def _claimed(read: TaskReader, task: dict[str, Any], state: TaskState) -> str:
     where = ""
     if task["batch_job_id"] is not None:
-        jobs = client._fetch("tasks_batch_job", {"id": task["batch_job_id"]})
+        jobs = read.fetch("tasks_batch_job", {"id": task["batch_job_id"]})
         if jobs:
             j = jobs[0]
             sched = f" ({j['scheduler']} {j['scheduler_job_id']})" if j["scheduler_job_id"] else ""
@@ -46,8 +46,8 @@ def _claimed(client: Client, task: dict[str, Any], state: TaskState) -> str:
     return f"task {task['id']} is {state.value}: claimed{where}{when}"
 
 
-def _waiting(client: Client, task: dict[str, Any], state: TaskState) -> list[str]:
-    parents = client._fetch("tasks_parents", {"ids": [task["id"]]})
+def _waiting(read: TaskReader, task: dict[str, Any], state: TaskState) -> list[str]:
+    parents = read.fetch("tasks_parents", {"ids": [task["id"]]})
     open_ = [p for p in parents if str(p["state"]) != S.JOB_FINISHED.value]
     if not open_:
         return [f"task {task['id']} is {state.value} with no unfinished parent; "
@@ -61,9 +61,9 @@ def _waiting(client: Client, task: dict[str, Any], state: TaskState) -> list[str
     return lines
 
 
-def _runnable(client: Client, task: dict[str, Any], state: TaskState) -> list[str]:
+def _runnable(read: TaskReader, task: dict[str, Any], state: TaskState) -> list[str]:
     tid = task["id"]
-    jobs = client._fetch("tasks_why_jobs", {})
+    jobs = read.fetch("tasks_why_jobs")
     if not jobs:
         return [f"task {tid} is {state.value} but no batch job is running: submit one "
                 "(`balsam-mpi submit …`) or start a launcher"]
@@ -77,7 +77,7 @@ def _runnable(client: Client, task: dict[str, Any], state: TaskState) -> list[st
             fits.append(j)
     if not fits:
         return [f"task {tid} is {state.value} but no running batch job can take it:", *reasons]
-    ahead = client._fetch("tasks_ahead", {"id": tid, "priority": task["priority"]})
+    ahead = read.fetch("tasks_ahead", {"id": tid, "priority": task["priority"]})
     n = int(ahead[0]["count"]) if ahead else 0
     names = ", ".join(str(j["id"]) for j in fits)
     return [f"task {tid} is {state.value} and waits its turn: {n} runnable tasks come "

@@ -14,17 +14,15 @@ Two doors, one rule each, decided once:
 
 Text fields refuse NUL (Postgres cannot store it) and text that is not valid UTF-8 (a
 command line decoded with ``surrogateescape``): either would fail later with a message
-that names nothing.
+that names nothing. JSON documents (params, tags, env, data) are checked by ``jsondoc.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import re
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from . import limits
@@ -35,7 +33,6 @@ _REAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _BLANK = " \t\r\n"
-_BIG = 10**4000  # str() of a longer integer is refused by Python itself (3.11+)
 
 
 def show(value: Any, limit: int = 60) -> str:
@@ -58,7 +55,7 @@ def text(field: str, value: Any, max_chars: int, *, empty: bool = True) -> str:
             and "\x00" not in value and (value or empty):
         return value  # the common case, first (speed: 100k tasks per call)
     if not isinstance(value, str):
-        raise InputError(f"{field}: must be text, got {_kind(value)} {show(value)}")
+        raise InputError(f"{field}: must be text, got {kind_of(value)} {show(value)}")
     if not value and not empty:
         raise InputError(f"{field}: must not be empty")
     if len(value) > max_chars:
@@ -104,11 +101,11 @@ def path(field: str, value: Any) -> str:
 def integer(field: str, value: Any, lo: int, hi: int) -> int:
     """A whole number in [lo, hi]; typed: text, floats and booleans are refused."""
     if isinstance(value, bool) or isinstance(value, (str, bytes, float)):
-        raise InputError(f"{field}: must be a whole number, got {_kind(value)} {show(value)}")
+        raise InputError(f"{field}: must be a whole number, got {kind_of(value)} {show(value)}")
     try:
         number = operator.index(value)
     except TypeError:
-        raise InputError(f"{field}: must be a whole number, got {_kind(value)} "
+        raise InputError(f"{field}: must be a whole number, got {kind_of(value)} "
                          f"{show(value)}") from None
     if not lo <= number <= hi:
         raise InputError(f"{field}: must be from {lo:,} to {hi:,}, got {show(number, 40)}")
@@ -118,7 +115,7 @@ def integer(field: str, value: Any, lo: int, hi: int) -> int:
 def number(field: str, value: Any, lo: float, hi: float) -> float:
     """A finite real number in [lo, hi]; typed: text and booleans are refused."""
     if isinstance(value, (bool, str, bytes)):
-        raise InputError(f"{field}: must be a number, got {_kind(value)} {show(value)}")
+        raise InputError(f"{field}: must be a number, got {kind_of(value)} {show(value)}")
     if _is_index(value):
         whole = operator.index(value)  # compared exactly: 10**400 is out of range, not inf
         if not lo <= whole <= hi:
@@ -127,7 +124,7 @@ def number(field: str, value: Any, lo: float, hi: float) -> float:
     try:
         real = float(value)  # float, numpy floats, Decimal
     except (TypeError, ValueError):
-        raise InputError(f"{field}: must be a number, got {_kind(value)} "
+        raise InputError(f"{field}: must be a number, got {kind_of(value)} "
                          f"{show(value)}") from None
     if not math.isfinite(real):
         raise InputError(f"{field}: must be a finite number, got {show(value, 40)}")
@@ -139,7 +136,7 @@ def number(field: str, value: Any, lo: float, hi: float) -> float:
 def boolean(field: str, value: Any) -> bool:
     """True or false; typed: 1, "yes" and None are refused."""
     if not isinstance(value, bool):
-        raise InputError(f"{field}: must be true or false, got {_kind(value)} {show(value)}")
+        raise InputError(f"{field}: must be true or false, got {kind_of(value)} {show(value)}")
     return value
 
 
@@ -197,12 +194,12 @@ def _checked_text(field: str, raw: Any) -> str:
     return text(field, raw, 100)  # a number written out is short
 
 
-# -- lists and JSON documents -------------------------------------------------------------
+# -- lists -------------------------------------------------------------------------------
 def text_list(field: str, value: Any, item_max: int, max_items: int,
               max_bytes: int | None = None) -> list[str]:
     """A list of text: each item checked, at most ``max_items`` (and ``max_bytes`` in all)."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-        raise InputError(f"{field}: must be a list of text, got {_kind(value)} {show(value)}")
+        raise InputError(f"{field}: must be a list of text, got {kind_of(value)} {show(value)}")
     if len(value) > max_items:
         raise InputError(f"{field}: at most {max_items:,} items, got {len(value):,}")
     total = 0
@@ -212,124 +209,6 @@ def text_list(field: str, value: Any, item_max: int, max_items: int,
     if max_bytes is not None and total > max_bytes:
         raise InputError(f"{field}: at most {max_bytes:,} bytes in all, got {total:,}")
     return list(value)
-
-
-def json_object(field: str, value: Any, max_bytes: int, *, key_max: int | None = None,
-                max_depth: int = limits.JSON_MAX_DEPTH) -> dict[str, Any]:
-    """A JSON object as Postgres will store it (jsonb): text keys, JSON values only
-    (finite numbers), nested at most ``max_depth`` deep, at most ``max_bytes`` of text.
-
-    The size is measured as ``octet_length(value::text)`` would measure the stored jsonb,
-    so the client and the database's CHECK agree on where the cap is."""
-    doc: dict[str, Any]
-    if type(value) is dict:  # the common case, first: no ABC check
-        doc = value
-        size = _flat_size(doc, key_max)
-        if size is None:
-            size = json_size(field, doc, max_depth, key_max)
-    elif isinstance(value, Mapping):
-        size = json_size(field, value, max_depth, key_max)
-        doc = dict(value)
-    else:
-        raise InputError(f"{field}: must be an object of key: value, got {_kind(value)} "
-                         f"{show(value)}")
-    if size > max_bytes:
-        raise InputError(f"{field}: at most {max_bytes:,} bytes as JSON, got {size:,}")
-    return doc
-
-
-def json_size(field: str, doc: Any, max_depth: int = limits.JSON_MAX_DEPTH,
-              key_max: int | None = None) -> int:
-    """Bytes of the jsonb text form of ``doc`` (``{"a": 1, "b": [1, 2]}``); refuses what
-    JSON cannot hold. Iterative: a hostile depth cannot exhaust the stack."""
-    size = 0
-    stack: list[tuple[str, Any, int]] = [(field, doc, 1)]
-    while stack:
-        path, value, depth = stack.pop()
-        if isinstance(value, str):
-            size += _string_size(path, value)
-        elif value is None or isinstance(value, bool):
-            size += 4 if value is None or value else 5
-        elif isinstance(value, int):
-            size += len(str(value)) if -_BIG < value < _BIG else _too_big(path)
-        elif isinstance(value, float):
-            size += _float_size(path, value)
-        elif isinstance(value, Mapping) or isinstance(value, (list, tuple)):
-            if depth > max_depth:
-                raise InputError(f"{field}: nested deeper than {max_depth} levels")
-            items = value.items() if isinstance(value, Mapping) else enumerate(value)
-            n = 0
-            for key, item in items:
-                n += 1
-                if isinstance(value, Mapping):
-                    if not isinstance(key, str):
-                        raise InputError(f"{path}: keys must be text, got {_kind(key)} "
-                                         f"{show(key)}")
-                    if key_max is not None and depth == 1 and len(key) > key_max:
-                        raise InputError(f"{path}: keys have at most {key_max:,} characters, "
-                                         f"got {len(key):,}")
-                    sub = f"{path}.{key}" if key.isidentifier() else f"{path}[{show(key, 40)}]"
-                    size += _string_size(sub, key) + 2  # ": "
-                else:
-                    sub = f"{path}[{key}]"
-                stack.append((sub, item, depth + 1))
-            size += 2 + 2 * max(n - 1, 0)  # brackets and ", " between items
-        else:
-            raise InputError(f"{path}: {_kind(value)} {show(value)} is not a JSON value "
-                             "(text, number, true/false, null, list or object)")
-    return size
-
-
-def _flat_size(doc: dict[Any, Any], key_max: int | None) -> int | None:
-    """json_size of a flat object of plain ASCII text and integers (the common params and
-    tags), in one pass; None when anything needs the general walk."""
-    size = 2 + 2 * max(len(doc) - 1, 0)
-    for key, value in doc.items():
-        if type(key) is not str or not _plain(key) or key_max is not None and len(key) > key_max:
-            return None
-        size += len(key) + 4  # quotes and ": "
-        kind = type(value)
-        if kind is int and -10**18 < value < 10**18:
-            size += len(str(value))
-        elif kind is str and _plain(value):
-            size += len(value) + 2
-        else:
-            return None
-    return size
-
-
-def _plain(text: str) -> bool:
-    """ASCII that JSON writes as is: printable (no NUL, no control), no quote, no backslash."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
-
-
-def _string_size(path: str, value: str) -> int:
-    if "\x00" in value:
-        raise InputError(f"{path}: contains a NUL character (\\x00), which cannot be stored")
-    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
-        return len(value) + 2
-    try:
-        return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{path}: not valid UTF-8 (undecodable byte at character "
-                         f"{exc.start})") from None
-
-
-def _float_size(path: str, value: float) -> int:
-    if not math.isfinite(value):
-        raise InputError(f"{path}: {value!r} is not a JSON number (numbers must be finite)")
-    # jsonb keeps numbers as Postgres numeric, which prints without an exponent and with
-    # no negative zero: 1e-07 is stored as 0.0000001, -0.0 as 0.0.
-    if value == 0:
-        return 3
-    written = repr(value)
-    if "e" not in written:
-        return len(written)
-    return len(format(Decimal(written), "f"))
-
-
-def _too_big(path: str) -> int:
-    raise InputError(f"{path}: a number with more than 4,000 digits")
 
 
 def _is_index(value: Any) -> bool:
@@ -342,7 +221,7 @@ def _is_index(value: Any) -> bool:
     return True
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, str):

@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import db, sql
 from .errors import BalsamError, NotFound, ServerError
+from .models import FINAL, STOPPED
 
 if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger(__name__)
 
-FINAL = frozenset({"JOB_FINISHED", "FAILED", "USER_KILLED"})
+# The states a wait ends at: finished, failed or killed (only a retry leaves them).
+ENDED = frozenset(s.value for s in FINAL | STOPPED)
 _MAX_ID_DIGITS = 19  # bigint
 
 
@@ -219,7 +221,7 @@ def as_completed(waiters: Waiters, ids: int | Iterable[int],
         if missing:
             raise NotFound(f"no task with id {missing[0]}"
                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        pending = {i for i in wanted if first[i].state not in FINAL}
+        pending = {i for i in wanted if first[i].state not in ENDED}
         for i in wanted:
             if i not in pending:
                 done.append(first[i])
@@ -245,7 +247,7 @@ def as_completed(waiters: Waiters, ids: int | Iterable[int],
                 got = now.get(i)
                 if got is None:
                     raise NotFound(f"task {i} was deleted while waiting for it")
-                if got.state in FINAL:
+                if got.state in ENDED:
                     pending.discard(i)
                     done.append(got)
                     yield got

@@ -12,73 +12,64 @@ import logging
 import os
 import time
 
-from .comm import Backoff, Comm
-from .config import Settings
+from .comm import Comm
 from .node import Node
-from .protocol import AddTasks, Assign, Bye, Drain, EndKind, Hello
+from .pacing import Backoff
+from .protocol import LOCAL, AddTasks, Assign, Bye, Drain, EndKind, Hello
 from .taskchan import TaskChannel
 
 log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: Settings, comm: Comm, node: Node) -> None:
-        self.s = settings
+    def __init__(self, comm: Comm, node: Node, *, gpus: int = 0,
+                 report_interval_s: float = 1.0, drain_grace_s: float = 30.0,
+                 poll_cap_s: float = 0.05, chan: TaskChannel | None = None) -> None:
         self.comm = comm
         self.node = node
         self.rank = comm.rank
+        self.gpus = gpus
+        self.report_interval_s = report_interval_s  # a report is also the heartbeat
+        self.drain_grace_s = drain_grace_s
+        self.idle = Backoff(0.001, poll_cap_s)  # the idle sleep between probes
+        self.chan = chan  # task_api requests of this node's tasks (taskchan.py)
         self.draining: Drain | None = None
-        self.cut_deadline = 0.0
         self.stop_reason: str | None = None  # set by a signal handler
-        self.chan: TaskChannel | None = None  # task_api requests of this node's tasks
 
     def run(self) -> None:
-        if not self.s.null_runner:
-            self.chan = TaskChannel(self.rank)
-            self.node.extra_env.update(self.chan.env())
-            self.node.watch(self.chan.fileno())
-        try:
-            self._run()
-        finally:
-            if self.chan is not None:
-                self.chan.close()
-
-    def _run(self) -> None:
         comm, node = self.comm, self.node
-        comm.send(0, Hello(rank=self.rank, host=node.host, pid=os.getpid(),
-                           cores=os.cpu_count() or 1, gpus=self.s.gpus_per_node))
-        backoff = Backoff(first=0.001, cap=self.s.poll_cap_s)
+        comm.send(LOCAL, Hello(rank=self.rank, host=node.host, pid=os.getpid(),
+                               cores=os.cpu_count() or 1, gpus=self.gpus))
         last_report = time.monotonic()
         while True:
             did = self._receive()
             if self.chan is not None:
                 for req in self.chan.poll():  # to the leader, which writes them
-                    comm.send(0, AddTasks(self.rank, req.parent, req.tasks, req.id))
+                    comm.send(LOCAL, AddTasks(self.rank, req.parent, req.tasks, req.id))
                     did = True
             if self.stop_reason and self.draining is None:
-                self.draining = Drain(self.stop_reason, self.s.drain_grace_s, cut=True)
+                self.draining = Drain(self.stop_reason, self.drain_grace_s, cut=True)
                 node.cut_all()
             if node.step():
                 did = True
             now = time.monotonic()
             if self.draining is not None and not node.busy():
-                comm.send(0, Bye(self.rank, node.report(self.rank)))
+                comm.send(LOCAL, Bye(self.rank, node.report(self.rank)))
                 comm.flush_sends()
                 return
-            if node.changes or node.poked or now - last_report >= self.s.report_interval_s:
-                comm.send(0, node.report(self.rank))
+            if node.changes or node.poked or now - last_report >= self.report_interval_s:
+                comm.send(LOCAL, node.report(self.rank))
                 last_report = now
                 did = True
             if did:
-                backoff.reset()
+                self.idle.reset()
             else:
                 comm.progress()
-                node.wait(backoff.next())
-
+                node.wait(self.idle.next())
     def _receive(self) -> bool:
         did = False
         while True:
-            got = self.comm.poll(0)
+            got = self.comm.poll(LOCAL)
             if got is None:
                 return did
             did = True

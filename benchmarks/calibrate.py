@@ -16,7 +16,8 @@ from typing import Any
 
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter
 
 from . import launcher_common as lc
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from balsam_mpi.resources import Pace
+from balsam_mpi.workerview import Pace
 
 from .model_params import ASSUMPTIONS, Case, Costs, Policy, interpolate
 

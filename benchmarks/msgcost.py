@@ -19,7 +19,8 @@ import time
 def main() -> None:
     from mpi4py import MPI
 
-    from balsam_mpi.comm import Backoff, Comm
+    from balsam_mpi.comm import Comm
+    from balsam_mpi.pacing import Backoff
     from balsam_mpi.protocol import Assign, EndKind, Finished, Report
 
     comm = Comm(MPI.COMM_WORLD)
@@ -29,7 +30,7 @@ def main() -> None:
     for items in (0, 1, 16, 64):
         fin = tuple(Finished(i, 1, int(EndKind.DONE), 0, 1.0, 2.0) for i in range(items))
         report = Report(1, 0, 0.5, 8, 0, (), fin)
-        backoff = Backoff(first=0.0001, cap=0.001)
+        backoff = Backoff(0.0001, 0.001)
         MPI.COMM_WORLD.Barrier()
         cpu0, wall0 = time.process_time(), time.perf_counter()
         if comm.rank == 1:

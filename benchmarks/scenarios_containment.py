@@ -37,17 +37,17 @@ CHILD = r"""
 import json, os, select, subprocess, sys, time
 import balsam_mpi
 from balsam_mpi import runner
-from balsam_mpi.protocol import TaskSpec
+from balsam_mpi.protocol import RunOrder
 root, n, block, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 if hasattr(runner, "configure"):
     runner.configure(cgroups=mode != "no-cgroup")
 env = {"PATH": "/usr/bin:/bin"}
 counter = [0]
 
-def spec():
+def order():
     counter[0] += 1
     i = counter[0]
-    return TaskSpec(i, 1, ("/bin/true",), f"{root}/data/wf/{i // 1000}/t_{i}")
+    return RunOrder(i, 1, ("/bin/true",), f"{root}/data/wf/{i // 1000}/t_{i}")
 
 def finish(p):
     while runner.reap(p) is None:
@@ -57,7 +57,7 @@ def finish(p):
 def tasks_seq(k):
     t0 = time.perf_counter()
     for _ in range(k):
-        finish(runner.start(spec(), env))
+        finish(runner.start(order(), env))
     return k / (time.perf_counter() - t0)
 
 def tasks_conc(k, width=8):
@@ -65,7 +65,7 @@ def tasks_conc(k, width=8):
     running, started = [], 0
     while started < k or running:
         while started < k and len(running) < width:
-            running.append(runner.start(spec(), env)); started += 1
+            running.append(runner.start(order(), env)); started += 1
         select.select([p.pidfd for p in running], [], [], 1.0)
         still = []
         for p in running:
@@ -149,7 +149,7 @@ def _measure(tree: Path, mode: str, blocks: int, block: int) -> dict[str, Any]:
 def _cap_cost(quick: bool) -> dict[str, Any]:
     """Seconds for one task writing 1 GiB (256 MiB quick), no cap vs a 64 MiB cap."""
     from balsam_mpi import runner
-    from balsam_mpi.protocol import TaskSpec
+    from balsam_mpi.protocol import RunOrder
 
     size_mib = 256 if quick else 1024
     out: dict[str, Any] = {"size_mib": size_mib}
@@ -162,10 +162,10 @@ def _cap_cost(quick: bool) -> dict[str, Any]:
                 (work / "data").mkdir()
                 try:
                     runner.configure(output_cap_mb=cap)
-                    spec = TaskSpec(i + 1, 1, ("head", "-c", str(size_mib << 20), "/dev/zero"),
+                    order = RunOrder(i + 1, 1, ("head", "-c", str(size_mib << 20), "/dev/zero"),
                                     f"{work}/data/wf/0/t_{i}")
                     t0 = time.perf_counter()
-                    proc = runner.start(spec, env)
+                    proc = runner.start(order, env)
                     while runner.reap(proc) is None:
                         time.sleep(0.002)
                     times.append(time.perf_counter() - t0)
@@ -180,7 +180,7 @@ def _cap_cost(quick: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bcap-", dir="/tmp"))
     (work / "data").mkdir()
     try:
-        proc = runner.start(TaskSpec(99, 1, ("sleep", "10"), f"{work}/data/wf/0/t_99"), env)
+        proc = runner.start(RunOrder(99, 1, ("sleep", "10"), f"{work}/data/wf/0/t_99"), env)
         time.sleep(9.5)
         with open(f"/proc/{proc.pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()

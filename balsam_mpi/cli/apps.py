@@ -38,7 +38,7 @@ def app_add(ctx: CliContext, name: str, command: str | None, python: str | None,
             error_retry_limit: str) -> None:
     """Register app NAME: a --command template, or a --python function."""
     from ..pyapps import check_app as check_python_app
-    from ..taskspec import check_app, from_text
+    from ..validate import check_app, from_text
 
     retries = from_text("error_retry_limit", error_retry_limit)
     fields = {"description": description, "preprocess": preprocess,

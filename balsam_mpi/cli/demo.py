@@ -42,7 +42,14 @@ def demo(n_tasks: str, ranks: str, project_path: str | None) -> None:
         if rc != 0:
             click.echo(f"the launcher exited with status {rc}; its logs are in "
                        f"{project.log_dir}", err=True)
-        d.report(d.summarize(project), click.echo)
+        summary = d.summarize(project)
+        d.report(summary, click.echo)
+        left = d.unfinished(summary.counts)
+        if rc == 0 and left:
+            rc = 1
+            click.echo("not every task finished (" + ", ".join(
+                f"{state} {n}" for state, n in sorted(left.items())) + f"); the launcher's "
+                f"logs are in {project.log_dir}", err=True)
     finally:
         try:
             lifecycle.stop_server(project, fast=True)

@@ -45,7 +45,7 @@ def task_modify(ctx: CliContext, /, ids: tuple[str, ...], sets: tuple[str, ...],
                 **shortcuts: Any) -> None:
     """Change fields of tasks that are not running (state: use kill / retry)."""
     from .. import taskio
-    from ..taskspec import from_text
+    from ..validate import from_text
 
     changes = taskio.parse_sets(sets)
     changes.update({k: from_text(k, v) for k, v in shortcuts.items() if v is not None})

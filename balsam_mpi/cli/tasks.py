@@ -1,6 +1,6 @@
 """`balsam-mpi task add|ls|show|…`, `dep` and `ls`: tasks from the shell.
 
-Values arrive as text and are checked by taskspec, so a bad one is one line naming the
+Values arrive as text and are checked by validate.py, so a bad one is one line naming the
 field (not click's usage block). Changing commands live in taskops.py.
 """
 
@@ -106,14 +106,14 @@ def _open_tasks_file(path: str) -> tuple[str, Any]:
     except OSError as exc:
         from ..errors import InputError
 
-        raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from None
+        raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from exc
 
 
 def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
-    """The task fields the flags give, each parsed by its field's type (taskspec.from_text):
+    """The task fields the flags give, each parsed by its field's type (validate.from_text):
     the same text rules as a CSV cell."""
     from .. import taskio
-    from ..taskspec import from_text
+    from ..validate import from_text
 
     out: dict[str, Any] = {}
     for key in ("app", "workflow", "name"):

@@ -13,7 +13,7 @@ import math
 import click
 
 from ..clibase import echo_json
-from ..taskspec import TaskSpecError
+from ..errors import InputError
 from ..waiting import describe
 from .context import CliContext, pass_ctx
 from .taskargs import task_id
@@ -25,9 +25,9 @@ def _timeout(text: str | None) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise TaskSpecError(f"timeout: {text!r} is not a number of seconds") from None
+        raise InputError(f"timeout: {text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
-        raise TaskSpecError(f"timeout: must be a number of seconds ≥ 0, got {text!r}")
+        raise InputError(f"timeout: must be a number of seconds ≥ 0, got {text!r}")
     return value
 
 

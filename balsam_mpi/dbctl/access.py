@@ -20,8 +20,9 @@ from psycopg import sql as pgsql
 from .. import db, sql
 from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
 from ..project import SCHEMA_DB, Project, ServerInfo, this_host
-from . import acl, enroll, rolelimits
-from .accounts import Account, group_gid
+from . import credentials, enroll, rolelimits, viewers
+from .accounts import Account, group_gid, uid_of
+from .admin import admin_connect
 from .pgconf import (
     APP_ADMIN_ROLE,
     MEMBER_ROLE,
@@ -84,8 +85,6 @@ def _owner_only(info: ServerInfo, action: str) -> None:
 
 
 def _admin(project: Project, info: ServerInfo) -> Connection[Any]:
-    from .lifecycle import admin_connect
-
     return admin_connect(project, info, dbname="postgres")
 
 
@@ -123,7 +122,7 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
     notes = [line for line in [enroll.clear_squat(project, name, account.uid)] if line]
     request = enroll.read_request(project, name, account.uid)
     if read_only:
-        acl.require_support(project.root, name)  # else the viewer could still write
+        viewers.require_support(project.root, name)  # else the viewer could still write
     with _admin(project, info) as admin, admin.transaction():
         row = admin.execute(sql.query("access_role"), {"name": name}).fetchone()
         if row is not None and row[1]:
@@ -146,7 +145,7 @@ def add_user(project: Project, name: str, *, read_only: bool = False,
         enroll.unlink_request(project, name, request.file_id)
     label = kind + (" with app admin" if app_admin else "")
     log.info("authorized %s as %s", name, label)
-    files = acl.on_add_user(project.root, name, read_only=read_only, enrolled=enrolled)
+    files = viewers.on_add_user(project.root, name, read_only=read_only, enrolled=enrolled)
     if enrolled:
         return [*notes, f"{name} is enrolled as a {label}: they can connect over the socket "
                 f"on {info.host} and over TCP from other hosts", *files]
@@ -180,7 +179,7 @@ def drop_user(project: Project, name: str) -> list[str]:
     enroll.unlink_request(project, name)
     log.info("revoked %s (%d sessions ended)", name, ended)
     return [f"revoked {name}: {ended} live session(s) ended; their tasks stay, "
-            "still owned by them", *acl.on_drop_user(project.root, name)]
+            "still owned by them", *viewers.on_drop_user(project.root, name)]
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ def list_users(project: Project) -> list[User]:
         rows = admin.execute(sql.query("access_users"),
                              {"groups": list(PROJECT_GROUPS)}).fetchall()
     waiting = enroll.request_uids(project)
-    planted = {name for name, uid in waiting.items() if uid != _uid_of(name)}
+    planted = {name for name, uid in waiting.items() if uid != uid_of(name)}
     users: list[User] = []
     for role, has_password, groups in rows:
         kind = ("owner" if OWNER_ROLE in groups else
@@ -217,11 +216,20 @@ def list_users(project: Project) -> list[User]:
     return users
 
 
-def _uid_of(name: str) -> int | None:
+def fix_viewers(project: Project) -> list[str]:
+    """``fix-perms``: bring the entries in line with the database's viewers and members
+    (when the owner can reach the server; the entries already there stay otherwise)."""
     try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
+        users = list_users(project)
+        gid = group_gid(project.read_server_info().group)
+    except BalsamError:
+        return []
+    owner = project.read_server_info().owner_name
+    try:
+        return viewers.sync_viewers(project.root, [(owner, "owner", "enrolled")] + [
+            (u.role, u.kind, u.state) for u in users], gid)
+    except OSError as exc:
+        return [f"could not update the viewers' ACL entries: {exc.strerror}"]
 
 
 def users_as_dicts(users: list[User]) -> list[dict[str, Any]]:
@@ -264,12 +272,12 @@ def request_access(project: Project, *, if_needed: bool = False) -> list[str]:
     extra = os.environ.get(db.HOST_ENV)
     if extra and extra not in hosts:
         hosts.append(extra)
-    existing = enroll.pgpass_password(hosts, me)
-    complete = existing is not None and all(enroll.pgpass_has(h, me) for h in hosts)
-    password = existing if existing is not None else enroll.new_password()
+    existing = credentials.pgpass_password(hosts, me)
+    complete = existing is not None and all(credentials.pgpass_has(h, me) for h in hosts)
+    password = existing if existing is not None else credentials.new_password()
     if not complete:
-        enroll.pgpass_store(hosts, me, password)
-    verifier = enroll.scram_verifier(password)
+        credentials.pgpass_store(hosts, me, password)
+    verifier = credentials.scram_verifier(password)
     # Over the socket the server learns the verifier of the password we keep, even when
     # that password was made for another project on this host: cheap, so always done.
     if _enroll_over_socket(project, info, verifier):
@@ -302,5 +310,5 @@ def _enroll_over_socket(project: Project, info: ServerInfo, verifier: str) -> bo
     except BalsamError:
         return False  # not authorized yet (or the server is down): the request file will do
     except OSError as exc:
-        raise ProjectError(f"cannot reach the server socket: {exc.strerror}") from None
+        raise ProjectError(f"cannot reach the server socket: {exc.strerror}") from exc
     return True

@@ -61,6 +61,14 @@ class Account:
         return self.uid == 0
 
 
+def uid_of(name: str) -> int | None:
+    """The uid of a UNIX account, or None when this host has no account by that name."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
 def group_gid(name: str) -> int:
     try:
         return grp.getgrnam(name).gr_gid

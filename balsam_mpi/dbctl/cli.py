@@ -15,7 +15,7 @@ from .. import values
 from ..clibase import Group, echo_json, notices, project_option
 from ..errors import ProjectError
 from ..project import Project
-from . import access, acl, lifecycle, recover, status
+from . import access, lifecycle, recover, status
 
 
 @dataclass
@@ -110,7 +110,7 @@ def status_cmd(ctx: Ctx, as_json: bool) -> None:
 @pass_ctx
 def fix_perms(ctx: Ctx) -> None:
     """Re-apply the project's owners and modes (owner only)."""
-    changed = lifecycle.fix_perms(ctx.project()) + acl.fix_viewers(ctx.project())
+    changed = lifecycle.fix_perms(ctx.project()) + access.fix_viewers(ctx.project())
     click.echo("\n".join(changed) if changed else "all modes were already right")
 
 

@@ -30,7 +30,7 @@ from ..project import (
     MODE_TOP,
     Project,
 )
-from . import acl
+from . import acl, viewers
 from .accounts import Account
 
 
@@ -69,7 +69,7 @@ def create_tree(project: Project, owner: Account, server: Account, gid: int) -> 
         _own_and_mode(path, entry, owner, server, gid)
         if entry.relpath in acl.SHARED:
             acl.init_defaults(path)  # False without ACLs: add-user --read-only says so
-    acl.bar_unauthorized(project.root, gid, {owner.name, server.name})
+    viewers.bar_unauthorized(project.root, gid, {owner.name, server.name})
 
 
 def fix_perms(project: Project, owner: Account, server: Account, gid: int) -> list[str]:

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from .. import sql
 from ..errors import (
     BalsamError,
@@ -26,7 +24,7 @@ from ..errors import (
     ServerNotRunning,
     UsageError,
 )
-from ..project import SCHEMA_DB, Project, ServerInfo, dump_toml, this_host, write_atomic
+from ..project import Project, ServerInfo, dump_toml, this_host, write_atomic
 from . import access, cluster, layout, schema
 from .accounts import (
     DEFAULT_SERVER_USER,
@@ -37,6 +35,7 @@ from .accounts import (
     group_name,
     owner_only,
 )
+from .admin import admin_connect
 from .pgconf import SUPERUSER_ROLE
 
 
@@ -46,20 +45,6 @@ class Outcome:
 
     info: ServerInfo
     notices: list[str] = field(default_factory=list)
-
-
-def admin_connect(project: Project, info: ServerInfo, dbname: str = SCHEMA_DB,
-                  autocommit: bool = True) -> psycopg.Connection[Any]:
-    """The database superuser over the project socket (peer; only the owner can)."""
-    try:
-        return psycopg.connect(
-            host=str(project.run_dir), port=info.port, user=info.superuser, dbname=dbname,
-            requirepeer=info.server_name, autocommit=autocommit, connect_timeout=10,
-            application_name="balsam-dbctl",
-        )
-    except psycopg.OperationalError as exc:
-        raise ServerError(f"cannot connect to the server as {info.superuser}: "
-                          f"{str(exc).strip().splitlines()[0]}") from None
 
 
 # -- init -------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def prune(project: Project, *, workflows: Sequence[str] = (), all_finished: bool
             if out.workflows:
                 _remove_dirs(project, conn, out, lock=False)
         return out
-    from .lifecycle import admin_connect
+    from .admin import admin_connect
 
     with admin_connect(project, info, dbname=db.default_dbname(), autocommit=False) as conn:
         with db.translated(), conn.transaction():

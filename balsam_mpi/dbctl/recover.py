@@ -18,7 +18,8 @@ from typing import Any
 from .. import db
 from ..project import Project
 from ..replay import Replayed, replay_due
-from ..store import Expired, Store
+from ..store import Store
+from ..storeport import Expired
 
 
 class Recovered(list[Expired]):

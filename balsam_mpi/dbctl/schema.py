@@ -92,7 +92,7 @@ def verify(conn: Connection[Any]) -> list[str]:
         if conn.execute(sql.query("instance_check")).fetchone() is None:
             problems.append("no instance record (run `balsam-dbctl restart`)")
     except Exception as exc:
-        raise ServerError(f"cannot read the instance record: {exc}") from None
+        raise ServerError(f"cannot read the instance record: {exc}") from exc
     conn.rollback()
     return problems
 

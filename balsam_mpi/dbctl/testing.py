@@ -11,7 +11,7 @@ from psycopg import sql as pgsql
 
 from .. import sql
 from ..project import SCHEMA_DB, Project
-from .lifecycle import admin_connect
+from .admin import admin_connect
 from .pgconf import OBJECT_ROLE
 
 

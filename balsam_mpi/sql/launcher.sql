@@ -1,7 +1,7 @@
 -- The launcher's statements (store.py). Each calls one SECURITY DEFINER function of
 -- migrations/0004_launcher.sql (0005_leases.sql for lease expiry, 0008_reliability.sql
--- for journals), so a leader needs no table privileges of its own; the few plain reads
--- need only what every member has (SELECT).
+-- for journals, 0009_python_tasks.sql for results), so a leader needs no table
+-- privileges of its own; the few plain reads need only what every member has (SELECT).
 
 -- name: launcher_session
 -- The leader's connection: no statement_timeout (store.py says why).
@@ -29,6 +29,19 @@ SELECT step, changed
                        %(f_ids)s::bigint[], %(f_kind)s::smallint[], %(f_rc)s::integer[],
                        %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[],
                        %(through)s::bigint);
+
+-- name: launcher_app_extras
+-- What the claim does not return about the apps it returned: pre/postprocessing
+-- (0006) and a Python app's import path (0009). Read once per app per leader
+-- (appinfo.py), so the claim's pinned plan stays as it is.
+SELECT a.name, a.preprocess, a.postprocess, a.postprocess_on_error,
+       a.postprocess_on_timeout, coalesce(a.python, '')
+  FROM apps a
+ WHERE a.name = ANY (%(names)s::text[]);
+
+-- name: launcher_results
+-- Python tasks' return values, in the flush's transaction right after its reports (0009).
+SELECT launcher_results(%(job)s, %(epoch)s, %(ids)s::bigint[], %(results)s::text[]);
 
 -- name: launcher_heartbeat
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);

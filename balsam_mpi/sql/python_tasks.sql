@@ -1,5 +1,5 @@
 -- Python tasks and waiting for tasks (migrations/0009_python_tasks.sql): apps by import
--- path, results written by the leader, and the queries of waiting.py / executor.py.
+-- path and the queries of waiting.py / executor.py (the leader's statements: launcher.sql).
 
 -- name: apps_insert_python
 INSERT INTO apps (name, python, description, error_retry_limit)
@@ -9,15 +9,6 @@ RETURNING id
 -- name: apps_by_python
 -- The app a submit(fn_path) goes to: the first by name when several share the path.
 SELECT name FROM apps WHERE python = %(python)s ORDER BY name LIMIT 1
-
--- name: launcher_app_python
--- The import paths of the apps a claim returned (read once per app per leader, with
--- their pre/postprocessing: appinfo.py).
-SELECT a.name, a.python FROM apps a
- WHERE a.name = ANY (%(names)s::text[]) AND a.python IS NOT NULL
-
--- name: launcher_results
-SELECT launcher_results(%(job)s, %(epoch)s, %(ids)s::bigint[], %(results)s::text[])
 
 -- name: tasks_final_listen
 LISTEN balsam_task_final

@@ -1270,7 +1270,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- input_files patterns stay inside the parent's directory: relative, no '..' (as
--- taskspec.check_pattern), and not empty.
+-- validate.check_pattern), and not empty.
 CREATE FUNCTION patterns_ok(patterns text[]) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(bool_and(p <> '' AND char_length(p) <= 4096
@@ -1747,7 +1747,7 @@ BEGIN
       FROM left_alone l LEFT JOIN public.tasks t ON t.id = l.id;
 END $$;
 
--- `task modify`: p_changes holds the fields to change (taskspec.MODIFIABLE). priority,
+-- `task modify`: p_changes holds the fields to change (validate.MODIFIABLE). priority,
 -- tags and data change on any task (nothing that runs reads them); the rest only on a task
 -- no launcher holds: a claimed task would run with its old values and be stored with the
 -- new ones.

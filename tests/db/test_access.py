@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from balsam_mpi import db
-from balsam_mpi.dbctl import enroll, lifecycle
+from balsam_mpi.dbctl import credentials, lifecycle
 from balsam_mpi.errors import PermissionDenied
 from balsam_mpi.project import Project
 
@@ -247,28 +247,28 @@ def test_our_scram_verifier_is_the_one_postgres_makes(pg_project: Project,
     theirs = str(row[0])
     head, _keys = theirs.rsplit("$", 1)
     iterations, salt_b64 = head.split("$")[1].split(":")
-    ours = enroll.scram_verifier("pencil", salt=base64.b64decode(salt_b64),
+    ours = credentials.scram_verifier("pencil", salt=base64.b64decode(salt_b64),
                                  iterations=int(iterations))
-    assert ours == theirs and enroll.is_well_formed_verifier(ours)
+    assert ours == theirs and credentials.is_well_formed_verifier(ours)
 
 
 def test_a_verifier_we_apply_lets_its_password_log_in_over_tcp(
         pg_project: Project, su: psycopg.Connection[Any], roles: dict[str, str],
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     role = roles["alice"]
-    password = enroll.new_password()
+    password = credentials.new_password()
     su.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(
-        pgsql.Identifier(role), pgsql.Literal(enroll.scram_verifier(password))))
+        pgsql.Identifier(role), pgsql.Literal(credentials.scram_verifier(password))))
     info = pg_project.read_server_info()
     passfile = tmp_path / "pgpass"
-    enroll.pgpass_store([info.host], role, password, passfile)
+    credentials.pgpass_store([info.host], role, password, passfile)
     monkeypatch.setenv("PGPASSFILE", str(passfile))
     with db.connect(pg_project, dbname="balsam", user=role, route="tcp",
                     autocommit=True) as conn:
         assert conn.execute("SELECT session_user::text").fetchone() == (role,)
     for name, content in (("wrong", "not-the-password"), ("none", None)):
         if content is not None:
-            enroll.pgpass_store([info.host], role, content, tmp_path / name)
+            credentials.pgpass_store([info.host], role, content, tmp_path / name)
         monkeypatch.setenv("PGPASSFILE", str(tmp_path / name))
         with pytest.raises(PermissionDenied, match="request-access"):
             db.connect(pg_project, dbname="balsam", user=role, route="tcp")

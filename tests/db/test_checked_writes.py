@@ -21,7 +21,7 @@ from psycopg import sql as pgsql
 from balsam_mpi.dbctl import lifecycle
 from balsam_mpi.models import TRANSITIONS
 from balsam_mpi.project import Project
-from balsam_mpi.taskspec import TASK_DEFAULTS
+from balsam_mpi.validate import TASK_DEFAULTS
 
 _n = itertools.count()
 

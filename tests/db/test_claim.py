@@ -11,7 +11,8 @@ import pytest
 
 from balsam_mpi import db
 from balsam_mpi.project import Project
-from balsam_mpi.store import ClaimFilter, Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter, Lease
 
 
 def add_app(conn: psycopg.Connection[Any], name: str = "noop", command: str = "true") -> int:

@@ -8,8 +8,7 @@ import psycopg
 import pytest
 
 from balsam_mpi import Client
-from balsam_mpi.errors import Conflict, NotFound, UsageError
-from balsam_mpi.taskspec import TaskSpecError
+from balsam_mpi.errors import Conflict, InputError, NotFound, UsageError
 
 
 @pytest.fixture()
@@ -31,7 +30,7 @@ def test_add_app_and_duplicate(client: Client) -> None:
     assert client.app("hello")["command"] == "echo hello {who}"
     with pytest.raises(Conflict, match="exists"):
         client.add_app("hello", "x")
-    with pytest.raises(TaskSpecError, match="placeholder"):
+    with pytest.raises(InputError, match="placeholder"):
         client.add_app("bad", "echo {a.b}")
     with pytest.raises(NotFound):
         client.app("nope")
@@ -67,14 +66,14 @@ def test_add_tasks_returns_ids_in_order_with_events(client: Client,
 def test_bad_task_writes_nothing(client: Client, conn: psycopg.Connection,
                                  bad: dict[str, Any], field: str) -> None:
     good = {"app": "hello", "workflow": "w", "params": {"who": "x"}}
-    with pytest.raises(TaskSpecError, match=rf"task #2: {field}"):
+    with pytest.raises(InputError, match=rf"task #2: {field}"):
         client.add_tasks([good, {**good, **bad}])
     assert _count(conn) == 0 and _count(conn, "task_events") == 0
 
 
 def test_cycle_in_batch_refused(client: Client, conn: psycopg.Connection) -> None:
     t = {"app": "plain", "workflow": "w"}
-    with pytest.raises(TaskSpecError, match="cycle"):
+    with pytest.raises(InputError, match="cycle"):
         client.add_tasks([{**t, "key": "a", "parents": ["b"]}, {**t, "key": "b", "parents": ["a"]}])
     assert _count(conn) == 0
 
@@ -120,9 +119,9 @@ def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
     a, b = client.add_tasks([{**t, "key": "a"}, {**t, "parents": ["a"]}])
     assert client.update([a], priority=7, tags={"x": "1"}) == [a]
     assert client.get(a)["priority"] == 7 and client.get(a)["tags"] == {"x": "1"}
-    with pytest.raises(TaskSpecError, match="state"):
+    with pytest.raises(InputError, match="state"):
         client.update(a, state="READY")
-    with pytest.raises(TaskSpecError, match=f"task {a}: params: 'who' is not a placeholder"):
+    with pytest.raises(InputError, match=f"task {a}: params: 'who' is not a placeholder"):
         client.update(a, params={"who": "x"})
     with pytest.raises(UsageError):
         client.delete()
@@ -134,13 +133,13 @@ def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
 
 def test_bad_task_in_a_later_chunk_rolls_back_the_earlier_ones(
         client: Client, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balsam_mpi import client as client_module
+    from balsam_mpi import taskadd
 
-    monkeypatch.setattr(client_module, "CHUNK", 10)
+    monkeypatch.setattr(taskadd, "CHUNK", 10)
     tasks: list[dict[str, Any]] = [{"app": "plain", "workflow": "w", "name": f"t{i}"}
                                    for i in range(25)]
     tasks[22]["num_nodes"] = 0
-    with pytest.raises(TaskSpecError, match="task #23: num_nodes"):
+    with pytest.raises(InputError, match="task #23: num_nodes"):
         client.add_tasks(tasks)
     assert _count(conn) == 0 and _count(conn, "task_events") == 0
     tasks[22]["num_nodes"] = 2
@@ -175,7 +174,8 @@ def _claim(pg_project: Any, dbname: str, *, start: int | None = None) -> Any:
     """A launcher of the owner's claims the READY tasks (and reports one started)."""
     from balsam_mpi import db
     from balsam_mpi.protocol import Started
-    from balsam_mpi.store import ClaimFilter, Store
+    from balsam_mpi.store import Store
+    from balsam_mpi.storeport import ClaimFilter
 
     store = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
     lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",

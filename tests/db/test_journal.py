@@ -21,7 +21,8 @@ from balsam_mpi.lease import sweep_once
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
 from balsam_mpi.replay import ReplayCache, replay_due
-from balsam_mpi.store import Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import Lease
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""The client measures a JSON document as Postgres stores it: values.json_size equals
+"""The client measures a JSON document as Postgres stores it: jsondoc.json_size equals
 ``octet_length(doc::jsonb::text)``, which is what the database's CHECK constraints cap
 (limits.py). Checked against the server with hypothesis-generated documents."""
 
@@ -11,7 +11,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balsam_mpi import values
+from balsam_mpi import jsondoc
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                max_size=20)
@@ -31,6 +31,6 @@ def test_json_size_is_what_postgres_measures(conn: psycopg.Connection) -> None:
     def check(doc: Any) -> None:
         row = conn.execute("SELECT octet_length(%s::jsonb::text)",
                            (json.dumps(doc),)).fetchone()
-        assert row is not None and values.json_size("d", doc) == row[0], json.dumps(doc)
+        assert row is not None and jsondoc.json_size("d", doc) == row[0], json.dumps(doc)
 
     check()

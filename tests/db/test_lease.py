@@ -16,7 +16,8 @@ from balsam_mpi import db
 from balsam_mpi.errors import BalsamError
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Expired, Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter, Expired, Lease
 
 T0 = 1_900_000_000.0
 
@@ -173,30 +174,6 @@ def test_settings_keep_the_heartbeat_under_half_the_lease() -> None:
     assert (ok.heartbeat_s, ok.lease_s, ok.expire_check_s) == (1.0, 3.0, 0.5)
     with pytest.raises(UsageError, match="less than half"):
         resolve({}, {"BALSAM_HEARTBEAT_S": "30", "BALSAM_LEASE_S": "60"})
-
-
-def test_only_a_renewed_lease_resets_the_leaders_clock() -> None:
-    """LeaseWatch.silent_for: None while the last renewal is recent; the time since it
-    once half the lease has gone by. A heartbeat that fails or is refused renews nothing."""
-    import time
-    from types import SimpleNamespace
-
-    from balsam_mpi.config import Settings
-    from balsam_mpi.lease import LeaseWatch
-
-    answers = [True, False]
-    store = SimpleNamespace(heartbeat=lambda _lease: answers.pop(0))
-    watch = LeaseWatch(Settings(lease_s=0.2, heartbeat_s=0.05), SimpleNamespace(store=store))
-    lease = Lease(1, 1, False)
-    assert watch.silent_for() is None
-    time.sleep(0.12)
-    silent = watch.silent_for()
-    assert silent is not None and silent >= 0.1
-    assert watch.heartbeat(lease)  # renewed: the clock starts again
-    assert watch.silent_for() is None
-    time.sleep(0.12)
-    assert not watch.heartbeat(lease)  # refused (row no longer ours): not renewed
-    assert watch.silent_for() is not None
 
 
 def test_a_job_row_held_by_another_transaction_is_skipped(store: Store, conn: Any,

@@ -11,13 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi import Client, db, limits, results
+from balsam_mpi import Client, db, limits
 from balsam_mpi.appinfo import AppCache
 from balsam_mpi.errors import PermissionDenied, UsageError
+from balsam_mpi.orders import OrderBuilder
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.specs import SpecBuilder
-from balsam_mpi.store import ClaimFilter, Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter, Lease
 
 T0 = 1_900_000_000.0
 
@@ -50,7 +51,7 @@ def finish(store: Store, lease: Lease, ids: list[int], values: list[str | None],
     ended = [Finished(i, lease.epoch, int(kind), 0 if kind == EndKind.DONE else 1, T0,
                       T0 + 1, "" if kind == EndKind.DONE else "ValueError: no", v)
              for i, v in zip(ids, values, strict=True)]
-    return results.report_with_results(store, lease, started, ended)
+    return store.report(lease, started, ended)
 
 
 # -- apps ----------------------------------------------------------------------------
@@ -128,13 +129,13 @@ def test_the_spec_of_a_python_task_carries_the_path_and_the_json_kwargs(
                                "params": {"x": 1}, "env": {"FOO": "bar"},
                                "node_packing_count": 8, "wall_time_min": 0.5}])
     lease, rows = claim(store)
-    builder = SpecBuilder(pg_project, lease.epoch)
+    builder = OrderBuilder(pg_project, lease.epoch)
     builder.apps.fetch(store, [r.app for r in rows])
-    spec = builder.build(rows[0])
-    assert spec.python[0] == "pkg.mod:fit" and json.loads(spec.python[1]) == {"x": 1}
-    assert (spec.argv, spec.env, spec.need, spec.wall_time_s) == ((), (("FOO", "bar"),),
+    order = builder.build(rows[0])
+    assert order.python[0] == "pkg.mod:fit" and json.loads(order.python[1]) == {"x": 1}
+    assert (order.argv, order.env, order.need, order.wall_time_s) == ((), (("FOO", "bar"),),
                                                                   0.125, 30.0)
-    assert spec.cwd.endswith(f"/w/0/n_{tid}")
+    assert order.cwd.endswith(f"/w/0/n_{tid}")
 
 
 # -- results -------------------------------------------------------------------------

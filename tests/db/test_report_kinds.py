@@ -12,7 +12,8 @@ import pytest
 from balsam_mpi import db
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
 pytestmark = pytest.mark.timeout(120)

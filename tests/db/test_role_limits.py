@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from balsam_mpi import db
-from balsam_mpi.dbctl import access, enroll, lifecycle, rolelimits
+from balsam_mpi.dbctl import access, credentials, lifecycle, rolelimits
 from balsam_mpi.errors import BalsamError
 from balsam_mpi.project import Project
 
@@ -41,11 +41,11 @@ def login(pg_project: Project, admin: psycopg.Connection[Any], tmp_path: Path,
     passfile = tmp_path / "pgpass"
     info = pg_project.read_server_info()
     for role, group in made.values():
-        password = enroll.new_password()
+        password = credentials.new_password()
         admin.execute(pgsql.SQL("CREATE ROLE {} LOGIN IN ROLE {} PASSWORD {}").format(
             pgsql.Identifier(role), pgsql.Identifier(group),
-            pgsql.Literal(enroll.scram_verifier(password))))
-        enroll.pgpass_store([info.host, "localhost", "127.0.0.1"], role, password, passfile)
+            pgsql.Literal(credentials.scram_verifier(password))))
+        credentials.pgpass_store([info.host, "localhost", "127.0.0.1"], role, password, passfile)
     monkeypatch.setenv("PGPASSFILE", str(passfile))
     yield {k: v[0] for k, v in made.items()}
     for role, _group in made.values():

@@ -29,7 +29,8 @@ from balsam_mpi.errors import BalsamError
 from balsam_mpi.models import TRANSITIONS, TaskState
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter, Lease
 
 # Moves a run must have exercised, so the test cannot pass by never getting there.
 MUST_SEE = {("READY", "RUNNING"), ("RUNNING", "RUN_DONE"), ("RUN_DONE", "JOB_FINISHED"),

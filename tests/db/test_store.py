@@ -11,7 +11,8 @@ from balsam_mpi import db
 from balsam_mpi.errors import BalsamError
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter, Lease
 
 T0 = 1_900_000_000.0  # a fixed node time, far from the server's clock
 

@@ -19,7 +19,8 @@ from balsam_mpi.errors import NotFound, PermissionDenied, UsageError
 from balsam_mpi.executor import Executor
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import ClaimFilter, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import ClaimFilter
 
 pytestmark = pytest.mark.timeout(30)
 T0 = 1_900_000_000.0

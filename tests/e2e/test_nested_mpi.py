@@ -49,14 +49,14 @@ RUNNER_WORKER = textwrap.dedent("""\
     from mpi4py import MPI
     from balsam_mpi import runner
     from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
-    from balsam_mpi.protocol import TaskSpec
+    from balsam_mpi.protocol import RunOrder
     hello, out_dir, kind, mpiexec = sys.argv[1:5]
     rank = MPI.COMM_WORLD.Get_rank()
     argv = launch_prefix(kind, hosts=["localhost", "localhost"], ranks_per_node=2,
                          program=mpiexec) + [sys.executable, hello]
     cwd = os.path.join(out_dir, f"task{rank}")
-    spec = TaskSpec(rank + 1, 1, tuple(argv), cwd)
-    proc = runner.start(spec, task_mpi_env(os.environ))
+    order = RunOrder(rank + 1, 1, tuple(argv), cwd)
+    proc = runner.start(order, task_mpi_env(os.environ))
     deadline = time.monotonic() + 60
     while runner.reap(proc) is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -14,16 +14,17 @@ pytestmark = [pytest.mark.mpi(min_size=3), pytest.mark.timeout(120)]
 def test_typed_messages_large_and_small_round_trip() -> None:
     from mpi4py import MPI
 
-    from balsam_mpi.comm import Backoff, Comm
-    from balsam_mpi.protocol import Assign, Report, TaskSpec
+    from balsam_mpi.comm import Comm
+    from balsam_mpi.pacing import Backoff
+    from balsam_mpi.protocol import Assign, Report, RunOrder
 
     comm = Comm(MPI.COMM_WORLD)
-    big = tuple(TaskSpec(i, 1, ("/bin/true", "x" * 50), f"/tmp/d/{i}") for i in range(20000))
+    big = tuple(RunOrder(i, 1, ("/bin/true", "x" * 50), f"/tmp/d/{i}") for i in range(20000))
     if comm.rank == 0:
         for dest in range(1, comm.size):
             comm.send(dest, Assign(seq=1, tasks=big))  # megabytes: improbe + Message.recv
         got: dict[int, Report] = {}
-        backoff = Backoff(cap=0.01)
+        backoff = Backoff(0.0002, 0.01)
         deadline = time.monotonic() + 60
         while len(got) < comm.size - 1:
             assert time.monotonic() < deadline
@@ -37,7 +38,7 @@ def test_typed_messages_large_and_small_round_trip() -> None:
         assert all(r.acked == 1 and r.queued == len(big) for r in got.values())
         assert comm.flush_sends()
     else:
-        backoff = Backoff(cap=0.01)
+        backoff = Backoff(0.0002, 0.01)
         deadline = time.monotonic() + 60
         while (msg := comm.poll(0)) is None:
             assert time.monotonic() < deadline

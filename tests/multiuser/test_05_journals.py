@@ -25,7 +25,8 @@ from balsam_mpi import db
 from balsam_mpi.journal import Journal
 from balsam_mpi.project import Project
 from balsam_mpi.protocol import Finished
-from balsam_mpi.store import Lease, Store
+from balsam_mpi.store import Store
+from balsam_mpi.storeport import Lease
 job, epoch, task = map(int, sys.argv[1:4])
 project = Project.from_env()
 store = Store(db.connect(project, autocommit=True))

@@ -320,10 +320,10 @@ def test_a_viewer_not_yet_enrolled_can_still_leave_a_request(mu: Runner, apps: N
     added = mu.dbctl(OWNER, "add-user", LEAVER, "--read-only")
     assert added.returncode == 0 and "access/ stays writable" in added.stdout, added
     request = ("from balsam_mpi.project import Project\n"
-               "from balsam_mpi.dbctl import enroll\n"
-               "pw = enroll.new_password()\n"
-               "print(enroll.write_request(Project.from_env(), enroll._me().pw_name,\n"
-               "                           enroll.scram_verifier(pw), 'another-host'))\n")
+               "from balsam_mpi.dbctl import credentials, enroll\n"
+               "pw = credentials.new_password()\n"
+               "print(enroll.write_request(Project.from_env(), credentials._me().pw_name,\n"
+               "                           credentials.scram_verifier(pw), 'another-host'))\n")
     made = mu.run(LEAVER, [str(mu.venv / "bin" / "python"), "-c", request])
     assert made.returncode == 0, made.stderr
     applied = mu.dbctl(OWNER, "add-user", LEAVER, "--read-only")

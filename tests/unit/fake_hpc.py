@@ -60,17 +60,29 @@ def rank_main() -> int:
         os.umask(umask)
         (out_dir() / "umask").write_text(f"{umask:04o}\n")
     stops: list[int] = []
+    logged = 0
 
     def stop(sig: int, _frame: object) -> None:
-        log.write(f"stop {signal.Signals(sig).name}\n")
+        # Only note it: writing to the log here could interrupt a write of the main code
+        # to the same buffered file ("reentrant call"), as a launcher's handler must not.
         stops.append(sig)
+
+    def log_stops() -> None:
+        nonlocal logged
+        while logged < len(stops):
+            log.write(f"stop {signal.Signals(stops[logged]).name}\n")
+            logged += 1
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, stop)
     log.write("ready\n")
     while not stops:
         time.sleep(0.02)
-    time.sleep(DRAIN_S)  # cutting tasks, writing reports, closing the batch job
+    until = time.monotonic() + DRAIN_S  # cutting tasks, writing reports, closing the job
+    while time.monotonic() < until:
+        log_stops()
+        time.sleep(0.02)
+    log_stops()
     log.write("drained\n")
     return 42
 

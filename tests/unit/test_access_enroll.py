@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.dbctl import enroll
+from balsam_mpi.dbctl import credentials, enroll
 from balsam_mpi.errors import ProjectError, UsageError
 from balsam_mpi.project import Project
 
 
 def test_verifier_follows_rfc_5802_and_7677() -> None:
     salt = b"0123456789abcdef"
-    verifier = enroll.scram_verifier("pencil", salt=salt, iterations=4096)
+    verifier = credentials.scram_verifier("pencil", salt=salt, iterations=4096)
     head, keys = verifier.split("$", 1)[1].split("$")
     iterations, salt_b64 = head.split(":")
     stored_b64, server_b64 = keys.split(":")
@@ -29,8 +29,8 @@ def test_verifier_follows_rfc_5802_and_7677() -> None:
     assert base64.b64decode(stored_b64) == hashlib.sha256(client_key).digest()
     assert base64.b64decode(server_b64) == hmac.new(salted, b"Server Key",
                                                     hashlib.sha256).digest()
-    assert enroll.is_well_formed_verifier(verifier)
-    assert enroll.scram_verifier("pencil") != enroll.scram_verifier("pencil")  # fresh salt
+    assert credentials.is_well_formed_verifier(verifier)
+    assert credentials.scram_verifier("pencil") != credentials.scram_verifier("pencil")  # fresh salt
 
 
 @pytest.mark.parametrize("bad", [
@@ -41,22 +41,22 @@ def test_verifier_follows_rfc_5802_and_7677() -> None:
     "SCRAM-SHA-256$4096:salt$x:y' SUPERUSER --",
 ])
 def test_malformed_verifiers_are_refused(bad: str) -> None:
-    assert not enroll.is_well_formed_verifier(bad)
+    assert not credentials.is_well_formed_verifier(bad)
 
 
 def test_pgpass_keeps_other_lines_reuses_the_password_and_is_private(tmp_path: Path) -> None:
     path = tmp_path / "pgpass"
     path.write_text("otherhost:5432:db:me:se\\:cret\n")
     os.chmod(path, 0o644)
-    enroll.pgpass_store(["login1"], "me", "pw1", path)
-    enroll.pgpass_store(["login1", "10.0.0.1"], "me", "pw1", path)
+    credentials.pgpass_store(["login1"], "me", "pw1", path)
+    credentials.pgpass_store(["login1", "10.0.0.1"], "me", "pw1", path)
     lines = path.read_text().splitlines()
     assert lines == ["otherhost:5432:db:me:se\\:cret", "login1:*:*:me:pw1",
                      "10.0.0.1:*:*:me:pw1"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert enroll.pgpass_password(["login1"], "me", path) == "pw1"
-    assert enroll.pgpass_password(["otherhost"], "me", path) is None  # not one of ours
-    assert enroll.pgpass_password(["login1"], "you", path) is None
+    assert credentials.pgpass_password(["login1"], "me", path) == "pw1"
+    assert credentials.pgpass_password(["otherhost"], "me", path) is None  # not one of ours
+    assert credentials.pgpass_password(["login1"], "you", path) is None
 
 
 @pytest.mark.parametrize("name", ["../x", "a b", "", "-rf", "x" * 64, "a/b", "r\n"])
@@ -72,7 +72,7 @@ def project(tmp_path: Path) -> Project:
 
 
 def _good_request(project: Project, user: str = "alice") -> Path:
-    return enroll.write_request(project, user, enroll.scram_verifier("pw"), "h")
+    return enroll.write_request(project, user, credentials.scram_verifier("pw"), "h")
 
 
 def test_request_round_trip_and_replacing_our_own(project: Project) -> None:

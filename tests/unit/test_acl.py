@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from balsam_mpi import safefs
-from balsam_mpi.dbctl import acl
+from balsam_mpi.dbctl import acl, viewers
+from balsam_mpi.errors import ProjectError
 
 GID = 54321  # the project's group in these tests (need not exist in /etc/group)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switches to another uid (root)")
@@ -135,7 +136,7 @@ def test_the_launcher_refuses_what_a_barred_user_made_and_heals_its_own(project:
 def test_no_acls_means_read_only_is_refused(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "data").mkdir()
-    monkeypatch.setattr(acl, "supported", lambda _target: False)
-    with pytest.raises(acl.ProjectError, match="no POSIX ACLs") as info:
-        acl.require_support(tmp_path, "viewer")
+    monkeypatch.setattr(viewers, "supported", lambda _target: False)
+    with pytest.raises(ProjectError, match="no POSIX ACLs") as info:
+        viewers.require_support(tmp_path, "viewer")
     assert "\n" not in str(info.value)

@@ -5,25 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from balsam_mpi.config import Settings
 from balsam_mpi.dispatch import Dispatcher
 from balsam_mpi.node import Node
-from balsam_mpi.protocol import Assign, EndKind, Finished, Report, TaskSpec
-from balsam_mpi.resources import WorkerView
+from balsam_mpi.protocol import Assign, EndKind, Finished, Report, RunOrder
+from balsam_mpi.workerview import WorkerView
 
 
 def setup(n_workers: int) -> tuple[Dispatcher, list[tuple[int, Assign]]]:
     sent: list[tuple[int, Assign]] = []
     local = Node(environ={"PATH": "/bin"}, die_with_parent=False)
-    d = Dispatcher(Settings(), local, lambda rank, msg: sent.append((rank, msg)))
+    d = Dispatcher(local, lambda rank, msg: sent.append((rank, msg)))
     d.local_open = False  # workers only here (the leader's node would take small tasks first)
     for r in range(1, n_workers + 1):
         d.workers[r] = WorkerView(r, host=f"h{r}")
     return d, sent
 
 
-def task(i: int, nodes: int = 1, need: float = 0.25) -> TaskSpec:
-    return TaskSpec(i, 1, ("true",), f"/tmp/none/{i}", need=1.0 if nodes > 1 else need,
+def task(i: int, nodes: int = 1, need: float = 0.25) -> RunOrder:
+    return RunOrder(i, 1, ("true",), f"/tmp/none/{i}", need=1.0 if nodes > 1 else need,
                     num_nodes=nodes, ranks_per_node=2 if nodes > 1 else 1)
 
 

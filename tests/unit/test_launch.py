@@ -7,26 +7,25 @@ import pytest
 
 from balsam_mpi.config import resolve
 from balsam_mpi.dispatch import Dispatcher
-from balsam_mpi.kills import LOCAL, KillTracker
+from balsam_mpi.kills import KillTracker
 from balsam_mpi.launch import parser
 from balsam_mpi.node import NullNode
-from balsam_mpi.protocol import Assign, Report, TaskSpec
+from balsam_mpi.protocol import LOCAL, Assign, Report, RunOrder
 
 
-def spec(i: int, need: float = 0.25) -> TaskSpec:
-    return TaskSpec(i, 1, ("true",), f"/tmp/{i}", need=need)
+def order(i: int, need: float = 0.25) -> RunOrder:
+    return RunOrder(i, 1, ("true",), f"/tmp/{i}", need=need)
 
 
 def dispatcher() -> tuple[Dispatcher, list[tuple[int, Assign]]]:
     sent: list[tuple[int, Assign]] = []
-    settings = resolve({"claim_margin": 0.5}, {}, {})
-    return Dispatcher(settings, NullNode(die_with_parent=False),
-                      lambda r, m: sent.append((r, m))), sent
+    return Dispatcher(NullNode(die_with_parent=False), lambda r, m: sent.append((r, m)),
+                      margin=0.5), sent
 
 
 def test_a_report_is_answered_within_free_share_plus_margin() -> None:
     d, sent = dispatcher()
-    d.pool.extend(spec(i) for i in range(20))
+    d.pool.extend(order(i) for i in range(20))
     view = d.reported(1, Report(rank=1, acked=0, free=1.0, running=0, queued=0))
     d.assign_to(view, always=True)
     [(rank, msg)] = sent
@@ -41,15 +40,17 @@ def test_a_report_is_answered_within_free_share_plus_margin() -> None:
 
 def test_the_local_node_is_fed_directly_and_kills_reach_every_rank() -> None:
     d, sent = dispatcher()
-    d.pool.extend(spec(i) for i in range(10))
-    d.fill_local()  # a null node ends its tasks at once
+    d.pool.extend(order(i) for i in range(10))
+    d.fill_local()  # queued on the leader's node, no message
+    assert [o.id for o in d.local.queue] == [0, 1, 2, 3, 4, 5]
+    d.local.step()  # as the leader's loop does; a null node ends its tasks at once
     local_ids = [s.id for s in d.local.changes.take()[0]]
     assert local_ids == [0, 1, 2, 3, 4, 5]
     view = d.reported(2, Report(rank=2, acked=0, free=1.0, running=0, queued=0))
     d.local_open = False  # (open, the leader's node would take them first: it has room)
     d.push()
     assert [t.id for t in sent[-1][1].tasks] == [6, 7, 8, 9] and sent[-1][0] == view.rank
-    d.pool.append(spec(10))
+    d.pool.append(order(10))
     assert d.kill([7, 10, 99]) == 1  # 7 is on rank 2; 10 was still in the pool
     assert sent[-1] == (2, Assign(sent[-1][1].seq, (), (7,)))
     assert not d.pool
@@ -60,8 +61,8 @@ def test_kill_tracker_sends_each_kill_once_and_forgets_ended_tasks() -> None:
     polled again."""
     k = KillTracker(interval_s=0.0)
     assert not k.due()  # nothing out
-    k.placed([spec(1), spec(2)], 3)
-    k.placed([spec(4)], LOCAL)
+    k.placed([order(1), order(2)], 3)
+    k.placed([order(4)], LOCAL)
     assert k.due() and sorted(k.candidates()) == [1, 2, 4]
     assert k.by_rank([2, 4]) == {3: [2], LOCAL: [4]}
     assert k.by_rank([2]) == {} and sorted(k.candidates()) == [1]
@@ -86,18 +87,18 @@ def test_command_line_flags() -> None:
     ("ünï", "ça=va+1"),
 ])
 def test_spec_directories_are_exactly_project_task_dir(workflow: str, name: str) -> None:
+    from balsam_mpi.orders import OrderBuilder
     from balsam_mpi.project import Project
-    from balsam_mpi.specs import SpecBuilder
 
     project = Project("/p")
-    builder = SpecBuilder(project, epoch=1)
+    builder = OrderBuilder(project, epoch=1)
     for task_id in (1, 999, 1000, 123456):
         assert builder.cwd(workflow, task_id, name) == str(
             project.task_dir(workflow, task_id, name))
 
 
 def test_specs_render_argv_without_a_shell() -> None:
-    from balsam_mpi.specs import render
+    from balsam_mpi.orders import render
 
     assert render("echo {who}", {"who": "a b; rm -rf /"}, ["x y"], False) == (
         "echo", "a b; rm -rf /", "x y")

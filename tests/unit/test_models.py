@@ -54,7 +54,7 @@ def test_parse_state_is_case_insensitive_and_names_the_field() -> None:
 
 # -- properties of the state machine (hypothesis) ---------------------------------------------
 FAST = settings(database=None, deadline=None, max_examples=300)
-# The states a task can be created in (taskadd.initial_states; CREATED is the column's
+# The states a task can be created in (taskplan.initial_states; CREATED is the column's
 # default for a raw INSERT).
 FIRST = frozenset({S.CREATED, S.READY, S.AWAITING_PARENTS, S.FAILED})
 

@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 from balsam_mpi.node import Node, NullNode
-from balsam_mpi.protocol import Assign, EndKind, Finished, TaskSpec
+from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 
-def spec(tmp_path: Path, i: int, argv: tuple[str, ...], need: float = 1.0,
-         wall_time_s: float = 0.0) -> TaskSpec:
-    return TaskSpec(i, 1, argv, str(tmp_path / str(i)), need=need, wall_time_s=wall_time_s)
+def order(tmp_path: Path, i: int, argv: tuple[str, ...], need: float = 1.0,
+         wall_time_s: float = 0.0) -> RunOrder:
+    return RunOrder(i, 1, argv, str(tmp_path / str(i)), need=need, wall_time_s=wall_time_s)
 
 
 def run_until(node: Node, done: int, timeout: float = 20.0) -> list[Finished]:
@@ -27,7 +27,7 @@ def run_until(node: Node, done: int, timeout: float = 20.0) -> list[Finished]:
 
 def test_packing_limits_concurrency(tmp_path: Path) -> None:
     node = Node(environ={"PATH": "/usr/bin:/bin"})
-    node.apply(Assign(1, tuple(spec(tmp_path, i, ("sleep", "0.3"), need=0.5)
+    node.apply(Assign(1, tuple(order(tmp_path, i, ("sleep", "0.3"), need=0.5)
                                for i in range(4))))
     node.step()
     assert len(node.running) == 2 and len(node.queue) == 2
@@ -41,9 +41,9 @@ def test_packing_limits_concurrency(tmp_path: Path) -> None:
 
 def test_a_whole_node_task_is_not_overtaken(tmp_path: Path) -> None:
     node = Node(environ={"PATH": "/usr/bin:/bin"})
-    node.apply(Assign(1, (spec(tmp_path, 1, ("sleep", "0.2"), need=0.5),
-                          spec(tmp_path, 2, ("true",), need=1.0),
-                          spec(tmp_path, 3, ("true",), need=0.25))))
+    node.apply(Assign(1, (order(tmp_path, 1, ("sleep", "0.2"), need=0.5),
+                          order(tmp_path, 2, ("true",), need=1.0),
+                          order(tmp_path, 3, ("true",), need=0.25))))
     node.step()
     assert list(node.running) == [1]  # 3 would fit, but 2 waits first (no starvation)
     done = run_until(node, 3)
@@ -53,7 +53,7 @@ def test_a_whole_node_task_is_not_overtaken(tmp_path: Path) -> None:
 
 def test_own_wall_time_kills_as_timeout(tmp_path: Path) -> None:
     node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=0.5)
-    node.apply(Assign(1, (spec(tmp_path, 1, ("sleep", "30"), wall_time_s=0.2),)))
+    node.apply(Assign(1, (order(tmp_path, 1, ("sleep", "30"), wall_time_s=0.2),)))
     t0 = time.monotonic()
     [f] = run_until(node, 1)
     assert f.kind == EndKind.TIMEOUT and time.monotonic() - t0 < 5
@@ -62,8 +62,8 @@ def test_own_wall_time_kills_as_timeout(tmp_path: Path) -> None:
 
 def test_kill_stops_running_and_drops_queued(tmp_path: Path) -> None:
     node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=0.5)
-    node.apply(Assign(1, (spec(tmp_path, 1, ("sleep", "30")),
-                          spec(tmp_path, 2, ("sleep", "30")))))
+    node.apply(Assign(1, (order(tmp_path, 1, ("sleep", "30")),
+                          order(tmp_path, 2, ("sleep", "30")))))
     node.step()
     node.apply(Assign(2, (), kill=(1, 2)))
     assert not node.queue  # never started: dropped, its claim is released at close
@@ -74,7 +74,7 @@ def test_kill_stops_running_and_drops_queued(tmp_path: Path) -> None:
 
 def test_a_task_that_cannot_start_is_an_error_not_a_crash(tmp_path: Path) -> None:
     node = Node(environ={"PATH": "/usr/bin:/bin"})
-    node.apply(Assign(1, (spec(tmp_path, 1, ("no-such-program-xyz",)),)))
+    node.apply(Assign(1, (order(tmp_path, 1, ("no-such-program-xyz",)),)))
     [f] = run_until(node, 1)
     assert f.kind == EndKind.ERROR and f.rc != 0
     node.close()
@@ -82,7 +82,7 @@ def test_a_task_that_cannot_start_is_an_error_not_a_crash(tmp_path: Path) -> Non
 
 def test_null_node_finishes_at_once(tmp_path: Path) -> None:
     node = NullNode()
-    node.apply(Assign(1, tuple(spec(tmp_path, i, ("x",), need=0.1) for i in range(20))))
+    node.apply(Assign(1, tuple(order(tmp_path, i, ("x",), need=0.1) for i in range(20))))
     node.step()
     started, finished = node.changes.take()
     # Each "ends" the moment it starts, so the whole queue goes through in one step.

@@ -9,19 +9,19 @@ import pytest
 
 from balsam_mpi import prepost
 from balsam_mpi.node import Node
-from balsam_mpi.protocol import Assign, EndKind, TaskSpec
+from balsam_mpi.protocol import Assign, EndKind, RunOrder
 from tests.unit.test_node import run_until
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
-def spec(tmp_path: Path, i: int, argv: tuple[str, ...], **kw: object) -> TaskSpec:
-    return TaskSpec(i, 1, argv, str(tmp_path / str(i)), **kw)  # type: ignore[arg-type]
+def order(tmp_path: Path, i: int, argv: tuple[str, ...], **kw: object) -> RunOrder:
+    return RunOrder(i, 1, argv, str(tmp_path / str(i)), **kw)  # type: ignore[arg-type]
 
 
 def test_a_hold_takes_the_whole_node_until_released(tmp_path: Path) -> None:
     node = Node(environ=ENV, gpus=2, die_with_parent=False)
-    big = spec(tmp_path, 7, ("true",), num_nodes=2, gpus=2, gpus_per_rank=1,
+    big = order(tmp_path, 7, ("true",), num_nodes=2, gpus=2, gpus_per_rank=1,
                ranks_per_node=2)
     node.apply(Assign(1, hold=(big,)))
     assert node.free() == 0.0 and node.busy() and node.res.pool.free == 0
@@ -34,7 +34,7 @@ def test_a_hold_takes_the_whole_node_until_released(tmp_path: Path) -> None:
 
 def test_gpu_tasks_see_only_their_devices(tmp_path: Path) -> None:
     node = Node(environ={**ENV, "BALSAM_GPU_VENDOR": "amd"}, gpus=2, die_with_parent=False)
-    tasks = tuple(spec(tmp_path, i, ("sh", "-c", "echo $ROCR_VISIBLE_DEVICES"), need=0.25,
+    tasks = tuple(order(tmp_path, i, ("sh", "-c", "echo $ROCR_VISIBLE_DEVICES"), need=0.25,
                        gpus=1, env=(("ROCR_VISIBLE_DEVICES", "0,1"),)) for i in range(3))
     node.apply(Assign(1, tasks))
     node.step()
@@ -55,7 +55,7 @@ def test_a_multi_rank_task_runs_under_the_launch_prefix(tmp_path: Path,
     monkeypatch.setenv("BALSAM_MPI_LAUNCHER", "srun")
     monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
     node = Node(environ=ENV, die_with_parent=False)
-    node.apply(Assign(1, (spec(tmp_path, 1, ("app", "x"), num_nodes=2, ranks_per_node=2,
+    node.apply(Assign(1, (order(tmp_path, 1, ("app", "x"), num_nodes=2, ranks_per_node=2,
                                hosts=("n1", "n2")),)))
     [fin] = run_until(node, 1)
     assert fin.kind == EndKind.DONE
@@ -80,7 +80,7 @@ def test_pre_and_postprocess_decide_the_kind(tmp_path: Path, argv: tuple[str, ..
                                              post: str, flags: dict[str, bool], kind: EndKind,
                                              files: list[str]) -> None:
     node = Node(environ=ENV, die_with_parent=False, kill_grace_s=1.0)
-    node.apply(Assign(1, (spec(tmp_path, 1, argv, preprocess=pre, postprocess=post,
+    node.apply(Assign(1, (order(tmp_path, 1, argv, preprocess=pre, postprocess=post,
                                wall_time_s=0.3, **flags),)))
     [fin] = run_until(node, 1)
     assert EndKind(fin.kind) == kind
@@ -101,7 +101,7 @@ def test_outcome_rules() -> None:
 
 def test_a_task_wanting_more_gpus_than_the_node_has_fails_at_once(tmp_path: Path) -> None:
     node = Node(environ=ENV, gpus=1, die_with_parent=False)
-    node.apply(Assign(1, (spec(tmp_path, 1, ("true",), gpus=2), spec(tmp_path, 2, ("true",)))))
+    node.apply(Assign(1, (order(tmp_path, 1, ("true",), gpus=2), order(tmp_path, 2, ("true",)))))
     done = {f.id: f for f in run_until(node, 2)}
     assert done[1].kind == EndKind.ERROR and "--gpus-per-node" in done[1].tail
     assert done[2].kind == EndKind.DONE  # the queue behind it was not held up

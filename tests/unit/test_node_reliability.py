@@ -11,7 +11,7 @@ import pytest
 
 from balsam_mpi.node import Node
 from balsam_mpi.protocol import Assign, EndKind
-from tests.unit.test_node import run_until, spec
+from tests.unit.test_node import order, run_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,8 +20,8 @@ def test_a_task_that_exited_0_before_the_cut_is_done_not_cut(tmp_path: Path) -> 
     """15.6: while a worker was frozen its tasks exited 0; when it woke, the drain's cut
     marked them CUT (requeued, run again) although they had finished."""
     node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=1.0)
-    node.apply(Assign(1, (spec(tmp_path, 1, ("true",), need=0.5),
-                          spec(tmp_path, 2, ("sleep", "30"), need=0.5))))
+    node.apply(Assign(1, (order(tmp_path, 1, ("true",), need=0.5),
+                          order(tmp_path, 2, ("sleep", "30"), need=0.5))))
     node.step()
     proc = node.running[1]
     # Wait until it has exited, without reaping it (what a frozen rank never did).
@@ -37,8 +37,8 @@ def test_a_task_that_cannot_start_fails_alone(tmp_path: Path) -> None:
     """14.7: an env name with '=' (a raw INSERT the client would have refused) crashed
     the rank; the task stayed READY for the next launcher to crash on."""
     node = Node(environ={"PATH": "/usr/bin:/bin"})
-    bad = spec(tmp_path, 1, ("true",), need=0.5)._replace(env=(("A=B", "x"),))
-    node.apply(Assign(1, (bad, spec(tmp_path, 2, ("true",), need=0.5))))
+    bad = order(tmp_path, 1, ("true",), need=0.5)._replace(env=(("A=B", "x"),))
+    node.apply(Assign(1, (bad, order(tmp_path, 2, ("true",), need=0.5))))
     ended = {f.id: f for f in run_until(node, 2)}
     assert ended[1].kind == EndKind.REFUSED and "cannot start the task" in ended[1].tail
     assert "\n" not in ended[1].tail
@@ -53,7 +53,7 @@ def test_input_files_are_linked_before_the_task_starts(tmp_path: Path) -> None:
     parent.mkdir()
     (parent / "result.txt").write_text("from the parent\n")
     (parent / "other.dat").write_text("not wanted\n")
-    child = spec(tmp_path, 7, ("cat", "result.txt"))._replace(
+    child = order(tmp_path, 7, ("cat", "result.txt"))._replace(
         inputs=("*.txt",), parent_dirs=(str(parent),))
     node = Node(environ={"PATH": "/usr/bin:/bin"})
     node.apply(Assign(1, (child,)))

@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 from balsam_mpi.node import Node
-from balsam_mpi.protocol import Assign, EndKind, Finished, TaskSpec
+from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 
-def spec(tmp_path: Path, i: int, argv: tuple[str, ...]) -> TaskSpec:
-    return TaskSpec(i, 1, argv, str(tmp_path / str(i)), need=0.25)
+def order(tmp_path: Path, i: int, argv: tuple[str, ...]) -> RunOrder:
+    return RunOrder(i, 1, argv, str(tmp_path / str(i)), need=0.25)
 
 
 def node_with(tmp_path: Path, *argvs: tuple[str, ...], hold_s: float = 5.0) -> Node:
     node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=0.5, signal_hold_s=hold_s)
-    node.apply(Assign(1, tuple(spec(tmp_path, i, a) for i, a in enumerate(argvs, 1))))
+    node.apply(Assign(1, tuple(order(tmp_path, i, a) for i, a in enumerate(argvs, 1))))
     node.step()
     return node
 
@@ -35,6 +35,14 @@ def ends(node: Node, n: int, timeout: float = 10.0) -> list[Finished]:
     return out
 
 
+def wait_file(path: Path, timeout: float = 10.0) -> None:
+    """Until the task says it is ready (its trap is set), however loaded the machine."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
 def wait_reaped(node: Node, task_id: int, timeout: float = 10.0) -> None:
     """Until the node has noticed the task's process is gone."""
     deadline = time.monotonic() + timeout
@@ -46,10 +54,10 @@ def wait_reaped(node: Node, task_id: int, timeout: float = 10.0) -> None:
 
 def test_a_stopping_node_starts_nothing_queued_or_newly_assigned(tmp_path: Path) -> None:
     node = node_with(tmp_path, ("sleep", "30"))
-    node.apply(Assign(2, tuple(spec(tmp_path, i, ("true",)) for i in range(10, 20))))
+    node.apply(Assign(2, tuple(order(tmp_path, i, ("true",)) for i in range(10, 20))))
     node.begin_stop()
     node.step()
-    node.apply(Assign(3, (spec(tmp_path, 30, ("true",)),)))
+    node.apply(Assign(3, (order(tmp_path, 30, ("true",)),)))
     node.step()
     assert list(node.running) == [1]
     assert not node.queue  # dropped: never started, their claims go back at the close
@@ -108,8 +116,9 @@ def test_an_ordinary_failure_is_not_held(tmp_path: Path) -> None:
 
 
 def test_work_that_finished_while_stopping_is_done(tmp_path: Path) -> None:
-    node = node_with(tmp_path, ("sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait $!"))
-    time.sleep(0.2)  # let the shell install its trap
+    node = node_with(tmp_path, ("sh", "-c", "trap 'exit 0' TERM; touch ready; "
+                                            "sleep 30 & wait $!"))
+    wait_file(tmp_path / "1" / "ready")
     node.begin_stop()
     os.killpg(node.running[1].pid, signal.SIGTERM)
     [fin] = ends(node, 1)
@@ -121,9 +130,10 @@ def test_cut_all_after_the_stop_uses_the_short_grace(tmp_path: Path) -> None:
     # A task that ignores TERM: the node must SIGKILL it within the stop's grace, so the
     # launcher can close its batch job before the scheduler's own SIGKILL.
     node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=30.0, stop_grace_s=0.3)
-    node.apply(Assign(1, (spec(tmp_path, 1, ("sh", "-c", "trap '' TERM; sleep 30")),)))
+    node.apply(Assign(1, (order(tmp_path, 1, ("sh", "-c",
+                                             "trap '' TERM; touch ready; sleep 30")),)))
     node.step()
-    time.sleep(0.2)
+    wait_file(tmp_path / "1" / "ready")
     node.begin_stop()
     node.cut_all()
     [fin] = ends(node, 1)  # within its 10 s watchdog, though kill_grace_s is 30 s

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from balsam_mpi import analytics_time, limits, taskio, values
 from balsam_mpi.errors import InputError, UsageError
-from balsam_mpi.taskspec import INT_FIELDS, MODIFIABLE
+from balsam_mpi.validate import INT_FIELDS, MODIFIABLE
 
 FAST = settings(database=None, deadline=None, max_examples=150,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -78,7 +78,7 @@ def test_any_bytes_give_tasks_or_one_line_naming_the_line(data: bytes) -> None:
 @FAST
 @given(st.integers(65, 3000))
 def test_any_nesting_depth_is_refused_by_the_cap_not_the_stack(depth: int) -> None:
-    from balsam_mpi.taskspec import AppInfo, check_task
+    from balsam_mpi.validate import AppInfo, check_task
 
     line = ('{"app": "a", "workflow": "w", "data": {"x": ' + "[" * depth + "]" * depth
             + "}}\n").encode()

@@ -1,4 +1,4 @@
-"""Property-based tests of the validators (values, taskspec): what they accept is within
+"""Property-based tests of the validators (values, validate): what they accept is within
 the caps of limits.py and typed as the column is; what they refuse is named by field."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balsam_mpi import limits, values
+from balsam_mpi import jsondoc, limits, values
 from balsam_mpi.errors import InputError
-from balsam_mpi.taskspec import (
+from balsam_mpi.validate import (
     INT_FIELDS,
     TASK_FIELDS,
     AppInfo,
@@ -107,18 +107,18 @@ def _expected_size(doc: Any) -> int:
 @FAST
 @given(json_docs)
 def test_json_size_is_the_jsonb_text_length(doc: Any) -> None:
-    assert values.json_size("d", doc) == _expected_size(doc)
+    assert jsondoc.json_size("d", doc) == _expected_size(doc)
 
 
 @FAST
 @given(st.dictionaries(stored_text, json_docs, max_size=5))
 def test_json_object_fast_path_agrees_with_the_walk(doc: dict[str, Any]) -> None:
     try:
-        values.json_object("d", doc, limits.PARAMS_MAX_BYTES)
+        jsondoc.json_object("d", doc, limits.PARAMS_MAX_BYTES)
     except InputError:
-        assert values.json_size("d", doc) > limits.PARAMS_MAX_BYTES
-    assert (values._flat_size(doc, None) or values.json_size("d", doc)) == \
-        values.json_size("d", doc)
+        assert jsondoc.json_size("d", doc) > limits.PARAMS_MAX_BYTES
+    assert (jsondoc._flat_size(doc, None) or jsondoc.json_size("d", doc)) == \
+        jsondoc.json_size("d", doc)
 
 
 valid_tasks = st.fixed_dictionaries(

@@ -20,7 +20,7 @@ def test_every_tag_has_a_type_and_the_types_know_their_tag() -> None:
     p.Report(rank=2, acked=3, free=0.5, running=2, queued=1,
              started=(p.Started(1, 1, 1.5),),
              finished=(p.Finished(1, 1, int(p.EndKind.ERROR), 2, 1.5, 2.5, "tail"),)),
-    p.Assign(seq=4, tasks=(p.TaskSpec(7, 1, ("/bin/true",), "/tmp/x", (("A", "b"),), 0.25),),
+    p.Assign(seq=4, tasks=(p.RunOrder(7, 1, ("/bin/true",), "/tmp/x", (("A", "b"),), 0.25),),
              kill=(3,)),
     p.Drain(reason="idle", grace_s=30.0),
     p.Bye(rank=1, report=p.Report(rank=1, acked=0, free=1.0, running=0, queued=0)),

@@ -77,7 +77,7 @@ def test_outside_a_task_the_api_says_so() -> None:
 def test_new_messages_travel_with_their_tags() -> None:
     msg = p.AddTasks(rank=2, parent=5, tasks=({"app": "a"},), req=1)
     assert p.TAG_TYPES[p.Tag.ADD_TASKS] is p.AddTasks and msg.TAG == p.Tag.ADD_TASKS
-    spec = p.TaskSpec(1, 1, ("x",), "/d", num_nodes=2, ranks_per_node=2, hosts=("a", "b"))
-    assign = p.Assign(3, hold=(spec,), release=(4,), added=((1, (7, 8), ""),))
+    order = p.RunOrder(1, 1, ("x",), "/d", num_nodes=2, ranks_per_node=2, hosts=("a", "b"))
+    assign = p.Assign(3, hold=(order,), release=(4,), added=((1, (7, 8), ""),))
     assert pickle.loads(pickle.dumps(assign)) == assign
     assert p.PROTOCOL_VERSION >= 3  # bumped for ADD_TASKS (and for later messages)

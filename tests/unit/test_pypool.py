@@ -17,7 +17,7 @@ import pytest
 
 from balsam_mpi import limits, pypool
 from balsam_mpi.node import Node
-from balsam_mpi.protocol import Assign, EndKind, Finished, TaskSpec
+from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 REPO = str(Path(__file__).resolve().parents[2])
 ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO}
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def call(tmp_path: Path, i: int, fn: str, *, wall_s: float = 0.0, need: float = 0.25,
-         env: tuple[tuple[str, str], ...] = (), gpus: int = 0, **kwargs: Any) -> TaskSpec:
-    return TaskSpec(i, 1, (), str(tmp_path / f"t{i}"), env, need=need, wall_time_s=wall_s,
+         env: tuple[tuple[str, str], ...] = (), gpus: int = 0, **kwargs: Any) -> RunOrder:
+    return RunOrder(i, 1, (), str(tmp_path / f"t{i}"), env, need=need, wall_time_s=wall_s,
                     gpus=gpus, python=(f"tests.pyfuncs:{fn}", json.dumps(kwargs)))
 
 
@@ -39,12 +39,12 @@ def node() -> Iterator[Node]:
     n.close()
 
 
-def run(node: Node, *specs: TaskSpec, timeout: float = 30.0) -> dict[int, Finished]:
-    node.apply(Assign(node.acked + 1, specs))
+def run(node: Node, *orders: RunOrder, timeout: float = 30.0) -> dict[int, Finished]:
+    node.apply(Assign(node.acked + 1, orders))
     out: dict[int, Finished] = {}
     deadline = time.monotonic() + timeout
-    while not {s.id for s in specs} <= out.keys():
-        assert time.monotonic() < deadline, f"only {sorted(out)} of {len(specs)} ended"
+    while not {s.id for s in orders} <= out.keys():
+        assert time.monotonic() < deadline, f"only {sorted(out)} of {len(orders)} ended"
         node.step()
         out.update((f.id, f) for f in node.changes.take()[1])
         node.wait(0.01)

@@ -9,18 +9,24 @@ from collections.abc import Sequence
 import pytest
 
 from balsam_mpi.buffer import ReportBuffer
+from balsam_mpi.calls import Calls
 from balsam_mpi.cleantext import clean, one_line
+from balsam_mpi.dbthread import Inline
 from balsam_mpi.errors import ServerError
 from balsam_mpi.limits import OUTPUT_TAIL_MAX
+from balsam_mpi.pacing import Backoff
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import BadReport, Lease
+from balsam_mpi.storeport import BadReport, Lease
 
 pytestmark = pytest.mark.timeout(60)
 LEASE = Lease(1, 1, False)
 
 
 class FakeStore:
-    """Refuses (as the server would, for its data) any batch holding a poisoned end."""
+    """Refuses (as the server would, for its data) any batch holding a poisoned end, and
+    records what it wrote in order."""
+
+    broken = False
 
     def __init__(self, poison: set[int], down: int = 0) -> None:
         self.poison = poison
@@ -41,17 +47,31 @@ class FakeStore:
         return {"started": len(started), "ended": len(finished)}
 
 
-def drain(buf: ReportBuffer, store: FakeStore, limit: int = 1000) -> None:
-    """What the leader's loop does, without the pauses."""
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def buffer(store: FakeStore, journal: object = None
+           ) -> tuple[ReportBuffer, Calls, Clock]:
+    """A buffer whose flushes run at once (Inline) and whose pauses follow a fake clock."""
+    clock = Clock()
+    calls = Calls(Inline(store))  # type: ignore[arg-type]
+    buf = ReportBuffer(LEASE, store, calls, size=4096, interval_s=0.0,  # type: ignore[arg-type]
+                       journal=journal, retry=Backoff(0.5, 10.0, clock=clock))  # type: ignore[arg-type]
+    return buf, calls, clock
+
+
+def drain(buf: ReportBuffer, calls: Calls, clock: Clock, limit: int = 1000) -> None:
+    """What the leader's loop does, each turn past any pause."""
     for _ in range(limit):
-        if not buf:
+        if not buf.pending:
             return
-        batch = buf.take()
-        try:
-            buf.written(batch, buf.write(store, batch))  # type: ignore[arg-type]
-        except (BadReport, ServerError) as exc:
-            buf.failed(batch, exc)
-            buf.retry_at = 0.0
+        clock.now += 10.0
+        buf.flush()
+        calls.collect()
     raise AssertionError("the buffer never emptied")
 
 
@@ -61,7 +81,7 @@ def reports(n: int) -> tuple[list[Started], list[Finished]]:
 
 
 def test_texts_are_made_storable_on_the_way_in() -> None:
-    buf = ReportBuffer(LEASE, 10, 1.0)
+    buf, _calls, _clock = buffer(FakeStore(set()))
     nul = "abc\x00def"
     surrogate = "bad \udcff byte"
     huge = "x" * (OUTPUT_TAIL_MAX * 3) + "END"
@@ -78,9 +98,9 @@ def test_texts_are_made_storable_on_the_way_in() -> None:
 def test_one_bad_report_is_isolated_and_written_as_a_failure() -> None:
     started, finished = reports(64)
     store = FakeStore(poison={37})
-    buf = ReportBuffer(LEASE, 4096, 0.0)
+    buf, calls, clock = buffer(store)
     buf.add(started, finished)
-    drain(buf, store)
+    drain(buf, calls, clock)
     ends = {f.id: f for f in store.written if isinstance(f, Finished)}
     assert sorted(ends) == list(range(64))  # every task's end is written, one way or another
     assert ends[37].kind == EndKind.REFUSED
@@ -106,9 +126,9 @@ def test_a_report_that_cannot_be_stored_at_all_is_given_up_not_retried_forever()
             return super().report(lease, started, finished, through)
 
     store = Hopeless(poison=set())
-    buf = ReportBuffer(LEASE, 4096, 0.0)
+    buf, calls, clock = buffer(store)
     buf.add(*reports(8))
-    drain(buf, store)
+    drain(buf, calls, clock)
     assert buf.given_up == 1
     assert sorted(f.id for f in store.written if isinstance(f, Finished)) == [
         0, 1, 2, 3, 4, 6, 7]
@@ -116,16 +136,29 @@ def test_a_report_that_cannot_be_stored_at_all_is_given_up_not_retried_forever()
 
 def test_connection_failures_hold_the_batch_and_pause() -> None:
     store = FakeStore(poison=set(), down=2)
-    buf = ReportBuffer(LEASE, 4096, 0.0)
+    buf, calls, clock = buffer(store)
     buf.add(*reports(3))
-    batch = buf.take()
-    with pytest.raises(ServerError) as err:
-        buf.write(store, batch)  # type: ignore[arg-type]
-    buf.failed(batch, err.value)
+    assert buf.flush() and calls.collect()  # failed for the connection
     assert len(buf) == 6 and not buf.suspects  # held whole, not split
-    assert buf.retry_pause > 0 and not buf.due()  # and waits before the next try
-    drain(buf, store)
-    assert len(store.written) == 6
+    assert buf.retry.pause == 0.5 and not buf.due()  # and waits before the next try
+    assert not buf.flush() and store.calls == 1
+    clock.now += 0.5
+    assert buf.flush() and calls.collect()  # the second failure waits longer
+    assert buf.retry.pause == 1.0 and len(buf) == 6
+    drain(buf, calls, clock)
+    assert len(store.written) == 6 and store.calls == 3
+    assert not buf.retry.failing  # a write that worked ends the pauses
+
+
+def test_a_later_report_waits_behind_a_batch_that_failed_for_the_connection() -> None:
+    """Starts precede ends: a failed batch goes back in front of what came since."""
+    store = FakeStore(poison=set(), down=1)
+    buf, calls, clock = buffer(store)
+    buf.add([Started(1, 1, 1.0)], [])
+    assert buf.flush() and calls.collect()
+    buf.add([], [Finished(1, 1, int(EndKind.DONE), 0, 1.0, 2.0)])
+    drain(buf, calls, clock)
+    assert [type(x).__name__ for x in store.written] == ["Started", "Finished"]
 
 
 def test_groups_number_what_each_batch_completes() -> None:
@@ -137,7 +170,7 @@ def test_groups_number_what_each_batch_completes() -> None:
             self.groups.append(group)
 
     journal = Journal()
-    buf = ReportBuffer(LEASE, 4096, 0.0, journal)  # type: ignore[arg-type]
+    buf, _calls, _clock = buffer(FakeStore(set()), journal)
     buf.add([Started(1, 1, 1.0)], [])
     buf.add([], [])  # nothing: no group
     buf.add([], [Finished(1, 1, 0, 0, 1.0, 2.0)])
@@ -146,29 +179,3 @@ def test_groups_number_what_each_batch_completes() -> None:
     assert batch.through == 2
     first, second = batch.halves()
     assert (first.through, second.through) == (0, 2)  # only the last piece completes it
-
-
-def test_heartbeats_go_ahead_of_a_backlog_on_the_database_thread() -> None:
-    """A backlog of claims and flushes (or a flush retried in an outage) must not hold
-    a heartbeat back: it goes to the front of the queue."""
-    import threading
-
-    from balsam_mpi.buffer import DbThread
-
-    class Store:
-        broken = False
-
-    gate = threading.Event()
-    order: list[str] = []
-    db = DbThread(Store())  # type: ignore[arg-type]
-    try:
-        first = db.submit(gate.wait, 30)  # the thread is busy with this one
-        later = [db.submit(order.append, f"flush {i}") for i in range(3)]
-        beat = db.submit(order.append, "heartbeat", urgent=True)
-        gate.set()
-        for f in [first, *later, beat]:
-            f.result(timeout=30)
-        assert order == ["heartbeat", "flush 0", "flush 1", "flush 2"]
-    finally:
-        gate.set()
-        db.close()

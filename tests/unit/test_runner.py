@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from balsam_mpi import runner
-from balsam_mpi.protocol import TaskSpec
+from balsam_mpi.protocol import RunOrder
 
 
 def wait(proc: runner.TaskProcess, timeout: float = 10.0) -> int:
@@ -35,11 +35,11 @@ def die(request: pytest.FixtureRequest) -> bool:
 
 def start(tmp_path: Path, argv: tuple[str, ...], die: bool = True, **kw: object
           ) -> runner.TaskProcess:
-    spec = TaskSpec(42, 1, argv, str(tmp_path / "wf" / "0" / "t_42"), **kw)  # type: ignore[arg-type]
+    order = RunOrder(42, 1, argv, str(tmp_path / "wf" / "0" / "t_42"), **kw)  # type: ignore[arg-type]
     base = runner.base_environment({"PATH": os.environ["PATH"], "PMI_RANK": "3",
                                     "HYDRA_X": "1", "KEEP": "me"})
-    env = runner.task_environment(base, spec, "/proj")
-    return runner.start(spec, env, die_with_parent=die)
+    env = runner.task_environment(base, order, "/proj")
+    return runner.start(order, env, die_with_parent=die)
 
 
 def test_argv_env_and_output_files(tmp_path: Path, die: bool) -> None:
@@ -47,7 +47,7 @@ def test_argv_env_and_output_files(tmp_path: Path, die: bool) -> None:
                             '$OMP_NUM_THREADS ${PMI_RANK:-none} $KEEP $MINE"; echo err >&2',
                             "sh", "a b;c"), die, env=(("MINE", "x"),), threads=4)
     assert wait(proc) == 0
-    cwd = Path(proc.spec.cwd)
+    cwd = Path(proc.order.cwd)
     assert (cwd / runner.STDOUT_NAME).read_text() == "a b;c 42 /proj 4 none me x\n"
     assert (cwd / runner.STDERR_NAME).read_text() == "err\n"
     mode = stat.S_IMODE(cwd.stat().st_mode)
@@ -72,7 +72,7 @@ def test_a_missing_program_is_a_start_error(tmp_path: Path) -> None:
 
 def test_the_whole_process_group_is_signalled(tmp_path: Path, die: bool) -> None:
     proc = start(tmp_path, ("sh", "-c", "sleep 60 & echo $! > child.pid; wait"), die)
-    pidfile = Path(proc.spec.cwd) / "child.pid"
+    pidfile = Path(proc.order.cwd) / "child.pid"
     deadline = time.monotonic() + 5
     while not pidfile.exists() or not pidfile.read_text().strip():
         assert time.monotonic() < deadline
@@ -98,9 +98,9 @@ WORKER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 from balsam_mpi import runner
-from balsam_mpi.protocol import TaskSpec
-spec = TaskSpec(1, 1, ("sleep", "60"), {cwd!r})
-proc = runner.start(spec, dict(os.environ), die_with_parent=True)
+from balsam_mpi.protocol import RunOrder
+order = RunOrder(1, 1, ("sleep", "60"), {cwd!r})
+proc = runner.start(order, dict(os.environ), die_with_parent=True)
 print(proc.pid, flush=True)
 time.sleep(60)
 """
@@ -129,4 +129,4 @@ def test_env_script_is_sourced_before_the_task(tmp_path: Path) -> None:
     script.write_text("export FROM_SCRIPT=yes\n")
     proc = start(tmp_path, ("sh", "-c", "echo $FROM_SCRIPT"), True, env_script=str(script))
     assert wait(proc) == 0
-    assert (Path(proc.spec.cwd) / runner.STDOUT_NAME).read_text() == "yes\n"
+    assert (Path(proc.order.cwd) / runner.STDOUT_NAME).read_text() == "yes\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from balsam_mpi import runner
-from balsam_mpi.protocol import TaskSpec
+from balsam_mpi.protocol import RunOrder
 from balsam_mpi.taskcgroup import TaskCgroups
 
 pytestmark = pytest.mark.skipif(runner.pdeath.trampoline() is None,
@@ -52,10 +52,10 @@ def wait(proc: runner.TaskProcess, timeout: float = 15.0) -> int:
 
 
 def start(tmp_path: Path, script: str, **kw: object) -> runner.TaskProcess:
-    spec = TaskSpec(7, 1, ("sh", "-c", script), str(tmp_path / "wf" / "0" / "t_7"))
+    order = RunOrder(7, 1, ("sh", "-c", script), str(tmp_path / "wf" / "0" / "t_7"))
     env = runner.task_environment(runner.base_environment({"PATH": os.environ["PATH"]}),
-                                  spec, "")
-    return runner.start(spec, env, **kw)  # type: ignore[arg-type]
+                                  order, "")
+    return runner.start(order, env, **kw)  # type: ignore[arg-type]
 
 
 def _alive(pid: int) -> bool:
@@ -118,9 +118,9 @@ WORKER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 from balsam_mpi import runner
-from balsam_mpi.protocol import TaskSpec
-spec = TaskSpec(1, 1, ("sh", "-c", {script!r}), {cwd!r})
-proc = runner.start(spec, dict(os.environ), die_with_parent=True)
+from balsam_mpi.protocol import RunOrder
+order = RunOrder(1, 1, ("sh", "-c", {script!r}), {cwd!r})
+proc = runner.start(order, dict(os.environ), die_with_parent=True)
 print(proc.pid, flush=True)
 time.sleep(60)
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from balsam_mpi.node import Node
-from balsam_mpi.protocol import Assign, EndKind, Finished, TaskSpec
+from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 SECRET = "owner-password-1234\n"
 
@@ -47,7 +47,7 @@ def run_one(data: Path, argv: tuple[str, ...], i: int = 1, timeout: float = 20.0
             ) -> Finished:
     node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=0.5)
     try:
-        node.apply(Assign(1, (TaskSpec(i, 1, argv, str(_task_dir(data, i))),)))
+        node.apply(Assign(1, (RunOrder(i, 1, argv, str(_task_dir(data, i))),)))
         deadline = time.monotonic() + timeout
         out: list[Finished] = []
         while not out:

@@ -51,12 +51,12 @@ def test_a_planted_local_log_name_gets_a_fresh_name(qdir: Path, tmp_path: Path,
         os.mkfifo(planted)
     else:
         planted.write_text("someone else's\n")
-    fd, name = submit._create(qdir, "local-8-x.log", submit.MODE_LOG)
+    fd, name = submit._create(qdir, "local-8-x.log", submit.MODE_SUBMIT_LOG)
     os.write(fd, b"launcher output\n")
     os.close(fd)
     assert name == "local-8-x.1.log"
     assert (qdir / name).read_text() == "launcher output\n"
-    assert stat.S_IMODE((qdir / name).stat().st_mode) == submit.MODE_LOG
+    assert stat.S_IMODE((qdir / name).stat().st_mode) == submit.MODE_SUBMIT_LOG
     assert victim.read_text() == "keep\n"
 
 

@@ -75,12 +75,23 @@ TRAPS = {
 }
 
 
-def test_shipped_templates_are_the_repository_ones() -> None:
-    from importlib import resources
+def test_the_package_carries_one_real_template_per_scheduler(tmp_path: Path) -> None:
+    # The package's copies are what submit reads and what a wheel ships: regular files,
+    # never links (a link out of the package dangles once installed). job_templates/,
+    # where a reader of the repository looks, only points at them.
+    from balsam_mpi.platform import SCHEDULERS
 
-    for name in ("pbs.sh", "slurm.sh", "cobalt.sh", "local.sh"):
-        shipped = resources.files("balsam_mpi").joinpath("templates", name).read_text()
-        assert shipped == (REPO / "job_templates" / name).read_text()
+    package = REPO / "balsam_mpi" / "templates"
+    names = sorted(f"{s}.sh" for s in SCHEDULERS)
+    assert sorted(p.name for p in package.glob("*.sh")) == names
+    assert sorted(p.name for p in (REPO / "job_templates").glob("*.sh")) == names
+    for name in names:
+        shipped, pointer = package / name, REPO / "job_templates" / name
+        assert shipped.is_file() and not shipped.is_symlink(), shipped
+        assert pointer.is_symlink() and os.readlink(pointer) == f"../balsam_mpi/templates/{name}"
+        # ... and they are the text submit renders when no override exists
+        found = jobscript.find_template(name[:-3], Project(tmp_path), home=tmp_path)
+        assert (found.origin, found.text) == ("shipped", shipped.read_text())
 
 
 def test_pbs_acceptance_script(project: Project, tmp_path: Path) -> None:

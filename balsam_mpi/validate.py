@@ -1,11 +1,9 @@
-"""Task and app input: validation, and the argv a task runs as. Pure: no database.
+"""Validating task and app input. Pure: no database.
 
 A task is a dict whose keys are the column names of DESIGN.md §4 (the same names as the
 CLI flags, with dashes there). Everything a user can get wrong is caught here, before the
-database is touched, with one line naming the field (the caller adds where: a line number
-or a position in a list).
-
-``render_argv`` is what the launcher's runner calls to turn (app, task) into argv.
+database is touched, with one line naming the field (an ``InputError``; the caller adds
+where: a line number or a position in a list).
 """
 
 from __future__ import annotations
@@ -13,20 +11,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from . import limits, values
+from . import jsondoc, limits, values
+from .argv import split_command
 from .errors import InputError
-
-# One bad field of one task or app; the message names it. The same class as every other
-# bad value (values.py), so callers catch one thing.
-TaskSpecError = InputError
-
 
 # field -> (minimum, maximum), limits.py's. Defaults are the database's (0001_initial.sql).
 INT_FIELDS: dict[str, tuple[int, int]] = dict(limits.INT_RANGES)
@@ -51,7 +43,7 @@ MODIFIABLE = frozenset((*INT_FIELDS, *FLOAT_FIELDS, "workflow", "name", *DICT_FI
 APP_FIELDS = frozenset({"description", "preprocess", "postprocess", "env_script", "shell",
                         "postprocess_on_error", "postprocess_on_timeout",
                         "error_retry_limit"})
-_APP_BOOLS = ("shell", "postprocess_on_error", "postprocess_on_timeout")
+APP_BOOLS = ("shell", "postprocess_on_error", "postprocess_on_timeout")
 _APP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A JSON object's byte cap (limits.py), and whether its keys are capped like names.
@@ -77,15 +69,15 @@ def placeholders(command: str) -> frozenset[str]:
     try:
         parsed = list(string.Formatter().parse(command))
     except ValueError as exc:
-        raise TaskSpecError(f"command: bad template {values.show(command)} ({exc}); "
-                            "write a literal brace as {{ or }}") from None
+        raise InputError(f"command: bad template {values.show(command)} ({exc}); "
+                         "write a literal brace as {{ or }}") from None
     for _text, field, _spec, _conv in parsed:
         if field is None:
             continue
         if not _IDENT.match(field):
-            raise TaskSpecError(f"command: placeholder {{{values.show(field, 40)[1:-1]}}} "
-                                "must be a plain name like {input}; write a literal brace "
-                                "as {{ or }}")
+            raise InputError(f"command: placeholder {{{values.show(field, 40)[1:-1]}}} "
+                             "must be a plain name like {input}; write a literal brace "
+                             "as {{ or }}")
         names.add(field)
     return frozenset(names)
 
@@ -94,19 +86,19 @@ def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, A
     """Validated app fields (the name, the template and the optional ones)."""
     values.text("name", name, limits.NAME_MAX, empty=False)
     if not _APP_NAME.match(name):
-        raise TaskSpecError(f"name: app names use letters, digits, '_', '.', '-'; "
-                            f"got {values.show(name)}")
+        raise InputError(f"name: app names use letters, digits, '_', '.', '-'; "
+                         f"got {values.show(name)}")
     values.text("command", command, limits.COMMAND_MAX)
     if not command.strip():
-        raise TaskSpecError("command: an app needs a non-empty command")
+        raise InputError("command: an app needs a non-empty command")
     placeholders(command)
     unknown = sorted(set(fields) - APP_FIELDS)
     if unknown:
-        raise TaskSpecError(f"{values.label(unknown[0])}: not an app field "
-                            f"(use {', '.join(sorted(APP_FIELDS))})")
+        raise InputError(f"{values.label(unknown[0])}: not an app field "
+                         f"(use {', '.join(sorted(APP_FIELDS))})")
     out: dict[str, Any] = {"name": name, "command": command}
     for key, value in fields.items():
-        if key in _APP_BOOLS:
+        if key in APP_BOOLS:
             out[key] = values.boolean(key, value)
         elif key == "error_retry_limit":
             out[key] = values.integer(key, value, *INT_FIELDS[key])
@@ -115,59 +107,21 @@ def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, A
             out[key] = values.text(key, value, cap)
     if not out.get("shell"):
         try:  # an unclosed quote would fail every task of the app, at run time
-            _split(command)
+            split_command(command)
         except ValueError as exc:
-            raise TaskSpecError(f"command: cannot be split into arguments ({exc}); "
-                                "close the quotation or add the app with --shell") from None
+            raise InputError(f"command: cannot be split into arguments ({exc}); "
+                             "close the quotation or add the app with --shell") from None
     return out
 
 
-@lru_cache(maxsize=256)
-def _split(command: str) -> tuple[str, ...]:
-    """shlex.split, once per command: it costs O(n) per character with a large constant
-    (35 ms for a 64 KiB command here), and an ensemble renders one command many times."""
-    return tuple(shlex.split(command))
-
-
-def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (),
-                shell: bool = False) -> list[str]:
-    """The argv a task runs as. Without ``shell`` the template is split like a shell would
-    split it *before* substitution, so a parameter value is always one argument and never
-    interpreted; with ``shell`` values are quoted and the line runs under ``/bin/sh -c``."""
-    # Numbers stay numbers so a format spec ({n:04d}) works; everything else is text.
-    filled = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else _as_text(v)
-              for k, v in params.items()}
-    try:
-        if shell:
-            quoted = {k: shlex.quote(_as_text(v)) for k, v in filled.items()}
-            line = " ".join([command.format_map(quoted), *map(shlex.quote, args)])
-            return ["/bin/sh", "-c", line]
-        return [tok.format_map(filled) for tok in _split(command)] + list(args)
-    except KeyError as exc:
-        raise TaskSpecError(f"params: no value for placeholder {{{exc.args[0]}}}") from None
-    except ValueError as exc:
-        raise TaskSpecError(f"command: cannot split or fill {values.show(command)} "
-                            f"({exc})") from None
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value, sort_keys=True)
-
-
 def _dict(field: str, value: Any) -> dict[str, Any]:
-    doc = values.json_object(field, value, _DICT_CAPS[field],
+    doc = jsondoc.json_object(field, value, _DICT_CAPS[field],
                              key_max=limits.NAME_MAX if field in ("tags", "env") else None)
     if field == "env":
         for k, v in doc.items():
             if not k or "=" in k:
-                raise TaskSpecError(f"env: {values.show(k, 40)} is not a variable name "
-                                    "(not empty, no '=')")
+                raise InputError(f"env: {values.show(k, 40)} is not a variable name "
+                                 "(not empty, no '=')")
             values.text(f"env.{k}" if k.isidentifier() else "env", v, limits.ENV_VALUE_MAX)
     return doc
 
@@ -182,8 +136,8 @@ def check_pattern(pattern: str, field: str = "input_files") -> str:
     values.text(field, pattern, limits.PATTERN_MAX)
     parts = pattern.replace("\\", "/").split("/")
     if not pattern or pattern.startswith("/") or ".." in parts:
-        raise TaskSpecError(f"{field}: {values.show(pattern)} must be a relative glob inside "
-                            "the parent's directory (no leading '/', no '..')")
+        raise InputError(f"{field}: {values.show(pattern)} must be a relative glob inside "
+                         "the parent's directory (no leading '/', no '..')")
     return pattern
 
 
@@ -197,8 +151,8 @@ def _parents(value: Any) -> list[int | str]:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-        raise TaskSpecError(f"parents: must be a list of task ids or keys, got "
-                            f"{values.show(value)}")
+        raise InputError(f"parents: must be a list of task ids or keys, got "
+                         f"{values.show(value)}")
     out: list[int | str] = []
     for i, ref in enumerate(value):
         if isinstance(ref, str):
@@ -246,26 +200,26 @@ TASK_DEFAULTS: dict[str, Any] = {
 def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str, Any]:
     """One validated task: the fields it gives (checked and converted), ``app_id`` for
     ``app``, and the app's error_retry_limit unless the task sets its own. Fields it does
-    not give take TASK_DEFAULTS. Raises TaskSpecError naming the field."""
+    not give take TASK_DEFAULTS. Raises InputError naming the field."""
     if not isinstance(raw, Mapping):
-        raise TaskSpecError(f"a task must be an object of field: value, got "
-                            f"{values.show(raw)}")
+        raise InputError(f"a task must be an object of field: value, got "
+                         f"{values.show(raw)}")
     for f in ("app", "workflow"):
         if raw.get(f) in (None, ""):
-            raise TaskSpecError(f"{f}: missing (every task needs an app and a workflow)")
+            raise InputError(f"{f}: missing (every task needs an app and a workflow)")
     app_name = raw["app"]
     app = apps.get(app_name) if isinstance(app_name, str) else None
     if app is None:
         values.name("app", app_name)
-        raise TaskSpecError(f"app: no app named {values.show(app_name)}; add it with "
-                            f"`balsam-mpi app add NAME --command '…'`")
+        raise InputError(f"app: no app named {values.show(app_name)}; add it with "
+                         f"`balsam-mpi app add NAME --command '…'`")
     task: dict[str, Any] = {}
     checkers = _CHECKERS
     for k, v in raw.items():
         check = checkers.get(k)
         if check is None:
-            raise TaskSpecError(f"{values.label(k)}: unknown field (fields are the column "
-                                "names, e.g. app, workflow, name, params, num_nodes, parents)")
+            raise InputError(f"{values.label(k)}: unknown field (fields are the column "
+                             "names, e.g. app, workflow, name, params, num_nodes, parents)")
         if v is not None:
             task[k] = check(v)
     del task["app"]
@@ -278,12 +232,12 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
     if app.python:
         for f in ("num_nodes", "ranks_per_node"):
             if task.get(f, 1) > 1:
-                raise TaskSpecError(f"{f}: app {app.name!r} calls a Python function, which "
-                                    "runs in one interpreter: num_nodes and ranks_per_node "
-                                    "must be 1")
+                raise InputError(f"{f}: app {app.name!r} calls a Python function, which "
+                                 "runs in one interpreter: num_nodes and ranks_per_node "
+                                 "must be 1")
         if task.get("args"):
-            raise TaskSpecError(f"args: app {app.name!r} calls a Python function: give its "
-                                "keyword arguments as params")
+            raise InputError(f"args: app {app.name!r} calls a Python function: give its "
+                             "keyword arguments as params")
     return task
 
 
@@ -294,11 +248,11 @@ def check_params(params: Mapping[str, Any], app: AppInfo) -> None:
     for k in params:
         if k not in app.placeholders:
             have = ", ".join(sorted(app.placeholders)) or "none"
-            raise TaskSpecError(f"params: {values.show(k, 40)} is not a placeholder of app "
-                                f"{app.name!r} (its placeholders: {have})")
+            raise InputError(f"params: {values.show(k, 40)} is not a placeholder of app "
+                             f"{app.name!r} (its placeholders: {have})")
     for k in sorted(app.placeholders):
         if k not in params:
-            raise TaskSpecError(f"params: app {app.name!r} needs a value for {{{k}}}")
+            raise InputError(f"params: app {app.name!r} needs a value for {{{k}}}")
 
 
 def check_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -306,10 +260,10 @@ def check_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f, value in changes.items():
         if f not in MODIFIABLE:
-            raise TaskSpecError(f"{values.label(f)}: cannot be modified "
-                                f"(modifiable: {', '.join(sorted(MODIFIABLE))})")
+            raise InputError(f"{values.label(f)}: cannot be modified "
+                             f"(modifiable: {', '.join(sorted(MODIFIABLE))})")
         if value is None:
-            raise TaskSpecError(f"{f}: cannot be set to null")
+            raise InputError(f"{f}: cannot be set to null")
         out[f] = _CHECKERS[f](value)
     return out
 
@@ -334,11 +288,11 @@ def parse_json(field: str, raw: str) -> Any:
     try:
         return strict_json(raw)
     except RecursionError:
-        raise TaskSpecError(f"{field}: nested deeper than {limits.JSON_MAX_DEPTH} "
-                            "levels") from None
+        raise InputError(f"{field}: nested deeper than {limits.JSON_MAX_DEPTH} "
+                         "levels") from None
     except ValueError as exc:
-        raise TaskSpecError(f"{field}: expected JSON, got {values.show(raw)} "
-                            f"({str(exc).splitlines()[0][:80]})") from None
+        raise InputError(f"{field}: expected JSON, got {values.show(raw)} "
+                         f"({str(exc).splitlines()[0][:80]})") from None
 
 
 def strict_json(text: str) -> Any:

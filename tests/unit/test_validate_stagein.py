@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from balsam_mpi.errors import InputError
 from balsam_mpi.stagein import link_inputs
-from balsam_mpi.taskspec import TaskSpecError
 
 
 def test_links_matching_files_first_parent_wins(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_links_matching_files_first_parent_wins(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pattern", ["/etc/*", "../*", "a/../../x", ""])
 def test_patterns_stay_inside_the_parent(tmp_path: Path, pattern: str) -> None:
-    with pytest.raises(TaskSpecError, match="input_files"):
+    with pytest.raises(InputError, match="input_files"):
         link_inputs(tmp_path / "c", [tmp_path], [pattern])
 
 

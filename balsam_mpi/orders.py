@@ -1,4 +1,4 @@
-"""Claimed rows → the :class:`~balsam_mpi.protocol.TaskSpec` a node runs (leader side).
+"""Claimed rows → the :class:`~balsam_mpi.protocol.RunOrder` a node runs (leader side).
 
 The leader renders argv once, here, so workers need neither the database nor the apps.
 Rendering is cached per command when a task has no params or args (the no-op and sleep
@@ -6,9 +6,9 @@ ensembles that dominate throughput), because splitting a command line costs more
 the rest of a task's handling in the leader. It runs on the database thread, right after
 the claim, so a slow row never stalls the loop that answers the nodes.
 
-A row that cannot become a spec — a command longer than any system runs, an environment
+A row that cannot become an order — a command longer than any system runs, an environment
 name with ``=``, an argv past the kernel's limit, a placeholder without a value — fails
-that task alone, with one line saying why (:meth:`SpecBuilder.build_all`); the database
+that task alone, with one line saying why (:meth:`OrderBuilder.build_all`); the database
 is meant to refuse most of these at the door, but the launcher does not rely on it.
 """
 
@@ -19,13 +19,14 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from .appinfo import AppCache
+from .argv import render_argv
 from .cleantext import one_line
 from .limits import COMMAND_MAX
 from .mpilaunch import needs_prefix
 from .project import Project
-from .protocol import TaskSpec
+from .protocol import RunOrder
 from .resources import NODE_CAPACITY, need_of
-from .store import Claimed, ClaimFilter, Held, Lease, Store
+from .storeport import Claimed, ClaimFilter, Held, Lease, StorePort
 
 # What execve takes for argv and environment together on Linux (ARG_MAX, 2 MiB).
 ARGV_MAX_BYTES = 2 * 1024 * 1024
@@ -39,7 +40,7 @@ class ClaimResult(NamedTuple):
     """What one claim call brings back to the leader's loop."""
 
     claimed: int
-    specs: list[TaskSpec]  # in the claim's order (priority first)
+    orders: list[RunOrder]  # in the claim's order (priority first)
     bad: list[tuple[int, str]]  # rows that cannot run: (id, why)
     held: list[Held]  # when nothing was claimed: work other running jobs hold
     max_packing: int
@@ -47,14 +48,6 @@ class ClaimResult(NamedTuple):
 
 def _render(command: str, params: dict[str, Any], args: list[str], shell: bool
             ) -> tuple[str, ...]:
-    try:
-        from .taskspec import render_argv
-    except ImportError:  # pragma: no cover - before the tasks module existed
-        import shlex
-
-        if shell:
-            return ("/bin/sh", "-c", " ".join([command, *map(shlex.quote, args)]))
-        return tuple(t.format_map(params) for t in shlex.split(command)) + tuple(args)
     return tuple(render_argv(command, params, args, shell))
 
 
@@ -70,8 +63,8 @@ def render(command: str, params: dict[str, Any], args: list[str], shell: bool
     return _render(command, params, args, shell)
 
 
-class SpecBuilder:
-    """Builds specs for one leader; caches the per-workflow and per-name path parts.
+class OrderBuilder:
+    """Builds orders for one leader; caches the per-workflow and per-name path parts.
 
     The directory is exactly ``Project.task_dir`` (data/<workflow>/<id // 1000>/<name>_<id>),
     computed through it once per (workflow, name) and then by string joins: pathlib cost
@@ -97,8 +90,8 @@ class SpecBuilder:
                 self.project.task_dir(workflow, 0, name).name[:-1] if name else "")
         return f"{wf}/{task_id // 1000}/{prefix}{task_id}"
 
-    def build(self, row: Claimed) -> TaskSpec:
-        """Raises BadTask / TaskSpecError / ValueError when the row cannot be run."""
+    def build(self, row: Claimed) -> RunOrder:
+        """Raises BadTask / InputError / ValueError when the row cannot be run."""
         pp = self.apps.get(row.app)
         if pp.python:
             return self._python(row, pp.python)
@@ -116,7 +109,7 @@ class SpecBuilder:
         # A multi-rank task is its own MPI job on whole nodes (DESIGN.md §5).
         multi = needs_prefix(row.num_nodes, row.ranks_per_node)
         inputs, parent_dirs = self._inputs(row)
-        return TaskSpec(
+        return RunOrder(
             row.id, self.epoch, tuple(argv), self.cwd(row.workflow, row.id, row.name), env,
             NODE_CAPACITY if multi else need_of(row.node_packing_count),
             float(row.wall_time_min) * 60.0,
@@ -126,29 +119,29 @@ class SpecBuilder:
             pp.preprocess if row.state == "READY" else "", pp.postprocess,
             pp.on_error, pp.on_timeout, inputs, parent_dirs)
 
-    def claim(self, store: Store, lease: Lease, *, filters: ClaimFilter,
+    def claim(self, store: StorePort, lease: Lease, *, filters: ClaimFilter,
               look_for_held: bool, **kwargs: Any) -> ClaimResult:
-        """The claim call (database thread): claim, read new apps, build the specs; if
+        """The claim call (database thread): claim, read new apps, build the orders; if
         nothing was claimed, also look at the work other running jobs hold."""
         rows = self.apps.claim(store, lease, filters=filters, **kwargs)
-        specs, bad = self.build_all(rows)
+        orders, bad = self.build_all(rows)
         held: list[Held] = []
         if not rows and look_for_held:
             held = store.held_elsewhere(lease, filters, int(kwargs.get("max_nodes", 1)))
-        return ClaimResult(len(rows), specs, bad, held,
+        return ClaimResult(len(rows), orders, bad, held,
                            max((r.node_packing_count for r in rows), default=1))
 
-    def build_all(self, rows: list[Claimed]) -> tuple[list[TaskSpec], list[tuple[int, str]]]:
-        """Specs in the claim's order, and (id, why) of the rows that cannot run: one bad
+    def build_all(self, rows: list[Claimed]) -> tuple[list[RunOrder], list[tuple[int, str]]]:
+        """Orders in the claim's order, and (id, why) of the rows that cannot run: one bad
         row fails its own task and nothing else."""
-        specs: list[TaskSpec] = []
+        orders: list[RunOrder] = []
         bad: list[tuple[int, str]] = []
         for row in rows:
             try:
-                specs.append(self.build(row))
+                orders.append(self.build(row))
             except Exception as exc:  # whatever a hostile row can provoke: that task fails
                 bad.append((row.id, one_line(f"cannot prepare the task: {exc}")))
-        return specs, bad
+        return orders, bad
 
     def _inputs(self, row: Claimed) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """input_files and the parents' directories they are linked from."""
@@ -157,7 +150,7 @@ class SpecBuilder:
         return tuple(row.input_files), tuple(
             self.cwd(str(w), int(i), str(n)) for w, i, n in json.loads(row.parents or "[]"))
 
-    def _python(self, row: Claimed, path: str) -> TaskSpec:
+    def _python(self, row: Claimed, path: str) -> RunOrder:
         """A call in one of the node's warm interpreters: the app's import path and the
         task's params as keyword arguments, passed on as the JSON text the claim read."""
         if needs_prefix(row.num_nodes, row.ranks_per_node):
@@ -166,7 +159,7 @@ class SpecBuilder:
         env_map = _json(row.env, "env")
         env = tuple((_env_name(k), _env_value(k, v)) for k, v in env_map.items())
         inputs, parent_dirs = self._inputs(row)
-        return TaskSpec(
+        return RunOrder(
             row.id, self.epoch, (), self.cwd(row.workflow, row.id, row.name), env,
             need_of(row.node_packing_count), float(row.wall_time_min) * 60.0,
             row.threads_per_rank, row.gpus_per_rank, inputs=inputs, parent_dirs=parent_dirs,

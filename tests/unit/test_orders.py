@@ -1,5 +1,5 @@
-"""Claimed rows → specs (no database): one row that cannot run fails its own task and
-nothing else, and input_files travel with the spec."""
+"""Claimed rows → orders (no database): one row that cannot run fails its own task and
+nothing else, and input_files travel with the order."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from balsam_mpi.limits import COMMAND_MAX
+from balsam_mpi.orders import OrderBuilder
 from balsam_mpi.project import Project
-from balsam_mpi.specs import SpecBuilder
-from balsam_mpi.store import Claimed
+from balsam_mpi.storeport import Claimed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,13 +29,13 @@ def row(i: int, **kw: object) -> Claimed:
 def test_poison_rows_fail_alone_with_one_line_each(tmp_path: Path) -> None:
     """14.7 and 15.12: a raw INSERT with env {"A=B": "x"} crashed every launcher that
     claimed it; a 2 MB command froze the leader's loop for 50 s in shlex.split."""
-    b = SpecBuilder(Project(tmp_path), 1)
+    b = OrderBuilder(Project(tmp_path), 1)
     rows = [row(1), row(2, env='{"A=B": "x"}'), row(3, command="x" * (2 * 1024 * 1024)),
             row(4, params='{"y": 1}'), row(5, env='["not", "an", "object"]'),
             row(6, args=["a" * 65536] * 40), row(7, env='{"K": 5}')]
-    specs, bad = b.build_all(rows)
-    assert [s.id for s in specs] == [1, 7]
-    assert specs[1].env == (("K", "5"),)
+    orders, bad = b.build_all(rows)
+    assert [s.id for s in orders] == [1, 7]
+    assert orders[1].env == (("K", "5"),)
     why = dict(bad)
     assert sorted(why) == [2, 3, 4, 5, 6]
     assert "env" in why[2] and "'A=B'" in why[2]
@@ -46,10 +46,10 @@ def test_poison_rows_fail_alone_with_one_line_each(tmp_path: Path) -> None:
     assert all("\n" not in w and len(w) <= 500 for w in why.values())
 
 
-def test_input_files_and_the_parents_directories_travel_with_the_spec(tmp_path: Path
+def test_input_files_and_the_parents_directories_travel_with_the_order(tmp_path: Path
                                                                       ) -> None:
     project = Project(tmp_path)
-    b = SpecBuilder(project, 1)
+    b = OrderBuilder(project, 1)
     [s], bad = b.build_all([row(9, input_files=["*.txt"],
                                 parents=json.dumps([["up", 3, "p"], ["up", 1500, ""]]))])
     assert not bad

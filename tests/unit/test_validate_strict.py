@@ -11,7 +11,7 @@ import pytest
 
 from balsam_mpi import limits, taskio
 from balsam_mpi.errors import BadProjectPath, InputError, UsageError
-from balsam_mpi.taskspec import AppInfo, TaskSpecError, check_app, check_changes, check_task
+from balsam_mpi.validate import AppInfo, check_app, check_changes, check_task
 
 APPS = {"hello": AppInfo(1, "hello", "echo hello {who}", frozenset({"who"}))}
 
@@ -27,14 +27,14 @@ def _jsonl(data: bytes, name: str = "t.jsonl") -> list[tuple[str, dict[str, Any]
 # -- files --------------------------------------------------------------------------------
 def test_invalid_utf8_in_a_file_names_the_line() -> None:
     data = b'{"app": "hello", "workflow": "w"}\n{"app": "hello", "workflow": "\xff"}\n'
-    with pytest.raises(TaskSpecError, match=r"^t.jsonl line 2: not valid UTF-8 \(byte 0xff"):
+    with pytest.raises(InputError, match=r"^t.jsonl line 2: not valid UTF-8 \(byte 0xff"):
         _jsonl(data)
 
 
 def test_deep_json_in_a_file_is_refused_without_a_traceback() -> None:
     deep = b'{"app": "hello", "workflow": "w", "params": ' + b"[" * 100_000 \
         + b"]" * 100_000 + b"}\n"
-    with pytest.raises(TaskSpecError, match="^t.jsonl line 1: .*nested deeper than"):
+    with pytest.raises(InputError, match="^t.jsonl line 1: .*nested deeper than"):
         _jsonl(deep)
 
 
@@ -42,21 +42,21 @@ def test_a_moderately_deep_document_is_refused_by_the_cap() -> None:
     doc = {"app": "hello", "workflow": "w", "params": {"who": "x"},
            "data": {"deep": json.loads("[" * 100 + "]" * 100)}}
     [(label, raw)] = _jsonl(json.dumps(doc).encode())
-    with pytest.raises(TaskSpecError, match=f"data: nested deeper than {limits.JSON_MAX_DEPTH}"):
+    with pytest.raises(InputError, match=f"data: nested deeper than {limits.JSON_MAX_DEPTH}"):
         check_task(raw, APPS)
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_json_numbers_are_refused(literal: str) -> None:
     line = f'{{"app": "hello", "workflow": "w", "wall_time_min": {literal}}}\n'.encode()
-    with pytest.raises(TaskSpecError, match="^t.jsonl line 1: malformed JSON"):
+    with pytest.raises(InputError, match="^t.jsonl line 1: malformed JSON"):
         for _label, raw in _jsonl(line):
             check_task(raw, APPS)
 
 
 def test_a_huge_integer_literal_is_one_line() -> None:
     line = b'{"app": "hello", "workflow": "w", "priority": ' + b"9" * 5000 + b"}\n"
-    with pytest.raises(TaskSpecError, match="line 1: "):
+    with pytest.raises(InputError, match="line 1: "):
         for _label, raw in _jsonl(line):
             check_task(raw, APPS)
 
@@ -68,7 +68,7 @@ def test_a_byte_order_mark_is_allowed_on_the_first_line() -> None:
 
 def test_an_over_long_line_is_refused_before_it_is_read_whole() -> None:
     data = b'{"app": "' + b"x" * (taskio.LINE_MAX_BYTES + 10) + b'"}\n'
-    with pytest.raises(TaskSpecError, match="t.jsonl line 1: longer than"):
+    with pytest.raises(InputError, match="t.jsonl line 1: longer than"):
         _jsonl(data)
 
 
@@ -81,19 +81,19 @@ def test_csv_cells_are_parsed_strictly_by_field_type() -> None:
     for cell, field in (("three", "num_nodes"), ("1e3", "num_nodes"), ("nan", "wall_time_min"),
                         ("٣", "num_nodes")):
         bad = f"app,workflow,{field}\nhello,w,{cell}\n".encode()
-        with pytest.raises(TaskSpecError, match=f"^t.csv line 2: {field}: "):
+        with pytest.raises(InputError, match=f"^t.csv line 2: {field}: "):
             list(taskio.read_tasks(io.BytesIO(bad), "t.csv"))
 
 
 def test_csv_columns_are_named_once() -> None:
-    with pytest.raises(TaskSpecError, match="t.csv line 1: column 'app' is named twice"):
+    with pytest.raises(InputError, match="t.csv line 1: column 'app' is named twice"):
         list(taskio.read_tasks(io.BytesIO(b"app,workflow,app\nhello,w,other\n"), "t.csv"))
 
 
 def test_csv_nul_and_invalid_utf8_name_the_line() -> None:
-    with pytest.raises(TaskSpecError, match="t.csv line 3: not valid UTF-8"):
+    with pytest.raises(InputError, match="t.csv line 3: not valid UTF-8"):
         list(taskio.read_tasks(io.BytesIO(b"app,workflow\nhello,w\nhello,\xfe\n"), "t.csv"))
-    with pytest.raises(TaskSpecError, match="t.csv line 2: workflow: contains a NUL"):
+    with pytest.raises(InputError, match="t.csv line 2: workflow: contains a NUL"):
         list(taskio.read_tasks(io.BytesIO(b"app,workflow\nhello,a\x00b\n"), "t.csv"))
 
 
@@ -125,7 +125,7 @@ def test_csv_nul_and_invalid_utf8_name_the_line() -> None:
     ({"key": 5}, "key: must be text"),
 ])
 def test_absurd_and_hostile_values_are_named(bad: dict[str, Any], message: str) -> None:
-    with pytest.raises(TaskSpecError, match=message):
+    with pytest.raises(InputError, match=message):
         _task(**bad)
 
 
@@ -138,26 +138,26 @@ def test_integers_of_other_libraries_are_whole_numbers() -> None:
 
 
 def test_app_fields_are_capped_and_strict() -> None:
-    with pytest.raises(TaskSpecError, match="command: at most 65,536 characters"):
+    with pytest.raises(InputError, match="command: at most 65,536 characters"):
         check_app("big", "echo " + "a" * 2_000_000, {})
-    with pytest.raises(TaskSpecError, match="command: .*NUL"):
+    with pytest.raises(InputError, match="command: .*NUL"):
         check_app("x", "echo \x00", {})
-    with pytest.raises(TaskSpecError, match="command: .*quotation"):
+    with pytest.raises(InputError, match="command: .*quotation"):
         check_app("x", "echo 'unclosed", {})
-    with pytest.raises(TaskSpecError, match="shell: must be true or false"):
+    with pytest.raises(InputError, match="shell: must be true or false"):
         check_app("x", "true", {"shell": "yes"})
-    with pytest.raises(TaskSpecError, match="description: at most"):
+    with pytest.raises(InputError, match="description: at most"):
         check_app("x", "true", {"description": "d" * (limits.DESCRIPTION_MAX + 1)})
-    with pytest.raises(TaskSpecError, match="name: at most 256"):
+    with pytest.raises(InputError, match="name: at most 256"):
         check_app("a" * 300, "true", {})
 
 
 def test_modify_is_as_strict_as_add() -> None:
-    with pytest.raises(TaskSpecError, match="priority: must be a whole number"):
+    with pytest.raises(InputError, match="priority: must be a whole number"):
         check_changes({"priority": "5"})
-    with pytest.raises(TaskSpecError, match="num_nodes: must be from 1"):
+    with pytest.raises(InputError, match="num_nodes: must be from 1"):
         check_changes({"num_nodes": 10**12})
-    with pytest.raises(TaskSpecError, match="tags.k: contains a NUL"):
+    with pytest.raises(InputError, match="tags.k: contains a NUL"):
         check_changes({"tags": {"k": "\x00"}})
 
 
@@ -167,15 +167,15 @@ def test_set_and_flags_are_parsed_by_field_type() -> None:
                               "wall_time_min=2.5", "fail_with_parents=no"]) == {
         "priority": 5, "name": "123", "tags": {"k": "v"}, "wall_time_min": 2.5,
         "fail_with_parents": False}
-    with pytest.raises(TaskSpecError, match="priority: must be a whole number"):
+    with pytest.raises(InputError, match="priority: must be a whole number"):
         taskio.parse_sets(["priority=high"])
-    with pytest.raises(TaskSpecError, match="tags: expected JSON"):
+    with pytest.raises(InputError, match="tags: expected JSON"):
         taskio.parse_sets(["tags=notjson"])
-    with pytest.raises(TaskSpecError, match="tags: .*nested deeper"):
+    with pytest.raises(InputError, match="tags: .*nested deeper"):
         taskio.parse_sets(["tags=" + "[" * 100_000])
-    with pytest.raises(TaskSpecError, match="set: 'priority' given twice"):
+    with pytest.raises(InputError, match="set: 'priority' given twice"):
         taskio.parse_sets(["priority=1", "priority=2"])
-    with pytest.raises(TaskSpecError, match="params: 'who' given twice"):
+    with pytest.raises(InputError, match="params: 'who' given twice"):
         taskio.parse_pairs(["who=a", "who=b"], "params")
 
 
@@ -183,11 +183,11 @@ def test_ids_and_counts_from_text() -> None:
     from balsam_mpi.cli.taskargs import count, task_id
 
     assert task_id(str(limits.ID_MAX)) == limits.ID_MAX
-    with pytest.raises(TaskSpecError, match="id: .* is not a task id .*2\\^63-1"):
+    with pytest.raises(InputError, match="id: .* is not a task id .*2\\^63-1"):
         task_id("99999999999999999999")
-    with pytest.raises(TaskSpecError, match="limit: must be from 1"):
+    with pytest.raises(InputError, match="limit: must be from 1"):
         count("-1", "limit")
-    with pytest.raises(TaskSpecError, match="limit: must be a whole number"):
+    with pytest.raises(InputError, match="limit: must be a whole number"):
         count("ten", "limit")
 
 
@@ -207,4 +207,4 @@ def test_a_project_that_is_not_a_path_or_not_a_directory_is_bad_input(
     with pytest.raises(BadProjectPath, match="project: .*NUL"):
         Project.from_env("/tmp/a\x00b")
     assert BadProjectPath("x").exit_code == 2 and issubclass(BadProjectPath, UsageError)
-    assert issubclass(TaskSpecError, InputError)
+    assert issubclass(InputError, InputError)

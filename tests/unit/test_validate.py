@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import taskadd, taskio
-from balsam_mpi.taskspec import (
+from balsam_mpi import taskio, taskplan
+from balsam_mpi.argv import render_argv
+from balsam_mpi.errors import InputError
+from balsam_mpi.validate import (
     TASK_DEFAULTS,
     AppInfo,
-    TaskSpecError,
     check_app,
     check_changes,
     check_task,
     placeholders,
-    render_argv,
 )
 
 APPS = {"hello": AppInfo(1, "hello", "echo hello {who}", frozenset({"who"}), 2),
@@ -35,7 +35,7 @@ def test_defaults_and_app_retry_limit() -> None:
     assert _task(error_retry_limit=0)["error_retry_limit"] == 0
     assert TASK_DEFAULTS["num_nodes"] == 1 and TASK_DEFAULTS["timeout_retry_limit"] == 3
     assert TASK_DEFAULTS["lost_retry_limit"] == 3 and TASK_DEFAULTS["fail_with_parents"]
-    base, rows = map(json.loads, taskadd.json_chunk(
+    base, rows = map(json.loads, taskplan.json_chunk(
         [dict(t), _task(name="b")], [5, 6], [("READY", 0, None, ""), ("FAILED", 0, 5, "m")]))
     # what both share moves to the base record; the rest stays per row
     assert base == {**TASK_DEFAULTS, "workflow": "w", "params": {"who": "x"}, "app_id": 1,
@@ -46,13 +46,13 @@ def test_defaults_and_app_retry_limit() -> None:
 
 
 def test_text_from_flags_and_csv_is_converted_at_the_door() -> None:
-    from balsam_mpi.taskspec import from_text
+    from balsam_mpi.validate import from_text
 
     t = _task(num_nodes=from_text("num_nodes", "4"),
               wall_time_min=from_text("wall_time_min", "2.5"),
               fail_with_parents=from_text("fail_with_parents", "false"))
     assert (t["num_nodes"], t["wall_time_min"], t["fail_with_parents"]) == (4, 2.5, False)
-    with pytest.raises(TaskSpecError, match="num_nodes: must be a whole number"):
+    with pytest.raises(InputError, match="num_nodes: must be a whole number"):
         _task(num_nodes="4")  # typed input stays typed
 
 
@@ -79,19 +79,19 @@ def test_text_from_flags_and_csv_is_converted_at_the_door() -> None:
     ({"input_files": ["../secret/*"]}, r"input_files\[0\]: '../secret/\*' must be a relative"),
 ])
 def test_bad_fields_are_named(bad: dict[str, Any], message: str) -> None:
-    with pytest.raises(TaskSpecError, match=message):
+    with pytest.raises(InputError, match=message):
         _task(**bad)
 
 
 def test_placeholders_and_app_checks() -> None:
     assert placeholders("run {a} --x={b:>3} {{literal}}") == {"a", "b"}
     for bad in ("echo {}", "echo {a.b}", "echo {a[0]}", "echo {"):
-        with pytest.raises(TaskSpecError, match="command"):
+        with pytest.raises(InputError, match="command"):
             placeholders(bad)
     assert check_app("x", "true", {"shell": True})["shell"] is True
-    with pytest.raises(TaskSpecError, match="name"):
+    with pytest.raises(InputError, match="name"):
         check_app("bad name", "true", {})
-    with pytest.raises(TaskSpecError, match="colour: not an app field"):
+    with pytest.raises(InputError, match="colour: not an app field"):
         check_app("x", "true", {"colour": "red"})
 
 
@@ -102,14 +102,14 @@ def test_render_argv_keeps_values_whole_and_never_uses_a_shell() -> None:
     sh = render_argv("echo {who} | wc -c", {"who": "$(id)"}, ["a b"], shell=True)
     assert sh == ["/bin/sh", "-c", "echo '$(id)' | wc -c 'a b'"]
     assert render_argv("run {n:04d} {x}", {"n": 7, "x": True}) == ["run", "0007", "true"]
-    with pytest.raises(TaskSpecError, match=r"params: no value for placeholder \{who\}"):
+    with pytest.raises(InputError, match=r"params: no value for placeholder \{who\}"):
         render_argv("echo {who}", {})
 
 
 def test_changes_are_checked() -> None:
     assert check_changes({"priority": 5, "tags": {"a": "b"}}) == {"priority": 5,
                                                                    "tags": {"a": "b"}}
-    with pytest.raises(TaskSpecError, match="state: cannot be modified"):
+    with pytest.raises(InputError, match="state: cannot be modified"):
         check_changes({"state": "READY"})
 
 
@@ -117,49 +117,49 @@ def test_jsonl_and_csv_readers_name_lines() -> None:
     text = '{"app": "hello"}\n\n# comment\n{"app": \n'
     rows = taskio.read_tasks(io.StringIO(text), "t.jsonl")
     assert next(rows) == ("t.jsonl line 1", {"app": "hello"})
-    with pytest.raises(TaskSpecError, match="t.jsonl line 4: malformed JSON"):
+    with pytest.raises(InputError, match="t.jsonl line 4: malformed JSON"):
         next(rows)
-    with pytest.raises(TaskSpecError, match="line 1: expected a JSON object"):
+    with pytest.raises(InputError, match="line 1: expected a JSON object"):
         list(taskio.read_jsonl(["[1]"], "x"))
     csv_text = 'app,workflow,params.who,args,parents,tags\nhello,w,x,"[""-v""]",7,{"a":"b"}\n'
     [(label, task)] = list(taskio.read_tasks(io.StringIO(csv_text), "t.csv"))
     assert label == "t.csv line 2"
     assert task == {"app": "hello", "workflow": "w", "params": {"who": "x"}, "args": ["-v"],
                     "parents": [7], "tags": {"a": "b"}}
-    with pytest.raises(TaskSpecError, match="t.csv line 2: 1 cells"):
+    with pytest.raises(InputError, match="t.csv line 2: 1 cells"):
         list(taskio.read_csv(io.StringIO("a,b\nx\n"), "t.csv"))
-    with pytest.raises(TaskSpecError, match="line 2: params: expected JSON"):
+    with pytest.raises(InputError, match="line 2: params: expected JSON"):
         list(taskio.read_csv(io.StringIO("app,params\nhello,{bad\n"), "t.csv"))
     assert taskio.parse_pairs(["a=1", "b=x=y"], "tags") == {"a": "1", "b": "x=y"}
-    with pytest.raises(TaskSpecError, match="params: expected KEY=VALUE"):
+    with pytest.raises(InputError, match="params: expected KEY=VALUE"):
         taskio.parse_pairs(["novalue"], "params")
 
 
 def test_plan_orders_parents_first_and_refuses_cycles() -> None:
     tasks = [_task(key="c", parents=["b", 99]), _task(key="b", parents=["a"]), _task(key="a")]
-    p = taskadd.plan(tasks)
+    p = taskplan.plan(tasks)
     assert p.order.index(2) < p.order.index(1) < p.order.index(0)
     assert p.existing == [99] and p.outside[0] == [99]
     ids = [10, 11, 12]
-    first = taskadd.initial_states(tasks, p, ids, {99: "FAILED"})
+    first = taskplan.initial_states(tasks, p, ids, {99: "FAILED"})
     assert first[2] == ("READY", 0, None, "")
     assert first[1] == ("AWAITING_PARENTS", 1, None, "")
     assert first[0][0] == "FAILED" and first[0][2] == 99
-    assert taskadd.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
-    with pytest.raises(TaskSpecError, match="task #1: parents: the dependencies"):
-        taskadd.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
-    with pytest.raises(TaskSpecError, match="task #2: key: 'x' is also the key of task #1"):
-        taskadd.plan([_task(key="x"), _task(key="x")])
-    with pytest.raises(TaskSpecError, match="no task of this batch has key 'z'"):
-        taskadd.plan([_task(parents=["z"])])
+    assert taskplan.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
+    with pytest.raises(InputError, match="task #1: parents: the dependencies"):
+        taskplan.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
+    with pytest.raises(InputError, match="task #2: key: 'x' is also the key of task #1"):
+        taskplan.plan([_task(key="x"), _task(key="x")])
+    with pytest.raises(InputError, match="no task of this batch has key 'z'"):
+        taskplan.plan([_task(parents=["z"])])
 
 
 def test_pg_free_import() -> None:
     import subprocess
     import sys
 
-    code = ("import balsam_mpi, balsam_mpi.taskspec, balsam_mpi.taskio, balsam_mpi.taskadd, "
-            "balsam_mpi.cli, sys; "
+    code = ("import balsam_mpi, balsam_mpi.validate, balsam_mpi.taskio, balsam_mpi.taskadd, "
+            "balsam_mpi.taskplan, balsam_mpi.cli, sys; "
             "print(any(m.startswith(('psycopg', 'mpi4py')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

@@ -1,0 +1,55 @@
+"""`balsam-mpi demo` fails (exit 1, one line) when a task of its workload did not finish,
+so a check that runs the demo (CI's installed-wheel check) fails with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from balsam_mpi import demo as d
+from balsam_mpi.cli.demo import demo
+from balsam_mpi.dbctl import lifecycle
+from balsam_mpi.project import Project
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rc: int,
+         counts: dict[str, dict[str, int]]) -> Any:
+    monkeypatch.setattr(d, "make_project", lambda _path, _echo: Project(tmp_path))
+    monkeypatch.setattr(d, "populate", lambda _p, n, _r: n)
+    monkeypatch.setattr(d, "run_launcher", lambda *_a: rc)
+    monkeypatch.setattr(d, "summarize",
+                        lambda _p: d.Summary(counts, 5, 1.0, 1.0, 1, None))
+    monkeypatch.setattr(lifecycle, "stop_server", lambda *_a, **_k: None)
+    return CliRunner().invoke(demo, ["--tasks", "5"])
+
+
+def test_every_task_finished_is_success(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    result = _run(monkeypatch, tmp_path, 0, {"ensemble": {"JOB_FINISHED": 5}})
+    assert result.exit_code == 0, result.output
+    assert "not every task finished" not in result.output
+
+
+def test_a_failed_task_fails_the_demo(monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    result = _run(monkeypatch, tmp_path, 0, {"ensemble": {"JOB_FINISHED": 3, "FAILED": 1},
+                                             "mpi": {"READY": 1}})
+    assert result.exit_code == 1, result.output
+    assert "not every task finished (FAILED 1, READY 1)" in result.output
+
+
+def test_a_failed_launcher_fails_the_demo(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    result = _run(monkeypatch, tmp_path, 3, {"ensemble": {"JOB_FINISHED": 5}})
+    assert result.exit_code == 1
+    assert "the launcher exited with status 3" in result.output
+
+
+def test_unfinished_counts_every_state_but_finished() -> None:
+    assert d.unfinished({"a": {"JOB_FINISHED": 2, "FAILED": 1}, "b": {"FAILED": 2,
+                                                                     "RUNNING": 0}}) \
+        == {"FAILED": 3}
+    assert d.unfinished({"a": {"JOB_FINISHED": 2}}) == {}
