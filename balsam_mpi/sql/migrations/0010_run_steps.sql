@@ -52,6 +52,12 @@ CREATE TABLE run_steps (
     PRIMARY KEY (batch_job_id, bucket, workflow, owner, writer)
 ) WITH (fillfactor = 70);  -- room for HOT updates: a flush adds to the same row 100 times
 CREATE INDEX run_steps_dirty ON run_steps (batch_job_id, bucket) WHERE dirty;
+-- As tasks (0002): everyone in the project reads every row; and no policy lets anyone
+-- but the owner of the table (balsam_objects: the triggers) write one, should a write
+-- privilege ever be granted by mistake.
+ALTER TABLE run_steps ENABLE ROW LEVEL SECURITY;
+CREATE POLICY run_steps_read ON run_steps FOR SELECT TO balsam_member, balsam_viewer
+    USING (true);
 
 -- Events the trigger below summed into run_steps. Existing events are summed by this
 -- migration (hence the default true for them: no rewrite of the table); events written
