@@ -76,10 +76,12 @@ CREATE INDEX task_events_not_rolled_up ON task_events (batch_job_id)
 -- before). The CTE is materialized once: the event and its step share one clock reading
 -- and one id, drawn here (as the column's identity would) so that each row of run_steps
 -- knows the range of ids it summed: a report reads a cut bucket's events by those ids,
--- whatever order the table's pages are in.
+-- whatever order the table's pages are in. Sorting off: the planner guesses a tenth of
+-- the rows and sorts a 4,096-row flush to group it into two or three rows (a hash
+-- aggregate halves what the upsert costs; benchmarks/event_write_cost.py).
 CREATE OR REPLACE FUNCTION tasks_events_on_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
-SET enable_nestloop = off AS $$
+SET enable_nestloop = off SET enable_sort = off AS $$
 DECLARE
     reshaped bigint[];
 BEGIN
