@@ -23,10 +23,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from balsam_mpi import analytics, analytics_tables
-from balsam_mpi.analytics import BatchJob, Filters, History, Window
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl.admin import admin_connect
-from balsam_mpi.project import Project
+from balsam_mpi.reports import history, tables
+from balsam_mpi.reports.history import BatchJob, Filters, History, Window
 
 Conn = psycopg.Connection[Any]
 DONE = {"RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"}
@@ -143,7 +143,7 @@ def _expected(runs: list[Run], jobs: list[BatchJob], window: Window,
 # sides add them in different orders: they agree to well under a microsecond per step,
 # so to 1e-4 node-seconds per bin; any step counted wrong is off by far more.
 def _check(conn: Conn, filters: Filters) -> History:
-    h = analytics.history(conn, filters)
+    h = history.history(conn, filters)
     want = _expected(_runs(conn), h.jobs, h.window, filters)
     assert h.busy == pytest.approx(want.busy, rel=1e-9, abs=1e-4), filters
     assert np.array_equal(h.done, want.done), filters
@@ -151,7 +151,7 @@ def _check(conn: Conn, filters: Filters) -> History:
     assert np.allclose(h.first_start, want.first, atol=1e-4, equal_nan=True), filters
     assert np.allclose(h.last_end, want.last, atol=1e-4, equal_nan=True), filters
     if filters.bin_seconds is None:
-        _, rows = analytics_tables.usage(conn, filters)
+        _, rows = tables.usage(conn, filters)
         got = {(r.job_id, r.workflow, r.owner): (r.node_seconds, r.done, r.failed)
                for r in rows}
         # (not the live job: its end is the time of each call, `now`)
@@ -167,7 +167,7 @@ def _check(conn: Conn, filters: Filters) -> History:
     return h
 
 
-class History_:
+class RandomHistory:
     """Writes a random history through the real triggers, from two sessions."""
 
     def __init__(self, writers: list[Conn], rng: random.Random) -> None:
@@ -271,7 +271,7 @@ class History_:
             self.move([t for t, v in ends.items() if v[0] != "RUN_DONE"], "RESTART_READY")
 
 
-def _filters(h: History_, rng: random.Random, jobs: list[int]) -> list[Filters]:
+def _filters(h: RandomHistory, rng: random.Random, jobs: list[int]) -> list[Filters]:
     base = h.base
     since = h.at(base + rng.uniform(0, 1500))
     until = since + timedelta(seconds=rng.uniform(30, 1500))
@@ -293,7 +293,7 @@ def _filters(h: History_, rng: random.Random, jobs: list[int]) -> list[Filters]:
 def test_fast_path_agrees_with_the_events_on_a_random_history(
         conn: Conn, writers: list[Conn], seed: int) -> None:
     rng = random.Random(seed)
-    h = History_(writers, rng)
+    h = RandomHistory(writers, rng)
     # jobs: finished (its life not on 10 s boundaries), lost, and still running
     jobs = [h.job(100.123, 1400.777, "FINISHED", 1400.777),
             h.job(700.5, None, "LOST", 2100.25),
