@@ -116,7 +116,7 @@ DROP TRIGGER tasks_run_steps_delete ON tasks;
 DROP TRIGGER task_events_run_steps_delete ON task_events;
 DROP TRIGGER batch_jobs_run_steps_delete ON batch_jobs;
 DROP TABLE run_steps;
-ALTER TABLE task_events DROP COLUMN rolled_up;
+ALTER TABLE task_events DROP COLUMN rolled_up, DROP COLUMN weight;
 CREATE OR REPLACE FUNCTION tasks_events_on_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
 SET enable_nestloop = off AS $$

@@ -81,11 +81,14 @@ GENERATE = [
          FROM plan p JOIN batch_jobs b ON b.id = p.job ORDER BY p.i""",
     # events: READY at creation; the run; a retried task ran once before, failing. In time
     # order, as a project appends them (ids, and so the run_steps id ranges, follow time);
-    # the run steps are marked rolled up, as the event trigger marks them.
-    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, rolled_up)
-       SELECT ev.task_id, ev.from_state, ev.to_state, ev.at, ev.job,
-              ev.job IS NOT NULL AND (ev.to_state = 'RUNNING' OR ev.from_state = 'RUNNING')
-         FROM (SELECT t.id AS task_id, NULL::task_state AS from_state,
+    # the run steps are marked rolled up and weighed, as the event trigger writes them.
+    """INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, rolled_up,
+                                weight)
+       SELECT ev.task_id, ev.from_state, ev.to_state, ev.at, ev.job, ev.run_step,
+              CASE WHEN ev.run_step THEN t.num_nodes::float8 / t.node_packing_count END
+         FROM (SELECT ev.*, ev.job IS NOT NULL
+                            AND (ev.to_state = 'RUNNING' OR ev.from_state = 'RUNNING') AS run_step
+                 FROM (SELECT t.id AS task_id, NULL::task_state AS from_state,
                       'READY'::task_state AS to_state, t.created_at AS at, NULL::bigint AS job
                  FROM tasks t
                UNION ALL
@@ -101,7 +104,8 @@ GENERATE = [
                  FROM tasks t
                 CROSS JOIN LATERAL (VALUES ('READY', 'RUNNING', 12.0),
                                            ('RUNNING', 'RUN_ERROR', 2.0)) AS x(f, s, back)
-                WHERE t.id %% 100 = 1) ev
+                WHERE t.id %% 100 = 1) ev) ev
+         JOIN tasks t ON t.id = ev.task_id
         ORDER BY ev.at, ev.task_id""",
 ]
 # what the event trigger keeps as the flushes write the events (migration 0010); timed

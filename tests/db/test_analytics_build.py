@@ -9,7 +9,8 @@ through the ordinary connection (``conn``), as a user would. This module holds n
 ``admin`` is parametrized: every test that uses it runs twice, once with its run events
 left for the reports to read one by one ("events": rolled_up false, as events written by
 hand are) and once with them summed into run_steps as the event trigger would have
-("run_steps": rolled_up true, that batch job's rows rebuilt after each event), so both
+("run_steps": rolled_up true and weighed, that batch job's rows rebuilt after each
+event), so both
 paths of the reports must give the same figures (migration 0010).
 """
 
@@ -96,12 +97,14 @@ class Builder:
 
     def event(self, task: int, src: str | None, dst: str, when: float,
               job: int | None = None) -> None:
-        run_step = job is not None and "RUNNING" in (src, dst)
+        run_step = self.rolled_up and job is not None and "RUNNING" in (src, dst)
         self.conn.execute(
             "INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, "
-            "rolled_up) VALUES (%s, %s, %s, %s, %s, %s)",
-            (task, src, dst, at(when), job, self.rolled_up and run_step))
-        if self.rolled_up and run_step:
+            "rolled_up, weight) SELECT %s, %s, %s, %s, %s, %s, "
+            "CASE WHEN %s THEN t.num_nodes::float8 / t.node_packing_count END "
+            "FROM tasks t WHERE t.id = %s",
+            (task, src, dst, at(when), job, run_step, run_step, task))
+        if run_step:
             self.conn.execute("SELECT run_steps_rebuild(%s)", ([job],))
 
     def run(self, task: int, job: int, start: float, end: float | None = None,

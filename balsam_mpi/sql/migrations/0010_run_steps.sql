@@ -67,6 +67,11 @@ ALTER TABLE task_events ADD COLUMN rolled_up boolean NOT NULL DEFAULT true;
 ALTER TABLE task_events ALTER COLUMN rolled_up SET DEFAULT false;
 CREATE INDEX task_events_not_rolled_up ON task_events (batch_job_id)
     WHERE NOT rolled_up AND (to_state = 'RUNNING' OR from_state = 'RUNNING');
+-- A rolled-up run event's weight (its task's num_nodes / node_packing_count when it was
+-- written): a report that reads a cut bucket's events needs no task for them while the
+-- bucket is not dirty (no task of it changed shape or went away since). NULL for the
+-- events before this migration (no rewrite of the table): those are joined to their tasks.
+ALTER TABLE task_events ADD COLUMN weight double precision;
 
 -- As 0001's (events in bulk, timed from started_at / ended_at) and 0007's (a hash join),
 -- and also, in the same statement: the run steps of the new events added to run_steps,
@@ -109,11 +114,13 @@ BEGIN
                  IS DISTINCT FROM (o.workflow, o.num_nodes, o.node_packing_count)
     ), events AS (
         INSERT INTO task_events (id, task_id, from_state, to_state, at, batch_job_id,
-                                 message, rolled_up)
+                                 message, rolled_up, weight)
         OVERRIDING SYSTEM VALUE
         SELECT c.event_id, c.id, c.from_state, c.to_state, c.at, c.job_id, c.state_message,
-               c.job_id IS NOT NULL AND (c.to_state = 'RUNNING' OR c.from_state = 'RUNNING')
-          FROM changed c
+               c.run_step, CASE WHEN c.run_step THEN c.w END
+          FROM (SELECT c.*, c.job_id IS NOT NULL
+                            AND (c.to_state = 'RUNNING' OR c.from_state = 'RUNNING') AS run_step
+                  FROM changed c) c
          WHERE c.moved
     ), steps AS (
         INSERT INTO run_steps AS r (batch_job_id, bucket, workflow, owner, writer,
