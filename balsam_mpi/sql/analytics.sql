@@ -180,12 +180,14 @@ WITH j AS MATERIALIZED (
            CASE WHEN e.to_state = 'RUNNING' THEN 1.0::float8 ELSE -1.0::float8 END
              * t.num_nodes / t.node_packing_count AS w,
            least(greatest(date_part('epoch', e.at), j.s), j.e) AS tj
-      FROM raw_events e
+      FROM (SELECT e.* FROM raw_events e CROSS JOIN p
+             WHERE e.weight IS NULL OR p.split OR p.workflow IS NOT NULL
+                OR p.owner IS NOT NULL
+            OFFSET 0) e  -- a fence: only these are joined to their tasks
       JOIN j ON j.id = e.batch_job_id
      CROSS JOIN p
       JOIN tasks t ON t.id = e.task_id
-     WHERE (e.weight IS NULL OR p.split OR p.workflow IS NOT NULL OR p.owner IS NOT NULL)
-       AND (p.workflow IS NULL OR t.workflow = p.workflow)
+     WHERE (p.workflow IS NULL OR t.workflow = p.workflow)
        AND (p.owner IS NULL OR t.owner = p.owner)
     UNION ALL
     -- runs still open: their task is RUNNING now; they end when the job stops
