@@ -27,45 +27,105 @@
 -- UPDATE when the finished tasks have none.
 
 -- ---- the history ---------------------------------------------------------------------
--- The events of one statement (0001's trigger), plus the three of a combined write.
--- The join of the transition tables stays a hash or merge join (0007); the step list
--- can only be a nested loop, whose penalty cost would make the server compile the
--- statement (jit: ≈ 0.2 s, more than the whole flush), hence jit = off.
+-- 0010's trigger (events in bulk, their run steps summed into run_steps, reshaped tasks'
+-- buckets marked dirty), where a combined write's row gives the three events (and run
+-- steps) of its two-step path: its start at started_at, its end at ended_at, its finish
+-- at the statement's clock, with ids in that order. The step list joins each row of
+-- the transition tables to (1), (2), (3): only a nested loop can, which keeps each
+-- task's steps in order whichever side is outer; its penalty cost under
+-- enable_nestloop = off would have the server compile the statement (jit: ≈ 0.2 s per
+-- flush, more than the whole flush), hence jit = off.
 CREATE OR REPLACE FUNCTION tasks_events_on_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
-SET enable_nestloop = off SET jit = off AS $$
+SET enable_nestloop = off SET enable_sort = off SET jit = off AS $$
+DECLARE
+    reshaped bigint[];
 BEGIN
-    INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, message)
-    SELECT x.id, x.from_state, x.to_state,
-           CASE
-             WHEN x.to_state = 'RUNNING' AND x.started_at IS DISTINCT FROM x.old_started
-                  AND x.started_at IS NOT NULL THEN x.started_at
-             WHEN x.to_state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT')
-                  AND x.ended_at IS DISTINCT FROM x.old_ended
-                  AND x.ended_at IS NOT NULL THEN x.ended_at
-             ELSE clock_timestamp()
-           END,
-           x.batch_job_id, x.message
-      FROM (SELECT n.id, n.started_at, o.started_at AS old_started, n.ended_at,
-                   o.ended_at AS old_ended, n.state_message AS message,
-                   coalesce(n.batch_job_id, o.batch_job_id) AS batch_job_id,
-                   CASE WHEN NOT c.combined OR k.step = 1 THEN o.state
-                        WHEN k.step = 2 THEN 'RUNNING'::task_state
-                        ELSE 'RUN_DONE'::task_state END AS from_state,
-                   CASE WHEN NOT c.combined THEN n.state
-                        WHEN k.step = 1 THEN 'RUNNING'::task_state
-                        WHEN k.step = 2 THEN 'RUN_DONE'::task_state
-                        ELSE n.state END AS to_state
-              FROM new_rows n JOIN old_rows o ON o.id = n.id
-             CROSS JOIN LATERAL (
-                   SELECT n.state = 'JOB_FINISHED'
-                          AND o.state IN ('READY', 'RESTART_READY', 'PREPROCESSED')
-                          AS combined) c
-             CROSS JOIN (VALUES (1), (2), (3)) AS k (step)
-             WHERE n.state IS DISTINCT FROM o.state AND (k.step = 1 OR c.combined)
-             -- As the two-step path numbers them: every start, then every end, then
-             -- every finish (a task's own events in the order they happened).
-             ORDER BY k.step) x;
+    WITH changed AS MATERIALIZED (
+        SELECT x.id, x.from_state, x.to_state,
+               CASE
+                 WHEN x.to_state = 'RUNNING' AND x.started_at IS DISTINCT FROM x.old_started
+                      AND x.started_at IS NOT NULL THEN x.started_at
+                 WHEN x.to_state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT')
+                      AND x.ended_at IS DISTINCT FROM x.old_ended
+                      AND x.ended_at IS NOT NULL THEN x.ended_at
+                 ELSE clock_timestamp()
+               END AS at,
+               x.job_id, x.state_message,
+               CASE WHEN x.moved THEN nextval('task_events_id_seq'::regclass) END AS event_id,
+               x.workflow, x.owner, x.w, x.moved, x.reshaped
+          FROM (SELECT n.id, n.started_at, o.started_at AS old_started, n.ended_at,
+                       o.ended_at AS old_ended,
+                       coalesce(n.batch_job_id, o.batch_job_id) AS job_id, n.state_message,
+                       n.workflow, n.owner, n.num_nodes::float8 / n.node_packing_count AS w,
+                       n.state IS DISTINCT FROM o.state AS moved,
+                       k.step = 1 AND (n.workflow, n.num_nodes, n.node_packing_count)
+                         IS DISTINCT FROM (o.workflow, o.num_nodes, o.node_packing_count)
+                         AS reshaped,
+                       CASE WHEN NOT c.combined OR k.step = 1 THEN o.state
+                            WHEN k.step = 2 THEN 'RUNNING'::task_state
+                            ELSE 'RUN_DONE'::task_state END AS from_state,
+                       CASE WHEN NOT c.combined THEN n.state
+                            WHEN k.step = 1 THEN 'RUNNING'::task_state
+                            WHEN k.step = 2 THEN 'RUN_DONE'::task_state
+                            ELSE n.state END AS to_state
+                  FROM new_rows n JOIN old_rows o ON o.id = n.id
+                 CROSS JOIN LATERAL (
+                       SELECT n.state = 'JOB_FINISHED'
+                              AND o.state IN ('READY', 'RESTART_READY', 'PREPROCESSED')
+                              AS combined) c
+                 CROSS JOIN (VALUES (1), (2), (3)) AS k (step)
+                 WHERE (n.state IS DISTINCT FROM o.state
+                        OR (n.workflow, n.num_nodes, n.node_packing_count)
+                             IS DISTINCT FROM (o.workflow, o.num_nodes, o.node_packing_count))
+                   AND (k.step = 1 OR c.combined)) x
+    ), events AS (
+        INSERT INTO task_events (id, task_id, from_state, to_state, at, batch_job_id,
+                                 message, rolled_up, weight)
+        OVERRIDING SYSTEM VALUE
+        SELECT c.event_id, c.id, c.from_state, c.to_state, c.at, c.job_id, c.state_message,
+               c.run_step, CASE WHEN c.run_step THEN c.w END
+          FROM (SELECT c.*, c.job_id IS NOT NULL
+                            AND (c.to_state = 'RUNNING' OR c.from_state = 'RUNNING') AS run_step
+                  FROM changed c) c
+         WHERE c.moved
+    ), steps AS (
+        INSERT INTO run_steps AS r (batch_job_id, bucket, workflow, owner, writer,
+                                    level_change, moment, starts, ends, done, failed,
+                                    first_start, last_end, first_event, last_event)
+        SELECT s.job_id, s.bucket, s.workflow, s.owner, pg_backend_pid(),
+               sum(s.sw), sum(s.sw * s.dt),
+               count(*) FILTER (WHERE s.sw > 0), count(*) FILTER (WHERE s.sw < 0),
+               count(*) FILTER (WHERE s.sw < 0
+                                  AND s.to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')),
+               count(*) FILTER (WHERE s.sw < 0
+                                  AND s.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')),
+               min(s.dt) FILTER (WHERE s.sw > 0), max(s.dt) FILTER (WHERE s.sw < 0),
+               min(s.event_id), max(s.event_id)
+          FROM (SELECT c.job_id, run_step_bucket(c.at) AS bucket, c.workflow, c.owner,
+                       c.to_state, c.event_id,
+                       CASE WHEN c.to_state = 'RUNNING' THEN c.w ELSE -c.w END AS sw,
+                       date_part('epoch', c.at) - run_step_bucket(c.at) AS dt
+                  FROM changed c
+                 WHERE c.moved AND c.job_id IS NOT NULL
+                   AND (c.to_state = 'RUNNING' OR c.from_state = 'RUNNING')) s
+         GROUP BY s.job_id, s.bucket, s.workflow, s.owner
+        ON CONFLICT (batch_job_id, bucket, workflow, owner, writer) DO UPDATE
+           SET level_change = r.level_change + excluded.level_change,
+               moment = r.moment + excluded.moment,
+               starts = r.starts + excluded.starts,
+               ends = r.ends + excluded.ends,
+               done = r.done + excluded.done,
+               failed = r.failed + excluded.failed,
+               first_start = least(r.first_start, excluded.first_start),
+               last_end = greatest(r.last_end, excluded.last_end),
+               first_event = least(r.first_event, excluded.first_event),
+               last_event = greatest(r.last_event, excluded.last_event)
+    )
+    SELECT array_agg(c.id) FILTER (WHERE c.reshaped) INTO reshaped FROM changed c;
+    IF reshaped IS NOT NULL THEN
+        PERFORM run_steps_mark_dirty(reshaped);
+    END IF;
     RETURN NULL;
 END $$;
 
