@@ -91,15 +91,17 @@ class Claims:
                          limit=limit, capacity=want, max_need=NODE_CAPACITY,
                          remaining_min=self.remaining_min(),
                          max_nodes=self.dispatch.max_nodes(),
-                         then=lambda got: self._claimed(covers, got), failed=self._failed)
+                         then=lambda got: self._claimed(covers, got, limit, want),
+                         failed=self._failed)
 
     def _failed(self, exc: BalsamError) -> None:
         pause = self.retry.failed()
         log.warning("claim failed (%s); retrying in %.1f s", exc, pause)
         self.next_at = time.monotonic() + pause
 
-    def _claimed(self, covers: int, got: ClaimResult) -> None:
+    def _claimed(self, covers: int, got: ClaimResult, limit: int, want: float) -> None:
         now = time.monotonic()
+        self.dispatch.scarce = short(got, limit, want)
         if self.retry.failing:
             log.info("claims work again")
             self.retry.reset()
@@ -113,6 +115,7 @@ class Claims:
         self.total += got.claimed
         self.max_packing = max(self.max_packing, got.max_packing)
         self.deliver(got)
+
     def _held(self, got: ClaimResult) -> None:
         """Which holders have not shown they are alive (see the module's docstring)."""
         if got.claimed:
@@ -134,3 +137,15 @@ class Claims:
                                 f"{left:.0f} s for its lease to run out" if left > 0
                                 else "for its lease to be swept")
         self.waiting_for, self.overdue = frozenset(waiting), frozenset(overdue)
+
+
+def short(got: ClaimResult, limit: int, want: float) -> bool:
+    """Did the claim find less work than it asked for? Nothing at all, or fewer rows than
+    its limit with room left for one more of the largest it brought: the runnable rows
+    these filters match ran out (a row that did not fit would have left less room)."""
+    if not got.claimed:
+        return True
+    if got.claimed >= limit:
+        return False
+    needs = [o.need for o in got.orders]
+    return want - sum(needs) >= max(needs, default=NODE_CAPACITY) - EPS

@@ -101,6 +101,9 @@ class Leader:
         # A few times a second is plenty (the timeout is several report intervals), and
         # keeps a pass over thousands of ranks out of every turn of the loop.
         self.liveness_checks = Periodic(min(0.25, s.report_interval_s / 2), now=True)
+        # Recalls of queued tasks to free slots (dispatch.rebalance) when work runs out:
+        # often enough for a tail of short tasks, rare enough for thousands of ranks.
+        self.rebalances = Periodic(0.02, now=True)
         self.idle_since: float | None = None
         self.draining: str | None = None
         self.byes: set[int] = set()
@@ -138,6 +141,8 @@ class Leader:
         did = self.adds.step() or did
         did = self.calls.collect() or did
         self._check_workers()
+        if not self.draining and self.dispatch.scarce and self.rebalances.due():
+            self.dispatch.rebalance()
         self.dispatch.fill_local()
         did = self._step_local() or did
         if not self.draining:
@@ -181,10 +186,14 @@ class Leader:
         if isinstance(msg, Report):
             self._absorb(msg.started, msg.finished)
             view = self.dispatch.reported(source, msg)
+            back = self.dispatch.took_back(source, msg.returned, msg.acked) if (
+                msg.returned or self.dispatch.recall_seq) else 0
             if not self.draining:
                 self.claims.refill()
             self.dispatch.fill_local(margin=False)  # a free slot here before a queue there
             self.dispatch.assign_to(view, always=True)
+            if back and not self.draining:
+                self.dispatch.push()  # given back: to the nodes with free slots
         elif isinstance(msg, Hello):
             self._hello(source, msg)
         elif isinstance(msg, Bye):

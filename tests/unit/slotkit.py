@@ -44,13 +44,13 @@ class SlotNode(Node):
     def cut_all(self, kind: EndKind = EndKind.CUT) -> None:
         self.kill([o.id for o in self.queue] + list(self.sim), kind)
 
-    def end_all(self) -> list[int]:
-        """Every running task ends now (DONE); the queue's next ones start at the next
-        step."""
+    def end_all(self, n: int | None = None) -> list[int]:
+        """Every running task (or the first ``n``) ends now (DONE); the queue's next ones
+        start at the next step."""
         now = time.time()
-        ended = list(self.sim)
-        for order in list(self.sim.values()):
-            del self.sim[order.id]
+        ended = list(self.sim)[:n]
+        for task_id in ended:
+            order = self.sim.pop(task_id)
             self._end(order, Finished(order.id, order.epoch, 0, 0, now, now))
         return ended
 
@@ -62,6 +62,7 @@ class SlotWorker(FakeWorker):
         super().__init__(comm, rank, finish=False)
         self.node = SlotNode()
         self.hold = False  # while set, ASSIGNs wait unread (a message still on its way)
+        self.last_report = 0.0
 
     def answer(self) -> None:
         if self.silent or self.gone:
@@ -84,5 +85,7 @@ class SlotWorker(FakeWorker):
             self.comm.inbox.append((self.rank, Bye(self.rank, self.node.report(self.rank))))
             self.gone = True
             return
-        if self.node.changes or self.node.poked:
+        now = time.monotonic()
+        if self.node.changes or self.node.poked or now - self.last_report > 0.05:
             self.comm.inbox.append((self.rank, self.node.report(self.rank)))
+            self.last_report = now  # the report is also the heartbeat
