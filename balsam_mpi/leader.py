@@ -147,7 +147,10 @@ class Leader:
         did = self._step_local() or did
         if not self.draining:
             self.claims.refill()
-        self.buffer.flush()
+        # Every node idle: no report will come to share the write, and the claim that
+        # may end the run waits for it (the last wave's ends are the run's tail).
+        self.buffer.flush(urgent=bool(self.buffer) and self.buffer.writing is None
+                          and self.dispatch.all_idle())
         self._poll_kills()
         self.lease_watch.heartbeat()
         self._watch_lease()
