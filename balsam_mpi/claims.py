@@ -33,6 +33,8 @@ from .storeport import ClaimFilter, Lease, StorePort
 
 log = logging.getLogger(__name__)
 
+HOLDERS_RECHECK_S = 0.1  # between looks while other jobs hold work these filters match
+
 
 class Claims:
     def __init__(self, calls: Calls, store: StorePort, lease: Lease, builder: OrderBuilder,
@@ -109,7 +111,11 @@ class Claims:
         self._held(got)
         self.last_empty = not got.claimed and not self.waiting_for
         if not got.claimed:
-            self.next_at = now + self.idle_s
+            # Waiting only to see live holders renew (or finish what these filters
+            # match): look again soon, so the run ends soon after they do; otherwise
+            # the database has nothing for us and claim_idle_s paces the next look.
+            self.next_at = now + (min(self.idle_s, HOLDERS_RECHECK_S) if self.waiting_for
+                                  else self.idle_s)
             return
         self.next_at = now
         self.total += got.claimed

@@ -61,6 +61,8 @@ from .workerview import WorkerView
 
 log = logging.getLogger(__name__)
 
+HOLDER_BEAT_S = 0.5  # the heartbeat's period at most, while this launcher holds tasks
+
 
 class Leader:
     def __init__(self, settings: Settings, comm: Comm | None, project: Project,
@@ -152,6 +154,12 @@ class Leader:
         self.buffer.flush(urgent=bool(self.buffer) and self.buffer.writing is None
                           and self.dispatch.all_idle())
         self._poll_kills()
+        if (self.lease_watch.silence() >= HOLDER_BEAT_S and self.kills.where
+                and not self.calls.busy("heartbeat")):
+            # Other launchers whose claims find nothing wait to see every job that holds
+            # work their filters match renew its heartbeat before they end (claims.py):
+            # while this one holds tasks, renew often, so they end soon after their work.
+            self.lease_watch.beats.soon()
         self.lease_watch.heartbeat()
         self._watch_lease()
         if self._check_end():

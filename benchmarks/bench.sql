@@ -96,3 +96,13 @@ RETURNING id;
 
 -- name: task_ended_at
 SELECT id, extract(epoch FROM ended_at)::float8 FROM tasks WHERE id = ANY (%(ids)s);
+
+-- name: lock_waits
+-- One sample of the project's client backends: how many wait for a heavyweight lock
+-- (and on what, the first of them), how many run a statement.
+SELECT count(*) FILTER (WHERE a.wait_event_type = 'Lock')::int,
+       count(*) FILTER (WHERE a.state = 'active')::int,
+       min(left(a.query, 60)) FILTER (WHERE a.wait_event_type = 'Lock')
+  FROM pg_stat_activity a
+ WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+   AND a.pid <> pg_backend_pid();
