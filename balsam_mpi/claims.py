@@ -13,7 +13,13 @@ idle only once every such job has shown it is alive by renewing its heartbeat si
 launcher first saw it. One that does not is waited for: once its heartbeat is older than
 half its lease (a live leader beats at least that often) it is said to be overdue in the
 log, and when its lease has run out a sweep requeues its tasks and the next claim takes
-them. The cost is at most one heartbeat interval of waiting when the holders are alive.
+them. The cost, when the holders are alive, is at most one of their heartbeat intervals
+— 0.5 s, since a leader holding tasks renews at least that often (leader.py) — and the
+waiting launcher looks again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
+
+**Short claims.** A claim that found less than it asked for (``short``) tells the
+dispatcher the work is running out: no margins from then on, until a claim is full again
+(dispatch.py, "No stranded tails").
 """
 
 from __future__ import annotations
