@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psycopg
 
-from balsam_mpi.client import Client
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 from balsam_mpi.sql import parse_queries
+from balsam_mpi.tasks.client import Client
 
 from .projects import admin_dsn, bench_project
 

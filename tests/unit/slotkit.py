@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from balsam_mpi.node import Node
+from balsam_mpi.node.node import Node
 from balsam_mpi.protocol import Assign, Bye, Drain, EndKind, Finished, RunOrder, Started
 from tests.unit.leaderkit import FakeComm, FakeWorker
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.claims import short
-from balsam_mpi.memstore import MemStore
-from balsam_mpi.orders import ClaimResult
+from balsam_mpi.launcher.claims import short
+from balsam_mpi.launcher.memstore import MemStore
+from balsam_mpi.launcher.orders import ClaimResult
+from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import RunOrder
-from balsam_mpi.storeport import ClaimFilter
 from tests.unit.leaderkit import make
 
 pytestmark = pytest.mark.timeout(60)
