@@ -106,6 +106,7 @@ class Leader:
         # Recalls of queued tasks to free slots (dispatch.rebalance) when work runs out:
         # often enough for a tail of short tasks, rare enough for thousands of ranks.
         self.rebalances = Periodic(0.02, now=True)
+        self.holder_beats = Periodic(HOLDER_BEAT_S, jitter=0.0)
         self.idle_since: float | None = None
         self.draining: str | None = None
         self.byes: set[int] = set()
@@ -149,16 +150,15 @@ class Leader:
         did = self._step_local() or did
         if not self.draining:
             self.claims.refill()
-        # Every node idle: no report will come to share the write, and the claim that
-        # may end the run waits for it (the last wave's ends are the run's tail).
-        self.buffer.flush(urgent=bool(self.buffer) and self.buffer.writing is None
-                          and self.dispatch.all_idle())
+        self.buffer.flush()
         self._poll_kills()
-        if (self.lease_watch.silence() >= HOLDER_BEAT_S and self.kills.where
-                and not self.calls.busy("heartbeat")):
+        if (self.kills.where and self.lease_watch.silence() < self.settings.heartbeat_s
+                and not self.calls.busy("heartbeat") and self.holder_beats.due()):
             # Other launchers whose claims find nothing wait to see every job that holds
             # work their filters match renew its heartbeat before they end (claims.py):
             # while this one holds tasks, renew often, so they end soon after their work.
+            # Only while heartbeats succeed: with the database away the usual period
+            # stands (no flood of failing calls ahead of the writes that wait).
             self.lease_watch.beats.soon()
         self.lease_watch.heartbeat()
         self._watch_lease()

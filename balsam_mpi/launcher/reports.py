@@ -127,13 +127,12 @@ class ReportBuffer:
         if self.journal is not None:
             self.journal.add(self.group, started, finished)
 
-    def due(self, urgent: bool = False) -> bool:
+    def due(self) -> bool:
         if self.suspects:
             return True  # finding a bad report: no pause, the server answered at once
         if not self or not self.retry.ready():
             return False
-        return urgent or len(self) >= self.size or (
-            time.monotonic() - self.oldest >= self.interval_s)
+        return len(self) >= self.size or time.monotonic() - self.oldest >= self.interval_s
 
     def take(self) -> Batch:
         if self.suspects:
@@ -142,10 +141,9 @@ class ReportBuffer:
         return batch
 
     # -- writing ----------------------------------------------------------------------
-    def flush(self, urgent: bool = False) -> bool:
-        """Send the next batch when one is due (or at once if ``urgent``: nothing else
-        will come to share the write) and none is in flight; True if sent."""
-        if self.writing is not None or not self.due(urgent):
+    def flush(self) -> bool:
+        """Send the next batch when one is due and none is in flight; True if sent."""
+        if self.writing is not None or not self.due():
             return False
         batch = self.writing = self.take()
         if batch.finished:
