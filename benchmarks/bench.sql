@@ -97,6 +97,64 @@ RETURNING id;
 -- name: task_ended_at
 SELECT id, extract(epoch FROM ended_at)::float8 FROM tasks WHERE id = ANY (%(ids)s);
 
+-- name: events_cost_setup
+-- event_write_cost.py: an app and a running batch job.
+INSERT INTO apps (name, command) VALUES ('cost', 'true');
+INSERT INTO batch_jobs ("user", host, nodes, ranks, state, started_at, heartbeat_at)
+VALUES ('alice', 'h', 64, 64, 'RUNNING', clock_timestamp(), clock_timestamp());
+
+-- name: events_cost_tasks
+-- ... and n READY tasks to move.
+INSERT INTO tasks (workflow, name, app_id, state, owner)
+SELECT 'wf' || (i %% 2), 't' || i, (SELECT min(id) FROM apps), 'READY', 'alice'
+  FROM generate_series(1, %(n)s) AS i;
+
+-- name: events_cost_without_run_steps
+-- event_write_cost.py's baseline database: the event path as it was before migration
+-- 0010 (0001's trigger function with 0002's and 0007's settings), no run_steps.
+DROP TRIGGER tasks_run_steps_delete ON tasks;
+DROP TRIGGER task_events_run_steps_delete ON task_events;
+DROP TRIGGER batch_jobs_run_steps_delete ON batch_jobs;
+DROP TABLE run_steps;
+ALTER TABLE task_events DROP COLUMN rolled_up, DROP COLUMN weight;
+CREATE OR REPLACE FUNCTION tasks_events_on_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+SET enable_nestloop = off AS $$
+BEGIN
+    INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, message)
+    SELECT n.id, o.state, n.state,
+           CASE
+             WHEN n.state = 'RUNNING' AND n.started_at IS DISTINCT FROM o.started_at
+                  AND n.started_at IS NOT NULL THEN n.started_at
+             WHEN n.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT')
+                  AND n.ended_at IS DISTINCT FROM o.ended_at
+                  AND n.ended_at IS NOT NULL THEN n.ended_at
+             ELSE clock_timestamp()
+           END,
+           coalesce(n.batch_job_id, o.batch_job_id), n.state_message
+      FROM new_rows n JOIN old_rows o ON o.id = n.id
+     WHERE n.state IS DISTINCT FROM o.state;
+    RETURN NULL;
+END $$;
+
+-- name: events_cost_start
+-- A flush of starts: k READY tasks RUNNING, each at its own node time (the last second).
+UPDATE tasks t SET state = 'RUNNING', batch_job_id = (SELECT max(id) FROM batch_jobs),
+       started_at = clock_timestamp() - random() * interval '1 s', claimed_at = now()
+ WHERE t.id = ANY (%(ids)s::bigint[]);
+
+-- name: events_cost_end
+-- A flush of ends: the same tasks RUN_DONE, 0.5 s after their start.
+UPDATE tasks t SET state = 'RUN_DONE', ended_at = t.started_at + interval '0.5 s',
+       exit_code = 0
+ WHERE t.id = ANY (%(ids)s::bigint[]);
+
+-- name: events_cost_finish
+UPDATE tasks t SET state = 'JOB_FINISHED' WHERE t.id = ANY (%(ids)s::bigint[]);
+
+-- name: events_cost_ids
+SELECT id FROM tasks ORDER BY id;
+
 -- name: lock_waits
 -- One sample of the project's client backends: how many wait for a heavyweight lock
 -- (and on what, the first of them), how many run a statement.

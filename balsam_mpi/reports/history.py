@@ -220,6 +220,18 @@ def job_params(jobs: Sequence[BatchJob]) -> dict[str, Any]:
     }
 
 
+def run_bins_params(filters: Filters, jobs: Sequence[BatchJob], window: Window, *,
+                    split: bool = False) -> dict[str, Any]:
+    """``analytics_run_bins``'s parameters: per bin of ``window``, or (``split``) one bin
+    over the whole window per workflow and owner, for the usage report."""
+    return {
+        **filters.task_params(), **job_params(jobs),
+        "e0": window.t0.timestamp(), "e1": window.t1.timestamp(),
+        "width": max(window.span, 1.0) if split else window.width,
+        "nbins": 1 if split else window.nbins, "span": window.span, "split": split,
+    }
+
+
 def load_jobs(conn: psycopg.Connection[Any], filters: Filters) -> list[BatchJob]:
     with db.translated():
         rows = conn.execute(sql.query("analytics_batch_jobs"), filters.job_params()).fetchall()
@@ -274,18 +286,16 @@ def history(conn: psycopg.Connection[Any], filters: Filters) -> History:
     first = np.full(nj, np.nan)
     last = np.full(nj, np.nan)
     if jobs:
-        params = {
-            **filters.task_params(), **job_params(jobs),
-            "e0": window.t0.timestamp(), "e1": window.t1.timestamp(),
-            "width": window.width, "nbins": nb, "span": window.span,
-        }
+        params = run_bins_params(filters, jobs, window)
         with report_transaction(conn):
             rows = conn.execute(sql.query("analytics_run_bins"), params).fetchall()
         if rows:
             index = {j.id: i for i, j in enumerate(jobs)}
-            data = np.array([[index[r[0]], r[1], r[2], r[3], r[4], r[5],
-                              np.nan if r[6] is None else r[6],
-                              np.nan if r[7] is None else r[7]] for r in rows],
+            # (job, bin, workflow, owner, level, partial, node_seconds, done, failed,
+            #  first, last); workflow and owner are NULL: not split
+            data = np.array([[index[r[0]], r[1], r[4], r[5], r[7], r[8],
+                              np.nan if r[9] is None else r[9],
+                              np.nan if r[10] is None else r[10]] for r in rows],
                             dtype=np.float64)
             ji, bi = data[:, 0].astype(np.intp), data[:, 1].astype(np.intp)
             level[ji, bi] = data[:, 2]

@@ -17,9 +17,9 @@ from .history import (
     FloatArray,
     Window,
     choose_window,
-    job_params,
     load_jobs,
     report_transaction,
+    run_bins_params,
 )
 from .timefmt import iso
 
@@ -44,13 +44,13 @@ def usage(conn: psycopg.Connection[Any], filters: Filters) -> tuple[Window, list
     window = choose_window(conn, jobs, filters)
     if not jobs:
         return window, []
-    params = {**filters.task_params(), **job_params(jobs),
-              "e0": window.t0.timestamp(), "e1": window.t1.timestamp()}
+    params = run_bins_params(filters, jobs, window, split=True)
     with report_transaction(conn):
-        rows = conn.execute(sql.query("analytics_usage"), params).fetchall()
+        rows = conn.execute(sql.query("analytics_run_bins"), params).fetchall()
     users = {j.id: j.user for j in jobs}
-    return window, [UsageRow(r[0], users[r[0]], r[1], r[2], max(0.0, float(r[3] or 0.0)),
-                             int(r[4]), int(r[5])) for r in rows]
+    # (job, bin 0, workflow, owner, level, partial, node_seconds, done, failed, ...)
+    return window, [UsageRow(r[0], users[r[0]], r[2], r[3], max(0.0, float(r[6] or 0.0)),
+                             int(r[7]), int(r[8])) for r in rows]
 
 
 def usage_summary(rows: list[UsageRow]) -> dict[str, list[dict[str, Any]]]:

@@ -43,90 +43,207 @@ SELECT set_config('jit', 'off', true), set_config('work_mem', '128MB', true),
 SELECT set_config('enable_sort', 'on', true)
 
 -- name: analytics_run_bins
--- Per (batch job, bin): the change of busy nodes across the bin (level_change), the
--- node-seconds the steps inside the bin contribute before its end (partial_node_seconds),
--- runs that ended well or badly, and the first run start / last run end (seconds from t0).
--- Times are epoch seconds (float8: cheaper than interval arithmetic, microsecond-exact at
--- today's epochs), clipped to the job's own life, then to the report window [e0, e1]; a
--- run that ends exactly at e1 (often: at its job's end) counts, in the last bin.
-WITH marks AS (
-    SELECT e.batch_job_id AS job_id, e.to_state,
+-- Per (batch job, bin), and also per workflow and owner when `split` (the usage report:
+-- one bin), from the steps of the runs:
+--   level_change          the change of busy nodes across the bin,
+--   partial_node_seconds  the node-seconds the steps inside the bin add before its end,
+--   node_seconds          -sum(w * x): the runs' node-seconds clipped to the window,
+--   done / failed         runs that ended well / badly inside the window,
+--   first_start, last_end the first run start and last run end (seconds from e0).
+-- A step's time is clipped to its batch job's life [s, e], then to the window [e0, e1];
+-- x is that minus e0; the step is inside when its job-clipped time is in [e0, e1]; its
+-- bin is least(floor(x / width), nbins - 1), so a run ending exactly at e1 counts, in the
+-- last bin. Times are epoch seconds (float8: microsecond-exact at today's epochs).
+--
+-- The steps come from run_steps (0010), read whole where a 10 s bucket allows it, else
+-- from the events themselves:
+--   * a bucket wholly before or after its job's life, or wholly outside the window, puts
+--     all its steps at one point ('C', at c); a bucket inside the job's life, the window
+--     and one bin keeps them apart by its moment ('I'): x = lo - e0 plus each step's
+--     offset inside the bucket, whose sum w-weighted is the moment;
+--   * any other bucket ('R': cut by s, e, e0, e1 or a bin boundary, or marked dirty) is
+--     read from task_events by the id ranges its rows summed, each event weighed by the
+--     weight stored on it (unless the bucket is dirty or the report picks or splits by
+--     workflow or owner: then joined to its task, as every report did before 0010); so
+--     are events not rolled up (partial index), always joined to their tasks;
+--   * runs still open (their task is RUNNING now) end when their batch job stops.
+WITH j AS MATERIALIZED (
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
+           AS j(id, s, e)
+), p AS MATERIALIZED (  -- the window, as typed values
+    SELECT %(e0)s::float8 AS e0, %(e1)s::float8 AS e1, %(width)s::float8 AS width,
+           %(nbins)s::int AS nbins, %(span)s::float8 AS span, %(split)s::boolean AS split,
+           %(workflow)s::text AS workflow, %(owner)s::text AS owner,
+           run_step_seconds()::float8 AS step
+), grouped AS (
+    SELECT r.batch_job_id AS job_id, r.bucket,
+           CASE WHEN p.split THEN r.workflow END AS workflow,
+           CASE WHEN p.split THEN r.owner END AS owner,
+           count(*) FILTER (WHERE r.starts + r.ends > 0) AS n,
+           sum(r.level_change) AS sum_w, sum(r.moment) AS moment,
+           sum(r.starts) AS starts, sum(r.ends) AS ends, sum(r.done) AS done,
+           sum(r.failed) AS failed, min(r.first_start) AS first_start,
+           max(r.last_end) AS last_end
+      FROM run_steps r
+      JOIN j ON j.id = r.batch_job_id
+     CROSS JOIN p
+     WHERE (p.workflow IS NULL OR r.workflow = p.workflow)
+       AND (p.owner IS NULL OR r.owner = p.owner)
+     GROUP BY 1, 2, 3, 4
+), dirty AS (  -- over every row of a bucket, whatever the filters pick
+    SELECT DISTINCT r.batch_job_id AS job_id, r.bucket
+      FROM run_steps r JOIN j ON j.id = r.batch_job_id
+     WHERE r.dirty
+), cut AS (
+    SELECT g.*, b.lo, b.lo + p.step AS hi, j.s, j.e, p.e0, p.e1,
+           floor((b.lo - p.e0) / p.width) AS k,
+           CASE WHEN b.lo + p.step <= j.s THEN j.s WHEN b.lo >= j.e THEN j.e ELSE b.lo END
+             AS c
+      FROM grouped g
+      JOIN j ON j.id = g.job_id
+     CROSS JOIN p
+     CROSS JOIN LATERAL (SELECT g.bucket::float8 AS lo) b
+), classified AS (
+    SELECT c.*,
+           CASE
+             WHEN EXISTS (SELECT 1 FROM dirty d WHERE d.job_id = c.job_id
+                                                 AND d.bucket = c.bucket) THEN 'R'
+             WHEN c.hi <= c.s OR c.lo >= c.e THEN 'C'        -- clipped to the job's start / end
+             WHEN c.lo < c.s OR c.hi > c.e THEN 'R'          -- cut by the job's start or end
+             WHEN c.hi <= c.e0 OR c.lo > c.e1 THEN 'C'       -- wholly outside the window
+             WHEN c.lo < c.e0 OR c.hi > c.e1 THEN 'R'        -- cut by the window
+             WHEN c.k >= p.nbins - 1 OR c.hi - c.e0 <= (c.k + 1) * p.width THEN 'I'
+             ELSE 'R'                                        -- cut by a bin boundary
+           END AS kind
+      FROM cut c CROSS JOIN p
+), raw_buckets AS MATERIALIZED (
+    -- a dirty bucket even when the filters pick none of its rows: a task modified since
+    -- its run has its steps under its old workflow there, and counts under its new one
+    SELECT job_id, bucket FROM classified WHERE kind = 'R'
+    UNION
+    SELECT job_id, bucket FROM dirty
+), raw_ranges AS (
+    -- the event ids their rows summed (all rows, whatever the filters pick), overlapping
+    -- ranges merged so that no event is read twice
+    SELECT min(lo) AS lo, max(hi) AS hi
+      FROM (SELECT lo, hi, count(*) FILTER (WHERE fresh) OVER (ORDER BY lo, hi) AS island
+              FROM (SELECT lo, hi,
+                           lo > coalesce(max(hi) OVER (ORDER BY lo, hi ROWS BETWEEN
+                                                       UNBOUNDED PRECEDING AND 1 PRECEDING),
+                                         lo - 1) AS fresh
+                      FROM (SELECT r.first_event AS lo, r.last_event AS hi
+                              FROM run_steps r
+                              JOIN raw_buckets rb ON rb.job_id = r.batch_job_id
+                                                 AND rb.bucket = r.bucket
+                             WHERE r.first_event IS NOT NULL) ids) marked) grouped_ids
+     GROUP BY island
+), raw_events AS (
+    -- rolled-up events of the cut buckets, by id (the primary key), with their weight
+    -- where their bucket is not dirty (no task in it changed shape or went away since)
+    SELECT e.task_id, e.batch_job_id, e.from_state, e.to_state, e.at,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM dirty d
+                                  WHERE d.job_id = e.batch_job_id
+                                    AND d.bucket = run_step_bucket(e.at))
+                THEN e.weight END AS weight
+      FROM raw_ranges rr
+     CROSS JOIN LATERAL (
+            SELECT ev.task_id, ev.batch_job_id, ev.from_state, ev.to_state, ev.at, ev.weight
+              FROM task_events ev
+             WHERE ev.id BETWEEN rr.lo AND rr.hi AND ev.rolled_up
+               AND (ev.to_state = 'RUNNING' OR ev.from_state = 'RUNNING')
+            OFFSET 0) e
+     WHERE EXISTS (SELECT 1 FROM raw_buckets rb WHERE rb.job_id = e.batch_job_id
+                                                 AND rb.bucket = run_step_bucket(e.at))
+    UNION ALL
+    -- events not rolled up, wherever they fall (none of them is in run_steps)
+    SELECT ev.task_id, ev.batch_job_id, ev.from_state, ev.to_state, ev.at, NULL::float8
+      FROM task_events ev
+     WHERE NOT ev.rolled_up AND (ev.to_state = 'RUNNING' OR ev.from_state = 'RUNNING')
+       AND ev.batch_job_id = ANY (%(job_ids)s::bigint[])
+), steps AS (
+    -- raw steps at their job-clipped time tj: weighed by the event itself when it has
+    -- its weight and the report neither picks nor splits by workflow or owner (a
+    -- million-row report reads 300,000 of these when its range is off the 10 s grid) …
+    SELECT e.batch_job_id AS job_id, NULL::text AS workflow, NULL::text AS owner, e.to_state,
+           CASE WHEN e.to_state = 'RUNNING' THEN 1.0::float8 ELSE -1.0::float8 END
+             * e.weight AS w,
+           least(greatest(date_part('epoch', e.at), j.s), j.e) AS tj
+      FROM raw_events e
+      JOIN j ON j.id = e.batch_job_id
+     CROSS JOIN p
+     WHERE e.weight IS NOT NULL AND NOT p.split AND p.workflow IS NULL AND p.owner IS NULL
+    UNION ALL
+    -- … else by its task as it is now
+    SELECT e.batch_job_id AS job_id,
+           CASE WHEN p.split THEN t.workflow END AS workflow,
+           CASE WHEN p.split THEN t.owner END AS owner, e.to_state,
            CASE WHEN e.to_state = 'RUNNING' THEN 1.0::float8 ELSE -1.0::float8 END
              * t.num_nodes / t.node_packing_count AS w,
-           least(greatest(date_part('epoch', e.at), j.s), j.e) AS at
-      FROM task_events e
-      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
-           AS j(id, s, e) ON j.id = e.batch_job_id
+           least(greatest(date_part('epoch', e.at), j.s), j.e) AS tj
+      FROM (SELECT e.* FROM raw_events e CROSS JOIN p
+             WHERE e.weight IS NULL OR p.split OR p.workflow IS NOT NULL
+                OR p.owner IS NOT NULL
+            OFFSET 0) e  -- a fence: only these are joined to their tasks
+      JOIN j ON j.id = e.batch_job_id
+     CROSS JOIN p
       JOIN tasks t ON t.id = e.task_id
-     WHERE (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING')
-       AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
-       AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
+     WHERE (p.workflow IS NULL OR t.workflow = p.workflow)
+       AND (p.owner IS NULL OR t.owner = p.owner)
     UNION ALL
     -- runs still open: their task is RUNNING now; they end when the job stops
-    SELECT t.batch_job_id, NULL, -1.0::float8 * t.num_nodes / t.node_packing_count, j.e
-      FROM tasks t
-      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
-           AS j(id, s, e) ON j.id = t.batch_job_id
-     WHERE t.state = 'RUNNING'
-       AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
-       AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
-), rel AS (
-    SELECT job_id, to_state, w, at >= %(e0)s::float8 AND at <= %(e1)s::float8 AS inside,
-           least(greatest(at, %(e0)s::float8), %(e1)s::float8) - %(e0)s::float8 AS x
-      FROM marks
-    OFFSET 0  -- a fence: x is computed once per row, not once per use below
+    -- (found by state: a batch job's own index would visit every task it ever ran)
+    SELECT t.batch_job_id, CASE WHEN p.split THEN t.workflow END,
+           CASE WHEN p.split THEN t.owner END, NULL,
+           -1.0::float8 * t.num_nodes / t.node_packing_count, j.e
+      FROM (SELECT x.batch_job_id, x.workflow, x.owner, x.num_nodes, x.node_packing_count
+              FROM tasks x WHERE x.state = 'RUNNING' OFFSET 0) t
+      JOIN j ON j.id = t.batch_job_id
+     CROSS JOIN p
+     WHERE (p.workflow IS NULL OR t.workflow = p.workflow)
+       AND (p.owner IS NULL OR t.owner = p.owner)
+), pieces AS (
+    -- (x, steps' sum, moment, counts inside the window, first start, last end)
+    SELECT s.job_id, s.workflow, s.owner, q.x, s.w AS sum_w, 0.0::float8 AS moment,
+           (q.inside AND s.w < 0
+              AND s.to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED'))::int AS done,
+           (q.inside AND s.w < 0
+              AND s.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED'))::int AS failed,
+           CASE WHEN s.w > 0 AND q.inside THEN q.x END AS first_x,
+           CASE WHEN s.w < 0 THEN q.x END AS last_x
+      FROM steps s
+     CROSS JOIN p
+     CROSS JOIN LATERAL (SELECT least(greatest(s.tj, p.e0), p.e1) - p.e0 AS x,
+                                s.tj >= p.e0 AND s.tj <= p.e1 AS inside) q
+    UNION ALL
+    SELECT c.job_id, c.workflow, c.owner, q.x, c.sum_w,
+           CASE WHEN c.kind = 'I' THEN c.moment ELSE 0.0 END,
+           CASE WHEN q.inside THEN c.done ELSE 0 END,
+           CASE WHEN q.inside THEN c.failed ELSE 0 END,
+           CASE WHEN c.starts > 0 AND q.inside
+                THEN q.x + CASE WHEN c.kind = 'I' THEN c.first_start ELSE 0.0 END END,
+           CASE WHEN c.ends > 0
+                THEN q.x + CASE WHEN c.kind = 'I' THEN c.last_end ELSE 0.0 END END
+      FROM classified c
+     CROSS JOIN LATERAL (
+            SELECT CASE WHEN c.kind = 'I' THEN c.lo - c.e0
+                        ELSE least(greatest(c.c, c.e0), c.e1) - c.e0 END AS x,
+                   c.kind = 'I' OR c.c >= c.e0 AND c.c <= c.e1 AS inside) q
+     WHERE c.kind <> 'R' AND c.n > 0
 ), binned AS (
-    SELECT *, least(floor(x / %(width)s::float8)::int, %(nbins)s::int - 1) AS bin FROM rel
+    SELECT pc.*, least(floor(pc.x / p.width)::int, p.nbins - 1) AS bin,
+           p.width, p.span
+      FROM pieces pc CROSS JOIN p
     OFFSET 0
 )
-SELECT job_id, bin,
-       sum(w) AS level_change,
-       sum(w * (least((bin + 1) * %(width)s::float8, %(span)s::float8) - x))
-         AS partial_node_seconds,
-       count(*) FILTER (WHERE inside AND w < 0
-                          AND to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')) AS done,
-       count(*) FILTER (WHERE inside AND w < 0
-                          AND to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')) AS failed,
-       min(x) FILTER (WHERE w > 0 AND inside) AS first_start,
-       max(x) FILTER (WHERE w < 0 AND x > 0) AS last_end
+SELECT job_id, bin, workflow, owner,
+       sum(sum_w) AS level_change,
+       sum(sum_w * (least((bin + 1) * width, span) - x) - moment) AS partial_node_seconds,
+       -sum(sum_w * x + moment) AS node_seconds,
+       sum(done) AS done, sum(failed) AS failed,
+       min(first_x) AS first_start,
+       max(last_x) FILTER (WHERE last_x > 0) AS last_end
   FROM binned
- GROUP BY job_id, bin
-
--- name: analytics_usage
--- Busy node-seconds and runs per (batch job, workflow, task owner) inside [e0, e1]:
--- over a run's two steps, -sum(w * t) = -(w * start - w * end) = w * (end - start), so no
--- pairing is needed. Times as in analytics_run_bins.
-WITH marks AS (
-    SELECT e.batch_job_id AS job_id, t.workflow, t.owner, e.to_state,
-           CASE WHEN e.to_state = 'RUNNING' THEN 1.0::float8 ELSE -1.0::float8 END
-             * t.num_nodes / t.node_packing_count AS w,
-           least(greatest(date_part('epoch', e.at), j.s), j.e) AS at
-      FROM task_events e
-      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
-           AS j(id, s, e) ON j.id = e.batch_job_id
-      JOIN tasks t ON t.id = e.task_id
-     WHERE (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING')
-       AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
-       AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
-    UNION ALL
-    SELECT t.batch_job_id, t.workflow, t.owner, NULL,
-           -1.0::float8 * t.num_nodes / t.node_packing_count, j.e
-      FROM tasks t
-      JOIN unnest(%(job_ids)s::bigint[], %(job_s)s::float8[], %(job_e)s::float8[])
-           AS j(id, s, e) ON j.id = t.batch_job_id
-     WHERE t.state = 'RUNNING'
-       AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
-       AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
-)
-SELECT job_id, workflow, owner,
-       -sum(w * (least(greatest(at, %(e0)s::float8), %(e1)s::float8) - %(e0)s::float8))
-         AS node_seconds,
-       count(*) FILTER (WHERE w < 0 AND at >= %(e0)s::float8 AND at <= %(e1)s::float8
-                          AND to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')) AS done,
-       count(*) FILTER (WHERE w < 0 AND at >= %(e0)s::float8 AND at <= %(e1)s::float8
-                          AND to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')) AS failed
-  FROM marks
- GROUP BY job_id, workflow, owner
+ GROUP BY job_id, bin, workflow, owner
 
 -- name: analytics_latency
 -- Each task's latest pass: when it last became runnable (its latest READY or RESTART_READY

@@ -5,6 +5,13 @@ Events are written by hand with the event triggers switched off for the session
 the answers can be computed by hand. One test elsewhere goes through the real triggers.
 The histories are written as the database superuser (fixture ``admin``) and read back
 through the ordinary connection (``conn``), as a user would. This module holds no tests.
+
+``admin`` is parametrized: every test that uses it runs twice, once with its run events
+left for the reports to read one by one ("events": rolled_up false, as events written by
+hand are) and once with them summed into run_steps as the event trigger would have
+("run_steps": rolled_up true and weighed, that batch job's rows rebuilt after each
+event), so both
+paths of the reports must give the same figures (migration 0010).
 """
 
 from __future__ import annotations
@@ -22,13 +29,23 @@ from balsam_mpi.dbctl import lifecycle
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture()
-def admin(pg_project: Project, dbname: str) -> Iterator[psycopg.Connection[Any]]:
+# id(connection) of the admin connections whose Builder writes rolled-up run events
+ROLLED_UP: set[int] = set()
+
+
+@pytest.fixture(params=["events", "run_steps"])
+def admin(pg_project: Project, dbname: str,
+          request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
     """The database superuser on this test's copy: only it may write task_events by hand
     (members cannot; the history is insert-only through the triggers)."""
     info = pg_project.read_server_info()
     with lifecycle.admin_connect(pg_project, info, dbname) as connection:
-        yield connection
+        if request.param == "run_steps":
+            ROLLED_UP.add(id(connection))
+        try:
+            yield connection
+        finally:
+            ROLLED_UP.discard(id(connection))
 
 
 def at(seconds: float) -> datetime:
@@ -40,6 +57,7 @@ class Builder:
         self.conn = conn
         if not triggers:
             conn.execute("SET session_replication_role = replica")
+        self.rolled_up = id(conn) in ROLLED_UP and not triggers
         self.apps: dict[str, int] = {}
         self.app("sim")
 
@@ -79,9 +97,15 @@ class Builder:
 
     def event(self, task: int, src: str | None, dst: str, when: float,
               job: int | None = None) -> None:
+        run_step = self.rolled_up and job is not None and "RUNNING" in (src, dst)
         self.conn.execute(
-            "INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id) "
-            "VALUES (%s, %s, %s, %s, %s)", (task, src, dst, at(when), job))
+            "INSERT INTO task_events (task_id, from_state, to_state, at, batch_job_id, "
+            "rolled_up, weight) SELECT %s, %s, %s, %s, %s, %s, "
+            "CASE WHEN %s THEN t.num_nodes::float8 / t.node_packing_count END "
+            "FROM tasks t WHERE t.id = %s",
+            (task, src, dst, at(when), job, run_step, run_step, task))
+        if run_step:
+            self.conn.execute("SELECT run_steps_rebuild(%s)", ([job],))
 
     def run(self, task: int, job: int, start: float, end: float | None = None,
             end_state: str = "RUN_DONE", src: str = "READY") -> None:

@@ -149,12 +149,37 @@ def test_no_member_or_viewer_locks_a_table_launchers_write(mu: Runner,
                                                            world: dict[str, int]) -> None:
     """`LOCK TABLE tasks` by a member stalled every launcher and `ls`."""
     for user in (MEMBER, VIEWER):
-        for table in ("tasks", "batch_jobs", "task_deps", "task_events"):
+        for table in ("tasks", "batch_jobs", "task_deps", "task_events", "run_steps"):
             # LOCK needs a transaction: two statements in one string run in one
             statements = [f"LOCK TABLE {table} IN {mode} MODE; SELECT 1"
                           for mode in ("ROW EXCLUSIVE", "SHARE", "EXCLUSIVE",
                                        "ACCESS EXCLUSIVE")]
             _refused(mu.probe(user, statements))
+
+
+def test_the_reports_run_steps_are_read_by_all_and_written_by_the_triggers_only(
+        mu: Runner, world: dict[str, int]) -> None:
+    """run_steps (0010) is what the utilization reports add up: a member who could write
+    it would bill work to anyone's batch job, one who could lock it would stall every
+    launcher's flush."""
+    steps = _rows(mu.probe(OWNER, ["SELECT count(*) FROM run_steps"]))
+    forged = ("INSERT INTO run_steps (batch_job_id, bucket, workflow, owner, writer, "
+              "level_change, starts) VALUES (%s, 0, 'attack', 'x', 1, 1000, 1)",
+              [world["job"]])
+    for user in (MEMBER, VIEWER):
+        lines = _refused(mu.probe(user, [
+            forged,
+            "UPDATE run_steps SET level_change = level_change + 1",
+            "DELETE FROM run_steps",
+            "TRUNCATE run_steps",
+            "SELECT * FROM run_steps FOR UPDATE",
+            "SELECT * FROM run_steps FOR KEY SHARE",
+            ("SELECT run_steps_rebuild(%s)", [[world["job"]]]),
+            ("SELECT run_steps_mark_dirty(%s)", [[world["mine"]]]),
+        ]))
+        assert all("permission denied" in line for line in lines), lines
+        assert _rows(mu.probe(user, ["SELECT count(*) FROM run_steps"])) == steps
+    assert _rows(mu.probe(VIEWER, ["SELECT count(*) FROM run_steps"], route="tcp")) == steps
 
 
 def test_a_viewer_can_call_none_of_the_writing_functions(mu: Runner,
