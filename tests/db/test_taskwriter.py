@@ -75,7 +75,7 @@ def test_the_leader_writes_each_request_through_its_store_connection(
             {"app": "hello", "workflow": "w", "params": {"who": "2"}, "parents": ["k"]},
             {"app": "hello", "workflow": "w", "params": {"who": "3"}, "key": "k"})
         bad: tuple[dict[str, Any], ...] = ({"app": "nope", "workflow": "w"},)
-        answers = adds.write(store, pg_project, [(1, 7, good), (2, 8, bad), (-1, 9, good)])
+        answers = adds.write(store, [(1, 7, good), (2, 8, bad), (-1, 9, good)])
     finally:
         store.close()
     (r1, q1, ids1, e1), (r2, q2, ids2, e2), (r3, q3, ids3, e3) = answers
