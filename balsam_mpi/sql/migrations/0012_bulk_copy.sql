@@ -58,7 +58,8 @@ BEGIN
         failed_by            bigint,
         data                 jsonb NOT NULL DEFAULT '{}'
     ) ON COMMIT DELETE ROWS;
-    REVOKE ALL ON pg_temp.task_stage FROM PUBLIC;
+    -- 0002's default privileges gave members and viewers SELECT: only INSERT is needed.
+    REVOKE ALL ON pg_temp.task_stage FROM PUBLIC, balsam_member, balsam_viewer;
     GRANT INSERT ON pg_temp.task_stage TO balsam_member;
 END $$;
 
