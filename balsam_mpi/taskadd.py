@@ -21,8 +21,9 @@ reported under that input's own name, as the client's own checks are.
 from __future__ import annotations
 
 import re
-from operator import itemgetter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import pairwise
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from . import db, sql, validate
@@ -107,7 +108,7 @@ def chunks(n: int) -> list[tuple[int, int]]:
     bounds = [0, min(n, FIRST_CHUNK)]
     while bounds[-1] < n:
         bounds.append(min(n, bounds[-1] + CHUNK))
-    return list(zip(bounds, bounds[1:]))
+    return list(pairwise(bounds))
 
 
 class TaskWriter:
