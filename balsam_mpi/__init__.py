@@ -13,18 +13,18 @@ __version__ = "0.1.0"
 __all__ = ["BalsamError", "Client", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
-    from .client import Client
-    from .errors import BalsamError
+    from .base.errors import BalsamError
+    from .tasks.client import Client
 
 
 def __getattr__(name: str) -> Any:
     # Lazy attributes keep `import balsam_mpi` cheap and free of mpi4py/psycopg.
     if name == "Client":
-        from .client import Client
+        from .tasks.client import Client
 
         return Client
     if name == "BalsamError":
-        from .errors import BalsamError
+        from .base.errors import BalsamError
 
         return BalsamError
     raise AttributeError(f"module 'balsam_mpi' has no attribute {name!r}")

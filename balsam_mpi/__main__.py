@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def main() -> None:
-    from .launch import main as launch_main
+    from .launcher.launch import main as launch_main
 
     launch_main()
 

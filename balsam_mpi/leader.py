@@ -1,20 +1,20 @@
 """Rank 0: the only process that talks to Postgres.
 
 One loop, never blocking. Each turn: serve worker messages (every REPORT is answered at
-once with an ASSIGN, maybe empty), take in the database calls that finished (``calls.py``:
+once with an ASSIGN, maybe empty), take in the database calls that finished (``launcher/calls.py``:
 each runs its callback here, on this thread), watch that every worker still answers
-(``liveness.py``), place claimed tasks (``dispatch.py``: the leader's own node first),
+(``launcher/liveness.py``), place claimed tasks (``launcher/dispatch.py``: the leader's own node first),
 step the in-process local node (the one place it is driven), then start what is due in
-the background: a claim for what the nodes can start soon (``claims.py``), a flush of
-buffered reports (``buffer.py``), the kill poll (``kills.py``), the heartbeat and the
-sweep of other jobs' leases (``lease.py``). When nothing is left for this launcher's
+the background: a claim for what the nodes can start soon (``launcher/claims.py``), a flush of
+buffered reports (``launcher/reports.py``), the kill poll (``launcher/kills.py``), the heartbeat and the
+sweep of other jobs' leases (``launcher/lease.py``). When nothing is left for this launcher's
 filters it drains the workers, writes what it holds and closes its batch job
-(``closing.py``) — still in a loop that heartbeats, so a slow or failing final write
+(``launcher/closing.py``) — still in a loop that heartbeats, so a slow or failing final write
 never lets the lease run out unnoticed. Waiting sleeps in ``epoll`` on the local tasks
 and the database thread's eventfd with a capped backoff, so an idle leader costs a
 fraction of a percent of a core.
 
-Every database call goes through the store port (``storeport.py``), so this loop runs
+Every database call goes through the store port (``launcher/storeport.py``), so this loop runs
 as well over the in-memory store of the unit tests as over PostgreSQL.
 """
 
@@ -24,22 +24,25 @@ import logging
 import time
 from collections.abc import Iterable
 
-from .adds import AddService
-from .buffer import ReportBuffer
-from .calls import Calls
-from .claims import Claims
-from .cleantext import one_line
-from .closing import Closing
-from .comm import Comm
-from .config import Settings
-from .dispatch import Dispatcher
-from .journal import Journal
-from .lease import LeaseWatch
-from .liveness import WorkerWatch
-from .node import Node
-from .orders import ClaimResult, OrderBuilder
-from .pacing import Backoff, Periodic
-from .project import Project
+from .base.cleantext import one_line
+from .base.pacing import Backoff, Periodic
+from .base.project import Project
+from .launcher.adds import AddService
+from .launcher.calls import Calls
+from .launcher.claims import Claims
+from .launcher.closing import Closing
+from .launcher.comm import Comm
+from .launcher.config import Settings
+from .launcher.dispatch import Dispatcher
+from .launcher.journal import Journal
+from .launcher.lease import LeaseWatch
+from .launcher.liveness import WorkerWatch
+from .launcher.orders import ClaimResult, OrderBuilder
+from .launcher.reports import ReportBuffer
+from .launcher.storeport import ClaimFilter, Lease, StorePort
+from .launcher.workerview import WorkerView
+from .node.channel import TaskChannel
+from .node.node import Node
 from .protocol import (
     PROTOCOL_VERSION,
     AddTasks,
@@ -55,9 +58,6 @@ from .protocol import (
     Started,
     WorkerFailed,
 )
-from .storeport import ClaimFilter, Lease, StorePort
-from .taskchan import TaskChannel
-from .workerview import WorkerView
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class Leader:
 
     def _watch_lease(self) -> None:
         """Requeue other jobs' expired leases now and then; stop this leader's tasks
-        once it has gone half its lease without renewing it (lease.py)."""
+        once it has gone half its lease without renewing it (launcher/lease.py)."""
         if self.draining:
             return
         silent = self.lease_watch.silent_for()
@@ -338,7 +338,7 @@ class Leader:
 
     def finish(self, reason: str) -> bool:
         """Write everything held and close the batch job; True once it is closed (a loop
-        that keeps heartbeating: ``closing.py``)."""
+        that keeps heartbeating: ``launcher/closing.py``)."""
         return Closing(self.calls, self.store, self.lease, self.buffer, self.lease_watch,
                        self.local, journal=self.journal,
                        lease_s=self.settings.lease_s).run(reason)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
-from .errors import BalsamError
+from .base.errors import BalsamError
 
 PROTOCOL_VERSION = 5
 LOCAL = 0  # the leader's rank: its own node runs in-process, without messages

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import BalsamError
+from .base.errors import BalsamError
 
 SOCKET_ENV = "BALSAM_TASK_SOCKET"
 TASK_ENV = "BALSAM_TASK_ID"

@@ -12,11 +12,11 @@ import logging
 import os
 import time
 
-from .comm import Comm
-from .node import Node
-from .pacing import Backoff
+from .base.pacing import Backoff
+from .launcher.comm import Comm
+from .node.channel import TaskChannel
+from .node.node import Node
 from .protocol import LOCAL, AddTasks, Assign, Bye, Drain, EndKind, Hello
-from .taskchan import TaskChannel
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Worker:
         self.report_interval_s = report_interval_s  # a report is also the heartbeat
         self.drain_grace_s = drain_grace_s
         self.idle = Backoff(0.001, poll_cap_s)  # the idle sleep between probes
-        self.chan = chan  # task_api requests of this node's tasks (taskchan.py)
+        self.chan = chan  # task_api requests of this node's tasks (node/channel.py)
         self.draining: Drain | None = None
         self.stop_reason: str | None = None  # set by a signal handler
 

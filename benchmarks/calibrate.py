@@ -2,7 +2,7 @@
 
 The launcher does not log how long each claim or flush took (its database calls run on a
 thread the profiler does not see), so these are timed here, outside a launcher, through
-the same :class:`balsam_mpi.store.Store` calls the leader makes: a claim of k rows, and a
+the same :class:`balsam_mpi.launcher.store.Store` calls the leader makes: a claim of k rows, and a
 report of k starts and of k ends, for several k. A straight line a + b·k is fitted to
 each (the fixed cost of a round trip and statement, and the cost per row), on relative
 errors.
@@ -14,10 +14,10 @@ import statistics
 import time
 from typing import Any
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter
 
 from . import launcher_common as lc
 

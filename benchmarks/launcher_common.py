@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from balsam_mpi import sql
-from balsam_mpi.demo import find_mpiexec
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
+from balsam_mpi.demo.run import find_mpiexec
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import time
 
 import launcher_common as lc
 
-from balsam_mpi.demo import find_mpiexec
+from balsam_mpi.demo.run import find_mpiexec
 
 
 def cpu_s(pid: int) -> float:

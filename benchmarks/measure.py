@@ -2,7 +2,7 @@
 
 The launcher itself comes from ``launcher_common`` (the launcher's own benchmark helpers);
 this module only reads what a run left behind. Utilization and time to first task come
-from :mod:`balsam_mpi.analytics` over the task events, so a benchmark and
+from :mod:`balsam_mpi.reports.history` over the task events, so a benchmark and
 ``balsam-mpi report`` give the same number for the same run.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 
 from . import launcher_common as lc
 from .projects import bench_query
@@ -60,7 +60,7 @@ def task_times(conn: Any, limit: int = 100_000) -> list[list[float]]:
 def job_utilization(conn: Any) -> dict[str, float]:
     """Per batch job (the only ones in a reset project): utilization, time to first task
     and idle tail, exactly as `balsam-mpi report jobs` computes them."""
-    from balsam_mpi.analytics import Filters, history
+    from balsam_mpi.reports.history import Filters, history
 
     h = history(conn, Filters())
     rows = h.job_rows()
@@ -76,7 +76,7 @@ def job_utilization(conn: Any) -> dict[str, float]:
 
 
 def per_job(conn: Any) -> list[dict[str, Any]]:
-    from balsam_mpi.analytics import Filters, history
+    from balsam_mpi.reports.history import Filters, history
 
     keep = ("id", "user", "nodes", "utilization", "done", "failed", "first_task_seconds",
             "idle_tail_seconds", "wall_seconds")

@@ -1,8 +1,8 @@
 """A discrete-event model of the launcher: leaders, their database thread, worker nodes.
 
-It follows the launcher's own rules (leader.py, dispatch.py): a node holds up to its
+It follows the launcher's own rules (leader.py, launcher/dispatch.py): a node holds up to its
 capacity plus a margin in tasks (running + queued + assigned on the way), the margin
-following the node's pace (:class:`balsam_mpi.resources.Pace`, used as is: what the node
+following the node's pace (:class:`balsam_mpi.node.resources.Pace`, used as is: what the node
 finishes in ``claim_horizon_s``, between 0.05 and ``claim_margin_max`` of a node,
 ``claim_margin`` until two completions are seen); the leader
 answers every REPORT at once with an ASSIGN from its pool; it keeps one claim in flight,
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from balsam_mpi.workerview import Pace
+from balsam_mpi.launcher.workerview import Pace
 
 from .model_params import ASSUMPTIONS, Case, Costs, Policy, interpolate
 

@@ -1,5 +1,5 @@
 """The leader's CPU cost of one REPORT and its ASSIGN answer, with the launcher's own
-messages and :class:`balsam_mpi.comm.Comm` (run under ``mpiexec -n 2``).
+messages and :class:`balsam_mpi.launcher.comm.Comm` (run under ``mpiexec -n 2``).
 
 Rank 1 plays a worker: bursts of REPORTs carrying ``items`` finished tasks each; rank 0
 plays the leader's messaging: receive each, answer with an empty ASSIGN. Rank 0 prints
@@ -19,8 +19,8 @@ import time
 def main() -> None:
     from mpi4py import MPI
 
-    from balsam_mpi.comm import Comm
-    from balsam_mpi.pacing import Backoff
+    from balsam_mpi.base.pacing import Backoff
+    from balsam_mpi.launcher.comm import Comm
     from balsam_mpi.protocol import Assign, EndKind, Finished, Report
 
     comm = Comm(MPI.COMM_WORLD)

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 from balsam_mpi.sql import parse_queries
 
 SQL_FILE = Path(__file__).resolve().parent / "bench.sql"

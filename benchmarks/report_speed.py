@@ -96,8 +96,8 @@ GENERATE = [
 @contextlib.contextmanager
 def _database(project_path: str | None, keep: bool = False,
               reuse: str | None = None) -> Iterator[tuple[Any, str]]:
+    from balsam_mpi.base.project import Project
     from balsam_mpi.dbctl import testing
-    from balsam_mpi.project import Project
 
     name = reuse or f"bench_report_{os.getpid()}"
     if project_path:
@@ -203,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from click.testing import CliRunner
 
-    from balsam_mpi import analytics, analytics_tables, db
-    from balsam_mpi.analytics import Filters
+    from balsam_mpi.base import db
     from balsam_mpi.cli import cli
+    from balsam_mpi.reports import history, tables
+    from balsam_mpi.reports.history import Filters
 
     with _database(args.project, args.keep, args.reuse) as (project, dbname):
         facts = _count(project, dbname) if args.reuse else _generate(project, dbname, args)
@@ -219,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         with db.connect(project, dbname=dbname, autocommit=True) as conn:
             calls: dict[str, Callable[[], Any]] = {
                 "utilization / throughput / jobs (history)":
-                    lambda: analytics.history(conn, Filters()),
-                "utilization, one batch job": lambda: analytics.history(
-                    conn, Filters(batch_job=analytics.load_jobs(conn, Filters())[0].id)),
+                    lambda: history.history(conn, Filters()),
+                "utilization, one batch job": lambda: history.history(
+                    conn, Filters(batch_job=history.load_jobs(conn, Filters())[0].id)),
                 "utilization, one workflow, 1m bins":
-                    lambda: analytics.history(conn, Filters(workflow="wf1", bin_seconds=60)),
-                "usage": lambda: analytics_tables.usage(conn, Filters()),
-                "latency": lambda: analytics_tables.latency(conn, Filters()),
-                "failures": lambda: analytics_tables.failures(conn, Filters()),
+                    lambda: history.history(conn, Filters(workflow="wf1", bin_seconds=60)),
+                "usage": lambda: tables.usage(conn, Filters()),
+                "latency": lambda: tables.latency(conn, Filters()),
+                "failures": lambda: tables.failures(conn, Filters()),
             }
             for label, call in calls.items():
                 seconds, median, result = _time(call, args.repeat)
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 if cpu is not None:
                     server_cpu[label] = round(cpu, 3)
                 extra = "" if cpu is None else f"  [server CPU, serial plan: {cpu:.2f} s]"
-                if isinstance(result, analytics.History):
+                if isinstance(result, history.History):
                     extra += f"  (utilization {100 * (result.utilization() or 0):.1f}%)"
                 print(f"{seconds:7.3f} s (median {median:6.3f})  {label}{extra}", flush=True)
         for report in ("utilization", "jobs"):

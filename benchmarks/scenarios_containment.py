@@ -36,8 +36,12 @@ BASELINE = os.environ.get("BALSAM_BENCH_BASELINE", "2c6ed0d")  # main before con
 CHILD = r"""
 import json, os, select, subprocess, sys, time
 import balsam_mpi
-from balsam_mpi import runner
-from balsam_mpi.protocol import RunOrder
+try:  # the package's layout now, and the baseline revision's (flat, TaskSpec)
+    from balsam_mpi.node import runner
+    from balsam_mpi.protocol import RunOrder
+except ImportError:
+    from balsam_mpi import runner
+    from balsam_mpi.protocol import TaskSpec as RunOrder
 root, n, block, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 if hasattr(runner, "configure"):
     runner.configure(cgroups=mode != "no-cgroup")
@@ -148,7 +152,7 @@ def _measure(tree: Path, mode: str, blocks: int, block: int) -> dict[str, Any]:
 
 def _cap_cost(quick: bool) -> dict[str, Any]:
     """Seconds for one task writing 1 GiB (256 MiB quick), no cap vs a 64 MiB cap."""
-    from balsam_mpi import runner
+    from balsam_mpi.node import runner
     from balsam_mpi.protocol import RunOrder
 
     size_mib = 256 if quick else 1024

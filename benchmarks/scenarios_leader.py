@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from balsam_mpi.demo import find_mpiexec
+from balsam_mpi.demo.run import find_mpiexec
 
 from . import ceiling
 from . import launcher_common as lc

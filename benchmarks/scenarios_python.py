@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from balsam_mpi.demo import find_mpiexec
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
+from balsam_mpi.demo.run import find_mpiexec
 
 from . import ceiling
 from . import launcher_common as lc

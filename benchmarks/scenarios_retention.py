@@ -53,9 +53,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
 def _one_config(proj: Any, n: int, overrides: dict[str, str]) -> dict[str, Any]:
     from psycopg import sql as pgsql
 
-    from balsam_mpi.client import Client
     from balsam_mpi.dbctl import lifecycle
     from balsam_mpi.dbctl.prune import prune
+    from balsam_mpi.tasks.client import Client
 
     with lc.connect(proj) as admin:
         admin.execute(bench_query("alter_system_reset"))

@@ -25,10 +25,10 @@ from typing import Any
 
 import psycopg
 
-from balsam_mpi import taskadd
-from balsam_mpi.client import Client
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 from balsam_mpi.sql import parse_queries
+from balsam_mpi.tasks import writer
+from balsam_mpi.tasks.client import Client
 
 from .harness import cpu_seconds, write_result
 from .projects import admin_dsn, bench_project
@@ -78,16 +78,16 @@ def bulk_ratio(project: Project, n: int, repeat: int) -> dict[str, Any]:
             c.add_app("hello", "echo hello {who}")
         su.execute(_QUERIES["tasks_api_bare_table"])
         su.execute(_QUERIES["tasks_api_bare_plain"])
-        apps = taskadd.app_infos(c._conn)
+        apps = writer.app_infos(c._conn)
         backend, su_backend = c._conn.info.backend_pid, su.info.backend_pid
         c.add_tasks(_tasks(10, "warm-up"))  # the session's staging table, the plans
         for r in range(repeat):
             batch = _tasks(n, f"bulk{r}")
             # The bare side gets the rows the API would stage, already checked and built.
-            checked = [taskadd.validate.check_task(t, apps) for t in batch]
-            columns = taskadd.stage_columns(checked)
-            rows = taskadd.stage_rows(checked, range(1, n + 1), columns)
-            types = [taskadd.STAGE_TYPES[k] for k in columns]
+            checked = [writer.validate.check_task(t, apps) for t in batch]
+            columns = writer.stage_columns(checked)
+            rows = writer.stage_rows(checked, range(1, n + 1), columns)
+            types = [writer.STAGE_TYPES[k] for k in columns]
             sample: dict[str, float] = {}
             for table in ("bulk_bare", "bulk_plain"):
                 su.execute(_QUERIES["tasks_api_bare_empty"])

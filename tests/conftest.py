@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 
 _counter = itertools.count()
 
@@ -36,15 +36,15 @@ class FoundMpi:
     def run(self, ranks: int) -> list[str]:
         """``mpiexec [options] -n RANKS``: ranks on this host, with the options this MPI
         needs there (Open MPI: oversubscribed, unbound)."""
-        from balsam_mpi.localstart import mpiexec_options
+        from balsam_mpi.batch.localstart import mpiexec_options
 
         return [self.program, *mpiexec_options(self.kind), "-n", str(ranks)]
 
 
 def _found_mpi() -> FoundMpi | None:
-    from balsam_mpi.errors import BalsamError
-    from balsam_mpi.mpilaunch import choose_launcher
-    from balsam_mpi.platform import SchedulerEnv
+    from balsam_mpi.base.errors import BalsamError
+    from balsam_mpi.base.platform import SchedulerEnv
+    from balsam_mpi.node.mpilaunch import choose_launcher
 
     try:
         chosen = choose_launcher({k: v for k, v in os.environ.items()
@@ -127,7 +127,7 @@ def dbname(pg_project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 def conn(pg_project: Project, dbname: str):  # type: ignore[no-untyped-def]
     """The owner's everyday role on this test's database (autocommit): owner rights over
     tasks and apps, but not the database superuser (use ``lifecycle.admin_connect`` for that)."""
-    from balsam_mpi import db
+    from balsam_mpi.base import db
 
     with db.connect(pg_project, dbname=dbname, autocommit=True) as connection:
         yield connection

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ..clibase import Group, project_option
+from ..base.clibase import Group, project_option
 from .context import CliContext
 
 _FAMILIES = ("apps", "tasks", "demo", "jobs", "report", "submit")

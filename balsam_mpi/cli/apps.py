@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..clibase import Group, echo_json
+from ..base.clibase import Group, echo_json
 from .context import CliContext, pass_ctx
 from .table import echo_table
 
@@ -37,8 +37,8 @@ def app_add(ctx: CliContext, name: str, command: str | None, python: str | None,
             shell: bool, postprocess_on_error: bool, postprocess_on_timeout: bool,
             error_retry_limit: str) -> None:
     """Register app NAME: a --command template, or a --python function."""
-    from ..pyapps import check_app as check_python_app
-    from ..validate import check_app, from_text
+    from ..tasks.pyapps import check_app as check_python_app
+    from ..tasks.validate import check_app, from_text
 
     retries = from_text("error_retry_limit", error_retry_limit)
     fields = {"description": description, "preprocess": preprocess,
@@ -104,7 +104,7 @@ def app_rm(ctx: CliContext, name: str, yes: bool) -> None:
 
 
 def _app_name(name: str) -> str:
-    from ..values import name as checked
+    from ..base.values import name as checked
 
     return checked("name", name)
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..project import Project
+from ..base.project import Project
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..tasks.client import Client
 
 
 @dataclass
@@ -24,7 +24,7 @@ class CliContext:
     def client(self) -> Client:
         """One Client (one connection) per command, opened on first use."""
         if self._client is None:
-            from ..client import Client
+            from ..tasks.client import Client
 
             self._client = Client(self.project())
         return self._client

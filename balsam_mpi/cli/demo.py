@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..errors import BalsamError, UsageError
+from ..base.errors import BalsamError, UsageError
 
 
 @click.command("demo")
@@ -19,9 +19,9 @@ from ..errors import BalsamError, UsageError
               help="Where to create the project (default: a fresh directory in /tmp).")
 def demo(n_tasks: str, ranks: str, project_path: str | None) -> None:
     """Create a project, add tasks, run `mpiexec -n R python -m balsam_mpi`, report."""
-    from .. import demo as d
-    from .. import values
+    from ..base import values
     from ..dbctl import lifecycle
+    from ..demo import run as d
 
     tasks = values.int_from_text("--tasks", n_tasks, -(2**63), 1_000_000)
     if tasks < 3:

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from ..clibase import echo_json
-from ..errors import UsageError
+from ..base.clibase import echo_json
+from ..base.errors import UsageError
 from .context import CliContext, pass_ctx
 from .report import connection
 
@@ -29,10 +29,10 @@ def job() -> None:
 def ls(ctx: CliContext, state: str | None, user: str | None, limit_text: str,
        as_json: bool) -> None:
     """Batch jobs, newest first, with the tasks each is running now."""
-    from ..analytics_render import table
-    from ..analytics_tables import list_jobs
-    from ..analytics_time import short_duration
-    from ..values import count_from_text, name, show
+    from ..base.values import count_from_text, name, show
+    from ..reports.render import table
+    from ..reports.tables import list_jobs
+    from ..reports.timefmt import short_duration
 
     limit = count_from_text("--limit", limit_text, 100_000)
     if user is not None:
@@ -65,17 +65,17 @@ def ls(ctx: CliContext, state: str | None, user: str | None, limit_text: str,
 @pass_ctx
 def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
     """One batch job: its record and its utilization, throughput and timings."""
-    from .. import analytics
-    from ..analytics_render import cell, pct, sparkline
-    from ..analytics_time import short_duration
+    from ..reports import history
+    from ..reports.render import cell, pct, sparkline
+    from ..reports.timefmt import short_duration
     from .report import parse_filters
 
     filters = parse_filters(None, None, job_id, None, None, None, None)
     with connection(ctx) as conn:
-        h = analytics.history(conn, filters)
+        h = history.history(conn, filters)
         record = next(iter(h.jobs), None)
         if record is None:  # queued, never started: nothing to measure yet
-            jobs = analytics.load_jobs(conn, filters)
+            jobs = history.load_jobs(conn, filters)
     if record is None:
         fields: dict[str, Any] = {"id": jobs[0].id, "state": jobs[0].state,
                                   "user": jobs[0].user, "nodes": jobs[0].nodes,

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..clibase import echo_json
-from ..errors import UsageError
+from ..base.clibase import echo_json
+from ..base.errors import UsageError
 from .context import CliContext, pass_ctx
 
 if TYPE_CHECKING:
     import psycopg
 
-    from ..analytics import Filters
+    from ..reports.history import Filters
 
 F = Callable[..., Any]
 
@@ -56,9 +56,9 @@ def png_option(func: F) -> F:
 def parse_filters(since: str | None, until: str | None, batch_job: str | None,
                   user: str | None, workflow: str | None, owner: str | None,
                   bin_text: str | None) -> Filters:
-    from ..analytics import Filters
-    from ..analytics_time import parse_duration, parse_time
-    from ..values import id_from_text, name
+    from ..base.values import id_from_text, name
+    from ..reports.history import Filters
+    from ..reports.timefmt import parse_duration, parse_time
 
     job_id = None if batch_job is None else id_from_text("--batch-job", batch_job, "batch job")
     return Filters(
@@ -76,14 +76,14 @@ def check_png(png: str | None) -> str | None:
     """``--png FILE``: a path that can be written at all (checked before any query)."""
     if png is None:
         return None
-    from ..values import text
+    from ..base.values import text
 
     return text("--png", png, 4096, empty=False)
 
 
 @contextlib.contextmanager
 def connection(ctx: CliContext) -> Iterator[psycopg.Connection[Any]]:
-    from .. import db
+    from ..base import db
 
     conn = db.connect(ctx.project(), application_name="balsam_mpi report")
     try:
@@ -113,18 +113,18 @@ def report() -> None:
 def utilization(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
                 **selection: Any) -> None:
     """Busy node-fraction over time, per batch job and in total."""
-    from .. import analytics
-    from .. import analytics_render as render
+    from ..reports import history
+    from ..reports import render as render
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
     with connection(ctx) as conn:
-        h = analytics.history(conn, filters)
+        h = history.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.utilization_payload(h),
           lambda: render.utilization_csv(h), lambda: render.utilization_text(h))
     if png:
-        from ..analytics_plot import plot_utilization
+        from ..reports.plot import plot_utilization
 
         _wrote(plot_utilization(h, png))
 
@@ -136,18 +136,18 @@ def utilization(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None
 def throughput(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
                **selection: Any) -> None:
     """Runs done (and failed) per bin, and cumulative."""
-    from .. import analytics
-    from .. import analytics_render as render
+    from ..reports import history
+    from ..reports import render as render
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
     with connection(ctx) as conn:
-        h = analytics.history(conn, filters)
+        h = history.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.throughput_payload(h),
           lambda: render.throughput_csv(h), lambda: render.throughput_text(h))
     if png:
-        from ..analytics_plot import plot_throughput
+        from ..reports.plot import plot_throughput
 
         _wrote(plot_throughput(h, png))
 
@@ -160,18 +160,18 @@ def jobs(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
          **selection: Any) -> None:
     """Per batch job: nodes, wall time, busy node-hours, utilization, runs done and
     failed, queue wait, time to first task, idle tail."""
-    from .. import analytics
-    from .. import analytics_render as render
+    from ..reports import history
+    from ..reports import render as render
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
     with connection(ctx) as conn:
-        h = analytics.history(conn, filters)
+        h = history.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.jobs_payload(h),
           lambda: render.dicts_csv(h.job_rows()), lambda: render.jobs_text(h))
     if png:
-        from ..analytics_plot import plot_jobs
+        from ..reports.plot import plot_jobs
 
         _wrote(plot_jobs(h, png))
 
@@ -185,11 +185,11 @@ def jobs(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
 def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
              limit_text: str, **selection: Any) -> None:
     """Failed tasks grouped by app, state, exit code, host and first line of output."""
-    from ..values import count_from_text
+    from ..base.values import count_from_text
 
     limit = count_from_text("--limit", limit_text, 100_000)
-    from .. import analytics_render as render
-    from ..analytics_tables import failures as load_failures
+    from ..reports import render as render
+    from ..reports.tables import failures as load_failures
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
@@ -211,7 +211,7 @@ def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
 
     _emit(as_json, as_csv, lambda: result, lambda: render.dicts_csv(groups, columns), text)
     if png:
-        from ..analytics_plot import plot_failures
+        from ..reports.plot import plot_failures
 
         _wrote(plot_failures(groups, png))
 
@@ -222,9 +222,9 @@ def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
 def usage(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> None:
     """Busy node-hours and runs by batch-job user (whose allocation), by task owner (whose
     work), by workflow, and by the pair."""
-    from .. import analytics_render as render
-    from ..analytics_tables import usage as load_usage
-    from ..analytics_tables import usage_summary
+    from ..reports import render as render
+    from ..reports.tables import usage as load_usage
+    from ..reports.tables import usage_summary
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
@@ -253,7 +253,7 @@ def usage(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> 
               i["failed"]] for i in pairs]))
         return "\n\n".join(parts)
 
-    from ..analytics_time import iso
+    from ..reports.timefmt import iso
 
     _emit(as_json, as_csv,
           lambda: {"report": "usage", "since": iso(window.t0), "until": iso(window.t1),
@@ -267,8 +267,8 @@ def usage(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> 
 def latency(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> None:
     """Seconds from ready to claimed, claimed to running, running to done (each task's
     latest run), and queued to started for submitted batch jobs."""
-    from .. import analytics_render as render
-    from ..analytics_tables import latency as load_latency
+    from ..reports import render as render
+    from ..reports.tables import latency as load_latency
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
@@ -277,7 +277,7 @@ def latency(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -
     stages = result["stages"]
 
     def text() -> str:
-        from ..analytics_time import short_duration as d
+        from ..reports.timefmt import short_duration as d
 
         if not stages:
             return "no task ran in this range"

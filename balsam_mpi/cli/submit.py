@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .. import limits
-from ..clibase import echo_json
-from ..platform import SCHEDULERS
+from ..base import limits
+from ..base.clibase import echo_json
+from ..base.platform import SCHEDULERS
 from .context import CliContext, pass_ctx
 
 
@@ -48,8 +48,9 @@ def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: 
     shipped with balsam_mpi. The batch job is recorded (QUEUED) and its launcher adopts
     the record when it starts.
     """
-    from .. import submit, values
-    from ..jobscript import JobRequest
+    from ..base import values
+    from ..batch import submit
+    from ..batch.jobscript import JobRequest
 
     nodes = values.int_from_text("--nodes", nodes_text, 1, limits.INT_RANGES["num_nodes"][1])
     wall_time_min = None if wall_text is None else values.int_from_text(

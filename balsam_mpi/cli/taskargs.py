@@ -9,14 +9,14 @@ import click
 
 def task_id(text: str, field: str = "id") -> int:
     """A task id from the command line: a whole number from 1 to 2^63-1."""
-    from ..values import id_from_text
+    from ..base.values import id_from_text
 
     return id_from_text(field, text)
 
 
 def count(text: str, field: str = "limit") -> int:
     """A positive count from the command line (``--limit``)."""
-    from ..values import count_from_text
+    from ..base.values import count_from_text
 
     return count_from_text(field, text)
 
@@ -39,8 +39,9 @@ def filter_options(fn: Any) -> Any:
 
 def filters_from(opts: dict[str, Any], ids: tuple[str, ...] = ()) -> dict[str, Any]:
     """The API's filters from the shared options, each value checked where it was given."""
-    from .. import taskio, values
-    from ..models import parse_state
+    from ..base import values
+    from ..tasks import files
+    from ..tasks.states import parse_state
 
     out: dict[str, Any] = {}
     for key in ("workflow", "app", "owner"):
@@ -51,7 +52,7 @@ def filters_from(opts: dict[str, Any], ids: tuple[str, ...] = ()) -> dict[str, A
     if opts.get("name"):
         out["name"] = values.name("name", opts["name"])
     if opts.get("tags"):
-        out["tags"] = taskio.parse_pairs(opts["tags"], "tags")
+        out["tags"] = files.parse_pairs(opts["tags"], "tags")
         for k, v in out["tags"].items():
             values.name("tags", k)
             values.text(f"tags.{k}", v, 1024)

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..clibase import echo_json
+from ..base.clibase import echo_json
 from .context import CliContext, pass_ctx
 from .taskargs import filter_options, filters_from, task_id
 
 if TYPE_CHECKING:
-    from ..outcome import Outcome
+    from ..tasks.outcome import Outcome
 
 
 def _report(outcome: Outcome, done_line: str) -> None:
     """The count done (stdout) and why the rest were left alone (stderr)."""
-    from ..errors import BalsamError
+    from ..base.errors import BalsamError
 
     lines = outcome.refusal_lines()
     if not outcome and lines:
@@ -44,10 +44,10 @@ def _report(outcome: Outcome, done_line: str) -> None:
 def task_modify(ctx: CliContext, /, ids: tuple[str, ...], sets: tuple[str, ...],
                 **shortcuts: Any) -> None:
     """Change fields of tasks that are not running (state: use kill / retry)."""
-    from .. import taskio
-    from ..validate import from_text
+    from ..tasks import files
+    from ..tasks.validate import from_text
 
-    changes = taskio.parse_sets(sets)
+    changes = files.parse_sets(sets)
     changes.update({k: from_text(k, v) for k, v in shortcuts.items() if v is not None})
     wanted = [task_id(i) for i in ids]
     done = ctx.client().update(wanted, **changes)
@@ -127,7 +127,7 @@ def dep(ctx: CliContext, parent: str, child: str) -> None:
 
 
 def _ids_and_filters(ids: tuple[str, ...], opts: dict[str, Any]) -> dict[str, Any]:
-    from ..errors import UsageError
+    from ..base.errors import UsageError
 
     chosen = filters_from(opts, ids)
     if not chosen:

@@ -1,6 +1,6 @@
 """`balsam-mpi task add|ls|show|…`, `dep` and `ls`: tasks from the shell.
 
-Values arrive as text and are checked by validate.py, so a bad one is one line naming the
+Values arrive as text and are checked by tasks/validate.py, so a bad one is one line naming the
 field (not click's usage block). Changing commands live in taskops.py.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..clibase import Group, echo_json
+from ..base.clibase import Group, echo_json
 from . import taskwait
 from .context import CliContext, pass_ctx
 from .table import echo_table
@@ -62,7 +62,7 @@ def _scalar_options(fn: Any) -> Any:
 def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
              **flags: Any) -> None:
     """Add one task from flags, or many from a file (all or nothing)."""
-    from .. import taskio
+    from ..tasks import files
 
     fields = _fields_from_flags(flags)
     if from_file is None:
@@ -70,11 +70,11 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
     else:
         source, stream = _open_tasks_file(from_file)
         try:
-            pairs = list(taskio.read_tasks(stream, source, fmt))
+            pairs = list(files.read_tasks(stream, source, fmt))
         finally:
             if from_file != "-":
                 stream.close()
-        records = [taskio.with_defaults(t, fields) for _, t in pairs]
+        records = [files.with_defaults(t, fields) for _, t in pairs]
         labels = [label for label, _ in pairs]
     from .. import task_api
 
@@ -96,7 +96,7 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
 def _open_tasks_file(path: str) -> tuple[str, Any]:
     """(the name errors use, a binary stream): '-' is stdin; bytes are decoded per line
     by taskio, so a bad byte is reported with its line."""
-    from ..values import show, text
+    from ..base.values import show, text
 
     text("--from-file", path, 4096, empty=False)
     if path == "-":
@@ -104,7 +104,7 @@ def _open_tasks_file(path: str) -> tuple[str, Any]:
     try:
         return path, open(path, "rb")  # closed by the caller
     except OSError as exc:
-        from ..errors import InputError
+        from ..base.errors import InputError
 
         raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from exc
 
@@ -112,8 +112,8 @@ def _open_tasks_file(path: str) -> tuple[str, Any]:
 def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """The task fields the flags give, each parsed by its field's type (validate.from_text):
     the same text rules as a CSV cell."""
-    from .. import taskio
-    from ..validate import from_text
+    from ..tasks import files
+    from ..tasks.validate import from_text
 
     out: dict[str, Any] = {}
     for key in ("app", "workflow", "name"):
@@ -125,11 +125,11 @@ def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
     if flags["fail_with_parents"] is not None:
         out["fail_with_parents"] = flags["fail_with_parents"]
     if flags["params"]:
-        out["params"] = taskio.parse_pairs(flags["params"], "params")
+        out["params"] = files.parse_pairs(flags["params"], "params")
     if flags["tags"]:
-        out["tags"] = taskio.parse_pairs(flags["tags"], "tags")
+        out["tags"] = files.parse_pairs(flags["tags"], "tags")
     if flags["env"]:
-        out["env"] = taskio.parse_pairs(flags["env"], "env")
+        out["env"] = files.parse_pairs(flags["env"], "env")
     for name in ("args", "input_files"):
         if flags[name]:
             out[name] = list(flags[name])
@@ -165,7 +165,7 @@ LS_COLUMNS = ["ID", "WORKFLOW", "NAME", "APP", "STATE", "NODES", "WALL", "PRIO",
 @pass_ctx
 def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: Any) -> None:
     """List tasks (filters combine; repeated ones mean any of them)."""
-    from ..values import name
+    from ..base.values import name
 
     n = count(limit, "limit")
     sort = name("sort", sort)
@@ -215,7 +215,7 @@ def counts(ctx: CliContext, as_json: bool) -> None:
     if as_json:
         echo_json(by_wf)
         return
-    from ..models import TaskState
+    from ..tasks.states import TaskState
 
     present = {s for states in by_wf.values() for s in states}
     cols = [s.value for s in TaskState if s.value in present]

@@ -1,6 +1,6 @@
 """`balsam-mpi task wait ID...`: block until tasks end, for shell scripts.
 
-Driven by LISTEN/NOTIFY (waiting.py): it reads the tasks' states once, then sleeps until
+Driven by LISTEN/NOTIFY (tasks/waiting.py): it reads the tasks' states once, then sleeps until
 the database says one of them ended. One line per task as it ends; the exit status says
 how they ended: 0 all JOB_FINISHED, 1 some FAILED or USER_KILLED, 3 the timeout passed
 first, 2 bad input.
@@ -12,9 +12,9 @@ import math
 
 import click
 
-from ..clibase import echo_json
-from ..errors import InputError
-from ..waiting import describe
+from ..base.clibase import echo_json
+from ..base.errors import InputError
+from ..tasks.waiting import describe
 from .context import CliContext, pass_ctx
 from .taskargs import task_id
 

@@ -17,9 +17,10 @@ from typing import Any
 from psycopg import Connection
 from psycopg import sql as pgsql
 
-from .. import db, sql
-from ..errors import BalsamError, PermissionDenied, ProjectError, UsageError
-from ..project import SCHEMA_DB, Project, ServerInfo, this_host
+from .. import sql
+from ..base import db
+from ..base.errors import BalsamError, PermissionDenied, ProjectError, UsageError
+from ..base.project import SCHEMA_DB, Project, ServerInfo, this_host
 from . import credentials, enroll, rolelimits, viewers
 from .accounts import Account, group_gid, uid_of
 from .admin import admin_connect

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PermissionDenied, ProjectError, UsageError
+from ..base.errors import PermissionDenied, ProjectError, UsageError
 
 DEFAULT_SERVER_USER = "balsam"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 
-from ..errors import ServerError
-from ..project import SCHEMA_DB, Project, ServerInfo
+from ..base.errors import ServerError
+from ..base.project import SCHEMA_DB, Project, ServerInfo
 
 
 def admin_connect(project: Project, info: ServerInfo, dbname: str = SCHEMA_DB,

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from .. import values
-from ..clibase import Group, echo_json, notices, project_option
-from ..errors import ProjectError
-from ..project import Project
+from ..base import values
+from ..base.clibase import Group, echo_json, notices, project_option
+from ..base.errors import ProjectError
+from ..base.project import Project
 from . import access, lifecycle, recover, status
 
 
@@ -230,7 +230,7 @@ def prune_cmd(ctx: Ctx, workflows: tuple[str, ...], all_finished: bool,
               as_json: bool) -> None:
     """Forget finished workflows: working directories, tasks, events and the batch jobs
     that ran only them (the owner; see docs/retention.md)."""
-    from ..analytics_time import parse_duration
+    from ..reports.timefmt import parse_duration
     from .prune import format_outcome, prune
 
     older = None if older_than is None else parse_duration(older_than, "--older-than")

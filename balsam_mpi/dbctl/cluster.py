@@ -19,8 +19,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ProjectError, ServerError
-from ..project import Project, ServerInfo
+from ..base.errors import ProjectError, ServerError
+from ..base.project import Project, ServerInfo
 from . import pgconf
 from .accounts import Account, run_as
 

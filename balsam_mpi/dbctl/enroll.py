@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProjectError, UsageError
-from ..project import Project
+from ..base.errors import ProjectError, UsageError
+from ..base.project import Project
 from .credentials import is_well_formed_verifier
 
 MAX_REQUEST_BYTES = 4096

@@ -17,8 +17,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProjectError
-from ..project import (
+from ..base.errors import ProjectError
+from ..base.project import (
     MODE_ACCESS,
     MODE_CONTROL,
     MODE_DATA,

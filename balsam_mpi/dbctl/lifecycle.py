@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import sql
-from ..errors import (
+from ..base.errors import (
     BalsamError,
     PermissionDenied,
     ProjectError,
@@ -24,7 +24,7 @@ from ..errors import (
     ServerNotRunning,
     UsageError,
 )
-from ..project import Project, ServerInfo, dump_toml, this_host, write_atomic
+from ..base.project import Project, ServerInfo, dump_toml, this_host, write_atomic
 from . import access, cluster, layout, schema
 from .accounts import (
     DEFAULT_SERVER_USER,

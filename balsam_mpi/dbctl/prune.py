@@ -27,9 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import db, sql, values
-from ..errors import Conflict, InputError, PermissionDenied
-from ..project import Project
+from .. import sql
+from ..base import db, values
+from ..base.errors import Conflict, InputError, PermissionDenied
+from ..base.project import Project
 from .prune_fs import DataDir, Removal
 
 FINISHED = ("JOB_FINISHED", "FAILED", "USER_KILLED")
@@ -258,7 +259,7 @@ def _one(conn: Any, name: str, params: dict[str, Any]) -> int:
 
 
 def _ago(seconds: float) -> str:
-    from ..analytics_time import short_duration
+    from ..reports.timefmt import short_duration
 
     return short_duration(seconds)
 

@@ -9,7 +9,7 @@ after opening that it holds what it inspected (no swap between lstat and open). 
 is removed as a link (its target is never touched); anything it cannot remove is reported,
 not guessed at.
 
-This is the prune's own small walk; ``balsam_mpi/safefs.py`` (the project's general
+This is the prune's own small walk; ``balsam_mpi/base/safefs.py`` (the project's general
 fd-based file helpers) may take it over.
 """
 

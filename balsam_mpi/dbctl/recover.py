@@ -7,7 +7,7 @@ Any member may run it, not only the owner: the functions it calls touch only bat
 whose heartbeat is older than their lease by the server's clock, whose leaders have
 stopped their own tasks by then, so nobody can take work away from a live launcher; and
 a journal line is applied only if the database can verify that the job's own leader
-wrote it (``journal.py``). Journals go first, so a task whose success is in one is
+wrote it (``launcher/journal.py``). Journals go first, so a task whose success is in one is
 finished, not requeued as lost.
 """
 
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import db
-from ..project import Project
-from ..replay import Replayed, replay_due
-from ..store import Store
-from ..storeport import Expired
+from ..base import db
+from ..base.project import Project
+from ..launcher.replay import Replayed, replay_due
+from ..launcher.store import Store
+from ..launcher.storeport import Expired
 
 
 class Recovered(list[Expired]):

@@ -13,7 +13,7 @@ through group membership, so they cannot live on ``balsam_member`` / ``balsam_vi
   privileges (a viewer can hold no lock anyone waits for; a member's locks on others'
   tasks exist only inside the database's functions; docs/security.md).
 * The launcher connects as the same role and lifts ``statement_timeout`` for its own
-  connection (store.py): its lease sweeps and bulk reports are its own long work.
+  connection (launcher/store.py): its lease sweeps and bulk reports are its own long work.
 
 The owner's everyday role gets none of these: the owner can end any session anyway.
 """

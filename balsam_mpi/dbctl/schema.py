@@ -13,8 +13,8 @@ from psycopg import Connection
 from psycopg import sql as pgsql
 
 from .. import sql
-from ..errors import ServerError
-from ..project import SCHEMA_DB
+from ..base.errors import ServerError
+from ..base.project import SCHEMA_DB
 from .pgconf import MEMBER_ROLE, OBJECT_ROLE, OWNER_ROLE, VIEWER_ROLE
 
 GROUP_ROLES = (OBJECT_ROLE, OWNER_ROLE, MEMBER_ROLE, VIEWER_ROLE)

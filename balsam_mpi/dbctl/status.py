@@ -8,9 +8,10 @@ import shlex
 import time
 from typing import Any
 
-from .. import db, sql
-from ..errors import BalsamError, PermissionDenied, ProjectError
-from ..project import ENV_VAR, Project, this_host
+from .. import sql
+from ..base import db
+from ..base.errors import BalsamError, PermissionDenied, ProjectError
+from ..base.project import ENV_VAR, Project, this_host
 from . import cluster
 from .access import request_access
 from .accounts import Account

@@ -10,7 +10,7 @@ from __future__ import annotations
 from psycopg import sql as pgsql
 
 from .. import sql
-from ..project import SCHEMA_DB, Project
+from ..base.project import SCHEMA_DB, Project
 from .admin import admin_connect
 from .pgconf import OBJECT_ROLE
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import ProjectError
+from ..base.errors import ProjectError
 from .accounts import uid_of
 from .acl import apply, supported
 

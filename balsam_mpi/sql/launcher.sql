@@ -1,10 +1,10 @@
--- The launcher's statements (store.py). Each calls one SECURITY DEFINER function of
+-- The launcher's statements (launcher/store.py). Each calls one SECURITY DEFINER function of
 -- migrations/0004_launcher.sql (0005_leases.sql for lease expiry, 0008_reliability.sql
 -- for journals, 0009_python_tasks.sql for results), so a leader needs no table
 -- privileges of its own; the few plain reads need only what every member has (SELECT).
 
 -- name: launcher_session
--- The leader's connection: no statement_timeout (store.py says why).
+-- The leader's connection: no statement_timeout (launcher/store.py says why).
 SET statement_timeout = 0;
 
 -- name: launcher_open_job
@@ -33,7 +33,7 @@ SELECT step, changed
 -- name: launcher_app_extras
 -- What the claim does not return about the apps it returned: pre/postprocessing
 -- (0006) and a Python app's import path (0009). Read once per app per leader
--- (appinfo.py), so the claim's pinned plan stays as it is.
+-- (launcher/appinfo.py), so the claim's pinned plan stays as it is.
 SELECT a.name, a.preprocess, a.postprocess, a.postprocess_on_error,
        a.postprocess_on_timeout, coalesce(a.python, '')
   FROM apps a

@@ -1,5 +1,5 @@
 -- Python tasks and waiting for tasks (migrations/0009_python_tasks.sql): apps by import
--- path and the queries of waiting.py / executor.py (the leader's statements: launcher.sql).
+-- path and the queries of tasks/waiting.py / tasks/executor.py (the leader's statements: launcher.sql).
 
 -- name: apps_insert_python
 INSERT INTO apps (name, python, description, error_retry_limit)

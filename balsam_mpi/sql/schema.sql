@@ -1047,7 +1047,7 @@ GRANT EXECUTE ON FUNCTION launcher_expire_leases(bigint) TO balsam_member;
 -- 0006_mpi_tasks: the report function learns the app's pre/postprocessing (issue 7).
 --
 -- The node runs the app's preprocess before a task's first run and its postprocess after
--- the run (balsam_mpi/prepost.py); the report's kind says how both went, and this
+-- the run (balsam_mpi/node/prepost.py); the report's kind says how both went, and this
 -- function moves the states as legacy Balsam did, one set-based UPDATE per step:
 --   started:  READY -> PREPROCESSED (the app has a preprocess) -> RUNNING
 --   kind 0    RUNNING -> RUN_DONE -> JOB_FINISHED                 (no postprocess)
@@ -1208,10 +1208,10 @@ TO balsam_member;
 -- (docs/security.md, "Inside the database").
 --
 --   1. Values: CHECK constraints mirror every client-side check with the caps of
---      balsam_mpi/limits.py (tests/db/test_limits.py drives them from there), so a raw
+--      balsam_mpi/base/limits.py (tests/db/test_limits.py drives them from there), so a raw
 --      INSERT cannot plant a row that crashes whoever claims it.
 --   2. States: a statement-level trigger refuses every state change that
---      balsam_mpi/models.py's TRANSITIONS does not list, whoever sends it.
+--      balsam_mpi/tasks/states.py's TRANSITIONS does not list, whoever sends it.
 --   3. Writes: members and the owner lose table-level UPDATE / DELETE on tasks and every
 --      write on task_deps and batch_jobs. A raw INSERT may set only what a new task may
 --      have (column grants + the policy); plain edits (priority, tags, data) keep column
@@ -1351,7 +1351,7 @@ BEGIN
         OR char_length(description) > 4096 OR error_retry_limit > 1000;
 END $$;
 
--- The caps of balsam_mpi/limits.py. Constraint names say the field, so the one-line
+-- The caps of balsam_mpi/base/limits.py. Constraint names say the field, so the one-line
 -- refusal names it too; they replace 0001's one-sided checks of the same fields.
 ALTER TABLE tasks
     DROP CONSTRAINT tasks_num_nodes_check, DROP CONSTRAINT tasks_ranks_per_node_check,
@@ -1413,7 +1413,7 @@ ALTER TABLE batch_jobs
     ADD CONSTRAINT batch_jobs_ranks_limit CHECK (ranks BETWEEN 1 AND 100000);
 
 -- ==== 2. States =========================================================================
--- balsam_mpi/models.py TRANSITIONS, as rows (tests/db/test_transitions.py compares them).
+-- balsam_mpi/tasks/states.py TRANSITIONS, as rows (tests/db/test_transitions.py compares them).
 CREATE TABLE task_transitions (
     from_state  task_state NOT NULL,
     to_state    task_state NOT NULL,
@@ -2219,7 +2219,7 @@ END $$;
 -- raced, claims that carry what a node needs (docs/reliability.md).
 --
 -- * launcher_report becomes a thin, checked wrapper around launcher_apply_reports, which
---   `launcher_replay` shares: a leader's journal (balsam_mpi/journal.py) is applied by
+--   `launcher_replay` shares: a leader's journal (balsam_mpi/launcher/journal.py) is applied by
 --   exactly the code that applies its live reports.
 -- * New report kinds: 14 = lost (the task's worker rank stopped answering: counted like
 --   a lost lease), 15 = failed by the launcher (a row it cannot run, a report the
@@ -2847,7 +2847,7 @@ TO balsam_member;
 -- import path lives on the app, which only the owner and --app-admin members write
 -- (0002); a task carries keyword arguments as JSON and nothing else, so no code can
 -- travel through a task row. The shape is checked here as well as in the client
--- (pyapps.py): dotted identifiers, one colon, ASCII, at most limits.PYTHON_PATH_MAX.
+-- (tasks/pyapps.py): dotted identifiers, one colon, ASCII, at most limits.PYTHON_PATH_MAX.
 ALTER TABLE apps ALTER COLUMN command DROP NOT NULL;
 ALTER TABLE apps ADD COLUMN python text;
 ALTER TABLE apps ADD CONSTRAINT apps_command_or_python
@@ -2944,7 +2944,7 @@ BEGIN
     RETURN n;
 END $$;
 
--- Waiting without polling (waiting.py): a statement that brings tasks to a final state
+-- Waiting without polling (tasks/waiting.py): a statement that brings tasks to a final state
 -- notifies their ids on one channel, whoever wrote it (a launcher's flush, a kill, the
 -- DAG failing descendants). Payloads are comma-separated ids, 350 to a notification, so
 -- each stays under Postgres' 8000-byte limit (ids are at most 19 digits). Listeners

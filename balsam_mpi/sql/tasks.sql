@@ -1,4 +1,4 @@
--- tasks.sql: the queries of the Python API (client.py) and the `balsam-mpi` app / task
+-- tasks.sql: the queries of the Python API (tasks/client.py) and the `balsam-mpi` app / task
 -- commands. `{placeholders}` are composed with psycopg.sql (identifiers and the shared
 -- filter predicate only); values are always parameters.
 

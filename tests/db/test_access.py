@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from balsam_mpi import db
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import PermissionDenied
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import credentials, lifecycle
-from balsam_mpi.errors import PermissionDenied
-from balsam_mpi.project import Project
 
 _n = itertools.count()
 

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle
-from balsam_mpi.project import Project
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

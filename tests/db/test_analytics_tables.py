@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi import analytics_tables as tables
-from balsam_mpi.analytics import Filters
+from balsam_mpi.reports import tables as tables
+from balsam_mpi.reports.history import Filters
 
 from . import test_analytics_build as build
 from .test_analytics_build import Builder, at

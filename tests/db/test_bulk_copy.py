@@ -18,10 +18,11 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from balsam_mpi import Client, taskadd
+from balsam_mpi import Client
+from balsam_mpi.base.errors import InputError
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle
-from balsam_mpi.errors import InputError
-from balsam_mpi.project import Project
+from balsam_mpi.tasks import writer
 
 _n = itertools.count()
 MOVE = "SELECT tasks_add_staged(%s::bigint[], %s::bigint[])"
@@ -84,13 +85,13 @@ def _world(su: psycopg.Connection[Any]) -> list[Any]:
 
 def _stage(c: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> None:
     """Rows into the session's staging table by binary COPY, as the writer sends them."""
-    columns = taskadd.stage_columns(rows)
+    columns = writer.stage_columns(rows)
     c.execute("SELECT tasks_stage_open()")
     statement = pgsql.SQL("COPY pg_temp.task_stage ({}) FROM STDIN (FORMAT BINARY)").format(
         pgsql.SQL(", ").join(map(pgsql.Identifier, columns)))
     with c.cursor() as cur, cur.copy(statement) as copy:
-        copy.set_types([taskadd.STAGE_TYPES[k] for k in columns])
-        for row in taskadd.stage_rows(rows, [r["id"] for r in rows], columns):
+        copy.set_types([writer.STAGE_TYPES[k] for k in columns])
+        for row in writer.stage_rows(rows, [r["id"] for r in rows], columns):
             copy.write_row(row)
 
 
@@ -289,7 +290,7 @@ def test_a_database_refusal_names_the_input_and_the_field(
     """What the client's own checks would catch first, with those checks out of the way:
     the database is the last line, and its refusal still names the line and the field."""
     labels = ["tasks.jsonl line 1", "tasks.jsonl line 2", "tasks.jsonl line 3"]
-    real = taskadd.validate.check_task
+    real = writer.validate.check_task
 
     def lax(raw: Any, apps: Any) -> dict[str, Any]:
         task = real({k: v for k, v in raw.items() if k != "num_nodes"}, apps)
@@ -297,7 +298,7 @@ def test_a_database_refusal_names_the_input_and_the_field(
             task["num_nodes"] = raw["num_nodes"]
         return task
 
-    monkeypatch.setattr(taskadd.validate, "check_task", lax)
+    monkeypatch.setattr(writer.validate, "check_task", lax)
     batch = [{"app": "hello", "workflow": "w", "params": {"who": str(i)}} for i in range(3)]
     batch[1]["num_nodes"] = 0
     with Client() as c, pytest.raises(InputError) as info:
@@ -305,8 +306,8 @@ def test_a_database_refusal_names_the_input_and_the_field(
     assert str(info.value).startswith("tasks.jsonl line 2: num_nodes: refused by the "
                                       "database"), str(info.value)
     # ids handed out in input order although a child comes first: the database refuses
-    monkeypatch.setattr(taskadd.validate, "check_task", real)
-    monkeypatch.setattr(taskadd, "ids_in_order",
+    monkeypatch.setattr(writer.validate, "check_task", real)
+    monkeypatch.setattr(writer, "ids_in_order",
                         lambda plan, first: [first + i for i in range(len(plan.order))])
     dag = [{"app": "hello", "workflow": "w", "params": {"who": "c"}, "parents": ["p"]},
            {"app": "hello", "workflow": "w", "params": {"who": "p"}, "key": "p"}]
@@ -328,8 +329,8 @@ def test_ids_go_to_parents_first_and_chunks_are_all_or_nothing(
             {"app": "hello", "workflow": "w", "params": {"who": "a"}, "key": "a"}])
     assert ids[2] < ids[1] < ids[0]
     # several chunks, a bad task in the last: nothing of the earlier chunks stays
-    monkeypatch.setattr(taskadd, "FIRST_CHUNK", 2)
-    monkeypatch.setattr(taskadd, "CHUNK", 3)
+    monkeypatch.setattr(writer, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(writer, "CHUNK", 3)
     batch = [{"app": "hello", "workflow": "x", "params": {"who": str(i)}} for i in range(9)]
     batch[8] = {"app": "hello", "workflow": "x"}
     with Client() as c, pytest.raises(InputError, match=r"^task #9: params: app 'hello' "

@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle
-from balsam_mpi.models import TRANSITIONS
-from balsam_mpi.project import Project
-from balsam_mpi.validate import TASK_DEFAULTS
+from balsam_mpi.tasks.states import TRANSITIONS
+from balsam_mpi.tasks.validate import TASK_DEFAULTS
 
 _n = itertools.count()
 

@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi import db
-from balsam_mpi.project import Project
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter, Lease
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 
 
 def add_app(conn: psycopg.Connection[Any], name: str = "noop", command: str = "true") -> int:
@@ -148,7 +148,7 @@ def test_a_closed_or_superseded_lease_claims_nothing(store: Store, conn: Any) ->
     add_tasks(conn, app, 3)
     lease = open_lease(store)
     stale = Lease(lease.job_id, lease.epoch - 1, False)
-    from balsam_mpi.errors import BalsamError
+    from balsam_mpi.base.errors import BalsamError
 
     with pytest.raises(BalsamError, match="no longer holds its lease"):
         claim(store, stale)

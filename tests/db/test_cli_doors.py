@@ -3,7 +3,7 @@ is one line naming it, exit status 2, and nothing written (issue 15 case 12).
 
 Hostile text: a NUL (Postgres cannot store it), a byte that was not UTF-8 on the command
 line (Python hands it over as a lone surrogate), and 300,000 characters (past every cap of
-limits.py). Hostile numbers: words, nan/inf, past int64, 1e308, below the range.
+base/limits.py). Hostile numbers: words, nan/inf, past int64, 1e308, below the range.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from balsam_mpi.cli import cli
 from balsam_mpi.dbctl.cli import cli as dbctl
+from balsam_mpi.demo import run
 
 NUL, UNDECODABLE, HUGE = "a\x00b", "a\udcffb", "x" * 300_000
 TEXT = {"nul": NUL, "undecodable": UNDECODABLE, "huge": HUGE}
@@ -167,12 +168,11 @@ def _cases(doors: list[tuple[list[str], dict[str, str], str]]) -> list[Any]:
 @pytest.mark.parametrize("args, field, value", _cases(MPI_DOORS))
 def test_balsam_mpi_doors(seeded: psycopg.Connection, args: list[str], field: str,
                           value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balsam_mpi import demo
 
     def no_demo(*_args: Any) -> None:  # a door test never creates a demo project
         raise AssertionError("the demo would have started")
 
-    monkeypatch.setattr(demo, "make_project", no_demo)
+    monkeypatch.setattr(run, "make_project", no_demo)
     before = _state(seeded)
     _refused(_invoke(cli, args, "balsam-mpi"), field, "balsam-mpi", value)
     assert _state(seeded) == before
@@ -250,7 +250,7 @@ def test_files_refuse_hostile_lines_and_write_nothing(seeded: psycopg.Connection
 
 def test_the_python_api_names_the_field(seeded: psycopg.Connection) -> None:
     from balsam_mpi import Client
-    from balsam_mpi.errors import InputError
+    from balsam_mpi.base.errors import InputError
 
     before = _state(seeded)
     with Client() as c:

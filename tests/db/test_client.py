@@ -8,7 +8,8 @@ import psycopg
 import pytest
 
 from balsam_mpi import Client
-from balsam_mpi.errors import Conflict, InputError, NotFound, UsageError
+from balsam_mpi.base.errors import Conflict, InputError, NotFound, UsageError
+from balsam_mpi.tasks import writer
 
 
 @pytest.fixture()
@@ -133,9 +134,8 @@ def test_update_and_delete(client: Client, conn: psycopg.Connection) -> None:
 
 def test_bad_task_in_a_later_chunk_rolls_back_the_earlier_ones(
         client: Client, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balsam_mpi import taskadd
 
-    monkeypatch.setattr(taskadd, "CHUNK", 10)
+    monkeypatch.setattr(writer, "CHUNK", 10)
     tasks: list[dict[str, Any]] = [{"app": "plain", "workflow": "w", "name": f"t{i}"}
                                    for i in range(25)]
     tasks[22]["num_nodes"] = 0
@@ -172,10 +172,10 @@ def test_ids_are_positive_int64(client: Client, bad: Any) -> None:
 
 def _claim(pg_project: Any, dbname: str, *, start: int | None = None) -> Any:
     """A launcher of the owner's claims the READY tasks (and reports one started)."""
-    from balsam_mpi import db
+    from balsam_mpi.base import db
+    from balsam_mpi.launcher.store import Store
+    from balsam_mpi.launcher.storeport import ClaimFilter
     from balsam_mpi.protocol import Started
-    from balsam_mpi.store import Store
-    from balsam_mpi.storeport import ClaimFilter
 
     store = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
     lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 
 from balsam_mpi import Client
+from balsam_mpi.base.errors import Conflict
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle
-from balsam_mpi.errors import Conflict
-from balsam_mpi.project import Project
 
 
 @pytest.fixture()

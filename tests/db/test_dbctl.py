@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from balsam_mpi import db
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import ServerError
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import cluster, layout, lifecycle
 from balsam_mpi.dbctl.cli import cli
-from balsam_mpi.errors import ServerError
-from balsam_mpi.project import Project
 
 BIN = Path(sys.executable).parent
 DBCTL = str(BIN / "balsam-dbctl")

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import db
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.journal import Journal, payload
-from balsam_mpi.lease import sweep_once
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.journal import Journal, payload
+from balsam_mpi.launcher.lease import sweep_once
+from balsam_mpi.launcher.replay import ReplayCache, replay_due
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.replay import ReplayCache, replay_due
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import Lease
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
 pytestmark = pytest.mark.timeout(120)

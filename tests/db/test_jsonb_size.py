@@ -1,6 +1,6 @@
 """The client measures a JSON document as Postgres stores it: jsondoc.json_size equals
 ``octet_length(doc::jsonb::text)``, which is what the database's CHECK constraints cap
-(limits.py). Checked against the server with hypothesis-generated documents."""
+(base/limits.py). Checked against the server with hypothesis-generated documents."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balsam_mpi import jsondoc
+from balsam_mpi.base import jsondoc
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                max_size=20)

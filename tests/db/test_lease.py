@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import db
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter, Expired, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter, Expired, Lease
 
 T0 = 1_900_000_000.0
 
@@ -166,8 +166,8 @@ def test_recover_command(store: Store, conn: Any, pg_project: Project) -> None:
 
 
 def test_settings_keep_the_heartbeat_under_half_the_lease() -> None:
-    from balsam_mpi.config import resolve
-    from balsam_mpi.errors import UsageError
+    from balsam_mpi.base.errors import UsageError
+    from balsam_mpi.launcher.config import resolve
 
     ok = resolve({}, {"BALSAM_HEARTBEAT_S": "1", "BALSAM_LEASE_S": "3",
                       "BALSAM_EXPIRE_CHECK_S": "0.5", "BALSAM_KILL_GRACE_S": "1"})

@@ -1,7 +1,7 @@
-"""The database enforces balsam_mpi/limits.py itself (migrations/0007), whoever writes.
+"""The database enforces balsam_mpi/base/limits.py itself (migrations/0007), whoever writes.
 
-Every cap is read from limits.py here, never restated: a value at the cap is stored, one
-past it is refused by a CHECK constraint that names the field. If limits.py and the
+Every cap is read from base/limits.py here, never restated: a value at the cap is stored, one
+past it is refused by a CHECK constraint that names the field. If base/limits.py and the
 migration drift apart, these tests fail. The rows go in by raw INSERT as the owner's
 everyday role (what anyone could type into psql), and one case through Client.
 """
@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from balsam_mpi import Client, limits
-from balsam_mpi.errors import UsageError
+from balsam_mpi import Client
+from balsam_mpi.base import limits
+from balsam_mpi.base.errors import UsageError
 
 
 @pytest.fixture()

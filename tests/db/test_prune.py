@@ -12,12 +12,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from balsam_mpi import analytics
+from balsam_mpi.base.errors import Conflict, PermissionDenied
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import prune as prune_mod
 from balsam_mpi.dbctl.cli import cli as dbctl
 from balsam_mpi.dbctl.prune import prune
-from balsam_mpi.errors import Conflict, PermissionDenied
-from balsam_mpi.project import Project
+from balsam_mpi.reports import history
 
 from . import test_analytics_build as build
 from .test_analytics_build import Builder
@@ -65,7 +65,7 @@ def two_campaigns(admin: Conn, pg_project: Project) -> dict[str, Any]:
 
 
 def _report(conn: Conn, job: int | None = None) -> dict[str, Any]:
-    h = analytics.history(conn, analytics.Filters(batch_job=job, bin_seconds=10.0))
+    h = history.history(conn, history.Filters(batch_job=job, bin_seconds=10.0))
     return {"jobs": h.job_rows(), "series": [float(v) for v in h.utilization_series()]}
 
 

@@ -11,14 +11,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi import Client, db, limits
-from balsam_mpi.appinfo import AppCache
-from balsam_mpi.errors import PermissionDenied, UsageError
-from balsam_mpi.orders import OrderBuilder
-from balsam_mpi.project import Project
+from balsam_mpi import Client
+from balsam_mpi.base import db, limits
+from balsam_mpi.base.errors import PermissionDenied, UsageError
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.appinfo import AppCache
+from balsam_mpi.launcher.orders import OrderBuilder
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter, Lease
 
 T0 = 1_900_000_000.0
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import db
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
 pytestmark = pytest.mark.timeout(120)

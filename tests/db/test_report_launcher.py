@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import analytics
-from balsam_mpi.analytics import Filters
+from balsam_mpi.reports import history
+from balsam_mpi.reports.history import Filters
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 SLEEP = 1.0
@@ -56,7 +56,7 @@ def test_launcher_run_matches_wall_clock_and_histories(conn: Any, dbname: str) -
     states = conn.execute("SELECT state::text, count(*) FROM tasks WHERE id = ANY(%s) "
                           "GROUP BY 1", (ids,)).fetchall()
     assert dict(states) == {"JOB_FINISHED": TASKS}
-    h = analytics.history(conn, Filters())
+    h = history.history(conn, Filters())
     (job,) = h.jobs
     # the batch job's life lies inside the test's own wall clock
     assert job.started_at is not None and job.alive_until is not None

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from balsam_mpi import db
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import access, credentials, lifecycle, rolelimits
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.project import Project
 
 _n = itertools.count()
 
@@ -120,7 +120,7 @@ def test_a_transaction_left_open_is_ended(pg_project: Project,
 def test_the_launchers_own_connection_lifts_statement_timeout(
         pg_project: Project, admin: psycopg.Connection[Any], login: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from balsam_mpi.store import Store
+    from balsam_mpi.launcher.store import Store
 
     role = login["member"]
     rolelimits.apply(admin, role, rolelimits.MEMBER)

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 
 from balsam_mpi import sql
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle, schema
-from balsam_mpi.project import Project
 
 
 def _fresh_db(project: Project, name: str) -> None:

@@ -4,7 +4,7 @@ claim, start, end in every way a launcher reports, drain, close a job — and af
 step each recorded event is a legal move of ``models.TRANSITIONS``, and each task's state
 is the last state its history records.
 
-This is the check behind "only the legal moves exist": ``models.py`` is the table, the
+This is the check behind "only the legal moves exist": ``tasks/states.py`` is the table, the
 SQL functions and triggers are what moves tasks; they must agree."""
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from balsam_mpi import db
-from balsam_mpi.client import Client
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl.lifecycle import admin_connect
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.models import TRANSITIONS, TaskState
-from balsam_mpi.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter, Lease
+from balsam_mpi.tasks.client import Client
+from balsam_mpi.tasks.states import TRANSITIONS, TaskState
 
 # Moves a run must have exercised, so the test cannot pass by never getting there.
 MUST_SEE = {("READY", "RUNNING"), ("RUNNING", "RUN_DONE"), ("RUN_DONE", "JOB_FINISHED"),

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import db
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter, Lease
 
 T0 = 1_900_000_000.0  # a fixed node time, far from the server's clock
 

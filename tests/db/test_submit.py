@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from balsam_mpi import submit
+from balsam_mpi.base.errors import UsageError
+from balsam_mpi.base.project import Project
+from balsam_mpi.batch import submit
+from balsam_mpi.batch.jobscript import JobRequest
 from balsam_mpi.cli import cli
-from balsam_mpi.errors import UsageError
-from balsam_mpi.jobscript import JobRequest
-from balsam_mpi.project import Project
 
 
 def _fake(bindir: Path, name: str, body: str) -> Path:

@@ -7,11 +7,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi import adds, db
-from balsam_mpi.errors import InputError
-from balsam_mpi.project import Project
-from balsam_mpi.store import Store
-from balsam_mpi.taskadd import TaskWriter
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import InputError
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher import adds
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.tasks.writer import TaskWriter
 
 
 @pytest.fixture()
@@ -75,13 +76,13 @@ def test_the_leader_writes_each_request_through_its_store_connection(
             {"app": "hello", "workflow": "w", "params": {"who": "2"}, "parents": ["k"]},
             {"app": "hello", "workflow": "w", "params": {"who": "3"}, "key": "k"})
         bad: tuple[dict[str, Any], ...] = ({"app": "nope", "workflow": "w"},)
-        answers = adds.write(store, [(1, 7, good), (2, 8, bad), (-1, 9, good)])
+        answers = adds.write(store, [(1, 7, good), (2, 8, bad), (0, 9, good)])
     finally:
         store.close()
     (r1, q1, ids1, e1), (r2, q2, ids2, e2), (r3, q3, ids3, e3) = answers
     assert (r1, q1, e1, len(ids1)) == (1, 7, "", 3)
     assert (r2, q2, ids2) == (2, 8, ()) and e2.startswith("task #1: app: no app named 'nope'")
-    assert (r3, q3, e3, len(ids3)) == (-1, 9, "", 3)
+    assert (r3, q3, e3, len(ids3)) == (0, 9, "", 3)  # LOCAL: rank 0
     states = _states(conn, [*ids1, *ids3])
     assert states[ids1[1]] == ("AWAITING_PARENTS", 1)
     assert states[ids3[1]] == ("AWAITING_PARENTS", 1)

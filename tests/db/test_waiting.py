@@ -1,4 +1,4 @@
-"""Waiting without polling (waiting.py, executor.py, `task wait`): LISTEN first, read the
+"""Waiting without polling (tasks/waiting.py, tasks/executor.py, `task wait`): LISTEN first, read the
 states, then sleep until a notification; a timeout is one clear error; a notification is
 only a hint. A thread plays the launcher, through the launcher's own database calls."""
 
@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from balsam_mpi import Client, db, results, waiting
+from balsam_mpi import Client
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import NotFound, PermissionDenied, UsageError
+from balsam_mpi.base.project import Project
 from balsam_mpi.cli import cli
-from balsam_mpi.errors import NotFound, PermissionDenied, UsageError
-from balsam_mpi.executor import Executor
-from balsam_mpi.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import ClaimFilter
+from balsam_mpi.tasks import waiting
+from balsam_mpi.tasks.executor import Executor
 
 pytestmark = pytest.mark.timeout(30)
 T0 = 1_900_000_000.0
@@ -41,8 +43,8 @@ class FakeLauncher:
         self.store.claim(self.lease, limit=1000, capacity=1000.0, max_need=1.0,
                          filters=ClaimFilter())
         ep = self.lease.epoch
-        results.report_with_results(
-            self.store, self.lease, [Started(i, ep, T0) for i in values],
+        self.store.report(
+            self.lease, [Started(i, ep, T0) for i in values],
             [Finished(i, ep, int(kind), 0 if kind == EndKind.DONE else 1, T0, T0 + 1,
                       "" if kind == EndKind.DONE else "Traceback …\nValueError: bad x",
                       None if v is None else json.dumps(v)) for i, v in values.items()])

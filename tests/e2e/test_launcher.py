@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 from tests.conftest import mpirun, needs_mpiexec
 
 pytestmark = [pytest.mark.timeout(240), needs_mpiexec]
@@ -129,7 +129,7 @@ def test_two_launchers_disjoint_then_both_on_all(conn: Any, dbname: str) -> None
 
 
 def test_dag_runs_in_order(pg_project: Project, conn: Any, dbname: str) -> None:
-    from balsam_mpi.client import Client
+    from balsam_mpi.tasks.client import Client
 
     with Client(pg_project) as client:
         client.add_app("step", "sleep 0.2")
@@ -203,7 +203,7 @@ def test_failures_are_recorded_with_their_output(conn: Any, dbname: str) -> None
 
 
 def test_a_kill_reaches_a_running_task(pg_project: Project, conn: Any, dbname: str) -> None:
-    from balsam_mpi.client import Client
+    from balsam_mpi.tasks.client import Client
 
     [long] = add(conn, 1, command="sleep 600", app="long")
     proc = launcher(2)
@@ -224,7 +224,7 @@ def test_a_kill_reaches_a_running_task(pg_project: Project, conn: Any, dbname: s
 CRASHING_WORKER = """
 import sys
 from mpi4py import MPI
-from balsam_mpi import node
+from balsam_mpi.node import node
 if MPI.COMM_WORLD.Get_rank() == 1:
     started = node.Node._start
     def _start(self, spec):
@@ -232,7 +232,7 @@ if MPI.COMM_WORLD.Get_rank() == 1:
             raise RuntimeError("injected failure on rank 1")
         started(self, spec)
     node.Node._start = _start
-from balsam_mpi.launch import main
+from balsam_mpi.launcher.launch import main
 main(sys.argv[1:])
 """
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import db
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
 from tests.conftest import mpirun
 from tests.e2e.test_launcher import add, no_strays, running_events, states
 

@@ -210,7 +210,7 @@ def test_the_probes_end_a_launcher_started_with_hydra(conn: Any, dbname: str,
                            "MPICH's gforker (Open MPI: see the test below)")
 def test_the_local_start_survives_every_probe(conn: Any, dbname: str, tmp_path: Path) -> None:
     total = _workload(conn, tmp_path, mpi_task=True)
-    proc = _start([sys.executable, "-m", "balsam_mpi.localstart", "-n", "3", "--",
+    proc = _start([sys.executable, "-m", "balsam_mpi.batch.localstart", "-n", "3", "--",
                    "--idle-timeout", "0"])
     ports, held, delivered = _attack_when_running(conn, proc, 2)
     rc, out = _end(proc, held, timeout=120)
@@ -235,7 +235,7 @@ def test_open_mpi_mpirun_stays_exposed_to_local_users(conn: Any, dbname: str,
     who holds a cut-short message open there froze the whole job here. No setting closes
     those ports. This fails the day that changes, so that the documentation follows."""
     total = _workload(conn, tmp_path, mpi_task=False)
-    proc = _start([sys.executable, "-m", "balsam_mpi.localstart", "-n", "3", "--",
+    proc = _start([sys.executable, "-m", "balsam_mpi.batch.localstart", "-n", "3", "--",
                    "--idle-timeout", "0"])
     deadline = time.monotonic() + 60
     while conn.execute("SELECT count(*) FROM tasks WHERE state = 'RUNNING'").fetchone()[0] < 1:

@@ -1,4 +1,4 @@
-"""The local start (``python -m balsam_mpi.localstart``, used by the demo and ``submit
+"""The local start (``python -m balsam_mpi.batch.localstart``, used by the demo and ``submit
 --scheduler local``) under the found MPI: the starter's signals reach the ranks, and a
 starter killed outright does not leave ranks running tasks behind.
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.timeout(240), needs_mpiexec]
 
 def _start(ranks: int) -> subprocess.Popen[str]:
     env = dict(os.environ, BALSAM_FLUSH_INTERVAL_S="0.05", BALSAM_HEARTBEAT_S="2")
-    return subprocess.Popen([sys.executable, "-m", "balsam_mpi.localstart", "-n", str(ranks),
+    return subprocess.Popen([sys.executable, "-m", "balsam_mpi.batch.localstart", "-n", str(ranks),
                              "--", "--idle-timeout", "0"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

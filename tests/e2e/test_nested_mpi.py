@@ -47,8 +47,8 @@ HELLO = textwrap.dedent("""\
 RUNNER_WORKER = textwrap.dedent("""\
     import json, os, sys, time
     from mpi4py import MPI
-    from balsam_mpi import runner
-    from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
+    from balsam_mpi.node import runner
+    from balsam_mpi.node.mpilaunch import launch_prefix, task_mpi_env
     from balsam_mpi.protocol import RunOrder
     hello, out_dir, kind, mpiexec = sys.argv[1:5]
     rank = MPI.COMM_WORLD.Get_rank()
@@ -73,7 +73,7 @@ RUNNER_WORKER = textwrap.dedent("""\
 WORKER = textwrap.dedent("""\
     import json, os, subprocess, sys
     from mpi4py import MPI
-    from balsam_mpi.mpilaunch import launch_prefix, task_mpi_env
+    from balsam_mpi.node.mpilaunch import launch_prefix, task_mpi_env
     mode, hello, out_dir, kind, mpiexec = sys.argv[1:6]
     rank = MPI.COMM_WORLD.Get_rank()
     env = task_mpi_env(os.environ) if mode.startswith("scrubbed") else dict(os.environ)
@@ -204,7 +204,7 @@ def test_open_mpi_nested_launch_needs_the_scrubbed_environment(tmp_path: Path) -
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="binding needs two cores")
 def test_binding_reaches_the_ranks(tmp_path: Path) -> None:
-    from balsam_mpi.mpilaunch import launch_prefix
+    from balsam_mpi.node.mpilaunch import launch_prefix
 
     (tmp_path / "hello.py").write_text(HELLO)
     allowed = sorted(os.sched_getaffinity(0))
@@ -245,7 +245,7 @@ def test_signalling_the_prefix_group_ends_every_rank(tmp_path: Path, sig: int) -
     Hydra puts each rank in a group of its own, so this checks the ranks still end."""
     import time
 
-    from balsam_mpi.mpilaunch import launch_prefix
+    from balsam_mpi.node.mpilaunch import launch_prefix
 
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     argv = launch_prefix(KIND, hosts=["localhost", "localhost"], ranks_per_node=2,

@@ -1,5 +1,5 @@
 """An app's preprocess and postprocess (and its error and timeout handlers) under the real
-launcher: what runs where, and the states they lead to (balsam_mpi/prepost.py)."""
+launcher: what runs where, and the states they lead to (balsam_mpi/node/prepost.py)."""
 
 from __future__ import annotations
 

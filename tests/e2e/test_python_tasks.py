@@ -107,7 +107,7 @@ def test_every_way_a_call_can_fail_is_recorded_and_the_node_keeps_serving(
 
 def _interpreters_and_ranks(dbname: str) -> tuple[list[int], list[int]]:
     """(launcher ranks, interpreters) of this test's launcher: the interpreters are the
-    children of the ranks' zygotes (python -m balsam_mpi.pyzygote)."""
+    children of the ranks' zygotes (python -m balsam_mpi.node.pyzygote)."""
     marker = f"BALSAM_DB_NAME={dbname}".encode()
     ranks, zygotish = [], {}
     for entry in os.listdir("/proc"):
@@ -121,7 +121,7 @@ def _interpreters_and_ranks(dbname: str) -> tuple[list[int], list[int]]:
             continue
         if marker not in env:
             continue
-        if b"balsam_mpi.pyzygote" in cmd:
+        if b"balsam_mpi.node.pyzygote" in cmd:
             zygotish[int(entry)] = ppid
         elif os.path.basename(cmd[0]).startswith(b"python") and b"balsam_mpi" in cmd:
             ranks.append(int(entry))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 from tests.e2e.test_launcher import add, no_strays, running_events, states
 from tests.e2e.test_lifecycle import processes, start, wait_end, wait_for
 

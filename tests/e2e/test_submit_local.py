@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from balsam_mpi import Client
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 
 BIN = Path(sys.executable).parent
 WATCHDOG_SEC = 240

@@ -31,7 +31,7 @@ def mpi_db(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     rank 0 only (the cluster is started there) and its name broadcast to the others."""
     from mpi4py import MPI
 
-    from balsam_mpi.project import Project
+    from balsam_mpi.base.project import Project
 
     comm = MPI.COMM_WORLD
     conn = None

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.mpi(min_size=3), pytest.mark.timeout(120)]
 def test_typed_messages_large_and_small_round_trip() -> None:
     from mpi4py import MPI
 
-    from balsam_mpi.comm import Comm
-    from balsam_mpi.pacing import Backoff
+    from balsam_mpi.base.pacing import Backoff
+    from balsam_mpi.launcher.comm import Comm
     from balsam_mpi.protocol import Assign, Report, RunOrder
 
     comm = Comm(MPI.COMM_WORLD)
@@ -54,9 +54,9 @@ def test_typed_messages_large_and_small_round_trip() -> None:
 def test_leader_and_workers_run_a_workload(mpi_db: tuple[Any, str, Any]) -> None:
     from mpi4py import MPI
 
-    from balsam_mpi.comm import Comm
-    from balsam_mpi.config import resolve
-    from balsam_mpi.session import LeaderSession, WorkerSession
+    from balsam_mpi.launcher.comm import Comm
+    from balsam_mpi.launcher.config import resolve
+    from balsam_mpi.launcher.session import LeaderSession, WorkerSession
 
     project, _name, conn = mpi_db
     world = MPI.COMM_WORLD

@@ -14,9 +14,9 @@ from typing import Any
 
 def main() -> None:
     request = json.loads(sys.argv[1])
-    from balsam_mpi import db
-    from balsam_mpi.errors import BalsamError
-    from balsam_mpi.project import Project
+    from balsam_mpi.base import db
+    from balsam_mpi.base.errors import BalsamError
+    from balsam_mpi.base.project import Project
 
     try:
         conn = db.connect(Project.from_env(), route=request.get("route", "auto"),

@@ -11,8 +11,8 @@ import sys
 
 
 def main() -> None:
-    from balsam_mpi import db
-    from balsam_mpi.project import Project
+    from balsam_mpi.base import db
+    from balsam_mpi.base.project import Project
 
     app = int(sys.argv[1])
     with db.connect(Project.from_env(), autocommit=True, application_name="stager") as conn:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import grp
 import json
 
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import layout
-from balsam_mpi.project import Project
 
 from .conftest import GROUP, MEMBER, OUTSIDER, OWNER, Runner, one_line, port_of
 

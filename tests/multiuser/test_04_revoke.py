@@ -9,8 +9,8 @@ from .conftest import LEAVER, OWNER, PREFIX, Runner, one_line
 
 HOLD = """
 import sys
-from balsam_mpi import db
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
 conn = db.connect(Project.from_env(), route=sys.argv[1], autocommit=True)
 print("ready", flush=True)
 sys.stdin.readline()

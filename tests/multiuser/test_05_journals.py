@@ -21,12 +21,12 @@ T0 = 1_900_000_000.0
 # Run as MEMBER2: its "leader" journals a success, through the package's own code.
 GENUINE = """
 import sys
-from balsam_mpi import db
-from balsam_mpi.journal import Journal
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.launcher.journal import Journal
+from balsam_mpi.base.project import Project
 from balsam_mpi.protocol import Finished
-from balsam_mpi.store import Store
-from balsam_mpi.storeport import Lease
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import Lease
 job, epoch, task = map(int, sys.argv[1:4])
 project = Project.from_env()
 store = Store(db.connect(project, autocommit=True))

@@ -319,7 +319,7 @@ def test_a_viewer_not_yet_enrolled_can_still_leave_a_request(mu: Runner, apps: N
     assert mu.dbctl(OWNER, "drop-user", LEAVER).returncode == 0  # no password any more
     added = mu.dbctl(OWNER, "add-user", LEAVER, "--read-only")
     assert added.returncode == 0 and "access/ stays writable" in added.stdout, added
-    request = ("from balsam_mpi.project import Project\n"
+    request = ("from balsam_mpi.base.project import Project\n"
                "from balsam_mpi.dbctl import credentials, enroll\n"
                "pw = credentials.new_password()\n"
                "print(enroll.write_request(Project.from_env(), credentials._me().pw_name,\n"
@@ -388,7 +388,7 @@ def test_stagein_never_links_a_planted_link_out_of_the_parents(mu: Runner,
     proc = as_user(mu, MEMBER, f"mkdir -p {parent} && echo data > {parent}/real.dat && "
                                f"ln -s {home(mu, OWNER)}/.pgpass {parent}/stolen.dat")
     assert proc.returncode == 0, proc.stderr
-    code = ("import sys\nfrom pathlib import Path\nfrom balsam_mpi.stagein import link_inputs\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom balsam_mpi.node.stagein import link_inputs\n"
             f"made = link_inputs(Path({str(child)!r}), [Path({str(parent)!r})], ['*.dat'])\n"
             "print(' '.join(sorted(p.name for p in made)))\n")
     done = mu.run(OWNER, [str(mu.venv / "bin" / "python"), "-c", code])

@@ -179,9 +179,9 @@ def test_a_viewer_can_call_none_of_the_writing_functions(mu: Runner,
 # -- 14.5: limits ---------------------------------------------------------------------------
 HOG = """
 import sys
-from balsam_mpi import db
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.project import Project
+from balsam_mpi.base import db
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.project import Project
 held = []
 try:
     for _ in range(int(sys.argv[1])):

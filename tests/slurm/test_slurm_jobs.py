@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
 from tests.e2e.test_launcher import no_strays
 from tests.slurm.cluster import LocalSlurm
 

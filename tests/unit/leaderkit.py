@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from balsam_mpi.calls import Calls
-from balsam_mpi.config import Settings
-from balsam_mpi.dbthread import Inline
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.calls import Calls
+from balsam_mpi.launcher.config import Settings
+from balsam_mpi.launcher.dbthread import Inline
+from balsam_mpi.launcher.memstore import MemStore
+from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 from balsam_mpi.leader import Leader
-from balsam_mpi.memstore import MemStore
-from balsam_mpi.node import Node, NullNode
-from balsam_mpi.project import Project
+from balsam_mpi.node.node import Node, NullNode
 from balsam_mpi.protocol import (
     Assign,
     Bye,
@@ -30,7 +31,6 @@ from balsam_mpi.protocol import (
     RunOrder,
     Started,
 )
-from balsam_mpi.storeport import ClaimFilter, Lease
 
 # Fast and deterministic: exit at once when idle, flush every turn.
 FAST = dict(idle_timeout_s=0.0, flush_interval_s=0.0, claim_idle_s=0.02, heartbeat_s=0.05,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from balsam_mpi.base.errors import ProjectError, UsageError
+from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import credentials, enroll
-from balsam_mpi.errors import ProjectError, UsageError
-from balsam_mpi.project import Project
 
 
 def test_verifier_follows_rfc_5802_and_7677() -> None:

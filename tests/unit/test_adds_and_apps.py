@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from balsam_mpi.adds import Added, AddService
-from balsam_mpi.appinfo import NONE, AppCache
-from balsam_mpi.calls import Calls
-from balsam_mpi.dbthread import Inline
-from balsam_mpi.errors import ServerError
-from balsam_mpi.memstore import MemStore
+from balsam_mpi.base.errors import ServerError
+from balsam_mpi.launcher.adds import Added, AddService
+from balsam_mpi.launcher.appinfo import NONE, AppCache
+from balsam_mpi.launcher.calls import Calls
+from balsam_mpi.launcher.dbthread import Inline
+from balsam_mpi.launcher.memstore import MemStore
+from balsam_mpi.launcher.storeport import AppExtras, ClaimFilter, Lease
 from balsam_mpi.protocol import LOCAL, AddTasks
-from balsam_mpi.storeport import AppExtras, ClaimFilter, Lease
 
 
 class LocalChannel:

@@ -9,9 +9,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from balsam_mpi import analytics_render as render
-from balsam_mpi.analytics import BatchJob, Filters, History, Window, ratio, scalar_ratio
-from balsam_mpi.analytics_time import (
+from balsam_mpi.base.errors import UsageError
+from balsam_mpi.reports import render as render
+from balsam_mpi.reports.history import BatchJob, Filters, History, Window, ratio, scalar_ratio
+from balsam_mpi.reports.timefmt import (
     auto_bin,
     bin_label,
     iso,
@@ -19,7 +20,6 @@ from balsam_mpi.analytics_time import (
     parse_time,
     short_duration,
 )
-from balsam_mpi.errors import UsageError
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -128,7 +128,7 @@ def test_payloads_and_csv_from_a_history() -> None:
 
 
 def test_stage_stats_from_a_histogram() -> None:
-    from balsam_mpi.analytics_tables import stage_stats
+    from balsam_mpi.reports.tables import stage_stats
 
     # two values in buckets of their own: exact, like percentile_cont
     exact = stage_stats(np.array([[60.0, 1, 13.0, 13.0, 13.0], [74.0, 1, 26.0, 26.0, 26.0]]))

@@ -1,5 +1,5 @@
-"""Decoding what arrives (the MPI side of comm.py is exercised by the tests/mpi tier; the
-idle backoff is pacing.py's: tests/unit/test_pacing.py)."""
+"""Decoding what arrives (the MPI side of launcher/comm.py is exercised by the tests/mpi tier; the
+idle backoff is base/pacing.py's: tests/unit/test_pacing.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ def test_an_unknown_tag_is_a_protocol_error_naming_rank_and_tag() -> None:
     """15.10: an unknown MPI tag raised ValueError from the Tag enum, naming neither."""
     import pytest
 
-    from balsam_mpi.comm import decode
-    from balsam_mpi.errors import BalsamError
+    from balsam_mpi.base.errors import BalsamError
+    from balsam_mpi.launcher.comm import decode
     from balsam_mpi.protocol import Hello, ProtocolError, Report, Tag
 
     with pytest.raises(ProtocolError, match=r"rank 3 .* tag 99") as err:

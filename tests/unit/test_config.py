@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.config import Settings, resolve
-from balsam_mpi.errors import UsageError
+from balsam_mpi.base.errors import UsageError
+from balsam_mpi.launcher.config import Settings, resolve
 
 
 def test_defaults() -> None:

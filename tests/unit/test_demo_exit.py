@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from balsam_mpi import demo as d
+from balsam_mpi.base.project import Project
 from balsam_mpi.cli.demo import demo
 from balsam_mpi.dbctl import lifecycle
-from balsam_mpi.project import Project
+from balsam_mpi.demo import run as d
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rc: int,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from balsam_mpi.dispatch import Dispatcher
-from balsam_mpi.node import Node
+from balsam_mpi.launcher.dispatch import Dispatcher
+from balsam_mpi.launcher.workerview import WorkerView
+from balsam_mpi.node.node import Node
 from balsam_mpi.protocol import Assign, EndKind, Finished, Report, RunOrder
-from balsam_mpi.workerview import WorkerView
 
 
 def setup(n_workers: int) -> tuple[Dispatcher, list[tuple[int, Assign]]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.dispatch import Dispatcher
-from balsam_mpi.node import Node, NullNode
+from balsam_mpi.launcher.dispatch import Dispatcher
+from balsam_mpi.launcher.workerview import WorkerView
+from balsam_mpi.node.node import Node, NullNode
 from balsam_mpi.protocol import Assign, Drain, Report, RunOrder
-from balsam_mpi.workerview import WorkerView
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 import balsam_mpi
-from balsam_mpi.errors import ServerError
-from balsam_mpi.project import Project, ServerInfo
+from balsam_mpi.base.errors import ServerError
+from balsam_mpi.base.project import Project, ServerInfo
 
 PACKAGE = Path(balsam_mpi.__file__).parent
 # What a handler catches when a driver error can reach it.

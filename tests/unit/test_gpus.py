@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.gpus import (
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.node.gpus import (
     GpuPool,
     detect_vendor,
     inherited_ids,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.config import resolve
-from balsam_mpi.dispatch import Dispatcher
-from balsam_mpi.kills import KillTracker
-from balsam_mpi.launch import parser
-from balsam_mpi.node import NullNode
+from balsam_mpi.launcher.config import resolve
+from balsam_mpi.launcher.dispatch import Dispatcher
+from balsam_mpi.launcher.kills import KillTracker
+from balsam_mpi.launcher.launch import parser
+from balsam_mpi.node.node import NullNode
 from balsam_mpi.protocol import LOCAL, Assign, Report, RunOrder
 
 
@@ -76,7 +76,7 @@ def test_command_line_flags() -> None:
     s = resolve(args, {}, {})
     assert s.workflows == ("a", "b") and s.tag_filter == {"k": "v"}
     assert s.idle_timeout_s == 0.0 and s.max_tasks == 5 and not s.persistent
-    from balsam_mpi.errors import UsageError
+    from balsam_mpi.base.errors import UsageError
 
     with pytest.raises(UsageError, match="--idle-timeout"):  # one line, exit 2 (launch.main)
         parser().parse_args(["--idle-timeout", "soon"])
@@ -87,8 +87,8 @@ def test_command_line_flags() -> None:
     ("ünï", "ça=va+1"),
 ])
 def test_spec_directories_are_exactly_project_task_dir(workflow: str, name: str) -> None:
-    from balsam_mpi.orders import OrderBuilder
-    from balsam_mpi.project import Project
+    from balsam_mpi.base.project import Project
+    from balsam_mpi.launcher.orders import OrderBuilder
 
     project = Project("/p")
     builder = OrderBuilder(project, epoch=1)
@@ -98,7 +98,7 @@ def test_spec_directories_are_exactly_project_task_dir(workflow: str, name: str)
 
 
 def test_specs_render_argv_without_a_shell() -> None:
-    from balsam_mpi.orders import render
+    from balsam_mpi.launcher.orders import render
 
     assert render("echo {who}", {"who": "a b; rm -rf /"}, ["x y"], False) == (
         "echo", "a b; rm -rf /", "x y")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.errors import ServerError
-from balsam_mpi.memstore import MemStore
-from balsam_mpi.node import NullNode
+from balsam_mpi.base.errors import ServerError
+from balsam_mpi.launcher.memstore import MemStore
+from balsam_mpi.launcher.storeport import ClaimFilter
+from balsam_mpi.node.node import NullNode
 from balsam_mpi.protocol import (
     Drain,
     EndKind,
@@ -21,7 +22,6 @@ from balsam_mpi.protocol import (
     RunOrder,
     WorkerFailed,
 )
-from balsam_mpi.storeport import ClaimFilter
 from tests.unit.leaderkit import make
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.config import resolve
-from balsam_mpi.errors import UsageError
-from balsam_mpi.liveness import WorkerWatch
+from balsam_mpi.base.errors import UsageError
+from balsam_mpi.launcher.config import resolve
+from balsam_mpi.launcher.liveness import WorkerWatch
 
 pytestmark = pytest.mark.timeout(60)
 

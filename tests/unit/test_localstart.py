@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import jobscript, localstart
-from balsam_mpi.jobscript import JobRequest
-from balsam_mpi.mpidetect import MpiInfo, classify
-from balsam_mpi.mpienv import START_VARS
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
+from balsam_mpi.batch import jobscript, localstart
+from balsam_mpi.batch.jobscript import JobRequest
+from balsam_mpi.node.mpidetect import MpiInfo, classify
+from balsam_mpi.node.mpienv import START_VARS
 
 PY = "/v/bin/python"
 HYDRA = "HYDRA build details:\n    Version:    5.0.2\n"
@@ -38,7 +38,7 @@ def _plan(banner: str, files: set[str], environ: Mapping[str, str] | None = None
 def test_mpich_starts_with_the_fork_starter_and_no_port() -> None:
     start = _plan(HYDRA, {"/v/bin/mpiexec.gforker"}, {"PATH": "/bin", "MPIEXEC_USE_PORT": "1"})
     assert start.argv == ["/v/bin/mpiexec.gforker", "-n", "3", PY, "-m",
-                          "balsam_mpi.localstart", "--rank", "--", "--idle-timeout", "1"]
+                          "balsam_mpi.batch.localstart", "--rank", "--", "--idle-timeout", "1"]
     assert start.forks and "no TCP port" in start.how
     assert "MPIEXEC_USE_PORT" not in start.env  # it would make gforker listen after all
 
@@ -127,7 +127,7 @@ def test_local_script_starts_the_fork_starter_and_returns_its_status(
     assert proc.returncode == 3, err
     argv = (tmp_path / "out" / "argv").read_text().splitlines()
     assert argv == [str(venv / "bin" / "mpiexec.gforker"), "-n", "3", sys.executable, "-m",
-                    "balsam_mpi.localstart", "--rank", "--", "--workflow=w 1"]
+                    "balsam_mpi.batch.localstart", "--rank", "--", "--workflow=w 1"]
     assert b"MPICH's fork starter" in err  # the choice is in the job's log
     env = dict(line.split("=", 1) for line in
                (tmp_path / "out" / "env").read_text().splitlines() if "=" in line)

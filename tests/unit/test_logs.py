@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import logs
+from balsam_mpi.launcher import logs
 
 
 @pytest.fixture()

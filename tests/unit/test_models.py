@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balsam_mpi.errors import UsageError
-from balsam_mpi.models import (
+from balsam_mpi.base.errors import UsageError
+from balsam_mpi.tasks.states import (
     FINAL,
     KILLABLE,
     STOPPED,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import mpidetect
-from balsam_mpi.mpidetect import classify, fork_starter, probe
-from balsam_mpi.mpienv import START_VARS, is_launcher_variable, task_mpi_env
+from balsam_mpi.node import mpidetect
+from balsam_mpi.node.mpidetect import classify, fork_starter, probe
+from balsam_mpi.node.mpienv import START_VARS, is_launcher_variable, task_mpi_env
 
 # Printed here: the mpich wheel's (MPICH 5.0.2) and Debian's MPICH 4.0.2 hydra (the
 # first lines; the rest lists launchers, among them "slurm"), Debian's Open MPI 4.1.4.

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.mpidetect import MpiInfo
-from balsam_mpi.mpilaunch import (
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.platform import SchedulerEnv
+from balsam_mpi.node.mpidetect import MpiInfo
+from balsam_mpi.node.mpilaunch import (
     KINDS,
     UNTESTED_KINDS,
     MpiLauncher,
@@ -21,7 +22,6 @@ from balsam_mpi.mpilaunch import (
     needs_prefix,
     task_mpi_env,
 )
-from balsam_mpi.platform import SchedulerEnv
 
 TWO = ["x1", "x2"]
 
@@ -188,7 +188,7 @@ def _choose(environ: dict[str, str], sched: str, on_path: dict[str, str],
 
     def probe(program: str, _env: object) -> MpiInfo:
         asked.append(program)
-        from balsam_mpi.mpidetect import classify
+        from balsam_mpi.node.mpidetect import classify
         return classify((banners or {}).get(program, ""), program)
 
     return choose_launcher(environ, setting=setting, sched=SchedulerEnv(sched),
@@ -278,7 +278,7 @@ def test_choice_detects_the_scheduler_from_the_environment() -> None:
 
 
 def test_the_choice_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="balsam_mpi.mpilaunch"):
+    with caplog.at_level("INFO", logger="balsam_mpi.node.mpilaunch"):
         _choose({}, "local", {"mpiexec": "/usr/bin/mpiexec"},
                 banners={"/usr/bin/mpiexec": OMPI_BANNER})
     assert "multi-rank tasks start with Open MPI (mpiexec -n N --host h1:P,h2:P) through " \

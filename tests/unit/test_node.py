@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from balsam_mpi.node import Node, NullNode
+from balsam_mpi.node.node import Node, NullNode
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 

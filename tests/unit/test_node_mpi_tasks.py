@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import prepost
-from balsam_mpi.node import Node
+from balsam_mpi.node.node import Node, prepost
 from balsam_mpi.protocol import Assign, EndKind, RunOrder
 from tests.unit.test_node import run_until
 

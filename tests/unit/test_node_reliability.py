@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.node import Node
+from balsam_mpi.node.node import Node
 from balsam_mpi.protocol import Assign, EndKind
 from tests.unit.test_node import order, run_until
 

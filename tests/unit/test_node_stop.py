@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from balsam_mpi.node import Node
+from balsam_mpi.node.node import Node
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 

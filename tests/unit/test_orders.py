@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.limits import COMMAND_MAX
-from balsam_mpi.orders import OrderBuilder
-from balsam_mpi.project import Project
-from balsam_mpi.storeport import Claimed
+from balsam_mpi.base.limits import COMMAND_MAX
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.orders import OrderBuilder
+from balsam_mpi.launcher.storeport import Claimed
 
 pytestmark = pytest.mark.timeout(60)
 

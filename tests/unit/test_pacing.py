@@ -1,4 +1,4 @@
-"""pacing.py: the one backoff (idle sleeps, retries with a give-up time) and jittered
+"""base/pacing.py: the one backoff (idle sleeps, retries with a give-up time) and jittered
 periodic work, on a fake clock."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from balsam_mpi.pacing import Backoff, Periodic
+from balsam_mpi.base.pacing import Backoff, Periodic
 
 
 class Clock:

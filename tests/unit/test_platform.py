@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import platform
-from balsam_mpi.errors import BalsamError
-from balsam_mpi.platform import SchedulerEnv, detect, expand_hostlist, time_limit_min
+from balsam_mpi.base import platform
+from balsam_mpi.base.errors import BalsamError
+from balsam_mpi.base.platform import SchedulerEnv, detect, expand_hostlist, time_limit_min
 
 
 def test_local_when_no_scheduler() -> None:
@@ -137,7 +137,7 @@ def test_node_name_under_pbs_is_this_hosts_nodefile_entry(
 
 
 def test_a_node_names_itself_as_the_scheduler_does() -> None:
-    from balsam_mpi.node import Node
+    from balsam_mpi.node.node import Node
 
     node = Node(environ={"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "n3", "PATH": "/bin"})
     try:
@@ -201,7 +201,7 @@ def test_pbs_end_time_from_qstat() -> None:
 def test_end_time_query_failures_leave_env_and_say_why(
         run: FakeRun, caplog: pytest.LogCaptureFixture) -> None:
     before = SchedulerEnv("slurm", "42", ["n1"], None, None)
-    with caplog.at_level("WARNING", logger="balsam_mpi.platform"):
+    with caplog.at_level("WARNING", logger="balsam_mpi.base.platform"):
         assert platform.with_end_time(before, {}, run) == before
     assert len(caplog.records) == 1
     assert "could not learn when this job ends (squeue -h -j 42 -o %e" in caplog.text

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.errors import ProjectError
-from balsam_mpi.project import (
+from balsam_mpi.base.errors import ProjectError
+from balsam_mpi.base.project import (
     Project,
     ServerInfo,
     check_control_file,

@@ -16,9 +16,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balsam_mpi import analytics_time, limits, taskio, values
-from balsam_mpi.errors import InputError, UsageError
-from balsam_mpi.validate import INT_FIELDS, MODIFIABLE
+from balsam_mpi.base import limits, values
+from balsam_mpi.base.errors import InputError, UsageError
+from balsam_mpi.reports import timefmt
+from balsam_mpi.tasks import files
+from balsam_mpi.tasks.validate import INT_FIELDS, MODIFIABLE
 
 FAST = settings(database=None, deadline=None, max_examples=150,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -60,7 +62,7 @@ def test_jsonl_round_trip_keeps_values_and_line_numbers(
         line += 1
         expected.append((f"t.jsonl line {line}", task))
     data = "".join(out).encode("utf-8")
-    assert list(taskio.read_tasks(io.BytesIO(data), "t.jsonl")) == expected
+    assert list(files.read_tasks(io.BytesIO(data), "t.jsonl")) == expected
 
 
 @FAST
@@ -68,7 +70,7 @@ def test_jsonl_round_trip_keeps_values_and_line_numbers(
 def test_any_bytes_give_tasks_or_one_line_naming_the_line(data: bytes) -> None:
     lines = data.count(b"\n") + 1
     try:
-        for label, task in taskio.read_tasks(io.BytesIO(data), "f.jsonl"):
+        for label, task in files.read_tasks(io.BytesIO(data), "f.jsonl"):
             assert isinstance(task, dict) and label.startswith("f.jsonl line ")
     except InputError as exc:
         match = re.match(r"f\.jsonl line (\d+): \S", str(exc))
@@ -78,12 +80,12 @@ def test_any_bytes_give_tasks_or_one_line_naming_the_line(data: bytes) -> None:
 @FAST
 @given(st.integers(65, 3000))
 def test_any_nesting_depth_is_refused_by_the_cap_not_the_stack(depth: int) -> None:
-    from balsam_mpi.validate import AppInfo, check_task
+    from balsam_mpi.tasks.validate import AppInfo, check_task
 
     line = ('{"app": "a", "workflow": "w", "data": {"x": ' + "[" * depth + "]" * depth
             + "}}\n").encode()
     try:
-        [(_label, raw)] = list(taskio.read_tasks(io.BytesIO(line), "d.jsonl"))
+        [(_label, raw)] = list(files.read_tasks(io.BytesIO(line), "d.jsonl"))
     except InputError as exc:  # deeper than the parser's own recursion limit
         assert "d.jsonl line 1: nested deeper than" in str(exc)
         return
@@ -109,7 +111,7 @@ def test_csv_cells_come_back_typed(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         writer.writerow({k: repr(v) if isinstance(v, float) else
                          str(v).lower() if isinstance(v, bool) else v for k, v in row.items()})
-    got = [task for _label, task in taskio.read_tasks(
+    got = [task for _label, task in files.read_tasks(
         io.BytesIO(buf.getvalue().encode("utf-8")), "t.csv")]
     assert got == rows
 
@@ -118,7 +120,7 @@ def test_csv_cells_come_back_typed(rows: list[dict[str, Any]]) -> None:
 @given(st.binary(max_size=300))
 def test_any_csv_bytes_give_tasks_or_one_line(data: bytes) -> None:
     try:
-        for label, task in taskio.read_tasks(io.BytesIO(data), "f.csv"):
+        for label, task in files.read_tasks(io.BytesIO(data), "f.csv"):
             assert isinstance(task, dict) and label.startswith("f.csv line ")
     except InputError as exc:
         assert re.match(r"f\.csv line \d+: \S", str(exc)) and "\n" not in str(exc)
@@ -128,7 +130,7 @@ def test_any_csv_bytes_give_tasks_or_one_line(data: bytes) -> None:
 @FAST
 @given(st.dictionaries(names, stored_text, max_size=5))
 def test_pairs_round_trip(pairs: dict[str, str]) -> None:
-    assert taskio.parse_pairs([f"{k}={v}" for k, v in pairs.items()], "tags") == pairs
+    assert files.parse_pairs([f"{k}={v}" for k, v in pairs.items()], "tags") == pairs
 
 
 @FAST
@@ -136,7 +138,7 @@ def test_pairs_round_trip(pairs: dict[str, str]) -> None:
 def test_pairs_refuse_duplicates_and_missing_equals(key: str, a: str, b: str) -> None:
     for bad in ([f"{key}={a}", f"{key}={b}"], [key]):
         try:
-            taskio.parse_pairs(bad, "tags")
+            files.parse_pairs(bad, "tags")
         except InputError as exc:
             assert str(exc).startswith("tags: ")
         else:
@@ -148,7 +150,7 @@ def test_pairs_refuse_duplicates_and_missing_equals(key: str, a: str, b: str) ->
 def test_set_parses_integers_by_field(field: str, n: int) -> None:
     lo, hi = INT_FIELDS[field]
     try:
-        assert taskio.parse_sets([f"{field}={n}"]) == {field: n} and lo <= n <= hi
+        assert files.parse_sets([f"{field}={n}"]) == {field: n} and lo <= n <= hi
     except InputError as exc:
         assert not lo <= n <= hi and str(exc).startswith(f"{field}: must be from")
 
@@ -157,7 +159,7 @@ def test_set_parses_integers_by_field(field: str, n: int) -> None:
 @given(st.sampled_from(sorted(MODIFIABLE)), stored_text)
 def test_set_text_gives_a_typed_value_or_names_the_field(field: str, raw: str) -> None:
     try:
-        value = taskio.parse_sets([f"{field}={raw}"])[field]
+        value = files.parse_sets([f"{field}={raw}"])[field]
     except InputError as exc:
         assert str(exc).startswith((f"{field}: ", f"{field}[", f"{field}.", "set: "))
         return
@@ -212,20 +214,20 @@ UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def test_durations_read_as_written(n: int, unit: str) -> None:
     seconds = n * UNITS[unit]
     try:
-        assert analytics_time.parse_duration(f"{n}{unit}") == seconds
+        assert timefmt.parse_duration(f"{n}{unit}") == seconds
     except UsageError as exc:
-        assert seconds > analytics_time.DURATION_MAX_S and "--bin" in str(exc)
+        assert seconds > timefmt.DURATION_MAX_S and "--bin" in str(exc)
 
 
 @FAST
 @given(st.text(max_size=40))
 def test_any_text_is_a_duration_in_range_or_one_line(raw: str) -> None:
     try:
-        seconds = analytics_time.parse_duration(raw)
+        seconds = timefmt.parse_duration(raw)
     except UsageError as exc:
         assert str(exc).startswith("--bin ") and "\n" not in str(exc)
     else:
-        assert analytics_time.DURATION_MIN_S <= seconds <= analytics_time.DURATION_MAX_S
+        assert timefmt.DURATION_MIN_S <= seconds <= timefmt.DURATION_MAX_S
 
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -235,7 +237,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 @given(st.text(max_size=40))
 def test_any_text_is_a_time_or_one_line(raw: str) -> None:
     try:
-        when = analytics_time.parse_time(raw, "--since", now=NOW)
+        when = timefmt.parse_time(raw, "--since", now=NOW)
     except UsageError as exc:
         assert str(exc).startswith("--since ") and "\n" not in str(exc)
     else:
@@ -246,18 +248,18 @@ def test_any_text_is_a_time_or_one_line(raw: str) -> None:
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
                     timezones=st.just(timezone.utc)))
 def test_times_printed_by_reports_read_back(when: datetime) -> None:
-    text = analytics_time.iso(when)
-    assert text is not None and analytics_time.parse_time(text, "--since", now=NOW) == when
+    text = timefmt.iso(when)
+    assert text is not None and timefmt.parse_time(text, "--since", now=NOW) == when
 
 
 @FAST
 @given(st.integers(1, 10**5), st.sampled_from(["s", "m", "h"]))
 def test_durations_back_from_now(n: int, unit: str) -> None:
-    when = analytics_time.parse_time(f"{n}{unit} ago", "--since", now=NOW)
+    when = timefmt.parse_time(f"{n}{unit} ago", "--since", now=NOW)
     assert when == NOW - timedelta(seconds=n * UNITS[unit])
 
 
 @FAST
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_short_duration_never_raises(seconds: float) -> None:
-    assert isinstance(analytics_time.short_duration(seconds), str)
+    assert isinstance(timefmt.short_duration(seconds), str)

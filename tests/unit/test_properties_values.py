@@ -1,5 +1,5 @@
 """Property-based tests of the validators (values, validate): what they accept is within
-the caps of limits.py and typed as the column is; what they refuse is named by field."""
+the caps of base/limits.py and typed as the column is; what they refuse is named by field."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balsam_mpi import jsondoc, limits, values
-from balsam_mpi.errors import InputError
-from balsam_mpi.validate import (
-    INT_FIELDS,
-    TASK_FIELDS,
-    AppInfo,
-    check_changes,
-    check_task,
-)
+from balsam_mpi.base import jsondoc, limits, values
+from balsam_mpi.base.errors import InputError
+from balsam_mpi.tasks.validate import INT_FIELDS, TASK_FIELDS, AppInfo, check_changes, check_task
 
 FAST = settings(database=None, deadline=None, max_examples=200,
                 suppress_health_check=[HealthCheck.too_slow])

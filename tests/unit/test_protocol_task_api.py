@@ -11,7 +11,7 @@ import pytest
 
 from balsam_mpi import protocol as p
 from balsam_mpi import task_api
-from balsam_mpi.taskchan import TaskChannel
+from balsam_mpi.node.channel import TaskChannel
 
 
 def call(chan: TaskChannel, tasks: list[dict[str, Any]], task_id: int = 9

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import limits, pypool
-from balsam_mpi.node import Node
+from balsam_mpi.base import limits
+from balsam_mpi.node.node import Node, pypool
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 REPO = str(Path(__file__).resolve().parents[2])

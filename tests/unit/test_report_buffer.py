@@ -8,15 +8,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from balsam_mpi.buffer import ReportBuffer
-from balsam_mpi.calls import Calls
-from balsam_mpi.cleantext import clean, one_line
-from balsam_mpi.dbthread import Inline
-from balsam_mpi.errors import ServerError
-from balsam_mpi.limits import OUTPUT_TAIL_MAX
-from balsam_mpi.pacing import Backoff
+from balsam_mpi.base.cleantext import clean, one_line
+from balsam_mpi.base.errors import ServerError
+from balsam_mpi.base.limits import OUTPUT_TAIL_MAX
+from balsam_mpi.base.pacing import Backoff
+from balsam_mpi.launcher.calls import Calls
+from balsam_mpi.launcher.dbthread import Inline
+from balsam_mpi.launcher.reports import ReportBuffer
+from balsam_mpi.launcher.storeport import BadReport, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
-from balsam_mpi.storeport import BadReport, Lease
 
 pytestmark = pytest.mark.timeout(60)
 LEASE = Lease(1, 1, False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.resources import NodeResources, need_of
-from balsam_mpi.workerview import WorkerView, room
+from balsam_mpi.launcher.workerview import WorkerView, room
+from balsam_mpi.node.resources import NodeResources, need_of
 
 
 def test_thirds_fill_a_node_exactly() -> None:
@@ -70,7 +70,7 @@ def test_no_room_on_draining_or_dead_workers() -> None:
 
 
 def test_pace_sets_the_queue_depth_from_what_a_node_finishes() -> None:
-    from balsam_mpi.workerview import Pace
+    from balsam_mpi.launcher.workerview import Pace
 
     pace = Pace()
     assert pace.margin(0.0, initial=0.5) == 0.5  # nothing known yet

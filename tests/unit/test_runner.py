@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import runner
+from balsam_mpi.node import runner
 from balsam_mpi.protocol import RunOrder
 
 
@@ -64,7 +64,7 @@ def test_exit_code_and_tail(tmp_path: Path, die: bool) -> None:
 def test_a_missing_program_is_a_start_error(tmp_path: Path) -> None:
     with pytest.raises(runner.StartError, match="no-such-program"):
         start(tmp_path, ("no-such-program-xyz",), False)
-    proc = start(tmp_path, ("no-such-program-xyz",), True) if runner.pdeath.trampoline() \
+    proc = start(tmp_path, ("no-such-program-xyz",), True) if runner.trampoline.trampoline() \
         is None else None
     if proc is not None:  # the preexec fallback raises like Popen; nothing more to check
         wait(proc)
@@ -97,7 +97,7 @@ def _alive(pid: int) -> bool:
 WORKER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from balsam_mpi import runner
+from balsam_mpi.node import runner
 from balsam_mpi.protocol import RunOrder
 order = RunOrder(1, 1, ("sleep", "60"), {cwd!r})
 proc = runner.start(order, dict(os.environ), die_with_parent=True)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import runner
+from balsam_mpi.node import runner
+from balsam_mpi.node.cgroup import TaskCgroups
 from balsam_mpi.protocol import RunOrder
-from balsam_mpi.taskcgroup import TaskCgroups
 
-pytestmark = pytest.mark.skipif(runner.pdeath.trampoline() is None,
+pytestmark = pytest.mark.skipif(runner.trampoline.trampoline() is None,
                                 reason="containment needs the task trampoline (a C compiler)")
 
 
@@ -117,7 +117,7 @@ def test_double_forked_daemons_die_with_the_task(tmp_path: Path, strays: list[in
 WORKER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-from balsam_mpi import runner
+from balsam_mpi.node import runner
 from balsam_mpi.protocol import RunOrder
 order = RunOrder(1, 1, ("sh", "-c", {script!r}), {cwd!r})
 proc = runner.start(order, dict(os.environ), die_with_parent=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.node import Node
+from balsam_mpi.node.node import Node
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 SECRET = "owner-password-1234\n"

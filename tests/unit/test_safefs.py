@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import safefs
+from balsam_mpi.base import safefs
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from balsam_mpi.submit import SubmitError, parse_job_id
+from balsam_mpi.batch.submit import SubmitError, parse_job_id
 
 
 @pytest.mark.parametrize(("scheduler", "output", "job_id"), [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import submit
-from balsam_mpi.jobscript import JobRequest
+from balsam_mpi.batch import submit
+from balsam_mpi.batch.jobscript import JobRequest
 
 
 @pytest.fixture()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import jobscript
-from balsam_mpi.errors import BalsamError, ProjectError, UsageError
-from balsam_mpi.jobscript import JobRequest, Template
-from balsam_mpi.project import Project
+from balsam_mpi.base.errors import BalsamError, ProjectError, UsageError
+from balsam_mpi.base.project import Project
+from balsam_mpi.batch import jobscript
+from balsam_mpi.batch.jobscript import JobRequest, Template
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "x'; touch /tmp/pwned-$$; echo '"
@@ -79,7 +79,7 @@ def test_the_package_carries_one_real_template_per_scheduler(tmp_path: Path) -> 
     # The package's copies are what submit reads and what a wheel ships: regular files,
     # never links (a link out of the package dangles once installed). job_templates/,
     # where a reader of the repository looks, only points at them.
-    from balsam_mpi.platform import SCHEDULERS
+    from balsam_mpi.base.platform import SCHEDULERS
 
     package = REPO / "balsam_mpi" / "templates"
     names = sorted(f"{s}.sh" for s in SCHEDULERS)

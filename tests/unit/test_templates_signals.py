@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi import jobscript
-from balsam_mpi.jobscript import JobRequest
-from balsam_mpi.project import Project
+from balsam_mpi.base.project import Project
+from balsam_mpi.batch import jobscript
+from balsam_mpi.batch.jobscript import JobRequest
 
 FAKE = Path(__file__).with_name("fake_hpc.py")
 KILL_WAIT_S = 30.0  # Slurm's default KillWait

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import taskadd, taskio, taskplan
-from balsam_mpi.argv import render_argv
-from balsam_mpi.errors import InputError
-from balsam_mpi.validate import (
+from balsam_mpi.base.errors import InputError
+from balsam_mpi.tasks import files, plan, writer
+from balsam_mpi.tasks.argv import render_argv
+from balsam_mpi.tasks.validate import (
     TASK_DEFAULTS,
     AppInfo,
     check_app,
@@ -36,18 +36,18 @@ def test_defaults_and_app_retry_limit() -> None:
     assert TASK_DEFAULTS["lost_retry_limit"] == 3 and TASK_DEFAULTS["fail_with_parents"]
     # a bulk add stages only the columns its tasks give; the rest take the defaults
     tasks = [dict(t), _task(name="b")]
-    taskplan.mark_first_states(tasks, [("READY", 0, None, ""), ("FAILED", 0, 5, "m")])
-    columns = taskadd.stage_columns(tasks)
+    plan.mark_first_states(tasks, [("READY", 0, None, ""), ("FAILED", 0, 5, "m")])
+    columns = writer.stage_columns(tasks)
     assert columns == ["id", "workflow", "name", "app_id", "params", "state",
                        "state_message", "error_retry_limit", "pending_parents", "failed_by"]
-    rows = taskadd.stage_rows(tasks, [5, 6], columns)
+    rows = writer.stage_rows(tasks, [5, 6], columns)
     assert rows[0] == (5, "w", "", 1, {"who": "x"}, "READY", "", 2, 0, None)
     assert rows[1] == (6, "w", "b", 1, {"who": "x"}, "FAILED", "m", 2, 0, 5)
-    assert set(taskadd.STAGE_TYPES) == set(TASK_DEFAULTS) | {"id", "app_id", "workflow"}
+    assert set(writer.STAGE_TYPES) == set(TASK_DEFAULTS) | {"id", "app_id", "workflow"}
 
 
 def test_text_from_flags_and_csv_is_converted_at_the_door() -> None:
-    from balsam_mpi.validate import from_text
+    from balsam_mpi.tasks.validate import from_text
 
     t = _task(num_nodes=from_text("num_nodes", "4"),
               wall_time_min=from_text("wall_time_min", "2.5"),
@@ -116,56 +116,56 @@ def test_changes_are_checked() -> None:
 
 def test_jsonl_and_csv_readers_name_lines() -> None:
     text = '{"app": "hello"}\n\n# comment\n{"app": \n'
-    rows = taskio.read_tasks(io.StringIO(text), "t.jsonl")
+    rows = files.read_tasks(io.StringIO(text), "t.jsonl")
     assert next(rows) == ("t.jsonl line 1", {"app": "hello"})
     with pytest.raises(InputError, match="t.jsonl line 4: malformed JSON"):
         next(rows)
     with pytest.raises(InputError, match="line 1: expected a JSON object"):
-        list(taskio.read_jsonl(["[1]"], "x"))
+        list(files.read_jsonl(["[1]"], "x"))
     csv_text = 'app,workflow,params.who,args,parents,tags\nhello,w,x,"[""-v""]",7,{"a":"b"}\n'
-    [(label, task)] = list(taskio.read_tasks(io.StringIO(csv_text), "t.csv"))
+    [(label, task)] = list(files.read_tasks(io.StringIO(csv_text), "t.csv"))
     assert label == "t.csv line 2"
     assert task == {"app": "hello", "workflow": "w", "params": {"who": "x"}, "args": ["-v"],
                     "parents": [7], "tags": {"a": "b"}}
     with pytest.raises(InputError, match="t.csv line 2: 1 cells"):
-        list(taskio.read_csv(io.StringIO("a,b\nx\n"), "t.csv"))
+        list(files.read_csv(io.StringIO("a,b\nx\n"), "t.csv"))
     with pytest.raises(InputError, match="line 2: params: expected JSON"):
-        list(taskio.read_csv(io.StringIO("app,params\nhello,{bad\n"), "t.csv"))
-    assert taskio.parse_pairs(["a=1", "b=x=y"], "tags") == {"a": "1", "b": "x=y"}
+        list(files.read_csv(io.StringIO("app,params\nhello,{bad\n"), "t.csv"))
+    assert files.parse_pairs(["a=1", "b=x=y"], "tags") == {"a": "1", "b": "x=y"}
     with pytest.raises(InputError, match="params: expected KEY=VALUE"):
-        taskio.parse_pairs(["novalue"], "params")
+        files.parse_pairs(["novalue"], "params")
 
 
 def test_plan_orders_parents_first_and_refuses_cycles() -> None:
     tasks = [_task(key="c", parents=["b", 99]), _task(key="b", parents=["a"]), _task(key="a")]
-    p = taskplan.plan(tasks)
+    p = plan.plan(tasks)
     assert p.order.index(2) < p.order.index(1) < p.order.index(0)
     assert p.existing == [99] and p.outside[0] == [99]
     ids = [10, 11, 12]
-    first = taskplan.initial_states(tasks, p, ids, {99: "FAILED"})
+    first = plan.initial_states(tasks, p, ids, {99: "FAILED"})
     assert first[2] == ("READY", 0, None, "")
     assert first[1] == ("AWAITING_PARENTS", 1, None, "")
     assert first[0][0] == "FAILED" and first[0][2] == 99
-    assert taskplan.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
+    assert plan.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
     # ids are handed out parents first; a batch already in that order keeps its order
-    assert taskplan.ids_in_order(p, 10) == [12, 11, 10]
-    ordered = taskplan.plan([_task(key="a"), _task(key="b", parents=["a"]), _task(),
-                             _task(parents=["b", "a"])])
-    assert taskplan.ids_in_order(ordered, 1) == [1, 2, 3, 4]
+    assert plan.ids_in_order(p, 10) == [12, 11, 10]
+    ordered = plan.plan([_task(key="a"), _task(key="b", parents=["a"]), _task(),
+                         _task(parents=["b", "a"])])
+    assert plan.ids_in_order(ordered, 1) == [1, 2, 3, 4]
     with pytest.raises(InputError, match="task #1: parents: the dependencies"):
-        taskplan.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
+        plan.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
     with pytest.raises(InputError, match="task #2: key: 'x' is also the key of task #1"):
-        taskplan.plan([_task(key="x"), _task(key="x")])
+        plan.plan([_task(key="x"), _task(key="x")])
     with pytest.raises(InputError, match="no task of this batch has key 'z'"):
-        taskplan.plan([_task(parents=["z"])])
+        plan.plan([_task(parents=["z"])])
 
 
 def test_pg_free_import() -> None:
     import subprocess
     import sys
 
-    code = ("import balsam_mpi, balsam_mpi.validate, balsam_mpi.taskio, balsam_mpi.taskadd, "
-            "balsam_mpi.taskplan, balsam_mpi.cli, sys; "
+    code = ("import balsam_mpi, balsam_mpi.tasks.validate, balsam_mpi.tasks.files, balsam_mpi.tasks.writer, "
+            "balsam_mpi.tasks.plan, balsam_mpi.cli, sys; "
             "print(any(m.startswith(('psycopg', 'mpi4py')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -187,7 +187,7 @@ def test_query_files_use_only_named_placeholders() -> None:
 def test_order_by_names_equal_columns_for_the_index() -> None:
     from psycopg import sql as pgsql
 
-    from balsam_mpi.taskfilter import filter_params, order_by
+    from balsam_mpi.tasks.filters import filter_params, order_by
 
     def text(spec: str, **filters: Any) -> str:
         return order_by(spec, filter_params(filters)).as_string(None)

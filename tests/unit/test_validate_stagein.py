@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.errors import InputError
-from balsam_mpi.stagein import link_inputs
+from balsam_mpi.base.errors import InputError
+from balsam_mpi.node.stagein import link_inputs
 
 
 def test_links_matching_files_first_parent_wins(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_special_files_and_outsiders_files_are_not_linked(tmp_path: Path) -> Non
 
 
 def test_the_childs_directory_must_be_safe_too(tmp_path: Path) -> None:
-    from balsam_mpi.safefs import UnsafePath
+    from balsam_mpi.base.safefs import UnsafePath
 
     data, parent, child = _layout(tmp_path)
     (parent / "a.dat").write_text("x")

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi import limits, taskio
-from balsam_mpi.errors import BadProjectPath, InputError, UsageError
-from balsam_mpi.validate import AppInfo, check_app, check_changes, check_task
+from balsam_mpi.base import limits
+from balsam_mpi.base.errors import BadProjectPath, InputError, UsageError
+from balsam_mpi.tasks import files
+from balsam_mpi.tasks.validate import AppInfo, check_app, check_changes, check_task
 
 APPS = {"hello": AppInfo(1, "hello", "echo hello {who}", frozenset({"who"}))}
 
@@ -21,7 +22,7 @@ def _task(**kw: Any) -> dict[str, Any]:
 
 
 def _jsonl(data: bytes, name: str = "t.jsonl") -> list[tuple[str, dict[str, Any]]]:
-    return list(taskio.read_tasks(io.BytesIO(data), name))
+    return list(files.read_tasks(io.BytesIO(data), name))
 
 
 # -- files --------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_a_byte_order_mark_is_allowed_on_the_first_line() -> None:
 
 
 def test_an_over_long_line_is_refused_before_it_is_read_whole() -> None:
-    data = b'{"app": "' + b"x" * (taskio.LINE_MAX_BYTES + 10) + b'"}\n'
+    data = b'{"app": "' + b"x" * (files.LINE_MAX_BYTES + 10) + b'"}\n'
     with pytest.raises(InputError, match="t.jsonl line 1: longer than"):
         _jsonl(data)
 
@@ -75,26 +76,26 @@ def test_an_over_long_line_is_refused_before_it_is_read_whole() -> None:
 def test_csv_cells_are_parsed_strictly_by_field_type() -> None:
     text = b"app,workflow,num_nodes,wall_time_min,fail_with_parents,params.who\n" \
            b"hello,w,3,2.5,no,x\n"
-    [(_label, raw)] = list(taskio.read_tasks(io.BytesIO(text), "t.csv"))
+    [(_label, raw)] = list(files.read_tasks(io.BytesIO(text), "t.csv"))
     assert raw == {"app": "hello", "workflow": "w", "num_nodes": 3, "wall_time_min": 2.5,
                    "fail_with_parents": False, "params": {"who": "x"}}
     for cell, field in (("three", "num_nodes"), ("1e3", "num_nodes"), ("nan", "wall_time_min"),
                         ("٣", "num_nodes")):
         bad = f"app,workflow,{field}\nhello,w,{cell}\n".encode()
         with pytest.raises(InputError, match=f"^t.csv line 2: {field}: "):
-            list(taskio.read_tasks(io.BytesIO(bad), "t.csv"))
+            list(files.read_tasks(io.BytesIO(bad), "t.csv"))
 
 
 def test_csv_columns_are_named_once() -> None:
     with pytest.raises(InputError, match="t.csv line 1: column 'app' is named twice"):
-        list(taskio.read_tasks(io.BytesIO(b"app,workflow,app\nhello,w,other\n"), "t.csv"))
+        list(files.read_tasks(io.BytesIO(b"app,workflow,app\nhello,w,other\n"), "t.csv"))
 
 
 def test_csv_nul_and_invalid_utf8_name_the_line() -> None:
     with pytest.raises(InputError, match="t.csv line 3: not valid UTF-8"):
-        list(taskio.read_tasks(io.BytesIO(b"app,workflow\nhello,w\nhello,\xfe\n"), "t.csv"))
+        list(files.read_tasks(io.BytesIO(b"app,workflow\nhello,w\nhello,\xfe\n"), "t.csv"))
     with pytest.raises(InputError, match="t.csv line 2: workflow: contains a NUL"):
-        list(taskio.read_tasks(io.BytesIO(b"app,workflow\nhello,a\x00b\n"), "t.csv"))
+        list(files.read_tasks(io.BytesIO(b"app,workflow\nhello,a\x00b\n"), "t.csv"))
 
 
 # -- the Python API's values ----------------------------------------------------------------
@@ -163,20 +164,20 @@ def test_modify_is_as_strict_as_add() -> None:
 
 # -- text from the command line -------------------------------------------------------------
 def test_set_and_flags_are_parsed_by_field_type() -> None:
-    assert taskio.parse_sets(["priority=5", "name=123", 'tags={"k": "v"}',
+    assert files.parse_sets(["priority=5", "name=123", 'tags={"k": "v"}',
                               "wall_time_min=2.5", "fail_with_parents=no"]) == {
         "priority": 5, "name": "123", "tags": {"k": "v"}, "wall_time_min": 2.5,
         "fail_with_parents": False}
     with pytest.raises(InputError, match="priority: must be a whole number"):
-        taskio.parse_sets(["priority=high"])
+        files.parse_sets(["priority=high"])
     with pytest.raises(InputError, match="tags: expected JSON"):
-        taskio.parse_sets(["tags=notjson"])
+        files.parse_sets(["tags=notjson"])
     with pytest.raises(InputError, match="tags: .*nested deeper"):
-        taskio.parse_sets(["tags=" + "[" * 100_000])
+        files.parse_sets(["tags=" + "[" * 100_000])
     with pytest.raises(InputError, match="set: 'priority' given twice"):
-        taskio.parse_sets(["priority=1", "priority=2"])
+        files.parse_sets(["priority=1", "priority=2"])
     with pytest.raises(InputError, match="params: 'who' given twice"):
-        taskio.parse_pairs(["who=a", "who=b"], "params")
+        files.parse_pairs(["who=a", "who=b"], "params")
 
 
 def test_ids_and_counts_from_text() -> None:
@@ -194,8 +195,8 @@ def test_ids_and_counts_from_text() -> None:
 # -- the project ----------------------------------------------------------------------------
 def test_a_project_that_is_not_a_path_or_not_a_directory_is_bad_input(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from balsam_mpi.client import Client
-    from balsam_mpi.project import Project
+    from balsam_mpi.base.project import Project
+    from balsam_mpi.tasks.client import Client
 
     with pytest.raises(BadProjectPath, match="project: expected a directory path, got the "
                                              "integer 12345"):

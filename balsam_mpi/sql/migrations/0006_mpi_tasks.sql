@@ -1,7 +1,7 @@
 -- 0006_mpi_tasks: the report function learns the app's pre/postprocessing (issue 7).
 --
 -- The node runs the app's preprocess before a task's first run and its postprocess after
--- the run (balsam_mpi/prepost.py); the report's kind says how both went, and this
+-- the run (balsam_mpi/node/prepost.py); the report's kind says how both went, and this
 -- function moves the states as legacy Balsam did, one set-based UPDATE per step:
 --   started:  READY -> PREPROCESSED (the app has a preprocess) -> RUNNING
 --   kind 0    RUNNING -> RUN_DONE -> JOB_FINISHED                 (no postprocess)

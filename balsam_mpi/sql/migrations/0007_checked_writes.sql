@@ -2,10 +2,10 @@
 -- (docs/security.md, "Inside the database").
 --
 --   1. Values: CHECK constraints mirror every client-side check with the caps of
---      balsam_mpi/limits.py (tests/db/test_limits.py drives them from there), so a raw
+--      balsam_mpi/base/limits.py (tests/db/test_limits.py drives them from there), so a raw
 --      INSERT cannot plant a row that crashes whoever claims it.
 --   2. States: a statement-level trigger refuses every state change that
---      balsam_mpi/models.py's TRANSITIONS does not list, whoever sends it.
+--      balsam_mpi/tasks/states.py's TRANSITIONS does not list, whoever sends it.
 --   3. Writes: members and the owner lose table-level UPDATE / DELETE on tasks and every
 --      write on task_deps and batch_jobs. A raw INSERT may set only what a new task may
 --      have (column grants + the policy); plain edits (priority, tags, data) keep column
@@ -145,7 +145,7 @@ BEGIN
         OR char_length(description) > 4096 OR error_retry_limit > 1000;
 END $$;
 
--- The caps of balsam_mpi/limits.py. Constraint names say the field, so the one-line
+-- The caps of balsam_mpi/base/limits.py. Constraint names say the field, so the one-line
 -- refusal names it too; they replace 0001's one-sided checks of the same fields.
 ALTER TABLE tasks
     DROP CONSTRAINT tasks_num_nodes_check, DROP CONSTRAINT tasks_ranks_per_node_check,
@@ -207,7 +207,7 @@ ALTER TABLE batch_jobs
     ADD CONSTRAINT batch_jobs_ranks_limit CHECK (ranks BETWEEN 1 AND 100000);
 
 -- ==== 2. States =========================================================================
--- balsam_mpi/models.py TRANSITIONS, as rows (tests/db/test_transitions.py compares them).
+-- balsam_mpi/tasks/states.py TRANSITIONS, as rows (tests/db/test_transitions.py compares them).
 CREATE TABLE task_transitions (
     from_state  task_state NOT NULL,
     to_state    task_state NOT NULL,

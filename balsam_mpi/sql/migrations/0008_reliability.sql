@@ -2,7 +2,7 @@
 -- raced, claims that carry what a node needs (docs/reliability.md).
 --
 -- * launcher_report becomes a thin, checked wrapper around launcher_apply_reports, which
---   `launcher_replay` shares: a leader's journal (balsam_mpi/journal.py) is applied by
+--   `launcher_replay` shares: a leader's journal (balsam_mpi/launcher/journal.py) is applied by
 --   exactly the code that applies its live reports.
 -- * New report kinds: 14 = lost (the task's worker rank stopped answering: counted like
 --   a lost lease), 15 = failed by the launcher (a row it cannot run, a report the

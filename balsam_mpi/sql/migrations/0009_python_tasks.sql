@@ -5,7 +5,7 @@
 -- import path lives on the app, which only the owner and --app-admin members write
 -- (0002); a task carries keyword arguments as JSON and nothing else, so no code can
 -- travel through a task row. The shape is checked here as well as in the client
--- (pyapps.py): dotted identifiers, one colon, ASCII, at most limits.PYTHON_PATH_MAX.
+-- (tasks/pyapps.py): dotted identifiers, one colon, ASCII, at most limits.PYTHON_PATH_MAX.
 ALTER TABLE apps ALTER COLUMN command DROP NOT NULL;
 ALTER TABLE apps ADD COLUMN python text;
 ALTER TABLE apps ADD CONSTRAINT apps_command_or_python
@@ -102,7 +102,7 @@ BEGIN
     RETURN n;
 END $$;
 
--- Waiting without polling (waiting.py): a statement that brings tasks to a final state
+-- Waiting without polling (tasks/waiting.py): a statement that brings tasks to a final state
 -- notifies their ids on one channel, whoever wrote it (a launcher's flush, a kill, the
 -- DAG failing descendants). Payloads are comma-separated ids, 350 to a notification, so
 -- each stays under Postgres' 8000-byte limit (ids are at most 19 digits). Listeners

@@ -1,0 +1,277 @@
+"""`balsam-mpi submit`: render a batch script, hand it to the scheduler, record the job.
+
+The order keeps the database honest: validate everything (nothing written on bad input);
+insert the ``batch_jobs`` row (QUEUED) so the script can carry its id; write the script
+into ``PROJECT/qsubmit/``; run ``qsub`` / ``sbatch`` (argv lists, never a shell) and
+record the scheduler's job id — or, if submission fails, close the row as FAILED with the
+reason. A ``local`` run starts the script detached in the background instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import sql
+from ..base import db, safefs
+from ..base.errors import BalsamError, ProjectError, UsageError
+from ..base.project import Project, this_host
+from ..launcher import config
+from . import jobscript
+from .jobscript import JobRequest
+
+log = logging.getLogger(__name__)
+
+QSUBMIT = "qsubmit"
+# Group-writable so every member can submit; sticky so nobody replaces another's script
+# between writing and submission (a local run's bash reads its script from disk).
+MODE_QSUBMIT = 0o3770
+MODE_SCRIPT = 0o750  # Cobalt runs only executable scripts
+MODE_SUBMIT_LOG = 0o640  # what the scheduler printed, beside the script
+SUBMIT_TIMEOUT_SEC = 120
+SUBMIT_ARGV = {
+    "pbs": ["qsub"],
+    "slurm": ["sbatch", "--parsable"],
+    "cobalt": ["qsub"],
+}
+# What each scheduler prints for a good submission (the last such line counts, because
+# some sites print notices first): PBS "1234.server.domain" (or an array "1234[].server"),
+# Slurm --parsable "1234" or "1234;cluster", Cobalt a bare number.
+_JOB_ID = {
+    "pbs": re.compile(r"^(\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]+)?)$"),
+    "slurm": re.compile(r"^(\d+)(?:;[A-Za-z0-9_.\-]+)?$"),
+    "cobalt": re.compile(r"^(\d+)$"),
+}
+
+
+class SubmitError(BalsamError):
+    """The scheduler refused the job, or could not be run."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    batch_job_id: int
+    scheduler: str
+    scheduler_job_id: str | None
+    script: Path
+    log: Path | None = None  # local runs: where the launcher's output goes
+    pid: int | None = None  # local runs: the script's process (kill -TERM drains it)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batch_job_id": self.batch_job_id, "scheduler": self.scheduler,
+                "scheduler_job_id": self.scheduler_job_id, "script": str(self.script),
+                "log": str(self.log) if self.log else None, "pid": self.pid}
+
+
+def venv_prefix() -> str:
+    """The environment scripts activate: this interpreter's venv (its bin/ holds python,
+    balsamactivate, balsam-dbctl and, for local runs, mpiexec)."""
+    return sys.prefix
+
+
+def drain_grace_s(project: Project) -> float:
+    """The launcher's drain grace as its job will see it (``BALSAM_DRAIN_GRACE_S``, then
+    ``settings.toml [launcher]``, then the default): the Slurm warning time is derived
+    from it. sbatch hands the submitting environment on to the job, so the two agree."""
+    grace = config.resolve({}, os.environ, project.read_settings()).drain_grace_s
+    if not math.isfinite(grace) or grace < 0:
+        raise UsageError(f"drain_grace_s = {grace!r} (BALSAM_DRAIN_GRACE_S, or settings.toml "
+                         "[launcher]): give a number of seconds, 0 or more")
+    return grace
+
+
+def dry_run(project: Project, req: JobRequest, home: Path | None = None) -> str:
+    """The script a submission would write, with no batch job id; nothing is written."""
+    jobscript.validate(req)
+    template = jobscript.find_template(req.scheduler, project, home)
+    return jobscript.render(template, jobscript.values_for(
+        req, project, batch_job_id=None, venv=venv_prefix(),
+        drain_grace_s=drain_grace_s(project)))
+
+
+def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submission:
+    jobscript.validate(req)
+    template = jobscript.find_template(req.scheduler, project, home)
+    venv = venv_prefix()
+    grace = drain_grace_s(project)
+    # Render once before touching anything: a bad template or value fails here, unwritten.
+    jobscript.render(template, jobscript.values_for(req, project, batch_job_id=0, venv=venv,
+                                                    drain_grace_s=grace))
+    if req.scheduler != "local":
+        _require_tool(SUBMIT_ARGV[req.scheduler][0])
+    qdir = qsubmit_dir(project)
+    job_id = _insert(project, req)
+    try:
+        text = jobscript.render(template, jobscript.values_for(
+            req, project, batch_job_id=job_id, venv=venv, drain_grace_s=grace))
+        script = _write_script(qdir, req, job_id, text)
+        if req.scheduler == "local":
+            return _start_local(project, qdir, script, job_id)
+        scheduler_id = _run_submit(req.scheduler, script, qdir)
+    except BaseException as exc:
+        _fail(project, job_id, _reason(exc))
+        raise
+    _set_scheduler_id(project, job_id, scheduler_id)
+    return Submission(job_id, req.scheduler, scheduler_id, script)
+
+
+# -- the qsubmit directory and the script ----------------------------------------------------
+def qsubmit_dir(project: Project) -> Path:
+    """``PROJECT/qsubmit/`` (3770), made if missing — only the owner can, as the project
+    root is not group-writable; anyone else is told to ask."""
+    path = project.root / QSUBMIT
+    if path.is_dir():
+        return path
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return path
+    except PermissionError:
+        raise ProjectError(f"{path} does not exist and only the project owner can create it; "
+                           f"ask them to submit once, or to run `mkdir -m 3770 {path}`"
+                           ) from None
+    os.chmod(path, MODE_QSUBMIT)  # explicit: mkdir's mode is cut by the umask
+    return path
+
+
+def _write_script(qdir: Path, req: JobRequest, job_id: int, text: str) -> Path:
+    """A new file (never an existing one, never through a link: O_EXCL|O_NOFOLLOW in the
+    directory's descriptor, and a suffix when the name is taken — ids repeat in a restored
+    or copied database, and others in the group can plant names in qsubmit/)."""
+    stem = f"{req.scheduler}-{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fd, name = _create(qdir, f"{stem}.sh", 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        os.fchmod(fh.fileno(), MODE_SCRIPT)
+    return qdir / name
+
+
+def _create(qdir: Path, name: str, mode: int) -> tuple[int, str]:
+    try:
+        dfd = safefs.open_project_dir(str(qdir.parent), qdir.name)
+        try:
+            return safefs.create_new(dfd, name, mode, str(qdir))
+        finally:
+            os.close(dfd)
+    except safefs.UnsafePath as exc:
+        raise SubmitError(str(exc)) from None
+
+
+# -- scheduler submission --------------------------------------------------------------------
+def _require_tool(name: str) -> None:
+    import shutil
+
+    if shutil.which(name) is None:
+        raise SubmitError(f"`{name}` is not on PATH: submit from a login node of a machine "
+                          "with that scheduler (or use --dry-run to see the script)")
+
+
+def _run_submit(scheduler: str, script: Path, qdir: Path) -> str:
+    """Run the scheduler's submit command in ``qdir`` (so its output files land there)
+    and return the job id it printed."""
+    argv = [*SUBMIT_ARGV[scheduler], str(script)]
+    try:
+        done = subprocess.run(argv, cwd=qdir, capture_output=True, text=True,
+                              timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError:
+        raise SubmitError(f"`{argv[0]}` is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SubmitError(f"`{argv[0]}` did not answer in {SUBMIT_TIMEOUT_SEC} s; check "
+                          "the scheduler and whether the job was queued") from None
+    if done.returncode != 0:
+        said = _first_line(done.stderr) or _first_line(done.stdout) or "no message"
+        raise SubmitError(f"{argv[0]} refused the job (exit {done.returncode}): {said}")
+    return parse_job_id(scheduler, done.stdout)
+
+
+def parse_job_id(scheduler: str, output: str) -> str:
+    """The job id in a submit command's output (the last line that is one)."""
+    pattern = _JOB_ID[scheduler]
+    for line in reversed(output.splitlines()):
+        match = pattern.match(line.strip())
+        if match:
+            return match.group(1)
+    raise SubmitError(f"cannot find a job id in the {scheduler} submit output "
+                      f"{_first_line(output)!r}; check the queue with the scheduler")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+# -- local runs ------------------------------------------------------------------------------
+def _start_local(project: Project, qdir: Path, script: Path, job_id: int) -> Submission:
+    """Start the script detached: own session (a closed terminal does not kill it), stdin
+    from /dev/null, output appended to a log beside the script."""
+    fd, name = _create(qdir, f"{script.stem}.log", MODE_SUBMIT_LOG)
+    log_path = qdir / name
+    try:
+        proc = subprocess.Popen(["bash", str(script)], cwd=qdir, stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
+    finally:
+        os.close(fd)
+    log.info("started local batch job %s: pid %s, log %s", job_id, proc.pid, log_path)
+    return Submission(job_id, "local", None, script, log_path, proc.pid)
+
+
+# -- the batch_jobs row ----------------------------------------------------------------------
+def _insert(project: Project, req: JobRequest) -> int:
+    from psycopg.types.json import Jsonb
+
+    params = {"scheduler": req.scheduler, "host": this_host(), "nodes": req.nodes,
+              "filters": Jsonb(jobscript.filters_of(req.workflows)),
+              "wall_time_min": req.wall_time_min}
+    with db.translated(), db.connect(project, application_name="balsam_mpi submit") as conn:
+        row = conn.execute(sql.query("submit_insert"), params).fetchone()
+        conn.commit()
+    assert row is not None  # INSERT … RETURNING always returns the row
+    return int(row[0])
+
+
+def _set_scheduler_id(project: Project, job_id: int, scheduler_id: str) -> None:
+    try:
+        with db.translated(), db.connect(project, application_name="balsam_mpi submit") as c:
+            c.execute(sql.query("submit_set_scheduler_id"),
+                      {"id": job_id, "scheduler_job_id": scheduler_id})
+            c.commit()
+    except BalsamError as exc:
+        # The job is queued with the scheduler whatever happens here; say so, and the
+        # launcher still adopts the row through BALSAM_BATCH_JOB_ID.
+        raise SubmitError(f"job {scheduler_id} was submitted but recording its id on batch "
+                          f"job {job_id} failed ({exc}); its launcher will still adopt the "
+                          "row") from exc
+
+
+def _fail(project: Project, job_id: int, reason: str) -> None:
+    """Close a row whose submission failed; never let this hide the original error."""
+    try:
+        with db.translated(), db.connect(project, application_name="balsam_mpi submit") as c:
+            c.execute(sql.query("submit_fail"), {"id": job_id, "reason": reason[:500]})
+            c.commit()
+    except BalsamError as exc:
+        log.warning("could not mark batch job %s failed: %s", job_id, exc)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "submission interrupted"
+    return f"submission failed: {exc}" if str(exc) else f"submission failed: {type(exc).__name__}"
+
+
+def get(project: Project, job_id: int) -> dict[str, Any] | None:
+    """The recorded row of a submission (for `submit`'s output and tests)."""
+    with db.translated(), db.connect(project, application_name="balsam_mpi submit") as conn:
+        cur = conn.execute(sql.query("submit_get"), {"id": job_id})
+        row = cur.fetchone()
+        names = [d.name for d in cur.description or ()]
+    return dict(zip(names, row, strict=True)) if row is not None else None

@@ -1,0 +1,136 @@
+"""The leader's claims: when to ask for work, how much, and what to do with the answer.
+
+One claim in flight at most, for what the nodes can start soon (``Dispatcher.demand``).
+The claim call runs on the database thread and comes back as ready orders (``launcher/orders.py``);
+rows that cannot run are written as failures of their tasks, nothing else. While the
+database is away claims pause longer each time.
+
+**No early idle exit while a dead job holds work.** When a claim finds nothing, the same
+call lists the other running batch jobs that hold work these filters match, with their
+last heartbeat. A launcher started right after one that crashed must not end for lack of
+work while the crashed job's tasks wait for its lease to run out: so it counts itself
+idle only once every such job has shown it is alive by renewing its heartbeat since this
+launcher first saw it. One that does not is waited for: once its heartbeat is older than
+half its lease (a live leader beats at least that often) it is said to be overdue in the
+log, and when its lease has run out a sweep requeues its tasks and the next claim takes
+them. The cost is at most one heartbeat interval of waiting when the holders are alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..base.errors import BalsamError
+from ..base.pacing import Backoff
+from ..node.resources import EPS, NODE_CAPACITY
+from .calls import Calls
+from .dispatch import Dispatcher
+from .orders import ClaimResult, OrderBuilder
+from .reports import ReportBuffer
+from .storeport import ClaimFilter, Lease, StorePort
+
+log = logging.getLogger(__name__)
+
+
+class Claims:
+    def __init__(self, calls: Calls, store: StorePort, lease: Lease, builder: OrderBuilder,
+                 dispatch: Dispatcher, buffer: ReportBuffer,
+                 deliver: Callable[[ClaimResult], object], *, filters: ClaimFilter,
+                 limit: int, max_tasks: int, idle_s: float, look_for_held: bool,
+                 remaining_min: Callable[[], float | None]) -> None:
+        self.calls = calls
+        self.store = store
+        self.lease = lease
+        self.builder = builder
+        self.dispatch = dispatch
+        self.buffer = buffer
+        self.deliver = deliver  # the leader takes what a claim brought
+        self.filters = filters
+        self.limit = limit
+        self.max_tasks = max_tasks
+        self.idle_s = idle_s  # wait between claims that found nothing
+        self.look_for_held = look_for_held
+        self.remaining_min = remaining_min
+        self.covers = -1  # the buffer's flush count when the last claim was sent
+        self.last_empty = False
+        self.first_beat: dict[int, float] = {}  # holder job -> heartbeat first seen
+        self.waiting_for: frozenset[int] = frozenset()  # holders not seen alive yet
+        self.overdue: frozenset[int] = frozenset()
+        self.next_at = 0.0
+        # While the database is away claims pause longer each time (the nodes keep
+        # running what they have; reports wait in the buffer).
+        self.retry = Backoff(max(idle_s, 0.05), 10.0, jitter=0.2)
+        self.total = 0
+        self.max_packing = 16
+
+    @property
+    def in_flight(self) -> bool:
+        return self.calls.busy("claim")
+
+    def soon(self) -> None:
+        """Claim at the next chance (ended tasks were written: children may be READY)."""
+        self.next_at = 0.0
+
+    def refill(self) -> None:
+        """Send a claim for what the nodes can start soon."""
+        if self.in_flight or time.monotonic() < self.next_at:
+            return
+        if self.max_tasks and self.total >= self.max_tasks:
+            return
+        want = self.dispatch.demand()
+        if want < 1.0 / self.max_packing - EPS:
+            return
+        limit = min(self.limit, max(8, int(want * self.max_packing + 0.999)))
+        if self.max_tasks:
+            limit = min(limit, self.max_tasks - self.total)
+        covers = self.buffer.flushes
+        self.calls.start("claim", self.builder.claim, self.store, self.lease,
+                         filters=self.filters, look_for_held=self.look_for_held,
+                         limit=limit, capacity=want, max_need=NODE_CAPACITY,
+                         remaining_min=self.remaining_min(),
+                         max_nodes=self.dispatch.max_nodes(),
+                         then=lambda got: self._claimed(covers, got), failed=self._failed)
+
+    def _failed(self, exc: BalsamError) -> None:
+        pause = self.retry.failed()
+        log.warning("claim failed (%s); retrying in %.1f s", exc, pause)
+        self.next_at = time.monotonic() + pause
+
+    def _claimed(self, covers: int, got: ClaimResult) -> None:
+        now = time.monotonic()
+        if self.retry.failing:
+            log.info("claims work again")
+            self.retry.reset()
+        self.covers = covers
+        self._held(got)
+        self.last_empty = not got.claimed and not self.waiting_for
+        if not got.claimed:
+            self.next_at = now + self.idle_s
+            return
+        self.next_at = now
+        self.total += got.claimed
+        self.max_packing = max(self.max_packing, got.max_packing)
+        self.deliver(got)
+    def _held(self, got: ClaimResult) -> None:
+        """Which holders have not shown they are alive (see the module's docstring)."""
+        if got.claimed:
+            return
+        waiting: set[int] = set()
+        overdue: set[int] = set()
+        for h in got.held:
+            first = self.first_beat.setdefault(h.job_id, h.heartbeat_at)
+            if h.heartbeat_at > first:
+                continue  # it renewed: a live launcher, which will run its own tasks
+            waiting.add(h.job_id)
+            if h.overdue:
+                overdue.add(h.job_id)
+                if h.job_id not in self.overdue:
+                    left = h.lease_s - h.silent_s
+                    log.warning("batch job %s holds tasks for these filters but has not "
+                                "heartbeated for %.0f s: waiting %s to take them over",
+                                h.job_id, h.silent_s,
+                                f"{left:.0f} s for its lease to run out" if left > 0
+                                else "for its lease to be swept")
+        self.waiting_for, self.overdue = frozenset(waiting), frozenset(overdue)

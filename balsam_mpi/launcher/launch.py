@@ -1,0 +1,189 @@
+"""`python -m balsam_mpi`: split the ranks — 0 leads (and runs a local node), others work.
+
+Any unhandled exception on any rank is logged with the rank, host and traceback; a worker
+tells the leader (ERROR), the leader writes what it holds and closes its batch job as
+FAILED, and the rank aborts COMM_WORLD, so nothing hangs until the wall time. Without
+mpiexec the launcher runs as one rank: a single node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, NoReturn
+
+from ..base.errors import BalsamError, UsageError
+from ..base.project import Project
+from . import logs
+from .config import Settings, resolve
+
+log = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is a UsageError like any bad setting: one line, on rank 0 only."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m balsam_mpi",
+        description="Run tasks from the project's database: one MPI rank per node, "
+                    "rank 0 leads.")
+    p.add_argument("--project", help="project directory (default: $BALSAM_DB_PATH)")
+    p.add_argument("--workflow", dest="workflows", action="append", default=[],
+                   metavar="W", help="only this workflow (exact; repeatable; default all)")
+    p.add_argument("--tag", dest="tags", action="append", default=[], metavar="K=V",
+                   help="only tasks with this tag (repeatable)")
+    p.add_argument("--owner", dest="owners", action="append", default=[], metavar="ROLE",
+                   help="only tasks created by this role (repeatable; default all)")
+    p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, metavar="S",
+                   help="exit after S seconds with nothing to run (default 10; 0 = at once)")
+    p.add_argument("--persistent", action="store_true", default=None,
+                   help="never exit for lack of work")
+    p.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, metavar="N")
+    p.add_argument("--max-tasks", dest="max_tasks", type=int, metavar="N",
+                   help="claim at most N tasks, then exit when they are done")
+    p.add_argument("--time-limit-min", dest="time_limit_min", type=float, metavar="M",
+                   help="minutes this launcher may run (default: the scheduler's)")
+    p.add_argument("--null-runner", dest="null_runner", action="store_true", default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--log-level", dest="log_level", metavar="LEVEL")
+    return p
+
+
+def settings_from(argv: Sequence[str] | None) -> tuple[Settings, Project]:
+    args = vars(parser().parse_args(argv))
+    project = Project.from_env(args.get("project"))
+    settings = resolve(args, os.environ, project.read_settings())
+    return settings, project
+
+
+def _run_name() -> str:
+    from ..base.platform import detect
+
+    job = detect().job_id
+    return (job or f"{socket.gethostname()}-{os.getppid()}").replace("/", "_")
+
+
+# The thread level the launcher asks MPI for: the leader writes to the database (and its
+# journal) from threads of its own that never call MPI, which is what FUNNELED promises.
+THREAD_LEVEL = "funneled"
+_LEVELS = ("single", "funneled", "serialized", "multiple")  # MPI_THREAD_*, in order
+
+
+def thread_level_note(provided: int, asked: str = THREAD_LEVEL) -> str | None:
+    """What the log should say about the thread level MPI gave (``MPI.Query_thread()``,
+    an index into single < funneled < serialized < multiple), or None when it is at
+    least the one asked.
+
+    Lower than asked (an MPI built without thread support gives SINGLE) is not refused:
+    no thread but the main one ever calls MPI (the database thread and the journal's
+    write to Postgres and to a file only), so MPI's state is never touched from two
+    threads, which is all FUNNELED would add. Strictly, SINGLE also says the process has
+    no other thread at all; an MPI that relied on that would misbehave, so the log names
+    the level and what to do about it."""
+    want = _LEVELS.index(asked)
+    if provided >= want:
+        return None
+    got = _LEVELS[provided] if 0 <= provided < len(_LEVELS) else str(provided)
+    return (f"MPI gave thread level {got.upper()}, less than the {asked.upper()} asked: "
+            "running anyway, since only the main thread of any rank calls MPI (the "
+            "leader's database and journal threads never do). If ranks misbehave, use an "
+            "MPI built with thread support")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import mpi4py
+
+    mpi4py.rc.thread_level = THREAD_LEVEL
+    from mpi4py import MPI
+
+    t_init = time.time()
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    host = socket.gethostname()
+    try:
+        settings, project = settings_from(argv)
+        logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
+        note = thread_level_note(_thread_index(MPI))
+        if note is not None:  # said once on stderr (rank 0), in every rank's log
+            log.log(logging.WARNING if rank == 0 else logging.INFO, "%s", note)
+    except BalsamError as exc:
+        if rank == 0:
+            print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        if world.Get_size() == 1:  # nothing to take down: one line and the status only
+            sys.exit(exc.exit_code)
+        world.Abort(exc.exit_code)
+        return
+    runner: Any = None
+    try:
+        from .comm import Comm
+
+        comm = Comm(world)
+        if rank == 0:
+            from .session import LeaderSession
+
+            runner = LeaderSession(settings, comm, project, t_init)
+        else:
+            from .session import WorkerSession
+
+            runner = WorkerSession(settings, comm, project)
+        _install_signals(runner)
+        profile = os.environ.get("BALSAM_PROFILE_DIR")  # benchmarks: per-rank cProfile
+        if profile:
+            import cProfile
+
+            cProfile.runctx("runner.run()", globals(), {"runner": runner},
+                            os.path.join(profile, f"rank{rank}.prof"))
+        else:
+            runner.run()
+    except BalsamError as exc:
+        log.error("%s", exc)
+        if rank == 0:
+            print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        _abort(world, runner, rank, host, exc.exit_code, traceback.format_exc(), exc)
+    except BaseException as exc:
+        text = traceback.format_exc()
+        log.critical("unhandled error on rank %s (%s):\n%s", rank, host, text)
+        _abort(world, runner, rank, host, 1, text, exc)
+
+
+def _thread_index(mpi: Any) -> int:
+    """The level MPI gave, as an index into _LEVELS."""
+    provided = mpi.Query_thread()
+    order = [mpi.THREAD_SINGLE, mpi.THREAD_FUNNELED, mpi.THREAD_SERIALIZED,
+             mpi.THREAD_MULTIPLE]
+    return order.index(provided) if provided in order else -1
+
+
+def _abort(world: Any, runner: Any, rank: int, host: str, code: int, text: str,
+           exc: BaseException | None = None) -> None:
+    """Stop this rank's tasks, let the leader write what it holds, abort COMM_WORLD."""
+    try:
+        if runner is not None:
+            runner.crashed(text, exc)
+    except BaseException:  # aborting anyway: say why stopping did not go well
+        log.critical("while stopping after the error:\n%s", traceback.format_exc())
+    logging.shutdown()
+    world.Abort(code)
+
+
+def _install_signals(runner: Any) -> None:
+    """SIGTERM / SIGINT / SIGUSR1 (the scheduler's end, a user's ^C): drain and stop."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        runner.stop(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, handler)

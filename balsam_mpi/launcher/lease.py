@@ -1,0 +1,116 @@
+"""The leader's watch over leases: its own, and other batch jobs' that ran out.
+
+* **Its own**: the time of the last heartbeat that renewed the lease is kept (taken when
+  the call was *sent*, which is no later than the server's ``heartbeat_at``). Once the
+  leader has gone half its lease without one — the database away, or the row no longer
+  answering — it stops its own tasks: by the time another leader may requeue them (the
+  whole lease), they have been SIGTERMed and, after ``kill_grace_s``, SIGKILLed, so a
+  requeued task is never also still running here.
+* **Other jobs'**: every ``expire_check_s`` one background call (``"sweep"``) first
+  replays the journals of jobs that ended without writing everything (``launcher/replay.py``: a
+  task whose success is in one is finished, not requeued), then
+  ``launcher_expire_leases`` marks batch jobs past their lease LOST and requeues their
+  tasks (migrations/0005). The loop never waits for it.
+
+Heartbeats (the background call ``"heartbeat"``) go to the front of the database
+thread's queue: a backlog of claims and flushes (or a flush retried during an outage)
+never delays them. Both are periodic with jitter (``pacing.Periodic``); the heartbeat's
+only ever shortens the interval, so it stays under half the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..base.errors import BalsamError
+from ..base.pacing import Periodic
+from .calls import Calls
+from .replay import ReplayCache, Replayed, log_replayed, replay_due
+from .storeport import Expired, Lease, StorePort
+
+log = logging.getLogger(__name__)
+
+
+def log_expired(found: list[Expired]) -> None:
+    for e in found:
+        log.warning("batch job %s (%s) lost its lease: marked LOST, %s task(s) requeued, "
+                    "%s failed (lost too often), %s unstarted claim(s) released",
+                    e.job_id, e.user, e.requeued, e.failed, e.released)
+
+
+def sweep_once(store: StorePort, log_dir: Path | None, cache: ReplayCache | None = None
+               ) -> tuple[list[Replayed], list[Expired]]:
+    """Journals first, then expiry (the order keeps finished work finished)."""
+    replayed: list[Replayed] = []
+    if log_dir is not None:
+        try:
+            replayed = replay_due(store, log_dir, cache)
+        except BalsamError as exc:  # e.g. a schema without 0008: expiry still works
+            log.warning("could not replay journals (%s)", exc)
+    return replayed, store.expire_leases()
+
+
+class LeaseWatch:
+    def __init__(self, calls: Calls, store: StorePort, lease: Lease, *, lease_s: float,
+                 heartbeat_s: float, expire_check_s: float, log_dir: Path | None = None,
+                 on_lost: Callable[[], object] = lambda: None) -> None:
+        self.calls = calls
+        self.store = store
+        self.lease = lease
+        self.log_dir = log_dir
+        self.on_lost = on_lost  # the row is no longer this leader's
+        self.cache = ReplayCache()
+        self.lease_s = lease_s
+        self.beats = Periodic(heartbeat_s)
+        self.sweeps = Periodic(expire_check_s)
+        self.last_beat = time.monotonic()  # the lease was opened (or adopted) just now
+        self.lost = False
+        self.recovered = 0  # tasks of other jobs requeued or failed by this leader
+
+    # -- its own lease ----------------------------------------------------------------
+    def heartbeat(self) -> None:
+        """Renew the lease when due (ahead of every other database call)."""
+        if self.beats.due():
+            self.calls.start("heartbeat", self._beat, urgent=True, then=self._beaten,
+                             failed=lambda exc: log.warning(
+                                 "heartbeat failed (%s); will retry", exc))
+
+    def _beat(self) -> tuple[float, bool]:
+        """The heartbeat call (database thread), with when it was sent."""
+        sent = time.monotonic()
+        return sent, self.store.heartbeat(self.lease)
+
+    def _beaten(self, answer: tuple[float, bool]) -> None:
+        sent, alive = answer
+        if alive:
+            self.last_beat = max(self.last_beat, sent)
+        elif not self.lost:
+            self.lost = True
+            log.error("batch job %s lost its lease; stopping its tasks", self.lease.job_id)
+            self.on_lost()
+
+    def silence(self) -> float:
+        """Seconds since the lease was last renewed."""
+        return time.monotonic() - self.last_beat
+
+    def silent_for(self) -> float | None:
+        """Seconds without a renewed lease once that reaches half the lease, else None."""
+        silent = self.silence()
+        return silent if silent >= self.lease_s / 2 else None
+
+    # -- other batch jobs' --------------------------------------------------------------
+    def sweep(self) -> None:
+        """Send the expiry call when due (one in flight at most)."""
+        if self.sweeps.due():
+            self.calls.start("sweep", sweep_once, self.store, self.log_dir, self.cache,
+                             then=self._swept, failed=lambda exc: log.warning(
+                                 "could not look for expired leases (%s); will retry", exc))
+
+    def _swept(self, answer: tuple[list[Replayed], list[Expired]]) -> None:
+        replayed, found = answer
+        self.recovered += sum(e.requeued + e.failed for e in found)
+        log_replayed(replayed)
+        log_expired(found)

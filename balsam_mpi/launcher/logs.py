@@ -1,0 +1,71 @@
+"""Logging for launcher ranks: rank and host on every record, one file per rank.
+
+Records go to ``PROJECT/log/launcher_<run>_r<rank>.log`` and warnings also to stderr, so
+a failing rank is visible in the job's output without drowning it when thousands of ranks
+run. ``log/`` is writable by the whole group, so the file is made the way ``safefs``
+makes files: in the directory's descriptor (a real directory of the project owner, never
+through a symlink), with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a fresh name
+(``….1.log``, ``….2.log``, …) when the name is taken — by a planted link or an earlier run
+— and mode 0640, so others in the group read it but cannot forge lines in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from ..base import safefs
+
+LOG_MODE = 0o640
+
+FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s %(host)s] %(name)s: %(message)s"
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int, host: str) -> None:
+        super().__init__()
+        self.rank = rank
+        self.host = host
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        record.host = self.host
+        return True
+
+
+def setup(rank: int, log_dir: Path | None, run_name: str, level: str = "INFO",
+          stderr_level: int = logging.WARNING) -> Path | None:
+    """Configure the root logger for this rank; returns the log file (None if unwritable)."""
+    host = socket.gethostname()
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    fmt = logging.Formatter(FORMAT)
+    rank_filter = _RankFilter(rank, host)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(stderr_level)
+    err.setFormatter(fmt)
+    err.addFilter(rank_filter)
+    root.addHandler(err)
+    path: Path | None = None
+    if log_dir is not None:
+        try:
+            dfd = safefs.open_project_dir(str(log_dir.parent), log_dir.name)
+            try:
+                fd, name = safefs.create_new(dfd, f"launcher_{run_name}_r{rank}.log",
+                                             LOG_MODE, str(log_dir))
+            finally:
+                os.close(dfd)
+        except (safefs.UnsafePath, OSError) as exc:
+            root.warning("no log file: %s", exc)
+        else:
+            path = log_dir / name
+            handler = logging.StreamHandler(open(fd, "a", encoding="utf-8"))
+            handler.setFormatter(fmt)
+            handler.addFilter(rank_filter)
+            root.addHandler(handler)
+    return path

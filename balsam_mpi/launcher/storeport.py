@@ -1,0 +1,166 @@
+"""The launcher's store port: every database call the leader makes, as one protocol.
+
+The leader, its report buffer, its add service, its app cache, its lease watch, its
+claims and its close talk to a :class:`StorePort`, never to a connection. Two adapters
+implement it: ``launcher/store.py`` (PostgreSQL: each method one statement calling a SECURITY
+DEFINER function, the real thing) and ``launcher/memstore.py`` (in memory, for unit tests of the
+leader's logic without a server; it is not the database and promises nothing the
+database does not). The records that cross the port are defined here, once.
+
+Every method may raise :class:`~balsam_mpi.base.errors.ServerError` (the server away: retry
+later) or another :class:`~balsam_mpi.base.errors.BalsamError`; ``report`` raises
+:class:`BadReport` when the server refuses a batch for what it carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from ..base.errors import DatabaseError
+from ..protocol import Finished, Started
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The batch job this leader runs under, and the epoch that fences its reports."""
+
+    job_id: int
+    epoch: int
+    adopted: bool
+
+
+@dataclass(frozen=True)
+class ClaimFilter:
+    workflows: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    owners: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"workflows": list(self.workflows), "tags": dict(self.tags),
+                "owners": list(self.owners)}
+
+
+class Claimed(NamedTuple):
+    """One claimed task, as the claim returns it."""
+
+    id: int
+    workflow: str
+    name: str
+    state: str
+    app: str
+    command: str
+    shell: bool
+    env_script: str
+    params: str  # jsonb as text ('{}' mostly: parsed only when needed)
+    args: list[str]
+    env: str
+    num_nodes: int
+    ranks_per_node: int
+    threads_per_rank: int
+    gpus_per_rank: int
+    node_packing_count: int
+    wall_time_min: float
+    priority: int = 0
+    input_files: list[str] | None = None
+    parents: str | None = None  # jsonb text: [[workflow, id, name], ...] (input_files only)
+
+
+class AppExtras(NamedTuple):
+    """What the claim does not bring about an app: its pre/postprocess scripts and, for
+    a Python app, its import path (docs/mpi-tasks.md, docs/python-tasks.md)."""
+
+    preprocess: str = ""
+    postprocess: str = ""
+    on_error: bool = False
+    on_timeout: bool = False
+    python: str = ""
+
+
+class Held(NamedTuple):
+    """Work another running batch job holds that this launcher's filters match."""
+
+    job_id: int
+    tasks: int  # 1: it holds some (not counted, to keep the question cheap)
+    heartbeat_at: float  # epoch seconds, the server's clock
+    silent_s: float  # since that heartbeat
+    lease_s: float
+
+    @property
+    def overdue(self) -> bool:
+        """A live leader beats at least every half lease: this one has probably died."""
+        return self.silent_s > self.lease_s / 2
+
+
+class Expired(NamedTuple):
+    """A batch job whose lease ran out, marked LOST, and what happened to its tasks."""
+
+    job_id: int
+    user: str
+    requeued: int  # were running: lost counter +1, runnable again
+    failed: int  # were running with the lost counter at its limit
+    released: int  # claimed but never started: free again, nothing counted
+
+
+class BadReport(DatabaseError):
+    """The server (or the driver) refused a report for what it carries: a value it cannot
+    store. Retrying the same rows fails the same way; connection trouble is not this."""
+
+
+class StorePort(Protocol):
+    # -- the connection ---------------------------------------------------------------
+    @property
+    def broken(self) -> bool: ...
+
+    def reconnect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    # -- the batch job ----------------------------------------------------------------
+    def open_job(self, *, job_id: int | None, scheduler: str, scheduler_job_id: str | None,
+                 host: str, nodes: int, ranks: int, filters: ClaimFilter,
+                 wall_time_min: float | None, lease_sec: float) -> Lease: ...
+
+    def heartbeat(self, lease: Lease) -> bool:
+        """Renew the lease; False when the row is no longer this leader's."""
+
+    def close_job(self, lease: Lease, state: str, reason: str) -> tuple[int, int]:
+        """(claims released, running tasks requeued)."""
+
+    # -- tasks ------------------------------------------------------------------------
+    def claim(self, lease: Lease, *, limit: int, capacity: float, max_need: float,
+              filters: ClaimFilter, remaining_min: float | None = None,
+              max_nodes: int = 1) -> list[Claimed]:
+        """Up to ``limit`` runnable unclaimed tasks, priority first, whose node shares
+        fit ``capacity``; in the claim's order."""
+
+    def app_extras(self, names: Iterable[str]) -> dict[str, AppExtras]:
+        """The extras of these apps (apps without any may be left out)."""
+
+    def report(self, lease: Lease, started: Sequence[Started],
+               finished: Sequence[Finished], through: int = 0) -> dict[str, int]:
+        """Write node reports (and Python results), fenced on (batch job, epoch, expected
+        state); rows changed per step. ``through``: the journal group this completes."""
+
+    def kills(self, lease: Lease, ids: Iterable[int]) -> list[int]:
+        """Which of these tasks were killed, deleted or taken from this batch job."""
+
+    def add_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Add tasks (a running task's ``task_api`` request), one transaction; their ids."""
+
+    # -- other batch jobs, journals -----------------------------------------------------
+    def expire_leases(self, job_id: int | None = None) -> list[Expired]: ...
+
+    def held_elsewhere(self, lease: Lease, filters: ClaimFilter,
+                       max_nodes: int) -> list[Held]: ...
+
+    def journal_key(self, lease: Lease) -> bytes: ...
+
+    def journal_done(self, lease: Lease) -> None: ...
+
+    def journals_due(self) -> list[tuple[int, int, str, int]]:
+        """(job, epoch, job's user, lines replayed so far) of journals to replay."""
+
+    def replay(self, job_id: int, epoch: int, lines: Sequence[str],
+               macs: Sequence[str]) -> dict[str, int]: ...

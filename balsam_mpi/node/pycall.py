@@ -1,0 +1,301 @@
+"""A warm interpreter: ``python -m balsam_mpi.node.pycall FD PARENT_PID DIE_WITH_PARENT``.
+
+A node's pool (``pypool``) starts this program fresh — ``posix_spawn`` and exec, never a
+fork of an MPI rank, so no MPI state is inherited — with one end of a socket pair as FD.
+It then takes calls one at a time and answers each:
+
+    call    node → here: a frame (the function, the task's environment, the memory
+            caps, and the keyword arguments) with three descriptors attached: the
+            task's directory, task.out, task.err
+    answer  here → node: a frame (exit code, whether to replace this interpreter, and
+            the return value)
+
+A frame is a 4-byte big-endian length and that many bytes: a JSON header, a NUL, and a
+JSON document (the keyword arguments; the return value, or nothing for None). JSON text
+never holds a raw NUL, so the split is unambiguous.
+
+A call: enter the task's directory and point fd 1 and 2 at its task.out and task.err —
+descriptors the node opened as for any task (``runner.open_task_dir``: no planted link is
+followed) and sent with the call — add the task's environment, cap the address space,
+import the module (once per interpreter) and call the function. The return value goes back as JSON, within
+``limits.RESULT_MAX_BYTES``; an exception's traceback goes to task.err, as a script's
+would, and the answer says exit code 1. Then everything is put back — directory,
+descriptors, environment, ``sys.stdout``/``sys.stderr``, SIGTERM/SIGINT, the cap — for
+the next call. What a warm interpreter cannot undo is the point of one: imported modules
+stay, and so does whatever a function leaves in them or in threads it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import struct
+import sys
+from typing import TYPE_CHECKING
+
+from ..base.limits import RESULT_MAX_BYTES
+
+if TYPE_CHECKING:
+    from typing import Any
+
+# An interpreter imports only what it needs before its first call (each node starts one
+# per slot): the shape of an import path is defined here, and pyapps uses it from here.
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
+
+LENGTH = struct.Struct("!I")
+MAX_FRAME = 64 << 20  # the pool never sends more (params are capped far below)
+NUM_FDS = 3  # with a call: the task's directory, task.out, task.err
+PR_SET_PDEATHSIG = 1
+
+_functions: dict[str, Any] = {}
+
+
+def resolve(path: str) -> Any:
+    """The function an import path names; the module is imported once per interpreter."""
+    fn = _functions.get(path)
+    if fn is None:
+        if not PATH.fullmatch(path):  # the database and the client check it too
+            raise ValueError(f"{path!r} is not an import path (package.module:function)")
+        module, _, attr = path.partition(":")
+        fn = importlib.import_module(module)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        if not callable(fn):
+            raise TypeError(f"{path} is not callable")
+        _functions[path] = fn
+    return fn
+
+
+def encode_frame(header: dict[str, Any], doc: bytes = b"") -> bytes:
+    body = json.dumps(header).encode() + b"\0" + doc
+    return LENGTH.pack(len(body)) + body
+
+
+def split_frame(body: bytes) -> tuple[dict[str, Any], bytes]:
+    head, sep, doc = body.partition(b"\0")
+    if not sep:
+        raise ValueError("a frame without its separator")
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("a frame whose header is not an object")
+    return header, doc
+
+
+def _recv_call(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """The next call and its descriptors; None when the node has closed its end."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, NUM_FDS,
+                                               socket.MSG_CMSG_CLOEXEC)
+    if not data:
+        return None
+    buf = bytearray(data)
+    while len(buf) < LENGTH.size:
+        more = sock.recv(1 << 16)
+        if not more:
+            return None
+        buf += more
+    (n,) = LENGTH.unpack_from(buf)
+    if n > MAX_FRAME:
+        raise ValueError(f"a call of {n} bytes")
+    while len(buf) < LENGTH.size + n:
+        more = sock.recv(min(1 << 20, LENGTH.size + n - len(buf)))
+        if not more:
+            return None
+        buf += more
+    return bytes(buf[LENGTH.size:]), fds
+
+
+def _enter(fds: list[int]) -> None:
+    """Enter the task's directory; fd 1 and 2 to its task.out / task.err (the node's
+    descriptors: it opened them as for any task)."""
+    try:
+        if len(fds) != NUM_FDS:
+            raise OSError(f"a call with {len(fds)} descriptors, not {NUM_FDS}")
+        os.fchdir(fds[0])
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(fds[1], 1)
+        os.dup2(fds[2], 2)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _Saved:
+    """What a call may change and the interpreter puts back afterwards."""
+
+    def __init__(self) -> None:
+        # os.environ's own store (bytes): copied and compared at C speed; going through
+        # the Mapping decodes every entry and cost more than all the rest of a call.
+        self.environ: dict[bytes, bytes] = dict(os.environ._data)  # type: ignore[attr-defined]
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        self.rlimit = resource.getrlimit(resource.RLIMIT_AS)
+
+    def restore(self, out_fd: int, err_fd: int) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, self.rlimit)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.chdir("/")  # hold no task's directory between calls
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        now: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+        if now != self.environ:
+            for key in [k for k in now if k not in self.environ]:
+                del os.environ[os.fsdecode(key)]
+            for key, value in self.environ.items():
+                if now.get(key) != value:
+                    os.environ[os.fsdecode(key)] = os.fsdecode(value)
+
+
+def _resident() -> int:
+    """This process's resident set now, in bytes."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _over(cap: int) -> bool:
+    """Whether the resident set is over ``cap``: the peak (one syscall) rules it out in
+    the usual case; only a peak over the cap makes it read the current size."""
+    if not cap or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 <= cap:
+        return False
+    return _resident() > cap
+
+
+def _say(text: str) -> None:
+    """A line in task.err, after whatever the function wrote there."""
+    with contextlib.suppress(Exception):
+        sys.__stderr__.write(f"balsam_mpi: {text}\n")  # type: ignore[union-attr]
+        sys.__stderr__.flush()  # type: ignore[union-attr]
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """What ``sys.exit(x)`` would have made the exit status of a script."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    _say(str(exc.code))
+    return 1
+
+
+def run_call(header: dict[str, Any], doc: bytes, fds: list[int],
+             between: tuple[int, int]) -> tuple[dict[str, Any], bytes]:
+    """One call, start to end; returns the answer (header, result document)."""
+    saved = _Saved()
+    rc, result, recycle = 1, b"", False
+    try:
+        _enter(fds)
+    except OSError as exc:
+        saved.restore(*between)
+        return {"rc": 126, "recycle": False, "error": f"cannot enter the task: {exc}"}, b""
+    try:
+        os.environ.update({str(k): str(v) for k, v in dict(header.get("env", {})).items()})
+        cap = int(header.get("as_cap", 0))
+        if cap > 0:
+            hard = saved.rlimit[1]
+            soft = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        fn = resolve(str(header["fn"]))
+        kwargs = json.loads(doc) if doc else {}
+        value = fn(**kwargs)
+        if value is not None:
+            try:
+                text = json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"the return value is not JSON: {exc}") from None
+            result = text.encode("utf-8", "surrogatepass")
+            if len(result) > RESULT_MAX_BYTES:
+                size, result = len(result), b""
+                raise ValueError(f"the return value is {size} bytes of JSON; a result may "
+                                 f"have at most {RESULT_MAX_BYTES} "
+                                 "(limits.RESULT_MAX_BYTES): return less, or write it to "
+                                 "a file in the task's directory")
+        rc = 0
+    except SystemExit as exc:
+        rc, result = _exit_code(exc), b""
+    except BaseException as exc:  # the task's failure, never the interpreter's
+        result = b""
+        recycle = isinstance(exc, MemoryError)
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc(file=sys.__stderr__)
+    finally:
+        saved.restore(*between)
+    # Over the cap after the call (what it allocated stays with the interpreter): the
+    # next call gets a fresh one. The address space cannot pass the cap during a call.
+    if _over(int(header.get("rss_cap", 0))):
+        recycle = True
+    return {"rc": rc, "recycle": recycle}, result
+
+
+def die_with(parent: int) -> None:
+    """SIGKILL when the node's rank dies (as its process tasks get, node/trampoline.py)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the rank died before prctl took effect
+        os._exit(137)
+
+
+def setup(parent: int, die_with_parent: bool) -> None:
+    if die_with_parent:
+        die_with(parent)
+    # Should memory run out, the kernel's OOM killer takes an interpreter, not its rank.
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")
+    # Imports resolve as at start-up whatever directory a call runs in: a relative entry
+    # would otherwise search each task's (group-writable) directory.
+    sys.path[:] = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+
+def serve(fd: int) -> int:
+    """Take calls on socket ``fd`` until the node closes it."""
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    # A child the function forks must not hold the node's socket: the node notices this
+    # interpreter's death by the socket closing.
+    os.register_at_fork(after_in_child=lambda: os.close(sock.detach()))
+    between = (os.dup(1), os.dup(2))
+    while True:
+        got = _recv_call(sock)
+        if got is None:
+            return 0  # the node closed its end: retired, or the node is gone
+        body, fds = got
+        header, doc = split_frame(body)
+        answer, result = run_call(header, doc, fds, between)
+        sock.sendall(encode_frame(answer, result))
+
+
+def main(argv: list[str]) -> int:
+    """One interpreter on its own (the node's interpreters come from ``pyzygote``)."""
+    if len(argv) != 3:
+        print("usage: python -m balsam_mpi.node.pycall FD PARENT_PID DIE_WITH_PARENT (0|1); "
+              "started by the launcher's nodes only", file=sys.stderr)
+        return 2
+    fd, parent, die = int(argv[0]), int(argv[1]), argv[2] == "1"
+    setup(parent, die)
+    return serve(fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,401 @@
+"""A node's warm Python interpreters: how Python tasks run (docs/python-tasks.md).
+
+Each interpreter runs ``pycall``, forked from the node's zygote (``pyzygote``: a fresh
+interpreter started with ``posix_spawn``, never a fork of the MPI rank, so no interpreter
+holds anything of MPI) into a session of its own, and is used for one call at a time;
+a node holds as many as it runs Python tasks at once (one per slot
+its tasks pack), keeps them between calls, and replaces one after
+``python_max_calls`` calls, when it ends over its memory cap, after a ``MemoryError``,
+and whenever it was signalled or died. A call looks like a task process to the node
+(:class:`PyCall` is a ``runner.TaskProcess``): its ``pid`` is the interpreter's, so a
+kill, a wall-time overrun or the end of the job signals the interpreter's process group
+as it would a task's; its ``pidfd`` is an fd that becomes readable when the answer
+arrives *or* the interpreter dies (an epoll of the interpreter's socket and pidfd), which
+the node watches in its own epoll like a task's pidfd. The node makes the task's
+directory (as for a process task); the interpreter creates task.out and task.err in it.
+
+Nothing a call does can take the node down: a raise is an answer (exit code 1, the
+traceback in task.err), and ``os._exit``, a crash, the OOM killer (interpreters volunteer
+through ``oom_score_adj``) or a kill end the interpreter, not the rank — the pool notes
+what happened in task.err, reports the exit status, and starts a fresh interpreter for the
+next call.
+
+Memory: each interpreter gets a cap, ``python_memory_mb`` or by default the task's share
+of the node's memory (``1 / node_packing_count`` of it). It is the address-space limit
+(``RLIMIT_AS``) during the call — a call that exhausts it gets ``MemoryError`` — except for
+tasks holding GPUs, whose runtimes reserve far more address space than they use, and when
+``python_address_cap`` is off (some CPU frameworks reserve large ranges too); for all,
+the resident size is checked after each call and an interpreter over the cap is replaced.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import EndKind, Finished, RunOrder
+from . import gpus, runner
+from .pycall import LENGTH, encode_frame, split_frame
+from .pyzygote import Zygote
+
+log = logging.getLogger(__name__)
+
+# Read once by the libraries that use them (OpenMP, the GPU runtimes): an interpreter is
+# started with a task's values of these and serves only tasks with the same values.
+SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.values())
+# A call waits this long for an interpreter to read it (only a call bigger than the
+# socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
+SEND_TIMEOUT_S = 5.0
+Key = tuple[tuple[tuple[str, str], ...], int, int]
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    max_calls: int = 1000  # 0: never replace for age
+    memory_mb: float = 0.0  # 0: the task's share of the node's memory
+    address_cap: bool = True  # the cap is also RLIMIT_AS during a call (not GPU tasks)
+    die_with_parent: bool = True
+    python: str = sys.executable
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PoolConfig:
+        return cls(max_calls=settings.python_max_calls, memory_mb=settings.python_memory_mb,
+                   address_cap=settings.python_address_cap,
+                   die_with_parent=settings.die_with_parent)
+
+
+class Interpreter:
+    """One warm interpreter process and the node's end of its socket."""
+
+    def __init__(self, pid: int, sock: socket.socket, key: Key,
+                 status: Callable[[int, int, float], int | None], generation: int) -> None:
+        self.pid = pid
+        self._status = status  # from its parent, the zygote
+        self.generation = generation
+        self.sock = sock
+        self.key = key
+        self.pidfd = os.pidfd_open(pid)
+        self.watch = select.epoll()  # readable: an answer, or the process is gone
+        self.watch.register(sock.fileno(), select.EPOLLIN)
+        self.watch.register(self.pidfd, select.EPOLLIN)
+        self.calls = 0
+        self.buf = bytearray()
+        self.eof = False
+        self.status: int | None = None  # the exit status, once reaped
+
+    def idle_and_alive(self) -> bool:
+        """Nothing to read and not exited (an idle interpreter never speaks first)."""
+        return not self.watch.poll(0)
+
+    def reap(self, wait_s: float = 0.0) -> int | None:
+        """The exit status, once the process has exited (``wait_s``: it has, and the
+        zygote's word on it is a moment away)."""
+        if self.status is None:
+            self.status = self._status(self.pid, self.generation, wait_s)
+        return self.status
+
+    def kill(self) -> None:
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    def close_fds(self) -> None:
+        with contextlib.suppress(OSError):
+            self.watch.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+@dataclass(slots=True)
+class PyCall(runner.TaskProcess):
+    """A Python task's call, running in ``interp``; the node treats it as a process."""
+
+    interp: Interpreter | None = None
+    pool: PyPool | None = None
+
+    def reap(self) -> int | None:
+        assert self.pool is not None
+        return self.pool.reap(self)
+
+    def ended(self) -> bool:
+        """Whether the call is over — answered, or its interpreter gone — without taking
+        the answer (the node's epoll wakes for it, and :meth:`reap` takes it then)."""
+        interp = self.interp
+        return interp is None or bool(interp.buf) or interp.eof or bool(interp.watch.poll(0))
+
+
+class PyPool:
+    def __init__(self, base_env: Mapping[str, str], config: PoolConfig) -> None:
+        self.base = dict(base_env)
+        self.config = config
+        self.idle: dict[Key, list[Interpreter]] = {}
+        self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
+        self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
+        self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
+        # the node's environment (the launcher's minus its MPI variables).
+        self.zygote = Zygote(config.python, self.base, config.die_with_parent)
+        self.started = 0
+        self.calls = 0
+        self.busy = 0  # calls running now
+        self.most = 0  # the most calls that ran at once: how many interpreters to keep
+
+    # -- a call's start -----------------------------------------------------------------
+    def start(self, order: RunOrder, env: Mapping[str, str]) -> PyCall:
+        """Send the call to an idle interpreter of the right kind (or a new one)."""
+        self._reap_retired()
+        path, kwargs = order.python
+        extra = {k: v for k, v in env.items() if self.base.get(k) != v}
+        spawn_env = {k: extra.pop(k) for k in SPAWN_KEYS if k in extra}
+        cap = (int(self.config.memory_mb * 2**20) if self.config.memory_mb > 0
+               else int(min(1.0, order.need) * self.mem_total))
+        as_cap = cap if self.config.address_cap and order.gpus == 0 else 0
+        key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
+        frame = encode_frame({"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap,
+                              "id": order.id}, kwargs.encode())
+        # The task's directory and output files, opened here exactly as for a process task
+        # (runner: a walk from data/ that follows no planted link, outputs O_EXCL|
+        # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
+        # the call. The node keeps the outputs' to read the failure tail back, as for any
+        # task. (Interpreters making directories side by side in one shard contended.)
+        dir_fd, out_fd, err_fd = runner.open_task_dir(order)
+        try:
+            interp = self._take(key, spawn_env)
+            try:
+                _send(interp.sock, frame, [dir_fd, out_fd, err_fd])
+            except OSError:
+                # It died between the check and the call (never saw it): a fresh one.
+                self._retire(interp)
+                interp = self._spawn(key, spawn_env)
+                _send(interp.sock, frame, [dir_fd, out_fd, err_fd])
+        except (OSError, TimeoutError) as exc:
+            os.close(out_fd)
+            os.close(err_fd)
+            raise runner.StartError(f"cannot call {path} in a Python interpreter: {exc}"
+                                    ) from None
+        except BaseException:
+            os.close(out_fd)
+            os.close(err_fd)
+            raise
+        finally:
+            os.close(dir_fd)
+        interp.calls += 1
+        self.calls += 1
+        self.busy += 1
+        self.most = max(self.most, self.busy)
+        deadline = time.monotonic() + order.wall_time_s if order.wall_time_s > 0 else 0.0
+        return PyCall(order, interp.pid, os.dup(interp.watch.fileno()), time.time(),
+                      deadline, out_fd=out_fd, err_fd=err_fd, interp=interp, pool=self)
+
+    def _take(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
+        waiting = self.idle.get(key)
+        while waiting:
+            interp = waiting.pop()
+            if interp.idle_and_alive():
+                return interp
+            self._retire(interp)  # died while idle (killed, OOM): replaced, never blamed
+        # A new one. The node keeps as many as it ran calls at once: past that, an idle
+        # interpreter of another kind (other GPUs, threads, cap) makes room.
+        idle = sum(len(v) for v in self.idle.values())
+        if self.busy + idle + 1 > max(self.most, self.busy + 1):
+            for other in self.idle.values():
+                if other:
+                    self._retire(other.pop())
+                    break
+        return self._spawn(key, spawn_env)
+
+    def _spawn(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
+        try:
+            pid, sock = self.zygote.fork(spawn_env)
+        except OSError as exc:
+            raise runner.StartError(f"cannot start a Python interpreter: {exc}") from None
+        interp = Interpreter(pid, sock, key, self.zygote.status, self.zygote.started)
+        self.procs[pid] = interp
+        self.started += 1
+        return interp
+
+    # -- a call's end -------------------------------------------------------------------
+    def reap(self, call: PyCall) -> int | None:
+        """The call's exit code once it answered or its interpreter died; else None."""
+        interp = call.interp
+        assert interp is not None
+        answer = _read_answer(interp)
+        if answer is not None:
+            header, doc = answer
+            rc = int(header.get("rc", 1))
+            if header.get("error"):
+                log.warning("task %s: %s", call.order.id, header["error"])
+            if rc == 0 and doc:
+                try:
+                    self.results[call.order.id] = doc.decode("utf-8")
+                except UnicodeDecodeError:
+                    rc = 1
+                    _note(call, "the return value could not be read back (not UTF-8 JSON)")
+            call.rc = rc
+            self._after(call, interp, bool(header.get("recycle")))
+            return rc
+        if not interp.eof and interp.status is None and interp.idle_and_alive():
+            return None  # woken by part of the answer
+        exited = bool(select.select([interp.pidfd], [], [], 0)[0])
+        status = interp.reap(2.0 if exited else 0.0)
+        if status is None and exited:
+            status = interp.status = 255  # its zygote never said how: the status is lost
+        if status is None:
+            # The socket closed but the process lives (it closed the descriptor): end
+            # it; its exit wakes the node through the pidfd alone.
+            interp.kill()
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                interp.watch.unregister(interp.sock.fileno())
+            return None
+        call.rc = status
+        if call.end_kind is None:  # not stopped by the launcher: say what happened
+            _note(call, _death(status))
+            if status == 0:
+                call.end_kind = EndKind.ERROR  # exited without the function returning
+        self._after(call, interp, True)
+        return status
+
+    def _after(self, call: PyCall, interp: Interpreter, recycle: bool) -> None:
+        call.interp = None
+        self.busy -= 1
+        signalled = call.end_kind is not None  # SIGTERM went to it: it may be dying
+        if (recycle or signalled or interp.status is not None
+                or (self.config.max_calls and interp.calls >= self.config.max_calls)):
+            self._retire(interp)
+        else:
+            self.idle.setdefault(interp.key, []).append(interp)
+
+    def finished(self, fin: Finished) -> Finished:
+        """The node's report of a Python task's end, with its result when it finished."""
+        result = self.results.pop(fin.id, None)
+        if result is not None and fin.kind == EndKind.DONE:
+            return fin._replace(result=result)
+        return fin
+
+    # -- the end of interpreters --------------------------------------------------------
+    def _retire(self, interp: Interpreter) -> None:
+        """End it (and whatever it left running in its session); reaped when it exits."""
+        interp.kill()
+        with contextlib.suppress(OSError):
+            interp.sock.close()
+        if interp.reap() is not None:
+            self._forget(interp)
+
+    def _forget(self, interp: Interpreter) -> None:
+        interp.close_fds()
+        self.procs.pop(interp.pid, None)
+
+    def _reap_retired(self) -> None:
+        for interp in list(self.procs.values()):
+            if interp.sock.fileno() < 0 and interp.reap() is not None:
+                self._forget(interp)
+
+    def kill_all(self) -> None:
+        """SIGKILL every interpreter's session (a crash, before MPI_Abort). The zygote
+        stays to reap them; it dies with the rank (or at :meth:`close`)."""
+        for interp in self.procs.values():
+            interp.kill()
+
+    def close(self) -> None:
+        for interp in self.procs.values():
+            interp.kill()
+        deadline = time.monotonic() + 5.0
+        for interp in list(self.procs.values()):  # gone before the node reports its end
+            left = max(0.0, deadline - time.monotonic())
+            if interp.status is None and interp.pidfd >= 0:
+                select.select([interp.pidfd], [], [], left)
+            self._forget(interp)
+        self.zygote.close()
+        self.idle.clear()
+        if self.started:
+            log.info("python pool: %s interpreters started, %s calls", self.started,
+                     self.calls)
+
+
+def _send(sock: socket.socket, data: bytes, fds: list[int],
+          timeout: float = SEND_TIMEOUT_S) -> None:
+    """The whole call; the descriptors travel with its first bytes (SCM_RIGHTS)."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    first = True
+    poller: select.poll | None = None
+    while view:
+        try:
+            if first:
+                n = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", fds))])
+                first = False
+            else:
+                n = sock.send(view)
+            view = view[n:]
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the interpreter took no call for {timeout:g} s"
+                                   ) from None
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock.fileno(), select.POLLOUT)
+            poller.poll(left * 1000)
+
+
+def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
+    """Read what is there; the answer once it is whole (sets ``eof`` on EOF)."""
+    buf = interp.buf
+    while not interp.eof:
+        try:
+            chunk = interp.sock.recv(1 << 20)
+        except BlockingIOError:
+            break
+        except OSError:
+            interp.eof = True
+            break
+        if not chunk:
+            interp.eof = True
+            break
+        buf += chunk
+    if len(buf) < LENGTH.size:
+        return None
+    (n,) = LENGTH.unpack_from(buf)
+    if len(buf) < LENGTH.size + n:
+        return None
+    body = bytes(buf[LENGTH.size:LENGTH.size + n])
+    del buf[:LENGTH.size + n]
+    try:
+        return split_frame(body)
+    except ValueError:
+        interp.eof = True  # nonsense on the socket: treat it as dead
+        return None
+
+
+def _death(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        why = " (out of memory, or killed by another process)" if -status == 9 else ""
+        return f"the Python interpreter running this call was killed by {name}{why}"
+    return (f"the Python interpreter running this call exited with code {status} before "
+            "the function returned (os._exit, or a crash)")
+
+
+def _note(call: PyCall, text: str) -> None:
+    """A line in the task's task.err (where the traceback of a raise would be), through
+    the node's own descriptor of it."""
+    if call.err_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(call.err_fd, f"balsam_mpi: {text}\n".encode())

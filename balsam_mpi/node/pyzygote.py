@@ -1,0 +1,288 @@
+"""A node's zygote: the fresh interpreter its warm interpreters are forked from.
+
+Starting a Python interpreter costs ~30 ms of CPU here (the interpreter, ``site``, the
+modules ``pycall`` needs); a node packing 16 Python tasks starts 16 at once, and on a
+small machine the start-ups of a whole batch job's nodes took most of a second of its
+first tasks' time. So each node starts one *zygote* — ``python -m balsam_mpi.node.pyzygote``,
+spawned fresh with ``posix_spawn`` like any task, never a fork of the MPI rank, without
+the launcher's MPI variables — which has imported what an interpreter needs and nothing
+of the user's, and forks an interpreter on request (about a millisecond). No interpreter
+inherits anything of MPI; each starts as a copy of the same clean process.
+
+    node → zygote   {"env": {...}} with the interpreter's socket attached (SCM_RIGHTS)
+    zygote → node   {"pid": n}; and {"exit": n, "status": s} when an interpreter exits
+
+The zygote is the interpreters' parent, so it reaps them and relays each exit status
+(the node watches them through pidfds, which need no parent). Each interpreter leads its
+own session (a kill reaches what it started) and dies with the zygote, which dies with
+the rank (parent-death signals); the zygote ends its interpreters and itself when the
+node closes its socket.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import pycall
+
+# A new zygote's first answer (its own start-up) at most. The node waits for it, so it
+# stays well under worker_timeout_s (10 s), after which the leader declares a silent
+# worker dead; a call that cannot get an interpreter in time fails with the reason.
+START_TIMEOUT_S = 5.0
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT,
+                    signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+
+
+class ZygoteError(OSError):
+    """The zygote could not be started or did not answer."""
+
+
+class Zygote:
+    """The node's side: asks for interpreters, collects their exit statuses."""
+
+    def __init__(self, python: str, env: Mapping[str, str], die_with_parent: bool) -> None:
+        self.python = python
+        self.env = dict(env)
+        self.die_with_parent = die_with_parent
+        self.pid = -1
+        self.pidfd = -1
+        self.ctl: socket.socket | None = None
+        self.exits: dict[int, int] = {}  # interpreter pid -> exit status, until asked for
+        self.started = 0
+
+    # -- the zygote itself --------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
+
+    def _start(self) -> None:
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        child_fd = theirs.fileno()
+        spare = os.dup(child_fd) if child_fd == 3 else -1  # dup2(3, 3) keeps CLOEXEC
+        argv = [self.python, "-m", "balsam_mpi.node.pyzygote", "3", str(os.getpid()),
+                "1" if self.die_with_parent else "0"]
+        try:
+            self.pid = os.posix_spawn(self.python, argv, self.env, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, spare if spare >= 0 else child_fd, 3),
+            ], setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+        except OSError as exc:
+            ours.close()
+            raise ZygoteError(f"cannot start {self.python}: {exc}") from None
+        finally:
+            theirs.close()
+            if spare >= 0:
+                os.close(spare)
+        self.pidfd = os.pidfd_open(self.pid)
+        self.ctl = ours
+        self.started += 1  # the zygote's generation: its interpreters carry it
+
+    def close(self) -> None:
+        """End the zygote (it ends its interpreters first) and reap it."""
+        if self.ctl is not None:
+            self.ctl.close()  # EOF: it kills its interpreters and exits
+            self.ctl = None
+        if self.pid > 0:
+            if not select.select([self.pidfd], [], [], 5.0)[0]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            os.close(self.pidfd)
+            self.pid = self.pidfd = -1
+
+    def kill(self) -> None:
+        if self.pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    # -- interpreters -------------------------------------------------------------------
+    def fork(self, env: Mapping[str, str]) -> tuple[int, socket.socket]:
+        """A new interpreter with these variables added; (pid, the node's socket). Its
+        zygote's generation is :attr:`started` after the call."""
+        if not self.alive():
+            self._start()
+        try:
+            return self._fork(env)
+        except OSError:
+            if self.alive():
+                raise
+        self._start()  # it died (killed, OOM) while we asked: once more, a fresh one
+        return self._fork(env)
+
+    def _fork(self, env: Mapping[str, str]) -> tuple[int, socket.socket]:
+        assert self.ctl is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.ctl.sendmsg([json.dumps({"env": dict(env)}).encode()], [
+                (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
+            pid = self._await_pid(START_TIMEOUT_S)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return pid, ours
+
+    def status(self, pid: int, generation: int, wait_s: float = 0.0) -> int | None:
+        """The exit status of interpreter ``pid`` (forked by zygote ``generation``) once
+        its zygote has reaped it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._read(0.0)
+            if pid in self.exits:
+                return self.exits.pop(pid)
+            if generation != self.started or not self.alive():
+                self._read(0.0)
+                # Gone with its zygote (parent-death signal), or reaped by a zygote that
+                # died before it could say: SIGKILL either way.
+                return self.exits.pop(pid, -int(signal.SIGKILL))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._read(min(left, 0.1))
+
+    def _await_pid(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.alive():
+                raise ZygoteError("the interpreters' zygote did not answer")
+            for msg in self._read(left):
+                if "pid" in msg:
+                    return int(msg["pid"])
+
+    def _read(self, timeout: float) -> list[dict[str, Any]]:
+        """Messages waiting (up to ``timeout`` for the first); exits are kept aside."""
+        out: list[dict[str, Any]] = []
+        if self.ctl is None:
+            return out
+        if timeout > 0 and not select.select([self.ctl], [], [], timeout)[0]:
+            return out
+        while True:
+            try:
+                data = self.ctl.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError:
+                return out
+            if not data:
+                return out
+            msg = json.loads(data)
+            if "exit" in msg:
+                self.exits[int(msg["exit"])] = int(msg["status"])
+            else:
+                out.append(msg)
+
+
+# -- the zygote's side ------------------------------------------------------------------
+def _child(fd: int, env: dict[str, Any], zygote: int, die: bool, ctl: socket.socket,
+           closing: list[int]) -> None:
+    """In a freshly forked interpreter: never returns into the zygote's loop."""
+    code = 1
+    try:
+        os.setsid()  # its own session: a kill reaches whatever it starts
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.close(ctl.detach())  # the zygote's socket, not this interpreter's
+        for other in closing:
+            with contextlib.suppress(OSError):
+                os.close(other)
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        if die:
+            pycall.die_with(zygote)
+        code = pycall.serve(fd)
+    except BaseException:  # reported on stderr, then the process ends
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def serve(ctl: socket.socket, die: bool) -> int:
+    """Fork an interpreter per request; relay their exits; end them all at EOF."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+    children: set[int] = set()
+    backlog: list[bytes] = []  # exits the node has not had room for yet
+    poller = select.poll()
+    poller.register(ctl.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    me = os.getpid()
+    try:
+        while True:
+            poller.modify(ctl.fileno(), select.POLLIN | (select.POLLOUT if backlog else 0))
+            events = poller.poll()
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+            while True:  # reap every interpreter that exited
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                children.discard(pid)
+                backlog.append(json.dumps({"exit": pid, "status":
+                                           os.waitstatus_to_exitcode(status)}).encode())
+            while backlog:
+                try:
+                    ctl.send(backlog[0], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return 0  # the node is gone
+                backlog.pop(0)
+            if not any(fd == ctl.fileno() and mask & (select.POLLIN | select.POLLHUP)
+                       for fd, mask in events):
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 16, 1)
+            except OSError:
+                return 0  # the node is gone (it closed with our news unread)
+            if not data:
+                return 0  # the node closed its end
+            request = json.loads(data)
+            pid = os.fork()
+            if pid == 0:
+                _child(fds[0], request.get("env", {}), me, die, ctl, [wake_r, wake_w])
+            os.close(fds[0])
+            children.add(pid)
+            ctl.send(json.dumps({"pid": pid}).encode())
+    finally:
+        for pid in children:  # the node is gone or done: so are its interpreters
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        for pid in children:  # reaped here, not left for init: gone when the node is
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m balsam_mpi.node.pyzygote FD PARENT_PID DIE_WITH_PARENT (0|1); "
+              "started by the launcher's nodes only", file=sys.stderr)
+        return 2
+    fd, parent, die = int(argv[0]), int(argv[1]), argv[2] == "1"
+    pycall.setup(parent, die)
+    ctl = socket.socket(fileno=fd)
+    ctl.set_inheritable(False)
+    return serve(ctl, die)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,259 @@
+"""A ``concurrent.futures.Executor`` over a project: each call is a task in the database.
+
+    from balsam_mpi.tasks.executor import Executor
+    with Executor(workflow="fit") as ex:               # the project of $BALSAM_DB_PATH
+        f = ex.submit("mypkg.models:fit", alpha=0.1)   # a task of the app with that path
+        print(f.result())                              # when a launcher has run it
+        for y in ex.map("mypkg.models:fit", [{"alpha": a} for a in (0.1, 0.2)]):
+            print(y)
+
+``submit(fn_path, **kwargs)`` adds a task of the Python app whose import path is
+``fn_path`` — apps are written by the owner and ``--app-admin`` members only, so the app
+must exist (one line names the command that adds it) — and returns a future that resolves
+when the task ends, wherever it runs: batch jobs do the work, and the script may run on a
+login node. Keyword arguments only, as JSON. ``map`` adds all its calls in one
+transaction. ``Future.cancel()`` kills a task that has not ended.
+
+One watcher thread per executor LISTENs on its own connection (tasks/waiting.py): it reads the
+state of each new task once, and afterwards only the tasks a notification names. No
+table is polled.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..base import db
+from ..base.errors import BalsamError, UsageError
+from .pyapps import check_path
+from .waiting import ENDED, Listener, Outcome, TaskFailed
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger(__name__)
+# How often an idle watcher looks at its stop flag. Members may not NOTIFY (0007), so a
+# shutdown cannot wake it through the database; a timeout reads nothing.
+STOP_CHECK_S = 0.5
+
+
+class TaskFuture(cf.Future[Any]):
+    """A task's future; ``cancel()`` kills the task if it has not ended."""
+
+    def __init__(self, task_id: int, kill: Callable[[int], bool],
+                 recheck: Callable[[int], None]) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._kill = kill
+        self._recheck = recheck
+        self.cancelling = False  # the kill is on its way: its USER_KILLED is ours
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        # Set before the kill: the watcher may see the kill's USER_KILLED before this
+        # thread gets back, and must leave that end to the cancel.
+        self.cancelling = True
+        if not self._kill(self.task_id):
+            self.cancelling = False
+            self._recheck(self.task_id)  # an end the watcher left to us is read again
+            return False  # ended already: its outcome is on its way
+        if not super().cancel():
+            return False
+        # What an executor's worker does with a cancelled item: cf.wait and
+        # cf.as_completed count a future done only once this is called.
+        self.set_running_or_notify_cancel()
+        return True
+
+
+class Executor(cf.Executor):
+    def __init__(self, client: Client | None = None, *, project: Any = None,
+                 workflow: str = "executor", **task_fields: Any) -> None:
+        """``client`` (or a new one for ``project``); every task gets ``workflow`` and
+        ``task_fields`` (e.g. node_packing_count, wall_time_min, tags)."""
+        if client is None:
+            from .client import Client
+
+            client = Client(project)
+            self._own = True
+        else:
+            self._own = False
+        self.client = client
+        self.workflow = workflow
+        self.fields = dict(task_fields)
+        self._apps: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._futures: dict[int, TaskFuture] = {}
+        self._new: list[int] = []
+        self._stopping = False
+        self._closed = False
+        self._watcher: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- adding ----------------------------------------------------------------------
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        if args:
+            raise UsageError("params: a Python task takes keyword arguments only "
+                             f"(JSON): submit({fn!r}, name=value, …)")
+        return self._add(fn, [kwargs])[0]
+
+    def map(self, fn: Any, *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """One task per item of one iterable of keyword-argument mappings, added in one
+        transaction; their results in order (the first failure raises TaskFailed)."""
+        if len(iterables) != 1:
+            raise UsageError("map: give one iterable of keyword-argument mappings, "
+                             "e.g. map('pkg.mod:fn', [{'x': 1}, {'x': 2}])")
+        calls = list(iterables[0])
+        for i, kw in enumerate(calls):
+            if not isinstance(kw, Mapping):
+                raise UsageError(f"map item {i}: must be a mapping of keyword arguments, "
+                                 f"got {kw!r}")
+        futures = self._add(fn, [dict(kw) for kw in calls])
+        return _in_order(futures, timeout)
+
+    def _add(self, fn: Any, calls: list[dict[str, Any]]) -> list[TaskFuture]:
+        if self._closed:
+            raise RuntimeError("cannot submit to an executor after shutdown")
+        app = self._app(fn)
+        ids = self.client.add_tasks([{**self.fields, "app": app, "workflow": self.workflow,
+                                      "params": kw} for kw in calls])
+        futures = [TaskFuture(i, self._kill_one, self._recheck) for i in ids]
+        with self._lock:
+            for f in futures:
+                self._futures[f.task_id] = f
+            self._new.extend(ids)
+        self._ensure_watcher()
+        return futures
+
+    def _app(self, fn: Any) -> str:
+        """The app whose import path is ``fn`` (checked once per path)."""
+        path = check_path(fn, "fn_path")
+        name = self._apps.get(path)
+        if name is None:
+            found = self.client.app_calling(path)
+            if found is None:
+                raise UsageError(f"fn_path: no app calls {path}; the project owner (or an "
+                                 f"--app-admin member) must add one: balsam-mpi app add "
+                                 f"NAME --python {path}")
+            name = self._apps[path] = found
+        return name
+
+    def _kill_one(self, task_id: int) -> bool:
+        return bool(self.client.kill([task_id]))
+
+    def _recheck(self, task_id: int) -> None:
+        with self._lock:
+            self._new.append(task_id)
+
+    # -- the watcher -----------------------------------------------------------------
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="balsam-executor",
+                                             daemon=True)
+            self._watcher.start()
+            self._ready.wait()
+            if self._error is not None:
+                raise self._error
+
+    def _watch(self) -> None:
+        listener = Listener(lambda: db.connect(self.client.project, autocommit=True,
+                                               application_name="balsam_mpi-executor"))
+        try:
+            listener.open()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        pending: set[int] = set()
+        try:
+            while True:
+                with self._lock:
+                    new, self._new = self._new, []
+                    stopping = self._stopping
+                pending.update(new)
+                pending = {i for i in pending if not self._futures[i].done()}
+                if stopping and not pending:
+                    return
+                if new:  # each new task is read once; after that, only when notified
+                    self._settle(listener, new, pending)
+                try:
+                    # Bounded, to see a shutdown: a timeout reads nothing (no polling).
+                    hinted = listener.sleep(STOP_CHECK_S)
+                    ask = (hinted or set()) & pending
+                    if ask:
+                        self._settle(listener, ask, pending)
+                except BalsamError as exc:
+                    listener.recover(exc, None)
+                    self._settle(listener, set(pending), pending)
+        except BaseException as exc:  # never leave futures hanging
+            log.error("executor watcher failed: %s", exc)
+            with self._lock:
+                for f in self._futures.values():
+                    if not f.done():
+                        _resolve_error(f, exc)
+        finally:
+            listener.close()
+
+    def _settle(self, listener: Listener, ids: Iterable[int], pending: set[int]) -> None:
+        outcomes = listener.read(ids)
+        for i in ids:
+            o = outcomes.get(i)
+            if o is None:
+                _resolve_error(self._futures[i],
+                               BalsamError(f"task {i} was deleted before it ended"))
+            elif o.state not in ENDED or not _resolve(self._futures[i], o):
+                continue
+            pending.discard(i)
+
+    # -- the end ---------------------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        with self._lock:
+            futures = list(self._futures.values())
+        if cancel_futures:
+            for f in futures:
+                f.cancel()
+        if wait:
+            cf.wait(futures)
+        with self._lock:
+            self._stopping = True
+        if self._watcher is not None and wait:
+            self._watcher.join()  # it sees the flag within STOP_CHECK_S
+        if self._own and wait:
+            self.client.close()
+
+
+def _resolve(f: TaskFuture, o: Outcome) -> bool:
+    """Settle ``f`` with its task's end; False if that end is left to a cancel."""
+    if f.cancelling and o.state == "USER_KILLED":
+        return False  # the cancel that killed it makes it cancelled
+    try:
+        if o.ok:
+            f.set_result(o.result)
+        else:
+            f.set_exception(TaskFailed(o))
+    except cf.InvalidStateError:
+        pass  # cancelled meanwhile
+    return True
+
+
+def _resolve_error(f: TaskFuture, exc: BaseException) -> None:
+    try:
+        f.set_exception(exc)
+    except cf.InvalidStateError:
+        pass
+
+
+def _in_order(futures: list[TaskFuture], timeout: float | None) -> Iterator[Any]:
+    import time
+
+    end = None if timeout is None else time.monotonic() + timeout
+    for f in futures:
+        yield f.result(None if end is None else max(0.0, end - time.monotonic()))
