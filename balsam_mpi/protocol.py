@@ -1,4 +1,4 @@
-"""The leader–worker protocol (DESIGN.md §5): one tag per message, one frozen dataclass each.
+"""The leader–worker protocol (docs/architecture.md §5): one tag per message, one frozen dataclass each.
 
 Messages travel pickled through mpi4py; the tag on the wire is the class's ``TAG`` so a
 receiver can dispatch without unpickling first. Times are the node's own clock (epoch

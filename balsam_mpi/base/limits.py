@@ -13,6 +13,8 @@ node), so they refuse nonsense without refusing real work.
 
 from __future__ import annotations
 
+import re
+
 # Text, in characters (Postgres ``char_length``).
 NAME_MAX = 256  # workflow, name, app name, tag keys
 COMMAND_MAX = 65_536  # an app's command, preprocess, postprocess, env_script
@@ -62,3 +64,8 @@ OUTPUT_TAIL_MAX = 4_096
 # task's directory.
 RESULT_MAX_BYTES = 256 * 1024  # a return value's JSON text, in bytes
 PYTHON_PATH_MAX = 1_024  # an app's "package.module:function", in characters
+# ... and its shape: dotted identifiers, a colon, dotted identifiers (the client, the
+# database and each warm interpreter check it; defined here, where an interpreter can
+# import it cheaply).
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+PYTHON_PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")

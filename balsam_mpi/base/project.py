@@ -1,7 +1,7 @@
 """The project directory: its paths, its control files, and the checks that keep it safe.
 
 Everyone reads this module's files; only ``balsam-dbctl`` (the owner) writes them. The
-layout and modes are those of DESIGN.md §3. Nothing here talks to Postgres.
+layout and modes are those of docs/architecture.md §3. Nothing here talks to Postgres.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ENV_VAR = "BALSAM_DB_PATH"
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the terminating NUL
 SCHEMA_DB = "balsam"
 
-# Modes of DESIGN.md §3. Directories get setgid so new files inherit the project group;
+# Modes of docs/architecture.md §3. Directories get setgid so new files inherit the project group;
 # the sticky bit stops members from renaming or replacing what others own.
 MODE_TOP = 0o3750
 MODE_DB = 0o700

@@ -15,7 +15,7 @@ directory belongs to whoever's launcher ran its first task. So "owned by me" is 
 and "owned by anyone" lets a viewer plant a directory. The rule: root, the launcher's own
 user, the project owner, and anyone else in the project's group who is not *barred* — a
 uid with a named ACL entry without write on ``data/`` (read-only viewers and dropped users:
-``balsam_mpi.dbctl.acl``). A barred user cannot create anything in ``data/`` once the ACL
+``balsam_mpi.base.acl``). A barred user cannot create anything in ``data/`` once the ACL
 is set; this rule also refuses what they made before.
 
 Every refusal is :class:`UnsafePath`: one line naming the path (relative to the project)
@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..dbctl import acl
+from . import acl
 from .errors import ProjectError
 
 log = logging.getLogger(__name__)

@@ -239,3 +239,13 @@ def kind_of(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "a list"
     return f"a {type(value).__name__}"
+
+
+def check_pattern(pattern: str, field: str = "input_files") -> str:
+    """An input_files glob must stay inside the parent's directory: relative, no '..'."""
+    text(field, pattern, limits.PATTERN_MAX)
+    parts = pattern.replace("\\", "/").split("/")
+    if not pattern or pattern.startswith("/") or ".." in parts:
+        raise InputError(f"{field}: {show(pattern)} must be a relative glob inside "
+                         "the parent's directory (no leading '/', no '..')")
+    return pattern

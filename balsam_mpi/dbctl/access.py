@@ -1,4 +1,4 @@
-"""Who may use the project's database: roles, collaborators, sessions (DESIGN.md §6).
+"""Who may use the project's database: roles, collaborators, sessions (docs/architecture.md §6).
 
 The owner (``add-user``, ``drop-user``, ``users``, ``connections``) works as the database
 superuser over the socket; a collaborator (``request-access``) works as themselves. Role

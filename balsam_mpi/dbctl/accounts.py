@@ -1,7 +1,7 @@
 """UNIX accounts: who is calling, which account runs Postgres, and what it can reach.
 
 Postgres refuses to run as root, so a root-owned project runs its server under an
-unprivileged account (DESIGN.md §3). Everything here uses argv lists, never a shell.
+unprivileged account (docs/architecture.md §3). Everything here uses argv lists, never a shell.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Enrollment without sending a secret anywhere (DESIGN.md §6).
+"""Enrollment without sending a secret anywhere (docs/architecture.md §6).
 
 The collaborator's side (``request-access``) keeps a random password in their own
 ``~/.pgpass`` and hands over only its SCRAM-SHA-256 verifier (both in ``credentials.py``), either straight to the server

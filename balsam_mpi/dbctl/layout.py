@@ -1,4 +1,4 @@
-"""The project directory's layout and modes (DESIGN.md §3), applied whatever the umask.
+"""The project directory's layout and modes (docs/architecture.md §3), applied whatever the umask.
 
 ``init`` creates the tree with these modes and ``fix-perms`` re-applies them. Each entry
 is created with an explicit mode and then ``chmod``-ed, because ``mkdir`` honours the
@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base import acl
 from ..base.errors import ProjectError
 from ..base.project import (
     MODE_ACCESS,
@@ -30,7 +31,7 @@ from ..base.project import (
     MODE_TOP,
     Project,
 )
-from . import acl, viewers
+from . import viewers
 from .accounts import Account
 
 

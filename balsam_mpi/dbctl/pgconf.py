@@ -2,7 +2,7 @@
 
 Our settings live in ``balsam.conf``, which ``postgresql.conf`` includes, so upgrading the
 distribution's defaults never clobbers ours. Every path in them is relative to the data
-directory, so a stopped project can be moved or copied (DESIGN.md §3).
+directory, so a stopped project can be moved or copied (docs/architecture.md §3).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ APP_ADMIN_ROLE = "balsam_app_admin"
 # The database superuser's role. It is not the owner's name: the owner's own name is their
 # everyday login role (an ordinary member with owner rights, what their launchers use over
 # TCP), and the owner's OS account reaches the superuser only over the socket through the
-# peer map below (DESIGN.md §6).
+# peer map below (docs/architecture.md §6).
 SUPERUSER_ROLE = "balsam_superuser"
 SUPERUSER_MAP = "balsam_superuser"
 
@@ -97,7 +97,7 @@ def render_conf(*, port: int, listen: str, group: str, max_connections: int = 40
 
 
 def render_hba(superuser: str, owner: str | None = None) -> str:
-    """pg_hba.conf of DESIGN.md §6: peer on the socket, scram on TCP, reject all else.
+    """pg_hba.conf of docs/architecture.md §6: peer on the socket, scram on TCP, reject all else.
 
     With ``owner`` (the owner's OS account, when it differs from the superuser role) the
     superuser line uses the peer map of ``render_ident``. Members reach the project

@@ -1,4 +1,4 @@
-"""Per-role limits of collaborators' sessions: connections and timeouts (DESIGN.md §6).
+"""Per-role limits of collaborators' sessions: connections and timeouts (docs/architecture.md §6).
 
 Set on each login role by ``add-user`` (and again by ``init`` / ``migrate`` for roles made
 before): Postgres applies ``ALTER ROLE … SET`` only to sessions of that very role, never

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..base.acl import apply, supported
 from ..base.errors import ProjectError
 from .accounts import uid_of
-from .acl import apply, supported
 
 
 def require_support(project_root: Path, who: str) -> None:

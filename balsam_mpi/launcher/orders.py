@@ -106,7 +106,7 @@ class OrderBuilder:
         if size > ARGV_MAX_BYTES:
             raise BadTask(f"args: the command line and env take {size} bytes, more than "
                           f"the {ARGV_MAX_BYTES} a process may be started with")
-        # A multi-rank task is its own MPI job on whole nodes (DESIGN.md §5).
+        # A multi-rank task is its own MPI job on whole nodes (docs/architecture.md §5).
         multi = needs_prefix(row.num_nodes, row.ranks_per_node)
         inputs, parent_dirs = self._inputs(row)
         return RunOrder(

@@ -31,7 +31,6 @@ import contextlib
 import importlib
 import json
 import os
-import re
 import resource
 import signal
 import socket
@@ -39,15 +38,11 @@ import struct
 import sys
 from typing import TYPE_CHECKING
 
-from ..base.limits import RESULT_MAX_BYTES
+from ..base.limits import PYTHON_PATH, RESULT_MAX_BYTES
 
 if TYPE_CHECKING:
     from typing import Any
 
-# An interpreter imports only what it needs before its first call (each node starts one
-# per slot): the shape of an import path is defined here, and pyapps uses it from here.
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
 
 LENGTH = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # the pool never sends more (params are capped far below)
@@ -61,7 +56,7 @@ def resolve(path: str) -> Any:
     """The function an import path names; the module is imported once per interpreter."""
     fn = _functions.get(path)
     if fn is None:
-        if not PATH.fullmatch(path):  # the database and the client check it too
+        if not PYTHON_PATH.fullmatch(path):  # the database and the client check it too
             raise ValueError(f"{path!r} is not an import path (package.module:function)")
         module, _, attr = path.partition(":")
         fn = importlib.import_module(module)

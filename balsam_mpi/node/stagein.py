@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..base import safefs
-from ..tasks.validate import check_pattern
+from ..base.values import check_pattern
 
 log = logging.getLogger(__name__)
 

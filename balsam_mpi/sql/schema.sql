@@ -2,9 +2,9 @@
 -- migrations/ applied in order (tests/db/test_schema.py checks it).
 
 -- ==== 0001_initial.sql ====
--- 0001_initial: the tables of DESIGN.md §4 and the indexes the claim and reports use.
+-- 0001_initial: the tables of docs/architecture.md §4 and the indexes the claim and reports use.
 -- Objects are created while `SET ROLE balsam_objects` is in effect, so a NOLOGIN role owns
--- them (DESIGN.md §6); grants and row-level security come in later migrations.
+-- them (docs/architecture.md §6); grants and row-level security come in later migrations.
 
 CREATE TYPE task_state AS ENUM (
     'CREATED', 'AWAITING_PARENTS', 'READY', 'PREPROCESSED', 'RUNNING', 'RUN_DONE',
@@ -15,7 +15,7 @@ CREATE TYPE task_state AS ENUM (
 CREATE TYPE batch_job_state AS ENUM ('QUEUED', 'RUNNING', 'FINISHED', 'LOST', 'FAILED');
 
 -- One row, rewritten by `balsam-dbctl start`: lets a client check that the server it
--- reached serves its own project directory and not a copy's (DESIGN.md §3).
+-- reached serves its own project directory and not a copy's (docs/architecture.md §3).
 CREATE TABLE balsam_instance (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     nonce       text NOT NULL,
@@ -175,7 +175,7 @@ CREATE TRIGGER tasks_events_update AFTER UPDATE ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION tasks_events_on_update();
 
 -- ==== 0002_access.sql ====
--- 0002_access: least privilege inside the database (DESIGN.md §6, docs/security.md).
+-- 0002_access: least privilege inside the database (docs/architecture.md §6, docs/security.md).
 --
 -- Roles are cluster-wide, so balsam-dbctl makes them as the superuser before any migration
 -- runs (dbctl/access.py): balsam_objects (NOLOGIN, owns every object; SECURITY DEFINER
@@ -606,7 +606,7 @@ GRANT EXECUTE ON FUNCTION tasks_reserve_ids(integer), tasks_lock_parents(bigint[
     TO balsam_member;
 
 -- ==== 0004_launcher.sql ====
--- 0004_launcher: the launcher's work as SECURITY DEFINER functions (DESIGN.md §5, §6).
+-- 0004_launcher: the launcher's work as SECURITY DEFINER functions (docs/architecture.md §5, §6).
 --
 -- A leader (whoever runs it: the owner or a member) changes tasks only through these
 -- functions, which run as balsam_objects with a fixed search_path. Each one is a single
@@ -949,7 +949,7 @@ GRANT EXECUTE ON FUNCTION
 TO balsam_member;
 
 -- ==== 0005_leases.sql ====
--- 0005_leases: lease expiry (DESIGN.md §5). A batch job whose leader stopped heartbeating
+-- 0005_leases: lease expiry (docs/architecture.md §5). A batch job whose leader stopped heartbeating
 -- for longer than its lease is marked LOST and its tasks go back to the queue, by whoever
 -- looks first: every leader's loop (every few seconds) and `balsam-dbctl recover`.
 --

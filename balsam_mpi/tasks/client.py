@@ -1,6 +1,6 @@
 """The Python API: ``Client`` adds apps and tasks in bulk, queries, kills, retries, deletes.
 
-Field names are the columns of DESIGN.md §4 (the CLI's flags, the JSON-lines keys, the
+Field names are the columns of docs/architecture.md §4 (the CLI's flags, the JSON-lines keys, the
 ``--json`` output). Every write is one transaction: a batch of 100,000 tasks goes in
 whole or not at all. The DAG's bookkeeping after a task finishes or fails is done by
 triggers in the database (migrations/0003_tasks.sql), so the launcher's bulk reports and

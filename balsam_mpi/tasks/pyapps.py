@@ -16,7 +16,6 @@ from typing import Any
 
 from ..base import limits
 from ..base.errors import InputError
-from ..node.pycall import PATH
 from . import validate
 
 # App fields that only make sense around a process (the database refuses them too).
@@ -32,7 +31,7 @@ def check_path(path: Any, field: str = "python") -> str:
     if len(path) > limits.PYTHON_PATH_MAX:
         raise InputError(f"{field}: {len(path)} characters; an import path has at most "
                          f"{limits.PYTHON_PATH_MAX}")
-    if not PATH.fullmatch(path):
+    if not limits.PYTHON_PATH.fullmatch(path):
         raise InputError(f"{field}: {path!r} is not an import path; write "
                          "package.module:function (dotted names, one colon, ASCII)")
     return path

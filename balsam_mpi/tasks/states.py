@@ -1,6 +1,6 @@
 """Task states and their legal transitions: the one table everything else consults.
 
-The names are Balsam's on purpose (DESIGN.md §4). JOB_FINISHED is final; FAILED and
+The names are Balsam's on purpose (docs/architecture.md §4). JOB_FINISHED is final; FAILED and
 USER_KILLED leave only through an explicit retry (to READY, or AWAITING_PARENTS when the
 task still has unfinished parents).
 """

@@ -1,6 +1,6 @@
 """Validating task and app input. Pure: no database.
 
-A task is a dict whose keys are the column names of DESIGN.md §4 (the same names as the
+A task is a dict whose keys are the column names of docs/architecture.md §4 (the same names as the
 CLI flags, with dashes there). Everything a user can get wrong is caught here, before the
 database is touched, with one line naming the field (an ``InputError``; the caller adds
 where: a line number or a position in a list).
@@ -131,20 +131,10 @@ def _args(value: Any) -> list[str]:
                             limits.ARGS_MAX_BYTES)
 
 
-def check_pattern(pattern: str, field: str = "input_files") -> str:
-    """An input_files glob must stay inside the parent's directory: relative, no '..'."""
-    values.text(field, pattern, limits.PATTERN_MAX)
-    parts = pattern.replace("\\", "/").split("/")
-    if not pattern or pattern.startswith("/") or ".." in parts:
-        raise InputError(f"{field}: {values.show(pattern)} must be a relative glob inside "
-                         "the parent's directory (no leading '/', no '..')")
-    return pattern
-
-
 def _patterns(value: Any) -> list[str]:
     patterns = values.text_list("input_files", value, limits.PATTERN_MAX,
                                 limits.INPUT_FILES_MAX_ITEMS)
-    return [check_pattern(p, f"input_files[{i}]") for i, p in enumerate(patterns)]
+    return [values.check_pattern(p, f"input_files[{i}]") for i, p in enumerate(patterns)]
 
 
 def _parents(value: Any) -> list[int | str]:

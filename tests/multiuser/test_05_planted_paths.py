@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.dbctl import acl
+from balsam_mpi.base import acl
 
 from .conftest import LEAVER, MEMBER, OWNER, VIEWER, Runner
 

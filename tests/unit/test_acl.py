@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.base import safefs
+from balsam_mpi.base import acl, safefs
 from balsam_mpi.base.errors import ProjectError
-from balsam_mpi.dbctl import acl, viewers
+from balsam_mpi.dbctl import viewers
 
 GID = 54321  # the project's group in these tests (need not exist in /etc/group)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switches to another uid (root)")

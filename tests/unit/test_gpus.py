@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 
 from balsam_mpi.base.errors import BalsamError
-from balsam_mpi.node.gpus import (
-    GpuPool,
-    detect_vendor,
-    inherited_ids,
-    node_devices,
-    visibility_env,
-)
+from balsam_mpi.node.gpus import GpuPool, detect_vendor, inherited_ids, node_devices, visibility_env
 
 
 def test_four_one_gpu_tasks_on_two_gpus() -> None:

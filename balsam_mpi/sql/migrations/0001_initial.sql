@@ -1,6 +1,6 @@
--- 0001_initial: the tables of DESIGN.md §4 and the indexes the claim and reports use.
+-- 0001_initial: the tables of docs/architecture.md §4 and the indexes the claim and reports use.
 -- Objects are created while `SET ROLE balsam_objects` is in effect, so a NOLOGIN role owns
--- them (DESIGN.md §6); grants and row-level security come in later migrations.
+-- them (docs/architecture.md §6); grants and row-level security come in later migrations.
 
 CREATE TYPE task_state AS ENUM (
     'CREATED', 'AWAITING_PARENTS', 'READY', 'PREPROCESSED', 'RUNNING', 'RUN_DONE',
@@ -11,7 +11,7 @@ CREATE TYPE task_state AS ENUM (
 CREATE TYPE batch_job_state AS ENUM ('QUEUED', 'RUNNING', 'FINISHED', 'LOST', 'FAILED');
 
 -- One row, rewritten by `balsam-dbctl start`: lets a client check that the server it
--- reached serves its own project directory and not a copy's (DESIGN.md §3).
+-- reached serves its own project directory and not a copy's (docs/architecture.md §3).
 CREATE TABLE balsam_instance (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     nonce       text NOT NULL,

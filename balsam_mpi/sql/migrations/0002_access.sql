@@ -1,4 +1,4 @@
--- 0002_access: least privilege inside the database (DESIGN.md §6, docs/security.md).
+-- 0002_access: least privilege inside the database (docs/architecture.md §6, docs/security.md).
 --
 -- Roles are cluster-wide, so balsam-dbctl makes them as the superuser before any migration
 -- runs (dbctl/access.py): balsam_objects (NOLOGIN, owns every object; SECURITY DEFINER

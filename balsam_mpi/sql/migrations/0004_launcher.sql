@@ -1,4 +1,4 @@
--- 0004_launcher: the launcher's work as SECURITY DEFINER functions (DESIGN.md §5, §6).
+-- 0004_launcher: the launcher's work as SECURITY DEFINER functions (docs/architecture.md §5, §6).
 --
 -- A leader (whoever runs it: the owner or a member) changes tasks only through these
 -- functions, which run as balsam_objects with a fixed search_path. Each one is a single

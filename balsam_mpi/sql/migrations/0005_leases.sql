@@ -1,4 +1,4 @@
--- 0005_leases: lease expiry (DESIGN.md §5). A batch job whose leader stopped heartbeating
+-- 0005_leases: lease expiry (docs/architecture.md §5). A batch job whose leader stopped heartbeating
 -- for longer than its lease is marked LOST and its tasks go back to the queue, by whoever
 -- looks first: every leader's loop (every few seconds) and `balsam-dbctl recover`.
 --

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base.errors import ProjectError
+from .errors import ProjectError
 
 ACCESS = "system.posix_acl_access"
 DEFAULT = "system.posix_acl_default"
