@@ -61,6 +61,8 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
+HOLDER_BEAT_S = 0.5  # the heartbeat's period at most, while this launcher holds tasks
+
 
 class Leader:
     def __init__(self, settings: Settings, comm: Comm | None, project: Project,
@@ -101,6 +103,10 @@ class Leader:
         # A few times a second is plenty (the timeout is several report intervals), and
         # keeps a pass over thousands of ranks out of every turn of the loop.
         self.liveness_checks = Periodic(min(0.25, s.report_interval_s / 2), now=True)
+        # Recalls of queued tasks to free slots (dispatch.rebalance) when work runs out:
+        # often enough for a tail of short tasks, rare enough for thousands of ranks.
+        self.rebalances = Periodic(0.02, now=True)
+        self.holder_beats = Periodic(HOLDER_BEAT_S, jitter=0.0)
         self.idle_since: float | None = None
         self.draining: str | None = None
         self.byes: set[int] = set()
@@ -138,12 +144,22 @@ class Leader:
         did = self.adds.step() or did
         did = self.calls.collect() or did
         self._check_workers()
+        if not self.draining and self.dispatch.scarce and self.rebalances.due():
+            self.dispatch.rebalance()
         self.dispatch.fill_local()
         did = self._step_local() or did
         if not self.draining:
             self.claims.refill()
         self.buffer.flush()
         self._poll_kills()
+        if (self.kills.where and self.lease_watch.silence() < self.settings.heartbeat_s
+                and not self.calls.busy("heartbeat") and self.holder_beats.due()):
+            # Other launchers whose claims find nothing wait to see every job that holds
+            # work their filters match renew its heartbeat before they end (claims.py):
+            # while this one holds tasks, renew often, so they end soon after their work.
+            # Only while heartbeats succeed: with the database away the usual period
+            # stands (no flood of failing calls ahead of the writes that wait).
+            self.lease_watch.beats.soon()
         self.lease_watch.heartbeat()
         self._watch_lease()
         if self._check_end():
@@ -181,10 +197,14 @@ class Leader:
         if isinstance(msg, Report):
             self._absorb(msg.started, msg.finished)
             view = self.dispatch.reported(source, msg)
+            back = self.dispatch.took_back(source, msg.returned, msg.acked) if (
+                msg.returned or self.dispatch.recall_seq) else 0
             if not self.draining:
                 self.claims.refill()
             self.dispatch.fill_local(margin=False)  # a free slot here before a queue there
             self.dispatch.assign_to(view, always=True)
+            if back and not self.draining:
+                self.dispatch.push()  # given back: to the nodes with free slots
         elif isinstance(msg, Hello):
             self._hello(source, msg)
         elif isinstance(msg, Bye):

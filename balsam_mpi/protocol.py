@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from .base.errors import BalsamError
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6  # 6: Assign.recall / Report.returned (queued tasks given back)
 LOCAL = 0  # the leader's rank: its own node runs in-process, without messages
 
 
@@ -172,6 +172,9 @@ class Report:
     started: tuple[Started, ...] = ()
     finished: tuple[Finished, ...] = ()
     done_share: float = 0.0  # node shares finished since the node started (its pace)
+    # Answer to Assign.recall: the recalled tasks that were still queued here, now
+    # dropped from the queue; they never start on this node (the leader places them anew).
+    returned: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,9 @@ class Assign:
     release: tuple[int, ...] = ()
     # Answers to ADD_TASKS: (request id, the new tasks' ids, error message or "").
     added: tuple[tuple[int, tuple[int, ...], str], ...] = ()
+    # Queued tasks to give back if they have not started (the leader moves them to idle
+    # nodes when the pool is empty); answered by Report.returned.
+    recall: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ SCENARIOS: dict[str, Scenario] = {
     "containment": _module_runner("scenarios_containment"),
     "retention": _module_runner("scenarios_retention"),
     "python": _module_runner("scenarios_python"),
+    "bulk-add": _module_runner("tasks_api"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }
 

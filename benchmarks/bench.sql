@@ -154,3 +154,13 @@ UPDATE tasks t SET state = 'JOB_FINISHED' WHERE t.id = ANY (%(ids)s::bigint[]);
 
 -- name: events_cost_ids
 SELECT id FROM tasks ORDER BY id;
+
+-- name: lock_waits
+-- One sample of the project's client backends: how many wait for a heavyweight lock
+-- (and on what, the first of them), how many run a statement.
+SELECT count(*) FILTER (WHERE a.wait_event_type = 'Lock')::int,
+       count(*) FILTER (WHERE a.state = 'active')::int,
+       min(left(a.query, 60)) FILTER (WHERE a.wait_event_type = 'Lock')
+  FROM pg_stat_activity a
+ WHERE a.datname = current_database() AND a.backend_type = 'client backend'
+   AND a.pid <> pg_backend_pid();

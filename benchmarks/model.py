@@ -13,7 +13,11 @@ tasks one after another (each costs ``spawn_s`` of the node's one worker process
 reports its changes at once, one REPORT per pass of its loop (tasks ending together are
 reported together, so the first node to report gets first pick of the leader's pool —
 which is how a node's queue can hold tasks while another node idles, at the end of a
-run, as measured). Every cost is a :class:`Costs` field measured elsewhere
+run, as measured before the recall). Once a claim comes back short the leader keeps no
+margins, and while its pool is empty it recalls queued tasks from nodes holding more than
+they can start to nodes with free slots (dispatch.py, "No stranded tails": a recall
+message, the node's answer, then the leader's push; one recall at a time) —
+``Policy.recall``; off, the launcher as it was before. Every cost is a :class:`Costs` field measured elsewhere
 (scenarios `leader`, `noop`, `utilization`, `ceiling`); see ``ASSUMPTIONS``.
 
 Scale: a node is simulated per task slot, but with ``reps`` < nodes only ``reps``
@@ -62,6 +66,8 @@ class _Leader:
     db_free_at: float = 0.0
     claiming: bool = False
     exhausted: bool = False
+    scarce: bool = False  # the last claim came back short: no margins (Policy.recall)
+    recalling: bool = False
     flushing: bool = False
     buffered: float = 0.0
     buffered_ends: float = 0.0
@@ -149,7 +155,8 @@ class Model:
                     "report": self._report_arrives, "served": self._served,
                     "assign": self._assign_arrives, "end": self._end,
                     "flushed": self._flushed, "timer": self._timer,
-                    "send": self._send_report}
+                    "send": self._send_report, "recall": self._recall_arrives,
+                    "returned": self._returned}
         while self.heap and events < max_events:
             self.now, _, kind, data = heapq.heappop(self.heap)
             handlers[kind](*data)
@@ -157,10 +164,11 @@ class Model:
         return self._result(events)
 
     # -- leader -----------------------------------------------------------------------
-    def _room(self, node: _Node) -> int:
+    def _room(self, ld: _Leader, node: _Node) -> int:
         """Tasks the leader may still send this node, as far as its reports tell it."""
-        margin = node.pace.margin(self.now, initial=self.p.claim_margin,
-                                  horizon_s=self.p.claim_horizon_s, cap=self.margin_cap)
+        margin = 0.0 if (self.p.recall and ld.scarce) else node.pace.margin(
+            self.now, initial=self.p.claim_margin, horizon_s=self.p.claim_horizon_s,
+            floor=self.p.margin_floor, cap=self.margin_cap)
         packing = self.case.packing
         return packing + int(margin * packing + 1e-9) - node.held
 
@@ -170,18 +178,21 @@ class Model:
     def _try_claim(self, ld: _Leader, li: int) -> None:
         if ld.claiming or ld.exhausted:
             return
-        want = sum(self._room(n) for n in ld.nodes) * ld.weight - ld.pool
+        # As dispatch.demand: a node holding more than its room (its margin shrank as
+        # its pace changed) asks for nothing, and does not cancel another's room.
+        want = sum(max(0, self._room(ld, n)) for n in ld.nodes) * ld.weight - ld.pool
         if want < 1:
             return
         limit = min(self.p.claim_limit, max(8, math.ceil(want)))
         ld.claiming = True
         ld.claims += 1
         rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
-        self._db(ld, li, self.claim_cost(rows), "claimed", limit)
+        self._db(ld, li, self.claim_cost(rows), "claimed", limit, want)
 
-    def _claimed(self, li: int, limit: float) -> None:
+    def _claimed(self, li: int, limit: float, want: float) -> None:
         ld = self.leaders[li]
         got = min(limit, self.remaining)
+        ld.scarce = got < min(limit, want) - 1e-9  # less than asked: the rows ran out
         if got >= ld.weight:  # whole tasks of the representative nodes
             got = math.floor(got / ld.weight + 1e-9) * ld.weight
         self.remaining -= got
@@ -192,7 +203,7 @@ class Model:
             return
         ld.pool += got
         # The leader builds each claimed task's spec now, then pushes to nodes with room.
-        pushes = sum(1 for n in ld.nodes if self._room(n) > 0) * ld.weight
+        pushes = sum(1 for n in ld.nodes if self._room(ld, n) > 0) * ld.weight
         self._cpu(ld, li, got * self.c.leader_task_s + pushes * self.c.leader_msg_s,
                   "pushed")
 
@@ -203,7 +214,7 @@ class Model:
         self._try_claim(ld, li)
 
     def _give(self, ld: _Leader, li: int, ri: int, node: _Node) -> None:
-        k = min(self._room(node), int(ld.pool / ld.weight + 1e-9))
+        k = min(self._room(ld, node), int(ld.pool / ld.weight + 1e-9))
         if k > 0:
             ld.pool -= k * ld.weight
             node.inflight += k
@@ -229,7 +240,36 @@ class Model:
         self._give(ld, li, ri, ld.nodes[ri])
         self._try_claim(ld, li)
         self._try_flush(ld, li)
+        self._maybe_recall(ld, li)
         self._maybe_close(ld)
+
+    def _maybe_recall(self, ld: _Leader, li: int) -> None:
+        """Pool empty, work running out: ask the node holding the most beyond its slots
+        for as many queued tasks as other nodes have free slots (dispatch.rebalance)."""
+        if not (self.p.recall and ld.scarce) or ld.recalling or ld.pool >= ld.weight:
+            return
+        packing = self.case.packing
+        free = sum(max(0, packing - n.held) for n in ld.nodes)
+        donor = max(range(len(ld.nodes)), key=lambda i: ld.nodes[i].held)
+        excess = ld.nodes[donor].held - packing
+        k = min(free, excess)
+        if k > 0:
+            ld.recalling = True
+            self._at(self.now + self.c.msg_latency_s, "recall", li, donor, k)
+
+    def _recall_arrives(self, li: int, ri: int, k: int) -> None:
+        """The node gives back what it has not started (inflight ones arrived first)."""
+        node = self.leaders[li].nodes[ri]
+        back = min(k, node.queued)
+        node.queued -= back
+        node.held -= back
+        self._at(self.now + self.c.msg_latency_s, "returned", li, back)
+
+    def _returned(self, li: int, back: int) -> None:
+        ld = self.leaders[li]
+        ld.recalling = False
+        ld.pool += back * ld.weight
+        self._cpu(ld, li, ld.weight * self.c.leader_msg_s, "pushed")
 
     def _try_flush(self, ld: _Leader, li: int) -> None:
         if ld.flushing or not ld.buffered or ld.oldest is None:

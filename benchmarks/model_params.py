@@ -62,6 +62,11 @@ class Policy:
     flush_size: int = 4096
     flush_interval_s: float = 0.1
     report_interval_s: float = 1.0
+    # No margins after a short claim, and queued tasks recalled to free slots while the
+    # pool is empty (dispatch.py, "No stranded tails"); False: the launcher before that.
+    recall: bool = True
+    # The least margin once a node's pace is known (workerview.Pace's floor).
+    margin_floor: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GROUP = "bbench"
 USERS = tuple(f"bbench{i}" for i in range(1, 6))
-VENV_BASE = Path("/opt/balsam-mpi-bench")
+# BALSAM_BENCH_VENV_BASE: another place, so that two checkouts benchmarked at once on
+# one machine do not swap each other's package in the shared venv.
+VENV_BASE = Path(os.environ.get("BALSAM_BENCH_VENV_BASE", "/opt/balsam-mpi-bench"))
 SYSTEM_PYTHON = "/usr/bin/python3"
 ROOT_DBCTL = str(Path(sys.executable).parent / "balsam-dbctl")
 

@@ -27,6 +27,7 @@ from balsam_mpi.demo.run import find_mpiexec
 from . import launcher_common as lc
 from . import multiuser as mu
 from .harness import write_result
+from .lockwaits import LockSampler
 from .measure import job_utilization, per_job, task_times
 from .plots import plot_timelines, png_path
 from .projects import bench_project, bench_query
@@ -90,7 +91,8 @@ def _one(proj: Any, conn: Any, ranks: int, packing: int, duration: float, waves:
     for wf, share in SHARES.items():
         lc.add_tasks(conn, int(total * share), f"/bin/sleep {duration:g}", packing, wf)
     t0 = time.perf_counter()
-    _wait(_start_all(proj.root, ranks, users, venv), timeout=300)
+    with LockSampler(proj) as locks:
+        _wait(_start_all(proj.root, ranks, users, venv), timeout=300)
     wall = time.perf_counter() - t0
     tasks, finished, running_events, not_once = conn.execute(
         bench_query("exactly_once")).fetchone()
@@ -109,6 +111,7 @@ def _one(proj: Any, conn: Any, ranks: int, packing: int, duration: float, waves:
         "per_launcher": jobs,
         "consumed": [[int(j), w, int(n)] for j, w, n in consumed],
         "states": {k: int(v) for k, v in states.items()},
+        "lock_waits": locks.figures(),
     }
 
 

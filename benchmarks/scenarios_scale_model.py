@@ -168,6 +168,12 @@ def project(costs: Costs, quick: bool) -> dict[str, list[dict[str, Any]]]:
         Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs,
         Policy(claim_margin=0.0, claim_margin_max=0.0))}
         for d in DURATIONS]
+    # The launcher before "no stranded tails": margins kept after a short claim, nothing
+    # recalled from busy nodes' queues.
+    before = "4010 nodes = 5 launchers x 802, without the recall (the launcher before)"
+    out[before] = [{"duration_s": d, **simulate(
+        Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs, Policy(recall=False))}
+        for d in DURATIONS]
     return out
 
 

@@ -1,28 +1,36 @@
-"""Speed of the tasks API and CLI (issue 4): a standalone script, not a test.
+"""Speed of the tasks API and CLI (issues 4 and 17): a standalone script, not a test.
 
     .venv/bin/python -m benchmarks.tasks_api [--tasks 100000] [--total 1000000]
+    .venv/bin/python -m benchmarks.tasks_api --bulk-only [--tasks 100000] [--repeat 3]
+    .venv/bin/python -m benchmarks run bulk-add [--quick]
 
 Creates a throwaway project, then measures: adding N tasks through Client.add_tasks
-(tasks/s), a bulk kill and retry of a workflow, and the wall time of `balsam-mpi ls` and
-`balsam-mpi task ls --limit 20` (start-up included) once the database holds --total tasks.
-Targets (issue 4): ≥ 50k tasks/s; `ls` over 1M ≤ 1 s; `task ls --limit 20` ≤ 0.5 s.
+(tasks/s) beside bare binary COPY of the same rows in the same run (the ratio is the
+figure; ``bulk_ratio``), a bulk kill and retry of a workflow, and the wall time of
+`balsam-mpi ls` and `balsam-mpi task ls --limit 20` (start-up included) once the database
+holds --total tasks. Targets: bulk add ≥ 0.6 × bare COPY (issue 17); `ls` over 1M ≤ 1 s;
+`task ls --limit 20` ≤ 0.5 s (issue 4).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from balsam_mpi.base.project import Project
 from balsam_mpi.sql import parse_queries
+from balsam_mpi.tasks import writer
 from balsam_mpi.tasks.client import Client
 
+from .harness import cpu_seconds, write_result
 from .projects import admin_dsn, bench_project
 
 CLI = str(Path(sys.executable).with_name("balsam-mpi"))
@@ -54,17 +62,101 @@ def _wall(argv: list[str], env: dict[str, str], repeat: int = 3) -> float:
     return best
 
 
+def bulk_ratio(project: Project, n: int, repeat: int) -> dict[str, Any]:
+    """``repeat`` rounds of: N tasks through Client.add_tasks (validation, planning, the
+    staged COPY and the checked move, history events) beside a bare binary COPY of the same
+    rows, by the superuser, into a table like tasks (columns, defaults, CHECK constraints,
+    indexes; no trigger, no row-level security), and into one with no constraint or index.
+    Each round's ratio compares the API with the ceiling measured right beside it; the
+    server backend's CPU seconds are kept too (on a shared machine the wall time mostly
+    measures the neighbours)."""
+    from psycopg import sql as pgsql
+
+    rounds: list[dict[str, float]] = []
+    with Client(project) as c, psycopg.connect(**admin_dsn(project), autocommit=True) as su:
+        if "hello" not in {a["name"] for a in c.apps()}:
+            c.add_app("hello", "echo hello {who}")
+        su.execute(_QUERIES["tasks_api_bare_table"])
+        su.execute(_QUERIES["tasks_api_bare_plain"])
+        apps = writer.app_infos(c._conn)
+        backend, su_backend = c._conn.info.backend_pid, su.info.backend_pid
+        c.add_tasks(_tasks(10, "warm-up"))  # the session's staging table, the plans
+        for r in range(repeat):
+            batch = _tasks(n, f"bulk{r}")
+            # The bare side gets the rows the API would stage, already checked and built.
+            checked = [writer.validate.check_task(t, apps) for t in batch]
+            columns = writer.stage_columns(checked)
+            rows = writer.stage_rows(checked, range(1, n + 1), columns)
+            types = [writer.STAGE_TYPES[k] for k in columns]
+            sample: dict[str, float] = {}
+            for table in ("bulk_bare", "bulk_plain"):
+                su.execute(_QUERIES["tasks_api_bare_empty"])
+                statement = pgsql.SQL(_QUERIES["tasks_api_bare_copy"]).format(
+                    table=pgsql.Identifier(table),
+                    columns=pgsql.SQL(", ").join(map(pgsql.Identifier, columns)))
+                server0, t0 = cpu_seconds(su_backend), time.perf_counter()
+                with su.transaction(), su.cursor() as cur, cur.copy(statement) as copy:
+                    copy.set_types(types)
+                    for row in rows:
+                        copy.write_row(row)
+                sample[f"{table}_rows_per_s"] = n / (time.perf_counter() - t0)
+                sample[f"{table}_server_us_per_row"] = (
+                    (cpu_seconds(su_backend) - server0) / n * 1e6)
+            server0, t0 = cpu_seconds(backend), time.perf_counter()
+            c.add_tasks(batch)
+            sample["api_tasks_per_s"] = n / (time.perf_counter() - t0)
+            sample["api_server_us_per_task"] = (cpu_seconds(backend) - server0) / n * 1e6
+            sample["ratio"] = sample["api_tasks_per_s"] / sample["bulk_bare_rows_per_s"]
+            sample["ratio_to_plain"] = sample["api_tasks_per_s"] / sample["bulk_plain_rows_per_s"]
+            rounds.append(sample)
+            print(f"bulk add round {r + 1}: API {sample['api_tasks_per_s']:,.0f} tasks/s, "
+                  f"bare COPY {sample['bulk_bare_rows_per_s']:,.0f} rows/s (no index: "
+                  f"{sample['bulk_plain_rows_per_s']:,.0f}) -> ratio {sample['ratio']:.2f}; "
+                  f"server CPU per row: API {sample['api_server_us_per_task']:.1f} µs, "
+                  f"bare {sample['bulk_bare_server_us_per_row']:.1f} µs", flush=True)
+        su.execute(_QUERIES["tasks_api_bare_drop"])
+    median = {k: statistics.median(s[k] for s in rounds) for k in rounds[0]}
+    print(f"bulk add, medians of {repeat} rounds: API {median['api_tasks_per_s']:,.0f} "
+          f"tasks/s, bare COPY {median['bulk_bare_rows_per_s']:,.0f} rows/s (no index: "
+          f"{median['bulk_plain_rows_per_s']:,.0f}); API / bare COPY in the same round: "
+          f"{median['ratio']:.2f} (target >= 0.6; no index: {median['ratio_to_plain']:.2f}); "
+          f"server CPU per row: API {median['api_server_us_per_task']:.1f} µs, bare "
+          f"{median['bulk_bare_server_us_per_row']:.1f} µs")
+    return {"median": median, "runs": rounds}
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    """Scenario `bulk-add` of `python -m benchmarks`: ``bulk_ratio``, 3 rounds."""
+    n = 50_000 if quick else 100_000
+    with bench_project() as project:
+        results = bulk_ratio(project, n, 3)
+    path = write_result(out, "bulk-add", {"tasks": n, "rounds": 3}, results)
+    m = results["median"]
+    return {"API bulk add tasks/s": round(m["api_tasks_per_s"]),
+            "bare COPY rows/s": round(m["bulk_bare_rows_per_s"]),
+            "API / bare COPY, same round (target >= 0.6)": round(m["ratio"], 2),
+            "server CPU µs per row, API / bare": (round(m["api_server_us_per_task"], 1),
+                                                  round(m["bulk_bare_server_us_per_row"], 1)),
+            "written": str(path)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--total", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of the bulk add beside bare COPY")
+    ap.add_argument("--bulk-only", action="store_true",
+                    help="only the bulk add beside bare COPY")
     ap.add_argument("--chain", type=int, default=10_000,
                     help="depth of the chain whose root is killed and retried")
     opts = ap.parse_args()
     with bench_project() as project:
+        bulk_ratio(project, opts.tasks, opts.repeat)
+        if opts.bulk_only:
+            return
         env = {**os.environ, "BALSAM_DB_PATH": str(project.root)}
         with Client(project) as c:
-            c.add_app("hello", "echo hello {who}")
             batch = _tasks(opts.tasks, "bench")
             backend = c._conn.info.backend_pid
             cpu0, server0 = time.process_time(), _cpu_seconds(backend)
@@ -94,7 +186,7 @@ def main() -> None:
             print(f"retry --workflow: {len(back)} reinstated in {time.perf_counter() - t0:.2f} s"
                   f" (server CPU {_cpu_seconds(backend) - server0:.2f} s)")
             _chain(c, opts.chain)
-            done = len(ids) + len(dag) + opts.chain
+            done = len(ids) + len(dag) + opts.chain + opts.repeat * opts.tasks + 10
             w = 0
             while done < opts.total:
                 n = min(opts.tasks, opts.total - done)

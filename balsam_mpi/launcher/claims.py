@@ -13,7 +13,13 @@ idle only once every such job has shown it is alive by renewing its heartbeat si
 launcher first saw it. One that does not is waited for: once its heartbeat is older than
 half its lease (a live leader beats at least that often) it is said to be overdue in the
 log, and when its lease has run out a sweep requeues its tasks and the next claim takes
-them. The cost is at most one heartbeat interval of waiting when the holders are alive.
+them. The cost, when the holders are alive, is at most one of their heartbeat intervals
+— 0.5 s, since a leader holding tasks renews at least that often (leader.py) — and the
+waiting launcher looks again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
+
+**Short claims.** A claim that found less than it asked for (``short``) tells the
+dispatcher the work is running out: no margins from then on, until a claim is full again
+(dispatch.py, "No stranded tails").
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from .reports import ReportBuffer
 from .storeport import ClaimFilter, Lease, StorePort
 
 log = logging.getLogger(__name__)
+
+HOLDERS_RECHECK_S = 0.1  # between looks while other jobs hold work these filters match
 
 
 class Claims:
@@ -91,15 +99,17 @@ class Claims:
                          limit=limit, capacity=want, max_need=NODE_CAPACITY,
                          remaining_min=self.remaining_min(),
                          max_nodes=self.dispatch.max_nodes(),
-                         then=lambda got: self._claimed(covers, got), failed=self._failed)
+                         then=lambda got: self._claimed(covers, got, limit, want),
+                         failed=self._failed)
 
     def _failed(self, exc: BalsamError) -> None:
         pause = self.retry.failed()
         log.warning("claim failed (%s); retrying in %.1f s", exc, pause)
         self.next_at = time.monotonic() + pause
 
-    def _claimed(self, covers: int, got: ClaimResult) -> None:
+    def _claimed(self, covers: int, got: ClaimResult, limit: int, want: float) -> None:
         now = time.monotonic()
+        self.dispatch.scarce = short(got, limit, want)
         if self.retry.failing:
             log.info("claims work again")
             self.retry.reset()
@@ -107,12 +117,17 @@ class Claims:
         self._held(got)
         self.last_empty = not got.claimed and not self.waiting_for
         if not got.claimed:
-            self.next_at = now + self.idle_s
+            # Waiting only to see live holders renew (or finish what these filters
+            # match): look again soon, so the run ends soon after they do; otherwise
+            # the database has nothing for us and claim_idle_s paces the next look.
+            self.next_at = now + (min(self.idle_s, HOLDERS_RECHECK_S) if self.waiting_for
+                                  else self.idle_s)
             return
         self.next_at = now
         self.total += got.claimed
         self.max_packing = max(self.max_packing, got.max_packing)
         self.deliver(got)
+
     def _held(self, got: ClaimResult) -> None:
         """Which holders have not shown they are alive (see the module's docstring)."""
         if got.claimed:
@@ -134,3 +149,15 @@ class Claims:
                                 f"{left:.0f} s for its lease to run out" if left > 0
                                 else "for its lease to be swept")
         self.waiting_for, self.overdue = frozenset(waiting), frozenset(overdue)
+
+
+def short(got: ClaimResult, limit: int, want: float) -> bool:
+    """Did the claim find less work than it asked for? Nothing at all, or fewer rows than
+    its limit with room left for one more of the largest it brought: the runnable rows
+    these filters match ran out (a row that did not fit would have left less room)."""
+    if not got.claimed:
+        return True
+    if got.claimed >= limit:
+        return False
+    needs = [o.need for o in got.orders]
+    return want - sum(needs) >= max(needs, default=NODE_CAPACITY) - EPS

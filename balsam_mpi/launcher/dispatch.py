@@ -19,6 +19,20 @@ margin), so no node idles while claimed tasks wait behind a long task elsewhere.
 
 The local node gets its run orders and kills from here, as a worker gets them in an
 ASSIGN; it is stepped (tasks started, exits noticed) only by the leader's loop.
+
+**No stranded tails.** Margins are worth queueing only while the database has more work
+than the nodes can start. Once a claim comes back short (``scarce``: it left room for
+at least one more of its rows unfilled, or found nothing), margins are zero: tasks go to
+free slots only, and the claims ask for free slots only, until a claim is full again.
+Tasks queued before that on busy nodes would still wait there while other nodes idle, so
+with the pool empty the leader *recalls* them (``rebalance``): it asks the busiest nodes
+for as many of their queued tasks as other nodes have free slots (ASSIGN ``recall``);
+a node drops those still queued and names them in its next REPORT (``returned``) — the
+rest had started and stay where they are. Only a task its node named as returned, that
+the leader had recalled from that very node and not seen start, goes back to the pool;
+so a task given back is never run twice. One recall at a time: the next waits until
+every recalled node has answered (or is declared dead, which returns all it never
+started anyway). The leader's own node gives back at once, in-process.
 """
 
 from __future__ import annotations
@@ -55,9 +69,15 @@ class Dispatcher:
         self.reserved: set[int] = set()  # ranks kept free for big[0]
         self.spans: dict[int, list[int]] = {}  # running multi-node task -> ranks, head 1st
         self.in_big: set[int] = set()  # ranks of those: no small tasks queued behind them
+        self.scarce = False  # the last claim came back short: no margins (see above)
+        self.recalling: dict[int, int] = {}  # task id -> rank asked to give it back
+        self.recall_seq: dict[int, int] = {}  # rank -> seq of the ASSIGN that asked
 
     def margin(self, pace: Pace) -> float:
-        """The share a node may hold beyond its free capacity (see workerview.Pace)."""
+        """The share a node may hold beyond its free capacity (see workerview.Pace);
+        none while the database has less work than the nodes could queue."""
+        if self.scarce:
+            return 0.0
         return pace.margin(time.monotonic(), initial=self.initial_margin,
                            horizon_s=self.horizon_s, cap=self.margin_max)
 
@@ -228,6 +248,8 @@ class Dispatcher:
             view.alive = False
             view.draining = True
         started, waiting = self.kills.on_rank(rank)
+        self.recall_seq.pop(rank, None)
+        self._settle_recalls(rank)  # what it never started comes back below, once
         mine = set(started) | {t.id for t in waiting}
         for task_id, ranks in list(self.spans.items()):
             if rank not in ranks:
@@ -246,6 +268,94 @@ class Dispatcher:
         self.reserved = set()
         self.push()
         return started, len(waiting)
+
+    # -- recalls: queued tasks moved from busy nodes to free slots ---------------------------
+    def rebalance(self) -> int:
+        """With the work running out (``scarce``, the pool empty), recall queued tasks
+        from the nodes that cannot start them yet, as many as other nodes have free
+        slots for; returns how many were asked back."""
+        if not self.scarce or self.pool or self.recalling or self.big:
+            return 0
+        views = [v for v in self.workers.values() if v.alive and not v.draining
+                 and v.rank not in self.reserved and v.rank not in self.in_big]
+        local_free = self.local.free() if self.local_open else 0.0
+        free = max(0.0, local_free) + sum(max(0.0, v.free()) for v in views)
+        excess = {v.rank: -v.free() for v in views if v.free() < -EPS}
+        if self.local_open and local_free < -EPS:
+            excess[LOCAL] = -local_free
+        if free < EPS or not excess:
+            return 0
+        unstarted = self._unstarted(set(excess))
+        asked = 0
+        for rank in sorted(excess, key=lambda r: -excess[r]):
+            take, room_left = [], min(excess[rank], free)
+            for order in reversed(unstarted.get(rank, [])):  # the last queued first
+                if order.need > room_left + EPS:
+                    break
+                take.append(order)
+                room_left -= order.need
+            if not take:
+                continue
+            free -= sum(o.need for o in take)
+            asked += len(take)
+            self._recall(rank, take)
+            if free < EPS:
+                break
+        if self.pool:  # the leader's own node gave back at once
+            self.push()
+        return asked
+
+    def _unstarted(self, ranks: set[int]) -> dict[int, list[RunOrder]]:
+        """These ranks' tasks not reported started, in the order they were sent."""
+        if LOCAL in ranks:
+            out = {LOCAL: list(self.local.queue)}
+        else:
+            out = {}
+        started, orders = self.kills.started, self.kills.orders
+        for task_id, rank in self.kills.where.items():
+            if rank in ranks and rank != LOCAL and task_id not in started:
+                order = orders.get(task_id)
+                if order is not None:
+                    out.setdefault(rank, []).append(order)
+        return out
+
+    def _recall(self, rank: int, orders: list[RunOrder]) -> None:
+        if rank == LOCAL:
+            back = self.local.give_back(o.id for o in orders)
+            for order in back:
+                self.kills.forget(order.id)
+            self.pool.extendleft(reversed(back))
+            return
+        self.seq += 1
+        self.recall_seq[rank] = self.seq
+        self.recalling.update((o.id, rank) for o in orders)
+        self.send(rank, Assign(self.seq, recall=tuple(o.id for o in orders)))
+
+    def took_back(self, rank: int, returned: Sequence[int], acked: int) -> int:
+        """A worker's answer to a recall: the tasks it gave back go to the head of the
+        pool — only those recalled from it and never seen started (fencing); once it has
+        applied the recall, the rest of what was asked stays where it started. Returns
+        how many went back to the pool."""
+        back: list[RunOrder] = []
+        for task_id in returned:
+            order = self.kills.orders.get(task_id)
+            if (self.recalling.get(task_id) != rank or order is None
+                    or self.kills.where.get(task_id) != rank
+                    or task_id in self.kills.started):
+                continue  # not ours to take back from it (killed meanwhile, or foreign)
+            del self.recalling[task_id]
+            self.kills.forget(task_id)
+            back.append(order)
+        seq = self.recall_seq.get(rank)
+        if seq is not None and acked >= seq:
+            del self.recall_seq[rank]
+            self._settle_recalls(rank)
+        self.pool.extendleft(reversed(back))
+        return len(back)
+
+    def _settle_recalls(self, rank: int) -> None:
+        for task_id in [i for i, r in self.recalling.items() if r == rank]:
+            del self.recalling[task_id]
 
     def all_idle(self) -> bool:
         return (not self.pool and not self.big and not self.local.busy()

@@ -62,6 +62,7 @@ class Node:
         self.queue: deque[RunOrder] = deque()
         self.running: dict[int, runner.TaskProcess] = {}
         self.changes = Changes()
+        self.returned: list[int] = []  # recalled queued tasks given back, for the report
         self.acked = 0
         self.db_path = db_path
         self.die_with_parent = die_with_parent
@@ -105,9 +106,11 @@ class Node:
     def report(self, rank: int) -> Report:
         started, finished = self.changes.take()
         self.poked = False
+        returned, self.returned = tuple(self.returned), []
         return Report(rank=rank, acked=self.acked, free=self.free(),
                       running=len(self.running) + len(self.holding), queued=len(self.queue),
-                      started=started, finished=finished, done_share=self.done_share)
+                      started=started, finished=finished, done_share=self.done_share,
+                      returned=returned)
 
     # -- orders -----------------------------------------------------------------------
     def apply(self, msg: Assign) -> None:
@@ -121,6 +124,20 @@ class Node:
             self._unhold(task_id)
         if msg.kill:
             self.kill(msg.kill, EndKind.KILLED)
+        if msg.recall:
+            # Applied before the next step starts anything, so a task given back never
+            # starts here; the report says which came back (the rest had started).
+            self.returned.extend(o.id for o in self.give_back(msg.recall))
+            self.poked = True
+
+    def give_back(self, ids: Iterable[int]) -> list[RunOrder]:
+        """Drop these tasks from the queue if they have not started; returns the orders
+        dropped (the leader places them on other nodes)."""
+        wanted = set(ids)
+        back = [o for o in self.queue if o.id in wanted]
+        if back:
+            self.queue = deque(o for o in self.queue if o.id not in wanted)
+        return back
 
     def enqueue(self, orders: Iterable[RunOrder]) -> None:
         """Queue these tasks; the next :meth:`step` starts what fits. After the stop new

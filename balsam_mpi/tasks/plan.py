@@ -1,23 +1,23 @@
-"""Planning a bulk add: parent references, cycles, first states, the JSON rows. Pure.
+"""Planning a bulk add: parent references, cycles, first states, the order of ids. Pure.
 
 Parents of a task are given in ``parents`` as ids of tasks already in the database, or
 as the ``key`` of another task of the same batch (any position: a file may list children
-before parents). Ids are reserved before the insert, so the whole batch — tasks and
-dependencies — goes in as bulk statements, and each task's first state (READY,
-AWAITING_PARENTS, or FAILED under a stopped parent) is decided here, in dependency order.
-The writer that runs these steps over a connection is ``taskadd.TaskWriter``.
+before parents). Ids are reserved before the insert and handed out in dependency order
+(parents first), so the whole batch — tasks and dependencies — goes in as bulk
+statements, and each task's first state (READY, AWAITING_PARENTS, or FAILED under a
+stopped parent) is decided here, in that order.
+The writer that runs these steps over a connection is ``writer.TaskWriter``.
 """
 
 from __future__ import annotations
 
-import json
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..base.errors import InputError
 from .states import STOPPED, TaskState
-from .validate import TASK_DEFAULTS
 
 Label = Callable[[int], str]
 
@@ -85,28 +85,39 @@ def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Pl
 
 def _topological(parents: list[list[int]], tasks: Sequence[Mapping[str, Any]],
                  label: Label) -> list[int]:
-    """Kahn's algorithm; a leftover task sits on a cycle and is named in the error."""
+    """Kahn's algorithm, taking the earliest ready position first, so a batch already in
+    dependency order keeps its order; a leftover task sits on a cycle and is named."""
     n = len(parents)
     waiting = [len(ps) for ps in parents]
     children: list[list[int]] = [[] for _ in range(n)]
     for child, ps in enumerate(parents):
         for parent in ps:
             children[parent].append(child)
-    ready = [i for i in range(n) if waiting[i] == 0]
+    ready = [i for i in range(n) if waiting[i] == 0]  # ascending: already a heap
     order: list[int] = []
     while ready:
-        i = ready.pop()
+        i = heapq.heappop(ready)
         order.append(i)
         for c in children[i]:
             waiting[c] -= 1
             if waiting[c] == 0:
-                ready.append(c)
+                heapq.heappush(ready, c)
     if len(order) < n:
         stuck = next(i for i in range(n) if waiting[i] > 0)
         key = tasks[stuck].get("key")
         raise InputError(at(label(stuck)) + f"parents: the dependencies of key {key!r} form a "
                          "cycle; a task cannot (indirectly) depend on itself")
     return order
+
+
+def ids_in_order(p: Plan, first: int) -> list[int]:
+    """The id of each input (by position) from a block starting at ``first``, handed out
+    in dependency order: a parent of the batch always has a smaller id than its child,
+    which is how the database knows the new dependencies make no cycle (0012)."""
+    ids = [0] * len(p.order)
+    for rank, i in enumerate(p.order):
+        ids[i] = first + rank
+    return ids
 
 
 def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[int],
@@ -148,38 +159,16 @@ def initial_states(tasks: Sequence[Mapping[str, Any]], p: Plan, ids: Sequence[in
     return out
 
 
-def json_chunk(tasks: Sequence[dict[str, Any]], ids: Sequence[int],
-               first: Sequence[tuple[str, int, int | None, str]] | None
-               ) -> tuple[str, str]:
-    """The (base, rows) parameters of tasks.sql's tasks_insert_json for one chunk.
-
-    Rows are the checked tasks (keys are column names) with their id and, when not
-    READY, their first state. A value every task of the chunk shares (the workflow, the
-    app, the packing of a typical ensemble) moves into the base record next to the
-    defaults, so each row carries only what differs: less JSON to write and to parse.
-    ``parents`` and ``key`` are not columns; the server ignores them."""
+def mark_first_states(tasks: Sequence[dict[str, Any]],
+                      first: Sequence[tuple[str, int, int | None, str]]) -> None:
+    """Write each task's first state into it, where it is not the default (READY)."""
     ready = TaskState.READY.value
-    for task, task_id in zip(tasks, ids, strict=True):
-        task["id"] = task_id
-    if first is not None:
-        for task, (state, pending, failed_by, message) in zip(tasks, first, strict=True):
-            if state != ready:
-                task["state"] = state
-                task["pending_parents"] = pending
-                task["failed_by"] = failed_by
-                task["state_message"] = message
-    base = dict(TASK_DEFAULTS)
-    if len(tasks) > 1:
-        head = tasks[0]
-        missing = object()
-        for key in [k for k in head if k not in ("id", "parents", "key")]:
-            value = head[key]
-            if all(t.get(key, missing) == value for t in tasks):
-                base[key] = value
-                for t in tasks:
-                    del t[key]
-    dumps = json.dumps
-    return dumps(base, separators=(",", ":")), dumps(tasks, separators=(",", ":"))
+    for task, (state, pending, failed_by, message) in zip(tasks, first, strict=True):
+        if state != ready:
+            task["state"] = state
+            task["pending_parents"] = pending
+            task["failed_by"] = failed_by
+            task["state_message"] = message
 
 
 def dep_arrays(p: Plan, ids: Sequence[int]) -> tuple[list[int], list[int]]:

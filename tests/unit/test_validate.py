@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import pytest
 
 from balsam_mpi.base.errors import InputError
-from balsam_mpi.tasks import files, plan
+from balsam_mpi.tasks import files, plan, writer
 from balsam_mpi.tasks.argv import render_argv
 from balsam_mpi.tasks.validate import (
     TASK_DEFAULTS,
@@ -35,14 +34,16 @@ def test_defaults_and_app_retry_limit() -> None:
     assert _task(error_retry_limit=0)["error_retry_limit"] == 0
     assert TASK_DEFAULTS["num_nodes"] == 1 and TASK_DEFAULTS["timeout_retry_limit"] == 3
     assert TASK_DEFAULTS["lost_retry_limit"] == 3 and TASK_DEFAULTS["fail_with_parents"]
-    base, rows = map(json.loads, plan.json_chunk(
-        [dict(t), _task(name="b")], [5, 6], [("READY", 0, None, ""), ("FAILED", 0, 5, "m")]))
-    # what both share moves to the base record; the rest stays per row
-    assert base == {**TASK_DEFAULTS, "workflow": "w", "params": {"who": "x"}, "app_id": 1,
-                    "error_retry_limit": 2}
-    assert rows[0] == {"id": 5}
-    assert rows[1] == {"id": 6, "name": "b", "state": "FAILED", "failed_by": 5,
-                       "pending_parents": 0, "state_message": "m"}
+    # a bulk add stages only the columns its tasks give; the rest take the defaults
+    tasks = [dict(t), _task(name="b")]
+    plan.mark_first_states(tasks, [("READY", 0, None, ""), ("FAILED", 0, 5, "m")])
+    columns = writer.stage_columns(tasks)
+    assert columns == ["id", "workflow", "name", "app_id", "params", "state",
+                       "state_message", "error_retry_limit", "pending_parents", "failed_by"]
+    rows = writer.stage_rows(tasks, [5, 6], columns)
+    assert rows[0] == (5, "w", "", 1, {"who": "x"}, "READY", "", 2, 0, None)
+    assert rows[1] == (6, "w", "b", 1, {"who": "x"}, "FAILED", "m", 2, 0, 5)
+    assert set(writer.STAGE_TYPES) == set(TASK_DEFAULTS) | {"id", "app_id", "workflow"}
 
 
 def test_text_from_flags_and_csv_is_converted_at_the_door() -> None:
@@ -146,6 +147,11 @@ def test_plan_orders_parents_first_and_refuses_cycles() -> None:
     assert first[1] == ("AWAITING_PARENTS", 1, None, "")
     assert first[0][0] == "FAILED" and first[0][2] == 99
     assert plan.dep_arrays(p, ids) == ([10, 10, 11], [11, 99, 12])
+    # ids are handed out parents first; a batch already in that order keeps its order
+    assert plan.ids_in_order(p, 10) == [12, 11, 10]
+    ordered = plan.plan([_task(key="a"), _task(key="b", parents=["a"]), _task(),
+                         _task(parents=["b", "a"])])
+    assert plan.ids_in_order(ordered, 1) == [1, 2, 3, 4]
     with pytest.raises(InputError, match="task #1: parents: the dependencies"):
         plan.plan([_task(key="x", parents=["y"]), _task(key="y", parents=["x"])])
     with pytest.raises(InputError, match="task #2: key: 'x' is also the key of task #1"):
