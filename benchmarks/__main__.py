@@ -46,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "retention": _module_runner("scenarios_retention"),
     "python": _module_runner("scenarios_python"),
     "bulk-add": _module_runner("tasks_api"),
+    "reports": _module_runner("report_speed"),
     "scale-model": _module_runner("scenarios_scale_model"),
 }
 
