@@ -28,7 +28,8 @@ from ..base.project import Project
 from ..leader import Leader
 from ..node import runner
 from ..node.channel import TaskChannel
-from ..node.node import Node, NullNode
+from ..node.node import Node
+from ..node.nullnode import NullNode
 from ..node.pypool import PoolConfig
 from ..protocol import LOCAL, ErrorMsg
 from ..worker import Worker

@@ -410,16 +410,3 @@ class Node:
             self.pool.close()
         self.procs.close()
 
-
-class NullNode(Node):
-    """A node whose tasks end the moment they start, without a process: measures the
-    leader and the protocol alone (``--null-runner``, benchmarks)."""
-
-    def _start(self, order: RunOrder) -> None:
-        now = time.time()
-        self.changes.started.append(Started(order.id, order.epoch, now))
-        self.changes.finished.append(
-            Finished(order.id, order.epoch, int(EndKind.DONE), 0, now, now))
-        self.done_share += order.need
-        self.started_total += 1
-        self.finished_total += 1

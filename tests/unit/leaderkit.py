@@ -18,7 +18,8 @@ from balsam_mpi.launcher.dbthread import Inline
 from balsam_mpi.launcher.memstore import MemStore
 from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 from balsam_mpi.leader import Leader
-from balsam_mpi.node.node import Node, NullNode
+from balsam_mpi.node.node import Node
+from balsam_mpi.node.nullnode import NullNode
 from balsam_mpi.protocol import (
     Assign,
     Bye,

@@ -8,7 +8,8 @@ import pytest
 
 from balsam_mpi.launcher.dispatch import Dispatcher
 from balsam_mpi.launcher.workerview import WorkerView
-from balsam_mpi.node.node import Node, NullNode
+from balsam_mpi.node.node import Node
+from balsam_mpi.node.nullnode import NullNode
 from balsam_mpi.protocol import Assign, Drain, Report, RunOrder
 
 pytestmark = pytest.mark.timeout(60)

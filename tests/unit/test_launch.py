@@ -9,7 +9,7 @@ from balsam_mpi.launcher.config import resolve
 from balsam_mpi.launcher.dispatch import Dispatcher
 from balsam_mpi.launcher.kills import KillTracker
 from balsam_mpi.launcher.launch import parser
-from balsam_mpi.node.node import NullNode
+from balsam_mpi.node.nullnode import NullNode
 from balsam_mpi.protocol import LOCAL, Assign, Report, RunOrder
 
 

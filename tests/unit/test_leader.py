@@ -12,7 +12,7 @@ import pytest
 from balsam_mpi.base.errors import ServerError
 from balsam_mpi.launcher.memstore import MemStore
 from balsam_mpi.launcher.storeport import ClaimFilter
-from balsam_mpi.node.node import NullNode
+from balsam_mpi.node.nullnode import NullNode
 from balsam_mpi.protocol import (
     Drain,
     EndKind,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from balsam_mpi.node.node import Node, NullNode
+from balsam_mpi.node.node import Node
+from balsam_mpi.node.nullnode import NullNode
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
 
