@@ -34,6 +34,7 @@ from .launcher.closing import Closing
 from .launcher.comm import Comm
 from .launcher.config import Settings
 from .launcher.dispatch import Dispatcher
+from .launcher.giveback import GiveBack
 from .launcher.journal import Journal
 from .launcher.lease import LeaseWatch
 from .launcher.liveness import WorkerWatch
@@ -94,6 +95,7 @@ class Leader:
             max_tasks=s.max_tasks, idle_s=s.claim_idle_s, look_for_held=not s.persistent,
             remaining_min=self.remaining_min)
         self.buffer.on_ends_written = self.claims.soon  # children may have become READY
+        self.giveback = GiveBack(calls, store, lease, self.dispatch)
         self.adds = AddService(calls, store, self.dispatch.answer_adds, chan)
         self.lease_watch = LeaseWatch(
             calls, store, lease, lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
@@ -146,6 +148,8 @@ class Leader:
         self._check_workers()
         if not self.draining and self.dispatch.scarce and self.rebalances.due():
             self.dispatch.rebalance()
+        if not self.draining:
+            self.giveback.step()  # queued tasks another launcher could start now
         self.dispatch.fill_local()
         did = self._step_local() or did
         if not self.draining:
@@ -310,6 +314,7 @@ class Leader:
         if self.draining:
             return
         self.draining = reason
+        self.giveback.stop()
         self.dispatch.local_open = False
         self.local.begin_stop(cut=cut)
         log.info("draining: %s", reason)
@@ -334,7 +339,7 @@ class Leader:
         if self.deadline is not None and time.time() >= self.deadline - s.drain_grace_s:
             self.start_drain("wall time", cut=True)
             return False
-        if not self.dispatch.all_idle() or self.buffer.pending:
+        if not self.dispatch.all_idle() or self.buffer.pending or self.giveback.busy:
             self.idle_since = None
             return False
         if self.claims.in_flight:

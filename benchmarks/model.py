@@ -17,7 +17,9 @@ run, as measured before the recall). Once a claim comes back short the leader ke
 margins, and while its pool is empty it recalls queued tasks from nodes holding more than
 they can start to nodes with free slots (dispatch.py, "No stranded tails": a recall
 message, the node's answer, then the leader's push; one recall at a time) —
-``Policy.recall``; off, the launcher as it was before. Every cost is a :class:`Costs` field measured elsewhere
+``Policy.recall``; off, the launcher as it was before. Between launchers, queued tasks
+go back to the table for a leader that is hungry (``model_giveback.py``,
+``Policy.give_back``). Every cost is a :class:`Costs` field measured elsewhere
 (scenarios `leader`, `noop`, `utilization`, `ceiling`); see ``ASSUMPTIONS``.
 
 Scale: a node is simulated per task slot, but with ``reps`` < nodes only ``reps``
@@ -34,10 +36,12 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from balsam_mpi.launcher.workerview import Pace
 
+from . import model_giveback as giveback
 from .model_params import ASSUMPTIONS, Case, Costs, Policy, interpolate
 
 __all__ = ["ASSUMPTIONS", "Case", "Costs", "Model", "Policy", "Result", "interpolate",
@@ -67,6 +71,10 @@ class _Leader:
     claiming: bool = False
     exhausted: bool = False
     scarce: bool = False  # the last claim came back short: no margins (Policy.recall)
+    others_hungry: bool = False  # another leader is hungry: no margins, hand back
+    hungry_at: float | None = None  # as batch_jobs.hungry_at (model_giveback.py)
+    giving: int = 0  # recall answers awaited before the release
+    given: float = 0.0
     recalling: bool = False
     flushing: bool = False
     buffered: float = 0.0
@@ -150,6 +158,7 @@ class Model:
     def run(self, max_events: int = 20_000_000) -> Result:
         for li, _ in enumerate(self.leaders):
             self._at(self.c.startup_s, "ready", li)
+        giveback.start_beats(self)
         events = 0
         handlers: dict[str, Callable[..., None]] = {"ready": self._ready, "claimed": self._claimed, "pushed": self._pushed,
                     "report": self._report_arrives, "served": self._served,
@@ -157,6 +166,7 @@ class Model:
                     "flushed": self._flushed, "timer": self._timer,
                     "send": self._send_report, "recall": self._recall_arrives,
                     "returned": self._returned}
+        handlers.update({k: partial(getattr(giveback, k), self) for k in giveback.HANDLERS})
         while self.heap and events < max_events:
             self.now, _, kind, data = heapq.heappop(self.heap)
             handlers[kind](*data)
@@ -164,9 +174,10 @@ class Model:
         return self._result(events)
 
     # -- leader -----------------------------------------------------------------------
-    def _room(self, ld: _Leader, node: _Node) -> int:
+    def _room(self, ld: _Leader, node: _Node, margins: bool = True) -> int:
         """Tasks the leader may still send this node, as far as its reports tell it."""
-        margin = 0.0 if (self.p.recall and ld.scarce) else node.pace.margin(
+        no_margin = not margins or (self.p.recall and ld.scarce) or ld.others_hungry
+        margin = 0.0 if no_margin else node.pace.margin(
             self.now, initial=self.p.claim_margin, horizon_s=self.p.claim_horizon_s,
             floor=self.p.margin_floor, cap=self.margin_cap)
         packing = self.case.packing
@@ -178,9 +189,7 @@ class Model:
     def _try_claim(self, ld: _Leader, li: int) -> None:
         if ld.claiming or ld.exhausted:
             return
-        # As dispatch.demand: a node holding more than its room (its margin shrank as
-        # its pace changed) asks for nothing, and does not cancel another's room.
-        want = sum(max(0, self._room(ld, n)) for n in ld.nodes) * ld.weight - ld.pool
+        want = self._want(ld)
         if want < 1:
             return
         limit = min(self.p.claim_limit, max(8, math.ceil(want)))
@@ -188,6 +197,11 @@ class Model:
         ld.claims += 1
         rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
         self._db(ld, li, self.claim_cost(rows), "claimed", limit, want)
+
+    def _want(self, ld: _Leader) -> float:
+        # As dispatch.demand: a node holding more than its room (its margin shrank as
+        # its pace changed) asks for nothing, and does not cancel another's room.
+        return sum(max(0, self._room(ld, n)) for n in ld.nodes) * ld.weight - ld.pool
 
     def _claimed(self, li: int, limit: float, want: float) -> None:
         ld = self.leaders[li]
@@ -199,6 +213,8 @@ class Model:
         ld.claiming = False
         if got <= 0:
             ld.exhausted = True
+            if self.p.give_back:  # others may hand work back: look again while busy
+                self._at(self.now + self.p.claim_idle_s, "relook", li)
             self._maybe_close(ld)
             return
         ld.pool += got
@@ -209,12 +225,17 @@ class Model:
 
     def _pushed(self, li: int) -> None:
         ld = self.leaders[li]
-        for ri, node in enumerate(ld.nodes):
-            self._give(ld, li, ri, node)
+        self._push(ld, li)
         self._try_claim(ld, li)
 
-    def _give(self, ld: _Leader, li: int, ri: int, node: _Node) -> None:
-        k = min(self._room(ld, node), int(ld.pool / ld.weight + 1e-9))
+    def _push(self, ld: _Leader, li: int) -> None:
+        """As dispatch.push: every node's free slots first, then their margins."""
+        for margins in (False, True):
+            for ri, node in enumerate(ld.nodes):
+                self._give(ld, li, ri, node, margins)
+
+    def _give(self, ld: _Leader, li: int, ri: int, node: _Node, margins: bool = True) -> None:
+        k = min(self._room(ld, node, margins), int(ld.pool / ld.weight + 1e-9))
         if k > 0:
             ld.pool -= k * ld.weight
             node.inflight += k
@@ -320,8 +341,8 @@ class Model:
     def _maybe_close(self, ld: _Leader) -> None:
         if ld.closed_at is not None or not ld.exhausted or ld.pool >= ld.weight - 1e-9 or ld.flushing:
             return
-        if ld.buffered or any(n.free < self.case.packing or n.queued or n.inflight
-                              for n in ld.nodes):
+        # What the leader knows: every task it sent has been reported ended.
+        if ld.buffered or any(n.held > 0 for n in ld.nodes):
             return
         ld.closed_at = max(self.now, ld.cpu_free_at) + self.c.close_s
 
@@ -393,7 +414,7 @@ class Model:
                 "last_end_s": ld.last_end, "tail_idle_s": max(0.0, closed - ld.last_end),
                 "leader_cpu_busy": ld.cpu_busy / closed if closed else math.nan,
                 "db_thread_busy": ld.db_busy / closed if closed else math.nan,
-                "claims": ld.claims, "flushes": ld.flushes,
+                "claims": ld.claims, "flushes": ld.flushes, "given": ld.given,
             })
         return out
 

@@ -170,9 +170,14 @@ def project(costs: Costs, quick: bool) -> dict[str, list[dict[str, Any]]]:
         for d in DURATIONS]
     # The launcher before "no stranded tails": margins kept after a short claim, nothing
     # recalled from busy nodes' queues.
+    kept = "4010 nodes = 5 launchers x 802, without handing back between launchers"
+    out[kept] = [{"duration_s": d, **simulate(
+        Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs, Policy(give_back=False))}
+        for d in DURATIONS]
     before = "4010 nodes = 5 launchers x 802, without the recall (the launcher before)"
     out[before] = [{"duration_s": d, **simulate(
-        Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs, Policy(recall=False))}
+        Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs,
+        Policy(recall=False, give_back=False))}
         for d in DURATIONS]
     return out
 

@@ -70,13 +70,16 @@ class Dispatcher:
         self.spans: dict[int, list[int]] = {}  # running multi-node task -> ranks, head 1st
         self.in_big: set[int] = set()  # ranks of those: no small tasks queued behind them
         self.scarce = False  # the last claim came back short: no margins (see above)
+        # Another launcher is hungry for tasks held here: no margins either, and what no
+        # node has started goes back to the database (launcher/giveback.py).
+        self.others_hungry = False
         self.recalling: dict[int, int] = {}  # task id -> rank asked to give it back
         self.recall_seq: dict[int, int] = {}  # rank -> seq of the ASSIGN that asked
 
     def margin(self, pace: Pace) -> float:
         """The share a node may hold beyond its free capacity (see workerview.Pace);
         none while the database has less work than the nodes could queue."""
-        if self.scarce:
+        if self.scarce or self.others_hungry:
             return 0.0
         return pace.margin(time.monotonic(), initial=self.initial_margin,
                            horizon_s=self.horizon_s, cap=self.margin_max)
@@ -90,6 +93,16 @@ class Dispatcher:
         total += sum(room(v, self.margin(v.pace)) for v in self.workers.values()
                      if v.rank not in self.reserved and v.rank not in self.in_big)
         return total - sum(t.need for t in self.pool)
+
+    def hungry(self) -> bool:
+        """The last claim came back short and free slots are still empty."""
+        return self.scarce and self.demand() > EPS
+
+    def holds_unstarted(self) -> bool:
+        """Claimed tasks no node has started: in the pool, or queued beyond a node's
+        free slots (what a recall could take back)."""
+        return bool(self.pool) or (self.local_open and self.local.free() < -EPS) or any(
+            v.alive and v.free() < -EPS for v in self.workers.values())
 
     def max_nodes(self) -> int:
         """The largest num_nodes worth claiming now: the live workers, or 1 while a
@@ -270,11 +283,13 @@ class Dispatcher:
         return started, len(waiting)
 
     # -- recalls: queued tasks moved from busy nodes to free slots ---------------------------
-    def rebalance(self) -> int:
+    def rebalance(self, to_database: bool = False) -> int:
         """With the work running out (``scarce``, the pool empty), recall queued tasks
         from the nodes that cannot start them yet, as many as other nodes have free
-        slots for; returns how many were asked back."""
-        if not self.scarce or self.pool or self.recalling or self.big:
+        slots for; ``to_database``: every one of them, for another launcher
+        (giveback.py). Returns how many were asked back."""
+        wanted = self.others_hungry if to_database else self.scarce
+        if not wanted or self.pool or self.recalling or self.big:
             return 0
         views = [v for v in self.workers.values() if v.alive and not v.draining
                  and v.rank not in self.reserved and v.rank not in self.in_big]
@@ -283,6 +298,8 @@ class Dispatcher:
         excess = {v.rank: -v.free() for v in views if v.free() < -EPS}
         if self.local_open and local_free < -EPS:
             excess[LOCAL] = -local_free
+        if to_database:
+            free = float("inf")
         if free < EPS or not excess:
             return 0
         unstarted = self._unstarted(set(excess))

@@ -22,62 +22,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..base.errors import InputError, ServerError
 from ..protocol import EndKind, Finished, Started
-from .journal import mac
+from .memjournal import JournalsInMemory
+from .memrows import Job, Task
 from .storeport import AppExtras, BadReport, Claimed, ClaimFilter, Expired, Held, Lease, StorePort
 
 RUNNABLE = ("READY", "RESTART_READY")
+HUNGER_FRESH_S = 3.0  # as 0015: a launcher that died hungry stops counting
 _DONE, _POST = {0, 5, 6}, {5, 7, 10}
 _TIMEOUT, _BAD, _FAILS = {2, 10, 11, 12}, {1, 2, 8, 11}, {6, 9, 12, 15}
 
 
-@dataclass
-class Task:
-    id: int
-    app: str
-    workflow: str = "w"
-    name: str = ""
-    state: str = "READY"
-    priority: int = 0
-    tags: dict[str, str] = field(default_factory=dict)
-    owner: str = "me"
-    num_nodes: int = 1
-    ranks_per_node: int = 1
-    node_packing_count: int = 1
-    wall_time_min: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict)
-    parents: tuple[int, ...] = ()
-    batch_job_id: int | None = None
-    lease_epoch: int | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    exit_code: int | None = None
-    state_message: str = ""
-    error_retries: int = 0
-    error_retry_limit: int = 0
-    timeout_retries: int = 0
-    timeout_retry_limit: int = 3
-    lost_retries: int = 0
-    lost_retry_limit: int = 3
-    result: str | None = None
-
-
-@dataclass
-class Job:
-    id: int
-    epoch: int
-    lease_s: float
-    heartbeat_at: float
-    state: str = "RUNNING"
-    user: str = "me"
-    end_reason: str = ""
-
-
-class MemStore:
+class MemStore(JournalsInMemory):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock  # the "server's" clock (leases, heartbeats)
         self.tasks: dict[int, Task] = {}
@@ -132,7 +91,7 @@ class MemStore:
             job.epoch, job.state, job.lease_s = job.epoch + 1, "RUNNING", lease_sec
             job.heartbeat_at = self.clock()
             return Lease(job.id, job.epoch, True)
-        new = Job(max(self.jobs, default=0) + 1, 1, lease_sec, self.clock())
+        new = Job(max(self.jobs, default=0) + 1, 1, lease_sec, self.clock(), filters=filters)
         self.jobs[new.id] = new
         return Lease(new.id, 1, False)
 
@@ -356,52 +315,40 @@ class MemStore:
                                 job.lease_s))
         return out
 
-    def journal_key(self, lease: Lease) -> bytes:
-        self._enter("journal_key")
-        self._holds(lease)
-        entry = self.journals.setdefault((lease.job_id, lease.epoch), {
-            "key": bytes([lease.job_id % 256]) * 32, "through": 0, "seq": 0,
-            "done": False})
-        return bytes(entry["key"])
+    # -- hand back (0015) -----------------------------------------------------------------
+    def _hungry_for(self, lease: Lease, t: Task) -> bool:
+        now = self.clock()
+        return t.num_nodes == 1 and any(
+            j.state == "RUNNING" and j.id != lease.job_id and j.hungry_at is not None
+            and now - j.hungry_at < HUNGER_FRESH_S and takes(j.filters, t)
+            for j in self.jobs.values())
 
-    def journal_done(self, lease: Lease) -> None:
-        self._enter("journal_done")
-        self.journals[(lease.job_id, lease.epoch)]["done"] = True
+    def hunger(self, lease: Lease, *, hungry: bool, holding: bool) -> bool:
+        self._enter("hunger")
+        job = self.jobs.get(lease.job_id)
+        if job is not None and job.epoch == lease.epoch and job.state == "RUNNING":
+            job.hungry_at = self.clock() if hungry else None
+        return holding and any(t.state in RUNNABLE and self._hungry_for(lease, t)
+                               for t in self._mine(lease))
 
-    def journals_due(self) -> list[tuple[int, int, str, int]]:
-        self._enter("journals_due")
-        return [(job, epoch, self.jobs[job].user, j["seq"])
-                for (job, epoch), j in sorted(self.journals.items())
-                if not j["done"] and not (self.jobs[job].state == "RUNNING"
-                                          and self.jobs[job].epoch == epoch
-                                          and not self._expired(self.jobs[job]))]
+    def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
+        self._enter("give_back")
+        out = []
+        for i in ids:
+            t = self.tasks.get(i)
+            if (t is not None and t.batch_job_id == lease.job_id
+                    and t.lease_epoch == lease.epoch and t.state in RUNNABLE
+                    and self._hungry_for(lease, t)):
+                t.batch_job_id = None
+                out.append(i)
+        return out
 
-    def replay(self, job_id: int, epoch: int, lines: Sequence[str],
-               macs: Sequence[str]) -> dict[str, int]:
-        """Applies lines in order while their MACs check out, skipping the report groups
-        the live leader wrote (as launcher_replay, without its requeue repair)."""
-        self._enter("replay")
-        j = self.journals[(job_id, epoch)]
-        lease, applied = Lease(job_id, epoch, False), 0
-        counts: dict[str, int] = {}
-        for line, tag in zip(lines, macs, strict=True):
-            doc = json.loads(line)
-            if mac(j["key"], line) != tag or (doc["job"], doc["epoch"]) != (job_id, epoch):
-                break
-            if doc["seq"] <= j["seq"]:
-                continue
-            if doc["seq"] != j["seq"] + 1:
-                break
-            j["seq"], applied = doc["seq"], applied + 1
-            j["done"] = j["done"] or bool(doc.get("end"))
-            for group, st, fin in doc["g"]:
-                if group <= j["through"]:
-                    continue
-                j["through"] = group
-                for step, n in self._apply(lease, [Started(*s) for s in st],
-                                           [Finished(*f) for f in fin]).items():
-                    counts[step] = counts.get(step, 0) + n
-        return {"lines": applied, **counts}
+
+def takes(f: ClaimFilter, t: Task) -> bool:
+    """Would a launcher with these filters claim ``t``? (launcher_filter_takes)"""
+    return ((not f.workflows or t.workflow in f.workflows)
+            and dict(f.tags).items() <= t.tags.items()
+            and (not f.owners or t.owner in f.owners))
 
 
 _ADAPTER: type[StorePort] = MemStore  # mypy holds the adapter to the port

@@ -223,6 +223,16 @@ class Store:
         rows = self._rows("launcher_heartbeat", {"job": lease.job_id, "epoch": lease.epoch})
         return bool(rows[0][0])
 
+    def hunger(self, lease: Lease, *, hungry: bool, holding: bool) -> bool:
+        rows = self._rows("launcher_hunger", {"job": lease.job_id, "epoch": lease.epoch,
+                                              "hungry": hungry, "holding": holding})
+        return bool(rows[0][0])
+
+    def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
+        rows = self._rows("launcher_give_back", {"job": lease.job_id, "epoch": lease.epoch,
+                                                 "ids": _ints(ids)})
+        return [int(r[0]) for r in rows]
+
     def kills(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         """Which of these tasks (claimed by this batch job) were killed meanwhile."""
         rows = self._rows("launcher_kills", {"job": lease.job_id, "ids": _ints(ids)})

@@ -128,12 +128,21 @@ class StorePort(Protocol):
     def close_job(self, lease: Lease, state: str, reason: str) -> tuple[int, int]:
         """(claims released, running tasks requeued)."""
 
+    def hunger(self, lease: Lease, *, hungry: bool, holding: bool) -> bool:
+        """Record whether this launcher is hungry (its claims find less than its free
+        slots); with ``holding``, is another live launcher hungry for a task this one
+        holds claimed and unstarted (launcher/giveback.py)?"""
+
     # -- tasks ------------------------------------------------------------------------
     def claim(self, lease: Lease, *, limit: int, capacity: float, max_need: float,
               filters: ClaimFilter, remaining_min: float | None = None,
               max_nodes: int = 1) -> list[Claimed]:
         """Up to ``limit`` runnable unclaimed tasks, priority first, whose node shares
         fit ``capacity``; in the claim's order."""
+
+    def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
+        """Release those of these claimed, unstarted tasks that a hungry launcher's
+        filters take; the ids released."""
 
     def app_extras(self, names: Iterable[str]) -> dict[str, AppExtras]:
         """The extras of these apps (apps without any may be left out)."""

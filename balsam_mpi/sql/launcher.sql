@@ -48,6 +48,15 @@ SELECT launcher_results(%(job)s, %(epoch)s, %(ids)s::bigint[], %(results)s::text
 -- name: launcher_heartbeat
 SELECT launcher_heartbeat(%(job)s, %(epoch)s);
 
+-- name: launcher_hunger
+-- Record this launcher's hunger; is another live one hungry for what it holds (0015)?
+SELECT launcher_hunger(%(job)s, %(epoch)s, %(hungry)s, %(holding)s);
+
+-- name: launcher_give_back
+-- Release claimed, unstarted tasks that a hungry launcher's filters take (0015).
+SELECT launcher_give_back FROM launcher_give_back(%(job)s::bigint, %(epoch)s::bigint,
+                                                  %(ids)s::bigint[]);
+
 -- name: launcher_kills
 SELECT launcher_kills FROM launcher_kills(%(job)s::bigint, %(ids)s::bigint[]);
 

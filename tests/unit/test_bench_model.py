@@ -130,3 +130,17 @@ def test_without_the_recall_a_node_queues_a_third_wave_the_recall_moves_it() -> 
     assert 30.0 < before["wall_s"] < 31.0
     assert 20.0 < after["wall_s"] < 21.0
     assert after["done"] == before["done"] == 128
+
+
+def test_launchers_hand_back_queued_work_so_none_runs_an_extra_wave() -> None:
+    # 3 launchers × 4 nodes × 8 slots, 3 waves of 600 s tasks in one table. Each claims
+    # its free slots plus a margin, so the first claims take more than a third each and
+    # the last one short: without handing back, the launchers holding extra queued
+    # tasks run a 4th wave while the last one's slots idle; with it, 3 waves.
+    case = Case(3, 4, 8, 600.0, 3 * 4 * 8 * 3)
+    costs = Costs(msg_latency_s=1e-4, claim_fixed_s=2e-3, claim_row_s=2e-5,
+                  flush_fixed_s=2e-3, spawn_s=1e-3)
+    before = simulate(case, costs, Policy(give_back=False))
+    after = simulate(case, costs, Policy())
+    assert before["wall_s"] > 4 * 600.0 and before["utilization"] < 0.95
+    assert after["wall_s"] < 3 * 600.0 + 5.0 and after["utilization"] > 0.99

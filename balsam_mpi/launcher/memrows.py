@@ -1,0 +1,53 @@
+"""The rows of the in-memory store (``launcher/memstore.py``): a task and a batch job, with
+the columns the leader's calls read and write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .storeport import ClaimFilter
+
+
+@dataclass
+class Task:
+    id: int
+    app: str
+    workflow: str = "w"
+    name: str = ""
+    state: str = "READY"
+    priority: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    owner: str = "me"
+    num_nodes: int = 1
+    ranks_per_node: int = 1
+    node_packing_count: int = 1
+    wall_time_min: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    parents: tuple[int, ...] = ()
+    batch_job_id: int | None = None
+    lease_epoch: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    state_message: str = ""
+    error_retries: int = 0
+    error_retry_limit: int = 0
+    timeout_retries: int = 0
+    timeout_retry_limit: int = 3
+    lost_retries: int = 0
+    lost_retry_limit: int = 3
+    result: str | None = None
+
+
+@dataclass
+class Job:
+    id: int
+    epoch: int
+    lease_s: float
+    heartbeat_at: float
+    state: str = "RUNNING"
+    user: str = "me"
+    end_reason: str = ""
+    filters: ClaimFilter = ClaimFilter()
+    hungry_at: float | None = None  # 0015: its claims find less than its free slots
