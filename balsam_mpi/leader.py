@@ -39,6 +39,7 @@ from .launcher.journal import Journal
 from .launcher.lease import LeaseWatch
 from .launcher.liveness import WorkerWatch
 from .launcher.orders import ClaimResult, OrderBuilder
+from .launcher.preference import Preference
 from .launcher.reports import ReportBuffer
 from .launcher.storeport import ClaimFilter, Lease, StorePort
 from .launcher.workerview import WorkerView
@@ -93,7 +94,9 @@ class Leader:
             self.buffer, self._claimed,
             filters=ClaimFilter(s.workflows, s.tags, s.owners), limit=s.claim_limit,
             max_tasks=s.max_tasks, idle_s=s.claim_idle_s, look_for_held=not s.persistent,
-            remaining_min=self.remaining_min)
+            remaining_min=self.remaining_min,
+            preference=Preference(calls, store, lease, ClaimFilter(s.workflows, s.tags,
+                                                                   s.owners)))
         self.buffer.on_ends_written = self.claims.soon  # children may have become READY
         self.giveback = GiveBack(calls, store, lease, self.dispatch)
         self.adds = AddService(calls, store, self.dispatch.answer_adds, chan)
@@ -150,6 +153,8 @@ class Leader:
             self.dispatch.rebalance()
         if not self.draining:
             self.giveback.step()  # queued tasks another launcher could start now
+            if self.claims.preference is not None:
+                self.claims.preference.step()  # what to claim first (preference.py)
         self.dispatch.fill_local()
         did = self._step_local() or did
         if not self.draining:

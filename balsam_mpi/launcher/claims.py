@@ -17,6 +17,11 @@ them. The cost, when the holders are alive, is at most one of their heartbeat in
 — 0.5 s, since a leader holding tasks renews at least that often (leader.py) — and the
 waiting launcher looks again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
 
+**Preferred claims** (``preference.py``). While other live launchers' filters name some
+of the work, a claim asks first for the workflows nobody else names; when that comes back
+short, the usual claim follows at once. Only the usual claims decide that work is running
+out (``short``) or that this launcher is idle.
+
 **Short claims.** A claim that found less than it asked for (``short``) tells the
 dispatcher the work is running out: no margins from then on, until a claim is full again
 (dispatch.py, "No stranded tails").
@@ -34,6 +39,7 @@ from ..node.resources import EPS, NODE_CAPACITY
 from .calls import Calls
 from .dispatch import Dispatcher
 from .orders import ClaimResult, OrderBuilder
+from .preference import Preference
 from .reports import ReportBuffer
 from .storeport import ClaimFilter, Lease, StorePort
 
@@ -47,7 +53,8 @@ class Claims:
                  dispatch: Dispatcher, buffer: ReportBuffer,
                  deliver: Callable[[ClaimResult], object], *, filters: ClaimFilter,
                  limit: int, max_tasks: int, idle_s: float, look_for_held: bool,
-                 remaining_min: Callable[[], float | None]) -> None:
+                 remaining_min: Callable[[], float | None],
+                 preference: Preference | None = None) -> None:
         self.calls = calls
         self.store = store
         self.lease = lease
@@ -61,6 +68,7 @@ class Claims:
         self.idle_s = idle_s  # wait between claims that found nothing
         self.look_for_held = look_for_held
         self.remaining_min = remaining_min
+        self.preference = preference
         self.covers = -1  # the buffer's flush count when the last claim was sent
         self.last_empty = False
         self.first_beat: dict[int, float] = {}  # holder job -> heartbeat first seen
@@ -87,6 +95,9 @@ class Claims:
             return
         if self.max_tasks and self.total >= self.max_tasks:
             return
+        if self.preference is not None and not self.preference.ready:
+            self.preference.step()  # the first claim waits for what to prefer
+            return
         want = self.dispatch.demand()
         if want < 1.0 / self.max_packing - EPS:
             return
@@ -94,12 +105,15 @@ class Claims:
         if self.max_tasks:
             limit = min(limit, self.max_tasks - self.total)
         covers = self.buffer.flushes
+        first = self.preference.claim_filter() if self.preference else None
         self.calls.start("claim", self.builder.claim, self.store, self.lease,
-                         filters=self.filters, look_for_held=self.look_for_held,
+                         filters=first or self.filters,
+                         look_for_held=self.look_for_held and first is None,
                          limit=limit, capacity=want, max_need=NODE_CAPACITY,
                          remaining_min=self.remaining_min(),
                          max_nodes=self.dispatch.max_nodes(),
-                         then=lambda got: self._claimed(covers, got, limit, want),
+                         then=lambda got: self._claimed(covers, got, limit, want,
+                                                        preferred=first is not None),
                          failed=self._failed)
 
     def _failed(self, exc: BalsamError) -> None:
@@ -107,8 +121,15 @@ class Claims:
         log.warning("claim failed (%s); retrying in %.1f s", exc, pause)
         self.next_at = time.monotonic() + pause
 
-    def _claimed(self, covers: int, got: ClaimResult, limit: int, want: float) -> None:
+    def _claimed(self, covers: int, got: ClaimResult, limit: int, want: float,
+                 preferred: bool = False) -> None:
         now = time.monotonic()
+        if preferred and self.preference is not None and short(got, limit, want):
+            self.preference.ran_out()  # the usual claim, at once, for the rest
+            self.retry.reset()
+            self.next_at = now
+            self._take(got)
+            return
         self.dispatch.scarce = short(got, limit, want)
         if self.retry.failing:
             log.info("claims work again")
@@ -124,6 +145,11 @@ class Claims:
                                   else self.idle_s)
             return
         self.next_at = now
+        self._take(got)
+
+    def _take(self, got: ClaimResult) -> None:
+        if not got.claimed:
+            return
         self.total += got.claimed
         self.max_packing = max(self.max_packing, got.max_packing)
         self.deliver(got)

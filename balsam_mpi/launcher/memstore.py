@@ -28,7 +28,17 @@ from ..base.errors import InputError, ServerError
 from ..protocol import EndKind, Finished, Started
 from .memjournal import JournalsInMemory
 from .memrows import Job, Task
-from .storeport import AppExtras, BadReport, Claimed, ClaimFilter, Expired, Held, Lease, StorePort
+from .storeport import (
+    AppExtras,
+    BadReport,
+    Claimed,
+    ClaimFilter,
+    Expired,
+    Held,
+    Lease,
+    Peers,
+    StorePort,
+)
 
 RUNNABLE = ("READY", "RESTART_READY")
 HUNGER_FRESH_S = 3.0  # as 0015: a launcher that died hungry stops counting
@@ -330,6 +340,15 @@ class MemStore(JournalsInMemory):
             job.hungry_at = self.clock() if hungry else None
         return holding and any(t.state in RUNNABLE and self._hungry_for(lease, t)
                                for t in self._mine(lease))
+
+    def claim_peers(self, lease: Lease) -> Peers:
+        self._enter("claim_peers")
+        runnable = sorted({t.workflow for t in self.tasks.values()
+                           if t.state in RUNNABLE and t.batch_job_id is None})[:65]
+        named = {w for j in self.jobs.values() if j.state == "RUNNING"
+                 and j.id != lease.job_id and not self._expired(j)
+                 for w in j.filters.workflows}
+        return Peers(tuple(runnable), frozenset(named))
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         self._enter("give_back")

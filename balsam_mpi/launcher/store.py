@@ -24,7 +24,17 @@ from ..base import db
 from ..base.cleantext import one_line
 from ..base.project import Project
 from ..protocol import EndKind, Finished, Started
-from .storeport import AppExtras, BadReport, Claimed, ClaimFilter, Expired, Held, Lease, StorePort
+from .storeport import (
+    AppExtras,
+    BadReport,
+    Claimed,
+    ClaimFilter,
+    Expired,
+    Held,
+    Lease,
+    Peers,
+    StorePort,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -227,6 +237,11 @@ class Store:
         rows = self._rows("launcher_hunger", {"job": lease.job_id, "epoch": lease.epoch,
                                               "hungry": hungry, "holding": holding})
         return bool(rows[0][0])
+
+    def claim_peers(self, lease: Lease) -> Peers:
+        """A plain read: members may read every task and batch job."""
+        row = self._rows("launcher_claim_peers", {"job": lease.job_id})[0]
+        return Peers(tuple(row[0] or ()), frozenset(row[1] or ()))
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         rows = self._rows("launcher_give_back", {"job": lease.job_id, "epoch": lease.epoch,

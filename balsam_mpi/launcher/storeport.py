@@ -103,6 +103,13 @@ class Expired(NamedTuple):
     released: int  # claimed but never started: free again, nothing counted
 
 
+class Peers(NamedTuple):
+    """What the claim preference reads (launcher/preference.py)."""
+
+    runnable: tuple[str, ...]  # workflows with runnable, unclaimed rows (at most 65)
+    named: frozenset[str]  # workflows other live launchers name in their filters
+
+
 class BadReport(DatabaseError):
     """The server (or the driver) refused a report for what it carries: a value it cannot
     store. Retrying the same rows fails the same way; connection trouble is not this."""
@@ -139,6 +146,9 @@ class StorePort(Protocol):
               max_nodes: int = 1) -> list[Claimed]:
         """Up to ``limit`` runnable unclaimed tasks, priority first, whose node shares
         fit ``capacity``; in the claim's order."""
+
+    def claim_peers(self, lease: Lease) -> Peers:
+        """Workflows with runnable rows, and those other live launchers' filters name."""
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         """Release those of these claimed, unstarted tasks that a hungry launcher's

@@ -57,6 +57,31 @@ SELECT launcher_hunger(%(job)s, %(epoch)s, %(hungry)s, %(holding)s);
 SELECT launcher_give_back FROM launcher_give_back(%(job)s::bigint, %(epoch)s::bigint,
                                                   %(ids)s::bigint[]);
 
+-- name: launcher_claim_peers
+-- What a launcher prefers to claim (launcher/preference.py): the workflows that have
+-- runnable, unclaimed rows (a loose scan of tasks_runnable_workflow: one probe per
+-- workflow, at most 65 of them) and those other live launchers name in their filters.
+WITH RECURSIVE runnable(workflow, n) AS (
+    (SELECT t.workflow, 1 FROM tasks t
+      WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
+      ORDER BY t.workflow LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.workflow FROM tasks t
+             WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
+               AND t.workflow > r.workflow
+             ORDER BY t.workflow LIMIT 1), r.n + 1
+      FROM runnable r
+     WHERE r.workflow IS NOT NULL AND r.n <= 64
+)
+SELECT array(SELECT r.workflow FROM runnable r WHERE r.workflow IS NOT NULL),
+       array(SELECT DISTINCT w.name
+               FROM batch_jobs b
+              CROSS JOIN LATERAL jsonb_array_elements_text(
+                    coalesce(b.filters -> 'workflows', '[]'::jsonb)) AS w(name)
+              WHERE b.state = 'RUNNING' AND b.id <> %(job)s
+                AND coalesce(b.heartbeat_at, b.started_at)
+                    > now() - make_interval(secs => b.lease_sec));
+
 -- name: launcher_kills
 SELECT launcher_kills FROM launcher_kills(%(job)s::bigint, %(ids)s::bigint[]);
 

@@ -1,0 +1,55 @@
+"""The preference's read (launcher_claim_peers, launcher/preference.py): the workflows
+with runnable, unclaimed rows, found by a loose scan of their index, and the workflows
+other live launchers name in their filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
+from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import ClaimFilter
+from balsam_mpi.sql import query
+from tests.db.test_hand_back import add, claim, open_job
+from tests.db.test_lease import go_silent
+
+
+@pytest.fixture()
+def store(pg_project: Project, dbname: str) -> Any:
+    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
+    yield s
+    s.close()
+
+
+def test_runnable_workflows_and_the_live_peers_filters(store: Store, conn: Any) -> None:
+    add(conn, 3, workflow="b")
+    add(conn, 2, workflow="a")
+    taken = add(conn, 1, workflow="c")
+    me = open_job(store)
+    assert store.claim_peers(me).runnable == ("a", "b", "c")
+    claim(store, me, 1, ClaimFilter(("c",)))
+    assert taken and store.claim_peers(me).runnable == ("a", "b")  # c's one row claimed
+    assert store.claim_peers(me).named == frozenset()
+    one = open_job(store, ClaimFilter(("a", "x")))
+    open_job(store)  # no filter: names nothing
+    assert store.claim_peers(me).named == {"a", "x"}
+    assert store.claim_peers(one).named == frozenset()  # its own filter is not a peer's
+    go_silent(conn, one)  # its lease ran out: no longer a live peer
+    assert store.claim_peers(me).named == frozenset()
+
+
+def test_the_scan_stops_after_65_workflows(store: Store, conn: Any) -> None:
+    for i in range(70):
+        add(conn, 1, workflow=f"w{i:02}")
+    me = open_job(store)
+    assert len(store.claim_peers(me).runnable) == 65
+
+
+def test_the_scan_probes_the_runnable_index(conn: Any) -> None:
+    sql = query("launcher_claim_peers")
+    plan = "\n".join(r[0] for r in conn.execute(
+        "EXPLAIN " + sql.replace("%(job)s", "0")).fetchall())
+    assert "tasks_runnable_workflow" in plan and "Seq Scan on tasks" not in plan, plan
