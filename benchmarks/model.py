@@ -42,7 +42,7 @@ from typing import Any
 from balsam_mpi.launcher.workerview import Pace
 
 from . import model_giveback as giveback
-from .model_params import ASSUMPTIONS, Case, Costs, Policy, interpolate
+from .model_params import ASSUMPTIONS, Case, Costs, Policy, Result, interpolate
 
 __all__ = ["ASSUMPTIONS", "Case", "Costs", "Model", "Policy", "Result", "interpolate",
            "simulate"]
@@ -90,30 +90,6 @@ class _Leader:
     closed_at: float | None = None
     claims: int = 0
     flushes: int = 0
-
-
-@dataclass
-class Result:
-    per_launcher: list[dict[str, float]] = field(default_factory=list)
-    events: int = 0
-
-    def summary(self) -> dict[str, float]:
-        pl = self.per_launcher
-        busy = sum(p["busy_slot_s"] for p in pl)
-        held = sum(p["slots"] * p["wall_s"] for p in pl)
-        first = min(p["first_start_s"] for p in pl)
-        last = max(p["last_end_s"] for p in pl)
-        done = sum(p["done"] for p in pl)
-        return {
-            "utilization": busy / held if held else math.nan,
-            "throughput_per_s": done / (last - first) if last > first else math.nan,
-            "done": done,
-            "wall_s": max(p["wall_s"] for p in pl),
-            "first_task_s": first,
-            "tail_idle_s": max(p["tail_idle_s"] for p in pl),
-            "leader_cpu_busy": max(p["leader_cpu_busy"] for p in pl),
-            "db_thread_busy": max(p["db_thread_busy"] for p in pl),
-        }
 
 
 class Model:
@@ -196,7 +172,7 @@ class Model:
         ld.claiming = True
         ld.claims += 1
         rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
-        self._db(ld, li, self.claim_cost(rows), "claimed", limit, want)
+        self._db(ld, li, self.c.claim(rows), "claimed", limit, want)
 
     def _want(self, ld: _Leader) -> float:
         # As dispatch.demand: a node holding more than its room (its margin shrank as
@@ -306,26 +282,10 @@ class Model:
         ld.oldest = None
         ld.flushing = True
         ld.flushes += 1
-        cost = self.flush_cost(starts, ends)
+        # A task shorter than the flush interval has its start and end in one flush.
+        paired = min(starts, ends) if self.case.duration_s <= self.p.flush_interval_s else 0.0
+        cost = self.c.flush(starts, ends, paired)
         self._db(ld, li, cost, "flushed")
-
-    def claim_cost(self, rows: float) -> float:
-        if self.c.claim_table:
-            return interpolate(self.c.claim_table, rows)
-        return self.c.claim_fixed_s + self.c.claim_row_s * rows
-
-    def flush_cost(self, starts: float, ends: float) -> float:
-        c = self.c
-        if not (c.start_table and c.end_table):
-            return c.flush_fixed_s + c.flush_start_row_s * starts + c.flush_end_row_s * ends
-        if not ends:
-            return interpolate(c.start_table, starts)
-        if not starts:
-            return interpolate(c.end_table, ends)
-        # One statement carries both: count its round trip once (the smaller first point).
-        once = min(c.start_table[0][1], c.end_table[0][1])
-        return max(once, interpolate(c.start_table, starts) + interpolate(c.end_table, ends)
-                   - once)
 
     def _timer(self, li: int) -> None:
         ld = self.leaders[li]

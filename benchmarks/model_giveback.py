@@ -35,7 +35,7 @@ def beat(m: Model, li: int) -> None:
     ld = m.leaders[li]
     if ld.closed_at is not None:
         return
-    m._db(ld, li, m.claim_cost(0), "heard")
+    m._db(ld, li, m.c.claim(0), "heard")
     m._at(m.now + m.p.hunger_beat_s, "beat", li)
 
 
@@ -78,7 +78,7 @@ def gave(m: Model, li: int, back: int, answered: bool = True) -> None:
     ld.pool -= amount
     ld.giving = 0
     if amount:
-        m._db(ld, li, m.claim_cost(amount), "released", amount)
+        m._db(ld, li, m.c.claim(amount), "released", amount)
 
 
 def released(m: Model, li: int, amount: float) -> None:

@@ -1,9 +1,11 @@
-"""What the scale model is given: the measured costs, the launcher's policy, the case to
-simulate, and the assumptions it rests on (``model.py`` is the simulation itself)."""
+"""What the scale model is given and gives back: the measured costs, the launcher's policy,
+the case to simulate, the assumptions it rests on, and the result (``model.py`` is the
+simulation itself)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 ASSUMPTIONS = (
     "Tasks have one fixed duration (or a seeded ±spread where stated); every node of a "
@@ -39,6 +41,8 @@ class Costs:
     claim_table: tuple[tuple[float, float], ...] = ()
     start_table: tuple[tuple[float, float], ...] = ()
     end_table: tuple[tuple[float, float], ...] = ()
+    # k tasks whose start and end share a flush: one write each (migration 0011)
+    combined_table: tuple[tuple[float, float], ...] = ()
     leader_task_s: float = 0.0  # leader CPU per task (spec, buffering, bookkeeping)
     leader_msg_s: float = 0.0  # leader CPU per REPORT received (and its ASSIGN)
     leader_item_s: float = 0.0  # … per started/finished item it carries
@@ -49,6 +53,30 @@ class Costs:
     msg_latency_s: float = 0.0  # one-way message time
     startup_s: float = 0.0  # job open → leader's first claim
     close_s: float = 0.0  # last task end → job closed
+
+    def claim(self, rows: float) -> float:
+        """The database time of a claim of this many rows."""
+        if self.claim_table:
+            return interpolate(self.claim_table, rows)
+        return self.claim_fixed_s + self.claim_row_s * rows
+
+    def flush(self, starts: float, ends: float, paired: float = 0.0) -> float:
+        """The database time of a flush: ``paired`` of its tasks have both their start
+        and their end in it (written at once when ``combined_table`` is measured)."""
+        if not (self.start_table and self.end_table):
+            return (self.flush_fixed_s + self.flush_start_row_s * starts
+                    + self.flush_end_row_s * ends)
+        if not self.combined_table:
+            paired = 0.0
+        parts = [(t, n) for t, n in ((self.combined_table, paired),
+                                     (self.start_table, starts - paired),
+                                     (self.end_table, ends - paired)) if n > 0]
+        if not parts:
+            return 0.0
+        # One statement carries them all: count its round trip once (the smallest first
+        # point of the tables it uses).
+        once = min(t[0][1] for t, _ in parts)
+        return max(once, sum(interpolate(t, n) for t, n in parts) - once * (len(parts) - 1))
 
 
 @dataclass(frozen=True)
@@ -95,3 +123,27 @@ def interpolate(table: tuple[tuple[float, float], ...], x: float) -> float:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     (x0, y0), (x1, y1) = table[-2], table[-1]
     return y1 + (y1 - y0) / (x1 - x0) * (x - x1)
+
+
+@dataclass
+class Result:
+    per_launcher: list[dict[str, float]] = field(default_factory=list)
+    events: int = 0
+
+    def summary(self) -> dict[str, float]:
+        pl = self.per_launcher
+        busy = sum(p["busy_slot_s"] for p in pl)
+        held = sum(p["slots"] * p["wall_s"] for p in pl)
+        first = min(p["first_start_s"] for p in pl)
+        last = max(p["last_end_s"] for p in pl)
+        done = sum(p["done"] for p in pl)
+        return {
+            "utilization": busy / held if held else math.nan,
+            "throughput_per_s": done / (last - first) if last > first else math.nan,
+            "done": done,
+            "wall_s": max(p["wall_s"] for p in pl),
+            "first_task_s": first,
+            "tail_idle_s": max(p["tail_idle_s"] for p in pl),
+            "leader_cpu_busy": max(p["leader_cpu_busy"] for p in pl),
+            "db_thread_busy": max(p["db_thread_busy"] for p in pl),
+        }

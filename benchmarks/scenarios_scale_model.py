@@ -80,6 +80,8 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
         claim_table=_table(db["sizes"], db["claim"]["median_s"]),
         start_table=_table(db["sizes"], db["report_started"]["median_s"]),
         end_table=_table(db["sizes"], db["report_finished"]["median_s"]),
+        combined_table=(_table(db["sizes"], db["report_combined"]["median_s"])
+                        if "report_combined" in db else ()),
         startup_s=max(0.0, one["median"]["first_task_s"] - first_claim - 1.0 / noop),
         close_s=max(0.0, one["median"]["tail_idle_s"] - Policy().flush_interval_s),
     )
@@ -88,6 +90,9 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
         "start_table, end_table": "leader: Store.report median latency of k starts, of k "
                                   "ends, by batch size (interpolated; a flush carrying "
                                   "both counts one round trip)",
+        "combined_table": "leader: Store.report median latency of k tasks started and "
+                          "ended in one flush (one write each), for tasks shorter than "
+                          "the flush interval",
         "claim_*, flush_* lines": "leader: fits of the same (reported, not used)",
         "leader_task_s": f"leader: null-runner marginal leader CPU/task at {best['ranks']} "
                          "ranks, "

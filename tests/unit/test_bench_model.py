@@ -115,9 +115,16 @@ def test_interpolated_database_costs() -> None:
     assert interpolate(table, 1) == pytest.approx(0.01)
     assert interpolate(table, 40) == pytest.approx(0.015)
     assert interpolate(table, 448) == pytest.approx(0.10)  # last slope: 0.04 per 192
-    m = Model(Case(1, 1, 1, 1.0, 1), Costs(start_table=table, end_table=table))
-    assert m.flush_cost(64, 0) == pytest.approx(0.02)
-    assert m.flush_cost(64, 64) == pytest.approx(0.03)  # one round trip (0.01) counted once
+    c = Costs(start_table=table, end_table=table)
+    assert c.flush(64, 0) == pytest.approx(0.02)
+    assert c.flush(64, 64) == pytest.approx(0.03)  # one round trip (0.01) counted once
+    both = Costs(start_table=table, end_table=table,
+                 combined_table=((16.0, 0.005), (64.0, 0.01), (256.0, 0.03)))
+    assert both.flush(64, 64, paired=64) == pytest.approx(0.01)  # one write each
+    # 32 written at once, 32 starts and 32 ends apart: three parts, one round trip
+    # (the combined table's first point, the smallest) counted once.
+    parts = interpolate(both.combined_table, 32) + 2 * interpolate(table, 32)
+    assert both.flush(64, 64, paired=32) == pytest.approx(parts - 2 * 0.005)
 
 
 def test_without_the_recall_a_node_queues_a_third_wave_the_recall_moves_it() -> None:
