@@ -98,7 +98,7 @@ class Policy:
     # Launchers hand queued tasks back to hungry ones (launcher/giveback.py); False: the
     # launcher before that (and a claim that found nothing was never repeated).
     give_back: bool = True
-    hunger_beat_s: float = 0.5  # giveback.HUNGER_BEAT_S
+    hunger_beat_s: float = 0.25  # giveback.HUNGER_BEAT_S
     claim_idle_s: float = 0.5  # Settings.claim_idle_s: between claims that found nothing
 
 

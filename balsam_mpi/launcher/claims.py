@@ -141,7 +141,11 @@ class Claims:
             # Waiting only to see live holders renew (or finish what these filters
             # match): look again soon, so the run ends soon after they do; otherwise
             # the database has nothing for us and claim_idle_s paces the next look.
-            self.next_at = now + (min(self.idle_s, HOLDERS_RECHECK_S) if self.waiting_for
+            # While this launcher still runs tasks, others holding such work may hand
+            # some back to it (giveback.py): look again soon then too.
+            soon = bool(self.waiting_for) or (bool(got.held)
+                                              and not self.dispatch.all_idle())
+            self.next_at = now + (min(self.idle_s, HOLDERS_RECHECK_S) if soon
                                   else self.idle_s)
             return
         self.next_at = now

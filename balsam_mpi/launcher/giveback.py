@@ -8,9 +8,10 @@ behind long ones while another launcher's claims find nothing and its nodes idle
 600 s tasks that is a whole extra wave.
 
 Every ``HUNGER_BEAT_S`` (only while it matters: this launcher is hungry, was, or holds
-unstarted tasks) the leader tells the database whether it is *hungry* — its last claim
-came back short and it still has free slots — and learns whether another live launcher
-is hungry for a task it holds unstarted (the other's filters take it). While that is so:
+unstarted tasks), and at once when its hunger starts or ends, the leader tells the
+database whether it is *hungry* — its last claim came back short and it still has free
+slots — and learns whether another live launcher is hungry for a task it holds unstarted
+(the other's filters take it). While that is so:
 
 1. no margins (``Dispatcher.others_hungry``): claims ask for free slots only;
 2. every queued task no node has started is recalled (``Dispatcher.rebalance`` with
@@ -39,7 +40,9 @@ from .storeport import Lease, StorePort
 
 log = logging.getLogger(__name__)
 
-HUNGER_BEAT_S = 0.5  # well inside 0015's freshness (3 s): a missed beat or two is fine
+# Well inside 0015's freshness (3 s), and short beside a task of a second or two: a
+# holder hears of hunger within a beat (the hungry launcher tells at once).
+HUNGER_BEAT_S = 0.25
 
 
 class GiveBack:
@@ -78,9 +81,11 @@ class GiveBack:
 
     # -- the beat ----------------------------------------------------------------------
     def _tell(self) -> None:
-        if self.calls.busy("hunger") or not self.beats.due():
+        if self.calls.busy("hunger"):
             return
         hungry = self.dispatch.hungry()
+        if hungry == self.told_hungry and not self.beats.due():
+            return  # hunger that starts or ends is told at once, the rest on the beat
         holding = self.dispatch.holds_unstarted()
         if not (hungry or holding or self.told_hungry):
             self.dispatch.others_hungry = False

@@ -167,5 +167,8 @@ def make(tmp_path: Path, tasks: int = 0, *, workers: int = 0, node: Node | None 
     comm = FakeComm(workers + 1) if workers else None
     leader = Leader(Settings(**{**FAST, **settings}), comm, Project(tmp_path), store, calls,
                     lease, node, deadline=deadline)  # type: ignore[arg-type]
+    if leader.claims.preference is not None:  # its first read, as the first turn does
+        leader.claims.preference.step()
+        calls.collect()
     fakes = [FakeWorker(comm, r, finish) for r in range(1, workers + 1)] if comm else []
     return Kit(store, calls, lease, node, comm, leader, fakes)
