@@ -112,6 +112,7 @@ class Leader:
         # often enough for a tail of short tasks, rare enough for thousands of ranks.
         self.rebalances = Periodic(0.02, now=True)
         self.holder_beats = Periodic(HOLDER_BEAT_S, jitter=0.0)
+        self.idle_checks = Periodic(0.01, jitter=0.0)
         self.idle_since: float | None = None
         self.draining: str | None = None
         self.byes: set[int] = set()
@@ -159,7 +160,11 @@ class Leader:
         did = self._step_local() or did
         if not self.draining:
             self.claims.refill()
-        self.buffer.flush()
+        if not self.buffer.flush() and self.buffer and self.idle_checks.due():
+            # Nothing runs anywhere (the end of a run): the batch will not grow, write it
+            # now rather than after the flush interval. A pass over every worker, so
+            # at most every 10 ms.
+            self.buffer.flush(idle=self.dispatch.all_idle())
         self._poll_kills()
         if (self.kills.where and self.lease_watch.silence() < self.settings.heartbeat_s
                 and not self.calls.busy("heartbeat") and self.holder_beats.due()):

@@ -127,12 +127,14 @@ class ReportBuffer:
         if self.journal is not None:
             self.journal.add(self.group, started, finished)
 
-    def due(self) -> bool:
+    def due(self, idle: bool = False) -> bool:
         if self.suspects:
             return True  # finding a bad report: no pause, the server answered at once
         if not self or not self.retry.ready():
             return False
-        return len(self) >= self.size or time.monotonic() - self.oldest >= self.interval_s
+        # Idle nodes add nothing more to wait for: the batch is as big as it will get.
+        return (idle or len(self) >= self.size
+                or time.monotonic() - self.oldest >= self.interval_s)
 
     def take(self) -> Batch:
         if self.suspects:
@@ -141,9 +143,10 @@ class ReportBuffer:
         return batch
 
     # -- writing ----------------------------------------------------------------------
-    def flush(self) -> bool:
-        """Send the next batch when one is due and none is in flight; True if sent."""
-        if self.writing is not None or not self.due():
+    def flush(self, idle: bool = False) -> bool:
+        """Send the next batch when one is due (at once when ``idle``: nothing runs
+        anywhere) and none is in flight; True if sent."""
+        if self.writing is not None or not self.due(idle):
             return False
         batch = self.writing = self.take()
         if batch.finished:

@@ -254,3 +254,13 @@ def test_end_kinds_reach_the_store_as_the_nodes_said(tmp_path: Path) -> None:
     kit.turns(lambda: kit.store.tasks[task].state != "RUNNING")
     assert kit.store.tasks[task].state == "RESTART_READY"
     assert kit.store.tasks[task].error_retries == 1
+
+
+def test_the_last_reports_are_written_at_once_when_nothing_runs(tmp_path: Path) -> None:
+    """A flush interval of 30 s: reports wait for company while tasks run, but once every
+    node is idle the batch cannot grow, so the run ends without waiting it out."""
+    kit = make(tmp_path, 8, flush_interval_s=30.0)
+    began = time.monotonic()
+    assert kit.run(limit_s=10.0) == "idle"
+    assert set(kit.states().values()) == {"JOB_FINISHED"}
+    assert time.monotonic() - began < 10.0
