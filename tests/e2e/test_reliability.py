@@ -151,8 +151,10 @@ def test_a_run_that_raced_its_kill_stays_in_the_history(pg_project: Project, con
                                                         dbname: str) -> None:
     """15.8: tasks that ran to exit 0 while being killed ended USER_KILLED with no run
     in their history. Here the run ends before the kill is written and its reports are
-    still in the leader's buffer (a long flush interval) when the kill lands."""
-    [task] = add(conn, 1, command="touch ran", app="quick", workflow="killrace")
+    still in the leader's buffer (a long flush interval, and a task still running beside
+    it: a launcher with nothing running writes its reports at once) when the kill lands."""
+    [task] = add(conn, 1, command="touch ran", app="quick", workflow="killrace", packing=2)
+    add(conn, 1, command="sleep 10", app="beside", workflow="killrace", packing=2)
     proc = start(1, "--idle-timeout", "0", BALSAM_FLUSH_INTERVAL_S="8")
     marker = pg_project.task_dir("killrace", task, "t") / "ran"
     wait_for("the task to run", marker.exists, proc)
@@ -162,7 +164,7 @@ def test_a_run_that_raced_its_kill_stays_in_the_history(pg_project: Project, con
     assert killed.returncode == 0, killed.stdout + killed.stderr
     wait_end(proc)
     row = conn.execute("SELECT state::text, exit_code, started_at IS NOT NULL, "
-                       "ended_at >= started_at FROM tasks").fetchone()
+                       "ended_at >= started_at FROM tasks WHERE id = %s", (task,)).fetchone()
     assert row == ("USER_KILLED", 0, True, True)  # decided: the kill stands, run recorded
     path = [r[0] for r in conn.execute(
         "SELECT to_state::text FROM task_events WHERE task_id = %s ORDER BY id", (task,))]
