@@ -11,9 +11,11 @@ Every ``HUNGER_BEAT_S`` (only while it matters: this launcher is hungry, was, or
 unstarted tasks), and at once when its hunger starts or ends, the leader tells the
 database whether it is *hungry* — its last claim came back short and it still has free
 slots — and learns whether another live launcher is hungry for a task it holds unstarted
-(the other's filters take it). While that is so:
+(the other's filters take it); holding none, whether another is hungry at all. While that
+is so:
 
-1. no margins (``Dispatcher.others_hungry``): claims ask for free slots only;
+1. no margins (``Dispatcher.others_hungry``): claims ask for free slots only (else a
+   launcher would claim back as margin what it has just released);
 2. every queued task no node has started is recalled (``Dispatcher.rebalance`` with
    ``to_database``), with the usual fencing: only a task its node names as given back,
    never seen started, returns to the pool;
@@ -56,6 +58,7 @@ class GiveBack:
         self.told_hungry = False  # what the database last heard from this launcher
         self.out: list[RunOrder] = []  # being released (a give_back call in flight)
         self.given = 0  # released in all
+        self.stopped = False  # draining: nothing more goes out, or to the nodes from here
 
     @property
     def wanted(self) -> bool:
@@ -66,6 +69,8 @@ class GiveBack:
         return bool(self.out) or self.calls.busy("give_back")
 
     def step(self) -> None:
+        if self.stopped:
+            return
         self._tell()
         if not self.wanted or self.busy:
             return
@@ -77,6 +82,7 @@ class GiveBack:
 
     def stop(self) -> None:
         """Draining: nothing more is handed back (the close releases what is left)."""
+        self.stopped = True
         self.dispatch.others_hungry = False
 
     # -- the beat ----------------------------------------------------------------------
@@ -87,8 +93,7 @@ class GiveBack:
         if hungry == self.told_hungry and not self.beats.due():
             return  # hunger that starts or ends is told at once, the rest on the beat
         holding = self.dispatch.holds_unstarted()
-        if not (hungry or holding or self.told_hungry):
-            self.dispatch.others_hungry = False
+        if not (hungry or holding or self.told_hungry or self.dispatch.others_hungry):
             return
         self.told_hungry = hungry
         self.calls.start("hunger", self.store.hunger, self.lease, hungry=hungry,
@@ -123,10 +128,12 @@ class GiveBack:
 
     def _kept(self, exc: BalsamError) -> None:
         log.warning("could not hand tasks back (%s); keeping them", exc)
+        self.dispatch.others_hungry = False  # the next try waits for the next beat's answer
         self._back(self.out)
 
     def _back(self, orders: list[RunOrder]) -> None:
         self.out = []
         if orders:
             self.dispatch.pool.extendleft(reversed(orders))
-            self.dispatch.push()
+            if not self.stopped:  # draining: the close releases what stays in the pool
+                self.dispatch.push()

@@ -338,8 +338,13 @@ class MemStore(JournalsInMemory):
         job = self.jobs.get(lease.job_id)
         if job is not None and job.epoch == lease.epoch and job.state == "RUNNING":
             job.hungry_at = self.clock() if hungry else None
-        return holding and any(t.state in RUNNABLE and self._hungry_for(lease, t)
-                               for t in self._mine(lease))
+        if not holding:
+            now = self.clock()
+            return any(j.state == "RUNNING" and j.id != lease.job_id
+                       and j.hungry_at is not None and now - j.hungry_at < HUNGER_FRESH_S
+                       for j in self.jobs.values())
+        return any(t.state in RUNNABLE and self._hungry_for(lease, t)
+                   for t in self._mine(lease))
 
     def claim_peers(self, lease: Lease) -> Peers:
         self._enter("claim_peers")

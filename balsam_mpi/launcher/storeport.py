@@ -138,7 +138,8 @@ class StorePort(Protocol):
     def hunger(self, lease: Lease, *, hungry: bool, holding: bool) -> bool:
         """Record whether this launcher is hungry (its claims find less than its free
         slots); with ``holding``, is another live launcher hungry for a task this one
-        holds claimed and unstarted (launcher/giveback.py)?"""
+        holds claimed and unstarted; without, is another hungry at all
+        (launcher/giveback.py)?"""
 
     # -- tasks ------------------------------------------------------------------------
     def claim(self, lease: Lease, *, limit: int, capacity: float, max_need: float,

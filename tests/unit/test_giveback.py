@@ -136,3 +136,24 @@ def test_the_database_releases_only_the_callers_unstarted_claims(tmp_path: Path)
     assert sorted(store.give_back(a.lease, queued)) == sorted(queued)
     assert all(store.tasks[i].batch_job_id is None for i in queued)
     assert store.hunger(a.lease, hungry=False, holding=True) is False  # none left
+
+
+def test_a_release_that_fails_keeps_the_tasks_and_a_drain_sends_none_out(
+        tmp_path: Path) -> None:
+    """The database away during a release: the tasks stay claimed and run here. A
+    launcher that starts draining hands nothing back and gives the nodes nothing more."""
+    from balsam_mpi.base.errors import ServerError
+
+    a = holder(tmp_path)
+    turn([a], 0.2)
+    queued = {o.id for n in nodes(a) for o in n.queue}
+    b = hungry(tmp_path, a)
+    a.store.fail("give_back", ServerError("lost the database connection: gone"), times=10**4)
+    turn([a, b], 0.6)
+    assert a.leader.giveback.given == 0
+    assert all(a.store.tasks[i].batch_job_id == a.lease.job_id for i in queued)
+    a.leader.start_drain("wall time")
+    assert a.leader.giveback.stopped and not a.leader.dispatch.others_hungry
+    calls = len(a.store.calls)
+    a.leader.giveback.step()
+    assert a.store.calls[calls:] == []  # no hunger call, no release

@@ -11,7 +11,9 @@
 -- Two calls, both on the launcher's own batch job only (launcher_check_user):
 --   launcher_hunger(job, epoch, hungry, holding): records whether this launcher is hungry
 --     (its last claim came back short and it has free slots) and answers whether another
---     live launcher is hungry for a task this one holds claimed but not started;
+--     live launcher is hungry for a task this one holds claimed but not started — or,
+--     when this one holds none, whether another is hungry at all: then it claims no
+--     margins, or it would take back at once what it has just released;
 --   launcher_give_back(job, epoch, ids): releases those of ids that this job (at this
 --     epoch) holds claimed and never started, and that a hungry launcher's filters take.
 -- Hunger is a timestamp renewed while it lasts: a launcher that died hungry stops counting
@@ -42,7 +44,10 @@ BEGIN
      WHERE b.id = p_job AND b.lease_epoch = p_epoch AND b.state = 'RUNNING'
        AND (p_hungry OR b.hungry_at IS NOT NULL);
     IF NOT p_holding THEN
-        RETURN false;
+        RETURN EXISTS (
+            SELECT 1 FROM public.batch_jobs h
+             WHERE h.state = 'RUNNING' AND h.id <> p_job
+               AND h.hungry_at > now() - interval '3 seconds');
     END IF;
     -- The few hungry jobs first; for each, does this job hold an unstarted task its
     -- filters take (this job's rows through tasks_batch_job, stopping at the first)?
