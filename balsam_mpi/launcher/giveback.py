@@ -59,10 +59,9 @@ class GiveBack:
         self.out: list[RunOrder] = []  # being released (a give_back call in flight)
         self.given = 0  # released in all
         self.stopped = False  # draining: nothing more goes out, or to the nodes from here
-
-    @property
-    def wanted(self) -> bool:
-        return self.dispatch.others_hungry
+        # The last answer said another launcher is hungry for tasks held here: recall
+        # them and release them, once per answer (what the database refuses stays).
+        self.wanted = False
 
     @property
     def busy(self) -> bool:
@@ -72,17 +71,19 @@ class GiveBack:
         if self.stopped:
             return
         self._tell()
-        if not self.wanted or self.busy:
-            return
+        if not self.wanted or self.busy or self.dispatch.recalling:
+            return  # (a recall in flight: its tasks come back to the pool first)
         small = [o for o in self.dispatch.pool if o.num_nodes == 1]
         if small:
             self._release(small)
-        else:
-            self.dispatch.rebalance(to_database=True)
+            self.wanted = False  # the next beat's answer decides whether more goes
+        elif not self.dispatch.rebalance(to_database=True):
+            self.wanted = False  # nothing queued anywhere
 
     def stop(self) -> None:
         """Draining: nothing more is handed back (the close releases what is left)."""
         self.stopped = True
+        self.wanted = False
         self.dispatch.others_hungry = False
 
     # -- the beat ----------------------------------------------------------------------
@@ -97,16 +98,20 @@ class GiveBack:
             return
         self.told_hungry = hungry
         self.calls.start("hunger", self.store.hunger, self.lease, hungry=hungry,
-                         holding=holding, then=self._heard, failed=self._unheard)
+                         holding=holding, then=lambda yes: self._heard(yes, holding),
+                         failed=self._unheard)
 
-    def _heard(self, wanted: bool) -> None:
-        if wanted and not self.dispatch.others_hungry:
+    def _heard(self, yes: bool, holding: bool) -> None:
+        """``yes``: another launcher is hungry — for tasks held here when ``holding``."""
+        if yes and holding and not self.wanted:
             log.info("another launcher has free slots and no work: handing back the "
                      "tasks queued here that no node has started")
-        self.dispatch.others_hungry = wanted
+        self.wanted = yes and holding
+        self.dispatch.others_hungry = yes
 
     def _unheard(self, exc: BalsamError) -> None:
         # Without an answer keep what is held: a launcher never gives work away blind.
+        self.wanted = False
         self.dispatch.others_hungry = False
         log.debug("could not exchange hunger with the database (%s)", exc)
 
@@ -128,8 +133,7 @@ class GiveBack:
 
     def _kept(self, exc: BalsamError) -> None:
         log.warning("could not hand tasks back (%s); keeping them", exc)
-        self.dispatch.others_hungry = False  # the next try waits for the next beat's answer
-        self._back(self.out)
+        self._back(self.out)  # the next try waits for the next beat's answer
 
     def _back(self, orders: list[RunOrder]) -> None:
         self.out = []

@@ -157,3 +157,29 @@ def test_a_release_that_fails_keeps_the_tasks_and_a_drain_sends_none_out(
     calls = len(a.store.calls)
     a.leader.giveback.step()
     assert a.store.calls[calls:] == []  # no hunger call, no release
+
+
+def test_what_the_hungry_launcher_cannot_take_stays_and_is_not_offered_again(
+        tmp_path: Path) -> None:
+    """A queues tasks of two workflows; B is hungry for one of them only. B gets those;
+    the others come back to A once (one release per answer, not one per turn)."""
+    a = make(tmp_path / "a", workers=2, node=SlotNode(), finish=False)
+    assert a.comm is not None
+    a.comm.inbox.clear()
+    a.workers = [SlotWorker(a.comm, r) for r in (1, 2)]
+    a.store.add_tasks([{"app": "a", "node_packing_count": 4, "workflow": wf}
+                       for wf in ["x"] * 8 + ["y", "x", "y", "x"]])
+    a.leader.dispatch.local_open = False
+    a.leader.giveback.beats.interval_s = BEAT_S
+    turn([a], 0.2)
+    queued = {o.id: a.store.tasks[o.id].workflow for n in nodes(a) for o in n.queue}
+    assert sorted(queued.values()) == ["x", "x", "y", "y"]
+    b = hungry(tmp_path, a, workflows=("y",))
+    turn([a, b], 1.0)
+    ys = {i for i, wf in queued.items() if wf == "y"}
+    assert ys <= set(nodes(b)[0].sim)
+    assert a.leader.giveback.given == 2
+    releases = a.store.calls.count("give_back")
+    assert releases <= 3, releases  # not a release per turn of the loop
+    xs = {i for i, wf in queued.items() if wf == "x"}
+    assert all(a.store.tasks[i].batch_job_id == a.lease.job_id for i in xs)
