@@ -190,7 +190,7 @@ class Model:
         if got <= 0:
             ld.exhausted = True
             if self.p.give_back:  # others may hand work back: look again while busy
-                self._at(self.now + self.p.claim_idle_s, "relook", li)
+                self._at(self.now + self.p.relook_s, "relook", li)
             self._maybe_close(ld)
             return
         ld.pool += got

@@ -2,11 +2,11 @@
 
 Every ``Policy.hunger_beat_s`` each leader makes one small database call, in order on its
 database thread: it records whether it is hungry (its last claim was short or empty and
-it has free slots) and hears whether another live leader is. A leader that holds queued
-tasks while another is hungry keeps no margins, recalls every queued task from its nodes
+it has free slots) and hears whether another live leader is. While another is hungry a
+leader keeps no margins; one that holds queued tasks also recalls every one from its nodes
 (a message each way), gives its own free slots what came back, and releases the rest to
 the table (one more call). A leader whose claim found nothing looks again every
-``claim_idle_s`` while its nodes are busy, as the launcher does, so it takes what others
+``relook_s`` while its nodes are busy, as the launcher does, so it takes what others
 release. The model has no filters: every leader takes every task.
 """
 
@@ -45,11 +45,14 @@ def heard(m: Model, li: int) -> None:
     free = sum(max(0, packing - n.held) for n in ld.nodes)
     ld.hungry_at = m.now if (ld.scarce or ld.exhausted) and free > 0 else None
     holding = ld.pool >= ld.weight or any(n.queued or n.inflight for n in ld.nodes)
-    ld.others_hungry = holding and any(
+    # Another hungry: no margins (as launcher_hunger answers a leader holding nothing);
+    # a holder also recalls and releases (the model has no filters: every leader takes
+    # every task).
+    ld.others_hungry = any(
         o is not ld and o.closed_at is None and o.hungry_at is not None
         and m.now - o.hungry_at < HUNGER_FRESH_S for o in m.leaders)
     m._maybe_recall(ld, li)  # the leader's own rebalance runs on a timer too
-    if not ld.others_hungry or ld.giving:
+    if not (ld.others_hungry and holding) or ld.giving:
         return
     asked = [ri for ri, n in enumerate(ld.nodes) if n.queued or n.inflight]
     ld.giving = len(asked)
@@ -95,4 +98,4 @@ def relook(m: Model, li: int) -> None:
         ld.exhausted = False
         m._try_claim(ld, li)
     else:
-        m._at(m.now + m.p.claim_idle_s, "relook", li)
+        m._at(m.now + m.p.relook_s, "relook", li)

@@ -100,6 +100,9 @@ class Policy:
     give_back: bool = True
     hunger_beat_s: float = 0.25  # giveback.HUNGER_BEAT_S
     claim_idle_s: float = 0.5  # Settings.claim_idle_s: between claims that found nothing
+    # … but while its nodes are busy and others hold work, a leader looks every 0.1 s
+    # (claims.HOLDERS_RECHECK_S): every leader here takes every task, so always then.
+    relook_s: float = 0.1
 
 
 @dataclass(frozen=True)
