@@ -20,6 +20,11 @@ from .protocol import LOCAL, AddTasks, Assign, Bye, Drain, EndKind, Hello
 
 log = logging.getLogger(__name__)
 
+# Until its first ASSIGN a worker polls at least this often: the leader's first claim
+# lands within tens of milliseconds of the start, and a rank whose backoff had grown to
+# poll_cap_s would start its first wave up to that much later than the others.
+FIRST_ASSIGN_POLL_S = 0.002
+
 
 class Worker:
     def __init__(self, comm: Comm, node: Node, *, gpus: int = 0,
@@ -35,6 +40,7 @@ class Worker:
         self.chan = chan  # task_api requests of this node's tasks (node/channel.py)
         self.draining: Drain | None = None
         self.stop_reason: str | None = None  # set by a signal handler
+        self.assigned = False  # the first ASSIGN has come
 
     def run(self) -> None:
         comm, node = self.comm, self.node
@@ -65,7 +71,9 @@ class Worker:
                 self.idle.reset()
             else:
                 comm.progress()
-                node.wait(self.idle.next())
+                pause = self.idle.next()
+                node.wait(pause if self.assigned else min(pause, FIRST_ASSIGN_POLL_S))
+
     def _receive(self) -> bool:
         did = False
         while True:
@@ -75,6 +83,7 @@ class Worker:
             did = True
             msg = got[1]
             if isinstance(msg, Assign):
+                self.assigned = True
                 self.node.apply(msg)
                 if msg.added and self.chan is not None:
                     for req, ids, error in msg.added:
