@@ -355,7 +355,7 @@ def _send(sock: socket.socket, data: bytes, fds: list[int],
 def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
     """Read what is there; the answer once it is whole (sets ``eof`` on EOF)."""
     buf = interp.buf
-    while not interp.eof:
+    while not interp.eof and not _whole(buf):  # a whole answer: no more to read
         try:
             chunk = interp.sock.recv(1 << 20)
         except BlockingIOError:
@@ -379,6 +379,12 @@ def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
     except ValueError:
         interp.eof = True  # nonsense on the socket: treat it as dead
         return None
+
+
+def _whole(buf: bytearray) -> bool:
+    """Whether ``buf`` holds a whole frame (an interpreter sends one answer per call, so
+    there is nothing behind it to read)."""
+    return len(buf) >= LENGTH.size and len(buf) >= LENGTH.size + LENGTH.unpack_from(buf)[0]
 
 
 def _death(status: int) -> str:
