@@ -296,7 +296,15 @@ class Node:
             self._watch.add(order.id)
 
     def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it."""
+        """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it.
+        Idle time goes first to the next calls' directories (``pypool``), one at a time
+        while nothing ends: a slot that frees then starts its call at once."""
+        if self.pool is not None and (self.queue or self.pool.ready):
+            for _ in range(pypool.PREPARE_PER_WAIT):
+                if not self.pool.prepare(self.queue):
+                    break
+                if self.reap(0.0):
+                    return True
         return self.reap(timeout)
 
     def reap(self, timeout: float) -> bool:
