@@ -299,7 +299,7 @@ class Node:
         """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it.
         Idle time goes first to the next calls' directories (``pypool``), one at a time
         while nothing ends: a slot that frees then starts its call at once."""
-        if self.pool is not None and (self.queue or self.pool.ready):
+        if self.pool is not None and not self.stopping and (self.queue or self.pool.ready):
             for _ in range(pypool.PREPARE_PER_WAIT):
                 if not self.pool.prepare(self.queue):
                     break

@@ -152,6 +152,7 @@ class PyPool:
         # Queued calls' (directory, task.out, task.err), or why they cannot be opened.
         self.ready: dict[int, tuple[int, int, int] | runner.StartError] = {}
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        runner.raise_nofile()
         # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
         # the node's environment (the launcher's minus its MPI variables).
         self.zygote = Zygote(config.python, self.base, config.die_with_parent)

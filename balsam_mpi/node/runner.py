@@ -224,9 +224,16 @@ def _high(fd: int) -> int:
 _nofile_raised = False
 
 
+def raise_nofile() -> None:
+    """Once per process: see :func:`_raise_nofile`."""
+    if not _nofile_raised:
+        _raise_nofile()
+
+
 def _raise_nofile() -> None:
     """Each running task holds four descriptors here (pidfd, two outputs, maybe a cgroup);
-    a node packing hundreds of tasks needs more than the usual soft limit of 1024."""
+    a node packing hundreds of tasks needs more than the usual soft limit of 1024 (a
+    Python call: three, its interpreter three more, a queued call's opened ahead three)."""
     global _nofile_raised
     _nofile_raised = True
     with contextlib.suppress(ValueError, OSError):

@@ -361,3 +361,14 @@ def test_a_link_planted_for_a_queued_call_fails_that_call_alone(
     assert out[5].rc == 127 and "symbolic link" in out[5].tail
     assert list((tmp_path / "elsewhere").iterdir()) == []
     assert all(ok(out[i]) == 0.2 for i in range(1, 5)) and ok(out[6]) is None
+
+
+def test_a_stopping_node_opens_no_queued_calls_directory(node: Node, tmp_path: Path) -> None:
+    busy = [call(tmp_path, i, "sleep", s=0.2) for i in range(1, 5)]
+    node.apply(Assign(node.acked + 1, (*busy, call(tmp_path, 5, "noop"))))
+    node.step()
+    node.begin_stop(cut=False)  # drain: what runs finishes, nothing more starts
+    node.wait(0.01)
+    assert not (tmp_path / "t5").exists()
+    out = until_ended(node, {1, 2, 3, 4})
+    assert all(ok(out[i]) == 0.2 for i in range(1, 5)) and 5 not in out
