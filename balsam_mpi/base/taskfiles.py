@@ -11,8 +11,9 @@ walked open (:class:`TaskDirs`) and, for the next task, checks with one ``fstata
 owner is still trusted; anything else — a directory moved, swapped for a link, the
 barred users changed — and it walks afresh, with the walk's own refusals. Then only the
 task's own directory is made (``mkdir`` first: it is usually new) and opened, and its two
-files created in it: with a new leaf, six system calls in all, where the full walk took
-eighteen.
+files created in it: for a new task of a known shard, ten system calls (two ``fstatat``,
+``mkdir``, ``open`` and ``fstat`` of the directory, two ``O_EXCL`` opens and, where the
+umask cut the modes, three ``fchmod``) where the full walk took sixteen.
 """
 
 from __future__ import annotations
