@@ -34,7 +34,7 @@ from types import TracebackType
 from ..base.platform import node_name
 from ..protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
 from . import gpus as gpumod
-from . import mpilaunch, prepost, pypool, runner, stagein, trampoline
+from . import mpilaunch, prepost, pyahead, pypool, runner, stagein, trampoline
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
 from .resources import NodeResources
@@ -297,11 +297,12 @@ class Node:
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it.
-        Idle time goes first to the next calls' directories (``pypool``), one at a time
+        Idle time goes first to the next calls' directories (``pyahead``), one at a time
         while nothing ends: a slot that frees then starts its call at once."""
-        if self.pool is not None and not self.stopping and (self.queue or self.pool.ready):
-            for _ in range(pypool.PREPARE_PER_WAIT):
-                if not self.pool.prepare(self.queue):
+        ahead = self.pool.ahead if self.pool is not None else None
+        if ahead is not None and not self.stopping and (self.queue or ahead.ready):
+            for _ in range(pyahead.PER_WAIT):
+                if not ahead.prepare(self.queue):
                     break
                 if self.reap(0.0):
                     return True

@@ -11,8 +11,9 @@ and whenever it was signalled or died. A call looks like a task process to the n
 kill, a wall-time overrun or the end of the job signals the interpreter's process group
 as it would a task's; its ``pidfd`` is an fd that becomes readable when the answer
 arrives *or* the interpreter dies (an epoll of the interpreter's socket and pidfd), which
-the node watches in its own epoll like a task's pidfd. The node makes the task's
-directory (as for a process task); the interpreter creates task.out and task.err in it.
+the node watches in its own epoll like a task's pidfd. The node opens the task's
+directory, task.out and task.err as for a process task (ahead of the start, while it
+waits: ``pyahead``) and sends them with the call.
 
 Nothing a call does can take the node down: a raise is an answer (exit code 1, the
 traceback in task.err), and ``os._exit``, a crash, the OOM killer (interpreters volunteer
@@ -39,13 +40,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner
+from .pyahead import Ahead
 from .pycall import LENGTH, encode_frame, split_frame
 from .pyzygote import Zygote
 
@@ -57,10 +58,6 @@ SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.va
 # A call waits this long for an interpreter to read it (only a call bigger than the
 # socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
 SEND_TIMEOUT_S = 5.0
-# Queued calls whose directories and output files the node opens while it waits (at
-# most this many ahead, and this many, ~0.1 ms each, before it looks at its messages).
-PREPARE_AHEAD = 32
-PREPARE_PER_WAIT = 4
 Key = tuple[tuple[tuple[str, str], ...], int, int]
 
 
@@ -149,8 +146,7 @@ class PyPool:
         self.idle: dict[Key, list[Interpreter]] = {}
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
-        # Queued calls' (directory, task.out, task.err), or why they cannot be opened.
-        self.ready: dict[int, tuple[int, int, int] | runner.StartError] = {}
+        self.ahead = Ahead()  # queued calls' directories, opened while the node waits
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         runner.raise_nofile()
         # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
@@ -179,10 +175,7 @@ class PyPool:
         # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
         # the call. The node keeps the outputs' to read the failure tail back, as for any
         # task. (Interpreters making directories side by side in one shard contended.)
-        ready = self.ready.pop(order.id, None)
-        if isinstance(ready, runner.StartError):
-            raise ready
-        dir_fd, out_fd, err_fd = ready if ready is not None else runner.open_task_dir(order)
+        dir_fd, out_fd, err_fd = self.ahead.take(order) or runner.open_task_dir(order)
         try:
             interp = self._take(key, spawn_env)
             try:
@@ -210,29 +203,6 @@ class PyPool:
         deadline = time.monotonic() + order.wall_time_s if order.wall_time_s > 0 else 0.0
         return PyCall(order, interp.pid, os.dup(interp.watch.fileno()), time.time(),
                       deadline, out_fd=out_fd, err_fd=err_fd, interp=interp, pool=self)
-
-    def prepare(self, queue: Iterable[RunOrder]) -> bool:
-        """Open the directory and output files of the next queued call (from the head of
-        the node's queue) exactly as :meth:`start` would, so that a slot that frees
-        starts it with a message alone; at the end of a wave of short calls the last
-        slot no longer waits for every other slot's directory. What left the queue
-        without starting (killed, given back, the stop) is closed first. True if it
-        opened one (there may be more)."""
-        wanted = [o for o in islice(queue, PREPARE_AHEAD)
-                  if o.python and not o.inputs and not o.preprocess]
-        todo = [o for o in wanted if o.id not in self.ready]
-        if len(self.ready) + len(todo) > len(wanted):
-            keep = {o.id for o in wanted}
-            for task_id in [t for t in self.ready if t not in keep]:
-                _close_ready(self.ready.pop(task_id))
-        if not todo:
-            return False
-        order = todo[0]
-        try:
-            self.ready[order.id] = runner.open_task_dir(order)
-        except runner.StartError as exc:  # raised again at its start, as without this
-            self.ready[order.id] = exc
-        return True
 
     def _take(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
         waiting = self.idle.get(key)
@@ -344,9 +314,7 @@ class PyPool:
             interp.kill()
 
     def close(self) -> None:
-        for ready in self.ready.values():
-            _close_ready(ready)
-        self.ready.clear()
+        self.ahead.close()
         for interp in self.procs.values():
             interp.kill()
         deadline = time.monotonic() + 5.0
@@ -416,12 +384,6 @@ def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
     except ValueError:
         interp.eof = True  # nonsense on the socket: treat it as dead
         return None
-
-
-def _close_ready(ready: tuple[int, int, int] | runner.StartError) -> None:
-    if not isinstance(ready, runner.StartError):
-        for fd in ready:
-            os.close(fd)
 
 
 def _whole(buf: bytearray) -> bool:
