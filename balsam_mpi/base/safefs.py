@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o2770  # group rwx whatever the umask; setgid keeps the project group
 FILE_MODE = 0o660
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_OUT_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _BARRED_TTL_S = 30.0  # how often a long-running launcher re-reads data/'s ACL
 
 
@@ -172,32 +171,11 @@ class Root:
         where = self.label
         try:
             for name in parts:
-                if not name or name in (".", "..") or "/" in name:
-                    raise UnsafePath(f"refusing {where}/{name}: not a plain name")
                 where = f"{where}/{name}"
-                made = False
-                try:
-                    nfd = _open_dir_at(fd, name, where)
-                except FileNotFoundError:
-                    if not create:
-                        raise UnsafePath(f"{where} does not exist") from None
-                    try:
-                        os.mkdir(name, DIR_MODE, dir_fd=fd)
-                        made = True
-                    except FileExistsError:
-                        pass  # made meanwhile by another launcher: checked like any other
-                    except OSError as exc:
-                        raise UnsafePath(f"cannot create {where}: {exc.strerror}") from None
-                    nfd = _open_dir_at(fd, name, where)
+                nfd = self.enter(fd, name, where, create)
                 if fd != self.fd:
                     os.close(fd)
                 fd = nfd
-                st = os.fstat(fd)
-                self.trust.check(st, where)
-                if made and st.st_uid == self.trust.me:
-                    os.fchmod(fd, DIR_MODE)  # mkdir's mode was cut by the umask
-                elif st.st_uid == self.trust.me:
-                    self._heal(fd, st)
         except BaseException:
             if fd != self.fd:
                 os.close(fd)
@@ -205,6 +183,46 @@ class Root:
         if fd == self.fd:
             return os.dup(fd)
         return fd
+
+    def enter(self, fd: int, name: str, where: str, create: bool = True,
+              new: bool = False) -> int:
+        """One component below ``fd`` (``where`` names it), made where missing and checked
+        as :meth:`open_dir` checks each; ``new``: most likely missing (a task's own
+        directory), so make it first and spare a failed open."""
+        if not name or name in (".", "..") or "/" in name:
+            raise UnsafePath(f"refusing {where}: not a plain name")
+        made = False
+        try:
+            if new and create:
+                made = self._mkdir(fd, name, where)
+            nfd = _open_dir_at(fd, name, where)
+        except FileNotFoundError:
+            if not create:
+                raise UnsafePath(f"{where} does not exist") from None
+            made = self._mkdir(fd, name, where)
+            nfd = _open_dir_at(fd, name, where)
+        try:
+            st = os.fstat(nfd)
+            self.trust.check(st, where)
+            if st.st_uid == self.trust.me:
+                if not made:
+                    self._heal(nfd, st)
+                elif stat.S_IMODE(st.st_mode) != DIR_MODE:
+                    os.fchmod(nfd, DIR_MODE)  # mkdir's mode was cut by the umask
+        except BaseException:
+            os.close(nfd)
+            raise
+        return nfd
+
+    @staticmethod
+    def _mkdir(fd: int, name: str, where: str) -> bool:
+        try:
+            os.mkdir(name, DIR_MODE, dir_fd=fd)
+            return True
+        except FileExistsError:
+            return False  # made meanwhile by another launcher: checked like any other
+        except OSError as exc:
+            raise UnsafePath(f"cannot create {where}: {exc.strerror}") from None
 
     def _heal(self, fd: int, st: os.stat_result) -> None:
         """Give a directory of ours made before a viewer was barred data/'s default ACL,
@@ -271,84 +289,13 @@ def root(path: str) -> Root:
 
 def split_task_dir(cwd: str) -> tuple[str, tuple[str, str, str]]:
     """``PROJECT/data/<workflow>/<shard>/<leaf>`` → (``PROJECT/data``, the three names)."""
+    parts = os.path.normpath(cwd).rsplit("/", 3)
+    if len(parts) == 4 and parts[0]:  # the usual case, in one split (once per task)
+        return parts[0], (parts[1], parts[2], parts[3])
     shard_dir, leaf = os.path.split(os.path.normpath(cwd))
     wf_dir, shard = os.path.split(shard_dir)
     data, wf = os.path.split(wf_dir)
     return data, (wf, shard, leaf)
-
-
-def open_output(dir_fd: int, name: str, trust: Trust, where: str,
-                mode: int = FILE_MODE) -> int:
-    """``name`` in ``dir_fd`` for appending: a new file (O_EXCL: never through a link), or
-    an existing one that is a regular file with one link, owned by someone trusted (a
-    retried task's earlier output; ``name.N.ext`` beside it if this user may not write
-    it). Never blocks: a FIFO is refused, not opened for good. Read-write, so the tail is
-    read back through the same descriptor."""
-    for _attempt in range(3):
-        try:
-            fd = os.open(name, _OUT_FLAGS | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise UnsafePath(f"cannot create {where}: {exc.strerror}") from None
-        else:
-            os.fchmod(fd, mode)  # the umask cut the mode given to open
-            return fd
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # removed meanwhile: create it
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"refusing {where}: it is {kind_of(st.st_mode)} (planted?); "
-                             "remove it, then retry the task")
-        try:
-            fd = os.open(name, _OUT_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
-        except FileNotFoundError:
-            continue
-        except PermissionError:
-            # An earlier run's output this user may not write (made by another member's
-            # launcher without group write): the run goes on in a file of its own.
-            return _fresh_output(dir_fd, name, mode, where)
-        except OSError as exc:
-            raise UnsafePath(f"cannot append to {where}: {exc.strerror}") from None
-        try:
-            check_appendable(os.fstat(fd), trust, where, (st.st_dev, st.st_ino))
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    raise UnsafePath(f"cannot create {where}: it keeps changing (planted?)")
-
-
-def _fresh_output(dir_fd: int, name: str, mode: int, where: str) -> int:
-    stem, dot, ext = name.rpartition(".")
-    for n in range(1, 100):
-        candidate = f"{stem}.{n}.{ext}" if dot else f"{name}.{n}"
-        try:
-            fd = os.open(candidate, _OUT_FLAGS | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UnsafePath(f"cannot create {where}: {exc.strerror}") from None
-        os.fchmod(fd, mode)
-        log.warning("%s is not writable by this user; this run's output goes to %s",
-                    where, candidate)
-        return fd
-    raise UnsafePath(f"cannot append to {where}, nor find a free name beside it")
-
-
-def check_appendable(st: os.stat_result, trust: Trust, where: str,
-                     expected: tuple[int, int] | None = None) -> None:
-    if expected is not None and (st.st_dev, st.st_ino) != expected:
-        raise UnsafePath(f"refusing {where}: it was replaced while being opened (planted?)")
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePath(f"refusing {where}: it is {kind_of(st.st_mode)} (planted?); "
-                         "remove it, then retry the task")
-    if st.st_nlink != 1:
-        raise UnsafePath(f"refusing {where}: it has {st.st_nlink} hard links, so it is "
-                         "also another file (planted?); remove it, then retry the task")
-    trust.check(st, where)
 
 
 def create_new(dir_fd: int, name: str, mode: int, where: str, tries: int = 100
@@ -393,20 +340,3 @@ def open_project_dir(project_root: str, name: str) -> int:
                          f"{_who(st.st_uid)}, not the project owner; the owner should run "
                          "`balsam-dbctl fix-perms`")
     return fd
-
-
-def read_tail(fds: Sequence[int], limit: int) -> str:
-    """The last ``limit`` bytes of the first non-empty file among ``fds`` (read through the
-    descriptors: the names may have been swapped since)."""
-    for fd in fds:
-        if fd < 0:
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                continue
-            raw = os.pread(fd, limit, max(0, size - limit))
-        except OSError:
-            continue
-        return raw.decode("utf-8", "replace")
-    return ""

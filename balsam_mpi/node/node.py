@@ -34,7 +34,7 @@ from types import TracebackType
 from ..base.platform import node_name
 from ..protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
 from . import gpus as gpumod
-from . import mpilaunch, prepost, pypool, runner, stagein, trampoline
+from . import mpilaunch, prepost, pyahead, pypool, runner, stagein, trampoline
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
 from .resources import NodeResources
@@ -296,7 +296,16 @@ class Node:
             self._watch.add(order.id)
 
     def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it."""
+        """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it.
+        Idle time goes first to the next calls' directories (``pyahead``), one at a time
+        while nothing ends: a slot that frees then starts its call at once."""
+        ahead = self.pool.ahead if self.pool is not None else None
+        if ahead is not None and not self.stopping and (self.queue or ahead.ready):
+            for _ in range(pyahead.PER_WAIT):
+                if not ahead.prepare(self.queue):
+                    break
+                if self.reap(0.0):
+                    return True
         return self.reap(timeout)
 
     def reap(self, timeout: float) -> bool:

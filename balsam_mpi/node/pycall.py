@@ -134,7 +134,8 @@ class _Saved:
         self.rlimit = resource.getrlimit(resource.RLIMIT_AS)
 
     def restore(self, out_fd: int, err_fd: int) -> None:
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__,
+                                           sys.__stderr__)}.values():
             with contextlib.suppress(Exception):
                 if stream is not None:
                     stream.flush()

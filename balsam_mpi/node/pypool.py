@@ -11,8 +11,9 @@ and whenever it was signalled or died. A call looks like a task process to the n
 kill, a wall-time overrun or the end of the job signals the interpreter's process group
 as it would a task's; its ``pidfd`` is an fd that becomes readable when the answer
 arrives *or* the interpreter dies (an epoll of the interpreter's socket and pidfd), which
-the node watches in its own epoll like a task's pidfd. The node makes the task's
-directory (as for a process task); the interpreter creates task.out and task.err in it.
+the node watches in its own epoll like a task's pidfd. The node opens the task's
+directory, task.out and task.err as for a process task (ahead of the start, while it
+waits: ``pyahead``) and sends them with the call.
 
 Nothing a call does can take the node down: a raise is an answer (exit code 1, the
 traceback in task.err), and ``os._exit``, a crash, the OOM killer (interpreters volunteer
@@ -45,6 +46,7 @@ from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner
+from .pyahead import Ahead
 from .pycall import LENGTH, encode_frame, split_frame
 from .pyzygote import Zygote
 
@@ -144,7 +146,9 @@ class PyPool:
         self.idle: dict[Key, list[Interpreter]] = {}
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
+        self.ahead = Ahead()  # queued calls' directories, opened while the node waits
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        runner.raise_nofile()
         # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
         # the node's environment (the launcher's minus its MPI variables).
         self.zygote = Zygote(config.python, self.base, config.die_with_parent)
@@ -171,7 +175,7 @@ class PyPool:
         # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
         # the call. The node keeps the outputs' to read the failure tail back, as for any
         # task. (Interpreters making directories side by side in one shard contended.)
-        dir_fd, out_fd, err_fd = runner.open_task_dir(order)
+        dir_fd, out_fd, err_fd = self.ahead.take(order) or runner.open_task_dir(order)
         try:
             interp = self._take(key, spawn_env)
             try:
@@ -310,6 +314,7 @@ class PyPool:
             interp.kill()
 
     def close(self) -> None:
+        self.ahead.close()
         for interp in self.procs.values():
             interp.kill()
         deadline = time.monotonic() + 5.0
@@ -355,7 +360,7 @@ def _send(sock: socket.socket, data: bytes, fds: list[int],
 def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
     """Read what is there; the answer once it is whole (sets ``eof`` on EOF)."""
     buf = interp.buf
-    while not interp.eof:
+    while not interp.eof and not _whole(buf):  # a whole answer: no more to read
         try:
             chunk = interp.sock.recv(1 << 20)
         except BlockingIOError:
@@ -379,6 +384,12 @@ def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
     except ValueError:
         interp.eof = True  # nonsense on the socket: treat it as dead
         return None
+
+
+def _whole(buf: bytearray) -> bool:
+    """Whether ``buf`` holds a whole frame (an interpreter sends one answer per call, so
+    there is nothing behind it to read)."""
+    return len(buf) >= LENGTH.size and len(buf) >= LENGTH.size + LENGTH.unpack_from(buf)[0]
 
 
 def _death(status: int) -> str:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..base import safefs
+from ..base import safefs, taskfiles
 from ..base.errors import UsageError
 from ..protocol import EndKind, RunOrder
 from . import gpus, mpilaunch, trampoline
@@ -203,17 +203,9 @@ def open_task_dir(order: RunOrder, out_name: str = STDOUT_NAME, err_name: str = 
                   ) -> tuple[int, int, int]:
     """The task's directory (walked from the project's data/, made where missing) and its
     two output files, as descriptors; StartError with one line if anything was planted."""
-    data, parts = safefs.split_task_dir(order.cwd)
-    fds: list[int] = []
     try:
-        root = safefs.root(data)
-        fds.append(root.open_dir(parts))
-        where = "/".join((root.label, *parts))
-        for name in (out_name, err_name):
-            fds.append(safefs.open_output(fds[0], name, root.trust, f"{where}/{name}"))
+        fds = taskfiles.open_task_dir(order.cwd, out_name, err_name)
     except (safefs.UnsafePath, OSError) as exc:
-        for fd in fds:
-            os.close(fd)
         raise StartError(str(exc) if isinstance(exc, safefs.UnsafePath)
                          else f"cannot prepare {order.cwd}: {exc.strerror}") from None
     return _high(fds[0]), _high(fds[1]), _high(fds[2])
@@ -232,9 +224,16 @@ def _high(fd: int) -> int:
 _nofile_raised = False
 
 
+def raise_nofile() -> None:
+    """Once per process: see :func:`_raise_nofile`."""
+    if not _nofile_raised:
+        _raise_nofile()
+
+
 def _raise_nofile() -> None:
     """Each running task holds four descriptors here (pidfd, two outputs, maybe a cgroup);
-    a node packing hundreds of tasks needs more than the usual soft limit of 1024."""
+    a node packing hundreds of tasks needs more than the usual soft limit of 1024 (a
+    Python call: three, its interpreter three more, a queued call's opened ahead three)."""
     global _nofile_raised
     _nofile_raised = True
     with contextlib.suppress(ValueError, OSError):
@@ -359,7 +358,7 @@ def close(proc: TaskProcess) -> None:
     """Release what the process held: the tail is kept (read through the runner's own
     descriptors first), then the descriptors and its cgroup go."""
     if proc.tail is None and proc.rc is not None:
-        proc.tail = safefs.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
+        proc.tail = taskfiles.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
     for name in ("pidfd", "out_fd", "err_fd"):
         fd = getattr(proc, name)
         if fd >= 0:
@@ -374,5 +373,5 @@ def output_tail(proc: TaskProcess, limit: int = TAIL_BYTES) -> str:
     """The last bytes of the task's stderr, else its stdout (for a failed task's record),
     as the runner wrote them: a name swapped for a link since is never followed."""
     if proc.tail is None:
-        proc.tail = safefs.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
+        proc.tail = taskfiles.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
     return proc.tail[-limit:] if limit < len(proc.tail) else proc.tail

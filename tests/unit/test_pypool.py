@@ -41,10 +41,14 @@ def node() -> Iterator[Node]:
 
 def run(node: Node, *orders: RunOrder, timeout: float = 30.0) -> dict[int, Finished]:
     node.apply(Assign(node.acked + 1, orders))
+    return until_ended(node, {s.id for s in orders}, timeout)
+
+
+def until_ended(node: Node, ids: set[int], timeout: float = 30.0) -> dict[int, Finished]:
     out: dict[int, Finished] = {}
     deadline = time.monotonic() + timeout
-    while not {s.id for s in orders} <= out.keys():
-        assert time.monotonic() < deadline, f"only {sorted(out)} of {len(orders)} ended"
+    while not ids <= out.keys():
+        assert time.monotonic() < deadline, f"only {sorted(out)} of {len(ids)} ended"
         node.step()
         out.update((f.id, f) for f in node.changes.take()[1])
         node.wait(0.01)
@@ -296,3 +300,75 @@ def test_interpreters_of_two_kinds_are_kept_while_both_are_needed(tmp_path: Path
         assert node.pool is not None and node.pool.started == 2
     finally:
         node.close()
+
+
+def _open_below(path: Path) -> list[str]:
+    """This process's descriptors of what is inside ``path`` (the node holds the
+    directories above a task's own open: base/taskfiles)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{path}/"):
+            found.append(target)
+    return found
+
+
+def test_queued_calls_have_their_directories_made_while_they_wait(
+        node: Node, tmp_path: Path) -> None:
+    """While a node's slots are busy, it opens the next calls' directories and output
+    files, so that a slot that frees starts its next call with a message alone."""
+    busy = [call(tmp_path, i, "sleep", s=0.5) for i in range(1, 5)]  # 4 slots of 0.25
+    queued = [call(tmp_path, i, "where") for i in (5, 6)]
+    node.apply(Assign(node.acked + 1, (*busy, *queued)))
+    node.step()
+    node.wait(0.01)  # the node's idle time
+    assert sorted(node.running) == [1, 2, 3, 4]
+    for i in (5, 6):
+        assert sorted(p.name for p in (tmp_path / f"t{i}").iterdir()) == [
+            "task.err", "task.out"]
+    out = until_ended(node, set(range(1, 7)))
+    assert ok(out[5])["cwd"] == str(tmp_path / "t5") and ok(out[6])["cwd"] == str(
+        tmp_path / "t6")
+    assert _open_below(tmp_path) == []
+
+
+def test_a_queued_call_killed_or_given_back_keeps_no_descriptor(
+        node: Node, tmp_path: Path) -> None:
+    busy = [call(tmp_path, i, "sleep", s=0.3) for i in range(1, 5)]
+    node.apply(Assign(node.acked + 1, (*busy, call(tmp_path, 5, "noop"),
+                                       call(tmp_path, 6, "noop"))))
+    node.step()
+    node.wait(0.01)
+    assert any("/t5/" in p for p in _open_below(tmp_path))
+    node.kill([5], EndKind.KILLED)
+    assert [o.id for o in node.give_back([6])] == [6]
+    node.step()
+    node.wait(0.01)
+    assert not [p for p in _open_below(tmp_path) if "/t5/" in p or "/t6/" in p]
+    out = until_ended(node, {1, 2, 3, 4})
+    assert 5 not in out and 6 not in out
+
+
+def test_a_link_planted_for_a_queued_call_fails_that_call_alone(
+        node: Node, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "t5").symlink_to(tmp_path / "elsewhere")
+    busy = [call(tmp_path, i, "sleep", s=0.2) for i in range(1, 5)]
+    out = run(node, *busy, call(tmp_path, 5, "noop"), call(tmp_path, 6, "noop"))
+    assert out[5].rc == 127 and "symbolic link" in out[5].tail
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert all(ok(out[i]) == 0.2 for i in range(1, 5)) and ok(out[6]) is None
+
+
+def test_a_stopping_node_opens_no_queued_calls_directory(node: Node, tmp_path: Path) -> None:
+    busy = [call(tmp_path, i, "sleep", s=0.2) for i in range(1, 5)]
+    node.apply(Assign(node.acked + 1, (*busy, call(tmp_path, 5, "noop"))))
+    node.step()
+    node.begin_stop(cut=False)  # drain: what runs finishes, nothing more starts
+    node.wait(0.01)
+    assert not (tmp_path / "t5").exists()
+    out = until_ended(node, {1, 2, 3, 4})
+    assert all(ok(out[i]) == 0.2 for i in range(1, 5)) and 5 not in out

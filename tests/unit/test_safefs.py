@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.base import safefs
+from balsam_mpi.base import safefs, taskfiles
 
 
 @pytest.fixture()
@@ -65,24 +65,24 @@ def test_output_files(data: Path) -> None:
     trust = safefs.Trust(os.geteuid(), os.geteuid(), os.getegid())
     dfd = os.open(data, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = safefs.open_output(dfd, "task.out", trust, "data/task.out")
+        fd = taskfiles.open_output(dfd, "task.out", trust, "data/task.out")
         os.write(fd, b"one\n")
         assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o660
-        assert os.fstat(fd).st_size == 4 and safefs.read_tail([fd], 2) == "e\n"
+        assert os.fstat(fd).st_size == 4 and taskfiles.read_tail([fd], 2) == "e\n"
         os.close(fd)
-        again = safefs.open_output(dfd, "task.out", trust, "data/task.out")  # a retry
+        again = taskfiles.open_output(dfd, "task.out", trust, "data/task.out")  # a retry
         os.write(again, b"two\n")
         os.close(again)
         assert (data / "task.out").read_text() == "one\ntwo\n"
         os.link(data / "task.out", data / "second-name")
         with pytest.raises(safefs.UnsafePath, match="2 hard links"):
-            safefs.open_output(dfd, "task.out", trust, "data/task.out")
+            taskfiles.open_output(dfd, "task.out", trust, "data/task.out")
         os.mkfifo(data / "fifo")
         with pytest.raises(safefs.UnsafePath, match="a FIFO"):
-            safefs.open_output(dfd, "fifo", trust, "data/fifo")
+            taskfiles.open_output(dfd, "fifo", trust, "data/fifo")
         (data / "link").symlink_to(data / "second-name")
         with pytest.raises(safefs.UnsafePath, match="a symbolic link"):
-            safefs.open_output(dfd, "link", trust, "data/link")
+            taskfiles.open_output(dfd, "link", trust, "data/link")
         assert (data / "second-name").read_text() == "one\ntwo\n"
     finally:
         os.close(dfd)

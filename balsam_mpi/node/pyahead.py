@@ -1,0 +1,69 @@
+"""Queued Python calls' directories and output files, opened while the node waits.
+
+A slot that frees starts its next call with a message alone when the call's directory
+and ``task.out``/``task.err`` are already open: at the end of a wave of short calls, 16
+slots freeing at once no longer have the 16th wait for the other 15 directories. The
+node's wait (``Node.wait``) opens them one at a time, between looks at its tasks, for
+the head of its queue, exactly as a start would (``runner.open_task_dir``: the walk from
+``data/``, the same refusals, which are kept and raised at the call's start). What left
+the queue without starting — killed, given back, dropped at the stop — is closed at the
+next look; a stopping node opens nothing ahead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from itertools import islice
+
+from ..protocol import RunOrder
+from . import runner
+
+AHEAD = 32  # queued calls opened ahead at most (three descriptors each)
+PER_WAIT = 4  # opened per wait before the node looks at its messages (~0.1 ms each)
+
+Opened = tuple[int, int, int] | runner.StartError  # (directory, task.out, task.err)
+
+
+class Ahead:
+    def __init__(self) -> None:
+        self.ready: dict[int, Opened] = {}
+
+    def take(self, order: RunOrder) -> tuple[int, int, int] | None:
+        """The call's descriptors if they were opened ahead (the caller owns them now);
+        raises what opening them raised."""
+        ready = self.ready.pop(order.id, None)
+        if isinstance(ready, runner.StartError):
+            raise ready
+        return ready
+
+    def prepare(self, queue: Iterable[RunOrder]) -> bool:
+        """Open the next queued call's directory and output files (from the head of the
+        queue; calls with stage-in or a preprocess start as usual), after closing what
+        left the queue. True if it opened one (there may be more)."""
+        wanted = [o for o in islice(queue, AHEAD)
+                  if o.python and not o.inputs and not o.preprocess]
+        todo = [o for o in wanted if o.id not in self.ready]
+        if len(self.ready) + len(todo) > len(wanted):
+            keep = {o.id for o in wanted}
+            for task_id in [t for t in self.ready if t not in keep]:
+                _close(self.ready.pop(task_id))
+        if not todo:
+            return False
+        order = todo[0]
+        try:
+            self.ready[order.id] = runner.open_task_dir(order)
+        except runner.StartError as exc:  # raised again at its start, as without this
+            self.ready[order.id] = exc
+        return True
+
+    def close(self) -> None:
+        for ready in self.ready.values():
+            _close(ready)
+        self.ready.clear()
+
+
+def _close(ready: Opened) -> None:
+    if not isinstance(ready, runner.StartError):
+        for fd in ready:
+            os.close(fd)
