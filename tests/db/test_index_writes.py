@@ -117,3 +117,28 @@ def test_the_readers_of_what_a_job_holds_keep_its_index(
         assert admin.execute("SELECT count(*) FROM tasks WHERE id = ANY (%s) "
                              "AND batch_job_id IS NOT NULL", (ids,)).fetchone() == (0,)
         assert len(ids) == 50
+
+
+def test_the_claim_and_the_reports_use_one_plan_per_session(
+        pg_project: Project, dbname: str, conn: Any) -> None:
+    """Their statements run generic plans (parameters as $n), not a plan made again for
+    each call's values (migration 0016)."""
+    app = add_app(conn)
+    add_tasks(conn, app, 100)
+    with _admin(pg_project, dbname) as admin:
+        row = admin.execute("SELECT job_id, lease_epoch FROM launcher_open_job(NULL, 'local', "
+                            "NULL, 'h', 1, 1, '{}', NULL, 60)").fetchone()
+        assert row is not None
+        job, epoch = int(row[0]), int(row[1])
+        claim = _plans(admin, "SELECT id FROM launcher_claim(%s, %s, 16, 16.0, 1.0, NULL, "
+                              "NULL, NULL, NULL, 1)", (job, epoch))
+        update = claim[claim.index("WITH locked AS"):]
+        assert "Index Scan using tasks_runnable" in update, claim
+        assert "num_nodes <= $" in update, claim  # p_max_nodes stays a parameter
+        ids = [r[0] for r in admin.execute("SELECT id FROM tasks WHERE batch_job_id = %s",
+                                           (job,)).fetchall()]
+        report = _plans(admin, "SELECT * FROM launcher_apply_reports(%s, %s, %s, %s, "
+                               "'{}', '{}', '{}', '{}', '{}', '{}', 0)",
+                        (job, epoch, ids, [1.0e9] * len(ids)))
+        start = report[report.index("SET state = 'RUNNING'"):]
+        assert "lease_epoch = $" in start.split("Query Text", 1)[0], report
