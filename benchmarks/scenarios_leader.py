@@ -8,7 +8,9 @@ per task (from its log), the marginal CPU per task (less the leader's CPU in a r
 no tasks: start-up and close) and its capacity = 1 / marginal CPU per task, i.e. how
 many tasks/s one leader core could feed if the database and workers kept up. The same run
 measures, for the scale model, the database latency of a claim and of a report flush by
-batch size, and the database time per task (``calibrate.py``) and the leader's CPU per message (``msgcost.py``); the
+batch size, and the database time per task (``calibrate.py``), where it goes (claim,
+report, trigger, outside the functions: ``dbparts.py``) and the leader's CPU per message
+(``msgcost.py``); the
 ceiling is the bare SKIP LOCKED claim rate of ``ceiling`` (k = 4096, one claimer),
 re-measured here.
 """
@@ -27,6 +29,7 @@ from balsam_mpi.demo.run import find_mpiexec
 from . import ceiling
 from . import launcher_common as lc
 from .calibrate import db_costs
+from .dbparts import db_breakdown, summary_line
 from .harness import write_result
 from .measure import empty_run_leader_cpu, one_run
 from .plots import plot_sweep, png_path
@@ -60,6 +63,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             ceiling.claim_rate(admin_dsn(proj), batch=4096, claimers=1, total=n_tasks)[
                 "rows_per_s"] for _ in range(3))
         costs = db_costs(proj, conn)
+        parts = db_breakdown(proj, conn)
         # The leader's fixed CPU (imports, connecting, opening and closing its batch job)
         # from runs with nothing to do, so the per-task figure is the marginal cost.
         empty: dict[int, float] = {}
@@ -87,6 +91,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                                                     "median": med, "runs": runs}
     msg = message_cost()
     results = {"claim_ceiling_rows_per_s": claim_ceiling, "db_costs": costs,
+               "db_parts": parts,
                "leader_cpu_s_with_no_tasks": {str(k): v for k, v in empty.items()},
                "message_cost": msg, "grid": grid}
     params = {"ranks": ranks_list, "claim_limits": claims, "tasks": n_tasks,
@@ -118,6 +123,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     summary["database time per task"] = (
         f"{per_task['combined'] * 1e6:.1f} us with start and end in one flush, "
         f"{per_task['two_step'] * 1e6:.1f} us apart (target 25)")
+    summary["database time per task, by part"] = summary_line(parts)
     summary["leader cpu per REPORT"] = f"{msg['cpu_s_per_msg_items_1'] * 1e6:.0f} us"
     summary["written"] = str(path)
     return summary

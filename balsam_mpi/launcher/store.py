@@ -42,15 +42,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# Numeric arrays go as array literals ('{1,2,3}', cast in the SQL): adapting Python lists
-# element by element cost the leader more than the rest of a flush. Only ints and floats
-# ever go this way, so the text cannot carry anything but numbers.
+# Integer arrays go as array literals ('{1,2,3}', cast in the SQL): adapting Python lists
+# element by element cost the leader more than the rest of a flush. Only ints ever go
+# this way, so the text cannot carry anything but numbers.
 def _ints(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
-def _floats(values: Iterable[float]) -> str:
-    return "{" + ",".join(map(repr, map(float, values))) + "}"
+# Float arrays (the nodes' start and end times) go in binary (``%(name)b`` in the SQL):
+# psycopg packs a list of floats in C, about 0.1 µs an element against 0.3 µs for
+# ``repr`` into a literal, and the server reads 8 bytes instead of parsing 17 digits.
+def _floats(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values]
 
 
 def _first_line(exc: BaseException) -> str:

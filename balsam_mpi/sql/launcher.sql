@@ -27,9 +27,9 @@ SELECT id, workflow, name, state, app, command, shell, env_script, params::text,
 -- leading starts and ends are the start and plain success of the same task, each
 -- written once, READY → JOB_FINISHED (0011).
 SELECT step, changed
-  FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s::bigint[], %(s_at)s::float8[],
+  FROM launcher_report(%(job)s, %(epoch)s, %(s_ids)s::bigint[], %(s_at)b::float8[],
                        %(f_ids)s::bigint[], %(f_kind)s::smallint[], %(f_rc)s::integer[],
-                       %(f_started)s::float8[], %(f_ended)s::float8[], %(f_tail)s::text[],
+                       %(f_started)b::float8[], %(f_ended)b::float8[], %(f_tail)s::text[],
                        %(through)s::bigint, %(paired)s::integer);
 
 -- name: launcher_app_extras
