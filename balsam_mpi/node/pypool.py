@@ -31,7 +31,6 @@ the resident size is checked after each call and an interpreter over the cap is 
 
 from __future__ import annotations
 
-import array
 import contextlib
 import logging
 import os
@@ -47,7 +46,8 @@ from typing import Any
 from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner
 from .pyahead import Ahead
-from .pycall import LENGTH, encode_frame, split_frame
+from .pycall import encode_frame
+from .pywire import read_answer, send_call
 from .pyzygote import Zygote
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.values())
 # A call waits this long for an interpreter to read it (only a call bigger than the
 # socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
-SEND_TIMEOUT_S = 5.0
 Key = tuple[tuple[tuple[str, str], ...], int, int]
 
 
@@ -179,12 +178,12 @@ class PyPool:
         try:
             interp = self._take(key, spawn_env)
             try:
-                _send(interp.sock, frame, [dir_fd, out_fd, err_fd])
+                send_call(interp.sock, frame, [dir_fd, out_fd, err_fd])
             except OSError:
                 # It died between the check and the call (never saw it): a fresh one.
                 self._retire(interp)
                 interp = self._spawn(key, spawn_env)
-                _send(interp.sock, frame, [dir_fd, out_fd, err_fd])
+                send_call(interp.sock, frame, [dir_fd, out_fd, err_fd])
         except (OSError, TimeoutError) as exc:
             os.close(out_fd)
             os.close(err_fd)
@@ -236,7 +235,7 @@ class PyPool:
         """The call's exit code once it answered or its interpreter died; else None."""
         interp = call.interp
         assert interp is not None
-        answer = _read_answer(interp)
+        answer = read_answer(interp)
         if answer is not None:
             header, doc = answer
             rc = int(header.get("rc", 1))
@@ -328,68 +327,6 @@ class PyPool:
         if self.started:
             log.info("python pool: %s interpreters started, %s calls", self.started,
                      self.calls)
-
-
-def _send(sock: socket.socket, data: bytes, fds: list[int],
-          timeout: float = SEND_TIMEOUT_S) -> None:
-    """The whole call; the descriptors travel with its first bytes (SCM_RIGHTS)."""
-    view = memoryview(data)
-    deadline = time.monotonic() + timeout
-    first = True
-    poller: select.poll | None = None
-    while view:
-        try:
-            if first:
-                n = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array("i", fds))])
-                first = False
-            else:
-                n = sock.send(view)
-            view = view[n:]
-        except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"the interpreter took no call for {timeout:g} s"
-                                   ) from None
-            if poller is None:
-                poller = select.poll()
-                poller.register(sock.fileno(), select.POLLOUT)
-            poller.poll(left * 1000)
-
-
-def _read_answer(interp: Interpreter) -> tuple[dict[str, Any], bytes] | None:
-    """Read what is there; the answer once it is whole (sets ``eof`` on EOF)."""
-    buf = interp.buf
-    while not interp.eof and not _whole(buf):  # a whole answer: no more to read
-        try:
-            chunk = interp.sock.recv(1 << 20)
-        except BlockingIOError:
-            break
-        except OSError:
-            interp.eof = True
-            break
-        if not chunk:
-            interp.eof = True
-            break
-        buf += chunk
-    if len(buf) < LENGTH.size:
-        return None
-    (n,) = LENGTH.unpack_from(buf)
-    if len(buf) < LENGTH.size + n:
-        return None
-    body = bytes(buf[LENGTH.size:LENGTH.size + n])
-    del buf[:LENGTH.size + n]
-    try:
-        return split_frame(body)
-    except ValueError:
-        interp.eof = True  # nonsense on the socket: treat it as dead
-        return None
-
-
-def _whole(buf: bytearray) -> bool:
-    """Whether ``buf`` holds a whole frame (an interpreter sends one answer per call, so
-    there is nothing behind it to read)."""
-    return len(buf) >= LENGTH.size and len(buf) >= LENGTH.size + LENGTH.unpack_from(buf)[0]
 
 
 def _death(status: int) -> str:
