@@ -40,13 +40,6 @@ def open_lease(store: Store) -> Lease:
                           lease_sec=60)
 
 
-@pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
-
-
 def claim(store: Store, lease: Lease, capacity: float = 1000.0, limit: int = 1000,
           **filters: Any) -> list[int]:
     rows = store.claim(lease, limit=limit, capacity=capacity, max_need=1.0,

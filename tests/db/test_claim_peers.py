@@ -6,22 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from balsam_mpi.base import db
-from balsam_mpi.base.project import Project
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.sql import query
 from tests.db.test_hand_back import add, claim, open_job
 from tests.db.test_lease import go_silent
-
-
-@pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
 
 
 def test_runnable_workflows_and_the_live_peers_filters(store: Store, conn: Any) -> None:

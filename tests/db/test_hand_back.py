@@ -10,8 +10,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi.base import db
-from balsam_mpi.base.project import Project
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter, Lease
 from balsam_mpi.protocol import Started
@@ -19,13 +17,6 @@ from tests.db.test_checked_writes import as_role, roles, su  # noqa: F401  (fixt
 from tests.db.test_lease import as_superuser
 
 T0 = 1_900_000_000.0
-
-
-@pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
 
 
 def add(conn: Any, n: int, workflow: str = "w", tags: str = "{}") -> list[int]:

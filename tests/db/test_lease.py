@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.base import db
 from balsam_mpi.base.errors import BalsamError
 from balsam_mpi.base.project import Project
 from balsam_mpi.launcher.store import Store
@@ -20,13 +19,6 @@ from balsam_mpi.launcher.storeport import ClaimFilter, Expired, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
 
 T0 = 1_900_000_000.0
-
-
-@pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
 
 
 def add_tasks(conn: Any, n: int) -> list[int]:

@@ -25,13 +25,6 @@ T0 = 1_900_000_000.0
 
 
 @pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
-
-
-@pytest.fixture()
 def client(dbname: str) -> Any:
     with Client() as c:
         yield c

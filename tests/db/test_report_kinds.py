@@ -9,21 +9,12 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.base import db
-from balsam_mpi.base.project import Project
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import EndKind, Finished, Started
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
 
 
 T0 = 1_900_000_000.0

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.base import db
 from balsam_mpi.base.errors import BalsamError
 from balsam_mpi.base.project import Project
 from balsam_mpi.launcher.store import Store
@@ -23,13 +22,6 @@ def as_superuser(conn: Any) -> Any:
 
     return psycopg.connect(host=conn.info.host, port=conn.info.port, dbname=conn.info.dbname,
                            user="balsam_superuser", autocommit=True)
-
-
-@pytest.fixture()
-def store(pg_project: Project, dbname: str) -> Any:
-    s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
-    yield s
-    s.close()
 
 
 def setup_tasks(conn: Any, n: int, **cols: Any) -> list[int]:
