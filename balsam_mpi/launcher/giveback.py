@@ -55,6 +55,9 @@ class GiveBack:
         self.lease = lease
         self.dispatch = dispatch
         self.beats = Periodic(beat_s, now=True)
+        # Whether hunger started or ended, between beats: a pass over every worker, so
+        # at most every 20 ms (as the recall's own checks).
+        self.checks = Periodic(0.02, jitter=0.0)
         self.told_hungry = False  # what the database last heard from this launcher
         self.out: list[RunOrder] = []  # being released (a give_back call in flight)
         self.given = 0  # released in all
@@ -90,8 +93,11 @@ class GiveBack:
     def _tell(self) -> None:
         if self.calls.busy("hunger"):
             return
+        beat = self.beats.due()
+        if not beat and not self.checks.due():
+            return
         hungry = self.dispatch.hungry()
-        if hungry == self.told_hungry and not self.beats.due():
+        if hungry == self.told_hungry and not beat:
             return  # hunger that starts or ends is told at once, the rest on the beat
         holding = self.dispatch.holds_unstarted()
         if not (hungry or holding or self.told_hungry or self.dispatch.others_hungry):
