@@ -4,7 +4,8 @@ Shared by worker ranks and the leader's in-process local worker. The node starts
 tasks in order while the head fits (no backfill, so a task that needs the whole node is
 not starved by a stream of small ones), notices exits through pidfds in ``epoll`` (so it
 can sleep and still wake the instant a task ends), enforces each task's own wall time,
-and kills on request: SIGTERM to the task's process group, SIGKILL after the grace.
+and kills on request: SIGTERM to the task's process group, SIGKILL after the grace
+(``stops``: how a node ends tasks).
 Everything that happened is collected in :attr:`changes` for the next report.
 
 A task's path, top-down in this file: an order arrives (:meth:`Node.apply` from a worker's
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -38,11 +38,12 @@ from . import mpilaunch, prepost, pyahead, pypool, runner, stagein, trampoline
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
 from .resources import NodeResources
+from .stops import Stops
 
 log = logging.getLogger(__name__)
 
 
-class Node:
+class Node(Stops):
     def __init__(self, *, environ: Mapping[str, str] | None = None, db_path: str = "",
                  gpus: int = 0, die_with_parent: bool = True, kill_grace_s: float = 10.0,
                  signal_hold_s: float = 2.0, stop_grace_s: float = 3.0,
@@ -158,45 +159,6 @@ class Node:
             self.poked = True
             if self.res.holds(task_id):
                 self.res.release(task_id)
-
-    def kill(self, ids: Iterable[int], kind: EndKind) -> None:
-        """Stop these tasks. Queued ones are dropped without a report: they never started,
-        so their claims are simply released when the batch job closes (or they are
-        USER_KILLED already)."""
-        wanted = set(ids)
-        if not wanted:
-            return
-        if self.queue:
-            self.queue = deque(s for s in self.queue if s.id not in wanted)
-        for task_id in wanted & self.running.keys():
-            self._stop(self.running[task_id], kind)
-
-    def cut_all(self, kind: EndKind = EndKind.CUT) -> None:
-        """Stop everything (drain at the end of the batch job)."""
-        self.kill([s.id for s in self.queue] + list(self.running), kind)
-
-    def begin_stop(self, cut: bool = True) -> None:
-        """The batch job is ending (``cut``) or this node is being drained: start nothing
-        from now on. Only sets flags, so a signal handler may call it; :meth:`step` drops
-        the queue and settles held deaths."""
-        self.stopping = True
-        if cut:
-            self.cutting = True
-
-    def _stop(self, proc: runner.TaskProcess, kind: EndKind) -> None:
-        ended = (proc.ended() if isinstance(proc, pypool.PyCall)  # a call: not our child
-                 else runner.reap(proc) is not None)
-        if proc.end_kind is None and ended:
-            return  # it ended on its own before the stop came: its own outcome stands
-        if proc.end_kind is None:
-            proc.end_kind = kind
-            # At the job's end the scheduler's own SIGKILL is near: a short grace leaves
-            # the launcher time to write what happened and close its batch job.
-            grace = self.stop_grace_s if self.cutting and kind == EndKind.CUT \
-                else self.kill_grace_s
-            proc.kill_at = time.monotonic() + grace
-            self._watch.add(proc.order.id)
-            runner.signal_group(proc, signal.SIGTERM)
 
     # -- the work ---------------------------------------------------------------------
     def step(self) -> bool:
@@ -393,23 +355,6 @@ class Node:
             fin = self.pool.finished(fin)  # with its return value, when it finished
         self.changes.finished.append(fin)
         self.finished_total += 1
-
-    def _check_deadlines(self) -> None:
-        now = time.monotonic()
-        for task_id in list(self._watch):
-            proc = self.running[task_id]
-            if proc.end_kind is None and proc.deadline and now >= proc.deadline:
-                self._stop(proc, EndKind.TIMEOUT)
-            elif proc.end_kind is not None and now >= proc.kill_at:
-                runner.signal_group(proc, signal.SIGKILL)
-                proc.kill_at = now + self.kill_grace_s
-
-    def kill_everything_now(self) -> None:
-        """SIGKILL every task group (on a crash, before MPI_Abort)."""
-        for proc in self.running.values():
-            runner.signal_group(proc, signal.SIGKILL)
-        if self.pool is not None:
-            self.pool.kill_all()
 
     def close(self) -> None:
         self.kill_everything_now()
