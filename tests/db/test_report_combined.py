@@ -17,9 +17,7 @@ from balsam_mpi.protocol import EndKind, Finished, Started
 from balsam_mpi.tasks.read import TaskReader
 from balsam_mpi.tasks.why import explain
 
-from .test_store import T0, as_superuser, lease_and_claim, setup_tasks, states, store
-
-__all__ = ["store"]  # the fixture, shared with test_store
+from .test_store import T0, as_superuser, lease_and_claim, setup_tasks, states
 
 ROW = ("SELECT state::text, extract(epoch FROM started_at)::float8, "
        "extract(epoch FROM ended_at)::float8, exit_code, output_tail, state_message, "
