@@ -89,14 +89,13 @@ class Leader:
         self.kills = self.dispatch.kills
         self.buffer = ReportBuffer(lease, store, calls, size=s.flush_size,
                                    interval_s=s.flush_interval_s, journal=journal)
+        filters = ClaimFilter(s.workflows, s.tags, s.owners)
         self.claims = Claims(
             calls, store, lease, OrderBuilder(project, lease.epoch), self.dispatch,
-            self.buffer, self._claimed,
-            filters=ClaimFilter(s.workflows, s.tags, s.owners), limit=s.claim_limit,
+            self.buffer, self._claimed, filters=filters, limit=s.claim_limit,
             max_tasks=s.max_tasks, idle_s=s.claim_idle_s, look_for_held=not s.persistent,
             remaining_min=self.remaining_min,
-            preference=Preference(calls, store, lease, ClaimFilter(s.workflows, s.tags,
-                                                                   s.owners)))
+            preference=Preference(calls, store, lease, filters))
         self.buffer.on_ends_written = self.claims.soon  # children may have become READY
         self.giveback = GiveBack(calls, store, lease, self.dispatch)
         self.adds = AddService(calls, store, self.dispatch.answer_adds, chan)

@@ -152,15 +152,12 @@ class MemStore(JournalsInMemory):
               max_nodes: int = 1) -> list[Claimed]:
         self._enter("claim")
         self._holds(lease)
-        tags = dict(filters.tags)
         rows = sorted((t for t in self.tasks.values()
                        if t.state in RUNNABLE and t.batch_job_id is None
                        and t.id not in self.locked and t.num_nodes <= max_nodes
                        and 1.0 / t.node_packing_count <= max_need + 1e-9
                        and (remaining_min is None or t.wall_time_min <= remaining_min)
-                       and tags.items() <= t.tags.items()
-                       and (not filters.owners or t.owner in filters.owners)
-                       and (not filters.workflows or t.workflow in filters.workflows)),
+                       and takes(filters, t)),
                       key=lambda t: (-t.priority, t.id))[:limit]
         out: list[Claimed] = []
         used = 0.0
@@ -326,12 +323,15 @@ class MemStore(JournalsInMemory):
         return out
 
     # -- hand back (0015) -----------------------------------------------------------------
-    def _hungry_for(self, lease: Lease, t: Task) -> bool:
+    def _hungry(self, lease: Lease) -> list[Job]:
+        """The other live jobs whose hunger is fresh."""
         now = self.clock()
-        return t.num_nodes == 1 and any(
-            j.state == "RUNNING" and j.id != lease.job_id and j.hungry_at is not None
-            and now - j.hungry_at < HUNGER_FRESH_S and takes(j.filters, t)
-            for j in self.jobs.values())
+        return [j for j in self.jobs.values()
+                if j.state == "RUNNING" and j.id != lease.job_id and j.hungry_at is not None
+                and now - j.hungry_at < HUNGER_FRESH_S]
+
+    def _hungry_for(self, lease: Lease, t: Task) -> bool:
+        return t.num_nodes == 1 and any(takes(j.filters, t) for j in self._hungry(lease))
 
     def hunger(self, lease: Lease, *, hungry: bool, holding: bool) -> bool:
         self._enter("hunger")
@@ -339,10 +339,7 @@ class MemStore(JournalsInMemory):
         if job is not None and job.epoch == lease.epoch and job.state == "RUNNING":
             job.hungry_at = self.clock() if hungry else None
         if not holding:
-            now = self.clock()
-            return any(j.state == "RUNNING" and j.id != lease.job_id
-                       and j.hungry_at is not None and now - j.hungry_at < HUNGER_FRESH_S
-                       for j in self.jobs.values())
+            return bool(self._hungry(lease))
         return any(t.state in RUNNABLE and self._hungry_for(lease, t)
                    for t in self._mine(lease))
 
