@@ -25,6 +25,11 @@ import os
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# One sequence per process, not per TaskCgroups: a set closed while a task cgroup could
+# not yet be removed leaves it in ``balsam-<pid>/``, and the next set (same pid, same
+# directory) must not hand that name out again.
+_SEQ = itertools.count()
+_NAME_TRIES = 64
 
 
 def _own_cgroup() -> str | None:
@@ -65,7 +70,6 @@ class TaskCgroups:
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
-        self._seq = itertools.count()
         self._pending: set[str] = set()  # emptied but not yet removable
 
     @classmethod
@@ -100,9 +104,14 @@ class TaskCgroups:
         """A new cgroup for one task: its name and an fd of its directory (the trampoline
         joins it through the fd)."""
         self._retry_pending()
-        name = f"t{task_id}-{next(self._seq)}"
-        os.mkdir(name, 0o755, dir_fd=self.fd)
-        return name, os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        for _ in range(_NAME_TRIES):
+            name = f"t{task_id}-{next(_SEQ)}"
+            try:
+                os.mkdir(name, 0o755, dir_fd=self.fd)
+            except FileExistsError:
+                continue  # left by an earlier process with this pid, or planted
+            return name, os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        raise FileExistsError(errno.EEXIST, "every task cgroup name tried exists")
 
     def kill(self, name: str) -> None:
         """SIGKILL everything in the task's cgroup, trampoline included."""
