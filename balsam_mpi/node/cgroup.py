@@ -21,6 +21,7 @@ import errno
 import itertools
 import logging
 import os
+import time
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,16 @@ class TaskCgroups:
                     continue
             self._pending.discard(name)
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 1.0) -> None:
+        """Kill what is left, give it ``grace_s`` to leave (a kill is not instant), remove
+        what is empty. A cgroup still busy after that stays; the next set skips its name."""
         for name in list(self._pending):
             self.kill(name)
+        deadline = time.monotonic() + grace_s
         self._retry_pending()
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self._retry_pending()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
