@@ -33,7 +33,7 @@ def test_a_cgroup_left_by_an_earlier_set_does_not_block_the_next(cgroups: TaskCg
     finally:
         os.rmdir(os.path.join(again.path, left))
         again.close()
-    assert not os.path.exists(again.path)
+    assert not os.path.exists(os.path.join(again.path, name))
 
 
 def test_two_tasks_with_one_id_get_two_cgroups(cgroups: TaskCgroups) -> None:
