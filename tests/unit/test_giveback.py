@@ -183,3 +183,35 @@ def test_what_the_hungry_launcher_cannot_take_stays_and_is_not_offered_again(
     assert releases <= 3, releases  # not a release per turn of the loop
     xs = {i for i, wf in queued.items() if wf == "x"}
     assert all(a.store.tasks[i].batch_job_id == a.lease.job_id for i in xs)
+
+
+def test_a_launcher_that_exits_when_idle_waits_for_what_others_hold_for_it(
+        tmp_path: Path) -> None:
+    """--idle-timeout 0: B's claims find nothing, but A holds 4 tasks queued, unstarted,
+    that B's filters take. A renews its heartbeat (every 50 ms here) before it hears of
+    B's hunger (its beat: 0.3 s here; 0.25 s beside a heartbeat of up to 0.5 s in a
+    launcher): B must not leave as soon as it has seen A alive."""
+    a = holder(tmp_path)
+    turn([a], 0.2)
+    queued = {o.id for n in nodes(a) for o in n.queue}
+    assert len(queued) == 4
+    a.leader.giveback.beats.interval_s = 0.3
+    b = make(tmp_path / "b", store=a.store, node=SlotNode(), finish=False,
+             idle_timeout_s=0.0)
+    b.leader.giveback.beats.interval_s = BEAT_S
+    turn([a, b], 1.0)
+    assert set(nodes(b)[0].sim) == queued
+    assert b.leader.ended is None  # still running them
+
+
+def test_an_idle_launcher_leaves_when_nobody_holds_anything_for_it(tmp_path: Path) -> None:
+    """The same launcher with nothing held elsewhere for it leaves at once."""
+    a = holder(tmp_path)
+    turn([a], 0.2)
+    b = make(tmp_path / "b", store=a.store, node=SlotNode(), finish=False,
+             idle_timeout_s=0.0, workflows=("other",))
+    b.store.jobs[b.lease.job_id].filters = ClaimFilter(("other",))
+    b.leader.giveback.beats.interval_s = BEAT_S
+    turn([a, b], 0.3)
+    assert b.leader.ended == "idle"
+    assert not nodes(b)[0].sim and a.leader.giveback.given == 0
