@@ -10,14 +10,16 @@ call lists the other running batch jobs that hold work these filters match, with
 last heartbeat. A launcher started right after one that crashed must not end for lack of
 work while the crashed job's tasks wait for its lease to run out: so it counts itself
 idle only once every such job has shown it is alive by renewing its heartbeat since this
-launcher first saw it, and had ``HANDBACK_WAIT_S`` to hand back what it holds queued and
-unstarted (giveback.py): without that wait a launcher started with ``--idle-timeout 0``
-left as soon as the holder's heartbeat came, before the hand-back could. One that does not is waited for: once its heartbeat is older than
+launcher first saw it, and — if it holds some of that work queued, unstarted — had
+``HANDBACK_WAIT_S`` to hand it back (giveback.py): without that wait a launcher started
+with ``--idle-timeout 0`` left as soon as the holder's heartbeat came, before the
+hand-back could. One that does not is waited for: once its heartbeat is older than
 half its lease (a live leader beats at least that often) it is said to be overdue in the
 log, and when its lease has run out a sweep requeues its tasks and the next claim takes
-them. The cost, when the holders are alive, is ``HANDBACK_WAIT_S`` (1 s; a leader holding
-tasks renews its heartbeat at least every 0.5 s, leader.py), and the waiting launcher
-looks again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
+them. The cost, when the holders are alive, is at most one of their heartbeat intervals — 0.5
+s, since a leader holding tasks renews at least that often (leader.py) — or
+``HANDBACK_WAIT_S`` (1 s) when one holds queued work, and the waiting launcher looks
+again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
 
 **Preferred claims** (``preference.py``). While other live launchers' filters name some
 of the work, a claim asks first for the workflows nobody else names; when that comes back
@@ -48,9 +50,9 @@ from .storeport import ClaimFilter, Lease, StorePort
 log = logging.getLogger(__name__)
 
 HOLDERS_RECHECK_S = 0.1  # between looks while other jobs hold work these filters match
-# A live holder may hold some of that work queued, unstarted, and hand it back once it
+# A live holder that holds some of that work queued, unstarted, hands it back once it
 # hears this launcher is hungry (giveback.py: told at once, heard within a 0.25 s beat,
-# then one release): waited for this long after it was first seen, alive or not.
+# then one release): such a holder is waited for this long after it was first seen.
 HANDBACK_WAIT_S = 1.0
 
 
@@ -175,8 +177,8 @@ class Claims:
         for h in got.held:
             first = self.first_beat.setdefault(h.job_id, h.heartbeat_at)
             seen = self.first_seen.setdefault(h.job_id, now)
-            if h.heartbeat_at > first and now - seen >= HANDBACK_WAIT_S:
-                continue  # alive, and it had time to hand back what it will not start
+            if h.heartbeat_at > first and not (h.queued and now - seen < HANDBACK_WAIT_S):
+                continue  # alive (and had time to hand back what it holds queued)
             waiting.add(h.job_id)
             if h.overdue:
                 overdue.add(h.job_id)

@@ -314,12 +314,13 @@ class MemStore(JournalsInMemory):
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
             if job.state != "RUNNING" or job.id == lease.job_id:
                 continue
-            if any(t.batch_job_id == job.id and t.num_nodes <= max_nodes
-                   and t.state in (*RUNNABLE, "PREPROCESSED", "RUNNING")
-                   and (not filters.workflows or t.workflow in filters.workflows)
-                   for t in self.tasks.values()):
+            held = [t for t in self.tasks.values()
+                    if t.batch_job_id == job.id and takes(filters, t)
+                    and t.state in (*RUNNABLE, "PREPROCESSED", "RUNNING")]
+            if any(t.num_nodes <= max_nodes for t in held):
+                queued = any(t.num_nodes == 1 and t.state in RUNNABLE for t in held)
                 out.append(Held(job.id, 1, job.heartbeat_at, now - job.heartbeat_at,
-                                job.lease_s))
+                                job.lease_s, queued))
         return out
 
     # -- hand back (0015) -----------------------------------------------------------------

@@ -280,7 +280,7 @@ class Store:
             "workflows": list(filters.workflows) or None,
             "tags": Jsonb(dict(filters.tags)) if filters.tags else None,
             "owners": list(filters.owners) or None})
-        return [Held(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]))
+        return [Held(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]), bool(r[5]))
                 for r in rows]
 
     def journal_key(self, lease: Lease) -> bytes:

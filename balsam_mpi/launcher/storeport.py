@@ -86,6 +86,7 @@ class Held(NamedTuple):
     heartbeat_at: float  # epoch seconds, the server's clock
     silent_s: float  # since that heartbeat
     lease_s: float
+    queued: bool = False  # some of it single-node and unstarted there: it may hand it back
 
     @property
     def overdue(self) -> bool:

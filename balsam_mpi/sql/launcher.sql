@@ -118,15 +118,24 @@ SELECT job_id, job_user, requeued, failed, released
 
 -- name: launcher_held_elsewhere
 -- Other running batch jobs that hold work this launcher's filters match, with their last
--- heartbeat. A launcher with nothing to run does not
+-- heartbeat, and whether some of it is queued there unstarted (single-node, so it could
+-- be handed back: 0015's launcher_give_back). A launcher with nothing to run does not
 -- count itself idle until it has seen each of them renew its heartbeat: one that does
--- not may have died, and its tasks come back when its lease runs out (launcher.py).
+-- not may have died, and its tasks come back when its lease runs out (launcher.py); one
+-- that holds queued work gets a moment to hand it back (claims.py, HANDBACK_WAIT_S).
 -- Starts from the few RUNNING jobs; each probe stops at the first task it finds (an
--- idle launcher asks this every claim_idle_s).
+-- idle launcher asks this every claim_idle_s); the second walks past the holder's
+-- running rows, so it is asked only of jobs the first found.
 SELECT b.id, h.n,
        extract(epoch FROM coalesce(b.heartbeat_at, b.started_at))::float8,
        extract(epoch FROM now() - coalesce(b.heartbeat_at, b.started_at))::float8,
-       b.lease_sec
+       b.lease_sec,
+       EXISTS (SELECT 1 FROM tasks t
+                WHERE t.batch_job_id = b.id
+                  AND t.state IN ('READY', 'RESTART_READY') AND t.num_nodes = 1
+                  AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+                  AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+                  AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[])))
   FROM batch_jobs b
  CROSS JOIN LATERAL (
        SELECT count(*)::bigint AS n FROM (

@@ -128,3 +128,21 @@ def test_a_superseded_epoch_or_another_members_job_gives_nothing(
             c.execute("SELECT launcher_hunger(%s, %s, true, false)", (a.job_id, a.epoch))
         assert err.value.sqlstate == "42501"
     assert not free(conn, ids)
+
+
+def test_an_idle_launcher_learns_which_holders_hold_work_queued_for_it(
+        store: Store, conn: Any) -> None:
+    """launcher_held_elsewhere's last column (claims.py, HANDBACK_WAIT_S): a holder with
+    unstarted single-node tasks these filters match may hand them back; one that runs
+    them all, or holds only what the filters leave, has nothing to give."""
+    ids = add(conn, 4)
+    other = add(conn, 2, workflow="x")
+    a = open_job(store)
+    assert sorted(claim(store, a, 6)) == sorted(ids + other)
+    b = open_job(store)
+    assert [(h.job_id, h.queued) for h in store.held_elsewhere(b, ANY, 1)] == [(a.job_id, True)]
+    only_w = ClaimFilter(("w",))
+    store.report(a, [Started(i, a.epoch, T0) for i in ids], [])
+    assert [(h.job_id, h.queued) for h in store.held_elsewhere(b, only_w, 1)] == [
+        (a.job_id, False)]  # held (running), but nothing queued for these filters
+    assert [h.queued for h in store.held_elsewhere(b, ANY, 1)] == [True]  # the x tasks
