@@ -80,7 +80,7 @@ class Claims:
         self.covers = -1  # the buffer's flush count when the last claim was sent
         self.last_empty = False
         self.first_beat: dict[int, float] = {}  # holder job -> heartbeat first seen
-        self.first_seen: dict[int, float] = {}  # holder job -> when (monotonic)
+        self.first_seen: dict[int, float] = {}  # holder job -> when, since work ran out
         self.waiting_for: frozenset[int] = frozenset()  # holders not seen alive yet
         self.overdue: frozenset[int] = frozenset()
         self.next_at = 0.0
@@ -170,6 +170,7 @@ class Claims:
     def _held(self, got: ClaimResult) -> None:
         """Which holders have not shown they are alive (see the module's docstring)."""
         if got.claimed:
+            self.first_seen.clear()  # the hand-back wait counts from each time work ran out
             return
         waiting: set[int] = set()
         overdue: set[int] = set()

@@ -46,3 +46,18 @@ def test_a_live_holder_is_waited_for_only_while_it_could_hand_back(
     clock.now += claims_mod.HANDBACK_WAIT_S
     claims._claimed(claims.covers, empty(holder(101.0, queued=queued)), 8, 1.0)
     assert claims.last_empty and not claims.waiting_for
+
+
+def test_the_hand_back_wait_counts_from_each_time_work_ran_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder first seen long ago (an earlier lull) is still given its wait when this
+    launcher runs out of work again."""
+    clock = Clock()
+    monkeypatch.setattr(claims_mod.time, "monotonic", clock)
+    claims = make(tmp_path).leader.claims
+    claims._claimed(claims.covers, empty(holder(100.0, queued=True)), 8, 1.0)
+    clock.now += 5.0
+    claims._held(ClaimResult(3, [], [], [], 1))  # work came, and ran
+    clock.now += 5.0
+    claims._claimed(claims.covers, empty(holder(110.0, queued=True)), 8, 1.0)
+    assert not claims.last_empty and claims.waiting_for == {7}
