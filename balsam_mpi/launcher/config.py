@@ -62,6 +62,7 @@ class Settings:
     python_max_calls: int = 1000  # replace an interpreter after this many calls (0: never)
     python_memory_mb: float = 0.0  # per interpreter; 0 = the task's share of the node's RAM
     python_address_cap: bool = True  # enforce it as RLIMIT_AS during calls (not GPU tasks)
+    python_prestart: bool = True  # each node starts its interpreters' zygote at once
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 

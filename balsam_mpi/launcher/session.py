@@ -67,10 +67,13 @@ def make_node(settings: Settings, project: Project | None) -> Node:
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
     runner.configure(output_cap_mb=settings.output_cap_mb, cgroups=settings.task_cgroups)
-    return cls(db_path=db_path, gpus=settings.gpus_per_node,
+    node = cls(db_path=db_path, gpus=settings.gpus_per_node,
                die_with_parent=settings.die_with_parent, kill_grace_s=settings.kill_grace_s,
                signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s,
                python=PoolConfig.from_settings(settings))  # Python tasks' interpreters
+    if settings.python_prestart and not settings.null_runner:
+        node.prestart_python()
+    return node
 
 
 def task_channel(settings: Settings, rank: int, node: Node) -> TaskChannel | None:

@@ -235,6 +235,21 @@ class Node(Stops):
             self.changes.finished.append(fin)
             self.finished_total += 1
 
+    def prestart_python(self) -> None:
+        """Start the interpreters' zygote now, while the launcher starts up, not at the
+        first Python call: that call's wave then waits only for forks (the zygote's own
+        start is a fresh interpreter's). What it costs a node that never runs Python is
+        one idle process. A zygote that cannot start is left to the first call, whose
+        error it then is."""
+        if self.pool is not None:
+            return
+        self.pool = pypool.PyPool(self._env, self.python)
+        try:
+            self.pool.zygote.start()
+        except OSError as exc:  # ZygoteError: no such interpreter, no answer
+            log.warning("the Python interpreters' zygote did not start (%s); the first "
+                        "Python call tries again", exc)
+
     def _start_run(self, order: RunOrder, env: dict[str, str]) -> runner.TaskProcess:
         """The run itself: a call in a warm interpreter (watched like a process), a
         process, or a multi-rank task under its launch prefix."""

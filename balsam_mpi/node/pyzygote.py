@@ -64,6 +64,11 @@ class Zygote:
     def alive(self) -> bool:
         return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
 
+    def start(self) -> None:
+        """Start the zygote unless it runs (the node's prestart; forks start it anyway)."""
+        if not self.alive():
+            self._start()
+
     def _start(self) -> None:
         self.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
