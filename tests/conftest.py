@@ -22,6 +22,11 @@ from balsam_mpi.base.project import Project
 
 _counter = itertools.count()
 
+# A launcher rank stuck in MPI_Init ends after this (launcher/launch.py): two minutes, not
+# the default ten, so a rank a test leaves stuck there stops burning a core early. On this
+# machine MPI_Init of 16 ranks takes about a second.
+os.environ.setdefault("BALSAM_MPI_INIT_TIMEOUT_S", "120")
+
 
 # -- the MPI the set-up found ---------------------------------------------------------------
 @dataclass(frozen=True)

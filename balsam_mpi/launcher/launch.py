@@ -9,6 +9,8 @@ mpiexec the launcher runs as one rank: a single node.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -16,11 +18,12 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
-from ..base.errors import BalsamError, UsageError
+from ..base import values
+from ..base.errors import BalsamError, InputError, UsageError
 from ..base.project import Project
 from . import logs
 from .config import Settings, resolve
@@ -103,11 +106,50 @@ def thread_level_note(provided: int, asked: str = THREAD_LEVEL) -> str | None:
             "MPI built with thread support")
 
 
+# MPI_Init runs inside `from mpi4py import MPI`, in C, holding the GIL: a rank stuck there
+# (a process manager that never answers; seen here once: three ranks under MPICH's
+# gforker stuck in UCX's wire-up, each spinning on sched_yield at half a core for as long
+# as nobody killed them) runs no Python at all. faulthandler's timer is a C thread: past
+# the timeout it prints the rank's stack ("Timeout (…)!", then `from mpi4py import MPI`)
+# and exits with status 1, so the starter sees a rank end. Generous: a large job's
+# MPI_Init can take minutes. Read from the environment only (settings come after MPI).
+MPI_INIT_TIMEOUT_ENV = "BALSAM_MPI_INIT_TIMEOUT_S"
+MPI_INIT_TIMEOUT_S = 600.0
+MPI_INIT_TIMEOUT_MAX_S = 86_400.0
+
+
+def mpi_init_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """The MPI_Init timeout in seconds (0: none); a bad value is an InputError."""
+    raw = environ.get(MPI_INIT_TIMEOUT_ENV)
+    if raw is None:
+        return MPI_INIT_TIMEOUT_S
+    return values.number_from_text(MPI_INIT_TIMEOUT_ENV, raw, 0.0, MPI_INIT_TIMEOUT_MAX_S)
+
+
+@contextlib.contextmanager
+def mpi_init_watchdog() -> Iterator[None]:
+    """Exit with the stack if the body (MPI_Init) has not returned within the timeout."""
+    try:
+        timeout = mpi_init_timeout()
+    except InputError as exc:
+        print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    if timeout <= 0:
+        yield
+        return
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import mpi4py
 
     mpi4py.rc.thread_level = THREAD_LEVEL
-    from mpi4py import MPI
+    with mpi_init_watchdog():
+        from mpi4py import MPI
 
     t_init = time.time()
     world = MPI.COMM_WORLD

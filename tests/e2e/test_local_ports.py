@@ -143,10 +143,31 @@ def _workload(conn: Any, tmp_path: Path, mpi_task: bool) -> int:
     return n
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher_outlives_its_test() -> Any:
+    """Whatever a test ends with (an assertion before its own clean-up included), the
+    launchers it started go, with their ranks (each started in a session of its own).
+    Once, ranks left behind here spun in MPI_Init for 17 minutes at half a core each."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+
+
 def _start(argv: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ, BALSAM_FLUSH_INTERVAL_S="0.05", BALSAM_HEARTBEAT_S="2")
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _attack_when_running(conn: Any, proc: subprocess.Popen[str], want_running: int
