@@ -109,26 +109,28 @@ def thread_level_note(provided: int, asked: str = THREAD_LEVEL) -> str | None:
 # MPI_Init runs inside `from mpi4py import MPI`, in C, holding the GIL: a rank stuck there
 # (a process manager that never answers; seen here once: three ranks under MPICH's
 # gforker stuck in UCX's wire-up, each spinning on sched_yield at half a core for as long
-# as nobody killed them) runs no Python at all. faulthandler's timer is a C thread: past
-# the timeout it prints the rank's stack ("Timeout (…)!", then `from mpi4py import MPI`)
-# and exits with status 1, so the starter sees a rank end. Generous: a large job's
-# MPI_Init can take minutes. Read from the environment only (settings come after MPI).
+# as nobody killed them) runs no Python at all. So the watchdog is the kernel's: an alarm,
+# whose signal faulthandler's C handler answers by printing the rank's stack (the
+# `from mpi4py import MPI` line) before the default action ends the process. No thread
+# is started before MPI_Init. Generous: a large job's MPI_Init can take minutes. Read from
+# the environment only (settings come after MPI).
 MPI_INIT_TIMEOUT_ENV = "BALSAM_MPI_INIT_TIMEOUT_S"
-MPI_INIT_TIMEOUT_S = 600.0
-MPI_INIT_TIMEOUT_MAX_S = 86_400.0
+MPI_INIT_TIMEOUT_S = 600
+MPI_INIT_TIMEOUT_MAX_S = 86_400
 
 
-def mpi_init_timeout(environ: Mapping[str, str] = os.environ) -> float:
-    """The MPI_Init timeout in seconds (0: none); a bad value is an InputError."""
+def mpi_init_timeout(environ: Mapping[str, str] = os.environ) -> int:
+    """The MPI_Init timeout in whole seconds (0: none); a bad value is an InputError."""
     raw = environ.get(MPI_INIT_TIMEOUT_ENV)
     if raw is None:
         return MPI_INIT_TIMEOUT_S
-    return values.number_from_text(MPI_INIT_TIMEOUT_ENV, raw, 0.0, MPI_INIT_TIMEOUT_MAX_S)
+    return values.int_from_text(MPI_INIT_TIMEOUT_ENV, raw, 0, MPI_INIT_TIMEOUT_MAX_S)
 
 
 @contextlib.contextmanager
 def mpi_init_watchdog() -> Iterator[None]:
-    """Exit with the stack if the body (MPI_Init) has not returned within the timeout."""
+    """End the process, with its stack on stderr, if the body (MPI_Init) has not returned
+    within the timeout."""
     try:
         timeout = mpi_init_timeout()
     except InputError as exc:
@@ -137,11 +139,15 @@ def mpi_init_watchdog() -> Iterator[None]:
     if timeout <= 0:
         yield
         return
-    faulthandler.dump_traceback_later(timeout, exit=True)
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    faulthandler.register(signal.SIGALRM, all_threads=True, chain=True)
+    signal.alarm(timeout)
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        signal.alarm(0)
+        faulthandler.unregister(signal.SIGALRM)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,11 +1,12 @@
 """A launcher rank stuck in MPI_Init (inside `from mpi4py import MPI`, in C, so no Python
-runs) ends after BALSAM_MPI_INIT_TIMEOUT_S with its stack on stderr and status 1, instead
+runs) ends after BALSAM_MPI_INIT_TIMEOUT_S — SIGALRM, its stack on stderr first — instead
 of spinning for as long as nobody kills it (seen here: three ranks under MPICH's gforker
 stuck in UCX's wire-up, each on sched_yield at half a core, for 17 minutes)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,15 +32,14 @@ def _run(env: dict[str, str], timeout: float = 30.0) -> subprocess.CompletedProc
 def test_a_rank_stuck_in_mpi_init_ends_with_its_stack() -> None:
     t0 = time.monotonic()
     done = _run({"BALSAM_MPI_INIT_TIMEOUT_S": "1"})
-    assert done.returncode == 1
-    # faulthandler's own words (its timer is a C thread: it needs no Python to run), then
-    # where the rank was: the line that hung.
-    assert "Timeout (0:00:01)!" in done.stderr, done.stderr
+    assert done.returncode == -signal.SIGALRM
+    # faulthandler's C handler printed where the rank was: the line that hung.
+    assert "most recent call first" in done.stderr, done.stderr
     assert 'File "<string>", line 6' in done.stderr, done.stderr
     assert time.monotonic() - t0 < 25
 
 
-@pytest.mark.parametrize("raw", ["x", "-1", "nan", "1e9"])
+@pytest.mark.parametrize("raw", ["x", "-1", "nan", "1e9", "1.5"])
 def test_a_bad_timeout_is_one_line_naming_it(raw: str) -> None:
     done = _run({"BALSAM_MPI_INIT_TIMEOUT_S": raw})
     assert done.returncode == 2
