@@ -204,10 +204,15 @@ WITH j AS MATERIALIZED (
 ), pieces AS (
     -- (x, steps' sum, moment, counts inside the window, first start, last end)
     SELECT s.job_id, s.workflow, s.owner, q.x, s.w AS sum_w, 0.0::float8 AS moment,
-           (q.inside AND s.w < 0
-              AND s.to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED'))::int AS done,
-           (q.inside AND s.w < 0
-              AND s.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED'))::int AS failed,
+           -- IS TRUE: an open run's end at its job's stop has no to_state (NULL), and a
+           -- bin holding only such ends counted NULL runs done, not 0 (when "now" fell
+           -- inside the window: a report racing a running job's clock).
+           ((q.inside AND s.w < 0
+              AND s.to_state IN ('RUN_DONE', 'POSTPROCESSED', 'JOB_FINISHED')) IS TRUE)::int
+             AS done,
+           ((q.inside AND s.w < 0
+              AND s.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')) IS TRUE)::int
+             AS failed,
            CASE WHEN s.w > 0 AND q.inside THEN q.x END AS first_x,
            CASE WHEN s.w < 0 THEN q.x END AS last_x
       FROM steps s

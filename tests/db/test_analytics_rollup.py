@@ -364,3 +364,20 @@ def _clean_rows(su: Conn, dirty: set[tuple[int, int]] | None = None
         "  FROM run_steps WHERE NOT dirty GROUP BY 1, 2, 3, 4").fetchall()
     return ({tuple(r[:4]): tuple(float("nan") if v is None else float(v) for v in r[4:])
              for r in rows if (r[0], r[1]) not in dirty}, dirty)
+
+
+def test_a_bin_holding_only_an_open_runs_end_counts_no_run_done(
+        conn: Conn, writers: list[Conn]) -> None:
+    """A task still RUNNING in a dead job: its run ends at the job's end (heartbeat +
+    lease), an end with no state of its own. In a bin with nothing else it counted NULL
+    runs done and failed (NaN in the report), not 0 — found once by the random history
+    above, when a running job's end ("now") fell inside the window."""
+    h = RandomHistory(writers, random.Random(7))
+    job = h.job(100.0, None, "RUNNING", 2000.0, lease=5.0)  # dead: ends at 2005
+    [task] = h.tasks(1)
+    h.start([task], job)  # and never ends
+    h.w[0].execute("UPDATE tasks SET started_at = %s WHERE id = %s",
+                   (h.at(h.base + 1990.0), task))
+    got = _check(conn, Filters(bin_seconds=7))
+    assert not np.isnan(got.done).any() and not np.isnan(got.failed).any()
+    assert got.done.sum() == 0 and got.failed.sum() == 0
