@@ -243,20 +243,22 @@ class Node(Stops):
         error it then is."""
         if self.pool is not None:
             return
-        self.pool = pypool.PyPool(self._env, self.python)
         try:
-            self.pool.zygote.start()
+            self._python_pool().zygote.start()
         except OSError as exc:  # ZygoteError: no such interpreter, no answer
             log.warning("the Python interpreters' zygote did not start (%s); the first "
                         "Python call tries again", exc)
+
+    def _python_pool(self) -> pypool.PyPool:
+        if self.pool is None:
+            self.pool = pypool.PyPool(self._env, self.python)
+        return self.pool
 
     def _start_run(self, order: RunOrder, env: dict[str, str]) -> runner.TaskProcess:
         """The run itself: a call in a warm interpreter (watched like a process), a
         process, or a multi-rank task under its launch prefix."""
         if order.python:
-            if self.pool is None:
-                self.pool = pypool.PyPool(self._env, self.python)
-            proc: runner.TaskProcess = self.pool.start(order, env)
+            proc: runner.TaskProcess = self._python_pool().start(order, env)
         else:
             prefix = self.prefixes.of(order)
             proc = runner.start(order, env, die_with_parent=self.die_with_parent,

@@ -116,8 +116,7 @@ class Zygote:
     def fork(self, env: Mapping[str, str]) -> tuple[int, socket.socket]:
         """A new interpreter with these variables added; (pid, the node's socket). Its
         zygote's generation is :attr:`started` after the call."""
-        if not self.alive():
-            self._start()
+        self.start()
         try:
             return self._fork(env)
         except OSError:
