@@ -249,7 +249,7 @@ def test_the_caps_in_the_database_are_those_of_limits(conn: Any) -> None:
         "WHERE conname IN ('tasks_result_size', 'apps_python_path')").fetchall())
     assert str(limits.RESULT_MAX_BYTES) in defs["tasks_result_size"]
     assert str(limits.PYTHON_PATH_MAX) in defs["apps_python_path"]
-    text = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'launcher_results'"
+    text = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'launcher_write_results'"
                         ).fetchone()[0]
     assert text.count(str(limits.RESULT_MAX_BYTES)) >= 3
 
