@@ -120,3 +120,15 @@ def spawn_child(a: int) -> list[int]:
 
     return task_api.add_tasks([{"app": "add", "workflow": "py", "params": {"a": a, "b": 1},
                                 "parents": [task_api.task_id()]}])
+
+
+def spew(chunks: int, size: int = 1 << 20, pause: float = 0.0) -> None:
+    """A first line, ``chunks`` blocks of ``size`` bytes (a pause after each), a last."""
+    print("FIRST-LINE", flush=True)
+    block = "x" * size
+    for _ in range(chunks):
+        sys.stdout.write(block)
+        sys.stdout.flush()
+        time.sleep(pause)
+    print("\nLAST-LINE", flush=True)
+    print("ERR-LAST", file=sys.stderr, flush=True)

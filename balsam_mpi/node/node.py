@@ -172,6 +172,8 @@ class Node(Stops):
                 did = True
         if self._watch:
             self._check_deadlines()
+        if self.pool is not None:
+            self.pool.outputs.tick(time.monotonic())
         return self.start_ready() or did
 
     def start_ready(self) -> bool:

@@ -45,6 +45,7 @@ from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner
+from .outcap import CallOutputs
 from .pyahead import Ahead
 from .pycall import encode_frame
 from .pywire import read_answer, send_call
@@ -146,6 +147,7 @@ class PyPool:
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
         self.ahead = Ahead()  # queued calls' directories, opened while the node waits
+        self.outputs = CallOutputs()  # the output cap, which no trampoline applies
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         runner.raise_nofile()
         # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
@@ -197,6 +199,7 @@ class PyPool:
             os.close(dir_fd)
         interp.calls += 1
         self.calls += 1
+        self.outputs.watch(order.id, out_fd, err_fd, runner.output_cap())
         self.busy += 1
         self.most = max(self.most, self.busy)
         deadline = time.monotonic() + order.wall_time_s if order.wall_time_s > 0 else 0.0
@@ -273,6 +276,7 @@ class PyPool:
 
     def _after(self, call: PyCall, interp: Interpreter, recycle: bool) -> None:
         call.interp = None
+        self.outputs.done(call.order.id)
         self.busy -= 1
         signalled = call.end_kind is not None  # SIGTERM went to it: it may be dying
         if (recycle or signalled or interp.status is not None
@@ -314,6 +318,7 @@ class PyPool:
 
     def close(self) -> None:
         self.ahead.close()
+        self.outputs.close()
         for interp in self.procs.values():
             interp.kill()
         deadline = time.monotonic() + 5.0

@@ -121,6 +121,11 @@ def configure(output_cap_mb: float = DEFAULT_OUTPUT_CAP_MB, cgroups: bool = True
     _config.cgroups = cgroups
 
 
+def output_cap() -> int:
+    """Bytes each output file of a task may keep (0: no cap), as configured."""
+    return _config.output_cap
+
+
 def _task_cgroups() -> TaskCgroups | None:
     global _cgroups, _cgroups_checked
     if not _cgroups_checked:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from balsam_mpi.base import limits
+from balsam_mpi.node import runner
 from balsam_mpi.node.node import Node, pypool
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
 
@@ -372,3 +373,60 @@ def test_a_stopping_node_opens_no_queued_calls_directory(node: Node, tmp_path: P
     assert not (tmp_path / "t5").exists()
     out = until_ended(node, {1, 2, 3, 4})
     assert all(ok(out[i]) == 0.2 for i in range(1, 5)) and 5 not in out
+
+
+# -- the output cap (output_cap_mb), as for process tasks ---------------------------------
+MIB = 1 << 20
+
+
+@pytest.fixture()
+def capped() -> Iterator[int]:
+    runner.configure(output_cap_mb=2, cgroups=runner._config.cgroups)
+    yield 2 * MIB
+    runner.configure(cgroups=runner._config.cgroups)
+
+
+def test_a_calls_output_over_the_cap_keeps_head_and_tail(node: Node, tmp_path: Path,
+                                                         capped: int) -> None:
+    """16 MiB printed by a call, at most the cap kept: the beginning, a line saying where
+    the middle was cut, and the end; the failure tail still reads task.err."""
+    fin = run(node, call(tmp_path, 1, "spew", chunks=16))[1]
+    assert ok(fin) is None
+    text = (tmp_path / "t1" / "task.out").read_bytes()
+    assert len(text) <= capped, len(text)
+    assert text.startswith(b"FIRST-LINE\n")
+    assert text.endswith(b"LAST-LINE\n")
+    assert b"the middle was cut" in text
+    assert (tmp_path / "t1" / "task.err").read_bytes() == b"ERR-LAST\n"
+
+
+def test_a_calls_output_is_capped_while_it_runs(node: Node, tmp_path: Path,
+                                                capped: int) -> None:
+    node.apply(Assign(node.acked + 1, (call(tmp_path, 2, "spew", chunks=40, size=MIB // 2,
+                                            pause=0.1),)))
+    out = tmp_path / "t2" / "task.out"
+    biggest = 0
+    ended: dict[int, Finished] = {}
+    deadline = time.monotonic() + 60
+    while 2 not in ended:
+        assert time.monotonic() < deadline
+        node.step()
+        ended.update((f.id, f) for f in node.changes.take()[1])
+        if out.exists():
+            biggest = max(biggest, out.stat().st_size)
+        node.wait(0.05)
+    assert ok(ended[2]) is None
+    # Checked once a second: at most about a second's output beyond the cap at any time.
+    assert biggest <= capped + 8 * MIB, biggest
+    assert out.stat().st_size <= capped
+    assert out.read_bytes().endswith(b"LAST-LINE\n")
+
+
+def test_no_cap_on_a_calls_output_when_disabled(node: Node, tmp_path: Path) -> None:
+    runner.configure(output_cap_mb=0, cgroups=runner._config.cgroups)
+    try:
+        assert ok(run(node, call(tmp_path, 3, "spew", chunks=3))[3]) is None
+    finally:
+        runner.configure(cgroups=runner._config.cgroups)
+    assert (tmp_path / "t3" / "task.out").stat().st_size == 3 * MIB + len(
+        b"FIRST-LINE\n\nLAST-LINE\n")
