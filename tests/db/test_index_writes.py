@@ -4,6 +4,7 @@ reader that looks for what a job holds still reads that index."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -142,3 +143,39 @@ def test_the_claim_and_the_reports_use_one_plan_per_session(
                         (job, epoch, ids, [1.0e9] * len(ids)))
         start = report[report.index("SET state = 'RUNNING'"):]
         assert "lease_epoch = $" in start.split("Query Text", 1)[0], report
+
+
+def test_the_queued_work_probe_does_not_walk_a_holders_running_tasks(
+        pg_project: Project, dbname: str, conn: Any) -> None:
+    """held_elsewhere's last column asks whether a holder has queued, unstarted work. At
+    the end of a big run a holder has tens of thousands of RUNNING tasks and nothing
+    queued, and an idle launcher asks every claim_idle_s: the probe must go straight to
+    the holder's queued rows (tasks_batch_job by job and state), never read its runs."""
+    from balsam_mpi import sql
+
+    app = add_app(conn)
+    add_tasks(conn, app, 3000)
+    add_tasks(conn, app, 20_000, workflow="other")  # runnable, for other launchers
+    with _admin(pg_project, dbname) as admin:
+        row = admin.execute("SELECT job_id, lease_epoch FROM launcher_open_job(NULL, "
+                            "'local', NULL, 'h', 1, 1, '{}', NULL, 60)").fetchone()
+        assert row is not None
+        holder, epoch = int(row[0]), int(row[1])
+        admin.execute("SELECT count(*) FROM launcher_claim(%s, %s, 3000, 3000.0, 1.0, "
+                      "ARRAY['w'], NULL, NULL, NULL, 1)", (holder, epoch))
+        admin.execute("UPDATE tasks SET state = 'RUNNING', started_at = now() "
+                      "WHERE batch_job_id = %s", (holder,))
+        idle = admin.execute("SELECT job_id FROM launcher_open_job(NULL, 'local', NULL, 'h', "
+                             "1, 1, '{}', NULL, 60)").fetchone()
+        assert idle is not None
+        admin.execute("ANALYZE tasks")
+        admin.execute("LOAD 'auto_explain'")
+        admin.execute("SET auto_explain.log_analyze = on")
+        admin.execute("SET auto_explain.log_timing = off")
+        plans = _plans(admin, sql.query("launcher_held_elsewhere"),
+                       {"job": int(idle[0]), "max_nodes": 1, "workflows": ["w"],
+                        "tags": None, "owners": None})
+    assert "tasks_batch_job" in plans, plans
+    walked = [int(n) for n in re.findall(r"Rows Removed by (?:Filter|Index Recheck): (\d+)",
+                                         plans)]
+    assert max(walked, default=0) < 10, plans
