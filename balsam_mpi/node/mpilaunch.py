@@ -42,7 +42,8 @@ __all__ = ["CPU_BINDS", "KINDS", "LAUNCHER_ENV", "UNTESTED_KINDS", "LaunchError"
 log = logging.getLogger(__name__)
 
 KINDS = ("mpich", "openmpi", "intel", "srun", "pals", "aprun")
-UNTESTED_KINDS = frozenset({"srun", "pals", "aprun", "intel"})
+# srun is tested against a real Slurm (tests/slurm: 22.05, the mpich wheel over PMI-2).
+UNTESTED_KINDS = frozenset({"pals", "aprun", "intel"})
 LAUNCHER_ENV = "BALSAM_MPI_LAUNCHER"  # explicit choice: one of KINDS
 # How ranks are bound to CPUs, in one vocabulary mapped onto each launcher's own:
 # "depth" binds each rank to threads_per_rank consecutive cores (ALCF's usual advice).

@@ -175,7 +175,8 @@ def test_launcher_object_and_tested_flag() -> None:
     assert not launcher.tested
     assert MpiLauncher("mpich", "mpiexec").tested
     assert MpiLauncher("openmpi", "mpiexec").tested
-    assert UNTESTED_KINDS == {"srun", "pals", "aprun", "intel"}
+    assert UNTESTED_KINDS == {"pals", "aprun", "intel"}
+    assert MpiLauncher("srun", "/usr/bin/srun").tested  # tests/slurm
 
 
 # -- choosing ------------------------------------------------------------------------------
