@@ -132,3 +132,25 @@ def spew(chunks: int, size: int = 1 << 20, pause: float = 0.0) -> None:
         time.sleep(pause)
     print("\nLAST-LINE", flush=True)
     print("ERR-LAST", file=sys.stderr, flush=True)
+
+
+def leave_timers(alarm_s: int, mask: int) -> int:
+    """Leave an alarm, an interval timer, a handler and a umask behind, as careless code
+    does; returns the pid (the next call must run in the same interpreter)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.alarm(alarm_s)
+    signal.setitimer(signal.ITIMER_VIRTUAL, 0.5)
+    os.umask(mask)
+    return os.getpid()
+
+
+def after_timers(s: float) -> dict[str, Any]:
+    """Outlive what ``leave_timers`` left; report the state this call found."""
+    time.sleep(s)
+    end = time.process_time() + 1.0
+    while time.process_time() < end:  # CPU time: what ITIMER_VIRTUAL counts
+        pass
+    with open("made", "w") as fh:
+        fh.write("x")
+    return {"pid": os.getpid(), "mode": os.stat("made").st_mode & 0o777,
+            "usr1": signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL}

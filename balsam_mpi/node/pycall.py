@@ -20,8 +20,8 @@ followed) and sent with the call — add the task's environment, cap the address
 import the module (once per interpreter) and call the function. The return value goes back as JSON, within
 ``limits.RESULT_MAX_BYTES``; an exception's traceback goes to task.err, as a script's
 would, and the answer says exit code 1. Then everything is put back — directory,
-descriptors, environment, ``sys.stdout``/``sys.stderr``, SIGTERM/SIGINT, the cap — for
-the next call. What a warm interpreter cannot undo is the point of one: imported modules
+descriptors, environment, ``sys.stdout``/``sys.stderr``, signal handlers, the umask, the
+cap; interval timers cancelled — for the next call. What a warm interpreter cannot undo is the point of one: imported modules
 stay, and so does whatever a function leaves in them or in threads it started.
 """
 
@@ -123,6 +123,39 @@ def _enter(fds: list[int]) -> None:
                 os.close(fd)
 
 
+# Signals whose handlers a call may change and the next call must not inherit: a handler
+# left for SIGUSR1 would swallow a signal meant for the next task, an ignored SIGTERM
+# would outlive the kill of the call that set it.
+SIGNALS = tuple(getattr(signal, name) for name in (
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF",
+    "SIGPIPE", "SIGCHLD", "SIGXFSZ", "SIGXCPU") if hasattr(signal, name))
+# Interval timers: an alarm a call leaves behind would kill the interpreter in the middle
+# of another task's call (SIGALRM's default action), which would be blamed for it.
+TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+
+
+class Between:
+    """The interpreter's state between calls, which every call's end restores: its own
+    output descriptors, its umask and its signal handlers (taken when it starts)."""
+
+    def __init__(self) -> None:
+        self.out_fd, self.err_fd = os.dup(1), os.dup(2)
+        self.umask = os.umask(0o077)
+        os.umask(self.umask)
+        self.handlers = {s: signal.getsignal(s) for s in SIGNALS}
+        self.handlers[signal.SIGTERM] = signal.SIG_DFL  # a call's SIGTERM ends it
+        self.handlers[signal.SIGINT] = signal.default_int_handler
+
+    def restore(self) -> None:
+        for timer in TIMERS:
+            signal.setitimer(timer, 0)
+        for sig, handler in self.handlers.items():
+            if signal.getsignal(sig) is not handler:
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    signal.signal(sig, handler)
+        os.umask(self.umask)
+
+
 class _Saved:
     """What a call may change and the interpreter puts back afterwards."""
 
@@ -133,7 +166,7 @@ class _Saved:
         self.stdout, self.stderr = sys.stdout, sys.stderr
         self.rlimit = resource.getrlimit(resource.RLIMIT_AS)
 
-    def restore(self, out_fd: int, err_fd: int) -> None:
+    def restore(self, between: Between) -> None:
         for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__,
                                            sys.__stderr__)}.values():
             with contextlib.suppress(Exception):
@@ -142,11 +175,10 @@ class _Saved:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, self.rlimit)
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
+        os.dup2(between.out_fd, 1)
+        os.dup2(between.err_fd, 2)
         os.chdir("/")  # hold no task's directory between calls
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        between.restore()
         now: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
         if now != self.environ:
             for key in [k for k in now if k not in self.environ]:
@@ -191,14 +223,14 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def run_call(header: dict[str, Any], doc: bytes, fds: list[int],
-             between: tuple[int, int]) -> tuple[dict[str, Any], bytes]:
+             between: Between) -> tuple[dict[str, Any], bytes]:
     """One call, start to end; returns the answer (header, result document)."""
     saved = _Saved()
     rc, result, recycle = 1, b"", False
     try:
         _enter(fds)
     except OSError as exc:
-        saved.restore(*between)
+        saved.restore(between)
         return {"rc": 126, "recycle": False, "error": f"cannot enter the task: {exc}"}, b""
     try:
         os.environ.update({str(k): str(v) for k, v in dict(header.get("env", {})).items()})
@@ -233,7 +265,7 @@ def run_call(header: dict[str, Any], doc: bytes, fds: list[int],
 
             traceback.print_exc(file=sys.__stderr__)
     finally:
-        saved.restore(*between)
+        saved.restore(between)
     # Over the cap after the call (what it allocated stays with the interpreter): the
     # next call gets a fresh one. The address space cannot pass the cap during a call.
     if _over(int(header.get("rss_cap", 0))):
@@ -271,7 +303,7 @@ def serve(fd: int) -> int:
     # A child the function forks must not hold the node's socket: the node notices this
     # interpreter's death by the socket closing.
     os.register_at_fork(after_in_child=lambda: os.close(sock.detach()))
-    between = (os.dup(1), os.dup(2))
+    between = Between()
     while True:
         got = _recv_call(sock)
         if got is None:

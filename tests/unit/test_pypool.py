@@ -430,3 +430,17 @@ def test_no_cap_on_a_calls_output_when_disabled(node: Node, tmp_path: Path) -> N
         runner.configure(cgroups=runner._config.cgroups)
     assert (tmp_path / "t3" / "task.out").stat().st_size == 3 * MIB + len(
         b"FIRST-LINE\n\nLAST-LINE\n")
+
+
+def test_timers_handlers_and_umask_a_call_leaves_do_not_reach_the_next(
+        node: Node, tmp_path: Path) -> None:
+    """A call that leaves an alarm (or an interval timer) behind must not kill the next
+    task's call in the same interpreter, nor leave its umask or signal handlers to it."""
+    node.python = pypool.PoolConfig(max_calls=1000)
+    old = os.umask(0o022)
+    try:
+        pid = ok(run(node, call(tmp_path, 1, "leave_timers", alarm_s=1, mask=0, need=1.0))[1])
+        got = ok(run(node, call(tmp_path, 2, "after_timers", s=1.5, need=1.0))[2])
+    finally:
+        os.umask(old)
+    assert got == {"pid": pid, "mode": 0o644, "usr1": True}
