@@ -19,6 +19,7 @@ from balsam_mpi.launcher.journal import Journal
 from balsam_mpi.launcher.lease import sweep_once
 from balsam_mpi.launcher.replay import replay_due
 from balsam_mpi.launcher.store import Store
+from balsam_mpi.launcher.storeport import Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
 from tests.db.test_journal import T0, journal_of
 from tests.db.test_lease import add_tasks, claim, go_silent, open_lease
@@ -33,13 +34,19 @@ def results(conn: Any) -> dict[int, tuple[Any, ...]]:
         "SELECT id, state::text, result::text, state_message FROM tasks ORDER BY id")}
 
 
-def test_a_result_in_the_journal_is_written_with_its_end(
-        store: Store, conn: Any, tmp_path: Path) -> None:
-    a, b, c = add_tasks(conn, 3)
+def three_started(store: Store, conn: Any) -> tuple[list[int], Lease, list[Started]]:
+    """Three tasks claimed by a job whose starts reached the database, its ends not."""
+    ids = add_tasks(conn, 3)
     dead = open_lease(store)
     claim(store, dead, 3)
-    starts = [Started(i, dead.epoch, T0) for i in (a, b, c)]
+    starts = [Started(i, dead.epoch, T0) for i in ids]
     store.report(dead, starts, [])
+    return ids, dead, starts
+
+
+def test_a_result_in_the_journal_is_written_with_its_end(
+        store: Store, conn: Any, tmp_path: Path) -> None:
+    (a, b, c), dead, starts = three_started(store, conn)
     journal_of(store, dead, tmp_path, starts, [
         Finished(a, dead.epoch, DONE, 0, T0, T0 + 1, "", '{"f": 1.5, "s": "\\u00e9"}'),
         Finished(b, dead.epoch, DONE, 0, T0, T0 + 1),  # returned None: no result
@@ -73,11 +80,7 @@ def test_a_result_after_the_requeue_is_written_too(
 
 def test_a_bad_or_oversized_result_is_refused_alone(
         store: Store, conn: Any, tmp_path: Path) -> None:
-    a, b, c = add_tasks(conn, 3)
-    dead = open_lease(store)
-    claim(store, dead, 3)
-    starts = [Started(i, dead.epoch, T0) for i in (a, b, c)]
-    store.report(dead, starts, [])
+    (a, b, c), dead, starts = three_started(store, conn)
     big = '"' + "x" * 262_144 + '"'
     journal_of(store, dead, tmp_path, starts, [
         Finished(a, dead.epoch, DONE, 0, T0, T0 + 1, "", "{not json"),
