@@ -25,7 +25,8 @@ from typing import Any, NoReturn
 from ..base import values
 from ..base.errors import BalsamError, InputError, UsageError
 from ..base.project import Project
-from . import logs
+from ..node.mpienv import START_VARS
+from . import logs, netmod
 from .config import Settings, resolve
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,12 @@ def thread_level_note(provided: int, asked: str = THREAD_LEVEL) -> str | None:
             "MPI built with thread support")
 
 
-# MPI_Init runs inside `from mpi4py import MPI`, in C, holding the GIL: a rank stuck there
+# MPI_Init runs inside `MPI.Init_thread`, in C, holding the GIL: a rank stuck there
 # (a process manager that never answers; seen here once: three ranks under MPICH's
 # gforker stuck in UCX's wire-up, each spinning on sched_yield at half a core for as long
 # as nobody killed them) runs no Python at all. So the watchdog is the kernel's: an alarm,
 # whose signal faulthandler's C handler answers by printing the rank's stack (the
-# `from mpi4py import MPI` line) before the default action ends the process. No thread
+# `MPI.Init_thread` line) before the default action ends the process. No thread
 # is started before MPI_Init. Generous: a large job's MPI_Init can take minutes. Read from
 # the environment only (settings come after MPI).
 MPI_INIT_TIMEOUT_ENV = "BALSAM_MPI_INIT_TIMEOUT_S"
@@ -153,9 +154,19 @@ def mpi_init_watchdog() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> None:
     import mpi4py
 
-    mpi4py.rc.thread_level = THREAD_LEVEL
-    with mpi_init_watchdog():
-        from mpi4py import MPI
+    # Loaded, not yet initialized: the library says what it is before MPI_Init reads the
+    # environment (netmod.py). mpi4py finalizes at exit as it would have. (A program that
+    # imported mpi4py.MPI before calling main has initialized MPI already: left as it is.)
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = True
+    from mpi4py import MPI
+
+    netmod_choice = None
+    if not MPI.Is_initialized():
+        netmod_choice = netmod.apply(os.environ, MPI.Get_library_version(), START_VARS)
+        with mpi_init_watchdog():
+            MPI.Init_thread(_required_level(MPI))
 
     t_init = time.time()
     world = MPI.COMM_WORLD
@@ -164,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings, project = settings_from(argv)
         logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
+        if netmod_choice is not None:
+            log.info("MPICH network module %s for the launcher's ranks (a multi-node srun "
+                     "step: launcher/netmod.py)", netmod_choice)
         note = thread_level_note(_thread_index(MPI))
         if note is not None:  # said once on stderr (rank 0), in every rank's log
             log.log(logging.WARNING if rank == 0 else logging.INFO, "%s", note)
@@ -205,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         text = traceback.format_exc()
         log.critical("unhandled error on rank %s (%s):\n%s", rank, host, text)
         _abort(world, runner, rank, host, 1, text, exc)
+
+
+def _required_level(mpi: Any) -> int:
+    """MPI_THREAD_* of THREAD_LEVEL."""
+    return int(getattr(mpi, f"THREAD_{THREAD_LEVEL.upper()}"))
 
 
 def _thread_index(mpi: Any) -> int:

@@ -14,7 +14,8 @@ Open MPI turns some of its own command-line options into ``OMPI_MCA_*`` variable
 ranks (``--oversubscribe`` → ``OMPI_MCA_rmaps_base_oversubscribe``). Only the starter
 knows which ones it caused, so it names them in ``BALSAM_MPI_START_VARS`` (see
 ``localstart``) and they are removed as well; a name the user had set before is never
-listed there.
+listed there. The launcher names the MPICH network module it chose for its own ranks
+there too (``launcher/netmod.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 START_VARS = "BALSAM_MPI_START_VARS"  # comma-separated: set in the ranks by our own start
+STARTED_NETMOD = "MPIR_CVAR_CH4_NETMOD"  # launcher/netmod.py
 
 _SCRUB_PREFIXES = (
     "PMI_", "PMIX_",  # MPICH/hydra/gforker, Cray PMI, Slurm's PMI-2 and PMIx, Open MPI
@@ -78,8 +80,9 @@ def task_mpi_env(environ: Mapping[str, str]) -> dict[str, str]:
     A task's own ``env`` is applied after this, so a variable a task sets on purpose
     (an ``OMPI_MCA_*`` tuning, say) is never removed.
     """
-    # Only Open MPI's own parameters can be named: the list cannot hide anything else.
+    # Only Open MPI's own parameters, and the MPICH network module the launcher chose for
+    # its own ranks (launcher/netmod.py), can be named: the list cannot hide anything else.
     started = {n for n in environ.get(START_VARS, "").split(",")
-               if n.startswith(("OMPI_MCA_", "PRTE_MCA_"))}
+               if n.startswith(("OMPI_MCA_", "PRTE_MCA_")) or n == STARTED_NETMOD}
     return {k: v for k, v in environ.items()
             if k not in started and not is_launcher_variable(k)}

@@ -69,6 +69,12 @@ def install() -> None:
         raise SlurmUnavailable(f"still missing after install: {', '.join(missing_tools())}")
 
 
+def first_job_id(now: float | None = None) -> int:
+    """A first job id unlikely to have been used by an earlier cluster on this host
+    (tenths of a second, wrapping every ~28 hours; Slurm allows up to 67,043,328)."""
+    return 1000 + int((time.time() if now is None else now) * 10) % 1_000_000
+
+
 def free_port_block(count: int, start: int = 17000, stop: int = 30000) -> int:
     """The first port of ``count`` consecutive free TCP ports (another cluster on this
     machine may hold the usual ones)."""
@@ -128,6 +134,11 @@ class LocalSlurm:
         first, last = self.node_ports[0], self.node_ports[-1]
         lines = [
             "ClusterName=balsamtest",
+            # Job ids of their own: MPICH names a step's shared memory after its Slurm
+            # ids (/dev/shm/mpich_shm_<hash of JOB.STEP>), and ranks killed by a test leave
+            # theirs behind; a later cluster counting from 1 again met them (MPI_Init:
+            # "Out of memory").
+            f"FirstJobId={first_job_id()}",
             f"SlurmctldHost={self.host}(127.0.0.1)",
             f"SlurmctldPort={self.ctld_port}",
             "SlurmUser=root",
