@@ -89,14 +89,14 @@ def add_app(conn: Any, name: str, command: str) -> None:
 
 
 def add_tasks(conn: Any, app: str, n: int, *, num_nodes: int = 1, ranks_per_node: int = 1,
-              packing: int = 1) -> list[int]:
+              packing: int = 1, env: dict[str, str] | None = None) -> list[int]:
     """READY tasks in a workflow named after the test's database (the project is shared)."""
     rows = conn.execute(
         "INSERT INTO tasks (workflow, name, app_id, state, num_nodes, ranks_per_node, "
-        "node_packing_count) SELECT current_database(), 't', "
-        "(SELECT id FROM apps WHERE name = %s), 'READY', %s, %s, %s "
+        "node_packing_count, env) SELECT current_database(), 't', "
+        "(SELECT id FROM apps WHERE name = %s), 'READY', %s, %s, %s, %s::jsonb "
         "FROM generate_series(1, %s) RETURNING id",
-        (app, num_nodes, ranks_per_node, packing, n)).fetchall()
+        (app, num_nodes, ranks_per_node, packing, json.dumps(env or {}), n)).fetchall()
     return [r[0] for r in rows]
 
 
@@ -148,11 +148,10 @@ def test_short_tasks_and_a_two_node_mpi_task(slurm_env: LocalSlurm, conn: Any,
     add_app(conn, "echo", "echo small")
     add_app(conn, "hello", f"{sys.executable} {write_hello(tmp_path)}")
     small = add_tasks(conn, "echo", 8, packing=2)
-    big = add_tasks(conn, "hello", 1, num_nodes=2, ranks_per_node=2)
     # The wheel's MPICH across nodes under srun: the advice of docs/mpi-tasks.md for a
     # task's own ranks (the launcher's choose it themselves: launcher/netmod.py).
-    conn.execute("UPDATE tasks SET env = '{\"MPIR_CVAR_CH4_NETMOD\": \"ofi\"}' "
-                 "WHERE id = %s", big)
+    big = add_tasks(conn, "hello", 1, num_nodes=2, ranks_per_node=2,
+                    env={"MPIR_CVAR_CH4_NETMOD": "ofi"})
     # Three ranks: multi-node tasks run on worker nodes only (the leader's node keeps
     # running small ones), so a 2-node task needs two workers.
     sub = submit("-n", "3", "-t", "5", "--workflow", dbname)
