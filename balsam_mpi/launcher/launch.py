@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     netmod_choice = None
     if not MPI.Is_initialized():
-        netmod_choice = netmod.apply(os.environ, MPI.Get_library_version(), START_VARS)
+        netmod_choice = netmod.apply(os.environ, _library_version(MPI), START_VARS)
         with mpi_init_watchdog():
             MPI.Init_thread(_required_level(MPI))
 
@@ -219,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         text = traceback.format_exc()
         log.critical("unhandled error on rank %s (%s):\n%s", rank, host, text)
         _abort(world, runner, rank, host, 1, text, exc)
+
+
+def _library_version(mpi: Any) -> str:
+    """MPI_Get_library_version, which MPI-3 allows before MPI_Init; "" from a library
+    that refuses it (then MPI's own choices stand)."""
+    try:
+        return str(mpi.Get_library_version())
+    except Exception:  # an MPI-2 library, or one that insists on MPI_Init first
+        return ""
 
 
 def _required_level(mpi: Any) -> int:
