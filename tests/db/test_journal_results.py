@@ -44,6 +44,19 @@ def three_started(store: Store, conn: Any) -> tuple[list[int], Lease, list[Start
     return ids, dead, starts
 
 
+def one_requeued(store: Store, conn: Any, directory: Path) -> tuple[int, Lease, Journal]:
+    """A task started by a job whose lease ran out and was swept (the task requeued)
+    before anything was replayed; the job's journal, open."""
+    [a] = add_tasks(conn, 1)
+    dead = open_lease(store)
+    journal = Journal(directory, dead.job_id, dead.epoch, store.journal_key(dead))
+    claim(store, dead, 1)
+    store.report(dead, [Started(a, dead.epoch, T0)], [])
+    go_silent(conn, dead)
+    store.expire_leases()
+    return a, dead, journal
+
+
 def test_a_result_in_the_journal_is_written_with_its_end(
         store: Store, conn: Any, tmp_path: Path) -> None:
     (a, b, c), dead, starts = three_started(store, conn)
@@ -64,13 +77,7 @@ def test_a_result_after_the_requeue_is_written_too(
         store: Store, conn: Any, tmp_path: Path) -> None:
     """The lease ran out before the journal was read: the task was requeued, then the
     journal's success finishes it — with its value."""
-    [a] = add_tasks(conn, 1)
-    dead = open_lease(store)
-    journal = Journal(tmp_path, dead.job_id, dead.epoch, store.journal_key(dead))
-    claim(store, dead, 1)
-    store.report(dead, [Started(a, dead.epoch, T0)], [])
-    go_silent(conn, dead)
-    store.expire_leases()
+    a, dead, journal = one_requeued(store, conn, tmp_path)
     journal.add(1, [], [Finished(a, dead.epoch, DONE, 0, T0, T0 + 1, "", "[1, 2]")])
     journal.close(complete=True)
     [replayed] = replay_due(store, tmp_path)
@@ -117,13 +124,7 @@ def test_a_result_of_another_claim_is_not_written(
         store: Store, conn: Any, tmp_path: Path) -> None:
     """The task was requeued and claimed by another job, which finished it without a
     value: the dead job's line must not attach one."""
-    [a] = add_tasks(conn, 1)
-    dead = open_lease(store)
-    journal = Journal(tmp_path, dead.job_id, dead.epoch, store.journal_key(dead))
-    claim(store, dead, 1)
-    store.report(dead, [Started(a, dead.epoch, T0)], [])
-    go_silent(conn, dead)
-    store.expire_leases()
+    a, dead, journal = one_requeued(store, conn, tmp_path)
     other = open_lease(store)
     assert claim(store, other, 1) == [a]
     store.report(other, [Started(a, other.epoch, T0 + 2)],
