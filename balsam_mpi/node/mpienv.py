@@ -31,7 +31,7 @@ _SCRUB_PREFIXES = (
     "MPI_LOCALNRANKS", "MPI_LOCALRANKID",  # hydra: the launcher rank's node-local rank
     "PALS_",  # UNTESTED: Cray PALS rank identity (PALS_RANKID, PALS_NODEID, PALS_APID …)
     "OMPI_COMM_WORLD_",  # Open MPI: rank, size, local rank of the launcher's job
-    "OMPI_MCA_orte_", "OMPI_MCA_ess",  # Open MPI 4: the launcher job's daemon URIs, ids
+    "OMPI_MCA_orte_ess_", "OMPI_MCA_ess",  # Open MPI 4: the launcher job's ids
     "PRTE_",  # UNTESTED: Open MPI 5 / PRRTE job identity (PRTE_MCA_* is kept, below)
     "ALPS_APP_",  # UNTESTED: ALPS (aprun) application identity
     "SLURM_STEP_", "SLURM_SRUN_COMM_",  # UNTESTED: the launcher's Slurm step …
@@ -45,6 +45,17 @@ _SCRUB_NAMES = frozenset({
     "OMPI_FIRST_RANKS", "OMPI_NUM_APP_CTX", "OMPI_UNIVERSE_SIZE", "OMPI_MCA_pmix",
     "OMPI_MCA_initial_wdir", "OMPI_MCA_mpi_oversubscribe",
     "OMPI_MCA_shmem_RUNTIME_QUERY_hint", "HFI_NO_BACKTRACE", "IPATH_NO_BACKTRACE",
+    # Open MPI 4's orted: the job's daemon URIs, session directories and layout. Named one
+    # by one, not as a family: OMPI_MCA_orte_* also holds the user's own settings, and
+    # one of them, orte_tmpdir_base, decides where a task's mpirun or singleton keeps its
+    # session directory (dropping it sent every task's daemon back to /tmp).
+    "OMPI_MCA_orte_app_num", "OMPI_MCA_orte_bound_at_launch", "OMPI_MCA_orte_hnp_uri",
+    "OMPI_MCA_orte_jobfam_session_dir", "OMPI_MCA_orte_launch",
+    "OMPI_MCA_orte_local_daemon_uri", "OMPI_MCA_orte_num_nodes",
+    "OMPI_MCA_orte_precondition_transports", "OMPI_MCA_orte_top_session_dir",
+    # Set by the same orted code in some 4.x builds (odls_base_default_fns.c), not seen here.
+    "OMPI_MCA_orte_num_restarts", "OMPI_MCA_orte_do_not_barrier",
+    "OMPI_MCA_orte_staged_execution", "OMPI_MCA_orte_cpu_type", "OMPI_MCA_orte_cpu_model",
     # MPICH's gforker: the job's application number and universe size.
     "MPI_APPNUM", "MPI_UNIVERSE_SIZE",
     # UNTESTED: Slurm's per-task and per-step variables (srun(1), OUTPUT ENVIRONMENT). The

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ RUNNER_WORKER = textwrap.dedent("""\
     from balsam_mpi.node import runner
     from balsam_mpi.node.mpilaunch import launch_prefix, task_mpi_env
     from balsam_mpi.protocol import RunOrder
+    def _ends(text):  # a failure's first lines name its cause; the last, where it ended
+        return text if len(text) <= 4000 else text[:2000] + "\\n[...]\\n" + text[-2000:]
     hello, out_dir, kind, mpiexec = sys.argv[1:5]
     rank = MPI.COMM_WORLD.Get_rank()
     argv = launch_prefix(kind, hosts=["localhost", "localhost"], ranks_per_node=2,
@@ -65,7 +68,7 @@ RUNNER_WORKER = textwrap.dedent("""\
     out = open(os.path.join(cwd, runner.STDOUT_NAME)).read()
     err = open(os.path.join(cwd, runner.STDERR_NAME)).read()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-        json.dump({"rc": proc.rc, "out": out, "err": err[-2000:]}, fh)
+        json.dump({"rc": proc.rc, "out": out, "err": _ends(err)}, fh)
     MPI.COMM_WORLD.Barrier()
 """)
 
@@ -74,6 +77,8 @@ WORKER = textwrap.dedent("""\
     import json, os, subprocess, sys
     from mpi4py import MPI
     from balsam_mpi.node.mpilaunch import launch_prefix, task_mpi_env
+    def _ends(text):  # a failure's first lines name its cause; the last, where it ended
+        return text if len(text) <= 4000 else text[:2000] + "\\n[...]\\n" + text[-2000:]
     mode, hello, out_dir, kind, mpiexec = sys.argv[1:6]
     rank = MPI.COMM_WORLD.Get_rank()
     env = task_mpi_env(os.environ) if mode.startswith("scrubbed") else dict(os.environ)
@@ -84,12 +89,19 @@ WORKER = textwrap.dedent("""\
                              program=mpiexec) + [sys.executable, hello]
     else:  # a single-rank MPI task started without a prefix
         argv = [sys.executable, hello]
-    try:
-        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                           close_fds=True)
-        result = {"rc": p.returncode, "out": p.stdout, "err": p.stderr[-2000:]}
-    except subprocess.TimeoutExpired:
-        result = {"rc": None, "out": "", "err": "timed out"}
+    def _once():
+        try:
+            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                               close_fds=True)
+            return {"rc": p.returncode, "out": p.stdout, "err": _ends(p.stderr)}
+        except subprocess.TimeoutExpired:
+            return {"rc": None, "out": "", "err": "timed out"}
+    result = _once()
+    if (kind == "openmpi" and mode == "scrubbed-single" and result["rc"]
+            and "Unable to start a daemon on the local node" in result["err"]):
+        # Open MPI's singleton could not start its own daemon (orted): seen once in CI,
+        # never in 245 tries here. A scrub that broke the singleton fails both times.
+        result = {**_once(), "first_try": result["err"]}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(result, fh)
     MPI.COMM_WORLD.Barrier()
@@ -178,6 +190,9 @@ def test_single_rank_mpi_task_with_the_scrubbed_environment(tmp_path: Path) -> N
     """Scrubbed, a single-rank mpi4py task is a singleton, whichever MPI ran the launcher."""
     scrubbed = _launcher_run(tmp_path, "scrubbed-single")
     for rank, res in scrubbed.items():
+        if "first_try" in res:  # shown in the summary: a retry is never silent
+            warnings.warn(f"outer rank {rank}: Open MPI's singleton daemon failed to start "
+                          f"once, then the task ran:\n{res['first_try']}", stacklevel=1)
         assert res["rc"] == 0, f"outer rank {rank}: {res}"
         assert [(r, s) for r, s, *_ in _hellos(str(res["out"]))] == [(0, 1)]
 

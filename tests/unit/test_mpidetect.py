@@ -131,6 +131,7 @@ USER = {  # the user's own MPI settings: a task must get every one of them
     "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     "PMIX_MCA_gds": "hash", "PRTE_MCA_ras_base_launch_orted_on_hn": "1",
     "I_MPI_FABRICS": "shm:ofi", "MPIEXEC_TIMEOUT": "600", "HYDRA_DEBUG": "0",
+    "OMPI_MCA_orte_tmpdir_base": "/scratch/ompi", "OMPI_MCA_orte_keep_fqdn_hostnames": "1",
 }
 
 
@@ -138,6 +139,13 @@ def test_open_mpi_rank_identity_goes_and_the_users_settings_stay() -> None:
     """The scrub used to drop every OMPI_*: the user's OMPI_MCA_* tuning and
     OMPI_ALLOW_RUN_AS_ROOT* went with the rank's identity."""
     assert task_mpi_env({**OPENMPI_RANK, **USER}) == USER
+
+
+def test_a_task_keeps_the_session_directory_base_of_the_launchers_daemon() -> None:
+    """Open MPI's orted sets orte_tmpdir_base in every rank to its own (the user's choice,
+    or /tmp). Scrubbed with the orte_* family, a task's mpirun or singleton daemon kept its
+    session directory in /tmp whatever the user had set, among other jobs' leftovers."""
+    assert task_mpi_env(OPENMPI_RANK) == {"OMPI_MCA_orte_tmpdir_base": "/tmp"}
 
 
 def test_gforker_rank_identity_goes() -> None:
