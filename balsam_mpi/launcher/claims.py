@@ -21,10 +21,11 @@ s, since a leader holding tasks renews at least that often (leader.py) — or
 ``HANDBACK_WAIT_S`` (1 s) when one holds queued work, and the waiting launcher looks
 again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
 
-**Preferred claims** (``preference.py``). While other live launchers' filters name some
-of the work, a claim asks first for the workflows nobody else names; when that comes back
-short, the usual claim follows at once. Only the usual claims decide that work is running
-out (``short``) or that this launcher is idle.
+**Planned claims** (``preference.py``). While some live launcher's filter names
+workflows, a claim asks for one workflow of this launcher's share of a fair division, for
+at most the rows left in that share; when the share is claimed, no claim until the next
+division. Only the usual claims decide that work is running out (``short``) or that this
+launcher is idle.
 
 **Short claims.** A claim that found less than it asked for (``short``) tells the
 dispatcher the work is running out: no margins from then on, until a claim is full again
@@ -107,6 +108,8 @@ class Claims:
         if self.preference is not None and not self.preference.ready:
             self.preference.step()  # the first claim waits for what to prefer
             return
+        if self.preference is not None and self.preference.spent:
+            return  # this launcher's share is claimed; the rest is the others' (preference)
         want = self.dispatch.demand()
         if want < 1.0 / self.max_packing - EPS:
             return
@@ -114,15 +117,19 @@ class Claims:
         if self.max_tasks:
             limit = min(limit, self.max_tasks - self.total)
         covers = self.buffer.flushes
-        first = self.preference.claim_filter() if self.preference else None
+        planned = self.preference.claim() if self.preference else None
+        filters = self.filters
+        if planned is not None:
+            filters, rows = planned
+            limit = min(limit, rows)
         self.calls.start("claim", self.builder.claim, self.store, self.lease,
-                         filters=first or self.filters,
-                         look_for_held=self.look_for_held and first is None,
+                         filters=filters,
+                         look_for_held=self.look_for_held and planned is None,
                          limit=limit, capacity=want, max_need=NODE_CAPACITY,
                          remaining_min=self.remaining_min(),
                          max_nodes=self.dispatch.max_nodes(),
                          then=lambda got: self._claimed(covers, got, limit, want,
-                                                        preferred=first is not None),
+                                                        planned=filters if planned else None),
                          failed=self._failed)
 
     def _failed(self, exc: BalsamError) -> None:
@@ -131,10 +138,13 @@ class Claims:
         self.next_at = time.monotonic() + pause
 
     def _claimed(self, covers: int, got: ClaimResult, limit: int, want: float,
-                 preferred: bool = False) -> None:
+                 planned: ClaimFilter | None = None) -> None:
         now = time.monotonic()
-        if preferred and self.preference is not None and short(got, limit, want):
-            self.preference.ran_out()  # the usual claim, at once, for the rest
+        if planned is not None and self.preference is not None:
+            # A planned claim (one workflow): the plan learns what it brought; whether
+            # work is running out or this launcher is idle, only the usual claims say.
+            self.preference.claimed(planned.workflows[0], got.claimed,
+                                    short=short(got, limit, want))
             self.retry.reset()
             self.next_at = now
             self._take(got)

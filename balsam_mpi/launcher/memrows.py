@@ -50,4 +50,5 @@ class Job:
     user: str = "me"
     end_reason: str = ""
     filters: ClaimFilter = ClaimFilter()
+    nodes: int = 1
     hungry_at: float | None = None  # 0015: its claims find less than its free slots

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..base.errors import InputError, ServerError
 from ..protocol import EndKind, Finished, Started
+from .division import Taker, workflow_set
 from .memjournal import JournalsInMemory
 from .memrows import Job, Task
 from .storeport import (
@@ -41,6 +43,7 @@ from .storeport import (
 )
 
 RUNNABLE = ("READY", "RESTART_READY")
+HELD = (*RUNNABLE, "PREPROCESSED", "RUNNING")  # a claimed row, not finished
 HUNGER_FRESH_S = 3.0  # as 0015: a launcher that died hungry stops counting
 _DONE, _POST = {0, 5, 6}, {5, 7, 10}
 _TIMEOUT, _BAD, _FAILS = {2, 10, 11, 12}, {1, 2, 8, 11}, {6, 9, 12, 15}
@@ -101,7 +104,8 @@ class MemStore(JournalsInMemory):
             job.epoch, job.state, job.lease_s = job.epoch + 1, "RUNNING", lease_sec
             job.heartbeat_at = self.clock()
             return Lease(job.id, job.epoch, True)
-        new = Job(max(self.jobs, default=0) + 1, 1, lease_sec, self.clock(), filters=filters)
+        new = Job(max(self.jobs, default=0) + 1, 1, lease_sec, self.clock(), filters=filters,
+                  nodes=nodes)
         self.jobs[new.id] = new
         return Lease(new.id, 1, False)
 
@@ -348,10 +352,19 @@ class MemStore(JournalsInMemory):
         self._enter("claim_peers")
         runnable = sorted({t.workflow for t in self.tasks.values()
                            if t.state in RUNNABLE and t.batch_job_id is None})[:65]
-        named = {w for j in self.jobs.values() if j.state == "RUNNING"
-                 and j.id != lease.job_id and not self._expired(j)
-                 for w in j.filters.workflows}
-        return Peers(tuple(runnable), frozenset(named))
+        live = sorted((j for j in self.jobs.values()
+                       if j.state == "RUNNING" and not self._expired(j)), key=lambda j: j.id)
+        named = {w for j in live if j.id != lease.job_id for w in j.filters.workflows}
+        if len(live) < 2 or not any(j.filters.workflows for j in live):
+            return Peers(tuple(runnable), frozenset(named))
+        counts = Counter(t.workflow for t in self.tasks.values()
+                         if t.state in RUNNABLE and t.batch_job_id is None)
+        return Peers(tuple(runnable), frozenset(named),
+                     {w: counts[w] for w in runnable},
+                     tuple(Taker(j.id, workflow_set(j.filters.workflows), float(j.nodes),
+                                 float(sum(1 for t in self.tasks.values()
+                                           if t.batch_job_id == j.id and t.state in HELD)))
+                           for j in live))
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         self._enter("give_back")

@@ -1,39 +1,49 @@
-"""Which work a launcher claims first when several share a project: the workflows no other
-live launcher's filter names.
+"""Which work a launcher claims first when several with different filters share a project:
+its share of a fair division of the runnable rows.
 
 The claim takes rows by priority, then id, whoever asks. With one launcher limited to
 workflow A and another taking everything, the second would take A's rows as readily as
 its own, in id order, and the first would run out of work and end while rows only the
 second can run are still waiting: both idle part of their time, and the run ends later.
-So every ``PEERS_S`` the leader reads (one plain query) which workflows have runnable rows
-and which workflows other live launchers name in their filters; when some of the work it
-may take is named by nobody else, its claims ask for that first (the claim's workflow
-filter, which reads each workflow's rows in priority order from its own index). A claim
-that comes back short there is followed at once by the usual claim, and the preference
-rests until the next read. The first claim waits for the first read (one short query), as
-it is the largest. Equal priorities only: a preferred claim takes the preferred
-workflows' highest-priority rows, so across workflows priority yields to this order —
-which is why it applies only while others' filters name some of the work.
 
-No preference (the usual claim) when no other launcher has a workflow filter, when all
-of this launcher's work is named by others, or when more than ``MAX_PREFERRED`` workflows
-would be asked for (each costs the claim an index probe and locks).
+So every ``PEERS_S`` the leader reads (one plain query) how many runnable rows each
+workflow has and every live launcher's workflow filter and nodes, and divides the rows
+among the launchers so that each gets work in proportion to its nodes, only of workflows
+its filter takes, and the largest load is as small as it can be (``division.py``). Every
+leader solves the same problem from the same counts, so their shares agree without a
+word between them. This launcher's share is its *plan*: rows per workflow. Its claims
+then ask for one planned workflow at a time, the one with the most rows left in the
+plan, for no more rows than that: a claim that comes back short there (the workflow ran
+out) drops it from the plan, asks for a new division at once, and the next claim follows.
+When every planned workflow's rows have been claimed the launcher claims nothing more
+until the next read — the rest is the others' share — and when its share is empty, or no
+launcher has a workflow filter, the usual claim runs. The first claim waits for the first read (one
+short query), as it is the largest.
+
+A planned claim takes a workflow's highest-priority rows: across workflows, priority
+yields to the division, which is why it applies only while some live launcher's filter
+names workflows. The division counts rows not yet claimed and leaves out what each
+launcher holds; launchers that claim at the same pace hold alike. Filters on tags and
+owners are not part of it. More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable
+rows: too many to count, the usual claim.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 from ..base.errors import BalsamError
 from ..base.pacing import Periodic
 from .calls import Calls
+from .division import divide
 from .storeport import ClaimFilter, Lease, Peers, StorePort
 
 log = logging.getLogger(__name__)
 
-PEERS_S = 1.0  # between reads of the peers' filters
-MAX_PREFERRED = 8
+PEERS_S = 1.0  # between reads of the counts and the peers' filters
 RUNNABLE_SCAN_MAX = 65  # the query's cap: a list this long may be incomplete
+MIN_SHARE = 0.5  # rows: a share below this is none
 
 
 class Preference:
@@ -44,7 +54,8 @@ class Preference:
         self.lease = lease
         self.filters = filters
         self.reads = Periodic(PEERS_S, now=True)
-        self.workflows: tuple[str, ...] = ()  # claimed first; () for none
+        self.left: dict[str, float] = {}  # the plan's rows not yet claimed, per workflow
+        self.spent = False  # the whole plan claimed: nothing more until the next read
         self.ready = False  # the first read is in: the first claim waits for it
 
     def step(self) -> None:
@@ -52,38 +63,43 @@ class Preference:
             self.calls.start("peers", self.store.claim_peers, self.lease,
                              then=self._read, failed=self._unread)
 
-    def claim_filter(self) -> ClaimFilter | None:
-        """The filter of a preferred claim, or None for the usual one."""
-        if not self.workflows:
+    def claim(self) -> tuple[ClaimFilter, int] | None:
+        """The next planned claim (one workflow, at most this many rows), or None for the
+        usual claim. Check ``spent`` first: a spent plan claims nothing."""
+        if not self.left:
             return None
-        return ClaimFilter(self.workflows, self.filters.tags, self.filters.owners)
+        workflow = max(sorted(self.left), key=lambda w: self.left[w])
+        rows = max(1, math.ceil(self.left[workflow] - 1e-6))
+        return ClaimFilter((workflow,), self.filters.tags, self.filters.owners), rows
 
-    def ran_out(self) -> None:
-        """A preferred claim came back short: the usual claims until the next read."""
-        self.workflows = ()
+    def claimed(self, workflow: str, rows: int, *, short: bool) -> None:
+        """A planned claim came back with ``rows``; ``short``: the workflow ran out."""
+        if workflow not in self.left:
+            return
+        self.left[workflow] -= rows
+        if short:  # others took rows the division counted: divide again at once
+            self.reads.soon()
+        if short or self.left[workflow] < MIN_SHARE:
+            del self.left[workflow]
+            self.spent = not self.left
 
     def _read(self, peers: Peers) -> None:
-        self.workflows = preferred(self.filters, peers)
+        self.left = plan(self.lease.job_id, self.filters, peers)
+        self.spent = False
         self.ready = True
 
     def _unread(self, exc: BalsamError) -> None:
-        self.workflows = ()
+        self.left, self.spent = {}, False
         self.ready = True  # the usual claims meanwhile
         log.debug("could not read the other launchers' filters (%s)", exc)
 
 
-def preferred(filters: ClaimFilter, peers: Peers) -> tuple[str, ...]:
-    """The workflows to claim first, or () for the usual claim (see the module)."""
-    if not peers.named:
-        return ()
-    complete = len(peers.runnable) < RUNNABLE_SCAN_MAX  # else the scan stopped early
-    if filters.workflows:
-        mine = tuple(w for w in filters.workflows if not complete or w in peers.runnable)
-    elif complete:
-        mine = peers.runnable
-    else:
-        return ()  # too many workflows to know which are free of others' filters
-    first = tuple(w for w in mine if w not in peers.named)
-    if not first or len(first) == len(mine) or len(first) > MAX_PREFERRED:
-        return ()
-    return first
+def plan(job_id: int, filters: ClaimFilter, peers: Peers) -> dict[str, float]:
+    """This launcher's share of the division (workflow → rows), or {} for the usual
+    claim (see the module)."""
+    if not peers.takers or len(peers.runnable) >= RUNNABLE_SCAN_MAX:
+        return {}
+    shares = divide(peers.counts, peers.takers).get(job_id, {})
+    mine = {w: rows for w, rows in shares.items()
+            if rows >= MIN_SHARE and (not filters.workflows or w in filters.workflows)}
+    return mine

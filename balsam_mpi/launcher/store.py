@@ -24,6 +24,7 @@ from ..base import db
 from ..base.cleantext import one_line
 from ..base.project import Project
 from ..protocol import EndKind, Finished, Started
+from .division import Taker, workflow_set
 from .storeport import (
     AppExtras,
     BadReport,
@@ -244,7 +245,12 @@ class Store:
     def claim_peers(self, lease: Lease) -> Peers:
         """A plain read: members may read every task and batch job."""
         row = self._rows("launcher_claim_peers", {"job": lease.job_id})[0]
-        return Peers(tuple(row[0] or ()), frozenset(row[1] or ()))
+        runnable = tuple(row[0] or ())
+        counts = ({} if row[2] is None
+                  else dict(zip(runnable, (int(n) for n in row[2]), strict=True)))
+        takers = tuple(Taker(int(job), workflow_set(workflows), float(nodes), float(held))
+                       for job, nodes, workflows, held in row[3] or ())
+        return Peers(runnable, frozenset(row[1] or ()), counts, takers)
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         rows = self._rows("launcher_give_back", {"job": lease.job_id, "epoch": lease.epoch,

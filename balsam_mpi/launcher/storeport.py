@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..base.errors import DatabaseError
 from ..protocol import Finished, Started
+from .division import Taker
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,11 @@ class Peers(NamedTuple):
 
     runnable: tuple[str, ...]  # workflows with runnable, unclaimed rows (at most 65)
     named: frozenset[str]  # workflows other live launchers name in their filters
+    # Only while more than one launcher is live and one has a workflow filter (else
+    # empty): each runnable workflow's rows, counted up to a cap, and every live
+    # launcher, this one included, as the division sees it (launcher/division.py).
+    counts: Mapping[str, int] = {}
+    takers: tuple[Taker, ...] = ()
 
 
 class BadReport(DatabaseError):

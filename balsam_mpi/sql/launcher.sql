@@ -58,9 +58,13 @@ SELECT launcher_give_back FROM launcher_give_back(%(job)s::bigint, %(epoch)s::bi
                                                   %(ids)s::bigint[]);
 
 -- name: launcher_claim_peers
--- What a launcher prefers to claim (launcher/preference.py): the workflows that have
--- runnable, unclaimed rows (a loose scan of tasks_runnable_workflow: one probe per
--- workflow, at most 65 of them) and those other live launchers name in their filters.
+-- What a launcher prefers to claim (launcher/preference.py, launcher/division.py): the
+-- workflows that have runnable, unclaimed rows (a loose scan of tasks_runnable_workflow:
+-- one probe per workflow, at most 65 of them), the workflows other live launchers name
+-- in their filters, and -- only while more than one launcher is live and one of them has
+-- a workflow filter -- how many rows each workflow has (counted up to a cap that keeps
+-- the whole count near 20,000 index entries) and every live launcher's filter, nodes and
+-- unfinished rows (counted up to the same cap, through tasks_batch_job).
 WITH RECURSIVE runnable(workflow, n) AS (
     (SELECT t.workflow, 1 FROM tasks t
       WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
@@ -72,15 +76,42 @@ WITH RECURSIVE runnable(workflow, n) AS (
              ORDER BY t.workflow LIMIT 1), r.n + 1
       FROM runnable r
      WHERE r.workflow IS NOT NULL AND r.n <= 64
+), found AS (
+    SELECT r.workflow FROM runnable r WHERE r.workflow IS NOT NULL
+), live AS (
+    SELECT b.id, b.nodes, coalesce(b.filters -> 'workflows', '[]'::jsonb) AS workflows
+      FROM batch_jobs b
+     WHERE b.state = 'RUNNING'
+       AND coalesce(b.heartbeat_at, b.started_at)
+           > now() - make_interval(secs => b.lease_sec)
+), divide AS (
+    SELECT (SELECT count(*) FROM live) > 1
+           AND EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.workflows) > 0)
+           AS needed,
+           greatest(500, 20000 / greatest((SELECT count(*) FROM found), 1)) AS cap
 )
-SELECT array(SELECT r.workflow FROM runnable r WHERE r.workflow IS NOT NULL),
+SELECT array(SELECT f.workflow FROM found f ORDER BY f.workflow),
        array(SELECT DISTINCT w.name
-               FROM batch_jobs b
-              CROSS JOIN LATERAL jsonb_array_elements_text(
-                    coalesce(b.filters -> 'workflows', '[]'::jsonb)) AS w(name)
-              WHERE b.state = 'RUNNING' AND b.id <> %(job)s
-                AND coalesce(b.heartbeat_at, b.started_at)
-                    > now() - make_interval(secs => b.lease_sec));
+               FROM live l CROSS JOIN LATERAL jsonb_array_elements_text(l.workflows) AS w(name)
+              WHERE l.id <> %(job)s),
+       CASE WHEN d.needed THEN array(
+           SELECT (SELECT count(*) FROM (
+                       SELECT 1 FROM tasks t
+                        WHERE t.workflow = f.workflow
+                          AND t.state IN ('READY', 'RESTART_READY')
+                          AND t.batch_job_id IS NULL
+                        LIMIT d.cap) AS c)
+             FROM found f ORDER BY f.workflow) END,
+       CASE WHEN d.needed THEN (
+           SELECT jsonb_agg(jsonb_build_array(l.id, l.nodes, l.workflows, (
+                      SELECT count(*) FROM (
+                          SELECT 1 FROM tasks t
+                           WHERE t.batch_job_id = l.id
+                             AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED',
+                                             'RUNNING')
+                           LIMIT d.cap) AS h)) ORDER BY l.id)
+             FROM live l) END
+  FROM divide d;
 
 -- name: launcher_kills
 SELECT launcher_kills FROM launcher_kills(%(job)s::bigint, %(ids)s::bigint[]);

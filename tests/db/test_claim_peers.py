@@ -1,16 +1,18 @@
 """The preference's read (launcher_claim_peers, launcher/preference.py): the workflows
-with runnable, unclaimed rows, found by a loose scan of their index, and the workflows
-other live launchers name in their filters."""
+with runnable, unclaimed rows, found by a loose scan of their index, the workflows other
+live launchers name in their filters, and — for the division, only while it is needed —
+each workflow's rows and each live launcher's filter, nodes and unfinished rows."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from balsam_mpi.launcher.division import Taker
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.sql import query
 from tests.db.test_hand_back import add, claim, open_job
-from tests.db.test_lease import go_silent
+from tests.db.test_lease import as_superuser, go_silent
 
 
 def test_runnable_workflows_and_the_live_peers_filters(store: Store, conn: Any) -> None:
@@ -42,3 +44,29 @@ def test_the_scan_probes_the_runnable_index(conn: Any) -> None:
     plan = "\n".join(r[0] for r in conn.execute(
         "EXPLAIN " + sql.replace("%(job)s", "0")).fetchall())
     assert "tasks_runnable_workflow" in plan and "Seq Scan on tasks" not in plan, plan
+
+
+def test_the_divisions_counts_only_while_a_live_launcher_filters(store: Store,
+                                                                 conn: Any) -> None:
+    add(conn, 3, workflow="a")
+    add(conn, 5, workflow="b")
+    me = open_job(store)
+    assert store.claim_peers(me).takers == ()  # alone: nothing to divide
+    other = open_job(store)
+    assert store.claim_peers(me).takers == ()  # nobody filters: the usual claims
+    one = open_job(store, ClaimFilter(("a",)))
+    assert len(claim(store, one, 2, ClaimFilter(("a",)))) == 2
+    peers = store.claim_peers(me)
+    assert peers.counts == {"a": 1, "b": 5}  # claimed rows are not counted
+    assert peers.takers == (Taker(me.job_id, None, 1.0, 0.0),
+                            Taker(other.job_id, None, 1.0, 0.0),
+                            Taker(one.job_id, frozenset({"a"}), 1.0, 2.0))
+    with as_superuser(conn) as su:  # members cannot write tasks directly (0007)
+        su.execute("UPDATE tasks SET state = 'RUNNING' WHERE batch_job_id = %s",
+                   (one.job_id,))
+        assert store.claim_peers(me).takers[2].held == 2.0  # running rows are held
+        su.execute("UPDATE tasks SET state = 'RUN_DONE' WHERE batch_job_id = %s",
+                   (one.job_id,))
+    assert store.claim_peers(me).takers[2].held == 0.0  # ended rows are not
+    go_silent(conn, one)
+    assert store.claim_peers(me).takers == ()  # the filtered one is gone

@@ -1,6 +1,6 @@
-"""Claim preference between launchers (launcher/preference.py): a launcher claims first
-the workflows no other live launcher's filter names, so a launcher limited to a workflow
-keeps that work; and what to prefer, decided from the peers' filters."""
+"""Claim preference between launchers (launcher/preference.py): each claims its share of
+a fair division of the runnable rows (launcher/division.py), so a launcher limited to a
+workflow keeps that work and launchers with different filters end together."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from balsam_mpi.launcher.division import Taker
 from balsam_mpi.launcher.memstore import MemStore
-from balsam_mpi.launcher.preference import MAX_PREFERRED, RUNNABLE_SCAN_MAX, preferred
+from balsam_mpi.launcher.preference import RUNNABLE_SCAN_MAX, plan
 from balsam_mpi.launcher.storeport import ClaimFilter, Peers
 from tests.unit.leaderkit import Kit, make
 from tests.unit.slotkit import SlotNode
@@ -61,8 +62,40 @@ def test_an_open_launcher_leaves_a_filtered_launchers_workflow_to_it(
     assert claimed(store, only_a)["wf_a"] == 12 and "wf_a" not in claimed(store, open_one)
 
 
-def test_once_its_own_work_is_gone_the_open_launcher_takes_the_rest(
+def run_out(kits: list[Kit], store: MemStore, rounds: int = 400) -> None:
+    """Turn the launchers, ending every running task each round, until no row is left."""
+    for _ in range(rounds):
+        turn(kits, 0.01)
+        for k in kits:
+            k.node.end_all()  # type: ignore[attr-defined]
+        if all(t.state == "JOB_FINISHED" for t in store.tasks.values()):
+            return
+    raise AssertionError("the rows were not all run")
+
+
+def ran(store: MemStore, kit: Kit) -> int:
+    return sum(claimed(store, kit).values())
+
+
+def test_five_launchers_with_the_benchmarks_filters_run_equal_shares(
         tmp_path: Path) -> None:
+    """Before the division, open launchers took rows of wf_a and wf_c in id order, and
+    the launchers limited to them ran out early (docs/launcher.md)."""
+    store = MemStore()
+    store.add_app("a")
+    # 80 rows for 5 launchers of 4 slots: 16 each when the open ones take wf_d and half
+    # of wf_c. Greedy, they took wf_d, then wf_a's rows by id, and the wf_a launcher ran
+    # out.
+    for wf, n in (("wf_a", 16), ("wf_b", 16), ("wf_c", 32), ("wf_d", 16)):
+        store.add_tasks([{"app": "a", "node_packing_count": 4, "workflow": wf}
+                         for _ in range(n)])
+    kits = [launcher(tmp_path, store, f"l{i}", *wfs) for i, wfs in enumerate(
+        [("wf_a",), ("wf_b",), ("wf_a", "wf_c"), (), ()])]
+    run_out(kits, store)
+    assert [ran(store, k) for k in kits] == [16] * 5, [claimed(store, k) for k in kits]
+
+
+def test_a_launcher_that_joins_late_gets_its_share_of_the_rest(tmp_path: Path) -> None:
     store = MemStore()
     store.add_app("a")
     store.add_tasks([{"app": "a", "node_packing_count": 4, "workflow": "wf_a"}
@@ -72,23 +105,28 @@ def test_once_its_own_work_is_gone_the_open_launcher_takes_the_rest(
     only_a = launcher(tmp_path, store, "b", "wf_a")
     turn([only_a], 0.1)
     open_one = launcher(tmp_path, store, "a")
-    turn([only_a, open_one], 0.3)
-    # The 2 of wf_d first, then (the preferred claim short) the usual claim: wf_a.
-    assert claimed(store, open_one) == {"wf_d": 2, "wf_a": 4}
+    run_out([only_a, open_one], store)
+    # 22 rows, 11 each (within a row): the 6 only_a held when the other came count
+    # toward its load.
+    assert abs(ran(store, only_a) - ran(store, open_one)) <= 2
+    assert claimed(store, open_one)["wf_d"] == 2
 
 
 @pytest.mark.parametrize("filters, peers, want", [
-    (ClaimFilter(), Peers(("a", "d"), frozenset()), ()),  # nobody else filters
-    (ClaimFilter(), Peers(("a", "b", "d"), frozenset({"a", "b"})), ("d",)),
-    (ClaimFilter(), Peers(("a",), frozenset({"a"})), ()),  # all of it named by others
-    (ClaimFilter(("a", "c")), Peers(("a", "c"), frozenset({"a"})), ("c",)),
-    (ClaimFilter(("a", "c")), Peers(("a",), frozenset({"a"})), ()),  # c has no rows
-    (ClaimFilter(("a", "c")), Peers(("c",), frozenset({"b"})), ()),  # nothing to steer
+    (ClaimFilter(), Peers(("a", "d"), frozenset()), {}),  # no division read
+    (ClaimFilter(), Peers(("a", "d"), frozenset({"a"}), {"a": 14, "d": 10},
+                          (Taker(1, None, 1.0), Taker(2, frozenset({"a"}), 1.0))),
+     {"a": 2.0, "d": 10.0}),  # 12 each: all of d, and the rest from a
+    (ClaimFilter(("a",)), Peers(("a", "d"), frozenset(), {"a": 4, "d": 9},
+                                (Taker(1, frozenset({"a"}), 1.0), Taker(2, None, 1.0))),
+     {"a": 4.0}),
+    (ClaimFilter(), Peers(("a",), frozenset({"a"}), {"a": 10},
+                          (Taker(1, None, 1.0, held=40.0), Taker(2, frozenset({"a"}), 1.0))),
+     {}),  # holds more than the other will: no share
     (ClaimFilter(), Peers(tuple(f"w{i:03}" for i in range(RUNNABLE_SCAN_MAX)),
-                          frozenset({"w000"})), ()),  # too many workflows to tell
-    (ClaimFilter(), Peers(tuple(f"w{i}" for i in range(MAX_PREFERRED + 2)),
-                          frozenset({"w0"})), ()),  # more than MAX_PREFERRED to ask for
+                          frozenset({"w000"}), {f"w{i:03}": 1 for i in range(65)},
+                          (Taker(1, None, 1.0), Taker(2, frozenset({"w000"}), 1.0))),
+     {}),  # too many workflows to count them all
 ])
-def test_what_is_preferred(filters: ClaimFilter, peers: Peers,
-                           want: tuple[str, ...]) -> None:
-    assert preferred(filters, peers) == want
+def test_the_plan(filters: ClaimFilter, peers: Peers, want: dict[str, float]) -> None:
+    assert plan(1, filters, peers) == pytest.approx(want)

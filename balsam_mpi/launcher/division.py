@@ -1,0 +1,150 @@
+"""A fair division of the runnable work among live launchers whose filters differ.
+
+Each workflow ``w`` has ``counts[w]`` runnable rows; each live launcher ``l`` has a weight
+(its nodes), holds ``held[l]`` rows unfinished, and takes either every workflow or those
+its filter names. The division ``x[l][w]`` gives every row to a launcher that may take it
+and makes the largest load per weight, ``(held[l] + sum_w x[l][w]) / weight[l]``, as
+small as it can be: the run's work then ends
+on every launcher at about the same time, instead of open launchers taking, in id order,
+the rows only a filtered launcher could run and leaving it idle at the end.
+
+This is a transportation problem. The smallest feasible load ``T`` is found by bisection,
+each step a max-flow feasibility test (source → workflow, capacity its rows; workflow →
+launcher, unbounded, where the filter allows; launcher → sink, ``T × weight``). Sizes are
+small: at most 65 workflows (the preference's scan) and a handful of launchers, so each
+test is a few hundred edges. The answer is deterministic — the same counts and launchers
+give every leader the same division — so leaders that read the same counts agree without
+talking to each other; each uses only its own row (``preference.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+BISECTIONS = 40  # the load's bracket shrinks 2^40-fold: far below one row
+_EPS = 1e-9
+
+
+class Taker(NamedTuple):
+    """A live launcher as the division sees it."""
+
+    job_id: int
+    workflows: frozenset[str] | None  # None: every workflow
+    weight: float  # its nodes
+    held: float = 0.0  # rows it holds unfinished (claimed or running)
+
+    def takes(self, workflow: str) -> bool:
+        return self.workflows is None or workflow in self.workflows
+
+
+def workflow_set(names: Iterable[str]) -> frozenset[str] | None:
+    """A filter's workflows as a taker's: None (every workflow) for an empty filter."""
+    named = frozenset(names)
+    return named or None
+
+
+def divide(counts: Mapping[str, int], takers: Sequence[Taker]) -> dict[int, dict[str, float]]:
+    """Rows of each workflow per launcher (job id → workflow → rows), loads balanced.
+
+    Workflows no launcher takes are left out; launchers with no share get an empty map.
+    """
+    people = sorted((t for t in takers if t.weight > 0), key=lambda t: t.job_id)
+    work = {w: float(n) for w, n in sorted(counts.items())
+            if n > 0 and any(t.takes(w) for t in people)}
+    out: dict[int, dict[str, float]] = {t.job_id: {} for t in takers}
+    if not work:
+        return out
+    total = sum(work.values())
+    low = max(t.held / t.weight for t in people)  # no division lowers what is held
+    high = low + total / min(t.weight for t in people)  # one launcher could take all
+    flow = _Flow(work, people)
+    best = flow.route(high)
+    for _ in range(BISECTIONS):
+        mid = (low + high) / 2
+        routed = flow.route(mid)
+        if routed is None:
+            low = mid
+        else:
+            high, best = mid, routed
+    assert best is not None  # the upper bound is always feasible
+    for (w, job), rows in best.items():
+        if rows > 1e-6 * total:  # what is left of flows pushed back
+            out[job][w] = rows
+    return out
+
+
+class _Flow:
+    """Max flow on source → workflows → launchers → sink, rebuilt for each load."""
+
+    def __init__(self, work: Mapping[str, float], people: Sequence[Taker]) -> None:
+        self.work = work
+        self.people = people
+        # Launchers that take fewer workflows come first among a workflow's edges, so the
+        # search routes rows to those that cannot take others before the open ones.
+        order = sorted(people, key=lambda t: (t.workflows is None,
+                                              len(t.workflows or ()), t.job_id))
+        self.edges = {w: [t for t in order if t.takes(w)] for w in work}
+
+    def route(self, load: float) -> dict[tuple[str, int], float] | None:
+        """The rows each launcher gets when none carries more than ``load`` per weight, or
+        None when the work does not fit."""
+        left = dict(self.work)  # source → workflow: rows not yet routed
+        room = {t.job_id: max(0.0, load * t.weight - t.held)  # launcher → sink
+                for t in self.people}
+        sent: dict[tuple[str, int], float] = {}  # (workflow, launcher) → rows
+        need = sum(left.values())
+        while need > _EPS:
+            found = self._path(left, room, sent)
+            if found is None:
+                break
+            start, steps, end = found
+            push = min([left[start], room[end]]
+                       + [sent[(w, j)] for w, j, forward in steps if not forward])
+            left[start] -= push
+            room[end] -= push
+            for w, j, forward in steps:
+                sent[(w, j)] = sent.get((w, j), 0.0) + (push if forward else -push)
+            need -= push
+        return sent if need <= 1e-9 * max(1.0, sum(self.work.values())) else None
+
+    def _path(self, left: Mapping[str, float], room: Mapping[int, float],
+              sent: Mapping[tuple[str, int], float]) -> _Path | None:
+        """A shortest augmenting path: from a workflow with rows left, through
+        workflow → launcher steps (forward: more rows there; backward: rows already sent
+        there move to another launcher), to a launcher with room."""
+        to_w: dict[str, _Step | None] = {w: None for w in self.work if left[w] > _EPS}
+        to_l: dict[int, _Step] = {}
+        queue: deque[str] = deque(to_w)
+        while queue:
+            w = queue.popleft()
+            for t in self.edges[w]:
+                if t.job_id in to_l:
+                    continue
+                to_l[t.job_id] = (w, t.job_id, True)
+                if room[t.job_id] > _EPS:
+                    return _unwind(to_w, to_l, t.job_id)
+                for back in self.work:  # rows sent there may move elsewhere
+                    if back not in to_w and sent.get((back, t.job_id), 0.0) > _EPS:
+                        to_w[back] = (back, t.job_id, False)
+                        queue.append(back)
+        return None
+
+
+_Step = tuple[str, int, bool]  # (workflow, launcher, forward)
+_Path = tuple[str, list[_Step], int]  # (start workflow, steps, end launcher)
+
+
+def _unwind(to_w: Mapping[str, _Step | None], to_l: Mapping[int, _Step], end: int) -> _Path:
+    steps: list[_Step] = []
+    step = to_l[end]
+    while True:
+        steps.append(step)
+        w = step[0]
+        back = to_w[w]
+        if back is None:
+            steps.reverse()
+            return w, steps, end
+        steps.append(back)
+        step = to_l[back[1]]

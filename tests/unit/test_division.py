@@ -1,0 +1,92 @@
+"""The fair division of runnable rows among launchers with different filters
+(launcher/division.py): every row to a launcher that may take it, the largest load per
+node as small as it can be, the same answer for every leader."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from balsam_mpi.launcher.division import Taker, divide, workflow_set
+
+# The `concurrent` benchmark's launchers: wf_a only, wf_b only, wf_a and wf_c, two open.
+BENCH = [Taker(1, frozenset({"a"}), 1.0), Taker(2, frozenset({"b"}), 1.0),
+         Taker(3, frozenset({"a", "c"}), 1.0), Taker(4, None, 1.0), Taker(5, None, 1.0)]
+
+
+def loads(shares: dict[int, dict[str, float]], takers: list[Taker]) -> dict[int, float]:
+    return {t.job_id: (t.held + sum(shares[t.job_id].values())) / t.weight for t in takers}
+
+
+def test_the_benchmarks_launchers_get_equal_shares() -> None:
+    shares = divide({"a": 96, "b": 64, "c": 64, "d": 96}, BENCH)
+    assert loads(shares, BENCH) == pytest.approx({j: 64.0 for j in range(1, 6)})
+    assert shares[1] == pytest.approx({"a": 64.0})
+    assert shares[3] == pytest.approx({"a": 32.0, "c": 32.0})
+    assert shares[4].get("d", 0) + shares[5].get("d", 0) == pytest.approx(96.0)
+
+
+def test_every_row_goes_to_a_launcher_that_may_take_it() -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        names = [f"w{i}" for i in range(rng.randint(1, 12))]
+        counts = {w: rng.randint(0, 300) for w in names}
+        takers = [Taker(j, None if rng.random() < 0.3 else
+                        frozenset(rng.sample(names, rng.randint(1, len(names)))),
+                        float(rng.randint(1, 4)), float(rng.randint(0, 50)))
+                  for j in range(1, rng.randint(2, 7))]
+        shares = divide(counts, takers)
+        for t in takers:
+            assert all(t.takes(w) for w in shares[t.job_id])
+        for w, n in counts.items():
+            if any(t.takes(w) for t in takers):
+                assert sum(s.get(w, 0.0) for s in shares.values()) == pytest.approx(n, abs=1e-3)
+
+
+def test_no_division_has_a_smaller_largest_load() -> None:
+    """Against brute force over whole rows on small cases: the bisection's load is the
+    optimum (within one row, the difference between rows and fractions of rows)."""
+    rng = random.Random(11)
+    for _ in range(30):
+        counts = {"a": rng.randint(0, 6), "b": rng.randint(0, 6)}
+        takers = [Taker(1, frozenset({"a"}), 1.0, float(rng.randint(0, 3))),
+                  Taker(2, frozenset({"a", "b"}), 1.0, float(rng.randint(0, 3))),
+                  Taker(3, None, 2.0, float(rng.randint(0, 3)))]
+        got = max(loads(divide(counts, takers), takers).values())
+        best = min(
+            max(takers[0].held + a1,
+                takers[1].held + a2 + b2,
+                (takers[2].held + counts["a"] - a1 - a2 + counts["b"] - b2) / 2.0)
+            for a1 in range(counts["a"] + 1) for a2 in range(counts["a"] - a1 + 1)
+            for b2 in range(counts["b"] + 1))
+        assert best - 1.0 <= got <= best + 1e-6
+
+
+def test_what_a_launcher_holds_counts_toward_its_load() -> None:
+    takers = [Taker(1, None, 1.0, held=30.0), Taker(2, None, 1.0)]
+    shares = divide({"a": 10}, takers)
+    assert shares[1] == {} and shares[2] == pytest.approx({"a": 10.0})
+
+
+def test_weights_are_nodes() -> None:
+    takers = [Taker(1, None, 1.0), Taker(2, None, 3.0)]
+    assert loads(divide({"a": 40}, takers), takers) == pytest.approx({1: 10.0, 2: 10.0})
+
+
+def test_workflows_nobody_takes_are_left_out_and_nothing_is_no_share() -> None:
+    takers = [Taker(1, frozenset({"a"}), 1.0)]
+    assert divide({"a": 4, "z": 9}, takers) == {1: pytest.approx({"a": 4.0})}
+    assert divide({}, takers) == {1: {}}
+    assert divide({"z": 3}, takers) == {1: {}}
+
+
+def test_every_leader_gets_the_same_answer() -> None:
+    counts = {"a": 96, "b": 64, "c": 64, "d": 96}
+    first = divide(counts, BENCH)
+    assert all(divide(dict(reversed(counts.items())), list(reversed(BENCH))) == first
+               for _ in range(3))
+
+
+def test_an_empty_filter_takes_every_workflow() -> None:
+    assert workflow_set([]) is None and workflow_set(["a"]) == frozenset({"a"})
