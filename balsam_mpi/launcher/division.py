@@ -10,7 +10,8 @@ the rows only a filtered launcher could run and leaving it idle at the end.
 
 This is a transportation problem. The smallest feasible load ``T`` is found by bisection,
 each step a max-flow feasibility test (source → workflow, capacity its rows; workflow →
-launcher, unbounded, where the filter allows; launcher → sink, ``T × weight``). Sizes are
+launcher, unbounded, where the filter allows; launcher → sink, ``T × weight`` less what
+it holds, in whole rows, so the division is in whole rows too). Sizes are
 small: at most 65 workflows (the preference's scan) and a handful of launchers, so each
 test is a few hundred edges. The answer is deterministic — the same counts and launchers
 give every leader the same division — so leaders that read the same counts agree without
@@ -19,6 +20,7 @@ talking to each other; each uses only its own row (``preference.py``).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -51,7 +53,7 @@ def divide(counts: Mapping[str, int], takers: Sequence[Taker]) -> dict[int, dict
     Workflows no launcher takes are left out; launchers with no share get an empty map.
     """
     people = sorted((t for t in takers if t.weight > 0), key=lambda t: t.job_id)
-    work = {w: float(n) for w, n in sorted(counts.items())
+    work = {w: float(int(n)) for w, n in sorted(counts.items())
             if n > 0 and any(t.takes(w) for t in people)}
     out: dict[int, dict[str, float]] = {t.job_id: {} for t in takers}
     if not work:
@@ -70,7 +72,7 @@ def divide(counts: Mapping[str, int], takers: Sequence[Taker]) -> dict[int, dict
             high, best = mid, routed
     assert best is not None  # the upper bound is always feasible
     for (w, job), rows in best.items():
-        if rows > 1e-6 * total:  # what is left of flows pushed back
+        if rows >= 0.5:  # not a flow pushed back to nothing
             out[job][w] = rows
     return out
 
@@ -91,8 +93,11 @@ class _Flow:
         """The rows each launcher gets when none carries more than ``load`` per weight, or
         None when the work does not fit."""
         left = dict(self.work)  # source → workflow: rows not yet routed
-        room = {t.job_id: max(0.0, load * t.weight - t.held)  # launcher → sink
-                for t in self.people}
+        # Whole rows: with whole capacities every push is whole, so the division is too
+        # (fractions rounded up by each leader would over-claim, and one row past an even
+        # share is a whole extra wave for its launcher).
+        room = {t.job_id: float(max(0, math.floor(load * t.weight - t.held + 1e-9)))
+                for t in self.people}  # launcher → sink
         sent: dict[tuple[str, int], float] = {}  # (workflow, launcher) → rows
         need = sum(left.values())
         while need > _EPS:
@@ -107,7 +112,7 @@ class _Flow:
             for w, j, forward in steps:
                 sent[(w, j)] = sent.get((w, j), 0.0) + (push if forward else -push)
             need -= push
-        return sent if need <= 1e-9 * max(1.0, sum(self.work.values())) else None
+        return sent if need < 0.5 else None
 
     def _path(self, left: Mapping[str, float], room: Mapping[int, float],
               sent: Mapping[tuple[str, int], float]) -> _Path | None:

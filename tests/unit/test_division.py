@@ -41,26 +41,28 @@ def test_every_row_goes_to_a_launcher_that_may_take_it() -> None:
             assert all(t.takes(w) for w in shares[t.job_id])
         for w, n in counts.items():
             if any(t.takes(w) for t in takers):
-                assert sum(s.get(w, 0.0) for s in shares.values()) == pytest.approx(n, abs=1e-3)
+                assert sum(s.get(w, 0.0) for s in shares.values()) == pytest.approx(n, abs=1e-9)
 
 
 def test_no_division_has_a_smaller_largest_load() -> None:
     """Against brute force over whole rows on small cases: the bisection's load is the
-    optimum (within one row, the difference between rows and fractions of rows)."""
+    optimum, in whole rows."""
     rng = random.Random(11)
     for _ in range(30):
         counts = {"a": rng.randint(0, 6), "b": rng.randint(0, 6)}
         takers = [Taker(1, frozenset({"a"}), 1.0, float(rng.randint(0, 3))),
                   Taker(2, frozenset({"a", "b"}), 1.0, float(rng.randint(0, 3))),
                   Taker(3, None, 2.0, float(rng.randint(0, 3)))]
-        got = max(loads(divide(counts, takers), takers).values())
+        shares = divide(counts, takers)
+        assert all(rows == int(rows) for s in shares.values() for rows in s.values())
+        got = max(loads(shares, takers).values())
         best = min(
             max(takers[0].held + a1,
                 takers[1].held + a2 + b2,
                 (takers[2].held + counts["a"] - a1 - a2 + counts["b"] - b2) / 2.0)
             for a1 in range(counts["a"] + 1) for a2 in range(counts["a"] - a1 + 1)
             for b2 in range(counts["b"] + 1))
-        assert best - 1.0 <= got <= best + 1e-6
+        assert got == pytest.approx(best)
 
 
 def test_what_a_launcher_holds_counts_toward_its_load() -> None:
