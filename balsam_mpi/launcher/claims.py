@@ -23,9 +23,9 @@ again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
 
 **Planned claims** (``preference.py``). While some live launcher's filter names
 workflows, a claim asks for one workflow of this launcher's share of a fair division, for
-at most the rows left in that share; when the share is claimed, no claim until the next
-division. Only the usual claims decide that work is running out (``short``) or that this
-launcher is idle.
+at most the rows left in that share; when the share is claimed, the usual claims for free
+slots only (no margins) until the next division brings a new share. Only the usual
+claims decide that work is running out (``short``) or that this launcher is idle.
 
 **Short claims.** A claim that found less than it asked for (``short``) tells the
 dispatcher the work is running out: no margins from then on, until a claim is full again
@@ -90,6 +90,7 @@ class Claims:
         self.retry = Backoff(max(idle_s, 0.05), 10.0, jitter=0.2)
         self.total = 0
         self.max_packing = 16
+        self.spent_scarce = False  # no margins: this launcher's planned share is claimed
 
     @property
     def in_flight(self) -> bool:
@@ -108,8 +109,14 @@ class Claims:
         if self.preference is not None and not self.preference.ready:
             self.preference.step()  # the first claim waits for what to prefer
             return
+        planned = self.preference.claim() if self.preference else None
         if self.preference is not None and self.preference.spent:
-            return  # this launcher's share is claimed; the rest is the others' (preference)
+            # Its share is claimed, the rest is the others': the usual claims, for free
+            # slots only (no margins), so an idle node still finds work, and an empty
+            # answer makes this launcher hungry for what others hold unstarted.
+            self.dispatch.scarce = self.spent_scarce = True
+        elif planned is not None and self.spent_scarce:
+            self.dispatch.scarce = self.spent_scarce = False  # a new share: margins again
         want = self.dispatch.demand()
         if want < 1.0 / self.max_packing - EPS:
             return
@@ -117,7 +124,6 @@ class Claims:
         if self.max_tasks:
             limit = min(limit, self.max_tasks - self.total)
         covers = self.buffer.flushes
-        planned = self.preference.claim() if self.preference else None
         filters = self.filters
         if planned is not None:
             filters, rows = planned
@@ -149,7 +155,7 @@ class Claims:
             self.next_at = now
             self._take(got)
             return
-        self.dispatch.scarce = short(got, limit, want)
+        self.dispatch.scarce = short(got, limit, want) or self.spent_scarce
         if self.retry.failing:
             log.info("claims work again")
             self.retry.reset()

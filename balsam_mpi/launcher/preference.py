@@ -15,9 +15,13 @@ word between them. This launcher's share is its *plan*: rows per workflow. Its c
 then ask for one planned workflow at a time, the one with the most rows left in the
 plan, for no more rows than that: a claim that comes back short there (the workflow ran
 out) drops it from the plan, asks for a new division at once, and the next claim follows.
-When every planned workflow's rows have been claimed the launcher claims nothing more
-until the next read — the rest is the others' share — and when its share is empty, or no
-launcher has a workflow filter, the usual claim runs. The first claim waits for the first read (one
+When every planned workflow's rows have been claimed (*spent*), the rest is the others'
+share: until the next read the launcher claims only for slots that are free now, with
+no margins (``claims.py``), so it neither hoards others' rows nor leaves a slot idle, and
+an empty answer makes it hungry for what others hold unstarted (``giveback.py``: the
+division's shares are taken at different moments, and one row past an even share is a
+whole extra wave). When its share is empty, or no launcher has a workflow filter, the
+usual claim runs. The first claim waits for the first read (one
 short query), as it is the largest.
 
 A planned claim takes a workflow's highest-priority rows: across workflows, priority
@@ -55,7 +59,7 @@ class Preference:
         self.filters = filters
         self.reads = Periodic(PEERS_S, now=True)
         self.left: dict[str, float] = {}  # the plan's rows not yet claimed, per workflow
-        self.spent = False  # the whole plan claimed: nothing more until the next read
+        self.spent = False  # the whole plan claimed: free slots only until the next read
         self.ready = False  # the first read is in: the first claim waits for it
 
     def step(self) -> None:
@@ -65,7 +69,7 @@ class Preference:
 
     def claim(self) -> tuple[ClaimFilter, int] | None:
         """The next planned claim (one workflow, at most this many rows), or None for the
-        usual claim. Check ``spent`` first: a spent plan claims nothing."""
+        usual claim."""
         if not self.left:
             return None
         workflow = max(sorted(self.left), key=lambda w: self.left[w])
