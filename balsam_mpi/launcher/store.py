@@ -248,7 +248,8 @@ class Store:
         runnable = tuple(row[0] or ())
         counts = ({} if row[2] is None
                   else dict(zip(runnable, (int(n) for n in row[2]), strict=True)))
-        takers = tuple(Taker(int(job), workflow_set(workflows), float(nodes), float(held))
+        takers = tuple(Taker(int(job), workflow_set(str(w) for w in workflows),
+                             float(nodes), float(held))
                        for job, nodes, workflows, held in row[3] or ())
         return Peers(runnable, frozenset(row[1] or ()), counts, takers)
 

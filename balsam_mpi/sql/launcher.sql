@@ -103,7 +103,9 @@ SELECT array(SELECT f.workflow FROM found f ORDER BY f.workflow),
                         LIMIT d.cap) AS c)
              FROM found f ORDER BY f.workflow) END,
        CASE WHEN d.needed THEN (
-           SELECT jsonb_agg(jsonb_build_array(l.id, l.nodes, l.workflows, (
+           SELECT jsonb_agg(jsonb_build_array(
+                      l.id, l.nodes,
+                      to_jsonb(array(SELECT jsonb_array_elements_text(l.workflows))), (
                       SELECT count(*) FROM (
                           SELECT 1 FROM tasks t
                            WHERE t.batch_job_id = l.id

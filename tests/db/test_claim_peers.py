@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+import pytest
+
 from balsam_mpi.launcher.division import Taker
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter
@@ -70,3 +73,26 @@ def test_the_divisions_counts_only_while_a_live_launcher_filters(store: Store,
     assert store.claim_peers(me).takers[2].held == 0.0  # ended rows are not
     go_silent(conn, one)
     assert store.claim_peers(me).takers == ()  # the filtered one is gone
+
+
+@pytest.mark.parametrize("filters", [
+    '"wf"', '{"workflows": "wf"}', '{"workflows": [{"a": 1}]}', '{"workflows": [1]}',
+    '{"owners": ["u", null]}', '{"tags": ["x"]}',
+])
+def test_a_filter_of_another_shape_is_refused(conn: Any, filters: str) -> None:
+    """Stored as given, such a filter broke every launcher's read of its peers (the
+    division's read handed a leader values it could not use) and hunger (0019)."""
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("SELECT * FROM launcher_open_job(NULL, 'local', NULL, 'h', 1, 1, "
+                     "%s::jsonb, NULL, 60)", (filters,))
+    conn.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("SELECT batch_job_submit('local', 'h', 1, %s::jsonb, NULL)", (filters,))
+    conn.rollback()
+
+
+def test_the_filters_a_launcher_writes_are_accepted(store: Store, conn: Any) -> None:
+    wanted = ClaimFilter(("a", "b"), {"k": "v"}, ("me",))
+    lease = open_job(store, wanted)  # the constraint would have refused it
+    assert conn.execute("SELECT filters FROM batch_jobs WHERE id = %s",
+                        (lease.job_id,)).fetchone()[0] == wanted.as_json()
