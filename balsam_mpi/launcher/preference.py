@@ -26,10 +26,11 @@ short query), as it is the largest.
 
 A planned claim takes a workflow's highest-priority rows: across workflows, priority
 yields to the division, which is why it applies only while some live launcher's filter
-names workflows. The division counts rows not yet claimed and leaves out what each
-launcher holds; launchers that claim at the same pace hold alike. Filters on tags and
+names workflows. The division gives out rows not yet claimed and counts what each
+launcher holds unfinished toward its load (a launcher that started earlier holds more).
+Loads are rows, not node-seconds. Filters on tags and
 owners are not part of it. More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable
-rows: too many to count, the usual claim.
+rows, or more than ``MAX_TAKERS`` live launchers: the usual claim.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 PEERS_S = 1.0  # between reads of the counts and the peers' filters
 RUNNABLE_SCAN_MAX = 65  # the query's cap: a list this long may be incomplete
 MIN_SHARE = 0.5  # rows: a share below this is none
+# More live launchers than this: no division (the read leaves it out too). Members can
+# open batch jobs at will; thousands of them must not make every leader's division slow.
+MAX_TAKERS = 64
 
 
 class Preference:
@@ -101,7 +105,8 @@ class Preference:
 def plan(job_id: int, filters: ClaimFilter, peers: Peers) -> dict[str, float]:
     """This launcher's share of the division (workflow → rows), or {} for the usual
     claim (see the module)."""
-    if not peers.takers or len(peers.runnable) >= RUNNABLE_SCAN_MAX:
+    if (not peers.takers or len(peers.takers) > MAX_TAKERS
+            or len(peers.runnable) >= RUNNABLE_SCAN_MAX):
         return {}
     shares = divide(peers.counts, peers.takers).get(job_id, {})
     mine = {w: rows for w, rows in shares.items()

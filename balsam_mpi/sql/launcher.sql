@@ -61,7 +61,7 @@ SELECT launcher_give_back FROM launcher_give_back(%(job)s::bigint, %(epoch)s::bi
 -- What a launcher prefers to claim (launcher/preference.py, launcher/division.py): the
 -- workflows that have runnable, unclaimed rows (a loose scan of tasks_runnable_workflow:
 -- one probe per workflow, at most 65 of them), the workflows other live launchers name
--- in their filters, and -- only while more than one launcher is live and one of them has
+-- in their filters, and -- only while 2 to 64 launchers are live and one of them has
 -- a workflow filter -- how many rows each workflow has (counted up to a cap that keeps
 -- the whole count near 20,000 index entries) and every live launcher's filter, nodes and
 -- unfinished rows (counted up to the same cap, through tasks_batch_job).
@@ -85,7 +85,7 @@ WITH RECURSIVE runnable(workflow, n) AS (
        AND coalesce(b.heartbeat_at, b.started_at)
            > now() - make_interval(secs => b.lease_sec)
 ), divide AS (
-    SELECT (SELECT count(*) FROM live) > 1
+    SELECT (SELECT count(*) FROM live) BETWEEN 2 AND 64  -- MAX_TAKERS (preference.py)
            AND EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.workflows) > 0)
            AS needed,
            greatest(500, 20000 / greatest((SELECT count(*) FROM found), 1)) AS cap

@@ -12,7 +12,7 @@ import pytest
 
 from balsam_mpi.launcher.division import Taker
 from balsam_mpi.launcher.memstore import MemStore
-from balsam_mpi.launcher.preference import RUNNABLE_SCAN_MAX, plan
+from balsam_mpi.launcher.preference import MAX_TAKERS, RUNNABLE_SCAN_MAX, plan
 from balsam_mpi.launcher.storeport import ClaimFilter, Peers
 from tests.unit.leaderkit import Kit, make
 from tests.unit.slotkit import SlotNode
@@ -132,6 +132,10 @@ def test_a_launcher_that_joins_late_gets_its_share_of_the_rest(tmp_path: Path) -
                           frozenset({"w000"}), {f"w{i:03}": 1 for i in range(65)},
                           (Taker(1, None, 1.0), Taker(2, frozenset({"w000"}), 1.0))),
      {}),  # too many workflows to count them all
+    (ClaimFilter(), Peers(("a", "b"), frozenset({"a"}), {"a": 1000, "b": 50},
+                          tuple(Taker(j, frozenset({"a"}) if j > 1 else None, 1.0)
+                                for j in range(1, MAX_TAKERS + 2))),
+     {}),  # more live launchers than a division is worth
 ])
 def test_the_plan(filters: ClaimFilter, peers: Peers, want: dict[str, float]) -> None:
     assert plan(1, filters, peers) == pytest.approx(want)
