@@ -21,11 +21,15 @@ talking to each other; each uses only its own row (``preference.py``).
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 BISECTIONS = 40  # the load's bracket shrinks 2^40-fold: far below one row
+# A shortest-path max flow needs at most O(V·E) augmentations, but crafted counts and
+# filters (64 × 64) could make that seconds of Python: past this, no division this time.
+BUDGET_S = 0.05
 _EPS = 1e-9
 
 
@@ -47,10 +51,13 @@ def workflow_set(names: Iterable[str]) -> frozenset[str] | None:
     return named or None
 
 
-def divide(counts: Mapping[str, int], takers: Sequence[Taker]) -> dict[int, dict[str, float]]:
+def divide(counts: Mapping[str, int], takers: Sequence[Taker],
+           budget_s: float = BUDGET_S) -> dict[int, dict[str, float]]:
     """Rows of each workflow per launcher (job id → workflow → rows), loads balanced.
 
-    Workflows no launcher takes are left out; launchers with no share get an empty map.
+    Workflows no launcher takes are left out; launchers with no share get an empty map —
+    every launcher does when the division takes longer than ``budget_s`` (the leader's
+    loop waits for it; the usual claims then run until the next read).
     """
     people = sorted((t for t in takers if t.weight > 0), key=lambda t: t.job_id)
     work = {w: float(int(n)) for w, n in sorted(counts.items())
@@ -61,15 +68,18 @@ def divide(counts: Mapping[str, int], takers: Sequence[Taker]) -> dict[int, dict
     total = sum(work.values())
     low = max(t.held / t.weight for t in people)  # no division lowers what is held
     high = low + total / min(t.weight for t in people)  # one launcher could take all
-    flow = _Flow(work, people)
-    best = flow.route(high)
-    for _ in range(BISECTIONS):
-        mid = (low + high) / 2
-        routed = flow.route(mid)
-        if routed is None:
-            low = mid
-        else:
-            high, best = mid, routed
+    flow = _Flow(work, people, time.monotonic() + budget_s)
+    try:
+        best = flow.route(high)
+        for _ in range(BISECTIONS):
+            mid = (low + high) / 2
+            routed = flow.route(mid)
+            if routed is None:
+                low = mid
+            else:
+                high, best = mid, routed
+    except _TooSlow:
+        return out
     assert best is not None  # the upper bound is always feasible
     for (w, job), rows in best.items():
         if rows >= 0.5:  # not a flow pushed back to nothing
@@ -77,12 +87,18 @@ def divide(counts: Mapping[str, int], takers: Sequence[Taker]) -> dict[int, dict
     return out
 
 
+class _TooSlow(Exception):
+    """The division ran past its budget."""
+
+
 class _Flow:
     """Max flow on source → workflows → launchers → sink, rebuilt for each load."""
 
-    def __init__(self, work: Mapping[str, float], people: Sequence[Taker]) -> None:
+    def __init__(self, work: Mapping[str, float], people: Sequence[Taker],
+                 deadline: float) -> None:
         self.work = work
         self.people = people
+        self.deadline = deadline
         # Launchers that take fewer workflows come first among a workflow's edges, so the
         # search routes rows to those that cannot take others before the open ones.
         order = sorted(people, key=lambda t: (t.workflows is None,
@@ -101,6 +117,8 @@ class _Flow:
         sent: dict[tuple[str, int], float] = {}  # (workflow, launcher) → rows
         need = sum(left.values())
         while need > _EPS:
+            if time.monotonic() > self.deadline:
+                raise _TooSlow
             found = self._path(left, room, sent)
             if found is None:
                 break

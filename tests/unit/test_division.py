@@ -92,3 +92,11 @@ def test_every_leader_gets_the_same_answer() -> None:
 
 def test_an_empty_filter_takes_every_workflow() -> None:
     assert workflow_set([]) is None and workflow_set(["a"]) == frozenset({"a"})
+
+
+def test_a_division_past_its_budget_gives_no_shares() -> None:
+    counts = {f"w{i}": 1000 + i for i in range(64)}
+    takers = [Taker(j, frozenset(f"w{i}" for i in range(j % 7, 64, 3)), 1.0 + j % 3)
+              for j in range(1, 65)]
+    assert divide(counts, takers, budget_s=0.0) == {t.job_id: {} for t in takers}
+    assert any(divide(counts, takers, budget_s=10.0).values())  # with time, shares
