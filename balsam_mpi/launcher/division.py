@@ -4,15 +4,15 @@ Each workflow ``w`` has ``counts[w]`` runnable rows; each live launcher ``l`` ha
 (its nodes), holds ``held[l]`` rows unfinished, and takes either every workflow or those
 its filter names. The division ``x[l][w]`` gives every row to a launcher that may take it
 and makes the largest load per weight, ``(held[l] + sum_w x[l][w]) / weight[l]``, as
-small as it can be: the run's work then ends
-on every launcher at about the same time, instead of open launchers taking, in id order,
-the rows only a filtered launcher could run and leaving it idle at the end.
+small as it can be. The run's work then ends on every launcher at about the same time,
+instead of open launchers taking, in id order, the rows only a filtered launcher could
+run and leaving it idle at the end.
 
 This is a transportation problem. The smallest feasible load ``T`` is found by bisection,
 each step a max-flow feasibility test (source → workflow, capacity its rows; workflow →
 launcher, unbounded, where the filter allows; launcher → sink, ``T × weight`` less what
-it holds, in whole rows, so the division is in whole rows too). Sizes are
-small: at most 65 workflows (the preference's scan) and a handful of launchers, so each
+it holds, in whole rows, so the division is in whole rows too). Sizes are small: at most
+64 workflows with rows (the preference's scan) and 64 launchers, usually a handful, so a
 test is a few hundred edges. The answer is deterministic — the same counts and launchers
 give every leader the same division — so leaders that read the same counts agree without
 talking to each other; each uses only its own row (``preference.py``).
