@@ -34,7 +34,8 @@ from types import TracebackType
 from ..base.platform import node_name
 from ..protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
 from . import gpus as gpumod
-from . import mpilaunch, prepost, pyahead, pypool, runner, stagein, trampoline
+from . import mpilaunch, prepost, pypool, runner, stagein, trampoline
+from .ahead import PER_WAIT, Ahead
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
 from .resources import NodeResources
@@ -75,6 +76,7 @@ class Node(Stops):
         self._held = HeldDeaths(signal_hold_s)  # deaths waiting to see whether a stop comes
         self._env = runner.base_environment(env)
         self.procs = ProcWatch()  # what wait() sleeps on
+        self.ahead = Ahead()  # queued tasks' directories, opened while the node waits
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
         self.started_total = 0
         self.finished_total = 0
@@ -259,12 +261,19 @@ class Node(Stops):
     def _start_run(self, order: RunOrder, env: dict[str, str]) -> runner.TaskProcess:
         """The run itself: a call in a warm interpreter (watched like a process), a
         process, or a multi-rank task under its launch prefix."""
+        opened = self.ahead.take(order)  # raises what opening it ahead raised
         if order.python:
-            proc: runner.TaskProcess = self._python_pool().start(order, env)
+            proc: runner.TaskProcess = self._python_pool().start(order, env, opened)
         else:
-            prefix = self.prefixes.of(order)
+            try:
+                prefix = self.prefixes.of(order)
+            except BaseException:
+                for fd in opened or ():
+                    os.close(fd)
+                raise
             proc = runner.start(order, env, die_with_parent=self.die_with_parent,
-                                argv=runner.task_argv(order, prefix) if prefix else None)
+                                argv=runner.task_argv(order, prefix) if prefix else None,
+                                opened=opened)
         self.changes.started.append(Started(order.id, order.epoch, proc.started_at))
         self.started_total += 1
         return proc
@@ -278,11 +287,11 @@ class Node(Stops):
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` s, waking when a task ends; True if anything woke it.
-        Idle time goes first to the next calls' directories (``pyahead``), one at a time
-        while nothing ends: a slot that frees then starts its call at once."""
-        ahead = self.pool.ahead if self.pool is not None else None
-        if ahead is not None and not self.stopping and (self.queue or ahead.ready):
-            for _ in range(pyahead.PER_WAIT):
+        Idle time goes first to the next tasks' directories (``ahead``), one at a time
+        while nothing ends: a slot that frees then starts its task at once."""
+        ahead = self.ahead
+        if not self.stopping and (self.queue or ahead.ready):
+            for _ in range(PER_WAIT):
                 if not ahead.prepare(self.queue):
                     break
                 if self.reap(0.0):
@@ -379,6 +388,7 @@ class Node(Stops):
         self.kill_everything_now()
         for proc in list(self.running.values()):
             runner.close(proc)
+        self.ahead.close()
         if self.pool is not None:
             self.pool.close()
         self.procs.close()

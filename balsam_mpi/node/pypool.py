@@ -13,7 +13,7 @@ as it would a task's; its ``pidfd`` is an fd that becomes readable when the answ
 arrives *or* the interpreter dies (an epoll of the interpreter's socket and pidfd), which
 the node watches in its own epoll like a task's pidfd. The node opens the task's
 directory, task.out and task.err as for a process task (ahead of the start, while it
-waits: ``pyahead``) and sends them with the call.
+waits: ``ahead``) and sends them with the call.
 
 Nothing a call does can take the node down: a raise is an answer (exit code 1, the
 traceback in task.err), and ``os._exit``, a crash, the OOM killer (interpreters volunteer
@@ -46,7 +46,6 @@ from typing import Any
 from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner
 from .outcap import CallOutputs
-from .pyahead import Ahead
 from .pycall import encode_frame
 from .pywire import read_answer, send_call
 from .pyzygote import Zygote
@@ -146,7 +145,6 @@ class PyPool:
         self.idle: dict[Key, list[Interpreter]] = {}
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
-        self.ahead = Ahead()  # queued calls' directories, opened while the node waits
         self.outputs = CallOutputs()  # the output cap, which no trampoline applies
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         runner.raise_nofile()
@@ -159,25 +157,20 @@ class PyPool:
         self.most = 0  # the most calls that ran at once: how many interpreters to keep
 
     # -- a call's start -----------------------------------------------------------------
-    def start(self, order: RunOrder, env: Mapping[str, str]) -> PyCall:
-        """Send the call to an idle interpreter of the right kind (or a new one)."""
-        self._reap_retired()
-        path, kwargs = order.python
-        extra = {k: v for k, v in env.items() if self.base.get(k) != v}
-        spawn_env = {k: extra.pop(k) for k in SPAWN_KEYS if k in extra}
-        cap = (int(self.config.memory_mb * 2**20) if self.config.memory_mb > 0
-               else int(min(1.0, order.need) * self.mem_total))
-        as_cap = cap if self.config.address_cap and order.gpus == 0 else 0
-        key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
-        frame = encode_frame({"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap,
-                              "id": order.id}, kwargs.encode())
-        # The task's directory and output files, opened here exactly as for a process task
+    def start(self, order: RunOrder, env: Mapping[str, str],
+              opened: tuple[int, int, int] | None = None) -> PyCall:
+        """Send the call to an idle interpreter of the right kind (or a new one);
+        ``opened``: the call's directory and outputs, opened ahead by the node."""
+        # The task's directory and output files, opened exactly as for a process task
         # (runner: a walk from data/ that follows no planted link, outputs O_EXCL|
         # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
         # the call. The node keeps the outputs' to read the failure tail back, as for any
         # task. (Interpreters making directories side by side in one shard contended.)
-        dir_fd, out_fd, err_fd = self.ahead.take(order) or runner.open_task_dir(order)
+        dir_fd, out_fd, err_fd = opened or runner.open_task_dir(order)
+        path = order.python[0]
         try:
+            self._reap_retired()
+            key, spawn_env, frame = self._call(order, env)
             interp = self._take(key, spawn_env)
             try:
                 send_call(interp.sock, frame, [dir_fd, out_fd, err_fd])
@@ -205,6 +198,20 @@ class PyPool:
         deadline = time.monotonic() + order.wall_time_s if order.wall_time_s > 0 else 0.0
         return PyCall(order, interp.pid, os.dup(interp.watch.fileno()), time.time(),
                       deadline, out_fd=out_fd, err_fd=err_fd, interp=interp, pool=self)
+
+    def _call(self, order: RunOrder, env: Mapping[str, str]
+              ) -> tuple[Key, dict[str, str], bytes]:
+        """The kind of interpreter the call needs, its spawn environment, and its frame."""
+        path, kwargs = order.python
+        extra = {k: v for k, v in env.items() if self.base.get(k) != v}
+        spawn_env = {k: extra.pop(k) for k in SPAWN_KEYS if k in extra}
+        cap = (int(self.config.memory_mb * 2**20) if self.config.memory_mb > 0
+               else int(min(1.0, order.need) * self.mem_total))
+        as_cap = cap if self.config.address_cap and order.gpus == 0 else 0
+        key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
+        frame = encode_frame({"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap,
+                              "id": order.id}, kwargs.encode())
+        return key, spawn_env, frame
 
     def _take(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
         waiting = self.idle.get(key)
@@ -317,7 +324,6 @@ class PyPool:
             interp.kill()
 
     def close(self) -> None:
-        self.ahead.close()
         self.outputs.close()
         for interp in self.procs.values():
             interp.kill()

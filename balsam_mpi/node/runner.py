@@ -250,17 +250,25 @@ def _raise_nofile() -> None:
 
 def start(order: RunOrder, env: Mapping[str, str], *, die_with_parent: bool = True,
           argv: list[str] | None = None, out_name: str = STDOUT_NAME,
-          err_name: str = STDERR_NAME, timed: bool = True) -> TaskProcess:
+          err_name: str = STDERR_NAME, timed: bool = True,
+          opened: tuple[int, int, int] | None = None) -> TaskProcess:
     """Start one task (or, given ``argv``, its pre/postprocess); stdout and stderr go to
-    files in its working directory."""
+    files in its working directory (``opened``: its directory and outputs, opened ahead
+    by the node; they are this call's to close)."""
     global _warned_fallback
     if not _nofile_raised:
         _raise_nofile()
     if argv is None:
         argv = task_argv(order)
     tramp = trampoline.trampoline()
-    prog = _resolve(argv[0], env) if tramp is not None else argv[0]
-    dir_fd, out, err = open_task_dir(order, out_name, err_name)
+    try:
+        prog = _resolve(argv[0], env) if tramp is not None else argv[0]
+    except StartError:
+        if opened is not None:
+            for fd in opened:
+                os.close(fd)
+        raise
+    dir_fd, out, err = opened or open_task_dir(order, out_name, err_name)
     deadline = (time.monotonic() + order.wall_time_s
                 if timed and order.wall_time_s > 0 else 0.0)
     try:
