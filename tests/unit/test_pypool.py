@@ -444,3 +444,16 @@ def test_timers_handlers_and_umask_a_call_leaves_do_not_reach_the_next(
     finally:
         os.umask(old)
     assert got == {"pid": pid, "mode": 0o644, "usr1": True}
+
+
+def test_a_queued_call_is_opened_ahead_and_runs_in_that_directory(node: Node,
+                                                                   tmp_path: Path) -> None:
+    node.apply(Assign(node.acked + 1, (call(tmp_path, 1, "sleep", need=1.0, s=0.3),
+                                       call(tmp_path, 2, "say", need=1.0, text="hi"))))
+    node.step()
+    assert list(node.running) == [1]
+    node.wait(0.0)  # the slot is busy: the next call's directory is opened meanwhile
+    assert sorted(p.name for p in (tmp_path / "t2").iterdir()) == ["task.err", "task.out"]
+    ended = until_ended(node, {1, 2})
+    ok(ended[2])
+    assert (tmp_path / "t2" / "task.out").read_text() == "hi\nchild: hi\n"
