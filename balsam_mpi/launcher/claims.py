@@ -55,6 +55,7 @@ HOLDERS_RECHECK_S = 0.1  # between looks while other jobs hold work these filter
 # hears this launcher is hungry (giveback.py: told at once, heard within a 0.25 s beat,
 # then one release): such a holder is waited for this long after it was first seen.
 HANDBACK_WAIT_S = 1.0
+FIRST_BEATS_KEPT = 1024  # holders whose first heartbeat is remembered, at most
 
 
 class Claims:
@@ -207,6 +208,12 @@ class Claims:
                                 f"{left:.0f} s for its lease to run out" if left > 0
                                 else "for its lease to be swept")
         self.waiting_for, self.overdue = frozenset(waiting), frozenset(overdue)
+        if len(self.first_beat) > FIRST_BEATS_KEPT:
+            # A launcher that lives for days sees thousands of batch jobs come and go:
+            # keep only the holders of this answer (one seen again later waits for one
+            # more heartbeat of its own).
+            now_held = {h.job_id for h in got.held}
+            self.first_beat = {j: b for j, b in self.first_beat.items() if j in now_held}
 
 
 def short(got: ClaimResult, limit: int, want: float) -> bool:

@@ -61,3 +61,13 @@ def test_the_hand_back_wait_counts_from_each_time_work_ran_out(
     clock.now += 5.0
     claims._claimed(claims.covers, empty(holder(110.0, queued=True)), 8, 1.0)
     assert not claims.last_empty and claims.waiting_for == {7}
+
+
+def test_the_holders_remembered_stay_bounded(tmp_path: Path) -> None:
+    """A long-lived launcher sees batch jobs come and go: what it remembers of holders
+    past FIRST_BEATS_KEPT is cut to the holders of the latest answer."""
+    claims = make(tmp_path).leader.claims
+    for job in range(claims_mod.FIRST_BEATS_KEPT + 10):
+        claims._held(empty(Held(job, 1, 100.0, 0.1, 60.0, False)))
+    assert len(claims.first_beat) <= claims_mod.FIRST_BEATS_KEPT
+    assert claims_mod.FIRST_BEATS_KEPT + 9 in claims.first_beat  # the latest is kept
