@@ -47,8 +47,13 @@ def connect(proj: Project) -> Any:
 
 
 def reset(conn: Any) -> None:
-    """Forget earlier rounds: tasks, events and batch jobs (benchmark projects only)."""
-    conn.execute("TRUNCATE task_events, task_deps, tasks, batch_jobs RESTART IDENTITY CASCADE")
+    """Forget earlier rounds: tasks, events and batch jobs (benchmark projects only).
+    Task ids go on from where they were: a task's directory is named after its id, and
+    ids started again would have every round after the first find its tasks' directories
+    and output files already made — a start path no real task takes, and on this
+    machine's ext4 many times cheaper than making them (docs/launcher.md, *Task
+    processes*)."""
+    conn.execute("TRUNCATE task_events, task_deps, tasks, batch_jobs CASCADE")
 
 
 def add_tasks(conn: Any, n: int, command: str, packing: int, workflow: str = "bench") -> None:

@@ -9,7 +9,12 @@ one run is the figure that travels. The issue's target is ≥ 80% of it with 4 a
 ranks. Several ranks spawn side by side on this 2-core machine and can pass the
 sequential rate, so two more ratios are given: to the concurrent spawn rate (one process,
 8 in flight) and to as many bare Python spawners as there are ranks, side by side
-(measured just before that rank count's runs).
+(measured just before that rank count's runs). And one that takes the node's own work per
+task in: as many nodes alone (`nodealone.py`: the launcher's node code with no MPI, leader
+or database; task directory, outputs, trampoline, reap) side by side, measured just
+before that rank count's runs too, so the ratio shows what the launcher adds on top of
+the node — and the file system's cost of the moment, which varies a great deal here
+(docs/launcher.md, *Task processes*), is in both.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from . import ceiling
 from . import launcher_common as lc
 from .harness import write_result
 from .measure import one_run, task_times
+from .nodealone import node_parallel
 from .plots import plot_sweep, png_path
 from .projects import bench_project
 
@@ -38,10 +44,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     with bench_project() as proj, lc.connect(proj) as conn:
         spawn_before = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
         conc_before = statistics.median(ceiling.spawn_concurrent(n_spawn) for _ in range(3))
+        node_alone = statistics.median(node_parallel(1, proj.root / "data") for _ in range(3))
         parallel: dict[str, float] = {}
+        nodes_side: dict[str, float] = {}
         for ranks in ranks_list:
             parallel[str(ranks)] = statistics.median(
                 ceiling.spawn_parallel(ranks, 1.5) for _ in range(3))
+            nodes_side[str(ranks)] = statistics.median(
+                node_parallel(ranks, proj.root / "data") for _ in range(3))
             runs = []
             for _ in range(RUNS):
                 lc.reset(conn)
@@ -65,10 +75,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     for key, res in per_ranks.items():
         res["median"]["parallel_spawn_per_s"] = parallel[key]
         res["median"]["ratio_to_parallel_spawn"] = res["median"]["rate_per_s"] / parallel[key]
+        res["median"]["parallel_nodes_per_s"] = nodes_side[key]
+        res["median"]["ratio_to_parallel_nodes"] = (res["median"]["rate_per_s"]
+                                                    / nodes_side[key])
     results = {"spawn_ceiling_per_s": {"before": spawn_before, "after": spawn_after,
                                        "used": ceiling_rate},
                "spawn_concurrent_per_s": {"before": conc_before, "after": conc_after,
                                           "used": conc_rate},
+               "node_alone_per_s": node_alone,
                "by_ranks": per_ranks}
     params = {"ranks": ranks_list, "tasks": n_tasks, "node_packing_count": packing,
               "runs": RUNS, "command": "/bin/true", "n_spawn": n_spawn}
@@ -78,12 +92,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                {"launcher tasks/s": [per_ranks[str(x)]["median"]["rate_per_s"] for x in xs]},
                ceiling_rate, "bare sequential spawn /s (same run)")
     summary: dict[str, Any] = {"spawn ceiling /s": round(ceiling_rate),
-                               "concurrent spawn /s": round(conc_rate)}
+                               "concurrent spawn /s": round(conc_rate),
+                               "one node alone /s": round(node_alone)}
     for r, res in per_ranks.items():
         m = res["median"]
         summary[f"ranks={r}"] = (f"{m['rate_per_s']:.0f} tasks/s = {m['ratio_to_spawn']:.2f}"
                                  f" x spawn ({m['ratio_to_concurrent_spawn']:.2f} x concurrent,"
-                                 f" {m['ratio_to_parallel_spawn']:.2f} x {r} spawners); "
+                                 f" {m['ratio_to_parallel_spawn']:.2f} x {r} spawners,"
+                                 f" {m['ratio_to_parallel_nodes']:.2f} x {r} nodes alone); "
                                  f"leader {m['leader_cpu_us_per_task']:.0f} us/task")
     summary["written"] = str(path)
     return summary
