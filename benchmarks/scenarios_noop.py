@@ -12,7 +12,7 @@ sequential rate, so two more ratios are given: to the concurrent spawn rate (one
 (measured just before that rank count's runs). And one that takes the node's own work per
 task in: as many nodes alone (`nodealone.py`: the launcher's node code with no MPI, leader
 or database; task directory, outputs, trampoline, reap) side by side, measured just
-before that rank count's runs too, so the ratio shows what the launcher adds on top of
+before each run (the median of the runs' own ratios), so the ratio shows what the launcher adds on top of
 the node — and the file system's cost of the moment, which varies a great deal here
 (docs/launcher.md, *Task processes*), is in both.
 """
@@ -46,23 +46,27 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         conc_before = statistics.median(ceiling.spawn_concurrent(n_spawn) for _ in range(3))
         node_alone = statistics.median(node_parallel(1, proj.root / "data") for _ in range(3))
         parallel: dict[str, float] = {}
-        nodes_side: dict[str, float] = {}
         for ranks in ranks_list:
             parallel[str(ranks)] = statistics.median(
                 ceiling.spawn_parallel(ranks, 1.5) for _ in range(3))
-            nodes_side[str(ranks)] = statistics.median(
-                node_parallel(ranks, proj.root / "data") for _ in range(3))
             runs = []
             for _ in range(RUNS):
+                # The file system's cost drifts within minutes here: the nodes alone
+                # are measured just before each run, and each run has its own ratio.
+                side = node_parallel(ranks, proj.root / "data")
                 lc.reset(conn)
                 lc.add_tasks(conn, n_tasks, "/bin/true", packing)
-                runs.append(one_run(proj, conn, ranks))
+                run_ = one_run(proj, conn, ranks)
+                run_["parallel_nodes_per_s"] = side
+                run_["ratio_to_parallel_nodes"] = run_["rate_per_s"] / side
+                runs.append(run_)
             raw[str(ranks)] = task_times(conn)  # the last run's tasks
             per_ranks[str(ranks)] = {
                 "median": {k: statistics.median(r[k] for r in runs)
                            for k in ("rate_per_s", "span_s", "launcher_wall_s",
                                      "leader_cpu_us_per_task", "first_start_after_init_s",
-                                     "utilization")},
+                                     "utilization", "parallel_nodes_per_s",
+                                     "ratio_to_parallel_nodes")},
                 "runs": runs,
             }
         spawn_after = statistics.median(ceiling.spawn_sequential(n_spawn) for _ in range(3))
@@ -75,9 +79,6 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     for key, res in per_ranks.items():
         res["median"]["parallel_spawn_per_s"] = parallel[key]
         res["median"]["ratio_to_parallel_spawn"] = res["median"]["rate_per_s"] / parallel[key]
-        res["median"]["parallel_nodes_per_s"] = nodes_side[key]
-        res["median"]["ratio_to_parallel_nodes"] = (res["median"]["rate_per_s"]
-                                                    / nodes_side[key])
     results = {"spawn_ceiling_per_s": {"before": spawn_before, "after": spawn_after,
                                        "used": ceiling_rate},
                "spawn_concurrent_per_s": {"before": conc_before, "after": conc_after,

@@ -60,10 +60,7 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
     per_task = best["median"].get("leader_marginal_us_per_task",
                                   best["median"]["leader_cpu_us_per_task"])
     task_s = max(0.0, per_task * 1e-6 - 2 * item_s)
-    # A node's cost per task: one node alone (directory, outputs, trampoline, reap), where
-    # the run measured it; else the bare spawn (older result files).
-    noop_res = docs["noop"]["results"]
-    noop = noop_res.get("node_alone_per_s") or noop_res["spawn_ceiling_per_s"]["used"]
+    noop = docs["noop"]["results"]["spawn_ceiling_per_s"]["used"]
     util = docs["utilization"]["results"]["by_duration"]
     one = util.get("1") or next(iter(util.values()))
     claim_fit = db["claim"]["fit"]
@@ -101,9 +98,7 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
                          "ranks, "
                          f"claim {best['claim_limit']}, less 2 items' message cost",
         "leader_msg_s, leader_item_s": "leader: msgcost (REPORT + ASSIGN, leader CPU)",
-        "spawn_s": ("noop: 1 / the rate of one node alone (packing 16, /bin/true), same run"
-                    if noop_res.get("node_alone_per_s") else
-                    "noop: 1 / bare sequential spawn rate, same run"),
+        "spawn_s": "noop: 1 / bare sequential spawn rate, same run",
         "msg_latency_s": "leader: msgcost wall per message / 2",
         "startup_s": "utilization 1 s: job start → first task, less a claim and a spawn",
         "close_s": "utilization 1 s: last end → job closed, less the flush interval",
@@ -117,10 +112,8 @@ def _err(model: float, measured: float) -> float:
 
 def check(costs: Costs, docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Replay the measured small runs in the model; relative errors. Here every "node"
-    is a rank on one 2-core host, so the replay lets them share one host spawner (the
-    projections give each node its own): for the no-op runs at the rate of as many
-    nodes alone side by side, measured before them; for the others at the host's
-    concurrent spawn rate (their tasks ask the host for far less than either)."""
+    is a rank on one 2-core host, so the replay lets them share one spawner at the
+    host's measured concurrent spawn rate (the projections give each node its own)."""
     rows: list[dict[str, Any]] = []
     up = docs["utilization"]
     host = 1.0 / up["results"]["spawn_concurrent_per_s"]
@@ -137,12 +130,8 @@ def check(costs: Costs, docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     times = [e - s for s, e in next(iter(noop["raw"]["task_times_last_run"].values()))]
     d_true = statistics.median(times) if times else 1e-3
     for ranks, res in noop["results"]["by_ranks"].items():
-        # The host's per-task ceiling for this many nodes: as many nodes alone side by
-        # side, measured just before these runs (else the utilization run's spawn rate).
-        side = res["median"].get("parallel_nodes_per_s")
-        here = Costs(**{**asdict(costs), "host_spawn_s": 1.0 / side}) if side else costs
         sim = simulate(Case(1, int(ranks), noop["params"]["node_packing_count"], d_true,
-                            noop["params"]["tasks"]), here)
+                            noop["params"]["tasks"]), costs)
         m = res["median"]
         rows.append({"run": f"noop {ranks} ranks", "measured_tasks_per_s": m["rate_per_s"],
                      "model_tasks_per_s": sim["throughput_per_s"],

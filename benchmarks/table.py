@@ -43,6 +43,9 @@ def _noop(doc: dict[str, Any]) -> list[Row]:
     rows = [("noop: bare spawn in the same run", f"{ceiling:,.0f}/s", "1 (ceiling)",
              f"before {r['spawn_ceiling_per_s']['before']:.0f}, "
              f"after {r['spawn_ceiling_per_s']['after']:.0f}")]
+    if "node_alone_per_s" in r:
+        rows.append(("noop: one node alone (no MPI, leader or database), same run",
+                     f"{r['node_alone_per_s']:,.0f} tasks/s", "-", "median of 3"))
     for ranks, res in r["by_ranks"].items():
         m = res["median"]
         rows.append((f"noop {doc['params']['tasks']} tasks, {ranks} ranks",
@@ -52,6 +55,11 @@ def _noop(doc: dict[str, Any]) -> list[Row]:
                      f"{m.get('ratio_to_parallel_spawn', float('nan')):.2f} × {ranks} "
                      f"spawners ({m.get('parallel_spawn_per_s', float('nan')):,.0f}/s)",
                      _spread([x["rate_per_s"] for x in res["runs"]])))
+        if "ratio_to_parallel_nodes" in m:
+            rows.append((f"noop {ranks} ranks ÷ {ranks} nodes alone, each measured just "
+                         "before its run", f"{m['ratio_to_parallel_nodes']:.2f}",
+                         f"nodes alone {m['parallel_nodes_per_s']:,.0f} tasks/s",
+                         _spread([x["ratio_to_parallel_nodes"] for x in res["runs"]])))
         rows.append((f"noop {ranks} ranks: leader CPU per task",
                      f"{m['leader_cpu_us_per_task']:.0f} µs", "-",
                      _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
