@@ -124,6 +124,9 @@ class RunOrder(NamedTuple):
     # arguments as JSON text), called in one of the node's warm interpreters (pypool);
     # empty for a process task. Only the app's import path and JSON travel, never code.
     python: tuple[str, ...] = ()
+    # False: a Python call of an app without task directories (migration 0020) runs in
+    # its workflow's directory, its output in memory; ``cwd`` is then never made.
+    own_dir: bool = True
 
 
 class Started(NamedTuple):

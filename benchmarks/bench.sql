@@ -82,9 +82,10 @@ SELECT relname::text, pg_total_relation_size(oid) FROM pg_class
 SELECT id, workflow, name FROM tasks ORDER BY id;
 
 -- name: python_app
--- A Python app of the `python` scenario (scenarios_python.py).
-INSERT INTO apps (name, python) VALUES (%(a)s, %(p)s)
-ON CONFLICT (name) DO UPDATE SET python = EXCLUDED.python;
+-- A Python app of the `python` scenario (scenarios_python.py); task_dirs false: its calls
+-- run without directories of their own (0020).
+INSERT INTO apps (name, python, task_dirs) VALUES (%(a)s, %(p)s, %(dirs)s)
+ON CONFLICT (name) DO UPDATE SET python = EXCLUDED.python, task_dirs = EXCLUDED.task_dirs;
 
 -- name: python_tasks
 -- n READY tasks of a Python app; with indexed, params {"i": n} (else the given params).

@@ -2,7 +2,9 @@
 the same run's exec no-ops and bare spawn ceiling.
 
 1. Throughput, 4 ranks, node_packing_count 16: N Python no-ops (return None: no result
-   to write), N Python calls returning a small dict (results written with the reports),
+   to write), the same of an app without task directories (`--no-task-dirs`: no
+   directory and files per call), N Python calls returning a small dict (results written
+   with the reports),
    N exec no-ops (`/bin/true`) and N tasks of the null runner (no process at all: the
    launcher's and the database's own ceiling), in alternating rounds, with the bare
    sequential spawn rate (the issue's ceiling) measured before and after. Ratios:
@@ -43,9 +45,10 @@ ENV = {"PYTHONPATH": REPO}  # the interpreters import benchmarks.pyfuncs
 
 
 def add_python(conn: Any, n: int, fn: str, *, indexed: bool = False,
-               params: str = "{}") -> list[int]:
-    app = f"py_{fn}"
-    conn.execute(bench_query("python_app"), {"a": app, "p": f"benchmarks.pyfuncs:{fn}"})
+               params: str = "{}", task_dirs: bool = True) -> list[int]:
+    app = f"py_{fn}" if task_dirs else f"py_{fn}_nodir"
+    conn.execute(bench_query("python_app"), {"a": app, "p": f"benchmarks.pyfuncs:{fn}",
+                                             "dirs": task_dirs})
     rows = conn.execute(bench_query("python_tasks"), {
         "w": "bench", "a": app, "pack": PACKING, "n": n, "indexed": indexed,
         "params": params}).fetchall()
@@ -63,7 +66,7 @@ def steady_rate(conn: Any) -> float:
     return (hi - lo) / (ends[hi] - ends[lo]) if ends[hi] > ends[lo] else float("nan")
 
 
-KINDS = ("null_runner", "exec_noop", "python_noop", "python_result")
+KINDS = ("null_runner", "exec_noop", "python_noop", "python_result", "python_noop_nodir")
 
 
 def _throughput(proj: Project, conn: Any, quick: bool) -> dict[str, Any]:
@@ -78,8 +81,9 @@ def _throughput(proj: Project, conn: Any, quick: bool) -> dict[str, Any]:
                 lc.add_tasks(conn, n, "/bin/true", PACKING)
                 args = ("--null-runner",) if kind == "null_runner" else ()
             else:
-                add_python(conn, n, "noop" if kind == "python_noop" else "small",
-                           indexed=kind == "python_result")
+                add_python(conn, n, "small" if kind == "python_result" else "noop",
+                           indexed=kind == "python_result",
+                           task_dirs=kind != "python_noop_nodir")
             run = one_run(proj, conn, NODES, *args, env=ENV)
             run["steady_rate_per_s"] = steady_rate(conn)
             kinds[kind].append(run)

@@ -173,10 +173,13 @@ def _python(doc: dict[str, Any]) -> list[Row]:
     thr, util, wait = r["throughput"], r["utilization"], r["wait"]
     rows: list[Row] = []
     names = {"python_noop": "Python no-op (returns None)",
+             "python_noop_nodir": "Python no-op, app without task directories",
              "python_result": "Python call returning a small dict",
              "exec_noop": "exec no-op (/bin/true)",
              "null_runner": "null runner (no process)"}
     for key, label in names.items():
+        if key not in thr["rate_per_s"]:  # a kind older result files lack
+            continue
         rows.append((f"{label}, 4 ranks × 16, {thr['tasks']} tasks (steady state)",
                      f"{thr['rate_per_s'][key]:,.0f} tasks/s "
                      f"({thr['steady_rate_per_s'][key]:,.0f})",

@@ -125,6 +125,14 @@ def open_task_dir(cwd: str, out_name: str, err_name: str) -> tuple[int, int, int
     return fds[0], fds[1], fds[2]
 
 
+def open_workflow_dir(cwd: str) -> int:
+    """The workflow's directory of the task at ``cwd`` (``PROJECT/data/<workflow>``, made
+    where missing, walked as for a task's own), as a descriptor the caller closes: where
+    a Python call of an app without task directories runs."""
+    data, parts = safefs.split_task_dir(cwd)
+    return os.dup(task_dirs(data).parent(parts[:1]))
+
+
 def open_output(dir_fd: int, name: str, trust: Trust, where: str,
                 mode: int = FILE_MODE) -> int:
     """``name`` in ``dir_fd`` for appending: a new file (O_EXCL: never through a link), or

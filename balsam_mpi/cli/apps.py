@@ -31,30 +31,37 @@ def app() -> None:
 @click.option("--postprocess-on-timeout", is_flag=True, help="Postprocess timed-out runs too.")
 @click.option("--error-retry-limit", default="0", metavar="N",
               help="Automatic retries of a non-zero exit (default 0: none).")
+@click.option("--no-task-dirs", "no_task_dirs", is_flag=True,
+              help="Python apps: run calls in their workflow's directory, output in memory "
+                   "(no directory and files per call; docs/python-tasks.md).")
 @pass_ctx
 def app_add(ctx: CliContext, name: str, command: str | None, python: str | None,
             description: str, preprocess: str, postprocess: str, env_script: str,
             shell: bool, postprocess_on_error: bool, postprocess_on_timeout: bool,
-            error_retry_limit: str) -> None:
+            error_retry_limit: str, no_task_dirs: bool) -> None:
     """Register app NAME: a --command template, or a --python function."""
     from ..tasks.pyapps import check_app as check_python_app
+    from ..tasks.pyapps import check_task_dirs
     from ..tasks.validate import check_app, from_text
 
     retries = from_text("error_retry_limit", error_retry_limit)
     fields = {"description": description, "preprocess": preprocess,
               "postprocess": postprocess, "env_script": env_script}
     # Bad input is refused before connecting; giving both or neither: add_app says so.
+    dirs = {"task_dirs": False} if no_task_dirs else {}
     if python is not None and command is None:
         check_python_app(name, python, {**fields, "shell": shell,
                                         "postprocess_on_error": postprocess_on_error,
-                                        "postprocess_on_timeout": postprocess_on_timeout})
+                                        "postprocess_on_timeout": postprocess_on_timeout,
+                                        **dirs})
     elif command is not None and python is None:
+        check_task_dirs(not no_task_dirs, python=False)
         check_app(name, command, fields)
     app_id = ctx.client().add_app(
         name, command, python=python, description=description, preprocess=preprocess,
         postprocess=postprocess, env_script=env_script, shell=shell,
         postprocess_on_error=postprocess_on_error,
-        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=retries)
+        postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=retries, **dirs)
     click.echo(f"added app {name} (id {app_id})")
 
 

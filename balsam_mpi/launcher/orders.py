@@ -94,7 +94,7 @@ class OrderBuilder:
         """Raises BadTask / InputError / ValueError when the row cannot be run."""
         pp = self.apps.get(row.app)
         if pp.python:
-            return self._python(row, pp.python)
+            return self._python(row, pp.python, pp.task_dirs)
         if len(row.command) > COMMAND_MAX:
             raise BadTask(f"command: {len(row.command)} characters, more than "
                           f"{COMMAND_MAX}")
@@ -150,9 +150,11 @@ class OrderBuilder:
         return tuple(row.input_files), tuple(
             self.cwd(str(w), int(i), str(n)) for w, i, n in json.loads(row.parents or "[]"))
 
-    def _python(self, row: Claimed, path: str) -> RunOrder:
+    def _python(self, row: Claimed, path: str, task_dirs: bool = True) -> RunOrder:
         """A call in one of the node's warm interpreters: the app's import path and the
-        task's params as keyword arguments, passed on as the JSON text the claim read."""
+        task's params as keyword arguments, passed on as the JSON text the claim read.
+        Without task directories (the app's choice), a call that links input files
+        still gets its own: that is where they are linked."""
         if needs_prefix(row.num_nodes, row.ranks_per_node):
             raise BadTask("num_nodes: a Python task runs in one interpreter: num_nodes and "
                           "ranks_per_node must be 1")
@@ -163,7 +165,7 @@ class OrderBuilder:
             row.id, self.epoch, (), self.cwd(row.workflow, row.id, row.name), env,
             need_of(row.node_packing_count), float(row.wall_time_min) * 60.0,
             row.threads_per_rank, row.gpus_per_rank, inputs=inputs, parent_dirs=parent_dirs,
-            python=(path, row.params or "{}"))
+            python=(path, row.params or "{}"), own_dir=task_dirs or bool(inputs))
 
 
 def _env_name(key: Any) -> str:

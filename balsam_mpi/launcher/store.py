@@ -172,8 +172,8 @@ class Store:
     def app_extras(self, names: Iterable[str]) -> dict[str, AppExtras]:
         rows = self._rows("launcher_app_extras", {"names": sorted(set(names))})
         return {str(name): AppExtras(str(pre), str(post), bool(on_error), bool(on_timeout),
-                                     str(python))
-                for name, pre, post, on_error, on_timeout, python in rows}
+                                     str(python), bool(task_dirs))
+                for name, pre, post, on_error, on_timeout, python, task_dirs in rows}
 
     def report(self, lease: Lease, started: Sequence[Started],
                finished: Sequence[Finished], through: int = 0) -> dict[str, int]:

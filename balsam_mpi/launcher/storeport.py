@@ -70,13 +70,15 @@ class Claimed(NamedTuple):
 
 class AppExtras(NamedTuple):
     """What the claim does not bring about an app: its pre/postprocess scripts and, for
-    a Python app, its import path (docs/mpi-tasks.md, docs/python-tasks.md)."""
+    a Python app, its import path and whether its calls get directories of their own
+    (docs/mpi-tasks.md, docs/python-tasks.md)."""
 
     preprocess: str = ""
     postprocess: str = ""
     on_error: bool = False
     on_timeout: bool = False
     python: str = ""
+    task_dirs: bool = True
 
 
 class Held(NamedTuple):

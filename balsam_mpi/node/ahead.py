@@ -11,7 +11,8 @@ as a start would (``runner.open_task_dir``: the walk from ``data/``, the same re
 which are kept and raised at the task's start). What left the queue without starting —
 killed, given back, dropped at the stop — is closed at the next look; a stopping node
 opens nothing ahead. A task with stage-in or a preprocess is opened at its start, as
-before: its directory must show the linked inputs and the preprocess's outputs first.
+before: its directory must show the linked inputs and the preprocess's outputs first; a
+Python call without a directory of its own has nothing to make.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Ahead:
         """Open the next queued task's directory and output files (from the head of the
         queue; tasks with stage-in or a preprocess start as usual), after closing what
         left the queue. True if it opened one (there may be more)."""
-        wanted = [o for o in islice(queue, AHEAD) if not o.inputs and not o.preprocess]
+        wanted = [o for o in islice(queue, AHEAD)
+                  if not o.inputs and not o.preprocess and o.own_dir]
         todo = [o for o in wanted if o.id not in self.ready]
         if len(self.ready) + len(todo) > len(wanted):
             keep = {o.id for o in wanted}

@@ -58,6 +58,9 @@ SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.va
 # A call waits this long for an interpreter to read it (only a call bigger than the
 # socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
 Key = tuple[tuple[tuple[str, str], ...], int, int]
+# The output cap of a call without a directory, whose output is held in memory (each
+# file; checked once a second, as on disk): its failure tail is all that is kept.
+MEMORY_OUTPUT_CAP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class PyPool:
         # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
         # the call. The node keeps the outputs' to read the failure tail back, as for any
         # task. (Interpreters making directories side by side in one shard contended.)
-        dir_fd, out_fd, err_fd = opened or runner.open_task_dir(order)
+        dir_fd, out_fd, err_fd = opened or (runner.open_task_dir(order) if order.own_dir
+                                            else runner.open_call_without_dir(order))
         path = order.python[0]
         try:
             self._reap_retired()
@@ -192,7 +196,10 @@ class PyPool:
             os.close(dir_fd)
         interp.calls += 1
         self.calls += 1
-        self.outputs.watch(order.id, out_fd, err_fd, runner.output_cap())
+        cap = runner.output_cap()
+        if not order.own_dir:  # in memory: a cap whatever the setting
+            cap = min(cap or MEMORY_OUTPUT_CAP, MEMORY_OUTPUT_CAP)
+        self.outputs.watch(order.id, out_fd, err_fd, cap)
         self.busy += 1
         self.most = max(self.most, self.busy)
         deadline = time.monotonic() + order.wall_time_s if order.wall_time_s > 0 else 0.0

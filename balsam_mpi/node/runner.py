@@ -216,6 +216,21 @@ def open_task_dir(order: RunOrder, out_name: str = STDOUT_NAME, err_name: str = 
     return _high(fds[0]), _high(fds[1]), _high(fds[2])
 
 
+def open_call_without_dir(order: RunOrder) -> tuple[int, int, int]:
+    """A Python call of an app without task directories: its workflow's directory (the
+    walk's refusals as for any task) and two in-memory files for its output, whose tail
+    is read back for a failure as any task's is."""
+    try:
+        dir_fd = _high(taskfiles.open_workflow_dir(order.cwd))
+    except (safefs.UnsafePath, OSError) as exc:
+        raise StartError(str(exc) if isinstance(exc, safefs.UnsafePath)
+                         else f"cannot prepare {os.path.dirname(order.cwd)}: "
+                              f"{exc.strerror}") from None
+    out = _high(os.memfd_create(f"task-{order.id}.out", os.MFD_CLOEXEC))
+    err = _high(os.memfd_create(f"task-{order.id}.err", os.MFD_CLOEXEC))
+    return dir_fd, out, err
+
+
 def _high(fd: int) -> int:
     """Keep a descriptor clear of 0-4, which the trampoline's file actions overwrite (only
     a worker started with its standard descriptors closed would hand out such low ones)."""

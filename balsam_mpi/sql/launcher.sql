@@ -34,10 +34,11 @@ SELECT step, changed
 
 -- name: launcher_app_extras
 -- What the claim does not return about the apps it returned: pre/postprocessing
--- (0006) and a Python app's import path (0009). Read once per app per leader
--- (launcher/appinfo.py), so the claim's pinned plan stays as it is.
+-- (0006), a Python app's import path (0009) and whether its calls get directories of
+-- their own (0020). Read once per app per leader (launcher/appinfo.py), so the claim's
+-- pinned plan stays as it is.
 SELECT a.name, a.preprocess, a.postprocess, a.postprocess_on_error,
-       a.postprocess_on_timeout, coalesce(a.python, '')
+       a.postprocess_on_timeout, coalesce(a.python, ''), a.task_dirs
   FROM apps a
  WHERE a.name = ANY (%(names)s::text[]);
 

@@ -2,8 +2,8 @@
 -- path and the queries of tasks/waiting.py / tasks/executor.py (the leader's statements: launcher.sql).
 
 -- name: apps_insert_python
-INSERT INTO apps (name, python, description, error_retry_limit)
-VALUES (%(name)s, %(python)s, %(description)s, %(error_retry_limit)s)
+INSERT INTO apps (name, python, description, error_retry_limit, task_dirs)
+VALUES (%(name)s, %(python)s, %(description)s, %(error_retry_limit)s, %(task_dirs)s)
 RETURNING id
 
 -- name: apps_by_python

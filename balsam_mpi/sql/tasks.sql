@@ -17,12 +17,14 @@ RETURNING id
 
 -- name: apps_all
 SELECT id, name, command, python, description, preprocess, postprocess, env_script, shell,
-       postprocess_on_error, postprocess_on_timeout, error_retry_limit, owner, created_at
+       postprocess_on_error, postprocess_on_timeout, error_retry_limit, task_dirs, owner,
+       created_at
   FROM apps ORDER BY name
 
 -- name: apps_by_name
 SELECT id, name, command, python, description, preprocess, postprocess, env_script, shell,
-       postprocess_on_error, postprocess_on_timeout, error_retry_limit, owner, created_at
+       postprocess_on_error, postprocess_on_timeout, error_retry_limit, task_dirs, owner,
+       created_at
   FROM apps WHERE name = %(name)s
 
 -- name: apps_task_count

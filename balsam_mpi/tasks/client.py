@@ -79,13 +79,16 @@ class Client:
 
         Or ``python="package.module:function"``: the tasks' ``params`` are the keyword
         arguments of a call in a warm interpreter, and its return value is the task's
-        result (docs/python-tasks.md). Fields: description, error_retry_limit."""
+        result (docs/python-tasks.md). Fields: description, error_retry_limit, task_dirs
+        (False: calls run in their workflow's directory, output in memory)."""
         if (command is None) == (python is None):
             raise InputError("command: an app runs a command or calls a Python "
                              "function (python=...): give exactly one")
+        if command is not None and "task_dirs" in fields:
+            pyapps.check_task_dirs(fields.pop("task_dirs"), python=False)
         if python is not None:
             app = pyapps.check_app(name, python, fields)
-            query, values = "apps_insert_python", {"description": "",
+            query, values = "apps_insert_python", {"description": "", "task_dirs": True,
                                                    "error_retry_limit": 0, **app}
         else:
             app = validate.check_app(name, command, fields)  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ The path is all that travels: a task gives only keyword arguments, as JSON.
 
 A Python app has no ``shell``, ``env_script``, preprocess or postprocess: its function
 is called in a warm interpreter (``pypool``), with no process of its own around the call.
+It alone may turn ``task_dirs`` off: its calls then run in their workflow's directory,
+with their output in memory (docs/python-tasks.md, *Calls without directories*).
 """
 
 from __future__ import annotations
@@ -14,13 +16,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import limits
+from ..base import limits, values
 from ..base.errors import InputError
 from . import validate
 
 # App fields that only make sense around a process (the database refuses them too).
 NOT_FOR_PYTHON = ("shell", "env_script", "preprocess", "postprocess",
                   "postprocess_on_error", "postprocess_on_timeout")
+ONLY_PYTHON = ("task_dirs",)  # and this one only a call can do without (0020)
+
+
+def check_task_dirs(value: Any, python: bool) -> bool:
+    """``task_dirs``: true or false; false only for a Python app."""
+    on = values.boolean("task_dirs", value)
+    if not on and not python:
+        raise InputError("task_dirs: only a Python app's calls can run without directories "
+                         "of their own; a command's process runs in its directory, and "
+                         "its outputs are what its children write to")
+    return on
 
 
 def check_path(path: Any, field: str = "python") -> str:
@@ -51,10 +64,11 @@ def check_app(name: str, python: Any, fields: Mapping[str, Any]) -> dict[str, An
             raise InputError(f"{key}: a Python app has none: its function is called in "
                              "a warm interpreter, with no process around the call "
                              "(docs/python-tasks.md)")
-    rest = {k: v for k, v in fields.items() if k not in NOT_FOR_PYTHON}
+    rest = {k: v for k, v in fields.items() if k not in NOT_FOR_PYTHON + ONLY_PYTHON}
     # The name and the remaining fields are checked as for any app; the path stands in
     # for the command template, which it passes as one (it has no braces).
     out = validate.check_app(name, path, rest)
     del out["command"]
     out["python"] = path
+    out["task_dirs"] = check_task_dirs(fields.get("task_dirs", True), python=True)
     return out

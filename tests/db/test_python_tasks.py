@@ -62,6 +62,18 @@ def test_a_python_app_is_stored_with_its_path_and_read_by_the_leader(
     assert cache.get("echo").python == ""
 
 
+def test_a_python_app_may_run_its_calls_without_directories_of_their_own(
+        client: Client, store: Store) -> None:
+    client.add_app("fast", python="pkg:f", task_dirs=False)
+    client.add_app("kept", python="pkg:f")
+    client.add_app("echo", "echo {x}", task_dirs=True)  # what every app has: accepted
+    assert [client.app(n)["task_dirs"] for n in ("fast", "kept", "echo")] == [
+        False, True, True]
+    cache = AppCache()
+    cache.fetch(store, ["fast", "kept", "echo"])
+    assert [cache.get(n).task_dirs for n in ("fast", "kept", "echo")] == [False, True, True]
+
+
 @pytest.mark.parametrize(("args", "field"), [
     ({"python": "pkg.mod"}, "python"),                 # no function
     ({"python": "pkg.mod:a:b"}, "python"),             # two colons
@@ -77,6 +89,8 @@ def test_a_python_app_is_stored_with_its_path_and_read_by_the_leader(
     ({"python": "pkg:f", "env_script": "/x.sh"}, "env_script"),
     ({"python": "pkg:f", "preprocess": "echo"}, "preprocess"),
     ({"python": "pkg:f", "postprocess_on_error": True}, "postprocess_on_error"),
+    ({"python": "pkg:f", "task_dirs": "sometimes"}, "task_dirs"),
+    ({"command": "true", "task_dirs": False}, "task_dirs"),  # a process needs its directory
 ])
 def test_a_bad_python_app_is_one_line_naming_the_field(
         client: Client, args: dict[str, Any], field: str) -> None:
@@ -99,6 +113,7 @@ def test_the_database_refuses_what_the_client_refuses(conn: Any) -> None:
         insert("INSERT INTO apps (name, python) VALUES ('a', %s)", bad)
     insert("INSERT INTO apps (name, python, shell) VALUES ('a', 'pkg:f', true)")
     insert("INSERT INTO apps (name, python, postprocess) VALUES ('a', 'pkg:f', 'echo')")
+    insert("INSERT INTO apps (name, command, task_dirs) VALUES ('a', 'true', false)")
     longest = "p:" + "f" * (limits.PYTHON_PATH_MAX - 2)
     conn.execute("INSERT INTO apps (name, python) VALUES ('a', %s)", (longest,))
 
@@ -267,10 +282,14 @@ def test_app_add_python_from_the_command_line(dbname: str) -> None:
     for args, field in ((["--python", "pkg/models:fit"], "python"),
                         (["--python", "pkg:f", "--command", "true"], "command"),
                         ([], "command"),
-                        (["--python", "pkg:f", "--shell"], "shell")):
+                        (["--python", "pkg:f", "--shell"], "shell"),
+                        (["--command", "true", "--no-task-dirs"], "task_dirs")):
         res = runner.invoke(cli, ["app", "add", "bad", *args])
         lines = res.output.strip().splitlines()
         assert res.exit_code == 2 and len(lines) == 1, res.output
         assert f"error: {field}:" in lines[0], res.output
+    res = runner.invoke(cli, ["app", "add", "quick", "--python", "pkg:f", "--no-task-dirs"])
+    assert res.exit_code == 0, res.output
     with Client() as c:
-        assert [a["name"] for a in c.apps()] == ["fit"]
+        assert [a["name"] for a in c.apps()] == ["fit", "quick"]
+        assert c.app("quick")["task_dirs"] is False

@@ -184,3 +184,25 @@ def test_kill_9_of_the_launcher_takes_its_interpreters_with_it(
     kill_launcher_tree(proc.pid)  # mpiexec, its proxy and the ranks; not the interpreters
     proc.communicate(timeout=30)
     no_strays(dbname)  # they died with their ranks (parent-death signal)
+
+
+def test_calls_without_task_directories(client: Client, dbname: str) -> None:
+    """An app added with task_dirs off: its calls run in the workflow's directory, results
+    come back, a raise keeps its traceback's tail, and no task directory is made."""
+    client.add_app("add_nodir", python="tests.pyfuncs:add", task_dirs=False)
+    client.add_app("boom_nodir", python="tests.pyfuncs:boom", task_dirs=False)
+    adds = client.add_tasks([{"app": "add_nodir", "workflow": "nodir",
+                              "params": {"a": i, "b": 1}, "node_packing_count": 8}
+                             for i in range(200)])
+    [boom] = client.add_tasks([{"app": "boom_nodir", "workflow": "nodir",
+                                "params": {"msg": "it went wrong"}}])
+    proc = launcher(2)
+    outcomes = client.wait([*adds, boom], timeout=180)
+    finish(proc)
+    assert [o.result for o in outcomes[:200]] == [i + 1 for i in range(200)]
+    failed = outcomes[200]
+    assert (failed.state, failed.exit_code) == ("FAILED", 1)
+    assert failed.output_tail.rstrip().endswith("ValueError: it went wrong")
+    wf = Path(os.environ["BALSAM_DB_PATH"]) / "data" / "nodir"
+    assert wf.is_dir() and list(wf.iterdir()) == []  # no shard, no task directory
+    no_strays(dbname)

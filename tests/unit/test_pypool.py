@@ -26,9 +26,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def call(tmp_path: Path, i: int, fn: str, *, wall_s: float = 0.0, need: float = 0.25,
-         env: tuple[tuple[str, str], ...] = (), gpus: int = 0, **kwargs: Any) -> RunOrder:
+         env: tuple[tuple[str, str], ...] = (), gpus: int = 0, own_dir: bool = True,
+         **kwargs: Any) -> RunOrder:
     return RunOrder(i, 1, (), str(tmp_path / f"t{i}"), env, need=need, wall_time_s=wall_s,
-                    gpus=gpus, python=(f"tests.pyfuncs:{fn}", json.dumps(kwargs)))
+                    gpus=gpus, python=(f"tests.pyfuncs:{fn}", json.dumps(kwargs)),
+                    own_dir=own_dir)
 
 
 @pytest.fixture()
@@ -457,3 +459,26 @@ def test_a_queued_call_is_opened_ahead_and_runs_in_that_directory(node: Node,
     ended = until_ended(node, {1, 2})
     ok(ended[2])
     assert (tmp_path / "t2" / "task.out").read_text() == "hi\nchild: hi\n"
+
+
+def test_a_call_without_a_directory_runs_in_its_workflows_and_keeps_only_its_tail(
+        node: Node, tmp_path: Path) -> None:
+    """An app with task_dirs off: the call's cwd is its workflow's directory, its output
+    is in memory (the failure tail is kept as for any task), and nothing is made for it."""
+    data = tmp_path / "data"
+    wf = data / "wf"
+    wf.mkdir(parents=True)
+
+    def nodir(i: int, fn: str, **kwargs: Any) -> RunOrder:
+        return call(tmp_path, i, fn, own_dir=False, **kwargs)._replace(
+            cwd=str(wf / "0" / f"t_{i}"))
+
+    ended = run(node, nodir(1, "where"), nodir(2, "say", text="hello"),
+                nodir(3, "boom", msg="no luck"))
+    assert ok(ended[1])["cwd"] == str(wf)
+    assert ok(ended[2]) == 5
+    assert ended[3].kind == EndKind.ERROR and "no luck" in ended[3].tail
+    assert sorted(p.name for p in wf.iterdir()) == []  # no shard, no task directory
+    before = len(os.listdir("/proc/self/fd"))
+    ok(run(node, nodir(4, "noop"))[4])
+    assert len(os.listdir("/proc/self/fd")) == before  # its descriptors were closed
