@@ -34,6 +34,11 @@ def _ceiling(doc: dict[str, Any]) -> list[Row]:
         rows.append((f"bare SKIP LOCKED claim, k={k}, 5 claimers",
                      f"{res['median']['rows_per_s']:,.0f} rows/s", "1 (ceiling)",
                      _spread([x["rows_per_s"] for x in res["runs"]])))
+    if "task_dir" in r:
+        fs = r["task_dir"]
+        rows.append(("a task's directory + two files (mkdir, 2 O_EXCL creates), CPU",
+                     f"{fs['median']['per_task_us']:.0f} µs", "project's data/, same run",
+                     _spread([x["per_task_us"] for x in fs["runs"]])))
     return rows
 
 
@@ -59,7 +64,8 @@ def _noop(doc: dict[str, Any]) -> list[Row]:
             rows.append((f"noop {ranks} ranks ÷ {ranks} nodes alone, each measured just "
                          "before its run", f"{m['ratio_to_parallel_nodes']:.2f}",
                          f"nodes alone {m['parallel_nodes_per_s']:,.0f} tasks/s",
-                         _spread([x["ratio_to_parallel_nodes"] for x in res["runs"]])))
+                         _spread([x["ratio_to_parallel_nodes"] for x in res["runs"]
+                                  if "ratio_to_parallel_nodes" in x])))
         rows.append((f"noop {ranks} ranks: leader CPU per task",
                      f"{m['leader_cpu_us_per_task']:.0f} µs", "-",
                      _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
