@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 ASSUMPTIONS = (
     "Tasks have one fixed duration (or a seeded ±spread where stated); every node of a "
     "launcher is alike: one worker process per node with its own cores, starting its "
-    "tasks one after another at the spawn cost measured here.",
+    "tasks one after another at the cost measured here: a spawn, and the task's directory "
+    "and two files (this machine's file system, at the moment of the run).",
     "Each leader is one core: per claimed task it pays the measured marginal leader CPU "
     "of the null-runner runs, per REPORT the measured message cost plus a cost per item; "
     "idle nodes' periodic reports (one a second) take a fixed share of that core.",

@@ -61,6 +61,9 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
                                   best["median"]["leader_cpu_us_per_task"])
     task_s = max(0.0, per_task * 1e-6 - 2 * item_s)
     noop = docs["noop"]["results"]["spawn_ceiling_per_s"]["used"]
+    # A node's start of a task: the spawn, and the task's directory and two files (their
+    # CPU, measured in the same run where the run has it: it drifts a great deal here).
+    fs_s = task_dir_s(docs)
     util = docs["utilization"]["results"]["by_duration"]
     one = util.get("1") or next(iter(util.values()))
     claim_fit = db["claim"]["fit"]
@@ -75,14 +78,14 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
         leader_task_s=task_s,
         leader_msg_s=msg["cpu_s_per_msg_items_0"],
         leader_item_s=item_s,
-        spawn_s=1.0 / noop,
+        spawn_s=1.0 / noop + fs_s,
         msg_latency_s=msg["wall_s_per_msg_items_0"] / 2,
         claim_table=_table(db["sizes"], db["claim"]["median_s"]),
         start_table=_table(db["sizes"], db["report_started"]["median_s"]),
         end_table=_table(db["sizes"], db["report_finished"]["median_s"]),
         combined_table=(_table(db["sizes"], db["report_combined"]["median_s"])
                         if "report_combined" in db else ()),
-        startup_s=max(0.0, one["median"]["first_task_s"] - first_claim - 1.0 / noop),
+        startup_s=max(0.0, one["median"]["first_task_s"] - first_claim - 1.0 / noop - fs_s),
         close_s=max(0.0, one["median"]["tail_idle_s"] - Policy().flush_interval_s),
     )
     sources = {
@@ -98,12 +101,20 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
                          "ranks, "
                          f"claim {best['claim_limit']}, less 2 items' message cost",
         "leader_msg_s, leader_item_s": "leader: msgcost (REPORT + ASSIGN, leader CPU)",
-        "spawn_s": "noop: 1 / bare sequential spawn rate, same run",
+        "spawn_s": ("noop: 1 / bare sequential spawn rate, + ceiling: a task directory and "
+                    "two files (CPU), same run" if fs_s else
+                    "noop: 1 / bare sequential spawn rate, same run"),
         "msg_latency_s": "leader: msgcost wall per message / 2",
         "startup_s": "utilization 1 s: job start → first task, less a claim and a spawn",
         "close_s": "utilization 1 s: last end → job closed, less the flush interval",
     }
     return costs, sources
+
+
+def task_dir_s(docs: dict[str, dict[str, Any]]) -> float:
+    """The CPU a task's directory and two files cost, from ``ceiling`` (0: not measured)."""
+    fs = docs["ceiling"]["results"].get("task_dir")
+    return float(fs["median"]["per_task_us"]) * 1e-6 if fs else 0.0
 
 
 def _err(model: float, measured: float) -> float:
@@ -112,11 +123,15 @@ def _err(model: float, measured: float) -> float:
 
 def check(costs: Costs, docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Replay the measured small runs in the model; relative errors. Here every "node"
-    is a rank on one 2-core host, so the replay lets them share one spawner at the
-    host's measured concurrent spawn rate (the projections give each node its own)."""
+    is a rank on one 2-core host, so the replay lets them share one spawner: the host's
+    measured concurrent spawn rate, plus each task directory's CPU over its cores (the
+    projections give each node its own)."""
     rows: list[dict[str, Any]] = []
     up = docs["utilization"]
-    host = 1.0 / up["results"]["spawn_concurrent_per_s"]
+    # The host's share of a start: a spawn at its concurrent rate, and the directory's
+    # CPU spread over its cores.
+    cpus = int(docs["ceiling"]["machine"].get("cpus") or 1)
+    host = 1.0 / up["results"]["spawn_concurrent_per_s"] + task_dir_s(docs) / cpus
     costs = Costs(**{**asdict(costs), "host_spawn_s": host})
     nodes, packing = up["params"]["nodes"], up["params"]["node_packing_count"]
     for key, res in up["results"]["by_duration"].items():

@@ -76,7 +76,9 @@ def app_ls(ctx: CliContext, as_json: bool) -> None:
         return
     echo_table(["NAME", "COMMAND", "DESCRIPTION", "OWNER"],
                [[a["name"], a["command"] if a["command"] is not None
-                 else f"(python) {a['python']}", a["description"], a["owner"]]
+                 else f"(python) {a['python']}"
+                      + ("" if a.get("task_dirs", True) else " [no task dirs]"),
+                 a["description"], a["owner"]]
                 for a in apps],
                empty="no apps yet: add one with `balsam-mpi app add NAME --command '…'`")
 

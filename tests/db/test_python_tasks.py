@@ -290,6 +290,7 @@ def test_app_add_python_from_the_command_line(dbname: str) -> None:
         assert f"error: {field}:" in lines[0], res.output
     res = runner.invoke(cli, ["app", "add", "quick", "--python", "pkg:f", "--no-task-dirs"])
     assert res.exit_code == 0, res.output
+    assert "(python) pkg:f [no task dirs]" in runner.invoke(cli, ["app", "ls"]).output
     with Client() as c:
         assert [a["name"] for a in c.apps()] == ["fit", "quick"]
         assert c.app("quick")["task_dirs"] is False
