@@ -275,13 +275,12 @@ def start(order: RunOrder, env: Mapping[str, str], *, die_with_parent: bool = Tr
         _raise_nofile()
     if argv is None:
         argv = task_argv(order)
-    tramp = trampoline.trampoline()
     try:
+        tramp = trampoline.trampoline()
         prog = _resolve(argv[0], env) if tramp is not None else argv[0]
-    except StartError:
-        if opened is not None:
-            for fd in opened:
-                os.close(fd)
+    except BaseException:
+        for fd in opened or ():  # the caller handed them over
+            os.close(fd)
         raise
     dir_fd, out, err = opened or open_task_dir(order, out_name, err_name)
     deadline = (time.monotonic() + order.wall_time_s
