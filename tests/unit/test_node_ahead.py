@@ -5,11 +5,11 @@ alone. Real processes, no MPI."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from balsam_mpi.node.node import Node
-from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
+from balsam_mpi.protocol import Assign, EndKind, RunOrder
+from tests.unit.test_node import run_until
 
 
 def order(tmp_path: Path, i: int, argv: tuple[str, ...], **kw: object) -> RunOrder:
@@ -18,17 +18,6 @@ def order(tmp_path: Path, i: int, argv: tuple[str, ...], **kw: object) -> RunOrd
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def run_until(node: Node, done: int, timeout: float = 20.0) -> list[Finished]:
-    out: list[Finished] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < done:
-        assert time.monotonic() < deadline, f"only {len(out)} of {done} ended"
-        node.step()
-        out += node.changes.take()[1]
-        node.wait(0.01)
-    return out
 
 
 def test_a_queued_process_task_has_its_directory_and_outputs_before_it_starts(
