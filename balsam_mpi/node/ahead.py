@@ -7,7 +7,7 @@ directories. That matters wherever making a file is slow: a parallel file system
 ext4 whose creates cost 20–700 µs of CPU from one hour to the next on the development
 machine (docs/launcher.md, *Task processes*). The node's wait (``Node.wait``)
 opens them one at a time, between looks at its tasks, for the head of its queue, exactly
-as a start would (``runner.open_task_dir``: the walk from ``data/``, the same refusals,
+as a start would (``taskplace.open_task_dir``: the walk from ``data/``, the same refusals,
 which are kept and raised at the task's start). What left the queue without starting —
 killed, given back, dropped at the stop — is closed at the next look; a stopping node
 opens nothing ahead. A task with stage-in or a preprocess is opened at its start, as
@@ -22,12 +22,12 @@ from collections.abc import Iterable
 from itertools import islice
 
 from ..protocol import RunOrder
-from . import runner
+from . import taskplace
 
 AHEAD = 32  # queued tasks opened ahead at most (three descriptors each)
 PER_WAIT = 4  # opened per wait before the node looks at its messages (~0.1 ms each)
 
-Opened = tuple[int, int, int] | runner.StartError  # (directory, task.out, task.err)
+Opened = tuple[int, int, int] | taskplace.StartError  # (directory, task.out, task.err)
 
 
 class Ahead:
@@ -38,7 +38,7 @@ class Ahead:
         """The task's descriptors if they were opened ahead (the caller owns them now);
         raises what opening them raised."""
         ready = self.ready.pop(order.id, None)
-        if isinstance(ready, runner.StartError):
+        if isinstance(ready, taskplace.StartError):
             raise ready
         return ready
 
@@ -57,8 +57,8 @@ class Ahead:
             return False
         order = todo[0]
         try:
-            self.ready[order.id] = runner.open_task_dir(order)
-        except runner.StartError as exc:  # raised again at its start, as without this
+            self.ready[order.id] = taskplace.open_task_dir(order)
+        except taskplace.StartError as exc:  # raised again at its start, as without this
             self.ready[order.id] = exc
         return True
 
@@ -69,6 +69,6 @@ class Ahead:
 
 
 def _close(ready: Opened) -> None:
-    if not isinstance(ready, runner.StartError):
+    if not isinstance(ready, taskplace.StartError):
         for fd in ready:
             os.close(fd)

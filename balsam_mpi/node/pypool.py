@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
-from . import gpus, runner
+from . import gpus, runner, taskplace
 from .outcap import CallOutputs
 from .pycall import encode_frame
 from .pywire import read_answer, send_call
@@ -169,8 +169,8 @@ class PyPool:
         # O_NOFOLLOW), one task after another; the interpreter gets the descriptors with
         # the call. The node keeps the outputs' to read the failure tail back, as for any
         # task. (Interpreters making directories side by side in one shard contended.)
-        dir_fd, out_fd, err_fd = opened or (runner.open_task_dir(order) if order.own_dir
-                                            else runner.open_call_without_dir(order))
+        dir_fd, out_fd, err_fd = opened or (taskplace.open_task_dir(order) if order.own_dir
+                                            else taskplace.open_call_without_dir(order))
         path = order.python[0]
         try:
             self._reap_retired()

@@ -5,11 +5,12 @@ only an app with an ``env_script`` gets ``/bin/sh`` to source it and ``exec`` th
 
 Nothing in the project directory is trusted (``safefs``): the task's directory is walked
 from ``data/`` without following links and its output files are created relative to it,
-never through a link, never a FIFO; what was planted there fails the task with one line.
-The task's first process is the trampoline (``trampoline.py``), started with ``posix_spawn``; it
-gets the directory and the output files as descriptors, contains everything the task
-forks (a subreaper, plus a cgroup where the host delegates one: ``taskcgroup``), kills it
-all when the task or the launcher ends, and keeps each output file under the cap.
+never through a link, never a FIFO; what was planted there fails the task with one line
+(``taskplace``). The task's first process is the trampoline (``trampoline.py``), started
+with ``posix_spawn``; it gets the directory and the output files as descriptors, contains
+everything the task forks (a subreaper, plus a cgroup where the host delegates one:
+``taskcgroup``), kills it all when the task or the launcher ends, and keeps each output
+file under the cap.
 ``preexec_fn`` is the fallback without a C compiler, as it makes every spawn several
 times slower and contains only the task's own process.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import fcntl
 import logging
 import math
 import os
@@ -35,16 +35,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ..base import safefs, taskfiles
+from ..base import taskfiles
 from ..base.errors import UsageError
 from ..protocol import EndKind, RunOrder
 from . import gpus, mpilaunch, trampoline
 from .cgroup import TaskCgroups
 
+# Where a task runs (its directory and outputs) is taskplace's; these names stay here too,
+# where the node, the pool, prepost and the tests have always found them.
+from .taskplace import STDERR_NAME as STDERR_NAME
+from .taskplace import STDOUT_NAME as STDOUT_NAME
+from .taskplace import StartError as StartError
+from .taskplace import high
+from .taskplace import open_task_dir as open_task_dir
+
 log = logging.getLogger(__name__)
 
-STDOUT_NAME = "task.out"
-STDERR_NAME = "task.err"
 TAIL_BYTES = 2048
 PR_SET_PDEATHSIG = 1
 DEFAULT_OUTPUT_CAP_MB = 256.0  # per output file; settings: output_cap_mb (0 = none)
@@ -183,10 +189,6 @@ class TaskProcess:
     cgroup: str = ""  # its cgroup's name (taskcgroup), if it has one
 
 
-class StartError(Exception):
-    """The task could not be started (no such program, no permission, bad directory)."""
-
-
 _warned_fallback = False
 _which: dict[tuple[str, str], str | None] = {}
 
@@ -202,43 +204,6 @@ def _resolve(name: str, env: Mapping[str, str]) -> str:
     if found is None:
         raise StartError(f"cannot start {name!r}: not found on the task's PATH")
     return found
-
-
-def open_task_dir(order: RunOrder, out_name: str = STDOUT_NAME, err_name: str = STDERR_NAME
-                  ) -> tuple[int, int, int]:
-    """The task's directory (walked from the project's data/, made where missing) and its
-    two output files, as descriptors; StartError with one line if anything was planted."""
-    try:
-        fds = taskfiles.open_task_dir(order.cwd, out_name, err_name)
-    except (safefs.UnsafePath, OSError) as exc:
-        raise StartError(str(exc) if isinstance(exc, safefs.UnsafePath)
-                         else f"cannot prepare {order.cwd}: {exc.strerror}") from None
-    return _high(fds[0]), _high(fds[1]), _high(fds[2])
-
-
-def open_call_without_dir(order: RunOrder) -> tuple[int, int, int]:
-    """A Python call of an app without task directories: its workflow's directory (the
-    walk's refusals as for any task) and two in-memory files for its output, whose tail
-    is read back for a failure as any task's is."""
-    try:
-        dir_fd = _high(taskfiles.open_workflow_dir(order.cwd))
-    except (safefs.UnsafePath, OSError) as exc:
-        raise StartError(str(exc) if isinstance(exc, safefs.UnsafePath)
-                         else f"cannot prepare {os.path.dirname(order.cwd)}: "
-                              f"{exc.strerror}") from None
-    out = _high(os.memfd_create(f"task-{order.id}.out", os.MFD_CLOEXEC))
-    err = _high(os.memfd_create(f"task-{order.id}.err", os.MFD_CLOEXEC))
-    return dir_fd, out, err
-
-
-def _high(fd: int) -> int:
-    """Keep a descriptor clear of 0-4, which the trampoline's file actions overwrite (only
-    a worker started with its standard descriptors closed would hand out such low ones)."""
-    if fd > 4:
-        return fd
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
-    os.close(fd)
-    return high
 
 
 _nofile_raised = False
@@ -320,7 +285,7 @@ def _spawn(tramp: str, order: RunOrder, env: Mapping[str, str], prog: str, argv:
     if cgroups is not None:
         try:
             cg_name, cg_fd = cgroups.create(order.id)
-            cg_fd = _high(cg_fd)
+            cg_fd = high(cg_fd)
         except OSError as exc:  # the subreaper still contains the task
             log.warning("task %s: no cgroup of its own (%s)", order.id, exc.strerror)
             cg_name, cg_fd = "", -1

@@ -482,3 +482,18 @@ def test_a_call_without_a_directory_runs_in_its_workflows_and_keeps_only_its_tai
     before = len(os.listdir("/proc/self/fd"))
     ok(run(node, nodir(4, "noop"))[4])
     assert len(os.listdir("/proc/self/fd")) == before  # its descriptors were closed
+
+
+def test_a_planted_link_at_the_workflow_of_a_call_without_a_directory_is_refused(
+        node: Node, tmp_path: Path) -> None:
+    """The workflow directory is walked as a task's own is: a link planted there fails
+    the call with one line, and nothing is made or run through it."""
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    (data / "wf").symlink_to(elsewhere)
+    order = call(tmp_path, 1, "where", own_dir=False)._replace(cwd=str(data / "wf" / "0" / "t_1"))
+    [fin] = run(node, order).values()
+    assert fin.kind == EndKind.ERROR and "symbolic link" in fin.tail
+    assert "\n" not in fin.tail.strip()
+    assert list(elsewhere.iterdir()) == []
