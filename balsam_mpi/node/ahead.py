@@ -17,7 +17,6 @@ Python call without a directory of its own has nothing to make.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from itertools import islice
 
@@ -70,5 +69,4 @@ class Ahead:
 
 def _close(ready: Opened) -> None:
     if not isinstance(ready, taskplace.StartError):
-        for fd in ready:
-            os.close(fd)
+        taskplace.close(ready)

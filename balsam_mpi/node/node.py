@@ -34,7 +34,7 @@ from types import TracebackType
 from ..base.platform import node_name
 from ..protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
 from . import gpus as gpumod
-from . import mpilaunch, prepost, pypool, runner, stagein, trampoline
+from . import mpilaunch, prepost, pypool, runner, stagein, taskplace, trampoline
 from .ahead import PER_WAIT, Ahead
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
@@ -268,8 +268,7 @@ class Node(Stops):
             try:
                 prefix = self.prefixes.of(order)
             except BaseException:
-                for fd in opened or ():
-                    os.close(fd)
+                taskplace.close(opened)
                 raise
             proc = runner.start(order, env, die_with_parent=self.die_with_parent,
                                 argv=runner.task_argv(order, prefix) if prefix else None,

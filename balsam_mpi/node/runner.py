@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from ..base import taskfiles
 from ..base.errors import UsageError
 from ..protocol import EndKind, RunOrder
-from . import gpus, mpilaunch, trampoline
+from . import gpus, mpilaunch, taskplace, trampoline
 from .cgroup import TaskCgroups
 
 # Where a task runs (its directory and outputs) is taskplace's; these names stay here too,
@@ -244,8 +244,7 @@ def start(order: RunOrder, env: Mapping[str, str], *, die_with_parent: bool = Tr
         tramp = trampoline.trampoline()
         prog = _resolve(argv[0], env) if tramp is not None else argv[0]
     except BaseException:
-        for fd in opened or ():  # the caller handed them over
-            os.close(fd)
+        taskplace.close(opened)  # the caller handed them over
         raise
     dir_fd, out, err = opened or open_task_dir(order, out_name, err_name)
     deadline = (time.monotonic() + order.wall_time_s

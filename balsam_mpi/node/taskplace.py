@@ -47,6 +47,12 @@ def open_call_without_dir(order: RunOrder) -> tuple[int, int, int]:
     return dir_fd, out, err
 
 
+def close(opened: tuple[int, int, int] | None) -> None:
+    """Close what an open here returned (None: nothing was opened)."""
+    for fd in opened or ():
+        os.close(fd)
+
+
 def _walked(where: str, walk: Callable[[], T]) -> T:
     """``walk()``, its refusal or OS error as a StartError of one line."""
     try:
