@@ -2,8 +2,8 @@
 
 One loop, never blocking. Each turn: serve worker messages (every REPORT is answered at
 once with an ASSIGN, maybe empty), take in the database calls that finished (``launcher/calls.py``:
-each runs its callback here, on this thread), watch that every worker still answers
-(``launcher/liveness.py``), place claimed tasks (``launcher/dispatch.py``: the leader's own node first),
+each runs its callback here, on this thread), account for the workers that left or stopped
+answering (``launcher/departures.py``), place claimed tasks (``launcher/dispatch.py``: the leader's own node first),
 step the in-process local node (the one place it is driven), then start what is due in
 the background: a claim for what the nodes can start soon (``launcher/claims.py``), a flush of
 buffered reports (``launcher/reports.py``), the kill poll (``launcher/kills.py``), the heartbeat and the
@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Iterable
 
-from .base.cleantext import one_line
 from .base.pacing import Backoff, Periodic
 from .base.project import Project
 from .launcher.adds import AddService
@@ -33,11 +32,11 @@ from .launcher.claims import Claims
 from .launcher.closing import Closing
 from .launcher.comm import Comm
 from .launcher.config import Settings
+from .launcher.departures import Departures
 from .launcher.dispatch import Dispatcher
 from .launcher.giveback import GiveBack
 from .launcher.journal import Journal
 from .launcher.lease import LeaseWatch
-from .launcher.liveness import WorkerWatch
 from .launcher.orders import ClaimResult, OrderBuilder
 from .launcher.preference import Preference
 from .launcher.reports import ReportBuffer
@@ -103,10 +102,11 @@ class Leader:
             calls, store, lease, lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
             expire_check_s=s.expire_check_s, log_dir=project.log_dir,
             on_lost=lambda: self.start_drain("lease lost", cut=True))
-        self.liveness = WorkerWatch(self.expected, s.worker_timeout_s)
-        # A few times a second is plenty (the timeout is several report intervals), and
-        # keeps a pass over thousands of ranks out of every turn of the loop.
-        self.liveness_checks = Periodic(min(0.25, s.report_interval_s / 2), now=True)
+        self.departures = Departures(
+            self.expected, self.dispatch, self.buffer, lease.epoch,
+            worker_timeout_s=s.worker_timeout_s, report_interval_s=s.report_interval_s,
+            on_lost=self._not_idle)
+        self.liveness = self.departures.liveness
         # Recalls of queued tasks to free slots (dispatch.rebalance) when work runs out:
         # often enough for a tail of short tasks, rare enough for thousands of ranks.
         self.rebalances = Periodic(0.02, now=True)
@@ -114,8 +114,8 @@ class Leader:
         self.idle_checks = Periodic(0.01, jitter=0.0)
         self.idle_since: float | None = None
         self.draining: str | None = None
-        self.byes: set[int] = set()
-        self.dead: set[int] = set()  # worker ranks declared dead
+        self.byes = self.departures.byes  # said BYE, or not waited for
+        self.dead = self.departures.dead  # declared dead: not listened to
         self.first_start: float | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.ended: str | None = None  # why the loop ended, once it has
@@ -148,7 +148,7 @@ class Leader:
         did = self._poll_messages()
         did = self.adds.step() or did
         did = self.calls.collect() or did
-        self._check_workers()
+        self.departures.check(self.comm.gone if self.comm is not None else {})
         if not self.draining and self.dispatch.scarce and self.rebalances.due():
             self.dispatch.rebalance()
         if not self.draining:
@@ -287,24 +287,6 @@ class Leader:
             log.info("stopping %s killed task(s)", self.dispatch.kill(killed))
 
     # -- workers that stopped answering, the lease, the end ---------------------------------
-    def _check_workers(self) -> None:
-        if not self.expected or not self.liveness_checks.due():
-            return
-        for rank, why in self.liveness.check(self.byes):
-            view = self.workers.get(rank)
-            host = view.host if view is not None and view.host else "?"
-            reason = f"worker rank {rank} on {host} stopped answering ({why})"
-            self.dead.add(rank)
-            self.byes.add(rank)
-            lost, requeued = self.dispatch.bury(rank, reason)
-            t = time.time()
-            self.buffer.add((), [Finished(i, self.lease.epoch, int(EndKind.LOST), -1, t, t,
-                                          one_line(reason)) for i in lost])
-            if lost:
-                self.idle_since = None
-            log.error("%s: declared dead; %s running task(s) written as lost, %s queued "
-                      "one(s) handed to other nodes", reason, len(lost), requeued)
-
     def _watch_lease(self) -> None:
         """Requeue other jobs' expired leases now and then; stop this leader's tasks
         once it has gone half its lease without renewing it (launcher/lease.py)."""
@@ -343,7 +325,7 @@ class Leader:
         s = self.settings
         if self.draining:
             workers_done = all(not v.alive for v in self.workers.values()) and (
-                len(self.byes) >= self.expected)
+                self.departures.all_gone)
             return workers_done and not self.local.busy() and not self.local.changes
         if self.deadline is not None and time.time() >= self.deadline - s.drain_grace_s:
             self.start_drain("wall time", cut=True)
@@ -365,6 +347,9 @@ class Leader:
             if not s.persistent and now - self.idle_since >= s.idle_timeout_s:
                 self.start_drain("idle")
         return False
+
+    def _not_idle(self) -> None:
+        self.idle_since = None
 
     def settle(self, timeout: float | None = None) -> None:
         """Wait for the database calls in flight and take in their results."""

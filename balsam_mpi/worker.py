@@ -12,6 +12,7 @@ import logging
 import os
 import time
 
+from .base.errors import BalsamError
 from .base.pacing import Backoff
 from .launcher.comm import Comm
 from .node.channel import TaskChannel
@@ -19,6 +20,11 @@ from .node.node import Node
 from .protocol import LOCAL, AddTasks, Assign, Bye, Drain, EndKind, Hello
 
 log = logging.getLogger(__name__)
+
+
+class LeaderGone(BalsamError):
+    """A send to the leader failed: it has left (or died) while this rank ran."""
+
 
 # Until its first ASSIGN a worker polls at least this often: the leader's first claim
 # lands within tens of milliseconds of the start, and a rank whose backoff had grown to
@@ -67,6 +73,9 @@ class Worker:
                 comm.send(LOCAL, node.report(self.rank))
                 last_report = now
                 did = True
+            if LOCAL in comm.gone:  # the leader has gone: nobody will write what runs here
+                raise LeaderGone(f"the leader (rank {LOCAL}) cannot be reached: "
+                                 f"{comm.gone[LOCAL]}")
             if did:
                 self.idle.reset()
             else:

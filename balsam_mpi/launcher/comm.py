@@ -8,6 +8,15 @@ Waiting is the caller's business, through ``pacing.Backoff``.
 
 With this MPICH the first ``iprobe`` after a message arrives often reports nothing and the
 second finds it, so :meth:`Comm.poll` probes twice before giving up.
+
+A rank may leave while a message to it is on its way: a worker that drained on its own
+signal (srun passes a job's warning signal to every rank of the step) says BYE and exits
+before the leader's answer to its last REPORT. Over shared memory such a send succeeds
+unread; over MPICH's OFI module (a multi-node srun step: ``netmod.py``) it fails, and the
+error used to kill the leader. A failed send is not this rank's fault, so it is not
+raised: the destination goes into :attr:`Comm.gone` with MPI's reason, nothing more is
+sent to it, and the owner of the loop decides what a missing peer means (the leader:
+``Leader._check_gone``; a worker whose leader is gone stops).
 """
 
 from __future__ import annotations
@@ -32,6 +41,17 @@ def decode(sender: int, tag: int, obj: object) -> Message:
     return cast(Message, obj)
 
 
+def mpi_reason(exc: BaseException) -> str:
+    """One line from an MPI error: the innermost line of MPICH's error stack that says
+    something (``OFI call tinjectdata failed (…)``), else the first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) == 1:
+        return lines[0][:300]
+    said = [ln.split(":", 1)[1].strip() for ln in lines if ":" in ln
+            and ln.split(":", 1)[1].strip()]
+    return (said[-1] if said else lines[0] if lines else type(exc).__name__)[:300]
+
+
 class Comm:
     """Typed, non-blocking messaging over an mpi4py communicator."""
 
@@ -43,20 +63,41 @@ class Comm:
         self.rank: int = mpi_comm.Get_rank()
         self.size: int = mpi_comm.Get_size()
         self._status = MPI.Status()
-        self._pending: list[Any] = []
+        self._pending: list[tuple[int, Any]] = []  # (destination, request)
+        self.gone: dict[int, str] = {}  # ranks a send could not reach: MPI's reason
 
-    def send(self, dest: int, msg: Message) -> None:
-        """Queue ``msg`` for ``dest``; never waits for the receiver."""
-        req = self.comm.isend(msg, dest=dest, tag=int(msg.TAG))
-        if not req.Test():
-            self._pending.append(req)
+    def send(self, dest: int, msg: Message) -> bool:
+        """Queue ``msg`` for ``dest``; never waits for the receiver. False if ``dest``
+        cannot be reached (it is then in :attr:`gone`; see the module)."""
+        if dest in self.gone:
+            return False
+        try:
+            req = self.comm.isend(msg, dest=dest, tag=int(msg.TAG))
+            done = req.Test()
+        except self._mpi.Exception as exc:
+            self._lost(dest, exc)
+            return False
+        if not done:
+            self._pending.append((dest, req))
         if len(self._pending) > 64:
             self.progress()
+        return True
 
     def progress(self) -> None:
         """Let finished sends go (tests each request once; never waits)."""
         if self._pending:
-            self._pending = [r for r in self._pending if not r.Test()]
+            self._pending = [(dest, req) for dest, req in self._pending
+                             if not self._done(dest, req)]
+
+    def _done(self, dest: int, req: Any) -> bool:
+        try:
+            return bool(req.Test())
+        except self._mpi.Exception as exc:
+            self._lost(dest, exc)
+            return True
+
+    def _lost(self, dest: int, exc: BaseException) -> None:
+        self.gone.setdefault(dest, mpi_reason(exc))
 
     @property
     def sending(self) -> bool:

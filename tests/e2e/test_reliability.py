@@ -213,3 +213,40 @@ def test_rows_that_cannot_run_fail_alone(su: Any, conn: Any, dbname: str) -> Non
         assert message.startswith("cannot prepare the task: ") and field in message
         assert "\n" not in message and len(message) <= 500
     no_strays(dbname)
+
+
+def test_a_worker_that_left_before_the_leaders_answer_is_not_a_crash(
+        conn: Any, dbname: str) -> None:
+    """A Slurm job's warning signal reaches every rank of the step: a worker drained on its
+    own, said BYE and was gone before the leader answered its last REPORT. Over MPICH's
+    OFI module (what a multi-node srun step uses, launcher/netmod.py) a send to a rank
+    that has left fails, and the leader died of it, spending a lost retry of a task that
+    had been cut. Here the leader is frozen while the worker leaves, so its answer comes
+    after, every time."""
+    # One whole-node task per rank, deaf to SIGTERM: the worker reports while it waits the
+    # kill grace, so there are REPORTs to answer after it has gone.
+    add(conn, 3, command="""sh -c 'trap "" TERM; sleep 600'""", app="deaf")
+    proc = start(3, "--idle-timeout", "0", MPIR_CVAR_CH4_NETMOD="ofi",
+                 MPIR_CVAR_NOLOCAL="1", BALSAM_KILL_GRACE_S="1",
+                 BALSAM_REPORT_INTERVAL_S="0.2")
+    wait_for("three running tasks", lambda: count(conn, "state = 'RUNNING'") == 3, proc)
+    ranks = rank_pids(dbname)
+    assert sorted(ranks) == [0, 1, 2], ranks
+    os.kill(ranks[0], signal.SIGSTOP)
+    try:
+        os.kill(ranks[2], signal.SIGUSR1)
+        wait_for("worker rank 2 to leave", lambda: not Path(f"/proc/{ranks[2]}").exists()
+                 or Path(f"/proc/{ranks[2]}/stat").read_text().split()[2] == "Z")
+    finally:
+        os.kill(ranks[0], signal.SIGCONT)
+    time.sleep(1)  # the leader reads the REPORT and the BYE, and answers the REPORT
+    proc.send_signal(signal.SIGTERM)
+    out = ended(proc, 90)
+    assert proc.returncode == 0, out
+    assert "unhandled error" not in out and "declared dead" not in out, out
+    rows = conn.execute("SELECT state::text, error_retries, timeout_retries, lost_retries, "
+                        "batch_job_id FROM tasks").fetchall()
+    assert rows == [("RESTART_READY", 0, 0, 0, None)] * 3, (rows, out)
+    job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
+    assert job == ("FINISHED", "SIGTERM"), out
+    no_strays(dbname)

@@ -46,9 +46,17 @@ class FakeComm:
         self.size = size
         self.inbox: deque[tuple[int, Message]] = deque()
         self.sent: list[tuple[int, Any]] = []
+        self.left: set[int] = set()  # ranks that exited: a send to them fails (MPI's OFI)
+        self.gone: dict[int, str] = {}  # as launcher/comm.py records such a failure
+        self.failed: list[tuple[int, Any]] = []  # what could not be sent
 
-    def send(self, dest: int, msg: Any) -> None:
+    def send(self, dest: int, msg: Any) -> bool:
+        if dest in self.left or dest in self.gone:
+            self.gone.setdefault(dest, "OFI call tinjectdata failed")
+            self.failed.append((dest, msg))
+            return False
         self.sent.append((dest, msg))
+        return True
 
     def poll(self, source: int | None = None) -> tuple[int, Message] | None:
         return self.inbox.popleft() if self.inbox else None
@@ -101,6 +109,18 @@ class FakeWorker:
             ended += [Finished(o.id, o.epoch, 0, 0, now, now) for o in self.running.values()]
             self.running.clear()
         self.comm.inbox.append((self.rank, self._report(new[-1].seq, started, tuple(ended))))
+
+    def leave(self) -> None:
+        """Drain on its own (a signal of its own): cut what runs, REPORT it, say BYE and
+        exit, so that whatever the leader sends it afterwards fails."""
+        now = time.time()
+        cut = tuple(Finished(o.id, o.epoch, int(EndKind.CUT), -15, now, now)
+                    for o in self.running.values())
+        self.running.clear()
+        self.comm.inbox.append((self.rank, self._report(0, (), cut)))
+        self.comm.inbox.append((self.rank, Bye(self.rank, self._report(0, (), ()))))
+        self.gone = True
+        self.comm.left.add(self.rank)
 
     def end(self, *ends: Finished) -> None:
         """Report these ends (of tasks it runs) in its next REPORT."""

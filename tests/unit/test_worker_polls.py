@@ -19,6 +19,7 @@ class ScriptedComm:
     def __init__(self) -> None:
         self.inbox: list[Any] = []
         self.sent: list[Any] = []
+        self.gone: dict[int, str] = {}
 
     def send(self, dest: int, msg: Any) -> None:
         self.sent.append(msg)
