@@ -1,7 +1,7 @@
 """Launchers in real Slurm jobs, submitted with `balsam-mpi submit --scheduler slurm`:
 a multi-node MPI task through srun, and every way a job ends early — `scancel`, the
-job's time limit, Slurm's warning signal, and a launcher killed with -9 — checked in the
-database afterwards. Nothing here asserts how long anything took."""
+job's time limit, Slurm's warning signal, a launcher killed with -9, one node of three
+lost — checked in the database afterwards. Nothing here asserts how long anything took."""
 
 from __future__ import annotations
 
@@ -293,6 +293,38 @@ def test_job_after_a_killed_one_finishes_its_tasks_once(slurm_env: LocalSlurm, c
     assert done == {t: 1 for t in ids}  # exactly once each
     assert batch_job(conn, first["batch_job_id"])[0] == "LOST"
     assert batch_job(conn, second["batch_job_id"])[0] == "FINISHED"
+    no_strays(dbname)
+
+
+def rank_of(pid: int) -> int:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"SLURM_PROCID="))
+
+
+def test_a_node_lost_mid_run_costs_its_own_tasks_only(slurm_env: LocalSlurm, conn: Any,
+                                                      dbname: str) -> None:
+    """A worker rank killed with -9 (its node died, the kernel's OOM killer) in a
+    three-node job: srun lets the other ranks run on, and the leader's sends to the dead
+    rank fail (MPICH over OFI). The dead rank's running tasks are written as lost
+    (counted) and run again; everything else runs once and the job ends by itself."""
+    add_app(conn, "nap", "sleep 12")
+    ids = add_tasks(conn, "nap", 6, packing=2)  # 3 nodes x 2 slots: one wave
+    sub = submit("-n", "3", "-t", "5", "--workflow", dbname)
+    wait_for("six tasks running", lambda: count_state(conn, "RUNNING") == 6, 120,
+             lambda: f"{task_rows(conn)}\n{job_output(sub)}")
+    ranks = {rank_of(pid): pid for pid in launcher_ranks(sub["scheduler_job_id"])}
+    assert sorted(ranks) == [0, 1, 2], ranks
+    os.kill(ranks[2], signal.SIGKILL)
+    final = wait_job_end(slurm_env, sub)
+    detail = f"{task_rows(conn)}\n{job_output(sub)}"
+    rows = task_rows(conn)
+    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, detail
+    lost = sorted(r[0] for r in rows if r[4] == 1)
+    assert len(lost) == 2 and all(r[2:4] == (0, 0) for r in rows), detail
+    runs = running_events(conn)
+    assert {t: runs[t] for t in ids} == {t: 2 if t in lost else 1 for t in ids}, detail
+    assert "worker rank 2" in job_output(sub), detail
+    assert final in ("COMPLETED", "FAILED"), detail
     no_strays(dbname)
 
 
