@@ -51,7 +51,9 @@ def format_recovered(found: list[Expired]) -> str:
     if not found:
         lines.append("no batch job has an expired lease")
     for e in found:
-        lines.append(f"batch job {e.job_id} ({e.user}) marked LOST: {e.requeued} task(s) "
+        what = ("an earlier run of it ended without closing, its lease ran out" if
+                e.superseded else "marked LOST")
+        lines.append(f"batch job {e.job_id} ({e.user}) {what}: {e.requeued} task(s) "
                      f"requeued, {e.failed} failed (lost too often), {e.released} "
                      "unstarted claim(s) released")
     return "\n".join(lines)

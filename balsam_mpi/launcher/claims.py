@@ -16,7 +16,8 @@ with ``--idle-timeout 0`` left as soon as the holder's heartbeat came, before th
 hand-back could. One that does not is waited for: once its heartbeat is older than
 half its lease (a live leader beats at least that often) it is said to be overdue in the
 log, and when its lease has run out a sweep requeues its tasks and the next claim takes
-them. The cost, when the holders are alive, is at most one of their heartbeat intervals — 0.5
+them. An earlier run of this launcher's own batch job (the scheduler started the job
+again after it died: migration 0021) is such a holder too, whose heartbeat never comes. The cost, when the holders are alive, is at most one of their heartbeat intervals — 0.5
 s, since a leader holding tasks renews at least that often (leader.py) — or
 ``HANDBACK_WAIT_S`` (1 s) when one holds queued work, and the waiting launcher looks
 again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
@@ -200,7 +201,13 @@ class Claims:
             waiting.add(h.job_id)
             if h.overdue:
                 overdue.add(h.job_id)
-                if h.job_id not in self.overdue:
+                if h.job_id not in self.overdue and h.job_id == self.lease.job_id:
+                    left = h.lease_s - h.silent_s
+                    log.warning("an earlier run of this batch job ended without closing it "
+                                "and holds tasks for these filters: waiting %s to take "
+                                "them over", f"{left:.0f} s for its lease to run out"
+                                if left > 0 else "for its lease to be swept")
+                elif h.job_id not in self.overdue:
                     left = h.lease_s - h.silent_s
                     log.warning("batch job %s holds tasks for these filters but has not "
                                 "heartbeated for %.0f s: waiting %s to take them over",

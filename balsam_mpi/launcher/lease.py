@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 def log_expired(found: list[Expired]) -> None:
     for e in found:
+        if e.superseded:
+            log.warning("batch job %s (%s) was started again after a run of it ended "
+                        "without closing: that run's lease has run out, %s of its tasks "
+                        "requeued, %s failed (lost too often), %s unstarted claim(s) "
+                        "released", e.job_id, e.user, e.requeued, e.failed, e.released)
+            continue
         log.warning("batch job %s (%s) lost its lease: marked LOST, %s task(s) requeued, "
                     "%s failed (lost too often), %s unstarted claim(s) released",
                     e.job_id, e.user, e.requeued, e.failed, e.released)

@@ -270,10 +270,12 @@ class Store:
         return int(row[0]), int(row[1])
 
     def expire_leases(self, job_id: int | None = None) -> list[Expired]:
-        """Mark batch jobs whose lease ran out LOST and requeue their tasks (any member
-        may: only expired leases are touched). ``job_id`` limits it to that job."""
+        """Mark batch jobs whose lease ran out LOST and requeue their tasks, then requeue
+        the tasks of superseded runs whose lease ran out (any member may: only expired
+        leases are touched). ``job_id`` limits it to that job."""
         rows = self._rows("launcher_expire_leases", {"job": job_id})
-        return [Expired(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+        return [Expired(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), bool(r[5]))
+                for r in rows]
 
     # -- overdue jobs and journals (0008) ------------------------------------------------
     def held_elsewhere(self, lease: Lease, filters: ClaimFilter,

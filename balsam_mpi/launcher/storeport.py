@@ -98,13 +98,16 @@ class Held(NamedTuple):
 
 
 class Expired(NamedTuple):
-    """A batch job whose lease ran out, marked LOST, and what happened to its tasks."""
+    """A batch job whose lease ran out, marked LOST, and what happened to its tasks; or,
+    ``superseded``, a job started again whose earlier run's tasks were requeued once that
+    run's lease ran out (the job itself stays as it is)."""
 
     job_id: int
     user: str
     requeued: int  # were running: lost counter +1, runnable again
     failed: int  # were running with the lost counter at its limit
     released: int  # claimed but never started: free again, nothing counted
+    superseded: bool = False
 
 
 class Peers(NamedTuple):

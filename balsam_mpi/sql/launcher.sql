@@ -146,9 +146,14 @@ SELECT id, state::text, nodes, end_reason,
   FROM batch_jobs ORDER BY id DESC LIMIT 1;
 
 -- name: launcher_expire_leases
--- Batch jobs whose lease ran out: marked LOST, their tasks requeued (migrations/0005).
-SELECT job_id, job_user, requeued, failed, released
-  FROM launcher_expire_leases(%(job)s::bigint);
+-- Batch jobs whose lease ran out: marked LOST, their tasks requeued (migrations/0005);
+-- then the tasks of runs that a new run of the same job superseded, once their lease has
+-- surely run out (migrations/0021). The last column says which.
+SELECT job_id, job_user, requeued, failed, released, false
+  FROM launcher_expire_leases(%(job)s::bigint)
+UNION ALL
+SELECT job_id, job_user, requeued, failed, released, true
+  FROM launcher_sweep_superseded(%(job)s::bigint);
 
 -- name: launcher_held_elsewhere
 -- Other running batch jobs that hold work this launcher's filters match, with their last
@@ -157,31 +162,42 @@ SELECT job_id, job_user, requeued, failed, released
 -- count itself idle until it has seen each of them renew its heartbeat: one that does
 -- not may have died, and its tasks come back when its lease runs out (launcher.py); one
 -- that holds queued work gets a moment to hand it back (claims.py, HANDBACK_WAIT_S).
+-- Its own batch job is one of them while an earlier run of it holds tasks (0021): that
+-- run's heartbeat is given as the instant its lease runs out less the lease, which never
+-- moves, so the launcher waits until the sweep has requeued them.
 -- Starts from the few RUNNING jobs; each probe stops at the first task it finds (an
 -- idle launcher asks this every claim_idle_s); the second walks past the holder's
 -- running rows, so it is asked only of jobs the first found.
 SELECT b.id, h.n,
-       extract(epoch FROM coalesce(b.heartbeat_at, b.started_at))::float8,
-       extract(epoch FROM now() - coalesce(b.heartbeat_at, b.started_at))::float8,
+       extract(epoch FROM b.beat)::float8,
+       extract(epoch FROM now() - b.beat)::float8,
        b.lease_sec,
-       EXISTS (SELECT 1 FROM tasks t
-                WHERE t.batch_job_id = b.id
-                  AND t.state IN ('READY', 'RESTART_READY') AND t.num_nodes = 1
-                  AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
-                  AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
-                  AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[])))
-  FROM batch_jobs b
+       b.id <> %(job)s AND EXISTS (
+           SELECT 1 FROM tasks t
+            WHERE t.batch_job_id = b.id
+              AND t.state IN ('READY', 'RESTART_READY') AND t.num_nodes = 1
+              AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+              AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+              AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[])))
+  FROM (SELECT j.*,
+               CASE WHEN j.id = %(job)s
+                    THEN j.superseded_until - make_interval(secs => j.lease_sec)
+                    ELSE coalesce(j.heartbeat_at, j.started_at) END AS beat
+          FROM batch_jobs j
+         WHERE j.state = 'RUNNING'
+           AND (j.id <> %(job)s OR j.superseded_until IS NOT NULL)) b
  CROSS JOIN LATERAL (
        SELECT count(*)::bigint AS n FROM (
            SELECT 1 FROM tasks t
             WHERE t.batch_job_id = b.id
+              AND (b.id <> %(job)s OR t.lease_epoch < b.lease_epoch)
               AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED', 'RUNNING')
               AND t.num_nodes <= %(max_nodes)s
               AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
               AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
               AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
             LIMIT 1) x) h
- WHERE b.state = 'RUNNING' AND b.id <> %(job)s AND h.n > 0
+ WHERE h.n > 0
  ORDER BY b.id;
 
 -- name: launcher_journal_key

@@ -152,7 +152,8 @@ def test_recover_command(store: Store, conn: Any, pg_project: Project) -> None:
     assert second.exit_code == 0, second.output
     me = conn.execute("SELECT session_user").fetchone()[0]
     assert json.loads(second.output) == [{"job_id": lease.job_id, "user": me,
-                                          "requeued": 1, "failed": 0, "released": 0}]
+                                          "requeued": 1, "failed": 0, "released": 0,
+                                          "superseded": False}]
     row = conn.execute("SELECT state::text, lost_retries FROM tasks").fetchone()
     assert row == ("RESTART_READY", 1)
 

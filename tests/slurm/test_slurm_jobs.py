@@ -328,6 +328,46 @@ def test_a_node_lost_mid_run_costs_its_own_tasks_only(slurm_env: LocalSlurm, con
     no_strays(dbname)
 
 
+def test_a_job_requeued_after_its_launcher_died_runs_what_it_had_held(
+        slurm_env: LocalSlurm, conn: Any, dbname: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm requeues a job whose node failed (or that was preempted, or `scontrol
+    requeue`): the same job id starts again, and its launcher adopts the same batch-job
+    row under a new epoch while the dead run's lease is still fresh. The dead run's
+    RUNNING tasks were stranded: not this epoch's, so neither its claims nor its close
+    touched them, and no sweep looks at a live row — RUNNING for ever under a FINISHED
+    job (migration 0021)."""
+    add_app(conn, "nap", "sleep 8")
+    ids = add_tasks(conn, "nap", 4, packing=2)
+    monkeypatch.setenv("BALSAM_LEASE_S", "30")  # sbatch passes the environment on
+    sub = submit("-n", "2", "-t", "5", "--workflow", dbname)
+    job = sub["scheduler_job_id"]
+    wait_for("four tasks running", lambda: count_state(conn, "RUNNING") == 4, 120,
+             lambda: job_output(sub))
+    for pid in launcher_ranks(job):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(f"Slurm job {job} to end", lambda: job_state(slurm_env, job) in DONE_STATES,
+             120, lambda: job_output(sub))
+    # Requeued, and eligible at once (Slurm would hold it back about two minutes, past
+    # the lease; a site's requeue need not).
+    slurm_env.run("scontrol", "requeue", job)
+    slurm_env.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    wait_for("the job's second run", lambda: conn.execute(
+        "SELECT lease_epoch FROM batch_jobs WHERE id = %s",
+        (sub["batch_job_id"],)).fetchone()[0] == 2, 120, lambda: job_output(sub))
+    assert count_state(conn, "RUNNING") == 4, task_rows(conn)  # adopted within the lease
+    wait_job_end(slurm_env, sub)
+    rows = task_rows(conn)
+    detail = f"{rows}\n{job_output(sub)}"
+    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, detail
+    assert all(r[2:] == (0, 0, 1) for r in rows), detail  # each lost once, with the dead run
+    done = {r[0]: r[1] for r in conn.execute(
+        "SELECT task_id, count(*) FROM task_events WHERE to_state = 'RUN_DONE' GROUP BY 1")}
+    assert done == {t: 1 for t in ids}, detail
+    assert batch_job(conn, sub["batch_job_id"]) == ("FINISHED", "idle"), detail
+    assert "an earlier run of this batch job ended without closing it" in detail, detail
+    no_strays(dbname)
+
+
 # -- the end time, asked of Slurm ------------------------------------------------------------
 def test_a_launcher_started_by_hand_learns_the_end_of_its_job(
         slurm_env: LocalSlurm, conn: Any, pg_project: Project, dbname: str,
