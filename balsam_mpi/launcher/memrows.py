@@ -52,3 +52,19 @@ class Job:
     filters: ClaimFilter = ClaimFilter()
     nodes: int = 1
     hungry_at: float | None = None  # 0015: its claims find less than its free slots
+    superseded_until: float | None = None  # 0021: an earlier run's tasks stopped by then
+
+
+def takes(f: ClaimFilter, t: Task) -> bool:
+    """Would a launcher with these filters claim ``t``? (launcher_filter_takes)"""
+    return ((not f.workflows or t.workflow in f.workflows)
+            and dict(f.tags).items() <= t.tags.items()
+            and (not f.owners or t.owner in f.owners))
+
+
+def requeue(t: Task, *, counted: bool, why: str) -> None:
+    """Back to RESTART_READY, the lost counter +1 if ``counted`` (FAILED at its limit)."""
+    failed = counted and t.lost_retries >= t.lost_retry_limit
+    t.state = "FAILED" if failed else "RESTART_READY"
+    t.lost_retries += int(counted and not failed)
+    t.batch_job_id, t.state_message = None, why

@@ -27,9 +27,10 @@ from typing import Any
 
 from ..base.errors import InputError, ServerError
 from ..protocol import EndKind, Finished, Started
+from . import memleases
 from .division import Taker, workflow_set
 from .memjournal import JournalsInMemory
-from .memrows import Job, Task
+from .memrows import Job, Task, requeue, takes
 from .storeport import (
     AppExtras,
     BadReport,
@@ -101,6 +102,7 @@ class MemStore(JournalsInMemory):
         self._enter("open_job")
         job = self.jobs.get(job_id) if job_id is not None else None
         if job is not None:  # adopted: a new epoch fences the old leader's reports
+            memleases.supersede(self, job)
             job.epoch, job.state, job.lease_s = job.epoch + 1, "RUNNING", lease_sec
             job.heartbeat_at = self.clock()
             return Lease(job.id, job.epoch, True)
@@ -143,12 +145,7 @@ class MemStore(JournalsInMemory):
         return [t for t in self.tasks.values()
                 if t.batch_job_id == lease.job_id and t.lease_epoch == lease.epoch]
 
-    @staticmethod
-    def _requeue(t: Task, *, counted: bool, why: str) -> None:
-        failed = counted and t.lost_retries >= t.lost_retry_limit
-        t.state = "FAILED" if failed else "RESTART_READY"
-        t.lost_retries += int(counted and not failed)
-        t.batch_job_id, t.state_message = None, why
+    _requeue = staticmethod(requeue)
 
     # -- tasks ------------------------------------------------------------------------
     def claim(self, lease: Lease, *, limit: int, capacity: float, max_need: float,
@@ -288,44 +285,16 @@ class MemStore(JournalsInMemory):
 
     # -- other batch jobs, journals -----------------------------------------------------
     def _expired(self, job: Job) -> bool:
-        return job.state == "RUNNING" and self.clock() - job.heartbeat_at > job.lease_s
+        return memleases.expired(self, job)
 
     def expire_leases(self, job_id: int | None = None) -> list[Expired]:
         self._enter("expire_leases")
-        out: list[Expired] = []
-        for job in self.jobs.values():
-            if (job_id is not None and job.id != job_id) or not self._expired(job):
-                continue
-            job.state = "LOST"
-            requeued = failed = released = 0
-            for t in self.tasks.values():
-                if t.batch_job_id != job.id:
-                    continue
-                if t.state == "RUNNING":
-                    self._requeue(t, counted=True, why="lost: lease expired")
-                    failed += t.state == "FAILED"
-                    requeued += t.state != "FAILED"
-                elif t.state in RUNNABLE:
-                    t.batch_job_id, released = None, released + 1
-            out.append(Expired(job.id, job.user, requeued, failed, released))
-        return out
+        return memleases.expire(self, job_id)
 
     def held_elsewhere(self, lease: Lease, filters: ClaimFilter,
                        max_nodes: int) -> list[Held]:
         self._enter("held_elsewhere")
-        now = self.clock()
-        out = []
-        for job in sorted(self.jobs.values(), key=lambda j: j.id):
-            if job.state != "RUNNING" or job.id == lease.job_id:
-                continue
-            held = [t for t in self.tasks.values()
-                    if t.batch_job_id == job.id and takes(filters, t)
-                    and t.state in (*RUNNABLE, "PREPROCESSED", "RUNNING")]
-            if any(t.num_nodes <= max_nodes for t in held):
-                queued = any(t.num_nodes == 1 and t.state in RUNNABLE for t in held)
-                out.append(Held(job.id, 1, job.heartbeat_at, now - job.heartbeat_at,
-                                job.lease_s, queued))
-        return out
+        return memleases.held_elsewhere(self, lease, filters, max_nodes)
 
     # -- hand back (0015) -----------------------------------------------------------------
     def _hungry(self, lease: Lease) -> list[Job]:
@@ -377,13 +346,6 @@ class MemStore(JournalsInMemory):
                 t.batch_job_id = None
                 out.append(i)
         return out
-
-
-def takes(f: ClaimFilter, t: Task) -> bool:
-    """Would a launcher with these filters claim ``t``? (launcher_filter_takes)"""
-    return ((not f.workflows or t.workflow in f.workflows)
-            and dict(f.tags).items() <= t.tags.items()
-            and (not f.owners or t.owner in f.owners))
 
 
 _ADAPTER: type[StorePort] = MemStore  # mypy holds the adapter to the port

@@ -173,13 +173,13 @@ class Kit:
 
 def make(tmp_path: Path, tasks: int = 0, *, workers: int = 0, node: Node | None = None,
          store: MemStore | None = None, finish: bool = True, deadline: float | None = None,
-         **settings: Any) -> Kit:
+         adopt: int | None = None, **settings: Any) -> Kit:
     store = store or MemStore()
     if "a" not in store.apps:
         store.add_app("a")
     if tasks:
         store.add_tasks([{"app": "a", "name": f"t{i}"} for i in range(tasks)])
-    lease = store.open_job(job_id=None, scheduler="local", scheduler_job_id=None, host="h",
+    lease = store.open_job(job_id=adopt, scheduler="local", scheduler_job_id=None, host="h",
                            nodes=workers + 1, ranks=workers + 1, filters=ClaimFilter(),
                            wall_time_min=None, lease_sec=settings.get("lease_s", 60.0))
     calls = Calls(Inline(store))
