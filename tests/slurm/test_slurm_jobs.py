@@ -1,18 +1,13 @@
 """Launchers in real Slurm jobs, submitted with `balsam-mpi submit --scheduler slurm`:
-a multi-node MPI task through srun, and every way a job ends early — `scancel`, the
-job's time limit, Slurm's warning signal, a launcher killed with -9, one node of three
-lost — checked in the database afterwards. Nothing here asserts how long anything took."""
+a multi-node MPI task through srun, and the ways a job ends early — `scancel`, the job's
+time limit, Slurm's warning signal — checked in the database afterwards (ranks that die:
+test_slurm_deaths.py). Nothing here asserts how long anything took."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +16,22 @@ import pytest
 from balsam_mpi.base.project import Project
 from tests.e2e.test_launcher import no_strays
 from tests.slurm.cluster import LocalSlurm
+from tests.slurm.jobkit import (
+    BIN,
+    add_app,
+    add_tasks,
+    assert_nothing_lost,
+    batch_job,
+    count_state,
+    job_output,
+    running_events,
+    submit,
+    task_rows,
+    wait_for,
+    wait_job_end,
+)
 
 pytestmark = pytest.mark.timeout(420)
-BIN = Path(sys.executable).parent
-DONE_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-               "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 HELLO = textwrap.dedent("""\
     import os, sys
@@ -36,102 +42,6 @@ HELLO = textwrap.dedent("""\
                      f"step={os.environ.get('SLURM_STEP_ID')}\\n")
 """)
 
-
-# -- helpers ---------------------------------------------------------------------------------
-def submit(*args: str) -> dict[str, Any]:
-    done = subprocess.run([str(BIN / "balsam-mpi"), "submit", "--scheduler", "slurm",
-                           "--json", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 0, done.stderr
-    out: dict[str, Any] = json.loads(done.stdout)
-    assert out["scheduler_job_id"], out
-    return out
-
-
-def job_state(slurm: LocalSlurm, job_id: str) -> str:
-    done = slurm.run("scontrol", "show", "job", "-o", job_id, check=False)
-    for word in done.stdout.split():
-        if word.startswith("JobState="):
-            return word.split("=", 1)[1]
-    return "GONE"
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120,
-             explain: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}\n{explain()}")
-        time.sleep(0.5)
-
-
-def wait_job_end(slurm: LocalSlurm, sub: dict[str, Any], timeout: float = 300) -> str:
-    job = sub["scheduler_job_id"]
-    wait_for(f"Slurm job {job} to end", lambda: job_state(slurm, job) in DONE_STATES + ("GONE",),
-             timeout, lambda: job_output(sub))
-    return job_state(slurm, job)
-
-
-def job_output(sub: dict[str, Any]) -> str:
-    """The job's own output file (sbatch writes it into qsubmit/) and the launcher logs."""
-    qdir = Path(sub["script"]).parent
-    text = []
-    for path in sorted(qdir.glob(f"*-{sub['scheduler_job_id']}.out")):
-        text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}")
-    logs = qdir.parent / "log"
-    for path in sorted(logs.glob(f"launcher_{sub['scheduler_job_id']}_r*.log")):
-        text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
-    return "\n".join(text)
-
-
-def add_app(conn: Any, name: str, command: str) -> None:
-    conn.execute("INSERT INTO apps (name, command) VALUES (%s, %s)", (name, command))
-
-
-def add_tasks(conn: Any, app: str, n: int, *, num_nodes: int = 1, ranks_per_node: int = 1,
-              packing: int = 1, env: dict[str, str] | None = None) -> list[int]:
-    """READY tasks in a workflow named after the test's database (the project is shared)."""
-    rows = conn.execute(
-        "INSERT INTO tasks (workflow, name, app_id, state, num_nodes, ranks_per_node, "
-        "node_packing_count, env) SELECT current_database(), 't', "
-        "(SELECT id FROM apps WHERE name = %s), 'READY', %s, %s, %s, %s::jsonb "
-        "FROM generate_series(1, %s) RETURNING id",
-        (app, num_nodes, ranks_per_node, packing, json.dumps(env or {}), n)).fetchall()
-    return [r[0] for r in rows]
-
-
-def count_state(conn: Any, state: str) -> int:
-    row = conn.execute("SELECT count(*) FROM tasks WHERE state = %s", (state,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def task_rows(conn: Any) -> list[tuple[int, str, int, int, int]]:
-    return conn.execute("SELECT id, state::text, error_retries, timeout_retries, "
-                        "lost_retries FROM tasks ORDER BY id").fetchall()
-
-
-def batch_job(conn: Any, row_id: int) -> tuple[str, str | None]:
-    row = conn.execute("SELECT state::text, end_reason FROM batch_jobs WHERE id = %s",
-                       (row_id,)).fetchone()
-    assert row is not None
-    return row[0], row[1]
-
-
-def running_events(conn: Any) -> dict[int, int]:
-    return {r[0]: r[1] for r in conn.execute(
-        "SELECT task_id, count(*) FROM task_events WHERE to_state = 'RUNNING' GROUP BY 1")}
-
-
-def assert_nothing_lost(conn: Any, sub: dict[str, Any]) -> None:
-    """The acceptance check after an early end: every task runnable or finished, none
-    FAILED or RUNNING, no retry counter spent, the batch job closed (not LOST/RUNNING)."""
-    rows = task_rows(conn)
-    detail = f"tasks {rows}\n{job_output(sub)}"
-    assert {state for _id, state, *_ in rows} <= {"READY", "RESTART_READY", "JOB_FINISHED"}, \
-        detail
-    assert all(tuple(row[2:]) == (0, 0, 0) for row in rows), detail
-    state, reason = batch_job(conn, sub["batch_job_id"])
-    assert state == "FINISHED", (state, reason, detail)
 
 
 def write_hello(tmp_path: Path) -> Path:
@@ -248,123 +158,6 @@ def test_two_minute_job_over_five_minute_tasks(slurm_env: LocalSlurm, conn: Any,
     # Drained and closed before Slurm's own end of the job: Slurm saw it complete.
     assert final == "COMPLETED", job_output(sub)
     assert running_events(conn), "no task ever ran\n" + job_output(sub)
-    no_strays(dbname)
-
-
-# -- (d) a launcher killed with -9, then the next job ----------------------------------------
-def launcher_ranks(job_id: str) -> list[int]:
-    """PIDs of the launcher ranks of a Slurm job on this host (python -m balsam_mpi with
-    that SLURM_JOB_ID), read from /proc."""
-    want = f"SLURM_JOB_ID={job_id}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        # argv python -m balsam_mpi …: the ranks, not srun (whose argv holds the same words)
-        if cmd[1:3] == [b"-m", b"balsam_mpi"] and want in env:
-            found.append(int(entry))
-    return found
-
-
-def test_job_after_a_killed_one_finishes_its_tasks_once(slurm_env: LocalSlurm, conn: Any,
-                                                        dbname: str) -> None:
-    add_app(conn, "nap", "sleep 15")
-    ids = add_tasks(conn, "nap", 4, packing=2)
-    first = submit("-n", "2", "-t", "5", "--workflow", dbname)
-    wait_for("tasks running", lambda: count_state(conn, "RUNNING") >= 2, 120,
-             lambda: job_output(first))
-    ranks = launcher_ranks(first["scheduler_job_id"])
-    assert len(ranks) == 2, ranks
-    for pid in ranks:
-        os.kill(pid, signal.SIGKILL)
-    wait_job_end(slurm_env, first)
-    second = submit("-n", "2", "-t", "5", "--workflow", dbname)  # at once: lease still fresh
-    wait_job_end(slurm_env, second)
-    rows = task_rows(conn)
-    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, \
-        f"{rows}\n{job_output(second)}"
-    done = {r[0]: r[1] for r in conn.execute(
-        "SELECT task_id, count(*) FROM task_events WHERE to_state = 'RUN_DONE' GROUP BY 1")}
-    assert done == {t: 1 for t in ids}  # exactly once each
-    assert batch_job(conn, first["batch_job_id"])[0] == "LOST"
-    assert batch_job(conn, second["batch_job_id"])[0] == "FINISHED"
-    no_strays(dbname)
-
-
-def rank_of(pid: int) -> int:
-    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return next(int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"SLURM_PROCID="))
-
-
-def test_a_node_lost_mid_run_costs_its_own_tasks_only(slurm_env: LocalSlurm, conn: Any,
-                                                      dbname: str) -> None:
-    """A worker rank killed with -9 (its node died, the kernel's OOM killer) in a
-    three-node job: srun lets the other ranks run on, and the leader's sends to the dead
-    rank fail (MPICH over OFI). The dead rank's running tasks are written as lost
-    (counted) and run again; everything else runs once and the job ends by itself."""
-    add_app(conn, "nap", "sleep 12")
-    ids = add_tasks(conn, "nap", 6, packing=2)  # 3 nodes x 2 slots: one wave
-    sub = submit("-n", "3", "-t", "5", "--workflow", dbname)
-    wait_for("six tasks running", lambda: count_state(conn, "RUNNING") == 6, 120,
-             lambda: f"{task_rows(conn)}\n{job_output(sub)}")
-    ranks = {rank_of(pid): pid for pid in launcher_ranks(sub["scheduler_job_id"])}
-    assert sorted(ranks) == [0, 1, 2], ranks
-    os.kill(ranks[2], signal.SIGKILL)
-    final = wait_job_end(slurm_env, sub)
-    detail = f"{task_rows(conn)}\n{job_output(sub)}"
-    rows = task_rows(conn)
-    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, detail
-    lost = sorted(r[0] for r in rows if r[4] == 1)
-    assert len(lost) == 2 and all(r[2:4] == (0, 0) for r in rows), detail
-    runs = running_events(conn)
-    assert {t: runs[t] for t in ids} == {t: 2 if t in lost else 1 for t in ids}, detail
-    assert "worker rank 2" in job_output(sub), detail
-    assert final in ("COMPLETED", "FAILED"), detail
-    no_strays(dbname)
-
-
-def test_a_job_requeued_after_its_launcher_died_runs_what_it_had_held(
-        slurm_env: LocalSlurm, conn: Any, dbname: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Slurm requeues a job whose node failed (or that was preempted, or `scontrol
-    requeue`): the same job id starts again, and its launcher adopts the same batch-job
-    row under a new epoch while the dead run's lease is still fresh. The dead run's
-    RUNNING tasks were stranded: not this epoch's, so neither its claims nor its close
-    touched them, and no sweep looks at a live row — RUNNING for ever under a FINISHED
-    job (migration 0021)."""
-    add_app(conn, "nap", "sleep 8")
-    ids = add_tasks(conn, "nap", 4, packing=2)
-    monkeypatch.setenv("BALSAM_LEASE_S", "30")  # sbatch passes the environment on
-    sub = submit("-n", "2", "-t", "5", "--workflow", dbname)
-    job = sub["scheduler_job_id"]
-    wait_for("four tasks running", lambda: count_state(conn, "RUNNING") == 4, 120,
-             lambda: job_output(sub))
-    for pid in launcher_ranks(job):
-        os.kill(pid, signal.SIGKILL)
-    wait_for(f"Slurm job {job} to end", lambda: job_state(slurm_env, job) in DONE_STATES,
-             120, lambda: job_output(sub))
-    # Requeued, and eligible at once (Slurm would hold it back about two minutes, past
-    # the lease; a site's requeue need not).
-    slurm_env.run("scontrol", "requeue", job)
-    slurm_env.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-    wait_for("the job's second run", lambda: conn.execute(
-        "SELECT lease_epoch FROM batch_jobs WHERE id = %s",
-        (sub["batch_job_id"],)).fetchone()[0] == 2, 120, lambda: job_output(sub))
-    assert count_state(conn, "RUNNING") == 4, task_rows(conn)  # adopted within the lease
-    wait_job_end(slurm_env, sub)
-    rows = task_rows(conn)
-    detail = f"{rows}\n{job_output(sub)}"
-    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, detail
-    assert all(r[2:] == (0, 0, 1) for r in rows), detail  # each lost once, with the dead run
-    done = {r[0]: r[1] for r in conn.execute(
-        "SELECT task_id, count(*) FROM task_events WHERE to_state = 'RUN_DONE' GROUP BY 1")}
-    assert done == {t: 1 for t in ids}, detail
-    assert batch_job(conn, sub["batch_job_id"]) == ("FINISHED", "idle"), detail
-    assert "an earlier run of this batch job ended without closing it" in detail, detail
     no_strays(dbname)
 
 
