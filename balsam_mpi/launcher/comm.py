@@ -16,7 +16,7 @@ unread; over MPICH's OFI module (a multi-node srun step: ``netmod.py``) it fails
 error used to kill the leader. A failed send is not this rank's fault, so it is not
 raised: the destination goes into :attr:`Comm.gone` with MPI's reason, nothing more is
 sent to it, and the owner of the loop decides what a missing peer means (the leader:
-``Leader._check_gone``; a worker whose leader is gone stops).
+``launcher/departures.py``; a worker whose leader is gone stops).
 """
 
 from __future__ import annotations
