@@ -35,7 +35,8 @@ FIRST_ASSIGN_POLL_S = 0.002
 class Worker:
     def __init__(self, comm: Comm, node: Node, *, gpus: int = 0,
                  report_interval_s: float = 1.0, drain_grace_s: float = 30.0,
-                 poll_cap_s: float = 0.05, chan: TaskChannel | None = None) -> None:
+                 poll_cap_s: float = 0.05, leader_silence_s: float = 10.0,
+                 chan: TaskChannel | None = None) -> None:
         self.comm = comm
         self.node = node
         self.rank = comm.rank
@@ -47,6 +48,13 @@ class Worker:
         self.draining: Drain | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.assigned = False  # the first ASSIGN has come
+        # A frozen or hung leader (SIGSTOP, a process stuck on a file system) answers
+        # nothing and renews no lease: once its lease may run out, another launcher may
+        # requeue this node's tasks. So after this long without a word from it (counted
+        # from its first ASSIGN: its start-up may be long) the worker cuts them and leaves
+        # (config.leader_silence_s says why this bound).
+        self.leader_silence_s = leader_silence_s
+        self.last_heard = time.monotonic()
 
     def run(self) -> None:
         comm, node = self.comm, self.node
@@ -59,6 +67,11 @@ class Worker:
                 for req in self.chan.poll():  # to the leader, which writes them
                     comm.send(LOCAL, AddTasks(self.rank, req.parent, req.tasks, req.id))
                     did = True
+            if self.draining is None and self._leader_silent():
+                self.stop_reason = (f"the leader has said nothing for "
+                                    f"{time.monotonic() - self.last_heard:.0f} s")
+                log.error("%s: cutting this node's tasks before its lease may run out",
+                          self.stop_reason)
             if self.stop_reason and self.draining is None:
                 self.draining = Drain(self.stop_reason, self.drain_grace_s, cut=True)
                 node.cut_all()
@@ -83,6 +96,9 @@ class Worker:
                 pause = self.idle.next()
                 node.wait(pause if self.assigned else min(pause, FIRST_ASSIGN_POLL_S))
 
+    def _leader_silent(self) -> bool:
+        return self.assigned and time.monotonic() - self.last_heard > self.leader_silence_s
+
     def _receive(self) -> bool:
         did = False
         while True:
@@ -90,6 +106,7 @@ class Worker:
             if got is None:
                 return did
             did = True
+            self.last_heard = time.monotonic()
             msg = got[1]
             if isinstance(msg, Assign):
                 self.assigned = True

@@ -222,6 +222,18 @@ def _tag(text: Any) -> tuple[str, str]:
     return values.name("tags", key), values.name(f"tags.{key}", value)
 
 
+def leader_silence_s(s: Settings) -> float:
+    """How long a worker hears nothing from its leader before it cuts its tasks and
+    leaves (worker.py). A live leader answers every REPORT at once, and a worker reports
+    every ``report_interval_s``. A leader that answered at T had heartbeated after
+    T - lease/2 (else it would have been cutting its tasks already), so its lease runs
+    out after T + lease/2: the worker's tasks must be dead by then, kill grace included,
+    with a heartbeat's margin. Never under three report intervals, so a busy leader is
+    not taken for a frozen one (with a lease that short the bound is not kept)."""
+    bound = s.lease_s / 2 - s.kill_grace_s - s.heartbeat_s
+    return max(bound, 3 * s.report_interval_s)
+
+
 def _relations(s: Settings, sources: Mapping[str, str]) -> None:
     """What must hold between settings; the error names both and where each came from."""
 

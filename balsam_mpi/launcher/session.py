@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import signal
 import socket
 import time
 from contextlib import ExitStack
@@ -35,7 +36,7 @@ from ..protocol import LOCAL, ErrorMsg
 from ..worker import Worker
 from .calls import Calls
 from .comm import Comm
-from .config import Settings
+from .config import Settings, leader_silence_s
 from .dbthread import DbThread
 from .journal import Journal, open_journal
 from .lease import log_expired, sweep_once
@@ -213,12 +214,20 @@ class WorkerSession:
                              report_interval_s=settings.report_interval_s,
                              drain_grace_s=settings.drain_grace_s,
                              poll_cap_s=settings.poll_cap_s,
+                             leader_silence_s=leader_silence_s(settings),
                              chan=task_channel(settings, comm.rank, self.node))
 
     def run(self) -> None:
         with self.node, self.worker.chan or ExitStack():
             self.worker.run()
         log_usage(self.node)
+        # BYE is said and nothing runs here: what is left is MPI_Finalize, which waits for
+        # the other ranks (a leader still draining, or frozen). A scheduler's TERM then
+        # has nothing to stop, and dying of it (Python restores the default action of
+        # the handlers it set as it exits) makes mpiexec call the whole run a bad
+        # termination. SIGKILL, and a user's ^C (INT), still end the rank.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
 
     def stop(self, reason: str) -> None:
         # From a signal handler: flags only. The node starts nothing from this instant.

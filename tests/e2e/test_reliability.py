@@ -24,7 +24,7 @@ import pytest
 
 from balsam_mpi.base.project import Project
 from tests.e2e.test_launcher import add, no_strays, running_events, states
-from tests.e2e.test_lifecycle import processes, start, wait_end, wait_for
+from tests.e2e.test_lifecycle import processes, start, task_pids, wait_end, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 RANK_VARS = (b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK=", b"PMIX_RANK=", b"SLURM_PROCID=")
@@ -249,4 +249,48 @@ def test_a_worker_that_left_before_the_leaders_answer_is_not_a_crash(
     assert rows == [("RESTART_READY", 0, 0, 0, None)] * 3, (rows, out)
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
     assert job == ("FINISHED", "SIGTERM"), out
+    no_strays(dbname)
+
+
+def under(pid: int, marker: str) -> list[int]:
+    """Task processes (with ``marker`` in their environment) descended from ``pid``."""
+    procs = processes()
+    found = []
+    for task in task_pids(marker):
+        up = task
+        while up > 1 and up != pid:
+            up = procs.get(up, (1, b""))[0]
+        if up == pid:
+            found.append(task)
+    return found
+
+
+def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: str) -> None:
+    """A leader stopped with SIGSTOP (or stuck on a hung file system) renews no lease;
+    its workers' tasks ran on until the lease ran out and another launcher could run
+    them again. Now a worker that hears nothing from its leader for
+    `lease/2 - kill_grace - heartbeat` (here 13 s) cuts them and leaves."""
+    add(conn, 3, command="sleep 600", app="long")  # one whole-node task per rank
+    proc = start(3, "--idle-timeout", "0", BALSAM_LEASE_S="30", BALSAM_KILL_GRACE_S="1",
+                 BALSAM_REPORT_INTERVAL_S="0.5")
+    wait_for("three running tasks", lambda: count(conn, "state = 'RUNNING'") == 3, proc)
+    ranks = rank_pids(dbname)
+    marker = f"BALSAM_DB_NAME={dbname}"
+    assert under(ranks[2], marker), "no task under worker rank 2"
+    os.kill(ranks[0], signal.SIGSTOP)
+    try:
+        wait_for("worker rank 2's task to be cut while the leader is frozen",
+                 lambda: not under(ranks[2], marker), timeout=60)
+        assert not under(ranks[1], marker)  # both workers, each on its own
+    finally:
+        os.kill(ranks[0], signal.SIGCONT)
+    proc.send_signal(signal.SIGTERM)
+    out = ended(proc, 90)
+    logs = sorted(Path(os.environ["BALSAM_DB_PATH"], "log").glob("launcher_*.log"),
+                  key=lambda p: p.stat().st_mtime)[-3:]
+    out += "".join(f"--- {p.name}\n{p.read_text()}" for p in logs)
+    assert proc.returncode == 0, out
+    rows = conn.execute("SELECT state::text, lost_retries, batch_job_id FROM tasks").fetchall()
+    assert rows == [("RESTART_READY", 0, None)] * 3, (rows, out)  # cut: nothing counted
+    assert set(running_events(conn).values()) == {1}
     no_strays(dbname)
