@@ -72,6 +72,7 @@ class Worker:
                                     f"{time.monotonic() - self.last_heard:.0f} s")
                 log.error("%s: cutting this node's tasks before its lease may run out",
                           self.stop_reason)
+                node.begin_stop()  # and starting nothing it might still send
             if self.stop_reason and self.draining is None:
                 self.draining = Drain(self.stop_reason, self.drain_grace_s, cut=True)
                 node.cut_all()

@@ -76,6 +76,7 @@ def test_a_silent_leader_makes_the_worker_cut_its_tasks_and_leave(
     assert sorted((f.id, f.kind) for f in ends) == [(1, int(EndKind.CUT)),
                                                      (2, int(EndKind.CUT))]
     assert not node.sim  # nothing runs here any more
+    assert node.stopping  # and nothing would start
 
 
 def test_no_silence_is_counted_before_the_first_assign(
