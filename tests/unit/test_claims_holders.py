@@ -12,15 +12,8 @@ import pytest
 from balsam_mpi.launcher import claims as claims_mod
 from balsam_mpi.launcher.orders import ClaimResult
 from balsam_mpi.launcher.storeport import Held
+from tests.unit.fakeclock import Clock
 from tests.unit.leaderkit import make
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def empty(*held: Held) -> ClaimResult:
@@ -34,7 +27,7 @@ def holder(beat: float, *, queued: bool) -> Held:
 @pytest.mark.parametrize("queued", [False, True])
 def test_a_live_holder_is_waited_for_only_while_it_could_hand_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     monkeypatch.setattr(claims_mod.time, "monotonic", clock)
     claims = make(tmp_path).leader.claims
     claims._claimed(claims.covers, empty(holder(100.0, queued=queued)), 8, 1.0)
@@ -52,7 +45,7 @@ def test_the_hand_back_wait_counts_from_each_time_work_ran_out(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A holder first seen long ago (an earlier lull) is still given its wait when this
     launcher runs out of work again."""
-    clock = Clock()
+    clock = Clock(1000.0)
     monkeypatch.setattr(claims_mod.time, "monotonic", clock)
     claims = make(tmp_path).leader.claims
     claims._claimed(claims.covers, empty(holder(100.0, queued=True)), 8, 1.0)

@@ -8,14 +8,7 @@ import random
 import pytest
 
 from balsam_mpi.base.pacing import Backoff, Periodic
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakeclock import Clock
 
 
 def test_the_pause_doubles_to_its_cap_and_starts_over_after_a_reset() -> None:

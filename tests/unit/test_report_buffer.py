@@ -17,6 +17,7 @@ from balsam_mpi.launcher.dbthread import Inline
 from balsam_mpi.launcher.reports import ReportBuffer
 from balsam_mpi.launcher.storeport import BadReport, Lease
 from balsam_mpi.protocol import EndKind, Finished, Started
+from tests.unit.fakeclock import Clock
 
 pytestmark = pytest.mark.timeout(60)
 LEASE = Lease(1, 1, False)
@@ -47,17 +48,10 @@ class FakeStore:
         return {"started": len(started), "ended": len(finished)}
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def buffer(store: FakeStore, journal: object = None
            ) -> tuple[ReportBuffer, Calls, Clock]:
     """A buffer whose flushes run at once (Inline) and whose pauses follow a fake clock."""
-    clock = Clock()
+    clock = Clock(0.0)
     calls = Calls(Inline(store))  # type: ignore[arg-type]
     buf = ReportBuffer(LEASE, store, calls, size=4096, interval_s=0.0,  # type: ignore[arg-type]
                        journal=journal, retry=Backoff(0.5, 10.0, clock=clock))  # type: ignore[arg-type]

@@ -12,21 +12,14 @@ import pytest
 from balsam_mpi.launcher.memstore import MemStore
 from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import Started
+from tests.unit.fakeclock import Clock
 from tests.unit.leaderkit import make
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_new_run_waits_for_the_dead_runs_tasks_then_runs_them(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_900_000_000.0)
     store = MemStore(clock=clock)
     store.add_app("a")
     ids = store.add_tasks([{"app": "a"} for _ in range(3)])

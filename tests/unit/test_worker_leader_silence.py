@@ -15,18 +15,11 @@ from balsam_mpi import worker as worker_mod
 from balsam_mpi.launcher.config import Settings, leader_silence_s
 from balsam_mpi.protocol import Assign, Bye, EndKind, RunOrder
 from balsam_mpi.worker import Worker
+from tests.unit.fakeclock import Clock
 from tests.unit.slotkit import SlotNode
 from tests.unit.test_worker_polls import ScriptedComm
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedNode(SlotNode):
