@@ -325,7 +325,7 @@ class Leader:
         s = self.settings
         if self.draining:
             workers_done = all(not v.alive for v in self.workers.values()) and (
-                self.departures.all_gone)
+                self.departures.none_awaited)
             return workers_done and not self.local.busy() and not self.local.changes
         if self.deadline is not None and time.time() >= self.deadline - s.drain_grace_s:
             self.start_drain("wall time", cut=True)

@@ -57,8 +57,8 @@ class Departures:
         self.gone_since: dict[int, float] = {}  # when a send first failed to reach them
 
     @property
-    def all_gone(self) -> bool:
-        """Every worker said BYE or was declared dead."""
+    def none_awaited(self) -> bool:
+        """No BYE is awaited any more: every worker said it or was declared dead."""
         return len(self.byes) >= self.expected
 
     def check(self, gone: Mapping[int, str]) -> None:

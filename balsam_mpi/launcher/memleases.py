@@ -11,7 +11,7 @@ from .memrows import Job, Task, requeue, takes
 from .storeport import ClaimFilter, Expired, Held, Lease
 
 
-class MemStore(Protocol):
+class Rows(Protocol):
     """What these functions read of the in-memory store."""
 
     clock: Callable[[], float]
@@ -22,7 +22,7 @@ RUNNABLE = ("READY", "RESTART_READY")
 HELD_STATES = (*RUNNABLE, "PREPROCESSED", "RUNNING")
 
 
-def supersede(store: MemStore, job: Job) -> None:
+def supersede(store: Rows, job: Job) -> None:
     """An adoption (before the epoch moves on): tasks an earlier run still holds are
     stopped for sure once that run's lease has run out; never brought forward."""
     if any(t.batch_job_id == job.id for t in store.tasks.values()):
@@ -30,11 +30,11 @@ def supersede(store: MemStore, job: Job) -> None:
         job.superseded_until = max(job.superseded_until or until, until)
 
 
-def expired(store: MemStore, job: Job) -> bool:
+def expired(store: Rows, job: Job) -> bool:
     return job.state == "RUNNING" and store.clock() - job.heartbeat_at > job.lease_s
 
 
-def expire(store: MemStore, job_id: int | None) -> list[Expired]:
+def expire(store: Rows, job_id: int | None) -> list[Expired]:
     now = store.clock()
     out: list[Expired] = []
     for job in store.jobs.values():
@@ -53,7 +53,7 @@ def expire(store: MemStore, job_id: int | None) -> list[Expired]:
     return out
 
 
-def _requeue(store: MemStore, job: Job, before: int | None, why: str) -> Expired:
+def _requeue(store: Rows, job: Job, before: int | None, why: str) -> Expired:
     """The job's tasks (only those of epochs before ``before``, if given) requeued."""
     requeued = failed = released = 0
     for t in store.tasks.values():
@@ -68,7 +68,7 @@ def _requeue(store: MemStore, job: Job, before: int | None, why: str) -> Expired
     return Expired(job.id, job.user, requeued, failed, released, before is not None)
 
 
-def held_elsewhere(store: MemStore, lease: Lease, filters: ClaimFilter,
+def held_elsewhere(store: Rows, lease: Lease, filters: ClaimFilter,
                    max_nodes: int) -> list[Held]:
     now = store.clock()
     out = []
