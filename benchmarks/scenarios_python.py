@@ -41,7 +41,10 @@ from .projects import bench_project, bench_query
 REPO = str(Path(__file__).resolve().parents[1])
 NODES, PACKING = 4, 16
 FLUSH_S = 0.1  # the launcher's default flush_interval_s
-ENV = {"PYTHONPATH": REPO}  # the interpreters import benchmarks.pyfuncs
+# The interpreters import benchmarks.pyfuncs. Each rank stands for a node packing 16
+# Python tasks, which a real node does with 16 cores or more, where the default spares
+# (python_spares: one per core) are 16; this host's 2 cores would give 2.
+ENV = {"PYTHONPATH": REPO, "BALSAM_PYTHON_SPARES": str(PACKING)}
 
 
 def add_python(conn: Any, n: int, fn: str, *, indexed: bool = False,

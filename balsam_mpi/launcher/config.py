@@ -63,6 +63,8 @@ class Settings:
     python_memory_mb: float = 0.0  # per interpreter; 0 = the task's share of the node's RAM
     python_address_cap: bool = True  # enforce it as RLIMIT_AS during calls (not GPU tasks)
     python_prestart: bool = True  # each node starts its interpreters' zygote at once
+    # ... and forks this many interpreters before any call (-1: one per core of the node)
+    python_spares: int = -1
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -103,6 +105,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "output_cap_mb": (0.0, 1e7),
     "python_max_calls": (0, 1_000_000_000),
     "python_memory_mb": (0.0, 1e9),
+    "python_spares": (-1, 4096),
 }
 # A number not listed above (a setting added later) must still be finite and not negative.
 _ANY = (0.0, 1e12)

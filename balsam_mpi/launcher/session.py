@@ -64,7 +64,10 @@ def log_usage(node: Node) -> None:
              kids.ru_utime + kids.ru_stime, node.started_total)
 
 
-def make_node(settings: Settings, project: Project | None) -> Node:
+def make_node(settings: Settings, project: Project | None, *,
+              spares_now: bool = False) -> Node:
+    """This rank's node. Its spare Python interpreters are forked in its idle time, or
+    at once with ``spares_now`` (the leader's: see LeaderSession)."""
     cls = NullNode if settings.null_runner else Node
     db_path = str(project.root) if project else os.environ.get("BALSAM_DB_PATH", "")
     runner.configure(output_cap_mb=settings.output_cap_mb, cgroups=settings.task_cgroups)
@@ -73,7 +76,7 @@ def make_node(settings: Settings, project: Project | None) -> Node:
                signal_hold_s=settings.signal_hold_s, stop_grace_s=settings.stop_grace_s,
                python=PoolConfig.from_settings(settings))  # Python tasks' interpreters
     if settings.python_prestart and not settings.null_runner:
-        node.prestart_python()
+        node.prestart_python(spares_now=spares_now)
     return node
 
 
@@ -107,6 +110,11 @@ class LeaderSession:
         sched = detect()
         deadline = launcher_deadline(settings, t_init)
         with ExitStack() as stack:  # closed here only if setting up fails
+            # The leader's node first, spares and all, before the batch job opens: made
+            # later, its zygote's start and its forks held back the first claim and
+            # ASSIGNs (its idle waits are the leader's turns, not a worker's).
+            early = stack.enter_context(ExitStack())
+            node = early.enter_context(make_node(settings, project, spares_now=True))
             self.store: StorePort = stack.enter_context(Store.connect(project))
             filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
             try:
@@ -131,7 +139,8 @@ class LeaderSession:
             # store after the last write (run).
             self.node_stack = ExitStack()
             stack.enter_context(self.node_stack)
-            self.node = self.node_stack.enter_context(make_node(settings, project))
+            self.node_stack.enter_context(early.pop_all())
+            self.node = node
             self.node.max_starts = 4
             chan = task_channel(settings, LOCAL, self.node)
             if chan is not None:

@@ -239,19 +239,25 @@ class Node(Stops):
             self.changes.finished.append(fin)
             self.finished_total += 1
 
-    def prestart_python(self) -> None:
+    def prestart_python(self, *, spares_now: bool = False) -> None:
         """Start the interpreters' zygote now, while the launcher starts up, not at the
-        first Python call: that call's wave then waits only for forks (the zygote's own
-        start is a fresh interpreter's). What it costs a node that never runs Python is
-        one idle process. A zygote that cannot start is left to the first call, whose
-        error it then is."""
+        first Python call; its idle waits then fork its spares (:meth:`wait`; at once with
+        ``spares_now``), so
+        the first wave of calls starts on interpreters that are up instead of waiting
+        for a fork each (they were that wave's stagger). What it costs a node that never
+        runs Python is the idle processes. A zygote that cannot start is left to the
+        first call, whose error it then is."""
         if self.pool is not None:
             return
+        pool = self._python_pool()
         try:
-            self._python_pool().zygote.start()
+            pool.zygote.start()
         except OSError as exc:  # ZygoteError: no such interpreter, no answer
             log.warning("the Python interpreters' zygote did not start (%s); the first "
                         "Python call tries again", exc)
+            return
+        while spares_now and pool.spare_wanted():
+            pool.fork_spare()
 
     def _python_pool(self) -> pypool.PyPool:
         if self.pool is None:
@@ -289,6 +295,17 @@ class Node(Stops):
         Idle time goes first to the next tasks' directories (``ahead``), one at a time
         while nothing ends: a slot that frees then starts its task at once."""
         ahead = self.ahead
+        pool = self.pool
+        if pool is not None and not self.stopping and pool.spare_wanted():
+            # Before the first Python call: spare interpreters, ~1 ms a fork, until this
+            # wait's time is up (an ASSIGN is never kept waiting longer than it was).
+            until = time.monotonic() + timeout
+            while pool.spare_wanted():
+                pool.fork_spare()
+                if self.reap(0.0):
+                    return True
+                if time.monotonic() >= until:
+                    return False
         if not self.stopping and (self.queue or ahead.ready):
             for _ in range(PER_WAIT):
                 if not ahead.prepare(self.queue):

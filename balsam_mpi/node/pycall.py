@@ -226,6 +226,9 @@ def _exit_code(exc: SystemExit) -> int:
 def run_call(header: dict[str, Any], doc: bytes, fds: list[int],
              between: Between) -> tuple[dict[str, Any], bytes]:
     """One call, start to end; returns the answer (header, result document)."""
+    # A spare's first call (pypool): the variables its kind of interpreter is forked
+    # with, set for good before anything of the user's is imported, as a fork would.
+    os.environ.update({str(k): str(v) for k, v in dict(header.get("spawn_env", {})).items()})
     saved = _Saved()
     rc, result, recycle = 1, b"", False
     try:

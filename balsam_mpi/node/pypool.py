@@ -61,6 +61,7 @@ Key = tuple[tuple[tuple[str, str], ...], int, int]
 # The output cap of a call without a directory, whose output is held in memory (each
 # file; checked once a second, as on disk): its failure tail is all that is kept.
 MEMORY_OUTPUT_CAP = 1 << 20
+SPARE: Key = ((), -1, -1)  # a spare's kind until its first call gives it one
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,17 @@ class PoolConfig:
     address_cap: bool = True  # the cap is also RLIMIT_AS during a call (not GPU tasks)
     die_with_parent: bool = True
     python: str = sys.executable
+    spares: int = 0  # interpreters forked before any call (spare_count: -1 = one per core)
 
     @classmethod
     def from_settings(cls, settings: Any) -> PoolConfig:
         return cls(max_calls=settings.python_max_calls, memory_mb=settings.python_memory_mb,
                    address_cap=settings.python_address_cap,
-                   die_with_parent=settings.die_with_parent)
+                   die_with_parent=settings.die_with_parent,
+                   spares=settings.python_spares)
+
+    def spare_count(self) -> int:
+        return (os.cpu_count() or 1) if self.spares < 0 else self.spares
 
 
 class Interpreter:
@@ -146,6 +152,10 @@ class PyPool:
         self.base = dict(base_env)
         self.config = config
         self.idle: dict[Key, list[Interpreter]] = {}
+        # Spares: forked before any call, while the launcher starts, of no kind yet; a
+        # spare becomes the kind of its first call (which sets its spawn variables).
+        self.spares: list[Interpreter] = []
+        self.no_spares = False  # a spare's fork failed: no more
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
         self.outputs = CallOutputs()  # the output cap, which no trampoline applies
@@ -174,15 +184,15 @@ class PyPool:
         path = order.python[0]
         try:
             self._reap_retired()
-            key, spawn_env, frame = self._call(order, env)
+            key, spawn_env, header, doc = self._call(order, env)
             interp = self._take(key, spawn_env)
             try:
-                send_call(interp.sock, frame, [dir_fd, out_fd, err_fd])
+                self._send(interp, spawn_env, header, doc, [dir_fd, out_fd, err_fd])
             except OSError:
                 # It died between the check and the call (never saw it): a fresh one.
                 self._retire(interp)
                 interp = self._spawn(key, spawn_env)
-                send_call(interp.sock, frame, [dir_fd, out_fd, err_fd])
+                self._send(interp, spawn_env, header, doc, [dir_fd, out_fd, err_fd])
         except (OSError, TimeoutError) as exc:
             os.close(out_fd)
             os.close(err_fd)
@@ -207,8 +217,9 @@ class PyPool:
                       deadline, out_fd=out_fd, err_fd=err_fd, interp=interp, pool=self)
 
     def _call(self, order: RunOrder, env: Mapping[str, str]
-              ) -> tuple[Key, dict[str, str], bytes]:
-        """The kind of interpreter the call needs, its spawn environment, and its frame."""
+              ) -> tuple[Key, dict[str, str], dict[str, Any], bytes]:
+        """The kind of interpreter the call needs, its spawn environment, and the call's
+        header and arguments."""
         path, kwargs = order.python
         extra = {k: v for k, v in env.items() if self.base.get(k) != v}
         spawn_env = {k: extra.pop(k) for k in SPAWN_KEYS if k in extra}
@@ -216,9 +227,15 @@ class PyPool:
                else int(min(1.0, order.need) * self.mem_total))
         as_cap = cap if self.config.address_cap and order.gpus == 0 else 0
         key: Key = (tuple(sorted(spawn_env.items())), as_cap, cap)
-        frame = encode_frame({"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap,
-                              "id": order.id}, kwargs.encode())
-        return key, spawn_env, frame
+        header = {"fn": path, "env": extra, "as_cap": as_cap, "rss_cap": cap, "id": order.id}
+        return key, spawn_env, header, kwargs.encode()
+
+    @staticmethod
+    def _send(interp: Interpreter, spawn_env: dict[str, str], header: dict[str, Any],
+              doc: bytes, fds: list[int]) -> None:
+        if interp.calls == 0 and spawn_env:  # a spare takes its kind (or a fork, again)
+            header = {**header, "spawn_env": spawn_env}
+        send_call(interp.sock, encode_frame(header, doc), fds)
 
     def _take(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
         waiting = self.idle.get(key)
@@ -227,6 +244,12 @@ class PyPool:
             if interp.idle_and_alive():
                 return interp
             self._retire(interp)  # died while idle (killed, OOM): replaced, never blamed
+        while self.spares:
+            spare = self.spares.pop()
+            if spare.idle_and_alive():
+                spare.key = key
+                return spare
+            self._retire(spare)
         # A new one. The node keeps as many as it ran calls at once: past that, an idle
         # interpreter of another kind (other GPUs, threads, cap) makes room.
         idle = sum(len(v) for v in self.idle.values())
@@ -236,6 +259,21 @@ class PyPool:
                     self._retire(other.pop())
                     break
         return self._spawn(key, spawn_env)
+
+    def spare_wanted(self) -> bool:
+        """Whether the node should fork a spare in its idle time: only before the first
+        call (a spare stands in for that wave's forks; later, interpreters are kept),
+        up to the configured count, and while the zygote is up."""
+        return (not self.calls and not self.no_spares
+                and len(self.spares) < self.config.spare_count() and self.zygote.alive())
+
+    def fork_spare(self) -> None:
+        """One spare; a fork that fails ends the spares (the first call will say why)."""
+        try:
+            self.spares.append(self._spawn(SPARE, {}))
+        except runner.StartError as exc:
+            log.warning("no spare Python interpreter: %s", exc)
+            self.no_spares = True
 
     def _spawn(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
         try:
@@ -342,6 +380,7 @@ class PyPool:
             self._forget(interp)
         self.zygote.close()
         self.idle.clear()
+        self.spares.clear()
         if self.started:
             log.info("python pool: %s interpreters started, %s calls", self.started,
                      self.calls)
