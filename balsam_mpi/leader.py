@@ -62,7 +62,12 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-HOLDER_BEAT_S = 0.5  # the heartbeat's period at most, while this launcher holds tasks
+# The heartbeat's period at most while this launcher holds tasks: a launcher whose claims
+# find nothing waits to see it renew before it ends (claims.py), so this is the most such
+# a launcher idles at the end of the work. One small UPDATE a beat. At 0.5 s, in 5
+# launchers' runs, a finished launcher idled 0.09 s on average before its job closed
+# (at most 0.39 s); at 0.1 s, 0.05 s (at most 0.16): docs/launcher.md, *Leases*.
+HOLDER_BEAT_S = 0.1
 
 
 class Leader:

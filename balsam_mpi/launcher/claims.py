@@ -18,7 +18,7 @@ half its lease (a live leader beats at least that often) it is said to be overdu
 log, and when its lease has run out a sweep requeues its tasks and the next claim takes
 them. An earlier run of this launcher's own batch job (the scheduler started the job
 again after it died: migration 0021) is such a holder too, whose heartbeat never comes.
-The cost, when the holders are alive, is at most one of their heartbeat intervals — 0.5
+The cost, when the holders are alive, is at most one of their heartbeat intervals — 0.1
 s, since a leader holding tasks renews at least that often (leader.py) — or
 ``HANDBACK_WAIT_S`` (1 s) when one holds queued work, and the waiting launcher looks
 again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
