@@ -109,7 +109,6 @@ class Model:
         self.heap: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self.seq = 0
         self.now = 0.0
-        self.host_free_at = 0.0
         self.rng = random.Random(1)  # the same draws every run: results are repeatable
 
     # -- plumbing ---------------------------------------------------------------------
@@ -324,13 +323,18 @@ class Model:
         ld = self.leaders[li]
         started = 0
         t = max(self.now, node.spawn_free_at)
-        host = self.c.host_spawn_s
+        step = self.c.spawn_s
+        if self.c.host_spawn_s > 0 and node.free > 0 and node.queued > 0:
+            # One host's cores, shared by the nodes spawning now (this one too): each of
+            # them starts a task every ``sharing × host_spawn_s`` at most, so that
+            # together they start one every host_spawn_s. (A host booked start by start
+            # let one node's pass reserve it ahead, and the other nodes then waited for
+            # that pass: the nodes were spawning one after another at one node's pace.)
+            sharing = 1 + sum(1 for other in self.leaders for n in other.nodes
+                              if n is not node and n.spawn_free_at > self.now)
+            step = max(step, sharing * self.c.host_spawn_s)
         while node.free > 0 and node.queued > 0:
-            if host > 0:
-                t = max(t + self.c.spawn_s, self.host_free_at + host)
-                self.host_free_at = t
-            else:
-                t += self.c.spawn_s
+            t += step
             node.free -= 1
             node.queued -= 1
             started += 1
