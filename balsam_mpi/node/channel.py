@@ -88,7 +88,7 @@ class TaskChannel:
         out: list[Request] = []
         for fd, c in list(self._reading.items()):
             try:
-                chunk = c.sock.recv(1 << 20)
+                chunk = c.sock.recv(1 << 16)  # as pywire.READ_CHUNK says why
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
