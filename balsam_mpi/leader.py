@@ -74,7 +74,8 @@ class Leader:
     def __init__(self, settings: Settings, comm: Comm | None, project: Project,
                  store: StorePort, calls: Calls, lease: Lease, local: Node, *,
                  deadline: float | None = None, journal: Journal | None = None,
-                 chan: TaskChannel | None = None) -> None:
+                 chan: TaskChannel | None = None,
+                 claim_store: StorePort | None = None) -> None:
         s = self.settings = settings
         self.comm = comm
         self.store = store
@@ -99,7 +100,7 @@ class Leader:
             self.buffer, self._claimed, filters=filters, limit=s.claim_limit,
             max_tasks=s.max_tasks, idle_s=s.claim_idle_s, look_for_held=not s.persistent,
             remaining_min=self.remaining_min,
-            preference=Preference(calls, store, lease, filters))
+            preference=Preference(calls, store, lease, filters), claim_store=claim_store)
         self.buffer.on_ends_written = self.claims.soon  # children may have become READY
         self.giveback = GiveBack(calls, store, lease, self.dispatch)
         self.adds = AddService(calls, store, self.dispatch.answer_adds, chan)

@@ -8,7 +8,8 @@ finishes in ``claim_horizon_s``, between 0.05 and ``claim_margin_max`` of a node
 answers every REPORT at once with an ASSIGN from its pool; it keeps one claim in flight,
 asking for what the nodes can take (capped by ``claim_limit``); it flushes buffered
 starts and ends when ``flush_size`` wait or the oldest is ``flush_interval_s`` old; claims
-and flushes run in order on one database thread per leader. A node starts its queued
+and flushes run on two database threads per leader, claims on one and the rest on the
+other (``Policy.claim_connection``; off, all in order on one). A node starts its queued
 tasks one after another (each costs ``spawn_s`` of the node's one worker process) and
 reports its changes at once, one REPORT per pass of its loop (tasks ending together are
 reported together, so the first node to report gets first pick of the leader's pool —
@@ -68,6 +69,7 @@ class _Leader:
     pool: float = 0.0
     cpu_free_at: float = 0.0
     db_free_at: float = 0.0
+    claims_db_free_at: float = 0.0  # the claims' own connection (Policy.claim_connection)
     claiming: bool = False
     exhausted: bool = False
     scarce: bool = False  # the last claim came back short: no margins (Policy.recall)
@@ -124,11 +126,18 @@ class Model:
         ld.cpu_busy += cost
         self._at(ld.cpu_free_at, kind, li, *data)
 
-    def _db(self, ld: _Leader, li: int, cost: float, kind: str, *data: Any) -> None:
-        start = max(self.now, ld.db_free_at)
-        ld.db_free_at = start + cost
+    def _db(self, ld: _Leader, li: int, cost: float, kind: str, *data: Any,
+            claim: bool = False) -> None:
+        """A call on the leader's database thread; a ``claim`` on the claims' own one
+        (Policy.claim_connection, as launcher/calls.py routes them), else in the line."""
+        own = claim and self.p.claim_connection
+        start = max(self.now, ld.claims_db_free_at if own else ld.db_free_at)
+        if own:
+            ld.claims_db_free_at = start + cost
+        else:
+            ld.db_free_at = start + cost
         ld.db_busy += cost
-        self._at(ld.db_free_at, kind, li, *data)
+        self._at(start + cost, kind, li, *data)
 
     def run(self, max_events: int = 20_000_000) -> Result:
         for li, _ in enumerate(self.leaders):
@@ -171,7 +180,7 @@ class Model:
         ld.claiming = True
         ld.claims += 1
         rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
-        self._db(ld, li, self.c.claim(rows), "claimed", limit, want)
+        self._db(ld, li, self.c.claim(rows), "claimed", limit, want, claim=True)
 
     def _want(self, ld: _Leader) -> float:
         # As dispatch.demand: a node holding more than its room (its margin shrank as

@@ -15,7 +15,8 @@ ASSUMPTIONS = (
     "Each leader is one core: per claimed task it pays the measured marginal leader CPU "
     "of the null-runner runs, per REPORT the measured message cost plus a cost per item; "
     "idle nodes' periodic reports (one a second) take a fixed share of that core.",
-    "Each leader has one database thread (claims and flushes in order) and each call "
+    "Each leader has two database threads (claims on one, flushes and the rest in order "
+    "on the other: launcher/calls.py) and each call "
     "costs the latency measured here for its batch size; the database host runs the "
     "launchers' statements side by side, and their cost grows neither with the number of "
     "launchers nor with the size of the task table (the claim index keeps it flat).",
@@ -104,6 +105,9 @@ class Policy:
     # … but while its nodes are busy and others hold work, a leader looks every 0.1 s
     # (claims.HOLDERS_RECHECK_S): every leader here takes every task, so always then.
     relook_s: float = 0.1
+    # Claims on a database connection of their own, beside the flushes (Settings.
+    # claim_connection); False: one connection, claims and flushes one after another.
+    claim_connection: bool = True
 
 
 @dataclass(frozen=True)

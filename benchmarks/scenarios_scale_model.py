@@ -199,6 +199,12 @@ def project(costs: Costs, quick: bool) -> dict[str, list[dict[str, Any]]]:
         Case(5, 802, 64, d, 5 * 802 * 64 * WAVES, reps), costs,
         Policy(recall=False, give_back=False))}
         for d in DURATIONS]
+    # One launcher over 10,000 nodes is bound by its database: the same with claims and
+    # flushes on one connection, one after the other (claim_connection off).
+    single = "10000 nodes = 1 launcher, one database connection (the launcher before)"
+    out[single] = [{"duration_s": d, **simulate(
+        Case(1, 10_000, 64, d, 10_000 * 64 * WAVES, reps), costs,
+        Policy(claim_connection=False))} for d in DURATIONS]
     return out
 
 

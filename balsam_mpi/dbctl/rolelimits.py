@@ -43,7 +43,8 @@ class RoleLimits:
                     self.idle_in_transaction_session_timeout}
 
 
-# A member runs launchers (one connection per batch job's leader) and the CLI; a viewer
+# A member runs launchers (two connections per batch job's leader: its claims have their
+# own, launcher/calls.py) and the CLI; a viewer
 # reads. max_connections is 400 (pgconf.py), 5 of them kept for the superuser.
 MEMBER = RoleLimits(connections=64, statement_timeout="15min", lock_timeout="1min",
                     idle_in_transaction_session_timeout="1min")

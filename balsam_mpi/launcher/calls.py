@@ -17,7 +17,7 @@ crash); :meth:`Calls.run` is a call the caller waits for (the last writes of a c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
@@ -38,8 +38,18 @@ class _InFlight:
 
 
 class Calls:
-    def __init__(self, runner: Runner) -> None:
+    """``routes``: the runner of some names, where it is not ``runner`` — the claims'
+    own connection (``claim_connection``): a claim and a flush then run side by side,
+    so a claim sent while a flush of ends is on its way may not see what that flush
+    writes (the leader counts only flushes already written as seen:
+    ``ReportBuffer.settled_flushes``). Both runners must wake the same ``wake_fd``."""
+
+    def __init__(self, runner: Runner, *, routes: Mapping[str, Runner] | None = None
+                 ) -> None:
         self.runner = runner
+        self.routes = dict(routes or {})
+        if any(r.wake_fd != runner.wake_fd for r in self.routes.values()):
+            raise ValueError("every runner of one Calls must wake the same fd")
         self._flight: dict[str, _InFlight] = {}
 
     @property
@@ -57,7 +67,8 @@ class Calls:
         """Submit ``fn(*args, **kwargs)`` as ``name``; False if ``name`` is in flight."""
         if name in self._flight:
             return False
-        future = self.runner.submit(fn, *args, urgent=urgent, **kwargs)
+        runner = self.routes.get(name, self.runner)
+        future = runner.submit(fn, *args, urgent=urgent, **kwargs)
         self._flight[name] = _InFlight(future, then, failed)
         return True
 

@@ -66,9 +66,12 @@ class Claims:
                  deliver: Callable[[ClaimResult], object], *, filters: ClaimFilter,
                  limit: int, max_tasks: int, idle_s: float, look_for_held: bool,
                  remaining_min: Callable[[], float | None],
-                 preference: Preference | None = None) -> None:
+                 preference: Preference | None = None,
+                 claim_store: StorePort | None = None) -> None:
         self.calls = calls
         self.store = store
+        # The connection the claims run on: their own (calls.py), else the leader's one.
+        self.claim_store = claim_store or store
         self.lease = lease
         self.builder = builder
         self.dispatch = dispatch
@@ -126,12 +129,12 @@ class Claims:
         limit = min(self.limit, max(8, int(want * self.max_packing + 0.999)))
         if self.max_tasks:
             limit = min(limit, self.max_tasks - self.total)
-        covers = self.buffer.flushes
+        covers = self.buffer.settled_flushes
         filters = self.filters
         if planned is not None:
             filters, rows = planned
             limit = min(limit, rows)
-        self.calls.start("claim", self.builder.claim, self.store, self.lease,
+        self.calls.start("claim", self.builder.claim, self.claim_store, self.lease,
                          filters=filters,
                          look_for_held=self.look_for_held and planned is None,
                          limit=limit, capacity=want, max_need=NODE_CAPACITY,

@@ -50,6 +50,9 @@ class Settings:
     claim_horizon_s: float = 2.0  # queue what a node finishes in this long
     claim_limit: int = 4096  # rows per claim statement at most
     claim_idle_s: float = 0.5  # wait between claims that found nothing
+    # Claims on a second database connection, beside the flushes (launcher/calls.py):
+    # one more of the role's connections (rolelimits.py) per launcher.
+    claim_connection: bool = True
     report_interval_s: float = 1.0  # a worker reports at least this often
     worker_timeout_s: float = 10.0  # a worker silent this long is declared dead
     poll_cap_s: float = 0.05  # longest idle sleep of a worker between probes

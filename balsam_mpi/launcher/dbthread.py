@@ -1,9 +1,11 @@
-"""Where the leader's database calls run: one thread, in order, heartbeats first.
+"""Where the leader's database calls run: a thread per connection, in order, heartbeats
+first.
 
 The leader's loop must keep answering its workers while Postgres works, so every store
-call runs on :class:`DbThread`, one at a time and in submission order (a claim sent after
-a flush sees what that flush wrote); ``urgent`` calls (heartbeats) go ahead of what
-waits, so a backlog of claims and flushes never lets the lease run out. A finished call
+call runs on a :class:`DbThread`, one at a time and in submission order; ``urgent`` calls
+(heartbeats) go ahead of what waits, so a backlog of flushes never lets the lease run
+out. Claims have a thread and a connection of their own (``claim_connection``, on), so
+a claim and a flush run side by side (launcher/calls.py says what that changes). A finished call
 wakes the leader's ``epoll`` through an eventfd. Before each call a broken connection is
 replaced (``StorePort.reconnect``, which raises while the server is away, so the call
 fails fast and its caller's backoff decides when to try again).
@@ -46,13 +48,19 @@ def _call(store: StorePort, fn: Callable[..., T], *args: Any, **kwargs: Any) -> 
 
 
 class DbThread:
-    def __init__(self, store: StorePort) -> None:
+    """``wake_fd``: another thread's, shared (not closed here), so that one ``epoll``
+    entry wakes the leader for either (the claims' connection: ``launcher/calls.py``)."""
+
+    def __init__(self, store: StorePort, *, wake_fd: int | None = None,
+                 name: str = "balsam-db") -> None:
         self.store = store
-        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._own_fd = wake_fd is None
+        self.wake_fd = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) if wake_fd is None
+                        else wake_fd)
         self._queue: deque[_Call] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="balsam-db", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def __enter__(self) -> DbThread:
@@ -107,7 +115,8 @@ class DbThread:
             self._closed = True
             self._cond.notify()
         self._thread.join()
-        os.close(self.wake_fd)
+        if self._own_fd:
+            os.close(self.wake_fd)
 
 
 class Inline:

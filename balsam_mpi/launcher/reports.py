@@ -108,6 +108,13 @@ class ReportBuffer:
         return bool(self.held.started or self.held.finished or self.suspects)
 
     @property
+    def settled_flushes(self) -> int:
+        """Flushes of ends no longer on their way (written, or failed and held again): a
+        claim sent now sees what they wrote, on whichever connection it runs."""
+        on_way = self.writing is not None and bool(self.writing.finished)
+        return self.flushes - (1 if on_way else 0)
+
+    @property
     def pending(self) -> bool:
         """Reports held or being written."""
         return bool(self) or self.writing is not None

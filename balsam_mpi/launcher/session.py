@@ -134,7 +134,11 @@ class LeaderSession:
                      "adopted" if lease.adopted else "opened", lease.epoch, comm.size,
                      filters.as_json())
             self.journal = self._journal(project, lease)
-            self.calls = Calls(stack.enter_context(DbThread(self.store)))
+            main = stack.enter_context(DbThread(self.store))
+            claim_store = self._claim_store(settings, project, stack)
+            routes = {} if claim_store is None else {"claim": stack.enter_context(
+                DbThread(claim_store, wake_fd=main.wake_fd, name="balsam-db-claims"))}
+            self.calls = Calls(main, routes=routes)
             # The node and its task channel close first, the database thread and the
             # store after the last write (run).
             self.node_stack = ExitStack()
@@ -147,8 +151,22 @@ class LeaderSession:
                 self.node_stack.enter_context(chan)
             self.leader = Leader(settings, comm, project, self.store, self.calls, lease,
                                  self.node, deadline=deadline, journal=self.journal,
-                                 chan=chan)
+                                 chan=chan, claim_store=claim_store)
             self.stack = stack.pop_all()
+
+    @staticmethod
+    def _claim_store(settings: Settings, project: Project, stack: ExitStack
+                     ) -> StorePort | None:
+        """The claims' own connection, unless turned off or refused (a role at its
+        connection limit): then claims share the leader's one, as they can."""
+        if not settings.claim_connection:
+            return None
+        try:
+            return stack.enter_context(Store.connect(project, "balsam-launcher-claims"))
+        except BalsamError as exc:
+            log.warning("claims share the leader's database connection: a second one "
+                        "was refused (%s)", exc)
+            return None
 
     def _journal(self, project: Project, lease: Lease) -> Journal | None:
         try:

@@ -94,8 +94,8 @@ def pair_short_runs(started: Sequence[Started], finished: Sequence[Finished]
     return s_pairs + s_rest, f_pairs + f_rest, len(s_pairs)
 
 
-def _connect(project: Project) -> psycopg.Connection[Any]:
-    conn = db.connect(project, autocommit=True, application_name="balsam-launcher")
+def _connect(project: Project, name: str) -> psycopg.Connection[Any]:
+    conn = db.connect(project, autocommit=True, application_name=name)
     # A collaborator's role has a statement_timeout (dbctl/rolelimits.py); a lease sweep or
     # a bulk report over a large DAG is the launcher's own long work, so its connection
     # lifts it. Its lock_timeout stays: a lock held too long fails the flush, which retries.
@@ -105,13 +105,15 @@ def _connect(project: Project) -> psycopg.Connection[Any]:
 
 
 class Store:
-    def __init__(self, conn: psycopg.Connection[Any], project: Project | None = None) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], project: Project | None = None,
+                 name: str = "balsam-launcher") -> None:
         self.conn = conn
         self.project = project
+        self.name = name  # its application_name (the claims': "balsam-launcher-claims")
 
     @classmethod
-    def connect(cls, project: Project) -> Store:
-        return cls(_connect(project), project)
+    def connect(cls, project: Project, name: str = "balsam-launcher") -> Store:
+        return cls(_connect(project, name), project, name)
 
     def __enter__(self) -> Store:
         return self
@@ -127,7 +129,7 @@ class Store:
         try:
             self.conn.close()
         finally:
-            self.conn = _connect(self.project)
+            self.conn = _connect(self.project, self.name)
 
     @property
     def broken(self) -> bool:

@@ -83,9 +83,10 @@ def test_a_task_adds_a_hundred_children(conn: Any, dbname: str, pg_project: Any,
     outs = {(task_dir(pg_project, i).parent / f"kid_{i}" / "task.out").read_text().split()[1]
             for i in ids}
     assert outs == {str(i) for i in ids}
-    # One connection: the launcher's. Tasks (the spawner included) opened none.
-    assert set(seen.values()) <= {"balsam-launcher"} and len(seen) == 1, seen
-    assert sessions(conn, dbname) - before == 1
+    # The launcher's two connections (its leader's, its claims': claim_connection), each
+    # opened once. Tasks (the spawner included) opened none.
+    assert sorted(seen.values()) == ["balsam-launcher", "balsam-launcher-claims"], seen
+    assert sessions(conn, dbname) - before == 2
     no_strays(dbname)
 
 
@@ -136,5 +137,5 @@ def test_task_add_on_the_command_line_inside_a_task(conn: Any, dbname: str, pg_p
     assert states(conn) == {"JOB_FINISHED": 2}
     assert conn.execute("SELECT parent_id FROM task_deps WHERE child_id = %s",
                         (kid,)).fetchall() == [(parent,)]
-    assert sessions(conn, dbname) - before == 1  # the launcher's only: the CLI used none
+    assert sessions(conn, dbname) - before == 2  # the launcher's two only: the CLI used none
     no_strays(dbname)

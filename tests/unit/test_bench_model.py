@@ -167,3 +167,14 @@ def test_launchers_hand_back_queued_work_so_none_runs_an_extra_wave() -> None:
     after = simulate(case, costs, Policy())
     assert before["wall_s"] > 4 * 600.0 and before["utilization"] < 0.95
     assert after["wall_s"] < 3 * 600.0 + 5.0 and after["utilization"] > 0.99
+
+
+def test_claims_on_their_own_connection_run_beside_a_flush() -> None:
+    # A claim and a flush of 1 s each, sent at once: side by side with the claims'
+    # connection (both done at 1 s), one after the other without it (the second at 2 s).
+    for own, second in ((True, 1.0), (False, 2.0)):
+        m = Model(Case(1, 1, 1, 1.0, 1), Costs(), Policy(claim_connection=own))
+        ld = m.leaders[0]
+        m._db(ld, 0, 1.0, "flushed")
+        m._db(ld, 0, 1.0, "claimed", 1, 1.0, claim=True)
+        assert sorted(t for t, *_ in m.heap) == pytest.approx([1.0, second])
