@@ -38,13 +38,14 @@ from . import mpilaunch, prepost, pypool, runner, stagein, taskplace, trampoline
 from .ahead import PER_WAIT, Ahead
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
+from .pystart import PyStart
 from .resources import NodeResources
 from .stops import Stops
 
 log = logging.getLogger(__name__)
 
 
-class Node(Stops):
+class Node(Stops, PyStart):
     def __init__(self, *, environ: Mapping[str, str] | None = None, db_path: str = "",
                  gpus: int = 0, die_with_parent: bool = True, kill_grace_s: float = 10.0,
                  signal_hold_s: float = 2.0, stop_grace_s: float = 3.0,
@@ -239,31 +240,6 @@ class Node(Stops):
             self.changes.finished.append(fin)
             self.finished_total += 1
 
-    def prestart_python(self, *, spares_now: bool = False) -> None:
-        """Start the interpreters' zygote now, while the launcher starts up, not at the
-        first Python call; its idle waits then fork its spares (:meth:`wait`; at once with
-        ``spares_now``), so
-        the first wave of calls starts on interpreters that are up instead of waiting
-        for a fork each (they were that wave's stagger). What it costs a node that never
-        runs Python is the idle processes. A zygote that cannot start is left to the
-        first call, whose error it then is."""
-        if self.pool is not None:
-            return
-        pool = self._python_pool()
-        try:
-            pool.zygote.start()
-        except OSError as exc:  # ZygoteError: no such interpreter, no answer
-            log.warning("the Python interpreters' zygote did not start (%s); the first "
-                        "Python call tries again", exc)
-            return
-        while spares_now and pool.spare_wanted():
-            pool.fork_spare()
-
-    def _python_pool(self) -> pypool.PyPool:
-        if self.pool is None:
-            self.pool = pypool.PyPool(self._env, self.python)
-        return self.pool
-
     def _start_run(self, order: RunOrder, env: dict[str, str]) -> runner.TaskProcess:
         """The run itself: a call in a warm interpreter (watched like a process), a
         process, or a multi-rank task under its launch prefix."""
@@ -295,17 +271,9 @@ class Node(Stops):
         Idle time goes first to the next tasks' directories (``ahead``), one at a time
         while nothing ends: a slot that frees then starts its task at once."""
         ahead = self.ahead
-        pool = self.pool
-        if pool is not None and not self.stopping and pool.spare_wanted():
-            # Before the first Python call: spare interpreters, ~1 ms a fork, until this
-            # wait's time is up (an ASSIGN is never kept waiting longer than it was).
-            until = time.monotonic() + timeout
-            while pool.spare_wanted():
-                pool.fork_spare()
-                if self.reap(0.0):
-                    return True
-                if time.monotonic() >= until:
-                    return False
+        spared = self._fork_spares(timeout)  # before the first Python call (pystart)
+        if spared is not None:
+            return spared
         if not self.stopping and (self.queue or ahead.ready):
             for _ in range(PER_WAIT):
                 if not ahead.prepare(self.queue):

@@ -36,10 +36,9 @@ import logging
 import os
 import select
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner, taskplace
 from .outcap import CallOutputs
 from .pycall import encode_frame
+from .pyinterp import SPARE, Interpreter, Key
 from .pywire import read_answer, send_call
 from .pyzygote import Zygote
 
@@ -55,13 +55,9 @@ log = logging.getLogger(__name__)
 # Read once by the libraries that use them (OpenMP, the GPU runtimes): an interpreter is
 # started with a task's values of these and serves only tasks with the same values.
 SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.values())
-# A call waits this long for an interpreter to read it (only a call bigger than the
-# socket's buffer waits at all); under worker_timeout_s, as above (pyzygote).
-Key = tuple[tuple[tuple[str, str], ...], int, int]
 # The output cap of a call without a directory, whose output is held in memory (each
 # file; checked once a second, as on disk): its failure tail is all that is kept.
 MEMORY_OUTPUT_CAP = 1 << 20
-SPARE: Key = ((), -1, -1)  # a spare's kind until its first call gives it one
 
 
 @dataclass(frozen=True)
@@ -82,51 +78,6 @@ class PoolConfig:
 
     def spare_count(self) -> int:
         return (os.cpu_count() or 1) if self.spares < 0 else self.spares
-
-
-class Interpreter:
-    """One warm interpreter process and the node's end of its socket."""
-
-    def __init__(self, pid: int, sock: socket.socket, key: Key,
-                 status: Callable[[int, int, float], int | None], generation: int) -> None:
-        self.pid = pid
-        self._status = status  # from its parent, the zygote
-        self.generation = generation
-        self.sock = sock
-        self.key = key
-        self.pidfd = os.pidfd_open(pid)
-        self.watch = select.epoll()  # readable: an answer, or the process is gone
-        self.watch.register(sock.fileno(), select.EPOLLIN)
-        self.watch.register(self.pidfd, select.EPOLLIN)
-        self.calls = 0
-        self.buf = bytearray()
-        self.eof = False
-        self.status: int | None = None  # the exit status, once reaped
-
-    def idle_and_alive(self) -> bool:
-        """Nothing to read and not exited (an idle interpreter never speaks first)."""
-        return not self.watch.poll(0)
-
-    def reap(self, wait_s: float = 0.0) -> int | None:
-        """The exit status, once the process has exited (``wait_s``: it has, and the
-        zygote's word on it is a moment away)."""
-        if self.status is None:
-            self.status = self._status(self.pid, self.generation, wait_s)
-        return self.status
-
-    def kill(self) -> None:
-        if self.status is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-
-    def close_fds(self) -> None:
-        with contextlib.suppress(OSError):
-            self.watch.close()
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
 
 
 @dataclass(slots=True)
