@@ -7,14 +7,12 @@ docs/python-tasks.md, *Spares*."""
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,16 +20,9 @@ from balsam_mpi.base.errors import UsageError
 from balsam_mpi.launcher.config import Settings, resolve
 from balsam_mpi.launcher.session import make_node
 from balsam_mpi.node.node import Node, pypool
-from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
+from tests.unit.pykit import ENV, call, ok, run
 
-REPO = str(Path(__file__).resolve().parents[2])
-ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": REPO}
 pytestmark = pytest.mark.timeout(60)
-
-
-def call(tmp_path: Path, i: int, fn: str, threads: int = 1, **kwargs: Any) -> RunOrder:
-    return RunOrder(i, 1, (), str(tmp_path / f"t{i}"), need=0.25, threads=threads,
-                    python=(f"tests.pyfuncs:{fn}", json.dumps(kwargs)))
 
 
 def spared(spares: int) -> Node:
@@ -58,37 +49,20 @@ def idle_until_spared(node: Node, n: int) -> pypool.PyPool:
     return pool
 
 
-def run(node: Node, *orders: RunOrder) -> dict[int, Finished]:
-    node.apply(Assign(node.acked + 1, orders))
-    ids, out = {o.id for o in orders}, {}
-    deadline = time.monotonic() + 30
-    while not ids <= out.keys():
-        assert time.monotonic() < deadline, f"only {sorted(out)} ended"
-        node.step()
-        out.update((f.id, f) for f in node.changes.take()[1])
-        node.wait(0.01)
-    return out
-
-
-def value(fin: Finished) -> Any:
-    assert (fin.kind, fin.rc) == (EndKind.DONE, 0), fin
-    return None if fin.result is None else json.loads(fin.result)
-
-
 def test_idle_waits_fork_the_spares_and_the_first_wave_runs_on_them(
         three: Node, tmp_path: Path) -> None:
     pool = idle_until_spared(three, 3)
     pids = {s.pid for s in pool.spares}
     assert pool.started == 3 and len(pids) == 3
     out = run(three, *(call(tmp_path, i, "where") for i in (1, 2, 3)))
-    assert {value(f)["pid"] for f in out.values()} == pids  # no fork for the wave
+    assert {ok(f)["pid"] for f in out.values()} == pids  # no fork for the wave
     assert pool.started == 3 and not pool.spares
 
 
 def test_no_spare_is_forked_after_the_first_call(three: Node, tmp_path: Path) -> None:
     pool = three.pool
     assert pool is not None
-    value(run(three, call(tmp_path, 1, "noop"))[1])  # before any spare was made
+    ok(run(three, call(tmp_path, 1, "noop"))[1])  # before any spare was made
     started = pool.started
     for _ in range(20):
         three.wait(0.005)
@@ -101,13 +75,13 @@ def test_a_spare_takes_the_spawn_variables_of_its_first_call(tmp_path: Path) -> 
         pool = idle_until_spared(node, 2)
         out = run(node, call(tmp_path, 1, "where", threads=3),
                   call(tmp_path, 2, "where", threads=5))
-        assert (value(out[1])["omp"], value(out[2])["omp"]) == ("3", "5")
+        assert (ok(out[1])["omp"], ok(out[2])["omp"]) == ("3", "5")
         assert pool.started == 2  # each kind took a spare
         kinds = {k for k, idle in pool.idle.items() if idle}
         assert len(kinds) == 2 and pypool.SPARE not in kinds
         # Set for good: the next call of the kind "3" gets the same interpreter, with it.
-        again = value(run(node, call(tmp_path, 3, "where", threads=3))[3])
-        assert (again["omp"], again["pid"]) == ("3", value(out[1])["pid"])
+        again = ok(run(node, call(tmp_path, 3, "where", threads=3))[3])
+        assert (again["omp"], again["pid"]) == ("3", ok(out[1])["pid"])
     finally:
         node.close()
 
@@ -119,7 +93,7 @@ def test_a_spare_that_died_idle_is_replaced_not_blamed(three: Node, tmp_path: Pa
     for spare in pool.spares:  # dead before the call (not a race with its sending)
         assert select.select([spare.pidfd], [], [], 10)[0]
     out = run(three, call(tmp_path, 1, "where"))
-    assert value(out[1])["pid"] not in {s.pid for s in pool.procs.values()
+    assert ok(out[1])["pid"] not in {s.pid for s in pool.procs.values()
                                         if s.status is not None}
     assert pool.started == 4 and not pool.spares  # three dead ones retired, one forked
 
