@@ -106,7 +106,9 @@ class PyPool:
         # Spares: forked before any call, while the launcher starts, of no kind yet; a
         # spare becomes the kind of its first call (which sets its spawn variables).
         self.spares: list[Interpreter] = []
-        self.no_spares = False  # a spare's fork failed: no more
+        # Spares still to fork: counted once (the wanted check runs in every idle wait
+        # of the node); none more after a fork fails.
+        self.spares_left = config.spare_count()
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
         self.outputs = CallOutputs()  # the output cap, which no trampoline applies
@@ -215,16 +217,16 @@ class PyPool:
         """Whether the node should fork a spare in its idle time: only before the first
         call (a spare stands in for that wave's forks; later, interpreters are kept),
         up to the configured count, and while the zygote is up."""
-        return (not self.calls and not self.no_spares
-                and len(self.spares) < self.config.spare_count() and self.zygote.alive())
+        return not self.calls and self.spares_left > 0 and self.zygote.alive()
 
     def fork_spare(self) -> None:
         """One spare; a fork that fails ends the spares (the first call will say why)."""
         try:
             self.spares.append(self._spawn(SPARE, {}))
+            self.spares_left -= 1
         except runner.StartError as exc:
             log.warning("no spare Python interpreter: %s", exc)
-            self.no_spares = True
+            self.spares_left = 0
 
     def _spawn(self, key: Key, spawn_env: dict[str, str]) -> Interpreter:
         try:

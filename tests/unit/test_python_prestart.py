@@ -26,7 +26,7 @@ def test_the_zygote_is_up_before_any_call(tmp_path: Path,
     node = _node(tmp_path, monkeypatch)
     try:
         assert node.pool is not None and node.pool.zygote.alive()
-        assert node.pool.started == 0  # no interpreter yet: those follow the calls
+        assert node.pool.started == 0  # no interpreter yet: spares follow in idle waits
     finally:
         node.close()
     assert node.pool.zygote.pid == -1  # closed with the node
