@@ -41,6 +41,7 @@ from .launcher.orders import ClaimResult, OrderBuilder
 from .launcher.preference import Preference
 from .launcher.reports import ReportBuffer
 from .launcher.storeport import ClaimFilter, Lease, StorePort
+from .launcher.watchdog import Watchdog
 from .launcher.workerview import WorkerView
 from .node.channel import TaskChannel
 from .node.node import Node
@@ -75,7 +76,8 @@ class Leader:
                  store: StorePort, calls: Calls, lease: Lease, local: Node, *,
                  deadline: float | None = None, journal: Journal | None = None,
                  chan: TaskChannel | None = None,
-                 claim_store: StorePort | None = None) -> None:
+                 claim_store: StorePort | None = None,
+                 watchdog: Watchdog | None = None) -> None:
         s = self.settings = settings
         self.comm = comm
         self.store = store
@@ -107,7 +109,11 @@ class Leader:
         self.lease_watch = LeaseWatch(
             calls, store, lease, lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
             expire_check_s=s.expire_check_s, log_dir=project.log_dir,
-            on_lost=lambda: self.start_drain("lease lost", cut=True))
+            on_lost=lambda: self.start_drain("lease lost", cut=True),
+            on_beat=watchdog.beat if watchdog is not None else lambda _at: None)
+        self.watchdog = watchdog  # cuts the local tasks should this loop freeze
+        if watchdog is not None:
+            watchdog.beat(self.lease_watch.last_beat)
         self.departures = Departures(
             self.expected, self.dispatch, self.buffer, lease.epoch,
             worker_timeout_s=s.worker_timeout_s, report_interval_s=s.report_interval_s,
@@ -303,6 +309,10 @@ class Leader:
             log.error("no heartbeat for %.0f s, half the %g s lease: stopping this "
                       "launcher's tasks before others may requeue them", silent,
                       self.settings.lease_s)
+            cut_at = self.watchdog.cut_at() if self.watchdog is not None else 0.0
+            if cut_at:
+                log.error("this loop was frozen: the watchdog cut this node's tasks %.1f s "
+                          "ago (launcher/watchdog.py)", time.monotonic() - cut_at)
             self.start_drain(f"no heartbeat for {silent:.0f} s", cut=True)
             return
         self.lease_watch.sweep()

@@ -62,12 +62,14 @@ def sweep_once(store: StorePort, log_dir: Path | None, cache: ReplayCache | None
 class LeaseWatch:
     def __init__(self, calls: Calls, store: StorePort, lease: Lease, *, lease_s: float,
                  heartbeat_s: float, expire_check_s: float, log_dir: Path | None = None,
-                 on_lost: Callable[[], object] = lambda: None) -> None:
+                 on_lost: Callable[[], object] = lambda: None,
+                 on_beat: Callable[[float], object] = lambda _at: None) -> None:
         self.calls = calls
         self.store = store
         self.lease = lease
         self.log_dir = log_dir
         self.on_lost = on_lost  # the row is no longer this leader's
+        self.on_beat = on_beat  # the lease was renewed by a heartbeat sent then
         self.cache = ReplayCache()
         self.lease_s = lease_s
         self.beats = Periodic(heartbeat_s)
@@ -93,6 +95,7 @@ class LeaseWatch:
         sent, alive = answer
         if alive:
             self.last_beat = max(self.last_beat, sent)
+            self.on_beat(self.last_beat)
         elif not self.lost:
             self.lost = True
             log.error("batch job %s lost its lease; stopping its tasks", self.lease.job_id)

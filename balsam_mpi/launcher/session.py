@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from ..base.errors import BalsamError, DatabaseError
 from ..base.project import Project
 from ..leader import Leader
-from ..node import runner
+from ..node import runner, trampoline
 from ..node.channel import TaskChannel
 from ..node.node import Node
 from ..node.nullnode import NullNode
@@ -43,6 +43,7 @@ from .lease import log_expired, sweep_once
 from .replay import log_replayed
 from .store import Store
 from .storeport import ClaimFilter, Lease, StorePort
+from .watchdog import Watchdog, watch_limit
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,14 @@ class LeaderSession:
             chan = task_channel(settings, LOCAL, self.node)
             if chan is not None:
                 self.node_stack.enter_context(chan)
+            # Outside this process: cuts the node's tasks should this process freeze
+            # (a null runner's node starts none).
+            watchdog = None if isinstance(node, NullNode) else self.node_stack.enter_context(
+                Watchdog(limit_s=watch_limit(settings.lease_s, settings.kill_grace_s),
+                         grace_s=settings.kill_grace_s, trampoline=trampoline.trampoline()))
             self.leader = Leader(settings, comm, project, self.store, self.calls, lease,
                                  self.node, deadline=deadline, journal=self.journal,
-                                 chan=chan, claim_store=claim_store)
+                                 chan=chan, claim_store=claim_store, watchdog=watchdog)
             self.stack = stack.pop_all()
 
     @staticmethod

@@ -269,9 +269,10 @@ def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: st
     """A leader stopped with SIGSTOP (or stuck on a hung file system) renews no lease;
     its workers' tasks ran on until the lease ran out and another launcher could run
     them again. Now a worker that hears nothing from its leader for
-    `lease/2 - kill_grace - heartbeat` (here 13 s) cuts them and leaves. The leader's own
-    node's task runs on while the leader is frozen: nothing there watches the leader
-    (docs/reliability.md says so)."""
+    `lease/2 - kill_grace - heartbeat` (here 13 s) cuts them and leaves, and the leader's
+    own node's task is cut by the leader's watchdog (launcher/watchdog.py) once the last
+    heartbeat is 16 s old: all three are dead before the 30 s lease can run out. The
+    leader, thawed, writes all three as cut."""
     add(conn, 3, command="sleep 600", app="long")  # one whole-node task per rank
     proc = start(3, "--idle-timeout", "0", BALSAM_LEASE_S="30", BALSAM_KILL_GRACE_S="1",
                  BALSAM_REPORT_INTERVAL_S="0.5")
@@ -284,7 +285,8 @@ def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: st
         wait_for("both workers' tasks to be cut while the leader is frozen",
                  lambda: not under(ranks[1], marker) and not under(ranks[2], marker),
                  timeout=60)
-        assert under(ranks[0], marker)  # the leader's own task runs on (docstring)
+        wait_for("the leader's own task to be cut while the leader is frozen",
+                 lambda: not under(ranks[0], marker), timeout=30)
     finally:
         os.kill(ranks[0], signal.SIGCONT)
     proc.send_signal(signal.SIGTERM)
@@ -296,4 +298,6 @@ def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: st
     rows = conn.execute("SELECT state::text, lost_retries, batch_job_id FROM tasks").fetchall()
     assert rows == [("RESTART_READY", 0, None)] * 3, (rows, out)  # cut: nothing counted
     assert set(running_events(conn).values()) == {1}
+    assert "balsam-mpi watchdog: the leader" in out, out
+    assert "the watchdog cut this node's tasks" in out, out
     no_strays(dbname)

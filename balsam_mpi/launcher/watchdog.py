@@ -1,0 +1,219 @@
+"""A watch over the leader from outside it: its own node's tasks, cut if the leader freezes.
+
+A leader that stops (SIGSTOP, a process stuck on a hung file system) renews no lease.
+Its workers notice the silence and cut their tasks (worker.py), but the tasks of the
+leader's own node have only the leader to watch them: they ran on, and once the lease
+ran out another launcher could requeue and start them again — the same task running
+twice at once.
+
+So the leader starts this small process beside it (stdlib only, run as a script with
+``-I -S``: nothing of the project is imported into it). They share one page of memory:
+
+* bytes 0–8: the leader's last renewed heartbeat (``CLOCK_MONOTONIC``, which every
+  process of the host reads alike), written by the leader each time one succeeds;
+* bytes 8–16: when the watchdog cut (0: never), for the leader's log when it wakes.
+
+Every ``CHECK_S`` the watchdog reads the heartbeat. Once it is older than ``limit_s`` —
+a little past half the lease, when a live leader has already begun its own cut
+(launcher/lease.py) — it cuts every process under the leader but itself: SIGTERM, then
+after the kill grace SIGHUP to task trampolines (their stand-in for SIGKILL, which kills
+everything the task left: node/runner.py) and SIGKILL to anything else (the Python
+interpreters). ``limit_s`` + the grace + one check is less than the lease, so the tasks
+are dead before any other launcher may requeue them. A leader that wakes finds its
+heartbeat as old as the watchdog did, cuts too, and writes its tasks as cut (requeued,
+no retry spent): the node holds a death by a signal for ``signal_hold_s`` before it
+counts (node/deaths.py), and the leader's first turn decides before that.
+
+The watchdog dies with the leader (``PR_SET_PDEATHSIG``) and is stopped when the leader's
+node closes. Processes are signalled through pidfds, so a pid reused between the walk and
+the signal is never hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+CHECK_S = 0.25
+_PAGE = struct.Struct("dd")  # last heartbeat, cut at (monotonic seconds)
+_PR_SET_PDEATHSIG = 1
+
+
+def watch_limit(lease_s: float, kill_grace_s: float) -> float:
+    """How old the leader's last heartbeat may be before the watchdog cuts: just past
+    the leader's own limit (half the lease) — a live leader cuts first — and early
+    enough that the kill grace and one check still end before the lease does
+    (config.py keeps the grace under half the lease)."""
+    room = lease_s / 2 - kill_grace_s - CHECK_S
+    return lease_s / 2 + max(0.0, min(1.0, room / 2))
+
+
+class Watchdog:
+    """The leader's side: start the process, tell it of each renewed heartbeat."""
+
+    def __init__(self, *, limit_s: float, grace_s: float, trampoline: str | None,
+                 last_beat: float | None = None) -> None:
+        self.fd = os.memfd_create("balsam-watchdog", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, _PAGE.size)
+            self.page = mmap.mmap(self.fd, _PAGE.size)
+            self.beat(time.monotonic() if last_beat is None else last_beat)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(self.fd),
+                 repr(limit_s), repr(grace_s), trampoline or ""],
+                pass_fds=(self.fd,), stdin=subprocess.DEVNULL, close_fds=True,
+                # Nothing of the rank's environment: it is no rank, task or MPI process.
+                env={"BALSAM_WATCHDOG_OF": str(os.getpid())})
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def beat(self, monotonic: float) -> None:
+        """The lease was renewed by a heartbeat sent at ``monotonic``."""
+        struct.pack_into("d", self.page, 0, monotonic)
+
+    def cut_at(self) -> float:
+        """When the watchdog cut this node's tasks (monotonic seconds), 0.0 if never."""
+        return float(_PAGE.unpack_from(self.page)[1])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.page.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> Watchdog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- the watchdog process ------------------------------------------------------------------
+def children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (empty once it is gone)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+    return out
+
+
+def descendants(pid: int, skip: int) -> Iterator[tuple[int, int]]:
+    """(pid, depth-first parent) of every process under ``pid``, leaving out ``skip``
+    and everything under it."""
+    todo = [(c, pid) for c in children(pid)]
+    while todo:
+        child, parent = todo.pop()
+        if child == skip:
+            continue
+        yield child, parent
+        todo.extend((c, child) for c in children(child))
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # already gone
+        return None
+
+
+def _send(fd: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        signal.pidfd_send_signal(fd, sig)
+
+
+def _alive(fd: int) -> bool:
+    import select
+
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return not poll.poll(0)  # a pidfd is readable once its process has ended
+
+
+def cut(leader: int, grace_s: float, trampoline: str) -> int:
+    """Stop everything under ``leader`` but this process; returns how many were
+    signalled. A trampoline's task is the trampoline's to stop (it passes SIGTERM on,
+    and kills all the task left on SIGHUP), so nothing under a trampoline is signalled
+    here."""
+    if leader <= 1:  # never the whole machine
+        raise ValueError(f"not a leader's pid: {leader}")
+    tramps: set[int] = set()
+    targets: dict[int, int] = {}  # pid -> pidfd
+    for pid, parent in descendants(leader, skip=os.getpid()):
+        if parent != leader and parent not in targets or parent in tramps:
+            continue  # under a trampoline (or a process gone meanwhile): not ours
+        fd = _pidfd(pid)
+        if fd is None:
+            continue
+        targets[pid] = fd
+        if trampoline and _exe(pid) == trampoline:
+            tramps.add(pid)
+    for fd in targets.values():
+        _send(fd, signal.SIGTERM)
+    until = time.monotonic() + grace_s
+    while time.monotonic() < until and any(_alive(fd) for fd in targets.values()):
+        time.sleep(0.05)
+    for pid, fd in targets.items():
+        if _alive(fd):
+            _send(fd, signal.SIGHUP if pid in tramps else signal.SIGKILL)
+        os.close(fd)
+    return len(targets)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Die with ``parent``, or now if it has gone already (then this process was
+    adopted by another: never mistake that one for the leader)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    leader, fd = int(argv[1]), int(argv[2])
+    limit_s, grace_s, trampoline = float(argv[3]), float(argv[4]), argv[5]
+    if leader <= 1:
+        return 2
+    _die_with_parent(leader)
+    # The job's signals are the leader's to act on; this process only ends with it.
+    for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    page = mmap.mmap(fd, _PAGE.size)
+    while os.getppid() == leader:
+        time.sleep(CHECK_S)
+        silent = time.monotonic() - _PAGE.unpack_from(page)[0]
+        if silent < limit_s:
+            continue
+        struct.pack_into("d", page, 8, time.monotonic())
+        n = cut(leader, grace_s, trampoline)
+        print(f"balsam-mpi watchdog: the leader (pid {leader}) renewed no lease for "
+              f"{silent:.0f} s: cut the {n} process(es) under it", file=sys.stderr,
+              flush=True)
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,189 @@
+"""The leader's watchdog (launcher/watchdog.py): cuts what runs under a frozen leader."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi.launcher import watchdog
+from balsam_mpi.launcher.watchdog import CHECK_S, watch_limit
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def until(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kids(pid: int) -> list[int]:
+    return sorted(watchdog.children(pid))
+
+
+Launch = Callable[[str], "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def leader() -> Iterator[Launch]:
+    """A stand-in leader: a Python process running ``body``, killed (with everything
+    under it) at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def make(body: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(body)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        for pid, _parent in list(watchdog.descendants(proc.pid, skip=-1)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize(("lease", "grace"), [(60.0, 10.0), (30.0, 1.0), (4.0, 0.5),
+                                              (60.0, 29.75), (20.0, 0.0)])
+def test_the_limit_follows_the_leaders_own_and_ends_before_the_lease(
+        lease: float, grace: float) -> None:
+    limit = watch_limit(lease, grace)
+    assert limit >= lease / 2  # a live leader, which cuts at half its lease, goes first
+    assert limit + grace + CHECK_S <= lease + 1e-9  # its tasks are dead before it ends
+
+
+def test_a_leader_that_stops_beating_has_what_runs_under_it_cut(leader: Launch) -> None:
+    """No heartbeat for the limit: the task (a child in its own session, as a task's
+    trampoline is) gets SIGTERM; one that ignores it is killed after the grace. The
+    leader itself is left alone, and learns when the watchdog cut."""
+    proc = leader("""
+        import subprocess, sys, time
+        from balsam_mpi.launcher.watchdog import Watchdog
+        dog = Watchdog(limit_s=1.0, grace_s=0.5, trampoline=None)
+        stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"],
+                                    start_new_session=True)
+        plain = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        print(dog.proc.pid, stubborn.pid, plain.pid, flush=True)
+        while dog.cut_at() == 0.0:
+            time.sleep(0.05)
+        print("cut", flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None
+    dog, stubborn, plain = map(int, proc.stdout.readline().split())
+    until("the plain task to die of SIGTERM", lambda: not alive(plain))
+    until("the task that ignores SIGTERM to be killed", lambda: not alive(stubborn))
+    assert proc.stdout.readline().strip() == "cut"
+    until("the watchdog to end after its cut", lambda: not alive(dog))
+    assert proc.poll() is None  # the leader lives on
+    assert proc.stderr is not None
+    assert "renewed no lease" in proc.stderr.readline()
+
+
+def test_nothing_is_cut_while_the_leader_beats(leader: Launch) -> None:
+    proc = leader("""
+        import subprocess, time
+        from balsam_mpi.launcher.watchdog import Watchdog
+        dog = Watchdog(limit_s=0.6, grace_s=0.1, trampoline=None)
+        task = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        print(dog.proc.pid, task.pid, flush=True)
+        for _ in range(60):  # 3 s, five times the limit
+            dog.beat(time.monotonic())
+            time.sleep(0.05)
+        print(dog.cut_at(), task.poll(), flush=True)
+        dog.close()
+        print("closed", flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None
+    dog, task = map(int, proc.stdout.readline().split())
+    assert proc.stdout.readline().split() == ["0.0", "None"]
+    assert proc.stdout.readline().strip() == "closed"
+    assert not alive(dog) and alive(task)
+
+
+def test_the_watchdog_dies_with_its_leader(leader: Launch) -> None:
+    proc = leader("""
+        import time
+        from balsam_mpi.launcher.watchdog import Watchdog
+        dog = Watchdog(limit_s=600.0, grace_s=1.0, trampoline=None)
+        print(dog.proc.pid, flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None
+    dog = int(proc.stdout.readline())
+    until("the watchdog to be up", lambda: alive(dog))
+    proc.kill()
+    proc.wait()
+    until("the watchdog to follow its leader", lambda: not alive(dog))
+
+
+def test_what_runs_under_a_trampoline_is_the_trampolines_to_stop(leader: Launch) -> None:
+    """The walk signals a trampoline, never the task under it: the trampoline passes
+    SIGTERM on and kills everything the task left on SIGHUP (node/runner.py). Here a
+    shell stands in for the trampoline (its path is the one the watchdog is given)."""
+    shell = os.path.realpath("/bin/sh")
+    proc = leader("""
+        import subprocess, sys, time
+        tramp = subprocess.Popen(["/bin/sh", "-c", "sleep 60 & wait"], start_new_session=True)
+        zygote = subprocess.Popen([sys.executable, "-c",
+                                   "import subprocess, time; subprocess.Popen(['sleep', '61']);"
+                                   " time.sleep(60)"], start_new_session=True)
+        print(tramp.pid, zygote.pid, flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None
+    tramp, zygote = map(int, proc.stdout.readline().split())
+    until("the processes to start", lambda: bool(kids(tramp)) and bool(kids(zygote)))
+    [task] = kids(tramp)
+    [interpreter] = kids(zygote)
+    n = watchdog.cut(proc.pid, 0.5, shell)
+    assert n == 3  # the trampoline, the zygote and the process under the zygote
+    until("the trampoline and the zygote's line to end",
+          lambda: not alive(tramp) and not alive(zygote) and not alive(interpreter))
+    assert alive(task)  # not signalled by the watchdog: the trampoline's own to stop
+    os.kill(task, signal.SIGKILL)
+
+
+def test_a_watchdog_whose_leader_went_before_it_started_ends_at_once() -> None:
+    """Its leader is named on its command line, never taken from its parent: a leader
+    gone before the watchdog ran leaves it adopted by another process, which it must
+    not take for the leader (and cut everything under)."""
+    fd = os.memfd_create("test")
+    os.ftruncate(fd, 16)
+    try:
+        # Its parent is this test, not the pid it is given (a pid that no longer runs).
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        dog = subprocess.run([sys.executable, "-I", "-S", watchdog.__file__,
+                              str(gone.pid), str(fd), "0.0", "0.0", ""], pass_fds=(fd,),
+                             timeout=20)
+        assert dog.returncode == 0
+        for pid in (0, 1):
+            with pytest.raises(ValueError, match="not a leader"):
+                watchdog.cut(pid, 0.0, "")
+    finally:
+        os.close(fd)
