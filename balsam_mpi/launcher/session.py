@@ -152,13 +152,23 @@ class LeaderSession:
                 self.node_stack.enter_context(chan)
             # Outside this process: cuts the node's tasks should this process freeze
             # (a null runner's node starts none).
-            watchdog = None if isinstance(node, NullNode) else self.node_stack.enter_context(
-                Watchdog(limit_s=watch_limit(settings.lease_s, settings.kill_grace_s),
-                         grace_s=settings.kill_grace_s, trampoline=trampoline.trampoline()))
+            watchdog = None if isinstance(node, NullNode) else self._watchdog(settings)
             self.leader = Leader(settings, comm, project, self.store, self.calls, lease,
                                  self.node, deadline=deadline, journal=self.journal,
                                  chan=chan, claim_store=claim_store, watchdog=watchdog)
             self.stack = stack.pop_all()
+
+    def _watchdog(self, settings: Settings) -> Watchdog | None:
+        """A safety net, not a condition of running: without one (no process could be
+        started), the leader's node is as it was before watchdogs, and the log says so."""
+        try:
+            return self.node_stack.enter_context(Watchdog(
+                limit_s=watch_limit(settings.lease_s, settings.kill_grace_s),
+                grace_s=settings.kill_grace_s, trampoline=trampoline.trampoline()))
+        except OSError as exc:
+            log.warning("no watchdog for this leader (%s): should its loop freeze, its own "
+                        "node's tasks run on until it wakes", exc)
+            return None
 
     @staticmethod
     def _claim_store(settings: Settings, project: Project, stack: ExitStack

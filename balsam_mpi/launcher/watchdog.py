@@ -106,10 +106,31 @@ class Watchdog:
 def children(pid: int) -> list[int]:
     """The children of every thread of ``pid`` (empty once it is gone)."""
     out: list[int] = []
-    with contextlib.suppress(OSError):
+    try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
                 out.extend(int(c) for c in f.read().split())
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN, or pid gone
+        return _children_by_scan(pid)
+    except OSError:
+        pass
+    return out
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    """The same from every process's parent (/proc/N/stat), where the kernel keeps no
+    list of children."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The parent follows the state, after the command's last ')'.
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
     return out
 
 

@@ -187,3 +187,16 @@ def test_a_watchdog_whose_leader_went_before_it_started_ends_at_once() -> None:
                 watchdog.cut(pid, 0.0, "")
     finally:
         os.close(fd)
+
+
+def test_children_are_found_without_the_kernels_list_too(leader: Launch) -> None:
+    proc = leader("""
+        import subprocess, time
+        kids = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+        print(*(k.pid for k in kids), flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None
+    expected = sorted(map(int, proc.stdout.readline().split()))
+    assert kids(proc.pid) == expected
+    assert sorted(watchdog._children_by_scan(proc.pid)) == expected
