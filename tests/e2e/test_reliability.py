@@ -23,10 +23,16 @@ from typing import Any
 import pytest
 
 from balsam_mpi.base.project import Project
+from tests.conftest import FOUND_MPI
 from tests.e2e.test_launcher import add, no_strays, running_events, states
 from tests.e2e.test_lifecycle import processes, start, task_pids, wait_end, wait_for
 
 pytestmark = pytest.mark.timeout(240)
+OPEN_MPI = FOUND_MPI is not None and FOUND_MPI.kind == "openmpi"
+# How a user stops a launcher started by hand: TERM, which hydra passes on to every rank.
+# Open MPI's mpirun answers TERM by killing its ranks two seconds later, before a drain
+# ends, and passes USR1 on (the local start turns TERM into USR1 for it: docs/mpi-tasks.md).
+STOP = signal.SIGUSR1 if OPEN_MPI else signal.SIGTERM
 RANK_VARS = (b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK=", b"PMIX_RANK=", b"SLURM_PROCID=")
 
 
@@ -79,7 +85,7 @@ def test_a_nul_in_a_failing_tasks_stderr_holds_nothing_up(conn: Any, dbname: str
     wait_for("the short tasks written and the long one running",
              lambda: count(conn, "state IN ('JOB_FINISHED', 'FAILED')") == 9
              and count(conn, "state = 'RUNNING'") == 1, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(STOP)
     wait_end(proc, timeout=90)
     rows = {r[0]: r[1:] for r in conn.execute(
         "SELECT id, state::text, output_tail, lost_retries, batch_job_id FROM tasks")}
@@ -89,7 +95,7 @@ def test_a_nul_in_a_failing_tasks_stderr_holds_nothing_up(conn: Any, dbname: str
     assert rows[long] == ("RESTART_READY", "", 0, None)  # cut by the drain, uncounted
     assert set(running_events(conn).values()) == {1}  # nothing ran twice
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
-    assert job == ("FINISHED", "SIGTERM")
+    assert job == ("FINISHED", STOP.name)
     no_strays(dbname)
 
 
@@ -104,7 +110,7 @@ def test_a_frozen_worker_is_declared_dead_and_the_drain_ends(conn: Any,
     assert sorted(ranks) == [0, 1, 2], ranks
     os.kill(ranks[2], signal.SIGSTOP)
     try:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(STOP)
         out = ended(proc, 90)
     finally:
         try:
@@ -119,7 +125,7 @@ def test_a_frozen_worker_is_declared_dead_and_the_drain_ends(conn: Any,
         ("RESTART_READY", 1, None)]  # the frozen rank's task: lost, and counted
     assert "worker rank 2" in rows[2][3]
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
-    assert job == ("FINISHED", "SIGTERM")
+    assert job == ("FINISHED", STOP.name)
     no_strays(dbname)  # the frozen rank's task is gone with it (parent-death signal)
 
 
@@ -136,7 +142,7 @@ def test_a_task_that_exited_0_while_its_rank_was_frozen_stays_finished(
         wait_for("the other ranks' tasks to finish",
                  lambda: count(conn, "state = 'JOB_FINISHED'") == 2, proc)
         time.sleep(1)  # the frozen rank's task exits meanwhile (they are 3 s long)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(STOP)
         time.sleep(1)
     finally:
         os.kill(ranks[2], signal.SIGCONT)
@@ -215,6 +221,9 @@ def test_rows_that_cannot_run_fail_alone(su: Any, conn: Any, dbname: str) -> Non
     no_strays(dbname)
 
 
+@pytest.mark.skipif(OPEN_MPI, reason="MPICH's OFI module; under Open MPI a rank that has "
+                    "said BYE waits in MPI_Finalize for the others, so it is never gone "
+                    "before the leader's answer")
 def test_a_worker_that_left_before_the_leaders_answer_is_not_a_crash(
         conn: Any, dbname: str) -> None:
     """A Slurm job's warning signal reaches every rank of the step: a worker drained on its
@@ -240,7 +249,7 @@ def test_a_worker_that_left_before_the_leaders_answer_is_not_a_crash(
     finally:
         os.kill(ranks[0], signal.SIGCONT)
     time.sleep(1)  # the leader reads the REPORT and the BYE, and answers the REPORT
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(STOP)
     out = ended(proc, 90)
     assert proc.returncode == 0, out
     assert "unhandled error" not in out and "declared dead" not in out, out
@@ -248,7 +257,7 @@ def test_a_worker_that_left_before_the_leaders_answer_is_not_a_crash(
                         "batch_job_id FROM tasks").fetchall()
     assert rows == [("RESTART_READY", 0, 0, 0, None)] * 3, (rows, out)
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
-    assert job == ("FINISHED", "SIGTERM"), out
+    assert job == ("FINISHED", STOP.name), out
     no_strays(dbname)
 
 
@@ -289,7 +298,7 @@ def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: st
                  lambda: not under(ranks[0], marker), timeout=30)
     finally:
         os.kill(ranks[0], signal.SIGCONT)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(STOP)
     out = ended(proc, 90)
     logs = sorted(Path(os.environ["BALSAM_DB_PATH"], "log").glob("launcher_*.log"),
                   key=lambda p: p.stat().st_mtime)[-3:]

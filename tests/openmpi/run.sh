@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The Open MPI tier: the demo and the MPI-task tests with Debian's Open MPI as the site MPI.
+# The Open MPI tier: the demo, the MPI-task tests and the reliability tests (frozen ranks,
+# a frozen leader, dead workers) with Debian's Open MPI as the site MPI.
 #
 #   bash tests/openmpi/run.sh [JUNIT_XML_PREFIX]      (tests/run_all.sh runs it)
 #
@@ -135,7 +136,7 @@ xml=()
 "$venv/bin/python" -m pytest -p no:cacheprovider "${xml[@]}" tests/openmpi \
     tests/e2e/test_demo.py tests/e2e/test_mpi_tasks.py tests/e2e/test_nested_mpi.py \
     tests/e2e/test_task_api.py tests/e2e/test_local_start.py tests/e2e/test_local_ports.py \
-    tests/e2e/test_submit_local.py || status=$?
+    tests/e2e/test_submit_local.py tests/e2e/test_reliability.py || status=$?
 
 # The MPI tier too: the launcher's own messages over Open MPI (3 ranks, rank 0 reports).
 read -r -a mpirun < <("$venv/bin/python" -c \
