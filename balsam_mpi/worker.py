@@ -15,6 +15,7 @@ import time
 from .base.errors import BalsamError
 from .base.pacing import Backoff
 from .launcher.comm import Comm
+from .launcher.watchdog import Watchdog
 from .node.channel import TaskChannel
 from .node.node import Node
 from .protocol import LOCAL, AddTasks, Assign, Bye, Drain, EndKind, Hello
@@ -36,7 +37,7 @@ class Worker:
     def __init__(self, comm: Comm, node: Node, *, gpus: int = 0,
                  report_interval_s: float = 1.0, drain_grace_s: float = 30.0,
                  poll_cap_s: float = 0.05, leader_silence_s: float = 10.0,
-                 chan: TaskChannel | None = None) -> None:
+                 chan: TaskChannel | None = None, watchdog: Watchdog | None = None) -> None:
         self.comm = comm
         self.node = node
         self.rank = comm.rank
@@ -55,6 +56,10 @@ class Worker:
         # (config.leader_silence_s says why this bound).
         self.leader_silence_s = leader_silence_s
         self.last_heard = time.monotonic()
+        # Outside this process (launcher/watchdog.py): each REPORT sent tells it this
+        # loop is alive; it cuts the node's tasks should the loop freeze, before the
+        # leader, hearing nothing, writes them as lost for others to run.
+        self.watchdog = watchdog
 
     def run(self) -> None:
         comm, node = self.comm, self.node
@@ -67,6 +72,10 @@ class Worker:
                 for req in self.chan.poll():  # to the leader, which writes them
                     comm.send(LOCAL, AddTasks(self.rank, req.parent, req.tasks, req.id))
                     did = True
+            if self.draining is None and self._watchdog_cut():
+                self.stop_reason = "this rank was frozen: its watchdog cut its tasks"
+                log.error("%s", self.stop_reason)
+                node.begin_stop()
             if self.draining is None and self._leader_silent():
                 self.stop_reason = (f"the leader has said nothing for "
                                     f"{time.monotonic() - self.last_heard:.0f} s")
@@ -86,6 +95,8 @@ class Worker:
             if node.changes or node.poked or now - last_report >= self.report_interval_s:
                 comm.send(LOCAL, node.report(self.rank))
                 last_report = now
+                if self.watchdog is not None:
+                    self.watchdog.beat(now)
                 did = True
             if LOCAL in comm.gone:  # the leader has gone: nobody will write what runs here
                 raise LeaderGone(f"the leader (rank {LOCAL}) cannot be reached: "
@@ -96,6 +107,9 @@ class Worker:
                 comm.progress()
                 pause = self.idle.next()
                 node.wait(pause if self.assigned else min(pause, FIRST_ASSIGN_POLL_S))
+
+    def _watchdog_cut(self) -> bool:
+        return self.watchdog is not None and self.watchdog.cut_at() > 0.0
 
     def _leader_silent(self) -> bool:
         return self.assigned and time.monotonic() - self.last_heard > self.leader_silence_s

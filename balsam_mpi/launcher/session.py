@@ -43,7 +43,7 @@ from .lease import log_expired, sweep_once
 from .replay import log_replayed
 from .store import Store
 from .storeport import ClaimFilter, Lease, StorePort
-from .watchdog import Watchdog, watch_limit
+from .watchdog import Watchdog, watch_limit, worker_watch
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,18 @@ def launcher_deadline(settings: Settings, started: float) -> float | None:
 
     left = time_limit_min(with_end_time(detect()))
     return None if left is None else time.time() + left * 60.0
+
+
+def start_watchdog(limit_s: float, grace_s: float) -> Watchdog | None:
+    """This rank's watchdog (launcher/watchdog.py). A safety net, not a condition of
+    running: without one (no process could be started) the rank runs as before, and the
+    log says so."""
+    try:
+        return Watchdog(limit_s=limit_s, grace_s=grace_s, trampoline=trampoline.trampoline())
+    except OSError as exc:
+        log.warning("no watchdog for this rank (%s): should its loop freeze, its node's "
+                    "tasks run on until it wakes", exc)
+        return None
 
 
 class LeaderSession:
@@ -159,16 +171,9 @@ class LeaderSession:
             self.stack = stack.pop_all()
 
     def _watchdog(self, settings: Settings) -> Watchdog | None:
-        """A safety net, not a condition of running: without one (no process could be
-        started), the leader's node is as it was before watchdogs, and the log says so."""
-        try:
-            return self.node_stack.enter_context(Watchdog(
-                limit_s=watch_limit(settings.lease_s, settings.kill_grace_s),
-                grace_s=settings.kill_grace_s, trampoline=trampoline.trampoline()))
-        except OSError as exc:
-            log.warning("no watchdog for this leader (%s): should its loop freeze, its own "
-                        "node's tasks run on until it wakes", exc)
-            return None
+        dog = start_watchdog(watch_limit(settings.lease_s, settings.kill_grace_s),
+                             settings.kill_grace_s)
+        return None if dog is None else self.node_stack.enter_context(dog)
 
     @staticmethod
     def _claim_store(settings: Settings, project: Project, stack: ExitStack
@@ -253,15 +258,18 @@ class WorkerSession:
     def __init__(self, settings: Settings, comm: Comm, project: Project) -> None:
         self.comm = comm
         self.node = make_node(settings, project)
+        self.watchdog = start_watchdog(*worker_watch(settings.worker_timeout_s,
+                                                     settings.kill_grace_s))
         self.worker = Worker(comm, self.node, gpus=settings.gpus_per_node,
                              report_interval_s=settings.report_interval_s,
                              drain_grace_s=settings.drain_grace_s,
                              poll_cap_s=settings.poll_cap_s,
                              leader_silence_s=leader_silence_s(settings),
-                             chan=task_channel(settings, comm.rank, self.node))
+                             chan=task_channel(settings, comm.rank, self.node),
+                             watchdog=self.watchdog)
 
     def run(self) -> None:
-        with self.node, self.worker.chan or ExitStack():
+        with self.node, self.worker.chan or ExitStack(), self.watchdog or ExitStack():
             self.worker.run()
         log_usage(self.node)
         # BYE is said and nothing runs here: what is left is MPI_Finalize, which waits for

@@ -1,32 +1,39 @@
-"""A watch over the leader from outside it: its own node's tasks, cut if the leader freezes.
+"""A watch over a rank from outside it: its node's tasks, cut if the rank freezes.
 
-A leader that stops (SIGSTOP, a process stuck on a hung file system) renews no lease.
-Its workers notice the silence and cut their tasks (worker.py), but the tasks of the
-leader's own node have only the leader to watch them: they ran on, and once the lease
-ran out another launcher could requeue and start them again — the same task running
-twice at once.
+A rank that stops (SIGSTOP, a process stuck on a hung file system) cannot stop its own
+tasks, and they run on while others take them for gone:
 
-So the leader starts this small process beside it (stdlib only, run as a script with
-``-I -S``: nothing of the project is imported into it). They share one page of memory:
+* a frozen **leader** renews no lease. Its workers notice and cut their tasks
+  (worker.py), but its own node's tasks ran on, and once the lease ran out another
+  launcher could requeue and start them again;
+* a frozen **worker** sends no REPORT. Its leader declares it dead after
+  ``worker_timeout_s`` and writes its running tasks as lost, requeued for any launcher to
+  run (this one included), while their processes ran on until the launcher's end.
 
-* bytes 0–8: the leader's last renewed heartbeat (``CLOCK_MONOTONIC``, which every
-  process of the host reads alike), written by the leader each time one succeeds;
-* bytes 8–16: when the watchdog cut (0: never), for the leader's log when it wakes.
+Either way the same task could run twice at once. So every rank starts this small
+process beside it (stdlib only, run as a script with ``-I -S``: nothing of the project
+is imported into it). They share one page of memory:
 
-Every ``CHECK_S`` the watchdog reads the heartbeat. Once it is older than ``limit_s`` —
-a little past half the lease, when a live leader has already begun its own cut
-(launcher/lease.py) — it cuts every process under the leader but itself: SIGTERM, then
-after the kill grace SIGHUP to task trampolines (their stand-in for SIGKILL, which kills
-everything the task left: node/runner.py) and SIGKILL to anything else (the Python
-interpreters). ``limit_s`` + the grace + one check is less than the lease, so the tasks
-are dead before any other launcher may requeue them. A leader that wakes finds its
-heartbeat as old as the watchdog did, cuts too, and writes its tasks as cut (requeued,
-no retry spent): the node holds a death by a signal for ``signal_hold_s`` before it
-counts (node/deaths.py), and the leader's first turn decides before that.
+* bytes 0–8: the rank's last proof of life (``CLOCK_MONOTONIC``, which every process of
+  the host reads alike): for the leader each heartbeat that renewed its lease, for a
+  worker each REPORT it sent;
+* bytes 8–16: when the watchdog cut (0: never), for the rank's log when it wakes.
 
-The watchdog dies with the leader (``PR_SET_PDEATHSIG``) and is stopped when the leader's
-node closes. Processes are signalled through pidfds, so a pid reused between the walk and
-the signal is never hit.
+Every ``CHECK_S`` the watchdog reads the proof. Once it is older than ``limit_s`` it
+cuts every process under the rank but itself: SIGTERM, then after the grace SIGHUP to
+task trampolines (their stand-in for SIGKILL, which kills everything the task left:
+node/runner.py) and SIGKILL to anything else (the Python interpreters). For the leader
+the limit is a little past half the lease, when a live leader has begun its own cut
+(launcher/lease.py), and the limit, the kill grace and one check end before the lease
+does (``watch_limit``); for a worker it is half of ``worker_timeout_s``, with a quarter of
+it as grace at most (``worker_watch``). A rank that wakes sees the cut, cuts too, and
+writes its tasks as cut (requeued, no retry spent): the node holds a death by a signal
+for ``signal_hold_s`` before it counts (node/deaths.py), and the rank decides in its
+first turn, before that.
+
+The watchdog is given its rank's pid, dies with it (``PR_SET_PDEATHSIG``), ends at once
+if that pid is not its parent, and is stopped when the rank's node closes. Processes are
+signalled through pidfds, so a pid reused between the walk and the signal is never hit.
 """
 
 from __future__ import annotations
@@ -47,6 +54,15 @@ _PAGE = struct.Struct("dd")  # last heartbeat, cut at (monotonic seconds)
 _PR_SET_PDEATHSIG = 1
 
 
+def worker_watch(worker_timeout_s: float, kill_grace_s: float) -> tuple[float, float]:
+    """(limit, grace) for a worker's watchdog. Its leader declares it dead, and writes
+    its running tasks lost for anyone to run again, once no REPORT has come for
+    ``worker_timeout_s``; the watchdog of a worker whose last REPORT went out that long
+    ago cuts at half of it, with at most a quarter of it as grace, so the tasks are
+    dead first."""
+    return worker_timeout_s / 2, min(kill_grace_s, worker_timeout_s / 4)
+
+
 def watch_limit(lease_s: float, kill_grace_s: float) -> float:
     """How old the leader's last heartbeat may be before the watchdog cuts: just past
     the leader's own limit (half the lease) — a live leader cuts first — and early
@@ -57,7 +73,7 @@ def watch_limit(lease_s: float, kill_grace_s: float) -> float:
 
 
 class Watchdog:
-    """The leader's side: start the process, tell it of each renewed heartbeat."""
+    """The rank's side: start the process, tell it of each proof of life."""
 
     def __init__(self, *, limit_s: float, grace_s: float, trampoline: str | None,
                  last_beat: float | None = None) -> None:
@@ -77,7 +93,8 @@ class Watchdog:
             raise
 
     def beat(self, monotonic: float) -> None:
-        """The lease was renewed by a heartbeat sent at ``monotonic``."""
+        """The rank proved itself alive at ``monotonic`` (a heartbeat that renewed the
+        lease was sent then, or a REPORT)."""
         struct.pack_into("d", self.page, 0, monotonic)
 
     def cut_at(self) -> float:
@@ -173,17 +190,17 @@ def _alive(fd: int) -> bool:
     return not poll.poll(0)  # a pidfd is readable once its process has ended
 
 
-def cut(leader: int, grace_s: float, trampoline: str) -> int:
-    """Stop everything under ``leader`` but this process; returns how many were
+def cut(rank: int, grace_s: float, trampoline: str) -> int:
+    """Stop everything under ``rank`` but this process; returns how many were
     signalled. A trampoline's task is the trampoline's to stop (it passes SIGTERM on,
     and kills all the task left on SIGHUP), so nothing under a trampoline is signalled
     here."""
-    if leader <= 1:  # never the whole machine
-        raise ValueError(f"not a leader's pid: {leader}")
+    if rank <= 1:  # never the whole machine
+        raise ValueError(f"not a rank's pid: {rank}")
     tramps: set[int] = set()
     targets: dict[int, int] = {}  # pid -> pidfd
-    for pid, parent in descendants(leader, skip=os.getpid()):
-        if parent != leader and parent not in targets or parent in tramps:
+    for pid, parent in descendants(rank, skip=os.getpid()):
+        if parent != rank and parent not in targets or parent in tramps:
             continue  # under a trampoline (or a process gone meanwhile): not ours
         fd = _pidfd(pid)
         if fd is None:
@@ -205,7 +222,7 @@ def cut(leader: int, grace_s: float, trampoline: str) -> int:
 
 def _die_with_parent(parent: int) -> None:
     """Die with ``parent``, or now if it has gone already (then this process was
-    adopted by another: never mistake that one for the leader)."""
+    adopted by another: never mistake that one for the rank)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:
@@ -213,23 +230,23 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    leader, fd = int(argv[1]), int(argv[2])
+    rank, fd = int(argv[1]), int(argv[2])
     limit_s, grace_s, trampoline = float(argv[3]), float(argv[4]), argv[5]
-    if leader <= 1:
+    if rank <= 1:
         return 2
-    _die_with_parent(leader)
-    # The job's signals are the leader's to act on; this process only ends with it.
+    _die_with_parent(rank)
+    # The job's signals are the rank's to act on; this process only ends with it.
     for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     page = mmap.mmap(fd, _PAGE.size)
-    while os.getppid() == leader:
+    while os.getppid() == rank:
         time.sleep(CHECK_S)
         silent = time.monotonic() - _PAGE.unpack_from(page)[0]
         if silent < limit_s:
             continue
         struct.pack_into("d", page, 8, time.monotonic())
-        n = cut(leader, grace_s, trampoline)
-        print(f"balsam-mpi watchdog: the leader (pid {leader}) renewed no lease for "
+        n = cut(rank, grace_s, trampoline)
+        print(f"balsam-mpi watchdog: rank pid {rank} gave no sign of life for "
               f"{silent:.0f} s: cut the {n} process(es) under it", file=sys.stderr,
               flush=True)
         return 0

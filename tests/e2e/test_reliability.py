@@ -26,6 +26,7 @@ from balsam_mpi.base.project import Project
 from tests.conftest import FOUND_MPI
 from tests.e2e.test_launcher import add, no_strays, running_events, states
 from tests.e2e.test_lifecycle import processes, start, task_pids, wait_end, wait_for
+from tests.procs import running
 
 pytestmark = pytest.mark.timeout(240)
 OPEN_MPI = FOUND_MPI is not None and FOUND_MPI.kind == "openmpi"
@@ -127,6 +128,41 @@ def test_a_frozen_worker_is_declared_dead_and_the_drain_ends(conn: Any,
     job = conn.execute("SELECT state::text, end_reason FROM batch_jobs").fetchone()
     assert job == ("FINISHED", STOP.name)
     no_strays(dbname)  # the frozen rank's task is gone with it (parent-death signal)
+
+
+def test_a_frozen_workers_tasks_are_dead_before_they_are_written_lost(
+        conn: Any, dbname: str) -> None:
+    """A worker declared dead has its running tasks written as lost, requeued for any
+    launcher (this one included) to run again, while the frozen rank's task processes
+    ran on until the launcher's end. The worker's watchdog (launcher/watchdog.py) now
+    cuts them once the rank has sent no REPORT for half of `worker_timeout_s`: here the
+    task is gone before its row leaves RUNNING."""
+    add(conn, 2, command="sleep 600", app="long")  # one whole-node task per rank
+    proc = start(2, "--idle-timeout", "0", BALSAM_WORKER_TIMEOUT_S="4",
+                 BALSAM_REPORT_INTERVAL_S="0.5", BALSAM_KILL_GRACE_S="1")
+    wait_for("two running tasks", lambda: count(conn, "state = 'RUNNING'") == 2, proc)
+    ranks = rank_pids(dbname)
+    marker = f"BALSAM_DB_NAME={dbname}"
+    pids = under(ranks[1], marker)  # its task and the task's trampoline
+    assert pids
+    os.kill(ranks[1], signal.SIGSTOP)
+    try:
+        seen: list[tuple[bool, int]] = []  # (task process alive, its rank's rows running)
+
+        def requeued() -> bool:
+            seen.append((any(running(p) for p in pids), count(conn, "lost_retries > 0")))
+            return seen[-1][1] > 0
+
+        wait_for("the frozen worker's task to be written lost", requeued, proc, timeout=60)
+        assert not any(alive and lost for alive, lost in seen), seen
+        assert not under(ranks[1], marker)
+    finally:
+        os.kill(ranks[1], signal.SIGCONT)
+    proc.send_signal(STOP)
+    out = ended(proc, 90)
+    assert proc.returncode == 0, out
+    assert "worker rank 1" in out and "stopped answering" in out
+    no_strays(dbname)
 
 
 def test_a_task_that_exited_0_while_its_rank_was_frozen_stays_finished(
@@ -307,6 +343,6 @@ def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: st
     rows = conn.execute("SELECT state::text, lost_retries, batch_job_id FROM tasks").fetchall()
     assert rows == [("RESTART_READY", 0, None)] * 3, (rows, out)  # cut: nothing counted
     assert set(running_events(conn).values()) == {1}
-    assert "balsam-mpi watchdog: the leader" in out, out
+    assert "balsam-mpi watchdog: rank pid" in out, out
     assert "the watchdog cut this node's tasks" in out, out
     no_strays(dbname)

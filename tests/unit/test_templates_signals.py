@@ -27,6 +27,7 @@ import pytest
 from balsam_mpi.base.project import Project
 from balsam_mpi.batch import jobscript
 from balsam_mpi.batch.jobscript import JobRequest
+from tests.procs import running
 
 FAKE = Path(__file__).with_name("fake_hpc.py")
 KILL_WAIT_S = 30.0  # Slurm's default KillWait
@@ -98,7 +99,7 @@ class Job:
                 continue
             if int(fields[3]) == self.proc.pid and fields[0] != "Z":
                 found.append(int(entry))
-        return found + [p for p in self.step_pids() if _alive(p)]
+        return found + [p for p in self.step_pids() if running(p)]
 
     def end(self, signals: list[signal.Signals], grace: float, whole_job: bool) -> int:
         """Send ``signals`` to every process of the job (or to the script alone), then KILL
@@ -109,7 +110,7 @@ class Job:
                 _send(pid, sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and (
-                self.proc.poll() is None or any(_alive(p) for p in self.step_pids())):
+                self.proc.poll() is None or any(running(p) for p in self.step_pids())):
             time.sleep(0.05)
         for pid in self.processes():
             self.killed.append(pid)
@@ -126,15 +127,6 @@ class Job:
             log = self.rank_log(rank)
             assert f"stop {stop}" in log and "drained" in log, (rank, log)
         assert not self.killed, f"still running after the grace: {self.killed}"
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie whose parent is gone may never be reaped here: not alive)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _send(pid: int, sig: signal.Signals) -> None:

@@ -9,12 +9,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from balsam_mpi.launcher import watchdog
 from balsam_mpi.launcher.watchdog import CHECK_S, watch_limit
+from tests.procs import running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,15 +24,6 @@ def until(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
     while not check():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, dead but not yet reaped by its parent, is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def kids(pid: int) -> list[int]:
@@ -94,13 +85,13 @@ def test_a_leader_that_stops_beating_has_what_runs_under_it_cut(leader: Launch) 
     """)
     assert proc.stdout is not None
     dog, stubborn, plain = map(int, proc.stdout.readline().split())
-    until("the plain task to die of SIGTERM", lambda: not alive(plain))
-    until("the task that ignores SIGTERM to be killed", lambda: not alive(stubborn))
+    until("the plain task to die of SIGTERM", lambda: not running(plain))
+    until("the task that ignores SIGTERM to be killed", lambda: not running(stubborn))
     assert proc.stdout.readline().strip() == "cut"
-    until("the watchdog to end after its cut", lambda: not alive(dog))
+    until("the watchdog to end after its cut", lambda: not running(dog))
     assert proc.poll() is None  # the leader lives on
     assert proc.stderr is not None
-    assert "renewed no lease" in proc.stderr.readline()
+    assert "gave no sign of life" in proc.stderr.readline()
 
 
 def test_nothing_is_cut_while_the_leader_beats(leader: Launch) -> None:
@@ -122,7 +113,7 @@ def test_nothing_is_cut_while_the_leader_beats(leader: Launch) -> None:
     dog, task = map(int, proc.stdout.readline().split())
     assert proc.stdout.readline().split() == ["0.0", "None"]
     assert proc.stdout.readline().strip() == "closed"
-    assert not alive(dog) and alive(task)
+    assert not running(dog) and running(task)
 
 
 def test_the_watchdog_dies_with_its_leader(leader: Launch) -> None:
@@ -135,10 +126,10 @@ def test_the_watchdog_dies_with_its_leader(leader: Launch) -> None:
     """)
     assert proc.stdout is not None
     dog = int(proc.stdout.readline())
-    until("the watchdog to be up", lambda: alive(dog))
+    until("the watchdog to be up", lambda: running(dog))
     proc.kill()
     proc.wait()
-    until("the watchdog to follow its leader", lambda: not alive(dog))
+    until("the watchdog to follow its leader", lambda: not running(dog))
 
 
 def test_what_runs_under_a_trampoline_is_the_trampolines_to_stop(leader: Launch) -> None:
@@ -163,8 +154,8 @@ def test_what_runs_under_a_trampoline_is_the_trampolines_to_stop(leader: Launch)
     n = watchdog.cut(proc.pid, 0.5, shell)
     assert n == 3  # the trampoline, the zygote and the process under the zygote
     until("the trampoline and the zygote's line to end",
-          lambda: not alive(tramp) and not alive(zygote) and not alive(interpreter))
-    assert alive(task)  # not signalled by the watchdog: the trampoline's own to stop
+          lambda: not running(tramp) and not running(zygote) and not running(interpreter))
+    assert running(task)  # not signalled by the watchdog: the trampoline's own to stop
     os.kill(task, signal.SIGKILL)
 
 
@@ -183,7 +174,7 @@ def test_a_watchdog_whose_leader_went_before_it_started_ends_at_once() -> None:
                              timeout=20)
         assert dog.returncode == 0
         for pid in (0, 1):
-            with pytest.raises(ValueError, match="not a leader"):
+            with pytest.raises(ValueError, match="not a rank"):
                 watchdog.cut(pid, 0.0, "")
     finally:
         os.close(fd)

@@ -42,6 +42,15 @@ def order(task_id: int) -> RunOrder:
     return RunOrder(task_id, 1, ("/bin/true",), "/nonexistent", need=0.5)
 
 
+def ends_then_bye(comm: ScriptedComm) -> list[tuple[int, int]]:
+    """(task, end kind) of every end the worker reported, its last message a BYE."""
+    bye = comm.sent[-1]
+    assert isinstance(bye, Bye)
+    ends = [f for r in comm.sent if hasattr(r, "finished") for f in r.finished] + list(
+        bye.report.finished)
+    return sorted((f.id, f.kind) for f in ends)
+
+
 def run(script: list[tuple[float, Any]], monkeypatch: pytest.MonkeyPatch,
         silence: float = 10.0) -> tuple[Worker, ScriptedComm, ScriptedNode, Clock]:
     clock = Clock()
@@ -62,12 +71,7 @@ def test_a_silent_leader_makes_the_worker_cut_its_tasks_and_leave(
     worker, comm, node, clock = run(script, monkeypatch)
     assert 140.0 < clock.now < 141.0  # 10 s after the last word, not before
     assert worker.stop_reason is not None and "said nothing for 10 s" in worker.stop_reason
-    bye = comm.sent[-1]
-    assert isinstance(bye, Bye)
-    ends = [f for r in comm.sent if hasattr(r, "finished") for f in r.finished] + list(
-        bye.report.finished)
-    assert sorted((f.id, f.kind) for f in ends) == [(1, int(EndKind.CUT)),
-                                                     (2, int(EndKind.CUT))]
+    assert ends_then_bye(comm) == [(1, int(EndKind.CUT)), (2, int(EndKind.CUT))]
     assert not node.sim  # nothing runs here any more
     assert node.stopping  # and nothing would start
 
@@ -86,3 +90,40 @@ def test_the_default_bound_ends_the_tasks_before_the_lease_can_run_out() -> None
     assert leader_silence_s(s) >= 3 * s.report_interval_s
     tight = Settings(lease_s=8.0, kill_grace_s=2.0, heartbeat_s=1.0)
     assert leader_silence_s(tight) == 3 * tight.report_interval_s  # the floor
+
+
+class FakeWatchdog:
+    """A watchdog (launcher/watchdog.py) that cuts at ``cut_after`` on the test's clock
+    and notes every proof of life the worker gives it."""
+
+    def __init__(self, clock: Clock, cut_after: float) -> None:
+        self.clock, self.cut_after = clock, cut_after
+        self.beats: list[float] = []
+
+    def beat(self, monotonic: float) -> None:
+        self.beats.append(monotonic)
+
+    def cut_at(self) -> float:
+        return self.cut_after if self.clock.now >= self.cut_after else 0.0
+
+
+def test_a_worker_whose_watchdog_cut_writes_its_tasks_as_cut_and_leaves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its loop froze and the watchdog killed the tasks: woken, the worker drains with a
+    cut, so those deaths are cuts (requeued, nothing counted), not errors, and it says
+    BYE. Until then each REPORT it sent was a proof of life."""
+    clock = Clock()
+    monkeypatch.setattr(worker_mod.time, "monotonic", clock)
+    comm = ScriptedComm()
+    script = [(101.0, Assign(1, (order(1), order(2))))]
+    script += [(101.0 + k, Assign(1 + k, ())) for k in range(1, 30)]  # a live leader
+    node = ScriptedNode(comm, clock, script)
+    dog = FakeWatchdog(clock, cut_after=105.0)
+    worker = Worker(comm, node, report_interval_s=1.0, poll_cap_s=0.05,  # type: ignore[arg-type]
+                    leader_silence_s=10.0, watchdog=dog)  # type: ignore[arg-type]
+    worker.run()
+    assert 105.0 <= clock.now < 106.0
+    assert worker.stop_reason == "this rank was frozen: its watchdog cut its tasks"
+    assert ends_then_bye(comm) == [(1, int(EndKind.CUT)), (2, int(EndKind.CUT))]
+    reports = [m for m in comm.sent if hasattr(m, "finished")]
+    assert len(dog.beats) >= len(reports) - 1 >= 3  # every REPORT but the BYE's
