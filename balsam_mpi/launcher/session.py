@@ -258,8 +258,10 @@ class WorkerSession:
     def __init__(self, settings: Settings, comm: Comm, project: Project) -> None:
         self.comm = comm
         self.node = make_node(settings, project)
-        self.watchdog = start_watchdog(*worker_watch(settings.worker_timeout_s,
-                                                     settings.kill_grace_s))
+        # Reports go out at least this often however slow the starts (worker.py).
+        self.node.start_budget_s = settings.report_interval_s / 2
+        self.watchdog = None if isinstance(self.node, NullNode) else start_watchdog(
+            *worker_watch(settings.worker_timeout_s, settings.kill_grace_s))
         self.worker = Worker(comm, self.node, gpus=settings.gpus_per_node,
                              report_interval_s=settings.report_interval_s,
                              drain_grace_s=settings.drain_grace_s,

@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator
 
 CHECK_S = 0.25
-_PAGE = struct.Struct("dd")  # last heartbeat, cut at (monotonic seconds)
+_PAGE = struct.Struct("dd")  # last proof of life, cut at (monotonic seconds)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -84,7 +84,9 @@ class Watchdog:
             self.beat(time.monotonic() if last_beat is None else last_beat)
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(self.fd),
-                 repr(limit_s), repr(grace_s), trampoline or ""],
+                 repr(limit_s), repr(grace_s),
+                 # As /proc/N/exe names it, which the watchdog compares it with.
+                 os.path.realpath(trampoline) if trampoline else ""],
                 pass_fds=(self.fd,), stdin=subprocess.DEVNULL, close_fds=True,
                 # Nothing of the rank's environment: it is no rank, task or MPI process.
                 env={"BALSAM_WATCHDOG_OF": str(os.getpid())})

@@ -85,6 +85,10 @@ class Node(Stops, PyStart):
         # Starts per call, 0 = all that fit: the leader's own node starts a few at a time
         # so that answering the other ranks never waits for a burst of spawns.
         self.max_starts = 0
+        # Seconds of starting per call, 0 = no bound: a worker's REPORTs are its proof of
+        # life to its leader and its watchdog, so a wave of starts on a slow file system
+        # (a directory and two files each) must not hold them back (worker.py).
+        self.start_budget_s = 0.0
         if die_with_parent:
             trampoline.trampoline()  # built (once per user) now, not at the first task
 
@@ -184,7 +188,10 @@ class Node(Stops, PyStart):
             return False
         did = False
         budget = self.max_starts or len(self.queue)
+        until = time.monotonic() + self.start_budget_s if self.start_budget_s else None
         while self.queue and budget > 0:
+            if did and until is not None and time.monotonic() >= until:
+                break  # the rest next call, after this rank has had its turn
             budget -= 1
             order = self.queue[0]
             if not self.res.fits(min(order.need, self.res.capacity), order.gpus):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from balsam_mpi.node.node import Node
 from balsam_mpi.node.nullnode import NullNode
 from balsam_mpi.protocol import Assign, EndKind, Finished, RunOrder
@@ -89,4 +91,37 @@ def test_null_node_finishes_at_once(tmp_path: Path) -> None:
     # Each "ends" the moment it starts, so the whole queue goes through in one step.
     assert [s.id for s in started] == [f.id for f in finished] == list(range(20))
     assert all(f.kind == EndKind.DONE for f in finished) and not node.busy()
+    node.close()
+
+
+def test_a_slow_wave_of_starts_is_spread_over_calls(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's REPORTs are its proof of life (to its leader and its watchdog), so
+    one call never starts for longer than ``start_budget_s``: here every start takes
+    0.1 s of the node's clock (a slow file system), and a call stops after the one that
+    crosses 0.25 s; the rest start in later calls, in order."""
+    import balsam_mpi.node.node as node_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr(node_mod.time, "monotonic", lambda: clock[0])
+    node = Node(environ={"PATH": "/usr/bin:/bin"})
+    node.start_budget_s = 0.25
+    started: list[int] = []
+
+    def slow_start(order: RunOrder) -> None:
+        clock[0] += 0.1
+        started.append(order.id)
+
+    monkeypatch.setattr(node, "_start", slow_start)
+    node.apply(Assign(1, tuple(order(tmp_path, i, ("true",), need=0.1) for i in range(7))))
+    per_call = []
+    while node.queue:
+        before = len(started)
+        assert node.start_ready()
+        per_call.append(len(started) - before)
+    assert per_call == [3, 3, 1] and started == list(range(7))
+    node.start_budget_s = 0.0  # no bound: all at once
+    node.apply(Assign(2, tuple(order(tmp_path, i, ("true",), need=0.1)
+                               for i in range(10, 15))))
+    assert node.start_ready() and started[-5:] == list(range(10, 15))
     node.close()
