@@ -147,7 +147,7 @@ def test_a_frozen_workers_tasks_are_dead_before_they_are_written_lost(
     assert pids
     os.kill(ranks[1], signal.SIGSTOP)
     try:
-        seen: list[tuple[bool, int]] = []  # (task process alive, its rank's rows running)
+        seen: list[tuple[bool, int]] = []  # (its task processes alive, rows written lost)
 
         def requeued() -> bool:
             seen.append((any(running(p) for p in pids), count(conn, "lost_retries > 0")))
