@@ -258,8 +258,8 @@ class WorkerSession:
     def __init__(self, settings: Settings, comm: Comm, project: Project) -> None:
         self.comm = comm
         self.node = make_node(settings, project)
-        # However slow the starts, a REPORT is never more than 1.25 report intervals late:
-        # its watchdog cuts at half of worker_timeout_s, which is 1.5 intervals at least.
+        # However slow the starts, they hold a REPORT back by a quarter of an interval at
+        # most: the watchdog cuts at half of worker_timeout_s, 1.5 intervals at least.
         self.node.start_budget_s = settings.report_interval_s / 4
         self.watchdog = None if isinstance(self.node, NullNode) else start_watchdog(
             *worker_watch(settings.worker_timeout_s, settings.kill_grace_s))
