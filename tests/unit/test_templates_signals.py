@@ -77,8 +77,11 @@ class Job:
         return path.read_text() if path.exists() else ""
 
     def wait_ready(self) -> None:
+        """Every rank started, and the script has set its traps: it starts the launch
+        tool first and traps after, so a signal in between met the shell's defaults."""
         deadline = time.monotonic() + 30
-        while not all("ready" in self.rank_log(r) for r in range(RANKS)):
+        while not (all("ready" in self.rank_log(r) for r in range(RANKS))
+                   and catches(self.proc.pid, signal.SIGUSR1, signal.SIGTERM)):
             assert self.proc.poll() is None, "the job script ended before its ranks started"
             assert time.monotonic() < deadline, "the ranks never started"
             time.sleep(0.05)
@@ -127,6 +130,17 @@ class Job:
             log = self.rank_log(rank)
             assert f"stop {stop}" in log and "drained" in log, (rank, log)
         assert not self.killed, f"still running after the grace: {self.killed}"
+
+
+def catches(pid: int, *sigs: signal.Signals) -> bool:
+    """``pid`` has a handler for each of ``sigs`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in status.splitlines()
+                 if line.startswith("SigCgt:")), 0)
+    return all(mask >> (int(s) - 1) & 1 for s in sigs)
 
 
 def _send(pid: int, sig: signal.Signals) -> None:
