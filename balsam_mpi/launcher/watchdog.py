@@ -246,11 +246,12 @@ def main(argv: list[str]) -> int:
         silent = time.monotonic() - _PAGE.unpack_from(page)[0]
         if silent < limit_s:
             continue
-        struct.pack_into("d", page, 8, time.monotonic())
-        n = cut(rank, grace_s, trampoline)
+        # Said first: the rank may wake, and stop this process, before the grace ends.
         print(f"balsam-mpi watchdog: rank pid {rank} gave no sign of life for "
-              f"{silent:.0f} s: cut the {n} process(es) under it", file=sys.stderr,
+              f"{silent:.0f} s: cutting the processes under it", file=sys.stderr,
               flush=True)
+        struct.pack_into("d", page, 8, time.monotonic())
+        cut(rank, grace_s, trampoline)
         return 0
     return 0
 

@@ -69,7 +69,7 @@ class Job:
         self.out = tmp_path / "out"
         env = {"PATH": f"{site}:/usr/bin:/bin", "OUT": str(self.out)}
         self.proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True,
-                                     preexec_fn=lambda: os.umask(0o077))
+                                     preexec_fn=_as_a_scheduler_starts_it)
         self.killed: list[int] = []
 
     def rank_log(self, rank: int) -> str:
@@ -77,8 +77,8 @@ class Job:
         return path.read_text() if path.exists() else ""
 
     def wait_ready(self) -> None:
-        """Every rank started, and the script has set its traps: it starts the launch
-        tool first and traps after, so a signal in between met the shell's defaults."""
+        """Every rank started, and the script has set its traps (it starts the launch
+        tool first and traps after: a signal in between would meet bash's defaults)."""
         deadline = time.monotonic() + 30
         while not (all("ready" in self.rank_log(r) for r in range(RANKS))
                    and catches(self.proc.pid, signal.SIGUSR1, signal.SIGTERM)):
@@ -130,6 +130,17 @@ class Job:
             log = self.rank_log(rank)
             assert f"stop {stop}" in log and "drained" in log, (rank, log)
         assert not self.killed, f"still running after the grace: {self.killed}"
+
+
+def _as_a_scheduler_starts_it() -> None:
+    """The job script's start: a umask, and every signal at its default. A signal
+    ignored on entry cannot be trapped by bash, and this test's caller may ignore some:
+    a test run started in the background by a shell ignores INT, and INT then never
+    reached the ranks."""
+    os.umask(0o077)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def catches(pid: int, *sigs: signal.Signals) -> bool:
