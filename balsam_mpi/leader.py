@@ -112,6 +112,7 @@ class Leader:
             on_lost=lambda: self.start_drain("lease lost", cut=True),
             on_beat=watchdog.beat if watchdog is not None else lambda _at: None)
         self.watchdog = watchdog  # cuts the local tasks should this loop freeze
+        self.watchdog_noted = False
         if watchdog is not None:
             watchdog.beat(self.lease_watch.last_beat)
         self.departures = Departures(
@@ -155,6 +156,9 @@ class Leader:
     def turn(self) -> bool:
         """One turn of the loop; True if anything happened. Sets :attr:`ended` (the
         reason) once everything has drained."""
+        if self._watchdog_cut():
+            self.start_drain("this loop was frozen: its watchdog cut this node's tasks",
+                             cut=True)
         if self.stop_reason and not self.draining:  # set by a signal handler
             self.start_drain(self.stop_reason, cut=True)
         did = self._poll_messages()
@@ -190,6 +194,16 @@ class Leader:
         if self._check_end():
             self.ended = self.draining or "done"
         return did
+
+    def _watchdog_cut(self) -> bool:
+        """The watchdog cut this node's tasks while this loop was frozen (said once, in
+        the first turn after: the node holds their deaths until then, node/deaths.py)."""
+        if self.watchdog is None or self.watchdog_noted or not self.watchdog.cut_at():
+            return False
+        self.watchdog_noted = True
+        log.error("this loop was frozen: the watchdog cut this node's tasks %.1f s ago "
+                  "(launcher/watchdog.py)", time.monotonic() - self.watchdog.cut_at())
+        return True
 
     def _poll_messages(self) -> bool:
         if self.comm is None:
@@ -309,10 +323,6 @@ class Leader:
             log.error("no heartbeat for %.0f s, half the %g s lease: stopping this "
                       "launcher's tasks before others may requeue them", silent,
                       self.settings.lease_s)
-            cut_at = self.watchdog.cut_at() if self.watchdog is not None else 0.0
-            if cut_at:
-                log.error("this loop was frozen: the watchdog cut this node's tasks %.1f s "
-                          "ago (launcher/watchdog.py)", time.monotonic() - cut_at)
             self.start_drain(f"no heartbeat for {silent:.0f} s", cut=True)
             return
         self.lease_watch.sweep()
