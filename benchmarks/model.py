@@ -43,6 +43,7 @@ from typing import Any
 from balsam_mpi.launcher.workerview import Pace
 
 from . import model_giveback as giveback
+from .model_dbhost import DbHost
 from .model_params import ASSUMPTIONS, Case, Costs, Policy, Result, interpolate
 
 __all__ = ["ASSUMPTIONS", "Case", "Costs", "Model", "Policy", "Result", "interpolate",
@@ -109,6 +110,7 @@ class Model:
         self.stretch = 1.0 / max(1e-3, 1.0 - share)
         self.margin_cap = max(self.p.claim_margin, self.p.claim_margin_max)
         self.heap: list[tuple[float, int, str, tuple[Any, ...]]] = []
+        self.db_host = DbHost(case.db_cores)  # model_dbhost.py: 0 cores, unbounded
         self.seq = 0
         self.now = 0.0
         self.rng = random.Random(1)  # the same draws every run: results are repeatable
@@ -131,7 +133,8 @@ class Model:
         """A call on the leader's database thread; a ``claim`` on the claims' own one
         (Policy.claim_connection, as launcher/calls.py routes them), else in the line."""
         own = claim and self.p.claim_connection
-        start = max(self.now, ld.claims_db_free_at if own else ld.db_free_at)
+        start = self.db_host.reserve(
+            max(self.now, ld.claims_db_free_at if own else ld.db_free_at), cost)
         if own:
             ld.claims_db_free_at = start + cost
         else:
@@ -376,7 +379,7 @@ class Model:
         self._at(self.now + self.c.msg_latency_s, "report", li, ri, started, ended)
 
     def _result(self, events: int) -> Result:
-        out = Result(events=events)
+        out = Result(events=events, db_cores_busy=self.db_host.share(self.now))
         for ld in self.leaders:
             closed = ld.closed_at if ld.closed_at is not None else self.now
             slots = self.case.nodes * self.case.packing

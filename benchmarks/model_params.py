@@ -19,7 +19,9 @@ ASSUMPTIONS = (
     "on the other: launcher/calls.py) and each call "
     "costs the latency measured here for its batch size; the database host runs the "
     "launchers' statements side by side, and their cost grows neither with the number of "
-    "launchers nor with the size of the task table (the claim index keeps it flat).",
+    "launchers nor with the size of the task table (the claim index keeps it flat); the "
+    "'launchers per database' what-if gives the server a number of cores instead, each "
+    "call holding one for its whole measured time.",
     "A node's queue depth follows the launcher's own Pace rule; the leader serves reports "
     "first come, first served, as the launcher does.",
     "Messages take the measured one-way latency whatever the number of nodes (no network "
@@ -119,6 +121,9 @@ class Case:
     tasks: int  # in total, in one table every launcher claims from
     reps: int | None = None  # simulated nodes per launcher (None: all of them)
     jitter: float = 0.0  # durations uniform in duration_s × (1 ± jitter), seeded
+    # The database server's cores, shared by every launcher's calls (model_dbhost.py);
+    # 0: as many as the calls in flight (the assumption of the projections)
+    db_cores: int = 0
 
 
 def interpolate(table: tuple[tuple[float, float], ...], x: float) -> float:
@@ -137,6 +142,7 @@ def interpolate(table: tuple[tuple[float, float], ...], x: float) -> float:
 class Result:
     per_launcher: list[dict[str, float]] = field(default_factory=list)
     events: int = 0
+    db_cores_busy: float | None = None  # the database server's cores (None: unbounded)
 
     def summary(self) -> dict[str, float]:
         pl = self.per_launcher
@@ -154,4 +160,5 @@ class Result:
             "tail_idle_s": max(p["tail_idle_s"] for p in pl),
             "leader_cpu_busy": max(p["leader_cpu_busy"] for p in pl),
             "db_thread_busy": max(p["db_thread_busy"] for p in pl),
+            **({} if self.db_cores_busy is None else {"db_cores_busy": self.db_cores_busy}),
         }

@@ -21,6 +21,7 @@ from typing import Any
 
 from .harness import RESULTS, write_result
 from .model import ASSUMPTIONS, Case, Costs, Policy, simulate
+from .model_whatifs import run_sweeps
 from .plots import plot_projection, png_path
 
 NEEDED = ("ceiling", "noop", "utilization", "leader")
@@ -213,14 +214,15 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     costs, sources = derive_costs(docs)
     checks = check(costs, docs)
     projections = project(costs, quick)
+    what_ifs = run_sweeps(costs, quick)
     errors = [abs(r.get("utilization_error", r.get("throughput_error", math.nan)))
               for r in checks]
     results = {"costs": asdict(costs), "cost_sources": sources, "policy": asdict(Policy()),
                "assumptions": list(ASSUMPTIONS), "check": checks,
-               "projections": projections,
+               "projections": projections, "what_ifs": what_ifs,
                "inputs": {n: docs[n]["machine"]["when"] for n in NEEDED}}
     params = {"durations_s": list(DURATIONS), "waves": WAVES, "packing": 64,
-              "reps": 16 if quick else 32}
+              "reps": 16 if quick else 32, "what_if_reps": 8 if quick else 32}
     path = write_result(out, "scale-model", params, results)
     util = docs["utilization"]["results"]["by_duration"]
     plot_projection(png_path(out, "scale-model"), "projected utilization (model)",
@@ -233,6 +235,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     for label, rows in projections.items():
         summary[label] = ", ".join(f"{r['duration_s']:g}s: {r['utilization']:.3f} "
                                    f"({r['throughput_per_s']:.0f}/s)" for r in rows)
+    for row in what_ifs:
+        summary[f"what-if: {row['sweep']}, {row['duration_s']:g} s"] = " · ".join(
+            f"{p['value']}: {p['utilization']:.3f}" for p in row["points"])
     summary["model vs measured |error| median"] = f"{statistics.median(errors):.1%}"
     summary["model vs measured |error| max"] = f"{max(errors):.1%}"
     summary["written"] = str(path)

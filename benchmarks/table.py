@@ -166,6 +166,10 @@ def _model(doc: dict[str, Any]) -> list[Row]:
             rows.append((f"model: {layout}, {p['duration_s']:g} s tasks",
                          f"utilization {p['utilization']:.3f}",
                          f"{p['throughput_per_s']:,.0f} tasks/s", "model"))
+    for w in r.get("what_ifs", []):  # model_whatifs.py: utilization by the setting's value
+        rows.append((f"model what-if: {w['sweep']}, {w['duration_s']:g} s tasks",
+                     " · ".join(f"{p['value']}: {p['utilization']:.3f}" for p in w["points"]),
+                     f"utilization by {w['setting']}", "model"))
     errors = [abs(c.get("utilization_error", c.get("throughput_error", float("nan"))))
               for c in r["check"]]
     rows.append(("model vs measured small runs, size of the relative error",

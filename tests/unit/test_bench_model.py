@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -178,3 +179,57 @@ def test_claims_on_their_own_connection_run_beside_a_flush() -> None:
         m._db(ld, 0, 1.0, "flushed")
         m._db(ld, 0, 1.0, "claimed", 1, 1.0, claim=True)
         assert sorted(t for t, *_ in m.heap) == pytest.approx([1.0, second])
+
+
+def test_a_database_of_few_cores_bounds_every_launcher_together() -> None:
+    # Claims cost 1 ms per row. Unbounded (the default), five launchers claim side by
+    # side: about 5,000 tasks/s. On one database core, their calls take turns: ≤ 1,000/s
+    # for all five together, and the core is what holds them back.
+    case = Case(5, 4, 16, 0.0, 8000)
+    free = simulate(case, Costs(claim_row_s=1e-3))
+    one_core = simulate(replace(case, db_cores=1), Costs(claim_row_s=1e-3))
+    assert free["throughput_per_s"] > 4000.0
+    assert 900.0 < one_core["throughput_per_s"] < 1050.0
+    assert one_core["db_cores_busy"] > 0.8
+    # Two cores: twice that.
+    two = simulate(replace(case, db_cores=2), Costs(claim_row_s=1e-3))
+    assert 1800.0 < two["throughput_per_s"] < 2100.0
+
+
+def test_a_database_core_serves_calls_in_the_order_they_are_sent() -> None:
+    # Two leaders send a 1 s call each at once to a database of one core: the second is
+    # done at 2 s, not 1 s; its own thread was free all along.
+    m = Model(Case(2, 1, 1, 1.0, 2, db_cores=1), Costs())
+    m._db(m.leaders[0], 0, 1.0, "flushed")
+    m._db(m.leaders[1], 1, 1.0, "flushed")
+    assert sorted(t for t, *_ in m.heap) == pytest.approx([1.0, 2.0])
+
+
+def test_each_what_if_changes_only_its_own_setting() -> None:
+    from benchmarks.model_whatifs import SWEEPS, case_and_policy
+
+    by_setting = {s.setting: s for s in SWEEPS}
+    case, policy = case_and_policy(by_setting["claim_limit"], 256, 10.0, 8)
+    assert (case.launchers, case.nodes, case.db_cores) == (5, 802, 0)
+    assert policy == replace(Policy(), claim_limit=256)
+    case, policy = case_and_policy(by_setting["flush_interval_s"], 2.0, 10.0, 8)
+    assert policy == replace(Policy(), flush_interval_s=2.0)
+    per_db = [s for s in SWEEPS if s.setting == "launchers"]
+    assert {s.db_cores for s in per_db} == {2, 8, 0}
+    for sweep in per_db:
+        case, policy = case_and_policy(sweep, 20, 60.0, 8)
+        assert (case.launchers, case.nodes * case.launchers) == (20, 10_000)
+        assert case.db_cores == sweep.db_cores and policy == Policy()
+
+
+def test_a_database_core_is_left_free_for_calls_that_can_start_sooner() -> None:
+    # Core 0 busy until 4. A call that cannot start before 5 (its thread is busy) takes
+    # core 0 (freed last), so a call ready at 1 starts at once on core 1, not at 4.
+    from benchmarks.model_dbhost import DbHost
+
+    host = DbHost(2)
+    assert host.reserve(0.0, 4.0) == 0.0
+    assert host.reserve(5.0, 1.0) == 5.0
+    assert host.reserve(1.0, 2.0) == 1.0
+    assert host.share(8.0) == pytest.approx(7.0 / 16.0)
+    assert DbHost(0).reserve(3.0, 1.0) == 3.0 and DbHost(0).share(8.0) is None
