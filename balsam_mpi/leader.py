@@ -112,7 +112,6 @@ class Leader:
             on_lost=lambda: self.start_drain("lease lost", cut=True),
             on_beat=watchdog.beat if watchdog is not None else lambda _at: None)
         self.watchdog = watchdog  # cuts the local tasks should this loop freeze
-        self.watchdog_noted = False
         if watchdog is not None:
             watchdog.beat(self.lease_watch.last_beat)
         self.departures = Departures(
@@ -198,11 +197,11 @@ class Leader:
     def _watchdog_cut(self) -> bool:
         """The watchdog cut this node's tasks while this loop was frozen (said once, in
         the first turn after: the node holds their deaths until then, node/deaths.py)."""
-        if self.watchdog is None or self.watchdog_noted or not self.watchdog.cut_at():
+        ago = self.watchdog.newly_cut() if self.watchdog is not None else None
+        if ago is None:
             return False
-        self.watchdog_noted = True
         log.error("this loop was frozen: the watchdog cut this node's tasks %.1f s ago "
-                  "(launcher/watchdog.py)", time.monotonic() - self.watchdog.cut_at())
+                  "(launcher/watchdog.py)", ago)
         return True
 
     def _poll_messages(self) -> bool:

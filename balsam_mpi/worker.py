@@ -109,7 +109,7 @@ class Worker:
                 node.wait(pause if self.assigned else min(pause, FIRST_ASSIGN_POLL_S))
 
     def _watchdog_cut(self) -> bool:
-        return self.watchdog is not None and self.watchdog.cut_at() > 0.0
+        return self.watchdog is not None and self.watchdog.newly_cut() is not None
 
     def _leader_silent(self) -> bool:
         return self.assigned and time.monotonic() - self.last_heard > self.leader_silence_s

@@ -75,13 +75,13 @@ def watch_limit(lease_s: float, kill_grace_s: float) -> float:
 class Watchdog:
     """The rank's side: start the process, tell it of each proof of life."""
 
-    def __init__(self, *, limit_s: float, grace_s: float, trampoline: str | None,
-                 last_beat: float | None = None) -> None:
+    def __init__(self, *, limit_s: float, grace_s: float, trampoline: str | None) -> None:
         self.fd = os.memfd_create("balsam-watchdog", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, _PAGE.size)
             self.page = mmap.mmap(self.fd, _PAGE.size)
-            self.beat(time.monotonic() if last_beat is None else last_beat)
+            self.beat(time.monotonic())
+            self.told = False  # whether newly_cut() has said so
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(self.fd),
                  repr(limit_s), repr(grace_s),
@@ -102,6 +102,15 @@ class Watchdog:
     def cut_at(self) -> float:
         """When the watchdog cut this node's tasks (monotonic seconds), 0.0 if never."""
         return float(_PAGE.unpack_from(self.page)[1])
+
+    def newly_cut(self) -> float | None:
+        """How long ago the watchdog cut this node's tasks, the first time it is asked
+        after the cut (the rank's first turn after its freeze); None otherwise."""
+        at = self.cut_at()
+        if self.told or not at:
+            return None
+        self.told = True
+        return time.monotonic() - at
 
     def close(self) -> None:
         if self.proc.poll() is None:

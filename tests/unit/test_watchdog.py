@@ -80,14 +80,15 @@ def test_a_leader_that_stops_beating_has_what_runs_under_it_cut(leader: Launch) 
         print(dog.proc.pid, stubborn.pid, plain.pid, flush=True)
         while dog.cut_at() == 0.0:
             time.sleep(0.05)
-        print("cut", flush=True)
+        first, again = dog.newly_cut(), dog.newly_cut()
+        print("cut", first is not None and first >= 0.0, again, flush=True)
         time.sleep(60)
     """)
     assert proc.stdout is not None
     dog, stubborn, plain = map(int, proc.stdout.readline().split())
     until("the plain task to die of SIGTERM", lambda: not running(plain))
     until("the task that ignores SIGTERM to be killed", lambda: not running(stubborn))
-    assert proc.stdout.readline().strip() == "cut"
+    assert proc.stdout.readline().split() == ["cut", "True", "None"]  # said once
     until("the watchdog to end after its cut", lambda: not running(dog))
     assert proc.poll() is None  # the leader lives on
     assert proc.stderr is not None

@@ -103,8 +103,13 @@ class FakeWatchdog:
     def beat(self, monotonic: float) -> None:
         self.beats.append(monotonic)
 
-    def cut_at(self) -> float:
-        return self.cut_after if self.clock.now >= self.cut_after else 0.0
+        self.asked_after_cut = 0
+
+    def newly_cut(self) -> float | None:
+        if self.clock.now < self.cut_after:
+            return None
+        self.asked_after_cut += 1
+        return self.clock.now - self.cut_after if self.asked_after_cut == 1 else None
 
 
 def test_a_worker_whose_watchdog_cut_writes_its_tasks_as_cut_and_leaves(
