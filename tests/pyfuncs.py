@@ -154,3 +154,15 @@ def after_timers(s: float) -> dict[str, Any]:
         fh.write("x")
     return {"pid": os.getpid(), "mode": os.stat("made").st_mode & 0o777,
             "usr1": signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL}
+
+
+def meddle_env(name: str) -> int:
+    """Change, add and remove variables, as careless code does; returns the pid."""
+    os.environ[name] = "changed"
+    os.environ["BALSAM_TEST_LEFT_BEHIND"] = "x"
+    os.environ.pop("BALSAM_TEST_GIVEN", None)
+    return os.getpid()
+
+
+def read_env(names: list[str]) -> dict[str, Any]:
+    return {"pid": os.getpid(), **{n: os.environ.get(n) for n in names}}

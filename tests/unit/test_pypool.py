@@ -316,3 +316,16 @@ def test_timers_handlers_and_umask_a_call_leaves_do_not_reach_the_next(
         os.umask(old)
     assert got == {"pid": pid, "mode": 0o644, "usr1": True}
 
+
+
+def test_variables_a_call_changes_adds_or_removes_do_not_reach_the_next(
+        node: Node, tmp_path: Path) -> None:
+    """The environment is put back after each call: a value changed, a variable added, a
+    task's own variable removed; the next call (same interpreter) sees only its own."""
+    names = ["PATH", "BALSAM_TEST_LEFT_BEHIND", "BALSAM_TEST_GIVEN"]
+    before = ok(run(node, call(tmp_path, 1, "read_env", names=names))[1])
+    assert before["PATH"] and before["BALSAM_TEST_LEFT_BEHIND"] is None
+    meddle = call(tmp_path, 2, "meddle_env", name="PATH", env=(("BALSAM_TEST_GIVEN", "1"),))
+    assert ok(run(node, meddle)[2]) == before["pid"]
+    after = ok(run(node, call(tmp_path, 3, "read_env", names=names))[3])
+    assert after == before  # same interpreter, none of the first call's changes
