@@ -44,7 +44,7 @@ from balsam_mpi.launcher.workerview import Pace
 
 from . import model_giveback as giveback
 from .model_dbhost import DbHost
-from .model_params import ASSUMPTIONS, Case, Costs, Policy, Result, interpolate
+from .model_params import ASSUMPTIONS, Case, Costs, Policy, Result, interpolate, paired_share
 
 __all__ = ["ASSUMPTIONS", "Case", "Costs", "Model", "Policy", "Result", "interpolate",
            "simulate"]
@@ -289,12 +289,11 @@ class Model:
                 self._at(due, "timer", li)
             return
         ends, starts = ld.buffered_ends, ld.buffered - ld.buffered_ends
+        paired = min(starts, ends) * paired_share(self.now - ld.oldest, self.case.duration_s)
         ld.buffered = ld.buffered_ends = 0.0
         ld.oldest = None
         ld.flushing = True
         ld.flushes += 1
-        # A task shorter than the flush interval has its start and end in one flush.
-        paired = min(starts, ends) if self.case.duration_s <= self.p.flush_interval_s else 0.0
         cost = self.c.flush(starts, ends, paired)
         self._db(ld, li, cost, "flushed")
 

@@ -126,6 +126,18 @@ class Case:
     db_cores: int = 0
 
 
+def paired_share(span_s: float, duration_s: float) -> float:
+    """The share of a flush's starts whose end is in the same flush (one combined write
+    each, as ``Store.report`` pairs them: migration 0011). The flush holds what was
+    reported over its last ``span_s`` seconds, starts spread evenly over it: those
+    reported ``duration_s`` or more before the flush have their end in it. So a long
+    window pairs most (a busy database makes windows long), and a task longer than the
+    window never pairs."""
+    if span_s <= 0.0:
+        return 1.0 if duration_s <= 0.0 else 0.0
+    return max(0.0, span_s - duration_s) / span_s
+
+
 def interpolate(table: tuple[tuple[float, float], ...], x: float) -> float:
     """Piecewise-linear through the points; the first point's value below it, the last
     segment's slope beyond the last point."""

@@ -95,8 +95,9 @@ def derive_costs(docs: dict[str, dict[str, Any]]) -> tuple[Costs, dict[str, str]
                                   "ends, by batch size (interpolated; a flush carrying "
                                   "both counts one round trip)",
         "combined_table": "leader: Store.report median latency of k tasks started and "
-                          "ended in one flush (one write each), for tasks shorter than "
-                          "the flush interval",
+                          "ended in one flush (one write each), for the share of a "
+                          "flush's starts whose end it also holds (model_params."
+                          "paired_share)",
         "claim_*, flush_* lines": "leader: fits of the same (reported, not used)",
         "leader_task_s": f"leader: null-runner marginal leader CPU/task at {best['ranks']} "
                          "ranks, "

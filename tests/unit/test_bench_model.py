@@ -233,3 +233,11 @@ def test_a_database_core_is_left_free_for_calls_that_can_start_sooner() -> None:
     assert host.reserve(1.0, 2.0) == 1.0
     assert host.share(8.0) == pytest.approx(7.0 / 16.0)
     assert DbHost(0).reserve(3.0, 1.0) == 3.0 and DbHost(0).share(8.0) is None
+
+
+def test_a_flush_pairs_the_starts_whose_end_it_also_holds() -> None:
+    from benchmarks.model import paired_share
+
+    assert paired_share(0.2, 0.05) == pytest.approx(0.75)  # started in its first 0.15 s
+    assert paired_share(0.1, 0.1) == 0.0 and paired_share(0.1, 1.0) == 0.0
+    assert paired_share(0.0, 0.0) == 1.0  # the null runner: ends with their starts
