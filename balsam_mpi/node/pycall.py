@@ -130,8 +130,9 @@ def _enter(fds: list[int]) -> None:
 # Signals whose handlers a call may change and the next call must not inherit: a handler
 # left for SIGUSR1 would swallow a signal meant for the next task, an ignored SIGTERM
 # would outlive the kill of the call that set it. Plain numbers, read and set through the
-# C module: signal.getsignal wraps every answer in an enum, which was a fifth of a no-op
-# call's time here.
+# C module: signal.getsignal wraps every answer in an enum, which took about a fifth of a
+# no-op call's time (cProfile). Its SIG_DFL and SIG_IGN are the ints 0 and 1, which
+# CPython keeps one object each of, so `is` compares them as it does a handler function.
 SIGNALS = tuple(int(getattr(signal, name)) for name in (
     "SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF",
     "SIGPIPE", "SIGCHLD", "SIGXFSZ", "SIGXCPU") if hasattr(signal, name))
