@@ -72,15 +72,10 @@ class Worker:
                 for req in self.chan.poll():  # to the leader, which writes them
                     comm.send(LOCAL, AddTasks(self.rank, req.parent, req.tasks, req.id))
                     did = True
-            if self.draining is None and self._watchdog_cut():
-                self.stop_reason = "this rank was frozen: its watchdog cut its tasks"
-                log.error("%s", self.stop_reason)
-                node.begin_stop()
-            if self.draining is None and self._leader_silent():
-                self.stop_reason = (f"the leader has said nothing for "
-                                    f"{time.monotonic() - self.last_heard:.0f} s")
-                log.error("%s: cutting this node's tasks before its lease may run out",
-                          self.stop_reason)
+            cut = self._cut_why() if self.draining is None else None
+            if cut is not None:
+                self.stop_reason = cut
+                log.error("%s: cutting this node's tasks", cut)
                 node.begin_stop()  # and starting nothing it might still send
             if self.stop_reason and self.draining is None:
                 self.draining = Drain(self.stop_reason, self.drain_grace_s, cut=True)
@@ -108,11 +103,16 @@ class Worker:
                 pause = self.idle.next()
                 node.wait(pause if self.assigned else min(pause, FIRST_ASSIGN_POLL_S))
 
-    def _watchdog_cut(self) -> bool:
-        return self.watchdog is not None and self.watchdog.newly_cut() is not None
-
-    def _leader_silent(self) -> bool:
-        return self.assigned and time.monotonic() - self.last_heard > self.leader_silence_s
+    def _cut_why(self) -> str | None:
+        """Why this node's tasks must be cut now, if they must: the watchdog cut them
+        while this loop was frozen, or the leader has been silent so long that its lease
+        may run out (and others requeue the tasks)."""
+        if self.watchdog is not None and self.watchdog.newly_cut() is not None:
+            return "this rank was frozen: its watchdog cut its tasks"
+        silent = time.monotonic() - self.last_heard
+        if self.assigned and silent > self.leader_silence_s:
+            return f"the leader has said nothing for {silent:.0f} s"
+        return None
 
     def _receive(self) -> bool:
         did = False

@@ -13,6 +13,9 @@ the run; the tasks that ended between the two divide each kind's CPU:
                    trampolines and the tasks they became (reaped by the ranks)
     watchdogs, other
 
+Every process of the host is counted, by its command line: run it on a quiet machine
+(another project's Postgres counts as "postgres", anything else as "other").
+
 ``python -m benchmarks.cpushare python 20000`` prints µs per task of each, the rank's
 own, and how busy the host's cores were in the window.
 """
