@@ -46,7 +46,16 @@ def _one_line(text: str) -> str:
     return " ".join(text.split("\n")) if "\n" in text else text
 
 
+# Click 8.2 on answers a group named without a subcommand with its help, raised as a usage
+# error; older versions print it themselves. It is help, not an error: printed whole.
+_NO_ARGS_IS_HELP: tuple[type[Exception], ...] = tuple(
+    t for t in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if t is not None)
+
+
 def _usage_line(exc: click.UsageError, root: str) -> NoReturn:
+    if isinstance(exc, _NO_ARGS_IS_HELP) and exc.ctx is not None:
+        click.echo(exc.ctx.get_help(), err=True)
+        raise click.exceptions.Exit(2)
     where = exc.ctx.command_path if exc.ctx is not None else root
     hint = f" (see `{where} --help`)" if where else ""
     click.echo(f"{where or root}: error: {_one_line(exc.format_message())}{hint}", err=True)
