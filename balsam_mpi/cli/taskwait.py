@@ -3,7 +3,9 @@
 Driven by LISTEN/NOTIFY (tasks/waiting.py): it reads the tasks' states once, then sleeps until
 the database says one of them ended. One line per task as it ends; the exit status says
 how they ended: 0 all JOB_FINISHED, 1 some FAILED or USER_KILLED, 3 the timeout passed
-first, 2 bad input.
+first, 4 a task does not exist (an unknown id, or one deleted while waiting), 2 bad input.
+A task that is not there has neither finished nor failed: a script that retries failures
+must not retry a mistyped id.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ import math
 import click
 
 from ..base.clibase import echo_json
-from ..base.errors import InputError
+from ..base.errors import InputError, NotFound
 from ..tasks.waiting import describe
 from .context import CliContext, pass_ctx
 from .taskargs import task_id
+
+
+class TaskMissing(NotFound):
+    """`task wait`'s NotFound, with an exit status of its own."""
+
+    exit_code = 4
 
 
 def _timeout(text: str | None) -> float | None:
@@ -40,14 +48,18 @@ def _timeout(text: str | None) -> float | None:
 @pass_ctx
 def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
               as_json: bool) -> None:
-    """Wait until tasks end: exit 0 if all finished, 1 if any failed or was killed."""
+    """Wait until tasks end: exit 0 if all finished, 1 if any failed or was killed, 3 on
+    the timeout, 4 if a task does not exist."""
     wanted = [task_id(i) for i in ids]
     limit = _timeout(timeout)
     outcomes = []
-    for outcome in ctx.client().as_completed(wanted, timeout=limit):
-        outcomes.append(outcome)
-        if not as_json:
-            click.echo(describe(outcome))
+    try:
+        for outcome in ctx.client().as_completed(wanted, timeout=limit):
+            outcomes.append(outcome)
+            if not as_json:
+                click.echo(describe(outcome))
+    except NotFound as exc:
+        raise TaskMissing(str(exc)) from exc
     if as_json:
         by_id = {o.id: o for o in outcomes}
         echo_json([by_id[i]._asdict() for i in dict.fromkeys(wanted)])

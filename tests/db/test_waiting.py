@@ -270,3 +270,19 @@ def test_task_wait_exit_status_says_how_they_ended(client: Client,
     for bad in (["x"], [str(ids[2]), "--timeout", "soon"], [str(ids[2]), "--timeout", "-1"]):
         res = runner.invoke(cli, ["task", "wait", *bad])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_task_wait_says_apart_a_task_that_does_not_exist(client: Client,
+                                                         launcher: FakeLauncher) -> None:
+    """A script must not take a mistyped or deleted id for a failed task (exit 1)."""
+    ids = add(client, 2)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["task", "wait", str(ids[0]), str(ids[-1] + 1000)])
+    assert res.exit_code == 4, res.output
+    assert res.output.endswith(f": error: no task with id {ids[-1] + 1000}\n")
+    assert len(res.output.strip().splitlines()) == 1
+    t = launcher.later(0.3, lambda: client.delete([ids[1]]))
+    res = runner.invoke(cli, ["task", "wait", str(ids[1]), "--timeout", "20"])
+    t.join()
+    assert res.exit_code == 4, res.output
+    assert f"task {ids[1]} was deleted while waiting for it" in res.output
