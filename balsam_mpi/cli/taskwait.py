@@ -1,4 +1,8 @@
-"""`balsam-mpi task wait ID...`: block until tasks end, for shell scripts.
+"""`balsam-mpi task wait [ID...] [filters]`: block until tasks end, for shell scripts.
+
+The tasks are the ids given, or those the filters of `task ls` match when the wait starts
+(both: the ids the filters keep), so a script can fan out a workflow and wait for it
+whole; tasks added after the start are not waited for.
 
 Driven by LISTEN/NOTIFY (tasks/waiting.py): it reads the tasks' states once, then sleeps until
 the database says one of them ended. One line per task as it ends; the exit status says
@@ -11,14 +15,16 @@ must not retry a mistyped id.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from typing import Any
 
 import click
 
 from ..base.clibase import echo_json
-from ..base.errors import InputError, NotFound
+from ..base.errors import InputError, NotFound, UsageError
 from ..tasks.waiting import describe
 from .context import CliContext, pass_ctx
-from .taskargs import task_id
+from .taskargs import filter_options, filters_from
 
 
 class TaskMissing(NotFound):
@@ -40,29 +46,42 @@ def _timeout(text: str | None) -> float | None:
 
 
 @click.command("wait")
-@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("ids", nargs=-1, metavar="[ID...]")
+@filter_options
 @click.option("--timeout", default=None, metavar="S",
               help="Give up after S seconds (exit status 3).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print every outcome (with results) as JSON at the end.")
+@click.option("--quiet", is_flag=True,
+              help="No line per task: one at the end, how many ended in each state.")
 @pass_ctx
 def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
-              as_json: bool) -> None:
-    """Wait until tasks end: exit 0 if all finished, 1 if any failed or was killed, 3 on
-    the timeout, 4 if a task does not exist."""
-    wanted = [task_id(i) for i in ids]
+              as_json: bool, quiet: bool, **opts: Any) -> None:
+    """Wait until tasks (by id or filter) end: exit 0 if all finished, 1 if any failed or
+    was killed, 3 on the timeout, 4 if a task does not exist."""
+    chosen = filters_from(opts, ids)
+    if not chosen:
+        raise UsageError("give task ids or a filter (--workflow, --state, --app, …)")
     limit = _timeout(timeout)
+    client = ctx.client()
+    wanted = chosen["ids"] if list(chosen) == ["ids"] else client.ids(**chosen)
+    if not wanted:
+        raise TaskMissing("no task matches the ids and filters given")
     outcomes = []
     try:
-        for outcome in ctx.client().as_completed(wanted, timeout=limit):
+        for outcome in client.as_completed(wanted, timeout=limit):
             outcomes.append(outcome)
-            if not as_json:
+            if not as_json and not quiet:
                 click.echo(describe(outcome))
     except NotFound as exc:
         raise TaskMissing(str(exc)) from exc
     if as_json:
         by_id = {o.id: o for o in outcomes}
         echo_json([by_id[i]._asdict() for i in dict.fromkeys(wanted)])
+    elif quiet:
+        states = Counter(o.state for o in outcomes)
+        click.echo(f"{len(outcomes)} task{'s' * (len(outcomes) != 1)} ended: "
+                   + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
     if not all(o.ok for o in outcomes):
         click.get_current_context().exit(1)
 

@@ -157,6 +157,17 @@ class Client:
             return self._read.pages(params, limit)
         return iter(self._read.select(params, ordering, limit))
 
+    def ids(self, **filters: Any) -> list[int]:
+        """The ids of the tasks matching the filters (those of ``tasks``), in id order:
+        e.g. ``client.wait(client.ids(workflow="fit"))`` waits for a whole workflow as it
+        stands now."""
+        from psycopg import sql as pgsql
+
+        params = filter_params(filters)
+        q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=where())
+        with db.translated():
+            return [r[0] for r in self._conn.execute(q, params).fetchall()]
+
     def get(self, task_id: int) -> dict[str, Any]:
         """One task with its ``parents``, ``children`` and ``history`` (its events)."""
         return self._read.task(task_id)
@@ -259,12 +270,8 @@ class Client:
             return self._change(name, id_list, extra, done)
         if id_list is not None:
             given["ids"] = id_list
-        from psycopg import sql as pgsql
-
-        params = filter_params(given)
-        with db.translated(), self._conn.transaction():
-            q = pgsql.SQL(sql.query("tasks_select_ids")).format(where=where())
-            chosen = [r[0] for r in self._conn.execute(q, params).fetchall()]
+        with self._conn.transaction():
+            chosen = self.ids(**given)
             if not chosen:
                 return Outcome()
             return self._change(name, chosen, extra, done)

@@ -286,3 +286,30 @@ def test_task_wait_says_apart_a_task_that_does_not_exist(client: Client,
     t.join()
     assert res.exit_code == 4, res.output
     assert f"task {ids[1]} was deleted while waiting for it" in res.output
+
+
+def test_task_wait_takes_the_filters_of_task_ls(client: Client,
+                                                launcher: FakeLauncher) -> None:
+    """`task wait --workflow W` waits for the tasks W holds when the wait starts, as a
+    shell script that fans out a workflow and waits for it would."""
+    ids = add(client, 2)
+    other = client.add_tasks([{"app": "fit", "workflow": "v", "params": {"a": 9, "b": 1}}])
+    runner = CliRunner()
+    t = launcher.later(0.3, lambda: launcher.end({ids[0]: 1, ids[1]: 2}))
+    res = runner.invoke(cli, ["task", "wait", "--workflow", "w", "--timeout", "20"])
+    t.join()
+    assert res.exit_code == 0, res.output
+    assert sorted(res.output.splitlines()) == [f"task {i} JOB_FINISHED" for i in ids]
+    res = runner.invoke(cli, ["task", "wait", "--workflow", "w", "--quiet"])
+    assert (res.exit_code, res.output) == (0, "2 tasks ended: 2 JOB_FINISHED\n")
+    # ids and filters narrow each other, as for kill / retry / rm
+    res = runner.invoke(cli, ["task", "wait", str(other[0]), "--workflow", "w"])
+    assert res.exit_code == 4 and res.output.endswith(
+        ": error: no task matches the ids and filters given\n"), res.output
+    res = runner.invoke(cli, ["task", "wait", "--workflow", "nosuch"])
+    assert res.exit_code == 4, res.output
+    res = runner.invoke(cli, ["task", "wait", "--workflow", "v", "--timeout", "0.2"])
+    assert res.exit_code == 3 and "1 of 1 tasks have not ended" in res.output
+    res = runner.invoke(cli, ["task", "wait"])
+    assert res.exit_code == 2 and "give task ids or a filter" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
