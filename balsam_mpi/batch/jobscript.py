@@ -18,15 +18,16 @@ import re
 import shlex
 import stat
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..base.errors import ProjectError, UsageError
 from ..base.platform import BATCH_JOB_ID_ENV, SCHEDULERS
 from ..base.project import Project, check_control_file
-from ..launcher.config import Settings
+from ..launcher.config import Settings, resolve
 
 PLACEHOLDERS = frozenset({
     "job_name", "nodes", "walltime", "wall_time_min", "queue", "account", "filesystems",
@@ -77,6 +78,13 @@ class JobRequest:
     job_name: str = "balsam"
     margin_min: float | None = None  # None: the default margin (see launcher_time_limit)
     whole_nodes: bool = True  # Slurm: #SBATCH --exclusive (--shared-nodes turns it off)
+    # The launcher's own flags (launcher/launch.py), passed on as given: which tasks it
+    # runs (tags as "KEY=VALUE", owners) and how it runs them.
+    tags: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    gpus_per_node: int | None = None
+    idle_timeout_s: float | None = None
+    persistent: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,15 @@ def validate(req: JobRequest) -> None:
         if not workflow or _CONTROL.search(workflow):
             raise UsageError(f"--workflow {workflow!r}: give a non-empty name without "
                              "control characters")
+    for flag, items in (("--tag", req.tags), ("--owner", req.owners)):
+        for item in items:
+            if not item or _CONTROL.search(item):
+                raise UsageError(f"{flag} {item!r}: give a non-empty value without control "
+                                 "characters")
+    if req.persistent and req.idle_timeout_s is not None:
+        raise UsageError("--persistent never exits for lack of work, --idle-timeout after "
+                         "a while: give one of them")
+    launcher_settings(req)  # the launcher's own checks of its flags, before anything runs
     for line in req.directives:
         directive_line(req.scheduler, line)  # raises on a bad one
     if not req.whole_nodes and req.scheduler != "slurm":
@@ -126,6 +143,22 @@ def validate(req: JobRequest) -> None:
     if req.margin_min is not None and req.margin_min < 0:
         raise UsageError("--margin-min cannot be negative")
     launcher_time_limit(req)  # raises when the margin eats the whole wall time
+
+
+def launcher_flags(req: JobRequest) -> dict[str, Any]:
+    """The launcher flags the request gives, as its parser would hand them to its settings
+    (launcher/config.py ``resolve``: None or empty for a flag not given)."""
+    return {"workflows": list(req.workflows), "tags": list(req.tags),
+            "owners": list(req.owners), "gpus_per_node": req.gpus_per_node,
+            "idle_timeout_s": req.idle_timeout_s, "persistent": req.persistent or None}
+
+
+def launcher_settings(req: JobRequest) -> Settings:
+    """The request's launcher flags checked as the launcher will check them (ranges, tag
+    syntax, names): an error names the flag, before anything is written or submitted.
+    Only the flags: the job's environment and the project's settings.toml are read by
+    the launcher where it runs."""
+    return resolve(launcher_flags(req), {}, {})
 
 
 def directive_line(scheduler: str, line: str) -> str:
@@ -300,8 +333,16 @@ def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
         raise UsageError("the project or venv path contains control characters; rename it")
     limit = launcher_time_limit(req)
     args: list[str] = []
-    # One word per workflow, so a name starting with '-' cannot pass for an option.
+    # One word per value, so a name starting with '-' cannot pass for an option.
     args += [f"--workflow={workflow}" for workflow in req.workflows]
+    args += [f"--tag={tag}" for tag in req.tags]
+    args += [f"--owner={owner}" for owner in req.owners]
+    if req.gpus_per_node is not None:
+        args.append(f"--gpus-per-node={req.gpus_per_node}")
+    if req.idle_timeout_s is not None:
+        args.append(f"--idle-timeout={req.idle_timeout_s:g}")
+    if req.persistent:
+        args.append("--persistent")
     if limit is not None:
         args += ["--time-limit-min", f"{limit:g}"]
     exports = [f"export {BATCH_JOB_ID_ENV}={batch_job_id}" if batch_job_id is not None
@@ -330,6 +371,15 @@ def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
     }
 
 
-def filters_of(workflows: Sequence[str]) -> dict[str, list[str]]:
-    """The ``batch_jobs.filters`` a submission records (the launcher's own filters)."""
-    return {"workflows": list(workflows)} if workflows else {}
+def filters_of(req: JobRequest) -> dict[str, Any]:
+    """The ``batch_jobs.filters`` a submission records: the launcher's own filters, in
+    the shape it records them itself when it adopts the row (only those given)."""
+    settings = launcher_settings(req)
+    out: dict[str, Any] = {}
+    if settings.workflows:
+        out["workflows"] = list(settings.workflows)
+    if settings.tags:
+        out["tags"] = settings.tag_filter
+    if settings.owners:
+        out["owners"] = list(settings.owners)
+    return out

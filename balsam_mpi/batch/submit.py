@@ -229,7 +229,7 @@ def _insert(project: Project, req: JobRequest) -> int:
     from psycopg.types.json import Jsonb
 
     params = {"scheduler": req.scheduler, "host": this_host(), "nodes": req.nodes,
-              "filters": Jsonb(jobscript.filters_of(req.workflows)),
+              "filters": Jsonb(jobscript.filters_of(req)),
               "wall_time_min": req.wall_time_min}
     with db.translated(), db.connect(project, application_name="balsam_mpi submit") as conn:
         row = conn.execute(sql.query("submit_insert"), params).fetchone()

@@ -21,6 +21,16 @@ from .context import CliContext, pass_ctx
 @click.option("-A", "--account", help="Allocation to charge.")
 @click.option("--workflow", "workflows", multiple=True, metavar="W",
               help="Run only tasks of this workflow (repeat for several).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="Run only tasks with this tag (repeat: all of them).")
+@click.option("--owner", "owners", multiple=True, metavar="ROLE",
+              help="Run only tasks created by this role (repeat for several).")
+@click.option("--gpus-per-node", "gpus_text", metavar="N",
+              help="GPUs the launcher hands out on each node (one task per device).")
+@click.option("--idle-timeout", "idle_text", metavar="S",
+              help="The launcher ends after S seconds with nothing to run (default 10).")
+@click.option("--persistent", is_flag=True,
+              help="The launcher never ends for lack of work (only at its time limit).")
 @click.option("--directive", "directives", multiple=True, metavar="LINE",
               help="Extra header line, e.g. '-l place=scatter' (prefixed with #PBS, "
                    "#SBATCH or #COBALT unless it is).")
@@ -39,6 +49,8 @@ from .context import CliContext, pass_ctx
 @pass_ctx
 def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: str | None,
                    queue: str | None, account: str | None, workflows: tuple[str, ...],
+                   tags: tuple[str, ...], owners: tuple[str, ...], gpus_text: str | None,
+                   idle_text: str | None, persistent: bool,
                    directives: tuple[str, ...], filesystems: str | None, job_name: str,
                    margin_text: str | None, shared_nodes: bool, dry_run: bool,
                    as_json: bool) -> None:
@@ -46,11 +58,13 @@ def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: 
 
     Templates come from PROJECT/job-templates/, then ~/.balsam/job-templates/, then those
     shipped with balsam_mpi. The batch job is recorded (QUEUED) and its launcher adopts
-    the record when it starts.
+    the record when it starts. --workflow, --tag, --owner, --gpus-per-node,
+    --idle-timeout and --persistent go to the launcher as its own flags.
     """
     from ..base import values
     from ..batch import submit
     from ..batch.jobscript import JobRequest
+    from ..launcher.config import RANGES
 
     nodes = values.int_from_text("--nodes", nodes_text, 1, limits.INT_RANGES["num_nodes"][1])
     wall_time_min = None if wall_text is None else values.int_from_text(
@@ -65,13 +79,24 @@ def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: 
             values.text(flag, given, cap)
     for w in workflows:
         values.name("--workflow", w)
+    for flag, items in (("--tag", tags), ("--owner", owners)):
+        for item in items:
+            values.name(flag, item)
+    # The launcher's own ranges (launcher/config.py); validate() then checks the rest as
+    # the launcher will.
+    gpus = None if gpus_text is None else values.int_from_text(
+        "--gpus-per-node", gpus_text, *map(int, RANGES["gpus_per_node"]))
+    idle = None if idle_text is None else values.number_from_text(
+        "--idle-timeout", idle_text, *RANGES["idle_timeout_s"])
     for line in directives:
         values.text("--directive", line, 4096)
 
     req = JobRequest(scheduler=scheduler, nodes=nodes, wall_time_min=wall_time_min,
                      queue=queue, account=account, workflows=workflows,
                      directives=directives, filesystems=filesystems, job_name=job_name,
-                     margin_min=margin_min, whole_nodes=not shared_nodes)
+                     margin_min=margin_min, whole_nodes=not shared_nodes, tags=tags,
+                     owners=owners, gpus_per_node=gpus, idle_timeout_s=idle,
+                     persistent=persistent)
     project = ctx.project()
     if dry_run:
         click.echo(submit.dry_run(project, req), nl=False)

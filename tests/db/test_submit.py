@@ -180,3 +180,32 @@ def test_shared_nodes_is_for_slurm_only(pg_project: Project, conn: Any, dbname: 
                                       "--shared-nodes"])
     assert result.exit_code == 2 and "--shared-nodes is for Slurm" in result.output
     assert _count(conn) == 0
+
+
+def test_the_launchers_own_flags_reach_the_script_and_the_record(
+        pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
+    """A job for one member's tagged GPU tasks, from `submit` alone."""
+    _fake(fakebin, "sbatch", "echo 992")
+    result = CliRunner().invoke(cli, [
+        "submit", "--scheduler", "slurm", "-n", "2", "-t", "30", "--workflow", "a",
+        "--tag", "site=polaris", "--owner", "alice", "--gpus-per-node", "4",
+        "--idle-timeout", "60", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    row = submit.get(pg_project, out["batch_job_id"])
+    assert row is not None and row["filters"] == {
+        "workflows": ["a"], "tags": {"site": "polaris"}, "owners": ["alice"]}
+    line = next(x for x in Path(out["script"]).read_text().splitlines()
+                if "-m balsam_mpi" in x)
+    assert line.endswith(" -m balsam_mpi --workflow=a --tag=site=polaris --owner=alice "
+                         "--gpus-per-node=4 --idle-timeout=60 --time-limit-min 28 &")
+    before = _scripts(pg_project)
+    for bad, says in ((["--gpus-per-node", "four"], "--gpus-per-node: must be a whole"),
+                      (["--tag", "novalue"], "--tag: tags: write each as key=value"),
+                      (["--idle-timeout", "inf"], "--idle-timeout: must be a number"),
+                      (["--persistent", "--idle-timeout", "5"], "give one of them")):
+        result = CliRunner().invoke(cli, ["submit", "--scheduler", "slurm", "-n", "2",
+                                          "-t", "30", *bad])
+        assert result.exit_code == 2 and says in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert _count(conn) == 1 and _scripts(pg_project) == before

@@ -46,12 +46,16 @@ def test_local_submission_runs_ready_tasks(pg_project: Project, conn: Any,
     with Client() as client:
         client.add_app("greet", "echo hello {who}")
         ids = client.add_tasks([{"app": "greet", "workflow": "e2e", "name": f"t{i}",
-                                 "params": {"who": str(i)}, "node_packing_count": 2}
+                                 "params": {"who": str(i)}, "node_packing_count": 2,
+                                 "tags": {"site": "here"}}
                                 for i in range(6)])
         others = client.add_tasks([{"app": "greet", "workflow": "other",
-                                    "params": {"who": "x"}}])
+                                    "params": {"who": "x"}, "tags": {"site": "here"}},
+                                   {"app": "greet", "workflow": "e2e", "params": {"who": "y"},
+                                    "tags": {"site": "elsewhere"}}])
+    # The launcher's own flags pass through submit (--tag, --idle-timeout).
     out = json.loads(_cli("submit", "--scheduler", "local", "-n", "3", "--workflow", "e2e",
-                          "--json"))
+                          "--tag", "site=here", "--idle-timeout", "1", "--json"))
     pid, job_id, log = out["pid"], out["batch_job_id"], Path(out["log"])
     if not _wait_gone(pid, time.monotonic() + WATCHDOG_SEC):
         os.killpg(pid, signal.SIGKILL)  # the script leads its own session (start_new_session)
@@ -59,8 +63,12 @@ def test_local_submission_runs_ready_tasks(pg_project: Project, conn: Any,
     states = conn.execute("SELECT state::text, count(*) FROM tasks WHERE id = ANY(%s) "
                           "GROUP BY 1", (ids,)).fetchall()
     assert states == [("JOB_FINISHED", 6)], log.read_text()
-    other = conn.execute("SELECT state::text FROM tasks WHERE id = %s", others).fetchone()
-    assert other == ("READY",)  # another workflow: not this launcher's
+    other = conn.execute("SELECT array_agg(state::text) FROM tasks WHERE id = ANY(%s)",
+                         (others,)).fetchone()
+    assert other == (["READY", "READY"],)  # another workflow, another tag: not its own
+    filters = conn.execute("SELECT filters FROM batch_jobs WHERE id = %s", (job_id,)).fetchone()
+    assert filters is not None
+    assert (filters[0]["workflows"], filters[0]["tags"]) == (["e2e"], {"site": "here"})
     runs = conn.execute("SELECT task_id, count(*) FROM task_events WHERE to_state = 'RUNNING' "
                         "GROUP BY 1").fetchall()
     assert sorted(runs) == [(i, 1) for i in ids]
