@@ -86,3 +86,9 @@ def test_bad_launcher_flags_are_one_line_naming_the_flag(req: JobRequest, says: 
     with pytest.raises(UsageError) as err:
         jobscript.validate(req)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hostile_values_stay_one_quoted_word_each(project: Project) -> None:
+    hostile = "x'; touch /tmp/pwned-$$; echo '"
+    req = JobRequest("slurm", 1, 10, tags=(f"k={hostile}",), owners=(hostile,))
+    assert _launcher_words(project, req)[:2] == [f"--tag=k={hostile}", f"--owner={hostile}"]
