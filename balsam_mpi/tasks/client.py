@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import sql
@@ -169,8 +170,21 @@ class Client:
             return [r[0] for r in self._conn.execute(q, params).fetchall()]
 
     def get(self, task_id: int) -> dict[str, Any]:
-        """One task with its ``parents``, ``children`` and ``history`` (its events)."""
-        return self._read.task(task_id)
+        """One task with its ``parents``, ``children``, ``history`` (its events) and
+        ``workdir`` (where it runs: ``workdir``)."""
+        task = self._read.task(task_id)
+        task["workdir"] = str(self.workdir(task))
+        return task
+
+    def workdir(self, task: Mapping[str, Any]) -> Path:
+        """Where a task runs and its task.out / task.err are (once a launcher started it):
+        ``data/<workflow>/<id // 1000>/<name>_<id>/`` as the launcher makes it, or the
+        workflow's directory for a Python app without task directories (a task of one
+        that links input files still gets its own)."""
+        own = self.project.task_dir(task["workflow"], task["id"], task["name"])
+        if task.get("input_files") or self.app(task["app"]).get("task_dirs", True):
+            return own
+        return own.parent.parent
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{workflow: {state: count}} over all tasks."""

@@ -239,3 +239,24 @@ def test_modify_sets_every_modifiable_field(client: Client) -> None:
     assert {k: row[k] for k in changes} == changes
     done = client.update([a, 999_999], priority=1)
     assert done == [a] and done.refused == {999_999: "no such task"}
+
+
+def test_a_task_says_where_it_runs(client: Client) -> None:
+    """`task show` and Client.get name the task's working directory, where its task.out
+    and task.err are: the path the launcher makes, even for names that are not path-safe;
+    for a Python app without task directories, its workflow's directory."""
+    from click.testing import CliRunner
+
+    from balsam_mpi.cli import cli
+
+    client.add_app("quick", python="tests.pyfuncs:add", task_dirs=False)
+    a, b, c = client.add_tasks([
+        {"app": "hello", "workflow": "w/1", "name": "../odd name", "params": {"who": "x"}},
+        {"app": "hello", "workflow": "w", "params": {"who": "y"}},
+        {"app": "quick", "workflow": "w", "params": {"a": 1, "b": 2}}])
+    data = client.project.data_dir
+    assert client.get(a)["workdir"] == str(data / "w_1" / "0" / "_odd_name_" f"{a}")
+    assert client.get(b)["workdir"] == str(data / "w" / "0" / f"{b}")
+    assert client.get(c)["workdir"] == str(data / "w")
+    out = CliRunner().invoke(cli, ["task", "show", str(b)]).output
+    assert f"             workdir: {data / 'w' / '0' / str(b)}\n" in out
