@@ -64,8 +64,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 lc.add_tasks(conn, n_tasks, "/bin/true", packing)
                 dir_before = _task_dir_us(proj)
                 run_ = one_run(proj, conn, ranks)
-                # The model's replay of this run pays a task directory's CPU as measured
-                # right beside it (scenarios_scale_model.check), not minutes earlier.
+                # What a task directory cost right beside this run: it drifts tenfold
+                # within one scenario here (benchmarks/README.md, *This round*).
                 run_["task_dir_us"] = (dir_before + _task_dir_us(proj)) / 2
                 run_["parallel_nodes_per_s"] = side
                 run_["ratio_to_parallel_nodes"] = run_["rate_per_s"] / side

@@ -146,15 +146,9 @@ def check(costs: Costs, docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     noop = docs["noop"]
     times = [e - s for s, e in next(iter(noop["raw"]["task_times_last_run"].values()))]
     d_true = statistics.median(times) if times else 1e-3
-    spawn_share = 1.0 / up["results"]["spawn_concurrent_per_s"]
     for ranks, res in noop["results"]["by_ranks"].items():
-        # A task directory's CPU as measured beside these runs, where they have it: it
-        # drifts within minutes here, and the no-op runs are the ones it moves.
-        beside = res["median"].get("task_dir_us")
-        run_costs = costs if beside is None else Costs(**{
-            **asdict(costs), "host_spawn_s": spawn_share + beside * 1e-6 / cpus})
         sim = simulate(Case(1, int(ranks), noop["params"]["node_packing_count"], d_true,
-                            noop["params"]["tasks"]), run_costs)
+                            noop["params"]["tasks"]), costs)
         m = res["median"]
         rows.append({"run": f"noop {ranks} ranks", "measured_tasks_per_s": m["rate_per_s"],
                      "model_tasks_per_s": sim["throughput_per_s"],

@@ -241,35 +241,3 @@ def test_a_flush_pairs_the_starts_whose_end_it_also_holds() -> None:
     assert paired_share(0.2, 0.05) == pytest.approx(0.75)  # started in its first 0.15 s
     assert paired_share(0.1, 0.1) == 0.0 and paired_share(0.1, 1.0) == 0.0
     assert paired_share(0.0, 0.0) == 1.0  # the null runner: ends with their starts
-
-
-def _docs(noop_median: dict[str, float]) -> dict[str, dict]:
-    """The fields of the measured runs that ``check`` reads: one no-op case, 2 ranks."""
-    return {
-        "ceiling": {"machine": {"cpus": 2}, "results": {"task_dir": {"median": {
-            "per_task_us": 100.0}}}},
-        "utilization": {"params": {"nodes": 4, "node_packing_count": 16},
-                        "results": {"spawn_concurrent_per_s": 2000.0, "by_duration": {}}},
-        "noop": {"params": {"node_packing_count": 16, "tasks": 400},
-                 "raw": {"task_times_last_run": {"2": [[0.0, 0.001]]}},
-                 "results": {"by_ranks": {"2": {"median": {"rate_per_s": 500.0,
-                                                           **noop_median}}}}},
-        "leader": {"params": {"node_packing_count": 16, "tasks": 400},
-                   "results": {"grid": {}}},
-    }
-
-
-def test_a_noop_replay_pays_the_task_directory_measured_beside_its_runs() -> None:
-    """The file system's cost drifts within minutes here: a no-op run's replay takes the
-    cost measured beside it where the run has it, else the ceiling's of minutes before."""
-    from benchmarks.scenarios_scale_model import check
-
-    costs = Costs(spawn_s=1e-3)
-    then = check(costs, _docs({}))[0]["model_tasks_per_s"]
-    same = check(costs, _docs({"task_dir_us": 100.0}))[0]["model_tasks_per_s"]
-    dearer = check(costs, _docs({"task_dir_us": 1000.0}))[0]["model_tasks_per_s"]
-    assert same == pytest.approx(then)
-    # 2 ranks share the host: a spawn at 2,000/s and 1 ms of directory CPU over 2 cores,
-    # 1 ms a start, so about 1,000 starts a second (first start to last end)
-    assert dearer == pytest.approx(1000.0, rel=0.02)
-    assert then > 1.5 * dearer
