@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -76,6 +77,7 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
         record = next(iter(h.jobs), None)
         if record is None:  # queued, never started: nothing to measure yet
             jobs = history.load_jobs(conn, filters)
+        takes = _job_filters(conn, filters.batch_job)
     if record is None:
         fields: dict[str, Any] = {"id": jobs[0].id, "state": jobs[0].state,
                                   "user": jobs[0].user, "nodes": jobs[0].nodes,
@@ -89,6 +91,7 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
         fields["utilization_series"] = [
             None if v != v else float(v) for v in h.utilization_series()]
         fields["bin_seconds"] = h.window.width
+    fields["filters"] = takes
     if as_json:
         echo_json(fields)
         return
@@ -101,6 +104,8 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
             value = pct(value)
         elif key in _TIMES:
             value = _short_time(value)
+        elif key == "filters":
+            value = filters_text(value)
         elif key.endswith("_seconds"):
             value = short_duration(value)
         elif isinstance(value, float):
@@ -118,11 +123,32 @@ _LABELS = {
     "queue_seconds": "queued", "wall_seconds": "wall time", "node_hours": "node-hours",
     "busy_node_hours": "busy node-hours", "utilization": "utilization", "done": "runs done",
     "failed": "runs failed", "first_task_seconds": "to first task",
-    "idle_tail_seconds": "idle tail",
+    "idle_tail_seconds": "idle tail", "filters": "filters",
 }
 
 
 _TIMES = {"started_at", "ended_at", "alive_until"}
+
+
+def _job_filters(conn: Any, job_id: int | None) -> dict[str, Any]:
+    """The launcher's filters the job's row records (submit's, then its launcher's own)."""
+    from .. import sql
+
+    row = conn.execute(sql.query("batch_job_filters"), {"id": job_id}).fetchone()
+    return dict(row[0] or {}) if row is not None else {}
+
+
+def filters_text(f: dict[str, Any]) -> str:
+    """``workflows a, b; tags k=v; owners alice``, or ``every task``."""
+    parts = []
+    if f.get("workflows"):
+        parts.append("workflows " + ", ".join(map(str, f["workflows"])))
+    if f.get("tags"):
+        parts.append("tags " + ", ".join(f"{k}={shlex.quote(str(v))}"
+                                         for k, v in sorted(f["tags"].items())))
+    if f.get("owners"):
+        parts.append("owners " + ", ".join(map(str, f["owners"])))
+    return "; ".join(parts) or "every task"
 
 
 def _short_time(text: str | None) -> str:

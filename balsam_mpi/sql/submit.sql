@@ -21,3 +21,7 @@ SELECT batch_job_submit_failed(%(id)s, %(reason)s) AS id
 SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, filters, wall_time_min,
        state::text, submitted_at, started_at, ended_at, end_reason
   FROM batch_jobs WHERE id = %(id)s
+
+-- name: batch_job_filters
+-- What a batch job's launcher takes (`job show`): its workflows, tags and owners.
+SELECT filters FROM batch_jobs WHERE id = %(id)s

@@ -171,3 +171,18 @@ def test_selection_flags_reach_the_report(admin: Conn, dbname: str) -> None:
     assert util("--owner", "carol", "--user", "alice") == pytest.approx(100 / 200)
     assert util("--since", "2026-01-01T00:00:50Z") == pytest.approx(50 / 150)
     assert util("--until", "2026-01-01T00:00:50Z", "--bin", "5s") == pytest.approx(1.0 * 2 / 3)
+
+
+def test_job_show_says_which_tasks_the_job_takes(history: dict[str, int], admin: Conn,
+                                                 dbname: str) -> None:
+    """The launcher's filters (workflows, tags, owners) are part of what a job is."""
+    job = history["job"]
+    assert "\nfilters             every task\n" in _run("job", "show", str(job)).output
+    admin.execute("UPDATE batch_jobs SET filters = %s WHERE id = %s",
+                  ('{"workflows": ["w1", "w2"], "tags": {"site": "a b"}, "owners": ["alice"]}',
+                   job))
+    shown = _run("job", "show", str(job)).output
+    assert "\nfilters             workflows w1, w2; tags site='a b'; owners alice\n" in shown
+    data = json.loads(_run("job", "show", str(job), "--json").output)
+    assert data["filters"] == {"workflows": ["w1", "w2"], "tags": {"site": "a b"},
+                               "owners": ["alice"]}
