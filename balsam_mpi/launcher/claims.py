@@ -24,8 +24,8 @@ s, since a leader holding tasks renews at least that often (leader.py) — or
 again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
 
 **Planned claims** (``preference.py``). While some live launcher's filter names
-workflows, a claim asks for one workflow of this launcher's share of a fair division, for
-at most the rows left in that share; when the share is claimed, the usual claims for free
+workflows or owners, a claim asks for one workflow (or one owner's rows of it) of this
+launcher's share of a fair division, for at most the rows left in that share; when the share is claimed, the usual claims for free
 slots only (no margins) until the next division brings a new share. Only the usual
 claims decide that work is running out (``short``) or that this launcher is idle.
 
@@ -155,7 +155,7 @@ class Claims:
         if planned is not None and self.preference is not None:
             # A planned claim (one workflow): the plan learns what it brought; whether
             # work is running out or this launcher is idle, only the usual claims say.
-            self.preference.claimed(planned.workflows[0], got.claimed,
+            self.preference.claimed(planned, got.claimed,
                                     short=short(got, limit, want))
             self.retry.reset()
             self.next_at = now

@@ -2,7 +2,9 @@
 
 Each workflow ``w`` has ``counts[w]`` runnable rows; each live launcher ``l`` has a weight
 (its nodes), holds ``held[l]`` rows unfinished, and takes either every workflow or those
-its filter names. The division ``x[l][w]`` gives every row to a launcher that may take it
+its filter names. While some live launcher also filters by owner (members each running
+their own tasks), the rows are counted per workflow and owner instead (a *kind*:
+``kind(w, owner)``), and a launcher takes a kind when its filters take both. The division ``x[l][w]`` gives every row to a launcher that may take it
 and makes the largest load per weight, ``(held[l] + sum_w x[l][w]) / weight[l]``, as
 small as it can be. The run's work then ends on every launcher at about the same time,
 instead of open launchers taking, in id order, the rows only a filtered launcher could
@@ -33,6 +35,22 @@ BUDGET_S = 0.05
 _EPS = 1e-9
 
 
+# Between a workflow and an owner in a kind's key: no stored name holds a NUL (values.text
+# refuses it, and Postgres text cannot hold one), so a key splits back one way only.
+_OWNER = "\x00"
+
+
+def kind(workflow: str, owner: str | None = None) -> str:
+    """The division's key for a workflow's rows, or for one owner's rows of it."""
+    return workflow if owner is None else f"{workflow}{_OWNER}{owner}"
+
+
+def kind_parts(key: str) -> tuple[str, str | None]:
+    """(workflow, owner) of a kind; owner None: every owner's rows of the workflow."""
+    workflow, sep, owner = key.partition(_OWNER)
+    return workflow, (owner if sep else None)
+
+
 class Taker(NamedTuple):
     """A live launcher as the division sees it."""
 
@@ -40,9 +58,19 @@ class Taker(NamedTuple):
     workflows: frozenset[str] | None  # None: every workflow
     weight: float  # its nodes
     held: float = 0.0  # rows it holds unfinished (claimed or running)
+    owners: frozenset[str] | None = None  # None: every owner's tasks
 
-    def takes(self, workflow: str) -> bool:
-        return self.workflows is None or workflow in self.workflows
+    def takes(self, key: str) -> bool:
+        """Whether its filters take every row of this kind (a launcher limited to some
+        owners takes no workflow whose rows were not counted per owner)."""
+        workflow, owner = kind_parts(key)
+        if self.workflows is not None and workflow not in self.workflows:
+            return False
+        return self.owners is None or (owner is not None and owner in self.owners)
+
+    @property
+    def narrowed(self) -> bool:
+        return self.workflows is not None or self.owners is not None
 
 
 def workflow_set(names: Iterable[str]) -> frozenset[str] | None:
@@ -101,8 +129,8 @@ class _Flow:
         self.deadline = deadline
         # Launchers that take fewer workflows come first among a workflow's edges, so the
         # search routes rows to those that cannot take others before the open ones.
-        order = sorted(people, key=lambda t: (t.workflows is None,
-                                              len(t.workflows or ()), t.job_id))
+        order = sorted(people, key=lambda t: (not t.narrowed, len(t.workflows or ()),
+                                              len(t.owners or ()), t.job_id))
         self.edges = {w: [t for t in order if t.takes(w)] for w in work}
 
     def route(self, load: float) -> dict[tuple[str, int], float] | None:

@@ -7,7 +7,7 @@ its own, in id order, and the first would run out of work and end while rows onl
 second can run are still waiting: both idle part of their time, and the run ends later.
 
 So every ``PEERS_S`` the leader reads (one plain query) how many runnable rows each
-workflow has and every live launcher's workflow filter and nodes, and divides the rows
+workflow has and every live launcher's workflow and owner filters and nodes, and divides the rows
 among the launchers so that each gets work in proportion to its nodes, only of workflows
 its filter takes, and the largest load is as small as it can be (``division.py``). Every
 leader solves the same problem from the same counts, so their shares agree without a
@@ -28,8 +28,9 @@ A planned claim takes a workflow's highest-priority rows: across workflows, prio
 yields to the division, which is why it applies only while some live launcher's filter
 names workflows. The division gives out rows not yet claimed and counts what each
 launcher holds unfinished toward its load (a launcher that started earlier holds more).
-Loads are rows, not node-seconds. Filters on tags and
-owners are not part of it. More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable
+Loads are rows, not node-seconds. While a live launcher filters by owner (members each
+running their own tasks), the rows are divided per workflow and owner, and a planned
+claim asks for one owner's rows of one workflow. Filters on tags are not part of it. More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable
 rows, or more than ``MAX_TAKERS`` live launchers: the usual claim.
 """
 
@@ -41,7 +42,7 @@ import math
 from ..base.errors import BalsamError
 from ..base.pacing import Periodic
 from .calls import Calls
-from .division import divide
+from .division import Taker, divide, kind, kind_parts, workflow_set
 from .storeport import ClaimFilter, Lease, Peers, StorePort
 
 log = logging.getLogger(__name__)
@@ -76,24 +77,34 @@ class Preference:
         return plan(self.lease.job_id, self.filters, self.store.claim_peers(self.lease))
 
     def claim(self) -> tuple[ClaimFilter, int] | None:
-        """The next planned claim (one workflow, at most this many rows), or None for the
-        usual claim."""
+        """The next planned claim (one workflow, or one owner's rows of it; at most this
+        many rows), or None for the usual claim."""
         if not self.left:
             return None
-        workflow = max(sorted(self.left), key=lambda w: self.left[w])
-        rows = max(1, math.ceil(self.left[workflow] - 1e-6))
-        return ClaimFilter((workflow,), self.filters.tags, self.filters.owners), rows
+        key = max(sorted(self.left), key=lambda k: self.left[k])
+        rows = max(1, math.ceil(self.left[key] - 1e-6))
+        workflow, owner = kind_parts(key)
+        owners = self.filters.owners if owner is None else (owner,)
+        return ClaimFilter((workflow,), self.filters.tags, owners), rows
 
-    def claimed(self, workflow: str, rows: int, *, short: bool) -> None:
-        """A planned claim came back with ``rows``; ``short``: the workflow ran out."""
-        if workflow not in self.left:
+    def claimed(self, planned: ClaimFilter, rows: int, *, short: bool) -> None:
+        """A planned claim came back with ``rows``; ``short``: its rows ran out."""
+        key = self._key(planned)
+        if key not in self.left:
             return
-        self.left[workflow] -= rows
+        self.left[key] -= rows
         if short:  # others took rows the division counted: divide again at once
             self.reads.soon()
-        if short or self.left[workflow] < MIN_SHARE:
-            del self.left[workflow]
+        if short or self.left[key] < MIN_SHARE:
+            del self.left[key]
             self.spent = not self.left
+
+    def _key(self, planned: ClaimFilter) -> str:
+        """The plan's key of a planned claim (as ``claim`` made it)."""
+        workflow = planned.workflows[0]
+        if len(planned.owners) == 1 and kind(workflow, planned.owners[0]) in self.left:
+            return kind(workflow, planned.owners[0])
+        return workflow
 
     def _read(self, share: dict[str, float]) -> None:
         self.left = share
@@ -113,6 +124,6 @@ def plan(job_id: int, filters: ClaimFilter, peers: Peers) -> dict[str, float]:
             or len(peers.runnable) >= RUNNABLE_SCAN_MAX):
         return {}
     shares = divide(peers.counts, peers.takers).get(job_id, {})
-    mine = {w: rows for w, rows in shares.items()
-            if rows >= MIN_SHARE and (not filters.workflows or w in filters.workflows)}
-    return mine
+    me = Taker(job_id, workflow_set(filters.workflows), 1.0,
+               owners=workflow_set(filters.owners))
+    return {key: rows for key, rows in shares.items() if rows >= MIN_SHARE and me.takes(key)}

@@ -24,7 +24,7 @@ from ..base import db
 from ..base.cleantext import one_line
 from ..base.project import Project
 from ..protocol import EndKind, Finished, Started
-from .division import Taker, workflow_set
+from .division import Taker, kind, workflow_set
 from .storeport import (
     AppExtras,
     BadReport,
@@ -248,11 +248,14 @@ class Store:
         """A plain read: members may read every task and batch job."""
         row = self._rows("launcher_claim_peers", {"job": lease.job_id})[0]
         runnable = tuple(row[0] or ())
-        counts = ({} if row[2] is None
-                  else dict(zip(runnable, (int(n) for n in row[2]), strict=True)))
+        counts: dict[str, int] = {}
+        if row[2] is not None:
+            counts = dict(zip(runnable, (int(n) for n in row[2]), strict=True))
+        elif row[4] is not None:  # per workflow and owner: a launcher filters by owner
+            counts = {kind(str(w), str(o)): int(n) for w, o, n in row[4]}
         takers = tuple(Taker(int(job), workflow_set(str(w) for w in workflows),
-                             float(nodes), float(held))
-                       for job, nodes, workflows, held in row[3] or ())
+                             float(nodes), float(held), workflow_set(str(o) for o in owners))
+                       for job, nodes, workflows, held, owners in row[3] or ())
         return Peers(runnable, frozenset(row[1] or ()), counts, takers)
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:

@@ -63,9 +63,11 @@ SELECT launcher_give_back FROM launcher_give_back(%(job)s::bigint, %(epoch)s::bi
 -- workflows that have runnable, unclaimed rows (a loose scan of tasks_runnable_workflow:
 -- one probe per workflow, at most 65 of them), the workflows other live launchers name
 -- in their filters, and -- only while 2 to 64 launchers are live and one of them has
--- a workflow filter -- how many rows each workflow has (counted up to a cap that keeps
--- the whole count near 20,000 index entries) and every live launcher's filter, nodes and
--- unfinished rows (counted up to the same cap, through tasks_batch_job).
+-- a workflow or an owner filter -- how many rows each workflow has (counted up to a cap
+-- that keeps the whole count near 20,000 index entries) and every live launcher's
+-- filter, nodes and unfinished rows (counted up to the same cap, through
+-- tasks_batch_job). While one of them has an owner filter, the same rows are counted per
+-- workflow and owner instead (the fifth column; the third is then NULL).
 WITH RECURSIVE runnable(workflow, n) AS (
     (SELECT t.workflow, 1 FROM tasks t
       WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
@@ -80,22 +82,25 @@ WITH RECURSIVE runnable(workflow, n) AS (
 ), found AS (
     SELECT r.workflow FROM runnable r WHERE r.workflow IS NOT NULL
 ), live AS (
-    SELECT b.id, b.nodes, coalesce(b.filters -> 'workflows', '[]'::jsonb) AS workflows
+    SELECT b.id, b.nodes, coalesce(b.filters -> 'workflows', '[]'::jsonb) AS workflows,
+           coalesce(b.filters -> 'owners', '[]'::jsonb) AS owners
       FROM batch_jobs b
      WHERE b.state = 'RUNNING'
        AND coalesce(b.heartbeat_at, b.started_at)
            > now() - make_interval(secs => b.lease_sec)
 ), divide AS (
     SELECT (SELECT count(*) FROM live) BETWEEN 2 AND 64  -- MAX_TAKERS (preference.py)
-           AND EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.workflows) > 0)
+           AND EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.workflows) > 0
+                                              OR jsonb_array_length(l.owners) > 0)
            AS needed,
+           EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.owners) > 0) AS by_owner,
            greatest(500, 20000 / greatest((SELECT count(*) FROM found), 1)) AS cap
 )
 SELECT array(SELECT f.workflow FROM found f ORDER BY f.workflow),
        array(SELECT DISTINCT w.name
                FROM live l CROSS JOIN LATERAL jsonb_array_elements_text(l.workflows) AS w(name)
               WHERE l.id <> %(job)s),
-       CASE WHEN d.needed THEN array(
+       CASE WHEN d.needed AND NOT d.by_owner THEN array(
            SELECT (SELECT count(*) FROM (
                        SELECT 1 FROM tasks t
                         WHERE t.workflow = f.workflow
@@ -112,8 +117,21 @@ SELECT array(SELECT f.workflow FROM found f ORDER BY f.workflow),
                            WHERE t.batch_job_id = l.id
                              AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED',
                                              'RUNNING')
-                           LIMIT d.cap) AS h)) ORDER BY l.id)
-             FROM live l) END
+                           LIMIT d.cap) AS h),
+                      to_jsonb(array(SELECT jsonb_array_elements_text(l.owners))))
+                  ORDER BY l.id)
+             FROM live l) END,
+       CASE WHEN d.needed AND d.by_owner THEN (
+           SELECT jsonb_agg(jsonb_build_array(f.workflow, c.owner, c.n)
+                            ORDER BY f.workflow, c.owner)
+             FROM found f CROSS JOIN LATERAL (
+                  SELECT s.owner, count(*) AS n FROM (
+                      SELECT t.owner FROM tasks t
+                       WHERE t.workflow = f.workflow
+                         AND t.state IN ('READY', 'RESTART_READY')
+                         AND t.batch_job_id IS NULL
+                       LIMIT d.cap) AS s
+                   GROUP BY s.owner) AS c) END
   FROM divide d;
 
 -- name: launcher_kills

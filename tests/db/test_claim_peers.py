@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from balsam_mpi.launcher.division import Taker
+from balsam_mpi.launcher.division import Taker, kind
 from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.sql import query
@@ -73,6 +73,31 @@ def test_the_divisions_counts_only_while_a_live_launcher_filters(store: Store,
     assert store.claim_peers(me).takers[2].held == 0.0  # ended rows are not
     go_silent(conn, one)
     assert store.claim_peers(me).takers == ()  # the filtered one is gone
+
+
+def test_an_owner_filter_makes_the_division_count_per_owner(store: Store,
+                                                            conn: Any) -> None:
+    """Members each running a launcher for their own tasks: a launcher limited to
+    alice's tasks cannot take a whole workflow, so the rows are counted per owner."""
+    add(conn, 2, workflow="a")  # the test's own role
+    with as_superuser(conn) as su:
+        app = su.execute("SELECT id FROM apps WHERE name = 'a'").fetchone()[0]
+        for owner, n in (("alice", 3), ("bob", 1)):
+            su.execute("INSERT INTO tasks (workflow, app_id, state, owner) SELECT 'a', %s, "
+                       "'READY', %s FROM generate_series(1, %s)", (app, owner, n))
+    add(conn, 4, workflow="b")
+    me = open_job(store)
+    other = open_job(store, ClaimFilter((), (), ("alice",)))
+    mine = conn.execute("SELECT session_user").fetchone()[0]
+    peers = store.claim_peers(me)
+    assert peers.counts == {kind("a", "alice"): 3, kind("a", "bob"): 1, kind("a", mine): 2,
+                            kind("b", mine): 4}
+    assert peers.takers == (Taker(me.job_id, None, 1.0, 0.0, None),
+                            Taker(other.job_id, None, 1.0, 0.0, frozenset({"alice"})))
+    assert [t.takes(kind("a", "alice")) for t in peers.takers] == [True, True]
+    assert [t.takes(kind("a", "bob")) for t in peers.takers] == [True, False]
+    go_silent(conn, other)
+    assert store.claim_peers(me).counts == {}  # no filter left: the usual claims
 
 
 @pytest.mark.parametrize("filters", [

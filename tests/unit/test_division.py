@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from balsam_mpi.launcher.division import Taker, divide, workflow_set
+from balsam_mpi.launcher.division import Taker, divide, kind, kind_parts, workflow_set
 
 # The `concurrent` benchmark's launchers: wf_a only, wf_b only, wf_a and wf_c, two open.
 BENCH = [Taker(1, frozenset({"a"}), 1.0), Taker(2, frozenset({"b"}), 1.0),
@@ -100,3 +100,22 @@ def test_a_division_past_its_budget_gives_no_shares() -> None:
               for j in range(1, 65)]
     assert divide(counts, takers, budget_s=0.0) == {t.job_id: {} for t in takers}
     assert any(divide(counts, takers, budget_s=10.0).values())  # with time, shares
+
+
+def test_rows_counted_per_owner_go_to_launchers_whose_owner_filter_takes_them() -> None:
+    """Members each running their own launcher beside an open one: 48 rows, 16 each."""
+    takers = [Taker(1, None, 1.0, owners=frozenset({"alice"})),
+              Taker(2, None, 1.0, owners=frozenset({"bob"})), Taker(3, None, 1.0)]
+    counts = {kind("w", "alice"): 24, kind("w", "bob"): 24}
+    shares = divide(counts, takers)
+    assert loads(shares, takers) == pytest.approx({1: 16.0, 2: 16.0, 3: 16.0})
+    assert set(shares[1]) == {kind("w", "alice")} and set(shares[2]) == {kind("w", "bob")}
+
+
+def test_a_kind_is_taken_only_by_filters_that_take_both_its_parts() -> None:
+    alice_w = Taker(1, frozenset({"w"}), 1.0, owners=frozenset({"alice"}))
+    assert alice_w.takes(kind("w", "alice"))
+    assert not alice_w.takes(kind("w", "bob")) and not alice_w.takes(kind("v", "alice"))
+    assert not alice_w.takes("w")  # a whole workflow: others' rows too
+    assert Taker(2, None, 1.0).takes(kind("v", "bob")) and Taker(2, None, 1.0).takes("v")
+    assert kind_parts(kind("w", "alice")) == ("w", "alice") and kind_parts("w") == ("w", None)

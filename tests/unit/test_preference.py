@@ -4,6 +4,7 @@ workflow keeps that work and launchers with different filters end together."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.launcher.division import Taker
+from balsam_mpi.launcher.division import Taker, kind, kind_parts
 from balsam_mpi.launcher.memstore import MemStore
 from balsam_mpi.launcher.preference import MAX_TAKERS, RUNNABLE_SCAN_MAX, plan
 from balsam_mpi.launcher.storeport import ClaimFilter, Peers
@@ -168,3 +169,52 @@ def test_a_launcher_whose_share_is_claimed_claims_for_free_slots_only(
     assert claimed(store, open_one) == {"wf_d": 4}
     assert open_one.leader.dispatch.scarce  # no margins: it hoards none of wf_a's rows
     assert claimed(store, only_a) == {"wf_a": 4}
+
+
+def owned_launcher(tmp_path: Path, store: MemStore, name: str, *owners: str) -> Kit:
+    kit = make(tmp_path / name, store=store, node=SlotNode(), finish=False, owners=owners)
+    kit.store.jobs[kit.lease.job_id].filters = ClaimFilter((), (), owners)
+    return kit
+
+
+def test_launchers_that_take_one_members_tasks_get_their_share(tmp_path: Path) -> None:
+    """Each member runs a launcher for their own tasks (`--owner`), beside an open one.
+    Divided by workflow alone, the open launcher took alice's rows in id order, and
+    alice's launcher ran out and ended while bob's still had work."""
+    store = MemStore()
+    store.add_app("a")
+    for who in ("alice", "bob"):
+        store.add_tasks([{"app": "a", "node_packing_count": 4, "workflow": "w",
+                          "owner": who} for _ in range(24)])
+    kits = [owned_launcher(tmp_path, store, "la", "alice"),
+            owned_launcher(tmp_path, store, "lb", "bob"),
+            owned_launcher(tmp_path, store, "lo")]
+    run_out(kits, store)
+    ran_each = [ran(store, k) for k in kits]
+    assert sum(ran_each) == 48 and max(abs(n - 16) for n in ran_each) <= 2, ran_each
+    owners = [Counter(t.owner for t in store.tasks.values() if t.batch_job_id == k.lease.job_id)
+              for k in kits]
+    assert set(owners[0]) == {"alice"} and set(owners[1]) == {"bob"}, owners
+
+
+def test_a_plan_per_owner_claims_one_owners_rows_of_one_workflow(tmp_path: Path) -> None:
+    peers = Peers(("w",), frozenset(), {kind("w", "alice"): 24, kind("w", "bob"): 24},
+                  (Taker(1, None, 1.0, owners=frozenset({"alice"})),
+                   Taker(2, None, 1.0, owners=frozenset({"bob"})), Taker(3, None, 1.0)))
+    assert plan(1, ClaimFilter((), (), ("alice",)), peers) == pytest.approx(
+        {kind("w", "alice"): 16.0})
+    mine = plan(3, ClaimFilter(), peers)
+    assert sum(mine.values()) == pytest.approx(16.0)
+    store = MemStore()
+    kit = make(tmp_path, store=store)
+    pref = kit.leader.claims.preference
+    assert pref is not None
+    pref.left = dict(mine)
+    first = pref.claim()
+    assert first is not None
+    wanted, rows = first
+    workflow, owner = kind_parts(max(sorted(mine), key=lambda k: mine[k]))
+    assert wanted == ClaimFilter(("w",), (), (owner,)) and rows == math.ceil(mine[kind(
+        workflow, owner)])
+    pref.claimed(wanted, rows, short=False)
+    assert kind(workflow, owner) not in pref.left  # its share of that kind is claimed
