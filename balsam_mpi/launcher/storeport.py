@@ -115,9 +115,10 @@ class Peers(NamedTuple):
 
     runnable: tuple[str, ...]  # workflows with runnable, unclaimed rows (at most 65)
     named: frozenset[str]  # workflows other live launchers name in their filters
-    # Only while more than one launcher is live and one has a workflow filter (else
-    # empty): each runnable workflow's rows, counted up to a cap, and every live
-    # launcher, this one included, as the division sees it (launcher/division.py).
+    # Only while more than one launcher is live and one has a workflow or an owner
+    # filter (else empty): each runnable workflow's rows (per workflow and owner, keyed
+    # by division.kind, while one has an owner filter), counted up to a cap, and every
+    # live launcher, this one included, as the division sees it (launcher/division.py).
     counts: Mapping[str, int] = {}
     takers: tuple[Taker, ...] = ()
 
