@@ -3,7 +3,6 @@ each MPI needs there, and the rendered local.sh run for real with fake MPI progr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from balsam_mpi.batch import jobscript, localstart
 from balsam_mpi.batch.jobscript import JobRequest
 from balsam_mpi.node.mpidetect import MpiInfo, classify
 from balsam_mpi.node.mpienv import START_VARS
+from tests.unit.fakeproject import fake_project
 
 PY = "/v/bin/python"
 HYDRA = "HYDRA build details:\n    Version:    5.0.2\n"
@@ -87,11 +87,7 @@ while :; do sleep 0.05; done
 @pytest.fixture()
 def fake(tmp_path: Path) -> tuple[Project, Path]:
     root = tmp_path / "proj"
-    root.mkdir()
-    (root / "server-info.json").write_text(json.dumps({
-        "host": "h", "port": 1, "owner_uid": os.geteuid(), "owner_name": "me",
-        "server_uid": os.geteuid(), "server_name": "me", "group": "g", "pg_major": 16,
-        "pg_bindir": "/x", "superuser": "me"}))
+    fake_project(root)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "balsamactivate").write_text('echo "$1" > "$OUT/activated"\n')

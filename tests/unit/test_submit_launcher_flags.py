@@ -10,8 +10,6 @@ written."""
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 from pathlib import Path
 
@@ -23,18 +21,12 @@ from balsam_mpi.batch import jobscript
 from balsam_mpi.batch.jobscript import JobRequest
 from balsam_mpi.launcher.config import resolve
 from balsam_mpi.launcher.launch import parser
+from tests.unit.fakeproject import fake_project
 
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Project:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "server-info.json").write_text(json.dumps({
-        "host": "h", "port": 1, "owner_uid": os.geteuid(), "owner_name": "me",
-        "server_uid": os.geteuid(), "server_name": "me", "group": "g", "pg_major": 16,
-        "pg_bindir": "/x", "superuser": "me"}))
-    os.chmod(root / "server-info.json", 0o640)
-    return Project(root)
+    return fake_project(tmp_path / "proj")
 
 
 def _launcher_words(project: Project, req: JobRequest) -> list[str]:

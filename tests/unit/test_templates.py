@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -14,6 +13,7 @@ from balsam_mpi.base.errors import BalsamError, ProjectError, UsageError
 from balsam_mpi.base.project import Project
 from balsam_mpi.batch import jobscript
 from balsam_mpi.batch.jobscript import JobRequest, Template
+from tests.unit.fakeproject import fake_project
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "x'; touch /tmp/pwned-$$; echo '"
@@ -21,14 +21,7 @@ HOSTILE = "x'; touch /tmp/pwned-$$; echo '"
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Project:
-    root = tmp_path / "proj with space"
-    root.mkdir()
-    (root / "server-info.json").write_text(json.dumps({
-        "host": "h", "port": 1, "owner_uid": os.geteuid(), "owner_name": "me",
-        "server_uid": os.geteuid(), "server_name": "me", "group": "g", "pg_major": 16,
-        "pg_bindir": "/x", "superuser": "me"}))
-    os.chmod(root / "server-info.json", 0o640)
-    return Project(root)
+    return fake_project(tmp_path / "proj with space")
 
 
 def _render(project: Project, req: JobRequest, home: Path, job_id: int | None = 7) -> str:

@@ -14,7 +14,6 @@ documented where we looked: the stand-in signals the script alone, the weakest c
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from balsam_mpi.base.project import Project
 from balsam_mpi.batch import jobscript
 from balsam_mpi.batch.jobscript import JobRequest
 from tests.procs import running
+from tests.unit.fakeproject import fake_project
 
 FAKE = Path(__file__).with_name("fake_hpc.py")
 KILL_WAIT_S = 30.0  # Slurm's default KillWait
@@ -38,11 +38,7 @@ RANKS = 3
 @pytest.fixture()
 def setup(tmp_path: Path) -> tuple[Project, Path, Path]:
     root = tmp_path / "proj"
-    root.mkdir()
-    (root / "server-info.json").write_text(json.dumps({
-        "host": "h", "port": 1, "owner_uid": os.geteuid(), "owner_name": "me",
-        "server_uid": os.geteuid(), "server_name": "me", "group": "g", "pg_major": 16,
-        "pg_bindir": "/x", "superuser": "me"}))
+    fake_project(root)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "balsamactivate").write_text('echo "$1" > "$OUT/activated"\n')
