@@ -25,9 +25,10 @@ again every ``HOLDERS_RECHECK_S`` meanwhile, not claim_idle_s.
 
 **Planned claims** (``preference.py``). While some live launcher's filter names
 workflows or owners, a claim asks for one workflow (or one owner's rows of it) of this
-launcher's share of a fair division, for at most the rows left in that share; when the share is claimed, the usual claims for free
-slots only (no margins) until the next division brings a new share. Only the usual
-claims decide that work is running out (``short``) or that this launcher is idle.
+launcher's share of a fair division, for at most the rows left in that share; when the
+share is claimed, the usual claims for free slots only (no margins) until the next
+division brings a new share. Only the usual claims decide that work is running out
+(``short``) or that this launcher is idle.
 
 **Short claims.** A claim that found less than it asked for (``short``) tells the
 dispatcher the work is running out: no margins from then on, until a claim is full again

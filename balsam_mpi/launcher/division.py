@@ -4,8 +4,9 @@ Each workflow ``w`` has ``counts[w]`` runnable rows; each live launcher ``l`` ha
 (its nodes), holds ``held[l]`` rows unfinished, and takes either every workflow or those
 its filter names. While some live launcher also filters by owner (members each running
 their own tasks), the rows are counted per workflow and owner instead (a *kind*:
-``kind(w, owner)``), and a launcher takes a kind when its filters take both. The division ``x[l][w]`` gives every row to a launcher that may take it
-and makes the largest load per weight, ``(held[l] + sum_w x[l][w]) / weight[l]``, as
+``kind(w, owner)``), and a launcher takes a kind when its filters take both. The
+division ``x[l][w]`` gives every row to a launcher that may take it and makes the
+largest load per weight, ``(held[l] + sum_w x[l][w]) / weight[l]``, as
 small as it can be. The run's work then ends on every launcher at about the same time,
 instead of open launchers taking, in id order, the rows only a filtered launcher could
 run and leaving it idle at the end.

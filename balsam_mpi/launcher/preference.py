@@ -7,9 +7,10 @@ its own, in id order, and the first would run out of work and end while rows onl
 second can run are still waiting: both idle part of their time, and the run ends later.
 
 So every ``PEERS_S`` the leader reads (one plain query) how many runnable rows each
-workflow has and every live launcher's workflow and owner filters and nodes, and divides the rows
-among the launchers so that each gets work in proportion to its nodes, only of workflows
-its filter takes, and the largest load is as small as it can be (``division.py``). Every
+workflow has and every live launcher's workflow and owner filters and nodes, and divides
+the rows among the launchers so that each gets work in proportion to its nodes, only of
+workflows its filter takes, and the largest load is as small as it can be
+(``division.py``). Every
 leader solves the same problem from the same counts, so their shares agree without a
 word between them. This launcher's share is its *plan*: rows per workflow. Its claims
 then ask for one planned workflow at a time, the one with the most rows left in the
@@ -26,12 +27,13 @@ short query), as it is the largest.
 
 A planned claim takes a workflow's highest-priority rows: across workflows, priority
 yields to the division, which is why it applies only while some live launcher's filter
-names workflows. The division gives out rows not yet claimed and counts what each
+names workflows or owners. The division gives out rows not yet claimed and counts what each
 launcher holds unfinished toward its load (a launcher that started earlier holds more).
 Loads are rows, not node-seconds. While a live launcher filters by owner (members each
 running their own tasks), the rows are divided per workflow and owner, and a planned
-claim asks for one owner's rows of one workflow. Filters on tags are not part of it. More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable
-rows, or more than ``MAX_TAKERS`` live launchers: the usual claim.
+claim asks for one owner's rows of one workflow. Filters on tags are not part of it.
+More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable rows, or more than
+``MAX_TAKERS`` live launchers: the usual claim.
 """
 
 from __future__ import annotations
