@@ -148,7 +148,8 @@ def filters_text(f: dict[str, Any]) -> str:
                                          for k, v in sorted(f["tags"].items())))
     if f.get("owners"):
         parts.append("owners " + ", ".join(map(str, f["owners"])))
-    return "; ".join(parts) or "every task"
+    # One line whatever a member's own launcher recorded (names may hold newlines).
+    return " ".join("; ".join(parts).splitlines()) or "every task"
 
 
 def _short_time(text: str | None) -> str:

@@ -79,11 +79,8 @@ def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: 
             values.text(flag, given, cap)
     for w in workflows:
         values.name("--workflow", w)
-    for flag, items in (("--tag", tags), ("--owner", owners)):
-        for item in items:
-            values.name(flag, item)
-    # The launcher's own ranges (launcher/config.py); validate() then checks the rest as
-    # the launcher will.
+    # The launcher's own ranges (launcher/config.py); validate() checks the tags, the
+    # owners and the rest as the launcher will.
     gpus = None if gpus_text is None else values.int_from_text(
         "--gpus-per-node", gpus_text, *map(int, RANGES["gpus_per_node"]))
     idle = None if idle_text is None else values.number_from_text(

@@ -327,8 +327,9 @@ class MemStore(JournalsInMemory):
         if len(live) < 2 or not any(j.filters.workflows or j.filters.owners for j in live):
             return Peers(tuple(runnable), frozenset(named))
         by_owner = any(j.filters.owners for j in live)
+        scanned = set(runnable)
         free = [t for t in self.tasks.values() if t.state in RUNNABLE and t.batch_job_id is None
-                and t.workflow in runnable]
+                and t.workflow in scanned]
         counts = Counter(kind(t.workflow, t.owner if by_owner else None) for t in free)
         return Peers(tuple(runnable), frozenset(named), dict(sorted(counts.items())),
                      tuple(Taker(j.id, workflow_set(j.filters.workflows), float(j.nodes),

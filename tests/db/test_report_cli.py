@@ -186,3 +186,12 @@ def test_job_show_says_which_tasks_the_job_takes(history: dict[str, int], admin:
     data = json.loads(_run("job", "show", str(job), "--json").output)
     assert data["filters"] == {"workflows": ["w1", "w2"], "tags": {"site": "a b"},
                                "owners": ["alice"]}
+
+
+def test_job_show_keeps_the_filters_on_one_line(history: dict[str, int], admin: Conn,
+                                                dbname: str) -> None:
+    """A member's own launcher may record a workflow name holding a newline."""
+    admin.execute("UPDATE batch_jobs SET filters = %s WHERE id = %s",
+                  ('{"workflows": ["a\\nb"]}', history["job"]))
+    shown = _run("job", "show", str(history["job"])).output
+    assert "\nfilters             workflows a b\n" in shown
