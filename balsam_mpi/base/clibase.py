@@ -1,4 +1,5 @@
-"""What both command-line tools share: one-line errors and JSON output."""
+"""What both command-line tools share: one-line errors, JSON output, and :func:`echo`,
+which spells out the control characters of stored values (``termtext``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 
 from .errors import BalsamError
 from .project import ENV_VAR
+from .termtext import visible
 
 # Both tools name the project the same way: a flag, else $BALSAM_DB_PATH.
 project_option = click.option(
@@ -35,7 +37,7 @@ class Group(click.Group):
         except click.UsageError as exc:  # a subcommand's options, arguments or name
             _usage_line(exc, ctx.find_root().info_name or "")
         except BalsamError as exc:
-            click.echo(f"{ctx.find_root().info_name}: error: {_one_line(str(exc))}", err=True)
+            echo(f"{ctx.find_root().info_name}: error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -44,6 +46,12 @@ class Group(click.Group):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split("\n")) if "\n" in text else text
+
+
+def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """A line (or lines) for a person: whatever stored value it holds is shown, never
+    acted on by the terminal (``termtext.visible``)."""
+    click.echo(visible(text), err=err, nl=nl)
 
 
 # Click 8.2 on answers a group named without a subcommand with its help, raised as a usage
@@ -58,7 +66,7 @@ def _usage_line(exc: click.UsageError, root: str) -> NoReturn:
         raise click.exceptions.Exit(2)
     where = exc.ctx.command_path if exc.ctx is not None else root
     hint = f" (see `{where} --help`)" if where else ""
-    click.echo(f"{where or root}: error: {_one_line(exc.format_message())}{hint}", err=True)
+    echo(f"{where or root}: error: {_one_line(exc.format_message())}{hint}", err=True)
     raise click.exceptions.Exit(2)
 
 
@@ -68,7 +76,7 @@ def echo_json(value: Any) -> None:
 
 def notices(lines: list[str]) -> None:
     for line in lines:
-        click.echo(line, err=True)
+        echo(line, err=True)
 
 
 def is_tty() -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..base.clibase import Group, echo_json
+from ..base.clibase import Group, echo, echo_json
 from .context import CliContext, pass_ctx
 from .table import echo_table
 
@@ -62,7 +62,7 @@ def app_add(ctx: CliContext, name: str, command: str | None, python: str | None,
         postprocess=postprocess, env_script=env_script, shell=shell,
         postprocess_on_error=postprocess_on_error,
         postprocess_on_timeout=postprocess_on_timeout, error_retry_limit=retries, **dirs)
-    click.echo(f"added app {name} (id {app_id})")
+    echo(f"added app {name} (id {app_id})")
 
 
 @app.command("ls")
@@ -94,7 +94,7 @@ def app_show(ctx: CliContext, name: str, as_json: bool) -> None:
         echo_json(row)
         return
     for key, value in row.items():
-        click.echo(f"{key:>24}: {value}")
+        echo(f"{key:>24}: {value}")
 
 
 @app.command("rm")
@@ -109,7 +109,7 @@ def app_rm(ctx: CliContext, name: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"delete app {name}?", abort=True, err=True)
     client.delete_app(name)
-    click.echo(f"deleted app {name}")
+    echo(f"deleted app {name}")
 
 
 def _app_name(name: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..base.clibase import echo_json
+from ..base.clibase import echo, echo_json
 from ..base.errors import UsageError
 from .context import CliContext, pass_ctx
 from .report import connection
@@ -49,9 +49,9 @@ def ls(ctx: CliContext, state: str | None, user: str | None, limit_text: str,
         echo_json(rows)
         return
     if not rows:
-        click.echo("no batch jobs")
+        echo("no batch jobs")
         return
-    click.echo(table(
+    echo(table(
         ["id", "scheduler", "sched id", "user", "host", "nodes", "state", "started (UTC)",
          "wall limit", "running", "end reason"],
         [[r["id"], r["scheduler"], r["scheduler_job_id"] or "-", r["user"], r["host"] or "-",
@@ -110,9 +110,9 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
             value = short_duration(value)
         elif isinstance(value, float):
             value = cell(value)
-        click.echo(f"{label.ljust(width)}  {'-' if value is None else value}")
+        echo(f"{label.ljust(width)}  {'-' if value is None else value}")
     if record is not None:
-        click.echo(f"{'over time'.ljust(width)}  |{sparkline(h.utilization_series(), top=1.0)}|")
+        echo(f"{'over time'.ljust(width)}  |{sparkline(h.utilization_series(), top=1.0)}|")
 
 
 _LABELS = {

@@ -9,13 +9,15 @@ jobs (``--user`` is the batch job's user, whose allocation paid); ``--workflow``
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..base.clibase import echo_json
+from ..base.clibase import echo, echo_json
 from ..base.errors import UsageError
+from ..base.termtext import for_stream
 from .context import CliContext, pass_ctx
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ def _one_format(as_json: bool, as_csv: bool) -> None:
 
 
 def _wrote(path: Any) -> None:
-    click.echo(f"wrote {path}", err=True)
+    echo(f"wrote {path}", err=True)
 
 
 @click.group("report")
@@ -297,9 +299,9 @@ def _emit(as_json: bool, as_csv: bool, payload: Callable[[], Any],
     if as_json:
         echo_json(payload())
     elif as_csv:
-        click.echo(csv_text(), nl=False)
+        click.echo(for_stream(csv_text(), sys.stdout), nl=False)  # data down a pipe
     else:
-        click.echo(text())
+        echo(text())
 
 
 commands: list[click.Command] = [report]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..base import limits
-from ..base.clibase import echo_json
+from ..base.clibase import echo, echo_json
 from ..base.platform import SCHEDULERS
+from ..base.termtext import for_stream
 from .context import CliContext, pass_ctx
 
 
@@ -96,16 +99,17 @@ def submit_command(ctx: CliContext, scheduler: str, nodes_text: str, wall_text: 
                      persistent=persistent)
     project = ctx.project()
     if dry_run:
-        click.echo(submit.dry_run(project, req), nl=False)
+        # The script as written: spelled out only on a terminal (termtext).
+        click.echo(for_stream(submit.dry_run(project, req), sys.stdout), nl=False)
         return
     done = submit.submit(project, req)
     if as_json:
         echo_json(done.as_dict())
     elif done.scheduler == "local":
-        click.echo(f"started batch job {done.batch_job_id} on this host (pid {done.pid}); "
+        echo(f"started batch job {done.batch_job_id} on this host (pid {done.pid}); "
                    f"output: {done.log}; stop it with `kill -TERM {done.pid}`")
     else:
-        click.echo(f"submitted batch job {done.batch_job_id} as {done.scheduler} job "
+        echo(f"submitted batch job {done.batch_job_id} as {done.scheduler} job "
                    f"{done.scheduler_job_id}; script: {done.script}")
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..base.clibase import echo_json
+from ..base.clibase import echo, echo_json
 from .context import CliContext, pass_ctx
 from .taskargs import filter_options, filters_from, task_id
 
@@ -26,9 +26,9 @@ def _report(outcome: Outcome, done_line: str) -> None:
     lines = outcome.refusal_lines()
     if not outcome and lines:
         raise BalsamError("; ".join(lines))
-    click.echo(done_line)
+    echo(done_line)
     for line in lines:
-        click.echo(line, err=True)
+        echo(line, err=True)
 
 
 @click.command("modify")
@@ -89,7 +89,7 @@ def task_rm(ctx: CliContext, /, ids: tuple[str, ...], yes: bool, **opts: Any) ->
     chosen = _ids_and_filters(ids, opts)
     found = [r["id"] for r in client.tasks(**chosen)]
     if not found:
-        click.echo("no tasks match", err=True)
+        echo("no tasks match", err=True)
         return
     if not yes:
         click.confirm(f"delete {len(found)} tasks?", abort=True, err=True)
@@ -110,7 +110,7 @@ def task_why(ctx: CliContext, /, tid: str, as_json: bool) -> None:
     if as_json:
         echo_json(lines)
     else:
-        click.echo("\n".join(lines))
+        echo("\n".join(lines))
 
 
 @click.command("dep")
@@ -121,9 +121,9 @@ def dep(ctx: CliContext, parent: str, child: str) -> None:
     """Make task CHILD wait for task PARENT (cycles are refused)."""
     p, c = task_id(parent, "parent"), task_id(child, "child")
     if ctx.client().add_dependency(p, c):
-        click.echo(f"task {c} now depends on task {p}")
+        echo(f"task {c} now depends on task {p}")
     else:
-        click.echo(f"task {c} already depended on task {p}")
+        echo(f"task {c} already depended on task {p}")
 
 
 def _ids_and_filters(ids: tuple[str, ...], opts: dict[str, Any]) -> dict[str, Any]:

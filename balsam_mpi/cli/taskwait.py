@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from ..base.clibase import echo_json
+from ..base.clibase import echo, echo_json
 from ..base.errors import InputError, NotFound, UsageError
 from ..tasks.waiting import describe
 from .context import CliContext, pass_ctx
@@ -72,7 +72,7 @@ def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
         for outcome in client.as_completed(wanted, timeout=limit):
             outcomes.append(outcome)
             if not as_json and not quiet:
-                click.echo(describe(outcome))
+                echo(describe(outcome))
     except NotFound as exc:
         raise TaskMissing(str(exc)) from exc
     if as_json:
@@ -80,7 +80,7 @@ def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
         echo_json([by_id[i]._asdict() for i in dict.fromkeys(wanted)])
     elif quiet:
         states = Counter(o.state for o in outcomes)
-        click.echo(f"{len(outcomes)} task{'s' * (len(outcomes) != 1)} ended: "
+        echo(f"{len(outcomes)} task{'s' * (len(outcomes) != 1)} ended: "
                    + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
     if not all(o.ok for o in outcomes):
         click.get_current_context().exit(1)

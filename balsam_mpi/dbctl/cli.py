@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..base import values
-from ..base.clibase import Group, echo_json, notices, project_option
+from ..base.clibase import Group, echo, echo_json, notices, project_option
 from ..base.errors import ProjectError
 from ..base.project import Project
 from . import access, lifecycle, recover, status
@@ -58,10 +58,10 @@ def init(path: str, group: str | None, port: int | None, listen: str,
                                      server_user=server_user)
     notices(outcome.notices)
     info = outcome.info
-    click.echo(f"created {os.path.abspath(path)}: server running on {info.host}:{info.port} "
+    echo(f"created {os.path.abspath(path)}: server running on {info.host}:{info.port} "
                f"as {info.server_name}, group {info.group}")
-    click.echo("activate it with:")
-    click.echo(f"  source balsamactivate {os.path.abspath(path)}")
+    echo("activate it with:")
+    echo(f"  source balsamactivate {os.path.abspath(path)}")
 
 
 @cli.command()
@@ -73,7 +73,7 @@ def start(ctx: Ctx, takeover: bool) -> None:
     """Start the project's server (owner only)."""
     outcome = lifecycle.start_server(ctx.project(), takeover=takeover)
     notices(outcome.notices)
-    click.echo(f"running on {outcome.info.host}:{outcome.info.port}")
+    echo(f"running on {outcome.info.host}:{outcome.info.port}")
 
 
 @cli.command()
@@ -82,7 +82,7 @@ def start(ctx: Ctx, takeover: bool) -> None:
 def stop(ctx: Ctx, fast: bool) -> None:
     """Stop the project's server (owner only)."""
     outcome = lifecycle.stop_server(ctx.project(), fast=fast)
-    click.echo("\n".join(outcome.notices))
+    echo("\n".join(outcome.notices))
 
 
 @cli.command()
@@ -91,7 +91,7 @@ def restart(ctx: Ctx) -> None:
     """Stop (disconnecting clients) and start the server (owner only)."""
     outcome = lifecycle.restart_server(ctx.project())
     notices(outcome.notices)
-    click.echo(f"running on {outcome.info.host}:{outcome.info.port}")
+    echo(f"running on {outcome.info.host}:{outcome.info.port}")
 
 
 @cli.command("status")
@@ -103,7 +103,7 @@ def status_cmd(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         echo_json(facts)
     else:
-        click.echo(status.format_status(facts))
+        echo(status.format_status(facts))
 
 
 @cli.command("fix-perms")
@@ -111,7 +111,7 @@ def status_cmd(ctx: Ctx, as_json: bool) -> None:
 def fix_perms(ctx: Ctx) -> None:
     """Re-apply the project's owners and modes (owner only)."""
     changed = lifecycle.fix_perms(ctx.project()) + access.fix_viewers(ctx.project())
-    click.echo("\n".join(changed) if changed else "all modes were already right")
+    echo("\n".join(changed) if changed else "all modes were already right")
 
 
 @cli.command()
@@ -119,7 +119,7 @@ def fix_perms(ctx: Ctx) -> None:
 def migrate(ctx: Ctx) -> None:
     """Apply the schema migrations the database lacks (owner only)."""
     applied = lifecycle.migrate(ctx.project())
-    click.echo(f"applied migrations {applied}" if applied else "the schema is up to date")
+    echo(f"applied migrations {applied}" if applied else "the schema is up to date")
 
 
 @cli.command()
@@ -129,9 +129,9 @@ def verify(ctx: Ctx) -> None:
     problems = lifecycle.verify(ctx.project())
     if problems:
         for line in problems:
-            click.echo(f"problem: {line}", err=True)
+            echo(f"problem: {line}", err=True)
         sys.exit(1)
-    click.echo("ok")
+    echo("ok")
 
 
 @cli.command()
@@ -148,7 +148,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
     chosen = str(Project.from_env(chosen).root)
     code, messages = status.activation_code(chosen, enroll=enroll)
     notices(messages)
-    click.echo(code, nl=False)
+    echo(code, nl=False)
 
 
 @cli.command("add-user")
@@ -159,7 +159,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
 def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
     """Authorize USER (owner only; re-running is harmless) and apply their request."""
     values.unix_name("user", user)
-    click.echo("\n".join(access.add_user(ctx.project(), user, read_only=read_only,
+    echo("\n".join(access.add_user(ctx.project(), user, read_only=read_only,
                                          app_admin=app_admin)))
 
 
@@ -169,7 +169,7 @@ def add_user(ctx: Ctx, user: str, read_only: bool, app_admin: bool) -> None:
 def drop_user(ctx: Ctx, user: str) -> None:
     """Revoke USER and end their sessions; their tasks stay (owner only)."""
     values.unix_name("user", user)
-    click.echo("\n".join(access.drop_user(ctx.project(), user)))
+    echo("\n".join(access.drop_user(ctx.project(), user)))
 
 
 @cli.command("users")
@@ -181,7 +181,7 @@ def users(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         echo_json(access.users_as_dicts(found))
     else:
-        click.echo(access.format_users(found))
+        echo(access.format_users(found))
 
 
 @cli.command("connections")
@@ -193,7 +193,7 @@ def connections(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
     else:
-        click.echo(access.format_connections(rows))
+        echo(access.format_connections(rows))
 
 
 @cli.command("recover")
@@ -208,7 +208,7 @@ def recover_cmd(ctx: Ctx, job_text: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(recover.as_dicts(found))
     else:
-        click.echo(recover.format_recovered(found))
+        echo(recover.format_recovered(found))
 
 
 @cli.command("prune")
@@ -239,15 +239,15 @@ def prune_cmd(ctx: Ctx, workflows: tuple[str, ...], all_finished: bool,
     if not dry_run and not yes:
         plan = prune(ctx.project(), dry_run=True, **args)
         if not plan.workflows:
-            click.echo(format_outcome(plan))
+            echo(format_outcome(plan))
             return
-        click.echo(format_outcome(plan), err=True)
+        echo(format_outcome(plan), err=True)
         click.confirm("prune?", abort=True, err=True)
     outcome = prune(ctx.project(), dry_run=dry_run, **args)
     if as_json:
         echo_json(outcome.as_dict())
     else:
-        click.echo(format_outcome(outcome))
+        echo(format_outcome(outcome))
 
 
 @cli.command("request-access")
@@ -257,7 +257,7 @@ def prune_cmd(ctx: Ctx, workflows: tuple[str, ...], all_finished: bool,
 def request_access(ctx: Ctx, if_needed: bool) -> None:
     """Ask for access: keep a password in ~/.pgpass, hand over only its verifier."""
     for line in access.request_access(ctx.project(), if_needed=if_needed):
-        click.echo(line, err=True)
+        echo(line, err=True)
 
 
 def _checked(*given: tuple[str, Any, Callable[[str, Any], Any]]) -> None:
