@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from ..base.clibase import Group, echo_json
-from . import taskwait
+from ..base.clibase import Group, echo, echo_json
+from . import taskout, taskwait
 from .context import CliContext, pass_ctx
 from .table import echo_table
 from .taskargs import count, filter_options, filters_from, task_id
@@ -26,7 +26,7 @@ _SCALARS = ("num_nodes", "ranks_per_node", "threads_per_rank", "gpus_per_rank",
 
 @click.group("task", cls=Group)
 def task() -> None:
-    """Tasks: add, list, show, modify, kill, retry, delete, explain."""
+    """Tasks: add, list, show, out, modify, kill, retry, delete, explain, wait."""
 
 
 def _scalar_options(fn: Any) -> Any:
@@ -88,9 +88,9 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
     if as_json:
         echo_json(ids)
     elif len(ids) == 1:
-        click.echo(f"added task {ids[0]}")
+        echo(f"added task {ids[0]}")
     else:
-        click.echo(f"added {len(ids)} tasks" + (f" ({ids[0]}…{ids[-1]})" if ids else ""))
+        echo(f"added {len(ids)} tasks" + (f" ({ids[0]}…{ids[-1]})" if ids else ""))
 
 
 def _open_tasks_file(path: str) -> tuple[str, Any]:
@@ -181,7 +181,7 @@ def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: An
                                  f"{r['wall_time_min']:g}", r["priority"], r["owner"]]
                                 for r in rows], empty="no tasks match")
     if more:
-        click.echo(f"(first {n} shown; use --limit for more)", err=True)
+        echo(f"(first {n} shown; use --limit for more)", err=True)
 
 
 @task.command("show")
@@ -196,13 +196,13 @@ def task_show(ctx: CliContext, /, tid: str, as_json: bool) -> None:
         return
     history = row.pop("history")
     for key, value in row.items():
-        click.echo(f"{key:>20}: {value}")
-    click.echo("history:")
+        echo(f"{key:>20}: {value}")
+    echo("history:")
     for ev in history:
         frm = ev["from_state"] or "-"
         msg = f"  {ev['message']}" if ev["message"] else ""
         job = f" (batch job {ev['batch_job_id']})" if ev["batch_job_id"] else ""
-        click.echo(f"  {ev['at']:%Y-%m-%d %H:%M:%S.%f}  {frm} -> {ev['to_state']}"
+        echo(f"  {ev['at']:%Y-%m-%d %H:%M:%S.%f}  {frm} -> {ev['to_state']}"
                    f"  by {ev['actor']}{job}{msg}")
 
 
@@ -229,5 +229,6 @@ def counts(ctx: CliContext, as_json: bool) -> None:
 
 register(task)  # modify, kill, retry, rm, why
 taskwait.register(task)  # wait
+taskout.register(task)  # out
 
 commands: list[click.Command] = [task, dep, counts]

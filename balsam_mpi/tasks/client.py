@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from ..base.project import Project
 from . import pyapps, validate, waiting
 from .filters import as_ids, filter_params, order_by, where
 from .outcome import Outcome
+from .outputs import STREAMS, OutputFile, opened
 from .read import PAGE, TaskReader
 from .refusals import refusals
 from .why import explain
@@ -182,9 +184,25 @@ class Client:
         workflow's directory for a Python app without task directories (a task of one
         that links input files still gets its own)."""
         own = self.project.task_dir(task["workflow"], task["id"], task["name"])
-        if task.get("input_files") or self.app(task["app"]).get("task_dirs", True):
-            return own
-        return own.parent.parent
+        return own if self.has_own_dir(task) else own.parent.parent
+
+    def has_own_dir(self, task: Mapping[str, Any]) -> bool:
+        """Whether the task runs in a directory of its own, with task.out and task.err
+        files (all but a Python app's without task directories, unless it links inputs)."""
+        return bool(task.get("input_files")) or self.app(task["app"]).get("task_dirs", True)
+
+    def outputs(self, task: Mapping[str, Any], stream: str = "out"
+                ) -> AbstractContextManager[list[OutputFile]]:
+        """The task's output files of ``stream`` ('out' or 'err'), read back safely
+        (``tasks/outputs.py``: nothing planted in data/ is followed or opened), open
+        until the context ends; NotFound when there are none (yet)."""
+        if stream not in STREAMS:
+            raise InputError(f"stream: 'out' or 'err', got {stream!r}")
+        if not self.has_own_dir(task):
+            raise NotFound(f"task {task['id']} keeps no output files: its app is a Python "
+                           "app without task directories (a failed call's output tail is "
+                           "in its output_tail)")
+        return opened(self.project.data_dir, self.workdir(task), stream)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{workflow: {state: count}} over all tasks."""

@@ -1,0 +1,73 @@
+"""`balsam-mpi task out ID [--err] [--tail N]`: what a task wrote, read back safely.
+
+The files are found and opened by ``tasks/outputs.py``, which follows nothing planted in
+``data/``. Down a pipe or into a file the bytes are passed on as the task wrote them; on
+a terminal they are decoded and whatever the terminal would act on is spelled out
+(``base/termtext``), since a task's output is the one text here its program alone chose.
+"""
+
+from __future__ import annotations
+
+import codecs
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from ..base.clibase import echo
+from ..base.errors import NotFound
+from ..base.termtext import visible
+from .context import CliContext, pass_ctx
+from .taskargs import count, task_id
+
+
+@click.command("out")
+@click.argument("tid", metavar="ID")
+@click.option("--err", "stream", flag_value="err", default="out",
+              help="task.err instead of task.out.")
+@click.option("--tail", "tail", default=None, metavar="N", help="Only the last N lines.")
+@pass_ctx
+def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None) -> None:
+    """What a task wrote: its task.out (or --err: task.err), every run's."""
+    lines = None if tail is None else count(tail, "tail")
+    client = ctx.client()
+    task = client.get(task_id(tid))
+    if not client.has_own_dir(task):
+        _stored_tail(task)
+        return
+    tty = sys.stdout.isatty()
+    with client.outputs(task, stream) as files:
+        for i, f in enumerate(files):
+            if len(files) > 1:  # as tail(1) marks each of several files
+                echo(("\n" if i else "") + f"==> {f.name} <==")
+            _write(f.chunks(lines), tty)
+
+
+def _stored_tail(task: dict[str, Any]) -> None:
+    """A Python call without a task directory wrote to memory: only a failed call's
+    tail was kept, in the task's row."""
+    if not task["output_tail"]:
+        raise NotFound(f"task {task['id']} keeps no output files (a Python app without task "
+                       "directories), and no output tail was stored: it is kept only when a "
+                       "call fails")
+    echo(f"(task {task['id']}: a Python app without task directories keeps no output files; "
+         "this is the output tail stored when the call failed, task.err first)", err=True)
+    _write([task["output_tail"].encode()], sys.stdout.isatty())
+
+
+def _write(chunks: Iterable[bytes], tty: bool) -> None:
+    if not tty:
+        out = sys.stdout.buffer
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span reads
+    for chunk in chunks:
+        click.echo(visible(decoder.decode(chunk)), nl=False)
+    click.echo(visible(decoder.decode(b"", final=True)), nl=False)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(task_out)

@@ -1,0 +1,107 @@
+"""`balsam-mpi task out`: a task's output read back, and nothing planted followed."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+from balsam_mpi.base.project import Project
+from balsam_mpi.cli import cli
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False,
+                              prog_name="balsam-mpi")
+
+
+def ok(*args: str) -> Result:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture()
+def task(pg_project: Project, dbname: str) -> tuple[int, Path]:
+    """A task of a command app and its directory as a launcher makes it (the project is
+    shared by the tests' databases, so each test has a workflow of its own)."""
+    ok("app", "add", "echo", "--command", "echo hi")
+    workflow = f"out-{uuid.uuid4().hex[:8]}"
+    ok("task", "add", "--app", "echo", "--workflow", workflow, "--name", "t")
+    tid = 1
+    workdir = pg_project.task_dir(workflow, tid, "t")
+    workdir.mkdir(parents=True)
+    return tid, workdir
+
+
+def test_out_err_and_tail(task: tuple[int, Path]) -> None:
+    tid, workdir = task
+    (workdir / "task.out").write_bytes(b"one\ntwo\nthree \x1b[31mred\xff\n")
+    (workdir / "task.err").write_bytes(b"e1\ne2\ne3")  # no newline at the end
+    assert ok("task", "out", str(tid)).stdout_bytes == b"one\ntwo\nthree \x1b[31mred\xff\n"
+    assert ok("task", "out", str(tid), "--err").stdout_bytes == b"e1\ne2\ne3"
+    assert ok("task", "out", str(tid), "--tail", "2").stdout_bytes == b"two\nthree \x1b[31mred\xff\n"
+    assert ok("task", "out", str(tid), "--err", "--tail", "1").stdout_bytes == b"e3"
+    assert ok("task", "out", str(tid), "--tail", "9").stdout_bytes.startswith(b"one\n")
+
+
+def test_every_runs_file_in_the_order_the_runs_made_them(task: tuple[int, Path]) -> None:
+    tid, workdir = task
+    (workdir / "task.out").write_text("first run\n")
+    (workdir / "task.10.out").write_text("third run\n")
+    (workdir / "task.2.out").write_text("second run\n")
+    (workdir / "task.x.out").write_text("not an output\n")
+    out = ok("task", "out", str(tid)).output
+    assert out.index("first run") < out.index("second run") < out.index("third run")
+    assert "==> data/" in out and "task.10.out <==" in out and "not an output" not in out
+
+
+def test_no_output_yet_is_one_line(pg_project: Project, dbname: str) -> None:
+    ok("app", "add", "echo", "--command", "echo hi")
+    ok("task", "add", "--app", "echo", "--workflow", f"new-{uuid.uuid4().hex[:8]}")
+    result = run("task", "out", "1")
+    assert result.exit_code == 1
+    assert "no launcher has made it yet" in result.output and len(result.output.splitlines()) == 1
+    assert run("task", "out", "99").exit_code == 1  # no such task
+    bad = run("task", "out", "1", "--tail", "-3")
+    assert bad.exit_code == 2 and "tail" in bad.output
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "hardlink", "dir_symlink"])
+def test_nothing_planted_is_followed_or_opened(task: tuple[int, Path], tmp_path: Path,
+                                               plant: str) -> None:
+    tid, workdir = task
+    secret = tmp_path / "secret"
+    secret.write_text("the owner's password\n")
+    if plant == "symlink":
+        (workdir / "task.out").symlink_to(secret)
+    elif plant == "fifo":
+        os.mkfifo(workdir / "task.out")  # an open for reading would wait for a writer
+    elif plant == "hardlink":
+        os.link(secret, workdir / "task.out")
+    else:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "task.out").symlink_to(secret)
+        workdir.rmdir()
+        workdir.symlink_to(elsewhere)
+    result = run("task", "out", str(tid))
+    assert result.exit_code != 0
+    assert "password" not in result.output
+    assert "refusing data/" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_a_python_app_without_task_dirs_gives_its_stored_tail(
+        pg_project: Project, dbname: str, su: psycopg.Connection[Any]) -> None:
+    ok("app", "add", "fn", "--python", "json:dumps", "--no-task-dirs")
+    ok("task", "add", "--app", "fn", "--workflow", "py")
+    result = run("task", "out", "1")
+    assert result.exit_code == 1 and "no output tail was stored" in result.output
+    su.execute("UPDATE tasks SET output_tail = 'Traceback: boom' WHERE id = 1")
+    result = ok("task", "out", "1")
+    assert result.stdout == "Traceback: boom" and "keeps no output files" in result.stderr
