@@ -7,6 +7,10 @@ makes files: in the directory's descriptor (a real directory of the project owne
 through a symlink), with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a fresh name
 (``….1.log``, ``….2.log``, …) when the name is taken — by a planted link or an earlier run
 — and mode 0640, so others in the group read it but cannot forge lines in it.
+
+Nor through a record: a message may carry values a member chose (a task's name, what its
+function raised), so its newlines and whatever a terminal would act on are spelled out
+(``termtext``); one record is one line, and `tail -f` on a log is safe.
 """
 
 from __future__ import annotations
@@ -16,12 +20,25 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..base import safefs
+from ..base.termtext import visible
 
 LOG_MODE = 0o640
 
 FORMAT = "%(asctime)s %(levelname)s [rank %(rank)s %(host)s] %(name)s: %(message)s"
+
+
+class _Formatter(logging.Formatter):
+    """Records as lines no value in them can split or turn into terminal commands."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = visible(record.message, newlines=False)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return visible(super().formatException(ei))  # a traceback keeps its lines
 
 
 class _RankFilter(logging.Filter):
@@ -44,7 +61,7 @@ def setup(rank: int, log_dir: Path | None, run_name: str, level: str = "INFO",
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    fmt = logging.Formatter(FORMAT)
+    fmt = _Formatter(FORMAT)
     rank_filter = _RankFilter(rank, host)
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(stderr_level)

@@ -69,3 +69,22 @@ def test_a_symlinked_log_dir_gives_no_log_file(tmp_path: Path,
     assert list(elsewhere.iterdir()) == []
     err = capsys.readouterr().err
     assert "no log file" in err and "symbolic link" in err
+
+
+def test_a_value_in_a_record_cannot_forge_a_line_or_reach_a_terminal(log_dir: Path) -> None:
+    """A record may carry values a member chose (a task's name, an error its function
+    raised): a newline in one would start a line that looks like the launcher's own, and
+    an escape would act on the terminal of whoever runs `tail -f` on the log."""
+    path = logs.setup(0, log_dir, "job5")
+    forged = "x\n2026-12-06 08:00:00,000 INFO [rank 0 nid1] launcher: all tasks done\x1b[2J"
+    logging.getLogger("launcher").warning("task 7: %s", forged)
+    try:
+        raise ValueError("bad\x1b]0;title\x07")
+    except ValueError:
+        logging.getLogger("launcher").exception("task 8 failed")
+    assert path is not None
+    text = path.read_text()
+    lines = text.splitlines()
+    assert len([ln for ln in lines if " [rank 0 " in ln]) == 2, text
+    assert "\x1b" not in text and "\x07" not in text
+    assert "x\\n2026-12-06" in text and "\\x1b[2J" in text and "bad\\x1b]0;title\\x07" in text
