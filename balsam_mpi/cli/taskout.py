@@ -1,4 +1,5 @@
-"""`balsam-mpi task out ID [--err] [--tail N]`: what a task wrote, read back safely.
+"""`balsam-mpi task out ID [--err] [--tail N] [--follow]`: what a task wrote, read back
+safely, and with ``--follow`` as it writes it, until the task ends.
 
 The files are found and opened by ``tasks/outputs.py``, which follows nothing planted in
 ``data/``. Down a pipe or into a file the bytes are passed on as the task wrote them; on
@@ -18,6 +19,7 @@ import click
 from ..base.clibase import echo
 from ..base.errors import NotFound
 from ..base.termtext import visible
+from ..tasks import follow as follower
 from .context import CliContext, pass_ctx
 from .taskargs import count, task_id
 
@@ -27,8 +29,11 @@ from .taskargs import count, task_id
 @click.option("--err", "stream", flag_value="err", default="out",
               help="task.err instead of task.out.")
 @click.option("--tail", "tail", default=None, metavar="N", help="Only the last N lines.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Then print what it writes as it writes it, until it ends.")
 @pass_ctx
-def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None) -> None:
+def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None,
+             follow: bool) -> None:
     """What a task wrote: its task.out (or --err: task.err), every run's."""
     lines = None if tail is None else count(tail, "tail")
     client = ctx.client()
@@ -37,6 +42,10 @@ def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None) -> Non
         _stored_tail(task)
         return
     tty = sys.stdout.isatty()
+    if follow:
+        follower.follow(client, task, stream, lines,
+                        lambda chunks: _write(chunks, tty), lambda note: echo(note, err=True))
+        return
     with client.outputs(task, stream) as files:
         for i, f in enumerate(files):
             if len(files) > 1:  # as tail(1) marks each of several files

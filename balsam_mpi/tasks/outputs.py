@@ -42,10 +42,9 @@ class OutputFile:
     fd: int
     size: int
 
-    def chunks(self, tail_lines: int | None = None) -> Iterator[bytes]:
-        """The whole file in chunks, or its last ``tail_lines`` lines."""
-        start = 0 if tail_lines is None else tail_start(self.fd, self.size, tail_lines)
-        offset = start
+    def chunks(self, tail_lines: int | None = None, start: int = 0) -> Iterator[bytes]:
+        """The file from ``start`` in chunks, or its last ``tail_lines`` lines."""
+        offset = start if tail_lines is None else tail_start(self.fd, self.size, tail_lines)
         while offset < self.size:
             data = os.pread(self.fd, min(CHUNK, self.size - offset), offset)
             if not data:

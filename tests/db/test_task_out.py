@@ -105,3 +105,58 @@ def test_a_python_app_without_task_dirs_gives_its_stored_tail(
     su.execute("UPDATE tasks SET output_tail = 'Traceback: boom' WHERE id = 1")
     result = ok("task", "out", "1")
     assert result.stdout == "Traceback: boom" and "keeps no output files" in result.stderr
+
+
+def test_follow_prints_what_is_appended_until_the_task_ends(
+        pg_project: Project, dbname: str) -> None:
+    """The task is not started when following begins: its output is waited for, read as
+    it grows, followed from its new end after a cut, and read to its end once it ended."""
+    import threading
+    import time
+
+    from balsam_mpi import Client
+    from balsam_mpi.tasks.follow import follow
+
+    ok("app", "add", "echo", "--command", "echo hi")
+    workflow = f"follow-{uuid.uuid4().hex[:8]}"
+    ok("task", "add", "--app", "echo", "--workflow", workflow, "--name", "t")
+    workdir = pg_project.task_dir(workflow, 1, "t")
+    got: list[bytes] = []
+    notes: list[str] = []
+    with Client() as client:  # BALSAM_DB_NAME names this test's database
+        task = client.get(1)
+        thread = threading.Thread(target=follow, args=(
+            client, task, "out", None, lambda chunks: got.extend(chunks), notes.append),
+            kwargs={"poll_s": 0.05}, daemon=True)
+        thread.start()
+
+        def printed() -> bytes:
+            return b"".join(got)
+
+        def until(cond: Any) -> None:
+            deadline = time.monotonic() + 20
+            while not cond():
+                assert time.monotonic() < deadline and thread.is_alive(), (got, notes)
+                time.sleep(0.02)
+
+        until(lambda: notes)  # no directory yet: waiting for it
+        assert "waiting for task 1" in notes[0]
+        workdir.mkdir(parents=True)
+        out = workdir / "task.out"
+        out.write_bytes(b"line 1\n")
+        until(lambda: printed() == b"line 1\n")
+        with out.open("ab") as f:
+            f.write(b"line 2\n")
+        until(lambda: printed() == b"line 1\nline 2\n")
+        out.write_bytes(b"cut\n")  # shorter: the output cap cut it
+        until(lambda: len(notes) == 2)
+        assert "was cut" in notes[1]
+        with out.open("ab") as f:
+            f.write(b"after the cut\n")
+        until(lambda: printed().endswith(b"after the cut\n"))
+        with out.open("ab") as f:
+            f.write(b"last words\n")
+        client.kill(1)  # it ends: what it wrote up to then is printed, and follow returns
+        thread.join(20)
+        assert not thread.is_alive()
+        assert printed() == b"line 1\nline 2\nafter the cut\nlast words\n"
