@@ -3,9 +3,11 @@
 Each workflow ``w`` has ``counts[w]`` runnable rows; each live launcher ``l`` has a weight
 (its nodes), holds ``held[l]`` rows unfinished, and takes either every workflow or those
 its filter names. While some live launcher also filters by owner (members each running
-their own tasks), the rows are counted per workflow and owner instead (a *kind*:
-``kind(w, owner)``), and a launcher takes a kind when its filters take both. The
-division ``x[l][w]`` gives every row to a launcher that may take it and makes the
+their own tasks) or by tags (a launcher per site or per kind of node), the rows are
+counted per workflow, owner and *tag signature* instead (a *kind*: ``kind(w, owner,
+sig)``; the signature says which of the live launchers' distinct tag filters a row
+matches, one ``0``/``1`` each), and a launcher takes a kind when its filters take all of
+it. The division ``x[l][w]`` gives every row to a launcher that may take it and makes the
 largest load per weight, ``(held[l] + sum_w x[l][w]) / weight[l]``, as
 small as it can be. The run's work then ends on every launcher at about the same time,
 instead of open launchers taking, in id order, the rows only a filtered launcher could
@@ -27,7 +29,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 BISECTIONS = 40  # the load's bracket shrinks 2^40-fold: far below one row
 # A shortest-path max flow needs at most O(V·E) augmentations, but crafted counts and
@@ -36,20 +38,27 @@ BUDGET_S = 0.05
 _EPS = 1e-9
 
 
-# Between a workflow and an owner in a kind's key: no stored name holds a NUL (values.text
-# refuses it, and Postgres text cannot hold one), so a key splits back one way only.
-_OWNER = "\x00"
+# Between the parts of a kind's key: no stored name holds a NUL (values.text refuses it,
+# and Postgres text cannot hold one), so a key splits back one way only. An owner is never
+# empty (a UNIX name) and a signature has a digit per filter, so "" stands for "any".
+_SEP = "\x00"
 
 
-def kind(workflow: str, owner: str | None = None) -> str:
-    """The division's key for a workflow's rows, or for one owner's rows of it."""
-    return workflow if owner is None else f"{workflow}{_OWNER}{owner}"
+def kind(workflow: str, owner: str | None = None, sig: str | None = None) -> str:
+    """The division's key for a workflow's rows, or for those of one owner and of one tag
+    signature (None: any)."""
+    if owner is None and sig is None:
+        return workflow
+    return f"{workflow}{_SEP}{owner or ''}{_SEP}{sig or ''}"
 
 
-def kind_parts(key: str) -> tuple[str, str | None]:
-    """(workflow, owner) of a kind; owner None: every owner's rows of the workflow."""
-    workflow, sep, owner = key.partition(_OWNER)
-    return workflow, (owner if sep else None)
+def kind_parts(key: str) -> tuple[str, str | None, str | None]:
+    """(workflow, owner, signature) of a kind; None: any owner, any tags."""
+    workflow, sep, rest = key.partition(_SEP)
+    if not sep:
+        return workflow, None, None
+    owner, _, sig = rest.partition(_SEP)
+    return workflow, owner or None, sig or None
 
 
 class Taker(NamedTuple):
@@ -60,18 +69,47 @@ class Taker(NamedTuple):
     weight: float  # its nodes
     held: float = 0.0  # rows it holds unfinished (claimed or running)
     owners: frozenset[str] | None = None  # None: every owner's tasks
+    tag_bit: int | None = None  # its tag filter's place in a signature; None: no tags
 
     def takes(self, key: str) -> bool:
         """Whether its filters take every row of this kind (a launcher limited to some
-        owners takes no workflow whose rows were not counted per owner)."""
-        workflow, owner = kind_parts(key)
+        owners, or to tags, takes no rows that were not counted per owner, or per tag
+        signature)."""
+        workflow, owner, sig = kind_parts(key)
         if self.workflows is not None and workflow not in self.workflows:
             return False
-        return self.owners is None or (owner is not None and owner in self.owners)
+        if self.owners is not None and (owner is None or owner not in self.owners):
+            return False
+        return self.tag_bit is None or (sig is not None and len(sig) > self.tag_bit
+                                        and sig[self.tag_bit] == "1")
 
     @property
     def narrowed(self) -> bool:
-        return self.workflows is not None or self.owners is not None
+        return (self.workflows is not None or self.owners is not None
+                or self.tag_bit is not None)
+
+
+TagFilter = tuple[tuple[str, str], ...]  # a launcher's --tag pairs, sorted
+
+
+def signature(tags: Mapping[str, Any], filters: Sequence[TagFilter]) -> str:
+    """Which of ``filters`` a row's tags match (all of a filter's pairs), a digit each."""
+    return "".join("1" if all(tags.get(k) == v for k, v in f) else "0" for f in filters)
+
+
+def sig_filters(sig: str, filters: Sequence[TagFilter], own: TagFilter = ()
+                ) -> tuple[TagFilter, tuple[TagFilter, ...]] | None:
+    """The claim filters that take exactly a signature's rows: the pairs every row has
+    (``own`` and each matched filter's, merged) and the filters no row matches; None when
+    no row can have it (two matched filters give one key two values)."""
+    pairs = dict(own)
+    for digit, f in zip(sig, filters, strict=True):
+        if digit == "1":
+            for k, v in f:
+                if pairs.setdefault(k, v) != v:
+                    return None
+    unmatched = tuple(f for digit, f in zip(sig, filters, strict=True) if digit == "0")
+    return tuple(sorted(pairs.items())), unmatched
 
 
 def workflow_set(names: Iterable[str]) -> frozenset[str] | None:
@@ -131,7 +169,8 @@ class _Flow:
         # Launchers that take fewer workflows come first among a workflow's edges, so the
         # search routes rows to those that cannot take others before the open ones.
         order = sorted(people, key=lambda t: (not t.narrowed, len(t.workflows or ()),
-                                              len(t.owners or ()), t.job_id))
+                                              len(t.owners or ()), t.tag_bit is None,
+                                              t.job_id))
         self.edges = {w: [t for t in order if t.takes(w)] for w in work}
 
     def route(self, load: float) -> dict[tuple[str, int], float] | None:

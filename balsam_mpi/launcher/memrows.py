@@ -59,7 +59,8 @@ def takes(f: ClaimFilter, t: Task) -> bool:
     """Would a launcher with these filters claim ``t``? (launcher_filter_takes)"""
     return ((not f.workflows or t.workflow in f.workflows)
             and dict(f.tags).items() <= t.tags.items()
-            and (not f.owners or t.owner in f.owners))
+            and (not f.owners or t.owner in f.owners)
+            and not any(dict(n).items() <= t.tags.items() for n in f.not_tags))
 
 
 def requeue(t: Task, *, counted: bool, why: str) -> None:

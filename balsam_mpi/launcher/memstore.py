@@ -28,7 +28,7 @@ from typing import Any
 from ..base.errors import InputError, ServerError
 from ..protocol import EndKind, Finished, Started
 from . import memleases
-from .division import Taker, kind, workflow_set
+from .division import Taker, kind, signature, workflow_set
 from .memjournal import JournalsInMemory
 from .memrows import Job, Task, requeue, takes
 from .storeport import (
@@ -324,19 +324,26 @@ class MemStore(JournalsInMemory):
         live = sorted((j for j in self.jobs.values()
                        if j.state == "RUNNING" and not self._expired(j)), key=lambda j: j.id)
         named = {w for j in live if j.id != lease.job_id for w in j.filters.workflows}
-        if len(live) < 2 or not any(j.filters.workflows or j.filters.owners for j in live):
+        if len(live) < 2 or not any(j.filters.workflows or j.filters.owners or j.filters.tags
+                                    for j in live):
             return Peers(tuple(runnable), frozenset(named))
         by_owner = any(j.filters.owners for j in live)
+        tag_filters = tuple(sorted({tuple(sorted(j.filters.tags)) for j in live
+                                    if j.filters.tags}))
         scanned = set(runnable)
         free = [t for t in self.tasks.values() if t.state in RUNNABLE and t.batch_job_id is None
                 and t.workflow in scanned]
-        counts = Counter(kind(t.workflow, t.owner if by_owner else None) for t in free)
+        counts = Counter(kind(t.workflow, t.owner if by_owner else None,
+                              signature(t.tags, tag_filters) if tag_filters else None)
+                         for t in free)
         return Peers(tuple(runnable), frozenset(named), dict(sorted(counts.items())),
                      tuple(Taker(j.id, workflow_set(j.filters.workflows), float(j.nodes),
                                  float(sum(1 for t in self.tasks.values()
                                            if t.batch_job_id == j.id and t.state in HELD)),
-                                 workflow_set(j.filters.owners))
-                           for j in live))
+                                 workflow_set(j.filters.owners),
+                                 tag_filters.index(tuple(sorted(j.filters.tags)))
+                                 if j.filters.tags else None)
+                           for j in live), tag_filters)
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         self._enter("give_back")

@@ -30,10 +30,15 @@ yields to the division, which is why it applies only while some live launcher's 
 names workflows or owners. The division gives out rows not yet claimed and counts what each
 launcher holds unfinished toward its load (a launcher that started earlier holds more).
 Loads are rows, not node-seconds. While a live launcher filters by owner (members each
-running their own tasks), the rows are divided per workflow and owner, and a planned
-claim asks for one owner's rows of one workflow. Filters on tags are not part of it.
-More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable rows, or more than
-``MAX_TAKERS`` live launchers: the usual claim.
+running their own tasks) or by tags (a launcher per site, or per kind of node), the rows
+are divided per workflow, owner and tag signature (which of the live launchers' distinct
+tag filters a row matches), and a planned claim asks for exactly one such kind: one
+owner's rows of one workflow, with the tags of the filters its signature matches and
+none of the others' (``ClaimFilter.not_tags``), so an open launcher leaves a site's rows
+to that site's launcher as it leaves a named workflow to the launcher that names it.
+More than ``RUNNABLE_SCAN_MAX - 1`` workflows with runnable rows, more than
+``MAX_TAKERS`` live launchers, or more than ``MAX_TAG_FILTERS`` distinct tag filters among
+them: the usual claim.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import math
 from ..base.errors import BalsamError
 from ..base.pacing import Periodic
 from .calls import Calls
-from .division import Taker, divide, kind, kind_parts, workflow_set
+from .division import TagFilter, Taker, divide, kind_parts, sig_filters, workflow_set
 from .storeport import ClaimFilter, Lease, Peers, StorePort
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,11 @@ MIN_SHARE = 0.5  # rows: a share below this is none
 # More live launchers than this: no division (the read leaves it out too). Members can
 # open batch jobs at will; thousands of them must not make every leader's division slow.
 MAX_TAKERS = 64
+# More distinct tag filters among live launchers than this: no division (the read leaves
+# it out). A row's signature costs a containment test per filter, for up to 20,000 rows a
+# read, and members can open batch jobs with filters at will.
+MAX_TAG_FILTERS = 8
+ASKED_MAX = 4096  # planned claims' kinds remembered (a kind's filter is the same each time)
 
 
 class Preference:
@@ -65,7 +75,9 @@ class Preference:
         self.lease = lease
         self.filters = filters
         self.reads = Periodic(PEERS_S, now=True)
-        self.left: dict[str, float] = {}  # the plan's rows not yet claimed, per workflow
+        self.left: dict[str, float] = {}  # the plan's rows not yet claimed, per kind
+        self.tag_filters: tuple[TagFilter, ...] = ()  # a signature's digits, in order
+        self.asked: dict[ClaimFilter, str] = {}  # a planned claim's kind, until it returns
         self.spent = False  # the whole plan claimed: free slots only until the next read
         self.ready = False  # the first read is in: the first claim waits for it
 
@@ -75,24 +87,36 @@ class Preference:
             # BUDGET_S of Python (division.py), the loop's turns are milliseconds.
             self.calls.start("peers", self._divide, then=self._read, failed=self._unread)
 
-    def _divide(self) -> dict[str, float]:
-        return plan(self.lease.job_id, self.filters, self.store.claim_peers(self.lease))
+    def _divide(self) -> tuple[dict[str, float], tuple[TagFilter, ...]]:
+        peers = self.store.claim_peers(self.lease)
+        return plan(self.lease.job_id, self.filters, peers), peers.tag_filters
 
     def claim(self) -> tuple[ClaimFilter, int] | None:
-        """The next planned claim (one workflow, or one owner's rows of it; at most this
-        many rows), or None for the usual claim."""
-        if not self.left:
-            return None
-        key = max(sorted(self.left), key=lambda k: self.left[k])
-        rows = max(1, math.ceil(self.left[key] - 1e-6))
-        workflow, owner = kind_parts(key)
-        owners = self.filters.owners if owner is None else (owner,)
-        return ClaimFilter((workflow,), self.filters.tags, owners), rows
+        """The next planned claim (one kind: a workflow, or one owner's rows of it with
+        one tag signature; at most this many rows), or None for the usual claim."""
+        while self.left:
+            key = max(sorted(self.left), key=lambda k: self.left[k])
+            rows = max(1, math.ceil(self.left[key] - 1e-6))
+            workflow, owner, sig = kind_parts(key)
+            owners = self.filters.owners if owner is None else (owner,)
+            tags = self.filters.tags
+            not_tags: tuple[TagFilter, ...] = ()
+            if sig is not None:
+                exact = sig_filters(sig, self.tag_filters, self.filters.tags)
+                if exact is None:  # no row can have it (never counted): not a share
+                    del self.left[key]
+                    self.spent = not self.left
+                    continue
+                tags, not_tags = exact
+            wanted = ClaimFilter((workflow,), tags, owners, not_tags)
+            self.asked[wanted] = key
+            return wanted, rows
+        return None
 
     def claimed(self, planned: ClaimFilter, rows: int, *, short: bool) -> None:
         """A planned claim came back with ``rows``; ``short``: its rows ran out."""
-        key = self._key(planned)
-        if key not in self.left:
+        key = self.asked.get(planned)  # (several claims of a kind may be under way)
+        if key is None or key not in self.left:
             return
         self.left[key] -= rows
         if short:  # others took rows the division counted: divide again at once
@@ -101,15 +125,10 @@ class Preference:
             del self.left[key]
             self.spent = not self.left
 
-    def _key(self, planned: ClaimFilter) -> str:
-        """The plan's key of a planned claim (as ``claim`` made it)."""
-        workflow = planned.workflows[0]
-        if len(planned.owners) == 1 and kind(workflow, planned.owners[0]) in self.left:
-            return kind(workflow, planned.owners[0])
-        return workflow
-
-    def _read(self, share: dict[str, float]) -> None:
-        self.left = share
+    def _read(self, read: tuple[dict[str, float], tuple[TagFilter, ...]]) -> None:
+        self.left, self.tag_filters = read
+        if len(self.asked) > ASKED_MAX:  # kept across reads: a claim may span one
+            self.asked.clear()
         self.spent = False
         self.ready = True
 
@@ -123,9 +142,13 @@ def plan(job_id: int, filters: ClaimFilter, peers: Peers) -> dict[str, float]:
     """This launcher's share of the division (workflow → rows), or {} for the usual
     claim (see the module)."""
     if (not peers.takers or len(peers.takers) > MAX_TAKERS
+            or len(peers.tag_filters) > MAX_TAG_FILTERS
             or len(peers.runnable) >= RUNNABLE_SCAN_MAX):
         return {}
     shares = divide(peers.counts, peers.takers).get(job_id, {})
+    own_tags = tuple(sorted(filters.tags))
     me = Taker(job_id, workflow_set(filters.workflows), 1.0,
-               owners=workflow_set(filters.owners))
+               owners=workflow_set(filters.owners),
+               tag_bit=peers.tag_filters.index(own_tags)
+               if own_tags and own_tags in peers.tag_filters else None)
     return {key: rows for key, rows in shares.items() if rows >= MIN_SHARE and me.takes(key)}

@@ -165,7 +165,8 @@ class Store:
             "workflows": list(filters.workflows) or None,
             "tags": Jsonb(dict(filters.tags)) if filters.tags else None,
             "owners": list(filters.owners) or None,
-            "remaining_min": remaining_min, "max_nodes": max_nodes})
+            "remaining_min": remaining_min, "max_nodes": max_nodes,
+            "not_tags": [Jsonb(dict(t)) for t in filters.not_tags] or None})
         claimed = [Claimed(*r) for r in rows]
         # RETURNING order is not guaranteed: back to the claim's own, priority first.
         claimed.sort(key=lambda c: (-c.priority, c.id))
@@ -251,12 +252,17 @@ class Store:
         counts: dict[str, int] = {}
         if row[2] is not None:
             counts = dict(zip(runnable, (int(n) for n in row[2]), strict=True))
-        elif row[4] is not None:  # per workflow and owner: a launcher filters by owner
-            counts = {kind(str(w), str(o)): int(n) for w, o, n in row[4]}
+        elif row[4] is not None:  # a launcher filters by owner or tags: counts per kind
+            counts = {kind(str(w), None if o is None else str(o), None if g is None else str(g)):
+                      int(n) for w, o, g, n in row[4]}
+        # The distinct tag filters, in a signature's order (a recorded filter's values
+        # are passed on as stored; its keys are unique, so sorting never compares values).
+        tag_filters = tuple(tuple(sorted(f.items())) for f in row[5] or ())
         takers = tuple(Taker(int(job), workflow_set(str(w) for w in workflows),
-                             float(nodes), float(held), workflow_set(str(o) for o in owners))
-                       for job, nodes, workflows, held, owners in row[3] or ())
-        return Peers(runnable, frozenset(row[1] or ()), counts, takers)
+                             float(nodes), float(held), workflow_set(str(o) for o in owners),
+                             tag_filters.index(tuple(sorted(tags.items()))) if tags else None)
+                       for job, nodes, workflows, held, owners, tags in row[3] or ())
+        return Peers(runnable, frozenset(row[1] or ()), counts, takers, tag_filters)
 
     def give_back(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         rows = self._rows("launcher_give_back", {"job": lease.job_id, "epoch": lease.epoch,

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..base.errors import DatabaseError
 from ..protocol import Finished, Started
-from .division import Taker
+from .division import TagFilter, Taker
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class ClaimFilter:
     workflows: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     owners: tuple[str, ...] = ()
+    # A planned claim's tag filters that no row it takes may match (division.sig_filters):
+    # another launcher's share. Never part of a launcher's own filters (as_json).
+    not_tags: tuple[tuple[tuple[str, str], ...], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {"workflows": list(self.workflows), "tags": dict(self.tags),
@@ -115,12 +118,15 @@ class Peers(NamedTuple):
 
     runnable: tuple[str, ...]  # workflows with runnable, unclaimed rows (at most 65)
     named: frozenset[str]  # workflows other live launchers name in their filters
-    # Only while more than one launcher is live and one has a workflow or an owner
-    # filter (else empty): each runnable workflow's rows (per workflow and owner, keyed
-    # by division.kind, while one has an owner filter), counted up to a cap, and every
-    # live launcher, this one included, as the division sees it (launcher/division.py).
+    # Only while more than one launcher is live and one has a workflow, an owner or a tag
+    # filter (else empty): each runnable workflow's rows (per workflow, owner and tag
+    # signature, keyed by division.kind, while one has an owner or a tag filter), counted
+    # up to a cap, and every live launcher, this one included, as the division sees it
+    # (launcher/division.py); the live launchers' distinct tag filters, in the order of a
+    # signature's digits.
     counts: Mapping[str, int] = {}
     takers: tuple[Taker, ...] = ()
+    tag_filters: tuple[TagFilter, ...] = ()
 
 
 class BadReport(DatabaseError):

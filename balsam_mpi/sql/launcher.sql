@@ -19,7 +19,7 @@ SELECT id, workflow, name, state, app, command, shell, env_script, params::text,
        wall_time_min, priority, input_files, parents::text
   FROM launcher_claim(%(job)s, %(epoch)s, %(limit)s, %(capacity)s, %(max_need)s,
                       %(workflows)s, %(tags)s, %(owners)s, %(remaining_min)s,
-                      %(max_nodes)s);
+                      %(max_nodes)s, %(not_tags)s::jsonb[]);
 
 -- name: launcher_report
 -- ``through``: the last report group of the leader's journal this batch completes (0 =
@@ -63,11 +63,15 @@ SELECT launcher_give_back FROM launcher_give_back(%(job)s::bigint, %(epoch)s::bi
 -- workflows that have runnable, unclaimed rows (a loose scan of tasks_runnable_workflow:
 -- one probe per workflow, at most 65 of them), the workflows other live launchers name
 -- in their filters, and -- only while 2 to 64 launchers are live and one of them has
--- a workflow or an owner filter -- how many rows each workflow has (counted up to a cap
--- that keeps the whole count near 20,000 index entries) and every live launcher's
+-- a workflow, an owner or a tag filter -- how many rows each workflow has (counted up to
+-- a cap that keeps the whole count near 20,000 index entries) and every live launcher's
 -- filter, nodes and unfinished rows (counted up to the same cap, through
--- tasks_batch_job). While one of them has an owner filter, the same rows are counted per
--- workflow and owner instead (the fifth column; the third is then NULL).
+-- tasks_batch_job). While one of them has an owner or a tag filter, the same rows are
+-- counted per workflow, owner (while one filters by owner) and tag signature (while one
+-- filters by tags: which of the live launchers' distinct tag filters the row matches, a
+-- '0' or '1' each, in the order of the sixth column) instead: the fifth column; the
+-- third is then NULL. More than 8 distinct tag filters: no division (each row's signature
+-- costs a containment test per filter).
 WITH RECURSIVE runnable(workflow, n) AS (
     (SELECT t.workflow, 1 FROM tasks t
       WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
@@ -83,24 +87,39 @@ WITH RECURSIVE runnable(workflow, n) AS (
     SELECT r.workflow FROM runnable r WHERE r.workflow IS NOT NULL
 ), live AS (
     SELECT b.id, b.nodes, coalesce(b.filters -> 'workflows', '[]'::jsonb) AS workflows,
-           coalesce(b.filters -> 'owners', '[]'::jsonb) AS owners
+           coalesce(b.filters -> 'owners', '[]'::jsonb) AS owners,
+           coalesce(b.filters -> 'tags', '{}'::jsonb) AS tags
       FROM batch_jobs b
      WHERE b.state = 'RUNNING'
        AND coalesce(b.heartbeat_at, b.started_at)
            > now() - make_interval(secs => b.lease_sec)
+), tag_filters AS (
+    SELECT coalesce(array_agg(x.tags ORDER BY x.tags::text), '{}') AS filters
+      FROM (SELECT DISTINCT l.tags FROM live l WHERE l.tags <> '{}'::jsonb) x
 ), divide AS (
     SELECT (SELECT count(*) FROM live) BETWEEN 2 AND 64  -- MAX_TAKERS (preference.py)
+           AND cardinality(tf.filters) <= 8  -- MAX_TAG_FILTERS (preference.py)
            AND EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.workflows) > 0
-                                              OR jsonb_array_length(l.owners) > 0)
+                                              OR jsonb_array_length(l.owners) > 0
+                                              OR l.tags <> '{}'::jsonb)
            AS needed,
            EXISTS (SELECT 1 FROM live l WHERE jsonb_array_length(l.owners) > 0) AS by_owner,
-           greatest(500, 20000 / greatest((SELECT count(*) FROM found), 1)) AS cap
+           cardinality(tf.filters) > 0 AS by_tag, tf.filters,
+           greatest(500, 20000 / greatest((SELECT count(*) FROM found), 1)) AS cap,
+           -- Reading each row's tags costs a heap fetch and its signature a test per
+           -- filter (20,000 rows of distinct tags and 8 filters: 130 ms here), so rows
+           -- are counted per signature up to a fifth of that.
+           CASE WHEN cardinality(tf.filters) > 0
+                THEN greatest(100, 4000 / greatest((SELECT count(*) FROM found), 1))
+                ELSE greatest(500, 20000 / greatest((SELECT count(*) FROM found), 1))
+           END AS kind_cap
+      FROM tag_filters tf
 )
 SELECT array(SELECT f.workflow FROM found f ORDER BY f.workflow),
        array(SELECT DISTINCT w.name
                FROM live l CROSS JOIN LATERAL jsonb_array_elements_text(l.workflows) AS w(name)
               WHERE l.id <> %(job)s),
-       CASE WHEN d.needed AND NOT d.by_owner THEN array(
+       CASE WHEN d.needed AND NOT (d.by_owner OR d.by_tag) THEN array(
            SELECT (SELECT count(*) FROM (
                        SELECT 1 FROM tasks t
                         WHERE t.workflow = f.workflow
@@ -118,20 +137,34 @@ SELECT array(SELECT f.workflow FROM found f ORDER BY f.workflow),
                              AND t.state IN ('READY', 'RESTART_READY', 'PREPROCESSED',
                                              'RUNNING')
                            LIMIT d.cap) AS h),
-                      to_jsonb(array(SELECT jsonb_array_elements_text(l.owners))))
+                      to_jsonb(array(SELECT jsonb_array_elements_text(l.owners))),
+                      l.tags)
                   ORDER BY l.id)
              FROM live l) END,
-       CASE WHEN d.needed AND d.by_owner THEN (
-           SELECT jsonb_agg(jsonb_build_array(f.workflow, c.owner, c.n)
-                            ORDER BY f.workflow, c.owner)
+       CASE WHEN d.needed AND (d.by_owner OR d.by_tag) THEN (
+           SELECT jsonb_agg(jsonb_build_array(f.workflow, c.owner, c.sig, c.n)
+                            ORDER BY f.workflow, c.owner, c.sig)
              FROM found f CROSS JOIN LATERAL (
-                  SELECT s.owner, count(*) AS n FROM (
-                      SELECT t.owner FROM tasks t
-                       WHERE t.workflow = f.workflow
-                         AND t.state IN ('READY', 'RESTART_READY')
-                         AND t.batch_job_id IS NULL
-                       LIMIT d.cap) AS s
-                   GROUP BY s.owner) AS c) END
+                  -- Rows with the same tags have the same signature: each distinct set
+                  -- is tested once against each filter.
+                  SELECT g.owner, g.sig, sum(g.n)::bigint AS n FROM (
+                      SELECT s.owner,
+                             CASE WHEN d.by_tag THEN (
+                                 SELECT string_agg(CASE WHEN s.tags @> u.f THEN '1'
+                                                        ELSE '0' END, '' ORDER BY u.i)
+                                   FROM unnest(d.filters) WITH ORDINALITY AS u(f, i))
+                             END AS sig, s.n
+                        FROM (SELECT r.owner, r.tags, count(*) AS n FROM (
+                                  SELECT CASE WHEN d.by_owner THEN t.owner END AS owner,
+                                         CASE WHEN d.by_tag THEN t.tags END AS tags
+                                    FROM tasks t
+                                   WHERE t.workflow = f.workflow
+                                     AND t.state IN ('READY', 'RESTART_READY')
+                                     AND t.batch_job_id IS NULL
+                                   LIMIT d.kind_cap) AS r
+                               GROUP BY r.owner, r.tags) AS s) AS g
+                   GROUP BY g.owner, g.sig) AS c) END,
+       to_jsonb(d.filters)
   FROM divide d;
 
 -- name: launcher_kills

@@ -100,6 +100,37 @@ def test_an_owner_filter_makes_the_division_count_per_owner(store: Store,
     assert store.claim_peers(me).counts == {}  # no filter left: the usual claims
 
 
+def test_a_tag_filter_makes_the_division_count_per_tag_signature(store: Store,
+                                                                conn: Any) -> None:
+    """A launcher per site beside an open one: the rows are counted per signature (which
+    of the live tag filters each matches), and a planned claim of one signature takes
+    exactly its rows, leaving the others' alone (0022's not_tags)."""
+    site_a = add(conn, 3, workflow="a", tags='{"site": "a", "x": "1"}')
+    site_b = add(conn, 2, workflow="a", tags='{"site": "b"}')
+    plain = add(conn, 4, workflow="a")
+    me = open_job(store)
+    a_job = open_job(store, ClaimFilter((), (("site", "a"),)))
+    b_job = open_job(store, ClaimFilter((), (("site", "b"),)))
+    peers = store.claim_peers(me)
+    assert peers.tag_filters == ((("site", "a"),), (("site", "b"),))
+    assert peers.counts == {kind("a", None, "10"): 3, kind("a", None, "01"): 2,
+                            kind("a", None, "00"): 4}
+    assert [t.tag_bit for t in peers.takers] == [None, 0, 1]
+    assert [t.takes(kind("a", None, "10")) for t in peers.takers] == [True, True, False]
+    # The open launcher's share of untagged rows: none of either site's.
+    untagged = ClaimFilter(("a",), (), (), peers.tag_filters)
+    assert sorted(claim(store, me, 10, untagged)) == plain
+    assert sorted(claim(store, a_job, 10, ClaimFilter(("a",), (("site", "a"),), (),
+                                                      ((("site", "b"),),)))) == site_a
+    assert sorted(claim(store, b_job, 10, ClaimFilter((), (("site", "b"),)))) == site_b
+    go_silent(conn, a_job)
+    go_silent(conn, b_job)
+    assert store.claim_peers(me).counts == {}  # no filter left: the usual claims
+    for i in range(9):  # more distinct tag filters than a division is worth
+        open_job(store, ClaimFilter((), (("k", str(i)),)))
+    assert store.claim_peers(me).counts == {}
+
+
 @pytest.mark.parametrize("filters", [
     '"wf"', '{"workflows": "wf"}', '{"workflows": [{"a": 1}]}', '{"workflows": [1]}',
     '{"owners": ["u", null]}', '{"tags": ["x"]}',

@@ -8,7 +8,15 @@ import random
 
 import pytest
 
-from balsam_mpi.launcher.division import Taker, divide, kind, kind_parts, workflow_set
+from balsam_mpi.launcher.division import (
+    Taker,
+    divide,
+    kind,
+    kind_parts,
+    sig_filters,
+    signature,
+    workflow_set,
+)
 
 # The `concurrent` benchmark's launchers: wf_a only, wf_b only, wf_a and wf_c, two open.
 BENCH = [Taker(1, frozenset({"a"}), 1.0), Taker(2, frozenset({"b"}), 1.0),
@@ -118,4 +126,37 @@ def test_a_kind_is_taken_only_by_filters_that_take_both_its_parts() -> None:
     assert not alice_w.takes(kind("w", "bob")) and not alice_w.takes(kind("v", "alice"))
     assert not alice_w.takes("w")  # a whole workflow: others' rows too
     assert Taker(2, None, 1.0).takes(kind("v", "bob")) and Taker(2, None, 1.0).takes("v")
-    assert kind_parts(kind("w", "alice")) == ("w", "alice") and kind_parts("w") == ("w", None)
+    assert kind_parts(kind("w", "alice")) == ("w", "alice", None)
+    assert kind_parts("w") == ("w", None, None)
+    assert kind_parts(kind("w", None, "01")) == ("w", None, "01")
+    assert kind_parts(kind("w\x01x", "bob", "10")) == ("w\x01x", "bob", "10")
+
+
+def test_a_kind_by_tags_is_taken_by_launchers_whose_tag_filter_it_matches() -> None:
+    site_a = Taker(1, None, 1.0, tag_bit=0)
+    site_b = Taker(2, None, 1.0, tag_bit=1)
+    open_one = Taker(3, None, 1.0)
+    assert site_a.takes(kind("w", None, "10")) and site_a.takes(kind("w", None, "11"))
+    assert not site_a.takes(kind("w", None, "01")) and not site_a.takes("w")
+    assert site_b.takes(kind("w", None, "01")) and not site_b.takes(kind("w", "x", "10"))
+    assert open_one.takes(kind("w", None, "00")) and open_one.takes(kind("w", None, "10"))
+    # 24 rows of each site and 12 untagged, three launchers: 20 each, each site's own.
+    counts = {kind("w", None, "10"): 24, kind("w", None, "01"): 24,
+              kind("w", None, "00"): 12}
+    shares = divide(counts, [site_a, site_b, open_one])
+    assert loads(shares, [site_a, site_b, open_one]) == pytest.approx(
+        {1: 20.0, 2: 20.0, 3: 20.0})
+    assert set(shares[1]) == {kind("w", None, "10")}
+    assert set(shares[2]) == {kind("w", None, "01")}
+
+
+def test_the_claim_filters_of_a_signature() -> None:
+    a, b, gpu = (("site", "a"),), (("site", "b"),), (("gpu", "1"),)
+    filters = (gpu, a, b)
+    assert signature({"site": "a", "gpu": "1", "x": "y"}, filters) == "110"
+    assert signature({}, filters) == "000"
+    assert sig_filters("010", filters) == ((("site", "a"),), (gpu, b))
+    assert sig_filters("110", filters, own=(("site", "a"),)) == (
+        (("gpu", "1"), ("site", "a")), (b,))
+    assert sig_filters("000", filters) == ((), filters)
+    assert sig_filters("011", filters) is None  # site a and site b at once: no such row

@@ -14,7 +14,12 @@ import pytest
 
 from balsam_mpi.launcher.division import Taker, kind, kind_parts
 from balsam_mpi.launcher.memstore import MemStore
-from balsam_mpi.launcher.preference import MAX_TAKERS, RUNNABLE_SCAN_MAX, plan
+from balsam_mpi.launcher.preference import (
+    MAX_TAG_FILTERS,
+    MAX_TAKERS,
+    RUNNABLE_SCAN_MAX,
+    plan,
+)
 from balsam_mpi.launcher.storeport import ClaimFilter, Peers
 from tests.unit.leaderkit import Kit, make
 from tests.unit.slotkit import SlotNode
@@ -149,6 +154,10 @@ def test_a_launcher_that_joins_late_gets_its_share_of_the_rest(tmp_path: Path) -
                           tuple(Taker(j, frozenset({"a"}) if j > 1 else None, 1.0)
                                 for j in range(1, MAX_TAKERS + 2))),
      {}),  # more live launchers than a division is worth
+    (ClaimFilter(), Peers(("a",), frozenset(), {kind("a", None, "0" * 9): 10},
+                          (Taker(1, None, 1.0), Taker(2, None, 1.0, tag_bit=0)),
+                          tuple(((("k", str(i)),)) for i in range(MAX_TAG_FILTERS + 1))),
+     {}),  # more distinct tag filters than a division is worth
 ])
 def test_the_plan(filters: ClaimFilter, peers: Peers, want: dict[str, float]) -> None:
     assert plan(1, filters, peers) == pytest.approx(want)
@@ -213,8 +222,35 @@ def test_a_plan_per_owner_claims_one_owners_rows_of_one_workflow(tmp_path: Path)
     first = pref.claim()
     assert first is not None
     wanted, rows = first
-    workflow, owner = kind_parts(max(sorted(mine), key=lambda k: mine[k]))
+    workflow, owner, _sig = kind_parts(max(sorted(mine), key=lambda k: mine[k]))
     assert wanted == ClaimFilter(("w",), (), (owner,)) and rows == math.ceil(mine[kind(
         workflow, owner)])
     pref.claimed(wanted, rows, short=False)
     assert kind(workflow, owner) not in pref.left  # its share of that kind is claimed
+
+
+def tagged_launcher(tmp_path: Path, store: MemStore, name: str,
+                    *tags: tuple[str, str]) -> Kit:
+    kit = make(tmp_path / name, store=store, node=SlotNode(), finish=False, tags=tags)
+    kit.store.jobs[kit.lease.job_id].filters = ClaimFilter((), tags)
+    return kit
+
+
+def test_launchers_that_take_tagged_tasks_get_their_share(tmp_path: Path) -> None:
+    """A launcher per site (`--tag site=a`, `--tag site=b`) beside an open one. Divided by
+    workflow alone, the open launcher took site a's rows in id order, and site a's
+    launcher ran out and ended while site b's still had work."""
+    store = MemStore()
+    store.add_app("a")
+    for site in ("a", "b"):
+        store.add_tasks([{"app": "a", "node_packing_count": 4, "workflow": "w",
+                          "tags": {"site": site}} for _ in range(24)])
+    kits = [tagged_launcher(tmp_path, store, "la", ("site", "a")),
+            tagged_launcher(tmp_path, store, "lb", ("site", "b")),
+            tagged_launcher(tmp_path, store, "lo")]
+    run_out(kits, store)
+    ran_each = [ran(store, k) for k in kits]
+    assert sum(ran_each) == 48 and max(abs(n - 16) for n in ran_each) <= 2, ran_each
+    sites = [Counter(t.tags["site"] for t in store.tasks.values()
+                     if t.batch_job_id == k.lease.job_id) for k in kits]
+    assert set(sites[0]) == {"a"} and set(sites[1]) == {"b"}, sites
