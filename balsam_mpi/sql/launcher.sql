@@ -93,6 +93,7 @@ WITH RECURSIVE runnable(workflow, n) AS (
      WHERE b.state = 'RUNNING'
        AND coalesce(b.heartbeat_at, b.started_at)
            > now() - make_interval(secs => b.lease_sec)
+       AND launcher_filters_ok(b.filters)  -- a row from before 0022 may not pass it
 ), tag_filters AS (
     SELECT coalesce(array_agg(x.tags ORDER BY x.tags::text), '{}') AS filters
       FROM (SELECT DISTINCT l.tags FROM live l WHERE l.tags <> '{}'::jsonb) x

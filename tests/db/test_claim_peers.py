@@ -134,6 +134,10 @@ def test_a_tag_filter_makes_the_division_count_per_tag_signature(store: Store,
 @pytest.mark.parametrize("filters", [
     '"wf"', '{"workflows": "wf"}', '{"workflows": [{"a": 1}]}', '{"workflows": [1]}',
     '{"owners": ["u", null]}', '{"tags": ["x"]}',
+    # Since 0022 the division reads tag filters too, and keys claims by them: a value
+    # that is not text (a leader could not hash it) is refused as well.
+    '{"tags": {"a": {"b": 1}}}', '{"tags": {"a": [1]}}', '{"tags": {"a": 1}}',
+    '{"tags": {"a": null}}',
 ])
 def test_a_filter_of_another_shape_is_refused(conn: Any, filters: str) -> None:
     """Stored as given, such a filter broke every launcher's read of its peers (the
@@ -145,6 +149,21 @@ def test_a_filter_of_another_shape_is_refused(conn: Any, filters: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("SELECT batch_job_submit('local', 'h', 1, %s::jsonb, NULL)", (filters,))
     conn.rollback()
+
+
+def test_a_live_job_whose_filters_predate_the_check_is_left_out(store: Store,
+                                                                conn: Any) -> None:
+    """A filter stored before 0022 with a tag value that is not text (the constraint is
+    not re-checked on old rows) must not reach a leader's division."""
+    add(conn, 2, workflow="a")
+    me = open_job(store)
+    odd = open_job(store, ClaimFilter((), (("site", "a"),)))
+    with as_superuser(conn) as su:
+        su.execute("ALTER TABLE batch_jobs DROP CONSTRAINT batch_jobs_filters_shape")
+        su.execute("""UPDATE batch_jobs SET filters = '{"tags": {"site": {"x": 1}}}' """
+                   "WHERE id = %s", (odd.job_id,))
+    peers = store.claim_peers(me)
+    assert [t.job_id for t in peers.takers] == [] and peers.tag_filters == ()
 
 
 def test_the_filters_a_launcher_writes_are_accepted(store: Store, conn: Any) -> None:

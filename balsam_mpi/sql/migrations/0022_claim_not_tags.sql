@@ -124,3 +124,23 @@ GRANT EXECUTE ON FUNCTION
     launcher_claim(bigint, bigint, integer, double precision, double precision, text[],
                    jsonb, text[], double precision, integer, jsonb[])
 TO balsam_member;
+
+-- The division now reads the live launchers' tag filters and keys its planned claims by
+-- them, so a value there must be text, as the launcher writes it (a leader cannot hash a
+-- JSON object or array, and a number is no tag a task could carry from the client):
+-- 0019's shape check, with string values for "tags". Rows written before are not
+-- re-checked; the division's read skips any live job whose filters fail it.
+CREATE OR REPLACE FUNCTION launcher_filters_ok(f jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, public AS $$
+    SELECT jsonb_typeof(f) = 'object'
+       AND (NOT f ? 'workflows' OR (jsonb_typeof(f -> 'workflows') = 'array'
+            AND NOT jsonb_path_exists(f -> 'workflows', '$[*] ? (@.type() != "string")')))
+       AND (NOT f ? 'owners' OR (jsonb_typeof(f -> 'owners') = 'array'
+            AND NOT jsonb_path_exists(f -> 'owners', '$[*] ? (@.type() != "string")')))
+       AND (NOT f ? 'tags' OR (jsonb_typeof(f -> 'tags') = 'object'
+            AND NOT jsonb_path_exists(f -> 'tags', '$.* ? (@.type() != "string")')))
+$$;
+-- The division's read is a plain query of the launcher's own role: it calls the check
+-- too (a pure function of its argument).
+GRANT EXECUTE ON FUNCTION launcher_filters_ok(jsonb) TO balsam_member;
