@@ -254,3 +254,28 @@ def test_launchers_that_take_tagged_tasks_get_their_share(tmp_path: Path) -> Non
     sites = [Counter(t.tags["site"] for t in store.tasks.values()
                      if t.batch_job_id == k.lease.job_id) for k in kits]
     assert set(sites[0]) == {"a"} and set(sites[1]) == {"b"}, sites
+
+
+def test_a_plan_per_tag_signature_claims_exactly_one_signatures_rows(
+        tmp_path: Path) -> None:
+    site_a, site_b = (("site", "a"),), (("site", "b"),)
+    peers = Peers(("w",), frozenset(), {kind("w", None, "10"): 24, kind("w", None, "01"): 24,
+                                        kind("w", None, "00"): 12},
+                  (Taker(1, None, 1.0), Taker(2, None, 1.0, tag_bit=0),
+                   Taker(3, None, 1.0, tag_bit=1)), (site_a, site_b))
+    assert plan(2, ClaimFilter((), site_a), peers) == pytest.approx(
+        {kind("w", None, "10"): 20.0})
+    mine = plan(1, ClaimFilter(), peers)
+    assert mine == pytest.approx({kind("w", None, "00"): 12.0, kind("w", None, "10"): 4.0,
+                                  kind("w", None, "01"): 4.0})
+    kit = make(tmp_path, store=MemStore())
+    pref = kit.leader.claims.preference
+    assert pref is not None
+    pref.left, pref.tag_filters = dict(mine), peers.tag_filters
+    first = pref.claim()
+    assert first == (ClaimFilter(("w",), (), (), (site_a, site_b)), 12)  # untagged rows
+    pref.claimed(first[0], 12, short=False)
+    second = pref.claim()
+    assert second == (ClaimFilter(("w",), site_b, (), (site_a,)), 4)  # ties: key order
+    pref.claimed(second[0], 4, short=False)
+    assert pref.claim() == (ClaimFilter(("w",), site_a, (), (site_b,)), 4)
