@@ -188,6 +188,7 @@ def next_steps(project: Project, echo: Echo) -> None:
         (f"balsam-dbctl --project {p} start", "start its server again"),
         (f"export BALSAM_DB_PATH={p}", "(or: source balsamactivate PROJECT)"),
         ("balsam-mpi job ls", "the batch job you just ran"),
+        ("balsam-mpi task out 1", "what task 1 printed (--err, --tail N, -f)"),
         ("balsam-mpi report utilization", "utilization over time"),
         ("mpiexec -n 4 python -m balsam_mpi --workflow ensemble", "run the launcher again"),
         (f"balsam-dbctl --project {p} stop", "when you are done"),
