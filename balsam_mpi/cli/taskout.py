@@ -31,9 +31,13 @@ from .taskargs import count, task_id
 @click.option("--tail", "tail", default=None, metavar="N", help="Only the last N lines.")
 @click.option("--follow", "-f", is_flag=True,
               help="Then print what it writes as it writes it, until it ends.")
+@click.option("--pre", "step", flag_value="preprocess", default="task",
+              help="Its app's preprocessing output (preprocess.out / .err).")
+@click.option("--post", "step", flag_value="postprocess",
+              help="Its app's postprocessing output (postprocess.out / .err).")
 @pass_ctx
 def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None,
-             follow: bool) -> None:
+             follow: bool, step: str) -> None:
     """What a task wrote: its task.out (or --err: task.err), every run's."""
     lines = None if tail is None else count(tail, "tail")
     client = ctx.client()
@@ -43,10 +47,10 @@ def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None,
         return
     tty = sys.stdout.isatty()
     if follow:
-        follower.follow(client, task, stream, lines,
-                        lambda chunks: _write(chunks, tty), lambda note: echo(note, err=True))
+        follower.follow(client, task, stream, lines, lambda chunks: _write(chunks, tty),
+                        lambda note: echo(note, err=True), step=step)
         return
-    with client.outputs(task, stream) as files:
+    with client.outputs(task, stream, step) as files:
         for i, f in enumerate(files):
             if len(files) > 1:  # as tail(1) marks each of several files
                 echo(("\n" if i else "") + f"==> {f.name} <==")

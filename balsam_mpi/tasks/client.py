@@ -36,7 +36,7 @@ from ..base.project import Project
 from . import pyapps, validate, waiting
 from .filters import as_ids, filter_params, order_by, where
 from .outcome import Outcome
-from .outputs import STREAMS, OutputFile, opened
+from .outputs import STEPS, STREAMS, OutputFile, opened
 from .read import PAGE, TaskReader
 from .refusals import refusals
 from .why import explain
@@ -191,18 +191,21 @@ class Client:
         files (all but a Python app's without task directories, unless it links inputs)."""
         return bool(task.get("input_files")) or self.app(task["app"]).get("task_dirs", True)
 
-    def outputs(self, task: Mapping[str, Any], stream: str = "out"
+    def outputs(self, task: Mapping[str, Any], stream: str = "out", step: str = "task"
                 ) -> AbstractContextManager[list[OutputFile]]:
-        """The task's output files of ``stream`` ('out' or 'err'), read back safely
-        (``tasks/outputs.py``: nothing planted in data/ is followed or opened), open
-        until the context ends; NotFound when there are none (yet)."""
+        """The task's output files of ``stream`` ('out' or 'err') of ``step`` ('task',
+        'preprocess' or 'postprocess'), read back safely (``tasks/outputs.py``: nothing
+        planted in data/ is followed or opened), open until the context ends; NotFound
+        when there are none (yet)."""
         if stream not in STREAMS:
             raise InputError(f"stream: 'out' or 'err', got {stream!r}")
+        if step not in STEPS:
+            raise InputError(f"step: one of {', '.join(STEPS)}, got {step!r}")
         if not self.has_own_dir(task):
             raise NotFound(f"task {task['id']} keeps no output files: its app is a Python "
                            "app without task directories (a failed call's output tail is "
                            "in its output_tail)")
-        return opened(self.project.data_dir, self.workdir(task), stream)
+        return opened(self.project.data_dir, self.workdir(task), stream, step)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{workflow: {state: count}} over all tasks."""

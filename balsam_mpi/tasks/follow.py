@@ -30,10 +30,11 @@ Note = Callable[[str], None]
 
 class _Follower:
     def __init__(self, client: Client, task: Mapping[str, Any], stream: str,
-                 tail_lines: int | None, write: Write, note: Note) -> None:
+                 tail_lines: int | None, write: Write, note: Note, step: str) -> None:
         self.client = client
         self.task = task
         self.stream = stream
+        self.step = step
         self.tail_lines = tail_lines
         self.write = write
         self.note = note
@@ -44,7 +45,7 @@ class _Follower:
     def read(self) -> None:
         """Print what was added to each file since the last read."""
         try:
-            with self.client.outputs(self.task, self.stream) as files:
+            with self.client.outputs(self.task, self.stream, self.step) as files:
                 for f in files:
                     self._one(f, several=len(files) > 1)
             self.tail_lines = None  # only what was there at first is cut to its last lines
@@ -82,9 +83,10 @@ class _Follower:
 
 
 def follow(client: Client, task: Mapping[str, Any], stream: str, tail_lines: int | None,
-           write: Write, note: Note, poll_s: float = POLL_S) -> None:
-    """Print the task's output of ``stream`` and what is appended until it has ended."""
-    f = _Follower(client, task, stream, tail_lines, write, note)
+           write: Write, note: Note, poll_s: float = POLL_S, step: str = "task") -> None:
+    """Print the task's output of ``stream`` (of ``step``) and what is appended until it
+    has ended."""
+    f = _Follower(client, task, stream, tail_lines, write, note, step)
     while True:
         f.read()
         if f.ended(poll_s):

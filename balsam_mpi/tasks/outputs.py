@@ -8,9 +8,10 @@ following a link and without blocking, then checked: a regular file of one link,
 someone trusted. A planted FIFO, device, link or hard link is refused with one line naming
 it; nothing is made or changed.
 
-A run writes ``task.out`` and ``task.err``; a run that may not append to an earlier run's
-file (another member's launcher made it without group write) writes ``task.N.out`` beside
-it (``base/taskfiles``). All of them are read, oldest name first.
+A run writes ``task.out`` and ``task.err`` (and ``preprocess.out`` … for an app's pre- and
+postprocessing: the *step*); a run that may not append to an earlier run's file (another
+member's launcher made it without group write) writes ``task.N.out`` beside it
+(``base/taskfiles``). All of them are read, oldest name first.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..base import safefs, taskfiles
 from ..base.errors import NotFound
 
 STREAMS = ("out", "err")
+STEPS = ("task", "preprocess", "postprocess")  # node/taskplace.py, node/prepost.py
 CHUNK = 1 << 20  # what one read takes while streaming a whole file
 TAIL_BLOCK = 1 << 16  # reading backwards for the last lines, a block at a time
 TAIL_MAX = 64 << 20  # at most this much is read back for --tail, however few newlines
@@ -53,18 +55,19 @@ class OutputFile:
             yield data
 
 
-def names(entries: list[str], stream: str) -> list[str]:
-    """The output names of one stream among a directory's entries, in the order the runs
-    made them: ``task.out``, then ``task.1.out``, ``task.2.out``…"""
-    pattern = re.compile(rf"task(?:\.([1-9][0-9]{{0,5}}))?\.{stream}")
+def names(entries: list[str], stream: str, step: str = "task") -> list[str]:
+    """The output names of one step's stream among a directory's entries, in the order
+    the runs made them: ``task.out``, then ``task.1.out``, ``task.2.out``…"""
+    pattern = re.compile(rf"{step}(?:\.([1-9][0-9]{{0,5}}))?\.{stream}")
     found = [(int(m.group(1) or 0), e) for e in entries if (m := pattern.fullmatch(e))]
     return [e for _, e in sorted(found)]
 
 
 @contextlib.contextmanager
-def opened(data_dir: Path, workdir: Path, stream: str) -> Iterator[list[OutputFile]]:
-    """The task's output files of ``stream`` ('out' or 'err'), each checked (see the
-    module); NotFound when the directory or the files are not there."""
+def opened(data_dir: Path, workdir: Path, stream: str, step: str = "task"
+           ) -> Iterator[list[OutputFile]]:
+    """The task's output files of ``stream`` ('out' or 'err') of ``step``, each checked
+    (see the module); NotFound when the directory or the files are not there."""
     data = str(data_dir)
     parts = Path(os.path.relpath(workdir, data)).parts
     if not parts or parts[0] in (os.curdir, os.pardir):
@@ -80,12 +83,12 @@ def opened(data_dir: Path, workdir: Path, stream: str) -> Iterator[list[OutputFi
             raise
         try:
             label = "/".join((root.label, *parts))
-            for name in names(os.listdir(dir_fd), stream):
+            for name in names(os.listdir(dir_fd), stream, step):
                 files.append(_open(dir_fd, name, f"{label}/{name}", root.trust))
         finally:
             os.close(dir_fd)
         if not files:
-            raise NotFound(f"{label}/task.{stream} does not exist")
+            raise NotFound(f"{label}/{step}.{stream} does not exist")
         yield files
     finally:
         for f in files:

@@ -50,6 +50,18 @@ def test_out_err_and_tail(task: tuple[int, Path]) -> None:
     assert ok("task", "out", str(tid), "--tail", "9").stdout_bytes.startswith(b"one\n")
 
 
+def test_pre_and_postprocessing_outputs(task: tuple[int, Path]) -> None:
+    tid, workdir = task
+    (workdir / "task.out").write_text("the task\n")
+    (workdir / "preprocess.out").write_text("staged inputs\n")
+    (workdir / "postprocess.err").write_text("no result file\n")
+    assert ok("task", "out", str(tid)).stdout == "the task\n"
+    assert ok("task", "out", str(tid), "--pre").stdout == "staged inputs\n"
+    assert ok("task", "out", str(tid), "--post", "--err").stdout == "no result file\n"
+    missing = run("task", "out", str(tid), "--post")
+    assert missing.exit_code == 1 and "postprocess.out does not exist" in missing.output
+
+
 def test_every_runs_file_in_the_order_the_runs_made_them(task: tuple[int, Path]) -> None:
     tid, workdir = task
     (workdir / "task.out").write_text("first run\n")
