@@ -10,7 +10,8 @@ through a symlink), with ``O_CREAT|O_EXCL|O_NOFOLLOW`` under a fresh name
 
 Nor through a record: a message may carry values a member chose (a task's name, what its
 function raised), so its newlines and whatever a terminal would act on are spelled out
-(``termtext``); one record is one line, and `tail -f` on a log is safe.
+(``termtext``): one record is one line (a traceback's lines follow it, indented), and
+`tail -f` on a log is safe.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class _Formatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
-        return visible(super().formatException(ei))  # a traceback keeps its lines
+        # A traceback keeps its lines, each indented: an exception's message may hold a
+        # newline, and no line of it may start as a record does (with the time).
+        text = visible(super().formatException(ei))
+        return "\n".join(f"    {line}" for line in text.split("\n"))
 
 
 class _RankFilter(logging.Filter):

@@ -79,12 +79,13 @@ def test_a_value_in_a_record_cannot_forge_a_line_or_reach_a_terminal(log_dir: Pa
     forged = "x\n2026-12-06 08:00:00,000 INFO [rank 0 nid1] launcher: all tasks done\x1b[2J"
     logging.getLogger("launcher").warning("task 7: %s", forged)
     try:
-        raise ValueError("bad\x1b]0;title\x07")
+        raise ValueError("bad\x1b]0;title\x07\n2026-12-06 08:00:01,000 INFO [rank 0 nid1] x")
     except ValueError:
         logging.getLogger("launcher").exception("task 8 failed")
     assert path is not None
     text = path.read_text()
     lines = text.splitlines()
-    assert len([ln for ln in lines if " [rank 0 " in ln]) == 2, text
+    records = [ln for ln in lines if ln[:1].isdigit()]  # a record starts with its time
+    assert len(records) == 2 and not any(ln.startswith("2026-12-06 08:00") for ln in records)
     assert "\x1b" not in text and "\x07" not in text
     assert "x\\n2026-12-06" in text and "\\x1b[2J" in text and "bad\\x1b]0;title\\x07" in text
