@@ -27,7 +27,7 @@ import pytest
 
 from balsam_mpi.base import acl
 
-from .conftest import LEAVER, MEMBER, OWNER, VIEWER, Runner
+from .conftest import LEAVER, MEMBER, OWNER, VIEWER, Runner, one_line
 
 pytestmark = pytest.mark.timeout(600)
 Steps = dict[str, subprocess.CompletedProcess[str]]
@@ -263,6 +263,33 @@ def test_an_earlier_output_this_user_may_not_write_is_kept_and_written_beside(
     assert row(mu, task_id)["state"] == "JOB_FINISHED"
     assert (task_dir / "task.out").read_text() == "first run\n"
     assert (task_dir / "task.1.out").read_text() == "hello\n"
+
+
+def test_task_out_reads_every_runs_output_and_follows_no_plant(mu: Runner,
+                                                             apps: None) -> None:
+    """`balsam-mpi task out`: a viewer reads what a member's and the owner's runs wrote
+    (the read-only ACL entry); the owner, reading a member's task whose task.out the
+    member linked to the owner's own private file, gets one refusal line and nothing of
+    the file."""
+    cli = str(mu.venv / "bin" / "balsam-mpi")
+    task_id, task_dir = add_task(mu, "ok", f"out{next(_names)}")
+    proc = as_user(mu, MEMBER, f"mkdir -p {task_dir} && echo first run > {task_dir}/task.out "
+                               f"&& chmod 640 {task_dir}/task.out")
+    assert proc.returncode == 0, proc.stderr
+    assert launch(mu, task_dir.parts[-3]).returncode == 0
+    seen = mu.run(VIEWER, [cli, "task", "out", str(task_id)])
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.index("first run") < seen.stdout.index("hello")
+    assert "task.1.out <==" in seen.stdout
+    secret = home(mu, OWNER) / f"private{next(_names)}.txt"
+    assert mu.bash(OWNER, f"umask 077 && echo owner-only > {secret}").returncode == 0
+    member_task, member_dir = add_task(mu, "ok", f"out{next(_names)}", user=MEMBER)
+    proc = as_user(mu, MEMBER, f"mkdir -p {member_dir} && ln -s {secret} {member_dir}/task.out")
+    assert proc.returncode == 0, proc.stderr
+    refused = mu.run(OWNER, [cli, "task", "out", str(member_task)])
+    assert "owner-only" not in refused.stdout + refused.stderr
+    line = one_line(refused)
+    assert "refusing data/" in line and "symbolic link" in line, line
 
 
 def test_directories_that_exist_when_a_viewer_is_added(mu: Runner, apps: None) -> None:
