@@ -65,7 +65,8 @@ def _stored_tail(task: dict[str, Any]) -> None:
                        "directories), and no output tail was stored: it is kept only when a "
                        "call fails")
     echo(f"(task {task['id']}: a Python app without task directories keeps no output files; "
-         "this is the output tail stored when the call failed, task.err first)", err=True)
+         "this is the output tail stored when the call failed: its stderr's, or its "
+         "stdout's when that was empty)", err=True)
     _write([task["output_tail"].encode()], sys.stdout.isatty())
 
 
