@@ -148,7 +148,7 @@ def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
     chosen = str(Project.from_env(chosen).root)
     code, messages = status.activation_code(chosen, enroll=enroll)
     notices(messages)
-    echo(code, nl=False)
+    click.echo(code, nl=False)  # shell code for eval, already quoted: passed on exact
 
 
 @cli.command("add-user")
