@@ -6,7 +6,8 @@ component as the launcher walks it (``safefs.Root``: real directories, owned by 
 who may write in the project, no link followed), and each output is opened without
 following a link and without blocking, then checked: a regular file of one link, owned by
 someone trusted. A planted FIFO, device, link or hard link is refused with one line naming
-it; nothing is made or changed.
+it. Nothing is made; the walk's one write is the launcher's own repair, a directory of the
+reader's own given back ``data/``'s default ACL (``safefs.Root.enter``).
 
 A run writes ``task.out`` and ``task.err`` (and ``preprocess.out`` … for an app's pre- and
 postprocessing: the *step*); a run that may not append to an earlier run's file (another
