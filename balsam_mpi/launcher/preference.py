@@ -77,7 +77,7 @@ class Preference:
         self.reads = Periodic(PEERS_S, now=True)
         self.left: dict[str, float] = {}  # the plan's rows not yet claimed, per kind
         self.tag_filters: tuple[TagFilter, ...] = ()  # a signature's digits, in order
-        self.asked: dict[ClaimFilter, str] = {}  # a planned claim's kind, until it returns
+        self.asked: dict[ClaimFilter, str] = {}  # each planned claim's kind (see ASKED_MAX)
         self.spent = False  # the whole plan claimed: free slots only until the next read
         self.ready = False  # the first read is in: the first claim waits for it
 
