@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from balsam_mpi.base.termtext import for_stream, visible
+from balsam_mpi.cli.taskout import _write
 
 
 def test_plain_text_and_layout_pass_unchanged() -> None:
@@ -34,3 +37,12 @@ def test_for_stream_spells_out_only_on_a_terminal() -> None:
     text = "out\x1b[31m\n"
     assert for_stream(text, io.StringIO()) == text
     assert for_stream(text, _Tty()) == "out\\x1b[31m\n"
+
+
+def test_task_out_on_a_terminal_decodes_across_reads_and_spells_out(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`task out` to a terminal: a character split between two reads is decoded whole,
+    an undecodable byte becomes U+FFFD, and an escape is spelled out."""
+    text = "é漢\x1b[2J".encode()
+    _write([text[:1], text[1:3], text[3:], b"\xff\n"], tty=True)
+    assert capsys.readouterr().out == "é漢\\x1b[2J\ufffd\n"
