@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
 from ..base.clibase import echo
 from ..base.termtext import visible
 
@@ -25,4 +27,4 @@ def echo_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     for r in texts:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    echo("\n".join(lines))
+    click.echo("\n".join(lines))  # every cell is spelled out already (cell)
