@@ -117,6 +117,11 @@ def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, A
 def _dict(field: str, value: Any) -> dict[str, Any]:
     doc = jsondoc.json_object(field, value, _DICT_CAPS[field],
                              key_max=limits.NAME_MAX if field in ("tags", "env") else None)
+    if field == "tags" and doc:
+        for k, v in doc.items():
+            values.plain("tags", k, f"the key {values.show(k, 40)} ")
+            if isinstance(v, str):
+                values.plain(f"tags.{k}" if k.isidentifier() else "tags", v)
     if field == "env":
         for k, v in doc.items():
             if not k or "=" in k:
@@ -153,7 +158,8 @@ def _parents(value: Any) -> list[int | str]:
 
 
 def _workflow(value: Any) -> str:
-    return values.text("workflow", value, limits.NAME_MAX, empty=False)
+    return values.plain("workflow", values.text("workflow", value, limits.NAME_MAX,
+                                                empty=False))
 
 
 def _checker(field: str) -> Callable[[Any], Any]:

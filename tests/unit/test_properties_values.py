@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,12 @@ anything = st.one_of(
     st.complex_numbers(), st.sets(st.integers(), max_size=2))
 stored_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                       max_size=30)
+# Labels (workflow, name, tag keys and text values) hold no control character or
+# bidirectional mark (base/values.py, `plain`).
+NOT_IN_LABELS = "".join(map(chr, [*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F,
+                                  *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+label_text = st.text(st.characters(blacklist_categories=("Cs",),
+                                   blacklist_characters=NOT_IN_LABELS), max_size=30)
 json_docs = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30),
               st.floats(allow_nan=False, allow_infinity=False), stored_text),
@@ -116,15 +123,15 @@ def test_json_object_fast_path_agrees_with_the_walk(doc: dict[str, Any]) -> None
 
 
 valid_tasks = st.fixed_dictionaries(
-    {"app": st.just("a"), "workflow": st.text(min_size=1, max_size=20).filter(
-        lambda s: "\x00" not in s and not any(0xD800 <= ord(c) <= 0xDFFF for c in s)),
+    {"app": st.just("a"), "workflow": st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters=NOT_IN_LABELS),
+        min_size=1, max_size=20),
      "params": st.fixed_dictionaries({"x": json_docs})},
-    optional={"name": stored_text,
+    optional={"name": label_text,
               **{f: st.integers(*INT_FIELDS[f]) for f in INT_FIELDS},
               "wall_time_min": st.floats(0, limits.WALL_TIME_MIN_MAX),
-              "tags": st.dictionaries(st.text(max_size=8).filter(lambda s: "\x00" not in s and
-                                      not any(0xD800 <= ord(c) <= 0xDFFF for c in s)),
-                                      stored_text, max_size=3),
+              "tags": st.dictionaries(label_text, st.one_of(label_text, json_docs),
+                                      max_size=3),
               "args": st.lists(stored_text, max_size=3),
               "data": st.dictionaries(stored_text, json_docs, max_size=3),
               "parents": st.lists(st.integers(1, limits.ID_MAX), max_size=3),
@@ -139,6 +146,19 @@ def test_valid_tasks_are_accepted_unchanged(raw: dict[str, Any]) -> None:
     for key, value in raw.items():
         if key != "app":
             assert task[key] == value
+
+
+@FAST
+@given(valid_tasks, st.sampled_from(["workflow", "name"]), label_text,
+       st.sampled_from(NOT_IN_LABELS[1:]))  # NUL: HOSTILE below, refused as text
+def test_a_label_with_a_control_character_is_refused(raw: dict[str, Any], field: str,
+                                                     text: str, bad: str) -> None:
+    at = len(text) // 2
+    with pytest.raises(InputError) as info:
+        check_task({**raw, field: text[:at] + bad + text[at:]}, APPS)
+    message = str(info.value)
+    assert message.startswith(f"{field}: contains the ") and "\n" not in message
+    assert f"(character {at + 1})" in message
 
 
 HOSTILE = ["a\x00b", "\udcff", float("nan"), float("inf"), 2**63, -(2**63), "3", True,
