@@ -11,7 +11,7 @@ import click
 from ..base.clibase import Group, project_option
 from .context import CliContext
 
-_FAMILIES = ("apps", "tasks", "demo", "jobs", "report", "submit")
+_FAMILIES = ("apps", "tasks", "demo", "jobs", "report", "submit", "autoscale")
 
 
 @click.group(cls=Group)

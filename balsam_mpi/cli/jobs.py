@@ -1,4 +1,4 @@
-"""`balsam-mpi job ls|show`: the batch jobs that ran (or run) against this project."""
+"""`balsam-mpi job ls|show|sync`: the batch jobs that ran (or run) against this project."""
 
 from __future__ import annotations
 
@@ -154,6 +154,32 @@ def filters_text(f: dict[str, Any]) -> str:
 
 def _short_time(text: str | None) -> str:
     return "-" if not text else text.replace("T", " ").replace("Z", "")[:19]
+
+
+@job.command("sync")
+@click.option("--dry-run", is_flag=True, help="Say what would be closed; change nothing.")
+@pass_ctx
+def sync_command(ctx: CliContext, dry_run: bool) -> None:
+    """Close your QUEUED batch jobs that the scheduler has ended or forgotten.
+
+    A job cancelled or failed before its launcher started leaves its row QUEUED; this
+    asks the scheduler (squeue, qstat) and closes such rows as FAILED with the scheduler's
+    word for it in the end reason.
+    """
+    from ..base import db
+    from ..batch import jobsync
+
+    with db.translated(), db.connect(ctx.project(), application_name="balsam_mpi job sync",
+                                     autocommit=True) as conn:
+        result = jobsync.sync(conn, dry_run=dry_run)
+    verb = "would close" if dry_run else "closed"
+    for job, reason in result.closed:
+        echo(f"{verb} batch job {job.id} ({job.scheduler} job {job.scheduler_job_id}): "
+             f"{reason}")
+    for job, why in result.unasked:
+        echo(f"batch job {job.id} stays QUEUED: {why}")
+    echo(f"{len(result.closed)} closed, {len(result.queued)} still queued or running"
+         + (" (dry run)" if dry_run else ""))
 
 
 commands: list[click.Command] = [job]

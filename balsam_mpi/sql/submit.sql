@@ -25,3 +25,38 @@ SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, filters, wal
 -- name: batch_job_filters
 -- What a batch job's launcher takes (`job show`): its workflows, tags and owners.
 SELECT filters FROM batch_jobs WHERE id = %(id)s
+
+-- name: jobs_queued_own
+-- `job sync` / `autoscale` (batch/jobsync.py): the caller's rows still QUEUED with a
+-- scheduler job id, to ask the scheduler about. Closing one goes through submit_fail
+-- (batch_job_submit_failed: the caller's own row, only while it is QUEUED), so a
+-- launcher that adopts the row meanwhile wins.
+SELECT id, scheduler, scheduler_job_id, nodes, filters, host
+  FROM batch_jobs
+ WHERE "user" = session_user AND state = 'QUEUED' AND scheduler_job_id IS NOT NULL
+ ORDER BY id
+
+-- name: elastic_backlog
+-- `autoscale` (batch/elastic.py): the runnable tasks no launcher holds that a job with
+-- these filters would take (launcher_claim's conditions: state, no batch job, workflows,
+-- tags, owners), in nodes (num_nodes / node_packing_count each), read through the
+-- runnable index. Tasks wider than the largest job the autoscaler may ask for are
+-- counted apart: no job of it could run them.
+SELECT count(*) FILTER (WHERE t.num_nodes <= %(max_nodes)s) AS tasks,
+       coalesce(sum(t.num_nodes::float8 / t.node_packing_count)
+                FILTER (WHERE t.num_nodes <= %(max_nodes)s), 0) AS nodes,
+       coalesce(max(t.num_nodes) FILTER (WHERE t.num_nodes <= %(max_nodes)s), 0) AS widest,
+       count(*) FILTER (WHERE t.num_nodes > %(max_nodes)s) AS too_wide
+  FROM tasks t
+ WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
+   AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+   AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+   AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
+
+-- name: jobs_active_own
+-- `autoscale`: the caller's batch jobs that are waiting or running, with their filters
+-- (the autoscaler counts those with its own filters).
+SELECT id, state::text, nodes, filters
+  FROM batch_jobs
+ WHERE "user" = session_user AND state IN ('QUEUED', 'RUNNING')
+ ORDER BY id

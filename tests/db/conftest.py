@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +19,12 @@ def store(pg_project: Project, dbname: str) -> Iterator[Store]:
     s = Store(db.connect(pg_project, dbname=dbname, autocommit=True), pg_project)
     yield s
     s.close()
+
+
+@pytest.fixture()
+def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory first on PATH, for fake scheduler commands (tests/db/fakesched.py)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    return bindir

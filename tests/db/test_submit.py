@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -17,22 +16,7 @@ from balsam_mpi.batch import submit
 from balsam_mpi.batch.jobscript import JobRequest
 from balsam_mpi.cli import cli
 
-
-def _fake(bindir: Path, name: str, body: str) -> Path:
-    """A fake scheduler command that records its argv and cwd, then runs ``body``."""
-    path = bindir / name
-    path.write_text("#!/bin/bash\n"
-                    f"printf '%s\\n' \"$PWD\" \"$@\" > {bindir}/{name}.argv\n" + body + "\n")
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture()
-def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    return bindir
+from .fakesched import fake as _fake
 
 
 def _count(conn: Any) -> int:

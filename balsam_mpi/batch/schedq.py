@@ -1,0 +1,118 @@
+"""What the scheduler says of jobs it was given: waiting, running, ended, or unknown to it.
+
+`balsam-mpi job sync` and `balsam-mpi autoscale` (batch/elastic.py) ask this of QUEUED rows:
+a job cancelled (`scancel`, `qdel`) or failed before its launcher started leaves its row
+QUEUED, since no launcher ever adopts it, and a row that says QUEUED for ever misleads
+`job ls` and keeps the autoscaler from submitting. One call per scheduler for all the
+ids, argv lists (never a shell), a timeout; the parsers are pure functions of the output.
+
+Slurm: ``squeue -h -t all -j ID,ID -o %i|%T`` lists the jobs it still holds, ended ones
+for ``MinJobAge`` (300 s by default) and then none; an id it has forgotten is simply not
+listed (when every id is forgotten, squeue fails with "Invalid job id specified"). PBS:
+``qstat -x -f ID …`` (finished jobs too, with ``-x``), ``job_state`` per ``Job Id:``
+block; ``Unknown Job Id`` for the forgotten ones.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from typing import Literal
+
+from ..base.errors import BalsamError
+
+Phase = Literal["waiting", "running", "ended", "unknown"]
+QUERY_TIMEOUT_S = 60
+SUPPORTED = ("slurm", "pbs")
+
+# Slurm job states (squeue's %T) by phase; any other counts as waiting, which is the
+# safe side: a row is closed only on a state that says the job is over.
+_SLURM_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED",
+                          "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT",
+                          "TIMEOUT"})
+_SLURM_RUNNING = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING",
+                            "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"})
+# PBS job_state letters: F finished, X a finished subjob; R running, E exiting, B an
+# array begun; Q, H, W, T, S, M, U wait.
+_PBS_ENDED = frozenset("FX")
+_PBS_RUNNING = frozenset("REB")
+
+
+class SchedulerQueryError(BalsamError):
+    """The scheduler could not be asked (not installed, down, timed out)."""
+
+
+def phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
+    """(phase, the scheduler's own word for it) of each id; ``unknown`` for an id the
+    scheduler does not list. Raises SchedulerQueryError when it cannot be asked."""
+    if not ids:
+        return {}
+    if scheduler == "slurm":
+        out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T"],
+                   forgotten="Invalid job id")
+        listed = parse_squeue(out)
+    elif scheduler == "pbs":
+        # qsub may print "1234.server" and qstat "Job Id: 1234.server.domain.org": the
+        # sequence number names the job on one server.
+        said = parse_qstat(_run(["qstat", "-x", "-f", *ids], forgotten="Unknown Job Id"))
+        by_number = {job.split(".", 1)[0]: state for job, state in said.items()}
+        listed = {i: by_number[i.split(".", 1)[0]] for i in ids
+                  if i.split(".", 1)[0] in by_number}
+    else:
+        raise SchedulerQueryError(f"cannot ask a {scheduler} scheduler about its jobs "
+                                  f"(supported: {', '.join(SUPPORTED)})")
+    return {i: listed.get(i, ("unknown", "not listed")) for i in ids}
+
+
+def _run(argv: list[str], forgotten: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=QUERY_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SchedulerQueryError(f"{argv[0]} is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerQueryError(f"{argv[0]} did not answer in {QUERY_TIMEOUT_S} s") from None
+    if done.returncode != 0 and forgotten not in done.stderr:
+        first = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[0]
+        raise SchedulerQueryError(f"{argv[0]} failed (exit {done.returncode}): {first[:300]}")
+    return done.stdout
+
+
+def parse_squeue(text: str) -> dict[str, tuple[Phase, str]]:
+    """``ID|STATE`` lines; an array's or a het job's ``ID_N`` / ``ID+N`` count for ID."""
+    out: dict[str, tuple[Phase, str]] = {}
+    for line in text.splitlines():
+        job, sep, state = line.strip().partition("|")
+        if not sep:
+            continue
+        job = re.split(r"[_+]", job, maxsplit=1)[0]
+        state = state.strip().split()[0] if state.strip() else ""
+        phase: Phase = ("ended" if state in _SLURM_ENDED else
+                        "running" if state in _SLURM_RUNNING else "waiting")
+        if job in out and _rank(out[job][0]) >= _rank(phase):
+            continue
+        out[job] = (phase, state)
+    return out
+
+
+def parse_qstat(text: str) -> dict[str, tuple[Phase, str]]:
+    """``Job Id: X`` blocks of ``qstat -f`` with their ``job_state = L`` lines."""
+    out: dict[str, tuple[Phase, str]] = {}
+    job = None
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            job = line.split(":", 1)[1].strip()
+            continue
+        key, sep, value = line.strip().partition(" = ")
+        if job and sep and key == "job_state":
+            letter = value.strip()[:1]
+            phase: Phase = ("ended" if letter in _PBS_ENDED else
+                            "running" if letter in _PBS_RUNNING else "waiting")
+            out[job] = (phase, letter)
+    return out
+
+
+def _rank(phase: Phase) -> int:
+    """Of an array's elements the most alive counts: running, then waiting, then ended."""
+    return {"running": 3, "waiting": 2, "ended": 1, "unknown": 0}[phase]

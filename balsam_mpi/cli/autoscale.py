@@ -1,0 +1,129 @@
+"""`balsam-mpi autoscale`: submit launcher jobs while runnable work waits (batch/elastic.py)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+
+from ..base.clibase import echo
+from ..base.errors import BalsamError, UsageError
+from .context import CliContext, pass_ctx
+from .joboptions import job_options, job_request
+
+INTERVAL_S = 60.0
+
+
+@click.command("autoscale")
+@job_options
+@click.option("-n", "--max-nodes", "max_text", required=True, metavar="N",
+              help="The largest job to submit, in nodes.")
+@click.option("--min-nodes", "min_text", default="1", show_default=True, metavar="N",
+              help="The smallest job to submit.")
+@click.option("--max-queued", "queued_text", default="1", show_default=True, metavar="K",
+              help="Jobs of these filters waiting in the queue at once, at most.")
+@click.option("--max-total-nodes", "total_text", metavar="N",
+              help="Nodes of these filters' queued and running jobs together, at most "
+                   "(default: no limit beyond --max-queued).")
+@click.option("--interval", "interval_text", default=str(int(INTERVAL_S)),
+              show_default=True, metavar="S", help="Seconds between looks at the backlog.")
+@click.option("--once", is_flag=True, help="Look once, submit at most one job, and exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Say what would be closed and submitted; change nothing (implies --once).")
+@pass_ctx
+def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_text: str,
+                      total_text: str | None, interval_text: str, once: bool,
+                      dry_run: bool, **job: Any) -> None:
+    """Submit launcher jobs while runnable work waits for them.
+
+    Every --interval seconds: close your QUEUED batch jobs the scheduler has ended, read
+    the runnable tasks no launcher holds that these filters select (in nodes), and submit
+    one job for what the jobs already queued do not cover — at least --min-nodes and the
+    widest task, at most --max-nodes — unless --max-queued jobs wait already or
+    --max-total-nodes would be passed. The jobs are those `balsam-mpi submit` makes with
+    the same flags; their launchers end when the work runs out (--idle-timeout).
+    Stop it with Ctrl-C or SIGTERM.
+    """
+    from ..base import limits, values
+    from ..batch import elastic
+
+    top = limits.INT_RANGES["num_nodes"][1]
+    max_nodes = values.int_from_text("--max-nodes", max_text, 1, top)
+    min_nodes = values.int_from_text("--min-nodes", min_text, 1, top)
+    if min_nodes > max_nodes:
+        raise UsageError(f"--min-nodes {min_nodes} is more than --max-nodes {max_nodes}")
+    scaling = elastic.Scaling(
+        max_nodes=max_nodes, min_nodes=min_nodes,
+        max_queued=values.int_from_text("--max-queued", queued_text, 1, 1000),
+        max_total_nodes=None if total_text is None else values.int_from_text(
+            "--max-total-nodes", total_text, 1, top))
+    interval = values.number_from_text("--interval", interval_text, 1.0, 86_400.0)
+    if job["persistent"]:
+        raise UsageError("--persistent: a launcher that never ends for lack of work would "
+                         "hold its nodes after the backlog is gone; autoscaled jobs end "
+                         "when idle (--idle-timeout)")
+    req = job_request(max_nodes, **job)
+    from ..batch import jobscript
+
+    jobscript.validate(req)  # every flag checked before the first look
+    project = ctx.project()
+    stop = _stop_event()
+    told: set[int] = set()
+    while True:
+        try:
+            result = elastic.tick(project, req, scaling, dry_run=dry_run)
+        except BalsamError as exc:
+            if once or dry_run:
+                raise
+            echo(f"{_now()} this look failed: {exc}; trying again in {interval:g} s")
+        else:
+            _say(result, dry_run, told)
+        if once or dry_run or stop.wait(interval):
+            return
+
+
+def _stop_event() -> threading.Event:
+    """Set by SIGTERM and SIGINT: the loop ends between looks, never inside a submission."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _say(result: Any, dry_run: bool, told: set[int]) -> None:
+    """One line per closed row and per decision; a row that cannot be asked about is
+    named once per run, not at every look."""
+    verb = "would close" if dry_run else "closed"
+    for job, reason in result.synced.closed:
+        echo(f"{_now()} {verb} batch job {job.id} ({job.scheduler} job "
+             f"{job.scheduler_job_id}): {reason}")
+    for job, why in result.synced.unasked:
+        if job.id not in told:
+            told.add(job.id)
+            echo(f"{_now()} batch job {job.id} stays QUEUED: {why}")
+    line = result.decision.why
+    if result.backlog.too_wide:
+        line += (f"; {result.backlog.too_wide:,} runnable tasks are wider than --max-nodes "
+                 "and wait for another job")
+    done = result.submitted
+    if done is not None:
+        line += (f": batch job {done.batch_job_id}" + (
+            f" ({done.scheduler} job {done.scheduler_job_id})" if done.scheduler_job_id
+            else f" (pid {done.pid})"))
+    elif dry_run and result.decision.nodes:
+        line += " (dry run: nothing submitted)"
+    echo(f"{_now()} {line}")
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+commands: list[click.Command] = [autoscale_command]

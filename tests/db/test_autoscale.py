@@ -1,0 +1,217 @@
+"""`balsam-mpi job sync` and `balsam-mpi autoscale` against a real database, with a fake
+scheduler (the answers of squeue, and sbatch on PATH as tests/db/test_submit.py fakes it).
+The real Slurm runs them in tests/slurm/test_slurm_autoscale.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
+from balsam_mpi.batch import elastic, jobsync, submit
+from balsam_mpi.batch.jobscript import JobRequest
+from balsam_mpi.cli import cli
+from balsam_mpi.dbctl import lifecycle
+
+from .fakesched import fake as _fake
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, prog_name="balsam-mpi")
+
+
+def _as_superuser(project: Project, statement: str, *args: Any) -> None:
+    """What only the launcher's functions write (a job's host, a task's holder), written
+    by the cluster's superuser to stand in for them."""
+    with db.connect(project) as c:
+        name = c.info.dbname
+    with lifecycle.admin_connect(project, project.read_server_info(), name) as su:
+        su.execute(statement, args)
+
+
+def _queued(project: Project, sched_id: str, nodes: int = 1, host: str | None = None,
+            **req: Any) -> int:
+    """A QUEUED row of the caller's, as `submit` leaves it once the scheduler took it."""
+    job = submit._insert(project, JobRequest("slurm", nodes, 10, **req))
+    submit._set_scheduler_id(project, job, sched_id)
+    if host is not None:
+        _as_superuser(project, "UPDATE batch_jobs SET host = %s WHERE id = %s", host, job)
+    return job
+
+
+def _state(conn: Any, job: int) -> tuple[str, str | None]:
+    row = conn.execute("SELECT state::text, end_reason FROM batch_jobs WHERE id = %s",
+                       (job,)).fetchone()
+    return row[0], row[1]
+
+
+def _ask(answers: dict[str, tuple[str, str]]) -> jobsync.Ask:
+    def ask(scheduler: str, ids: Sequence[str]) -> dict[str, Any]:
+        assert scheduler == "slurm"
+        return {i: answers.get(i, ("unknown", "not listed")) for i in ids}
+    return ask
+
+
+def test_sync_closes_what_the_scheduler_ended_or_forgot(pg_project: Project, conn: Any,
+                                                        dbname: str) -> None:
+    waiting = _queued(pg_project, "11")
+    cancelled = _queued(pg_project, "12")
+    forgotten = _queued(pg_project, "13")
+    elsewhere = _queued(pg_project, "14", host="login.other-machine")
+    answers = {"11": ("waiting", "PENDING"), "12": ("ended", "CANCELLED")}
+    dry = jobsync.sync(conn, _ask(answers), dry_run=True)
+    assert sorted(j.id for j, _ in dry.closed) == [cancelled, forgotten]
+    assert _state(conn, cancelled) == ("QUEUED", None)  # a dry run changes nothing
+    done = jobsync.sync(conn, _ask(answers))
+    assert sorted(j.id for j, _ in done.closed) == [cancelled, forgotten]
+    assert [j.id for j in done.queued] == [waiting]
+    assert [j.id for j, _ in done.unasked] == [elsewhere]
+    assert "login.other-machine" in done.unasked[0][1]
+    state, reason = _state(conn, cancelled)
+    assert state == "FAILED" and "CANCELLED" in str(reason) and "before its launcher" in \
+        str(reason)
+    assert _state(conn, forgotten)[0] == "FAILED"
+    assert _state(conn, waiting) == ("QUEUED", None)
+    assert _state(conn, elsewhere) == ("QUEUED", None)
+
+
+def test_a_launcher_adopting_the_row_meanwhile_wins(pg_project: Project, conn: Any,
+                                                    dbname: str) -> None:
+    job = _queued(pg_project, "21")
+
+    def adopted_then_ended(scheduler: str, ids: Sequence[str]) -> dict[str, Any]:
+        _as_superuser(pg_project, "UPDATE batch_jobs SET state = 'RUNNING', started_at = "
+                                  "now() WHERE id = %s", job)
+        return {"21": ("ended", "COMPLETED")}
+
+    done = jobsync.sync(conn, adopted_then_ended)
+    assert done.closed == [] and _state(conn, job) == ("RUNNING", None)
+
+
+def _tasks(conn: Any, n: int, *, workflow: str = "w", num_nodes: int = 1, packing: int = 1,
+           tags: dict[str, str] | None = None, state: str = "READY") -> None:
+    conn.execute(
+        "INSERT INTO tasks (workflow, app_id, state, num_nodes, node_packing_count, tags) "
+        "SELECT %s, (SELECT id FROM apps WHERE name = 'hello'), %s, %s, %s, %s::jsonb "
+        "FROM generate_series(1, %s)",
+        (workflow, state, num_nodes, packing, json.dumps(tags or {}), n))
+
+
+@pytest.fixture()
+def hello(conn: Any, dbname: str) -> None:
+    conn.execute("INSERT INTO apps (name, command) VALUES ('hello', 'echo hi')")
+
+
+def test_the_backlog_is_what_a_job_of_these_filters_would_take(pg_project: Project,
+                                                               conn: Any,
+                                                               hello: None) -> None:
+    _tasks(conn, 32, packing=16)                      # 2 nodes
+    _tasks(conn, 3, num_nodes=2)                      # 6 nodes, 2 wide
+    _tasks(conn, 2, num_nodes=9)                      # wider than any job here
+    _tasks(conn, 8, workflow="other", packing=4)      # 2 nodes, another workflow
+    _tasks(conn, 4, tags={"site": "x"}, packing=2)    # 2 nodes, tagged
+    _tasks(conn, 5, state="AWAITING_PARENTS")         # not runnable yet
+    held = _queued(pg_project, "1")
+    _as_superuser(pg_project, "UPDATE tasks SET batch_job_id = %s WHERE id IN (SELECT id "
+                              "FROM tasks WHERE workflow = 'w' AND node_packing_count = 16 "
+                              "ORDER BY id LIMIT 16)", held)  # held by a launcher: 1 node
+    everything = elastic.read_backlog(conn, {}, max_nodes=8)
+    assert everything == elastic.Backlog(tasks=16 + 3 + 8 + 4, nodes=1 + 6 + 2 + 2,
+                                         widest=2, too_wide=2)
+    assert elastic.read_backlog(conn, {"workflows": ["other"]}, 8).nodes == 2
+    assert elastic.read_backlog(conn, {"tags": {"site": "x"}}, 8) == elastic.Backlog(
+        4, 2.0, 1, 0)
+    assert elastic.read_backlog(conn, {"owners": ["nobody"]}, 8).tasks == 0
+
+
+def test_ticks_submit_until_queued_jobs_cover_the_backlog(pg_project: Project, conn: Any,
+                                                          hello: None) -> None:
+    _tasks(conn, 80, packing=16, workflow="sim")  # 5 nodes
+    made: list[JobRequest] = []
+
+    def fake_submit(project: Project, req: JobRequest) -> Any:
+        made.append(req)
+        return submit.Submission(submit._insert(project, req), "slurm", None, Path("/x"))
+
+    req = JobRequest("slurm", 3, 10, workflows=("sim",))
+    scaling = elastic.Scaling(max_nodes=3, max_queued=3)
+    nobody_ended = _ask({})
+    first = elastic.tick(pg_project, req, scaling, ask=nobody_ended, submit=fake_submit)
+    assert first.decision.nodes == 3 and first.submitted is not None
+    second = elastic.tick(pg_project, req, scaling, ask=nobody_ended, submit=fake_submit)
+    assert second.decision.nodes == 2  # 5 nodes of work, 3 queued
+    third = elastic.tick(pg_project, req, scaling, ask=nobody_ended, submit=fake_submit)
+    assert third.decision.nodes == 0 and "cover" in third.decision.why
+    assert [r.nodes for r in made] == [3, 2]
+    assert all(r.workflows == ("sim",) for r in made)
+    # A job of other filters is not one of these: it does not cover this backlog.
+    other = JobRequest("slurm", 3, 10, workflows=("other",))
+    assert elastic.tick(pg_project, other, scaling, ask=nobody_ended,
+                        submit=fake_submit).decision.why.startswith("no runnable work")
+
+
+def test_autoscale_and_sync_from_the_command_line(pg_project: Project, conn: Any,
+                                                  hello: None, fakebin: Path) -> None:
+    _tasks(conn, 40, packing=16)  # 2.5 nodes
+    _fake(fakebin, "sbatch", "echo 9001")
+    _fake(fakebin, "squeue", "echo '9001|PENDING'")
+    dry = _run("autoscale", "--scheduler", "slurm", "-n", "4", "-t", "10", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "submitting 3 node(s) (dry run: nothing submitted)" in dry.output
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (0,)
+    once = _run("autoscale", "--scheduler", "slurm", "-n", "4", "-t", "10", "--once",
+                "--idle-timeout", "30")
+    assert once.exit_code == 0, once.output
+    assert "batch job" in once.output and "(slurm job 9001)" in once.output
+    row = conn.execute("SELECT nodes, state::text, scheduler_job_id FROM batch_jobs"
+                       ).fetchone()
+    assert row == (3, "QUEUED", "9001")
+    script = next((pg_project.root / "qsubmit").glob("slurm-*.sh")).read_text()
+    assert "--idle-timeout" in script
+    again = _run("autoscale", "--scheduler", "slurm", "-n", "4", "-t", "10", "--once")
+    assert "queued at most (--max-queued)" in again.output, again.output
+    # The job is cancelled before it starts: sync closes its row, and the next look
+    # submits again.
+    _fake(fakebin, "squeue", "echo '9001|CANCELLED'")
+    synced = _run("job", "sync")
+    assert synced.exit_code == 0, synced.output
+    assert "closed batch job" in synced.output and "CANCELLED" in synced.output
+    assert conn.execute("SELECT state::text FROM batch_jobs").fetchone() == ("FAILED",)
+    argv = (fakebin / "squeue.argv").read_text().split()
+    assert argv[1:] == ["-h", "-t", "all", "-j", "9001", "-o", "%i|%T"]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["-n", "0"], "--max-nodes"),
+    (["-n", "2", "--min-nodes", "3"], "--min-nodes 3 is more than --max-nodes 2"),
+    (["-n", "2", "--max-queued", "x"], "--max-queued"),
+    (["-n", "2", "--interval", "0"], "--interval"),
+    (["-n", "2", "--persistent"], "--persistent"),
+    (["-n", "2", "--workflow", "a\nb"], "--workflow"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(conn: Any, dbname: str, args: list[str],
+                                                  needle: str) -> None:
+    result = _run("autoscale", "--scheduler", "slurm", "-t", "10", "--once", *args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (0,)
+
+
+def test_a_scheduler_that_cannot_be_asked_leaves_rows_queued(pg_project: Project,
+                                                             conn: psycopg.Connection[Any],
+                                                             fakebin: Path) -> None:
+    job = _queued(pg_project, "31")
+    _fake(fakebin, "squeue", "echo 'slurm_load_jobs error: Unable to contact slurm "
+                             "controller' >&2; exit 1")
+    result = _run("job", "sync")
+    assert result.exit_code == 0, result.output
+    assert "stays QUEUED: squeue failed" in result.output
+    assert _state(conn, job) == ("QUEUED", None)

@@ -1,0 +1,115 @@
+"""The autoscaler's decision (batch/elastic.py `decide`) and what it reads from the
+scheduler (batch/schedq.py parsers): pure functions, no database or scheduler."""
+
+from __future__ import annotations
+
+import pytest
+
+from balsam_mpi.batch import schedq
+from balsam_mpi.batch.elastic import ActiveJob, Backlog, Scaling, decide
+
+
+def _backlog(tasks: int, nodes: float, widest: int = 1) -> Backlog:
+    return Backlog(tasks=tasks, nodes=nodes, widest=widest, too_wide=0)
+
+
+def test_no_work_no_job() -> None:
+    d = decide(_backlog(0, 0.0), [], Scaling(max_nodes=8))
+    assert d.nodes == 0 and "no runnable work" in d.why
+
+
+def test_the_uncovered_nodes_rounded_up_within_the_limits() -> None:
+    s = Scaling(max_nodes=8, min_nodes=2, max_queued=3)
+    assert decide(_backlog(10, 0.625), [], s).nodes == 2  # 10 tasks, 16 to a node: min 2
+    assert decide(_backlog(50, 5.2), [], s).nodes == 6
+    assert decide(_backlog(500, 50.0), [], s).nodes == 8
+    # a queued job counts against the backlog; a running one does not (it is full: what
+    # it could take it has claimed)
+    queued = [ActiveJob(1, "QUEUED", 4), ActiveJob(2, "RUNNING", 8)]
+    assert decide(_backlog(50, 5.2), queued, s).nodes == 2
+    d = decide(_backlog(30, 3.5), queued, s)
+    assert d.nodes == 0 and "cover" in d.why
+
+
+def test_the_widest_task_sets_the_least() -> None:
+    assert decide(_backlog(1, 3.0, widest=3), [], Scaling(max_nodes=4)).nodes == 3
+    assert decide(_backlog(2, 0.5, widest=3), [], Scaling(max_nodes=4)).nodes == 3
+
+
+def test_max_queued_waits() -> None:
+    s = Scaling(max_nodes=4, max_queued=2)
+    queued = [ActiveJob(1, "QUEUED", 1), ActiveJob(2, "QUEUED", 1)]
+    d = decide(_backlog(100, 100.0), queued, s)
+    assert d.nodes == 0 and "--max-queued" in d.why
+    assert decide(_backlog(100, 100.0), queued[:1], s).nodes == 4
+
+
+def test_max_total_nodes_caps_and_waits() -> None:
+    s = Scaling(max_nodes=8, min_nodes=2, max_queued=5, max_total_nodes=20)
+    running = [ActiveJob(1, "RUNNING", 8), ActiveJob(2, "RUNNING", 7)]
+    assert decide(_backlog(100, 100.0), running, s).nodes == 5
+    d = decide(_backlog(100, 100.0), [*running, ActiveJob(3, "RUNNING", 4)], s)
+    assert d.nodes == 0 and "--max-total-nodes" in d.why  # 1 node left, 2 the least
+
+
+def test_squeue_states_by_phase() -> None:
+    text = ("101|PENDING\n102|RUNNING\n103|CANCELLED\n104|COMPLETED\n105|CONFIGURING\n"
+            "106_1|COMPLETED\n106_2|RUNNING\n107+0|FAILED\n108|REQUEUED\nnot a line\n")
+    got = schedq.parse_squeue(text)
+    assert got == {"101": ("waiting", "PENDING"), "102": ("running", "RUNNING"),
+                   "103": ("ended", "CANCELLED"), "104": ("ended", "COMPLETED"),
+                   "105": ("running", "CONFIGURING"), "106": ("running", "RUNNING"),
+                   "107": ("ended", "FAILED"), "108": ("waiting", "REQUEUED")}
+
+
+def test_qstat_states_by_phase() -> None:
+    text = ("Job Id: 11.pbs.example.org\n    Job_Name = balsam\n    job_state = Q\n\n"
+            "Job Id: 12.pbs.example.org\n    job_state = R\n"
+            "Job Id: 13.pbs.example.org\n    job_state = F\n    Exit_status = 271\n")
+    assert schedq.parse_qstat(text) == {"11.pbs.example.org": ("waiting", "Q"),
+                                        "12.pbs.example.org": ("running", "R"),
+                                        "13.pbs.example.org": ("ended", "F")}
+
+
+def test_a_scheduler_that_cannot_be_asked_is_one_error(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(schedq.SchedulerQueryError, match="squeue is not on PATH"):
+        schedq.phases("slurm", ["1"])
+    with pytest.raises(schedq.SchedulerQueryError, match="cannot ask a cobalt scheduler"):
+        schedq.phases("cobalt", ["1"])
+    assert schedq.phases("slurm", []) == {}
+
+
+def _fake(tmp_path: object, name: str, stdout: str, stderr: str, rc: int) -> str:
+    from pathlib import Path
+
+    bin_dir = Path(str(tmp_path)) / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / name
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {bin_dir}/{name}.argv\n"
+                      f"printf '{stdout}'\nprintf '%s' '{stderr}' >&2\nexit {rc}\n")
+    script.chmod(0o755)
+    return str(bin_dir)
+
+
+def test_slurm_forgets_ids_and_says_so(tmp_path: object,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue fails when it knows none of the ids: every id is unknown, not an error."""
+    monkeypatch.setenv("PATH", _fake(tmp_path, "squeue", "",
+                                     "slurm_load_jobs error: Invalid job id specified", 1))
+    assert schedq.phases("slurm", ["7", "8"]) == {"7": ("unknown", "not listed"),
+                                                  "8": ("unknown", "not listed")}
+    monkeypatch.setenv("PATH", _fake(tmp_path, "squeue", "", "Unable to contact slurm "
+                                     "controller", 1))
+    with pytest.raises(schedq.SchedulerQueryError, match="squeue failed .*Unable to contact"):
+        schedq.phases("slurm", ["7"])
+
+
+def test_pbs_ids_match_by_their_sequence_number(tmp_path: object,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = "Job Id: 11.pbs01.example.org\\n    job_state = F\\n"
+    monkeypatch.setenv("PATH", _fake(tmp_path, "qstat", out,
+                                     "qstat: Unknown Job Id 12.pbs01", 153))
+    assert schedq.phases("pbs", ["11.pbs01", "12.pbs01"]) == {
+        "11.pbs01": ("ended", "F"), "12.pbs01": ("unknown", "not listed")}
