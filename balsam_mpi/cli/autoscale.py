@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -70,31 +72,34 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
 
     jobscript.validate(req)  # every flag checked before the first look
     project = ctx.project()
-    stop = _stop_event()
-    told: set[int] = set()
-    while True:
-        try:
-            result = elastic.tick(project, req, scaling, dry_run=dry_run)
-        except BalsamError as exc:
-            if once or dry_run:
-                raise
-            echo(f"{_now()} this look failed: {exc}; trying again in {interval:g} s")
-        else:
-            _say(result, dry_run, told)
-        if once or dry_run or stop.wait(interval):
-            return
+    if once or dry_run:
+        _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, set())
+        return
+    with _stop_on_signals() as stop:
+        told: set[int] = set()
+        while not stop.is_set():
+            try:
+                _say(elastic.tick(project, req, scaling), False, told)
+            except BalsamError as exc:
+                echo(f"{_now()} this look failed: {exc}; trying again in {interval:g} s")
+            stop.wait(interval)
 
 
-def _stop_event() -> threading.Event:
-    """Set by SIGTERM and SIGINT: the loop ends between looks, never inside a submission."""
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set, so the loop ends between looks, never inside a
+    submission; the handlers before are put back at the end."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
+    before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, old in before.items():
+            signal.signal(s, old)
 
 
 def _say(result: Any, dry_run: bool, told: set[int]) -> None:
