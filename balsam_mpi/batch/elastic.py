@@ -14,6 +14,10 @@ Each tick (every ``--interval`` seconds, or once with ``--once``):
 4. submit it as `balsam-mpi submit` would (batch/submit.py), with the same script, checks
    and row.
 
+A look holds a session advisory lock of the user and the filters from step 1 to step 4,
+tried, not waited for: two autoscalers of one user with the same filters (two shells,
+cron and a loop) would otherwise both see no job queued and both submit.
+
 The jobs' launchers end when the work runs out (``--idle-timeout``), so the allocation
 follows the backlog both ways. One job per tick at most: a large backlog is met over a few
 ticks, and no burst of submissions can follow a wrong reading.
@@ -120,17 +124,30 @@ def tick(project: Project, req: JobRequest, scaling: Scaling, *,
          dry_run: bool = False) -> Tick:
     """One round of the module's four steps; with ``dry_run`` nothing is closed or
     submitted (the decision is what would be done)."""
+    from psycopg.types.json import Jsonb
+
     from . import submit as submitting
 
     filters = jobscript.filters_of(req)
+    key = {"filters": Jsonb(filters)}
     with db.translated(), db.connect(project, application_name="balsam_mpi autoscale",
                                      autocommit=True) as conn:
-        synced = jobsync.sync(conn, ask, dry_run=dry_run)
-        backlog = read_backlog(conn, filters, scaling.max_nodes)
-        closed = {job.id for job, _reason in synced.closed}
-        active = [j for j in active_jobs(conn, filters) if j.id not in closed]
-    decision = decide(backlog, active, scaling)
-    done = None
-    if decision.nodes and not dry_run:
-        done = (submit or submitting.submit)(project, replace(req, nodes=decision.nodes))
+        got = conn.execute(sql.query("elastic_lock"), key).fetchone()
+        if not (got and got[0]):
+            return Tick(jobsync.Synced([], [], []), Backlog(0, 0.0, 0, 0),
+                        Decision(0, "another autoscale of yours with these filters is "
+                                    "looking now; this look is skipped"))
+        try:
+            synced = jobsync.sync(conn, ask, dry_run=dry_run)
+            backlog = read_backlog(conn, filters, scaling.max_nodes)
+            closed = {job.id for job, _reason in synced.closed}
+            active = [j for j in active_jobs(conn, filters) if j.id not in closed]
+            decision = decide(backlog, active, scaling)
+            done = None
+            if decision.nodes and not dry_run:
+                # Under the lock: the next look of another autoscale sees this job queued.
+                done = (submit or submitting.submit)(project,
+                                                     replace(req, nodes=decision.nodes))
+        finally:
+            conn.execute(sql.query("elastic_unlock"), key)
     return Tick(synced, backlog, decision, done)

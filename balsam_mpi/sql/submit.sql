@@ -60,3 +60,11 @@ SELECT id, state::text, nodes, filters
   FROM batch_jobs
  WHERE "user" = session_user AND state IN ('QUEUED', 'RUNNING')
  ORDER BY id
+
+-- name: elastic_lock
+-- One look at a time per user and filters: a session lock, tried, not waited for
+-- (migrations/0024).
+SELECT autoscale_try_lock(%(filters)s) AS got
+
+-- name: elastic_unlock
+SELECT autoscale_unlock(%(filters)s) AS released

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from psycopg import sql as pgsql
 
 from balsam_mpi.base import db
 from balsam_mpi.base.project import Project
@@ -21,6 +22,7 @@ from balsam_mpi.cli import cli
 from balsam_mpi.dbctl import lifecycle
 
 from .fakesched import fake as _fake
+from .test_checked_writes import as_role, roles, su  # noqa: F401  (fixtures)
 
 
 def _run(*args: str) -> Result:
@@ -32,8 +34,8 @@ def _as_superuser(project: Project, statement: str, *args: Any) -> None:
     by the cluster's superuser to stand in for them."""
     with db.connect(project) as c:
         name = c.info.dbname
-    with lifecycle.admin_connect(project, project.read_server_info(), name) as su:
-        su.execute(statement, args)
+    with lifecycle.admin_connect(project, project.read_server_info(), name) as admin:
+        admin.execute(statement, args)
 
 
 def _queued(project: Project, sched_id: str, nodes: int = 1, host: str | None = None,
@@ -252,3 +254,54 @@ def test_the_loop_looks_again_and_ends_on_sigterm(conn: Any, hello: None,
     assert "submitting 2 node(s): batch job" in lines[0], lines
     assert all("--max-queued" in line for line in lines[1:3]), lines
     assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (1,)
+
+
+def test_two_autoscalers_of_one_user_and_filters_do_not_both_submit(
+        pg_project: Project, conn: Any, hello: None) -> None:
+    """A look holds a lock of the user and its filters: one made while another look holds
+    it is skipped, and submits nothing; other filters are not held up."""
+    _tasks(conn, 16, workflow="sim")
+    made: list[JobRequest] = []
+
+    def fake_submit(project: Project, req: JobRequest) -> Any:
+        made.append(req)
+        return submit.Submission(submit._insert(project, req), "slurm", None, Path("/x"))
+
+    req = JobRequest("slurm", 2, 10, workflows=("sim",))
+    scaling = elastic.Scaling(max_nodes=2, max_queued=5)
+
+    def look_inside_a_look(project: Project, inner_req: JobRequest) -> Any:
+        inner = elastic.tick(project, req, scaling, ask=_ask({}), submit=fake_submit)
+        assert inner.decision.nodes == 0 and "skipped" in inner.decision.why
+        other = JobRequest("slurm", 2, 10, workflows=("other",))
+        assert elastic.tick(project, other, scaling, ask=_ask({}), submit=fake_submit
+                            ).decision.why.startswith("no runnable work")
+        return fake_submit(project, inner_req)
+
+    outer = elastic.tick(pg_project, req, scaling, ask=_ask({}), submit=look_inside_a_look)
+    assert outer.decision.nodes == 2 and [r.nodes for r in made] == [2]
+    # The lock is given back: the next look goes ahead.
+    assert elastic.tick(pg_project, req, scaling, ask=_ask({}),
+                        submit=fake_submit).decision.nodes == 2
+
+
+def test_the_lock_is_the_callers_own_and_one_per_session(
+        pg_project: Project, dbname: str, su: Any, roles: dict[str, str]  # noqa: F811
+) -> None:
+    """Members reach advisory locks only through migration 0024's pair: keyed by their
+    own name (alice cannot hold up bob), one at a time (no filling the lock table)."""
+    with as_role(su, roles["alice"]) as conn:
+        assert conn.execute("SELECT autoscale_try_lock('{\"workflows\": [\"a\"]}')"
+                            ).fetchone() == (True,)
+        assert conn.execute("SELECT autoscale_try_lock('{\"workflows\": [\"b\"]}')"
+                            ).fetchone() == (False,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT pg_try_advisory_lock(1)")
+    with lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname) as other:
+        other.execute(pgsql.SQL("SET SESSION AUTHORIZATION {}").format(
+            pgsql.Identifier(roles["bob"])))
+        assert other.execute("SELECT autoscale_try_lock('{\"workflows\": [\"a\"]}')"
+                             ).fetchone() == (True,)
+    with as_role(su, roles["alice"]) as conn:
+        assert conn.execute("SELECT autoscale_unlock('{\"workflows\": [\"a\"]}')"
+                            ).fetchone() == (True,)
