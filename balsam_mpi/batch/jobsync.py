@@ -59,6 +59,11 @@ def sync(conn: Any, ask: Ask = schedq.phases, dry_run: bool = False,
     rows = queued_jobs(conn)
     for scheduler in sorted({r.scheduler for r in rows}):
         mine = [r for r in rows if r.scheduler == scheduler]
+        if scheduler in schedq.SUPPORTED:  # an id that is not one is never put on argv
+            odd = [r for r in mine if not schedq.is_job_id(scheduler, r.scheduler_job_id)]
+            unasked.extend((r, f"{r.scheduler_job_id[:40]!r} is not a {scheduler} job id")
+                           for r in odd)
+            mine = [r for r in mine if r not in odd]
         try:
             said = ask(scheduler, [r.scheduler_job_id for r in mine])
         except schedq.SchedulerQueryError as exc:

@@ -43,9 +43,35 @@ class SchedulerQueryError(BalsamError):
     """The scheduler could not be asked (not installed, down, timed out)."""
 
 
+# What each scheduler's ids look like (as batch/submit.py reads them from qsub / sbatch):
+# anything else is never put on a command line, where it could pass for an option.
+_IDS = {"slurm": re.compile(r"\d{1,20}"),
+        "pbs": re.compile(r"\d{1,20}(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]{1,200})?")}
+CHUNK = 500  # ids per call: a command line of a few kilobytes, however many rows wait
+
+
+def is_job_id(scheduler: str, job_id: str) -> bool:
+    pattern = _IDS.get(scheduler)
+    return pattern is not None and pattern.fullmatch(job_id) is not None
+
+
 def phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
     """(phase, the scheduler's own word for it) of each id; ``unknown`` for an id the
-    scheduler does not list. Raises SchedulerQueryError when it cannot be asked."""
+    scheduler does not list. Raises SchedulerQueryError when it cannot be asked, or when
+    an id is not one of its own."""
+    if scheduler not in SUPPORTED:
+        raise SchedulerQueryError(f"cannot ask a {scheduler} scheduler about its jobs "
+                                  f"(supported: {', '.join(SUPPORTED)})")
+    bad = next((i for i in ids if not is_job_id(scheduler, i)), None)
+    if bad is not None:
+        raise SchedulerQueryError(f"{bad[:40]!r} is not a {scheduler} job id")
+    out: dict[str, tuple[Phase, str]] = {}
+    for start in range(0, len(ids), CHUNK):
+        out.update(_phases(scheduler, ids[start:start + CHUNK]))
+    return out
+
+
+def _phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
     if not ids:
         return {}
     if scheduler == "slurm":
@@ -59,9 +85,6 @@ def phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
         by_number = {job.split(".", 1)[0]: state for job, state in said.items()}
         listed = {i: by_number[i.split(".", 1)[0]] for i in ids
                   if i.split(".", 1)[0] in by_number}
-    else:
-        raise SchedulerQueryError(f"cannot ask a {scheduler} scheduler about its jobs "
-                                  f"(supported: {', '.join(SUPPORTED)})")
     return {i: listed.get(i, ("unknown", "not listed")) for i in ids}
 
 

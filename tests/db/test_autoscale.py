@@ -67,6 +67,7 @@ def test_sync_closes_what_the_scheduler_ended_or_forgot(pg_project: Project, con
     cancelled = _queued(pg_project, "12")
     forgotten = _queued(pg_project, "13")
     elsewhere = _queued(pg_project, "14", host="login.other-machine")
+    odd = _queued(pg_project, "--me")  # not a job id: never put on squeue's command line
     answers = {"11": ("waiting", "PENDING"), "12": ("ended", "CANCELLED")}
     dry = jobsync.sync(conn, _ask(answers), dry_run=True)
     assert sorted(j.id for j, _ in dry.closed) == [cancelled, forgotten]
@@ -74,14 +75,17 @@ def test_sync_closes_what_the_scheduler_ended_or_forgot(pg_project: Project, con
     done = jobsync.sync(conn, _ask(answers))
     assert sorted(j.id for j, _ in done.closed) == [cancelled, forgotten]
     assert [j.id for j in done.queued] == [waiting]
-    assert [j.id for j, _ in done.unasked] == [elsewhere]
-    assert "login.other-machine" in done.unasked[0][1]
+    assert sorted(j.id for j, _ in done.unasked) == [elsewhere, odd]
+    why = dict((j.id, w) for j, w in done.unasked)
+    assert "login.other-machine" in why[elsewhere]
+    assert "'--me' is not a slurm job id" in why[odd]
     state, reason = _state(conn, cancelled)
     assert state == "FAILED" and "CANCELLED" in str(reason) and "before its launcher" in \
         str(reason)
     assert _state(conn, forgotten)[0] == "FAILED"
     assert _state(conn, waiting) == ("QUEUED", None)
     assert _state(conn, elsewhere) == ("QUEUED", None)
+    assert _state(conn, odd) == ("QUEUED", None)
 
 
 def test_a_launcher_adopting_the_row_meanwhile_wins(pg_project: Project, conn: Any,

@@ -113,3 +113,23 @@ def test_pbs_ids_match_by_their_sequence_number(tmp_path: object,
                                      "qstat: Unknown Job Id 12.pbs01", 153))
     assert schedq.phases("pbs", ["11.pbs01", "12.pbs01"]) == {
         "11.pbs01": ("ended", "F"), "12.pbs01": ("unknown", "not listed")}
+
+
+def test_only_job_ids_reach_the_command_line(tmp_path: object,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An id that is not one of the scheduler's (a row's scheduler_job_id is the caller's
+    own, but may come from the environment) is refused before any command runs; many ids
+    go in chunks."""
+    from pathlib import Path
+
+    bindir = _fake(tmp_path, "squeue", "", "", 0)
+    monkeypatch.setenv("PATH", bindir)
+    for bad in ("-h", "--me", "12;x", "1 2", ""):
+        assert not schedq.is_job_id("slurm", bad)
+        with pytest.raises(schedq.SchedulerQueryError, match="is not a slurm job id"):
+            schedq.phases("slurm", ["1", bad])
+    assert not (Path(bindir) / "squeue.argv").exists()
+    ids = [str(i) for i in range(1, 1201)]
+    assert set(schedq.phases("slurm", ids).values()) == {("unknown", "not listed")}
+    last = (Path(bindir) / "squeue.argv").read_text().split()
+    assert last[last.index("-j") + 1] == ",".join(ids[1000:])  # the third chunk of 500
