@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -73,13 +74,13 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
     jobscript.validate(req)  # every flag checked before the first look
     project = ctx.project()
     if once or dry_run:
-        _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, set())
+        _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, _Said())
         return
     with _stop_on_signals() as stop:
-        told: set[int] = set()
+        said = _Said()
         while not stop.is_set():
             try:
-                _say(elastic.tick(project, req, scaling), False, told)
+                _say(elastic.tick(project, req, scaling), False, said)
             except BalsamError as exc:
                 echo(f"{_now()} this look failed: {exc}; trying again in {interval:g} s")
             stop.wait(interval)
@@ -102,16 +103,25 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, old)
 
 
-def _say(result: Any, dry_run: bool, told: set[int]) -> None:
-    """One line per closed row and per decision; a row that cannot be asked about is
-    named once per run, not at every look."""
+@dataclass
+class _Said:
+    """What a run has printed already: rows named as unaskable, and the last decision
+    (a look that decides what the last one did, with the same figures, prints nothing;
+    a quiet backlog is one line, not one a minute)."""
+
+    unasked: set[int] = field(default_factory=set)
+    last: str = ""
+
+
+def _say(result: Any, dry_run: bool, said: _Said) -> None:
+    """One line per closed row and per decision that differs from the last."""
     verb = "would close" if dry_run else "closed"
     for job, reason in result.synced.closed:
         echo(f"{_now()} {verb} batch job {job.id} ({job.scheduler} job "
              f"{job.scheduler_job_id}): {reason}")
     for job, why in result.synced.unasked:
-        if job.id not in told:
-            told.add(job.id)
+        if job.id not in said.unasked:
+            said.unasked.add(job.id)
             echo(f"{_now()} batch job {job.id} stays QUEUED: {why}")
     line = result.decision.why
     if result.backlog.too_wide:
@@ -124,7 +134,9 @@ def _say(result: Any, dry_run: bool, told: set[int]) -> None:
             else f" (pid {done.pid})"))
     elif dry_run and result.decision.nodes:
         line += " (dry run: nothing submitted)"
-    echo(f"{_now()} {line}")
+    if line != said.last or done is not None:
+        echo(f"{_now()} {line}")
+    said.last = line
 
 
 def _now() -> str:
