@@ -137,14 +137,23 @@ def test_the_backlog_is_what_a_job_of_these_filters_would_take(pg_project: Proje
     assert elastic.read_backlog(conn, {"owners": ["nobody"]}, 8).tasks == 0
 
 
+class _Recorder:
+    """A stand-in for batch/submit.py's submit: the row as submit writes it (QUEUED, the
+    request's filters), no scheduler; the requests it was given, in order."""
+
+    def __init__(self) -> None:
+        self.made: list[JobRequest] = []
+
+    def __call__(self, project: Project, req: JobRequest) -> submit.Submission:
+        self.made.append(req)
+        return submit.Submission(submit._insert(project, req), "slurm", None, Path("/x"))
+
+
 def test_ticks_submit_until_queued_jobs_cover_the_backlog(pg_project: Project, conn: Any,
                                                           hello: None) -> None:
     _tasks(conn, 80, packing=16, workflow="sim")  # 5 nodes
-    made: list[JobRequest] = []
-
-    def fake_submit(project: Project, req: JobRequest) -> Any:
-        made.append(req)
-        return submit.Submission(submit._insert(project, req), "slurm", None, Path("/x"))
+    recorder = _Recorder()
+    made, fake_submit = recorder.made, recorder
 
     req = JobRequest("slurm", 3, 10, workflows=("sim",))
     scaling = elastic.Scaling(max_nodes=3, max_queued=3)
@@ -266,11 +275,8 @@ def test_two_autoscalers_of_one_user_and_filters_do_not_both_submit(
     """A look holds a lock of the user and its filters: one made while another look holds
     it is skipped, and submits nothing; other filters are not held up."""
     _tasks(conn, 16, workflow="sim")
-    made: list[JobRequest] = []
-
-    def fake_submit(project: Project, req: JobRequest) -> Any:
-        made.append(req)
-        return submit.Submission(submit._insert(project, req), "slurm", None, Path("/x"))
+    recorder = _Recorder()
+    made, fake_submit = recorder.made, recorder
 
     req = JobRequest("slurm", 2, 10, workflows=("sim",))
     scaling = elastic.Scaling(max_nodes=2, max_queued=5)
