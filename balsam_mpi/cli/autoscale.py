@@ -51,7 +51,7 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
     Stop it with Ctrl-C or SIGTERM.
     """
     from ..base import limits, values
-    from ..batch import elastic
+    from ..batch import elastic, jobscript
 
     top = limits.INT_RANGES["num_nodes"][1]
     max_nodes = values.int_from_text("--max-nodes", max_text, 1, top)
@@ -69,8 +69,6 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
                          "hold its nodes after the backlog is gone; autoscaled jobs end "
                          "when idle (--idle-timeout)")
     req = job_request(max_nodes, **job)
-    from ..batch import jobscript
-
     jobscript.validate(req)  # every flag checked before the first look
     project = ctx.project()
     if once or dry_run:
