@@ -6,7 +6,9 @@ Each tick (every ``--interval`` seconds, or once with ``--once``):
 2. read the backlog: runnable tasks no launcher holds that a job with these filters would
    take, in nodes (``num_nodes / node_packing_count`` each; sql/submit.sql
    ``elastic_backlog``). Running launchers claim what their free slots (and short queue)
-   can take, so what is left unclaimed is work no running job has room for;
+   can take, so what is left unclaimed is work no running job has room for. Tasks wider
+   than ``max_nodes`` or longer than the launchers' time limit are counted apart: a job
+   of this autoscaler would never claim them;
 3. :func:`decide` whether one more job is needed and how large: none while the jobs of
    these filters already queued cover the backlog, while ``max_queued`` of them wait, or
    when ``max_total_nodes`` would be passed; else the uncovered nodes, rounded up, at
@@ -55,6 +57,7 @@ class Backlog:
     nodes: float  # what they need at once: sum of num_nodes / node_packing_count
     widest: int  # the largest num_nodes among them
     too_wide: int  # tasks wider than max_nodes: no job of this autoscaler can run them
+    too_long: int = 0  # tasks asking more wall time than its launchers' time limit
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,18 @@ def decide(backlog: Backlog, active: Sequence[ActiveJob], s: Scaling) -> Decisio
     return Decision(nodes, f"{have}: submitting {nodes} node(s)")
 
 
-def read_backlog(conn: Any, filters: dict[str, Any], max_nodes: int) -> Backlog:
+def read_backlog(conn: Any, filters: dict[str, Any], max_nodes: int,
+                 time_limit_min: float | None = None) -> Backlog:
+    """``time_limit_min``: the launchers' ``--time-limit-min`` (None: no limit), past
+    which a task's ``wall_time_min`` keeps it from their claims."""
     from psycopg.types.json import Jsonb
 
     tags = filters.get("tags")
     row = conn.execute(sql.query("elastic_backlog"), {
-        "max_nodes": max_nodes, "workflows": filters.get("workflows"),
-        "tags": Jsonb(tags) if tags else None, "owners": filters.get("owners")}).fetchone()
-    return Backlog(int(row[0]), float(row[1]), int(row[2]), int(row[3]))
+        "max_nodes": max_nodes, "time_limit_min": time_limit_min,
+        "workflows": filters.get("workflows"), "tags": Jsonb(tags) if tags else None,
+        "owners": filters.get("owners")}).fetchone()
+    return Backlog(int(row[0]), float(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
 def active_jobs(conn: Any, filters: dict[str, Any]) -> list[ActiveJob]:
@@ -139,7 +146,8 @@ def tick(project: Project, req: JobRequest, scaling: Scaling, *,
                                     "looking now; this look is skipped"))
         try:
             synced = jobsync.sync(conn, ask, dry_run=dry_run)
-            backlog = read_backlog(conn, filters, scaling.max_nodes)
+            backlog = read_backlog(conn, filters, scaling.max_nodes,
+                                   jobscript.launcher_time_limit(req))
             closed = {job.id for job, _reason in synced.closed}
             active = [j for j in active_jobs(conn, filters) if j.id not in closed]
             decision = decide(backlog, active, scaling)

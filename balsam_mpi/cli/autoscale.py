@@ -125,6 +125,9 @@ def _say(result: Any, dry_run: bool, said: _Said) -> None:
     if result.backlog.too_wide:
         line += (f"; {result.backlog.too_wide:,} runnable tasks are wider than --max-nodes "
                  "and wait for another job")
+    if result.backlog.too_long:
+        line += (f"; {result.backlog.too_long:,} runnable tasks ask for more wall time than "
+                 "these jobs' launchers have (-t less the margin) and wait for another job")
     done = result.submitted
     if done is not None:
         line += (f": batch job {done.batch_job_id}" + (

@@ -40,18 +40,25 @@ SELECT id, scheduler, scheduler_job_id, nodes, filters, host
 -- `autoscale` (batch/elastic.py): the runnable tasks no launcher holds that a job with
 -- these filters would take (launcher_claim's conditions: state, no batch job, workflows,
 -- tags, owners), in nodes (num_nodes / node_packing_count each), read through the
--- runnable index. Tasks wider than the largest job the autoscaler may ask for are
--- counted apart: no job of it could run them.
-SELECT count(*) FILTER (WHERE t.num_nodes <= %(max_nodes)s) AS tasks,
-       coalesce(sum(t.num_nodes::float8 / t.node_packing_count)
-                FILTER (WHERE t.num_nodes <= %(max_nodes)s), 0) AS nodes,
-       coalesce(max(t.num_nodes) FILTER (WHERE t.num_nodes <= %(max_nodes)s), 0) AS widest,
-       count(*) FILTER (WHERE t.num_nodes > %(max_nodes)s) AS too_wide
-  FROM tasks t
- WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
-   AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
-   AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
-   AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))
+-- runnable index. Tasks no job of the autoscaler could run are counted apart: wider than
+-- its largest job, or asking for more wall time than its launchers' time limit (a claim
+-- skips them, so counting them would submit job after job that ends idle).
+SELECT count(*) FILTER (WHERE f.fits) AS tasks,
+       coalesce(sum(f.nodes) FILTER (WHERE f.fits), 0) AS nodes,
+       coalesce(max(f.num_nodes) FILTER (WHERE f.fits), 0) AS widest,
+       count(*) FILTER (WHERE f.num_nodes > %(max_nodes)s) AS too_wide,
+       count(*) FILTER (WHERE f.num_nodes <= %(max_nodes)s AND NOT f.short) AS too_long
+  FROM (SELECT t.num_nodes, t.num_nodes::float8 / t.node_packing_count AS nodes,
+               (%(time_limit_min)s::float8 IS NULL
+                OR t.wall_time_min <= %(time_limit_min)s::float8) AS short,
+               t.num_nodes <= %(max_nodes)s
+                 AND (%(time_limit_min)s::float8 IS NULL
+                      OR t.wall_time_min <= %(time_limit_min)s::float8) AS fits
+          FROM tasks t
+         WHERE t.state IN ('READY', 'RESTART_READY') AND t.batch_job_id IS NULL
+           AND (%(workflows)s::text[] IS NULL OR t.workflow = ANY (%(workflows)s::text[]))
+           AND (%(tags)s::jsonb IS NULL OR t.tags @> %(tags)s::jsonb)
+           AND (%(owners)s::text[] IS NULL OR t.owner = ANY (%(owners)s::text[]))) f
 
 -- name: jobs_active_own
 -- `autoscale`: the caller's batch jobs that are waiting or running, with their filters

@@ -102,12 +102,13 @@ def test_a_launcher_adopting_the_row_meanwhile_wins(pg_project: Project, conn: A
 
 
 def _tasks(conn: Any, n: int, *, workflow: str = "w", num_nodes: int = 1, packing: int = 1,
-           tags: dict[str, str] | None = None, state: str = "READY") -> None:
+           tags: dict[str, str] | None = None, state: str = "READY",
+           wall_time_min: float = 0.0) -> None:
     conn.execute(
-        "INSERT INTO tasks (workflow, app_id, state, num_nodes, node_packing_count, tags) "
-        "SELECT %s, (SELECT id FROM apps WHERE name = 'hello'), %s, %s, %s, %s::jsonb "
-        "FROM generate_series(1, %s)",
-        (workflow, state, num_nodes, packing, json.dumps(tags or {}), n))
+        "INSERT INTO tasks (workflow, app_id, state, num_nodes, node_packing_count, tags, "
+        "wall_time_min) SELECT %s, (SELECT id FROM apps WHERE name = 'hello'), %s, %s, %s, "
+        "%s::jsonb, %s FROM generate_series(1, %s)",
+        (workflow, state, num_nodes, packing, json.dumps(tags or {}), wall_time_min, n))
 
 
 @pytest.fixture()
@@ -147,6 +148,25 @@ class _Recorder:
     def __call__(self, project: Project, req: JobRequest) -> submit.Submission:
         self.made.append(req)
         return submit.Submission(submit._insert(project, req), "slurm", None, Path("/x"))
+
+
+def test_tasks_longer_than_the_jobs_are_no_backlog_for_them(pg_project: Project,
+                                                            conn: Any, hello: None) -> None:
+    """A claim skips a task whose wall_time_min passes the launcher's time limit: counted
+    as backlog, it would have the autoscaler submit job after job that ends idle."""
+    _tasks(conn, 4, workflow="long", wall_time_min=120)
+    _tasks(conn, 2, workflow="long", wall_time_min=30)
+    assert elastic.read_backlog(conn, {}, 8, time_limit_min=57.0) == elastic.Backlog(
+        tasks=2, nodes=2.0, widest=1, too_wide=0, too_long=4)
+    assert elastic.read_backlog(conn, {}, 8).tasks == 6  # local, no -t: no limit
+    recorder = _Recorder()
+    scaling = elastic.Scaling(max_nodes=4)
+    short_jobs = JobRequest("slurm", 4, 25, workflows=("long",))  # limit 23.75 min
+    look = elastic.tick(pg_project, short_jobs, scaling, ask=_ask({}), submit=recorder)
+    assert look.decision.nodes == 0 and look.backlog.too_long == 6, look
+    long_jobs = JobRequest("slurm", 4, 60, workflows=("long",))  # limit 57 min
+    look = elastic.tick(pg_project, long_jobs, scaling, ask=_ask({}), submit=recorder)
+    assert look.decision.nodes == 2 and [r.nodes for r in recorder.made] == [2]
 
 
 def test_ticks_submit_until_queued_jobs_cover_the_backlog(pg_project: Project, conn: Any,
