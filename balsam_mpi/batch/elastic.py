@@ -12,7 +12,8 @@ Each tick (every ``--interval`` seconds, or once with ``--once``):
 3. :func:`decide` whether one more job is needed and how large: none while the jobs of
    these filters already queued cover the backlog, while ``max_queued`` of them wait, or
    when ``max_total_nodes`` would be passed; else the uncovered nodes, rounded up, at
-   least ``min_nodes`` and the widest task, at most ``max_nodes``;
+   least ``min_nodes`` and what the widest task needs (a task of w > 1 nodes runs on
+   workers only: w + 1), at most ``max_nodes``;
 4. submit it as `balsam-mpi submit` would (batch/submit.py), with the same script, checks
    and row.
 
@@ -81,6 +82,18 @@ class Tick:
     submitted: Any = None  # batch/submit.py's Submission
 
 
+def max_claimable_nodes(job_nodes: int) -> int:
+    """The widest task a launcher of ``job_nodes`` nodes claims: a multi-node task runs on
+    worker nodes only, while the leader's node runs single-node ones (launcher/dispatch.py
+    ``max_nodes``)."""
+    return max(1, job_nodes - 1)
+
+
+def least_nodes(widest: int) -> int:
+    """The smallest job that runs a task of ``widest`` nodes (the inverse of the above)."""
+    return widest + 1 if widest > 1 else 1
+
+
 def decide(backlog: Backlog, active: Sequence[ActiveJob], s: Scaling) -> Decision:
     """Whether to submit one more job, and its size. Pure: see the module's step 3."""
     queued = [j for j in active if j.state == "QUEUED"]
@@ -95,10 +108,11 @@ def decide(backlog: Backlog, active: Sequence[ActiveJob], s: Scaling) -> Decisio
     uncovered = backlog.nodes - queued_nodes
     if uncovered <= 1e-9:
         return Decision(0, f"{have}: the queued jobs cover it")
-    nodes = min(s.max_nodes, max(s.min_nodes, backlog.widest, math.ceil(uncovered - 1e-9)))
+    least = max(s.min_nodes, least_nodes(backlog.widest))
+    nodes = min(s.max_nodes, max(least, math.ceil(uncovered - 1e-9)))
     if s.max_total_nodes is not None:
         room = s.max_total_nodes - total
-        if room < max(s.min_nodes, backlog.widest):
+        if room < least:
             return Decision(0, f"{have}: waiting, {s.max_total_nodes} nodes at most "
                                "(--max-total-nodes)")
         nodes = min(nodes, room)
@@ -107,8 +121,9 @@ def decide(backlog: Backlog, active: Sequence[ActiveJob], s: Scaling) -> Decisio
 
 def read_backlog(conn: Any, filters: dict[str, Any], max_nodes: int,
                  time_limit_min: float | None = None) -> Backlog:
-    """``time_limit_min``: the launchers' ``--time-limit-min`` (None: no limit), past
-    which a task's ``wall_time_min`` keeps it from their claims."""
+    """``max_nodes``: the widest task the largest job claims (:func:`max_claimable_nodes`);
+    ``time_limit_min``: the launchers' ``--time-limit-min`` (None: no limit), past which a
+    task's ``wall_time_min`` keeps it from their claims."""
     from psycopg.types.json import Jsonb
 
     tags = filters.get("tags")
@@ -146,7 +161,7 @@ def tick(project: Project, req: JobRequest, scaling: Scaling, *,
                                     "looking now; this look is skipped"))
         try:
             synced = jobsync.sync(conn, ask, dry_run=dry_run)
-            backlog = read_backlog(conn, filters, scaling.max_nodes,
+            backlog = read_backlog(conn, filters, max_claimable_nodes(scaling.max_nodes),
                                    jobscript.launcher_time_limit(req))
             closed = {job.id for job, _reason in synced.closed}
             active = [j for j in active_jobs(conn, filters) if j.id not in closed]

@@ -44,8 +44,9 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
 
     Every --interval seconds: close your QUEUED batch jobs the scheduler has ended, read
     the runnable tasks no launcher holds that these filters select (in nodes), and submit
-    one job for what the jobs already queued do not cover — at least --min-nodes and the
-    widest task, at most --max-nodes — unless --max-queued jobs wait already or
+    one job for what the jobs already queued do not cover — at least --min-nodes and what
+    the widest task needs (w + 1 nodes for a task of w > 1: it runs on the job's workers),
+    at most --max-nodes — unless --max-queued jobs wait already or
     --max-total-nodes would be passed. The jobs are those `balsam-mpi submit` makes with
     the same flags; their launchers end when the work runs out (--idle-timeout).
     Stop it with Ctrl-C or SIGTERM.

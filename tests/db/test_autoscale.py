@@ -136,6 +136,10 @@ def test_the_backlog_is_what_a_job_of_these_filters_would_take(pg_project: Proje
     assert elastic.read_backlog(conn, {"tags": {"site": "x"}}, 8) == elastic.Backlog(
         4, 2.0, 1, 0)
     assert elastic.read_backlog(conn, {"owners": ["nobody"]}, 8).tasks == 0
+    # Jobs of at most 2 nodes run tasks of 1 (a 2-node task needs two workers and the
+    # leader's node): the 2-node tasks are too wide for them.
+    small = elastic.read_backlog(conn, {}, elastic.max_claimable_nodes(2))
+    assert (small.tasks, small.too_wide) == (16 + 8 + 4, 3 + 2)
 
 
 class _Recorder:

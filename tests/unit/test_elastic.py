@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from balsam_mpi.batch import schedq
-from balsam_mpi.batch.elastic import ActiveJob, Backlog, Scaling, decide
+from balsam_mpi.batch.elastic import ActiveJob, Backlog, Scaling, decide, max_claimable_nodes
 
 
 def _backlog(tasks: int, nodes: float, widest: int = 1) -> Backlog:
@@ -32,8 +32,15 @@ def test_the_uncovered_nodes_rounded_up_within_the_limits() -> None:
 
 
 def test_the_widest_task_sets_the_least() -> None:
-    assert decide(_backlog(1, 3.0, widest=3), [], Scaling(max_nodes=4)).nodes == 3
-    assert decide(_backlog(2, 0.5, widest=3), [], Scaling(max_nodes=4)).nodes == 3
+    """A launcher runs a multi-node task on its worker nodes only (the leader's node runs
+    single-node tasks: launcher/dispatch.py max_nodes), so a task of w > 1 nodes needs a
+    job of w + 1."""
+    assert decide(_backlog(1, 3.0, widest=3), [], Scaling(max_nodes=4)).nodes == 4
+    assert decide(_backlog(2, 0.5, widest=3), [], Scaling(max_nodes=4)).nodes == 4
+    assert decide(_backlog(2, 0.5, widest=1), [], Scaling(max_nodes=4)).nodes == 1
+    assert decide(_backlog(1, 2.0, widest=2), [], Scaling(max_nodes=8)).nodes == 3
+    assert max_claimable_nodes(1) == 1 and max_claimable_nodes(2) == 1
+    assert max_claimable_nodes(5) == 4
 
 
 def test_max_queued_waits() -> None:
