@@ -21,15 +21,21 @@ from typing import TextIO
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
                      "\ud800-\udfff]")
 _UNSAFE_OR_NEWLINE = re.compile(f"\n|{_UNSAFE.pattern}")
-_NAMED = {"\r": "\\r", "\n": "\\n"}
+# What no label may hold (base/values.py `plain`): the same, and tab and newline too.
+NOT_IN_LABELS = re.compile(f"[\t\n]|{_UNSAFE.pattern}")
+_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 
 
-def _spelled(match: re.Match[str]) -> str:
-    ch = match.group()
+def spelled(ch: str) -> str:
+    """One character as it is spelled out: ``\\n``, ``\\x1b``, ``\\u202e``."""
     if ch in _NAMED:
         return _NAMED[ch]
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _spelled(match: re.Match[str]) -> str:
+    return spelled(match.group())
 
 
 def visible(text: str, *, newlines: bool = True) -> str:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from . import limits
+from . import limits, termtext
 from .errors import InputError
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,30}")
@@ -77,29 +77,27 @@ def name(field: str, value: Any) -> str:
     return plain(field, text(field, value, limits.NAME_MAX))
 
 
-# What a label people read may not hold: the characters a terminal acts on (every C0
-# control, tab and newline included, DEL and the C1 controls) and the marks and overrides
-# of bidirectional text. The CLIs spell the same ones out when they print a stored value
-# (base/termtext.py), which covers rows written before labels were checked.
-_NOT_IN_LABELS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_SPELLED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def plain(field: str, value: str, what: str = "") -> str:
     """``value`` if it holds no control character or bidirectional mark; else one line
-    naming the field, the character (spelled out) and where it is."""
+    naming the field, the character (spelled out) and where it is.
+
+    The characters are those a terminal acts on (every C0 control, tab and newline
+    included, DEL, the C1 controls) and the marks and overrides of bidirectional text:
+    ``termtext.NOT_IN_LABELS``, the set the CLIs spell out when they print a stored value,
+    with tab and newline, which covers rows written before labels were checked."""
     if value.isascii() and value.isprintable():  # the common case: nothing to look for
         return value
-    found = _NOT_IN_LABELS.search(value)
+    found = termtext.NOT_IN_LABELS.search(value)
     if found is None:
         return value
     ch = found.group()
-    code = ord(ch)
-    kind = "bidirectional control" if code > 0x9f else "control"
-    spelled = _SPELLED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    raise InputError(f"{field}: {what}contains the {kind} character {spelled} (character "
-                     f"{found.start() + 1}); names, workflows and tags are labels people "
-                     "read, so they may not hold control characters or bidirectional marks")
+    kind = "bidirectional control" if ord(ch) > 0x9f else "control"
+    raise InputError(f"{field}: {what}contains the {kind} character "
+                     f"{termtext.spelled(ch)} (character {found.start() + 1}); names, "
+                     "workflows and tags are labels people read, so they may not hold "
+                     "control characters or bidirectional marks")
 
 
 _UNIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
