@@ -130,8 +130,10 @@ valid_tasks = st.fixed_dictionaries(
     optional={"name": label_text,
               **{f: st.integers(*INT_FIELDS[f]) for f in INT_FIELDS},
               "wall_time_min": st.floats(0, limits.WALL_TIME_MIN_MAX),
-              "tags": st.dictionaries(label_text, st.one_of(label_text, json_docs),
-                                      max_size=3),
+              # text tag values are labels; other values are JSON of any text
+              "tags": st.dictionaries(label_text, st.one_of(
+                  label_text, json_docs.filter(lambda v: not isinstance(v, str))),
+                  max_size=3),
               "args": st.lists(stored_text, max_size=3),
               "data": st.dictionaries(stored_text, json_docs, max_size=3),
               "parents": st.lists(st.integers(1, limits.ID_MAX), max_size=3),
