@@ -4297,7 +4297,7 @@ GRANT EXECUTE ON FUNCTION launcher_hunger(bigint, bigint, boolean, boolean),
 
 -- ==== 0016_finished_rows_leave_indexes.sql ====
 -- 0016_finished_rows_leave_indexes: less database time per task (benchmarks/README.md,
--- "The database path per task … 0016"; docs/design-notes.md, 17):
+-- "The database path per task … 0016"; docs/design-notes.md, 18):
 --   * a task's last write (→ JOB_FINISHED, the end of every successful task) adds an
 --     entry to two indexes fewer;
 --   * one statement trigger after an UPDATE of tasks instead of four;
