@@ -136,9 +136,17 @@ def read_backlog(conn: Any, filters: dict[str, Any], max_nodes: int,
 
 def active_jobs(conn: Any, filters: dict[str, Any]) -> list[ActiveJob]:
     """The caller's QUEUED and RUNNING jobs whose filters are these."""
+    wanted = _given(filters)
     return [ActiveJob(int(r[0]), str(r[1]), int(r[2]))
             for r in conn.execute(sql.query("jobs_active_own"))
-            if dict(r[3] or {}) == filters]
+            if isinstance(r[3] or {}, dict) and _given(r[3] or {}) == wanted]
+
+
+def _given(filters: dict[str, Any]) -> dict[str, Any]:
+    """Filters without their empty parts: `submit` records only the filters given, the
+    launcher all three when it adopts the row (``"tags": {}``, ``"owners": []``), and
+    both mean the same job."""
+    return {k: v for k, v in filters.items() if v}
 
 
 def tick(project: Project, req: JobRequest, scaling: Scaling, *,

@@ -8,13 +8,15 @@ ids, argv lists (never a shell), a timeout; the parsers are pure functions of th
 
 Slurm: ``squeue -h -t all -j ID,ID -o %i|%T`` lists the jobs it still holds, ended ones
 for ``MinJobAge`` (300 s by default) and then none; an id it has forgotten is simply not
-listed (when every id is forgotten, squeue fails with "Invalid job id specified"). PBS:
+listed (when every id is forgotten, squeue fails with "Invalid job id specified"); a job
+sbatch sent to another cluster (``ID;CLUSTER``) is asked about there (``--clusters``). PBS:
 ``qstat -x -f ID …`` (finished jobs too, with ``-x``), ``job_state`` per ``Job Id:``
 block; ``Unknown Job Id`` for the forgotten ones.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Sequence
@@ -45,7 +47,8 @@ class SchedulerQueryError(BalsamError):
 
 # What each scheduler's ids look like (as batch/submit.py reads them from qsub / sbatch):
 # anything else is never put on a command line, where it could pass for an option.
-_IDS = {"slurm": re.compile(r"\d{1,20}"),
+# Slurm's ``ID;CLUSTER``: a job sbatch sent to another cluster (-M), asked about there.
+_IDS = {"slurm": re.compile(r"\d{1,20}(?:;[A-Za-z0-9_.\-]{1,200})?"),
         "pbs": re.compile(r"\d{1,20}(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]{1,200})?")}
 CHUNK = 500  # ids per call: a command line of a few kilobytes, however many rows wait
 
@@ -66,18 +69,31 @@ def phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
     if bad is not None:
         raise SchedulerQueryError(f"{bad[:40]!r} is not a {scheduler} job id")
     out: dict[str, tuple[Phase, str]] = {}
-    for start in range(0, len(ids), CHUNK):
-        out.update(_phases(scheduler, ids[start:start + CHUNK]))
+    # A job's number names it on one Slurm cluster only: one squeue per cluster.
+    clusters = sorted({_cluster(scheduler, i) for i in ids})
+    for cluster in clusters:
+        some = [i for i in ids if _cluster(scheduler, i) == cluster]
+        for start in range(0, len(some), CHUNK):
+            out.update(_phases(scheduler, some[start:start + CHUNK], cluster))
     return out
 
 
-def _phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
+def _cluster(scheduler: str, job_id: str) -> str:
+    """The Slurm cluster of an ``ID;CLUSTER`` id ("" for the default one)."""
+    return job_id.partition(";")[2] if scheduler == "slurm" else ""
+
+
+def _phases(scheduler: str, ids: Sequence[str],
+            cluster: str = "") -> dict[str, tuple[Phase, str]]:
     if not ids:
         return {}
     if scheduler == "slurm":
-        out = _run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T"],
-                   forgotten="Invalid job id")
-        listed = parse_squeue(out)
+        where = [f"--clusters={cluster}"] if cluster else []
+        numbers = [i.partition(";")[0] for i in ids]
+        out = _run(["squeue", "-h", "-t", "all", *where, "-j", ",".join(numbers),
+                    "-o", "%i|%T"], forgotten="Invalid job id", env=_squeue_env())
+        said = parse_squeue(out)  # --clusters heads its lines with "CLUSTER: name"
+        listed = {i: said[i.partition(";")[0]] for i in ids if i.partition(";")[0] in said}
     elif scheduler == "pbs":
         # qsub may print "1234.server" and qstat "Job Id: 1234.server.domain.org": the
         # sequence number names the job on one server.
@@ -88,17 +104,36 @@ def _phases(scheduler: str, ids: Sequence[str]) -> dict[str, tuple[Phase, str]]:
     return {i: listed.get(i, ("unknown", "not listed")) for i in ids}
 
 
-def _run(argv: list[str], forgotten: str) -> str:
+def _squeue_env() -> dict[str, str]:
+    """The environment without what would make squeue hide a job asked about by id:
+    squeue ANDs ``-j`` with SQUEUE_PARTITION, SQUEUE_ACCOUNT, SQUEUE_USERS, … (a user's
+    .bashrc sets them for a shorter listing), and SLURM_CLUSTERS points it at another
+    cluster than the one sbatch used (a job sent elsewhere carries its cluster, -M)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("SQUEUE_") and k != "SLURM_CLUSTERS"}
+
+
+def _run(argv: list[str], forgotten: str, env: dict[str, str] | None = None) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                              timeout=QUERY_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+                              timeout=QUERY_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL,
+                              env=env)
     except FileNotFoundError:
         raise SchedulerQueryError(f"{argv[0]} is not on PATH") from None
+    except OSError as exc:  # on PATH but not runnable: no x bit, no #! line
+        raise SchedulerQueryError(f"{argv[0]} could not be run: {exc.strerror or exc}"
+                                  ) from None
     except subprocess.TimeoutExpired:
         raise SchedulerQueryError(f"{argv[0]} did not answer in {QUERY_TIMEOUT_S} s") from None
-    if done.returncode != 0 and forgotten not in done.stderr:
-        first = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[0]
-        raise SchedulerQueryError(f"{argv[0]} failed (exit {done.returncode}): {first[:300]}")
+    if done.returncode != 0:
+        # Only forgotten ids may fail the command: any other complaint beside them (a
+        # server lost midway) would make live jobs look forgotten.
+        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        other = [line for line in said if forgotten not in line]
+        if other or not said:
+            first = (other or done.stdout.strip().splitlines() or ["no output"])[0]
+            raise SchedulerQueryError(f"{argv[0]} failed (exit {done.returncode}): "
+                                      f"{first[:300]}")
     return done.stdout
 
 

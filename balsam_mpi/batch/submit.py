@@ -44,10 +44,11 @@ SUBMIT_ARGV = {
 }
 # What each scheduler prints for a good submission (the last such line counts, because
 # some sites print notices first): PBS "1234.server.domain" (or an array "1234[].server"),
-# Slurm --parsable "1234" or "1234;cluster", Cobalt a bare number.
+# Slurm --parsable "1234" or "1234;cluster" (sent to another cluster with -M: the id is
+# kept whole, as the job is known by its number on that cluster only), Cobalt a bare number.
 _JOB_ID = {
     "pbs": re.compile(r"^(\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]+)?)$"),
-    "slurm": re.compile(r"^(\d+)(?:;[A-Za-z0-9_.\-]+)?$"),
+    "slurm": re.compile(r"^(\d+(?:;[A-Za-z0-9_.\-]+)?)$"),
     "cobalt": re.compile(r"^(\d+)$"),
 }
 
@@ -183,6 +184,8 @@ def _run_submit(scheduler: str, script: Path, qdir: Path) -> str:
                               timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False)
     except FileNotFoundError:
         raise SubmitError(f"`{argv[0]}` is not on PATH") from None
+    except OSError as exc:  # on PATH but not runnable (a wrapper without a #! line)
+        raise SubmitError(f"`{argv[0]}` could not be run: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
         raise SubmitError(f"`{argv[0]}` did not answer in {SUBMIT_TIMEOUT_SEC} s; check "
                           "the scheduler and whether the job was queued") from None

@@ -64,6 +64,10 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
         max_queued=values.int_from_text("--max-queued", queued_text, 1, 1000),
         max_total_nodes=None if total_text is None else values.int_from_text(
             "--max-total-nodes", total_text, 1, top))
+    if scaling.max_total_nodes is not None and scaling.max_total_nodes < min_nodes:
+        # Every job would pass the total: the autoscaler would wait for ever.
+        raise UsageError(f"--max-total-nodes {scaling.max_total_nodes} is less than "
+                         f"--min-nodes {min_nodes}: no job would ever fit")
     interval = values.number_from_text("--interval", interval_text, 1.0, 86_400.0)
     if job["persistent"]:
         raise UsageError("--persistent: a launcher that never ends for lack of work would "
@@ -72,10 +76,12 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
     req = job_request(max_nodes, **job)
     jobscript.validate(req)  # every flag checked before the first look
     project = ctx.project()
-    if once or dry_run:
-        _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, _Said())
-        return
+    # Signals wait for the end of a look, --once's too: killed between its row and the
+    # id sbatch printed, a submission would leave a QUEUED row no sync can close.
     with _stop_on_signals() as stop:
+        if once or dry_run:
+            _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, _Said())
+            return
         said = _Said()
         while not stop.is_set():
             try:

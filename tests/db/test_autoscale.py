@@ -230,6 +230,8 @@ def test_autoscale_and_sync_from_the_command_line(pg_project: Project, conn: Any
 @pytest.mark.parametrize(("args", "needle"), [
     (["-n", "0"], "--max-nodes"),
     (["-n", "2", "--min-nodes", "3"], "--min-nodes 3 is more than --max-nodes 2"),
+    (["-n", "4", "--min-nodes", "2", "--max-total-nodes", "1"],
+     "--max-total-nodes 1 is less than --min-nodes 2"),
     (["-n", "2", "--max-queued", "x"], "--max-queued"),
     (["-n", "2", "--interval", "0"], "--interval"),
     (["-n", "2", "--persistent"], "--persistent"),
@@ -340,3 +342,107 @@ def test_the_lock_is_the_callers_own_and_one_per_session(
     with as_role(su, roles["alice"]) as conn:
         assert conn.execute("SELECT autoscale_unlock('{\"workflows\": [\"a\"]}')"
                             ).fetchone() == (True,)
+
+
+def test_running_jobs_adopted_by_their_launchers_count_against_the_limits(
+        pg_project: Project, conn: Any, hello: None, store: Any) -> None:
+    """A launcher records all its filters when it adopts its row, the empty ones too
+    ({"workflows": ["sim"], "tags": {}, "owners": []}); `submit` records only those given.
+    The autoscaler's running job is still its own: --max-total-nodes counts it."""
+    from balsam_mpi.launcher.storeport import ClaimFilter
+
+    _tasks(conn, 16, workflow="sim")
+    req = JobRequest("slurm", 2, 10, workflows=("sim",))
+    scaling = elastic.Scaling(max_nodes=2, max_queued=1, max_total_nodes=2)
+    recorder = _Recorder()
+    first = elastic.tick(pg_project, req, scaling, ask=_ask({}), submit=recorder)
+    assert first.decision.nodes == 2
+    job = first.submitted.batch_job_id
+    store.open_job(job_id=job, scheduler="slurm", scheduler_job_id="51", host="n1",
+                   nodes=2, ranks=2, filters=ClaimFilter(("sim",)), wall_time_min=10,
+                   lease_sec=60)
+    assert _state(conn, job) == ("RUNNING", None)
+    assert [j.id for j in elastic.active_jobs(conn, {"workflows": ["sim"]})] == [job]
+    second = elastic.tick(pg_project, req, scaling, ask=_ask({}), submit=recorder)
+    assert second.decision.nodes == 0 and "--max-total-nodes" in second.decision.why, \
+        second.decision
+    assert [r.nodes for r in recorder.made] == [2]
+
+
+def test_a_job_sbatch_sent_to_another_cluster_is_asked_about_there(
+        pg_project: Project, conn: Any, hello: None, fakebin: Path) -> None:
+    """`sbatch -M other` (a --directive, or SLURM_CLUSTERS) prints ``77;other``: the job
+    waits on cluster "other", which a plain squeue does not ask ("Invalid job id"). The
+    row must stay QUEUED, not be closed as forgotten (and the next look submit again)."""
+    _tasks(conn, 4)
+    _fake(fakebin, "sbatch", "echo '77;other'")
+    _fake(fakebin, "squeue", 'if [[ " $* " == *" --clusters=other "* ]]; then '
+                             "echo 'CLUSTER: other'; echo '77|PENDING'; else "
+                             "echo 'slurm_load_jobs error: Invalid job id specified' >&2; "
+                             "exit 1; fi")
+    flags = ["--scheduler", "slurm", "-n", "1", "-t", "10", "--once", "--directive",
+             "--clusters=other"]
+    first = _run("autoscale", *flags)
+    assert first.exit_code == 0 and "submitting 1 node(s)" in first.output, first.output
+    synced = _run("job", "sync")
+    assert "0 closed, 1 still queued" in synced.output, synced.output
+    assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
+                        ).fetchall() == [("QUEUED", "77;other")]
+    assert (fakebin / "squeue.argv").read_text().split()[1:] == [
+        "-h", "-t", "all", "--clusters=other", "-j", "77", "-o", "%i|%T"]
+    again = _run("autoscale", *flags)
+    assert "--max-queued" in again.output, again.output
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (1,)
+
+
+def test_sigterm_during_a_once_submission_lets_it_finish(conn: Any, hello: None,
+                                                         fakebin: Path) -> None:
+    """SIGTERM (a cron line's `timeout`, a batch system ending a workflow job) that
+    arrives while sbatch runs must not kill `autoscale --once` between the row and the
+    id sbatch printed: a QUEUED row without a scheduler id is never asked about by
+    `job sync`, and counts as a queued job of these filters for ever (--max-queued)."""
+    import subprocess
+    import sys
+
+    _tasks(conn, 4)
+    _fake(fakebin, "sbatch", "kill -TERM $PPID; echo 9201")
+    cli_path = str(Path(sys.executable).with_name("balsam-mpi"))
+    done = subprocess.run([cli_path, "autoscale", "--scheduler", "slurm", "-n", "1",
+                           "-t", "10", "--once"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
+                        ).fetchall() == [("QUEUED", "9201")], (done.returncode, done.stderr)
+    assert done.returncode == 0 and "(slurm job 9201)" in done.stdout, done
+
+
+def test_a_squeue_that_cannot_be_run_is_one_line(pg_project: Project, conn: Any,
+                                                 fakebin: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site's squeue that cannot be executed (a wrapper without a #! line, or without
+    the execute bit for this user) is a scheduler that cannot be asked: its rows stay
+    QUEUED, and the loop looks again, instead of a traceback."""
+    job = _queued(pg_project, "61")
+    squeue = _fake(fakebin, "squeue", "echo '61|PENDING'")
+    squeue.write_text("echo '61|PENDING'\n")  # no #!: exec fails with ENOEXEC
+    monkeypatch.setenv("PATH", str(fakebin))  # the only squeue
+    result = _run("job", "sync")
+    assert result.exit_code == 0, result.output
+    assert "stays QUEUED: squeue could not be run" in result.output, result.output
+    assert _state(conn, job) == ("QUEUED", None)
+
+
+def test_an_sbatch_that_cannot_be_run_is_a_failed_submission(
+        conn: Any, hello: None, fakebin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch on PATH that exec refuses (a site wrapper without a #! line): one error
+    line and a FAILED row, as for any refused submission; no traceback, which would end
+    the loop of `autoscale` instead of its look."""
+    _tasks(conn, 2)
+    sbatch = _fake(fakebin, "sbatch", "echo 9301")
+    sbatch.write_text("echo 9301\n")  # no #!: exec fails with ENOEXEC
+    monkeypatch.setenv("PATH", str(fakebin))  # the only sbatch
+    result = CliRunner().invoke(cli, ["autoscale", "--scheduler", "slurm", "-n", "1", "-t",
+                                      "10", "--once"], prog_name="balsam-mpi")
+    assert not isinstance(result.exception, OSError), result.exception
+    assert result.exit_code != 0 and "sbatch` could not be run" in result.output, \
+        result.output
+    assert conn.execute("SELECT state::text FROM batch_jobs").fetchall() == [("FAILED",)]

@@ -56,7 +56,7 @@ def test_slurm_and_cobalt_ids(pg_project: Project, conn: Any, dbname: str,
     done = submit.submit(pg_project, JobRequest("slurm", 2, 30))
     assert (fakebin / "sbatch.argv").read_text().splitlines()[1:] == [
         "--parsable", str(done.script)]
-    assert done.scheduler_job_id == "77"
+    assert done.scheduler_job_id == "77;perlmutter"
     _fake(fakebin, "qsub", "echo 'Job routed to queue \"default\".'; echo 31337")
     done = submit.submit(pg_project, JobRequest("cobalt", 2, 30))
     row = submit.get(pg_project, done.batch_job_id)

@@ -131,7 +131,7 @@ def test_only_job_ids_reach_the_command_line(tmp_path: object,
 
     bindir = _fake(tmp_path, "squeue", "", "", 0)
     monkeypatch.setenv("PATH", bindir)
-    for bad in ("-h", "--me", "12;x", "1 2", ""):
+    for bad in ("-h", "--me", "12;", "12;a b", "1 2", ""):
         assert not schedq.is_job_id("slurm", bad)
         with pytest.raises(schedq.SchedulerQueryError, match="is not a slurm job id"):
             schedq.phases("slurm", ["1", bad])
@@ -140,3 +140,41 @@ def test_only_job_ids_reach_the_command_line(tmp_path: object,
     assert set(schedq.phases("slurm", ids).values()) == {("unknown", "not listed")}
     last = (Path(bindir) / "squeue.argv").read_text().split()
     assert last[last.index("-j") + 1] == ",".join(ids[1000:])  # the third chunk of 500
+
+
+def test_a_forgotten_id_does_not_hide_a_failure_beside_it(tmp_path: object,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """qstat asks about its ids one at a time: one it has forgotten says "Unknown Job Id",
+    and a server lost midway (a failover, a restart) fails the rest. Their jobs are not
+    forgotten: the answer is an error, so that no row is closed on it."""
+    out = "Job Id: 11.pbs01\\n    job_state = R\\n"
+    monkeypatch.setenv("PATH", _fake(
+        tmp_path, "qstat", out, "qstat: Unknown Job Id 12.pbs01\nqstat: cannot connect "
+        "to server pbs01 (errno=15010)", 153))
+    with pytest.raises(schedq.SchedulerQueryError, match="cannot connect to server"):
+        schedq.phases("pbs", ["11.pbs01", "12.pbs01", "13.pbs01"])
+
+
+def test_the_users_squeue_settings_do_not_hide_jobs(tmp_path: object,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue ANDs -j with the filters of the caller's environment (SQUEUE_PARTITION,
+    SQUEUE_ACCOUNT, SQUEUE_USERS, … from a .bashrc), and SLURM_CLUSTERS sends it to
+    another cluster: a job they hide is not listed, which reads as forgotten, and its row
+    would be closed while it waits. The ids are asked about without them."""
+    from pathlib import Path
+
+    bin_dir = Path(str(tmp_path)) / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text('#!/bin/sh\nif [ -n "$SLURM_CLUSTERS" ]; then echo "CLUSTER: $SLURM_'
+                      'CLUSTERS"; exit 0; fi\nif [ -n "$SQUEUE_PARTITION$SQUEUE_ACCOUNT'
+                      '$SQUEUE_USERS" ]; then exit 0; fi\nprintf "7|PENDING\\n8|RUNNING\\n"\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    want = {"7": ("waiting", "PENDING"), "8": ("running", "RUNNING")}
+    for name, value in (("SQUEUE_PARTITION", "debug"), ("SQUEUE_ACCOUNT", "other"),
+                        ("SQUEUE_USERS", "someone"), ("SLURM_CLUSTERS", "elsewhere")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert schedq.phases("slurm", ["7", "8"]) == want, name

@@ -13,7 +13,7 @@ from balsam_mpi.batch.submit import SubmitError, parse_job_id
     ("pbs", "9\n", "9"),
     ("pbs", "qsub: note: project usage is high\n77[].pbs01\n", "77[].pbs01"),
     ("slurm", "5678\n", "5678"),
-    ("slurm", "5678;perlmutter\n", "5678"),
+    ("slurm", "5678;perlmutter\n", "5678;perlmutter"),  # on cluster perlmutter (-M)
     ("cobalt", "Job routed to queue \"debug-cache-quad\".\n443210\n", "443210"),
 ])
 def test_job_ids(scheduler: str, output: str, job_id: str) -> None:
