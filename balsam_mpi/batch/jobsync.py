@@ -6,8 +6,14 @@ QUEUED for ever. This asks the scheduler (batch/schedq.py) about every such row 
 caller and closes, as FAILED with the scheduler's word in ``end_reason``, those it reports
 ended, or no longer knows when the job was submitted from this host (a project's database
 may serve several machines, whose job ids mean nothing to this one's scheduler; a job
-ended elsewhere is closed by a sync there). Closing is `submit_fail`'s function: only the caller's own row,
-only while still QUEUED, so a launcher adopting the row at that moment wins.
+ended elsewhere is closed by a sync there). Closing is `submit_fail`'s function: only the
+caller's own row, only while still QUEUED, so a launcher adopting the row at that moment
+wins.
+
+A submitter killed between writing its row and reading the scheduler's answer leaves a
+QUEUED row with no scheduler id: nothing can be asked about it, and every autoscaler
+would count it as a queued job for ever. Once it is older than any submission can take
+(``UNSUBMITTED_AFTER_S``), it is closed too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from ..base.project import this_host
 from . import schedq
 
 Ask = Callable[[str, Sequence[str]], dict[str, tuple[schedq.Phase, str]]]
+
+# A submission records the scheduler's id within submit.SUBMIT_TIMEOUT_SEC (120 s) of its
+# row; ten minutes leaves room for a slow database and clocks, and an autoscaler stalled
+# by such a row resumes within them.
+UNSUBMITTED_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,19 @@ def queued_jobs(conn: Any) -> list[QueuedJob]:
                       str(r[5] or "")) for r in conn.execute(sql.query("jobs_queued_own"))]
 
 
+def named(job: QueuedJob) -> str:
+    """How a row's job is named in what the commands print."""
+    if not job.scheduler_job_id:
+        return f"{job.scheduler}, no job id"
+    return f"{job.scheduler} job {job.scheduler_job_id}"
+
+
+def unsubmitted_jobs(conn: Any) -> list[QueuedJob]:
+    return [QueuedJob(int(r[0]), str(r[1]), "", int(r[2]), dict(r[3] or {}), str(r[4] or ""))
+            for r in conn.execute(sql.query("jobs_unsubmitted_own"),
+                                  {"age": UNSUBMITTED_AFTER_S})]
+
+
 def sync(conn: Any, ask: Ask = schedq.phases, dry_run: bool = False,
          host: str | None = None) -> Synced:
     """Ask each scheduler once about the caller's QUEUED rows; close the ended ones
@@ -57,6 +81,12 @@ def sync(conn: Any, ask: Ask = schedq.phases, dry_run: bool = False,
     queued: list[QueuedJob] = []
     unasked: list[tuple[QueuedJob, str]] = []
     rows = queued_jobs(conn)
+    for row in unsubmitted_jobs(conn):
+        reason = ("its submission never recorded a scheduler job id (the submitting "
+                  "process ended before the scheduler answered); no scheduler job id "
+                  "to ask about")
+        if dry_run or _close(conn, row.id, reason):
+            closed.append((row, reason))
     for scheduler in sorted({r.scheduler for r in rows}):
         mine = [r for r in rows if r.scheduler == scheduler]
         if scheduler in schedq.SUPPORTED:  # an id that is not one is never put on argv

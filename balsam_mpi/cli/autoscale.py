@@ -120,10 +120,11 @@ class _Said:
 
 def _say(result: Any, dry_run: bool, said: _Said) -> None:
     """One line per closed row and per decision that differs from the last."""
+    from ..batch import jobsync
+
     verb = "would close" if dry_run else "closed"
     for job, reason in result.synced.closed:
-        echo(f"{_now()} {verb} batch job {job.id} ({job.scheduler} job "
-             f"{job.scheduler_job_id}): {reason}")
+        echo(f"{_now()} {verb} batch job {job.id} ({jobsync.named(job)}): {reason}")
     for job, why in result.synced.unasked:
         if job.id not in said.unasked:
             said.unasked.add(job.id)

@@ -174,8 +174,7 @@ def sync_command(ctx: CliContext, dry_run: bool) -> None:
         result = jobsync.sync(conn, dry_run=dry_run)
     verb = "would close" if dry_run else "closed"
     for job, reason in result.closed:
-        echo(f"{verb} batch job {job.id} ({job.scheduler} job {job.scheduler_job_id}): "
-             f"{reason}")
+        echo(f"{verb} batch job {job.id} ({jobsync.named(job)}): {reason}")
     for job, why in result.unasked:
         echo(f"batch job {job.id} stays QUEUED: {why}")
     echo(f"{len(result.closed)} closed, {len(result.queued)} still queued or running"

@@ -36,6 +36,17 @@ SELECT id, scheduler, scheduler_job_id, nodes, filters, host
  WHERE "user" = session_user AND state = 'QUEUED' AND scheduler_job_id IS NOT NULL
  ORDER BY id
 
+-- name: jobs_unsubmitted_own
+-- `job sync` (batch/jobsync.py): the caller's QUEUED rows that never got a scheduler id
+-- and are older than any submission can take (the submitter died between its row and
+-- the scheduler's answer). A local run never gets an id: its launcher adopts the row.
+SELECT id, scheduler, nodes, filters, host
+  FROM batch_jobs
+ WHERE "user" = session_user AND state = 'QUEUED' AND scheduler_job_id IS NULL
+   AND scheduler <> 'local'
+   AND submitted_at < now() - make_interval(secs => %(age)s)
+ ORDER BY id
+
 -- name: elastic_backlog
 -- `autoscale` (batch/elastic.py): the runnable tasks no launcher holds that a job with
 -- these filters would take (launcher_claim's conditions: state, no batch job, workflows,

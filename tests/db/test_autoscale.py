@@ -446,3 +446,44 @@ def test_an_sbatch_that_cannot_be_run_is_a_failed_submission(
     assert result.exit_code != 0 and "sbatch` could not be run" in result.output, \
         result.output
     assert conn.execute("SELECT state::text FROM batch_jobs").fetchall() == [("FAILED",)]
+
+
+def test_a_submission_that_never_recorded_its_id_is_closed_once_stale(
+        pg_project: Project, conn: Any, dbname: str) -> None:
+    """A submitter killed between its row and sbatch's answer leaves a QUEUED row with
+    no scheduler id, which no scheduler can be asked about and every autoscaler counts
+    as a queued job for ever. Past the submission's own timeout it cannot still get an
+    id, so sync closes it; a younger one, a local run's (no id ever) and another user's
+    stay."""
+    stale = submit._insert(pg_project, JobRequest("slurm", 1, 10))
+    young = submit._insert(pg_project, JobRequest("slurm", 1, 10))
+    local = submit._insert(pg_project, JobRequest("local", 1, 10))
+    other = submit._insert(pg_project, JobRequest("slurm", 1, 10))
+    age = jobsync.UNSUBMITTED_AFTER_S + 60
+    _as_superuser(pg_project, "UPDATE batch_jobs SET submitted_at = now() - "
+                              "make_interval(secs => %s) WHERE id = ANY(%s)",
+                  age, [stale, local, other])
+    with db.connect(pg_project) as c:
+        name = c.info.dbname
+    with lifecycle.admin_connect(pg_project, pg_project.read_server_info(), name) as admin:
+        # Another member's row (a row's user cannot change: triggers off for the plant).
+        admin.execute("SET session_replication_role = replica")
+        admin.execute("UPDATE batch_jobs SET \"user\" = 'someone_else' WHERE id = %s",
+                      (other,))
+
+    def never(scheduler: str, ids: Sequence[str]) -> dict[str, Any]:
+        raise AssertionError(f"asked {scheduler} about {list(ids)}: there is no id to ask")
+
+    said = _run("--project", str(pg_project.root), "job", "sync", "--dry-run")
+    assert f"would close batch job {stale} (slurm, no job id)" in said.output
+    dry = jobsync.sync(conn, never, dry_run=True)
+    assert [j.id for j, _ in dry.closed] == [stale]
+    assert _state(conn, stale) == ("QUEUED", None)
+    done = jobsync.sync(conn, never)
+    assert [j.id for j, _ in done.closed] == [stale]
+    state, reason = _state(conn, stale)
+    assert state == "FAILED" and "no scheduler job id" in str(reason)
+    for job in (young, local, other):
+        assert _state(conn, job) == ("QUEUED", None)
+    out = _run("--project", str(pg_project.root), "job", "sync")
+    assert out.exit_code == 0 and "0 closed" in out.output
