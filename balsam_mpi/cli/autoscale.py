@@ -6,7 +6,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from .context import CliContext, pass_ctx
 from .joboptions import job_options, job_request
 
 INTERVAL_S = 60.0
+FAILED_LOOKS_CAP_S = 3600.0  # the longest wait after failed looks (unless --interval is)
 
 
 @click.command("autoscale")
@@ -83,12 +84,34 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
             _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, _Said())
             return
         said = _Said()
-        while not stop.is_set():
-            try:
-                _say(elastic.tick(project, req, scaling), False, said)
-            except BalsamError as exc:
-                echo(f"{_now()} this look failed: {exc}; trying again in {interval:g} s")
-            stop.wait(interval)
+        looks(lambda: _say(elastic.tick(project, req, scaling), False, said), stop,
+              interval, echo)
+
+
+def looks(look: Callable[[], None], stop: threading.Event, interval: float,
+          say: Callable[[str], None]) -> None:
+    """Look every ``interval`` seconds until ``stop`` is set. A look that fails (the
+    database away, a scheduler that refuses the job) is said, and the wait before the
+    next doubles with each failure in a row, up to FAILED_LOOKS_CAP_S: a refusal that
+    will not change (a wrong account) then costs a FAILED row and a script an hour,
+    not one a minute; the first good look brings the interval back."""
+    from ..base.pacing import Backoff
+
+    retry = Backoff(interval, max(interval, FAILED_LOOKS_CAP_S))
+    failed = 0
+    while not stop.is_set():
+        try:
+            look()
+        except BalsamError as exc:
+            failed += 1
+            pause = retry.failed()
+            row = f" ({failed} looks in a row)" if failed > 1 else ""
+            say(f"{_now()} this look failed{row}: {exc}; trying again in {pause:g} s")
+        else:
+            failed = 0
+            retry.reset()
+            pause = interval
+        stop.wait(pause)
 
 
 @contextlib.contextmanager
