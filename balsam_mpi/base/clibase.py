@@ -1,10 +1,15 @@
-"""What both command-line tools share: one-line errors, JSON output, and :func:`echo`,
-which spells out the control characters of stored values (``termtext``)."""
+"""What both command-line tools share: one-line errors, JSON output, :func:`echo`, which
+spells out the control characters of stored values (``termtext``), and
+:func:`signals_deferred` for work that must not be cut in the middle."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -81,3 +86,28 @@ def notices(lines: list[str]) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+class Deferred(threading.Event):
+    """Set by SIGTERM or SIGINT inside :func:`signals_deferred`; ``signum`` says which."""
+
+    signum = 0
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[Deferred]:
+    """SIGTERM and SIGINT only set the event while the block runs (a submission between
+    its row and the scheduler's answer, a loop between two looks); the handlers before
+    are put back at the end. The caller decides what an interrupted run does after."""
+    stop = Deferred()
+
+    def handler(signum: int, _frame: Any) -> None:
+        stop.signum = signum
+        stop.set()
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, old in before.items():
+            signal.signal(s, old)

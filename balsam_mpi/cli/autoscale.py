@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
-from ..base.clibase import echo
+from ..base.clibase import echo, signals_deferred
 from ..base.errors import BalsamError, UsageError
 from .context import CliContext, pass_ctx
 from .joboptions import job_options, job_request
@@ -79,7 +77,7 @@ def autoscale_command(ctx: CliContext, /, max_text: str, min_text: str, queued_t
     project = ctx.project()
     # Signals wait for the end of a look, --once's too: killed between its row and the
     # id sbatch printed, a submission would leave a QUEUED row no sync can close.
-    with _stop_on_signals() as stop:
+    with signals_deferred() as stop:
         if once or dry_run:
             _say(elastic.tick(project, req, scaling, dry_run=dry_run), dry_run, _Said())
             return
@@ -112,23 +110,6 @@ def looks(look: Callable[[], None], stop: threading.Event, interval: float,
             retry.reset()
             pause = interval
         stop.wait(pause)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event SIGTERM and SIGINT set, so the loop ends between looks, never inside a
-    submission; the handlers before are put back at the end."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for s, old in before.items():
-            signal.signal(s, old)
 
 
 @dataclass

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 import click
 
 from ..base import limits
-from ..base.clibase import echo, echo_json
+from ..base.clibase import echo, echo_json, signals_deferred
 from ..base.termtext import for_stream
 from .context import CliContext, pass_ctx
 from .joboptions import job_options, job_request
@@ -40,7 +41,10 @@ def submit_command(ctx: CliContext, /, nodes_text: str, dry_run: bool, as_json: 
         # The script as written: spelled out only on a terminal (termtext).
         click.echo(for_stream(submit.dry_run(project, req), sys.stdout), nl=False)
         return
-    done = submit.submit(project, req)
+    # Signals wait for the scheduler's answer: killed between the row and the id sbatch
+    # printed, a submission would leave its job queued and its row without that id.
+    with signals_deferred() as stop:
+        done = submit.submit(project, req)
     if as_json:
         echo_json(done.as_dict())
     elif done.scheduler == "local":
@@ -49,6 +53,10 @@ def submit_command(ctx: CliContext, /, nodes_text: str, dry_run: bool, as_json: 
     else:
         echo(f"submitted batch job {done.batch_job_id} as {done.scheduler} job "
                    f"{done.scheduler_job_id}; script: {done.script}")
+    if stop.is_set():
+        name = signal.Signals(stop.signum).name
+        echo(f"{name} came during the submission, which was finished first", err=True)
+        sys.exit(128 + stop.signum)
 
 
 commands: list[click.Command] = [submit_command]

@@ -193,3 +193,23 @@ def test_the_launchers_own_flags_reach_the_script_and_the_record(
         assert result.exit_code == 2 and says in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
     assert _count(conn) == 1 and _scripts(pg_project) == before
+
+
+def test_sigterm_while_sbatch_runs_waits_for_its_answer(pg_project: Project, conn: Any,
+                                                        dbname: str, fakebin: Path) -> None:
+    """SIGTERM while sbatch runs (a workflow script's `timeout`) must not kill `submit`
+    between its row and the id sbatch printed: the job is queued either way, and a row
+    without its id could not be asked about or adopted by that id. It ends after saying
+    what it submitted, with the signal's exit status."""
+    import subprocess
+    import sys
+
+    _fake(fakebin, "sbatch", "kill -TERM $PPID; echo 9301")
+    cli_path = str(Path(sys.executable).with_name("balsam-mpi"))
+    done = subprocess.run([cli_path, "--project", str(pg_project.root), "submit",
+                           "--scheduler", "slurm", "-n", "1", "-t", "10"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
+                        ).fetchall() == [("QUEUED", "9301")], (done.returncode, done.stderr)
+    assert "9301" in done.stdout, done
+    assert done.returncode == 128 + 15 and "SIGTERM" in done.stderr, done
