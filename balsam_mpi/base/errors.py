@@ -32,6 +32,11 @@ class BadProjectPath(ProjectError, UsageError):
     directory, not a balsam project. Bad input, so exit status 2 (UsageError's)."""
 
 
+class BadTemplate(ProjectError, UsageError):
+    """A batch-script template that cannot be used as written (a byte that is not UTF-8,
+    an unknown placeholder); the message names its line. Bad input: exit status 2."""
+
+
 class PermissionDenied(BalsamError):
     """The caller may not do this (not the owner, not in the group, not authorized)."""
 

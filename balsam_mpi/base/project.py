@@ -25,6 +25,8 @@ else:  # pragma: no cover
 ENV_VAR = "BALSAM_DB_PATH"
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the terminating NUL
 SCHEMA_DB = "balsam"
+# settings.toml's top level: what `init` writes (dbctl/lifecycle.py default_settings).
+SETTINGS_KEYS = frozenset({"group", "umask", "launcher"})
 
 # Modes of docs/architecture.md §3. Directories get setgid so new files inherit the project group;
 # the sticky bit stops members from renaming or replacing what others own.
@@ -157,6 +159,9 @@ class Project:
                 type(path), f"a {type(path).__name__}")
             raise BadProjectPath(f"project: expected a directory path, got {kind} "
                                  f"{_show(path)}")
+        if path is not None and not os.fspath(path):
+            # given, but empty (`--project "$P"` with P unset): not the activated project
+            raise BadProjectPath("project: the path is empty; name the project's directory")
         chosen = os.fspath(path) if path else os.environ.get(ENV_VAR, "")
         where = "project" if path else ENV_VAR
         if not isinstance(chosen, str):
@@ -213,16 +218,31 @@ class Project:
         write_atomic(self.server_info_path, info.to_json(), MODE_CONTROL, gid=gid)
 
     def read_settings(self) -> dict[str, Any]:
+        path = self.settings_path
         try:
-            with self.settings_path.open("rb") as fh:
-                data: dict[str, Any] = tomllib.load(fh)
-                return data
+            raw = path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise ProjectError(f"cannot read {self.settings_path}: {exc.strerror}") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{self.settings_path}: not valid TOML ({exc})") from None
+            raise ProjectError(f"cannot read {path}: {exc.strerror}") from exc
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # an editor's mark; TOML has no use for it
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise InputError(f"{path}, line {line}: not valid UTF-8 (byte "
+                             f"0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+        try:
+            data: dict[str, Any] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: not valid TOML ({exc})") from None
+        # [launcher] refuses a key it does not know; a misspelt table, or a setting put
+        # above it, would otherwise be ignored and its value silently not applied.
+        unknown = sorted(set(data) - SETTINGS_KEYS)
+        if unknown:
+            raise InputError(f"{path}: unknown table or setting {_show(unknown[0])} (the "
+                             f"file holds {', '.join(sorted(SETTINGS_KEYS))})")
+        return data
 
 
 def _show(value: Any) -> str:

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import ProjectError, UsageError
+from ..base.errors import BadTemplate, ProjectError, UsageError
 from ..base.platform import BATCH_JOB_ID_ENV, SCHEDULERS
 from ..base.project import Project, check_control_file
 from ..launcher.config import Settings, resolve
@@ -287,9 +287,17 @@ def _check_user_file(path: Path) -> None:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ProjectError(f"cannot read the template {path}: {exc}") from exc
+    # An editor's byte-order mark would come before "#!" in the script and hide it.
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BadTemplate(f"{path}, line {line}: not valid UTF-8 (byte "
+                          f"0x{data[exc.start]:02x}); save the template as UTF-8") from None
 
 
 def check_placeholders(template: Template) -> None:
@@ -298,12 +306,12 @@ def check_placeholders(template: Template) -> None:
         for match in _PLACEHOLDER.finditer(line):
             name = match.group(1).strip()
             if name not in PLACEHOLDERS:
-                raise ProjectError(
+                raise BadTemplate(
                     f"{template.path}, line {number}: unknown placeholder {{{{ {name} }}}}; "
                     f"known: {', '.join(sorted(PLACEHOLDERS))}")
         rest = _PLACEHOLDER.sub("", line)
         if "{{" in rest or "}}" in rest:
-            raise ProjectError(f"{template.path}, line {number}: unbalanced {{{{ }}}} "
+            raise BadTemplate(f"{template.path}, line {number}: unbalanced {{{{ }}}} "
                                "braces; write placeholders as {{ name }}")
 
 

@@ -78,9 +78,14 @@ def check_png(png: str | None) -> str | None:
     """``--png FILE``: a path that can be written at all (checked before any query)."""
     if png is None:
         return None
+    import os
+
     from ..base.values import text
 
-    return text("--png", png, 4096, empty=False)
+    path = text("--png", png, 4096, empty=False)
+    if os.path.isdir(path):
+        raise UsageError(f"--png: {path} is a directory; name a file in it")
+    return path
 
 
 @contextlib.contextmanager

@@ -44,11 +44,18 @@ def _report(outcome: Outcome, done_line: str) -> None:
 def task_modify(ctx: CliContext, /, ids: tuple[str, ...], sets: tuple[str, ...],
                 **shortcuts: Any) -> None:
     """Change fields of tasks that are not running (state: use kill / retry)."""
+    from ..base.errors import InputError
     from ..tasks import files
     from ..tasks.validate import from_text
 
     changes = files.parse_sets(sets)
-    changes.update({k: from_text(k, v) for k, v in shortcuts.items() if v is not None})
+    for key, raw in shortcuts.items():
+        if raw is None:
+            continue
+        if key in changes:  # as --set refuses a field set twice: which one was meant?
+            raise InputError(f"{key}: given twice (--{key.replace('_', '-')} and "
+                             f"--set {key}=…); give one")
+        changes[key] = from_text(key, raw)
     wanted = [task_id(i) for i in ids]
     done = ctx.client().update(wanted, **changes)
     _report(done, f"modified {len(done)} tasks")

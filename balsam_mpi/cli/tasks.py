@@ -165,11 +165,14 @@ LS_COLUMNS = ["ID", "WORKFLOW", "NAME", "APP", "STATE", "NODES", "WALL", "PRIO",
 @pass_ctx
 def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: Any) -> None:
     """List tasks (filters combine; repeated ones mean any of them)."""
+    from ..base.limits import ID_MAX
     from ..base.values import name
 
     n = count(limit, "limit")
     sort = name("sort", sort)
-    rows = list(ctx.client().tasks(order=sort, limit=n + 1, **filters_from(opts)))
+    # one row more, to say there are more: within the client's cap at the largest --limit
+    rows = list(ctx.client().tasks(order=sort, limit=min(n + 1, ID_MAX - 1),
+                                   **filters_from(opts)))
     more = len(rows) > n
     rows = rows[:n]
     if as_json:

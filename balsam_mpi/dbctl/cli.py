@@ -13,7 +13,7 @@ import click
 
 from ..base import values
 from ..base.clibase import Group, echo, echo_json, notices, project_option
-from ..base.errors import ProjectError
+from ..base.errors import BadProjectPath
 from ..base.project import Project
 from . import access, lifecycle, recover, status
 
@@ -142,9 +142,9 @@ def verify(ctx: Ctx) -> None:
 @pass_ctx
 def activate(ctx: Ctx, path: str | None, enroll: bool) -> None:
     """Print the shell code `source balsamactivate PATH` evaluates (for job scripts)."""
-    chosen = path or ctx.project_path
-    if not chosen:
-        raise ProjectError("usage: balsam-dbctl activate PROJECT")
+    chosen = path if path is not None else ctx.project_path
+    if chosen is None:
+        raise BadProjectPath("usage: balsam-dbctl activate PROJECT")
     chosen = str(Project.from_env(chosen).root)
     code, messages = status.activation_code(chosen, enroll=enroll)
     notices(messages)

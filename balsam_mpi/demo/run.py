@@ -58,8 +58,14 @@ def make_project(path: str | None, echo: Echo) -> Project:
         os.chmod(parent, 0o755)  # the server account must traverse it when we are root
         root = parent / "project"
     else:
+        from ..base.values import path as checked_path
+
+        checked_path("--project", path)  # "" is not "here": Path("") is the current directory
         root = Path(path).absolute()
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{root} exists and is not a directory: the demo makes a fresh "
+                             "project; give a new path")
+        if root.exists() and any(root.iterdir()):
             raise UsageError(f"{root} exists and is not empty: the demo makes a fresh "
                              "project; give a new path")
     echo(f"creating a project in {root} …")

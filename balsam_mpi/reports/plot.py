@@ -40,7 +40,9 @@ def _save(fig: Figure, path: str | Path) -> Path:
     out = Path(path)
     try:
         fig.tight_layout()
-        fig.savefig(out)
+        # A PNG whatever the name: from the name matplotlib would add ".png" to one
+        # without a suffix (writing a file other than the one named) and refuse others.
+        fig.savefig(out, format="png")
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out

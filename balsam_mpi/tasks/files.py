@@ -23,7 +23,15 @@ from typing import IO, Any
 
 from ..base import limits, values
 from ..base.errors import InputError
-from .validate import DICT_FIELDS, LIST_FIELDS, MODIFIABLE, from_text, parse_json, strict_json
+from .validate import (
+    DICT_FIELDS,
+    LIST_FIELDS,
+    MODIFIABLE,
+    DuplicateKey,
+    from_text,
+    parse_json,
+    strict_json,
+)
 
 # Longer than any task the caps allow (base/limits.py: the JSON documents, args and patterns
 # together, escaped), short enough that a hostile file cannot fill memory with one line.
@@ -112,6 +120,8 @@ def read_jsonl(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]
         except RecursionError:
             raise InputError(f"{source} line {n}: nested deeper than "
                              f"{limits.JSON_MAX_DEPTH} levels") from None
+        except DuplicateKey as exc:
+            raise InputError(f"{source} line {n}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise InputError(f"{source} line {n}: malformed JSON ({exc.msg} at column "
                              f"{exc.colno})") from None
@@ -137,8 +147,10 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
 
     # The default cell limit (128 KiB) is below the params cap; lines are capped above.
     csv.field_size_limit(max(csv.field_size_limit(), LINE_MAX_BYTES))
-    reader = csv.reader(texts())
-    header = _next_row(reader, source, at)
+    # strict: the lenient default takes a quote that is never closed as a cell running to
+    # the end of the file, so every row after it becomes text in one task's cell.
+    reader = csv.reader(texts(), strict=True)
+    header = _next_row(reader, source, at, 1)
     if header is None:
         return
     header = [h.strip() for h in header]
@@ -146,9 +158,15 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
         values.text(f"{source} line 1: column {i + 1}", h, limits.NAME_MAX)
         if h in header[:i]:
             raise InputError(f"{source} line 1: column {values.show(h, 40)} is named twice")
+    for h in header:
+        base, dot, _key = h.partition(".")
+        if dot and base in DICT_FIELDS and base in header:
+            # one would overwrite or be merged into the other, cell by cell
+            raise InputError(f"{source} line 1: columns {values.show(base, 40)} and "
+                             f"{values.show(h, 40)} both give {base}; use one or the other")
     first = 2
     while True:
-        row = _next_row(reader, source, at)
+        row = _next_row(reader, source, at, first)
         if row is None:
             return
         label = f"{source} line {first}"
@@ -168,11 +186,20 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
         yield label, task
 
 
-def _next_row(reader: Any, source: str, at: list[int]) -> list[str] | None:
+def _next_row(reader: Any, source: str, at: list[int], start: int) -> list[str] | None:
+    """The next row; ``start`` is the line it starts on, ``at`` the line being read."""
     try:
         row: list[str] | None = next(reader, None)
         return row
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise InputError(f"{source} line {start}: a quote opened in this row is not "
+                             "closed before the end of the file (write a quote inside a "
+                             'quoted cell as "")') from None
+        if "new-line character seen in unquoted field" in str(exc):  # lines end in \r alone
+            raise InputError(f"{source} line {at[0]}: a carriage return (\\r) ends a line "
+                             "outside quotes; save the file with \\n or \\r\\n line "
+                             "ends") from None
         raise InputError(f"{source} line {at[0]}: bad CSV ({exc})") from None
 
 

@@ -82,6 +82,31 @@ def placeholders(command: str) -> frozenset[str]:
     return frozenset(names)
 
 
+_SPEC_NUMBER = re.compile(r"[0-9]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_format_specs(command: str) -> None:
+    """Each placeholder's format spec ({n:04d}) holds no placeholder of its own (a name no
+    task may give: params refuses it), and no width or precision beyond what one argument
+    may hold (the leader fills the template before it measures the command line).
+
+    Checked when an app is added, not in :func:`placeholders`, which reads every app of
+    the project for each add: an app stored before this check must not block the rest."""
+    for _text, field, spec, _conv in string.Formatter().parse(command):
+        if field is None or not spec:
+            continue
+        if "{" in spec or "}" in spec:
+            raise InputError(f"command: placeholder {{{field}}}'s format "
+                             f"{values.show(spec, 40)} holds a nested placeholder; write "
+                             "the format out")
+        for number in _SPEC_NUMBER.findall(spec):
+            if len(number) > 6 or int(number) > limits.ARG_MAX:
+                raise InputError(f"command: placeholder {{{field}}}'s format "
+                                 f"{values.show(spec, 40)} asks for {number} characters; "
+                                 f"one argument holds at most {limits.ARG_MAX:,}")
+
+
 def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """Validated app fields (the name, the template and the optional ones)."""
     values.text("name", name, limits.NAME_MAX, empty=False)
@@ -92,6 +117,7 @@ def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, A
     if not command.strip():
         raise InputError("command: an app needs a non-empty command")
     placeholders(command)
+    check_format_specs(command)
     unknown = sorted(set(fields) - APP_FIELDS)
     if unknown:
         raise InputError(f"{values.label(unknown[0])}: not an app field "
@@ -124,9 +150,11 @@ def _dict(field: str, value: Any) -> dict[str, Any]:
                 values.plain(f"tags.{k}" if k.isidentifier() else "tags", v)
     if field == "env":
         for k, v in doc.items():
-            if not k or "=" in k:
+            # the database's env_names_ok, which refuses any other name as "outside the
+            # limits" without naming it
+            if not _ENV_NAME.fullmatch(k):
                 raise InputError(f"env: {values.show(k, 40)} is not a variable name "
-                                 "(not empty, no '=')")
+                                 "(ASCII letters, digits and '_', not starting with a digit)")
             values.text(f"env.{k}" if k.isidentifier() else "env", v, limits.ENV_VALUE_MAX)
     return doc
 
@@ -286,14 +314,35 @@ def parse_json(field: str, raw: str) -> Any:
     except RecursionError:
         raise InputError(f"{field}: nested deeper than {limits.JSON_MAX_DEPTH} "
                          "levels") from None
+    except DuplicateKey as exc:
+        raise InputError(f"{field}: {exc}") from None
     except ValueError as exc:
         raise InputError(f"{field}: expected JSON, got {values.show(raw)} "
                          f"({str(exc).splitlines()[0][:80]})") from None
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice."""
+
+
 def strict_json(text: str) -> Any:
-    """json.loads without NaN / Infinity and without numbers too large to be finite."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    """json.loads without NaN / Infinity, without numbers too large to be finite, and
+    without an object that names a key twice (json.loads keeps the last value and drops
+    the other without a word; CSV columns and KEY=VALUE flags refuse the same)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite,
+                      object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"{values.show(key, 40)} given twice (each key of a "
+                                   "JSON object once)")
+            seen.add(key)
+    return obj
 
 
 def _no_constant(name: str) -> Any:

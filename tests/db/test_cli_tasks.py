@@ -77,6 +77,8 @@ def test_acceptance_flow(hello: None, conn: psycopg.Connection) -> None:
     (["task", "ls", "--sort", "colour"], "sort"),
     (["app", "add", "bad", "--command", "echo {a.b}"], "command"),
     (["dep", "1", "1"], "itself"),
+    (["task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x", "--env",
+      "MY VAR=1"], "env: 'MY VAR' is not a variable name"),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(hello: None, conn: psycopg.Connection,
                                                    args: list[str], field: str) -> None:
@@ -110,6 +112,63 @@ def test_files_all_or_nothing_with_line_numbers(hello: None, conn: psycopg.Conne
     stdin = '{"app": "hello", "workflow": "s", "params": {"who": "z"}}\n'
     [new] = json.loads(ok("task", "add", "--from-file", "-", "--json", input=stdin).stdout)
     assert conn.execute("SELECT workflow FROM tasks WHERE id = %s", (new,)).fetchone() == ("s",)
+
+
+def test_ambiguous_input_is_refused_and_changes_nothing(hello: None, conn: psycopg.Connection,
+                                                        tmp_path: Path) -> None:
+    """Input that said two things was taken with one of them dropped, exit 0: a CSV quote
+    left open swallowed the rows after it, a JSON key given twice or a field given as a
+    column and as its entries kept one value, a nested format spec made an app no task
+    can run."""
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    before = _state(conn)
+    files = {
+        "open.csv": 'app,workflow,params.who\nhello,w,"x\nhello,w,y\nhello,w,z\n',
+        "twice.jsonl": '{"app": "hello", "workflow": "w", "params": {"who": "a"}, '
+                       '"priority": 1, "priority": 2}\n',
+        "both.csv": 'app,workflow,params.who,params\nhello,w,a,"{""who"": ""b""}"\n',
+    }
+    expected = {"open.csv": "line 2: a quote", "twice.jsonl": "line 1: 'priority' given twice",
+                "both.csv": "line 1: columns 'params' and 'params.who'"}
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        result = run("task", "add", "--from-file", str(path))
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [result.output.strip()]
+        assert f"{path} {expected[name]}" in result.output
+    for args, message in (
+            (["task", "modify", "1", "--set", 'tags={"k": "a", "k": "b"}'],
+             "tags: 'k' given twice"),
+            (["app", "add", "nested", "--command", "echo {a:{b}}"], "nested placeholder")):
+        result = run(*args)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert _state(conn) == before
+    assert conn.execute("SELECT priority, tags FROM tasks").fetchall() == [(0, {})]
+
+
+def test_modify_refuses_a_field_given_by_its_flag_and_by_set(hello: None,
+                                                             conn: psycopg.Connection) -> None:
+    # --priority 3 --set priority=4 set 3 and said "modified 1 tasks"; --set given twice
+    # for one field was already refused
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    result = run("task", "modify", "1", "--priority", "3", "--set", "priority=4")
+    assert result.exit_code == 2
+    assert result.output.startswith("balsam-mpi: error: priority: given twice (--priority "
+                                    "and --set priority=…)")
+    assert len(result.output.strip().splitlines()) == 1
+    assert conn.execute("SELECT priority FROM tasks").fetchall() == [(0,)]
+
+
+def test_ls_takes_the_largest_limit_it_documents(hello: None) -> None:
+    # 2^63-2 passed the flag's check, then its one-row look-ahead (2^63-1) was refused by
+    # the client with "must be from 0 to …, got 9223372036854775807", a number not given.
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    rows = json.loads(ok("task", "ls", "--limit", str(2**63 - 2), "--json").stdout)
+    assert [r["id"] for r in rows] == [1]
+    result = run("task", "ls", "--limit", str(2**63 - 1))
+    assert result.exit_code == 2 and f"got {2**63 - 1}" in result.output
 
 
 def test_rm_asks_first(hello: None, conn: psycopg.Connection) -> None:

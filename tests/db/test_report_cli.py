@@ -63,6 +63,25 @@ def test_utilization_text_csv_and_png(history: dict[str, int], tmp_path: Path) -
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_png_is_written_to_the_file_named(history: dict[str, int], tmp_path: Path) -> None:
+    """matplotlib chose the format from the name: `--png plot` wrote plot.png while saying
+    "wrote plot", `--png DIR` wrote DIR.png beside the directory, and `--png plot.dat`
+    was a ValueError traceback after the report had printed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("plot", "plot.dat"):
+        result = _run("report", "throughput", "--png", str(out / name))
+        assert result.exit_code == 0, result.output
+        assert f"wrote {out / name}" in result.output
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = _run("report", "throughput", "--png", str(out))
+    assert result.exit_code == 2
+    [line] = result.output.splitlines()
+    assert line.endswith(f": error: --png: {out} is a directory; name a file in it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["plot", "plot.dat"]
+
+
 def test_throughput_json_csv_png(history: dict[str, int], tmp_path: Path) -> None:
     data = json.loads(_run("report", "throughput", "--bin", "50s", "--json").output)
     assert [s["done"] for s in data["series"]] == [1, 2]  # ends at 40; 60 and 100

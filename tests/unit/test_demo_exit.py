@@ -53,3 +53,22 @@ def test_unfinished_counts_every_state_but_finished() -> None:
                                                                      "RUNNING": 0}}) \
         == {"FAILED": 3}
     assert d.unfinished({"a": {"JOB_FINISHED": 2}}) == {}
+
+
+def test_an_empty_or_file_project_path_is_refused_before_anything_is_made(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--project ""` was the current directory: in an empty one the demo made its project
+    there; a file was reported as "exists and is not empty"."""
+    from balsam_mpi.base.errors import UsageError
+
+    def no_init(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("init_project was called")
+
+    monkeypatch.setattr(lifecycle, "init_project", no_init)
+    monkeypatch.chdir(tmp_path)  # empty: the demo would have used it
+    with pytest.raises(UsageError, match="^--project: must not be empty"):
+        d.make_project("", print)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="file exists and is not a directory"):
+        d.make_project(str(tmp_path / "file"), print)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

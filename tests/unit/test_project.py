@@ -85,3 +85,23 @@ def test_dump_toml_round_trips() -> None:
     values = {"group": "proj", "umask": "0007", "n": 3, "flag": True,
               "launcher": {"lease_s": 60.0, "names": ["a", "b"]}}
     assert tomllib.loads(dump_toml(values)) == values
+
+
+def test_settings_typos_and_encodings_are_named(tmp_path: Path) -> None:
+    """A misspelt table or a setting put outside [launcher] was ignored without a word
+    (its values silently not applied), and an editor's byte-order mark was reported as
+    "Invalid statement at line 1, column 1"."""
+    from balsam_mpi.base.errors import InputError
+
+    p = Project(tmp_path)
+    p.settings_path.write_text('[lancher]\nlease_s = 90.0\n')
+    with pytest.raises(InputError, match=r"settings.toml: unknown table or setting 'lancher'"):
+        p.read_settings()
+    p.settings_path.write_text('idle_timeout_s = 5.0\n[launcher]\n')
+    with pytest.raises(InputError, match=r"unknown table or setting 'idle_timeout_s'"):
+        p.read_settings()
+    p.settings_path.write_bytes(b'\xef\xbb\xbfgroup = "g"\n[launcher]\nlease_s = 90.0\n')
+    assert p.read_settings() == {"group": "g", "launcher": {"lease_s": 90.0}}
+    p.settings_path.write_bytes(b'group = "g"\n[launcher]\n# caf\xe9\n')
+    with pytest.raises(InputError, match=r"settings.toml, line 3: not valid UTF-8"):
+        p.read_settings()

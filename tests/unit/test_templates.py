@@ -259,6 +259,34 @@ def test_unknown_placeholder_is_named() -> None:
         jobscript.check_placeholders(Template("t.sh", "user", "echo {{ nodes }\n"))
 
 
+def test_a_bad_template_file_is_bad_input_named_by_its_line(project: Project,
+                                                          tmp_path: Path) -> None:
+    """A template is a file the user wrote: a byte that is not UTF-8 was reported by its
+    offset in the file and an unknown placeholder exited 1, like a broken project."""
+    project.templates_dir.mkdir()
+    path = project.templates_dir / "pbs.sh"
+    path.write_bytes(b"#!/bin/bash\n#PBS -l select={{ nodes }}\necho caf\xe9\n")
+    os.chmod(path, 0o640)
+    with pytest.raises(UsageError, match=r"pbs.sh, line 3: not valid UTF-8 \(byte 0xe9"):
+        jobscript.find_template("pbs", project, tmp_path / "home")
+    path.write_bytes(b"#!/bin/bash\necho {{ qeueu }}\n")
+    with pytest.raises(UsageError, match=r"pbs.sh, line 2: unknown placeholder") as raised:
+        jobscript.check_placeholders(jobscript.find_template("pbs", project, tmp_path / "h"))
+    assert raised.value.exit_code == 2
+
+
+def test_a_byte_order_mark_does_not_hide_the_shebang(project: Project,
+                                                     tmp_path: Path) -> None:
+    # Kept, the mark came before "#!" in the rendered script, so neither the kernel nor a
+    # scheduler saw an interpreter line (sbatch refuses a script that does not start "#!").
+    project.templates_dir.mkdir()
+    path = project.templates_dir / "local.sh"
+    path.write_bytes(b"\xef\xbb\xbf#!/bin/bash\necho {{ nodes }}\n")
+    os.chmod(path, 0o640)
+    template = jobscript.find_template("local", project, tmp_path / "home")
+    assert template.text.startswith("#!/bin/bash\n")
+
+
 def test_empty_values_drop_header_and_bare_lines_only() -> None:
     template = Template("t.sh", "user",
                         "#PBS -q {{ queue }}\n{{ directives }}\necho q={{ queue }}\n")

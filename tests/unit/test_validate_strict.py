@@ -98,6 +98,43 @@ def test_csv_nul_and_invalid_utf8_name_the_line() -> None:
         list(files.read_tasks(io.BytesIO(b"app,workflow\nhello,a\x00b\n"), "t.csv"))
 
 
+def test_csv_an_unclosed_quote_is_refused_not_swallowed() -> None:
+    # csv's lenient default read the rest of the file into the open cell: three rows
+    # came back as one task whose value held the other two lines.
+    data = b'app,workflow,params.who\nhello,w,"x\nhello,w,y\nhello,w,z\n'
+    with pytest.raises(InputError, match=r"^t.csv line 2: .*quote.* not closed"):
+        list(files.read_tasks(io.BytesIO(data), "t.csv"))
+    with pytest.raises(InputError, match=r"^t.csv line 3: bad CSV"):
+        list(files.read_tasks(io.BytesIO(b'app,workflow\nhello,w\nhello,"w"x\n'), "t.csv"))
+
+
+def test_csv_lines_ended_by_a_lone_carriage_return_are_named() -> None:
+    # csv's own words were "do you need to open the file in universal-newline mode?"
+    with pytest.raises(InputError, match=r"^t.csv line 1: .*carriage return \(\\r\).*\\n"):
+        list(files.read_tasks(io.BytesIO(b"app,workflow\rhello,w\r"), "t.csv"))
+
+
+def test_csv_a_field_and_its_entries_are_not_both_columns() -> None:
+    # Both filled params: one of them was dropped or merged without a word.
+    for header in (b"app,workflow,params.who,params", b"app,workflow,params,params.who"):
+        data = header + b'\nhello,w,x,"{""who"": ""y""}"\n'
+        with pytest.raises(InputError, match=r"^t.csv line 1: columns .*params.* both"):
+            list(files.read_tasks(io.BytesIO(data), "t.csv"))
+
+
+def test_json_keys_are_given_once() -> None:
+    # json.loads keeps the last of two equal keys; the first value was lost silently.
+    with pytest.raises(InputError, match=r"^t.jsonl line 2: 'num_nodes' given twice"):
+        _jsonl(b'{"app": "hello"}\n{"app": "hello", "num_nodes": 1, "num_nodes": 4}\n')
+    with pytest.raises(InputError, match=r"^t.jsonl line 1: 'who' given twice"):
+        _jsonl(b'{"app": "hello", "params": {"who": "a", "who": "b"}}\n')
+    with pytest.raises(InputError, match=r"^tags: 'k' given twice"):
+        files.parse_sets(['tags={"k": "a", "k": "b"}'])
+    data = b'app,workflow,params\nhello,w,"{""who"": ""a"", ""who"": ""b""}"\n'
+    with pytest.raises(InputError, match=r"^t.csv line 2: params: 'who' given twice"):
+        list(files.read_tasks(io.BytesIO(data), "t.csv"))
+
+
 # -- the Python API's values ----------------------------------------------------------------
 @pytest.mark.parametrize("bad, message", [
     ({"num_nodes": 2**31 - 1}, "num_nodes: must be from 1 to 100,000"),
@@ -124,6 +161,10 @@ def test_csv_nul_and_invalid_utf8_name_the_line() -> None:
     ({"parents": [2**63]}, r"parents\[0\]: .* is not a task id"),
     ({"parents": [0]}, r"parents\[0\]: 0 is not a task id"),
     ({"key": 5}, "key: must be text"),
+    # the database's env_names_ok: refused there as "outside the limits", naming no key
+    ({"env": {"A B": "1"}}, r"^env: 'A B' is not a variable name"),
+    ({"env": {"1A": "1"}}, r"^env: '1A' is not a variable name"),
+    ({"env": {"É": "1"}}, r"^env: 'É' is not a variable name"),
 ])
 def test_absurd_and_hostile_values_are_named(bad: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
@@ -151,6 +192,18 @@ def test_app_fields_are_capped_and_strict() -> None:
         check_app("x", "true", {"description": "d" * (limits.DESCRIPTION_MAX + 1)})
     with pytest.raises(InputError, match="name: at most 256"):
         check_app("a" * 300, "true", {})
+
+
+def test_template_format_specs_are_plain() -> None:
+    # A nested field is a placeholder no task can fill (params refuses its name), and a
+    # width of a billion made the leader build a gigabyte string before refusing the argv.
+    with pytest.raises(InputError, match=r"^command: placeholder \{a\}'s format .*nested"):
+        check_app("x", "echo {a:{b}}", {})
+    with pytest.raises(InputError, match=r"^command: placeholder \{n\}'s format .*999999999"):
+        check_app("x", "echo {n:>999999999}", {})
+    with pytest.raises(InputError, match=r"^command: placeholder \{n\}'s format"):
+        check_app("x", "echo {n:.100000f}", {})
+    assert check_app("x", "run {n:04d} {x:>8} {y!r} {z:,.2f}", {})["command"]
 
 
 def test_modify_is_as_strict_as_add() -> None:
@@ -209,3 +262,28 @@ def test_a_project_that_is_not_a_path_or_not_a_directory_is_bad_input(
         Project.from_env("/tmp/a\x00b")
     assert BadProjectPath("x").exit_code == 2 and issubclass(BadProjectPath, UsageError)
     assert issubclass(InputError, InputError)
+
+
+def test_an_empty_project_path_is_not_the_activated_project(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--project "$P"` with P unset, or Client(""), went on with $BALSAM_DB_PATH's
+    project: a command meant for one project changed another."""
+    from click.testing import CliRunner
+
+    from balsam_mpi.base.project import Project
+    from balsam_mpi.cli import cli
+
+    monkeypatch.setenv("BALSAM_DB_PATH", str(tmp_path))  # a directory: it would be used
+    with pytest.raises(BadProjectPath, match="^project: the path is empty;"):
+        Project.from_env("")
+    result = CliRunner().invoke(cli, ["--project", "", "task", "rm", "--workflow", "w",
+                                      "--yes"], prog_name="balsam-mpi")
+    assert result.exit_code == 2
+    assert result.output.startswith("balsam-mpi: error: project: the path is empty;")
+    assert len(result.output.splitlines()) == 1
+    from balsam_mpi.dbctl.cli import cli as dbctl
+
+    for args in (["--project", "", "status"], ["activate", ""]):
+        result = CliRunner().invoke(dbctl, args, prog_name="balsam-dbctl")
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("balsam-dbctl: error: project: the path is empty;")
