@@ -8,12 +8,14 @@ launcher's task message); validation (``tasks/validate.py``) uses the same split
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import string
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from ..base import values
+from ..base import limits, values
 from ..base.errors import InputError
 
 
@@ -22,6 +24,31 @@ def split_command(command: str) -> tuple[str, ...]:
     """shlex.split, once per command: it costs O(n) per character with a large constant
     (35 ms for a 64 KiB command here), and an ensemble renders one command many times."""
     return tuple(shlex.split(command))
+
+
+_SPEC_NUMBER = re.compile(r"[0-9]+")
+
+
+@lru_cache(maxsize=256)
+def check_format_specs(command: str) -> None:
+    """Each placeholder's format spec ({n:04d}) holds no placeholder of its own (a name no
+    task may give: params refuses it), and no width or precision beyond what one argument
+    may hold. Checked at `app add` (validate.check_app) and again before every fill, once
+    per command (cached: a refusal raises and is not cached, so it is said each time): a
+    template stored past the client must not make the leader build a gigabyte of text
+    before the size of the command line is measured."""
+    for _text, field, spec, _conv in string.Formatter().parse(command):
+        if field is None or not spec:
+            continue
+        if "{" in spec or "}" in spec:
+            raise InputError(f"command: placeholder {{{field}}}'s format "
+                             f"{values.show(spec, 40)} holds a nested placeholder; write "
+                             "the format out")
+        for number in _SPEC_NUMBER.findall(spec):
+            if len(number) > 6 or int(number) > limits.ARG_MAX:
+                raise InputError(f"command: placeholder {{{field}}}'s format "
+                                 f"{values.show(spec, 40)} asks for {number} characters; "
+                                 f"one argument holds at most {limits.ARG_MAX:,}")
 
 
 def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (),
@@ -33,6 +60,7 @@ def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (
     filled = {k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else _as_text(v)
               for k, v in params.items()}
     try:
+        check_format_specs(command)
         if shell:
             quoted = {k: shlex.quote(_as_text(v)) for k, v in filled.items()}
             line = " ".join([command.format_map(quoted), *map(shlex.quote, args)])

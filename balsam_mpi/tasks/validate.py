@@ -18,7 +18,7 @@ from typing import Any
 
 from ..base import jsondoc, limits, values
 from ..base.errors import InputError
-from .argv import split_command
+from .argv import check_format_specs, split_command
 
 # field -> (minimum, maximum), base/limits.py's. Defaults are the database's (0001_initial.sql).
 INT_FIELDS: dict[str, tuple[int, int]] = dict(limits.INT_RANGES)
@@ -82,29 +82,7 @@ def placeholders(command: str) -> frozenset[str]:
     return frozenset(names)
 
 
-_SPEC_NUMBER = re.compile(r"[0-9]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_format_specs(command: str) -> None:
-    """Each placeholder's format spec ({n:04d}) holds no placeholder of its own (a name no
-    task may give: params refuses it), and no width or precision beyond what one argument
-    may hold (the leader fills the template before it measures the command line).
-
-    Checked when an app is added, not in :func:`placeholders`, which reads every app of
-    the project for each add: an app stored before this check must not block the rest."""
-    for _text, field, spec, _conv in string.Formatter().parse(command):
-        if field is None or not spec:
-            continue
-        if "{" in spec or "}" in spec:
-            raise InputError(f"command: placeholder {{{field}}}'s format "
-                             f"{values.show(spec, 40)} holds a nested placeholder; write "
-                             "the format out")
-        for number in _SPEC_NUMBER.findall(spec):
-            if len(number) > 6 or int(number) > limits.ARG_MAX:
-                raise InputError(f"command: placeholder {{{field}}}'s format "
-                                 f"{values.show(spec, 40)} asks for {number} characters; "
-                                 f"one argument holds at most {limits.ARG_MAX:,}")
 
 
 def check_app(name: str, command: str, fields: Mapping[str, Any]) -> dict[str, Any]:

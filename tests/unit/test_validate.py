@@ -199,3 +199,15 @@ def test_order_by_names_equal_columns_for_the_index() -> None:
     assert text("id", state="READY", workflow=["a", "b"]) == '"t"."id"'
     assert text("-priority", state="READY") == '"t"."priority" DESC, t.id'
     assert isinstance(order_by("id"), pgsql.Composable)
+
+
+@pytest.mark.parametrize("command", ["echo {n:>999999999}", "echo {n:.900000f}",
+                                     "echo {n:{w}}"])
+def test_render_argv_refuses_a_stored_template_that_would_fill_memory(command: str) -> None:
+    """`app add` refuses these (check_format_specs), but an app stored before that check,
+    or written past the client, reaches the leader: it must refuse the task in one line
+    before formatting a gigabyte, not after (its argv cap is measured on the result)."""
+    with pytest.raises(InputError, match=r"^command: placeholder \{n\}'s format"):
+        render_argv(command, {"n": 7, "w": 3})
+    with pytest.raises(InputError, match=r"^command: placeholder \{n\}'s format"):
+        render_argv(command, {"n": 7, "w": 3}, shell=True)
