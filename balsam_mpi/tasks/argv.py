@@ -61,8 +61,18 @@ def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (
               for k, v in params.items()}
     try:
         check_format_specs(command)
+        numeric = numeric_fields(command)
+        for name, spec in numeric:
+            value = filled.get(name)
+            if isinstance(value, str):
+                filled[name] = _as_number(name, spec, value)
         if shell:
-            quoted = {k: shlex.quote(_as_text(v)) for k, v in filled.items()}
+            # a formatted number is digits, signs, '.', 'e' and letters of its base: no
+            # quoting needed, and quoting would make it text the format cannot take
+            as_is = {name for name, _spec in numeric}
+            quoted = {k: v if k in as_is and isinstance(v, (int, float)) and
+                      not isinstance(v, bool) else shlex.quote(_as_text(v))
+                      for k, v in filled.items()}
             line = " ".join([command.format_map(quoted), *map(shlex.quote, args)])
             return ["/bin/sh", "-c", line]
         return [tok.format_map(filled) for tok in split_command(command)] + list(args)
@@ -71,6 +81,27 @@ def render_argv(command: str, params: Mapping[str, Any], args: Sequence[str] = (
     except ValueError as exc:
         raise InputError(f"command: cannot split or fill {values.show(command)} "
                          f"({exc})") from None
+
+
+_INT_TYPES, _FLOAT_TYPES = frozenset("bdoxX"), frozenset("eEfFgG%n")
+
+
+@lru_cache(maxsize=256)
+def numeric_fields(command: str) -> tuple[tuple[str, str], ...]:
+    """(name, spec) of each placeholder whose format asks for a number ({n:04d},
+    {x:.3f}): `--param n=5` and CSV cells give text, which such a format refuses."""
+    return tuple((field, spec) for _text, field, spec, _conv in string.Formatter().parse(command)
+                 if field and spec and spec[-1] in _INT_TYPES | _FLOAT_TYPES)
+
+
+def _as_number(name: str, spec: str, text: str) -> int | float:
+    # "n" takes either: a whole number stays one (so "7" is not written "7.0")
+    whole = spec[-1] in _INT_TYPES or (spec[-1] == "n" and text.strip().lstrip("+-").isdigit())
+    try:
+        return int(text, 10) if whole else float(text)
+    except ValueError:
+        raise InputError(f"params: {{{name}}} is formatted as a number ({spec}), got "
+                         f"{values.show(text, 40)}") from None
 
 
 def _as_text(value: Any) -> str:

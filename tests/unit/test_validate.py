@@ -211,3 +211,14 @@ def test_render_argv_refuses_a_stored_template_that_would_fill_memory(command: s
         render_argv(command, {"n": 7, "w": 3})
     with pytest.raises(InputError, match=r"^command: placeholder \{n\}'s format"):
         render_argv(command, {"n": 7, "w": 3}, shell=True)
+
+
+def test_numeric_formats_take_numbers_given_as_text() -> None:
+    """`task add --param n=5` and CSV cells give text: the documented `{n:04d}` must still
+    fill, and a value that is no number is refused in one line naming the placeholder."""
+    assert render_argv("run {n:04d} {x:.2f} {n}", {"n": "7", "x": "3.14159"}) == \
+        ["run", "0007", "3.14", "7"]
+    assert render_argv("run {n:x}", {"n": "255"}, shell=True) == ["/bin/sh", "-c", "run ff"]
+    with pytest.raises(InputError, match=r"^params: \{n\} is formatted as a number \(04d\), "
+                                         r"got 'seven'"):
+        render_argv("run {n:04d}", {"n": "seven"})
