@@ -24,11 +24,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..base import db
-from ..base.errors import BalsamError, UsageError
+from ..base.errors import BalsamError, ServerError, UsageError
 from .pyapps import check_path
 from .waiting import ENDED, Listener, Outcome, TaskFailed
 
@@ -58,7 +59,14 @@ class TaskFuture(cf.Future[Any]):
         # Set before the kill: the watcher may see the kill's USER_KILLED before this
         # thread gets back, and must leave that end to the cancel.
         self.cancelling = True
-        if not self._kill(self.task_id):
+        try:
+            killed = self._kill(self.task_id)
+        except BaseException:
+            # Left set, a later USER_KILLED (another kill) would be left to this cancel.
+            self.cancelling = False
+            self._recheck(self.task_id)
+            raise
+        if not killed:
             self.cancelling = False
             self._recheck(self.task_id)  # an end the watcher left to us is read again
             return False  # ended already: its outcome is on its way
@@ -114,22 +122,37 @@ class Executor(cf.Executor):
             if not isinstance(kw, Mapping):
                 raise UsageError(f"map item {i}: must be a mapping of keyword arguments, "
                                  f"got {kw!r}")
+        # As concurrent.futures has it, the timeout counts from this call, not from the
+        # first next(): the generator below would start it only when first iterated.
+        end = None if timeout is None else time.monotonic() + timeout
         futures = self._add(fn, [dict(kw) for kw in calls])
-        return _in_order(futures, timeout)
+        return _in_order(futures, end)
 
     def _add(self, fn: Any, calls: list[dict[str, Any]]) -> list[TaskFuture]:
         if self._closed:
             raise RuntimeError("cannot submit to an executor after shutdown")
+        self._check_watcher()
         app = self._app(fn)
+        self._ensure_watcher()  # first: a submit that cannot be watched adds no task
         ids = self.client.add_tasks([{**self.fields, "app": app, "workflow": self.workflow,
                                       "params": kw} for kw in calls])
         futures = [TaskFuture(i, self._kill_one, self._recheck) for i in ids]
         with self._lock:
             for f in futures:
                 self._futures[f.task_id] = f
+                if self._error is not None:  # it stopped since the check: say why here
+                    _resolve_error(f, self._error)
             self._new.extend(ids)
-        self._ensure_watcher()
         return futures
+
+    def _check_watcher(self) -> None:
+        """Refuse to add tasks whose futures nobody would resolve."""
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise BalsamError(f"this executor cannot watch tasks any more ({error}); the "
+                              "tasks it added are not affected: use a new Executor"
+                              ) from error
 
     def _app(self, fn: Any) -> str:
         """The app whose import path is ``fn`` (checked once per path)."""
@@ -177,40 +200,55 @@ class Executor(cf.Executor):
                 with self._lock:
                     new, self._new = self._new, []
                     stopping = self._stopping
-                pending.update(new)
-                pending = {i for i in pending if not self._futures[i].done()}
+                    pending.update(i for i in new if i in self._futures)
+                    for i in [i for i in pending if self._futures[i].done()]:
+                        self._forget(i, pending)  # cancelled, or failed by _add
                 if stopping and not pending:
                     return
-                if new:  # each new task is read once; after that, only when notified
-                    self._settle(listener, new, pending)
                 try:
+                    if new:  # each new task is read once; after that, only when notified
+                        self._settle(listener, new, pending)
                     # Bounded, to see a shutdown: a timeout reads nothing (no polling).
                     hinted = listener.sleep(STOP_CHECK_S)
                     ask = (hinted or set()) & pending
                     if ask:
                         self._settle(listener, ask, pending)
-                except BalsamError as exc:
+                except ServerError as exc:
+                    # Wherever the connection dropped, what ended meanwhile is unknown:
+                    # every pending task is read again, as new, by the next round (inside
+                    # this try, so a drop during that read is recovered from as well).
                     listener.recover(exc, None)
-                    self._settle(listener, set(pending), pending)
+                    with self._lock:
+                        self._new.extend(pending)
         except BaseException as exc:  # never leave futures hanging
             log.error("executor watcher failed: %s", exc)
             with self._lock:
-                for f in self._futures.values():
-                    if not f.done():
-                        _resolve_error(f, exc)
+                # Futures added from now on would have no watcher: _add refuses them.
+                self._error = exc
+                futures = list(self._futures.values())
+            for f in futures:  # unlocked: a done-callback may submit (and so take it)
+                _resolve_error(f, exc)
         finally:
             listener.close()
 
     def _settle(self, listener: Listener, ids: Iterable[int], pending: set[int]) -> None:
-        outcomes = listener.read(ids)
-        for i in ids:
+        with self._lock:  # a recheck may name a future already settled and forgotten
+            futures = {i: self._futures[i] for i in ids if i in self._futures}
+        outcomes = listener.read(list(futures))
+        for i, f in futures.items():
             o = outcomes.get(i)
             if o is None:
-                _resolve_error(self._futures[i],
-                               BalsamError(f"task {i} was deleted before it ended"))
-            elif o.state not in ENDED or not _resolve(self._futures[i], o):
+                _resolve_error(f, BalsamError(f"task {i} was deleted before it ended"))
+            elif o.state not in ENDED or not _resolve(f, o):
                 continue
-            pending.discard(i)
+            with self._lock:
+                self._forget(i, pending)
+
+    def _forget(self, task_id: int, pending: set[int]) -> None:
+        """Drop a settled future (the lock held): it is its caller's alone now. Kept, a
+        driver that runs for days would hold every future and result it ever had."""
+        pending.discard(task_id)
+        del self._futures[task_id]
 
     # -- the end ---------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -251,9 +289,6 @@ def _resolve_error(f: TaskFuture, exc: BaseException) -> None:
         pass
 
 
-def _in_order(futures: list[TaskFuture], timeout: float | None) -> Iterator[Any]:
-    import time
-
-    end = None if timeout is None else time.monotonic() + timeout
+def _in_order(futures: list[TaskFuture], end: float | None) -> Iterator[Any]:
     for f in futures:
         yield f.result(None if end is None else max(0.0, end - time.monotonic()))

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import sql
-from ..base import db
-from ..base.errors import BalsamError, NotFound, ServerError
+from ..base import db, values
+from ..base.errors import BalsamError, InputError, NotFound, ServerError
 from .states import FINAL, STOPPED
 
 if TYPE_CHECKING:
@@ -98,15 +99,18 @@ def parse_payload(payload: str) -> set[int]:
     return out
 
 
-def as_id_list(ids: int | Iterable[int]) -> list[int]:
-    """Ids in the caller's order, each once (bool and non-integers refused)."""
-    items = [ids] if isinstance(ids, int) else list(ids)
+def as_id_list(ids: int | Iterable[int], *, once: bool = True) -> list[int]:
+    """Ids in the caller's order (each once, unless not ``once``), checked as every other
+    call of the client checks them (numpy integers taken; bool, text and ids past bigint
+    refused)."""
+    if isinstance(ids, (str, bytes)) or ids is None:
+        raise InputError(f"ids: {ids!r} is not a task id")
+    items = list(ids) if isinstance(ids, Iterable) else [ids]
     out: list[int] = []
     seen: set[int] = set()
-    for i in items:
-        if isinstance(i, bool) or not isinstance(i, int) or i < 1:
-            raise BalsamError(f"task ids are positive integers, got {i!r}")
-        if i not in seen:
+    for raw in items:
+        i = values.task_id("ids", raw)
+        if i not in seen or not once:
             seen.add(i)
             out.append(i)
     return out
@@ -124,9 +128,18 @@ class Listener:
         self._pause = 0.0
 
     def open(self) -> psycopg.Connection[Any]:
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            self.close()
-            self.conn = self._connect()
+        if self.conn is not None and not (self.conn.closed or self.conn.broken):
+            try:
+                with db.translated():
+                    self.conn.execute(sql.query("tasks_final_listen"))
+                return self.conn
+            except ServerError:
+                # Kept idle since the last wait, it cannot know that the server dropped
+                # it (a restart, an idle timeout) until used: that is no outage, so a
+                # new connection is tried at once.
+                pass
+        self.close()
+        self.conn = self._connect()
         with db.translated():
             self.conn.execute(sql.query("tasks_final_listen"))
         return self.conn
@@ -196,10 +209,13 @@ class Waiters:
         self._idle: list[Listener] = []
 
     @contextlib.contextmanager
-    def listening(self) -> Iterator[Listener]:
+    def listening(self, deadline: float | None = None) -> Iterator[Listener]:
         listener = self._idle.pop() if self._idle else Listener(self._connect)
         try:
-            listener.open()
+            try:
+                listener.open()
+            except ServerError as exc:  # as anywhere in a wait: reconnect until it answers
+                listener.recover(exc, deadline)
             yield listener
         finally:
             listener.release()
@@ -214,9 +230,10 @@ def as_completed(waiters: Waiters, ids: int | Iterable[int],
                  timeout: float | None = None) -> Iterator[Outcome]:
     """Each task's outcome as it ends (those already ended first, in the given order)."""
     wanted = as_id_list(ids)
+    timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     done: list[Outcome] = []
-    with waiters.listening() as listener:
+    with waiters.listening(deadline) as listener:
         first = _read_all(listener, wanted, deadline)
         missing = [i for i in wanted if i not in first]
         if missing:
@@ -230,7 +247,9 @@ def as_completed(waiters: Waiters, ids: int | Iterable[int],
         while pending:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                now = _read_all(listener, pending, None)
+                # With the deadline: past it, a server that is gone is the error (no
+                # waiting for its return), as anywhere else in a wait with a timeout.
+                now = _read_all(listener, pending, deadline)
                 raise WaitTimeout(timeout or 0.0, done,
                                   [now[i] for i in sorted(pending) if i in now])
             try:
@@ -254,6 +273,15 @@ def as_completed(waiters: Waiters, ids: int | Iterable[int],
                     yield got
 
 
+def check_timeout(timeout: Any) -> float | None:
+    """Seconds for a whole wait: None or infinity (no limit), else a finite number (0
+    or less: the tasks are read once). NaN compares false with every clock reading, so a
+    wait given it would neither time out nor sleep: refused, as text is."""
+    if timeout is None or (isinstance(timeout, float) and timeout == math.inf):
+        return None
+    return max(0.0, values.number("timeout", timeout, -math.inf, math.inf))
+
+
 def _read_all(listener: Listener, ids: Iterable[int],
               deadline: float | None) -> dict[int, Outcome]:
     ids = list(ids)
@@ -266,7 +294,8 @@ def _read_all(listener: Listener, ids: Iterable[int],
 
 def wait(waiters: Waiters, ids: int | Iterable[int],
          timeout: float | None = None) -> list[Outcome]:
-    """Every task's outcome, in the given order, once all have ended."""
-    wanted = as_id_list(ids)
-    by_id = {o.id: o for o in as_completed(waiters, wanted, timeout)}
-    return [by_id[i] for i in wanted]
+    """Every task's outcome, in the given order, once all have ended: one per id given,
+    a repeated id's repeated, so that the list lines up with the ids (zip)."""
+    given = as_id_list(ids, once=False)
+    by_id = {o.id: o for o in as_completed(waiters, given, timeout)}
+    return [by_id[i] for i in given]

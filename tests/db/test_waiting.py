@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from balsam_mpi import Client
 from balsam_mpi.base import db
-from balsam_mpi.base.errors import NotFound, PermissionDenied, UsageError
+from balsam_mpi.base.errors import BalsamError, NotFound, PermissionDenied, UsageError
 from balsam_mpi.base.project import Project
 from balsam_mpi.cli import cli
 from balsam_mpi.launcher.store import Store
@@ -313,3 +313,217 @@ def test_task_wait_takes_the_filters_of_task_ls(client: Client,
     res = runner.invoke(cli, ["task", "wait"])
     assert res.exit_code == 2 and "give task ids or a filter" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+# -- connections that drop, odd arguments ------------------------------------------------
+def drop_connections(su: Any, application_name: str) -> int:
+    """Have the server end the connections of this application name, as a restart or an
+    idle timeout would, and see them gone."""
+    pids = [r[0] for r in su.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+        (application_name,)).fetchall()]
+    for pid in pids:
+        su.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    while su.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                     (pids,)).fetchone() != (0,):
+        time.sleep(0.05)
+    return len(pids)
+
+
+def test_a_wait_after_the_server_dropped_the_kept_connection_reconnects(
+        client: Client, launcher: FakeLauncher, su: Any) -> None:
+    """The connection a wait keeps for the next one learns that the server ended it
+    only when used: the next wait must take a new one, not fail."""
+    ids = add(client, 2)
+    launcher.end({ids[0]: 1})
+    assert client.result(ids[0], timeout=20) == 1
+    assert drop_connections(su, "balsam_mpi-wait") == 1
+    t = launcher.later(0.3, lambda: launcher.end({ids[1]: 2}))
+    assert client.result(ids[1], timeout=20) == 2
+    t.join()
+
+
+def test_a_timeout_must_be_a_number(client: Client, launcher: FakeLauncher) -> None:
+    import math
+
+    from balsam_mpi.base.errors import InputError
+
+    ids = add(client, 3)
+    launcher.end({ids[0]: 1, ids[1]: 2})
+    # NaN compares false with every clock reading: a wait given it, for a task that has
+    # not ended, neither slept nor timed out (a busy loop, for ever).
+    for bad in (math.nan, "5", -math.inf):
+        with pytest.raises(InputError, match="^timeout: "):
+            client.wait(ids, timeout=bad)  # type: ignore[arg-type]
+    assert [o.result for o in client.wait(ids[:2], timeout=math.inf)] == [1, 2]
+    assert [o.result for o in client.wait(ids[:2], timeout=-1)] == [1, 2]
+
+
+def test_ids_are_taken_as_kill_and_retry_take_them(client: Client,
+                                                   launcher: FakeLauncher) -> None:
+    import numpy as np
+
+    from balsam_mpi.base.errors import InputError
+
+    ids = add(client, 2)
+    launcher.end({ids[0]: 1, ids[1]: 2})
+    client.update(np.array(ids), priority=1)  # as the other calls take them
+    assert [o.result for o in client.wait(np.array(ids))] == [1, 2]
+    assert client.result(np.int64(ids[1])) == 2  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="^ids: .* is not a task id"):
+        client.wait([ids[0], 2**63])  # past bigint: named, not a database error
+    with pytest.raises(InputError, match="^ids: "):
+        client.wait("12")  # type: ignore[arg-type]
+
+
+def test_wait_gives_one_outcome_per_id_given(client: Client,
+                                            launcher: FakeLauncher) -> None:
+    """So that zip(ids, client.wait(ids)) lines up, a repeated id included."""
+    ids = add(client, 2)
+    launcher.end({ids[0]: 1, ids[1]: 2})
+    assert [o.result for o in client.wait([ids[1], ids[0], ids[1]])] == [2, 1, 2]
+    assert [o.result for o in client.as_completed([ids[1], ids[0], ids[1]])] == [2, 1]
+
+
+def test_the_executor_reads_again_after_its_connection_drops(
+        client: Client, launcher: FakeLauncher, su: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops as the watcher reads a new task: that task's end and later
+    tasks' ends still resolve their futures."""
+    real = Executor._settle
+    dropped = []
+
+    def drop_then_settle(self: Executor, listener: waiting.Listener, ids: Any,
+                         pending: set[int]) -> None:
+        if not dropped:
+            dropped.append(drop_connections(su, "balsam_mpi-executor"))
+        real(self, listener, ids, pending)
+
+    monkeypatch.setattr(Executor, "_settle", drop_then_settle)
+    with Executor(client) as ex:
+        f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        launcher.end({f.task_id: 3})
+        assert f.result(timeout=20) == 3
+        g = ex.submit("tests.pyfuncs:add", a=1, b=3)
+        t = launcher.later(0.3, lambda: launcher.end({g.task_id: 4}))
+        assert g.result(timeout=20) == 4
+        t.join()
+    assert dropped == [1]
+
+
+def test_an_executor_that_stopped_watching_adds_nothing_more(
+        client: Client, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watcher that fails for good fails its futures; a later submit must not return
+    a future nobody will resolve (shutdown would wait for it forever)."""
+    def broken(self: waiting.Listener, ids: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    ex = Executor(client)
+    monkeypatch.setattr(waiting.Listener, "read", broken)
+    f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+    chained: list[BaseException] = []
+    called = threading.Event()
+
+    def submit_next(done: cf.Future[Any]) -> None:  # runs in the watcher's thread
+        try:
+            ex.submit("tests.pyfuncs:add", a=2, b=2)
+        except BaseException as exc:
+            chained.append(exc)
+        called.set()
+
+    f.add_done_callback(submit_next)
+    with pytest.raises(RuntimeError, match="a bug"):
+        f.result(timeout=20)
+    assert called.wait(20)
+    assert [type(e) for e in chained] == [BalsamError]
+    with pytest.raises(BalsamError, match="^this executor cannot watch tasks any more "
+                                          r"\(a bug\)"):
+        ex.submit("tests.pyfuncs:add", a=1, b=2)
+    assert [t["id"] for t in client.tasks()] == [f.task_id]
+    ex.shutdown(wait=True)
+
+
+def test_a_cancel_whose_kill_fails_leaves_the_future_to_the_task(
+        client: Client, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
+    from balsam_mpi.base.errors import ServerError
+
+    with Executor(client) as ex:
+        f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        real_kill = client.kill
+
+        def lost(*args: Any, **kwargs: Any) -> Any:
+            raise ServerError("lost the database connection")
+
+        monkeypatch.setattr(client, "kill", lost)
+        with pytest.raises(ServerError):
+            f.cancel()
+        monkeypatch.setattr(client, "kill", real_kill)
+        assert not f.done()
+        real_kill([f.task_id])  # someone else's kill: the future says so
+        with pytest.raises(waiting.TaskFailed, match="USER_KILLED"):
+            f.result(timeout=20)
+
+
+def test_map_timeout_counts_from_the_call(client: Client, launcher: FakeLauncher) -> None:
+    """As concurrent.futures has it: a result not there ``timeout`` seconds after map()
+    was called is a TimeoutError, however late the iteration starts."""
+    with Executor(client) as ex:
+        it = ex.map("tests.pyfuncs:add", [{"a": 1, "b": 1}], timeout=2.0)
+        [tid] = client.ids(workflow="executor")
+        time.sleep(2.1)
+        t = launcher.later(0.5, lambda: launcher.end({tid: 2}))
+        with pytest.raises(cf.TimeoutError):
+            next(it)
+        t.join()
+
+
+def test_the_executor_keeps_no_future_once_settled(client: Client,
+                                                   launcher: FakeLauncher) -> None:
+    """A driver that submits for days must not hold every future and result it had."""
+    import gc
+    import weakref
+
+    with Executor(client) as ex:
+        f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        launcher.end({f.task_id: 3})
+        assert f.result(timeout=20) == 3
+        gone = weakref.ref(f)
+        del f
+        # The watcher settles one future after the other: g's result means it is done
+        # with f.
+        g = ex.submit("tests.pyfuncs:add", a=2, b=2)
+        launcher.end({g.task_id: 4})
+        assert g.result(timeout=20) == 4
+        gc.collect()
+        assert gone() is None
+
+
+def test_a_wait_whose_timeout_finds_the_server_gone_fails_at_once(
+        client: Client, su: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timeout passes and the last read finds the server gone: the wait must end
+    with the lost connection, not reconnect for as long as the server stays away."""
+    from balsam_mpi.base.errors import ServerError, ServerNotRunning
+
+    [tid] = add(client, 1)
+    real_connect, real_sleep = db.connect, waiting.Listener.sleep
+    gone = threading.Event()
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if gone.is_set():
+            raise ServerNotRunning("the server is not running")
+        return real_connect(*args, **kwargs)
+
+    def sleep_then_lose_the_server(self: waiting.Listener, timeout: Any) -> Any:
+        hinted = real_sleep(self, timeout)
+        if hinted is None:  # the timeout passed; the server goes away just then
+            drop_connections(su, "balsam_mpi-wait")
+            gone.set()
+        return hinted
+
+    monkeypatch.setattr(db, "connect", connect)
+    monkeypatch.setattr(waiting.Listener, "sleep", sleep_then_lose_the_server)
+    try:
+        with pytest.raises(ServerError, match="^lost the database connection"):
+            client.wait([tid], timeout=0.5)
+    finally:
+        gone.clear()
