@@ -49,7 +49,7 @@ def filters_from(opts: dict[str, Any], ids: tuple[str, ...] = ()) -> dict[str, A
             out[key] = [values.name(key, v) for v in opts[key]]
     if opts.get("state"):
         out["state"] = [parse_state(values.name("state", v)).value for v in opts["state"]]
-    if opts.get("name"):
+    if opts.get("name") is not None:  # '' selects the unnamed tasks, not every task
         out["name"] = values.name("name", opts["name"])
     if opts.get("tags"):
         out["tags"] = files.parse_pairs(opts["tags"], "tags")

@@ -263,3 +263,18 @@ def test_real_subprocess(dbname: str) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "num_nodes" in bad.stderr
     listing = sh("task", "ls", "--workflow", "demo", "--state", "READY", "--json")
     assert [t["id"] for t in json.loads(listing.stdout)] == [1]
+
+
+def test_an_empty_name_filter_means_unnamed_tasks_not_every_task(
+        hello: None, conn: psycopg.Connection) -> None:
+    """A task's name may be empty (the default), and `--name ''` selects those: dropped as
+    no filter, `task rm --workflow w --name "$N" --yes` with N unset deleted the whole
+    workflow."""
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--name", "keep", "--param",
+       "who=a")
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=b")
+    rows = json.loads(ok("task", "ls", "--name", "", "--json").stdout)
+    assert [r["name"] for r in rows] == [""]
+    assert "deleted 1 tasks" in ok("task", "rm", "--workflow", "w", "--name", "",
+                                   "--yes").output
+    assert conn.execute("SELECT name FROM tasks").fetchall() == [("keep",)]
