@@ -55,7 +55,7 @@ def demo(n_tasks: str, ranks: str, project_path: str | None) -> None:
             lifecycle.stop_server(project, fast=True)
         except BalsamError as exc:
             click.echo(f"could not stop the server: {exc}", err=True)
-    d.next_steps(project, click.echo)
+    d.next_steps(project, click.echo, n_ranks)
     if rc != 0:
         sys.exit(1)
 

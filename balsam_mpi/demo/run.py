@@ -188,19 +188,23 @@ def report(summary: Summary, echo: Echo) -> None:
         echo(f"batch job {summary.job[0]}: {summary.job[1]} ({summary.job[3]})")
 
 
-def next_steps(project: Project, echo: Echo) -> None:
-    p = project.root
+def next_steps(project: Project, echo: Echo, ranks: int = 4) -> None:
+    """Commands to paste: the path quoted for the shell, the ranks the demo ran."""
+    import shlex
+
+    p = shlex.quote(str(project.root))
     steps = [
         (f"balsam-dbctl --project {p} start", "start its server again"),
         (f"export BALSAM_DB_PATH={p}", "(or: source balsamactivate PROJECT)"),
         ("balsam-mpi job ls", "the batch job you just ran"),
         ("balsam-mpi task out 1", "what task 1 printed (--err, --tail N, -f)"),
         ("balsam-mpi report utilization", "utilization over time"),
-        ("mpiexec -n 4 python -m balsam_mpi --workflow ensemble", "run the launcher again"),
+        (f"mpiexec -n {ranks} python -m balsam_mpi --workflow ensemble",
+         "run the launcher again"),
         (f"balsam-dbctl --project {p} stop", "when you are done"),
     ]
     width = max(len(cmd) for cmd, _ in steps)
     echo("")
-    echo(f"The project is in {p} (its server is stopped). Try next:")
+    echo(f"The project is in {project.root} (its server is stopped). Try next:")
     for cmd, why in steps:
         echo(f"  {cmd:<{width}}  # {why}")

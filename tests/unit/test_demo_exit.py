@@ -72,3 +72,18 @@ def test_an_empty_or_file_project_path_is_refused_before_anything_is_made(
     with pytest.raises(UsageError, match="file exists and is not a directory"):
         d.make_project(str(tmp_path / "file"), print)
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_the_next_steps_name_the_ranks_used_and_quote_the_path(tmp_path: Path) -> None:
+    """The hints are commands to paste: the launcher line runs as many ranks as the demo
+    did, and a project path with a space stays one word."""
+    from balsam_mpi.base.project import Project
+    from balsam_mpi.demo.run import next_steps
+
+    root = tmp_path / "my project"
+    lines: list[str] = []
+    next_steps(Project(root), lines.append, ranks=3)
+    text = "\n".join(lines)
+    assert "mpiexec -n 3 python -m balsam_mpi" in text
+    assert f"balsam-dbctl --project '{root}' start" in text
+    assert f"export BALSAM_DB_PATH='{root}'" in text
