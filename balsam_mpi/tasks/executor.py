@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..base import db
-from ..base.errors import BalsamError, ServerError, UsageError
+from ..base.errors import BalsamError, NotFound, ServerError, UsageError
 from .pyapps import check_path
 from .waiting import ENDED, Listener, Outcome, TaskFailed
 
@@ -95,6 +95,10 @@ class Executor(cf.Executor):
         self.fields = dict(task_fields)
         self._apps: dict[str, str] = {}
         self._lock = threading.Lock()
+        # The client's one connection carries one transaction at a time: submits come
+        # from any thread (a done-callback's from the watcher's), cancels too.
+        self._client_lock = threading.RLock()
+        self._start_lock = threading.Lock()  # the first submits start one watcher
         self._futures: dict[int, TaskFuture] = {}
         self._new: list[int] = []
         self._stopping = False
@@ -132,10 +136,13 @@ class Executor(cf.Executor):
         if self._closed:
             raise RuntimeError("cannot submit to an executor after shutdown")
         self._check_watcher()
-        app = self._app(fn)
+        with self._client_lock:
+            app = self._app(fn)
         self._ensure_watcher()  # first: a submit that cannot be watched adds no task
-        ids = self.client.add_tasks([{**self.fields, "app": app, "workflow": self.workflow,
-                                      "params": kw} for kw in calls])
+        with self._client_lock:
+            ids = self.client.add_tasks([{**self.fields, "app": app,
+                                          "workflow": self.workflow, "params": kw}
+                                         for kw in calls])
         futures = [TaskFuture(i, self._kill_one, self._recheck) for i in ids]
         with self._lock:
             for f in futures:
@@ -168,7 +175,8 @@ class Executor(cf.Executor):
         return name
 
     def _kill_one(self, task_id: int) -> bool:
-        return bool(self.client.kill([task_id]))
+        with self._client_lock:
+            return bool(self.client.kill([task_id]))
 
     def _recheck(self, task_id: int) -> None:
         with self._lock:
@@ -176,13 +184,14 @@ class Executor(cf.Executor):
 
     # -- the watcher -----------------------------------------------------------------
     def _ensure_watcher(self) -> None:
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch, name="balsam-executor",
-                                             daemon=True)
-            self._watcher.start()
-            self._ready.wait()
-            if self._error is not None:
-                raise self._error
+        with self._start_lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch,
+                                                 name="balsam-executor", daemon=True)
+                self._watcher.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
 
     def _watch(self) -> None:
         listener = Listener(lambda: db.connect(self.client.project, autocommit=True,
@@ -238,7 +247,7 @@ class Executor(cf.Executor):
         for i, f in futures.items():
             o = outcomes.get(i)
             if o is None:
-                _resolve_error(f, BalsamError(f"task {i} was deleted before it ended"))
+                _resolve_error(f, NotFound(f"task {i} was deleted before it ended"))
             elif o.state not in ENDED or not _resolve(f, o):
                 continue
             with self._lock:
@@ -265,7 +274,8 @@ class Executor(cf.Executor):
         if self._watcher is not None and wait:
             self._watcher.join()  # it sees the flag within STOP_CHECK_S
         if self._own and wait:
-            self.client.close()
+            with self._client_lock:
+                self.client.close()
 
 
 def _resolve(f: TaskFuture, o: Outcome) -> bool:

@@ -210,7 +210,10 @@ class Waiters:
 
     @contextlib.contextmanager
     def listening(self, deadline: float | None = None) -> Iterator[Listener]:
-        listener = self._idle.pop() if self._idle else Listener(self._connect)
+        try:  # one pop, not a look then a pop: two threads may wait on one client
+            listener = self._idle.pop()
+        except IndexError:
+            listener = Listener(self._connect)
         try:
             try:
                 listener.open()

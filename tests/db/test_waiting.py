@@ -527,3 +527,58 @@ def test_a_wait_whose_timeout_finds_the_server_gone_fails_at_once(
             client.wait([tid], timeout=0.5)
     finally:
         gone.clear()
+
+
+def test_submits_from_several_threads_add_each_task_once_under_one_watcher(
+        client: Client, launcher: FakeLauncher) -> None:
+    """A concurrent.futures executor is submitted to from several threads (and from done
+    callbacks, on the watcher's): one connection must not carry two transactions at once,
+    and the first submits must not start two watchers."""
+    import collections
+
+    with Executor(client, workflow="threads") as ex:
+        futures: list[cf.Future[Any]] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def submit_many(k: int) -> None:
+            start.wait()
+            try:
+                for j in range(15):
+                    futures.append(ex.submit("tests.pyfuncs:add", a=k, b=j))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=submit_many, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        watchers = [t for t in threading.enumerate() if t.name == "balsam-executor"]
+        assert len(watchers) == 1
+        rows = list(client.tasks(workflow="threads"))
+        params = collections.Counter((r["params"]["a"], r["params"]["b"]) for r in rows)
+        assert len(rows) == 60 and set(params.values()) == {1}
+        follow: list[cf.Future[Any]] = []
+        first = futures[0]
+        first.add_done_callback(
+            lambda f: follow.append(ex.submit("tests.pyfuncs:add", a=100, b=f.result())))
+        launcher.end({f.task_id: 1 for f in futures})
+        assert all(f.result(timeout=20) == 1 for f in futures)
+        deadline = time.monotonic() + 20
+        while not follow and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(follow) == 1
+        launcher.end({follow[0].task_id: 101})
+        assert follow[0].result(timeout=20) == 101
+
+
+def test_a_task_deleted_while_its_future_waits_is_not_found(
+        client: Client, launcher: FakeLauncher) -> None:
+    """As `wait` says it: NotFound, not a bare error."""
+    with Executor(client, workflow="gone") as ex:
+        f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        client.delete([f.task_id])
+        with pytest.raises(NotFound, match=f"task {f.task_id} was deleted"):
+            f.result(timeout=20)
