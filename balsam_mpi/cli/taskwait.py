@@ -7,9 +7,10 @@ whole; tasks added after the start are not waited for.
 Driven by LISTEN/NOTIFY (tasks/waiting.py): it reads the tasks' states once, then sleeps until
 the database says one of them ended. One line per task as it ends; the exit status says
 how they ended: 0 all JOB_FINISHED, 1 some FAILED or USER_KILLED, 3 the timeout passed
-first, 4 a task does not exist (an unknown id, or one deleted while waiting), 2 bad input.
-A task that is not there has neither finished nor failed: a script that retries failures
-must not retry a mistyped id.
+first, 4 a task does not exist (an unknown id, or one deleted while waiting), 5 the wait
+could not be made (the server away, a refusal, a database error), 2 bad input. A task
+that is not there, or not heard of, has neither finished nor failed: a script that
+retries failures must not retry a mistyped id or rerun work because the server was away.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from typing import Any
 import click
 
 from ..base.clibase import echo, echo_json
-from ..base.errors import InputError, NotFound, UsageError
+from ..base.errors import (
+    BalsamError,
+    DatabaseError,
+    InputError,
+    NotFound,
+    PermissionDenied,
+    ServerError,
+    UsageError,
+)
 from ..tasks.waiting import describe
 from .context import CliContext, pass_ctx
 from .taskargs import filter_options, filters_from
@@ -31,6 +40,12 @@ class TaskMissing(NotFound):
     """`task wait`'s NotFound, with an exit status of its own."""
 
     exit_code = 4
+
+
+class WaitFailed(BalsamError):
+    """The wait could not be made: no outcome to report, good or bad."""
+
+    exit_code = 5
 
 
 def _timeout(text: str | None) -> float | None:
@@ -58,7 +73,8 @@ def _timeout(text: str | None) -> float | None:
 def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
               as_json: bool, quiet: bool, **opts: Any) -> None:
     """Wait until tasks (by id or filter) end: exit 0 if all finished, 1 if any failed or
-    was killed, 3 on the timeout, 4 if a task does not exist."""
+    was killed, 3 on the timeout, 4 if a task does not exist, 5 if the wait could not be
+    made (server away, refused)."""
     chosen = filters_from(opts, ids)
     if not chosen:
         raise UsageError("give task ids or a filter (--workflow, --state, --app, …)")
@@ -75,6 +91,8 @@ def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
                 echo(describe(outcome))
     except NotFound as exc:
         raise TaskMissing(str(exc)) from exc
+    except (ServerError, PermissionDenied, DatabaseError) as exc:
+        raise WaitFailed(f"could not wait: {exc}") from exc
     if as_json:
         by_id = {o.id: o for o in outcomes}
         echo_json([by_id[i]._asdict() for i in dict.fromkeys(wanted)])

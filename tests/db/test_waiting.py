@@ -582,3 +582,24 @@ def test_a_task_deleted_while_its_future_waits_is_not_found(
         client.delete([f.task_id])
         with pytest.raises(NotFound, match=f"task {f.task_id} was deleted"):
             f.result(timeout=20)
+
+
+@pytest.mark.parametrize("error", ["server", "permission"])
+def test_task_wait_says_apart_a_wait_that_could_not_be_made(
+        client: Client, monkeypatch: pytest.MonkeyPatch, error: str) -> None:
+    """A lost server or a refusal is neither a failed task (1) nor a missing one (4): a
+    script that retries failures must not rerun work because the database was away."""
+    from balsam_mpi.base.errors import ServerError
+
+    ids = add(client, 1)
+
+    def away(*_args: Any, **_kw: Any) -> Any:
+        if error == "server":
+            raise ServerError("lost the connection to the database server")
+        raise PermissionDenied("not a member of this project")
+
+    monkeypatch.setattr(Client, "as_completed", away)
+    res = CliRunner().invoke(cli, ["task", "wait", str(ids[0])])
+    assert res.exit_code == 5, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert "could not wait" in res.output
