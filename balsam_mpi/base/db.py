@@ -68,6 +68,14 @@ def conninfo(project: Project, info: ServerInfo, *, dbname: str, user: str | Non
         params["host"] = tcp_host or info.host
         params["require_auth"] = "scram-sha-256"
         params["sslmode"] = "prefer"
+        # A server host that dies, or a network that splits, answers nothing: the kernel's
+        # defaults would keep an idle LISTEN waiting for hours and a read blocked for
+        # ~15 minutes of retransmissions. Probes after 30 s idle, 6 unanswered 10 s apart,
+        # and at most 90 s for what was sent to be acknowledged: the connection fails in
+        # about 90 s and the caller's reconnecting takes over. A busy server's kernel still
+        # answers probes, so a long statement is not cut.
+        params.update(keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                      keepalives_count=6, tcp_user_timeout=90_000)
         params["passfile"] = os.environ.get("PGPASSFILE") or os.path.join(home, ".pgpass")
     return params
 

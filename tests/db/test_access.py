@@ -272,3 +272,34 @@ def test_a_verifier_we_apply_lets_its_password_log_in_over_tcp(
         monkeypatch.setenv("PGPASSFILE", str(tmp_path / name))
         with pytest.raises(PermissionDenied, match="request-access"):
             db.connect(pg_project, dbname="balsam", user=role, route="tcp")
+
+
+def test_a_tcp_connection_notices_a_peer_that_vanished(
+        pg_project: Project, su: psycopg.Connection[Any], roles: dict[str, str],
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over TCP (a login node or a compute node away from the server's host) a server
+    host that dies or a network that splits sends nothing back: without keepalives an
+    idle LISTEN waits for ever and a read blocks for the kernel's ~15 minutes of
+    retransmissions. The socket itself must carry keepalives and a user timeout."""
+    import socket
+
+    role = roles["alice"]
+    password = credentials.new_password()
+    su.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        pgsql.Identifier(role), pgsql.Literal(credentials.scram_verifier(password))))
+    info = pg_project.read_server_info()
+    credentials.pgpass_store([info.host], role, password, tmp_path / "pgpass")
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "pgpass"))
+    with db.connect(pg_project, dbname="balsam", user=role, route="tcp",
+                    autocommit=True) as conn:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            count = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            assert idle + interval * count <= 120  # a dead peer is noticed in minutes
+            user_timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            assert 0 < user_timeout <= 120_000
+        finally:
+            sock.close()
