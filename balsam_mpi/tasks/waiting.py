@@ -231,10 +231,17 @@ class Waiters:
 
 def as_completed(waiters: Waiters, ids: int | Iterable[int],
                  timeout: float | None = None) -> Iterator[Outcome]:
-    """Each task's outcome as it ends (those already ended first, in the given order)."""
+    """Each task's outcome as it ends (those already ended first, in the given order).
+    As concurrent.futures.as_completed: the ids and timeout are checked at the call, and
+    the timeout counts from it, not from the first next()."""
     wanted = as_id_list(ids)
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
+    return _completed(waiters, wanted, timeout, deadline)
+
+
+def _completed(waiters: Waiters, wanted: list[int], timeout: float | None,
+               deadline: float | None) -> Iterator[Outcome]:
     done: list[Outcome] = []
     with waiters.listening(deadline) as listener:
         first = _read_all(listener, wanted, deadline)

@@ -603,3 +603,22 @@ def test_task_wait_says_apart_a_wait_that_could_not_be_made(
     assert res.exit_code == 5, res.output
     assert len(res.output.strip().splitlines()) == 1
     assert "could not wait" in res.output
+
+
+def test_as_completed_checks_its_ids_and_starts_its_clock_when_called(
+        client: Client, launcher: FakeLauncher) -> None:
+    """As concurrent.futures.as_completed: bad input fails at the call, and the timeout
+    counts from the call, not from the first next()."""
+    with pytest.raises(UsageError):
+        client.as_completed(["x"])  # type: ignore[list-item]
+    with pytest.raises(UsageError):
+        client.as_completed([1], timeout=float("nan"))
+    ids = add(client, 1)
+    it = client.as_completed(ids, timeout=0.5)
+    time.sleep(0.6)  # the whole timeout passes before the first next()
+    # The task ends soon after that next(): counted from the first next(), the iteration
+    # would yield it; counted from the call, its time is up already.
+    t = launcher.later(0.3, lambda: launcher.end({ids[0]: 1}))
+    with pytest.raises(waiting.WaitTimeout):
+        next(it)
+    t.join()
