@@ -166,3 +166,109 @@ def meddle_env(name: str) -> int:
 
 def read_env(names: list[str]) -> dict[str, Any]:
     return {"pid": os.getpid(), **{n: os.environ.get(n) for n in names}}
+
+
+# -- careless calls: what they leave must not reach the next call (test_pypool) ---------
+_kept: list[int] = []  # descriptors a call leaks, kept with its interpreter
+
+LIMITS = ("RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_DATA", "RLIMIT_STACK")
+
+
+def close_streams() -> int:
+    """Close sys.stdout and sys.stderr, as a script that tidies up at its end does."""
+    print("closing")
+    sys.stdout.close()
+    sys.stderr.close()
+    return os.getpid()
+
+
+def process_state() -> dict[str, Any]:
+    """What a call finds: the blocked signals and the resource limits."""
+    import resource
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return {"pid": os.getpid(), "blocked": sorted(int(s) for s in blocked),
+            **{n: list(resource.getrlimit(getattr(resource, n))) for n in LIMITS}}
+
+
+def block_and_limit() -> int:
+    """Block SIGTERM and SIGUSR1, and lower soft limits: a CPU-time limit (SIGXCPU would
+    kill a later call), the file size (a later call's writes would fail), descriptors."""
+    import resource
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGUSR1])
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    for name, soft in (("RLIMIT_CPU", int(used.ru_utime + used.ru_stime) + 2),
+                       ("RLIMIT_FSIZE", 10), ("RLIMIT_NOFILE", 8), ("RLIMIT_DATA", 1 << 40),
+                       ("RLIMIT_STACK", 1 << 20)):
+        limit = getattr(resource, name)
+        resource.setrlimit(limit, (soft, resource.getrlimit(limit)[1]))
+    return os.getpid()
+
+
+def leak_descriptors() -> int:
+    """Open descriptors until there are no more, and keep them (as a call that leaks a
+    few each time does, after enough calls)."""
+    while True:
+        try:
+            _kept.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            return os.getpid()
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def exit_unprintable() -> None:
+    sys.exit(_Unprintable())
+
+
+def lower_hard_limit() -> int:
+    """Lower a hard limit (CPU time, to a day): only root raises it again."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (86400, 86400))
+    return os.getpid()
+
+
+def close_inherited(then_s: float) -> int:
+    """Close every descriptor above 2, as daemon-style code does with what it inherited
+    (here: the interpreter's socket to its node), then work on for ``then_s``."""
+    os.closerange(3, 1 << 16)
+    time.sleep(then_s)
+    return os.getpid()
+
+
+def fork_and_return() -> int:
+    """Fork, and let the child return from the function too (no ``os._exit``): a
+    script's child would run on to the script's end. Returns the child's pid."""
+    pid = os.fork()
+    return pid if pid else 0
+
+
+def rewrap_stdout() -> int:
+    """Wrap stdout anew with another encoding: the usual idiom detaches the old one."""
+    import io
+
+    sys.stdout = io.TextIOWrapper(sys.stdout.detach(), encoding="latin-1")
+    print("caf\xe9")
+    return os.getpid()
+
+
+def leave_watchdog(s: float) -> int:
+    """Arm faulthandler's hang watchdog (a dump, then exit, in ``s``) and return at once,
+    as code that guards itself against hangs does when it forgets to cancel."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(s, exit=True)
+    return os.getpid()
+
+
+def recursion_limit(set_to: int = 0) -> dict[str, int]:
+    """The recursion limit this call found (and, with ``set_to``, leaves instead)."""
+    found = sys.getrecursionlimit()
+    if set_to:
+        sys.setrecursionlimit(set_to)
+    return {"pid": os.getpid(), "limit": found}

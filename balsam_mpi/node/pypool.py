@@ -58,6 +58,10 @@ SPAWN_KEYS = ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES", *gpus.VISIBILITY_VARS.va
 # The output cap of a call without a directory, whose output is held in memory (each
 # file; checked once a second, as on disk): its failure tail is all that is kept.
 MEMORY_OUTPUT_CAP = 1 << 20
+# How long an interpreter whose socket ended has to show its exit before the node takes
+# it for one that lives on without a way to answer (and kills it): a dying process's exit
+# shows microseconds after its descriptors close. Waited only on that path.
+HANG_UP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class PyCall(runner.TaskProcess):
 
     interp: Interpreter | None = None
     pool: PyPool | None = None
+    hung_up: bool = False  # its socket closed while it lived: the node killed it
 
     def reap(self) -> int | None:
         assert self.pool is not None
@@ -247,8 +252,10 @@ class PyPool:
         if answer is not None:
             header, doc = answer
             rc = int(header.get("rc", 1))
-            if header.get("error"):
+            if header.get("error"):  # it could not take the call (pycall.run_call)
                 log.warning("task %s: %s", call.order.id, header["error"])
+                _note(call, f"the Python interpreter could not take this call: "
+                      f"{header['error']}")
             if rc == 0 and doc:
                 try:
                     self.results[call.order.id] = doc.decode("utf-8")
@@ -258,22 +265,31 @@ class PyPool:
             call.rc = rc
             self._after(call, interp, bool(header.get("recycle")))
             return rc
-        if not interp.eof and interp.status is None and interp.idle_and_alive():
-            return None  # woken by part of the answer
+        # No whole answer. Only the process's exit or the socket's end says more: more
+        # of the answer arriving meanwhile (a big one comes in parts) is no end at all.
         exited = bool(select.select([interp.pidfd], [], [], 0)[0])
+        if not exited and not interp.eof and interp.status is None:
+            return None  # woken by part of the answer
+        if not exited and interp.status is None:
+            # The socket ended while the process lives: it is dying (its descriptors
+            # close a moment before its exit shows), or the call closed the socket or
+            # broke what the interpreter answers with. A moment tells which.
+            exited = bool(select.select([interp.pidfd], [], [], HANG_UP_S)[0])
         status = interp.reap(2.0 if exited else 0.0)
         if status is None and exited:
             status = interp.status = 255  # its zygote never said how: the status is lost
         if status is None:
-            # The socket closed but the process lives (it closed the descriptor): end
-            # it; its exit wakes the node through the pidfd alone.
+            # It lives on, unable to answer: end it; its exit wakes the node through the
+            # pidfd alone.
+            call.hung_up = True
             interp.kill()
             with contextlib.suppress(OSError, KeyError, ValueError):
                 interp.watch.unregister(interp.sock.fileno())
             return None
         call.rc = status
         if call.end_kind is None:  # not stopped by the launcher: say what happened
-            _note(call, _death(status))
+            # Killed by the node's SIGKILL above, not by memory nor another process.
+            _note(call, HUNG_UP if call.hung_up else _death(status))
             if status == 0:
                 call.end_kind = EndKind.ERROR  # exited without the function returning
         self._after(call, interp, True)
@@ -337,6 +353,12 @@ class PyPool:
         if self.started:
             log.info("python pool: %s interpreters started, %s calls", self.started,
                      self.calls)
+
+
+HUNG_UP = ("the Python interpreter running this call stopped answering the node (its "
+           "socket closed, or garbled: a call that closes descriptors it did not open, or "
+           "replaces what the interpreter uses, such as json's functions); the node "
+           "killed it")
 
 
 def _death(status: int) -> str:

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -318,6 +319,15 @@ def test_timers_handlers_and_umask_a_call_leaves_do_not_reach_the_next(
 
 
 
+def test_a_hang_watchdog_a_call_leaves_does_not_kill_the_next(node: Node,
+                                                               tmp_path: Path) -> None:
+    """faulthandler's watchdog is an alarm too: left armed, it ended the interpreter
+    (exit code 1) in the middle of a later task's call, which was blamed for it."""
+    pid = ok(run(node, call(tmp_path, 1, "leave_watchdog", s=0.5, need=1.0))[1])
+    assert ok(run(node, call(tmp_path, 2, "sleep", s=1.5, need=1.0))[2]) == 1.5
+    assert ok(run(node, call(tmp_path, 3, "count", need=1.0))[3])["pid"] == pid
+
+
 def test_variables_a_call_changes_adds_or_removes_do_not_reach_the_next(
         node: Node, tmp_path: Path) -> None:
     """The environment is put back after each call: a value changed, a variable added, a
@@ -329,3 +339,131 @@ def test_variables_a_call_changes_adds_or_removes_do_not_reach_the_next(
     assert ok(run(node, meddle)[2]) == before["pid"]
     after = ok(run(node, call(tmp_path, 3, "read_env", names=names))[3])
     assert after == before  # same interpreter, none of the first call's changes
+
+
+def test_a_call_that_closes_sys_stdout_and_stderr_does_not_break_the_next(
+        node: Node, tmp_path: Path) -> None:
+    """Closing the interpreter's own sys.stdout and sys.stderr (a script's tidy end) left
+    the next call on that interpreter failing before its function ran."""
+    pid = ok(run(node, call(tmp_path, 1, "close_streams", need=1.0))[1])
+    assert (tmp_path / "t1/task.out").read_text() == "closing\n"
+    assert ok(run(node, call(tmp_path, 2, "say", text="again", need=1.0))[2]) == 5
+    assert (tmp_path / "t2/task.out").read_text() == "again\nchild: again\n"
+    assert (tmp_path / "t2/task.err").read_text() == "err: again\n"
+    assert ok(run(node, call(tmp_path, 3, "count", need=1.0))[3])["pid"] == pid
+    # The idiom that wraps stdout anew detaches the interpreter's: as unusable.
+    assert ok(run(node, call(tmp_path, 4, "rewrap_stdout", need=1.0))[4]) == pid
+    assert (tmp_path / "t4/task.out").read_bytes() == b"caf\xe9\n"
+    assert ok(run(node, call(tmp_path, 5, "say", text="later", need=1.0))[5]) == 5
+    assert (tmp_path / "t5/task.out").read_text() == "later\nchild: later\n"
+
+
+def test_blocked_signals_and_resource_limits_a_call_leaves_do_not_reach_the_next(
+        node: Node, tmp_path: Path) -> None:
+    """A signal a call blocks would not reach the next call (SIGTERM: no clean stop); a
+    CPU-time limit it lowers would kill a later call with SIGXCPU, a file-size limit
+    fail its writes, a descriptor limit fail every later call before it starts."""
+    before = ok(run(node, call(tmp_path, 1, "process_state", need=1.0))[1])
+    assert ok(run(node, call(tmp_path, 2, "block_and_limit", need=1.0))[2]) == before["pid"]
+    after = ok(run(node, call(tmp_path, 3, "process_state", need=1.0))[3])
+    assert after == before  # same interpreter, as it was before
+    assert ok(run(node, call(tmp_path, 4, "say", text="longer than ten bytes", need=1.0))[4]) == 21
+    assert (tmp_path / "t4/task.out").read_text().startswith("longer than ten bytes\n")
+
+
+def test_a_recursion_limit_a_call_sets_does_not_reach_the_next(node: Node,
+                                                                tmp_path: Path) -> None:
+    """Lowered, it failed a later call's imports with RecursionError; raised, it would
+    let a later call's runaway recursion crash the interpreter instead of raising."""
+    before = ok(run(node, call(tmp_path, 1, "recursion_limit", set_to=120, need=1.0))[1])
+    after = ok(run(node, call(tmp_path, 2, "recursion_limit", set_to=10**6, need=1.0))[2])
+    again = ok(run(node, call(tmp_path, 3, "recursion_limit", need=1.0))[3])
+    assert before == after == again  # same interpreter, the same limit each time
+
+
+def test_an_interpreter_whose_hard_limit_a_call_lowered_is_replaced(
+        node: Node, tmp_path: Path) -> None:
+    """A hard limit cannot be raised back: the next call gets a fresh interpreter, with
+    the limits every interpreter starts with."""
+    before = ok(run(node, call(tmp_path, 1, "process_state", need=1.0))[1])
+    assert ok(run(node, call(tmp_path, 2, "lower_hard_limit", need=1.0))[2]) == before["pid"]
+    after = ok(run(node, call(tmp_path, 3, "process_state", need=1.0))[3])
+    assert after["pid"] != before["pid"]
+    assert {**after, "pid": 0} == {**before, "pid": 0}
+
+
+def test_an_interpreter_that_cannot_take_a_call_says_why_and_is_replaced(
+        node: Node, tmp_path: Path) -> None:
+    """A call that leaves its interpreter without free descriptors: the next call cannot
+    receive its directory and outputs. That call fails with a line saying why, and the
+    interpreter is replaced rather than failing every call after it."""
+    pid = ok(run(node, call(tmp_path, 1, "leak_descriptors", need=1.0))[1])
+    out = run(node, call(tmp_path, 2, "noop", need=1.0))
+    assert out[2].rc == 126
+    assert failed(out[2]).startswith("balsam_mpi: the Python interpreter could not take "
+                                     "this call: a call with 0 descriptors, not 3")
+    again = ok(run(node, call(tmp_path, 3, "count", need=1.0))[3])
+    assert again["pid"] != pid
+
+
+def test_sys_exit_with_an_unprintable_code_is_exit_code_1(node: Node,
+                                                          tmp_path: Path) -> None:
+    """As for a script: ``sys.exit(x)`` whose ``str(x)`` raises exits with 1, nothing
+    said, and the interpreter goes on (it crashed on that ``str``: the call was said to
+    have died before returning, a traceback of pycall's went to the launcher's stderr)."""
+    pid = ok(run(node, call(tmp_path, 1, "count", need=1.0))[1])["pid"]
+    out = run(node, call(tmp_path, 2, "exit_unprintable", need=1.0))
+    assert out[2].rc == 1 and failed(out[2]) == ""
+    assert ok(run(node, call(tmp_path, 3, "count", need=1.0))[3])["pid"] == pid
+
+
+def test_a_call_that_closes_the_interpreters_socket_is_reported_as_such(
+        node: Node, tmp_path: Path) -> None:
+    """Not as killed by another process or out of memory: the node killed it, since it
+    can no longer answer; the next call gets a fresh interpreter."""
+    pid = ok(run(node, call(tmp_path, 1, "count", need=1.0))[1])["pid"]
+    out = run(node, call(tmp_path, 2, "close_inherited", then_s=30, need=1.0))
+    assert out[2].kind == EndKind.ERROR and out[2].rc == -signal.SIGKILL
+    assert failed(out[2]) == f"balsam_mpi: {pypool.HUNG_UP}"
+    assert "killed by another process" not in pypool.HUNG_UP
+    assert ok(run(node, call(tmp_path, 3, "count", need=1.0))[3])["pid"] != pid
+
+
+def test_a_forked_child_back_from_the_function_ends_quietly(
+        node: Node, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The child of a fork that returns from the function (no os._exit) has no socket
+    to answer on: it ends, without a traceback in the launcher's stderr."""
+    child = ok(run(node, call(tmp_path, 1, "fork_and_return", need=1.0))[1])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists():  # exited: a zombie of its interpreter
+        if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ok(run(node, call(tmp_path, 2, "add", a=1, b=2, need=1.0))[2]) == 3
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_answer_that_arrives_in_parts_is_read_whole_and_its_interpreter_kept(
+        node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result near the cap is more than the socket holds: the node may find only part
+    of it when it looks, the rest still to read. That rest was taken for the socket's
+    end and the interpreter — alive, answering — killed (its warm state lost; had it
+    more left to send, the call failed as killed by SIGKILL)."""
+    first = ok(run(node, call(tmp_path, 1, "count", need=1.0))[1])
+    real = pypool.read_answer
+    looked: list[int] = []
+
+    def part_first(interp: Any) -> Any:
+        if not looked:  # the first look finds a part of the answer, as a big one can
+            interp.buf += interp.sock.recv(4096)
+            looked.append(len(interp.buf))
+            return None
+        return real(interp)
+
+    monkeypatch.setattr(pypool, "read_answer", part_first)
+    size = limits.RESULT_MAX_BYTES - 2
+    assert len(ok(run(node, call(tmp_path, 2, "big", n=size, need=1.0))[2])) == size
+    assert len(looked) == 1 and 0 < looked[0] < size  # the node did see a part first
+    again = ok(run(node, call(tmp_path, 3, "count", need=1.0))[3])
+    assert again == {"calls": first["calls"] + 1, "pid": first["pid"]}
