@@ -32,6 +32,12 @@ class BadProjectPath(ProjectError, UsageError):
     directory, not a balsam project. Bad input, so exit status 2 (UsageError's)."""
 
 
+class BadControlFile(ProjectError, InputError):
+    """A control file of the project (server-info.json) that cannot be used as written:
+    not JSON, or a field of the wrong kind or out of range; the message names the file
+    and the field. Bad input (it is edited by hand, if at all): exit status 2."""
+
+
 class BadTemplate(ProjectError, UsageError):
     """A batch-script template that cannot be used as written (a byte that is not UTF-8,
     an unknown placeholder); the message names its line. Bad input: exit status 2."""

@@ -7,15 +7,16 @@ layout and modes are those of docs/architecture.md §3. Nothing here talks to Po
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .errors import BadProjectPath, InputError, ProjectError
+from .errors import BadControlFile, BadProjectPath, InputError, ProjectError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +40,15 @@ MODE_DATA = 0o2770
 MODE_LOG = 0o3770
 MODE_LOG_SERVER = 0o700
 MODE_RUN = 0o2750
+
+
+# server-info.json's whole numbers and the ranges they may take (uids and the data
+# directory's device and inode are unsigned in the kernel).
+_INFO_INTS = (("port", 1, 65535), ("owner_uid", 0, 2**32 - 2), ("server_uid", 0, 2**32 - 2),
+              ("pg_major", 1, 10**6), ("data_dev", 0, 2**64 - 1), ("data_ino", 0, 2**64 - 1),
+              ("schema_version", 0, 10**6))
+_INFO_TEXTS = ("host", "owner_name", "server_name", "group", "pg_bindir", "superuser",
+               "listen", "instance_nonce")
 
 
 @dataclass(frozen=True)
@@ -67,13 +77,47 @@ class ServerInfo:
     def from_json(cls, text: str, source: Path) -> ServerInfo:
         try:
             raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise TypeError(f"a JSON object was expected, not {type(raw).__name__}")
             known = {f for f in cls.__dataclass_fields__}
-            return cls(**{k: v for k, v in raw.items() if k in known})
+            info = cls(**{k: v for k, v in raw.items() if k in known})
         except (ValueError, TypeError) as exc:
-            raise ProjectError(
-                f"{source} is not a valid server-info file ({exc}); "
-                "the owner can rewrite it with `balsam-dbctl start`"
+            raise BadControlFile(
+                f"{source} is not a valid server-info file ({exc}); the owner can restore "
+                "it from a backup or correct it by hand"
             ) from exc
+        info._check_fields(source)
+        return info
+
+    def _check_fields(self, source: Path) -> None:
+        """Every field of the kind and range this package writes. The file is edited by
+        hand, if at all, and everything that reads it (a socket path, a port to bind,
+        the account to demand as the socket's peer) would otherwise fail far from here,
+        or with a traceback."""
+        for name, low, high in _INFO_INTS:
+            value = getattr(self, name)
+            if type(value) is not int:  # bool is an int to Python, not to this file
+                self._bad(source, name, f"must be a whole number, got {_show(value)}")
+            if not low <= value <= high:
+                self._bad(source, name, f"must be in {low}-{high}, got {value}")
+        for name in _INFO_TEXTS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                self._bad(source, name, f"must be text, got {_show(value)}")
+            if "\x00" in value:
+                self._bad(source, name, "contains a NUL character")
+            if not value and name != "instance_nonce":
+                self._bad(source, name, "must not be empty")
+        if type(self.started_at) not in (int, float) or not math.isfinite(self.started_at):
+            self._bad(source, "started_at", f"must be a number (seconds since the epoch), "
+                                            f"got {_show(self.started_at)}")
+        if not isinstance(self.extra, dict):
+            self._bad(source, "extra", f"must be a JSON object, got {_show(self.extra)}")
+
+    @staticmethod
+    def _bad(source: Path, name: str, what: str) -> NoReturn:
+        raise BadControlFile(f"{source}: {name}: {what}; the owner can restore the file "
+                             "from a backup or correct the field by hand")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -1,7 +1,7 @@
 """The project's PostgreSQL cluster: find the binaries, initdb, start, stop, probe.
 
 Binaries always run from argv lists as the server account (``accounts.run_as``). Only the
-owner starts and stops; two ``start``s at once serialize on a lock of the project
+owner starts and stops; two ``start``s at once serialize on a lock file in the project
 directory; a server recorded on another host is never started here while it answers.
 """
 
@@ -139,11 +139,20 @@ def tcp_answers(host: str, port: int, timeout: float = 2.0) -> bool:
 
 
 # -- locking ----------------------------------------------------------------------------
+LOCK_NAME = ".dbctl.lock"
+
+
 @contextlib.contextmanager
 def project_lock(project: Project) -> Iterator[None]:
-    """Serialize start/stop/init steps on one host: an exclusive flock on the directory."""
-    fd = os.open(project.root, os.O_RDONLY | os.O_DIRECTORY)
+    """Serialize start/stop steps on one host: an exclusive flock on a file only the owner
+    can open (0600, in the directory only the owner writes). The project directory itself
+    would not do: every group member can open it, and one who took the lock and kept it
+    made the owner's start and stop wait forever."""
+    fd = os.open(project.root / LOCK_NAME,
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        if os.fstat(fd).st_mode & 0o077:  # made under another layout, or copied so
+            os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -189,13 +198,23 @@ def configured_port(project: Project) -> int | None:
 
 def pg_ctl_start(project: Project, bindir: Path, server: Account, timeout_s: int = 60) -> None:
     log = project.server_log_dir / "pg_ctl.log"
+    # pg_ctl starts the server through /bin/sh, with -D and -l inside double quotes, where
+    # `$(…)`, a backquote, `"` and `\` still act: a project path holding one ran commands
+    # or broke the start. From the data directory both can be plain relative names; the
+    # full path is kept where it is safe, so that `ps` shows whose server this is.
+    datadir = str(project.db_dir)
+    if any(c in datadir for c in '$`"\\'):
+        datadir = "."
     proc = run_as(
-        [str(bindir / "pg_ctl"), "start", "-D", str(project.db_dir), "-w", "-t", str(timeout_s),
-         "-l", str(log)],
+        [str(bindir / "pg_ctl"), "start", "-D", datadir, "-w", "-t", str(timeout_s),
+         "-l", os.path.relpath(log, project.db_dir)],
         server, check=False, cwd=str(project.db_dir),
     )
     if proc.returncode != 0:
-        detail = _log_tail(log) or (proc.stderr or proc.stdout).strip()
+        # Once the server's logging collector runs, its refusal goes to the server's own
+        # log, and pg_ctl.log ends with "redirecting log output to logging collector".
+        detail = (_refusal(project.server_log_dir, log) or _log_tail(log)
+                  or (proc.stderr or proc.stdout).strip())
         raise ServerError(f"the server did not start: {detail} (full log: {log})")
 
 
@@ -209,10 +228,93 @@ def pg_ctl_stop(project: Project, bindir: Path, server: Account, mode: str) -> N
         raise ServerError(f"the server did not stop: {(proc.stderr or proc.stdout).strip()}")
 
 
+def clear_reused_lock_files(project: Project, port: int) -> list[str]:
+    """Remove the lock files a crash left (balsamdb/postmaster.pid, the socket's in run/)
+    when their pid now belongs to another process; a notice for each one removed.
+
+    Postgres takes a live pid in such a file for a server still running there and refuses
+    to start, so a pid reused by any process of the server account (after a reboot, say)
+    blocks the project until someone removes the file. One is removed only when it was
+    written by a server of this very directory (its second line), not by the original of
+    a copy made while that ran (a copy Postgres is right to refuse), and when no process
+    runs in the data directory (every server process does: the postmaster and each of its
+    children chdir there), so a server or an orphaned backend is never started beside. A
+    pid that is gone is left to Postgres, which checks the file's shared memory itself.
+    """
+    removed: list[str] = []
+    for path in (project.db_dir / "postmaster.pid", project.socket_path(port).with_name(
+            f"{project.socket_path(port).name}.lock")):
+        try:
+            lines = path.read_text().split("\n")
+            pid = int(lines[0])
+            ours = len(lines) > 1 and os.path.samefile(lines[1], project.db_dir)
+        except (OSError, ValueError):
+            continue
+        if not ours or pid <= 0 or not _pid_alive(pid) or _running_in(project.db_dir):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(f"removed a stale {path.name} (pid {pid} is another process now, and "
+                       "nothing runs in the data directory): the server had not been "
+                       "stopped cleanly")
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_in(directory: Path) -> bool:
+    """Does any process we may inspect have ``directory`` as its working directory?"""
+    target = directory.stat()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                st = os.stat(f"/proc/{entry.name}/cwd")
+            except OSError:  # gone, a zombie, or another user's (so not the server's)
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                return True
+    return False
+
+
 def postmaster_pid_exists(project: Project) -> bool:
     with contextlib.suppress(PermissionError):
         return (project.db_dir / "postmaster.pid").exists()
     return True
+
+
+def _refusal(log_dir: Path, pg_ctl_log: Path) -> str:
+    """Why the server that pg_ctl last started stopped, from the server's own log: the
+    postmaster's pid is on pg_ctl.log's last "redirecting log output" line, and its
+    FATAL or PANIC line (with HINT or DETAIL) in the newest server log. "" when pg_ctl.log
+    does not end with that hand-over (the refusal is then in pg_ctl.log itself)."""
+    with contextlib.suppress(OSError):
+        tail = pg_ctl_log.read_text(errors="replace").splitlines()[-3:]
+        last = re.search(r"\[(\d+)\] ", tail[-1]) if tail else None
+        if last is None:
+            return ""
+        mark = f"[{last.group(1)}] "  # the postmaster that wrote last, this start's
+        newest = max(log_dir.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime,
+                     default=None)
+        if newest is None or not any(mark + "LOG:  redirecting log output" in line
+                                     for line in tail):
+            return ""
+        ours = [line for line in newest.read_text(errors="replace").splitlines()
+                if mark in line]
+        for i in range(len(ours) - 1, -1, -1):  # the newest: a pid may have come round
+            line = ours[i]
+            if "FATAL:" in line or "PANIC:" in line:
+                return " | ".join([line] + [more for more in ours[i + 1:i + 3]
+                                            if "HINT:" in more or "DETAIL:" in more])
+    return ""
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:

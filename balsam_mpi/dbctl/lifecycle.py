@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .. import sql
+from ..base import db
 from ..base.errors import (
+    BadControlFile,
     BalsamError,
     PermissionDenied,
     ProjectError,
@@ -94,33 +100,91 @@ def init_project(path: str | os.PathLike[str], *, group: str | None = None,
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    created_root = not project.root.exists()
-    if created_root:
-        project.root.mkdir(mode=0o700)
-    try:
-        layout.create_tree(project, caller, server, gid)
-        cluster.initdb(project, bindir, server, SUPERUSER_ROLE)
-        info = ServerInfo(
-            host=this_host(), port=port, owner_uid=caller.uid, owner_name=caller.name,
-            server_uid=server.uid, server_name=server.name, group=group_name(gid),
-            pg_major=major, pg_bindir=str(bindir), superuser=SUPERUSER_ROLE, listen=listen,
-        )
-        cluster.write_server_conf(project, server, port=port, listen=listen,
-                                  group=info.group, superuser=info.superuser,
-                                  owner=info.owner_name)
-        project.write_server_info(info, gid)
-        write_atomic(project.settings_path, dump_toml(default_settings(info)), 0o640, gid=gid)
-        cluster.pg_ctl_start(project, bindir, server)
-        with admin_connect(project, info, dbname="postgres") as admin:
-            schema.bootstrap(admin)
-            access.bootstrap_roles(admin, info.owner_name)
-        with admin_connect(project, info, autocommit=False) as conn:
-            schema.install(conn)
-        info = _record_instance(project, info, gid)
-    except BaseException:
-        _undo_init(project, server, bindir, created_root)
-        raise
+    with _hangups_interrupt():
+        created_root = not project.root.exists()
+        if created_root:
+            try:
+                project.root.mkdir(mode=0o700)
+            except OSError as exc:
+                raise ProjectError(f"cannot create {project.root}: {exc.strerror}") from None
+        try:
+            info = _make_project(project, caller, server, gid, bindir, port, major, listen)
+        except BaseException as exc:
+            # A second signal must not cut the clean-up short; it is taken after it.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+            try:
+                _undo_init(project, server, bindir, created_root)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            # A full disk, a quota or a dying file system reach us as the OS's or the
+            # driver's errors: one line, not a traceback.
+            if isinstance(exc, OSError):
+                where = f": {exc.filename}" if exc.filename else ""
+                raise ProjectError(f"init failed ({exc.strerror or exc}{where}); what it "
+                                   "had made is removed") from exc
+            import psycopg  # here: every dbctl command imports this module
+
+            if isinstance(exc, psycopg.Error):
+                raise ServerError(f"init failed ({db.translate(exc)}); what it had made is "
+                                  "removed") from exc
+            raise
     return Outcome(info, notices)
+
+
+def _make_project(project: Project, caller: Account, server: Account, gid: int,
+                  bindir: Path, port: int, major: int, listen: str) -> ServerInfo:
+    layout.create_tree(project, caller, server, gid)
+    cluster.initdb(project, bindir, server, SUPERUSER_ROLE)
+    info = ServerInfo(
+        host=this_host(), port=port, owner_uid=caller.uid, owner_name=caller.name,
+        server_uid=server.uid, server_name=server.name, group=group_name(gid),
+        pg_major=major, pg_bindir=str(bindir), superuser=SUPERUSER_ROLE, listen=listen,
+    )
+    cluster.write_server_conf(project, server, port=port, listen=listen,
+                              group=info.group, superuser=info.superuser,
+                              owner=info.owner_name)
+    project.write_server_info(info, gid)
+    write_atomic(project.settings_path, dump_toml(default_settings(info)), 0o640, gid=gid)
+    cluster.pg_ctl_start(project, bindir, server)
+    with admin_connect(project, info, dbname="postgres") as admin:
+        schema.bootstrap(admin)
+        access.bootstrap_roles(admin, info.owner_name)
+    with admin_connect(project, info, autocommit=False) as conn:
+        schema.install(conn)
+    return _record_instance(project, info, gid)
+
+
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+class Interrupted(BalsamError):
+    """init ended by SIGTERM or SIGHUP, after removing what it had made."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; init removed what "
+                         "it had made")
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def _hangups_interrupt() -> Iterator[None]:
+    """SIGTERM (a batch system, `kill`) and SIGHUP (a dropped ssh session) end init the
+    way Ctrl-C does: by an exception, so that what it made is removed. By default they
+    end the process where it stands: a half project that blocks the next init, with its
+    server left running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; a library caller keeps its own
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, old in before.items():
+            signal.signal(s, old)
 
 
 def default_settings(info: ServerInfo) -> dict[str, Any]:
@@ -136,6 +200,15 @@ def _check_target(root: Path) -> None:
     if root.exists() or root.is_symlink():
         if not root.is_dir() or root.is_symlink():
             raise ProjectError(f"{root} exists and is not a directory")
+        if (root / "server-info.json").exists():
+            # a project, or an init killed before it could clean up, whose server may run
+            raise ProjectError(
+                f"{root} holds a project (or what an interrupted init left): to start over, "
+                f"stop its server (`balsam-dbctl --project {root} stop --fast`) and remove "
+                "the directory; or choose a new path")
+        if (root / "balsamdb").exists():
+            raise ProjectError(f"{root} holds what an interrupted init left (no server was "
+                               "started): remove the directory, or choose a new path")
         if any(root.iterdir()):
             raise ProjectError(f"{root} exists and is not empty: choose a new path")
     elif not root.parent.is_dir():
@@ -203,14 +276,33 @@ def start_server(project: Project, *, takeover: bool = False) -> Outcome:
             port = cluster.pick_port()
             notices.append(f"port {info.port} is busy; the server now uses port {port}")
         project.check_socket_length(port)
+        _check_conf_values(project, info)
         cluster.write_server_conf(project, server, port=port, listen=info.listen,
                                   group=info.group, superuser=info.superuser,
                                   owner=info.owner_name)
         info = replace(info, host=here, port=port, pg_bindir=str(bindir))
         project.write_server_info(info, gid)
+        notices += cluster.clear_reused_lock_files(project, port)
         cluster.pg_ctl_start(project, bindir, server)
         info = _record_instance(project, info, gid)
     return Outcome(info, notices)
+
+
+def _check_conf_values(project: Project, info: ServerInfo) -> None:
+    """What start writes into the server's configuration from server-info.json, checked
+    as `init` checked it: a hand-edited value is one line naming the field, not a
+    traceback from deep in the writing."""
+    from .pgconf import validate_listen
+
+    try:
+        validate_listen(info.listen)
+    except ValueError:
+        raise BadControlFile(f"{project.server_info_path}: listen: {info.listen!r} is not a "
+                             "comma-separated list of host names or addresses") from None
+    for name in ("group", "superuser", "owner_name"):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", getattr(info, name)):
+            raise BadControlFile(f"{project.server_info_path}: {name}: "
+                                 f"{getattr(info, name)!r} is not a valid name")
 
 
 def stop_server(project: Project, *, fast: bool = False) -> Outcome:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,44 @@ def test_settings_typos_and_encodings_are_named(tmp_path: Path) -> None:
     p.settings_path.write_bytes(b'group = "g"\n[launcher]\n# caf\xe9\n')
     with pytest.raises(InputError, match=r"settings.toml, line 3: not valid UTF-8"):
         p.read_settings()
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    ("port", "abc", "port: must be a whole number"),
+    ("port", True, "port: must be a whole number"),
+    ("port", -5, "port: must be in 1-65535"),
+    ("port", 99999999, "port: must be in 1-65535"),
+    ("port", None, "port: must be a whole number"),
+    ("owner_uid", "0", "owner_uid: must be a whole number"),
+    ("server_uid", -1, "server_uid: must be in"),
+    ("pg_major", "15", "pg_major: must be a whole number"),
+    ("host", ["x"], "host: must be text"),
+    ("host", "", "host: must not be empty"),
+    ("pg_bindir", 5, "pg_bindir: must be text"),
+    ("owner_name", None, "owner_name: must be text"),
+    ("server_name", "a\x00b", "server_name: contains a NUL"),
+    ("started_at", "x", "started_at: must be a number"),
+    ("started_at", float("inf"), "started_at: must be a number"),
+    ("extra", 5, "extra: must be a JSON object"),
+])
+def test_a_hand_edited_server_info_names_the_field(tmp_path: Path, field: str, value: object,
+                                                   said: str) -> None:
+    """server-info.json edited by hand to a value of the wrong type or out of range gave
+    tracebacks (`"host": ["x"]` in status, `"port": "abc"` or `"pg_bindir": 5` in start),
+    or absurd lines ("owned by uid 0, not the project owner (uid 0)" for `"owner_uid":
+    "0"`, a socket named `.s.PGSQL.None`). Now one line naming the file and the field,
+    exit status 2, and nothing is written."""
+    from balsam_mpi.base.errors import InputError
+
+    raw = json.loads(_info().to_json())
+    raw[field] = value
+    with pytest.raises(ProjectError, match=re.escape(said)) as caught:
+        ServerInfo.from_json(json.dumps(raw), tmp_path / "server-info.json")
+    assert isinstance(caught.value, InputError) and caught.value.exit_code == 2
+    assert "server-info.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["[1]", "5", "null", '"x"'])
+def test_server_info_that_is_not_an_object_is_one_line(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ProjectError, match="not a valid server-info"):
+        ServerInfo.from_json(text, tmp_path / "server-info.json")
