@@ -93,7 +93,7 @@ def db_breakdown(proj: Project, conn: Any, k: int = 4096, reps: int = 5) -> dict
         "k": k, "reps": reps,
         "client_claim_us": claim, "client_report_us": report,
         "claim_us": server_claim,
-        "report_update_us": per_task("launcher_apply_reports", 1),
+        "report_update_us": per_task("launcher_write_reports", 1),
         "trigger_us": trigger,
         "outside_functions_us": (claim - server_claim) + (report - server_report),
         "total_us": claim + report,

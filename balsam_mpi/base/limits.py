@@ -34,6 +34,9 @@ ARGS_MAX_ITEMS = 4_096
 ARGS_MAX_BYTES = 1024 * 1024
 INPUT_FILES_MAX_ITEMS = 256
 JSON_MAX_DEPTH = 64  # nesting of params / tags / data
+# A batch job's filters: every leader reads every live job's filters once a second (the
+# division's read, launcher/preference.py), so one job's filters reach every launcher.
+FILTERS_MAX_BYTES = 64 * 1024
 
 # Integers: (minimum, maximum), both inclusive.
 INT_RANGES: dict[str, tuple[int, int]] = {

@@ -5358,3 +5358,184 @@ $$;
 
 GRANT EXECUTE ON FUNCTION autoscale_try_lock(jsonb), autoscale_unlock(jsonb)
     TO balsam_member;
+
+-- ==== 0025_reserve_lock_scope.sql ====
+-- 0025_reserve_lock_scope: a cancelled id reservation no longer leaves its lock behind.
+--
+-- What went wrong. tasks_reserve_ids (0007) made nextval and setval one step under a
+-- session-level advisory lock, taken with pg_advisory_lock and given back with
+-- pg_advisory_unlock two statements later. A session-level lock is not released when the
+-- transaction fails: if the statement is cancelled between the two (a cancel request, a
+-- statement_timeout, Ctrl-C or a notebook's interrupt during Client.add_tasks) the
+-- session keeps the lock, and every other reservation — every `task add`, every bulk add,
+-- every member's — waits on it, and fails at its lock_timeout, for as long as that session
+-- stays connected. A member does it on purpose in a few milliseconds: one session calls
+-- tasks_reserve_ids(1) in a loop while a second of their own sends pg_cancel_backend to
+-- it (allowed between sessions of one role); the lock stuck after 9 calls here
+-- (tests/db/test_checked_writes.py::test_a_cancelled_reservation_leaves_no_lock_behind).
+--
+-- The fix. The lock is now a transaction-level one taken inside a block of its own, and
+-- the block ends by raising an exception that its handler catches: that rolls back the
+-- block's subtransaction, and with it goes every lock taken inside it. nextval and
+-- setval are never rolled back (sequences are not transactional), and PL/pgSQL variables
+-- keep their values, so the block still hands out the block of ids. Whatever interrupts
+-- the block — a cancel anywhere inside it — also ends its subtransaction, so there is no
+-- moment at which the lock can outlive it, and the lock is still held only for the two
+-- sequence calls (an xact lock taken at the top level would serialize whole adds).
+
+CREATE OR REPLACE FUNCTION tasks_reserve_ids(n integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    seq text := pg_get_serial_sequence('public.tasks', 'id');
+    first bigint;
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'reserve at least one id, not %', n
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('balsam_mpi.tasks_reserve_ids'));
+        first := nextval(seq);
+        IF n > 1 THEN
+            PERFORM setval(seq, first + n - 1);
+        END IF;
+        -- Ends the subtransaction, and the lock with it; `first` and the sequence stay.
+        RAISE EXCEPTION USING ERRCODE = 'BR001';
+    EXCEPTION WHEN SQLSTATE 'BR001' THEN
+        NULL;
+    END;
+    -- Blocks of transactions that have ended are dead; SKIP LOCKED, so concurrent adds
+    -- never wait on each other's clean-up.
+    DELETE FROM public.task_id_blocks b WHERE b.ctid IN (
+        SELECT x.ctid FROM public.task_id_blocks x
+         WHERE x.xact < pg_snapshot_xmin(pg_current_snapshot())
+           FOR UPDATE SKIP LOCKED);
+    INSERT INTO public.task_id_blocks (xact, first, n) VALUES (pg_current_xact_id(), first, n);
+    RETURN first;
+END $$;
+
+-- ==== 0026_filters_limit.sql ====
+-- 0026_filters_limit: a batch job's filters are capped at 64 KiB of JSON text
+-- (base/limits.py FILTERS_MAX_BYTES).
+--
+-- Every other cap of base/limits.py has had its CHECK since 0007, but a batch job's
+-- filters had only the shape check of 0019/0022: launcher_open_job and batch_job_submit
+-- stored any size. Filters are not the job's own business: every leader on the project
+-- reads every live job's filters once a second (the division's read,
+-- launcher_claim_peers, launcher/preference.py), and the hunger checks and hand-backs
+-- test them against tasks. A member who opened one job with 20,000 workflow names
+-- (4 MB, through psql) made each other leader's read take 1.2 s and carry 4 MB, every
+-- second, for as long as the job's lease lived — the 60 MB parameter of issue 14.5 again.
+-- 64 KiB is some 300 workflow names of the longest kind (256 characters), or thousands
+-- of ordinary ones.
+--
+-- NOT VALID, as 0019: the migration does not fail on rows written before. A CHECK is
+-- still evaluated on every new version of a row, so a live job stored with bigger
+-- filters fails its next heartbeat and its lease runs out: that ends the reads it cost
+-- everyone. The constraint's name ends in the field, as the others', so a refusal names
+-- it. Per heartbeat it costs one jsonb-to-text of the row's (small) filters.
+ALTER TABLE batch_jobs ADD CONSTRAINT batch_jobs_filters_limit
+    CHECK (octet_length(filters::text) <= 65536) NOT VALID;
+
+-- ==== 0027_autoscale_lock_per_user.sql ====
+-- 0027_autoscale_lock_per_user: no member can hold another member's autoscale lock.
+--
+-- 0024 keyed the lock by (1650551923, hashtext(user || ' ' || filters)): the user was
+-- inside a 32-bit hash. Filters are the caller's to choose, so a member can search for
+-- filters of their own whose key equals another member's (the other's filters are in
+-- their batch jobs' rows, readable by all): about 2**32 hashes for a given target, minutes
+-- of CPU off the server. Holding that lock in an idle session, they made every look of the
+-- other's autoscaler with those filters be skipped (autoscale_try_lock said false), so it
+-- never submitted again; 0024's "a hash collision only skips a look" held for chance
+-- collisions, not chosen ones. (tests/db/test_autoscale.py::
+-- test_no_member_holds_up_anothers_autoscaler_with_a_colliding_key finds such a pair.)
+--
+-- Now the first key is the caller's role oid (its 32 bits as an int4), the second the
+-- hash of the filters. Two users never share a first key, so a chosen collision can only
+-- hold up the chooser's own looks. The two-key form stays apart from the database's other
+-- advisory locks, which all take one bigint key (pg_locks.objsubid 1, these 2); the
+-- one-lock-per-session rule now looks for a two-key advisory lock under the caller's oid.
+
+CREATE FUNCTION autoscale_lock_class() RETURNS integer
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT (r.oid::bigint - CASE WHEN r.oid::bigint > 2147483647 THEN 4294967296
+                                 ELSE 0 END)::integer
+      FROM pg_catalog.pg_roles r WHERE r.rolname = session_user
+$$;
+
+CREATE OR REPLACE FUNCTION autoscale_try_lock(p_filters jsonb) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM pg_locks l
+                      WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
+                        AND l.objsubid = 2
+                        AND l.classid = (SELECT r.oid FROM pg_catalog.pg_roles r
+                                          WHERE r.rolname = session_user))
+        THEN false
+        ELSE pg_try_advisory_lock(autoscale_lock_class(), hashtext(p_filters::text))
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION autoscale_unlock(p_filters jsonb) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT pg_advisory_unlock(autoscale_lock_class(), hashtext(p_filters::text))
+$$;
+
+-- ==== 0028_text_caps_on_reports.sql ====
+-- 0028_text_caps_on_reports: a launcher cannot store more than OUTPUT_TAIL_MAX characters
+-- (base/limits.py, 4,096) of output in a task, nor make a message of more from it.
+--
+-- A member's launcher reports the ends of the tasks it runs, other members' tasks
+-- included. Its client cuts a tail to OUTPUT_TAIL_MAX (launcher/reports.py), but the
+-- database took whatever launcher_report was given: through psql, alice wrote 10 MB into
+-- bob's task's output_tail, and with an end of kind 15 (REFUSED: the tail is the message)
+-- into its state_message and the history's event message, where `task show`, `task ls`
+-- and every report read them. (tests/db/test_checked_writes.py::
+-- test_a_launcher_cannot_store_a_long_tail_in_the_tasks_it_runs)
+--
+-- Cut, not refused: a refusal would fail the whole flush of a launcher whose tail is a
+-- little over, and everything else in it with it. Where: every report reaches the rows
+-- through launcher_apply_reports (launcher_report's two signatures and launcher_replay's
+-- journal lines), so the body of 0016 becomes launcher_write_reports, unchanged, and
+-- launcher_apply_reports a wrapper that cuts the tails first — a tail keeps its end (what
+-- the task printed last), a REFUSED end's message its start, as the functions of 0007 cut
+-- theirs. Its cost is one look at the length of each tail per flush (octet_length reads
+-- the header only), not a row trigger on every claimed and reported row: measured on the
+-- launcher's own calls, a BEFORE UPDATE OF output_tail trigger with a WHEN added about
+-- 0.5 µs per task to a report (benchmarks/dbparts.py).
+
+ALTER FUNCTION launcher_apply_reports(bigint, bigint, bigint[], double precision[], bigint[],
+                                      smallint[], integer[], double precision[],
+                                      double precision[], text[], integer)
+    RENAME TO launcher_write_reports;
+
+CREATE FUNCTION launcher_apply_reports(
+    p_job bigint, p_epoch bigint,
+    s_ids bigint[], s_at double precision[],
+    f_ids bigint[], f_kind smallint[], f_rc integer[], f_started double precision[],
+    f_ended double precision[], f_tail text[], p_paired integer)
+RETURNS TABLE (step text, changed bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    -- 4,096 characters are at most 16,384 bytes: a tail within that needs no look at
+    -- its characters.
+    IF EXISTS (SELECT 1 FROM unnest(f_tail) AS t (tail) WHERE octet_length(t.tail) > 4096)
+    THEN
+        -- By position, as the writer pairs them (whatever the arrays' bounds), and
+        -- the tails' count kept whatever the kinds' count.
+        f_tail := ARRAY(
+            SELECT CASE WHEN char_length(t.tail) <= 4096 THEN t.tail
+                        WHEN k.kind = 15 THEN left(t.tail, 4096)
+                        ELSE right(t.tail, 4096) END
+              FROM unnest(f_tail) WITH ORDINALITY AS t (tail, i)
+              LEFT JOIN unnest(f_kind) WITH ORDINALITY AS k (kind, i) ON k.i = t.i
+             ORDER BY t.i);
+    END IF;
+    RETURN QUERY SELECT * FROM public.launcher_write_reports(
+        p_job, p_epoch, s_ids, s_at, f_ids, f_kind, f_rc, f_started, f_ended, f_tail,
+        p_paired);
+END $$;
+REVOKE ALL ON FUNCTION launcher_apply_reports(bigint, bigint, bigint[], double precision[],
+                                              bigint[], smallint[], integer[],
+                                              double precision[], double precision[],
+                                              text[], integer) FROM PUBLIC;

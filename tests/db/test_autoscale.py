@@ -346,6 +346,40 @@ def test_the_lock_is_the_callers_own_and_one_per_session(
                             ).fetchone() == (True,)
 
 
+def test_no_member_holds_up_anothers_autoscaler_with_a_colliding_key(
+        pg_project: Project, dbname: str, su: Any, roles: dict[str, str]  # noqa: F811
+) -> None:
+    """0024 keyed the lock by a 32-bit hash of "user filters". A member can search for
+    filters of their own whose key is another member's (for a given target about 2**32
+    hashes, minutes of CPU; here a birthday pair, found in a second), hold that lock in
+    an idle session, and every look of the other's autoscaler with those filters is
+    skipped: it never submits. Since 0027 the user is a key of its own, not hashed."""
+    alice, bob = roles["alice"], roles["bob"]
+    pair = su.execute(
+        "WITH a AS (SELECT x.f, hashtext(%s || ' ' || x.f) AS h FROM ("
+        "             SELECT jsonb_build_object('workflows', jsonb_build_array('a' || i))::text"
+        "                    AS f FROM generate_series(1, 300000) i) x),"
+        "     b AS (SELECT y.f, hashtext(%s || ' ' || y.f) AS h FROM ("
+        "             SELECT jsonb_build_object('workflows', jsonb_build_array('b' || i))::text"
+        "                    AS f FROM generate_series(1, 300000) i) y)"
+        " SELECT a.f, b.f FROM a JOIN b ON a.h = b.h",  # no LIMIT: with one, a nested loop
+        (alice, bob)).fetchone()
+    assert pair is not None  # about 21 pairs are expected; none at all: 1 in 10**9
+    alices, bobs = pair
+    with lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname) as other:
+        other.execute(pgsql.SQL("SET SESSION AUTHORIZATION {}").format(
+            pgsql.Identifier(bob)))
+        assert other.execute("SELECT autoscale_try_lock(%s::jsonb)", (bobs,)
+                             ).fetchone() == (True,)
+        with as_role(su, alice) as conn:
+            assert conn.execute("SELECT autoscale_try_lock(%s::jsonb)", (alices,)
+                                ).fetchone() == (True,), "bob's lock holds up alice's looks"
+            assert conn.execute("SELECT autoscale_unlock(%s::jsonb)", (alices,)
+                                ).fetchone() == (True,)
+        assert other.execute("SELECT autoscale_unlock(%s::jsonb)", (bobs,)
+                             ).fetchone() == (True,)
+
+
 def test_running_jobs_adopted_by_their_launchers_count_against_the_limits(
         pg_project: Project, conn: Any, hello: None, store: Any) -> None:
     """A launcher records all its filters when it adopts its row, the empty ones too

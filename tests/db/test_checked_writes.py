@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
+from balsam_mpi.base import limits
 from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle
 from balsam_mpi.tasks.states import TRANSITIONS
@@ -191,6 +193,61 @@ def test_bulk_adds_take_only_ids_this_transaction_reserved(
     assert su.execute("SELECT count(*) FROM tasks").fetchone() == (3,)
 
 
+def _advisory_locks(conn: psycopg.Connection[Any], pid: int) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                       "AND pid = %s", (pid,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_cancelled_reservation_leaves_no_lock_behind(
+        pg_project: Project, dbname: str, su: psycopg.Connection[Any],
+        roles: dict[str, str]) -> None:
+    """A member cancels their own tasks_reserve_ids again and again (pg_cancel_backend
+    from a second session of theirs; a statement_timeout or Ctrl-C does the same): the
+    reservation's lock must never outlive the call, or every other member's add waits on
+    it for as long as that session stays connected (0025)."""
+    info = pg_project.read_server_info()
+    with lifecycle.admin_connect(pg_project, info, dbname) as other, \
+            lifecycle.admin_connect(pg_project, info, dbname) as canceller:
+        with as_role(su, roles["alice"]) as alice:
+            pid = alice.execute("SELECT pg_backend_pid()").fetchone()[0]
+            stop = threading.Event()
+
+            def cancel() -> None:
+                while not stop.is_set():
+                    canceller.execute("SELECT pg_cancel_backend(%s)", (pid,))
+
+            thread = threading.Thread(target=cancel)
+            thread.start()
+            cancelled = held = 0
+            try:
+                for _ in range(4000):
+                    try:
+                        alice.execute("SELECT tasks_reserve_ids(1)")
+                    except psycopg.errors.QueryCanceled:
+                        cancelled += 1
+                    held = _advisory_locks(other, pid)
+                    if held or cancelled >= 300:
+                        break
+            finally:
+                stop.set()
+                thread.join()
+            for _ in range(3):  # a cancel still on its way ends a statement of no account
+                try:
+                    alice.execute("SELECT 1")
+                    break
+                except psycopg.errors.QueryCanceled:
+                    pass
+            assert cancelled > 0, "no call was cancelled: the test proved nothing"
+            assert held == 0, (f"alice's session kept the reservation's lock after "
+                               f"{cancelled} cancelled calls")
+            # and another member's add goes on at once
+            with as_role(other, roles["bob"]) as bob:
+                bob.execute("SET lock_timeout = '2s'")
+                assert bob.execute("SELECT tasks_reserve_ids(3)").fetchone()[0] > 0
+
+
 def test_no_member_or_viewer_can_lock_a_table_launchers_write(
         su: psycopg.Connection[Any], roles: dict[str, str]) -> None:
     for who in ("alice", "vera", "boss"):
@@ -246,6 +303,75 @@ def test_large_objects_advisory_locks_and_notify_are_not_public(
 
 
 # -- batch jobs ---------------------------------------------------------------------------------
+def _filters_of(size: int) -> str:
+    """A batch job's filters whose JSON text (as jsonb prints it) is ``size`` bytes: a
+    list of workflow names as a launcher given many ``--workflow`` would write."""
+    empty = len(json.dumps({"workflows": [""]}))
+    full, last = divmod(size - empty, 204)  # a 200-character name, its quotes, ", "
+    text = json.dumps({"workflows": ["w" * 200] * full + ["v" * last]})
+    assert len(text) == size
+    return text
+
+
+def test_a_batch_jobs_filters_are_capped_for_every_door(
+        su: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    """Every leader reads every live job's filters once a second (launcher_claim_peers):
+    a member who opened a job with 4 MB of filters had every launcher on the project read
+    4 MB a second, as the 60 MB parameter once did (0026)."""
+    cap = limits.FILTERS_MAX_BYTES
+    with as_role(su, roles["alice"]) as c:
+        for size in (cap + 1, 4 * 1024 * 1024):
+            err = _error(c, "SELECT * FROM launcher_open_job(NULL, 'local', NULL, 'h', 1, 1, "
+                            "%s::jsonb, NULL, 60)", _filters_of(size))
+            assert err.sqlstate == "23514" and "batch_jobs_filters_limit" in str(err)
+            err = _error(c, "SELECT batch_job_submit('local', 'h', 1, %s::jsonb, NULL)",
+                         _filters_of(size))
+            assert err.sqlstate == "23514" and "batch_jobs_filters_limit" in str(err)
+        # adopting a row of one's own with such filters is refused as well
+        queued = c.execute("SELECT batch_job_submit('local', 'h', 1, '{}', NULL)"
+                           ).fetchone()[0]
+        err = _error(c, "SELECT * FROM launcher_open_job(%s, 'local', NULL, 'h', 1, 1, "
+                        "%s::jsonb, NULL, 60)", queued, _filters_of(cap + 1))
+        assert err.sqlstate == "23514"
+        job = c.execute("SELECT job_id FROM launcher_open_job(NULL, 'local', NULL, 'h', 1, 1, "
+                        "%s::jsonb, NULL, 60)", (_filters_of(cap),)).fetchone()[0]
+        assert c.execute("SELECT octet_length(filters::text) FROM batch_jobs WHERE id = %s",
+                         (job,)).fetchone() == (cap,)
+        assert c.execute("SELECT launcher_heartbeat(%s, 1)", (job,)).fetchone() == (True,)
+
+
+_REPORT = ("SELECT * FROM launcher_report(%s, 1, %s, %s, %s, %s::smallint[], %s, %s, %s, "
+           "%s)")
+
+
+def test_a_launcher_cannot_store_a_long_tail_in_the_tasks_it_runs(
+        su: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    """A member's launcher runs other members' tasks and reports their ends. Its client
+    cuts a tail to base/limits.py OUTPUT_TAIL_MAX, but through psql alice wrote 10 MB
+    into bob's task (output_tail, and with an end of kind 15 its state_message and the
+    history's message too). The database keeps the last OUTPUT_TAIL_MAX characters of a
+    tail and the first of a message (0028)."""
+    cap = limits.OUTPUT_TAIL_MAX
+    app_id = _app(su)
+    with as_role(su, roles["bob"]) as c:
+        mine = [_task(c, app_id), _task(c, app_id)]
+    big = "a" * 100 + "z" * (1024 * 1024)
+    with as_role(su, roles["alice"]) as c:
+        job, _ = _open_job(c)
+        got = c.execute("SELECT id FROM launcher_claim(%s, 1, 10, 100, 1, NULL, NULL, "
+                        "NULL, NULL, 10, NULL)", (job,)).fetchall()
+        assert sorted(r[0] for r in got) == sorted(mine)
+        now = [1.7e9, 1.7e9]
+        c.execute(_REPORT, (job, mine, now, [], [], [], [], [], []))
+        c.execute(_REPORT, (job, [], [], mine, [1, 15], [1, 1], now, now, [big, big]))
+    rows = su.execute("SELECT output_tail, state_message FROM tasks WHERE id = ANY (%s) "
+                      "ORDER BY id", (mine,)).fetchall()
+    assert rows[0] == (big[-cap:], "exit code 1")  # kind 1: the tail is the output's end
+    assert rows[1] == ("", big[:cap])  # kind 15: the tail is the message
+    assert su.execute("SELECT max(char_length(message)) FROM task_events WHERE task_id = "
+                      "ANY (%s)", (mine,)).fetchone()[0] <= cap
+
+
 def test_a_squatted_scheduler_id_neither_blocks_nor_is_adopted(
         su: psycopg.Connection[Any], roles: dict[str, str]) -> None:
     with as_role(su, roles["bob"]) as c:  # bob records alice's next PBS job id as his

@@ -1,0 +1,21 @@
+-- 0026_filters_limit: a batch job's filters are capped at 64 KiB of JSON text
+-- (base/limits.py FILTERS_MAX_BYTES).
+--
+-- Every other cap of base/limits.py has had its CHECK since 0007, but a batch job's
+-- filters had only the shape check of 0019/0022: launcher_open_job and batch_job_submit
+-- stored any size. Filters are not the job's own business: every leader on the project
+-- reads every live job's filters once a second (the division's read,
+-- launcher_claim_peers, launcher/preference.py), and the hunger checks and hand-backs
+-- test them against tasks. A member who opened one job with 20,000 workflow names
+-- (4 MB, through psql) made each other leader's read take 1.2 s and carry 4 MB, every
+-- second, for as long as the job's lease lived — the 60 MB parameter of issue 14.5 again.
+-- 64 KiB is some 300 workflow names of the longest kind (256 characters), or thousands
+-- of ordinary ones.
+--
+-- NOT VALID, as 0019: the migration does not fail on rows written before. A CHECK is
+-- still evaluated on every new version of a row, so a live job stored with bigger
+-- filters fails its next heartbeat and its lease runs out: that ends the reads it cost
+-- everyone. The constraint's name ends in the field, as the others', so a refusal names
+-- it. Per heartbeat it costs one jsonb-to-text of the row's (small) filters.
+ALTER TABLE batch_jobs ADD CONSTRAINT batch_jobs_filters_limit
+    CHECK (octet_length(filters::text) <= 65536) NOT VALID;
