@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..base.errors import ProjectError, ServerError
+from ..base.procs import pid_alive
 from ..base.project import Project, ServerInfo
 from . import pgconf
 from .accounts import Account, run_as
@@ -250,23 +251,13 @@ def clear_reused_lock_files(project: Project, port: int) -> list[str]:
             ours = len(lines) > 1 and os.path.samefile(lines[1], project.db_dir)
         except (OSError, ValueError):
             continue
-        if not ours or pid <= 0 or not _pid_alive(pid) or _running_in(project.db_dir):
+        if not ours or pid <= 0 or not pid_alive(pid) or _running_in(project.db_dir):
             continue
         path.unlink(missing_ok=True)
         removed.append(f"removed a stale {path.name} (pid {pid} is another process now, and "
                        "nothing runs in the data directory): the server had not been "
                        "stopped cleanly")
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _running_in(directory: Path) -> bool:

@@ -23,6 +23,8 @@ import logging
 import os
 import time
 
+from ..base.procs import pid_alive
+
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -53,16 +55,6 @@ def _own_cgroup() -> str | None:
                 inner = rel[len(mount_root.rstrip("/")):].lstrip("/")
                 return os.path.join(point, inner) if inner else point
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TaskCgroups:
@@ -170,7 +162,7 @@ def _remove_stale(own: str) -> None:
     except OSError:
         return
     for name in names:
-        if not name.startswith("balsam-") or not name[7:].isdigit() or _alive(int(name[7:])):
+        if not name.startswith("balsam-") or not name[7:].isdigit() or pid_alive(int(name[7:])):
             continue
         parent = os.path.join(own, name)
         with contextlib.suppress(OSError):
