@@ -380,8 +380,10 @@ def values_for(req: JobRequest, project: Project, *, batch_job_id: int | None,
 
 
 def filters_of(req: JobRequest) -> dict[str, Any]:
-    """The ``batch_jobs.filters`` a submission records: the launcher's own filters, in
-    the shape it records them itself when it adopts the row (only those given)."""
+    """The ``batch_jobs.filters`` a submission records: the launcher's own filters, only
+    those given. The launcher records all three keys when it adopts the row
+    (``ClaimFilter.as_json``: ``"tags": {}``, ``"owners": []``), so whoever compares
+    the two leaves empty parts out (``elastic.active_jobs``)."""
     settings = launcher_settings(req)
     out: dict[str, Any] = {}
     if settings.workflows:
