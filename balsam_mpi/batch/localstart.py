@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import BalsamError, UsageError
-from ..node import mpidetect
+from ..node import mpidetect, shmleft
 from ..node.mpienv import START_VARS, task_mpi_env
 
 STARTER_PID_ENV = "BALSAM_STARTER_PID"  # set for the ranks: whose death stops them
@@ -59,6 +59,7 @@ class LocalStart:
     how: str  # one line: which MPI, which starter, and why
     forks: bool = False  # gforker: the ranks run through rank_main
     drain_signal: int = 0  # non-zero: stay as the starter's parent and send it this one
+    sweeps: bool = False  # MPICH: remove killed jobs' start-up segments first (shmleft)
 
 
 def find_mpiexec(python: str = sys.executable,
@@ -102,11 +103,11 @@ def plan(ranks: int, launcher_args: Sequence[str], environ: Mapping[str, str] = 
                     "--rank", "--", *launcher_args]
             return LocalStart(argv, env, f"MPICH's fork starter {fork} ({info.describe()}): "
                                          "ranks forked here, PMI over socketpairs, no TCP port",
-                              forks=True)
+                              forks=True, sweeps=True)
         return LocalStart([program, "-n", str(ranks), *launcher], env,
                           f"{program} ({info.describe()}); no mpiexec.gforker beside it, so "
                           "hydra's control port listens on every address while it runs "
-                          "(docs/security.md)")
+                          "(docs/security.md)", sweeps=True)
     if info.kind == "openmpi":
         started = [n for n in _OPENMPI_SET if n not in environ]
         if started:
@@ -204,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = dict(start.env)
     if start.forks:
         env[STARTER_PID_ENV] = str(os.getpid())  # exec keeps this pid: gforker's
+    if start.sweeps:
+        # mpiexec keeps this pid, and MPICH names the ranks' start-up segment after it: a
+        # killed job's file of that name would stop them in MPI_Init (node/shmleft.py).
+        shmleft.sweep()
     try:
         os.execve(start.argv[0], start.argv, env)
     except OSError as exc:

@@ -34,7 +34,7 @@ from types import TracebackType
 from ..base.platform import node_name
 from ..protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Started
 from . import gpus as gpumod
-from . import mpilaunch, prepost, pypool, runner, stagein, taskplace, trampoline
+from . import mpilaunch, prepost, pypool, runner, shmleft, stagein, taskplace, trampoline
 from .ahead import PER_WAIT, Ahead
 from .deaths import Death, HeldDeaths, died_of_signal
 from .procwatch import ProcWatch
@@ -79,6 +79,9 @@ class Node(Stops, PyStart):
         self.procs = ProcWatch()  # what wait() sleeps on
         self.ahead = Ahead()  # queued tasks' directories, opened while the node waits
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
+        # MPICH start-up segments that killed jobs left: swept at the first step, and after
+        # a task ends badly, before a later task's mpiexec gets their pid (shmleft.py).
+        self.shm = shmleft.Sweeper()
         self.started_total = 0
         self.finished_total = 0
         self.done_share = 0.0  # node shares finished so far: the node's pace
@@ -181,6 +184,8 @@ class Node(Stops, PyStart):
             self._check_deadlines()
         if self.pool is not None:
             self.pool.outputs.tick(time.monotonic())
+        if self.shm.due >= 0:
+            self.shm.tick(time.monotonic())
         return self.start_ready() or did
 
     def start_ready(self) -> bool:
@@ -305,6 +310,8 @@ class Node(Stops, PyStart):
         runner.close(proc)
         del self.running[order.id]
         self._watch.discard(order.id)
+        if rc != 0 and not isinstance(proc, pypool.PyCall):
+            self.shm.ended_badly(time.monotonic())
         if proc.end_kind is None and rc != 0:
             if self.cutting:
                 proc.end_kind = EndKind.CUT  # the job's end took it down

@@ -1,0 +1,157 @@
+"""MPICH's start-up segments that killed jobs leave in ``/dev/shm``, and why they must go.
+
+MPICH (4.x and 5.0, the PyPI wheel's too) shares one memory segment among the ranks of a
+host while ``MPI_Init`` runs, ``/dev/shm/mpich_shm_<hash>_<n>``, and the hash is of the job's
+PMI name. Under hydra and gforker that name is ``kvs_<mpiexec's pid>_0``, so two jobs whose
+mpiexec had the same pid use the same file. Every rank tries to create it (``O_EXCL``); the
+one that succeeds sets it up, the others open it and wait for that set-up. The file is
+unlinked at ``MPI_Finalize``, so a job whose ranks are killed (SIGTERM or SIGKILL, before
+or after ``MPI_Init``) leaves it behind: 2–4 MB of the node's memory each. Once the pid
+comes round again, every rank of the new job finds the old file, none sets it up, and
+``MPI_Init`` fails with garbage ("failed to unpack address") or waits for ever (measured
+here: two kills at one pid, then a third job at it; the launcher's own ranks under
+``mpiexec.gforker`` hung in ``MPI_Init`` this way in the test suite).
+
+A launcher kills tasks (wall time, ``task kill``, a job's end) and is itself killed, and a
+node's pids come round (32,768 of them here), so this module removes such leftovers: files
+of that name, regular, owned by this user, that no process of ours holds. It is called
+before the local start execs the launcher's mpiexec (``batch/localstart.py``), when a node
+starts, and a little after a task of that node ends badly (``Node``).
+
+Why it is safe. The candidates are listed *before* the processes are looked at. A segment
+that existed then was created by a process that is in the list unless it has died, and a
+process holds it from its creation (an open descriptor) through the mapping to its end
+(descriptors are read before mappings, since a rank opens, maps, then closes). Removing a
+name never disturbs a job already attached (the memory stays until its last user unmaps
+it); only ranks still to attach would notice, and their job's creator is alive and seen.
+``min_age_s`` spares a file made in the instant between the two looks all the same.
+Another user's files are left alone (the sticky ``/dev/shm`` forbids it anyway), as are
+files held by processes this user cannot see (another PID namespace): such a file is
+spared only through ``min_age_s``, which is why a sweep never runs on a hurry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+PREFIX = "mpich_shm_"
+MIN_AGE_S = 5.0  # a file younger than this is spared (made between the two looks)
+AFTER_END_S = MIN_AGE_S + 1.0  # a node sweeps this long after a task ended badly
+SWEEP_GAP_S = 30.0  # and not more often than this
+
+
+def candidates(directory: str = SHM_DIR, uid: int | None = None,
+               now: float | None = None, min_age_s: float = MIN_AGE_S) -> list[str]:
+    """Names in ``directory`` that look like MPICH's start-up segments: regular files (not
+    links), owned by ``uid``, last changed at least ``min_age_s`` ago."""
+    uid = os.getuid() if uid is None else uid
+    now = time.time() if now is None else now
+    found = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        try:
+            st = os.lstat(os.path.join(directory, name))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_uid == uid and now - st.st_mtime >= min_age_s:
+            found.append(name)
+    return found
+
+
+def _held_by(pid_dir: Path, directory: str) -> Iterable[str]:
+    """Names in ``directory`` that one process has open, then those it has mapped."""
+    prefix = directory.rstrip("/") + "/"
+    try:
+        for fd in os.listdir(pid_dir / "fd"):
+            try:
+                target = os.readlink(pid_dir / "fd" / fd)
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                yield target[len(prefix):].removesuffix(" (deleted)")
+    except OSError:
+        pass
+    try:
+        with open(pid_dir / "maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                at = line.find(prefix)
+                if at >= 0:
+                    yield line[at + len(prefix):].rstrip("\n").removesuffix(" (deleted)")
+    except OSError:
+        pass
+
+
+def held(directory: str = SHM_DIR, proc: str = "/proc") -> set[str]:
+    """Names in ``directory`` that any process this user can look at holds open or mapped."""
+    names: set[str] = set()
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return names
+    for pid in pids:
+        names.update(_held_by(Path(proc) / pid, directory))
+    return names
+
+
+def sweep(directory: str = SHM_DIR, *, min_age_s: float = MIN_AGE_S, proc: str = "/proc",
+          holders: Callable[[str, str], set[str]] = held) -> list[str]:
+    """Remove the leftovers (see the module); the names removed. Never raises for a file
+    that cannot be looked at or removed: that one stays."""
+    found = candidates(directory, min_age_s=min_age_s)
+    if not found:
+        return []  # the usual case: one listdir
+    busy = holders(directory, proc)
+    removed = []
+    for name in found:
+        if name in busy:
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            continue
+        removed.append(name)
+    if removed:
+        log.info("removed %d MPICH start-up segment(s) that killed jobs left in %s (a "
+                 "later job whose mpiexec gets the same pid would fail or hang in MPI_Init: "
+                 "node/shmleft.py)", len(removed), directory)
+    return removed
+
+
+class Sweeper:
+    """When a node sweeps: once at its start, then ``AFTER_END_S`` after a task ends badly,
+    at most every ``SWEEP_GAP_S``."""
+
+    def __init__(self, directory: str = SHM_DIR, *, enabled: bool = True) -> None:
+        self.directory = directory
+        self.enabled = enabled and os.path.isdir(directory)
+        self.due = 0.0 if self.enabled else -1.0  # monotonic time of the next sweep; <0: none
+        self._last = -SWEEP_GAP_S
+        self._bad = -AFTER_END_S  # the last bad end
+
+    def ended_badly(self, now: float) -> None:
+        if self.enabled:
+            self._bad = now
+            if self.due < 0:
+                self.due = max(now + AFTER_END_S, self._last + SWEEP_GAP_S)
+
+    def tick(self, now: float) -> list[str]:
+        if self.due < 0 or now < self.due:
+            return []
+        self._last = now
+        self.due = -1.0
+        if self._bad > now - AFTER_END_S:  # a task's ranks may still be dying: once more
+            self.due = max(self._bad + AFTER_END_S, now + SWEEP_GAP_S)
+        return sweep(self.directory)
