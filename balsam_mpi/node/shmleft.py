@@ -1,16 +1,19 @@
 """MPICH's start-up segments that killed jobs leave in ``/dev/shm``, and why they must go.
 
-MPICH (4.x and 5.0, the PyPI wheel's too) shares one memory segment among the ranks of a
-host while ``MPI_Init`` runs, ``/dev/shm/mpich_shm_<hash>_<n>``, and the hash is of the job's
-PMI name. Under hydra and gforker that name is ``kvs_<mpiexec's pid>_0``, so two jobs whose
-mpiexec had the same pid use the same file. Every rank tries to create it (``O_EXCL``); the
-one that succeeds sets it up, the others open it and wait for that set-up. The file is
-unlinked at ``MPI_Finalize``, so a job whose ranks are killed (SIGTERM or SIGKILL, before
-or after ``MPI_Init``) leaves it behind: 2–4 MB of the node's memory each. Once the pid
-comes round again, every rank of the new job finds the old file, none sets it up, and
-``MPI_Init`` fails with garbage ("failed to unpack address") or waits for ever (measured
-here: two kills at one pid, then a third job at it; the launcher's own ranks under
-``mpiexec.gforker`` hung in ``MPI_Init`` this way in the test suite).
+MPICH (5.0, the PyPI wheel's, measured) shares one memory segment among the ranks of a
+host while ``MPI_Init`` runs, ``/dev/shm/mpich_shm_<hash>_<n>``, and the hash is of the
+job's PMI name. Under ``mpiexec.gforker`` (which starts the launcher on one host, and the
+tasks whose ranks are all on the rank's own host: ``mpilaunch.py``) that name is
+``kvs_<mpiexec's pid>_0``, so two jobs whose mpiexec had the same pid use the same file
+(hydra adds a random number and the host's name; srun uses Slurm's job and step ids).
+Every rank tries to create it (``O_EXCL``); the one that succeeds sets it up, the others
+open it and wait for that set-up. Only ``MPI_Finalize`` unlinks it, so a job whose ranks
+are killed (SIGTERM or SIGKILL) leaves it behind: 1–4 MB of the node's memory each. Once
+the pid comes round again, every rank of the new job finds the old file, none sets it up,
+and ``MPI_Init`` fails with garbage ("failed to unpack address") or waits for ever
+(reproduced here by choosing the pid: ``tests/e2e/test_shm_leftovers.py``; the
+launcher's own ranks under ``mpiexec.gforker`` hung in ``MPI_Init`` this way in the test
+suite).
 
 A launcher kills tasks (wall time, ``task kill``, a job's end) and is itself killed, and a
 node's pids come round (32,768 of them here), so this module removes such leftovers: files
@@ -18,16 +21,15 @@ of that name, regular, owned by this user, that no process of ours holds. It is 
 before the local start execs the launcher's mpiexec (``batch/localstart.py``), when a node
 starts, and a little after a task of that node ends badly (``Node``).
 
-Why it is safe. The candidates are listed *before* the processes are looked at. A segment
-that existed then was created by a process that is in the list unless it has died, and a
-process holds it from its creation (an open descriptor) through the mapping to its end
+Why it is safe. The candidates are listed *before* the processes are read. A listed file
+was created by a process that is in the later list unless it has died, and a process
+holds the file from its creation (an open descriptor) through its mapping to its end
 (descriptors are read before mappings, since a rank opens, maps, then closes). Removing a
-name never disturbs a job already attached (the memory stays until its last user unmaps
+name never disturbs ranks already attached (the memory stays until its last user unmaps
 it); only ranks still to attach would notice, and their job's creator is alive and seen.
-``min_age_s`` spares a file made in the instant between the two looks all the same.
-Another user's files are left alone (the sticky ``/dev/shm`` forbids it anyway), as are
-files held by processes this user cannot see (another PID namespace): such a file is
-spared only through ``min_age_s``, which is why a sweep never runs on a hurry.
+Files changed in the last ``min_age_s`` are spared besides, so that a holder this user
+cannot see (a process in another PID namespace) has its job's start to itself. Another
+user's files are never touched (the sticky ``/dev/shm`` forbids it anyway).
 """
 
 from __future__ import annotations
