@@ -16,10 +16,10 @@ import re
 from typing import TextIO
 
 # C0 controls but tab and newline, DEL, the C1 controls (CSI is U+009B), the marks and
-# overrides of bidirectional text (U+200E/F, U+202A-E, U+2066-9), and the lone surrogates
-# a bad byte can decode to.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
-                     "\ud800-\udfff]")
+# overrides of bidirectional text (U+061C, U+200E/F, U+202A-E, U+2066-9: Unicode's
+# Bidi_Control set), and the lone surrogates a bad byte can decode to.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                     "\u2066-\u2069\ud800-\udfff]")
 _UNSAFE_OR_NEWLINE = re.compile(f"\n|{_UNSAFE.pattern}")
 # What no label may hold (base/values.py `plain`): the same, and tab and newline too.
 NOT_IN_LABELS = re.compile(f"[\t\n]|{_UNSAFE.pattern}")

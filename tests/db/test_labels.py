@@ -34,7 +34,8 @@ def _insert(conn: Conn, app_id: int, workflow: str = "w", name: str = "",
 
 @pytest.mark.parametrize(("field", "value"), [
     ("workflow", "w\nforged"), ("name", HOSTILE), ("name", "rtl\u202eevil"),
-    ("name", "csi\u009b2J"), ("tags", '{"k\\u001b": "v"}'), ("tags", '{"k": "v\\r"}')])
+    ("name", "csi\u009b2J"), ("tags", '{"k\\u001b": "v"}'), ("tags", '{"k": "v\\r"}'),
+    ("name", "arabic\u061cmark"), ("tags", '{"k": "v\u061c"}')])
 def test_a_members_raw_insert_with_a_control_character_is_refused(
         su: Conn, roles: dict[str, str], field: str, value: str) -> None:  # noqa: F811
     app_id = _app(su)

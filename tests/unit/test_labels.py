@@ -22,7 +22,7 @@ from balsam_mpi.tasks.validate import AppInfo, check_changes, check_task
 APPS = {"hello": AppInfo(1, "hello", "echo hello", frozenset())}
 
 BAD = ["a\x1b[2Jb", "tab\there", "line\nbreak", "back\rspace", "del\x7f", "csi\x9b31m",
-       "rtl\u202eevil", "mark\u200f", "isolate\u2066x\u2069"]
+       "rtl\u202eevil", "mark\u200f", "isolate\u2066x\u2069", "arabic\u061cmark"]
 
 
 def _task(**kw: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ def test_escapes_returns_c1_and_bidi_overrides_are_spelled_out() -> None:
     assert visible("over\rwrite") == "over\\rwrite"
     assert visible("\x07\x7f\u009b31m") == "\\x07\\x7f\\x9b31m"
     assert visible("abc\u202edef\u2066") == "abc\\u202edef\\u2066"
+    assert visible("mark\u061c") == "mark\\u061c"  # Arabic letter mark: bidi too
     assert visible("bad \udcff byte") == "bad \\udcff byte"
 
 
