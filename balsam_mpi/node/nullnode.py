@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder, Started
 from .node import Node
+from .shmleft import Sweeper
 
 
 class NullNode(Node):
     """A node whose tasks end the moment they start, without a process: measures the
     leader and the protocol alone (``--null-runner``, benchmarks)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.shm = Sweeper(enabled=False)  # it starts no MPI job: nothing to sweep for
 
     def _start(self, order: RunOrder) -> None:
         now = time.time()

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 from balsam_mpi.node.node import Node
+from balsam_mpi.node.shmleft import Sweeper
 from balsam_mpi.protocol import Assign, Bye, Drain, EndKind, Finished, RunOrder, Started
 from tests.unit.leaderkit import FakeComm, FakeWorker
 
@@ -20,6 +21,7 @@ class SlotNode(Node):
 
     def __init__(self) -> None:
         super().__init__(die_with_parent=False)
+        self.shm = Sweeper(enabled=False)  # no process: its /proc read would only slow it
         self.sim: dict[int, RunOrder] = {}
         self.starts: Counter[int] = Counter()  # every start, to catch a task run twice
 
