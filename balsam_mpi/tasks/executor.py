@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from .client import Client
 
 log = logging.getLogger(__name__)
-# How often an idle watcher looks at its stop flag. Members may not NOTIFY (0007), so a
-# shutdown cannot wake it through the database; a timeout reads nothing.
+# How often an idle watcher looks at its stop flag. Members may not call pg_notify (0007),
+# so a shutdown cannot wake it through the database; a timeout reads nothing.
 STOP_CHECK_S = 0.5
 
 

@@ -6,8 +6,9 @@ channel ``balsam_task_final`` when it commits; deleting a task that had not ende
 too. A waiter LISTENs first, *then* reads the states of the tasks it waits for (so one
 that ends in between is not missed: its notification is already queued), then sleeps on
 its connection's socket until a notification arrives, and reads the tasks it names
-again. A notification is only a hint — any role may NOTIFY any channel — so what a
-waiter returns is always what it read from the tasks table.
+again. A notification is only a hint — any role may NOTIFY any channel with any text
+(``pg_notify`` is revoked, the ``NOTIFY`` command has no privilege) — so what a waiter
+returns is always what it read from the tasks table, and a payload is read defensively.
 
 Each wait uses a connection of its own (kept for the next wait), so waits may nest and
 the caller's own connection stays free; it stops listening when the wait ends, so an
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import sql
 from ..base import db, values
 from ..base.errors import BalsamError, InputError, NotFound, ServerError
+from ..base.termtext import visible
 from .states import FINAL, STOPPED
 
 if TYPE_CHECKING:
@@ -61,11 +63,13 @@ class Outcome(NamedTuple):
 
 
 def describe(o: Outcome) -> str:
-    """One line: the task, its state, why, and the last line of its output."""
+    """One line: the task, its state, why, and the last line of its output. Spelled out
+    (``termtext.visible``): the task's program wrote that line, and a TaskFailed is
+    printed on the terminal of whoever waited, who may be another member."""
     why = f" ({o.state_message})" if o.state_message else ""
     lines = [ln for ln in o.output_tail.splitlines() if ln.strip()]
     last = f": {lines[-1].strip()}" if lines else ""
-    return f"task {o.id} {o.state}{why}{last}"
+    return visible(f"task {o.id} {o.state}{why}{last}", newlines=False)
 
 
 class TaskFailed(BalsamError):
@@ -91,10 +95,12 @@ class WaitTimeout(BalsamError):
 
 
 def parse_payload(payload: str) -> set[int]:
-    """The ids a notification names; anything else in it is ignored (it is a hint)."""
+    """The ids a notification names; anything else in it is ignored (it is a hint).
+    Any role that may connect may NOTIFY (the command has no privilege), so only ASCII
+    digits count: ``str.isdigit`` also takes ``²`` and ``①``, which ``int`` refuses."""
     out: set[int] = set()
     for part in payload.split(","):
-        if part.isdigit() and len(part) <= _MAX_ID_DIGITS:
+        if part.isascii() and part.isdigit() and len(part) <= _MAX_ID_DIGITS:
             out.add(int(part))
     return out
 

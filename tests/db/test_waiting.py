@@ -5,6 +5,7 @@ only a hint. A thread plays the launcher, through the launcher's own database ca
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from balsam_mpi.launcher.store import Store
 from balsam_mpi.launcher.storeport import ClaimFilter
 from balsam_mpi.protocol import EndKind, Finished, Started
 from balsam_mpi.tasks import waiting
-from balsam_mpi.tasks.executor import Executor
+from balsam_mpi.tasks.executor import STOP_CHECK_S, Executor
 
 pytestmark = pytest.mark.timeout(30)
 T0 = 1_900_000_000.0
@@ -157,7 +158,7 @@ def test_a_notification_is_only_a_hint(client: Client, conn: Any, pg_project: Pr
     from balsam_mpi.dbctl import lifecycle
 
     ids = add(client, 2)
-    with pytest.raises(PermissionDenied), db.translated():  # members may not NOTIFY (0007)
+    with pytest.raises(PermissionDenied), db.translated():  # pg_notify: revoked (0007)
         conn.execute("SELECT pg_notify('balsam_task_final', %s)", (str(ids[0]),))
     # Whoever may (the superuser here) still only gives hints: the waiter reads the tasks.
     admin = lifecycle.admin_connect(pg_project, pg_project.read_server_info(), dbname)
@@ -622,3 +623,71 @@ def test_as_completed_checks_its_ids_and_starts_its_clock_when_called(
     with pytest.raises(waiting.WaitTimeout):
         next(it)
     t.join()
+
+
+# -- notifications from anyone ---------------------------------------------------------
+@pytest.fixture()
+def viewer(su: Any) -> Any:
+    """A viewer's session: the least trusted role that may connect at all."""
+    from psycopg import sql as pgsql
+
+    name = f"w_viewer_{os.getpid()}"
+    su.execute(pgsql.SQL("CREATE ROLE {} LOGIN IN ROLE balsam_viewer").format(
+        pgsql.Identifier(name)))
+    su.execute(pgsql.SQL("SET SESSION AUTHORIZATION {}").format(pgsql.Identifier(name)))
+    yield su
+    su.execute("RESET SESSION AUTHORIZATION")
+    su.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
+
+
+def notify(conn: Any, payload: str) -> None:
+    """The NOTIFY command: no privilege governs it, unlike pg_notify (revoked, 0007)."""
+    from psycopg import sql as pgsql
+
+    conn.execute(pgsql.SQL("NOTIFY balsam_task_final, {}").format(pgsql.Literal(payload)))
+
+
+# Digits to str.isdigit that int() does not read, digits of other scripts, and noise.
+HOSTILE_PAYLOADS = ["²", "1,²,3", "⁴⁵", "①", "١٢", "𝟗", "٣" * 19, " 1", "1" * 7999]
+
+
+@pytest.mark.parametrize("payload", HOSTILE_PAYLOADS)
+def test_a_viewers_notification_neither_breaks_nor_ends_a_wait(
+        client: Client, viewer: Any, launcher: FakeLauncher, payload: str) -> None:
+    """Any role that may connect may NOTIFY the waiters' channel with any text: a
+    superscript digit (a digit to ``str.isdigit``, not to ``int``) once made every
+    waiter of the project raise ValueError."""
+    ids = add(client, 2)
+    payload = payload.replace("1", str(ids[0]), 1) if payload.startswith("1,") else payload
+    t = launcher.later(0.2, lambda: notify(viewer, payload))
+    with pytest.raises(waiting.WaitTimeout):
+        client.wait(ids, timeout=1.0)  # woken, read nothing or read them: still READY
+    t.join()
+
+
+def test_a_payload_names_only_ids_in_ascii_digits() -> None:
+    assert waiting.parse_payload("7,²,١٢,𝟗, 8,9,x,,12345678901234567890") == {7, 9}
+
+
+def test_a_viewers_notification_does_not_stop_an_executor(
+        client: Client, viewer: Any, launcher: FakeLauncher) -> None:
+    with Executor(client) as ex:
+        f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        notify(viewer, f"²,{f.task_id}")
+        time.sleep(2 * STOP_CHECK_S)  # the watcher has read it
+        launcher.end({f.task_id: 3})
+        assert f.result(timeout=20) == 3
+        g = ex.submit("tests.pyfuncs:add", a=1, b=3)
+        launcher.end({g.task_id: 4})
+        assert g.result(timeout=20) == 4
+
+
+def test_a_failed_tasks_message_cannot_act_on_the_waiters_terminal() -> None:
+    """Any member's program writes its own output tail, and whoever waits for its task
+    gets TaskFailed: the interpreter prints that message, uncaught, on their terminal."""
+    o = waiting.Outcome(7, "FAILED", None, 1, "killed\x1b]0;owned\x07",
+                        "ok\nValueError: \x1b[2J\x1b[1;1Hall fine\u202e\x9b\n")
+    message = str(waiting.TaskFailed(o))
+    assert message == ("task 7 FAILED (killed\\x1b]0;owned\\x07): ValueError: "
+                       "\\x1b[2J\\x1b[1;1Hall fine\\u202e\\x9b")
+    assert o.output_tail.endswith("\u202e\x9b\n")  # what programs read is left as it was
