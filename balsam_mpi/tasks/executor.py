@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..base import db
 from ..base.errors import BalsamError, NotFound, ServerError, UsageError
 from .pyapps import check_path
-from .waiting import ENDED, Listener, Outcome, TaskFailed
+from .waiting import ENDED, Listener, Outcome, Reread, TaskFailed
 
 if TYPE_CHECKING:
     from .client import Client
@@ -204,6 +204,7 @@ class Executor(cf.Executor):
             return
         self._ready.set()
         pending: set[int] = set()
+        reread = Reread()
         try:
             while True:
                 with self._lock:
@@ -217,9 +218,10 @@ class Executor(cf.Executor):
                 try:
                     if new:  # each new task is read once; after that, only when notified
                         self._settle(listener, new, pending)
-                    # Bounded, to see a shutdown: a timeout reads nothing (no polling).
+                    # Bounded, to see a shutdown; what ended unannounced (a notification
+                    # skipped while the server's queue was crowded) is read every REREAD_S.
                     hinted = listener.sleep(STOP_CHECK_S)
-                    ask = (hinted or set()) & pending
+                    ask = reread.due(pending) or (hinted or set()) & pending
                     if ask:
                         self._settle(listener, ask, pending)
                 except ServerError as exc:

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # The states a wait ends at: finished, failed or killed (only a retry leaves them).
 ENDED = frozenset(s.value for s in FINAL | STOPPED)
 _MAX_ID_DIGITS = 19  # bigint
+# How often a waiter reads its pending tasks whatever it heard (Reread): one query of the
+# pending ids per wait, a few times a minute.
+REREAD_S = 15.0
 
 
 class Outcome(NamedTuple):
@@ -207,6 +210,26 @@ class Listener:
             return
 
 
+class Reread:
+    """When a waiter reads all its pending tasks again, notified or not: every
+    ``REREAD_S``. A notification can be skipped (migration 0030: while the server's queue
+    is crowded, ending a task does not notify), so no wait may depend on one alone."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic() + REREAD_S
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def due(self, pending: set[int]) -> set[int]:
+        """All of ``pending`` when the time has come (and the clock restarts), else none."""
+        now = time.monotonic()
+        if now < self.at:
+            return set()
+        self.at = now + REREAD_S
+        return set(pending)
+
+
 class Waiters:
     """The idle listening connections of one client (one per concurrent wait)."""
 
@@ -260,6 +283,7 @@ def _completed(waiters: Waiters, wanted: list[int], timeout: float | None,
             if i not in pending:
                 done.append(first[i])
                 yield first[i]
+        reread = Reread()
         while pending:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -269,12 +293,11 @@ def _completed(waiters: Waiters, wanted: list[int], timeout: float | None,
                 raise WaitTimeout(timeout or 0.0, done,
                                   [now[i] for i in sorted(pending) if i in now])
             try:
-                hinted = listener.sleep(left)
-                if hinted is None:
-                    continue  # the deadline: checked at the top
-                ask = hinted & pending
+                nap = reread.left()
+                hinted = listener.sleep(nap if left is None else min(left, nap))
+                ask = reread.due(pending) or (hinted or set()) & pending
                 if not ask:
-                    continue
+                    continue  # the deadline is checked at the top
                 now = listener.read(ask)
             except ServerError as exc:
                 listener.recover(exc, deadline)
