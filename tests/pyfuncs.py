@@ -63,6 +63,28 @@ def nan() -> float:
     return float("nan")
 
 
+async def coroutine() -> int:
+    return 1
+
+
+def generator() -> Any:
+    yield 1
+
+
+def keys(kind: str) -> Any:
+    """Dicts whose keys JSON writes as strings: apart, or two as one."""
+    return {"apart": [{7: "a", 2.5: "b", True: "c", None: "d", "x": "e"}],
+            "int": {"k": [{1: "int", "1": "str"}]},
+            "none": ({None: 1, "null": 2},)}[kind]
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def where() -> dict[str, Any]:
     return {"cwd": os.getcwd(), "pid": os.getpid(), "foo": os.environ.get("FOO"),
             "task": os.environ.get("BALSAM_TASK_ID"),

@@ -6,12 +6,15 @@ field (not click's usage block). Changing commands live in taskops.py.
 
 from __future__ import annotations
 
+import json
 import sys
+import textwrap
 from typing import Any
 
 import click
 
 from ..base.clibase import Group, echo, echo_json
+from ..base.termtext import visible
 from . import taskout, taskwait
 from .context import CliContext, pass_ctx
 from .table import echo_table
@@ -187,6 +190,19 @@ def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: An
         echo(f"(first {n} shown; use --limit for more)", err=True)
 
 
+def _shown(key: str, value: Any) -> str:
+    """A field of ``task show``, on its line. Any member's text (a state message, a
+    Python call's returned string) has its newlines spelled out, so it cannot print a
+    line that reads as another field; the output tail, lines by nature, is indented
+    under its label. A result is shown as the JSON stored: the string "3" and the
+    number 3 differ."""
+    if key == "result" and value is not None:
+        return visible(json.dumps(value, ensure_ascii=False), newlines=False)
+    if key == "output_tail" and value:
+        return "\n" + textwrap.indent(str(value), " " * 22, lambda _line: True)
+    return visible(str(value), newlines=False)
+
+
 @task.command("show")
 @click.argument("tid", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -199,7 +215,7 @@ def task_show(ctx: CliContext, /, tid: str, as_json: bool) -> None:
         return
     history = row.pop("history")
     for key, value in row.items():
-        echo(f"{key:>20}: {value}")
+        echo(f"{key:>20}: {_shown(key, value)}")
     echo("history:")
     for ev in history:
         frm = ev["from_state"] or "-"

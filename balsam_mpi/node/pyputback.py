@@ -134,6 +134,14 @@ class Saved:
         # the Mapping decodes every entry and cost more than all the rest of a call.
         self.environ: dict[bytes, bytes] = dict(os.environ._data)  # type: ignore[attr-defined]
 
+    def keep_environ(self, before: dict[bytes, bytes]) -> None:
+        """Make what the environment gained or lost since ``before`` (a module's import,
+        kept warm like the module) part of what is put back after every call."""
+        now: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+        for key in before.keys() - now.keys():
+            self.environ.pop(key, None)
+        self.environ.update(now.items() - before.items())
+
     def restore(self, between: Between) -> bool:
         """Everything back; False if this interpreter cannot be as it was (replace it)."""
         # The limits first: a descriptor or file-size limit the call lowered would fail

@@ -297,15 +297,27 @@ SELECT stage,
 
 -- name: analytics_failures
 -- Tasks whose latest run failed, grouped by what they have in common. The host is the
--- batch job's; the first non-blank line of the output tail usually names the error.
+-- batch job's; the first non-blank line of the output tail usually names the error. A
+-- Python traceback's first line is the same for every error: there the exception's own
+-- line is taken (the first unindented line after the last traceback's header).
 SELECT a.name AS app, t.state::text AS state, t.exit_code, coalesce(bj.host, '') AS host,
-       left(substring(btrim(t.output_tail, E' \t\r\n') FROM '^[^\n]*'), 160) AS first_line,
+       left(coalesce(exc.line,
+                     substring(btrim(t.output_tail, E' \t\r\n') FROM '^[^\n]*')), 160)
+         AS first_line,
        count(*) AS tasks,
        (array_agg(t.id ORDER BY t.id))[1:5] AS example_ids,
        max(coalesce(t.ended_at, t.started_at, t.created_at)) AS last_at
   FROM tasks t
   JOIN apps a ON a.id = t.app_id
   LEFT JOIN batch_jobs bj ON bj.id = t.batch_job_id
+  LEFT JOIN LATERAL (
+      SELECT m[1] AS line
+        FROM regexp_matches(t.output_tail,
+                            -- the regex's own escapes: \n newline, \t tab
+                            'Traceback \(most recent call last\):\n'
+                            '(?:[ \t][^\n]*\n|\n)*([^ \t\n][^\n]*)', 'g')
+             WITH ORDINALITY AS r(m, n)
+       ORDER BY n DESC LIMIT 1) exc ON true
  WHERE t.state IN ('RUN_ERROR', 'RUN_TIMEOUT', 'FAILED')
    AND coalesce(t.ended_at, t.started_at, t.created_at) >= %(t0)s
    AND coalesce(t.ended_at, t.started_at, t.created_at) < %(t1)s

@@ -65,13 +65,34 @@ class Outcome(NamedTuple):
         raise TaskFailed(self)
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def last_words(tail: str) -> str:
+    """The line of an output tail that says why: after a Python traceback, the first line
+    of its exception (``ValueError: …``; a message of many lines would otherwise show
+    only its last); else the last line written. Lines are split at newlines alone, so a
+    carriage return inside one does not hide what came before it."""
+    lines = [ln for ln in tail.split("\n") if ln.strip()]
+    if not lines:
+        return ""
+    start = next((i for i in range(len(lines) - 1, -1, -1)
+                  if lines[i].startswith(_TRACEBACK)), None)
+    if start is not None:
+        # The frames are indented; the exception's own line is the first that is not.
+        said = next((ln for ln in lines[start + 1:] if not ln[:1].isspace()), None)
+        if said is not None:
+            return said.strip()
+    return lines[-1].strip()
+
+
 def describe(o: Outcome) -> str:
-    """One line: the task, its state, why, and the last line of its output. Spelled out
-    (``termtext.visible``): the task's program wrote that line, and a TaskFailed is
-    printed on the terminal of whoever waited, who may be another member."""
+    """One line: the task, its state, why, and the line of its output that says why.
+    Spelled out (``termtext.visible``): the task's program wrote that line, and a
+    TaskFailed is printed on the terminal of whoever waited, who may be another member."""
     why = f" ({o.state_message})" if o.state_message else ""
-    lines = [ln for ln in o.output_tail.splitlines() if ln.strip()]
-    last = f": {lines[-1].strip()}" if lines else ""
+    said = last_words(o.output_tail)
+    last = f": {said}" if said else ""
     return visible(f"task {o.id} {o.state}{why}{last}", newlines=False)
 
 

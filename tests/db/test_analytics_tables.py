@@ -90,6 +90,22 @@ def test_failures_grouped(conn: Conn, admin: Conn) -> None:
     assert late["failed_tasks"] == 2
 
 
+def test_python_failures_are_grouped_by_their_exception(conn: Conn, admin: Conn) -> None:
+    """Every Python traceback begins with the same line: the groups are by the exception
+    (the last, when one was raised while handling another)."""
+    b = Builder(admin)
+    job = b.job(1, 0, 100, host="nid001")
+    frames = 'Traceback (most recent call last):\n  File "m.py", line 3, in f\n    g()\n'
+    value = frames + "ValueError: bad x\n  (more of the message)\n"
+    memory = "warming up\n" + frames + "MemoryError\n"
+    chained = (frames + "KeyError: 'k'\n\nDuring handling of the above exception, another "
+               "exception occurred:\n\n" + frames + "RuntimeError: no k\n")
+    for tail in (value, value, memory, chained):
+        b.task(state="FAILED", app="py", exit_code=1, tail=tail, job=job, ended=10)
+    groups = [(g["tasks"], g["first_line"]) for g in tables.failures(conn, Filters())["groups"]]
+    assert groups == [(2, "ValueError: bad x"), (1, "MemoryError"), (1, "RuntimeError: no k")]
+
+
 def test_list_jobs(conn: Conn, admin: Conn) -> None:
     b = Builder(admin)
     done = b.job(2, 0, 100, user="alice")

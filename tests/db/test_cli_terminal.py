@@ -9,6 +9,7 @@ terminals) the clipboard. The human-readable output shows such characters as esc
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -29,6 +30,7 @@ admin = build.admin
 # U+009F; CSI is U+009B), and reorders text around bidirectional overrides.
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 HOSTILE = "x\x1b]0;owned\x07\x1b[2J\r\u009b31m\u202eevil"
+RESULT = "ok\n               state: FAILED"  # would read as a field of `task show`
 
 
 def _run(*args: str) -> Result:
@@ -57,8 +59,11 @@ def hostile(admin: Conn, dbname: str) -> dict[str, int]:
     admin.execute("UPDATE tasks SET workflow = %s, name = %s, state_message = %s "
                   "WHERE id = %s", (f"w{HOSTILE}", f"n{HOSTILE}", f"m{HOSTILE}", failed))
     admin.execute("UPDATE tasks SET workflow = %s WHERE id = %s", (f"done{HOSTILE}", done))
+    # A Python call's returned string: only a launcher writes one, so planted too.
+    admin.execute("UPDATE tasks SET result = %s::json WHERE id = %s",
+                  (json.dumps(RESULT), done))
     admin.execute("RESET session_replication_role")
-    return {"job": job, "task": failed}
+    return {"job": job, "task": failed, "done": done}
 
 
 def test_task_listings_show_control_characters_as_escapes(hostile: dict[str, int]) -> None:
@@ -68,6 +73,18 @@ def test_task_listings_show_control_characters_as_escapes(hostile: dict[str, int
     show = _clean(_run("task", "show", str(hostile["task"])))
     assert "boom" in show and "\\x1b[2J" in show and "\\r" in show and "\\x9b" in show
     _clean(_run("task", "why", str(hostile["task"])))
+
+
+def test_task_show_prints_no_line_a_stored_value_made(hostile: dict[str, int]) -> None:
+    """A returned string or a message cannot add a line to `task show` that reads as one
+    of its fields; the output tail stays indented under its label."""
+    show = _clean(_run("task", "show", str(hostile["done"])))
+    assert '              result: "ok\\n               state: FAILED"' in show.splitlines()
+    assert [ln for ln in show.splitlines() if ln.strip().startswith("state:")] == [
+        "               state: JOB_FINISHED"]
+    show = _clean(_run("task", "show", str(hostile["task"])))
+    tail = show.split("output_tail:", 1)[1].splitlines()[1:3]
+    assert tail[0].startswith(" " * 22 + "boom") and tail[1] == " " * 22 + "more\\x1b[31m"
 
 
 def test_reports_and_jobs_show_control_characters_as_escapes(
@@ -81,8 +98,6 @@ def test_reports_and_jobs_show_control_characters_as_escapes(
 def test_json_keeps_the_values_themselves(hostile: dict[str, int]) -> None:
     """Machine output carries the value: JSON escapes control characters by its own rule,
     and a reader gets the exact text back."""
-    import json
-
     result = _run("task", "show", str(hostile["task"]), "--json")
     assert not RAW.findall(result.output)
     assert json.loads(result.output)["name"] == f"n{HOSTILE}"

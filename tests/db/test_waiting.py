@@ -134,6 +134,25 @@ def test_failures_and_kills_end_a_wait_and_result_raises_them(
     assert err.value.outcome.exit_code == 1
 
 
+def test_a_failure_is_described_by_its_exception_line_not_its_messages_last() -> None:
+    """A traceback's exception may say more over several lines (and carriage returns):
+    the one line is the exception's own; other output keeps its last line."""
+    tail = ("Traceback (most recent call last):\n  File \"m.py\", line 1, in f\n"
+            "    raise ValueError(msg)\nValueError: bad input\x1b[2J\n  at row 3\r"
+            "row 4\n\n")
+    failed = waiting.Outcome(7, "FAILED", None, 1, "exit code 1", tail)
+    # Spelled out, as every line a waiter may print (docs/security.md).
+    assert waiting.describe(failed) == \
+        "task 7 FAILED (exit code 1): ValueError: bad input\\x1b[2J"
+    chained = ("Traceback (most recent call last):\n  File ...\nKeyError: 'x'\n\nDuring "
+               "handling of the above exception, another exception occurred:\n\n" + tail)
+    assert waiting.last_words(chained) == "ValueError: bad input\x1b[2J"
+    assert waiting.last_words("step 1\nstep 2: no such file\n") == "step 2: no such file"
+    assert waiting.last_words("ok\rdone\n") == "ok\rdone"  # a \r hides nothing
+    assert waiting.last_words("  File \"x\"\nTraceback (most recent call last):\n  cut") \
+        == "cut"  # a traceback cut before its exception line: the last line
+
+
 def test_no_wake_up_is_lost_between_the_read_and_the_sleep(
         client: Client, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
     """The task ends right after the waiter read it as running: only the notification,

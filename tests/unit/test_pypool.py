@@ -91,6 +91,35 @@ def test_return_values_that_cannot_be_stored_fail_with_one_clear_line(
     assert len(ok(out[4])) == limits.RESULT_MAX_BYTES - 2  # exactly at the cap: kept
 
 
+def test_async_generator_and_too_deep_return_values_say_what_they_were(
+        node: Node, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    out = run(node, call(tmp_path, 1, "coroutine"), call(tmp_path, 2, "generator"),
+              call(tmp_path, 3, "nested", depth=100_000))
+    assert failed(out[1]).endswith(
+        "TypeError: the return value is not JSON: a coroutine: the function is async, and "
+        "its calls are not awaited; call it with asyncio.run() from a plain function")
+    assert failed(out[2]).endswith("TypeError: the return value is not JSON: a generator: "
+                                   "the function yields; return a list instead")
+    assert failed(out[3]).endswith(
+        "TypeError: the return value is not JSON: a list nested too deeply to encode")
+    assert ok(run(node, call(tmp_path, 4, "add", a=1, b=1))[4]) == 2
+    # The coroutine was closed in its call: no "never awaited" warning in the node's log.
+    assert "never awaited" not in capfd.readouterr().err
+
+
+def test_dict_keys_that_json_writes_as_one_string_fail_instead_of_losing_a_value(
+        node: Node, tmp_path: Path) -> None:
+    out = run(node, call(tmp_path, 1, "keys", kind="apart"), call(tmp_path, 2, "keys",
+                                                                  kind="int"),
+              call(tmp_path, 3, "keys", kind="none"))
+    assert ok(out[1]) == [{"7": "a", "2.5": "b", "true": "c", "null": "d", "x": "e"}]
+    assert failed(out[2]).endswith(
+        'TypeError: the return value is not JSON: a dict has two keys, int and str, both '
+        '"1" in JSON: one value would be lost')
+    assert failed(out[3]).endswith('two keys, NoneType and str, both "null" in JSON: one '
+                                   "value would be lost")
+
+
 def test_sys_exit_is_an_exit_status_as_for_a_script(node: Node, tmp_path: Path) -> None:
     out = run(node, call(tmp_path, 1, "sys_exit", code=0), call(tmp_path, 2, "sys_exit",
                                                                 code=4))
@@ -339,6 +368,19 @@ def test_variables_a_call_changes_adds_or_removes_do_not_reach_the_next(
     assert ok(run(node, meddle)[2]) == before["pid"]
     after = ok(run(node, call(tmp_path, 3, "read_env", names=names))[3])
     assert after == before  # same interpreter, none of the first call's changes
+
+
+def test_what_the_targets_import_does_to_the_environment_stays_with_the_module(
+        node: Node, tmp_path: Path) -> None:
+    """The module stays imported in a warm interpreter: what its import set or removed
+    in the environment is there for every call of it, not the first alone."""
+    def read(i: int) -> Any:
+        order = call(tmp_path, i, "noop", need=1.0)._replace(
+            python=("tests.pyenvmod:read", "{}"))
+        return ok(run(node, order)[i])
+
+    first, second = read(1), read(2)
+    assert first == second == {"set": "yes", "foo": None, "pid": first["pid"]}
 
 
 def test_a_call_that_closes_sys_stdout_and_stderr_does_not_break_the_next(
