@@ -249,7 +249,7 @@ class Leader:
             self._absorb(msg.report.started, msg.report.finished)
             view = self.workers.setdefault(source, WorkerView(source))
             view.alive = False
-            self.byes.add(source)
+            self.departures.said_bye(source)
         elif isinstance(msg, AddTasks):
             self.adds.received(msg)
         elif isinstance(msg, ErrorMsg):

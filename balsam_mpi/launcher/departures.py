@@ -2,7 +2,10 @@
 answering and who can no longer be reached.
 
 * **BYE**: the normal end of a worker (after a DRAIN, or its own signal); its last REPORT
-  rides in the BYE.
+  rides in the BYE. What it was sent and never started (dropped by its stop, or still on
+  its way) goes back to the pool then: a worker that left on its own while the leader
+  goes on (it cut its tasks when the leader was silent, as when Slurm suspends and
+  resumes the whole job) is sent nothing more, so no failed send would ever tell.
 * **Stopped answering** (``liveness.py``): silent past the worker timeout, a cut-off
   drain not finished in time, or never joined.
 * **Cannot be reached**: a send to it failed (``comm.py`` records it in ``Comm.gone``).
@@ -61,6 +64,20 @@ class Departures:
         """No BYE is awaited any more: every worker said it or was declared dead."""
         return len(self.byes) >= self.expected
 
+    def said_bye(self, rank: int) -> None:
+        """A worker's BYE, its last REPORT already absorbed: what it never started goes
+        back to the pool for the other nodes (or the close releases it)."""
+        self.byes.add(rank)
+        if rank in self.dead:
+            return
+        lost, requeued = self._write_lost(rank, f"worker rank {rank} had left")
+        if requeued:
+            log.info("worker rank %s on %s said BYE: %s task(s) it never started went back "
+                     "to the pool", rank, self._host(rank), requeued)
+        if lost:  # not expected: a BYE carries every end first
+            log.error("worker rank %s left %s started task(s) unreported: written as lost",
+                      rank, len(lost))
+
     def check(self, gone: Mapping[int, str]) -> None:
         """One pass, each turn of the loop: the unreachable now, the silent when due."""
         if gone:
@@ -79,9 +96,12 @@ class Departures:
             if rank in self.byes:
                 self.left.add(rank)
                 lost, requeued = self._write_lost(rank, f"worker rank {rank} had left")
+                # What it never started went back at its BYE (said_bye); this finds
+                # more only if something was placed on it after.
                 log.info("worker rank %s on %s had left (BYE) before a message reached it "
-                         "(%s); %s task(s) it never received went back to the pool",
-                         rank, self._host(rank), why, requeued)
+                         "(%s)%s", rank, self._host(rank), why,
+                         f"; {requeued} more task(s) went back to the pool" if requeued
+                         else "")
                 if lost:
                     log.error("worker rank %s left %s started task(s) unreported: written "
                               "as lost", rank, len(lost))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.slurm.jobkit import (
     batch_job,
     count_state,
     job_output,
+    job_state,
     running_events,
     submit,
     task_rows,
@@ -144,6 +146,67 @@ def test_slurm_warning_signal_drains(slurm_env: LocalSlurm, conn: Any, dbname: s
     assert sorted(running_events(conn).values()) == [1, 1, 1, 1], job_output(sub)
     reason = batch_job(conn, sub["batch_job_id"])[1] or ""
     assert "USR1" in reason, reason
+    no_strays(dbname)
+
+
+def test_a_running_job_requeued_runs_its_cut_tasks_in_its_next_run(
+        slurm_env: LocalSlurm, conn: Any, dbname: str) -> None:
+    """`scontrol requeue` of a running job: Slurm ends it as scancel does (TERM to every
+    step), then the same job id runs again. The first run cuts its tasks (requeued, no
+    retry spent) and closes the row; the second adopts that closed row under a new epoch
+    and runs what is left, each task once more at most."""
+    add_app(conn, "nap", "sleep 8")
+    ids = add_tasks(conn, "nap", 6, packing=2)
+    sub = submit("-n", "2", "-t", "5", "--workflow", dbname)
+    job = sub["scheduler_job_id"]
+    wait_for("four tasks running", lambda: count_state(conn, "RUNNING") == 4, 120,
+             lambda: f"{task_rows(conn)}\n{job_output(sub)}")
+    slurm_env.run("scontrol", "requeue", job)
+    wait_for("the requeued job pending", lambda: job_state(slurm_env, job) == "PENDING",
+             120, lambda: job_output(sub))
+    assert_nothing_lost(conn, sub)  # the first run's end: cut, closed, nothing counted
+    slurm_env.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    wait_for("the job's second run", lambda: conn.execute(
+        "SELECT lease_epoch FROM batch_jobs WHERE id = %s",
+        (sub["batch_job_id"],)).fetchone()[0] == 2, 120, lambda: job_output(sub))
+    wait_job_end(slurm_env, sub)
+    rows = task_rows(conn)
+    detail = f"{rows}\n{job_output(sub)}"
+    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, detail
+    assert all(tuple(row[2:]) == (0, 0, 0) for row in rows), detail
+    # Each task once, and once more for each cut by the requeue (none counted).
+    cut = {r[0]: r[1] for r in conn.execute(
+        "SELECT task_id, count(*) FROM task_events WHERE to_state = 'RESTART_READY' "
+        "GROUP BY 1")}
+    assert cut and running_events(conn) == {t: 1 + cut.get(t, 0) for t in ids}, detail
+    assert batch_job(conn, sub["batch_job_id"]) == ("FINISHED", "idle"), detail
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone()[0] == 1, detail
+    no_strays(dbname)
+
+
+def test_a_job_suspended_for_a_few_seconds_runs_all_its_tasks(
+        slurm_env: LocalSlurm, conn: Any, dbname: str) -> None:
+    """`scontrol suspend` stops every process of the job (SIGSTOP), `resume` goes on
+    (SIGCONT). A few seconds is short of the lease, long enough for the worker to hear
+    nothing from its leader: it cuts its tasks and leaves, and the leader runs on alone.
+    The tasks the leader had sent it ahead, which it never started, were held by the
+    leader until the end: the job went idle with them still READY."""
+    add_app(conn, "nap", "sleep 10")
+    ids = add_tasks(conn, "nap", 8, packing=2)  # 2 nodes x 2 slots, 4 more waiting
+    sub = submit("-n", "2", "-t", "5", "--workflow", dbname)
+    job = sub["scheduler_job_id"]
+    wait_for("four tasks running", lambda: count_state(conn, "RUNNING") == 4, 120,
+             lambda: f"{task_rows(conn)}\n{job_output(sub)}")
+    slurm_env.run("scontrol", "suspend", job)
+    time.sleep(4)  # past the worker's leader-silence bound with this tier's lease (20 s)
+    slurm_env.run("scontrol", "resume", job)
+    wait_job_end(slurm_env, sub)
+    rows = task_rows(conn)
+    detail = f"{rows}\n{job_output(sub)}"
+    assert {state for _id, state, *_ in rows} == {"JOB_FINISHED"}, detail
+    assert all(tuple(row[2:]) == (0, 0, 0) for row in rows), detail  # cut, not counted
+    assert set(running_events(conn)) == set(ids), detail
+    assert batch_job(conn, sub["batch_job_id"]) == ("FINISHED", "idle"), detail
     no_strays(dbname)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from balsam_mpi.launcher import departures
 from balsam_mpi.launcher.comm import mpi_reason
-from balsam_mpi.protocol import Assign
+from balsam_mpi.protocol import Assign, Bye, Report
 from tests.unit.leaderkit import make
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,3 +83,26 @@ def test_a_worker_whose_leader_is_gone_stops_with_one_line() -> None:
     comm.gone[0] = "OFI call tinjectdata failed"  # its HELLO could not be sent
     with pytest.raises(LeaderGone, match=r"leader \(rank 0\) cannot be reached: OFI call"):
         Worker(comm, NullNode(die_with_parent=False)).run()  # type: ignore[arg-type]
+
+
+def test_a_worker_that_left_on_its_own_gives_back_what_it_never_started(
+        tmp_path: Path) -> None:
+    """A worker that cut its tasks and said BYE while the leader went on (the leader
+    silent for a few seconds: `scontrol suspend` then `resume` of the whole job, a short
+    stall) had been sent tasks it dropped unstarted. No later send fails (nothing more
+    goes to a rank that said BYE), so only the BYE can hand them back: they ran on the
+    other ranks, not left claimed until the run ended 'idle' with them never run."""
+    kit = make(tmp_path, 6, workers=2)
+    kit.leader.dispatch.local_open = False
+    one = kit.workers[0]
+    one.silent = True  # takes its ASSIGN and starts nothing, then leaves
+    assert kit.comm is not None
+    kit.turns(lambda: any(a.tasks for a in kit.comm.to(1, Assign)))
+    sent = {o.id for a in kit.comm.to(1, Assign) for o in a.tasks}
+    kit.comm.inbox.append((1, Bye(1, Report(rank=1, acked=0, free=1.0, running=0,
+                                            queued=0, started=(), finished=()))))
+    one.gone = True
+    assert kit.run() == "idle"
+    assert kit.states() == {i: "JOB_FINISHED" for i in kit.store.tasks}, (sent, kit.states())
+    assert all(t.lost_retries == 0 for t in kit.store.tasks.values())
+    assert kit.leader.dead == set()
