@@ -180,13 +180,14 @@ class Leader:
             # at most every 10 ms.
             self.buffer.flush(idle=self.dispatch.all_idle())
         self._poll_kills()
-        if (self.kills.where and self.lease_watch.silence() < self.settings.heartbeat_s
+        if (self.kills.where and not self.lease_watch.failing
                 and not self.calls.busy("heartbeat") and self.holder_beats.due()):
             # Other launchers whose claims find nothing wait to see every job that holds
             # work their filters match renew its heartbeat before they end (claims.py):
             # while this one holds tasks, renew often, so they end soon after their work.
-            # Only while heartbeats succeed: with the database away the usual period
-            # stands (no flood of failing calls ahead of the writes that wait).
+            # Only while heartbeats succeed: from the first that fails, the usual period
+            # stands (no flood of failing calls ahead of the writes that wait, nor of
+            # warnings: gating on the silence let ten a second through for heartbeat_s).
             self.lease_watch.beats.soon()
         self.lease_watch.heartbeat()
         self._watch_lease()

@@ -222,3 +222,19 @@ def read_tail(fds: Sequence[int], limit: int) -> str:
             continue
         return raw.decode("utf-8", "replace")
     return ""
+
+
+FULL_NOTE = ("[balsam-mpi: the file system of the task's directory had no space left when "
+             "the task ended: what it wrote last, such as its own error message, may be "
+             "missing]")
+
+
+def full_disk_note(fd: int) -> str:
+    """FULL_NOTE when the file system holding ``fd`` has no block left for its user: a
+    task that failed because its output could not be written (ENOSPC) could not write
+    why either, and its record said no more than its exit code."""
+    try:
+        st = os.fstatvfs(fd)
+    except OSError:
+        return ""
+    return FULL_NOTE if st.f_blocks > 0 and st.f_bavail == 0 else ""

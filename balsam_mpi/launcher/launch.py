@@ -13,6 +13,7 @@ import contextlib
 import faulthandler
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -26,6 +27,7 @@ from ..base import values
 from ..base.errors import BalsamError, InputError, UsageError
 from ..base.project import Project
 from ..node.mpienv import START_VARS
+from ..node.runner import raise_nofile
 from . import logs, netmod
 from .config import Settings, resolve
 
@@ -151,6 +153,25 @@ def mpi_init_watchdog() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+# Descriptors a rank holds before its first task: MPI's, its database connections, its
+# log and journal, the Python pool's and the watchdog's pipes. Under a hard limit of 24 or
+# 40 (three ranks of a local start) a rank died of EMFILE part-way through its start, with
+# tracebacks, and left its batch job RUNNING until the lease ran out; under 64 it ran.
+NOFILE_FLOOR = 64
+
+
+def check_open_files() -> None:
+    """Refuse, in one line, an open-file limit the launcher cannot start under (the soft
+    limit is raised to the hard one first: node/runner.py)."""
+    raise_nofile()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < NOFILE_FLOOR:
+        shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        raise InputError(f"the open-file limit (ulimit -n) is {soft} (hard limit {shown}): "
+                         f"the launcher needs at least {NOFILE_FLOOR}, plus about four for "
+                         "each task running on a node; raise it where the launcher starts")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import mpi4py
 
@@ -162,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mpi4py.rc.finalize = True
     from mpi4py import MPI
 
+    raise_nofile()  # before MPI_Init, which opens descriptors of its own
     netmod_choice = None
     if not MPI.Is_initialized():
         netmod_choice = netmod.apply(os.environ, _library_version(MPI), START_VARS)
@@ -173,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rank = world.Get_rank()
     host = socket.gethostname()
     try:
+        check_open_files()  # before anything is written: nothing adopted, nothing claimed
         settings, project = settings_from(argv)
         logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
         if netmod_choice is not None:

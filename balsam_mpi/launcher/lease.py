@@ -76,6 +76,7 @@ class LeaseWatch:
         self.sweeps = Periodic(expire_check_s)
         self.last_beat = time.monotonic()  # the lease was opened (or adopted) just now
         self.lost = False
+        self.failing = False  # the last heartbeat failed (the database away)
         self.recovered = 0  # tasks of other jobs requeued or failed by this leader
 
     # -- its own lease ----------------------------------------------------------------
@@ -83,8 +84,11 @@ class LeaseWatch:
         """Renew the lease when due (ahead of every other database call)."""
         if self.beats.due():
             self.calls.start("heartbeat", self._beat, urgent=True, then=self._beaten,
-                             failed=lambda exc: log.warning(
-                                 "heartbeat failed (%s); will retry", exc))
+                             failed=self._failed)
+
+    def _failed(self, exc: BalsamError) -> None:
+        self.failing = True
+        log.warning("heartbeat failed (%s); will retry", exc)
 
     def _beat(self) -> tuple[float, bool]:
         """The heartbeat call (database thread), with when it was sent."""
@@ -93,6 +97,7 @@ class LeaseWatch:
 
     def _beaten(self, answer: tuple[float, bool]) -> None:
         sent, alive = answer
+        self.failing = False
         if alive:
             self.last_beat = max(self.last_beat, sent)
             self.on_beat(self.last_beat)

@@ -16,6 +16,7 @@ function raised), so its newlines and whatever a terminal would act on are spell
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -57,6 +58,46 @@ class _RankFilter(logging.Filter):
         return True
 
 
+class _FileHandler(logging.Handler):
+    """A rank's log file, written a record at a time with ``os.write`` (appending, no
+    buffer to grow). When a write fails (its file system full, a quota), Python's handler
+    printed a dozen-line `--- Logging error ---` traceback to stderr for every record,
+    drowning the job's output: this says so in one line, then once more if writes fail
+    again after they worked."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        super().__init__()
+        self.fd = fd
+        self.path = path
+        self.failing = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "replace")
+        except Exception:  # a record that cannot be formatted: logging's own report
+            self.handleError(record)
+            return
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as exc:
+            if not self.failing:
+                self.failing = True
+                sys.stderr.write(f"balsam_mpi launcher: the log file {self.path} cannot be "
+                                 f"written ({exc}): records are lost until it can be "
+                                 "written again (warnings still come here)\n")
+                sys.stderr.flush()
+            return
+        self.failing = False
+
+    def close(self) -> None:
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+        super().close()
+
+
 def setup(rank: int, log_dir: Path | None, run_name: str, level: str = "INFO",
           stderr_level: int = logging.WARNING) -> Path | None:
     """Configure the root logger for this rank; returns the log file (None if unwritable)."""
@@ -85,7 +126,7 @@ def setup(rank: int, log_dir: Path | None, run_name: str, level: str = "INFO",
             root.warning("no log file: %s", exc)
         else:
             path = log_dir / name
-            handler = logging.StreamHandler(open(fd, "a", encoding="utf-8"))
+            handler = _FileHandler(fd, path)
             handler.setFormatter(fmt)
             handler.addFilter(rank_filter)
             root.addHandler(handler)

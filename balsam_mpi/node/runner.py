@@ -349,7 +349,7 @@ def close(proc: TaskProcess) -> None:
     """Release what the process held: the tail is kept (read through the runner's own
     descriptors first), then the descriptors and its cgroup go."""
     if proc.tail is None and proc.rc is not None:
-        proc.tail = taskfiles.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
+        proc.tail = _read_tail(proc)
     for name in ("pidfd", "out_fd", "err_fd"):
         fd = getattr(proc, name)
         if fd >= 0:
@@ -364,5 +364,15 @@ def output_tail(proc: TaskProcess, limit: int = TAIL_BYTES) -> str:
     """The last bytes of the task's stderr, else its stdout (for a failed task's record),
     as the runner wrote them: a name swapped for a link since is never followed."""
     if proc.tail is None:
-        proc.tail = taskfiles.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
+        proc.tail = _read_tail(proc)
     return proc.tail[-limit:] if limit < len(proc.tail) else proc.tail
+
+
+def _read_tail(proc: TaskProcess) -> str:
+    """The outputs' tail, and at its end (kept by any cut from the front) a note when
+    their file system is full."""
+    tail = taskfiles.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
+    note = taskfiles.full_disk_note(proc.err_fd if proc.err_fd >= 0 else proc.out_fd)
+    if not note:
+        return tail
+    return f"{tail}\n{note}" if tail and not tail.endswith("\n") else tail + note

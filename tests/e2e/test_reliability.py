@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from balsam_mpi.base.project import Project
-from tests.conftest import FOUND_MPI
+from tests.conftest import FOUND_MPI, mpirun
 from tests.e2e.test_launcher import add, no_strays, running_events, states
 from tests.e2e.test_lifecycle import processes, start, task_pids, wait_end, wait_for
 from tests.procs import running
@@ -345,4 +345,34 @@ def test_a_frozen_leader_makes_its_workers_cut_their_tasks(conn: Any, dbname: st
     assert set(running_events(conn).values()) == {1}
     assert "balsam-mpi watchdog: rank pid" in out, out
     assert "the watchdog cut this node's tasks" in out, out
+    no_strays(dbname)
+
+
+def test_a_low_open_file_limit_is_one_line_and_touches_nothing(conn: Any,
+                                                               dbname: str) -> None:
+    """Under a hard `ulimit -n` of 40 the ranks died of EMFILE part-way through their
+    start: CRITICAL tracebacks, a second traceback while stopping, and a batch job left
+    RUNNING until its lease ran out. Now: one line, before anything is written. (One
+    rank: with several, each refuses and MPICH may end rank 0 when another's abort comes
+    first, before its line is out.)"""
+    import resource
+
+    add(conn, 2, command="true", app="fine")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    proc = subprocess.Popen([*mpirun(1), sys.executable, "-m", "balsam_mpi",
+                             "--idle-timeout", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=low_limit)
+    out = ended(proc, 90)
+    assert proc.returncode == 2, out
+    assert out.count("error:") == 1, out
+    assert ("balsam_mpi launcher: error: the open-file limit (ulimit -n) is 40 (hard "
+            "limit 40): the launcher needs at least 64, plus about four for each task "
+            "running on a node; raise it where the launcher starts") in out, out
+    assert "Traceback" not in out and "CRITICAL" not in out, out
+    assert count(conn, "state = 'READY'") == 2
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (0,)
     no_strays(dbname)

@@ -4,6 +4,7 @@ often a launcher holding tasks renews its heartbeat for them."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -101,3 +102,29 @@ def test_with_the_database_away_heartbeats_keep_their_usual_period(
     deadline = time.monotonic() + 3.0
     kit.turns(lambda: time.monotonic() > deadline)
     assert kit.store.calls.count("heartbeat") - before <= 8
+
+
+def test_the_first_failed_heartbeat_ends_the_frequent_renewal(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The frequent renewal went on for the first `heartbeat_s` of an outage: a real
+    launcher holding tasks logged `heartbeat failed` about ten times a second (95 lines
+    in the first 10 s of a 25 s server stop). After one failure the usual period
+    stands. (The store records a call made while it is down as its reconnection, so the
+    failures are counted in the log.)"""
+    kit = make(tmp_path, workers=1, finish=False, heartbeat_s=5.0, lease_s=60.0)
+    ids = kit.store.add_tasks([{"app": "a", "node_packing_count": 4} for _ in range(2)])
+    kit.leader.dispatch.local_open = False
+    kit.turns(lambda: all(kit.store.tasks[i].state == "RUNNING" for i in ids))
+    kit.store.down = True
+    deadline = time.monotonic() + 2.0
+    with caplog.at_level(logging.WARNING, logger="balsam_mpi.launcher.lease"):
+        kit.turns(lambda: time.monotonic() > deadline)
+    failed = [r for r in caplog.records if r.getMessage().startswith("heartbeat failed")]
+    assert len(failed) <= 1, len(failed)
+    kit.store.down = False  # back: the next due heartbeat renews, then often again
+    kit.leader.lease_watch.beats.soon()
+    kit.turns(lambda: kit.leader.lease_watch.silence() < 0.5)
+    before = kit.store.calls.count("heartbeat")
+    deadline = time.monotonic() + 1.6
+    kit.turns(lambda: time.monotonic() > deadline)
+    assert kit.store.calls.count("heartbeat") - before >= 2

@@ -89,3 +89,36 @@ def test_a_value_in_a_record_cannot_forge_a_line_or_reach_a_terminal(log_dir: Pa
     assert len(records) == 2 and not any(ln.startswith("2026-12-06 08:00") for ln in records)
     assert "\x1b" not in text and "\x07" not in text
     assert "x\\n2026-12-06" in text and "\\x1b[2J" in text and "bad\\x1b]0;title\\x07" in text
+
+
+def test_a_full_log_file_system_is_said_once(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Once log/ was full, every record printed Python's dozen-line `--- Logging error
+    ---` traceback to the job's stderr; now one line says the file cannot be written, and
+    warnings still reach stderr."""
+    import subprocess
+
+    log_dir = tmp_path / "p" / "log"
+    log_dir.mkdir(parents=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(log_dir)],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        path = logs.setup(0, log_dir, "job6")
+        for i in range(300):
+            logging.getLogger("x").info("line %s %s", i, "y" * 100)
+        logging.getLogger("x").warning("the end")
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+        subprocess.run(["umount", "-l", str(log_dir)], capture_output=True, check=False)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err[:2000]
+    lines = err.splitlines()
+    assert lines[-1].endswith("x: the end"), err
+    said = [line for line in lines if "cannot be written" in line]
+    assert said == [f"balsam_mpi launcher: the log file {path} cannot be written ([Errno "
+                    "28] No space left on device): records are lost until it can be "
+                    "written again (warnings still come here)"], err

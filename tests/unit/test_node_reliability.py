@@ -5,6 +5,8 @@ input_files are linked before it starts."""
 from __future__ import annotations
 
 import select
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,4 +64,34 @@ def test_input_files_are_linked_before_the_task_starts(tmp_path: Path) -> None:
     task_dir = Path(child.cwd)
     assert (task_dir / "task.out").read_text() == "from the parent\n"
     assert (task_dir / "result.txt").is_symlink() and not (task_dir / "other.dat").exists()
+    node.close()
+
+
+@pytest.fixture()
+def full_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs of its own (root only), unmounted after."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def test_a_task_that_failed_on_a_full_disk_says_so(tmp_path: Path, full_fs: Path) -> None:
+    """A task filling its directory's file system could not write its own error message
+    either: its record said "exit code 1" with nothing else."""
+    node = Node(environ={"PATH": "/usr/bin:/bin"})
+    script = "yes x | head -c 200000 || { echo cannot write >&2; exit 1; }"
+    node.apply(Assign(1, (order(full_fs, 1, ("sh", "-c", script), need=0.5),
+                          order(tmp_path, 2, ("sh", "-c", "echo bad >&2; exit 3"),
+                                need=0.5))))
+    ended = {f.id: f for f in run_until(node, 2)}
+    assert ended[1].kind == EndKind.ERROR and ended[1].rc == 1
+    assert ended[1].tail.endswith("had no space left when the task ended: what it wrote "
+                                  "last, such as its own error message, may be missing]"), \
+        ended[1].tail[-300:]
+    assert ended[2].kind == EndKind.ERROR and ended[2].tail == "bad\n"  # room: no note
     node.close()
