@@ -10,6 +10,7 @@ within the hold.
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import NamedTuple
 
@@ -51,3 +52,18 @@ class HeldDeaths:
             for d in decided:
                 d.proc.end_kind = EndKind.CUT
         return decided
+
+
+def signal_note(tail: str, signum: int) -> str:
+    """The tail of a task that a signal ended, which the launcher did not send (its own
+    kills end as KILLED, TIMEOUT or CUT), with a last line naming it: the record's
+    "exit code -1" said nothing of `scancel --signal=HUP`, or "-9" of the OOM killer."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = "unknown"
+    why = (": the kernel's out-of-memory killer sends it, as does kill -9"
+           if signum == signal.SIGKILL else "")
+    note = (f"[balsam-mpi: the task was ended by signal {signum} ({name}), which this "
+            f"launcher did not send{why}]")
+    return f"{tail}\n{note}" if tail and not tail.endswith("\n") else tail + note

@@ -36,7 +36,7 @@ from ..protocol import Assign, Changes, EndKind, Finished, Report, RunOrder, Sta
 from . import gpus as gpumod
 from . import mpilaunch, prepost, pypool, runner, shmleft, stagein, taskplace, trampoline
 from .ahead import PER_WAIT, Ahead
-from .deaths import Death, HeldDeaths, died_of_signal
+from .deaths import Death, HeldDeaths, died_of_signal, signal_note
 from .procwatch import ProcWatch
 from .pystart import PyStart
 from .resources import NodeResources
@@ -345,6 +345,8 @@ class Node(Stops, PyStart):
             # No time left for the postprocess: the task runs again in a later job.
             kind = EndKind.CUT
         tail = "" if kind == EndKind.DONE else runner.output_tail(proc)
+        if kind == EndKind.ERROR and rc < 0 and not isinstance(proc, pypool.PyCall):
+            tail = signal_note(tail, -rc)  # (a Python call's death has its own line)
         self._end(order, Finished(order.id, order.epoch, int(kind), rc, proc.started_at,
                                   ended, tail))
 

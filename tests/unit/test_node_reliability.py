@@ -95,3 +95,21 @@ def test_a_task_that_failed_on_a_full_disk_says_so(tmp_path: Path, full_fs: Path
         ended[1].tail[-300:]
     assert ended[2].kind == EndKind.ERROR and ended[2].tail == "bad\n"  # room: no note
     node.close()
+
+
+def test_a_task_killed_by_a_signal_says_which(tmp_path: Path) -> None:
+    """`scancel --signal=HUP`, the kernel's OOM killer, another user's kill: the record
+    said "exit code -1" or "-9" and nothing more; the tail now names the signal."""
+    node = Node(environ={"PATH": "/usr/bin:/bin"}, signal_hold_s=0.0)
+    node.apply(Assign(1, (order(tmp_path, 1, ("sh", "-c", "echo started; kill -HUP $$"),
+                                need=0.5),
+                          order(tmp_path, 2, ("sh", "-c", "kill -KILL $$"), need=0.5))))
+    ended = {f.id: f for f in run_until(node, 2)}
+    assert (ended[1].kind, ended[1].rc) == (EndKind.ERROR, -1)
+    assert ended[1].tail.startswith("started\n") and ended[1].tail.endswith(
+        "[balsam-mpi: the task was ended by signal 1 (SIGHUP), which this launcher did "
+        "not send]"), ended[1].tail
+    assert ended[2].tail == ("[balsam-mpi: the task was ended by signal 9 (SIGKILL), which "
+                             "this launcher did not send: the kernel's out-of-memory killer "
+                             "sends it, as does kill -9]"), ended[2].tail
+    node.close()
