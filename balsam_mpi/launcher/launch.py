@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -172,6 +172,29 @@ def check_open_files() -> None:
                          "each task running on a node; raise it where the launcher starts")
 
 
+# A start-up refusal is the same on every rank (the same settings and limits), and rank 0
+# says it. Every rank then aborts the job, and a worker's abort could reach the process
+# manager first and end rank 0 before its line was out (seen once, three ranks under a
+# loaded gforker: no output at all). So the others wait: rank 0's abort ends them, and a
+# worker still there after the wait refused alone, and says why itself.
+REFUSAL_WAIT_S = 5.0
+
+
+def refuse_start(world: Any, rank: int, exc: BalsamError, *,
+                 wait_s: float = REFUSAL_WAIT_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+    """One line on stderr and the job ended with the refusal's status (see above)."""
+    if rank == 0:
+        print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
+    if world.Get_size() == 1:  # nothing to take down: one line and the status only
+        sys.exit(exc.exit_code)
+    if rank != 0:
+        sleep(wait_s)
+        print(f"balsam_mpi launcher (rank {rank}): error: {exc}", file=sys.stderr,
+              flush=True)
+    world.Abort(exc.exit_code)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import mpi4py
 
@@ -205,11 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if note is not None:  # said once on stderr (rank 0), in every rank's log
             log.log(logging.WARNING if rank == 0 else logging.INFO, "%s", note)
     except BalsamError as exc:
-        if rank == 0:
-            print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
-        if world.Get_size() == 1:  # nothing to take down: one line and the status only
-            sys.exit(exc.exit_code)
-        world.Abort(exc.exit_code)
+        refuse_start(world, rank, exc)
         return
     runner: Any = None
     try:

@@ -103,3 +103,46 @@ def test_specs_render_argv_without_a_shell() -> None:
     assert render("echo {who}", {"who": "a b; rm -rf /"}, ["x y"], False) == (
         "echo", "a b; rm -rf /", "x y")
     assert render("/bin/true", {}, [], False) == ("/bin/true",)
+
+
+class _World:
+    def __init__(self, size: int, events: list[str]) -> None:
+        self.size, self.events = size, events
+
+    def Get_size(self) -> int:  # mpi4py's names
+        return self.size
+
+    def Abort(self, code: int) -> None:
+        self.events.append(f"abort {code}")
+
+
+@pytest.mark.parametrize("rank", [0, 2])
+def test_a_start_refusal_leaves_rank_0_time_to_say_it(
+        rank: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every rank refuses the same settings; a worker that aborted at once could end rank
+    0 before its line was printed (no output at all). Workers wait first, and say it
+    themselves if rank 0's abort has not ended them."""
+    from balsam_mpi.base.errors import InputError
+    from balsam_mpi.launcher.launch import REFUSAL_WAIT_S, refuse_start
+
+    events: list[str] = []
+    refuse_start(_World(3, events), rank, InputError("bad: setting"),
+                 sleep=lambda s: events.append(f"sleep {s:g}"))
+    err = capsys.readouterr().err
+    if rank == 0:
+        assert events == ["abort 2"] and err == "balsam_mpi launcher: error: bad: setting\n"
+    else:
+        assert events == [f"sleep {REFUSAL_WAIT_S:g}", "abort 2"]
+        assert err == "balsam_mpi launcher (rank 2): error: bad: setting\n"
+
+
+def test_a_single_rank_refusal_exits_with_its_status(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from balsam_mpi.base.errors import InputError
+    from balsam_mpi.launcher.launch import refuse_start
+
+    events: list[str] = []
+    with pytest.raises(SystemExit) as ended:
+        refuse_start(_World(1, events), 0, InputError("bad"))
+    assert ended.value.code == 2 and events == []
+    assert capsys.readouterr().err == "balsam_mpi launcher: error: bad\n"
