@@ -6,6 +6,7 @@ field (not click's usage block). Changing commands live in taskops.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..base.clibase import Group, echo, echo_json
+from ..base.clibase import Group, echo, echo_json, echo_json_list
 from ..base.termtext import visible
 from . import taskout, taskwait
 from .context import CliContext, pass_ctx
@@ -174,19 +175,19 @@ def task_ls(ctx: CliContext, /, limit: str, sort: str, as_json: bool, **opts: An
     n = count(limit, "limit")
     sort = name("sort", sort)
     # one row more, to say there are more: within the client's cap at the largest --limit
-    rows = list(ctx.client().tasks(order=sort, limit=min(n + 1, ID_MAX - 1),
-                                   **filters_from(opts)))
-    more = len(rows) > n
-    rows = rows[:n]
+    found = ctx.client().tasks(order=sort, limit=min(n + 1, ID_MAX - 1),
+                               **filters_from(opts))
+    # Rows are printed as the pages come (tasks() is lazy by id), never all held at once.
+    rows = itertools.islice(found, n)
     if as_json:
-        echo_json(rows)
+        echo_json_list(rows)
     else:
-        echo_table(LS_COLUMNS, [[r["id"], r["workflow"], r["name"], r["app"], r["state"],
+        echo_table(LS_COLUMNS, ([r["id"], r["workflow"], r["name"], r["app"], r["state"],
                                  r["num_nodes"] if r["node_packing_count"] == 1
                                  else f"1/{r['node_packing_count']}",
                                  f"{r['wall_time_min']:g}", r["priority"], r["owner"]]
-                                for r in rows], empty="no tasks match")
-    if more:
+                                for r in rows), empty="no tasks match")
+    if next(found, None) is not None:
         echo(f"(first {n} shown; use --limit for more)", err=True)
 
 

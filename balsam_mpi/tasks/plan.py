@@ -60,6 +60,10 @@ def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Pl
     for i, task in enumerate(tasks):
         mine: list[int] = []
         theirs: list[int] = []
+        # the lists keep the given order; the sets answer "given twice?" in one look-up
+        # (a list's `in` made one task with 100,000 parents take 41 s to add)
+        mine_seen: set[int] = set()
+        theirs_seen: set[int] = set()
         for ref in task.get("parents", ()):
             if isinstance(ref, str):
                 if ref not in keys:
@@ -67,12 +71,14 @@ def plan(tasks: Sequence[Mapping[str, Any]], label: Label = default_label) -> Pl
                                      f"key {ref!r}")
                 if keys[ref] == i:
                     raise InputError(at(label(i)) + "parents: a task cannot be its own parent")
-                if keys[ref] not in mine:
+                if keys[ref] not in mine_seen:
+                    mine_seen.add(keys[ref])
                     mine.append(keys[ref])
             else:
                 if ref < 1:
                     raise InputError(at(label(i)) + f"parents: {ref} is not a task id")
-                if ref not in theirs:
+                if ref not in theirs_seen:
+                    theirs_seen.add(ref)
                     theirs.append(ref)
                 if ref not in seen:
                     seen.add(ref)

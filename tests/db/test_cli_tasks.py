@@ -171,6 +171,76 @@ def test_ls_takes_the_largest_limit_it_documents(hello: None) -> None:
     assert result.exit_code == 2 and f"got {2**63 - 1}" in result.output
 
 
+def _paged(monkeypatch: pytest.MonkeyPatch, page: int) -> list[int]:
+    """Pages of `page` rows; the list fills with each page's row count as it is read."""
+    from balsam_mpi.tasks import client, read
+
+    monkeypatch.setattr(read, "PAGE", page)
+    monkeypatch.setattr(client, "PAGE", page)
+    pages: list[int] = []
+    select = read.TaskReader.select
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rows = select(self, *args, **kwargs)
+        pages.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(read.TaskReader, "select", counted)
+    return pages
+
+
+def _add(n: int) -> None:
+    lines = "".join(json.dumps({"app": "hello", "workflow": "w", "name": f"t{i}",
+                                "params": {"who": "x\tz" if i == 3 else str(i)}}) + "\n"
+                    for i in range(n))
+    ok("task", "add", "--from-file", "-", input=lines)
+
+
+def test_ls_json_prints_each_page_as_it_comes(hello: None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # `task ls --limit 1000000 --json` over 1M tasks held every row, then the whole JSON
+    # text, at once: 8.9 GB of memory. Each page is now printed before the next is read.
+    _add(30)
+    pages = _paged(monkeypatch, 4)
+    pages_at_first_write: list[int] = []
+    import click
+
+    echo = click.echo
+
+    def first_write(*args: Any, **kwargs: Any) -> None:
+        if not pages_at_first_write:
+            pages_at_first_write.append(len(pages))
+        echo(*args, **kwargs)
+
+    monkeypatch.setattr(click, "echo", first_write)
+    result = ok("task", "ls", "--limit", "25", "--json")
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == [f"t{i}" for i in range(25)]
+    assert rows[3]["params"] == {"who": "x\tz"}
+    assert pages_at_first_write == [1] and len(pages) == 7  # 26 rows: 25 and one more
+    assert "first 25 shown" in result.stderr
+    # the same text as one json.dumps of the list
+    assert result.stdout == json.dumps(rows, indent=2, sort_keys=True) + "\n"
+    assert ok("task", "ls", "--workflow", "none", "--json").stdout == "[]\n"
+
+
+def test_ls_table_of_many_pages_is_aligned(hello: None, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    # The table's widths are known only after its last row: the rows wait in a spool
+    # (here one that goes to a file after 64 bytes), not as a list of every task.
+    from balsam_mpi.cli import table
+
+    _add(30)
+    monkeypatch.setattr(table, "SPOOL_BYTES", 64)
+    _paged(monkeypatch, 4)
+    ok("task", "modify", "30", "--set", "name=a-much-longer-name")
+    lines = ok("task", "ls", "--limit", "30").stdout.splitlines()
+    assert len(lines) == 31 and lines[0].startswith("ID  WORKFLOW  NAME")
+    at = lines[0].index("APP")
+    assert all(line[at:].startswith("hello") for line in lines[1:])
+    assert lines[-1].split()[:3] == ["30", "w", "a-much-longer-name"]
+
+
 def test_rm_asks_first(hello: None, conn: psycopg.Connection) -> None:
     ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
     result = run("task", "rm", "--workflow", "w", input="n\n")
