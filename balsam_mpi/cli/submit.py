@@ -38,8 +38,13 @@ def submit_command(ctx: CliContext, /, nodes_text: str, dry_run: bool, as_json: 
     req = job_request(nodes, **job)
     project = ctx.project()
     if dry_run:
+        text = submit.dry_run(project, req)
+        if as_json:  # nothing was recorded or written: no ids, no path
+            echo_json({"dry_run": True, "scheduler": req.scheduler, "batch_job_id": None,
+                       "script_text": text})
+            return
         # The script as written: spelled out only on a terminal (termtext).
-        click.echo(for_stream(submit.dry_run(project, req), sys.stdout), nl=False)
+        click.echo(for_stream(text, sys.stdout), nl=False)
         return
     # Signals wait for the scheduler's answer: killed between the row and the id sbatch
     # printed, a submission would leave its job queued and its row without that id.

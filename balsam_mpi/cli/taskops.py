@@ -95,12 +95,15 @@ def task_rm(ctx: CliContext, /, ids: tuple[str, ...], yes: bool, **opts: Any) ->
     client = ctx.client()
     chosen = _ids_and_filters(ids, opts)
     found = [r["id"] for r in client.tasks(**chosen)]
-    if not found:
+    # Ids given alone that match no task go to the database too, which names each one
+    # ("no such task") as kill and retry do; with a filter they are just not matched.
+    missing = sorted(set(chosen["ids"]) - set(found)) if list(chosen) == ["ids"] else []
+    if not found and not missing:
         echo("no tasks match", err=True)
         return
-    if not yes:
+    if found and not yes:
         click.confirm(f"delete {len(found)} tasks?", abort=True, err=True)
-    gone = client.delete(found)
+    gone = client.delete(found + missing)
     stopping = sum(1 for word in gone.how.values() if "launcher" in word)
     note = f" ({stopping} were claimed or running: their launchers stop them)" \
         if stopping else ""

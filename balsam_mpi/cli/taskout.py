@@ -20,6 +20,8 @@ from ..base.clibase import echo
 from ..base.errors import NotFound
 from ..base.termtext import visible
 from ..tasks import follow as follower
+from ..tasks import outputs
+from ..tasks.waiting import ENDED
 from .context import CliContext, pass_ctx
 from .taskargs import count, task_id
 
@@ -50,11 +52,20 @@ def task_out(ctx: CliContext, /, tid: str, stream: str, tail: str | None,
         follower.follow(client, task, stream, lines, lambda chunks: _write(chunks, tty),
                         lambda note: echo(note, err=True), step=step)
         return
-    with client.outputs(task, stream, step) as files:
-        for i, f in enumerate(files):
-            if len(files) > 1:  # as tail(1) marks each of several files
-                echo(("\n" if i else "") + f"==> {f.name} <==")
-            _write(f.chunks(lines), tty)
+    try:
+        with client.outputs(task, stream, step) as files:
+            for i, f in enumerate(files):
+                if len(files) > 1:  # as tail(1) marks each of several files
+                    echo(("\n" if i else "") + f"==> {f.name} <==")
+                _write(f.chunks(lines), tty)
+    except outputs.NoDirectory as exc:
+        if task["state"] not in ENDED:
+            raise
+        # Killed, or failed before its directory was made (a parent failed, its params
+        # did not fit its app): no launcher will ever make it, so say so.
+        why = f" ({task['state_message']})" if task["state_message"] else ""
+        raise NotFound(f"task {task['id']} ended {task['state']} without output{why}: "
+                       f"{exc.missing}") from None
 
 
 def _stored_tail(task: dict[str, Any]) -> None:

@@ -94,7 +94,9 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
     elif len(ids) == 1:
         echo(f"added task {ids[0]}")
     else:
-        echo(f"added {len(ids)} tasks" + (f" ({ids[0]}…{ids[-1]})" if ids else ""))
+        # Ids come back in input order, but parents get the smaller ids (a child-first
+        # file would otherwise print "(11…10)"): show the range the batch took.
+        echo(f"added {len(ids)} tasks" + (f" ({min(ids)}…{max(ids)})" if ids else ""))
 
 
 def _open_tasks_file(path: str) -> tuple[str, Any]:

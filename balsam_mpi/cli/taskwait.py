@@ -79,16 +79,20 @@ def task_wait(ctx: CliContext, /, ids: tuple[str, ...], timeout: str | None,
     if not chosen:
         raise UsageError("give task ids or a filter (--workflow, --state, --app, …)")
     limit = _timeout(timeout)
-    client = ctx.client()
-    wanted = chosen["ids"] if list(chosen) == ["ids"] else client.ids(**chosen)
-    if not wanted:
-        raise TaskMissing("no task matches the ids and filters given")
     outcomes = []
     try:
+        # Inside the try: a server away before the wait started is a wait not made (5),
+        # not a failed task (1).
+        client = ctx.client()
+        wanted = chosen["ids"] if list(chosen) == ["ids"] else client.ids(**chosen)
+        if not wanted:
+            raise TaskMissing("no task matches the ids and filters given")
         for outcome in client.as_completed(wanted, timeout=limit):
             outcomes.append(outcome)
             if not as_json and not quiet:
                 echo(describe(outcome))
+    except TaskMissing:
+        raise
     except NotFound as exc:
         raise TaskMissing(str(exc)) from exc
     except (ServerError, PermissionDenied, DatabaseError) as exc:

@@ -130,16 +130,17 @@ def can_access(st: os.stat_result, account: Account, bit: int) -> bool:
 
 
 def first_unreachable(path: Path, account: Account) -> Path | None:
-    """The first directory on the way to ``path`` that ``account`` cannot traverse."""
-    current = Path("/")
-    for part in path.parts[1:]:
+    """The first directory on the way to ``path``, ``path`` itself included, that
+    ``account`` cannot traverse (callers name a directory the server must enter: the
+    project's parent at init, the project at start)."""
+    for depth in range(1, len(path.parts) + 1):  # "/", then each step down to path
+        current = Path(*path.parts[:depth])
         try:
             st = current.stat()
         except FileNotFoundError:
             return None
         if not can_access(st, account, 1):
             return current
-        current = current / part
     return None
 
 

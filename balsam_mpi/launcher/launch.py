@@ -70,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(argv: Sequence[str] | None) -> tuple[Settings, Project]:
     args = vars(parser().parse_args(argv))
+    if args.get("persistent") and args.get("idle_timeout_s") is not None:
+        # Which was meant? `submit` refuses the pair too (batch/jobscript.py).
+        raise UsageError("--persistent never exits for lack of work, --idle-timeout after "
+                         "a while: give one of them")
     project = Project.from_env(args.get("project"))
     settings = resolve(args, os.environ, project.read_settings())
     return settings, project

@@ -37,6 +37,14 @@ TAIL_MAX = 64 << 20  # at most this much is read back for --tail, however few ne
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+class NoDirectory(NotFound):
+    """The task's directory is not there: no launcher has made it (yet, or ever)."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(f"{missing}: no launcher has made it yet")
+        self.missing = missing  # "data/<workflow>/… does not exist"
+
+
 @dataclass
 class OutputFile:
     """One output file, open for reading (closed by :func:`opened`'s context)."""
@@ -80,7 +88,7 @@ def opened(data_dir: Path, workdir: Path, stream: str, step: str = "task"
             dir_fd = root.open_dir(parts, create=False)
         except safefs.UnsafePath as exc:
             if str(exc).endswith("does not exist"):
-                raise NotFound(f"{exc}: no launcher has made it yet") from None
+                raise NoDirectory(str(exc)) from None
             raise
         try:
             label = "/".join((root.label, *parts))

@@ -114,6 +114,28 @@ def test_files_all_or_nothing_with_line_numbers(hello: None, conn: psycopg.Conne
     assert conn.execute("SELECT workflow FROM tasks WHERE id = %s", (new,)).fetchone() == ("s",)
 
 
+def test_file_listing_children_first_reports_its_id_range(hello: None, tmp_path: Path) -> None:
+    """Parents get the smaller ids, so a child-first file must not print '(2…1)'."""
+    rev = tmp_path / "children_first.jsonl"
+    rev.write_text('{"params": {"who": "c"}, "parents": ["p"], "name": "c"}\n'
+                   '{"params": {"who": "p"}, "key": "p", "name": "p"}\n')
+    out = ok("task", "add", "--from-file", str(rev), "--app", "hello", "--workflow", "r")
+    assert out.output.strip() == "added 2 tasks (1…2)"
+
+
+
+def test_rm_of_ids_that_do_not_exist_says_so(hello: None, conn: psycopg.Connection) -> None:
+    """`task rm 99 --yes` printed "no tasks match" and exited 0, where kill, retry and
+    modify name each missing id and fail when nothing changed."""
+    ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    before = _state(conn)
+    result = run("task", "rm", "99", "--yes")
+    assert result.exit_code == 1 and "no such task" in result.output and "99" in result.output
+    assert _state(conn) == before
+    some = ok("task", "rm", "1", "99", "--yes").output
+    assert "deleted 1 tasks" in some and "no such task): 99" in some
+    assert run("task", "rm", "--workflow", "none", "--yes").exit_code == 0  # a filter
+
 def test_ambiguous_input_is_refused_and_changes_nothing(hello: None, conn: psycopg.Connection,
                                                         tmp_path: Path) -> None:
     """Input that said two things was taken with one of them dropped, exit 0: a CSV quote

@@ -120,6 +120,17 @@ def test_cli_json(pg_project: Project, conn: Any, dbname: str, fakebin: Path) ->
     assert row is not None and row["filters"] == {"workflows": ["a"]}
 
 
+
+def test_cli_json_of_a_dry_run_is_json(pg_project: Project, conn: Any, dbname: str) -> None:
+    """`--dry-run --json` printed the bare script, which no JSON reader takes."""
+    result = CliRunner().invoke(cli, ["submit", "--scheduler", "pbs", "-n", "2", "-t", "30",
+                                      "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["dry_run"] is True and out["scheduler"] == "pbs"
+    assert out["batch_job_id"] is None and "#PBS -l select=2" in out["script_text"]
+    assert _count(conn) == 0
+
 @pytest.mark.parametrize(("scheduler", "shows"), [
     ("slurm", ["#SBATCH --exclusive", "#SBATCH --signal=B:USR1@120",
                "trap 'kill -USR1 \"$launcher\" 2>/dev/null' USR1 INT", "trap ':' TERM",

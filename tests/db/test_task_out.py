@@ -84,6 +84,19 @@ def test_no_output_yet_is_one_line(pg_project: Project, dbname: str) -> None:
     assert bad.exit_code == 2 and "tail" in bad.output
 
 
+
+def test_an_ended_task_without_a_directory_says_it_never_ran(pg_project: Project,
+                                                             dbname: str) -> None:
+    """A task killed (or failed) before any launcher made its directory was said to be
+    waiting for a launcher, which will never come: the line says it ended."""
+    ok("app", "add", "echo", "--command", "echo hi")
+    ok("task", "add", "--app", "echo", "--workflow", f"gone-{uuid.uuid4().hex[:8]}")
+    ok("task", "kill", "1")
+    result = run("task", "out", "1")
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1
+    assert "no launcher has made it yet" not in result.output
+    assert "task 1 ended USER_KILLED without output" in result.output
+
 @pytest.mark.parametrize("plant", ["symlink", "fifo", "hardlink", "dir_symlink"])
 def test_nothing_planted_is_followed_or_opened(task: tuple[int, Path], tmp_path: Path,
                                                plant: str) -> None:

@@ -625,6 +625,23 @@ def test_task_wait_says_apart_a_wait_that_could_not_be_made(
     assert "could not wait" in res.output
 
 
+
+@pytest.mark.parametrize("args", [["1"], ["--workflow", "w"]])
+def test_task_wait_with_the_server_down_from_the_start_could_not_wait(
+        client: Client, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """The server already away when the wait starts (the connection, or the filters' ids)
+    exited 1, the status of a failed task, where the server lost during it gives 5."""
+    from balsam_mpi.base.errors import ServerError
+
+    def down(*_args: Any, **_kw: Any) -> Any:
+        raise ServerError("the server for P is not running on vm:5432")
+
+    monkeypatch.setattr(Client, "__init__", down)
+    res = CliRunner().invoke(cli, ["task", "wait", *args])
+    assert res.exit_code == 5, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert "could not wait: the server for P is not running" in res.output
+
 def test_as_completed_checks_its_ids_and_starts_its_clock_when_called(
         client: Client, launcher: FakeLauncher) -> None:
     """As concurrent.futures.as_completed: bad input fails at the call, and the timeout

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,20 @@ def test_first_unreachable_names_the_blocking_directory(tmp_path: Path) -> None:
     else:
         me = Account.current()
         assert first_unreachable(tmp_path / "x", me) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs another uid's view: run as root")
+def test_the_directory_named_itself_must_be_traversable() -> None:
+    """`init` checks the project's parent: a parent of mode 0700 was passed over (only the
+    directories above it were looked at) and initdb failed with its own message instead."""
+    stranger = Account("x", 54321, 54321, frozenset({54321}), "/")
+    base = Path(tempfile.mkdtemp(prefix="breach-", dir="/tmp"))  # pytest's own dir is 0700
+    try:
+        os.chmod(base, 0o755)
+        assert first_unreachable(base, stranger) is None
+        parent = base / "private"
+        parent.mkdir(mode=0o700)
+        assert first_unreachable(parent, stranger) == parent
+        assert first_unreachable(parent / "proj", stranger) == parent
+    finally:
+        shutil.rmtree(base)

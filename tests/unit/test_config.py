@@ -118,6 +118,9 @@ def test_settings_that_are_fine_pass() -> None:
     (["--idle-timeout", "nan"], {}, "--idle-timeout: idle_timeout_s must be"),
     (["--max-tasks", "many"], {}, "argument --max-tasks: invalid int value: 'many'"),
     ([], {"BALSAM_LEASE_S": "inf"}, "BALSAM_LEASE_S: lease_s must be"),
+    # Both flags were taken and --persistent won silently, where `submit` refuses the pair.
+    (["--persistent", "--idle-timeout", "5"], {},
+     "--persistent never exits for lack of work, --idle-timeout after a while"),
 ])
 def test_the_launcher_refuses_a_bad_setting_in_one_line_with_status_2(
         tmp_path: Any, args: list[str], env: dict[str, str], message: str) -> None:
