@@ -54,14 +54,19 @@ class HeldDeaths:
         return decided
 
 
+def signal_name(signum: int) -> str:
+    """``SIGHUP`` for 1; a number no signal has is named as such."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def signal_note(tail: str, signum: int) -> str:
     """The tail of a task that a signal ended, which the launcher did not send (its own
     kills end as KILLED, TIMEOUT or CUT), with a last line naming it: the record's
     "exit code -1" said nothing of `scancel --signal=HUP`, or "-9" of the OOM killer."""
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = "unknown"
+    name = signal_name(signum)
     why = (": the kernel's out-of-memory killer sends it, as does kill -9"
            if signum == signal.SIGKILL else "")
     note = (f"[balsam-mpi: the task was ended by signal {signum} ({name}), which this "

@@ -35,7 +35,6 @@ import contextlib
 import logging
 import os
 import select
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
 from . import gpus, runner, taskplace
+from .deaths import signal_name
 from .outcap import CallOutputs
 from .pycall import encode_frame
 from .pyinterp import SPARE, Interpreter, Key
@@ -363,10 +363,7 @@ HUNG_UP = ("the Python interpreter running this call stopped answering the node 
 
 def _death(status: int) -> str:
     if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
+        name = signal_name(-status)
         why = " (out of memory, or killed by another process)" if -status == 9 else ""
         return f"the Python interpreter running this call was killed by {name}{why}"
     return (f"the Python interpreter running this call exited with code {status} before "

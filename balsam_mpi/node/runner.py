@@ -372,6 +372,8 @@ def _read_tail(proc: TaskProcess) -> str:
     """The outputs' tail, and at its end (kept by any cut from the front) a note when
     their file system is full."""
     tail = taskfiles.read_tail((proc.err_fd, proc.out_fd), TAIL_BYTES)
+    if proc.rc == 0:  # every task's end passes here: no file-system call for a success
+        return tail
     note = taskfiles.full_disk_note(proc.err_fd if proc.err_fd >= 0 else proc.out_fd)
     if not note:
         return tail
