@@ -177,6 +177,12 @@ def translate(exc: Exception) -> Exception:
 
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(f"not allowed: {_first_line(str(exc))}")
+    if isinstance(exc, psycopg.errors.OutOfMemory):
+        # Most likely the shared lock table, which one session can fill: a running
+        # launcher has the database end it within seconds (migration 0031).
+        return ServerError(f"the database server is out of shared memory, its lock table "
+                           f"most likely full ({_first_line(str(exc))}); see docs/security.md,"
+                           f" \"The server's shared queues\"")
     if isinstance(exc, psycopg.OperationalError):
         return ServerError(f"lost the database connection: {_first_line(str(exc))}")
     return DatabaseError(_first_line(str(exc)))

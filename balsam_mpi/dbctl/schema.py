@@ -31,6 +31,9 @@ def bootstrap(admin: Connection[Any], dbname: str = SCHEMA_DB) -> None:
     for role in GROUP_ROLES:
         if admin.execute(sql.query("role_exists"), {"name": role}).fetchone() is None:
             admin.execute(_compose("create_nologin_role", role=role))
+    # Roles are the cluster's, so this grant lives here rather than in a migration; it lets
+    # end_hogging_sessions() (0031) end collaborators' sessions that fill a shared queue.
+    admin.execute(_compose("grant_signal_backend", role=OBJECT_ROLE))
     if admin.execute(sql.query("database_exists"), {"name": dbname}).fetchone() is None:
         admin.execute(_compose("create_database", db=dbname, owner=OBJECT_ROLE))
         admin.execute(_compose("lock_down_database", db=dbname))

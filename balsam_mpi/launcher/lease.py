@@ -7,7 +7,9 @@
   whole lease), they have been SIGTERMed and, after ``kill_grace_s``, SIGKILLed, so a
   requeued task is never also still running here.
 * **Other jobs'**: every ``expire_check_s`` one background call (``"sweep"``) first
-  replays the journals of jobs that ended without writing everything (``launcher/replay.py``: a
+  has the database end collaborators' sessions that fill its lock table or hold its
+  notification queue (``end_hogging_sessions``, migrations/0031: the rules are the
+  database's, docs/security.md), then replays the journals of jobs that ended without writing everything (``launcher/replay.py``: a
   task whose success is in one is finished, not requeued), then
   ``launcher_expire_leases`` marks batch jobs past their lease LOST and requeues their
   tasks (migrations/0005). The loop never waits for it.
@@ -29,7 +31,7 @@ from ..base.errors import BalsamError
 from ..base.pacing import Periodic
 from .calls import Calls
 from .replay import ReplayCache, Replayed, log_replayed, replay_due
-from .storeport import Expired, Lease, StorePort
+from .storeport import Ended, Expired, Lease, StorePort
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,27 @@ def log_expired(found: list[Expired]) -> None:
                     e.job_id, e.user, e.requeued, e.failed, e.released)
 
 
+def log_ended(ended: list[Ended]) -> None:
+    for e in ended:
+        what = (f"held {e.held} entries of the server's lock table" if e.reason == "locks"
+                else "held the server's notification queue, half full, in a transaction "
+                     "open for over two minutes")
+        log.warning("the database ended session %s of %s: it %s (docs/security.md, "
+                    "\"The server's shared queues\")", e.pid, e.user, what)
+
+
+def end_hogs(store: StorePort) -> None:
+    """First, so that a full lock table does not also stop the sweep's own writes."""
+    try:
+        log_ended(store.end_hogging_sessions())
+    except BalsamError as exc:
+        log.warning("could not look for sessions filling the server's queues (%s)", exc)
+
+
 def sweep_once(store: StorePort, log_dir: Path | None, cache: ReplayCache | None = None
                ) -> tuple[list[Replayed], list[Expired]]:
-    """Journals first, then expiry (the order keeps finished work finished)."""
+    """Hogs, journals, then expiry (the order keeps finished work finished)."""
+    end_hogs(store)
     replayed: list[Replayed] = []
     if log_dir is not None:
         try:

@@ -36,6 +36,7 @@ from .storeport import (
     BadReport,
     Claimed,
     ClaimFilter,
+    Ended,
     Expired,
     Held,
     Lease,
@@ -290,6 +291,10 @@ class MemStore(JournalsInMemory):
     def expire_leases(self, job_id: int | None = None) -> list[Expired]:
         self._enter("expire_leases")
         return memleases.expire(self, job_id)
+
+    def end_hogging_sessions(self) -> list[Ended]:
+        self._enter("end_hogging_sessions")
+        return []  # no server, no shared lock table
 
     def held_elsewhere(self, lease: Lease, filters: ClaimFilter,
                        max_nodes: int) -> list[Held]:

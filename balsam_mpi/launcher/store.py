@@ -30,6 +30,7 @@ from .storeport import (
     BadReport,
     Claimed,
     ClaimFilter,
+    Ended,
     Expired,
     Held,
     Lease,
@@ -287,6 +288,12 @@ class Store:
         rows = self._rows("launcher_expire_leases", {"job": job_id})
         return [Expired(int(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), bool(r[5]))
                 for r in rows]
+
+    def end_hogging_sessions(self) -> list[Ended]:
+        """End collaborators' sessions that fill a shared structure of the server (0031:
+        the rules are the database's; any member may call it)."""
+        return [Ended(int(r[0]), str(r[1]), str(r[2]), int(r[3]))
+                for r in self._rows("end_hogging_sessions", {})]
 
     # -- overdue jobs and journals (0008) ------------------------------------------------
     def held_elsewhere(self, lease: Lease, filters: ClaimFilter,

@@ -100,6 +100,16 @@ class Held(NamedTuple):
         return self.silent_s > self.lease_s / 2
 
 
+class Ended(NamedTuple):
+    """A collaborator's session the database ended for filling a shared structure of the
+    server (migration 0031): ``reason`` is ``locks`` or ``notifications``."""
+
+    pid: int
+    user: str
+    reason: str
+    held: int  # its entries in the lock table
+
+
 class Expired(NamedTuple):
     """A batch job whose lease ran out, marked LOST, and what happened to its tasks; or,
     ``superseded``, a job started again whose earlier run's tasks were requeued once that
@@ -190,6 +200,8 @@ class StorePort(Protocol):
 
     # -- other batch jobs, journals -----------------------------------------------------
     def expire_leases(self, job_id: int | None = None) -> list[Expired]: ...
+
+    def end_hogging_sessions(self) -> list[Ended]: ...
 
     def held_elsewhere(self, lease: Lease, filters: ClaimFilter,
                        max_nodes: int) -> list[Held]: ...

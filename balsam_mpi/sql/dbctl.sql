@@ -20,6 +20,12 @@ SELECT 1 FROM pg_database WHERE datname = %(name)s;
 -- name: create_nologin_role
 CREATE ROLE {role} NOLOGIN;
 
+-- name: grant_signal_backend
+-- The one function that uses them is end_hogging_sessions() (migration 0031): to end a
+-- session, and to see how long another role's transaction has been open (without
+-- pg_read_all_stats, pg_stat_get_activity shows only the caller's own).
+GRANT pg_signal_backend, pg_read_all_stats TO {role};
+
 -- name: create_database
 CREATE DATABASE {db} OWNER {owner} ENCODING 'UTF8' TEMPLATE template0;
 

@@ -197,6 +197,11 @@ SELECT id, state::text, nodes, end_reason,
        extract(epoch FROM started_at)::float8, extract(epoch FROM ended_at)::float8
   FROM batch_jobs ORDER BY id DESC LIMIT 1;
 
+-- name: end_hogging_sessions
+-- Collaborators' sessions that fill the server's lock table or hold its notification
+-- queue, ended (migrations/0031).
+SELECT pid, username, reason, held FROM end_hogging_sessions();
+
 -- name: launcher_expire_leases
 -- Batch jobs whose lease ran out: marked LOST, their tasks requeued (migrations/0005);
 -- then the tasks of runs that a new run of the same job superseded, once their lease has

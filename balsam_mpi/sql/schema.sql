@@ -5755,3 +5755,108 @@ BEGIN
          WHERE o.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')));
     RETURN NULL;
 END $$;
+
+-- ==== 0031_end_hogging_sessions.sql ====
+-- 0031_end_hogging_sessions: a collaborator's session that fills one of the server's
+-- shared structures is ended by the project itself, without the owner.
+--
+-- Two structures have no privilege in front of them (docs/security.md, "The server's
+-- shared queues"):
+-- * the lock table: every open subtransaction that has written holds a lock on its own
+--   transaction id there. A member nesting savepoints, each with an INSERT, in one
+--   transaction left open, filled the table (about 42,000 entries here, for a nominal
+--   max_locks_per_transaction × connections = 25,600); until that session ended, every
+--   other session that needed one more lock failed with "out of shared memory": other
+--   members' updates, every launcher's flush.
+-- * the notification queue: a session that LISTENs and stays in a transaction keeps it
+--   from being cleared; 0030 keeps task ends committing while it is crowded, but waits are
+--   then only as prompt as their periodic read.
+--
+-- end_hogging_sessions() ends (pg_terminate_backend) the collaborators' sessions that do
+-- either, and returns who it ended and why. Any member or viewer may call it and every
+-- running launcher does, with its sweep of expired leases (launcher/lease.py, every
+-- expire_check_s): what it ends is fixed here, not by the caller, so calling it can hurt
+-- only a session that hurts everyone. Never the superuser's or the owner's: the owner can
+-- end any session anyway.
+--
+-- The rules, chosen so that no correct use of the project comes near them:
+-- * locks: a login role whose sessions together hold more than a quarter of the table's
+--   nominal size (max_locks_per_transaction × (max_connections + max_prepared_
+--   transactions)), and of its sessions those holding more than max_locks_per_transaction
+--   entries each (the share the server sizes the table for). Fast-path locks are not in
+--   the table and are not counted. A launcher's or a CLI's session holds a few dozen (row
+--   locks are kept in the rows, not in this table); a role's 64 connections kept under
+--   max_locks_per_transaction each cannot reach a quarter of it.
+-- * notifications: while the queue is more than half full (notify_queue_crowded(), 0030),
+--   the sessions whose transaction has been open for more than two minutes. The holder
+--   must have stayed in its transaction for as long as the queue took to fill (114 s for
+--   half of it here, the fastest a viewer managed).
+--
+-- pg_signal_backend (to end a session) and pg_read_all_stats (to see when another role's
+-- transaction began: pg_stat_get_activity hides it otherwise) are granted to
+-- balsam_objects by `init` and `migrate` (dbctl/schema.py: roles are the cluster's, not a
+-- migration's); a test checks that no other function of the schema signals a backend or
+-- reads other sessions' activity. No superuser's backend can be signalled in any case.
+
+-- How long a transaction may stay open while the queue is crowded (a function, so that a
+-- test's database can shorten it, as tests replace notify_queue_crowded()).
+CREATE FUNCTION notify_hold_limit() RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT interval '2 minutes' $$;
+
+CREATE FUNCTION end_hogging_sessions()
+RETURNS TABLE (pid integer, username text, reason text, held bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    per_session constant bigint := current_setting('max_locks_per_transaction')::bigint;
+    capacity constant bigint := per_session
+        * (current_setting('max_connections')::bigint
+           + current_setting('max_prepared_transactions')::bigint);
+    crowded constant boolean := notify_queue_crowded();
+    hog record;
+BEGIN
+    -- Functions only, no catalog table: once the lock table is full, a statement that
+    -- must lock a shared catalog (pg_roles, the pg_locks and pg_stat_activity views' joins)
+    -- fails too, and so does every new connection, the superuser's included. A session
+    -- already open (a launcher's) can still run this and end the hog.
+    FOR hog IN
+        WITH lockers AS (
+            SELECT l.pid, count(*) AS n
+              FROM pg_lock_status() l
+             WHERE NOT l.fastpath AND l.pid IS NOT NULL
+             GROUP BY l.pid
+        ), sessions AS (
+            SELECT a.pid, a.usesysid, coalesce(h.n, 0) AS n,
+                   sum(coalesce(h.n, 0)) OVER (PARTITION BY a.usesysid) AS role_total,
+                   a.xact_start
+              FROM pg_stat_get_activity(NULL) a
+              LEFT JOIN lockers h ON h.pid = a.pid
+             WHERE a.pid <> pg_backend_pid()
+               AND a.usesysid IS NOT NULL
+               -- Collaborators only: a superuser counts as a member of every role, so
+               -- the owner's test excludes superusers too.
+               AND (pg_has_role(a.usesysid, 'balsam_member', 'MEMBER')
+                    OR pg_has_role(a.usesysid, 'balsam_viewer', 'MEMBER'))
+               AND NOT pg_has_role(a.usesysid, 'balsam_owner', 'MEMBER')
+        )
+        SELECT s.pid, pg_get_userbyid(s.usesysid)::text AS username, s.n,
+               CASE WHEN s.role_total > capacity / 4 AND s.n > per_session
+                    THEN 'locks' ELSE 'notifications' END AS reason
+          FROM sessions s
+         WHERE (s.role_total > capacity / 4 AND s.n > per_session)
+            OR (crowded AND s.xact_start < now() - notify_hold_limit())
+    LOOP
+        -- One at a time, after the selection: a qual is not where a side effect belongs
+        -- (the planner may evaluate quals in any order).
+        IF pg_terminate_backend(hog.pid) THEN
+            pid := hog.pid;
+            username := hog.username;
+            reason := hog.reason;
+            held := hog.n;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION end_hogging_sessions() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION end_hogging_sessions() TO balsam_member, balsam_viewer;

@@ -303,3 +303,21 @@ def test_a_tcp_connection_notices_a_peer_that_vanished(
             assert 0 < user_timeout <= 120_000
         finally:
             sock.close()
+
+
+def test_only_end_hogging_sessions_may_signal_a_backend(su: psycopg.Connection[Any]) -> None:
+    """balsam_objects holds pg_signal_backend and pg_read_all_stats (dbctl/schema.py) for
+    the one function of migration 0031; every definer function runs as balsam_objects, so
+    no other may signal a backend or read other sessions' activity."""
+    granted = su.execute("SELECT pg_has_role('balsam_objects', 'pg_signal_backend', 'MEMBER'),"
+                         " pg_has_role('balsam_objects', 'pg_read_all_stats', 'MEMBER')"
+                         ).fetchone()
+    assert granted == (True, True)
+    for uses in ("pg_terminate_backend|pg_cancel_backend|pg_signal_backend",
+                 "pg_stat_activity|pg_stat_get_activity|pg_stat_get_backend"):
+        signalling = su.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace "
+            "AND p.prosrc ~* %s", (f"({uses})",)).fetchall()
+        assert signalling == [("end_hogging_sessions",)], uses
+    # Nothing to end among the test's own (superuser) sessions.
+    assert su.execute("SELECT * FROM end_hogging_sessions()").fetchall() == []
