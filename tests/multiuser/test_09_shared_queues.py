@@ -63,12 +63,15 @@ def _alive(mu: Runner, pid: int) -> bool:
     return bool(rows[0][0])
 
 
-def _superuser(mu: Runner, script: str) -> None:
+def _superuser(mu: Runner, script: str, **variables: int) -> str:
+    """``script`` in psql as the database superuser (the owner's account, over the socket)."""
     assert mu.project is not None
-    done = mu.run(OWNER, ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h",
+    names = [arg for k, v in variables.items() for arg in ("-v", f"{k}={v}")]
+    done = mu.run(OWNER, ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", *names, "-h",
                           str(mu.project / "run"), "-p", str(port_of(mu)), "-U",
                           "balsam_superuser", "balsam"], input_text=script)
     assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.fixture()
@@ -106,34 +109,92 @@ def test_a_member_filling_the_lock_table_is_ended_and_nobody_else(mu: Runner,
         hog.communicate()
 
 
+SHARE_HOG = """
+import sys, time
+from balsam_mpi.base import db
+from balsam_mpi.base.project import Project
+conn = db.connect(Project.from_env(), autocommit=False)
+conn.execute("SET idle_in_transaction_session_timeout = 0")
+conn.execute("SET statement_timeout = 0")
+conn.execute("SELECT count(*) FROM tasks_lock_parents(%s)", ([int(sys.argv[1])],))
+print(conn.info.backend_pid, flush=True)
+if sys.argv[2] == "active":
+    conn.execute("SELECT pg_sleep(600)")
+time.sleep(600)
+"""
+
+_LIMITS = ("CREATE OR REPLACE FUNCTION session_time_limits(OUT idle_in_transaction interval, "
+           "OUT open_transaction interval, OUT open_while_crowded interval) "
+           "LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT {} $$;")
+_CROWDED = ("CREATE OR REPLACE FUNCTION notify_queue_crowded() RETURNS boolean "
+            "LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT {} $$;")
+
+
+def _limits(mu: Runner, seconds: float | None, crowded: bool = False) -> None:
+    """The database's limits shortened to ``seconds`` (None: as the migration made them),
+    and its queue check made to say crowded, or put back."""
+    times = ("interval '2 minutes', interval '30 minutes', interval '2 minutes'"
+             if seconds is None else ", ".join([f"interval '{seconds} s'"] * 3))
+    check = "true" if crowded else "pg_notification_queue_usage() > 0.5"
+    _superuser(mu, "SET ROLE balsam_objects;" + _LIMITS.format(times) + _CROWDED.format(check))
+
+
 @pytest.mark.timeout(120)
 def test_a_session_holding_a_crowded_notification_queue_is_ended(mu: Runner,
                                                                   enrolled: Steps) -> None:
     """Filling the queue takes gigabytes and minutes, so the database's two checks are
-    replaced for this test (the queue crowded; a two-minute hold shortened to 1 s), then
-    put back."""
+    replaced for this test (the queue crowded; the two-minute hold shortened), then put
+    back. Only the crowded queue's rule can end it: its other limits stay long."""
     hog = mu.popen(VIEWER, [str(mu.venv / "bin" / "python"), "-c", LISTEN_HOG])
     try:
         pid = int(_first_line(hog, 60))
-        # Not crowded: nothing is ended, however long the transaction has been open.
         _superuser(mu, "SELECT pg_sleep(1.5);")
         assert _rows(mu.probe(MEMBER2, ["SELECT * FROM end_hogging_sessions()"])) == []
-        _superuser(mu, "SET ROLE balsam_objects;"
-                       "CREATE OR REPLACE FUNCTION notify_queue_crowded() RETURNS boolean "
-                       "LANGUAGE sql STABLE AS $$ SELECT true $$;"
-                       "CREATE OR REPLACE FUNCTION notify_hold_limit() RETURNS interval "
-                       "LANGUAGE sql IMMUTABLE AS $$ SELECT interval '1 second' $$;")
+        _superuser(mu, "SET ROLE balsam_objects;" + _LIMITS.format(
+            "interval '1 hour', interval '1 hour', interval '1 s'") + _CROWDED.format("false"))
+        assert _rows(mu.probe(MEMBER2, ["SELECT * FROM end_hogging_sessions()"])) == []
+        _superuser(mu, "SET ROLE balsam_objects;" + _CROWDED.format("true"))
         ended = _rows(mu.probe(MEMBER2, ["SELECT pid, username, reason "
                                          "FROM end_hogging_sessions()"]))
         assert ended == [[pid, VIEWER, "notifications"]]
         assert not _alive(mu, pid)
     finally:
-        _superuser(mu, "SET ROLE balsam_objects;"
-                       "CREATE OR REPLACE FUNCTION notify_queue_crowded() RETURNS boolean "
-                       "LANGUAGE sql STABLE PARALLEL SAFE AS $$ "
-                       "SELECT pg_notification_queue_usage() > 0.5 $$;"
-                       "CREATE OR REPLACE FUNCTION notify_hold_limit() RETURNS interval "
-                       "LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ "
-                       "SELECT interval '2 minutes' $$;")
+        _limits(mu, None)
         hog.kill()
         hog.communicate()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["idle", "active"])
+def test_share_locks_held_in_a_transaction_past_the_timeouts_are_ended(
+        mu: Runner, app: int, how: str) -> None:
+    """Any member may share-lock any task (what adding a child takes on its parents): held
+    in a transaction with the member's timeouts lifted, no launcher could claim the task.
+    The limits (2 minutes idle, 30 open) are shortened to 1 s for the test."""
+    theirs = int(_rows(mu.probe(MEMBER2, [(
+        "INSERT INTO tasks (workflow, app_id, state) VALUES ('sharehog', %s, 'READY') "
+        "RETURNING id", [app])]))[0][0])
+    hog = mu.popen(MEMBER, [str(mu.venv / "bin" / "python"), "-c", SHARE_HOG, str(theirs),
+                            how])
+    try:
+        pid = int(_first_line(hog, 60))
+        assert _claimable(mu, theirs) == 0  # a launcher's claim would skip it
+        assert _rows(mu.probe(MEMBER2, ["SELECT * FROM end_hogging_sessions()"])) == []
+        _limits(mu, 1)
+        _superuser(mu, "SELECT pg_sleep(1.5);")
+        ended = _rows(mu.probe(MEMBER2, ["SELECT pid, username, reason "
+                                         "FROM end_hogging_sessions()"]))
+        reason = "idle transaction" if how == "idle" else "long transaction"
+        assert ended == [[pid, MEMBER, reason]]
+        assert not _alive(mu, pid)
+        assert _claimable(mu, theirs) == 1
+    finally:
+        _limits(mu, None)
+        hog.kill()
+        hog.communicate()
+
+
+def _claimable(mu: Runner, task: int) -> int:
+    """How many of ``task`` a launcher's claim (FOR UPDATE SKIP LOCKED) would take now."""
+    return int(_superuser(mu, "SELECT count(*) FROM (SELECT id FROM tasks WHERE id = :task "
+                              "FOR UPDATE SKIP LOCKED) t;", task=task).strip())

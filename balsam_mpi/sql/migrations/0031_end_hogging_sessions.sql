@@ -1,5 +1,6 @@
 -- 0031_end_hogging_sessions: a collaborator's session that fills one of the server's
--- shared structures is ended by the project itself, without the owner.
+-- shared structures, or holds a transaction open past the project's own timeouts, is ended
+-- by the project itself, without the owner.
 --
 -- Two structures have no privilege in front of them (docs/security.md, "The server's
 -- shared queues"):
@@ -12,6 +13,11 @@
 -- * the notification queue: a session that LISTENs and stays in a transaction keeps it
 --   from being cleared; 0030 keeps task ends committing while it is crowded, but waits are
 --   then only as prompt as their periodic read.
+-- And the row locks every correct add of a task takes, FOR SHARE on its parents
+-- (tasks_lock_parents), are any member's to take on any task: held in a transaction left
+-- open, they kept every launcher from claiming those tasks (claims skip locked rows) and
+-- every report of them waiting. The session timeouts that would end such a transaction
+-- (dbctl/rolelimits.py) are each session's own to lift.
 --
 -- end_hogging_sessions() ends (pg_terminate_backend) the collaborators' sessions that do
 -- either, and returns who it ended and why. Any member or viewer may call it and every
@@ -32,6 +38,14 @@
 --   the sessions whose transaction has been open for more than two minutes. The holder
 --   must have stayed in its transaction for as long as the queue took to fill (114 s for
 --   half of it here, the fastest a viewer managed).
+-- * idle transaction: idle in a transaction for more than two minutes, twice the longest
+--   idle_in_transaction_session_timeout the project gives a collaborator (a member's 1
+--   min): only a session that lifted its own timeout gets there.
+-- * long transaction: a transaction open for more than 30 minutes, twice the longest
+--   statement_timeout the project gives (a member's 15 min), so only a session that
+--   lifted its own gets there. The launcher lifts its statement_timeout (launcher/
+--   store.py), but its longest work, a lease sweep or a report over a large DAG, takes
+--   seconds.
 --
 -- pg_signal_backend (to end a session) and pg_read_all_stats (to see when another role's
 -- transaction began: pg_stat_get_activity hides it otherwise) are granted to
@@ -39,10 +53,14 @@
 -- migration's); a test checks that no other function of the schema signals a backend or
 -- reads other sessions' activity. No superuser's backend can be signalled in any case.
 
--- How long a transaction may stay open while the queue is crowded (a function, so that a
--- test's database can shorten it, as tests replace notify_queue_crowded()).
-CREATE FUNCTION notify_hold_limit() RETURNS interval
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT interval '2 minutes' $$;
+-- The rules' times, in a function of their own so that a test's database can shorten
+-- them (as tests replace notify_queue_crowded()).
+CREATE FUNCTION session_time_limits(OUT idle_in_transaction interval,
+                                    OUT open_transaction interval,
+                                    OUT open_while_crowded interval)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT interval '2 minutes', interval '30 minutes', interval '2 minutes'
+$$;
 
 CREATE FUNCTION end_hogging_sessions()
 RETURNS TABLE (pid integer, username text, reason text, held bigint)
@@ -53,8 +71,10 @@ DECLARE
         * (current_setting('max_connections')::bigint
            + current_setting('max_prepared_transactions')::bigint);
     crowded constant boolean := notify_queue_crowded();
+    limits record;
     hog record;
 BEGIN
+    SELECT * INTO limits FROM session_time_limits();
     -- Functions only, no catalog table: once the lock table is full, a statement that
     -- must lock a shared catalog (pg_roles, the pg_locks and pg_stat_activity views' joins)
     -- fails too, and so does every new connection, the superuser's included. A session
@@ -68,7 +88,7 @@ BEGIN
         ), sessions AS (
             SELECT a.pid, a.usesysid, coalesce(h.n, 0) AS n,
                    sum(coalesce(h.n, 0)) OVER (PARTITION BY a.usesysid) AS role_total,
-                   a.xact_start
+                   a.xact_start, a.state, a.state_change
               FROM pg_stat_get_activity(NULL) a
               LEFT JOIN lockers h ON h.pid = a.pid
              WHERE a.pid <> pg_backend_pid()
@@ -79,12 +99,24 @@ BEGIN
                     OR pg_has_role(a.usesysid, 'balsam_viewer', 'MEMBER'))
                AND NOT pg_has_role(a.usesysid, 'balsam_owner', 'MEMBER')
         )
-        SELECT s.pid, pg_get_userbyid(s.usesysid)::text AS username, s.n,
-               CASE WHEN s.role_total > capacity / 4 AND s.n > per_session
-                    THEN 'locks' ELSE 'notifications' END AS reason
-          FROM sessions s
-         WHERE (s.role_total > capacity / 4 AND s.n > per_session)
-            OR (crowded AND s.xact_start < now() - notify_hold_limit())
+        , judged AS (
+            SELECT s.pid, s.usesysid, s.n,
+                   CASE WHEN s.role_total > capacity / 4 AND s.n > per_session
+                        THEN 'locks'
+                        WHEN crowded
+                             AND s.xact_start < now() - limits.open_while_crowded
+                        THEN 'notifications'
+                        WHEN s.state LIKE 'idle in transaction%'
+                             AND s.state_change < now() - limits.idle_in_transaction
+                        THEN 'idle transaction'
+                        WHEN s.xact_start < now() - limits.open_transaction
+                        THEN 'long transaction'
+                   END AS reason
+              FROM sessions s
+        )
+        SELECT j.pid, pg_get_userbyid(j.usesysid)::text AS username, j.n, j.reason
+          FROM judged j
+         WHERE j.reason IS NOT NULL
     LOOP
         -- One at a time, after the selection: a qual is not where a side effect belongs
         -- (the planner may evaluate quals in any order).
