@@ -12,11 +12,16 @@ listed (when every id is forgotten, squeue fails with "Invalid job id specified"
 sbatch sent to another cluster (``ID;CLUSTER``) is asked about there (``--clusters``). PBS:
 ``qstat -x -f ID …`` (finished jobs too, with ``-x``), ``job_state`` per ``Job Id:``
 block; ``Unknown Job Id`` for the forgotten ones.
+
+A Slurm submission whose answer was lost is looked for by the comment it carried
+(:func:`find_by_comment`): ``squeue -h -t all -u USER -o %i|%T|%u|%k``, the caller's jobs
+only, matched on the whole comment.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 from collections.abc import Sequence
@@ -113,7 +118,7 @@ def _squeue_env() -> dict[str, str]:
             if not k.startswith("SQUEUE_") and k != "SLURM_CLUSTERS"}
 
 
-def _run(argv: list[str], forgotten: str, env: dict[str, str] | None = None) -> str:
+def _run(argv: list[str], forgotten: str | None, env: dict[str, str] | None = None) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
                               timeout=QUERY_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL,
@@ -129,12 +134,51 @@ def _run(argv: list[str], forgotten: str, env: dict[str, str] | None = None) -> 
         # Only forgotten ids may fail the command: any other complaint beside them (a
         # server lost midway) would make live jobs look forgotten.
         said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        other = [line for line in said if forgotten not in line]
+        other = [line for line in said if forgotten is None or forgotten not in line]
         if other or not said:
             first = (other or done.stdout.strip().splitlines() or ["no output"])[0]
             raise SchedulerQueryError(f"{argv[0]} failed (exit {done.returncode}): "
                                       f"{first[:300]}")
     return done.stdout
+
+
+def find_by_comment(comments: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
+    """The caller's Slurm jobs that carry one of ``comments`` (``--comment``), as
+    comment -> (job id, phase, state); a comment no job carries is left out. Raises
+    SchedulerQueryError when squeue cannot be asked."""
+    if not comments:
+        return {}
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        raise SchedulerQueryError(f"uid {os.geteuid()} has no user name to ask squeue "
+                                  "about") from None
+    out = _run(["squeue", "-h", "-t", "all", "-u", user, "-o", "%i|%T|%u|%k"],
+               forgotten=None, env=_squeue_env())
+    return parse_comments(out, user, comments)
+
+
+def parse_comments(text: str, user: str,
+                   comments: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
+    """``ID|STATE|USER|COMMENT`` lines (a comment may hold ``|``): the first job of
+    ``user`` per wanted comment. The user is checked again: a job of someone else that
+    copied the comment (rows, tokens included, are readable by the group) is not ours."""
+    wanted = set(comments)
+    out: dict[str, tuple[str, Phase, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) != 4:
+            continue
+        job, state, owner, comment = (p.strip() for p in parts)
+        if owner != user or comment not in wanted or comment in out:
+            continue
+        job = re.split(r"[_+]", job, maxsplit=1)[0]
+        if not is_job_id("slurm", job):
+            continue
+        said = parse_squeue(f"{job}|{state}")
+        if job in said:
+            out[comment] = (job, *said[job])
+    return out
 
 
 def parse_squeue(text: str) -> dict[str, tuple[Phase, str]]:

@@ -5,6 +5,13 @@ insert the ``batch_jobs`` row (QUEUED) so the script can carry its id; write the
 into ``PROJECT/qsubmit/``; run ``qsub`` / ``sbatch`` (argv lists, never a shell) and
 record the scheduler's job id — or, if submission fails, close the row as FAILED with the
 reason. A ``local`` run starts the script detached in the background instead.
+
+The row records the identity of the scheduler cluster (batch/clusterid.py), so that any
+host of that cluster may close it once the scheduler forgets the job. A Slurm submission
+carries ``--comment=balsam:<row id>:<token>``: when sbatch's answer is lost (it timed out,
+a signal ended it, it exited 0 without an id) the job may be queued or not, so the row
+stays QUEUED, marked uncertain, and `job sync` looks for the job by that comment
+(batch/uncertain.py) instead of a FAILED row and a second job.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -25,7 +33,7 @@ from ..base import db, safefs
 from ..base.errors import BalsamError, ProjectError, UsageError
 from ..base.project import Project, this_host
 from ..launcher import config
-from . import jobscript
+from . import clusterid, jobscript
 from .jobscript import JobRequest
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,20 @@ _JOB_ID = {
 
 class SubmitError(BalsamError):
     """The scheduler refused the job, or could not be run."""
+
+
+class SubmitUncertain(SubmitError):
+    """The scheduler's answer was lost: the job may be queued or not."""
+
+
+# Schedulers whose jobs can be found by the comment their submission carried.
+COMMENTED = frozenset({"slurm"})
+COMMENT_PREFIX = "balsam:"
+
+
+def comment_of(batch_job_id: int, token: str) -> str:
+    """What a submission's ``--comment`` says, and what `job sync` looks for."""
+    return f"{COMMENT_PREFIX}{batch_job_id}:{token}"
 
 
 @dataclass(frozen=True)
@@ -109,14 +131,20 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
     if req.scheduler != "local":
         _require_tool(SUBMIT_ARGV[req.scheduler][0])
     qdir = qsubmit_dir(project)
-    job_id = _insert(project, req)
+    token = secrets.token_hex(8) if req.scheduler in COMMENTED else None
+    cluster = clusterid.identity(req.scheduler)
+    job_id = _insert(project, req, cluster, token)
     try:
         text = jobscript.render(template, jobscript.values_for(
             req, project, batch_job_id=job_id, venv=venv, drain_grace_s=grace))
         script = _write_script(qdir, req, job_id, text)
         if req.scheduler == "local":
             return _start_local(project, qdir, script, job_id)
-        scheduler_id = _run_submit(req.scheduler, script, qdir)
+        comment = comment_of(job_id, token) if token else None
+        scheduler_id = _run_submit(req.scheduler, script, qdir, comment)
+    except SubmitUncertain as exc:
+        _hold(project, job_id, exc)
+        raise
     except BaseException as exc:
         _fail(project, job_id, _reason(exc))
         raise
@@ -175,10 +203,14 @@ def _require_tool(name: str) -> None:
                           "with that scheduler (or use --dry-run to see the script)")
 
 
-def _run_submit(scheduler: str, script: Path, qdir: Path) -> str:
+def _run_submit(scheduler: str, script: Path, qdir: Path, comment: str | None = None) -> str:
     """Run the scheduler's submit command in ``qdir`` (so its output files land there)
-    and return the job id it printed."""
-    argv = [*SUBMIT_ARGV[scheduler], str(script)]
+    and return the job id it printed. With a ``comment`` (Slurm), an answer that was lost
+    raises SubmitUncertain: the job can be found by that comment later."""
+    # On the command line, the comment overrides a #SBATCH --comment of a template.
+    tagged = [f"--comment={comment}"] if comment else []
+    argv = [*SUBMIT_ARGV[scheduler], *tagged, str(script)]
+    lost = SubmitUncertain if comment else SubmitError
     try:
         done = subprocess.run(argv, cwd=qdir, capture_output=True, text=True,
                               timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False)
@@ -187,12 +219,30 @@ def _run_submit(scheduler: str, script: Path, qdir: Path) -> str:
     except OSError as exc:  # on PATH but not runnable (a wrapper without a #! line)
         raise SubmitError(f"`{argv[0]}` could not be run: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
-        raise SubmitError(f"`{argv[0]}` did not answer in {SUBMIT_TIMEOUT_SEC} s; check "
-                          "the scheduler and whether the job was queued") from None
+        raise lost(f"`{argv[0]}` did not answer in {SUBMIT_TIMEOUT_SEC} s; "
+                   + _uncertain_tail(comment)) from None
+    if done.returncode < 0 and comment:
+        # Ended by a signal (a Ctrl-C reaches the whole foreground group): it may have
+        # been answered or not.
+        raise SubmitUncertain(f"`{argv[0]}` was ended by signal {-done.returncode} before "
+                              "it answered; " + _uncertain_tail(comment))
     if done.returncode != 0:
         said = _first_line(done.stderr) or _first_line(done.stdout) or "no message"
         raise SubmitError(f"{argv[0]} refused the job (exit {done.returncode}): {said}")
-    return parse_job_id(scheduler, done.stdout)
+    try:
+        return parse_job_id(scheduler, done.stdout)
+    except SubmitError as exc:
+        if comment:  # exit 0: most likely queued, under an id in a form not understood
+            raise SubmitUncertain(f"{exc}; " + _uncertain_tail(comment)) from None
+        raise
+
+
+def _uncertain_tail(comment: str | None) -> str:
+    if not comment:
+        return "check the scheduler and whether the job was queued"
+    return (f"the job may be queued or not: its batch job stays QUEUED, and `balsam-mpi "
+            f"job sync` (every autoscale look runs it) looks for a job with the comment "
+            f"{comment} and records it, or closes the row once none can appear")
 
 
 def parse_job_id(scheduler: str, output: str) -> str:
@@ -228,12 +278,14 @@ def _start_local(project: Project, qdir: Path, script: Path, job_id: int) -> Sub
 
 
 # -- the batch_jobs row ----------------------------------------------------------------------
-def _insert(project: Project, req: JobRequest) -> int:
+def _insert(project: Project, req: JobRequest, sched_cluster: str | None = None,
+            submit_token: str | None = None) -> int:
     from psycopg.types.json import Jsonb
 
     params = {"scheduler": req.scheduler, "host": this_host(), "nodes": req.nodes,
               "filters": Jsonb(jobscript.filters_of(req)),
-              "wall_time_min": req.wall_time_min}
+              "wall_time_min": req.wall_time_min,
+              "sched_cluster": clusterid.checked(sched_cluster), "submit_token": submit_token}
     with db.translated(), db.connect(project, application_name="balsam_mpi submit") as conn:
         row = conn.execute(sql.query("submit_insert"), params).fetchone()
         conn.commit()
@@ -253,6 +305,17 @@ def _set_scheduler_id(project: Project, job_id: int, scheduler_id: str) -> None:
         raise SubmitError(f"job {scheduler_id} was submitted but recording its id on batch "
                           f"job {job_id} failed ({exc}); its launcher will still adopt the "
                           "row") from exc
+
+
+def _hold(project: Project, job_id: int, exc: SubmitUncertain) -> None:
+    """Mark a row whose submission's outcome is unknown; if even that fails, it is still
+    QUEUED with its token, and `job sync` looks for its job once it is old enough."""
+    try:
+        with db.translated(), db.connect(project, application_name="balsam_mpi submit") as c:
+            c.execute(sql.query("submit_uncertain"), {"id": job_id})
+            c.commit()
+    except BalsamError as err:
+        log.warning("could not mark batch job %s uncertain (%s): %s", job_id, exc, err)
 
 
 def _fail(project: Project, job_id: int, reason: str) -> None:

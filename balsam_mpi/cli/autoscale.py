@@ -127,6 +127,8 @@ def _say(result: Any, dry_run: bool, said: _Said) -> None:
     from ..batch import jobsync
 
     verb = "would close" if dry_run else "closed"
+    for job, what in result.synced.found:
+        echo(f"{_now()} batch job {job.id}: {what}")
     for job, reason in result.synced.closed:
         echo(f"{_now()} {verb} batch job {job.id} ({jobsync.named(job)}): {reason}")
     for job, why in result.synced.unasked:

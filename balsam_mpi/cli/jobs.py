@@ -173,6 +173,8 @@ def sync_command(ctx: CliContext, dry_run: bool) -> None:
                                      autocommit=True) as conn:
         result = jobsync.sync(conn, dry_run=dry_run)
     verb = "would close" if dry_run else "closed"
+    for job, what in result.found:
+        echo(f"batch job {job.id}: {what}")
     for job, reason in result.closed:
         echo(f"{verb} batch job {job.id} ({jobsync.named(job)}): {reason}")
     for job, why in result.unasked:

@@ -5,21 +5,28 @@
 
 -- name: submit_insert
 -- The caller's QUEUED row; members write batch jobs only through functions
--- (migrations/0007).
+-- (migrations/0007). The scheduler cluster's identity and the token the submission's
+-- comment carries (migrations/0032).
 SELECT batch_job_submit(%(scheduler)s, %(host)s, %(nodes)s, %(filters)s,
-                        %(wall_time_min)s) AS id
+                        %(wall_time_min)s, %(sched_cluster)s, %(submit_token)s) AS id
 
 -- name: submit_set_scheduler_id
 -- Not limited to QUEUED: a fast scheduler (or a local run) may already have started the
 -- launcher, which adopted the row by its id. Set once; only on the caller's own row.
 SELECT batch_job_set_scheduler_id(%(id)s, %(scheduler_job_id)s) AS id
 
+-- name: submit_uncertain
+-- The scheduler's answer was lost (sbatch timed out, or a signal ended it): the row stays
+-- QUEUED, marked, for `job sync` to find its job by comment (migrations/0032).
+SELECT batch_job_submit_uncertain(%(id)s) AS id
+
 -- name: submit_fail
 SELECT batch_job_submit_failed(%(id)s, %(reason)s) AS id
 
 -- name: submit_get
 SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, filters, wall_time_min,
-       state::text, submitted_at, started_at, ended_at, end_reason
+       state::text, submitted_at, started_at, ended_at, end_reason, sched_cluster,
+       submit_token, uncertain_at
   FROM batch_jobs WHERE id = %(id)s
 
 -- name: batch_job_filters
@@ -30,8 +37,8 @@ SELECT filters FROM batch_jobs WHERE id = %(id)s
 -- `job sync` / `autoscale` (batch/jobsync.py): the caller's rows still QUEUED with a
 -- scheduler job id, to ask the scheduler about. Closing one goes through submit_fail
 -- (batch_job_submit_failed: the caller's own row, only while it is QUEUED), so a
--- launcher that adopts the row meanwhile wins.
-SELECT id, scheduler, scheduler_job_id, nodes, filters, host
+-- launcher that adopts the row meanwhile wins. sched_cluster: who else may close it.
+SELECT id, scheduler, scheduler_job_id, nodes, filters, host, sched_cluster
   FROM batch_jobs
  WHERE "user" = session_user AND state = 'QUEUED' AND scheduler_job_id IS NOT NULL
  ORDER BY id
@@ -40,11 +47,26 @@ SELECT id, scheduler, scheduler_job_id, nodes, filters, host
 -- `job sync` (batch/jobsync.py): the caller's QUEUED rows that never got a scheduler id
 -- and are older than any submission can take (the submitter died between its row and
 -- the scheduler's answer). A local run never gets an id: its launcher adopts the row.
+-- A row whose submission carried a comment token is looked for instead (jobs_uncertain_own).
 SELECT id, scheduler, nodes, filters, host
   FROM batch_jobs
  WHERE "user" = session_user AND state = 'QUEUED' AND scheduler_job_id IS NULL
-   AND scheduler <> 'local'
+   AND scheduler <> 'local' AND submit_token IS NULL
    AND submitted_at < now() - make_interval(secs => %(age)s)
+ ORDER BY id
+
+-- name: jobs_uncertain_own
+-- `job sync` (batch/uncertain.py): the caller's QUEUED rows without a scheduler id whose
+-- submission carried a comment token, once the scheduler's answer is known to be lost
+-- (uncertain_at) or older than any submission can take; `stale`: old enough that a job
+-- not listed by now never will be.
+SELECT id, scheduler, nodes, filters, host, sched_cluster, submit_token,
+       submitted_at < now() - make_interval(secs => %(age)s) AS stale
+  FROM batch_jobs
+ WHERE "user" = session_user AND state = 'QUEUED' AND scheduler_job_id IS NULL
+   AND submit_token IS NOT NULL
+   AND (uncertain_at IS NOT NULL
+        OR submitted_at < now() - make_interval(secs => %(age)s))
  ORDER BY id
 
 -- name: elastic_backlog

@@ -523,3 +523,138 @@ def test_a_submission_that_never_recorded_its_id_is_closed_once_stale(
         assert _state(conn, job) == ("QUEUED", None)
     out = _run("--project", str(pg_project.root), "job", "sync")
     assert out.exit_code == 0 and "0 closed" in out.output
+
+
+# -- another login node of the same cluster; a submission whose answer was lost ------------
+_CONFIG = ("Configuration data as of 2024-01-01T00:00:00\nAccountingStorageType = "
+           "accounting_storage/none\nClusterName = {name}\nSlurmctldHost[0] = {ctl}(10.0.0.1)\n")
+
+
+def test_another_login_node_of_the_same_cluster_closes_a_forgotten_job(
+        pg_project: Project, conn: Any, hello: None, fakebin: Path) -> None:
+    """A row records the scheduler cluster it was submitted to (scontrol's ClusterName
+    and controller). An autoscaler restarted on another login node of that cluster, whose
+    host name differs, closes the row once squeue forgets its job (before: it stayed
+    QUEUED for ever, "submitted from login1"); a row of another cluster, or one without
+    an identity from another host, stays (the host rule)."""
+    _tasks(conn, 2)
+    _fake(fakebin, "scontrol", f"printf '{_CONFIG.format(name='polaris', ctl='ctl1')}'")
+    _fake(fakebin, "sbatch", "echo 9501")
+    done = submit.submit(pg_project, JobRequest("slurm", 1, 10))
+    row = submit.get(pg_project, done.batch_job_id)
+    assert row is not None and row["sched_cluster"] == "polaris@ctl1", row
+    other_cluster = _queued(pg_project, "9502")
+    unknown = _queued(pg_project, "9503")
+    _as_superuser(pg_project, "UPDATE batch_jobs SET host = 'login1'")
+    _as_superuser(pg_project, "UPDATE batch_jobs SET sched_cluster = 'theta@ctl9' "
+                              "WHERE id = %s", other_cluster)
+    _fake(fakebin, "squeue", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; "
+                             "exit 1")
+    synced = jobsync.sync(conn, host="login2")
+    assert [j.id for j, _ in synced.closed] == [done.batch_job_id], synced
+    assert sorted(j.id for j, _ in synced.unasked) == [other_cluster, unknown]
+    assert "login1 to theta@ctl9" in dict((j.id, w) for j, w in synced.unasked)[
+        other_cluster]
+    assert _state(conn, done.batch_job_id)[0] == "FAILED"
+    assert _state(conn, other_cluster) == ("QUEUED", None)
+    assert _state(conn, unknown) == ("QUEUED", None)
+    # A host whose scheduler cannot say who it is keeps the host rule, even for a row
+    # that has an identity.
+    again = _queued(pg_project, "9504")
+    _as_superuser(pg_project, "UPDATE batch_jobs SET host = 'login1', sched_cluster = "
+                              "'polaris@ctl1' WHERE id = %s", again)
+    _fake(fakebin, "scontrol", "echo 'slurm_load_ctl_conf error' >&2; exit 1")
+    assert again in [j.id for j, _ in jobsync.sync(conn, host="login2").unasked]
+    assert _state(conn, again) == ("QUEUED", None)
+
+
+def _lost_sbatch(fakebin: Path, queued: bool) -> None:
+    """sbatch that hands the job to the controller (or not) and never answers; squeue
+    lists the caller's jobs with the comment sbatch was given."""
+    comment = fakebin / "comment"
+    keep = f"sed -n 's/^--comment=//p' {fakebin}/sbatch.argv > {comment}; " if queued else ""
+    _fake(fakebin, "sbatch", keep + "exec sleep 60")
+    _fake(fakebin, "squeue", f'if [ -s {comment} ]; then echo "9601|PENDING|$(id -un)|'
+                             f'$(cat {comment})"; echo "9602|PENDING|someone|$(cat {comment})";'
+                             ' fi')
+
+
+@pytest.mark.parametrize("queued", [True, False])
+def test_an_sbatch_that_never_answered_neither_loses_the_job_nor_submits_twice(
+        pg_project: Project, conn: Any, hello: None, fakebin: Path,
+        monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
+    """sbatch times out: the job may be queued. The row stays QUEUED (marked uncertain),
+    so the next look submits no second job; the sync finds the job by the comment the
+    submission carried and records its id. When no job carries it, the row is closed
+    once no submission could still appear, and only then does a look submit again."""
+    _tasks(conn, 4)
+    _lost_sbatch(fakebin, queued)
+    monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
+    req = JobRequest("slurm", 1, 10)
+    scaling = elastic.Scaling(max_nodes=1)
+    with pytest.raises(submit.SubmitUncertain, match="may be queued or not"):
+        elastic.tick(pg_project, req, scaling)
+    (job,) = [r[0] for r in conn.execute("SELECT id FROM batch_jobs")]
+    row = submit.get(pg_project, job)
+    assert row is not None and row["state"] == "QUEUED" and row["uncertain_at"], row
+    sbatch_argv = (fakebin / "sbatch.argv").read_text().splitlines()
+    assert f"--comment=balsam:{job}:{row['submit_token']}" in sbatch_argv
+    _fake(fakebin, "sbatch", "echo 9700")  # a second submission would now succeed
+    look = elastic.tick(pg_project, req, scaling)
+    assert look.submitted is None and "--max-queued" in look.decision.why, look
+    if queued:
+        assert [(j.id, j.scheduler_job_id) for j, _ in look.synced.found] == [(job, "9601")]
+        assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
+                            ).fetchall() == [("QUEUED", "9601")]
+        return
+    assert [j.id for j, _ in look.synced.unasked] == [job]
+    assert "no job with the comment" in look.synced.unasked[0][1]
+    _as_superuser(pg_project, "UPDATE batch_jobs SET submitted_at = now() - "
+                              "make_interval(secs => %s)", jobsync.UNSUBMITTED_AFTER_S + 60)
+    later = elastic.tick(pg_project, req, scaling)
+    assert [j.id for j, _ in later.synced.closed] == [job], later
+    state, reason = _state(conn, job)
+    assert state == "FAILED" and "lists no job with its comment" in str(reason)
+    assert later.submitted is not None and later.submitted.scheduler_job_id == "9700"
+
+
+def test_a_lost_answer_is_looked_for_only_on_the_same_cluster(
+        pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
+    """"No job with this comment" means something only where the same scheduler is
+    asked: from another host of another (or an unknown) cluster the row stays."""
+    job = submit._insert(pg_project, JobRequest("slurm", 1, 10), "polaris@ctl1",
+                         "0123456789abcdef")
+    _as_superuser(pg_project, "UPDATE batch_jobs SET host = 'login1', uncertain_at = "
+                              "now(), submitted_at = now() - interval '1 hour'")
+
+    def never(comments: Sequence[str]) -> dict[str, Any]:
+        raise AssertionError(f"looked for {list(comments)} on another cluster")
+
+    synced = jobsync.sync(conn, host="login2", find=never, identity=lambda _s: "theta@ctl9")
+    assert [j.id for j, _ in synced.unasked] == [job] and synced.closed == []
+    synced = jobsync.sync(conn, host="login2", find=never, identity=lambda _s: None)
+    assert [j.id for j, _ in synced.unasked] == [job]
+    assert _state(conn, job) == ("QUEUED", None)
+    synced = jobsync.sync(conn, host="login2", find=lambda _c: {},
+                          identity=lambda _s: "polaris@ctl1")
+    assert [j.id for j, _ in synced.closed] == [job]
+
+
+def test_only_the_callers_own_row_is_marked_uncertain(
+        pg_project: Project, dbname: str, su: Any, roles: dict[str, str]  # noqa: F811
+) -> None:
+    """The marking function is the caller's, on a QUEUED row without an id; the new
+    columns take only their shapes."""
+    with as_role(su, roles["alice"]) as conn:
+        job = conn.execute("SELECT batch_job_submit('slurm', 'h', 1, '{}', NULL, "
+                           "'c@x', '00112233445566778899')").fetchone()[0]
+        for bad in (("c x", None), ("c@x", "NOTHEX0123456789"), ("c;rm", None)):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("SELECT batch_job_submit('slurm', 'h', 1, '{}', NULL, %s, %s)",
+                             bad)
+    with as_role(su, roles["bob"]) as conn:
+        assert conn.execute("SELECT batch_job_submit_uncertain(%s)", (job,)
+                            ).fetchone() == (None,)
+    with as_role(su, roles["alice"]) as conn:
+        assert conn.execute("SELECT batch_job_submit_uncertain(%s)", (job,)
+                            ).fetchone() == (job,)

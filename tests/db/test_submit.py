@@ -54,8 +54,12 @@ def test_slurm_and_cobalt_ids(pg_project: Project, conn: Any, dbname: str,
                               fakebin: Path) -> None:
     _fake(fakebin, "sbatch", "echo '77;perlmutter'")
     done = submit.submit(pg_project, JobRequest("slurm", 2, 30))
+    row = submit.get(pg_project, done.batch_job_id)
+    assert row is not None and row["submit_token"]
+    # The comment a lost answer's job is found by (batch/uncertain.py).
     assert (fakebin / "sbatch.argv").read_text().splitlines()[1:] == [
-        "--parsable", str(done.script)]
+        "--parsable", f"--comment=balsam:{done.batch_job_id}:{row['submit_token']}",
+        str(done.script)]
     assert done.scheduler_job_id == "77;perlmutter"
     _fake(fakebin, "qsub", "echo 'Job routed to queue \"default\".'; echo 31337")
     done = submit.submit(pg_project, JobRequest("cobalt", 2, 30))

@@ -4,13 +4,17 @@ work; a pending job cancelled with `scancel` is closed by `job sync`."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from balsam_mpi.base.project import Project
+from tests.db.test_autoscale import _as_superuser
 from tests.e2e.test_launcher import no_strays
 from tests.slurm.cluster import LocalSlurm
 from tests.slurm.jobkit import (
@@ -77,3 +81,63 @@ def test_job_sync_closes_a_job_cancelled_while_pending(slurm_env: LocalSlurm, co
     assert f"closed batch job {sub['batch_job_id']} (slurm job {job})" in said, said
     state, reason = batch_job(conn, sub["batch_job_id"])
     assert state == "FAILED" and "CANCELLED" in str(reason), (state, reason)
+
+
+def test_another_login_node_of_the_cluster_closes_a_job_slurm_forgot(
+        slurm_env: LocalSlurm, conn: Any, pg_project: Project, dbname: str) -> None:
+    """The row records `scontrol show config`'s ClusterName and controller; a sync on a
+    host of another name but the same cluster closes a row whose job squeue does not
+    know (before, only the submitting host could: the row stayed QUEUED for ever)."""
+    from balsam_mpi.batch import clusterid
+
+    here = clusterid.identity("slurm")
+    assert here == f"balsamtest@{slurm_env.host}", here
+    sub = submit("-n", "1", "-t", "5", "--workflow", dbname, "--directive",
+                 "--begin=now+3600")
+    row = sub["batch_job_id"]
+    assert conn.execute("SELECT sched_cluster FROM batch_jobs WHERE id = %s",
+                        (row,)).fetchone() == (here,)
+    # A job this cluster never had (ids start at FirstJobId, past 1000), submitted from
+    # another login node of the same cluster.
+    _as_superuser(pg_project, "UPDATE batch_jobs SET scheduler_job_id = '7', host = "
+                              "'login-other' WHERE id = %s", row)
+    said = _cli("job", "sync").stdout
+    assert f"closed batch job {row} (slurm job 7)" in said, said
+    assert batch_job(conn, row)[0] == "FAILED"
+    slurm_env.run("scancel", sub["scheduler_job_id"])
+
+
+def test_an_sbatch_whose_answer_is_lost_is_found_by_its_comment(
+        slurm_env: LocalSlurm, conn: Any, pg_project: Project, dbname: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch queues the job but its answer never comes (a wrapper that hangs after the
+    real sbatch): the row stays QUEUED, the next look finds the job by the comment the
+    submission carried (squeue %k) and records its id, and submits no second job."""
+    from balsam_mpi.batch import elastic
+    from balsam_mpi.batch import submit as submitting
+    from balsam_mpi.batch.jobscript import JobRequest
+
+    add_app(conn, "echo", "echo lost")
+    add_tasks(conn, "echo", 1)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "sbatch"
+    wrapper.write_text(f"#!/bin/bash\n{shutil.which('sbatch')} \"$@\" > {tmp_path}/said\n"
+                       "exec sleep 120\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setattr(submitting, "SUBMIT_TIMEOUT_SEC", 10)
+    req = JobRequest("slurm", 1, 5, workflows=(dbname,), directives=("--begin=now+3600",))
+    scaling = elastic.Scaling(max_nodes=1)
+    with pytest.raises(submitting.SubmitUncertain):
+        elastic.tick(pg_project, req, scaling)
+    job = (tmp_path / "said").read_text().strip()  # what the real sbatch printed
+    assert job.isdigit(), job
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(":", 1)[1])  # the real sbatch
+    look = elastic.tick(pg_project, req, scaling)
+    assert look.submitted is None, look
+    assert [(j.scheduler_job_id) for j, _ in look.synced.found] == [job], look.synced
+    assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs "
+                        "WHERE filters = %s::jsonb", (f'{{"workflows": ["{dbname}"]}}',)
+                        ).fetchall() == [("QUEUED", job)]
+    slurm_env.run("scancel", job)

@@ -178,3 +178,36 @@ def test_the_users_squeue_settings_do_not_hide_jobs(tmp_path: object,
         with monkeypatch.context() as env:
             env.setenv(name, value)
             assert schedq.phases("slurm", ["7", "8"]) == want, name
+
+
+def test_cluster_identity_from_the_schedulers_own_words() -> None:
+    """Slurm: ClusterName and the first controller (two sites may share a name); PBS:
+    the server; anything odd or missing is unknown (the host rule then applies)."""
+    from balsam_mpi.batch import clusterid
+
+    config = ("Configuration data as of 2024-05-01T10:00:00\nClusterName             = "
+              "polaris\nSlurmctldHost[0]        = ctl1(10.1.0.1)\nSlurmctldHost[1]        "
+              "= ctl2\n")
+    assert clusterid.parse_slurm_config(config) == "polaris@ctl1"
+    assert clusterid.parse_slurm_config("ClusterName = polaris\n") is None
+    assert clusterid.parse_slurm_config("ClusterName = a b\nSlurmctldHost[0] = c\n") is None
+    assert clusterid.parse_slurm_config("") is None
+    assert clusterid.parse_pbs_server("Server: pbs01.example.org\n    server_state = "
+                                      "Active\n") == "pbs:pbs01.example.org"
+    assert clusterid.parse_pbs_server("Server: $(rm)\n") is None
+    assert clusterid.may_close("login1", "polaris@ctl1", "login2", "polaris@ctl1")
+    assert not clusterid.may_close("login1", "polaris@ctl1", "login2", "theta@ctl9")
+    assert not clusterid.may_close("login1", None, "login2", "polaris@ctl1")
+    assert not clusterid.may_close("login1", "polaris@ctl1", "login2", None)
+    assert clusterid.may_close("login1", None, "login1", None)
+
+
+def test_a_job_is_found_by_its_whole_comment_and_its_owner() -> None:
+    text = ("301|PENDING|alice|balsam:5:aa|x\n302_1|RUNNING|alice|balsam:6:bb\n"
+            "303|PENDING|mallory|balsam:7:cc\n304|PENDING|alice|balsam:7:cc-not\n"
+            "305|COMPLETED|alice|balsam:8:dd\nnoise\n")
+    got = schedq.parse_comments(text, "alice", ["balsam:5:aa|x", "balsam:6:bb",
+                                                "balsam:7:cc", "balsam:8:dd"])
+    assert got == {"balsam:5:aa|x": ("301", "waiting", "PENDING"),
+                   "balsam:6:bb": ("302", "running", "RUNNING"),
+                   "balsam:8:dd": ("305", "ended", "COMPLETED")}
