@@ -79,8 +79,9 @@ class Node(Stops, PyStart):
         self.procs = ProcWatch()  # what wait() sleeps on
         self.ahead = Ahead()  # queued tasks' directories, opened while the node waits
         self._watch: set[int] = set()  # running tasks with a deadline or a pending SIGKILL
-        # MPICH start-up segments that killed jobs left: swept at the first step, and after
-        # a task ends badly, before a later task's mpiexec gets their pid (shmleft.py).
+        # MPI files that killed jobs left (MPICH's, Open MPI's): swept at the first step,
+        # and after a task ends badly, before a later task's mpiexec gets their pid
+        # (shmleft.py, ompileft.py).
         self.shm = shmleft.Sweeper()
         self.started_total = 0
         self.finished_total = 0

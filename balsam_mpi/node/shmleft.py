@@ -1,4 +1,4 @@
-"""MPICH's start-up segments that killed jobs leave in ``/dev/shm``, and why they must go.
+"""Shared-memory files that killed MPI jobs leave in ``/dev/shm``, and why they must go.
 
 MPICH (5.0, the PyPI wheel's, measured) shares one memory segment among the ranks of a
 host while ``MPI_Init`` runs, ``/dev/shm/mpich_shm_<hash>_<n>``, and the hash is of the
@@ -15,9 +15,17 @@ and ``MPI_Init`` fails with garbage ("failed to unpack address") or waits for ev
 launcher's own ranks under ``mpiexec.gforker`` hung in ``MPI_Init`` this way in the test
 suite).
 
+Open MPI 4.1 (Debian 12's, measured) gives each rank a segment,
+``/dev/shm/vader_segment.<host>.<uid>.<jobid>.<local rank>`` (4 MiB long, sparse: 72 KiB
+of memory for a job that barely talked), and a job whose ``mpirun`` is killed with
+SIGKILL leaves them (after SIGTERM, or when only its ranks are killed, ``mpirun`` removes
+them). The job id comes from ``mpirun``'s pid; a later job at that pid creates the same
+names without ``O_EXCL``, uses the files and removes them at its end, so these cost memory
+only. Its session directories under ``/tmp`` are ``ompileft.py``'s.
+
 A launcher kills tasks (wall time, ``task kill``, a job's end) and is itself killed, and a
 node's pids come round (32,768 of them here), so this module removes such leftovers: files
-of that name, regular, owned by this user, that no process of ours holds. It is called
+of those names, regular, owned by this user, that no process of ours holds. It is called
 before the local start execs the launcher's mpiexec (``batch/localstart.py``), when a node
 starts, and a little after a task of that node ends badly (``Node``).
 
@@ -28,8 +36,11 @@ holds the file from its creation (an open descriptor) through its mapping to its
 name never disturbs ranks already attached (the memory stays until its last user unmaps
 it); only ranks still to attach would notice, and their job's creator is alive and seen.
 Files changed in the last ``min_age_s`` are spared besides, so that a holder this user
-cannot see (a process in another PID namespace) has its job's start to itself. Another
-user's files are never touched (the sticky ``/dev/shm`` forbids it anyway).
+cannot see (a process in another PID namespace) has its job's start to itself. A job
+started after the processes were read may adopt a leftover of its name (Open MPI's ranks
+do, and a peer then opens it by name): adopting it changes the file (``ftruncate``), so a
+file is removed only if it is still the one listed, unchanged. Another user's files are
+never touched (the sticky ``/dev/shm`` forbids it anyway).
 """
 
 from __future__ import annotations
@@ -41,36 +52,43 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from . import ompileft
+
 log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
-PREFIX = "mpich_shm_"
+PREFIX = "mpich_shm_"  # MPICH's
+PREFIXES = (PREFIX, "vader_segment.")  # and Open MPI 4's
 MIN_AGE_S = 5.0  # a file younger than this is spared (made between the two looks)
 AFTER_END_S = MIN_AGE_S + 1.0  # a node sweeps this long after a task ended badly
 SWEEP_GAP_S = 30.0  # and not more often than this
 
 
-def candidates(directory: str = SHM_DIR, uid: int | None = None,
-               now: float | None = None, min_age_s: float = MIN_AGE_S) -> list[str]:
-    """Names in ``directory`` that look like MPICH's start-up segments: regular files (not
-    links), owned by ``uid``, last changed at least ``min_age_s`` ago."""
-    uid = os.getuid() if uid is None else uid
-    now = time.time() if now is None else now
-    found = []
+def _listed(directory: str, uid: int, now: float, min_age_s: float) -> dict[str, os.stat_result]:
+    """Names in ``directory`` that look like MPI jobs' segments: regular files (not links),
+    owned by ``uid``, last changed at least ``min_age_s`` ago; with their lstat."""
+    found = {}
     try:
         names = os.listdir(directory)
     except OSError:
-        return []
+        return {}
     for name in names:
-        if not name.startswith(PREFIX):
+        if not name.startswith(PREFIXES):
             continue
         try:
             st = os.lstat(os.path.join(directory, name))
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_uid == uid and now - st.st_mtime >= min_age_s:
-            found.append(name)
+            found[name] = st
     return found
+
+
+def candidates(directory: str = SHM_DIR, uid: int | None = None,
+               now: float | None = None, min_age_s: float = MIN_AGE_S) -> list[str]:
+    """The names ``sweep`` would remove if no process held them."""
+    uid = os.getuid() if uid is None else uid
+    return list(_listed(directory, uid, time.time() if now is None else now, min_age_s))
 
 
 def _held_by(pid_dir: Path, directory: str) -> Iterable[str]:
@@ -112,32 +130,50 @@ def sweep(directory: str = SHM_DIR, *, min_age_s: float = MIN_AGE_S, proc: str =
           holders: Callable[[str, str], set[str]] = held) -> list[str]:
     """Remove the leftovers (see the module); the names removed. Never raises for a file
     that cannot be looked at or removed: that one stays."""
-    found = candidates(directory, min_age_s=min_age_s)
+    found = _listed(directory, os.getuid(), time.time(), min_age_s)
     if not found:
         return []  # the usual case: one listdir
     busy = holders(directory, proc)
     removed = []
-    for name in found:
+    for name, listed in found.items():
         if name in busy:
             continue
+        path = os.path.join(directory, name)
         try:
-            os.unlink(os.path.join(directory, name))
+            now = os.lstat(path)
+            if (now.st_ino, now.st_mtime_ns, now.st_ctime_ns) != (
+                    listed.st_ino, listed.st_mtime_ns, listed.st_ctime_ns):
+                continue  # adopted (or replaced) since it was listed
+            os.unlink(path)
         except OSError:
             continue
         removed.append(name)
     if removed:
-        log.info("removed %d MPICH start-up segment(s) that killed jobs left in %s (a "
-                 "later job whose mpiexec gets the same pid would fail or hang in MPI_Init: "
-                 "node/shmleft.py)", len(removed), directory)
+        log.info("removed %d shared-memory segment(s) that killed MPI jobs left in %s "
+                 "(MPICH's stop a later job at the same pid in MPI_Init, Open MPI's hold "
+                 "memory: node/shmleft.py)", len(removed), directory)
     return removed
+
+
+def sweep_all(directory: str = SHM_DIR, session_bases: list[str] | None = None) -> list[str]:
+    """The segments in ``directory`` and Open MPI's session directories; what went."""
+    removed = sweep(directory)
+    gone = ompileft.sweep(ompileft.bases() if session_bases is None else session_bases,
+                          holders=held, min_age_s=MIN_AGE_S)
+    if gone:
+        log.info("removed %d Open MPI session director(y/ies) that killed jobs left: %s "
+                 "(node/ompileft.py)", len(gone), ", ".join(gone[:5]))
+    return removed + gone
 
 
 class Sweeper:
     """When a node sweeps: once at its start, then ``AFTER_END_S`` after a task ends badly,
     at most every ``SWEEP_GAP_S``."""
 
-    def __init__(self, directory: str = SHM_DIR, *, enabled: bool = True) -> None:
+    def __init__(self, directory: str = SHM_DIR, *, enabled: bool = True,
+                 session_bases: list[str] | None = None) -> None:
         self.directory = directory
+        self.session_bases = session_bases  # None: where Open MPI would put them
         self.enabled = enabled and os.path.isdir(directory)
         self.due = 0.0 if self.enabled else -1.0  # monotonic time of the next sweep; <0: none
         self._last = -SWEEP_GAP_S
@@ -156,4 +192,4 @@ class Sweeper:
         self.due = -1.0
         if self._bad > now - AFTER_END_S:  # a task's ranks may still be dying: once more
             self.due = max(self._bad + AFTER_END_S, now + SWEEP_GAP_S)
-        return sweep(self.directory)
+        return sweep_all(self.directory, self.session_bases)

@@ -33,13 +33,46 @@ def _no_holders(_directory: str, _proc: str) -> set[str]:
 def test_only_old_regular_files_of_mpichs_name_are_candidates(tmp_path: Path) -> None:
     _segment(tmp_path, "mpich_shm_1a2b_0")
     _segment(tmp_path, "mpich_shm_young_0", age_s=1.0)
-    _segment(tmp_path, "vader_segment.host.1.0")  # another MPI's: not this module's
     _segment(tmp_path, "other")
+    _segment(tmp_path, "sem.mpich_shm_not_0")
     (tmp_path / "mpich_shm_dir_0").mkdir()
     (tmp_path / "mpich_shm_link_0").symlink_to(tmp_path / "other")
     assert shmleft.candidates(str(tmp_path)) == ["mpich_shm_1a2b_0"]
     assert sorted(shmleft.candidates(str(tmp_path), min_age_s=0.0)) == [
         "mpich_shm_1a2b_0", "mpich_shm_young_0"]
+
+
+def test_open_mpis_segments_are_candidates_too(tmp_path: Path) -> None:
+    # Open MPI 4.1's names, as a killed 2-rank job left them (host "vm", uid 0).
+    _segment(tmp_path, "vader_segment.vm.0.7bfa0001.0")
+    _segment(tmp_path, "vader_segment.vm.0.7bfa0001.1")
+    _segment(tmp_path, "vader_segment.vm.0.7c000001.0", age_s=1.0)
+    (tmp_path / "vader_segment.vm.0.link.0").symlink_to(tmp_path / "vader_segment.vm.0.7bfa0001.0")
+    assert sorted(shmleft.candidates(str(tmp_path))) == [
+        "vader_segment.vm.0.7bfa0001.0", "vader_segment.vm.0.7bfa0001.1"]
+    assert sorted(shmleft.sweep(str(tmp_path), holders=_no_holders)) == [
+        "vader_segment.vm.0.7bfa0001.0", "vader_segment.vm.0.7bfa0001.1"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "vader_segment.vm.0.7c000001.0", "vader_segment.vm.0.link.0"]
+
+
+def test_a_segment_adopted_while_the_processes_were_read_stays(tmp_path: Path) -> None:
+    """A job started after the listing may take up a leftover of its name (Open MPI's
+    ranks open it with O_CREAT and ftruncate it; a peer then opens it by name): the sweep
+    removes a file only if it is still as listed."""
+    adopted = _segment(tmp_path, "vader_segment.vm.0.7bfa0001.0")
+    replaced = _segment(tmp_path, "mpich_shm_replaced_0")
+    left = _segment(tmp_path, "vader_segment.vm.0.7bfa0001.1")
+
+    def holders(_directory: str, _proc: str) -> set[str]:
+        with open(adopted, "r+b") as f:
+            os.ftruncate(f.fileno(), 4096)  # what a rank at the old job's pid does
+        replaced.unlink()
+        _segment(tmp_path, replaced.name)  # another file, as old, under that name
+        return set()
+
+    assert shmleft.sweep(str(tmp_path), holders=holders) == [left.name]
+    assert adopted.exists() and replaced.exists() and not left.exists()
 
 
 def test_another_users_file_is_never_a_candidate(tmp_path: Path) -> None:
@@ -99,7 +132,7 @@ def test_a_held_file_removed_meanwhile_is_still_known_by_its_name(tmp_path: Path
 
 
 def test_sweeper_sweeps_at_once_then_after_bad_ends_spaced(tmp_path: Path) -> None:
-    sweeper = shmleft.Sweeper(str(tmp_path))
+    sweeper = shmleft.Sweeper(str(tmp_path), session_bases=[])
     _segment(tmp_path, "mpich_shm_a_0")
     assert sweeper.tick(100.0) == ["mpich_shm_a_0"]  # the first: at the node's start
     assert sweeper.due < 0
@@ -135,7 +168,7 @@ def test_a_node_sweeps_at_its_first_step_and_after_a_killed_task(tmp_path: Path)
     shm.mkdir()
     left = _segment(shm, "mpich_shm_earlier_job_0")
     with Node(die_with_parent=False) as node:
-        node.shm = shmleft.Sweeper(str(shm))
+        node.shm = shmleft.Sweeper(str(shm), session_bases=[])
         node.step()
         assert not left.exists()
         node.enqueue([order(tmp_path, 1, ("/bin/sleep", "30"))])
