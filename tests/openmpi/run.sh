@@ -92,8 +92,9 @@ unset BALSAM_USE_MPICH_WHEEL BALSAM_MPI_LAUNCHER
 # settings: the launcher passes them on to its tasks' own mpirun.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-# Its own session directory: a job killed with SIGKILL leaves its directory behind, and a
-# later mpirun that gets the same pid (pids wrap at 32768 on a busy machine) trips on it.
+# Its own session directory: a job killed with SIGKILL leaves its directory behind (8 MiB;
+# a later mpirun at the same pid reuses it, measured: docs/mpi-tasks.md), and the tier's
+# leftovers go with $work instead of collecting in /tmp.
 export OMPI_MCA_orte_tmpdir_base="$work/ompi"
 mkdir -p "$OMPI_MCA_orte_tmpdir_base"
 
