@@ -33,6 +33,7 @@ from ..base import db, safefs
 from ..base.errors import BalsamError, ProjectError, UsageError
 from ..base.project import Project, this_host
 from ..launcher import config
+from ..tasks import owners
 from . import clusterid, jobscript
 from .jobscript import JobRequest
 
@@ -100,11 +101,16 @@ def venv_prefix() -> str:
     return sys.prefix
 
 
-def drain_grace_s(project: Project) -> float:
+def drain_grace_s(project: Project, req: JobRequest | None = None) -> float:
     """The launcher's drain grace as its job will see it (``BALSAM_DRAIN_GRACE_S``, then
     ``settings.toml [launcher]``, then the default): the Slurm warning time is derived
-    from it. sbatch hands the submitting environment on to the job, so the two agree."""
-    grace = config.resolve({}, os.environ, project.read_settings()).drain_grace_s
+    from it. sbatch hands the submitting environment on to the job, so the two agree.
+
+    With ``req``, its launcher flags are resolved over the same layers, so what the
+    launcher would refuse when the job starts (``persistent = true`` in settings.toml
+    beside ``--idle-timeout``) is refused here, before anything is queued."""
+    flags = {} if req is None else jobscript.launcher_flags(req)
+    grace = config.resolve(flags, os.environ, project.read_settings()).drain_grace_s
     if not math.isfinite(grace) or grace < 0:
         raise UsageError(f"drain_grace_s = {grace!r} (BALSAM_DRAIN_GRACE_S, or settings.toml "
                          "[launcher]): give a number of seconds, 0 or more")
@@ -115,16 +121,17 @@ def dry_run(project: Project, req: JobRequest, home: Path | None = None) -> str:
     """The script a submission would write, with no batch job id; nothing is written."""
     jobscript.validate(req)
     template = jobscript.find_template(req.scheduler, project, home)
+    _check_owners_if_reachable(project, req)
     return jobscript.render(template, jobscript.values_for(
         req, project, batch_job_id=None, venv=venv_prefix(),
-        drain_grace_s=drain_grace_s(project)))
+        drain_grace_s=drain_grace_s(project, req)))
 
 
 def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submission:
     jobscript.validate(req)
     template = jobscript.find_template(req.scheduler, project, home)
     venv = venv_prefix()
-    grace = drain_grace_s(project)
+    grace = drain_grace_s(project, req)
     # Render once before touching anything: a bad template or value fails here, unwritten.
     jobscript.render(template, jobscript.values_for(req, project, batch_job_id=0, venv=venv,
                                                     drain_grace_s=grace))
@@ -277,6 +284,24 @@ def _start_local(project: Project, qdir: Path, script: Path, job_id: int) -> Sub
     return Submission(job_id, "local", None, script, log_path, proc.pid)
 
 
+# -- the --owner roles -----------------------------------------------------------------------
+def _check_owners_if_reachable(project: Project, req: JobRequest) -> None:
+    """A dry run checks ``--owner`` when the server answers, and skips the check when it
+    does not: a dry run writes nothing and otherwise works without the server (a script
+    read before the server is started, or on a host that cannot reach it). A real
+    submission always checks, on the connection that records the job (``_insert``),
+    and the launcher checks again when it starts."""
+    if not req.owners:
+        return
+    try:
+        with db.translated():
+            conn = db.connect(project, application_name="balsam_mpi submit --dry-run")
+    except BalsamError:
+        return
+    with conn:
+        owners.check_owners(conn, req.owners)
+
+
 # -- the batch_jobs row ----------------------------------------------------------------------
 def _insert(project: Project, req: JobRequest, sched_cluster: str | None = None,
             submit_token: str | None = None) -> int:
@@ -287,6 +312,8 @@ def _insert(project: Project, req: JobRequest, sched_cluster: str | None = None,
               "wall_time_min": req.wall_time_min,
               "sched_cluster": clusterid.checked(sched_cluster), "submit_token": submit_token}
     with db.translated(), db.connect(project, application_name="balsam_mpi submit") as conn:
+        # Before the row: a role no task can have would queue a job that claims nothing.
+        owners.check_owners(conn, req.owners)
         row = conn.execute(sql.query("submit_insert"), params).fetchone()
         conn.commit()
     assert row is not None  # INSERT … RETURNING always returns the row

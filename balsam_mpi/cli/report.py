@@ -89,14 +89,29 @@ def check_png(png: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def connection(ctx: CliContext) -> Iterator[psycopg.Connection[Any]]:
+def connection(ctx: CliContext, filters: Filters | None = None
+               ) -> Iterator[psycopg.Connection[Any]]:
     from ..base import db
 
     conn = db.connect(ctx.project(), application_name="balsam_mpi report")
     try:
+        if filters is not None:
+            note_unknown_owner(conn, filters)
         yield conn
     finally:
         conn.close()
+
+
+def note_unknown_owner(conn: psycopg.Connection[Any], filters: Filters) -> None:
+    """An ``--owner`` that names no role a task can have stays legal (the report is then
+    empty, an honest answer), but a misspelt name reads like a quiet project: one line
+    on stderr says so. One query of the roles (and, for a non-member, of the tasks)."""
+    from ..tasks.owners import unknown_owners
+
+    if filters.owner is None or not unknown_owners(conn, [filters.owner]):
+        return
+    echo(f"note: --owner {filters.owner!r}: no member of this project has that role and "
+         "no task is owned by it", err=True)
 
 
 def _one_format(as_json: bool, as_csv: bool) -> None:
@@ -126,7 +141,7 @@ def utilization(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
-    with connection(ctx) as conn:
+    with connection(ctx, filters) as conn:
         h = history.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.utilization_payload(h),
           lambda: render.utilization_csv(h), lambda: render.utilization_text(h))
@@ -149,7 +164,7 @@ def throughput(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
-    with connection(ctx) as conn:
+    with connection(ctx, filters) as conn:
         h = history.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.throughput_payload(h),
           lambda: render.throughput_csv(h), lambda: render.throughput_text(h))
@@ -173,7 +188,7 @@ def jobs(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
-    with connection(ctx) as conn:
+    with connection(ctx, filters) as conn:
         h = history.history(conn, filters)
     _emit(as_json, as_csv, lambda: render.jobs_payload(h),
           lambda: render.dicts_csv(h.job_rows()), lambda: render.jobs_text(h))
@@ -201,7 +216,7 @@ def failures(ctx: CliContext, /, as_json: bool, as_csv: bool, png: str | None,
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
     check_png(png)
-    with connection(ctx) as conn:
+    with connection(ctx, filters) as conn:
         result = load_failures(conn, filters, limit)
     groups = result["groups"]
     columns = ["tasks", "app", "state", "exit_code", "host", "first_line", "example_ids",
@@ -235,7 +250,7 @@ def usage(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -> 
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
-    with connection(ctx) as conn:
+    with connection(ctx, filters) as conn:
         window, rows = load_usage(conn, filters)
     summary = usage_summary(rows)
     flat = [{"batch_job": r.job_id, "job_user": r.job_user, "owner": r.owner,
@@ -279,7 +294,7 @@ def latency(ctx: CliContext, /, as_json: bool, as_csv: bool, **selection: Any) -
 
     _one_format(as_json, as_csv)
     filters = parse_filters(**selection)
-    with connection(ctx) as conn:
+    with connection(ctx, filters) as conn:
         result = load_latency(conn, filters)
     stages = result["stages"]
 

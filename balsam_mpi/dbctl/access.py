@@ -225,10 +225,11 @@ def fix_viewers(project: Project) -> list[str]:
         gid = group_gid(project.read_server_info().group)
     except BalsamError:
         return []
-    owner = project.read_server_info().owner_name
+    info = project.read_server_info()
     try:
-        return viewers.sync_viewers(project.root, [(owner, "owner", "enrolled")] + [
-            (u.role, u.kind, u.state) for u in users], gid)
+        return viewers.sync_viewers(project.root, viewers.always_writers(
+            info.owner_name, info.server_name) + [(u.role, u.kind, u.state) for u in users],
+            gid)
     except OSError as exc:
         return [f"could not update the viewers' ACL entries: {exc.strerror}"]
 

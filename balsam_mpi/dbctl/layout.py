@@ -70,7 +70,7 @@ def create_tree(project: Project, owner: Account, server: Account, gid: int) -> 
         _own_and_mode(path, entry, owner, server, gid)
         if entry.relpath in acl.SHARED:
             acl.init_defaults(path)  # False without ACLs: add-user --read-only says so
-    viewers.bar_unauthorized(project.root, gid, {owner.name, server.name})
+    viewers.bar_unauthorized(project.root, gid, owner.name, server.name)
 
 
 def fix_perms(project: Project, owner: Account, server: Account, gid: int) -> list[str]:

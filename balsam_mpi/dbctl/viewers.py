@@ -100,30 +100,54 @@ def group_members(gid: int) -> set[str]:
         return set()
 
 
-def bar_unauthorized(project_root: Path, gid: int, authorized: Iterable[str]) -> list[str]:
+def always_writers(owner: str, server: str) -> list[tuple[str, str, str]]:
+    """Who writes the shared directories whatever the database says, as (role, kind,
+    state) rows beside the database's users: the owner, and the account that runs the
+    server (root's projects: an unprivileged account that ``init`` adds to the project
+    group; it is no database member, yet barring it is no decision anybody took). ``init``
+    and ``fix-perms`` both start from this list, so the second finds nothing to change."""
+    return [(owner, "owner", "enrolled"), (server, "server", "enrolled")]
+
+
+def bar_unauthorized(project_root: Path, gid: int, owner: str, server: str) -> list[str]:
     """At ``init`` (nobody authorized yet but the owner): everyone else in the group reads
     the project's files and writes none of them until ``add-user`` makes them a member."""
     if not _has_acls(project_root):
         return []
-    uids = {u for n in group_members(gid) - set(authorized) if (u := uid_of(n)) is not None}
-    return apply(project_root, bar=uids).lines("group members not yet authorized") if uids \
-        else []
+    bar, bar_access, unbar = _wanted(always_writers(owner, server), gid)
+    out = apply(project_root, bar=bar, unbar=unbar,
+                access=(bar_access, unbar | (bar - bar_access)))
+    return out.lines("group members not yet authorized")
 
 
 def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]],
                  gid: int | None = None) -> list[str]:
     """For ``fix-perms`` with the server up: ``users`` = (role, kind, state) as
-    ``balsam-dbctl users`` lists them. Viewers barred (enrolled ones from ``access/``
-    too); members and the owner unbarred; with ``gid``, everyone else the group database
-    lists in the project's group barred too (in the group, not authorized)."""
+    ``balsam-dbctl users`` lists them, after :func:`always_writers`. Viewers barred
+    (enrolled ones from ``access/`` too); members, the owner and the server account
+    unbarred; with ``gid``, everyone else the group database lists in the project's group
+    barred too (in the group, not authorized)."""
     if not _has_acls(project_root):
         return []
+    bar, bar_access, unbar = _wanted(users, gid)
+    changed = apply(project_root, bar=bar, unbar=unbar,
+                    access=(bar_access, unbar | (bar - bar_access))).changed
+    return [f"viewers' ACL entries: {changed} paths updated"] if changed else []
+
+
+_WRITERS = ("member", "owner", "server")
+
+
+def _wanted(users: Iterable[tuple[str, str, str]], gid: int | None
+            ) -> tuple[set[int], set[int], set[int]]:
+    """(barred from the shared directories, barred from access/ too, unbarred): the one
+    rule of who writes, for ``init`` and ``fix-perms`` alike."""
     users = list(users)
     bar: set[int] = set()
     bar_access: set[int] = set()
     unbar: set[int] = set()
     if gid is not None:
-        known = {role for role, kind, _state in users if kind in ("member", "owner", "viewer")}
+        known = {role for role, kind, _state in users if kind in (*_WRITERS, "viewer")}
         bar.update(u for n in group_members(gid) - known if (u := uid_of(n)) is not None)
     for role, kind, state in users:
         uid = uid_of(role)
@@ -133,8 +157,6 @@ def sync_viewers(project_root: Path, users: Iterable[tuple[str, str, str]],
             bar.add(uid)
             if state == "enrolled":
                 bar_access.add(uid)
-        elif kind in ("member", "owner"):
+        elif kind in _WRITERS:
             unbar.add(uid)
-    changed = apply(project_root, bar=bar, unbar=unbar,
-                    access=(bar_access, unbar | (bar - bar_access))).changed
-    return [f"viewers' ACL entries: {changed} paths updated"] if changed else []
+    return bar, bar_access, unbar

@@ -257,6 +257,13 @@ def _relations(s: Settings, sources: Mapping[str, str]) -> None:
     if s.kill_grace_s * 2 >= s.lease_s:
         raise UsageError(f"kill_grace_s ({said('kill_grace_s')}) must be less than half of "
                          f"lease_s ({said('lease_s')})")
+    # Which was meant cannot be known, wherever each came from: a settings.toml that says
+    # persistent with an --idle-timeout flag once ran a job meant to end when idle until
+    # its wall time (the flag pair alone was refused; launch.py, batch/jobscript.py).
+    if s.persistent and "idle_timeout_s" in sources:
+        raise UsageError(f"persistent (from {sources.get('persistent', 'the default')}) "
+                         "never exits for lack of work, idle_timeout_s "
+                         f"({said('idle_timeout_s')}) after a while: give one of them")
     if s.claim_margin > s.claim_margin_max:
         raise UsageError(f"claim_margin ({said('claim_margin')}) must not exceed "
                          f"claim_margin_max ({said('claim_margin_max')})")

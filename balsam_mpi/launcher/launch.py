@@ -257,6 +257,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             runner.run()
     except BalsamError as exc:
+        if runner is None and rank == 0 and isinstance(exc, UsageError):
+            # Refused by the leader's set-up before its batch job was opened (an --owner
+            # no task can have): one line and exit 2, like any bad setting. Logged at
+            # INFO: the log's stderr handler would print the line a second time.
+            log.info("refused: %s", exc)
+            refuse_start(world, rank, exc)
+            return
         log.error("%s", exc)
         if rank == 0:
             print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)

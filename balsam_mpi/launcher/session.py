@@ -33,6 +33,7 @@ from ..node.node import Node
 from ..node.nullnode import NullNode
 from ..node.pypool import PoolConfig
 from ..protocol import LOCAL, ErrorMsg
+from ..tasks.owners import check_owners
 from ..worker import Worker
 from .calls import Calls
 from .comm import Comm
@@ -128,7 +129,11 @@ class LeaderSession:
             # ASSIGNs (its idle waits are the leader's turns, not a worker's).
             early = stack.enter_context(ExitStack())
             node = early.enter_context(make_node(settings, project, spares_now=True))
-            self.store: StorePort = stack.enter_context(Store.connect(project))
+            store = stack.enter_context(Store.connect(project))
+            # Before anything is written: a role no task can have would claim nothing
+            # for the whole allocation (tasks/owners.py); launch.py refuses in one line.
+            check_owners(store.conn, settings.owners)
+            self.store: StorePort = store
             filters = ClaimFilter(settings.workflows, settings.tags, settings.owners)
             try:
                 replayed, expired = sweep_once(self.store, project.log_dir)

@@ -141,3 +141,18 @@ SELECT id, scheduler, scheduler_job_id, "user", host, state, started_at, heartbe
 SELECT count(*) FROM tasks
  WHERE state IN ('READY', 'RESTART_READY')
    AND (priority > %(priority)s OR (priority = %(priority)s AND id < %(id)s))
+
+-- name: owners_unknown
+-- Of the roles named by an --owner filter, those no task can have: neither a login role
+-- that is a member of the project now (balsam_member, the owner through balsam_owner;
+-- it may add tasks at any time) nor the owner of a task already there (a dropped
+-- member's tasks stay, still naming them). The task read has no index on owner and so
+-- scans the table for a name that owns nothing: it runs once per submit or launcher
+-- start, and only for a name that is not a member.
+SELECT o.name
+  FROM unnest(%(owners)s::text[]) WITH ORDINALITY AS o(name, n)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                    WHERE r.rolname = o.name AND r.rolcanlogin
+                      AND pg_catalog.pg_has_role(r.oid, 'balsam_member', 'MEMBER'))
+   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.owner = o.name)
+ ORDER BY o.n

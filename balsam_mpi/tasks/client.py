@@ -38,7 +38,7 @@ from .filters import as_ids, filter_params, order_by, where
 from .outcome import Outcome
 from .outputs import STEPS, STREAMS, OutputFile, opened
 from .read import PAGE, TaskReader
-from .refusals import refusals
+from .refusals import dependency_refusal, refusals
 from .why import explain
 from .writer import TaskWriter, app_infos
 
@@ -258,10 +258,12 @@ class Client:
                                      {"deleted", "deleted (its launcher stops it)"})
 
     def add_dependency(self, parent: int, child: int) -> bool:
-        """Make ``child`` wait for ``parent``; refuses cycles, and children that started
-        or that a launcher holds. Returns False when the dependency existed."""
+        """Make ``child`` wait for ``parent``; refuses cycles and a task made its own
+        parent (BadDependency: a UsageError, exit 2, and a Conflict), and children that
+        started or that a launcher holds (Conflict). Returns False when the dependency
+        existed."""
         parent, child = as_ids([parent, child])
-        with db.translated(), self._conn.transaction(), refusals():
+        with db.translated(), self._conn.transaction(), refusals(dependency_refusal):
             row = self._conn.execute(sql.query("tasks_dep_add"),
                                      {"parent": parent, "child": child}).fetchone()
         return bool(row and row[0])

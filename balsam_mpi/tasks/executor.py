@@ -12,11 +12,13 @@
 must exist (one line names the command that adds it) — and returns a future that resolves
 when the task ends, wherever it runs: batch jobs do the work, and the script may run on a
 login node. Keyword arguments only, as JSON. ``map`` adds all its calls in one
-transaction. ``Future.cancel()`` kills a task that has not ended.
+transaction. ``Future.cancel()`` kills a task whose future is not yet running;
+``TaskFuture.kill()`` kills it whatever its future says.
 
 One watcher thread per executor LISTENs on its own connection (tasks/waiting.py): it reads the
-state of each new task once, and afterwards only the tasks a notification names. No
-table is polled.
+state of each new task once, afterwards the tasks a notification names, and all pending
+ones every ``waiting.REREAD_S``. No table is polled more often than that. ``running()``
+comes from those reads (see :class:`TaskFuture`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,27 @@ log = logging.getLogger(__name__)
 STOP_CHECK_S = 0.5
 
 
+# A task in one of these states has started (a RESTART_READY one ran and waits to run
+# again): its future is running, as a call an executor's worker has taken.
+STARTED = frozenset({"RUNNING", "RUN_DONE", "POSTPROCESSED", "RUN_ERROR", "RUN_TIMEOUT",
+                     "RESTART_READY"})
+
+
 class TaskFuture(cf.Future[Any]):
-    """A task's future; ``cancel()`` kills the task if it has not ended."""
+    """A task's future.
+
+    ``running()`` is true once the executor's watcher has read the task in a started
+    state (RUNNING or later), and stays true until it ends. The watcher reads a pending
+    task when it is added, when a notification names it (only ends are notified) and
+    every ``waiting.REREAD_S`` (15 s): so ``running()`` turns true up to about 15 s after
+    the task starts, and a task that ends sooner goes from pending to done without it.
+
+    ``cancel()`` is concurrent.futures' for a running future: False, the task left
+    alone. A future not (yet) seen running is cancelled by killing its task (which may
+    have started within the last read interval); False if the task had ended.
+    ``kill()`` kills the task whatever the future says; the future then fails with
+    TaskFailed (USER_KILLED).
+    """
 
     def __init__(self, task_id: int, kill: Callable[[int], bool],
                  recheck: Callable[[int], None]) -> None:
@@ -52,30 +73,53 @@ class TaskFuture(cf.Future[Any]):
         self._kill = kill
         self._recheck = recheck
         self.cancelling = False  # the kill is on its way: its USER_KILLED is ours
+        # A cancel and the watcher's move to running take turns: a future the watcher
+        # marked running while the cancel's kill was on its way would be a killed task
+        # whose cancel() said False and whose USER_KILLED was left to that cancel.
+        self._turn = threading.Lock()
 
     def cancel(self) -> bool:
-        if self.done():
-            return False
-        # Set before the kill: the watcher may see the kill's USER_KILLED before this
-        # thread gets back, and must leave that end to the cancel.
-        self.cancelling = True
+        with self._turn:
+            if self.done() or self.running():
+                return False
+            # Set before the kill: the watcher may see the kill's USER_KILLED before this
+            # thread gets back, and must leave that end to the cancel.
+            self.cancelling = True
+            try:
+                killed = self._kill(self.task_id)
+            except BaseException:
+                # Left set, a later USER_KILLED (another kill) would be left to this cancel.
+                self.cancelling = False
+                self._recheck(self.task_id)
+                raise
+            if not killed:
+                self.cancelling = False
+                self._recheck(self.task_id)  # an end the watcher left to us is read again
+                return False  # ended already: its outcome is on its way
+            if not super().cancel():
+                return False
+            # What an executor's worker does with a cancelled item: cf.wait and
+            # cf.as_completed count a future done only once this is called.
+            self.set_running_or_notify_cancel()
+            return True
+
+    def kill(self) -> bool:
+        """Kill the task, running or not; False if it had ended. Its future fails with
+        TaskFailed (USER_KILLED) once the watcher hears of it."""
+        return bool(self._kill(self.task_id))
+
+    def mark_running(self) -> None:
+        """The watcher read the task started. Skipped while a cancel holds the turn (the
+        next read tries again, should the task still run)."""
+        if not self._turn.acquire(blocking=False):
+            return
         try:
-            killed = self._kill(self.task_id)
-        except BaseException:
-            # Left set, a later USER_KILLED (another kill) would be left to this cancel.
-            self.cancelling = False
-            self._recheck(self.task_id)
-            raise
-        if not killed:
-            self.cancelling = False
-            self._recheck(self.task_id)  # an end the watcher left to us is read again
-            return False  # ended already: its outcome is on its way
-        if not super().cancel():
-            return False
-        # What an executor's worker does with a cancelled item: cf.wait and
-        # cf.as_completed count a future done only once this is called.
-        self.set_running_or_notify_cancel()
-        return True
+            if not self.done() and not self.running():
+                self.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass  # settled by another thread between the look and the move
+        finally:
+            self._turn.release()
 
 
 class Executor(cf.Executor):
@@ -250,7 +294,11 @@ class Executor(cf.Executor):
             o = outcomes.get(i)
             if o is None:
                 _resolve_error(f, NotFound(f"task {i} was deleted before it ended"))
-            elif o.state not in ENDED or not _resolve(f, o):
+            elif o.state not in ENDED:
+                if o.state in STARTED:
+                    f.mark_running()
+                continue
+            elif not _resolve(f, o):
                 continue
             with self._lock:
                 self._forget(i, pending)

@@ -10,11 +10,16 @@ The driver error stays the ``__cause__``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..base.errors import BalsamError, Conflict, NotFound, PermissionDenied, UsageError
 
 _LIMIT_SUFFIXES = ("_limit", "_check", "_state")
+
+
+class BadDependency(UsageError, Conflict):
+    """A dependency that would make a cycle, or a task its own parent: bad input (exit 2).
+    Still a Conflict, as callers of ``Client.add_dependency`` caught it before."""
 
 
 def field_of_constraint(name: str) -> str:
@@ -57,15 +62,27 @@ def refusal(exc: Exception) -> BalsamError | None:
     return None
 
 
+def dependency_refusal(exc: Exception) -> BalsamError | None:
+    """``tasks_add_dependency`` says a cycle, or a task made its own parent, with
+    ``invalid_parameter_value``; its other refusals (a missing task, another's, one that
+    started) are what :func:`refusal` makes of them."""
+    import psycopg
+
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == "22023":
+        return BadDependency((str(exc).strip().splitlines() or [""])[0])
+    return refusal(exc)
+
+
 @contextlib.contextmanager
-def refusals() -> Iterator[None]:
+def refusals(mapping: Callable[[Exception], BalsamError | None] = refusal
+             ) -> Iterator[None]:
     """Turn the database's deliberate refusals raised inside the block into our errors."""
     import psycopg
 
     try:
         yield
     except psycopg.Error as exc:
-        mine = refusal(exc)
+        mine = mapping(exc)
         if mine is None:
             raise
         raise mine from exc

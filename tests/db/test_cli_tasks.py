@@ -370,3 +370,20 @@ def test_an_empty_name_filter_means_unnamed_tasks_not_every_task(
     assert "deleted 1 tasks" in ok("task", "rm", "--workflow", "w", "--name", "",
                                    "--yes").output
     assert conn.execute("SELECT name FROM tasks").fetchall() == [("keep",)]
+
+
+def test_a_dependency_cycle_is_bad_input(hello: None, conn: psycopg.Connection) -> None:
+    """A cycle (or a task made its own parent) is a mistake in what was typed: one line
+    naming the tasks, exit 2, nothing written (it was exit 1, a conflict)."""
+    for _ in range(3):
+        ok("task", "add", "--app", "hello", "--workflow", "w", "--param", "who=x")
+    ok("dep", "1", "2")
+    ok("dep", "2", "3")
+    before = _state(conn)
+    for args, said in ((["dep", "3", "1"], "task 3 already depends on task 1"),
+                       (["dep", "2", "2"], "task 2 cannot depend on itself")):
+        result = run(*args)
+        lines = result.output.strip().splitlines()
+        assert (result.exit_code, len(lines)) == (2, 1), result.output
+        assert lines[0].startswith("balsam-mpi: error: ") and said in lines[0]
+    assert _state(conn) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -482,3 +483,39 @@ def test_init_on_a_full_or_read_only_disk_is_one_line(small_fs: Path, case: str)
     said = {"disk_full": "No space left on device", "read_only": "Read-only file system"}
     assert said[case] in proc.stderr, proc.stderr
     assert not target.exists()
+
+
+@pytest.fixture()
+def scratch_group() -> Iterator[str]:
+    """A UNIX group of its own for one test, removed after (with the memberships init
+    gave it): the project groups of real sites list their members, the server account
+    among them once `init` added it."""
+    import grp
+
+    if os.geteuid() != 0 or shutil.which("groupadd") is None:
+        pytest.skip("needs root and groupadd (a group that lists the server account)")
+    name = f"bfp{os.getpid() % 100000}"
+    with contextlib.suppress(KeyError):
+        grp.getgrnam(name)
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+    subprocess.run(["groupadd", name], check=True, capture_output=True)
+    yield name
+    subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def test_fix_perms_right_after_init_changes_nothing(place: Path, scratch_group: str) -> None:
+    """`init` and `fix-perms` want the same modes and ACL entries. As root, the server
+    account (added to the project group by init, not a database member) was left alone by
+    init and barred from data/, log/ and qsubmit/ by the first fix-perms ("viewers' ACL
+    entries: 3 paths updated")."""
+    from balsam_mpi.base import acl
+
+    p = place / "fresh"
+    dbctl("init", str(p), "--group", scratch_group)
+    shared = ("data", "log", "qsubmit", "access")
+    before = {d: (acl.read(str(p / d)), acl.read(str(p / d), acl.DEFAULT)) for d in shared}
+    out = dbctl("--project", str(p), "fix-perms")
+    assert out.stdout.strip() == "all modes were already right", out.stdout
+    assert {d: (acl.read(str(p / d)), acl.read(str(p / d), acl.DEFAULT))
+            for d in shared} == before
+    dbctl("--project", str(p), "stop", "--fast")

@@ -214,3 +214,18 @@ def test_job_show_keeps_the_filters_on_one_line(history: dict[str, int], admin: 
                   ('{"workflows": ["a\\nb"]}', history["job"]))
     shown = _run("job", "show", str(history["job"])).output
     assert "\nfilters             workflows a b\n" in shown
+
+
+def test_a_report_for_an_owner_no_task_can_have_says_so_on_stderr(dbname: str) -> None:
+    """An --owner that matches nobody stays legal (the report is empty, an honest
+    answer), but a misspelt name is said in one line on stderr; a member's is not."""
+    from balsam_mpi.base.project import Project
+
+    me = Project.from_env(None).read_server_info().owner_name
+    result = CliRunner().invoke(cli, ["report", "utilization", "--json", "--owner", "alcie"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == ("note: --owner 'alcie': no member of this project has "
+                                     "that role and no task is owned by it")
+    json.loads(result.stdout)
+    result = CliRunner().invoke(cli, ["report", "usage", "--owner", me])
+    assert result.exit_code == 0 and result.stderr == "", result.output

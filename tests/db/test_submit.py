@@ -185,18 +185,19 @@ def test_the_launchers_own_flags_reach_the_script_and_the_record(
         pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
     """A job for one member's tagged GPU tasks, from `submit` alone."""
     _fake(fakebin, "sbatch", "echo 992")
+    me = pg_project.read_server_info().owner_name  # a member: --owner names a real role
     result = CliRunner().invoke(cli, [
         "submit", "--scheduler", "slurm", "-n", "2", "-t", "30", "--workflow", "a",
-        "--tag", "site=polaris", "--owner", "alice", "--gpus-per-node", "4",
+        "--tag", "site=polaris", "--owner", me, "--gpus-per-node", "4",
         "--idle-timeout", "60", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     row = submit.get(pg_project, out["batch_job_id"])
     assert row is not None and row["filters"] == {
-        "workflows": ["a"], "tags": {"site": "polaris"}, "owners": ["alice"]}
+        "workflows": ["a"], "tags": {"site": "polaris"}, "owners": [me]}
     line = next(x for x in Path(out["script"]).read_text().splitlines()
                 if "-m balsam_mpi" in x)
-    assert line.endswith(" -m balsam_mpi --workflow=a --tag=site=polaris --owner=alice "
+    assert line.endswith(f" -m balsam_mpi --workflow=a --tag=site=polaris --owner={me} "
                          "--gpus-per-node=4 --idle-timeout=60 --time-limit-min 28 &")
     before = _scripts(pg_project)
     for bad, says in ((["--gpus-per-node", "four"], "--gpus-per-node: must be a whole"),
@@ -228,3 +229,50 @@ def test_sigterm_while_sbatch_runs_waits_for_its_answer(pg_project: Project, con
                         ).fetchall() == [("QUEUED", "9301")], (done.returncode, done.stderr)
     assert "9301" in done.stdout, done
     assert done.returncode == 128 + 15 and "SIGTERM" in done.stderr, done
+
+
+def test_an_owner_no_task_can_have_is_refused_before_a_job_is_queued(
+        pg_project: Project, conn: Any, dbname: str, fakebin: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`submit --owner alcie` (for alice) queued a job that claimed nothing for its whole
+    allocation. Now: one line naming --owner and the value, exit 2, nothing written; a
+    dry run too while the server answers, and without it the dry run still works."""
+    from balsam_mpi.base import db
+    from balsam_mpi.base.errors import ServerNotRunning
+
+    _fake(fakebin, "sbatch", "echo 993")
+    me = pg_project.read_server_info().owner_name
+    base = ["submit", "--scheduler", "slurm", "-n", "1", "-t", "30"]
+    before = _scripts(pg_project)
+    for extra in ([], ["--dry-run"], ["--dry-run", "--json"]):
+        result = CliRunner().invoke(cli, [*base, "--owner", me, "--owner", "alcie", *extra])
+        lines = result.output.strip().splitlines()
+        assert (result.exit_code, len(lines)) == (2, 1), result.output
+        assert "--owner 'alcie': no member of this project has that role" in lines[0]
+    assert _count(conn) == 0 and _scripts(pg_project) == before
+    # A role that owns tasks counts (a dropped member's tasks stay), members do too.
+    result = CliRunner().invoke(cli, [*base, "--owner", me, "--dry-run"])
+    assert result.exit_code == 0, result.output
+
+    def away(*_a: Any, **_k: Any) -> Any:
+        raise ServerNotRunning("the server of this project is not running")
+
+    monkeypatch.setattr(db, "connect", away)
+    result = CliRunner().invoke(cli, [*base, "--owner", "alcie", "--dry-run"])
+    assert result.exit_code == 0 and "--owner=alcie" in result.output, result.output
+
+
+def test_a_role_counts_as_an_owner_when_it_is_a_member_or_owns_a_task(
+        pg_project: Project, conn: Any, su: Any) -> None:
+    """A member may add tasks at any time; a dropped member's tasks stay and may be
+    drained by name; anything else can own no task (tasks/owners.py)."""
+    from balsam_mpi.tasks.owners import unknown_owners
+
+    app = su.execute("INSERT INTO apps (name, command) VALUES ('a', 'true') RETURNING id"
+                     ).fetchone()[0]
+    su.execute("INSERT INTO tasks (workflow, name, app_id, state, owner) "
+               "VALUES ('w', 't', %s, 'READY', 'ghost')", (app,))
+    me = pg_project.read_server_info().owner_name
+    names = ["nobody", "ghost", me, "balsam_objects", "nobody"]
+    assert unknown_owners(conn, names) == ["nobody", "balsam_objects", "nobody"]
+    assert unknown_owners(conn, []) == []

@@ -50,6 +50,12 @@ class FakeLauncher:
                       "" if kind == EndKind.DONE else "Traceback …\nValueError: bad x",
                       None if v is None else json.dumps(v)) for i, v in values.items()])
 
+    def start(self, ids: list[int]) -> None:
+        """Claim and start the tasks (RUNNING), ending none."""
+        self.store.claim(self.lease, limit=1000, capacity=1000.0, max_need=1.0,
+                         filters=ClaimFilter())
+        self.store.report(self.lease, [Started(i, self.lease.epoch, T0) for i in ids], [])
+
     def later(self, delay: float, fn: Callable[[], None]) -> threading.Thread:
         def run() -> None:
             time.sleep(delay)
@@ -727,3 +733,25 @@ def test_a_failed_tasks_message_cannot_act_on_the_waiters_terminal() -> None:
     assert message == ("task 7 FAILED (killed\\x1b]0;owned\\x07): ValueError: "
                        "\\x1b[2J\\x1b[1;1Hall fine\\u202e\\x9b")
     assert o.output_tail.endswith("\u202e\x9b\n")  # what programs read is left as it was
+
+
+def test_a_future_is_running_once_its_task_runs_and_cancel_then_leaves_it(
+        client: Client, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """running() was never true. It is once the watcher reads the task RUNNING (its read of
+    every pending task, every REREAD_S: shortened here); from then on cancel() is
+    concurrent.futures' (False, the task left alone) and kill() stops the task."""
+    monkeypatch.setattr(waiting, "REREAD_S", 0.2)
+    with Executor(client) as ex:
+        f = ex.submit("tests.pyfuncs:add", a=1, b=2)
+        assert not f.running()
+        launcher.start([f.task_id])
+        deadline = time.monotonic() + 20
+        while not f.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f.running() and not f.done()
+        assert not f.cancel() and not f.cancelled()
+        assert client.get(f.task_id)["state"] == "RUNNING"
+        assert f.kill()
+        with pytest.raises(waiting.TaskFailed, match="USER_KILLED"):
+            f.result(timeout=20)
+        assert not f.cancelled()

@@ -302,3 +302,20 @@ def test_wall_time_is_respected_by_claims_and_the_drain(conn: Any, dbname: str) 
     assert job is not None and job[:2] == ("FINISHED", "wall time")
     assert abs(job[2] - 0.6) < 0.05
     no_strays(dbname)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_an_owner_no_task_can_have_is_refused_before_anything_is_written(
+        conn: Any, dbname: str, ranks: int) -> None:
+    """`--owner alcie` (for alice) claimed nothing until its idle timeout, or for the
+    whole allocation with --persistent. Now the leader asks the database first: one line
+    naming --owner and the value, exit 2, no batch job opened."""
+    add(conn, 2)
+    proc = launcher(ranks, "--owner", "alcie", timeout=90)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 2, out
+    assert out.count("error:") == 1, out
+    assert "balsam_mpi launcher: error: --owner 'alcie': no member of this project" in out
+    assert "Traceback" not in out and "CRITICAL" not in out, out
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone()[0] == 0
+    assert states(conn) == {"READY": 2}

@@ -136,3 +136,31 @@ def test_the_launcher_refuses_a_bad_setting_in_one_line_with_status_2(
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("cli, env, file, says", [
+    ({"idle_timeout_s": 5.0}, {}, {"persistent": True},
+     "persistent (from settings.toml [launcher] persistent) never exits for lack of work, "
+     "idle_timeout_s (5, from --idle-timeout)"),
+    ({"persistent": True}, {}, {"idle_timeout_s": 30.0},
+     "persistent (from --persistent) never exits for lack of work, idle_timeout_s (30, "
+     "from settings.toml [launcher] idle_timeout_s)"),
+    ({"idle_timeout_s": 5.0}, {"BALSAM_PERSISTENT": "1"}, {},
+     "persistent (from BALSAM_PERSISTENT)"),
+    ({}, {"BALSAM_IDLE_TIMEOUT_S": "2"}, {"persistent": True},
+     "idle_timeout_s (2, from BALSAM_IDLE_TIMEOUT_S)"),
+])
+def test_persistent_and_an_idle_timeout_are_refused_wherever_each_comes_from(
+        cli: dict[str, object], env: dict[str, str], file: dict[str, object],
+        says: str) -> None:
+    """The flags --persistent --idle-timeout were refused, but settings.toml's persistent
+    with the flag --idle-timeout was not: which one was meant could not be known."""
+    with pytest.raises(UsageError) as err:
+        resolve(cli, env, {"launcher": file})
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_persistent_false_goes_with_an_idle_timeout() -> None:
+    s = resolve({"idle_timeout_s": 5.0}, {}, {"launcher": {"persistent": False}})
+    assert (s.persistent, s.idle_timeout_s) == (False, 5.0)

@@ -10,6 +10,7 @@ written."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -84,3 +85,27 @@ def test_hostile_values_stay_one_quoted_word_each(project: Project) -> None:
     hostile = "x'; touch /tmp/pwned-$$; echo '"
     req = JobRequest("slurm", 1, 10, tags=(f"k={hostile}",), owners=(hostile,))
     assert _launcher_words(project, req)[:2] == [f"--tag=k={hostile}", f"--owner={hostile}"]
+
+
+def test_settings_toml_persistent_with_the_idle_timeout_flag_is_refused_before_writing(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher refuses persistent = true in settings.toml beside --idle-timeout
+    (launcher/config.py): `submit` says so before a job is queued, not the job when it
+    starts; the dry run too."""
+    from balsam_mpi.batch import submit
+
+    project.settings_path.write_text("[launcher]\npersistent = true\n")
+    os.chmod(project.settings_path, 0o640)
+
+    def no_row(*_a: object) -> int:
+        raise AssertionError("a batch job was recorded")
+
+    monkeypatch.setattr(submit, "_insert", no_row)
+    req = JobRequest("local", 1, idle_timeout_s=5.0)
+    for attempt in (submit.dry_run, submit.submit):
+        with pytest.raises(UsageError) as err:
+            attempt(project, req)
+        said = str(err.value)
+        assert "persistent (from settings.toml [launcher] persistent)" in said
+        assert "idle_timeout_s (5, from --idle-timeout)" in said and "\n" not in said
+    assert not (project.root / "qsubmit").exists()
