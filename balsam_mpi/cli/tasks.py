@@ -66,31 +66,19 @@ def _scalar_options(fn: Any) -> Any:
 def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
              **flags: Any) -> None:
     """Add one task from flags, or many from a file (all or nothing)."""
-    from ..tasks import files
+    from ..tasks import taskfile
 
     fields = _fields_from_flags(flags)
     if from_file is None:
-        records, labels = [fields], [""]
+        ids = _add_records(ctx, [fields], [""])
     else:
-        source, stream = _open_tasks_file(from_file)
+        tasks_file = taskfile.open_task_file(from_file, fmt, fields)
         try:
-            pairs = list(files.read_tasks(stream, source, fmt))
+            ids = _add_file(ctx, tasks_file)
         finally:
-            if from_file != "-":
-                stream.close()
-        records = [files.with_defaults(t, fields) for _, t in pairs]
-        labels = [label for label, _ in pairs]
-    from .. import task_api
-
-    if task_api.inside_task():
-        # Inside a launcher's task: through the launcher, which writes them with its own
-        # connection (docs/mpi-tasks.md), not one connection per task.
-        ids = task_api.add_tasks(records)
-    else:
-        ids = ctx.client().add_tasks(records, labels=labels,
-                                     progress=_progress(len(records)))
+            tasks_file.close()
     if as_json:
-        echo_json(ids)
+        echo_json(list(ids))
     elif len(ids) == 1:
         echo(f"added task {ids[0]}")
     else:
@@ -99,20 +87,28 @@ def task_add(ctx: CliContext, /, from_file: Any, fmt: str | None, as_json: bool,
         echo(f"added {len(ids)} tasks" + (f" ({min(ids)}…{max(ids)})" if ids else ""))
 
 
-def _open_tasks_file(path: str) -> tuple[str, Any]:
-    """(the name errors use, a binary stream): '-' is stdin; bytes are decoded per line
-    by taskio, so a bad byte is reported with its line."""
-    from ..base.values import show, text
+def _add_records(ctx: CliContext, records: list[dict[str, Any]],
+                 labels: list[str]) -> list[int]:
+    from .. import task_api
 
-    text("--from-file", path, 4096, empty=False)
-    if path == "-":
-        return "stdin", sys.stdin.buffer
-    try:
-        return path, open(path, "rb")  # closed by the caller
-    except OSError as exc:
-        from ..base.errors import InputError
+    if task_api.inside_task():
+        # Inside a launcher's task: through the launcher, which writes them with its own
+        # connection (docs/mpi-tasks.md), not one connection per task.
+        return task_api.add_tasks(records)
+    return ctx.client().add_tasks(records, labels=labels, progress=_progress(len(records)))
 
-        raise InputError(f"--from-file: cannot open {show(path)} ({exc.strerror})") from exc
+
+def _add_file(ctx: CliContext, tasks_file: Any) -> Any:
+    """A file's tasks: read twice (checked, then written chunk by chunk), never held
+    whole (tasks/streamed.py), except inside a launcher's task, whose adds go through the
+    launcher as one message."""
+    from .. import task_api
+
+    if task_api.inside_task():
+        pairs = list(tasks_file.records())
+        return _add_records(ctx, [t for _, t in pairs],
+                            [tasks_file.label(n) for n, _ in pairs])
+    return ctx.client().add_task_file(tasks_file, progress_for=_progress)
 
 
 def _fields_from_flags(flags: dict[str, Any]) -> dict[str, Any]:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import sql
 from ..base import db, values
 from ..base.errors import Conflict, InputError, PermissionDenied
+from ..base.idarrays import IdArray, id_array, register
 from ..base.project import Project
 from .prune_fs import DataDir, Removal
 
@@ -100,10 +101,9 @@ def prune(project: Project, *, workflows: Sequence[str] = (), all_finished: bool
             _plan(conn, out, named, older_than_s, None)
             if not out.workflows:
                 return out
-            rows = _remove_dirs(project, conn, out, lock=True)
+            ids = _remove_dirs(project, conn, out, lock=True)
             if out.removal.errors:
                 raise Conflict(_dirs_failed(out.removal))
-            ids = [r.id for r in rows]
             jobs = out.batch_jobs
             out.events = _one(conn, "prune_delete_events", {"ids": ids, "jobs": jobs})
             out.tasks = _one(conn, "prune_delete_tasks", {"ids": ids})
@@ -187,34 +187,59 @@ def _refuse_or_keep(out: Outcome, named: list[str], blocked: dict[str, str]) -> 
         out.skipped[w] = why
 
 
-def _remove_dirs(project: Project, conn: Any, out: Outcome, lock: bool) -> list[TaskRow]:
+PAGE = 10_000  # tasks read at a time: a prune holds their ids, never all their rows
+
+
+def _remove_dirs(project: Project, conn: Any, out: Outcome, lock: bool) -> IdArray:
     """Remove (or count) the working directories of the selection's tasks; with ``lock``
-    the tasks and batch jobs are locked first and checked again."""
+    the tasks and batch jobs are locked first and checked again. Returns the tasks' ids.
+
+    Two passes by pages of ids, so a prune of a million tasks holds their ids (8 bytes
+    each), not their rows: the first locks every task (page by page, each lock held to
+    the end of the transaction) and checks that all are still finished before anything is
+    removed; the second reads back the workflow and name of those same ids to find their
+    directories."""
+    register(conn)
     if lock:
         _fetch(conn, "prune_lock_jobs", {"jobs": out.batch_jobs})
-    rows = [TaskRow(**r) for r in _fetch(conn, "prune_lock_tasks" if lock else "prune_tasks",
-                                         {"workflows": out.workflows})]
-    late = [r for r in rows if r.state not in FINISHED]
-    if late:  # the plan was read before the lock
-        raise Conflict(f"task {late[0].id} of workflow {values.show(late[0].workflow)} "
-                       f"became {late[0].state} meanwhile; nothing was changed")
-    out.tasks = len(rows)
+    ids = id_array()
+    for r in _pages(conn, "prune_lock_tasks" if lock else "prune_tasks",
+                    {"workflows": out.workflows}):
+        if r.state not in FINISHED:  # the plan was read before the lock
+            raise Conflict(f"task {r.id} of workflow {values.show(r.workflow)} "
+                           f"became {r.state} meanwhile; nothing was changed")
+        ids.append(r.id)
+    out.tasks = len(ids)
     if not out.dirs_only:
-        out.events = _one(conn, "prune_count_events",
-                          {"ids": [r.id for r in rows], "jobs": out.batch_jobs})
+        out.events = _one(conn, "prune_count_events", {"ids": ids, "jobs": out.batch_jobs})
     if not project.data_dir.is_dir():
-        return rows
+        return ids
     with DataDir(project.data_dir) as data:
         shards: set[tuple[str, ...]] = set()
-        for r in rows:
-            parts = _parts(project, r)
-            out.removal.add(data.remove(parts, dry_run=out.dry_run))
-            shards.add(parts[:-1])
+        for lo in range(0, len(ids), PAGE):
+            page = id_array(ids[lo:lo + PAGE])
+            for row in _fetch(conn, "prune_tasks_of_ids", {"ids": page}):
+                parts = _parts(project, TaskRow(**row))
+                out.removal.add(data.remove(parts, dry_run=out.dry_run))
+                shards.add(parts[:-1])
         if not out.dry_run:  # empty shards, then empty workflow directories
             for shard in sorted(shards):
                 if data.prune_empty(shard):
                     data.prune_empty(shard[:-1])
-    return rows
+    return ids
+
+
+def _pages(conn: Any, name: str, params: dict[str, Any]) -> Iterator[TaskRow]:
+    """The rows of query ``name`` in id order, a page at a time (keyset: ``id >
+    after``); each page's locks, if it takes any, are held to the transaction's end."""
+    after = 0
+    while True:
+        rows = _fetch(conn, name, {**params, "after": after, "page": PAGE})
+        for r in rows:
+            yield TaskRow(**r)
+        if len(rows) < PAGE:
+            return
+        after = int(rows[-1]["id"])
 
 
 def _parts(project: Project, row: TaskRow) -> tuple[str, ...]:

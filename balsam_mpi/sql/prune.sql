@@ -58,19 +58,32 @@ SELECT p.job, coalesce(bj.state::text, '') AS state, p.other
  ORDER BY p.job
 
 -- name: prune_lock_tasks
--- The selection's tasks, locked until the prune commits: no retry, modify or dep can
--- touch them meanwhile. Their directories are derived from workflow, id and name.
+-- The selection's tasks, a page at a time after id %(after)s, locked until the prune
+-- commits: no retry, modify or dep can touch them meanwhile. Their directories are
+-- derived from workflow, id and name.
 SELECT id, workflow, name, state::text AS state, owner
   FROM tasks
  WHERE workflow = ANY (%(workflows)s::text[])
+   AND id > %(after)s::bigint
  ORDER BY id
+ LIMIT %(page)s::bigint
    FOR UPDATE
 
 -- name: prune_tasks
--- The same rows without a lock (a dry run, or directories only).
+-- The same pages without a lock (a dry run, or directories only).
 SELECT id, workflow, name, state::text AS state, owner
   FROM tasks
  WHERE workflow = ANY (%(workflows)s::text[])
+   AND id > %(after)s::bigint
+ ORDER BY id
+ LIMIT %(page)s::bigint
+
+-- name: prune_tasks_of_ids
+-- The rows of tasks the prune has already read (and, when it deletes, locked): where
+-- their directories are.
+SELECT id, workflow, name, state::text AS state, owner
+  FROM tasks
+ WHERE id = ANY (%(ids)s::bigint[])
  ORDER BY id
 
 -- name: prune_lock_jobs

@@ -142,6 +142,17 @@ class Client:
         """
         return TaskWriter(self._conn).add(tasks, labels=labels, progress=progress)
 
+    def add_task_file(self, source: Any, *,
+                      progress_for: Callable[[int], Callable[[int], None] | None] = (
+                          lambda n: None)) -> Sequence[int]:
+        """Add every task of a file (``taskfile.open_task_file``) in one transaction,
+        reading it twice instead of holding it (tasks/streamed.py); ids in input order,
+        as a compact ``array('q')``."""
+        from .streamed import add_streamed
+
+        ids: Sequence[int] = add_streamed(self._conn, source, progress_for)
+        return ids
+
     def add_task(self, **fields: Any) -> int:
         return self.add_tasks([fields])[0]
 

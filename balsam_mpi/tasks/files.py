@@ -111,6 +111,12 @@ def _raw_lines(stream: Lines) -> Iterator[bytes | str]:
 
 def read_jsonl(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(label, task) for each non-blank, non-comment line."""
+    for n, task in numbered_jsonl(stream, source):
+        yield f"{source} line {n}", task
+
+
+def numbered_jsonl(stream: Lines, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, task) for each non-blank, non-comment line."""
     for n, line in _numbered(stream, source):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -131,12 +137,18 @@ def read_jsonl(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]
         if not isinstance(obj, dict):
             raise InputError(f"{source} line {n}: expected a JSON object of "
                              f"field: value, got {type(obj).__name__}")
-        yield f"{source} line {n}", obj
+        yield n, obj
 
 
 
 
 def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for n, task in numbered_csv(stream, source):
+        yield f"{source} line {n}", task
+
+
+def numbered_csv(stream: Lines, source: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(the line a row starts on, task) for each non-blank row."""
     numbered = _numbered(stream, source)
     at = [0]  # the line the reader is on, for errors in csv's own parsing
 
@@ -169,7 +181,8 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
         row = _next_row(reader, source, at, first)
         if row is None:
             return
-        label = f"{source} line {first}"
+        line = first
+        label = f"{source} line {line}"
         first = at[0] + 1
         if not any(cell.strip() for cell in row):
             continue
@@ -183,7 +196,7 @@ def read_csv(stream: Lines, source: str) -> Iterator[tuple[str, dict[str, Any]]]
                 _put(task, name, cell)
             except InputError as exc:
                 raise InputError(f"{label}: {exc}") from None
-        yield label, task
+        yield line, task
 
 
 def _next_row(reader: Any, source: str, at: list[int], start: int) -> list[str] | None:
@@ -229,11 +242,18 @@ def read_tasks(stream: Lines, source: str,
                fmt: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Tasks from a stream (bytes, decoded here; or text); ``fmt`` "jsonl" or "csv"
     (default: by the file's suffix)."""
+    return ((f"{source} line {n}", task) for n, task in read_numbered(stream, source, fmt))
+
+
+def read_numbered(stream: Lines, source: str,
+                  fmt: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, task) from a stream, as ``read_tasks``; the format is checked now,
+    not at the first line."""
     kind = fmt or ("csv" if source.lower().endswith(".csv") else "jsonl")
     if kind == "csv":
-        return read_csv(stream, source)
+        return numbered_csv(stream, source)
     if kind in ("jsonl", "json"):
-        return read_jsonl(stream, source)
+        return numbered_jsonl(stream, source)
     raise InputError(f"format: {values.show(fmt)} is not jsonl or csv")
 
 

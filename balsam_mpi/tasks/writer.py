@@ -276,7 +276,7 @@ def _located(exc: BalsamError, ids: Sequence[int], label: Label) -> BalsamError:
     if task_id is None or not ids or not (min(ids) <= task_id <= max(ids)):
         return exc
     try:
-        pos = list(ids).index(task_id)
+        pos = ids.index(task_id)  # a list, a range or an array
     except ValueError:
         return exc
     return InputError(at(label(pos)) + message)

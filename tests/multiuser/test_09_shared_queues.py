@@ -133,7 +133,7 @@ _CROWDED = ("CREATE OR REPLACE FUNCTION notify_queue_crowded() RETURNS boolean "
 def _limits(mu: Runner, seconds: float | None, crowded: bool = False) -> None:
     """The database's limits shortened to ``seconds`` (None: as the migration made them),
     and its queue check made to say crowded, or put back."""
-    times = ("interval '2 minutes', interval '30 minutes', interval '2 minutes'"
+    times = ("interval '2 minutes', interval '1 hour', interval '2 minutes'"
              if seconds is None else ", ".join([f"interval '{seconds} s'"] * 3))
     check = "true" if crowded else "pg_notification_queue_usage() > 0.5"
     _superuser(mu, "SET ROLE balsam_objects;" + _LIMITS.format(times) + _CROWDED.format(check))
@@ -170,7 +170,7 @@ def test_share_locks_held_in_a_transaction_past_the_timeouts_are_ended(
         mu: Runner, app: int, how: str) -> None:
     """Any member may share-lock any task (what adding a child takes on its parents): held
     in a transaction with the member's timeouts lifted, no launcher could claim the task.
-    The limits (2 minutes idle, 30 open) are shortened to 1 s for the test."""
+    The limits (2 minutes idle, an hour open) are shortened to 1 s for the test."""
     theirs = int(_rows(mu.probe(MEMBER2, [(
         "INSERT INTO tasks (workflow, app_id, state) VALUES ('sharehog', %s, 'READY') "
         "RETURNING id", [app])]))[0][0])
