@@ -110,7 +110,8 @@ class Leader:
             calls, store, lease, lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
             expire_check_s=s.expire_check_s, log_dir=project.log_dir,
             on_lost=lambda: self.start_drain("lease lost", cut=True),
-            on_beat=watchdog.beat if watchdog is not None else lambda _at: None)
+            on_beat=watchdog.beat if watchdog is not None else lambda _at: None,
+            beat_store=claim_store)
         self.watchdog = watchdog  # cuts the local tasks should this loop freeze
         if watchdog is not None:
             watchdog.beat(self.lease_watch.last_beat)

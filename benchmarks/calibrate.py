@@ -3,7 +3,7 @@
 The launcher does not log how long each claim or flush took (its database calls run on a
 thread the profiler does not see), so these are timed here, outside a launcher, through
 the same :class:`balsam_mpi.launcher.store.Store` calls the leader makes: a claim of k
-rows, and a report of k starts and of k ends, for several k; and a claim of k more whose starts and
+rows, and a flush (``report_unlocked``) of k starts and of k ends, for several k; and a claim of k more whose starts and
 ends go in one report (what a flush carries for tasks shorter than the flush interval:
 one write per task, migration 0011). A straight line a + b·k is fitted to each (the fixed
 cost of a round trip and statement, and the cost per row), on relative errors. The
@@ -61,11 +61,11 @@ def db_costs(proj: Project, conn: Any, reps: int = 3,
                 t1 = time.perf_counter()
                 now = time.time()
                 started = [Started(r.id, lease.epoch, now) for r in rows]
-                store.report(lease, started, [])
+                store.report_unlocked(lease, started, [])
                 t2 = time.perf_counter()
                 ended = [Finished(r.id, lease.epoch, int(EndKind.DONE), 0, now, now + 1e-3)
                          for r in rows]
-                store.report(lease, [], ended)
+                store.report_unlocked(lease, [], ended)
                 t3 = time.perf_counter()
                 if len(rows) != k:
                     raise RuntimeError(f"claimed {len(rows)} of {k} rows while calibrating")
@@ -76,9 +76,10 @@ def db_costs(proj: Project, conn: Any, reps: int = 3,
                                    filters=ClaimFilter())
                 now = time.time()
                 t4 = time.perf_counter()
-                store.report(lease, [Started(r.id, lease.epoch, now) for r in rows],
-                             [Finished(r.id, lease.epoch, int(EndKind.DONE), 0, now,
-                                       now + 1e-3) for r in rows])
+                store.report_unlocked(
+                    lease, [Started(r.id, lease.epoch, now) for r in rows],
+                    [Finished(r.id, lease.epoch, int(EndKind.DONE), 0, now, now + 1e-3)
+                     for r in rows])
                 t5 = time.perf_counter()
                 if len(rows) != k:
                     raise RuntimeError(f"claimed {len(rows)} of {k} rows while calibrating")

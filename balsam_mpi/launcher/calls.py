@@ -37,6 +37,19 @@ class _InFlight:
     failed: Callable[[BalsamError], object] | None
 
 
+# The calls that run on the claims' connection when there is one: the claim, whose rows
+# are taken FOR UPDATE SKIP LOCKED, and the heartbeat, which writes the job's own row —
+# neither ever waits on a task row another session holds. Flushes, kills polls, sweeps
+# and the rest stay on the leader's connection, so a statement held up there (a lock, a
+# slow server) never delays the lease's renewal (docs/reliability.md).
+SIDE_CALLS = ("claim", "heartbeat")
+
+
+def leader_calls(main: Runner, side: Runner | None) -> Calls:
+    """The leader's calls: on ``main``, but SIDE_CALLS on ``side`` when there is one."""
+    return Calls(main, routes={} if side is None else dict.fromkeys(SIDE_CALLS, side))
+
+
 class Calls:
     """``routes``: the runner of some names, where it is not ``runner`` — the claims'
     own connection (``claim_connection``): a claim and a flush then run side by side,

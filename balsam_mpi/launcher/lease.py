@@ -14,9 +14,11 @@
   ``launcher_expire_leases`` marks batch jobs past their lease LOST and requeues their
   tasks (migrations/0005). The loop never waits for it.
 
-Heartbeats (the background call ``"heartbeat"``) go to the front of the database
-thread's queue: a backlog of claims and flushes (or a flush retried during an outage)
-never delays them. Both are periodic with jitter (``pacing.Periodic``); the heartbeat's
+Heartbeats (the background call ``"heartbeat"``) run on the claims' connection when the
+leader has one (``beat_store``; ``launcher/calls.py``, SIDE_CALLS), where no statement
+waits on a task row another session holds, and go to the front of its thread's queue: a
+flush held up on the leader's connection, a backlog of claims and flushes, or a flush
+retried during an outage never delays them. Both are periodic with jitter (``pacing.Periodic``); the heartbeat's
 only ever shortens the interval, so it stays under half the lease.
 """
 
@@ -83,9 +85,11 @@ class LeaseWatch:
     def __init__(self, calls: Calls, store: StorePort, lease: Lease, *, lease_s: float,
                  heartbeat_s: float, expire_check_s: float, log_dir: Path | None = None,
                  on_lost: Callable[[], object] = lambda: None,
-                 on_beat: Callable[[float], object] = lambda _at: None) -> None:
+                 on_beat: Callable[[float], object] = lambda _at: None,
+                 beat_store: StorePort | None = None) -> None:
         self.calls = calls
         self.store = store
+        self.beat_store = beat_store or store  # the connection the heartbeat runs on
         self.lease = lease
         self.log_dir = log_dir
         self.on_lost = on_lost  # the row is no longer this leader's
@@ -113,7 +117,7 @@ class LeaseWatch:
     def _beat(self) -> tuple[float, bool]:
         """The heartbeat call (database thread), with when it was sent."""
         sent = time.monotonic()
-        return sent, self.store.heartbeat(self.lease)
+        return sent, self.beat_store.heartbeat(self.lease)
 
     def _beaten(self, answer: tuple[float, bool]) -> None:
         sent, alive = answer

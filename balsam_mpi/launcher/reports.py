@@ -15,6 +15,12 @@ before the ends that follow them).
   written half by half, until the report it cannot take is alone; that one is written as
   a failure of its task with the server's reason (or, if even that is refused, given up
   with an error in the log: the task is requeued when the batch job closes).
+* **Never behind another session's row locks**: a flush writes only the rows it can lock
+  at once (``StorePort.report_unlocked``, migration 0033). The reports of a task whose row
+  a member's bulk kill or retry holds stay here, in front of what came after them, and go
+  with a later flush (after a pause that grows from 0.2 s to 2 s while rows stay held);
+  the journal's mark stops before the first of them, so each report is still written
+  exactly once, by this leader or by a replay of its journal.
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ from ..base.pacing import Backoff
 from ..protocol import EndKind, Finished, Started
 from .calls import Calls
 from .journal import Journal
-from .storeport import BadReport, Lease, StorePort
+from .storeport import BadReport, Lease, StorePort, Written
 
 log = logging.getLogger(__name__)
+
+
+def held_backoff() -> Backoff:
+    """The pause before reports of rows another session held are tried again."""
+    return Backoff(0.2, 2.0, jitter=0.2)
 
 
 def retry_backoff(give_up_s: float | None = None) -> Backoff:
@@ -49,21 +60,61 @@ class Batch:
     finished: list[Finished] = field(default_factory=list)
     suspect: bool = False  # part of a batch the server refused for its data
     through: int = 0  # the last report group (launcher/journal.py) this batch completes
+    # Each report's own group, in the order of ``started`` and of ``finished``: where the
+    # journal's mark stops when some are held back (launcher/flushrows.py, mark_before).
+    s_groups: list[int] = field(default_factory=list)
+    f_groups: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.started) + len(self.finished)
+
+    @property
+    def groups(self) -> list[int]:
+        """Each report's group, starts then ends (empty if not known for every one)."""
+        if (len(self.s_groups), len(self.f_groups)) != (len(self.started),
+                                                        len(self.finished)):
+            return []
+        return [*self.s_groups, *self.f_groups]
+
+    def split(self, held: frozenset[int]) -> tuple[Batch, Batch]:
+        """(the reports of the tasks in ``held``, the others), each in its order; the
+        first keeps what this batch completes."""
+        groups = self.groups or [0] * len(self)
+        sg, fg = groups[:len(self.started)], groups[len(self.started):]
+
+        def part(keep: bool, through: int) -> Batch:
+            s = [(x, g) for x, g in zip(self.started, sg, strict=True)
+                 if (x.id in held) == keep]
+            f = [(x, g) for x, g in zip(self.finished, fg, strict=True)
+                 if (x.id in held) == keep]
+            return Batch([x for x, _ in s], [x for x, _ in f], self.suspect, through,
+                         [g for _, g in s], [g for _, g in f])
+
+        return part(True, self.through), part(False, 0)
+
+    def before(self, later: Batch) -> Batch:
+        """This batch's reports, then ``later``'s: one batch that completes what either
+        did."""
+        return Batch(self.started + later.started, self.finished + later.finished,
+                     self.suspect, max(self.through, later.through),
+                     self.s_groups + later.s_groups, self.f_groups + later.f_groups)
 
     def halves(self) -> tuple[Batch, Batch]:
         """Split keeping order: every start stays in a half no later than any end."""
         items: list[Started | Finished] = [*self.started, *self.finished]
         mid = len(items) // 2
 
-        def part(xs: list[Started | Finished], through: int) -> Batch:
+        groups = self.groups or [0] * len(items)
+
+        def part(xs: list[Started | Finished], gs: list[int], through: int) -> Batch:
             return Batch([x for x in xs if isinstance(x, Started)],
-                         [x for x in xs if isinstance(x, Finished)], True, through)
+                         [x for x in xs if isinstance(x, Finished)], True, through,
+                         [g for x, g in zip(xs, gs, strict=True) if isinstance(x, Started)],
+                         [g for x, g in zip(xs, gs, strict=True) if isinstance(x, Finished)])
 
         # Only the second half completes what the whole did.
-        return part(items[:mid], 0), part(items[mid:], self.through)
+        return (part(items[:mid], groups[:mid], 0),
+                part(items[mid:], groups[mid:], self.through))
 
 
 def unstorable(item: Finished, reason: str) -> Finished:
@@ -80,7 +131,7 @@ def _storable(tail: str) -> bool:
 class ReportBuffer:
     def __init__(self, lease: Lease, store: StorePort, calls: Calls, *, size: int,
                  interval_s: float, journal: Journal | None = None,
-                 retry: Backoff | None = None) -> None:
+                 retry: Backoff | None = None, held_back: Backoff | None = None) -> None:
         self.lease = lease
         self.store = store
         self.calls = calls
@@ -88,6 +139,8 @@ class ReportBuffer:
         self.interval_s = interval_s
         self.journal = journal
         self.retry = retry or retry_backoff()
+        self.held_back = held_back or held_backoff()  # rows another session held
+        self.deferred = 0  # reports held back for another session's row locks, so far
         self.held = Batch()
         self.suspects: deque[Batch] = deque()  # halves of a refused batch, in order
         self.writing: Batch | None = None  # the flush in flight
@@ -130,11 +183,15 @@ class ReportBuffer:
         self.group += 1
         self.held.started.extend(started)
         self.held.finished.extend(finished)
+        self.held.s_groups.extend([self.group] * len(started))
+        self.held.f_groups.extend([self.group] * len(finished))
         self.held.through = self.group
         if self.journal is not None:
             self.journal.add(self.group, started, finished)
 
     def due(self, idle: bool = False) -> bool:
+        if not self.held_back.ready():
+            return False  # rows another session held: not at once again
         if self.suspects:
             return True  # finding a bad report: no pause, the server answered at once
         if not self or not self.retry.ready():
@@ -163,15 +220,37 @@ class ReportBuffer:
                          failed=lambda exc: self._undone(batch, exc))
         return True
 
-    def write(self, batch: Batch) -> dict[str, int]:
+    def write(self, batch: Batch) -> Written:
         """The store call (runs on the database thread)."""
-        return self.store.report(self.lease, batch.started, batch.finished, batch.through)
+        return self.store.report_unlocked(self.lease, batch.started, batch.finished,
+                                          batch.through, batch.groups)
 
-    def _done(self, batch: Batch, counts: dict[str, int]) -> None:
+    def _done(self, batch: Batch, answer: Written) -> None:
         self.writing = None
-        self.written(batch, counts)
+        batch = self.settle(batch, answer)
         if batch.finished and self.on_ends_written is not None:
             self.on_ends_written()  # children may have become READY
+
+    def settle(self, batch: Batch, answer: Written) -> Batch:
+        """Count what was written; keep what was held back, in front of what came after
+        it (a suspect's in front of the other suspects). Returns the part written."""
+        if not answer.deferred:
+            self.held_back.reset()
+            self.written(batch, answer.counts)
+            return batch
+        kept, batch = batch.split(answer.deferred)
+        self.deferred += len(kept)
+        if kept.suspect:
+            self.suspects.appendleft(kept)
+        else:
+            if not self.held:
+                self.oldest = time.monotonic()
+            self.held = kept.before(self.held)
+        pause = self.held_back.failed()
+        log.info("%s reports wait for rows another session holds (a bulk kill or retry?); "
+                 "trying them again in %.1f s", len(kept), pause)
+        self.written(batch, answer.counts)
+        return batch
 
     def _undone(self, batch: Batch, exc: BalsamError) -> None:
         self.writing = None
@@ -199,9 +278,7 @@ class ReportBuffer:
         if batch.suspect:
             self.suspects.appendleft(batch)
         else:
-            self.held = Batch(batch.started + self.held.started,
-                              batch.finished + self.held.finished,
-                              through=max(batch.through, self.held.through))
+            self.held = batch.before(self.held)
         self.oldest = time.monotonic()
         pause = self.retry.failed()
         level = logging.WARNING if isinstance(exc, ServerError) else logging.ERROR
@@ -230,7 +307,7 @@ class ReportBuffer:
             log.error("task %s: its start cannot be stored (%s); writing it with this "
                       "host's time", item.id, exc)
             self.suspects.appendleft(Batch([Started(item.id, item.epoch, time.time())], [],
-                                           True, batch.through))
+                                           True, batch.through, batch.s_groups[:1]))
             return
         if item.kind == EndKind.REFUSED:
             self.given_up += 1
@@ -240,7 +317,7 @@ class ReportBuffer:
         log.error("task %s: its report cannot be stored (%s); writing it as failed",
                   item.id, exc)
         self.suspects.appendleft(Batch([], [unstorable(item, str(exc))], True,
-                                       batch.through))
+                                       batch.through, [], batch.f_groups[:1]))
 
     def flush_now(self, patience_s: float = 10.0) -> None:
         """At a crash: write everything, waiting for each write and retrying with pauses
@@ -250,7 +327,7 @@ class ReportBuffer:
         while self:
             batch = self.take()
             try:
-                counts = self.calls.run(self.write, batch, timeout=patience_s)
+                answer = self.calls.run(self.write, batch, timeout=patience_s)
             except TimeoutError as exc:
                 self.failed(batch, ServerError("no answer"))
                 raise ServerError(f"the database did not answer within {patience_s:g} s"
@@ -263,4 +340,10 @@ class ReportBuffer:
                 if not self.suspects:
                     time.sleep(retry.pause)
             else:
-                self.written(batch, counts)
+                self.settle(batch, answer)
+                if answer.deferred:  # rows another session holds: wait, within patience
+                    retry.failed()
+                    if retry.exhausted():
+                        raise ServerError(f"rows of {len(answer.deferred)} task(s) stayed "
+                                          f"locked by another session for {patience_s:g} s")
+                    time.sleep(retry.pause)

@@ -35,7 +35,7 @@ from ..node.pypool import PoolConfig
 from ..protocol import LOCAL, ErrorMsg
 from ..tasks.owners import check_owners
 from ..worker import Worker
-from .calls import Calls
+from .calls import leader_calls
 from .comm import Comm
 from .config import Settings, leader_silence_s
 from .dbthread import DbThread
@@ -154,9 +154,9 @@ class LeaderSession:
             self.journal = self._journal(project, lease)
             main = stack.enter_context(DbThread(self.store))
             claim_store = self._claim_store(settings, project, stack)
-            routes = {} if claim_store is None else {"claim": stack.enter_context(
-                DbThread(claim_store, wake_fd=main.wake_fd, name="balsam-db-claims"))}
-            self.calls = Calls(main, routes=routes)
+            side = None if claim_store is None else stack.enter_context(
+                DbThread(claim_store, wake_fd=main.wake_fd, name="balsam-db-claims"))
+            self.calls = leader_calls(main, side)
             # The node and its task channel close first, the database thread and the
             # store after the last write (run).
             self.node_stack = ExitStack()

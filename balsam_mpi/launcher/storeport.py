@@ -139,6 +139,15 @@ class Peers(NamedTuple):
     tag_filters: tuple[TagFilter, ...] = ()
 
 
+class Written(NamedTuple):
+    """What a flush wrote (``StorePort.report_unlocked``): rows changed per step, and the
+    reported tasks whose rows another session held locked — none of their reports was
+    written; the caller keeps them, in order, for its next flush."""
+
+    counts: dict[str, int]
+    deferred: frozenset[int] = frozenset()
+
+
 class BadReport(DatabaseError):
     """The server (or the driver) refused a report for what it carries: a value it cannot
     store. Retrying the same rows fails the same way; connection trouble is not this."""
@@ -191,6 +200,14 @@ class StorePort(Protocol):
                finished: Sequence[Finished], through: int = 0) -> dict[str, int]:
         """Write node reports (and Python results), fenced on (batch job, epoch, expected
         state); rows changed per step. ``through``: the journal group this completes."""
+
+    def report_unlocked(self, lease: Lease, started: Sequence[Started],
+                        finished: Sequence[Finished], through: int = 0,
+                        groups: Sequence[int] = ()) -> Written:
+        """As :meth:`report`, but never waiting on a row another session holds (a
+        member's bulk kill or retry): every report of such a task is left out and named
+        in ``Written.deferred``. ``groups``: the journal group of each report, starts
+        then ends; the journal's mark stops before the first report left out."""
 
     def kills(self, lease: Lease, ids: Iterable[int]) -> list[int]:
         """Which of these tasks were killed, deleted or taken from this batch job."""

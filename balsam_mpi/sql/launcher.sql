@@ -32,6 +32,20 @@ SELECT step, changed
                        %(f_started)b::float8[], %(f_ended)b::float8[], %(f_tail)s::text[],
                        %(through)s::bigint, %(paired)s::integer);
 
+-- name: launcher_report_lock_timeout
+-- A flush's transaction waits at most this long for any one lock (the rows
+-- launcher_lock_reports could not cover: descendants further down the DAG). Under the
+-- server's deadlock_timeout (1 s), so a flush caught in a cycle with a member's bulk
+-- kill gives way first: it is retried, the member's statement is not cut (0033).
+SET LOCAL lock_timeout = '500ms';
+
+-- name: launcher_lock_reports
+-- The flush's rows, locked for its transaction unless another session holds them; the
+-- reported tasks whose rows (or an ended task's children) it could not lock (0033).
+SELECT launcher_lock_reports FROM launcher_lock_reports(%(job)s::bigint, %(epoch)s::bigint,
+                                                        %(ids)s::bigint[],
+                                                        %(ended)s::bigint[]);
+
 -- name: launcher_app_extras
 -- What the claim does not return about the apps it returned: pre/postprocessing
 -- (0006), a Python app's import path (0009) and whether its calls get directories of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Any
@@ -18,11 +18,11 @@ import pytest
 
 from balsam_mpi.base.errors import ServerError
 from balsam_mpi.launcher import session
-from balsam_mpi.launcher.calls import Calls
+from balsam_mpi.launcher.calls import Calls, leader_calls
 from balsam_mpi.launcher.config import Settings
 from balsam_mpi.launcher.dbthread import DbThread
 from balsam_mpi.launcher.reports import ReportBuffer
-from balsam_mpi.launcher.storeport import Lease
+from balsam_mpi.launcher.storeport import Lease, Written
 from balsam_mpi.protocol import EndKind, Finished, Started
 
 pytestmark = pytest.mark.timeout(30)
@@ -54,6 +54,23 @@ class Store:
     def report(self, lease: Lease, started: list[Started], finished: list[Finished],
                through: int = 0) -> dict[str, int]:
         return {"started": len(started), "ended": len(finished)}
+
+    def report_unlocked(self, lease: Lease, started: list[Started],
+                        finished: list[Finished], through: int = 0,
+                        groups: Sequence[int] = ()) -> Written:
+        return Written(self.report(lease, started, finished, through))
+
+
+def test_the_leaders_heartbeat_goes_with_the_claims_never_behind_a_flush() -> None:
+    main, side = Held(), Held()
+    calls = leader_calls(main, side)  # type: ignore[arg-type]
+    assert calls.start("flush", lambda: "written")
+    assert calls.start("heartbeat", lambda: True, urgent=True)
+    assert calls.start("kills", lambda: [])
+    assert [fn() for _f, fn, _a in side.sent] == [True]
+    assert [fn() for _f, fn, _a in main.sent] == ["written", []]
+    alone = leader_calls(main, None)  # type: ignore[arg-type]
+    assert alone.routes == {}
 
 
 def test_claims_go_to_their_own_runner_and_the_rest_to_the_leaders() -> None:

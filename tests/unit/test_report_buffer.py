@@ -14,8 +14,9 @@ from balsam_mpi.base.limits import OUTPUT_TAIL_MAX
 from balsam_mpi.base.pacing import Backoff
 from balsam_mpi.launcher.calls import Calls
 from balsam_mpi.launcher.dbthread import Inline
+from balsam_mpi.launcher.flushrows import mark_before
 from balsam_mpi.launcher.reports import ReportBuffer
-from balsam_mpi.launcher.storeport import BadReport, Lease
+from balsam_mpi.launcher.storeport import BadReport, Lease, Written
 from balsam_mpi.protocol import EndKind, Finished, Started
 from tests.unit.fakeclock import Clock
 
@@ -34,6 +35,18 @@ class FakeStore:
         self.down = down  # calls that fail for the connection first
         self.calls = 0
         self.written: list[Started | Finished] = []
+        self.locked: set[int] = set()  # rows another session holds
+        self.marks: list[int] = []  # the journal's mark after each write
+
+    def report_unlocked(self, lease: Lease, started: Sequence[Started],
+                        finished: Sequence[Finished], through: int = 0,
+                        groups: Sequence[int] = ()) -> Written:
+        held = frozenset(x.id for x in [*started, *finished] if x.id in self.locked)
+        mark = mark_before(held, started, finished, through, groups) if held else through
+        counts = self.report(lease, [s for s in started if s.id not in held],
+                             [f for f in finished if f.id not in held], mark)
+        self.marks.append(mark)
+        return Written(counts, held)
 
     def report(self, lease: Lease, started: Sequence[Started],
                finished: Sequence[Finished], through: int = 0) -> dict[str, int]:
@@ -173,3 +186,31 @@ def test_groups_number_what_each_batch_completes() -> None:
     assert batch.through == 2
     first, second = batch.halves()
     assert (first.through, second.through) == (0, 2)  # only the last piece completes it
+
+
+def test_reports_of_rows_another_session_holds_wait_in_order_within_the_journals_reach(
+        ) -> None:
+    store = FakeStore(poison=set())
+    clock = Clock(0.0)
+    calls = Calls(Inline(store))  # type: ignore[arg-type]
+    buf = ReportBuffer(LEASE, store, calls, size=4096,  # type: ignore[arg-type]
+                       interval_s=0.0, retry=Backoff(0.5, 10.0, clock=clock),
+                       held_back=Backoff(0.2, 2.0, clock=clock))
+    store.locked = {2}
+    buf.add([Started(1, 1, 1.0)], [])  # group 1
+    buf.add([Started(2, 1, 1.0)], [])  # group 2: its row is held
+    buf.add([], [Finished(1, 1, 0, 0, 1.0, 2.0)])  # group 3
+    assert buf.flush() and calls.collect()
+    assert [x.id for x in store.written] == [1, 1]
+    assert store.marks == [1]  # a replay would still write task 2's start
+    assert (len(buf), buf.deferred) == (1, 1)
+    buf.add([], [Finished(2, 1, 0, 0, 1.0, 2.0)])  # group 4: after its start, always
+    assert not buf.flush()  # a pause first, not a flush a turn
+    clock.now += 0.5
+    assert buf.flush() and calls.collect()  # still held: both wait, in order
+    assert store.marks == [1, 1] and len(buf) == 2
+    store.locked = set()
+    clock.now += 5.0
+    assert buf.flush() and calls.collect()
+    assert [type(x).__name__ for x in store.written[2:]] == ["Started", "Finished"]
+    assert store.marks[-1] == 4 and not buf.pending
