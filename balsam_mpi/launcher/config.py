@@ -151,9 +151,31 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
         given = cli.get(name)
         if given is not None and given != () and given != []:
             values_[name], sources[name] = _convert(name, given, flag(name)), flag(name)
+    _nearer_of_persistent_and_idle(values_, sources)
     settings = Settings(**values_)
     _relations(settings, sources)
     return settings
+
+
+def _layer(source: str) -> int:
+    """How near the user a setting's source is: settings.toml, then BALSAM_*, then a flag."""
+    return 0 if source.startswith(FILE) else 1 if source.startswith(ENV_PREFIX) else 2
+
+
+def _nearer_of_persistent_and_idle(values_: dict[str, Any], sources: dict[str, str]) -> None:
+    """``persistent`` and ``idle_timeout_s`` say opposite things; given in different
+    layers, the nearer one is what this run means, as for any one setting. `init` writes
+    idle_timeout_s into settings.toml, so `--persistent` must win over it; and
+    settings.toml's ``persistent = true`` with an ``--idle-timeout`` flag once ran a job
+    meant to end when idle until its wall time. Same layer: left to _relations."""
+    if not values_.get("persistent") or "idle_timeout_s" not in sources:
+        return
+    persistent, idle = _layer(sources["persistent"]), _layer(sources["idle_timeout_s"])
+    if persistent > idle:
+        del values_["idle_timeout_s"], sources["idle_timeout_s"]  # persistent ignores it
+    elif idle > persistent:
+        values_["persistent"] = False
+        sources["persistent"] = f"{sources['idle_timeout_s']}, over {sources['persistent']}"
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
@@ -257,13 +279,13 @@ def _relations(s: Settings, sources: Mapping[str, str]) -> None:
     if s.kill_grace_s * 2 >= s.lease_s:
         raise UsageError(f"kill_grace_s ({said('kill_grace_s')}) must be less than half of "
                          f"lease_s ({said('lease_s')})")
-    # Which was meant cannot be known, wherever each came from: a settings.toml that says
-    # persistent with an --idle-timeout flag once ran a job meant to end when idle until
-    # its wall time (the flag pair alone was refused; launch.py, batch/jobscript.py).
+    # Both in one layer: which was meant cannot be known (the flag pair is refused earlier
+    # too: launch.py, batch/jobscript.py). In different layers the nearer one has already
+    # won (_nearer_of_persistent_and_idle).
     if s.persistent and "idle_timeout_s" in sources:
-        raise UsageError(f"persistent (from {sources.get('persistent', 'the default')}) "
-                         "never exits for lack of work, idle_timeout_s "
-                         f"({said('idle_timeout_s')}) after a while: give one of them")
+        raise UsageError(f"persistent (from {sources['persistent']}) never exits for lack "
+                         f"of work, idle_timeout_s ({said('idle_timeout_s')}) after a "
+                         "while: give one of them")
     if s.claim_margin > s.claim_margin_max:
         raise UsageError(f"claim_margin ({said('claim_margin')}) must not exceed "
                          f"claim_margin_max ({said('claim_margin_max')})")

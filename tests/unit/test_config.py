@@ -138,25 +138,38 @@ def test_the_launcher_refuses_a_bad_setting_in_one_line_with_status_2(
     assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
-@pytest.mark.parametrize("cli, env, file, says", [
-    ({"idle_timeout_s": 5.0}, {}, {"persistent": True},
-     "persistent (from settings.toml [launcher] persistent) never exits for lack of work, "
-     "idle_timeout_s (5, from --idle-timeout)"),
-    ({"persistent": True}, {}, {"idle_timeout_s": 30.0},
-     "persistent (from --persistent) never exits for lack of work, idle_timeout_s (30, "
-     "from settings.toml [launcher] idle_timeout_s)"),
-    ({"idle_timeout_s": 5.0}, {"BALSAM_PERSISTENT": "1"}, {},
-     "persistent (from BALSAM_PERSISTENT)"),
-    ({}, {"BALSAM_IDLE_TIMEOUT_S": "2"}, {"persistent": True},
-     "idle_timeout_s (2, from BALSAM_IDLE_TIMEOUT_S)"),
+@pytest.mark.parametrize("cli, env, file, persistent, idle", [
+    # settings.toml's persistent with an --idle-timeout flag once ran a job meant to end
+    # when idle until its wall time; `init` writes idle_timeout_s into settings.toml, so a
+    # --persistent flag must win over it.
+    ({"idle_timeout_s": 5.0}, {}, {"persistent": True}, False, 5.0),
+    ({"persistent": True}, {}, {"idle_timeout_s": 30.0}, True, None),
+    ({"idle_timeout_s": 5.0}, {"BALSAM_PERSISTENT": "1"}, {}, False, 5.0),
+    ({}, {"BALSAM_IDLE_TIMEOUT_S": "2"}, {"persistent": True}, False, 2.0),
+    ({}, {"BALSAM_PERSISTENT": "1"}, {"idle_timeout_s": 10.0}, True, None),
 ])
-def test_persistent_and_an_idle_timeout_are_refused_wherever_each_comes_from(
+def test_of_persistent_and_an_idle_timeout_the_nearer_layer_wins(
         cli: dict[str, object], env: dict[str, str], file: dict[str, object],
-        says: str) -> None:
-    """The flags --persistent --idle-timeout were refused, but settings.toml's persistent
-    with the flag --idle-timeout was not: which one was meant could not be known."""
+        persistent: bool, idle: float | None) -> None:
+    s = resolve(cli, env, {"launcher": file})
+    assert s.persistent is persistent
+    if idle is not None:
+        assert s.idle_timeout_s == idle
+
+
+@pytest.mark.parametrize("env, file, says", [
+    ({"BALSAM_PERSISTENT": "1", "BALSAM_IDLE_TIMEOUT_S": "2"}, {},
+     "persistent (from BALSAM_PERSISTENT) never exits for lack of work, idle_timeout_s "
+     "(2, from BALSAM_IDLE_TIMEOUT_S)"),
+    ({}, {"persistent": True, "idle_timeout_s": 5.0},
+     "persistent (from settings.toml [launcher] persistent) never exits for lack of work, "
+     "idle_timeout_s (5, from settings.toml [launcher] idle_timeout_s)"),
+])
+def test_persistent_and_an_idle_timeout_in_one_layer_are_refused(
+        env: dict[str, str], file: dict[str, object], says: str) -> None:
+    """Which one was meant cannot be known (the flag pair is refused the same way)."""
     with pytest.raises(UsageError) as err:
-        resolve(cli, env, {"launcher": file})
+        resolve({}, env, {"launcher": file})
     assert says in str(err.value) and "\n" not in str(err.value)
     assert err.value.exit_code == 2
 

@@ -87,25 +87,29 @@ def test_hostile_values_stay_one_quoted_word_each(project: Project) -> None:
     assert _launcher_words(project, req)[:2] == [f"--tag=k={hostile}", f"--owner={hostile}"]
 
 
-def test_settings_toml_persistent_with_the_idle_timeout_flag_is_refused_before_writing(
+def test_settings_toml_persistent_with_its_own_idle_timeout_is_refused_before_writing(
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The launcher refuses persistent = true in settings.toml beside --idle-timeout
+    """The launcher refuses persistent = true beside idle_timeout_s in one layer
     (launcher/config.py): `submit` says so before a job is queued, not the job when it
-    starts; the dry run too."""
+    starts; the dry run too. In different layers the nearer one wins: the flag."""
     from balsam_mpi.batch import submit
 
-    project.settings_path.write_text("[launcher]\npersistent = true\n")
+    project.settings_path.write_text("[launcher]\npersistent = true\nidle_timeout_s = 5\n")
     os.chmod(project.settings_path, 0o640)
 
     def no_row(*_a: object) -> int:
         raise AssertionError("a batch job was recorded")
 
     monkeypatch.setattr(submit, "_insert", no_row)
-    req = JobRequest("local", 1, idle_timeout_s=5.0)
+    req = JobRequest("local", 1)
     for attempt in (submit.dry_run, submit.submit):
         with pytest.raises(UsageError) as err:
             attempt(project, req)
         said = str(err.value)
         assert "persistent (from settings.toml [launcher] persistent)" in said
-        assert "idle_timeout_s (5, from --idle-timeout)" in said and "\n" not in said
+        assert "idle_timeout_s (5, from settings.toml" in said and "\n" not in said
     assert not (project.root / "qsubmit").exists()
+    # The --idle-timeout flag is nearer than settings.toml's persistent: it is taken.
+    project.settings_path.write_text("[launcher]\npersistent = true\n")
+    assert "--idle-timeout=5" in submit.dry_run(project, JobRequest("local", 1,
+                                                                     idle_timeout_s=5.0))
