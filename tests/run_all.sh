@@ -11,7 +11,8 @@ export PATH="$venv/bin:$PATH"
 
 reports="$(mktemp -d)"
 status=0
-"$py" -m pytest -p no:cacheprovider --junitxml="$reports/tiers.xml" \
+# --durations: the slowest tests in every log, to keep the suite within its budget.
+"$py" -m pytest -p no:cacheprovider --durations=30 --junitxml="$reports/tiers.xml" \
     tests/unit tests/db tests/e2e tests/multiuser tests/slurm "$@" || status=$?
 [ "$status" -eq 5 ] && status=0   # a tier with no tests collected is not a failure
 
