@@ -51,11 +51,19 @@ def log_expired(found: list[Expired]) -> None:
                     e.job_id, e.user, e.requeued, e.failed, e.released)
 
 
+# What each rule of end_hogging_sessions (migrations/0031) says a session did.
+ENDED_FOR = {
+    "notifications": "held the server's notification queue, half full, in a transaction "
+                     "open for over two minutes",
+    "idle transaction": "sat idle in a transaction for over two minutes",
+    "long transaction": "kept a transaction open for over an hour",
+}
+
+
 def log_ended(ended: list[Ended]) -> None:
     for e in ended:
         what = (f"held {e.held} entries of the server's lock table" if e.reason == "locks"
-                else "held the server's notification queue, half full, in a transaction "
-                     "open for over two minutes")
+                else ENDED_FOR.get(e.reason, f"was ended for {e.reason}"))
         log.warning("the database ended session %s of %s: it %s (docs/security.md, "
                     "\"The server's shared queues\")", e.pid, e.user, what)
 

@@ -24,13 +24,17 @@ def test_ended_sessions_are_logged_with_who_and_why(monkeypatch: pytest.MonkeyPa
                                                     caplog: pytest.LogCaptureFixture) -> None:
     store = MemStore()
     monkeypatch.setattr(store, "end_hogging_sessions", lambda: [
-        Ended(4242, "mallory", "locks", 9000), Ended(77, "eve", "notifications", 3)])
+        Ended(4242, "mallory", "locks", 9000), Ended(77, "eve", "notifications", 3),
+        Ended(78, "eve", "idle transaction", 2), Ended(79, "eve", "long transaction", 2)])
     with caplog.at_level(logging.WARNING):
         sweep_once(store, None)
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2
+    assert len(lines) == 4
     assert "session 4242 of mallory" in lines[0] and "9000 entries" in lines[0]
     assert "session 77 of eve" in lines[1] and "notification queue" in lines[1]
+    # Each rule says what the session did, not the queue's words for all of them.
+    assert "idle in a transaction" in lines[2] and "notification" not in lines[2]
+    assert "over an hour" in lines[3] and "notification" not in lines[3]
 
 
 def test_a_failing_look_for_hogs_is_said_and_the_sweep_goes_on(
