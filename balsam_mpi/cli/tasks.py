@@ -100,14 +100,14 @@ def _add_records(ctx: CliContext, records: list[dict[str, Any]],
 
 def _add_file(ctx: CliContext, tasks_file: Any) -> Any:
     """A file's tasks: read twice (checked, then written chunk by chunk), never held
-    whole (tasks/streamed.py), except inside a launcher's task, whose adds go through the
-    launcher as one message."""
+    whole (tasks/streamed.py). Inside a launcher's task, whose adds go through the
+    launcher as one message, checked and sized first (at most one request's worth)."""
     from .. import task_api
+    from ..tasks import taskfile
 
     if task_api.inside_task():
-        pairs = list(tasks_file.records())
-        return _add_records(ctx, [t for _, t in pairs],
-                            [tasks_file.label(n) for n, _ in pairs])
+        return task_api.add_tasks(taskfile.for_one_request(tasks_file,
+                                                           task_api.MAX_REQUEST))
     return ctx.client().add_task_file(tasks_file, progress_for=_progress)
 
 

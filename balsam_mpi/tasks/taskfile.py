@@ -12,6 +12,7 @@ anyone who may write it) is refused with nothing added, never half-checked.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,32 @@ class TaskFile:
 
     def close(self) -> None:
         self.stream.close()
+
+
+def for_one_request(tasks_file: TaskFile, cap: int) -> list[dict[str, Any]]:
+    """A file's tasks for one request through the launcher (inside a task, which has no
+    database connection): checked line by line first, as far as the database is not
+    needed (``validate.check_shape``), and sized, so that a bad line is refused by its
+    number and a file past ``cap`` bytes of request in one line, both before anything is
+    sent or held; then read again, whole (at most ``cap`` bytes of JSON)."""
+    from .plan import at
+    from .validate import check_shape
+
+    size = 32  # the request's envelope: {"parent": id, "tasks": [...]}
+    for line, task in tasks_file.records():
+        try:
+            check_shape(task)
+        except InputError as exc:
+            raise InputError(at(tasks_file.label(line)) + str(exc)) from None
+        size += len(json.dumps(task, default=str).encode()) + 2
+        if size > cap:
+            raise InputError(
+                f"--from-file: {show(tasks_file.source)} is more than one request through "
+                f"the launcher may carry ({cap} bytes of tasks; inside a task, adds go "
+                "through it); add it from outside the task, or in smaller files")
+    tasks = [task for _, task in tasks_file.records()]
+    tasks_file.check_unchanged()
+    return tasks
 
 
 def open_task_file(path: str, fmt: str | None, defaults: Mapping[str, Any]) -> TaskFile:

@@ -203,27 +203,14 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
     """One validated task: the fields it gives (checked and converted), ``app_id`` for
     ``app``, and the app's error_retry_limit unless the task sets its own. Fields it does
     not give take TASK_DEFAULTS. Raises InputError naming the field."""
-    if not isinstance(raw, Mapping):
-        raise InputError(f"a task must be an object of field: value, got "
-                         f"{values.show(raw)}")
-    for f in ("app", "workflow"):
-        if raw.get(f) in (None, ""):
-            raise InputError(f"{f}: missing (every task needs an app and a workflow)")
+    _required(raw)
     app_name = raw["app"]
     app = apps.get(app_name) if isinstance(app_name, str) else None
     if app is None:
         values.name("app", app_name)
         raise InputError(f"app: no app named {values.show(app_name)}; add it with "
                          f"`balsam-mpi app add NAME --command '…'`")
-    task: dict[str, Any] = {}
-    checkers = _CHECKERS
-    for k, v in raw.items():
-        check = checkers.get(k)
-        if check is None:
-            raise InputError(f"{values.label(k)}: unknown field (fields are the column "
-                             "names, e.g. app, workflow, name, params, num_nodes, parents)")
-        if v is not None:
-            task[k] = check(v)
+    task = _fields(raw)
     del task["app"]
     task["app_id"] = app.id
     if app.error_retry_limit and "error_retry_limit" not in task:
@@ -240,6 +227,36 @@ def check_task(raw: Mapping[str, Any], apps: Mapping[str, AppInfo]) -> dict[str,
         if task.get("args"):
             raise InputError(f"args: app {app.name!r} calls a Python function: give its "
                              "keyword arguments as params")
+    return task
+
+
+def check_shape(raw: Any) -> dict[str, Any]:
+    """What can be checked of one task without the database: every field it gives, not
+    whether its app exists or fits its params (a task adding tasks through its launcher
+    has no connection; the launcher's writer checks the rest, with check_task)."""
+    _required(raw)
+    return _fields(raw)
+
+
+def _required(raw: Any) -> None:
+    if not isinstance(raw, Mapping):
+        raise InputError(f"a task must be an object of field: value, got "
+                         f"{values.show(raw)}")
+    for f in ("app", "workflow"):
+        if raw.get(f) in (None, ""):
+            raise InputError(f"{f}: missing (every task needs an app and a workflow)")
+
+
+def _fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    task: dict[str, Any] = {}
+    checkers = _CHECKERS
+    for k, v in raw.items():
+        check = checkers.get(k)
+        if check is None:
+            raise InputError(f"{values.label(k)}: unknown field (fields are the column "
+                             "names, e.g. app, workflow, name, params, num_nodes, parents)")
+        if v is not None:
+            task[k] = check(v)
     return task
 
 
