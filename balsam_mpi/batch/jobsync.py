@@ -15,9 +15,9 @@ wins.
 A submitter killed between writing its row and reading the scheduler's answer leaves a
 QUEUED row with no scheduler id: nothing can be asked about it, and every autoscaler
 would count it as a queued job for ever. Once it is older than any submission can take
-(``UNSUBMITTED_AFTER_S``), it is closed too — unless its submission carried a comment
-(Slurm): then, as for a submission whose answer was lost, its job is looked for by that
-comment first (batch/uncertain.py).
+(``UNSUBMITTED_AFTER_S``), it is closed too — unless its submission carried a mark
+(Slurm's comment, PBS's ``BALSAM_SUBMIT`` variable): then, as for a submission whose
+answer was lost, its job is looked for by that mark first (batch/uncertain.py).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class QueuedJob:
 class Synced:
     """What a sync found: rows closed (id, reason), rows still queued, rows whose
     scheduler cannot be asked (id, why), rows whose lost submission was found by its
-    comment (the row with the job's id, what was found)."""
+    mark (the row with the job's id, what was found)."""
 
     closed: list[tuple[QueuedJob, str]]
     queued: list[QueuedJob]
@@ -80,7 +80,7 @@ def unsubmitted_jobs(conn: Any) -> list[QueuedJob]:
 
 
 def sync(conn: Any, ask: Ask = schedq.phases, dry_run: bool = False,
-         host: str | None = None, find: uncertain.Find = schedq.find_by_comment,
+         host: str | None = None, find: uncertain.Find = schedq.find_by_mark,
          identity: Callable[[str], str | None] = clusterid.identity) -> Synced:
     """Ask each scheduler once about the caller's QUEUED rows; close the ended ones
     (committed here, unless ``dry_run``). ``host``: this host's name (this_host());
@@ -147,7 +147,7 @@ def _look_for_lost(conn: Any, here: str, here_cluster: Callable[[str], str | Non
                    unasked: list[tuple[QueuedJob, str]],
                    found: list[tuple[QueuedJob, str]]) -> None:
     """Rows whose submission's answer was lost (batch/uncertain.py): record the job
-    found by comment (the sync then asks about it as about any queued row), close those
+    found by its mark (the sync then asks about it as about any queued row), close those
     no job will appear for, say why the others wait."""
     rows = uncertain.uncertain_jobs(conn, UNSUBMITTED_AFTER_S)
     if not rows:
@@ -161,11 +161,11 @@ def _look_for_lost(conn: Any, here: str, here_cluster: Callable[[str], str | Non
     for row, job_id, _phase, state in said.found:
         if dry_run or _record(conn, row.id, job_id):
             found.append((as_queued(row, job_id), f"its submission's answer was lost; "
-                          f"found as {row.scheduler} job {job_id} ({state}) by its "
-                          f"comment {row.comment}"))
+                          f"found as {row.scheduler} job {job_id} ({state}) by "
+                          f"{row.mark_named('its')}"))
     for row in said.gone:
         reason = (f"its submission's answer was lost, and after {UNSUBMITTED_AFTER_S:g} s "
-                  f"the scheduler lists no job with its comment {row.comment}: it was "
+                  f"the scheduler lists no job with {row.mark_named('its')}: it was "
                   "never queued, or ended and was forgotten before any launcher started")
         if dry_run or _close(conn, row.id, reason):
             closed.append((as_queued(row), reason))

@@ -13,9 +13,12 @@ sbatch sent to another cluster (``ID;CLUSTER``) is asked about there (``--cluste
 ``qstat -x -f ID …`` (finished jobs too, with ``-x``), ``job_state`` per ``Job Id:``
 block; ``Unknown Job Id`` for the forgotten ones.
 
-A Slurm submission whose answer was lost is looked for by the comment it carried
-(:func:`find_by_comment`): ``squeue -h -t all -u USER -o %i|%T|%u|%k``, the caller's jobs
-only, matched on the whole comment.
+A submission whose answer was lost is looked for by the mark it carried
+(:func:`find_by_mark`), the caller's jobs only, matched on the whole mark. Slurm: its
+``--comment``, ``squeue -h -t all -u USER -o %i|%T|%u|%k``. PBS: its job variable
+``BALSAM_SUBMIT`` (``qsub -v``), in the ``Variable_List`` that ``qstat -f`` prints for
+every job the caller may see (PBS Pro and Torque both print it, and both accept no
+user filter with ``-f``); ``Job_Owner`` names the job's owner, set by the server.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class SchedulerQueryError(BalsamError):
 # Slurm's ``ID;CLUSTER``: a job sbatch sent to another cluster (-M), asked about there.
 _IDS = {"slurm": re.compile(r"\d{1,20}(?:;[A-Za-z0-9_.\-]{1,200})?"),
         "pbs": re.compile(r"\d{1,20}(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]{1,200})?")}
+_ATTRIBUTE = re.compile(r"    [^\s=][^=]*? = ")  # "    name = value" of qstat -f
+PBS_MARK = "BALSAM_SUBMIT"  # = batch/submit.py PBS_MARK_VARIABLE (submit imports no schedq)
 CHUNK = 500  # ids per call: a command line of a few kilobytes, however many rows wait
 
 
@@ -142,20 +147,49 @@ def _run(argv: list[str], forgotten: str | None, env: dict[str, str] | None = No
     return done.stdout
 
 
+MARKED = ("slurm", "pbs")
+
+
+def find_by_mark(scheduler: str,
+                 marks: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
+    """The caller's jobs of ``scheduler`` that carry one of ``marks``, as mark -> (job id,
+    phase, state); a mark no job carries is left out. Raises SchedulerQueryError when
+    the scheduler cannot be asked, or cannot be asked about marks (Cobalt)."""
+    if scheduler == "slurm":
+        return find_by_comment(marks)
+    if scheduler == "pbs":
+        return _find_pbs(marks)
+    raise SchedulerQueryError(f"cannot look for a {scheduler} job by its mark")
+
+
+def _caller() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        raise SchedulerQueryError(f"uid {os.geteuid()} has no user name to ask the "
+                                  "scheduler about") from None
+
+
 def find_by_comment(comments: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
     """The caller's Slurm jobs that carry one of ``comments`` (``--comment``), as
     comment -> (job id, phase, state); a comment no job carries is left out. Raises
     SchedulerQueryError when squeue cannot be asked."""
     if not comments:
         return {}
-    try:
-        user = pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        raise SchedulerQueryError(f"uid {os.geteuid()} has no user name to ask squeue "
-                                  "about") from None
+    user = _caller()
     out = _run(["squeue", "-h", "-t", "all", "-u", user, "-o", "%i|%T|%u|%k"],
                forgotten=None, env=_squeue_env())
     return parse_comments(out, user, comments)
+
+
+def _find_pbs(marks: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
+    """``qstat -f`` with no operand: every job the caller may see on the default server
+    (no ``-x``: Torque reads it as XML output; an ended job not listed is a job that no
+    longer waits, which the row's closing once stale says as well)."""
+    if not marks:
+        return {}
+    user = _caller()
+    return parse_qstat_marks(_run(["qstat", "-f"], forgotten=None), user, marks)
 
 
 def parse_comments(text: str, user: str,
@@ -212,6 +246,52 @@ def parse_qstat(text: str) -> dict[str, tuple[Phase, str]]:
             phase: Phase = ("ended" if letter in _PBS_ENDED else
                             "running" if letter in _PBS_RUNNING else "waiting")
             out[job] = (phase, letter)
+    return out
+
+
+def qstat_blocks(text: str) -> list[tuple[str, dict[str, str]]]:
+    """``qstat -f`` as (job id, attributes). An attribute line is indented by four
+    spaces; PBS Pro and Torque wrap a long value onto lines indented further (a tab,
+    which some copies show as eight spaces), cut at any character: those are joined
+    back without their indent."""
+    blocks: list[tuple[str, dict[str, str]]] = []
+    key = ""
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            blocks.append((line.split(":", 1)[1].strip(), {}))
+            key = ""
+        elif not blocks or not line.strip():
+            continue
+        elif _ATTRIBUTE.match(line):
+            name, _sep, value = line.strip().partition(" = ")
+            key = name
+            blocks[-1][1][key] = value.strip()
+        elif line[:1].isspace() and key:
+            blocks[-1][1][key] += line.strip()
+        else:
+            key = ""
+    return blocks
+
+
+def parse_qstat_marks(text: str, user: str,
+                      marks: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
+    """The first job of ``user`` (``Job_Owner = user@host``) per wanted mark, whose
+    ``Variable_List`` holds ``BALSAM_SUBMIT=<mark>`` as a whole entry (entries are split
+    at commas PBS has not escaped with a backslash). A job of someone else that copied
+    the mark (rows, tokens included, are readable by the group) is not ours."""
+    wanted = set(marks)
+    out: dict[str, tuple[str, Phase, str]] = {}
+    for job, attrs in qstat_blocks(text):
+        if attrs.get("Job_Owner", "").partition("@")[0] != user or not is_job_id("pbs", job):
+            continue
+        for entry in re.split(r"(?<!\\),", attrs.get("Variable_List", "")):
+            name, sep, mark = entry.partition("=")
+            if name.strip() != PBS_MARK or mark not in wanted or mark in out:
+                continue
+            said = parse_qstat(f"Job Id: {job}\n    job_state = "
+                               f"{attrs.get('job_state', '')}\n")
+            phase, letter = said.get(job, ("waiting", ""))
+            out[mark] = (job, phase, letter)
     return out
 
 

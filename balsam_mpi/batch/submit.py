@@ -7,11 +7,14 @@ record the scheduler's job id — or, if submission fails, close the row as FAIL
 reason. A ``local`` run starts the script detached in the background instead.
 
 The row records the identity of the scheduler cluster (batch/clusterid.py), so that any
-host of that cluster may close it once the scheduler forgets the job. A Slurm submission
-carries ``--comment=balsam:<row id>:<token>``: when sbatch's answer is lost (it timed out,
-a signal ended it, it exited 0 without an id) the job may be queued or not, so the row
-stays QUEUED, marked uncertain, and `job sync` looks for the job by that comment
-(batch/uncertain.py) instead of a FAILED row and a second job.
+host of that cluster may close it once the scheduler forgets the job. A Slurm or PBS
+submission carries a mark, ``balsam:<row id>:<token>``: Slurm's as its ``--comment``,
+PBS's as the job variable ``BALSAM_SUBMIT`` (``qsub -v``, listed in the job's
+``Variable_List`` by ``qstat -f``). When the scheduler's answer is lost (it timed out, a
+signal ended it, it exited 0 without an id) the job may be queued or not, so the row
+stays QUEUED, marked uncertain, and `job sync` looks for the job by its mark
+(batch/uncertain.py) instead of a FAILED row and a second job. Cobalt's submissions carry
+none: `job sync` cannot ask Cobalt about a job, so one found could never be followed.
 """
 
 from __future__ import annotations
@@ -70,14 +73,33 @@ class SubmitUncertain(SubmitError):
     """The scheduler's answer was lost: the job may be queued or not."""
 
 
-# Schedulers whose jobs can be found by the comment their submission carried.
-COMMENTED = frozenset({"slurm"})
+# Schedulers whose jobs can be found by the mark their submission carried.
+MARKED = frozenset({"slurm", "pbs"})
 COMMENT_PREFIX = "balsam:"
+PBS_MARK_VARIABLE = "BALSAM_SUBMIT"
 
 
 def comment_of(batch_job_id: int, token: str) -> str:
-    """What a submission's ``--comment`` says, and what `job sync` looks for."""
+    """A submission's mark (Slurm's ``--comment``, PBS's ``BALSAM_SUBMIT``), and what
+    `job sync` looks for."""
     return f"{COMMENT_PREFIX}{batch_job_id}:{token}"
+
+
+def mark_args(scheduler: str, mark: str) -> list[str]:
+    """The submit command's arguments that attach ``mark`` to the job. On the command
+    line they override a template's ``#SBATCH --comment`` / ``#PBS -v``."""
+    if scheduler == "slurm":
+        return [f"--comment={mark}"]
+    if scheduler == "pbs":
+        return ["-v", f"{PBS_MARK_VARIABLE}={mark}"]
+    raise ValueError(f"{scheduler} submissions carry no mark")
+
+
+def mark_named(scheduler: str, mark: str, article: str = "the") -> str:
+    """How the mark is named in what the commands print ("the comment balsam:…")."""
+    if scheduler == "pbs":
+        return f"{article} variable {PBS_MARK_VARIABLE}={mark}"
+    return f"{article} comment {mark}"
 
 
 @dataclass(frozen=True)
@@ -138,7 +160,7 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
     if req.scheduler != "local":
         _require_tool(SUBMIT_ARGV[req.scheduler][0])
     qdir = qsubmit_dir(project)
-    token = secrets.token_hex(8) if req.scheduler in COMMENTED else None
+    token = secrets.token_hex(8) if req.scheduler in MARKED else None
     cluster = clusterid.identity(req.scheduler)
     job_id = _insert(project, req, cluster, token)
     try:
@@ -147,8 +169,8 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
         script = _write_script(qdir, req, job_id, text)
         if req.scheduler == "local":
             return _start_local(project, qdir, script, job_id)
-        comment = comment_of(job_id, token) if token else None
-        scheduler_id = _run_submit(req.scheduler, script, qdir, comment)
+        mark = comment_of(job_id, token) if token else None
+        scheduler_id = _run_submit(req.scheduler, script, qdir, mark)
     except SubmitUncertain as exc:
         _hold(project, job_id, exc)
         raise
@@ -210,14 +232,13 @@ def _require_tool(name: str) -> None:
                           "with that scheduler (or use --dry-run to see the script)")
 
 
-def _run_submit(scheduler: str, script: Path, qdir: Path, comment: str | None = None) -> str:
+def _run_submit(scheduler: str, script: Path, qdir: Path, mark: str | None = None) -> str:
     """Run the scheduler's submit command in ``qdir`` (so its output files land there)
-    and return the job id it printed. With a ``comment`` (Slurm), an answer that was lost
-    raises SubmitUncertain: the job can be found by that comment later."""
-    # On the command line, the comment overrides a #SBATCH --comment of a template.
-    tagged = [f"--comment={comment}"] if comment else []
+    and return the job id it printed. With a ``mark`` (Slurm, PBS), an answer that was
+    lost raises SubmitUncertain: the job can be found by that mark later."""
+    tagged = mark_args(scheduler, mark) if mark else []
     argv = [*SUBMIT_ARGV[scheduler], *tagged, str(script)]
-    lost = SubmitUncertain if comment else SubmitError
+    lost = SubmitUncertain if mark else SubmitError
     try:
         done = subprocess.run(argv, cwd=qdir, capture_output=True, text=True,
                               timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False)
@@ -227,29 +248,30 @@ def _run_submit(scheduler: str, script: Path, qdir: Path, comment: str | None = 
         raise SubmitError(f"`{argv[0]}` could not be run: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
         raise lost(f"`{argv[0]}` did not answer in {SUBMIT_TIMEOUT_SEC} s; "
-                   + _uncertain_tail(comment)) from None
-    if done.returncode < 0 and comment:
+                   + _uncertain_tail(scheduler, mark)) from None
+    if done.returncode < 0 and mark:
         # Ended by a signal (a Ctrl-C reaches the whole foreground group): it may have
         # been answered or not.
         raise SubmitUncertain(f"`{argv[0]}` was ended by signal {-done.returncode} before "
-                              "it answered; " + _uncertain_tail(comment))
+                              "it answered; " + _uncertain_tail(scheduler, mark))
     if done.returncode != 0:
         said = _first_line(done.stderr) or _first_line(done.stdout) or "no message"
         raise SubmitError(f"{argv[0]} refused the job (exit {done.returncode}): {said}")
     try:
         return parse_job_id(scheduler, done.stdout)
     except SubmitError as exc:
-        if comment:  # exit 0: most likely queued, under an id in a form not understood
-            raise SubmitUncertain(f"{exc}; " + _uncertain_tail(comment)) from None
+        if mark:  # exit 0: most likely queued, under an id in a form not understood
+            raise SubmitUncertain(f"{exc}; " + _uncertain_tail(scheduler, mark)) from None
         raise
 
 
-def _uncertain_tail(comment: str | None) -> str:
-    if not comment:
+def _uncertain_tail(scheduler: str, mark: str | None) -> str:
+    if not mark:
         return "check the scheduler and whether the job was queued"
     return (f"the job may be queued or not: its batch job stays QUEUED, and `balsam-mpi "
-            f"job sync` (every autoscale look runs it) looks for a job with the comment "
-            f"{comment} and records it, or closes the row once none can appear")
+            f"job sync` (every autoscale look runs it) looks for a job with "
+            f"{mark_named(scheduler, mark)} and records it, or closes the row once none "
+            "can appear")
 
 
 def parse_job_id(scheduler: str, output: str) -> str:

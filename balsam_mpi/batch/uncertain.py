@@ -1,15 +1,16 @@
-"""Submissions whose scheduler answer was lost: find their job by comment, or close them.
+"""Submissions whose scheduler answer was lost: find their job by its mark, or close them.
 
-sbatch that times out (or that a signal ends, or that exits 0 without an id) may have
-queued the job or not. Closing the row FAILED lost the job when it was queued — it
+sbatch or qsub that times out (or that a signal ends, or that exits 0 without an id) may
+have queued the job or not. Closing the row FAILED lost the job when it was queued — it
 started under a closed row — and the next autoscaler look, seeing no job queued,
 submitted a second one. So `submit` leaves such a row QUEUED without a scheduler id,
-marked uncertain (migrations/0032), and counted as a queued job; every Slurm submission
-carries ``--comment=balsam:<row id>:<token>`` (batch/submit.py). Here, from a host of
-the same scheduler cluster (batch/clusterid.py), the caller's jobs are listed once
-(batch/schedq.py ``find_by_comment``):
+marked uncertain (migrations/0032), and counted as a queued job; every Slurm and PBS
+submission carries the mark ``balsam:<row id>:<token>`` (batch/submit.py: Slurm's
+``--comment``, PBS's job variable ``BALSAM_SUBMIT``). Here, from a host of the same
+scheduler cluster (batch/clusterid.py), the caller's jobs are listed once per scheduler
+(batch/schedq.py ``find_by_mark``):
 
-* a job with the row's comment: its id is recorded (the set-once function of `submit`),
+* a job with the row's mark: its id is recorded (the set-once function of `submit`),
   and the row is a queued job like any other;
 * none, while the submission is younger than ``jobsync.UNSUBMITTED_AFTER_S``: left as it
   is (a slow controller may still be creating the job), and said;
@@ -27,9 +28,10 @@ from typing import Any
 
 from .. import sql
 from . import clusterid, schedq
-from .submit import comment_of
+from .submit import comment_of, mark_named
 
-Find = Callable[[Sequence[str]], dict[str, tuple[str, schedq.Phase, str]]]
+# (scheduler, marks) -> mark -> (scheduler job id, phase, state)
+Find = Callable[[str, Sequence[str]], dict[str, tuple[str, schedq.Phase, str]]]
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,11 @@ class UncertainJob:
 
     @property
     def comment(self) -> str:
+        """The mark the submission carried (Slurm's comment, PBS's BALSAM_SUBMIT)."""
         return comment_of(self.id, self.token)
+
+    def mark_named(self, article: str = "the") -> str:
+        return mark_named(self.scheduler, self.comment, article)
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,8 @@ def uncertain_jobs(conn: Any, age: float) -> list[UncertainJob]:
 
 
 def resolve(rows: Sequence[UncertainJob], here: str, here_cluster: Callable[[str], str | None],
-            find: Find = schedq.find_by_comment) -> Resolved:
-    """What the scheduler says of each row's comment; changes nothing (the caller records
+            find: Find = schedq.find_by_mark) -> Resolved:
+    """What the scheduler says of each row's mark; changes nothing (the caller records
     what was found). ``here_cluster``: the identity of this host's scheduler cluster."""
     found: list[tuple[UncertainJob, str, schedq.Phase, str]] = []
     gone: list[UncertainJob] = []
@@ -75,8 +81,8 @@ def resolve(rows: Sequence[UncertainJob], here: str, here_cluster: Callable[[str
     unasked: list[tuple[UncertainJob, str]] = []
     askable: list[UncertainJob] = []
     for row in rows:
-        if row.scheduler not in ("slurm",):
-            unasked.append((row, f"cannot look for a {row.scheduler} job by its comment"))
+        if row.scheduler not in schedq.MARKED:
+            unasked.append((row, f"cannot look for a {row.scheduler} job by its mark"))
         elif not clusterid.may_close(row.host, row.sched_cluster, here,
                                      here_cluster(row.scheduler) if row.sched_cluster
                                      else None):
@@ -87,21 +93,21 @@ def resolve(rows: Sequence[UncertainJob], here: str, here_cluster: Callable[[str
                                  "`balsam-mpi job sync` there"))
         else:
             askable.append(row)
-    if not askable:
-        return Resolved(found, gone, waiting, unasked)
-    try:
-        said = find([r.comment for r in askable])
-    except schedq.SchedulerQueryError as exc:
-        unasked.extend((r, f"its submission's outcome is uncertain: {exc}") for r in askable)
-        return Resolved(found, gone, waiting, unasked)
-    for row in askable:
-        if row.comment in said:
-            job, phase, state = said[row.comment]
-            found.append((row, job, phase, state))
-        elif row.stale:
-            gone.append(row)
-        else:
-            waiting.append((row, f"its submission's outcome is uncertain and no job with "
-                                 f"the comment {row.comment} is listed yet; looked for "
-                                 "again at every sync"))
+    for scheduler in sorted({r.scheduler for r in askable}):
+        mine = [r for r in askable if r.scheduler == scheduler]
+        try:
+            said = find(scheduler, [r.comment for r in mine])
+        except schedq.SchedulerQueryError as exc:
+            unasked.extend((r, f"its submission's outcome is uncertain: {exc}") for r in mine)
+            continue
+        for row in mine:
+            if row.comment in said:
+                job, phase, state = said[row.comment]
+                found.append((row, job, phase, state))
+            elif row.stale:
+                gone.append(row)
+            else:
+                waiting.append((row, f"its submission's outcome is uncertain and no job "
+                                     f"with {row.mark_named()} is listed yet; looked for "
+                                     "again at every sync"))
     return Resolved(found, gone, waiting, unasked)

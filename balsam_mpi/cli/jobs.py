@@ -55,9 +55,17 @@ def ls(ctx: CliContext, state: str | None, user: str | None, limit_text: str,
         ["id", "scheduler", "sched id", "user", "host", "nodes", "state", "started (UTC)",
          "wall limit", "running", "end reason"],
         [[r["id"], r["scheduler"], r["scheduler_job_id"] or "-", r["user"], r["host"] or "-",
-          r["nodes"], r["state"], _short_time(r["started_at"]),
+          r["nodes"], _state_text(r), _short_time(r["started_at"]),
           short_duration(60.0 * r["wall_time_min"]) if r["wall_time_min"] else "-",
           r["running_tasks"], r["end_reason"] or "-"] for r in rows]))
+
+
+def _state_text(row: dict[str, Any]) -> str:
+    """A row held after its scheduler's answer was lost is QUEUED, but its job may not
+    exist: say so, and since when (`job sync` finds the job or closes the row)."""
+    if row.get("uncertain_at"):
+        return f"{row['state']} (uncertain since {_short_time(row['uncertain_at'])})"
+    return str(row["state"])
 
 
 @job.command("show")

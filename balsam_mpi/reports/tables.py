@@ -161,6 +161,8 @@ def list_jobs(conn: psycopg.Connection[Any], *, state: str | None = None,
             "wall_time_min": r[8], "submitted_at": iso(r[9]), "started_at": iso(r[10]),
             "heartbeat_at": iso(r[11]), "ended_at": iso(r[12]), "end_reason": r[13],
             "filters": r[14], "running_tasks": int(r[15]),
+            # Set while a QUEUED row's submission answer is lost (job sync resolves it).
+            "uncertain_at": iso(r[16]),
         })
     return out
 

@@ -338,12 +338,16 @@ SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'tasks'::regclas
 SELECT min(at), max(at) FROM task_events
 
 -- name: jobs_list
--- Batch jobs, newest first, with the tasks each holds now.
+-- Batch jobs, newest first, with the tasks each holds now. uncertain_at: a QUEUED row
+-- whose scheduler's answer was lost, so whether its job exists is not known yet
+-- (migrations/0032; `job sync` finds the job by its mark or closes the row).
 SELECT bj.id, bj.scheduler, bj.scheduler_job_id, bj."user", bj.host, bj.nodes, bj.ranks,
        bj.state::text AS state, bj.wall_time_min, bj.submitted_at, bj.started_at,
        bj.heartbeat_at, bj.ended_at, bj.end_reason, bj.filters,
        (SELECT count(*) FROM tasks t
-         WHERE t.batch_job_id = bj.id AND t.state IN ('PREPROCESSED', 'RUNNING')) AS running
+         WHERE t.batch_job_id = bj.id AND t.state IN ('PREPROCESSED', 'RUNNING')) AS running,
+       CASE WHEN bj.state = 'QUEUED' AND bj.scheduler_job_id IS NULL
+            THEN bj.uncertain_at END AS uncertain_at
   FROM batch_jobs bj
  WHERE (%(state)s::text IS NULL OR bj.state::text = %(state)s::text)
    AND (%(user)s::text IS NULL OR bj."user" = %(user)s::text)

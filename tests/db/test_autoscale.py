@@ -627,7 +627,7 @@ def test_a_lost_answer_is_looked_for_only_on_the_same_cluster(
     _as_superuser(pg_project, "UPDATE batch_jobs SET host = 'login1', uncertain_at = "
                               "now(), submitted_at = now() - interval '1 hour'")
 
-    def never(comments: Sequence[str]) -> dict[str, Any]:
+    def never(scheduler: str, comments: Sequence[str]) -> dict[str, Any]:
         raise AssertionError(f"looked for {list(comments)} on another cluster")
 
     synced = jobsync.sync(conn, host="login2", find=never, identity=lambda _s: "theta@ctl9")
@@ -635,7 +635,7 @@ def test_a_lost_answer_is_looked_for_only_on_the_same_cluster(
     synced = jobsync.sync(conn, host="login2", find=never, identity=lambda _s: None)
     assert [j.id for j, _ in synced.unasked] == [job]
     assert _state(conn, job) == ("QUEUED", None)
-    synced = jobsync.sync(conn, host="login2", find=lambda _c: {},
+    synced = jobsync.sync(conn, host="login2", find=lambda _s, _c: {},
                           identity=lambda _s: "polaris@ctl1")
     assert [j.id for j, _ in synced.closed] == [job]
 
@@ -658,3 +658,83 @@ def test_only_the_callers_own_row_is_marked_uncertain(
     with as_role(su, roles["alice"]) as conn:
         assert conn.execute("SELECT batch_job_submit_uncertain(%s)", (job,)
                             ).fetchone() == (job,)
+
+
+def _lost_qsub(fakebin: Path, queued: bool) -> None:
+    """PBS's qsub that hands the job to the server (or not) and never answers; qstat
+    names its server (-B -f), lists the jobs with their Variable_List, wrapped as PBS
+    wraps it (-f), one of the caller's and one of someone else's with a copy of the
+    mark, and says the caller's job waits (-x -f ID)."""
+    mark = fakebin / "mark"
+    keep = (f"sed -n 's/^BALSAM_SUBMIT=//p' {fakebin}/qsub.argv > {mark}; " if queued
+            else "")
+    _fake(fakebin, "qsub", keep + "exec sleep 60")
+    _fake(fakebin, "qstat", f"""
+case "$*" in
+  "-B -f") printf 'Server: pbs01\\n    server_state = Active\\n' ;;
+  "-f") if [ -s {mark} ]; then m=$(cat {mark})
+          printf 'Job Id: 8802.pbs01\\n    Job_Owner = someone@login1\\n'
+          printf '    job_state = Q\\n    Variable_List = BALSAM_SUBMIT=%s\\n' "$m"
+          printf 'Job Id: 8801.pbs01\\n    Job_Owner = %s@login1\\n' "$(id -un)"
+          printf '    job_state = Q\\n    Variable_List = PBS_O_HOME=/h,BALSAM_SUBMIT=%s\\n' \
+                 "${{m:0:12}}"
+          printf '\\t%s,PBS_O_WORKDIR=/w\\n' "${{m:12}}"
+        fi ;;
+  *) printf 'Job Id: 8801.pbs01\\n    job_state = Q\\n' ;;
+esac""")
+
+
+@pytest.mark.parametrize("queued", [True, False])
+def test_a_qsub_that_never_answered_neither_loses_the_job_nor_submits_twice(
+        pg_project: Project, conn: Any, hello: None, fakebin: Path,
+        monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
+    """PBS as Slurm: qsub times out and the job may be queued. The row stays QUEUED
+    (marked uncertain), so the next look submits no second job; the sync finds the job
+    by the variable qsub was given (`qstat -f`, the caller's jobs only) and records its
+    id. When no job carries it, the row is closed once no submission could still
+    appear, and only then does a look submit again."""
+    _tasks(conn, 4)
+    _lost_qsub(fakebin, queued)
+    monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
+    req = JobRequest("pbs", 1, 10)
+    scaling = elastic.Scaling(max_nodes=1)
+    with pytest.raises(submit.SubmitUncertain, match="may be queued or not"):
+        elastic.tick(pg_project, req, scaling)
+    (job,) = [r[0] for r in conn.execute("SELECT id FROM batch_jobs")]
+    row = submit.get(pg_project, job)
+    assert row is not None and row["state"] == "QUEUED" and row["uncertain_at"], row
+    assert row["sched_cluster"] == "pbs:pbs01"
+    qsub_argv = (fakebin / "qsub.argv").read_text().splitlines()
+    assert f"BALSAM_SUBMIT=balsam:{job}:{row['submit_token']}" in qsub_argv
+    _fake(fakebin, "qsub", "echo 8900.pbs01")  # a second submission would now succeed
+    look = elastic.tick(pg_project, req, scaling)
+    assert look.submitted is None and "--max-queued" in look.decision.why, look
+    if queued:
+        assert [(j.id, j.scheduler_job_id) for j, _ in look.synced.found] == [
+            (job, "8801.pbs01")]
+        assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
+                            ).fetchall() == [("QUEUED", "8801.pbs01")]
+        return
+    assert [j.id for j, _ in look.synced.unasked] == [job]
+    assert "no job with" in look.synced.unasked[0][1]
+    _as_superuser(pg_project, "UPDATE batch_jobs SET submitted_at = now() - "
+                              "make_interval(secs => %s)", jobsync.UNSUBMITTED_AFTER_S + 60)
+    later = elastic.tick(pg_project, req, scaling)
+    assert [j.id for j, _ in later.synced.closed] == [job], later
+    state, reason = _state(conn, job)
+    assert state == "FAILED" and "lists no job with" in str(reason)
+    assert later.submitted is not None and later.submitted.scheduler_job_id == "8900.pbs01"
+
+
+def test_a_lost_cobalt_answer_still_closes_the_row(
+        pg_project: Project, conn: Any, dbname: str, fakebin: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`job sync` cannot ask Cobalt about jobs, so a Cobalt job found later could never be
+    followed: its submission carries no mark and a lost answer closes the row."""
+    _fake(fakebin, "qsub", "exec sleep 60")
+    monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
+    with pytest.raises(submit.SubmitError) as info:
+        submit.submit(pg_project, JobRequest("cobalt", 1, 10))
+    assert not isinstance(info.value, submit.SubmitUncertain)
+    assert conn.execute("SELECT state::text, submit_token FROM batch_jobs").fetchall() == [
+        ("FAILED", None)]

@@ -229,3 +229,20 @@ def test_a_report_for_an_owner_no_task_can_have_says_so_on_stderr(dbname: str) -
     json.loads(result.stdout)
     result = CliRunner().invoke(cli, ["report", "usage", "--owner", me])
     assert result.exit_code == 0 and result.stderr == "", result.output
+
+
+def test_job_ls_shows_a_row_whose_submission_is_uncertain(admin: Conn, dbname: str) -> None:
+    """A row whose scheduler answer was lost is QUEUED like a queued job, but nobody
+    knows yet whether a job exists: the listing says so, in text and in JSON."""
+    b = Builder(admin)
+    plain = b.job(1, None, state="QUEUED", submitted=0)
+    held = b.job(2, None, state="QUEUED", submitted=0)
+    admin.execute("UPDATE batch_jobs SET submit_token = '00112233445566778899', "
+                  "uncertain_at = '2026-01-02 03:04:05+00' WHERE id = %s", (held,))
+    rows = {r["id"]: r for r in json.loads(_run("job", "ls", "--json").output)}
+    assert rows[held]["uncertain_at"] == "2026-01-02T03:04:05Z"
+    assert rows[plain]["uncertain_at"] is None
+    lines = {line.split()[0]: line for line in _run("job", "ls").output.splitlines()
+             if line.split() and line.split()[0].isdigit()}
+    assert "uncertain since 2026-01-02 03:04:05" in lines[str(held)]
+    assert "uncertain" not in lines[str(plain)]

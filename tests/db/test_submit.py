@@ -34,9 +34,12 @@ def test_pbs_submission_is_recorded(pg_project: Project, conn: Any, dbname: str,
     done = submit.submit(pg_project, JobRequest("pbs", 8, 90, queue="prod", account="proj",
                                                 workflows=("wf",)))
     argv = (fakebin / "qsub.argv").read_text().splitlines()
-    assert argv == [str(pg_project.root / "qsubmit"), str(done.script)]
     row = submit.get(pg_project, done.batch_job_id)
-    assert row is not None
+    assert row is not None and row["submit_token"]
+    # The variable a lost answer's job is found by (batch/uncertain.py).
+    assert argv == [str(pg_project.root / "qsubmit"), "-v",
+                    f"BALSAM_SUBMIT=balsam:{done.batch_job_id}:{row['submit_token']}",
+                    str(done.script)]
     assert (row["scheduler"], row["scheduler_job_id"], row["state"]) == (
         "pbs", "4242.pbs01.example", "QUEUED")
     assert (row["nodes"], row["ranks"], row["wall_time_min"]) == (8, 8, 90.0)
@@ -68,21 +71,34 @@ def test_slurm_and_cobalt_ids(pg_project: Project, conn: Any, dbname: str,
                                                                                 "31337")
 
 
-@pytest.mark.parametrize(("body", "says"), [
-    ("echo 'qsub: Unknown queue' >&2; exit 38", "Unknown queue"),
-    ("echo 'all is well'", "cannot find a job id"),
+@pytest.mark.parametrize(("scheduler", "body", "says"), [
+    ("pbs", "echo 'qsub: Unknown queue' >&2; exit 38", "Unknown queue"),
+    ("cobalt", "echo 'all is well'", "cannot find a job id"),  # Cobalt: no mark
 ])
 def test_failed_submission_leaves_a_failed_row(pg_project: Project, conn: Any, dbname: str,
-                                               fakebin: Path, body: str, says: str) -> None:
+                                               fakebin: Path, scheduler: str, body: str,
+                                               says: str) -> None:
     _fake(fakebin, "qsub", body)
     with pytest.raises(submit.SubmitError, match=says):
-        submit.submit(pg_project, JobRequest("pbs", 1, 10))
-    rows = conn.execute("SELECT state::text, end_reason, ended_at, scheduler_job_id "
-                        "FROM batch_jobs").fetchall()
+        submit.submit(pg_project, JobRequest(scheduler, 1, 10))
+    rows = conn.execute("SELECT state::text, end_reason, ended_at, scheduler_job_id, "
+                        "uncertain_at FROM batch_jobs").fetchall()
     assert len(rows) == 1
-    state, reason, ended_at, scheduler_job_id = rows[0]
+    state, reason, ended_at, scheduler_job_id, uncertain_at = rows[0]
     assert state == "FAILED" and says in reason and ended_at is not None
-    assert scheduler_job_id is None
+    assert scheduler_job_id is None and uncertain_at is None
+
+
+def test_a_pbs_qsub_that_exits_0_without_an_id_leaves_the_row_uncertain(
+        pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
+    """qsub said it worked but printed no id of PBS's form: the job is most likely
+    queued, so the row is held (QUEUED, uncertain), not closed, and `submit` says so."""
+    _fake(fakebin, "qsub", "echo 'all is well'")
+    with pytest.raises(submit.SubmitUncertain, match="may be queued or not"):
+        submit.submit(pg_project, JobRequest("pbs", 1, 10))
+    rows = conn.execute("SELECT state::text, scheduler_job_id, uncertain_at IS NOT NULL "
+                        "FROM batch_jobs").fetchall()
+    assert rows == [("QUEUED", None, True)]
 
 
 def test_bad_input_and_dry_run_write_nothing(pg_project: Project, conn: Any, dbname: str,

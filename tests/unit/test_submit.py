@@ -70,3 +70,88 @@ def test_a_refusal_is_not_uncertain(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(SubmitError, match="invalid account") as info:
         submit._run_submit("slurm", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
     assert not isinstance(info.value, submit.SubmitUncertain)
+
+
+def _qsub(tmp_path: Path, body: str) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    tool = bindir / "qsub"
+    tool.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" > {bindir}/argv\n{body}\n")
+    tool.chmod(0o755)
+    return bindir
+
+
+@pytest.mark.parametrize("body", [
+    "exec sleep 30",                   # timed out
+    "kill -INT $$",                    # a Ctrl-C reached it
+    "echo 'job submitted (site wrapper)'",  # exit 0, no id of PBS's form
+])
+def test_a_lost_pbs_answer_is_uncertain_and_carries_the_mark(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """qsub (PBS) that did not answer may have queued the job, as sbatch may: the row is
+    held, and the job can be found by the variable qsub was given (-v), which `qstat -f`
+    lists in the job's Variable_List."""
+    bindir = _qsub(tmp_path, body)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
+    with pytest.raises(submit.SubmitUncertain, match="BALSAM_SUBMIT=balsam:7:00ff"):
+        submit._run_submit("pbs", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
+    assert (bindir / "argv").read_text().splitlines() == [
+        "-v", "BALSAM_SUBMIT=balsam:7:00ff", str(tmp_path / "x.sh")]
+
+
+def test_a_pbs_refusal_is_not_uncertain(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = _qsub(tmp_path, "echo 'qsub: Unknown queue' >&2; exit 38")
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    with pytest.raises(SubmitError, match="Unknown queue") as info:
+        submit._run_submit("pbs", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
+    assert not isinstance(info.value, submit.SubmitUncertain)
+
+
+def test_cobalt_submissions_carry_no_mark() -> None:
+    """Cobalt's jobs cannot be asked about (`job sync` has no Cobalt query), so a found
+    job could never be followed: a lost Cobalt answer still closes the row."""
+    assert "pbs" in submit.MARKED and "slurm" in submit.MARKED
+    assert "cobalt" not in submit.MARKED
+
+
+# `qstat -f` as PBS Pro and Torque print it: attribute lines indented, long values
+# wrapped onto lines that start with a tab, cut anywhere (here inside the mark).
+_QSTAT_F = """\
+Job Id: 4243.pbs01
+    Job_Name = copy
+    Job_Owner = mallory@login1
+    job_state = Q
+    Variable_List = PBS_O_HOME=/home/mallory,BALSAM_SUBMIT=balsam:5:00ff00ff00ff00ff
+Job Id: 4242.pbs01.example.org
+    Job_Name = balsam
+    Job_Owner = alice@login1.example.org
+    job_state = R
+    Variable_List = PBS_O_HOME=/home/alice,PBS_O_LANG=C,BALSAM_SUBMIT=balsam:5:00ff
+\t00ff00ff00ff,PBS_O_WORKDIR=/p/qsubmit,NOTE=a\\,BALSAM_SUBMIT=balsam:6:aaaaaaaaaaaa
+\taaaa
+    euser = alice
+Job Id: 4244.pbs01
+    Job_Owner = alice@login2
+    job_state = F
+    Variable_List = BALSAM_SUBMIT=balsam:7:bbbbbbbbbbbbbbbb
+"""
+
+
+def test_pbs_jobs_are_found_by_their_mark_for_their_owner_only() -> None:
+    from balsam_mpi.batch import schedq
+
+    marks = ["balsam:5:00ff00ff00ff00ff", "balsam:6:aaaaaaaaaaaaaaaa",
+             "balsam:7:bbbbbbbbbbbbbbbb", "balsam:8:cccccccccccccccc"]
+    got = schedq.parse_qstat_marks(_QSTAT_F, "alice", marks)
+    # mallory's copy of the mark is not alice's job; a value that only contains the
+    # mark after an escaped comma is not the variable; 4244 ended.
+    assert got == {"balsam:5:00ff00ff00ff00ff": ("4242.pbs01.example.org", "running", "R"),
+                   "balsam:7:bbbbbbbbbbbbbbbb": ("4244.pbs01", "ended", "F")}
+    assert schedq.parse_qstat_marks(_QSTAT_F, "mallory", marks) == {
+        "balsam:5:00ff00ff00ff00ff": ("4243.pbs01", "waiting", "Q")}
+    # The wrapped lines as some copies of PBS Pro's output show them: eight spaces.
+    spaced = _QSTAT_F.replace("\n\t", "\n        ")
+    assert schedq.parse_qstat_marks(spaced, "alice", marks) == got
+    assert schedq.PBS_MARK == submit.PBS_MARK_VARIABLE
