@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from ..base.errors import BalsamError
+from .marks import PBS_VARIABLE
 
 Phase = Literal["waiting", "running", "ended", "unknown"]
 QUERY_TIMEOUT_S = 60
@@ -59,7 +60,6 @@ class SchedulerQueryError(BalsamError):
 _IDS = {"slurm": re.compile(r"\d{1,20}(?:;[A-Za-z0-9_.\-]{1,200})?"),
         "pbs": re.compile(r"\d{1,20}(?:\[\d*\])?(?:\.[A-Za-z0-9_.\-]{1,200})?")}
 _ATTRIBUTE = re.compile(r"    [^\s=][^=]*? = ")  # "    name = value" of qstat -f
-PBS_MARK = "BALSAM_SUBMIT"  # = batch/submit.py PBS_MARK_VARIABLE (submit imports no schedq)
 CHUNK = 500  # ids per call: a command line of a few kilobytes, however many rows wait
 
 
@@ -146,8 +146,6 @@ def _run(argv: list[str], forgotten: str | None, env: dict[str, str] | None = No
                                       f"{first[:300]}")
     return done.stdout
 
-
-MARKED = ("slurm", "pbs")
 
 
 def find_by_mark(scheduler: str,
@@ -286,7 +284,7 @@ def parse_qstat_marks(text: str, user: str,
             continue
         for entry in re.split(r"(?<!\\),", attrs.get("Variable_List", "")):
             name, sep, mark = entry.partition("=")
-            if name.strip() != PBS_MARK or mark not in wanted or mark in out:
+            if name.strip() != PBS_VARIABLE or mark not in wanted or mark in out:
                 continue
             said = parse_qstat(f"Job Id: {job}\n    job_state = "
                                f"{attrs.get('job_state', '')}\n")

@@ -37,7 +37,7 @@ from ..base.errors import BalsamError, ProjectError, UsageError
 from ..base.project import Project, this_host
 from ..launcher import config
 from ..tasks import owners
-from . import clusterid, jobscript
+from . import clusterid, jobscript, marks
 from .jobscript import JobRequest
 
 log = logging.getLogger(__name__)
@@ -71,35 +71,6 @@ class SubmitError(BalsamError):
 
 class SubmitUncertain(SubmitError):
     """The scheduler's answer was lost: the job may be queued or not."""
-
-
-# Schedulers whose jobs can be found by the mark their submission carried.
-MARKED = frozenset({"slurm", "pbs"})
-COMMENT_PREFIX = "balsam:"
-PBS_MARK_VARIABLE = "BALSAM_SUBMIT"
-
-
-def comment_of(batch_job_id: int, token: str) -> str:
-    """A submission's mark (Slurm's ``--comment``, PBS's ``BALSAM_SUBMIT``), and what
-    `job sync` looks for."""
-    return f"{COMMENT_PREFIX}{batch_job_id}:{token}"
-
-
-def mark_args(scheduler: str, mark: str) -> list[str]:
-    """The submit command's arguments that attach ``mark`` to the job. On the command
-    line they override a template's ``#SBATCH --comment`` / ``#PBS -v``."""
-    if scheduler == "slurm":
-        return [f"--comment={mark}"]
-    if scheduler == "pbs":
-        return ["-v", f"{PBS_MARK_VARIABLE}={mark}"]
-    raise ValueError(f"{scheduler} submissions carry no mark")
-
-
-def mark_named(scheduler: str, mark: str, article: str = "the") -> str:
-    """How the mark is named in what the commands print ("the comment balsam:…")."""
-    if scheduler == "pbs":
-        return f"{article} variable {PBS_MARK_VARIABLE}={mark}"
-    return f"{article} comment {mark}"
 
 
 @dataclass(frozen=True)
@@ -160,7 +131,7 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
     if req.scheduler != "local":
         _require_tool(SUBMIT_ARGV[req.scheduler][0])
     qdir = qsubmit_dir(project)
-    token = secrets.token_hex(8) if req.scheduler in MARKED else None
+    token = secrets.token_hex(8) if req.scheduler in marks.MARKED else None
     cluster = clusterid.identity(req.scheduler)
     job_id = _insert(project, req, cluster, token)
     try:
@@ -169,7 +140,7 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
         script = _write_script(qdir, req, job_id, text)
         if req.scheduler == "local":
             return _start_local(project, qdir, script, job_id)
-        mark = comment_of(job_id, token) if token else None
+        mark = marks.mark_of(job_id, token) if token else None
         scheduler_id = _run_submit(req.scheduler, script, qdir, mark)
     except SubmitUncertain as exc:
         _hold(project, job_id, exc)
@@ -232,11 +203,19 @@ def _require_tool(name: str) -> None:
                           "with that scheduler (or use --dry-run to see the script)")
 
 
+def _script_text(script: Path) -> str:
+    """The script just written (its directives); unreadable: none."""
+    try:
+        return script.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _run_submit(scheduler: str, script: Path, qdir: Path, mark: str | None = None) -> str:
     """Run the scheduler's submit command in ``qdir`` (so its output files land there)
     and return the job id it printed. With a ``mark`` (Slurm, PBS), an answer that was
     lost raises SubmitUncertain: the job can be found by that mark later."""
-    tagged = mark_args(scheduler, mark) if mark else []
+    tagged = marks.args(scheduler, mark, _script_text(script)) if mark else []
     argv = [*SUBMIT_ARGV[scheduler], *tagged, str(script)]
     lost = SubmitUncertain if mark else SubmitError
     try:
@@ -270,7 +249,7 @@ def _uncertain_tail(scheduler: str, mark: str | None) -> str:
         return "check the scheduler and whether the job was queued"
     return (f"the job may be queued or not: its batch job stays QUEUED, and `balsam-mpi "
             f"job sync` (every autoscale look runs it) looks for a job with "
-            f"{mark_named(scheduler, mark)} and records it, or closes the row once none "
+            f"{marks.named(scheduler, mark)} and records it, or closes the row once none "
             "can appear")
 
 

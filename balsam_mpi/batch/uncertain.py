@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import sql
-from . import clusterid, schedq
-from .submit import comment_of, mark_named
+from . import clusterid, marks, schedq
 
 # (scheduler, marks) -> mark -> (scheduler job id, phase, state)
 Find = Callable[[str, Sequence[str]], dict[str, tuple[str, schedq.Phase, str]]]
@@ -48,10 +47,10 @@ class UncertainJob:
     @property
     def comment(self) -> str:
         """The mark the submission carried (Slurm's comment, PBS's BALSAM_SUBMIT)."""
-        return comment_of(self.id, self.token)
+        return marks.mark_of(self.id, self.token)
 
     def mark_named(self, article: str = "the") -> str:
-        return mark_named(self.scheduler, self.comment, article)
+        return marks.named(self.scheduler, self.comment, article)
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def resolve(rows: Sequence[UncertainJob], here: str, here_cluster: Callable[[str
     unasked: list[tuple[UncertainJob, str]] = []
     askable: list[UncertainJob] = []
     for row in rows:
-        if row.scheduler not in schedq.MARKED:
+        if row.scheduler not in marks.MARKED:
             unasked.append((row, f"cannot look for a {row.scheduler} job by its mark"))
         elif not clusterid.may_close(row.host, row.sched_cluster, here,
                                      here_cluster(row.scheduler) if row.sched_cluster

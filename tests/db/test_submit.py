@@ -53,6 +53,21 @@ def test_pbs_submission_is_recorded(pg_project: Project, conn: Any, dbname: str,
     assert stat.S_IMODE((pg_project.root / "qsubmit").stat().st_mode) == 0o3770
 
 
+def test_a_pbs_directives_variables_travel_with_the_mark(
+        pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
+    """qsub's -v on the command line replaces the script's #PBS -v: the mark carries the
+    variables a --directive (or a template) passes."""
+    _fake(fakebin, "qsub", "echo 4243.pbs01")
+    done = submit.submit(pg_project, JobRequest("pbs", 1, 10,
+                                                directives=("-v MODEL=big,STEPS=4",)))
+    row = submit.get(pg_project, done.batch_job_id)
+    assert row is not None
+    assert "#PBS -v MODEL=big,STEPS=4" in done.script.read_text()
+    argv = (fakebin / "qsub.argv").read_text().splitlines()
+    assert argv[1:3] == ["-v", "MODEL=big,STEPS=4,BALSAM_SUBMIT=balsam:"
+                         f"{done.batch_job_id}:{row['submit_token']}"]
+
+
 def test_slurm_and_cobalt_ids(pg_project: Project, conn: Any, dbname: str,
                               fakebin: Path) -> None:
     _fake(fakebin, "sbatch", "echo '77;perlmutter'")

@@ -112,8 +112,10 @@ def test_a_pbs_refusal_is_not_uncertain(tmp_path: Path,
 def test_cobalt_submissions_carry_no_mark() -> None:
     """Cobalt's jobs cannot be asked about (`job sync` has no Cobalt query), so a found
     job could never be followed: a lost Cobalt answer still closes the row."""
-    assert "pbs" in submit.MARKED and "slurm" in submit.MARKED
-    assert "cobalt" not in submit.MARKED
+    from balsam_mpi.batch import marks
+
+    assert "pbs" in marks.MARKED and "slurm" in marks.MARKED
+    assert "cobalt" not in marks.MARKED
 
 
 # `qstat -f` as PBS Pro and Torque print it: attribute lines indented, long values
@@ -154,4 +156,18 @@ def test_pbs_jobs_are_found_by_their_mark_for_their_owner_only() -> None:
     # The wrapped lines as some copies of PBS Pro's output show them: eight spaces.
     spaced = _QSTAT_F.replace("\n\t", "\n        ")
     assert schedq.parse_qstat_marks(spaced, "alice", marks) == got
-    assert schedq.PBS_MARK == submit.PBS_MARK_VARIABLE
+
+
+def test_a_pbs_mark_keeps_the_variables_of_the_scripts_directives() -> None:
+    """On the command line, qsub's -v replaces the script's #PBS -v list: the job lost
+    the variables its template (or a --directive) passed."""
+    from balsam_mpi.batch import marks
+
+    script = ("#!/bin/bash\n#PBS -l select=2 -v FOO=1,BAR=two\n\n#PBS -vLANG=C  # x\n"
+              "# a comment\n#PBS -N job\nexport A=1\n#PBS -v LATE=ignored\n")
+    assert marks.pbs_variables(script) == ["FOO=1,BAR=two", "LANG=C"]
+    assert marks.args("pbs", "balsam:7:00ff", script) == [
+        "-v", "FOO=1,BAR=two,LANG=C,BALSAM_SUBMIT=balsam:7:00ff"]
+    assert marks.args("pbs", "balsam:7:00ff", "#!/bin/sh\n#PBS -q debug\n") == [
+        "-v", "BALSAM_SUBMIT=balsam:7:00ff"]
+    assert marks.args("slurm", "balsam:7:00ff", script) == ["--comment=balsam:7:00ff"]
