@@ -36,6 +36,7 @@ import importlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -330,7 +331,15 @@ def serve(fd: int) -> int:
     # interpreter's death by the socket closing.
     os.register_at_fork(after_in_child=lambda: os.close(sock.detach()))
     between = Between()
+    # The wait for the next call is a poll for input, not a blocking recv: the node's
+    # read of an answer frees its buffer, and the kernel then wakes whatever waits on
+    # this socket for room to write -- a reader blocked in recv included (its wait takes
+    # any wake-up), but not a poll for input. Waiting in recv, every call woke this
+    # interpreter twice, the second time for nothing, at the node's expense.
+    waiting = select.poll()
+    waiting.register(sock.fileno(), select.POLLIN)
     while True:
+        waiting.poll()
         got = _recv_call(sock)
         if got is None:
             return 0  # the node closed its end: retired, or the node is gone

@@ -115,6 +115,7 @@ class PyPool:
         # of the node); none more after a fork fails.
         self.spares_left = config.spare_count()
         self.procs: dict[int, Interpreter] = {}  # every interpreter not yet reaped
+        self.retired: list[Interpreter] = []  # ended by the pool, exit not yet seen
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
         self.outputs = CallOutputs()  # the output cap, which no trampoline applies
         self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -263,6 +264,10 @@ class PyPool:
                     rc = 1
                     _note(call, "the return value could not be read back (not UTF-8 JSON)")
             call.rc = rc
+            if rc == 0 and call.end_kind is None:
+                # It ends DONE, whose record has no output tail: no reading it back (two
+                # fstats a call) when the node closes the call.
+                call.tail = ""
             self._after(call, interp, bool(header.get("recycle")))
             return rc
         # No whole answer. Only the process's exit or the socket's end says more: more
@@ -321,15 +326,24 @@ class PyPool:
             interp.sock.close()
         if interp.reap() is not None:
             self._forget(interp)
+        else:
+            self.retired.append(interp)  # forgotten at a later call's start
 
     def _forget(self, interp: Interpreter) -> None:
         interp.close_fds()
         self.procs.pop(interp.pid, None)
 
     def _reap_retired(self) -> None:
-        for interp in list(self.procs.values()):
-            if interp.sock.fileno() < 0 and interp.reap() is not None:
-                self._forget(interp)
+        """Forget the retired interpreters that have exited (the list, not every
+        interpreter the pool holds, is walked at each call's start)."""
+        if self.retired:
+            waiting = self.retired
+            self.retired = []
+            for interp in waiting:
+                if interp.reap() is not None:
+                    self._forget(interp)
+                elif self.procs.get(interp.pid) is interp:
+                    self.retired.append(interp)
 
     def kill_all(self) -> None:
         """SIGKILL every interpreter's session (a crash, before MPI_Abort). The zygote
