@@ -237,8 +237,9 @@ def test_rows_that_cannot_run_fail_alone(su: Any, conn: Any, dbname: str) -> Non
     and left the task READY for the next victim; 15.12: a 2 MB command froze the loop.
     The database now refuses such rows at the door (0007's CHECKs); the launcher must
     survive them all the same (a row from before the checks, a hand-edited catalog), so
-    this test's own copy of the database drops the two checks to plant them."""
-    su.execute("ALTER TABLE tasks DROP CONSTRAINT tasks_env_limit")
+    this test's own copy of the database drops the two checks to plant them (env's cap is
+    a trigger on its column since 0034)."""
+    su.execute("DROP TRIGGER tasks_env_limit_update ON tasks")
     su.execute("ALTER TABLE apps DROP CONSTRAINT apps_command_limit")
     fine = add(conn, 4, command="true", packing=2, app="fine")
     [bad_env] = add(conn, 1, command="true", packing=2, app="env_app")
