@@ -111,8 +111,23 @@ def pg_project(session_root: Path) -> Iterator[Project]:
         pytest.skip(str(exc))
     lifecycle.init_project(session_root / "proj")
     project = Project(session_root / "proj")
+    without_fsync(project)
     yield project
     lifecycle.stop_server(project, fast=True)
+
+
+def without_fsync(project: Project) -> None:
+    """A test cluster's server stops asking the disk to flush (``fsync = off``): every test
+    copies a database and drops it, each a checkpoint, and every commit flushes the WAL;
+    those flushes were about two thirds of a copy's cost. They guard only against the
+    machine itself crashing, which no test does: a server killed with -9 or stopped
+    still leaves everything it wrote in the kernel's cache. Written with ALTER SYSTEM
+    (postgresql.auto.conf), so a restart by ``balsam-dbctl start`` keeps it."""
+    from balsam_mpi.dbctl import lifecycle
+
+    with lifecycle.admin_connect(project, project.read_server_info(), "postgres") as admin:
+        admin.execute("ALTER SYSTEM SET fsync = off")
+        admin.execute("SELECT pg_reload_conf()")
 
 
 @pytest.fixture()

@@ -160,6 +160,10 @@ class LocalSlurm:
             "SelectTypeParameters=CR_CPU",
             "SlurmdParameters=config_overrides",
             "SchedulerType=sched/builtin",
+            # A batch job is placed as soon as it is submitted (or requeued and released),
+            # not up to 3 s later (Slurm's default delay, meant for sites taking thousands
+            # of submissions a second): every test here waits for its jobs to start.
+            "SchedulerParameters=batch_sched_delay=0",
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none",

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(420)
 
 def test_job_after_a_killed_one_finishes_its_tasks_once(slurm_env: LocalSlurm, conn: Any,
                                                         dbname: str) -> None:
-    add_app(conn, "nap", "sleep 15")
+    add_app(conn, "nap", "sleep 8")  # still running when killed, just after they start
     ids = add_tasks(conn, "nap", 4, packing=2)
     first = submit("-n", "2", "-t", "5", "--workflow", dbname)
     wait_for("tasks running", lambda: count_state(conn, "RUNNING") >= 2, 120,
@@ -64,7 +64,7 @@ def test_a_node_lost_mid_run_costs_its_own_tasks_only(slurm_env: LocalSlurm, con
     three-node job: srun lets the other ranks run on, and the leader's sends to the dead
     rank fail (MPICH over OFI). The dead rank's running tasks are written as lost
     (counted) and run again; everything else runs once and the job ends by itself."""
-    add_app(conn, "nap", "sleep 12")
+    add_app(conn, "nap", "sleep 8")  # still running when rank 2 is killed, at once
     ids = add_tasks(conn, "nap", 6, packing=2)  # 3 nodes x 2 slots: one wave
     sub = submit("-n", "3", "-t", "5", "--workflow", dbname)
     wait_for("six tasks running", lambda: count_state(conn, "RUNNING") == 6, 120,

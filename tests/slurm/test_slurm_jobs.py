@@ -211,11 +211,13 @@ def test_a_job_suspended_for_a_few_seconds_runs_all_its_tasks(
 
 
 # -- (c) the job's time limit ----------------------------------------------------------------
-def test_two_minute_job_over_five_minute_tasks(slurm_env: LocalSlurm, conn: Any,
+def test_one_minute_job_over_five_minute_tasks(slurm_env: LocalSlurm, conn: Any,
                                                dbname: str) -> None:
+    """The shortest job Slurm takes: the default margin leaves the launcher half of it
+    (30 s), from which it drains this tier's drain grace early."""
     add_app(conn, "long", "sleep 300")
     add_tasks(conn, "long", 4, packing=2)
-    sub = submit("-n", "2", "-t", "2", "--workflow", dbname)
+    sub = submit("-n", "2", "-t", "1", "--workflow", dbname)
     final = wait_job_end(slurm_env, sub)
     assert_nothing_lost(conn, sub)
     # Drained and closed before Slurm's own end of the job: Slurm saw it complete.
