@@ -579,45 +579,6 @@ def _lost_sbatch(fakebin: Path, queued: bool) -> None:
                              ' fi')
 
 
-@pytest.mark.parametrize("queued", [True, False])
-def test_an_sbatch_that_never_answered_neither_loses_the_job_nor_submits_twice(
-        pg_project: Project, conn: Any, hello: None, fakebin: Path,
-        monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
-    """sbatch times out: the job may be queued. The row stays QUEUED (marked uncertain),
-    so the next look submits no second job; the sync finds the job by the comment the
-    submission carried and records its id. When no job carries it, the row is closed
-    once no submission could still appear, and only then does a look submit again."""
-    _tasks(conn, 4)
-    _lost_sbatch(fakebin, queued)
-    monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
-    req = JobRequest("slurm", 1, 10)
-    scaling = elastic.Scaling(max_nodes=1)
-    with pytest.raises(submit.SubmitUncertain, match="may be queued or not"):
-        elastic.tick(pg_project, req, scaling)
-    (job,) = [r[0] for r in conn.execute("SELECT id FROM batch_jobs")]
-    row = submit.get(pg_project, job)
-    assert row is not None and row["state"] == "QUEUED" and row["uncertain_at"], row
-    sbatch_argv = (fakebin / "sbatch.argv").read_text().splitlines()
-    assert f"--comment=balsam:{job}:{row['submit_token']}" in sbatch_argv
-    _fake(fakebin, "sbatch", "echo 9700")  # a second submission would now succeed
-    look = elastic.tick(pg_project, req, scaling)
-    assert look.submitted is None and "--max-queued" in look.decision.why, look
-    if queued:
-        assert [(j.id, j.scheduler_job_id) for j, _ in look.synced.found] == [(job, "9601")]
-        assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
-                            ).fetchall() == [("QUEUED", "9601")]
-        return
-    assert [j.id for j, _ in look.synced.unasked] == [job]
-    assert "no job with the comment" in look.synced.unasked[0][1]
-    _as_superuser(pg_project, "UPDATE batch_jobs SET submitted_at = now() - "
-                              "make_interval(secs => %s)", jobsync.UNSUBMITTED_AFTER_S + 60)
-    later = elastic.tick(pg_project, req, scaling)
-    assert [j.id for j, _ in later.synced.closed] == [job], later
-    state, reason = _state(conn, job)
-    assert state == "FAILED" and "lists no job with its comment" in str(reason)
-    assert later.submitted is not None and later.submitted.scheduler_job_id == "9700"
-
-
 def test_a_lost_answer_is_looked_for_only_on_the_same_cluster(
         pg_project: Project, conn: Any, dbname: str, fakebin: Path) -> None:
     """"No job with this comment" means something only where the same scheduler is
@@ -684,46 +645,60 @@ case "$*" in
 esac""")
 
 
+# Per scheduler: its submit command, the fake that loses its answer, the argument that
+# carries the mark, the id of the job found by it, and a second submission's id.
+_LOST = {
+    "slurm": ("sbatch", _lost_sbatch, "--comment=balsam:{job}:{token}", "9601", "9700"),
+    "pbs": ("qsub", _lost_qsub, "BALSAM_SUBMIT=balsam:{job}:{token}", "8801.pbs01",
+            "8900.pbs01"),
+}
+
+
 @pytest.mark.parametrize("queued", [True, False])
-def test_a_qsub_that_never_answered_neither_loses_the_job_nor_submits_twice(
+@pytest.mark.parametrize("scheduler", sorted(_LOST))
+def test_a_submission_that_never_answered_neither_loses_the_job_nor_submits_twice(
         pg_project: Project, conn: Any, hello: None, fakebin: Path,
-        monkeypatch: pytest.MonkeyPatch, queued: bool) -> None:
-    """PBS as Slurm: qsub times out and the job may be queued. The row stays QUEUED
-    (marked uncertain), so the next look submits no second job; the sync finds the job
-    by the variable qsub was given (`qstat -f`, the caller's jobs only) and records its
-    id. When no job carries it, the row is closed once no submission could still
-    appear, and only then does a look submit again."""
+        monkeypatch: pytest.MonkeyPatch, scheduler: str, queued: bool) -> None:
+    """sbatch (Slurm) or qsub (PBS) times out: the job may be queued. The row stays
+    QUEUED (marked uncertain), so the next look submits no second job; the sync finds
+    the job by the mark the submission carried (Slurm's comment, PBS's variable in
+    `qstat -f`: the caller's jobs only) and records its id. When no job carries it, the
+    row is closed once no submission could still appear, and only then does a look
+    submit again."""
+    tool, lose, mark_arg, found_id, second_id = _LOST[scheduler]
+    kind = "comment" if scheduler == "slurm" else "variable"
     _tasks(conn, 4)
-    _lost_qsub(fakebin, queued)
+    lose(fakebin, queued)
     monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
-    req = JobRequest("pbs", 1, 10)
+    req = JobRequest(scheduler, 1, 10)
     scaling = elastic.Scaling(max_nodes=1)
     with pytest.raises(submit.SubmitUncertain, match="may be queued or not"):
         elastic.tick(pg_project, req, scaling)
     (job,) = [r[0] for r in conn.execute("SELECT id FROM batch_jobs")]
     row = submit.get(pg_project, job)
     assert row is not None and row["state"] == "QUEUED" and row["uncertain_at"], row
-    assert row["sched_cluster"] == "pbs:pbs01"
-    qsub_argv = (fakebin / "qsub.argv").read_text().splitlines()
-    assert f"BALSAM_SUBMIT=balsam:{job}:{row['submit_token']}" in qsub_argv
-    _fake(fakebin, "qsub", "echo 8900.pbs01")  # a second submission would now succeed
+    if scheduler == "pbs":
+        assert row["sched_cluster"] == "pbs:pbs01"
+    argv = (fakebin / f"{tool}.argv").read_text().splitlines()
+    assert mark_arg.format(job=job, token=row["submit_token"]) in argv
+    _fake(fakebin, tool, f"echo {second_id}")  # a second submission would now succeed
     look = elastic.tick(pg_project, req, scaling)
     assert look.submitted is None and "--max-queued" in look.decision.why, look
     if queued:
         assert [(j.id, j.scheduler_job_id) for j, _ in look.synced.found] == [
-            (job, "8801.pbs01")]
+            (job, found_id)]
         assert conn.execute("SELECT state::text, scheduler_job_id FROM batch_jobs"
-                            ).fetchall() == [("QUEUED", "8801.pbs01")]
+                            ).fetchall() == [("QUEUED", found_id)]
         return
     assert [j.id for j, _ in look.synced.unasked] == [job]
-    assert "no job with" in look.synced.unasked[0][1]
+    assert f"no job with the {kind}" in look.synced.unasked[0][1]
     _as_superuser(pg_project, "UPDATE batch_jobs SET submitted_at = now() - "
                               "make_interval(secs => %s)", jobsync.UNSUBMITTED_AFTER_S + 60)
     later = elastic.tick(pg_project, req, scaling)
     assert [j.id for j, _ in later.synced.closed] == [job], later
     state, reason = _state(conn, job)
-    assert state == "FAILED" and "lists no job with" in str(reason)
-    assert later.submitted is not None and later.submitted.scheduler_job_id == "8900.pbs01"
+    assert state == "FAILED" and f"lists no job with its {kind}" in str(reason)
+    assert later.submitted is not None and later.submitted.scheduler_job_id == second_id
 
 
 def test_a_lost_cobalt_answer_still_closes_the_row(

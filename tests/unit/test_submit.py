@@ -33,13 +33,19 @@ def test_no_job_id_is_an_error(scheduler: str, output: str) -> None:
         parse_job_id(scheduler, output)
 
 
-def _sbatch(tmp_path: Path, body: str) -> Path:
+def _fake_submit(tmp_path: Path, name: str, body: str) -> Path:
+    """A submit command ``name`` in a directory of its own: it records its argv, then
+    runs ``body``; returns the directory."""
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
-    tool = bindir / "sbatch"
+    tool = bindir / name
     tool.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" > {bindir}/argv\n{body}\n")
     tool.chmod(0o755)
     return bindir
+
+
+def _sbatch(tmp_path: Path, body: str) -> Path:
+    return _fake_submit(tmp_path, "sbatch", body)
 
 
 @pytest.mark.parametrize("body", [
@@ -73,12 +79,7 @@ def test_a_refusal_is_not_uncertain(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def _qsub(tmp_path: Path, body: str) -> Path:
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    tool = bindir / "qsub"
-    tool.write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" > {bindir}/argv\n{body}\n")
-    tool.chmod(0o755)
-    return bindir
+    return _fake_submit(tmp_path, "qsub", body)
 
 
 @pytest.mark.parametrize("body", [
