@@ -70,7 +70,7 @@ def for_one_request(tasks_file: TaskFile, cap: int) -> list[dict[str, Any]]:
     from .plan import at
     from .validate import check_shape
 
-    size = 32  # the request's envelope: {"parent": id, "tasks": [...]}
+    size = 64  # at least the request's envelope: {"parent": id, "tasks": [...]}\n
     for line, task in tasks_file.records():
         try:
             check_shape(task)
