@@ -5,8 +5,6 @@ workflow keeps that work and launchers with different filters end together."""
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,8 @@ from balsam_mpi.launcher.preference import (
     plan,
 )
 from balsam_mpi.launcher.storeport import ClaimFilter, Peers
+from tests.unit import fakeclock
+from tests.unit.fakeclock import FakeTime
 from tests.unit.leaderkit import Kit, make
 from tests.unit.slotkit import SlotNode
 
@@ -35,39 +35,15 @@ def launcher(tmp_path: Path, store: MemStore, name: str, *workflows: str) -> Kit
     return kit
 
 
-class FakeTime:
-    """The ``time`` module as the launcher's modules see it, on a clock the tests move:
-    the division of work between launchers depends on how often each turns within its
-    intervals (claims, heartbeats, liveness), which a busy machine changed run to run
-    (the five-launcher test failed 6 of 8 runs with two other jobs beside it)."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(time, name)
-
-
-CLOCK = FakeTime()
 STEP_S = 0.001  # the clock's move between two rounds of turns
+CLOCK = FakeTime()
 
 
 @pytest.fixture(autouse=True)
 def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every loaded module of the package, and a MemStore's default clock, read CLOCK."""
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("balsam_mpi") and getattr(mod, "time", None) is time:
-            monkeypatch.setattr(mod, "time", CLOCK)
-    monkeypatch.setattr(MemStore.__init__, "__defaults__", (CLOCK.time,))
+    """The launchers run on a clock the tests move (tests/unit/fakeclock.py)."""
+    global CLOCK
+    CLOCK = fakeclock.install(monkeypatch)
 
 
 def turn(kits: list[Kit], seconds: float) -> None:
