@@ -1,7 +1,10 @@
-"""A clock the tests move, read as ``time`` by the launcher's modules.
+"""Clocks the tests move.
 
-How a leader divides and places work depends on how often it turns within its intervals
-(claims, heartbeats, liveness, reports). On the wall clock a busy machine changed that run
+``Clock``: call it for the time; set ``now`` or add to it (passed where a clock is taken).
+
+``FakeTime``, read as ``time`` by the launcher's modules: how a leader divides and places
+work depends on how often it turns within its intervals (claims, heartbeats, liveness,
+reports). On the wall clock a busy machine changed that run
 to run, and tests of fairness and placement failed under load (test_preference's
 five-launcher test: 6 of 8 runs with two other jobs beside it). ``install`` makes every
 loaded module of the package, the modules given, and a MemStore's default clock read one
@@ -17,6 +20,14 @@ from types import ModuleType
 import pytest
 
 from balsam_mpi.launcher.memstore import MemStore
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeTime:
