@@ -147,7 +147,6 @@ def _run(argv: list[str], forgotten: str | None, env: dict[str, str] | None = No
     return done.stdout
 
 
-
 def find_by_mark(scheduler: str,
                  marks: Sequence[str]) -> dict[str, tuple[str, Phase, str]]:
     """The caller's jobs of ``scheduler`` that carry one of ``marks``, as mark -> (job id,
@@ -207,9 +206,8 @@ def parse_comments(text: str, user: str,
         job = re.split(r"[_+]", job, maxsplit=1)[0]
         if not is_job_id("slurm", job):
             continue
-        said = parse_squeue(f"{job}|{state}")
-        if job in said:
-            out[comment] = (job, *said[job])
+        state = state.split()[0] if state else ""
+        out[comment] = (job, _slurm_phase(state), state)
     return out
 
 
@@ -222,8 +220,7 @@ def parse_squeue(text: str) -> dict[str, tuple[Phase, str]]:
             continue
         job = re.split(r"[_+]", job, maxsplit=1)[0]
         state = state.strip().split()[0] if state.strip() else ""
-        phase: Phase = ("ended" if state in _SLURM_ENDED else
-                        "running" if state in _SLURM_RUNNING else "waiting")
+        phase = _slurm_phase(state)
         if job in out and _rank(out[job][0]) >= _rank(phase):
             continue
         out[job] = (phase, state)
@@ -241,9 +238,7 @@ def parse_qstat(text: str) -> dict[str, tuple[Phase, str]]:
         key, sep, value = line.strip().partition(" = ")
         if job and sep and key == "job_state":
             letter = value.strip()[:1]
-            phase: Phase = ("ended" if letter in _PBS_ENDED else
-                            "running" if letter in _PBS_RUNNING else "waiting")
-            out[job] = (phase, letter)
+            out[job] = (_pbs_phase(letter), letter)
     return out
 
 
@@ -286,11 +281,21 @@ def parse_qstat_marks(text: str, user: str,
             name, sep, mark = entry.partition("=")
             if name.strip() != PBS_VARIABLE or mark not in wanted or mark in out:
                 continue
-            said = parse_qstat(f"Job Id: {job}\n    job_state = "
-                               f"{attrs.get('job_state', '')}\n")
-            phase, letter = said.get(job, ("waiting", ""))
-            out[mark] = (job, phase, letter)
+            letter = attrs.get("job_state", "").strip()[:1]
+            out[mark] = (job, _pbs_phase(letter), letter)
     return out
+
+
+def _slurm_phase(state: str) -> Phase:
+    """A squeue state's phase; an unknown state waits (a row closes only on an end)."""
+    return ("ended" if state in _SLURM_ENDED else
+            "running" if state in _SLURM_RUNNING else "waiting")
+
+
+def _pbs_phase(letter: str) -> Phase:
+    """A PBS ``job_state`` letter's phase; an unknown letter waits, as in Slurm's case."""
+    return ("ended" if letter in _PBS_ENDED else
+            "running" if letter in _PBS_RUNNING else "waiting")
 
 
 def _rank(phase: Phase) -> int:

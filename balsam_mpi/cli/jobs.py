@@ -76,7 +76,7 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
     """One batch job: its record and its utilization, throughput and timings."""
     from ..reports import history
     from ..reports.render import cell, pct, sparkline
-    from ..reports.timefmt import short_duration
+    from ..reports.timefmt import iso, short_duration
     from .report import parse_filters
 
     filters = parse_filters(None, None, job_id, None, None, None, None)
@@ -91,7 +91,8 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
                                   "user": jobs[0].user, "nodes": jobs[0].nodes,
                                   "scheduler": jobs[0].scheduler,
                                   "scheduler_job_id": jobs[0].scheduler_job_id,
-                                  "started_at": None}
+                                  "started_at": None,
+                                  "uncertain_at": iso(jobs[0].uncertain_at)}
     else:
         fields = h.job_rows()[0]
         fields["ranks"] = record.ranks
@@ -99,6 +100,7 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
         fields["utilization_series"] = [
             None if v != v else float(v) for v in h.utilization_series()]
         fields["bin_seconds"] = h.window.width
+        fields["uncertain_at"] = iso(record.uncertain_at)
     fields["filters"] = takes
     if as_json:
         echo_json(fields)
@@ -108,7 +110,9 @@ def show(ctx: CliContext, job_id: str, as_json: bool) -> None:
         if key not in fields:
             continue
         value = fields[key]
-        if key == "utilization":
+        if key == "state":
+            value = _state_text(fields)
+        elif key == "utilization":
             value = pct(value)
         elif key in _TIMES:
             value = _short_time(value)

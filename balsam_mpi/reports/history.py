@@ -75,6 +75,7 @@ class BatchJob:
     ended_at: datetime | None
     end_reason: str | None
     alive_until: datetime | None  # when it stopped holding its nodes (now if running)
+    uncertain_at: datetime | None = None  # QUEUED, its submission's answer lost (job sync)
 
     @property
     def queue_seconds(self) -> float | None:
@@ -239,7 +240,7 @@ def load_jobs(conn: psycopg.Connection[Any], filters: Filters) -> list[BatchJob]
         raise NotFound(f"no batch job {filters.batch_job}"
                        + (f" run by {filters.user}" if filters.user else "")
                        + "; `balsam-mpi job ls` lists them")
-    return [BatchJob(*row[:15]) for row in rows]
+    return [BatchJob(*row[:16]) for row in rows]
 
 
 def choose_window(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob],

@@ -13,7 +13,8 @@
 -- name: analytics_batch_jobs
 -- The batch jobs a report covers. `alive_until` is when the job stopped holding its nodes:
 -- its recorded end; for a lost job its last heartbeat; for a running job now, unless its
--- heartbeat is older than its lease (then it died at heartbeat + lease).
+-- heartbeat is older than its lease (then it died at heartbeat + lease). `uncertain_at` as
+-- in jobs_list.
 SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, state::text AS state,
        wall_time_min, submitted_at, started_at, heartbeat_at, ended_at, end_reason,
        CASE
@@ -25,6 +26,8 @@ SELECT id, scheduler, scheduler_job_id, "user", host, nodes, ranks, state::text 
               coalesce(heartbeat_at, statement_timestamp()) + lease_sec * interval '1 second'))
          ELSE greatest(started_at, coalesce(heartbeat_at, started_at))
        END AS alive_until,
+       CASE WHEN state = 'QUEUED' AND scheduler_job_id IS NULL
+            THEN uncertain_at END AS uncertain_at,
        statement_timestamp() AS now
   FROM batch_jobs
  WHERE (%(batch_job)s::bigint IS NULL OR id = %(batch_job)s::bigint)

@@ -246,3 +246,18 @@ def test_job_ls_shows_a_row_whose_submission_is_uncertain(admin: Conn, dbname: s
              if line.split() and line.split()[0].isdigit()}
     assert "uncertain since 2026-01-02 03:04:05" in lines[str(held)]
     assert "uncertain" not in lines[str(plain)]
+
+
+def test_job_show_says_a_queued_row_is_uncertain(admin: Conn, dbname: str) -> None:
+    """`job show` of a row whose scheduler answer was lost says so, as `job ls` does."""
+    b = Builder(admin)
+    plain = b.job(1, None, state="QUEUED", submitted=0)
+    held = b.job(2, None, state="QUEUED", submitted=0)
+    admin.execute("UPDATE batch_jobs SET submit_token = '00112233445566778899', "
+                  "uncertain_at = '2026-01-02 03:04:05+00' WHERE id = %s", (held,))
+    shown = json.loads(_run("job", "show", str(held), "--json").output)
+    assert shown["uncertain_at"] == "2026-01-02T03:04:05Z"
+    assert json.loads(_run("job", "show", str(plain), "--json").output)["uncertain_at"] is None
+    text = _run("job", "show", str(held)).output
+    assert "QUEUED (uncertain since 2026-01-02 03:04:05)" in text
+    assert "uncertain" not in _run("job", "show", str(plain)).output
