@@ -294,3 +294,67 @@ def recursion_limit(set_to: int = 0) -> dict[str, int]:
     if set_to:
         sys.setrecursionlimit(set_to)
     return {"pid": os.getpid(), "limit": found}
+
+
+def _pdeathsig() -> int:
+    import ctypes
+
+    got = ctypes.c_int()
+    ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(got))  # PR_GET_PDEATHSIG
+    return got.value
+
+
+def sched_state() -> dict[str, Any]:
+    """How the kernel schedules a call, and what it is signalled with when the node dies:
+    its nice value, its scheduling policy, the CPUs it may run on, its parent-death
+    signal; its process group and session (what a kill of the call reaches)."""
+    return {"pid": os.getpid(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "policy": os.sched_getscheduler(0), "cpus": sorted(os.sched_getaffinity(0)),
+            "deathsig": _pdeathsig(), "pgid": os.getpgid(0), "sid": os.getsid(0)}
+
+
+def meddle_sched() -> dict[str, Any]:
+    """Pin itself to one CPU, take the batch policy, clear its parent-death signal and
+    try to leave its session and process group; lower its own priority too where it
+    could be raised back (root). What it did, as ``sched_state`` reads it."""
+    import ctypes
+
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    ctypes.CDLL(None, use_errno=True).prctl(1, 0)  # PR_SET_PDEATHSIG, none
+    for leave in (os.setsid, os.setpgrp):
+        try:
+            leave()
+        except PermissionError:  # a session leader (the interpreter is one) stays put
+            pass
+    if os.geteuid() == 0:
+        os.nice(3)
+    return sched_state()
+
+
+CAP_SYS_NICE = 23
+
+
+def _drop_cap_sys_nice() -> None:
+    """No CAP_SYS_NICE in the effective set: a nice value raised cannot be lowered
+    again, as for any user but root."""
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
+    data = (ctypes.c_uint32 * 6)()  # two of (effective, permitted, inheritable)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    data[0] &= ~(1 << CAP_SYS_NICE)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def lower_priority_for_good() -> int:
+    """Raise its nice value and take the idle policy, neither of which the interpreter
+    can undo without privilege (which a root interpreter drops first here)."""
+    if os.geteuid() == 0:
+        _drop_cap_sys_nice()
+    os.nice(5)
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    return os.getpid()

@@ -22,8 +22,12 @@ import the module (once per interpreter) and call the function. The return value
 would, and the answer says exit code 1. Then everything is put back (``pyputback``) — directory,
 descriptors, environment, ``sys.stdout``/``sys.stderr`` (new ones if the call closed
 them), signal handlers and blocked signals, the umask, the recursion limit, the resource
-limits (an interpreter whose hard limit a call lowered is replaced); interval timers and
-faulthandler's watchdog cancelled — for the next call. What a warm interpreter cannot
+limits (an interpreter whose hard limit a call lowered is replaced), the nice value, the
+scheduling policy, the CPU affinity and the parent-death signal (an interpreter whose
+priority a call lowered for good, which only privilege raises again, is replaced);
+interval timers and faulthandler's watchdog cancelled — for the next call. A call cannot
+leave the process group the node's kill reaches: the interpreter leads its own session
+(``pyzygote``), so ``os.setsid()`` and ``os.setpgrp()`` fail in it. What a warm interpreter cannot
 undo is the point of one: imported modules stay, and so does whatever a function leaves
 in them or in threads it started.
 """
@@ -31,7 +35,6 @@ in them or in threads it started.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import json
 import os
@@ -45,7 +48,7 @@ import types
 from typing import TYPE_CHECKING
 
 from ..base.limits import PYTHON_PATH, RESULT_MAX_BYTES
-from .pyputback import Between, Saved
+from .pyputback import PR_SET_PDEATHSIG, Between, Saved, libc_prctl
 
 if TYPE_CHECKING:
     from typing import Any
@@ -54,7 +57,6 @@ if TYPE_CHECKING:
 LENGTH = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # the pool never sends more (params are capped far below)
 NUM_FDS = 3  # with a call: the task's directory, task.out, task.err
-PR_SET_PDEATHSIG = 1
 
 _functions: dict[str, Any] = {}
 _STR = frozenset({str})
@@ -294,23 +296,15 @@ def run_call(header: dict[str, Any], doc: bytes, fds: list[int],
     return {"rc": rc, "recycle": recycle}, result
 
 
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl, looked up once: the zygote does it at its start, so the interpreters
-    it forks inherit the function (a lookup in each cost ~0.25 ms of a fork's ~2.5 ms)."""
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True).prctl
-
-
 def die_with(parent: int) -> None:
     """SIGKILL when the node's rank dies (as its process tasks get, node/trampoline.py)."""
-    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc_prctl()(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the rank died before prctl took effect
         os._exit(137)
 
 
 def setup(parent: int, die_with_parent: bool) -> None:
+    libc_prctl()  # looked up once, here: every interpreter forked from here reads with it
     if die_with_parent:
         die_with(parent)
     # Should memory run out, the kernel's OOM killer takes an interpreter, not its rank.

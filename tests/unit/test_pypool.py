@@ -434,6 +434,36 @@ def test_an_interpreter_whose_hard_limit_a_call_lowered_is_replaced(
     assert {**after, "pid": 0} == {**before, "pid": 0}
 
 
+def test_scheduling_a_call_changes_does_not_reach_the_next(node: Node,
+                                                          tmp_path: Path) -> None:
+    """A call pinned to one CPU, on the batch policy or a lower priority would leave every
+    later call of its interpreter so; one that clears its parent-death signal would leave
+    a later call running on, orphaned, after its node died. It cannot leave the session
+    and process group the node's kill reaches (the interpreter leads them)."""
+    before = ok(run(node, call(tmp_path, 1, "sched_state", need=1.0))[1])
+    assert before["deathsig"] == signal.SIGKILL and before["pgid"] == before["pid"]
+    did = ok(run(node, call(tmp_path, 2, "meddle_sched", need=1.0))[2])
+    assert did["pid"] == before["pid"] and did["deathsig"] == 0
+    assert did["policy"] != before["policy"]
+    if len(before["cpus"]) > 1:
+        assert did["cpus"] != before["cpus"]
+    after = ok(run(node, call(tmp_path, 3, "sched_state", need=1.0))[3])
+    assert after == before  # same interpreter, scheduled as it was
+
+
+def test_an_interpreter_whose_priority_a_call_lowered_for_good_is_replaced(
+        node: Node, tmp_path: Path) -> None:
+    """A nice value raised, or the idle policy taken, cannot be undone without privilege:
+    the next call gets a fresh interpreter, scheduled as every interpreter starts."""
+    before = ok(run(node, call(tmp_path, 1, "sched_state", need=1.0))[1])
+    assert ok(run(node, call(tmp_path, 2, "lower_priority_for_good", need=1.0))[2]
+              ) == before["pid"]
+    after = ok(run(node, call(tmp_path, 3, "sched_state", need=1.0))[3])
+    assert after["pid"] != before["pid"]
+    assert {**after, "pid": 0, "pgid": 0, "sid": 0} == {**before, "pid": 0, "pgid": 0,
+                                                        "sid": 0}
+
+
 def test_an_interpreter_that_cannot_take_a_call_says_why_and_is_replaced(
         node: Node, tmp_path: Path) -> None:
     """A call that leaves its interpreter without free descriptors: the next call cannot
