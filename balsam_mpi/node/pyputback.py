@@ -52,8 +52,8 @@ class Sched:
     its nice value (``os.nice``), its policy (``SCHED_BATCH``, ``SCHED_IDLE``: run only
     when nothing else would), the CPUs it may run on (``sched_setaffinity``), and its
     parent-death signal (cleared, a later call would run on, orphaned, after its node
-    died). Four reads a call, 4.4-5.2 µs together when a getrlimit took 0.8 µs (a
-    loaded moment; about 1.5 µs quiet); the affinity's read builds a set as large as the
+    died). Four reads a call, 3.8 µs together where one getrlimit from Python took
+    0.8 µs (docs/python-tasks.md); the affinity's read builds a set as large as the
     CPUs the interpreter may use."""
 
     def __init__(self) -> None:
