@@ -11,7 +11,8 @@ for ``MinJobAge`` (300 s by default) and then none; an id it has forgotten is si
 listed (when every id is forgotten, squeue fails with "Invalid job id specified"); a job
 sbatch sent to another cluster (``ID;CLUSTER``) is asked about there (``--clusters``). PBS:
 ``qstat -x -f ID …`` (finished jobs too, with ``-x``), ``job_state`` per ``Job Id:``
-block; ``Unknown Job Id`` for the forgotten ones.
+block; ``Unknown Job Id`` for the forgotten ones. Torque's qstat takes the same words
+and answers in XML (``-x``), its ended jobs in state ``C``.
 
 A submission whose answer was lost is looked for by the mark it carried
 (:func:`find_by_mark`), the caller's jobs only, matched on the whole mark. Slurm: its
@@ -29,6 +30,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from typing import Literal
+from xml.etree import ElementTree
 
 from ..base.errors import BalsamError
 from .marks import PBS_VARIABLE
@@ -44,9 +46,9 @@ _SLURM_ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FA
                           "TIMEOUT"})
 _SLURM_RUNNING = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING",
                             "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"})
-# PBS job_state letters: F finished, X a finished subjob; R running, E exiting, B an
-# array begun; Q, H, W, T, S, M, U wait.
-_PBS_ENDED = frozenset("FX")
+# PBS job_state letters: F finished, X a finished subjob (PBS Pro), C completed
+# (Torque); R running, E exiting, B an array begun; Q, H, W, T, S, M, U wait.
+_PBS_ENDED = frozenset("FXC")
 _PBS_RUNNING = frozenset("REB")
 
 
@@ -228,7 +230,11 @@ def parse_squeue(text: str) -> dict[str, tuple[Phase, str]]:
 
 
 def parse_qstat(text: str) -> dict[str, tuple[Phase, str]]:
-    """``Job Id: X`` blocks of ``qstat -f`` with their ``job_state = L`` lines."""
+    """``Job Id: X`` blocks of ``qstat -f`` with their ``job_state = L`` lines; or the XML
+    that Torque's qstat prints for ``-x``, where PBS Pro's reads it as "finished jobs
+    too" (the answer's first character tells them apart)."""
+    if text.lstrip().startswith("<"):
+        return _parse_qstat_xml(text)
     out: dict[str, tuple[Phase, str]] = {}
     job = None
     for line in text.splitlines():
@@ -239,6 +245,23 @@ def parse_qstat(text: str) -> dict[str, tuple[Phase, str]]:
         if job and sep and key == "job_state":
             letter = value.strip()[:1]
             out[job] = (_pbs_phase(letter), letter)
+    return out
+
+
+def _parse_qstat_xml(text: str) -> dict[str, tuple[Phase, str]]:
+    """Torque's ``<Data><Job><Job_Id>X</Job_Id>…<job_state>L</job_state>…</Job></Data>``.
+    XML that does not parse says nothing of the jobs: an error, so no row is closed on it
+    (expat refuses entity blow-ups, and qstat escapes the values users chose)."""
+    try:
+        root = ElementTree.fromstring(text.strip())
+    except ElementTree.ParseError as exc:
+        raise SchedulerQueryError(f"qstat's XML could not be read: {exc}") from None
+    out: dict[str, tuple[Phase, str]] = {}
+    for job in root.iter("Job"):
+        name = (job.findtext("Job_Id") or "").strip()
+        letter = (job.findtext("job_state") or "").strip()[:1]
+        if name:
+            out[name] = (_pbs_phase(letter), letter)
     return out
 
 

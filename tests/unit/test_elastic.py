@@ -78,6 +78,44 @@ def test_qstat_states_by_phase() -> None:
                                         "13.pbs.example.org": ("ended", "F")}
 
 
+# What Torque's ``qstat -x -f`` prints: XML on one line (src/cmds/qstat.c,
+# create_full_job_xml), its completed jobs in state C for keep_completed seconds.
+TORQUE_XML = ('<?xml version="1.0"?>\n<Data><Job><Job_Id>11.torque01.example.org</Job_Id>'
+              "<Job_Name>a&amp;b &lt;x&gt;</Job_Name><Job_Owner>alice@login1</Job_Owner>"
+              "<job_state>R</job_state><Resource_List><nodes>2</nodes>"
+              "<walltime>00:30:00</walltime></Resource_List></Job>"
+              "<Job><Job_Id>12.torque01.example.org</Job_Id><job_state>Q</job_state></Job>"
+              "<Job><Job_Id>13.torque01.example.org</Job_Id><job_state>C</job_state>"
+              "<exit_status>271</exit_status></Job></Data>\n")
+
+
+def test_torque_answers_in_xml_and_ends_jobs_in_state_c() -> None:
+    """Torque's qstat reads -x as "XML", where PBS Pro's reads it as "finished jobs too":
+    read as text, every job was unlisted, and `job sync` closed the rows of queued jobs
+    as forgotten (the autoscaler then submitted more). A completed Torque job is C."""
+    assert schedq.parse_qstat(TORQUE_XML) == {
+        "11.torque01.example.org": ("running", "R"),
+        "12.torque01.example.org": ("waiting", "Q"),
+        "13.torque01.example.org": ("ended", "C")}
+
+
+def test_torque_jobs_are_found_through_qstat(tmp_path: object,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = TORQUE_XML.replace("\n", "\\n").replace("%", "%%")
+    monkeypatch.setenv("PATH", _fake(tmp_path, "qstat", out, "", 0))
+    assert schedq.phases("pbs", ["11.torque01", "12.torque01", "13.torque01"]) == {
+        "11.torque01": ("running", "R"), "12.torque01": ("waiting", "Q"),
+        "13.torque01": ("ended", "C")}
+
+
+def test_qstat_xml_that_does_not_parse_is_an_error(tmp_path: object,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut or garbled XML says nothing of the jobs: an error, so that no row is closed."""
+    monkeypatch.setenv("PATH", _fake(tmp_path, "qstat", TORQUE_XML[:120], "", 0))
+    with pytest.raises(schedq.SchedulerQueryError, match="qstat's XML could not be read"):
+        schedq.phases("pbs", ["11.torque01"])
+
+
 def test_a_scheduler_that_cannot_be_asked_is_one_error(monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
