@@ -13,8 +13,9 @@ reports="$(mktemp -d)"
 status=0
 # --durations: the slowest tests in every log, to keep the suite within its budget.
 # The db tier runs in two processes (pytest-xdist), each with its own Postgres cluster:
-# its ~1,200 tests wait on the server about half of their time, which the other process
-# fills (14 -> 8.5 min here). The other tiers stay in one process: they start launchers,
+# in one process its ~1,200 tests left the second core mostly idle (load average about
+# 1.2 here), and in two the tier took 8 min in CI instead of about 14. The other tiers
+# stay in one process: they start launchers,
 # Slurm jobs and planted-file races whose timing a second process would disturb, and
 # the Slurm tier has one throwaway cluster.
 "$py" -m pytest -p no:cacheprovider -n 2 --durations=15 --junitxml="$reports/db.xml" \
