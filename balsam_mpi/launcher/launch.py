@@ -28,7 +28,7 @@ from ..base.errors import BalsamError, InputError, UsageError
 from ..base.project import Project
 from ..node.mpienv import START_VARS
 from ..node.runner import raise_nofile
-from . import logs, netmod
+from . import lineout, logs, netmod
 from .config import Settings, resolve
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,10 @@ REFUSAL_WAIT_S = 5.0
 
 def refuse_start(world: Any, rank: int, exc: BalsamError, *,
                  wait_s: float = REFUSAL_WAIT_S,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-    """One line on stderr and the job ended with the refusal's status (see above)."""
+                 sleep: Callable[[float], None] = time.sleep,
+                 let_out: Callable[[], object] = lineout.let_out) -> None:
+    """One line on stderr and the job ended with the refusal's status (see above); the
+    line read by the process manager before the abort (launcher/lineout.py)."""
     if rank == 0:
         print(f"balsam_mpi launcher: error: {exc}", file=sys.stderr, flush=True)
     if world.Get_size() == 1:  # nothing to take down: one line and the status only
@@ -196,6 +198,7 @@ def refuse_start(world: Any, rank: int, exc: BalsamError, *,
         sleep(wait_s)
         print(f"balsam_mpi launcher (rank {rank}): error: {exc}", file=sys.stderr,
               flush=True)
+    let_out()
     world.Abort(exc.exit_code)
 
 
@@ -305,6 +308,7 @@ def _abort(world: Any, runner: Any, rank: int, host: str, code: int, text: str,
     except BaseException:  # aborting anyway: say why stopping did not go well
         log.critical("while stopping after the error:\n%s", traceback.format_exc())
     logging.shutdown()
+    lineout.let_out()  # what this rank said of the error, out before the abort
     world.Abort(code)
 
 
