@@ -15,9 +15,8 @@ status=0
 # The db tier runs in two processes (pytest-xdist), each with its own Postgres cluster:
 # in one process its ~1,200 tests left the second core mostly idle (load average about
 # 1.2 here), and in two the tier took 8 min in CI instead of about 14. The other tiers
-# stay in one process: they start launchers,
-# Slurm jobs and planted-file races whose timing a second process would disturb, and
-# the Slurm tier has one throwaway cluster.
+# stay in one process: they start launchers, Slurm jobs and planted-file races whose
+# timing a second process would disturb, and the Slurm tier has one throwaway cluster.
 "$py" -m pytest -p no:cacheprovider -n 2 --durations=15 --junitxml="$reports/db.xml" \
     tests/db "$@" || status=$?
 [ "$status" -eq 5 ] && status=0   # a tier with no tests collected is not a failure
@@ -47,8 +46,8 @@ fi
 openmpi_status=0
 bash tests/openmpi/run.sh "$reports/openmpi" || openmpi_status=$?
 
-"$py" tests/summarize.py "$reports/db.xml" "$reports/tiers.xml" "$reports/mpi.xml" "$reports/openmpi.xml" \
-    "$reports/openmpi-mpi.xml"
+"$py" tests/summarize.py "$reports/db.xml" "$reports/tiers.xml" "$reports/mpi.xml" \
+    "$reports/openmpi.xml" "$reports/openmpi-mpi.xml"
 rm -rf "$reports"
 if [ "$status" -ne 0 ] || [ "$mpi_status" -ne 0 ] || [ "$openmpi_status" -ne 0 ]; then
     echo "FAILED: pytest tiers exit $status, MPI tier exit $mpi_status," \

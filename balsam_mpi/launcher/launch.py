@@ -308,6 +308,9 @@ def _abort(world: Any, runner: Any, rank: int, host: str, code: int, text: str,
     except BaseException:  # aborting anyway: say why stopping did not go well
         log.critical("while stopping after the error:\n%s", traceback.format_exc())
     logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):  # MPI_Abort ends the process unflushed
+        with contextlib.suppress(Exception):
+            stream.flush()
     lineout.let_out()  # what this rank said of the error, out before the abort
     world.Abort(code)
 

@@ -150,3 +150,29 @@ def test_a_single_rank_refusal_exits_with_its_status(
         refuse_start(_World(1, events), 0, InputError("bad"))
     assert ended.value.code == 2 and events == []
     assert capsys.readouterr().err == "balsam_mpi launcher: error: bad\n"
+
+
+def test_an_abort_flushes_and_lets_out_what_the_rank_said_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPI_Abort ends the process without Python flushing its streams, and the process
+    manager may handle the abort before it reads the pipe: both are done first."""
+    from balsam_mpi.launcher import launch, lineout
+
+    events: list[str] = []
+
+    class _Stream:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flush(self) -> None:
+            events.append(f"flush {self.name}")
+
+        def write(self, text: str) -> int:
+            return len(text)
+
+    monkeypatch.setattr(launch.sys, "stdout", _Stream("out"))
+    monkeypatch.setattr(launch.sys, "stderr", _Stream("err"))
+    monkeypatch.setattr(lineout, "let_out", lambda: events.append("let out"))
+    launch._abort(_World(2, events), None, 0, "h", 1, "why")
+    # (logging.shutdown may flush a handler on stderr before: the order after it counts)
+    assert events[-4:] == ["flush out", "flush err", "let out", "abort 1"]
