@@ -48,7 +48,8 @@ import types
 from typing import TYPE_CHECKING
 
 from ..base.limits import PYTHON_PATH, RESULT_MAX_BYTES
-from .pyputback import PR_SET_PDEATHSIG, Between, Saved, libc_prctl
+from .prctl import PR_SET_PDEATHSIG, libc_prctl
+from .pyputback import Between, Saved
 
 if TYPE_CHECKING:
     from typing import Any

@@ -10,12 +10,13 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # signal's C module (see SIGNALS)
 import ctypes
 import faulthandler
-import functools
 import os
 import resource
 import signal
 import sys
 from typing import Any
+
+from .prctl import PR_GET_PDEATHSIG, PR_SET_PDEATHSIG, libc_prctl
 
 # Signals whose handlers a call may change and the next call must not inherit: a handler
 # left for SIGUSR1 would swallow a signal meant for the next task, an ignored SIGTERM
@@ -37,14 +38,6 @@ TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 # (~0.2 µs here): nothing cheaper says whether a call set one.
 LIMITS = (resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_DATA,
           resource.RLIMIT_STACK, resource.RLIMIT_NPROC, resource.RLIMIT_NOFILE)
-PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
-
-
-@functools.cache
-def libc_prctl() -> Any:
-    """libc's prctl, looked up once: the zygote does it at its start, so the interpreters
-    it forks inherit the function (a lookup in each cost ~0.25 ms of a fork's ~2.5 ms)."""
-    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 class Sched:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from ..base.errors import UsageError
 from ..protocol import EndKind, RunOrder
 from . import gpus, mpilaunch, taskplace, trampoline
 from .cgroup import TaskCgroups
+from .prctl import PR_SET_PDEATHSIG, libc_prctl
 
 # Where a task runs (its directory and outputs) is taskplace's; these names stay here too,
 # where the node, the pool, prepost and the tests have always found them.
@@ -52,7 +52,6 @@ from .taskplace import open_task_dir as open_task_dir
 log = logging.getLogger(__name__)
 
 TAIL_BYTES = 2048
-PR_SET_PDEATHSIG = 1
 DEFAULT_OUTPUT_CAP_MB = 256.0  # per output file; settings: output_cap_mb (0 = none)
 # Python ignores these; a task must start with the default dispositions (as Popen does).
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -143,22 +142,16 @@ def _task_cgroups() -> TaskCgroups | None:
     return _cgroups
 
 
-_libc: ctypes.CDLL | None = None
-
-
 def _preexec(dir_fd: int, die_with_parent: bool) -> Callable[[], None]:
     """The fallback's preexec function: enter the task's directory by its descriptor and,
     if asked, SIGKILL this child when the worker dies (Linux prctl)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    libc = _libc
+    prctl = libc_prctl()  # looked up here, before the fork
     parent = os.getpid()
 
     def hook() -> None:
         os.fchdir(dir_fd)
         if die_with_parent:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:  # the worker died before prctl took effect
                 os._exit(137)
 
