@@ -33,12 +33,13 @@ from ..base import db, values
 from ..base.errors import Conflict, InputError, NotFound, UsageError
 from ..base.limits import ID_MAX
 from ..base.project import Project
-from . import pyapps, validate, waiting
+from . import pyapps, spool, validate, waiting
 from .filters import as_ids, filter_params, order_by, where
 from .outcome import Outcome
 from .outputs import STEPS, STREAMS, OutputFile, opened
 from .read import PAGE, TaskReader
 from .refusals import dependency_refusal, refusals
+from .streamed import add_streamed
 from .why import explain
 from .writer import TaskWriter, app_infos
 
@@ -139,8 +140,18 @@ class Client:
 
         ``parents``: ids of existing tasks, or the ``key`` of another task in the same
         call. ``labels`` name the inputs in errors (e.g. "tasks.jsonl line 7").
+        An iterator (a generator) of more than ``spool.SPOOL_AFTER`` tasks is not held:
+        its tasks are checked as they are read and kept in a temporary file for the
+        write (tasks/spool.py), with the same rows, ids and errors.
         """
-        return TaskWriter(self._conn).add(tasks, labels=labels, progress=progress)
+        listed, rest = spool.head(tasks)
+        if rest is None:
+            return TaskWriter(self._conn).add(listed, labels=labels, progress=progress)
+        spooled = spool.SpooledTasks(rest, labels)
+        try:
+            return list(add_streamed(self._conn, spooled, lambda n: progress))
+        finally:
+            spooled.close()
 
     def add_task_file(self, source: Any, *,
                       progress_for: Callable[[int], Callable[[int], None] | None] = (
@@ -148,8 +159,6 @@ class Client:
         """Add every task of a file (``taskfile.open_task_file``) in one transaction,
         reading it twice instead of holding it (tasks/streamed.py); ids in input order,
         as a compact ``array('q')``."""
-        from .streamed import add_streamed
-
         ids: Sequence[int] = add_streamed(self._conn, source, progress_for)
         return ids
 

@@ -51,11 +51,19 @@ Progress = Callable[[int], None] | None
 
 
 class Source(Protocol):
-    """Tasks that can be read more than once (taskfile.TaskFile)."""
+    """Tasks that can be read more than once (taskfile.TaskFile, spool.SpooledTasks)."""
 
     def records(self) -> Iterator[tuple[int, Mapping[str, Any]]]: ...  # (line, task)
     def label(self, line: int) -> str: ...
     def check_unchanged(self) -> None: ...
+
+
+class KeepsChecked(Source, Protocol):
+    """A source that keeps each task as the first pass checked it (``keep``, in order)
+    and gives those back in the second pass: nobody can change them between the passes,
+    so they are not checked twice (spool.SpooledTasks)."""
+
+    def keep(self, task: dict[str, Any]) -> None: ...
 
 
 def add_streamed(conn: psycopg.Connection[Any], source: Source,
@@ -74,6 +82,7 @@ class _Streamed:
         self.apps = app_infos(conn)
         self.lines = array("q")  # position -> line number
         self.survey = streamplan.Survey(self.label)
+        self.keep: Callable[[dict[str, Any]], None] | None = getattr(source, "keep", None)
 
     def label(self, i: int) -> str:
         return self.source.label(self.lines[i])
@@ -119,21 +128,29 @@ class _Streamed:
                 s.n += 1
                 continue
             try:
-                s.add(validate.check_task(raw, self.apps))
+                task = validate.check_task(raw, self.apps)
             except InputError as exc:
                 bad = InputError(at(self.label(s.n)) + str(exc))
                 s.n += 1
+                continue
+            if self.keep is not None:
+                self.keep(task)
+            s.add(task)
         if bad is not None:
             raise bad
 
     def _checked(self, records: Iterator[tuple[int, Mapping[str, Any]]], lo: int,
                  hi: int) -> list[dict[str, Any]]:
         """Pass 2: tasks lo…hi-1, validated again (the checks are the transaction's
-        last word on what is written, not the first pass's)."""
+        last word on what is written, not the first pass's), unless the source kept them
+        as the first pass checked them (``KeepsChecked``)."""
         out = []
         for i, (line, raw) in enumerate(islice(records, hi - lo), lo):
             if line != self.lines[i]:
                 self.source.check_unchanged()  # raises: the file is not what was checked
+            if self.keep is not None:
+                out.append(dict(raw))  # as the first pass checked it, kept by the source
+                continue
             try:
                 out.append(validate.check_task(raw, self.apps))
             except InputError as exc:
