@@ -387,4 +387,5 @@ class Leader:
         that keeps heartbeating: ``launcher/closing.py``)."""
         return Closing(self.calls, self.store, self.lease, self.buffer, self.lease_watch,
                        self.local, journal=self.journal,
-                       lease_s=self.settings.lease_s).run(reason)
+                       lease_s=self.settings.lease_s,
+                       patience_s=self.settings.close_patience_s).run(reason)

@@ -5,9 +5,9 @@ blocked for two minutes in a retry sleep with no heartbeat, another leader decla
 job lost meanwhile, and every task ran a second time. Now the write is retried with the
 buffer's pauses (and split around a report the server cannot store) while heartbeats go
 on; a database that comes back in time gets everything directly. Once the lease has gone
-unrenewed for :data:`PATIENCE_S` (or the whole lease, if longer) — the database away —
-it gives up: everything it held is in the journal, which the next leader or
-``balsam-dbctl recover`` replays before that lease is declared lost.
+unrenewed for ``close_patience_s`` (30 s unless set), or the whole lease if longer — the
+database away — it gives up: everything it held is in the journal, which the next leader
+or ``balsam-dbctl recover`` replays before that lease is declared lost.
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ from .storeport import Lease, StorePort
 
 log = logging.getLogger(__name__)
 
-PATIENCE_S = 30.0
-
-
 class Closing:
     def __init__(self, calls: Calls, store: StorePort, lease: Lease, buffer: ReportBuffer,
                  lease_watch: LeaseWatch, local: Node, *, journal: Journal | None = None,
-                 lease_s: float = 60.0) -> None:
+                 lease_s: float = 60.0, patience_s: float = 30.0) -> None:
         self.calls = calls
         self.store = store
         self.lease = lease
@@ -39,7 +36,7 @@ class Closing:
         self.lease_watch = lease_watch
         self.local = local  # only slept on: it wakes when a database call finishes
         self.journal = journal
-        self.give_up_s = max(PATIENCE_S, lease_s)
+        self.give_up_s = max(patience_s, lease_s)
         self.retry = Backoff(1.0, 10.0, jitter=0.2)
         self.closed: tuple[int, int] | None = None  # (claims released, tasks requeued)
 

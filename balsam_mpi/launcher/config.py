@@ -39,6 +39,9 @@ class Settings:
     lease_s: float = 60.0
     expire_check_s: float = 5.0  # how often the leader looks for other jobs' expired leases
     drain_grace_s: float = 30.0
+    # The end of a run gives up its final write after this long without a renewed lease
+    # (or the whole lease, if longer): what is left is in the journal (closing.py).
+    close_patience_s: float = 30.0
     kill_grace_s: float = 10.0
     stop_grace_s: float = 3.0  # TERM to SIGKILL when the job ends (under PBS's kill_delay)
     signal_hold_s: float = 2.0  # how long a task's death by a signal waits for the stop
@@ -90,6 +93,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "lease_s": (limits.LEASE_S_MIN, limits.LEASE_S_MAX),
     "expire_check_s": (0.05, 3600.0),
     "drain_grace_s": (0.0, _DAY),
+    "close_patience_s": (1.0, _DAY),
     "kill_grace_s": (0.0, 3600.0),
     "kill_poll_s": (0.01, 3600.0),
     "flush_interval_s": (0.0, 60.0),

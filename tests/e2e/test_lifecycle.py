@@ -362,15 +362,17 @@ def test_work_finished_during_a_long_outage_is_never_run_again(
     ids = add(own_conn, 4, command="sh -c 'sleep 2; echo ran >> runs'", packing=2,
               app="two", workflow="outage")
     marker = f"BALSAM_DB_PATH={own_project.root}"
+    # The final write gives up after the whole lease (8 s) without a heartbeat, not the
+    # default 30 s of close_patience_s.
     proc = start(2, "--idle-timeout", "0", env=own_env(own_project), BALSAM_LEASE_S="8",
-                 BALSAM_KILL_GRACE_S="1")
+                 BALSAM_KILL_GRACE_S="1", BALSAM_CLOSE_PATIENCE_S="2")
     wait_for("4 running tasks", lambda: count(
         own_conn, "SELECT count(*) FROM tasks WHERE state = 'RUNNING'") == 4, proc)
     own_conn.close()
     stop_immediately(own_project)
     try:
-        # The tasks end (exit 0) while the server is down; the leader gives up after half
-        # its lease, with no way to write: it must end, not hang, and say where they are.
+        # The tasks end (exit 0) while the server is down; the leader gives up after its
+        # lease, with no way to write: it must end, not hang, and say where they are.
         try:
             out, _ = proc.communicate(timeout=90)
         except subprocess.TimeoutExpired:

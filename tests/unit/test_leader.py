@@ -264,3 +264,18 @@ def test_the_last_reports_are_written_at_once_when_nothing_runs(tmp_path: Path) 
     assert kit.run(limit_s=10.0) == "idle"
     assert set(kit.states().values()) == {"JOB_FINISHED"}
     assert time.monotonic() - began < 10.0
+
+
+@pytest.mark.parametrize("patience_s, lease_s", [(1.5, 0.4), (1.0, 2.0)])
+def test_the_final_write_gives_up_after_close_patience_s_or_the_lease(
+        tmp_path: Path, patience_s: float, lease_s: float) -> None:
+    """With the database away at the end, the close is retried until the lease has gone
+    unrenewed for close_patience_s or the whole lease, the longer (the default, 30 s,
+    would hold this test past its bound)."""
+    kit = make(tmp_path, 2, lease_s=lease_s, kill_grace_s=0.1, close_patience_s=patience_s)
+    assert kit.run() == "idle"
+    kit.store.down = True
+    began = time.monotonic()
+    assert not kit.leader.finish("idle")
+    waited = time.monotonic() - began
+    assert max(patience_s, lease_s) - 0.2 <= waited < 15.0, waited
