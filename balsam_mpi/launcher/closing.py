@@ -25,6 +25,7 @@ from .storeport import Lease, StorePort
 
 log = logging.getLogger(__name__)
 
+
 class Closing:
     def __init__(self, calls: Calls, store: StorePort, lease: Lease, buffer: ReportBuffer,
                  lease_watch: LeaseWatch, local: Node, *, journal: Journal | None = None,

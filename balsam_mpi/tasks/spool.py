@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from ..base.errors import InputError
+from ..base.errors import BalsamError, InputError
 from .plan import at, default_label
 
 SPOOL_AFTER = 25_000  # an iterator of more tasks than this is spooled, not listed
@@ -66,15 +66,21 @@ class SpooledTasks:
         """The next task as the first pass checked it."""
         try:
             data = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # a value pickle cannot write (a lambda, a lock)
+        except Exception as exc:  # checked tasks hold plain values; never seen here
             data = pickle.dumps(_Unkept(f"{type(exc).__name__}: {exc}"))
-        self._spool.write(_LENGTH.pack(len(data)))
-        self._spool.write(data)
+        try:
+            self._spool.write(_LENGTH.pack(len(data)) + data)
+        except OSError as exc:  # $TMPDIR full: before the write's transaction began
+            raise BalsamError(f"could not keep the tasks for the write in $TMPDIR "
+                              f"({tempfile.gettempdir()}: {exc.strerror or exc}); nothing was "
+                              "added: point TMPDIR at a file system with room, or add "
+                              "the tasks in smaller batches") from exc
         self._kept += 1
 
     def _again(self) -> Iterator[tuple[int, Mapping[str, Any]]]:
-        """Read in blocks and unpickled from memory: a load from the file itself took
-        10 µs a task, one from bytes 1.2 µs."""
+        """Each task's bytes read through the file's buffer, then unpickled: a
+        ``pickle.load`` from the file itself took 10 µs a task, ``loads`` of its bytes
+        1.2 µs."""
         self._spool.flush()
         self._spool.seek(0)
         read = self._spool.read

@@ -51,19 +51,16 @@ Progress = Callable[[int], None] | None
 
 
 class Source(Protocol):
-    """Tasks that can be read more than once (taskfile.TaskFile, spool.SpooledTasks)."""
+    """Tasks that can be read more than once (taskfile.TaskFile, spool.SpooledTasks).
+
+    A source may also have ``keep(task)``: the first pass then hands it each task as
+    checked, in order, and the second pass reads those back and does not check them
+    again. Only for a source nobody else can change between the passes (the spool);
+    a file is read and checked again."""
 
     def records(self) -> Iterator[tuple[int, Mapping[str, Any]]]: ...  # (line, task)
     def label(self, line: int) -> str: ...
     def check_unchanged(self) -> None: ...
-
-
-class KeepsChecked(Source, Protocol):
-    """A source that keeps each task as the first pass checked it (``keep``, in order)
-    and gives those back in the second pass: nobody can change them between the passes,
-    so they are not checked twice (spool.SpooledTasks)."""
-
-    def keep(self, task: dict[str, Any]) -> None: ...
 
 
 def add_streamed(conn: psycopg.Connection[Any], source: Source,
@@ -143,7 +140,7 @@ class _Streamed:
                  hi: int) -> list[dict[str, Any]]:
         """Pass 2: tasks lo…hi-1, validated again (the checks are the transaction's
         last word on what is written, not the first pass's), unless the source kept them
-        as the first pass checked them (``KeepsChecked``)."""
+        as the first pass checked them (``keep``)."""
         out = []
         for i, (line, raw) in enumerate(islice(records, hi - lo), lo):
             if line != self.lines[i]:

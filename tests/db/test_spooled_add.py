@@ -4,7 +4,11 @@ the write, never held as a list, and the add writes exactly what the list path w
 
 from __future__ import annotations
 
+import errno
 import gc
+import io
+import pickle
+import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
@@ -14,7 +18,7 @@ import psycopg
 import pytest
 
 from balsam_mpi import Client
-from balsam_mpi.base.errors import InputError
+from balsam_mpi.base.errors import BalsamError, InputError
 from balsam_mpi.tasks import spool, writer
 
 from .test_cli_tasks import _state
@@ -136,14 +140,15 @@ def test_a_value_only_pickle_refuses_is_one_line_and_adds_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A task the checks accept but the spool cannot keep: refused by its position, in
     the write's transaction, before anything is committed."""
-    real = spool.pickle.dumps
+    real = pickle.dumps
 
     def dumps(obj: Any, *args: Any, **kwargs: Any) -> bytes:
         if isinstance(obj, dict) and obj.get("name") == "t300":
             raise TypeError("cannot pickle this")
-        return real(obj, *args, **kwargs)
+        data: bytes = real(obj, *args, **kwargs)
+        return data
 
-    monkeypatch.setattr(spool.pickle, "dumps", dumps)
+    monkeypatch.setattr(pickle, "dumps", dumps)
     before = _state(conn)
     with Client() as c, pytest.raises(InputError) as raised:
         c.add_tasks(_plain(600, "unkept"))
@@ -171,3 +176,20 @@ def test_a_short_generator_and_a_list_take_the_list_path(
         assert made == []
         assert len(c.add_tasks(_plain(201, "long"))) == 201
         assert made == [1]
+
+
+def test_a_full_tmpdir_is_one_clear_error_and_adds_nothing(
+        hello: None, small: None, conn: psycopg.Connection,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kwargs: Full())
+    before = _state(conn)
+    with Client() as c, pytest.raises(BalsamError) as raised:
+        c.add_tasks(_plain(600, "full"))
+    message = str(raised.value)
+    assert message.startswith("could not keep the tasks for the write in $TMPDIR (")
+    assert "No space left on device); nothing was added" in message
+    assert _state(conn) == before
