@@ -22,7 +22,7 @@ from balsam_mpi.base.errors import BalsamError, InputError
 from balsam_mpi.tasks import spool, writer
 
 from .test_cli_tasks import _state
-from .test_streamed_add import _mixed, _rows, hello  # noqa: F401  (a fixture)
+from .test_streamed_add import _mixed, _rows, hello, stored_parents  # noqa: F401  (hello: a fixture)
 
 
 class Task(dict[str, Any]):
@@ -83,17 +83,9 @@ def test_a_generator_writes_what_a_list_writes(hello: None, small: None,  # noqa
         c.add_tasks(list(_plain(1000, "plain-list")))
     assert _rows(conn, "plain-gen") == _rows(conn, "plain-list")
 
-    with Client() as c:
-        stored_ok, stored_failed = c.add_tasks(
-            [{"app": "hello", "workflow": "stored", "params": {"who": "a"}}] * 2)
-    su.execute("UPDATE tasks SET state = 'RUNNING' WHERE id = ANY(%s)",
-               ([stored_ok, stored_failed],))
-    su.execute("UPDATE tasks SET state = 'RUN_DONE' WHERE id = %s", (stored_ok,))
-    su.execute("UPDATE tasks SET state = 'JOB_FINISHED' WHERE id = %s", (stored_ok,))
-    su.execute("UPDATE tasks SET state = 'FAILED' WHERE id = %s", (stored_failed,))
     padding = [{"name": f"pad{i}", "params": {"who": str(i)}, "parents": ["z"]}
                for i in range(400)]
-    batch = padding + _mixed("w", stored_ok, stored_failed)
+    batch = padding + _mixed("w", *stored_parents(su))
     with Client() as c:
         c.add_tasks([{"app": "hello", "workflow": "dag-list", **t} for t in batch])
         c.add_tasks({"app": "hello", "workflow": "dag-gen", **t} for t in batch)

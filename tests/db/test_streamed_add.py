@@ -96,6 +96,19 @@ def _rows(conn: psycopg.Connection, workflow: str) -> tuple[list[Row], list[Row]
             [tuple(map(rel, r)) for r in deps], [(rel(r[0]), *r[1:]) for r in events])
 
 
+def stored_parents(su: psycopg.Connection) -> tuple[int, int]:
+    """Two stored tasks to name as parents: one finished, one failed."""
+    with Client() as c:
+        stored_ok, stored_failed = c.add_tasks(
+            [{"app": "hello", "workflow": "stored", "params": {"who": "a"}}] * 2)
+    su.execute("UPDATE tasks SET state = 'RUNNING' WHERE id = ANY(%s)",
+               ([stored_ok, stored_failed],))
+    su.execute("UPDATE tasks SET state = 'RUN_DONE' WHERE id = %s", (stored_ok,))
+    su.execute("UPDATE tasks SET state = 'JOB_FINISHED' WHERE id = %s", (stored_ok,))
+    su.execute("UPDATE tasks SET state = 'FAILED' WHERE id = %s", (stored_failed,))
+    return stored_ok, stored_failed
+
+
 def _mixed(workflow: str, stored_ok: int, stored_failed: int) -> list[dict[str, Any]]:
     """Children before parents, stored parents finished and failed, a task that runs
     anyway, parents named twice."""
@@ -117,15 +130,7 @@ def _mixed(workflow: str, stored_ok: int, stored_failed: int) -> list[dict[str, 
 def test_a_file_writes_what_the_list_path_writes(hello: None, conn: psycopg.Connection,
                                                  su: psycopg.Connection, tmp_path: Path,
                                                  via_stdin: bool) -> None:
-    with Client() as c:
-        stored_ok, stored_failed = c.add_tasks(
-            [{"app": "hello", "workflow": "stored", "params": {"who": "a"}}] * 2)
-    su.execute("UPDATE tasks SET state = 'RUNNING' WHERE id = ANY(%s)",
-                 ([stored_ok, stored_failed],))
-    su.execute("UPDATE tasks SET state = 'RUN_DONE' WHERE id = %s", (stored_ok,))
-    su.execute("UPDATE tasks SET state = 'JOB_FINISHED' WHERE id = %s", (stored_ok,))
-    su.execute("UPDATE tasks SET state = 'FAILED' WHERE id = %s", (stored_failed,))
-    batch = _mixed("w", stored_ok, stored_failed)
+    batch = _mixed("w", *stored_parents(su))
     with Client() as c:
         c.add_tasks([{"app": "hello", "workflow": "listed", **t} for t in batch])
     text = "".join(json.dumps(t) + "\n" for t in batch)
