@@ -101,17 +101,17 @@ class SpooledTasks:
 
 
 def head(tasks: Iterable[Mapping[str, Any]]
-         ) -> tuple[list[Mapping[str, Any]], Iterable[Mapping[str, Any]] | None]:
-    """The tasks as a list when there are at most ``SPOOL_AFTER`` of them (a sequence is
-    taken as it is), else (the first ones, an iterable of all of them) for the spool."""
+         ) -> tuple[Iterable[Mapping[str, Any]], Iterable[Mapping[str, Any]] | None]:
+    """(the tasks, None) for a sequence (taken as it is) or an iterator of at most
+    ``SPOOL_AFTER`` tasks (listed), else ((), an iterable of all of them) for the spool."""
     if isinstance(tasks, Sequence):
-        return list(tasks), None
+        return tasks, None
     it = iter(tasks)
     first: deque[Mapping[str, Any]] = deque()
     for task in it:
         first.append(task)
         if len(first) > SPOOL_AFTER:
-            return [], _drained(first, it)
+            return (), _drained(first, it)
     return list(first), None
 
 
