@@ -30,6 +30,10 @@ share is claimed, the usual claims for free slots only (no margins) until the ne
 division brings a new share. Only the usual claims decide that work is running out
 (``short``) or that this launcher is idle.
 
+**Refills.** A claim goes out at once when a free slot has nothing queued to start; while
+every free slot has, it waits until the nodes' margins are ``REFILL_AT`` short, so short
+tasks are claimed in batches, not one claim per end.
+
 **Short claims.** A claim that found less than it asked for (``short``) tells the
 dispatcher the work is running out: no margins from then on, until a claim is full again
 (dispatch.py, "No stranded tails").
@@ -59,6 +63,15 @@ HOLDERS_RECHECK_S = 0.1  # between looks while other jobs hold work these filter
 # then one release): such a holder is waited for this long after it was first seen.
 HANDBACK_WAIT_S = 1.0
 FIRST_BEATS_KEPT = 1024  # holders whose first heartbeat is remembered, at most
+# While every free slot has a queued task to start, a claim waits until the nodes'
+# margins are this share short (or a whole claim limit is). A claim costs a round trip
+# and ~1.2 ms of the server's CPU here whatever it brings, and claiming whenever a slot's
+# worth was free made short tasks cost a claim per few tasks: a 0.1 s Python run on 4 x 16
+# made 589 claims for 1,920 tasks, 46% of the server's statement time. A quarter of a
+# margin is what the nodes finish in a quarter of the claim horizon, or a quarter of a
+# wave for tasks short enough that the margin is its cap: the claim lands long before the
+# queues run dry. A slot that would idle is claimed for at once.
+REFILL_AT = 0.25
 
 
 class Claims:
@@ -124,9 +137,13 @@ class Claims:
             self.dispatch.scarce = self.spent_scarce = True
         elif planned is not None and self.spent_scarce:
             self.dispatch.scarce = self.spent_scarce = False  # a new share: margins again
-        want = self.dispatch.demand()
-        if want < 1.0 / self.max_packing - EPS:
+        wants = self.dispatch.wants()
+        want, slot = wants.total, 1.0 / self.max_packing
+        if want < slot - EPS:
             return
+        if wants.idle < slot - EPS and want < min(
+                REFILL_AT * wants.margins, self.limit * slot) - EPS:
+            return  # every free slot has a queued task to start: see REFILL_AT
         limit = min(self.limit, max(8, int(want * self.max_packing + 0.999)))
         if self.max_tasks:
             limit = min(limit, self.max_tasks - self.total)

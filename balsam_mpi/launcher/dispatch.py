@@ -45,7 +45,7 @@ from ..node.node import Node
 from ..node.resources import EPS, NODE_CAPACITY
 from ..protocol import LOCAL, Assign, Drain, EndKind, Finished, Report, RunOrder
 from .kills import KillTracker
-from .workerview import Pace, WorkerView, room
+from .workerview import Pace, Wants, WorkerView, room
 
 
 class Dispatcher:
@@ -86,13 +86,25 @@ class Dispatcher:
 
     def demand(self) -> float:
         """How much (in node shares) the nodes could take now beyond the pool."""
+        return self.wants().total
+
+    def wants(self) -> Wants:
+        """What the nodes could take now beyond the pool (node shares): in all, for free
+        slots that nothing queued will fill, and their margins in all."""
         self.local_pace.record(self.local.done_share, time.monotonic())
-        total = 0.0
+        total = idle = margins = 0.0
         if self.local_open:
-            total = max(0.0, self.local.free() + self.margin(self.local_pace))
-        total += sum(room(v, self.margin(v.pace)) for v in self.workers.values()
-                     if v.rank not in self.reserved and v.rank not in self.in_big)
-        return total - sum(t.need for t in self.pool)
+            margins = self.margin(self.local_pace)
+            total, idle = max(0.0, self.local.free() + margins), max(0.0, self.local.free())
+        for v in self.workers.values():
+            if v.rank in self.reserved or v.rank in self.in_big or not v.alive or v.draining:
+                continue
+            margin = self.margin(v.pace)
+            total += room(v, margin)
+            idle += room(v, 0.0)
+            margins += margin
+        pooled = sum(t.need for t in self.pool)
+        return Wants(total - pooled, idle - pooled, margins)
 
     def hungry(self) -> bool:
         """The last claim came back short and free slots are still empty."""

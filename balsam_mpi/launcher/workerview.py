@@ -6,6 +6,7 @@ database; the node's own accounting is ``node/resources.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..node.resources import NODE_CAPACITY
 
@@ -50,6 +51,14 @@ class WorkerView:
     def idle(self) -> bool:
         """Nothing running or queued there, and nothing on its way."""
         return self.running == 0 and self.queued == 0 and not self.in_flight
+
+
+class Wants(NamedTuple):
+    """What the nodes could take beyond the leader's pool, in node shares."""
+
+    total: float  # free slots and margins
+    idle: float  # free slots that nothing queued or on its way will fill
+    margins: float  # the nodes' margins, whatever they hold now
 
 
 def room(view: WorkerView, margin: float) -> float:

@@ -1,0 +1,77 @@
+"""How much a claim asks for once the nodes run (over the in-memory store, with nodes
+whose tasks run until the test ends them): a claim per ended task is a database round
+trip per task, so while every free slot has a queued task to start, the leader waits
+until the queues' shortfall is worth a claim (claims.REFILL_AT); a slot that would idle is claimed for at
+once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from balsam_mpi.launcher.memstore import MemStore
+from tests.unit.leaderkit import Kit, make
+from tests.unit.slotkit import SlotNode, SlotWorker
+
+pytestmark = pytest.mark.timeout(60)
+
+SLOTS = 4  # per node (node_packing_count)
+
+
+def _kit(tmp_path: Path, tasks: int, **settings: float) -> tuple[Kit, list[SlotNode]]:
+    store = MemStore()
+    store.add_app("a")
+    store.add_tasks([{"app": "a", "node_packing_count": SLOTS} for _ in range(tasks)])
+    kit = make(tmp_path, store=store, workers=2, node=SlotNode(), finish=False,
+               **settings)
+    assert kit.comm is not None
+    kit.comm.inbox.clear()
+    kit.workers = [SlotWorker(kit.comm, r) for r in (1, 2)]
+    nodes = [kit.node] + [w.node for w in kit.workers]  # type: ignore[attr-defined]
+    return kit, nodes  # type: ignore[return-value]
+
+
+def _settled(kit: Kit, nodes: list[SlotNode], queued: int) -> None:
+    """Turn the leader until every slot runs and every queue holds ``queued`` tasks."""
+    kit.turns(lambda: not kit.leader.claims.in_flight and not kit.leader.dispatch.pool
+              and all(len(n.sim) == SLOTS and len(n.queue) >= queued for n in nodes))
+
+
+def _quiet(kit: Kit, turns: int = 5) -> None:
+    """A few turns of the leader and its workers (reports read, a claim answered and
+    placed), then until no claim is in flight and nothing waits in the pool."""
+    done = iter(range(turns))
+    kit.turns(lambda: next(done, None) is None and not kit.leader.claims.in_flight
+              and not kit.leader.dispatch.pool)
+    for n in [kit.node] + [w.node for w in kit.workers]:  # type: ignore[attr-defined]
+        n.step()
+
+
+def test_tasks_ending_one_by_one_are_refilled_in_batches_without_an_idle_slot(
+        tmp_path: Path) -> None:
+    """Before: 60 ends one at a time, every slot and queue full between them, brought a
+    claim each (60 claims of one task). The queues' margins cover the next ends, so a
+    claim now waits until half the margins are spent, and no slot ever waits."""
+    kit, nodes = _kit(tmp_path, 400, claim_margin=1.0, claim_margin_max=1.0)
+    _settled(kit, nodes, SLOTS)
+    before = kit.store.calls.count("claim")
+    for k in range(60):
+        node = nodes[k % len(nodes)]
+        node.end_all(1)  # one task ends; its queue's head takes the slot
+        _quiet(kit)
+        assert all(len(n.sim) == SLOTS for n in nodes), k  # never an idle slot
+    claims = kit.store.calls.count("claim") - before
+    assert claims <= 60 // 3, claims  # one claim per 3 ends at most
+
+
+def test_a_slot_that_would_idle_is_claimed_for_at_once(tmp_path: Path) -> None:
+    """With no margins (claim_margin 0) nothing is queued behind the running tasks: each
+    end frees a slot with nothing to start, and the claim goes at once."""
+    kit, nodes = _kit(tmp_path, 400, claim_margin=0.0, claim_margin_max=0.0)
+    _settled(kit, nodes, 0)
+    before = kit.store.calls.count("claim")
+    for k in range(6):
+        nodes[k % len(nodes)].end_all(1)
+        _settled(kit, nodes, 0)  # refilled: every slot runs again
+    assert kit.store.calls.count("claim") - before == 6
