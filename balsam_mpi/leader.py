@@ -385,6 +385,7 @@ class Leader:
     def finish(self, reason: str) -> bool:
         """Write everything held and close the batch job; True once it is closed (a loop
         that keeps heartbeating: ``launcher/closing.py``)."""
+        log.info("%s claims brought %s tasks", self.claims.sent, self.claims.total)
         return Closing(self.calls, self.store, self.lease, self.buffer, self.lease_watch,
                        self.local, journal=self.journal,
                        lease_s=self.settings.lease_s,

@@ -17,6 +17,7 @@ from . import launcher_common as lc
 from .projects import bench_query
 
 _USAGE = re.compile(r"usage: rank cpu ([0-9.]+) s")
+_CLAIMS = re.compile(r"(\d+) claims brought (\d+) tasks")
 _FIRST = re.compile(r"first start ([0-9.naN]+) s after MPI init")
 
 
@@ -41,6 +42,14 @@ def rank_cpu(logs: dict[int, str]) -> dict[int, float]:
         if found:
             cpu[rank] = float(found[-1])
     return cpu
+
+
+def claims_per_task(logs: dict[int, str]) -> float:
+    """The leader's claims per task it claimed (its close logs both counts)."""
+    found = _CLAIMS.findall(logs.get(0, ""))
+    if not found or not int(found[-1][1]):
+        return float("nan")
+    return int(found[-1][0]) / int(found[-1][1])
 
 
 def first_start_after_init(logs: dict[int, str]) -> float:
@@ -118,6 +127,7 @@ def one_run(proj: Project, conn: Any, ranks: int, *args: str,
         "leader_cpu_s": cpu.get(0, float("nan")),
         "leader_cpu_us_per_task": cpu.get(0, float("nan")) / max(finished, 1) * 1e6,
         "first_start_after_init_s": first_start_after_init(logs),
+        "claims_per_task": claims_per_task(logs),
         "worker_cpu_s": [cpu[r] for r in sorted(cpu) if r > 0],
         "busy_node_s": s["busy_node_s"],
         # Issue 5's definition (first start → last end, no start-up or close), beside

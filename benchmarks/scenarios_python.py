@@ -121,7 +121,8 @@ def _utilization(proj: Project, conn: Any, quick: bool) -> dict[str, Any]:
         out[f"{d:g}"] = {"duration_s": d, "waves": waves, "tasks": slots * waves,
                          "median": {k: statistics.median(r[k] for r in runs)
                                     for k in ("utilization", "utilization_span",
-                                              "rate_per_s", "leader_cpu_us_per_task")},
+                                              "rate_per_s", "leader_cpu_us_per_task",
+                                              "claims_per_task")},
                          "runs": runs, "task_times_last_run": task_times(conn)}
     return out
 

@@ -27,7 +27,7 @@ from .projects import bench_project
 
 KEYS = ("utilization", "utilization_span", "first_task_s", "first_start_after_init_s", "tail_idle_s",
         "job_wall_s", "leader_cpu_us_per_task", "rate_per_s", "worker_rank_cpu_fraction",
-        "leader_cpu_fraction")
+        "leader_cpu_fraction", "claims_per_task")
 
 
 def plan(quick: bool) -> list[dict[str, Any]]:
@@ -81,7 +81,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             f"utilization {m['utilization']:.4f} (first start to last end "
             f"{m['utilization_span']:.4f}), first task {m['first_task_s']:.2f} s "
             f"(MPI init +{m['first_start_after_init_s']:.2f} s), tail {m['tail_idle_s']:.2f} s,"
-            f" leader {m['leader_cpu_us_per_task']:.0f} us/task ({res['tasks']} tasks,"
+            f" leader {m['leader_cpu_us_per_task']:.0f} us/task, "
+            f"{m['claims_per_task']:.3f} claims/task ({res['tasks']} tasks,"
             f" {len(res['runs'])} runs)")
     summary["written"] = str(path)
     return summary

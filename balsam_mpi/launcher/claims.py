@@ -109,6 +109,7 @@ class Claims:
         # running what they have; reports wait in the buffer).
         self.retry = Backoff(max(idle_s, 0.05), 10.0, jitter=0.2)
         self.total = 0
+        self.sent = 0  # claims sent (the close logs how many brought self.total tasks)
         self.max_packing = 16
         self.spent_scarce = False  # no margins: this launcher's planned share is claimed
 
@@ -152,6 +153,7 @@ class Claims:
         if planned is not None:
             filters, rows = planned
             limit = min(limit, rows)
+        self.sent += 1
         self.calls.start("claim", self.builder.claim, self.claim_store, self.lease,
                          filters=filters,
                          look_for_held=self.look_for_held and planned is None,

@@ -6,6 +6,7 @@ once."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,18 @@ def test_a_slot_that_would_idle_is_claimed_for_at_once(tmp_path: Path) -> None:
         nodes[k % len(nodes)].end_all(1)
         _settled(kit, nodes, 0)  # refilled: every slot runs again
     assert kit.store.calls.count("claim") - before == 6
+
+
+def test_the_close_says_how_many_claims_brought_how_many_tasks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What the benchmarks read (benchmarks/measure.py: claims per task)."""
+    from benchmarks.measure import claims_per_task
+
+    kit = make(tmp_path, 10)
+    with caplog.at_level(logging.INFO, logger="balsam_mpi.leader"):
+        assert kit.run() == "idle"
+        assert kit.leader.finish("idle")
+    line = next(r.getMessage() for r in caplog.records if "claims brought" in r.getMessage())
+    sent = kit.leader.claims.sent
+    assert line == f"{sent} claims brought 10 tasks" and sent >= 1
+    assert claims_per_task({0: f"x\n{line}\n"}) == pytest.approx(sent / 10)
