@@ -179,21 +179,17 @@ class Model:
         want = self._want(ld)
         if want < 1:
             return
-        if self.p.refill_at and self._want(ld, margins=False) < 1 and want < min(
-                self.p.refill_at * self._margins(ld), self.p.claim_limit):
-            return  # as claims.REFILL_AT: every free slot has a queued task to start
-        limit = min(self.p.claim_limit, max(8, math.ceil(want)))
+        ahead = self.p.claim_ahead * self._margins(ld)  # as claims.AHEAD: to the pool
+        limit = min(self.p.claim_limit, max(8, math.ceil(want + ahead)))
         ld.claiming = True
         ld.claims += 1
         rows = min(limit, self.remaining)  # decided when the statement runs: see _claimed
         self._db(ld, li, self.c.claim(rows), "claimed", limit, want, claim=True)
 
-    def _want(self, ld: _Leader, margins: bool = True) -> float:
+    def _want(self, ld: _Leader) -> float:
         # As dispatch.demand: a node holding more than its room (its margin shrank as
         # its pace changed) asks for nothing, and does not cancel another's room.
-        # Without margins: free slots nothing queued will fill (dispatch.wants().idle).
-        return sum(max(0, self._room(ld, n, margins)) for n in ld.nodes) * ld.weight \
-            - ld.pool
+        return sum(max(0, self._room(ld, n)) for n in ld.nodes) * ld.weight - ld.pool
 
     def _margins(self, ld: _Leader) -> float:
         """The nodes' margins in tasks, whatever they hold (dispatch.wants().margins)."""

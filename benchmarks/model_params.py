@@ -110,10 +110,9 @@ class Policy:
     # Claims on a database connection of their own, beside the flushes (Settings.
     # claim_connection); False: one connection, claims and flushes one after another.
     claim_connection: bool = True
-    # While every free slot has a queued task, a claim waits until the margins are this
-    # share short (claims.REFILL_AT); 0: a claim whenever a slot's worth is free (the
-    # launcher before).
-    refill_at: float = 0.25
+    # A claim also asks for this share of the nodes' margins, held in the leader's pool
+    # (claims.AHEAD); 0: only what the nodes can take (the launcher before).
+    claim_ahead: float = 0.25
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ share is claimed, the usual claims for free slots only (no margins) until the ne
 division brings a new share. Only the usual claims decide that work is running out
 (``short``) or that this launcher is idle.
 
-**Refills.** A claim goes out at once when a free slot has nothing queued to start; while
-every free slot has, it waits until the nodes' margins are ``REFILL_AT`` short, so short
-tasks are claimed in batches, not one claim per end.
+**Claiming ahead.** A claim asks for a quarter of the nodes' margins more than they can
+take (``AHEAD``), kept in the leader's pool, so the next ends are refilled from the pool
+and short tasks are claimed in batches, not one claim per end.
 
 **Short claims.** A claim that found less than it asked for (``short``) tells the
 dispatcher the work is running out: no margins from then on, until a claim is full again
@@ -63,15 +63,19 @@ HOLDERS_RECHECK_S = 0.1  # between looks while other jobs hold work these filter
 # then one release): such a holder is waited for this long after it was first seen.
 HANDBACK_WAIT_S = 1.0
 FIRST_BEATS_KEPT = 1024  # holders whose first heartbeat is remembered, at most
-# While every free slot has a queued task to start, a claim waits until the nodes'
-# margins are this share short (or a whole claim limit is). A claim costs a round trip
-# and ~1.2 ms of the server's CPU here whatever it brings, and claiming whenever a slot's
-# worth was free made short tasks cost a claim per few tasks: a 0.1 s Python run on 4 x 16
-# made 589 claims for 1,920 tasks, 46% of the server's statement time. A quarter of a
-# margin is what the nodes finish in a quarter of the claim horizon, or a quarter of a
-# wave for tasks short enough that the margin is its cap: the claim lands long before the
-# queues run dry. A slot that would idle is claimed for at once.
-REFILL_AT = 0.25
+# A claim also asks for this share of the nodes' margins beyond what they can take now,
+# held in the leader's pool: the next ends are refilled from there, at once and without a
+# claim. Claiming only what the nodes could take made short tasks cost a claim per few
+# tasks (each REPORT of an end brought one): a 0.1 s Python run on 4 x 16 made 589 claims
+# for 1,920 tasks, 46% of the server's statement time, at ~1.2 ms of its CPU each. Holding
+# claims back instead, until the margins were a quarter short, would leave a node's queue
+# up to a quarter short of its slots when a wave of its tasks ends together. The pool is
+# the launcher's, not a node's: it strands nothing behind a long task, goes to the first
+# node with room, and back to the database for a hungry launcher (giveback.py); with no
+# margins (work running out) nothing is claimed ahead, nor by a launcher with filters or
+# while rows are divided between launchers (preference.py: a share counts the rows each
+# launcher holds, so rows held ahead would tilt it).
+AHEAD = 0.25
 
 
 class Claims:
@@ -139,13 +143,15 @@ class Claims:
         elif planned is not None and self.spent_scarce:
             self.dispatch.scarce = self.spent_scarce = False  # a new share: margins again
         wants = self.dispatch.wants()
-        want, slot = wants.total, 1.0 / self.max_packing
-        if want < slot - EPS:
+        want = wants.total  # what the nodes can take: less than that back is a short claim
+        if want < 1.0 / self.max_packing - EPS:
             return
-        if wants.idle < slot - EPS and want < min(
-                REFILL_AT * wants.margins, self.limit * slot) - EPS:
-            return  # every free slot has a queued task to start: see REFILL_AT
-        limit = min(self.limit, max(8, int(want * self.max_packing + 0.999)))
+        # Asked for too, to wait in the pool (see AHEAD); not while the runnable rows are
+        # divided between launchers, whose shares count what each one holds.
+        divided = planned is not None or bool(self.preference and self.preference.left)
+        filtered = bool(self.filters.workflows or self.filters.owners or self.filters.tags)
+        ahead = 0.0 if divided or filtered else AHEAD * wants.margins
+        limit = min(self.limit, max(8, int((want + ahead) * self.max_packing + 0.999)))
         if self.max_tasks:
             limit = min(limit, self.max_tasks - self.total)
         covers = self.buffer.settled_flushes
@@ -157,7 +163,7 @@ class Claims:
         self.calls.start("claim", self.builder.claim, self.claim_store, self.lease,
                          filters=filters,
                          look_for_held=self.look_for_held and planned is None,
-                         limit=limit, capacity=want, max_need=NODE_CAPACITY,
+                         limit=limit, capacity=want + ahead, max_need=NODE_CAPACITY,
                          remaining_min=self.remaining_min(),
                          max_nodes=self.dispatch.max_nodes(),
                          then=lambda got: self._claimed(covers, got, limit, want,

@@ -89,22 +89,20 @@ class Dispatcher:
         return self.wants().total
 
     def wants(self) -> Wants:
-        """What the nodes could take now beyond the pool (node shares): in all, for free
-        slots that nothing queued will fill, and their margins in all."""
+        """What the nodes could take now beyond the pool, and their margins in all (node
+        shares)."""
         self.local_pace.record(self.local.done_share, time.monotonic())
-        total = idle = margins = 0.0
+        total = margins = 0.0
         if self.local_open:
             margins = self.margin(self.local_pace)
-            total, idle = max(0.0, self.local.free() + margins), max(0.0, self.local.free())
+            total = max(0.0, self.local.free() + margins)
         for v in self.workers.values():
             if v.rank in self.reserved or v.rank in self.in_big or not v.alive or v.draining:
                 continue
             margin = self.margin(v.pace)
             total += room(v, margin)
-            idle += room(v, 0.0)
             margins += margin
-        pooled = sum(t.need for t in self.pool)
-        return Wants(total - pooled, idle - pooled, margins)
+        return Wants(total - sum(t.need for t in self.pool), margins)
 
     def hungry(self) -> bool:
         """The last claim came back short and free slots are still empty."""

@@ -57,7 +57,6 @@ class Wants(NamedTuple):
     """What the nodes could take beyond the leader's pool, in node shares."""
 
     total: float  # free slots and margins
-    idle: float  # free slots that nothing queued or on its way will fill
     margins: float  # the nodes' margins, whatever they hold now
 
 

@@ -243,14 +243,15 @@ def test_a_flush_pairs_the_starts_whose_end_it_also_holds() -> None:
     assert paired_share(0.0, 0.0) == 1.0  # the null runner: ends with their starts
 
 
-def test_claims_wait_for_a_batch_while_every_free_slot_has_a_queued_task() -> None:
-    # As claims.REFILL_AT: 4 nodes × 16 slots of 0.1 s tasks, each with a node's margin. A
-    # claim for every report brought a few tasks each; with the batch rule a claim waits
-    # until a quarter of the margins is short, and no slot waits longer for it.
+def test_claims_ask_for_some_margin_ahead_and_refill_from_the_pool() -> None:
+    # As claims.AHEAD: 4 nodes × 16 slots of 0.1 s tasks, each with a node's margin. A
+    # claim for only what the nodes could take brought a few tasks each; asking for a
+    # quarter of the margins more, held in the pool, makes fewer claims at the same
+    # utilization.
     case = Case(1, 4, 16, 0.1, 64 * 20)
     costs = Costs(spawn_s=1e-4, claim_fixed_s=1e-3, msg_latency_s=1e-4)
-    runs = {b: Model(case, costs, Policy(refill_at=b)).run() for b in (0.0, 0.25)}
-    claims = {b: r.per_launcher[0]["claims"] for b, r in runs.items()}
-    util = {b: r.summary()["utilization"] for b, r in runs.items()}
+    runs = {a: Model(case, costs, Policy(claim_ahead=a)).run() for a in (0.0, 0.25)}
+    claims = {a: r.per_launcher[0]["claims"] for a, r in runs.items()}
+    util = {a: r.summary()["utilization"] for a, r in runs.items()}
     assert claims[0.25] <= 0.75 * claims[0.0], claims
     assert util[0.25] >= util[0.0] - 0.005, util

@@ -1,8 +1,8 @@
 """How much a claim asks for once the nodes run (over the in-memory store, with nodes
 whose tasks run until the test ends them): a claim per ended task is a database round
-trip per task, so while every free slot has a queued task to start, the leader waits
-until the queues' shortfall is worth a claim (claims.REFILL_AT); a slot that would idle is claimed for at
-once."""
+trip per task, so a claim also asks for some of the nodes' margins ahead, held in the
+leader's pool (claims.AHEAD), and the next ends are refilled from there; with no margins
+(work running out) each end is claimed for at once, as before."""
 
 from __future__ import annotations
 
@@ -35,25 +35,25 @@ def _kit(tmp_path: Path, tasks: int, **settings: float) -> tuple[Kit, list[SlotN
 
 def _settled(kit: Kit, nodes: list[SlotNode], queued: int) -> None:
     """Turn the leader until every slot runs and every queue holds ``queued`` tasks."""
-    kit.turns(lambda: not kit.leader.claims.in_flight and not kit.leader.dispatch.pool
+    kit.turns(lambda: not kit.leader.claims.in_flight
               and all(len(n.sim) == SLOTS and len(n.queue) >= queued for n in nodes))
 
 
 def _quiet(kit: Kit, turns: int = 5) -> None:
     """A few turns of the leader and its workers (reports read, a claim answered and
-    placed), then until no claim is in flight and nothing waits in the pool."""
+    placed), then until no claim is in flight."""
     done = iter(range(turns))
-    kit.turns(lambda: next(done, None) is None and not kit.leader.claims.in_flight
-              and not kit.leader.dispatch.pool)
+    kit.turns(lambda: next(done, None) is None and not kit.leader.claims.in_flight)
     for n in [kit.node] + [w.node for w in kit.workers]:  # type: ignore[attr-defined]
         n.step()
 
 
-def test_tasks_ending_one_by_one_are_refilled_in_batches_without_an_idle_slot(
+def test_tasks_ending_one_by_one_are_refilled_from_the_pool_without_an_idle_slot(
         tmp_path: Path) -> None:
     """Before: 60 ends one at a time, every slot and queue full between them, brought a
-    claim each (60 claims of one task). The queues' margins cover the next ends, so a
-    claim now waits until half the margins are spent, and no slot ever waits."""
+    claim each (60 claims of one task). A claim now also asks for a quarter of the nodes'
+    margins (claims.AHEAD: 3 of the 3 nodes' 12 queued tasks), held in the leader's pool,
+    and the next ends are refilled from there: a claim per 4 ends, and no slot waits."""
     kit, nodes = _kit(tmp_path, 400, claim_margin=1.0, claim_margin_max=1.0)
     _settled(kit, nodes, SLOTS)
     before = kit.store.calls.count("claim")
@@ -63,7 +63,7 @@ def test_tasks_ending_one_by_one_are_refilled_in_batches_without_an_idle_slot(
         _quiet(kit)
         assert all(len(n.sim) == SLOTS for n in nodes), k  # never an idle slot
     claims = kit.store.calls.count("claim") - before
-    assert claims <= 60 // 3, claims  # one claim per 3 ends at most
+    assert claims <= 60 // 4, claims  # one claim per 4 ends at most
 
 
 def test_a_slot_that_would_idle_is_claimed_for_at_once(tmp_path: Path) -> None:
