@@ -34,8 +34,8 @@ division brings a new share. Only the usual claims decide that work is running o
 take (``AHEAD``), kept in the leader's pool, so the next ends are refilled from the pool
 and short tasks are claimed in batches, not one claim per end.
 
-**Short claims.** A claim that found less than it asked for (``short``) tells the
-dispatcher the work is running out: no margins from then on, until a claim is full again
+**Short claims.** A claim that found less than the nodes could take (``short``; what it
+asked for ahead does not count) tells the dispatcher the work is running out: no margins from then on, until a claim is full again
 (dispatch.py, "No stranded tails").
 """
 
