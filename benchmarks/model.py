@@ -191,10 +191,8 @@ class Model:
         # its pace changed) asks for nothing, and does not cancel another's room.
         return sum(max(0, self._room(ld, n)) for n in ld.nodes) * ld.weight - ld.pool
 
-    def _margins(self, ld: _Leader) -> float:
-        """The nodes' margins in tasks, whatever they hold (dispatch.wants().margins)."""
-        return sum(self._room(ld, n) - self._room(ld, n, False) for n in ld.nodes) \
-            * ld.weight
+    def _margins(self, ld: _Leader) -> float:  # in tasks (dispatch.wants().margins)
+        return sum(self._room(ld, n) - self._room(ld, n, False) for n in ld.nodes) * ld.weight
 
     def _claimed(self, li: int, limit: float, want: float) -> None:
         ld = self.leaders[li]

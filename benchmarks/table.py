@@ -94,7 +94,7 @@ def _utilization(doc: dict[str, Any]) -> list[Row]:
                      f"({m.get('leader_cpu_fraction', float('nan')):.1%}); "
                      f"{m['worker_rank_cpu_fraction']:.1%}", "-",
                      _spread([x["leader_cpu_us_per_task"] for x in res["runs"]])))
-        if "claims_per_task" in m:  # since the refill rule (docs/launcher.md)
+        if "claims_per_task" in m:  # since the close logs it (docs/launcher.md)
             rows.append((f"{d} s: the leader's claims per task", f"{m['claims_per_task']:.3f}",
                          "-", _spread([x["claims_per_task"] for x in res["runs"]])))
     return rows
