@@ -179,7 +179,8 @@ class Model:
         want = self._want(ld)
         if want < 1:
             return
-        ahead = self.p.claim_ahead * self._margins(ld)  # as claims.AHEAD: to the pool
+        ahead = self.p.claim_ahead * ld.weight * sum(  # claims.AHEAD: margins, to the pool
+            self._room(ld, n) - self._room(ld, n, False) for n in ld.nodes)
         limit = min(self.p.claim_limit, max(8, math.ceil(want + ahead)))
         ld.claiming = True
         ld.claims += 1
@@ -190,9 +191,6 @@ class Model:
         # As dispatch.demand: a node holding more than its room (its margin shrank as
         # its pace changed) asks for nothing, and does not cancel another's room.
         return sum(max(0, self._room(ld, n)) for n in ld.nodes) * ld.weight - ld.pool
-
-    def _margins(self, ld: _Leader) -> float:  # in tasks (dispatch.wants().margins)
-        return sum(self._room(ld, n) - self._room(ld, n, False) for n in ld.nodes) * ld.weight
 
     def _claimed(self, li: int, limit: float, want: float) -> None:
         ld = self.leaders[li]
