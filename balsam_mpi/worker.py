@@ -31,6 +31,12 @@ class LeaderGone(BalsamError):
 # lands within tens of milliseconds of the start, and a rank whose backoff had grown to
 # poll_cap_s would start its first wave up to that much later than the others.
 FIRST_ASSIGN_POLL_S = 0.002
+# A node that wants work (a share free, nothing queued for it) polls this often for this
+# long after it began to: the leader's answer — tasks from its pool or a claim, or at the
+# end of the work the DRAIN — comes within tens of milliseconds, when the backoff would
+# have grown to 16-50 ms (the DRAIN read up to 50 ms late held every run's close back).
+HUNGRY_POLL_S = 0.002
+HUNGRY_FOR_S = 0.25
 
 
 class Worker:
@@ -49,6 +55,7 @@ class Worker:
         self.draining: Drain | None = None
         self.stop_reason: str | None = None  # set by a signal handler
         self.assigned = False  # the first ASSIGN has come
+        self.hungry_since: float | None = None  # when the node began to want work
         # A frozen or hung leader (SIGSTOP, a process stuck on a file system) answers
         # nothing and renews no lease: once its lease may run out, another launcher may
         # requeue this node's tasks. So after this long without a word from it (counted
@@ -100,8 +107,26 @@ class Worker:
                 self.idle.reset()
             else:
                 comm.progress()
-                pause = self.idle.next()
-                node.wait(pause if self.assigned else min(pause, FIRST_ASSIGN_POLL_S))
+                node.wait(self._pause())
+
+    def _pause(self) -> float:
+        """The next idle sleep: the backoff, but short until the first ASSIGN and while
+        the node has newly begun to want work (``HUNGRY_FOR_S``), and the cap while it
+        wants nothing from the leader. Then every slot is busy or has work queued for it,
+        so nothing can start before a task ends — and an end wakes the wait (the node's
+        epoll), after which the loop reads the ASSIGN that answered the last REPORT.
+        Polling for that ASSIGN at 1, 2, 4 ms cost every task several turns of this
+        loop; kills and a DRAIN still arrive within the cap, as on an idle rank."""
+        pause = self.idle.next()
+        if not self.assigned:
+            return min(pause, FIRST_ASSIGN_POLL_S)
+        if not self.node.wants_work():
+            self.hungry_since = None
+            return max(pause, self.idle.cap)
+        now = time.monotonic()
+        if self.hungry_since is None:
+            self.hungry_since = now
+        return min(pause, HUNGRY_POLL_S) if now - self.hungry_since < HUNGRY_FOR_S else pause
 
     def _cut_why(self) -> str | None:
         """Why this node's tasks must be cut now, if they must: the watchdog cut them
@@ -125,6 +150,8 @@ class Worker:
             msg = got[1]
             if isinstance(msg, Assign):
                 self.assigned = True
+                if msg.tasks:  # wanting work again later is a new episode
+                    self.hungry_since = None
                 self.node.apply(msg)
                 if msg.added and self.chan is not None:
                     for req, ids, error in msg.added:

@@ -39,7 +39,7 @@ from .ahead import PER_WAIT, Ahead
 from .deaths import Death, HeldDeaths, died_of_signal, signal_note
 from .procwatch import ProcWatch
 from .pystart import PyStart
-from .resources import NodeResources
+from .resources import EPS, NodeResources
 from .stops import Stops
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ class Node(Stops, PyStart):
 
     def busy(self) -> bool:
         return bool(self.running or self.queue or self.holding or self._held)
+
+    def wants_work(self) -> bool:
+        """A share free, nothing queued for it (or a hold): an ASSIGN is wanted soon."""
+        return bool(self.holding) or (not self.queue and self.res.free > EPS)
 
     def report(self, rank: int) -> Report:
         started, finished = self.changes.take()
