@@ -17,7 +17,14 @@ is imported into it). They share one page of memory:
 * bytes 0–8: the rank's last proof of life (``CLOCK_MONOTONIC``, which every process of
   the host reads alike): for the leader each heartbeat that renewed its lease, for a
   worker each REPORT it sent;
-* bytes 8–16: when the watchdog cut (0: never), for the rank's log when it wakes.
+* bytes 8–16: when the watchdog cut (0: never), for the rank's log when it wakes;
+* bytes 16–24: a random mark, also on the watchdog's command line. The page goes by
+  descriptor number; should that number name another file when the watchdog starts
+  (closed and reused by another thread of the rank), the watchdog would read zeros —
+  a proof of life from the clock's origin — and cut a live rank. A page without the
+  mark (read at every check, so a page zeroed later counts too) is not the rank's: the
+  watchdog says so and ends, cutting nothing (the rank runs on without one, as when
+  none could be started).
 
 Every ``CHECK_S`` the watchdog reads the proof. Once it is older than ``limit_s`` it
 cuts every process under the rank but itself: SIGTERM, then after the grace SIGHUP to
@@ -50,7 +57,7 @@ import time
 from collections.abc import Iterator
 
 CHECK_S = 0.25
-_PAGE = struct.Struct("dd")  # last proof of life, cut at (monotonic seconds)
+_PAGE = struct.Struct("ddQ")  # last proof of life, cut at (monotonic seconds), mark
 _PR_SET_PDEATHSIG = 1
 
 
@@ -81,12 +88,14 @@ class Watchdog:
             os.ftruncate(self.fd, _PAGE.size)
             self.page = mmap.mmap(self.fd, _PAGE.size)
             self.beat(time.monotonic())
+            mark = int.from_bytes(os.urandom(8), "little") | 1  # never a zeroed page's
+            struct.pack_into("Q", self.page, 16, mark)
             self.told = False  # whether newly_cut() has said so
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(self.fd),
                  repr(limit_s), repr(grace_s),
                  # As /proc/N/exe names it, which the watchdog compares it with.
-                 os.path.realpath(trampoline) if trampoline else ""],
+                 os.path.realpath(trampoline) if trampoline else "", str(mark)],
                 pass_fds=(self.fd,), stdin=subprocess.DEVNULL, close_fds=True,
                 # Nothing of the rank's environment: it is no rank, task or MPI process.
                 env={"BALSAM_WATCHDOG_OF": str(os.getpid())})
@@ -231,6 +240,13 @@ def cut(rank: int, grace_s: float, trampoline: str) -> int:
     return len(targets)
 
 
+def _name(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        return exc.strerror or "?"
+
+
 def _die_with_parent(parent: int) -> None:
     """Die with ``parent``, or now if it has gone already (then this process was
     adopted by another: never mistake that one for the rank)."""
@@ -242,7 +258,7 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     rank, fd = int(argv[1]), int(argv[2])
-    limit_s, grace_s, trampoline = float(argv[3]), float(argv[4]), argv[5]
+    limit_s, grace_s, trampoline, mark = float(argv[3]), float(argv[4]), argv[5], int(argv[6])
     if rank <= 1:
         return 2
     _die_with_parent(rank)
@@ -251,17 +267,22 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     page = mmap.mmap(fd, _PAGE.size)
     while os.getppid() == rank:
+        beat, _cut, seen = _PAGE.unpack_from(page)
+        if seen != mark:  # read at every check: a page zeroed later is not the rank's either
+            print(f"balsam-mpi watchdog: descriptor {fd} ({_name(fd)}) is not the page of "
+                  f"rank pid {rank} (its mark is not there): not watching it",
+                  file=sys.stderr, flush=True)
+            return 3
+        silent = time.monotonic() - beat
+        if silent >= limit_s:
+            # Said first: the rank may wake, and stop this process, before the grace ends.
+            print(f"balsam-mpi watchdog: rank pid {rank} gave no sign of life for "
+                  f"{silent:.0f} s: cutting the processes under it", file=sys.stderr,
+                  flush=True)
+            struct.pack_into("d", page, 8, time.monotonic())
+            cut(rank, grace_s, trampoline)
+            return 0
         time.sleep(CHECK_S)
-        silent = time.monotonic() - _PAGE.unpack_from(page)[0]
-        if silent < limit_s:
-            continue
-        # Said first: the rank may wake, and stop this process, before the grace ends.
-        print(f"balsam-mpi watchdog: rank pid {rank} gave no sign of life for "
-              f"{silent:.0f} s: cutting the processes under it", file=sys.stderr,
-              flush=True)
-        struct.pack_into("d", page, 8, time.monotonic())
-        cut(rank, grace_s, trampoline)
-        return 0
     return 0
 
 

@@ -171,7 +171,7 @@ def test_a_watchdog_whose_leader_went_before_it_started_ends_at_once() -> None:
         gone = subprocess.Popen(["true"])
         gone.wait()
         dog = subprocess.run([sys.executable, "-I", "-S", watchdog.__file__,
-                              str(gone.pid), str(fd), "0.0", "0.0", ""], pass_fds=(fd,),
+                              str(gone.pid), str(fd), "0.0", "0.0", "", "1"], pass_fds=(fd,),
                              timeout=20)
         assert dog.returncode == 0
         for pid in (0, 1):
@@ -192,3 +192,60 @@ def test_children_are_found_without_the_kernels_list_too(leader: Launch) -> None
     expected = sorted(map(int, proc.stdout.readline().split()))
     assert kids(proc.pid) == expected
     assert sorted(watchdog._children_by_scan(proc.pid)) == expected
+
+
+def test_a_watchdog_handed_another_page_watches_nothing_and_cuts_nothing(
+        leader: Launch) -> None:
+    """The rank passes its page to the watchdog by descriptor number. Should that number
+    name another file by the time the watchdog starts (closed and reused by another
+    thread of the rank), the watchdog read zeros — a proof of life from the clock's
+    origin, hours old — and cut a live rank's tasks (seen twice under load, two launchers
+    on one host: "no sign of life for 60556 s"). The page carries a random mark the
+    watchdog is given too: another file's page lacks it, and the watchdog says so and
+    ends without cutting (failed before: the task was cut)."""
+    proc = leader("""
+        import mmap, os, subprocess, time
+        from balsam_mpi.launcher import watchdog as w
+        real = mmap.mmap
+        def mapped_then_reused(fd, size):
+            page = real(fd, size)
+            other = os.memfd_create("another")  # takes the page's number
+            os.ftruncate(other, 4096)
+            os.dup2(other, fd)
+            os.close(other)
+            return page
+        w.mmap.mmap = mapped_then_reused
+        dog = w.Watchdog(limit_s=0.5, grace_s=0.1, trampoline=None)
+        w.mmap.mmap = real
+        task = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        print(dog.proc.pid, task.pid, flush=True)
+        dog.proc.wait()
+        time.sleep(1.0)  # twice the limit: a cut would have come by now
+        print(dog.proc.returncode, dog.cut_at(), task.poll(), flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None and proc.stderr is not None
+    _dog, task = map(int, proc.stdout.readline().split())
+    assert proc.stdout.readline().split() == ["3", "0.0", "None"]
+    assert running(task)
+    assert "not the page of rank pid" in proc.stderr.readline()
+
+
+def test_a_page_zeroed_under_the_watchdog_is_not_read_as_a_silent_rank(
+        leader: Launch) -> None:
+    """The same if the rank's own page is zeroed while it is watched (its mark is read at
+    every check): zeros are no proof of anything, so nothing is cut."""
+    proc = leader("""
+        import struct, subprocess, time
+        from balsam_mpi.launcher.watchdog import Watchdog
+        dog = Watchdog(limit_s=0.5, grace_s=0.1, trampoline=None)
+        task = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        time.sleep(0.3)
+        struct.pack_into("ddQ", dog.page, 0, 0.0, 0.0, 0)
+        dog.proc.wait()
+        time.sleep(1.0)
+        print(dog.proc.returncode, task.poll(), flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().split() == ["3", "None"]
