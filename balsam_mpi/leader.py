@@ -104,6 +104,7 @@ class Leader:
             remaining_min=self.remaining_min,
             preference=Preference(calls, store, lease, filters), claim_store=claim_store)
         self.buffer.on_ends_written = self.claims.soon  # children may have become READY
+        self.claims.warm()
         self.giveback = GiveBack(calls, store, lease, self.dispatch)
         self.adds = AddService(calls, store, self.dispatch.answer_adds, chan)
         self.lease_watch = LeaseWatch(
