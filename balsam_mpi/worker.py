@@ -112,9 +112,10 @@ class Worker:
     def _pause(self) -> float:
         """The next idle sleep: the backoff, but short until the first ASSIGN and while
         the node has newly begun to want work (``HUNGRY_FOR_S``), and the cap while it
-        wants nothing from the leader. Then every slot is busy or has work queued for it,
-        so nothing can start before a task ends — and an end wakes the wait (the node's
-        epoll), after which the loop reads the ASSIGN that answered the last REPORT.
+        wants nothing from the leader (and no task_api request of its tasks is on its
+        way). Then every slot is busy or has work queued for it, so nothing can start
+        before a task ends — and an end wakes the wait (the node's epoll), after which
+        the loop reads the ASSIGN that answered the last REPORT.
         Polling for that ASSIGN at 1, 2, 4 ms cost every task several turns of this
         loop; kills and a DRAIN still arrive within the cap, as on an idle rank."""
         pause = self.idle.next()
@@ -122,7 +123,9 @@ class Worker:
             return min(pause, FIRST_ASSIGN_POLL_S)
         if not self.node.wants_work():
             self.hungry_since = None
-            return max(pause, self.idle.cap)
+            # A task_api request on its way: its task waits for the answer an ASSIGN brings.
+            return pause if self.chan is not None and self.chan.in_flight \
+                else max(pause, self.idle.cap)
         now = time.monotonic()
         if self.hungry_since is None:
             self.hungry_since = now

@@ -76,6 +76,11 @@ class TaskChannel:
     def pending(self) -> int:
         return len(self._waiting)
 
+    @property
+    def in_flight(self) -> bool:
+        """A request is being read, or waits for the leader's answer (its task waits)."""
+        return bool(self._reading or self._waiting)
+
     def poll(self) -> list[Request]:
         """Accept what connected and read what arrived; complete requests (never waits)."""
         while True:

@@ -131,3 +131,25 @@ def test_a_fed_node_sleeps_until_an_end_and_a_hungry_one_polls_for_its_assign(
     assert min(fed) == 0.05
     assert max(hungry) <= HUNGRY_POLL_S
     assert node.sleeps[:40] == [min(s, FIRST_ASSIGN_POLL_S) for s in node.sleeps[:40]]
+
+
+class RequestInFlight:
+    """A task_api channel with one request on its way to the leader (node/channel.py)."""
+
+    in_flight = True
+
+    def poll(self) -> list[object]:
+        return []
+
+
+def test_a_fed_node_with_a_task_api_request_in_flight_polls_for_its_answer(
+        clock: Clock) -> None:
+    # A task waits, blocked, for the leader's answer to its request (the ASSIGN that
+    # carries it): that node wants something from the leader even with every slot busy,
+    # so it polls as before instead of sleeping for the cap.
+    comm = ScriptedComm()
+    node = FedNode(comm, clock)
+    worker = Worker(comm, node, poll_cap_s=0.05,  # type: ignore[arg-type]
+                    report_interval_s=3600.0, chan=RequestInFlight())  # type: ignore[arg-type]
+    worker.run()
+    assert node.sleeps[40:44] == [0.001, 0.002, 0.004, 0.008]
