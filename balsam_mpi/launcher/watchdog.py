@@ -105,12 +105,15 @@ class Watchdog:
 
     def beat(self, monotonic: float) -> None:
         """The rank proved itself alive at ``monotonic`` (a heartbeat that renewed the
-        lease was sent then, or a REPORT)."""
-        struct.pack_into("d", self.page, 0, monotonic)
+        lease was sent then, or a REPORT). After the close, nothing: a crashed leader
+        collects a heartbeat's answer after its node (and this) closed, on its way to
+        closing its batch job."""
+        if not self.page.closed:
+            struct.pack_into("d", self.page, 0, monotonic)
 
     def cut_at(self) -> float:
         """When the watchdog cut this node's tasks (monotonic seconds), 0.0 if never."""
-        return float(_PAGE.unpack_from(self.page)[1])
+        return 0.0 if self.page.closed else float(_PAGE.unpack_from(self.page)[1])
 
     def newly_cut(self) -> float | None:
         """How long ago the watchdog cut this node's tasks, the first time it is asked

@@ -249,3 +249,15 @@ def test_a_page_zeroed_under_the_watchdog_is_not_read_as_a_silent_rank(
     """)
     assert proc.stdout is not None
     assert proc.stdout.readline().split() == ["3", "None"]
+
+
+def test_a_beat_after_the_close_is_ignored() -> None:
+    """A crashed leader unwinds its node (and with it the watchdog) before it writes
+    what it holds: a heartbeat answered meanwhile told the closed watchdog, raised
+    TypeError, and the batch job was never closed as FAILED (seen in
+    tests/e2e/test_launcher.py::test_a_crashing_worker_aborts_the_run_cleanly, 2 runs of
+    6 on a loaded host). The rank's watchdog is gone: nothing to tell it."""
+    dog = watchdog.Watchdog(limit_s=60.0, grace_s=1.0, trampoline=None)
+    dog.close()
+    dog.beat(time.monotonic())
+    assert dog.cut_at() == 0.0 and dog.newly_cut() is None
