@@ -17,8 +17,8 @@ which is how a node's queue can hold tasks while another node idles, at the end 
 run, as measured before the recall). Once a claim comes back short the leader keeps no
 margins, and while its pool is empty it recalls queued tasks from nodes holding more than
 they can start to nodes with free slots (dispatch.py, "No stranded tails": a recall
-message, the node's answer, then the leader's push; one recall at a time) —
-``Policy.recall``; off, the launcher as it was before. Between launchers, queued tasks
+message, the node's answer, then the leader's push; one recall at a time:
+``model_recall.py``). Between launchers, queued tasks
 go back to the table for a leader that is hungry (``model_giveback.py``,
 ``Policy.give_back``). Every cost is a :class:`Costs` field measured elsewhere
 (scenarios `leader`, `noop`, `utilization`, `ceiling`); see ``ASSUMPTIONS``.
@@ -43,6 +43,7 @@ from typing import Any
 from balsam_mpi.launcher.workerview import Pace
 
 from . import model_giveback as giveback
+from . import model_recall as recalls
 from .model_dbhost import DbHost
 from .model_params import ASSUMPTIONS, Case, Costs, Policy, Result, interpolate, paired_share
 
@@ -151,9 +152,9 @@ class Model:
                     "report": self._report_arrives, "served": self._served,
                     "assign": self._assign_arrives, "end": self._end,
                     "flushed": self._flushed, "timer": self._timer,
-                    "send": self._send_report, "recall": self._recall_arrives,
-                    "returned": self._returned}
-        handlers.update({k: partial(getattr(giveback, k), self) for k in giveback.HANDLERS})
+                    "send": self._send_report}
+        for part in (giveback, recalls):
+            handlers.update({k: partial(getattr(part, k), self) for k in part.HANDLERS})
         while self.heap and events < max_events:
             self.now, _, kind, data = heapq.heappop(self.heap)
             handlers[kind](*data)
@@ -250,36 +251,8 @@ class Model:
         self._give(ld, li, ri, ld.nodes[ri])
         self._try_claim(ld, li)
         self._try_flush(ld, li)
-        self._maybe_recall(ld, li)
+        recalls.maybe_recall(self, ld, li)
         self._maybe_close(ld)
-
-    def _maybe_recall(self, ld: _Leader, li: int) -> None:
-        """Pool empty, work running out: ask the node holding the most beyond its slots
-        for as many queued tasks as other nodes have free slots (dispatch.rebalance)."""
-        if not (self.p.recall and ld.scarce) or ld.recalling or ld.pool >= ld.weight:
-            return
-        packing = self.case.packing
-        free = sum(max(0, packing - n.held) for n in ld.nodes)
-        donor = max(range(len(ld.nodes)), key=lambda i: ld.nodes[i].held)
-        excess = ld.nodes[donor].held - packing
-        k = min(free, excess)
-        if k > 0:
-            ld.recalling = True
-            self._at(self.now + self.c.msg_latency_s, "recall", li, donor, k)
-
-    def _recall_arrives(self, li: int, ri: int, k: int) -> None:
-        """The node gives back what it has not started (inflight ones arrived first)."""
-        node = self.leaders[li].nodes[ri]
-        back = min(k, node.queued)
-        node.queued -= back
-        node.held -= back
-        self._at(self.now + self.c.msg_latency_s, "returned", li, back)
-
-    def _returned(self, li: int, back: int) -> None:
-        ld = self.leaders[li]
-        ld.recalling = False
-        ld.pool += back * ld.weight
-        self._cpu(ld, li, ld.weight * self.c.leader_msg_s, "pushed")
 
     def _try_flush(self, ld: _Leader, li: int) -> None:
         if ld.flushing or not ld.buffered or ld.oldest is None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .model_recall import maybe_recall
+
 if TYPE_CHECKING:
     from .model import Model
 
@@ -51,7 +53,7 @@ def heard(m: Model, li: int) -> None:
     ld.others_hungry = any(
         o is not ld and o.closed_at is None and o.hungry_at is not None
         and m.now - o.hungry_at < HUNGER_FRESH_S for o in m.leaders)
-    m._maybe_recall(ld, li)  # the leader's own rebalance runs on a timer too
+    maybe_recall(m, ld, li)  # the leader's own rebalance runs on a timer too
     if not (ld.others_hungry and holding) or ld.giving:
         return
     asked = [ri for ri, n in enumerate(ld.nodes) if n.queued or n.inflight]
