@@ -47,6 +47,26 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120,
         time.sleep(0.5)
 
 
+def past_the_revocation(slurm: LocalSlurm) -> None:
+    """Wait until a job that just ended may start again under the same id.
+
+    When a job ends, every slurmd revokes its credential, timed to the second; a credential
+    made in that same second counts as revoked too, so a job requeued and started again
+    within it is killed at launch ("Killing non-startable batch JobId=…: Job credential
+    revoked", slurmd: "already killed, do not launch batch job") and ends FAILED at once.
+    Slurm's own delay before a requeued job may start (about two minutes) hides this; a
+    test that starts it at once waits until no node is still completing a job, then for
+    the next whole second."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = slurm.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
+        if not any("completing" in state.lower() for state in states):
+            break
+        time.sleep(0.2)
+    now = time.time()
+    time.sleep(int(now) + 1.1 - now)
+
+
 def wait_job_end(slurm: LocalSlurm, sub: dict[str, Any], timeout: float = 300) -> str:
     job = sub["scheduler_job_id"]
     wait_for(f"Slurm job {job} to end", lambda: job_state(slurm, job) in DONE_STATES + ("GONE",),

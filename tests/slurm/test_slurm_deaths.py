@@ -22,6 +22,7 @@ from tests.slurm.jobkit import (
     job_output,
     job_state,
     launcher_ranks,
+    past_the_revocation,
     rank_of,
     running_events,
     submit,
@@ -105,7 +106,8 @@ def test_a_job_requeued_after_its_launcher_died_runs_what_it_had_held(
     wait_for(f"Slurm job {job} to end", lambda: job_state(slurm_env, job) in DONE_STATES,
              120, lambda: job_output(sub))
     # Requeued, and eligible at once (Slurm would hold it back about two minutes, past
-    # the lease; a site's requeue need not).
+    # the lease; a site's requeue need not), once Slurm may start the job id again.
+    past_the_revocation(slurm_env)
     slurm_env.run("scontrol", "requeue", job)
 
     def second_run() -> bool:

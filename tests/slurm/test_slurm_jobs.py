@@ -26,6 +26,7 @@ from tests.slurm.jobkit import (
     count_state,
     job_output,
     job_state,
+    past_the_revocation,
     running_events,
     submit,
     task_rows,
@@ -165,6 +166,7 @@ def test_a_running_job_requeued_runs_its_cut_tasks_in_its_next_run(
     wait_for("the requeued job pending", lambda: job_state(slurm_env, job) == "PENDING",
              120, lambda: job_output(sub))
     assert_nothing_lost(conn, sub)  # the first run's end: cut, closed, nothing counted
+    past_the_revocation(slurm_env)
     slurm_env.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     wait_for("the job's second run", lambda: conn.execute(
         "SELECT lease_epoch FROM batch_jobs WHERE id = %s",
