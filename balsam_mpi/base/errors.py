@@ -23,6 +23,13 @@ class InputError(UsageError):
     """One bad value (a field, a flag, a setting, a line of a file); the message names it."""
 
 
+class Unsupported(BalsamError):
+    """This system lacks something the program cannot run without (a kernel feature a
+    container may also withhold); refused before anything is written: exit status 2."""
+
+    exit_code = 2
+
+
 class ProjectError(BalsamError):
     """The project directory is missing, malformed or unsafe (modes, owner, paths)."""
 

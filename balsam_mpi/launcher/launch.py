@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from ..base import values
 from ..base.errors import BalsamError, InputError, UsageError
 from ..base.project import Project
+from ..node import pidfds
 from ..node.mpienv import START_VARS
 from ..node.runner import raise_nofile
 from . import lineout, logs, netmod
@@ -226,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     host = socket.gethostname()
     try:
         check_open_files()  # before anything is written: nothing adopted, nothing claimed
+        pidfds.check()  # the kernel watches tasks for the nodes (node/pidfds.py)
         settings, project = settings_from(argv)
         logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
         if netmod_choice is not None:

@@ -26,8 +26,13 @@ class Interpreter:
         self.generation = generation
         self.sock = sock
         self.key = key
-        self.pidfd = os.pidfd_open(pid)
-        self.watch = select.epoll()  # readable: an answer, or the process is gone
+        self.pidfd = -1
+        try:
+            self.pidfd = os.pidfd_open(pid)
+            self.watch = select.epoll()  # readable: an answer, or the process is gone
+        except OSError:  # no descriptor free: never watched, so never called (pidfds)
+            self._abandon()
+            raise
         self.watch.register(sock.fileno(), select.EPOLLIN)
         self.watch.register(self.pidfd, select.EPOLLIN)
         self.calls = 0
@@ -50,6 +55,16 @@ class Interpreter:
         if self.status is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
+
+    def _abandon(self) -> None:
+        """End an interpreter the node could not watch; its zygote reaps it."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
 
     def close_fds(self) -> None:
         with contextlib.suppress(OSError):

@@ -239,7 +239,11 @@ class PyPool:
             pid, sock = self.zygote.fork(spawn_env)
         except OSError as exc:
             raise runner.StartError(f"cannot start a Python interpreter: {exc}") from None
-        interp = Interpreter(pid, sock, key, self.zygote.status, self.zygote.started)
+        try:
+            interp = Interpreter(pid, sock, key, self.zygote.status, self.zygote.started)
+        except OSError as exc:  # ended already (pyinterp)
+            raise runner.StartError(f"cannot watch a new Python interpreter: {exc}"
+                                    ) from None
         self.procs[pid] = interp
         self.started += 1
         return interp

@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import pycall
+from . import pidfds, pycall
 
 # A new zygote's first answer (its own start-up) at most. The node waits for it, so it
 # stays well under worker_timeout_s (10 s), after which the leader declares a silent
@@ -89,7 +89,12 @@ class Zygote:
             theirs.close()
             if spare >= 0:
                 os.close(spare)
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = pidfds.open_or_end(self.pid, lambda: _end(self.pid, ours))
+        except OSError as exc:
+            self.pid = -1
+            raise ZygoteError(f"cannot watch the interpreters' zygote: pidfd_open: "
+                              f"{exc.strerror or exc}") from None
         self.ctl = ours
         self.started += 1  # the zygote's generation: its interpreters carry it
 
@@ -189,6 +194,15 @@ class Zygote:
                 self.exits[int(msg["exit"])] = int(msg["status"])
             else:
                 out.append(msg)
+
+
+def _end(pid: int, ctl: socket.socket) -> None:
+    """A zygote just started that cannot be watched (``pidfds``): ended and reaped
+    before it has forked anything."""
+    ctl.close()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 # -- the zygote's side ------------------------------------------------------------------

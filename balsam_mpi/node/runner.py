@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from ..base import taskfiles
 from ..base.errors import UsageError
 from ..protocol import EndKind, RunOrder
-from . import gpus, mpilaunch, taskplace, trampoline
+from . import gpus, mpilaunch, pidfds, taskplace, trampoline
 from .cgroup import TaskCgroups
 from .prctl import PR_SET_PDEATHSIG, libc_prctl
 
@@ -259,8 +259,9 @@ def start(order: RunOrder, env: Mapping[str, str], *, die_with_parent: bool = Tr
                 preexec_fn=_preexec(dir_fd, die_with_parent))
         except (OSError, subprocess.SubprocessError) as exc:
             raise StartError(f"cannot start {argv[0]!r}: {exc}") from None
-        return TaskProcess(order, popen.pid, os.pidfd_open(popen.pid), started, deadline,
-                           popen, out_fd=out, err_fd=err)
+        pidfd = _watched(popen.pid, lambda: pidfds.end_group(popen))
+        return TaskProcess(order, popen.pid, pidfd, started, deadline, popen, out_fd=out,
+                           err_fd=err)
     except BaseException:
         os.close(out)
         os.close(err)
@@ -301,8 +302,25 @@ def _spawn(tramp: str, order: RunOrder, env: Mapping[str, str], prog: str, argv:
     finally:
         if cg_fd >= 0:
             os.close(cg_fd)
-    return TaskProcess(order, pid, os.pidfd_open(pid), started, deadline, out_fd=out,
+
+    def end() -> None:
+        pidfds.end_trampoline(pid)
+        if cgroups is not None and cg_name:
+            cgroups.release(cg_name)
+
+    return TaskProcess(order, pid, _watched(pid, end), started, deadline, out_fd=out,
                        err_fd=err, contained=True, cgroup=cg_name)
+
+
+def _watched(pid: int, end: Callable[[], None]) -> int:
+    """The pidfd of a task's first process, just started; without one (no descriptor
+    free) the process is ended and reaped first: never a task that runs while it is
+    recorded as not started (``pidfds``)."""
+    try:
+        return pidfds.open_or_end(pid, end)
+    except OSError as exc:
+        raise StartError(f"cannot watch the task's process, ended at once: pidfd_open: "
+                         f"{exc.strerror or exc}") from None
 
 
 def signal_group(proc: TaskProcess, sig: int) -> None:

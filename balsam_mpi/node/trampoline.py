@@ -13,6 +13,8 @@ with the system C compiler; x86-64 tested, aarch64 written but untested) started
 * gets its working directory and output as descriptors, never paths (fd 3: the task's
   directory, already checked by ``safefs``; fds 1 and 2: ``task.out``/``task.err``), and
   ``fchdir``s there, so nothing is resolved by name after the checks;
+* closes every other descriptor of the worker's (MPI libraries leave theirs open across
+  exec): ``close_range``, or on a kernel before 5.9 each one ``/proc/self/fd`` lists;
 * asks for ``SIGHUP`` when the worker dies (``PR_SET_PDEATHSIG``), becomes a *child
   subreaper* (``PR_SET_CHILD_SUBREAPER``: whatever the task forks and orphans, however
   deep, is re-parented to it rather than to init), optionally joins the task's cgroup
@@ -84,6 +86,7 @@ SOURCE = r"""
 #define NR_prctl 157
 #define NR_openat 257
 #define NR_fallocate 285
+#define NR_getdents64 217
 static long sc(long n, long a, long b, long c, long d) {
     long r;
     register long r10 __asm__("r10") = d;
@@ -115,6 +118,7 @@ __asm__(".globl _start\n_start:\n mov %rsp, %rdi\n and $-16, %rsp\n call cmain\n
 #define NR_prctl 167
 #define NR_openat 56
 #define NR_fallocate 47
+#define NR_getdents64 61
 static long sc(long n, long a, long b, long c, long d) {
     register long x8 __asm__("x8") = n;
     register long x0 __asm__("x0") = a;
@@ -130,6 +134,7 @@ __asm__(".globl _start\n_start:\n mov x0, sp\n bl cmain\n brk #0\n");
 #endif
 #define NR_close_range 436
 #define AT_FDCWD (-100)
+#define O_RDONLY 0
 #define O_WRONLY 1
 #define O_RDWR 2
 #define O_CLOEXEC 02000000
@@ -193,6 +198,28 @@ static void cut(struct out *o, long cap) {
     sc(NR_ftruncate, o->rw, dst, 0, 0);
 }
 
+/* Close every descriptor from `low` up: close_range (Linux 5.9), else, on a kernel that
+   answers ENOSYS, each one /proc/self/fd lists (open and closed in turn). */
+struct d64 { unsigned long ino; long off; unsigned short reclen; unsigned char type;
+             char name[]; };
+static void close_from(long low) {
+    if (sc(NR_close_range, low, ~0UL, 0, 0) == 0) return;
+    long dir = sc(NR_openat, AT_FDCWD, (long)"/proc/self/fd", O_RDONLY | O_CLOEXEC, 0);
+    if (dir < 0) return;
+    for (;;) {
+        long n = sc(NR_getdents64, dir, (long)buf, sizeof buf, 0);
+        if (n <= 0) break;
+        for (long at = 0; at < n;) {
+            struct d64 *d = (struct d64 *)(buf + at);
+            long fd = num(d->name);
+            if (d->name[0] >= '0' && d->name[0] <= '9' && fd >= low && fd != dir)
+                sc(NR_close, fd, 0, 0, 0);
+            at += d->reclen;
+        }
+    }
+    sc(NR_close, dir, 0, 0, 0);
+}
+
 /* SIGKILL the task's group (while it lives) and every process re-parented to us. */
 static void kill_all(long task, long task_alive) {
     if (task_alive) sc(NR_kill, -task, SIGKILL, 0, 0);
@@ -234,7 +261,7 @@ __attribute__((used)) void cmain(long *sp) {
             sc(NR_close, fd, 0, 0, 0);
         }
     }
-    sc(NR_close_range, 4, ~0UL, 0, 0);  /* nothing of the worker's leaks further */
+    close_from(4);  /* nothing of the worker's leaks further */
     if (sc(NR_fchdir, 3, 0, 0, 0) != 0) die("cannot enter the task's directory", "", 126);
     long me = sc(NR_getpid, 0, 0, 0, 0);
     long task = sc(NR_clone, SIGCHLD, 0, 0, 0);
@@ -243,7 +270,7 @@ __attribute__((used)) void cmain(long *sp) {
         sc(NR_setsid, 0, 0, 0, 0);
         sc(NR_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0);
         if (sc(NR_getppid, 0, 0, 0, 0) != me) sc(NR_exit, 137, 0, 0, 0);
-        sc(NR_close_range, 3, ~0UL, 0, 0);
+        close_from(3);
         sc(NR_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&none, 0, 8);
         sc(NR_execve, (long)argv[4], (long)(argv + 4), (long)envp, 0);
         die("cannot execute ", argv[4], 127);

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from balsam_mpi.base.project import Project
+from tests import nosys
 from tests.conftest import FOUND_MPI, mpirun
 from tests.e2e.test_launcher import add, no_strays, running_events, states
 from tests.e2e.test_lifecycle import processes, start, task_pids, wait_end, wait_for
@@ -373,6 +374,30 @@ def test_a_low_open_file_limit_is_one_line_and_touches_nothing(conn: Any,
     assert ("balsam_mpi launcher: error: the open-file limit (ulimit -n) is 40 (hard "
             "limit 40): the launcher needs at least 64, plus about four for each task "
             "running on a node; raise it where the launcher starts") in out, out
+    assert "Traceback" not in out and "CRITICAL" not in out, out
+    assert count(conn, "state = 'READY'") == 2
+    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (0,)
+    no_strays(dbname)
+
+
+@pytest.mark.skipif(not nosys.supported(), reason="seccomp numbers for x86-64/aarch64")
+def test_a_kernel_without_pidfd_open_is_one_line_and_touches_nothing(conn: Any,
+                                                                    dbname: str) -> None:
+    """A kernel before Linux 5.3 (here: a seccomp filter answering as one would) gives
+    no pidfds. Before, the launcher opened its batch job and claimed, and every task
+    failed to start after its process was running (spawned, then pidfd_open failed),
+    unwatched. Now: one line before anything is written."""
+    add(conn, 2, command="true", app="fine")
+    proc = subprocess.Popen([*mpirun(1), sys.executable, "-m", "balsam_mpi",
+                             "--idle-timeout", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: nosys.refuse("pidfd_open"))
+    out = ended(proc, 90)
+    assert proc.returncode == 2, out
+    assert out.count("error:") == 1, out
+    assert ("balsam_mpi launcher: error: pidfd_open was refused (ENOSYS: Function not "
+            "implemented) on Linux ") in out, out
+    assert "needs Linux 5.3 or later" in out, out
     assert "Traceback" not in out and "CRITICAL" not in out, out
     assert count(conn, "state = 'READY'") == 2
     assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (0,)

@@ -1,0 +1,149 @@
+"""Every process a node starts is watched through a pidfd (node/pidfds.py). A kernel
+before Linux 5.3, or a container's seccomp profile, refuses pidfd_open: the launcher says
+so in one line before it starts anything. And where a pidfd cannot be opened for one
+process (EMFILE), that process is ended, never left running while its task is recorded
+as not started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from balsam_mpi.base.errors import Unsupported
+from balsam_mpi.node import pidfds
+from balsam_mpi.node.node import Node
+from balsam_mpi.protocol import Assign, EndKind
+from tests import nosys
+from tests.unit.pykit import REPO, call, failed, ok, python_node, run
+from tests.unit.test_node import order, run_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_this_system_opens_pidfds() -> None:
+    pidfds.check()
+
+
+@pytest.mark.skipif(not nosys.supported(), reason="seccomp numbers for x86-64/aarch64")
+def test_a_kernel_without_pidfd_open_is_one_line() -> None:
+    code = ("from balsam_mpi.node import pidfds\n"
+            "try:\n    pidfds.check()\n"
+            "except Exception as e:\n    print(type(e).__name__, e.exit_code, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=30, preexec_fn=lambda: nosys.refuse("pidfd_open"))
+    assert out.stdout.startswith(
+        "Unsupported 2 pidfd_open was refused (ENOSYS: Function not implemented) on "
+        "Linux "), out
+    assert out.stdout.rstrip().endswith(
+        ": the launcher watches every task through a pidfd, which needs Linux 5.3 or "
+        "later and, in a container, a seccomp profile that allows pidfd_open"), out
+    assert out.stdout.count("\n") == 1, out
+
+
+def test_a_python_without_pidfd_open_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "pidfd_open")
+    with pytest.raises(Unsupported, match="^this Python has no os.pidfd_open on Linux "):
+        pidfds.check()
+
+
+class FailOnce:
+    """``os.pidfd_open`` failing EMFILE the ``nth`` time it is called; the pids asked for."""
+
+    def __init__(self, nth: int = 1) -> None:
+        self.real: Callable[..., int] = os.pidfd_open
+        self.nth = nth
+        self.pids: list[int] = []
+
+    def __call__(self, pid: int, *args: Any) -> int:
+        self.pids.append(pid)
+        if len(self.pids) == self.nth:
+            raise OSError(24, "Too many open files")
+        return self.real(pid, *args)
+
+
+@pytest.fixture()
+def fail_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[FailOnce]:
+    failing = FailOnce()
+    monkeypatch.setattr(os, "pidfd_open", failing)
+    yield failing
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """No process ``pid`` (not even a zombie) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def running_with(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read():
+                    found.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_task_whose_process_cannot_be_watched_is_ended_not_left_running(
+        tmp_path: Path, fail_once: FailOnce) -> None:
+    """Before: pidfd_open failing after the spawn left the task's process running,
+    unwatched and never reaped, while the task was recorded as failed to start (and
+    its retry would have run it a second time)."""
+    marker = "37.123456"  # sleep's argument: this test's task, found by its command line
+    node = Node(environ={"PATH": "/usr/bin:/bin"}, kill_grace_s=1.0)
+    node.apply(Assign(1, (order(tmp_path, 1, ("sleep", marker), need=0.5),
+                          order(tmp_path, 2, ("true",), need=0.5))))
+    ended = {f.id: f for f in run_until(node, 2)}
+    assert not running_with(marker), "the task runs on, unwatched"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(fail_once.pids[0], os.WNOHANG)  # reaped by the runner
+    assert ended[1].kind == EndKind.ERROR, ended[1]
+    assert ended[1].tail == ("cannot watch the task's process, ended at once: "
+                             "pidfd_open: Too many open files"), ended[1]
+    assert ended[2].kind == EndKind.DONE and ended[2].rc == 0  # the node serves on
+    assert not node.running and node.res.free == pytest.approx(1.0)
+    node.close()
+
+
+def test_an_interpreter_that_cannot_be_watched_is_ended_and_the_next_call_runs(
+        tmp_path: Path, fail_once: FailOnce) -> None:
+    fail_once.nth = 2  # the zygote's is the first, the first interpreter's the second
+    node = python_node()
+    try:
+        first = run(node, call(tmp_path, 1, "where"))[1]
+        interp = fail_once.pids[1]
+        assert gone(interp), "the interpreter never watched is still there"
+        assert ok(run(node, call(tmp_path, 2, "where"))[2])["pid"] != interp
+        assert failed(first).endswith(
+            "cannot watch a new Python interpreter: [Errno 24] Too many open files"), first
+    finally:
+        node.close()
+
+
+def test_a_zygote_that_cannot_be_watched_is_ended_and_the_next_call_starts_one(
+        tmp_path: Path, fail_once: FailOnce) -> None:
+    """Before: the zygote was left unreaped, and the pool's next look at it raised
+    ValueError (a pidfd of -1)."""
+    node = python_node()
+    try:
+        first = run(node, call(tmp_path, 1, "where"))[1]
+        assert ok(run(node, call(tmp_path, 2, "where"))[2])["pid"] > 0
+        with pytest.raises(ChildProcessError):
+            os.waitpid(fail_once.pids[0], os.WNOHANG)  # the zygote, reaped
+        assert failed(first).endswith(
+            "cannot watch the interpreters' zygote: pidfd_open: Too many open files"), first
+    finally:
+        node.close()
