@@ -8,7 +8,6 @@ directory; a server recorded on another host is never started here while it answ
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import os
 import re
@@ -16,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..base.errors import ProjectError, ServerError
@@ -24,6 +22,7 @@ from ..base.procs import pid_alive
 from ..base.project import Project, ServerInfo
 from . import pgconf
 from .accounts import Account, run_as
+from .startlock import project_lock as project_lock
 
 PG_BIN_ENV = "BALSAM_PG_BIN"
 PG_BIN_RECORD = "balsam-pg-bin"  # written into the venv by setup_env.sh
@@ -137,27 +136,6 @@ def tcp_answers(host: str, port: int, timeout: float = 2.0) -> bool:
             return True
     except OSError:
         return False
-
-
-# -- locking ----------------------------------------------------------------------------
-LOCK_NAME = ".dbctl.lock"
-
-
-@contextlib.contextmanager
-def project_lock(project: Project) -> Iterator[None]:
-    """Serialize start/stop steps on one host: an exclusive flock on a file only the owner
-    can open (0600, in the directory only the owner writes). The project directory itself
-    would not do: every group member can open it, and one who took the lock and kept it
-    made the owner's start and stop wait forever."""
-    fd = os.open(project.root / LOCK_NAME,
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:  # made under another layout, or copied so
-            os.fchmod(fd, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 # -- initdb, start, stop ----------------------------------------------------------------
