@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
-from . import gpus, runner, taskplace
+from . import gpus, memlimit, runner, taskplace
 from .deaths import signal_name
 from .outcap import CallOutputs
 from .pycall import encode_frame
@@ -118,7 +118,7 @@ class PyPool:
         self.retired: list[Interpreter] = []  # ended by the pool, exit not yet seen
         self.results: dict[int, str] = {}  # task id -> JSON, until the node's report
         self.outputs = CallOutputs()  # the output cap, which no trampoline applies
-        self.mem_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        self.mem_total = memlimit.usable_bytes()  # the job's cgroup limit, if lower
         runner.raise_nofile()
         # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
         # the node's environment (the launcher's minus its MPI variables).
