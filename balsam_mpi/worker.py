@@ -71,7 +71,7 @@ class Worker:
     def run(self) -> None:
         comm, node = self.comm, self.node
         comm.send(LOCAL, Hello(rank=self.rank, host=node.host, pid=os.getpid(),
-                               cores=os.cpu_count() or 1, gpus=self.gpus))
+                               cores=len(os.sched_getaffinity(0)), gpus=self.gpus))
         last_report = time.monotonic()
         while True:
             did = self._receive()

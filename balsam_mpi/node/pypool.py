@@ -81,7 +81,8 @@ class PoolConfig:
                    spares=settings.python_spares)
 
     def spare_count(self) -> int:
-        return (os.cpu_count() or 1) if self.spares < 0 else self.spares
+        """-1: one per core the node may run on (a job's cpuset, not the whole node)."""
+        return len(os.sched_getaffinity(0)) if self.spares < 0 else self.spares
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from balsam_mpi.base.errors import UsageError
 from balsam_mpi.launcher.config import Settings, resolve
 from balsam_mpi.launcher.session import make_node
 from balsam_mpi.node.node import Node, pypool
-from tests.unit.pykit import ENV, call, ok, run
+from tests.unit.pykit import ENV, REPO, call, ok, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,3 +131,17 @@ def test_spares_default_to_one_per_core_and_zero_means_none(tmp_path: Path) -> N
 def test_a_bad_spare_count_names_the_setting(raw: str) -> None:
     with pytest.raises(UsageError, match="python_spares"):
         resolve({}, {"BALSAM_PYTHON_SPARES": raw}, {})
+
+
+def test_by_default_one_spare_per_core_of_the_jobs_cpuset() -> None:
+    """A job given some cores of a shared node (Slurm's cpuset): one spare per core it
+    may run on. Before, one per core of the whole node (os.cpu_count)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: nothing to restrict")
+    code = ("import os\n"
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "from balsam_mpi.node import pypool\n"
+            "print(pypool.PoolConfig(spares=-1).spare_count(), os.cpu_count())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.split() == ["1", str(os.cpu_count())], out
