@@ -36,6 +36,7 @@ from ..base import db, safefs
 from ..base.errors import BalsamError, ProjectError, UsageError
 from ..base.project import Project, this_host
 from ..launcher import config
+from ..node import trampoline
 from ..tasks import owners
 from . import clusterid, jobscript, marks
 from .jobscript import JobRequest
@@ -130,6 +131,11 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
                                                     drain_grace_s=grace))
     if req.scheduler != "local":
         _require_tool(SUBMIT_ARGV[req.scheduler][0])
+        # The task trampoline, built here if not yet: batch nodes often have no compiler
+        # on PATH, or a home they cannot write, and would start every task without it.
+        # It is static, one per kind of machine (node/trampoline.py): the nodes of this
+        # one's kind find it in the same cache.
+        trampoline.trampoline()
     qdir = qsubmit_dir(project)
     token = secrets.token_hex(8) if req.scheduler in marks.MARKED else None
     cluster = clusterid.identity(req.scheduler)

@@ -307,3 +307,25 @@ def test_a_role_counts_as_an_owner_when_it_is_a_member_or_owns_a_task(
     names = ["nobody", "ghost", me, "balsam_objects", "nobody"]
     assert unknown_owners(conn, names) == ["nobody", "balsam_objects", "nobody"]
     assert unknown_owners(conn, []) == []
+
+
+def test_a_submission_builds_the_task_trampoline_for_the_batch_nodes(
+        pg_project: Project, conn: Any, fakebin: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch nodes often have no compiler on PATH (or a home they cannot write): the
+    launcher there started every task without its trampoline (slower, uncontained, no
+    output cap). The submitting host builds it into the cache they share."""
+    from balsam_mpi.node import trampoline
+
+    if trampoline.trampoline() is None:
+        pytest.skip("no C compiler here")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BALSAM_CACHE_DIR", str(cache))
+    trampoline.trampoline.cache_clear()
+    try:
+        _fake(fakebin, "sbatch", "echo 5150")
+        submit.submit(pg_project, JobRequest("slurm", 2, 30))
+        built = [p.name for p in cache.iterdir()]
+    finally:
+        trampoline.trampoline.cache_clear()
+    assert len(built) == 1 and built[0].startswith("pdeath-"), built
