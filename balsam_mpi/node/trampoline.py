@@ -7,8 +7,9 @@ parent-death signal only through ``preexec_fn``, which forces a full ``fork()`` 
 Python's after-fork machinery in the child (spawning ``/bin/true`` became 5x slower). So a
 task's first program is this trampoline instead, a static binary without libc (a few KB,
 compiled once per user and machine into ``~/.cache/balsam_mpi`` or ``$BALSAM_CACHE_DIR``
-with the system C compiler; x86-64 tested, aarch64 written but untested) started with
-``posix_spawn`` (vfork) from the worker. It:
+with the system C compiler; x86-64 tested; aarch64 tested only under qemu's user-mode
+emulation, ``tests/unit/test_trampoline_aarch64.py``) started with ``posix_spawn`` (vfork)
+from the worker. It:
 
 * gets its working directory and output as descriptors, never paths (fd 3: the task's
   directory, already checked by ``safefs``; fds 1 and 2: ``task.out``/``task.err``), and
