@@ -366,22 +366,21 @@ def _build(target: Path) -> str | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler or platform.machine() not in ("x86_64", "aarch64"):
         return None
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "pdeath.c"
-        out = Path(tmp) / "pdeath"
-        src.write_text(SOURCE)
-        try:
+    try:  # a full or read-only cache is no build, never an error of the caller's
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "pdeath.c"
+            out = Path(tmp) / "pdeath"
+            src.write_text(SOURCE)
             subprocess.run([compiler, *_FLAGS, "-o", str(out), str(src)], check=True,
                            capture_output=True, timeout=60)
-            ok = _self_test(str(out))
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.info("could not build the task trampoline (%s)", exc)
-            return None
-        if not ok:
-            log.info("the task trampoline failed its self-test; not using it")
-            return None
-        os.chmod(out, 0o755)
-        os.replace(out, target)
+            if not _self_test(str(out)):
+                log.info("the task trampoline failed its self-test; not using it")
+                return None
+            os.chmod(out, 0o755)
+            os.replace(out, target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.info("could not build the task trampoline (%s)", exc)
+        return None
     return str(target)
 
 

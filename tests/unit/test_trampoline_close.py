@@ -51,3 +51,20 @@ def test_the_task_gets_only_its_own_descriptors(tmp_path: Path) -> None:
 @pytest.mark.skipif(not nosys.supported(), reason="seccomp numbers for x86-64/aarch64")
 def test_without_close_range_the_task_still_gets_only_its_own(tmp_path: Path) -> None:
     assert task_fds(tmp_path, "close_range") == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("step", ["TemporaryDirectory", "replace"])
+def test_a_cache_that_cannot_be_written_is_no_trampoline_not_an_error(
+        tmp_path: Path, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full (or read-only) cache: before, the build raised where it made its scratch
+    directory or moved the binary into place — out of the node's start, and out of a
+    `submit`, which now builds it too. Now it is no trampoline (the fallback), said in
+    the log."""
+    import os
+    import tempfile
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile if step == "TemporaryDirectory" else os, step, full)
+    assert trampoline._build(tmp_path / "pdeath-test") is None
