@@ -1,5 +1,5 @@
-"""System calls made to answer ENOSYS, as a kernel that predates them does (or a
-container's seccomp profile that does not know them): ``refuse("pidfd_open")`` in a
+"""System calls made to answer ENOSYS, as a kernel that predates them does (or EPERM, as
+a container's seccomp profile that does not know them may): ``refuse("pidfd_open")`` in a
 ``preexec_fn`` gives the process and everything it starts that kernel's answer. For the
 tests of what the launcher does on older systems; a seccomp filter, so it needs no
 privilege (``PR_SET_NO_NEW_PRIVS`` first) and cannot be lifted by the process."""
@@ -37,14 +37,15 @@ def supported() -> bool:
     return platform.machine() in MACHINES
 
 
-def refuse(*names: str) -> None:
-    """From now on, in this process and its children, each named call fails ENOSYS."""
+def refuse(*names: str, code: int = errno.ENOSYS) -> None:
+    """From now on, in this process and its children, each named call fails with
+    ``code``: ENOSYS as an older kernel answers, EPERM as some container profiles do."""
     numbers = [NUMBERS[n] for n in names]
     prog = [SockFilter(BPF_LD_W_ABS, 0, 0, 0)]
     # Each match jumps over the checks left and the ALLOW, to the ERRNO return.
     prog += [SockFilter(BPF_JEQ_K, len(numbers) - i, 0, nr) for i, nr in enumerate(numbers)]
     prog += [SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-             SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS)]
+             SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | code)]
     program = (SockFilter * len(prog))(*prog)
     fprog = SockFprog(len(prog), program)
     libc = ctypes.CDLL(None, use_errno=True)
