@@ -24,6 +24,7 @@ import os
 import time
 
 from ..base.procs import pid_alive
+from . import cgroupfs
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,8 @@ _NAME_TRIES = 64
 
 def _own_cgroup() -> str | None:
     """The directory of this process's cgroup v2, or None."""
-    try:
-        with open("/proc/self/cgroup") as fh:
-            rel = next((ln[3:].strip() for ln in fh if ln.startswith("0::")), None)
-        if rel is None:
-            return None
-        with open("/proc/self/mountinfo") as fh:
-            mounts = [ln.split() for ln in fh]
-    except OSError:
-        return None
-    for fields in mounts:
-        sep = fields.index("-") if "-" in fields else -1
-        if sep > 0 and fields[sep + 1] == "cgroup2":
-            # A mount of a sub-tree (a container's namespace) shows its root in field 3.
-            mount_root, point = fields[3], fields[4]
-            if rel == mount_root or rel.startswith(mount_root.rstrip("/") + "/"):
-                inner = rel[len(mount_root.rstrip("/")):].lstrip("/")
-                return os.path.join(point, inner) if inner else point
-    return None
+    placed = cgroupfs.own_cgroups().get(cgroupfs.UNIFIED)
+    return placed.path if placed is not None else None
 
 
 class TaskCgroups:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from . import cgroupfs
+
 V2_FILE = "memory.max"
 V1_FILE = "memory.limit_in_bytes"
 
@@ -22,10 +24,12 @@ def usable_bytes(proc: str = "/proc/self") -> int:
     """The node's physical memory, or the lowest cgroup memory limit over it."""
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     limits = [physical]
-    for leaf, top, name in _memory_cgroups(proc):
-        limit = lowest_limit(leaf, top, name)
-        if limit is not None:
-            limits.append(limit)
+    placed = cgroupfs.own_cgroups(proc)
+    for key, name in ((cgroupfs.UNIFIED, V2_FILE), ("memory", V1_FILE)):
+        if key in placed:
+            limit = lowest_limit(placed[key].path, placed[key].mount, name)
+            if limit is not None:
+                limits.append(limit)
     return min(limits)
 
 
@@ -47,40 +51,3 @@ def lowest_limit(leaf: str, top: str, name: str) -> int | None:
             break
         here = os.path.dirname(here)
     return min(found) if found else None
-
-
-def _memory_cgroups(proc: str) -> list[tuple[str, str, str]]:
-    """(this process's cgroup directory, its mount point, the limit's file name) for the
-    v2 hierarchy and the v1 memory controller, where each is mounted."""
-    try:
-        with open(os.path.join(proc, "cgroup")) as fh:
-            lines = [ln.rstrip("\n").split(":", 2) for ln in fh]
-        with open(os.path.join(proc, "mountinfo")) as fh:
-            mounts = [ln.split() for ln in fh]
-    except OSError:
-        return []
-    v2 = next((p for n, c, p in (ln for ln in lines if len(ln) == 3)
-               if n == "0" and c == ""), None)
-    v1 = next((p for _, c, p in (ln for ln in lines if len(ln) == 3)
-               if "memory" in c.split(",")), None)
-    out: list[tuple[str, str, str]] = []
-    for fields in mounts:
-        sep = fields.index("-") if "-" in fields else -1
-        if sep < 0 or len(fields) < sep + 4:
-            continue
-        kind, options = fields[sep + 1], fields[sep + 3].split(",")
-        if kind == "cgroup2" and v2 is not None:
-            out += _placed(v2, fields[3], fields[4], V2_FILE)
-        elif kind == "cgroup" and "memory" in options and v1 is not None:
-            out += _placed(v1, fields[3], fields[4], V1_FILE)
-    return out
-
-
-def _placed(rel: str, mount_root: str, point: str, name: str) -> list[tuple[str, str, str]]:
-    """The cgroup ``rel`` (as /proc/self/cgroup names it) under a mount of the sub-tree
-    ``mount_root`` at ``point`` (a container's namespace shows its own root)."""
-    root = mount_root.rstrip("/")
-    if rel != mount_root and not rel.startswith(root + "/"):
-        return []
-    inner = rel[len(root):].lstrip("/")
-    return [(os.path.join(point, inner) if inner else point, point, name)]

@@ -71,11 +71,17 @@ def end_trampoline(pid: int, grace_s: float = 6.0) -> None:
     deadline = time.monotonic() + grace_s
     while not os.waitpid(pid, os.WNOHANG)[0]:
         if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            kill_and_reap(pid)
             return
         time.sleep(0.005)
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL a child of this process not yet reaped (its pid cannot have been reused),
+    then reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def end_group(popen: subprocess.Popen[bytes]) -> None:

@@ -200,9 +200,7 @@ def _end(pid: int, ctl: socket.socket) -> None:
     """A zygote just started that cannot be watched (``pidfds``): ended and reaped
     before it has forked anything."""
     ctl.close()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    pidfds.kill_and_reap(pid)
 
 
 # -- the zygote's side ------------------------------------------------------------------

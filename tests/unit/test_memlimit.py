@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.node import memlimit
+from balsam_mpi.node import cgroupfs, memlimit
 from tests.unit.pykit import REPO
 
 pytestmark = pytest.mark.timeout(60)
@@ -72,9 +72,9 @@ def test_no_cgroup_files_is_the_physical_memory(tmp_path: Path) -> None:
 
 def _v1_memory_dir() -> Path | None:
     """Where this process's v1 memory cgroup is, if root may make one below it."""
-    for leaf, _top, name in memlimit._memory_cgroups("/proc/self"):
-        if name == memlimit.V1_FILE and os.geteuid() == 0 and os.access(leaf, os.W_OK):
-            return Path(leaf)
+    placed = cgroupfs.own_cgroups().get("memory")
+    if placed is not None and os.geteuid() == 0 and os.access(placed.path, os.W_OK):
+        return Path(placed.path)
     return None
 
 
