@@ -18,13 +18,16 @@ is imported into it). They share one page of memory:
   the host reads alike): for the leader each heartbeat that renewed its lease, for a
   worker each REPORT it sent;
 * bytes 8–16: when the watchdog cut (0: never), for the rank's log when it wakes;
-* bytes 16–24: a random mark, also on the watchdog's command line. The page goes by
-  descriptor number; should that number name another file when the watchdog starts
-  (closed and reused by another thread of the rank), the watchdog would read zeros —
-  a proof of life from the clock's origin — and cut a live rank. A page without the
+* bytes 16–24: a random mark, also on the watchdog's command line, as is the first
+  proof of life (written before the watchdog starts; every later one is later still).
+  The page goes by descriptor number; should that number name another file when the
+  watchdog starts (closed and reused by another thread of the rank), the watchdog would
+  read zeros — a proof of life from the clock's origin — and cut a live rank. A page without the
   mark (read at every check, so a page zeroed later counts too) is not the rank's: the
   watchdog says so and ends, cutting nothing (the rank runs on without one, as when
-  none could be started).
+  none could be started). So is a proof older than the first: once seen here, with the
+  mark in place, a proof at the clock's origin cut a live worker's tasks (cause not
+  found; ``tests/unit/test_watchdog.py``).
 
 Every ``CHECK_S`` the watchdog reads the proof. Once it is older than ``limit_s`` it
 cuts every process under the rank but itself: SIGTERM, then after the grace SIGHUP to
@@ -87,7 +90,8 @@ class Watchdog:
         try:
             os.ftruncate(self.fd, _PAGE.size)
             self.page = mmap.mmap(self.fd, _PAGE.size)
-            self.beat(time.monotonic())
+            first = time.monotonic()
+            self.beat(first)
             mark = int.from_bytes(os.urandom(8), "little") | 1  # never a zeroed page's
             struct.pack_into("Q", self.page, 16, mark)
             self.told = False  # whether newly_cut() has said so
@@ -95,7 +99,8 @@ class Watchdog:
                 [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(self.fd),
                  repr(limit_s), repr(grace_s),
                  # As /proc/N/exe names it, which the watchdog compares it with.
-                 os.path.realpath(trampoline) if trampoline else "", str(mark)],
+                 os.path.realpath(trampoline) if trampoline else "", str(mark),
+                 repr(first)],
                 pass_fds=(self.fd,), stdin=subprocess.DEVNULL, close_fds=True,
                 # Nothing of the rank's environment: it is no rank, task or MPI process.
                 env={"BALSAM_WATCHDOG_OF": str(os.getpid())})
@@ -262,6 +267,7 @@ def _die_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> int:
     rank, fd = int(argv[1]), int(argv[2])
     limit_s, grace_s, trampoline, mark = float(argv[3]), float(argv[4]), argv[5], int(argv[6])
+    first = float(argv[7])
     if rank <= 1:
         return 2
     _die_with_parent(rank)
@@ -275,6 +281,11 @@ def main(argv: list[str]) -> int:
             print(f"balsam-mpi watchdog: descriptor {fd} ({_name(fd)}) is not the page of "
                   f"rank pid {rank} (its mark is not there): not watching it",
                   file=sys.stderr, flush=True)
+            return 3
+        if beat < first:  # every proof the rank writes is later than its first
+            print(f"balsam-mpi watchdog: the proof of life of rank pid {rank} "
+                  f"({beat:.3f}) is older than its first ({first:.3f}): its page is "
+                  "not to be trusted: not watching it", file=sys.stderr, flush=True)
             return 3
         silent = time.monotonic() - beat
         if silent >= limit_s:

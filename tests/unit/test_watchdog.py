@@ -171,7 +171,8 @@ def test_a_watchdog_whose_leader_went_before_it_started_ends_at_once() -> None:
         gone = subprocess.Popen(["true"])
         gone.wait()
         dog = subprocess.run([sys.executable, "-I", "-S", watchdog.__file__,
-                              str(gone.pid), str(fd), "0.0", "0.0", "", "1"], pass_fds=(fd,),
+                              str(gone.pid), str(fd), "0.0", "0.0", "", "1", "0.0"],
+                             pass_fds=(fd,),
                              timeout=20)
         assert dog.returncode == 0
         for pid in (0, 1):
@@ -249,6 +250,30 @@ def test_a_page_zeroed_under_the_watchdog_is_not_read_as_a_silent_rank(
     """)
     assert proc.stdout is not None
     assert proc.stdout.readline().split() == ["3", "None"]
+
+
+def test_a_proof_of_life_older_than_the_first_is_no_proof(leader: Launch) -> None:
+    """The mark was there and yet the proof of life read the clock's origin: a worker's
+    watchdog cut a live rank's tasks 20 s into a run here ("no sign of life for 1072 s"
+    on a host up 1,072 s, a run of 6,000 Python calls on 4 ranks; not reproduced in 13
+    more runs). Every proof a rank writes is later than the one it wrote before starting
+    its watchdog, which now gets that first one too: an older one is a page no longer to
+    be trusted, said and not acted on (failed before: the task was cut)."""
+    proc = leader("""
+        import struct, subprocess, time
+        from balsam_mpi.launcher.watchdog import Watchdog
+        dog = Watchdog(limit_s=0.5, grace_s=0.1, trampoline=None)
+        task = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        time.sleep(0.3)
+        struct.pack_into("d", dog.page, 0, 0.0)  # the mark stays
+        dog.proc.wait()
+        time.sleep(1.0)
+        print(dog.proc.returncode, dog.cut_at(), task.poll(), flush=True)
+        time.sleep(60)
+    """)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().split() == ["3", "0.0", "None"]
+    assert "older than its first" in proc.stderr.readline()
 
 
 def test_a_beat_after_the_close_is_ignored() -> None:
