@@ -254,7 +254,7 @@ def test_a_page_zeroed_under_the_watchdog_is_not_read_as_a_silent_rank(
 
 def test_a_proof_of_life_older_than_the_first_is_no_proof(leader: Launch) -> None:
     """The mark was there and yet the proof of life read the clock's origin: a worker's
-    watchdog cut a live rank's tasks 20 s into a run here ("no sign of life for 1072 s"
+    watchdog cut a live rank's tasks during a run here ("no sign of life for 1072 s"
     on a host up 1,072 s, a run of 6,000 Python calls on 4 ranks; not reproduced in 19
     more runs). Every proof a rank writes is later than the one it wrote before starting
     its watchdog, which now gets that first one too: an older one is a page no longer to
