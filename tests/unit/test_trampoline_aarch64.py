@@ -3,7 +3,9 @@ cross compiler and run under qemu's user-mode emulation: its self-test's exit co
 a task that gets only its own descriptors with ``close_range`` and without it. The task
 itself is this host's program (qemu hands ``execve`` to the kernel). Runs where
 ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` are installed
-(``apt-get install gcc-aarch64-linux-gnu qemu-user``); never on aarch64 hardware here."""
+(``apt-get install gcc-aarch64-linux-gnu qemu-user``; the aarch64 tier,
+``tests/cross/run.sh``, installs both for its length in every run of
+``tests/run_all.sh`` as root); never on aarch64 hardware here."""
 
 from __future__ import annotations
 
