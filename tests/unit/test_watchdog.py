@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -255,10 +256,11 @@ def test_a_page_zeroed_under_the_watchdog_is_not_read_as_a_silent_rank(
 def test_a_proof_of_life_older_than_the_first_is_no_proof(leader: Launch) -> None:
     """The mark was there and yet the proof of life read the clock's origin: a worker's
     watchdog cut a live rank's tasks during a run here ("no sign of life for 1072 s"
-    on a host up 1,072 s, a run of 6,000 Python calls on 4 ranks; not reproduced in 19
-    more runs). Every proof a rank writes is later than the one it wrote before starting
-    its watchdog, which now gets that first one too: an older one is a page no longer to
-    be trusted, said and not acted on (failed before: the task was cut)."""
+    on a host up 1,072 s, a run of 6,000 Python calls on 4 ranks). The cause was a
+    proof read half written (the next test). Every proof a rank writes is later than
+    the one it wrote before starting its watchdog, which now gets that first one too:
+    one older still, read twice, is a page no longer to be trusted, said and not acted
+    on (failed before: the task was cut)."""
     proc = leader("""
         import struct, subprocess, time
         from balsam_mpi.launcher.watchdog import Watchdog
@@ -274,6 +276,39 @@ def test_a_proof_of_life_older_than_the_first_is_no_proof(leader: Launch) -> Non
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline().split() == ["3", "0.0", "None"]
     assert "older than its first" in proc.stderr.readline()
+
+
+def test_a_proof_of_life_is_never_seen_half_written() -> None:
+    """Why a live rank's watchdog read the clock's origin: ``struct.pack_into`` clears
+    the bytes it packs before it writes them, so the watchdog, reading from another
+    process, could find the proof of life at 0.0 in between (here, 111,803 reads of
+    6,151,729 while a loop wrote) and cut a rank that had just proved itself alive. A
+    proof is now written whole. A reader polling the page while the rank beats as fast
+    as it can never sees one older than the first (failed before: thousands did)."""
+    dog = watchdog.Watchdog(limit_s=60.0, grace_s=1.0, trampoline=None)
+    try:
+        first = struct.unpack_from("d", dog.page)[0]
+        reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import mmap, struct, time
+            page = mmap.mmap({dog.fd}, 24)
+            older = reads = 0
+            print("ready", flush=True)
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                reads += 1
+                if struct.unpack_from("ddQ", page)[0] < {first!r}:
+                    older += 1
+            print(older, reads, flush=True)
+        """)], pass_fds=(dog.fd,), stdout=subprocess.PIPE, text=True)
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "ready"
+        while reader.poll() is None:
+            for _ in range(1000):
+                dog.beat(time.monotonic())
+        older, reads = map(int, reader.stdout.read().split())
+        assert reads > 10_000 and older == 0
+    finally:
+        dog.close()
 
 
 def test_a_beat_after_the_close_is_ignored() -> None:
