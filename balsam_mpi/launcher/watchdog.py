@@ -25,9 +25,10 @@ is imported into it). They share one page of memory:
   read zeros — a proof of life from the clock's origin — and cut a live rank. A page without the
   mark (read at every check, so a page zeroed later counts too) is not the rank's: the
   watchdog says so and ends, cutting nothing (the rank runs on without one, as when
-  none could be started). So is a proof older than the first, read twice. (Proofs at
-  the clock's origin, which cut live ranks here three times, mark or no mark, were
-  proofs read half written: ``write_whole``.)
+  none could be started). So is a proof older than the first, read twice. (A proof at
+  the clock's origin beside a good mark cut a live rank here once more, and was caught
+  twice with the page printed: it had been read half written, ``write_whole``. The two
+  cuts seen before the page had its mark looked the same.)
 
 Every ``CHECK_S`` the watchdog reads the proof. Once it is older than ``limit_s`` it
 cuts every process under the rank but itself: SIGTERM, then after the grace SIGHUP to
@@ -153,8 +154,8 @@ def write_whole(page: mmap.mmap, offset: int, seconds: float) -> None:
     """Eight bytes of the page at once, as the other process reads them. Not
     ``struct.pack_into``: it clears the bytes it packs before it writes them, and a
     reader in another process found a proof of life at 0.0 in between — the clock's
-    origin, hours ago — and cut a live rank (seen three times here; a loop that wrote
-    as fast as it could, read from another process: 111,803 such reads in 6,151,729).
+    origin, hours ago — and cut a live rank (a loop that wrote as fast as it could,
+    read from another process: 111,803 such reads in 6,151,729).
     A slice is one copy of the packed bytes."""
     page[offset:offset + 8] = _SECONDS.pack(seconds)
 
