@@ -51,16 +51,26 @@ class Closing:
                          self.lease.job_id, reason, released, requeued)
                 self._settle_journal(closed=True)
                 return True
-            # Close once nothing else is on its way: the reports first, then the close.
-            quiet = not self.buffer.pending and not self.calls.busy("claim") \
-                and not self.calls.busy("kills")
+            # Close once nothing else is on its way: the reports first, then the close,
+            # not while a heartbeat is out (it runs on the claims' connection, beside).
+            # A heartbeat that crossed the close found the job closed by it and answered
+            # "not alive": heard before the close's own answer, it passed for a lost
+            # lease, and a run that had written everything gave up. Heartbeats go on
+            # while the close is on its way (a close can wait on rows a member's bulk
+            # kill holds), and a "not alive" heard meanwhile waits for its answer.
+            calls = self.calls
+            quiet = not self.buffer.pending and not calls.busy("claim") \
+                and not calls.busy("kills") and not calls.busy("heartbeat") \
+                and not self.lease_watch.lost
             if quiet and self.retry.ready():
-                self.calls.start("close", self.store.close_job, self.lease, "FINISHED",
-                                 reason, then=self._closed, failed=self._not_closed)
+                self.lease_watch.closing = calls.start(
+                    "close", self.store.close_job, self.lease, "FINISHED", reason,
+                    then=self._closed, failed=self._not_closed) or self.lease_watch.closing
             self.buffer.flush()
             self.lease_watch.heartbeat()
             silent = self.lease_watch.silence()
-            if self.lease_watch.lost or silent >= self.give_up_s:
+            lost = self.lease_watch.lost and not calls.busy("close")
+            if lost or silent >= self.give_up_s:
                 self._give_up(silent)
                 return False
             self.local.wait(0.05)

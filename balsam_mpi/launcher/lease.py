@@ -108,6 +108,7 @@ class LeaseWatch:
         self.sweeps = Periodic(expire_check_s)
         self.last_beat = time.monotonic()  # the lease was opened (or adopted) just now
         self.lost = False
+        self.closing = False  # this leader's close was sent (launcher/closing.py)
         self.failing = False  # the last heartbeat failed (the database away)
         self.recovered = 0  # tasks of other jobs requeued or failed by this leader
 
@@ -135,6 +136,10 @@ class LeaseWatch:
             self.on_beat(self.last_beat)
         elif not self.lost:
             self.lost = True
+            if self.closing:  # most likely closed by this very close: its answer tells
+                log.info("batch job %s: a heartbeat found it no longer running, its "
+                         "close on its way", self.lease.job_id)
+                return
             log.error("batch job %s lost its lease; stopping its tasks", self.lease.job_id)
             self.on_lost()
 
