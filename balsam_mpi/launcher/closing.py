@@ -62,10 +62,10 @@ class Closing:
             quiet = not self.buffer.pending and not calls.busy("claim") \
                 and not calls.busy("kills") and not calls.busy("heartbeat") \
                 and not self.lease_watch.lost
-            if quiet and self.retry.ready():
-                self.lease_watch.closing = calls.start(
+            if quiet and self.retry.ready() and calls.start(
                     "close", self.store.close_job, self.lease, "FINISHED", reason,
-                    then=self._closed, failed=self._not_closed) or self.lease_watch.closing
+                    then=self._closed, failed=self._not_closed):
+                self.lease_watch.closing = True
             self.buffer.flush()
             self.lease_watch.heartbeat()
             silent = self.lease_watch.silence()
