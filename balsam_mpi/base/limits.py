@@ -72,3 +72,4 @@ PYTHON_PATH_MAX = 1_024  # an app's "package.module:function", in characters
 # import it cheaply).
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 PYTHON_PATH = re.compile(rf"{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*")
+PYTHON_MODULE = re.compile(rf"{_NAME}(?:\.{_NAME})*")  # a module alone (python_preload)

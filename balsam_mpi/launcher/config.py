@@ -71,6 +71,8 @@ class Settings:
     python_prestart: bool = True  # each node starts its interpreters' zygote at once
     # ... and forks this many interpreters before any call (-1: one per core of the node)
     python_spares: int = -1
+    # ... whose zygote imports these modules first, so every interpreter has them
+    python_preload: tuple[str, ...] = ()
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -208,6 +210,8 @@ def _typed(name: str, value: Any, source: str) -> Any:
             raise InputError(f"{name} must be a list of names, got {values.show(value)}")
         if name == "tags":
             return tuple(_tag(v) for v in items)
+        if name == "python_preload":
+            return _modules(items)
         return tuple(values.name(name, v) for v in items)
     if name == "log_level":
         level = values.text(name, value, 20).strip().upper()
@@ -252,6 +256,24 @@ def _tag(text: Any) -> tuple[str, str]:
         if not sep or not key:
             raise InputError(f"tags: write each as key=value, got {values.show(text)}")
     return values.name("tags", key), values.name(f"tags.{key}", value)
+
+
+PRELOAD_MAX = 64  # modules a zygote imports before it forks anything
+
+
+def _modules(items: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    """Module names for the zygote to import (``pkg.module``): dotted identifiers only,
+    as an app's import path holds them; nothing else reaches an interpreter's import."""
+    if len(items) > PRELOAD_MAX:
+        raise InputError(f"python_preload: at most {PRELOAD_MAX} modules, got {len(items)}")
+    names = []
+    for item in items:
+        name = values.text("python_preload", item, limits.PYTHON_PATH_MAX)
+        if not limits.PYTHON_MODULE.fullmatch(name):
+            raise InputError(f"python_preload: {values.show(name, 60)} is not a module name "
+                             "(dotted identifiers, as package.module)")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def leader_silence_s(s: Settings) -> float:

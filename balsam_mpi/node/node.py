@@ -1,12 +1,10 @@
 """One node's tasks: a queue, the running processes, their capacity — no MPI, no database.
 
 Shared by worker ranks and the leader's in-process local worker. The node starts queued
-tasks in order while the head fits (no backfill, so a task that needs the whole node is
-not starved by a stream of small ones), notices exits through pidfds in ``epoll`` (so it
-can sleep and still wake the instant a task ends), enforces each task's own wall time,
-and kills on request: SIGTERM to the task's process group, SIGKILL after the grace
-(``stops``: how a node ends tasks).
-Everything that happened is collected in :attr:`changes` for the next report.
+tasks in order while the head fits (no backfill: a task that needs the whole node is not
+starved by small ones), notices exits through pidfds in ``epoll`` (it sleeps and still
+wakes the instant a task ends), enforces each task's wall time, and kills on request
+(``stops``). What happened is collected in :attr:`changes` for the next report.
 
 A task's path, top-down in this file: an order arrives (:meth:`Node.apply` from a worker's
 ASSIGN, :meth:`Node.enqueue` on the leader), waits in the queue, starts when it fits
@@ -213,6 +211,8 @@ class Node(Stops, PyStart):
                                   f"node; this launcher's nodes have {self.res.gpus} "
                                   "(--gpus-per-node)", release=False)
                 continue
+            if order.python and not self.python_ready():
+                break  # its zygote is still importing python_preload
             self.queue.popleft()
             self._start(order)
             did = True

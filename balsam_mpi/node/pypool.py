@@ -72,13 +72,14 @@ class PoolConfig:
     die_with_parent: bool = True
     python: str = sys.executable
     spares: int = 0  # interpreters forked before any call (spare_count: -1 = one per core)
+    preload: tuple[str, ...] = ()  # modules the zygote imports before it forks (pyzygote)
 
     @classmethod
     def from_settings(cls, settings: Any) -> PoolConfig:
         return cls(max_calls=settings.python_max_calls, memory_mb=settings.python_memory_mb,
                    address_cap=settings.python_address_cap,
                    die_with_parent=settings.die_with_parent,
-                   spares=settings.python_spares)
+                   spares=settings.python_spares, preload=settings.python_preload)
 
     def spare_count(self) -> int:
         """-1: one per core the node may run on (a job's cpuset, not the whole node)."""
@@ -123,7 +124,8 @@ class PyPool:
         runner.raise_nofile()
         # Interpreters are forked from a fresh, MPI-free zygote (pyzygote), started with
         # the node's environment (the launcher's minus its MPI variables).
-        self.zygote = Zygote(config.python, self.base, config.die_with_parent)
+        self.zygote = Zygote(config.python, self.base, config.die_with_parent,
+                             config.preload)
         self.started = 0
         self.calls = 0
         self.busy = 0  # calls running now
@@ -224,7 +226,8 @@ class PyPool:
         """Whether the node should fork a spare in its idle time: only before the first
         call (a spare stands in for that wave's forks; later, interpreters are kept),
         up to the configured count, and while the zygote is up."""
-        return not self.calls and self.spares_left > 0 and self.zygote.alive()
+        return (not self.calls and self.spares_left > 0 and self.zygote.alive()
+                and self.zygote.poll_ready())
 
     def fork_spare(self) -> None:
         """One spare; a fork that fails ends the spares (the first call will say why)."""

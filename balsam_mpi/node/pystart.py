@@ -44,6 +44,21 @@ class PyStart:
         while spares_now and pool.spare_wanted():
             pool.fork_spare()
 
+    def python_ready(self) -> bool:
+        """Whether a Python call may start now: not while the zygote imports its preload
+        modules (the call's fork would wait behind them, blocking the node past what its
+        leader allows a silent worker). Never blocks; starts the zygote if need be."""
+        if not self.python.preload or self.stopping:
+            return True
+        pool = self._python_pool()
+        if pool.zygote.ready:
+            return True
+        try:
+            pool.zygote.start()
+        except OSError:
+            return True  # the call's own start says why
+        return pool.zygote.poll_ready()
+
     def _python_pool(self) -> pypool.PyPool:
         if self.pool is None:
             self.pool = pypool.PyPool(self._env, self.python)

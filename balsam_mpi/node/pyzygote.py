@@ -12,6 +12,15 @@ inherits anything of MPI; each starts as a copy of the same clean process.
     node → zygote   {"env": {...}} with the interpreter's socket attached (SCM_RIGHTS)
     zygote → node   {"pid": n}; and {"exit": n, "status": s} when an interpreter exits
 
+With ``python_preload``, the zygote first imports the modules named there and says so
+(``{"ready": true, "failed": {...}, ...}``); every interpreter is then forked with them
+imported, so a node imports a heavy module once, not once per interpreter (each reading
+the same files from a shared file system, side by side, as the first wave starts). The
+node starts no Python call until then (a fork would wait behind the imports, past what
+a node may block: ``PyStart``), and gives a zygote that dies or takes longer than
+``PRELOAD_PATIENCE_S`` up for one without them. What a preloaded module does at import
+it does once, in the zygote, with the node's environment: see docs/python-tasks.md.
+
 The zygote is the interpreters' parent, so it reaps them and relays each exit status
 (the node watches them through pidfds, which need no parent). Each interpreter leads its
 own session (a kill reaches what it started) and dies with the zygote, which dies with
@@ -23,7 +32,9 @@ from __future__ import annotations
 
 import array
 import contextlib
+import importlib
 import json
+import logging
 import os
 import select
 import signal
@@ -33,12 +44,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..base.limits import PYTHON_MODULE
 from . import pidfds, pycall
+
+log = logging.getLogger(__name__)
 
 # A new zygote's first answer (its own start-up) at most. The node waits for it, so it
 # stays well under worker_timeout_s (10 s), after which the leader declares a silent
 # worker dead; a call that cannot get an interpreter in time fails with the reason.
 START_TIMEOUT_S = 5.0
+# How long a zygote may take over its preload imports before the node ends it and starts
+# one without them (a module that hangs at import must not keep a node's calls waiting
+# for the whole job); generous, as a cold shared file system can be slow.
+PRELOAD_PATIENCE_S = 300.0
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT,
                     signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
@@ -50,10 +68,14 @@ class ZygoteError(OSError):
 class Zygote:
     """The node's side: asks for interpreters, collects their exit statuses."""
 
-    def __init__(self, python: str, env: Mapping[str, str], die_with_parent: bool) -> None:
+    def __init__(self, python: str, env: Mapping[str, str], die_with_parent: bool,
+                 preload: tuple[str, ...] = ()) -> None:
         self.python = python
         self.env = dict(env)
         self.die_with_parent = die_with_parent
+        self.preload = preload  # dropped for good if a zygote cannot import them
+        self.ready = not preload  # False until a zygote has imported its preload modules
+        self._ready_by = 0.0
         self.pid = -1
         self.pidfd = -1
         self.ctl: socket.socket | None = None
@@ -67,6 +89,7 @@ class Zygote:
     def start(self) -> None:
         """Start the zygote unless it runs (the node's prestart; forks start it anyway)."""
         if not self.alive():
+            self.poll_ready()  # one that died importing its preload: none next time
             self._start()
 
     def _start(self) -> None:
@@ -75,7 +98,7 @@ class Zygote:
         child_fd = theirs.fileno()
         spare = os.dup(child_fd) if child_fd == 3 else -1  # dup2(3, 3) keeps CLOEXEC
         argv = [self.python, "-m", "balsam_mpi.node.pyzygote", "3", str(os.getpid()),
-                "1" if self.die_with_parent else "0"]
+                "1" if self.die_with_parent else "0", ",".join(self.preload)]
         try:
             self.pid = os.posix_spawn(self.python, argv, self.env, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -97,6 +120,31 @@ class Zygote:
                               f"{exc.strerror or exc}") from None
         self.ctl = ours
         self.started += 1  # the zygote's generation: its interpreters carry it
+        self.ready = not self.preload
+        self._ready_by = time.monotonic() + PRELOAD_PATIENCE_S
+
+    def poll_ready(self) -> bool:
+        """Whether the zygote has imported its preload modules (never blocks). One that
+        died meanwhile, or is past ``PRELOAD_PATIENCE_S``, is given up for one without
+        them (True: the next fork starts it)."""
+        if self.ready or self.ctl is None:  # (not started: python_ready starts it)
+            return self.ready
+        if self.alive():
+            self._read(0.0)
+            if self.ready:
+                return True
+            if time.monotonic() < self._ready_by:
+                return False
+            why = f"did not finish importing them in {PRELOAD_PATIENCE_S:g} s"
+        else:
+            why = "died while importing them"
+        log.warning("the Python interpreters' zygote %s (python_preload: %s): its "
+                    "interpreters start without them", why, ", ".join(self.preload))
+        self.kill()
+        self.close()
+        self.preload = ()
+        self.ready = True
+        return True
 
     def close(self) -> None:
         """End the zygote (it ends its interpreters first) and reap it."""
@@ -192,8 +240,28 @@ class Zygote:
             msg = json.loads(data)
             if "exit" in msg:
                 self.exits[int(msg["exit"])] = int(msg["status"])
+            elif "ready" in msg:
+                self._preloaded(msg)
             else:
                 out.append(msg)
+
+
+    def _preloaded(self, msg: dict[str, Any]) -> None:
+        self.ready = True
+        failed = dict(msg.get("failed") or {})
+        for name, why in failed.items():
+            log.warning("python_preload: the zygote cannot import %s (%s); calls import "
+                        "it themselves", name, why)
+        done = [m for m in self.preload if m not in failed]
+        if done:
+            log.info("the Python interpreters' zygote imported %s in %.2f s",
+                     ", ".join(done), float(msg.get("seconds", 0.0)))
+        threads = int(msg.get("threads", 0))
+        if threads:
+            log.warning("python_preload: the zygote has %d thread(s) besides its own after "
+                        "the imports; its interpreters are forks of it, and a fork keeps "
+                        "only the thread that forks (a lock another thread held stays "
+                        "held): preload modules that start no thread at import", threads)
 
 
 def _end(pid: int, ctl: socket.socket) -> None:
@@ -288,15 +356,40 @@ def serve(ctl: socket.socket, die: bool) -> int:
                 os.waitpid(pid, 0)
 
 
+def preload(names: list[str]) -> dict[str, Any]:
+    """Import each module (in the zygote, before any fork); the node's "ready" message:
+    what failed and why (one line each), the time taken, threads left running."""
+    t0 = time.monotonic()
+    failed: dict[str, str] = {}
+    for name in names:
+        if not PYTHON_MODULE.fullmatch(name):  # the settings check it; never imported
+            failed[name] = "not a module name"
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # SystemExit too: the zygote serves on without it
+            first = (str(exc).strip().splitlines() or [""])[0]
+            failed[name] = f"{type(exc).__name__}: {first}"[:300]
+    try:
+        threads = len(os.listdir("/proc/self/task")) - 1  # native ones too
+    except OSError:
+        threads = 0
+    return {"ready": True, "failed": failed, "seconds": round(time.monotonic() - t0, 3),
+            "threads": threads}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m balsam_mpi.node.pyzygote FD PARENT_PID DIE_WITH_PARENT (0|1); "
-              "started by the launcher's nodes only", file=sys.stderr)
+    if len(argv) not in (3, 4):
+        print("usage: python -m balsam_mpi.node.pyzygote FD PARENT_PID DIE_WITH_PARENT (0|1) "
+              "[MODULE,...]; started by the launcher's nodes only", file=sys.stderr)
         return 2
     fd, parent, die = int(argv[0]), int(argv[1]), argv[2] == "1"
     pycall.setup(parent, die)
     ctl = socket.socket(fileno=fd)
     ctl.set_inheritable(False)
+    names = [n for n in argv[3].split(",") if n] if len(argv) == 4 else []
+    if names:
+        ctl.send(json.dumps(preload(names)).encode())
     return serve(ctl, die)
 
 
