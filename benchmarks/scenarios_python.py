@@ -12,7 +12,9 @@ the same run's exec no-ops and bare spawn ceiling.
    run and in the steady state (the middle half of the ends: every interpreter started).
 2. Utilization, 4 nodes × 16: Python calls sleeping 0.1 s and 0.01 s (target for 0.1 s:
    ≥ 0.97), `balsam-mpi report`'s definition and first start → last end.
-3. End → `wait` returns: one task at a time on a launcher that stays up, the time from
+3. ``python_preload``: 0.1 s calls of a module that takes ~0.17 s to import, without and
+   with preload, in alternating runs: each job's wall time (``python_preload.py``).
+4. End → `wait` returns: one task at a time on a launcher that stays up, the time from
    the task's end on its node (its ended_at) to `Client.wait` returning, minus the
    launcher's flush interval (target ≤ 0.5 s); and, for many tasks ending at full
    speed, each one's end to `as_completed` yielding it.
@@ -32,7 +34,7 @@ from typing import Any
 from balsam_mpi.base.project import Project
 from balsam_mpi.demo.run import find_mpiexec
 
-from . import ceiling
+from . import ceiling, python_preload
 from . import launcher_common as lc
 from .harness import write_result
 from .measure import one_run, task_times
@@ -170,11 +172,13 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     with bench_project() as proj, lc.connect(proj) as conn:
         thr = _throughput(proj, conn, quick)
         util = _utilization(proj, conn, quick)
+        pre = python_preload.measure(proj, conn, ENV, quick)
         lat = _wait_latency(proj, conn, quick)
     params = {"nodes": NODES, "node_packing_count": PACKING, "quick": quick,
               "functions": "benchmarks/pyfuncs.py", "exec": "/bin/true"}
     path = write_result(out, "python", params,
-                        {"throughput": thr, "utilization": util, "wait": lat})
+                        {"throughput": thr, "utilization": util, "preload": pre,
+                         "wait": lat})
     r, s, st = thr["rate_per_s"], thr["ratio_to_spawn"], thr["steady_ratio_to_spawn"]
     summary: dict[str, Any] = {
         "spawn ceiling /s": round(thr["spawn_ceiling_per_s"]["used"])}
@@ -188,6 +192,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         summary[f"utilization {key} s python, {NODES}x{PACKING}"] = (
             f"{m['utilization']:.3f} (first start to last end {m['utilization_span']:.3f}),"
             f" {m['rate_per_s']:.0f} tasks/s")
+    summary[f"python_preload, 0.1 s calls of {python_preload.MODULE}, {NODES}x{PACKING}, "
+            f"{pre['tasks']} tasks"] = python_preload.summary_line(pre)
     single, many = lat["single"], lat["many"]
     summary["end -> wait returns"] = (
         f"median {single['median_s']:.3f} s, max {single['max_s']:.3f} s: "

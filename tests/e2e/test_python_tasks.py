@@ -206,3 +206,38 @@ def test_calls_without_task_directories(client: Client, dbname: str) -> None:
     wf = Path(os.environ["BALSAM_DB_PATH"]) / "data" / "nodir"
     assert wf.is_dir() and list(wf.iterdir()) == []  # no shard, no task directory
     no_strays(dbname)
+
+
+PRELOADED = '''
+import os
+with open(os.environ["IMPORT_LOG"], "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+
+def where():
+    return {"pid": os.getpid(), "ppid": os.getppid()}
+'''
+
+
+def test_python_preload_imports_a_module_once_per_node(
+        client: Client, dbname: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``BALSAM_PYTHON_PRELOAD``: each node's zygote imports the module before it forks
+    its interpreters, so none of them imports it again (without it: one import per
+    interpreter, tests/unit/test_python_preload.py)."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "preloaded_mod.py").write_text(PRELOADED)
+    log = tmp_path / "imports"
+    monkeypatch.setenv("PYTHONPATH", f"{REPO}:{mods}")
+    monkeypatch.setenv("IMPORT_LOG", str(log))
+    monkeypatch.setenv("BALSAM_PYTHON_PRELOAD", "preloaded_mod")
+    client.add_app("preloaded", python="preloaded_mod:where")
+    ids = client.add_tasks([_task("preloaded", node_packing_count=8) for _ in range(64)])
+    proc = launcher(2)
+    outcomes = client.wait(ids, timeout=180)
+    finish(proc)
+    assert all(o.state == "JOB_FINISHED" for o in outcomes)
+    interpreters = {o.result["pid"] for o in outcomes}
+    zygotes = {o.result["ppid"] for o in outcomes}
+    assert len(zygotes) == 2 and len(interpreters) > 2  # two nodes, several interpreters
+    assert sorted(int(x) for x in log.read_text().split()) == sorted(zygotes)
+    no_strays(dbname)
