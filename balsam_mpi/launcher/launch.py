@@ -227,9 +227,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     host = socket.gethostname()
     try:
         check_open_files()  # before anything is written: nothing adopted, nothing claimed
-        pidfds.check()  # the kernel watches tasks for the nodes (node/pidfds.py)
+        no_pidfds = pidfds.check()  # how the nodes watch their tasks (node/pidfds.py)
         settings, project = settings_from(argv)
         logs.setup(rank, project.log_dir, _run_name(), settings.log_level)
+        if no_pidfds is not None:  # said once on stderr (rank 0), in every rank's log
+            log.log(logging.WARNING if rank == 0 else logging.INFO, "%s", no_pidfds)
         if netmod_choice is not None:
             log.info("MPICH network module %s for the launcher's ranks (a multi-node srun "
                      "step: launcher/netmod.py)", netmod_choice)

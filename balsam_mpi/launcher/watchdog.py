@@ -44,13 +44,16 @@ first turn, before that.
 
 The watchdog is given its rank's pid, dies with it (``PR_SET_PDEATHSIG``), ends at once
 if that pid is not its parent, and is stopped when the rank's node closes. Processes are
-signalled through pidfds, so a pid reused between the walk and the signal is never hit.
+signalled through pidfds, so a pid reused between the walk and the signal is never hit;
+where the kernel has none (node/pidfds.py), by pid, each signal after checking that the
+process still has the start time it had in the walk (the window left is that check's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import signal
@@ -59,12 +62,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 CHECK_S = 0.25
 _PAGE = struct.Struct("ddQ")  # last proof of life, cut at (monotonic seconds), mark
 _SECONDS = struct.Struct("d")
 REREAD_S = 0.005  # a proof that would cut is read again this much later
 _PR_SET_PDEATHSIG = 1
+# What a kernel without pidfd_open, or a seccomp filter, answers (as node/pidfds.py; this
+# file runs as a script of its own, importing nothing of the package).
+_REFUSED = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES, errno.EOPNOTSUPP})
 
 
 def worker_watch(worker_timeout_s: float, kill_grace_s: float) -> tuple[float, float]:
@@ -211,23 +218,55 @@ def _exe(pid: int) -> str:
         return ""
 
 
-def _pidfd(pid: int) -> int | None:
+class _Target(NamedTuple):
+    """A process to stop: its pidfd, or, where the kernel has none (node/pidfds.py), -1
+    and its start time, checked before each signal so a pid reused meanwhile is spared."""
+
+    pid: int
+    fd: int
+    start: str
+
+
+def _start_time(pid: int) -> tuple[str, str] | None:
+    """(start time in clock ticks since boot, state) from /proc/PID/stat; None if gone."""
     try:
-        return os.pidfd_open(pid)
-    except OSError:  # already gone
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+    return (fields[19], fields[0]) if len(fields) > 19 else None
 
 
-def _send(fd: int, sig: int) -> None:
+def _target(pid: int) -> _Target | None:
+    seen = _start_time(pid)
+    if seen is None:
+        return None
+    try:
+        return _Target(pid, os.pidfd_open(pid), seen[0])
+    except OSError as exc:
+        if exc.errno in _REFUSED:
+            return _Target(pid, -1, seen[0])
+        return None  # already gone
+    except AttributeError:  # a Python without os.pidfd_open
+        return _Target(pid, -1, seen[0])
+
+
+def _send(target: _Target, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        signal.pidfd_send_signal(fd, sig)
+        if target.fd >= 0:
+            signal.pidfd_send_signal(target.fd, sig)
+        elif _alive(target):
+            os.kill(target.pid, sig)
 
 
-def _alive(fd: int) -> bool:
+def _alive(target: _Target) -> bool:
+    if target.fd < 0:
+        now = _start_time(target.pid)
+        return now is not None and now[0] == target.start and now[1] != "Z"
     import select
 
     poll = select.poll()
-    poll.register(fd, select.POLLIN)
+    poll.register(target.fd, select.POLLIN)
     return not poll.poll(0)  # a pidfd is readable once its process has ended
 
 
@@ -239,25 +278,26 @@ def cut(rank: int, grace_s: float, trampoline: str) -> int:
     if rank <= 1:  # never the whole machine
         raise ValueError(f"not a rank's pid: {rank}")
     tramps: set[int] = set()
-    targets: dict[int, int] = {}  # pid -> pidfd
+    targets: dict[int, _Target] = {}
     for pid, parent in descendants(rank, skip=os.getpid()):
         if parent != rank and parent not in targets or parent in tramps:
             continue  # under a trampoline (or a process gone meanwhile): not ours
-        fd = _pidfd(pid)
-        if fd is None:
+        target = _target(pid)
+        if target is None:
             continue
-        targets[pid] = fd
+        targets[pid] = target
         if trampoline and _exe(pid) == trampoline:
             tramps.add(pid)
-    for fd in targets.values():
-        _send(fd, signal.SIGTERM)
+    for target in targets.values():
+        _send(target, signal.SIGTERM)
     until = time.monotonic() + grace_s
-    while time.monotonic() < until and any(_alive(fd) for fd in targets.values()):
+    while time.monotonic() < until and any(_alive(t) for t in targets.values()):
         time.sleep(0.05)
-    for pid, fd in targets.items():
-        if _alive(fd):
-            _send(fd, signal.SIGHUP if pid in tramps else signal.SIGKILL)
-        os.close(fd)
+    for pid, target in targets.items():
+        if _alive(target):
+            _send(target, signal.SIGHUP if pid in tramps else signal.SIGKILL)
+        if target.fd >= 0:
+            os.close(target.fd)
     return len(targets)
 
 

@@ -13,6 +13,8 @@ import select
 import time
 from types import TracebackType
 
+from . import pidfds
+
 
 class ProcWatch:
     def __init__(self) -> None:
@@ -20,6 +22,10 @@ class ProcWatch:
         self._tasks: dict[int, int] = {}  # pidfd -> task id
         self._wake_fds: set[int] = set()  # eventfds: drained when they fire
         self._others: set[int] = set()  # readable means "look": the caller reads them
+        # Without pidfds, their stand-ins' news (pidfds, exitnotes): serviced on waking.
+        self._notes = pidfds.stand_ins()
+        if self._notes is not None:
+            self._epoll.register(self._notes.fileno(), select.EPOLLIN)
 
     def __enter__(self) -> ProcWatch:
         return self
@@ -57,6 +63,10 @@ class ProcWatch:
             return [], False
         ended: list[int] = []
         events = self._epoll.poll(ms / 1000.0 if ms else 0)
+        if self._notes is not None and any(fd == self._notes.fileno() for fd, _ in events):
+            self._notes.service()  # closes the stand-ins of what ended: readable now
+            seen = {fd for fd, _ in events}
+            events += [e for e in self._epoll.poll(0) if e[0] not in seen]
         for fd, _mask in events:
             task_id = self._tasks.get(fd)
             if task_id is not None:

@@ -10,6 +10,8 @@ import signal
 import socket
 from collections.abc import Callable
 
+from . import pidfds
+
 # An interpreter's kind: the spawn variables it was started with (pypool.SPAWN_KEYS), its
 # address-space cap and its resident-size cap. It serves only calls of its kind.
 Key = tuple[tuple[tuple[str, str], ...], int, int]
@@ -28,7 +30,7 @@ class Interpreter:
         self.key = key
         self.pidfd = -1
         try:
-            self.pidfd = os.pidfd_open(pid)
+            self.pidfd = pidfds.open_other(pid)  # (its zygote's word, without pidfds)
             self.watch = select.epoll()  # readable: an answer, or the process is gone
         except OSError:  # no descriptor free: never watched, so never called (pidfds)
             self._abandon()

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import sys
 import time
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import EndKind, Finished, RunOrder
-from . import gpus, memlimit, runner, taskplace
+from . import gpus, memlimit, pidfds, runner, taskplace
 from .deaths import signal_name
 from .outcap import CallOutputs
 from .pycall import encode_frame
@@ -280,14 +279,14 @@ class PyPool:
             return rc
         # No whole answer. Only the process's exit or the socket's end says more: more
         # of the answer arriving meanwhile (a big one comes in parts) is no end at all.
-        exited = bool(select.select([interp.pidfd], [], [], 0)[0])
+        exited = pidfds.is_over(interp.pidfd)
         if not exited and not interp.eof and interp.status is None:
             return None  # woken by part of the answer
         if not exited and interp.status is None:
             # The socket ended while the process lives: it is dying (its descriptors
             # close a moment before its exit shows), or the call closed the socket or
             # broke what the interpreter answers with. A moment tells which.
-            exited = bool(select.select([interp.pidfd], [], [], HANG_UP_S)[0])
+            exited = pidfds.is_over(interp.pidfd, HANG_UP_S)
         status = interp.reap(2.0 if exited else 0.0)
         if status is None and exited:
             status = interp.status = 255  # its zygote never said how: the status is lost
@@ -367,7 +366,7 @@ class PyPool:
         for interp in list(self.procs.values()):  # gone before the node reports its end
             left = max(0.0, deadline - time.monotonic())
             if interp.status is None and interp.pidfd >= 0:
-                select.select([interp.pidfd], [], [], left)
+                pidfds.is_over(interp.pidfd, left)
             self._forget(interp)
         self.zygote.close()
         self.idle.clear()

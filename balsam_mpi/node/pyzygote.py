@@ -22,7 +22,8 @@ a node may block: ``PyStart``), and gives a zygote that dies or takes longer tha
 it does once, in the zygote, with the node's environment: see docs/python-tasks.md.
 
 The zygote is the interpreters' parent, so it reaps them and relays each exit status
-(the node watches them through pidfds, which need no parent). Each interpreter leads its
+(the node watches them through pidfds, which need no parent; without pidfds, through
+this relay: ``pidfds.relayed_exit``). Each interpreter leads its
 own session (a kill reaches what it started) and dies with the zygote, which dies with
 the rank (parent-death signals); the zygote ends its interpreters and itself when the
 node closes its socket.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -44,8 +44,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..base.limits import PYTHON_MODULE
-from . import pidfds, pycall
+from . import pidfds, pycall, zygoteproc
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +79,13 @@ class Zygote:
         self.pidfd = -1
         self.ctl: socket.socket | None = None
         self.exits: dict[int, int] = {}  # interpreter pid -> exit status, until asked for
+        self.forked: set[int] = set()  # interpreters whose exit it has not reported
+        self._pending: list[dict[str, Any]] = []  # answers read by _collect, not yet taken
         self.started = 0
 
     # -- the zygote itself --------------------------------------------------------------
     def alive(self) -> bool:
-        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
+        return self.pidfd >= 0 and not pidfds.is_over(self.pidfd)
 
     def start(self) -> None:
         """Start the zygote unless it runs (the node's prestart; forks start it anyway)."""
@@ -119,6 +120,9 @@ class Zygote:
             raise ZygoteError(f"cannot watch the interpreters' zygote: pidfd_open: "
                               f"{exc.strerror or exc}") from None
         self.ctl = ours
+        notes = pidfds.stand_ins()
+        if notes is not None:  # without pidfds, its word is how interpreters' ends show
+            notes.source(ours.fileno(), self._collect)
         self.started += 1  # the zygote's generation: its interpreters carry it
         self.ready = not self.preload
         self._ready_by = time.monotonic() + PRELOAD_PATIENCE_S
@@ -149,10 +153,11 @@ class Zygote:
     def close(self) -> None:
         """End the zygote (it ends its interpreters first) and reap it."""
         if self.ctl is not None:
+            self._gone()
             self.ctl.close()  # EOF: it kills its interpreters and exits
             self.ctl = None
         if self.pid > 0:
-            if not select.select([self.pidfd], [], [], 5.0)[0]:
+            if not pidfds.is_over(self.pidfd, 5.0):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
@@ -185,6 +190,7 @@ class Zygote:
             self.ctl.sendmsg([json.dumps({"env": dict(env)}).encode()], [
                 (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
             pid = self._await_pid(START_TIMEOUT_S)
+            self.forked.add(pid)
         except BaseException:
             ours.close()
             raise
@@ -223,10 +229,10 @@ class Zygote:
 
     def _read(self, timeout: float) -> list[dict[str, Any]]:
         """Messages waiting (up to ``timeout`` for the first); exits are kept aside."""
-        out: list[dict[str, Any]] = []
+        out, self._pending = self._pending, []
         if self.ctl is None:
             return out
-        if timeout > 0 and not select.select([self.ctl], [], [], timeout)[0]:
+        if timeout > 0 and not out and not select.select([self.ctl], [], [], timeout)[0]:
             return out
         while True:
             try:
@@ -234,17 +240,38 @@ class Zygote:
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError:
+                self._gone()
                 return out
             if not data:
+                self._gone()  # it ended: so have the interpreters it had not reported
                 return out
             msg = json.loads(data)
             if "exit" in msg:
                 self.exits[int(msg["exit"])] = int(msg["status"])
+                self.forked.discard(int(msg["exit"]))
+                pidfds.relayed_exit(int(msg["exit"]))
             elif "ready" in msg:
                 self._preloaded(msg)
             else:
                 out.append(msg)
 
+
+    def _collect(self) -> None:
+        """Read what the zygote said (its exits close stand-ins); answers wait for
+        whoever asked (``_await_pid``)."""
+        got = self._read(0.0)  # (it swaps the list: read before naming it)
+        self._pending.extend(got)
+
+    def _gone(self) -> None:
+        """The zygote's socket ended: every interpreter it had not reported has ended or
+        is ending with it (parent-death signal); their stand-ins say so (pidfds)."""
+        if self.ctl is not None:
+            notes = pidfds.stand_ins()
+            if notes is not None:
+                notes.drop(self.ctl.fileno())
+        for pid in self.forked:
+            pidfds.relayed_exit(pid)
+        self.forked.clear()
 
     def _preloaded(self, msg: dict[str, Any]) -> None:
         self.ready = True
@@ -271,113 +298,6 @@ def _end(pid: int, ctl: socket.socket) -> None:
     pidfds.kill_and_reap(pid)
 
 
-# -- the zygote's side ------------------------------------------------------------------
-def _child(fd: int, env: dict[str, Any], zygote: int, die: bool, ctl: socket.socket,
-           closing: list[int]) -> None:
-    """In a freshly forked interpreter: never returns into the zygote's loop."""
-    code = 1
-    try:
-        os.setsid()  # its own session: a kill reaches whatever it starts
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.close(ctl.detach())  # the zygote's socket, not this interpreter's
-        for other in closing:
-            with contextlib.suppress(OSError):
-                os.close(other)
-        os.environ.update({str(k): str(v) for k, v in env.items()})
-        if die:
-            pycall.die_with(zygote)
-        code = pycall.serve(fd)
-    except BaseException:  # reported on stderr, then the process ends
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
-def serve(ctl: socket.socket, die: bool) -> int:
-    """Fork an interpreter per request; relay their exits; end them all at EOF."""
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
-    children: set[int] = set()
-    backlog: list[bytes] = []  # exits the node has not had room for yet
-    poller = select.poll()
-    poller.register(ctl.fileno(), select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
-    me = os.getpid()
-    try:
-        while True:
-            poller.modify(ctl.fileno(), select.POLLIN | (select.POLLOUT if backlog else 0))
-            events = poller.poll()
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 4096)
-            while True:  # reap every interpreter that exited
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                children.discard(pid)
-                backlog.append(json.dumps({"exit": pid, "status":
-                                           os.waitstatus_to_exitcode(status)}).encode())
-            while backlog:
-                try:
-                    ctl.send(backlog[0], socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    return 0  # the node is gone
-                backlog.pop(0)
-            if not any(fd == ctl.fileno() and mask & (select.POLLIN | select.POLLHUP)
-                       for fd, mask in events):
-                continue
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 16, 1)
-            except OSError:
-                return 0  # the node is gone (it closed with our news unread)
-            if not data:
-                return 0  # the node closed its end
-            request = json.loads(data)
-            pid = os.fork()
-            if pid == 0:
-                _child(fds[0], request.get("env", {}), me, die, ctl, [wake_r, wake_w])
-            os.close(fds[0])
-            children.add(pid)
-            ctl.send(json.dumps({"pid": pid}).encode())
-    finally:
-        for pid in children:  # the node is gone or done: so are its interpreters
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-        for pid in children:  # reaped here, not left for init: gone when the node is
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-
-
-def preload(names: list[str]) -> dict[str, Any]:
-    """Import each module (in the zygote, before any fork); the node's "ready" message:
-    what failed and why (one line each), the time taken, threads left running."""
-    t0 = time.monotonic()
-    failed: dict[str, str] = {}
-    for name in names:
-        if not PYTHON_MODULE.fullmatch(name):  # the settings check it; never imported
-            failed[name] = "not a module name"
-            continue
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:  # SystemExit too: the zygote serves on without it
-            first = (str(exc).strip().splitlines() or [""])[0]
-            failed[name] = f"{type(exc).__name__}: {first}"[:300]
-    try:
-        threads = len(os.listdir("/proc/self/task")) - 1  # native ones too
-    except OSError:
-        threads = 0
-    return {"ready": True, "failed": failed, "seconds": round(time.monotonic() - t0, 3),
-            "threads": threads}
-
-
 def main(argv: list[str]) -> int:
     if len(argv) not in (3, 4):
         print("usage: python -m balsam_mpi.node.pyzygote FD PARENT_PID DIE_WITH_PARENT (0|1) "
@@ -389,8 +309,8 @@ def main(argv: list[str]) -> int:
     ctl.set_inheritable(False)
     names = [n for n in argv[3].split(",") if n] if len(argv) == 4 else []
     if names:
-        ctl.send(json.dumps(preload(names)).encode())
-    return serve(ctl, die)
+        ctl.send(json.dumps(zygoteproc.preload(names)).encode())
+    return zygoteproc.serve(ctl, die)
 
 
 if __name__ == "__main__":

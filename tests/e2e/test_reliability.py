@@ -34,6 +34,7 @@ OPEN_MPI = FOUND_MPI is not None and FOUND_MPI.kind == "openmpi"
 # How a user stops a launcher started by hand: TERM, which hydra passes on to every rank.
 # Open MPI's mpirun answers TERM by killing its ranks two seconds later, before a drain
 # ends, and passes USR1 on (the local start turns TERM into USR1 for it: docs/mpi-tasks.md).
+REPO = Path(__file__).resolve().parents[2]  # the Python calls import tests.pyfuncs
 STOP = signal.SIGUSR1 if OPEN_MPI else signal.SIGTERM
 RANK_VARS = (b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK=", b"PMIX_RANK=", b"SLURM_PROCID=")
 
@@ -381,24 +382,33 @@ def test_a_low_open_file_limit_is_one_line_and_touches_nothing(conn: Any,
 
 
 @pytest.mark.skipif(not nosys.supported(), reason="seccomp numbers for x86-64/aarch64")
-def test_a_kernel_without_pidfd_open_is_one_line_and_touches_nothing(conn: Any,
-                                                                    dbname: str) -> None:
+def test_a_kernel_without_pidfd_open_runs_every_task(conn: Any, dbname: str) -> None:
     """A kernel before Linux 5.3 (here: a seccomp filter answering as one would) gives
-    no pidfds. Before, the launcher opened its batch job and claimed, and every task
-    failed to start after its process was running (spawned, then pidfd_open failed),
-    unwatched. Now: one line before anything is written."""
-    add(conn, 2, command="true", app="fine")
-    proc = subprocess.Popen([*mpirun(1), sys.executable, "-m", "balsam_mpi",
+    no pidfds. Before, the launcher stopped with one line and ran nothing. Now its nodes
+    watch their processes through SIGCHLD and the zygote's word (node/exitnotes.py):
+    process tasks and Python calls run to their ends on both ranks, each exactly once,
+    and the log says once how the nodes watch."""
+    ok = add(conn, 12, command="true", app="fine", packing=4)
+    slow = add(conn, 4, command="sleep 1", app="slow", packing=4)
+    bad = add(conn, 2, command="sh -c 'exit 3'", app="bad")
+    conn.execute("INSERT INTO apps (name, python) VALUES ('py', 'tests.pyfuncs:add')")
+    py = [r[0] for r in conn.execute(
+        "INSERT INTO tasks (workflow, name, app_id, state, node_packing_count, params) "
+        "SELECT 'w', 't', (SELECT id FROM apps WHERE name = 'py'), 'READY', 4, "
+        "jsonb_build_object('a', i, 'b', 1) FROM generate_series(1, 16) i RETURNING id")]
+    proc = subprocess.Popen([*mpirun(2), sys.executable, "-m", "balsam_mpi",
                              "--idle-timeout", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
                             preexec_fn=lambda: nosys.refuse("pidfd_open"))
-    out = ended(proc, 90)
-    assert proc.returncode == 2, out
-    assert out.count("error:") == 1, out
-    assert ("balsam_mpi launcher: error: pidfd_open was refused (ENOSYS: Function not "
-            "implemented) on Linux ") in out, out
-    assert "needs Linux 5.3 or later" in out, out
+    out = ended(proc, 120)
+    assert proc.returncode == 0, out
+    assert out.count("pidfd_open was refused (ENOSYS: Function not implemented)") == 1, out
+    assert "the nodes watch their processes through SIGCHLD instead" in out, out
     assert "Traceback" not in out and "CRITICAL" not in out, out
-    assert count(conn, "state = 'READY'") == 2
-    assert conn.execute("SELECT count(*) FROM batch_jobs").fetchone() == (0,)
+    assert count(conn, f"id = ANY(ARRAY{ok + slow + py}) AND state = 'JOB_FINISHED'") == 32
+    assert count(conn, f"id = ANY(ARRAY{bad}) AND state = 'FAILED'") == 2
+    assert conn.execute("SELECT array_agg(result::text::int ORDER BY id) FROM tasks "
+                        "WHERE id = ANY(%s)", (py,)).fetchone() == (list(range(2, 18)),)
+    assert set(running_events(conn).values()) == {1}  # each ran exactly once
     no_strays(dbname)

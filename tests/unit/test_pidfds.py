@@ -1,12 +1,14 @@
 """Every process a node starts is watched through a pidfd (node/pidfds.py). A kernel
-before Linux 5.3, or a container's seccomp profile, refuses pidfd_open: the launcher says
-so in one line before it starts anything. And where a pidfd cannot be opened for one
-process (EMFILE), that process is ended, never left running while its task is recorded
-as not started."""
+before Linux 5.3, or a container's seccomp profile, refuses pidfd_open: the node then
+watches through stand-ins (node/exitnotes.py) and every task ends as it would with
+pidfds; the launcher says so once. And where a pidfd cannot be opened for one process
+(EMFILE), that process is ended, never left running while its task is recorded as not
+started."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from balsam_mpi.base.errors import Unsupported
 from balsam_mpi.node import pidfds
 from balsam_mpi.node.node import Node
 from balsam_mpi.protocol import Assign, EndKind
@@ -29,7 +30,16 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_this_system_opens_pidfds() -> None:
-    pidfds.check()
+    assert pidfds.check() is None and pidfds.available()
+
+
+def _without_pidfds(code: int, tmp_path: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "tests.unit.nopidfds_probe", str(code),
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 @pytest.mark.skipif(not nosys.supported(), reason="seccomp numbers for x86-64/aarch64")
@@ -37,25 +47,36 @@ def test_this_system_opens_pidfds() -> None:
     (errno.ENOSYS, "ENOSYS: Function not implemented"),  # a kernel before 5.3
     (errno.EPERM, "EPERM: Operation not permitted"),  # a container's older profile
 ])
-def test_a_kernel_without_pidfd_open_is_one_line(code: int, said: str) -> None:
-    probe = ("from balsam_mpi.node import pidfds\n"
-             "try:\n    pidfds.check()\n"
-             "except Exception as e:\n    print(type(e).__name__, e.exit_code, e)\n")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                         text=True, timeout=30,
-                         preexec_fn=lambda: nosys.refuse("pidfd_open", code=code))
-    assert out.stdout.startswith(
-        f"Unsupported 2 pidfd_open was refused ({said}) on Linux "), out
-    assert out.stdout.rstrip().endswith(
-        ": the launcher watches every task through a pidfd, which needs Linux 5.3 or "
-        "later and, in a container, a seccomp profile that allows pidfd_open"), out
-    assert out.stdout.count("\n") == 1, out
+def test_without_pidfds_every_ending_is_seen_as_it_happens(code: int, said: str,
+                                                           tmp_path: Path) -> None:
+    """Before, the launcher refused to start on such a system (one line, status 2).
+    Now a node runs process tasks and Python calls to every kind of end, each noticed
+    as it happens (the node asleep meanwhile), through SIGCHLD and the zygote's word;
+    none of the stand-ins is left open."""
+    got = _without_pidfds(code, tmp_path)
+    assert got["available"] is False
+    assert got["note"].startswith(f"pidfd_open was refused ({said}) on Linux ")
+    assert got["note"].endswith("(pidfds need Linux 5.3 or later and, in a container, a "
+                                "seccomp profile that allows pidfd_open): the nodes watch "
+                                "their processes through SIGCHLD instead")
+    ended = {int(k): v for k, v in got["ended"].items()}
+    kinds = {i: (kind, rc) for i, (kind, rc, _run) in ended.items()}
+    assert kinds == {1: ("DONE", 0), 2: ("ERROR", 3), 3: ("DONE", 0), 4: ("TIMEOUT", -15),
+                     5: ("KILLED", -15),  # process tasks
+                     11: ("DONE", 0), 12: ("ERROR", 5), 13: ("ERROR", -9),
+                     14: ("TIMEOUT", -15),  # Python calls: returned, _exit, SIGKILL, wall
+                     15: ("DONE", 0), 16: ("DONE", 0)}  # ... and the node serves on
+    assert 1.0 <= ended[3][2] < 1.5  # `sleep 1`'s end seen at once, not at a timeout
+    assert 0.5 <= ended[16][2] < 1.0
+    assert got["stand_ins_left"] == 0
+    assert got["node_cpu_s"] < 1.0  # it slept through the seconds of sleeps and waits
 
 
-def test_a_python_without_pidfd_open_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_python_without_pidfd_open_watches_without_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(os, "pidfd_open")
-    with pytest.raises(Unsupported, match="^this Python has no os.pidfd_open on Linux "):
-        pidfds.check()
+    note = pidfds.check()
+    assert note is not None and note.startswith("this Python has no os.pidfd_open on Linux ")
 
 
 class FailOnce:

@@ -15,7 +15,7 @@ import pytest
 
 from balsam_mpi.base.errors import InputError
 from balsam_mpi.launcher.config import resolve
-from balsam_mpi.node import pyzygote
+from balsam_mpi.node import pyzygote, zygoteproc
 from balsam_mpi.node.node import Node, pypool
 from balsam_mpi.protocol import EndKind, RunOrder
 from tests.unit.pykit import ENV, ok, run
@@ -140,7 +140,7 @@ def test_the_zygote_names_threads_a_preloaded_module_left_running(tmp_path: Path
     import sys
     sys.path.insert(0, str(tmp_path))
     try:
-        msg = pyzygote.preload(["threaded", "no_such_module_here", "os;rm"])
+        msg = zygoteproc.preload(["threaded", "no_such_module_here", "os;rm"])
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("threaded", None)

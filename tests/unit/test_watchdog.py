@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import struct
@@ -15,6 +16,7 @@ import pytest
 
 from balsam_mpi.launcher import watchdog
 from balsam_mpi.launcher.watchdog import CHECK_S, watch_limit
+from tests import nosys
 from tests.procs import running
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,16 +36,18 @@ def kids(pid: int) -> list[int]:
 Launch = Callable[[str], "subprocess.Popen[str]"]
 
 
-@pytest.fixture
-def leader() -> Iterator[Launch]:
-    """A stand-in leader: a Python process running ``body``, killed (with everything
-    under it) at the end."""
+def _leaders(refuse_pidfds: bool) -> Iterator[Launch]:
+    """A stand-in leader: a Python process running ``body`` (on a system without pidfds,
+    as a kernel before Linux 5.3: tests/nosys.py, inherited by its watchdog), killed
+    with everything under it at the end."""
     started: list[subprocess.Popen[str]] = []
 
     def make(body: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(body)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=(lambda: nosys.refuse("pidfd_open"))
+                                if refuse_pidfds else None)
         started.append(proc)
         return proc
 
@@ -58,6 +62,18 @@ def leader() -> Iterator[Launch]:
         proc.communicate()
 
 
+@pytest.fixture
+def leader() -> Iterator[Launch]:
+    yield from _leaders(False)
+
+
+@pytest.fixture
+def leader_without_pidfds() -> Iterator[Launch]:
+    if not nosys.supported():
+        pytest.skip("seccomp numbers for x86-64/aarch64")
+    yield from _leaders(True)
+
+
 @pytest.mark.parametrize(("lease", "grace"), [(60.0, 10.0), (30.0, 1.0), (4.0, 0.5),
                                               (60.0, 29.75), (20.0, 0.0)])
 def test_the_limit_follows_the_leaders_own_and_ends_before_the_lease(
@@ -67,10 +83,15 @@ def test_the_limit_follows_the_leaders_own_and_ends_before_the_lease(
     assert limit + grace + CHECK_S <= lease + 1e-9  # its tasks are dead before it ends
 
 
-def test_a_leader_that_stops_beating_has_what_runs_under_it_cut(leader: Launch) -> None:
+@pytest.mark.parametrize("launch", ["leader", "leader_without_pidfds"])
+def test_a_leader_that_stops_beating_has_what_runs_under_it_cut(
+        launch: str, request: pytest.FixtureRequest) -> None:
     """No heartbeat for the limit: the task (a child in its own session, as a task's
     trampoline is) gets SIGTERM; one that ignores it is killed after the grace. The
-    leader itself is left alone, and learns when the watchdog cut."""
+    leader itself is left alone, and learns when the watchdog cut. Without pidfds too
+    (before, the watchdog's walk skipped every process it could not open one for: it
+    cut nothing)."""
+    leader: Launch = request.getfixturevalue(launch)
     proc = leader("""
         import subprocess, sys, time
         from balsam_mpi.launcher.watchdog import Watchdog
@@ -134,10 +155,18 @@ def test_the_watchdog_dies_with_its_leader(leader: Launch) -> None:
     until("the watchdog to follow its leader", lambda: not running(dog))
 
 
-def test_what_runs_under_a_trampoline_is_the_trampolines_to_stop(leader: Launch) -> None:
+@pytest.mark.parametrize("pidfds", [True, False])
+def test_what_runs_under_a_trampoline_is_the_trampolines_to_stop(
+        leader: Launch, pidfds: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The walk signals a trampoline, never the task under it: the trampoline passes
     SIGTERM on and kills everything the task left on SIGHUP (node/runner.py). Here a
-    shell stands in for the trampoline (its path is the one the watchdog is given)."""
+    shell stands in for the trampoline (its path is the one the watchdog is given).
+    The same by pid and start time where pidfd_open is refused."""
+    if not pidfds:
+        def refused(pid: int, flags: int = 0) -> int:
+            raise OSError(errno.ENOSYS, "Function not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", refused)
     shell = os.path.realpath("/bin/sh")
     proc = leader("""
         import subprocess, sys, time
