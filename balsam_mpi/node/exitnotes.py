@@ -30,6 +30,8 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 
+EARLY_MAX = 256
+
 
 def _nothing(_sig: int, _frame: FrameType | None) -> None:
     """SIGCHLD's handler: the wake-up descriptor has been written before it runs."""
@@ -39,6 +41,7 @@ class ExitNotes:
     def __init__(self) -> None:
         self._children: dict[int, int] = {}  # pid -> write end, a child of this process
         self._relayed: dict[int, int] = {}  # pid -> write end, an exit its parent tells
+        self._early: set[int] = set()  # relayed exits of pids not yet watched
         self._sources: dict[int, Callable[[], None]] = {}  # fd -> read what it says
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -70,7 +73,11 @@ class ExitNotes:
         old = self._relayed.pop(pid, None)
         if old is not None:
             os.close(old)
-        self._relayed[pid] = write
+        if pid in self._early:  # its end was read with its start (one read of both)
+            self._early.discard(pid)
+            os.close(write)
+        else:
+            self._relayed[pid] = write
         return read
 
     def open_count(self) -> int:
@@ -80,6 +87,13 @@ class ExitNotes:
         write = self._relayed.pop(pid, None)
         if write is not None:
             os.close(write)
+            return
+        # Not watched yet: an interpreter that died at once, its exit read in the same
+        # read as its pid. Kept for :meth:`other`, briefly: a pid is reused only after
+        # many others, and what is never asked for is dropped with the rest.
+        if len(self._early) >= EARLY_MAX:
+            self._early.clear()
+        self._early.add(pid)
 
     def source(self, fd: int, read: Callable[[], None]) -> None:
         """Also wake for ``fd`` (a zygote's socket); :meth:`service` calls ``read``."""
@@ -105,8 +119,8 @@ class ExitNotes:
 
     def _check(self, pid: int) -> None:
         try:
-            ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return  # still running
         except ChildProcessError:  # reaped already (by the node): ended all the same
-            ended = True  # type: ignore[assignment]
-        if ended is not None:
-            os.close(self._children.pop(pid))
+            pass
+        os.close(self._children.pop(pid))

@@ -26,3 +26,6 @@ class NullNode(Node):
         self.done_share += order.need
         self.started_total += 1
         self.finished_total += 1
+
+    def python_ready(self) -> bool:
+        return True  # no interpreter, so no zygote to wait for (python_preload)

@@ -134,7 +134,7 @@ class Zygote:
         if self.ready or self.ctl is None:  # (not started: python_ready starts it)
             return self.ready
         if self.alive():
-            self._read(0.0)
+            self._collect()
             if self.ready:
                 return True
             if time.monotonic() < self._ready_by:

@@ -173,3 +173,40 @@ def test_a_zygote_that_cannot_be_watched_is_ended_and_the_next_call_starts_one(
             "cannot watch the interpreters' zygote: pidfd_open: Too many open files"), first
     finally:
         node.close()
+
+
+STAND_INS = """
+import os, select, subprocess, time
+from balsam_mpi.node.exitnotes import ExitNotes
+
+def readable(fd):
+    return bool(select.select([fd], [], [], 0)[0])
+
+notes = ExitNotes()
+# An interpreter's end read in the same read as its start: relayed before it is watched.
+notes.relayed_exit(4242)
+early = notes.other(4242)
+late = notes.other(4243)
+print("early", readable(early), "late", readable(late))
+notes.relayed_exit(4243)
+print("late after its word", readable(late))
+# A child: readable once SIGCHLD has been serviced, and not reaped by it.
+proc = subprocess.Popen(["sleep", "0.2"])
+fd = notes.child(proc.pid)
+print("child at start", readable(fd))
+select.select([notes.fileno()], [], [], 5)
+notes.service()
+print("child after SIGCHLD", readable(fd), "reaped by the node", os.waitpid(proc.pid, 0)[0] == proc.pid)
+print("left", notes.open_count())
+"""
+
+
+def test_stand_ins_close_on_the_exit_they_stand_for(tmp_path: Path) -> None:
+    """node/exitnotes.py alone, in a process of its own (it takes SIGCHLD and the wake-up
+    descriptor): a relayed end, one relayed before its watch began (an interpreter that
+    died at once), and a child's end through SIGCHLD, left for the node to reap."""
+    out = subprocess.run([sys.executable, "-c", STAND_INS], cwd=REPO, capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.splitlines() == [
+        "early True late False", "late after its word True", "child at start False",
+        "child after SIGCHLD True reaped by the node True", "left 0"], out
