@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test tier: unit, db, e2e, multiuser under pytest, then the MPI tier under mpiexec,
-# then the Open MPI tier (Debian's Open MPI as the site MPI) and the aarch64 tier (the
-# task trampoline's aarch64 half under qemu); those two as root, else skipped.
+# then the Open MPI tier (Debian's Open MPI as the site MPI) and the cross tier (the task
+# trampoline's aarch64 and ppc64le halves under qemu); those two as root, else skipped.
 # Usage: bash tests/run_all.sh [extra pytest args for the non-MPI tiers]
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,17 +52,17 @@ fi
 openmpi_status=0
 bash tests/openmpi/run.sh "$reports/openmpi" || openmpi_status=$?
 
-# The aarch64 tier: installs a cross compiler and qemu, removes them afterwards.
+# The cross tier: installs the cross compilers and qemu, removes them afterwards.
 cross_status=0
-bash tests/cross/run.sh "$reports/aarch64.xml" || cross_status=$?
+bash tests/cross/run.sh "$reports/cross.xml" || cross_status=$?
 
 "$py" tests/summarize.py "$reports/db.xml" "$reports/unit.xml" "$reports/tiers.xml" \
     "$reports/mpi.xml" "$reports/openmpi.xml" "$reports/openmpi-mpi.xml" \
-    "$reports/aarch64.xml"
+    "$reports/cross.xml"
 rm -rf "$reports"
 if [ "$status" -ne 0 ] || [ "$mpi_status" -ne 0 ] || [ "$openmpi_status" -ne 0 ] \
         || [ "$cross_status" -ne 0 ]; then
     echo "FAILED: pytest tiers exit $status, MPI tier exit $mpi_status," \
-         "Open MPI tier exit $openmpi_status, aarch64 tier exit $cross_status" >&2
+         "Open MPI tier exit $openmpi_status, cross tier exit $cross_status" >&2
     exit 1
 fi

@@ -7,8 +7,9 @@ parent-death signal only through ``preexec_fn``, which forces a full ``fork()`` 
 Python's after-fork machinery in the child (spawning ``/bin/true`` became 5x slower). So a
 task's first program is this trampoline instead, a static binary without libc (a few KB,
 compiled once per user and machine into ``~/.cache/balsam_mpi`` or ``$BALSAM_CACHE_DIR``
-with the system C compiler; x86-64 tested; aarch64 tested only under qemu's user-mode
-emulation, ``tests/unit/test_trampoline_aarch64.py``) started with ``posix_spawn`` (vfork)
+with the system C compiler; x86-64 tested; aarch64 and ppc64le tested only under qemu's
+user-mode emulation, ``tests/unit/test_trampoline_cross.py``) started with ``posix_spawn``
+(vfork)
 from the worker. It:
 
 * gets its working directory and output as descriptors, never paths (fd 3: the task's
@@ -130,6 +131,49 @@ static long sc(long n, long a, long b, long c, long d) {
     return x0;
 }
 __asm__(".globl _start\n_start:\n mov x0, sp\n bl cmain\n brk #0\n");
+#elif defined(__powerpc64__) && defined(__LITTLE_ENDIAN__)
+#define NR_read 3
+#define NR_write 4
+#define NR_close 6
+#define NR_lseek 19
+#define NR_rt_sigaction 173
+#define NR_rt_sigprocmask 174
+#define NR_pread64 179
+#define NR_pwrite64 180
+#define NR_getpid 20
+#define NR_clone 120
+#define NR_execve 11
+#define NR_exit 1
+#define NR_wait4 114
+#define NR_kill 37
+#define NR_ftruncate 93
+#define NR_fchdir 133
+#define NR_getppid 64
+#define NR_setsid 66
+#define NR_rt_sigtimedwait 176
+#define NR_prctl 171
+#define NR_openat 286
+#define NR_fallocate 309
+#define NR_getdents64 202
+/* The kernel flags a failed call in CR0's summary-overflow bit with a positive errno in
+   r3; the rest of this file expects -errno, as x86-64 and aarch64 return it. */
+static long sc(long n, long a, long b, long c, long d) {
+    register long r0 __asm__("r0") = n;
+    register long r3 __asm__("r3") = a;
+    register long r4 __asm__("r4") = b;
+    register long r5 __asm__("r5") = c;
+    register long r6 __asm__("r6") = d;
+    __asm__ volatile ("sc\n\tbns+ 1f\n\tneg %1, %1\n1:"
+                      : "+r"(r0), "+r"(r3), "+r"(r4), "+r"(r5), "+r"(r6)
+                      : : "r7", "r8", "r9", "r10", "r11", "r12", "cr0", "ctr", "xer",
+                      "memory");
+    return r3;
+}
+/* ELFv2: r2 must hold the TOC before any C runs; found from our own address (bl/mflr),
+   whatever the loader left in r12. Then a 16-byte-aligned stack with an empty frame. */
+__asm__(".globl _start\n_start:\n bl 1f\n1: mflr 12\n"
+        " addis 2, 12, .TOC.-1b@ha\n addi 2, 2, .TOC.-1b@l\n"
+        " mr 3, 1\n clrrdi 1, 1, 4\n li 0, 0\n stdu 0, -32(1)\n bl cmain\n trap\n");
 #else
 #error "no trampoline for this machine"
 #endif
@@ -364,7 +408,7 @@ def trampoline() -> str | None:
 
 def _build(target: Path) -> str | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler or platform.machine() not in ("x86_64", "aarch64"):
+    if not compiler or platform.machine() not in ("x86_64", "aarch64", "ppc64le"):
         return None
     try:  # a full or read-only cache is no build, never an error of the caller's
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

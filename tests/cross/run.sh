@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The aarch64 tier: the task trampoline's aarch64 half (node/trampoline.py), built with
-# Debian's cross compiler and run under qemu's user-mode emulation
-# (tests/unit/test_trampoline_aarch64.py, which the unit tier skips where neither is
-# installed). ARM nodes (Grace Hopper and its kind) run tasks through that half; this
-# tier keeps it built and run on every change, not only where someone installed the
-# tools by hand.
+# The cross tier: the task trampoline's aarch64 and ppc64le halves (node/trampoline.py),
+# built with Debian's cross compilers and run under qemu's user-mode emulation
+# (tests/unit/test_trampoline_cross.py, which the unit tier skips where they are not
+# installed). ARM nodes (Grace Hopper and its kind) and POWER nodes run tasks through
+# those halves; this tier keeps them built and run on every change, not only where
+# someone installed the tools by hand.
 #
 #   bash tests/cross/run.sh [JUNIT_XML]               (tests/run_all.sh runs it)
 #
-# As root it installs gcc-aarch64-linux-gnu and qemu-user, runs the tests with the
-# checkout's venv, and removes exactly the packages it added — on failure and on
-# interruption too (tests/openmpi/sysmpi.sh's install and removal, whose state file also
-# lets the next run clean up after one killed with SIGKILL). Skipped, with the reason,
+# As root it installs gcc-aarch64-linux-gnu, gcc-powerpc64le-linux-gnu and qemu-user,
+# runs the tests with the checkout's venv, and removes exactly the packages it added — on
+# failure and on interruption too (tests/openmpi/sysmpi.sh's install and removal, whose
+# state file also lets the next run clean up after one killed with SIGKILL). Skipped, with the reason,
 # when not root, without apt-get, or with BALSAM_CROSS_TIER=skip.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -20,8 +20,8 @@ xml="${1:-}"
 py="${BALSAM_VENV:-$here/.venv}/bin/python"
 
 skip() {
-    echo "aarch64 tier: skipped: $*"
-    [ -z "$xml" ] || printf '<testsuite name="aarch64" tests="1" skipped="1" failures="0" '`
+    echo "cross tier: skipped: $*"
+    [ -z "$xml" ] || printf '<testsuite name="cross" tests="1" skipped="1" failures="0" '`
         `'errors="0"><testcase classname="tests.cross" name="tier"><skipped message="%s"/>'`
         `'</testcase></testsuite>\n' "$*" > "$xml"
     exit 0
@@ -41,18 +41,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-packages=(gcc-aarch64-linux-gnu qemu-user)
+packages=(gcc-aarch64-linux-gnu gcc-powerpc64le-linux-gnu qemu-user)
 sysmpi_clean_stale
 t0=$SECONDS
 if ! sysmpi_install "${packages[@]}"; then
-    echo "aarch64 tier: FAILED: could not install ${packages[*]}" >&2
+    echo "cross tier: FAILED: could not install ${packages[*]}" >&2
     exit 1
 fi
-for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
+for tool in aarch64-linux-gnu-gcc powerpc64le-linux-gnu-gcc qemu-aarch64 qemu-ppc64le; do
     # Installed and yet absent, the tests would skip themselves: a tier that tested nothing.
-    command -v "$tool" >/dev/null || { echo "aarch64 tier: FAILED: no $tool" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { echo "cross tier: FAILED: no $tool" >&2; exit 1; }
 done
-echo "aarch64 tier: ready after $((SECONDS - t0)) s"
-args=(-m pytest -p no:cacheprovider -rs tests/unit/test_trampoline_aarch64.py)
+echo "cross tier: ready after $((SECONDS - t0)) s"
+args=(-m pytest -p no:cacheprovider -rs tests/unit/test_trampoline_cross.py)
 [ -n "$xml" ] && args+=(--junitxml="$xml")
 "$py" "${args[@]}"
