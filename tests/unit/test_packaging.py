@@ -31,3 +31,10 @@ def test_the_typing_marker_ships() -> None:
 
 def test_pytest_markers_are_strict() -> None:
     assert "--strict-markers" in CONFIG["tool"]["pytest"]["ini_options"]["addopts"]
+
+
+def test_the_trampolines_c_source_ships() -> None:
+    """node/trampoline.py reads its C source beside it at import: without it in the
+    package data, an installed launcher would not import (.ci/wheel-demo runs one)."""
+    assert (REPO / "balsam_mpi" / "node" / "trampoline.c").is_file()
+    assert "node/*.c" in CONFIG["tool"]["setuptools"]["package-data"]["balsam_mpi"]
