@@ -80,7 +80,7 @@ class Zygote:
         self.ctl: socket.socket | None = None
         self.exits: dict[int, int] = {}  # interpreter pid -> exit status, until asked for
         self.forked: set[int] = set()  # interpreters whose exit it has not reported
-        self._pending: list[dict[str, Any]] = []  # answers read by _collect, not yet taken
+        self._pids: list[int] = []  # its answers to forks, read and not yet taken
         self.started = 0
 
     # -- the zygote itself --------------------------------------------------------------
@@ -95,6 +95,7 @@ class Zygote:
 
     def _start(self) -> None:
         self.close()
+        self._pids.clear()  # a dead zygote's answers are no answers from the next
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child_fd = theirs.fileno()
         spare = os.dup(child_fd) if child_fd == 3 else -1  # dup2(3, 3) keeps CLOEXEC
@@ -122,7 +123,7 @@ class Zygote:
         self.ctl = ours
         notes = pidfds.stand_ins()
         if notes is not None:  # without pidfds, its word is how interpreters' ends show
-            notes.source(ours.fileno(), self._collect)
+            notes.source(ours.fileno(), lambda: self._read(0.0))
         self.started += 1  # the zygote's generation: its interpreters carry it
         self.ready = not self.preload
         self._ready_by = time.monotonic() + PRELOAD_PATIENCE_S
@@ -134,7 +135,7 @@ class Zygote:
         if self.ready or self.ctl is None:  # (not started: python_ready starts it)
             return self.ready
         if self.alive():
-            self._collect()
+            self._read(0.0)
             if self.ready:
                 return True
             if time.monotonic() < self._ready_by:
@@ -219,32 +220,33 @@ class Zygote:
 
     def _await_pid(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        while True:
+        while not self._pids:
             left = deadline - time.monotonic()
             if left <= 0 or not self.alive():
                 raise ZygoteError("the interpreters' zygote did not answer")
-            for msg in self._read(left):
-                if "pid" in msg:
-                    return int(msg["pid"])
+            self._read(left)
+        return self._pids.pop(0)
 
-    def _read(self, timeout: float) -> list[dict[str, Any]]:
-        """Messages waiting (up to ``timeout`` for the first); exits are kept aside."""
-        out, self._pending = self._pending, []
+    def _read(self, timeout: float) -> None:
+        """Take what the zygote said (waiting up to ``timeout`` when there is nothing
+        yet): exits, its preload's end, its answers to forks (kept for ``_await_pid``:
+        without pidfds this is also called whenever its socket is readable)."""
         if self.ctl is None:
-            return out
-        if timeout > 0 and not out and not select.select([self.ctl], [], [], timeout)[0]:
-            return out
+            return
+        if timeout > 0 and not self._pids and not select.select([self.ctl], [], [],
+                                                                  timeout)[0]:
+            return
         while True:
             try:
                 data = self.ctl.recv(1 << 16, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                return out
+                return
             except OSError:
                 self._gone()
-                return out
+                return
             if not data:
                 self._gone()  # it ended: so have the interpreters it had not reported
-                return out
+                return
             msg = json.loads(data)
             if "exit" in msg:
                 self.exits[int(msg["exit"])] = int(msg["status"])
@@ -252,15 +254,9 @@ class Zygote:
                 pidfds.relayed_exit(int(msg["exit"]))
             elif "ready" in msg:
                 self._preloaded(msg)
-            else:
-                out.append(msg)
+            elif "pid" in msg:
+                self._pids.append(int(msg["pid"]))
 
-
-    def _collect(self) -> None:
-        """Read what the zygote said (its exits close stand-ins); answers wait for
-        whoever asked (``_await_pid``)."""
-        got = self._read(0.0)  # (it swaps the list: read before naming it)
-        self._pending.extend(got)
 
     def _gone(self) -> None:
         """The zygote's socket ended: every interpreter it had not reported has ended or
