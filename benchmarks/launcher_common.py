@@ -76,7 +76,7 @@ def launch(proj: Project, ranks: int, *args: str, timeout: float = 600) -> float
     for path in proj.log_dir.glob("launcher_*.log"):
         path.unlink()
     env.pop("BALSAM_DB_NAME", None)
-    argv = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "balsam_mpi",
+    argv = [find_mpiexec(), "-n", str(ranks), sys.executable, "-P", "-m", "balsam_mpi",
             "--idle-timeout", "0", *args]
     t0 = time.perf_counter()
     subprocess.run(argv, env=env, check=True, timeout=timeout)

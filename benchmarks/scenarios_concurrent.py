@@ -37,7 +37,7 @@ SHARES = {"wf_a": 0.3, "wf_b": 0.2, "wf_c": 0.2, "wf_d": 0.3}
 
 
 def _argv(python: str, mpiexec: str, ranks: int, workflows: tuple[str, ...]) -> list[str]:
-    argv = [mpiexec, "-n", str(ranks), python, "-m", "balsam_mpi", "--idle-timeout", "0"]
+    argv = [mpiexec, "-n", str(ranks), python, "-P", "-m", "balsam_mpi", "--idle-timeout", "0"]
     for w in workflows:
         argv += ["--workflow", w]
     return argv

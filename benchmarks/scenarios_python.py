@@ -136,7 +136,7 @@ def _wait_latency(proj: Project, conn: Any, quick: bool) -> dict[str, Any]:
     lc.reset(conn)
     env = dict(os.environ, BALSAM_DB_PATH=str(proj.root), **ENV)
     env.pop("BALSAM_DB_NAME", None)
-    proc = subprocess.Popen([find_mpiexec(), "-n", "2", sys.executable, "-m", "balsam_mpi",
+    proc = subprocess.Popen([find_mpiexec(), "-n", "2", sys.executable, "-P", "-m", "balsam_mpi",
                              "--idle-timeout", "600"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     one: list[float] = []

@@ -11,17 +11,12 @@ import math
 import os
 import socket
 import stat
-import sys
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import BadControlFile, BadProjectPath, InputError, ProjectError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ENV_VAR = "BALSAM_DB_PATH"
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, one for the terminating NUL

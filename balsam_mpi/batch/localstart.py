@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base import safepath
 from ..base.errors import BalsamError, UsageError
 from ..node import mpidetect, shmleft
 from ..node.mpienv import START_VARS, task_mpi_env
@@ -94,13 +95,14 @@ def plan(ranks: int, launcher_args: Sequence[str], environ: Mapping[str, str] = 
     # submits, or a process that initialised MPI as a singleton — Open MPI then sets
     # PMIX_*/OMPI_* in its own environment, and an mpirun started with them fails).
     env = task_mpi_env(environ)
-    launcher = [python, "-m", "balsam_mpi", *launcher_args]
+    launcher = safepath.module_argv(python, "balsam_mpi", *launcher_args)
     if info.kind in ("mpich", "unknown"):
         fork = mpidetect.fork_starter(program, exists)
         if fork:
             env.pop("MPIEXEC_USE_PORT", None)  # would make gforker open a TCP port after all
-            argv = [fork, "-n", str(ranks), python, "-m", "balsam_mpi.batch.localstart",
-                    "--rank", "--", *launcher_args]
+            argv = [fork, "-n", str(ranks),
+                    *safepath.module_argv(python, "balsam_mpi.batch.localstart", "--rank",
+                                          "--", *launcher_args)]
             return LocalStart(argv, env, f"MPICH's fork starter {fork} ({info.describe()}): "
                                          "ranks forked here, PMI over socketpairs, no TCP port",
                               forks=True, sweeps=True)
@@ -178,6 +180,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    refusal = safepath.check_start("balsam_mpi.batch.localstart")
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        sys.exit(2)
     args = _parser().parse_args(argv)
     rest = list(args.launcher_args)
     if rest[:1] == ["--"]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import sql
-from ..base import db
+from ..base import db, safepath
 from ..base.errors import UsageError
 from ..base.project import Project
 from ..batch import localstart
@@ -110,9 +110,9 @@ def populate(project: Project, n: int, ranks: int = 4) -> int:
 
     here = shlex.quote(sys.executable)  # a command line, split like a shell's
     with Client(project) as client:
-        client.add_app("hello_mpi", f"{here} -m balsam_mpi.demo.tasks hello",
+        client.add_app("hello_mpi", f"{here} -P -m balsam_mpi.demo.tasks hello",
                        description="an mpi4py hello, one line per rank")
-        client.add_app("spawner", f"{here} -m balsam_mpi.demo.tasks spawn",
+        client.add_app("spawner", f"{here} -P -m balsam_mpi.demo.tasks spawn",
                        description="adds two children while it runs (task_api)")
         client.add_app("noop", "/bin/true", description="does nothing, fast")
         client.add_app("nap", "sleep {seconds}", description="sleeps a little")
@@ -129,8 +129,8 @@ def run_launcher(project: Project, ranks: int, total: int, echo: Echo,
     # with MPICH, oversubscription with Open MPI); it execs the starter in place.
     how = localstart.plan(ranks, args, env)
     echo(f"running {ranks} launcher ranks with {how.how}")
-    argv = [sys.executable, "-m", "balsam_mpi.batch.localstart", "--quiet", "-n", str(ranks), "--",
-            *args]
+    argv = safepath.module_argv(sys.executable, "balsam_mpi.batch.localstart", "--quiet", "-n",
+                                str(ranks), "--", *args)
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env)
     conn = db.connect(project, autocommit=True)
@@ -199,7 +199,7 @@ def next_steps(project: Project, echo: Echo, ranks: int = 4) -> None:
         ("balsam-mpi job ls", "the batch job you just ran"),
         ("balsam-mpi task out 1", "what task 1 printed (--err, --tail N, -f)"),
         ("balsam-mpi report utilization", "utilization over time"),
-        (f"mpiexec -n {ranks} python -m balsam_mpi --workflow ensemble",
+        (f"mpiexec -n {ranks} python -P -m balsam_mpi --workflow ensemble",
          "run the launcher again"),
         (f"balsam-dbctl --project {p} stop", "when you are done"),
     ]

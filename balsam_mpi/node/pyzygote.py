@@ -99,7 +99,8 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child_fd = theirs.fileno()
         spare = os.dup(child_fd) if child_fd == 3 else -1  # dup2(3, 3) keeps CLOEXEC
-        argv = [self.python, "-m", "balsam_mpi.node.pyzygote", "3", str(os.getpid()),
+        # -P: nothing from the launcher's working directory (base/safepath.py)
+        argv = [self.python, "-P", "-m", "balsam_mpi.node.pyzygote", "3", str(os.getpid()),
                 "1" if self.die_with_parent else "0", ",".join(self.preload)]
         try:
             self.pid = os.posix_spawn(self.python, argv, self.env, file_actions=[

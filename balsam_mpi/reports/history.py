@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -252,7 +252,7 @@ def choose_window(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob],
     if (t0 is None and not started) or (t1 is None and not ends):
         with db.translated():
             first, last = conn.execute(sql.query("analytics_event_span")).fetchone() or (None, None)
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         started = started or [first or now]
         ends = ends or [last or now]
     t0 = t0 or min(started)
@@ -267,7 +267,7 @@ def choose_window(conn: psycopg.Connection[Any], jobs: Sequence[BatchJob],
     if filters.since is None:
         # bins on round times (10:20:00, not 10:19:47.3) when the range is ours to choose
         start = t0.timestamp()
-        t0 = datetime.fromtimestamp(start - math.fmod(start, width), tz=timezone.utc)
+        t0 = datetime.fromtimestamp(start - math.fmod(start, width), tz=UTC)
     window = Window(t0, t1, width)
     if window.nbins > MAX_BINS or window.nbins * max(1, len(jobs)) > MAX_CELLS:
         raise UsageError(f"--bin {width:g}s cuts {span:.0f} s into {window.nbins} bins; "

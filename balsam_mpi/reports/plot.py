@@ -6,7 +6,7 @@ backend, so reports work on login nodes without a display or without matplotlib.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def _edges(h: History) -> list[datetime]:
     """Bin edges as UTC datetimes, for step plots (one more than bins)."""
-    t0 = h.window.t0.astimezone(timezone.utc)
+    t0 = h.window.t0.astimezone(UTC)
     ends = [t0 + timedelta(seconds=float(e)) for e in h.window.ends()]
     return [t0, *ends]
 
@@ -62,9 +62,9 @@ def _steps(ax: Axes, edges: list[datetime], values: FloatArray, **style: Any) ->
 def _time_axis(ax: Axes, h: History) -> None:
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(tz=timezone.utc)  # type: ignore[no-untyped-call]
+    locator = mdates.AutoDateLocator(tz=UTC)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
-    formatter = mdates.ConciseDateFormatter(locator, tz=timezone.utc)  # type: ignore[no-untyped-call]
+    formatter = mdates.ConciseDateFormatter(locator, tz=UTC)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_formatter(formatter)
     ax.set_xlabel("time (UTC)")
     ax.set_xlim(h.window.t0, h.window.t1)  # type: ignore[arg-type]

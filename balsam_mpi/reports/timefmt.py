@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ..base.errors import UsageError
 from ..base.values import show
@@ -48,7 +48,7 @@ def parse_time(text: str, what: str, *, now: datetime | None = None) -> datetime
     zone it is local time), 'now', 'today', or a duration back from now ('2h', '-2h',
     '90m ago')."""
     _check_text(text, what)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     raw = (text or "").strip()
     lowered = raw.lower()
     if lowered == "now":
@@ -90,7 +90,7 @@ def iso(when: datetime | None) -> str | None:
     """UTC, ISO 8601, second resolution unless finer is needed."""
     if when is None:
         return None
-    utc = when.astimezone(timezone.utc)
+    utc = when.astimezone(UTC)
     if utc.microsecond == 0:
         return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -100,7 +100,7 @@ def short_time(when: datetime | None) -> str:
     """UTC to the second, for tables: '2026-11-28 00:04:30'."""
     if when is None:
         return "-"
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def short_duration(seconds: float | None) -> str:

@@ -12,7 +12,8 @@ from enum import Enum
 from ..base.errors import InputError
 
 
-class TaskState(str, Enum):
+# Not StrEnum: its str() is the bare value, where code and messages print this one's.
+class TaskState(str, Enum):  # noqa: UP042
     CREATED = "CREATED"
     AWAITING_PARENTS = "AWAITING_PARENTS"
     READY = "READY"

@@ -27,7 +27,7 @@ source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 # --- launch: one launcher rank per node; -cc none leaves it unbound so its tasks may use
 # every core ------------------------------------------------------------------------------
 aprun -n {{ nodes }} -N 1 -cc none \
-    "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
+    "$BALSAM_VENV/bin/python" -P -m balsam_mpi {{ launcher_args }} &
 launcher=$!
 
 # --- the end of the job -------------------------------------------------------------------

@@ -20,7 +20,7 @@ source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 # localstart replaces itself with the MPI starter, so $launcher is the starter's pid.
 mpiexec="$BALSAM_VENV/bin/mpiexec"
 [ -x "$mpiexec" ] || mpiexec="$(command -v mpiexec || echo mpiexec)"
-"$BALSAM_VENV/bin/python" -m balsam_mpi.batch.localstart --mpiexec "$mpiexec" -n {{ nodes }} -- {{ launcher_args }} &
+"$BALSAM_VENV/bin/python" -P -m balsam_mpi.batch.localstart --mpiexec "$mpiexec" -n {{ nodes }} -- {{ launcher_args }} &
 launcher=$!
 trap 'kill -TERM "$launcher" 2>/dev/null' TERM USR1 INT
 while kill -0 "$launcher" 2>/dev/null; do wait "$launcher"; done

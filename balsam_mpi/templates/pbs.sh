@@ -28,7 +28,7 @@ source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 
 # --- launch: one launcher rank per node, unbound so its tasks may use every core --------
 mpiexec -n {{ nodes }} --ppn 1 --cpu-bind none \
-    "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
+    "$BALSAM_VENV/bin/python" -P -m balsam_mpi {{ launcher_args }} &
 launcher=$!
 
 # --- the end of the job -------------------------------------------------------------------

@@ -31,7 +31,7 @@ source "$BALSAM_VENV/bin/balsamactivate" {{ project }} || exit 1
 # its tasks may use every core (a step gets one CPU per task unless told otherwise) -----
 srun -N {{ nodes }} -n {{ nodes }} --ntasks-per-node=1 \
     --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" --cpu-bind=none \
-    "$BALSAM_VENV/bin/python" -m balsam_mpi {{ launcher_args }} &
+    "$BALSAM_VENV/bin/python" -P -m balsam_mpi {{ launcher_args }} &
 launcher=$!
 
 # --- the end of the job -------------------------------------------------------------------

@@ -17,7 +17,7 @@ paths of the reports must give the same figures (migration 0010).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -26,7 +26,7 @@ import pytest
 from balsam_mpi.base.project import Project
 from balsam_mpi.dbctl import lifecycle
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 # id(connection) of the admin connections whose Builder writes rolled-up run events

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ def test_launcher_run_matches_wall_clock_and_histories(conn: Any, dbname: str) -
         client.add_app("nap", "sleep {seconds}")
         ids = client.add_tasks([{"app": "nap", "workflow": "clock", "name": f"n{i}",
                                  "params": {"seconds": SLEEP}} for i in range(TASKS)])
-    before = datetime.now(timezone.utc)
-    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, "-m", "balsam_mpi",
+    before = datetime.now(UTC)
+    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, "-P", "-m", "balsam_mpi",
                              "--idle-timeout", "0"], env=dict(os.environ),
                             start_new_session=True)
     deadline = time.monotonic() + 180
@@ -51,7 +51,7 @@ def test_launcher_run_matches_wall_clock_and_histories(conn: Any, dbname: str) -
     if proc.poll() is None:  # still there: drain it the way a scheduler would
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
 
     states = conn.execute("SELECT state::text, count(*) FROM tasks WHERE id = ANY(%s) "
                           "GROUP BY 1", (ids,)).fetchall()

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.timeout(240), needs_mpiexec]
 
 
 def launcher(ranks: int, *args: str, timeout: float = 150) -> subprocess.Popen[str]:
-    argv = [*mpirun(ranks), sys.executable, "-m", "balsam_mpi",
+    argv = [*mpirun(ranks), sys.executable, "-P", "-m", "balsam_mpi",
             "--idle-timeout", "0", *args]
     env = dict(os.environ, BALSAM_FLUSH_INTERVAL_S="0.05", BALSAM_HEARTBEAT_S="2")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -286,7 +286,7 @@ def test_wall_time_is_respected_by_claims_and_the_drain(conn: Any, dbname: str) 
     [fits] = add(conn, 1, command="sleep 60", app="cut")
     [too_long] = add(conn, 1, command="true", app="long")
     conn.execute("SELECT * FROM tasks_modify(%s::bigint[], '{\"wall_time_min\": 5}')", ([too_long],))
-    argv = [*mpirun(1), sys.executable, "-m", "balsam_mpi", "--idle-timeout", "0",
+    argv = [*mpirun(1), sys.executable, "-P", "-m", "balsam_mpi", "--idle-timeout", "0",
             "--time-limit-min", "0.6"]
     env = dict(os.environ, BALSAM_DRAIN_GRACE_S="33", BALSAM_KILL_GRACE_S="2")
     t0 = time.monotonic()

@@ -33,7 +33,7 @@ FAST = {"BALSAM_FLUSH_INTERVAL_S": "0.05", "BALSAM_HEARTBEAT_S": "1",
 
 def start(ranks: int, *args: str, env: dict[str, str] | None = None,
           **settings: str) -> subprocess.Popen[str]:
-    argv = [*mpirun(ranks), sys.executable, "-m", "balsam_mpi", *args]
+    argv = [*mpirun(ranks), sys.executable, "-P", "-m", "balsam_mpi", *args]
     full = {**(env if env is not None else os.environ), **FAST, **settings}
     # Its own session: the test kills the whole launcher without touching pytest.
     return subprocess.Popen(argv, env=full, stdout=subprocess.PIPE,

@@ -210,7 +210,7 @@ def test_the_probes_end_a_launcher_started_with_hydra(conn: Any, dbname: str,
                                                       tmp_path: Path) -> None:
     assert FOUND_MPI is not None
     total = _workload(conn, tmp_path, mpi_task=False)
-    proc = _start([FOUND_MPI.program, "-n", "3", sys.executable, "-m", "balsam_mpi",
+    proc = _start([FOUND_MPI.program, "-n", "3", sys.executable, "-P", "-m", "balsam_mpi",
                    "--idle-timeout", "0"])
     ports, held, delivered = _attack_when_running(conn, proc, 1)
     rc, out = _end(proc, held, timeout=60)

@@ -37,7 +37,7 @@ WHERE = ("sh -c 'rank=$(cut -d\" \" -f4 /proc/$PPID/stat); "
 
 def launcher(ranks: int, *args: str, env: dict[str, str] | None = None,
              timeout: float = 120) -> subprocess.Popen[str]:
-    argv = [*mpirun(ranks), sys.executable, "-m", "balsam_mpi",
+    argv = [*mpirun(ranks), sys.executable, "-P", "-m", "balsam_mpi",
             "--idle-timeout", "0", *args]
     full = dict(os.environ, BALSAM_FLUSH_INTERVAL_S="0.05", BALSAM_HEARTBEAT_S="2",
                 **(env or {}))

@@ -365,7 +365,7 @@ def test_a_low_open_file_limit_is_one_line_and_touches_nothing(conn: Any,
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
 
-    proc = subprocess.Popen([*mpirun(1), sys.executable, "-m", "balsam_mpi",
+    proc = subprocess.Popen([*mpirun(1), sys.executable, "-P", "-m", "balsam_mpi",
                              "--idle-timeout", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=low_limit)
@@ -396,7 +396,7 @@ def test_a_kernel_without_pidfd_open_runs_every_task(conn: Any, dbname: str) -> 
         "INSERT INTO tasks (workflow, name, app_id, state, node_packing_count, params) "
         "SELECT 'w', 't', (SELECT id FROM apps WHERE name = 'py'), 'READY', 4, "
         "jsonb_build_object('a', i, 'b', 1) FROM generate_series(1, 16) i RETURNING id")]
-    proc = subprocess.Popen([*mpirun(2), sys.executable, "-m", "balsam_mpi",
+    proc = subprocess.Popen([*mpirun(2), sys.executable, "-P", "-m", "balsam_mpi",
                              "--idle-timeout", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)},

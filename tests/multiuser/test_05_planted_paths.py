@@ -15,9 +15,11 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +64,7 @@ def add_task(mu: Runner, app: str, wf: str, name: str = "t", user: str = OWNER
 
 def launch(mu: Runner, wf: str, timeout: float = 120, user: str = OWNER
            ) -> subprocess.CompletedProcess[str]:
-    return mu.run(user, [str(mu.venv / "bin" / "python"), "-m", "balsam_mpi",
+    return mu.run(user, [str(mu.venv / "bin" / "python"), "-P", "-m", "balsam_mpi",
                           "--workflow", wf, "--idle-timeout", "1"], timeout=timeout)
 
 
@@ -405,6 +407,54 @@ def test_planted_qsubmit_names_do_not_break_a_local_submission(mu: Runner,
     assert fingerprint(owner_home) == before
 
 
+# -- qsubmit/: modules planted where batch jobs start ---------------------------------------
+def test_modules_planted_in_qsubmit_never_run_in_anyones_job(mu: Runner, apps: None) -> None:
+    """A batch job starts in qsubmit/, which every member may write (3770), and its
+    Pythons ran as `python -m`, which imports from the working directory first: a member's
+    argparse.py, selectors.py, json.py or balsam_mpi/ there ran as the owner in the owner's
+    next job — the local starter, the launcher, the node's zygote and its calls."""
+    assert mu.project is not None
+    marks = Path(tempfile.mkdtemp(prefix="bt-plant-marks-", dir="/tmp"))
+    marks.chmod(0o1777)
+    qdir = mu.project / "qsubmit"
+    rels = ("argparse.py", "selectors.py", "json.py", "balsam_mpi/__init__.py")
+    files = {str(qdir / rel): ("import os\n"
+                               f"open(os.path.join({str(marks)!r}, {rel.replace('/', '_')!r}"
+                               " + '-' + str(os.getuid())), 'w').close()\n")
+             for rel in rels}
+    writer = ("import json, os, sys\n"
+              "for path, body in json.load(sys.stdin).items():\n"
+              "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+              "    with open(path, 'x') as fh:\n"
+              "        fh.write(body)\n")
+    proc = mu.run(MEMBER, [str(mu.venv / "bin" / "python"), "-c", writer],
+                  input_text=json.dumps(files))
+    assert proc.returncode == 0, proc.stderr
+    try:
+        cli = str(mu.venv / "bin" / "balsam-mpi")
+        wf = f"plantq{next(_names)}"
+        made = mu.run(OWNER, [cli, "app", "add", "pyjson", "--python", "json:dumps"])
+        assert made.returncode == 0 or "exists" in made.stderr, made.stderr
+        shell_id, _ = add_task(mu, "ok", wf)
+        added = mu.run(OWNER, [cli, "task", "add", "--app", "pyjson", "--workflow", wf,
+                               "--name", "py", "--param", "obj=[1, 2]", "--json"])
+        assert added.returncode == 0, added.stderr
+        [py_id] = json.loads(added.stdout)
+        sub = mu.run(OWNER, [cli, "submit", "--scheduler", "local", "-n", "1", "--workflow",
+                             wf, "--idle-timeout", "1", "--json"])
+        assert sub.returncode == 0, sub.stderr
+        done = json.loads(sub.stdout)
+        assert not _wait_gone([int(done["pid"])], timeout=120), "the local job did not end"
+        log = Path(done["log"]).read_text(errors="replace")
+        assert row(mu, shell_id)["state"] == "JOB_FINISHED", log
+        assert row(mu, py_id)["state"] == "JOB_FINISHED", log
+        assert sorted(p.name for p in marks.iterdir()) == []
+    finally:
+        mu.bash(MEMBER, f"rm -rf {qdir}/argparse.py {qdir}/selectors.py {qdir}/json.py "
+                        f"{qdir}/balsam_mpi")
+        shutil.rmtree(marks, ignore_errors=True)
+
+
 # -- stage-in: a planted link in a parent's directory is not passed on ------------------
 def test_stagein_never_links_a_planted_link_out_of_the_parents(mu: Runner,
                                                                apps: None) -> None:
@@ -444,7 +494,7 @@ def _wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
 def test_grandchildren_die_with_a_killed_launcher(mu: Runner, apps: None) -> None:
     """Issue 15.9: 12 of 12 grandchildren survived kill -9 of their launcher."""
     _task_id, task_dir = add_task(mu, "family", f"family{next(_names)}")
-    launcher = mu.popen(OWNER, [str(mu.venv / "bin" / "python"), "-m", "balsam_mpi",
+    launcher = mu.popen(OWNER, [str(mu.venv / "bin" / "python"), "-P", "-m", "balsam_mpi",
                                 "--workflow", task_dir.parts[-3], "--idle-timeout", "60"])
     pids: list[int] = []
     try:

@@ -137,7 +137,7 @@ def assert_nothing_lost(conn: Any, sub: dict[str, Any]) -> None:
 
 
 def launcher_ranks(job_id: str) -> list[int]:
-    """PIDs of the launcher ranks of a Slurm job on this host (python -m balsam_mpi with
+    """PIDs of the launcher ranks of a Slurm job on this host (python -P -m balsam_mpi with
     that SLURM_JOB_ID), read from /proc."""
     want = f"SLURM_JOB_ID={job_id}".encode()
     found = []
@@ -149,8 +149,8 @@ def launcher_ranks(job_id: str) -> list[int]:
             env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        # argv python -m balsam_mpi …: the ranks, not srun (whose argv holds the same words)
-        if cmd[1:3] == [b"-m", b"balsam_mpi"] and want in env:
+        # argv python -P -m balsam_mpi …: the ranks, not srun (whose argv holds the same words)
+        if cmd[1:4] == [b"-P", b"-m", b"balsam_mpi"] and want in env:
             found.append(int(entry))
     return found
 

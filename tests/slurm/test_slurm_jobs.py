@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from balsam_mpi.base.project import Project
+from balsam_mpi.batch.submit import qsubmit_dir
 from tests.e2e.test_launcher import no_strays
 from tests.slurm.cluster import LocalSlurm
 from tests.slurm.jobkit import (
@@ -33,6 +34,7 @@ from tests.slurm.jobkit import (
     wait_for,
     wait_job_end,
 )
+from tests.unit.test_safe_path import plant
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -65,6 +67,11 @@ def test_short_tasks_and_a_two_node_mpi_task(slurm_env: LocalSlurm, conn: Any,
     # task's own ranks (the launcher's choose it themselves: launcher/netmod.py).
     big = add_tasks(conn, "hello", 1, num_nodes=2, ranks_per_node=2,
                     env={"MPIR_CVAR_CH4_NETMOD": "ofi"})
+    # The job starts in qsubmit/, which members may write: modules planted there (under
+    # names its Pythons import) must never be imported (base/safepath.py).
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    plant(qsubmit_dir(pg_project), marks)
     # Three ranks: multi-node tasks run on worker nodes only (the leader's node keeps
     # running small ones), so a 2-node task needs two workers.
     sub = submit("-n", "3", "-t", "5", "--workflow", dbname)
@@ -95,6 +102,7 @@ def test_short_tasks_and_a_two_node_mpi_task(slurm_env: LocalSlurm, conn: Any,
     assert len(steps) == 1 and steps != {"0"} and steps != {"None"}, fields
     assert running_events(conn) == {t: 1 for t in small + big}
     assert batch_job(conn, sub["batch_job_id"])[0] == "FINISHED", job_output(sub)
+    assert sorted(p.name for p in marks.iterdir()) == [], job_output(sub)
     no_strays(dbname)
 
 

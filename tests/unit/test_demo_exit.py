@@ -84,6 +84,6 @@ def test_the_next_steps_name_the_ranks_used_and_quote_the_path(tmp_path: Path) -
     lines: list[str] = []
     next_steps(Project(root), lines.append, ranks=3)
     text = "\n".join(lines)
-    assert "mpiexec -n 3 python -m balsam_mpi" in text
+    assert "mpiexec -n 3 python -P -m balsam_mpi" in text
     assert f"balsam-dbctl --project '{root}' start" in text
     assert f"export BALSAM_DB_PATH='{root}'" in text

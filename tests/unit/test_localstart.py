@@ -37,7 +37,7 @@ def _plan(banner: str, files: set[str], environ: Mapping[str, str] | None = None
 
 def test_mpich_starts_with_the_fork_starter_and_no_port() -> None:
     start = _plan(HYDRA, {"/v/bin/mpiexec.gforker"}, {"PATH": "/bin", "MPIEXEC_USE_PORT": "1"})
-    assert start.argv == ["/v/bin/mpiexec.gforker", "-n", "3", PY, "-m",
+    assert start.argv == ["/v/bin/mpiexec.gforker", "-n", "3", PY, "-P", "-m",
                           "balsam_mpi.batch.localstart", "--rank", "--", "--idle-timeout", "1"]
     assert start.forks and "no TCP port" in start.how
     assert "MPIEXEC_USE_PORT" not in start.env  # it would make gforker listen after all
@@ -45,7 +45,7 @@ def test_mpich_starts_with_the_fork_starter_and_no_port() -> None:
 
 def test_mpich_without_fork_starter_is_hydra_and_says_so() -> None:
     start = _plan(HYDRA, set())
-    assert start.argv == ["/v/bin/mpiexec", "-n", "3", PY, "-m", "balsam_mpi",
+    assert start.argv == ["/v/bin/mpiexec", "-n", "3", PY, "-P", "-m", "balsam_mpi",
                           "--idle-timeout", "1"]
     assert not start.forks and "control port" in start.how
 
@@ -56,7 +56,7 @@ def test_open_mpi_is_oversubscribed_and_unbound() -> None:
     start = _plan(OMPI, {"/v/bin/mpiexec.gforker"}, {"PATH": "/bin",
                                                      "OMPI_MCA_hwloc_base_binding_policy": "x"})
     assert start.argv == ["/v/bin/mpiexec", "--oversubscribe", "--bind-to", "none", "-n",
-                          "3", PY, "-m", "balsam_mpi", "--idle-timeout", "1"]
+                          "3", PY, "-P", "-m", "balsam_mpi", "--idle-timeout", "1"]
     # What mpirun sets in the ranks because of those options goes on the scrub list —
     # but not the binding policy, which the user had set before.
     assert start.env[START_VARS] == "OMPI_MCA_rmaps_base_oversubscribe"
@@ -122,7 +122,7 @@ def test_local_script_starts_the_fork_starter_and_returns_its_status(
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     argv = (tmp_path / "out" / "argv").read_text().splitlines()
-    assert argv == [str(venv / "bin" / "mpiexec.gforker"), "-n", "3", sys.executable, "-m",
+    assert argv == [str(venv / "bin" / "mpiexec.gforker"), "-n", "3", sys.executable, "-P", "-m",
                     "balsam_mpi.batch.localstart", "--rank", "--", "--workflow=w 1"]
     assert b"MPICH's fork starter" in err  # the choice is in the job's log
     env = dict(line.split("=", 1) for line in
@@ -154,7 +154,7 @@ def test_local_script_forwards_the_drain_signal(fake: tuple[Project, Path], tmp_
     argv = (out / "argv").read_text().splitlines()
     if banner == OMPI:
         assert argv == [str(venv / "bin" / "mpiexec"), "--oversubscribe", "--bind-to", "none",
-                        "-n", "3", sys.executable, "-m", "balsam_mpi", "--workflow=w 1"]
+                        "-n", "3", sys.executable, "-P", "-m", "balsam_mpi", "--workflow=w 1"]
     else:
         assert argv[:3] == [str(venv / "bin" / "mpiexec.gforker"), "-n", "3"]
 

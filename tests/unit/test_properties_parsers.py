@@ -10,7 +10,7 @@ import io
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -230,7 +230,7 @@ def test_any_text_is_a_duration_in_range_or_one_line(raw: str) -> None:
         assert timefmt.DURATION_MIN_S <= seconds <= timefmt.DURATION_MAX_S
 
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 @FAST
@@ -246,7 +246,7 @@ def test_any_text_is_a_time_or_one_line(raw: str) -> None:
 
 @FAST
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
-                    timezones=st.just(timezone.utc)))
+                    timezones=st.just(UTC)))
 def test_times_printed_by_reports_read_back(when: datetime) -> None:
     text = timefmt.iso(when)
     assert text is not None and timefmt.parse_time(text, "--since", now=NOW) == when

@@ -239,10 +239,10 @@ def test_launch_line_umask_and_activation(setup: tuple[Project, Path, Path], tmp
     job.end([signal.SIGTERM], KILL_DELAY_S, whole_job=True)
     prefix = PREFIXES[scheduler]
     argv = (job.out / f"{prefix[0]}.argv").read_text().splitlines()
-    assert [Path(argv[0]).name, *argv[1:]] == [*prefix, str(venv / "bin" / "python"), "-m",
-                                               "balsam_mpi", "--workflow=w 1",
+    assert [Path(argv[0]).name, *argv[1:]] == [*prefix, str(venv / "bin" / "python"), "-P",
+                                               "-m", "balsam_mpi", "--workflow=w 1",
                                                "--time-limit-min", "57"]
     assert (job.out / "argv").read_text().splitlines() == [
-        "-m", "balsam_mpi", "--workflow=w 1", "--time-limit-min", "57"]
+        "-P", "-m", "balsam_mpi", "--workflow=w 1", "--time-limit-min", "57"]
     assert (job.out / "umask").read_text() == "0007\n"  # 077 from the caller → group rwx
     assert (job.out / "activated").read_text() == f"{project.root}\n"

@@ -1,0 +1,66 @@
+"""Pythons that never import from their working directory.
+
+``python -m mod`` (and ``-c``) puts the working directory first on ``sys.path``, ahead of
+the standard library and the installed packages. A batch job starts in
+``PROJECT/qsubmit/``, which every member of the project group may write; a module planted
+there under a name the launcher imports later (``argparse``, ``selectors``, the package
+``balsam_mpi`` itself, a task's own package) ran as whoever's launcher started next. So
+every Python the launcher starts runs with ``-P`` (Python 3.11: no unsafe path first), and
+a launcher started without it refuses a working directory another user could write
+(docs/security.md, "The launcher's working directory").
+
+By the time ``check_start`` runs, ``-m`` has already imported ``runpy`` and the package
+from that directory: the check cannot undo a plant, it stops a launcher from running where
+one could be planted next time, and says how to start it safely.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+# The interpreter option, for every argv of a Python the launcher starts.
+FLAG = "-P"
+
+
+def module_argv(python: str, module: str, *args: str) -> list[str]:
+    """``python -P -m module args``: the argv of one of the package's own Pythons."""
+    return [python, FLAG, "-m", module, *args]
+
+
+def writable_by_others(st: os.stat_result, uid: int | None = None) -> str | None:
+    """Who else may create a file in a directory with this ``stat``, or ``None``.
+
+    The group or everyone by the mode (sticky or not: the sticky bit only keeps others
+    from replacing what exists, and a plant is a new name), or the directory's owner when
+    that is another user (root excepted: it can write anything anyway)."""
+    me = os.getuid() if uid is None else uid
+    if st.st_mode & stat.S_IWOTH:
+        return "every user"
+    if st.st_mode & stat.S_IWGRP:
+        return f"group {st.st_gid}"
+    if st.st_uid not in (me, 0):
+        return f"its owner, uid {st.st_uid}"
+    return None
+
+
+def check_start(prog: str) -> str | None:
+    """Why this process must not go on (one line), or ``None``.
+
+    Only a Python started without ``-P`` has its working directory on ``sys.path``; with
+    ``-m`` it is there as the absolute path, with ``-c`` as ``''``."""
+    if sys.flags.safe_path:
+        return None
+    cwd = os.getcwd()
+    if not any(p in ("", cwd) for p in sys.path[:1]):
+        return None
+    try:
+        who = writable_by_others(os.stat(cwd))
+    except OSError:
+        return None
+    if who is None:
+        return None
+    return (f"{prog}: refusing to run in {cwd}, which {who} may write: `python -m` imports "
+            f"modules from there first; start it as `python -P -m {prog}` "
+            "(or from a directory only you can write)")
