@@ -48,19 +48,22 @@ def writable_by_others(st: os.stat_result, uid: int | None = None) -> str | None
 def check_start(prog: str) -> str | None:
     """Why this process must not go on (one line), or ``None``.
 
-    Only a Python started without ``-P`` has its working directory on ``sys.path``; with
-    ``-m`` it is there as the absolute path, with ``-c`` as ``''``."""
-    if sys.flags.safe_path:
-        return None
-    cwd = os.getcwd()
-    if not any(p in ("", cwd) for p in sys.path[:1]):
-        return None
+    The working directory is on ``sys.path`` when Python was started without ``-P``
+    (``-m`` puts it first as the absolute path, ``-c`` as ``''``), or when ``PYTHONPATH``
+    holds an empty or ``.`` entry — what ``export PYTHONPATH=$PWD:$PYTHONPATH`` leaves
+    when the variable was unset: Python reads the empty entry as the working directory."""
     try:
-        who = writable_by_others(os.stat(cwd))
+        cwd = os.getcwd()
+        where = {os.path.abspath(p) if p else cwd for p in sys.path}
+        who = writable_by_others(os.stat(cwd)) if cwd in where else None
     except OSError:
         return None
     if who is None:
         return None
-    return (f"{prog}: refusing to run in {cwd}, which {who} may write: `python -m` imports "
-            f"modules from there first; start it as `python -P -m {prog}` "
-            "(or from a directory only you can write)")
+    if not sys.flags.safe_path:
+        fix = f"start it as `python -P -m {prog}`"
+    else:
+        fix = "PYTHONPATH names it (an empty or `.` entry): remove that entry"
+    return (f"{prog}: refusing to run in {cwd}, which {who} may write: Python would import "
+            f"modules from there first; {fix} (or start it from a directory only you "
+            "can write)")

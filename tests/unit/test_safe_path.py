@@ -121,3 +121,20 @@ def test_who_else_can_write_a_directory(tmp_path: Path) -> None:
         os.chown(d, 65534, -1)  # nobody's directory: nobody may plant there
         assert safepath.writable_by_others(os.stat(d)) is not None
     assert st is not None
+
+
+@pytest.mark.parametrize("pythonpath", ["{repo}:", ":{repo}", "{repo}:.", "{repo}::/usr"])
+def test_an_empty_pythonpath_entry_is_the_working_directory_too(tmp_path: Path,
+                                                                pythonpath: str) -> None:
+    """``export PYTHONPATH=$PWD:$PYTHONPATH`` with the variable unset leaves a trailing
+    ``:``, which Python reads as the working directory, ``-P`` or not."""
+    cwd = tmp_path / "shared"
+    cwd.mkdir()
+    cwd.chmod(0o2770)
+    proc = subprocess.run([sys.executable, "-P", "-m", "balsam_mpi", "--project",
+                           str(tmp_path)], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env={**os.environ,
+                                           "PYTHONPATH": pythonpath.format(repo=REPO)})
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(cwd) in lines[0] and "PYTHONPATH" in lines[0], lines
