@@ -8,14 +8,14 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${BALSAM_VENV:-$here/.venv}"
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
-    for candidate in python3.12 python3.11 python3.10 python3; do
+    for candidate in python3.13 python3.12 python3.11 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
-           "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+           "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             python="$candidate"; break
         fi
     done
 fi
-[ -n "$python" ] || { echo "setup_env.sh: need Python >= 3.10 (module load python?)" >&2; exit 1; }
+[ -n "$python" ] || { echo "setup_env.sh: need Python >= 3.11 (module load python?)" >&2; exit 1; }
 
 if [ ! -x "$venv/bin/python" ]; then
     echo "creating $venv with $("$python" --version 2>&1)"

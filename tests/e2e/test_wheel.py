@@ -57,4 +57,4 @@ def test_the_wheel_installs_the_activation_scripts_and_commands(
     assert "balsam-mpi = balsam_mpi.cli:main" in text
     assert "balsam-dbctl = balsam_mpi.dbctl.cli:main" in text
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
-    assert "Requires-Python: >=3.10" in wheel.read(metadata).decode()
+    assert "Requires-Python: >=3.11" in wheel.read(metadata).decode()

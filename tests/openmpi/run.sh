@@ -99,10 +99,10 @@ export OMPI_MCA_orte_tmpdir_base="$work/ompi"
 mkdir -p "$OMPI_MCA_orte_tmpdir_base"
 
 python="${PYTHON:-}"  # as setup_env.sh picks it
-for candidate in python3.12 python3.11 python3.10 python3; do
+for candidate in python3.13 python3.12 python3.11 python3; do
     [ -z "$python" ] || break
     if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
         python="$candidate"
     fi
 done

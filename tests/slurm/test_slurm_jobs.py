@@ -122,6 +122,40 @@ def test_two_ranks_per_node_without_whole_nodes(slurm_env: LocalSlurm, conn: Any
     assert out.count("size=2") == 2, out
 
 
+def test_a_link_planted_at_the_jobs_output_name_is_never_written_through(
+        slurm_env: LocalSlurm, conn: Any, pg_project: Project, dbname: str,
+        tmp_path: Path) -> None:
+    """sbatch ran in qsubmit/, where members may add names, and the job's output file
+    (`balsam-<job id>.out`, ids come in order) was opened by Slurm as the submitter,
+    following links: a member's links at the next ids made the owner's job truncate and
+    write whatever file they pointed to. Each submission now has a directory of its own
+    that only its submitter can write, and the job starts there."""
+    add_app(conn, "echo", "echo small")
+    add_tasks(conn, "echo", 2)
+    victim = tmp_path / "victim"
+    victim.write_text("the owner's file\n")
+    qdir = qsubmit_dir(pg_project)
+    probe = submit("-n", "1", "-t", "5", "--workflow", f"{dbname}-none", "--idle-timeout",
+                   "0")
+    wait_job_end(slurm_env, probe)
+    first = int(probe["scheduler_job_id"]) + 1
+    planted = [qdir / f"balsam-{job}.out" for job in range(first, first + 20)]
+    for link in planted:
+        link.symlink_to(victim)
+    try:
+        sub = submit("-n", "1", "-t", "5", "--workflow", dbname)
+        assert first <= int(sub["scheduler_job_id"]) < first + 20, sub
+        wait_job_end(slurm_env, sub)
+        assert victim.read_text() == "the owner's file\n"
+        assert count_state(conn, "JOB_FINISHED") == 2, job_output(sub)
+        out = Path(sub["script"]).parent / f"balsam-{sub['scheduler_job_id']}.out"
+        assert out.is_file() and not out.is_symlink(), job_output(sub)
+        assert Path(sub["script"]).parent != qdir
+    finally:
+        for link in planted:
+            link.unlink(missing_ok=True)
+
+
 # -- (b) scancel, (e) Slurm's warning signal -------------------------------------------------
 def _start_sleepers(slurm: LocalSlurm, conn: Any, dbname: str, seconds: int, *,
                     minutes: int = 5) -> tuple[dict[str, Any], list[int]]:
