@@ -320,6 +320,28 @@ def create_new(dir_fd: int, name: str, mode: int, where: str, tries: int = 100
     raise UnsafePath(f"cannot find a free name like {where}/{name} ({tries} taken)")
 
 
+def create_dir(dir_fd: int, name: str, mode: int, where: str, tries: int = 100
+               ) -> tuple[int, str]:
+    """A new directory ``name`` in ``dir_fd`` (``name.N`` when taken: whatever holds the
+    name is left alone), opened, checked to be this user's and given ``mode`` exactly
+    (``mkdir``'s is cut by the umask). Returns (its descriptor, its name)."""
+    for attempt in range(tries):
+        candidate = name if attempt == 0 else f"{name}.{attempt}"
+        try:
+            os.mkdir(candidate, 0o700, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UnsafePath(f"cannot create {where}/{candidate}: {exc.strerror}") from None
+        fd = _open_dir_at(dir_fd, candidate, f"{where}/{candidate}")
+        if os.fstat(fd).st_uid != os.geteuid():  # replaced between mkdir and open
+            os.close(fd)
+            continue
+        os.fchmod(fd, mode)
+        return fd, candidate
+    raise UnsafePath(f"cannot find a free name like {where}/{name} ({tries} taken)")
+
+
 def open_project_dir(project_root: str, name: str) -> int:
     """A directory the owner made in the project (``log``, ``qsubmit``): the project
     directory may be reached through symlinks the user chose; ``name`` itself must be a

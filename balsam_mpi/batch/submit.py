@@ -2,7 +2,8 @@
 
 The order keeps the database honest: validate everything (nothing written on bad input);
 insert the ``batch_jobs`` row (QUEUED) so the script can carry its id; write the script
-into ``PROJECT/qsubmit/``; run ``qsub`` / ``sbatch`` (argv lists, never a shell) and
+into a directory of the submission's own in ``PROJECT/qsubmit/``; run ``qsub`` /
+``sbatch`` there (argv lists, never a shell) and
 record the scheduler's job id — or, if submission fails, close the row as FAILED with the
 reason. A ``local`` run starts the script detached in the background instead.
 
@@ -47,6 +48,12 @@ QSUBMIT = "qsubmit"
 # Group-writable so every member can submit; sticky so nobody replaces another's script
 # between writing and submission (a local run's bash reads its script from disk).
 MODE_QSUBMIT = 0o3770
+# Each submission's own directory: the batch job starts there and the scheduler writes its
+# output there, opening it as the submitter and following links — in qsubmit/ itself a
+# member could plant a link at the next job's predictable output name. Only the submitter
+# writes inside; the group reads.
+MODE_JOB_DIR = 0o2750
+SCRIPT_NAME = "job.sh"
 MODE_SCRIPT = 0o750  # Cobalt runs only executable scripts
 MODE_SUBMIT_LOG = 0o640  # what the scheduler printed, beside the script
 SUBMIT_TIMEOUT_SEC = 120
@@ -143,11 +150,14 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
     try:
         text = jobscript.render(template, jobscript.values_for(
             req, project, batch_job_id=job_id, venv=venv, drain_grace_s=grace))
-        script = _write_script(qdir, req, job_id, text)
-        if req.scheduler == "local":
-            return _start_local(project, qdir, script, job_id)
+        script, jfd = _write_script(qdir, req, job_id, text)
+        try:
+            if req.scheduler == "local":
+                return _start_local(script, jfd, job_id)
+        finally:
+            os.close(jfd)
         mark = marks.mark_of(job_id, token) if token else None
-        scheduler_id = _run_submit(req.scheduler, script, qdir, mark)
+        scheduler_id = _run_submit(req.scheduler, script, mark)
     except SubmitUncertain as exc:
         _hold(project, job_id, exc)
         raise
@@ -177,27 +187,29 @@ def qsubmit_dir(project: Project) -> Path:
     return path
 
 
-def _write_script(qdir: Path, req: JobRequest, job_id: int, text: str) -> Path:
-    """A new file (never an existing one, never through a link: O_EXCL|O_NOFOLLOW in the
-    directory's descriptor, and a suffix when the name is taken — ids repeat in a restored
-    or copied database, and others in the group can plant names in qsubmit/)."""
+def _write_script(qdir: Path, req: JobRequest, job_id: int, text: str) -> tuple[Path, int]:
+    """``qsubmit/<scheduler>-<id>-<time>/job.sh``: the directory new and the submitter's
+    (a suffix when the name is taken — ids repeat in a restored or copied database, and
+    others in the group can plant names in qsubmit/), the file created in its descriptor.
+    Returns the script's path and the directory's descriptor (the caller's to close)."""
     stem = f"{req.scheduler}-{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    fd, name = _create(qdir, f"{stem}.sh", 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        os.fchmod(fh.fileno(), MODE_SCRIPT)
-    return qdir / name
-
-
-def _create(qdir: Path, name: str, mode: int) -> tuple[int, str]:
     try:
         dfd = safefs.open_project_dir(str(qdir.parent), qdir.name)
         try:
-            return safefs.create_new(dfd, name, mode, str(qdir))
+            jfd, name = safefs.create_dir(dfd, stem, MODE_JOB_DIR, str(qdir))
         finally:
             os.close(dfd)
+        try:
+            fd, _ = safefs.create_new(jfd, SCRIPT_NAME, 0o600, str(qdir / name))
+        except BaseException:
+            os.close(jfd)
+            raise
     except safefs.UnsafePath as exc:
         raise SubmitError(str(exc)) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        os.fchmod(fh.fileno(), MODE_SCRIPT)
+    return qdir / name / SCRIPT_NAME, jfd
 
 
 # -- scheduler submission --------------------------------------------------------------------
@@ -217,15 +229,15 @@ def _script_text(script: Path) -> str:
         return ""
 
 
-def _run_submit(scheduler: str, script: Path, qdir: Path, mark: str | None = None) -> str:
-    """Run the scheduler's submit command in ``qdir`` (so its output files land there)
-    and return the job id it printed. With a ``mark`` (Slurm, PBS), an answer that was
+def _run_submit(scheduler: str, script: Path, mark: str | None = None) -> str:
+    """Run the scheduler's submit command in the script's directory (so the job starts
+    there and its output files land there) and return the job id it printed. With a ``mark`` (Slurm, PBS), an answer that was
     lost raises SubmitUncertain: the job can be found by that mark later."""
     tagged = marks.args(scheduler, mark, _script_text(script)) if mark else []
     argv = [*SUBMIT_ARGV[scheduler], *tagged, str(script)]
     lost = SubmitUncertain if mark else SubmitError
     try:
-        done = subprocess.run(argv, cwd=qdir, capture_output=True, text=True,
+        done = subprocess.run(argv, cwd=script.parent, capture_output=True, text=True,
                               timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False)
     except FileNotFoundError:
         raise SubmitError(f"`{argv[0]}` is not on PATH") from None
@@ -276,13 +288,17 @@ def _first_line(text: str) -> str:
 
 
 # -- local runs ------------------------------------------------------------------------------
-def _start_local(project: Project, qdir: Path, script: Path, job_id: int) -> Submission:
+def _start_local(script: Path, jfd: int, job_id: int) -> Submission:
     """Start the script detached: own session (a closed terminal does not kill it), stdin
-    from /dev/null, output appended to a log beside the script."""
-    fd, name = _create(qdir, f"{script.stem}.log", MODE_SUBMIT_LOG)
-    log_path = qdir / name
+    from /dev/null, output appended to a log beside the script (``jfd``: its directory)."""
+    jdir = script.parent
     try:
-        proc = subprocess.Popen(["bash", str(script)], cwd=qdir, stdin=subprocess.DEVNULL,
+        fd, name = safefs.create_new(jfd, "job.log", MODE_SUBMIT_LOG, str(jdir))
+    except safefs.UnsafePath as exc:
+        raise SubmitError(str(exc)) from None
+    log_path = jdir / name
+    try:
+        proc = subprocess.Popen(["bash", str(script)], cwd=jdir, stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,
                                 close_fds=True)
     finally:

@@ -213,7 +213,7 @@ def test_autoscale_and_sync_from_the_command_line(pg_project: Project, conn: Any
                        ).fetchone()
     assert row == (3, "QUEUED", "9001")
     # The newest script: other tests of this module submit into the same project.
-    script = max((pg_project.root / "qsubmit").glob("slurm-*.sh"),
+    script = max((pg_project.root / "qsubmit").glob("slurm-*/job.sh"),
                  key=lambda p: p.stat().st_mtime_ns).read_text()
     assert "--idle-timeout" in script
     again = _run("autoscale", "--scheduler", "slurm", "-n", "4", "-t", "10", "--once")

@@ -37,7 +37,9 @@ def test_pbs_submission_is_recorded(pg_project: Project, conn: Any, dbname: str,
     row = submit.get(pg_project, done.batch_job_id)
     assert row is not None and row["submit_token"]
     # The variable a lost answer's job is found by (batch/uncertain.py).
-    assert argv == [str(pg_project.root / "qsubmit"), "-v",
+    # qsub ran in the submission's own directory, the job's output lands there
+    assert done.script.parent.parent == pg_project.root / "qsubmit"
+    assert argv == [str(done.script.parent), "-v",
                     f"BALSAM_SUBMIT=balsam:{done.batch_job_id}:{row['submit_token']}",
                     str(done.script)]
     assert (row["scheduler"], row["scheduler_job_id"], row["state"]) == (
@@ -51,6 +53,7 @@ def test_pbs_submission_is_recorded(pg_project: Project, conn: Any, dbname: str,
     assert "#PBS -l walltime=01:30:00" in text
     assert stat.S_IMODE(done.script.stat().st_mode) == 0o750
     assert stat.S_IMODE((pg_project.root / "qsubmit").stat().st_mode) == 0o3770
+    assert stat.S_IMODE(done.script.parent.stat().st_mode) == 0o2750
 
 
 def test_a_pbs_directives_variables_travel_with_the_mark(

@@ -367,7 +367,8 @@ def test_a_viewer_not_yet_enrolled_can_still_leave_a_request(mu: Runner, apps: N
 def test_planted_qsubmit_names_do_not_break_a_local_submission(mu: Runner,
                                                               apps: None) -> None:
     """Issue 14.6: symlinks at the predictable qsubmit/local-<id>-<time>.log names made the
-    owner's local submission fail with a traceback."""
+    owner's local submission fail with a traceback. Each submission now has a directory
+    of its own, whose predictable name is planted too."""
     assert mu.project is not None
     owner_home = home(mu, OWNER)
     before = fingerprint(owner_home)
@@ -380,7 +381,7 @@ def test_planted_qsubmit_names_do_not_break_a_local_submission(mu: Runner,
         "for job in range(first, first + 3):\n"
         "    for s in range(-2, 90):\n"
         "        stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(now + s))\n"
-        "        for ext, target in (('.log', '.bashrc'), ('.sh', '.profile')):\n"
+        "        for ext, target in (('.log', '.bashrc'), ('.sh', '.profile'), ('', '')):\n"
         "            os.symlink(os.path.join(home, target),\n"
         "                       os.path.join(q, f'local-{job}-{stamp}{ext}'))\n")
     proc = mu.run(MEMBER, [str(mu.venv / "bin" / "python"), "-c", plant])
@@ -392,7 +393,10 @@ def test_planted_qsubmit_names_do_not_break_a_local_submission(mu: Runner,
     try:
         script, log = Path(done["script"]), Path(done["log"])
         assert not script.is_symlink() and not log.is_symlink()
-        assert script.name.endswith(".1.sh") and log.name.endswith(".1.log"), done
+        # The submission's own directory: the planted link at its name is passed by
+        assert script.parent.name.endswith(".1") and log.parent == script.parent, done
+        assert not script.parent.is_symlink()
+        assert script.parent.stat().st_uid == mu.accounts[OWNER].pw_uid
         assert log.stat().st_uid == mu.accounts[OWNER].pw_uid
         assert log.stat().st_mode & 0o777 == 0o640
     finally:

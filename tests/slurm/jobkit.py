@@ -75,10 +75,11 @@ def wait_job_end(slurm: LocalSlurm, sub: dict[str, Any], timeout: float = 300) -
 
 
 def job_output(sub: dict[str, Any]) -> str:
-    """The job's own output file (sbatch writes it into qsubmit/) and the launcher logs."""
-    qdir = Path(sub["script"]).parent
+    """The job's own output file (Slurm writes it beside the script, in the submission's
+    directory under qsubmit/) and the launcher logs."""
+    qdir = Path(sub["script"]).parent.parent
     text = []
-    for path in sorted(qdir.glob(f"*-{sub['scheduler_job_id']}.out")):
+    for path in sorted(qdir.glob(f"*/*-{sub['scheduler_job_id']}.out")):
         text.append(f"--- {path.name}\n{path.read_text(errors='replace')[-6000:]}")
     logs = qdir.parent / "log"
     for path in sorted(logs.glob(f"launcher_{sub['scheduler_job_id']}_r*.log")):

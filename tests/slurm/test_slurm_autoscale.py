@@ -56,7 +56,7 @@ def test_autoscale_submits_for_the_backlog_and_stops_when_it_is_gone(
     second = _cli("autoscale", *flags, "--once").stdout
     assert "submitting" not in second and ("--max-total-nodes" in second or "--max-queued"
                                            in second or "no runnable" in second), second
-    script = next((pg_project.root / "qsubmit").glob(f"slurm-{row}-*.sh"))
+    script = next((pg_project.root / "qsubmit").glob(f"slurm-{row}-*/job.sh"))
     sub = {"scheduler_job_id": job, "script": str(script), "batch_job_id": row}
     wait_job_end(slurm_env, sub)
     assert count_state(conn, "JOB_FINISHED") == len(tasks), job_output(sub)

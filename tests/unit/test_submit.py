@@ -61,12 +61,12 @@ def test_a_lost_slurm_answer_is_uncertain_and_carries_the_comment(
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
     with pytest.raises(submit.SubmitUncertain, match="balsam:7:00ff"):
-        submit._run_submit("slurm", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
+        submit._run_submit("slurm", tmp_path / "x.sh", "balsam:7:00ff")
     assert (bindir / "argv").read_text().splitlines() == [
         "--parsable", "--comment=balsam:7:00ff", str(tmp_path / "x.sh")]
     # Without a comment (PBS, Cobalt: no lookup) it is a plain failure, as before.
     with pytest.raises(SubmitError) as info:
-        submit._run_submit("slurm", tmp_path / "x.sh", tmp_path)
+        submit._run_submit("slurm", tmp_path / "x.sh")
     assert not isinstance(info.value, submit.SubmitUncertain)
 
 
@@ -74,7 +74,7 @@ def test_a_refusal_is_not_uncertain(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     bindir = _sbatch(tmp_path, "echo 'sbatch: error: invalid account' >&2; exit 1")
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     with pytest.raises(SubmitError, match="invalid account") as info:
-        submit._run_submit("slurm", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
+        submit._run_submit("slurm", tmp_path / "x.sh", "balsam:7:00ff")
     assert not isinstance(info.value, submit.SubmitUncertain)
 
 
@@ -96,7 +96,7 @@ def test_a_lost_pbs_answer_is_uncertain_and_carries_the_mark(
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setattr(submit, "SUBMIT_TIMEOUT_SEC", 1)
     with pytest.raises(submit.SubmitUncertain, match="BALSAM_SUBMIT=balsam:7:00ff"):
-        submit._run_submit("pbs", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
+        submit._run_submit("pbs", tmp_path / "x.sh", "balsam:7:00ff")
     assert (bindir / "argv").read_text().splitlines() == [
         "-v", "BALSAM_SUBMIT=balsam:7:00ff", str(tmp_path / "x.sh")]
 
@@ -106,7 +106,7 @@ def test_a_pbs_refusal_is_not_uncertain(tmp_path: Path,
     bindir = _qsub(tmp_path, "echo 'qsub: Unknown queue' >&2; exit 38")
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     with pytest.raises(SubmitError, match="Unknown queue") as info:
-        submit._run_submit("pbs", tmp_path / "x.sh", tmp_path, "balsam:7:00ff")
+        submit._run_submit("pbs", tmp_path / "x.sh", "balsam:7:00ff")
     assert not isinstance(info.value, submit.SubmitUncertain)
 
 

@@ -1,10 +1,12 @@
-"""Files `submit` writes in the group-writable qsubmit/: never through a planted link, a
-fresh name when the predictable one is taken (issue 14.6), exact modes."""
+"""Files `submit` writes in the group-writable qsubmit/: a directory of each submission's
+own, never through a planted link, a fresh name when the predictable one is taken (issue
+14.6), exact modes."""
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -25,39 +27,67 @@ def _req() -> JobRequest:
     return JobRequest(scheduler="local", nodes=1)
 
 
-def test_a_planted_script_name_is_never_followed(qdir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["symlink", "directory", "file"])
+def test_a_planted_name_gets_a_fresh_directory_of_the_submitters(
+        qdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The submission's directory name is predictable (scheduler, id, time): whatever a
+    member put there first is left alone and never entered (issue 14.6's names, and a
+    link at the job's output name, now inside a directory only the submitter writes)."""
     monkeypatch.setattr(submit.time, "strftime", lambda _fmt: "20250101-000000")
     victim = tmp_path / "victim"
-    victim.write_text("keep\n")
-    (qdir / "local-7-20250101-000000.sh").symlink_to(victim)
-    path = submit._write_script(qdir, _req(), 7, "echo hi\n")
-    assert path.name == "local-7-20250101-000000.1.sh"
-    assert path.read_text() == "echo hi\n" and victim.read_text() == "keep\n"
-    assert stat.S_IMODE(path.stat().st_mode) == submit.MODE_SCRIPT
-
-
-@pytest.mark.parametrize("kind", ["symlink", "fifo", "file"])
-def test_a_planted_local_log_name_gets_a_fresh_name(qdir: Path, tmp_path: Path,
-                                                    kind: str) -> None:
-    """Issue 14.6: symlinks at the predictable qsubmit/local-*.log names made the owner's
-    local submission fail with a traceback."""
-    victim = tmp_path / "victim"
-    victim.write_text("keep\n")
-    planted = qdir / "local-8-x.log"
+    victim.mkdir()
+    planted = qdir / "local-7-20250101-000000"
     if kind == "symlink":
         planted.symlink_to(victim)
-    elif kind == "fifo":
-        os.mkfifo(planted)
+    elif kind == "directory":
+        planted.mkdir(mode=0o777)
+        planted.chmod(0o777)
     else:
         planted.write_text("someone else's\n")
-    fd, name = submit._create(qdir, "local-8-x.log", submit.MODE_SUBMIT_LOG)
-    os.write(fd, b"launcher output\n")
-    os.close(fd)
-    assert name == "local-8-x.1.log"
-    assert (qdir / name).read_text() == "launcher output\n"
-    assert stat.S_IMODE((qdir / name).stat().st_mode) == submit.MODE_SUBMIT_LOG
-    assert victim.read_text() == "keep\n"
+    path, jfd = submit._write_script(qdir, _req(), 7, "echo hi\n")
+    try:
+        assert path.parent.name == "local-7-20250101-000000.1" and path.name == "job.sh"
+        assert path.read_text() == "echo hi\n"
+        assert stat.S_IMODE(path.stat().st_mode) == submit.MODE_SCRIPT
+        job = submit._start_local(path, jfd, 7)
+    finally:
+        os.close(jfd)
+    assert job.log is not None and job.log.parent == path.parent
+    assert job.pid is not None and _wait(job.pid)
+    assert "hi" in job.log.read_text()
+    assert list(victim.iterdir()) == []
+    assert not planted.is_dir() or planted.is_symlink() or list(planted.iterdir()) == []
+
+
+def test_the_submissions_directory_is_the_submitters_alone(
+        qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group-readable, never group-writable, whatever the umask: the scheduler opens the
+    job's output there as the submitter, following links."""
+    old = os.umask(0)
+    try:
+        path, jfd = submit._write_script(qdir, _req(), 8, "echo\n")
+        os.close(jfd)
+    finally:
+        os.umask(old)
+    st = path.parent.stat()
+    assert stat.S_IMODE(st.st_mode) == submit.MODE_JOB_DIR == 0o2750
+    assert st.st_uid == os.geteuid()
+
+
+def _wait(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 def test_a_symlinked_qsubmit_dir_is_refused(tmp_path: Path) -> None:
