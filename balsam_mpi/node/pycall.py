@@ -71,7 +71,15 @@ def resolve(path: str) -> Any:
         if not PYTHON_PATH.fullmatch(path):  # the database and the client check it too
             raise ValueError(f"{path!r} is not an import path (package.module:function)")
         module, _, attr = path.partition(":")
-        fn = importlib.import_module(module)
+        try:
+            fn = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module + ".").startswith(exc.name + "."):  # its own, not a
+                exc.add_note(  # dependency's: where it was looked for (base/safepath.py)
+                    f"balsam_mpi: {module} is looked for on PYTHONPATH and among the "
+                    "installed packages, never in the launcher's working directory: put "
+                    "its directory on PYTHONPATH (docs/python-tasks.md)")
+            raise
         for part in attr.split("."):
             fn = getattr(fn, part)
         if not callable(fn):

@@ -20,8 +20,9 @@ import pytest
 
 from balsam_mpi.base import safepath
 from balsam_mpi.node.node import Node
+from balsam_mpi.protocol import RunOrder
 
-from .pykit import REPO, call, ok, python_node, run
+from .pykit import REPO, call, failed, ok, python_node, run
 
 PLANTS = ("balsam_mpi/__init__.py", "tests/__init__.py", "tests/pyfuncs.py", "argparse.py",
           "selectors.py")
@@ -138,3 +139,20 @@ def test_an_empty_pythonpath_entry_is_the_working_directory_too(tmp_path: Path,
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(cwd) in lines[0] and "PYTHONPATH" in lines[0], lines
+
+
+def test_a_module_only_in_the_launchers_directory_is_not_found_and_says_where_to_put_it(
+        planted_cwd: Path, tmp_path: Path) -> None:
+    """What ``-P`` changes for a user whose module sat in the directory the launcher was
+    started from: the call fails with the import error and one line of what to do."""
+    Path("onlyhere.py").write_text("def fn():\n    return 1\n")
+    order = RunOrder(1, 1, (), str(tmp_path / "t1"), (), need=0.25,
+                     python=("onlyhere:fn", "{}"))
+    node: Node = python_node()
+    try:
+        ended = run(node, order)
+    finally:
+        node.close()
+    tail = failed(ended[1])
+    assert "ModuleNotFoundError: No module named 'onlyhere'" in tail, tail
+    assert "put its directory on PYTHONPATH" in tail, tail
