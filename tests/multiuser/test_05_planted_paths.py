@@ -397,6 +397,11 @@ def test_planted_qsubmit_names_do_not_break_a_local_submission(mu: Runner,
         assert script.parent.name.endswith(".1") and log.parent == script.parent, done
         assert not script.parent.is_symlink()
         assert script.parent.stat().st_uid == mu.accounts[OWNER].pw_uid
+        # qsubmit/'s default ACL lets members write there; what it passes on to the
+        # submission's directory must not (the scheduler writes the job's output there)
+        tried = mu.bash(MEMBER, f"ln -s {owner_home}/.bashrc {script.parent}/balsam-1.out")
+        assert tried.returncode != 0 and "Permission denied" in tried.stderr, tried
+        assert mu.bash(MEMBER, f"cat {script}").returncode == 0  # the group still reads
         assert log.stat().st_uid == mu.accounts[OWNER].pw_uid
         assert log.stat().st_mode & 0o777 == 0o640
     finally:
