@@ -333,7 +333,10 @@ def create_dir(dir_fd: int, name: str, mode: int, where: str, tries: int = 100
             continue
         except OSError as exc:
             raise UnsafePath(f"cannot create {where}/{candidate}: {exc.strerror}") from None
-        fd = _open_dir_at(dir_fd, candidate, f"{where}/{candidate}")
+        try:
+            fd = _open_dir_at(dir_fd, candidate, f"{where}/{candidate}")
+        except FileNotFoundError:  # removed between mkdir and open (by the parent's owner)
+            continue
         if os.fstat(fd).st_uid != os.geteuid():  # replaced between mkdir and open
             os.close(fd)
             continue

@@ -1,13 +1,14 @@
 """Pythons that never import from their working directory.
 
 ``python -m mod`` (and ``-c``) puts the working directory first on ``sys.path``, ahead of
-the standard library and the installed packages. A batch job starts in
+the standard library and the installed packages. Batch jobs used to start in
 ``PROJECT/qsubmit/``, which every member of the project group may write; a module planted
 there under a name the launcher imports later (``argparse``, ``selectors``, the package
 ``balsam_mpi`` itself, a task's own package) ran as whoever's launcher started next. So
 every Python the launcher starts runs with ``-P`` (Python 3.11: no unsafe path first), and
 a launcher started without it refuses a working directory another user could write
-(docs/security.md, "The launcher's working directory").
+(docs/security.md, "The launcher's working directory"). A job now also starts in its
+submission's own directory (batch/submit.py), but a launcher may be started anywhere.
 
 By the time ``check_start`` runs, ``-m`` has already imported ``runpy`` and the package
 from that directory: the check cannot undo a plant, it stops a launcher from running where

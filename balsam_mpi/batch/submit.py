@@ -231,8 +231,9 @@ def _script_text(script: Path) -> str:
 
 def _run_submit(scheduler: str, script: Path, mark: str | None = None) -> str:
     """Run the scheduler's submit command in the script's directory (so the job starts
-    there and its output files land there) and return the job id it printed. With a ``mark`` (Slurm, PBS), an answer that was
-    lost raises SubmitUncertain: the job can be found by that mark later."""
+    there and its output files land there) and return the job id it printed. With a
+    ``mark`` (Slurm, PBS), an answer that was lost raises SubmitUncertain: the job can be
+    found by that mark later."""
     tagged = marks.args(scheduler, mark, _script_text(script)) if mark else []
     argv = [*SUBMIT_ARGV[scheduler], *tagged, str(script)]
     lost = SubmitUncertain if mark else SubmitError
