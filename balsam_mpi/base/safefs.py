@@ -324,7 +324,11 @@ def create_dir(dir_fd: int, name: str, mode: int, where: str, tries: int = 100
                ) -> tuple[int, str]:
     """A new directory ``name`` in ``dir_fd`` (``name.N`` when taken: whatever holds the
     name is left alone), opened, checked to be this user's and given ``mode`` exactly
-    (``mkdir``'s is cut by the umask). Returns (its descriptor, its name)."""
+    (``mkdir``'s is cut by the umask). Returns (its descriptor, its name).
+
+    A default ACL inherited from the parent (``qsubmit/``'s gives the group write on what
+    is made inside, whatever the umask) is removed: what others make in this directory —
+    a scheduler's output file — then gets the mode its creator's umask gives."""
     for attempt in range(tries):
         candidate = name if attempt == 0 else f"{name}.{attempt}"
         try:
@@ -341,6 +345,13 @@ def create_dir(dir_fd: int, name: str, mode: int, where: str, tries: int = 100
             os.close(fd)
             continue
         os.fchmod(fd, mode)
+        try:
+            os.removexattr(fd, acl.DEFAULT)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                os.close(fd)
+                raise UnsafePath(f"cannot drop the inherited default ACL of "
+                                 f"{where}/{candidate}: {exc.strerror}") from None
         return fd, candidate
     raise UnsafePath(f"cannot find a free name like {where}/{name} ({tries} taken)")
 

@@ -27,35 +27,22 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import sql
 from ..base import db, safefs
-from ..base.errors import BalsamError, ProjectError, UsageError
+from ..base.errors import BalsamError, UsageError
 from ..base.project import Project, this_host
 from ..launcher import config
 from ..node import trampoline
 from ..tasks import owners
-from . import clusterid, jobscript, marks
+from . import clusterid, jobdir, jobscript, marks
 from .jobscript import JobRequest
 
 log = logging.getLogger(__name__)
 
-QSUBMIT = "qsubmit"
-# Group-writable so every member can submit; sticky so nobody replaces another's script
-# between writing and submission (a local run's bash reads its script from disk).
-MODE_QSUBMIT = 0o3770
-# Each submission's own directory: the batch job starts there and the scheduler writes its
-# output there, opening it as the submitter and following links — in qsubmit/ itself a
-# member could plant a link at the next job's predictable output name. Only the submitter
-# writes inside; the group reads.
-MODE_JOB_DIR = 0o2750
-SCRIPT_NAME = "job.sh"
-MODE_SCRIPT = 0o750  # Cobalt runs only executable scripts
-MODE_SUBMIT_LOG = 0o640  # what the scheduler printed, beside the script
 SUBMIT_TIMEOUT_SEC = 120
 SUBMIT_ARGV = {
     "pbs": ["qsub"],
@@ -143,14 +130,17 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
         # It is static, one per kind of machine (node/trampoline.py): the nodes of this
         # one's kind find it in the same cache.
         trampoline.trampoline()
-    qdir = qsubmit_dir(project)
+    qdir = jobdir.qsubmit_dir(project)
     token = secrets.token_hex(8) if req.scheduler in marks.MARKED else None
     cluster = clusterid.identity(req.scheduler)
     job_id = _insert(project, req, cluster, token)
     try:
         text = jobscript.render(template, jobscript.values_for(
             req, project, batch_job_id=job_id, venv=venv, drain_grace_s=grace))
-        script, jfd = _write_script(qdir, req, job_id, text)
+        try:
+            script, jfd = jobdir.write_script(qdir, req.scheduler, job_id, text)
+        except safefs.UnsafePath as exc:
+            raise SubmitError(str(exc)) from None
         try:
             if req.scheduler == "local":
                 return _start_local(script, jfd, job_id)
@@ -166,50 +156,6 @@ def submit(project: Project, req: JobRequest, home: Path | None = None) -> Submi
         raise
     _set_scheduler_id(project, job_id, scheduler_id)
     return Submission(job_id, req.scheduler, scheduler_id, script)
-
-
-# -- the qsubmit directory and the script ----------------------------------------------------
-def qsubmit_dir(project: Project) -> Path:
-    """``PROJECT/qsubmit/`` (3770), made if missing — only the owner can, as the project
-    root is not group-writable; anyone else is told to ask."""
-    path = project.root / QSUBMIT
-    if path.is_dir():
-        return path
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        return path
-    except PermissionError:
-        raise ProjectError(f"{path} does not exist and only the project owner can create it; "
-                           f"ask them to submit once, or to run `mkdir -m 3770 {path}`"
-                           ) from None
-    os.chmod(path, MODE_QSUBMIT)  # explicit: mkdir's mode is cut by the umask
-    return path
-
-
-def _write_script(qdir: Path, req: JobRequest, job_id: int, text: str) -> tuple[Path, int]:
-    """``qsubmit/<scheduler>-<id>-<time>/job.sh``: the directory new and the submitter's
-    (a suffix when the name is taken — ids repeat in a restored or copied database, and
-    others in the group can plant names in qsubmit/), the file created in its descriptor.
-    Returns the script's path and the directory's descriptor (the caller's to close)."""
-    stem = f"{req.scheduler}-{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        dfd = safefs.open_project_dir(str(qdir.parent), qdir.name)
-        try:
-            jfd, name = safefs.create_dir(dfd, stem, MODE_JOB_DIR, str(qdir))
-        finally:
-            os.close(dfd)
-        try:
-            fd, _ = safefs.create_new(jfd, SCRIPT_NAME, 0o600, str(qdir / name))
-        except BaseException:
-            os.close(jfd)
-            raise
-    except safefs.UnsafePath as exc:
-        raise SubmitError(str(exc)) from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        os.fchmod(fh.fileno(), MODE_SCRIPT)
-    return qdir / name / SCRIPT_NAME, jfd
 
 
 # -- scheduler submission --------------------------------------------------------------------
@@ -239,7 +185,9 @@ def _run_submit(scheduler: str, script: Path, mark: str | None = None) -> str:
     lost = SubmitUncertain if mark else SubmitError
     try:
         done = subprocess.run(argv, cwd=script.parent, capture_output=True, text=True,
-                              timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False)
+                              timeout=SUBMIT_TIMEOUT_SEC, stdin=subprocess.DEVNULL, check=False,
+                              umask=jobdir.SUBMIT_UMASK,
+                              env={**os.environ, jobdir.UMASK_VAR: jobdir.own_umask()})
     except FileNotFoundError:
         raise SubmitError(f"`{argv[0]}` is not on PATH") from None
     except OSError as exc:  # on PATH but not runnable (a wrapper without a #! line)
@@ -294,10 +242,9 @@ def _start_local(script: Path, jfd: int, job_id: int) -> Submission:
     from /dev/null, output appended to a log beside the script (``jfd``: its directory)."""
     jdir = script.parent
     try:
-        fd, name = safefs.create_new(jfd, "job.log", MODE_SUBMIT_LOG, str(jdir))
+        fd, log_path = jobdir.open_log(jfd, jdir)
     except safefs.UnsafePath as exc:
         raise SubmitError(str(exc)) from None
-    log_path = jdir / name
     try:
         proc = subprocess.Popen(["bash", str(script)], cwd=jdir, stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=subprocess.STDOUT, start_new_session=True,

@@ -14,6 +14,9 @@
 
 # Everything the launcher and its tasks create must be writable by the project group, or
 # collaborators get "Permission denied" (balsamactivate sets it too; this holds from here on).
+# First the submitter's own umask: `submit` ran the submit command under 027, which Slurm
+# keeps for the job, so that its output file is not the group's to write.
+[ -z "${BALSAM_SUBMIT_UMASK:-}" ] || umask "$BALSAM_SUBMIT_UMASK"
 umask g=rwx
 
 # --- environment -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from balsam_mpi.base.project import Project
-from balsam_mpi.batch.submit import qsubmit_dir
+from balsam_mpi.batch.jobdir import qsubmit_dir
 from tests.e2e.test_launcher import no_strays
 from tests.slurm.cluster import LocalSlurm
 from tests.slurm.jobkit import (
@@ -132,6 +132,8 @@ def test_a_link_planted_at_the_jobs_output_name_is_never_written_through(
     that only its submitter can write, and the job starts there."""
     add_app(conn, "echo", "echo small")
     add_tasks(conn, "echo", 2)
+    add_app(conn, "mask", "sh -c umask")
+    [masked] = add_tasks(conn, "mask", 1)
     victim = tmp_path / "victim"
     victim.write_text("the owner's file\n")
     qdir = qsubmit_dir(pg_project)
@@ -142,14 +144,23 @@ def test_a_link_planted_at_the_jobs_output_name_is_never_written_through(
     planted = [qdir / f"balsam-{job}.out" for job in range(first, first + 20)]
     for link in planted:
         link.symlink_to(victim)
+    old = os.umask(0o002)  # a submitter whose files the group may write by default
     try:
-        sub = submit("-n", "1", "-t", "5", "--workflow", dbname)
+        try:
+            sub = submit("-n", "1", "-t", "5", "--workflow", dbname)
+        finally:
+            os.umask(old)
         assert first <= int(sub["scheduler_job_id"]) < first + 20, sub
         wait_job_end(slurm_env, sub)
         assert victim.read_text() == "the owner's file\n"
-        assert count_state(conn, "JOB_FINISHED") == 2, job_output(sub)
+        assert count_state(conn, "JOB_FINISHED") == 3, job_output(sub)
+        # the job runs with the submitter's umask, group write opened (templates/*.sh)
+        mask = (pg_project.task_dir(dbname, masked, "t") / "task.out").read_text()
+        assert mask.strip() == "0002", mask
         out = Path(sub["script"]).parent / f"balsam-{sub['scheduler_job_id']}.out"
         assert out.is_file() and not out.is_symlink(), job_output(sub)
+        # nobody else writes lines into it either (as the launcher's own logs, 0640)
+        assert out.stat().st_mode & 0o022 == 0, oct(out.stat().st_mode)
         assert Path(sub["script"]).parent != qdir
     finally:
         for link in planted:

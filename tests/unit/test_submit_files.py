@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from balsam_mpi.batch import submit
-from balsam_mpi.batch.jobscript import JobRequest
+from balsam_mpi.base import safefs
+from balsam_mpi.batch import jobdir, submit
 
 
 @pytest.fixture()
@@ -23,17 +23,13 @@ def qdir(tmp_path: Path) -> Path:
     return path
 
 
-def _req() -> JobRequest:
-    return JobRequest(scheduler="local", nodes=1)
-
-
 @pytest.mark.parametrize("kind", ["symlink", "directory", "file"])
 def test_a_planted_name_gets_a_fresh_directory_of_the_submitters(
         qdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """The submission's directory name is predictable (scheduler, id, time): whatever a
     member put there first is left alone and never entered (issue 14.6's names, and a
     link at the job's output name, now inside a directory only the submitter writes)."""
-    monkeypatch.setattr(submit.time, "strftime", lambda _fmt: "20250101-000000")
+    monkeypatch.setattr(jobdir.time, "strftime", lambda _fmt: "20250101-000000")
     victim = tmp_path / "victim"
     victim.mkdir()
     planted = qdir / "local-7-20250101-000000"
@@ -44,11 +40,11 @@ def test_a_planted_name_gets_a_fresh_directory_of_the_submitters(
         planted.chmod(0o777)
     else:
         planted.write_text("someone else's\n")
-    path, jfd = submit._write_script(qdir, _req(), 7, "echo hi\n")
+    path, jfd = jobdir.write_script(qdir, "local", 7, "echo hi\n")
     try:
         assert path.parent.name == "local-7-20250101-000000.1" and path.name == "job.sh"
         assert path.read_text() == "echo hi\n"
-        assert stat.S_IMODE(path.stat().st_mode) == submit.MODE_SCRIPT
+        assert stat.S_IMODE(path.stat().st_mode) == jobdir.MODE_SCRIPT
         job = submit._start_local(path, jfd, 7)
     finally:
         os.close(jfd)
@@ -65,12 +61,12 @@ def test_the_submissions_directory_is_the_submitters_alone(
     job's output there as the submitter, following links."""
     old = os.umask(0)
     try:
-        path, jfd = submit._write_script(qdir, _req(), 8, "echo\n")
+        path, jfd = jobdir.write_script(qdir, "local", 8, "echo\n")
         os.close(jfd)
     finally:
         os.umask(old)
     st = path.parent.stat()
-    assert stat.S_IMODE(st.st_mode) == submit.MODE_JOB_DIR == 0o2750
+    assert stat.S_IMODE(st.st_mode) == jobdir.MODE_JOB_DIR == 0o2750
     assert st.st_uid == os.geteuid()
 
 
@@ -95,6 +91,6 @@ def test_a_symlinked_qsubmit_dir_is_refused(tmp_path: Path) -> None:
     elsewhere.mkdir()
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "qsubmit").symlink_to(elsewhere)
-    with pytest.raises(submit.SubmitError, match="symbolic link"):
-        submit._write_script(tmp_path / "p" / "qsubmit", _req(), 9, "echo\n")
+    with pytest.raises(safefs.UnsafePath, match="symbolic link"):
+        jobdir.write_script(tmp_path / "p" / "qsubmit", "local", 9, "echo\n")
     assert list(elsewhere.iterdir()) == []
