@@ -4,14 +4,9 @@ from __future__ import annotations
 
 
 def main() -> None:
-    import sys
+    from .base.safepath import exit_if_unsafe
 
-    from .base.safepath import check_start
-
-    refusal = check_start("balsam_mpi")
-    if refusal is not None:
-        print(refusal, file=sys.stderr)
-        sys.exit(2)
+    exit_if_unsafe("balsam_mpi")
     from .launcher.launch import main as launch_main
 
     launch_main()

@@ -46,6 +46,14 @@ def writable_by_others(st: os.stat_result, uid: int | None = None) -> str | None
     return None
 
 
+def exit_if_unsafe(prog: str) -> None:
+    """The start of a package entry point: ``check_start``'s line and status 2, or on."""
+    refusal = check_start(prog)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        sys.exit(2)
+
+
 def check_start(prog: str) -> str | None:
     """Why this process must not go on (one line), or ``None``.
 

@@ -180,10 +180,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    refusal = safepath.check_start("balsam_mpi.batch.localstart")
-    if refusal is not None:
-        print(refusal, file=sys.stderr)
-        sys.exit(2)
+    safepath.exit_if_unsafe("balsam_mpi.batch.localstart")
     args = _parser().parse_args(argv)
     rest = list(args.launcher_args)
     if rest[:1] == ["--"]:

@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..base import safepath
 from . import pidfds, pycall, zygoteproc
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child_fd = theirs.fileno()
         spare = os.dup(child_fd) if child_fd == 3 else -1  # dup2(3, 3) keeps CLOEXEC
-        # -P: nothing from the launcher's working directory (base/safepath.py)
-        argv = [self.python, "-P", "-m", "balsam_mpi.node.pyzygote", "3", str(os.getpid()),
-                "1" if self.die_with_parent else "0", ",".join(self.preload)]
+        # with -P: nothing from the launcher's working directory (base/safepath.py)
+        argv = safepath.module_argv(self.python, "balsam_mpi.node.pyzygote", "3",
+                                    str(os.getpid()), "1" if self.die_with_parent else "0",
+                                    ",".join(self.preload))
         try:
             self.pid = os.posix_spawn(self.python, argv, self.env, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
