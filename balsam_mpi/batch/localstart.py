@@ -165,7 +165,7 @@ def rank_main(args: Sequence[str]) -> None:
 # -- command line ---------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m balsam_mpi.batch.localstart",
+        prog="python -P -m balsam_mpi.batch.localstart",
         description="Start the launcher's ranks on this host with the MPI found beside "
                     "this Python (or on PATH), the way that MPI needs on one machine.")
     p.add_argument("-n", dest="ranks", type=int, default=1, help="ranks (virtual nodes)")

@@ -44,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m balsam_mpi",
+        prog="python -P -m balsam_mpi",
         description="Run tasks from the project's database: one MPI rank per node, "
                     "rank 0 leads.")
     p.add_argument("--project", help="project directory (default: $BALSAM_DB_PATH)")
